@@ -1,0 +1,273 @@
+"""One TOML file validated into a frozen :class:`Settings` at start-up.
+
+Every section is a frozen dataclass with real defaults, so Mailward runs with no
+file at all. Unknown keys and bad values are errors that name the file and key;
+a typo must never silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import ipaddress
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .envelope import Direction, DirectionRules
+from .errors import ConfigError
+from .evidence import Severity
+from .verdict import Action
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class MilterSettings:
+    socket: str = "unix:/run/mailward/milter.sock"   # or inet:PORT@127.0.0.1
+    socket_group: str = "postfix"     # group that may connect (Postfix's smtpd runs as postfix)
+    user: str = ""                    # drop root privileges to this user after start-up
+    workers: int = 2                  # scanning processes; 0 scans in the milter process
+    spool_threshold: int = 1 * MiB    # bodies above this go to a private temp file
+    message_deadline: float = 60.0    # seconds a message may spend in the scanners
+    timeout: int = 600                # libmilter's I/O timeout towards the MTA
+
+
+@dataclass(frozen=True)
+class DirectionSettings:
+    internal_networks: tuple[str, ...] = ()
+    outbound_daemons: tuple[str, ...] = ("submission", "submissions")
+    authenticated_is_outbound: bool = True
+
+    def rules(self) -> DirectionRules:
+        return DirectionRules.build(self.internal_networks, self.outbound_daemons, self.authenticated_is_outbound)
+
+
+@dataclass(frozen=True)
+class DirectionPolicy:
+    """Thresholds and actions for one direction; ``policy.decide`` reads only this."""
+
+    tag_threshold: float = 0.5         # spam score at which a message is tagged "unsure"
+    spam_threshold: float = 0.9        # spam score at which spam_action applies
+    spam_action: Action = Action.QUARANTINE
+    malware_action: Action = Action.REJECT
+    phishing_action: Action = Action.QUARANTINE
+    filetype_action: Action = Action.QUARANTINE
+    macro_action: Action = Action.QUARANTINE
+    unchecked_action: Action = Action.QUARANTINE
+    reputation_action: Action = Action.TAG
+    authentication_action: Action = Action.TAG
+    blocked_action: Action = Action.REJECT
+    min_severity: Severity = Severity.MEDIUM   # weaker findings only tag
+    on_error: Action = Action.TEMPFAIL          # tempfail or accept when a check fails
+    accept_errors_from: tuple[str, ...] = ()    # detectors whose failures accept instead (e.g. "dns")
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    inbound: DirectionPolicy = DirectionPolicy()
+    outbound: DirectionPolicy = DirectionPolicy(spam_action=Action.QUARANTINE, reputation_action=Action.ACCEPT,
+                                                authentication_action=Action.ACCEPT)
+
+    def for_direction(self, direction: Direction) -> DirectionPolicy:
+        return self.outbound if direction is Direction.OUTBOUND else self.inbound
+
+
+@dataclass(frozen=True)
+class QuarantineSettings:
+    backend: str = "sqlite"            # sqlite | postgresql
+    directory: str = ""                # default: <state_dir>/quarantine
+    dsn: str = ""                      # PostgreSQL connection string
+    hold: bool = False                 # also put quarantined mail in Postfix's hold queue
+    retention_days: int = 30
+
+
+@dataclass(frozen=True)
+class SignatureSettings:
+    rules_dirs: tuple[str, ...] = ()   # extra YARA source directories, besides the shipped rules
+    shipped_rules: bool = True
+    yara_timeout: int = 5              # whole seconds per object (libyara's granularity)
+    hash_lists: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    """Inspection limits (docs: scanning.md); hitting one is evidence, never silence."""
+
+    max_message_size: int = 50 * MiB
+    max_parts: int = 1000
+    max_depth: int = 10
+    max_objects: int = 1000
+    min_unpack_budget: int = 10 * MiB
+    max_unpack_budget: int = 256 * MiB
+    unpack_budget_factor: int = 100
+    max_ratio: int = 200
+    ratio_floor: int = 1 * MiB
+
+    def unpack_budget(self, message_size: int) -> int:
+        return max(self.min_unpack_budget, min(self.max_unpack_budget, self.unpack_budget_factor * message_size))
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    directory: str = ""                # default: <state_dir>/models
+    shipped_model: bool = True         # fall back to the model shipped in the package
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    level: str = "info"
+    file: str = ""                     # JSON lines; empty = standard error
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_dir: str = "/var/lib/mailward"
+    milter: MilterSettings = MilterSettings()
+    direction: DirectionSettings = DirectionSettings()
+    policy: PolicySettings = PolicySettings()
+    quarantine: QuarantineSettings = QuarantineSettings()
+    signatures: SignatureSettings = SignatureSettings()
+    limits: LimitSettings = LimitSettings()
+    model: ModelSettings = ModelSettings()
+    logging: LoggingSettings = LoggingSettings()
+    source: str = field(default="<defaults>", compare=False)
+
+    def state_path(self, configured: str, default_name: str) -> Path:
+        return Path(configured) if configured else Path(self.state_dir) / default_name
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.state_path(self.quarantine.directory, "quarantine")
+
+    @property
+    def model_dir(self) -> Path:
+        return self.state_path(self.model.directory, "models")
+
+    @property
+    def rules_cache_dir(self) -> Path:
+        return Path(self.state_dir) / "rules"
+
+
+def load_settings(path: str | Path | None = None, overrides: dict | None = None) -> Settings:
+    """Read and validate a TOML file (or only the defaults when ``path`` is None)."""
+    data: dict = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(source, "", f"cannot read: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(source, "", f"not valid TOML: {exc}") from None
+    if overrides:
+        data = _deep_merge(data, overrides)
+    settings = _build(Settings, data, source, "")
+    _check(settings, source)
+    return dataclasses.replace(settings, source=source)
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _build(cls, table: object, source: str, prefix: str):
+    if not isinstance(table, dict):
+        raise ConfigError(source, prefix, "must be a table")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    for key in table:
+        if key not in known:
+            raise ConfigError(source, _join(prefix, key), f"unknown key (known: {', '.join(sorted(known))})")
+    if cls is PolicySettings:
+        # Each direction starts from its own defaults, not the generic DirectionPolicy ones.
+        base = PolicySettings()
+        return cls(**{name: _build_over(getattr(base, name), table.get(name, {}), source, _join(prefix, name))
+                      for name in ("inbound", "outbound")})
+    return cls(**{name: _coerce(hints[name], table[name], source, _join(prefix, name))
+                  for name in known if name in table})
+
+
+def _build_over(default, table: object, source: str, prefix: str):
+    """Like :func:`_build` but unspecified keys keep the values of ``default``."""
+    built = _build(type(default), table, source, prefix)
+    given = table.keys() if isinstance(table, dict) else ()
+    return dataclasses.replace(default, **{k: getattr(built, k) for k in given})
+
+
+def _coerce(hint, value, source: str, key: str):
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, source, key)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        try:
+            if issubclass(hint, enum.IntEnum) and isinstance(value, str):
+                return hint[value.upper()]
+            return hint(value)
+        except (ValueError, KeyError):
+            names = [m.name.lower() if issubclass(hint, enum.IntEnum) else m.value for m in hint]
+            raise ConfigError(source, key, f"{value!r} is not one of {', '.join(map(str, names))}") from None
+    if origin is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(source, key, "must be a list of strings")
+        return tuple(value)
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(source, key, "must be true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(source, key, "must be a whole number")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(source, key, "must be a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(source, key, "must be a string")
+        return value
+    raise ConfigError(source, key, f"unsupported setting type {hint!r}")
+
+
+def _check(settings: Settings, source: str) -> None:
+    """Cross-field rules that a type alone cannot express."""
+    for name in ("inbound", "outbound"):
+        pol: DirectionPolicy = getattr(settings.policy, name)
+        key = f"policy.{name}"
+        for attr in ("tag_threshold", "spam_threshold"):
+            if not 0.0 <= getattr(pol, attr) <= 1.0:
+                raise ConfigError(source, f"{key}.{attr}", "must be between 0 and 1")
+        if pol.tag_threshold > pol.spam_threshold:
+            raise ConfigError(source, f"{key}.tag_threshold", "must not exceed spam_threshold")
+        if pol.on_error not in (Action.TEMPFAIL, Action.ACCEPT):
+            raise ConfigError(source, f"{key}.on_error", "must be tempfail or accept")
+    for net in settings.direction.internal_networks:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(source, "direction.internal_networks", f"{net!r} is not a network") from None
+    if settings.quarantine.backend not in ("sqlite", "postgresql"):
+        raise ConfigError(source, "quarantine.backend", "must be sqlite or postgresql")
+    if settings.quarantine.backend == "postgresql" and not settings.quarantine.dsn:
+        raise ConfigError(source, "quarantine.dsn", "is required for the postgresql backend")
+    sock = settings.milter.socket
+    if not (sock.startswith("unix:") or sock.startswith("local:") or sock.startswith("inet:") or sock.startswith("inet6:")):
+        raise ConfigError(source, "milter.socket", "must start with unix:, inet: or inet6:")
+    if settings.milter.workers < 0:
+        raise ConfigError(source, "milter.workers", "must be 0 or more")
+    if settings.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(source, "logging.level", "must be debug, info, warning or error")
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key

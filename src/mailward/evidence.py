@@ -1,0 +1,103 @@
+"""Typed findings that detectors produce and the policy weighs.
+
+Detectors never choose an action: they describe what they saw, where, and how
+bad it is. Only :mod:`mailward.policy` turns evidence into a verdict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum, IntEnum
+
+
+class Category(str, Enum):
+    """What kind of problem a finding is; policy rules are keyed on it."""
+
+    MALWARE = "malware"          # a signature or hash list says the content is malicious
+    SPAM = "spam"                # spam test patterns (GTUBE) and spam-model findings
+    PHISHING = "phishing"
+    FILETYPE = "filetype"        # banned/double extensions, type mismatch, risky containers
+    MACRO = "macro"              # active document content
+    UNCHECKED = "unchecked"      # a limit, timeout, crash or encryption stopped inspection
+    REPUTATION = "reputation"    # DNS blocklists
+    AUTHENTICATION = "authentication"  # SPF, DKIM, DMARC
+    BLOCKED = "blocked"          # an analyst blocked or suspended the source
+    ERROR = "error"              # a detector failed; policy applies on_error, not a category action
+
+
+class Severity(IntEnum):
+    """How much a finding weighs; policy thresholds compare against it."""
+
+    INFO = 0
+    LOW = 1
+    MEDIUM = 2
+    HIGH = 3
+    CRITICAL = 4
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One observation by one detector.
+
+    ``name`` is internal (a rule or check name): it goes to logs and the
+    quarantine record, never into an SMTP reply. ``location`` is the object
+    path inside the message, e.g. ``invoice.zip > docs/a.docm``.
+    """
+
+    category: Category
+    name: str
+    severity: Severity
+    detector: str
+    location: str = ""
+    detail: str = ""
+
+    def as_dict(self) -> dict:
+        return {
+            "category": self.category.value,
+            "name": self.name,
+            "severity": self.severity.name.lower(),
+            "detector": self.detector,
+            "location": self.location,
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True)
+class Clue:
+    """A token and how strongly it pushed the spam score (log-odds, + is spammy)."""
+
+    token: str
+    weight: float
+
+
+@dataclass(frozen=True)
+class SpamAssessment:
+    """The spam model's opinion of one message."""
+
+    score: float                      # probability-like, 0 = ham .. 1 = spam
+    clues: tuple[Clue, ...] = ()
+    model_version: str = ""
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Everything the detectors found in one message, plus where time went."""
+
+    findings: tuple[Finding, ...] = ()
+    spam: SpamAssessment | None = None
+    timings: tuple[tuple[str, float], ...] = field(default=())   # (stage, seconds)
+
+    @property
+    def spam_score(self) -> float | None:
+        return None if self.spam is None else self.spam.score
+
+    def of(self, category: Category) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.category is category)
+
+    def merged(self, other: "Evidence") -> "Evidence":
+        """Combine evidence from two sources (e.g. worker and in-process checks)."""
+        return Evidence(
+            findings=self.findings + other.findings,
+            spam=other.spam if other.spam is not None else self.spam,
+            timings=self.timings + other.timings,
+        )

@@ -1,0 +1,59 @@
+"""Turn evidence into a verdict, per direction, from configured thresholds.
+
+Pure: no I/O, no clock, no randomness (the incident ID is passed in), so every
+rule here is a unit test away from being checked.
+"""
+
+from __future__ import annotations
+
+from .config import DirectionPolicy
+from .evidence import Category, Evidence, Severity
+from .verdict import Action, Verdict
+
+_CATEGORY_ACTION = {
+    Category.MALWARE: "malware_action",
+    Category.SPAM: "spam_action",
+    Category.PHISHING: "phishing_action",
+    Category.FILETYPE: "filetype_action",
+    Category.MACRO: "macro_action",
+    Category.UNCHECKED: "unchecked_action",
+    Category.REPUTATION: "reputation_action",
+    Category.AUTHENTICATION: "authentication_action",
+    Category.BLOCKED: "blocked_action",
+}
+
+
+def decide(evidence: Evidence, policy: DirectionPolicy, incident_id: str) -> Verdict:
+    """The strongest action any finding or the spam score calls for wins.
+
+    Findings at or above ``min_severity`` get their category's action; weaker
+    ones (but above INFO) only tag. A failed detector applies ``on_error``
+    unless it is listed in ``accept_errors_from``.
+    """
+    votes: list[tuple[Action, str]] = []
+    for finding in evidence.findings:
+        if finding.category is Category.ERROR:
+            accept = finding.detector in policy.accept_errors_from
+            votes.append((Action.ACCEPT if accept else policy.on_error, "error"))
+        elif finding.severity >= policy.min_severity:
+            votes.append((getattr(policy, _CATEGORY_ACTION[finding.category]), finding.category.value))
+        elif finding.severity > Severity.INFO:
+            votes.append((Action.TAG, finding.category.value))
+
+    score = evidence.spam_score
+    if score is not None:
+        if score >= policy.spam_threshold:
+            votes.append((policy.spam_action, "spam"))
+        elif score >= policy.tag_threshold:
+            votes.append((Action.TAG, "spam"))
+
+    action = max((a for a, _ in votes), key=lambda a: a.rank, default=Action.ACCEPT)
+    # Reasons of the winning action first: the first one becomes the public reason.
+    ordered = sorted(votes, key=lambda v: -v[0].rank)
+    reasons = tuple(dict.fromkeys(r for a, r in ordered if a is not Action.ACCEPT))
+    return Verdict(action=action, reasons=reasons, incident_id=incident_id, spam_score=score)
+
+
+def decide_failure(policy: DirectionPolicy, incident_id: str) -> Verdict:
+    """The verdict when the scan itself could not run (worker crash, deadline)."""
+    return Verdict(action=policy.on_error, reasons=("error",), incident_id=incident_id)

@@ -1,0 +1,90 @@
+"""The decision for one message and the SMTP reply that goes with it."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Action(str, Enum):
+    ACCEPT = "accept"
+    TAG = "tag"
+    QUARANTINE = "quarantine"
+    REJECT = "reject"
+    TEMPFAIL = "tempfail"
+
+    @property
+    def rank(self) -> int:
+        """Severity order used when several rules fire: the strongest wins."""
+        return _RANK[self]
+
+
+_RANK = {
+    Action.ACCEPT: 0,
+    Action.TAG: 1,
+    Action.QUARANTINE: 2,
+    Action.TEMPFAIL: 3,
+    Action.REJECT: 4,
+}
+
+# Generic reasons are the only words about detection a sender ever sees.
+PUBLIC_REASONS = {
+    "malware": "Message content rejected by security policy",
+    "spam": "Message classified as spam",
+    "phishing": "Message content rejected by security policy",
+    "filetype": "Attachment type not accepted",
+    "macro": "Message content rejected by security policy",
+    "unchecked": "Message could not be checked",
+    "reputation": "Sender reputation check failed",
+    "authentication": "Sender authentication failed",
+    "blocked": "Sender not accepted",
+    "error": "Temporary problem checking message",
+}
+
+
+def new_incident_id(now: float | None = None) -> str:
+    """A short, unique, non-guessable ID a sender can quote to the postmaster.
+
+    Time first so IDs sort by creation; 6 random bytes keep them unique across
+    milter hosts without coordination.
+    """
+    t = int(now if now is not None else time.time())
+    return f"MW-{t:08X}-{secrets.token_hex(4).upper()}"
+
+
+@dataclass(frozen=True)
+class SmtpReply:
+    code: str      # "550"
+    xcode: str     # "5.7.1"
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.xcode} {self.text}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What to do with a message, and why (``reasons`` are categories, not rule names)."""
+
+    action: Action
+    reasons: tuple[str, ...]
+    incident_id: str
+    spam_score: float | None = None
+    hold: bool = False            # also put the message in the MTA's hold queue
+
+    @property
+    def public_reason(self) -> str:
+        key = self.reasons[0] if self.reasons else "error"
+        return PUBLIC_REASONS.get(key, PUBLIC_REASONS["error"])
+
+    @property
+    def reply(self) -> SmtpReply | None:
+        """The SMTP reply for reject and tempfail; ``None`` for the others."""
+        if self.action is Action.REJECT:
+            return SmtpReply("550", "5.7.1", f"{self.public_reason} (incident {self.incident_id})")
+        if self.action is Action.TEMPFAIL:
+            xcode = "4.7.1" if self.reasons and self.reasons[0] != "error" else "4.3.0"
+            return SmtpReply("451", xcode, f"{self.public_reason}, try again later (incident {self.incident_id})")
+        return None
