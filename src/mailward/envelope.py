@@ -55,7 +55,7 @@ class DirectionRules:
     """How to tell outbound from inbound (from the ``[direction]`` config section)."""
 
     internal_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    outbound_daemons: tuple[str, ...] = ("submission", "submissions")
+    outbound_daemons: tuple[str, ...] = ("ORIGINATING", "submission", "submissions")
     authenticated_is_outbound: bool = True
 
     @classmethod

@@ -1,0 +1,44 @@
+"""`mailward`: the analysts' and administrators' command line.
+
+Each subcommand lives in its own module and registers itself here; this is
+the only place that loads configuration and sets up logging for the CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..config import Settings, load_settings
+from ..errors import ConfigError, MailwardError
+from ..logs import configure_logging
+from . import scan
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mailward", description="Mailward mail security tools.")
+    parser.add_argument("--config", help="TOML configuration file (default: embedded defaults)")
+    parser.add_argument("--state-dir", help="override state_dir")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    scan.register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings: Settings = load_settings(args.config, {"state_dir": args.state_dir} if args.state_dir else None)
+    except ConfigError as exc:
+        print(f"mailward: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.logging)
+    try:
+        return args.handler(args, settings)
+    except MailwardError as exc:
+        print(f"mailward: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

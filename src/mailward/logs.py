@@ -1,0 +1,67 @@
+"""JSON-lines logging with ECS field names, so Filebeat ships it to Elastic as is.
+
+Only entry points call :func:`configure_logging`. Per-message context travels in
+``extra``: ``queue_id`` and ``connection_id`` on every line of a message, and
+``event`` (a ready ECS document fragment) on the one summary line per message.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import sys
+
+from .config import LoggingSettings
+
+_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
+class EcsJsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict = {
+            "@timestamp": _dt.datetime.fromtimestamp(record.created, _dt.timezone.utc)
+            .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "log": {"level": record.levelname.lower(), "logger": record.name},
+            "message": record.getMessage(),
+            "process": {"pid": record.process, "thread": {"name": record.threadName}},
+            "service": {"name": "mailward"},
+            "ecs": {"version": "8.11.0"},
+        }
+        queue_id = getattr(record, "queue_id", "")
+        connection_id = getattr(record, "connection_id", "")
+        if queue_id:
+            doc.setdefault("email", {})["local_id"] = queue_id
+        if connection_id:
+            doc.setdefault("labels", {})["connection_id"] = connection_id
+        event = getattr(record, "event", None)
+        if isinstance(event, dict):
+            _merge(doc, event)
+        if record.exc_info:
+            doc["error"] = {"type": record.exc_info[0].__name__, "message": str(record.exc_info[1]),
+                            "stack_trace": self.formatException(record.exc_info)}
+        return json.dumps(doc, ensure_ascii=False, default=str)
+
+
+def _merge(into: dict, extra: dict) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def configure_logging(settings: LoggingSettings) -> None:
+    """Send every log line as one JSON object to the configured file or stderr."""
+    if settings.file:
+        os.makedirs(os.path.dirname(os.path.abspath(settings.file)), exist_ok=True)
+        handler: logging.Handler = logging.FileHandler(settings.file, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(EcsJsonFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(settings.level.upper())

@@ -1,0 +1,62 @@
+"""Rebuild a message's bytes from milter callbacks within bounded memory."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+class MessageBuffer:
+    """Header block and body chunks in order; past ``threshold`` bytes they go to a private file.
+
+    Header values arrive with their leading space (P_HDR_LEADSPC), so
+    ``name + ":" + value`` is the header exactly as sent, folding included.
+    """
+
+    def __init__(self, threshold: int, spool_dir: Path):
+        self._threshold = threshold
+        self._spool_dir = spool_dir
+        self._memory = bytearray()
+        self._file = None
+        self._path: Path | None = None
+        self.size = 0
+
+    def add_header(self, name: str, value: bytes) -> None:
+        self._write(name.encode("ascii", "replace") + b":" + value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+                    + b"\r\n")
+
+    def end_headers(self) -> None:
+        self._write(b"\r\n")
+
+    def add_body(self, chunk: bytes) -> None:
+        self._write(chunk)
+
+    def _write(self, data: bytes) -> None:
+        self.size += len(data)
+        if self._file is None and self.size > self._threshold:
+            fd, name = tempfile.mkstemp(prefix="msg-", suffix=".eml", dir=self._spool_dir)  # mode 0600
+            self._file, self._path = os.fdopen(fd, "wb"), Path(name)
+            self._file.write(self._memory)
+            self._memory = bytearray()
+        if self._file is not None:
+            self._file.write(data)
+        else:
+            self._memory += data
+
+    def source(self) -> bytes | Path:
+        """The whole message: bytes when small, else the flushed spool file's path."""
+        if self._file is not None:
+            self._file.flush()
+            return self._path
+        return bytes(self._memory)
+
+    def discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._path is not None:
+            self._path.unlink(missing_ok=True)
+            self._path = None
+        self._memory = bytearray()
+        self.size = 0

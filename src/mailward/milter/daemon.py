@@ -1,0 +1,192 @@
+"""`mailward-milter`: the long-running milter process.
+
+libmilter's own signal thread stops the milter on SIGHUP, so libmilter runs in
+a side thread and the main thread keeps SIGHUP and SIGTERM for itself (Linux
+delivers a process signal to the main thread when it does not block it): on
+SIGHUP the configuration, rules and model are rebuilt and validated, and only
+then swapped in; connections in progress finish on what they started with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import grp
+import logging
+import os
+import pwd
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import Milter
+
+from ..config import Settings, load_settings
+from ..errors import ConfigError, MailwardError
+from ..logs import configure_logging
+from ..pipeline import Inspector
+from ..screening import Screener
+from ..workers import ScanPool
+from .adapter import MailwardMilter, Runtime
+
+log = logging.getLogger("mailward.milter")
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="mailward-milter", description="Run the Mailward milter.")
+    parser.add_argument("--config", help="TOML configuration file (default: embedded defaults)")
+    parser.add_argument("--state-dir", help="override state_dir (quarantine, models, rules cache)")
+    parser.add_argument("--socket", help="override milter.socket, e.g. unix:/run/mailward/milter.sock")
+    parser.add_argument("--check", action="store_true", help="validate the configuration, rules and model, then exit")
+    return parser.parse_args(argv)
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    out: dict = {}
+    if args.state_dir:
+        out["state_dir"] = args.state_dir
+    if args.socket:
+        out["milter"] = {"socket": args.socket}
+    return out
+
+
+def _prepare_directories(settings: Settings) -> None:
+    """State private to the service user; the socket directory enterable by the MTA's group."""
+    service = pwd.getpwnam(settings.milter.user) if settings.milter.user and os.geteuid() == 0 else None
+    for path in (Path(settings.state_dir), Path(settings.state_dir) / "spool"):
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(path, 0o700)
+        if service:
+            os.chown(path, service.pw_uid, service.pw_gid)
+    sock = settings.milter.socket
+    if sock.startswith(("unix:", "local:")):
+        sock_dir = Path(sock.split(":", 1)[1]).parent
+        sock_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            gid = grp.getgrnam(settings.milter.socket_group).gr_gid
+        except KeyError:
+            gid = -1
+        if os.geteuid() == 0:
+            os.chown(sock_dir, service.pw_uid if service else 0, gid)
+        # setgid: the socket inherits the MTA's group; with umask 007 that group may connect.
+        os.chmod(sock_dir, 0o2750 if gid != -1 else 0o755)
+
+
+def _drop_privileges(settings: Settings) -> None:
+    if not settings.milter.user or os.geteuid() != 0:
+        return
+    service = pwd.getpwnam(settings.milter.user)
+    os.setgroups([])
+    os.setgid(service.pw_gid)
+    os.setuid(service.pw_uid)
+
+
+def _build_runtime(settings: Settings, pool: ScanPool | None, inspector: Inspector) -> Runtime:
+    from ..quarantine import open_store
+
+    deadline = settings.milter.message_deadline
+    if pool is not None:
+        scan = lambda source, envelope: pool.scan(source, envelope, deadline)  # noqa: E731
+    else:
+        scan = lambda source, envelope: inspector.inspect(  # noqa: E731
+            source.read_bytes() if isinstance(source, Path) else source, envelope)
+    screener = Screener(settings, scan, open_store(settings))
+    return Runtime(screener, settings.direction.rules(), Path(settings.state_dir) / "spool",
+                   settings.milter.spool_threshold)
+
+
+class _Daemon:
+    """Holds the live runtime; new connections take whatever is current."""
+
+    def __init__(self, args: argparse.Namespace, settings: Settings, inspector: Inspector):
+        self.args = args
+        self.settings = settings
+        self.pool = ScanPool(settings, settings.milter.workers) if settings.milter.workers else None
+        self.runtime = _build_runtime(settings, self.pool, inspector)
+        self.stop_requested = threading.Event()
+        self.reload_requested = threading.Event()
+
+    def connection(self) -> MailwardMilter:
+        return MailwardMilter(self.runtime)
+
+    def reload(self) -> None:
+        try:
+            settings = load_settings(self.args.config, _overrides(self.args))
+            inspector = Inspector.from_settings(settings)   # a broken rule file or model fails here, not live
+        except (MailwardError, OSError) as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            return
+        except Exception:
+            log.exception("reload refused, keeping the running configuration")
+            return
+        if settings.milter.socket != self.settings.milter.socket:
+            log.warning("milter.socket changed; the new socket takes effect only after a restart")
+        if self.pool is not None:
+            self.pool.reload(settings)
+        self.runtime = _build_runtime(settings, self.pool, inspector)
+        self.settings = settings
+        configure_logging(settings.logging)
+        log.info("configuration, rules and model reloaded from %s", settings.source)
+
+    def serve(self) -> int:
+        Milter.factory = self.connection
+        Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS | Milter.QUARANTINE)
+        os.umask(0o007)
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                Milter.runmilter("mailward", self.settings.milter.socket, self.settings.milter.timeout)
+            except BaseException as exc:  # reported by the main thread
+                failure.append(exc)
+            finally:
+                self.stop_requested.set()
+
+        signal.signal(signal.SIGTERM, lambda *_: self.stop_requested.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stop_requested.set())
+        signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
+        thread = threading.Thread(target=run, name="libmilter", daemon=True)
+        thread.start()
+        log.info("mailward-milter listening on %s", self.settings.milter.socket)
+        while not self.stop_requested.wait(0.2):
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self.reload()
+        if thread.is_alive():
+            Milter.stop()
+        thread.join(timeout=15)
+        if self.pool is not None:
+            self.pool.close()
+        if failure:
+            log.error("the milter could not run: %s", failure[0])
+            return 1
+        log.info("mailward-milter stopped")
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    try:
+        settings = load_settings(args.config, _overrides(args))
+    except ConfigError as exc:
+        print(f"mailward-milter: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.logging)
+    try:
+        _prepare_directories(settings)
+        _drop_privileges(settings)
+        inspector = Inspector.from_settings(settings)
+    except (MailwardError, OSError, KeyError) as exc:
+        log.error("cannot start: %s", exc)
+        print(f"mailward-milter: cannot start: {exc}", file=sys.stderr)
+        return 1
+    if args.check:
+        print(f"mailward-milter: configuration {settings.source} is valid; "
+              f"{len(inspector.detectors)} detectors loaded")
+        return 0
+    return _Daemon(args, settings, inspector).serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

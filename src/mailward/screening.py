@@ -1,0 +1,98 @@
+"""Screen one message: inspect, decide, quarantine. Shared by the milter and `mailward scan`.
+
+Knows nothing of pymilter: the milter adapter hands it an envelope and the
+message bytes and turns the returned :class:`Outcome` into milter actions. The
+one promise kept here: a message the policy quarantines is either stored or
+tempfailed, never accepted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+from typing import Callable, Protocol
+
+from .config import Settings
+from .envelope import Envelope
+from .errors import StoreError
+from .evidence import Evidence
+from .policy import decide, decide_failure
+from .verdict import Action, Verdict, new_incident_id
+from .workers import MessageSource, ScanFailed
+
+log = logging.getLogger(__name__)
+
+Scan = Callable[[MessageSource, Envelope], Evidence]
+
+
+class Quarantine(Protocol):
+    def put(self, raw: MessageSource, envelope: Envelope, verdict: Verdict, evidence: Evidence) -> str: ...
+
+
+@dataclass(frozen=True)
+class Outcome:
+    envelope: Envelope
+    verdict: Verdict
+    evidence: Evidence
+    size: int
+    quarantine_id: str = ""
+    error: str = ""                 # internal cause of a failure verdict, for the log only
+    seconds: float = 0.0
+
+
+class Screener:
+    def __init__(self, settings: Settings, scan: Scan, quarantine: Quarantine | None,
+                 clock: Callable[[], float] = time.time):
+        self.settings = settings
+        self._scan = scan
+        self._quarantine = quarantine
+        self._clock = clock
+
+    def screen(self, source: MessageSource, size: int, envelope: Envelope) -> Outcome:
+        started = time.perf_counter()
+        incident = new_incident_id(self._clock())
+        policy = self.settings.policy.for_direction(envelope.direction)
+        evidence, error = Evidence(), ""
+        try:
+            evidence = self._scan(source, envelope)
+            verdict = decide(evidence, policy, incident)
+        except ScanFailed as exc:
+            verdict, error = decide_failure(policy, incident), str(exc)
+        quarantine_id = ""
+        if verdict.action is Action.QUARANTINE:
+            verdict = replace(verdict, hold=self.settings.quarantine.hold)
+            if self._quarantine is not None:
+                t0 = time.perf_counter()
+                try:
+                    quarantine_id = self._quarantine.put(source, envelope, verdict, evidence)
+                except StoreError as exc:
+                    # Never accept what we were told to quarantine and could not keep.
+                    verdict, error = Verdict(Action.TEMPFAIL, ("error",), incident, verdict.spam_score), str(exc)
+                evidence = replace(evidence, timings=evidence.timings + (("quarantine", time.perf_counter() - t0),))
+        return Outcome(envelope, verdict, evidence, size, quarantine_id, error, time.perf_counter() - started)
+
+
+def event_of(outcome: Outcome) -> dict:
+    """The ECS document fragment of one message's summary log line."""
+    env, verdict, evidence = outcome.envelope, outcome.verdict, outcome.evidence
+    doc = {
+        "event": {"kind": "event", "category": ["email"], "type": ["info"], "action": verdict.action.value,
+                  "outcome": "failure" if outcome.error else "success",
+                  "duration": int(outcome.seconds * 1e9), "id": verdict.incident_id},
+        "email": {"direction": env.direction.value, "from": {"address": [env.mail_from] if env.mail_from else []},
+                  "to": {"address": list(env.recipients)}, "local_id": env.queue_id},
+        "source": {"ip": env.client_address or None, "domain": env.client_name or None},
+        "user": {"name": env.auth_user} if env.auth_user else {},
+        "mailward": {
+            "verdict": verdict.action.value, "reasons": list(verdict.reasons), "incident_id": verdict.incident_id,
+            "spam_score": verdict.spam_score, "size": outcome.size, "quarantine_id": outcome.quarantine_id or None,
+            "hold": verdict.hold,
+            "findings": [f.as_dict() for f in evidence.findings],
+            "clues": [[c.token, round(c.weight, 3)] for c in (evidence.spam.clues if evidence.spam else ())],
+            "timings_ms": {stage: round(sec * 1000, 3) for stage, sec in evidence.timings},
+        },
+    }
+    if outcome.error:
+        doc["error"] = {"message": outcome.error}
+    return doc

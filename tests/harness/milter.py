@@ -1,0 +1,59 @@
+"""Run `mailward-milter` as a real process with a given configuration."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+class MilterProcess:
+    def __init__(self, config: Path, socket_path: Path, log_path: Path):
+        self.config, self.socket_path, self.log_path = config, socket_path, log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.socket_path.unlink(missing_ok=True)
+        self.proc = subprocess.Popen([sys.executable, "-m", "mailward.milter.daemon", "--config", str(self.config)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"milter exited with {self.proc.returncode}: {self.proc.stdout.read().decode()}")
+            if self.socket_path.exists():
+                return
+            time.sleep(0.05)
+        raise RuntimeError("milter socket did not appear")
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def events(self) -> list[dict]:
+        """The per-message summary events from the JSON log."""
+        if not self.log_path.exists():
+            return []
+        docs = [json.loads(line) for line in self.log_path.read_text().splitlines() if line.startswith("{")]
+        return [d for d in docs if "mailward" in d]
+
+    def event_for(self, message_id_fragment: str, timeout: float = 10.0) -> dict | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for event in self.events():
+                if event.get("email", {}).get("local_id") and message_id_fragment in json.dumps(event):
+                    return event
+            time.sleep(0.1)
+        return None
