@@ -81,7 +81,14 @@ class QuarantineSettings:
     directory: str = ""                # default: <state_dir>/quarantine
     dsn: str = ""                      # PostgreSQL connection string
     hold: bool = False                 # also put quarantined mail in Postfix's hold queue
-    retention_days: int = 30
+    retention_days: int = 30           # `mailward quarantine purge` removes older records (0 = keep)
+    relay_host: str = "127.0.0.1"      # SMTP relay that released mail is handed to
+    relay_port: int = 25
+    relay_timeout: float = 60.0        # seconds for one SMTP conversation with the relay
+    release_key_file: str = ""         # HMAC key for X-Mailward-Release; default <state_dir>/release.key
+    release_max_age_days: int = 14     # how long a release mark stays valid (relay queues can be slow)
+    digest_sender: str = ""            # envelope and From: of digest mails; default postmaster@<hostname>
+    digest_recipients: tuple[str, ...] = ()   # security contacts who get a digest of everything
 
 
 @dataclass(frozen=True)

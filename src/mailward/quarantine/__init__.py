@@ -1,1 +1,29 @@
-"""quarantine"""
+"""The quarantine: messages the policy held back, for analysts to review, release, label or delete.
+
+:func:`open_store` picks the backend from the settings: SQLite with one file
+per message on one host (the default), or PostgreSQL shared by several milter
+hosts (see :mod:`mailward.quarantine.postgres` for where the bytes live there).
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..config import Settings
+from .records import (Actor, AuditEvent, Label, LabelRecord, ListFilter, QuarantineRecord, ReleaseClaim, Removal,
+                      Status)
+from .store import Clock, QuarantineStore
+
+__all__ = ["Actor", "AuditEvent", "Label", "LabelRecord", "ListFilter", "QuarantineRecord", "QuarantineStore",
+           "ReleaseClaim", "Removal", "Status", "open_store"]
+
+
+def open_store(settings: Settings, clock: Clock = time.time) -> QuarantineStore:
+    """The configured store, schema created if needed; StoreError if it cannot be opened."""
+    if settings.quarantine.backend == "postgresql":
+        from .postgres import PostgresStore
+
+        return PostgresStore(settings.quarantine.dsn, clock=clock)
+    from .sqlite import SqliteStore
+
+    return SqliteStore(settings.quarantine_dir, clock=clock)

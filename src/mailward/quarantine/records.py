@@ -1,0 +1,215 @@
+"""What the quarantine keeps about one message, who touched it, and the outcomes of doing so.
+
+Everything that crosses the store boundary is a frozen dataclass or an enum;
+the JSON shapes here are the stable ``--json`` output of the CLI.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+import socket
+from dataclasses import dataclass
+from enum import Enum
+
+from ..envelope import Direction, Envelope
+from ..evidence import Category, Clue, Evidence, Finding, Severity, SpamAssessment
+from ..errors import StoreError
+
+# Incident IDs look like MW-65F0A1B2-1A2B3C4D; anything path-like is refused before it reaches a file name.
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def check_id(quarantine_id: str) -> str:
+    """Return ``quarantine_id`` if it is safe as a file name and a key, else raise StoreError."""
+    if not _ID.match(quarantine_id or ""):
+        raise StoreError(f"not a valid quarantine ID: {quarantine_id!r}")
+    return quarantine_id
+
+
+class Status(str, Enum):
+    HELD = "held"            # in quarantine, waiting for an analyst
+    RELEASING = "releasing"  # claimed by one releaser; nobody else may deliver it
+    RELEASED = "released"    # handed to the relay
+
+
+class Label(str, Enum):
+    HAM = "ham"
+    SPAM = "spam"
+
+
+class ReleaseClaim(str, Enum):
+    """Outcome of trying to become the one process that delivers a message."""
+
+    CLAIMED = "claimed"
+    NOT_FOUND = "not-found"
+    ALREADY_RELEASED = "already-released"
+    IN_PROGRESS = "in-progress"          # another releaser holds the claim
+    NEEDS_FORCE = "needs-force"          # malware verdict without --force
+
+
+class Removal(str, Enum):
+    DELETED = "deleted"
+    NOT_FOUND = "not-found"
+    IN_PROGRESS = "in-progress"          # a release is delivering it right now
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who did something and from where: the audit trail's subject."""
+
+    name: str
+    host: str
+    origin: str = ""          # e.g. the SSH client address; empty for a local session or the milter
+
+    @classmethod
+    def current(cls, analyst: str = "") -> "Actor":
+        """The OS user (or an explicit ``analyst`` name) on this host, with the SSH client if any."""
+        name = analyst or _os_user()
+        ssh = os.environ.get("SSH_CONNECTION") or os.environ.get("SSH_CLIENT") or ""
+        origin = f"ssh {ssh.split()[0]}" if ssh.split() else ""
+        return cls(name=name, host=socket.gethostname(), origin=origin)
+
+    @classmethod
+    def service(cls) -> "Actor":
+        """The daemon itself (the OS user it runs as), for the records it writes."""
+        return cls(name=_os_user(), host=socket.gethostname(), origin="milter")
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
+
+
+@dataclass(frozen=True)
+class QuarantineRecord:
+    """The metadata row of one quarantined message (the bytes are read separately)."""
+
+    id: str
+    received_at: float
+    envelope: Envelope
+    action: str
+    reasons: tuple[str, ...]
+    evidence: Evidence
+    size: int
+    sha256: str
+    subject: str = ""
+    header_from: str = ""
+    status: Status = Status.HELD
+    released_at: float | None = None
+    label: Label | None = None
+
+    @property
+    def direction(self) -> Direction:
+        return self.envelope.direction
+
+    @property
+    def spam_score(self) -> float | None:
+        return self.evidence.spam_score
+
+    @property
+    def is_malware(self) -> bool:
+        return "malware" in self.reasons or bool(self.evidence.of(Category.MALWARE))
+
+    def as_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "received_at": self.received_at,
+            "direction": self.direction.value,
+            "envelope": self.envelope.as_dict(),
+            "action": self.action,
+            "reasons": list(self.reasons),
+            "subject": self.subject,
+            "from": self.header_from,
+            "size": self.size,
+            "sha256": self.sha256,
+            "status": self.status.value,
+            "released_at": self.released_at,
+            "label": self.label.value if self.label else None,
+            "spam_score": self.spam_score,
+            **evidence_to_dict(self.evidence),
+        }
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    quarantine_id: str
+    at: float
+    action: str               # quarantine, release, release-failed, delete, label, export, purge, ...
+    actor: Actor
+    detail: str = ""
+
+    def as_dict(self) -> dict:
+        return {"id": self.quarantine_id, "at": self.at, "action": self.action, "actor": self.actor.name,
+                "host": self.actor.host, "origin": self.actor.origin, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class LabelRecord:
+    """One analyst label, as the training ledger reads them (``seq`` orders and resumes)."""
+
+    seq: int
+    quarantine_id: str
+    label: Label
+    sha256: str
+    at: float
+    actor: str
+
+
+@dataclass(frozen=True)
+class ListFilter:
+    """``mailward quarantine list`` filters; text filters are case-insensitive substrings."""
+
+    direction: Direction | None = None
+    action: str = ""
+    reason: str = ""
+    sender: str = ""
+    recipient: str = ""
+    subject: str = ""
+    since: float | None = None
+    until: float | None = None
+    status: Status | None = None
+    limit: int = 1000
+
+
+def evidence_to_dict(evidence: Evidence) -> dict:
+    spam = evidence.spam
+    return {
+        "findings": [f.as_dict() for f in evidence.findings],
+        "spam": None if spam is None else {
+            "score": spam.score,
+            "model_version": spam.model_version,
+            "clues": [{"token": c.token, "weight": c.weight} for c in spam.clues],
+        },
+    }
+
+
+def evidence_from_dict(data: dict) -> Evidence:
+    spam = data.get("spam")
+    return Evidence(
+        findings=tuple(
+            Finding(Category(f["category"]), f["name"], Severity[f["severity"].upper()], f["detector"],
+                    f.get("location", ""), f.get("detail", ""))
+            for f in data.get("findings", ())),
+        spam=None if spam is None else SpamAssessment(
+            score=spam["score"], model_version=spam.get("model_version", ""),
+            clues=tuple(Clue(c["token"], c["weight"]) for c in spam.get("clues", ()))),
+    )
+
+
+def envelope_from_dict(data: dict) -> Envelope:
+    return Envelope(
+        mail_from=data.get("mail_from", ""),
+        recipients=tuple(data.get("recipients", ())),
+        client_address=data.get("client_address", ""),
+        client_name=data.get("client_name", ""),
+        helo=data.get("helo", ""),
+        auth_user=data.get("auth_user", ""),
+        daemon=data.get("daemon", ""),
+        queue_id=data.get("queue_id", ""),
+        connection_id=data.get("connection_id", ""),
+        direction=Direction(data.get("direction", Direction.INBOUND.value)),
+    )

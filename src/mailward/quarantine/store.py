@@ -1,0 +1,415 @@
+"""The quarantine store contract and the SQL both backends share.
+
+A backend supplies connections (``_connect``), its schema, its parameter
+style and where message bytes live; everything else — the record layout,
+filters, the release claim, labels and the audit trail — is one piece of SQL
+here, so SQLite and PostgreSQL cannot drift apart. Every method is safe to call
+from many threads: connections come from a small pool and each operation is one
+transaction. Database errors surface as :class:`~mailward.errors.StoreError`.
+
+Double release is impossible by construction: a release first *claims* the
+record with one conditional ``UPDATE ... WHERE status = 'held'``; exactly one
+claimant sees a changed row, in every process on every host.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import time
+from abc import ABC, abstractmethod
+from contextlib import contextmanager
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from ..envelope import Envelope
+from ..errors import StoreError
+from ..evidence import Evidence
+from ..message import decode_header_value
+from ..verdict import Verdict
+from .files import Written
+from .records import (Actor, AuditEvent, Label, LabelRecord, ListFilter, QuarantineRecord, ReleaseClaim, Removal,
+                      Status, check_id, envelope_from_dict, evidence_from_dict, evidence_to_dict)
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+_COLUMNS = ("id, received_at, envelope, action, reasons, evidence, size, sha256, subject, header_from, "
+            "status, released_at, label")
+
+# Schema shared by both backends; {serial}, {real} and {blob} are filled in per backend.
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS quarantine (
+        id TEXT PRIMARY KEY,
+        received_at {real} NOT NULL,
+        direction TEXT NOT NULL,
+        mail_from TEXT NOT NULL,
+        recipients TEXT NOT NULL,
+        client_address TEXT NOT NULL,
+        queue_id TEXT NOT NULL,
+        envelope TEXT NOT NULL,
+        action TEXT NOT NULL,
+        reasons TEXT NOT NULL,
+        evidence TEXT NOT NULL,
+        spam_score {real},
+        size BIGINT NOT NULL,
+        sha256 TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        header_from TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'held',
+        claimed_at {real},
+        released_at {real},
+        label TEXT)""",
+    "CREATE INDEX IF NOT EXISTS quarantine_received ON quarantine (received_at)",
+    """CREATE TABLE IF NOT EXISTS quarantine_audit (
+        seq {serial},
+        quarantine_id TEXT NOT NULL,
+        at {real} NOT NULL,
+        action TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        host TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        detail TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS quarantine_audit_id ON quarantine_audit (quarantine_id)",
+    """CREATE TABLE IF NOT EXISTS quarantine_labels (
+        seq {serial},
+        quarantine_id TEXT NOT NULL,
+        label TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        at {real} NOT NULL,
+        actor TEXT NOT NULL)""",
+)
+
+
+def header_summary(head: bytes) -> tuple[str, str]:
+    """Subject and From of a message from its first bytes (RFC 2047 decoded) for listing."""
+    end = min((i for i in (head.find(b"\r\n\r\n"), head.find(b"\n\n")) if i >= 0), default=len(head))
+    try:
+        headers = BytesHeaderParser(policy=compat32).parsebytes(head[:end] + b"\n\n")
+        return (decode_header_value(str(headers.get("Subject", ""))),
+                decode_header_value(str(headers.get("From", ""))))
+    except Exception:  # a header block the parser chokes on still gets quarantined, unlabelled
+        return "", ""
+
+
+def like_pattern(text: str) -> str:
+    """A lower-case ``LIKE`` pattern matching ``text`` anywhere (``\\`` escapes wildcards)."""
+    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+class _Pool:
+    """A few reusable connections shared by all threads (milter threads come and go)."""
+
+    def __init__(self, connect: Callable[[], Any], idle: int = 8):
+        self._connect = connect
+        self._idle: queue.LifoQueue = queue.LifoQueue(maxsize=idle)
+        self._closed = False
+
+    def get(self):
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            return self._connect()
+
+    def put(self, conn) -> None:
+        if self._closed:
+            conn.close()
+            return
+        try:
+            self._idle.put_nowait(conn)
+        except queue.Full:
+            conn.close()
+
+    def discard(self, conn) -> None:
+        try:
+            conn.close()
+        except Exception:
+            pass
+
+    def close(self) -> None:
+        self._closed = True
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return
+
+
+class QuarantineStore(ABC):
+    """Quarantined messages, their metadata, labels and audit trail."""
+
+    backend: str = ""
+    _errors: tuple[type[BaseException], ...] = ()   # the driver's exception classes
+
+    def __init__(self, clock: Clock = time.time, pool_size: int = 8):
+        self._clock = clock
+        self._pool = _Pool(self._connect, pool_size)
+        self._writer = Actor.service()
+
+    # -- backend hooks ---------------------------------------------------------------------------
+
+    @abstractmethod
+    def _connect(self): ...
+
+    @abstractmethod
+    def _begin(self, conn) -> None:
+        """Start a write transaction that takes its lock up front."""
+
+    def _sql(self, statement: str) -> str:
+        """Translate ``?`` placeholders to the driver's style."""
+        return statement
+
+    @abstractmethod
+    def put(self, raw: bytes | Path, envelope: Envelope, verdict: Verdict, evidence: Evidence) -> str:
+        """Keep the exact bytes and the record; return the quarantine ID. StoreError leaves nothing behind."""
+
+    @abstractmethod
+    def read(self, quarantine_id: str) -> bytes:
+        """The exact bytes as received; StoreError if there is no such message."""
+
+    @abstractmethod
+    def _drop_bytes(self, conn, quarantine_id: str) -> None:
+        """Remove the bytes inside the delete transaction (database) ..."""
+
+    def _after_drop(self, quarantine_id: str) -> None:
+        """... or after it committed (files: a crash in between leaves an orphan the sweep removes)."""
+
+    def sweep(self) -> int:
+        """Remove leftovers of crashed writers; returns how many."""
+        return 0
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    @contextmanager
+    def _tx(self, write: bool = False) -> Iterator[Any]:
+        conn = self._pool.get()
+        try:
+            if write:
+                self._begin(conn)
+            yield conn
+            conn.commit()
+        except BaseException as exc:
+            try:
+                conn.rollback()
+            except Exception:
+                self._pool.discard(conn)
+                conn = None
+            if isinstance(exc, self._errors):
+                raise StoreError(f"quarantine database ({self.backend}): {exc}") from exc
+            raise
+        finally:
+            if conn is not None:
+                self._pool.put(conn)
+
+    def _exec(self, conn, statement: str, params: tuple = ()):
+        cur = conn.cursor()
+        cur.execute(self._sql(statement), params)
+        return cur
+
+    def _create_schema(self, conn, serial: str, real: str) -> None:
+        for statement in SCHEMA:
+            self._exec(conn, statement.format(serial=serial, real=real))
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def __enter__(self) -> "QuarantineStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- writing a record ------------------------------------------------------------------------
+
+    def _insert_record(self, conn, quarantine_id: str, written: Written, envelope: Envelope, verdict: Verdict,
+                       evidence: Evidence, actor: Actor) -> None:
+        now = self._clock()
+        subject, header_from = header_summary(written.head)
+        self._exec(conn, """INSERT INTO quarantine (id, received_at, direction, mail_from, recipients, client_address,
+                              queue_id, envelope, action, reasons, evidence, spam_score, size, sha256, subject,
+                              header_from, status)
+                            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'held')""",
+                   (quarantine_id, now, envelope.direction.value, envelope.mail_from,
+                    json.dumps(list(envelope.recipients), ensure_ascii=False), envelope.client_address,
+                    envelope.queue_id, json.dumps(envelope.as_dict(), ensure_ascii=False), verdict.action.value,
+                    json.dumps(list(verdict.reasons)), json.dumps(evidence_to_dict(evidence), ensure_ascii=False),
+                    evidence.spam_score, written.size, written.sha256, subject, header_from))
+        detail = f"{verdict.action.value}: {', '.join(verdict.reasons)}; queue {envelope.queue_id or '-'}"
+        self._audit(conn, quarantine_id, "quarantine", actor, detail, now)
+
+    def _audit(self, conn, quarantine_id: str, action: str, actor: Actor, detail: str = "",
+               at: float | None = None) -> None:
+        self._exec(conn, """INSERT INTO quarantine_audit (quarantine_id, at, action, actor, host, origin, detail)
+                            VALUES (?, ?, ?, ?, ?, ?, ?)""",
+                   (quarantine_id, self._clock() if at is None else at, action, actor.name, actor.host,
+                    actor.origin, detail))
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def get(self, quarantine_id: str) -> QuarantineRecord | None:
+        check_id(quarantine_id)
+        with self._tx() as conn:
+            row = self._exec(conn, f"SELECT {_COLUMNS} FROM quarantine WHERE id = ?", (quarantine_id,)).fetchone()
+        return None if row is None else _record(row)
+
+    def exists(self, quarantine_id: str) -> bool:
+        with self._tx() as conn:
+            return self._exec(conn, "SELECT 1 FROM quarantine WHERE id = ?", (quarantine_id,)).fetchone() is not None
+
+    def list(self, filters: ListFilter = ListFilter()) -> list[QuarantineRecord]:
+        """Records matching every given filter, newest first."""
+        where, params = ["1 = 1"], []
+        if filters.direction is not None:
+            where.append("direction = ?")
+            params.append(filters.direction.value)
+        if filters.action:
+            where.append("action = ?")
+            params.append(filters.action.lower())
+        if filters.status is not None:
+            where.append("status = ?")
+            params.append(filters.status.value)
+        for column, text in (("mail_from", filters.sender), ("recipients", filters.recipient),
+                             ("subject", filters.subject)):
+            if text:
+                where.append(f"LOWER({column}) LIKE ? ESCAPE '\\'")
+                params.append(like_pattern(text))
+        if filters.reason:
+            where.append("LOWER(reasons) LIKE ? ESCAPE '\\'")
+            params.append(like_pattern(json.dumps(filters.reason.lower())))
+        if filters.since is not None:
+            where.append("received_at >= ?")
+            params.append(filters.since)
+        if filters.until is not None:
+            where.append("received_at < ?")
+            params.append(filters.until)
+        params.append(filters.limit)
+        with self._tx() as conn:
+            rows = self._exec(conn, f"SELECT {_COLUMNS} FROM quarantine WHERE {' AND '.join(where)} "
+                                    "ORDER BY received_at DESC, id DESC LIMIT ?", tuple(params)).fetchall()
+        return [_record(r) for r in rows]
+
+    def history(self, quarantine_id: str) -> list[AuditEvent]:
+        """Every recorded action on ``quarantine_id``, oldest first; survives delete and purge."""
+        check_id(quarantine_id)
+        with self._tx() as conn:
+            rows = self._exec(conn, """SELECT quarantine_id, at, action, actor, host, origin, detail
+                                       FROM quarantine_audit WHERE quarantine_id = ? ORDER BY seq""",
+                              (quarantine_id,)).fetchall()
+        return [AuditEvent(r[0], r[1], r[2], Actor(r[3], r[4], r[5]), r[6]) for r in rows]
+
+    def record_event(self, quarantine_id: str, action: str, actor: Actor, detail: str = "") -> None:
+        """Add an audit entry for an action that changes nothing in the store (show, export, notify)."""
+        check_id(quarantine_id)
+        with self._tx(write=True) as conn:
+            self._audit(conn, quarantine_id, action, actor, detail)
+
+    # -- release ---------------------------------------------------------------------------------
+
+    def claim_release(self, quarantine_id: str, actor: Actor, force: bool = False,
+                      reclaim_after: float | None = None) -> ReleaseClaim:
+        """Become the only releaser of ``quarantine_id``, or say why not.
+
+        ``reclaim_after`` (seconds) lets an analyst take over a claim whose
+        releaser died: only claims older than that are taken, so a live
+        releaser within its SMTP timeout is never overtaken.
+        """
+        check_id(quarantine_id)
+        record = self.get(quarantine_id)
+        if record is None:
+            return ReleaseClaim.NOT_FOUND
+        if record.is_malware and not force:
+            return ReleaseClaim.NEEDS_FORCE
+        now = self._clock()
+        with self._tx(write=True) as conn:
+            claimed = self._exec(conn, """UPDATE quarantine SET status = 'releasing', claimed_at = ?
+                                          WHERE id = ? AND status = 'held'""", (now, quarantine_id)).rowcount
+            if not claimed and reclaim_after is not None:
+                claimed = self._exec(conn, """UPDATE quarantine SET claimed_at = ?
+                                              WHERE id = ? AND status = 'releasing' AND claimed_at < ?""",
+                                     (now, quarantine_id, now - reclaim_after)).rowcount
+            if claimed:
+                self._audit(conn, quarantine_id, "release-claim", actor, "forced" if force else "", now)
+                return ReleaseClaim.CLAIMED
+            row = self._exec(conn, "SELECT status FROM quarantine WHERE id = ?", (quarantine_id,)).fetchone()
+        if row is None:
+            return ReleaseClaim.NOT_FOUND
+        return ReleaseClaim.ALREADY_RELEASED if row[0] == Status.RELEASED.value else ReleaseClaim.IN_PROGRESS
+
+    def finish_release(self, quarantine_id: str, actor: Actor, delivered: bool, detail: str = "") -> None:
+        """Mark a claimed release delivered, or hand the record back to ``held`` after a failure."""
+        now = self._clock()
+        with self._tx(write=True) as conn:
+            if delivered:
+                self._exec(conn, """UPDATE quarantine SET status = 'released', released_at = ?
+                                    WHERE id = ? AND status = 'releasing'""", (now, quarantine_id))
+                self._audit(conn, quarantine_id, "release", actor, detail, now)
+            else:
+                self._exec(conn, """UPDATE quarantine SET status = 'held', claimed_at = NULL
+                                    WHERE id = ? AND status = 'releasing'""", (quarantine_id,))
+                self._audit(conn, quarantine_id, "release-failed", actor, detail, now)
+
+    # -- delete, purge ---------------------------------------------------------------------------
+
+    def delete(self, quarantine_id: str, actor: Actor, action: str = "delete", detail: str = "") -> Removal:
+        """Remove the record and its bytes (never while a release delivers it); the audit trail stays."""
+        check_id(quarantine_id)
+        with self._tx(write=True) as conn:
+            row = self._exec(conn, "SELECT status FROM quarantine WHERE id = ?", (quarantine_id,)).fetchone()
+            if row is None:
+                return Removal.NOT_FOUND
+            if row[0] == Status.RELEASING.value:
+                return Removal.IN_PROGRESS
+            self._drop_bytes(conn, quarantine_id)
+            self._exec(conn, "DELETE FROM quarantine WHERE id = ?", (quarantine_id,))
+            self._audit(conn, quarantine_id, action, actor, detail)
+        self._after_drop(quarantine_id)
+        return Removal.DELETED
+
+    def purge(self, older_than_days: float, actor: Actor) -> list[str]:
+        """Delete every record received more than ``older_than_days`` ago; returns their IDs."""
+        cutoff = self._clock() - older_than_days * 86400.0
+        with self._tx() as conn:
+            ids = [r[0] for r in self._exec(conn, "SELECT id FROM quarantine WHERE received_at < ? ORDER BY id",
+                                            (cutoff,)).fetchall()]
+        detail = f"retention {older_than_days:g} days"
+        purged = [i for i in ids if self.delete(i, actor, "purge", detail) is Removal.DELETED]
+        self.sweep()
+        return purged
+
+    # -- labels ----------------------------------------------------------------------------------
+
+    def record_label(self, quarantine_id: str, label: Label, actor: Actor) -> bool:
+        """Append an analyst label to the label ledger table; False if there is no such message."""
+        check_id(quarantine_id)
+        now = self._clock()
+        with self._tx(write=True) as conn:
+            row = self._exec(conn, "SELECT sha256 FROM quarantine WHERE id = ?", (quarantine_id,)).fetchone()
+            if row is None:
+                return False
+            self._exec(conn, "UPDATE quarantine SET label = ? WHERE id = ?", (label.value, quarantine_id))
+            self._exec(conn, """INSERT INTO quarantine_labels (quarantine_id, label, sha256, at, actor)
+                                VALUES (?, ?, ?, ?, ?)""", (quarantine_id, label.value, row[0], now, actor.name))
+            self._audit(conn, quarantine_id, "label", actor, label.value, now)
+        return True
+
+    def labels_since(self, seq: int = 0, limit: int = 10000) -> list[LabelRecord]:
+        """Labels recorded after ``seq``, in order: the training ledger resumes from the last one it took."""
+        with self._tx() as conn:
+            rows = self._exec(conn, """SELECT seq, quarantine_id, label, sha256, at, actor FROM quarantine_labels
+                                       WHERE seq > ? ORDER BY seq LIMIT ?""", (seq, limit)).fetchall()
+        return [LabelRecord(r[0], r[1], Label(r[2]), r[3], r[4], r[5]) for r in rows]
+
+
+def _record(row) -> QuarantineRecord:
+    (qid, received_at, envelope, action, reasons, evidence, size, sha256, subject, header_from, status,
+     released_at, label) = row
+    return QuarantineRecord(
+        id=qid, received_at=received_at, envelope=envelope_from_dict(json.loads(envelope)), action=action,
+        reasons=tuple(json.loads(reasons)), evidence=evidence_from_dict(json.loads(evidence)), size=size,
+        sha256=sha256, subject=subject, header_from=header_from, status=Status(status), released_at=released_at,
+        label=Label(label) if label else None)

@@ -1,0 +1,254 @@
+"""The store contract: every test runs against SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from mailward.envelope import Direction
+from mailward.errors import StoreError
+from mailward.evidence import Category, Evidence, Finding, Severity
+from mailward.quarantine import Actor, Label, ListFilter, ReleaseClaim, Removal, Status
+from mailward.verdict import Action, Verdict, new_incident_id
+from quarantine_support import (backend, clock, envelope, fresh_pg_dsn, malware_case, message, pg_dsn,  # noqa: F401
+                                spam_case, store, store_factory)
+
+ANALYST = Actor("analyst1", "review-host", "ssh 192.0.2.50")
+
+
+def test_put_keeps_exact_bytes_and_every_field(store, clock):
+    raw = message("Cheap \x1b[31mpills", body=b"caf\xe9 8-bit body\r\n.\r\nno final newline")
+    verdict, evidence = spam_case(0.97)
+    env = envelope(recipients=("bob@example.net", "carol@example.net"))
+    qid = store.put(raw, env, verdict, evidence)
+
+    assert qid == verdict.incident_id
+    assert store.read(qid) == raw
+    rec = store.get(qid)
+    assert rec.envelope == env
+    assert rec.direction is Direction.INBOUND
+    assert rec.action == "quarantine" and rec.reasons == ("spam",)
+    assert rec.evidence.findings == evidence.findings
+    assert rec.evidence.findings[0].location == "part 1"
+    assert rec.spam_score == pytest.approx(0.97)
+    assert [(c.token, c.weight) for c in rec.evidence.spam.clues] == [("viagra", 2.5), ("meeting", -1.25)]
+    assert rec.size == len(raw)
+    import hashlib
+    assert rec.sha256 == hashlib.sha256(raw).hexdigest()
+    assert rec.subject == "Cheap \x1b[31mpills"
+    assert "alice@example.org" in rec.header_from
+    assert rec.received_at == clock.now
+    assert rec.status is Status.HELD and rec.label is None
+    assert [e.action for e in store.history(qid)] == ["quarantine"]
+
+
+def test_put_from_spooled_file(store, tmp_path):
+    raw = message(body=b"x" * (3 * 1024 * 1024 + 17))
+    spool = tmp_path / "spool"
+    spool.write_bytes(raw)
+    verdict, evidence = malware_case()
+    qid = store.put(spool, envelope(direction=Direction.OUTBOUND), verdict, evidence)
+    assert store.read(qid) == raw
+    assert store.get(qid).size == len(raw)
+    assert store.get(qid).direction is Direction.OUTBOUND
+
+
+def test_failed_put_leaves_nothing(store, store_factory, tmp_path):
+    verdict, evidence = spam_case()
+    with pytest.raises(StoreError):
+        store.put(tmp_path / "missing-spool", envelope(), verdict, evidence)
+    assert store.get(verdict.incident_id) is None
+
+    # The row fails after the bytes were written: an unserialisable detail reaches json.dumps.
+    bad = Evidence(findings=(Finding(Category.SPAM, "x", Severity.HIGH, "t", "", object()),))
+    verdict2 = Verdict(Action.QUARANTINE, ("spam",), new_incident_id())
+    with pytest.raises(StoreError):
+        store.put(message(), envelope(), verdict2, bad)
+    assert store.get(verdict2.incident_id) is None
+    with pytest.raises(StoreError):
+        store.read(verdict2.incident_id)
+    if store_factory.backend == "sqlite":
+        assert sorted(os.listdir(store_factory.directory / "messages")) == []
+
+
+def test_duplicate_id_is_refused_and_the_first_copy_survives(store):
+    verdict, evidence = spam_case()
+    first = message("first")
+    store.put(first, envelope(), verdict, evidence)
+    with pytest.raises(StoreError):
+        store.put(message("second"), envelope(), verdict, evidence)
+    assert store.read(verdict.incident_id) == first
+    assert store.get(verdict.incident_id).subject == "first"
+
+
+def test_ids_that_look_like_paths_are_refused(store):
+    for bad in ("../etc/passwd", "a/b", "", ".hidden"):
+        with pytest.raises(StoreError):
+            store.get(bad)
+    verdict = Verdict(Action.QUARANTINE, ("spam",), "../../escape")
+    with pytest.raises(StoreError):
+        store.put(message(), envelope(), verdict, Evidence())
+
+
+def test_list_filters(store, clock):
+    t0 = clock.now
+    v1, e1 = spam_case()
+    store.put(message("Weekly offer"), envelope(sender="promo@shop.test"), v1, e1)
+    clock.now = t0 + 3600
+    v2, e2 = malware_case()
+    store.put(message("Invoice 42"), envelope(sender="billing@corp.test", recipients=("eve@example.net",),
+                                              direction=Direction.OUTBOUND), v2, e2)
+    ids = lambda **kw: [r.id for r in store.list(ListFilter(**kw))]  # noqa: E731
+
+    assert ids() == [v2.incident_id, v1.incident_id]          # newest first
+    assert ids(direction=Direction.OUTBOUND) == [v2.incident_id]
+    assert ids(reason="malware") == [v2.incident_id]
+    assert ids(reason="MALWARE") == [v2.incident_id]
+    assert ids(reason="mal") == []                            # reasons match whole
+    assert ids(sender="PROMO@") == [v1.incident_id]
+    assert ids(recipient="eve@") == [v2.incident_id]
+    assert ids(subject="offer") == [v1.incident_id]
+    assert ids(subject="100%") == []                          # wildcards in user text are literal
+    assert ids(subject="_") == []
+    assert ids(action="quarantine", since=t0 + 1) == [v2.incident_id]
+    assert ids(until=t0 + 1) == [v1.incident_id]
+    assert ids(status=Status.RELEASED) == []
+    assert ids(limit=1) == [v2.incident_id]
+
+
+def test_release_claim_is_exclusive_and_malware_needs_force(store, clock):
+    v, e = spam_case()
+    qid = store.put(message(), envelope(), v, e)
+    assert store.claim_release(qid, ANALYST) is ReleaseClaim.CLAIMED
+    assert store.claim_release(qid, ANALYST) is ReleaseClaim.IN_PROGRESS
+    assert store.delete(qid, ANALYST) is Removal.IN_PROGRESS
+    store.finish_release(qid, ANALYST, delivered=False, detail="relay down")
+    assert store.get(qid).status is Status.HELD
+    assert store.claim_release(qid, ANALYST) is ReleaseClaim.CLAIMED
+    clock.now += 5
+    store.finish_release(qid, ANALYST, delivered=True, detail="2 recipients")
+    rec = store.get(qid)
+    assert rec.status is Status.RELEASED and rec.released_at == clock.now
+    assert store.claim_release(qid, ANALYST) is ReleaseClaim.ALREADY_RELEASED
+    assert store.claim_release("MW-NOPE", ANALYST) is ReleaseClaim.NOT_FOUND
+
+    mv, me = malware_case()
+    mid = store.put(message(), envelope(), mv, me)
+    assert store.claim_release(mid, ANALYST) is ReleaseClaim.NEEDS_FORCE
+    assert store.get(mid).status is Status.HELD
+    assert store.claim_release(mid, ANALYST, force=True) is ReleaseClaim.CLAIMED
+
+    actions = [(ev.action, ev.detail) for ev in store.history(qid)]
+    assert actions == [("quarantine", "quarantine: spam; queue 4ABC123"), ("release-claim", ""),
+                       ("release-failed", "relay down"), ("release-claim", ""), ("release", "2 recipients")]
+
+
+def test_stale_claim_can_be_reclaimed_only_after_the_timeout(store, clock):
+    v, e = spam_case()
+    qid = store.put(message(), envelope(), v, e)
+    assert store.claim_release(qid, ANALYST) is ReleaseClaim.CLAIMED
+    clock.now += 60
+    assert store.claim_release(qid, ANALYST, reclaim_after=120) is ReleaseClaim.IN_PROGRESS
+    clock.now += 61
+    assert store.claim_release(qid, ANALYST, reclaim_after=120) is ReleaseClaim.CLAIMED
+
+
+def test_delete_removes_message_but_keeps_history(store, store_factory):
+    v, e = spam_case()
+    qid = store.put(message(), envelope(), v, e)
+    assert store.delete(qid, ANALYST) is Removal.DELETED
+    assert store.get(qid) is None
+    with pytest.raises(StoreError):
+        store.read(qid)
+    assert store.delete(qid, ANALYST) is Removal.NOT_FOUND
+    events = store.history(qid)
+    assert [ev.action for ev in events] == ["quarantine", "delete"]
+    assert (events[1].actor.name, events[1].actor.host, events[1].actor.origin) == \
+        ("analyst1", "review-host", "ssh 192.0.2.50")
+    if store_factory.backend == "sqlite":
+        assert not (store_factory.directory / "messages" / f"{qid}.eml").exists()
+
+
+def test_labels_form_an_ordered_ledger(store):
+    v1, e1 = spam_case()
+    v2, e2 = spam_case()
+    a = store.put(message("a"), envelope(), v1, e1)
+    b = store.put(message("b"), envelope(), v2, e2)
+    assert store.record_label(a, Label.SPAM, ANALYST)
+    assert store.record_label(b, Label.HAM, ANALYST)
+    assert store.record_label(a, Label.HAM, ANALYST)          # a correction is appended, not rewritten
+    assert not store.record_label("MW-NOPE", Label.HAM, ANALYST)
+    ledger = store.labels_since(0)
+    assert [(r.quarantine_id, r.label) for r in ledger] == [(a, Label.SPAM), (b, Label.HAM), (a, Label.HAM)]
+    assert ledger[0].sha256 == store.get(a).sha256 and ledger[0].actor == "analyst1"
+    assert [r.quarantine_id for r in store.labels_since(ledger[1].seq)] == [a]
+    assert store.get(a).label is Label.HAM
+
+
+def test_purge_removes_only_old_records(store, clock):
+    v1, e1 = spam_case()
+    old = store.put(message("old"), envelope(), v1, e1)
+    clock.now += 10 * 86400
+    v2, e2 = spam_case()
+    new = store.put(message("new"), envelope(), v2, e2)
+    clock.now += 1
+    assert store.purge(5, ANALYST) == [old]
+    assert store.get(old) is None and store.get(new) is not None
+    assert store.history(old)[-1].action == "purge"
+    assert store.purge(5, ANALYST) == []
+
+
+def test_record_event_adds_to_history(store):
+    v, e = spam_case()
+    qid = store.put(message(), envelope(), v, e)
+    store.record_event(qid, "export", ANALYST, "to /tmp/x.eml")
+    assert store.history(qid)[-1].detail == "to /tmp/x.eml"
+
+
+def test_second_store_on_same_location_sees_the_same_records(store, store_factory):
+    v, e = spam_case()
+    qid = store.put(message(), envelope(), v, e)
+    other = store_factory()
+    assert other.read(qid) == message()
+    assert other.claim_release(qid, ANALYST) is ReleaseClaim.CLAIMED
+    assert store.claim_release(qid, ANALYST) is ReleaseClaim.IN_PROGRESS
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_sqlite_files_are_private(store, store_factory):
+    v, e = spam_case()
+    qid = store.put(message(), envelope(), v, e)
+    mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)  # noqa: E731
+    root = store_factory.directory
+    assert mode(root) == 0o700
+    assert mode(root / "messages") == 0o700
+    assert mode(root / "messages" / f"{qid}.eml") == 0o600
+    for name in ("quarantine.sqlite3", "quarantine.sqlite3-wal"):
+        assert mode(root / name) == 0o600
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_sqlite_existing_loose_directory_is_tightened(store_factory):
+    store_factory.directory.mkdir(mode=0o755)
+    os.chmod(store_factory.directory, 0o755)
+    store_factory()
+    assert stat.S_IMODE(os.stat(store_factory.directory).st_mode) == 0o700
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_sqlite_sweep_removes_crash_leftovers_only_when_old(store, store_factory, clock):
+    v, e = spam_case()
+    kept = store.put(message(), envelope(), v, e)
+    messages = store_factory.directory / "messages"
+    leftovers = [messages / ".tmp-abc", messages / "MW-ORPHAN.eml"]
+    for p in leftovers:
+        p.write_bytes(b"partial")
+        os.utime(p, (clock.now - 7200, clock.now - 7200))
+    young = messages / ".tmp-young"
+    young.write_bytes(b"in flight")
+    os.utime(young, (clock.now, clock.now))
+    os.utime(messages / f"{kept}.eml", (clock.now - 7200, clock.now - 7200))
+    assert store.sweep() == 2
+    assert sorted(p.name for p in messages.iterdir()) == sorted([".tmp-young", f"{kept}.eml"])
