@@ -15,7 +15,7 @@ from mailward.envelope import Direction, Envelope
 from mailward.evidence import Category, Clue, Evidence, Finding, Severity, SpamAssessment
 from mailward.verdict import Action, Verdict, new_incident_id
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "postgresql"]
 
 EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 
@@ -55,14 +55,8 @@ def malware_case() -> tuple[Verdict, Evidence]:
     return Verdict(Action.QUARANTINE, ("malware",), new_incident_id()), evidence
 
 
-def postgres_available() -> bool:
-    from pg_server import binaries
-
-    return binaries() is not None
-
-
 @pytest.fixture(scope="session")
-def pg_dsn(tmp_path_factory):
+def pg_dsn():
     """A throwaway PostgreSQL cluster for the whole session (mandatory when CI=true)."""
     from pg_server import PostgresServer, binaries
 
@@ -70,7 +64,7 @@ def pg_dsn(tmp_path_factory):
         if os.environ.get("CI") == "true":
             pytest.fail("PostgreSQL binaries missing (apt package postgresql) and CI=true")
         pytest.skip("PostgreSQL binaries not installed")
-    server = PostgresServer(tmp_path_factory.mktemp("pg"))
+    server = PostgresServer()
     server.start()
     try:
         yield server.dsn
@@ -80,7 +74,7 @@ def pg_dsn(tmp_path_factory):
 
 @pytest.fixture
 def fresh_pg_dsn(pg_dsn):
-    """A new empty database in the session cluster, so tests never see each other's rows."""
+    """A new empty schema in the session cluster, so tests never see each other's rows."""
     from pg_server import create_database
 
     return create_database(pg_dsn)
