@@ -86,6 +86,8 @@ class Evidence:
     findings: tuple[Finding, ...] = ()
     spam: SpamAssessment | None = None
     timings: tuple[tuple[str, float], ...] = field(default=())   # (stage, seconds)
+    # Trace header fields (name, value) for the milter to add, e.g. Authentication-Results.
+    headers: tuple[tuple[str, str], ...] = ()
 
     @property
     def spam_score(self) -> float | None:
@@ -100,4 +102,5 @@ class Evidence:
             findings=self.findings + other.findings,
             spam=other.spam if other.spam is not None else self.spam,
             timings=self.timings + other.timings,
+            headers=self.headers + other.headers,
         )

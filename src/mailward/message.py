@@ -74,6 +74,7 @@ class ParsedMessage:
     parts: int = 0
     max_depth: int = 0
     raw_headers: bytes = field(default=b"", repr=False)
+    raw: bytes = field(default=b"", repr=False)     # exact bytes, for checks that hash them (DKIM)
 
     def header(self, name: str, default: str = "") -> str:
         name = name.lower()
@@ -170,6 +171,7 @@ def parse_message(raw: bytes, limits: LimitSettings) -> ParsedMessage:
         parts=parts,
         max_depth=deepest,
         raw_headers=raw.split(b"\n\n", 1)[0],
+        raw=raw,
     )
 
 
@@ -211,4 +213,4 @@ def _unparsed(raw: bytes, problems: list[Finding], limits: LimitSettings) -> Par
         headers = ()
     data = raw[: limits.max_message_size]
     return ParsedMessage(headers=headers, objects=(ContentObject("raw message", data, "message/rfc822"),),
-                         problems=tuple(problems), size=len(raw), raw_headers=head)
+                         problems=tuple(problems), size=len(raw), raw_headers=head, raw=raw)
