@@ -130,6 +130,46 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True)
+class ReputationSettings:
+    """DNS blocklists and sender authentication (SPF, DKIM, DMARC) of inbound mail.
+
+    Blocklist entries use Postfix's postscreen syntax ``zone[=a.b.c.d][*severity]``
+    (octets as ``n``, ``[n..m]`` or ``[n;m]``) or ``zone&mask[*severity]`` for bitmask
+    lists, e.g. ``"zen.spamhaus.org=127.0.0.[2..3]*high"``. Answers that match no entry
+    of their zone (such as 127.255.255.x, "query refused") are errors, never listings.
+    """
+
+    enabled: bool = True
+    nameservers: tuple[str, ...] = ()  # empty: the system resolver (/etc/resolv.conf)
+    port: int = 53
+    budget: float = 4.0                # seconds all lookups for one message may take together
+    query_timeout: float = 2.0         # seconds one query may take (all nameservers together)
+    retry_after: float = 10.0          # after a message found DNS dead, skip lookups this long
+    cache_size: int = 50_000           # answers cached per scanning process (positive and negative)
+    threads: int = 8                   # lookups in flight per scanning process
+    dnsbl: tuple[str, ...] = ()        # zones listing client addresses (IPv4 and IPv6)
+    uribl: tuple[str, ...] = ()        # zones listing domains found in message URLs
+    uribl_skip_domains: tuple[str, ...] = ()   # URL domains never looked up (e.g. our own)
+    max_uri_domains: int = 20          # distinct URL domains looked up per message
+    spf: bool = True
+    dkim: bool = True
+    dmarc: bool = True
+    authserv_id: str = ""              # Authentication-Results id; empty: this host's name
+    allow_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")   # clients never checked
+    allow_domains: tuple[str, ...] = ()    # clients whose MTA-verified host name is in these domains
+    min_key_bits: int = 1024           # shorter DKIM keys never pass
+    max_signatures: int = 5            # DKIM signatures verified per message
+    # Severity of each outcome; the policy maps severities to actions.
+    spf_fail: Severity = Severity.LOW
+    spf_softfail: Severity = Severity.INFO
+    dkim_fail: Severity = Severity.LOW
+    dmarc_reject: Severity = Severity.HIGH
+    dmarc_quarantine: Severity = Severity.MEDIUM
+    dmarc_none: Severity = Severity.INFO
+    dns_unavailable: Severity = Severity.LOW
+
+
+@dataclass(frozen=True)
 class Settings:
     state_dir: str = "/var/lib/mailward"
     milter: MilterSettings = MilterSettings()
@@ -140,6 +180,7 @@ class Settings:
     limits: LimitSettings = LimitSettings()
     model: ModelSettings = ModelSettings()
     logging: LoggingSettings = LoggingSettings()
+    reputation: ReputationSettings = ReputationSettings()
     source: str = field(default="<defaults>", compare=False)
 
     def state_path(self, configured: str, default_name: str) -> Path:
