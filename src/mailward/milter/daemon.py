@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         _prepare_directories(settings)
         _drop_privileges(settings)
         inspector = Inspector.from_settings(settings)
+        daemon = None if args.check else _Daemon(args, settings, inspector)
     except (MailwardError, OSError, KeyError) as exc:
         log.error("cannot start: %s", exc)
         print(f"mailward-milter: cannot start: {exc}", file=sys.stderr)
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mailward-milter: configuration {settings.source} is valid; "
               f"{len(inspector.detectors)} detectors loaded")
         return 0
-    return _Daemon(args, settings, inspector).serve()
+    return daemon.serve()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,197 @@
+"""End to end: a real Postfix on 127.0.0.1 talking to a real mailward-milter over a unix socket."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import sqlite3
+import time
+
+import pytest
+
+from mail import eicar_message, gtube_message, message
+
+pytestmark = pytest.mark.postfix
+
+INTERNALS = re.compile(r"EICAR|yara|Traceback|Exception|pymilter|rules/", re.I)
+
+
+def test_clean_message_is_delivered_with_headers(postfix, milter):
+    m = milter()
+    mid, raw = message()
+    assert postfix.send(raw)[0] == 250
+    delivered = postfix.delivered(mid)
+    assert delivered is not None, postfix.log()[-3000:]
+    assert delivered["X-Mailward-Verdict"] == "accept"
+    assert delivered["X-Mailward-Incident"].startswith("MW-")
+    event = m.event_for(delivered["X-Mailward-Incident"])
+    assert event["mailward"]["verdict"] == "accept"
+    assert event["email"]["direction"] == "inbound"
+    assert event["email"]["local_id"]            # Postfix queue ID on the summary line
+    assert "parse" in event["mailward"]["timings_ms"]
+
+
+def test_forged_mailward_headers_are_replaced(postfix, milter):
+    milter()
+    mid, raw = message()
+    raw = raw.replace(b"Subject:", b"X-Mailward-Verdict: accept-forged\r\nSubject:", 1)
+    assert postfix.send(raw)[0] == 250
+    delivered = postfix.delivered(mid)
+    assert delivered.get_all("X-Mailward-Verdict") == ["accept"]
+
+
+def test_eicar_is_rejected_generically_by_default(postfix, milter):
+    milter()
+    mid, raw = eicar_message()
+    code, text = postfix.send(raw)
+    assert code == 550
+    assert "5.7.1" in text and "incident MW-" in text
+    assert not INTERNALS.search(text)
+    assert postfix.delivered(mid, timeout=2) is None
+
+
+def test_eicar_goes_to_quarantine_store_not_mailbox(postfix, milter, tmp_path):
+    milter('[policy.inbound]\nmalware_action = "quarantine"\n')
+    mid, raw = eicar_message()
+    assert postfix.send(raw)[0] == 250          # accepted for quarantine, then discarded from the flow
+    assert postfix.delivered(mid, timeout=3) is None
+    db = tmp_path / "state" / "quarantine" / "quarantine.sqlite3"
+    assert db.exists()
+    files = [p for p in (tmp_path / "state" / "quarantine").rglob("*") if p.is_file() and p != db
+             and not p.name.startswith("quarantine.sqlite3")]
+    stored = [p.read_bytes() for p in files]
+    assert any(mid.encode() in b for b in stored)
+    assert all((p.stat().st_mode & 0o077) == 0 for p in files)
+
+
+def test_quarantine_with_hold_puts_message_in_postfix_hold_queue(postfix, milter):
+    milter('[policy.inbound]\nmalware_action = "quarantine"\n[quarantine]\nhold = true\n')
+    mid, raw = eicar_message()
+    assert postfix.send(raw)[0] == 250
+    deadline = time.monotonic() + 10
+    held = []
+    while time.monotonic() < deadline and not held:
+        held = postfix.queue("hold")
+        time.sleep(0.2)
+    assert held, postfix.log()[-2000:]
+    subprocess_delete_hold(postfix)
+
+
+def subprocess_delete_hold(postfix) -> None:
+    import subprocess
+
+    subprocess.run(["postsuper", "-c", str(postfix.conf), "-d", "ALL", "hold"], capture_output=True)
+
+
+@pytest.mark.parametrize("action,expected_code", [("reject", 550), ("tag", 250)])
+def test_gtube_is_handled_per_config(postfix, milter, action, expected_code):
+    milter(f'[policy.inbound]\nspam_action = "{action}"\n')
+    mid, raw = gtube_message()
+    code, text = postfix.send(raw)
+    assert code == expected_code
+    if action == "tag":
+        delivered = postfix.delivered(mid)
+        assert delivered["X-Mailward-Verdict"] == "tag"
+        assert "spam" in delivered["X-Mailward-Reasons"]
+    else:
+        assert "spam" in text and not INTERNALS.search(text)
+
+
+def test_internal_failure_tempfails_with_generic_reply(postfix, milter, tmp_path):
+    m = milter("", workers=1)
+    # Replace the spool directory by a file: writing the body now fails inside the milter.
+    spool = tmp_path / "state" / "spool"
+    spool.rmdir()
+    spool.write_text("not a directory")
+    m.proc  # the milter keeps running
+    mid, raw = message(body="x" * 3_000_000)   # above the 1 MiB spool threshold
+    code, text = postfix.send(raw)
+    assert code == 451
+    assert "incident MW-" in text and not INTERNALS.search(text)
+    assert postfix.delivered(mid, timeout=2) is None
+
+
+def test_failed_quarantine_write_tempfails(postfix, milter, tmp_path):
+    milter('[policy.inbound]\nmalware_action = "quarantine"\n')
+    qdir = tmp_path / "state" / "quarantine"
+    shutil.rmtree(qdir)                      # the disk "fails" under the running milter
+    qdir.write_text("a file where the quarantine directory should be")
+    mid, raw = eicar_message()
+    code, text = postfix.send(raw)
+    assert code == 451
+    assert "incident MW-" in text and not INTERNALS.search(text)
+    assert postfix.delivered(mid, timeout=2) is None
+
+
+def test_unusable_quarantine_at_start_is_a_clear_error(postfix, milter, tmp_path):
+    qdir = tmp_path / "qfile"
+    qdir.write_text("not a directory")
+    with pytest.raises(RuntimeError, match="cannot start: .*qfile"):
+        milter(f'[quarantine]\ndirectory = "{qdir}"\n')
+
+
+def test_milter_down_tempfails(postfix, milter):
+    m = milter()
+    m.stop()
+    mid, raw = message()
+    code, _ = postfix.send(raw)
+    assert code == 451
+    assert postfix.delivered(mid, timeout=2) is None
+
+
+def test_submission_gets_outbound_policy(postfix, milter):
+    # Inbound spam is tagged, outbound spam rejected: the submission service (ORIGINATING) must be outbound.
+    m = milter('[policy.inbound]\nspam_action = "tag"\n[policy.outbound]\nspam_action = "reject"\n')
+    mid, raw = gtube_message(to="someone@remote.test")
+    code, text = postfix.send(raw, port=postfix.submission_port, rcpts=("someone@remote.test",))
+    assert code == 550
+    incident = re.search(r"MW-[0-9A-F-]+", text).group(0)
+    event = m.event_for(incident)
+    assert event["email"]["direction"] == "outbound"
+
+
+def test_sighup_reloads_without_dropping_the_milter(postfix, milter, tmp_path):
+    m = milter('[policy.inbound]\nspam_action = "tag"\n')
+    config = tmp_path / "mailward.toml"
+    config.write_text(config.read_text().replace('spam_action = "tag"', 'spam_action = "reject"'))
+    m.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and "reloaded" not in m.log_path.read_text():
+        time.sleep(0.1)
+    assert m.proc.poll() is None
+    mid, raw = gtube_message()
+    assert postfix.send(raw)[0] == 550
+
+
+def test_broken_config_on_reload_keeps_running_policy(postfix, milter, tmp_path):
+    m = milter('[policy.inbound]\nspam_action = "reject"\n')
+    config = tmp_path / "mailward.toml"
+    config.write_text(config.read_text() + "\n[policy.inbound.bogus]\n")
+    m.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and "reload refused" not in m.log_path.read_text():
+        time.sleep(0.1)
+    assert "reload refused" in m.log_path.read_text()
+    mid, raw = gtube_message()
+    assert postfix.send(raw)[0] == 550
+
+
+def test_header_order_and_bytes_are_preserved_in_quarantine(postfix, milter, tmp_path):
+    milter('[policy.inbound]\nmalware_action = "quarantine"\n')
+    mid, raw = eicar_message()
+    raw = raw.replace(b"Subject:", b"X-Folded: first line\r\n\tsecond line\r\nX-Tight:no-space\r\nSubject:", 1)
+    assert postfix.send(raw)[0] == 250
+    qdir = tmp_path / "state" / "quarantine"
+    deadline = time.monotonic() + 5
+    stored = None
+    while time.monotonic() < deadline and stored is None:
+        for p in qdir.rglob("*"):
+            if p.is_file() and mid.encode() in p.read_bytes():
+                stored = p.read_bytes()
+        time.sleep(0.1)
+    assert stored is not None
+    assert b"X-Folded: first line\r\n\tsecond line\r\n" in stored
+    assert b"X-Tight:no-space\r\n" in stored
+    head, body = stored.split(b"\r\n\r\n", 1)
+    assert raw.split(b"\r\n\r\n", 1)[1] in body.replace(b"\r\n..", b"\r\n.")
