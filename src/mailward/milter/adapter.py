@@ -83,7 +83,7 @@ class MailwardMilter(Milter.Base):
     @Milter.noreply
     def connect(self, hostname, family, hostaddr):
         try:
-            address = hostaddr[0] if isinstance(hostaddr, tuple) and hostaddr else ""
+            address = hostaddr[0] if isinstance(hostaddr, tuple) and hostaddr else (hostaddr or "")
             self._client = (str(address), str(hostname or ""), "", self._macro("{daemon_name}"))
         except Exception:
             self._fail("connect")

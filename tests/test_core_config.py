@@ -1,0 +1,61 @@
+from pathlib import Path
+
+import pytest
+
+from mailward.config import load_settings
+from mailward.errors import ConfigError
+from mailward.evidence import Severity
+from mailward.verdict import Action
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "mailward.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_a_file():
+    s = load_settings()
+    assert s.policy.inbound.malware_action is Action.REJECT
+    assert s.quarantine.backend == "sqlite"
+    assert s.milter.socket.startswith("unix:")
+
+
+def test_per_direction_sections_keep_their_own_defaults(tmp_path):
+    s = load_settings(write(tmp_path, '[policy.outbound]\nspam_threshold = 0.7\n'))
+    assert s.policy.outbound.spam_threshold == 0.7
+    assert s.policy.outbound.reputation_action is Action.ACCEPT    # outbound default kept
+    assert s.policy.inbound.spam_threshold == 0.9
+
+
+def test_enums_and_lists_are_typed(tmp_path):
+    s = load_settings(write(tmp_path, '[policy.inbound]\nmin_severity = "high"\nspam_action = "reject"\n'
+                                      '[direction]\ninternal_networks = ["10.0.0.0/8", "2001:db8::/32"]\n'))
+    assert s.policy.inbound.min_severity is Severity.HIGH
+    assert s.policy.inbound.spam_action is Action.REJECT
+    assert s.direction.internal_networks == ("10.0.0.0/8", "2001:db8::/32")
+
+
+@pytest.mark.parametrize("text,key", [
+    ('[milter]\nworkers = "two"\n', "milter.workers"),
+    ('[milter]\nwrokers = 2\n', "milter.wrokers"),
+    ('[policy.inbound]\nspam_action = "explode"\n', "policy.inbound.spam_action"),
+    ('[policy.inbound]\nspam_threshold = 1.5\n', "policy.inbound.spam_threshold"),
+    ('[policy.outbound]\non_error = "reject"\n', "policy.outbound.on_error"),
+    ('[direction]\ninternal_networks = ["not-a-net"]\n', "direction.internal_networks"),
+    ('[quarantine]\nbackend = "postgresql"\n', "quarantine.dsn"),
+    ('milter = 3\n', "milter"),
+])
+def test_errors_name_the_file_and_the_key(tmp_path, text, key):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    assert err.value.key == key
+    assert str(path) in str(err.value)
+
+
+def test_invalid_toml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(write(tmp_path, "[milter\n"))
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(tmp_path / "missing.toml")

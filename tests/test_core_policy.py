@@ -1,0 +1,76 @@
+from dataclasses import replace
+
+from mailward.config import DirectionPolicy, PolicySettings
+from mailward.envelope import Direction, DirectionRules, Envelope
+from mailward.evidence import Category, Evidence, Finding, Severity, SpamAssessment
+from mailward.policy import decide, decide_failure
+from mailward.verdict import Action
+
+POLICY = DirectionPolicy()
+
+
+def finding(category: Category, severity: Severity = Severity.CRITICAL, detector: str = "test") -> Finding:
+    return Finding(category, "rule-name-internal", severity, detector, "a.zip > b.exe")
+
+
+def test_clean_message_is_accepted():
+    v = decide(Evidence(), POLICY, "MW-1")
+    assert v.action is Action.ACCEPT and v.reasons == () and v.reply is None
+
+
+def test_strongest_action_wins_and_leads_the_reasons():
+    ev = Evidence(findings=(finding(Category.UNCHECKED), finding(Category.MALWARE)),
+                  spam=SpamAssessment(0.95))
+    v = decide(ev, POLICY, "MW-1")
+    assert v.action is Action.REJECT
+    assert v.reasons[0] == "malware"
+    assert set(v.reasons) == {"malware", "unchecked", "spam"}
+
+
+def test_reply_is_generic_with_incident_id():
+    v = decide(Evidence(findings=(finding(Category.MALWARE),)), POLICY, "MW-0000-ABCD")
+    text = str(v.reply)
+    assert text.startswith("550 5.7.1 ") and "MW-0000-ABCD" in text
+    assert "rule-name-internal" not in text and "b.exe" not in text
+
+
+def test_spam_thresholds():
+    assert decide(Evidence(spam=SpamAssessment(0.2)), POLICY, "i").action is Action.ACCEPT
+    assert decide(Evidence(spam=SpamAssessment(0.6)), POLICY, "i").action is Action.TAG
+    assert decide(Evidence(spam=SpamAssessment(0.95)), POLICY, "i").action is Action.QUARANTINE
+    strict = replace(POLICY, spam_threshold=0.5, spam_action=Action.REJECT)
+    assert decide(Evidence(spam=SpamAssessment(0.6)), strict, "i").action is Action.REJECT
+
+
+def test_weak_findings_only_tag_and_info_is_ignored():
+    assert decide(Evidence(findings=(finding(Category.MACRO, Severity.LOW),)), POLICY, "i").action is Action.TAG
+    assert decide(Evidence(findings=(finding(Category.MACRO, Severity.INFO),)), POLICY, "i").action is Action.ACCEPT
+
+
+def test_detector_errors_follow_on_error_per_check():
+    ev = Evidence(findings=(finding(Category.ERROR, detector="dns"),))
+    assert decide(ev, POLICY, "i").action is Action.TEMPFAIL
+    assert decide(ev, replace(POLICY, accept_errors_from=("dns",)), "i").action is Action.ACCEPT
+    v = decide_failure(replace(POLICY, on_error=Action.ACCEPT), "i")
+    assert v.action is Action.ACCEPT
+
+
+def test_tempfail_reply_is_4xx():
+    v = decide(Evidence(findings=(finding(Category.ERROR),)), POLICY, "MW-9")
+    assert v.reply.code == "451" and v.reply.xcode.startswith("4.") and "MW-9" in v.reply.text
+
+
+def test_outbound_and_inbound_policies_differ():
+    p = PolicySettings()
+    assert p.for_direction(Direction.OUTBOUND) is p.outbound
+    assert p.for_direction(Direction.INBOUND) is p.inbound
+
+
+def test_direction_from_auth_daemon_and_networks():
+    rules = DirectionRules.build(["192.0.2.0/24", "2001:db8::/32"], ["ORIGINATING"])
+    assert rules.classify(Envelope(auth_user="alice")) is Direction.OUTBOUND
+    assert rules.classify(Envelope(daemon="ORIGINATING")) is Direction.OUTBOUND
+    assert rules.classify(Envelope(client_address="192.0.2.7")) is Direction.OUTBOUND
+    assert rules.classify(Envelope(client_address="2001:db8::1")) is Direction.OUTBOUND
+    assert rules.classify(Envelope(client_address="198.51.100.1", daemon="mx")) is Direction.INBOUND
+    assert rules.classify(Envelope(client_address="garbage")) is Direction.INBOUND

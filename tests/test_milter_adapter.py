@@ -1,0 +1,142 @@
+"""The pymilter adapter driven in process by pymilter's TestCtx (no MTA)."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import Milter
+import pytest
+from Milter import testctx
+
+from mail import eicar_message, gtube_message, message
+from mailward.config import load_settings
+from mailward.milter.adapter import MailwardMilter, Runtime
+from mailward.pipeline import Inspector
+from mailward.quarantine import open_store
+from mailward.screening import Screener
+
+INTERNALS = re.compile(r"EICAR|yara|Traceback|Error|pymilter", re.I)
+
+
+NO_REPLY_BITS = (Milter.P_NR_CONN | Milter.P_NR_HELO | Milter.P_NR_MAIL | Milter.P_NR_RCPT | Milter.P_NR_DATA
+                 | Milter.P_NR_UNKN | Milter.P_NR_EOH | Milter.P_NR_BODY | Milter.P_NR_HDR)
+
+
+class Ctx(testctx.TestCtx):
+    """TestCtx treats NOREPLY as a rejection and lacks quarantine(): offer no NR bits, record holds."""
+
+
+    held: list[str]
+
+    def quarantine(self, reason):
+        self.held.append(reason)
+
+
+def runtime(tmp_path: Path, toml: str = "", scan=None) -> Runtime:
+    cfg = tmp_path / "m.toml"
+    cfg.write_text(f'state_dir = "{tmp_path / "state"}"\n{toml}')
+    settings = load_settings(cfg)
+    (tmp_path / "state" / "spool").mkdir(parents=True, exist_ok=True)
+    inspector = Inspector.from_settings(settings)
+    scan = scan or (lambda raw, env: inspector.inspect(raw if isinstance(raw, bytes) else raw.read_bytes(), env))
+    return Runtime(Screener(settings, scan, open_store(settings)), settings.direction.rules(),
+                   tmp_path / "state" / "spool", settings.milter.spool_threshold)
+
+
+@pytest.fixture
+def feed(monkeypatch):
+    def run(rt: Runtime, raw: bytes, auth: str = "", ip: str = "198.51.100.7"):
+        monkeypatch.setattr(Milter, "factory", lambda: MailwardMilter(rt))
+        monkeypatch.setattr(testctx.TestCtx, "default_opts", [Milter.CURR_ACTS, 0x1FFFFF & ~NO_REPLY_BITS, 0, 0])
+        ctx = Ctx()
+        ctx.held = []
+        if auth:
+            ctx._setsymval("{auth_authen}", auth)
+        ctx._setsymval("i", "4ABCDE1234")
+        assert ctx._connect(ip=ip) == Milter.CONTINUE
+        rc = ctx._feedFile(io.BytesIO(raw), "sender@example.org", "user@example.test")
+        return rc, ctx
+    return run
+
+
+def test_clean_message_accepted_with_headers(tmp_path, feed):
+    rc, ctx = feed(runtime(tmp_path), message()[1])
+    assert rc == Milter.ACCEPT
+    assert ctx._msg["X-Mailward-Verdict"] == "accept"
+    assert ctx._msg["X-Mailward-Incident"].startswith("MW-")
+
+
+def test_authenticated_sender_gets_outbound_policy(tmp_path, feed):
+    rt = runtime(tmp_path, '[policy.inbound]\nspam_action = "tag"\n[policy.outbound]\nspam_action = "reject"\n')
+    rc, _ = feed(rt, gtube_message()[1])
+    assert rc == Milter.ACCEPT
+    rc, ctx = feed(rt, gtube_message()[1], auth="alice")
+    assert rc == Milter.REJECT
+    assert ctx._reply[0] == "550"
+
+
+def test_internal_network_is_outbound(tmp_path, feed):
+    rt = runtime(tmp_path, '[direction]\ninternal_networks = ["192.0.2.0/24"]\n'
+                           '[policy.outbound]\nspam_action = "reject"\n[policy.inbound]\nspam_action = "tag"\n')
+    assert feed(rt, gtube_message()[1], ip="192.0.2.10")[0] == Milter.REJECT
+
+
+def test_unexpected_scan_exception_tempfails_generically(tmp_path, feed):
+    def explode(raw, env):
+        raise ZeroDivisionError("internal detail")
+    rc, ctx = feed(runtime(tmp_path, scan=explode), message()[1])
+    assert rc == Milter.TEMPFAIL
+    code, xcode, text = ctx._reply
+    assert code == "451" and xcode.startswith("4.") and "incident MW-" in text
+    assert not INTERNALS.search(text) and "internal detail" not in text
+
+
+def test_on_error_accept_is_honoured(tmp_path, feed):
+    from mailward.workers import ScanFailed
+
+    def dead(raw, env):
+        raise ScanFailed("worker died")
+    rc, _ = feed(runtime(tmp_path, '[policy.inbound]\non_error = "accept"\n', scan=dead), message()[1])
+    assert rc == Milter.ACCEPT
+
+
+def test_failure_in_noreply_callback_is_answered_at_eom(tmp_path, feed):
+    rt = runtime(tmp_path)
+    spool = tmp_path / "state" / "spool"
+    spool.rmdir()
+    spool.write_text("x")                      # the body spool cannot be created
+    rt = Runtime(rt.screener, rt.direction, spool, spool_threshold=0)
+    rc, ctx = feed(rt, message()[1])
+    assert rc == Milter.TEMPFAIL
+    assert not INTERNALS.search(ctx._reply[2])
+
+
+def test_quarantine_discards_from_flow_after_storing(tmp_path, feed):
+    rt = runtime(tmp_path, '[policy.inbound]\nmalware_action = "quarantine"\n')
+    rc, ctx = feed(rt, eicar_message()[1])
+    assert rc == Milter.DISCARD
+    stored = [p for p in (tmp_path / "state" / "quarantine").rglob("*.eml")]
+    assert len(stored) == 1 and b"invoice.com" in stored[0].read_bytes()
+
+
+def test_quarantine_with_hold_uses_mta_hold(tmp_path, feed):
+    rt = runtime(tmp_path, '[policy.inbound]\nmalware_action = "quarantine"\n[quarantine]\nhold = true\n')
+    rc, ctx = feed(rt, eicar_message()[1])
+    assert rc == Milter.ACCEPT and ctx.held and "MW-" in ctx.held[0]
+
+
+def test_large_body_is_spooled_and_cleaned_up(tmp_path, feed):
+    rt = runtime(tmp_path)
+    rt = Runtime(rt.screener, rt.direction, rt.spool_dir, spool_threshold=1024)
+    seen = []
+    inner = rt.screener._scan
+
+    def spy(source, env):
+        seen.append(type(source).__name__)
+        return inner(source, env)
+    rt.screener._scan = spy
+    rc, _ = feed(rt, eicar_message(body="x" * 50_000)[1])
+    assert rc == Milter.REJECT and seen == ["PosixPath"]
+    assert list(rt.spool_dir.iterdir()) == []     # the spool file is gone after the message
