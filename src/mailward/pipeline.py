@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from .config import LimitSettings, Settings
@@ -55,4 +55,4 @@ class Inspector:
                                                    detector.name, "", type(exc).__name__),))
             timings.append((detector.name, time.perf_counter() - t0))
             evidence = evidence.merged(found)
-        return Evidence(evidence.findings, evidence.spam, tuple(timings))
+        return replace(evidence, timings=tuple(timings))

@@ -201,6 +201,8 @@ class MailwardMilter(Milter.Base):
             self.setreply(reply.code, reply.xcode, reply.text)
             return Milter.REJECT if verdict.action is Action.REJECT else Milter.TEMPFAIL
         self._replace_our_headers(verdict)
+        for name, value in outcome.evidence.headers:      # trace fields such as Authentication-Results
+            self.addheader(name, value, 0)
         if verdict.action is Action.QUARANTINE:
             if verdict.hold:
                 self.quarantine(f"Mailward incident {verdict.incident_id}")
