@@ -119,3 +119,51 @@ def store_factory(request, backend, tmp_path, clock):
 @pytest.fixture
 def store(store_factory):
     return store_factory()
+
+
+class SmtpSink:
+    """A tiny SMTP receiver on loopback (aiosmtpd) standing in for the release relay."""
+
+    def __init__(self, refuse: tuple[str, ...] = ()):
+        import socket
+
+        from aiosmtpd.controller import Controller
+
+        self.received: list[tuple[str, tuple[str, ...], bytes]] = []
+        self.refuse = set(refuse)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address in self.refuse:
+            return "550 5.1.1 no such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        self.received.append((envelope.mail_from, tuple(envelope.rcpt_tos), envelope.original_content))
+        return "250 OK queued"
+
+    def __enter__(self) -> "SmtpSink":
+        self._controller.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._controller.stop()
+
+
+@pytest.fixture
+def smtp_sink():
+    with SmtpSink() as sink:
+        yield sink
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (the relay is down)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

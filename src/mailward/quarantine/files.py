@@ -34,6 +34,22 @@ class Written:
     head: bytes
 
 
+def adopt(path: Path) -> None:
+    """Give what root just created to the owner of its directory (the service user).
+
+    An administrator running the CLI as root before the milter ever ran must
+    not leave root-owned state behind that the milter then cannot open.
+    """
+    if os.geteuid() != 0:
+        return
+    try:
+        parent = path.parent.stat()
+        if parent.st_uid != 0 and path.stat().st_uid == 0:
+            os.chown(path, parent.st_uid, parent.st_gid)
+    except OSError as exc:
+        raise StoreError(f"cannot hand {path} to the service user: {exc.strerror}") from exc
+
+
 def ensure_private_dir(path: Path) -> Path:
     """Create ``path`` (mode 0700) or tighten an existing one; StoreError if that is impossible."""
     try:
@@ -42,6 +58,7 @@ def ensure_private_dir(path: Path) -> Path:
             os.chmod(path, 0o700)
     except OSError as exc:
         raise StoreError(f"cannot prepare private directory {path}: {exc.strerror}") from exc
+    adopt(path)
     return path
 
 

@@ -26,7 +26,7 @@ from ..envelope import Envelope
 from ..errors import StoreError
 from ..evidence import Evidence
 from ..verdict import Verdict
-from .files import MessageFiles, ensure_private_dir
+from .files import MessageFiles, adopt, ensure_private_dir
 from .records import check_id
 from .store import Clock, QuarantineStore
 
@@ -51,6 +51,7 @@ class SqliteStore(QuarantineStore):
                 os.chmod(self.db_path, 0o600)
         except OSError as exc:
             raise StoreError(f"cannot create {self.db_path}: {exc.strerror}") from exc
+        adopt(self.db_path)      # SQLite itself gives -wal and -shm the database file's owner
         self.files = MessageFiles(self.directory / "messages")
         super().__init__(clock, pool_size)
         with self._tx(write=True) as conn:

@@ -1,0 +1,194 @@
+"""`mailward quarantine ...` in process, on both backends: review, release, label, export, purge, audit, digest."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import email
+import io
+import json
+import os
+import stat
+import time
+import zipfile
+
+import pytest
+
+from mailward.cli.quarantine import parse_age, parse_when, register
+from mailward.config import load_settings
+from mailward.envelope import Direction
+from mailward.quarantine import open_store
+from mailward.quarantine.release import RELEASE_HEADER, ReleaseVerifier, message_body
+from quarantine_support import (backend, envelope, fresh_pg_dsn, malware_case, message, pg_dsn,  # noqa: F401
+                                smtp_sink, spam_case)
+
+def _zip() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("payload.js", "WScript.Echo(1)")
+    return buf.getvalue()
+
+
+ZIP = _zip()
+HOSTILE = (b"From: \"Evil\x1b]0;pwned\x07\" <evil@bad.test>\r\nTo: bob@example.net\r\n"
+           b"Subject: =?utf-8?q?Invoice_=E2=80=AEfdp.exe?=\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n"
+           b"--b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+           b"Open the file\x1b[2J\x1b[31m now\r\nTo: fake-header-line\r\n"
+           b"--b1\r\nContent-Type: text/html\r\n\r\n<img src=\"http://tracker.test/x\">\r\n"
+           b"--b1\r\nContent-Type: application/pdf; name=\"invoice.pdf\"\r\n"
+           b"Content-Disposition: attachment; filename=\"invoice.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+           + base64.encodebytes(ZIP).replace(b"\n", b"\r\n") +
+           b"--b1--\r\n")
+
+
+@pytest.fixture
+def settings(request, backend, tmp_path, smtp_sink):
+    quarantine = {"relay_port": smtp_sink.port, "relay_timeout": 10.0}
+    if backend == "postgresql":
+        quarantine |= {"backend": "postgresql", "dsn": request.getfixturevalue("fresh_pg_dsn")}
+    return load_settings(overrides={"state_dir": str(tmp_path / "state"), "quarantine": quarantine})
+
+
+@pytest.fixture
+def cli(settings, capsys):
+    parser = argparse.ArgumentParser(prog="mailward")
+    register(parser.add_subparsers(dest="command", required=True))
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        args = parser.parse_args(["quarantine", *argv])
+        code = args.handler(args, settings)
+        out, err = capsys.readouterr()
+        return code, out, err
+    return run
+
+
+@pytest.fixture
+def put(settings):
+    def put_one(raw: bytes = None, case=None, env=None) -> str:
+        v, e = (case or spam_case)()
+        with open_store(settings) as store:
+            return store.put(raw if raw is not None else message(), env or envelope(), v, e)
+    return put_one
+
+
+def test_list_table_and_json_with_filters(cli, put):
+    spam = put(message("Cheap offer \x1b[31m"))
+    mal = put(message("Invoice"), malware_case, envelope(sender="billing@corp.test", direction=Direction.OUTBOUND))
+
+    code, out, _ = cli("list")
+    assert code == 0 and spam in out and mal in out
+    assert "\x1b" not in out and "\\x1b" in out
+    code, out, _ = cli("list", "--json", "--reason", "malware")
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["id"] for r in rows] == [mal]
+    assert rows[0]["findings"][0]["location"] == "invoice.zip > eicar.com"
+    assert [json.loads(x)["id"] for x in cli("list", "--json", "--direction", "inbound")[1].splitlines()] == [spam]
+    assert [json.loads(x)["id"] for x in cli("list", "--json", "--sender", "BILLING")[1].splitlines()] == [mal]
+    assert cli("list", "--json", "--since", "2999-01-01")[1] == ""
+    assert len(cli("list", "--json", "--since", "1h", "--verdict", "quarantine")[1].splitlines()) == 2
+
+
+def test_show_renders_hostile_content_inertly(cli, put):
+    qid = put(HOSTILE)
+    code, out, _ = cli("show", qid)
+    assert code == 0
+    assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
+    assert "\\x1b]0;pwned\\x07" in out and "\\u202e" in out
+    assert "  | Open the file\\x1b[2J\\x1b[31m now" in out
+    assert "  | To: fake-header-line" in out                      # body lines cannot pose as headers
+    assert '"invoice.pdf" attachment  real: application/zip  (type differs from declared)' in out
+    assert "<img src=" in out and "shown as source" in out        # HTML as text, never rendered
+    assert "[high] spam gtube (gtube) at part 1" in out
+    assert "Spam score:     0.970 (model nb-1)" in out and "+2.500  viagra" in out
+
+    data = json.loads(cli("show", qid, "--json")[1])
+    pdf = [p for p in data["parts"] if p["filename"] == "invoice.pdf"][0]
+    assert pdf["declared_type"] == "application/pdf" and pdf["real_type"] == "application/zip"
+    assert len(pdf["sha256"]) == 64 and pdf["size"] == len(ZIP)
+    assert [p["part"] for p in data["parts"]] == ["message", "1", "2", "3"]
+
+
+def test_release_through_relay_marks_and_audits(cli, put, smtp_sink, settings):
+    qid = put()
+    code, out, _ = cli("--analyst", "carol", "release", qid)
+    assert code == 0 and "released" in out
+    [(sender, rcpts, data)] = smtp_sink.received
+    assert rcpts == ("bob@example.net",)
+    msg = email.message_from_bytes(data)
+    assert ReleaseVerifier.from_settings(settings).verify(msg[RELEASE_HEADER], message_body(data)).quarantine_id == qid
+    assert cli("release", qid)[0] == 3                           # already released: nothing sent again
+    assert len(smtp_sink.received) == 1
+    hist = cli("history", qid, "--json")[1].splitlines()
+    release_event = json.loads(hist[-1])
+    assert release_event["action"] == "release" and release_event["actor"] == "carol"
+    assert release_event["host"] and "bob@example.net" in release_event["detail"]
+
+
+def test_release_of_malware_needs_force(cli, put, smtp_sink):
+    qid = put(case=malware_case)
+    code, _, err = cli("release", qid)
+    assert code == 3 and "--force" in err and smtp_sink.received == []
+    assert cli("release", qid, "--force")[0] == 0 and len(smtp_sink.received) == 1
+
+
+def test_label_export_delete_and_history(cli, put, tmp_path):
+    qid = put(HOSTILE)
+    assert cli("label", qid, "spam")[0] == 0
+    assert cli("label", "MW-NOPE", "ham")[0] == 1
+    target = tmp_path / "sample.eml"
+    assert cli("export", qid, "-o", str(target))[0] == 0
+    assert target.read_bytes() == HOSTILE and stat.S_IMODE(os.stat(target).st_mode) == 0o600
+    assert cli("export", qid, "-o", str(target))[0] == 1          # never overwrites
+    assert cli("delete", qid)[0] == 0
+    assert cli("show", qid)[0] == 1
+    assert cli("delete", qid)[0] == 1
+    code, out, _ = cli("history", qid)
+    assert code == 0
+    assert [line.split()[3] for line in out.splitlines()] == ["quarantine", "label", "export", "delete"]
+
+
+def test_export_to_stdout_is_byte_exact(settings, put, capsysbinary):
+    qid = put(HOSTILE)
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["quarantine", "export", qid])
+    assert args.handler(args, settings) == 0
+    assert capsysbinary.readouterr().out == HOSTILE
+
+
+def test_purge_uses_retention_or_older_than(cli, put, settings):
+    qid = put()
+    assert cli("purge")[0] == 0                                  # 30 days retention: too young
+    with open_store(settings) as store:
+        assert store.get(qid) is not None
+    code, out, _ = cli("purge", "--older-than", "0.0001s")
+    assert code == 0 and "purged 1" in out
+    assert json.loads(cli("history", qid, "--json")[1].splitlines()[-1])["action"] == "purge"
+
+
+def test_digest_to_contacts_and_recipients(cli, put, smtp_sink):
+    a = put(message("For bob"), env=envelope(recipients=("bob@example.net",)))
+    put(message("Outbound"), env=envelope(recipients=("ext@else.test",), direction=Direction.OUTBOUND))
+    code, out, _ = cli("digest", "--to", "soc@example.net", "--recipients")
+    assert code == 0 and "sent 2 digest(s)" in out
+    by_rcpt = {rcpts[0]: email.message_from_bytes(data) for _, rcpts, data in smtp_sink.received}
+    assert set(by_rcpt) == {"soc@example.net", "bob@example.net"}   # never the outbound recipient
+    bob = by_rcpt["bob@example.net"].get_payload(decode=True).decode()
+    assert a in bob and "For bob" in bob and "Outbound" not in bob
+    assert "Outbound" in by_rcpt["soc@example.net"].get_payload(decode=True).decode()
+    assert any("digest to bob@example.net" in line for line in cli("history", a)[1].splitlines())
+
+
+def test_bad_ids_and_durations_fail_cleanly(cli):
+    assert cli("show", "../../etc/passwd")[0] == 1
+    assert cli("purge", "--older-than", "soon")[0] == 2
+    assert cli("list", "--since", "yesterday")[0] == 2
+
+
+def test_time_parsing():
+    assert parse_age("30d") == 30 * 86400 and parse_age("12h") == 43200 and parse_age("2") == 172800
+    assert parse_when("2024-05-01", 0) == 1714521600
+    assert parse_when("2024-05-01T02:00+02:00", 0) == 1714521600
+    now = time.time()
+    assert parse_when("1h", now) == now - 3600

@@ -1,0 +1,139 @@
+"""Release through a real SMTP receiver on loopback, on both backends; the release mark and its verifier."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+
+import pytest
+
+from mailward.config import load_settings
+from mailward.quarantine import Actor, Status
+from mailward.quarantine.release import (RELEASE_HEADER, Relay, ReleaseOutcome, ReleaseVerifier, key_path,
+                                         load_release_key, message_body, release, release_mark)
+from quarantine_support import (SmtpSink, backend, clock, closed_port, envelope, fresh_pg_dsn,  # noqa: F401
+                                malware_case, message, pg_dsn, smtp_sink, spam_case, store, store_factory)
+
+KEY = b"k" * 32
+ANALYST = Actor("analyst1", "review-host")
+
+
+def relay_for(sink: SmtpSink) -> Relay:
+    return Relay("127.0.0.1", sink.port, 10.0)
+
+
+def header_value(raw: bytes) -> str:
+    head = raw.split(b"\r\n", 1)[0].decode()
+    name, _, value = head.partition(": ")
+    assert name == RELEASE_HEADER
+    return value
+
+
+def test_release_delivers_original_bytes_to_original_recipients(store, smtp_sink, clock):
+    raw = message("Quarterly report", body=b"line one\r\nline two\r\n.leading dot\r\n")
+    v, e = spam_case()
+    env = envelope(sender="alice@example.org", recipients=("bob@example.net", "carol@example.net"))
+    qid = store.put(raw, env, v, e)
+
+    result = release(store, qid, ANALYST, relay_for(smtp_sink), KEY, clock=clock)
+
+    assert result.outcome is ReleaseOutcome.RELEASED
+    [(sender, rcpts, data)] = smtp_sink.received
+    assert sender == "alice@example.org" and rcpts == ("bob@example.net", "carol@example.net")
+    mark = header_value(data)
+    assert data.split(b"\r\n", 1)[1] == raw                      # the original bytes follow, unchanged
+    verified = ReleaseVerifier(KEY, 86400, clock).verify(mark, message_body(data))
+    assert verified is not None and verified.quarantine_id == qid
+    assert store.get(qid).status is Status.RELEASED
+    assert [ev.action for ev in store.history(qid)][-2:] == ["release-claim", "release"]
+    assert release(store, qid, ANALYST, relay_for(smtp_sink), KEY).outcome is ReleaseOutcome.ALREADY_RELEASED
+    assert len(smtp_sink.received) == 1
+
+
+def test_malware_needs_force(store, smtp_sink):
+    v, e = malware_case()
+    qid = store.put(message(), envelope(), v, e)
+    assert release(store, qid, ANALYST, relay_for(smtp_sink), KEY).outcome is ReleaseOutcome.NEEDS_FORCE
+    assert smtp_sink.received == []
+    assert release(store, qid, ANALYST, relay_for(smtp_sink), KEY, force=True).outcome is ReleaseOutcome.RELEASED
+    assert store.history(qid)[-2].detail == "forced"
+
+
+def test_relay_down_keeps_the_message_and_a_retry_works(store):
+    v, e = spam_case()
+    qid = store.put(message(), envelope(), v, e)
+    failed = release(store, qid, ANALYST, Relay("127.0.0.1", closed_port(), 5.0), KEY)
+    assert failed.outcome is ReleaseOutcome.FAILED
+    assert store.get(qid).status is Status.HELD
+    assert store.history(qid)[-1].action == "release-failed"
+    with SmtpSink() as sink:
+        assert release(store, qid, ANALYST, relay_for(sink), KEY).outcome is ReleaseOutcome.RELEASED
+        assert len(sink.received) == 1
+
+
+def test_refused_recipients(store):
+    v, e = spam_case()
+    qid = store.put(message(), envelope(recipients=("bob@example.net", "gone@example.net")), v, e)
+    with SmtpSink(refuse=("gone@example.net",)) as sink:
+        result = release(store, qid, ANALYST, relay_for(sink), KEY)
+        assert result.outcome is ReleaseOutcome.RELEASED and result.refused == ("gone@example.net",)
+        assert sink.received[0][1] == ("bob@example.net",)
+    assert "refused: gone@example.net" in store.history(qid)[-1].detail
+
+    v2, e2 = spam_case()
+    all_gone = store.put(message(), envelope(recipients=("gone@example.net",)), v2, e2)
+    with SmtpSink(refuse=("gone@example.net",)) as sink:
+        result = release(store, all_gone, ANALYST, relay_for(sink), KEY)
+    assert result.outcome is ReleaseOutcome.FAILED and "all recipients refused" in result.detail
+    assert store.get(all_gone).status is Status.HELD
+
+
+def test_concurrent_releases_deliver_once(store, smtp_sink):
+    ids = []
+    for i in range(5):
+        v, e = spam_case()
+        ids.append(store.put(message(f"m{i}"), envelope(), v, e))
+    barrier = threading.Barrier(6)
+    outcomes = []
+
+    def releaser(n: int) -> None:
+        barrier.wait()
+        for qid in ids:
+            outcomes.append(release(store, qid, Actor(f"a{n}", "h"), relay_for(smtp_sink), KEY).outcome)
+
+    threads = [threading.Thread(target=releaser, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcomes.count(ReleaseOutcome.RELEASED) == len(ids)
+    assert set(outcomes) <= {ReleaseOutcome.RELEASED, ReleaseOutcome.IN_PROGRESS, ReleaseOutcome.ALREADY_RELEASED}
+    subjects = sorted(data.split(b"Subject: ")[1].split(b"\r\n")[0] for _, _, data in smtp_sink.received)
+    assert subjects == sorted(f"m{i}".encode() for i in range(5))
+
+
+def test_verifier_rejects_forgeries_and_old_marks(clock):
+    body = b"Hello\r\nworld\r\n"
+    mark = release_mark(KEY, "MW-1", body, clock())
+    verifier = ReleaseVerifier(KEY, 3600, clock)
+    assert verifier.verify(mark, body).quarantine_id == "MW-1"
+    assert verifier.verify(mark, b"Hello\nworld\n") is not None            # line endings rewritten in transit
+    assert verifier.verify(mark, b"Hello\r\nw0rld\r\n") is None             # other content
+    assert ReleaseVerifier(b"x" * 32, 3600, clock).verify(mark, body) is None   # other key
+    forged = mark.replace("MW-1", "MW-2", 1)
+    assert verifier.verify(forged, body) is None                            # mark moved to another ID
+    for junk in ("", "MW-1", "MW-1 notatime sig", "a b c d"):
+        assert verifier.verify(junk, body) is None
+    assert verifier.verify_message(["MW-9 1 deadbeef", mark], body).quarantine_id == "MW-1"
+    clock.now += 3601
+    assert verifier.verify(mark, body) is None                              # expired
+
+
+def test_release_key_is_created_private_once(tmp_path):
+    settings = load_settings(overrides={"state_dir": str(tmp_path)})
+    path = key_path(settings)
+    key = load_release_key(path)
+    assert len(key) == 32 and stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert load_release_key(path) == key
+    assert ReleaseVerifier.from_settings(settings).verify(release_mark(key, "MW-1", b"b", 0), b"b") is None  # 1970
