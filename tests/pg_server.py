@@ -44,7 +44,8 @@ class PostgresServer:
             raise RuntimeError("PostgreSQL server binaries not found under /usr/lib/postgresql")
         self.durable = durable           # fsync on: only benchmarks need real durability figures
         self.port = _free_port()
-        self.root = Path(tempfile.mkdtemp(prefix="mailward-pg-"))
+        # As root under /tmp itself: $TMPDIR may sit below a directory the postgres user cannot enter.
+        self.root = Path(tempfile.mkdtemp(prefix="mailward-pg-", dir="/tmp" if os.geteuid() == 0 else None))
         self.data = self.root / "data"
         self.user = None
         if os.geteuid() == 0:

@@ -30,7 +30,7 @@ def header_value(raw: bytes) -> str:
     return value
 
 
-def test_release_delivers_original_bytes_to_original_recipients(store, smtp_sink, clock):
+def test_release_delivers_original_bytes_to_original_recipients(store, smtp_sink, clock, tmp_path):
     raw = message("Quarterly report", body=b"line one\r\nline two\r\n.leading dot\r\n")
     v, e = spam_case()
     env = envelope(sender="alice@example.org", recipients=("bob@example.net", "carol@example.net"))
@@ -47,6 +47,13 @@ def test_release_delivers_original_bytes_to_original_recipients(store, smtp_sink
     assert verified is not None and verified.quarantine_id == qid
     assert store.get(qid).status is Status.RELEASED
     assert [ev.action for ev in store.history(qid)][-2:] == ["release-claim", "release"]
+    relayed = b"Received: from relay by mx\r\n" + data.replace(b"\r\n", b"\n")   # as an MTA passes it on
+    spool = tmp_path / "spooled.eml"
+    spool.write_bytes(relayed)
+    checker = ReleaseVerifier(KEY, 86400, clock)
+    assert checker.check(relayed).quarantine_id == qid and checker.check(spool).quarantine_id == qid
+    assert checker.check(raw) is None
+    assert checker.check(relayed.replace(b"line two", b"line 2")) is None
     assert release(store, qid, ANALYST, relay_for(smtp_sink), KEY).outcome is ReleaseOutcome.ALREADY_RELEASED
     assert len(smtp_sink.received) == 1
 

@@ -5,7 +5,7 @@ So that Mailward does not quarantine it a second time for the same reason,
 the release prepends ``X-Mailward-Release: <id> <unix time> <hmac>``; the HMAC
 (SHA-256, key in ``release.key``, shared by all milter hosts) covers the ID, the
 time and a digest of the body, so the mark cannot be forged nor moved to other
-content. The milter checks it with :class:`ReleaseVerifier`.
+content. The milter checks it with :meth:`ReleaseVerifier.check`.
 
 The body digest ignores line breaks (``CR``/``LF``): SMTP clients and MTAs
 legitimately rewrite line endings on the way (smtplib turns a bare CR into
@@ -29,12 +29,14 @@ import secrets
 import smtplib
 import time
 from dataclasses import dataclass
+from email.parser import BytesHeaderParser
+from email.policy import compat32
 from enum import Enum
 from pathlib import Path
 
 from ..config import Settings
 from ..errors import StoreError
-from .files import adopt
+from .files import HEAD_BYTES, adopt
 from .records import Actor, ReleaseClaim, check_id
 from .store import QuarantineStore
 
@@ -168,6 +170,26 @@ class ReleaseVerifier:
             if mark is not None:
                 return mark
         return None
+
+    def check(self, raw: bytes | Path) -> ReleaseMark | None:
+        """The valid release mark of a whole message (in memory or spooled), if it has one.
+
+        Only the header block is read unless a release header is present, so
+        ordinary mail costs one small parse.
+        """
+        head = raw[:HEAD_BYTES] if isinstance(raw, bytes) else _read_head(raw)
+        match = _BODY_START.search(head)
+        block = head[: match.start()] if match else head
+        values = BytesHeaderParser(policy=compat32).parsebytes(block + b"\n\n").get_all(RELEASE_HEADER) or []
+        if not values:
+            return None
+        data = raw if isinstance(raw, bytes) else raw.read_bytes()
+        return self.verify_message([" ".join(str(v).split()) for v in values], message_body(data))
+
+
+def _read_head(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(HEAD_BYTES)
 
 
 def marked(raw: bytes, header_value: str) -> bytes:
