@@ -96,7 +96,15 @@ class SignatureSettings:
     rules_dirs: tuple[str, ...] = ()   # extra YARA source directories, besides the shipped rules
     shipped_rules: bool = True
     yara_timeout: int = 5              # whole seconds per object (libyara's granularity)
-    hash_lists: tuple[str, ...] = ()
+    hash_lists: tuple[str, ...] = ()   # deny lists: "hash;description" lines, ClamAV .hdb/.hsb
+    hash_allow_lists: tuple[str, ...] = ()   # same formats; an allowed object gets no signature findings
+    banned_extensions: tuple[str, ...] = (
+        "ade", "adp", "app", "appx", "appxbundle", "bas", "bat", "cab", "chm", "cmd", "com", "cpl", "dll",
+        "exe", "gadget", "hta", "inf", "ins", "isp", "jar", "js", "jse", "lib", "lnk", "mde", "msc", "msi",
+        "msix", "msp", "mst", "nsh", "pif", "ps1", "ps1xml", "ps2", "psc1", "psm1", "reg", "scf", "scr",
+        "sct", "settingcontent-ms", "shb", "shs", "sys", "url", "vb", "vbe", "vbs", "vxd", "website", "wsc",
+        "wsf", "wsh", "xll", "xbap", "iqy", "slk", "library-ms", "appref-ms", "search-ms")
+    risky_extensions: tuple[str, ...] = ("iso", "img", "vhd", "vhdx", "one", "onepkg")   # containers malware hides in
 
 
 @dataclass(frozen=True)
@@ -112,6 +120,10 @@ class LimitSettings:
     unpack_budget_factor: int = 100
     max_ratio: int = 200
     ratio_floor: int = 1 * MiB
+    parser_timeout: float = 10.0       # seconds per document in the parser sandbox (olefile, PDF, 7z, ISO...)
+    parser_memory: int = 1024 * MiB    # address-space limit of the parser sandbox
+    inspect_deadline: float = 40.0     # seconds for unpacking plus YARA; what is left after it is unchecked
+    password_candidates: int = 8       # words from the message text tried on encrypted archives
 
     def unpack_budget(self, message_size: int) -> int:
         return max(self.min_unpack_budget, min(self.max_unpack_budget, self.unpack_budget_factor * message_size))

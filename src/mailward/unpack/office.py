@@ -1,0 +1,142 @@
+"""Active content in OLE documents (.doc/.xls/.ppt, vbaProject.bin) and RTF, through oletools.
+
+Extraction and facts only: the VBA source, XLM formulas and embedded objects
+become members (so YARA and the hash lists see them decompressed), and what
+mraptor, olevba, msodde and rtfobj report becomes observations. Signatures
+decide what weighs how much. Runs in the sandbox: olefile can hang on crafted input.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+
+import msoffcrypto
+import olefile
+from oletools import mraptor, msodde, oleobj, rtfobj
+from oletools.olevba import VBA_Parser, detect_autoexec, detect_suspicious
+
+from .meter import Meter, collect
+from .model import Allowance, Collector, Fact, Stop, Unpacked
+
+# Excel opens workbooks encrypted with this password without asking: malware uses it.
+EXCEL_DEFAULT_PASSWORD = "VelvetSweatshop"
+_RTF_TEMPLATE = re.compile(rb"\\\*\\template\s*([^}\s]{1,300})", re.I)
+_REMOTE = re.compile(rb"^(https?:|\\\\|//|file:)", re.I)
+
+logging.getLogger("olevba").setLevel(logging.CRITICAL)
+logging.getLogger("msodde").setLevel(logging.CRITICAL)
+
+
+def unpack_ole(data: bytes, name: str, allowance: Allowance) -> Unpacked:
+    out = Collector()
+    meter = Meter(allowance, len(data))
+    if _decrypt(data, allowance.passwords, out, meter):
+        return out.result()
+    _macros(data, name, out, meter)
+    _ole_streams(data, out, meter)
+    return out.result()
+
+
+def unpack_rtf(data: bytes, name: str, allowance: Allowance) -> Unpacked:
+    out = Collector()
+    meter = Meter(allowance, len(data))
+    parser = rtfobj.RtfObjParser(data)
+    parser.parse()
+    for i, obj in enumerate(parser.objects, 1):
+        if obj.is_package:
+            label = str(obj.filename or f"package {i}")
+            out.observe(Fact.OLE_OBJECT, f"package {label}")
+            collect(out, meter, label, obj.olepkgdata or b"")
+        elif obj.is_ole:
+            class_name = _text(obj.class_name)
+            out.observe(Fact.OLE_OBJECT, class_name)
+            collect(out, meter, f"object {i} {class_name}".strip(), obj.oledata or b"")
+        elif obj.rawdata:
+            collect(out, meter, f"object {i}", obj.rawdata)
+    for target in _RTF_TEMPLATE.findall(data):
+        if _REMOTE.match(target):
+            out.observe(Fact.REMOTE_TEMPLATE, target.decode("latin-1"))
+    return out.result()
+
+
+def _decrypt(data: bytes, passwords: tuple[str, ...], out: Collector, meter: Meter) -> bool:
+    """True when the document is encrypted (its decrypted form, if any, became a member)."""
+    try:
+        document = msoffcrypto.OfficeFile(io.BytesIO(data))
+        if not document.is_encrypted():
+            return False
+    except Exception:   # not an Office container msoffcrypto knows (vbaProject.bin, .msi, .msg)
+        return False
+    for password in (EXCEL_DEFAULT_PASSWORD, *passwords):
+        try:
+            document = msoffcrypto.OfficeFile(io.BytesIO(data))
+            document.load_key(password=password)
+            plain = io.BytesIO()
+            document.decrypt(plain)
+        except Exception:
+            continue
+        if password != EXCEL_DEFAULT_PASSWORD:
+            out.observe(Fact.ENCRYPTED_OPENED, "office document")
+        collect(out, meter, "decrypted document", plain.getvalue())
+        return True
+    out.stop(Stop.ENCRYPTED, "encrypted office document, no password candidate fits")
+    return True
+
+
+def _macros(data: bytes, name: str, out: Collector, meter: Meter) -> None:
+    try:
+        parser = VBA_Parser(name or "document", data=data, relaxed=True)
+    except Exception:   # olevba raises its own FileOpenError family on anything it does not know
+        return
+    try:
+        if parser.detect_vba_macros():
+            modules = [(stream, code) for _, stream, _, code in parser.extract_macros()]
+            source = "\n".join(f"' ---- {stream}\n{_text(code)}" for stream, code in modules)
+            out.observe(Fact.VBA_MACROS, f"{len(modules)} module(s)")
+            raptor = mraptor.MacroRaptor(source)
+            raptor.scan()
+            if raptor.autoexec:
+                out.observe(Fact.VBA_AUTOEXEC, ", ".join(sorted({k for k, _ in detect_autoexec(source)})))
+            if raptor.suspicious:
+                keywords = ", ".join(sorted({k for k, _ in detect_suspicious(source)}))
+                out.observe(Fact.VBA_SUSPICIOUS, f"{raptor.get_flags()} {keywords}".strip())
+            collect(out, meter, "VBA source", source.encode("utf-8", "replace"), "text/x-vba")
+        if parser.detect_xlm_macros():
+            formulas = "\n".join(_text(line) for line in parser.xlm_macros)
+            out.observe(Fact.XLM_MACROS, f"{len(parser.xlm_macros)} line(s)")
+            collect(out, meter, "XLM macros", formulas.encode("utf-8", "replace"), "text/plain")
+    finally:
+        parser.close()
+
+
+def _ole_streams(data: bytes, out: Collector, meter: Meter) -> None:
+    """DDE fields in Word streams and files embedded as OLE packages (Ole10Native)."""
+    if not olefile.isOleFile(data):
+        return
+    with olefile.OleFileIO(data) as ole:
+        try:
+            links = msodde.process_doc(ole)
+        except Exception:   # msodde assumes Word streams; other OLE files may confuse it
+            links = ""
+        for link in filter(None, (line.strip() for line in links.splitlines())):
+            out.observe(Fact.DDE_LINK, link[:200])
+        for entry in ole.listdir():
+            if entry[-1] != "\x01Ole10Native":
+                continue
+            try:
+                native = oleobj.OleNativeStream(ole.openstream(entry).read())
+            except Exception:
+                continue
+            label = _text(native.filename) or "/".join(entry)
+            out.observe(Fact.OLE_OBJECT, f"package {label}")
+            collect(out, meter, label, bytes(native.data or b""))
+
+
+
+
+def _text(value) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace").strip("\x00")
+    return str(value or "")

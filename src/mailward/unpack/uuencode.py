@@ -1,0 +1,53 @@
+"""Uuencoded files inside text bodies (``begin 644 name`` ... ``end``).
+
+Old clients and some malware still send attachments this way; mail readers
+show them as attachments, so they are objects like any MIME part.
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+
+from .meter import Meter, collect
+from .model import Allowance, Collector, Stop, Unpacked
+
+_BEGIN = re.compile(rb"^begin [0-7]{3,4} ([^\r\n]{1,255})\r?$", re.M)
+_END = re.compile(rb"^end\r?$", re.M)
+
+
+def has_uuencoded(data: bytes) -> bool:
+    return _BEGIN.search(data) is not None
+
+
+def unpack(data: bytes, name: str, allowance: Allowance) -> Unpacked:
+    out = Collector()
+    meter = Meter(allowance, len(data))
+    for begin in _BEGIN.finditer(data):
+        if len(out.members) >= allowance.members:
+            out.stop(Stop.TOO_MANY, f"more than {allowance.members} uuencoded files")
+            break
+        end = _END.search(data, begin.end())
+        body = data[begin.end():end.start() if end else len(data)]
+        decoded = bytearray()
+        for line in body.splitlines():
+            decoded += _decode_line(line)
+        if not collect(out, meter, begin.group(1).decode("latin-1").strip(), bytes(decoded)):
+            break
+        if end is None:
+            out.stop(Stop.CORRUPT, "uuencoded file without an end line")
+    return out.result()
+
+
+def _decode_line(line: bytes) -> bytes:
+    if not line.strip() or line.strip() == b"`":
+        return b""
+    try:
+        return binascii.a2b_uu(line)
+    except binascii.Error:
+        # Some encoders pad lines short; decode as many bytes as the length character promises.
+        count = (((line[0] - 32) & 63) * 4 + 5) // 3
+        try:
+            return binascii.a2b_uu(line[:count])
+        except binascii.Error:
+            return b""
