@@ -1,0 +1,284 @@
+"""The ``dns`` detector: blocklists and sender authentication of one inbound message.
+
+All lookups of a message (client blocklists, URL-domain blocklists, SPF for the
+sender and HELO, each DKIM key, DMARC policies) start together on a thread pool
+the detector owns, and the detector waits for them no longer than the budget: a
+lookup still running then counts as unavailable. When a message finds DNS dead
+(nothing answered, something timed out or failed), lookups are skipped for
+``retry_after`` seconds so a resolver outage costs each scanning process one
+budget, not one per message.
+
+DNS trouble is evidence of kind ``unchecked`` named ``dns-unavailable`` with a
+low severity by default: like postscreen, rspamd or SpamAssassin, Mailward
+fails open on DNS, because tempfailing all inbound mail during a resolver outage
+delays every sender, while a spam run that coincides with one only gets tagged.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any, Callable
+
+from ..config import ReputationSettings, Settings
+from ..envelope import Direction, Envelope
+from ..errors import ConfigError
+from ..evidence import Category, Evidence, Finding, Severity
+from ..message import ParsedMessage
+from . import dmarc_check
+from .dkim_check import DkimResult, signature_count, verify_signature
+from .dmarc_check import Disposition, DmarcResult, PolicyLookup, author_domains, discover_policy
+from .names import IPAddress, OrgDomains, client_ip, normalise_domain, reverse_name, url_domains, within
+from .resolver import Clock, Deadline, DnsClient, Lookup, Outcome
+from .results_header import HEADER, results_value
+from .spf_check import SpfResult, check_spf
+from .zones import Zone, parse_zones
+
+log = logging.getLogger(__name__)
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One lookup in flight; ``fallback`` stands in for its result if the budget runs out first."""
+
+    kind: str              # dnsbl, uribl, spf, dkim, dmarc
+    future: Future
+    fallback: Any
+    zone: str = ""
+    subject: str = ""      # what was looked up: address, URL domain, identity, author domain
+    location: str = ""
+
+
+class ReputationDetector:
+    name = "dns"
+
+    def __init__(self, settings: ReputationSettings, client: DnsClient, orgs: OrgDomains, *,
+                 allow_networks: tuple[Network, ...] = (), authserv_id: str = "", clock: Clock = time.monotonic):
+        self.settings = settings
+        self.client = client
+        self._orgs = orgs
+        self._dnsbl = parse_zones(settings.dnsbl)
+        self._uribl = parse_zones(settings.uribl)
+        self._allow_networks = allow_networks
+        self._allow_domains = tuple(d for d in map(normalise_domain, settings.allow_domains) if d)
+        self._skip_url_domains = tuple(d for d in map(normalise_domain, settings.uribl_skip_domains) if d)
+        self.authserv_id = authserv_id or socket.gethostname()
+        self._clock = clock
+        self._pool = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="mailward-dns")
+        self._down_until = 0.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, clock: Clock = time.monotonic) -> "ReputationDetector":
+        rep = settings.reputation
+        networks = check_settings(settings)
+        networks += tuple(ipaddress.ip_network(n, strict=False) for n in settings.direction.internal_networks)
+        return cls(rep, DnsClient.from_settings(rep), OrgDomains(), allow_networks=networks,
+                   authserv_id=rep.authserv_id, clock=clock)
+
+    # --- one message --------------------------------------------------------------
+    def inspect(self, message: ParsedMessage, envelope: Envelope) -> Evidence:
+        ip = client_ip(envelope.client_address)
+        if self._skipped(ip, envelope):
+            return Evidence()
+        now = self._clock()
+        if now < self._down_until:
+            return Evidence(findings=(self._unavailable(
+                f"resolver found dead, lookups skipped for {self._down_until - now:.1f}s more"),))
+        deadline = Deadline.after(self.settings.budget, self._clock)
+        jobs = self._start(message, envelope, ip, deadline)
+        done, _ = wait([j.future for j in jobs], timeout=deadline.remaining())
+        return self._evidence(jobs, done, ip)
+
+    def _skipped(self, ip: IPAddress | None, envelope: Envelope) -> bool:
+        if envelope.direction is Direction.OUTBOUND:
+            return True
+        if ip is not None and any(ip in net for net in self._allow_networks if net.version == ip.version):
+            return True
+        host = normalise_domain(envelope.client_name) if envelope.client_name else None
+        return host is not None and within(host, self._allow_domains)
+
+    def _start(self, message: ParsedMessage, envelope: Envelope, ip: IPAddress | None,
+               deadline: Deadline) -> list[_Job]:
+        rep, jobs = self.settings, []
+
+        def start(kind: str, fallback: Any, call: Callable[..., Any], *args: Any, **where: str) -> None:
+            jobs.append(_Job(kind, self._pool.submit(_guarded, fallback, call, *args), fallback, **where))
+
+        if ip is not None:
+            prefix = reverse_name(ip)
+            for zone in self._dnsbl:
+                name = f"{prefix}.{zone.name}"
+                start("dnsbl", _spent(name), self.client.query, name, "A", deadline, zone=zone.name, subject=str(ip))
+        if self._uribl:
+            for domain, location in islice(url_domains(message, self._orgs, self._skip_url_domains),
+                                           rep.max_uri_domains):
+                for zone in self._uribl:
+                    name = f"{domain}.{zone.name}"
+                    start("uribl", _spent(name), self.client.query, name, "A", deadline,
+                          zone=zone.name, subject=domain, location=location)
+        helo = normalise_domain(envelope.helo) if envelope.helo else None
+        if ip is not None and rep.spf:
+            identities = ["mailfrom"] + (["helo"] if helo else [])
+            for identity in identities:
+                sender = envelope.mail_from if identity == "mailfrom" else ""
+                fallback = SpfResult(identity, sender, (sender.rpartition("@")[2] or helo or "").lower(),
+                                     "temperror", "DNS budget spent")
+                start("spf", fallback, check_spf, self.client, deadline, str(ip), envelope.mail_from,
+                      helo or envelope.helo, identity, subject=identity)
+        if rep.dkim:
+            for index in range(min(signature_count(message.raw), rep.max_signatures)):
+                start("dkim", DkimResult("", "", "temperror", "DNS budget spent"), verify_signature,
+                      message.raw, index, self.client, deadline, rep.min_key_bits)
+        if rep.dmarc:
+            for domain in author_domains(message.raw_headers):
+                start("dmarc", PolicyLookup(domain, dns_failed=True), discover_policy,
+                      self.client, deadline, domain, self._orgs, subject=domain)
+        return jobs
+
+    # --- results ------------------------------------------------------------------
+    def _evidence(self, jobs: list[_Job], done: set[Future], ip: IPAddress | None) -> Evidence:
+        rep = self.settings
+        findings: list[Finding] = []
+        unavailable: list[str] = []
+        answered = 0
+        spf: list[SpfResult] = []
+        dkim: list[DkimResult] = []
+        policies: list[PolicyLookup] = []
+        for job in jobs:
+            result = job.future.result() if job.future in done else job.fallback
+            if job.future not in done:
+                job.future.cancel()
+            if job.kind in ("dnsbl", "uribl"):
+                if result.outcome.unavailable:
+                    unavailable.append(f"{job.kind} {job.zone} ({result.outcome.value})")
+                    continue
+                answered += 1
+                findings.extend(self._listing(job, result))
+                continue
+            failed = (result.dns_failed if job.kind == "dmarc" else result.failed_dns)
+            if failed:
+                unavailable.append(f"{job.kind} {job.subject or result.domain or 'signature'}".rstrip())
+            else:
+                answered += 1
+            {"spf": spf, "dkim": dkim, "dmarc": policies}[job.kind].append(result)
+
+        mailfrom = next((s for s in spf if s.identity == "mailfrom"), None)
+        dmarc = [dmarc_check.evaluate(p, mailfrom, dkim, self._orgs) for p in policies]
+        unavailable += [f"dmarc {d.domain}" for d, p in zip(dmarc, policies)
+                        if d.result == "temperror" and not p.dns_failed]
+        findings += self._spf_findings(spf) + self._dkim_findings(dkim) + self._dmarc_findings(dmarc, mailfrom, dkim)
+        if unavailable:
+            findings.append(self._unavailable("; ".join(unavailable)))
+        self._note_health(answered, bool(unavailable))
+
+        headers: tuple[tuple[str, str], ...] = ()
+        if rep.spf or rep.dkim or rep.dmarc:
+            shown_dkim = dkim or ([DkimResult("", "", "none")] if rep.dkim else [])
+            headers = ((HEADER, results_value(self.authserv_id, spf, shown_dkim, dmarc)),)
+        return Evidence(findings=tuple(findings), headers=headers)
+
+    def _listing(self, job: _Job, lookup: Lookup) -> list[Finding]:
+        if lookup.outcome is not Outcome.ANSWER:
+            return []
+        zone: Zone = next(z for z in (self._dnsbl if job.kind == "dnsbl" else self._uribl) if z.name == job.zone)
+        answer = zone.classify(lookup.addresses())
+        found = []
+        if answer.listed:
+            found.append(Finding(Category.REPUTATION, f"{job.kind}:{zone.name}", answer.severity, job.kind,
+                                 job.location, f"{job.subject} listed: {', '.join(answer.listed)}"))
+        if answer.errors:
+            found.append(Finding(Category.UNCHECKED, f"{job.kind}-error", self.settings.dns_unavailable, job.kind,
+                                 job.location, f"{zone.name} answered {', '.join(answer.errors)} for {job.subject}"
+                                 " (not a listing code: query refused, rate limited or misconfigured)"))
+        return found
+
+    def _spf_findings(self, results: list[SpfResult]) -> list[Finding]:
+        severities = {"fail": self.settings.spf_fail, "softfail": self.settings.spf_softfail,
+                      "permerror": Severity.INFO}
+        found = []
+        for check in results:
+            if check.result in severities:
+                name = "spf-" + ("helo-" if check.identity == "helo" else "") + check.result
+                found.append(Finding(Category.AUTHENTICATION, name, severities[check.result], "spf", "",
+                                     f"{check.sender}: {check.explanation}"[:300]))
+        return found
+
+    def _dkim_findings(self, results: list[DkimResult]) -> list[Finding]:
+        broken = [r for r in results if r.result in ("fail", "permerror")]
+        if not broken or any(r.result == "pass" for r in results):
+            return []
+        detail = "; ".join(f"d={r.domain} s={r.selector}: {r.result} ({r.reason})" for r in broken)
+        return [Finding(Category.AUTHENTICATION, "dkim-fail", self.settings.dkim_fail, "dkim", "", detail[:500])]
+
+    def _dmarc_findings(self, results: list[DmarcResult], spf: SpfResult | None,
+                        dkim: list[DkimResult]) -> list[Finding]:
+        severities = {Disposition.REJECT: self.settings.dmarc_reject,
+                      Disposition.QUARANTINE: self.settings.dmarc_quarantine,
+                      Disposition.NONE: self.settings.dmarc_none}
+        seen = f"spf={spf.result} ({spf.domain})" if spf else "spf=none"
+        seen += "".join(f", dkim={d.result} ({d.domain})" for d in dkim) or ", dkim=none"
+        return [Finding(Category.AUTHENTICATION, f"dmarc-{r.disposition.value}", severities[r.disposition], "dmarc",
+                        "", f"{r.domain}: {r.detail}; {seen}"[:500])
+                for r in results if r.result == "fail"]
+
+    def _unavailable(self, detail: str) -> Finding:
+        return Finding(Category.UNCHECKED, "dns-unavailable", self.settings.dns_unavailable, "dns", "", detail[:500])
+
+    def _note_health(self, answered: int, trouble: bool) -> None:
+        if trouble and not answered and self.settings.retry_after > 0:
+            self._down_until = self._clock() + self.settings.retry_after
+            log.warning("DNS unavailable (nameservers %s): skipping lookups for %.0fs",
+                        ", ".join(self.client.nameservers), self.settings.retry_after)
+        elif answered:
+            self._down_until = 0.0
+
+
+def check_settings(settings: Settings) -> tuple[Network, ...]:
+    """Validate the ``[reputation]`` section; errors name the file and key. Returns the allowed networks."""
+    rep, source = settings.reputation, settings.source
+
+    def fail(key: str, problem: str) -> ConfigError:
+        return ConfigError(source, f"reputation.{key}", problem)
+
+    for key in ("dnsbl", "uribl"):
+        try:
+            parse_zones(getattr(rep, key))
+        except ValueError as exc:
+            raise fail(key, str(exc)) from None
+    for key in ("budget", "query_timeout"):
+        if not getattr(rep, key) > 0:
+            raise fail(key, "must be more than 0")
+    for key in ("threads", "cache_size", "max_signatures"):
+        if getattr(rep, key) < 1:
+            raise fail(key, "must be 1 or more")
+    if not 0 < rep.port < 65536:
+        raise fail("port", "must be between 1 and 65535")
+    for server in rep.nameservers:
+        try:
+            ipaddress.ip_address(server)
+        except ValueError:
+            raise fail("nameservers", f"{server!r} is not an IP address") from None
+    try:
+        return tuple(ipaddress.ip_network(n, strict=False) for n in rep.allow_networks)
+    except ValueError as exc:
+        raise fail("allow_networks", str(exc)) from None
+
+
+def _guarded(fallback: Any, call: Callable[..., Any], *args: Any) -> Any:
+    """Run one lookup; a bug or a library crash on hostile input counts as DNS unavailable, logged."""
+    try:
+        return call(*args)
+    except Exception:
+        log.exception("reputation lookup %s failed", getattr(call, "__name__", call))
+        return fallback
+
+
+def _spent(name: str) -> Lookup:
+    return Lookup(name, "A", Outcome.TIMEOUT, detail="DNS budget spent")

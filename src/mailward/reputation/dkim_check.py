@@ -1,0 +1,89 @@
+"""DKIM signature verification (RFC 6376) with dkimpy, through our resolver.
+
+dkimpy answers True/False or raises; the reason a signature did not pass (no key,
+DNS down, body changed, bad signature) is recovered here so that DMARC and the
+Authentication-Results header can tell ``fail`` from ``permerror`` and
+``temperror`` (RFC 8601 2.7.1): a DNS outage must never read as a forgery.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import dkim
+
+from .resolver import Deadline, DnsClient, Outcome
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DkimResult:
+    domain: str            # d=
+    selector: str          # s=
+    result: str            # pass, fail, permerror, temperror
+    reason: str = ""
+
+    @property
+    def failed_dns(self) -> bool:
+        return self.result == "temperror"
+
+
+def signature_count(raw: bytes) -> int:
+    """How many DKIM-Signature fields the header holds (0 when dkimpy cannot parse it)."""
+    try:
+        headers = dkim.DKIM(raw).headers
+    except dkim.DKIMException:
+        return 0
+    return sum(1 for name, _ in headers if name.lower() == b"dkim-signature")
+
+
+def verify_signature(raw: bytes, index: int, client: DnsClient, deadline: Deadline, min_key_bits: int) -> DkimResult:
+    """Verify the ``index``-th signature (0 = topmost)."""
+    key_lookups: list[tuple[Outcome, bytes | None]] = []
+
+    def txt(name: bytes, timeout: float = 5) -> bytes | None:
+        answer = client.query(name.decode("ascii", "replace"), "TXT", deadline)
+        texts = answer.texts()
+        key_lookups.append((answer.outcome, texts[0] if texts else None))
+        if answer.outcome.unavailable:
+            raise dkim.DnsTimeoutError(f"{answer.outcome.value}: {answer.detail}")
+        return key_lookups[-1][1]
+
+    verifier = None
+    try:
+        verifier = dkim.DKIM(raw, minkey=min_key_bits)
+        if verifier.verify(idx=index, dnsfunc=txt):
+            result, reason = "pass", ""
+        else:
+            result, reason = _why_not(key_lookups)
+    except dkim.ValidationError as exc:      # body hash mismatch, malformed or expired signature
+        result, reason = "fail", str(exc)
+    except dkim.DKIMException as exc:        # key too small, bad tags, unparsable message
+        result, reason = "permerror", str(exc)
+    except Exception as exc:                 # dkimpy on hostile input: unusable, never a crash
+        log.debug("DKIM verification raised %s", type(exc).__name__)
+        result, reason = "permerror", type(exc).__name__
+    fields = getattr(verifier, "signature_fields", None) or {}
+    return DkimResult(_text(fields.get(b"d", b"")).lower(), _text(fields.get(b"s", b"")), result, reason[:200])
+
+
+def _why_not(key_lookups: list[tuple[Outcome, bytes | None]]) -> tuple[str, str]:
+    """dkimpy said False: was it DNS, the key, or the signature itself?"""
+    if not key_lookups:
+        return "permerror", "no signature"
+    outcome, key = key_lookups[-1]
+    if outcome.unavailable:
+        return "temperror", "key lookup failed"
+    if key is None:
+        return "permerror", "no key"
+    try:
+        dkim.evaluate_pk(b"key", key)
+    except (dkim.DKIMException, ValueError) as exc:
+        return "permerror", f"unusable key: {exc}"
+    return "fail", "signature did not verify"
+
+
+def _text(value: bytes) -> str:
+    return value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)

@@ -1,0 +1,120 @@
+"""One caching, deadline-bounded DNS client per scanning process.
+
+dnspython does the wire work, and its thread-safe LRU cache keeps answers for
+their TTL and negative answers (NXDOMAIN, NODATA) for the SOA minimum, as RFC 2308
+says. Every query is bounded twice: by the per-query timeout and by what is left
+of the message's budget, so a dead server costs at most the budget. Failures are
+outcomes, not exceptions: the caller turns them into evidence.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Callable
+
+import dns.exception
+import dns.name
+import dns.rdata
+import dns.resolver
+
+from ..config import ReputationSettings
+
+Clock = Callable[[], float]
+
+
+class Outcome(str, Enum):
+    ANSWER = "answer"
+    NXDOMAIN = "nxdomain"
+    NODATA = "nodata"
+    TIMEOUT = "timeout"      # no reply within the query timeout or the budget
+    FAILURE = "failure"      # SERVFAIL, REFUSED, port unreachable, malformed reply
+
+    @property
+    def unavailable(self) -> bool:
+        """DNS could not say; never to be read as "not listed" or "no record"."""
+        return self in (Outcome.TIMEOUT, Outcome.FAILURE)
+
+
+@dataclass(frozen=True)
+class Lookup:
+    name: str
+    rdtype: str
+    outcome: Outcome
+    records: tuple[dns.rdata.Rdata, ...] = ()
+    detail: str = ""
+
+    def addresses(self) -> list[str]:
+        return [r.address for r in self.records if hasattr(r, "address")]
+
+    def texts(self) -> list[bytes]:
+        """TXT records, each with its character-strings joined (RFC 7208 3.3, RFC 6376 3.6.2.2)."""
+        return [b"".join(r.strings) for r in self.records if hasattr(r, "strings")]
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """The moment a message's lookups must be done by."""
+
+    expires: float
+    clock: Clock = field(default=time.monotonic, compare=False)
+
+    @classmethod
+    def after(cls, seconds: float, clock: Clock = time.monotonic) -> "Deadline":
+        return cls(clock() + seconds, clock)
+
+    def remaining(self) -> float:
+        return max(0.0, self.expires - self.clock())
+
+
+class DnsClient:
+    """Resolves names through the configured nameservers with a per-process cache."""
+
+    def __init__(self, nameservers: tuple[str, ...] = (), port: int = 53, query_timeout: float = 2.0,
+                 cache_size: int = 50_000):
+        resolver = dns.resolver.Resolver(configure=not nameservers)
+        if nameservers:
+            resolver.nameservers = list(nameservers)
+        resolver.port = port
+        # Each nameserver gets its share of the query's time before the next is tried.
+        resolver.timeout = query_timeout / max(1, len(resolver.nameservers))
+        resolver.lifetime = query_timeout
+        resolver.retry_servfail = False
+        resolver.use_edns(0, 0, 1232)
+        resolver.cache = dns.resolver.LRUCache(cache_size)
+        self._resolver = resolver
+        self.query_timeout = query_timeout
+
+    @classmethod
+    def from_settings(cls, settings: ReputationSettings) -> "DnsClient":
+        return cls(settings.nameservers, settings.port, settings.query_timeout, settings.cache_size)
+
+    @property
+    def nameservers(self) -> tuple[str, ...]:
+        return tuple(str(ns) for ns in self._resolver.nameservers)
+
+    @property
+    def cache(self) -> dns.resolver.LRUCache:
+        return self._resolver.cache
+
+    def query(self, name: str, rdtype: str, deadline: Deadline) -> Lookup:
+        lifetime = min(self.query_timeout, deadline.remaining())
+        if lifetime <= 0:
+            return Lookup(name, rdtype, Outcome.TIMEOUT, detail="budget spent")
+        try:
+            qname = dns.name.from_text(name)
+        except dns.exception.DNSException:
+            return Lookup(name, rdtype, Outcome.NXDOMAIN, detail="not a valid DNS name")
+        try:
+            answer = self._resolver.resolve(qname, rdtype, lifetime=lifetime, raise_on_no_answer=False,
+                                            search=False)
+        except dns.resolver.NXDOMAIN:
+            return Lookup(name, rdtype, Outcome.NXDOMAIN)
+        except dns.exception.Timeout:
+            return Lookup(name, rdtype, Outcome.TIMEOUT, detail=f"no answer within {lifetime:.2f}s")
+        except dns.exception.DNSException as exc:   # NoNameservers (SERVFAIL, REFUSED, unreachable), YXDOMAIN
+            return Lookup(name, rdtype, Outcome.FAILURE, detail=type(exc).__name__)
+        if answer.rrset is None:
+            return Lookup(name, rdtype, Outcome.NODATA)
+        return Lookup(name, rdtype, Outcome.ANSWER, tuple(answer.rrset))

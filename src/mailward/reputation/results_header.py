@@ -1,0 +1,63 @@
+"""The Authentication-Results header field (RFC 8601) for inbound mail, built with ``authres``.
+
+Values come from the sender (envelope, DKIM tags, library error text), so each
+is reduced to characters that cannot break out of the field before ``authres``
+formats it. A receiving MTA must also delete fields that claim its own
+authserv-id before adding its own (RFC 8601 5): :func:`claims_our_id` tells
+which ones.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import authres
+import authres.dmarc
+
+from .dkim_check import DkimResult
+from .dmarc_check import DmarcResult
+from .spf_check import SpfResult
+
+HEADER = "Authentication-Results"
+_SAFE_VALUE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.@-]{1,254}$")
+_COMMENT = re.compile(r"\([^()]*\)")
+
+
+def results_value(authserv_id: str, spf: Sequence[SpfResult], dkim: Sequence[DkimResult],
+                  dmarc: Sequence[DmarcResult]) -> str:
+    """The field's value (without the name), e.g. ``mx.example.org; spf=pass smtp.mailfrom=...``."""
+    results: list = []
+    for check in spf:
+        if check.identity == "helo":
+            results.append(authres.SPFAuthenticationResult(
+                result=check.result, smtp_helo=_safe(check.domain)))
+        else:
+            sender = check.sender if _safe(check.sender) else check.domain
+            results.append(authres.SPFAuthenticationResult(
+                result=check.result, smtp_mailfrom=_safe(sender)))
+    for signature in dkim:
+        results.append(authres.DKIMAuthenticationResult(
+            result=signature.result, reason=_reason(signature.reason),
+            header_d=_safe(signature.domain), header_s=_safe(signature.selector)))
+    for check in dmarc:
+        results.append(authres.dmarc.DMARCAuthenticationResult(
+            result=check.result, header_from=_safe(check.domain),
+            policy=check.disposition.value if check.result == "fail" else None))
+    header = authres.AuthenticationResultsHeader(authserv_id=authserv_id, results=results)
+    return str(header).partition(": ")[2]
+
+
+def claims_our_id(value: str, authserv_id: str) -> bool:
+    """Whether an existing Authentication-Results value claims to come from us (a forgery inbound)."""
+    first = _COMMENT.sub(" ", value).split(";", 1)[0].split()
+    return bool(first) and first[0].lower() == authserv_id.lower()
+
+
+def _safe(value: str) -> str | None:
+    return value if value and _SAFE_VALUE.match(value) else None
+
+
+def _reason(text: str) -> str | None:
+    cleaned = "".join(c if " " <= c <= "~" else "?" for c in text)[:80].strip()
+    return cleaned or None

@@ -1,0 +1,253 @@
+"""SPF, DKIM and DMARC against a real DNS server on loopback; keys are generated per run."""
+
+from __future__ import annotations
+
+import pytest
+
+from dns_server import DnsServer, soa
+from mailward.config import DirectionPolicy
+from mailward.evidence import Category, Severity
+from mailward.policy import decide
+from mailward.reputation import HEADER, claims_our_id
+from mailward.reputation.dmarc_check import DmarcRecord, Disposition
+from mailward.verdict import Action
+from reputation_support import (DkimKey, detector_for, envelope, message, no_system_resolver,  # noqa: F401
+                                parse, txt)
+
+GOOD_IP, OTHER_IP, PROVIDER_IP = "192.0.2.10", "198.51.100.50", "203.0.113.9"
+
+
+@pytest.fixture(scope="module")
+def keys():
+    return {"sender": DkimKey.generate(), "provider": DkimKey.generate(), "weak": DkimKey.generate(1024)}
+
+
+@pytest.fixture(scope="module")
+def server(keys):
+    spf = txt(f"v=spf1 ip4:{GOOD_IP} -all")
+    zones = {
+        "sender.test.": soa("sender.test.") + f"""
+@ IN TXT {spf}
+_dmarc IN TXT "v=DMARC1; p=reject; rua=mailto:d@sender.test"
+mx IN A {GOOD_IP}
+mx IN TXT "v=spf1 a -all"
+soft IN TXT "v=spf1 ip4:{GOOD_IP} ~all"
+inc IN TXT "v=spf1 include:spf.provider.test -all"
+sel._domainkey IN TXT {keys["sender"].record()}
+weak._domainkey IN TXT {keys["weak"].record()}
+broken._domainkey IN TXT "v=DKIM1; k=rsa; p=bm90IGEga2V5"
+""",
+        "provider.test.": soa("provider.test.") + f"""
+@ IN TXT "v=spf1 ip4:203.0.113.0/24 -all"
+spf IN TXT "v=spf1 ip4:203.0.113.0/24 -all"
+sel._domainkey IN TXT {keys["provider"].record()}
+""",
+        "quar.test.": soa("quar.test.") + '@ IN TXT "v=spf1 -all"\n_dmarc IN TXT "v=DMARC1; p=quarantine"\n',
+        "none.test.": soa("none.test.") + '@ IN TXT "v=spf1 -all"\n_dmarc IN TXT "v=DMARC1; p=none"\n',
+        "strict.test.": soa("strict.test.") + f"""
+@ IN TXT {spf}
+_dmarc IN TXT "v=DMARC1; p=reject; adkim=s; aspf=s"
+sel._domainkey IN TXT {keys["sender"].record()}
+""",
+        "org.test.": soa("org.test.") + f'@ IN TXT {spf}\n_dmarc IN TXT "v=DMARC1; p=reject; sp=quarantine"\n',
+        "pct.test.": soa("pct.test.") + '@ IN TXT "v=spf1 -all"\n_dmarc IN TXT "v=DMARC1; p=reject; pct=20"\n',
+        "nopolicy.test.": soa("nopolicy.test.") + '@ IN TXT "v=spf1 -all"\n',
+    }
+    with DnsServer(zones, silent=["slow.test"]) as srv:
+        yield srv
+
+
+@pytest.fixture
+def detector(server):
+    return detector_for(server.port, authserv_id="mx.dest.test", budget=1.5, query_timeout=0.5)
+
+
+def _names(evidence) -> dict[str, Severity]:
+    return {f.name: f.severity for f in evidence.findings}
+
+
+def _results(evidence) -> str:
+    (name, value), = evidence.headers
+    assert name == HEADER == "Authentication-Results"
+    assert value.startswith("mx.dest.test; ")
+    return value
+
+
+def _check(detector, raw: bytes, **env):
+    return detector.inspect(parse(raw), envelope(**env))
+
+
+# --- SPF ---------------------------------------------------------------------------
+
+def test_spf_pass_for_sender_and_helo(detector):
+    evidence = _check(detector, message(), client=GOOD_IP)
+    value = _results(evidence)
+    assert "spf=pass smtp.mailfrom=alice@sender.test" in value and "spf=pass smtp.helo=mx.sender.test" in value
+    assert "dmarc=pass header.from=sender.test" in value
+    assert evidence.findings == ()
+
+
+def test_spf_fail_from_an_unauthorised_client(detector):
+    evidence = _check(detector, message(), client=OTHER_IP)
+    names = _names(evidence)
+    assert names["spf-fail"] is Severity.LOW and names["spf-helo-fail"] is Severity.LOW
+    assert "spf=fail smtp.mailfrom=alice@sender.test" in _results(evidence)
+
+
+def test_spf_softfail_is_information_only(detector):
+    evidence = _check(detector, message(from_="a@soft.sender.test"), client=OTHER_IP, mail_from="a@soft.sender.test",
+                      helo="")
+    assert _names(evidence)["spf-softfail"] is Severity.INFO
+    assert "spf=softfail" in _results(evidence)
+
+
+def test_spf_include_and_bounce_sender_uses_helo(detector):
+    assert "spf=pass smtp.mailfrom=a@inc.sender.test" in _results(
+        _check(detector, message(), client=PROVIDER_IP, mail_from="a@inc.sender.test", helo=""))
+    bounce = _check(detector, message(), client=GOOD_IP, mail_from="")
+    assert "spf=pass smtp.mailfrom=postmaster@mx.sender.test" in _results(bounce)
+
+
+# --- DKIM --------------------------------------------------------------------------
+
+def test_valid_signature_passes_and_carries_dmarc_through_forwarding(detector, keys):
+    signed = keys["sender"].sign(message(), "sender.test")
+    evidence = _check(detector, signed, client=OTHER_IP)            # forwarded: SPF fails
+    value = _results(evidence)
+    assert "dkim=pass header.d=sender.test header.s=sel" in value and "dmarc=pass" in value
+    assert set(_names(evidence)) == {"spf-fail", "spf-helo-fail"}
+
+
+def test_changed_body_breaks_the_signature(detector, keys):
+    signed = keys["sender"].sign(message(), "sender.test").replace(b"see you", b"wire money")
+    evidence = _check(detector, signed, client=OTHER_IP)
+    dkim_fail, = [f for f in evidence.findings if f.name == "dkim-fail"]
+    assert dkim_fail.severity is Severity.LOW and "body hash mismatch" in dkim_fail.detail
+    assert "dkim=fail" in _results(evidence)
+    assert _names(evidence)["dmarc-reject"] is Severity.HIGH
+
+
+def test_changed_signed_header_breaks_the_signature(detector, keys):
+    signed = keys["sender"].sign(message(), "sender.test").replace(b"Subject: lunch", b"Subject: invoice")
+    evidence = _check(detector, signed, client=GOOD_IP)
+    assert "signature did not verify" in [f for f in evidence.findings if f.name == "dkim-fail"][0].detail
+    assert "dmarc=pass" in _results(evidence)                        # SPF still aligns
+
+
+@pytest.mark.parametrize("selector, min_bits, reason", [
+    ("missing", 1024, "no key"), ("broken", 1024, "unusable key"), ("weak", 2048, "too small")])
+def test_unusable_keys_are_permerrors(server, keys, selector, min_bits, reason):
+    det = detector_for(server.port, min_key_bits=min_bits, authserv_id="mx.dest.test")
+    signed = keys["weak" if selector == "weak" else "sender"].sign(message(), "sender.test", selector)
+    evidence = det.inspect(parse(signed), envelope(client=GOOD_IP))
+    assert f"dkim=permerror reason=" in _results(evidence)
+    assert reason in [f for f in evidence.findings if f.name == "dkim-fail"][0].detail
+
+
+def test_one_valid_signature_outweighs_a_broken_one(detector, keys):
+    raw = keys["provider"].sign(message(), "provider.test")
+    raw = keys["sender"].sign(raw, "sender.test", "missing") + b""
+    evidence = _check(detector, raw, client=GOOD_IP)
+    value = _results(evidence)
+    assert "dkim=pass header.d=provider.test" in value and "dkim=permerror" in value
+    assert "dkim-fail" not in _names(evidence)
+
+
+def test_unsigned_mail_says_dkim_none(detector):
+    assert "dkim=none" in _results(_check(detector, message(), client=GOOD_IP))
+
+
+# --- DMARC -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("domain, name, severity", [
+    ("sender.test", "dmarc-reject", Severity.HIGH),
+    ("quar.test", "dmarc-quarantine", Severity.MEDIUM),
+    ("none.test", "dmarc-none", Severity.INFO),
+    ("sub.org.test", "dmarc-quarantine", Severity.MEDIUM),     # org domain's sp= for a subdomain
+    ("pct.test", "dmarc-quarantine", Severity.MEDIUM),         # p=reject at pct=20: the next weaker
+])
+def test_failing_dmarc_reports_the_domain_policy(detector, domain, name, severity):
+    evidence = _check(detector, message(from_=f"ceo@{domain}"), client=OTHER_IP, mail_from=f"ceo@{domain}")
+    finding, = [f for f in evidence.findings if f.name.startswith("dmarc-")]
+    assert (finding.name, finding.severity, finding.category) == (name, severity, Category.AUTHENTICATION)
+    assert domain in finding.detail
+    assert f"dmarc=fail header.from={domain}" in _results(evidence)
+
+
+def test_relaxed_alignment_accepts_the_organizational_domain(detector):
+    evidence = _check(detector, message(from_="news@news.sender.test"), client=GOOD_IP)
+    assert "dmarc=pass header.from=news.sender.test" in _results(evidence)
+
+
+def test_strict_alignment_needs_the_exact_domain(detector, keys):
+    signed = keys["sender"].sign(message(from_="a@mail.strict.test"), "strict.test")
+    evidence = _check(detector, signed, client=GOOD_IP, mail_from="a@strict.test")
+    value = _results(evidence)
+    assert "spf=pass" in value and "dkim=pass header.d=strict.test" in value
+    assert "dmarc=fail header.from=mail.strict.test" in value
+    assert "dmarc-reject" in _names(evidence)
+
+
+def test_spf_pass_for_another_domain_does_not_align(detector, keys):
+    spoof = message(from_="ceo@sender.test")
+    evidence = _check(detector, spoof, client=PROVIDER_IP, mail_from="bounce@provider.test", helo="")
+    assert "spf=pass smtp.mailfrom=bounce@provider.test" in _results(evidence)
+    assert "dmarc-reject" in _names(evidence)
+    signed_by_provider = keys["provider"].sign(spoof, "provider.test")
+    assert "dmarc-reject" in _names(_check(detector, signed_by_provider, client=PROVIDER_IP,
+                                           mail_from="bounce@provider.test", helo=""))
+
+
+def test_no_policy_and_no_from_mean_no_dmarc_finding(detector):
+    evidence = _check(detector, message(from_="x@nopolicy.test"), client=OTHER_IP, mail_from="x@nopolicy.test")
+    assert "dmarc=none header.from=nopolicy.test" in _results(evidence)
+    assert not [n for n in _names(evidence) if n.startswith("dmarc")]
+    assert "dmarc" not in _results(_check(detector, message(from_="undisclosed-recipients:;"), client=GOOD_IP))
+
+
+def test_every_author_domain_is_evaluated(detector):
+    evidence = _check(detector, message(from_="a@sender.test, b@quar.test"), client=GOOD_IP)
+    assert "dmarc=pass header.from=sender.test" in _results(evidence)
+    assert "dmarc-quarantine" in _names(evidence)
+
+
+def test_unanswered_policy_lookup_is_temperror_not_failure(server):
+    det = detector_for(server.port, authserv_id="mx.dest.test", budget=0.5, query_timeout=0.3)
+    evidence = det.inspect(parse(message(from_="ceo@x.slow.test")), envelope(client=OTHER_IP))
+    assert "dmarc=temperror header.from=x.slow.test" in _results(evidence)
+    assert not [n for n in _names(evidence) if n.startswith("dmarc")]
+    unavailable, = [f for f in evidence.findings if f.name == "dns-unavailable"]
+    assert "dmarc x.slow.test" in unavailable.detail
+
+
+def test_dmarc_record_parsing():
+    assert DmarcRecord.parse("v=DMARC1; p=reject; sp=none; adkim=s; pct=50") == DmarcRecord(
+        Disposition.REJECT, Disposition.NONE, strict_dkim=True, percent=50)
+    assert DmarcRecord.parse("v=DMARC1; p=bogus; rua=mailto:a@b.test").policy is Disposition.NONE
+    assert DmarcRecord.parse("v=DMARC1; p=bogus") is None
+    assert DmarcRecord.parse("v=dmarc1; p=reject") is None
+    assert DmarcRecord.parse("v=spf1 -all") is None
+
+
+# --- policy and header -----------------------------------------------------------------
+
+def test_dmarc_failure_is_scored_per_config(detector):
+    spoof = _check(detector, message(), client=OTHER_IP)
+    assert decide(spoof, DirectionPolicy(), "MW-1").action is Action.TAG
+    enforcing = DirectionPolicy(authentication_action=Action.REJECT)
+    assert decide(spoof, enforcing, "MW-1").action is Action.REJECT
+    monitored = _check(detector, message(from_="x@none.test"), client=OTHER_IP, mail_from="x@none.test")
+    assert decide(monitored, enforcing, "MW-1").action is Action.TAG      # only the LOW spf-fail tags
+
+
+def test_results_header_never_carries_unsafe_values(detector):
+    evidence = _check(detector, message(), client=OTHER_IP, mail_from="odd user;x=\"y\"@sender.test")
+    value = _results(evidence)
+    assert "smtp.mailfrom=sender.test" in value and "odd user" not in value
+    assert "\n" not in value and "\r" not in value
+
+
+def test_claims_our_id_spots_forged_results():
+    assert claims_our_id("mx.dest.test; spf=pass smtp.mailfrom=a@b.test", "MX.dest.test")
+    assert claims_our_id("(comment) mx.dest.test 1; dkim=pass", "mx.dest.test")
+    assert not claims_our_id("mx.other.test; spf=pass", "mx.dest.test")
