@@ -1,21 +1,10 @@
-"""Messages, verdicts and store fixtures shared by the quarantine tests.
-
-Test modules import the fixtures they use (``from quarantine_support import store``);
-``store`` runs every contract test once per backend.
-"""
+"""Messages, verdicts, a fake clock and an SMTP receiver shared by the quarantine tests."""
 
 from __future__ import annotations
-
-import os
-from pathlib import Path
-
-import pytest
 
 from mailward.envelope import Direction, Envelope
 from mailward.evidence import Category, Clue, Evidence, Finding, Severity, SpamAssessment
 from mailward.verdict import Action, Verdict, new_incident_id
-
-BACKENDS = ["sqlite", "postgresql"]
 
 EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 
@@ -55,72 +44,6 @@ def malware_case() -> tuple[Verdict, Evidence]:
     return Verdict(Action.QUARANTINE, ("malware",), new_incident_id()), evidence
 
 
-@pytest.fixture(scope="session")
-def pg_dsn():
-    """A throwaway PostgreSQL cluster for the whole session (mandatory when CI=true)."""
-    from pg_server import PostgresServer, binaries
-
-    if binaries() is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("PostgreSQL binaries missing (apt package postgresql) and CI=true")
-        pytest.skip("PostgreSQL binaries not installed")
-    server = PostgresServer()
-    server.start()
-    try:
-        yield server.dsn
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def fresh_pg_dsn(pg_dsn):
-    """A new empty schema in the session cluster, so tests never see each other's rows."""
-    from pg_server import create_database
-
-    return create_database(pg_dsn)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request) -> str:
-    return request.param
-
-
-@pytest.fixture
-def store_factory(request, backend, tmp_path, clock):
-    """Opens stores of the parametrised backend over one shared location (as several processes would)."""
-    opened = []
-    dsn = request.getfixturevalue("fresh_pg_dsn") if backend == "postgresql" else ""
-
-    def make(**kwargs):
-        if backend == "postgresql":
-            from mailward.quarantine.postgres import PostgresStore
-
-            s = PostgresStore(dsn, clock=kwargs.get("clock", clock))
-        else:
-            from mailward.quarantine.sqlite import SqliteStore
-
-            s = SqliteStore(Path(tmp_path) / "quarantine", clock=kwargs.get("clock", clock))
-        opened.append(s)
-        return s
-
-    make.backend = backend
-    make.dsn = dsn
-    make.directory = Path(tmp_path) / "quarantine"
-    yield make
-    for s in opened:
-        s.close()
-
-
-@pytest.fixture
-def store(store_factory):
-    return store_factory()
-
-
 class SmtpSink:
     """A tiny SMTP receiver on loopback (aiosmtpd) standing in for the release relay."""
 
@@ -152,12 +75,6 @@ class SmtpSink:
 
     def __exit__(self, *exc) -> None:
         self._controller.stop()
-
-
-@pytest.fixture
-def smtp_sink():
-    with SmtpSink() as sink:
-        yield sink
 
 
 def closed_port() -> int:

@@ -19,8 +19,9 @@ from mailward.config import load_settings
 from mailward.envelope import Direction
 from mailward.quarantine import open_store
 from mailward.quarantine.release import RELEASE_HEADER, ReleaseVerifier, message_body
-from quarantine_support import (backend, envelope, fresh_pg_dsn, malware_case, message, pg_dsn,  # noqa: F401
-                                smtp_sink, spam_case)
+from quarantine_support import envelope, malware_case, message, spam_case
+
+pytest_plugins = ["quarantine_fixtures"]
 
 def _zip() -> bytes:
     buf = io.BytesIO()

@@ -7,9 +7,12 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from mailward.quarantine import Actor, ListFilter, ReleaseClaim
-from quarantine_support import (backend, clock, envelope, fresh_pg_dsn, message, pg_dsn, spam_case,  # noqa: F401
-                                store, store_factory)
+from quarantine_support import envelope, message, spam_case
+
+pytest_plugins = ["quarantine_fixtures"]
 
 THREADS = 8
 PER_THREAD = 15
@@ -104,3 +107,22 @@ def test_processes_putting_and_releasing_at_once(store, store_factory):
     put = [q for p, _ in results for q in p]
     assert len(set(put)) == 30
     assert len(store.list(ListFilter(limit=10_000))) == 45
+
+
+def test_connection_pool_is_bounded():
+    from mailward.errors import StoreError
+    from mailward.quarantine.store import _Pool
+
+    class Conn:
+        def close(self) -> None:
+            pass
+
+    made = []
+    pool = _Pool(lambda: made.append(Conn()) or made[-1], size=2, wait=0.05)
+    a, b = pool.get(), pool.get()
+    with pytest.raises(StoreError):
+        pool.get()
+    pool.put(a)
+    assert pool.get() is a and len(made) == 2
+    pool.discard(b)
+    assert pool.get() is not b and len(made) == 3

@@ -6,14 +6,14 @@ import os
 import stat
 import threading
 
-import pytest
 
 from mailward.config import load_settings
 from mailward.quarantine import Actor, Status
 from mailward.quarantine.release import (RELEASE_HEADER, Relay, ReleaseOutcome, ReleaseVerifier, key_path,
                                          load_release_key, message_body, release, release_mark)
-from quarantine_support import (SmtpSink, backend, clock, closed_port, envelope, fresh_pg_dsn,  # noqa: F401
-                                malware_case, message, pg_dsn, smtp_sink, spam_case, store, store_factory)
+from quarantine_support import SmtpSink, closed_port, envelope, malware_case, message, spam_case
+
+pytest_plugins = ["quarantine_fixtures"]
 
 KEY = b"k" * 32
 ANALYST = Actor("analyst1", "review-host")

@@ -12,8 +12,9 @@ from mailward.errors import StoreError
 from mailward.evidence import Category, Evidence, Finding, Severity
 from mailward.quarantine import Actor, Label, ListFilter, ReleaseClaim, Removal, Status
 from mailward.verdict import Action, Verdict, new_incident_id
-from quarantine_support import (backend, clock, envelope, fresh_pg_dsn, malware_case, message, pg_dsn,  # noqa: F401
-                                spam_case, store, store_factory)
+from quarantine_support import envelope, malware_case, message, spam_case
+
+pytest_plugins = ["quarantine_fixtures"]
 
 ANALYST = Actor("analyst1", "review-host", "ssh 192.0.2.50")
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import threading
 import time
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
@@ -103,33 +104,45 @@ def like_pattern(text: str) -> str:
 
 
 class _Pool:
-    """A few reusable connections shared by all threads (milter threads come and go)."""
+    """At most ``size`` connections, shared by all threads (milter threads come and go).
 
-    def __init__(self, connect: Callable[[], Any], idle: int = 8):
+    The bound matters for PostgreSQL, whose ``max_connections`` all milter
+    hosts share; a thread that finds them all busy waits up to ``wait`` seconds.
+    """
+
+    def __init__(self, connect: Callable[[], Any], size: int = 8, wait: float = 30.0):
         self._connect = connect
-        self._idle: queue.LifoQueue = queue.LifoQueue(maxsize=idle)
+        self._idle: queue.LifoQueue = queue.LifoQueue()
+        self._slots = threading.BoundedSemaphore(size)
+        self._wait = wait
         self._closed = False
 
     def get(self):
+        if not self._slots.acquire(timeout=self._wait):
+            raise StoreError(f"all quarantine database connections stayed busy for {self._wait:g} s")
         try:
             return self._idle.get_nowait()
         except queue.Empty:
+            pass
+        try:
             return self._connect()
+        except BaseException:
+            self._slots.release()
+            raise
 
     def put(self, conn) -> None:
         if self._closed:
             conn.close()
-            return
-        try:
-            self._idle.put_nowait(conn)
-        except queue.Full:
-            conn.close()
+        else:
+            self._idle.put(conn)
+        self._slots.release()
 
     def discard(self, conn) -> None:
         try:
             conn.close()
         except Exception:
             pass
+        self._slots.release()
 
     def close(self) -> None:
         self._closed = True
