@@ -38,7 +38,7 @@ class MilterSettings:
 @dataclass(frozen=True)
 class DirectionSettings:
     internal_networks: tuple[str, ...] = ()
-    outbound_daemons: tuple[str, ...] = ("submission", "submissions")
+    outbound_daemons: tuple[str, ...] = ("ORIGINATING", "submission", "submissions")
     authenticated_is_outbound: bool = True
 
     def rules(self) -> DirectionRules:
