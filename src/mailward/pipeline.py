@@ -35,9 +35,10 @@ class Inspector:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Inspector":
-        from . import models, signatures  # detector packages load rules and models here
+        from . import models, reputation, signatures  # detector packages load rules and models here
 
-        return cls(settings.limits, tuple(signatures.detectors(settings)) + tuple(models.detectors(settings)))
+        return cls(settings.limits, (*signatures.detectors(settings), *models.detectors(settings),
+                                     *reputation.detectors(settings)))
 
     def inspect(self, raw: bytes, envelope: Envelope) -> Evidence:
         started = time.perf_counter()
