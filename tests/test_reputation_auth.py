@@ -118,6 +118,14 @@ def test_valid_signature_passes_and_carries_dmarc_through_forwarding(detector, k
     assert set(_names(evidence)) == {"spf-fail", "spf-helo-fail"}
 
 
+def test_crlf_message_as_the_milter_rebuilds_it(detector, keys):
+    signed = keys["sender"].sign(message().replace(b"\n", b"\r\n"), "sender.test").replace(b"\n", b"\r\n")
+    signed = signed.replace(b"\r\r\n", b"\r\n")
+    evidence = _check(detector, signed, client=OTHER_IP)
+    value = _results(evidence)
+    assert "dkim=pass header.d=sender.test" in value and "dmarc=pass header.from=sender.test" in value
+
+
 def test_changed_body_breaks_the_signature(detector, keys):
     signed = keys["sender"].sign(message(), "sender.test").replace(b"see you", b"wire money")
     evidence = _check(detector, signed, client=OTHER_IP)
@@ -140,7 +148,7 @@ def test_unusable_keys_are_permerrors(server, keys, selector, min_bits, reason):
     det = detector_for(server.port, min_key_bits=min_bits, authserv_id="mx.dest.test")
     signed = keys["weak" if selector == "weak" else "sender"].sign(message(), "sender.test", selector)
     evidence = det.inspect(parse(signed), envelope(client=GOOD_IP))
-    assert f"dkim=permerror reason=" in _results(evidence)
+    assert "dkim=permerror reason=" in _results(evidence)
     assert reason in [f for f in evidence.findings if f.name == "dkim-fail"][0].detail
 
 
@@ -209,6 +217,12 @@ def test_every_author_domain_is_evaluated(detector):
     evidence = _check(detector, message(from_="a@sender.test, b@quar.test"), client=GOOD_IP)
     assert "dmarc=pass header.from=sender.test" in _results(evidence)
     assert "dmarc-quarantine" in _names(evidence)
+
+
+def test_a_crowd_of_authors_costs_a_bounded_number_of_lookups(detector, server):
+    authors = ", ".join(f"a@crowd{i}.test" for i in range(200))
+    _check(detector, message(from_=authors), client=GOOD_IP)
+    assert sum(1 for name, _ in server.queries if name.startswith("_dmarc.crowd")) == 5
 
 
 def test_unanswered_policy_lookup_is_temperror_not_failure(server):

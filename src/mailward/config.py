@@ -158,7 +158,7 @@ class ReputationSettings:
     query_timeout: float = 2.0         # seconds one query may take (all nameservers together)
     retry_after: float = 10.0          # after a message found DNS dead, skip lookups this long
     cache_size: int = 50_000           # answers cached per scanning process (positive and negative)
-    threads: int = 8                   # lookups in flight per scanning process
+    threads: int = 32                  # lookups in flight per scanning process
     dnsbl: tuple[str, ...] = ()        # zones listing client addresses (IPv4 and IPv6)
     uribl: tuple[str, ...] = ()        # zones listing domains found in message URLs
     uribl_skip_domains: tuple[str, ...] = ()   # URL domains never looked up (e.g. our own)

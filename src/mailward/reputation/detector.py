@@ -33,7 +33,8 @@ from ..message import ParsedMessage
 from . import dmarc_check
 from .dkim_check import DkimResult, signature_count, verify_signature
 from .dmarc_check import Disposition, DmarcResult, PolicyLookup, author_domains, discover_policy
-from .names import IPAddress, OrgDomains, client_ip, normalise_domain, reverse_name, url_domains, within
+from .names import (IPAddress, OrgDomains, client_ip, header_block, normalise_domain, reverse_name, url_domains,
+                    within)
 from .resolver import Clock, Deadline, DnsClient, Lookup, Outcome
 from .results_header import HEADER, results_value
 from .spf_check import SpfResult, check_spf
@@ -42,6 +43,7 @@ from .zones import Zone, parse_zones
 log = logging.getLogger(__name__)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+MAX_AUTHOR_DOMAINS = 5     # a From: with thousands of addresses must not mean thousands of lookups
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,7 @@ class ReputationDetector:
         deadline = Deadline.after(self.settings.budget, self._clock)
         jobs = self._start(message, envelope, ip, deadline)
         done, _ = wait([j.future for j in jobs], timeout=deadline.remaining())
-        return self._evidence(jobs, done, ip)
+        return self._evidence(jobs, done)
 
     def _skipped(self, ip: IPAddress | None, envelope: Envelope) -> bool:
         if envelope.direction is Direction.OUTBOUND:
@@ -116,13 +118,6 @@ class ReputationDetector:
             for zone in self._dnsbl:
                 name = f"{prefix}.{zone.name}"
                 start("dnsbl", _spent(name), self.client.query, name, "A", deadline, zone=zone.name, subject=str(ip))
-        if self._uribl:
-            for domain, location in islice(url_domains(message, self._orgs, self._skip_url_domains),
-                                           rep.max_uri_domains):
-                for zone in self._uribl:
-                    name = f"{domain}.{zone.name}"
-                    start("uribl", _spent(name), self.client.query, name, "A", deadline,
-                          zone=zone.name, subject=domain, location=location)
         helo = normalise_domain(envelope.helo) if envelope.helo else None
         if ip is not None and rep.spf:
             identities = ["mailfrom"] + (["helo"] if helo else [])
@@ -132,18 +127,26 @@ class ReputationDetector:
                                      "temperror", "DNS budget spent")
                 start("spf", fallback, check_spf, self.client, deadline, str(ip), envelope.mail_from,
                       helo or envelope.helo, identity, subject=identity)
+        header = header_block(message.raw)
         if rep.dkim:
-            for index in range(min(signature_count(message.raw), rep.max_signatures)):
+            for index in range(min(signature_count(header), rep.max_signatures)):
                 start("dkim", DkimResult("", "", "temperror", "DNS budget spent"), verify_signature,
                       message.raw, index, self.client, deadline, rep.min_key_bits)
         if rep.dmarc:
-            for domain in author_domains(message.raw_headers):
+            for domain in author_domains(header)[:MAX_AUTHOR_DOMAINS]:
                 start("dmarc", PolicyLookup(domain, dns_failed=True), discover_policy,
                       self.client, deadline, domain, self._orgs, subject=domain)
+        if self._uribl:      # last: the most numerous, so they queue behind the rest
+            for domain, location in islice(url_domains(message, self._orgs, self._skip_url_domains),
+                                           rep.max_uri_domains):
+                for zone in self._uribl:
+                    name = f"{domain}.{zone.name}"
+                    start("uribl", _spent(name), self.client.query, name, "A", deadline,
+                          zone=zone.name, subject=domain, location=location)
         return jobs
 
     # --- results ------------------------------------------------------------------
-    def _evidence(self, jobs: list[_Job], done: set[Future], ip: IPAddress | None) -> Evidence:
+    def _evidence(self, jobs: list[_Job], done: set[Future]) -> Evidence:
         rep = self.settings
         findings: list[Finding] = []
         unavailable: list[str] = []

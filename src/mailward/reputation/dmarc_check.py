@@ -90,10 +90,10 @@ class DmarcResult:
     detail: str = ""
 
 
-def author_domains(raw_headers: bytes) -> list[str]:
-    """Distinct RFC5322.From domains, from the undecoded header so encoded words stay opaque."""
-    header = email.message_from_bytes(raw_headers + b"\n\n", policy=email.policy.compat32)
-    values = [str(v) for v in header.get_all("From", [])]
+def author_domains(header: bytes) -> list[str]:
+    """Distinct RFC5322.From domains, from the undecoded header block so encoded words stay opaque."""
+    fields = email.message_from_bytes(header + b"\n\n", policy=email.policy.compat32)
+    values = [str(v) for v in fields.get_all("From", [])]
     domains: list[str] = []
     for _, address in email.utils.getaddresses(values):
         domain = normalise_domain(address.rpartition("@")[2]) if "@" in address else None
