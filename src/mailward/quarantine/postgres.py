@@ -21,6 +21,27 @@ with the row; autovacuum returns the space for reuse.
 
 Schema creation is serialised with an advisory lock so that several hosts
 starting at once do not race on ``CREATE TABLE IF NOT EXISTS``.
+
+Deployment (Debian 12, one database for all hosts)::
+
+    apt-get install postgresql            # on the database host
+    sudo -u postgres createuser --pwprompt mailward
+    sudo -u postgres createdb --owner mailward mailward
+    # pg_hba.conf: hostssl mailward mailward <milter-and-review-hosts> scram-sha-256
+
+and on every milter and review host, in the TOML file::
+
+    [quarantine]
+    backend = "postgresql"
+    dsn = "host=db.example.org dbname=mailward user=mailward sslmode=verify-full"
+    # password in ~/.pgpass (0600) of the service user, or PGPASSFILE
+
+The first start creates the tables. Copy ``release.key`` (state directory)
+from one host to all others, mode 0600, owned by the service user: a release
+done on one host is recognised by the milter on every other. Each process
+opens at most 8 connections; size ``max_connections`` for hosts × processes.
+Run ``mailward quarantine purge`` from one host's timer (running it on
+several is harmless). Back up with ``pg_dump`` or base backups + WAL archiving.
 """
 
 from __future__ import annotations
