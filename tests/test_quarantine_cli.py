@@ -193,3 +193,21 @@ def test_time_parsing():
     assert parse_when("2024-05-01T02:00+02:00", 0) == 1714521600
     now = time.time()
     assert parse_when("1h", now) == now - 3600
+
+
+def test_actor_names_the_person_and_where_they_came_from(monkeypatch):
+    import pwd
+
+    from mailward.quarantine import Actor
+
+    me = pwd.getpwuid(os.getuid()).pw_name
+    monkeypatch.setenv("USER", "spoofed")
+    monkeypatch.setenv("SSH_CONNECTION", "192.0.2.50 51234 192.0.2.1 22")
+    monkeypatch.delenv("SUDO_USER", raising=False)
+    actor = Actor.current()
+    assert actor.name == me and actor.origin == "ssh 192.0.2.50" and actor.host
+    named = Actor.current("carol")
+    assert named.name == "carol" and f"os user {me}" in named.origin
+    if os.getuid() == 0:
+        monkeypatch.setenv("SUDO_USER", "alice")
+        assert Actor.current().name == "alice" and "sudo by alice" in Actor.current().origin

@@ -74,7 +74,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("export", help="write the raw message (.eml) for sandbox analysis")
     p.add_argument("id")
-    p.add_argument("-o", "--output", help="file to create (mode 0600, never overwritten); default: standard output")
+    p.add_argument("-o", "--output",
+                   help="file to create (mode 0600, never overwritten); default: standard output unless a terminal")
     p.set_defaults(handler=_export)
 
     p = sub.add_parser("purge", help="delete records older than the retention (for cron or a systemd timer)")
@@ -223,6 +224,10 @@ def _export(args, settings: Settings) -> int:
             with os.fdopen(fd, "wb") as out:
                 out.write(raw)
             where = str(Path(args.output).resolve())
+        elif sys.stdout.isatty():
+            print("mailward quarantine: refusing to write a raw message to a terminal; use -o FILE or a pipe",
+                  file=sys.stderr)
+            return FAILED
         else:
             sys.stdout.buffer.write(raw)
             sys.stdout.buffer.flush()

@@ -6,8 +6,8 @@ the JSON shapes here are the stable ``--json`` output of the CLI.
 
 from __future__ import annotations
 
-import getpass
 import os
+import pwd
 import re
 import socket
 from dataclasses import dataclass
@@ -65,11 +65,20 @@ class Actor:
 
     @classmethod
     def current(cls, analyst: str = "") -> "Actor":
-        """The OS user (or an explicit ``analyst`` name) on this host, with the SSH client if any."""
-        name = analyst or _os_user()
-        ssh = os.environ.get("SSH_CONNECTION") or os.environ.get("SSH_CLIENT") or ""
-        origin = f"ssh {ssh.split()[0]}" if ssh.split() else ""
-        return cls(name=name, host=socket.gethostname(), origin=origin)
+        """The person at the keyboard: ``analyst`` if given, else the sudo caller, else the OS user.
+
+        ``origin`` keeps whatever the name alone would hide: the SSH client,
+        the sudo caller, the OS account behind a typed ``--analyst`` name.
+        """
+        user = _os_user()
+        sudo = os.environ.get("SUDO_USER", "") if os.getuid() == 0 else ""
+        ssh = (os.environ.get("SSH_CONNECTION") or os.environ.get("SSH_CLIENT") or "").split()
+        notes = [f"ssh {ssh[0]}"] if ssh else []
+        if sudo:
+            notes.append(f"sudo by {sudo}")
+        if analyst and analyst != user:
+            notes.append(f"os user {user}")
+        return cls(name=analyst or sudo or user, host=socket.gethostname(), origin="; ".join(notes))
 
     @classmethod
     def service(cls) -> "Actor":
@@ -78,9 +87,10 @@ class Actor:
 
 
 def _os_user() -> str:
+    """The account of the real user ID (not $USER, which anyone can set)."""
     try:
-        return getpass.getuser()
-    except (KeyError, OSError):
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
         return f"uid {os.getuid()}"
 
 
