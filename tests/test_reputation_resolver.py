@@ -63,7 +63,7 @@ def test_failures_are_outcomes_not_listings_and_not_cached(server):
     started = time.monotonic()
     silent = client.query("x.slow0.test", "A", Deadline.after(5))
     assert silent.outcome is Outcome.TIMEOUT and silent.outcome.unavailable
-    assert time.monotonic() - started < 0.6                  # the per-query timeout, not the budget
+    assert time.monotonic() - started < 0.3 + 0.25           # the per-query timeout, not the budget
     refused = client.query("not-ours.example", "A", Deadline.after(1))
     assert refused.outcome is Outcome.FAILURE
     client.query("not-ours.example", "A", Deadline.after(1))
@@ -89,7 +89,7 @@ def test_dead_server_costs_at_most_the_budget_then_dns_is_skipped(server):
 
         started = time.monotonic()
         again = det.inspect(msg, envelope(client="198.51.100.7"))
-        assert time.monotonic() - started < 0.05
+        assert time.monotonic() - started < 0.1
         assert [f.name for f in again.findings] == ["dns-unavailable"] and "skipped" in again.findings[0].detail
 
         time.sleep(0.55)                                            # retry_after passed: DNS is tried again
@@ -106,7 +106,7 @@ def test_nothing_listening_costs_the_query_timeout_not_the_budget():
     det = detector_for(port, dnsbl=["bl.test"], budget=2.0, query_timeout=0.3)
     started = time.monotonic()
     evidence = det.inspect(parse(message()), envelope(client="198.51.100.7"))
-    assert time.monotonic() - started < 0.3 + 0.15
+    assert time.monotonic() - started < 0.3 + 0.25             # dnspython may overshoot by its retry pause
     assert [f.name for f in evidence.findings] == ["dns-unavailable"]
 
 
@@ -120,10 +120,14 @@ def test_lookups_run_in_parallel_and_a_silent_zone_does_not_hide_the_others(serv
     assert [f.name for f in evidence.of(Category.REPUTATION)] == ["dnsbl:bl.test"]
     unavailable, = evidence.of(Category.UNCHECKED)
     assert all(f"dnsbl {zone}" in unavailable.detail for zone in SILENT)
-    # Something answered, so DNS is not marked dead: the next message looks up again.
-    before = server.count("7.100.51.198.slow0.test")
-    det.inspect(parse(message()), envelope(client="198.51.100.7"))
-    assert server.count("7.100.51.198.slow0.test") > before
+    # Something answered, so the resolver is alive; the silent zones are skipped for retry_after.
+    before = server.count("7.100.51.198.slow0.test"), server.count("7.100.51.198.bl.test")
+    started = time.monotonic()
+    again = det.inspect(parse(message()), envelope(client="198.51.100.7"))
+    assert time.monotonic() - started < 0.1
+    assert server.count("7.100.51.198.slow0.test") == before[0]
+    assert [f.name for f in again.of(Category.REPUTATION)] == ["dnsbl:bl.test"]      # from the cache
+    assert "dnsbl slow0.test (not answering, skipped" in again.of(Category.UNCHECKED)[0].detail
 
 
 def test_budget_cuts_lookups_that_would_outlast_it(server):
@@ -142,5 +146,5 @@ def test_warm_cache_answers_without_the_server(server):
     sent = len(server.queries)
     started = time.monotonic()
     second = det.inspect(msg, env)
-    assert time.monotonic() - started < 0.05
+    assert time.monotonic() - started < 0.1
     assert len(server.queries) == sent and first.findings == second.findings

@@ -5,8 +5,9 @@ sender and HELO, each DKIM key, DMARC policies) start together on a thread pool
 the detector owns, and the detector waits for them no longer than the budget: a
 lookup still running then counts as unavailable. When a message finds DNS dead
 (nothing answered, something timed out or failed), lookups are skipped for
-``retry_after`` seconds so a resolver outage costs each scanning process one
-budget, not one per message.
+``retry_after`` seconds, and so is a blocklist zone that did not answer while
+others did: an outage costs each scanning process one query timeout per
+``retry_after``, not one per message.
 
 DNS trouble is evidence of kind ``unchecked`` named ``dns-unavailable`` with a
 low severity by default: like postscreen, rspamd or SpamAssassin, Mailward
@@ -35,7 +36,7 @@ from .dkim_check import DkimResult, signature_count, verify_signature
 from .dmarc_check import Disposition, DmarcResult, PolicyLookup, author_domains, discover_policy
 from .names import (IPAddress, OrgDomains, client_ip, header_block, normalise_domain, reverse_name, url_domains,
                     within)
-from .resolver import Clock, Deadline, DnsClient, Lookup, Outcome
+from .resolver import Backoff, Clock, Deadline, DnsClient, Lookup, Outcome
 from .results_header import HEADER, results_value
 from .spf_check import SpfResult, check_spf
 from .zones import Zone, parse_zones
@@ -43,6 +44,7 @@ from .zones import Zone, parse_zones
 log = logging.getLogger(__name__)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+RESOLVER = ""              # the backoff key of the resolver itself (zones use their names)
 MAX_AUTHOR_DOMAINS = 5     # a From: with thousands of addresses must not mean thousands of lookups
 
 
@@ -74,7 +76,7 @@ class ReputationDetector:
         self.authserv_id = authserv_id or socket.gethostname()
         self._clock = clock
         self._pool = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="mailward-dns")
-        self._down_until = 0.0
+        self._backoff = Backoff(settings.retry_after, clock)
 
     @classmethod
     def from_settings(cls, settings: Settings, clock: Clock = time.monotonic) -> "ReputationDetector":
@@ -89,14 +91,13 @@ class ReputationDetector:
         ip = client_ip(envelope.client_address)
         if self._skipped(ip, envelope):
             return Evidence()
-        now = self._clock()
-        if now < self._down_until:
+        if down := self._backoff.remaining(RESOLVER):
             return Evidence(findings=(self._unavailable(
-                f"resolver found dead, lookups skipped for {self._down_until - now:.1f}s more"),))
+                f"resolver found dead, lookups skipped for {down:.1f}s more"),))
         deadline = Deadline.after(self.settings.budget, self._clock)
-        jobs = self._start(message, envelope, ip, deadline)
+        jobs, skipped = self._start(message, envelope, ip, deadline)
         done, _ = wait([j.future for j in jobs], timeout=deadline.remaining())
-        return self._evidence(jobs, done)
+        return self._evidence(jobs, done, skipped)
 
     def _skipped(self, ip: IPAddress | None, envelope: Envelope) -> bool:
         if envelope.direction is Direction.OUTBOUND:
@@ -107,15 +108,23 @@ class ReputationDetector:
         return host is not None and within(host, self._allow_domains)
 
     def _start(self, message: ParsedMessage, envelope: Envelope, ip: IPAddress | None,
-               deadline: Deadline) -> list[_Job]:
-        rep, jobs = self.settings, []
+               deadline: Deadline) -> tuple[list[_Job], list[str]]:
+        """Start every lookup; also returns the zones skipped because they stopped answering."""
+        rep, jobs, skipped = self.settings, [], []
+        dnsbl, uribl = [], []
+        for kind, zones, live in (("dnsbl", self._dnsbl, dnsbl), ("uribl", self._uribl, uribl)):
+            for zone in zones:
+                if down := self._backoff.remaining(zone.name):
+                    skipped.append(f"{kind} {zone.name} (not answering, skipped for {down:.0f}s more)")
+                else:
+                    live.append(zone)
 
         def start(kind: str, fallback: Any, call: Callable[..., Any], *args: Any, **where: str) -> None:
             jobs.append(_Job(kind, self._pool.submit(_guarded, fallback, call, *args), fallback, **where))
 
         if ip is not None:
             prefix = reverse_name(ip)
-            for zone in self._dnsbl:
+            for zone in dnsbl:
                 name = f"{prefix}.{zone.name}"
                 start("dnsbl", _spent(name), self.client.query, name, "A", deadline, zone=zone.name, subject=str(ip))
         helo = normalise_domain(envelope.helo) if envelope.helo else None
@@ -136,21 +145,23 @@ class ReputationDetector:
             for domain in author_domains(header)[:MAX_AUTHOR_DOMAINS]:
                 start("dmarc", PolicyLookup(domain, dns_failed=True), discover_policy,
                       self.client, deadline, domain, self._orgs, subject=domain)
-        if self._uribl:      # last: the most numerous, so they queue behind the rest
+        if uribl:            # last: the most numerous, so they queue behind the rest
             for domain, location in islice(url_domains(message, self._orgs, self._skip_url_domains),
                                            rep.max_uri_domains):
-                for zone in self._uribl:
+                for zone in uribl:
                     name = f"{domain}.{zone.name}"
                     start("uribl", _spent(name), self.client.query, name, "A", deadline,
                           zone=zone.name, subject=domain, location=location)
-        return jobs
+        return jobs, skipped
 
     # --- results ------------------------------------------------------------------
-    def _evidence(self, jobs: list[_Job], done: set[Future]) -> Evidence:
+    def _evidence(self, jobs: list[_Job], done: set[Future], skipped: list[str]) -> Evidence:
         rep = self.settings
         findings: list[Finding] = []
-        unavailable: list[str] = []
+        unavailable: list[str] = list(skipped)
         answered = 0
+        zones_failed: set[str] = set()
+        zones_answered: set[str] = set()
         spf: list[SpfResult] = []
         dkim: list[DkimResult] = []
         policies: list[PolicyLookup] = []
@@ -161,8 +172,10 @@ class ReputationDetector:
             if job.kind in ("dnsbl", "uribl"):
                 if result.outcome.unavailable:
                     unavailable.append(f"{job.kind} {job.zone} ({result.outcome.value})")
+                    zones_failed.add(job.zone)
                     continue
                 answered += 1
+                zones_answered.add(job.zone)
                 findings.extend(self._listing(job, result))
                 continue
             failed = (result.dns_failed if job.kind == "dmarc" else result.failed_dns)
@@ -178,8 +191,8 @@ class ReputationDetector:
                         if d.result == "temperror" and not p.dns_failed]
         findings += self._spf_findings(spf) + self._dkim_findings(dkim) + self._dmarc_findings(dmarc, mailfrom, dkim)
         if unavailable:
-            findings.append(self._unavailable("; ".join(unavailable)))
-        self._note_health(answered, bool(unavailable))
+            findings.append(self._unavailable("; ".join(dict.fromkeys(unavailable))))
+        self._note_health(answered, bool(unavailable), zones_failed - zones_answered)
 
         headers: tuple[tuple[str, str], ...] = ()
         if rep.spf or rep.dkim or rep.dmarc:
@@ -234,13 +247,16 @@ class ReputationDetector:
     def _unavailable(self, detail: str) -> Finding:
         return Finding(Category.UNCHECKED, "dns-unavailable", self.settings.dns_unavailable, "dns", "", detail[:500])
 
-    def _note_health(self, answered: int, trouble: bool) -> None:
-        if trouble and not answered and self.settings.retry_after > 0:
-            self._down_until = self._clock() + self.settings.retry_after
-            log.warning("DNS unavailable (nameservers %s): skipping lookups for %.0fs",
-                        ", ".join(self.client.nameservers), self.settings.retry_after)
-        elif answered:
-            self._down_until = 0.0
+    def _note_health(self, answered: int, trouble: bool, silent_zones: set[str]) -> None:
+        if not answered:
+            if trouble and self._backoff.trip(RESOLVER):
+                log.warning("DNS unavailable (nameservers %s): skipping lookups for %.0fs",
+                            ", ".join(self.client.nameservers), self._backoff.period)
+            return
+        self._backoff.clear(RESOLVER)
+        for zone in sorted(silent_zones):
+            if self._backoff.trip(zone):
+                log.warning("blocklist zone %s is not answering: skipping it for %.0fs", zone, self._backoff.period)
 
 
 def check_settings(settings: Settings) -> tuple[Network, ...]:

@@ -77,7 +77,8 @@ class DnsClient:
         if nameservers:
             resolver.nameservers = list(nameservers)
         resolver.port = port
-        # Each nameserver gets its share of the query's time before the next is tried.
+        # One try per nameserver: retransmission is the recursive resolver's job, and dnspython
+        # sleeps between rounds past the lifetime.
         resolver.timeout = query_timeout / max(1, len(resolver.nameservers))
         resolver.lifetime = query_timeout
         resolver.retry_servfail = False
@@ -118,3 +119,29 @@ class DnsClient:
         if answer.rrset is None:
             return Lookup(name, rdtype, Outcome.NODATA)
         return Lookup(name, rdtype, Outcome.ANSWER, tuple(answer.rrset))
+
+
+class Backoff:
+    """What was found not answering (the resolver, a blocklist zone), skipped until its time is up.
+
+    Per process, like the cache: a zone that stopped answering costs one query
+    timeout per ``period``, not one per message.
+    """
+
+    def __init__(self, period: float, clock: Clock = time.monotonic):
+        self.period = period
+        self._clock = clock
+        self._until: dict[str, float] = {}
+
+    def remaining(self, key: str) -> float:
+        return max(0.0, self._until.get(key, 0.0) - self._clock())
+
+    def trip(self, key: str) -> bool:
+        """Start skipping ``key``; False when backing off is disabled (period 0)."""
+        if self.period <= 0:
+            return False
+        self._until[key] = self._clock() + self.period
+        return True
+
+    def clear(self, key: str) -> None:
+        self._until.pop(key, None)
