@@ -39,6 +39,7 @@ ORPHAN_AGE = 3600.0     # a file this old without a row is a crash leftover, not
 
 class SqliteStore(QuarantineStore):
     backend = "sqlite"
+    single_writer = True
     _errors = (sqlite3.Error,)
 
     def __init__(self, directory: Path, clock: Clock = time.time, pool_size: int = 8):

@@ -20,7 +20,7 @@ import queue
 import threading
 import time
 from abc import ABC, abstractmethod
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from pathlib import Path
@@ -157,12 +157,16 @@ class QuarantineStore(ABC):
     """Quarantined messages, their metadata, labels and audit trail."""
 
     backend: str = ""
+    # One writer at a time anyway (SQLite): queue this process's threads on a fair lock
+    # instead of the database's sleep-and-retry busy handler, which makes long tails.
+    single_writer: bool = False
     _errors: tuple[type[BaseException], ...] = ()   # the driver's exception classes
 
     def __init__(self, clock: Clock = time.time, pool_size: int = 8):
         self._clock = clock
         self._pool = _Pool(self._connect, pool_size)
         self._writer = Actor.service()
+        self._write_gate = threading.Lock() if self.single_writer else nullcontext()
 
     # -- backend hooks ---------------------------------------------------------------------------
 
@@ -200,24 +204,25 @@ class QuarantineStore(ABC):
 
     @contextmanager
     def _tx(self, write: bool = False) -> Iterator[Any]:
-        conn = self._pool.get()
-        try:
-            if write:
-                self._begin(conn)
-            yield conn
-            conn.commit()
-        except BaseException as exc:
+        with self._write_gate if write else nullcontext():
+            conn = self._pool.get()
             try:
-                conn.rollback()
-            except Exception:
-                self._pool.discard(conn)
-                conn = None
-            if isinstance(exc, self._errors):
-                raise StoreError(f"quarantine database ({self.backend}): {exc}") from exc
-            raise
-        finally:
-            if conn is not None:
-                self._pool.put(conn)
+                if write:
+                    self._begin(conn)
+                yield conn
+                conn.commit()
+            except BaseException as exc:
+                try:
+                    conn.rollback()
+                except Exception:
+                    self._pool.discard(conn)
+                    conn = None
+                if isinstance(exc, self._errors):
+                    raise StoreError(f"quarantine database ({self.backend}): {exc}") from exc
+                raise
+            finally:
+                if conn is not None:
+                    self._pool.put(conn)
 
     def _exec(self, conn, statement: str, params: tuple = ()):
         cur = conn.cursor()
