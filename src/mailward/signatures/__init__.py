@@ -1,13 +1,43 @@
-"""Signature detection: YARA rules, hash lists and file-type checks.
+"""Signature detection: YARA rules, hash lists, the name and type policy, active content.
 
-This is the only package that imports yara.
+This is the only package that imports yara. All four detectors share one hash
+allow list: an allowed object (and whatever was unpacked from it) gets no
+signature findings at all.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..config import Settings
+from .content import ContentDetector
+from .hashes import HashDetector, HashList
+from .names import NameDetector
+from .ruleset import SHIPPED_PREFIX, RuleSet, shipped_rules_dir
 from .yara_rules import YaraDetector
 
 
-def detectors(settings: Settings) -> list:
-    return [YaraDetector.from_settings(settings)]
+def rule_directories(settings: Settings) -> list[tuple[str, Path]]:
+    """(namespace prefix, directory) for the shipped rules and every configured directory."""
+    dirs = [(SHIPPED_PREFIX, shipped_rules_dir())] if settings.signatures.shipped_rules else []
+    for configured in settings.signatures.rules_dirs:
+        path = Path(configured)
+        prefix = path.name or "rules"
+        taken = {p for p, _ in dirs}
+        dirs.append((prefix if prefix not in taken else f"{prefix}-{len(dirs)}", path))
+    return dirs
+
+
+def load_rules(settings: Settings, previous: RuleSet | None = None) -> RuleSet:
+    return RuleSet.load_or_keep(rule_directories(settings), settings.rules_cache_dir, previous)
+
+
+def detectors(settings: Settings, previous: RuleSet | None = None) -> list:
+    sig = settings.signatures
+    allow = HashList.load(sig.hash_allow_lists)
+    return [
+        YaraDetector(load_rules(settings, previous), allow, sig.yara_timeout, settings.limits.inspect_deadline),
+        HashDetector(HashList.load(sig.hash_lists), allow),
+        NameDetector.from_settings(sig, allow),
+        ContentDetector(allow),
+    ]

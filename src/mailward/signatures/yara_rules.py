@@ -1,65 +1,80 @@
-"""YARA over every decoded object, with the externals public rule sets expect."""
+"""YARA over every object with content, with the externals public rule sets expect.
+
+Rule meta decides the finding: ``category`` (malware, phishing, filetype,
+macro, spam; default malware) and ``severity`` (info..critical; default high).
+A scan that times out is unchecked, never clean: libyara can also come back
+empty at the time limit instead of raising, so the elapsed time is checked too.
+"""
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 
 import yara
 
-from ..config import Settings
 from ..envelope import Envelope
-from ..errors import ArtifactError
 from ..evidence import Category, Evidence, Finding, Severity
-from ..message import ParsedMessage
+from ..message import ContentObject, ParsedMessage
+from .hashes import HashList
+from .ruleset import EXTERNALS, RuleSet
 
-EXTERNALS = {"filename": "", "filepath": "", "extension": "", "filetype": "", "owner": "",
-             "mime_type": "", "depth": 0, "in_archive": False, "direction": ""}
-
-
-def shipped_rules_dir() -> Path:
-    return Path(str(resources.files("mailward.signatures") / "rules"))
+_CATEGORIES = {c.value: c for c in (Category.MALWARE, Category.PHISHING, Category.FILETYPE, Category.MACRO,
+                                    Category.SPAM)}
 
 
-def compile_rules(directories: list[Path]) -> yara.Rules:
-    sources = {}
-    for directory in directories:
-        for path in sorted(directory.glob("*.yar")) + sorted(directory.glob("*.yara")):
-            sources[f"{directory.name}/{path.stem}"] = str(path)
-    if not sources:
-        raise ArtifactError(f"no YARA rule files in {', '.join(map(str, directories))}")
-    return yara.compile(filepaths=sources, externals=EXTERNALS)
+def externals_for(obj: ContentObject, direction: str) -> dict:
+    name = obj.names[0] if obj.names else ""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    return dict(EXTERNALS, filename=base, filepath=obj.path, extension=os.path.splitext(base)[1].lstrip(".").lower(),
+                filetype=obj.kind.yara_filetype, mime_type=obj.sniffed_type or obj.declared_type, depth=obj.depth,
+                in_archive=obj.in_archive, direction=direction)
+
+
+def finding_for(match: yara.Match, detector: str, location: str) -> Finding:
+    meta = match.meta
+    category = _CATEGORIES.get(str(meta.get("category", "malware")).lower(), Category.MALWARE)
+    severity = Severity.__members__.get(str(meta.get("severity", "high")).upper(), Severity.HIGH)
+    return Finding(category, f"{match.namespace}:{match.rule}", severity, detector, location,
+                   str(meta.get("description", ""))[:200])
 
 
 @dataclass(frozen=True)
 class YaraDetector:
-    rules: yara.Rules
+    ruleset: RuleSet
+    allow: HashList
     timeout: int = 5
+    deadline: float = 40.0        # seconds for the whole message; the rest is unchecked
     name: str = "yara"
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> "YaraDetector":
-        dirs = ([shipped_rules_dir()] if settings.signatures.shipped_rules else []) + \
-            [Path(d) for d in settings.signatures.rules_dirs]
-        return cls(compile_rules(dirs), settings.signatures.yara_timeout)
-
     def inspect(self, message: ParsedMessage, envelope: Envelope) -> Evidence:
-        findings = []
+        rules = self.ruleset.rules
+        if rules is None:
+            return Evidence()
+        exempt = self.allow.exempt(message.objects)
+        findings: list[Finding] = []
+        started = time.monotonic()
         for obj in message.objects:
-            name = obj.names[0] if obj.names else ""
-            externals = dict(EXTERNALS, filename=name, filepath=obj.path,
-                             extension=os.path.splitext(name)[1].lstrip(".").lower(),
-                             mime_type=obj.declared_type, depth=obj.depth, in_archive=obj.in_archive,
-                             direction=envelope.direction.value)
-            try:
-                matches = self.rules.match(data=obj.data, externals=externals, timeout=self.timeout)
-            except yara.TimeoutError:
-                findings.append(Finding(Category.UNCHECKED, "yara-timeout", Severity.HIGH, self.name, obj.path))
+            if not obj.has_content or not obj.data or obj.path in exempt:
                 continue
-            for m in matches:
-                category = Category(m.meta.get("category", "malware"))
-                severity = Severity[str(m.meta.get("severity", "critical")).upper()]
-                findings.append(Finding(category, f"{m.namespace}:{m.rule}", severity, self.name, obj.path))
+            if time.monotonic() - started > self.deadline:
+                findings.append(Finding(Category.UNCHECKED, "yara-deadline", Severity.HIGH, self.name, obj.path,
+                                        f"YARA ran more than {self.deadline:g}s on this message"))
+                break
+            t0 = time.monotonic()
+            try:
+                matches = rules.match(data=obj.data, externals=externals_for(obj, envelope.direction.value),
+                                      timeout=self.timeout)
+            except yara.TimeoutError:
+                matches = None
+            except yara.Error as exc:
+                findings.append(Finding(Category.UNCHECKED, "yara-error", Severity.HIGH, self.name, obj.path,
+                                        str(exc)[:200]))
+                continue
+            if matches is None or (not matches and time.monotonic() - t0 >= self.timeout):
+                findings.append(Finding(Category.UNCHECKED, "yara-timeout", Severity.HIGH, self.name, obj.path,
+                                        f"more than {self.timeout}s"))
+                continue
+            findings.extend(finding_for(m, self.name, obj.path) for m in matches)
         return Evidence(findings=tuple(findings))

@@ -1,7 +1,7 @@
 /*
  * Mailward's own rules. MIT licence, like the rest of Mailward.
  * meta.category: malware | phishing | filetype | macro | spam (default malware)
- * meta.severity: info | low | medium | high | critical (default critical)
+ * meta.severity: info | low | medium | high | critical (default high)
  */
 
 rule EICAR_Test_File

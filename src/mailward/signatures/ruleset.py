@@ -1,0 +1,304 @@
+"""YARA rule sources compiled file by file, bundled, cached per libyara version, kept on a bad edit.
+
+Every rule file is compiled alone first, so one broken file is reported and
+skipped instead of taking every rule down. The good files are compiled into
+one bundle (one namespace per file) and saved in Mailward's own state
+directory, keyed by libyara version and a digest of the sources: workers load
+that in milliseconds instead of compiling. Compiled rules are code for
+libyara, so they are loaded only from a directory that we own and nobody else
+can write.
+
+Reload is atomic: :meth:`RuleSet.load_or_keep` either returns a complete new
+bundle or the last good one. When a file that was part of the last good
+bundle stops compiling, the last good bundle stays live (origin ``KEPT``), so
+a bad edit never disarms the rules that were protecting the mail.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import stat
+import tempfile
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from enum import Enum
+from importlib import resources
+from pathlib import Path
+from typing import Iterator
+
+import yara
+
+from ..errors import ArtifactError
+
+log = logging.getLogger(__name__)
+
+# Declared at compile time: libyara silently ignores externals it was not told about.
+EXTERNALS = {"filename": "", "filepath": "", "extension": "", "filetype": "", "owner": "",
+             "mime_type": "", "depth": 0, "in_archive": False, "direction": ""}
+RULE_SUFFIXES = (".yar", ".yara")
+SHIPPED_PREFIX = "mailward"
+
+
+def shipped_rules_dir() -> Path:
+    return Path(str(resources.files("mailward.signatures") / "rules"))
+
+
+class Origin(str, Enum):
+    COMPILED = "compiled"      # compiled now from the sources
+    CACHED = "cached"          # the bundle for exactly these sources, from the state directory
+    KEPT = "kept"              # sources regressed: the last good bundle stays live
+    EMPTY = "empty"            # no rule files at all
+
+
+@dataclass(frozen=True)
+class RuleFile:
+    """One source file and what compiling it alone said."""
+
+    namespace: str
+    path: str
+    digest: str
+    errors: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    rules: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+@dataclass(frozen=True)
+class Source:
+    namespace: str
+    path: Path
+
+
+def discover(directories: list[tuple[str, Path]]) -> list[Source]:
+    """Every rule file under each ``(prefix, directory)``; namespace = prefix/relative path."""
+    found = []
+    for prefix, directory in directories:
+        if not directory.is_dir():
+            raise ArtifactError(f"YARA rules directory {directory} does not exist")
+        for path in sorted(p for p in directory.rglob("*") if p.suffix.lower() in RULE_SUFFIXES and p.is_file()):
+            found.append(Source(f"{prefix}/{path.relative_to(directory).with_suffix('').as_posix()}", path))
+    return found
+
+
+def compile_file(source: Source, digest: str = "") -> tuple[RuleFile, yara.Rules | None]:
+    """Compile one file alone: its errors, warnings and rule count."""
+    try:
+        rules = yara.compile(filepath=str(source.path), externals=EXTERNALS)
+    except (yara.SyntaxError, yara.Error) as exc:
+        return RuleFile(source.namespace, str(source.path), digest, errors=(str(exc),)), None
+    return RuleFile(source.namespace, str(source.path), digest, warnings=tuple(rules.warnings),
+                    rules=sum(1 for _ in rules)), rules
+
+
+def stamp(sources: list[Source]) -> tuple[tuple[str, int, int], ...]:
+    """A cheap change marker (path, mtime, size) for polling."""
+    out = []
+    for s in sources:
+        try:
+            st = s.path.stat()
+            out.append((str(s.path), st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append((str(s.path), 0, -1))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    rules: yara.Rules | None
+    files: tuple[RuleFile, ...]
+    origin: Origin
+    fingerprint: str
+    directories: tuple[tuple[str, Path], ...] = ()
+    sources_stamp: tuple[tuple[str, int, int], ...] = ()
+
+    @property
+    def broken(self) -> tuple[RuleFile, ...]:
+        return tuple(f for f in self.files if not f.ok)
+
+    def changed_on_disk(self) -> bool:
+        """True when a rule file was added, removed or modified since this set was loaded."""
+        try:
+            return stamp(discover(list(self.directories))) != self.sources_stamp
+        except ArtifactError:
+            return True
+
+    @classmethod
+    def load_or_keep(cls, directories: list[tuple[str, Path]], cache_dir: Path,
+                     previous: "RuleSet | None" = None) -> "RuleSet":
+        """The rules for ``directories``: from the cache, freshly compiled, or the last good ones.
+
+        ``previous`` (the set live in this process, if any) is kept when the
+        sources regressed and the state directory holds no last good bundle.
+        """
+        sources = discover(directories)
+        marker = stamp(sources)
+        digests = {s.namespace: hashlib.sha256(s.path.read_bytes()).hexdigest() for s in sources}
+        fingerprint = _fingerprint(digests)
+        common = dict(fingerprint=fingerprint, directories=tuple(directories), sources_stamp=marker)
+        if not sources:
+            return cls(None, (), Origin.EMPTY, **common)
+        cache = _Cache.open(cache_dir)
+        with cache.locked():
+            hit = cache.load(fingerprint)
+            if hit is not None:
+                rules, files, kept = hit
+                return cls(rules, files, Origin.KEPT if kept else Origin.CACHED, **common)
+            compiled = [compile_file(s, digests[s.namespace]) for s in sources]
+            files = tuple(f for f, _ in compiled)
+            for f in files:
+                if not f.ok:
+                    log.error("YARA rule file %s does not compile, skipped: %s", f.path, "; ".join(f.errors))
+            last = cache.last_good()
+            regressed = [f.namespace for f in files if not f.ok and last and f.namespace in last["namespaces"]]
+            if regressed:
+                kept = cache.load_bundle(last["bundle"]) if last else None
+                if kept is None and previous is not None and previous.rules is not None:
+                    kept = previous.rules
+                if kept is not None:
+                    log.error("YARA sources regressed (%s): keeping the last good rules", ", ".join(regressed))
+                    cache.remember_kept(fingerprint, last["bundle"] if last else "", files)
+                    return cls(kept, files, Origin.KEPT, **common)
+            good = {f.namespace: f.path for f in files if f.ok}
+            if not good:
+                raise ArtifactError("no YARA rule file compiles: " + "; ".join(f"{f.path}: {f.errors[0]}" for f in files))
+            try:
+                rules = yara.compile(filepaths=good, externals=EXTERNALS)
+            except (yara.SyntaxError, yara.Error) as exc:
+                fallback = cache.load_bundle(last["bundle"]) if last else None
+                if fallback is None:
+                    raise ArtifactError(f"YARA bundle does not compile: {exc}") from None
+                log.error("YARA bundle does not compile (%s): keeping the last good rules", exc)
+                return cls(fallback, files, Origin.KEPT, **common)
+            cache.store(fingerprint, rules, files)
+            return cls(rules, files, Origin.COMPILED, **common)
+
+
+def _fingerprint(digests: dict[str, str]) -> str:
+    h = hashlib.sha256(f"libyara {yara.YARA_VERSION}\n{json.dumps(EXTERNALS, sort_keys=True)}\n".encode())
+    for namespace in sorted(digests):
+        h.update(f"{namespace}\0{digests[namespace]}\n".encode())
+    return h.hexdigest()
+
+
+class _Cache:
+    """Compiled bundles in the state directory; a no-op when that directory cannot be trusted."""
+
+    def __init__(self, directory: Path | None):
+        self.directory = directory
+
+    @classmethod
+    def open(cls, directory: Path) -> "_Cache":
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            log.warning("cannot create the rules cache %s (%s): compiling in memory", directory, exc.strerror)
+            return cls(None)
+        if not _trusted(directory):
+            log.warning("rules cache %s is not private to this user: not loading compiled rules from it", directory)
+            return cls(None)
+        return cls(directory)
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Workers starting together: one compiles, the others then load its bundle."""
+        if self.directory is None:
+            yield
+            return
+        with open(self.directory / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _name(self, fingerprint: str) -> str:
+        return f"bundle-{yara.YARA_VERSION}-{fingerprint[:24]}"
+
+    def load(self, fingerprint: str) -> tuple[yara.Rules, tuple[RuleFile, ...], bool] | None:
+        if self.directory is None:
+            return None
+        manifest = self._read_json(self.directory / f"{self._name(fingerprint)}.json")
+        if manifest is None:
+            return None
+        rules = self.load_bundle(manifest["bundle"])
+        if rules is None:
+            return None
+        files = tuple(RuleFile(**dict(f, errors=tuple(f["errors"]), warnings=tuple(f["warnings"])))
+                      for f in manifest["files"])
+        return rules, files, manifest.get("kept", False)
+
+    def load_bundle(self, name: str) -> yara.Rules | None:
+        if self.directory is None or not name or "/" in name:
+            return None
+        path = self.directory / name
+        if not path.is_file() or not _trusted(path):
+            return None
+        try:
+            return yara.load(str(path))
+        except yara.Error as exc:
+            log.warning("compiled rules %s do not load (%s)", path, exc)
+            return None
+
+    def last_good(self) -> dict | None:
+        if self.directory is None:
+            return None
+        return self._read_json(self.directory / f"last-good-{yara.YARA_VERSION}.json")
+
+    def store(self, fingerprint: str, rules: yara.Rules, files: tuple[RuleFile, ...]) -> None:
+        if self.directory is None:
+            return
+        name = self._name(fingerprint)
+        try:
+            tmp = tempfile.NamedTemporaryFile(dir=self.directory, prefix=".tmp-", delete=False)
+            tmp.close()
+            rules.save(tmp.name)
+            os.replace(tmp.name, self.directory / f"{name}.yarc")
+            self._write_json(f"{name}.json", {"bundle": f"{name}.yarc", "files": [asdict(f) for f in files]})
+            self._write_json(f"last-good-{yara.YARA_VERSION}.json",
+                             {"bundle": f"{name}.yarc", "namespaces": [f.namespace for f in files if f.ok]})
+        except OSError as exc:
+            log.warning("cannot save compiled rules in %s: %s", self.directory, exc)
+
+    def remember_kept(self, fingerprint: str, bundle: str, files: tuple[RuleFile, ...]) -> None:
+        """Later workers with the same (broken) sources load the kept bundle without recompiling."""
+        if self.directory is None or not bundle:
+            return
+        try:
+            self._write_json(f"{self._name(fingerprint)}.json",
+                             {"bundle": bundle, "kept": True, "files": [asdict(f) for f in files]})
+        except OSError as exc:
+            log.warning("cannot write the rules manifest in %s: %s", self.directory, exc)
+
+    def _write_json(self, name: str, doc: dict) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(doc, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.directory / name)
+
+    @staticmethod
+    def _read_json(path: Path) -> dict | None:
+        try:
+            if not _trusted(path):
+                return None
+            with open(path) as fh:
+                return json.load(fh)
+        except (OSError, ValueError):
+            return None
+
+
+def _trusted(path: Path) -> bool:
+    """Owned by us (or root) and writable by nobody else."""
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    return st.st_uid in (os.geteuid(), 0) and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
