@@ -4,8 +4,8 @@ Tests point Mailward's resolver at it, so every answer comes over real UDP and T
 sockets on 127.0.0.1 and nothing falls through to the system resolver. Negative
 answers carry the zone's SOA (RFC 2308) so resolvers can cache them; a log of the
 questions received lets a test tell a cached answer from a fresh one. ``silent``
-names get no reply at all (a zone that times out), and :class:`BlackHole` is a
-resolver that never answers.
+names get no reply at all (a zone that times out), ``delay`` stands for the round
+trip to a real resolver, and :class:`BlackHole` is a resolver that never answers.
 """
 
 from __future__ import annotations
@@ -51,8 +51,9 @@ def _bind_pair(host: str) -> tuple[socket.socket, socket.socket]:
 class DnsServer:
     """Serves the given zones (``origin -> zone text``) until stopped."""
 
-    def __init__(self, zones: dict[str, str], silent: Iterable[str] = (), host: str = HOST):
+    def __init__(self, zones: dict[str, str], silent: Iterable[str] = (), host: str = HOST, delay: float = 0.0):
         self.host = host
+        self.delay = delay
         self.zones = [dns.zone.from_text(text, origin=origin, relativize=False) for origin, text in zones.items()]
         self.silent = [dns.name.from_text(n) for n in silent]
         self.queries: list[tuple[str, str]] = []
@@ -106,7 +107,16 @@ class DnsServer:
             response = dns.message.make_response(query)
             response.flags |= dns.flags.TC | dns.flags.AA
             wire = response.to_wire()
-        self._udp.sendto(wire, peer)
+        if self.delay:
+            threading.Timer(self.delay, self._send, (wire, peer)).start()
+        else:
+            self._send(wire, peer)
+
+    def _send(self, wire: bytes, peer) -> None:
+        try:
+            self._udp.sendto(wire, peer)
+        except OSError:       # stopped meanwhile
+            pass
 
     def _serve_tcp(self, conn: socket.socket) -> None:
         with conn:
