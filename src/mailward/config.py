@@ -182,6 +182,85 @@ class ReputationSettings:
 
 
 @dataclass(frozen=True)
+class CounterLimits:
+    """Sliding-window limits for one kind of sender; 0 switches a limit off.
+
+    ``spam`` counts verdicts at or above the direction's spam threshold,
+    ``malware`` messages with a malware finding the policy acts on.
+    """
+
+    window: float = 3600.0             # seconds the counters look back
+    messages: int = 0
+    recipients: int = 0
+    spam: int = 0
+    malware: int = 0
+
+
+@dataclass(frozen=True)
+class AccountLimits(CounterLimits):
+    """Per authenticated account, outbound: a compromised mailbox sends bursts."""
+
+    messages: int = 500
+    recipients: int = 2000
+    spam: int = 10
+    malware: int = 1
+
+
+@dataclass(frozen=True)
+class OutboundHostLimits(CounterLimits):
+    """Per client address of unauthenticated outbound mail (internal hosts, relays of many users)."""
+
+    spam: int = 50
+    malware: int = 5
+
+
+@dataclass(frozen=True)
+class InboundHostLimits(CounterLimits):
+    """Per client address of inbound mail; off by default (a big provider's relay sends spam too)."""
+
+
+@dataclass(frozen=True)
+class IncidentSettings:
+    """Suspensions, blocks and failed-login blocking (docs: incidents in README)."""
+
+    enabled: bool = True
+    account: AccountLimits = AccountLimits()
+    outbound_host: OutboundHostLimits = OutboundHostLimits()
+    inbound_host: InboundHostLimits = InboundHostLimits()
+    suspend_for: float = 0.0           # seconds a suspension lasts; 0 = until an analyst lifts it
+    auth_log: str = "/var/log/mail.log"   # Postfix's log, followed for failed SASL logins
+    follow_auth_log: bool = False      # the milter follows auth_log itself (else run `mailward watch-auth`)
+    auth_failures: int = 10            # failed logins from one address within auth_window block it
+    auth_window: float = 600.0
+    auth_block_for: float = 86400.0    # seconds such a block lasts; 0 = until lifted
+    exempt_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")   # never blocked automatically
+    refresh: float = 5.0               # seconds a host trusts its copy of the block list (other hosts' blocks)
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    """Where alerts for the security team go; no channel configured = log only."""
+
+    webhook_url: str = ""              # JSON POST
+    webhook_token_file: str = ""       # optional bearer token, read at start-up
+    webhook_timeout: float = 5.0
+    email_to: tuple[str, ...] = ()     # the security contact(s)
+    email_from: str = ""               # default: mailward@<hostname>
+    smtp_host: str = ""                # default: quarantine.relay_host / relay_port
+    smtp_port: int = 0
+    syslog: str = ""                   # "/dev/log", another unix socket path, or "udp:HOST:PORT"
+    syslog_facility: str = "auth"
+    dedup_window: float = 3600.0       # an alert with the same key is sent once per window
+    rate_limit: int = 30               # at most this many alerts per rate_period; the rest are counted
+    rate_period: float = 600.0
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    listen: str = ""                   # "127.0.0.1:9464" serves Prometheus metrics; empty = off
+
+
+@dataclass(frozen=True)
 class Settings:
     state_dir: str = "/var/lib/mailward"
     milter: MilterSettings = MilterSettings()
@@ -193,6 +272,9 @@ class Settings:
     model: ModelSettings = ModelSettings()
     logging: LoggingSettings = LoggingSettings()
     reputation: ReputationSettings = ReputationSettings()
+    incidents: IncidentSettings = IncidentSettings()
+    alerts: AlertSettings = AlertSettings()
+    metrics: MetricsSettings = MetricsSettings()
     source: str = field(default="<defaults>", compare=False)
 
     def state_path(self, configured: str, default_name: str) -> Path:

@@ -30,6 +30,12 @@ class Quarantine(Protocol):
     def put(self, raw: MessageSource, envelope: Envelope, verdict: Verdict, evidence: Evidence) -> str: ...
 
 
+class Watch(Protocol):
+    """Sees every outcome after the decision (incident response: counters, suspensions, alerts)."""
+
+    def observe(self, outcome: "Outcome") -> object: ...
+
+
 @dataclass(frozen=True)
 class Outcome:
     envelope: Envelope
@@ -39,27 +45,30 @@ class Outcome:
     quarantine_id: str = ""
     error: str = ""                 # internal cause of a failure verdict, for the log only
     seconds: float = 0.0
+    quarantine_failed: bool = False  # the store refused a message the policy quarantined
 
 
 class Screener:
     def __init__(self, settings: Settings, scan: Scan, quarantine: Quarantine | None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, watch: Watch | None = None):
         self.settings = settings
         self._scan = scan
         self._quarantine = quarantine
         self._clock = clock
+        self._watch = watch
 
-    def screen(self, source: MessageSource, size: int, envelope: Envelope) -> Outcome:
+    def screen(self, source: MessageSource, size: int, envelope: Envelope, known: Evidence = Evidence()) -> Outcome:
+        """``known``: evidence from before the content, e.g. a block whose action is not a reject."""
         started = time.perf_counter()
         incident = new_incident_id(self._clock())
         policy = self.settings.policy.for_direction(envelope.direction)
-        evidence, error = Evidence(), ""
+        evidence, error = known, ""
         try:
-            evidence = self._scan(source, envelope)
+            evidence = known.merged(self._scan(source, envelope))
             verdict = decide(evidence, policy, incident)
         except ScanFailed as exc:
             verdict, error = decide_failure(policy, incident), str(exc)
-        quarantine_id = ""
+        quarantine_id, store_failed = "", False
         if verdict.action is Action.QUARANTINE:
             verdict = replace(verdict, hold=self.settings.quarantine.hold)
             if self._quarantine is not None:
@@ -69,8 +78,17 @@ class Screener:
                 except StoreError as exc:
                     # Never accept what we were told to quarantine and could not keep.
                     verdict, error = Verdict(Action.TEMPFAIL, ("error",), incident, verdict.spam_score), str(exc)
+                    store_failed = True
                 evidence = replace(evidence, timings=evidence.timings + (("quarantine", time.perf_counter() - t0),))
-        return Outcome(envelope, verdict, evidence, size, quarantine_id, error, time.perf_counter() - started)
+        outcome = Outcome(envelope, verdict, evidence, size, quarantine_id, error, time.perf_counter() - started,
+                          store_failed)
+        if self._watch is not None:
+            try:
+                self._watch.observe(outcome)
+            except Exception:   # counting and alerting never change what happens to the message
+                log.exception("incident response failed", extra={"queue_id": envelope.queue_id,
+                                                                   "connection_id": envelope.connection_id})
+        return outcome
 
 
 def event_of(outcome: Outcome) -> dict:

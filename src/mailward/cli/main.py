@@ -12,7 +12,7 @@ import sys
 from ..config import Settings, load_settings
 from ..errors import ConfigError, MailwardError
 from ..logs import configure_logging
-from . import quarantine, scan
+from . import block, quarantine, scan, watch_auth
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     scan.register(commands)
     quarantine.register(commands)
+    block.register(commands)
+    watch_auth.register(commands)
     return parser
 
 

@@ -13,15 +13,21 @@ import logging
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import Milter
 
 from ..envelope import DirectionRules, Envelope
-from ..evidence import Evidence
-from ..policy import decide_failure
+from ..evidence import Evidence, Finding
+from ..incidents import Block, block_finding
+from ..policy import decide, decide_failure
 from ..screening import Outcome, Screener, event_of
 from ..verdict import Action, Verdict, new_incident_id
 from .buffer import MessageBuffer
+
+if TYPE_CHECKING:
+    from ..incidents import IncidentResponse
+    from ..metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +42,8 @@ class Runtime:
     direction: DirectionRules
     spool_dir: Path
     spool_threshold: int
+    incidents: IncidentResponse | None = None    # blocks and suspensions; None = none apply
+    metrics: Metrics | None = None
 
 
 def _addr(value: str) -> str:
@@ -48,6 +56,7 @@ class MailwardMilter(Milter.Base):
         self._runtime = runtime
         self._connection_id = secrets.token_hex(4)
         self._client = ("", "", "", "")          # address, name, helo, daemon
+        self._client_block: tuple[Finding, ...] = ()   # a block of the client the policy does not reject
         self._buffer: MessageBuffer | None = None
         self._reset_message()
 
@@ -59,6 +68,7 @@ class MailwardMilter(Milter.Base):
         self._mail_from = ""
         self._auth_user = ""
         self._recipients: list[str] = []
+        self._sender_block: tuple[Finding, ...] = ()
         self._our_headers: dict[str, int] = {}
         self._in_body = False
         self._failure = ""
@@ -79,12 +89,40 @@ class MailwardMilter(Milter.Base):
         except Exception:
             return ""
 
+    def _blocked(self, block: Block) -> tuple[int, tuple[Finding, ...]]:
+        """Reject or tempfail now if the policy's ``blocked_action`` says so, else carry the block as evidence."""
+        envelope = self._envelope()
+        finding = block_finding(block)
+        evidence = Evidence(findings=(finding,))
+        verdict = decide(evidence, self._runtime.screener.settings.policy.for_direction(envelope.direction),
+                         block.incident_id)
+        if verdict.action not in (Action.REJECT, Action.TEMPFAIL):
+            return Milter.CONTINUE, (finding,)
+        self._report(Outcome(envelope, verdict, evidence, 0))
+        reply = verdict.reply
+        self.setreply(reply.code, reply.xcode, reply.text)
+        return (Milter.REJECT if verdict.action is Action.REJECT else Milter.TEMPFAIL), ()
+
+    def _report(self, outcome: Outcome) -> None:
+        """The one summary line per message (or refused transaction) and its metrics."""
+        log.info("%s %s", outcome.verdict.action.value, outcome.verdict.incident_id,
+                 extra={**self._extra(), "event": event_of(outcome)})
+        if self._runtime.metrics is not None:
+            try:
+                self._runtime.metrics.observe(outcome)
+            except Exception:
+                log.exception("could not update the metrics", extra=self._extra())
+
     # --- callbacks -----------------------------------------------------
-    @Milter.noreply
     def connect(self, hostname, family, hostaddr):
         try:
             address = hostaddr[0] if isinstance(hostaddr, tuple) and hostaddr else (hostaddr or "")
             self._client = (str(address), str(hostname or ""), "", self._macro("{daemon_name}"))
+            incidents = self._runtime.incidents
+            block = incidents.client_block(self._client[0]) if incidents is not None else None
+            if block is not None:
+                rc, self._client_block = self._blocked(block)
+                return rc
         except Exception:
             self._fail("connect")
         return Milter.CONTINUE
@@ -97,7 +135,6 @@ class MailwardMilter(Milter.Base):
             self._fail("hello")
         return Milter.CONTINUE
 
-    @Milter.noreply
     def envfrom(self, mailfrom, *params):
         try:
             self._reset_message()
@@ -105,6 +142,11 @@ class MailwardMilter(Milter.Base):
             self._auth_user = self._macro("{auth_authen}")
             self._queue_id = self._macro("i")
             rt = self._runtime
+            block = rt.incidents.sender_block(self._auth_user, self._mail_from) if rt.incidents is not None else None
+            if block is not None:
+                rc, self._sender_block = self._blocked(block)
+                if rc != Milter.CONTINUE:
+                    return rc
             self._buffer = MessageBuffer(rt.spool_threshold, rt.spool_dir)
         except Exception:
             self._fail("envfrom")
@@ -158,8 +200,7 @@ class MailwardMilter(Milter.Base):
             return self._apply_failure()
         finally:
             if outcome is not None:
-                log.info("%s %s", outcome.verdict.action.value, outcome.verdict.incident_id,
-                         extra={**self._extra(), "event": event_of(outcome)})
+                self._report(outcome)
             self._reset_message()
 
     def abort(self):
@@ -185,7 +226,8 @@ class MailwardMilter(Milter.Base):
         return envelope.with_direction(self._runtime.direction.classify(envelope))
 
     def _screen(self) -> Outcome:
-        return self._runtime.screener.screen(self._buffer.source(), self._buffer.size, self._envelope())
+        known = Evidence(findings=self._client_block + self._sender_block)
+        return self._runtime.screener.screen(self._buffer.source(), self._buffer.size, self._envelope(), known)
 
     def _failure_outcome(self) -> Outcome:
         """The direction's on_error verdict for a message whose callbacks failed."""

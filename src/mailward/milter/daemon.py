@@ -24,7 +24,10 @@ import Milter
 
 from ..config import Settings, load_settings
 from ..errors import ConfigError, MailwardError
+from ..incidents import open_incidents
+from ..incidents.authlog import LogFollower, watch
 from ..logs import configure_logging
+from ..metrics import Metrics, quarantine_stats, rules_version
 from ..pipeline import Inspector
 from ..screening import Screener
 from ..workers import ScanPool
@@ -82,7 +85,7 @@ def _drop_privileges(settings: Settings) -> None:
     os.setuid(service.pw_uid)
 
 
-def _build_runtime(settings: Settings, pool: ScanPool | None, inspector: Inspector) -> Runtime:
+def _build_runtime(settings: Settings, pool: ScanPool | None, inspector: Inspector, metrics: Metrics) -> Runtime:
     from ..quarantine import open_store
 
     deadline = settings.milter.message_deadline
@@ -91,9 +94,13 @@ def _build_runtime(settings: Settings, pool: ScanPool | None, inspector: Inspect
     else:
         scan = lambda source, envelope: inspector.inspect(  # noqa: E731
             source.read_bytes() if isinstance(source, Path) else source, envelope)
-    screener = Screener(settings, scan, open_store(settings))
+    incidents = open_incidents(settings, metrics)
+    screener = Screener(settings, scan, open_store(settings), watch=incidents)
+    metrics.watch("quarantine", quarantine_stats(settings))
+    metrics.watch("blocks", incidents.blocklist.counts)
+    metrics.set_rules_version(rules_version(settings))
     return Runtime(screener, settings.direction.rules(), Path(settings.state_dir) / "spool",
-                   settings.milter.spool_threshold)
+                   settings.milter.spool_threshold, incidents, metrics)
 
 
 class _Daemon:
@@ -103,9 +110,12 @@ class _Daemon:
         self.args = args
         self.settings = settings
         self.pool = ScanPool(settings, settings.milter.workers) if settings.milter.workers else None
-        self.runtime = _build_runtime(settings, self.pool, inspector)
+        self.metrics = Metrics()             # kept across reloads: counters never reset while running
+        self.runtime = _build_runtime(settings, self.pool, inspector, self.metrics)
         self.stop_requested = threading.Event()
         self.reload_requested = threading.Event()
+        self.metrics_server = self.metrics.serve(settings.metrics.listen, settings.source) \
+            if settings.metrics.listen else None
 
     def connection(self) -> MailwardMilter:
         return MailwardMilter(self.runtime)
@@ -122,9 +132,19 @@ class _Daemon:
             return
         if settings.milter.socket != self.settings.milter.socket:
             log.warning("milter.socket changed; the new socket takes effect only after a restart")
+        for key in ("metrics.listen", "incidents.follow_auth_log", "incidents.auth_log"):
+            section, name = key.split(".")
+            if getattr(getattr(settings, section), name) != getattr(getattr(self.settings, section), name):
+                log.warning("%s changed; it takes effect only after a restart", key)
         if self.pool is not None:
             self.pool.reload(settings)
-        self.runtime = _build_runtime(settings, self.pool, inspector)
+        try:
+            runtime = _build_runtime(settings, self.pool, inspector, self.metrics)
+        except (MailwardError, OSError) as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            return
+        old, self.runtime = self.runtime, runtime
+        old.incidents.close()        # a connection still using it reopens what it needs
         self.settings = settings
         configure_logging(settings.logging)
         log.info("configuration, rules and model reloaded from %s", settings.source)
@@ -149,6 +169,11 @@ class _Daemon:
         thread = threading.Thread(target=run, name="libmilter", daemon=True)
         thread.start()
         log.info("mailward-milter listening on %s", self.settings.milter.socket)
+        if self.settings.incidents.follow_auth_log:
+            follower = LogFollower(self.settings.incidents.auth_log)
+            threading.Thread(target=watch, name="auth-log", daemon=True,
+                             args=(follower, lambda address: self.runtime.incidents.failed_login(address),
+                                   self.stop_requested)).start()
         while not self.stop_requested.wait(0.2):
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
@@ -158,6 +183,9 @@ class _Daemon:
         thread.join(timeout=15)
         if self.pool is not None:
             self.pool.close()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+        self.runtime.incidents.close()
         if failure:
             log.error("the milter could not run: %s", failure[0])
             return 1

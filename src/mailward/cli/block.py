@@ -1,0 +1,157 @@
+"""`mailward block list | add | remove | history`: the block list, by hand.
+
+Subjects: ``account`` (SASL login), ``address`` (client IP), ``network``
+(CIDR), ``sender`` (envelope sender) and ``domain`` (sender domain and its
+subdomains). Suspensions the milter made and blocks after failed logins are
+listed and lifted the same way. Every change is in the audit trail with the
+OS user (or ``--analyst``), host and SSH client. Exit status: 0 done,
+1 failed, 3 refused (already blocked, or nothing to remove).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+
+from ..config import Settings
+from ..incidents import Block, SubjectKind, open_incidents
+from ..quarantine.records import Actor
+
+OK, FAILED, REFUSED = 0, 1, 3
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_KINDS = [k.value for k in SubjectKind]
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    b = commands.add_parser("block", help="list, add and remove blocks and suspensions")
+    b.add_argument("--analyst", default="", help="name recorded in the audit trail (default: the OS user)")
+    sub = b.add_subparsers(dest="block_command", required=True, metavar="ACTION")
+
+    p = sub.add_parser("list", help="active blocks and suspensions, newest first")
+    p.add_argument("--kind", choices=_KINDS)
+    p.add_argument("--all", action="store_true", help="include lifted and expired ones")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(handler=_list)
+
+    p = sub.add_parser("add", help="block an account, address, network, sender or domain")
+    p.add_argument("kind", choices=_KINDS)
+    p.add_argument("value")
+    p.add_argument("--reason", required=True, help="why (for analysts; never shown to senders)")
+    p.add_argument("--for", dest="duration", help="expire after this long: 30m, 12h, 7d, 2w (default: never)")
+    p.set_defaults(handler=_add)
+
+    p = sub.add_parser("remove", help="lift a block or suspension")
+    p.add_argument("kind", choices=_KINDS)
+    p.add_argument("value")
+    p.add_argument("--reason", default="", help="recorded in the audit trail")
+    p.set_defaults(handler=_remove)
+
+    p = sub.add_parser("history", help="the audit trail of the block list")
+    p.add_argument("kind", nargs="?", choices=_KINDS)
+    p.add_argument("value", nargs="?")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_history)
+
+
+def duration(text: str) -> float:
+    match = _DURATION.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30m, 12h, 7d")
+    return float(match.group(1)) * _UNIT[match.group(2)]
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(ts))
+
+
+def _line(block: Block) -> str:
+    state = "active" if block.active(time.time()) else f"lifted by {block.lifted_by} {_when(block.lifted_at)}" \
+        if block.lifted_by != "(expired)" else "expired"
+    until = "until lifted" if block.expires_at is None else f"until {_when(block.expires_at)}"
+    return (f"{block.kind.value:8} {block.value:32} {block.origin.value:13} {block.incident_id}  "
+            f"{_when(block.created_at)} by {block.created_by}, {until}, {state}\n"
+            f"{'':8} reason: {block.reason}")
+
+
+def _open(args: argparse.Namespace, settings: Settings):
+    return open_incidents(settings, actor=Actor.current(args.analyst))
+
+
+def _list(args: argparse.Namespace, settings: Settings) -> int:
+    incidents = _open(args, settings)
+    try:
+        blocks = incidents.store.blocks(SubjectKind(args.kind) if args.kind else None, include_inactive=args.all)
+    finally:
+        incidents.close()
+    for block in blocks:
+        print(json.dumps(block.as_dict()) if args.json else _line(block))
+    if not blocks and not args.json:
+        print("no blocks")
+    return OK
+
+
+def _add(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        seconds = duration(args.duration) if args.duration else None
+    except argparse.ArgumentTypeError as exc:
+        print(f"mailward block add: {exc}", file=sys.stderr)
+        return FAILED
+    actor = Actor.current(args.analyst)
+    incidents = _open(args, settings)
+    try:
+        block, created = incidents.block(SubjectKind(args.kind), args.value, args.reason, actor, seconds)
+    except ValueError as exc:
+        print(f"mailward block add: {exc}", file=sys.stderr)
+        return FAILED
+    finally:
+        incidents.close()            # waits for the alert to go out
+    if not created:
+        print(f"already blocked:\n{_line(block)}", file=sys.stderr)
+        return REFUSED
+    print(f"blocked:\n{_line(block)}")
+    return OK
+
+
+def _remove(args: argparse.Namespace, settings: Settings) -> int:
+    actor = Actor.current(args.analyst)
+    incidents = _open(args, settings)
+    try:
+        block = incidents.lift(SubjectKind(args.kind), args.value, actor, args.reason)
+    except ValueError as exc:
+        print(f"mailward block remove: {exc}", file=sys.stderr)
+        return FAILED
+    finally:
+        incidents.close()
+    if block is None:
+        print(f"mailward block remove: no active block of {args.kind} {args.value}", file=sys.stderr)
+        return REFUSED
+    print(f"lifted:\n{_line(block)}")
+    return OK
+
+
+def _history(args: argparse.Namespace, settings: Settings) -> int:
+    kind = SubjectKind(args.kind) if args.kind else None
+    incidents = _open(args, settings)
+    try:
+        from ..incidents import normalise
+
+        value = normalise(kind, args.value) if kind is not None and args.value else None
+        entries = incidents.store.audit(kind, value, args.limit)
+    except ValueError as exc:
+        print(f"mailward block history: {exc}", file=sys.stderr)
+        return FAILED
+    finally:
+        incidents.close()
+    for entry in entries:
+        if args.json:
+            print(json.dumps(entry.as_dict()))
+        else:
+            where = f" ({entry.origin})" if entry.origin else ""
+            print(f"{_when(entry.at)}  {entry.action:6} {entry.kind.value} {entry.value}  {entry.incident_id}  "
+                  f"by {entry.actor}@{entry.host}{where}: {entry.detail}")
+    return OK

@@ -1,0 +1,47 @@
+"""Exit-point protection and incident response.
+
+Counters over sliding windows per authenticated account and per client
+address, a block list (accounts, addresses, networks, senders, domains) with
+expiry, reason and an audit trail, suspensions when an account or host looks
+compromised, blocks after repeated failed logins, and alerts to the security
+team. State lives in SQLite in the state directory on one host, or in the
+quarantine's PostgreSQL database when that backend is configured, so every
+milter host counts and blocks together.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+from ..config import Settings
+from ..quarantine.records import Actor
+from .alerts import Alert, AlertDispatcher, AlertKind, Delivery, channels_from_settings
+from .records import AuditEntry, Block, Origin, SubjectKind, Totals, normalise
+from .response import IncidentResponse, block_finding
+from .store import DB_NAME, IncidentStore, IncidentStoreError
+
+__all__ = ["Alert", "AlertDispatcher", "AlertKind", "AuditEntry", "Block", "Delivery", "IncidentResponse",
+           "IncidentStore", "IncidentStoreError", "Origin", "SubjectKind", "Totals", "block_finding", "normalise",
+           "open_incidents", "open_store"]
+
+
+def open_store(settings: Settings, clock: Callable[[], float] = time.time) -> IncidentStore:
+    """SQLite in the state directory, or the quarantine's PostgreSQL database when that backend is configured."""
+    if settings.quarantine.backend == "postgresql":
+        from .store import PostgresIncidentStore
+
+        return PostgresIncidentStore(settings.quarantine.dsn, clock)
+    from .store import SqliteIncidentStore
+
+    return SqliteIncidentStore(Path(settings.state_dir) / DB_NAME, clock)
+
+
+def open_incidents(settings: Settings, metrics=None, clock: Callable[[], float] = time.time,
+                   actor: Actor | None = None) -> IncidentResponse:
+    """The configured store and alert channels, ready for the milter or the CLI."""
+    alerts = AlertDispatcher(channels_from_settings(settings), settings.alerts.dedup_window,
+                             settings.alerts.rate_limit, settings.alerts.rate_period, clock,
+                             metrics.alert if metrics is not None else None)
+    return IncidentResponse(settings, open_store(settings, clock), alerts, metrics, clock, actor)

@@ -1,0 +1,114 @@
+"""Failed SMTP logins from Postfix's log: the line format, and a follower that survives log rotation.
+
+Postfix logs each failed SASL attempt as, e.g.::
+
+    Nov 22 19:20:01 mx postfix/submission/smtpd[1234]: warning: unknown[203.0.113.5]: SASL LOGIN authentication failed: UGFzc3dvcmQ6
+
+The client part of a log line can carry text a client chose (a HELO name, an
+address), so the pattern is anchored: the ``postfix.../smtpd[pid]: warning:``
+tag must come before the first bracket of the line, where only the
+timestamp and host name are.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Callable, Iterator
+
+log = logging.getLogger(__name__)
+
+_FAILED = re.compile(
+    r"^[^\[\]]*?\bpostfix[\w.-]*(?:/[\w.-]+)*/smtpd\[\d+\]: warning: "
+    r"(?P<name>[^\[\]\s]*)\[(?P<address>[0-9A-Fa-f.:]+)\](?::\d+)?: "
+    r"SASL (?P<mechanism>[\w-]+) authentication failed")
+
+
+def failed_login_address(line: str) -> str | None:
+    """The client address of a failed-login line, or None for any other line."""
+    match = _FAILED.match(line)
+    return match.group("address") if match else None
+
+
+class LogFollower:
+    """Yields the complete lines appended to a log file, across rotation (rename + new file) and truncation.
+
+    Starts at the end of the file (old failures are not news) unless ``from_start``.
+    A rotated file is read to its end before the new one is opened.
+    """
+
+    def __init__(self, path: str | Path, from_start: bool = False, poll: float = 0.5):
+        self.path = Path(path)
+        self.poll = poll
+        self._from_start = from_start
+
+    def lines(self, stop: threading.Event, until_eof: bool = False) -> Iterator[str]:
+        """Lines as they are appended; with ``until_eof``, only what is there now."""
+        handle, inode = self._open(at_end=not self._from_start)
+        pending = b""
+        while not stop.is_set():
+            if handle is None:
+                handle, inode = self._open(at_end=False)
+                if handle is None:
+                    stop.wait(self.poll)
+                    continue
+            chunk = handle.read(65536)
+            if chunk:
+                pending += chunk
+                *complete, pending = pending.split(b"\n")
+                for raw in complete:
+                    yield raw.decode("utf-8", "replace")
+                continue
+            if self._replaced(handle, inode):
+                handle.close()            # the rotated file was read to its end above
+                handle, inode, pending = None, None, b""
+                continue
+            if until_eof:
+                break
+            stop.wait(self.poll)
+        if handle is not None:
+            handle.close()
+
+    def _open(self, at_end: bool):
+        try:
+            handle = open(self.path, "rb")
+        except FileNotFoundError:
+            return None, None
+        except OSError as exc:
+            log.error("cannot read %s: %s", self.path, exc.strerror)
+            return None, None
+        if at_end:
+            handle.seek(0, os.SEEK_END)
+        return handle, os.fstat(handle.fileno()).st_ino
+
+    def _replaced(self, handle, inode: int) -> bool:
+        """True when the path now names another file, or ours was truncated (copytruncate)."""
+        try:
+            current = os.stat(self.path)
+        except FileNotFoundError:
+            return False                  # between rename and create: keep the old one for now
+        if current.st_ino != inode:
+            return True
+        if current.st_size < handle.tell():
+            handle.seek(0)
+        return False
+
+
+def watch(follower: LogFollower, failed_login: Callable[[str], object], stop: threading.Event,
+          until_eof: bool = False) -> int:
+    """Feed every failed login in the followed log to ``failed_login`` until ``stop``; returns how many."""
+    log.info("following %s for failed SMTP logins", follower.path)
+    seen = 0
+    for line in follower.lines(stop, until_eof):
+        address = failed_login_address(line)
+        if address is None:
+            continue
+        seen += 1
+        try:
+            failed_login(address)
+        except Exception:   # one bad write (database away) must not end the watch
+            log.exception("cannot count a failed login from %s", address)
+    return seen

@@ -1,0 +1,127 @@
+"""What the incident store keeps: blocks (suspensions included), their audit trail, counter totals."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from enum import Enum
+
+
+class SubjectKind(str, Enum):
+    """What a block applies to; the milter checks each at the first point it is known."""
+
+    ACCOUNT = "account"      # SASL login name ({auth_authen}), checked at MAIL FROM
+    ADDRESS = "address"      # client IP address, checked at connect
+    NETWORK = "network"      # client network (CIDR), checked at connect
+    SENDER = "sender"        # envelope sender address, checked at MAIL FROM
+    DOMAIN = "domain"        # envelope sender domain and its subdomains, checked at MAIL FROM
+
+
+class Origin(str, Enum):
+    """Why a block exists: analysts lift all kinds alike, alerts and metrics tell them apart."""
+
+    ANALYST = "analyst"          # `mailward block add`
+    SUSPENSION = "suspension"    # counters said the account or host looks compromised or abusive
+    AUTH_FAILURES = "auth-failures"   # too many failed SMTP AUTH attempts from one address
+
+
+class Counter(str, Enum):
+    """Whose events a counter row belongs to: limits differ by direction and kind of sender."""
+
+    ACCOUNT = "account"                  # outbound, per authenticated account
+    OUTBOUND_HOST = "outbound-host"      # outbound without authentication, per client address
+    INBOUND_HOST = "inbound-host"        # inbound, per client address
+    FAILED_LOGINS = "failed-logins"      # per client address, from Postfix's log
+
+
+class Metric(str, Enum):
+    """Counter columns; one event row carries all of them."""
+
+    MESSAGES = "messages"
+    RECIPIENTS = "recipients"
+    SPAM = "spam"
+    MALWARE = "malware"
+    AUTH_FAILURES = "auth_failures"
+
+
+def normalise(kind: SubjectKind, value: str) -> str:
+    """The canonical spelling of a subject; ValueError for one that cannot be a subject of that kind."""
+    value = value.strip()
+    if not value:
+        raise ValueError(f"empty {kind.value}")
+    if kind is SubjectKind.ADDRESS:
+        return str(ipaddress.ip_address(value.strip("[]").removeprefix("IPv6:")))
+    if kind is SubjectKind.NETWORK:
+        return str(ipaddress.ip_network(value, strict=False))
+    if kind is SubjectKind.SENDER:
+        value = value.removeprefix("<").removesuffix(">").lower()
+        if "@" not in value:
+            raise ValueError(f"{value!r} is not an address")
+        return value
+    if kind is SubjectKind.DOMAIN:
+        value = value.lower().lstrip("@").rstrip(".")
+        if "@" in value or "." not in value:
+            raise ValueError(f"{value!r} is not a domain")
+        return value
+    return value          # account names are compared exactly, as the SASL layer does
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block or suspension; active until lifted or expired."""
+
+    id: int
+    kind: SubjectKind
+    value: str
+    origin: Origin
+    reason: str                 # for analysts; never in an SMTP reply
+    incident_id: str            # quoted in every rejection and alert it causes
+    created_at: float
+    created_by: str
+    expires_at: float | None = None
+    lifted_at: float | None = None
+    lifted_by: str = ""
+
+    def active(self, now: float) -> bool:
+        return self.lifted_at is None and (self.expires_at is None or self.expires_at > now)
+
+    def as_dict(self) -> dict:
+        return {"id": self.id, "kind": self.kind.value, "value": self.value, "origin": self.origin.value,
+                "reason": self.reason, "incident_id": self.incident_id, "created_at": self.created_at,
+                "created_by": self.created_by, "expires_at": self.expires_at, "lifted_at": self.lifted_at,
+                "lifted_by": self.lifted_by}
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One change to the block list: who, when, from where, what."""
+
+    seq: int
+    at: float
+    action: str                 # add | remove | expire-change
+    kind: SubjectKind
+    value: str
+    incident_id: str
+    actor: str
+    host: str
+    origin: str
+    detail: str
+
+    def as_dict(self) -> dict:
+        return {"seq": self.seq, "at": self.at, "action": self.action, "kind": self.kind.value,
+                "value": self.value, "incident_id": self.incident_id, "actor": self.actor, "host": self.host,
+                "origin": self.origin, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class Totals:
+    """Counter sums for one subject over one window."""
+
+    messages: int = 0
+    recipients: int = 0
+    spam: int = 0
+    malware: int = 0
+    auth_failures: int = 0
+
+    def get(self, metric: Metric) -> int:
+        return getattr(self, metric.value)

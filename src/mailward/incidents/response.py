@@ -1,0 +1,308 @@
+"""Incident response: count what senders do, suspend what looks compromised, block, and tell someone.
+
+One :class:`IncidentResponse` per milter runtime (and per CLI run). The milter
+asks it, per connection and per transaction, whether a block applies
+(:meth:`client_block`, :meth:`sender_block`: in-memory, see
+:mod:`.blocklist`), and hands it every screened message (:meth:`observe`).
+The log follower hands it failed logins (:meth:`failed_login`).
+
+Counting failures never fail mail: a database error is logged and the
+message goes on as if no limit applied.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from ..config import CounterLimits, ConfigError, Settings
+from ..envelope import Direction
+from ..evidence import Category, Evidence, Finding, Severity
+from ..quarantine.records import Actor
+from ..screening import Outcome
+from ..verdict import new_incident_id
+from .alerts import Alert, AlertDispatcher, AlertKind
+from .blocklist import BlockList
+from .records import Block, Counter, Metric, Origin, SubjectKind, Totals, normalise
+from .store import IncidentStore, IncidentStoreError
+
+log = logging.getLogger(__name__)
+
+PRUNE_EVERY = 300.0          # seconds between deletions of counter rows older than every window
+
+_SYMPTOM = {Metric.MESSAGES: "message burst", Metric.RECIPIENTS: "recipient flood",
+            Metric.SPAM: "spam burst", Metric.MALWARE: "malware sent"}
+
+
+class MetricsSink(Protocol):
+    def block_created(self, kind: str, origin: str) -> None: ...
+    def failed_login(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Subject:
+    """Whose counters one message adds to, with the limits that apply."""
+
+    counter: Counter
+    kind: SubjectKind
+    value: str
+    limits: CounterLimits
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind.value} {self.value}"
+
+
+def block_finding(block: Block) -> Finding:
+    """A block as evidence: the policy's ``blocked_action`` decides what happens to the mail."""
+    return Finding(Category.BLOCKED, f"{block.origin.value}:{block.kind.value}", Severity.CRITICAL, "incidents",
+                   f"{block.kind.value} {block.value}", block.reason)
+
+
+def spam_verdict(evidence: Evidence, settings: Settings, direction: Direction) -> bool:
+    policy = settings.policy.for_direction(direction)
+    score = evidence.spam_score
+    return (score is not None and score >= policy.spam_threshold) or any(
+        f.severity >= policy.min_severity for f in evidence.of(Category.SPAM))
+
+
+def malware_findings(evidence: Evidence, settings: Settings, direction: Direction) -> tuple[Finding, ...]:
+    policy = settings.policy.for_direction(direction)
+    return tuple(f for f in evidence.of(Category.MALWARE) if f.severity >= policy.min_severity)
+
+
+class IncidentResponse:
+    def __init__(self, settings: Settings, store: IncidentStore, alerts: AlertDispatcher,
+                 metrics: MetricsSink | None = None, clock: Callable[[], float] = time.time,
+                 actor: Actor | None = None):
+        self.settings = settings
+        self.store = store
+        self.alerts = alerts
+        self.metrics = metrics
+        self._clock = clock
+        self._actor = actor or Actor.service()
+        self._config = settings.incidents
+        try:
+            self._exempt = tuple(ipaddress.ip_network(n, strict=False) for n in self._config.exempt_networks)
+        except ValueError as exc:
+            raise ConfigError(settings.source, "incidents.exempt_networks", str(exc)) from None
+        self.blocklist = BlockList(store.active_blocks, self._config.refresh, clock)
+        self._pruned_at = clock()
+
+    def close(self) -> None:
+        self.alerts.close()
+        self.store.close()
+
+    # -- checks the milter makes ------------------------------------------------------------------
+
+    def client_block(self, address: str) -> Block | None:
+        return self.blocklist.for_client(address)
+
+    def sender_block(self, account: str, mail_from: str) -> Block | None:
+        return self.blocklist.for_sender(account, mail_from)
+
+    # -- what happened ------------------------------------------------------------------------------
+
+    def observe(self, outcome: Outcome) -> Block | None:
+        """Alert on malware and store errors, count the message, suspend on a limit; the new block if any."""
+        env, evidence = outcome.envelope, outcome.evidence
+        malware = malware_findings(evidence, self.settings, env.direction)
+        if malware:
+            self._alert_malware(outcome, malware)
+        if outcome.quarantine_failed:
+            self.alerts.raise_alert(Alert(
+                AlertKind.STORE_ERROR, outcome.verdict.incident_id,
+                "Quarantine store failed: a message was tempfailed instead of quarantined",
+                severity="critical", dedup_key="store-error",
+                details=(("direction", env.direction.value), ("queue_id", env.queue_id)),
+                remedy="check the quarantine store (disk, database) on this host; see the Mailward log"))
+        subject = self._subject(outcome)
+        if not self._config.enabled or subject is None:
+            return None
+        added = Totals(messages=1, recipients=len(env.recipients),
+                       spam=int(spam_verdict(evidence, self.settings, env.direction)), malware=int(bool(malware)))
+        try:
+            return self._count(subject, added, outcome.verdict.incident_id)
+        except IncidentStoreError:
+            log.exception("cannot update the counters of %s", subject.label,
+                          extra={"queue_id": env.queue_id, "connection_id": env.connection_id})
+            return None
+
+    def failed_login(self, address: str) -> Block | None:
+        """One failed SMTP AUTH from ``address``; blocks it at ``incidents.auth_failures`` within the window."""
+        try:
+            address = normalise(SubjectKind.ADDRESS, address)
+        except ValueError:
+            return None
+        if self.metrics is not None:
+            self.metrics.failed_login()
+        config = self._config
+        if not config.enabled or config.auth_failures <= 0:
+            return None
+        totals = self.store.record(Counter.FAILED_LOGINS, address, Totals(auth_failures=1),
+                                   self._clock() - config.auth_window)
+        self._prune_now_and_then()
+        if totals.auth_failures < config.auth_failures or self._exempt_address(address):
+            return None
+        if self.blocklist.for_client(address) is not None:
+            return None
+        reason = (f"{totals.auth_failures} failed SMTP logins in {_span(config.auth_window)} "
+                  f"(limit {config.auth_failures})")
+        block, created = self._add(SubjectKind.ADDRESS, address, Origin.AUTH_FAILURES, reason,
+                                   new_incident_id(self._clock()), config.auth_block_for or None)
+        if created:
+            self.alerts.raise_alert(Alert(
+                AlertKind.BLOCK, block.incident_id, f"Address {address} blocked after repeated failed logins",
+                subject=f"address {address}", details=(("reason", reason), ("expires", _expiry(block))),
+                remedy=f"mailward block remove address {address}"))
+        return block if created else None
+
+    # -- analyst actions ------------------------------------------------------------------------------
+
+    def block(self, kind: SubjectKind, value: str, reason: str, actor: Actor, duration: float | None = None
+              ) -> tuple[Block, bool]:
+        """An analyst's block (``duration`` in seconds, None = until lifted); alerts when it is new."""
+        value = normalise(kind, value)
+        block, created = self._add(kind, value, Origin.ANALYST, reason, new_incident_id(self._clock()),
+                                   duration, actor)
+        if created:
+            self.alerts.raise_alert(Alert(
+                AlertKind.BLOCK, block.incident_id, f"{kind.value.capitalize()} {value} blocked by {actor.name}",
+                subject=f"{kind.value} {value}", severity="medium",
+                details=(("reason", reason), ("expires", _expiry(block))),
+                remedy=f"mailward block remove {kind.value} {value}"))
+        return block, created
+
+    def lift(self, kind: SubjectKind, value: str, actor: Actor, detail: str = "") -> Block | None:
+        block = self.store.lift(kind, normalise(kind, value), actor.name, actor.host, actor.origin, detail)
+        self._refresh()
+        return block
+
+    # -- internals ----------------------------------------------------------------------------------------
+
+    def _subject(self, outcome: Outcome) -> Subject | None:
+        env, config = outcome.envelope, self._config
+        if env.direction is Direction.OUTBOUND and env.auth_user:
+            return Subject(Counter.ACCOUNT, SubjectKind.ACCOUNT, env.auth_user, config.account)
+        try:
+            address = normalise(SubjectKind.ADDRESS, env.client_address)
+        except ValueError:
+            return None                  # e.g. the local sendmail command: no client address
+        if env.direction is Direction.OUTBOUND:
+            return Subject(Counter.OUTBOUND_HOST, SubjectKind.ADDRESS, address, config.outbound_host)
+        return Subject(Counter.INBOUND_HOST, SubjectKind.ADDRESS, address, config.inbound_host)
+
+    def _count(self, subject: Subject, added: Totals, incident_id: str) -> Block | None:
+        limits = subject.limits
+        checked = {m: getattr(limits, m.value) for m in _SYMPTOM if getattr(limits, m.value) > 0}
+        totals = self.store.record(subject.counter, subject.value, added,
+                                   self._clock() - limits.window if checked else None)
+        self._prune_now_and_then()
+        exceeded = [(m, totals.get(m), limit) for m, limit in checked.items() if totals.get(m) >= limit]
+        if not exceeded or (subject.kind is SubjectKind.ADDRESS and self._exempt_address(subject.value)):
+            return None
+        existing = (self.blocklist.for_client(subject.value) if subject.kind is SubjectKind.ADDRESS
+                    else self.blocklist.for_sender(subject.value, ""))
+        if existing is not None:
+            return None                  # already suspended: this message was in flight when it happened
+        direction = "inbound" if subject.counter is Counter.INBOUND_HOST else "outbound"
+        reason = "; ".join(f"{direction} {_SYMPTOM[m]}: {total} {m.value} in {_span(limits.window)} "
+                           f"(limit {limit})" for m, total, limit in exceeded)
+        block, created = self._add(subject.kind, subject.value, Origin.SUSPENSION, reason, incident_id,
+                                   self._config.suspend_for or None)
+        if not created:
+            return None
+        what = "Account" if subject.kind is SubjectKind.ACCOUNT else "Host"
+        self.alerts.raise_alert(Alert(
+            AlertKind.SUSPENSION, block.incident_id, f"{what} {subject.value} suspended: {exceeded[0][0].value} "
+                                                     f"limit reached ({direction})",
+            subject=subject.label, severity="critical",
+            details=(("reason", reason), ("expires", _expiry(block)),
+                     ("window_totals", f"messages={totals.messages} recipients={totals.recipients} "
+                                       f"spam={totals.spam} malware={totals.malware}")),
+            remedy=(f"check the {subject.kind.value} (reset its password, clean the host), then "
+                    f"mailward block remove {subject.kind.value} {subject.value}")))
+        return block
+
+    def _add(self, kind: SubjectKind, value: str, origin: Origin, reason: str, incident_id: str,
+             duration: float | None, actor: Actor | None = None) -> tuple[Block, bool]:
+        actor = actor or self._actor
+        expires = None if not duration else self._clock() + duration
+        block, created = self.store.add_block(kind, value, origin, reason, incident_id, actor.name, actor.host,
+                                              actor.origin, expires)
+        if created:
+            log.warning("%s %s %s: %s", origin.value, kind.value, value, reason, extra={"event": _block_event(block)})
+            if self.metrics is not None:
+                self.metrics.block_created(kind.value, origin.value)
+        self._refresh()
+        return block, created
+
+    def _refresh(self) -> None:
+        try:
+            self.blocklist.reload()
+        except IncidentStoreError:
+            log.exception("cannot reload the block list")
+
+    def _exempt_address(self, address: str) -> bool:
+        ip = ipaddress.ip_address(address)
+        return any(ip.version == net.version and ip in net for net in self._exempt)
+
+    def _prune_now_and_then(self) -> None:
+        now = self._clock()
+        if now - self._pruned_at < PRUNE_EVERY:
+            return
+        self._pruned_at = now
+        config = self._config
+        longest = max(config.account.window, config.outbound_host.window, config.inbound_host.window,
+                      config.auth_window)
+        try:
+            self.store.prune(now - longest)
+        except IncidentStoreError:
+            log.exception("cannot prune old counter events")
+
+    def _alert_malware(self, outcome: Outcome, malware: tuple[Finding, ...]) -> None:
+        env, verdict = outcome.envelope, outcome.verdict
+        who = env.auth_user or env.mail_from or env.client_address or "unknown sender"
+        names = sorted({f.name for f in malware})
+        self.alerts.raise_alert(Alert(
+            AlertKind.MALWARE, verdict.incident_id,
+            f"Malware in {env.direction.value} mail from {who}: {verdict.action.value}",
+            subject=(f"account {env.auth_user}" if env.auth_user else f"sender {env.mail_from}"),
+            severity="critical" if env.direction is Direction.OUTBOUND else "high",
+            dedup_key=f"malware:{env.direction.value}:{who}:{','.join(names)}",
+            details=(("direction", env.direction.value), ("action", verdict.action.value),
+                     ("signatures", ", ".join(names)),
+                     ("objects", ", ".join(sorted({f.location for f in malware if f.location}))[:500]),
+                     ("sender", env.mail_from), ("client", env.client_address),
+                     ("recipients", str(len(env.recipients))), ("queue_id", env.queue_id),
+                     ("quarantine_id", outcome.quarantine_id)),
+            remedy=(f"mailward quarantine show {outcome.quarantine_id}" if outcome.quarantine_id
+                    else "see the Mailward log for the incident")))
+
+
+def _span(seconds: float) -> str:
+    if seconds % 3600 == 0:
+        return f"{int(seconds // 3600)} h"
+    if seconds % 60 == 0:
+        return f"{int(seconds // 60)} min"
+    return f"{seconds:g} s"
+
+
+def _expiry(block: Block) -> str:
+    if block.expires_at is None:
+        return "until lifted"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(block.expires_at))
+
+
+def _block_event(block: Block) -> dict:
+    doc = {"event": {"kind": "alert", "category": ["intrusion_detection"], "type": ["denied"],
+                     "action": block.origin.value, "id": block.incident_id},
+           "mailward": {"incident_id": block.incident_id, "block": block.as_dict()}}
+    if block.kind is SubjectKind.ACCOUNT:
+        doc["user"] = {"name": block.value}
+    elif block.kind is SubjectKind.ADDRESS:
+        doc["source"] = {"ip": block.value}
+    return doc

@@ -1,0 +1,339 @@
+"""Counters and the block list in SQL: SQLite on one host, PostgreSQL shared by several.
+
+Both backends run the same statements (``?`` placeholders, translated for
+psycopg); only connecting and the schema's column types differ. One
+connection per store, used under a lock: every operation is one short
+transaction, and a milter's threads queue for well under a millisecond each
+(bench/incident_counters.py). A broken connection is dropped and reopened on
+the next call, so a database restart costs the calls made while it was down.
+
+At most one *active* block per subject is enforced by a partial unique index,
+so two hosts suspending the same account at once create one block, and the
+one whose insert lost sees the winner's row.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from abc import ABC, abstractmethod
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from ..errors import MailwardError
+from .records import AuditEntry, Block, Counter, Origin, SubjectKind, Totals
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+DB_NAME = "incidents.sqlite3"
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS incident_counters (
+        kind TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        at {real} NOT NULL,
+        messages INTEGER NOT NULL,
+        recipients INTEGER NOT NULL,
+        spam INTEGER NOT NULL,
+        malware INTEGER NOT NULL,
+        auth_failures INTEGER NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS incident_counters_subject ON incident_counters (kind, subject, at)",
+    "CREATE INDEX IF NOT EXISTS incident_counters_at ON incident_counters (at)",
+    """CREATE TABLE IF NOT EXISTS incident_blocks (
+        id {serial},
+        kind TEXT NOT NULL,
+        value TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        incident_id TEXT NOT NULL,
+        created_at {real} NOT NULL,
+        created_by TEXT NOT NULL,
+        expires_at {real},
+        lifted_at {real},
+        lifted_by TEXT NOT NULL DEFAULT '')""",
+    """CREATE UNIQUE INDEX IF NOT EXISTS incident_blocks_one_active
+        ON incident_blocks (kind, value) WHERE lifted_at IS NULL""",
+    """CREATE TABLE IF NOT EXISTS incident_audit (
+        seq {serial},
+        at {real} NOT NULL,
+        action TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        value TEXT NOT NULL,
+        incident_id TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        host TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        detail TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS incident_audit_subject ON incident_audit (kind, value)",
+)
+
+_BLOCK_COLUMNS = ("id, kind, value, origin, reason, incident_id, created_at, created_by, expires_at, "
+                  "lifted_at, lifted_by")
+_ACTIVE = "lifted_at IS NULL AND (expires_at IS NULL OR expires_at > ?)"
+
+
+class IncidentStoreError(MailwardError):
+    """The counters or block list could not be read or written."""
+
+
+class IncidentStore(ABC):
+    """Sliding-window counters per subject, blocks with expiry, and the audit trail of blocks."""
+
+    backend = ""
+    _errors: tuple[type[BaseException], ...] = ()
+
+    def __init__(self, clock: Clock = time.time):
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._conn: Any = None
+        with self._tx() as conn:
+            self._create_schema(conn)
+
+    # -- backend hooks ---------------------------------------------------------------------------
+
+    @abstractmethod
+    def _connect(self): ...
+
+    @abstractmethod
+    def _create_schema(self, conn) -> None: ...
+
+    def _begin(self, conn) -> None:
+        """Start a transaction (SQLite needs it explicit; psycopg opens one itself)."""
+
+    def _sql(self, statement: str) -> str:
+        return statement
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:
+        with self._lock:
+            try:
+                if self._conn is None:
+                    self._conn = self._connect()
+                conn = self._conn
+                self._begin(conn)
+                yield conn
+                conn.commit()
+            except self._errors as exc:
+                self._drop()
+                raise IncidentStoreError(f"incident store ({self.backend}): {exc}") from exc
+            except BaseException:
+                self._rollback()
+                raise
+
+    def _rollback(self) -> None:
+        try:
+            if self._conn is not None:
+                self._conn.rollback()
+        except Exception:
+            self._drop()
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+    def _exec(self, conn, statement: str, params: tuple = ()):
+        return conn.execute(self._sql(statement), params)
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+    # -- counters --------------------------------------------------------------------------------
+
+    def record(self, kind: Counter, subject: str, added: Totals, since: float | None) -> Totals:
+        """Add one event for ``subject`` and return its sums since ``since`` (None: do not sum)."""
+        now = self._clock()
+        with self._tx() as conn:
+            self._exec(conn, "INSERT INTO incident_counters (kind, subject, at, messages, recipients, spam, malware, "
+                             "auth_failures) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (kind.value, subject, now, added.messages, added.recipients, added.spam, added.malware,
+                        added.auth_failures))
+            if since is None:
+                return added
+            row = self._exec(conn, "SELECT COALESCE(SUM(messages), 0), COALESCE(SUM(recipients), 0), "
+                                   "COALESCE(SUM(spam), 0), COALESCE(SUM(malware), 0), "
+                                   "COALESCE(SUM(auth_failures), 0) FROM incident_counters "
+                                   "WHERE kind = ? AND subject = ? AND at > ?",
+                             (kind.value, subject, since)).fetchone()
+        return Totals(*(int(v) for v in row))
+
+    def prune(self, before: float) -> int:
+        """Forget counter events older than ``before``; returns how many."""
+        with self._tx() as conn:
+            return self._exec(conn, "DELETE FROM incident_counters WHERE at <= ?", (before,)).rowcount
+
+    # -- blocks ----------------------------------------------------------------------------------
+
+    def add_block(self, kind: SubjectKind, value: str, origin: Origin, reason: str, incident_id: str,
+                  actor: str, host: str, actor_origin: str = "", expires_at: float | None = None
+                  ) -> tuple[Block, bool]:
+        """Block ``value`` unless it already is; returns the active block and whether this call made it."""
+        now = self._clock()
+        with self._tx() as conn:
+            # An expired block still holds the "one active" index slot until marked: mark it first.
+            self._exec(conn, "UPDATE incident_blocks SET lifted_at = expires_at, lifted_by = '(expired)' "
+                             "WHERE kind = ? AND value = ? AND lifted_at IS NULL AND expires_at IS NOT NULL "
+                             "AND expires_at <= ?", (kind.value, value, now))
+            created = self._exec(conn, "INSERT INTO incident_blocks (kind, value, origin, reason, incident_id, "
+                                       "created_at, created_by, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                                       "ON CONFLICT DO NOTHING",
+                                 (kind.value, value, origin.value, reason, incident_id, now, actor,
+                                  expires_at)).rowcount == 1
+            block = self._block_row(self._exec(conn, f"SELECT {_BLOCK_COLUMNS} FROM incident_blocks "
+                                                     "WHERE kind = ? AND value = ? AND lifted_at IS NULL",
+                                               (kind.value, value)).fetchone())
+            if created:
+                until = "until lifted" if expires_at is None else f"until {_iso(expires_at)}"
+                self._audit(conn, now, "add", block, actor, host, actor_origin,
+                            f"{origin.value}: {reason} ({until})")
+        return block, created
+
+    def lift(self, kind: SubjectKind, value: str, actor: str, host: str, actor_origin: str = "",
+             detail: str = "") -> Block | None:
+        """End the active block of ``value``; None when there was none."""
+        now = self._clock()
+        with self._tx() as conn:
+            row = self._exec(conn, f"SELECT {_BLOCK_COLUMNS} FROM incident_blocks WHERE kind = ? AND value = ? "
+                                   f"AND {_ACTIVE}", (kind.value, value, now)).fetchone()
+            if row is None:
+                return None
+            block = self._block_row(row)
+            self._exec(conn, "UPDATE incident_blocks SET lifted_at = ?, lifted_by = ? WHERE id = ?",
+                       (now, actor, block.id))
+            self._audit(conn, now, "remove", block, actor, host, actor_origin, detail)
+        return replace(block, lifted_at=now, lifted_by=actor)
+
+    def active_blocks(self) -> list[Block]:
+        with self._tx() as conn:
+            rows = self._exec(conn, f"SELECT {_BLOCK_COLUMNS} FROM incident_blocks WHERE {_ACTIVE} ORDER BY id",
+                              (self._clock(),)).fetchall()
+        return [self._block_row(r) for r in rows]
+
+    def blocks(self, kind: SubjectKind | None = None, include_inactive: bool = False, limit: int = 1000
+               ) -> list[Block]:
+        """Blocks newest first; only active ones unless ``include_inactive``."""
+        where, params = [], []
+        if not include_inactive:
+            where.append(_ACTIVE)
+            params.append(self._clock())
+        if kind is not None:
+            where.append("kind = ?")
+            params.append(kind.value)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        with self._tx() as conn:
+            rows = self._exec(conn, f"SELECT {_BLOCK_COLUMNS} FROM incident_blocks {clause} ORDER BY id DESC "
+                                    f"LIMIT ?", (*params, limit)).fetchall()
+        return [self._block_row(r) for r in rows]
+
+    def audit(self, kind: SubjectKind | None = None, value: str | None = None, limit: int = 1000
+              ) -> list[AuditEntry]:
+        where, params = [], []
+        if kind is not None:
+            where.append("kind = ?")
+            params.append(kind.value)
+        if value is not None:
+            where.append("value = ?")
+            params.append(value)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        with self._tx() as conn:
+            rows = self._exec(conn, "SELECT seq, at, action, kind, value, incident_id, actor, host, origin, detail "
+                                    f"FROM incident_audit {clause} ORDER BY seq DESC LIMIT ?",
+                              (*params, limit)).fetchall()
+        return [AuditEntry(r[0], r[1], r[2], SubjectKind(r[3]), *r[4:]) for r in rows]
+
+    def _audit(self, conn, now: float, action: str, block: Block, actor: str, host: str, origin: str,
+               detail: str) -> None:
+        self._exec(conn, "INSERT INTO incident_audit (at, action, kind, value, incident_id, actor, host, origin, "
+                         "detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   (now, action, block.kind.value, block.value, block.incident_id, actor, host, origin, detail))
+
+    @staticmethod
+    def _block_row(row) -> Block:
+        return Block(id=int(row[0]), kind=SubjectKind(row[1]), value=row[2], origin=Origin(row[3]), reason=row[4],
+                     incident_id=row[5], created_at=row[6], created_by=row[7], expires_at=row[8],
+                     lifted_at=row[9], lifted_by=row[10])
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+class SqliteIncidentStore(IncidentStore):
+    """One host: ``<state_dir>/incidents.sqlite3`` (WAL; several processes may share it)."""
+
+    backend = "sqlite"
+    _errors = (sqlite3.Error,)
+
+    def __init__(self, path: Path, clock: Clock = time.time):
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
+            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+            _adopt(self.path)
+        except OSError as exc:
+            raise IncidentStoreError(f"cannot create {self.path}: {exc.strerror}") from exc
+        super().__init__(clock)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute("PRAGMA journal_mode = WAL")
+        # Counters are cheap to lose on a power cut; a committed block survives any process crash.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        return conn
+
+    def _begin(self, conn) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+
+    def _create_schema(self, conn) -> None:
+        for statement in SCHEMA:
+            conn.execute(statement.format(serial="INTEGER PRIMARY KEY AUTOINCREMENT", real="REAL"))
+
+
+def _adopt(path: Path) -> None:
+    """A root CLI run must not leave a database the service user cannot open."""
+    if os.geteuid() != 0:
+        return
+    parent = path.parent.stat()
+    if parent.st_uid != 0 and path.stat().st_uid == 0:
+        os.chown(path, parent.st_uid, parent.st_gid)
+
+
+class PostgresIncidentStore(IncidentStore):
+    """Several milter hosts: the quarantine's PostgreSQL database, tables ``incident_*``."""
+
+    backend = "postgresql"
+    _SCHEMA_LOCK = 0x4D57_4900   # "MWI\0": serialises schema creation across hosts starting at once
+
+    def __init__(self, dsn: str, clock: Clock = time.time):
+        import psycopg
+
+        self.dsn = dsn
+        self._psycopg = psycopg
+        self._errors = (psycopg.Error,)
+        super().__init__(clock)
+
+    def _connect(self):
+        return self._psycopg.connect(self.dsn, autocommit=False, connect_timeout=10)
+
+    def _sql(self, statement: str) -> str:
+        return statement.replace("?", "%s")
+
+    def _create_schema(self, conn) -> None:
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._SCHEMA_LOCK,))
+        for statement in SCHEMA:
+            conn.execute(statement.format(serial="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+                                          real="DOUBLE PRECISION"))

@@ -1,0 +1,212 @@
+"""Prometheus metrics of the milter: what it decided, how long stages took, what failed.
+
+One :class:`Metrics` per daemon, with its own registry (no process-global
+state): the daemon keeps it across reloads so counters never reset, and
+serves it on ``metrics.listen`` (loopback; Prometheus scrapes it, nothing
+else should). Metric names are stable; contrib/prometheus/mailward-alerts.yml
+is written against them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+
+from .errors import ConfigError
+from .evidence import Category
+
+log = logging.getLogger(__name__)
+
+_STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+QuarantineStats = Callable[[], tuple[int, int]]     # (held messages, held bytes)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.messages = Counter("mailward_messages", "Messages and rejected connections by direction and verdict",
+                                ["direction", "verdict", "reason"], registry=r)
+        self.message_seconds = Histogram("mailward_message_seconds", "Time from end of data to the verdict",
+                                         ["direction"], buckets=_STAGE_BUCKETS, registry=r)
+        self.stage_seconds = Histogram("mailward_stage_seconds", "Time per pipeline stage (parse, each detector, "
+                                       "quarantine)", ["stage"], buckets=_STAGE_BUCKETS, registry=r)
+        self.detector_errors = Counter("mailward_detector_errors", "Detector failures and errors (the message got "
+                                       "on_error or an unchecked finding)", ["detector"], registry=r)
+        self.detector_timeouts = Counter("mailward_detector_timeouts", "Detector timeouts and deadlines",
+                                         ["detector"], registry=r)
+        self.scan_failures = Counter("mailward_scan_failures", "Messages whose scan could not run (worker died, "
+                                     "deadline) or whose callbacks failed", ["direction"], registry=r)
+        self.quarantine_failures = Counter("mailward_quarantine_failures", "Messages the quarantine store refused "
+                                           "(tempfailed instead)", registry=r)
+        self.blocks = Counter("mailward_blocks", "Blocks and suspensions created", ["kind", "origin"], registry=r)
+        self.failed_logins = Counter("mailward_failed_logins", "Failed SMTP AUTH attempts seen in Postfix's log",
+                                     registry=r)
+        self.alerts = Counter("mailward_alerts", "Alerts raised, by kind and what became of them",
+                              ["kind", "delivery"], registry=r)
+        self.alert_deliveries = Counter("mailward_alert_deliveries", "Alert deliveries per channel",
+                                        ["channel", "result"], registry=r)
+        self.model_info = Gauge("mailward_model_info", "The spam model version seen in the latest verdict",
+                                ["version"], registry=r)
+        self.rules_info = Gauge("mailward_rules_info", "Digest of the live YARA rule sources", ["version"],
+                                registry=r)
+        self._model_version = ""
+        self._rules_version = ""
+        self._lock = threading.Lock()
+        self._sources: dict[str, Callable[[], object]] = {}
+        r.register(_LiveCollector(self._sources))
+
+    # -- per message ---------------------------------------------------------------------------------
+
+    def observe(self, outcome) -> None:
+        """Count one screened (or failed, or rejected) message; ``outcome`` is a screening.Outcome."""
+        env, verdict, evidence = outcome.envelope, outcome.verdict, outcome.evidence
+        direction = env.direction.value
+        self.messages.labels(direction, verdict.action.value, verdict.reasons[0] if verdict.reasons else "").inc()
+        if outcome.seconds:
+            self.message_seconds.labels(direction).observe(outcome.seconds)
+        for stage, seconds in evidence.timings:
+            self.stage_seconds.labels(stage).observe(seconds)
+        for finding in evidence.findings:
+            if finding.category is Category.ERROR or finding.name.endswith(("-error", "-unavailable")):
+                self.detector_errors.labels(finding.detector).inc()
+            elif finding.name.endswith(("-timeout", "-deadline")):
+                self.detector_timeouts.labels(finding.detector).inc()
+        if outcome.error:
+            self.scan_failures.labels(direction).inc()
+        if outcome.quarantine_failed:
+            self.quarantine_failures.inc()
+        if evidence.spam is not None and evidence.spam.model_version:
+            self._set_info(self.model_info, "_model_version", evidence.spam.model_version)
+
+    def set_rules_version(self, version: str) -> None:
+        self._set_info(self.rules_info, "_rules_version", version)
+
+    def _set_info(self, gauge: Gauge, attr: str, version: str) -> None:
+        with self._lock:
+            old = getattr(self, attr)
+            if old == version:
+                return
+            if old:
+                gauge.remove(old)
+            gauge.labels(version).set(1)
+            setattr(self, attr, version)
+
+    # -- incident response (mailward.incidents calls these) ------------------------------------------
+
+    def block_created(self, kind: str, origin: str) -> None:
+        self.blocks.labels(kind, origin).inc()
+
+    def failed_login(self) -> None:
+        self.failed_logins.inc()
+
+    def alert(self, what: str, label: str, result: str) -> None:
+        (self.alerts if what == "alert" else self.alert_deliveries).labels(label, result).inc()
+
+    # -- values read at scrape time ----------------------------------------------------------------
+
+    def watch(self, name: str, source: Callable[[], object]) -> None:
+        """Read ``source`` at each scrape (``quarantine``: (count, bytes); ``blocks``: {kind: count})."""
+        self._sources[name] = source
+
+    # -- serving ---------------------------------------------------------------------------------------
+
+    def serve(self, listen: str, source: str = "<defaults>"):
+        """Start the HTTP endpoint on ``HOST:PORT``; returns the server (``shutdown()`` stops it)."""
+        host, _, port = listen.rpartition(":")
+        host = host.strip("[]")
+        if not host or not port.isdigit():
+            raise ConfigError(source, "metrics.listen", "must be HOST:PORT, e.g. 127.0.0.1:9464")
+        server, _thread = start_http_server(int(port), addr=host, registry=self.registry)
+        log.info("metrics on http://%s:%s/metrics", host, port)
+        return server
+
+
+class _LiveCollector:
+    """Gauges computed at scrape time, cached briefly so a busy scraper cannot load the database."""
+
+    CACHE_SECONDS = 15.0
+
+    def __init__(self, sources: dict[str, Callable[[], object]]):
+        self._sources = sources
+        self._cache: dict[str, tuple[float, object]] = {}
+
+    def _read(self, name: str):
+        source = self._sources.get(name)
+        if source is None:
+            return None
+        at, value = self._cache.get(name, (float("-inf"), None))
+        if time.monotonic() - at >= self.CACHE_SECONDS:
+            try:
+                value = source()
+            except Exception:
+                log.exception("metrics source %s failed", name)
+                value = None
+            self._cache[name] = (time.monotonic(), value)
+        return value
+
+    def collect(self):
+        quarantine = self._read("quarantine")
+        if quarantine is not None:
+            count, size = quarantine
+            yield GaugeMetricFamily("mailward_quarantine_messages", "Messages held in the quarantine", value=count)
+            yield GaugeMetricFamily("mailward_quarantine_bytes", "Bytes of messages held in the quarantine",
+                                    value=size)
+        blocks = self._read("blocks")
+        if blocks is not None:
+            family = GaugeMetricFamily("mailward_blocks_active", "Active blocks and suspensions", labels=["kind"])
+            for kind, count in sorted(blocks.items()):
+                family.add_metric([kind], count)
+            yield family
+
+    def describe(self):
+        return []
+
+
+def rules_version(settings) -> str:
+    """A short digest of every YARA source in use, so a rule change shows as a new version."""
+    directories = [Path(d) for d in settings.signatures.rules_dirs]
+    if settings.signatures.shipped_rules:
+        directories.insert(0, Path(str(resources.files("mailward.signatures") / "rules")))
+    digest = hashlib.sha256()
+    for directory in directories:
+        for path in sorted(p for p in directory.rglob("*") if p.suffix in (".yar", ".yara") and p.is_file()):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+def quarantine_stats(settings) -> QuarantineStats:
+    """Count held messages with one read-only query (the quarantine store offers no count of its own)."""
+    query = "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM quarantine WHERE status = 'held'"
+    if settings.quarantine.backend == "postgresql":
+        def read() -> tuple[int, int]:
+            import psycopg
+
+            with psycopg.connect(settings.quarantine.dsn, connect_timeout=5) as conn:
+                count, size = conn.execute(query).fetchone()
+            return int(count), int(size)
+        return read
+
+    import sqlite3
+
+    db = settings.quarantine_dir / "quarantine.sqlite3"
+
+    def read_sqlite() -> tuple[int, int]:
+        if not db.exists():
+            return 0, 0
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            count, size = conn.execute(query).fetchone()
+        finally:
+            conn.close()
+        return int(count), int(size)
+    return read_sqlite
