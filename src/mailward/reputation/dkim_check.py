@@ -21,6 +21,16 @@ log = logging.getLogger(__name__)
 _SIGNATURE_FIELD = re.compile(rb"^dkim-signature[ \t]*:", re.I | re.M)
 
 
+class _SenderFaults(logging.LoggerAdapter):
+    """dkimpy logs a sender's broken signature or key as an error; for us it is evidence, logged at debug."""
+
+    def error(self, msg, *args, **kwargs):
+        self.debug(msg, *args, **kwargs)
+
+
+_DKIMPY_LOG = _SenderFaults(log, {})
+
+
 @dataclass(frozen=True)
 class DkimResult:
     domain: str            # d=
@@ -52,7 +62,7 @@ def verify_signature(raw: bytes, index: int, client: DnsClient, deadline: Deadli
 
     verifier = None
     try:
-        verifier = dkim.DKIM(raw, minkey=min_key_bits)
+        verifier = dkim.DKIM(raw, logger=_DKIMPY_LOG, minkey=min_key_bits)
         if verifier.verify(idx=index, dnsfunc=txt):
             result, reason = "pass", ""
         else:
