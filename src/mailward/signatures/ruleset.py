@@ -156,7 +156,10 @@ class RuleSet:
                 if not f.ok:
                     log.error("YARA rule file %s does not compile, skipped: %s", f.path, "; ".join(f.errors))
             last = cache.last_good()
-            regressed = [f.namespace for f in files if not f.ok and last and f.namespace in last["namespaces"]]
+            known_good = set(last["namespaces"]) if last else set()
+            if previous is not None:
+                known_good |= {f.namespace for f in previous.files if f.ok}
+            regressed = [f.namespace for f in files if not f.ok and f.namespace in known_good]
             if regressed:
                 kept = cache.load_bundle(last["bundle"]) if last else None
                 if kept is None and previous is not None and previous.rules is not None:

@@ -19,7 +19,7 @@ rule VBA_Download_And_Execute
         $run1 = "WScript.Shell" nocase
         $run2 = "Shell.Application" nocase
         $run3 = "ShellExecute" nocase
-        $run4 = /\bShell\s*\(/ nocase
+        $run4 = /\bShell[ \t(]/ nocase
         $run5 = "Win32_Process" nocase
     condition:
         filepath endswith "> VBA source" and any of ($get*) and any of ($run*)

@@ -1,0 +1,76 @@
+"""The object tree: public shape kept for other detectors, sniffed types, MIME limits, deadlines."""
+
+from dataclasses import replace
+
+import pytest
+
+from mailward.config import LimitSettings
+from mailward.message import ContentObject, parse_message
+from mailward.unpack import Kind, Unpacker
+from mailward.unpack.passwords import password_candidates
+from unpack_support import EICAR, message, zipped
+
+
+@pytest.fixture(scope="module")
+def unpacker():
+    with Unpacker(LimitSettings()) as shared:
+        yield shared
+
+
+def test_text_parts_stay_text_for_the_tokenizer(unpacker):
+    raw = message(body="Grüße aus Köln\n", html="<p>Hallo</p>", attachments=[("a.zip", zipped({"b.txt": b"member"}))])
+    parsed = parse_message(raw, LimitSettings(), unpacker)
+    texts = list(parsed.text_objects())
+    assert [t.declared_type for t in texts] == ["text/plain", "text/html"]
+    assert "Grüße" in texts[0].text()
+    member = next(o for o in parsed.objects if o.path == "a.zip > b.txt")
+    assert not member.is_text and member.kind is Kind.TEXT and member.in_archive
+    assert parsed.subject == "Documents" and parsed.problems == ()
+
+
+def test_declared_and_sniffed_types_are_both_kept(unpacker):
+    parsed = parse_message(message(attachments=[("photo.jpg", zipped({"x": b"y"}))]), LimitSettings(), unpacker)
+    attachment = parsed.objects[1]
+    assert attachment.declared_type == "application/octet-stream"
+    assert (attachment.sniffed_type, attachment.kind) == ("application/zip", Kind.ZIP)
+
+
+def test_content_object_defaults_keep_old_callers_working():
+    obj = ContentObject("x", b"abc")
+    assert obj.kind is Kind.OTHER and obj.has_content and obj.sha1 == "a9993e364706816aba3e25717850c26c9cd0d89d"
+
+
+def test_without_an_unpacker_a_temporary_one_is_used():
+    parsed = parse_message(message(attachments=[("a.zip", zipped({"eicar.com": EICAR}))]), LimitSettings())
+    assert [o.path for o in parsed.objects] == ["part 1", "a.zip", "a.zip > eicar.com"]
+
+
+def test_deeply_nested_multiparts_are_unchecked_not_a_crash(unpacker):
+    depth = 2000
+    head = "".join(f'Content-Type: multipart/mixed; boundary="b{i}"\n\n--b{i}\n' for i in range(depth))
+    raw = ("From: a@example.org\nSubject: deep\n" + head + "Content-Type: text/plain\n\nx\n").encode()
+    parsed = parse_message(raw, LimitSettings(), unpacker)
+    assert {p.name for p in parsed.problems} & {"nesting-too-deep", "too-many-parts"}
+
+
+def test_more_objects_than_allowed_are_unchecked(unpacker):
+    limits = replace(LimitSettings(), max_objects=5)
+    parsed = parse_message(message(attachments=[(f"f{i}.txt", b"x") for i in range(10)]), limits, unpacker)
+    assert len(parsed.objects) == 5 and "too-many-objects" in {p.name for p in parsed.problems}
+
+
+def test_inspect_deadline_leaves_the_rest_unchecked(unpacker):
+    limits = replace(LimitSettings(), inspect_deadline=0.0)
+    parsed = parse_message(message(attachments=[("a.zip", zipped({"b.txt": b"x"}))]), limits, unpacker)
+    assert "inspect-deadline" in {p.name for p in parsed.problems}
+    assert not any(o.in_archive for o in parsed.objects)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("The password is: Xk42!q.", ("Xk42!q",)),
+    ("Passwort: 1234\nPW 9876", ("1234", "9876")),
+    ("<p>Archive password: <b>abc123</b></p>", ("abc123",)),
+    ("Nothing here", ()),
+])
+def test_password_candidates(text, expected):
+    assert password_candidates([text], 8) == expected

@@ -1,0 +1,91 @@
+"""Hash deny and allow lists in public IOC formats; allow wins."""
+
+import hashlib
+
+import pytest
+
+from mailward.config import LimitSettings
+from mailward.errors import ArtifactError
+from mailward.evidence import Category
+from mailward.signatures.hashes import HashList
+from mailward.unpack import Unpacker
+from unpack_support import EICAR, Scanner, message, settings_for, zipped
+
+PAYLOAD = b"not really malware, but listed" * 10
+
+
+@pytest.fixture(scope="module")
+def unpacker():
+    with Unpacker(LimitSettings()) as shared:
+        yield shared
+
+
+def digests(data):
+    return {a: hashlib.new(a, data).hexdigest() for a in ("md5", "sha1", "sha256")}
+
+
+@pytest.mark.parametrize("suffix, line", [
+    (".txt", "{sha256};Trojan.Example"),
+    (".txt", "{sha1},Trojan.Example"),
+    (".txt", "{md5}  Trojan.Example"),
+    (".csv", "{SHA256};Trojan.Example"),
+    (".hdb", "{md5}:{size}:Trojan.Example"),
+    (".hsb", "{sha256}:*:Trojan.Example:73"),
+])
+def test_formats(tmp_path, unpacker, suffix, line):
+    d = digests(PAYLOAD)
+    listing = tmp_path / f"deny{suffix}"
+    listing.write_text("# a comment\n\n" + line.format(size=len(PAYLOAD), SHA256=d["sha256"].upper(), **d) + "\n")
+    scan = Scanner(settings_for(tmp_path, hash_lists=(str(listing),)), unpacker)
+    _, evidence = scan(message(attachments=[("files.zip", zipped({"a/payload.bin": PAYLOAD}))]))
+    [hit] = [f for f in evidence.findings if f.detector == "hashes"]
+    assert hit.category is Category.MALWARE and hit.location == "files.zip > a/payload.bin"
+    assert "Trojan.Example" in hit.name
+
+
+def test_clamav_size_must_match(tmp_path):
+    from mailward.message import ContentObject
+    listing = tmp_path / "deny.hdb"
+    listing.write_text(f"{digests(PAYLOAD)['md5']}:{len(PAYLOAD) + 1}:Wrong.Size\n")
+    assert HashList.load([str(listing)]).match(ContentObject("x", PAYLOAD)) is None
+
+
+def test_allow_wins_over_deny_and_over_yara(tmp_path, unpacker):
+    deny = tmp_path / "deny.txt"
+    allow = tmp_path / "allow.txt"
+    deny.write_text(f"{digests(EICAR)['sha256']};EICAR listed\n")
+    allow.write_text(f"{digests(EICAR)['md5']};our test file\n")
+    scan = Scanner(settings_for(tmp_path, hash_lists=(str(deny),), hash_allow_lists=(str(allow),)), unpacker)
+    _, evidence = scan(message(attachments=[("eicar.com", EICAR)]))
+    assert not [f for f in evidence.findings if f.category is Category.MALWARE]
+    _, unlisted = Scanner(settings_for(tmp_path, hash_lists=(str(deny),)), unpacker)(message(attachments=[("eicar.com", EICAR)]))
+    assert {f.detector for f in unlisted.findings if f.category is Category.MALWARE} == {"yara", "hashes"}
+
+
+def test_allowed_archive_exempts_its_members(tmp_path, unpacker):
+    archive = zipped({"eicar.com": EICAR})
+    allow = tmp_path / "allow.txt"
+    allow.write_text(f"{digests(archive)['sha256']}\n")
+    scan = Scanner(settings_for(tmp_path, hash_allow_lists=(str(allow),)), unpacker)
+    _, evidence = scan(message(attachments=[("tools.zip", archive)]))
+    assert not [f for f in evidence.findings if f.category is Category.MALWARE]
+
+
+def test_bad_lines_are_skipped_and_a_missing_file_is_an_error(tmp_path):
+    listing = tmp_path / "deny.txt"
+    listing.write_text("garbage\n" + digests(PAYLOAD)["sha256"] + "\n")
+    assert len(HashList.load([str(listing)])) == 1
+    with pytest.raises(ArtifactError):
+        HashList.load([str(tmp_path / "missing.txt")])
+
+
+def test_large_list_is_compact_and_fast(tmp_path):
+    import time
+    listing = tmp_path / "big.txt"
+    listing.write_text("".join(f"{hashlib.sha256(str(i).encode()).hexdigest()};Fam{i % 50}\n" for i in range(100_000)))
+    hashes = HashList.load([str(listing)])
+    from mailward.message import ContentObject
+    started = time.perf_counter()
+    assert hashes.match(ContentObject("x", b"4242")).description == "Fam42"
+    assert hashes.match(ContentObject("y", b"no")) is None
+    assert time.perf_counter() - started < 0.05

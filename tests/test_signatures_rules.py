@@ -1,0 +1,172 @@
+"""Rule management: per-file compilation, the compiled cache, keeping the last good rules, rules check."""
+
+import os
+import time
+
+import pytest
+import yara
+
+from mailward.envelope import Envelope
+from mailward.errors import ArtifactError
+from mailward.evidence import Category
+from mailward.message import ContentObject, ParsedMessage
+from mailward.signatures.check import rules_check_main
+from mailward.signatures.hashes import HashList
+from mailward.signatures.ruleset import Origin, RuleSet
+from mailward.signatures.yara_rules import YaraDetector
+from unpack_support import EICAR, message
+
+GOOD = 'rule Marker_One { meta: severity = "medium" category = "phishing" strings: $a = "marker-one" condition: $a }\n'
+OTHER = 'rule Marker_Two { strings: $a = "marker-two" condition: $a and filename endswith ".txt" }\n'
+BROKEN = "rule Broken { strings: $a = \"x\" condition: $b }\n"
+
+
+def write(directory, name, text):
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / name).write_text(text)
+
+
+def matches(ruleset, data, name="a.txt"):
+    obj = ContentObject(name, data, names=(name,))
+    evidence = YaraDetector(ruleset, HashList.load([])).inspect(ParsedMessage(headers=(), objects=(obj,)), Envelope())
+    return {f.name for f in evidence.findings}
+
+
+def test_broken_file_is_reported_and_skipped(tmp_path):
+    rules = tmp_path / "rules"
+    write(rules, "good.yar", GOOD)
+    write(rules, "broken.yar", BROKEN)
+    loaded = RuleSet.load_or_keep([("local", rules)], tmp_path / "state")
+    assert loaded.origin is Origin.COMPILED
+    assert [f.namespace for f in loaded.broken] == ["local/broken"] and "undefined string" in loaded.broken[0].errors[0]
+    assert matches(loaded, b"xx marker-one xx") == {"local/good:Marker_One"}
+
+
+def test_meta_sets_category_and_severity_and_externals_are_passed(tmp_path):
+    write(tmp_path / "rules", "good.yar", GOOD + OTHER)
+    loaded = RuleSet.load_or_keep([("local", tmp_path / "rules")], tmp_path / "state")
+    obj = ContentObject("m > a.txt", b"marker-one marker-two", names=("dir/a.txt",))
+    [one, two] = sorted(YaraDetector(loaded, HashList.load([])).inspect(
+        ParsedMessage(headers=(), objects=(obj,)), Envelope()).findings, key=lambda f: f.name)
+    assert (one.category, one.severity.name) == (Category.PHISHING, "MEDIUM")
+    assert two.name == "local/good:Marker_Two" and two.location == "m > a.txt"
+    assert matches(loaded, b"marker-two", "a.doc") == set()
+
+
+def test_second_load_comes_from_the_cache(tmp_path):
+    write(tmp_path / "rules", "good.yar", GOOD)
+    first = RuleSet.load_or_keep([("local", tmp_path / "rules")], tmp_path / "state")
+    second = RuleSet.load_or_keep([("local", tmp_path / "rules")], tmp_path / "state")
+    assert (first.origin, second.origin) == (Origin.COMPILED, Origin.CACHED)
+    assert second.files == first.files
+    assert any(p.name.endswith(".yarc") and yara.YARA_VERSION in p.name for p in (tmp_path / "state").iterdir())
+    assert matches(second, b"marker-one") == {"local/good:Marker_One"}
+
+
+def test_bad_edit_keeps_the_last_good_rules(tmp_path):
+    rules, state = tmp_path / "rules", tmp_path / "state"
+    write(rules, "good.yar", GOOD)
+    write(rules, "other.yar", OTHER)
+    RuleSet.load_or_keep([("local", rules)], state)
+    write(rules, "good.yar", GOOD.replace("condition: $a", "condition: $zz"))      # the bad edit
+    kept = RuleSet.load_or_keep([("local", rules)], state)
+    assert kept.origin is Origin.KEPT and [f.namespace for f in kept.broken] == ["local/good"]
+    assert matches(kept, b"marker-one") == {"local/good:Marker_One"}           # still armed
+    again = RuleSet.load_or_keep([("local", rules)], state)                       # a fresh worker
+    assert again.origin is Origin.KEPT and matches(again, b"marker-one")
+    write(rules, "good.yar", GOOD.replace("marker-one", "marker-new"))           # fixed
+    fixed = RuleSet.load_or_keep([("local", rules)], state)
+    assert fixed.origin is Origin.COMPILED and matches(fixed, b"marker-new") == {"local/good:Marker_One"}
+
+
+def test_bad_edit_without_a_cache_keeps_the_live_rules(tmp_path):
+    rules, state = tmp_path / "rules", tmp_path / "state"
+    write(rules, "good.yar", GOOD)
+    write(rules, "other.yar", OTHER)
+    live = RuleSet.load_or_keep([("local", rules)], state)
+    os.chmod(state, 0o777)                     # the cache is not private any more: never used again
+    write(rules, "good.yar", BROKEN)
+    kept = RuleSet.load_or_keep([("local", rules)], state, previous=live)
+    assert kept.origin is Origin.KEPT and matches(kept, b"marker-one") == {"local/good:Marker_One"}
+    alone = RuleSet.load_or_keep([("local", rules)], state)
+    assert alone.origin is Origin.COMPILED and matches(alone, b"marker-one") == set()
+
+
+def test_nothing_compiles_is_an_error(tmp_path):
+    write(tmp_path / "rules", "broken.yar", BROKEN)
+    with pytest.raises(ArtifactError):
+        RuleSet.load_or_keep([("local", tmp_path / "rules")], tmp_path / "state")
+
+
+def test_untrusted_cache_is_not_loaded(tmp_path):
+    rules, state = tmp_path / "rules", tmp_path / "state"
+    write(rules, "good.yar", GOOD)
+    RuleSet.load_or_keep([("local", rules)], state)
+    os.chmod(state, 0o777)
+    assert RuleSet.load_or_keep([("local", rules)], state).origin is Origin.COMPILED
+
+
+def test_change_on_disk_is_noticed(tmp_path):
+    write(tmp_path / "rules", "good.yar", GOOD)
+    loaded = RuleSet.load_or_keep([("local", tmp_path / "rules")], tmp_path / "state")
+    assert not loaded.changed_on_disk()
+    time.sleep(0.01)
+    write(tmp_path / "rules", "new.yar", OTHER)
+    assert loaded.changed_on_disk()
+
+
+def test_yara_timeout_is_unchecked_not_clean(tmp_path):
+    write(tmp_path / "rules", "slow.yar",
+          'rule Slow { strings: $a = /a[^x]{1,30}a[^x]{1,30}a[^x]{1,30}z/ condition: $a }\n')
+    loaded = RuleSet.load_or_keep([("local", tmp_path / "rules")], tmp_path / "state")
+    obj = ContentObject("big.txt", b"a" * 30_000_000, names=("big.txt",))
+    evidence = YaraDetector(loaded, HashList.load([]), timeout=1).inspect(
+        ParsedMessage(headers=(), objects=(obj,)), Envelope())
+    assert [(f.category, f.name) for f in evidence.findings] == [(Category.UNCHECKED, "yara-timeout")]
+
+
+def test_rules_check_reports_errors_hits_and_speed(tmp_path, capsys):
+    rules, benign = tmp_path / "rules", tmp_path / "benign"
+    write(rules, "good.yar", GOOD)
+    write(rules, "broken.yar", BROKEN)
+    write(benign, "1.eml", message(body="nothing to see\n").decode())
+    assert rules_check_main([str(rules), "--benign", str(benign)]) == 1
+    out = capsys.readouterr().out
+    assert "ERROR" in out and "undefined string" in out and "broken.yar" in out and "baseline" in out
+
+    (rules / "broken.yar").unlink()
+    assert rules_check_main([str(rules), "--benign", str(benign)]) == 0
+    capsys.readouterr()
+    write(benign, "2.eml", message(body="this has marker-one in it\n").decode())
+    assert rules_check_main([str(rules), "--benign", str(benign)]) == 1
+    assert "FP" in capsys.readouterr().out
+    (benign / "2.eml").unlink()
+    write(benign, "words.txt", "lorem ipsum dolor sit amet " * 40_000)      # any file counts as one object
+    write(rules, "slow.yar", 'rule Slow { strings: $a = /[a-z]{2,30}q[a-z]{2,30}q/ condition: $a }\n')
+    assert rules_check_main([str(rules), "--benign", str(benign), "--min-speed", "1e9"]) == 1
+    assert "SLOW" in capsys.readouterr().out
+
+
+def test_rules_check_json(tmp_path, capsys):
+    import json
+    rules, benign = tmp_path / "rules", tmp_path / "benign"
+    write(rules, "good.yar", GOOD)
+    write(benign, "hit.eml", message(body="marker-one\n").decode())
+    assert rules_check_main([str(rules), "--benign", str(benign), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    [entry] = report["files"]
+    assert entry["hits"] and entry["hits"][0]["rule"] == "Marker_One" and entry["mb_per_s"] > 0
+    assert report["summary"]["baseline_mb_per_s"] > 0 and not report["ok"]
+
+
+def test_rules_check_without_benign_and_with_a_missing_directory(tmp_path, capsys):
+    write(tmp_path / "rules", "good.yar", GOOD)
+    assert rules_check_main([str(tmp_path / "rules")]) == 0
+    assert rules_check_main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_shipped_rules_find_eicar(tmp_path):
+    from mailward.signatures import load_rules
+    from unpack_support import settings_for
+    loaded = load_rules(settings_for(tmp_path))
+    assert not loaded.broken and matches(loaded, EICAR, "eicar.com") == {"mailward/eicar:EICAR_Test_File"}
