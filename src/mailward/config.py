@@ -122,7 +122,7 @@ class LimitSettings:
     ratio_floor: int = 1 * MiB
     parser_timeout: float = 10.0       # seconds per document in the parser sandbox (olefile, PDF, 7z, ISO...)
     parser_memory: int = 1024 * MiB    # address-space limit of the parser sandbox
-    inspect_deadline: float = 40.0     # seconds for unpacking plus YARA; what is left after it is unchecked
+    inspect_deadline: float = 25.0     # seconds for unpacking, and again for YARA; what is left is unchecked
     password_candidates: int = 8       # words from the message text tried on encrypted archives
 
     def unpack_budget(self, message_size: int) -> int:
