@@ -142,6 +142,14 @@ def test_outbound_and_allowlisted_clients_are_not_looked_up(server):
     assert len(server.queries) == before
 
 
+@pytest.mark.parametrize("client", ["127.0.0.1", "10.1.2.3", "192.168.7.7", "fd00::25", "fe80::1"])
+def test_loopback_private_and_link_local_clients_are_skipped_by_default(server, client):
+    det = detector_for(server.port, dnsbl=DNSBL)
+    before = len(server.queries)
+    evidence = det.inspect(parse(message()), envelope(client=client))
+    assert evidence.findings == () and evidence.headers == () and len(server.queries) == before
+
+
 def test_internal_networks_from_direction_settings_are_skipped(server):
     settings = load_settings(overrides={
         "direction": {"internal_networks": ["198.51.100.0/24"]},

@@ -167,7 +167,9 @@ class ReputationSettings:
     dkim: bool = True
     dmarc: bool = True
     authserv_id: str = ""              # Authentication-Results id; empty: this host's name
-    allow_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")   # clients never checked
+    # Clients never checked: loopback, private and link-local, like rspamd's local_addrs.
+    allow_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+                                       "169.254.0.0/16", "fc00::/7", "fe80::/10")
     allow_domains: tuple[str, ...] = ()    # clients whose MTA-verified host name is in these domains
     min_key_bits: int = 1024           # shorter DKIM keys never pass
     max_signatures: int = 5            # DKIM signatures verified per message
