@@ -55,7 +55,7 @@ class _Job:
     kind: str              # dnsbl, uribl, spf, dkim, dmarc
     future: Future
     fallback: Any
-    zone: str = ""
+    zone: Zone | None = None   # for blocklist lookups
     subject: str = ""      # what was looked up: address, URL domain, identity, author domain
     location: str = ""
 
@@ -126,7 +126,7 @@ class ReputationDetector:
             prefix = reverse_name(ip)
             for zone in dnsbl:
                 name = f"{prefix}.{zone.name}"
-                start("dnsbl", _spent(name), self.client.query, name, "A", deadline, zone=zone.name, subject=str(ip))
+                start("dnsbl", _spent(name), self.client.query, name, "A", deadline, zone=zone, subject=str(ip))
         helo = normalise_domain(envelope.helo) if envelope.helo else None
         if ip is not None and rep.spf:
             identities = ["mailfrom"] + (["helo"] if helo else [])
@@ -151,7 +151,7 @@ class ReputationDetector:
                 for zone in uribl:
                     name = f"{domain}.{zone.name}"
                     start("uribl", _spent(name), self.client.query, name, "A", deadline,
-                          zone=zone.name, subject=domain, location=location)
+                          zone=zone, subject=domain, location=location)
         return jobs, skipped
 
     # --- results ------------------------------------------------------------------
@@ -171,11 +171,11 @@ class ReputationDetector:
                 job.future.cancel()
             if job.kind in ("dnsbl", "uribl"):
                 if result.outcome.unavailable:
-                    unavailable.append(f"{job.kind} {job.zone} ({result.outcome.value})")
-                    zones_failed.add(job.zone)
+                    unavailable.append(f"{job.kind} {job.zone.name} ({result.outcome.value})")
+                    zones_failed.add(job.zone.name)
                     continue
                 answered += 1
-                zones_answered.add(job.zone)
+                zones_answered.add(job.zone.name)
                 findings.extend(self._listing(job, result))
                 continue
             failed = (result.dns_failed if job.kind == "dmarc" else result.failed_dns)
@@ -203,7 +203,7 @@ class ReputationDetector:
     def _listing(self, job: _Job, lookup: Lookup) -> list[Finding]:
         if lookup.outcome is not Outcome.ANSWER:
             return []
-        zone: Zone = next(z for z in (self._dnsbl if job.kind == "dnsbl" else self._uribl) if z.name == job.zone)
+        zone = job.zone
         answer = zone.classify(lookup.addresses())
         found = []
         if answer.listed:
