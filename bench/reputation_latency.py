@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from dns_server import BlackHole, DnsServer, soa  # noqa: E402
-from reputation_support import DkimKey, envelope, message, parse, settings_for, txt  # noqa: E402
+from reputation_support import DkimKey, envelope, message, parse, settings_for  # noqa: E402
 
 from mailward.reputation.detector import ReputationDetector  # noqa: E402
 
