@@ -36,7 +36,8 @@ class Ctx(testctx.TestCtx):
 
 def runtime(tmp_path: Path, toml: str = "", scan=None) -> Runtime:
     cfg = tmp_path / "m.toml"
-    cfg.write_text(f'state_dir = "{tmp_path / "state"}"\n{toml}')
+    # DNS checks have their own tests against a loopback server; here they would only add noise.
+    cfg.write_text(f'state_dir = "{tmp_path / "state"}"\n[reputation]\nenabled = false\n{toml}')
     settings = load_settings(cfg)
     (tmp_path / "state" / "spool").mkdir(parents=True, exist_ok=True)
     inspector = Inspector.from_settings(settings)

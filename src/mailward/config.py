@@ -152,7 +152,7 @@ class ReputationSettings:
     """
 
     enabled: bool = True
-    nameservers: tuple[str, ...] = ()  # empty: the system resolver (/etc/resolv.conf)
+    nameservers: tuple[str, ...] = ("127.0.0.1",)  # a local caching resolver; () = /etc/resolv.conf
     port: int = 53
     budget: float = 4.0                # seconds all lookups for one message may take together
     query_timeout: float = 2.0         # seconds one query may take (all nameservers together)
