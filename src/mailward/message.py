@@ -159,13 +159,10 @@ def parse_message(raw: bytes, limits: LimitSettings, unpacker: Unpacker | None =
     if root is None:
         return _unparsed(raw, refused, limits)
     walk = _walk(root, limits, "", 0)
-    texts = [o.text() for o in walk.leaves if o.is_text]
-    subject = decode_header_value(str(root.get("subject", "")))
-    passwords = password_candidates([subject, *texts], limits.password_candidates)
     own = unpacker is None
     unpacker = unpacker or Unpacker(limits)
     try:
-        expansion = _Expansion(limits, unpacker, len(raw), passwords)
+        expansion = _Expansion(limits, unpacker, len(raw), _PasswordSource(root, walk.leaves, limits))
         expansion.run(walk.leaves)
     finally:
         if own:
@@ -243,7 +240,7 @@ def _join(prefix: str, name: str) -> str:
 class _Expansion:
     """Depth-first expansion of one message's leaves within its byte, object, depth and time limits."""
 
-    def __init__(self, limits: LimitSettings, unpacker: Unpacker, message_size: int, passwords: tuple[str, ...]):
+    def __init__(self, limits: LimitSettings, unpacker: Unpacker, message_size: int, passwords: "_PasswordSource"):
         self.limits = limits
         self.unpacker = unpacker
         self.passwords = passwords
@@ -263,7 +260,7 @@ class _Expansion:
                                                 obj.path))
                 break
             if obj.has_content:
-                sniffed = self.unpacker.sniff(obj.data)
+                sniffed = self.unpacker.sniff(obj.data, obj.declared_type if obj.is_text else "")
                 obj = replace(obj, sniffed_type=sniffed.mime, kind=sniffed.kind)
             self.objects.append(obj)
             stack.extend(reversed(self._children(obj, pending=len(stack))))
@@ -294,7 +291,7 @@ class _Expansion:
         allowance = Allowance(bytes=max(self.budget, 0),
                               members=max(self.limits.max_objects - len(self.objects) - pending, 0),
                               max_ratio=self.limits.max_ratio, ratio_floor=self.limits.ratio_floor,
-                              passwords=self.passwords)
+                              passwords=self.passwords.candidates() if kind is not Kind.TEXT else ())
         result = self.unpacker.unpack(kind, obj.data, obj.names[0] if obj.names else obj.path, allowance)
         self.budget -= result.produced
         self.problems.extend(_stopped(i, obj.path) for i in result.incomplete)
@@ -315,6 +312,21 @@ class _Expansion:
         self.problems.extend(walk.problems)
         self.budget -= sum(len(o.data) for o in walk.leaves)
         return [replace(o, in_archive=True, parent=obj.path, container=Kind.EMAIL.value) for o in walk.leaves]
+
+
+class _PasswordSource:
+    """Password candidates from the subject and text parts, looked for only once a container needs them."""
+
+    def __init__(self, root: Message, leaves: list[ContentObject], limits: LimitSettings):
+        self._root, self._leaves, self._limit = root, leaves, limits.password_candidates
+        self._found: tuple[str, ...] | None = None
+
+    def candidates(self) -> tuple[str, ...]:
+        if self._found is None:
+            texts = [decode_header_value(str(self._root.get("subject", "")))]
+            texts += [o.text() for o in self._leaves if o.is_text]
+            self._found = password_candidates(texts, self._limit)
+        return self._found
 
 
 def _stopped(incomplete: Incomplete, location: str) -> Finding:

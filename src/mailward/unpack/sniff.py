@@ -116,12 +116,21 @@ class Sniffer:
         self._magic = magic.Magic(mime=True)
         self._lock = threading.Lock()
 
-    def sniff(self, data: bytes) -> Sniffed:
+    def sniff(self, data: bytes, declared_text: str = "") -> Sniffed:
+        """The real type of ``data``.
+
+        ``declared_text`` (text/plain or text/html of a message body) allows a
+        fast path: libmagic spends ~2 ms on every text buffer, and for data with
+        no NUL byte it could only answer another text type anyway.
+        """
         for offset, lead, kind, mime in _SIGNATURES:
             if data[offset:offset + len(lead)] == lead:
                 return Sniffed(mime, kind)
         if not data:
             return Sniffed("application/x-empty", Kind.OTHER)
+        if declared_text in ("text/plain", "text/html") and b"\0" not in data[:SNIFF_PREFIX] \
+                and not data.lstrip()[:5].lower().startswith((b"%pdf-", b"{\\rt", b"mz")):
+            return Sniffed(declared_text, Kind.HTML if declared_text == "text/html" else Kind.TEXT)
         with self._lock:
             try:
                 mime = self._magic.from_buffer(data[:SNIFF_PREFIX]).lower()

@@ -20,8 +20,8 @@ class Unpacker:
         self.sandbox = sandbox or Sandbox(limits.parser_timeout, limits.parser_memory)
         self.sniffer = sniffer or Sniffer()
 
-    def sniff(self, data: bytes) -> Sniffed:
-        return self.sniffer.sniff(data)
+    def sniff(self, data: bytes, declared_text: str = "") -> Sniffed:
+        return self.sniffer.sniff(data, declared_text)
 
     @staticmethod
     def handles(kind: Kind) -> bool:
