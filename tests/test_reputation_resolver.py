@@ -87,6 +87,7 @@ def test_dead_server_costs_at_most_the_budget_then_dns_is_skipped(server):
         assert finding.severity is Severity.LOW
         assert "dnsbl bl.test" in finding.detail and "spf mailfrom" in finding.detail
 
+        time.sleep(0.5)          # the background probe of the root zone times out too: resolver dead
         started = time.monotonic()
         again = det.inspect(msg, envelope(client="198.51.100.7"))
         assert time.monotonic() - started < 0.1
@@ -96,6 +97,17 @@ def test_dead_server_costs_at_most_the_budget_then_dns_is_skipped(server):
         sent = hole.received
         det.inspect(msg, envelope(client="198.51.100.7"))
         assert hole.received > sent
+
+
+def test_a_sender_whose_lookups_time_out_cannot_switch_checks_off(server):
+    det = detector_for(server.port, budget=0.6, query_timeout=0.3)
+    own = parse(message(from_="x@evil.slow1.test"))
+    evidence = det.inspect(own, envelope(client="198.51.100.7", mail_from="x@evil.slow1.test", helo="mx.slow1.test"))
+    assert [f.name for f in evidence.findings] == ["dns-unavailable"]
+    time.sleep(0.4)                                       # the probe got its answer: the resolver is alive
+    before = server.count("_dmarc.cache.test", "TXT")
+    det.inspect(parse(message(from_="ceo@cache.test")), envelope(client="198.51.100.7"))
+    assert server.count("_dmarc.cache.test", "TXT") == before + 1
 
 
 def test_nothing_listening_costs_the_query_timeout_not_the_budget():

@@ -3,11 +3,13 @@
 All lookups of a message (client blocklists, URL-domain blocklists, SPF for the
 sender and HELO, each DKIM key, DMARC policies) start together on a thread pool
 the detector owns, and the detector waits for them no longer than the budget: a
-lookup still running then counts as unavailable. When a message finds DNS dead
-(nothing answered, something timed out or failed), lookups are skipped for
-``retry_after`` seconds, and so is a blocklist zone that did not answer while
-others did: an outage costs each scanning process one query timeout per
-``retry_after``, not one per message.
+lookup still running then counts as unavailable. When nothing a message asked
+was answered, a probe that no sender can influence checks the resolver in the
+background; if it is dead, lookups are skipped for ``retry_after`` seconds. A
+blocklist zone that did not answer while others did is skipped likewise. An
+outage thus costs each scanning process a few budgets per ``retry_after``, not
+one per message, and no sender can switch checks off for the next message by
+making its own lookups time out.
 
 DNS trouble is evidence of kind ``unchecked`` named ``dns-unavailable`` with a
 low severity by default: like postscreen, rspamd or SpamAssassin, Mailward
@@ -77,6 +79,7 @@ class ReputationDetector:
         self._clock = clock
         self._pool = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="mailward-dns")
         self._backoff = Backoff(settings.retry_after, clock)
+        self._probe: Future | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, clock: Clock = time.monotonic) -> "ReputationDetector":
@@ -249,14 +252,18 @@ class ReputationDetector:
 
     def _note_health(self, answered: int, trouble: bool, silent_zones: set[str]) -> None:
         if not answered:
-            if trouble and self._backoff.trip(RESOLVER):
-                log.warning("DNS unavailable (nameservers %s): skipping lookups for %.0fs",
-                            ", ".join(self.client.nameservers), self._backoff.period)
+            if trouble and self._backoff.period > 0 and (self._probe is None or self._probe.done()):
+                self._probe = self._pool.submit(self._check_resolver)
             return
         self._backoff.clear(RESOLVER)
         for zone in sorted(silent_zones):
             if self._backoff.trip(zone):
                 log.warning("blocklist zone %s is not answering: skipping it for %.0fs", zone, self._backoff.period)
+
+    def _check_resolver(self) -> None:
+        if not self.client.responds() and self._backoff.trip(RESOLVER):
+            log.warning("DNS unavailable (nameservers %s): skipping lookups for %.0fs",
+                        ", ".join(self.client.nameservers), self._backoff.period)
 
 
 def check_settings(settings: Settings) -> tuple[Network, ...]:

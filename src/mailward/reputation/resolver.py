@@ -15,7 +15,9 @@ from enum import Enum
 from typing import Callable
 
 import dns.exception
+import dns.message
 import dns.name
+import dns.query
 import dns.rdata
 import dns.resolver
 
@@ -98,6 +100,22 @@ class DnsClient:
     @property
     def cache(self) -> dns.resolver.LRUCache:
         return self._resolver.cache
+
+    def responds(self) -> bool:
+        """Whether any nameserver answers at all, bypassing the cache.
+
+        Timeouts on a message's names can be the sender's doing (an authoritative
+        server that never answers); a question about the root zone cannot, so only
+        its silence marks the resolver dead. Any reply counts, even REFUSED.
+        """
+        probe = dns.message.make_query(".", "NS")
+        for server in self._resolver.nameservers:
+            try:
+                dns.query.udp(probe, str(server), timeout=self.query_timeout, port=self._resolver.port)
+                return True
+            except (dns.exception.DNSException, OSError):
+                continue
+        return False
 
     def query(self, name: str, rdtype: str, deadline: Deadline) -> Lookup:
         lifetime = min(self.query_timeout, deadline.remaining())
