@@ -260,7 +260,8 @@ class _Expansion:
                                                 obj.path))
                 break
             if obj.has_content:
-                sniffed = self.unpacker.sniff(obj.data, obj.declared_type if obj.is_text else "")
+                trusted = obj.is_text or (obj.container == Kind.ZIP.value and obj.declared_type == "text/xml")
+                sniffed = self.unpacker.sniff(obj.data, obj.declared_type if trusted else "")
                 obj = replace(obj, sniffed_type=sniffed.mime, kind=sniffed.kind)
             self.objects.append(obj)
             stack.extend(reversed(self._children(obj, pending=len(stack))))

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import re
 
-from .model import Fact, Member, Observation
+from dataclasses import replace
+
+from .model import Fact, Member, Observation, Unpacked
 
 _EXTERNAL_REL = re.compile(
     rb'<Relationship\b(?=[^>]*TargetMode="External")(?=[^>]*Type="[^"]*/(attachedTemplate|oleObject|frame|subDocument)")'
@@ -41,3 +43,12 @@ def observe(members: list[Member]) -> list[Observation]:
             for service, topic in _EXCEL_DDE.findall(member.data):
                 found.append(Observation(Fact.DDE_LINK, f"{service.decode(errors='replace')}|{topic.decode(errors='replace')}"))
     return found
+
+
+def typed(unpacked: Unpacked) -> Unpacked:
+    """Declare the XML parts of an Office package as text/xml (the package says so; sniffing confirms no NULs)."""
+    if not any(m.name == "[Content_Types].xml" for m in unpacked.members):
+        return unpacked
+    members = tuple(replace(m, declared_type="text/xml") if m.name.lower().endswith((".xml", ".rels")) else m
+                    for m in unpacked.members)
+    return replace(unpacked, members=members)

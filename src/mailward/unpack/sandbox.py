@@ -122,9 +122,7 @@ def _kill_group(process: subprocess.Popen) -> int | None:
 
 def write_frame(stream: BinaryIO, header: dict, blobs: list[bytes]) -> None:
     encoded = json.dumps(dict(header, blobs=[len(b) for b in blobs])).encode()
-    stream.write(_LENGTH.pack(len(encoded)) + encoded)
-    for blob in blobs:
-        stream.write(blob)
+    stream.write(b"".join([_LENGTH.pack(len(encoded)), encoded, *blobs]))     # one write: one wake-up
     stream.flush()
 
 

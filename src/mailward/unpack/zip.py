@@ -65,7 +65,7 @@ def unpack(data: bytes, name: str, allowance: Allowance) -> Unpacked:
     if encrypted.opened:
         out.observe(Fact.ENCRYPTED_OPENED, f"{encrypted.opened} member(s)")
     out.observations.extend(ooxml.observe(out.members))
-    return out.result()
+    return ooxml.typed(out.result())
 
 
 def overlapping_entry(data: bytes, infos: list[zipfile.ZipInfo], directory_start: int) -> str:
