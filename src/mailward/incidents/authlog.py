@@ -36,22 +36,25 @@ def failed_login_address(line: str) -> str | None:
 class LogFollower:
     """Yields the complete lines appended to a log file, across rotation (rename + new file) and truncation.
 
-    Starts at the end of the file (old failures are not news) unless ``from_start``.
-    A rotated file is read to its end before the new one is opened.
+    Starts at the end of the file (old failures are not news), or at ``offset``
+    (0: from the start). A rotated file is read to its end before the new one is opened.
+    Truncation in place (logrotate's ``copytruncate``) is noticed when the file is
+    shorter than what was read; lines written in between can be missed, as with
+    ``tail -F``, so prefer rotation by rename (Debian's default for mail.log).
     """
 
-    def __init__(self, path: str | Path, from_start: bool = False, poll: float = 0.5):
+    def __init__(self, path: str | Path, offset: int | None = None, poll: float = 0.5):
         self.path = Path(path)
         self.poll = poll
-        self._from_start = from_start
+        self._offset = offset
 
     def lines(self, stop: threading.Event, until_eof: bool = False) -> Iterator[str]:
         """Lines as they are appended; with ``until_eof``, only what is there now."""
-        handle, inode = self._open(at_end=not self._from_start)
+        handle, inode = self._open(self._offset)
         pending = b""
         while not stop.is_set():
             if handle is None:
-                handle, inode = self._open(at_end=False)
+                handle, inode = self._open(0)
                 if handle is None:
                     stop.wait(self.poll)
                     continue
@@ -72,7 +75,7 @@ class LogFollower:
         if handle is not None:
             handle.close()
 
-    def _open(self, at_end: bool):
+    def _open(self, offset: int | None):
         try:
             handle = open(self.path, "rb")
         except FileNotFoundError:
@@ -80,8 +83,10 @@ class LogFollower:
         except OSError as exc:
             log.error("cannot read %s: %s", self.path, exc.strerror)
             return None, None
-        if at_end:
+        if offset is None:
             handle.seek(0, os.SEEK_END)
+        else:
+            handle.seek(offset)
         return handle, os.fstat(handle.fileno()).st_ino
 
     def _replaced(self, handle, inode: int) -> bool:

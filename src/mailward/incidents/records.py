@@ -34,6 +34,13 @@ class Counter(str, Enum):
     FAILED_LOGINS = "failed-logins"      # per client address, from Postfix's log
 
 
+# The counters a lifted block starts afresh: otherwise the burst that caused it would trigger it again.
+COUNTERS_OF = {
+    SubjectKind.ACCOUNT: (Counter.ACCOUNT,),
+    SubjectKind.ADDRESS: (Counter.OUTBOUND_HOST, Counter.INBOUND_HOST, Counter.FAILED_LOGINS),
+}
+
+
 class Metric(str, Enum):
     """Counter columns; one event row carries all of them."""
 

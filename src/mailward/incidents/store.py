@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..errors import MailwardError
-from .records import AuditEntry, Block, Counter, Origin, SubjectKind, Totals
+from .records import COUNTERS_OF, AuditEntry, Block, Counter, Origin, SubjectKind, Totals
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ class IncidentStore(ABC):
 
     def lift(self, kind: SubjectKind, value: str, actor: str, host: str, actor_origin: str = "",
              detail: str = "") -> Block | None:
-        """End the active block of ``value``; None when there was none."""
+        """End the active block of ``value`` and start its counters afresh; None when there was none."""
         now = self._clock()
         with self._tx() as conn:
             row = self._exec(conn, f"SELECT {_BLOCK_COLUMNS} FROM incident_blocks WHERE kind = ? AND value = ? "
@@ -213,6 +213,9 @@ class IncidentStore(ABC):
             block = self._block_row(row)
             self._exec(conn, "UPDATE incident_blocks SET lifted_at = ?, lifted_by = ? WHERE id = ?",
                        (now, actor, block.id))
+            for counter in COUNTERS_OF.get(kind, ()):
+                self._exec(conn, "DELETE FROM incident_counters WHERE kind = ? AND subject = ?",
+                           (counter.value, value))
             self._audit(conn, now, "remove", block, actor, host, actor_origin, detail)
         return replace(block, lifted_at=now, lifted_by=actor)
 

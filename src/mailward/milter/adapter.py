@@ -56,7 +56,7 @@ class MailwardMilter(Milter.Base):
         self._runtime = runtime
         self._connection_id = secrets.token_hex(4)
         self._client = ("", "", "", "")          # address, name, helo, daemon
-        self._client_block: tuple[Finding, ...] = ()   # a block of the client the policy does not reject
+        self._client_findings: tuple[Finding, ...] = ()   # a client block whose policy is not to refuse
         self._buffer: MessageBuffer | None = None
         self._reset_message()
 
@@ -68,7 +68,7 @@ class MailwardMilter(Milter.Base):
         self._mail_from = ""
         self._auth_user = ""
         self._recipients: list[str] = []
-        self._sender_block: tuple[Finding, ...] = ()
+        self._blocked_findings: tuple[Finding, ...] = ()
         self._our_headers: dict[str, int] = {}
         self._in_body = False
         self._failure = ""
@@ -89,19 +89,16 @@ class MailwardMilter(Milter.Base):
         except Exception:
             return ""
 
-    def _blocked(self, block: Block) -> tuple[int, tuple[Finding, ...]]:
-        """Reject or tempfail now if the policy's ``blocked_action`` says so, else carry the block as evidence."""
+    def _refusal(self, block: Block) -> Verdict | None:
+        """The verdict if the policy's ``blocked_action`` refuses now (reject, tempfail), else None."""
         envelope = self._envelope()
-        finding = block_finding(block)
-        evidence = Evidence(findings=(finding,))
+        evidence = Evidence(findings=(block_finding(block),))
         verdict = decide(evidence, self._runtime.screener.settings.policy.for_direction(envelope.direction),
                          block.incident_id)
         if verdict.action not in (Action.REJECT, Action.TEMPFAIL):
-            return Milter.CONTINUE, (finding,)
+            return None
         self._report(Outcome(envelope, verdict, evidence, 0))
-        reply = verdict.reply
-        self.setreply(reply.code, reply.xcode, reply.text)
-        return (Milter.REJECT if verdict.action is Action.REJECT else Milter.TEMPFAIL), ()
+        return verdict
 
     def _report(self, outcome: Outcome) -> None:
         """The one summary line per message (or refused transaction) and its metrics."""
@@ -115,14 +112,21 @@ class MailwardMilter(Milter.Base):
 
     # --- callbacks -----------------------------------------------------
     def connect(self, hostname, family, hostaddr):
+        """A blocked client is refused here, before it can even try AUTH.
+
+        libmilter ignores a custom reply at connect: Postfix answers its own
+        generic "554 ... not accepting connections"; our log line has the incident ID.
+        """
         try:
             address = hostaddr[0] if isinstance(hostaddr, tuple) and hostaddr else (hostaddr or "")
             self._client = (str(address), str(hostname or ""), "", self._macro("{daemon_name}"))
             incidents = self._runtime.incidents
             block = incidents.client_block(self._client[0]) if incidents is not None else None
             if block is not None:
-                rc, self._client_block = self._blocked(block)
-                return rc
+                verdict = self._refusal(block)
+                if verdict is not None:
+                    return Milter.REJECT if verdict.action is Action.REJECT else Milter.TEMPFAIL
+                self._client_findings = (block_finding(block),)
         except Exception:
             self._fail("connect")
         return Milter.CONTINUE
@@ -144,9 +148,12 @@ class MailwardMilter(Milter.Base):
             rt = self._runtime
             block = rt.incidents.sender_block(self._auth_user, self._mail_from) if rt.incidents is not None else None
             if block is not None:
-                rc, self._sender_block = self._blocked(block)
-                if rc != Milter.CONTINUE:
-                    return rc
+                verdict = self._refusal(block)
+                if verdict is not None:
+                    reply = verdict.reply
+                    self.setreply(reply.code, reply.xcode, reply.text)
+                    return Milter.REJECT if verdict.action is Action.REJECT else Milter.TEMPFAIL
+                self._blocked_findings = (block_finding(block),)
             self._buffer = MessageBuffer(rt.spool_threshold, rt.spool_dir)
         except Exception:
             self._fail("envfrom")
@@ -226,7 +233,7 @@ class MailwardMilter(Milter.Base):
         return envelope.with_direction(self._runtime.direction.classify(envelope))
 
     def _screen(self) -> Outcome:
-        known = Evidence(findings=self._client_block + self._sender_block)
+        known = Evidence(findings=self._client_findings + self._blocked_findings)
         return self._runtime.screener.screen(self._buffer.source(), self._buffer.size, self._envelope(), known)
 
     def _failure_outcome(self) -> Outcome:

@@ -1,0 +1,149 @@
+"""Failed SMTP logins: Postfix's log lines, a follower that survives rotation, blocking after the limit."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from incidents_support import FAILED_LOGIN_LINES, OTHER_LINES, SmtpSink, failed_line, wait_for
+from quarantine_support import FakeClock
+from mailward.cli.main import main as cli
+from mailward.config import load_settings
+from mailward.incidents import SubjectKind, open_incidents
+from mailward.incidents.authlog import LogFollower, failed_login_address, watch
+
+pytest_plugins = ["quarantine_fixtures"]
+
+
+def test_failed_login_lines_and_nothing_else():
+    assert [failed_login_address(line) for line in FAILED_LOGIN_LINES] == ["203.0.113.5", "203.0.113.5",
+                                                                           "2001:db8::25"]
+    # Including one whose client-chosen HELO text imitates a failed login.
+    assert [failed_login_address(line) for line in OTHER_LINES] == [None] * len(OTHER_LINES)
+
+
+class Follow:
+    """Runs a follower in a thread and collects its lines."""
+
+    def __init__(self, path: Path):
+        self.lines: list[str] = []
+        self.stop = threading.Event()
+        follower = LogFollower(path, offset=path.stat().st_size, poll=0.02)
+        self.thread = threading.Thread(target=lambda: self.lines.extend(follower.lines(self.stop)))
+        self.thread.start()
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(5)
+
+
+def _append(path: Path, text: str) -> None:
+    with open(path, "a") as fh:
+        fh.write(text)
+        fh.flush()
+
+
+def test_follower_handles_growth_partial_lines_rotation_and_truncation(tmp_path):
+    log = tmp_path / "mail.log"
+    log.write_text("old line before we started\n")
+    follow = Follow(log)
+    try:
+        _append(log, "one\ntw")
+        assert wait_for(lambda: follow.lines == ["one"])
+        _append(log, "o\n")
+        assert wait_for(lambda: follow.lines == ["one", "two"])
+        # logrotate: rename, the writer finishes a line in the old file, then a new file appears.
+        os.rename(log, tmp_path / "mail.log.1")
+        _append(tmp_path / "mail.log.1", "three\n")
+        log.write_text("four\n")
+        assert wait_for(lambda: follow.lines == ["one", "two", "three", "four"])
+        # copytruncate (noticed because the file is now shorter than what was read)
+        with open(log, "w"):
+            pass
+        _append(log, "5\n")
+        assert wait_for(lambda: follow.lines[-1:] == ["5"])
+    finally:
+        follow.close()
+    assert "old line before we started" not in follow.lines
+
+
+def test_ten_failures_block_the_address_and_alert(tmp_path):
+    clock = FakeClock()
+    with SmtpSink() as sink:
+        cfg = tmp_path / "m.toml"
+        cfg.write_text(f'state_dir = "{tmp_path / "state"}"\n[alerts]\nemail_to = ["soc@example.test"]\n'
+                       f'smtp_host = "127.0.0.1"\nsmtp_port = {sink.port}\n')
+        incidents = open_incidents(load_settings(cfg), clock=clock)
+        log = tmp_path / "mail.log"
+        log.write_text(failed_line("203.0.113.5", 99) + "\n")        # before the follower started: not news
+        seen: list[str] = []
+        stop = threading.Event()
+        start = log.stat().st_size
+        follower = threading.Thread(target=watch, args=(LogFollower(log, offset=start, poll=0.02),
+                                                         lambda a: seen.append(a) or incidents.failed_login(a),
+                                                         stop))
+        follower.start()
+        try:
+            _append(log, "".join(line + "\n" for line in [failed_line("203.0.113.5", n) for n in range(9)]
+                                 + list(OTHER_LINES) + list(FAILED_LOGIN_LINES[2:])))
+            assert wait_for(lambda: len(seen) == 10)
+            assert incidents.client_block("203.0.113.5") is None                # 9 < 10
+            clock.now += 30
+            _append(log, failed_line("203.0.113.5", 9) + "\n")
+            assert wait_for(lambda: len(seen) == 11)
+        finally:
+            stop.set()
+            follower.join(5)
+        block = incidents.client_block("203.0.113.5")
+        assert block is not None and block.expires_at == pytest.approx(clock.now + 86400)
+        assert "10 failed SMTP logins" in block.reason and incidents.client_block("2001:db8::25") is None
+        assert incidents.alerts.drain(10)
+        incidents.close()
+        [(_, _, raw)] = sink.received
+    assert b"Address 203.0.113.5 blocked after repeated failed logins" in raw
+    assert block.incident_id.encode() in raw
+
+
+def test_failures_outside_the_window_or_from_exempt_networks_never_block(tmp_path):
+    clock = FakeClock()
+    settings = load_settings(None, {"state_dir": str(tmp_path / "state"),
+                                    "incidents": {"auth_failures": 3, "auth_window": 60.0}})
+    incidents = open_incidents(settings, clock=clock)
+    for _ in range(5):
+        assert incidents.failed_login("192.0.2.9") is None
+        clock.now += 31                                     # never 3 within 60 s
+    for _ in range(5):
+        assert incidents.failed_login("127.0.0.1") is None  # loopback (webmail) is exempt by default
+    assert incidents.failed_login("unknown") is None
+    for _ in range(2):
+        incidents.failed_login("192.0.2.10")
+    assert incidents.failed_login("192.0.2.10").origin.value == "auth-failures"
+    incidents.close()
+
+
+def test_hosts_sharing_postgresql_count_and_block_together(fresh_pg_dsn, tmp_path):
+    settings = load_settings(None, {"state_dir": str(tmp_path / "state"),
+                                    "quarantine": {"backend": "postgresql", "dsn": fresh_pg_dsn},
+                                    "incidents": {"refresh": 0.0}})
+    mx1, mx2 = open_incidents(settings), open_incidents(settings)
+    for _ in range(5):
+        mx1.failed_login("203.0.113.99")
+        mx2.failed_login("203.0.113.99")                  # 10 in all, half on each host
+    assert mx1.client_block("203.0.113.99") is not None and mx2.client_block("203.0.113.99") is not None
+    assert len(mx1.store.blocks(SubjectKind.ADDRESS)) == 1
+    assert not (tmp_path / "state" / "incidents.sqlite3").exists()
+    mx1.close()
+    mx2.close()
+
+
+def test_watch_auth_command_reads_a_log_once(tmp_path, capsys):
+    log = tmp_path / "mail.log"
+    log.write_text("".join(failed_line("203.0.113.7", n) + "\n" for n in range(10)))
+    state = tmp_path / "state"
+    assert cli(["--state-dir", str(state), "watch-auth", "--log", str(log), "--once"]) == 0
+    assert cli(["--state-dir", str(state), "block", "list", "--kind", "address"]) == 0
+    out = capsys.readouterr().out
+    assert "203.0.113.7" in out and "auth-failures" in out

@@ -1,0 +1,154 @@
+"""Suspensions and blocks through the milter protocol (pymilter's TestCtx with SASL macros), no MTA."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+import Milter
+from prometheus_client import generate_latest
+
+from incidents_support import MilterClient, WebhookReceiver, incidents_runtime, wait_for
+from mail import eicar_message, gtube_message, message
+from mailward.cli.main import main as cli
+from mailward.incidents import SubjectKind
+from mailward.metrics import Metrics
+from mailward.quarantine.records import Actor
+
+INTERNALS = re.compile(r"EICAR|yara|Traceback|Error|pymilter|spam burst|suspen|sqlite", re.I)
+REPLY = re.compile(r"^Sender not accepted \(incident (MW-[0-9A-F]{8}-[0-9A-F]{8})\)$")
+
+
+def _events(caplog, action: str) -> list[dict]:
+    return [r.event for r in caplog.records if getattr(r, "event", {}).get("event", {}).get("action") == action]
+
+
+def test_outbound_spam_burst_suspends_the_account_until_lifted(tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO)
+    metrics = Metrics()
+    with WebhookReceiver() as hook:
+        rt = incidents_runtime(tmp_path, f'[incidents]\nrefresh = 0.0\n[incidents.account]\nspam = 3\n'
+                                         f'[alerts]\nwebhook_url = "{hook.url}"\n', metrics=metrics)
+        client = MilterClient(rt, monkeypatch)
+        rc, ctx = client.connect(ip="203.0.113.20", auth="alice")
+        assert rc == Milter.CONTINUE
+        for _ in range(3):                               # outbound spam is quarantined, and counted
+            assert client.send(ctx, gtube_message()[1]) == Milter.DISCARD
+        # The next transaction of the same connection is refused at MAIL FROM, generically.
+        assert client.send(ctx, message()[1]) == Milter.REJECT
+        code, xcode, text = ctx._reply
+        assert (code, xcode) == ("550", "5.7.1")
+        incident = REPLY.match(text).group(1)
+        assert not INTERNALS.search(text)
+        # A new connection, from another address, is refused too; another account is not.
+        rc, ctx2 = client.connect(ip="192.0.2.44", auth="alice")
+        assert client.send(ctx2, message()[1]) == Milter.REJECT and incident in ctx2._reply[2]
+        rc, ctx3 = client.connect(ip="203.0.113.20", auth="bob")
+        assert client.send(ctx3, message()[1]) == Milter.ACCEPT
+
+        assert wait_for(lambda: len(hook.received) == 1)
+        alert = hook.received[0]
+        assert alert["kind"] == "suspension" and alert["incident_id"] == incident
+        assert alert["subject"] == "account alice" and "spam" in alert["details"]["reason"]
+        assert alert["remedy"].endswith("mailward block remove account alice")
+        assert hook.headers[0]["Content-Type"] == "application/json"
+
+    # Logs and metrics show it.
+    [suspended] = _events(caplog, "suspension")
+    assert suspended["user"]["name"] == "alice" and suspended["mailward"]["incident_id"] == incident
+    refused = [e for e in _events(caplog, "reject") if e["mailward"]["reasons"] == ["blocked"]]
+    assert len(refused) == 2 and refused[0]["user"]["name"] == "alice"
+    assert refused[0]["mailward"]["findings"][0]["category"] == "blocked"
+    text = generate_latest(metrics.registry).decode()
+    assert 'mailward_blocks_total{kind="account",origin="suspension"} 1.0' in text
+    assert 'mailward_messages_total{direction="outbound",reason="blocked",verdict="reject"} 2.0' in text
+    assert 'mailward_messages_total{direction="outbound",reason="spam",verdict="quarantine"} 3.0' in text
+    assert 'mailward_alerts_total{delivery="queued",kind="suspension"} 1.0' in text
+
+    # An analyst lifts it with the CLI; the milter sees that at once (refresh = 0).
+    assert cli(["--config", str(tmp_path / "m.toml"), "block", "remove", "account", "alice",
+                "--reason", "password reset"]) == 0
+    rc, ctx4 = client.connect(ip="203.0.113.20", auth="alice")
+    assert client.send(ctx4, message()[1]) == Milter.ACCEPT
+    history = rt.incidents.store.audit(SubjectKind.ACCOUNT, "alice")
+    assert [e.action for e in history] == ["remove", "add"] and history[0].detail == "password reset"
+
+
+def test_outbound_malware_suspends_at_once_and_alerts_twice(tmp_path, monkeypatch):
+    with WebhookReceiver() as hook:
+        rt = incidents_runtime(tmp_path, f'[alerts]\nwebhook_url = "{hook.url}"\n')
+        client = MilterClient(rt, monkeypatch)
+        _, ctx = client.connect(ip="203.0.113.21", auth="carol")
+        assert client.send(ctx, eicar_message()[1], "carol@example.org") == Milter.REJECT
+        incident = re.search(r"incident (MW-\S+)\)", ctx._reply[2]).group(1)
+        assert client.send(ctx, message()[1], "carol@example.org") == Milter.REJECT
+        assert ctx._reply[2] == f"Sender not accepted (incident {incident})"
+        assert wait_for(lambda: len(hook.received) == 2)
+    kinds = {a["kind"]: a for a in hook.received}
+    assert kinds["malware"]["incident_id"] == kinds["suspension"]["incident_id"] == incident
+    assert kinds["malware"]["details"]["direction"] == "outbound"
+    assert "EICAR" in kinds["malware"]["details"]["signatures"]          # analysts need the name
+    assert kinds["malware"]["severity"] == "critical"
+    assert "malware" in kinds["suspension"]["details"]["reason"]
+
+
+def test_recipient_flood_suspends(tmp_path, monkeypatch):
+    rt = incidents_runtime(tmp_path, "[incidents.account]\nrecipients = 5\n")
+    client = MilterClient(rt, monkeypatch)
+    _, ctx = client.connect(auth="dave")
+    rcpts = [f"u{i}@example.test" for i in range(6)]
+    assert client.send(ctx, message()[1], "dave@example.org", *rcpts) == Milter.ACCEPT   # judged on content
+    assert client.send(ctx, message()[1], "dave@example.org") == Milter.REJECT
+    [block] = rt.incidents.store.active_blocks()
+    assert "recipient flood: 6 recipients" in block.reason
+
+
+def test_blocked_address_is_rejected_at_connect(tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO)
+    rt = incidents_runtime(tmp_path)
+    block, _ = rt.incidents.block(SubjectKind.NETWORK, "198.51.100.0/24", "scanner", Actor("ann", "ws"))
+    client = MilterClient(rt, monkeypatch)
+    rc, ctx = client.connect(ip="198.51.100.7")
+    assert rc == Milter.REJECT              # Postfix answers with its own generic 554 (no reply text at connect)
+    [event] = [e for e in _events(caplog, "reject")]
+    assert event["source"]["ip"] == "198.51.100.7" and event["mailward"]["incident_id"] == block.incident_id
+    rc, _ = client.connect(ip="198.51.101.7")
+    assert rc == Milter.CONTINUE
+
+
+def test_a_block_whose_policy_is_quarantine_goes_to_the_quarantine(tmp_path, monkeypatch):
+    rt = incidents_runtime(tmp_path, '[policy.inbound]\nblocked_action = "quarantine"\n')
+    rt.incidents.block(SubjectKind.DOMAIN, "example.org", "phish wave", Actor("ann", "ws"))
+    client = MilterClient(rt, monkeypatch)
+    _, ctx = client.connect()
+    assert client.send(ctx, message()[1], "x@mail.example.org") == Milter.DISCARD   # subdomains too
+    assert client.send(ctx, message()[1], "x@example.net") == Milter.ACCEPT
+    assert len(list((tmp_path / "state" / "quarantine").rglob("*.eml"))) == 1
+
+
+def test_inbound_host_abuse_is_suspended_and_exempt_networks_are_not(tmp_path, monkeypatch):
+    rt = incidents_runtime(tmp_path, '[incidents.inbound_host]\nmalware = 2\n'
+                                     '[incidents]\nexempt_networks = ["192.0.2.0/28"]\n')
+    client = MilterClient(rt, monkeypatch)
+    for ip in ("192.0.2.50", "192.0.2.5"):
+        for _ in range(2):
+            _, ctx = client.connect(ip=ip)
+            assert client.send(ctx, eicar_message()[1]) == Milter.REJECT
+    assert client.connect(ip="192.0.2.50")[0] == Milter.REJECT
+    assert client.connect(ip="192.0.2.5")[0] == Milter.CONTINUE          # exempt: counted, never blocked
+    [block] = rt.incidents.store.active_blocks()
+    assert block.value == "192.0.2.50" and "inbound malware sent: 2 malware" in block.reason
+
+
+def test_a_dead_incident_store_never_stops_the_mail(tmp_path, monkeypatch, caplog):
+    rt = incidents_runtime(tmp_path, "[incidents.account]\nmessages = 1\n")
+    store = rt.incidents.store
+    store.close()
+    os.remove(store.path)
+    os.mkdir(store.path)                                  # the database can no longer be opened
+    client = MilterClient(rt, monkeypatch)
+    _, ctx = client.connect(auth="erin")
+    assert client.send(ctx, message()[1]) == Milter.ACCEPT
+    assert client.send(ctx, message()[1]) == Milter.ACCEPT
+    assert any("cannot update the counters of account erin" in r.getMessage() for r in caplog.records)
