@@ -17,7 +17,8 @@ from mailward.workers import ScanFailed, ScanPool
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory):
-    settings = load_settings(overrides={"state_dir": str(tmp_path_factory.mktemp("state"))})
+    settings = load_settings(overrides={"state_dir": str(tmp_path_factory.mktemp("state")),
+                                        "reputation": {"enabled": False}})
     p = ScanPool(settings, 2)
     yield p
     p.close()
@@ -25,7 +26,7 @@ def pool(tmp_path_factory):
 
 def test_scans_in_worker_processes(pool):
     ev = pool.scan(eicar_message()[1], Envelope(), deadline=60)
-    assert [f.category for f in ev.findings] == [Category.MALWARE]
+    assert Category.MALWARE in {f.category for f in ev.findings}
     assert pool.scan(message()[1], Envelope(), deadline=60).findings == ()
 
 
@@ -33,7 +34,7 @@ def test_deadline_overrun_is_unchecked_and_worker_replaced(pool):
     pool.scan(message()[1], Envelope(), deadline=60)             # warm
     ev = pool.scan(message(body="x" * 5_000_000)[1], Envelope(), deadline=0.001)
     assert [f.name for f in ev.findings] == ["scan-deadline"]
-    assert pool.scan(eicar_message()[1], Envelope(), deadline=60).findings[0].category is Category.MALWARE
+    assert Category.MALWARE in {f.category for f in pool.scan(eicar_message()[1], Envelope(), deadline=60).findings}
 
 
 def test_dead_worker_is_reported_then_replaced(pool):
@@ -50,12 +51,12 @@ def test_dead_worker_is_reported_then_replaced(pool):
             break
         except ScanFailed:
             continue
-    assert ev.findings[0].category is Category.MALWARE
+    assert Category.MALWARE in {f.category for f in ev.findings}
 
 
 def test_reload_swaps_workers(pool, tmp_path):
     before = {w.process.pid for w in list(pool._idle.queue)}
-    settings = load_settings(overrides={"state_dir": str(tmp_path)})
+    settings = load_settings(overrides={"state_dir": str(tmp_path), "reputation": {"enabled": False}})
     pool.reload(settings)
     after = {w.process.pid for w in list(pool._idle.queue)}
     assert before.isdisjoint(after)
