@@ -1,0 +1,77 @@
+"""`mailward block`: add, list, remove and history, with expiry, reasons, audit and exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from incidents_support import WebhookReceiver
+from mailward.cli.block import duration
+from mailward.cli.main import main
+
+
+@pytest.fixture
+def run(tmp_path, capsys):
+    cfg = tmp_path / "m.toml"
+    cfg.write_text(f'state_dir = "{tmp_path / "state"}"\n')
+
+    def call(*args: str) -> tuple[int, str, str]:
+        code = main(["--config", str(cfg), "block", *args])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+    call.cfg = cfg
+    return call
+
+
+def test_add_list_remove_history(run):
+    code, out, _ = run("--analyst", "ann", "add", "sender", "<Spoof@Example.ORG>", "--reason", "CEO fraud",
+                       "--for", "12h")
+    assert code == 0 and "spoof@example.org" in out
+    code, _, err = run("add", "sender", "spoof@example.org", "--reason", "again")
+    assert code == 3 and "already blocked" in err
+    run("add", "network", "203.0.113.0/24", "--reason", "scanner")
+    code, out, _ = run("list", "--json")
+    blocks = [json.loads(line) for line in out.splitlines()]
+    assert [(b["kind"], b["value"]) for b in blocks] == [("network", "203.0.113.0/24"),
+                                                        ("sender", "spoof@example.org")]
+    sender = blocks[1]
+    assert sender["expires_at"] - sender["created_at"] == pytest.approx(12 * 3600, abs=5)
+    assert sender["created_by"] == "ann" and sender["reason"] == "CEO fraud"
+    code, out, _ = run("--analyst", "bob", "remove", "sender", "spoof@example.org", "--reason", "false alarm")
+    assert code == 0 and "lifted by bob" in out
+    code, _, err = run("remove", "sender", "spoof@example.org")
+    assert code == 3 and "no active block" in err
+    code, out, _ = run("list", "--kind", "sender")
+    assert out.strip() == "no blocks"
+    code, out, _ = run("list", "--all", "--kind", "sender")
+    assert "lifted by bob" in out
+    code, out, _ = run("history", "sender", "SPOOF@example.org", "--json")
+    entries = [json.loads(line) for line in out.splitlines()]
+    assert [(e["action"], e["actor"]) for e in entries] == [("remove", "bob"), ("add", "ann")]
+    assert entries[0]["detail"] == "false alarm" and entries[1]["detail"].startswith("analyst: CEO fraud (until 20")
+
+
+def test_bad_input_fails_cleanly(run):
+    assert run("add", "address", "not-an-ip", "--reason", "x")[0] == 1
+    assert run("add", "domain", "localhost", "--reason", "x")[0] == 1
+    code, _, err = run("add", "account", "mallory", "--reason", "x", "--for", "forever")
+    assert code == 1 and "duration" in err
+    with pytest.raises(SystemExit):
+        run("add", "mailbox", "x", "--reason", "x")                   # not a kind
+
+
+def test_an_analyst_block_is_alerted(run):
+    with WebhookReceiver() as hook:
+        with open(run.cfg, "a") as fh:
+            fh.write(f'[alerts]\nwebhook_url = "{hook.url}"\n')
+        assert run("add", "account", "mallory", "--reason", "phished")[0] == 0
+        [alert] = hook.received                      # the CLI waits for its alerts before exiting
+    assert alert["kind"] == "block" and alert["subject"] == "account mallory"
+    assert alert["details"]["reason"] == "phished"
+
+
+@pytest.mark.parametrize("text,seconds", [("30m", 1800), ("12h", 43200), ("7d", 604800), ("2w", 1209600),
+                                          ("90s", 90)])
+def test_durations(text, seconds):
+    assert duration(text) == seconds
