@@ -53,7 +53,7 @@ sel._domainkey IN TXT {keys["sender"].record()}
         "pct.test.": soa("pct.test.") + '@ IN TXT "v=spf1 -all"\n_dmarc IN TXT "v=DMARC1; p=reject; pct=20"\n',
         "nopolicy.test.": soa("nopolicy.test.") + '@ IN TXT "v=spf1 -all"\n',
     }
-    with DnsServer(zones, silent=["slow.test"]) as srv:
+    with DnsServer(zones, silent=["slow.test", "slowkey._domainkey.sender.test"]) as srv:
         yield srv
 
 
@@ -234,6 +234,22 @@ def test_unanswered_policy_lookup_is_temperror_not_failure(server):
     assert "dmarc x.slow.test" in unavailable.detail
 
 
+def test_an_aligned_identifier_lost_to_dns_makes_dmarc_temperror(detector, keys):
+    signed = keys["sender"].sign(message(), "sender.test", "slowkey")
+    evidence = _check(detector, signed, client=OTHER_IP)
+    assert "dkim=temperror" in _results(evidence) and "dmarc=temperror header.from=sender.test" in _results(evidence)
+    assert not [n for n in _names(evidence) if n.startswith("dmarc")]
+
+
+def test_a_spoofer_cannot_dodge_dmarc_by_making_its_own_lookups_time_out(detector, keys):
+    spoof = keys["provider"].sign(message(from_="ceo@sender.test"), "evil.slow.test")
+    evidence = _check(detector, spoof, client=OTHER_IP, mail_from="x@evil.slow.test", helo="mx.evil.slow.test")
+    value = _results(evidence)
+    assert "spf=temperror" in value and "dkim=temperror" in value
+    assert "dmarc=fail header.from=sender.test" in value
+    assert _names(evidence)["dmarc-reject"] is Severity.HIGH
+
+
 def test_dmarc_record_parsing():
     assert DmarcRecord.parse("v=DMARC1; p=reject; sp=none; adkim=s; pct=50") == DmarcRecord(
         Disposition.REJECT, Disposition.NONE, strict_dkim=True, percent=50)
@@ -265,3 +281,17 @@ def test_claims_our_id_spots_forged_results():
     assert claims_our_id("mx.dest.test; spf=pass smtp.mailfrom=a@b.test", "MX.dest.test")
     assert claims_our_id("(comment) mx.dest.test 1; dkim=pass", "mx.dest.test")
     assert not claims_our_id("mx.other.test; spf=pass", "mx.dest.test")
+
+
+@pytest.mark.parametrize("raw, env", [
+    (b"DKIM-Signature: v=1; a=rsa-sha256; d=; s=\n" + message(), {}),
+    (b"DKIM-Signature: \xff\xfe garbage ;;;= =\nDKIM-Signature: v=1; b=%%%; bh=***\n" + message(), {}),
+    (message(from_="=?utf-8?b?Y2VvQHNlbmRlci50ZXN0?= <\xe2\x80\x8bceo@b\xc3\xbccher.test>".encode().decode("latin-1")),
+     {"mail_from": "a@@b..test", "helo": "[192.0.2.1]"}),
+    (b"From: " + b"x" * 5000 + b"@" + b"y." * 200 + b"test\n\n" + b"http://" + b"a" * 3000 + b".test/\n", {}),
+    (b"\x00\x01binary\n\n\xff", {"mail_from": "<>", "helo": "-bad-.test", "client_name": "\xff.test"}),
+])
+def test_hostile_input_becomes_evidence_never_a_crash(detector, raw, env):
+    evidence = detector.inspect(parse(raw), envelope(client=OTHER_IP, **env))
+    assert not evidence.of(Category.ERROR)
+    assert "\n" not in _results(evidence)

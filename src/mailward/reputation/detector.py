@@ -34,7 +34,7 @@ from ..errors import ConfigError
 from ..evidence import Category, Evidence, Finding, Severity
 from ..message import ParsedMessage
 from . import dmarc_check
-from .dkim_check import DkimResult, signature_count, verify_signature
+from .dkim_check import DkimResult, signatures, verify_signature
 from .dmarc_check import Disposition, DmarcResult, PolicyLookup, author_domains, discover_policy
 from .names import (IPAddress, OrgDomains, client_ip, header_block, normalise_domain, reverse_name, url_domains,
                     within)
@@ -141,9 +141,9 @@ class ReputationDetector:
                       helo or envelope.helo, identity, subject=identity)
         header = header_block(message.raw)
         if rep.dkim:
-            for index in range(min(signature_count(header), rep.max_signatures)):
-                start("dkim", DkimResult("", "", "temperror", "DNS budget spent"), verify_signature,
-                      message.raw, index, self.client, deadline, rep.min_key_bits)
+            for index, (domain, selector) in enumerate(signatures(header)[:rep.max_signatures]):
+                start("dkim", DkimResult(domain, selector, "temperror", "DNS budget spent"), verify_signature,
+                      message.raw, index, self.client, deadline, rep.min_key_bits, subject=domain)
         if rep.dmarc:
             for domain in author_domains(header)[:MAX_AUTHOR_DOMAINS]:
                 start("dmarc", PolicyLookup(domain, dns_failed=True), discover_policy,

@@ -9,16 +9,14 @@ Authentication-Results header can tell ``fail`` from ``permerror`` and
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 
 import dkim
+import dkim.util
 
 from .resolver import Deadline, DnsClient, Outcome
 
 log = logging.getLogger(__name__)
-
-_SIGNATURE_FIELD = re.compile(rb"^dkim-signature[ \t]*:", re.I | re.M)
 
 
 class _SenderFaults(logging.LoggerAdapter):
@@ -43,9 +41,25 @@ class DkimResult:
         return self.result == "temperror"
 
 
-def signature_count(header: bytes) -> int:
-    """How many DKIM-Signature fields the header block holds; dkimpy numbers them the same way."""
-    return len(_SIGNATURE_FIELD.findall(header))
+def signatures(header: bytes) -> list[tuple[str, str]]:
+    """``(d=, s=)`` of each DKIM-Signature in the header block, numbered as dkimpy numbers them.
+
+    Known before verifying, so that a verification the budget cut short still
+    says which domain it was for (DMARC must know whether it could have aligned).
+    """
+    try:
+        fields, _ = dkim.rfc822_parse(header + b"\r\n\r\n")
+    except dkim.DKIMException:          # dkimpy could verify none of them either
+        return []
+    found = []
+    for name, value in fields:
+        if name.lower() == b"dkim-signature":
+            try:
+                tags = dkim.util.parse_tag_value(value)
+            except Exception:          # malformed tag list: verification will say permerror
+                tags = {}
+            found.append((_text(tags.get(b"d", b"")).lower(), _text(tags.get(b"s", b""))))
+    return found
 
 
 def verify_signature(raw: bytes, index: int, client: DnsClient, deadline: Deadline, min_key_bits: int) -> DkimResult:

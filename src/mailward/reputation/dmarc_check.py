@@ -134,9 +134,11 @@ def evaluate(lookup: PolicyLookup, spf: SpfResult | None, signatures: Sequence[D
     where = f"policy of {lookup.found_at}"
     if spf_aligned or dkim_aligned:
         return DmarcResult(domain, "pass", Disposition.NONE, spf_aligned, dkim_aligned, where)
-    # An identifier that might have aligned could not be checked: no verdict on a DNS outage.
-    if (spf is not None and spf.failed_dns) or any(s.failed_dns for s in signatures):
-        return DmarcResult(domain, "temperror", detail=f"{where}; SPF or DKIM lookup failed")
+    # An identifier that would align could not be checked: no verdict on a DNS outage. Others'
+    # DNS trouble does not count, or a spoofer could dodge DMARC by making its own lookups time out.
+    if ((spf is not None and spf.failed_dns and orgs.aligned(domain, spf.domain, record.strict_spf))
+            or any(s.failed_dns and orgs.aligned(domain, s.domain, record.strict_dkim) for s in signatures)):
+        return DmarcResult(domain, "temperror", detail=f"{where}; an aligned SPF or DKIM lookup failed")
     disposition = record.policy
     if lookup.found_at != domain and record.subdomain_policy is not None:
         disposition = record.subdomain_policy
