@@ -21,9 +21,10 @@ from __future__ import annotations
 
 from ..config import Settings
 from .detector import ReputationDetector, check_settings
-from .results_header import HEADER, claims_our_id, results_value
+from .results_header import HEADER, authserv_id, claims_our_id, results_value
 
-__all__ = ["HEADER", "ReputationDetector", "check_settings", "claims_our_id", "detectors", "results_value"]
+__all__ = ["HEADER", "ReputationDetector", "authserv_id", "check_settings", "claims_our_id", "detectors",
+           "results_value"]
 
 
 def detectors(settings: Settings) -> list:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import socket
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from .dmarc_check import Disposition, DmarcResult, PolicyLookup, author_domains,
 from .names import (IPAddress, OrgDomains, client_ip, header_block, normalise_domain, reverse_name, url_domains,
                     within)
 from .resolver import Backoff, Clock, Deadline, DnsClient, Lookup, Outcome
-from .results_header import HEADER, results_value
+from .results_header import HEADER, authserv_id, results_value
 from .spf_check import SpfResult, check_spf
 from .zones import Zone, parse_zones
 
@@ -66,7 +65,7 @@ class ReputationDetector:
     name = "dns"
 
     def __init__(self, settings: ReputationSettings, client: DnsClient, orgs: OrgDomains, *,
-                 allow_networks: tuple[Network, ...] = (), authserv_id: str = "", clock: Clock = time.monotonic):
+                 allow_networks: tuple[Network, ...] = (), clock: Clock = time.monotonic):
         self.settings = settings
         self.client = client
         self._orgs = orgs
@@ -75,7 +74,7 @@ class ReputationDetector:
         self._allow_networks = allow_networks
         self._allow_domains = tuple(d for d in map(normalise_domain, settings.allow_domains) if d)
         self._skip_url_domains = tuple(d for d in map(normalise_domain, settings.uribl_skip_domains) if d)
-        self.authserv_id = authserv_id or socket.gethostname()
+        self.authserv_id = authserv_id(settings)
         self._clock = clock
         self._pool = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="mailward-dns")
         self._backoff = Backoff(settings.retry_after, clock)
@@ -86,8 +85,7 @@ class ReputationDetector:
         rep = settings.reputation
         networks = check_settings(settings)
         networks += tuple(ipaddress.ip_network(n, strict=False) for n in settings.direction.internal_networks)
-        return cls(rep, DnsClient.from_settings(rep), OrgDomains(), allow_networks=networks,
-                   authserv_id=rep.authserv_id, clock=clock)
+        return cls(rep, DnsClient.from_settings(rep), OrgDomains(), allow_networks=networks, clock=clock)
 
     # --- one message --------------------------------------------------------------
     def inspect(self, message: ParsedMessage, envelope: Envelope) -> Evidence:

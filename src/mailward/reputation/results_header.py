@@ -10,6 +10,7 @@ which ones.
 from __future__ import annotations
 
 import re
+import socket
 from typing import Sequence
 
 import authres
@@ -17,11 +18,17 @@ import authres.dmarc
 
 from .dkim_check import DkimResult
 from .dmarc_check import DmarcResult
+from ..config import ReputationSettings
 from .spf_check import SpfResult
 
 HEADER = "Authentication-Results"
 _SAFE_VALUE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.@-]{1,254}$")
 _COMMENT = re.compile(r"\([^()]*\)")
+
+
+def authserv_id(settings: ReputationSettings) -> str:
+    """The id our Authentication-Results fields carry: configured, else this host's name."""
+    return settings.authserv_id or socket.gethostname()
 
 
 def results_value(authserv_id: str, spf: Sequence[SpfResult], dkim: Sequence[DkimResult],
