@@ -223,7 +223,7 @@ class InboundHostLimits(CounterLimits):
 
 @dataclass(frozen=True)
 class IncidentSettings:
-    """Suspensions, blocks and failed-login blocking (docs: incidents in README)."""
+    """Suspensions, blocks and failed-login blocking (docs/incidents.md)."""
 
     enabled: bool = True
     account: AccountLimits = AccountLimits()
