@@ -141,9 +141,9 @@ def test_rules_check_reports_errors_hits_and_speed(tmp_path, capsys):
     assert rules_check_main([str(rules), "--benign", str(benign)]) == 1
     assert "FP" in capsys.readouterr().out
     (benign / "2.eml").unlink()
-    write(benign, "words.txt", "lorem ipsum dolor sit amet " * 40_000)      # any file counts as one object
-    write(rules, "slow.yar", 'rule Slow { strings: $a = /[a-z]{2,30}q[a-z]{2,30}q/ condition: $a }\n')
-    assert rules_check_main([str(rules), "--benign", str(benign), "--min-speed", "1e9"]) == 1
+    write(benign, "words.txt", "lorem ipsum dolor sit amet " * 10_000)      # any file counts as one object
+    write(rules, "slow.yar", 'rule Slow { strings: $a = /[a-z]{1,25}[0-9]/ condition: $a }\n')   # no atoms: ~3 MB/s
+    assert rules_check_main([str(rules), "--benign", str(benign), "--min-speed", "50"]) == 1
     assert "SLOW" in capsys.readouterr().out
 
 
@@ -170,3 +170,13 @@ def test_shipped_rules_find_eicar(tmp_path):
     from unpack_support import settings_for
     loaded = load_rules(settings_for(tmp_path))
     assert not loaded.broken and matches(loaded, EICAR, "eicar.com") == {"mailward/eicar:EICAR_Test_File"}
+
+
+def test_yara_deadline_leaves_the_rest_unchecked(tmp_path):
+    write(tmp_path / "rules", "good.yar", GOOD)
+    loaded = RuleSet.load_or_keep([("local", tmp_path / "rules")], tmp_path / "state")
+    objects = tuple(ContentObject(f"f{i}.txt", b"marker-one", names=(f"f{i}.txt",)) for i in range(3))
+    evidence = YaraDetector(loaded, HashList.load([]), timeout=1, deadline=0.5).inspect(
+        ParsedMessage(headers=(), objects=objects), Envelope())
+    assert [(f.category, f.name, f.location) for f in evidence.findings] == [
+        (Category.UNCHECKED, "yara-deadline", "f0.txt")]

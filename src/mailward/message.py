@@ -281,7 +281,7 @@ class _Expansion:
             self.problems.append(_unchecked("nesting-too-deep", f"depth {obj.depth + 1} > {self.limits.max_depth}",
                                             obj.path))
             return []
-        if time.monotonic() > self.deadline:
+        if time.monotonic() + self.limits.parser_timeout > self.deadline:   # a parser call may take its full limit
             if not self.late:
                 self.late = True
                 self.problems.append(_unchecked("inspect-deadline", f"more than {self.limits.inspect_deadline:g}s",

@@ -32,6 +32,7 @@ from .yara_rules import externals_for
 
 MIN_MEASURE = 0.2          # seconds: small samples are scanned repeatedly until timings mean something
 MAX_PASSES = 20
+MAX_MEASURE = 2.0          # seconds per rule file: a slow file is measured on fewer passes
 MESSAGE_SUFFIXES = (".eml", ".msg", ".mbox", "")
 
 
@@ -125,8 +126,11 @@ def measure(sources: list[Source], compiled: list, reports: list[FileReport], sa
             continue
         seconds, _ = _timed(rules, samples, timeout, passes, report.hits)
         report.mb_per_s = _speed(total, seconds)
-        report.marginal_mb_per_s = _speed(total, seconds - baseline)
-        report.slow = report.marginal_mb_per_s is not None and report.marginal_mb_per_s < min_speed
+        added = seconds - baseline
+        report.marginal_mb_per_s = _speed(total, added)
+        # Below the noise floor (1 ms or a tenth of the baseline per pass) a file costs nothing measurable.
+        report.slow = (report.marginal_mb_per_s is not None and report.marginal_mb_per_s < min_speed
+                       and added > max(0.001, 0.1 * baseline))
     good = {f.namespace: f.path for f, _ in compiled if f.ok}
     if good:
         try:
@@ -159,7 +163,9 @@ def _timed(rules: yara.Rules, samples: list[Sample], timeout: int, passes: int |
                             for m in matches)
         runs += 1
         elapsed = time.perf_counter() - started
-        if (passes is not None and runs >= passes) or (passes is None and (elapsed >= MIN_MEASURE or runs >= MAX_PASSES)):
+        enough = runs >= passes or elapsed >= MAX_MEASURE if passes is not None else \
+            elapsed >= MIN_MEASURE or runs >= MAX_PASSES
+        if enough:
             return elapsed / runs, runs
 
 

@@ -58,7 +58,7 @@ class YaraDetector:
         for obj in message.objects:
             if not obj.has_content or not obj.data or obj.path in exempt:
                 continue
-            if time.monotonic() - started > self.deadline:
+            if time.monotonic() - started + self.timeout > self.deadline:     # the next scan may take its full limit
                 findings.append(Finding(Category.UNCHECKED, "yara-deadline", Severity.HIGH, self.name, obj.path,
                                         f"YARA ran more than {self.deadline:g}s on this message"))
                 break
