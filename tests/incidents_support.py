@@ -42,6 +42,9 @@ FAILED_LOGIN_LINES = (
     "failed: authentication failure",
     "2026-11-22T19:20:04.532911+00:00 mx postfix/smtpd[1234]: warning: mail.example.net[2001:db8::25]: SASL LOGIN "
     "authentication failed: UGFzc3dvcmQ6",
+    # Postfix 3.7 with Cyrus SASL names the login it was given.
+    "Nov 22 19:40:57 mx postfix/submission/smtpd[15324]: warning: localhost[127.0.0.1]: SASL PLAIN authentication "
+    "failed: generic failure, sasl_username=alice@mx.mailward.test",
 )
 OTHER_LINES = (
     "Nov 22 19:20:01 mx postfix/smtpd[1234]: connect from unknown[203.0.113.5]",
@@ -52,6 +55,8 @@ OTHER_LINES = (
     "helo=<x postfix/smtpd[1]: warning: unknown[192.0.2.99]: SASL LOGIN authentication failed>",
     "Nov 22 19:20:06 mx postfix/smtpd[1251]: 4ABCDE1234: client=unknown[203.0.113.77], sasl_method=PLAIN, "
     "sasl_username=alice",
+    "Nov 22 19:40:57 mx postfix/submission/smtpd[15324]: warning: SASL authentication failure: Password "
+    "verification failed",
 )
 
 
