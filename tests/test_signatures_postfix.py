@@ -14,7 +14,7 @@ DROPPER = ('Sub AutoOpen()\n  URLDownloadToFile 0, "http://127.0.0.1/a.exe", "a.
 
 
 def test_eicar_in_zip_in_zip_is_rejected(postfix, milter):
-    m = milter()
+    milter()
     nested = zipped({"docs/inner.zip": zipped({"eicar.com": EICAR})})
     mid, raw = message(attachments=(("invoice.zip", nested, "application/zip"),))
     code, text = postfix.send(raw)
