@@ -16,6 +16,7 @@ from .config import LimitSettings, Settings
 from .envelope import Envelope
 from .evidence import Category, Evidence, Finding, Severity
 from .message import ParsedMessage, parse_message
+from .unpack import Unpacker
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +33,19 @@ class Detector(Protocol):
 class Inspector:
     limits: LimitSettings
     detectors: tuple[Detector, ...]
+    # One per process: it owns the libmagic handle and the long-lived parser sandbox.
+    unpacker: Unpacker | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Inspector":
         from . import models, reputation, signatures  # detector packages load rules and models here
 
         return cls(settings.limits, (*signatures.detectors(settings), *models.detectors(settings),
-                                     *reputation.detectors(settings)))
+                                     *reputation.detectors(settings)), Unpacker(settings.limits))
 
     def inspect(self, raw: bytes, envelope: Envelope) -> Evidence:
         started = time.perf_counter()
-        message = parse_message(raw, self.limits)
+        message = parse_message(raw, self.limits, self.unpacker)
         timings = [("parse", time.perf_counter() - started)]
         evidence = Evidence(findings=message.problems)
         for detector in self.detectors:

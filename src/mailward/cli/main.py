@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     scan.register(commands)
     quarantine.register(commands)
+    rules.register(commands)
     block.register(commands)
     watch_auth.register(commands)
     return parser
