@@ -12,7 +12,7 @@ import sys
 from ..config import Settings, load_settings
 from ..errors import ConfigError, MailwardError
 from ..logs import configure_logging
-from . import block, quarantine, scan, watch_auth
+from . import block, quarantine, rules, scan, watch_auth
 
 
 def build_parser() -> argparse.ArgumentParser:
