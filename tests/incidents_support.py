@@ -126,7 +126,7 @@ def incidents_runtime(tmp_path: Path, toml: str = "", clock=time.time, metrics: 
     """A milter runtime with incident response, as the daemon builds it (no worker processes)."""
     state = tmp_path / "state"
     cfg = tmp_path / "m.toml"
-    cfg.write_text(f'state_dir = "{state}"\n{toml}')
+    cfg.write_text(f'state_dir = "{state}"\n{toml}\n[reputation]\nenabled = false\n')   # no DNS in tests
     settings = load_settings(cfg)
     (state / "spool").mkdir(parents=True, exist_ok=True)
     inspector = Inspector.from_settings(settings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -152,3 +153,22 @@ def test_a_dead_incident_store_never_stops_the_mail(tmp_path, monkeypatch, caplo
     assert client.send(ctx, message()[1]) == Milter.ACCEPT
     assert client.send(ctx, message()[1]) == Milter.ACCEPT
     assert any("cannot update the counters of account erin" in r.getMessage() for r in caplog.records)
+
+
+def test_quarantine_store_failure_tempfails_and_alerts(tmp_path, monkeypatch):
+    import shutil
+
+    with WebhookReceiver() as hook:
+        rt = incidents_runtime(tmp_path, f'[policy.inbound]\nmalware_action = "quarantine"\n'
+                                         f'[alerts]\nwebhook_url = "{hook.url}"\n')
+        messages = tmp_path / "state" / "quarantine" / "messages"
+        shutil.rmtree(messages)
+        messages.write_text("not a directory")            # the store can no longer keep anything
+        client = MilterClient(rt, monkeypatch)
+        _, ctx = client.connect()
+        assert client.send(ctx, eicar_message()[1]) == Milter.TEMPFAIL
+        incident = re.search(r"incident (MW-\S+)\)", ctx._reply[2]).group(1)
+        assert wait_for(lambda: {a["kind"] for a in hook.received} == {"malware", "store-error"})
+    [alert] = [a for a in hook.received if a["kind"] == "store-error"]
+    assert alert["incident_id"] == incident and alert["severity"] == "critical"
+    assert str(tmp_path) not in json.dumps(alert)                 # no paths, no exception text

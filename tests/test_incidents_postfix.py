@@ -27,7 +27,8 @@ def test_spamming_host_is_suspended_and_refused_at_connect(postfix, milter, tmp_
     port = _free_port()
     # Submission is ORIGINATING (outbound) and comes from 127.0.0.1, which is exempt by default: not here.
     m = milter(f'[incidents]\nexempt_networks = []\nrefresh = 0.5\n[incidents.outbound_host]\nspam = 2\n'
-               f'[policy.outbound]\nspam_action = "reject"\n[metrics]\nlisten = "127.0.0.1:{port}"\n')
+               f'[policy.outbound]\nspam_action = "reject"\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
+               f'[reputation]\nenabled = false\n')
     for _ in range(2):
         code, text = postfix.send(gtube_message()[1], port=postfix.submission_port, rcpts=("x@remote.test",))
         assert code == 550 and "Message classified as spam" in text

@@ -82,6 +82,8 @@ refresh = 0.2
 spam = 2
 [alerts]
 webhook_url = "{hook.url}"
+[reputation]
+enabled = false
 [logging]
 file = "{log}"
 """)

@@ -18,8 +18,9 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from ..config import CounterLimits, ConfigError, Settings
+from ..config import CounterLimits, Settings
 from ..envelope import Direction
+from ..errors import ConfigError
 from ..evidence import Category, Evidence, Finding, Severity
 from ..quarantine.records import Actor
 from ..screening import Outcome
