@@ -66,6 +66,7 @@ def test_outbound_spam_burst_suspends_the_account_until_lifted(tmp_path, monkeyp
     assert 'mailward_messages_total{direction="outbound",reason="blocked",verdict="reject"} 2.0' in text
     assert 'mailward_messages_total{direction="outbound",reason="spam",verdict="quarantine"} 3.0' in text
     assert 'mailward_alerts_total{delivery="queued",kind="suspension"} 1.0' in text
+    assert 'mailward_stage_seconds_count{stage="incidents"} 4.0' in text        # counting costs are measured
 
     # An analyst lifts it with the CLI; the milter sees that at once (refresh = 0).
     assert cli(["--config", str(tmp_path / "m.toml"), "block", "remove", "account", "alice",

@@ -38,8 +38,8 @@ class Metrics:
                                 ["direction", "verdict", "reason"], registry=r)
         self.message_seconds = Histogram("mailward_message_seconds", "Time from end of data to the verdict",
                                          ["direction"], buckets=_STAGE_BUCKETS, registry=r)
-        self.stage_seconds = Histogram("mailward_stage_seconds", "Time per pipeline stage (parse, each detector, "
-                                       "quarantine)", ["stage"], buckets=_STAGE_BUCKETS, registry=r)
+        self.stage_seconds = Histogram("mailward_stage_seconds", "Time per stage (parse, each detector, "
+                                       "quarantine, incidents)", ["stage"], buckets=_STAGE_BUCKETS, registry=r)
         self.detector_errors = Counter("mailward_detector_errors", "Detector failures and errors (the message got "
                                        "on_error or an unchecked finding)", ["detector"], registry=r)
         self.detector_timeouts = Counter("mailward_detector_timeouts", "Detector timeouts and deadlines",
@@ -108,6 +108,10 @@ class Metrics:
 
     def failed_login(self) -> None:
         self.failed_logins.inc()
+
+    def stage(self, name: str, seconds: float) -> None:
+        """A stage timed outside the pipeline (``incidents``: counting one message)."""
+        self.stage_seconds.labels(name).observe(seconds)
 
     def alert(self, what: str, label: str, result: str) -> None:
         (self.alerts if what == "alert" else self.alert_deliveries).labels(label, result).inc()

@@ -41,6 +41,7 @@ _SYMPTOM = {Metric.MESSAGES: "message burst", Metric.RECIPIENTS: "recipient floo
 class MetricsSink(Protocol):
     def block_created(self, kind: str, origin: str) -> None: ...
     def failed_login(self) -> None: ...
+    def stage(self, name: str, seconds: float) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -125,12 +126,16 @@ class IncidentResponse:
             return None
         added = Totals(messages=1, recipients=len(env.recipients),
                        spam=int(spam_verdict(evidence, self.settings, env.direction)), malware=int(bool(malware)))
+        started = time.perf_counter()
         try:
             return self._count(subject, added, outcome.verdict.incident_id)
         except IncidentStoreError:
             log.exception("cannot update the counters of %s", subject.label,
                           extra={"queue_id": env.queue_id, "connection_id": env.connection_id})
             return None
+        finally:
+            if self.metrics is not None:
+                self.metrics.stage("incidents", time.perf_counter() - started)
 
     def failed_login(self, address: str) -> Block | None:
         """One failed SMTP AUTH from ``address``; blocks it at ``incidents.auth_failures`` within the window."""
