@@ -225,7 +225,7 @@ class InboundHostLimits(CounterLimits):
 class IncidentSettings:
     """Suspensions, blocks and failed-login blocking (docs/incidents.md)."""
 
-    enabled: bool = True
+    enabled: bool = True               # counters, suspensions and failed-login blocks; analyst blocks always apply
     account: AccountLimits = AccountLimits()
     outbound_host: OutboundHostLimits = OutboundHostLimits()
     inbound_host: InboundHostLimits = InboundHostLimits()
