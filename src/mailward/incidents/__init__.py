@@ -44,4 +44,9 @@ def open_incidents(settings: Settings, metrics=None, clock: Callable[[], float] 
     alerts = AlertDispatcher(channels_from_settings(settings), settings.alerts.dedup_window,
                              settings.alerts.rate_limit, settings.alerts.rate_period, clock,
                              metrics.alert if metrics is not None else None)
-    return IncidentResponse(settings, open_store(settings, clock), alerts, metrics, clock, actor)
+    store = open_store(settings, clock)
+    try:
+        return IncidentResponse(settings, store, alerts, metrics, clock, actor)
+    except BaseException:
+        store.close()
+        raise
