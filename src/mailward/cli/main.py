@@ -12,7 +12,7 @@ import sys
 from ..config import Settings, load_settings
 from ..errors import ConfigError, MailwardError
 from ..logs import configure_logging
-from . import block, quarantine, rules, scan, watch_auth
+from . import block, config, quarantine, rules, scan, watch_auth
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--state-dir", help="override state_dir")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     scan.register(commands)
+    config.register(commands)
     quarantine.register(commands)
     rules.register(commands)
     block.register(commands)
