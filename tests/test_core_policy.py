@@ -74,3 +74,11 @@ def test_direction_from_auth_daemon_and_networks():
     assert rules.classify(Envelope(client_address="2001:db8::1")) is Direction.OUTBOUND
     assert rules.classify(Envelope(client_address="198.51.100.1", daemon="mx")) is Direction.INBOUND
     assert rules.classify(Envelope(client_address="garbage")) is Direction.INBOUND
+
+
+def test_header_block_for_lf_and_crlf():
+    from mailward.message import header_block
+
+    assert header_block(b"A: 1\r\nB: 2\r\n\r\nbody\r\n\r\nmore") == b"A: 1\r\nB: 2"
+    assert header_block(b"A: 1\nB: 2\n\nbody") == b"A: 1\nB: 2"
+    assert header_block(b"A: 1\nno body") == b"A: 1\nno body"

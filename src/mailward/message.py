@@ -32,6 +32,13 @@ from .unpack.passwords import password_candidates
 from .unpack.uuencode import has_uuencoded
 
 _DELIMITER = re.compile(rb"^--[ -~]{1,70}\r?$", re.M)
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+def header_block(raw: bytes) -> bytes:
+    """The bytes before the first empty line, whether lines end in LF or CRLF."""
+    end = _HEADER_END.search(raw)
+    return raw[: end.start()] if end else raw
 _TEXT_TYPES = ("text/plain", "text/html")
 PATH_SEPARATOR = " > "
 # What each early stop costs in weight: lost members weigh more than a document analysis that failed.
@@ -174,7 +181,7 @@ def parse_message(raw: bytes, limits: LimitSettings, unpacker: Unpacker | None =
         size=len(raw),
         parts=walk.parts,
         max_depth=max([walk.deepest, *(o.depth for o in expansion.objects)]),
-        raw_headers=raw.split(b"\n\n", 1)[0],
+        raw_headers=header_block(raw),
         raw=raw,
     )
 
@@ -365,7 +372,7 @@ def _leaf(part: Message, path: str, depth: int) -> ContentObject:
 
 def _unparsed(raw: bytes, problems: list[Finding], limits: LimitSettings) -> ParsedMessage:
     """A message that was not parsed is still scanned whole, as raw bytes."""
-    head, _, _ = raw.partition(b"\n\n")
+    head = header_block(raw)
     try:
         headers = tuple((k, decode_header_value(str(v)))
                         for k, v in email.message_from_bytes(head + b"\n\n", policy=email.policy.compat32).items())

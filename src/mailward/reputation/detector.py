@@ -101,7 +101,8 @@ class ReputationDetector:
         return self._evidence(jobs, done, skipped)
 
     def _skipped(self, ip: IPAddress | None, envelope: Envelope) -> bool:
-        if envelope.direction is Direction.OUTBOUND:
+        # No client (an offline scan, a local submission): nothing to look up that the milter would.
+        if ip is None or envelope.direction is Direction.OUTBOUND:
             return True
         if ip is not None and any(ip in net for net in self._allow_networks if net.version == ip.version):
             return True
