@@ -136,13 +136,13 @@ class _Daemon:
             section, name = key.split(".")
             if getattr(getattr(settings, section), name) != getattr(getattr(self.settings, section), name):
                 log.warning("%s changed; it takes effect only after a restart", key)
-        if self.pool is not None:
-            self.pool.reload(settings)
         try:
             runtime = _build_runtime(settings, self.pool, inspector, self.metrics)
         except (MailwardError, OSError) as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
             return
+        if self.pool is not None:
+            self.pool.reload(settings)
         old, self.runtime = self.runtime, runtime
         old.incidents.close()        # a connection still using it reopens what it needs
         self.settings = settings
