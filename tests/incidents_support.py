@@ -125,6 +125,7 @@ def wait_for(predicate, timeout: float = 10.0) -> bool:
 def incidents_runtime(tmp_path: Path, toml: str = "", clock=time.time, metrics: Metrics | None = None):
     """A milter runtime with incident response, as the daemon builds it (no worker processes)."""
     state = tmp_path / "state"
+    tmp_path.mkdir(parents=True, exist_ok=True)
     cfg = tmp_path / "m.toml"
     cfg.write_text(f'state_dir = "{state}"\n{toml}\n[reputation]\nenabled = false\n')   # no DNS in tests
     settings = load_settings(cfg)

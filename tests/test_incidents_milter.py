@@ -17,6 +17,8 @@ from mailward.incidents import SubjectKind
 from mailward.metrics import Metrics
 from mailward.quarantine.records import Actor
 
+pytest_plugins = ["quarantine_fixtures"]
+
 INTERNALS = re.compile(r"EICAR|yara|Traceback|Error|pymilter|spam burst|suspen|sqlite", re.I)
 REPLY = re.compile(r"^Sender not accepted \(incident (MW-[0-9A-F]{8}-[0-9A-F]{8})\)$")
 
@@ -173,3 +175,21 @@ def test_quarantine_store_failure_tempfails_and_alerts(tmp_path, monkeypatch):
     [alert] = [a for a in hook.received if a["kind"] == "store-error"]
     assert alert["incident_id"] == incident and alert["severity"] == "critical"
     assert str(tmp_path) not in json.dumps(alert)                 # no paths, no exception text
+
+
+def test_two_milter_hosts_on_postgresql_count_one_account_together(tmp_path, monkeypatch, fresh_pg_dsn):
+    toml = (f'[quarantine]\nbackend = "postgresql"\ndsn = "{fresh_pg_dsn}"\n'
+            f'[incidents]\nrefresh = 0.0\n[incidents.account]\nspam = 3\n')
+    mx1 = incidents_runtime(tmp_path / "mx1", toml)
+    mx2 = incidents_runtime(tmp_path / "mx2", toml)
+    one, two = MilterClient(mx1, monkeypatch), MilterClient(mx2, monkeypatch)
+    _, ctx = one.connect(auth="frank")
+    for _ in range(2):
+        assert one.send(ctx, gtube_message()[1]) == Milter.DISCARD
+    _, ctx = two.connect(auth="frank")
+    assert two.send(ctx, gtube_message()[1]) == Milter.DISCARD          # the third spam, on the other host
+    assert two.send(ctx, message()[1]) == Milter.REJECT
+    one = MilterClient(mx1, monkeypatch)
+    _, ctx = one.connect(auth="frank")
+    assert one.send(ctx, message()[1]) == Milter.REJECT                  # the first host refuses too
+    assert not (tmp_path / "mx1" / "state" / "incidents.sqlite3").exists()
