@@ -20,7 +20,7 @@ import Milter
 import pytest
 from Milter import testctx
 
-from quarantine_support import FakeClock, SmtpSink  # noqa: F401 (SmtpSink: re-exported for the alert tests)
+from quarantine_support import FakeClock
 
 from mailward.config import load_settings
 from mailward.incidents import open_incidents

@@ -5,8 +5,8 @@ from __future__ import annotations
 import email
 import re
 
-from incidents_support import SmtpSink, SyslogReceiver, WebhookReceiver
-from quarantine_support import FakeClock
+from incidents_support import SyslogReceiver, WebhookReceiver
+from quarantine_support import FakeClock, SmtpSink
 from mailward.config import load_settings
 from mailward.incidents import Alert, AlertDispatcher, AlertKind, Delivery
 from mailward.incidents.alerts import EmailChannel, SyslogChannel, WebhookChannel, channels_from_settings

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from incidents_support import FAILED_LOGIN_LINES, OTHER_LINES, SmtpSink, failed_line, wait_for
-from quarantine_support import FakeClock
+from incidents_support import FAILED_LOGIN_LINES, OTHER_LINES, failed_line, wait_for
+from quarantine_support import FakeClock, SmtpSink
 from mailward.cli.main import main as cli
 from mailward.config import load_settings
 from mailward.incidents import SubjectKind, open_incidents
