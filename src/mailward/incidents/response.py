@@ -304,9 +304,14 @@ def _expiry(block: Block) -> str:
 
 
 def _block_event(block: Block) -> dict:
+    record = block.as_dict()
+    for key in ("created_at", "expires_at", "lifted_at"):     # ISO 8601, as Elastic's date type expects
+        if record[key] is not None:
+            record[key] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record[key])) + \
+                f".{int(record[key] * 1000) % 1000:03d}Z"
     doc = {"event": {"kind": "alert", "category": ["intrusion_detection"], "type": ["denied"],
                      "action": block.origin.value, "id": block.incident_id},
-           "mailward": {"incident_id": block.incident_id, "block": block.as_dict()}}
+           "mailward": {"incident_id": block.incident_id, "block": record}}
     if block.kind is SubjectKind.ACCOUNT:
         doc["user"] = {"name": block.value}
     elif block.kind is SubjectKind.ADDRESS:
