@@ -195,3 +195,25 @@ def test_header_order_and_bytes_are_preserved_in_quarantine(postfix, milter, tmp
     assert b"X-Tight:no-space\r\n" in stored
     head, body = stored.split(b"\r\n\r\n", 1)
     assert raw.split(b"\r\n\r\n", 1)[1] in body.replace(b"\r\n..", b"\r\n.")
+
+
+def test_released_message_is_delivered_once_and_not_quarantined_again(postfix, milter, tmp_path):
+    from mailward.cli.main import main as cli
+
+    m = milter(f'[policy.inbound]\nspam_action = "quarantine"\n'
+               f'[quarantine]\nrelay_host = "127.0.0.1"\nrelay_port = {postfix.smtp_port}\n')
+    mid, raw = gtube_message()
+    assert postfix.send(raw)[0] == 250
+    assert postfix.delivered(mid, timeout=2) is None
+    event = m.event_where(lambda e: e["mailward"]["verdict"] == "quarantine")
+    qid = event["mailward"]["quarantine_id"]
+    config = str(tmp_path / "mailward.toml")
+    assert cli(["--config", config, "quarantine", "--analyst", "anna", "release", qid]) == 0
+    delivered = postfix.delivered(mid)
+    assert delivered is not None, postfix.log()[-2000:]
+    assert delivered["X-Mailward-Verdict"] == "tag"
+    assert "released" in delivered["X-Mailward-Reasons"]
+    assert delivered["X-Mailward-Release"] is None            # our marks never reach the mailbox
+    released = [e for e in m.events() if e["mailward"].get("released_from") == qid]
+    assert len(released) == 1
+    assert cli(["--config", config, "quarantine", "release", qid]) == 3     # never twice

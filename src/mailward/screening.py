@@ -30,6 +30,9 @@ class Quarantine(Protocol):
     def put(self, raw: MessageSource, envelope: Envelope, verdict: Verdict, evidence: Evidence) -> str: ...
 
 
+Release = Callable[[MessageSource], object | None]   # the valid release mark of a message, if any
+
+
 class Watch(Protocol):
     """Sees every outcome after the decision (incident response: counters, suspensions, alerts)."""
 
@@ -46,12 +49,15 @@ class Outcome:
     error: str = ""                 # internal cause of a failure verdict, for the log only
     seconds: float = 0.0
     quarantine_failed: bool = False  # the store refused a message the policy quarantined
+    released_from: str = ""          # quarantine ID when an analyst released this very message
 
 
 class Screener:
     def __init__(self, settings: Settings, scan: Scan, quarantine: Quarantine | None,
-                 clock: Callable[[], float] = time.time, watch: Watch | None = None):
+                 clock: Callable[[], float] = time.time, watch: Watch | None = None,
+                 release: Release | None = None):
         self.settings = settings
+        self._release = release
         self._scan = scan
         self._quarantine = quarantine
         self._clock = clock
@@ -68,6 +74,13 @@ class Screener:
             verdict = decide(evidence, policy, incident)
         except ScanFailed as exc:
             verdict, error = decide_failure(policy, incident), str(exc)
+        released_from = ""
+        if verdict.action in (Action.QUARANTINE, Action.REJECT) and self._release is not None:
+            # An analyst released this exact message (HMAC over ID, time and body): deliver it, tagged.
+            mark = self._release(source)
+            if mark is not None:
+                released_from = mark.quarantine_id
+                verdict = replace(verdict, action=Action.TAG, reasons=verdict.reasons + ("released",))
         quarantine_id, store_failed = "", False
         if verdict.action is Action.QUARANTINE:
             verdict = replace(verdict, hold=self.settings.quarantine.hold)
@@ -81,7 +94,7 @@ class Screener:
                     store_failed = True
                 evidence = replace(evidence, timings=evidence.timings + (("quarantine", time.perf_counter() - t0),))
         outcome = Outcome(envelope, verdict, evidence, size, quarantine_id, error, time.perf_counter() - started,
-                          store_failed)
+                          store_failed, released_from)
         if self._watch is not None:
             try:
                 self._watch.observe(outcome)
@@ -105,7 +118,7 @@ def event_of(outcome: Outcome) -> dict:
         "mailward": {
             "verdict": verdict.action.value, "reasons": list(verdict.reasons), "incident_id": verdict.incident_id,
             "spam_score": verdict.spam_score, "size": outcome.size, "quarantine_id": outcome.quarantine_id or None,
-            "hold": verdict.hold,
+            "hold": verdict.hold, "released_from": outcome.released_from or None,
             "findings": [f.as_dict() for f in evidence.findings],
             "clues": [[c.token, round(c.weight, 3)] for c in (evidence.spam.clues if evidence.spam else ())],
             "timings_ms": {stage: round(sec * 1000, 3) for stage, sec in evidence.timings},

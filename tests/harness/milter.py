@@ -49,6 +49,16 @@ class MilterProcess:
         docs = [json.loads(line) for line in self.log_path.read_text().splitlines() if line.startswith("{")]
         return [d for d in docs if "mailward" in d]
 
+    def event_where(self, predicate, timeout: float = 10.0) -> dict | None:
+        """The first summary event for which ``predicate(event)`` holds, waiting up to ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for event in self.events():
+                if predicate(event):
+                    return event
+            time.sleep(0.1)
+        return None
+
     def event_for(self, message_id_fragment: str, timeout: float = 10.0) -> dict | None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

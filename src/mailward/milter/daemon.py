@@ -87,6 +87,7 @@ def _drop_privileges(settings: Settings) -> None:
 
 def _build_runtime(settings: Settings, pool: ScanPool | None, inspector: Inspector, metrics: Metrics) -> Runtime:
     from ..quarantine import open_store
+    from ..quarantine.release import ReleaseVerifier
 
     deadline = settings.milter.message_deadline
     if pool is not None:
@@ -95,7 +96,8 @@ def _build_runtime(settings: Settings, pool: ScanPool | None, inspector: Inspect
         scan = lambda source, envelope: inspector.inspect(  # noqa: E731
             source.read_bytes() if isinstance(source, Path) else source, envelope)
     incidents = open_incidents(settings, metrics)
-    screener = Screener(settings, scan, open_store(settings), watch=incidents)
+    screener = Screener(settings, scan, open_store(settings), watch=incidents,
+                        release=ReleaseVerifier.from_settings(settings).check)
     metrics.watch("quarantine", quarantine_stats(settings))
     metrics.watch("blocks", incidents.blocklist.counts)
     metrics.set_rules_version(rules_version(settings))
