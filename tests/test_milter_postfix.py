@@ -217,3 +217,40 @@ def test_released_message_is_delivered_once_and_not_quarantined_again(postfix, m
     released = [e for e in m.events() if e["mailward"].get("released_from") == qid]
     assert len(released) == 1
     assert cli(["--config", config, "quarantine", "release", qid]) == 3     # never twice
+
+
+def test_forged_authentication_results_claiming_our_id_are_removed(postfix, milter):
+    milter('[reputation]\nauthserv_id = "mx.mailward.test"\n')
+    mid, raw = message()
+    raw = raw.replace(b"Subject:", b"Authentication-Results: mx.mailward.test; dmarc=pass header.from=bank.example\r\n"
+                                   b"Authentication-Results: relay.example.net; spf=pass smtp.mailfrom=a@example.org\r\n"
+                                   b"Subject:", 1)
+    assert postfix.send(raw)[0] == 250
+    delivered = postfix.delivered(mid)
+    values = delivered.get_all("Authentication-Results") or []
+    assert not any(v.startswith("mx.mailward.test") for v in values)
+    assert any(v.startswith("relay.example.net") for v in values)
+
+
+def test_rule_files_are_hot_reloaded_and_a_broken_edit_never_disarms(postfix, milter, tmp_path):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "local.yar").write_text('rule Local_Placeholder { strings: $a = "never-in-any-mail-1f3a" condition: $a }\n')
+    m = milter(f'[signatures]\nrules_dirs = ["{rules}"]\n')
+    marker = "Quarterly-Marker-7c1d9e"
+    mid, raw = message(body=f"see {marker}\n")
+    assert postfix.send(raw)[0] == 250
+    (rules / "local.yar").write_text(f'rule Local_Marker {{ strings: $a = "{marker}" condition: $a }}\n')
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and m.log_path.read_text().count("reloaded from") < 1:
+        time.sleep(0.2)
+    mid, raw = message(body=f"see {marker}\n")
+    assert postfix.send(raw)[0] == 550                    # the new rule is live without a restart
+    (rules / "local.yar").write_text("rule Broken { condition: \n")       # a bad edit
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and m.log_path.read_text().count("reloaded from") < 2 \
+            and "reload refused" not in m.log_path.read_text():
+        time.sleep(0.2)
+    assert m.proc.poll() is None
+    mid, raw = eicar_message()
+    assert postfix.send(raw)[0] == 550                    # shipped rules still armed

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import logging.handlers
 import os
 import sys
 
@@ -56,7 +57,8 @@ def configure_logging(settings: LoggingSettings) -> None:
     """Send every log line as one JSON object to the configured file or stderr."""
     if settings.file:
         os.makedirs(os.path.dirname(os.path.abspath(settings.file)), exist_ok=True)
-        handler: logging.Handler = logging.FileHandler(settings.file, encoding="utf-8")
+        # Reopens the file when logrotate renames it, so rotation needs no restart.
+        handler: logging.Handler = logging.handlers.WatchedFileHandler(settings.file, encoding="utf-8")
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(EcsJsonFormatter())

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import Milter
 
 from ..envelope import DirectionRules, Envelope
+from ..reputation import claims_our_id
 from ..evidence import Evidence, Finding
 from ..incidents import Block, block_finding
 from ..policy import decide, decide_failure
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OUR_HEADER_PREFIX = "x-mailward-"
+AUTH_RESULTS = "authentication-results"
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class Runtime:
     spool_threshold: int
     incidents: IncidentResponse | None = None    # blocks and suspensions; None = none apply
     metrics: Metrics | None = None
+    authserv_id: str = ""                         # our Authentication-Results id; forged ones are removed
 
 
 def _addr(value: str) -> str:
@@ -69,7 +72,7 @@ class MailwardMilter(Milter.Base):
         self._auth_user = ""
         self._recipients: list[str] = []
         self._blocked_findings: tuple[Finding, ...] = ()
-        self._our_headers: dict[str, int] = {}
+        self._watched_headers: dict[str, list[str]] = {}   # lower-case name -> values, in order
         self._in_body = False
         self._failure = ""
         self._queue_id = ""
@@ -173,8 +176,9 @@ class MailwardMilter(Milter.Base):
         try:
             name = name.decode("ascii", "replace") if isinstance(name, bytes) else name
             self._buffer.add_header(name, value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape"))
-            if name.lower().startswith(OUR_HEADER_PREFIX):
-                self._our_headers[name] = self._our_headers.get(name, 0) + 1
+            lower = name.lower()
+            if lower.startswith(OUR_HEADER_PREFIX) or lower == AUTH_RESULTS:
+                self._watched_headers.setdefault(lower, []).append(value.decode("utf-8", "replace"))
         except Exception:
             self._fail("header")
         return Milter.CONTINUE
@@ -260,10 +264,16 @@ class MailwardMilter(Milter.Base):
         return Milter.ACCEPT
 
     def _replace_our_headers(self, verdict: Verdict) -> None:
-        """Drop X-Mailward-* headers the sender forged, then add ours."""
-        for name, count in self._our_headers.items():
-            for index in range(count, 0, -1):
-                self.chgheader(name, index, "")
+        """Drop what the sender forged in our name (X-Mailward-*, our Authentication-Results), then add ours.
+
+        The MTA numbers a header's occurrences per name, case-insensitively,
+        so deleting from the last occurrence backwards keeps indexes valid.
+        """
+        authserv_id = self._runtime.authserv_id
+        for name, values in self._watched_headers.items():
+            for index in range(len(values), 0, -1):
+                if name != AUTH_RESULTS or (authserv_id and claims_our_id(values[index - 1], authserv_id)):
+                    self.chgheader(name, index, "")
         self.addheader("X-Mailward-Verdict", verdict.action.value)
         if verdict.spam_score is not None:
             self.addheader("X-Mailward-Spam-Score", f"{verdict.spam_score:.3f}")

@@ -18,6 +18,7 @@ import pwd
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 import Milter
@@ -29,6 +30,8 @@ from ..incidents.authlog import LogFollower, watch
 from ..logs import configure_logging
 from ..metrics import Metrics, quarantine_stats, rules_version
 from ..pipeline import Inspector
+from ..reputation import authserv_id
+from ..signatures.ruleset import discover, stamp
 from ..screening import Screener
 from ..workers import ScanPool
 from .adapter import MailwardMilter, Runtime
@@ -102,7 +105,33 @@ def _build_runtime(settings: Settings, pool: ScanPool | None, inspector: Inspect
     metrics.watch("blocks", incidents.blocklist.counts)
     metrics.set_rules_version(rules_version(settings))
     return Runtime(screener, settings.direction.rules(), Path(settings.state_dir) / "spool",
-                   settings.milter.spool_threshold, incidents, metrics)
+                   settings.milter.spool_threshold, incidents, metrics, authserv_id(settings.reputation))
+
+
+RULES_POLL = 5.0     # seconds between checks of the rule directories for edits
+
+
+@dataclasses.dataclass(frozen=True)
+class _RulesOnDisk:
+    """Where the live rules came from, and the (path, mtime, size) marker of those files."""
+
+    directories: tuple = ()
+    marker: tuple = ()
+
+
+def _rules_on_disk(inspector: Inspector) -> _RulesOnDisk:
+    for detector in inspector.detectors:
+        ruleset = getattr(detector, "ruleset", None)
+        if ruleset is not None:
+            return _rules_on_disk_now(_RulesOnDisk(tuple(ruleset.directories)))
+    return _RulesOnDisk()
+
+
+def _rules_on_disk_now(seen: _RulesOnDisk) -> _RulesOnDisk:
+    try:
+        return _RulesOnDisk(seen.directories, stamp(discover(list(seen.directories))))
+    except MailwardError:           # a directory vanished: that is a change too
+        return _RulesOnDisk(seen.directories, ("unreadable",))
 
 
 class _Daemon:
@@ -114,6 +143,7 @@ class _Daemon:
         self.pool = ScanPool(settings, settings.milter.workers) if settings.milter.workers else None
         self.metrics = Metrics()             # kept across reloads: counters never reset while running
         self.runtime = _build_runtime(settings, self.pool, inspector, self.metrics)
+        self.rules_seen = _rules_on_disk(inspector)
         self.stop_requested = threading.Event()
         self.reload_requested = threading.Event()
         self.metrics_server = self.metrics.serve(settings.metrics.listen, settings.source) \
@@ -145,6 +175,7 @@ class _Daemon:
             return
         if self.pool is not None:
             self.pool.reload(settings)
+        self.rules_seen = _rules_on_disk(inspector)
         old, self.runtime = self.runtime, runtime
         old.incidents.close()        # a connection still using it reopens what it needs
         self.settings = settings
@@ -176,7 +207,15 @@ class _Daemon:
             threading.Thread(target=watch, name="auth-log", daemon=True,
                              args=(follower, lambda address: self.runtime.incidents.failed_login(address),
                                    self.stop_requested)).start()
+        next_rules_check = time.monotonic() + RULES_POLL
         while not self.stop_requested.wait(0.2):
+            if time.monotonic() >= next_rules_check:
+                next_rules_check = time.monotonic() + RULES_POLL
+                on_disk = _rules_on_disk_now(self.rules_seen)
+                if on_disk != self.rules_seen:
+                    log.info("rule files changed on disk; reloading")
+                    self.rules_seen = on_disk       # a refused reload is not retried until the next edit
+                    self.reload_requested.set()
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 self.reload()
