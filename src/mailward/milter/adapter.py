@@ -9,6 +9,7 @@ direction's ``on_error`` action and a generic reply.
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 from dataclasses import dataclass
@@ -47,6 +48,18 @@ class Runtime:
     incidents: IncidentResponse | None = None    # blocks and suspensions; None = none apply
     metrics: Metrics | None = None
     authserv_id: str = ""                         # our Authentication-Results id; forged ones are removed
+
+
+def _continue_on_error(callback):
+    """Run a callback so it never raises: the error is remembered and answered at end of message."""
+    @functools.wraps(callback)
+    def guarded(self, *args):
+        try:
+            return callback(self, *args)
+        except Exception:
+            self._fail(callback.__name__)
+            return Milter.CONTINUE
+    return guarded
 
 
 def _addr(value: str) -> str:
@@ -114,84 +127,73 @@ class MailwardMilter(Milter.Base):
                 log.exception("could not update the metrics", extra=self._extra())
 
     # --- callbacks -----------------------------------------------------
+    @_continue_on_error
     def connect(self, hostname, family, hostaddr):
         """A blocked client is refused here, before it can even try AUTH.
 
         libmilter ignores a custom reply at connect: Postfix answers its own
         generic "554 ... not accepting connections"; our log line has the incident ID.
         """
-        try:
-            address = hostaddr[0] if isinstance(hostaddr, tuple) and hostaddr else (hostaddr or "")
-            self._client = (str(address), str(hostname or ""), "", self._macro("{daemon_name}"))
-            incidents = self._runtime.incidents
-            block = incidents.client_block(self._client[0]) if incidents is not None else None
-            if block is not None:
-                verdict = self._refusal(block)
-                if verdict is not None:
-                    return Milter.REJECT if verdict.action is Action.REJECT else Milter.TEMPFAIL
-                self._client_findings = (block_finding(block),)
-        except Exception:
-            self._fail("connect")
+        address = hostaddr[0] if isinstance(hostaddr, tuple) and hostaddr else (hostaddr or "")
+        self._client = (str(address), str(hostname or ""), "", self._macro("{daemon_name}"))
+        incidents = self._runtime.incidents
+        block = incidents.client_block(self._client[0]) if incidents is not None else None
+        if block is not None:
+            verdict = self._refusal(block)
+            if verdict is not None:
+                return Milter.REJECT if verdict.action is Action.REJECT else Milter.TEMPFAIL
+            self._client_findings = (block_finding(block),)
         return Milter.CONTINUE
 
     @Milter.noreply
+    @_continue_on_error
     def hello(self, hostname):
-        try:
-            self._client = (self._client[0], self._client[1], str(hostname), self._client[3])
-        except Exception:
-            self._fail("hello")
+        self._client = (self._client[0], self._client[1], str(hostname), self._client[3])
         return Milter.CONTINUE
 
+    @_continue_on_error
     def envfrom(self, mailfrom, *params):
-        try:
-            self._reset_message()
-            self._mail_from = _addr(mailfrom)
-            self._auth_user = self._macro("{auth_authen}")
-            self._queue_id = self._macro("i")
-            rt = self._runtime
-            block = rt.incidents.sender_block(self._auth_user, self._mail_from) if rt.incidents is not None else None
-            if block is not None:
-                verdict = self._refusal(block)
-                if verdict is not None:
-                    reply = verdict.reply
-                    self.setreply(reply.code, reply.xcode, reply.text)
-                    return Milter.REJECT if verdict.action is Action.REJECT else Milter.TEMPFAIL
-                self._blocked_findings = (block_finding(block),)
-            self._buffer = MessageBuffer(rt.spool_threshold, rt.spool_dir)
-        except Exception:
-            self._fail("envfrom")
+        self._reset_message()
+        self._mail_from = _addr(mailfrom)
+        self._auth_user = self._macro("{auth_authen}")
+        self._queue_id = self._macro("i")
+        rt = self._runtime
+        block = rt.incidents.sender_block(self._auth_user, self._mail_from) if rt.incidents is not None else None
+        if block is not None:
+            verdict = self._refusal(block)
+            if verdict is not None:
+                reply = verdict.reply
+                self.setreply(reply.code, reply.xcode, reply.text)
+                return Milter.REJECT if verdict.action is Action.REJECT else Milter.TEMPFAIL
+            self._blocked_findings = (block_finding(block),)
+        self._buffer = MessageBuffer(rt.spool_threshold, rt.spool_dir)
         return Milter.CONTINUE
 
     @Milter.noreply
+    @_continue_on_error
     def envrcpt(self, to, *params):
-        try:
-            self._recipients.append(_addr(to))
-        except Exception:
-            self._fail("envrcpt")
+        self._recipients.append(_addr(to))
         return Milter.CONTINUE
 
     @Milter.decode("bytes")
     @Milter.noreply
+    @_continue_on_error
     def header(self, name, value):
-        try:
-            name = name.decode("ascii", "replace") if isinstance(name, bytes) else name
-            self._buffer.add_header(name, value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape"))
-            lower = name.lower()
-            if lower.startswith(OUR_HEADER_PREFIX) or lower == AUTH_RESULTS:
-                self._watched_headers.setdefault(lower, []).append(value.decode("utf-8", "replace"))
-        except Exception:
-            self._fail("header")
+        name = name.decode("ascii", "replace") if isinstance(name, bytes) else name
+        value = value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
+        self._buffer.add_header(name, value)
+        lower = name.lower()
+        if lower.startswith(OUR_HEADER_PREFIX) or lower == AUTH_RESULTS:
+            self._watched_headers.setdefault(lower, []).append(value.decode("utf-8", "replace"))
         return Milter.CONTINUE
 
     @Milter.noreply
+    @_continue_on_error
     def body(self, chunk):
-        try:
-            if not self._in_body:
-                self._buffer.end_headers()
-                self._in_body = True
-            self._buffer.add_body(chunk)
-        except Exception:
-            self._fail("body")
+        if not self._in_body:
+            self._buffer.end_headers()
+            self._in_body = True
+        self._buffer.add_body(chunk)
         return Milter.CONTINUE
 
     def eom(self):
