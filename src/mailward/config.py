@@ -133,6 +133,7 @@ class LimitSettings:
 class ModelSettings:
     directory: str = ""                # default: <state_dir>/models
     shipped_model: bool = True         # fall back to the model shipped in the package
+    check_interval: float = 5.0        # seconds between checks for a newly promoted model
 
 
 @dataclass(frozen=True)

@@ -10,4 +10,9 @@ from .gtube import GtubeDetector
 
 
 def detectors(settings: Settings) -> list:
-    return [GtubeDetector()]
+    from .loader import ModelLoader   # scikit-learn loads only when a scanner is built
+    from .spam import SpamDetector
+
+    loader = ModelLoader(settings.model_dir, shipped=settings.model.shipped_model,
+                         check_interval=settings.model.check_interval)
+    return [GtubeDetector(), SpamDetector(loader)]

@@ -1,0 +1,291 @@
+"""Turn a parsed message into the tokens the spam model counts.
+
+Body words are lower-cased and split at every non-letter, so raw mail and the
+pre-tokenised Enron-Spam text ("don ' t", "http : / / www . x . com") give the
+same tokens. Everything that is not a plain body word carries a prefix naming
+where it came from (``subject:``, ``from:dom:``, ``url:dom:``, ``html:trick:``…),
+so a word in the subject and the same word in the body are different evidence.
+
+Only an allow-list of headers is read. Headers that leak corpus labels or carry
+an earlier filter's verdict (``X-Spam-*``, ``X-Keywords``, ``Status``…) and
+headers that describe the delivery path of one mailbox (``Received``, ``To``,
+``Delivered-To``) are therefore ignored in training and in scoring alike.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import Iterable
+
+from ..message import ContentObject, ParsedMessage
+from .htmltext import html_to_text
+
+TOKENIZER_VERSION = 1   # bump whenever the tokens for the same message change
+
+_WORD = re.compile(r"[^\W_]+")
+_PUNCT = re.compile(r"[$!%]")
+_URL = re.compile(
+    r"\b(?:(?:https?|ftp) ?: ?/ ?/ ?|www ?\. ?)"        # a scheme, or a bare www., spaced as in Enron-Spam
+    r"((?:[a-z0-9-]{1,63} ?\. ?){1,10}[a-z]{2,24}|\d{1,3}(?: ?\. ?\d{1,3}){3})"
+    r"(?! ?\. ?[a-z0-9])(:\d{1,5})?",
+    re.I,
+)
+_EMAIL = re.compile(r"(?<=[\w.+-])@((?:[a-z0-9-]{1,63}\.){1,10}[a-z]{2,24})\b", re.I)   # anchored at the @
+_HREF_HOST = re.compile(r"^\s*(?:[a-z][a-z0-9+.-]{0,15}:)?//([^/?#\s\\]{1,255})", re.I)
+_ENCODED_WORD_CHARSET = re.compile(rb"=\?([A-Za-z0-9_-]{1,40})(?:\*[A-Za-z-]*)?\?[BbQq]\?")
+_ADDRESS_DOMAIN = re.compile(r"@([a-z0-9.-]{1,255})", re.I)
+_IPV4 = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}\Z")
+_CJK = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
+_CHARS_PER_WORD = 50    # text read per word wanted: more is never needed to find them
+_CJK_PAIRS = 30         # character pairs taken from one run of CJK text
+_INVISIBLE = re.compile("[\u00ad\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff]")
+# Headers whose mere presence is evidence (replies, list mail, bulk mailers' habits). Only
+# these are looked at: delivery-path and corpus bookkeeping headers would leak labels.
+_PRESENCE_HEADERS = frozenset((
+    "in-reply-to", "references", "list-id", "list-unsubscribe", "list-post", "list-help", "sender",
+    "errors-to", "organization", "x-mailer", "user-agent", "x-msmail-priority", "x-mimeole", "x-priority",
+    "importance", "disposition-notification-to", "cc", "mime-version", "date", "message-id", "reply-to",
+    "x-originating-ip", "content-transfer-encoding", "thread-index", "x-face", "mail-followup-to",
+))
+_GENERIC_TLDS = frozenset("com net org edu gov mil int info biz name".split())
+_SHORT_SLD = 3          # "co.uk", "com.au": keep three labels when the second level is this short
+
+
+@dataclass(frozen=True)
+class TokenizerSettings:
+    """What the tokenizer emits; stored in the model's sidecar and checked on load."""
+
+    version: int = TOKENIZER_VERSION
+    bigrams: bool = True               # adjacent word pairs (measured: much better than words alone)
+    max_words: int = 2000              # words read per message: bounds the cost of huge mail
+    max_text_chars: int = 100_000      # characters of text read per part
+    max_hosts: int = 100               # distinct link hosts read per message
+
+    def as_dict(self) -> dict:
+        return {"version": self.version, "bigrams": self.bigrams, "max_words": self.max_words,
+                "max_text_chars": self.max_text_chars, "max_hosts": self.max_hosts}
+
+
+def tokenize(message: ParsedMessage, settings: TokenizerSettings = TokenizerSettings()) -> list[str]:
+    """Tokens of ``message``: prefixed evidence first, then words and word pairs (duplicates kept;
+    the vectorizer counts presence)."""
+    found = _Collector(settings)
+    found.tokens.extend(_header_tokens(message))
+    found.add_words(message.subject)            # the subject is read as text too (measured: helps)
+    text_parts = 0
+    for obj in message.objects:
+        if obj.is_text:
+            text_parts += 1
+            found.add_text_object(obj)
+        elif obj.declared_type == "message/rfc822" and obj.path == "raw message":   # an unparsed message
+            found.add_text(obj.text())
+        elif not obj.parent:                     # MIME attachments; archive members are the scanners' business
+            found.tokens.extend(_attachment_tokens(obj))
+    found.tokens.append(f"mime:textparts:{min(text_parts, 3)}")
+    return found.finish()
+
+
+class _Collector:
+    """Tokens of one message under construction, with its budgets."""
+
+    def __init__(self, settings: TokenizerSettings):
+        self.settings = settings
+        self.tokens: list[str] = []
+        self.words: list[str] = []
+        self.hosts: dict[str, None] = {}        # insertion-ordered set
+
+    def add_words(self, text: str) -> None:
+        room = self.settings.max_words - len(self.words)
+        if room > 0:
+            self.words.extend(words_of(text, room))
+
+    def add_host(self, host: str) -> None:
+        if len(self.hosts) < self.settings.max_hosts:
+            self.hosts[host] = None
+
+    def add_text(self, text: str) -> None:
+        """Words of ``text``, plus its link hosts, address domains and money/shouting punctuation."""
+        text = text[: self.settings.max_text_chars]
+        for match in _URL.finditer(text):
+            if len(self.hosts) >= self.settings.max_hosts:
+                break
+            self.add_host(_unspace(match.group(1)) + (match.group(2) or ""))
+        self.tokens.extend(f"email:dom:{registrable_domain(d)}" for d in sorted(set(_EMAIL.findall(text))))
+        self.tokens.extend(f"punct:{p}" for p in sorted(set(_PUNCT.findall(text))))
+        self.add_words(text)
+
+    def add_text_object(self, obj: ContentObject) -> None:
+        if obj.charset:
+            self.tokens.append(f"mime:charset:{obj.charset.lower()[:40]}")
+        text = obj.text()[: self.settings.max_text_chars]
+        if obj.declared_type != "text/html":
+            self.add_text(text)
+            return
+        page = html_to_text(text)
+        self.tokens.extend(f"html:tag:{tag}" for tag in sorted(page.tags))
+        self.tokens.extend(f"html:trick:{trick}" for trick in sorted(page.tricks))
+        for href, anchor in page.links[: self.settings.max_hosts]:
+            host = _href_host(href)
+            if host:
+                self.add_host(host)
+                shown = _URL.search(anchor[:300])
+                if shown and registrable_domain(_unspace(shown.group(1))) != registrable_domain(host.lstrip("@")):
+                    self.tokens.append("url:shown-differs")
+            elif href[:7].lower() == "mailto:":
+                self.tokens.append("url:mailto")
+        sources = {_href_host(src) for src in page.sources[: self.settings.max_hosts]}
+        self.tokens.extend(f"html:src:{registrable_domain(h.lstrip('@'))}" for h in sorted(sources) if h)
+        self.tokens.append(f"html:links:{_bucket(len(page.links))}")
+        self.add_text(page.text)
+
+    def finish(self) -> list[str]:
+        out = self.tokens
+        for host in self.hosts:
+            out.extend(_host_tokens(host))
+        words = self.words
+        out.extend(words)
+        if self.settings.bigrams:
+            out.extend(f"{a} {b}" for a, b in zip(words, words[1:]))
+        out.append(f"len:{_bucket(len(words))}")
+        return out
+
+
+def words_of(text: str, limit: int = 1 << 30) -> list[str]:
+    """Up to ``limit`` words: NFKC, case-folded, invisible characters dropped, numbers and long
+    runs generalised, CJK (written without spaces) split into character pairs."""
+    text = _INVISIBLE.sub("", unicodedata.normalize("NFKC", text[: _CHARS_PER_WORD * limit])).casefold()
+    out: list[str] = []
+    for match in _WORD.finditer(text):
+        word = match.group()
+        if len(word) < 2:
+            continue
+        if word.isdigit():
+            out.append(word if len(word) <= 4 else f"num:{min(len(word), 12)}")
+        elif _CJK.search(word):
+            out.extend(word[i:i + 2] for i in range(min(len(word) - 1, _CJK_PAIRS)))
+        elif len(word) > 20:
+            out.append("shape:longword")
+        else:
+            out.append(word)
+        if len(out) >= limit:
+            break
+    return out[:limit]
+
+
+def registrable_domain(host: str) -> str:
+    """A cheap eTLD+1 ("mail.ebay.co.uk" -> "ebay.co.uk"); no public suffix list on purpose."""
+    labels = [label for label in host.lower().strip(".").split(".") if label]
+    if len(labels) <= 2:
+        return ".".join(labels)
+    keep = 3 if len(labels[-1]) == 2 and len(labels[-2]) <= _SHORT_SLD else 2
+    return ".".join(labels[-keep:])
+
+
+def _header_tokens(message: ParsedMessage) -> Iterable[str]:
+    subject = message.subject
+    for word in words_of(subject):
+        yield f"subject:{word}"
+    if subject and sum(c.isupper() for c in subject) > 0.6 * max(1, sum(c.isalpha() for c in subject)):
+        yield "subject:shape:caps"
+    if "!!" in subject or "$" in subject:
+        yield "subject:shape:money-or-shout"
+
+    sender = message.header("from")
+    sender_domain = _domain_of(sender)
+    if sender:
+        yield f"from:dom:{registrable_domain(sender_domain)}" if sender_domain else "from:no-domain"
+        name = sender.split("<", 1)[0]
+        for word in words_of(name):
+            yield f"from:name:{word}"
+        if "@" in name and sender_domain and sender_domain not in name.lower():
+            yield "from:name-has-other-address"
+    reply_to = _domain_of(message.header("reply-to"))
+    if reply_to:
+        yield f"replyto:dom:{registrable_domain(reply_to)}"
+        if sender_domain and registrable_domain(reply_to) != registrable_domain(sender_domain):
+            yield "replyto:other-domain"
+    for field in ("x-mailer", "user-agent"):
+        value = message.header(field)
+        if value:
+            for word in words_of(value)[:4]:
+                yield f"mailer:{word}"
+    present = {name.lower() for name, _ in message.headers}
+    for name in sorted(present & _PRESENCE_HEADERS):
+        yield f"header:has:{name}"
+    for name in ("precedence", "x-priority", "importance"):
+        value = message.header(name).strip().lower()[:12]
+        if value:
+            yield f"header:{name}:{value.split()[0]}"
+    msgid_domain = _domain_of(message.header("message-id"))
+    if msgid_domain:
+        yield f"msgid:dom:{registrable_domain(msgid_domain)}"
+        if sender_domain and registrable_domain(msgid_domain) != registrable_domain(sender_domain):
+            yield "msgid:other-domain"
+    content_type = message.header("content-type").split(";", 1)[0].strip().lower()
+    if content_type:
+        yield f"mime:root:{content_type[:60]}"
+    for charset in sorted(set(_ENCODED_WORD_CHARSET.findall(message.raw_headers[:65536]))):
+        yield f"header:charset:{charset.decode('ascii').lower()}"
+
+
+def _domain_of(address: str) -> str:
+    match = None
+    for match in _ADDRESS_DOMAIN.finditer(address):
+        pass
+    return match.group(1).lower().strip(".") if match else ""
+
+
+def _href_host(href: str) -> str:
+    match = _HREF_HOST.match(href)
+    if not match:
+        return ""
+    host = match.group(1).rsplit("@", 1)
+    return ("@" if len(host) == 2 else "") + host[-1].lower()
+
+
+def _host_tokens(host: str) -> list[str]:
+    """Evidence from one link target: its domain, TLD, and tricks (raw IP, userinfo, port)."""
+    out = []
+    if host.startswith("@"):
+        out.append("url:userinfo")
+        host = host[1:]
+    host, _, port = host.partition(":")
+    host = host.strip(".").lower()
+    if port:
+        out.append("url:port")
+    if _IPV4.match(host) or host.startswith("["):
+        return out + ["url:ip"]
+    if not host or "." not in host:
+        return out
+    out.append(f"url:dom:{registrable_domain(host)}")
+    out.append(f"url:tld:{host.rsplit('.', 1)[1][:24]}")
+    return out
+
+
+def _unspace(host: str) -> str:
+    """Join a host written with spaces ("www . x . com . next"), ending it at the first generic TLD:
+    pre-tokenised text puts the same " . " between a host and the next sentence."""
+    if " " not in host:
+        return host
+    labels = [label for label in host.replace(" ", "").split(".") if label]
+    for i, label in enumerate(labels[1:], 2):
+        if label in _GENERIC_TLDS:
+            return ".".join(labels[:i])
+    return ".".join(labels)
+
+
+def _attachment_tokens(obj: ContentObject) -> list[str]:
+    out = [f"att:type:{obj.declared_type[:60]}"]
+    for name in obj.names:
+        stem, dot, ext = name.lower().rpartition(".")
+        if dot and stem and 0 < len(ext) <= 8:
+            out.append(f"att:ext:{ext}")
+    return out
+
+
+def _bucket(n: int) -> int:
+    """Logarithmic size class: 0, 1, 2-3, 4-7, …"""
+    return 0 if n <= 0 else 1 + int(math.log2(n))

@@ -1,0 +1,153 @@
+"""Model artifacts: round trip, checksums, versions, confinement to the model directory, atomic writes."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from models_support import HAM_LINES, SPAM_LINES, message, small_model, tokens
+
+from mailward.errors import ArtifactError
+from mailward.models.artifact import SIDECAR, load_artifact, save_artifact
+
+
+@pytest.fixture(scope="module")
+def model():
+    return small_model()
+
+
+@pytest.fixture
+def saved(model, tmp_path):
+    return save_artifact(model, tmp_path), tmp_path
+
+
+def edit_sidecar(directory, **changes):
+    path = directory / SIDECAR
+    meta = json.loads(path.read_text())
+    meta.update(changes)
+    path.write_text(json.dumps(meta))
+    return meta
+
+
+def test_round_trip_scores_identically(model, saved):
+    written, directory = saved
+    loaded = load_artifact(directory / SIDECAR, directory)
+    assert loaded.version == written.version and written.version.startswith("nb-")
+    assert loaded.class_counts == model.class_counts
+    assert loaded.combiner == model.combiner and loaded.features == model.features
+    before, after = written.scorer(), loaded.scorer()
+    for line in HAM_LINES[:2] + SPAM_LINES[:2]:
+        t = tokens(message("x", line))
+        assert after.assess_tokens(t) == before.assess_tokens(t)
+    assert after.assess_tokens(tokens(message("x", SPAM_LINES[0]))).model_version == written.version
+
+
+def test_sidecar_describes_the_model(saved):
+    written, directory = saved
+    meta = json.loads((directory / SIDECAR).read_text())
+    assert meta["model_version"] == written.version
+    assert (directory / meta["artifact"]).stat().st_size == meta["size"]
+    assert meta["features"]["n_features"] == 2 ** 12 and meta["features"]["tokenizer"]["bigrams"] is True
+    assert meta["naive_bayes"] == {"variant": "MultinomialNB", "alpha": 0.3}
+    assert meta["class_counts"] == {"ham": 24, "spam": 24}
+    assert meta["training_data"]["calibration"]["held_out"] > 0
+    assert {"sha256", "sklearn_version", "format_version", "combiner"} <= meta.keys()
+
+
+def test_same_model_same_payload(model, tmp_path):
+    a = save_artifact(model, tmp_path / "a")
+    b = save_artifact(small_model(), tmp_path / "b")
+    assert a.version == b.version
+
+
+def test_corrupt_payload_is_refused(saved):
+    _, directory = saved
+    payload = directory / json.loads((directory / SIDECAR).read_text())["artifact"]
+    data = bytearray(payload.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    payload.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="sha256 does not match"):
+        load_artifact(directory / SIDECAR, directory)
+
+
+def test_payload_that_is_not_a_model_is_refused_even_with_matching_checksum(saved):
+    import hashlib
+
+    _, directory = saved
+    junk = b"not a joblib file"
+    (directory / "junk.joblib").write_bytes(junk)
+    edit_sidecar(directory, artifact="junk.joblib", sha256=hashlib.sha256(junk).hexdigest())
+    with pytest.raises(ArtifactError, match="unreadable payload"):
+        load_artifact(directory / SIDECAR, directory)
+
+
+@pytest.mark.parametrize("changes, message_part", [
+    ({"format_version": 99}, "format version 99"),
+    ({"sklearn_version": "0.24.2"}, "built with scikit-learn 0.24.2"),
+    ({"kind": "something-else"}, "not a Mailward spam model"),
+])
+def test_version_mismatch_is_refused(saved, changes, message_part):
+    _, directory = saved
+    edit_sidecar(directory, **changes)
+    with pytest.raises(ArtifactError, match=message_part):
+        load_artifact(directory / SIDECAR, directory)
+
+
+def test_other_tokenizer_or_hashing_is_refused(saved):
+    _, directory = saved
+    meta = json.loads((directory / SIDECAR).read_text())
+    features = dict(meta["features"], tokenizer=dict(meta["features"]["tokenizer"], version=0))
+    edit_sidecar(directory, features=features)
+    with pytest.raises(ArtifactError, match="tokenizer version 0"):
+        load_artifact(directory / SIDECAR, directory)
+    edit_sidecar(directory, features=dict(meta["features"], hash_probe=[1, 2, 3, 4]))
+    with pytest.raises(ArtifactError, match="feature hashing"):
+        load_artifact(directory / SIDECAR, directory)
+
+
+def test_nothing_is_loaded_from_outside_the_model_directory(saved, tmp_path_factory):
+    _, directory = saved
+    meta = json.loads((directory / SIDECAR).read_text())
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    (elsewhere / "x.joblib").write_bytes((directory / meta["artifact"]).read_bytes())
+    for name in ("../x.joblib", f"{elsewhere}/x.joblib", ".hidden.joblib"):
+        edit_sidecar(directory, artifact=name)
+        with pytest.raises(ArtifactError, match="plain file name"):
+            load_artifact(directory / SIDECAR, directory)
+    (directory / "link.joblib").symlink_to(elsewhere / "x.joblib")
+    edit_sidecar(directory, artifact="link.joblib")
+    with pytest.raises(ArtifactError, match="outside the model directory"):
+        load_artifact(directory / SIDECAR, directory)
+    edit_sidecar(directory, artifact=meta["artifact"])
+    with pytest.raises(ArtifactError, match="outside the model directory"):
+        load_artifact(directory / SIDECAR, elsewhere)
+
+
+def test_unreadable_sidecars_are_refused(tmp_path):
+    with pytest.raises(ArtifactError, match="cannot read"):
+        load_artifact(tmp_path / SIDECAR, tmp_path)
+    (tmp_path / SIDECAR).write_text("{ not json")
+    with pytest.raises(ArtifactError, match="not a JSON sidecar"):
+        load_artifact(tmp_path / SIDECAR, tmp_path)
+
+
+def test_saving_replaces_atomically_and_leaves_no_temporary_files(model, saved):
+    _, directory = saved
+    before = os.stat(directory / SIDECAR).st_ino
+    save_artifact(model, directory)
+    assert os.stat(directory / SIDECAR).st_ino != before       # renamed into place, not rewritten
+    assert not [p for p in directory.iterdir() if p.name.startswith(".")]
+
+
+def test_a_model_without_both_classes_is_not_saved(tmp_path):
+    from mailward.training.trainer import Trainer
+    from models_support import SMALL, corpus
+
+    trainer = Trainer(SMALL, 0.3)
+    ham = [t for _, t, label in corpus(1) if label == "ham"]
+    trainer.learn(ham, ["ham"] * len(ham))
+    from mailward.models.artifact import TrainedModel
+
+    with pytest.raises(ArtifactError, match="at least one ham and one spam"):
+        save_artifact(TrainedModel(trainer.nb, SMALL), tmp_path)
