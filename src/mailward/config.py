@@ -137,6 +137,16 @@ class ModelSettings:
 
 
 @dataclass(frozen=True)
+class LearningSettings:
+    """Offline training: the label ledger, and when a candidate model may replace the live one."""
+
+    ledger: str = ""                   # SQLite label ledger; default <state_dir>/ledger.sqlite
+    evaluation_set: str = ""           # labelled set (any SET form) promotions are checked on
+    max_auc_drop: float = 0.002        # promotion refuses a candidate whose ROC AUC is lower by more...
+    max_fp_rate_rise: float = 0.001    # ...or whose ham false-positive rate is higher by more, unless forced
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     level: str = "info"
     file: str = ""                     # JSON lines; empty = standard error
@@ -273,6 +283,7 @@ class Settings:
     signatures: SignatureSettings = SignatureSettings()
     limits: LimitSettings = LimitSettings()
     model: ModelSettings = ModelSettings()
+    learning: LearningSettings = LearningSettings()
     logging: LoggingSettings = LoggingSettings()
     reputation: ReputationSettings = ReputationSettings()
     incidents: IncidentSettings = IncidentSettings()

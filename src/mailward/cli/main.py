@@ -12,7 +12,7 @@ import sys
 from ..config import Settings, load_settings
 from ..errors import ConfigError, MailwardError
 from ..logs import configure_logging
-from . import block, config, quarantine, rules, scan, watch_auth
+from . import block, config, model, quarantine, rules, scan, train, watch_auth
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     rules.register(commands)
     block.register(commands)
     watch_auth.register(commands)
+    train.register(commands)
+    model.register(commands)
     return parser
 
 

@@ -1,0 +1,238 @@
+"""The label ledger: every label analysts gave, append-only, with the message bytes it labels.
+
+One SQLite file in the state directory. Each entry says who (analyst), where
+from (a set, the quarantine, a user report), when, and which message (the
+sha256 of its exact bytes) got which class (ham or spam). Entries are never
+changed or removed (triggers refuse it); a later entry for the same digest
+supersedes the earlier one as that message's *current* label. A label equal to
+the message's current one is not appended at all.
+
+The bytes are kept here, compressed, because the quarantine purges its copy and
+a rebuild must be able to read every labelled message again. Models remember the
+last entry they reflect (``seq``), so ``mailward train update`` learns exactly
+what came after it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+import zlib
+from contextlib import closing
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Callable, Iterator
+
+from ..config import Settings
+from ..errors import MailwardError
+
+CLASSES = ("ham", "spam")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS labels (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    digest TEXT NOT NULL,
+    label TEXT NOT NULL CHECK (label IN ('ham', 'spam')),
+    source TEXT NOT NULL,
+    analyst TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS labels_digest ON labels (digest, seq);
+CREATE TABLE IF NOT EXISTS messages (digest TEXT PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS marks (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TRIGGER IF NOT EXISTS labels_append_only_update BEFORE UPDATE ON labels
+    BEGIN SELECT RAISE(ABORT, 'the label ledger is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS labels_append_only_delete BEFORE DELETE ON labels
+    BEGIN SELECT RAISE(ABORT, 'the label ledger is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS messages_keep BEFORE DELETE ON messages
+    BEGIN SELECT RAISE(ABORT, 'labelled messages are kept'); END;
+"""
+
+
+class LedgerError(MailwardError):
+    """The ledger file cannot be opened or written."""
+
+
+class LabelOutcome(str, Enum):
+    NEW = "new"              # first label for this message
+    CHANGED = "changed"      # the message had the other label until now
+    REPEATED = "repeated"    # same as its current label: not appended
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    seq: int
+    digest: str
+    label: str
+    source: str
+    analyst: str
+    at: float
+
+
+@dataclass(frozen=True)
+class Change:
+    """What entries after a model's ``seq`` mean for that model, per message."""
+
+    digest: str
+    before: str | None       # the label the model learned, None if it never saw the message
+    after: str               # the current label
+
+
+def ledger_path(settings: Settings) -> Path:
+    return settings.state_path(settings.learning.ledger, "ledger.sqlite")
+
+
+def digest_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Ledger:
+    """The SQLite ledger; use as a context manager. ``record`` calls batch into one transaction each."""
+
+    def __init__(self, path: str | Path, clock: Callable[[], float] = time.time):
+        self.path = Path(path)
+        self._clock = clock
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise LedgerError(f"{self.path}: cannot open the label ledger ({exc})") from None
+        self._in_batch = False
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> "Ledger":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def batch(self) -> "_Batch":
+        """Group many records into one transaction (thousands per second instead of dozens)."""
+        return _Batch(self)
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def record(self, data: bytes, label: str, source: str, analyst: str) -> tuple[str, LabelOutcome]:
+        """Append ``label`` for the message ``data`` unless it already is its current label."""
+        if label not in CLASSES:
+            raise LedgerError(f"label must be one of {', '.join(CLASSES)}, not {label!r}")
+        digest = digest_of(data)
+        with self._write():
+            current = self.current_label(digest)
+            if current == label:
+                return digest, LabelOutcome.REPEATED
+            if current is None:
+                self._db.execute("INSERT OR IGNORE INTO messages (digest, data) VALUES (?, ?)",
+                                 (digest, zlib.compress(data, 6)))
+            self._db.execute("INSERT INTO labels (digest, label, source, analyst, at) VALUES (?, ?, ?, ?, ?)",
+                             (digest, label, source, analyst, self._clock()))
+        return digest, LabelOutcome.NEW if current is None else LabelOutcome.CHANGED
+
+    def set_mark(self, name: str, value: int) -> None:
+        with self._write():
+            self._db.execute("INSERT INTO marks (name, value) VALUES (?, ?) "
+                             "ON CONFLICT (name) DO UPDATE SET value = excluded.value", (name, value))
+
+    def _write(self):
+        return _NoTransaction() if self._in_batch else _Batch(self)
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def mark(self, name: str) -> int:
+        row = self._db.execute("SELECT value FROM marks WHERE name = ?", (name,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def last_seq(self) -> int:
+        return int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM labels").fetchone()[0])
+
+    def current_label(self, digest: str, upto: int | None = None) -> str | None:
+        row = self._db.execute("SELECT label FROM labels WHERE digest = ? AND seq <= ? ORDER BY seq DESC LIMIT 1",
+                               (digest, _upto(upto))).fetchone()
+        return row[0] if row else None
+
+    def entries(self, after: int = 0, upto: int | None = None) -> list[LedgerEntry]:
+        rows = self._db.execute("SELECT seq, digest, label, source, analyst, at FROM labels "
+                                "WHERE seq > ? AND seq <= ? ORDER BY seq", (after, _upto(upto))).fetchall()
+        return [LedgerEntry(*row) for row in rows]
+
+    def changes(self, after: int, upto: int) -> Iterator[Change]:
+        """Per message labelled in ``(after, upto]``: its label as of ``after`` and as of ``upto``.
+
+        Messages whose label went back to what it was are left out: nothing changed for the model.
+        """
+        rows = self._db.execute("""
+            SELECT l.digest,
+                   (SELECT label FROM labels p WHERE p.digest = l.digest AND p.seq <= ? ORDER BY p.seq DESC LIMIT 1),
+                   l.label
+            FROM labels l JOIN (SELECT digest, MAX(seq) AS last FROM labels WHERE seq > ? AND seq <= ?
+                                GROUP BY digest) m ON l.seq = m.last
+            ORDER BY l.seq""", (after, after, upto))
+        for digest, before, now in rows:
+            if before != now:
+                yield Change(digest, before, now)
+
+    def current_labels(self, upto: int | None = None) -> Iterator[tuple[str, str]]:
+        """``(digest, label)`` of every labelled message as of ``upto``, streamed in order of first label."""
+        with closing(self._reader()) as db:
+            yield from db.execute("""
+                SELECT l.digest, (SELECT label FROM labels c WHERE c.digest = l.digest AND c.seq <= ?
+                                  ORDER BY c.seq DESC LIMIT 1)
+                FROM labels l WHERE l.seq <= ? AND l.seq = (SELECT MIN(seq) FROM labels f WHERE f.digest = l.digest)
+                ORDER BY l.seq""", (_upto(upto), _upto(upto)))
+
+    def message(self, digest: str) -> bytes:
+        row = self._db.execute("SELECT data FROM messages WHERE digest = ?", (digest,)).fetchone()
+        if row is None:
+            raise LedgerError(f"{self.path}: no message {digest}")
+        return zlib.decompress(row[0])
+
+    def counts(self, upto: int | None = None) -> dict[str, int]:
+        """Messages per current label."""
+        out = dict.fromkeys(CLASSES, 0)
+        for _, label in self.current_labels(upto):
+            out[label] += 1
+        return out
+
+    def _reader(self) -> sqlite3.Connection:
+        """A second connection for long streams, so writes on the main one do not disturb them."""
+        return sqlite3.connect(self.path, timeout=60.0)
+
+
+def _upto(upto: int | None) -> int:
+    return upto if upto is not None else 2 ** 62
+
+
+class _Batch:
+    def __init__(self, ledger: Ledger):
+        self.ledger = ledger
+
+    def __enter__(self) -> Ledger:
+        try:
+            self.ledger._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise LedgerError(f"{self.ledger.path}: cannot write ({exc})") from None
+        self.ledger._in_batch = True
+        return self.ledger
+
+    def __exit__(self, exc_type, *rest) -> None:
+        self.ledger._in_batch = False
+        try:
+            self.ledger._db.execute("ROLLBACK" if exc_type else "COMMIT")
+        except sqlite3.Error as exc:
+            if exc_type is None:
+                raise LedgerError(f"{self.ledger.path}: cannot write ({exc})") from None
+
+
+class _NoTransaction:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc) -> None:
+        return None

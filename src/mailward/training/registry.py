@@ -1,0 +1,214 @@
+"""The model registry in the model directory: candidates, the live model, promotion and rollback.
+
+Layout of ``settings.model_dir`` (the directory the milter's loader watches)::
+
+    spam.json -> versions/nb-1a2b3c4d5e6f/spam.json     the live model (a relative symlink)
+    versions/<version>/spam.json, spam-<sha>.joblib      every model trained or ever live
+    promotions.jsonl                                     who made what live, when, on which evaluation
+
+The loader reads ``spam.json`` through the link (both files stay inside the model
+directory, as it requires) and notices a promotion because the sidecar it stats
+is then another file. Promotion writes a new link beside the old one and renames
+it over ``spam.json``: one atomic rename, so every reader sees the old model or
+the new one. A ``spam.json`` that is a plain file (written by hand or by
+``build_default``) is first copied into ``versions/`` so that it can be rolled back to.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from ..config import Settings
+from ..errors import ArtifactError, MailwardError
+from ..models.artifact import SHIPPED_DIR, SIDECAR, TrainedModel, load_artifact, read_sidecar, save_artifact
+
+VERSIONS = "versions"
+HISTORY = "promotions.jsonl"
+SHIPPED = "shipped"        # how history and listings name the model shipped in the package
+
+
+class RegistryError(MailwardError):
+    """No such version, or nothing to roll back to."""
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: str
+    created: float
+    class_counts: dict
+    training_data: dict
+    live: bool
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """One line of the promotion history."""
+
+    action: str           # promote | rollback
+    version: str
+    previous: str         # the version live before ("" if none)
+    actor: str
+    at: float
+    evaluation: dict      # the check it passed (or "forced")
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class Registry:
+    """``shipped_dir`` None: the package's model is never live (``model.shipped_model = false``)."""
+
+    def __init__(self, model_dir: str | Path, shipped_dir: Path | None = SHIPPED_DIR):
+        self.root = Path(model_dir)
+        self.versions_dir = self.root / VERSIONS
+        self.live_link = self.root / SIDECAR
+        self.shipped_dir = shipped_dir
+
+    @classmethod
+    def of(cls, settings: Settings) -> "Registry":
+        return cls(settings.model_dir, SHIPPED_DIR if settings.model.shipped_model else None)
+
+    # -- candidates ------------------------------------------------------------------------------
+
+    def add(self, model: TrainedModel) -> TrainedModel:
+        """Save a trained model as a candidate version (not live); returns it with its version."""
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".candidate-", dir=self.versions_dir))
+        try:
+            saved = save_artifact(model, staging)
+            target = self.versions_dir / saved.version
+            if not target.exists():
+                os.rename(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return saved
+
+    def load(self, version: str) -> TrainedModel:
+        if version == SHIPPED and self._has_shipped():
+            return load_artifact(self.shipped_dir / SIDECAR, self.shipped_dir)
+        return load_artifact(self._sidecar(version), self.root)
+
+    def versions(self) -> list[VersionInfo]:
+        live = self.live_version()
+        out = []
+        for sidecar in sorted(self.versions_dir.glob(f"*/{SIDECAR}")):
+            try:
+                meta = read_sidecar(sidecar)
+            except ArtifactError:
+                continue
+            out.append(VersionInfo(sidecar.parent.name, sidecar.stat().st_mtime, meta.get("class_counts", {}),
+                                   meta.get("training_data", {}), sidecar.parent.name == live))
+        return sorted(out, key=lambda v: v.created)
+
+    # -- the live model --------------------------------------------------------------------------
+
+    def live_version(self) -> str:
+        """The version the milter loads: from the link, a plain sidecar, or ``shipped`` ("" = none)."""
+        if self.live_link.is_symlink() or self.live_link.exists():
+            try:
+                return str(read_sidecar(self.live_link.resolve())["model_version"])
+            except ArtifactError:
+                return ""
+        return SHIPPED if self._has_shipped() else ""
+
+    def live(self) -> TrainedModel:
+        """The live model as the milter's loader picks it."""
+        if self.live_link.exists():
+            return load_artifact(self.live_link, self.root)
+        if self._has_shipped():
+            return self.load(SHIPPED)
+        raise ArtifactError(f"{self.live_link}: no live spam model")
+
+    def promote(self, version: str, actor: str, evaluation: dict, action: str = "promote") -> Promotion:
+        """Make ``version`` live with one atomic rename, and record it."""
+        with self._lock():
+            previous = self._register_live()
+            if version == SHIPPED and self._has_shipped():
+                version = self._import(self.shipped_dir / SIDECAR, self.shipped_dir)
+            sidecar = self._sidecar(version)
+            load_artifact(sidecar, self.root)        # never link a model the loader would refuse
+            link = self.root / f".{SIDECAR}.{os.getpid()}.link"
+            link.unlink(missing_ok=True)
+            os.symlink(sidecar.relative_to(self.root), link)
+            os.replace(link, self.live_link)
+            _fsync_dir(self.root)
+            record = Promotion(action, version, previous, actor, time.time(), evaluation)
+            with open(self.root / HISTORY, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record.as_dict(), sort_keys=True) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+        return record
+
+    def rollback_target(self) -> str:
+        """The version that was live before the current one was promoted."""
+        current = self.live_version()
+        for entry in reversed(self.history()):
+            if entry.action == "promote" and entry.version == current:
+                if not entry.previous:
+                    break
+                return entry.previous
+        raise RegistryError(f"{self.root}: nothing to roll back to from {current or 'no model'}")
+
+    def history(self) -> list[Promotion]:
+        try:
+            lines = (self.root / HISTORY).read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        return [Promotion(**json.loads(line)) for line in lines if line.strip()]
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _has_shipped(self) -> bool:
+        return self.shipped_dir is not None and (self.shipped_dir / SIDECAR).exists()
+
+    def _sidecar(self, version: str) -> Path:
+        if not version or "/" in version or version.startswith("."):
+            raise RegistryError(f"not a model version: {version!r}")
+        sidecar = self.versions_dir / version / SIDECAR
+        if not sidecar.exists():
+            raise RegistryError(f"{self.root}: no model version {version} (see `mailward model list`)")
+        return sidecar
+
+    def _register_live(self) -> str:
+        """The live version's name, copying a live model that is not in ``versions/`` into it."""
+        if self.live_link.is_symlink():
+            return self.live_version()
+        if self.live_link.exists():
+            return self._import(self.live_link, self.root)
+        return ""
+
+    def _import(self, sidecar: Path, root: Path) -> str:
+        model = load_artifact(sidecar, root)
+        target = self.versions_dir / model.version
+        if not target.exists():
+            meta = read_sidecar(sidecar)
+            self.versions_dir.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".import-", dir=self.versions_dir))
+            shutil.copy2(sidecar.parent / meta["artifact"], staging / meta["artifact"])
+            shutil.copy2(sidecar, staging / SIDECAR)
+            os.rename(staging, target)
+        return model.version
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".registry.lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            yield
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

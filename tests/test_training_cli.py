@@ -1,0 +1,143 @@
+"""`mailward train` and `mailward model`, in process, on the fixture sets: from labelled mail to a
+promoted, evaluated model and back."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from conftest import require
+from mailward.quarantine import Actor, Label
+from mailward.quarantine.sqlite import SqliteStore
+from quarantine_support import envelope, spam_case
+from training_support import FIXTURES, config, copy_fixtures, run, run_json
+
+FIGURES = {"n", "auc", "fp_rate", "fn_rate"}
+
+
+@pytest.fixture
+def state(tmp_path):
+    return tmp_path / "state"
+
+
+def train(state, *sets: str) -> str:
+    report = run_json(state, "train", *sets)
+    assert report["candidate"], report
+    return report["candidate"]
+
+
+def test_train_evaluate_promote_and_roll_back(state, tmp_path):
+    layout = str(FIXTURES / "layout")
+    report = run_json(state, "train", layout)
+    assert report["recorded"] == {"new": 11} and report["rebuilt"]
+    assert report["class_counts"] == {"ham": 5, "spam": 6}
+    first = report["candidate"]
+
+    code, out = run(state, "model", "evaluate", layout)
+    assert code == 1 or "no live" in out              # nothing is live before a promotion
+    figures = run_json(state, "model", "evaluate", layout, "--model", first, "--plot", str(tmp_path / "e.png"))
+    assert FIGURES <= figures.keys() and figures["n"] == 11
+    assert figures["auc"] == 1.0 and figures["fp_rate"] == 0.0     # it learned exactly these
+    assert sum(figures["confusion"]["spam"].values()) == 6
+    assert (tmp_path / "e.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    code, out = run(state, "model", "promote", first)
+    assert code == 3 and "no evaluation set" in out   # never live unevaluated without --force
+    code, out = run(state, "model", "promote", first, "--on", layout)
+    assert code == 0 and f"promoted {first}" in out
+    assert run_json(state, "model", "list")["live"] == first
+
+    more = [str(FIXTURES / "reports-spam.mbox"), str(FIXTURES / "maildir/ham")]
+    update = run_json(state, "train", "--update", *more)
+    assert (update["learned"], update["relabelled"], update["rebuilt"]) == (6, 0, False)
+    second = update["candidate"]
+    compared = run_json(state, "model", "compare", second, str(FIXTURES / "list.tsv"))
+    assert FIGURES <= compared.keys() and compared["n"] == 5
+    assert compared["live"]["model"] == first and compared["candidate"]["model"] == second
+    assert run(state, "model", "promote", second, "--on", str(FIXTURES / "list.tsv"))[0] == 0
+
+    code, out = run(state, "model", "rollback")
+    assert code == 0 and f"rolled back to {first}" in out
+    listing = run_json(state, "model", "list")
+    assert listing["live"] == first
+    assert [h["action"] for h in listing["history"]] == ["promote", "promote", "rollback"]
+
+
+def test_promotion_refuses_a_worse_candidate_unless_forced(state, tmp_path):
+    sets = copy_fixtures(tmp_path)
+    good = train(state, str(sets / "layout"))
+    assert run(state, "model", "promote", good, "--on", str(sets / "layout"))[0] == 0
+    # An analyst mix-up: the same mail labelled the other way round, in a fresh ledger.
+    other = tmp_path / "other" / "state"
+    (sets / "layout" / "ham").rename(sets / "layout" / "was-h")
+    (sets / "layout" / "spam").rename(sets / "layout" / "ham")
+    (sets / "layout" / "was-h").rename(sets / "layout" / "spam")
+    bad = train(other, str(sets / "layout"))
+    shutil.copytree(other / "models" / "versions" / bad, state / "models" / "versions" / bad)
+
+    evaluation_set = str(FIXTURES / "layout")
+    config(state, f'[learning]\nevaluation_set = "{evaluation_set}"\n')
+    code, out = run(state, "model", "promote", bad)
+    assert code == 3 and "worse than live" in out and "ROC AUC" in out
+    assert run_json(state, "model", "list")["live"] == good
+    code, out = run(state, "model", "promote", bad, "--force")
+    assert code == 0 and "forced past" in out
+    assert run_json(state, "model", "list")["live"] == bad
+
+
+def test_train_update_learns_quarantine_labels_and_relabels(state):
+    first = train(state, str(FIXTURES / "layout"))
+    assert run(state, "model", "promote", first, "--force")[0] == 0
+    store = SqliteStore(state / "quarantine")
+    analyst = Actor("ann", "host")
+    raw = [(FIXTURES / "reports-spam.mbox").read_bytes().split(b"\nFrom ")[0].split(b"\n", 1)[1],
+           (FIXTURES / "layout/ham/02.eml").read_bytes()]
+    ids = [store.put(r, envelope(), *spam_case()) for r in raw]
+    store.record_label(ids[0], Label.SPAM, analyst)     # confirmed as spam: new to the model
+    store.record_label(ids[1], Label.SPAM, analyst)     # learned as ham before: a changed label
+    store.close()
+
+    report = run_json(state, "train", "update")
+    assert report["quarantine"] == {"new": 1, "changed": 1}
+    assert (report["learned"], report["relabelled"]) == (1, 1)
+    assert report["class_counts"] == {"ham": 4, "spam": 8}
+    assert report["lineage"]["base"] == ""
+
+    assert run(state, "model", "promote", report["candidate"], "--force")[0] == 0
+    again = run_json(state, "train", "update")
+    assert again["candidate"] is None and again["quarantine"] == {}
+    rebuilt = run_json(state, "train", "update", "--rebuild")
+    assert rebuilt["rebuilt"] and rebuilt["class_counts"] == {"ham": 4, "spam": 8}
+
+
+def test_record_only_keeps_user_reports_for_the_next_update(state):
+    first = train(state, str(FIXTURES / "layout"))
+    run(state, "model", "promote", first, "--force")
+    report = run_json(state, "train", "--record-only", "--source", "user-report", "--analyst", "carol",
+                      f"spam:{FIXTURES / 'maildir/ham/cur/1700000001.M1P1.host:2,S'}")
+    assert report["recorded"] == {"new": 1} and report["candidate"] is None
+    again = run_json(state, "train", "--record-only", f"spam:{FIXTURES / 'maildir/ham/cur/1700000001.M1P1.host:2,S'}")
+    assert again["recorded"] == {"repeated": 1}
+    update = run_json(state, "train", "update", "--no-quarantine")
+    assert update["learned"] == 1 and update["class_counts"] == {"ham": 5, "spam": 7}
+
+
+def test_replay_with_and_without_bogofilter(state):
+    figures = run_json(state, "model", "replay", str(FIXTURES / "list.tsv"))
+    assert FIGURES <= figures.keys() and figures["n"] == 5
+    assert figures["curve"][-1]["n"] == 5
+    require(shutil.which("bogofilter") is not None, "bogofilter is not installed (scripts/apt-packages.txt)")
+    both = run_json(state, "model", "replay", str(FIXTURES / "layout"), "--bogofilter")
+    assert both["n"] == 11 and FIGURES <= both["bogofilter"].keys() and both["bogofilter"]["n"] == 11
+    assert 0.0 <= both["bogofilter"]["auc"] <= 1.0
+    assert both["bogofilter"]["thresholds"] == {"tag": 0.45, "spam": 0.99}   # its own cutoffs
+
+
+def test_errors_are_reported_not_raised(state):
+    code, _ = run(state, "train", "/nonexistent/set")
+    assert code == 1
+    code, _ = run(state, "model", "promote", "nb-000000000000", "--force")
+    assert code == 1
+    code, _ = run(state, "model", "rollback")
+    assert code == 1

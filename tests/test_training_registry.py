@@ -1,0 +1,86 @@
+"""The registry: candidates, atomic promotion the milter's real loader follows, and rollback."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from mailward.models.artifact import SIDECAR, save_artifact
+from mailward.models.loader import ModelLoader
+from mailward.training.learning import rebuild, record
+from mailward.training.ledger import Ledger
+from mailward.training.registry import Registry, RegistryError
+from mailward.training.sources import read_sets
+from quarantine_support import FakeClock
+from training_support import FIXTURES
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Two trained models: one from the folder layout, one with the mbox and Maildir added."""
+    base = tmp_path_factory.mktemp("trained")
+    registry = Registry(base / "models", shipped_dir=None)
+    with Ledger(base / "ledger.sqlite") as ledger:
+        record(ledger, read_sets([str(FIXTURES / "layout")]), "ann")
+        first = registry.add(rebuild(ledger, registry))
+        record(ledger, read_sets([str(FIXTURES / "reports-spam.mbox"), str(FIXTURES / "maildir/ham")]), "ann")
+        second = registry.add(rebuild(ledger, registry))
+    return base / "models" / "versions", first, second
+
+
+@pytest.fixture
+def registry(tmp_path, models):
+    versions, _, _ = models
+    shutil.copytree(versions, tmp_path / "models" / "versions")
+    return Registry(tmp_path / "models", shipped_dir=None)
+
+
+def test_promotion_is_picked_up_by_the_running_loader_and_rollback_too(registry, models):
+    _, first, second = models
+    registry.promote(first.version, "ann", {"test": True})
+    clock = FakeClock()
+    loader = ModelLoader(registry.root, shipped=False, check_interval=1.0, clock=clock)
+    assert loader.current().version == first.version
+    assert registry.live_link.is_symlink() and registry.live_version() == first.version
+
+    record = registry.promote(second.version, "ann", {"test": True})
+    assert record.previous == first.version
+    clock.now += 2
+    assert loader.current().version == second.version
+
+    assert registry.rollback_target() == first.version
+    registry.promote(first.version, "bob", {"rollback": True}, action="rollback")
+    clock.now += 2
+    assert loader.current().version == first.version
+    assert [h.action for h in registry.history()] == ["promote", "promote", "rollback"]
+    with pytest.raises(RegistryError, match="nothing to roll back"):
+        registry.rollback_target()                  # first was promoted onto nothing
+
+
+def test_a_hand_placed_live_model_is_kept_for_rollback(registry, models, tmp_path):
+    _, first, second = models
+    save_artifact(registry.load(first.version), registry.root)       # a plain spam.json, as build_default writes
+    assert not registry.live_link.is_symlink()
+    shutil.rmtree(registry.versions_dir / first.version)
+    assert registry.live_version() == first.version
+    registry.promote(second.version, "ann", {})
+    assert (registry.versions_dir / first.version / SIDECAR).exists()
+    assert registry.rollback_target() == first.version
+
+
+def test_listing_and_refusals(registry, models):
+    _, first, second = models
+    assert {v.version for v in registry.versions()} == {first.version, second.version}
+    assert registry.live_version() == ""
+    for bad in ("nb-000000000000", "../x", ""):
+        with pytest.raises(RegistryError):
+            registry.promote(bad, "ann", {})
+    assert not registry.live_link.exists()
+
+
+def test_adding_the_same_model_twice_keeps_one_version(registry, models):
+    _, first, _ = models
+    again = registry.add(registry.load(first.version))
+    assert again.version == first.version
+    assert len(list(registry.versions_dir.iterdir())) == 2
