@@ -111,6 +111,19 @@ def test_train_update_learns_quarantine_labels_and_relabels(state):
     assert rebuilt["rebuilt"] and rebuilt["class_counts"] == {"ham": 4, "spam": 8}
 
 
+def test_update_on_top_of_the_shipped_model_keeps_it_as_base(state):
+    config(state, shipped=True)
+    shipped = run_json(state, "model", "list")["live"]
+    assert shipped == "shipped"
+    report = run_json(state, "train", "--update", str(FIXTURES / "layout"))
+    base = report["lineage"]["base"]
+    assert base.startswith("nb-") and report["learned"] == 11
+    versions = {v["version"] for v in run_json(state, "model", "list")["versions"]}
+    assert {base, report["candidate"]} <= versions          # the shipped base is kept in the registry
+    rebuilt = run_json(state, "train", "update", "--no-quarantine", "--rebuild", "--from", report["candidate"])
+    assert rebuilt["candidate"] == report["candidate"]      # base + the same labels: the same counts
+
+
 def test_record_only_keeps_user_reports_for_the_next_update(state):
     first = train(state, str(FIXTURES / "layout"))
     run(state, "model", "promote", first, "--force")

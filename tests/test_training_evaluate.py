@@ -7,7 +7,8 @@ import pytest
 
 from mailward.models.classifier import Combiner, SpamModel, naive_bayes_from_counts
 from mailward.models.features import FeatureSettings
-from mailward.training.evaluate import Scores, Thresholds, measure
+from mailward.models.artifact import SHIPPED_DIR, SIDECAR, load_artifact
+from mailward.training.evaluate import Scores, Thresholds, measure, score_set
 from mailward.training.replay import OnlineNaiveBayes, replay_mailward
 from mailward.training.sources import read_sets
 from mailward.training.trainer import message_tokens
@@ -53,3 +54,11 @@ def test_replay_scores_before_learning():
     assert result.curve[0] == (1, None)
     again = replay_mailward(mails[:1], FeatureSettings(), 0.3, Combiner(), Thresholds(0.5, 0.9))
     assert again.evaluation.confusion["spam"]["unsure"] == 1      # score exactly 0.5
+
+
+def test_tokenizing_in_worker_processes_keeps_order_and_scores():
+    model = load_artifact(SHIPPED_DIR / SIDECAR, SHIPPED_DIR).scorer()
+    [alone] = score_set([model], read_sets([str(FIXTURES / "layout")]))
+    [pooled] = score_set([model], read_sets([str(FIXTURES / "layout")]), jobs=2)
+    assert np.array_equal(alone.score, pooled.score) and np.array_equal(alone.is_spam, pooled.is_spam)
+    assert alone.is_spam.sum() == 6

@@ -69,6 +69,16 @@ def test_a_hand_placed_live_model_is_kept_for_rollback(registry, models, tmp_pat
     assert registry.rollback_target() == first.version
 
 
+def test_keep_live_copies_a_hand_placed_model_into_versions(registry, models):
+    _, first, _ = models
+    save_artifact(registry.load(first.version), registry.root)
+    shutil.rmtree(registry.versions_dir / first.version)
+    assert registry.keep_live() == first.version
+    assert registry.load(first.version).class_counts == first.class_counts
+    with pytest.raises(RegistryError, match="no shipped model"):
+        Registry(registry.root.parent / "empty", shipped_dir=None).keep_live()
+
+
 def test_listing_and_refusals(registry, models):
     _, first, second = models
     assert {v.version for v in registry.versions()} == {first.version, second.version}

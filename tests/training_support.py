@@ -20,11 +20,11 @@ def copy_fixtures(tmp_path: Path) -> Path:
     return target
 
 
-def config(state: Path, text: str = "") -> Path:
-    """A configuration for STATE without the shipped model, so "live" is only what tests promote."""
+def config(state: Path, text: str = "", shipped: bool = False) -> Path:
+    """A configuration for STATE; without the shipped model "live" is only what tests promote."""
     path = state.parent / "mailward.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f'state_dir = "{state}"\n[model]\nshipped_model = false\n{text}')
+    path.write_text(f'state_dir = "{state}"\n[model]\nshipped_model = {str(shipped).lower()}\n{text}')
     return path
 
 

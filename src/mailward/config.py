@@ -144,6 +144,10 @@ class LearningSettings:
     evaluation_set: str = ""           # labelled set (any SET form) promotions are checked on
     max_auc_drop: float = 0.002        # promotion refuses a candidate whose ROC AUC is lower by more...
     max_fp_rate_rise: float = 0.001    # ...or whose ham false-positive rate is higher by more, unless forced
+    autolearn_ham_below: float = 0.01   # `train --autolearn`: unlabelled mail below this score is learned as ham...
+    autolearn_spam_above: float = 0.99  # ...and at or above this as spam
+    autolearn_per_sender: int = 10      # at most this many per From: domain and run (against poisoning)
+    autolearn_max_ratio: float = 3.0    # no class may grow beyond this multiple of the other in the ledger
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
     mailward train SET...            record the sets' labels, rebuild from all current labels
     mailward train --update SET...   record them, then learn only what is new on top of the live model
     mailward train update            import analysts' quarantine labels, learn new ledger entries
+    mailward train --autolearn SET...  unlabelled mail the live model is very sure about, guarded, then update
 
 SET forms: see :mod:`mailward.training.sources` (TSV lists, mbox, Maildir,
 .eml directories, ham/spam/phish folder layouts, ``LABEL:PATH``; a set literally
@@ -33,6 +34,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                    help="with 'update': recompute from the base model and all current labels")
     p.add_argument("--from", dest="start", metavar="VERSION", help="update this version instead of the live one")
     p.add_argument("--record-only", action="store_true", help="only record the labels in the ledger")
+    p.add_argument("--autolearn", action="store_true",
+                   help="the sets are unlabelled: record what the live model is very sure about "
+                        "(learning.autolearn_*), then update")
     p.add_argument("--no-quarantine", action="store_true", help="with 'update': do not import quarantine labels")
     p.add_argument("--split", default="", help="rows of this split only, for lists with a split column")
     p.add_argument("--source", default="", help="what the ledger records as the labels' source (default: path)")
@@ -60,12 +64,19 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                     report["quarantine"] = _outcomes(import_quarantine(ledger, store))
             result = _update(ledger, registry, settings, args)
         else:
-            analyst = Actor.current(args.analyst).name
-            recorded = record(ledger, progress(read_sets(args.sets, args.split), "reading"), analyst, args.source)
+            if args.autolearn:
+                from ..training.autolearn import autolearn
+
+                live = registry.live().scorer()
+                recorded = autolearn(ledger, read_sets(args.sets, args.split, labelled=False), live,
+                                     settings.learning, args.jobs)
+            else:
+                analyst = Actor.current(args.analyst).name
+                recorded = record(ledger, progress(read_sets(args.sets, args.split), "reading"), analyst, args.source)
             report["recorded"] = _outcomes(recorded)
             if args.record_only:
                 result = UpdateResult(None)
-            elif args.update:
+            elif args.update or args.autolearn:
                 result = _update(ledger, registry, settings, args)
             else:
                 model = registry.add(rebuild(ledger, registry, jobs=args.jobs))
@@ -83,8 +94,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 def _update(ledger, registry, settings: Settings, args):
     from ..training.learning import Lineage, UpdateResult, rebuild, update
+    from ..training.registry import SHIPPED
 
-    start = registry.load(args.start) if args.start else registry.live()
+    # The model updated becomes the base of what follows: kept in versions/, past package upgrades too.
+    name = args.start or registry.keep_live()
+    start = registry.load(registry.keep_shipped() if name == SHIPPED else name)
     if args.rebuild:
         base = Lineage.of(start).base
         model = registry.add(rebuild(ledger, registry, base, jobs=args.jobs))

@@ -109,7 +109,8 @@ def regressions(candidate: Evaluation, live: Evaluation, settings: LearningSetti
         problems.append(f"ROC AUC {candidate.auc:.5f} < live {live.auc:.5f} - {settings.max_auc_drop:g}")
     if candidate.fp_rate is not None and live.fp_rate is not None \
             and candidate.fp_rate > live.fp_rate + settings.max_fp_rate_rise:
-        problems.append(f"ham FP rate {candidate.fp_rate:.5f} > live {live.fp_rate:.5f} + {settings.max_fp_rate_rise:g}")
+        problems.append(f"ham FP rate {candidate.fp_rate:.5f} > live {live.fp_rate:.5f} "
+                        f"+ {settings.max_fp_rate_rise:g}")
     return problems
 
 

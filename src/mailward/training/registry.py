@@ -97,6 +97,19 @@ class Registry:
             return load_artifact(self.shipped_dir / SIDECAR, self.shipped_dir)
         return load_artifact(self._sidecar(version), self.root)
 
+    def keep_shipped(self) -> str:
+        """Copy the shipped model into ``versions/`` (a base must outlive package upgrades); its version."""
+        if not self._has_shipped():
+            raise RegistryError("no shipped model (model.shipped_model = false, or none installed)")
+        return self._import(self.shipped_dir / SIDECAR, self.shipped_dir)
+
+    def keep_live(self) -> str:
+        """The live model's version, copied into ``versions/`` if it is not there yet (shipped, hand-placed)."""
+        with self._lock():
+            if self.live_link.exists():
+                return self._register_live()
+        return self.keep_shipped()
+
     def versions(self) -> list[VersionInfo]:
         live = self.live_version()
         out = []
@@ -132,8 +145,8 @@ class Registry:
         """Make ``version`` live with one atomic rename, and record it."""
         with self._lock():
             previous = self._register_live()
-            if version == SHIPPED and self._has_shipped():
-                version = self._import(self.shipped_dir / SIDECAR, self.shipped_dir)
+            if version == SHIPPED:
+                version = self.keep_shipped()
             sidecar = self._sidecar(version)
             load_artifact(sidecar, self.root)        # never link a model the loader would refuse
             link = self.root / f".{SIDECAR}.{os.getpid()}.link"

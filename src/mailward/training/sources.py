@@ -63,9 +63,10 @@ class LabelledSet:
     path: Path
     label: str = ""       # forced by LABEL:PATH or named by the path; "" = per message
     split: str = ""       # only rows of this split (corpus index lists)
+    labelled: bool = True  # False: any mail, labels unknown ("" unless the set gives one)
 
     @classmethod
-    def parse(cls, spec: str, split: str = "") -> "LabelledSet":
+    def parse(cls, spec: str, split: str = "", labelled: bool = True) -> "LabelledSet":
         label, sep, rest = spec.partition(":")
         if sep and label in LABELS:
             path, forced = Path(rest), label
@@ -73,7 +74,7 @@ class LabelledSet:
             path, forced = Path(spec), ""
         if not path.exists():
             raise CorpusError(f"{spec}: no such file or directory")
-        return cls(spec, path, forced, split)
+        return cls(spec, path, forced, split, labelled)
 
     def __iter__(self) -> Iterator[LabelledMail]:
         path = self.path
@@ -94,7 +95,7 @@ class LabelledSet:
 
     def _required_label(self, path: Path) -> str:
         label = self.label or _label_of_names(path.resolve().parts[-2:])
-        if not label:
+        if not label and self.labelled:
             raise CorpusError(f"{self.spec}: no label; name the set LABEL:PATH (labels: {', '.join(LABELS)})")
         return label
 
@@ -113,7 +114,7 @@ class LabelledSet:
             box.close()
 
     def _tree(self, root: Path) -> Iterator[LabelledMail]:
-        carriers = _label_carriers(root)
+        carriers = _label_carriers(root) if self.labelled else set()
         if not carriers:
             yield from self._one_label(_files_below(root), root)
             return
@@ -154,10 +155,10 @@ class LabelledSet:
             raise CorpusError(f"{path}: not a readable label list ({exc})") from None
 
 
-def read_sets(specs: list[str], split: str = "") -> Iterator[LabelledMail]:
+def read_sets(specs: list[str], split: str = "", labelled: bool = True) -> Iterator[LabelledMail]:
     """Every message of every set, set after set, each in its own order."""
     for spec in specs:
-        yield from LabelledSet.parse(spec, split)
+        yield from LabelledSet.parse(spec, split, labelled)
 
 
 def _read(path: Path) -> bytes:
