@@ -118,10 +118,14 @@ def main() -> int:
         log.write_text("")
         with_mw = blast(pf.smtp_port, msgs, args.sessions)
         time.sleep(0.5)
-        durations = sorted(e["event"]["duration"] / 1e6 for e in milter.events())
+        summaries = [e for e in milter.events() if "duration" in e.get("event", {}) and "verdict" in e["mailward"]]
+        durations = sorted(e["event"]["duration"] / 1e6 for e in summaries)
+        stages: dict[str, list[float]] = {}
         actions: dict[str, int] = {}
-        for e in milter.events():
+        for e in summaries:
             actions[e["mailward"]["verdict"]] = actions.get(e["mailward"]["verdict"], 0) + 1
+            for stage, ms in e["mailward"]["timings_ms"].items():
+                stages.setdefault(stage, []).append(ms)
         milter.stop()
     finally:
         pf.destroy()
@@ -132,6 +136,10 @@ def main() -> int:
     print(f"ratio (with/without):   {with_mw / base:8.3f}")
     print(f"milter time per message: p50 {q[49]:.1f} ms, p99 {q[98]:.1f} ms (n={len(durations)})")
     print(f"verdicts: {json.dumps(actions, sort_keys=True)}")
+    print("time per stage inside the scanning worker (ms, p50 / p99):")
+    for stage, values in sorted(stages.items(), key=lambda kv: -sum(kv[1])):
+        values.sort()
+        print(f"  {stage:12} {values[len(values) // 2]:7.2f} / {values[int(len(values) * 0.99)]:7.2f}")
     return 0
 
 
