@@ -86,8 +86,11 @@ class Registry:
         try:
             saved = save_artifact(model, staging)
             target = self.versions_dir / saved.version
-            if not target.exists():
+            try:
                 os.rename(staging, target)
+            except OSError:
+                if not (target / SIDECAR).exists():      # not merely the same model saved before
+                    raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return saved
@@ -206,9 +209,12 @@ class Registry:
             meta = read_sidecar(sidecar)
             self.versions_dir.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=".import-", dir=self.versions_dir))
-            shutil.copy2(sidecar.parent / meta["artifact"], staging / meta["artifact"])
-            shutil.copy2(sidecar, staging / SIDECAR)
-            os.rename(staging, target)
+            try:
+                shutil.copy2(sidecar.resolve().parent / meta["artifact"], staging / meta["artifact"])
+                shutil.copy2(sidecar, staging / SIDECAR)
+                os.rename(staging, target)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
         return model.version
 
     @contextmanager
