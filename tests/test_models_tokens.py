@@ -106,6 +106,9 @@ def test_registrable_domain():
     "<a " * 50_000,                                      # unclosed tags
     "<p style='" + "x" * 300_000,                        # an attribute that never ends
     "&#" * 100_000,
+    "a<!--" * 40_000,                                    # comments that never close, each after a letter
+    "a<b" * 60_000 + ">",
+    "<a href=x>" * 20_000,                               # anchors that never close
 ])
 def test_hostile_html_costs_linear_time(markup):
     started = time.perf_counter()

@@ -32,7 +32,7 @@ from sklearn.naive_bayes import MultinomialNB
 
 from ..errors import ArtifactError
 from .classifier import CLASSES, Combiner, SpamModel, naive_bayes_from_counts
-from .features import FeatureSettings, hash_probe
+from .features import FeatureSettings, check_columns, hash_probe
 from .tokens import TOKENIZER_VERSION, TokenizerSettings
 
 FORMAT_VERSION = 1
@@ -156,7 +156,8 @@ def _features(meta: dict, path: Path) -> FeatureSettings:
     if tokenizer.version != TOKENIZER_VERSION:
         raise ArtifactError(f"{path}: tokenizer version {tokenizer.version}, this Mailward tokenizes "
                             f"as version {TOKENIZER_VERSION}; retrain the model")
-    if hash_probe(features.vectorizer()) != recorded_probe:
+    vectorizer = features.vectorizer()
+    if hash_probe(vectorizer) != recorded_probe or not check_columns(vectorizer):
         raise ArtifactError(f"{path}: feature hashing of the installed scikit-learn {sklearn.__version__} "
                             f"differs from the one that built the model")
     return features

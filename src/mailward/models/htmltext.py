@@ -1,9 +1,10 @@
 """HTML to the text a reader sees, plus the markup tricks spammers hide behind.
 
-A regex scanner, not a DOM: every pattern is bounded, so hostile markup
-(unclosed comments, endless tags) costs linear time. Tags inside a word
-(``vi<b></b>agra``) and comments (``vi<!-- x -->agra``) are removed without a
-space, so the word a reader sees is the word the model sees.
+Regex passes over the whole document, not a DOM and not a loop per tag: HTML
+mail has hundreds of tags, and this runs in the SMTP path. Every pattern is
+bounded, so hostile markup (unclosed comments, endless tags) costs linear time.
+Tags inside a word (``vi<b></b>agra``) and comments (``vi<!-- x -->agra``) are
+removed without a space, so the word a reader sees is the word the model sees.
 """
 
 from __future__ import annotations
@@ -12,24 +13,31 @@ import html
 import re
 from dataclasses import dataclass
 
-_MARKUP = re.compile(
-    r"<!--.*?(?:-->|\Z)"                                  # comment (an unclosed one runs to the end)
-    r"|<(/?)([a-zA-Z][a-zA-Z0-9:-]{0,20})([^<>]{0,4000})>"  # start or end tag with its attributes
-    r"|<[!?][^<>]{0,4000}>",                              # doctype, processing instruction
-    re.S,
-)
+_BLOCK_NAMES = ("address|article|br|caption|center|dd|div|dl|dt|footer|form|h[1-6]|header|hr|li|ol|option|p|pre|"
+                "section|select|table|tbody|td|textarea|tfoot|th|thead|title|tr|ul")
+_TAG = re.compile(r"<(/?)([a-zA-Z][a-zA-Z0-9:-]{0,20})([^<>]{0,4000})>")      # (slash, name, attributes)
+_BLOCK_TAG = re.compile(rf"</?(?:{_BLOCK_NAMES})(?![a-zA-Z0-9:-])[^<>]{{0,4000}}>", re.I)
+_BLOCK = frozenset(_BLOCK_NAMES.replace("h[1-6]", "h1|h2|h3|h4|h5|h6").split("|"))
+_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)                                 # an unclosed one runs to the end
+_DECLARATION = re.compile(r"<[!?][^<>]{0,4000}>")                                 # doctype, processing instruction
+_SKIPPED = re.compile(r"<(script|style|noscript|xml)(?![a-zA-Z0-9:-])", re.I)     # content nobody reads
+_END_OF = {name: re.compile(rf"</{name}", re.I) for name in ("script", "style", "noscript", "xml")}
+_ANCHOR = re.compile(r"<a(\s[^<>]{0,4000})>(.{0,300}?)</a\s*>", re.I | re.S)
 _ATTR = re.compile(r"""([a-zA-Z_:-]{1,30})\s*=\s*("[^"]*"|'[^']*'|[^\s"'>]+)""")
-_BLOCK = frozenset(
-    "address article br caption center dd div dl dt footer form h1 h2 h3 h4 h5 h6 header hr li ol option "
-    "p pre section select table tbody td textarea tfoot th thead title tr ul".split()
-)
-_SKIP_CONTENT = frozenset(("script", "style", "noscript", "xml"))
+_HREF = re.compile(r"""href\s*=\s*("[^"]*"|'[^']*'|[^\s"'>]+)""", re.I)
+_STYLE = re.compile(r"style\s*=", re.I)
+_ATTRIBUTES_READ = frozenset(("a", "img", "font", "form", "input", "iframe", "frame", "embed", "object", "body", "area",
+                              "base", "link"))
 _HIDDEN_STYLE = re.compile(
     r"display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*[01](?:\.\d+)?(?:px|pt)?\b|opacity\s*:\s*0(?:\.0*)?\b"
 )
 _WHITE = frozenset(("#fff", "#ffffff", "white", "#fefefe", "#fdfdfd"))
-_NUMERIC_ENTITY = re.compile(r"&#(x?)([0-9a-fA-F]{1,7});")
-_END_OF = {name: re.compile(rf"</{name}", re.I) for name in _SKIP_CONTENT}
+# &#65;-&#90;, &#97;-&#122; and their hex forms: plain letters hidden from word filters.
+_LETTER_ENTITY = re.compile(r"&#0*(?:6[5-9]|[78]\d|90|9[7-9]|1[01]\d|12[0-2]);"
+                            r"|&#x0*(?:4[1-9a-f]|5[0-9a]|6[1-9a-f]|7[0-9a]);", re.I)
+# Both start with a literal "<" (the regex engine skips to it) and look behind for the word before.
+_WORD_SPLIT_BY_TAGS = re.compile(r"<(?<=[^\W_]<)[a-zA-Z/][^<>]{0,200}>(?:<[a-zA-Z/][^<>]{0,200}>)*(?=[^\W_])")
+_WORD_SPLIT_BY_COMMENT = re.compile(r"<!--(?<=[^\W_]<!--).{0,200}?-->(?=[^\W_])", re.S)
 
 
 @dataclass(frozen=True)
@@ -37,80 +45,63 @@ class HtmlText:
     """What one HTML part says, what it links to, and which tricks it uses."""
 
     text: str
-    links: tuple[tuple[str, str], ...]   # (href, visible anchor text)
-    sources: tuple[str, ...]             # img/iframe/script/form targets
+    links: tuple[tuple[str, str], ...]   # (href, visible anchor text; "" when the anchor never closes)
+    sources: tuple[str, ...]             # img/iframe/form/background targets
     tags: frozenset[str]                 # tag names used
     tricks: frozenset[str]               # e.g. "hidden-text", "comment-in-word"
 
 
 def html_to_text(markup: str) -> HtmlText:
     """Visible text and markup features of ``markup`` (already decoded to str)."""
-    out: list[str] = []
-    visible = 0                                # characters in ``out`` so far
-    seams: dict[int, str] = {}                 # where markup vanished from the text -> which trick if mid-word
-    links: list[tuple[str, str]] = []
-    sources: list[str] = []
-    tags: set[str] = set()
     tricks: set[str] = set()
-    anchor: tuple[str, int] | None = None     # (href, index into out where its text starts)
-    pos = 0
-    length = len(markup)
-    if _letters_as_entities(markup):
+    if _LETTER_ENTITY.search(markup):
         tricks.add("entity-letters")
-    while pos < length:
-        match = _MARKUP.search(markup, pos)
-        if match is None:
-            out.append(markup[pos:])
-            break
-        before = markup[pos:match.start()]
-        out.append(before)
-        visible += len(before)
-        pos = match.end()
-        if match.group(0).startswith("<!--"):
-            seams.setdefault(visible, "comment-in-word")
-            continue
-        name = (match.group(2) or "").lower()
-        if not name:
-            continue
+    if _WORD_SPLIT_BY_COMMENT.search(markup):
+        tricks.add("comment-in-word")
+    markup = _COMMENT.sub("", markup)
+    markup, skipped = _without_unread_content(markup)
+    if any(not _BLOCK_TAG.search(m.group()) for m in _WORD_SPLIT_BY_TAGS.finditer(markup)):
+        tricks.add("tag-in-word")
+
+    tags: set[str] = set(skipped)
+    hrefs: list[str] = []
+    sources: list[str] = []
+
+    def read_tag(match: re.Match) -> str:
+        slash, name, raw_attrs = match.groups()
+        name = name.lower()
         tags.add(name)
-        if name in _BLOCK:
-            out.append("\n")
-            visible += 1
-        else:
-            seams.setdefault(visible, "tag-in-word")
-        if match.group(1) == "/":
-            if name == "a" and anchor is not None:
-                links.append((anchor[0], "".join(out[anchor[1]:]).strip()))
-                anchor = None
-            continue
-        if name in _SKIP_CONTENT:
-            end = _END_OF[name].search(markup, pos)
-            if end is not None:
-                pos = end.start()
-            continue
-        attrs = {k.lower(): v.strip("\"'") for k, v in _ATTR.findall(match.group(3) or "")}
-        _attribute_tricks(name, attrs, tricks)
-        if name == "a" and "href" in attrs:
-            anchor = (html.unescape(attrs["href"]), len(out))
-        for key in ("src", "action", "background"):
-            if key in attrs:
-                sources.append(html.unescape(attrs[key]))
-    if anchor is not None:
-        links.append((anchor[0], "".join(out[anchor[1]:]).strip()))
-    raw_text = "".join(out)
-    for at, trick in seams.items():
-        if 0 < at < len(raw_text) and raw_text[at - 1].isalnum() and raw_text[at].isalnum():
-            tricks.add(trick)     # markup inside a word splits it for filters, not for readers
-    return HtmlText(html.unescape(raw_text), tuple(links), tuple(sources), frozenset(tags), frozenset(tricks))
+        # Most tags: nothing in their attributes is evidence.
+        if raw_attrs and not slash and (name in _ATTRIBUTES_READ or _STYLE.search(raw_attrs)):
+            attrs = {k.lower(): v.strip("\"'") for k, v in _ATTR.findall(raw_attrs)}
+            _attribute_tricks(name, attrs, tricks)
+            if name == "a" and "href" in attrs:
+                hrefs.append(html.unescape(attrs["href"]))
+            sources.extend(html.unescape(attrs[key]) for key in ("src", "action", "background") if key in attrs)
+        return "\n" if name in _BLOCK else ""
+
+    text = _DECLARATION.sub("", _TAG.sub(read_tag, markup))
+    shown: dict[str, list[str]] = {}          # href -> texts of its closed anchors, in document order
+    for raw_attrs, inner in _ANCHOR.findall(markup):
+        href = _HREF.search(raw_attrs)
+        if href:
+            shown.setdefault(html.unescape(href.group(1).strip("\"'")), []).append(
+                html.unescape(_TAG.sub("", inner)).strip())
+    links = tuple((h, shown[h].pop(0) if shown.get(h) else "") for h in hrefs)
+    return HtmlText(html.unescape(text), links, tuple(sources), frozenset(tags), frozenset(tricks))
 
 
-def _letters_as_entities(markup: str) -> bool:
-    """Plain letters written as numeric entities (``&#118;iagra``) hide words from filters."""
-    for match in _NUMERIC_ENTITY.finditer(markup):
-        code = int(match.group(2), 16 if match.group(1) else 10) if match.group(1) or match.group(2).isdigit() else 0
-        if 65 <= code <= 90 or 97 <= code <= 122:
-            return True
-    return False
+def _without_unread_content(markup: str) -> tuple[str, set[str]]:
+    """``markup`` minus script/style/noscript/xml content (their tags stay), and which of them occurred."""
+    kept, names, pos = [], set(), 0
+    while (start := _SKIPPED.search(markup, pos)) is not None:
+        name = start.group(1).lower()
+        names.add(name)
+        end = _END_OF[name].search(markup, start.end())
+        kept.append(markup[pos:start.start()])
+        pos = end.start() if end is not None else start.end()
+    kept.append(markup[pos:])
+    return "".join(kept), names
 
 
 def _attribute_tricks(name: str, attrs: dict[str, str], tricks: set[str]) -> None:

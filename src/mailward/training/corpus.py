@@ -30,6 +30,7 @@ class LabelledMessage:
     label: str          # as the set gives it: ham, spam or phish
     source: str = ""
     sha256: str = ""
+    split: str = ""     # train or test, as the corpus index fixes it
 
     @property
     def spam_label(self) -> str:
@@ -53,7 +54,8 @@ def index_messages(index: str | Path, corpus_dir: str | Path, split: str | None 
                     continue
                 if row["label"] not in LABELS:
                     raise CorpusError(f"{index}: unknown label {row['label']!r} for {row['path']}")
-                yield LabelledMessage(corpus_dir / row["path"], row["label"], row["source"], row["sha256"])
+                yield LabelledMessage(corpus_dir / row["path"], row["label"], row["source"], row["sha256"],
+                                      row["split"])
     except (OSError, EOFError, KeyError, csv.Error) as exc:
         raise CorpusError(f"{index}: not a readable corpus index ({exc})") from None
 
