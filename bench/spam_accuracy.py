@@ -100,6 +100,13 @@ def main() -> int:
         for source in (*SOURCES, "pooled"):
             print(_row(name, source, scores, verdicts, truth, sources, tag, spam_threshold))
         print()
+    print("Where the scores fall (share of test messages; a saturated score would leave only the ends):")
+    edges = (0.0, 0.01, 0.1, 0.5, 0.9, 0.99, 1.0)
+    print(f"{'model':58s} " + " ".join(f"{f'{a:g}-{b:g}':>9s}" for a, b in zip(edges, edges[1:])) + f" {'=0 or =1':>9s}")
+    for name, scores, _ in results:
+        shares = np.histogram(scores, bins=edges)[0] / len(scores)
+        exact = np.mean((scores == 0.0) | (scores == 1.0))
+        print(f"{name[:58]:58s} " + " ".join(f"{100 * x:8.2f}%" for x in shares) + f" {100 * exact:8.2f}%")
     return 0
 
 
@@ -128,8 +135,9 @@ def _ablations(train_set, test_set, tokens):
     counts = HashingVectorizer(analyzer=tokens_as_given, n_features=2 ** 22, norm=None, alternate_sign=False)
     out.append(("our tokens, counts, MNB posterior (alpha 1)",
                 nb_posterior(counts, lambda m: tokens[m.path], 1.0), None))
-    out.append(("our tokens, binary, MNB posterior (alpha 0.3)",
-                nb_posterior(FeatureSettings().vectorizer(), lambda m: tokens[m.path], 0.3), None))
+    alpha = TrainingSettings().alpha
+    out.append((f"our tokens, binary, MNB posterior (alpha {alpha:g})",
+                nb_posterior(FeatureSettings().vectorizer(), lambda m: tokens[m.path], alpha), None))
 
     def variant(name, settings, keep=lambda t: True):
         kept = {m.path: [t for t in tokens[m.path] if keep(t)] for m in train_set + test_set}

@@ -10,6 +10,7 @@ from models_support import HAM_LINES, SPAM_LINES, message, small_model, tokens
 
 from mailward.errors import ArtifactError
 from mailward.models.artifact import SIDECAR, load_artifact, save_artifact
+from mailward.training.trainer import TrainingSettings
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def test_sidecar_describes_the_model(saved):
     assert meta["model_version"] == written.version
     assert (directory / meta["artifact"]).stat().st_size == meta["size"]
     assert meta["features"]["n_features"] == 2 ** 12 and meta["features"]["tokenizer"]["bigrams"] is True
-    assert meta["naive_bayes"] == {"variant": "MultinomialNB", "alpha": 0.3}
+    assert meta["naive_bayes"] == {"variant": "MultinomialNB", "alpha": TrainingSettings().alpha}
     assert meta["class_counts"] == {"ham": 24, "spam": 24}
     assert meta["training_data"]["calibration"]["held_out"] > 0
     assert {"sha256", "sklearn_version", "format_version", "combiner"} <= meta.keys()

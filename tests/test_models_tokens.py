@@ -124,3 +124,11 @@ def test_huge_message_is_bounded_by_word_and_host_budgets():
     tokens = tokens_of(b"Subject: x\n\n" + body.encode(), settings)
     assert sum(t.startswith("url:dom:") for t in tokens) <= settings.max_hosts
     assert len(tokens) < 3 * settings.max_words + 3 * settings.max_hosts + 50
+
+
+def test_huge_headers_are_read_only_in_part():
+    raw = b"Subject: " + b"win " * 100_000 + b"\nFrom: " + b"x" * 100_000 + b"@example.com\n\nhello there\n"
+    started = time.perf_counter()
+    tokens = tokens_of(raw)
+    assert time.perf_counter() - started < 1.0
+    assert tokens.count("subject:win") <= 250 and "from:dom:example.com" not in tokens

@@ -52,6 +52,7 @@ _PRESENCE_HEADERS = frozenset((
     "x-originating-ip", "content-transfer-encoding", "thread-index", "x-face", "mail-followup-to",
 ))
 _GENERIC_TLDS = frozenset("com net org edu gov mil int info biz name".split())
+_HEADER_CHARS = 1000    # of a header value read: a subject is not a body
 _SHORT_SLD = 3          # "co.uk", "com.au": keep three labels when the second level is this short
 
 
@@ -75,7 +76,7 @@ def tokenize(message: ParsedMessage, settings: TokenizerSettings = TokenizerSett
     the vectorizer counts presence)."""
     found = _Collector(settings)
     found.tokens.extend(_header_tokens(message))
-    found.add_words(message.subject)            # the subject is read as text too (measured: helps)
+    found.add_words(message.subject[:_HEADER_CHARS])   # the subject is read as text too (measured: helps)
     text_parts = 0
     for obj in message.objects:
         if obj.is_text:
@@ -203,7 +204,7 @@ def registrable_domain(host: str) -> str:
 
 
 def _header_tokens(message: ParsedMessage) -> Iterable[str]:
-    subject = message.subject
+    subject = message.subject[:_HEADER_CHARS]
     for word in words_of(subject):
         yield f"subject:{word}"
     if subject and sum(c.isupper() for c in subject) > 0.6 * max(1, sum(c.isalpha() for c in subject)):
@@ -211,7 +212,7 @@ def _header_tokens(message: ParsedMessage) -> Iterable[str]:
     if "!!" in subject or "$" in subject:
         yield "subject:shape:money-or-shout"
 
-    sender = message.header("from")
+    sender = message.header("from")[:_HEADER_CHARS]
     sender_domain = _domain_of(sender)
     if sender:
         yield f"from:dom:{registrable_domain(sender_domain)}" if sender_domain else "from:no-domain"
@@ -220,15 +221,15 @@ def _header_tokens(message: ParsedMessage) -> Iterable[str]:
             yield f"from:name:{word}"
         if "@" in name and sender_domain and sender_domain not in name.lower():
             yield "from:name-has-other-address"
-    reply_to = _domain_of(message.header("reply-to"))
+    reply_to = _domain_of(message.header("reply-to")[:_HEADER_CHARS])
     if reply_to:
         yield f"replyto:dom:{registrable_domain(reply_to)}"
         if sender_domain and registrable_domain(reply_to) != registrable_domain(sender_domain):
             yield "replyto:other-domain"
     for field in ("x-mailer", "user-agent"):
-        value = message.header(field)
+        value = message.header(field)[:_HEADER_CHARS]
         if value:
-            for word in words_of(value)[:4]:
+            for word in words_of(value, 4):
                 yield f"mailer:{word}"
     present = {name.lower() for name, _ in message.headers}
     for name in sorted(present & _PRESENCE_HEADERS):
@@ -237,7 +238,7 @@ def _header_tokens(message: ParsedMessage) -> Iterable[str]:
         value = message.header(name).strip().lower()[:12]
         if value:
             yield f"header:{name}:{value.split()[0]}"
-    msgid_domain = _domain_of(message.header("message-id"))
+    msgid_domain = _domain_of(message.header("message-id")[:_HEADER_CHARS])
     if msgid_domain:
         yield f"msgid:dom:{registrable_domain(msgid_domain)}"
         if sender_domain and registrable_domain(msgid_domain) != registrable_domain(sender_domain):
