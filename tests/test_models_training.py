@@ -123,3 +123,12 @@ def test_build_command_refuses_a_message_that_changed(tmp_path):
     (tmp_path / "c/ham/0").write_bytes(b"tampered")
     with pytest.raises(CorpusError, match="does not match the sha256"):
         build_default.main(["--corpus", str(tmp_path), "--index", str(index), "--out", str(tmp_path / "o")])
+
+
+def test_training_set_that_fills_whole_batches_leaves_no_empty_batch_to_fail(monkeypatch):
+    import mailward.training.trainer as trainer_module
+
+    examples = corpus()
+    monkeypatch.setattr(trainer_module, "BATCH", 1)     # every batch full: nothing is left for the last one
+    model = train(examples, TrainingSettings(features=SMALL))
+    assert model.nb.class_count_.sum() == len(examples)

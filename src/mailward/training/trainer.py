@@ -70,7 +70,8 @@ class Trainer:
             self.nb.partial_fit(rows, np.asarray(labels), classes=np.array(CLASSES))
 
     def learn(self, token_docs: list[list[str]], labels: list[str]) -> None:
-        self.learn_hashed(self.hashed(token_docs), labels)
+        if token_docs:                  # the vectorizer cannot transform an empty batch
+            self.learn_hashed(self.hashed(token_docs), labels)
 
 
 def train(examples: Iterable[tuple[str, list[str], str]], settings: TrainingSettings = TrainingSettings(),
