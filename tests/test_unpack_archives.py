@@ -8,22 +8,12 @@ import pytest
 from mailward.config import LimitSettings
 from mailward.evidence import Category
 from mailward.message import parse_message
-from mailward.unpack import MemberState, Unpacker
+from mailward.unpack import MemberState
+from unpack_support import scan, unpacker  # noqa: F401  (shared fixtures)
 from unpack_support import (EICAR, Scanner, aes_zip, iso_image, message, names_at, nested_zip, overlapping_zip,
                             rar4_stored, seven_zip, settings_for, tar_gz, tnef, uuencoded, zipped)
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def unpacker():
-    with Unpacker(LimitSettings()) as shared:
-        yield shared
-
-
-@pytest.fixture
-def scan(tmp_path, unpacker):
-    return Scanner(settings_for(tmp_path), unpacker)
 
 
 def malware_locations(evidence):

@@ -5,9 +5,9 @@ import io
 import pikepdf
 import pytest
 
-from mailward.config import LimitSettings
 from mailward.evidence import Category, Severity
-from mailward.unpack import Fact, Kind, Unpacker
+from mailward.unpack import Fact, Kind
+from unpack_support import scan, unpacker  # noqa: F401  (shared fixtures)
 from unpack_support import Scanner, message, ooxml, settings_for, vba_project
 
 DROPPER = """Sub AutoOpen()
@@ -21,17 +21,6 @@ HARMLESS_MACRO = """Sub FormatTable()
     Selection.Font.Bold = True
 End Sub
 """
-
-
-@pytest.fixture(scope="module")
-def unpacker():
-    with Unpacker(LimitSettings()) as shared:
-        yield shared
-
-
-@pytest.fixture
-def scan(tmp_path, unpacker):
-    return Scanner(settings_for(tmp_path), unpacker)
 
 
 def found(evidence, name):

@@ -14,6 +14,8 @@ import zipfile
 import zlib
 from email.message import EmailMessage
 
+import pytest
+
 EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 
 
@@ -269,3 +271,18 @@ class Scanner:
 
 def names_at(evidence, location: str | None = None) -> set[str]:
     return {f.name for f in evidence.findings if location is None or f.location == location}
+
+
+# Fixtures shared by the unpack tests (imported there by name).
+@pytest.fixture(scope="module")
+def unpacker():
+    from mailward.config import LimitSettings
+    from mailward.unpack import Unpacker
+
+    with Unpacker(LimitSettings()) as shared:
+        yield shared
+
+
+@pytest.fixture
+def scan(tmp_path, unpacker):
+    return Scanner(settings_for(tmp_path), unpacker)
