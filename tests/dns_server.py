@@ -48,7 +48,27 @@ def _bind_pair(host: str) -> tuple[socket.socket, socket.socket]:
     raise RuntimeError("no free port pair on loopback")
 
 
-class DnsServer:
+class _LoopbackPort:
+    """A UDP and a TCP socket on one loopback port, served by a thread between enter and exit."""
+
+    def _open(self, host: str, serve, name: str) -> None:
+        self._stop = threading.Event()
+        self._udp, self._tcp = _bind_pair(host)
+        self.port = self._udp.getsockname()[1]
+        self._thread = threading.Thread(target=serve, name=f"{name}-{self.port}", daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._udp.close()
+        self._tcp.close()
+
+
+class DnsServer(_LoopbackPort):
     """Serves the given zones (``origin -> zone text``) until stopped."""
 
     def __init__(self, zones: dict[str, str], silent: Iterable[str] = (), host: str = HOST, delay: float = 0.0):
@@ -58,20 +78,7 @@ class DnsServer:
         self.silent = [dns.name.from_text(n) for n in silent]
         self.queries: list[tuple[str, str]] = []
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._udp, self._tcp = _bind_pair(host)
-        self.port = self._udp.getsockname()[1]
-        self._thread = threading.Thread(target=self._serve, name=f"dns-server-{self.port}", daemon=True)
-
-    def __enter__(self) -> "DnsServer":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._udp.close()
-        self._tcp.close()
+        self._open(host, self._serve, "dns-server")
 
     def count(self, name: str, rdtype: str | None = None) -> int:
         """How many questions for ``name`` (and type) reached the server."""
@@ -178,25 +185,12 @@ class DnsServer:
         response.authority.append(self._rrset(zone.origin, soa))
 
 
-class BlackHole:
+class BlackHole(_LoopbackPort):
     """A resolver address that swallows every query: UDP is read and dropped, TCP never answers."""
 
     def __init__(self, host: str = HOST):
-        self._udp, self._tcp = _bind_pair(host)
-        self.port = self._udp.getsockname()[1]
         self.received = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._drain, name=f"dns-blackhole-{self.port}", daemon=True)
-
-    def __enter__(self) -> "BlackHole":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._udp.close()
-        self._tcp.close()
+        self._open(host, self._drain, "dns-blackhole")
 
     def _drain(self) -> None:
         with selectors.DefaultSelector() as sel:
