@@ -35,7 +35,7 @@ from ..message import ParsedMessage
 from . import dmarc_check
 from .dkim_check import DkimResult, signatures, verify_signature
 from .dmarc_check import Disposition, DmarcResult, PolicyLookup, author_domains, discover_policy
-from .names import (IPAddress, OrgDomains, client_ip, header_block, normalise_domain, reverse_name, url_domains,
+from .names import (IPAddress, OrgDomains, client_ip, normalise_domain, reverse_name, url_domains,
                     within)
 from .resolver import Backoff, Clock, Deadline, DnsClient, Lookup, Outcome
 from .results_header import HEADER, authserv_id, results_value
@@ -138,7 +138,7 @@ class ReputationDetector:
                                      "temperror", "DNS budget spent")
                 start("spf", fallback, check_spf, self.client, deadline, str(ip), envelope.mail_from,
                       helo or envelope.helo, identity, subject=identity)
-        header = header_block(message.raw)
+        header = message.raw_headers      # split once, by the parser
         if rep.dkim:
             for index, (domain, selector) in enumerate(signatures(header)[:rep.max_signatures]):
                 start("dkim", DkimResult(domain, selector, "temperror", "DNS budget spent"), verify_signature,

@@ -18,16 +18,9 @@ from ..message import ParsedMessage
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-_END_OF_HEADER = re.compile(rb"\r?\n\r?\n")
 _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 # Absolute URLs and the bare "www." hosts that mail clients turn into links.
 _URL = re.compile(r"(?i)(?:\b(?:https?|ftp)://|\bwww\.)[^\s\"'<>()\[\]{}\\^`|]{1,2048}")
-
-
-def header_block(raw: bytes) -> bytes:
-    """The raw header fields, up to the first empty line (CRLF or LF line ends alike)."""
-    end = _END_OF_HEADER.search(raw)
-    return raw[: end.start()] if end else raw
 
 
 def client_ip(address: str) -> IPAddress | None:
