@@ -142,13 +142,17 @@ def _list(args, settings: Settings) -> int:
             subject=args.subject or "", since=parse_when(args.since, now) if args.since else None,
             until=parse_when(args.until, now) if args.until else None,
             status=Status(args.status) if args.status else None, limit=args.limit)
-        records = store.list(filters)
-        if args.json:
-            sys.stdout.write("".join(json.dumps(r.as_dict()) + "\n" for r in records))
-        else:
-            sys.stdout.write(render_list(records))
+        _print(args, store.list(filters), render_list)
         return OK
     return _run(args, settings, action)
+
+
+def _print(args, items: list, render) -> None:
+    """One JSON object per line with --json, else the human table."""
+    if args.json:
+        sys.stdout.write("".join(json.dumps(item.as_dict()) + "\n" for item in items))
+    else:
+        sys.stdout.write(render(items))
 
 
 def _show(args, settings: Settings) -> int:
@@ -254,10 +258,7 @@ def _history(args, settings: Settings) -> int:
         events = store.history(args.id)
         if not events:
             return _not_found(args.id)
-        if args.json:
-            sys.stdout.write("".join(json.dumps(e.as_dict()) + "\n" for e in events))
-        else:
-            sys.stdout.write(render_history(events))
+        _print(args, events, render_history)
         return OK
     return _run(args, settings, action)
 
