@@ -9,15 +9,7 @@ from pathlib import Path
 
 import pytest
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
-
-
-def require(condition: bool, why: str) -> None:
-    """Skip when a real part is missing, except in CI where that is a failure."""
-    if not condition:
-        if IN_CI:
-            pytest.fail(f"required part missing in CI: {why}")
-        pytest.skip(why)
+from real_parts import require
 
 
 @pytest.fixture(scope="session")

@@ -7,12 +7,12 @@ directory and PostgreSQL in a fresh schema of a throwaway cluster
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from quarantine_support import FakeClock, SmtpSink
+from real_parts import require
 
 BACKENDS = ["sqlite", "postgresql"]
 
@@ -22,10 +22,7 @@ def pg_dsn():
     """A throwaway PostgreSQL cluster for the whole session (mandatory when CI=true)."""
     from pg_server import PostgresServer, binaries
 
-    if binaries() is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("PostgreSQL binaries missing (apt package postgresql) and CI=true")
-        pytest.skip("PostgreSQL binaries not installed")
+    require(binaries() is not None, "PostgreSQL binaries not installed (apt package postgresql)")
     server = PostgresServer()
     server.start()
     try:

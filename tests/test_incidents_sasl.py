@@ -30,7 +30,7 @@ PASSWORD = "correct horse battery"
 @pytest.fixture
 def sasl_postfix():
     """A private Postfix like the shared one, plus SMTP AUTH against a sasldb with user alice."""
-    from conftest import require
+    from real_parts import require
     from harness.postfix import Postfix
 
     require(os.geteuid() == 0, "end-to-end tests run Postfix and need root")

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from conftest import require
+from real_parts import require
 from mailward.quarantine import Actor, Label
 from mailward.quarantine.sqlite import SqliteStore
 from quarantine_support import envelope, spam_case
