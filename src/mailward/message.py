@@ -151,7 +151,7 @@ def decode_text(data: bytes, charset: str) -> tuple[str, bool]:
 
 def _mail_codec(charset: str) -> str:
     """The Python codec for a mail charset name, or "" when there is none fit for mail text."""
-    if not charset:
+    if not charset or not charset.isascii():      # codecs.lookup would read "utf\xe98" as utf-8
         return ""
     try:
         name = codecs.lookup(charset.strip()).name
@@ -181,16 +181,13 @@ def decode_header(value: str) -> tuple[str, bool]:
         return str(email.header.make_header(words)), True
     except Exception:           # CharsetError, LookupError, UnicodeError: decode word by word instead
         pass
-    clean, texts = True, []
+    texts = []
     for chunk, charset in words:
         if isinstance(chunk, str):
             texts.append(chunk)
-            continue
-        text, ok = decode_text(chunk, "" if charset in (None, "unknown-8bit") else str(charset))
-        clean = clean and ok and charset is not None and charset != "unknown-8bit"
-        texts.append(text)
-    # make_header puts a space between words of different charsets; words of one run are joined as they are.
-    return " ".join(t.strip() for t in texts if t.strip()), clean
+        else:
+            texts.append(decode_text(chunk, "" if charset in (None, "unknown-8bit") else str(charset))[0])
+    return " ".join(t.strip() for t in texts if t.strip()), False
 
 
 def normalise_name(name: str) -> str:
