@@ -134,6 +134,7 @@ def main() -> int:
     pool = ScanPool(settings, args.workers)
     policy = settings.policy.inbound
     try:
+        drive(Run(pool, policy, args.deadline, None), iter([("warm-up", seeds[0])] * args.workers), args.workers)
         baseline = Run(pool, policy, args.deadline, None)
         drive(baseline, ((f"seed {i}", raw) for i, raw in enumerate(seeds)), args.workers)
         fuzz = Run(pool, policy, args.deadline, args.save)
