@@ -105,6 +105,16 @@ def test_file_name_in_an_rfc2231_charset_that_raises_keeps_the_content(inspector
     assert parse_errors(evidence.findings)
 
 
+def test_damaged_base64_is_recorded_and_what_decodes_is_scanned(inspector):
+    _, inspect = inspector
+    raw = raw_message()
+    start = raw.index(b"base64\n\n") + len(b"base64\n\n")
+    raw = raw[:start] + b"!!*" + raw[start:start + 8] + b"%%" + raw[start + 8:]
+    evidence = inspect.inspect(raw, Envelope())
+    assert evidence.of(Category.MALWARE)
+    assert "damaged base64" in " ".join(f.detail for f in parse_errors(evidence.findings) if f.location == "invoice.com")
+
+
 @dataclass(frozen=True)
 class BrokenDetector:
     """A detector with a bug that this message's bytes trigger."""

@@ -449,6 +449,9 @@ def _leaf(part: Message, path: str, depth: int) -> tuple[ContentObject, list[str
         data = None
     if data is None:
         data = undecoded_payload(part)
+    damaged = sorted({type(d).__name__ for d in part.defects if "Base64" in type(d).__name__})
+    if damaged:                # the stdlib decoded what it could, skipping what it could not
+        trouble.append(f"damaged base64 ({', '.join(damaged)}); decoded what could be")
     declared, charset, disposition = _part_header(part.get_content_type, "text/plain", trouble), \
         _part_header(part.get_content_charset, "", trouble), _part_header(part.get_content_disposition, "", trouble)
     if declared in _TEXT_TYPES and not decode_text(data, str(charset or ""))[1]:
