@@ -115,6 +115,25 @@ def test_damaged_base64_is_recorded_and_what_decodes_is_scanned(inspector):
     assert "damaged base64" in " ".join(f.detail for f in parse_errors(evidence.findings) if f.location == "invoice.com")
 
 
+class BuggySniffer(Unpacker):
+    """A real unpacker with a bug that one object's bytes trigger."""
+
+    def sniff(self, data, declared_text=""):
+        if b"TRIGGER" in data:
+            raise IndexError("bug")
+        return super().sniff(data, declared_text)
+
+
+def test_a_bug_while_expanding_keeps_every_mime_leaf():
+    raw = raw_message(body=b"TRIGGER\n")
+    with BuggySniffer(LimitSettings()) as buggy:
+        parsed = parse_message(raw, LimitSettings(), buggy)
+    assert [o.path for o in parsed.objects] == ["part 1", "invoice.com"]
+    assert parsed.objects[1].data == EICAR
+    [problem] = [p for p in parsed.problems if p.severity is Severity.MEDIUM]
+    assert problem.name == "parse-error" and "IndexError" in problem.detail
+
+
 @dataclass(frozen=True)
 class BrokenDetector:
     """A detector with a bug that this message's bytes trigger."""

@@ -222,6 +222,11 @@ def parse_message(raw: bytes, limits: LimitSettings, unpacker: Unpacker | None =
     try:
         expansion = _Expansion(limits, unpacker, len(raw), _PasswordSource(root, walk.leaves, limits))
         expansion.run(walk.leaves)
+    except Exception as exc:   # a bug on hostile bytes: keep what was expanded, and every MIME leaf
+        expansion.problems.append(_unchecked("parse-error", f"expanding failed: {type(exc).__name__}", "",
+                                             Severity.MEDIUM))
+        seen = {o.path for o in expansion.objects}
+        expansion.objects.extend(o for o in walk.leaves if o.path not in seen)
     finally:
         if own:
             unpacker.close()
