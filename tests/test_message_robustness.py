@@ -215,7 +215,7 @@ WORDS = st.builds(lambda cs, enc, body: f"=?{cs}?{enc}?{body}?=", CHARSETS, st.s
 HEADER_VALUES = st.lists(WORDS | st.text(max_size=30), max_size=5).map(" ".join)
 
 
-@hsettings(max_examples=300, deadline=None)
+@hsettings(max_examples=300, deadline=None, database=None, derandomize=True)
 @given(data=st.binary(max_size=200), charset=CHARSETS)
 def test_decode_text_never_raises_and_keeps_clean_decodes(data, charset):
     text, clean = decode_text(data, charset)
@@ -226,7 +226,7 @@ def test_decode_text_never_raises_and_keeps_clean_decodes(data, charset):
         assert clean
 
 
-@hsettings(max_examples=300, deadline=None)
+@hsettings(max_examples=300, deadline=None, database=None, derandomize=True)
 @given(value=HEADER_VALUES)
 def test_decode_header_never_raises(value):
     text, clean = decode_header(value)
@@ -235,7 +235,8 @@ def test_decode_header_never_raises(value):
         assert clean
 
 
-@hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@hsettings(max_examples=150, deadline=None, database=None, derandomize=True,
+           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(headers=st.lists(st.tuples(st.sampled_from([b"Subject", b"From", b"Content-Type", b"Content-Disposition",
                                                    b"Content-Transfer-Encoding", b"X-Any"]),
                                   st.binary(max_size=60) | HEADER_VALUES.map(lambda v: v.encode("utf-8",
