@@ -96,13 +96,16 @@ def test_text_of_a_hostile_charset_falls_back_without_raising():
     assert decode_text(b"caf\xe9", "") == ("caf\xe9", True)                # undeclared 8-bit: old mail, fine
 
 
-def test_file_name_in_an_rfc2231_charset_that_raises_keeps_the_content(inspector):
+def test_file_name_in_an_rfc2231_charset_that_raises_keeps_name_and_content(inspector):
     _, inspect = inspector
-    raw = raw_message(attachment=("x.com", EICAR)).replace(
-        b'Content-Disposition: attachment; filename="x.com"', b"Content-Disposition: attachment; filename*=idna''%E9.com")
+    raw = raw_message(attachment=("x.txt", EICAR)).replace(
+        b'filename="x.txt"', b"filename*=idna''evil%E9.exe").replace(b'name="x.txt"', b"name*=undefined''a%FF.scr")
     evidence = inspect.inspect(raw, Envelope())
     assert evidence.of(Category.MALWARE)
-    assert parse_errors(evidence.findings)
+    banned = {f.detail for f in evidence.findings if f.name == "banned-extension"}
+    assert any(".exe" in d for d in banned)                                # the name still counts
+    assert evidence.of(Category.MALWARE)[0].location == "evil\xe9.exe"     # Latin-1, the last fallback
+    assert {f.detail for f in parse_errors(evidence.findings)} >= {"file name charset 'idna' does not decode it"}
 
 
 def test_damaged_base64_is_recorded_and_what_decodes_is_scanned(inspector):

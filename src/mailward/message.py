@@ -15,8 +15,6 @@ import codecs
 import email
 import email.header
 import email.policy
-import email.errors
-import email.utils
 import hashlib
 import re
 import time
@@ -485,17 +483,25 @@ def undecoded_payload(part: Message) -> bytes:
 
 
 def raw_file_names(part: Message, trouble: list[str]) -> Iterator[str]:
-    """The filename and the Content-Type name of ``part``, as the message spells them."""
-    for read in (part.get_filename, lambda: part.get_param("name", header="content-type")):
+    """The filename and the Content-Type name of ``part``, decoded as far as the sender's charset allows.
+
+    RFC 2231 values are decoded here rather than by the stdlib, which raises for
+    charsets such as idna: a name in a broken charset must still reach the
+    file-name checks (``evil\xe9.exe`` is still an .exe).
+    """
+    for param, header in (("filename", "content-disposition"), ("name", "content-type")):
         try:
-            raw_name = read()
-            if isinstance(raw_name, tuple):        # RFC 2231 without a charset the stdlib did not collapse
-                raw_name = email.utils.collapse_rfc2231_value(raw_name)
-        except Exception as exc:                   # e.g. an RFC 2231 charset such as idna on 8-bit bytes
+            value = part.get_param(param, header=header)
+            if isinstance(value, tuple):           # RFC 2231: (charset, language, percent-decoded text)
+                charset, _, text = value
+                value, clean = decode_text(text.encode("latin-1", "backslashreplace"), charset or "us-ascii")
+                if not clean:
+                    trouble.append(f"file name charset {str(charset)[:40]!r} does not decode it")
+        except Exception as exc:
             trouble.append(f"file name not decodable ({type(exc).__name__})")
             continue
-        if raw_name:
-            yield raw_name
+        if isinstance(value, str) and value.strip():
+            yield value.strip()
 
 
 def _part_header(read, fallback: str, trouble: list[str]) -> str:
