@@ -21,8 +21,14 @@ from mailward.config import LimitSettings, load_settings
 from mailward.envelope import Envelope
 from mailward.evidence import Category, Severity
 from mailward.message import ContentObject, decode_header, decode_header_value, decode_text, parse_message
+from mailward.models.htmltext import html_to_text
+from mailward.models.tokens import tokenize
 from mailward.pipeline import Inspector
 from mailward.policy import decide
+from mailward.quarantine.store import header_summary
+from mailward.reputation.dkim_check import signatures
+from mailward.reputation.dmarc_check import author_domains
+from mailward.reputation.names import OrgDomains, url_domains
 from mailward.textsafe import json_line, neutralise
 from mailward.unpack import Unpacker
 from mailward.verdict import Action
@@ -50,6 +56,11 @@ def raw_message(text_charset: bytes = b"utf-8", body: bytes = b"Hello\n", subjec
 def unpacker():
     with Unpacker(LimitSettings()) as shared:
         yield shared
+
+
+@pytest.fixture(scope="module")
+def orgs():
+    return OrgDomains()
 
 
 @pytest.fixture(scope="module")
@@ -252,3 +263,31 @@ def test_parse_message_never_raises(unpacker, headers, body):
     assert parsed.objects
     for obj in parsed.objects:
         assert isinstance(obj.text(), str)
+
+
+MARKUP = st.lists(st.sampled_from(["<a href='", "<a href=\"data:a/b;base64,", "'>", "\">", "</a>", "<img src=", "<",
+                                   ">", "&#", "&#x", "&amp;", ";", "9" * 12, "<!--", "-->", "<style>", "</style>",
+                                   "\u202e", "\x00", "=?", "http://", "@", "."]) | st.text(max_size=10), max_size=30)
+
+
+@hsettings(max_examples=150, deadline=None, database=None, derandomize=True,
+           suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(head=st.binary(max_size=200) | HEADER_VALUES.map(lambda v: b"From: " + v.encode("utf-8", "surrogateescape")),
+       markup=MARKUP.map("".join))
+def test_every_reader_of_message_text_falls_back(unpacker, orgs, head, markup):
+    """The tokenizer, HTML text, reputation's header readers and the quarantine summary on hostile text."""
+    raw = (head.replace(b"\n", b" ") + b"\nContent-Type: text/html; charset=idna\n\n"
+           + markup.encode("utf-8", "surrogateescape"))
+    parsed = parse_message(raw, LimitSettings(), unpacker)
+    assert isinstance(html_to_text(markup).text, str)
+    assert tokenize(parsed)
+    assert all(isinstance(s, str) for s in header_summary(raw))
+    signatures(parsed.raw_headers)
+    author_domains(parsed.raw_headers)
+    list(url_domains(parsed, orgs))
+
+
+
+def test_a_header_block_that_starts_folded_has_no_dkim_signatures():
+    """dkimpy raised IndexError on it, which failed the whole reputation detector (found by the test above)."""
+    assert signatures(b"\tfolded first line\r\nDKIM-Signature: v=1; d=example.org; s=sel") == []
