@@ -3,7 +3,9 @@
 The seeds are the mail fixtures and messages carrying what the unpack tests build
 (zip, nested zip, tar.gz, 7z, ISO, RAR, TNEF, uuencode, a macro document, EICAR,
 GTUBE); ``mutants.py`` mangles them. Each mutant goes through
-``mailward.workers.ScanPool`` with real detectors; no scan may fail (a failure
+``mailward.workers.ScanPool`` with every real detector (reputation asks a loopback
+DNS server, so SPF, DKIM, DMARC and the block lists read the mangled headers and
+URLs); no scan may fail (a failure
 would apply ``on_error``), overrun the deadline, or leave the workers growing.
 A long run of the same is ``bench/fuzz_pool.py``.
 """
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from dns_server import DnsServer
 from mail import eicar_message, gtube_message
 from mailward.config import load_settings
 from mailward.envelope import Envelope
@@ -28,6 +31,8 @@ from unpack_support import (EICAR, iso_image, message, nested_zip, ooxml, rar4_s
 MUTANTS = 300
 BUDGET = 20.0             # seconds per message, far below the milter's default deadline of 60
 FIXTURES = Path(__file__).parent / "fixtures" / "mail"
+ROOT = "$TTL 300\n@ IN SOA ns.invalid. hostmaster.invalid. 1 3600 600 86400 300\n@ IN NS ns.invalid.\n"
+SENDER = Envelope(mail_from="anna@example.org", client_address="192.0.2.7", helo="mx.example.org")
 
 
 def fixture_seeds() -> list[bytes]:
@@ -61,24 +66,28 @@ def worker_rss_mib(pool: ScanPool) -> float:
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory):
-    settings = load_settings(overrides={"state_dir": str(tmp_path_factory.mktemp("state")),
-                                        "reputation": {"enabled": False}})
-    p = ScanPool(settings, 2)
-    yield settings, p
-    p.close()
+    """Two workers with every detector, reputation included, its DNS a loopback server that knows no names."""
+    with DnsServer({".": ROOT}) as dns:
+        reputation = {"nameservers": ["127.0.0.1"], "port": dns.port, "budget": 2.0, "query_timeout": 1.0,
+                      "dnsbl": ["bl.test"], "uribl": ["uribl.test"]}
+        settings = load_settings(overrides={"state_dir": str(tmp_path_factory.mktemp("state")),
+                                            "reputation": reputation})
+        p = ScanPool(settings, 2)
+        yield settings, p, dns
+        p.close()
 
 
 def test_every_mutant_ends_in_a_verdict_within_its_budget(pool):
-    settings, scan_pool = pool
+    settings, scan_pool, dns = pool
     seeds = fixture_seeds()
     for raw in seeds[:2]:                                    # warm both workers before measuring memory
-        scan_pool.scan(raw, Envelope(), BUDGET * 3)
+        scan_pool.scan(raw, SENDER, BUDGET * 3)
     rss_before = worker_rss_mib(scan_pool)
     verdicts: Counter[str] = Counter()
     slowest = 0.0
     for name, raw in mutants(seeds, MUTANTS, seed=12):
         started = time.monotonic()
-        evidence = scan_pool.scan(raw, Envelope(), BUDGET)  # ScanFailed would escape here and fail the test
+        evidence = scan_pool.scan(raw, SENDER, BUDGET)      # ScanFailed would escape here and fail the test
         slowest = max(slowest, time.monotonic() - started)
         assert "scan-deadline" not in {f.name for f in evidence.findings}, name
         assert "detector-error" not in {f.name for f in evidence.findings}, (name, evidence.findings)
@@ -86,3 +95,5 @@ def test_every_mutant_ends_in_a_verdict_within_its_budget(pool):
     assert sum(verdicts.values()) == MUTANTS and slowest < BUDGET
     assert verdicts["reject"] > 0 and verdicts["accept"] + verdicts["tag"] > 0     # the mutants still say things
     assert worker_rss_mib(scan_pool) < rss_before + 256
+    asked = {name for name, _ in dns.queries}
+    assert "7.2.0.192.bl.test." in asked and "_dmarc.example.org." in asked     # reputation ran too
