@@ -2,8 +2,10 @@
 
 Mutants come from ``tests/mutants.py`` (byte flips, header and boundary mangling,
 charset and encoding swaps, truncation, nesting, archives). Each is scanned by
-``mailward.workers.ScanPool`` with the milter's message deadline, from as many
-threads as workers, and its evidence is turned into a verdict by the policy.
+``mailward.workers.ScanPool`` with every detector (reputation against a loopback
+DNS server from ``tests/dns_server.py`` that answers NXDOMAIN) and the milter's
+message deadline, from as many threads as workers; the policy turns its evidence
+into a verdict.
 The same-run baseline is the unmutated seed messages through the same pool.
 Prints mutants tried, verdict counts, failed scans (ScanFailed, i.e. the
 message would get ``on_error``), deadline overruns, detector errors, max/p99
@@ -17,6 +19,7 @@ time and the peak RSS of the pool's processes. Failing mutants are written to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import resource
 import sys
@@ -28,12 +31,19 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from mutants import mutants, seeds_from  # noqa: E402
+from dns_server import EMPTY_ROOT, DnsServer  # noqa: E402
+from mutants import SENDER, mutants, seeds_from  # noqa: E402
 
 from mailward.config import load_settings  # noqa: E402
-from mailward.envelope import Envelope  # noqa: E402
 from mailward.policy import decide  # noqa: E402
 from mailward.workers import ScanFailed, ScanPool  # noqa: E402
+
+
+
+
+# Findings that say a check did not run as meant (errors of category "error" are counted too).
+NOTABLE = frozenset({"scan-deadline", "detector-error", "parse-error", "parser-crash", "inspect-deadline",
+                     "dns-unavailable"})
 
 
 def rss_kib(pids: list[int]) -> int:
@@ -66,7 +76,7 @@ class Run:
         name, raw = item
         t0 = time.perf_counter()
         try:
-            evidence = self.pool.scan(raw, Envelope(), self.deadline)
+            evidence = self.pool.scan(raw, SENDER, self.deadline)
             verdict = decide(evidence, self.policy, "MW-FUZZ").action.value
         except ScanFailed as exc:
             verdict, evidence = "failed", None
@@ -82,9 +92,8 @@ class Run:
             self.times.append(seconds)
             self.slowest = sorted(self.slowest + [(seconds, name)], reverse=True)[:5]
             if evidence is not None:
-                self.findings.update(f.name for f in evidence.findings
-                                     if f.name in ("scan-deadline", "detector-error", "parse-error", "parser-crash",
-                                                   "inspect-deadline"))
+                self.findings.update(f.name for f in evidence.findings if f.category.value == "error" or f.name in
+                                     NOTABLE)
             self.peak_worker_kib = max(self.peak_worker_kib, rss_kib(pids))
 
     def report(self, label: str) -> None:
@@ -126,10 +135,22 @@ def main() -> int:
     ap.add_argument("--deadline", type=float, default=60.0, help="the milter's message_deadline")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--save", type=Path, help="directory for mutants whose scan failed")
+    ap.add_argument("--no-reputation", action="store_true", help="leave out the DNS checks")
     args = ap.parse_args()
 
-    settings = load_settings(overrides={"state_dir": tempfile.mkdtemp(prefix="mailward-fuzz-"),
-                                        "reputation": {"enabled": False}})
+    with contextlib.ExitStack() as stack:
+        if args.no_reputation:
+            reputation = {"enabled": False}
+        else:          # every detector: reputation asks a loopback DNS server that knows no names
+            dns = stack.enter_context(DnsServer({".": EMPTY_ROOT}))
+            reputation = {"nameservers": ["127.0.0.1"], "port": dns.port, "budget": 2.0, "query_timeout": 1.0,
+                          "dnsbl": ["bl.test"], "uribl": ["uribl.test"]}
+        settings = load_settings(overrides={"state_dir": tempfile.mkdtemp(prefix="mailward-fuzz-"),
+                                            "reputation": reputation})
+        return run(args, settings)
+
+
+def run(args: argparse.Namespace, settings) -> int:
     seeds = seeds_from(args.mail, args.seeds)
     pool = ScanPool(settings, args.workers)
     policy = settings.policy.inbound

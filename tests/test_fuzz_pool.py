@@ -18,21 +18,18 @@ from pathlib import Path
 
 import pytest
 
-from dns_server import DnsServer
+from dns_server import EMPTY_ROOT, DnsServer
 from mail import eicar_message, gtube_message
 from mailward.config import load_settings
-from mailward.envelope import Envelope
 from mailward.policy import decide
 from mailward.workers import ScanPool
-from mutants import mutants, seeds_from
+from mutants import SENDER, mutants, seeds_from
 from unpack_support import (EICAR, iso_image, message, nested_zip, ooxml, rar4_stored, seven_zip, tar_gz, tnef,
                             uuencoded, vba_project, zipped)
 
 MUTANTS = 300
 BUDGET = 20.0             # seconds per message, far below the milter's default deadline of 60
 FIXTURES = Path(__file__).parent / "fixtures" / "mail"
-ROOT = "$TTL 300\n@ IN SOA ns.invalid. hostmaster.invalid. 1 3600 600 86400 300\n@ IN NS ns.invalid.\n"
-SENDER = Envelope(mail_from="anna@example.org", client_address="192.0.2.7", helo="mx.example.org")
 
 
 def fixture_seeds() -> list[bytes]:
@@ -67,7 +64,7 @@ def worker_rss_mib(pool: ScanPool) -> float:
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory):
     """Two workers with every detector, reputation included, its DNS a loopback server that knows no names."""
-    with DnsServer({".": ROOT}) as dns:
+    with DnsServer({".": EMPTY_ROOT}) as dns:
         reputation = {"nameservers": ["127.0.0.1"], "port": dns.port, "budget": 2.0, "query_timeout": 1.0,
                       "dnsbl": ["bl.test"], "uribl": ["uribl.test"]}
         settings = load_settings(overrides={"state_dir": str(tmp_path_factory.mktemp("state")),
