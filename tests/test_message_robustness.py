@@ -4,11 +4,13 @@ Regression cases from issue 12 (a Subject in the charset ``utf\\xc3\\xa98``, tex
 parts in ``charset=undefined``/``idna`` with 8-bit bytes, which raised out of the
 parser and skipped every detector), a detector that raises, ``mailward scan``
 going on past a bad file, terminal-safe output, and property tests of the decode
-functions.
+functions and of every reader of message text (tokenizer, HTML text, DKIM and
+DMARC header readers, URL domains, quarantine summary).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -44,7 +46,6 @@ def raw_message(text_charset: bytes = b"utf-8", body: bytes = b"Hello\n", subjec
     text = b"Content-Type: text/plain; charset=" + text_charset + b"\nContent-Transfer-Encoding: 8bit\n\n" + body
     if attachment is None:
         return head + text
-    import base64
     name, data = attachment
     return (head + b"Content-Type: multipart/mixed; boundary=\"b\"\n\n--b\n" + text + b"\n--b\n"
             b"Content-Type: application/octet-stream; name=\"" + name.encode() + b"\"\n"
