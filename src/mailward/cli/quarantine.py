@@ -24,7 +24,7 @@ from ..quarantine import Actor, Label, ListFilter, QuarantineStore, Removal, Sta
 from ..quarantine import digest as digests
 from ..quarantine.release import Relay, ReleaseOutcome, key_path, load_release_key, release
 from ..quarantine.render import inspect_message, render_history, render_list, render_show, when
-from ..textsafe import json_line
+from ..textsafe import json_line, neutralise
 from ..verdict import Action
 
 OK, FAILED, REFUSED = 0, 1, 3
@@ -185,7 +185,8 @@ def _release(args, settings: Settings) -> int:
                                         "(if that releaser died, retry later with --reclaim)",
             ReleaseOutcome.NEEDS_FORCE: f"{args.id} has a malware verdict: release it only with --force",
         }
-        print(messages[result.outcome], file=sys.stdout if result.outcome is ReleaseOutcome.RELEASED else sys.stderr)
+        print(neutralise(messages[result.outcome]),       # recipients and the relay's reply are not ours
+              file=sys.stdout if result.outcome is ReleaseOutcome.RELEASED else sys.stderr)
         if result.outcome is ReleaseOutcome.RELEASED:
             return OK
         return FAILED if result.outcome in (ReleaseOutcome.FAILED, ReleaseOutcome.NOT_FOUND) else REFUSED
