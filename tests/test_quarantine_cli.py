@@ -103,7 +103,9 @@ def test_show_renders_hostile_content_inertly(cli, put):
     assert "[high] spam gtube (gtube) at part 1" in out
     assert "Spam score:     0.970 (model nb-1)" in out and "+2.500  viagra" in out
 
-    data = json.loads(cli("show", qid, "--json")[1])
+    raw_json = cli("show", qid, "--json")[1]
+    assert not any(ch in raw_json for ch in "\x1b\x07\u202e")          # escaped in JSON too
+    data = json.loads(raw_json)
     pdf = [p for p in data["parts"] if p["filename"] == "invoice.pdf"][0]
     assert pdf["declared_type"] == "application/pdf" and pdf["real_type"] == "application/zip"
     assert len(pdf["sha256"]) == 64 and pdf["size"] == len(ZIP)

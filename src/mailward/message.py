@@ -11,11 +11,10 @@ finding: the policy, not the parser, decides what an uninspectable message deser
 
 from __future__ import annotations
 
+import codecs
 import email
 import email.header
 import email.policy
-import email.errors
-import email.utils
 import hashlib
 import re
 import time
@@ -92,15 +91,8 @@ class ContentObject:
         return self.declared_type in _TEXT_TYPES and not self.in_archive and self.disposition != "attachment"
 
     def text(self) -> str:
-        """The object decoded as text with its declared charset (Latin-1 when unknown)."""
-        for charset in (self.charset, "utf-8", "latin-1"):
-            if not charset:
-                continue
-            try:
-                return self.data.decode(charset)
-            except (LookupError, UnicodeDecodeError):
-                continue
-        return self.data.decode("latin-1")
+        """The object decoded as text with its declared charset (UTF-8, then Latin-1, when that fails)."""
+        return decode_text(self.data, self.charset)[0]
 
 
 @dataclass(frozen=True)
@@ -133,14 +125,67 @@ class ParsedMessage:
         return (o for o in self.objects if o.is_text)
 
 
+# Codecs Python knows that no mail charset means: they fail on 8-bit bytes or rewrite ASCII text.
+_NOT_MAIL_CHARSETS = frozenset({"idna", "punycode", "undefined", "unicode_escape", "raw_unicode_escape",
+                                "mbcs", "oem", "palmos"})
+
+
+def decode_text(data: bytes, charset: str) -> tuple[str, bool]:
+    """``data`` as text, and whether ``charset`` (empty: none declared) decoded it cleanly.
+
+    Never raises: a sender picks the charset, and an unknown, non-text or lying one
+    must not stop the scan. The fallback is UTF-8, then Latin-1 (which decodes any
+    bytes), so every byte still reaches the detectors.
+    """
+    declared = _mail_codec(charset)
+    for codec in (declared, "utf-8"):
+        if codec:
+            try:
+                return data.decode(codec), codec == declared or not charset
+            except (UnicodeError, ValueError, TypeError, LookupError):
+                continue
+    return data.decode("latin-1"), not charset      # undeclared 8-bit text is old mail, not an error
+
+
+def _mail_codec(charset: str) -> str:
+    """The Python codec for a mail charset name, or "" when there is none fit for mail text."""
+    if not charset or not charset.isascii():      # codecs.lookup would read "utf\xe98" as utf-8
+        return ""
+    try:
+        name = codecs.lookup(charset.strip()).name
+    except (LookupError, ValueError, TypeError, UnicodeError):
+        return ""
+    return "" if name.replace("-", "_") in _NOT_MAIL_CHARSETS else name
+
+
 def decode_header_value(value: str) -> str:
     """RFC 2047-decode a header value; undecodable words are kept as they are."""
+    return decode_header(value)[0]
+
+
+def decode_header(value: str) -> tuple[str, bool]:
+    """A header value RFC 2047-decoded, and whether every encoded word decoded cleanly.
+
+    Never raises: a word in an unknown or broken charset becomes UTF-8 or Latin-1
+    text (see :func:`decode_text`), a value the stdlib cannot split is kept as it is.
+    """
     if "=?" not in value:
-        return " ".join(value.split()) if "\n" in value else value
+        return (" ".join(value.split()) if "\n" in value else value), True
     try:
-        return str(email.header.make_header(email.header.decode_header(value)))
-    except (LookupError, ValueError, UnicodeError, email.errors.HeaderParseError):
-        return value
+        words = email.header.decode_header(value)
+    except Exception:           # HeaderParseError and whatever else a hostile value provokes
+        return value, False
+    try:
+        return str(email.header.make_header(words)), True
+    except Exception:           # CharsetError, LookupError, UnicodeError: decode word by word instead
+        pass
+    texts = []
+    for chunk, charset in words:
+        if isinstance(chunk, str):
+            texts.append(chunk)
+        else:
+            texts.append(decode_text(chunk, "" if charset in (None, "unknown-8bit") else str(charset))[0])
+    return " ".join(t.strip() for t in texts if t.strip()), False
 
 
 def normalise_name(name: str) -> str:
@@ -165,25 +210,56 @@ def parse_message(raw: bytes, limits: LimitSettings, unpacker: Unpacker | None =
     root, refused = _parse_mime(raw, limits)
     if root is None:
         return _unparsed(raw, refused, limits)
-    walk = _walk(root, limits, "", 0)
+    try:
+        walk = _walk(root, limits, "", 0)
+    except Exception as exc:   # a stdlib corner the guards above missed: scan the raw bytes whole
+        return _unparsed(raw, [_unchecked("parse-error", f"MIME walk failed: {type(exc).__name__}", "",
+                                          Severity.MEDIUM)], limits)
     own = unpacker is None
     unpacker = unpacker or Unpacker(limits)
     try:
         expansion = _Expansion(limits, unpacker, len(raw), _PasswordSource(root, walk.leaves, limits))
         expansion.run(walk.leaves)
+    except Exception as exc:   # a bug on hostile bytes: keep what was expanded, and every MIME leaf
+        expansion.problems.append(_unchecked("parse-error", f"expanding failed: {type(exc).__name__}", "",
+                                             Severity.MEDIUM))
+        seen = {o.path for o in expansion.objects}
+        expansion.objects.extend(o for o in walk.leaves if o.path not in seen)
     finally:
         if own:
             unpacker.close()
+    headers, header_problems = _decoded_headers(root)
     return ParsedMessage(
-        headers=tuple((k, decode_header_value(str(v))) for k, v in root.items()),
+        headers=headers,
         objects=tuple(expansion.objects),
-        problems=tuple(walk.problems + expansion.problems),
+        problems=tuple(header_problems + walk.problems + expansion.problems),
         size=len(raw),
         parts=walk.parts,
         max_depth=max([walk.deepest, *(o.depth for o in expansion.objects)]),
         raw_headers=header_block(raw),
         raw=raw,
     )
+
+
+def _decoded_headers(root: Message) -> tuple[tuple[tuple[str, str], ...], list[Finding]]:
+    """Every header field decoded, and a ``parse-error`` for each that needed a fallback."""
+    headers, problems = [], []
+    for key, value in root.items():
+        try:
+            text, clean = decode_header(str(value))
+        except Exception:          # str() of a Header object the stdlib cannot render
+            text, clean = "", False
+        if not clean:
+            problems.append(parse_error(f"header {key}", "undecodable encoded word or charset; kept with "
+                                                          "replacement characters"))
+        headers.append((key, text))
+    return tuple(headers), problems
+
+
+def parse_error(location: str, detail: str) -> Finding:
+    """A decode step fell back (replacement characters, raw bytes). INFO: every byte still reached
+    the detectors, so it decides nothing, but an analyst sees why text looks odd."""
+    return Finding(Category.UNCHECKED, "parse-error", Severity.INFO, "parser", location, detail)
 
 
 def _parse_mime(raw: bytes, limits: LimitSettings) -> tuple[Message | None, list[Finding]]:
@@ -230,13 +306,17 @@ def _walk(root: Message, limits: LimitSettings, prefix: str, base_depth: int) ->
             problems.append(_unchecked("nesting-too-deep", f"depth {depth} > {limits.max_depth}",
                                        _join(prefix, f"part {path}")))
             continue
-        payload = part.get_payload()
-        if part.is_multipart() and isinstance(payload, list):
+        # Only a multipart's payload is read here: get_payload() on a leaf decodes 8-bit text with
+        # its declared charset, which raises for charsets such as idna.
+        payload = part.get_payload() if part.is_multipart() else None
+        if isinstance(payload, list):
             children = [(child, f"{path}.{i}" if path else str(i), depth + 1) for i, child in enumerate(payload, 1)]
             stack.extend(reversed(children))
             continue
-        leaf = _leaf(part, path or "body", depth)
-        leaves.append(replace(leaf, path=_join(prefix, leaf.path)) if prefix else leaf)
+        leaf, trouble = _leaf(part, path or "body", depth)
+        leaf = replace(leaf, path=_join(prefix, leaf.path)) if prefix else leaf
+        leaves.append(leaf)
+        problems.extend(parse_error(leaf.path, detail) for detail in trouble)
     return _Walk(leaves, problems, parts, deepest)
 
 
@@ -294,6 +374,14 @@ class _Expansion:
                 self.problems.append(_unchecked("inspect-deadline", f"more than {self.limits.inspect_deadline:g}s",
                                                 obj.path))
             return []
+        try:
+            return self._expand(obj, kind, pending)
+        except Exception as exc:   # a handler bug on hostile bytes: this object unchecked, the rest goes on
+            self.problems.append(_unchecked("parse-error", f"expanding failed: {type(exc).__name__}", obj.path,
+                                            Severity.MEDIUM))
+            return []
+
+    def _expand(self, obj: ContentObject, kind: Kind, pending: int) -> list[ContentObject]:
         if kind is Kind.EMAIL:
             return self._email(obj)
         allowance = Allowance(bytes=max(self.budget, 0),
@@ -342,42 +430,96 @@ def _stopped(incomplete: Incomplete, location: str) -> Finding:
                    "unpack", location, incomplete.detail)
 
 
-def _leaf(part: Message, path: str, depth: int) -> ContentObject:
+def _leaf(part: Message, path: str, depth: int) -> tuple[ContentObject, list[str]]:
+    """One MIME leaf, and what had to fall back while decoding it (each a ``parse-error`` detail).
+
+    Every step is guarded on its own: a name in a broken RFC 2231 charset loses the
+    name, not the content; a broken transfer encoding leaves the raw text to scan.
+    """
+    trouble: list[str] = []
     names = []
-    for raw_name in (part.get_filename(), part.get_param("name", header="content-type")):
-        if isinstance(raw_name, tuple):        # RFC 2231 without a charset the stdlib did not collapse
-            raw_name = email.utils.collapse_rfc2231_value(raw_name)
-        if raw_name:
-            name = normalise_name(decode_header_value(str(raw_name)))
-            if name and name not in names:
-                names.append(name)
+    for raw_name in raw_file_names(part, trouble):
+        name, clean = decode_header(str(raw_name))
+        name = normalise_name(name)
+        if not clean:
+            trouble.append(f"undecodable file name {name[:80]!r}")
+        if name and name not in names:
+            names.append(name)
     try:
         data = part.get_payload(decode=True)
-    except Exception:  # a broken encoding still leaves the raw text to scan
+    except Exception as exc:  # a broken encoding still leaves the raw text to scan
+        trouble.append(f"transfer encoding failed ({type(exc).__name__}); raw text scanned")
         data = None
     if data is None:
-        payload = part.get_payload()
-        data = payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else b""
+        data = undecoded_payload(part)
+    damaged = sorted({type(d).__name__ for d in part.defects if "Base64" in type(d).__name__})
+    if damaged:                # the stdlib decoded what it could, skipping what it could not
+        trouble.append(f"damaged base64 ({', '.join(damaged)}); decoded what could be")
+    declared, charset, disposition = _part_header(part.get_content_type, "text/plain", trouble), \
+        _part_header(part.get_content_charset, "", trouble), _part_header(part.get_content_disposition, "", trouble)
+    if declared in _TEXT_TYPES and not decode_text(data, str(charset or ""))[1]:
+        trouble.append(f"charset {str(charset)[:40]!r} does not decode the text; read as UTF-8 or Latin-1")
     label = names[0] if names else f"part {path}"
     return ContentObject(
         path=label,
         data=data,
-        declared_type=part.get_content_type(),
+        declared_type=declared,
         names=tuple(names),
-        charset=str(part.get_content_charset() or ""),
+        charset=str(charset or ""),
         depth=depth,
-        disposition=(part.get_content_disposition() or ""),
-    )
+        disposition=disposition or "",
+    ), trouble
+
+
+def undecoded_payload(part: Message) -> bytes:
+    """The part's body as it stands in the message, when its transfer encoding could not be undone."""
+    try:
+        payload = part.get_payload()
+    except Exception:      # 8-bit text in a charset that cannot decode it (idna): the stored text itself
+        payload = part._payload
+    if isinstance(payload, str):
+        return payload.encode("utf-8", "surrogateescape")
+    return payload if isinstance(payload, bytes) else b""
+
+
+def raw_file_names(part: Message, trouble: list[str]) -> Iterator[str]:
+    """The filename and the Content-Type name of ``part``, decoded as far as the sender's charset allows.
+
+    RFC 2231 values are decoded here rather than by the stdlib, which raises for
+    charsets such as idna: a name in a broken charset must still reach the
+    file-name checks (``evil\xe9.exe`` is still an .exe).
+    """
+    for param, header in (("filename", "content-disposition"), ("name", "content-type")):
+        try:
+            value = part.get_param(param, header=header)
+            if isinstance(value, tuple):           # RFC 2231: (charset, language, percent-decoded text)
+                charset, _, text = value
+                value, clean = decode_text(text.encode("latin-1", "backslashreplace"), charset or "us-ascii")
+                if not clean:
+                    trouble.append(f"file name charset {str(charset)[:40]!r} does not decode it")
+        except Exception as exc:
+            trouble.append(f"file name not decodable ({type(exc).__name__})")
+            continue
+        if isinstance(value, str) and value.strip():
+            yield value.strip()
+
+
+def _part_header(read, fallback: str, trouble: list[str]) -> str:
+    try:
+        return read() or fallback
+    except Exception as exc:
+        trouble.append(f"{read.__name__} failed ({type(exc).__name__})")
+        return fallback
 
 
 def _unparsed(raw: bytes, problems: list[Finding], limits: LimitSettings) -> ParsedMessage:
     """A message that was not parsed is still scanned whole, as raw bytes."""
     head = header_block(raw)
     try:
-        headers = tuple((k, decode_header_value(str(v)))
-                        for k, v in email.message_from_bytes(head + b"\n\n", policy=email.policy.compat32).items())
+        headers, trouble = _decoded_headers(email.message_from_bytes(head + b"\n\n", policy=email.policy.compat32))
     except Exception:
-        headers = ()
+        headers, trouble = (), []
+    problems = problems + trouble
     data = raw[: limits.max_message_size]
     return ParsedMessage(headers=headers, objects=(ContentObject("raw message", data, "message/rfc822"),),
                          problems=tuple(problems), size=len(raw), raw_headers=head, raw=raw)

@@ -77,6 +77,8 @@ class Metrics:
         for stage, seconds in evidence.timings:
             self.stage_seconds.labels(stage).observe(seconds)
         for finding in evidence.findings:
+            if finding.name == "parse-error":      # malformed input, not a failing detector
+                continue
             if finding.category is Category.ERROR or finding.name.endswith(("-error", "-unavailable")):
                 self.detector_errors.labels(finding.detector).inc()
             elif finding.name.endswith(("-timeout", "-deadline")):

@@ -1,8 +1,10 @@
 """Run every detector over one parsed message and collect their evidence.
 
 Each detector package exposes ``detectors(settings)``; the inspector owns no
-detection logic of its own. A detector that raises becomes an ``error`` finding
-(the policy applies ``on_error``), so one broken check never hides the others.
+detection logic of its own. A detector that raises becomes its own ``unchecked``
+finding, so one broken check never hides the others; and since a bug that a
+message's bytes trigger triggers again on every retry, it is not a transient
+``error`` (which tempfails by default: mail that could never be delivered).
 """
 
 from __future__ import annotations
@@ -55,8 +57,13 @@ class Inspector:
             except Exception as exc:
                 log.exception("detector %s failed", detector.name,
                               extra={"queue_id": envelope.queue_id, "connection_id": envelope.connection_id})
-                found = Evidence(findings=(Finding(Category.ERROR, f"{detector.name}-failed", Severity.HIGH,
-                                                   detector.name, "", type(exc).__name__),))
+                found = Evidence(findings=(detector_error(detector.name, exc),))
             timings.append((detector.name, time.perf_counter() - t0))
             evidence = evidence.merged(found)
         return replace(evidence, timings=tuple(timings))
+
+
+def detector_error(detector: str, exc: BaseException) -> Finding:
+    """What a detector that raised on this message leaves: what it would have checked is unchecked."""
+    return Finding(Category.UNCHECKED, "detector-error", Severity.HIGH, detector, "",
+                   f"{type(exc).__name__}: {str(exc)[:200]}")

@@ -27,14 +27,16 @@ def decide(evidence: Evidence, policy: DirectionPolicy, incident_id: str) -> Ver
     """The strongest action any finding or the spam score calls for wins.
 
     Findings at or above ``min_severity`` get their category's action; weaker
-    ones (but above INFO) only tag. A failed detector applies ``on_error``
-    unless it is listed in ``accept_errors_from``.
+    ones (but above INFO) only tag. A failed check applies ``on_error``, a
+    crashed detector ``unchecked_action``, unless it is listed in ``accept_errors_from``.
     """
     votes: list[tuple[Action, str]] = []
     for finding in evidence.findings:
         if finding.category is Category.ERROR:
             accept = finding.detector in policy.accept_errors_from
             votes.append((Action.ACCEPT if accept else policy.on_error, "error"))
+        elif finding.name == "detector-error" and finding.detector in policy.accept_errors_from:
+            votes.append((Action.ACCEPT, "error"))     # the admin chose to accept this detector's failures
         elif finding.severity >= policy.min_severity:
             votes.append((getattr(policy, _CATEGORY_ACTION[finding.category]), finding.category.value))
         elif finding.severity > Severity.INFO:

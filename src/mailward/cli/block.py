@@ -11,7 +11,6 @@ OS user (or ``--analyst``), host and SSH client. Exit status: 0 done,
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import time
@@ -19,6 +18,7 @@ import time
 from ..config import Settings
 from ..incidents import Block, SubjectKind, open_incidents
 from ..quarantine.records import Actor
+from ..textsafe import json_line, neutralise
 
 OK, FAILED, REFUSED = 0, 1, 3
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -73,9 +73,9 @@ def _line(block: Block) -> str:
     state = "active" if block.active(time.time()) else f"lifted by {block.lifted_by} {_when(block.lifted_at)}" \
         if block.lifted_by != "(expired)" else "expired"
     until = "until lifted" if block.expires_at is None else f"until {_when(block.expires_at)}"
-    return (f"{block.kind.value:8} {block.value:32} {block.origin.value:13} {block.incident_id}  "
-            f"{_when(block.created_at)} by {block.created_by}, {until}, {state}\n"
-            f"{'':8} reason: {block.reason}")
+    return (f"{block.kind.value:8} {neutralise(block.value):32} {block.origin.value:13} {block.incident_id}  "
+            f"{_when(block.created_at)} by {neutralise(block.created_by)}, {until}, {neutralise(state)}\n"
+            f"{'':8} reason: {neutralise(block.reason)}")
 
 
 def _open(args: argparse.Namespace, settings: Settings):
@@ -89,7 +89,7 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         incidents.close()
     for block in blocks:
-        print(json.dumps(block.as_dict()) if args.json else _line(block))
+        print(json_line(block.as_dict()) if args.json else _line(block))
     if not blocks and not args.json:
         print("no blocks")
     return OK
@@ -149,9 +149,9 @@ def _history(args: argparse.Namespace, settings: Settings) -> int:
         incidents.close()
     for entry in entries:
         if args.json:
-            print(json.dumps(entry.as_dict()))
+            print(json_line(entry.as_dict()))
         else:
             where = f" ({entry.origin})" if entry.origin else ""
-            print(f"{_when(entry.at)}  {entry.action:6} {entry.kind.value} {entry.value}  {entry.incident_id}  "
-                  f"by {entry.actor}@{entry.host}{where}: {entry.detail}")
+            print(neutralise(f"{_when(entry.at)}  {entry.action:6} {entry.kind.value} {entry.value}  "
+                             f"{entry.incident_id}  by {entry.actor}@{entry.host}{where}: {entry.detail}"))
     return OK

@@ -9,7 +9,6 @@ Exit status: 0 done, 1 failed or not found, 3 refused (malware without
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import smtplib
@@ -25,6 +24,7 @@ from ..quarantine import Actor, Label, ListFilter, QuarantineStore, Removal, Sta
 from ..quarantine import digest as digests
 from ..quarantine.release import Relay, ReleaseOutcome, key_path, load_release_key, release
 from ..quarantine.render import inspect_message, render_history, render_list, render_show, when
+from ..textsafe import json_line, neutralise
 from ..verdict import Action
 
 OK, FAILED, REFUSED = 0, 1, 3
@@ -150,7 +150,7 @@ def _list(args, settings: Settings) -> int:
 def _print(args, items: list, render) -> None:
     """One JSON object per line with --json, else the human table."""
     if args.json:
-        sys.stdout.write("".join(json.dumps(item.as_dict()) + "\n" for item in items))
+        sys.stdout.write("".join(json_line(item.as_dict()) + "\n" for item in items))
     else:
         sys.stdout.write(render(items))
 
@@ -163,7 +163,7 @@ def _show(args, settings: Settings) -> int:
         view = inspect_message(store.read(args.id), settings.limits.max_parts, settings.limits.max_depth)
         store.record_event(args.id, "show", actor)
         if args.json:
-            print(json.dumps({**record.as_dict(), "headers": [list(h) for h in view.headers],
+            print(json_line({**record.as_dict(), "headers": [list(h) for h in view.headers],
                               "parts": [p.as_dict() for p in view.parts], "problem": view.problem}))
         else:
             sys.stdout.write(render_show(record, view))
@@ -185,7 +185,8 @@ def _release(args, settings: Settings) -> int:
                                         "(if that releaser died, retry later with --reclaim)",
             ReleaseOutcome.NEEDS_FORCE: f"{args.id} has a malware verdict: release it only with --force",
         }
-        print(messages[result.outcome], file=sys.stdout if result.outcome is ReleaseOutcome.RELEASED else sys.stderr)
+        print(neutralise(messages[result.outcome]),       # recipients and the relay's reply are not ours
+              file=sys.stdout if result.outcome is ReleaseOutcome.RELEASED else sys.stderr)
         if result.outcome is ReleaseOutcome.RELEASED:
             return OK
         return FAILED if result.outcome in (ReleaseOutcome.FAILED, ReleaseOutcome.NOT_FOUND) else REFUSED

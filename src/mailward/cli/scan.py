@@ -1,13 +1,13 @@
 """`mailward scan`: the milter's pipeline and policy on .eml files, offline.
 
 Nothing is quarantined or delivered: it reports what the milter would do.
-Exit status 0 whatever the verdicts; non-zero only when the scan itself failed.
+Exit status 0 whatever the verdicts; 1 when any file could not be read or
+scanned (each reported on stderr, and the other files still scanned).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -16,6 +16,7 @@ from ..config import Settings
 from ..envelope import Direction, Envelope
 from ..pipeline import Inspector
 from ..screening import Outcome, Screener
+from ..textsafe import json_line, neutralise
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -61,17 +62,23 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         try:
             raw = path.read_bytes()
         except OSError as exc:
-            print(f"mailward scan: {path}: {exc.strerror}", file=sys.stderr)
+            print(f"mailward scan: {neutralise(str(path))}: {exc.strerror}", file=sys.stderr)
             failed += 1
             continue
         envelope = Envelope(client_address=args.client_ip)
         direction = Direction(args.direction) if args.direction else rules.classify(envelope)
-        outcome = screener.screen(raw, len(raw), envelope.with_direction(direction))
+        try:
+            outcome = screener.screen(raw, len(raw), envelope.with_direction(direction))
+        except Exception as exc:   # one file the pipeline cannot handle must not hide the rest
+            print(f"mailward scan: {neutralise(str(path))}: scan failed: {neutralise(f'{type(exc).__name__}: {exc}')}",
+                  file=sys.stderr)
+            failed += 1
+            continue
         doc = report(path, outcome)
         if args.json:
-            print(json.dumps(doc, ensure_ascii=False))
+            print(json_line(doc))
         else:
             score = "-" if doc["spam_score"] is None else f"{doc['spam_score']:.3f}"
             where = "; ".join(f"{f['category']}:{f['name']}@{f['location']}" for f in doc["findings"])
-            print(f"{path}: {doc['action']} spam={score} {where}".rstrip())
+            print(neutralise(f"{path}: {doc['action']} spam={score} {where}".rstrip()))
     return 1 if failed else 0

@@ -14,42 +14,21 @@ from __future__ import annotations
 
 import email
 import email.policy
-import email.utils
 import hashlib
 import re
-import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import magic
 
-from ..message import decode_header_value
+from ..message import decode_header_value, decode_text, raw_file_names, undecoded_payload
+from ..textsafe import neutralise
 from .records import AuditEvent, QuarantineRecord
 
 TEXT_LIMIT = 64 * 1024            # characters of each text part shown
 MAGIC_BYTES = 64 * 1024
-_ESCAPED_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
 _VAGUE_TYPES = {"text/plain", "application/octet-stream", "inode/x-empty", "application/x-empty", "unknown"}
 _FOLD = re.compile(r"\r?\n[ \t]+")
-
-
-def neutralise(text: str, multiline: bool = False) -> str:
-    """``text`` with every control, format or unassigned character shown as an escape.
-
-    With ``multiline`` line breaks (normalised to ``\\n``) and tabs are kept.
-    """
-    if multiline:
-        text = text.replace("\r\n", "\n")
-    out = []
-    for ch in text:
-        if multiline and ch in "\n\t":
-            out.append(ch)
-        elif unicodedata.category(ch) in _ESCAPED_CATEGORIES:
-            code = ord(ch)
-            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
-        else:
-            out.append(ch)
-    return "".join(out)
 
 
 @dataclass(frozen=True)
@@ -95,8 +74,8 @@ def inspect_message(raw: bytes, max_parts: int = 1000, max_depth: int = 20) -> M
         if len(parts) >= max_parts:
             problem = f"more than {max_parts} parts: the rest is not shown"
             break
-        payload = part.get_payload()
-        if part.is_multipart() and isinstance(payload, list):
+        payload = part.get_payload() if part.is_multipart() else None
+        if isinstance(payload, list):
             parts.append(PartView(number, depth, part.get_content_type()))
             if depth >= max_depth:
                 problem = f"parts nested deeper than {max_depth} are not shown"
@@ -114,31 +93,18 @@ def _leaf(part, number: str, depth: int) -> PartView:
     except Exception:  # a broken transfer encoding: show the undecoded text's size and hash
         data = None
     if data is None:
-        payload = part.get_payload()
-        data = payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else b""
-    filename = part.get_filename() or part.get_param("name", header="content-type") or ""
-    if isinstance(filename, tuple):
-        filename = email.utils.collapse_rfc2231_value(filename)
+        data = undecoded_payload(part)
+    filename = next(raw_file_names(part, []), "")
     declared = part.get_content_type()
     disposition = part.get_content_disposition() or ""
     text = None
     truncated = False
     if declared.startswith("text/") and disposition != "attachment":
-        decoded = _decode(data, part.get_content_charset() or "")
+        decoded = decode_text(data, part.get_content_charset() or "")[0]
         truncated = len(decoded) > TEXT_LIMIT
         text = decoded[:TEXT_LIMIT]
     return PartView(number, depth, declared, _real_type(data), decode_header_value(str(filename)), disposition,
                     len(data), hashlib.sha256(data).hexdigest(), text, truncated)
-
-
-def _decode(data: bytes, charset: str) -> str:
-    for candidate in (charset, "utf-8"):
-        if candidate:
-            try:
-                return data.decode(candidate)
-            except (LookupError, UnicodeDecodeError):
-                continue
-    return data.decode("latin-1")
 
 
 def _real_type(data: bytes) -> str:

@@ -26,6 +26,7 @@ import yara
 from ..config import LimitSettings
 from ..errors import ArtifactError
 from ..message import ContentObject, parse_message
+from ..textsafe import neutralise
 from ..unpack import Unpacker
 from .ruleset import EXTERNALS, RuleFile, Source, compile_file, discover
 from .yara_rules import externals_for
@@ -188,7 +189,7 @@ def print_table(reports: list[FileReport], summary: dict, min_speed: float) -> N
         for line in r.file.warnings[:5]:
             print(f"        warning: {line}")
         for hit in r.hits[:5]:
-            print(f"        hit: {hit['rule']} on {hit['sample']} ({hit['object']})")
+            print(neutralise(f"        hit: {hit['rule']} on {hit['sample']} ({hit['object']})"))
     print(f"\n{summary['files']} files, {summary['rules']} rules, {summary['broken']} broken")
     if measured:
         print(f"benign sample: {summary['sample_objects']} objects, {summary['sample_bytes'] / 1e6:.1f} MB, "
