@@ -65,7 +65,7 @@ class DirectionPolicy:
     macro_action_autoexec: Action = Action.QUARANTINE  # auto-exec VBA, or XLM macros (Auto_Open)
     macro_action_malicious: Action = Action.REJECT     # auto-exec plus shell/download/CreateObject... or an IOC
     clamav_unavailable_action: Action = Action.QUARANTINE   # clamd down, slow or answering an error
-    notify_virus: bool = False          # mail a short notice (incident ID) when malware is rejected or kept
+    notify_virus: bool = False          # notice with the incident ID to the admin (outbound: and the sender)
     min_severity: Severity = Severity.MEDIUM   # weaker findings only tag
     on_error: Action = Action.TEMPFAIL          # tempfail or accept when a check fails
     accept_errors_from: tuple[str, ...] = ()    # detectors whose failures accept instead (e.g. "dns")
@@ -284,6 +284,7 @@ class AlertSettings:
     webhook_timeout: float = 5.0
     email_to: tuple[str, ...] = ()     # the security contact(s)
     email_from: str = ""               # default: mailward@<hostname>
+    notice_to: tuple[str, ...] = ()    # admin address(es) for virus notices (policy.*.notify_virus); default email_to
     smtp_host: str = ""                # default: quarantine.relay_host / relay_port
     smtp_port: int = 0
     syslog: str = ""                   # "/dev/log", another unix socket path, or "udp:HOST:PORT"

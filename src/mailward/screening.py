@@ -57,10 +57,8 @@ class Outcome:
 class Screener:
     def __init__(self, settings: Settings, scan: Scan, quarantine: Quarantine | None,
                  clock: Callable[[], float] = time.time, watch: Watch | None = None,
-                 release: Release | None = None, notify: Callable[["Outcome"], object] | None = None):
-        """``notify``: sends a virus notice for an outcome, when the direction's policy asks for one."""
+                 release: Release | None = None):
         self.settings = settings
-        self._notify = notify
         self._release = release
         self._scan = scan
         self._quarantine = quarantine
@@ -101,12 +99,6 @@ class Screener:
                 evidence = replace(evidence, timings=evidence.timings + (("quarantine", time.perf_counter() - t0),))
         outcome = Outcome(envelope, verdict, evidence, size, quarantine_id, error, time.perf_counter() - started,
                           store_failed, released_from)
-        if policy.notify_virus and self._notify is not None and evidence.of(Category.MALWARE) \
-                and verdict.action in (Action.REJECT, Action.QUARANTINE, Action.TEMPFAIL):
-            try:
-                self._notify(outcome)
-            except Exception:   # a notice never changes what happens to the message
-                log.exception("virus notification failed", extra={"queue_id": envelope.queue_id})
         if self._watch is not None:
             try:
                 self._watch.observe(outcome)
