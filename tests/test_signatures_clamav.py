@@ -160,6 +160,7 @@ def test_detector_is_wired_only_when_a_socket_is_set(clamd, tmp_path):
     ({"socket": "unix:relative.sock"}, "clamav.socket"),
     ({"scan": "attachments"}, "clamav.scan"),
     ({"timeout": 0}, "clamav.timeout"),
+    ({"retry_after": -1}, "clamav.retry_after"),
     ({"connections": 0}, "clamav.connections"),
     ({"stream_max_length": 0}, "clamav.stream_max_length"),
     ({"sockett": "unix:/x"}, "clamav.sockett"),

@@ -81,6 +81,12 @@ def test_workbook_open_is_quarantined_inbound(scan):
     assert actions(evidence) == (Action.QUARANTINE, Action.TAG)
 
 
+def test_auto_exec_that_only_runs_its_own_macros_is_not_malware(scan):
+    source = 'Sub Workbook_Open()\n    Application.Run "RefreshPivots"\nEnd Sub\n'
+    _, evidence = scan(message(attachments=[("kpi.xlsm", ooxml("xlsm", {"xl/vbaProject.bin": vba_project(source)}))]))
+    assert "vba-autoexec" in macro_names(evidence) and "vba-autoexec-suspicious" not in macro_names(evidence)
+
+
 def test_macro_without_auto_exec_only_tags(scan):
     _, evidence = scan(message(attachments=[("table.docm", ooxml("docm", {"word/vbaProject.bin": vba_project(PLAIN)}))]))
     assert macro_names(evidence) == {"vba-macros"}

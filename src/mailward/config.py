@@ -473,9 +473,10 @@ def _check_clamav(clamav: ClamavSettings, source: str) -> None:
             raise ConfigError(source, "clamav.socket", str(exc)) from None
     if clamav.scan not in ("objects", "message"):
         raise ConfigError(source, "clamav.scan", "must be objects or message")
-    for key in ("timeout", "retry_after"):
-        if getattr(clamav, key) < 0 or (key == "timeout" and clamav.timeout == 0):
-            raise ConfigError(source, f"clamav.{key}", "must be positive" if key == "timeout" else "must be 0 or more")
+    if clamav.timeout <= 0:
+        raise ConfigError(source, "clamav.timeout", "must be positive")
+    if clamav.retry_after < 0:
+        raise ConfigError(source, "clamav.retry_after", "must be 0 or more")
     if clamav.stream_max_length < 1:
         raise ConfigError(source, "clamav.stream_max_length", "must be positive")
     if not 1 <= clamav.connections <= 64:

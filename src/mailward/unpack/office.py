@@ -30,6 +30,9 @@ DEFAULT_PASSWORDS = (EXCEL_DEFAULT_PASSWORD, "/01Hannes Ruescher/01")
 _DANGEROUS = re.compile(r"\b(run|execute|download|inject|shellcode|OLE object|environment|registry|DLL|library|"
                         r"keystrokes|obfuscate malicious|disable VBA macro security|Excel 4 Macro|self-modification)",
                         re.I)
+# ...but not the keywords honest auto-exec macros use all the time (Application.Run, window states).
+_ORDINARY = frozenset({"Run", "vbNormal", "vbNormalFocus", "vbNormalNoFocus", "vbMaximizedFocus",
+                       "vbMinimizedFocus", "vbMinimizedNoFocus"})
 _IOC_TYPES = ("URL", "IPv4 address", "Executable file name")
 _RTF_TEMPLATE = re.compile(rb"\\\*\\template\s*([^}\s]{1,300})", re.I)
 _REMOTE = re.compile(rb"^(https?:|\\\\|//|file:)", re.I)
@@ -109,12 +112,14 @@ def _macros(data: bytes, name: str, out: Collector, meter: Meter) -> None:
             triggers = sorted({k for k, _ in detect_autoexec(source)})
             if raptor.autoexec or triggers:
                 out.observe(Fact.VBA_AUTOEXEC, ", ".join(triggers))
-                dangerous = sorted({k for k, why in detect_suspicious(source) if _DANGEROUS.search(why)})
+                dangerous = sorted({k for k, why in detect_suspicious(source)
+                                    if _DANGEROUS.search(why) and k not in _ORDINARY})
                 iocs = sorted({v for t, v in detect_patterns(source) if t in _IOC_TYPES})
-                if raptor.suspicious or dangerous or iocs:
-                    # Runs by itself and reaches out of the document: what droppers do.
-                    detail = " ".join(filter(None, [raptor.get_flags() if raptor.suspicious else "",
-                                                    ", ".join(dangerous), ("IOC " + ", ".join(iocs[:5])) if iocs else ""]))
+                if dangerous or iocs:
+                    # Runs by itself and reaches out of the document: what droppers do. (mraptor's own
+                    # verdict counts Application.Run as execution, so it only adds its flags here.)
+                    detail = " ".join(filter(None, [raptor.get_flags(), ", ".join(dangerous),
+                                                    ("IOC " + ", ".join(iocs[:5])) if iocs else ""]))
                     out.observe(Fact.VBA_SUSPICIOUS, detail[:200])
             collect(out, meter, "VBA source", source.encode("utf-8", "replace"), "text/x-vba")
         if parser.detect_xlm_macros():
