@@ -59,3 +59,16 @@ def test_harmless_macro_and_pdf_are_delivered(postfix, milter):
     assert postfix.send(raw)[0] == 250
     delivered = postfix.delivered(mid)
     assert delivered is not None and delivered["X-Mailward-Verdict"] == "tag"     # a macro alone only tags
+
+
+def test_clamd_down_quarantines_inbound_never_delivers(postfix, milter, tmp_path):
+    from mailward.config import load_settings
+    from mailward.quarantine import ListFilter, open_store
+
+    milter(f'[clamav]\nsocket = "unix:{tmp_path / "no-clamd.sock"}"\n')
+    mid, raw = message(attachments=(("notes.txt", b"Minutes of the meeting.\n", "text/plain"),))
+    assert postfix.send(raw)[0] == 250                 # accepted into the quarantine, not the mailbox
+    assert postfix.delivered(mid, timeout=3) is None
+    with open_store(load_settings(tmp_path / "mailward.toml")) as store:
+        [held] = store.list(ListFilter())
+        assert "clamav-unavailable" in {f.name for f in held.evidence.findings}
