@@ -184,3 +184,33 @@ def test_inet_clamd_that_refuses_is_unavailable():
         port = s.getsockname()[1]
     with pytest.raises(ClamdError):
         Clamd.from_socket(f"inet:{port}@127.0.0.1", 1.0).ping()
+
+
+class _BusyDetector:
+    """Stands for the detectors that run in the scanning process while clamd works."""
+
+    name = "busy"
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def inspect(self, message, envelope):
+        from mailward.evidence import Evidence
+        time.sleep(self.seconds)
+        return Evidence()
+
+
+def test_clamd_works_while_the_other_detectors_run(tmp_path, unpacker):
+    server = start_clamd(tmp_path / "hung")
+    try:
+        server.pause()       # each clamd call now takes its full timeout
+        clamav = detector_for(clamav_settings(server.socket, timeout=1.5, retry_after=0.0))
+        inspector = Inspector(LimitSettings(), (clamav, _BusyDetector(1.5)), unpacker)
+        started = time.monotonic()
+        evidence = inspector.inspect(message(attachments=[("a.bin", b"\x01" * 100)]), Envelope())
+        elapsed = time.monotonic() - started
+    finally:
+        server.stop()
+    assert [f.name for f in evidence.findings] == ["clamav-unavailable"]
+    assert elapsed < 2.7, f"{elapsed:.2f}s: clamd and the other detectors ran one after the other"
+    assert [stage for stage, _ in evidence.timings] == ["parse", "busy", "clamav"]
