@@ -31,7 +31,7 @@ def test_auto_exec_dropper_macro_is_high_and_located(scan):
     docm = ooxml("docm", {"word/vbaProject.bin": vba_project(DROPPER)})
     parsed, evidence = scan(message(attachments=[("invoice.docm", docm)]))
     [suspicious] = found(evidence, "vba-autoexec-suspicious")
-    assert suspicious.category is Category.MACRO and suspicious.severity is Severity.HIGH
+    assert suspicious.category is Category.MALWARE and suspicious.severity is Severity.HIGH
     assert suspicious.location == "invoice.docm > word/vbaProject.bin"
     assert found(evidence, "vba-macros")[0].severity is Severity.INFO
     source = next(o for o in parsed.objects if o.path == "invoice.docm > word/vbaProject.bin > VBA source")

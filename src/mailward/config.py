@@ -60,6 +60,12 @@ class DirectionPolicy:
     reputation_action: Action = Action.TAG
     authentication_action: Action = Action.TAG
     blocked_action: Action = Action.REJECT
+    # Findings with an action of their own (policy.NAMED_ACTIONS), whatever their severity:
+    macro_action_plain: Action = Action.TAG            # VBA macros that do not run by themselves
+    macro_action_autoexec: Action = Action.QUARANTINE  # auto-exec VBA, or XLM macros (Auto_Open)
+    macro_action_malicious: Action = Action.REJECT     # auto-exec plus shell/download/CreateObject... or an IOC
+    clamav_unavailable_action: Action = Action.QUARANTINE   # clamd down, slow or answering an error
+    notify_virus: bool = False          # notice with the incident ID to the admin (outbound: and the sender)
     min_severity: Severity = Severity.MEDIUM   # weaker findings only tag
     on_error: Action = Action.TEMPFAIL          # tempfail or accept when a check fails
     accept_errors_from: tuple[str, ...] = ()    # detectors whose failures accept instead (e.g. "dns")
@@ -68,8 +74,11 @@ class DirectionPolicy:
 @dataclass(frozen=True)
 class PolicySettings:
     inbound: DirectionPolicy = DirectionPolicy()
+    # Our own users send workbooks with macros every day: outbound, only malicious macros are stopped.
     outbound: DirectionPolicy = DirectionPolicy(spam_action=Action.QUARANTINE, reputation_action=Action.ACCEPT,
-                                                authentication_action=Action.ACCEPT)
+                                                authentication_action=Action.ACCEPT,
+                                                macro_action_autoexec=Action.TAG,
+                                                macro_action_malicious=Action.QUARANTINE)
 
     def for_direction(self, direction: Direction) -> DirectionPolicy:
         return self.outbound if direction is Direction.OUTBOUND else self.inbound
@@ -105,6 +114,18 @@ class SignatureSettings:
         "sct", "settingcontent-ms", "shb", "shs", "sys", "url", "vb", "vbe", "vbs", "vxd", "website", "wsc",
         "wsf", "wsh", "xll", "xbap", "iqy", "slk", "library-ms", "appref-ms", "search-ms")
     risky_extensions: tuple[str, ...] = ("iso", "img", "vhd", "vhdx", "one", "onepkg")   # containers malware hides in
+
+
+@dataclass(frozen=True)
+class ClamavSettings:
+    """A clamd the admin already runs (Debian clamav-daemon); off while ``socket`` is empty."""
+
+    socket: str = ""                   # "unix:/run/clamav/clamd.ctl" or "inet:3310@127.0.0.1"
+    scan: str = "objects"              # objects: every decoded object; message: the raw message once
+    timeout: float = 10.0              # seconds one clamd call may take (connect, stream, answer)
+    stream_max_length: int = 25 * MiB  # clamd.conf StreamMaxLength: larger objects are unchecked
+    connections: int = 4               # clamd calls in flight per scanning process
+    retry_after: float = 5.0           # after clamd failed, answer unavailable this long without calling
 
 
 @dataclass(frozen=True)
@@ -263,6 +284,7 @@ class AlertSettings:
     webhook_timeout: float = 5.0
     email_to: tuple[str, ...] = ()     # the security contact(s)
     email_from: str = ""               # default: mailward@<hostname>
+    notice_to: tuple[str, ...] = ()    # admin address(es) for virus notices (policy.*.notify_virus); default email_to
     smtp_host: str = ""                # default: quarantine.relay_host / relay_port
     smtp_port: int = 0
     syslog: str = ""                   # "/dev/log", another unix socket path, or "udp:HOST:PORT"
@@ -285,6 +307,7 @@ class Settings:
     policy: PolicySettings = PolicySettings()
     quarantine: QuarantineSettings = QuarantineSettings()
     signatures: SignatureSettings = SignatureSettings()
+    clamav: ClamavSettings = ClamavSettings()
     limits: LimitSettings = LimitSettings()
     model: ModelSettings = ModelSettings()
     learning: LearningSettings = LearningSettings()
@@ -425,8 +448,39 @@ def _check(settings: Settings, source: str) -> None:
         raise ConfigError(source, "milter.socket", "must start with unix:, inet: or inet6:")
     if settings.milter.workers < 0:
         raise ConfigError(source, "milter.workers", "must be 0 or more")
+    _check_clamav(settings.clamav, source)
     if settings.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(source, "logging.level", "must be debug, info, warning or error")
+
+
+def clamd_address(socket: str) -> str | tuple[str, int]:
+    """``unix:PATH`` -> PATH, ``inet:PORT@HOST`` -> (HOST, PORT), as socket.connect takes them."""
+    kind, _, rest = socket.partition(":")
+    if kind in ("unix", "local") and rest.startswith("/"):
+        return rest
+    if kind == "inet":
+        port, at, host = rest.partition("@")
+        if at and host and port.isdigit() and 0 < int(port) < 65536:
+            return host, int(port)
+    raise ValueError(f"{socket!r} is not unix:/PATH or inet:PORT@HOST")
+
+
+def _check_clamav(clamav: ClamavSettings, source: str) -> None:
+    if clamav.socket:
+        try:
+            clamd_address(clamav.socket)
+        except ValueError as exc:
+            raise ConfigError(source, "clamav.socket", str(exc)) from None
+    if clamav.scan not in ("objects", "message"):
+        raise ConfigError(source, "clamav.scan", "must be objects or message")
+    if clamav.timeout <= 0:
+        raise ConfigError(source, "clamav.timeout", "must be positive")
+    if clamav.retry_after < 0:
+        raise ConfigError(source, "clamav.retry_after", "must be 0 or more")
+    if clamav.stream_max_length < 1:
+        raise ConfigError(source, "clamav.stream_max_length", "must be positive")
+    if not 1 <= clamav.connections <= 64:
+        raise ConfigError(source, "clamav.connections", "must be between 1 and 64")
 
 
 def _join(prefix: str, key: str) -> str:

@@ -50,9 +50,13 @@ class Finding:
     detector: str
     location: str = ""
     detail: str = ""
+    # The object at ``location``, so an analyst can pivot on it (hash lookups, other messages).
+    sha256: str = ""
+    file_name: str = ""
+    mime_type: str = ""                # the real (sniffed) type
 
     def as_dict(self) -> dict:
-        return {
+        doc = {
             "category": self.category.value,
             "name": self.name,
             "severity": self.severity.name.lower(),
@@ -60,6 +64,9 @@ class Finding:
             "location": self.location,
             "detail": self.detail,
         }
+        if self.sha256:
+            doc.update(sha256=self.sha256, file_name=self.file_name, mime_type=self.mime_type)
+        return doc
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,23 @@ class SpamAssessment:
 
 
 @dataclass(frozen=True)
+class MessageFacts:
+    """What identifies the message itself in logs (ECS ``email.*``), taken while it is parsed."""
+
+    subject: str = ""
+    message_id: str = ""
+
+    @classmethod
+    def of(cls, message) -> "MessageFacts":
+        """From a :class:`~mailward.message.ParsedMessage` (control characters removed: these go to logs)."""
+        return cls(_printable(message.subject)[:998], _printable(message.header("message-id")).strip()[:998])
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else " " for c in text)
+
+
+@dataclass(frozen=True)
 class Evidence:
     """Everything the detectors found in one message, plus where time went."""
 
@@ -88,6 +112,7 @@ class Evidence:
     timings: tuple[tuple[str, float], ...] = field(default=())   # (stage, seconds)
     # Trace header fields (name, value) for the milter to add, e.g. Authentication-Results.
     headers: tuple[tuple[str, str], ...] = ()
+    message: MessageFacts = MessageFacts()
 
     @property
     def spam_score(self) -> float | None:
@@ -103,4 +128,5 @@ class Evidence:
             spam=other.spam if other.spam is not None else self.spam,
             timings=self.timings + other.timings,
             headers=self.headers + other.headers,
+            message=other.message if other.message != MessageFacts() else self.message,
         )

@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Callable, Protocol
 
 from .config import LimitSettings, Settings
 from .envelope import Envelope
-from .evidence import Category, Evidence, Finding, Severity
+from .evidence import Category, Evidence, Finding, MessageFacts, Severity
 from .message import ParsedMessage, parse_message
 from .unpack import Unpacker
 
@@ -50,16 +50,20 @@ class Inspector:
         message = parse_message(raw, self.limits, self.unpacker)
         timings = [("parse", time.perf_counter() - started)]
         evidence = Evidence(findings=message.problems)
-        for detector in self.detectors:
+        # Detectors that wait on another process (clamd) start first and are collected last.
+        begun = {d.name: _guarded(d, envelope, lambda d=d: d.begin(message, envelope))
+                 for d in self.detectors if hasattr(d, "begin")}
+        for detector in sorted(self.detectors, key=lambda d: d.name in begun):
             t0 = time.perf_counter()
-            try:
-                found = detector.inspect(message, envelope)
-            except Exception as exc:
-                log.exception("detector %s failed", detector.name,
-                              extra={"queue_id": envelope.queue_id, "connection_id": envelope.connection_id})
-                found = Evidence(findings=(detector_error(detector.name, exc),))
+            finish = begun.get(detector.name)
+            if isinstance(finish, Evidence):          # begin() itself failed
+                found = finish
+            else:
+                found = _guarded(detector, envelope, finish or (lambda: detector.inspect(message, envelope)))
             timings.append((detector.name, time.perf_counter() - t0))
             evidence = evidence.merged(found)
+        evidence = replace(evidence, findings=describe_objects(evidence.findings, message),
+                           message=MessageFacts.of(message))
         return replace(evidence, timings=tuple(timings))
 
 
@@ -67,3 +71,26 @@ def detector_error(detector: str, exc: BaseException) -> Finding:
     """What a detector that raised on this message leaves: what it would have checked is unchecked."""
     return Finding(Category.UNCHECKED, "detector-error", Severity.HIGH, detector, "",
                    f"{type(exc).__name__}: {str(exc)[:200]}")
+
+
+def _guarded(detector: Detector, envelope: Envelope, call: Callable[[], object]):
+    """``call()``, or that detector's ``unchecked`` finding when it raises (one broken check never hides the others)."""
+    try:
+        return call()
+    except Exception as exc:
+        log.exception("detector %s failed", detector.name,
+                      extra={"queue_id": envelope.queue_id, "connection_id": envelope.connection_id})
+        return Evidence(findings=(detector_error(detector.name, exc),))
+
+
+def describe_objects(findings: tuple[Finding, ...], message: ParsedMessage) -> tuple[Finding, ...]:
+    """Give each finding located on an object that object's SHA-256, name and real type, for pivoting."""
+    by_path = {o.path: o for o in message.objects}
+    out = []
+    for finding in findings:
+        obj = by_path.get(finding.location)
+        if obj is not None and obj.has_content and not finding.sha256:
+            finding = replace(finding, sha256=obj.sha256, file_name=obj.names[0] if obj.names else "",
+                              mime_type=obj.sniffed_type or obj.declared_type)
+        out.append(finding)
+    return tuple(out)

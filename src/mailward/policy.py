@@ -22,13 +22,26 @@ _CATEGORY_ACTION = {
     Category.BLOCKED: "blocked_action",
 }
 
+# Findings whose action is their own, per direction, whatever their category and severity:
+# a macro's danger depends on whether it runs by itself, not on a severity threshold, and
+# an unreachable clamd is an outage the admin may want handled apart from other limits.
+NAMED_ACTIONS = {
+    "vba-macros": "macro_action_plain",
+    "vba-autoexec": "macro_action_autoexec",
+    "xlm-macros": "macro_action_autoexec",
+    "vba-autoexec-suspicious": "macro_action_malicious",
+    "xlm-autoexec-suspicious": "macro_action_malicious",
+    "clamav-unavailable": "clamav_unavailable_action",
+}
+
 
 def decide(evidence: Evidence, policy: DirectionPolicy, incident_id: str) -> Verdict:
     """The strongest action any finding or the spam score calls for wins.
 
-    Findings at or above ``min_severity`` get their category's action; weaker
-    ones (but above INFO) only tag. A failed check applies ``on_error``, a
-    crashed detector ``unchecked_action``, unless it is listed in ``accept_errors_from``.
+    Findings named in :data:`NAMED_ACTIONS` get their own action; others at or
+    above ``min_severity`` get their category's action; weaker ones (but above
+    INFO) only tag. A failed check applies ``on_error``, a crashed detector
+    ``unchecked_action``, unless it is listed in ``accept_errors_from``.
     """
     votes: list[tuple[Action, str]] = []
     for finding in evidence.findings:
@@ -37,6 +50,8 @@ def decide(evidence: Evidence, policy: DirectionPolicy, incident_id: str) -> Ver
             votes.append((Action.ACCEPT if accept else policy.on_error, "error"))
         elif finding.name == "detector-error" and finding.detector in policy.accept_errors_from:
             votes.append((Action.ACCEPT, "error"))     # the admin chose to accept this detector's failures
+        elif finding.name in NAMED_ACTIONS:
+            votes.append((getattr(policy, NAMED_ACTIONS[finding.name]), finding.category.value))
         elif finding.severity >= policy.min_severity:
             votes.append((getattr(policy, _CATEGORY_ACTION[finding.category]), finding.category.value))
         elif finding.severity > Severity.INFO:

@@ -8,7 +8,9 @@ tempfailed, never accepted.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import socket
 import time
 from dataclasses import dataclass, replace
 from typing import Callable, Protocol
@@ -16,7 +18,7 @@ from typing import Callable, Protocol
 from .config import Settings
 from .envelope import Envelope
 from .errors import StoreError
-from .evidence import Evidence
+from .evidence import Category, Evidence, Finding
 from .policy import decide, decide_failure
 from .verdict import Action, Verdict, new_incident_id
 from .workers import MessageSource, ScanFailed
@@ -82,6 +84,8 @@ class Screener:
                 released_from = mark.quarantine_id
                 verdict = replace(verdict, action=Action.TAG, reasons=verdict.reasons + ("released",))
         quarantine_id, store_failed = "", False
+        if verdict.action is Action.REJECT and evidence.of(Category.MALWARE) and self._quarantine is not None:
+            quarantine_id = self._keep_sample(source, envelope, verdict, evidence)
         if verdict.action is Action.QUARANTINE:
             verdict = replace(verdict, hold=self.settings.quarantine.hold)
             if self._quarantine is not None:
@@ -103,27 +107,61 @@ class Screener:
                                                                    "connection_id": envelope.connection_id})
         return outcome
 
+    def _keep_sample(self, source: MessageSource, envelope: Envelope, verdict: Verdict, evidence: Evidence) -> str:
+        """Rejected malware stays in the quarantine as a sample (status ``rejected``) for analysts.
+
+        The sender gets the 5xx whatever happens here: a store failure costs the sample, not the verdict.
+        """
+        try:
+            return self._quarantine.put(source, envelope, verdict, evidence)
+        except StoreError:
+            log.exception("could not keep the rejected sample", extra={"queue_id": envelope.queue_id,
+                                                                        "connection_id": envelope.connection_id})
+            return ""
+
 
 def event_of(outcome: Outcome) -> dict:
     """The ECS document fragment of one message's summary log line."""
     env, verdict, evidence = outcome.envelope, outcome.verdict, outcome.evidence
+    files = [_ecs_file(f) for f in evidence.findings if f.sha256]
     doc = {
         "event": {"kind": "event", "category": ["email"], "type": ["info"], "action": verdict.action.value,
                   "outcome": "failure" if outcome.error else "success",
                   "duration": int(outcome.seconds * 1e9), "id": verdict.incident_id},
         "email": {"direction": env.direction.value, "from": {"address": [env.mail_from] if env.mail_from else []},
-                  "to": {"address": list(env.recipients)}, "local_id": env.queue_id},
-        "source": {"ip": env.client_address or None, "domain": env.client_name or None},
+                  "to": {"address": list(env.recipients)}, "local_id": env.queue_id,
+                  "subject": evidence.message.subject or None, "message_id": evidence.message.message_id or None},
+        "source": {"ip": env.client_address or None, "domain": source_domain(env.client_name)},
+        "host": {"name": socket.gethostname()},
         "user": {"name": env.auth_user} if env.auth_user else {},
         "mailward": {
             "verdict": verdict.action.value, "reasons": list(verdict.reasons), "incident_id": verdict.incident_id,
             "spam_score": verdict.spam_score, "size": outcome.size, "quarantine_id": outcome.quarantine_id or None,
             "hold": verdict.hold, "released_from": outcome.released_from or None,
-            "findings": [f.as_dict() for f in evidence.findings],
+            "findings": [dict(f.as_dict(), **({"file": _ecs_file(f)} if f.sha256 else {})) for f in evidence.findings],
             "clues": [[c.token, round(c.weight, 3)] for c in (evidence.spam.clues if evidence.spam else ())],
             "timings_ms": {stage: round(sec * 1000, 3) for stage, sec in evidence.timings},
         },
     }
+    if files:
+        doc["file"] = files[0]        # ECS has one file per event: the first object a finding names
     if outcome.error:
         doc["error"] = {"message": outcome.error}
     return doc
+
+
+def _ecs_file(finding: Finding) -> dict:
+    return {"hash": {"sha256": finding.sha256}, "name": finding.file_name or None,
+            "mime_type": finding.mime_type or None}
+
+
+def source_domain(client_name: str) -> str | None:
+    """The client's verified host name; Postfix's ``[1.2.3.4]`` and ``unknown`` are no domain at all."""
+    name = client_name.strip().rstrip(".")
+    if not name or name.lower() == "unknown" or name.startswith("[") or ":" in name:
+        return None
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return name.lower()
+    return None

@@ -18,6 +18,7 @@ from typing import Callable
 from ..config import Settings
 from ..quarantine.records import Actor
 from .alerts import Alert, AlertDispatcher, AlertKind, Delivery, channels_from_settings
+from .notices import VirusNotices
 from .records import AuditEntry, Block, Origin, SubjectKind, Totals, normalise
 from .response import IncidentResponse, block_finding
 from .store import DB_NAME, IncidentStore, IncidentStoreError
@@ -45,8 +46,10 @@ def open_incidents(settings: Settings, metrics=None, clock: Callable[[], float] 
                              settings.alerts.rate_limit, settings.alerts.rate_period, clock,
                              metrics.alert if metrics is not None else None)
     store = open_store(settings, clock)
+    notices = VirusNotices(settings, clock) if (settings.policy.inbound.notify_virus
+                                                or settings.policy.outbound.notify_virus) else None
     try:
-        return IncidentResponse(settings, store, alerts, metrics, clock, actor)
+        return IncidentResponse(settings, store, alerts, metrics, clock, actor, notices)
     except BaseException:
         store.close()
         raise

@@ -37,6 +37,7 @@ class AlertKind(str, Enum):
     SUSPENSION = "suspension"        # an account or host was suspended by the counters
     BLOCK = "block"                  # an address was blocked (failed logins) or an analyst blocked something
     STORE_ERROR = "store-error"      # the quarantine could not keep a message (it was tempfailed)
+    VIRUS_NOTICE = "virus-notice"    # a short notice to the admin and the sending account (notices.py)
 
 
 class Delivery(str, Enum):
@@ -258,6 +259,14 @@ def _alert_event(alert: Alert, delivery: Delivery) -> dict:
                                    "remedy": alert.remedy}}}
 
 
+def email_channel(settings, recipients: tuple[str, ...]) -> EmailChannel:
+    """Mail to ``recipients`` through the configured alert relay (default: the release relay)."""
+    config = settings.alerts
+    return EmailChannel(config.smtp_host or settings.quarantine.relay_host,
+                        config.smtp_port or settings.quarantine.relay_port,
+                        config.email_from or f"mailward@{socket.getfqdn()}", recipients, settings.quarantine.relay_timeout)
+
+
 def channels_from_settings(settings) -> list[Channel]:
     """The channels ``[alerts]`` configures; none means alerts go to the log only."""
     from ..errors import ConfigError
@@ -276,10 +285,7 @@ def channels_from_settings(settings) -> list[Channel]:
                     from None
         out.append(WebhookChannel(config.webhook_url, token, config.webhook_timeout))
     if config.email_to:
-        sender = config.email_from or f"mailward@{socket.getfqdn()}"
-        out.append(EmailChannel(config.smtp_host or settings.quarantine.relay_host,
-                                config.smtp_port or settings.quarantine.relay_port, sender, config.email_to,
-                                settings.quarantine.relay_timeout))
+        out.append(email_channel(settings, config.email_to))
     if config.syslog:
         if config.syslog_facility not in _FACILITIES:
             raise ConfigError(settings.source, "alerts.syslog_facility",

@@ -27,6 +27,7 @@ from ..screening import Outcome
 from ..verdict import new_incident_id
 from .alerts import Alert, AlertDispatcher, AlertKind
 from .blocklist import BlockList
+from .notices import VirusNotices
 from .records import Block, Counter, Metric, Origin, SubjectKind, Totals, normalise
 from .store import IncidentStore, IncidentStoreError
 
@@ -79,10 +80,11 @@ def malware_findings(evidence: Evidence, settings: Settings, direction: Directio
 class IncidentResponse:
     def __init__(self, settings: Settings, store: IncidentStore, alerts: AlertDispatcher,
                  metrics: MetricsSink | None = None, clock: Callable[[], float] = time.time,
-                 actor: Actor | None = None):
+                 actor: Actor | None = None, notices: VirusNotices | None = None):
         self.settings = settings
         self.store = store
         self.alerts = alerts
+        self.notices = notices
         self.metrics = metrics
         self._clock = clock
         self._actor = actor or Actor.service()
@@ -96,6 +98,8 @@ class IncidentResponse:
 
     def close(self) -> None:
         self.alerts.close()
+        if self.notices is not None:
+            self.notices.close()
         self.store.close()
 
     # -- checks the milter makes ------------------------------------------------------------------
@@ -114,6 +118,8 @@ class IncidentResponse:
         malware = malware_findings(evidence, self.settings, env.direction)
         if malware:
             self._alert_malware(outcome, malware)
+            if self.notices is not None:
+                self.notices.notify(outcome)
         if outcome.quarantine_failed:
             self.alerts.raise_alert(Alert(
                 AlertKind.STORE_ERROR, outcome.verdict.incident_id,

@@ -32,6 +32,7 @@ class Status(str, Enum):
     HELD = "held"            # in quarantine, waiting for an analyst
     RELEASING = "releasing"  # claimed by one releaser; nobody else may deliver it
     RELEASED = "released"    # handed to the relay
+    REJECTED = "rejected"    # malware the sender got a 5xx for, kept as a sample (release needs --force)
 
 
 class Label(str, Enum):
@@ -202,7 +203,8 @@ def evidence_from_dict(data: dict) -> Evidence:
     return Evidence(
         findings=tuple(
             Finding(Category(f["category"]), f["name"], Severity[f["severity"].upper()], f["detector"],
-                    f.get("location", ""), f.get("detail", ""))
+                    f.get("location", ""), f.get("detail", ""), f.get("sha256", ""), f.get("file_name", ""),
+                    f.get("mime_type", ""))
             for f in data.get("findings", ())),
         spam=None if spam is None else SpamAssessment(
             score=spam["score"], model_version=spam.get("model_version", ""),

@@ -30,7 +30,7 @@ from ..envelope import Envelope
 from ..errors import StoreError
 from ..evidence import Evidence
 from ..message import decode_header_value
-from ..verdict import Verdict
+from ..verdict import Action, Verdict
 from .files import Written
 from .records import (Actor, AuditEvent, Label, LabelRecord, ListFilter, QuarantineRecord, ReleaseClaim, Removal,
                       Status, check_id, envelope_from_dict, evidence_from_dict, evidence_to_dict)
@@ -251,12 +251,13 @@ class QuarantineStore(ABC):
         self._exec(conn, """INSERT INTO quarantine (id, received_at, direction, mail_from, recipients, client_address,
                               queue_id, envelope, action, reasons, evidence, spam_score, size, sha256, subject,
                               header_from, status)
-                            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'held')""",
+                            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                    (quarantine_id, now, envelope.direction.value, envelope.mail_from,
                     json.dumps(list(envelope.recipients), ensure_ascii=False), envelope.client_address,
                     envelope.queue_id, json.dumps(envelope.as_dict(), ensure_ascii=False), verdict.action.value,
                     json.dumps(list(verdict.reasons)), json.dumps(evidence_to_dict(evidence), ensure_ascii=False),
-                    evidence.spam_score, written.size, written.sha256, subject, header_from))
+                    evidence.spam_score, written.size, written.sha256, subject, header_from,
+                    (Status.REJECTED if verdict.action is Action.REJECT else Status.HELD).value))
         detail = f"{verdict.action.value}: {', '.join(verdict.reasons)}; queue {envelope.queue_id or '-'}"
         self._audit(conn, quarantine_id, "quarantine", actor, detail, now)
 
@@ -345,7 +346,8 @@ class QuarantineStore(ABC):
         now = self._clock()
         with self._tx(write=True) as conn:
             claimed = self._exec(conn, """UPDATE quarantine SET status = 'releasing', claimed_at = ?
-                                          WHERE id = ? AND status = 'held'""", (now, quarantine_id)).rowcount
+                                          WHERE id = ? AND status IN ('held', 'rejected')""",
+                                 (now, quarantine_id)).rowcount
             if not claimed and reclaim_after is not None:
                 claimed = self._exec(conn, """UPDATE quarantine SET claimed_at = ?
                                               WHERE id = ? AND status = 'releasing' AND claimed_at < ?""",

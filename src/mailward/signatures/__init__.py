@@ -1,4 +1,4 @@
-"""Signature detection: YARA rules, hash lists, the name and type policy, active content.
+"""Signature detection: YARA rules, hash lists, the name and type policy, active content, ClamAV.
 
 This is the only package that imports yara. All four detectors share one hash
 allow list: an allowed object (and whatever was unpacked from it) gets no
@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import Settings
+from .clamav import ClamavDetector
 from .content import ContentDetector
 from .hashes import HashDetector, HashList
 from .names import NameDetector
@@ -35,9 +36,12 @@ def load_rules(settings: Settings, previous: RuleSet | None = None) -> RuleSet:
 def detectors(settings: Settings, previous: RuleSet | None = None) -> list:
     sig = settings.signatures
     allow = HashList.load(sig.hash_allow_lists)
-    return [
+    found = [
         YaraDetector(load_rules(settings, previous), allow, sig.yara_timeout, settings.limits.inspect_deadline),
         HashDetector(HashList.load(sig.hash_lists), allow),
         NameDetector.from_settings(sig, allow),
         ContentDetector(allow),
     ]
+    if settings.clamav.socket:
+        found.insert(0, ClamavDetector(settings.clamav, allow, settings.limits.inspect_deadline))
+    return found

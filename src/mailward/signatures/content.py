@@ -1,8 +1,9 @@
 """Active content: what the document handlers observed, weighed; and HTML smuggling.
 
-Macro presence alone is information (legitimate workbooks have macros);
-auto-execution combined with writing, downloading or executing (mraptor's
-verdict) is what quarantines. DDE fields, remote templates, Excel 4 macros,
+Macros are weighed by whether they run by themselves (policy.NAMED_ACTIONS gives
+each its own action per direction): a macro alone only tags, an auto-exec VBA
+or XLM macro quarantines inbound, and auto-execution combined with executing,
+downloading, CreateObject, the environment or an IOC is malware. DDE fields, remote templates, Excel 4 macros,
 Equation Editor objects and PDF launch actions are rare in honest mail.
 PDF JavaScript alone is a weak signal.
 
@@ -24,9 +25,10 @@ from .hashes import HashList
 
 _WEIGHTS: dict[Fact, tuple[Category, str, Severity]] = {
     Fact.VBA_MACROS: (Category.MACRO, "vba-macros", Severity.INFO),
-    Fact.VBA_AUTOEXEC: (Category.MACRO, "vba-autoexec", Severity.LOW),
-    Fact.VBA_SUSPICIOUS: (Category.MACRO, "vba-autoexec-suspicious", Severity.HIGH),
+    Fact.VBA_AUTOEXEC: (Category.MACRO, "vba-autoexec", Severity.MEDIUM),
+    Fact.VBA_SUSPICIOUS: (Category.MALWARE, "vba-autoexec-suspicious", Severity.HIGH),
     Fact.XLM_MACROS: (Category.MACRO, "xlm-macros", Severity.MEDIUM),
+    Fact.XLM_SUSPICIOUS: (Category.MALWARE, "xlm-autoexec-suspicious", Severity.HIGH),
     Fact.DDE_LINK: (Category.MACRO, "dde-link", Severity.HIGH),
     Fact.REMOTE_TEMPLATE: (Category.MACRO, "remote-template", Severity.HIGH),
     Fact.OLE_OBJECT: (Category.MACRO, "embedded-object", Severity.INFO),
@@ -35,6 +37,7 @@ _WEIGHTS: dict[Fact, tuple[Category, str, Severity]] = {
     Fact.PDF_LAUNCH: (Category.MACRO, "pdf-launch", Severity.HIGH),
     Fact.PDF_EMBEDDED_FILE: (Category.FILETYPE, "pdf-embedded-file", Severity.INFO),
     Fact.ENCRYPTED_OPENED: (Category.FILETYPE, "encrypted-opened", Severity.LOW),
+    Fact.POLYGLOT: (Category.FILETYPE, "polyglot", Severity.LOW),
 }
 _EQUATION_EDITOR = re.compile(r"equation\.[23]|microsoft equation|0002ce02", re.I)
 

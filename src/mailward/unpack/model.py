@@ -37,8 +37,9 @@ class Fact(str, Enum):
 
     VBA_MACROS = "vba-macros"
     VBA_AUTOEXEC = "vba-autoexec"
-    VBA_SUSPICIOUS = "vba-suspicious"          # mraptor: auto-exec plus write or execute
-    XLM_MACROS = "xlm-macros"
+    VBA_SUSPICIOUS = "vba-suspicious"          # auto-exec plus execute/download/CreateObject... or an IOC
+    XLM_MACROS = "xlm-macros"                  # Excel 4 macros (they run from Auto_Open names)
+    XLM_SUSPICIOUS = "xlm-suspicious"          # XLM that calls EXEC, CALL, REGISTER, downloads...
     DDE_LINK = "dde-link"
     REMOTE_TEMPLATE = "remote-template"
     OLE_OBJECT = "ole-object"                  # an embedded OLE object in an RTF/OLE document
@@ -46,7 +47,8 @@ class Fact(str, Enum):
     PDF_AUTO_ACTION = "pdf-auto-action"        # /OpenAction or /AA that runs JavaScript
     PDF_LAUNCH = "pdf-launch"
     PDF_EMBEDDED_FILE = "pdf-embedded-file"
-    ENCRYPTED_OPENED = "encrypted-opened"      # a password from the message opened it
+    ENCRYPTED_OPENED = "encrypted-opened"      # a default password or one from the message opened it
+    POLYGLOT = "polyglot"                      # valid as two formats (a PDF carrying a raw zip)
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,25 @@ import re
 import msoffcrypto
 import olefile
 from oletools import mraptor, msodde, oleobj, rtfobj
-from oletools.olevba import VBA_Parser, detect_autoexec, detect_suspicious
+from oletools.olevba import VBA_Parser, detect_autoexec, detect_patterns, detect_suspicious
 
 from .meter import Meter, collect
 from .model import Allowance, Collector, Fact, Stop, Unpacked
+from .ooxml import XLM_CALL
 
-# Excel opens workbooks encrypted with this password without asking: malware uses it.
+# Passwords Office opens without asking (Excel's default for "encrypted" workbooks, PowerPoint's
+# for read-only presentations): malware uses them so that gateways see only ciphertext.
 EXCEL_DEFAULT_PASSWORD = "VelvetSweatshop"
+DEFAULT_PASSWORDS = (EXCEL_DEFAULT_PASSWORD, "/01Hannes Ruescher/01")
+# olevba's "suspicious" descriptions that mean running, fetching or hiding code, as opposed to
+# ordinary file and workbook handling (Open, Kill, SaveAs...), which honest macros do all day.
+_DANGEROUS = re.compile(r"\b(run|execute|download|inject|shellcode|OLE object|environment|registry|DLL|library|"
+                        r"keystrokes|obfuscate malicious|disable VBA macro security|Excel 4 Macro|self-modification)",
+                        re.I)
+# ...but not the keywords honest auto-exec macros use all the time (Application.Run, window states).
+_ORDINARY = frozenset({"Run", "vbNormal", "vbNormalFocus", "vbNormalNoFocus", "vbMaximizedFocus",
+                       "vbMinimizedFocus", "vbMinimizedNoFocus"})
+_IOC_TYPES = ("URL", "IPv4 address", "Executable file name")
 _RTF_TEMPLATE = re.compile(rb"\\\*\\template\s*([^}\s]{1,300})", re.I)
 _REMOTE = re.compile(rb"^(https?:|\\\\|//|file:)", re.I)
 
@@ -69,7 +81,7 @@ def _decrypt(data: bytes, passwords: tuple[str, ...], out: Collector, meter: Met
             return False
     except Exception:   # not an Office container msoffcrypto knows (vbaProject.bin, .msi, .msg)
         return False
-    for password in (EXCEL_DEFAULT_PASSWORD, *passwords):
+    for password in dict.fromkeys((*DEFAULT_PASSWORDS, *passwords)):
         try:
             document = msoffcrypto.OfficeFile(io.BytesIO(data))
             document.load_key(password=password)
@@ -77,8 +89,8 @@ def _decrypt(data: bytes, passwords: tuple[str, ...], out: Collector, meter: Met
             document.decrypt(plain)
         except Exception:
             continue
-        if password != EXCEL_DEFAULT_PASSWORD:
-            out.observe(Fact.ENCRYPTED_OPENED, "office document")
+        out.observe(Fact.ENCRYPTED_OPENED, "office document, "
+                    + ("a default password" if password in DEFAULT_PASSWORDS else "a password from the message"))
         collect(out, meter, "decrypted document", plain.getvalue())
         return True
     out.stop(Stop.ENCRYPTED, "encrypted office document, no password candidate fits")
@@ -97,15 +109,25 @@ def _macros(data: bytes, name: str, out: Collector, meter: Meter) -> None:
             out.observe(Fact.VBA_MACROS, f"{len(modules)} module(s)")
             raptor = mraptor.MacroRaptor(source)
             raptor.scan()
-            if raptor.autoexec:
-                out.observe(Fact.VBA_AUTOEXEC, ", ".join(sorted({k for k, _ in detect_autoexec(source)})))
-            if raptor.suspicious:
-                keywords = ", ".join(sorted({k for k, _ in detect_suspicious(source)}))
-                out.observe(Fact.VBA_SUSPICIOUS, f"{raptor.get_flags()} {keywords}".strip())
+            triggers = sorted({k for k, _ in detect_autoexec(source)})
+            if raptor.autoexec or triggers:
+                out.observe(Fact.VBA_AUTOEXEC, ", ".join(triggers))
+                dangerous = sorted({k for k, why in detect_suspicious(source)
+                                    if _DANGEROUS.search(why) and k not in _ORDINARY})
+                iocs = sorted({v for t, v in detect_patterns(source) if t in _IOC_TYPES})
+                if dangerous or iocs:
+                    # Runs by itself and reaches out of the document: what droppers do. (mraptor's own
+                    # verdict counts Application.Run as execution, so it only adds its flags here.)
+                    detail = " ".join(filter(None, [raptor.get_flags(), ", ".join(dangerous),
+                                                    ("IOC " + ", ".join(iocs[:5])) if iocs else ""]))
+                    out.observe(Fact.VBA_SUSPICIOUS, detail[:200])
             collect(out, meter, "VBA source", source.encode("utf-8", "replace"), "text/x-vba")
         if parser.detect_xlm_macros():
             formulas = "\n".join(_text(line) for line in parser.xlm_macros)
             out.observe(Fact.XLM_MACROS, f"{len(parser.xlm_macros)} line(s)")
+            calls = sorted({c.decode().upper() for c in XLM_CALL.findall(formulas.encode("utf-8", "replace"))})
+            if calls:
+                out.observe(Fact.XLM_SUSPICIOUS, ", ".join(calls))
             collect(out, meter, "XLM macros", formulas.encode("utf-8", "replace"), "text/plain")
     finally:
         parser.close()

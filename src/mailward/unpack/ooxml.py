@@ -20,6 +20,8 @@ _INSTR = re.compile(rb'<w:instrText[^>]*>([^<]*)</w:instrText>|w:instr="([^"]*)"
 _DDE = re.compile(r'(?:^|[\s"{])(DDE(?:AUTO)?\s.{0,200})', re.I | re.S)
 _EXCEL_DDE = re.compile(rb'<ddeLink\b[^>]*ddeService="([^"]{0,100})"[^>]*ddeTopic="([^"]{0,200})"', re.I)
 _REMOTE = re.compile(rb"^(https?:|\\\\|//|file:)", re.I)
+# XLM (Excel 4) functions that run programs, call DLLs or fetch and write files.
+XLM_CALL = re.compile(rb"\b(EXEC|CALL|REGISTER|URLDownloadToFile|SHELL|RUN|FOPEN|FWRITE)\s*\(", re.I)
 
 
 def observe(members: list[Member]) -> list[Observation]:
@@ -39,6 +41,9 @@ def observe(members: list[Member]) -> list[Observation]:
             found.extend(Observation(Fact.DDE_LINK, m.strip()) for m in _DDE.findall(instructions))
         elif lower.startswith("xl/macrosheets/"):
             found.append(Observation(Fact.XLM_MACROS, member.name))
+            calls = sorted({c.decode().upper() for c in XLM_CALL.findall(member.data)})
+            if calls:
+                found.append(Observation(Fact.XLM_SUSPICIOUS, f"{member.name}: {', '.join(calls)}"))
         elif lower.startswith("xl/externallinks/"):
             for service, topic in _EXCEL_DDE.findall(member.data):
                 found.append(Observation(Fact.DDE_LINK, f"{service.decode(errors='replace')}|{topic.decode(errors='replace')}"))

@@ -14,20 +14,24 @@ import zlib
 import pikepdf
 
 from .meter import CHUNK, Meter, collect
-from .model import Allowance, Collector, Fact, Stop, Unpacked, stopped
+from .model import Allowance, Collector, Fact, Stop, Unpacked
 
+_ZIP_LOCAL, _ZIP_END = b"PK\x03\x04", b"PK\x05\x06"
 _RISKY_ACTIONS = ("/JavaScript", "/Launch", "/ImportData", "/SubmitForm")
 
 
 def unpack(data: bytes, name: str, allowance: Allowance) -> Unpacked:
     out = Collector()
+    meter = Meter(allowance, len(data))
+    _polyglot_zip(data, out, meter)
     try:
         pdf = _open(data, allowance.passwords, out)
     except pikepdf.PasswordError:
-        return stopped(Stop.ENCRYPTED, "PDF needs a password, no candidate fits")
+        out.stop(Stop.ENCRYPTED, "PDF needs a password, no candidate fits")
+        return out.result()
     except (pikepdf.PdfError, ValueError, OSError) as exc:
-        return stopped(Stop.CORRUPT, f"{type(exc).__name__}: {exc}"[:200])
-    meter = Meter(allowance, len(data))
+        out.stop(Stop.CORRUPT, f"{type(exc).__name__}: {exc}"[:200])
+        return out.result()
     scripts: list[str] = []
     with pdf:
         for top in pdf.objects:
@@ -37,6 +41,21 @@ def unpack(data: bytes, name: str, allowance: Allowance) -> Unpacked:
         out.observe(Fact.PDF_JAVASCRIPT, f"{len(scripts)} script(s)")
         collect(out, meter, "JavaScript", "\n".join(scripts).encode("utf-8", "replace"), "application/javascript")
     return out.result()
+
+
+def _polyglot_zip(data: bytes, out: Collector, meter: Meter) -> None:
+    """A zip stored raw inside or after the PDF (a polyglot): readers open one half, unzip the other.
+
+    The bytes from the first local header to the end of the last end-of-central-directory record
+    become a member, so the zip half is opened and scanned like any attachment.
+    """
+    start = data.find(_ZIP_LOCAL)
+    end = data.rfind(_ZIP_END)
+    if start < 0 or end < start or len(data) < end + 22:
+        return
+    comment = int.from_bytes(data[end + 20:end + 22], "little")
+    out.observe(Fact.POLYGLOT, f"zip at offset {start}")
+    collect(out, meter, "polyglot zip", data[start:end + 22 + comment], "application/zip")
 
 
 def _open(data: bytes, passwords: tuple[str, ...], out: Collector) -> pikepdf.Pdf:

@@ -105,6 +105,14 @@ _SIGNATURES = (
 
 _TRUSTED_TEXT = ("text/plain", "text/html", "text/xml")
 
+# libmagic names encrypted documents "application/encrypted" whatever the format; the container's
+# own magic says which handler can try the default and message passwords (or report it encrypted).
+_ENCRYPTED_CONTAINERS = (
+    (bytes.fromhex("D0CF11E0A1B11AE1"), Kind.OLE),      # OLE: encrypted OOXML (EncryptedPackage), .doc/.xls/.ppt
+    (b"%PDF-", Kind.PDF),
+    (b"PK\x03\x04", Kind.ZIP),
+)
+
 
 @dataclass(frozen=True)
 class Sniffed:
@@ -140,6 +148,9 @@ class Sniffer:
                 mime = self._magic.from_buffer(data[:SNIFF_PREFIX]).lower()
             except magic.MagicException:
                 mime = "application/octet-stream"
+        if mime == "application/encrypted":
+            return Sniffed(mime, next((kind for lead, kind in _ENCRYPTED_CONTAINERS
+                                       if data.lstrip(b"\0")[:len(lead)] == lead), Kind.OTHER))
         return Sniffed(mime, classify_mime(mime))
 
 

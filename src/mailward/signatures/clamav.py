@@ -1,0 +1,264 @@
+"""ClamAV beside YARA: objects streamed to the admin's clamd with INSTREAM.
+
+The clamd protocol is small enough to speak directly (``z``-prefixed commands,
+NUL-terminated replies; INSTREAM sends 4-byte big-endian chunk lengths and a
+zero-length terminator), which keeps a stale third-party client out of the mail
+path. Every failure (refused connection, timeout, an ``ERROR`` reply) is
+``unchecked: clamav-unavailable``, never clean: a dead antivirus must not look
+like a clean message. After a failure clamd is left alone for ``retry_after``
+seconds so an outage costs each message nothing but the finding.
+
+Calls run on a small thread pool owned by the detector, started before the
+other detectors run (:meth:`ClamavDetector.begin`), so clamd works in parallel
+with YARA and the spam model.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import struct
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_all
+from dataclasses import dataclass
+from typing import Callable
+
+from ..config import ClamavSettings, clamd_address
+from ..envelope import Envelope
+from ..evidence import Category, Evidence, Finding, Severity
+from ..message import ContentObject, ParsedMessage
+from .hashes import HashList
+
+CHUNK = 64 * 1024
+_REPLY_MAX = 4096
+_SIGNATURE = re.compile(r"[^A-Za-z0-9._:/+\-]")   # names go to logs and headers: keep them plain
+UNAVAILABLE = "clamav-unavailable"
+
+
+class ClamdError(Exception):
+    """clamd could not be reached, was too slow, or answered with an error."""
+
+
+class StreamTooLong(ClamdError):
+    """clamd refused the stream as longer than its StreamMaxLength: unchecked, but clamd is fine."""
+
+
+@dataclass(frozen=True)
+class Clamd:
+    """One clamd; every call opens its own connection (clamd serves each on a thread)."""
+
+    address: str | tuple[str, int]
+    timeout: float = 10.0
+
+    @classmethod
+    def from_socket(cls, spec: str, timeout: float) -> "Clamd":
+        return cls(clamd_address(spec), timeout)
+
+    def ping(self) -> bool:
+        return self._command(b"zPING\0") == "PONG"
+
+    def version(self) -> str:
+        return self._command(b"zVERSION\0")
+
+    def instream(self, data: bytes, timeout: float | None = None) -> str | None:
+        """The signature name clamd found in ``data``, or None when clean."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        with self._connect(deadline) as conn:
+            unsent: OSError | None = None
+            try:
+                conn.sendall(b"zINSTREAM\0")
+                view = memoryview(data)
+                for start in range(0, len(view), CHUNK):
+                    _budget(conn, deadline)
+                    piece = view[start:start + CHUNK]
+                    conn.sendall(struct.pack(">I", len(piece)) + piece)
+                _budget(conn, deadline)
+                conn.sendall(struct.pack(">I", 0))
+            except TimeoutError:
+                raise ClamdError("clamd timed out") from None
+            except OSError as exc:   # clamd stops reading a stream beyond StreamMaxLength: its reply says so
+                unsent = exc
+            try:
+                reply = _reply(conn, deadline)
+            except ClamdError:
+                if unsent is not None:
+                    raise ClamdError(f"sending to clamd: {unsent}") from None
+                raise
+        if "size limit exceeded" in reply:
+            raise StreamTooLong(reply[:200])
+        if reply.endswith(" FOUND"):
+            name = reply.removeprefix("stream: ").removesuffix(" FOUND").strip()
+            return _SIGNATURE.sub("_", name)[:200] or "unnamed"
+        if reply == "stream: OK":
+            return None
+        raise ClamdError(f"clamd answered {reply[:200]!r}")
+
+    def _command(self, command: bytes) -> str:
+        deadline = time.monotonic() + self.timeout
+        with self._connect(deadline) as conn:
+            try:
+                conn.sendall(command)
+            except OSError as exc:
+                raise ClamdError(f"sending to clamd: {exc}") from None
+            return _reply(conn, deadline)
+
+    def _connect(self, deadline: float) -> socket.socket:
+        family = socket.AF_UNIX if isinstance(self.address, str) else socket.AF_INET
+        if family is socket.AF_INET and ":" in self.address[0]:
+            family = socket.AF_INET6
+        conn = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            _budget(conn, deadline)
+            conn.connect(self.address)
+        except OSError as exc:
+            conn.close()
+            raise ClamdError(f"connecting to clamd: {exc}") from None
+        return conn
+
+
+def _budget(conn: socket.socket, deadline: float) -> None:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise ClamdError("clamd timed out")
+    conn.settimeout(left)
+
+
+def _reply(conn: socket.socket, deadline: float) -> str:
+    """One NUL-terminated reply, within the call's deadline and a size a reply never needs."""
+    buf = b""
+    try:
+        while b"\0" not in buf and len(buf) < _REPLY_MAX:
+            _budget(conn, deadline)
+            got = conn.recv(_REPLY_MAX)
+            if not got:
+                break
+            buf += got
+    except TimeoutError:
+        raise ClamdError("clamd timed out") from None
+    except OSError as exc:
+        raise ClamdError(f"reading from clamd: {exc}") from None
+    if b"\0" not in buf:
+        raise ClamdError("clamd closed the connection without an answer" if not buf else "clamd reply not terminated")
+    return buf.split(b"\0", 1)[0].decode("utf-8", "replace").strip()
+
+
+@dataclass(frozen=True)
+class _Target:
+    location: str
+    data: bytes
+
+
+class ClamavDetector:
+    """Every decoded object (or the raw message) through clamd, within the message deadline."""
+
+    name = "clamav"
+
+    def __init__(self, settings: ClamavSettings, allow: HashList, deadline: float,
+                 clock: Callable[[], float] = time.monotonic):
+        self.settings = settings
+        self.clamd = Clamd.from_socket(settings.socket, settings.timeout)
+        self.allow = allow
+        self.deadline = deadline
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._down_until = 0.0
+        self._down_reason = ""
+        self._pool: ThreadPoolExecutor | None = None
+
+    def inspect(self, message: ParsedMessage, envelope: Envelope) -> Evidence:
+        return self.begin(message, envelope)()
+
+    def begin(self, message: ParsedMessage, envelope: Envelope) -> Callable[[], Evidence]:
+        """Start the clamd calls now; the returned function waits for them and reports."""
+        findings, targets = self._targets(message)
+        down = self._down()
+        if down and targets:
+            return lambda: Evidence(findings=tuple(findings) + (self._unavailable(targets[0].location, down),))
+        started = self._clock()
+        pool = self._executor()
+        calls = [(t, pool.submit(self.clamd.instream, t.data, min(self.settings.timeout, self.deadline)))
+                 for t in targets]
+        return lambda: Evidence(findings=tuple(findings) + tuple(self._collect(calls, started)))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _targets(self, message: ParsedMessage) -> tuple[list[Finding], list[_Target]]:
+        limit = self.settings.stream_max_length
+        if self.settings.scan == "message":
+            candidates = [("message", message.raw)]
+        else:
+            exempt = self.allow.exempt(message.objects)
+            seen: set[str] = set()
+            candidates = []
+            for obj in message.objects:
+                if obj.has_content and obj.data and obj.path not in exempt and obj.sha256 not in seen:
+                    seen.add(obj.sha256)
+                    candidates.append((obj.path, obj.data))
+        findings, targets = [], []
+        for location, data in candidates:
+            if len(data) > limit:
+                findings.append(Finding(Category.UNCHECKED, "clamav-too-large", Severity.HIGH, self.name, location,
+                                        f"{len(data)} bytes > clamd StreamMaxLength {limit}"))
+            else:
+                targets.append(_Target(location, data))
+        return findings, targets
+
+    def _collect(self, calls: list[tuple[_Target, Future]], started: float) -> list[Finding]:
+        left = max(self.deadline - (self._clock() - started), 0.0)
+        done, late = wait_all([f for _, f in calls], timeout=left)
+        findings: list[Finding] = []
+        failure: tuple[str, str] | None = None
+        for target, future in calls:
+            if future in late:
+                future.cancel()
+                failure = failure or (target.location, f"no answer within the message deadline ({self.deadline:g}s)")
+                continue
+            try:
+                signature = future.result()
+            except StreamTooLong as exc:
+                findings.append(Finding(Category.UNCHECKED, "clamav-too-large", Severity.HIGH, self.name,
+                                        target.location, f"{len(target.data)} bytes: {exc}"))
+                continue
+            except ClamdError as exc:
+                failure = failure or (target.location, str(exc))
+                continue
+            if signature is not None:
+                findings.append(Finding(Category.MALWARE, f"clamav:{signature}", Severity.HIGH, self.name,
+                                        target.location, "clamd signature"))
+        if failure is not None:
+            location, reason = failure
+            self._mark_down(reason)
+            findings.append(self._unavailable(location, reason))
+        return findings
+
+    def _unavailable(self, location: str, reason: str) -> Finding:
+        return Finding(Category.UNCHECKED, UNAVAILABLE, Severity.HIGH, self.name, location, reason[:200])
+
+    def _down(self) -> str:
+        with self._lock:
+            if self._clock() < self._down_until:
+                return f"{self._down_reason} (not retried for {self.settings.retry_after:g}s)"
+            return ""
+
+    def _mark_down(self, reason: str) -> None:
+        with self._lock:
+            self._down_until = self._clock() + self.settings.retry_after
+            self._down_reason = reason
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:     # made on first use: a scanning process starts its threads itself
+                self._pool = ThreadPoolExecutor(self.settings.connections, thread_name_prefix="clamd")
+            return self._pool
+
+
+def clamd_version(settings: ClamavSettings) -> str:
+    """clamd's version after a PING; raises ClamdError when it does not answer."""
+    clamd = Clamd.from_socket(settings.socket, settings.timeout)
+    if not clamd.ping():
+        raise ClamdError("clamd did not answer PONG")
+    return clamd.version()
