@@ -88,6 +88,8 @@ class Evidence:
     timings: tuple[tuple[str, float], ...] = field(default=())   # (stage, seconds)
     # Trace header fields (name, value) for the milter to add, e.g. Authentication-Results.
     headers: tuple[tuple[str, str], ...] = ()
+    # The release or alert marks the message claims, checked by the milter process (quarantine.release).
+    marks: object | None = None
 
     @property
     def spam_score(self) -> float | None:
@@ -103,4 +105,5 @@ class Evidence:
             spam=other.spam if other.spam is not None else self.spam,
             timings=self.timings + other.timings,
             headers=self.headers + other.headers,
+            marks=other.marks if other.marks is not None else self.marks,
         )

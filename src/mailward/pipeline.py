@@ -16,6 +16,7 @@ from .config import LimitSettings, Settings
 from .envelope import Envelope
 from .evidence import Category, Evidence, Finding, Severity
 from .message import ParsedMessage, parse_message
+from .quarantine.release import mark_proof
 from .unpack import Unpacker
 
 log = logging.getLogger(__name__)
@@ -59,4 +60,5 @@ class Inspector:
                                                    detector.name, "", type(exc).__name__),))
             timings.append((detector.name, time.perf_counter() - t0))
             evidence = evidence.merged(found)
-        return replace(evidence, timings=tuple(timings))
+        # Marks are read here, where the message already is, so the milter process never holds a body.
+        return replace(evidence, timings=tuple(timings), marks=mark_proof(raw))

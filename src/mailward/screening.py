@@ -30,7 +30,8 @@ class Quarantine(Protocol):
     def put(self, raw: MessageSource, envelope: Envelope, verdict: Verdict, evidence: Evidence) -> str: ...
 
 
-Release = Callable[[MessageSource], object | None]   # the valid release mark of a message, if any
+# The valid mark among those a worker found (quarantine.release.MarkProof), if any; a release mark is used up.
+Release = Callable[[object, Envelope], object | None]
 
 
 class Watch(Protocol):
@@ -75,12 +76,16 @@ class Screener:
         except ScanFailed as exc:
             verdict, error = decide_failure(policy, incident), str(exc)
         released_from = ""
-        if verdict.action in (Action.QUARANTINE, Action.REJECT) and self._release is not None:
-            # An analyst released this exact message (HMAC over ID, time and body): deliver it, tagged.
-            mark = self._release(source)
+        if verdict.action in (Action.QUARANTINE, Action.REJECT) and self._release is not None \
+                and evidence.marks is not None:
+            # An analyst released this exact message to these recipients (HMAC over ID, time, body and
+            # recipients; once), or it is our own alert: deliver it, tagged.
+            mark = self._release(evidence.marks, envelope)
             if mark is not None:
-                released_from = mark.quarantine_id
-                verdict = replace(verdict, action=Action.TAG, reasons=verdict.reasons + ("released",))
+                released = mark.kind == "release"
+                released_from = mark.quarantine_id if released else ""
+                verdict = replace(verdict, action=Action.TAG,
+                                  reasons=verdict.reasons + ("released" if released else "alert",))
         quarantine_id, store_failed = "", False
         if verdict.action is Action.QUARANTINE:
             verdict = replace(verdict, hold=self.settings.quarantine.hold)
