@@ -51,6 +51,7 @@ class Outcome:
     seconds: float = 0.0
     quarantine_failed: bool = False  # the store refused a message the policy quarantined
     released_from: str = ""          # quarantine ID when an analyst released this very message
+    alert_of: str = ""               # incident ID when this is Mailward's own (marked) alert about it
 
 
 class Screener:
@@ -75,7 +76,7 @@ class Screener:
             verdict = decide(evidence, policy, incident)
         except ScanFailed as exc:
             verdict, error = decide_failure(policy, incident), str(exc)
-        released_from = ""
+        released_from = alert_of = ""
         if verdict.action in (Action.QUARANTINE, Action.REJECT) and self._release is not None \
                 and evidence.marks is not None:
             # An analyst released this exact message to these recipients (HMAC over ID, time, body and
@@ -83,7 +84,7 @@ class Screener:
             mark = self._release(evidence.marks, envelope)
             if mark is not None:
                 released = mark.kind == "release"
-                released_from = mark.quarantine_id if released else ""
+                released_from, alert_of = (mark.quarantine_id, "") if released else ("", mark.quarantine_id)
                 verdict = replace(verdict, action=Action.TAG,
                                   reasons=verdict.reasons + ("released" if released else "alert",))
         quarantine_id, store_failed = "", False
@@ -99,7 +100,7 @@ class Screener:
                     store_failed = True
                 evidence = replace(evidence, timings=evidence.timings + (("quarantine", time.perf_counter() - t0),))
         outcome = Outcome(envelope, verdict, evidence, size, quarantine_id, error, time.perf_counter() - started,
-                          store_failed, released_from)
+                          store_failed, released_from, alert_of)
         if self._watch is not None:
             try:
                 self._watch.observe(outcome)
