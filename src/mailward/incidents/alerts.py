@@ -37,6 +37,7 @@ class AlertKind(str, Enum):
     SUSPENSION = "suspension"        # an account or host was suspended by the counters
     BLOCK = "block"                  # an address was blocked (failed logins) or an analyst blocked something
     STORE_ERROR = "store-error"      # the quarantine could not keep a message (it was tempfailed)
+    MODEL = "model"                  # the spam model on disk could not be loaded; the last good one stays
 
 
 class Delivery(str, Enum):
@@ -308,3 +309,29 @@ def channels_from_settings(settings) -> list[Channel]:
                               f"must be one of {', '.join(sorted(_FACILITIES))}")
         out.append(SyslogChannel(config.syslog, config.syslog_facility))
     return out
+
+
+def model_refusal_alert(settings) -> Callable[[str], None]:
+    """What a scanning process calls when it cannot load the spam model on disk (it keeps the last good one).
+
+    The dispatcher is built at the first refusal only: most processes never need one.
+    """
+    from ..verdict import new_incident_id
+
+    dispatcher: list[AlertDispatcher] = []
+
+    def alert(reason: str) -> None:
+        if not dispatcher:
+            config = settings.alerts
+            dispatcher.append(AlertDispatcher(channels_from_settings(settings), config.dedup_window,
+                                              config.rate_limit, config.rate_period))
+        problem = reason.split(": ", 1)[-1][:200]     # without the path: alerts name no files
+        dispatcher[0].raise_alert(Alert(
+            AlertKind.MODEL, new_incident_id(),
+            "Spam model cannot be loaded; the last good model stays in use",
+            subject="spam model", severity="medium", dedup_key=f"model:{problem}",
+            details=(("problem", problem),),
+            remedy="check owner and mode of the model directory (the milter's user must read it); "
+                   "mailward model list"))
+
+    return alert

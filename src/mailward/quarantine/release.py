@@ -52,6 +52,7 @@ from typing import Iterable
 from ..config import Settings
 from ..envelope import Envelope
 from ..errors import StoreError
+from ..privileges import as_root
 from .files import HEAD_BYTES, adopt
 from .records import Actor, ReleaseClaim, check_id
 from .store import QuarantineStore
@@ -330,7 +331,8 @@ def _delete_held_copy(queue_id: str) -> str:
     if not re.fullmatch(r"[0-9A-Za-z]+", queue_id):
         raise StoreError(f"not a Postfix queue ID: {queue_id!r}")
     try:
-        done = subprocess.run(["postsuper", "-d", queue_id, "hold"], capture_output=True, text=True, timeout=60)
+        done = subprocess.run(["postsuper", "-d", queue_id, "hold"], capture_output=True, text=True, timeout=60,
+                              **as_root())
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise StoreError(f"cannot delete the held copy {queue_id}: {exc}") from exc
     if done.returncode != 0:
