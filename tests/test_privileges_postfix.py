@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.postfix import wait_for
 from mail import gtube_message, message
 from mailward.config import load_settings
 from mailward.privileges import service_account
@@ -76,13 +77,6 @@ def run_cli(prefix: tuple[str, ...], config: Path, *argv: str) -> subprocess.Com
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     return done
-
-
-def wait_for(predicate, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not predicate():
-        time.sleep(0.1)
-    return predicate()
 
 
 def test_root_cli_leaves_state_to_the_service_user_and_the_milter_keeps_scanning(postfix, service_user, base):

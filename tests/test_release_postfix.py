@@ -10,6 +10,7 @@ from email import message_from_bytes
 
 import pytest
 
+from harness.postfix import wait_for
 from mail import eicar_message, gtube_message
 from mailward.cli.main import main as cli
 from mailward.config import load_settings
@@ -24,26 +25,9 @@ def copies(postfix, needle: bytes) -> list[bytes]:
     return [p.read_bytes() for p in new.glob("*") if needle in p.read_bytes()] if new.exists() else []
 
 
-def wait_for(predicate, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    return predicate()
-
-
 def queue_empty(postfix) -> bool:
     subprocess.run(["postqueue", "-c", str(postfix.conf), "-f"], capture_output=True)
     return not postfix.queue()
-
-
-def quarantined(m, mid: str) -> str:
-    event = m.event_where(lambda e: e["mailward"]["verdict"] == "quarantine" and e["mailward"]["quarantine_id"]
-                          and mid in str(e), timeout=20) or m.event_where(
-        lambda e: e["mailward"]["verdict"] == "quarantine" and e["mailward"]["quarantine_id"], timeout=1)
-    return event["mailward"]["quarantine_id"]
 
 
 def test_release_with_hold_leaves_no_held_copy_and_delivers_once(postfix, milter, tmp_path, monkeypatch):
