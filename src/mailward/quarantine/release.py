@@ -195,6 +195,8 @@ def mark_proof(raw: bytes) -> MarkProof | None:
     """The marks a message claims and its body digest; None (and no body read) when it claims none."""
     match = _BODY_START.search(raw, 0, HEAD_BYTES)
     block = raw[: match.start()] if match else raw[:HEAD_BYTES]
+    if b"x-mailward-" not in block.lower():       # ordinary mail: no header parse at all
+        return None
     headers = BytesHeaderParser(policy=compat32).parsebytes(block + b"\n\n")
     release = tuple(" ".join(str(v).split()) for v in headers.get_all(RELEASE_HEADER) or [])
     alert = tuple(" ".join(str(v).split()) for v in headers.get_all(ALERT_HEADER) or [])
