@@ -59,7 +59,8 @@ def test_release_mark_is_used_once_and_only_for_its_recipients(postfix, milter, 
     m = milter(f'[policy.inbound]\nspam_action = "quarantine"\n'
                f'[quarantine]\nrelay_host = "127.0.0.1"\nrelay_port = {postfix.smtp_port}\n')
     mid, raw = gtube_message()
-    assert postfix.send(raw)[0] == 250
+    reply = postfix.send(raw)
+    assert reply[0] == 250, (reply, m.log_path.read_text()[-3000:], postfix.log()[-2000:])
     qid = m.event_where(lambda e: e["mailward"]["verdict"] == "quarantine")["mailward"]["quarantine_id"]
     assert cli(["--config", config, "quarantine", "release", qid]) == 0
     assert wait_for(lambda: copies(postfix, mid.encode()))
@@ -75,7 +76,8 @@ def test_release_mark_is_used_once_and_only_for_its_recipients(postfix, milter, 
     replay = f"{RELEASE_HEADER}: {mark}\r\n".encode() + stored
     for rcpts in (("user@example.test",), ("other@example.test",)):
         before = len(m.events())
-        assert postfix.send(replay, rcpts=rcpts)[0] == 250
+        reply = postfix.send(replay, rcpts=rcpts)
+        assert reply[0] == 250, (reply, m.log_path.read_text()[-3000:], postfix.log()[-2000:])
         event = wait_for(lambda: m.events()[before:])[0]
         assert event["mailward"]["verdict"] == "quarantine" and event["mailward"]["released_from"] is None
     assert len(copies(postfix, mid.encode())) == 1
