@@ -119,7 +119,8 @@ def test_release_through_relay_marks_and_audits(cli, put, smtp_sink, settings):
     [(sender, rcpts, data)] = smtp_sink.received
     assert rcpts == ("bob@example.net",)
     msg = email.message_from_bytes(data)
-    assert ReleaseVerifier.from_settings(settings).verify(msg[RELEASE_HEADER], message_body(data)).quarantine_id == qid
+    verifier = ReleaseVerifier.from_settings(settings)
+    assert verifier.verify(msg[RELEASE_HEADER], message_body(data), rcpts).quarantine_id == qid
     assert cli("release", qid)[0] == 3                           # already released: nothing sent again
     assert len(smtp_sink.received) == 1
     hist = cli("history", qid, "--json")[1].splitlines()

@@ -9,8 +9,9 @@ import threading
 
 from mailward.config import load_settings
 from mailward.quarantine import Actor, Status
-from mailward.quarantine.release import (RELEASE_HEADER, Relay, ReleaseOutcome, ReleaseVerifier, key_path,
-                                         load_release_key, message_body, release, release_mark)
+from mailward.quarantine.release import (ALERT_HEADER, RELEASE_HEADER, Relay, ReleaseOutcome, ReleaseVerifier,
+                                         alert_mark, key_path, load_release_key, mark_proof, message_body, release,
+                                         release_mark)
 from quarantine_support import SmtpSink, closed_port, envelope, malware_case, message, spam_case
 
 pytest_plugins = ["quarantine_fixtures"]
@@ -43,17 +44,19 @@ def test_release_delivers_original_bytes_to_original_recipients(store, smtp_sink
     assert sender == "alice@example.org" and rcpts == ("bob@example.net", "carol@example.net")
     mark = header_value(data)
     assert data.split(b"\r\n", 1)[1] == raw                      # the original bytes follow, unchanged
-    verified = ReleaseVerifier(KEY, 86400, clock).verify(mark, message_body(data))
+    verified = ReleaseVerifier(KEY, 86400, clock=clock).verify(mark, message_body(data), rcpts)
     assert verified is not None and verified.quarantine_id == qid
     assert store.get(qid).status is Status.RELEASED
     assert [ev.action for ev in store.history(qid)][-2:] == ["release-claim", "release"]
     relayed = b"Received: from relay by mx\r\n" + data.replace(b"\r\n", b"\n")   # as an MTA passes it on
-    spool = tmp_path / "spooled.eml"
-    spool.write_bytes(relayed)
-    checker = ReleaseVerifier(KEY, 86400, clock)
-    assert checker.check(relayed).quarantine_id == qid and checker.check(spool).quarantine_id == qid
-    assert checker.check(raw) is None
-    assert checker.check(relayed.replace(b"line two", b"line 2")) is None
+    checker = ReleaseVerifier(KEY, 86400, store, clock)
+    assert mark_proof(raw) is None
+    assert checker.accept(mark_proof(relayed.replace(b"line two", b"line 2")), env) is None      # other content
+    assert checker.accept(mark_proof(relayed), envelope(recipients=("eve@example.net",))) is None  # other rcpts
+    assert checker.accept(mark_proof(relayed), envelope(recipients=("bob@example.net", "eve@example.net"))) is None
+    assert checker.accept(mark_proof(relayed), envelope(recipients=("bob@example.net",))).quarantine_id == qid
+    assert checker.accept(mark_proof(relayed), env) is None                       # used once: a replay is refused
+    assert [ev.action for ev in store.history(qid)][-1] == "release-mark-used"
     assert release(store, qid, ANALYST, relay_for(smtp_sink), KEY).outcome is ReleaseOutcome.ALREADY_RELEASED
     assert len(smtp_sink.received) == 1
 
@@ -122,19 +125,27 @@ def test_concurrent_releases_deliver_once(store, smtp_sink):
 
 def test_verifier_rejects_forgeries_and_old_marks(clock):
     body = b"Hello\r\nworld\r\n"
-    mark = release_mark(KEY, "MW-1", body, clock())
-    verifier = ReleaseVerifier(KEY, 3600, clock)
-    assert verifier.verify(mark, body).quarantine_id == "MW-1"
-    assert verifier.verify(mark, b"Hello\nworld\n") is not None            # line endings rewritten in transit
-    assert verifier.verify(mark, b"Hello\r\nw0rld\r\n") is None             # other content
-    assert ReleaseVerifier(b"x" * 32, 3600, clock).verify(mark, body) is None   # other key
+    rcpts = ("bob@example.net", "carol@example.net")
+    mark = release_mark(KEY, "MW-1", body, rcpts, clock())
+    verifier = ReleaseVerifier(KEY, 3600, clock=clock)
+    assert verifier.verify(mark, body, rcpts).quarantine_id == "MW-1"
+    assert verifier.verify(mark, body, reversed(rcpts)) is not None           # recipient order does not matter
+    assert verifier.verify(mark, b"Hello\nworld\n", rcpts) is not None       # line endings rewritten in transit
+    assert verifier.verify(mark, b"Hello\r\nw0rld\r\n", rcpts) is None      # other content
+    assert verifier.verify(mark, body, ("eve@example.net",)) is None          # other recipients
+    assert ReleaseVerifier(b"x" * 32, 3600, clock=clock).verify(mark, body, rcpts) is None   # other key
     forged = mark.replace("MW-1", "MW-2", 1)
-    assert verifier.verify(forged, body) is None                            # mark moved to another ID
+    assert verifier.verify(forged, body, rcpts) is None                       # mark moved to another ID
     for junk in ("", "MW-1", "MW-1 notatime sig", "a b c d"):
-        assert verifier.verify(junk, body) is None
-    assert verifier.verify_message(["MW-9 1 deadbeef", mark], body).quarantine_id == "MW-1"
+        assert verifier.verify(junk, body, rcpts) is None
+    alert = alert_mark(KEY, "MW-1", body, rcpts, clock())
+    assert verifier.verify(alert, body, rcpts) is None                        # an alert mark releases nothing
+    proof = mark_proof(f"{ALERT_HEADER}: {alert}\r\nSubject: x\r\n\r\n".encode() + body)
+    assert verifier.accept(proof, envelope(recipients=rcpts)).kind == "alert"
+    assert verifier.accept(proof, envelope(recipients=rcpts[:1])) is None
     clock.now += 3601
-    assert verifier.verify(mark, body) is None                              # expired
+    assert verifier.verify(mark, body, rcpts) is None                         # expired
+    assert verifier.accept(proof, envelope(recipients=rcpts)) is None
 
 
 def test_release_key_is_created_private_once(tmp_path):
@@ -143,4 +154,5 @@ def test_release_key_is_created_private_once(tmp_path):
     key = load_release_key(path)
     assert len(key) == 32 and stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert load_release_key(path) == key
-    assert ReleaseVerifier.from_settings(settings).verify(release_mark(key, "MW-1", b"b", 0), b"b") is None  # 1970
+    assert ReleaseVerifier.from_settings(settings).verify(release_mark(key, "MW-1", b"b", ["r"], 0), b"b", ["r"]) \
+        is None  # 1970

@@ -113,6 +113,8 @@ class Evidence:
     # Trace header fields (name, value) for the milter to add, e.g. Authentication-Results.
     headers: tuple[tuple[str, str], ...] = ()
     message: MessageFacts = MessageFacts()
+    # The release or alert marks the message claims, checked by the milter process (quarantine.release).
+    marks: object | None = None
 
     @property
     def spam_score(self) -> float | None:
@@ -129,4 +131,5 @@ class Evidence:
             timings=self.timings + other.timings,
             headers=self.headers + other.headers,
             message=other.message if other.message != MessageFacts() else self.message,
+            marks=other.marks if other.marks is not None else self.marks,
         )

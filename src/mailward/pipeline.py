@@ -18,6 +18,7 @@ from .config import LimitSettings, Settings
 from .envelope import Envelope
 from .evidence import Category, Evidence, Finding, MessageFacts, Severity
 from .message import ParsedMessage, parse_message
+from .quarantine.release import mark_proof
 from .unpack import Unpacker
 
 log = logging.getLogger(__name__)
@@ -62,9 +63,9 @@ class Inspector:
                 found = _guarded(detector, envelope, finish or (lambda: detector.inspect(message, envelope)))
             timings.append((detector.name, time.perf_counter() - t0))
             evidence = evidence.merged(found)
-        evidence = replace(evidence, findings=describe_objects(evidence.findings, message),
-                           message=MessageFacts.of(message))
-        return replace(evidence, timings=tuple(timings))
+        # Marks are read here, where the message already is, so the milter process never holds a body.
+        return replace(evidence, findings=describe_objects(evidence.findings, message),
+                       message=MessageFacts.of(message), timings=tuple(timings), marks=mark_proof(raw))
 
 
 def detector_error(detector: str, exc: BaseException) -> Finding:

@@ -32,7 +32,8 @@ class Quarantine(Protocol):
     def put(self, raw: MessageSource, envelope: Envelope, verdict: Verdict, evidence: Evidence) -> str: ...
 
 
-Release = Callable[[MessageSource], object | None]   # the valid release mark of a message, if any
+# The valid mark among those a worker found (quarantine.release.MarkProof), if any; a release mark is used up.
+Release = Callable[[object, Envelope], object | None]
 
 
 class Watch(Protocol):
@@ -52,6 +53,7 @@ class Outcome:
     seconds: float = 0.0
     quarantine_failed: bool = False  # the store refused a message the policy quarantined
     released_from: str = ""          # quarantine ID when an analyst released this very message
+    alert_of: str = ""               # incident ID when this is Mailward's own (marked) alert about it
 
 
 class Screener:
@@ -76,13 +78,17 @@ class Screener:
             verdict = decide(evidence, policy, incident)
         except ScanFailed as exc:
             verdict, error = decide_failure(policy, incident), str(exc)
-        released_from = ""
-        if verdict.action in (Action.QUARANTINE, Action.REJECT) and self._release is not None:
-            # An analyst released this exact message (HMAC over ID, time and body): deliver it, tagged.
-            mark = self._release(source)
+        released_from = alert_of = ""
+        if verdict.action in (Action.QUARANTINE, Action.REJECT) and self._release is not None \
+                and evidence.marks is not None:
+            # An analyst released this exact message to these recipients (HMAC over ID, time, body and
+            # recipients; once), or it is our own alert: deliver it, tagged.
+            mark = self._release(evidence.marks, envelope)
             if mark is not None:
-                released_from = mark.quarantine_id
-                verdict = replace(verdict, action=Action.TAG, reasons=verdict.reasons + ("released",))
+                released = mark.kind == "release"
+                released_from, alert_of = (mark.quarantine_id, "") if released else ("", mark.quarantine_id)
+                verdict = replace(verdict, action=Action.TAG,
+                                  reasons=verdict.reasons + ("released" if released else "alert",))
         quarantine_id, store_failed = "", False
         if verdict.action is Action.REJECT and evidence.of(Category.MALWARE) and self._quarantine is not None:
             quarantine_id = self._keep_sample(source, envelope, verdict, evidence)
@@ -98,7 +104,7 @@ class Screener:
                     store_failed = True
                 evidence = replace(evidence, timings=evidence.timings + (("quarantine", time.perf_counter() - t0),))
         outcome = Outcome(envelope, verdict, evidence, size, quarantine_id, error, time.perf_counter() - started,
-                          store_failed, released_from)
+                          store_failed, released_from, alert_of)
         if self._watch is not None:
             try:
                 self._watch.observe(outcome)

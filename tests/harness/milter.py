@@ -12,13 +12,15 @@ from pathlib import Path
 
 
 class MilterProcess:
-    def __init__(self, config: Path, socket_path: Path, log_path: Path):
+    def __init__(self, config: Path, socket_path: Path, log_path: Path, prefix: tuple[str, ...] = ()):
+        """``prefix``: a command the milter runs under, e.g. a private mount namespace."""
         self.config, self.socket_path, self.log_path = config, socket_path, log_path
+        self.prefix = tuple(prefix)
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60.0) -> None:
         self.socket_path.unlink(missing_ok=True)
-        self.proc = subprocess.Popen([sys.executable, "-m", "mailward.milter.daemon", "--config", str(self.config)],
+        self.proc = subprocess.Popen([*self.prefix, sys.executable, "-m", "mailward.milter.daemon", "--config", str(self.config)],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

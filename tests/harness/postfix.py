@@ -23,6 +23,17 @@ from email.message import Message
 from pathlib import Path
 
 
+def wait_for(predicate, timeout: float = 20.0):
+    """``predicate()`` once it is truthy, polling until ``timeout``; then its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    return predicate()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

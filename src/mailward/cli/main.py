@@ -12,6 +12,7 @@ import sys
 from ..config import Settings, load_settings
 from ..errors import ConfigError, MailwardError
 from ..logs import configure_logging
+from ..privileges import PrivilegeError, become_service_user
 from . import block, config, model, quarantine, rules, scan, train, watch_auth
 
 
@@ -39,6 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"mailward: configuration error: {exc}", file=sys.stderr)
         return 2
+    try:   # before anything touches state (the log file included): what we create must be the milter's
+        become_service_user(settings, keep_root=bool(getattr(args, "needs_root", lambda _: False)(settings)))
+    except PrivilegeError as exc:
+        print(f"mailward: {exc}", file=sys.stderr)
+        return 1
     configure_logging(settings.logging)
     try:
         return args.handler(args, settings)

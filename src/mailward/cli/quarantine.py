@@ -61,7 +61,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="required for messages with a malware verdict")
     p.add_argument("--reclaim", action="store_true",
                    help="take over a release whose releaser died (only after twice the relay timeout)")
-    p.set_defaults(handler=_release)
+    # With a hold queue the release deletes Postfix's held copy (postsuper): that needs root.
+    p.set_defaults(handler=_release, needs_root=lambda settings: settings.quarantine.hold)
 
     p = sub.add_parser("delete", help="remove the message and its record (the audit trail stays)")
     p.add_argument("id")

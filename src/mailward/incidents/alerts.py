@@ -38,6 +38,7 @@ class AlertKind(str, Enum):
     BLOCK = "block"                  # an address was blocked (failed logins) or an analyst blocked something
     STORE_ERROR = "store-error"      # the quarantine could not keep a message (it was tempfailed)
     VIRUS_NOTICE = "virus-notice"    # a short notice to the admin and the sending account (notices.py)
+    MODEL = "model"                  # the spam model on disk could not be loaded; the last good one stays
 
 
 class Delivery(str, Enum):
@@ -113,20 +114,40 @@ class WebhookChannel:
 
 
 class EmailChannel:
+    """Alert mail through the MTA, which passes it through Mailward again.
+
+    An alert quotes what it reports (``invoice.zip > eicar.com``), so the rules
+    that caught the original may well catch the alert, which would raise another
+    alert, and so on. With ``key`` (the release key) each alert carries an HMAC
+    mark over its incident, time, body and recipients that the milter verifies
+    and honours by delivering the alert tagged.
+    """
+
     name = "email"
 
-    def __init__(self, host: str, port: int, sender: str, recipients: tuple[str, ...], timeout: float = 30.0):
+    def __init__(self, host: str, port: int, sender: str, recipients: tuple[str, ...], timeout: float = 30.0,
+                 key: bytes = b""):
         self.host, self.port, self.sender, self.recipients, self.timeout = host, port, sender, recipients, timeout
+        self._key = key
 
     def send(self, alert: Alert, suppressed: int) -> None:
+        from email.policy import SMTP
+
+        from ..quarantine.release import ALERT_HEADER, alert_mark, marked, message_body
+
         msg = EmailMessage()
         msg["From"] = self.sender
         msg["To"] = ", ".join(self.recipients)
         msg["Subject"] = f"[Mailward {alert.severity}] {alert.summary} ({alert.incident_id})"
         msg["X-Mailward-Alert"] = alert.kind.value
         msg.set_content(alert.text(suppressed))
+        data = msg.as_bytes(policy=SMTP)
+        if self._key:
+            data = marked(data, ALERT_HEADER,
+                          alert_mark(self._key, alert.incident_id, message_body(data), self.recipients, time.time()))
+        options = ["SMTPUTF8"] if any(not a.isascii() for a in (self.sender, *self.recipients)) else []
         with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
-            smtp.send_message(msg, self.sender, list(self.recipients))
+            smtp.sendmail(self.sender, list(self.recipients), data, mail_options=options)
 
 
 _FACILITIES = {"kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "authpriv": 10,
@@ -260,11 +281,15 @@ def _alert_event(alert: Alert, delivery: Delivery) -> dict:
 
 
 def email_channel(settings, recipients: tuple[str, ...]) -> EmailChannel:
-    """Mail to ``recipients`` through the configured alert relay (default: the release relay)."""
+    """Mail to ``recipients`` through the configured alert relay (default: the release relay), marked with
+    the release key so the milter does not filter what Mailward itself says."""
+    from ..quarantine.release import key_path, load_release_key
+
     config = settings.alerts
     return EmailChannel(config.smtp_host or settings.quarantine.relay_host,
                         config.smtp_port or settings.quarantine.relay_port,
-                        config.email_from or f"mailward@{socket.getfqdn()}", recipients, settings.quarantine.relay_timeout)
+                        config.email_from or f"mailward@{socket.getfqdn()}", recipients,
+                        settings.quarantine.relay_timeout, load_release_key(key_path(settings)))
 
 
 def channels_from_settings(settings) -> list[Channel]:
@@ -292,3 +317,29 @@ def channels_from_settings(settings) -> list[Channel]:
                               f"must be one of {', '.join(sorted(_FACILITIES))}")
         out.append(SyslogChannel(config.syslog, config.syslog_facility))
     return out
+
+
+def model_refusal_alert(settings) -> Callable[[str], None]:
+    """What a scanning process calls when it cannot load the spam model on disk (it keeps the last good one).
+
+    The dispatcher is built at the first refusal only: most processes never need one.
+    """
+    from ..verdict import new_incident_id
+
+    dispatcher: list[AlertDispatcher] = []
+
+    def alert(reason: str) -> None:
+        if not dispatcher:
+            config = settings.alerts
+            dispatcher.append(AlertDispatcher(channels_from_settings(settings), config.dedup_window,
+                                              config.rate_limit, config.rate_period))
+        problem = reason.split(": ", 1)[-1][:200]     # without the path: alerts name no files
+        dispatcher[0].raise_alert(Alert(
+            AlertKind.MODEL, new_incident_id(),
+            "Spam model cannot be loaded; the last good model stays in use",
+            subject="spam model", severity="medium", dedup_key=f"model:{problem}",
+            details=(("problem", problem),),
+            remedy="check owner and mode of the model directory (the milter's user must read it); "
+                   "mailward model list"))
+
+    return alert

@@ -115,6 +115,8 @@ class IncidentResponse:
     def observe(self, outcome: Outcome) -> Block | None:
         """Alert on malware and store errors, count the message, suspend on a limit; the new block if any."""
         env, evidence = outcome.envelope, outcome.evidence
+        if outcome.alert_of:    # our own alert quotes what it reports: no alert about it, no counting
+            return None
         malware = malware_findings(evidence, self.settings, env.direction)
         if malware:
             self._alert_malware(outcome, malware)

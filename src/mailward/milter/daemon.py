@@ -99,8 +99,9 @@ def _build_runtime(settings: Settings, pool: ScanPool | None, inspector: Inspect
         scan = lambda source, envelope: inspector.inspect(  # noqa: E731
             source.read_bytes() if isinstance(source, Path) else source, envelope)
     incidents = open_incidents(settings, metrics)
-    screener = Screener(settings, scan, open_store(settings), watch=incidents,
-                        release=ReleaseVerifier.from_settings(settings).check)
+    store = open_store(settings)
+    screener = Screener(settings, scan, store, watch=incidents,
+                        release=ReleaseVerifier.from_settings(settings, store).accept)
     metrics.watch("quarantine", quarantine_stats(settings))
     metrics.watch("blocks", incidents.blocklist.counts)
     metrics.set_rules_version(rules_version(settings))

@@ -33,10 +33,13 @@ class _Seen:
 
 
 def _identity(path: Path) -> _Seen | None:
+    """None when there is no sidecar; ArtifactError when there may be one we cannot see (permissions)."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot check: {exc.strerror}") from None
     return _Seen(st.st_ino, st.st_size, st.st_mtime_ns)
 
 
@@ -48,7 +51,8 @@ class ModelLoader:
     """
 
     def __init__(self, directory: str | Path, shipped: bool = True, check_interval: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic, shipped_dir: Path = SHIPPED_DIR):
+                 clock: Callable[[], float] = time.monotonic, shipped_dir: Path = SHIPPED_DIR,
+                 on_refusal: Callable[[str], None] | None = None):
         self.directory = Path(directory)
         self.sidecar = self.directory / SIDECAR
         self.shipped = shipped
@@ -57,6 +61,8 @@ class ModelLoader:
         self.clock = clock
         self._seen: _Seen | None = None
         self._checked = clock()
+        self._on_refusal = on_refusal     # e.g. an alert: a model that cannot be read needs a human
+        self._refusal = ""                # the last reason reported, so a lasting problem is reported once
         self._model: SpamModel = self._load_initial()
 
     def current(self) -> SpamModel:
@@ -67,14 +73,15 @@ class ModelLoader:
         return self._model
 
     def _load_initial(self) -> SpamModel:
-        self._seen = _identity(self.sidecar)
         failure: ArtifactError | None = None
-        if self._seen is not None:
-            try:
+        try:
+            self._seen = _identity(self.sidecar)
+            if self._seen is not None:
                 return self._load_configured()
-            except ArtifactError as exc:
-                failure = exc
-                log.error("spam model refused: %s", exc)
+        except ArtifactError as exc:
+            failure = exc
+            log.error("spam model refused: %s", exc)
+            self._refused(str(exc))
         if not self.shipped:
             raise failure or ArtifactError(f"{self.sidecar}: no spam model, and the shipped model is disabled")
         model = load_artifact(self.shipped_dir / SIDECAR, self.shipped_dir).scorer()
@@ -82,7 +89,12 @@ class ModelLoader:
         return model
 
     def _refresh(self) -> None:
-        seen = _identity(self.sidecar)
+        try:
+            seen = _identity(self.sidecar)
+        except ArtifactError as exc:   # e.g. a root-owned 0700 model directory: keep scanning with what we have
+            log.error("spam model directory unreadable, keeping %s: %s", self._model.version, exc)
+            self._refused(str(exc))
+            return
         if seen == self._seen:
             return
         self._seen = seen
@@ -91,8 +103,20 @@ class ModelLoader:
             return
         try:
             self._model = self._load_configured()
+            self._refusal = ""
         except ArtifactError as exc:
             log.error("new spam model refused, keeping %s: %s", self._model.version, exc)
+            self._seen = None if "cannot read" in str(exc) else seen   # unreadable: retry at the next check
+            self._refused(str(exc))
+
+    def _refused(self, reason: str) -> None:
+        if self._on_refusal is None or reason == self._refusal:
+            return
+        self._refusal = reason
+        try:
+            self._on_refusal(reason)
+        except Exception:      # reporting never costs the model in use
+            log.exception("could not report the refused spam model")
 
     def _load_configured(self) -> SpamModel:
         model = load_artifact(self.sidecar, self.directory).scorer()

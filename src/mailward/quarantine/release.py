@@ -4,18 +4,31 @@ The relay (Postfix on loopback) passes the message through the milter again.
 So that Mailward does not quarantine it a second time for the same reason,
 the release prepends ``X-Mailward-Release: <id> <unix time> <hmac>``; the HMAC
 (SHA-256, key in ``release.key``, shared by all milter hosts) covers the ID, the
-time and a digest of the body, so the mark cannot be forged nor moved to other
-content. The milter checks it with :meth:`ReleaseVerifier.check`.
+time, a digest of the body and the recipients the release was for, so the mark
+cannot be forged, moved to other content or replayed to other recipients. The
+milter honours a mark once: the store records its use (:meth:`QuarantineStore.use_release_mark`).
 
 The body digest ignores line breaks (``CR``/``LF``): SMTP clients and MTAs
 legitimately rewrite line endings on the way (smtplib turns a bare CR into
 CRLF, Postfix may fold over-long lines), and none of that should void a mark.
 
+The digest is computed where the message already is, in the scanning worker
+(:func:`mark_proof`); the milter process, which holds every SMTP connection,
+only checks short strings (:meth:`ReleaseVerifier.accept`) and never reads a
+message body.
+
+Alert e-mail carries the same kind of mark (``X-Mailward-Alert-Mark``, its own
+HMAC domain, same key): an alert quoting a malware finding is delivered tagged
+instead of being caught by the rule it reports.
+
 Exactly once: the store's claim makes one releaser the only one; a delivery
 failure hands the message back (``held``); a crash after the relay accepted
 but before the store noted it leaves the claim in place (``releasing``), which
 only an explicit ``--reclaim`` after the SMTP timeout can take over — a
-duplicate is then a decision an analyst made, never an accident.
+duplicate is then a decision an analyst made, never an accident. With
+``quarantine.hold`` the milter also left a copy in Postfix's hold queue; that
+copy is deleted (``postsuper -d``) *before* ours goes out, so a failure in
+between loses nothing (our copy stays held) and no second copy can appear.
 """
 
 from __future__ import annotations
@@ -27,15 +40,19 @@ import os
 import re
 import secrets
 import smtplib
+import subprocess
 import time
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from enum import Enum
 from pathlib import Path
+from typing import Iterable
 
 from ..config import Settings
+from ..envelope import Envelope
 from ..errors import StoreError
+from ..privileges import as_root
 from .files import HEAD_BYTES, adopt
 from .records import Actor, ReleaseClaim, check_id
 from .store import QuarantineStore
@@ -43,9 +60,12 @@ from .store import QuarantineStore
 log = logging.getLogger(__name__)
 
 RELEASE_HEADER = "X-Mailward-Release"
+ALERT_HEADER = "X-Mailward-Alert-Mark"
+ALERT_MAX_AGE = 3600.0           # an alert goes out at once; its mark needs to live only through the relay
 _KEY_BYTES = 32
 _LINE_BREAKS = re.compile(rb"[\r\n]")
 _BODY_START = re.compile(rb"\r?\n\r?\n")
+_HELD_DELETED = re.compile(r"Deleted: (\d+) message")
 
 
 class ReleaseOutcome(str, Enum):
@@ -74,10 +94,24 @@ class ReleaseResult:
 
 @dataclass(frozen=True)
 class ReleaseMark:
-    """A verified release header: which quarantined message, released when."""
+    """A verified mark: which quarantined message (or alert incident), released when."""
 
     quarantine_id: str
     released_at: float
+    kind: str = "release"                  # "release" | "alert"
+
+
+@dataclass(frozen=True)
+class MarkProof:
+    """What a scanning worker saw of a message's marks: their header values and the body digest.
+
+    Small and picklable: it travels with the evidence to the milter process,
+    which checks the HMACs without ever holding the message.
+    """
+
+    release: tuple[str, ...] = ()
+    alert: tuple[str, ...] = ()
+    body_digest: str = ""
 
 
 @dataclass(frozen=True)
@@ -85,11 +119,12 @@ class Relay:
     host: str = "127.0.0.1"
     port: int = 25
     timeout: float = 60.0
+    hold_queue: bool = False               # the milter also put quarantined mail in Postfix's hold queue
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Relay":
         q = settings.quarantine
-        return cls(q.relay_host, q.relay_port, q.relay_timeout)
+        return cls(q.relay_host, q.relay_port, q.relay_timeout, q.hold)
 
 
 def key_path(settings: Settings) -> Path:
@@ -127,75 +162,131 @@ def message_body(raw: bytes) -> bytes:
     return raw[match.end():] if match else b""
 
 
-def _signature(key: bytes, quarantine_id: str, stamp: int, body: bytes) -> str:
-    digest = hashlib.sha256(_LINE_BREAKS.sub(b"", body)).hexdigest()
-    return hmac.new(key, f"{quarantine_id} {stamp} {digest}".encode(), hashlib.sha256).hexdigest()
+def body_digest(body: bytes) -> str:
+    return hashlib.sha256(_LINE_BREAKS.sub(b"", body)).hexdigest()
 
 
-def release_mark(key: bytes, quarantine_id: str, body: bytes, now: float) -> str:
-    """The value of the ``X-Mailward-Release`` header for ``body``."""
+def recipients_digest(recipients: Iterable[str]) -> str:
+    """Order and repetition do not matter: the MTA may pass recipients in any order."""
+    return hashlib.sha256("\n".join(sorted(set(recipients))).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _signature(key: bytes, domain: str, ident: str, stamp: int, digest: str, recipients: str) -> str:
+    text = f"{domain} {ident} {stamp} {digest} {recipients}"
+    return hmac.new(key, text.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()
+
+
+def _mark(key: bytes, domain: str, ident: str, body: bytes, recipients: Iterable[str], now: float) -> str:
     stamp = int(now)
-    return f"{quarantine_id} {stamp} {_signature(key, quarantine_id, stamp, body)}"
+    return f"{ident} {stamp} {_signature(key, domain, ident, stamp, body_digest(body), recipients_digest(recipients))}"
+
+
+def release_mark(key: bytes, quarantine_id: str, body: bytes, recipients: Iterable[str], now: float) -> str:
+    """The value of the ``X-Mailward-Release`` header for ``body`` released to ``recipients``."""
+    return _mark(key, "release", quarantine_id, body, recipients, now)
+
+
+def alert_mark(key: bytes, incident_id: str, body: bytes, recipients: Iterable[str], now: float) -> str:
+    """The value of the ``X-Mailward-Alert-Mark`` header of an alert e-mail."""
+    return _mark(key, "alert", incident_id, body, recipients, now)
+
+
+def mark_proof(raw: bytes) -> MarkProof | None:
+    """The marks a message claims and its body digest; None (and no body read) when it claims none."""
+    match = _BODY_START.search(raw, 0, HEAD_BYTES)
+    block = raw[: match.start()] if match else raw[:HEAD_BYTES]
+    if b"x-mailward-" not in block.lower():       # ordinary mail: no header parse at all
+        return None
+    headers = BytesHeaderParser(policy=compat32).parsebytes(block + b"\n\n")
+    release = tuple(" ".join(str(v).split()) for v in headers.get_all(RELEASE_HEADER) or [])
+    alert = tuple(" ".join(str(v).split()) for v in headers.get_all(ALERT_HEADER) or [])
+    if not release and not alert:
+        return None
+    return MarkProof(release, alert, body_digest(raw[match.end():] if match else b""))
+
+
+def _parse(value: str) -> tuple[str, int, str] | None:
+    parts = value.split()
+    if len(parts) != 3 or not parts[1].isdigit():
+        return None
+    return parts[0], int(parts[1]), parts[2]
 
 
 class ReleaseVerifier:
-    """What the milter uses to recognise mail an analyst released (load once; cheap per message)."""
+    """What the milter uses to recognise mail an analyst released, and Mailward's own alerts.
 
-    def __init__(self, key: bytes, max_age: float, clock=time.time):
+    ``store`` is the quarantine: a release mark counts only for a record being
+    or already released, for (a subset of) its recipients, and only once.
+    """
+
+    def __init__(self, key: bytes, max_age: float, store: QuarantineStore | None = None, clock=time.time):
         self._key = key
         self._max_age = max_age
+        self._store = store
         self._clock = clock
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "ReleaseVerifier":
-        return cls(load_release_key(key_path(settings)), settings.quarantine.release_max_age_days * 86400.0)
+    def from_settings(cls, settings: Settings, store: QuarantineStore | None = None) -> "ReleaseVerifier":
+        return cls(load_release_key(key_path(settings)), settings.quarantine.release_max_age_days * 86400.0, store)
 
-    def verify(self, header_value: str, body: bytes) -> ReleaseMark | None:
-        """The mark if ``header_value`` is a valid, unexpired release of this ``body``, else None."""
-        parts = header_value.split()
-        if len(parts) != 3 or not parts[1].isdigit():
+    def _valid(self, domain: str, value: str, digest: str, recipients: Iterable[str],
+               max_age: float) -> tuple[str, int] | None:
+        parsed = _parse(value)
+        if parsed is None:
             return None
-        quarantine_id, stamp, signature = parts[0], int(parts[1]), parts[2]
-        if not hmac.compare_digest(signature, _signature(self._key, quarantine_id, stamp, body)):
+        ident, stamp, signature = parsed
+        expected = _signature(self._key, domain, ident, stamp, digest, recipients_digest(recipients))
+        if not hmac.compare_digest(signature, expected):
             return None
         age = self._clock() - stamp
-        if age > self._max_age or age < -300:      # five minutes of clock skew between hosts
+        if age > max_age or age < -300:      # five minutes of clock skew between hosts
             return None
-        return ReleaseMark(quarantine_id, float(stamp))
+        return ident, stamp
 
-    def verify_message(self, header_values: list[str], body: bytes) -> ReleaseMark | None:
-        """The first valid mark among all ``X-Mailward-Release`` values (senders can add fake ones)."""
-        for value in header_values:
-            mark = self.verify(value, body)
+    def verify(self, header_value: str, body: bytes, recipients: Iterable[str]) -> ReleaseMark | None:
+        """The mark if ``header_value`` is a valid, unexpired release of ``body`` to ``recipients``."""
+        valid = self._valid("release", header_value, body_digest(body), recipients, self._max_age)
+        return ReleaseMark(valid[0], float(valid[1])) if valid else None
+
+    def accept(self, proof: MarkProof, envelope: Envelope) -> ReleaseMark | None:
+        """The first mark of ``proof`` that holds for this envelope; a release mark is used up by it.
+
+        Reads only short strings and one store row: safe in the milter process.
+        """
+        for value in proof.alert:
+            valid = self._valid("alert", value, proof.body_digest, envelope.recipients, ALERT_MAX_AGE)
+            if valid:
+                return ReleaseMark(valid[0], float(valid[1]), "alert")
+        if self._store is None:
+            return None
+        for value in proof.release:
+            mark = self._use(value, proof.body_digest, envelope)
             if mark is not None:
                 return mark
         return None
 
-    def check(self, raw: bytes | Path) -> ReleaseMark | None:
-        """The valid release mark of a whole message (in memory or spooled), if it has one.
-
-        Only the header block is read unless a release header is present, so
-        ordinary mail costs one small parse.
-        """
-        head = raw[:HEAD_BYTES] if isinstance(raw, bytes) else _read_head(raw)
-        match = _BODY_START.search(head)
-        block = head[: match.start()] if match else head
-        values = BytesHeaderParser(policy=compat32).parsebytes(block + b"\n\n").get_all(RELEASE_HEADER) or []
-        if not values:
+    def _use(self, value: str, digest: str, envelope: Envelope) -> ReleaseMark | None:
+        parsed = _parse(value)
+        if parsed is None:
             return None
-        data = raw if isinstance(raw, bytes) else raw.read_bytes()
-        return self.verify_message([" ".join(str(v).split()) for v in values], message_body(data))
+        try:
+            check_id(parsed[0])
+            record = self._store.get(parsed[0])
+            if record is None or not set(envelope.recipients) <= set(record.envelope.recipients):
+                return None
+            valid = self._valid("release", value, digest, record.envelope.recipients, self._max_age)
+            if valid is None or not self._store.use_release_mark(valid[0], valid[1]):
+                return None
+        except StoreError as exc:    # unverifiable counts as unmarked: the message is screened as usual
+            log.warning("release mark not checked: %s", exc, extra={"queue_id": envelope.queue_id})
+            return None
+        return ReleaseMark(valid[0], float(valid[1]))
 
 
-def _read_head(path: Path) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read(HEAD_BYTES)
-
-
-def marked(raw: bytes, header_value: str) -> bytes:
-    """``raw`` with the release header prepended, in the message's own line-ending style."""
+def marked(raw: bytes, header_name: str, header_value: str) -> bytes:
+    """``raw`` with a mark header prepended, in the message's own line-ending style."""
     eol = b"\r\n" if b"\r\n" in raw[:4096] else b"\n"
-    return f"{RELEASE_HEADER}: {header_value}".encode("ascii") + eol + raw
+    return f"{header_name}: {header_value}".encode("ascii") + eol + raw
 
 
 def release(store: QuarantineStore, quarantine_id: str, actor: Actor, relay: Relay, key: bytes,
@@ -205,28 +296,52 @@ def release(store: QuarantineStore, quarantine_id: str, actor: Actor, relay: Rel
     claim = store.claim_release(quarantine_id, actor, force=force, reclaim_after=reclaim_after)
     if claim is not ReleaseClaim.CLAIMED:
         return ReleaseResult(_CLAIM_OUTCOME[claim])
+    held = ""
     try:
         record = store.get(quarantine_id)
         raw = store.read(quarantine_id)
         recipients = list(record.envelope.recipients) if record else []
         if not recipients:
             raise StoreError("the record has no recipients")
-        data = marked(raw, release_mark(key, quarantine_id, message_body(raw), clock()))
-        refused = _deliver(relay, record.envelope.mail_from, recipients, data)
+        if relay.hold_queue and record.envelope.queue_id:
+            held = _delete_held_copy(record.envelope.queue_id)
+        mark = release_mark(key, quarantine_id, message_body(raw), recipients, clock())
+        refused = _deliver(relay, record.envelope.mail_from, recipients, marked(raw, RELEASE_HEADER, mark))
     except (OSError, smtplib.SMTPException, StoreError) as exc:
-        detail = f"via {relay.host}:{relay.port}: {_describe(exc)}"
+        detail = f"via {relay.host}:{relay.port}: {_describe(exc)}{held}"
         log.warning("release of %s failed %s", quarantine_id, detail)
         store.finish_release(quarantine_id, actor, delivered=False, detail=detail)
         return ReleaseResult(ReleaseOutcome.FAILED, detail)
     except BaseException:
-        store.finish_release(quarantine_id, actor, delivered=False, detail="interrupted")
+        store.finish_release(quarantine_id, actor, delivered=False, detail="interrupted" + held)
         raise
     delivered = [r for r in recipients if r not in refused]
     detail = f"to {', '.join(delivered)} via {relay.host}:{relay.port}"
     if refused:
         detail += f"; refused: {', '.join(sorted(refused))}"
-    store.finish_release(quarantine_id, actor, delivered=True, detail=detail)
-    return ReleaseResult(ReleaseOutcome.RELEASED, detail, tuple(sorted(refused)))
+    store.finish_release(quarantine_id, actor, delivered=True, detail=detail + held)
+    return ReleaseResult(ReleaseOutcome.RELEASED, detail + held, tuple(sorted(refused)))
+
+
+def _delete_held_copy(queue_id: str) -> str:
+    """Delete the milter's copy of ``queue_id`` from Postfix's hold queue; a note for the audit trail.
+
+    Needs root (or Postfix's mail owner). Raises StoreError when postsuper
+    cannot run, so the release stops before anything is delivered.
+    ``MAIL_CONFIG`` selects a non-default Postfix instance, as for postsuper itself.
+    """
+    if not re.fullmatch(r"[0-9A-Za-z]+", queue_id):
+        raise StoreError(f"not a Postfix queue ID: {queue_id!r}")
+    try:
+        done = subprocess.run(["postsuper", "-d", queue_id, "hold"], capture_output=True, text=True, timeout=60,
+                              **as_root())
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise StoreError(f"cannot delete the held copy {queue_id}: {exc}") from exc
+    if done.returncode != 0:
+        raise StoreError(f"cannot delete the held copy {queue_id}: {done.stderr.strip()[-300:]}")
+    deleted = _HELD_DELETED.search(done.stderr)
+    return f"; held copy {queue_id} deleted from Postfix's hold queue" if deleted else \
+        f"; no held copy {queue_id} in Postfix's hold queue"
 
 
 def _deliver(relay: Relay, sender: str, recipients: list[str], data: bytes) -> dict:

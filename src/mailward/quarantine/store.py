@@ -373,6 +373,27 @@ class QuarantineStore(ABC):
                                     WHERE id = ? AND status = 'releasing'""", (quarantine_id,))
                 self._audit(conn, quarantine_id, "release-failed", actor, detail, now)
 
+    def use_release_mark(self, quarantine_id: str, stamp: int) -> bool:
+        """Note that the milter let the released copy marked at ``stamp`` through; True only the first time.
+
+        Only a record being or already released has a usable mark. The no-op
+        ``UPDATE`` locks the row, so concurrent milters (any host) see each
+        other's use in the audit trail: a replayed mark is refused.
+        """
+        check_id(quarantine_id)
+        detail = f"mark {stamp}"
+        with self._tx(write=True) as conn:
+            if not self._exec(conn, """UPDATE quarantine SET status = status
+                                       WHERE id = ? AND status IN ('releasing', 'released')""",
+                              (quarantine_id,)).rowcount:
+                return False
+            if self._exec(conn, """SELECT 1 FROM quarantine_audit
+                                   WHERE quarantine_id = ? AND action = 'release-mark-used' AND detail = ?""",
+                          (quarantine_id, detail)).fetchone():
+                return False
+            self._audit(conn, quarantine_id, "release-mark-used", self._writer, detail)
+            return True
+
     # -- delete, purge ---------------------------------------------------------------------------
 
     def delete(self, quarantine_id: str, actor: Actor, action: str = "delete", detail: str = "") -> Removal:
