@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import Settings
+from ..trust import TrustedOwners
 from .content import ContentDetector
 from .hashes import HashDetector, HashList
 from .names import NameDetector
@@ -29,7 +30,8 @@ def rule_directories(settings: Settings) -> list[tuple[str, Path]]:
 
 
 def load_rules(settings: Settings, previous: RuleSet | None = None) -> RuleSet:
-    return RuleSet.load_or_keep(rule_directories(settings), settings.rules_cache_dir, previous)
+    return RuleSet.load_or_keep(rule_directories(settings), settings.rules_cache_dir, previous,
+                                TrustedOwners.of(settings.milter.user))
 
 
 def detectors(settings: Settings, previous: RuleSet | None = None) -> list:
