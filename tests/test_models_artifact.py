@@ -151,4 +151,4 @@ def test_a_model_without_both_classes_is_not_saved(tmp_path):
     from mailward.models.artifact import TrainedModel
 
     with pytest.raises(ArtifactError, match="at least one ham and one spam"):
-        save_artifact(TrainedModel(trainer.nb, SMALL), tmp_path)
+        save_artifact(TrainedModel(trainer.counts(), SMALL), tmp_path)

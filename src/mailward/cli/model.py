@@ -205,7 +205,7 @@ def _replay(args, settings: Settings) -> int:
     registry = Registry.of(settings)
     try:
         live = registry.live()
-        features, alpha, combiner = live.features, float(live.nb.alpha), live.combiner
+        features, alpha, combiner = live.features, live.counts.alpha, live.combiner
     except ArtifactError:
         defaults = TrainingSettings()
         features, alpha, combiner = FeatureSettings(), defaults.alpha, Combiner(defaults.evidence_per_side)

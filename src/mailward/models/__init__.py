@@ -6,6 +6,7 @@ With ``training/`` the only place that imports scikit-learn.
 from __future__ import annotations
 
 from ..config import Settings
+from ..trust import TrustedOwners
 from .gtube import GtubeDetector
 
 
@@ -14,5 +15,5 @@ def detectors(settings: Settings) -> list:
     from .spam import SpamDetector
 
     loader = ModelLoader(settings.model_dir, shipped=settings.model.shipped_model,
-                         check_interval=settings.model.check_interval)
+                         check_interval=settings.model.check_interval, owners=TrustedOwners.of(settings.milter.user))
     return [GtubeDetector(), SpamDetector(loader)]
