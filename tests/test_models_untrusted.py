@@ -212,3 +212,36 @@ def test_scanning_workers_never_run_a_planted_model(model, tmp_path, marker):
         assert started not in ("", good.version)               # refused at start: the shipped model serves
     finally:
         pool.close()
+
+
+def format_1(directory, model) -> None:
+    """Rewrite ``directory``'s model as Mailward wrote it before: a joblib pickle of the counts."""
+    out = io.BytesIO()
+    joblib.dump({"classes": ["ham", "spam"], "class_count": model.counts.class_count,
+                 "feature_count": model.counts.feature_count()}, out, compress=("xz", 3))
+    plant(directory, out.getvalue(), "spam-0123456789abcdef.joblib", format_version=1)
+
+
+def test_conversion_of_a_trusted_old_model_needs_the_explicit_flag_and_keeps_its_version(model, tmp_path):
+    from mailward.models import convert
+
+    directory = tmp_path / "models"
+    saved = save_artifact(model, directory)
+    format_1(directory, model)
+    with pytest.raises(SystemExit):
+        convert.main([str(directory)])                     # no --trust-pickle: nothing is unpickled
+    assert convert.main(["--trust-pickle", str(directory)]) == 0
+    converted = load_artifact(directory / SIDECAR, directory)
+    assert converted.version == saved.version and not list(directory.glob("*.joblib"))
+    assert np.array_equal(converted.scorer().weights, saved.scorer().weights)
+    assert convert.main(["--trust-pickle", str(directory)]) == 0      # already current: left alone
+
+
+def test_conversion_refuses_an_untrusted_old_model(model, tmp_path, marker):
+    from mailward.models import convert
+
+    directory = tmp_path / "models"
+    save_artifact(model, directory)
+    plant(directory, joblib_payload(marker), "spam-0000.joblib", format_version=1)
+    os.chmod(directory, 0o777)
+    assert convert.main(["--trust-pickle", str(directory)]) == 1
