@@ -245,3 +245,16 @@ def test_conversion_refuses_an_untrusted_old_model(model, tmp_path, marker):
     plant(directory, joblib_payload(marker), "spam-0000.joblib", format_version=1)
     os.chmod(directory, 0o777)
     assert convert.main(["--trust-pickle", str(directory)]) == 1
+
+
+def test_what_mailward_writes_is_trusted_even_under_a_group_writable_umask(model, tmp_path):
+    from mailward.training.registry import Registry
+
+    previous = os.umask(0o002)
+    try:
+        registry = Registry(tmp_path / "models", shipped_dir=None)
+        version = registry.add(model).version
+        registry.promote(version, "ann", {"forced": True})
+    finally:
+        os.umask(previous)
+    assert registry.live().version == version

@@ -47,6 +47,7 @@ KIND = "mailward-spam-model"
 SIDECAR = "spam.json"          # the live model of a model directory
 PAYLOAD_SUFFIX = ".npz"
 SHIPPED_DIR = Path(__file__).resolve().parent / "default"
+MODEL_DIR_MODE = 0o755                 # never group-writable, whatever the umask: the loader would refuse it
 MAX_FEATURES = 2 ** 26                 # bounds the weights a sidecar can make a worker allocate (256 MiB)
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)      # fixed member timestamps: the same model gives the same bytes
 CONVERT_HINT = ("retrain it (`mailward train`), rebuild the shipped one (see mailward/models/README.md), "
@@ -78,7 +79,7 @@ def save_artifact(model: TrainedModel, directory: str | Path, sidecar_name: str 
     The version is derived from the payload unless given (a converted model keeps its own).
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(mode=MODEL_DIR_MODE, parents=True, exist_ok=True)
     counts = model.counts
     if min(counts.class_count) < 1:
         raise ArtifactError(f"{directory}: a spam model needs at least one ham and one spam message")

@@ -31,7 +31,7 @@ from typing import Iterator
 
 from ..config import Settings
 from ..errors import ArtifactError, MailwardError
-from ..models.artifact import SHIPPED_DIR, SIDECAR, TrainedModel, load_artifact, read_sidecar, save_artifact
+from ..models.artifact import MODEL_DIR_MODE, SHIPPED_DIR, SIDECAR, TrainedModel, load_artifact, read_sidecar, save_artifact
 from ..trust import TrustedOwners
 
 VERSIONS = "versions"
@@ -87,7 +87,7 @@ class Registry:
 
     def add(self, model: TrainedModel) -> TrainedModel:
         """Save a trained model as a candidate version (not live); returns it with its version."""
-        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        self._make_dirs()
         staging = Path(tempfile.mkdtemp(prefix=".candidate-", dir=self.versions_dir))
         try:
             saved = save_artifact(model, staging)
@@ -197,6 +197,11 @@ class Registry:
 
     # -- internals -------------------------------------------------------------------------------
 
+    def _make_dirs(self) -> None:
+        """The root and ``versions/`` with modes the loader accepts, whatever the umask."""
+        for directory in (self.root, self.versions_dir):
+            directory.mkdir(mode=MODEL_DIR_MODE, parents=True, exist_ok=True)
+
     def _has_shipped(self) -> bool:
         return self.shipped_dir is not None and (self.shipped_dir / SIDECAR).exists()
 
@@ -221,7 +226,7 @@ class Registry:
         target = self.versions_dir / model.version
         if not target.exists():
             meta = read_sidecar(sidecar)
-            self.versions_dir.mkdir(parents=True, exist_ok=True)
+            self._make_dirs()
             staging = Path(tempfile.mkdtemp(prefix=".import-", dir=self.versions_dir))
             try:
                 shutil.copy2(sidecar.resolve().parent / meta["artifact"], staging / meta["artifact"])
@@ -233,7 +238,7 @@ class Registry:
 
     @contextmanager
     def _lock(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=MODEL_DIR_MODE, parents=True, exist_ok=True)
         with open(self.root / ".registry.lock", "w") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             yield
