@@ -110,6 +110,32 @@ def test_old_joblib_artifact_names_the_way_out(model, tmp_path, marker):
     assert "mailward train" in str(refused.value) and "--trust-pickle" in str(refused.value)
 
 
+def arrays(model, **changes) -> bytes:
+    from mailward.models.artifact import _npz
+
+    base = {"class_count": model.counts.class_count, "columns": model.counts.columns.astype(np.int64),
+            "counts": model.counts.counts}
+    return _npz({key: value for key, value in {**base, **changes}.items() if value is not None})
+
+
+@pytest.mark.parametrize("changes, refusal", [
+    ({"columns": None}, "not a spam model's arrays"),
+    ({"extra": np.zeros(1)}, "not a spam model's arrays"),
+    ({"counts": np.zeros((2, 2 ** 14))}, "larger than 4096 columns need"),
+    ({"columns": np.arange(3) + 4096, "counts": np.ones((2, 3))}, "below 4096"),
+    ({"columns": np.array([5, 5, 6]), "counts": np.ones((2, 3))}, "distinct, sorted"),
+    ({"columns": np.array([1, 2]), "counts": -np.ones((2, 2))}, "non-negative"),
+    ({"class_count": np.array([0.0, 3.0])}, "both classes"),
+    ({"counts": np.ones((2, 3), dtype=np.float32), "columns": np.array([1, 2, 3])}, "types and shapes"),
+])
+def test_payload_arrays_are_checked_before_use(model, tmp_path, changes, refusal):
+    directory = tmp_path / "models"
+    save_artifact(model, directory)
+    plant(directory, arrays(model, **changes), "spam-0003.npz")
+    with pytest.raises(ArtifactError, match=refusal):
+        load_artifact(directory / SIDECAR, directory)
+
+
 @pytest.mark.parametrize("case", sorted(HOSTILE))
 def test_loader_keeps_the_last_good_model_when_a_hostile_one_arrives(case, model, tmp_path, marker, caplog):
     build, name, sidecar, _ = HOSTILE[case]

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -124,6 +125,10 @@ def load_artifact(sidecar_path: str | Path, root: str | Path, owners: TrustedOwn
     try:
         alpha = float(meta["naive_bayes"]["alpha"])
         combiner = Combiner(**meta["combiner"])
+        numbers = (alpha, float(combiner.slope), float(combiner.intercept))
+        if not (all(map(math.isfinite, numbers)) and alpha > 0 and type(combiner.evidence_per_side) is int
+                and combiner.evidence_per_side >= 1):
+            raise ValueError("alpha must be positive, the calibration finite, evidence_per_side a count")
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(f"{sidecar_path}: bad model settings ({exc})") from None
     arrays = _read_npz(data, payload_path, features.n_features)
