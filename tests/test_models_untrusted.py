@@ -57,7 +57,7 @@ def npz_with_object_array(marker) -> bytes:
     with zipfile.ZipFile(out, "w") as archive:
         member = io.BytesIO()
         np.lib.format.write_array(member, np.array([Exploit(marker)], dtype=object), allow_pickle=True)
-        for name in ("class_count", "columns", "counts"):
+        for name in ("class_count", "column_steps", "counts"):
             archive.writestr(f"{name}.npy", member.getvalue())
     return out.getvalue()
 
@@ -113,20 +113,22 @@ def test_old_joblib_artifact_names_the_way_out(model, tmp_path, marker):
 def arrays(model, **changes) -> bytes:
     from mailward.models.artifact import _npz
 
-    base = {"class_count": model.counts.class_count, "columns": model.counts.columns.astype(np.int64),
-            "counts": model.counts.counts}
+    base = {"class_count": model.counts.class_count,
+            "column_steps": np.diff(model.counts.columns.astype(np.int64), prepend=0), "counts": model.counts.counts}
     return _npz({key: value for key, value in {**base, **changes}.items() if value is not None})
 
 
 @pytest.mark.parametrize("changes, refusal", [
-    ({"columns": None}, "not a spam model's arrays"),
+    ({"column_steps": None}, "not a spam model's arrays"),
     ({"extra": np.zeros(1)}, "not a spam model's arrays"),
     ({"counts": np.zeros((2, 2 ** 14))}, "larger than 4096 columns need"),
-    ({"columns": np.arange(3) + 4096, "counts": np.ones((2, 3))}, "below 4096"),
-    ({"columns": np.array([5, 5, 6]), "counts": np.ones((2, 3))}, "distinct, sorted"),
-    ({"columns": np.array([1, 2]), "counts": -np.ones((2, 2))}, "non-negative"),
+    ({"column_steps": np.array([4095, 1]), "counts": np.ones((2, 2))}, "below 4096"),
+    ({"column_steps": np.array([2 ** 62, 2 ** 62]), "counts": np.ones((2, 2))}, "below 4096"),
+    ({"column_steps": np.array([5, 0, 1]), "counts": np.ones((2, 3))}, "distinct, sorted"),
+    ({"column_steps": np.array([5, -1]), "counts": np.ones((2, 2))}, "distinct, sorted"),
+    ({"column_steps": np.array([1, 2]), "counts": -np.ones((2, 2))}, "non-negative"),
     ({"class_count": np.array([0.0, 3.0])}, "both classes"),
-    ({"counts": np.ones((2, 3), dtype=np.float32), "columns": np.array([1, 2, 3])}, "types and shapes"),
+    ({"counts": np.ones((2, 3), dtype=np.float32), "column_steps": np.array([1, 2, 3])}, "types and shapes"),
 ])
 def test_payload_arrays_are_checked_before_use(model, tmp_path, changes, refusal):
     directory = tmp_path / "models"
