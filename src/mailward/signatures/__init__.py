@@ -36,10 +36,11 @@ def load_rules(settings: Settings, previous: RuleSet | None = None) -> RuleSet:
 
 def detectors(settings: Settings, previous: RuleSet | None = None) -> list:
     sig = settings.signatures
-    allow = HashList.load(sig.hash_allow_lists)
+    owners = TrustedOwners.of(settings.milter.user)
+    allow = HashList.load(sig.hash_allow_lists, owners)
     return [
         YaraDetector(load_rules(settings, previous), allow, sig.yara_timeout, settings.limits.inspect_deadline),
-        HashDetector(HashList.load(sig.hash_lists), allow),
+        HashDetector(HashList.load(sig.hash_lists, owners), allow),
         NameDetector.from_settings(sig, allow),
         ContentDetector(allow),
     ]
