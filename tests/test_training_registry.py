@@ -102,3 +102,12 @@ def test_a_malformed_promotion_history_is_a_clear_error(registry, models):
         fh.write('{"action": "promote"}\n')
     with pytest.raises(RegistryError, match=r"promotions.jsonl:2: not a promotion record"):
         registry.history()
+
+
+def test_a_version_the_loader_would_refuse_is_listed_with_the_reason(registry, models):
+    import json
+
+    sidecar = registry.versions_dir / models[1].version / SIDECAR
+    sidecar.write_text(json.dumps(dict(json.loads(sidecar.read_text()), format_version=1)))
+    [refused] = [v for v in registry.versions() if v.refused]
+    assert refused.version == models[1].version and "--trust-pickle" in refused.refused

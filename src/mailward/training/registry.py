@@ -50,6 +50,7 @@ class VersionInfo:
     class_counts: dict
     training_data: dict
     live: bool
+    refused: str = ""     # why the loader would refuse it (e.g. a format-1 pickle): listed, never loaded
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,8 @@ class Registry:
         for sidecar in sorted(self.versions_dir.glob(f"*/{SIDECAR}")):
             try:
                 meta = read_sidecar(sidecar)
-            except ArtifactError:
+            except ArtifactError as exc:
+                out.append(VersionInfo(sidecar.parent.name, sidecar.stat().st_mtime, {}, {}, False, str(exc)))
                 continue
             out.append(VersionInfo(sidecar.parent.name, sidecar.stat().st_mtime, meta.get("class_counts", {}),
                                    meta.get("training_data", {}), sidecar.parent.name == live))
