@@ -138,6 +138,21 @@ def test_payload_arrays_are_checked_before_use(model, tmp_path, changes, refusal
         load_artifact(directory / SIDECAR, directory)
 
 
+def test_an_array_header_that_lies_about_its_size_is_refused_before_allocating(model, tmp_path):
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(arrays(model)), "r") as real, zipfile.ZipFile(out, "w") as forged:
+        for name in ("class_count.npy", "column_steps.npy"):
+            forged.writestr(name, real.read(name))
+        member = io.BytesIO()
+        np.lib.format.write_array_header_1_0(member, {"descr": "<f8", "fortran_order": False, "shape": (2, 2 ** 40)})
+        forged.writestr("counts.npy", member.getvalue() + bytes(16))     # 2 x 1 Ti float64 claimed, 16 bytes given
+    directory = tmp_path / "models"
+    save_artifact(model, directory)
+    plant(directory, out.getvalue(), "spam-0004.npz")
+    with pytest.raises(ArtifactError, match="larger than 4096 columns need"):
+        load_artifact(directory / SIDECAR, directory)
+
+
 @pytest.mark.parametrize("case", sorted(HOSTILE))
 def test_loader_keeps_the_last_good_model_when_a_hostile_one_arrives(case, model, tmp_path, marker, caplog):
     build, name, sidecar, _ = HOSTILE[case]

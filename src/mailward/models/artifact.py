@@ -159,6 +159,15 @@ def _npz(arrays: dict[str, np.ndarray]) -> bytes:
     return out.getvalue()
 
 
+def _declared_size(archive: zipfile.ZipFile, member: str) -> int:
+    """Bytes the ``.npy`` member's header says its array has: numpy allocates that before reading."""
+    with archive.open(member) as fh:
+        major, _ = np.lib.format.read_magic(fh)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(fh)
+    return math.prod(shape) * dtype.itemsize
+
+
 def _read_npz(data: bytes, path: Path, n_features: int) -> dict[str, np.ndarray]:
     """The payload's arrays, checked for name, type, shape and consistency before anything uses them.
 
@@ -172,10 +181,11 @@ def _read_npz(data: bytes, path: Path, n_features: int) -> dict[str, np.ndarray]
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             members = {info.filename: info.file_size for info in archive.infolist()}
-        if sorted(members) != sorted(f"{name}.npy" for name in budget):
-            raise ArtifactError(f"{path}: payload holds {sorted(members)}, not a spam model's arrays")
-        if any(members[f"{name}.npy"] > limit for name, limit in budget.items()):
-            raise ArtifactError(f"{path}: payload arrays larger than {n_features} columns need")
+            if sorted(members) != sorted(f"{name}.npy" for name in budget):
+                raise ArtifactError(f"{path}: payload holds {sorted(members)}, not a spam model's arrays")
+            if any(members[f"{name}.npy"] > limit or _declared_size(archive, f"{name}.npy") > limit
+                   for name, limit in budget.items()):
+                raise ArtifactError(f"{path}: payload arrays larger than {n_features} columns need")
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in budget}
     except ArtifactError:
