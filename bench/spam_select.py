@@ -22,7 +22,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.naive_bayes import MultinomialNB
 
-from mailward.models.classifier import Combiner, token_weights
+from mailward.models.classifier import Combiner, NaiveBayesCounts
 from mailward.models.features import FeatureSettings
 from mailward.models.tokens import TokenizerSettings
 from mailward.training.corpus import index_messages
@@ -61,7 +61,7 @@ def main() -> int:
                 for fit_rows, held_rows in folds:
                     nb = MultinomialNB(alpha=alpha, force_alpha=True)
                     nb.fit(X[fit_rows], np.where(y[fit_rows], "spam", "ham"))
-                    weights = token_weights(nb)
+                    weights = NaiveBayesCounts.of(nb).weights()
                     held = X[held_rows]
                     for n in GRID_EVIDENCE:
                         combine = Combiner(evidence_per_side=n)

@@ -95,6 +95,20 @@ def test_version_mismatch_is_refused(saved, changes, message_part):
         load_artifact(directory / SIDECAR, directory)
 
 
+@pytest.mark.parametrize("changes", [
+    {"naive_bayes": {"variant": "MultinomialNB", "alpha": 0}},
+    {"naive_bayes": {"variant": "MultinomialNB", "alpha": "NaN"}},
+    {"combiner": {"evidence_per_side": 20, "slope": "x", "intercept": 0.0}},
+    {"combiner": {"evidence_per_side": 0, "slope": 1.0, "intercept": 0.0}},
+    {"combiner": {"evidence_per_side": 20, "slope": 1.0, "intercept": 0.0, "extra": 1}},
+])
+def test_settings_that_would_break_scoring_are_refused(saved, changes):
+    _, directory = saved
+    edit_sidecar(directory, **changes)
+    with pytest.raises(ArtifactError, match="bad model settings"):
+        load_artifact(directory / SIDECAR, directory)
+
+
 def test_other_tokenizer_or_hashing_is_refused(saved):
     _, directory = saved
     meta = json.loads((directory / SIDECAR).read_text())
@@ -151,4 +165,4 @@ def test_a_model_without_both_classes_is_not_saved(tmp_path):
     from mailward.models.artifact import TrainedModel
 
     with pytest.raises(ArtifactError, match="at least one ham and one spam"):
-        save_artifact(TrainedModel(trainer.nb, SMALL), tmp_path)
+        save_artifact(TrainedModel(trainer.counts(), SMALL), tmp_path)

@@ -24,7 +24,7 @@ class Clock:
 def models():
     first = small_model(copies=3)
     second = small_model(copies=4)
-    assert first.nb.class_count_.sum() != second.nb.class_count_.sum()
+    assert first.counts.class_count.sum() != second.counts.class_count.sum()
     return first, second
 
 

@@ -48,13 +48,26 @@ def test_counts_rebuild_the_same_classifier(examples):
     assert_same_counts(rebuilt, trainer.nb)
 
 
+def test_weights_from_sparse_counts_equal_the_estimators(examples):
+    trainer = Trainer(SMALL, 0.3)
+    trainer.learn([t for _, t, _ in examples], [label for _, _, label in examples])
+    nb = trainer.nb
+    spam, ham = list(nb.classes_).index("spam"), list(nb.classes_).index("ham")
+    dense = (nb.feature_log_prob_[spam] - nb.feature_log_prob_[ham]).astype(np.float32)
+    dense[nb.feature_count_.sum(axis=0) == 0] = 0.0
+    counts = trainer.counts()
+    assert len(counts.columns) < SMALL.n_features        # only the columns some message had are kept
+    np.testing.assert_allclose(counts.weights(), dense, rtol=1e-6, atol=1e-6)
+    assert_same_counts(counts.estimator(), nb)
+
+
 def test_learning_resumes_from_a_saved_artifact(examples, tmp_path):
     first, second = examples[:30], examples[30:]
     start = Trainer(SMALL, 0.3)
     start.learn([t for _, t, _ in first], [label for _, _, label in first])
     from mailward.models.artifact import TrainedModel
 
-    save_artifact(TrainedModel(start.nb, SMALL), tmp_path)
+    save_artifact(TrainedModel(start.counts(), SMALL), tmp_path)
     resumed = Trainer.resume(load_artifact(tmp_path / SIDECAR, tmp_path))
     resumed.learn([t for _, t, _ in second], [label for _, _, label in second])
     everything = Trainer(SMALL, 0.3)
@@ -115,7 +128,8 @@ def test_build_command_trains_on_the_train_split_only(tmp_path):
     first = meta["model_version"]
     assert build_default.main(args) == 0                   # reproducible, and one payload only
     assert json.loads((out / SIDECAR).read_text())["model_version"] == first
-    assert len(list(out.glob("*.joblib"))) == 1
+    assert [p.name for p in out.iterdir() if p.name != SIDECAR] == [json.loads((out / SIDECAR).read_text())["artifact"]]
+    assert meta["artifact"].endswith(".npz")
 
 
 def test_build_command_refuses_a_message_that_changed(tmp_path):
@@ -131,4 +145,4 @@ def test_training_set_that_fills_whole_batches_leaves_no_empty_batch_to_fail(mon
     examples = corpus()
     monkeypatch.setattr(trainer_module, "BATCH", 1)     # every batch full: nothing is left for the last one
     model = train(examples, TrainingSettings(features=SMALL))
-    assert model.nb.class_count_.sum() == len(examples)
+    assert model.counts.class_count.sum() == len(examples)

@@ -89,3 +89,17 @@ def test_large_list_is_compact_and_fast(tmp_path):
     assert hashes.match(ContentObject("x", b"4242")).description == "Fam42"
     assert hashes.match(ContentObject("y", b"no")) is None
     assert time.perf_counter() - started < 0.05
+
+
+def test_a_list_others_could_have_written_is_refused(tmp_path):
+    import os
+
+    allow = tmp_path / "allow.txt"
+    allow.write_text(f"{digests(EICAR)['sha256']};attacker's exemption\n")
+    os.chmod(allow, 0o666)
+    with pytest.raises(ArtifactError, match="writable by group or others"):
+        HashList.load([str(allow)])
+    os.chmod(allow, 0o644)
+    os.chmod(tmp_path, 0o777)
+    with pytest.raises(ArtifactError, match="writable by group or others"):
+        HashList.load([str(allow)])

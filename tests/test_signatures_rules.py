@@ -106,6 +106,55 @@ def test_untrusted_cache_is_not_loaded(tmp_path):
     assert RuleSet.load_or_keep([("local", rules)], state).origin is Origin.COMPILED
 
 
+@pytest.mark.parametrize("manifest", ["{}", "[]", '{"bundle": 7, "files": []}', '{"bundle": "x", "files": [{}]}',
+                                      "not json"])
+def test_malformed_cache_manifest_is_a_cache_miss(tmp_path, manifest, caplog):
+    rules, state = tmp_path / "rules", tmp_path / "state"
+    write(rules, "good.yar", GOOD)
+    RuleSet.load_or_keep([("local", rules)], state)
+    for path in state.glob("*.json"):                      # every manifest and the last-good record
+        path.write_text(manifest)
+    loaded = RuleSet.load_or_keep([("local", rules)], state)
+    assert loaded.origin is Origin.COMPILED and matches(loaded, b"marker-one") == {"local/good:Marker_One"}
+    assert RuleSet.load_or_keep([("local", rules)], state).origin is Origin.CACHED      # rewritten whole
+
+
+def test_cache_owned_by_the_service_user_is_trusted_and_by_others_not(tmp_path):
+    import pwd
+
+    from mailward.trust import TrustedOwners
+
+    if os.geteuid() != 0:
+        pytest.skip("changing a file's owner needs root")     # CI runs the suite as root
+    nobody = pwd.getpwnam("nobody")
+    rules, state = tmp_path / "rules", tmp_path / "state"
+    write(rules, "good.yar", GOOD)
+    RuleSet.load_or_keep([("local", rules)], state)
+    for path in (state, *state.iterdir()):
+        os.chown(path, nobody.pw_uid, nobody.pw_gid)
+    assert RuleSet.load_or_keep([("local", rules)], state, owners=TrustedOwners.of("nobody")).origin is Origin.CACHED
+    assert RuleSet.load_or_keep([("local", rules)], state).origin is Origin.COMPILED
+
+
+def test_scan_with_a_malformed_cache_manifest_scans(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    state = tmp_path / "state"
+    eml = tmp_path / "m.eml"
+    eml.write_bytes(message(attachments=[("eicar.com", EICAR)]))
+    config = tmp_path / "mailward.toml"
+    config.write_text(f'state_dir = "{state}"\n[reputation]\nenabled = false\n')
+    command = [sys.executable, "-m", "mailward.cli.main", "--config", str(config), "scan", "--json", str(eml)]
+    assert subprocess.run(command, capture_output=True, timeout=120).returncode == 0
+    for path in (state / "rules").glob("*.json"):
+        path.write_text("{}")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert json.loads(done.stdout.splitlines()[0])["action"] == "reject"
+
+
 def test_change_on_disk_is_noticed(tmp_path):
     write(tmp_path / "rules", "good.yar", GOOD)
     loaded = RuleSet.load_or_keep([("local", tmp_path / "rules")], tmp_path / "state")

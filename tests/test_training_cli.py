@@ -154,3 +154,16 @@ def test_errors_are_reported_not_raised(state):
     assert code == 1
     code, _ = run(state, "model", "rollback")
     assert code == 1
+
+
+def test_training_refuses_a_ledger_others_could_have_written(state, capsys):
+    import os
+
+    layout = str(FIXTURES / "layout")
+    train(state, layout)
+    ledger = state / "ledger.sqlite"
+    os.chmod(ledger, 0o666)
+    code, _ = run(state, "train", layout)
+    assert code != 0 and "writable by group or others" in capsys.readouterr().err
+    os.chmod(ledger, 0o600)
+    assert train(state, layout)

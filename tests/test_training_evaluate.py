@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mailward.models.classifier import Combiner, SpamModel, naive_bayes_from_counts
+from mailward.models.classifier import Combiner, NaiveBayesCounts, SpamModel, naive_bayes_from_counts
 from mailward.models.features import FeatureSettings
 from mailward.models.artifact import SHIPPED_DIR, SIDECAR, load_artifact
 from mailward.training.evaluate import Scores, Thresholds, measure, score_set
@@ -40,7 +40,8 @@ def test_online_counts_score_like_the_model_built_from_the_same_counts():
     for mail in mails[:-3]:
         online.learn(online.columns(message_tokens(mail.data, features)), mail.spam_label == "spam")
     class_count = np.array([sum(m.spam_label == c for m in mails[:-3]) for c in ("ham", "spam")], dtype=float)
-    model = SpamModel.build("x", features, combiner, naive_bayes_from_counts(class_count, online.feature_count, 0.3))
+    counts = NaiveBayesCounts.of(naive_bayes_from_counts(class_count, online.feature_count, 0.3))
+    model = SpamModel.build("x", features, combiner, counts)
     for mail in mails[-3:] + mails[:2]:
         tokens = message_tokens(mail.data, features)
         assert online.score(online.columns(tokens)) == pytest.approx(model.assess_tokens(tokens).score, abs=1e-6)

@@ -69,8 +69,9 @@ def test_relabelling_by_exact_subtraction_equals_a_rebuild(ledger, tmp_path):
     result = update(ledger, registry.load(first.version))
     assert (result.learned, result.relabelled) == (1, 1)
     rebuilt = rebuild(ledger, registry)
-    assert np.array_equal(result.model.nb.class_count_, rebuilt.nb.class_count_)
-    assert np.array_equal(result.model.nb.feature_count_, rebuilt.nb.feature_count_)
+    assert np.array_equal(result.model.counts.class_count, rebuilt.counts.class_count)
+    assert np.array_equal(result.model.counts.columns, rebuilt.counts.columns)
+    assert np.array_equal(result.model.counts.counts, rebuilt.counts.counts)
     assert result.model.class_counts == {"ham": 5, "spam": 7}   # ham 5-1+1, spam 5+phish+flipped
     assert update(ledger, registry.add(result.model)).model is None      # nothing after its seq
 
@@ -79,17 +80,17 @@ def test_a_model_without_lineage_is_its_own_base(ledger, tmp_path):
     registry = Registry(tmp_path / "models")
     record(ledger, read_sets([str(FIXTURES / "layout")]), "ann")
     base = registry.add(rebuild(ledger, registry))
-    base_counts = base.nb.feature_count_.copy()
+    base_counts = base.counts.feature_count().toarray()
     foreign = registry.load(base.version)
-    foreign = type(foreign)(foreign.nb, foreign.features, foreign.combiner, {}, foreign.version)
+    foreign = type(foreign)(foreign.counts, foreign.features, foreign.combiner, {}, foreign.version)
     assert Lineage.of(foreign) == Lineage(base.version, 0)
     record(ledger, read_sets([str(FIXTURES / "reports-spam.mbox")]), "ann")
     result = update(ledger, foreign)
     assert result.learned == 11 + 3      # every ledger entry, on top of the base counts
     assert result.model.training_data["lineage"] == {"base": base.version, "seq": ledger.last_seq()}
     again = rebuild(ledger, registry, base.version)
-    assert np.array_equal(again.nb.feature_count_, result.model.nb.feature_count_)
-    assert not np.array_equal(again.nb.feature_count_, base_counts)
+    assert np.array_equal(again.counts.feature_count().toarray(), result.model.counts.feature_count().toarray())
+    assert not np.array_equal(again.counts.feature_count().toarray(), base_counts)
 
 
 def test_quarantine_labels_are_imported_once_with_their_bytes(ledger, tmp_path):

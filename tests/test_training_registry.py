@@ -94,3 +94,20 @@ def test_adding_the_same_model_twice_keeps_one_version(registry, models):
     again = registry.add(registry.load(first.version))
     assert again.version == first.version
     assert len(list(registry.versions_dir.iterdir())) == 2
+
+
+def test_a_malformed_promotion_history_is_a_clear_error(registry, models):
+    registry.promote(models[1].version, "ann", {"forced": True})
+    with open(registry.root / "promotions.jsonl", "a") as fh:
+        fh.write('{"action": "promote"}\n')
+    with pytest.raises(RegistryError, match=r"promotions.jsonl:2: not a promotion record"):
+        registry.history()
+
+
+def test_a_version_the_loader_would_refuse_is_listed_with_the_reason(registry, models):
+    import json
+
+    sidecar = registry.versions_dir / models[1].version / SIDECAR
+    sidecar.write_text(json.dumps(dict(json.loads(sidecar.read_text()), format_version=1)))
+    [refused] = [v for v in registry.versions() if v.refused]
+    assert refused.version == models[1].version and "--trust-pickle" in refused.refused

@@ -93,6 +93,9 @@ def _list(args, settings: Settings) -> int:
         return OK
     print(f"live: {registry.live_version() or 'none'}")
     for v in versions:
+        if v.refused:
+            print(f"! {v.version}  {_when(v.created)}  refused: {v.refused}")
+            continue
         lineage = v.training_data.get("lineage", {})
         print(f"{'*' if v.live else ' '} {v.version}  {_when(v.created)}  classes {v.class_counts}  "
               f"base {lineage.get('base') or '-'} ledger seq {lineage.get('seq', '-')}")
@@ -205,7 +208,7 @@ def _replay(args, settings: Settings) -> int:
     registry = Registry.of(settings)
     try:
         live = registry.live()
-        features, alpha, combiner = live.features, float(live.nb.alpha), live.combiner
+        features, alpha, combiner = live.features, live.counts.alpha, live.combiner
     except ArtifactError:
         defaults = TrainingSettings()
         features, alpha, combiner = FeatureSettings(), defaults.alpha, Combiner(defaults.evidence_per_side)

@@ -20,6 +20,7 @@ from collections import Counter
 
 from ..config import Settings
 from ..quarantine import Actor
+from ..trust import TrustedOwners
 
 # scikit-learn and the training modules load in the handler: other subcommands stay quick to start.
 
@@ -54,7 +55,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from ..training.streams import progress
 
     registry = Registry.of(settings)
-    with Ledger(ledger_path(settings)) as ledger:
+    ledger_file = ledger_path(settings)
+    if ledger_file.exists():        # its labels and mail become the model: the model files' ownership rule
+        TrustedOwners.of(settings.milter.user).require(ledger_file)
+    with Ledger(ledger_file) as ledger:
         report: dict = {}
         if args.sets == ["update"]:
             if not args.no_quarantine:

@@ -6,6 +6,7 @@ With ``training/`` the only place that imports scikit-learn.
 from __future__ import annotations
 
 from ..config import Settings
+from ..trust import TrustedOwners
 from .gtube import GtubeDetector
 
 
@@ -16,5 +17,6 @@ def detectors(settings: Settings) -> list:
     from ..incidents.alerts import model_refusal_alert
 
     loader = ModelLoader(settings.model_dir, shipped=settings.model.shipped_model,
-                         check_interval=settings.model.check_interval, on_refusal=model_refusal_alert(settings))
+                         check_interval=settings.model.check_interval, on_refusal=model_refusal_alert(settings),
+                         owners=TrustedOwners.of(settings.milter.user))
     return [GtubeDetector(), SpamDetector(loader)]

@@ -1,17 +1,24 @@
-"""Model artifacts on disk: a joblib payload plus a JSON sidecar that vouches for it.
+"""Model artifacts on disk: a payload of plain arrays plus a JSON sidecar that vouches for it.
 
-The payload holds only the model's sufficient statistics as numpy/scipy arrays
-(class and feature counts), never a pickled estimator, so it stays readable
-across scikit-learn releases and training can resume from it with
-``partial_fit``. The sidecar names the payload file, its sha256, and every
-setting needed to rebuild the classifier exactly.
+The payload is an ``.npz`` archive of numeric arrays (documents per class, the
+columns some message had and their per-class counts), read with
+``allow_pickle=False``: nothing in it can execute, so a hostile file is at
+worst refused. Format 1 payloads were joblib pickles, which run code when
+loaded; they are refused with the command that converts or rebuilds them. The
+arrays are the model's sufficient statistics, so they stay readable across
+scikit-learn releases, scoring derives its weights from them without the
+estimator's dense arrays, and training can resume from them. The sidecar
+names the payload file, its sha256, and every setting needed to rebuild the
+classifier exactly.
 
 Loading refuses, with an :class:`ArtifactError` that names the file, anything
 whose checksum, format, tokenizer or feature hashing does not match this
-Mailward, and anything outside the directory it was asked to load from. Writes
-go to a temporary file, are fsynced and renamed into place: the payload first
-(under a content-derived name), the sidecar last, so a reader sees either the
-old model or the new one, never half of one.
+Mailward, anything outside the directory it was asked to load from, and
+anything not owned by root or the service user or writable by others (a
+checksum proves integrity, not origin). Writes go to a temporary file, are
+fsynced and renamed into place: the payload first (under a content-derived
+name), the sidecar last, so a reader sees either the old model or the new one,
+never half of one.
 """
 
 from __future__ import annotations
@@ -19,33 +26,40 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import joblib
 import numpy as np
 import sklearn
-from scipy import sparse
-from sklearn.naive_bayes import MultinomialNB
 
 from ..errors import ArtifactError
-from .classifier import CLASSES, Combiner, SpamModel, naive_bayes_from_counts
+from ..trust import TrustedOwners
+from .classifier import CLASSES, Combiner, NaiveBayesCounts, SpamModel
 from .features import FeatureSettings, check_columns, hash_probe
 from .tokens import TOKENIZER_VERSION, TokenizerSettings
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+PICKLE_FORMAT = 1                      # joblib payloads: never loaded, only converted on request
 KIND = "mailward-spam-model"
 SIDECAR = "spam.json"          # the live model of a model directory
+PAYLOAD_SUFFIX = ".npz"
 SHIPPED_DIR = Path(__file__).resolve().parent / "default"
+MODEL_DIR_MODE = 0o755                 # never group-writable, whatever the umask: the loader would refuse it
+MAX_FEATURES = 2 ** 26                 # bounds the weights a sidecar can make a worker allocate (256 MiB)
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)      # fixed member timestamps: the same model gives the same bytes
+CONVERT_HINT = ("retrain it (`mailward train`), rebuild the shipped one (see mailward/models/README.md), "
+                "or, only if you trust the file, convert it: `python -m mailward.models.convert --trust-pickle DIR`")
 
 
 @dataclass(frozen=True, eq=False)
 class TrainedModel:
     """What training produces and continues from: the fitted counts and how to use them."""
 
-    nb: MultinomialNB
+    counts: NaiveBayesCounts
     features: FeatureSettings = field(default_factory=FeatureSettings)
     combiner: Combiner = field(default_factory=Combiner)
     training_data: dict = field(default_factory=dict)    # summary of what it learned from (JSON)
@@ -53,25 +67,28 @@ class TrainedModel:
 
     @property
     def class_counts(self) -> dict[str, int]:
-        return {str(c): int(n) for c, n in zip(self.nb.classes_, self.nb.class_count_)}
+        return {c: int(n) for c, n in zip(CLASSES, self.counts.class_count)}
 
     def scorer(self) -> SpamModel:
-        return SpamModel.build(self.version, self.features, self.combiner, self.nb)
+        return SpamModel.build(self.version, self.features, self.combiner, self.counts)
 
 
-def save_artifact(model: TrainedModel, directory: str | Path, sidecar_name: str = SIDECAR) -> TrainedModel:
-    """Write ``model`` into ``directory`` atomically; returns it with its version set."""
+def save_artifact(model: TrainedModel, directory: str | Path, sidecar_name: str = SIDECAR,
+                  version: str = "") -> TrainedModel:
+    """Write ``model`` into ``directory`` atomically; returns it with its version set.
+
+    The version is derived from the payload unless given (a converted model keeps its own).
+    """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    if list(model.nb.classes_) != list(CLASSES) or min(model.nb.class_count_) < 1:
+    directory.mkdir(mode=MODEL_DIR_MODE, parents=True, exist_ok=True)
+    counts = model.counts
+    if min(counts.class_count) < 1:
         raise ArtifactError(f"{directory}: a spam model needs at least one ham and one spam message")
-    payload = io.BytesIO()
-    joblib.dump({"classes": list(CLASSES), "class_count": np.asarray(model.nb.class_count_, dtype=np.float64),
-                 "feature_count": sparse.csr_matrix(model.nb.feature_count_)}, payload, compress=("xz", 3))
-    data = payload.getvalue()
+    data = _npz({"class_count": counts.class_count, "column_steps": np.diff(counts.columns.astype(np.int64), prepend=0),
+                 "counts": counts.counts})
     digest = hashlib.sha256(data).hexdigest()
-    version = f"nb-{digest[:12]}"
-    artifact = f"{Path(sidecar_name).stem}-{digest[:16]}.joblib"
+    version = version or f"nb-{digest[:12]}"
+    artifact = f"{Path(sidecar_name).stem}-{digest[:16]}{PAYLOAD_SUFFIX}"
     sidecar = {
         "kind": KIND,
         "format_version": FORMAT_VERSION,
@@ -81,45 +98,115 @@ def save_artifact(model: TrainedModel, directory: str | Path, sidecar_name: str 
         "size": len(data),
         "sklearn_version": sklearn.__version__,
         "features": model.features.as_dict(),
-        "naive_bayes": {"variant": "MultinomialNB", "alpha": float(model.nb.alpha)},
+        "naive_bayes": {"variant": "MultinomialNB", "alpha": float(counts.alpha)},
         "combiner": model.combiner.as_dict(),
         "class_counts": model.class_counts,
         "training_data": model.training_data,
     }
     write_atomic(directory / artifact, data)
     write_atomic(directory / sidecar_name, (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode())
-    return TrainedModel(model.nb, model.features, model.combiner, model.training_data, version)
+    return TrainedModel(counts, model.features, model.combiner, model.training_data, version)
 
 
-def load_artifact(sidecar_path: str | Path, root: str | Path) -> TrainedModel:
-    """Load the model a sidecar describes; both files must lie inside ``root``."""
+def load_artifact(sidecar_path: str | Path, root: str | Path, owners: TrustedOwners | None = None) -> TrainedModel:
+    """Load the model a sidecar describes; both files must lie inside ``root`` and belong to
+    ``owners`` (default: root and this process's user). The package's own model is trusted as
+    its code is."""
     sidecar_path = _inside(Path(sidecar_path), Path(root))
+    checked = Path(root).resolve() != SHIPPED_DIR
+    owners = owners or TrustedOwners.of()
     meta = read_sidecar(sidecar_path)
     payload_path = _payload_path(sidecar_path, meta["artifact"], Path(root))
+    if checked:
+        owners.require(sidecar_path, root)
+        owners.require(payload_path, root)
+    data = _checked_payload(payload_path, meta, sidecar_path)
+    features = _features(meta, sidecar_path)
+    try:
+        alpha = float(meta["naive_bayes"]["alpha"])
+        combiner = Combiner(**meta["combiner"])
+        numbers = (alpha, float(combiner.slope), float(combiner.intercept))
+        if not (all(map(math.isfinite, numbers)) and alpha > 0 and type(combiner.evidence_per_side) is int
+                and combiner.evidence_per_side >= 1):
+            raise ValueError("alpha must be positive, the calibration finite, evidence_per_side a count")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{sidecar_path}: bad model settings ({exc})") from None
+    arrays = _read_npz(data, payload_path, features.n_features)
+    counts = NaiveBayesCounts(arrays["class_count"], arrays["columns"], arrays["counts"], features.n_features, alpha)
+    return TrainedModel(counts, features, combiner, dict(meta.get("training_data", {})), str(meta["model_version"]))
+
+
+def _checked_payload(payload_path: Path, meta: dict, sidecar_path: Path) -> bytes:
     try:
         data = payload_path.read_bytes()
     except OSError as exc:
         raise ArtifactError(f"{payload_path}: cannot read: {exc.strerror}") from None
     if hashlib.sha256(data).hexdigest() != meta["sha256"]:
         raise ArtifactError(f"{payload_path}: sha256 does not match {sidecar_path.name}; refusing a corrupt model")
+    return data
+
+
+def _npz(arrays: dict[str, np.ndarray]) -> bytes:
+    """An ``.npz`` (a zip of ``.npy`` arrays) that numpy reads, written reproducibly."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for name, array in arrays.items():
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_TIME)
+            info.compress_type = zipfile.ZIP_DEFLATED      # LZMA: 30 % smaller, 40x slower to save
+            archive.writestr(info, member.getvalue())
+    return out.getvalue()
+
+
+def _declared_size(archive: zipfile.ZipFile, member: str) -> int:
+    """Bytes the ``.npy`` member's header says its array has: numpy allocates that before reading."""
+    with archive.open(member) as fh:
+        major, _ = np.lib.format.read_magic(fh)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(fh)
+    return math.prod(shape) * dtype.itemsize
+
+
+def _read_npz(data: bytes, path: Path, n_features: int) -> dict[str, np.ndarray]:
+    """The payload's arrays, checked for name, type, shape and consistency before anything uses them.
+
+    Columns are stored as steps from the previous one (sorted columns: small
+    numbers that compress to a third).
+
+    Declared sizes are bounded before decompressing, so a crafted archive cannot
+    make the loader allocate more than a model of ``n_features`` columns needs.
+    """
+    budget = {"class_count": 1024, "column_steps": 8 * n_features + 1024, "counts": 16 * n_features + 1024}
     try:
-        payload = joblib.load(io.BytesIO(data))
-        class_count = np.asarray(payload["class_count"], dtype=np.float64)
-        feature_count = sparse.csr_matrix(payload["feature_count"])
-        classes = list(payload["classes"])
-    except Exception as exc:  # a checksummed file that still fails to unpickle was written wrongly
-        raise ArtifactError(f"{payload_path}: unreadable payload ({type(exc).__name__})") from None
-    features = _features(meta, sidecar_path)
-    if classes != list(CLASSES) or feature_count.shape != (len(CLASSES), features.n_features) \
-            or class_count.shape != (len(CLASSES),):
-        raise ArtifactError(f"{payload_path}: payload shape does not match {sidecar_path.name}")
-    try:
-        alpha = float(meta["naive_bayes"]["alpha"])
-        combiner = Combiner(**meta["combiner"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ArtifactError(f"{sidecar_path}: bad model settings ({exc})") from None
-    nb = naive_bayes_from_counts(class_count, feature_count, alpha)
-    return TrainedModel(nb, features, combiner, dict(meta.get("training_data", {})), str(meta["model_version"]))
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = {info.filename: info.file_size for info in archive.infolist()}
+            if sorted(members) != sorted(f"{name}.npy" for name in budget):
+                raise ArtifactError(f"{path}: payload holds {sorted(members)}, not a spam model's arrays")
+            if any(members[f"{name}.npy"] > limit or _declared_size(archive, f"{name}.npy") > limit
+                   for name, limit in budget.items()):
+                raise ArtifactError(f"{path}: payload arrays larger than {n_features} columns need")
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in budget}
+    except ArtifactError:
+        raise
+    except Exception as exc:   # noqa: BLE001 - whatever numpy or zipfile says, the file is not a payload
+        raise ArtifactError(f"{path}: unreadable payload ({type(exc).__name__}: {exc}); "
+                            f"payloads are .npz arrays since format {FORMAT_VERSION}") from None
+    class_count, steps, counts = arrays["class_count"], arrays["column_steps"], arrays["counts"]
+    if not (class_count.dtype == counts.dtype == np.float64 and steps.dtype == np.int64
+            and class_count.shape == (len(CLASSES),) and steps.ndim == 1
+            and counts.shape == (len(CLASSES), len(steps))):
+        raise ArtifactError(f"{path}: payload arrays do not have a spam model's types and shapes")
+    if len(steps) and (steps[0] < 0 or np.any(steps[1:] < 1) or np.any(steps >= n_features)):
+        raise ArtifactError(f"{path}: payload columns are not distinct, sorted and below {n_features}")
+    columns = np.cumsum(steps)           # each step below n_features, so no overflow
+    if len(columns) and columns[-1] >= n_features:
+        raise ArtifactError(f"{path}: payload columns are not distinct, sorted and below {n_features}")
+    if not (np.all(np.isfinite(counts)) and np.all(counts >= 0) and np.all(np.isfinite(class_count))
+            and np.all(class_count >= 1)):
+        raise ArtifactError(f"{path}: payload counts are not non-negative numbers with both classes present")
+    return {"class_count": class_count, "columns": columns, "counts": counts}
 
 
 def read_sidecar(path: Path) -> dict:
@@ -132,6 +219,9 @@ def read_sidecar(path: Path) -> dict:
         raise ArtifactError(f"{path}: not a JSON sidecar ({exc})") from None
     if not isinstance(meta, dict) or meta.get("kind") != KIND:
         raise ArtifactError(f"{path}: not a Mailward spam model sidecar")
+    if meta.get("format_version") == PICKLE_FORMAT:
+        raise ArtifactError(f"{path}: format version {PICKLE_FORMAT} keeps the model in a joblib pickle, which "
+                            f"Mailward no longer loads (unpickling runs code from the file); {CONVERT_HINT}")
     if meta.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(f"{path}: format version {meta.get('format_version')!r}, "
                             f"this Mailward reads {FORMAT_VERSION}")
@@ -153,6 +243,8 @@ def _features(meta: dict, path: Path) -> FeatureSettings:
         recorded_probe = list(spec["hash_probe"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(f"{path}: bad feature settings ({exc})") from None
+    if features.n_features > MAX_FEATURES:
+        raise ArtifactError(f"{path}: {features.n_features} feature columns, at most {MAX_FEATURES} are loaded")
     if tokenizer.version != TOKENIZER_VERSION:
         raise ArtifactError(f"{path}: tokenizer version {tokenizer.version}, this Mailward tokenizes "
                             f"as version {TOKENIZER_VERSION}; retrain the model")

@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import sparse
 from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.naive_bayes import MultinomialNB
 
@@ -31,6 +32,7 @@ from .tokens import tokenize
 
 CLASSES = ("ham", "spam")       # column order of the model's counts
 MAX_CLUES = 10
+WEIGHT_CHUNK = 1 << 18          # columns weighed at a time when a model loads
 
 
 @dataclass(frozen=True)
@@ -68,8 +70,6 @@ def naive_bayes_from_counts(class_count: np.ndarray, feature_count, alpha: float
     result is exactly the model that counted the original documents, and it can
     go on learning with ``partial_fit``.
     """
-    from scipy import sparse
-
     n_features = feature_count.shape[1]
     nb = MultinomialNB(alpha=alpha, force_alpha=True)
     labels = np.array(CLASSES)
@@ -79,16 +79,61 @@ def naive_bayes_from_counts(class_count: np.ndarray, feature_count, alpha: float
     return nb
 
 
-def token_weights(nb: MultinomialNB) -> np.ndarray:
-    """Per-column evidence for spam, ``log P(column|spam) - log P(column|ham)``, as float32.
+def column_weights(counts: np.ndarray, totals: np.ndarray, alpha: float, n_features: int) -> np.ndarray:
+    """Evidence for spam, ``log P(column|spam) - log P(column|ham)``, of columns with per-class
+    ``counts`` (rows ham, spam) under MultinomialNB's additive smoothing, as float32.
 
-    A column no training message had is no evidence either way (0), rather than
-    the small bias smoothing would give it.
+    ``totals`` are each class's summed feature counts. A column no training
+    message had is no evidence either way (0), rather than the small bias
+    smoothing would give it.
     """
-    spam, ham = list(nb.classes_).index("spam"), list(nb.classes_).index("ham")
-    weights = (nb.feature_log_prob_[spam] - nb.feature_log_prob_[ham]).astype(np.float32)
-    weights[nb.feature_count_.sum(axis=0) == 0] = 0.0
+    log_prob = np.log(counts + alpha) - np.log(np.asarray(totals, dtype=np.float64) + alpha * n_features)[:, None]
+    weights = (log_prob[1] - log_prob[0]).astype(np.float32)
+    weights[counts.sum(axis=0) == 0] = 0.0
     return weights
+
+
+@dataclass(frozen=True, eq=False)
+class NaiveBayesCounts:
+    """A MultinomialNB's sufficient statistics, only for the columns some message had.
+
+    This is what artifacts store and what scoring needs: the per-column weights
+    follow from these counts directly, so loading a model never expands the
+    estimator's dense (classes x 4 Mi) float64 arrays; only training does.
+    """
+
+    class_count: np.ndarray      # documents per class, in CLASSES order
+    columns: np.ndarray          # sorted distinct feature columns with a non-zero count
+    counts: np.ndarray           # (classes, len(columns)) feature counts
+    n_features: int
+    alpha: float
+
+    @classmethod
+    def of(cls, nb: MultinomialNB) -> "NaiveBayesCounts":
+        if list(nb.classes_) != list(CLASSES):
+            raise ValueError(f"classes {list(nb.classes_)}, a spam model has {list(CLASSES)}")
+        columns = np.flatnonzero(nb.feature_count_.any(axis=0))
+        return cls(np.array(nb.class_count_, dtype=np.float64), columns,
+                   np.ascontiguousarray(nb.feature_count_[:, columns], dtype=np.float64),
+                   int(nb.feature_count_.shape[1]), float(nb.alpha))
+
+    def feature_count(self) -> sparse.csr_matrix:
+        rows = np.repeat(np.arange(len(CLASSES)), len(self.columns))
+        return sparse.csr_matrix((self.counts.ravel(), (rows, np.tile(self.columns, len(CLASSES)))),
+                                 shape=(len(CLASSES), self.n_features))
+
+    def estimator(self) -> MultinomialNB:
+        """A fitted estimator that can go on learning (dense: for training, not for scoring)."""
+        return naive_bayes_from_counts(self.class_count, self.feature_count(), self.alpha)
+
+    def weights(self) -> np.ndarray:
+        """Every column's evidence for spam (float32), computed from the counts alone."""
+        weights = np.zeros(self.n_features, dtype=np.float32)
+        totals = self.counts.sum(axis=1)
+        for start in range(0, len(self.columns), WEIGHT_CHUNK):      # bounded temporaries at any model size
+            part = slice(start, start + WEIGHT_CHUNK)
+            weights[self.columns[part]] = column_weights(self.counts[:, part], totals, self.alpha, self.n_features)
+        return weights
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,8 +147,9 @@ class SpamModel:
     vectorizer: HashingVectorizer
 
     @classmethod
-    def build(cls, version: str, features: FeatureSettings, combiner: Combiner, nb: MultinomialNB) -> "SpamModel":
-        return cls(version, features, combiner, token_weights(nb), features.vectorizer())
+    def build(cls, version: str, features: FeatureSettings, combiner: Combiner,
+              counts: NaiveBayesCounts) -> "SpamModel":
+        return cls(version, features, combiner, counts.weights(), features.vectorizer())
 
     def assess(self, message: ParsedMessage) -> SpamAssessment:
         return self.assess_tokens(tokenize(message, self.features.tokenizer))

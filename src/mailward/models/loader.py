@@ -3,8 +3,9 @@
 Each worker process owns one loader. Asking it for the model costs a clock read;
 at most every ``check_interval`` seconds it also stats the model directory's
 sidecar, and only when that changed (a promotion renames a new sidecar into
-place) does it load and verify the new artifact. A bad artifact is logged and
-refused; the model already in use stays live.
+place) does it load and verify the new artifact. A bad artifact (corrupt, of
+another format, or in files someone other than root or the service user could
+have written) is logged and refused; the model already in use stays live.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ArtifactError
+from ..trust import TrustedOwners
 from .artifact import SHIPPED_DIR, SIDECAR, load_artifact
 from .classifier import SpamModel
 
@@ -52,13 +54,14 @@ class ModelLoader:
 
     def __init__(self, directory: str | Path, shipped: bool = True, check_interval: float = 5.0,
                  clock: Callable[[], float] = time.monotonic, shipped_dir: Path = SHIPPED_DIR,
-                 on_refusal: Callable[[str], None] | None = None):
+                 on_refusal: Callable[[str], None] | None = None, owners: TrustedOwners | None = None):
         self.directory = Path(directory)
         self.sidecar = self.directory / SIDECAR
         self.shipped = shipped
         self.shipped_dir = shipped_dir
         self.check_interval = check_interval
         self.clock = clock
+        self.owners = owners or TrustedOwners.of()
         self._seen: _Seen | None = None
         self._checked = clock()
         self._on_refusal = on_refusal     # e.g. an alert: a model that cannot be read needs a human
@@ -84,7 +87,7 @@ class ModelLoader:
             self._refused(str(exc))
         if not self.shipped:
             raise failure or ArtifactError(f"{self.sidecar}: no spam model, and the shipped model is disabled")
-        model = load_artifact(self.shipped_dir / SIDECAR, self.shipped_dir).scorer()
+        model = load_artifact(self.shipped_dir / SIDECAR, self.shipped_dir, self.owners).scorer()
         log.info("spam model %s (shipped default) in use", model.version)
         return model
 
@@ -119,6 +122,6 @@ class ModelLoader:
             log.exception("could not report the refused spam model")
 
     def _load_configured(self) -> SpamModel:
-        model = load_artifact(self.sidecar, self.directory).scorer()
+        model = load_artifact(self.sidecar, self.directory, self.owners).scorer()
         log.info("spam model %s loaded from %s", model.version, self.directory)
         return model

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import Settings
+from ..trust import TrustedOwners
 from .clamav import ClamavDetector
 from .content import ContentDetector
 from .hashes import HashDetector, HashList
@@ -30,15 +31,17 @@ def rule_directories(settings: Settings) -> list[tuple[str, Path]]:
 
 
 def load_rules(settings: Settings, previous: RuleSet | None = None) -> RuleSet:
-    return RuleSet.load_or_keep(rule_directories(settings), settings.rules_cache_dir, previous)
+    return RuleSet.load_or_keep(rule_directories(settings), settings.rules_cache_dir, previous,
+                                TrustedOwners.of(settings.milter.user))
 
 
 def detectors(settings: Settings, previous: RuleSet | None = None) -> list:
     sig = settings.signatures
-    allow = HashList.load(sig.hash_allow_lists)
+    owners = TrustedOwners.of(settings.milter.user)
+    allow = HashList.load(sig.hash_allow_lists, owners)
     found = [
         YaraDetector(load_rules(settings, previous), allow, sig.yara_timeout, settings.limits.inspect_deadline),
-        HashDetector(HashList.load(sig.hash_lists), allow),
+        HashDetector(HashList.load(sig.hash_lists, owners), allow),
         NameDetector.from_settings(sig, allow),
         ContentDetector(allow),
     ]

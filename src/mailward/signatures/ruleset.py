@@ -5,8 +5,9 @@ skipped instead of taking every rule down. The good files are compiled into
 one bundle (one namespace per file) and saved in Mailward's own state
 directory, keyed by libyara version and a digest of the sources: workers load
 that in milliseconds instead of compiling. Compiled rules are code for
-libyara, so they are loaded only from a directory that we own and nobody else
-can write.
+libyara, so they are loaded only from a directory owned by root or the service
+user that nobody else can write (:class:`~mailward.trust.TrustedOwners`); a
+cache entry that is unreadable or malformed is a cache miss, never an error.
 
 Reload is atomic: :meth:`RuleSet.load_or_keep` either returns a complete new
 bundle or the last good one. When a file that was part of the last good
@@ -21,7 +22,6 @@ import hashlib
 import json
 import logging
 import os
-import stat
 import tempfile
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -33,6 +33,7 @@ from typing import Iterator
 import yara
 
 from ..errors import ArtifactError
+from ..trust import TrustedOwners
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +132,12 @@ class RuleSet:
 
     @classmethod
     def load_or_keep(cls, directories: list[tuple[str, Path]], cache_dir: Path,
-                     previous: "RuleSet | None" = None) -> "RuleSet":
+                     previous: "RuleSet | None" = None, owners: TrustedOwners | None = None) -> "RuleSet":
         """The rules for ``directories``: from the cache, freshly compiled, or the last good ones.
 
         ``previous`` (the set live in this process, if any) is kept when the
         sources regressed and the state directory holds no last good bundle.
+        ``owners`` may own the cache (default: root and this process's user).
         """
         sources = discover(directories)
         marker = stamp(sources)
@@ -144,7 +146,7 @@ class RuleSet:
         common = dict(fingerprint=fingerprint, directories=tuple(directories), sources_stamp=marker)
         if not sources:
             return cls(None, (), Origin.EMPTY, **common)
-        cache = _Cache.open(cache_dir)
+        cache = _Cache.open(cache_dir, owners or TrustedOwners.of())
         with cache.locked():
             hit = cache.load(fingerprint)
             if hit is not None:
@@ -193,20 +195,22 @@ def _fingerprint(digests: dict[str, str]) -> str:
 class _Cache:
     """Compiled bundles in the state directory; a no-op when that directory cannot be trusted."""
 
-    def __init__(self, directory: Path | None):
+    def __init__(self, directory: Path | None, owners: TrustedOwners):
         self.directory = directory
+        self.owners = owners
 
     @classmethod
-    def open(cls, directory: Path) -> "_Cache":
+    def open(cls, directory: Path, owners: TrustedOwners) -> "_Cache":
         try:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             log.warning("cannot create the rules cache %s (%s): compiling in memory", directory, exc.strerror)
-            return cls(None)
-        if not _trusted(directory):
-            log.warning("rules cache %s is not private to this user: not loading compiled rules from it", directory)
-            return cls(None)
-        return cls(directory)
+            return cls(None, owners)
+        reason = owners.problem(directory)
+        if reason is not None:
+            log.warning("rules cache %s is %s: not loading compiled rules from it", directory, reason)
+            return cls(None, owners)
+        return cls(directory, owners)
 
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -227,21 +231,29 @@ class _Cache:
     def load(self, fingerprint: str) -> tuple[yara.Rules, tuple[RuleFile, ...], bool] | None:
         if self.directory is None:
             return None
-        manifest = self._read_json(self.directory / f"{self._name(fingerprint)}.json")
+        path = self.directory / f"{self._name(fingerprint)}.json"
+        manifest = self._read_json(path)
         if manifest is None:
             return None
-        rules = self.load_bundle(manifest["bundle"])
+        try:
+            bundle, kept = manifest["bundle"], manifest.get("kept", False)
+            files = tuple(RuleFile(**dict(f, errors=tuple(f["errors"]), warnings=tuple(f["warnings"])))
+                          for f in manifest["files"])
+            if not isinstance(bundle, str) or not isinstance(kept, bool):
+                raise TypeError("bundle must be a name, kept true or false")
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("rules cache manifest %s is malformed (%s): compiling again", path, exc)
+            return None
+        rules = self.load_bundle(bundle)
         if rules is None:
             return None
-        files = tuple(RuleFile(**dict(f, errors=tuple(f["errors"]), warnings=tuple(f["warnings"])))
-                      for f in manifest["files"])
-        return rules, files, manifest.get("kept", False)
+        return rules, files, kept
 
     def load_bundle(self, name: str) -> yara.Rules | None:
         if self.directory is None or not name or "/" in name:
             return None
         path = self.directory / name
-        if not path.is_file() or not _trusted(path):
+        if not path.is_file() or not self.owners.trusts(path):
             return None
         try:
             return yara.load(str(path))
@@ -252,7 +264,15 @@ class _Cache:
     def last_good(self) -> dict | None:
         if self.directory is None:
             return None
-        return self._read_json(self.directory / f"last-good-{yara.YARA_VERSION}.json")
+        path = self.directory / f"last-good-{yara.YARA_VERSION}.json"
+        last = self._read_json(path)
+        if last is None:
+            return None
+        if not (isinstance(last.get("bundle"), str) and isinstance(last.get("namespaces"), list)
+                and all(isinstance(n, str) for n in last["namespaces"])):
+            log.warning("rules cache record %s is malformed: ignoring it", path)
+            return None
+        return last
 
     def store(self, fingerprint: str, rules: yara.Rules, files: tuple[RuleFile, ...]) -> None:
         if self.directory is None:
@@ -287,21 +307,13 @@ class _Cache:
             os.fsync(fh.fileno())
         os.replace(tmp, self.directory / name)
 
-    @staticmethod
-    def _read_json(path: Path) -> dict | None:
+    def _read_json(self, path: Path) -> dict | None:
+        """A trusted JSON object, or None (missing, untrusted, unreadable or not an object)."""
         try:
-            if not _trusted(path):
+            if not self.owners.trusts(path):
                 return None
-            with open(path) as fh:
-                return json.load(fh)
+            with open(path, encoding="utf-8") as fh:
+                doc = json.load(fh)
         except (OSError, ValueError):
             return None
-
-
-def _trusted(path: Path) -> bool:
-    """Owned by us (or root) and writable by nobody else."""
-    try:
-        st = path.stat()
-    except OSError:
-        return False
-    return st.st_uid in (os.geteuid(), 0) and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        return doc if isinstance(doc, dict) else None

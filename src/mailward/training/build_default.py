@@ -17,7 +17,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from ..models.artifact import SIDECAR, save_artifact
+from ..models.artifact import SIDECAR, read_sidecar, save_artifact
 from ..models.features import FeatureSettings
 from .corpus import LABELS, file_sha256, index_messages
 from .trainer import TrainingSettings, tokenized, train
@@ -55,17 +55,17 @@ def main(argv: list[str] | None = None) -> int:
                    + ("" if args.split == "train" else f" --split {args.split}"),
     }
     model = save_artifact(train(tokenized(messages, settings.features), settings, summary), args.out)
-    _remove_stale_payloads(args.out, model.version)
+    _remove_stale_payloads(args.out)
     print(f"{args.out / SIDECAR}: model {model.version}, classes {model.class_counts}, "
           f"calibration {model.combiner.as_dict()}")
     return 0
 
 
-def _remove_stale_payloads(directory: Path, version: str) -> None:
-    """The shipped directory holds one model; older payloads would only bloat the package."""
-    digest_prefix = version.removeprefix("nb-")
-    for payload in directory.glob(f"{Path(SIDECAR).stem}-*.joblib"):
-        if not payload.name.startswith(f"{Path(SIDECAR).stem}-{digest_prefix}"):
+def _remove_stale_payloads(directory: Path) -> None:
+    """The shipped directory holds one model; older payloads (of any format) would only bloat the package."""
+    current = read_sidecar(directory / SIDECAR)["artifact"]
+    for payload in directory.glob(f"{Path(SIDECAR).stem}-*"):
+        if payload.name != current:
             payload.unlink()
 
 

@@ -121,7 +121,7 @@ def rebuild(ledger: Ledger, registry: Registry, base: str = "", jobs: int = 1,
     start = registry.load(base)
     trainer = Trainer.resume(start)
     learned = _learn(trainer, ledger, ((d, None, label) for d, label in labelled), jobs)
-    model = TrainedModel(trainer.nb, start.features, start.combiner, start.training_data)
+    model = TrainedModel(trainer.counts(), start.features, start.combiner, start.training_data)
     return _with_summary(model, ledger, lineage, parent=base, learned=learned, relabelled=0)
 
 
@@ -135,7 +135,7 @@ def update(ledger: Ledger, model: TrainedModel, jobs: int = 1) -> UpdateResult:
     changes = ((c.digest, c.before, c.after) for c in ledger.changes(lineage.seq, upto))
     stats: Counter = Counter()
     learned = _learn(trainer, ledger, changes, jobs, stats)
-    updated = TrainedModel(trainer.nb, model.features, model.combiner, model.training_data)
+    updated = TrainedModel(trainer.counts(), model.features, model.combiner, model.training_data)
     summary = _with_summary(updated, ledger, Lineage(lineage.base, upto), model.version,
                             learned - stats["relabelled"], stats["relabelled"])
     return UpdateResult(summary, learned - stats["relabelled"], stats["relabelled"])
@@ -180,4 +180,4 @@ def _with_summary(model: TrainedModel, ledger: Ledger, lineage: Lineage, parent:
         "relabelled": relabelled,
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })
-    return TrainedModel(model.nb, model.features, model.combiner, data)
+    return TrainedModel(model.counts, model.features, model.combiner, data)

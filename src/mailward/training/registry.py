@@ -3,7 +3,7 @@
 Layout of ``settings.model_dir`` (the directory the milter's loader watches)::
 
     spam.json -> versions/nb-1a2b3c4d5e6f/spam.json     the live model (a relative symlink)
-    versions/<version>/spam.json, spam-<sha>.joblib      every model trained or ever live
+    versions/<version>/spam.json, spam-<sha>.npz         every model trained or ever live
     promotions.jsonl                                     who made what live, when, on which evaluation
 
 The loader reads ``spam.json`` through the link (both files stay inside the model
@@ -12,6 +12,8 @@ is then another file. Promotion writes a new link beside the old one and renames
 it over ``spam.json``: one atomic rename, so every reader sees the old model or
 the new one. A ``spam.json`` that is a plain file (written by hand or by
 ``build_default``) is first copied into ``versions/`` so that it can be rolled back to.
+Every model is loaded as the milter would load it: only from files owned by root
+or the service user that nobody else can write.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from typing import Iterator
 
 from ..config import Settings
 from ..errors import ArtifactError, MailwardError
-from ..models.artifact import SHIPPED_DIR, SIDECAR, TrainedModel, load_artifact, read_sidecar, save_artifact
+from ..models.artifact import MODEL_DIR_MODE, SHIPPED_DIR, SIDECAR, TrainedModel, load_artifact, read_sidecar, save_artifact
+from ..trust import TrustedOwners
 
 VERSIONS = "versions"
 HISTORY = "promotions.jsonl"
@@ -47,6 +50,7 @@ class VersionInfo:
     class_counts: dict
     training_data: dict
     live: bool
+    refused: str = ""     # why the loader would refuse it (e.g. a format-1 pickle): listed, never loaded
 
 
 @dataclass(frozen=True)
@@ -67,21 +71,24 @@ class Promotion:
 class Registry:
     """``shipped_dir`` None: the package's model is never live (``model.shipped_model = false``)."""
 
-    def __init__(self, model_dir: str | Path, shipped_dir: Path | None = SHIPPED_DIR):
+    def __init__(self, model_dir: str | Path, shipped_dir: Path | None = SHIPPED_DIR,
+                 owners: TrustedOwners | None = None):
         self.root = Path(model_dir)
+        self.owners = owners or TrustedOwners.of()
         self.versions_dir = self.root / VERSIONS
         self.live_link = self.root / SIDECAR
         self.shipped_dir = shipped_dir
 
     @classmethod
     def of(cls, settings: Settings) -> "Registry":
-        return cls(settings.model_dir, SHIPPED_DIR if settings.model.shipped_model else None)
+        return cls(settings.model_dir, SHIPPED_DIR if settings.model.shipped_model else None,
+                   TrustedOwners.of(settings.milter.user))
 
     # -- candidates ------------------------------------------------------------------------------
 
     def add(self, model: TrainedModel) -> TrainedModel:
         """Save a trained model as a candidate version (not live); returns it with its version."""
-        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        self._make_dirs()
         staging = Path(tempfile.mkdtemp(prefix=".candidate-", dir=self.versions_dir))
         try:
             saved = save_artifact(model, staging)
@@ -97,8 +104,8 @@ class Registry:
 
     def load(self, version: str) -> TrainedModel:
         if version == SHIPPED and self._has_shipped():
-            return load_artifact(self.shipped_dir / SIDECAR, self.shipped_dir)
-        return load_artifact(self._sidecar(version), self.root)
+            return load_artifact(self.shipped_dir / SIDECAR, self.shipped_dir, self.owners)
+        return load_artifact(self._sidecar(version), self.root, self.owners)
 
     def keep_shipped(self) -> str:
         """Copy the shipped model into ``versions/`` (a base must outlive package upgrades); its version."""
@@ -119,7 +126,8 @@ class Registry:
         for sidecar in sorted(self.versions_dir.glob(f"*/{SIDECAR}")):
             try:
                 meta = read_sidecar(sidecar)
-            except ArtifactError:
+            except ArtifactError as exc:
+                out.append(VersionInfo(sidecar.parent.name, sidecar.stat().st_mtime, {}, {}, False, str(exc)))
                 continue
             out.append(VersionInfo(sidecar.parent.name, sidecar.stat().st_mtime, meta.get("class_counts", {}),
                                    meta.get("training_data", {}), sidecar.parent.name == live))
@@ -139,7 +147,7 @@ class Registry:
     def live(self) -> TrainedModel:
         """The live model as the milter's loader picks it."""
         if self.live_link.exists():
-            return load_artifact(self.live_link, self.root)
+            return load_artifact(self.live_link, self.root, self.owners)
         if self._has_shipped():
             return self.load(SHIPPED)
         raise ArtifactError(f"{self.live_link}: no live spam model")
@@ -151,7 +159,7 @@ class Registry:
             if version == SHIPPED:
                 version = self.keep_shipped()
             sidecar = self._sidecar(version)
-            load_artifact(sidecar, self.root)        # never link a model the loader would refuse
+            load_artifact(sidecar, self.root, self.owners)     # never link a model the loader would refuse
             link = self.root / f".{SIDECAR}.{os.getpid()}.link"
             link.unlink(missing_ok=True)
             os.symlink(sidecar.relative_to(self.root), link)
@@ -179,9 +187,22 @@ class Registry:
             lines = (self.root / HISTORY).read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:
             return []
-        return [Promotion(**json.loads(line)) for line in lines if line.strip()]
+        history = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                history.append(Promotion(**json.loads(line)))
+            except (ValueError, TypeError) as exc:      # an edited or torn line: say where, never a traceback
+                raise RegistryError(f"{self.root / HISTORY}:{number}: not a promotion record ({exc})") from None
+        return history
 
     # -- internals -------------------------------------------------------------------------------
+
+    def _make_dirs(self) -> None:
+        """The root and ``versions/`` with modes the loader accepts, whatever the umask."""
+        for directory in (self.root, self.versions_dir):
+            directory.mkdir(mode=MODEL_DIR_MODE, parents=True, exist_ok=True)
 
     def _has_shipped(self) -> bool:
         return self.shipped_dir is not None and (self.shipped_dir / SIDECAR).exists()
@@ -203,11 +224,11 @@ class Registry:
         return ""
 
     def _import(self, sidecar: Path, root: Path) -> str:
-        model = load_artifact(sidecar, root)
+        model = load_artifact(sidecar, root, self.owners)
         target = self.versions_dir / model.version
         if not target.exists():
             meta = read_sidecar(sidecar)
-            self.versions_dir.mkdir(parents=True, exist_ok=True)
+            self._make_dirs()
             staging = Path(tempfile.mkdtemp(prefix=".import-", dir=self.versions_dir))
             try:
                 shutil.copy2(sidecar.resolve().parent / meta["artifact"], staging / meta["artifact"])
@@ -219,7 +240,7 @@ class Registry:
 
     @contextmanager
     def _lock(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=MODEL_DIR_MODE, parents=True, exist_ok=True)
         with open(self.root / ".registry.lock", "w") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             yield

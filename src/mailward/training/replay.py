@@ -10,7 +10,7 @@ Refitting scikit-learn's estimator after every message would cost a pass over
 all 4 Mi columns each time, so :class:`OnlineNaiveBayes` keeps the same
 sufficient statistics (per-class column counts) and derives the weights of only
 the columns a message has, by the formula
-:func:`~mailward.models.classifier.token_weights` applies to all of them; the
+:func:`~mailward.models.classifier.column_weights` gives a loaded model; the
 tests check both give the same score. bogofilter does the same run through its
 command line: ``-TT`` to score, then ``-s`` or ``-n`` to register the true label,
 in a wordlist of its own in a temporary directory.
@@ -30,7 +30,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from ..errors import MailwardError
-from ..models.classifier import Combiner
+from ..models.classifier import Combiner, column_weights
 from ..models.features import FeatureSettings, token_columns
 from .evaluate import Evaluation, Scores, Thresholds, measure
 from .sources import LabelledMail
@@ -69,11 +69,7 @@ class OnlineNaiveBayes:
         return np.unique(token_columns(self.vectorizer, list(dict.fromkeys(tokens))))
 
     def weights(self, columns: np.ndarray) -> np.ndarray:
-        counts = self.feature_count[:, columns]
-        log_prob = np.log(counts + self.alpha) - np.log(self.totals + self.alpha * self.n_features)[:, None]
-        weights = (log_prob[1] - log_prob[0]).astype(np.float32)
-        weights[counts.sum(axis=0) == 0] = 0.0
-        return weights
+        return column_weights(self.feature_count[:, columns], self.totals, self.alpha, self.n_features)
 
     def score(self, columns: np.ndarray) -> float:
         return self.combiner.probability(self.combiner.evidence(self.weights(columns)))

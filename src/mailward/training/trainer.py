@@ -23,7 +23,7 @@ from sklearn.naive_bayes import MultinomialNB
 from ..config import LimitSettings
 from ..message import parse_message
 from ..models.artifact import TrainedModel
-from ..models.classifier import CLASSES, Combiner, SpamModel
+from ..models.classifier import CLASSES, Combiner, NaiveBayesCounts, SpamModel
 from ..models.features import FeatureSettings
 from ..models.tokens import tokenize
 
@@ -60,7 +60,11 @@ class Trainer:
     @classmethod
     def resume(cls, model: TrainedModel) -> "Trainer":
         """Continue learning from a saved model's counts."""
-        return cls(model.features, float(model.nb.alpha), model.nb)
+        return cls(model.features, model.counts.alpha, model.counts.estimator())
+
+    def counts(self) -> NaiveBayesCounts:
+        """What has been learned so far, as a model keeps it."""
+        return NaiveBayesCounts.of(self.nb)
 
     def hashed(self, token_docs: list[list[str]]) -> sparse.csr_matrix:
         return self.vectorizer.transform(token_docs)
@@ -107,7 +111,7 @@ def train(examples: Iterable[tuple[str, list[str], str]], settings: TrainingSett
     log.info("training: %d messages learned, %d used for calibration", seen, len(held_rows))
     summary = dict(training_data or {})
     summary["calibration"] = {"held_out": len(held_rows), "spam_prior": settings.spam_prior}
-    return TrainedModel(trainer.nb, settings.features, combiner, summary)
+    return TrainedModel(trainer.counts(), settings.features, combiner, summary)
 
 
 def calibrate(trainer: Trainer, rows: list[sparse.csr_matrix], labels: list[str], evidence_per_side: int,
@@ -118,7 +122,7 @@ def calibrate(trainer: Trainer, rows: list[sparse.csr_matrix], labels: list[str]
     if len(set(labels)) < 2:
         log.warning("calibration needs held-out ham and spam; using the uncalibrated logistic")
         return uncalibrated
-    scorer = SpamModel.build("", trainer.features, uncalibrated, trainer.nb)
+    scorer = SpamModel.build("", trainer.features, uncalibrated, trainer.counts())
     evidence = np.array([[scorer.evidence_of(row.indices)] for row in rows])
     target = np.array([label == "spam" for label in labels], dtype=int)
     fit = LogisticRegression().fit(evidence, target)
