@@ -218,3 +218,30 @@ def test_write_timeout_is_validated_against_the_milter_timeout():
     settings = load_settings(None, {"milter": {"timeout": 60, "message_deadline": 40.0},
                                     "quarantine": {"write_timeout": 15.0}})
     assert settings.quarantine.write_timeout == 15.0
+
+
+# -- end to end --------------------------------------------------------------------------------
+
+
+@pytest.mark.postfix
+def test_postfix_sender_is_tempfailed_and_the_retry_is_stored_once(postfix, milter, tmp_path):
+    from mail import eicar_message
+
+    milter('[policy.inbound]\nmalware_action = "quarantine"\n[quarantine]\nwrite_timeout = 2.0\n')
+    qdir = tmp_path / "state" / "quarantine"
+    mid, raw = eicar_message()
+    locker = Locker(qdir / DB_NAME)
+    try:
+        started = time.monotonic()
+        code, text = postfix.send(raw)
+        elapsed = time.monotonic() - started
+    finally:
+        locker.release()
+    assert code == 451 and "incident MW-" in text
+    assert elapsed < 20.0 + 2.0 + COMMIT_GRACE            # message_deadline + write_timeout: before Postfix's 30 s
+    with SqliteStore(qdir) as store:
+        assert store.list(ListFilter(limit=100)) == []    # tempfailed, so not kept (the lock is gone now)
+        assert postfix.send(raw)[0] == 250                # the sender's retry...
+        stored = store.list(ListFilter(limit=100))
+        assert len(stored) == 1 and mid.encode() in store.read(stored[0].id)   # ...is kept once
+    assert postfix.delivered(mid, timeout=2) is None
