@@ -208,6 +208,45 @@ class _Pool:
                 return
 
 
+class _Writers:
+    """Long-lived daemon threads that run puts, so the caller can stop waiting at its deadline.
+
+    Daemon threads (not an executor, which is joined at exit): one blocked on a
+    stopped server must not keep the process alive. Started on first use, at
+    most ``size``; a put queued behind blocked ones finds its caller gone and
+    does nothing. Reused rather than started per put: starting a thread waits
+    for it to run, which costs milliseconds under load.
+    """
+
+    def __init__(self, size: int):
+        self._size = size
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._started = 0
+        self._stopped = False
+        self._lock = threading.Lock()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            if self._stopped:       # a late put on a closed store (a reload's old runtime): a thread of its own
+                threading.Thread(target=job, name="quarantine-writer", daemon=True).start()
+                return
+            if self._started < self._size:
+                self._started += 1
+                threading.Thread(target=self._run, name="quarantine-writer", daemon=True).start()
+        self._jobs.put(job)
+
+    def stop(self) -> None:
+        """Let the threads end once the jobs queued so far are done."""
+        with self._lock:
+            self._stopped = True
+            for _ in range(self._started):
+                self._jobs.put(None)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()
+
+
 class QuarantineStore(ABC):
     """Quarantined messages, their metadata, labels and audit trail."""
 
@@ -225,6 +264,7 @@ class QuarantineStore(ABC):
         self._pool = _Pool(self._connect, pool_size)
         self._writer = Actor.service()
         self._write_gate = threading.Lock() if self.single_writer else None
+        self._writers = _Writers(pool_size)
         self._in_flight = 0
         self._settled = threading.Condition()
 
@@ -321,6 +361,7 @@ class QuarantineStore(ABC):
 
     def close(self) -> None:
         """Release the connections. Safe while other threads still use the store: they get fresh ones."""
+        self._writers.stop()
         self._pool.close()
 
     def settle(self, timeout: float) -> bool:
@@ -342,8 +383,8 @@ class QuarantineStore(ABC):
         result: Future = Future()
         with self._settled:
             self._in_flight += 1
-        threading.Thread(target=self._put_attempt, name=f"quarantine-put-{quarantine_id}", daemon=True,
-                         args=(result, quarantine_id, raw, envelope, verdict, evidence, deadline)).start()
+        self._writers.submit(lambda: self._put_attempt(result, quarantine_id, raw, envelope, verdict, evidence,
+                                                       deadline))
         try:
             return result.result(timeout=deadline.remaining() + COMMIT_GRACE)
         except FutureTimeout:
