@@ -245,3 +245,19 @@ def test_postfix_sender_is_tempfailed_and_the_retry_is_stored_once(postfix, milt
         stored = store.list(ListFilter(limit=100))
         assert len(stored) == 1 and mid.encode() in store.read(stored[0].id)   # ...is kept once
     assert postfix.delivered(mid, timeout=2) is None
+
+
+def test_postgresql_incident_sessions_commit_durably_with_a_statement_timeout(pg_cluster):
+    from mailward.incidents.store import PostgresIncidentStore
+    from pg_server import create_database
+
+    store = PostgresIncidentStore(create_database(pg_cluster.dsn), timeout=4.0)
+    try:
+        conn = store._connect()
+        try:
+            assert conn.execute("SHOW synchronous_commit").fetchone()[0] == "on"
+            assert conn.execute("SHOW statement_timeout").fetchone()[0] == "4s"
+        finally:
+            conn.close()
+    finally:
+        store.close()

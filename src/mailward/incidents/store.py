@@ -18,7 +18,6 @@ one whose insert lost sees the winner's row.
 from __future__ import annotations
 
 import logging
-import math
 import sqlite3
 import threading
 import time
@@ -348,7 +347,6 @@ class PostgresIncidentStore(IncidentStore):
         import psycopg
 
         self.dsn = dsn
-        self._psycopg = psycopg
         self._errors = (psycopg.Error,)
         super().__init__(clock, timeout)
 
@@ -361,13 +359,10 @@ class PostgresIncidentStore(IncidentStore):
         return (cls.backend, dsn)
 
     def _connect(self):
-        """A session that commits durably unless a transaction relaxes it, and gives up after ``timeout``."""
-        conn = self._psycopg.connect(self.dsn, autocommit=False, connect_timeout=max(2, math.ceil(self.timeout)))
-        conn.execute("SET synchronous_commit = on")
-        conn.execute("SELECT set_config('statement_timeout', %s, false)",
-                     (f"{max(1, int(self.timeout * 1000))}ms",))
-        conn.commit()
-        return conn
+        """Durable commits unless a transaction relaxes them (counters), statements end after ``timeout``."""
+        from ..quarantine.postgres import connect_session
+
+        return connect_session(self.dsn, self.timeout)
 
     def _sql(self, statement: str) -> str:
         return statement.replace("?", "%s")

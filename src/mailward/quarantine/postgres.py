@@ -98,13 +98,9 @@ class PostgresStore(QuarantineStore):
 
     def _connect(self):
         try:
-            conn = psycopg.connect(self.dsn, autocommit=False, connect_timeout=max(2, math.ceil(self.write_timeout)))
-            conn.execute("SET synchronous_commit = on")
-            conn.execute("SELECT set_config('statement_timeout', %s, false)", (_ms(self.write_timeout),))
-            conn.commit()
+            return connect_session(self.dsn, self.write_timeout)
         except psycopg.Error as exc:
             raise StoreError(f"cannot connect to the quarantine database: {exc}") from exc
-        return conn
 
     def _arm(self, conn, seconds: float) -> None:
         conn.execute("SELECT set_config('statement_timeout', %s, true)", (_ms(seconds),))
@@ -139,6 +135,22 @@ class PostgresStore(QuarantineStore):
 
     def _drop_bytes(self, conn, quarantine_id: str) -> None:
         self._exec(conn, "DELETE FROM quarantine_bytes WHERE id = ?", (quarantine_id,))
+
+
+def connect_session(dsn: str, timeout: float):
+    """A session that commits durably whatever the server's default, and whose statements end after ``timeout``.
+
+    Shared with the incident store, which lives in the same database.
+    """
+    conn = psycopg.connect(dsn, autocommit=False, connect_timeout=max(2, math.ceil(timeout)))
+    try:
+        conn.execute("SET synchronous_commit = on")
+        conn.execute("SELECT set_config('statement_timeout', %s, false)", (_ms(timeout),))
+        conn.commit()
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def _ms(seconds: float) -> str:
