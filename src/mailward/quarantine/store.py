@@ -38,10 +38,10 @@ from email.policy import compat32
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from ..config import QuarantineSettings
 from ..envelope import Envelope
 from ..errors import StoreError
 from ..evidence import Evidence
-from ..config import QuarantineSettings
 from ..message import decode_header_value
 from ..verdict import Verdict
 from .files import Written
@@ -162,7 +162,7 @@ class _Pool:
     """At most ``size`` connections, shared by all threads (milter threads come and go).
 
     The bound matters for PostgreSQL, whose ``max_connections`` all milter
-    hosts share; a thread that finds them all busy waits up to ``wait`` seconds.
+    hosts share; a thread that finds them all busy waits up to the ``wait`` it gives.
     """
 
     def __init__(self, connect: Callable[[], Any], size: int = 8):
@@ -383,8 +383,12 @@ class QuarantineStore(ABC):
         result: Future = Future()
         with self._settled:
             self._in_flight += 1
-        self._writers.submit(lambda: self._put_attempt(result, quarantine_id, raw, envelope, verdict, evidence,
-                                                       deadline))
+        try:
+            self._writers.submit(lambda: self._put_attempt(result, quarantine_id, raw, envelope, verdict, evidence,
+                                                           deadline))
+        except RuntimeError as exc:         # no thread could be started
+            self._put_done()
+            raise StoreError(f"cannot quarantine message {quarantine_id}: {exc}") from exc
         try:
             return result.result(timeout=deadline.remaining() + COMMIT_GRACE)
         except FutureTimeout:
@@ -407,9 +411,12 @@ class QuarantineStore(ABC):
             else:
                 self._withdraw(quarantine_id)
         finally:
-            with self._settled:
-                self._in_flight -= 1
-                self._settled.notify_all()
+            self._put_done()
+
+    def _put_done(self) -> None:
+        with self._settled:
+            self._in_flight -= 1
+            self._settled.notify_all()
 
     def _withdraw(self, quarantine_id: str) -> None:
         """Undo a put whose COMMIT succeeded only after the caller gave up (and tempfailed the sender)."""
