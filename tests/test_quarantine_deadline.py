@@ -126,6 +126,45 @@ def test_a_write_that_finishes_after_its_caller_gave_up_is_handed_back():
     assert not finished.abandon()         # the caller takes the stored result
 
 
+class _ReplyHeldBack:
+    """A real SQLite connection whose COMMIT completes but whose answer is held back (a stalled reply)."""
+
+    def __init__(self, conn, gate: threading.Event):
+        self._conn, self._gate = conn, gate
+
+    def commit(self) -> None:
+        self._conn.commit()
+        self._gate.wait(30)
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+
+def test_a_commit_confirmed_after_the_caller_gave_up_is_withdrawn(tmp_path):
+    reply = threading.Event()
+
+    class StalledReplyStore(SqliteStore):
+        def _connect(self):
+            return _ReplyHeldBack(super()._connect(), reply)
+
+    reply.set()                                   # creating the schema is not held back
+    store = StalledReplyStore(tmp_path / "quarantine", write_timeout=BUDGET)
+    try:
+        reply.clear()
+        verdict, evidence = spam_case()
+        started = time.monotonic()
+        with pytest.raises(StoreError):
+            store.put(message("late"), envelope(), verdict, evidence)
+        assert time.monotonic() - started <= BUDGET + COMMIT_GRACE + SLACK
+        reply.set()
+        assert store.settle(30)
+        assert store.list(ListFilter(limit=100)) == []                       # tempfailed, so not kept
+        assert list((tmp_path / "quarantine" / "messages").glob("*")) == []
+        assert [e.action for e in store.history(verdict.incident_id)] == ["quarantine", "withdraw"]
+    finally:
+        store.close()
+
+
 # -- PostgreSQL --------------------------------------------------------------------------------
 
 
