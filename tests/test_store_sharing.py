@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -39,19 +41,22 @@ class Holder:
         return self.ask_line()
 
     def deleted_files(self) -> list[str]:
-        """Files the holder still has open although their name is gone (a forked -wal looks like this)."""
-        fd_dir = Path(f"/proc/{self.proc.pid}/fd")
-        targets = []
-        for fd in fd_dir.iterdir():
-            try:
-                targets.append(os.readlink(fd))
-            except FileNotFoundError:
-                continue
-        return [t for t in targets if t.endswith(" (deleted)") and ".sqlite3" in t]
+        return deleted_databases(self.proc.pid)
 
     def close(self) -> None:
         self.proc.stdin.close()
         self.proc.wait(timeout=30)
+
+
+def deleted_databases(pid: int) -> list[str]:
+    """Database files a process still has open although their name is gone (a forked -wal looks like this)."""
+    targets = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            targets.append(os.readlink(fd))
+        except FileNotFoundError:
+            continue
+    return [t for t in targets if t.endswith(" (deleted)") and ".sqlite3" in t]
 
 
 def cli(state: Path, *args: str) -> str:
@@ -138,3 +143,46 @@ def test_a_reload_reuses_the_open_stores_of_an_unchanged_database(tmp_path):
     finally:
         quarantine.close()
         incidents.close()
+
+
+def _refused(postfix, raw: bytes) -> bool:
+    """Whether Postfix refuses the message for good (a blocked client is turned away at connect)."""
+    import smtplib
+
+    try:
+        return postfix.send(raw)[0] >= 500
+    except smtplib.SMTPConnectError as exc:
+        return exc.smtp_code >= 500
+
+
+@pytest.mark.postfix
+def test_real_milter_reloads_beside_cli_processes_and_enforces_their_writes(postfix, milter, tmp_path):
+    from mail import eicar_message, message
+
+    m = milter('[policy.inbound]\nmalware_action = "quarantine"\n[incidents]\nrefresh = 0.5\n')
+    state = tmp_path / "state"
+    stored: set[str] = set()
+    for round_ in range(ROUNDS):
+        reloads = m.log_path.read_text().count("reloaded")
+        m.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 120                      # a reload rebuilds rules and model
+        while m.log_path.read_text().count("reloaded") == reloads:
+            assert time.monotonic() < deadline, "the milter did not reload"
+            time.sleep(0.1)
+        assert postfix.send(eicar_message()[1])[0] == 250
+        new = cli_ids(state) - stored                          # the CLI sees what the milter stored...
+        assert len(new) == 1
+        stored |= new
+        cli(state, "quarantine", "label", next(iter(new)), "spam")
+        assert deleted_databases(m.proc.pid) == []              # ...and the milter's WAL is still the one
+    cli(state, "block", "add", "address", "127.0.0.1", "--reason", "analyst block after reloads")
+    deadline = time.monotonic() + 60
+    while not _refused(postfix, message()[1]):                   # the analyst's block takes effect
+        assert time.monotonic() < deadline, "the analyst's block was never enforced"
+        time.sleep(0.2)
+    assert deleted_databases(m.proc.pid) == []
+    m.stop()
+    assert cli_ids(state) == stored                              # nothing overwritten at the milter's stop
+    for qid in stored:
+        assert json.loads(cli(state, "quarantine", "show", qid, "--json").splitlines()[0])["label"] == "spam"
+    assert cli_blocks(state) == {"127.0.0.1"}
