@@ -118,11 +118,11 @@ def test_connection_pool_is_bounded():
             pass
 
     made = []
-    pool = _Pool(lambda: made.append(Conn()) or made[-1], size=2, wait=0.05)
-    a, b = pool.get(), pool.get()
+    pool = _Pool(lambda: made.append(Conn()) or made[-1], size=2)
+    a, b = pool.get(0.05), pool.get(0.05)
     with pytest.raises(StoreError):
-        pool.get()
+        pool.get(0.05)
     pool.put(a)
-    assert pool.get() is a and len(made) == 2
+    assert pool.get(0.05) is a and len(made) == 2
     pool.discard(b)
-    assert pool.get() is not b and len(made) == 3
+    assert pool.get(0.05) is not b and len(made) == 3

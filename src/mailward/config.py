@@ -90,6 +90,10 @@ class QuarantineSettings:
     directory: str = ""                # default: <state_dir>/quarantine
     dsn: str = ""                      # PostgreSQL connection string
     hold: bool = False                 # also put quarantined mail in Postfix's hold queue
+    # Seconds a quarantine write (and any quarantine or incident database statement) may take; a
+    # message whose write does not finish in time is tempfailed and not kept. message_deadline plus
+    # this must stay below Postfix's milter_content_timeout, or Postfix gives up first.
+    write_timeout: float = 10.0
     retention_days: int = 30           # `mailward quarantine purge` removes older records (0 = keep)
     relay_host: str = "127.0.0.1"      # SMTP relay that released mail is handed to
     relay_port: int = 25
@@ -443,6 +447,14 @@ def _check(settings: Settings, source: str) -> None:
         raise ConfigError(source, "quarantine.backend", "must be sqlite or postgresql")
     if settings.quarantine.backend == "postgresql" and not settings.quarantine.dsn:
         raise ConfigError(source, "quarantine.dsn", "is required for the postgresql backend")
+    write_timeout = settings.quarantine.write_timeout
+    if not 0.0 < write_timeout:
+        raise ConfigError(source, "quarantine.write_timeout", "must be more than 0 seconds")
+    if settings.milter.message_deadline + write_timeout >= settings.milter.timeout:
+        raise ConfigError(source, "quarantine.write_timeout",
+                          f"must leave milter.message_deadline ({settings.milter.message_deadline:g} s) plus "
+                          f"this below milter.timeout ({settings.milter.timeout} s): the reply must reach "
+                          "the MTA before it gives up")
     sock = settings.milter.socket
     if not (sock.startswith("unix:") or sock.startswith("local:") or sock.startswith("inet:") or sock.startswith("inet6:")):
         raise ConfigError(source, "milter.socket", "must start with unix:, inet: or inet6:")

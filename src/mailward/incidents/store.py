@@ -4,8 +4,11 @@ Both backends run the same statements (``?`` placeholders, translated for
 psycopg); only connecting and the schema's column types differ. One
 connection per store, used under a lock: every operation is one short
 transaction, and a milter's threads queue for well under a millisecond each
-(bench/incident_counters.py). A broken connection is dropped and reopened on
-the next call, so a database restart costs the calls made while it was down.
+(bench/incident_counters.py). Nobody waits for that lock, SQLite's busy lock
+or a PostgreSQL statement longer than the store's ``timeout``. A broken
+connection is dropped and reopened on the next call, so a database restart
+costs the calls made while it was down. The SQLite file is never opened
+outside SQLite (see :mod:`mailward.dbfile`).
 
 At most one *active* block per subject is enforced by a partial unique index,
 so two hosts suspending the same account at once create one block, and the
@@ -15,7 +18,6 @@ one whose insert lost sees the winner's row.
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 import threading
 import time
@@ -25,6 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from ..dbfile import prepare_database_file
 from ..errors import MailwardError
 from .records import COUNTERS_OF, AuditEntry, Block, Counter, Origin, SubjectKind, Totals
 
@@ -33,6 +36,7 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 
 DB_NAME = "incidents.sqlite3"
+TIMEOUT = 30.0       # seconds an operation may wait for this process's other threads or the database
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS incident_counters (
@@ -89,8 +93,9 @@ class IncidentStore(ABC):
     backend = ""
     _errors: tuple[type[BaseException], ...] = ()
 
-    def __init__(self, clock: Clock = time.time):
+    def __init__(self, clock: Clock = time.time, timeout: float = TIMEOUT):
         self._clock = clock
+        self.timeout = timeout
         self._lock = threading.Lock()
         self._conn: Any = None
         with self._tx() as conn:
@@ -115,9 +120,17 @@ class IncidentStore(ABC):
 
     # -- plumbing --------------------------------------------------------------------------------
 
+    @property
+    @abstractmethod
+    def location(self) -> tuple:
+        """Backend and path or DSN: equal locations, same data."""
+
     @contextmanager
     def _tx(self) -> Iterator[Any]:
-        with self._lock:
+        if not self._lock.acquire(timeout=self.timeout):
+            raise IncidentStoreError(f"incident store ({self.backend}): this process's other threads held it "
+                                     f"for {self.timeout:g} s")
+        try:
             try:
                 if self._conn is None:
                     self._conn = self._connect()
@@ -131,6 +144,8 @@ class IncidentStore(ABC):
             except BaseException:
                 self._rollback()
                 raise
+        finally:
+            self._lock.release()
 
     def _rollback(self) -> None:
         try:
@@ -151,8 +166,15 @@ class IncidentStore(ABC):
         return conn.execute(self._sql(statement), params)
 
     def close(self) -> None:
-        with self._lock:
-            self._drop()
+        """Drop the connection; safe while others still use the store (the next call reconnects)."""
+        if self._lock.acquire(timeout=self.timeout):
+            try:
+                self._drop()
+            finally:
+                self._lock.release()
+        else:
+            log.warning("incident store (%s) still busy after %g s; its connection stays open",
+                        self.backend, self.timeout)
 
     # -- counters --------------------------------------------------------------------------------
 
@@ -284,19 +306,24 @@ class SqliteIncidentStore(IncidentStore):
     backend = "sqlite"
     _errors = (sqlite3.Error,)
 
-    def __init__(self, path: Path, clock: Clock = time.time):
+    def __init__(self, path: Path, clock: Clock = time.time, timeout: float = TIMEOUT):
         self.path = Path(path)
         try:
-            self.path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
-            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
-            _adopt(self.path)
+            prepare_database_file(self.path)
         except OSError as exc:
-            raise IncidentStoreError(f"cannot create {self.path}: {exc.strerror}") from exc
-        super().__init__(clock)
+            raise IncidentStoreError(f"cannot create {self.path}: {exc.strerror or exc}") from exc
+        super().__init__(clock, timeout)
+
+    @property
+    def location(self) -> tuple:
+        return self.location_of(self.path)
+
+    @classmethod
+    def location_of(cls, path: Path) -> tuple:
+        return (cls.backend, str(Path(path).resolve()))
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout = 30000")
+        conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode = WAL")
         # Counters are cheap to lose on a power cut; a committed block survives any process crash.
         conn.execute("PRAGMA synchronous = NORMAL")
@@ -310,31 +337,32 @@ class SqliteIncidentStore(IncidentStore):
             conn.execute(statement.format(serial="INTEGER PRIMARY KEY AUTOINCREMENT", real="REAL"))
 
 
-def _adopt(path: Path) -> None:
-    """A root CLI run must not leave a database the service user cannot open."""
-    if os.geteuid() != 0:
-        return
-    parent = path.parent.stat()
-    if parent.st_uid != 0 and path.stat().st_uid == 0:
-        os.chown(path, parent.st_uid, parent.st_gid)
-
-
 class PostgresIncidentStore(IncidentStore):
     """Several milter hosts: the quarantine's PostgreSQL database, tables ``incident_*``."""
 
     backend = "postgresql"
     _SCHEMA_LOCK = 0x4D57_4900   # "MWI\0": serialises schema creation across hosts starting at once
 
-    def __init__(self, dsn: str, clock: Clock = time.time):
+    def __init__(self, dsn: str, clock: Clock = time.time, timeout: float = TIMEOUT):
         import psycopg
 
         self.dsn = dsn
-        self._psycopg = psycopg
         self._errors = (psycopg.Error,)
-        super().__init__(clock)
+        super().__init__(clock, timeout)
+
+    @property
+    def location(self) -> tuple:
+        return self.location_of(self.dsn)
+
+    @classmethod
+    def location_of(cls, dsn: str) -> tuple:
+        return (cls.backend, dsn)
 
     def _connect(self):
-        return self._psycopg.connect(self.dsn, autocommit=False, connect_timeout=10)
+        """Durable commits unless a transaction relaxes them (counters), statements end after ``timeout``."""
+        from ..quarantine.postgres import connect_session
+
+        return connect_session(self.dsn, self.timeout)
 
     def _sql(self, statement: str) -> str:
         return statement.replace("?", "%s")

@@ -18,12 +18,25 @@ __all__ = ["Actor", "AuditEvent", "Label", "LabelRecord", "ListFilter", "Quarant
            "ReleaseClaim", "Removal", "Status", "open_store"]
 
 
-def open_store(settings: Settings, clock: Clock = time.time) -> QuarantineStore:
-    """The configured store, schema created if needed; StoreError if it cannot be opened."""
-    if settings.quarantine.backend == "postgresql":
-        from .postgres import PostgresStore
+def open_store(settings: Settings, clock: Clock = time.time, reuse: QuarantineStore | None = None
+               ) -> QuarantineStore:
+    """The configured store, schema created if needed; StoreError if it cannot be opened.
 
-        return PostgresStore(settings.quarantine.dsn, clock=clock)
-    from .sqlite import SqliteStore
+    ``reuse``: a store this process already has open (the running one, on a
+    reload). If it serves the configured database it is returned, with the new
+    ``write_timeout``, instead of a second store object; otherwise the caller
+    closes it once nothing uses it any more (``close`` is safe even then).
+    """
+    config = settings.quarantine
+    if config.backend == "postgresql":
+        from .postgres import PostgresStore as backend
 
-    return SqliteStore(settings.quarantine_dir, clock=clock)
+        where: object = config.dsn
+    else:
+        from .sqlite import SqliteStore as backend
+
+        where = settings.quarantine_dir
+    if reuse is not None and reuse.location == backend.location_of(where):
+        reuse.write_timeout = config.write_timeout
+        return reuse
+    return backend(where, clock=clock, write_timeout=config.write_timeout)

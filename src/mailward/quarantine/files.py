@@ -9,6 +9,7 @@ directory is fsync'd, so the name survives a power cut too.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import stat
 import tempfile
@@ -17,7 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
 
+from ..dbfile import hand_to_directory_owner
 from ..errors import StoreError
+
+log = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024
 HEAD_BYTES = 64 * 1024          # enough for the header block of any sane message
@@ -40,12 +44,8 @@ def adopt(path: Path) -> None:
     An administrator running the CLI as root before the milter ever ran must
     not leave root-owned state behind that the milter then cannot open.
     """
-    if os.geteuid() != 0:
-        return
     try:
-        parent = path.parent.stat()
-        if parent.st_uid != 0 and path.stat().st_uid == 0:
-            os.chown(path, parent.st_uid, parent.st_gid)
+        hand_to_directory_owner(path)
     except OSError as exc:
         raise StoreError(f"cannot hand {path} to the service user: {exc.strerror}") from exc
 
@@ -124,11 +124,11 @@ class MessageFiles:
             return written
         except OSError as exc:
             if linked:
-                _unlink_quietly(final)
+                _discard(final)
             raise StoreError(f"cannot write quarantined message {quarantine_id}: {exc.strerror or exc}") from exc
         finally:
             if tmp:
-                _unlink_quietly(Path(tmp))
+                _discard(Path(tmp))   # never masks the error above
 
     def read(self, quarantine_id: str) -> bytes:
         try:
@@ -137,6 +137,7 @@ class MessageFiles:
             raise StoreError(f"cannot read quarantined message {quarantine_id}: {exc.strerror}") from exc
 
     def remove(self, quarantine_id: str) -> None:
+        """OSError if the file stays (the caller logs it; the sweep retries)."""
         _unlink_quietly(self.path(quarantine_id))
 
     def sweep(self, is_known, older_than: float, now: float | None = None) -> int:
@@ -155,10 +156,19 @@ class MessageFiles:
                 continue
             name = entry.name
             orphan = name.startswith(_TMP_PREFIX) or (name.endswith(_SUFFIX) and not is_known(name[: -len(_SUFFIX)]))
-            if orphan:
-                _unlink_quietly(Path(entry.path))
+            if orphan and _discard(Path(entry.path)):
                 removed += 1
         return removed
+
+
+def _discard(path: Path) -> bool:
+    """Remove a leftover; if that fails, say so in the log (the sweep retries) instead of raising."""
+    try:
+        _unlink_quietly(path)
+        return True
+    except OSError as exc:
+        log.warning("cannot remove %s; left for the quarantine sweep: %s", path, exc.strerror or exc)
+        return False
 
 
 def _unlink_quietly(path: Path) -> None:

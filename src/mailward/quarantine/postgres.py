@@ -22,6 +22,12 @@ with the row; autovacuum returns the space for reuse.
 Schema creation is serialised with an advisory lock so that several hosts
 starting at once do not race on ``CREATE TABLE IF NOT EXISTS``.
 
+Every session forces ``synchronous_commit = on`` (a server default of ``off``
+would lose accepted-and-quarantined mail on a crash) and a
+``statement_timeout`` of ``quarantine.write_timeout``; each transaction sets
+its own from the operation's deadline. A server that stops answering at all
+is left to the put's own thread (see :mod:`.store`).
+
 Deployment (Debian 12, one database for all hosts)::
 
     apt-get install postgresql            # on the database host
@@ -46,16 +52,18 @@ several is harmless). Back up with ``pg_dump`` or base backups + WAL archiving.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
+from ..config import QuarantineSettings
 from ..envelope import Envelope
 from ..errors import StoreError
 from ..evidence import Evidence
 from ..verdict import Verdict
 from .files import chunks_of, measure
 from .records import check_id
-from .store import Clock, QuarantineStore
+from .store import Clock, Deadline, QuarantineStore
 
 import psycopg
 
@@ -70,20 +78,32 @@ class PostgresStore(QuarantineStore):
     backend = "postgresql"
     _errors = (psycopg.Error,)
 
-    def __init__(self, dsn: str, clock: Clock = time.time, pool_size: int = 8):
+    def __init__(self, dsn: str, clock: Clock = time.time, pool_size: int = 8,
+                 write_timeout: float = QuarantineSettings.write_timeout):
         self.dsn = dsn
-        super().__init__(clock, pool_size)
+        super().__init__(clock, pool_size, write_timeout)
         with self._tx(write=True) as conn:
             self._exec(conn, "SELECT pg_advisory_xact_lock(?)", (_SCHEMA_LOCK,))
             self._create_schema(conn, serial="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
                                 real="DOUBLE PRECISION")
             self._exec(conn, _BYTES_TABLE)
 
+    @property
+    def location(self) -> tuple:
+        return self.location_of(self.dsn)
+
+    @classmethod
+    def location_of(cls, dsn: str) -> tuple:
+        return (cls.backend, dsn)
+
     def _connect(self):
         try:
-            return psycopg.connect(self.dsn, autocommit=False)
+            return connect_session(self.dsn, self.write_timeout)
         except psycopg.Error as exc:
             raise StoreError(f"cannot connect to the quarantine database: {exc}") from exc
+
+    def _arm(self, conn, seconds: float) -> None:
+        conn.execute("SELECT set_config('statement_timeout', %s, true)", (_ms(seconds),))
 
     def _begin(self, conn) -> None:
         """Row locks taken by each statement are enough; nothing to take up front."""
@@ -91,19 +111,18 @@ class PostgresStore(QuarantineStore):
     def _sql(self, statement: str) -> str:
         return statement.replace("?", "%s")
 
-    def put(self, raw: bytes | Path, envelope: Envelope, verdict: Verdict, evidence: Evidence) -> str:
-        quarantine_id = check_id(verdict.incident_id)
+    def _store(self, quarantine_id: str, raw: bytes | Path, envelope: Envelope, verdict: Verdict,
+               evidence: Evidence, deadline: Deadline) -> None:
         try:
             data = raw.read_bytes() if isinstance(raw, Path) else bytes(raw)
             written = measure(chunks_of(data))
-            with self._tx(write=True) as conn:
+            with self._tx(write=True, deadline=deadline) as conn:
                 self._insert_record(conn, quarantine_id, written, envelope, verdict, evidence, self._writer)
                 self._exec(conn, "INSERT INTO quarantine_bytes (id, data) VALUES (?, ?)", (quarantine_id, data))
         except StoreError:
             raise
         except Exception as exc:
             raise StoreError(f"cannot quarantine message {quarantine_id}: {exc}") from exc
-        return quarantine_id
 
     def read(self, quarantine_id: str) -> bytes:
         check_id(quarantine_id)
@@ -116,3 +135,24 @@ class PostgresStore(QuarantineStore):
 
     def _drop_bytes(self, conn, quarantine_id: str) -> None:
         self._exec(conn, "DELETE FROM quarantine_bytes WHERE id = ?", (quarantine_id,))
+
+
+def connect_session(dsn: str, timeout: float):
+    """A session that commits durably whatever the server's default, and whose statements end after ``timeout``.
+
+    Shared with the incident store, which lives in the same database.
+    """
+    conn = psycopg.connect(dsn, autocommit=False, connect_timeout=max(2, math.ceil(timeout)))
+    try:
+        conn.execute("SET synchronous_commit = on")
+        conn.execute("SELECT set_config('statement_timeout', %s, false)", (_ms(timeout),))
+        conn.commit()
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _ms(seconds: float) -> str:
+    """A PostgreSQL duration of at least 1 ms (0 would mean no timeout at all)."""
+    return f"{max(1, int(seconds * 1000))}ms"

@@ -11,29 +11,32 @@ leaves nothing. ``synchronous=FULL`` makes every committed put survive a
 power cut, not only a crash. Several processes (the milter, CLI users) may
 use the same directory at once: WAL lets readers proceed while one writer
 commits, and write transactions take the lock up front (``BEGIN IMMEDIATE``)
-and wait up to ``busy_timeout`` for it.
+and wait for it until the operation's deadline (SQLite's ``busy_timeout``).
+The database file is never opened outside SQLite (see :mod:`mailward.dbfile`):
+that would drop this process's locks and let another process's last
+connection unlink the WAL under this one.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 import time
 from pathlib import Path
 
+from ..config import QuarantineSettings
+from ..dbfile import prepare_database_file
 from ..envelope import Envelope
 from ..errors import StoreError
 from ..evidence import Evidence
 from ..verdict import Verdict
-from .files import MessageFiles, adopt, ensure_private_dir
+from .files import MessageFiles, ensure_private_dir
 from .records import check_id
-from .store import Clock, QuarantineStore
+from .store import OPERATION_TIMEOUT, Clock, Deadline, QuarantineStore
 
 log = logging.getLogger(__name__)
 
 DB_NAME = "quarantine.sqlite3"
-BUSY_TIMEOUT_MS = 30_000
 ORPHAN_AGE = 3600.0     # a file this old without a row is a crash leftover, not a put in flight
 
 
@@ -42,48 +45,54 @@ class SqliteStore(QuarantineStore):
     single_writer = True
     _errors = (sqlite3.Error,)
 
-    def __init__(self, directory: Path, clock: Clock = time.time, pool_size: int = 8):
+    def __init__(self, directory: Path, clock: Clock = time.time, pool_size: int = 8,
+                 write_timeout: float = QuarantineSettings.write_timeout):
         self.directory = ensure_private_dir(Path(directory))
         self.db_path = self.directory / DB_NAME
         try:
-            fd = os.open(self.db_path, os.O_CREAT | os.O_RDWR, 0o600)
-            os.close(fd)
-            if self.db_path.stat().st_mode & 0o077:
-                os.chmod(self.db_path, 0o600)
+            prepare_database_file(self.db_path)
         except OSError as exc:
-            raise StoreError(f"cannot create {self.db_path}: {exc.strerror}") from exc
-        adopt(self.db_path)      # SQLite itself gives -wal and -shm the database file's owner
+            raise StoreError(f"cannot create {self.db_path}: {exc.strerror or exc}") from exc
         self.files = MessageFiles(self.directory / "messages")
-        super().__init__(clock, pool_size)
+        super().__init__(clock, pool_size, write_timeout)
         with self._tx(write=True) as conn:
             self._create_schema(conn, serial="INTEGER PRIMARY KEY AUTOINCREMENT", real="REAL")
 
+    @property
+    def location(self) -> tuple:
+        return self.location_of(self.directory)
+
+    @classmethod
+    def location_of(cls, directory: Path) -> tuple:
+        return (cls.backend, str((Path(directory) / DB_NAME).resolve()))
+
     def _connect(self) -> sqlite3.Connection:
         try:
-            conn = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+            conn = sqlite3.connect(self.db_path, timeout=OPERATION_TIMEOUT, isolation_level=None,
                                    check_same_thread=False)
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open quarantine database {self.db_path}: {exc}") from exc
         return conn
 
+    def _arm(self, conn, seconds: float) -> None:
+        conn.execute(f"PRAGMA busy_timeout = {max(1, int(seconds * 1000))}")
+
     def _begin(self, conn) -> None:
         conn.execute("BEGIN IMMEDIATE")
 
-    def put(self, raw: bytes | Path, envelope: Envelope, verdict: Verdict, evidence: Evidence) -> str:
-        quarantine_id = check_id(verdict.incident_id)
+    def _store(self, quarantine_id: str, raw: bytes | Path, envelope: Envelope, verdict: Verdict,
+               evidence: Evidence, deadline: Deadline) -> None:
         written = self.files.write(quarantine_id, raw)
         try:
-            with self._tx(write=True) as conn:
+            with self._tx(write=True, deadline=deadline) as conn:
                 self._insert_record(conn, quarantine_id, written, envelope, verdict, evidence, self._writer)
         except BaseException as exc:
             self._after_drop(quarantine_id)
             if isinstance(exc, Exception) and not isinstance(exc, StoreError):
                 raise StoreError(f"cannot record quarantined message {quarantine_id}: {exc}") from exc
             raise
-        return quarantine_id
 
     def read(self, quarantine_id: str) -> bytes:
         check_id(quarantine_id)

@@ -10,6 +10,17 @@ transaction. Database errors surface as :class:`~mailward.errors.StoreError`.
 Double release is impossible by construction: a release first *claims* the
 record with one conditional ``UPDATE ... WHERE status = 'held'``; exactly one
 claimant sees a changed row, in every process on every host.
+
+A put is final only once it is stored, and only if its caller still waits:
+:meth:`QuarantineStore.put` answers within ``write_timeout`` (plus a short
+commit grace) whatever the database does, because the sender's reply depends
+on it. Every wait inside has that budget (this process's writer queue, the
+connection pool, SQLite's busy wait, PostgreSQL's statement timeout); the
+write runs in a thread of its own so that even a database that never answers
+(a stopped server) cannot hold the caller. A put that the caller gave up on
+never commits after its deadline, and if its COMMIT was already on the wire
+and succeeds later, the record is withdrawn again: a tempfailed message is
+never kept, so the sender's retry is not a duplicate.
 """
 
 from __future__ import annotations
@@ -20,12 +31,14 @@ import queue
 import threading
 import time
 from abc import ABC, abstractmethod
-from contextlib import contextmanager, nullcontext
+from concurrent.futures import Future, TimeoutError as FutureTimeout
+from contextlib import contextmanager
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from ..config import QuarantineSettings
 from ..envelope import Envelope
 from ..errors import StoreError
 from ..evidence import Evidence
@@ -38,6 +51,48 @@ from .records import (Actor, AuditEvent, Label, LabelRecord, ListFilter, Quarant
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+
+OPERATION_TIMEOUT = 30.0   # seconds any other operation (CLI, reads) waits for a busy database
+COMMIT_GRACE = 0.5         # a COMMIT sent just before the deadline may take this long to be confirmed
+
+
+class Deadline:
+    """The time one store operation may take, and whether its caller still waits for the answer.
+
+    ``abandon`` (the caller gave up) and ``finish`` (the write committed) are
+    decided under one lock, so exactly one side owns the outcome: either the
+    caller reports the message stored, or the writer withdraws it.
+    """
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self._end = time.monotonic() + seconds
+        self._lock = threading.Lock()
+        self._state = "running"
+
+    def remaining(self) -> float:
+        return max(0.0, self._end - time.monotonic())
+
+    def check(self, doing: str) -> None:
+        """StoreError once the deadline passed or the caller gave up: nothing may be committed then."""
+        if self._state == "abandoned" or time.monotonic() >= self._end:
+            raise StoreError(f"quarantine store: could not {doing} within {self.seconds:g} s")
+
+    def abandon(self) -> bool:
+        """The caller stops waiting; False if the write finished first (then its result stands)."""
+        with self._lock:
+            if self._state == "finished":
+                return False
+            self._state = "abandoned"
+            return True
+
+    def finish(self) -> bool:
+        """The write committed; False if the caller had already given up (then it must be withdrawn)."""
+        with self._lock:
+            if self._state == "abandoned":
+                return False
+            self._state = "finished"
+            return True
 
 _COLUMNS = ("id, received_at, envelope, action, reasons, evidence, size, sha256, subject, header_from, "
             "status, released_at, label")
@@ -107,19 +162,18 @@ class _Pool:
     """At most ``size`` connections, shared by all threads (milter threads come and go).
 
     The bound matters for PostgreSQL, whose ``max_connections`` all milter
-    hosts share; a thread that finds them all busy waits up to ``wait`` seconds.
+    hosts share; a thread that finds them all busy waits up to the ``wait`` it gives.
     """
 
-    def __init__(self, connect: Callable[[], Any], size: int = 8, wait: float = 30.0):
+    def __init__(self, connect: Callable[[], Any], size: int = 8):
         self._connect = connect
         self._idle: queue.LifoQueue = queue.LifoQueue()
         self._slots = threading.BoundedSemaphore(size)
-        self._wait = wait
         self._closed = False
 
-    def get(self):
-        if not self._slots.acquire(timeout=self._wait):
-            raise StoreError(f"all quarantine database connections stayed busy for {self._wait:g} s")
+    def get(self, wait: float):
+        if not self._slots.acquire(timeout=wait):
+            raise StoreError(f"all quarantine database connections stayed busy for {wait:g} s")
         try:
             return self._idle.get_nowait()
         except queue.Empty:
@@ -145,6 +199,7 @@ class _Pool:
         self._slots.release()
 
     def close(self) -> None:
+        """Close idle connections now and busy ones when they come back; later callers get fresh ones."""
         self._closed = True
         while True:
             try:
@@ -153,20 +208,75 @@ class _Pool:
                 return
 
 
+class _Writers:
+    """Long-lived daemon threads that run puts, so the caller can stop waiting at its deadline.
+
+    Daemon threads (not an executor, which is joined at exit): one blocked on a
+    stopped server must not keep the process alive. Started on first use, at
+    most ``size``; a put queued behind blocked ones finds its caller gone and
+    does nothing. Reused rather than started per put: starting a thread waits
+    for it to run, which costs milliseconds under load.
+    """
+
+    def __init__(self, size: int):
+        self._size = size
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._started = 0
+        self._stopped = False
+        self._lock = threading.Lock()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            if self._stopped:       # a late put on a closed store (a reload's old runtime): a thread of its own
+                threading.Thread(target=job, name="quarantine-writer", daemon=True).start()
+                return
+            if self._started < self._size:
+                self._started += 1
+                threading.Thread(target=self._run, name="quarantine-writer", daemon=True).start()
+        self._jobs.put(job)
+
+    def stop(self) -> None:
+        """Let the threads end once the jobs queued so far are done."""
+        with self._lock:
+            self._stopped = True
+            for _ in range(self._started):
+                self._jobs.put(None)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()
+
+
 class QuarantineStore(ABC):
     """Quarantined messages, their metadata, labels and audit trail."""
 
     backend: str = ""
-    # One writer at a time anyway (SQLite): queue this process's threads on a fair lock
-    # instead of the database's sleep-and-retry busy handler, which makes long tails.
+    # One writer at a time anyway (SQLite): queue this process's threads on a lock (waited on
+    # with the operation's deadline) instead of the database's sleep-and-retry busy handler,
+    # which makes long tails.
     single_writer: bool = False
     _errors: tuple[type[BaseException], ...] = ()   # the driver's exception classes
 
-    def __init__(self, clock: Clock = time.time, pool_size: int = 8):
+    def __init__(self, clock: Clock = time.time, pool_size: int = 8,
+                 write_timeout: float = QuarantineSettings.write_timeout):
         self._clock = clock
+        self.write_timeout = write_timeout   # a reload may change it on a reused store
         self._pool = _Pool(self._connect, pool_size)
         self._writer = Actor.service()
-        self._write_gate = threading.Lock() if self.single_writer else nullcontext()
+        self._write_gate = threading.Lock() if self.single_writer else None
+        self._writers = _Writers(pool_size)
+        self._in_flight = 0
+        self._settled = threading.Condition()
+
+    @property
+    @abstractmethod
+    def location(self) -> tuple:
+        """What identifies the database (backend and path or DSN): equal locations, same data."""
+
+    @classmethod
+    @abstractmethod
+    def location_of(cls, where) -> tuple:
+        """The :attr:`location` a store of this backend opened on ``where`` would have."""
 
     # -- backend hooks ---------------------------------------------------------------------------
 
@@ -182,8 +292,13 @@ class QuarantineStore(ABC):
         return statement
 
     @abstractmethod
-    def put(self, raw: bytes | Path, envelope: Envelope, verdict: Verdict, evidence: Evidence) -> str:
-        """Keep the exact bytes and the record; return the quarantine ID. StoreError leaves nothing behind."""
+    def _arm(self, conn, seconds: float) -> None:
+        """Make the database give up waiting (busy lock, statement) after ``seconds``."""
+
+    @abstractmethod
+    def _store(self, quarantine_id: str, raw: bytes | Path, envelope: Envelope, verdict: Verdict,
+               evidence: Evidence, deadline: Deadline) -> None:
+        """Keep bytes and record in one transaction under ``deadline``; StoreError leaves nothing behind."""
 
     @abstractmethod
     def read(self, quarantine_id: str) -> bytes:
@@ -203,13 +318,21 @@ class QuarantineStore(ABC):
     # -- plumbing --------------------------------------------------------------------------------
 
     @contextmanager
-    def _tx(self, write: bool = False) -> Iterator[Any]:
-        with self._write_gate if write else nullcontext():
-            conn = self._pool.get()
+    def _tx(self, write: bool = False, deadline: Deadline | None = None) -> Iterator[Any]:
+        """One transaction; every wait in it (writer queue, pool, lock, statement) ends at ``deadline``."""
+        deadline = deadline or Deadline(OPERATION_TIMEOUT)
+        gate = self._write_gate if write else None
+        if gate is not None and not gate.acquire(timeout=deadline.remaining()):
+            raise StoreError(f"quarantine database ({self.backend}): this process's other writers held it "
+                             f"for {deadline.seconds:g} s")
+        try:
+            conn = self._pool.get(deadline.remaining())
             try:
+                self._arm(conn, deadline.remaining())
                 if write:
                     self._begin(conn)
                 yield conn
+                deadline.check("commit")
                 conn.commit()
             except BaseException as exc:
                 try:
@@ -223,6 +346,9 @@ class QuarantineStore(ABC):
             finally:
                 if conn is not None:
                     self._pool.put(conn)
+        finally:
+            if gate is not None:
+                gate.release()
 
     def _exec(self, conn, statement: str, params: tuple = ()):
         cur = conn.cursor()
@@ -234,7 +360,74 @@ class QuarantineStore(ABC):
             self._exec(conn, statement.format(serial=serial, real=real))
 
     def close(self) -> None:
+        """Release the connections. Safe while other threads still use the store: they get fresh ones."""
+        self._writers.stop()
         self._pool.close()
+
+    def settle(self, timeout: float) -> bool:
+        """Wait until no put is in flight (an abandoned one may still be undoing itself); True if none is."""
+        with self._settled:
+            return self._settled.wait_for(lambda: self._in_flight == 0, timeout)
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def put(self, raw: bytes | Path, envelope: Envelope, verdict: Verdict, evidence: Evidence) -> str:
+        """Keep the exact bytes and the record; return the quarantine ID.
+
+        Answers within ``write_timeout`` (+ ``COMMIT_GRACE``). StoreError means
+        nothing is or will be kept: the caller may tempfail and the retry is
+        not a duplicate.
+        """
+        quarantine_id = check_id(verdict.incident_id)
+        deadline = Deadline(self.write_timeout)
+        result: Future = Future()
+        with self._settled:
+            self._in_flight += 1
+        try:
+            self._writers.submit(lambda: self._put_attempt(result, quarantine_id, raw, envelope, verdict, evidence,
+                                                           deadline))
+        except RuntimeError as exc:         # no thread could be started
+            self._put_done()
+            raise StoreError(f"cannot quarantine message {quarantine_id}: {exc}") from exc
+        try:
+            return result.result(timeout=deadline.remaining() + COMMIT_GRACE)
+        except FutureTimeout:
+            if deadline.abandon():
+                raise StoreError(f"quarantine database ({self.backend}) did not store {quarantine_id} "
+                                 f"within {self.write_timeout:g} s") from None
+            return result.result()          # it committed at this very moment: the result stands
+
+    def _put_attempt(self, result: Future, quarantine_id: str, raw: bytes | Path, envelope: Envelope,
+                     verdict: Verdict, evidence: Evidence, deadline: Deadline) -> None:
+        try:
+            try:
+                deadline.check("start")
+                self._store(quarantine_id, raw, envelope, verdict, evidence, deadline)
+            except BaseException as exc:
+                result.set_exception(exc)
+                return
+            if deadline.finish():
+                result.set_result(quarantine_id)
+            else:
+                self._withdraw(quarantine_id)
+        finally:
+            self._put_done()
+
+    def _put_done(self) -> None:
+        with self._settled:
+            self._in_flight -= 1
+            self._settled.notify_all()
+
+    def _withdraw(self, quarantine_id: str) -> None:
+        """Undo a put whose COMMIT succeeded only after the caller gave up (and tempfailed the sender)."""
+        try:
+            self.delete(quarantine_id, self._writer, "withdraw",
+                        f"stored after the {self.write_timeout:g} s write deadline; the sender was told to retry")
+            log.warning("quarantined message %s was stored after its deadline and has been withdrawn",
+                        quarantine_id)
+        except StoreError as exc:
+            log.error("quarantined message %s was stored after its deadline and could not be withdrawn "
+                      "(the sender's retry will be a second copy): %s", quarantine_id, exc)
 
     def __enter__(self) -> "QuarantineStore":
         return self

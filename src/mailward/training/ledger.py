@@ -1,6 +1,8 @@
 """The label ledger: every label analysts gave, append-only, with the message bytes it labels.
 
-One SQLite file in the state directory. Each entry says who (analyst), where
+One SQLite file (0600) in the state directory, shared by any number of CLI
+processes: it is never opened outside SQLite (see :mod:`mailward.dbfile`),
+and a writer waits at most ``BUSY_TIMEOUT`` for another. Each entry says who (analyst), where
 from (a set, the quarantine, a user report), when, and which message (the
 sha256 of its exact bytes) got which class (ham or spam). Entries are never
 changed or removed (triggers refuse it); a later entry for the same digest
@@ -26,9 +28,11 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..config import Settings
+from ..dbfile import prepare_database_file
 from ..errors import MailwardError
 
 CLASSES = ("ham", "spam")
+BUSY_TIMEOUT = 60.0      # seconds a ledger operation waits for another process's write (a training run)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS labels (
@@ -95,8 +99,8 @@ class Ledger:
         self.path = Path(path)
         self._clock = clock
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+            prepare_database_file(self.path)
+            self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
@@ -202,7 +206,7 @@ class Ledger:
 
     def _reader(self) -> sqlite3.Connection:
         """A second connection for long streams, so writes on the main one do not disturb them."""
-        return sqlite3.connect(self.path, timeout=60.0)
+        return sqlite3.connect(self.path, timeout=BUSY_TIMEOUT)
 
 
 def _upto(upto: int | None) -> int:

@@ -1,0 +1,302 @@
+"""A verdict is final only once it is stored: a slow store answers in time, and a refused put keeps nothing.
+
+Real stalls: SQLite locked by another process (``BEGIN EXCLUSIVE`` held in a
+subprocess) and a PostgreSQL cluster stopped with SIGSTOP.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from mailward.config import load_settings
+from mailward.errors import ConfigError, StoreError
+from mailward.quarantine import ListFilter
+from mailward.quarantine.sqlite import DB_NAME, SqliteStore
+from mailward.quarantine.store import COMMIT_GRACE, Deadline
+from quarantine_support import envelope, message, spam_case
+from real_parts import require
+
+BUDGET = 1.0
+SLACK = 0.5          # thread start-up and a loaded 2-core machine
+
+_LOCKER = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.readline()
+db.execute("ROLLBACK")
+print("released", flush=True)
+"""
+
+
+class Locker:
+    """Another process holding the SQLite write lock until told to let go."""
+
+    def __init__(self, db: Path):
+        self.proc = subprocess.Popen([sys.executable, "-c", _LOCKER, str(db)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "locked"
+
+    def release(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.write("\n")
+            self.proc.stdin.flush()
+            assert self.proc.stdout.readline().strip() == "released"
+            self.proc.wait(timeout=10)
+
+
+def _put(store, subject: str) -> str:
+    verdict, evidence = spam_case()
+    return store.put(message(subject), envelope(), verdict, evidence)
+
+
+def _timed_puts(store, count: int) -> list[tuple[float, BaseException | str]]:
+    """``count`` puts at once from milter-like threads: (seconds, ID or exception) each."""
+    results: list = []
+    lock = threading.Lock()
+
+    def one(n: int) -> None:
+        started = time.monotonic()
+        try:
+            outcome: BaseException | str = _put(store, f"stalled {n}")
+        except BaseException as exc:
+            outcome = exc
+        with lock:
+            results.append((time.monotonic() - started, outcome))
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_sqlite_locked_longer_than_the_budget_refuses_and_keeps_nothing(tmp_path):
+    store = SqliteStore(tmp_path / "quarantine", write_timeout=BUDGET)
+    try:
+        locker = Locker(tmp_path / "quarantine" / DB_NAME)
+        try:
+            results = _timed_puts(store, 4)
+        finally:
+            locker.release()
+        for seconds, outcome in results:
+            assert isinstance(outcome, StoreError), outcome
+            assert seconds <= BUDGET + COMMIT_GRACE + SLACK
+        assert store.settle(30)
+        assert store.list(ListFilter(limit=100)) == []          # nothing stored, even after the lock went
+        assert list((tmp_path / "quarantine" / "messages").glob("*")) == []
+        retry = _put(store, "retry")                            # the sender's retry is stored once
+        assert [r.id for r in store.list(ListFilter(limit=100))] == [retry]
+    finally:
+        store.close()
+
+
+def test_sqlite_lock_released_within_the_budget_stores(tmp_path):
+    store = SqliteStore(tmp_path / "quarantine", write_timeout=10.0)
+    try:
+        locker = Locker(tmp_path / "quarantine" / DB_NAME)
+        outcome: list = []
+        putter = threading.Thread(target=lambda: outcome.append(_put(store, "waits for the lock")))
+        putter.start()
+        locker.release()
+        putter.join(timeout=30)
+        assert [r.id for r in store.list(ListFilter(limit=100))] == outcome
+    finally:
+        store.close()
+
+
+def test_a_write_that_finishes_after_its_caller_gave_up_is_handed_back():
+    deadline = Deadline(10.0)
+    assert deadline.abandon()
+    assert not deadline.finish()          # the writer must withdraw what it committed
+    with pytest.raises(StoreError):
+        deadline.check("commit")          # and must not commit at all if it has not yet
+    finished = Deadline(10.0)
+    assert finished.finish()
+    assert not finished.abandon()         # the caller takes the stored result
+
+
+class _ReplyHeldBack:
+    """A real SQLite connection whose COMMIT completes but whose answer is held back (a stalled reply)."""
+
+    def __init__(self, conn, gate: threading.Event):
+        self._conn, self._gate = conn, gate
+
+    def commit(self) -> None:
+        self._conn.commit()
+        self._gate.wait(30)
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+
+def test_a_commit_confirmed_after_the_caller_gave_up_is_withdrawn(tmp_path):
+    reply = threading.Event()
+
+    class StalledReplyStore(SqliteStore):
+        def _connect(self):
+            return _ReplyHeldBack(super()._connect(), reply)
+
+    reply.set()                                   # creating the schema is not held back
+    store = StalledReplyStore(tmp_path / "quarantine", write_timeout=BUDGET)
+    try:
+        reply.clear()
+        verdict, evidence = spam_case()
+        started = time.monotonic()
+        with pytest.raises(StoreError):
+            store.put(message("late"), envelope(), verdict, evidence)
+        assert time.monotonic() - started <= BUDGET + COMMIT_GRACE + SLACK
+        reply.set()
+        assert store.settle(30)
+        assert store.list(ListFilter(limit=100)) == []                       # tempfailed, so not kept
+        assert list((tmp_path / "quarantine" / "messages").glob("*")) == []
+        assert [e.action for e in store.history(verdict.incident_id)] == ["quarantine", "withdraw"]
+    finally:
+        store.close()
+
+
+# -- PostgreSQL --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pg_cluster():
+    """A cluster of its own: this test stops it."""
+    from pg_server import PostgresServer, binaries
+
+    require(binaries() is not None, "PostgreSQL binaries not installed (apt package postgresql)")
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        _signal_cluster(server, signal.SIGCONT)
+        server.stop()
+
+
+def _cluster_pids(server) -> list[int]:
+    postmaster = int((server.data / "postmaster.pid").read_text().split()[0])
+    pids = [postmaster]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == postmaster:
+                pids.append(int(entry.name))
+    return pids
+
+
+def _signal_cluster(server, sig: int) -> None:
+    for pid in _cluster_pids(server):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def test_postgresql_stopped_refuses_in_time_and_keeps_nothing(pg_cluster):
+    from mailward.quarantine.postgres import PostgresStore
+    from pg_server import create_database
+
+    store = PostgresStore(create_database(pg_cluster.dsn), write_timeout=BUDGET)
+    try:
+        before = _put(store, "before the stop")
+        _signal_cluster(pg_cluster, signal.SIGSTOP)
+        try:
+            results = _timed_puts(store, 3)
+        finally:
+            _signal_cluster(pg_cluster, signal.SIGCONT)
+        for seconds, outcome in results:
+            assert isinstance(outcome, StoreError), outcome
+            assert seconds <= BUDGET + COMMIT_GRACE + SLACK
+        assert store.settle(60)                                 # the stalled writers saw the server again
+        assert [r.id for r in store.list(ListFilter(limit=100))] == [before]
+        retry = _put(store, "retry")
+        assert {r.id for r in store.list(ListFilter(limit=100))} == {before, retry}
+    finally:
+        store.close()
+
+
+def test_postgresql_sessions_commit_durably_with_a_statement_timeout(pg_cluster):
+    from mailward.quarantine.postgres import PostgresStore
+    from pg_server import create_database
+
+    store = PostgresStore(create_database(pg_cluster.dsn), write_timeout=7.5)
+    try:
+        conn = store._connect()     # the test cluster runs with synchronous_commit = off
+        try:
+            assert conn.execute("SHOW synchronous_commit").fetchone()[0] == "on"
+            assert conn.execute("SHOW statement_timeout").fetchone()[0] == "7500ms"
+        finally:
+            conn.close()
+    finally:
+        store.close()
+
+
+# -- configuration -----------------------------------------------------------------------------
+
+
+def test_write_timeout_is_validated_against_the_milter_timeout():
+    assert load_settings(None).quarantine.write_timeout > 0
+    with pytest.raises(ConfigError, match="quarantine.write_timeout"):
+        load_settings(None, {"quarantine": {"write_timeout": 0}})
+    with pytest.raises(ConfigError, match="quarantine.write_timeout"):
+        load_settings(None, {"milter": {"timeout": 60, "message_deadline": 50.0},
+                             "quarantine": {"write_timeout": 10.0}})
+    settings = load_settings(None, {"milter": {"timeout": 60, "message_deadline": 40.0},
+                                    "quarantine": {"write_timeout": 15.0}})
+    assert settings.quarantine.write_timeout == 15.0
+
+
+# -- end to end --------------------------------------------------------------------------------
+
+
+@pytest.mark.postfix
+def test_postfix_sender_is_tempfailed_and_the_retry_is_stored_once(postfix, milter, tmp_path):
+    from mail import eicar_message
+
+    milter('[policy.inbound]\nmalware_action = "quarantine"\n[quarantine]\nwrite_timeout = 2.0\n')
+    qdir = tmp_path / "state" / "quarantine"
+    mid, raw = eicar_message()
+    locker = Locker(qdir / DB_NAME)
+    try:
+        started = time.monotonic()
+        code, text = postfix.send(raw)
+        elapsed = time.monotonic() - started
+    finally:
+        locker.release()
+    assert code == 451 and "incident MW-" in text
+    assert elapsed < 20.0 + 2.0 + COMMIT_GRACE            # message_deadline + write_timeout: before Postfix's 30 s
+    with SqliteStore(qdir) as store:
+        assert store.list(ListFilter(limit=100)) == []    # tempfailed, so not kept (the lock is gone now)
+        assert postfix.send(raw)[0] == 250                # the sender's retry...
+        stored = store.list(ListFilter(limit=100))
+        assert len(stored) == 1 and mid.encode() in store.read(stored[0].id)   # ...is kept once
+    assert postfix.delivered(mid, timeout=2) is None
+
+
+def test_postgresql_incident_sessions_commit_durably_with_a_statement_timeout(pg_cluster):
+    from mailward.incidents.store import PostgresIncidentStore
+    from pg_server import create_database
+
+    store = PostgresIncidentStore(create_database(pg_cluster.dsn), timeout=4.0)
+    try:
+        conn = store._connect()
+        try:
+            assert conn.execute("SHOW synchronous_commit").fetchone()[0] == "on"
+            assert conn.execute("SHOW statement_timeout").fetchone()[0] == "4s"
+        finally:
+            conn.close()
+    finally:
+        store.close()
