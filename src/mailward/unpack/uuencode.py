@@ -21,21 +21,35 @@ def has_uuencoded(data: bytes) -> bool:
 
 
 def unpack(data: bytes, name: str, allowance: Allowance) -> Unpacked:
+    """Decode every ``begin`` ... ``end`` block in one pass over ``data``.
+
+    A block runs to its ``end`` line, or to the next ``begin`` when the end is
+    missing: each byte is decoded at most once, however many unterminated
+    ``begin`` lines a hostile body repeats (searching for an end from every
+    begin was quadratic).
+    """
     out = Collector()
     meter = Meter(allowance, len(data))
-    for begin in _BEGIN.finditer(data):
+    begins = list(_BEGIN.finditer(data))
+    ends = iter(_END.finditer(data))
+    end = next(ends, None)
+    unterminated = 0
+    for index, begin in enumerate(begins):
         if len(out.members) >= allowance.members:
             out.stop(Stop.TOO_MANY, f"more than {allowance.members} uuencoded files")
             break
-        end = _END.search(data, begin.end())
-        body = data[begin.end():end.start() if end else len(data)]
+        while end is not None and end.start() < begin.end():
+            end = next(ends, None)
+        limit = begins[index + 1].start() if index + 1 < len(begins) else len(data)
+        closed = end is not None and end.start() < limit
         decoded = bytearray()
-        for line in body.splitlines():
+        for line in data[begin.end():end.start() if closed else limit].splitlines():
             decoded += _decode_line(line)
+        unterminated += not closed
         if not collect(out, meter, begin.group(1).decode("latin-1").strip(), bytes(decoded)):
             break
-        if end is None:
-            out.stop(Stop.CORRUPT, "uuencoded file without an end line")
+    if unterminated:
+        out.stop(Stop.CORRUPT, f"{unterminated} uuencoded file(s) without an end line")
     return out.result()
 
 
