@@ -108,3 +108,15 @@ def test_office_active_content_is_still_seen():
 def test_many_unclosed_script_tags_are_linear():
     result, seconds = timed(html_to_text, "<script>" * 200_000 + "<p>visible</p>")
     assert seconds < BOUND and "script" in result.tags
+
+
+def test_in_process_handler_stops_at_its_cpu_budget(unpacker):  # noqa: F811  (shared fixture)
+    """A handler that would decompress for long stops at its CPU allowance: unchecked for that object only."""
+    from mailward.unpack import Kind
+    from unpack_support import zipped
+
+    members = {f"m{i}.txt": bytes(range(256)) * 4096 for i in range(40)}        # 40 MiB of output
+    allowance = Allowance(bytes=256 << 20, members=1000, max_ratio=10_000, seconds=0.0)
+    result, seconds = timed(unpacker.unpack, Kind.ZIP, zipped(members), "big.zip", allowance)
+    assert [i.stop for i in result.incomplete] == [Stop.TIMEOUT]
+    assert len(result.members) == 1 and seconds < BOUND

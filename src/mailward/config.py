@@ -32,6 +32,7 @@ class MilterSettings:
     workers: int = 2                  # scanning processes; 0 scans in the milter process
     spool_threshold: int = 1 * MiB    # bodies above this go to a private temp file
     message_deadline: float = 60.0    # seconds a message may spend in the scanners
+    message_cpu: float = 30.0         # CPU seconds one message may use in a worker (RLIMIT_CPU); past it: unchecked
     timeout: int = 600                # libmilter's I/O timeout towards the MTA
 
 
@@ -425,6 +426,8 @@ def _check(settings: Settings, source: str) -> None:
         raise ConfigError(source, "milter.socket", "must start with unix:, inet: or inet6:")
     if settings.milter.workers < 0:
         raise ConfigError(source, "milter.workers", "must be 0 or more")
+    if not 1 <= settings.milter.message_cpu <= settings.milter.message_deadline:
+        raise ConfigError(source, "milter.message_cpu", "must be between 1 and milter.message_deadline seconds")
     if settings.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(source, "logging.level", "must be debug, info, warning or error")
 
