@@ -14,6 +14,7 @@ from .model import Allowance, Collector, Stop, Unpacked
 
 _BEGIN = re.compile(rb"^begin [0-7]{3,4} ([^\r\n]{1,255})\r?$", re.M)
 _END = re.compile(rb"^end\r?$", re.M)
+_UU_BYTES = bytes(range(32, 97)) + b"\r\n"
 
 
 def has_uuencoded(data: bytes) -> bool:
@@ -54,14 +55,21 @@ def unpack(data: bytes, name: str, allowance: Allowance) -> Unpacked:
 
 
 def _decode_line(line: bytes) -> bytes:
-    if not line.strip() or line.strip() == b"`":
+    stripped = line.strip()
+    if not stripped or stripped == b"`":
+        return b""
+    # a2b_uu refuses any byte outside its alphabet: check first, as raising per line of
+    # non-uuencoded filler costs several times the decoding itself.
+    if not line[1:].translate(None, _UU_BYTES):       # the first byte, a length, may be anything
+        try:
+            return binascii.a2b_uu(line)
+        except binascii.Error:
+            pass
+    # Some encoders pad lines short; decode as many bytes as the length character promises.
+    promised = line[:(((line[0] - 32) & 63) * 4 + 5) // 3]
+    if promised[1:].translate(None, _UU_BYTES):
         return b""
     try:
-        return binascii.a2b_uu(line)
+        return binascii.a2b_uu(promised)
     except binascii.Error:
-        # Some encoders pad lines short; decode as many bytes as the length character promises.
-        count = (((line[0] - 32) & 63) * 4 + 5) // 3
-        try:
-            return binascii.a2b_uu(line[:count])
-        except binascii.Error:
-            return b""
+        return b""
