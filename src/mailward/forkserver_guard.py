@@ -4,6 +4,6 @@ The forkserver runs nothing of ours otherwise; preloading this module is the
 one hook multiprocessing offers into that process (see ``ScanPool``).
 """
 
-from .lifetime import die_with_parent
+from .lifetime import exit_with_parent
 
-die_with_parent()
+exit_with_parent()

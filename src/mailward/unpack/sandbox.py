@@ -161,10 +161,8 @@ def _serve(memory: int, timeout: float) -> None:
     """
     import resource
 
-    from ..lifetime import die_with_parent
     from .handlers import HANDLERS
 
-    die_with_parent()
     # The worker's per-message CPU limit was inherited; this child has its own time limit.
     cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_hard, cpu_hard))
