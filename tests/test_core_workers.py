@@ -64,13 +64,22 @@ def test_reload_swaps_workers(pool, tmp_path):
 
 
 def test_a_scan_past_its_cpu_budget_is_unchecked_and_the_worker_replaced(tmp_path):
+    from unpack_support import message as with_attachments
+    from unpack_support import zipped
+
+    MiB = 1 << 20
     settings = load_settings(overrides={"state_dir": str(tmp_path), "reputation": {"enabled": False},
-                                        "milter": {"message_cpu": 1}})
+                                        "milter": {"message_cpu": 1},
+                                        "limits": {"max_ratio": 100_000, "min_unpack_budget": 600 * MiB,
+                                                   "max_unpack_budget": 600 * MiB}})
+    # 550 MB to inflate, hash and match: about 5 s of CPU, past the 1-2 s a budget of 1 s allows.
+    costly = with_attachments(attachments=[("a.zip", zipped({f"m{i}.txt": b"abcdefghij" * 5_000_000
+                                                              for i in range(11)}))])
     small = ScanPool(settings, 1)
     try:
         small.scan(message()[1], Envelope(), deadline=60)                   # warm: detectors loaded
         started = time.monotonic()
-        ev = small.scan(message(body="hello world " * 3_800_000)[1], Envelope(), deadline=60)   # ~45 MB of text
+        ev = small.scan(costly, Envelope(), deadline=60)
         assert [f.name for f in ev.findings] == ["scan-cpu-budget"]
         assert time.monotonic() - started < 20
         assert Category.MALWARE in {f.category for f in small.scan(eicar_message()[1], Envelope(), 60).findings}

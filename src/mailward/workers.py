@@ -64,7 +64,7 @@ def _worker_main(conn: Connection, settings: Settings) -> None:
         if inspector is None:
             conn.send(("error", failure))
             continue
-        _limit_cpu(settings.milter.message_cpu)
+        _limit_cpu(settings.milter.cpu_budget)
         try:
             raw = source.read_bytes() if isinstance(source, Path) else source
             conn.send(("ok", inspector.inspect(raw, envelope)))
@@ -178,7 +178,7 @@ class ScanPool:
             replace = True
             worker.process.join(timeout=2)
             if worker.process.exitcode == -signal.SIGXCPU:
-                cpu = self._settings.milter.message_cpu
+                cpu = self._settings.milter.cpu_budget
                 log.error("scan used more than %.0f s of CPU; worker %s stopped", cpu, worker.process.pid,
                           extra={"queue_id": envelope.queue_id, "connection_id": envelope.connection_id})
                 return _unchecked("scan-cpu-budget", f"scan used more than {cpu:.0f} s of CPU")
