@@ -196,3 +196,12 @@ def _running(pid: int) -> bool:
 def _command(pid: int) -> str:
     with open(f"/proc/{pid}/cmdline") as f:
         return f.read().replace("\0", " ")
+
+
+def test_cpu_budget_is_at_least_a_second_and_at_most_the_deadline(tmp_path):
+    from mailward.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="milter.message_cpu"):
+        load_settings(overrides={"state_dir": str(tmp_path), "milter": {"message_cpu": 0.5}})
+    capped = load_settings(overrides={"state_dir": str(tmp_path), "milter": {"message_deadline": 20}})
+    assert capped.milter.cpu_budget == 20
