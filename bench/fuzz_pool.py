@@ -86,7 +86,7 @@ class Run:
                 self.save.mkdir(parents=True, exist_ok=True)
                 (self.save / hashlib.sha256(raw).hexdigest()[:16]).write_bytes(raw)
         seconds = time.perf_counter() - t0
-        pids = [w.process.pid for w in list(self.pool._idle.queue)]
+        pids = self.pool.idle_pids()
         with self.lock:
             self.verdicts[verdict] += 1
             self.times.append(seconds)

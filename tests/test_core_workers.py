@@ -38,7 +38,7 @@ def test_deadline_overrun_is_unchecked_and_worker_replaced(pool):
 
 
 def test_dead_worker_is_reported_then_replaced(pool):
-    pids = [w.process.pid for w in list(pool._idle.queue)]
+    pids = pool.idle_pids()
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
     time.sleep(0.2)
@@ -55,9 +55,153 @@ def test_dead_worker_is_reported_then_replaced(pool):
 
 
 def test_reload_swaps_workers(pool, tmp_path):
-    before = {w.process.pid for w in list(pool._idle.queue)}
+    before = set(pool.idle_pids())
     settings = load_settings(overrides={"state_dir": str(tmp_path), "reputation": {"enabled": False}})
     pool.reload(settings)
-    after = {w.process.pid for w in list(pool._idle.queue)}
+    after = set(pool.idle_pids())
     assert before.isdisjoint(after)
     assert pool.scan(eicar_message()[1], Envelope(), deadline=60).findings
+
+
+def test_a_scan_past_its_cpu_budget_is_unchecked_and_the_worker_replaced(tmp_path):
+    from unpack_support import message as with_attachments
+    from unpack_support import zipped
+
+    MiB = 1 << 20
+    settings = load_settings(overrides={"state_dir": str(tmp_path), "reputation": {"enabled": False},
+                                        "milter": {"message_cpu": 1},
+                                        "limits": {"max_ratio": 100_000, "min_unpack_budget": 600 * MiB,
+                                                   "max_unpack_budget": 600 * MiB}})
+    # 550 MB to inflate, hash and match: about 5 s of CPU, past the 1-2 s a budget of 1 s allows.
+    costly = with_attachments(attachments=[("a.zip", zipped({f"m{i}.txt": b"abcdefghij" * 5_000_000
+                                                              for i in range(11)}))])
+    small = ScanPool(settings, 1)
+    try:
+        small.scan(message()[1], Envelope(), deadline=60)                   # warm: detectors loaded
+        started = time.monotonic()
+        ev = small.scan(costly, Envelope(), deadline=60)
+        assert [f.name for f in ev.findings] == ["scan-cpu-budget"]
+        assert time.monotonic() - started < 20
+        assert Category.MALWARE in {f.category for f in small.scan(eicar_message()[1], Envelope(), 60).findings}
+    finally:
+        small.close()
+
+
+def test_one_client_never_holds_every_worker_while_another_waits(pool):
+    """A burst of slow scans from one client takes turns; another client's mail goes through meanwhile."""
+    import threading
+
+    slow, clean = message(body="hello world " * 1_000_000)[1], message()[1]
+    burst, other = Envelope(client_address="192.0.2.66"), Envelope(client_address="198.51.100.7")
+    finished: dict[str, float] = {}
+    most_held = 0
+    done = threading.Event()
+
+    def send(key, raw, envelope):
+        pool.scan(raw, envelope, deadline=60)
+        finished[key] = time.monotonic()
+
+    def watch():
+        nonlocal most_held
+        while not done.is_set():
+            most_held = max(most_held, pool._busy.get("192.0.2.66", 0))
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    senders = [threading.Thread(target=send, args=(f"burst{i}", slow, burst)) for i in range(4)]
+    for t in senders:
+        t.start()
+    while not pool._busy.get("192.0.2.66"):                         # the burst holds a worker
+        time.sleep(0.005)
+    sent = time.monotonic()
+    send("clean", clean, other)
+    for t in senders:
+        t.join()
+    done.set()
+    watcher.join()
+    assert most_held == 1
+    assert finished["clean"] < max(finished[f"burst{i}"] for i in range(4))
+    assert finished["clean"] - sent < 10
+
+
+def test_workers_forkserver_and_tracker_exit_when_the_milter_is_killed(tmp_path):
+    """SIGKILL the process that owns a pool: a worker stuck mid-scan, the forkserver and the tracker go too."""
+    import subprocess
+    import sys
+    import textwrap
+
+    owner = textwrap.dedent(f"""
+        import threading, time
+        from mailward.config import load_settings
+        from mailward.envelope import Envelope
+        from mailward.workers import ScanPool
+        if __name__ == "__main__":
+            settings = load_settings(overrides={{"state_dir": {str(tmp_path)!r}, "reputation": {{"enabled": False}}}})
+            pool = ScanPool(settings, 2)
+            scans = [threading.Thread(target=pool.scan, args=(b"Subject: x\\r\\n\\r\\nhi\\r\\n", Envelope(client_address=c), 60))
+                     for c in ("192.0.2.1", "192.0.2.2")]
+            for s in scans: s.start()
+            for s in scans: s.join()
+            print("ready", flush=True)
+            time.sleep(600)
+    """)
+    script = tmp_path / "owner.py"
+    script.write_text(owner)
+    child = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        family = _descendants(child.pid)
+        commands = {pid: _command(pid) for pid in family}
+        assert any("resource_tracker" in c for c in commands.values())
+        assert sum("forkserver" in c for c in commands.values()) == 3          # the server and its two workers
+        worker = max(family)
+        os.kill(worker, signal.SIGSTOP)       # stands for a worker stuck in C code: it never reads its pipe
+    finally:
+        child.kill()
+        child.wait()
+    give_up = time.monotonic() + 10
+    while (alive := [pid for pid in family if _running(pid)]) and time.monotonic() < give_up:
+        time.sleep(0.05)
+    assert alive == [], {pid: commands[pid] for pid in alive}
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (stat := _stat(int(entry))):
+            children.setdefault(int(stat[1]), []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _stat(pid: int) -> list[str] | None:
+    """State and parent pid of ``pid`` from /proc (None once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[:2]
+    except OSError:
+        return None
+
+
+def _running(pid: int) -> bool:
+    stat = _stat(pid)
+    return stat is not None and stat[0] != "Z"
+
+
+def _command(pid: int) -> str:
+    with open(f"/proc/{pid}/cmdline") as f:
+        return f.read().replace("\0", " ")
+
+
+def test_cpu_budget_is_at_least_a_second_and_at_most_the_deadline(tmp_path):
+    from mailward.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="milter.message_cpu"):
+        load_settings(overrides={"state_dir": str(tmp_path), "milter": {"message_cpu": 0.5}})
+    capped = load_settings(overrides={"state_dir": str(tmp_path), "milter": {"message_deadline": 20}})
+    assert capped.milter.cpu_budget == 20

@@ -55,8 +55,8 @@ def fixture_seeds() -> list[bytes]:
 def worker_rss_mib(pool: ScanPool) -> float:
     """The largest resident size among the pool's idle workers."""
     sizes = []
-    for worker in list(pool._idle.queue):
-        status = Path(f"/proc/{worker.process.pid}/status").read_text()
+    for pid in pool.idle_pids():
+        status = Path(f"/proc/{pid}/status").read_text()
         sizes += [int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmRSS:")]
     return max(sizes)
 

@@ -32,6 +32,12 @@ class MilterSettings:
     workers: int = 2                  # scanning processes; 0 scans in the milter process
     spool_threshold: int = 1 * MiB    # bodies above this go to a private temp file
     message_deadline: float = 60.0    # seconds a message may spend in the scanners
+    message_cpu: float = 30.0         # CPU seconds one message may use in a worker (RLIMIT_CPU); past it: unchecked
+
+    @property
+    def cpu_budget(self) -> float:
+        """CPU seconds per message: never more than the deadline allows in wall time."""
+        return min(self.message_cpu, self.message_deadline)
     timeout: int = 600                # libmilter's I/O timeout towards the MTA
 
 
@@ -461,6 +467,8 @@ def _check(settings: Settings, source: str) -> None:
     if settings.milter.workers < 0:
         raise ConfigError(source, "milter.workers", "must be 0 or more")
     _check_clamav(settings.clamav, source)
+    if settings.milter.message_cpu < 1:
+        raise ConfigError(source, "milter.message_cpu", "must be at least 1 second")
     if settings.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(source, "logging.level", "must be debug, info, warning or error")
 

@@ -387,7 +387,8 @@ class _Expansion:
         allowance = Allowance(bytes=max(self.budget, 0),
                               members=max(self.limits.max_objects - len(self.objects) - pending, 0),
                               max_ratio=self.limits.max_ratio, ratio_floor=self.limits.ratio_floor,
-                              passwords=self.passwords.candidates() if kind is not Kind.TEXT else ())
+                              passwords=self.passwords.candidates() if kind is not Kind.TEXT else (),
+                              seconds=self.limits.parser_timeout)
         result = self.unpacker.unpack(kind, obj.data, obj.names[0] if obj.names else obj.path, allowance)
         self.budget -= result.produced
         self.problems.extend(_stopped(i, obj.path) for i in result.incomplete)

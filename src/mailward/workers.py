@@ -7,16 +7,25 @@ message deadline is killed and replaced on its own, and a reload swaps in
 workers built from the new settings while in-flight scans finish on the old
 ones. Workers start with ``forkserver`` because forking a process that already
 runs libmilter's threads is unsafe.
+
+Hostile mail must not starve everyone else: each scan runs under a CPU limit
+(``RLIMIT_CPU``: the kernel stops the worker even inside C code that never
+returns to Python), and waiting scans are served per client in round-robin,
+with no client holding every worker while another client waits.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
-import queue
+import os
+import resource
+import signal
 import threading
 import time
-from dataclasses import dataclass
+from collections import Counter, deque
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -24,11 +33,11 @@ from .config import Settings
 from .envelope import Envelope
 from .errors import MailwardError
 from .evidence import Category, Evidence, Finding, Severity
+from .lifetime import die_with_parent
 
 log = logging.getLogger(__name__)
 
 MessageSource = bytes | Path    # small messages travel as bytes, spooled ones as a private file path
-
 
 class ScanFailed(MailwardError):
     """A worker died or answered with an error; the milter applies on_error."""
@@ -39,6 +48,8 @@ def _worker_main(conn: Connection, settings: Settings) -> None:
     from .logs import configure_logging
     from .pipeline import Inspector
 
+    die_with_parent()
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))     # a core file would hold message content
     configure_logging(settings.logging)
     try:
         inspector = Inspector.from_settings(settings)
@@ -53,12 +64,25 @@ def _worker_main(conn: Connection, settings: Settings) -> None:
         if inspector is None:
             conn.send(("error", failure))
             continue
+        _limit_cpu(settings.milter.cpu_budget)
         try:
             raw = source.read_bytes() if isinstance(source, Path) else source
             conn.send(("ok", inspector.inspect(raw, envelope)))
         except Exception as exc:
             log.exception("scan failed", extra={"queue_id": envelope.queue_id})
             conn.send(("error", type(exc).__name__))
+
+
+def _limit_cpu(seconds: float) -> None:
+    """Let the next scan use ``seconds`` of CPU; past that the kernel's SIGXCPU ends this process.
+
+    The soft limit counts from the CPU this worker has already used; the hard
+    limit stays, so the parser sandbox started from here can lift the soft one.
+    """
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    soft = math.ceil(usage.ru_utime + usage.ru_stime + seconds)
+    hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+    resource.setrlimit(resource.RLIMIT_CPU, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
 
 
 @dataclass
@@ -76,21 +100,43 @@ class _Worker:
             self.process.join(timeout=5)
 
 
-class ScanPool:
-    """A fixed number of scanning processes shared by all milter threads."""
+@dataclass(eq=False)
+class _Ticket:
+    """One scan waiting for a worker in its client's lane."""
 
-    def __init__(self, settings: Settings, size: int, start_method: str = "forkserver"):
+    client: str
+    worker: _Worker | None = None
+    granted: threading.Event = field(default_factory=threading.Event)
+
+
+class ScanPool:
+    """A fixed number of scanning processes shared fairly by all milter threads.
+
+    Scans wait in one lane per client address. A free worker goes to the next
+    lane in round-robin order, so a burst from one client takes turns with
+    everyone else, and a client never holds more than ``client_share``
+    workers (all but one, by default) while it has others in flight.
+    """
+
+    def __init__(self, settings: Settings, size: int, start_method: str = "forkserver",
+                 client_share: int | None = None):
         if size < 1:
             raise ValueError("a scan pool needs at least one worker")
         self._ctx = multiprocessing.get_context(start_method)
+        if start_method == "forkserver":
+            self._ctx.set_forkserver_preload([f"{__package__}.forkserver_guard"])
         self._size = size
+        self._share = client_share or max(1, size - 1)
         self._settings = settings
         self._generation = 0
         self._lock = threading.Lock()
-        self._idle: queue.Queue[_Worker] = queue.Queue()
+        self._returned = threading.Condition(self._lock)
+        self._idle: list[_Worker] = []
+        self._lanes: dict[str, deque[_Ticket]] = {}     # waiting scans per client; dict order is the turn
+        self._busy: Counter[str] = Counter()              # scans in flight per client
         self._closed = False
         for _ in range(size):
-            self._idle.put(self._spawn())
+            self._idle.append(self._spawn())
 
     def _spawn(self) -> _Worker:
         parent, child = self._ctx.Pipe()
@@ -105,23 +151,24 @@ class ScanPool:
         with self._lock:
             self._settings = settings
             self._generation += 1
-            stale = []
-            while True:
-                try:
-                    stale.append(self._idle.get_nowait())
-                except queue.Empty:
-                    break
+            stale, self._idle = self._idle, []
             for worker in stale:
                 worker.stop()
-                self._idle.put(self._spawn())
+                self._idle.append(self._spawn())
+            self._dispatch()
+
+    def idle_pids(self) -> list[int]:
+        """Process IDs of the workers waiting for a scan (for memory figures and process checks)."""
+        with self._lock:
+            return [worker.process.pid for worker in self._idle if worker.process.pid is not None]
 
     def scan(self, source: MessageSource, envelope: Envelope, deadline: float) -> Evidence:
-        """Inspect one message in a worker; a deadline overrun is evidence, a crash raises."""
+        """Inspect one message in a worker; a deadline or CPU overrun is evidence, a crash raises."""
         started = time.monotonic()
-        try:
-            worker = self._idle.get(timeout=deadline)
-        except queue.Empty:
-            return _deadline_evidence("no scanning process became free in time")
+        ticket = self._acquire(envelope.client_address, deadline)
+        if ticket is None:
+            return _unchecked("scan-deadline", "no scanning process became free in time")
+        worker = ticket.worker
         replace = False
         try:
             worker.conn.send((source, envelope))
@@ -130,36 +177,90 @@ class ScanPool:
                 replace = True
                 log.error("scan exceeded the %.0f s deadline; worker %s killed", deadline, worker.process.pid,
                           extra={"queue_id": envelope.queue_id, "connection_id": envelope.connection_id})
-                return _deadline_evidence(f"scan exceeded {deadline:.0f} s")
+                return _unchecked("scan-deadline", f"scan exceeded {deadline:.0f} s")
             status, payload = worker.conn.recv()
         except (EOFError, OSError, BrokenPipeError) as exc:
             replace = True
+            worker.process.join(timeout=2)
+            if worker.process.exitcode == -signal.SIGXCPU:
+                cpu = self._settings.milter.cpu_budget
+                log.error("scan used more than %.0f s of CPU; worker %s stopped", cpu, worker.process.pid,
+                          extra={"queue_id": envelope.queue_id, "connection_id": envelope.connection_id})
+                return _unchecked("scan-cpu-budget", f"scan used more than {cpu:.0f} s of CPU")
             raise ScanFailed(f"scanning process {worker.process.pid} died: {type(exc).__name__}") from exc
         finally:
-            self._release(worker, replace)
+            self._release(ticket, replace)
         if status != "ok":
             raise ScanFailed(f"scanning process reported {payload}")
         return payload
 
-    def _release(self, worker: _Worker, broken: bool) -> None:
+    def _acquire(self, client: str, timeout: float) -> _Ticket | None:
+        """Wait in ``client``'s lane for a worker; None when none came within ``timeout``."""
+        ticket = _Ticket(client)
         with self._lock:
             if self._closed:
+                raise ScanFailed("the scan pool is closed")
+            self._lanes.setdefault(client, deque()).append(ticket)
+            self._dispatch()
+        if ticket.granted.wait(timeout):
+            if ticket.worker is None:
+                raise ScanFailed("the scan pool closed")
+            return ticket
+        with self._lock:
+            if ticket.worker is None:
+                lane = self._lanes.get(client, deque())
+                if ticket in lane:
+                    lane.remove(ticket)
+                if not lane:
+                    self._lanes.pop(client, None)
+                return None
+        self._release(ticket, broken=False)             # granted just as the wait timed out: give it back
+        return None
+
+    def _dispatch(self) -> None:
+        """Hand idle workers to waiting lanes in turn (caller holds the lock)."""
+        while self._idle and not self._closed:
+            for client, lane in self._lanes.items():
+                if self._busy[client] < self._share:
+                    break
+            else:
+                return                              # every waiting client already holds its share
+            ticket = lane.popleft()
+            del self._lanes[client]                 # to the back of the turn order
+            if lane:
+                self._lanes[client] = lane
+            self._busy[client] += 1
+            ticket.worker = self._idle.pop()
+            ticket.granted.set()
+
+    def _release(self, ticket: _Ticket, broken: bool) -> None:
+        worker = ticket.worker
+        with self._lock:
+            self._busy[ticket.client] -= 1
+            if not self._busy[ticket.client]:
+                del self._busy[ticket.client]
+            if self._closed:
                 worker.stop()
+                self._returned.notify_all()
                 return
             if broken or worker.generation != self._generation or not worker.process.is_alive():
                 worker.stop()
                 worker = self._spawn()
-            self._idle.put(worker)
+            self._idle.append(worker)
+            self._dispatch()
 
     def close(self) -> None:
+        """Stop every worker; scans in flight get up to 10 s to finish."""
         with self._lock:
             self._closed = True
-            for _ in range(self._size):
-                try:
-                    self._idle.get(timeout=10).stop()
-                except queue.Empty:
-                    break
+            for ticket in (t for lane in self._lanes.values() for t in lane):
+                ticket.granted.set()            # wakes waiters; they find no worker and give up
+            self._lanes.clear()
+            self._returned.wait_for(lambda: not self._busy, timeout=10)
+            idle, self._idle = self._idle, []
+        for worker in idle:
+            worker.stop()
 
 
-def _deadline_evidence(detail: str) -> Evidence:
-    return Evidence(findings=(Finding(Category.UNCHECKED, "scan-deadline", Severity.HIGH, "pool", "", detail),))
+def _unchecked(check: str, detail: str) -> Evidence:
+    return Evidence(findings=(Finding(Category.UNCHECKED, check, Severity.HIGH, "pool", "", detail),))

@@ -92,12 +92,19 @@ def html_to_text(markup: str) -> HtmlText:
 
 
 def _without_unread_content(markup: str) -> tuple[str, set[str]]:
-    """``markup`` minus script/style/noscript/xml content (their tags stay), and which of them occurred."""
+    """``markup`` minus script/style/noscript/xml content (their tags stay), and which of them occurred.
+
+    Once a closing tag was not found, it is not looked for again: many
+    unclosed ``<script`` tags would each rescan the rest of the markup.
+    """
     kept, names, pos = [], set(), 0
+    unclosed: set[str] = set()
     while (start := _SKIPPED.search(markup, pos)) is not None:
         name = start.group(1).lower()
         names.add(name)
-        end = _END_OF[name].search(markup, start.end())
+        end = None if name in unclosed else _END_OF[name].search(markup, start.end())
+        if end is None:
+            unclosed.add(name)
         kept.append(markup[pos:start.start()])
         pos = end.start() if end is not None else start.end()
     kept.append(markup[pos:])

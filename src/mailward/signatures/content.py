@@ -50,8 +50,16 @@ _DELIVER = re.compile(rb"\.download\s*=|download\s*=|setAttribute\s*\(\s*[\"']do
 # near-miss runs from every position (quadratic on hostile pages).
 _RUNS = re.compile(rb"[A-Za-z0-9+/]{64,}|(?:[0-9a-fA-F]{2}[,\s]?){32,}|(?:\d{1,3}\s*,\s*){32,}")
 PAYLOAD_MIN = 4000
-_DATA_URI_DOWNLOAD = re.compile(rb"<a\b[^>]{0,400}\bhref\s*=\s*[\"']?data:(?!image/)[\w.+-]+/[\w.+-]+[^\"'>]{0,100};base64,"
-                                rb"[A-Za-z0-9+/]{2000,}[^>]{0,400}\bdownload\b", re.I)
+# A download link that carries its file as a data: URI. Matched by hand, tag by tag: one regex
+# spanning "<a ... href=data:...;base64,RUN ... download" backtracked through every position of a
+# long run without "download" (400 KB took 20 s). Every piece below is bounded or consumed once.
+_ANCHOR_OPEN = re.compile(rb"<a\b", re.I)
+_DATA_HREF = re.compile(rb"\bhref\s*=\s*[\"']?data:(?!image/)[\w.+-]{1,127}/[\w.+-]{1,127}[^\"'>]{0,100};base64,", re.I)
+_BASE64_RUN = re.compile(rb"[A-Za-z0-9+/]*")
+_DOWNLOAD = re.compile(rb"\bdownload\b", re.I)
+_ANCHOR_PREFIX = 400       # attributes before href that still count as the same link
+_AFTER_PAYLOAD = 400       # attributes after the payload where "download" is looked for
+DATA_URI_MIN = 2000
 
 
 def weigh(observation: Observation) -> tuple[Category, str, Severity]:
@@ -65,10 +73,33 @@ def weigh(observation: Observation) -> tuple[Category, str, Severity]:
 
 def is_html_smuggling(data: bytes) -> bool:
     head = data[:_MARKUP_SCAN]
-    if _DATA_URI_DOWNLOAD.search(head):
+    if has_data_uri_download(head):
         return True
     return bool(b"<script" in head.lower() and _BLOB.search(head) and _DECODE.search(head)
                 and _DELIVER.search(head) and any(m.end() - m.start() >= PAYLOAD_MIN for m in _RUNS.finditer(head)))
+
+
+def has_data_uri_download(head: bytes) -> bool:
+    """An ``<a href="data:TYPE;base64,...">`` with a long payload and a ``download`` attribute.
+
+    Each tag (from ``<a`` to the next ``>``) is read once; the search resumes
+    after it, so text without a closing ``>`` is not rescanned from every ``<a``.
+    """
+    position = 0
+    while (opening := _ANCHOR_OPEN.search(head, position)) is not None:
+        close = head.find(b">", opening.end())
+        tag_end = close if close >= 0 else len(head)
+        cursor = opening.end()
+        while (href := _DATA_HREF.search(head, cursor, tag_end)) is not None:
+            if href.start() - opening.end() > _ANCHOR_PREFIX:
+                break
+            run_end = _BASE64_RUN.match(head, href.end(), tag_end).end()
+            if run_end - href.end() >= DATA_URI_MIN and \
+                    _DOWNLOAD.search(head, run_end, min(tag_end, run_end + _AFTER_PAYLOAD)):
+                return True
+            cursor = max(run_end, href.end())
+        position = tag_end + 1
+    return False
 
 
 @dataclass(frozen=True)

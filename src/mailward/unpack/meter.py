@@ -1,12 +1,14 @@
 """Count real output bytes while unpacking, never what a header claims.
 
 A handler reads every member through one :class:`Meter`; the meter stops the
-read as soon as the message's remaining budget or the compression ratio limit
-is crossed, so a bomb costs at most its allowance, whatever its headers say.
+read as soon as the message's remaining budget, the compression ratio limit or
+the call's CPU time is crossed, so a bomb costs at most its allowance, whatever
+its headers say.
 """
 
 from __future__ import annotations
 
+import time
 from typing import BinaryIO
 
 from .model import Allowance, Collector, Incomplete, Member, MemberState, Stop
@@ -19,6 +21,7 @@ class Meter:
         self.allowance = allowance
         self.input_size = max(input_size, 1)
         self.produced = 0
+        self.cpu_limit = time.process_time() + allowance.seconds
 
     @property
     def remaining(self) -> int:
@@ -34,6 +37,8 @@ class Meter:
             return Incomplete(Stop.RATIO, f"member expands beyond {ratio}:1 ({member_in} bytes in)")
         if self.produced > floor and self.produced > ratio * self.input_size:
             return Incomplete(Stop.RATIO, f"container expands beyond {ratio}:1 ({self.input_size} bytes in)")
+        if time.process_time() > self.cpu_limit:
+            return Incomplete(Stop.TIMEOUT, f"handler used more than {self.allowance.seconds:g}s of CPU")
         return None
 
     def read(self, stream: BinaryIO, member_in: int | None = None) -> tuple[bytes, Incomplete | None]:

@@ -20,7 +20,7 @@ class Stop(str, Enum):
     ENCRYPTED = "encrypted"              # no password candidate opened it
     CORRUPT = "corrupt"                  # the parser rejected the data
     OVERLAP = "overlapping-entries"      # zip entries share bytes: a bomb construction
-    TIMEOUT = "parser-timeout"           # the sandboxed parser ran past its time limit
+    TIMEOUT = "parser-timeout"           # a parser ran past its time (sandbox) or CPU (meter) limit
     CRASH = "parser-crash"               # the sandboxed parser died (signal, memory limit)
     UNSUPPORTED = "unsupported"          # a format or method we cannot open
 
@@ -80,6 +80,7 @@ class Allowance:
     max_ratio: int = 200
     ratio_floor: int = 1024 * 1024
     passwords: tuple[str, ...] = ()
+    seconds: float = 10.0           # CPU time of this call, far below the message deadline
 
 
 @dataclass(frozen=True)

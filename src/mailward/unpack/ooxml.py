@@ -13,12 +13,18 @@ from dataclasses import replace
 
 from .model import Fact, Member, Observation, Unpacked
 
-_EXTERNAL_REL = re.compile(
-    rb'<Relationship\b(?=[^>]*TargetMode="External")(?=[^>]*Type="[^"]*/(attachedTemplate|oleObject|frame|subDocument)")'
-    rb'[^>]*Target="([^"]{1,300})"', re.I)
-_INSTR = re.compile(rb'<w:instrText[^>]*>([^<]*)</w:instrText>|w:instr="([^"]*)"', re.I)
+# Attribute runs are [^<>]*, never [^>]*: a run that may cross "<" makes every unterminated
+# "<Relationship" rescan the rest of the part (quadratic on a crafted part). Inside one tag the
+# attributes are looked up one by one: two unbounded runs in one pattern backtrack over each other.
+_RELATIONSHIP = re.compile(rb"<Relationship\b[^<>]*", re.I)
+_EXTERNAL_MODE = re.compile(rb'TargetMode="External"', re.I)
+_RISKY_TYPE = re.compile(rb'\bType="[^"<>]*/(attachedTemplate|oleObject|frame|subDocument)"', re.I)
+_TARGET = re.compile(rb'\bTarget="([^"]{1,300})"', re.I)
+_INSTR = re.compile(rb'<w:instrText[^<>]*>([^<]*)</w:instrText>|w:instr="([^"]*)"', re.I)
 _DDE = re.compile(r'(?:^|[\s"{])(DDE(?:AUTO)?\s.{0,200})', re.I | re.S)
-_EXCEL_DDE = re.compile(rb'<ddeLink\b[^>]*ddeService="([^"]{0,100})"[^>]*ddeTopic="([^"]{0,200})"', re.I)
+_DDE_LINK = re.compile(rb"<ddeLink\b[^<>]*", re.I)
+_DDE_SERVICE = re.compile(rb'ddeService="([^"]{0,100})"', re.I)
+_DDE_TOPIC = re.compile(rb'ddeTopic="([^"]{0,200})"', re.I)
 _REMOTE = re.compile(rb"^(https?:|\\\\|//|file:)", re.I)
 # XLM (Excel 4) functions that run programs, call DLLs or fetch and write files.
 XLM_CALL = re.compile(rb"\b(EXEC|CALL|REGISTER|URLDownloadToFile|SHELL|RUN|FOPEN|FWRITE)\s*\(", re.I)
@@ -32,7 +38,7 @@ def observe(members: list[Member]) -> list[Observation]:
     for member in members:
         lower = member.name.lower()
         if lower.endswith(".rels"):
-            for rel_type, target in _EXTERNAL_REL.findall(member.data):
+            for rel_type, target in _external_relationships(member.data):
                 if _REMOTE.match(target.strip()):
                     found.append(Observation(Fact.REMOTE_TEMPLATE, f"{rel_type.decode()} -> {target.decode(errors='replace')}"))
         elif lower.startswith("word/") and lower.endswith(".xml"):
@@ -45,8 +51,29 @@ def observe(members: list[Member]) -> list[Observation]:
             if calls:
                 found.append(Observation(Fact.XLM_SUSPICIOUS, f"{member.name}: {', '.join(calls)}"))
         elif lower.startswith("xl/externallinks/"):
-            for service, topic in _EXCEL_DDE.findall(member.data):
+            for service, topic in _dde_links(member.data):
                 found.append(Observation(Fact.DDE_LINK, f"{service.decode(errors='replace')}|{topic.decode(errors='replace')}"))
+    return found
+
+
+def _external_relationships(part: bytes) -> list[tuple[bytes, bytes]]:
+    """(type, target) of each external relationship of a risky type."""
+    found = []
+    for tag in _RELATIONSHIP.finditer(part):
+        text = tag.group()
+        kind, target = _RISKY_TYPE.search(text), _TARGET.search(text)
+        if kind and target and _EXTERNAL_MODE.search(text):
+            found.append((kind.group(1), target.group(1)))
+    return found
+
+
+def _dde_links(part: bytes) -> list[tuple[bytes, bytes]]:
+    """(service, topic) of each Excel DDE link."""
+    found = []
+    for tag in _DDE_LINK.finditer(part):
+        service, topic = _DDE_SERVICE.search(tag.group()), _DDE_TOPIC.search(tag.group())
+        if service and topic:
+            found.append((service.group(1), topic.group(1)))
     return found
 
 

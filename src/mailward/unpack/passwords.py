@@ -24,6 +24,7 @@ def password_candidates(texts: list[str], limit: int) -> tuple[str, ...]:
         if len(found) >= limit:
             break
         plain = html.unescape(_TAGS.sub(" ", text)) if "<" in text else text
+        plain = " ".join(plain.split())     # the pattern's three \s* would backtrack cubically over a long run
         for match in _AFTER_KEYWORD.finditer(plain):
             word = match.group(1).rstrip(_TRAILING)
             if len(word) >= 3 and word.lower() not in ("the", "for", "this", "below", "attached", "is"):

@@ -72,7 +72,7 @@ def unpack(data: bytes, name: str, allowance: Allowance) -> Unpacked:
         out.members.append(Member(info.filename, content, state))
         if problem is not None:
             out.incomplete.append(problem)
-            if problem.stop in (Stop.BUDGET, Stop.RATIO):
+            if problem.stop in (Stop.BUDGET, Stop.RATIO, Stop.TIMEOUT):
                 break
     if locked:
         out.stop(Stop.ENCRYPTED, f"{locked} encrypted member(s), no password candidate fits")

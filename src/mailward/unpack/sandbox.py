@@ -53,7 +53,7 @@ class Sandbox:
             request = {"kind": kind.value, "name": name,
                        "allowance": {"bytes": allowance.bytes, "members": allowance.members,
                                      "max_ratio": allowance.max_ratio, "ratio_floor": allowance.ratio_floor,
-                                     "passwords": list(allowance.passwords)}}
+                                     "passwords": list(allowance.passwords), "seconds": allowance.seconds}}
             deadline = time.monotonic() + self.timeout
             try:
                 write_frame(process.stdin, request, [data])
@@ -162,6 +162,10 @@ def _serve(memory: int, timeout: float) -> None:
     import resource
 
     from .handlers import HANDLERS
+
+    # The worker's per-message CPU limit was inherited; this child has its own time limit.
+    cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_hard, cpu_hard))
 
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(os.open(os.devnull, os.O_WRONLY), 1)          # libraries that print must not corrupt the frames

@@ -58,7 +58,7 @@ def unpack(data: bytes, name: str, allowance: Allowance) -> Unpacked:
             continue
         out.members.append(Member(info.filename, content, MemberState.TRUNCATED))
         out.incomplete.append(problem)
-        if problem.stop in (Stop.BUDGET, Stop.RATIO):
+        if problem.stop in (Stop.BUDGET, Stop.RATIO, Stop.TIMEOUT):
             break
     if encrypted.locked:
         out.stop(Stop.ENCRYPTED, f"{encrypted.locked} encrypted member(s), no password candidate fits")
