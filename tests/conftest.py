@@ -62,3 +62,14 @@ level = "info"
     yield start
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def service_user():
+    """A system user for the milter to run as, shared by the tests that need one."""
+    from harness.service import ensure_service_user, remove_service_user
+
+    entry, created = ensure_service_user()
+    yield entry
+    if created:
+        remove_service_user()

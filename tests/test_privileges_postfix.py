@@ -6,41 +6,21 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 from harness.postfix import wait_for
+from harness.service import SERVICE_USER, interpreter_reachable, run_cli
 from mail import gtube_message, message
 from mailward.config import load_settings
 from mailward.privileges import service_account
-from real_parts import require
 
 pytestmark = pytest.mark.postfix
 
-SERVICE_USER = "mailward-svc"
 TRAINING = Path(__file__).parent / "fixtures" / "training" / "layout"
-
-
-@pytest.fixture(scope="module")
-def service_user():
-    require(os.geteuid() == 0 and shutil.which("useradd") is not None, "creating a service user needs root")
-    created = False
-    try:
-        entry = pwd.getpwnam(SERVICE_USER)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin",
-                        SERVICE_USER], check=True, capture_output=True)
-        entry, created = pwd.getpwnam(SERVICE_USER), True
-    yield entry
-    if created:
-        subprocess.run(["userdel", SERVICE_USER], capture_output=True)
 
 
 @pytest.fixture
@@ -49,34 +29,6 @@ def base():
     os.chmod(path, 0o755)
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-def interpreter_reachable(base: Path) -> tuple[str, ...]:
-    """A command prefix under which a service user can run this Python.
-
-    Here the interpreter may live under /root (mode 0700, e.g. pyenv), which no
-    service user can enter. Rather than change /root, the process gets a private
-    mount namespace in which /root is a 0755 directory holding only a bind of
-    the interpreter's tree; the host's mounts are untouched.
-    """
-    interpreter = Path(sys.executable).resolve()
-    if interpreter.parts[:2] != ("/", "root"):
-        return ()
-    require(shutil.which("unshare") is not None, "unshare (util-linux) is needed to run Python from /root")
-    top = interpreter.parts[2]
-    shadow = base / "root-shadow"
-    (shadow / top).mkdir(parents=True, exist_ok=True)
-    os.chmod(shadow, 0o755)
-    script = f'mount --bind "/root/{top}" "{shadow}/{top}" && mount --rbind "{shadow}" /root && exec "$@"'
-    return ("unshare", "--mount", "sh", "-c", script, "sh")
-
-
-def run_cli(prefix: tuple[str, ...], config: Path, *argv: str) -> subprocess.CompletedProcess:
-    """`mailward` as its own root process (the drop must never happen inside the test process)."""
-    done = subprocess.run([*prefix, sys.executable, "-m", "mailward.cli.main", "--config", str(config), *argv],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    return done
 
 
 def test_root_cli_leaves_state_to_the_service_user_and_the_milter_keeps_scanning(postfix, service_user, base):

@@ -104,6 +104,10 @@ minimal_backoff_time = 1s
         pf._postconf("-F", "*/*/chroot = n")
         return pf
 
+    def configure(self, *assignments: str) -> None:
+        """Set main.cf parameters (``name = value``) before :meth:`start`."""
+        self._postconf("-e", *assignments)
+
     def _postconf(self, *args: str) -> None:
         subprocess.run(["postconf", "-c", str(self.conf), *args], check=True, capture_output=True)
 
