@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+import threading
 import time
 from dataclasses import dataclass, replace
 from typing import Callable, Protocol
@@ -54,6 +55,9 @@ class Outcome:
     quarantine_failed: bool = False  # the store refused a message the policy quarantined
     released_from: str = ""          # quarantine ID when an analyst released this very message
     alert_of: str = ""               # incident ID when this is Mailward's own (marked) alert about it
+
+
+WATCH_BUDGET = 1.0      # seconds the reply waits for incident response (counters, alerts)
 
 
 class Screener:
@@ -106,12 +110,34 @@ class Screener:
         outcome = Outcome(envelope, verdict, evidence, size, quarantine_id, error, time.perf_counter() - started,
                           store_failed, released_from, alert_of)
         if self._watch is not None:
+            self._observe(outcome)
+        return outcome
+
+    def _observe(self, outcome: Outcome) -> None:
+        """Let incident response see the outcome, waiting for it at most :data:`WATCH_BUDGET`.
+
+        The verdict is final (and a quarantined message stored) before this;
+        counting and alerting never change it. A stalled incident database
+        must not hold the reply past the MTA's milter timeout either, or the
+        MTA would tempfail a message that is already stored and its retry
+        would be kept twice: so the watch runs on its own thread and a slow
+        one finishes in the background.
+        """
+        envelope = outcome.envelope
+        extra = {"queue_id": envelope.queue_id, "connection_id": envelope.connection_id}
+
+        def observe() -> None:
             try:
                 self._watch.observe(outcome)
             except Exception:   # counting and alerting never change what happens to the message
-                log.exception("incident response failed", extra={"queue_id": envelope.queue_id,
-                                                                   "connection_id": envelope.connection_id})
-        return outcome
+                log.exception("incident response failed", extra=extra)
+
+        watcher = threading.Thread(target=observe, name="observe", daemon=True)
+        watcher.start()
+        watcher.join(WATCH_BUDGET)
+        if watcher.is_alive():
+            log.warning("incident response is slow (over %.1f s); replying without waiting for it", WATCH_BUDGET,
+                        extra=extra)
 
     def _keep_sample(self, source: MessageSource, envelope: Envelope, verdict: Verdict, evidence: Evidence) -> str:
         """Rejected malware stays in the quarantine as a sample (status ``rejected``) for analysts.
