@@ -61,3 +61,13 @@ def test_reload_swaps_workers(pool, tmp_path):
     after = {w.process.pid for w in list(pool._idle.queue)}
     assert before.isdisjoint(after)
     assert pool.scan(eicar_message()[1], Envelope(), deadline=60).findings
+
+
+def test_a_reload_whose_workers_cannot_load_keeps_the_old_ones(pool, tmp_path):
+    before = {w.process.pid for w in list(pool._idle.queue)}
+    broken = load_settings(overrides={"state_dir": str(tmp_path), "reputation": {"enabled": False},
+                                      "signatures": {"rules_dirs": [str(tmp_path / "missing")]}})
+    with pytest.raises(ScanFailed, match="could not load"):
+        pool.reload(broken)
+    assert {w.process.pid for w in list(pool._idle.queue)} == before
+    assert Category.MALWARE in {f.category for f in pool.scan(eicar_message()[1], Envelope(), deadline=60).findings}

@@ -40,11 +40,16 @@ def _worker_main(conn: Connection, settings: Settings) -> None:
     from .pipeline import Inspector
 
     configure_logging(settings.logging)
+    failure = ""
     try:
         inspector = Inspector.from_settings(settings)
     except Exception as exc:  # reported to the parent with every request instead of dying silently
         log.exception("worker could not load its detectors")
         inspector, failure = None, f"{type(exc).__name__}: {exc}"
+    try:
+        conn.send(("loaded", failure))        # the pool hands out only workers that said so
+    except (OSError, BrokenPipeError):
+        return
     while True:
         try:
             source, envelope = conn.recv()
@@ -77,7 +82,14 @@ class _Worker:
 
 
 class ScanPool:
-    """A fixed number of scanning processes shared by all milter threads."""
+    """A fixed number of scanning processes shared by all milter threads.
+
+    Only loaded workers are handed out: a new worker (first start, replacement,
+    reload) is idle only after it reported its detectors loaded, so no scan
+    waits behind a model or rules load.
+    """
+
+    LOAD_TIMEOUT = 300.0      # seconds a new worker may take to load rules and model
 
     def __init__(self, settings: Settings, size: int, start_method: str = "forkserver"):
         if size < 1:
@@ -89,31 +101,74 @@ class ScanPool:
         self._lock = threading.Lock()
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self._closed = False
-        for _ in range(size):
-            self._idle.put(self._spawn())
+        for worker in self._start_loaded(settings, 0):
+            self._idle.put(worker)
 
-    def _spawn(self) -> _Worker:
+    def _spawn(self, settings: Settings, generation: int) -> _Worker:
         parent, child = self._ctx.Pipe()
-        process = self._ctx.Process(target=_worker_main, args=(child, self._settings),
+        process = self._ctx.Process(target=_worker_main, args=(child, settings),
                                     name="mailward-scan", daemon=True)
         process.start()
         child.close()
-        return _Worker(process, parent, self._generation)
+        return _Worker(process, parent, generation)
+
+    def _loaded(self, worker: _Worker) -> str:
+        """Wait for a new worker's load report: "" when its detectors loaded, else why not."""
+        try:
+            if not worker.conn.poll(self.LOAD_TIMEOUT):
+                return f"did not load within {self.LOAD_TIMEOUT:.0f} s"
+            _status, failure = worker.conn.recv()
+            return failure
+        except (EOFError, OSError) as exc:
+            return f"died while loading ({type(exc).__name__})"
+
+    def _start_loaded(self, settings: Settings, generation: int) -> list[_Worker]:
+        """``size`` workers for ``settings``, loaded side by side; ScanFailed if any cannot load."""
+        workers = [self._spawn(settings, generation) for _ in range(self._size)]
+        failures = [failure for failure in map(self._loaded, workers) if failure]
+        if failures:
+            for worker in workers:
+                worker.stop()
+            raise ScanFailed(f"scanning processes could not load: {failures[0]}")
+        return workers
 
     def reload(self, settings: Settings) -> None:
-        """Serve new scans with workers built from ``settings``; busy workers retire when done."""
+        """Serve new scans with workers built from ``settings``, once all of them have loaded.
+
+        The old workers serve until then; if the new ones cannot load, ScanFailed
+        is raised and the old ones stay. Busy old workers retire when done.
+        """
         with self._lock:
-            self._settings = settings
-            self._generation += 1
+            generation = self._generation + 1
+        fresh = self._start_loaded(settings, generation)
+        with self._lock:
+            if self._closed:
+                for worker in fresh:
+                    worker.stop()
+                return
+            self._settings, self._generation = settings, generation
             stale = []
             while True:
                 try:
                     stale.append(self._idle.get_nowait())
                 except queue.Empty:
                     break
-            for worker in stale:
+            for worker in fresh:
+                self._idle.put(worker)
+        for worker in stale:
+            worker.stop()
+
+    def _replace(self, settings: Settings, generation: int) -> None:
+        """Start a worker in place of a broken one; it joins the idle set once loaded."""
+        worker = self._spawn(settings, generation)
+        failure = self._loaded(worker)
+        if failure:     # it answers every scan with an error: on_error applies, nothing passes unchecked
+            log.error("replacement scanning process could not load: %s", failure)
+        with self._lock:
+            if self._closed or generation != self._generation:
                 worker.stop()
-                self._idle.put(self._spawn())
+                return
+            self._idle.put(worker)
 
     def scan(self, source: MessageSource, envelope: Envelope, deadline: float) -> Evidence:
         """Inspect one message in a worker; a deadline overrun is evidence, a crash raises."""
@@ -143,13 +198,17 @@ class ScanPool:
 
     def _release(self, worker: _Worker, broken: bool) -> None:
         with self._lock:
-            if self._closed:
-                worker.stop()
-                return
-            if broken or worker.generation != self._generation or not worker.process.is_alive():
-                worker.stop()
-                worker = self._spawn()
-            self._idle.put(worker)
+            if self._closed or worker.generation != self._generation:
+                retire = True       # closed, or a reload already started its successor
+            elif broken or not worker.process.is_alive():
+                retire = True
+                threading.Thread(target=self._replace, args=(self._settings, self._generation),
+                                 name="mailward-scan-replace", daemon=True).start()
+            else:
+                retire = False
+                self._idle.put(worker)
+        if retire:
+            worker.stop()
 
     def close(self) -> None:
         with self._lock:
