@@ -151,3 +151,23 @@ def test_a_reload_whose_rules_directory_vanished_keeps_the_running_workers(tmp_p
         assert proc.proc.poll() is None
     finally:
         proc.stop()
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run_milter_check(tmp_path: Path, path: Path) -> str:
+    env = {**os.environ, "MAILWARD_SKIP_SETUP": "1", "MAILWARD_VENV": str(Path(sys.executable).parent.parent),
+           "MAILWARD_STATE_DIR": str(tmp_path / "script-default")}
+    result = subprocess.run([str(ROOT / "scripts" / "run-milter"), "--config", str(path), "--check"],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_run_milter_keeps_the_configuration_files_state_dir(tmp_path):
+    """The CLI reads the file's state_dir; the script's default must not send the milter elsewhere."""
+    path = config(tmp_path)
+    assert f"state_dir {tmp_path / 'state'}," in _run_milter_check(tmp_path, path)
+    path.write_text(path.read_text().replace(f'state_dir = "{tmp_path / "state"}"', ""))
+    assert f"state_dir {tmp_path / 'script-default'}," in _run_milter_check(tmp_path, path)

@@ -12,6 +12,7 @@ that message (:class:`Transaction`, fresh per message). Nothing fails open.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import logging
 import secrets
 import threading
@@ -131,6 +132,7 @@ class Connection:
     name: str = ""
     helo: str = ""
     daemon: str = ""
+    local_submission: bool = False          # the local sendmail command, not an SMTP client
     findings: tuple[Finding, ...] = ()      # a client block whose policy is not to refuse
     failure: str = ""
 
@@ -168,6 +170,19 @@ def _continue_on_error(callback):
 
 def _addr(value: str) -> str:
     return value.strip().removeprefix("<").removesuffix(">")
+
+
+def _is_local_submission(hostaddr) -> bool:
+    """Postfix's non_smtpd_milters announce the sendmail command as a loopback "client" on port 0
+    (no TCP connection exists); a real client always has a port. No address at all counts too."""
+    if hostaddr is None or hostaddr == "":
+        return True
+    if not isinstance(hostaddr, tuple) or len(hostaddr) < 2:
+        return False
+    try:
+        return hostaddr[1] == 0 and ipaddress.ip_address(str(hostaddr[0])).is_loopback
+    except ValueError:
+        return False
 
 
 @Milter.header_leading_space
@@ -250,6 +265,7 @@ class MailwardMilter(Milter.Base):
         address = hostaddr[0] if isinstance(hostaddr, tuple) and hostaddr else (hostaddr or "")
         client = self._connection
         client.address, client.name, client.daemon = str(address), str(hostname or ""), self._macro("{daemon_name}")
+        client.local_submission = _is_local_submission(hostaddr)
         incidents = self._runtime.incidents
         block = incidents.client_block(client.address) if incidents is not None else None
         if block is not None:
@@ -362,7 +378,7 @@ class MailwardMilter(Milter.Base):
     def _envelope(self) -> Envelope:
         client, message = self._connection, self._message
         envelope = Envelope(client_address=client.address, client_name=client.name, helo=client.helo,
-                            daemon=client.daemon, connection_id=client.id)
+                            daemon=client.daemon, connection_id=client.id, local_submission=client.local_submission)
         if message is not None:
             envelope = replace(envelope, mail_from=message.mail_from, recipients=tuple(message.recipients),
                                auth_user=message.auth_user, queue_id=message.queue_id)

@@ -332,7 +332,8 @@ def _report_check(settings: Settings) -> int:
     if problems:
         print(f"mailward-milter: configuration {settings.source} has {len(problems)} problem(s)", file=sys.stderr)
         return 1
-    print(f"mailward-milter: configuration {settings.source} is valid; rules compile, model and stores load")
+    print(f"mailward-milter: configuration {settings.source} is valid; rules compile, model and stores load "
+          f"(state_dir {settings.state_dir}, socket {settings.milter.socket})")
     return 0
 
 
