@@ -21,6 +21,7 @@ import logging
 import os
 import pwd
 import signal
+import socket
 import stat
 import sys
 import threading
@@ -86,7 +87,11 @@ def _prepare_directories(settings: Settings) -> None:
         if os.geteuid() == 0:
             os.chown(sock_dir, service.pw_uid if service else 0, gid)
         # setgid: the socket inherits the MTA's group; with umask 007 that group may connect.
-        os.chmod(sock_dir, 0o2750 if gid != -1 else 0o755)
+        # Left alone when already right (tmpfiles.d made it): a chmod by a service user outside
+        # that group would clear the set-group-ID bit.
+        wanted = 0o2750 if gid != -1 else 0o755
+        if stat.S_IMODE(sock_dir.stat().st_mode) != wanted:
+            os.chmod(sock_dir, wanted)
 
 
 def _drop_privileges(settings: Settings) -> None:
@@ -176,6 +181,28 @@ def _remove_socket(settings: Settings) -> None:
             pass
 
 
+def _notify(*fields: str) -> None:
+    """Tell systemd (Type=notify) about our state: a datagram to $NOTIFY_SOCKET, if it is set."""
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]           # abstract namespace
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.sendto("\n".join(fields).encode(), address)
+    except OSError as exc:
+        log.warning("could not notify systemd: %s", exc)
+
+
+def _wait_listening(settings: Settings, running: threading.Thread, timeout: float = 30.0) -> None:
+    """Return once libmilter's unix socket exists (or at once for inet sockets), so READY=1 is true."""
+    kind, path, _port = parse_milter_socket(settings.milter.socket)
+    deadline = time.monotonic() + timeout
+    while kind == "unix" and running.is_alive() and not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 RULES_POLL = 5.0     # seconds between checks of the rule directories for edits
 
 
@@ -220,6 +247,13 @@ class _Daemon:
 
     def reload(self) -> None:
         """Build and check the new runtime once, swap it in, retire the old one; or keep the old."""
+        _notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        try:
+            self._reload()
+        finally:
+            _notify("READY=1")
+
+    def _reload(self) -> None:
         try:
             settings = load_settings(self.args.config, _overrides(self.args))
         except MailwardError as exc:
@@ -269,7 +303,9 @@ class _Daemon:
         signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
         thread = threading.Thread(target=run, name="libmilter", daemon=True)
         thread.start()
+        _wait_listening(self.settings, thread)
         log.info("mailward-milter listening on %s", self.settings.milter.socket)
+        _notify("READY=1", f"MAINPID={os.getpid()}")
         if self.settings.incidents.follow_auth_log:
             follower = LogFollower(self.settings.incidents.auth_log)
             threading.Thread(target=watch, name="auth-log", daemon=True,
@@ -287,6 +323,7 @@ class _Daemon:
             if self.reload_requested.is_set():
                 self.reload_requested.clear()      # SIGHUPs during the reload set it again: one more
                 self.reload()
+        _notify("STOPPING=1")
         if thread.is_alive():
             Milter.stop()
         thread.join(timeout=15)
