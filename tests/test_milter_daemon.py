@@ -117,15 +117,18 @@ def test_reloads_close_the_old_stores_and_build_no_scanner_in_the_milter(tmp_pat
 
 
 def test_reloads_faster_than_they_complete_are_coalesced(tmp_path):
-    proc = started(tmp_path, workers=1)
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    rule = rules / "a.yar"
+    rule.write_text("rule a { condition: false }\n")
+    proc = started(tmp_path, f'[signatures]\nrules_dirs = ["{rules}"]\n', workers=1)
     try:
-        for _ in range(10):
+        for n in range(10):                    # each edit makes the workers reload: slow
+            rule.write_text(f"rule a{n} {{ condition: false }}\n")
             proc.signal(signal.SIGHUP)
             time.sleep(0.02)
-        wait_for_log(proc, "reloaded from", 1)
-        time.sleep(0.5)
         done = wait_for_log(proc, "reloaded from", 1)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline:     # settle: no reload in progress or pending
             before = proc.log_path.read_text().count("reloaded from")
             time.sleep(3)
@@ -134,6 +137,23 @@ def test_reloads_faster_than_they_complete_are_coalesced(tmp_path):
                 break
         assert 1 <= done <= 3
         assert proc.proc.poll() is None
+    finally:
+        proc.stop()
+
+
+def test_a_reload_with_unchanged_scanning_inputs_keeps_the_workers(tmp_path):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "a.yar").write_text("rule a { condition: false }\n")
+    proc = started(tmp_path, f'[signatures]\nrules_dirs = ["{rules}"]\n', workers=1)
+    try:
+        proc.signal(signal.SIGHUP)
+        wait_for_log(proc, "reloaded from", 1)
+        assert "scanning processes stay" in proc.log_path.read_text()
+        (rules / "a.yar").write_text("rule a { condition: true }\n")
+        proc.signal(signal.SIGHUP)
+        wait_for_log(proc, "reloaded from", 2)
+        assert proc.log_path.read_text().count("scanning processes stay") == 1
     finally:
         proc.stop()
 

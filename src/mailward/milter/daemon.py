@@ -39,7 +39,7 @@ from ..metrics import Metrics, quarantine_stats, rules_version
 from ..pipeline import Inspector
 from ..reputation import authserv_id
 from ..signatures import rule_directories
-from ..signatures.ruleset import compile_file, discover, stamp
+from ..signatures.ruleset import Source, compile_file, discover, stamp
 from ..screening import Screener
 from ..workers import ScanPool
 from .adapter import LiveRuntime, MailwardMilter, Runtime
@@ -225,6 +225,15 @@ def _rules_on_disk_now(seen: _RulesOnDisk) -> _RulesOnDisk:
         return _RulesOnDisk(seen.directories, ("unreadable",))
 
 
+def _scanning_inputs(settings: Settings) -> tuple:
+    """What the scanning workers are built from: the settings and the (path, mtime, size) of
+    their rule and hash list files. Equal inputs build equal workers, so a reload keeps them.
+    (A newly promoted model needs no reload: the workers' model loader polls for it.)"""
+    lists = [Source("", Path(name)) for name in (*settings.signatures.hash_lists,
+                                                 *settings.signatures.hash_allow_lists)]
+    return settings, _rules_on_disk(settings).marker, stamp(lists)
+
+
 class _Daemon:
     """Holds the live runtime; each new message takes whatever is current."""
 
@@ -237,6 +246,7 @@ class _Daemon:
         self.metrics = Metrics()             # kept across reloads: counters never reset while running
         self.live = LiveRuntime(_build_runtime(settings, self.pool, inspector, self.metrics))
         self.rules_seen = _rules_on_disk(settings)
+        self.scanning_inputs = _scanning_inputs(settings)
         self.stop_requested = threading.Event()
         self.reload_requested = threading.Event()
         self.metrics_server = self.metrics.serve(settings.metrics.listen, settings.source) \
@@ -265,11 +275,14 @@ class _Daemon:
             if getattr(getattr(settings, section), name) != getattr(getattr(self.settings, section), name):
                 log.warning("%s changed; it takes effect only after a restart", key)
         runtime = None
+        inputs = _scanning_inputs(settings)
         try:
             inspector = None if self.pool is not None else Inspector.from_settings(settings)
             runtime = _build_runtime(settings, self.pool, inspector, self.metrics)
-            if self.pool is not None:
+            if self.pool is not None and inputs != self.scanning_inputs:
                 self.pool.reload(settings)     # the new workers are the rules and model check
+            elif self.pool is not None:
+                log.info("scanning settings, rules and hash lists unchanged: the scanning processes stay")
         except Exception as exc:
             if runtime is not None:
                 runtime.close()
@@ -279,6 +292,7 @@ class _Daemon:
                 log.exception("reload refused, keeping the running configuration")
             return
         self.rules_seen = _rules_on_disk(settings)
+        self.scanning_inputs = inputs
         self.live.swap(runtime)
         self.settings = settings
         configure_logging(settings.logging)
