@@ -34,6 +34,15 @@ def started(tmp_path: Path, extra: str = "", workers: int = 1) -> MilterProcess:
     return proc
 
 
+def started_with_rules(tmp_path: Path) -> tuple[MilterProcess, Path]:
+    """A milter (one worker) whose rules include one file of our own, and that file."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    rule = rules / "a.yar"
+    rule.write_text("rule a { condition: false }\n")
+    return started(tmp_path, f'[signatures]\nrules_dirs = ["{rules}"]\n', workers=1), rule
+
+
 def wait_for_log(proc: MilterProcess, text: str, count: int = 1, timeout: float = 120.0) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -117,11 +126,7 @@ def test_reloads_close_the_old_stores_and_build_no_scanner_in_the_milter(tmp_pat
 
 
 def test_reloads_faster_than_they_complete_are_coalesced(tmp_path):
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    rule = rules / "a.yar"
-    rule.write_text("rule a { condition: false }\n")
-    proc = started(tmp_path, f'[signatures]\nrules_dirs = ["{rules}"]\n', workers=1)
+    proc, rule = started_with_rules(tmp_path)
     try:
         for n in range(10):                    # each edit makes the workers reload: slow
             rule.write_text(f"rule a{n} {{ condition: false }}\n")
@@ -142,15 +147,12 @@ def test_reloads_faster_than_they_complete_are_coalesced(tmp_path):
 
 
 def test_a_reload_with_unchanged_scanning_inputs_keeps_the_workers(tmp_path):
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    (rules / "a.yar").write_text("rule a { condition: false }\n")
-    proc = started(tmp_path, f'[signatures]\nrules_dirs = ["{rules}"]\n', workers=1)
+    proc, rule = started_with_rules(tmp_path)
     try:
         proc.signal(signal.SIGHUP)
         wait_for_log(proc, "reloaded from", 1)
         assert "scanning processes stay" in proc.log_path.read_text()
-        (rules / "a.yar").write_text("rule a { condition: true }\n")
+        rule.write_text("rule a { condition: true }\n")
         proc.signal(signal.SIGHUP)
         wait_for_log(proc, "reloaded from", 2)
         assert proc.log_path.read_text().count("scanning processes stay") == 1
@@ -159,13 +161,10 @@ def test_a_reload_with_unchanged_scanning_inputs_keeps_the_workers(tmp_path):
 
 
 def test_a_reload_whose_rules_directory_vanished_keeps_the_running_workers(tmp_path):
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    (rules / "a.yar").write_text("rule a { condition: false }\n")
-    proc = started(tmp_path, f'[signatures]\nrules_dirs = ["{rules}"]\n', workers=1)
+    proc, rule = started_with_rules(tmp_path)
     try:
-        (rules / "a.yar").unlink()
-        rules.rmdir()
+        rule.unlink()
+        rule.parent.rmdir()
         proc.signal(signal.SIGHUP)
         wait_for_log(proc, "reload refused")
         assert proc.proc.poll() is None

@@ -88,12 +88,12 @@ class LiveRuntime:
             return runtime
 
     def release(self, runtime: Runtime) -> None:
+        key, done = id(runtime), None
         with self._lock:
-            self._leases[id(runtime)] -= 1
-            done = self._retired.pop(id(runtime)) if not self._leases[id(runtime)] and id(runtime) in self._retired \
-                else None
-            if done is not None:
-                del self._leases[id(runtime)]
+            self._leases[key] -= 1
+            if not self._leases[key] and key in self._retired:
+                done = self._retired.pop(key)
+                del self._leases[key]
         if done is not None:
             done.close()
 

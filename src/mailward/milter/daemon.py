@@ -123,12 +123,16 @@ def _build_runtime(settings: Settings, pool: ScanPool | None, inspector: Inspect
         raise
     screener = Screener(settings, scan, store, watch=incidents,
                         release=ReleaseVerifier.from_settings(settings).check)
-    metrics.watch("quarantine", quarantine_stats(settings))
-    metrics.watch("blocks", incidents.blocklist.counts)
-    metrics.set_rules_version(rules_version(settings))
     return Runtime(screener, settings.direction.rules(), Path(settings.state_dir) / "spool",
                    settings.milter.spool_threshold, incidents, metrics, authserv_id(settings.reputation),
                    owned=(store, incidents))
+
+
+def _observe(metrics: Metrics, settings: Settings, runtime: Runtime) -> None:
+    """Point the scrape-time gauges at the runtime now live (never at one that may be refused)."""
+    metrics.watch("quarantine", quarantine_stats(settings))
+    metrics.watch("blocks", runtime.incidents.blocklist.counts)
+    metrics.set_rules_version(rules_version(settings))
 
 
 def _check_start(settings: Settings) -> list[str]:
@@ -245,6 +249,7 @@ class _Daemon:
         inspector = None if self.pool is not None else Inspector.from_settings(settings)
         self.metrics = Metrics()             # kept across reloads: counters never reset while running
         self.live = LiveRuntime(_build_runtime(settings, self.pool, inspector, self.metrics))
+        _observe(self.metrics, settings, self.live.current)
         self.rules_seen = _rules_on_disk(settings)
         self.scanning_inputs = _scanning_inputs(settings)
         self.stop_requested = threading.Event()
@@ -294,6 +299,7 @@ class _Daemon:
         self.rules_seen = _rules_on_disk(settings)
         self.scanning_inputs = inputs
         self.live.swap(runtime)
+        _observe(self.metrics, settings, runtime)
         self.settings = settings
         configure_logging(settings.logging)
         log.info("configuration, rules and model reloaded from %s", settings.source)
