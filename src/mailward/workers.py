@@ -114,6 +114,7 @@ class ScanPool:
     """
 
     LOAD_TIMEOUT = 300.0      # seconds a new worker may take to load rules and model
+    RESPAWN_DELAY = 5.0       # seconds between attempts to start a replacement worker
     # Imported once in the forkserver, so each new worker (start, replacement, reload) skips
     # seconds of imports (scikit-learn alone: 1-5 s) and only loads rules and model.
     PRELOAD = ("mailward.pipeline", "mailward.signatures", "mailward.models.spam", "mailward.reputation",
@@ -154,8 +155,13 @@ class ScanPool:
 
     def _start_loaded(self, settings: Settings, generation: int) -> list[_Worker]:
         """``size`` workers for ``settings``, loaded side by side; ScanFailed if any cannot load."""
-        workers = [self._spawn(settings, generation) for _ in range(self._size)]
-        failures = [failure for failure in map(self._loaded, workers) if failure]
+        workers: list[_Worker] = []
+        try:
+            for _ in range(self._size):
+                workers.append(self._spawn(settings, generation))
+            failures = [failure for failure in map(self._loaded, workers) if failure]
+        except OSError as exc:          # no process could be started (forkserver gone, no memory)
+            failures = [f"could not start: {exc}"]
         if failures:
             for worker in workers:
                 worker.stop()
@@ -190,7 +196,16 @@ class ScanPool:
 
     def _replace(self, settings: Settings, generation: int) -> None:
         """Start a worker in place of a broken one; it joins the idle set once loaded."""
-        worker = self._spawn(settings, generation)
+        while True:
+            try:
+                worker = self._spawn(settings, generation)
+                break
+            except OSError:             # retried: a pool that only shrinks would end in deadline verdicts
+                log.exception("could not start a replacement scanning process; retrying")
+                time.sleep(self.RESPAWN_DELAY)
+                with self._lock:
+                    if self._closed or generation != self._generation:
+                        return
         failure = self._loaded(worker)
         if failure:     # it answers every scan with an error: on_error applies, nothing passes unchecked
             log.error("replacement scanning process could not load: %s", failure)
