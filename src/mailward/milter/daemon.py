@@ -9,7 +9,8 @@ the old runtime's stores close when the last of them ends.
 
 When workers scan, this process never builds a scanning stack (rules, model):
 the pool's next generation loads them, and a reload whose workers cannot load
-keeps the old ones. SIGHUPs arriving during a reload fold into one more reload.
+keeps the old ones. SIGHUPs arriving during a reload fold into one more reload,
+and after a reload that loaded new workers the next one waits as long as that took.
 """
 
 from __future__ import annotations
@@ -252,6 +253,7 @@ class _Daemon:
         _observe(self.metrics, settings, self.live.current)
         self.rules_seen = _rules_on_disk(settings)
         self.scanning_inputs = _scanning_inputs(settings)
+        self.next_reload = 0.0               # monotonic time before which a requested reload waits
         self.stop_requested = threading.Event()
         self.reload_requested = threading.Event()
         self.metrics_server = self.metrics.serve(settings.metrics.listen, settings.source) \
@@ -285,7 +287,11 @@ class _Daemon:
             inspector = None if self.pool is not None else Inspector.from_settings(settings)
             runtime = _build_runtime(settings, self.pool, inspector, self.metrics)
             if self.pool is not None and inputs != self.scanning_inputs:
+                started = time.monotonic()
                 self.pool.reload(settings)     # the new workers are the rules and model check
+                # Loading workers takes CPU from scanning ones: after a regeneration the next
+                # reload waits as long as this one took, so loading never exceeds half the time.
+                self.next_reload = time.monotonic() + (time.monotonic() - started)
             elif self.pool is not None:
                 log.info("scanning settings, rules and hash lists unchanged: the scanning processes stay")
         except Exception as exc:
@@ -340,7 +346,7 @@ class _Daemon:
                     log.info("rule files changed on disk; reloading")
                     self.rules_seen = on_disk       # a refused reload is not retried until the next edit
                     self.reload_requested.set()
-            if self.reload_requested.is_set():
+            if self.reload_requested.is_set() and time.monotonic() >= self.next_reload:
                 self.reload_requested.clear()      # SIGHUPs during the reload set it again: one more
                 self.reload()
         _notify("STOPPING=1")
