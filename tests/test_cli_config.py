@@ -16,3 +16,17 @@ def test_config_show_round_trips(tmp_path, capsys):
     original = load_settings(cfg)
     assert again == original            # every key printed, and printed so it loads back the same
     assert again.milter.workers == 3
+
+
+def test_global_options_are_accepted_after_the_subcommand(tmp_path, capsys):
+    """The README's `mailward config show --config FILE` (and nested commands) must work."""
+    cfg = tmp_path / "m.toml"
+    cfg.write_text(f'state_dir = "{tmp_path / "from-file"}"\n[milter]\nworkers = 3\n')
+    assert main(["config", "show", "--config", str(cfg)]) == 0
+    shown = tomllib.loads(capsys.readouterr().out)
+    assert shown["milter"]["workers"] == 3 and shown["state_dir"] == str(tmp_path / "from-file")
+    assert main(["--config", str(cfg), "config", "show", "--state-dir", str(tmp_path / "other")]) == 0
+    shown = tomllib.loads(capsys.readouterr().out)
+    assert shown["milter"]["workers"] == 3 and shown["state_dir"] == str(tmp_path / "other")
+    assert main(["--config", str(cfg), "quarantine", "list", "--state-dir", str(tmp_path / "q")]) == 0
+    assert (tmp_path / "q" / "quarantine").is_dir() and not (tmp_path / "from-file").exists()

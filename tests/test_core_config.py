@@ -59,3 +59,38 @@ def test_invalid_toml_and_missing_file(tmp_path):
         load_settings(write(tmp_path, "[milter\n"))
     with pytest.raises(ConfigError, match="cannot read"):
         load_settings(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize("text,key", [
+    ('[metrics]\nlisten = "garbage"\n', "metrics.listen"),
+    ('[metrics]\nlisten = "9464"\n', "metrics.listen"),
+    ('[metrics]\nlisten = "127.0.0.1:99999"\n', "metrics.listen"),
+    ('[alerts]\nwebhook_url = "ftp://x"\n', "alerts.webhook_url"),
+    ('[alerts]\nwebhook_url = "https://"\n', "alerts.webhook_url"),
+    ('[alerts]\nsyslog = "udp:nohost"\n', "alerts.syslog"),
+    ('[incidents]\nexempt_networks = ["not-a-network"]\n', "incidents.exempt_networks"),
+    ('[reputation]\nallow_networks = ["10.0.0.0/33"]\n', "reputation.allow_networks"),
+    ('[reputation]\nnameservers = ["dns.example"]\n', "reputation.nameservers"),
+    ('[milter]\nsocket = "unix:relative/milter.sock"\n', "milter.socket"),
+    ('[milter]\nsocket = "inet:notaport@127.0.0.1"\n', "milter.socket"),
+    ('[milter]\nsocket = "/run/milter.sock"\n', "milter.socket"),
+    ('[milter]\nuser = "no-such-user-mailward"\n', "milter.user"),
+    ('[quarantine]\nrelay_port = 0\n', "quarantine.relay_port"),
+    ('state_dir = ""\n', "state_dir"),
+])
+def test_values_naming_things_are_checked_where_loaded(tmp_path, text, key):
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, text))
+    assert err.value.key == key
+
+
+def test_well_formed_values_load(tmp_path):
+    s = load_settings(write(tmp_path, '[metrics]\nlisten = "[::1]:9464"\n[alerts]\nwebhook_url = "https://h.example/x"\n'
+                                      'syslog = "udp:127.0.0.1:514"\n[milter]\nsocket = "inet:8891@127.0.0.1"\n'
+                                      'user = "root"\n'))
+    assert s.metrics.listen == "[::1]:9464" and s.milter.user == "root"
+
+
+def test_the_default_socket_is_inside_postfixs_chroot():
+    """Debian's smtpd runs chrooted in /var/spool/postfix and names it unix:/mailward/milter.sock."""
+    assert load_settings().milter.socket == "unix:/var/spool/postfix/mailward/milter.sock"

@@ -155,7 +155,8 @@ def test_workers_forkserver_and_tracker_exit_when_the_milter_is_killed(tmp_path)
         commands = {pid: _command(pid) for pid in family}
         assert any("resource_tracker" in c for c in commands.values())
         assert sum("forkserver" in c for c in commands.values()) == 3          # the server and its two workers
-        worker = max(family)
+        forkservers = {pid for pid, c in commands.items() if "forkserver" in c}
+        worker = max(pid for pid in forkservers if int(_stat(pid)[1]) in forkservers)
         os.kill(worker, signal.SIGSTOP)       # stands for a worker stuck in C code: it never reads its pipe
     finally:
         child.kill()
@@ -205,3 +206,13 @@ def test_cpu_budget_is_at_least_a_second_and_at_most_the_deadline(tmp_path):
         load_settings(overrides={"state_dir": str(tmp_path), "milter": {"message_cpu": 0.5}})
     capped = load_settings(overrides={"state_dir": str(tmp_path), "milter": {"message_deadline": 20}})
     assert capped.milter.cpu_budget == 20
+
+
+def test_a_reload_whose_workers_cannot_load_keeps_the_old_ones(pool, tmp_path):
+    before = set(pool.idle_pids())
+    broken = load_settings(overrides={"state_dir": str(tmp_path), "reputation": {"enabled": False},
+                                      "signatures": {"rules_dirs": [str(tmp_path / "missing")]}})
+    with pytest.raises(ScanFailed, match="could not load"):
+        pool.reload(broken)
+    assert set(pool.idle_pids()) == before
+    assert Category.MALWARE in {f.category for f in pool.scan(eicar_message()[1], Envelope(), deadline=60).findings}

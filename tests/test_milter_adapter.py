@@ -141,3 +141,118 @@ def test_large_body_is_spooled_and_cleaned_up(tmp_path, feed):
     rc, _ = feed(rt, eicar_message(body="x" * 50_000)[1])
     assert rc == Milter.REJECT and seen == ["PosixPath"]
     assert list(rt.spool_dir.iterdir()) == []     # the spool file is gone after the message
+
+
+class _ClientBlockFails:
+    """An incident response whose lookups fail: the connect (or MAIL FROM) callback raises."""
+
+    def __init__(self, where: str):
+        self.where = where
+
+    def client_block(self, address):
+        if self.where == "connect":
+            raise RuntimeError("client lookup failed")
+        return None
+
+    def sender_block(self, user, sender):
+        if self.where == "envfrom":
+            raise RuntimeError("sender lookup failed")
+        return None
+
+
+class _Unprintable:
+    def __str__(self):
+        raise RuntimeError("helo failed")
+
+
+def _inject(where: str, monkeypatch, rt: Runtime) -> tuple[Runtime, str, object]:
+    """A runtime and HELO name that make the ``where`` callback raise, and a function that stops it."""
+    from dataclasses import replace as dc_replace
+
+    from mailward.milter import adapter, buffer
+
+    helo, disarm = "client.example.org", monkeypatch.undo
+    if where in ("connect", "envfrom"):
+        incidents = _ClientBlockFails(where)
+        rt = dc_replace(rt, incidents=incidents)
+        disarm = lambda: setattr(incidents, "where", "")  # noqa: E731
+    elif where == "hello":
+        helo = _Unprintable()
+    elif where == "envrcpt":
+        real = adapter._addr
+        monkeypatch.setattr(adapter, "_addr", lambda v: (_ for _ in ()).throw(RuntimeError("rcpt"))
+                            if "example.test" in v else real(v))
+    elif where == "header":
+        monkeypatch.setattr(buffer.MessageBuffer, "add_header", lambda *a: (_ for _ in ()).throw(OSError("disk")))
+    elif where == "body":
+        monkeypatch.setattr(buffer.MessageBuffer, "add_body", lambda *a: (_ for _ in ()).throw(OSError("disk")))
+    elif where == "eom":
+        monkeypatch.setattr(buffer.MessageBuffer, "source", lambda *a: (_ for _ in ()).throw(OSError("gone")))
+    return rt, helo, disarm
+
+
+@pytest.mark.parametrize("where", ["connect", "hello", "envfrom", "envrcpt", "header", "body", "eom"])
+def test_a_failure_in_any_callback_ends_in_on_error(tmp_path, monkeypatch, where):
+    """Fail closed: no callback failure lets a message through unchecked, and a connect
+    or HELO failure covers every later message of that connection."""
+    scanned = []
+    base = runtime(tmp_path, '[policy.outbound]\non_error = "accept"\n',
+                   scan=lambda raw, env: scanned.append(env) or __import__("mailward.evidence").evidence.Evidence())
+    rt, helo, disarm = _inject(where, monkeypatch, base)
+    monkeypatch.setattr(Milter, "factory", lambda: MailwardMilter(rt))
+    monkeypatch.setattr(testctx.TestCtx, "default_opts", [Milter.CURR_ACTS, 0x1FFFFF & ~NO_REPLY_BITS, 0, 0])
+    ctx = Ctx()
+    ctx.held = []
+    ctx._setsymval("i", "4ABCDE1234")
+    assert ctx._connect(ip="198.51.100.7", helo=helo) == Milter.CONTINUE
+    rc = ctx._feedFile(io.BytesIO(message()[1]), "sender@example.org", "user@example.test")
+    assert rc == Milter.TEMPFAIL                                  # inbound on_error, never accept
+    assert ctx._reply[0] == "451" and not INTERNALS.search(ctx._reply[2])
+    assert scanned == []                                          # nothing was accepted unchecked
+    disarm()
+    monkeypatch.setattr(testctx.TestCtx, "default_opts", [Milter.CURR_ACTS, 0x1FFFFF & ~NO_REPLY_BITS, 0, 0])
+    rc = ctx._feedFile(io.BytesIO(message()[1]), "sender@example.org", "user@example.test")
+    if where in ("connect", "hello"):
+        assert rc == Milter.TEMPFAIL and scanned == []            # the whole connection stays failed
+    else:
+        assert rc == Milter.ACCEPT and len(scanned) == 1          # the next message starts clean
+    assert list(rt.spool_dir.iterdir()) == []
+
+
+def test_a_connection_failure_uses_the_outbound_on_error(tmp_path, monkeypatch):
+    """The failure verdict is the message's own direction's on_error (here outbound: accept)."""
+    base = runtime(tmp_path, '[policy.outbound]\non_error = "accept"\n')
+    rt, _, _ = _inject("connect", monkeypatch, base)
+    monkeypatch.setattr(Milter, "factory", lambda: MailwardMilter(rt))
+    monkeypatch.setattr(testctx.TestCtx, "default_opts", [Milter.CURR_ACTS, 0x1FFFFF & ~NO_REPLY_BITS, 0, 0])
+    ctx = Ctx()
+    ctx.held = []
+    ctx._setsymval("{auth_authen}", "alice")
+    ctx._connect(ip="198.51.100.7")
+    rc = ctx._feedFile(io.BytesIO(message()[1]), "alice@example.org", "user@example.test")
+    assert rc == Milter.ACCEPT
+
+
+def test_a_retired_runtime_closes_when_its_last_message_ends(tmp_path):
+    from mailward.milter.adapter import LiveRuntime
+
+    closed = []
+
+    class Store:
+        def __init__(self, name):
+            self.name = name
+
+        def close(self):
+            closed.append(self.name)
+
+    first = runtime(tmp_path)
+    from dataclasses import replace as dc_replace
+    old, new = dc_replace(first, owned=(Store("old"),)), dc_replace(first, owned=(Store("new"),))
+    live = LiveRuntime(old)
+    leased = live.acquire()
+    live.swap(new)
+    assert closed == [] and live.current is new
+    live.release(leased)
+    assert closed == ["old"]
+    live.swap(dc_replace(first, owned=(Store("newer"),)))        # nothing holds "new": closed at once
+    assert closed == ["old", "new"]

@@ -150,6 +150,26 @@ def test_submission_gets_outbound_policy(postfix, milter):
     assert event["email"]["direction"] == "outbound"
 
 
+def test_mail_from_the_local_sendmail_command_is_outbound(postfix, milter):
+    """non_smtpd_milters: the host's own sendmail has no SMTP client; it gets the outbound policy,
+    while SMTP from the same loopback address stays inbound."""
+    import subprocess
+
+    m = milter('[policy.inbound]\nspam_action = "tag"\n[policy.outbound]\nspam_action = "tag"\n')
+    mid, raw = gtube_message()
+    sent = subprocess.run(["sendmail", "-C", str(postfix.conf), "-f", "root@example.org", "user@example.test"],
+                          input=raw, capture_output=True, timeout=60)
+    assert sent.returncode == 0, sent.stderr
+    delivered = postfix.delivered(mid)
+    assert delivered is not None, postfix.log()[-3000:]
+    event = m.event_for(delivered["X-Mailward-Incident"])
+    assert event["email"]["direction"] == "outbound"
+    mid, raw = gtube_message()
+    assert postfix.send(raw)[0] == 250
+    event = m.event_for(postfix.delivered(mid)["X-Mailward-Incident"])
+    assert event["email"]["direction"] == "inbound"
+
+
 def test_sighup_reloads_without_dropping_the_milter(postfix, milter, tmp_path):
     m = milter('[policy.inbound]\nspam_action = "tag"\n')
     config = tmp_path / "mailward.toml"

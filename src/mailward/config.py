@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 import ipaddress
+import pwd
 import tomllib
+import urllib.parse
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,7 +28,9 @@ MiB = 1024 * 1024
 
 @dataclass(frozen=True)
 class MilterSettings:
-    socket: str = "unix:/run/mailward/milter.sock"   # or inet:PORT@127.0.0.1
+    # Inside Postfix's chroot (/var/spool/postfix) so Debian's chrooted smtpd finds it as
+    # unix:/mailward/milter.sock; or inet:PORT@127.0.0.1.
+    socket: str = "unix:/var/spool/postfix/mailward/milter.sock"
     socket_group: str = "postfix"     # group that may connect (Postfix's smtpd runs as postfix)
     user: str = ""                    # drop root privileges to this user after start-up
     workers: int = 2                  # scanning processes; 0 scans in the milter process
@@ -361,6 +365,7 @@ def load_settings(path: str | Path | None = None, overrides: dict | None = None)
         data = _deep_merge(data, overrides)
     settings = _build(Settings, data, source, "")
     _check(settings, source)
+    _check_values(settings, source)
     return dataclasses.replace(settings, source=source)
 
 
@@ -444,11 +449,6 @@ def _check(settings: Settings, source: str) -> None:
             raise ConfigError(source, f"{key}.tag_threshold", "must not exceed spam_threshold")
         if pol.on_error not in (Action.TEMPFAIL, Action.ACCEPT):
             raise ConfigError(source, f"{key}.on_error", "must be tempfail or accept")
-    for net in settings.direction.internal_networks:
-        try:
-            ipaddress.ip_network(net, strict=False)
-        except ValueError:
-            raise ConfigError(source, "direction.internal_networks", f"{net!r} is not a network") from None
     if settings.quarantine.backend not in ("sqlite", "postgresql"):
         raise ConfigError(source, "quarantine.backend", "must be sqlite or postgresql")
     if settings.quarantine.backend == "postgresql" and not settings.quarantine.dsn:
@@ -461,9 +461,6 @@ def _check(settings: Settings, source: str) -> None:
                           f"must leave milter.message_deadline ({settings.milter.message_deadline:g} s) plus "
                           f"this below milter.timeout ({settings.milter.timeout} s): the reply must reach "
                           "the MTA before it gives up")
-    sock = settings.milter.socket
-    if not (sock.startswith("unix:") or sock.startswith("local:") or sock.startswith("inet:") or sock.startswith("inet6:")):
-        raise ConfigError(source, "milter.socket", "must start with unix:, inet: or inet6:")
     if settings.milter.workers < 0:
         raise ConfigError(source, "milter.workers", "must be 0 or more")
     _check_clamav(settings.clamav, source)
@@ -501,6 +498,123 @@ def _check_clamav(clamav: ClamavSettings, source: str) -> None:
         raise ConfigError(source, "clamav.stream_max_length", "must be positive")
     if not 1 <= clamav.connections <= 64:
         raise ConfigError(source, "clamav.connections", "must be between 1 and 64")
+
+
+# --- values that name something: addresses, URLs, networks, paths, sockets, accounts -------------
+# Checked here, where the file is loaded, so `mailward-milter --check` and every start see them;
+# the modules that use them get values known to be well-formed.
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) into its parts; ValueError when malformed."""
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or any(c in host for c in " /[]"):
+        raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9464")
+    return host, int(port)
+
+
+def parse_milter_socket(value: str) -> tuple[str, str, int]:
+    """libmilter's connection spec: ("unix", path, 0) or ("inet"/"inet6", host, port)."""
+    kind, sep, rest = value.partition(":")
+    if kind in ("unix", "local") and sep:
+        if not rest.startswith("/"):
+            raise ValueError("a unix socket needs an absolute path, e.g. unix:/var/spool/postfix/mailward/milter.sock")
+        return "unix", rest, 0
+    if kind in ("inet", "inet6") and sep:
+        port, at, host = rest.partition("@")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"must be {kind}:PORT@HOST with a port from 1 to 65535")
+        return kind, host if at else "", int(port)
+    raise ValueError("must be unix:/PATH, inet:PORT@HOST or inet6:PORT@HOST")
+
+
+def _check_url(value: str, schemes: tuple[str, ...]) -> None:
+    parsed = urllib.parse.urlsplit(value)
+    if parsed.scheme not in schemes or not parsed.hostname:
+        raise ValueError(f"must be a {' or '.join(s + '://' for s in schemes)} URL with a host")
+    parsed.port                                     # raises ValueError for a bad port
+
+
+def _check_network(value: str) -> None:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a network") from None
+
+
+def _check_path(value: str) -> None:
+    if "\0" in value or not value.strip():
+        raise ValueError("must be a file system path")
+
+
+def _check_syslog(value: str) -> None:
+    if value.startswith("udp:"):
+        parse_host_port(value[4:])
+    elif not value.startswith("/"):
+        raise ValueError('must be an absolute unix socket path ("/dev/log") or udp:HOST:PORT')
+
+
+def _check_user(value: str) -> None:
+    try:
+        pwd.getpwnam(value)
+    except KeyError:
+        raise ValueError(f"no such user {value!r}") from None
+
+
+def _check_ip(value: str) -> None:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address") from None
+
+
+def _check_port(value: int) -> None:
+    if not 0 < value < 65536:
+        raise ValueError("must be a port from 1 to 65535")
+
+
+_LIST = object()     # marks a key whose every list element is checked
+_VALUE_CHECKS: tuple[tuple[str, object, object], ...] = (
+    # (key, check, when): ``when`` None = always, else only for a non-empty value
+    ("state_dir", _check_path, None),
+    ("milter.socket", parse_milter_socket, None),
+    ("milter.user", _check_user, "set"),
+    ("direction.internal_networks", _check_network, _LIST),
+    ("quarantine.directory", _check_path, "set"),
+    ("quarantine.relay_port", _check_port, None),
+    ("quarantine.release_key_file", _check_path, "set"),
+    ("signatures.rules_dirs", _check_path, _LIST),
+    ("signatures.hash_lists", _check_path, _LIST),
+    ("signatures.hash_allow_lists", _check_path, _LIST),
+    ("model.directory", _check_path, "set"),
+    ("learning.ledger", _check_path, "set"),
+    ("logging.file", _check_path, "set"),
+    ("reputation.nameservers", _check_ip, _LIST),
+    ("reputation.port", _check_port, None),
+    ("reputation.allow_networks", _check_network, _LIST),
+    ("incidents.exempt_networks", _check_network, _LIST),
+    ("incidents.auth_log", _check_path, None),
+    ("alerts.webhook_url", lambda v: _check_url(v, ("http", "https")), "set"),
+    ("alerts.webhook_token_file", _check_path, "set"),
+    ("alerts.syslog", _check_syslog, "set"),
+    ("metrics.listen", parse_host_port, "set"),
+)
+
+
+def _check_values(settings: Settings, source: str) -> None:
+    """Every value that names an address, URL, network, path, socket or account is well-formed."""
+    for key, check, when in _VALUE_CHECKS:
+        value: object = settings
+        for part in key.split("."):
+            value = getattr(value, part)
+        if when == "set" and not value:
+            continue
+        for item in (value if when is _LIST else (value,)):
+            try:
+                check(item)
+            except ValueError as exc:
+                raise ConfigError(source, key, str(exc)) from None
 
 
 def _join(prefix: str, key: str) -> str:

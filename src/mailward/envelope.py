@@ -19,6 +19,8 @@ class Envelope:
 
     ``auth_user`` comes from the ``{auth_authen}`` macro and ``daemon`` from
     ``{daemon_name}``; both decide the direction together with the client address.
+    ``local_submission`` marks mail from the host's own ``sendmail`` command
+    (Postfix's ``non_smtpd_milters``), which has no SMTP client at all.
     """
 
     mail_from: str = ""
@@ -31,6 +33,7 @@ class Envelope:
     queue_id: str = ""
     connection_id: str = ""
     direction: Direction = Direction.INBOUND
+    local_submission: bool = False
 
     def with_direction(self, direction: Direction) -> "Envelope":
         return replace(self, direction=direction)
@@ -67,6 +70,8 @@ class DirectionRules:
         )
 
     def classify(self, envelope: Envelope) -> Direction:
+        if envelope.local_submission:       # written on this host: our users or our own services
+            return Direction.OUTBOUND
         if self.authenticated_is_outbound and envelope.auth_user:
             return Direction.OUTBOUND
         if envelope.daemon and envelope.daemon in self.outbound_daemons:

@@ -53,12 +53,32 @@ def _merge(into: dict, extra: dict) -> None:
             into[key] = value
 
 
+LOG_FILE_MODE = 0o640      # lines carry addresses and content clues: never world-readable
+
+
+class PrivateLogFile(logging.handlers.WatchedFileHandler):
+    """Appends to a file created 0640 (a file found readable by others is narrowed to that).
+
+    Reopens the file by name when logrotate renames it, so rotation needs no restart.
+    """
+
+    def _open(self):
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, LOG_FILE_MODE)
+        try:
+            st = os.fstat(fd)
+            if st.st_mode & 0o007 and st.st_uid == os.geteuid():
+                os.fchmod(fd, st.st_mode & 0o7770 & ~0o007)
+            return os.fdopen(fd, "a", encoding=self.encoding, errors=self.errors)
+        except BaseException:
+            os.close(fd)
+            raise
+
+
 def configure_logging(settings: LoggingSettings) -> None:
     """Send every log line as one JSON object to the configured file or stderr."""
     if settings.file:
         os.makedirs(os.path.dirname(os.path.abspath(settings.file)), exist_ok=True)
-        # Reopens the file when logrotate renames it, so rotation needs no restart.
-        handler: logging.Handler = logging.handlers.WatchedFileHandler(settings.file, encoding="utf-8")
+        handler: logging.Handler = PrivateLogFile(settings.file, encoding="utf-8")
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(EcsJsonFormatter())

@@ -20,6 +20,7 @@ from typing import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
+from .config import parse_host_port
 from .errors import ConfigError
 from .evidence import Category
 
@@ -128,11 +129,11 @@ class Metrics:
 
     def serve(self, listen: str, source: str = "<defaults>"):
         """Start the HTTP endpoint on ``HOST:PORT``; returns the server (``shutdown()`` stops it)."""
-        host, _, port = listen.rpartition(":")
-        host = host.strip("[]")
-        if not host or not port.isdigit():
-            raise ConfigError(source, "metrics.listen", "must be HOST:PORT, e.g. 127.0.0.1:9464")
-        server, _thread = start_http_server(int(port), addr=host, registry=self.registry)
+        try:
+            host, port = parse_host_port(listen)        # config.py already checked a loaded file's value
+        except ValueError as exc:
+            raise ConfigError(source, "metrics.listen", str(exc)) from None
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
         log.info("metrics on http://%s:%s/metrics", host, port)
         return server
 

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 MessageSource = bytes | Path    # small messages travel as bytes, spooled ones as a private file path
 
+
 class ScanFailed(MailwardError):
     """A worker died or answered with an error; the milter applies on_error."""
 
@@ -51,11 +52,21 @@ def _worker_main(conn: Connection, settings: Settings) -> None:
     die_with_parent()
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))     # a core file would hold message content
     configure_logging(settings.logging)
+    failure = ""
     try:
         inspector = Inspector.from_settings(settings)
     except Exception as exc:  # reported to the parent with every request instead of dying silently
         log.exception("worker could not load its detectors")
         inspector, failure = None, f"{type(exc).__name__}: {exc}"
+    if inspector is not None:
+        try:        # first-use costs (parser sandbox, archive and PDF code) paid here, not by a message
+            inspector.inspect(_warm_up_message(), Envelope())
+        except Exception:
+            log.exception("warm-up scan failed")
+    try:
+        conn.send(("loaded", failure))        # the pool hands out only workers that said so
+    except (OSError, BrokenPipeError):
+        return
     while True:
         try:
             source, envelope = conn.recv()
@@ -83,6 +94,25 @@ def _limit_cpu(seconds: float) -> None:
     soft = math.ceil(usage.ru_utime + usage.ru_stime + seconds)
     hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
     resource.setrlimit(resource.RLIMIT_CPU, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
+
+
+def _warm_up_message() -> bytes:
+    """A small message with a zip and a one-page PDF: what a new worker scans before it serves."""
+    import io
+    import zipfile
+    from email.message import EmailMessage
+
+    pdf = (b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n2 0 obj<</Type/Pages/Kids[3 0 R]/Count 1>>endobj\n"
+           b"3 0 obj<</Type/Page/Parent 2 0 R/MediaBox[0 0 200 200]>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n")
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("notes.txt", "warm-up " * 100)
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "warm-up@localhost", "warm-up@localhost", "warm-up"
+    msg.set_content("warm-up text https://example.invalid/")
+    msg.add_attachment(archive.getvalue(), maintype="application", subtype="zip", filename="notes.zip")
+    msg.add_attachment(pdf, maintype="application", subtype="pdf", filename="page.pdf")
+    return msg.as_bytes()
 
 
 @dataclass
@@ -116,7 +146,18 @@ class ScanPool:
     lane in round-robin order, so a burst from one client takes turns with
     everyone else, and a client never holds more than ``client_share``
     workers (all but one, by default) while it has others in flight.
+
+    Only loaded workers are handed out: a new worker (first start, replacement,
+    reload) is idle only after it reported its detectors loaded, so no scan
+    waits behind a model or rules load.
     """
+
+    LOAD_TIMEOUT = 300.0      # seconds a new worker may take to load rules and model
+    RESPAWN_DELAY = 5.0       # seconds between attempts to start a replacement worker
+    # Imported once in the forkserver, so each new worker (start, replacement, reload) skips
+    # seconds of imports (scikit-learn alone: 1-5 s) and only loads rules and model.
+    PRELOAD = ("mailward.pipeline", "mailward.signatures", "mailward.models.spam", "mailward.reputation",
+               "sklearn.naive_bayes")
 
     def __init__(self, settings: Settings, size: int, start_method: str = "forkserver",
                  client_share: int | None = None):
@@ -124,7 +165,7 @@ class ScanPool:
             raise ValueError("a scan pool needs at least one worker")
         self._ctx = multiprocessing.get_context(start_method)
         if start_method == "forkserver":
-            self._ctx.set_forkserver_preload([f"{__package__}.forkserver_guard"])
+            self._ctx.set_forkserver_preload([f"{__package__}.forkserver_guard", *self.PRELOAD])
         self._size = size
         self._share = client_share or max(1, size - 1)
         self._settings = settings
@@ -135,32 +176,89 @@ class ScanPool:
         self._lanes: dict[str, deque[_Ticket]] = {}     # waiting scans per client; dict order is the turn
         self._busy: Counter[str] = Counter()              # scans in flight per client
         self._closed = False
-        for _ in range(size):
-            self._idle.append(self._spawn())
+        self._idle.extend(self._start_loaded(settings, 0))
 
-    def _spawn(self) -> _Worker:
+    def _spawn(self, settings: Settings, generation: int) -> _Worker:
         parent, child = self._ctx.Pipe()
-        process = self._ctx.Process(target=_worker_main, args=(child, self._settings),
+        process = self._ctx.Process(target=_worker_main, args=(child, settings),
                                     name="mailward-scan", daemon=True)
         process.start()
         child.close()
-        return _Worker(process, parent, self._generation)
+        return _Worker(process, parent, generation)
+
+    def _loaded(self, worker: _Worker) -> str:
+        """Wait for a new worker's load report: "" when its detectors loaded, else why not."""
+        try:
+            if not worker.conn.poll(self.LOAD_TIMEOUT):
+                return f"did not load within {self.LOAD_TIMEOUT:.0f} s"
+            _status, failure = worker.conn.recv()
+            return failure
+        except (EOFError, OSError) as exc:
+            return f"died while loading ({type(exc).__name__})"
+
+    def _start_loaded(self, settings: Settings, generation: int) -> list[_Worker]:
+        """``size`` workers for ``settings``, loaded side by side; ScanFailed if any cannot load."""
+        workers: list[_Worker] = []
+        try:
+            for _ in range(self._size):
+                workers.append(self._spawn(settings, generation))
+            failures = [failure for failure in map(self._loaded, workers) if failure]
+        except OSError as exc:          # no process could be started (forkserver gone, no memory)
+            failures = [f"could not start: {exc}"]
+        if failures:
+            for worker in workers:
+                worker.stop()
+            raise ScanFailed(f"scanning processes could not load: {failures[0]}")
+        return workers
 
     def reload(self, settings: Settings) -> None:
-        """Serve new scans with workers built from ``settings``; busy workers retire when done."""
+        """Serve new scans with workers built from ``settings``, once all of them have loaded.
+
+        The old workers serve until then; if the new ones cannot load, ScanFailed
+        is raised and the old ones stay. Busy old workers retire when done.
+        """
         with self._lock:
-            self._settings = settings
-            self._generation += 1
-            stale, self._idle = self._idle, []
-            for worker in stale:
-                worker.stop()
-                self._idle.append(self._spawn())
-            self._dispatch()
+            generation = self._generation + 1
+        fresh = self._start_loaded(settings, generation)
+        with self._lock:
+            if self._closed:
+                stale = fresh
+            else:
+                self._settings, self._generation = settings, generation
+                stale, self._idle = self._idle, fresh
+                self._dispatch()
+        for worker in stale:
+            worker.stop()
 
     def idle_pids(self) -> list[int]:
         """Process IDs of the workers waiting for a scan (for memory figures and process checks)."""
         with self._lock:
             return [worker.process.pid for worker in self._idle if worker.process.pid is not None]
+
+    def _replace(self, settings: Settings, generation: int) -> None:
+        """Start a worker in place of a broken one; it joins the idle set once loaded."""
+        while True:
+            try:
+                worker = self._spawn(settings, generation)
+                break
+            except OSError:             # retried: a pool that only shrinks would end in deadline verdicts
+                log.exception("could not start a replacement scanning process; retrying")
+                time.sleep(self.RESPAWN_DELAY)
+                with self._lock:
+                    if self._closed or generation != self._generation:
+                        return
+        failure = self._loaded(worker)
+        if failure:     # it answers every scan with an error: on_error applies, nothing passes unchecked
+            log.error("replacement scanning process could not load: %s", failure)
+        with self._lock:
+            if self._closed or generation != self._generation:
+                retire = True
+            else:
+                retire = False
+                self._idle.append(worker)
+                self._dispatch()
+        if retire:
+            worker.stop()
 
     def scan(self, source: MessageSource, envelope: Envelope, deadline: float) -> Evidence:
         """Inspect one message in a worker; a deadline or CPU overrun is evidence, a crash raises."""
@@ -240,14 +338,20 @@ class ScanPool:
             if not self._busy[ticket.client]:
                 del self._busy[ticket.client]
             if self._closed:
-                worker.stop()
+                retire = True
                 self._returned.notify_all()
-                return
-            if broken or worker.generation != self._generation or not worker.process.is_alive():
-                worker.stop()
-                worker = self._spawn()
-            self._idle.append(worker)
-            self._dispatch()
+            elif worker.generation != self._generation:
+                retire = True       # a reload already started its successor
+            elif broken or not worker.process.is_alive():
+                retire = True
+                threading.Thread(target=self._replace, args=(self._settings, self._generation),
+                                 name="mailward-scan-replace", daemon=True).start()
+            else:
+                retire = False
+                self._idle.append(worker)
+                self._dispatch()
+        if retire:
+            worker.stop()
 
     def close(self) -> None:
         """Stop every worker; scans in flight get up to 10 s to finish."""

@@ -16,10 +16,27 @@ from ..privileges import PrivilegeError, become_service_user
 from . import block, config, model, quarantine, rules, scan, train, watch_auth
 
 
+def _add_global_options(parser: argparse.ArgumentParser, default=None) -> None:
+    parser.add_argument("--config", default=default, help="TOML configuration file (default: embedded defaults)")
+    parser.add_argument("--state-dir", default=default, help="override state_dir")
+
+
+def _accept_global_options_everywhere(parser: argparse.ArgumentParser) -> None:
+    """``mailward quarantine list --config FILE`` works like ``mailward --config FILE quarantine list``.
+
+    Each subcommand parser gets the options too, with a suppressed default so
+    that, when absent there, the value given before the subcommand stays.
+    """
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _add_global_options(sub, argparse.SUPPRESS)
+                _accept_global_options_everywhere(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mailward", description="Mailward mail security tools.")
-    parser.add_argument("--config", help="TOML configuration file (default: embedded defaults)")
-    parser.add_argument("--state-dir", help="override state_dir")
+    _add_global_options(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     scan.register(commands)
     config.register(commands)
@@ -29,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch_auth.register(commands)
     train.register(commands)
     model.register(commands)
+    _accept_global_options_everywhere(parser)
     return parser
 
 

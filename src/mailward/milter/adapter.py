@@ -4,15 +4,19 @@ No detection happens here. Every callback catches everything: an exception in a
 reply callback would send pymilter's own text (naming internals) to the client,
 and one in a ``noreply`` callback would leave Postfix waiting for its content
 timeout. A failure is remembered and answered at end of message with the
-direction's ``on_error`` action and a generic reply.
+direction's ``on_error`` action and a generic reply: a failure at connect or
+HELO for every message of the connection (:class:`Connection`), a later one for
+that message (:class:`Transaction`, fresh per message). Nothing fails open.
 """
 
 from __future__ import annotations
 
 import functools
+import ipaddress
 import logging
 import secrets
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,7 +43,7 @@ AUTH_RESULTS = "authentication-results"
 
 @dataclass(frozen=True)
 class Runtime:
-    """What one connection needs; the daemon swaps in a new one on reload."""
+    """What one message needs; the daemon swaps in a new one on reload."""
 
     screener: Screener
     direction: DirectionRules
@@ -48,6 +52,108 @@ class Runtime:
     incidents: IncidentResponse | None = None    # blocks and suspensions; None = none apply
     metrics: Metrics | None = None
     authserv_id: str = ""                         # our Authentication-Results id; forged ones are removed
+    owned: tuple = ()                             # stores opened for this runtime, closed when it retires
+
+    def close(self) -> None:
+        """Close what this runtime opened; called once no message uses it any more."""
+        for resource in self.owned:
+            try:
+                resource.close()
+            except Exception:
+                log.exception("could not close %s", type(resource).__name__)
+
+
+class LiveRuntime:
+    """The current :class:`Runtime` and the retired ones still in use by messages.
+
+    A message leases the runtime current at MAIL FROM and returns it at its
+    end; a retired runtime is closed when its last lease returns, so a reload
+    never pulls a store from under a message in flight and never leaks one.
+    """
+
+    def __init__(self, runtime: Runtime):
+        self._lock = threading.Lock()
+        self._current = runtime
+        self._leases: dict[int, int] = {id(runtime): 0}
+        self._retired: dict[int, Runtime] = {}
+
+    @property
+    def current(self) -> Runtime:
+        return self._current
+
+    def acquire(self) -> Runtime:
+        with self._lock:
+            runtime = self._current
+            self._leases[id(runtime)] += 1
+            return runtime
+
+    def release(self, runtime: Runtime) -> None:
+        key, done = id(runtime), None
+        with self._lock:
+            self._leases[key] -= 1
+            if not self._leases[key] and key in self._retired:
+                done = self._retired.pop(key)
+                del self._leases[key]
+        if done is not None:
+            done.close()
+
+    def swap(self, runtime: Runtime) -> None:
+        """Make ``runtime`` current; the old one closes as soon as no message holds it."""
+        with self._lock:
+            old, self._current = self._current, runtime
+            self._leases[id(runtime)] = 0
+            idle = not self._leases[id(old)]
+            if idle:
+                del self._leases[id(old)]
+            else:
+                self._retired[id(old)] = old
+        if idle:
+            old.close()
+
+    def close(self) -> None:
+        """At stop: close the current runtime (libmilter has ended every connection)."""
+        with self._lock:
+            runtimes = [self._current, *self._retired.values()]
+            self._retired.clear()
+        for runtime in runtimes:
+            runtime.close()
+
+
+@dataclass
+class Connection:
+    """Facts about the SMTP client, for every message of the connection.
+
+    ``failure`` set by the connect or HELO callback makes every message of
+    the connection end in its direction's ``on_error`` verdict.
+    """
+
+    id: str
+    address: str = ""
+    name: str = ""
+    helo: str = ""
+    daemon: str = ""
+    local_submission: bool = False          # the local sendmail command, not an SMTP client
+    findings: tuple[Finding, ...] = ()      # a client block whose policy is not to refuse
+    failure: str = ""
+
+
+@dataclass
+class Transaction:
+    """One message, MAIL FROM to end of message; a fresh one per message so nothing leaks across."""
+
+    runtime: Runtime
+    mail_from: str = ""
+    auth_user: str = ""
+    queue_id: str = ""
+    recipients: list[str] = field(default_factory=list)
+    findings: tuple[Finding, ...] = ()      # a sender block whose policy is not to refuse
+    watched_headers: dict[str, list[str]] = field(default_factory=dict)   # lower-case name -> values
+    buffer: MessageBuffer | None = None
+    in_body: bool = False
+    failure: str = ""
+
+
+CONNECTION_CALLBACKS = ("connect", "hello")
 
 
 def _continue_on_error(callback):
@@ -66,38 +172,60 @@ def _addr(value: str) -> str:
     return value.strip().removeprefix("<").removesuffix(">")
 
 
+def _is_local_submission(hostaddr) -> bool:
+    """Postfix's non_smtpd_milters announce the sendmail command as a loopback "client" on port 0
+    (no TCP connection exists); a real client always has a port. No address at all counts too."""
+    if hostaddr is None or hostaddr == "":
+        return True
+    if not isinstance(hostaddr, tuple) or len(hostaddr) < 2:
+        return False
+    try:
+        return hostaddr[1] == 0 and ipaddress.ip_address(str(hostaddr[0])).is_loopback
+    except ValueError:
+        return False
+
+
 @Milter.header_leading_space
 class MailwardMilter(Milter.Base):
-    def __init__(self, runtime: Runtime):
-        self._runtime = runtime
-        self._connection_id = secrets.token_hex(4)
-        self._client = ("", "", "", "")          # address, name, helo, daemon
-        self._client_findings: tuple[Finding, ...] = ()   # a client block whose policy is not to refuse
-        self._buffer: MessageBuffer | None = None
-        self._reset_message()
+    def __init__(self, live: LiveRuntime | Runtime):
+        self._live = live if isinstance(live, LiveRuntime) else LiveRuntime(live)
+        self._connection = Connection(secrets.token_hex(4))
+        self._message: Transaction | None = None
 
     # --- helpers -------------------------------------------------------
-    def _reset_message(self) -> None:
-        if getattr(self, "_buffer", None) is not None:
-            self._buffer.discard()
-        self._buffer = None
-        self._mail_from = ""
-        self._auth_user = ""
-        self._recipients: list[str] = []
-        self._blocked_findings: tuple[Finding, ...] = ()
-        self._watched_headers: dict[str, list[str]] = {}   # lower-case name -> values, in order
-        self._in_body = False
-        self._failure = ""
-        self._queue_id = ""
+    def _begin(self) -> Transaction:
+        self._end()
+        self._message = Transaction(self._live.acquire())
+        return self._message
+
+    def _end(self) -> None:
+        """Discard the message's spool and return its runtime lease."""
+        message, self._message = self._message, None
+        if message is None:
+            return
+        try:
+            if message.buffer is not None:
+                message.buffer.discard()
+        finally:
+            self._live.release(message.runtime)
+
+    @property
+    def _runtime(self) -> Runtime:
+        return self._message.runtime if self._message is not None else self._live.current
 
     def _extra(self) -> dict:
-        return {"queue_id": self._queue_id, "connection_id": self._connection_id}
+        queue_id = self._message.queue_id if self._message is not None else ""
+        return {"queue_id": queue_id, "connection_id": self._connection.id}
 
     def _fail(self, where: str) -> None:
-        """Remember an internal error in a callback; answered at end of message."""
+        """Remember an internal error: for the connection (connect, HELO) or this message."""
         log.exception("internal error in %s callback", where, extra=self._extra())
-        if not self._failure:
-            self._failure = f"error in {where}"
+        if where in CONNECTION_CALLBACKS:
+            holder = self._connection
+        else:
+            holder = self._message if self._message is not None else self._begin()
+        if not holder.failure:
+            holder.failure = f"error in {where}"
 
     def _macro(self, name: str) -> str:
         try:
@@ -135,44 +263,47 @@ class MailwardMilter(Milter.Base):
         generic "554 ... not accepting connections"; our log line has the incident ID.
         """
         address = hostaddr[0] if isinstance(hostaddr, tuple) and hostaddr else (hostaddr or "")
-        self._client = (str(address), str(hostname or ""), "", self._macro("{daemon_name}"))
+        client = self._connection
+        client.address, client.name, client.daemon = str(address), str(hostname or ""), self._macro("{daemon_name}")
+        client.local_submission = _is_local_submission(hostaddr)
         incidents = self._runtime.incidents
-        block = incidents.client_block(self._client[0]) if incidents is not None else None
+        block = incidents.client_block(client.address) if incidents is not None else None
         if block is not None:
             verdict = self._refusal(block)
             if verdict is not None:
                 return Milter.REJECT if verdict.action is Action.REJECT else Milter.TEMPFAIL
-            self._client_findings = (block_finding(block),)
+            client.findings = (block_finding(block),)
         return Milter.CONTINUE
 
     @Milter.noreply
     @_continue_on_error
     def hello(self, hostname):
-        self._client = (self._client[0], self._client[1], str(hostname), self._client[3])
+        self._connection.helo = str(hostname)
         return Milter.CONTINUE
 
     @_continue_on_error
     def envfrom(self, mailfrom, *params):
-        self._reset_message()
-        self._mail_from = _addr(mailfrom)
-        self._auth_user = self._macro("{auth_authen}")
-        self._queue_id = self._macro("i")
-        rt = self._runtime
-        block = rt.incidents.sender_block(self._auth_user, self._mail_from) if rt.incidents is not None else None
+        message = self._begin()
+        message.mail_from = _addr(mailfrom)
+        message.auth_user = self._macro("{auth_authen}")
+        message.queue_id = self._macro("i")
+        rt = message.runtime
+        block = rt.incidents.sender_block(message.auth_user, message.mail_from) if rt.incidents is not None else None
         if block is not None:
             verdict = self._refusal(block)
             if verdict is not None:
                 reply = verdict.reply
                 self.setreply(reply.code, reply.xcode, reply.text)
+                self._end()
                 return Milter.REJECT if verdict.action is Action.REJECT else Milter.TEMPFAIL
-            self._blocked_findings = (block_finding(block),)
-        self._buffer = MessageBuffer(rt.spool_threshold, rt.spool_dir)
+            message.findings = (block_finding(block),)
+        message.buffer = MessageBuffer(rt.spool_threshold, rt.spool_dir)
         return Milter.CONTINUE
 
     @Milter.noreply
     @_continue_on_error
     def envrcpt(self, to, *params):
-        self._recipients.append(_addr(to))
+        self._message.recipients.append(_addr(to))
         return Milter.CONTINUE
 
     @Milter.decode("bytes")
@@ -181,73 +312,90 @@ class MailwardMilter(Milter.Base):
     def header(self, name, value):
         name = name.decode("ascii", "replace") if isinstance(name, bytes) else name
         value = value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
-        self._buffer.add_header(name, value)
+        message = self._message
+        if self._connection.failure or message.failure:
+            return Milter.CONTINUE          # answered with on_error at end of message; nothing to keep
+        message.buffer.add_header(name, value)
         lower = name.lower()
         if lower.startswith(OUR_HEADER_PREFIX) or lower == AUTH_RESULTS:
-            self._watched_headers.setdefault(lower, []).append(value.decode("utf-8", "replace"))
+            message.watched_headers.setdefault(lower, []).append(value.decode("utf-8", "replace"))
         return Milter.CONTINUE
 
     @Milter.noreply
     @_continue_on_error
     def body(self, chunk):
-        if not self._in_body:
-            self._buffer.end_headers()
-            self._in_body = True
-        self._buffer.add_body(chunk)
+        message = self._message
+        if self._connection.failure or message.failure:
+            return Milter.CONTINUE
+        if not message.in_body:
+            message.buffer.end_headers()
+            message.in_body = True
+        message.buffer.add_body(chunk)
         return Milter.CONTINUE
 
     def eom(self):
         outcome: Outcome | None = None
         try:
             try:
-                self._queue_id = self._macro("i") or self._queue_id
-                if not self._in_body and self._buffer is not None:
-                    self._buffer.end_headers()
-                outcome = self._screen() if not self._failure else self._failure_outcome()
+                message = self._message if self._message is not None else self._begin()
+                message.queue_id = self._macro("i") or message.queue_id
+                failure = self._connection.failure or message.failure
+                if failure:
+                    outcome = self._failure_outcome(failure)
+                else:
+                    if not message.in_body:
+                        message.buffer.end_headers()
+                    outcome = self._screen()
             except Exception:
                 self._fail("eom")
-                outcome = self._failure_outcome()
+                outcome = self._failure_outcome(self._connection.failure or self._message.failure)
             return self._apply(outcome)
         except Exception:
             log.exception("could not apply the verdict", extra=self._extra())
             return self._apply_failure()
         finally:
-            if outcome is not None:
-                self._report(outcome)
-            self._reset_message()
+            try:
+                if outcome is not None:
+                    self._report(outcome)
+            finally:
+                self._end()
 
     def abort(self):
         try:
-            self._reset_message()
+            self._end()
         except Exception:
             log.exception("abort cleanup failed", extra=self._extra())
         return Milter.CONTINUE
 
     def close(self):
         try:
-            self._reset_message()
+            self._end()
         except Exception:
             log.exception("close cleanup failed", extra=self._extra())
         return Milter.CONTINUE
 
     # --- decision ------------------------------------------------------
     def _envelope(self) -> Envelope:
-        address, name, helo, daemon = self._client
-        envelope = Envelope(mail_from=self._mail_from, recipients=tuple(self._recipients), client_address=address,
-                            client_name=name, helo=helo, auth_user=self._auth_user, daemon=daemon,
-                            queue_id=self._queue_id, connection_id=self._connection_id)
+        client, message = self._connection, self._message
+        envelope = Envelope(client_address=client.address, client_name=client.name, helo=client.helo,
+                            daemon=client.daemon, connection_id=client.id, local_submission=client.local_submission)
+        if message is not None:
+            envelope = replace(envelope, mail_from=message.mail_from, recipients=tuple(message.recipients),
+                               auth_user=message.auth_user, queue_id=message.queue_id)
         return envelope.with_direction(self._runtime.direction.classify(envelope))
 
     def _screen(self) -> Outcome:
-        known = Evidence(findings=self._client_findings + self._blocked_findings)
-        return self._runtime.screener.screen(self._buffer.source(), self._buffer.size, self._envelope(), known)
+        message = self._message
+        known = Evidence(findings=self._connection.findings + message.findings)
+        return message.runtime.screener.screen(message.buffer.source(), message.buffer.size, self._envelope(), known)
 
-    def _failure_outcome(self) -> Outcome:
-        """The direction's on_error verdict for a message whose callbacks failed."""
+    def _failure_outcome(self, failure: str) -> Outcome:
+        """The direction's on_error verdict for a message whose callbacks (or connection) failed."""
         envelope = self._envelope()
         policy = self._runtime.screener.settings.policy.for_direction(envelope.direction)
+        buffer = self._message.buffer if self._message is not None else None
         return Outcome(envelope, decide_failure(policy, new_incident_id()), Evidence(),
-                       self._buffer.size if self._buffer else 0, error=self._failure)
+                       buffer.size if buffer is not None else 0, error=failure)
 
     def _apply(self, outcome: Outcome) -> int:
         verdict = outcome.verdict
@@ -272,7 +420,7 @@ class MailwardMilter(Milter.Base):
         so deleting from the last occurrence backwards keeps indexes valid.
         """
         authserv_id = self._runtime.authserv_id
-        for name, values in self._watched_headers.items():
+        for name, values in self._message.watched_headers.items():
             for index in range(len(values), 0, -1):
                 if name != AUTH_RESULTS or (authserv_id and claims_our_id(values[index - 1], authserv_id)):
                     self.chgheader(name, index, "")

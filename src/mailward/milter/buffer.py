@@ -6,6 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
+SPOOL_PREFIX, SPOOL_SUFFIX = "msg-", ".eml"     # the daemon removes such files left by a killed milter
+
 
 class MessageBuffer:
     """Header block and body chunks in order; past ``threshold`` bytes they go to a private file.
@@ -35,7 +37,7 @@ class MessageBuffer:
     def _write(self, data: bytes) -> None:
         self.size += len(data)
         if self._file is None and self.size > self._threshold:
-            fd, name = tempfile.mkstemp(prefix="msg-", suffix=".eml", dir=self._spool_dir)  # mode 0600
+            fd, name = tempfile.mkstemp(prefix=SPOOL_PREFIX, suffix=SPOOL_SUFFIX, dir=self._spool_dir)  # mode 0600
             self._file, self._path = os.fdopen(fd, "wb"), Path(name)
             self._file.write(self._memory)
             self._memory = bytearray()

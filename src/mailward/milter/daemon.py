@@ -4,7 +4,13 @@ libmilter's own signal thread stops the milter on SIGHUP, so libmilter runs in
 a side thread and the main thread keeps SIGHUP and SIGTERM for itself (Linux
 delivers a process signal to the main thread when it does not block it): on
 SIGHUP the configuration, rules and model are rebuilt and validated, and only
-then swapped in; connections in progress finish on what they started with.
+then swapped in; messages in progress finish on what they started with, and
+the old runtime's stores close when the last of them ends.
+
+When workers scan, this process never builds a scanning stack (rules, model):
+the pool's next generation loads them, and a reload whose workers cannot load
+keeps the old ones. SIGHUPs arriving during a reload fold into one more reload,
+and after a reload that loaded new workers the next one waits as long as that took.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import logging
 import os
 import pwd
 import signal
+import socket
+import stat
 import sys
 import threading
 import time
@@ -23,7 +31,7 @@ from pathlib import Path
 
 import Milter
 
-from ..config import Settings, load_settings
+from ..config import Settings, load_settings, parse_milter_socket
 from ..errors import ConfigError, MailwardError
 from ..incidents import open_incidents
 from ..incidents.authlog import LogFollower, watch
@@ -31,10 +39,12 @@ from ..logs import configure_logging
 from ..metrics import Metrics, quarantine_stats, rules_version
 from ..pipeline import Inspector
 from ..reputation import authserv_id
-from ..signatures.ruleset import discover, stamp
+from ..signatures import rule_directories
+from ..signatures.ruleset import Source, compile_file, discover, stamp
 from ..screening import Screener
 from ..workers import ScanPool
-from .adapter import MailwardMilter, Runtime
+from .adapter import LiveRuntime, MailwardMilter, Runtime
+from .buffer import SPOOL_PREFIX, SPOOL_SUFFIX
 
 log = logging.getLogger("mailward.milter")
 
@@ -43,8 +53,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="mailward-milter", description="Run the Mailward milter.")
     parser.add_argument("--config", help="TOML configuration file (default: embedded defaults)")
     parser.add_argument("--state-dir", help="override state_dir (quarantine, models, rules cache)")
-    parser.add_argument("--socket", help="override milter.socket, e.g. unix:/run/mailward/milter.sock")
-    parser.add_argument("--check", action="store_true", help="validate the configuration, rules and model, then exit")
+    parser.add_argument("--socket", help="override milter.socket, e.g. unix:/var/spool/postfix/mailward/milter.sock")
+    parser.add_argument("--check", action="store_true",
+                        help="dry run of a start: validate the configuration, compile every rule file, load the "
+                             "model and open the stores, print each problem, exit non-zero on any")
     return parser.parse_args(argv)
 
 
@@ -65,9 +77,9 @@ def _prepare_directories(settings: Settings) -> None:
         os.chmod(path, 0o700)
         if service:
             os.chown(path, service.pw_uid, service.pw_gid)
-    sock = settings.milter.socket
-    if sock.startswith(("unix:", "local:")):
-        sock_dir = Path(sock.split(":", 1)[1]).parent
+    kind, path, _port = parse_milter_socket(settings.milter.socket)
+    if kind == "unix":
+        sock_dir = Path(path).parent
         sock_dir.mkdir(parents=True, exist_ok=True)
         try:
             gid = grp.getgrnam(settings.milter.socket_group).gr_gid
@@ -76,7 +88,11 @@ def _prepare_directories(settings: Settings) -> None:
         if os.geteuid() == 0:
             os.chown(sock_dir, service.pw_uid if service else 0, gid)
         # setgid: the socket inherits the MTA's group; with umask 007 that group may connect.
-        os.chmod(sock_dir, 0o2750 if gid != -1 else 0o755)
+        # Left alone when already right (tmpfiles.d made it): a chmod by a service user outside
+        # that group would clear the set-group-ID bit.
+        wanted = 0o2750 if gid != -1 else 0o755
+        if stat.S_IMODE(sock_dir.stat().st_mode) != wanted:
+            os.chmod(sock_dir, wanted)
 
 
 def _drop_privileges(settings: Settings) -> None:
@@ -88,7 +104,9 @@ def _drop_privileges(settings: Settings) -> None:
     os.setuid(service.pw_uid)
 
 
-def _build_runtime(settings: Settings, pool: ScanPool | None, inspector: Inspector, metrics: Metrics) -> Runtime:
+def _build_runtime(settings: Settings, pool: ScanPool | None, inspector: Inspector | None,
+                   metrics: Metrics) -> Runtime:
+    """Stores, incident response and screener for ``settings``; scans go to ``pool`` or ``inspector``."""
     from ..quarantine import open_store
     from ..quarantine.release import ReleaseVerifier
 
@@ -98,15 +116,96 @@ def _build_runtime(settings: Settings, pool: ScanPool | None, inspector: Inspect
     else:
         scan = lambda source, envelope: inspector.inspect(  # noqa: E731
             source.read_bytes() if isinstance(source, Path) else source, envelope)
-    incidents = open_incidents(settings, metrics)
     store = open_store(settings)
+    try:
+        incidents = open_incidents(settings, metrics)
+    except BaseException:
+        store.close()
+        raise
     screener = Screener(settings, scan, store, watch=incidents,
                         release=ReleaseVerifier.from_settings(settings, store).accept)
-    metrics.watch("quarantine", quarantine_stats(settings))
-    metrics.watch("blocks", incidents.blocklist.counts)
-    metrics.set_rules_version(rules_version(settings))
     return Runtime(screener, settings.direction.rules(), Path(settings.state_dir) / "spool",
-                   settings.milter.spool_threshold, incidents, metrics, authserv_id(settings.reputation))
+                   settings.milter.spool_threshold, incidents, metrics, authserv_id(settings.reputation),
+                   owned=(store, incidents))
+
+
+def _observe(metrics: Metrics, settings: Settings, runtime: Runtime) -> None:
+    """Point the scrape-time gauges at the runtime now live (never at one that may be refused)."""
+    metrics.watch("quarantine", quarantine_stats(settings))
+    metrics.watch("blocks", runtime.incidents.blocklist.counts)
+    metrics.set_rules_version(rules_version(settings))
+
+
+def _check_start(settings: Settings) -> list[str]:
+    """Everything a start would load, loaded fresh; one line per problem (empty: a start would work).
+
+    Every rule file is compiled from source (the bundle cache would hide a
+    broken file that is already known), then the scanning stack (model,
+    hash lists) and the runtime (stores, alert channels) are built and closed.
+    """
+    problems: list[str] = []
+    try:
+        for source in discover(rule_directories(settings)):
+            rule_file, _ = compile_file(source)
+            problems += [f"rule file {rule_file.path} does not compile: {error}" for error in rule_file.errors]
+    except MailwardError as exc:
+        problems.append(str(exc))
+    try:
+        inspector = Inspector.from_settings(settings)
+    except Exception as exc:
+        problems.append(f"scanning stack: {exc}")
+        inspector = None
+    try:
+        _build_runtime(settings, None, inspector, Metrics()).close()
+    except Exception as exc:
+        problems.append(f"stores and alerts: {exc}")
+    return problems
+
+
+def _remove_orphaned_spool(settings: Settings) -> None:
+    """Spool files of messages a killed milter never finished: no message owns them any more."""
+    removed = 0
+    for path in (Path(settings.state_dir) / "spool").glob(f"{SPOOL_PREFIX}*{SPOOL_SUFFIX}"):
+        try:
+            path.unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass
+    if removed:
+        log.info("removed %d spool file(s) left by an earlier run", removed)
+
+
+def _remove_socket(settings: Settings) -> None:
+    """A unix socket left behind would look like a milter that is up."""
+    kind, path, _port = parse_milter_socket(settings.milter.socket)
+    if kind == "unix":
+        try:
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def _notify(*fields: str) -> None:
+    """Tell systemd (Type=notify) about our state: a datagram to $NOTIFY_SOCKET, if it is set."""
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]           # abstract namespace
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.sendto("\n".join(fields).encode(), address)
+    except OSError as exc:
+        log.warning("could not notify systemd: %s", exc)
+
+
+def _wait_listening(settings: Settings, running: threading.Thread, timeout: float = 30.0) -> None:
+    """Return once libmilter's unix socket exists (or at once for inet sockets), so READY=1 is true."""
+    kind, path, _port = parse_milter_socket(settings.milter.socket)
+    deadline = time.monotonic() + timeout
+    while kind == "unix" and running.is_alive() and not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 RULES_POLL = 5.0     # seconds between checks of the rule directories for edits
@@ -114,18 +213,14 @@ RULES_POLL = 5.0     # seconds between checks of the rule directories for edits
 
 @dataclasses.dataclass(frozen=True)
 class _RulesOnDisk:
-    """Where the live rules came from, and the (path, mtime, size) marker of those files."""
+    """Where the live rules come from, and the (path, mtime, size) marker of those files."""
 
     directories: tuple = ()
     marker: tuple = ()
 
 
-def _rules_on_disk(inspector: Inspector) -> _RulesOnDisk:
-    for detector in inspector.detectors:
-        ruleset = getattr(detector, "ruleset", None)
-        if ruleset is not None:
-            return _rules_on_disk_now(_RulesOnDisk(tuple(ruleset.directories)))
-    return _RulesOnDisk()
+def _rules_on_disk(settings: Settings) -> _RulesOnDisk:
+    return _rules_on_disk_now(_RulesOnDisk(tuple(rule_directories(settings))))
 
 
 def _rules_on_disk_now(seen: _RulesOnDisk) -> _RulesOnDisk:
@@ -135,50 +230,82 @@ def _rules_on_disk_now(seen: _RulesOnDisk) -> _RulesOnDisk:
         return _RulesOnDisk(seen.directories, ("unreadable",))
 
 
-class _Daemon:
-    """Holds the live runtime; new connections take whatever is current."""
+def _scanning_inputs(settings: Settings) -> tuple:
+    """What the scanning workers are built from: the settings and the (path, mtime, size) of
+    their rule and hash list files. Equal inputs build equal workers, so a reload keeps them.
+    (A newly promoted model needs no reload: the workers' model loader polls for it.)"""
+    lists = [Source("", Path(name)) for name in (*settings.signatures.hash_lists,
+                                                 *settings.signatures.hash_allow_lists)]
+    return settings, _rules_on_disk(settings).marker, stamp(lists)
 
-    def __init__(self, args: argparse.Namespace, settings: Settings, inspector: Inspector):
+
+class _Daemon:
+    """Holds the live runtime; each new message takes whatever is current."""
+
+    def __init__(self, args: argparse.Namespace, settings: Settings):
         self.args = args
         self.settings = settings
+        # Workers scan: their first generation is the load check, and this process builds no scanner.
         self.pool = ScanPool(settings, settings.milter.workers) if settings.milter.workers else None
+        inspector = None if self.pool is not None else Inspector.from_settings(settings)
         self.metrics = Metrics()             # kept across reloads: counters never reset while running
-        self.runtime = _build_runtime(settings, self.pool, inspector, self.metrics)
-        self.rules_seen = _rules_on_disk(inspector)
+        self.live = LiveRuntime(_build_runtime(settings, self.pool, inspector, self.metrics))
+        _observe(self.metrics, settings, self.live.current)
+        self.rules_seen = _rules_on_disk(settings)
+        self.scanning_inputs = _scanning_inputs(settings)
+        self.next_reload = 0.0               # monotonic time before which a requested reload waits
         self.stop_requested = threading.Event()
         self.reload_requested = threading.Event()
         self.metrics_server = self.metrics.serve(settings.metrics.listen, settings.source) \
             if settings.metrics.listen else None
 
     def connection(self) -> MailwardMilter:
-        return MailwardMilter(self.runtime)
+        return MailwardMilter(self.live)
 
     def reload(self) -> None:
+        """Build and check the new runtime once, swap it in, retire the old one; or keep the old."""
+        _notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        try:
+            self._reload()
+        finally:
+            _notify("READY=1")
+
+    def _reload(self) -> None:
         try:
             settings = load_settings(self.args.config, _overrides(self.args))
-            inspector = Inspector.from_settings(settings)   # a broken rule file or model fails here, not live
-        except (MailwardError, OSError) as exc:
+        except MailwardError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
             return
-        except Exception:
-            log.exception("reload refused, keeping the running configuration")
-            return
-        if settings.milter.socket != self.settings.milter.socket:
-            log.warning("milter.socket changed; the new socket takes effect only after a restart")
-        for key in ("metrics.listen", "incidents.follow_auth_log", "incidents.auth_log"):
+        for key in ("milter.socket", "milter.workers", "metrics.listen", "incidents.follow_auth_log",
+                    "incidents.auth_log"):
             section, name = key.split(".")
             if getattr(getattr(settings, section), name) != getattr(getattr(self.settings, section), name):
                 log.warning("%s changed; it takes effect only after a restart", key)
+        runtime = None
+        inputs = _scanning_inputs(settings)
         try:
+            inspector = None if self.pool is not None else Inspector.from_settings(settings)
             runtime = _build_runtime(settings, self.pool, inspector, self.metrics)
-        except (MailwardError, OSError) as exc:
-            log.error("reload refused, keeping the running configuration: %s", exc)
+            if self.pool is not None and inputs != self.scanning_inputs:
+                started = time.monotonic()
+                self.pool.reload(settings)     # the new workers are the rules and model check
+                # Loading workers takes CPU from scanning ones: after a regeneration the next
+                # reload waits as long as this one took, so loading never exceeds half the time.
+                self.next_reload = time.monotonic() + (time.monotonic() - started)
+            elif self.pool is not None:
+                log.info("scanning settings, rules and hash lists unchanged: the scanning processes stay")
+        except Exception as exc:
+            if runtime is not None:
+                runtime.close()
+            if isinstance(exc, (MailwardError, OSError)):
+                log.error("reload refused, keeping the running configuration: %s", exc)
+            else:
+                log.exception("reload refused, keeping the running configuration")
             return
-        if self.pool is not None:
-            self.pool.reload(settings)
-        self.rules_seen = _rules_on_disk(inspector)
-        old, self.runtime = self.runtime, runtime
-        old.incidents.close()        # a connection still using it reopens what it needs
+        self.rules_seen = _rules_on_disk(settings)
+        self.scanning_inputs = inputs
+        self.live.swap(runtime)
+        _observe(self.metrics, settings, runtime)
         self.settings = settings
         configure_logging(settings.logging)
         log.info("configuration, rules and model reloaded from %s", settings.source)
@@ -202,11 +329,13 @@ class _Daemon:
         signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
         thread = threading.Thread(target=run, name="libmilter", daemon=True)
         thread.start()
+        _wait_listening(self.settings, thread)
         log.info("mailward-milter listening on %s", self.settings.milter.socket)
+        _notify("READY=1", f"MAINPID={os.getpid()}")
         if self.settings.incidents.follow_auth_log:
             follower = LogFollower(self.settings.incidents.auth_log)
             threading.Thread(target=watch, name="auth-log", daemon=True,
-                             args=(follower, lambda address: self.runtime.incidents.failed_login(address),
+                             args=(follower, lambda address: self.live.current.incidents.failed_login(address),
                                    self.stop_requested)).start()
         next_rules_check = time.monotonic() + RULES_POLL
         while not self.stop_requested.wait(0.2):
@@ -217,17 +346,19 @@ class _Daemon:
                     log.info("rule files changed on disk; reloading")
                     self.rules_seen = on_disk       # a refused reload is not retried until the next edit
                     self.reload_requested.set()
-            if self.reload_requested.is_set():
-                self.reload_requested.clear()
+            if self.reload_requested.is_set() and time.monotonic() >= self.next_reload:
+                self.reload_requested.clear()      # SIGHUPs during the reload set it again: one more
                 self.reload()
+        _notify("STOPPING=1")
         if thread.is_alive():
             Milter.stop()
         thread.join(timeout=15)
+        _remove_socket(self.settings)
         if self.pool is not None:
             self.pool.close()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
-        self.runtime.incidents.close()
+        self.live.close()
         if failure:
             log.error("the milter could not run: %s", failure[0])
             return 1
@@ -246,17 +377,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _prepare_directories(settings)
         _drop_privileges(settings)
-        inspector = Inspector.from_settings(settings)
-        daemon = None if args.check else _Daemon(args, settings, inspector)
+        if args.check:
+            return _report_check(settings)
+        _remove_orphaned_spool(settings)
+        daemon = _Daemon(args, settings)
     except (MailwardError, OSError, KeyError) as exc:
         log.error("cannot start: %s", exc)
         print(f"mailward-milter: cannot start: {exc}", file=sys.stderr)
         return 1
-    if args.check:
-        print(f"mailward-milter: configuration {settings.source} is valid; "
-              f"{len(inspector.detectors)} detectors loaded")
-        return 0
     return daemon.serve()
+
+
+def _report_check(settings: Settings) -> int:
+    problems = _check_start(settings)
+    for problem in problems:
+        print(f"mailward-milter: {problem}", file=sys.stderr)
+    if problems:
+        print(f"mailward-milter: configuration {settings.source} has {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    print(f"mailward-milter: configuration {settings.source} is valid; rules compile, model and stores load "
+          f"(state_dir {settings.state_dir}, socket {settings.milter.socket})")
+    return 0
 
 
 if __name__ == "__main__":

@@ -157,11 +157,16 @@ def _serve(memory: int, timeout: float) -> None:
     """The child's loop: one request in, one answer out, until the parent closes stdin.
 
     Each request also arms SIGALRM (default action: terminate) at twice the
-    parent's timeout, so a child whose parent was killed cannot spin for ever.
+    parent's timeout, so a child whose parent was killed cannot spin for ever,
+    and an idle child exits as soon as its parent is gone (a killed worker's
+    pipe may still be held open by a sibling).
     """
     import resource
 
+    from ..lifetime import exit_with_parent
     from .handlers import HANDLERS
+
+    exit_with_parent()
 
     # The worker's per-message CPU limit was inherited; this child has its own time limit.
     cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)[1]

@@ -1,0 +1,192 @@
+"""The mailward-milter process itself: --check as a dry run of a start, reloads, what a stop leaves."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.milter import MilterProcess
+
+
+def config(tmp_path: Path, extra: str = "", workers: int = 1) -> Path:
+    path = tmp_path / "mailward.toml"
+    path.write_text(f'state_dir = "{tmp_path / "state"}"\n{extra}\n'
+                    f'[milter]\nsocket = "unix:{tmp_path / "sock" / "milter.sock"}"\nworkers = {workers}\n'
+                    f'[reputation]\nenabled = false\n'
+                    f'[logging]\nfile = "{tmp_path / "milter.log"}"\n')
+    return path
+
+
+def check(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mailward.milter.daemon", "--config", str(path), "--check"],
+                          capture_output=True, text=True, timeout=300)
+
+
+def started(tmp_path: Path, extra: str = "", workers: int = 1) -> MilterProcess:
+    proc = MilterProcess(config(tmp_path, extra, workers), tmp_path / "sock" / "milter.sock", tmp_path / "milter.log")
+    proc.start()
+    return proc
+
+
+def started_with_rules(tmp_path: Path) -> tuple[MilterProcess, Path]:
+    """A milter (one worker) whose rules include one file of our own, and that file."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    rule = rules / "a.yar"
+    rule.write_text("rule a { condition: false }\n")
+    return started(tmp_path, f'[signatures]\nrules_dirs = ["{rules}"]\n', workers=1), rule
+
+
+def wait_for_log(proc: MilterProcess, text: str, count: int = 1, timeout: float = 120.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen = proc.log_path.read_text().count(text) if proc.log_path.exists() else 0
+        if seen >= count:
+            return seen
+        time.sleep(0.1)
+    raise AssertionError(f"{text!r} logged fewer than {count} times")
+
+
+def test_check_passes_a_good_configuration(tmp_path):
+    result = check(config(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "is valid" in result.stdout
+
+
+def test_check_reports_a_rule_file_that_does_not_compile_every_time(tmp_path):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "good.yar").write_text("rule good { condition: false }\n")
+    (rules / "broken.yar").write_text("rule broken { condition: nonsense }\n")
+    path = config(tmp_path, f'[signatures]\nrules_dirs = ["{rules}"]\n')
+    for _ in range(2):                     # the second run must not be approved from the bundle cache
+        result = check(path)
+        assert result.returncode == 1
+        assert "broken.yar does not compile" in result.stderr
+
+
+@pytest.mark.parametrize("extra,key", [
+    ('[metrics]\nlisten = "garbage"\n', "metrics.listen"),
+    ('[metrics]\nlisten = "9464"\n', "metrics.listen"),
+    ('[alerts]\nwebhook_url = "ftp://x"\n', "alerts.webhook_url"),
+    ('[incidents]\nexempt_networks = ["not-a-network"]\n', "incidents.exempt_networks"),
+])
+def test_check_rejects_observed_bad_values(tmp_path, extra, key):
+    result = check(config(tmp_path, extra))
+    assert result.returncode != 0
+    assert key in result.stderr
+
+
+def test_check_fails_when_the_model_cannot_load(tmp_path):
+    result = check(config(tmp_path, f'[model]\nshipped_model = false\ndirectory = "{tmp_path / "no-models"}"\n'))
+    assert result.returncode == 1 and "scanning stack" in result.stderr
+
+
+def test_start_removes_orphaned_spool_files_and_stop_removes_the_socket(tmp_path):
+    spool = tmp_path / "state" / "spool"
+    spool.mkdir(parents=True)
+    orphan = spool / "msg-killed.eml"
+    orphan.write_bytes(b"x" * 1000)
+    proc = started(tmp_path)
+    try:
+        assert not orphan.exists()
+    finally:
+        assert proc.stop() == 0
+    assert not proc.socket_path.exists()
+
+
+def _fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _maps(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_reloads_close_the_old_stores_and_build_no_scanner_in_the_milter(tmp_path):
+    proc = started(tmp_path, workers=1)
+    try:
+        proc.signal(signal.SIGHUP)
+        wait_for_log(proc, "reloaded from", 1)
+        baseline = _fds(proc.proc.pid)
+        for n in range(2, 8):
+            proc.signal(signal.SIGHUP)
+            wait_for_log(proc, "reloaded from", n)
+        assert _fds(proc.proc.pid) <= baseline + 1          # before: every reload leaked the old stores
+        maps = _maps(proc.proc.pid)
+        assert "libyara" not in maps and "sklearn" not in maps   # workers scan; the milter holds no scanner
+    finally:
+        proc.stop()
+
+
+def test_reloads_faster_than_they_complete_are_coalesced(tmp_path):
+    proc, rule = started_with_rules(tmp_path)
+    try:
+        for n in range(10):                    # each edit makes the workers reload: slow
+            rule.write_text(f"rule a{n} {{ condition: false }}\n")
+            proc.signal(signal.SIGHUP)
+            time.sleep(0.02)
+        done = wait_for_log(proc, "reloaded from", 1)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:     # settle: no reload in progress or pending
+            before = proc.log_path.read_text().count("reloaded from")
+            time.sleep(3)
+            done = proc.log_path.read_text().count("reloaded from")
+            if done == before:
+                break
+        assert 1 <= done <= 3
+        assert proc.proc.poll() is None
+    finally:
+        proc.stop()
+
+
+def test_a_reload_with_unchanged_scanning_inputs_keeps_the_workers(tmp_path):
+    proc, rule = started_with_rules(tmp_path)
+    try:
+        proc.signal(signal.SIGHUP)
+        wait_for_log(proc, "reloaded from", 1)
+        assert "scanning processes stay" in proc.log_path.read_text()
+        rule.write_text("rule a { condition: true }\n")
+        proc.signal(signal.SIGHUP)
+        wait_for_log(proc, "reloaded from", 2)
+        assert proc.log_path.read_text().count("scanning processes stay") == 1
+    finally:
+        proc.stop()
+
+
+def test_a_reload_whose_rules_directory_vanished_keeps_the_running_workers(tmp_path):
+    proc, rule = started_with_rules(tmp_path)
+    try:
+        rule.unlink()
+        rule.parent.rmdir()
+        proc.signal(signal.SIGHUP)
+        wait_for_log(proc, "reload refused")
+        assert proc.proc.poll() is None
+    finally:
+        proc.stop()
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run_milter_check(tmp_path: Path, path: Path) -> str:
+    env = {**os.environ, "MAILWARD_SKIP_SETUP": "1", "MAILWARD_VENV": str(Path(sys.executable).parent.parent),
+           "MAILWARD_STATE_DIR": str(tmp_path / "script-default")}
+    result = subprocess.run([str(ROOT / "scripts" / "run-milter"), "--config", str(path), "--check"],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_run_milter_keeps_the_configuration_files_state_dir(tmp_path):
+    """The CLI reads the file's state_dir; the script's default must not send the milter elsewhere."""
+    path = config(tmp_path)
+    assert f"state_dir {tmp_path / 'state'}," in _run_milter_check(tmp_path, path)
+    path.write_text(path.read_text().replace(f'state_dir = "{tmp_path / "state"}"', ""))
+    assert f"state_dir {tmp_path / 'script-default'}," in _run_milter_check(tmp_path, path)
