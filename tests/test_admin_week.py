@@ -159,9 +159,7 @@ def test_an_admins_week_loses_nothing_and_duplicates_nothing(week):
     rules.mkdir()
     rule_file = rules / "local.yar"
     rule_file.write_text(GOOD_RULE)
-    log_path = base / "milter.log"
-    log_path.touch(mode=0o600)
-    os.chown(log_path, svc.pw_uid, svc.pw_gid)
+    log_path = base / "milter.log"          # created by the milter as root, handed to the service user
     common = (f'state_dir = "{state}"\n'
               f'[policy.inbound]\nspam_action = "quarantine"\n'
               f'[model]\ncheck_interval = 0.5\n'

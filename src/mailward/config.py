@@ -37,12 +37,12 @@ class MilterSettings:
     spool_threshold: int = 1 * MiB    # bodies above this go to a private temp file
     message_deadline: float = 60.0    # seconds a message may spend in the scanners
     message_cpu: float = 30.0         # CPU seconds one message may use in a worker (RLIMIT_CPU); past it: unchecked
+    timeout: int = 600                # libmilter's I/O timeout towards the MTA
 
     @property
     def cpu_budget(self) -> float:
         """CPU seconds per message: never more than the deadline allows in wall time."""
         return min(self.message_cpu, self.message_deadline)
-    timeout: int = 600                # libmilter's I/O timeout towards the MTA
 
 
 @dataclass(frozen=True)

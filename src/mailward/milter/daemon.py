@@ -35,7 +35,7 @@ from ..config import Settings, load_settings, parse_milter_socket
 from ..errors import ConfigError, MailwardError
 from ..incidents import open_incidents
 from ..incidents.authlog import LogFollower, watch
-from ..logs import configure_logging
+from ..logs import LOG_FILE_MODE, configure_logging
 from ..metrics import Metrics, quarantine_stats, rules_version
 from ..pipeline import Inspector
 from ..reputation import authserv_id
@@ -77,6 +77,8 @@ def _prepare_directories(settings: Settings) -> None:
         os.chmod(path, 0o700)
         if service:
             os.chown(path, service.pw_uid, service.pw_gid)
+    if service and settings.logging.file:
+        _hand_log_file(Path(settings.logging.file), service)
     kind, path, _port = parse_milter_socket(settings.milter.socket)
     if kind == "unix":
         sock_dir = Path(path).parent
@@ -93,6 +95,16 @@ def _prepare_directories(settings: Settings) -> None:
         wanted = 0o2750 if gid != -1 else 0o755
         if stat.S_IMODE(sock_dir.stat().st_mode) != wanted:
             os.chmod(sock_dir, wanted)
+
+
+def _hand_log_file(path: Path, service: pwd.struct_passwd) -> None:
+    """Give the log file to the service user: the scanning processes, started after the drop,
+    open it by name, and so does the reopen after logrotate; a root-owned file would stop them."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, LOG_FILE_MODE)
+    try:
+        os.fchown(fd, service.pw_uid, service.pw_gid)
+    finally:
+        os.close(fd)
 
 
 def _drop_privileges(settings: Settings) -> None:
