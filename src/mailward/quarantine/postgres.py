@@ -1,7 +1,7 @@
 """The shared quarantine: PostgreSQL (psycopg 3) for several milter hosts and review hosts.
 
-Where the message bytes live: **in the database**, as ``bytea`` in a table of
-their own (``quarantine_bytes``), not in a shared directory. Why:
+Where the message bytes live: **in the database**, as ``bytea`` chunks in a table
+of their own (``quarantine_chunks``), not in a shared directory. Why:
 
 * One transaction covers bytes, metadata and the audit entry, so a put either
   happened completely or not at all, on every host, with no orphan sweep and
@@ -69,9 +69,17 @@ import psycopg
 
 _SCHEMA_LOCK = 0x4D57_5100   # "MWQ\0": the advisory lock key for schema creation
 
+# Bytes in chunks of files.CHUNK, so a put streams a spooled message and never holds it whole
+# (the milter process holds every SMTP connection). ``quarantine_bytes`` (one row per message)
+# is what earlier versions wrote; it is still read.
 _BYTES_TABLE = """CREATE TABLE IF NOT EXISTS quarantine_bytes (
     id TEXT PRIMARY KEY REFERENCES quarantine (id) ON DELETE CASCADE,
     data BYTEA NOT NULL)"""
+_CHUNKS_TABLE = """CREATE TABLE IF NOT EXISTS quarantine_chunks (
+    id TEXT NOT NULL REFERENCES quarantine (id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    data BYTEA NOT NULL,
+    PRIMARY KEY (id, seq))"""
 
 
 class PostgresStore(QuarantineStore):
@@ -87,6 +95,7 @@ class PostgresStore(QuarantineStore):
             self._create_schema(conn, serial="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
                                 real="DOUBLE PRECISION")
             self._exec(conn, _BYTES_TABLE)
+            self._exec(conn, _CHUNKS_TABLE)
 
     @property
     def location(self) -> tuple:
@@ -114,11 +123,12 @@ class PostgresStore(QuarantineStore):
     def _store(self, quarantine_id: str, raw: bytes | Path, envelope: Envelope, verdict: Verdict,
                evidence: Evidence, deadline: Deadline) -> None:
         try:
-            data = raw.read_bytes() if isinstance(raw, Path) else bytes(raw)
-            written = measure(chunks_of(data))
+            written = measure(chunks_of(raw))           # first pass: size, digest and header for the record
             with self._tx(write=True, deadline=deadline) as conn:
                 self._insert_record(conn, quarantine_id, written, envelope, verdict, evidence, self._writer)
-                self._exec(conn, "INSERT INTO quarantine_bytes (id, data) VALUES (?, ?)", (quarantine_id, data))
+                for seq, chunk in enumerate(chunks_of(raw)):
+                    self._exec(conn, "INSERT INTO quarantine_chunks (id, seq, data) VALUES (?, ?, ?)",
+                               (quarantine_id, seq, chunk))
         except StoreError:
             raise
         except Exception as exc:
@@ -127,13 +137,18 @@ class PostgresStore(QuarantineStore):
     def read(self, quarantine_id: str) -> bytes:
         check_id(quarantine_id)
         with self._tx() as conn:
-            row = conn.cursor(binary=True).execute("SELECT data FROM quarantine_bytes WHERE id = %s",
-                                                   (quarantine_id,)).fetchone()
-        if row is None:
+            cursor = conn.cursor(binary=True)
+            chunks = cursor.execute("SELECT data FROM quarantine_chunks WHERE id = %s ORDER BY seq",
+                                    (quarantine_id,)).fetchall()
+            if not chunks:
+                chunks = cursor.execute("SELECT data FROM quarantine_bytes WHERE id = %s",
+                                        (quarantine_id,)).fetchall()
+        if not chunks:
             raise StoreError(f"no quarantined message {quarantine_id}")
-        return bytes(row[0])
+        return b"".join(bytes(row[0]) for row in chunks)
 
     def _drop_bytes(self, conn, quarantine_id: str) -> None:
+        self._exec(conn, "DELETE FROM quarantine_chunks WHERE id = ?", (quarantine_id,))
         self._exec(conn, "DELETE FROM quarantine_bytes WHERE id = ?", (quarantine_id,))
 
 
