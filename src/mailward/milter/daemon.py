@@ -31,6 +31,7 @@ from pathlib import Path
 
 import Milter
 
+from .. import __version__
 from ..config import Settings, load_settings, parse_milter_socket
 from ..errors import ConfigError, MailwardError
 from ..incidents import open_incidents
@@ -51,6 +52,7 @@ log = logging.getLogger("mailward.milter")
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="mailward-milter", description="Run the Mailward milter.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--config", help="TOML configuration file (default: embedded defaults)")
     parser.add_argument("--state-dir", help="override state_dir (quarantine, models, rules cache)")
     parser.add_argument("--socket", help="override milter.socket, e.g. unix:/var/spool/postfix/mailward/milter.sock")
