@@ -13,7 +13,8 @@ from mailward import __version__
 from mailward.cli.main import main
 
 
-@pytest.mark.parametrize("module,prog", [("mailward.cli.main", "mailward"), ("mailward.milter.daemon", "mailward-milter")])
+@pytest.mark.parametrize("module,prog", [("mailward.cli.main", "mailward"),
+                                         ("mailward.milter.daemon", "mailward-milter")])
 def test_version(module, prog):
     done = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
