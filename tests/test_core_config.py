@@ -54,6 +54,12 @@ def test_errors_name_the_file_and_the_key(tmp_path, text, key):
     assert str(path) in str(err.value)
 
 
+def test_spam_marks_default_to_the_flag_without_a_subject_tag(tmp_path):
+    assert load_settings().headers.spam_flag is True and load_settings().headers.subject_tag == ""
+    s = load_settings(write(tmp_path, '[headers]\nspam_flag = false\nsubject_tag = "[SPAM] "\n'))
+    assert (s.headers.spam_flag, s.headers.subject_tag) == (False, "[SPAM] ")
+
+
 def test_invalid_toml_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings(write(tmp_path, "[milter\n"))
@@ -77,6 +83,10 @@ def test_invalid_toml_and_missing_file(tmp_path):
     ('[milter]\nuser = "no-such-user-mailward"\n', "milter.user"),
     ('[quarantine]\nrelay_port = 0\n', "quarantine.relay_port"),
     ('state_dir = ""\n', "state_dir"),
+    ('[headers]\nsubject_tag = "[SPAM]\\r\\nBcc: x@example.org "\n', "headers.subject_tag"),
+    ('[headers]\nsubject_tag = "\\u00a7SPAM "\n', "headers.subject_tag"),
+    ('[headers]\nsubject_tag = "' + "x" * 65 + '"\n', "headers.subject_tag"),
+    ('[headers]\nspam_flag = "yes"\n', "headers.spam_flag"),
 ])
 def test_values_naming_things_are_checked_where_loaded(tmp_path, text, key):
     with pytest.raises(ConfigError) as err:

@@ -65,8 +65,9 @@ def feed(monkeypatch):
 def test_clean_message_accepted_with_headers(tmp_path, feed):
     rc, ctx = feed(runtime(tmp_path), message()[1])
     assert rc == Milter.ACCEPT
-    assert ctx._msg["X-Mailward-Verdict"] == "accept"
-    assert ctx._msg["X-Mailward-Incident"].startswith("MW-")
+    # Leading-space headers are negotiated: the value carries the space the MTA writes after the colon.
+    assert ctx._msg["X-Mailward-Verdict"] == " accept"
+    assert ctx._msg["X-Mailward-Incident"].startswith(" MW-")
 
 
 def test_authenticated_sender_gets_outbound_policy(tmp_path, feed):
@@ -256,3 +257,29 @@ def test_a_retired_runtime_closes_when_its_last_message_ends(tmp_path):
     assert closed == ["old"]
     live.swap(dc_replace(first, owned=(Store("newer"),)))        # nothing holds "new": closed at once
     assert closed == ["old", "new"]
+
+
+SPAM_TAGGED = '[policy.inbound]\nspam_action = "tag"\n[headers]\nsubject_tag = "[SPAM] "\n'
+
+
+@pytest.mark.parametrize("subject,expected", [
+    (b"Special offer", " [SPAM] Special offer"),
+    (b"[SPAM] Special offer", None),                       # already tagged: left as it is
+    (b"Sp\xe9cial offer", None),                           # raw 8-bit: keeps its bytes
+])
+def test_subject_tag(tmp_path, feed, subject, expected):
+    raw = gtube_message()[1].replace(b"Subject: Special offer", b"Subject: " + subject, 1)
+    rc, ctx = feed(runtime(tmp_path, SPAM_TAGGED), raw)
+    assert rc == Milter.ACCEPT
+    assert ctx._msg["X-Spam-Flag"] == " YES"
+    subjects = ctx._msg.get_all("Subject")     # TestCtx's chgheader appends the new value
+    if expected is None:
+        assert len(subjects) == 1
+    else:
+        assert subjects[-1] == expected
+
+
+def test_subject_tag_adds_a_missing_subject(tmp_path, feed):
+    raw = gtube_message()[1].replace(b"Subject: Special offer\r\n", b"", 1)
+    rc, ctx = feed(runtime(tmp_path, SPAM_TAGGED), raw)
+    assert rc == Milter.ACCEPT and ctx._msg["Subject"] == " [SPAM]"

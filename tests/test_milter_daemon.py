@@ -190,3 +190,47 @@ def test_run_milter_keeps_the_configuration_files_state_dir(tmp_path):
     assert f"state_dir {tmp_path / 'state'}," in _run_milter_check(tmp_path, path)
     path.write_text(path.read_text().replace(f'state_dir = "{tmp_path / "state"}"', ""))
     assert f"state_dir {tmp_path / 'script-default'}," in _run_milter_check(tmp_path, path)
+
+
+def _closed_loopback_port() -> int:
+    """A UDP port on loopback nothing listens on: a probe there gets port-unreachable or silence."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _with_reputation(path: Path, port: int) -> Path:
+    path.write_text(path.read_text().replace(
+        "[reputation]\nenabled = false\n",
+        f'[reputation]\nnameservers = ["127.0.0.1"]\nport = {port}\nquery_timeout = 1.0\n'))
+    return path
+
+
+def test_check_fails_clearly_when_the_resolver_does_not_answer(tmp_path):
+    result = check(_with_reputation(config(tmp_path), _closed_loopback_port()))
+    assert result.returncode == 1
+    assert "DNS resolver (127.0.0.1, port" in result.stderr and "does not answer" in result.stderr
+    assert "unbound" in result.stderr and "reputation.nameservers" in result.stderr
+
+
+def test_check_passes_with_an_answering_resolver(tmp_path):
+    from dns_server import EMPTY_ROOT, DnsServer
+
+    with DnsServer({".": EMPTY_ROOT}) as dns:
+        result = check(_with_reputation(config(tmp_path), dns.port))
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_start_with_a_silent_resolver_logs_an_error(tmp_path):
+    path = _with_reputation(config(tmp_path), _closed_loopback_port())
+    proc = MilterProcess(path, tmp_path / "sock" / "milter.sock", tmp_path / "milter.log")
+    proc.start()
+    try:
+        wait_for_log(proc, "does not answer within", timeout=30)
+        line = next(line for line in proc.log_path.read_text().splitlines() if "does not answer" in line)
+        assert '"level": "error"' in line and "unbound" in line
+        assert proc.proc.poll() is None          # a warning, not a refusal to run
+    finally:
+        proc.stop()

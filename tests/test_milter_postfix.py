@@ -7,6 +7,7 @@ import shutil
 import signal
 import sqlite3
 import time
+from email import message_from_bytes
 
 import pytest
 
@@ -30,6 +31,41 @@ def test_clean_message_is_delivered_with_headers(postfix, milter):
     assert event["email"]["direction"] == "inbound"
     assert event["email"]["local_id"]            # Postfix queue ID on the summary line
     assert "parse" in event["mailward"]["timings_ms"]
+
+
+def test_added_headers_have_a_space_after_the_colon(postfix, milter):
+    milter()
+    mid, raw = message()
+    assert postfix.send(raw)[0] == 250
+    delivered = postfix.delivered_bytes(mid)
+    assert delivered is not None, postfix.log()[-3000:]
+    assert b"\nX-Mailward-Verdict: accept\n" in delivered
+    assert re.search(rb"\nX-Mailward-Incident: MW-", delivered)
+    assert b"X-Spam-Flag" not in delivered            # clean mail is not flagged
+
+
+def test_tagged_spam_gets_spam_flag_and_subject_tag(postfix, milter):
+    milter('[policy.inbound]\nspam_action = "tag"\n[headers]\nsubject_tag = "[SPAM] "\n')
+    mid, raw = gtube_message()
+    raw = raw.replace(b"Subject:", b"X-Spam-Flag: NO\r\nSubject:", 1)      # the sender's own word is dropped
+    assert postfix.send(raw)[0] == 250
+    delivered_raw = postfix.delivered_bytes(mid)
+    assert delivered_raw is not None, postfix.log()[-3000:]
+    assert b"\nX-Spam-Flag: YES\n" in delivered_raw
+    delivered = postfix.delivered(mid)
+    assert delivered.get_all("X-Spam-Flag") == ["YES"]
+    assert delivered["Subject"].startswith("[SPAM] ") and delivered["Subject"].count("[SPAM]") == 1
+    assert re.search(rb"\nSubject: \[SPAM\] \S", delivered_raw)
+
+
+def test_spam_flag_and_subject_tag_can_be_turned_off(postfix, milter):
+    milter('[policy.inbound]\nspam_action = "tag"\n[headers]\nspam_flag = false\n')
+    mid, raw = gtube_message()
+    subject = message_from_bytes(raw)["Subject"]
+    assert postfix.send(raw)[0] == 250
+    delivered = postfix.delivered(mid)
+    assert delivered is not None and delivered["X-Mailward-Verdict"] == "tag"
+    assert delivered["X-Spam-Flag"] is None and delivered["Subject"] == subject
 
 
 def test_forged_mailward_headers_are_replaced(postfix, milter):

@@ -152,6 +152,28 @@ def test_label_export_delete_and_history(cli, put, tmp_path):
     assert [line.split()[3] for line in out.splitlines()] == ["quarantine", "label", "export", "delete"]
 
 
+def test_label_phish_is_its_own_label(cli, put):
+    qid = put()
+    code, out, _ = cli("label", qid, "phish")
+    assert code == 0 and "labelled" in out and "phish" in out
+    code, out, _ = cli("list")
+    row = next(line for line in out.splitlines() if line.startswith(qid))
+    assert " phish " in row
+    assert json.loads(cli("history", qid, "--json")[1].splitlines()[-1])["detail"] == "phish"
+    with pytest.raises(SystemExit):
+        cli("label", qid, "scam")
+
+
+def test_list_has_a_recipient_column(cli, put):
+    one = put(env=envelope(recipients=("carol@example.net",)))
+    many = put(env=envelope(recipients=("dave@example.net", "erin@example.net", "frank@example.net")))
+    out = cli("list")[1].splitlines()
+    assert "RECIPIENT" in out[0].split()
+    assert "carol@example.net" in next(line for line in out if line.startswith(one))
+    row = next(line for line in out if line.startswith(many))
+    assert "dave@example.net +2" in row and "erin@" not in row
+
+
 def test_export_to_stdout_is_byte_exact(settings, put, capsysbinary):
     qid = put(HOSTILE)
     parser = argparse.ArgumentParser()
@@ -166,7 +188,7 @@ def test_purge_uses_retention_or_older_than(cli, put, settings):
     assert cli("purge")[0] == 0                                  # 30 days retention: too young
     with open_store(settings) as store:
         assert store.get(qid) is not None
-    code, out, _ = cli("purge", "--older-than", "0.0001s")
+    code, out, _ = cli("purge", "--older-than", "0")         # everything received before now
     assert code == 0 and "purged 1" in out
     assert json.loads(cli("history", qid, "--json")[1].splitlines()[-1])["action"] == "purge"
 

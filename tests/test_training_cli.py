@@ -3,6 +3,7 @@ promoted, evaluated model and back."""
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -46,6 +47,7 @@ def test_train_evaluate_promote_and_roll_back(state, tmp_path):
     assert code == 3 and "no evaluation set" in out   # never live unevaluated without --force
     code, out = run(state, "model", "promote", first, "--on", layout)
     assert code == 0 and f"promoted {first}" in out
+    assert "AUC 1, FP rate 0%, FN rate 0%" in out and not re.search(r"\d\.\d{5,}", out)
     assert run_json(state, "model", "list")["live"] == first
 
     more = [str(FIXTURES / "reports-spam.mbox"), str(FIXTURES / "maildir/ham")]
@@ -55,6 +57,10 @@ def test_train_evaluate_promote_and_roll_back(state, tmp_path):
     compared = run_json(state, "model", "compare", second, str(FIXTURES / "list.tsv"))
     assert FIGURES <= compared.keys() and compared["n"] == 5
     assert compared["live"]["model"] == first and compared["candidate"]["model"] == second
+    code, out = run(state, "model", "compare", second, str(FIXTURES / "list.tsv"))
+    assert code == 0 and re.search(r"candidate - live: AUC [+-]\d[\d.e+-]*,", out)
+    assert re.search(r"FP rate [+-]?\d[\d.e+-]* points, FN rate [+-]?\d[\d.e+-]* points", out)
+    assert not re.search(r"\d\.\d{5,}", out)            # 4 significant digits, never raw floats
     assert run(state, "model", "promote", second, "--on", str(FIXTURES / "list.tsv"))[0] == 0
 
     code, out = run(state, "model", "rollback")

@@ -112,4 +112,9 @@ def test_quarantine_labels_are_imported_once_with_their_bytes(ledger, tmp_path):
     assert import_quarantine(ledger, store) == {}               # high-water mark kept
     store.record_label(ids[1], Label.SPAM, analyst)
     assert import_quarantine(ledger, store) == {LabelOutcome.CHANGED: 1}
+    phish = store.put((FIXTURES / "layout/spam/03.eml").read_bytes() + b"\n", envelope(), *spam_case())
+    store.record_label(phish, Label.PHISH, analyst)
+    assert store.get(phish).label is Label.PHISH                  # its own label in the quarantine
+    assert import_quarantine(ledger, store) == {LabelOutcome.NEW: 1}
+    assert ledger.current_label(digest_of(store.read(phish))) == "spam"   # the model's class
     store.close()

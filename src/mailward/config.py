@@ -186,6 +186,19 @@ class LearningSettings:
 
 
 @dataclass(frozen=True)
+class HeaderSettings:
+    """Marks on mail tagged as spam or phishing that existing Sieve and client rules key on.
+
+    ``X-Spam-Flag: YES`` is SpamAssassin's and rspamd's convention, so it is on by
+    default (a sender's own X-Spam-Flag is then removed); rewriting the Subject is
+    visible to every reader, so it is off unless a tag is configured.
+    """
+
+    spam_flag: bool = True             # add X-Spam-Flag: YES to tagged spam and phishing
+    subject_tag: str = ""              # e.g. "[SPAM] ", put before the Subject of tagged spam; "" = unchanged
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     level: str = "info"
     file: str = ""                     # JSON lines; empty = standard error
@@ -330,6 +343,7 @@ class Settings:
     incidents: IncidentSettings = IncidentSettings()
     alerts: AlertSettings = AlertSettings()
     metrics: MetricsSettings = MetricsSettings()
+    headers: HeaderSettings = HeaderSettings()
     source: str = field(default="<defaults>", compare=False)
 
     def state_path(self, configured: str, default_name: str) -> Path:
@@ -569,6 +583,15 @@ def _check_ip(value: str) -> None:
         raise ValueError(f"{value!r} is not an IP address") from None
 
 
+SUBJECT_TAG_MAX = 64
+
+
+def _check_subject_tag(value: str) -> None:
+    """One short line of printable ASCII: it goes into a header as is, unencoded."""
+    if len(value) > SUBJECT_TAG_MAX or not all(" " <= c <= "~" for c in value):
+        raise ValueError(f"must be at most {SUBJECT_TAG_MAX} printable ASCII characters (no line breaks)")
+
+
 def _check_port(value: int) -> None:
     if not 0 < value < 65536:
         raise ValueError("must be a port from 1 to 65535")
@@ -599,6 +622,7 @@ _VALUE_CHECKS: tuple[tuple[str, object, object], ...] = (
     ("alerts.webhook_token_file", _check_path, "set"),
     ("alerts.syslog", _check_syslog, "set"),
     ("metrics.listen", parse_host_port, "set"),
+    ("headers.subject_tag", _check_subject_tag, "set"),
 )
 
 

@@ -76,14 +76,42 @@ class PrivateLogFile(logging.handlers.WatchedFileHandler):
 
 def configure_logging(settings: LoggingSettings) -> None:
     """Send every log line as one JSON object to the configured file or stderr."""
-    if settings.file:
-        os.makedirs(os.path.dirname(os.path.abspath(settings.file)), exist_ok=True)
-        handler: logging.Handler = PrivateLogFile(settings.file, encoding="utf-8")
-    else:
-        handler = logging.StreamHandler(sys.stderr)
+    handler = _file_handler(settings.file) if settings.file else logging.StreamHandler(sys.stderr)
     handler.setFormatter(EcsJsonFormatter())
+    _install(handler, logging.getLevelName(settings.level.upper()))
+
+
+CLI_TERMINAL_FORMAT = "mailward: %(levelname)s: %(message)s"
+
+
+def _not_an_event(record: logging.LogRecord) -> bool:
+    """ECS event lines (a block added, an alert sent) are for the log file and the SIEM; on a
+    terminal the command's own output already says what happened, and the stores keep the history."""
+    return not isinstance(getattr(record, "event", None), dict)
+
+
+def configure_cli_logging(settings: LoggingSettings) -> None:
+    """The CLI's lines: JSON into the configured log file, like the milter's; without one,
+    only warnings and errors that are not event records, on stderr, in a short form a
+    person reads (the command's own output is what its user asked for)."""
+    if settings.file:
+        configure_logging(settings)
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(CLI_TERMINAL_FORMAT))
+    handler.setLevel(logging.WARNING)
+    handler.addFilter(_not_an_event)
+    _install(handler, logging.getLevelName(settings.level.upper()))
+
+
+def _file_handler(path: str) -> logging.Handler:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    return PrivateLogFile(path, encoding="utf-8")
+
+
+def _install(handler: logging.Handler, level: int) -> None:
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(settings.level.upper())
+    root.setLevel(level)

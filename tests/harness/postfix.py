@@ -155,12 +155,17 @@ minimal_backoff_time = 1s
 
     def delivered(self, message_id: str, timeout: float = 15.0) -> Message | None:
         """The delivered copy of the message with this Message-ID, waiting up to ``timeout``."""
+        raw = self.delivered_bytes(message_id, timeout)
+        return message_from_bytes(raw) if raw is not None else None
+
+    def delivered_bytes(self, message_id: str, timeout: float = 15.0) -> bytes | None:
+        """The delivered copy as Postfix wrote it (the parsed form hides how headers were spaced)."""
         deadline = time.monotonic() + timeout
         while True:
             for path in (self.maildir / "new").glob("*") if (self.maildir / "new").exists() else ():
-                msg = message_from_bytes(path.read_bytes())
-                if msg.get("Message-ID", "").strip() == message_id:
-                    return msg
+                raw = path.read_bytes()
+                if message_from_bytes(raw).get("Message-ID", "").strip() == message_id:
+                    return raw
             if time.monotonic() > deadline:
                 return None
             time.sleep(0.2)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .. import __version__
 from ..config import Settings, load_settings
 from ..errors import ConfigError, MailwardError
-from ..logs import configure_logging
+from ..logs import configure_cli_logging
 from ..privileges import PrivilegeError, become_service_user
 from . import block, config, model, quarantine, rules, scan, train, watch_auth
 
@@ -36,6 +37,7 @@ def _accept_global_options_everywhere(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mailward", description="Mailward mail security tools.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _add_global_options(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     scan.register(commands)
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     except PrivilegeError as exc:
         print(f"mailward: {exc}", file=sys.stderr)
         return 1
-    configure_logging(settings.logging)
+    configure_cli_logging(settings.logging)
     try:
         return args.handler(args, settings)
     except MailwardError as exc:

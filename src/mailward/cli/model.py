@@ -121,7 +121,7 @@ def _evaluate(args, settings: Settings) -> int:
 
 
 def _compare(args, settings: Settings) -> int:
-    from ..training.evaluate import Thresholds, measure, plot, regressions, score_set
+    from ..training.evaluate import Thresholds, difference, headline, measure, plot, regressions, score_set
     from ..training.registry import Registry
     from ..training.sources import read_sets
 
@@ -143,12 +143,15 @@ def _compare(args, settings: Settings) -> int:
     else:
         print(cand.render())
         print(current.render())
+        print(f"candidate {candidate.version}: {headline(cand)}")
+        print(f"live      {live.version}: {headline(current)}")
+        print(difference(cand, current))
         print("worse than live: " + "; ".join(problems) if problems else "not worse than live beyond the margins")
     return OK
 
 
 def _promote(args, settings: Settings) -> int:
-    from ..training.evaluate import Thresholds, measure, regressions, score_set
+    from ..training.evaluate import Thresholds, difference, headline, measure, regressions, score_set
     from ..training.registry import Registry
     from ..training.sources import read_sets
 
@@ -181,8 +184,9 @@ def _promote(args, settings: Settings) -> int:
               f"{evaluation_set}: " + "; ".join(problems) + " (--force to promote anyway)")
         return REFUSED
     record = registry.promote(candidate.version, actor, summary)
-    print(f"promoted {record.version} (was {record.previous or 'none'}): AUC {cand.auc}, "
-          f"FP {cand.fp_rate}, FN {cand.fn_rate}" + (" (forced past: " + "; ".join(problems) + ")" if problems else ""))
+    print(f"promoted {record.version} (was {record.previous or 'none'}): {headline(cand)}"
+          + (f"; {difference(cand, current)}" if current is not None else "")
+          + (" (forced past: " + "; ".join(problems) + ")" if problems else ""))
     return OK
 
 
@@ -199,7 +203,7 @@ def _rollback(args, settings: Settings) -> int:
 def _replay(args, settings: Settings) -> int:
     from ..models.classifier import Combiner
     from ..models.features import FeatureSettings
-    from ..training.evaluate import Thresholds
+    from ..training.evaluate import Thresholds, percent
     from ..training.registry import Registry
     from ..training.replay import replay_bogofilter, replay_mailward
     from ..training.sources import read_sets
@@ -223,19 +227,15 @@ def _replay(args, settings: Settings) -> int:
         for r in results:
             e = r.evaluation
             print(f"{r.filter}: {e.n} messages, cumulative (1-AUC) "
-                  f"{'n/a' if e.auc is None else f'{100 * (1 - e.auc):.4f}%'}, "
-                  f"FP rate {_pct(e.fp_rate)}, FN rate {_pct(e.fn_rate)} "
+                  f"{percent(None if e.auc is None else 1 - e.auc)}, "
+                  f"FP rate {percent(e.fp_rate)}, FN rate {percent(e.fn_rate)} "
                   f"(spam at {e.thresholds.spam:g})")
-            print("  learning curve: " + ", ".join(f"{n}: {'-' if v is None else f'{v:.3f}%'}" for n, v in r.curve))
+            print("  learning curve: " + ", ".join(f"{n}: {'-' if v is None else f'{v:.4g}%'}" for n, v in r.curve))
     return OK
 
 
 def _brief(e) -> dict:
     return {"model": e.model, "n": e.n, "auc": e.auc, "fp_rate": e.fp_rate, "fn_rate": e.fn_rate}
-
-
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.3f}%"
 
 
 def _when(at: float) -> str:

@@ -68,7 +68,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("id")
     p.set_defaults(handler=_delete)
 
-    p = sub.add_parser("label", help="record an analyst label for training")
+    p = sub.add_parser("label", help="record an analyst label for training (phish trains as spam)")
     p.add_argument("id")
     p.add_argument("label", choices=[lb.value for lb in Label])
     p.set_defaults(handler=_label)
@@ -80,7 +80,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_export)
 
     p = sub.add_parser("purge", help="delete records older than the retention (for cron or a systemd timer)")
-    p.add_argument("--older-than", help="age like 30d or 12h (a bare number is days); default: retention_days")
+    p.add_argument("--older-than",
+                   help="age like 30d or 12h (a bare number is days; 0 purges everything); default: retention_days")
     p.set_defaults(handler=_purge)
 
     p = sub.add_parser("history", help="the audit trail of one message")
@@ -245,8 +246,11 @@ def _export(args, settings: Settings) -> int:
 
 def _purge(args, settings: Settings) -> int:
     def action(store: QuarantineStore, actor: Actor) -> int:
-        days = parse_age(args.older_than) / 86400 if args.older_than else settings.quarantine.retention_days
-        if days <= 0:
+        if args.older_than is not None:
+            days = parse_age(args.older_than) / 86400      # 0: everything received before now
+        elif settings.quarantine.retention_days > 0:
+            days = settings.quarantine.retention_days
+        else:
             print("retention_days is 0 (keep forever) and no --older-than given: nothing purged")
             return OK
         purged = store.purge(days, actor)

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 OUR_HEADER_PREFIX = "x-mailward-"
 AUTH_RESULTS = "authentication-results"
+SPAM_FLAG = "x-spam-flag"
+SPAM_REASONS = frozenset({"spam", "phishing"})    # what X-Spam-Flag and the subject tag mark
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,7 @@ class Transaction:
     recipients: list[str] = field(default_factory=list)
     findings: tuple[Finding, ...] = ()      # a sender block whose policy is not to refuse
     watched_headers: dict[str, list[str]] = field(default_factory=dict)   # lower-case name -> values
+    subject: bytes | None = None            # the first Subject value, as received (for the subject tag)
     buffer: MessageBuffer | None = None
     in_body: bool = False
     failure: str = ""
@@ -317,7 +320,9 @@ class MailwardMilter(Milter.Base):
             return Milter.CONTINUE          # answered with on_error at end of message; nothing to keep
         message.buffer.add_header(name, value)
         lower = name.lower()
-        if lower.startswith(OUR_HEADER_PREFIX) or lower == AUTH_RESULTS:
+        if lower == "subject" and message.subject is None:
+            message.subject = value
+        if lower.startswith(OUR_HEADER_PREFIX) or lower in (AUTH_RESULTS, SPAM_FLAG):
             message.watched_headers.setdefault(lower, []).append(value.decode("utf-8", "replace"))
         return Milter.CONTINUE
 
@@ -405,7 +410,7 @@ class MailwardMilter(Milter.Base):
             return Milter.REJECT if verdict.action is Action.REJECT else Milter.TEMPFAIL
         self._replace_our_headers(verdict)
         for name, value in outcome.evidence.headers:      # trace fields such as Authentication-Results
-            self.addheader(name, value, 0)
+            self.addheader(name, " " + value, 0)
         if verdict.action is Action.QUARANTINE:
             if verdict.hold:
                 self.quarantine(f"Mailward incident {verdict.incident_id}")
@@ -420,16 +425,47 @@ class MailwardMilter(Milter.Base):
         so deleting from the last occurrence backwards keeps indexes valid.
         """
         authserv_id = self._runtime.authserv_id
+        marks = self._runtime.screener.settings.headers
         for name, values in self._message.watched_headers.items():
+            if name == SPAM_FLAG and not marks.spam_flag:
+                continue                  # not ours to vouch for: left as the sender wrote it
             for index in range(len(values), 0, -1):
                 if name != AUTH_RESULTS or (authserv_id and claims_our_id(values[index - 1], authserv_id)):
                     self.chgheader(name, index, "")
-        self.addheader("X-Mailward-Verdict", verdict.action.value)
+        self._add_header("X-Mailward-Verdict", verdict.action.value)
         if verdict.spam_score is not None:
-            self.addheader("X-Mailward-Spam-Score", f"{verdict.spam_score:.3f}")
+            self._add_header("X-Mailward-Spam-Score", f"{verdict.spam_score:.3f}")
         if verdict.reasons:
-            self.addheader("X-Mailward-Reasons", ", ".join(verdict.reasons))
-        self.addheader("X-Mailward-Incident", verdict.incident_id)
+            self._add_header("X-Mailward-Reasons", ", ".join(verdict.reasons))
+        self._add_header("X-Mailward-Incident", verdict.incident_id)
+        if verdict.action is Action.TAG and SPAM_REASONS.intersection(verdict.reasons):
+            if marks.spam_flag:
+                self._add_header("X-Spam-Flag", "YES")
+            if marks.subject_tag:
+                self._tag_subject(marks.subject_tag)
+
+    def _add_header(self, name: str, value: str) -> None:
+        """Add ``Name: value``: with leading-space headers negotiated, the MTA writes the value as given."""
+        self.addheader(name, " " + value)
+
+    def _tag_subject(self, tag: str) -> None:
+        """Put ``tag`` before the Subject (or add one); a subject already tagged is left alone.
+
+        A Subject that is not UTF-8 (raw 8-bit) cannot be handed back unchanged
+        through pymilter's text interface, so it keeps its bytes and only the
+        headers mark the message.
+        """
+        raw = self._message.subject
+        if raw is None:
+            self._add_header("Subject", tag.strip())
+            return
+        try:
+            subject = raw.decode("utf-8").lstrip(" \t")
+        except UnicodeDecodeError:
+            log.warning("subject not tagged: it is not UTF-8", extra=self._extra())
+            return
+        if not subject.startswith(tag.strip()):
+            self.chgheader("Subject", 1, " " + tag + subject)
 
     def _apply_failure(self) -> int:
         """Last resort when even applying a verdict failed: tempfail generically."""

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import Milter
 
+from .. import __version__
 from ..config import Settings, load_settings, parse_milter_socket
 from ..errors import ConfigError, MailwardError
 from ..incidents import open_incidents
@@ -39,6 +40,7 @@ from ..logs import LOG_FILE_MODE, configure_logging
 from ..metrics import Metrics, quarantine_stats, rules_version
 from ..pipeline import Inspector
 from ..reputation import authserv_id
+from ..reputation.resolver import DnsClient
 from ..signatures import rule_directories
 from ..signatures.ruleset import Source, compile_file, discover, stamp
 from ..screening import Screener
@@ -51,6 +53,7 @@ log = logging.getLogger("mailward.milter")
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="mailward-milter", description="Run the Mailward milter.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--config", help="TOML configuration file (default: embedded defaults)")
     parser.add_argument("--state-dir", help="override state_dir (quarantine, models, rules cache)")
     parser.add_argument("--socket", help="override milter.socket, e.g. unix:/var/spool/postfix/mailward/milter.sock")
@@ -171,7 +174,36 @@ def _check_start(settings: Settings) -> list[str]:
         _build_runtime(settings, None, inspector, Metrics()).close()
     except Exception as exc:
         problems.append(f"stores and alerts: {exc}")
-    return problems
+    resolver_problem = _silent_resolver(settings)
+    return problems + [resolver_problem] if resolver_problem else problems
+
+
+def _silent_resolver(settings: Settings) -> str:
+    """A problem line when reputation is on and its resolver does not answer a probe, else "".
+
+    Without an answering resolver every inbound message spends the whole lookup
+    budget and is tagged unchecked: worth failing ``--check`` and an ERROR at start.
+    """
+    if not settings.reputation.enabled:
+        return ""
+    try:
+        client = DnsClient.from_settings(settings.reputation)
+        if client.responds():
+            return ""
+    except Exception as exc:             # e.g. no /etc/resolv.conf to read nameservers from
+        return f"DNS resolver could not be probed: {exc}"
+    servers = ", ".join(client.nameservers) or "none in /etc/resolv.conf"
+    return (f"DNS resolver ({servers}, port {settings.reputation.port}) does not answer within "
+            f"{settings.reputation.query_timeout:g} s: every inbound message would wait on DNS and be tagged "
+            f"unchecked. Run a local caching resolver (Debian: apt-get install unbound, listening on "
+            f"127.0.0.1) and point reputation.nameservers at it, or set reputation.enabled = false")
+
+
+def _warn_if_resolver_silent(settings: Settings) -> None:
+    """At start, beside it (a silent resolver costs its timeout): log the problem as an ERROR."""
+    problem = _silent_resolver(settings)
+    if problem:
+        log.error("%s", problem)
 
 
 def _remove_orphaned_spool(settings: Settings) -> None:
@@ -343,6 +375,7 @@ class _Daemon:
         thread.start()
         _wait_listening(self.settings, thread)
         log.info("mailward-milter listening on %s", self.settings.milter.socket)
+        threading.Thread(target=_warn_if_resolver_silent, name="dns-probe", daemon=True, args=(self.settings,)).start()
         _notify("READY=1", f"MAINPID={os.getpid()}")
         if self.settings.incidents.follow_auth_log:
             follower = LogFollower(self.settings.incidents.auth_log)

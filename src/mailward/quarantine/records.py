@@ -38,6 +38,12 @@ class Status(str, Enum):
 class Label(str, Enum):
     HAM = "ham"
     SPAM = "spam"
+    PHISH = "phish"      # kept apart in the quarantine and its audit; trains as spam
+
+    @property
+    def training_class(self) -> str:
+        """The Naive Bayes class this label teaches: the model has two, ham and spam."""
+        return "ham" if self is Label.HAM else "spam"
 
 
 class ReleaseClaim(str, Enum):

@@ -181,14 +181,22 @@ def render_show(record: QuarantineRecord, view: MessageView) -> str:
 
 def render_list(records: list[QuarantineRecord]) -> str:
     """One line per record, every field neutralised and clipped to its column."""
-    rows = [("ID", "RECEIVED (UTC)", "DIR", "VERDICT", "STATUS", "LABEL", "SIZE", "SENDER", "SUBJECT")]
+    rows = [("ID", "RECEIVED (UTC)", "DIR", "VERDICT", "STATUS", "LABEL", "SIZE", "SENDER", "RECIPIENT", "SUBJECT")]
     for r in records:
         rows.append((r.id, when(r.received_at).removesuffix(" UTC"), r.direction.value[:3],
                      f"{r.action}:{','.join(r.reasons)}", r.status.value, r.label.value if r.label else "-",
-                     str(r.size), r.envelope.mail_from or "<>", r.subject))
-    widths = (24, 19, 3, 24, 9, 5, 9, 32, 60)
+                     str(r.size), r.envelope.mail_from or "<>", _recipients(r.envelope.recipients), r.subject))
+    widths = (24, 19, 3, 24, 9, 5, 9, 32, 32, 60)
     return "".join("  ".join(_clip(neutralise(str(c)), w) for c, w in zip(row, widths)).rstrip() + "\n"
                    for row in rows)
+
+
+def _recipients(recipients: tuple[str, ...]) -> str:
+    """The first recipient, and how many more: the column stays one short line."""
+    if not recipients:
+        return "-"
+    more = len(recipients) - 1
+    return f"{recipients[0]} +{more}" if more else recipients[0]
 
 
 def render_history(events: list[AuditEvent]) -> str:

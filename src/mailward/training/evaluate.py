@@ -64,12 +64,9 @@ class Evaluation:
                 "confusion": self.confusion, "histogram": {"bins": BINS, **self.histogram}}
 
     def render(self) -> str:
-        def pct(x: float | None) -> str:
-            return "n/a" if x is None else f"{100 * x:.3f}%"
-
+        pct = percent
         rows = [f"model {self.model}: {self.n} messages ({self.n_ham} ham, {self.n_spam} spam)",
-                f"  ROC AUC {'n/a' if self.auc is None else f'{self.auc:.5f}'}"
-                f"   (1-AUC) {pct(None if self.auc is None else 1 - self.auc)}",
+                f"  ROC AUC {figure(self.auc)}   (1-AUC) {pct(None if self.auc is None else 1 - self.auc)}",
                 f"  at spam threshold {self.thresholds.spam:g}: ham FP rate {pct(self.fp_rate)}, "
                 f"spam FN rate {pct(self.fn_rate)}",
                 f"  confusion (tag threshold {self.thresholds.tag:g}):       ham   unsure     spam"]
@@ -81,6 +78,39 @@ class Evaluation:
             rows.append(f"    {i / BINS:.2f}-{(i + 1) / BINS:.2f} {self.histogram['ham'][i]:>8} "
                         f"{self.histogram['spam'][i]:>8}")
         return "\n".join(rows)
+
+
+FIGURES = (("AUC", "auc", False), ("FP rate", "fp_rate", True), ("FN rate", "fn_rate", True))
+
+
+def figure(x: float | None) -> str:
+    """A figure as people read it: 4 significant digits (``0.9988``, not ``0.9988444444444444``)."""
+    return "n/a" if x is None else f"{x:.4g}"
+
+
+def percent(x: float | None) -> str:
+    """A rate as a percentage with 4 significant digits (``0.1234%``)."""
+    return "n/a" if x is None else f"{100 * x:.4g}%"
+
+
+def headline(e: Evaluation) -> str:
+    """AUC, FP and FN rate on one line."""
+    return ", ".join(f"{name} {percent(getattr(e, attr)) if pct else figure(getattr(e, attr))}"
+                     for name, attr, pct in FIGURES)
+
+
+def difference(candidate: Evaluation, live: Evaluation) -> str:
+    """candidate − live for each headline figure; rates in percentage points (lower FP/FN is better)."""
+    parts = []
+    for name, attr, pct in FIGURES:
+        a, b = getattr(candidate, attr), getattr(live, attr)
+        if a is None or b is None:
+            parts.append(f"{name} n/a")
+        elif pct:
+            parts.append(f"{name} {100 * (a - b):+.4g} points")
+        else:
+            parts.append(f"{name} {a - b:+.4g}")
+    return "candidate - live: " + ", ".join(parts)
 
 
 def measure(scores: Scores, thresholds: Thresholds, model: str) -> Evaluation:
@@ -106,11 +136,11 @@ def regressions(candidate: Evaluation, live: Evaluation, settings: LearningSetti
     """Why ``candidate`` is worse than ``live`` beyond the configured margins (empty: it is not)."""
     problems = []
     if candidate.auc is not None and live.auc is not None and candidate.auc < live.auc - settings.max_auc_drop:
-        problems.append(f"ROC AUC {candidate.auc:.5f} < live {live.auc:.5f} - {settings.max_auc_drop:g}")
+        problems.append(f"ROC AUC {figure(candidate.auc)} < live {figure(live.auc)} - {settings.max_auc_drop:g}")
     if candidate.fp_rate is not None and live.fp_rate is not None \
             and candidate.fp_rate > live.fp_rate + settings.max_fp_rate_rise:
-        problems.append(f"ham FP rate {candidate.fp_rate:.5f} > live {live.fp_rate:.5f} "
-                        f"+ {settings.max_fp_rate_rise:g}")
+        problems.append(f"ham FP rate {percent(candidate.fp_rate)} > live {percent(live.fp_rate)} "
+                        f"+ {percent(settings.max_fp_rate_rise)}")
     return problems
 
 

@@ -99,7 +99,8 @@ def import_quarantine(ledger: Ledger, store) -> Counter:
                     log.warning("quarantine label %d for %s not learnable: %s", rec.seq, rec.quarantine_id, exc)
                     outcomes["missing"] += 1
                 else:
-                    _, outcome = ledger.record(data, rec.label.value, f"quarantine:{rec.quarantine_id}", rec.actor)
+                    _, outcome = ledger.record(data, rec.label.training_class, f"quarantine:{rec.quarantine_id}",
+                                               rec.actor)
                     outcomes[outcome] += 1
                 mark = rec.seq
             ledger.set_mark(QUARANTINE_MARK, mark)
