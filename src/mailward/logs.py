@@ -22,7 +22,7 @@ _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 class EcsJsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         doc: dict = {
-            "@timestamp": _dt.datetime.fromtimestamp(record.created, _dt.timezone.utc)
+            "@timestamp": _dt.datetime.fromtimestamp(record.created, _dt.UTC)
             .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "log": {"level": record.levelname.lower(), "logger": record.name},
             "message": record.getMessage(),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,7 +19,8 @@ class MilterProcess:
 
     def start(self, timeout: float = 60.0) -> None:
         self.socket_path.unlink(missing_ok=True)
-        self.proc = subprocess.Popen([*self.prefix, sys.executable, "-m", "mailward.milter.daemon", "--config", str(self.config)],
+        self.proc = subprocess.Popen([*self.prefix, sys.executable, "-m", "mailward.milter.daemon",
+                                      "--config", str(self.config)],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

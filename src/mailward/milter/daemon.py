@@ -39,9 +39,9 @@ from ..logs import LOG_FILE_MODE, configure_logging
 from ..metrics import Metrics, quarantine_stats, rules_version
 from ..pipeline import Inspector
 from ..reputation import authserv_id
+from ..screening import Screener
 from ..signatures import rule_directories
 from ..signatures.ruleset import Source, compile_file, discover, stamp
-from ..screening import Screener
 from ..workers import ScanPool
 from .adapter import LiveRuntime, MailwardMilter, Runtime
 from .buffer import SPOOL_PREFIX, SPOOL_SUFFIX
