@@ -85,5 +85,7 @@ def configure_logging(settings: LoggingSettings) -> None:
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
+        if isinstance(old.formatter, EcsJsonFormatter):
+            old.close()                 # ours: a reconfigured log file is not left open (others' are theirs)
     root.addHandler(handler)
     root.setLevel(settings.level.upper())
