@@ -8,7 +8,8 @@ import pwd
 import pytest
 
 from mailward.config import load_settings
-from mailward.privileges import PrivilegeError, service_account
+from mailward.errors import ConfigError
+from mailward.privileges import service_account
 from real_parts import require
 
 
@@ -31,5 +32,6 @@ def test_state_owned_by_a_service_user_is_run_as_that_user(as_root, tmp_path):
 def test_configured_milter_user_wins_and_must_exist(as_root, tmp_path):
     settings = load_settings(overrides={"state_dir": str(tmp_path / "new"), "milter": {"user": "nobody"}})
     assert service_account(settings).uid == pwd.getpwnam("nobody").pw_uid
-    with pytest.raises(PrivilegeError, match="does not exist"):
-        service_account(load_settings(overrides={"state_dir": str(tmp_path), "milter": {"user": "no-such-user-x"}}))
+    # A missing user is refused where the configuration is loaded, before anything can use it.
+    with pytest.raises(ConfigError, match="milter.user: no such user 'no-such-user-x'"):
+        load_settings(overrides={"state_dir": str(tmp_path), "milter": {"user": "no-such-user-x"}})
