@@ -172,3 +172,12 @@ def test_psycopg_is_never_imported_on_the_sqlite_path(found):
 def test_train_extra_packages_are_loaded_only_through_import_extra(found):
     """matplotlib and tqdm are optional: a plain import would fail on a milter host."""
     assert where([i for i in found if i.target.split(".")[0] in ("matplotlib", "tqdm")]) == []
+
+
+def test_a_missing_train_extra_names_the_package_and_the_extra():
+    from mailward.errors import MailwardError
+    from mailward.training.extras import import_extra
+
+    with pytest.raises(MailwardError, match=r"--plot needs the Python package no_such_package_x, .*mailward\[train\]"):
+        import_extra("no_such_package_x.pyplot", "--plot")
+    assert import_extra("json", "a test").dumps([]) == "[]"
