@@ -41,7 +41,8 @@ def quantiles(values: list[float]) -> str:
 def load(args) -> list[bytes]:
     opener = gzip.open if args.index.suffix == ".gz" else open
     with opener(args.index, "rt") as fh:
-        rows = [r for r in csv.DictReader(fh, delimiter="\t") if r["split"] == args.split and r["source"] in args.sources]
+        rows = [r for r in csv.DictReader(fh, delimiter="\t")
+                if r["split"] == args.split and r["source"] in args.sources]
     return [(args.corpus / r["path"]).read_bytes() for r in rows[: args.limit]]
 
 

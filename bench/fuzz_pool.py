@@ -32,14 +32,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from dns_server import EMPTY_ROOT, DnsServer  # noqa: E402
-from mutants import SENDER, mutants, seeds_from  # noqa: E402
-
 from mailward.config import load_settings  # noqa: E402
 from mailward.policy import decide  # noqa: E402
 from mailward.workers import ScanFailed, ScanPool  # noqa: E402
-
-
-
+from mutants import SENDER, mutants, seeds_from  # noqa: E402
 
 # Findings that say a check did not run as meant (errors of category "error" are counted too).
 NOTABLE = frozenset({"scan-deadline", "detector-error", "parse-error", "parser-crash", "inspect-deadline",
@@ -104,7 +100,8 @@ class Run:
         for line in self.failures[:10]:
             print(f"    {line}")
         print(f"  findings of note: {dict(sorted(self.findings.items()))}")
-        print(f"  time: p50 {ordered[len(ordered) // 2] * 1000:.1f} ms, p99 {ordered[int(len(ordered) * 0.99)] * 1000:.1f}"
+        p50, p99 = ordered[len(ordered) // 2] * 1000, ordered[int(len(ordered) * 0.99)] * 1000
+        print(f"  time: p50 {p50:.1f} ms, p99 {p99:.1f}"
               f" ms, max {ordered[-1] * 1000:.1f} ms")
         print("  slowest: " + "; ".join(f"{s:.2f}s {n}" for s, n in self.slowest))
         print(f"  peak worker RSS: {self.peak_worker_kib / 1024:.0f} MiB")

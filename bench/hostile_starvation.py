@@ -133,7 +133,8 @@ def main() -> int:
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         trees = {args.baseline: baseline_tree(args.baseline, Path(tmp)), "this tree": ROOT / "src"}
-        print(f"{'code':<10} {'scenario':<8} {'clean p50 s':>11} {'clean max s':>11} {'unchecked':>9}  first messages (s, findings)")
+        print(f"{'code':<10} {'scenario':<8} {'clean p50 s':>11} {'clean max s':>11} {'unchecked':>9}  "
+              "first messages (s, findings)")
         for scenario in args.scenarios:
             for label, source in trees.items():
                 r = run(source, scenario, args.deadline)

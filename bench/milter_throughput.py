@@ -31,8 +31,9 @@ from harness.milter import MilterProcess  # noqa: E402
 from harness.postfix import Postfix  # noqa: E402
 from mail import EICAR, GTUBE, message  # noqa: E402
 
-WORDS = ("meeting report budget project schedule review contract invoice team customer server update "
-         "release deadline agenda minutes quarter results proposal design draft").split()
+WORDS = ["meeting", "report", "budget", "project", "schedule", "review", "contract", "invoice", "team", "customer",
+         "server", "update", "release", "deadline", "agenda", "minutes", "quarter", "results", "proposal", "design",
+         "draft"]
 
 
 def _pdf(text: str) -> bytes:
@@ -75,16 +76,18 @@ def _descends(pid: int, root: int, parent: dict[int, int]) -> bool:
 def corpus(n: int, seed: int = 7) -> list[bytes]:
     rnd = random.Random(seed)
     out = []
-    for i in range(n):
+    for _ in range(n):
         text = " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(40, 400)))
         kind = rnd.random()
         if kind < 0.60:
             raw = message(body=text)[1]
         elif kind < 0.75:
-            links = "\n".join(f"https://news{rnd.randint(1, 50)}.example.com/a/{rnd.randint(1, 10**6)}" for _ in range(8))
+            links = "\n".join(f"https://news{rnd.randint(1, 50)}.example.com/a/{rnd.randint(1, 10**6)}"
+                              for _ in range(8))
             raw = message(body=f"{text}\n{links}\n", subject="Weekly newsletter")[1]
         elif kind < 0.85:
-            raw = message(body=text, attachments=(("report.pdf", _pdf(text * rnd.randint(5, 40)), "application/pdf"),))[1]
+            pdf = _pdf(text * rnd.randint(5, 40))
+            raw = message(body=text, attachments=(("report.pdf", pdf, "application/pdf"),))[1]
         elif kind < 0.95:
             buf = io.BytesIO()
             with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:

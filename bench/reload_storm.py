@@ -17,7 +17,6 @@ import os
 import signal
 import smtplib
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading

@@ -34,16 +34,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from mailward import signatures                       # noqa: E402
+from mailward import signatures  # noqa: E402
 from mailward.config import Settings, SignatureSettings  # noqa: E402
-from mailward.envelope import Envelope                  # noqa: E402
-from mailward.message import parse_message              # noqa: E402
-from mailward.unpack import Unpacker                    # noqa: E402
-from unpack_support import (message, nested_zip, ooxml, overlapping_zip, vba_project,  # noqa: E402
-                            zipped)
+from mailward.envelope import Envelope  # noqa: E402
+from mailward.message import parse_message  # noqa: E402
+from mailward.unpack import Unpacker  # noqa: E402
+from unpack_support import message, nested_zip, ooxml, overlapping_zip, vba_project, zipped  # noqa: E402
 
-WORDS = ("the report quarterly meeting invoice please find attached regards project budget review schedule "
-         "customer order delivery update team thanks question contract draft final numbers").split()
+WORDS = ["the", "report", "quarterly", "meeting", "invoice", "please", "find", "attached", "regards", "project",
+         "budget", "review", "schedule", "customer", "order", "delivery", "update", "team", "thanks", "question",
+         "contract", "draft", "final", "numbers"]
 
 
 def text(rng: random.Random, words: int) -> str:
@@ -83,7 +83,8 @@ def realistic_mix(count: int, corpus: list[bytes], rng: random.Random) -> list[b
     pdfs = [pdf(rng, rng.randint(1, 8)) for _ in range(6)]
     docs = [docx(rng) for _ in range(4)]
     sheets = [xlsx(rng) for _ in range(3)]
-    macro = ooxml("docm", {"word/vbaProject.bin": vba_project('Sub FormatTable()\n  Selection.Font.Bold = True\nEnd Sub\n')})
+    macro = ooxml("docm", {"word/vbaProject.bin":
+                           vba_project('Sub FormatTable()\n  Selection.Font.Bold = True\nEnd Sub\n')})
     out = []
     for i in range(count):
         roll = rng.random()
@@ -101,7 +102,8 @@ def realistic_mix(count: int, corpus: list[bytes], rng: random.Random) -> list[b
         elif roll < 0.92:
             attachments.append(("documents.zip", zipped({"a.pdf": rng.choice(pdfs), "b.docx": rng.choice(docs)})))
         elif roll < 0.98:
-            attachments += [(f"IMG_{n}.jpg", image(rng, rng.randint(50_000, 400_000))) for n in range(rng.randint(1, 3))]
+            attachments += [(f"IMG_{n}.jpg", image(rng, rng.randint(50_000, 400_000)))
+                            for n in range(rng.randint(1, 3))]
         else:
             attachments.append(("table.docm", macro))
         out.append(message(body=text(rng, 150), attachments=attachments,
@@ -111,15 +113,18 @@ def realistic_mix(count: int, corpus: list[bytes], rng: random.Random) -> list[b
 
 def hostile_mix() -> list[tuple[str, bytes]]:
     MiB = 1024 * 1024
-    from unpack_support import aes_zip, tar_gz
     import gzip
+
+    from unpack_support import aes_zip, tar_gz
     deep_mime = "".join(f'Content-Type: multipart/mixed; boundary="b{i}"\n\n--b{i}\n' for i in range(3000))
     return [
         ("zip ratio bomb (1 GiB of zeros)", message(attachments=[("bomb.zip", zipped({"z": b"\0" * (1024 * MiB)}))])),
         ("gzip bomb (512 MiB)", message(attachments=[("z.gz", gzip.compress(b"\0" * (512 * MiB), 9))])),
-        ("tar.gz of 20 x 64 MiB zeros", message(attachments=[("t.tgz", tar_gz({f"f{i}": b"\0" * (64 * MiB) for i in range(20)}))])),
+        ("tar.gz of 20 x 64 MiB zeros",
+         message(attachments=[("t.tgz", tar_gz({f"f{i}": b"\0" * (64 * MiB) for i in range(20)}))])),
         ("zip nested 12 deep", message(attachments=[("deep.zip", nested_zip(12))])),
-        ("zip with 5,000 members", message(attachments=[("many.zip", zipped({f"f{i}": b"x" for i in range(5000)}, 0))])),
+        ("zip with 5,000 members",
+         message(attachments=[("many.zip", zipped({f"f{i}": b"x" for i in range(5000)}, 0))])),
         ("overlapping entries", message(attachments=[("o.zip", overlapping_zip(2000))])),
         ("AES zip, no password", message(attachments=[("s.zip", aes_zip({"a.exe": b"MZ" * 1000}, "pw"))])),
         ("3,000 nested multiparts", ("From: a@b\nSubject: x\n" + deep_mime + "\nx\n").encode()),
@@ -148,7 +153,8 @@ def synthetic_rules(directory: Path, count: int, rng: random.Random) -> None:
             for s in range(rng.randint(2, 5)):
                 kind = rng.random()
                 if kind < 0.15:
-                    strings.append(f"$s{s} = {{ {' '.join(f'{rng.randrange(256):02X}' for _ in range(rng.randint(6, 16)))} }}")
+                    hex_bytes = " ".join(f"{rng.randrange(256):02X}" for _ in range(rng.randint(6, 16)))
+                    strings.append(f"$s{s} = {{ {hex_bytes} }}")
                 else:
                     lit = "".join(rng.choice(alphabet) for _ in range(rng.randint(8, 24)))
                     mods = rng.choice(["", " nocase", " wide ascii", " ascii"])
@@ -235,7 +241,8 @@ def main() -> int:
                 findings = scan_shipped(raw)
                 elapsed = time.perf_counter() - t
                 unchecked = sorted({f.name for f in findings if f.category.value == "unchecked"})
-                print(f"  {label:34} {len(raw) / 1e3:9.1f} kB {elapsed * 1000:9.1f} ms  unchecked: {', '.join(unchecked) or '-'}")
+                print(f"  {label:34} {len(raw) / 1e3:9.1f} kB {elapsed * 1000:9.1f} ms  "
+                      f"unchecked: {', '.join(unchecked) or '-'}")
     return 0
 
 

@@ -102,7 +102,8 @@ def main() -> int:
         print()
     print("Where the scores fall (share of test messages; a saturated score would leave only the ends):")
     edges = (0.0, 0.01, 0.1, 0.5, 0.9, 0.99, 1.0)
-    print(f"{'model':58s} " + " ".join(f"{f'{a:g}-{b:g}':>9s}" for a, b in zip(edges, edges[1:])) + f" {'=0 or =1':>9s}")
+    bins = " ".join(f"{f'{a:g}-{b:g}':>9s}" for a, b in zip(edges, edges[1:]))
+    print(f"{'model':58s} {bins} {'=0 or =1':>9s}")
     for name, scores, _ in results:
         shares = np.histogram(scores, bins=edges)[0] / len(scores)
         exact = np.mean((scores == 0.0) | (scores == 1.0))
@@ -126,8 +127,9 @@ def _ablations(train_set, test_set, tokens):
             nb.partial_fit(vectorizer.transform([docs_of(m) for m in chunk]), labels[start:start + BATCH],
                            classes=["ham", "spam"])
         spam = list(nb.classes_).index("spam")
-        return np.concatenate([nb.predict_proba(vectorizer.transform([docs_of(m) for m in test_set[s:s + BATCH]]))[:, spam]
-                               for s in range(0, len(test_set), BATCH)])
+        return np.concatenate([
+            nb.predict_proba(vectorizer.transform([docs_of(m) for m in test_set[s:s + BATCH]]))[:, spam]
+            for s in range(0, len(test_set), BATCH)])
 
     raw_text = lambda m: m.read().decode("latin-1")  # noqa: E731 - the naive baseline reads raw text
     out.append(("naive: sklearn word counts of raw text, MNB posterior",

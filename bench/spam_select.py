@@ -65,8 +65,9 @@ def main() -> int:
                     held = X[held_rows]
                     for n in GRID_EVIDENCE:
                         combine = Combiner(evidence_per_side=n)
-                        evidence[n][held_rows] = [combine.evidence(weights[held.indices[held.indptr[i]:held.indptr[i + 1]]])
-                                                  for i in range(held.shape[0])]
+                        evidence[n][held_rows] = [
+                            combine.evidence(weights[held.indices[held.indptr[i]:held.indptr[i + 1]]])
+                            for i in range(held.shape[0])]
                 for n in GRID_EVIDENCE:
                     print(_line(columns, bigrams, alpha, n, evidence[n], y, sources), flush=True)
     return 0

@@ -83,13 +83,15 @@ def start_clamd(directory: Path, stream_max_length: str = "1M") -> Clamd:
     process = subprocess.Popen([binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                start_new_session=True)
     server = Clamd(directory, process)
-    from mailward.signatures.clamav import Clamd as Client, ClamdError
+    from mailward.signatures.clamav import Clamd as Client
+    from mailward.signatures.clamav import ClamdError
     client = Client(str(directory / "clamd.sock"), timeout=2.0)
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         if process.poll() is not None:
             log = (directory / "clamd.log").read_text(errors="replace") if (directory / "clamd.log").exists() else ""
-            raise RuntimeError(f"clamd exited with {process.returncode}: {process.stderr.read().decode()} {log[-2000:]}")
+            raise RuntimeError(f"clamd exited with {process.returncode}: "
+                               f"{process.stderr.read().decode()} {log[-2000:]}")
         try:
             if client.ping():
                 return server

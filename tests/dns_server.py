@@ -14,7 +14,7 @@ import selectors
 import socket
 import threading
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 import dns.exception
 import dns.flags

@@ -1,9 +1,8 @@
 """Real receivers on loopback for alert tests, a milter driver with SASL macros, and store fixtures.
 
-Test modules import what they use (``from incidents_support import ...``);
-``incident_store`` runs a test once per backend. The PostgreSQL cluster is the
-quarantine tests' session fixture: modules using it declare
-``pytest_plugins = ["quarantine_fixtures"]``.
+Test modules import the helpers they use (``from incidents_support import ...``);
+the fixtures (``incident_store`` runs a test once per backend, on the quarantine tests'
+PostgreSQL cluster) are registered for every module by ``tests/conftest.py``.
 """
 
 from __future__ import annotations
@@ -20,8 +19,6 @@ import Milter
 import pytest
 from Milter import testctx
 
-from quarantine_support import FakeClock
-
 from mailward.config import load_settings
 from mailward.incidents import open_incidents
 from mailward.incidents.store import PostgresIncidentStore, SqliteIncidentStore
@@ -30,6 +27,7 @@ from mailward.milter.adapter import MailwardMilter, Runtime
 from mailward.pipeline import Inspector
 from mailward.quarantine import open_store
 from mailward.screening import Screener
+from quarantine_support import FakeClock
 
 NO_REPLY_BITS = (Milter.P_NR_CONN | Milter.P_NR_HELO | Milter.P_NR_MAIL | Milter.P_NR_RCPT | Milter.P_NR_DATA
                  | Milter.P_NR_UNKN | Milter.P_NR_EOH | Milter.P_NR_BODY | Milter.P_NR_HDR)
@@ -88,7 +86,7 @@ class WebhookReceiver:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hook"
 
-    def __enter__(self) -> "WebhookReceiver":
+    def __enter__(self) -> WebhookReceiver:
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 

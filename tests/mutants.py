@@ -16,8 +16,8 @@ import io
 import random
 import re
 import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 from mailward.envelope import Envelope
 

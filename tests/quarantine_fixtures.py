@@ -1,4 +1,4 @@
-"""Quarantine test fixtures, loaded by ``pytest_plugins = ["quarantine_fixtures"]``.
+"""Quarantine test fixtures, registered for every module by ``tests/conftest.py``.
 
 ``store`` runs every contract test once per backend: SQLite in a temporary
 directory and PostgreSQL in a fresh schema of a throwaway cluster

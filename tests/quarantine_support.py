@@ -69,7 +69,7 @@ class SmtpSink:
         self.received.append((envelope.mail_from, tuple(envelope.rcpt_tos), envelope.original_content))
         return "250 OK queued"
 
-    def __enter__(self) -> "SmtpSink":
+    def __enter__(self) -> SmtpSink:
         self._controller.start()
         return self
 

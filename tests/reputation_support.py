@@ -71,7 +71,7 @@ class DkimKey:
     public_b64: str
 
     @classmethod
-    def generate(cls, bits: int = 2048) -> "DkimKey":
+    def generate(cls, bits: int = 2048) -> DkimKey:
         key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
                                 serialization.NoEncryption())

@@ -40,7 +40,8 @@ pytestmark = pytest.mark.postfix
 
 TRAINING = Path(__file__).parent / "fixtures" / "training" / "layout"
 MARKER = "WEEK-MARKER-7d1f0c"
-GOOD_RULE = f'rule week_marker {{ meta: category = "malware" severity = "high" strings: $a = "{MARKER}" condition: $a }}\n'
+GOOD_RULE = (f'rule week_marker {{ meta: category = "malware" severity = "high" '
+             f'strings: $a = "{MARKER}" condition: $a }}\n')
 CONTENT_TIMEOUT = 12          # Postfix's milter_content_timeout for this instance
 BLOCKED = "blocked@example.org"
 

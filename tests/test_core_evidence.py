@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from clamd_server import EICAR, EICAR_SIGNATURE, clamd  # noqa: F401  (session fixture)
+from clamd_server import EICAR, EICAR_SIGNATURE
 from mailward.config import ClamavSettings, ReputationSettings, Settings
 from mailward.envelope import Direction, Envelope
 from mailward.evidence import Category

@@ -139,7 +139,8 @@ def test_workers_forkserver_and_tracker_exit_when_the_milter_is_killed(tmp_path)
         if __name__ == "__main__":
             settings = load_settings(overrides={{"state_dir": {str(tmp_path)!r}, "reputation": {{"enabled": False}}}})
             pool = ScanPool(settings, 2)
-            scans = [threading.Thread(target=pool.scan, args=(b"Subject: x\\r\\n\\r\\nhi\\r\\n", Envelope(client_address=c), 60))
+            scans = [threading.Thread(target=pool.scan,
+                                      args=(b"Subject: x\\r\\n\\r\\nhi\\r\\n", Envelope(client_address=c), 60))
                      for c in ("192.0.2.1", "192.0.2.2")]
             for s in scans: s.start()
             for s in scans: s.join()

@@ -24,8 +24,20 @@ from mailward.config import load_settings
 from mailward.policy import decide
 from mailward.workers import ScanPool
 from mutants import SENDER, mutants, seeds_from
-from unpack_support import (EICAR, iso_image, message, nested_zip, ooxml, rar4_stored, seven_zip, tar_gz, tnef,
-                            uuencoded, vba_project, zipped)
+from unpack_support import (
+    EICAR,
+    iso_image,
+    message,
+    nested_zip,
+    ooxml,
+    rar4_stored,
+    seven_zip,
+    tar_gz,
+    tnef,
+    uuencoded,
+    vba_project,
+    zipped,
+)
 
 MUTANTS = 300
 BUDGET = 20.0             # seconds per message, far below the milter's default deadline of 60

@@ -6,10 +6,10 @@ import email
 import re
 
 from incidents_support import SyslogReceiver, WebhookReceiver
-from quarantine_support import FakeClock, SmtpSink
 from mailward.config import load_settings
 from mailward.incidents import Alert, AlertDispatcher, AlertKind, Delivery
 from mailward.incidents.alerts import EmailChannel, SyslogChannel, WebhookChannel, channels_from_settings
+from quarantine_support import FakeClock, SmtpSink
 
 
 def _alert(n: int = 1, kind: AlertKind = AlertKind.SUSPENSION, subject: str = "account alice") -> Alert:

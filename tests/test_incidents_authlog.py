@@ -9,13 +9,11 @@ from pathlib import Path
 import pytest
 
 from incidents_support import FAILED_LOGIN_LINES, OTHER_LINES, failed_line, wait_for
-from quarantine_support import FakeClock, SmtpSink
 from mailward.cli.main import main as cli
 from mailward.config import load_settings
 from mailward.incidents import SubjectKind, open_incidents
 from mailward.incidents.authlog import LogFollower, failed_login_address, watch
-
-pytest_plugins = ["quarantine_fixtures"]
+from quarantine_support import FakeClock, SmtpSink
 
 
 def test_failed_login_lines_and_nothing_else():

@@ -17,8 +17,6 @@ from mailward.incidents import SubjectKind
 from mailward.metrics import Metrics
 from mailward.quarantine.records import Actor
 
-pytest_plugins = ["quarantine_fixtures"]
-
 INTERNALS = re.compile(r"EICAR|yara|Traceback|Error|pymilter|spam burst|suspen|sqlite", re.I)
 REPLY = re.compile(r"^Sender not accepted \(incident (MW-[0-9A-F]{8}-[0-9A-F]{8})\)$")
 

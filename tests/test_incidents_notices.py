@@ -5,13 +5,13 @@ from __future__ import annotations
 import email
 
 from incidents_support import wait_for
-from quarantine_support import SmtpSink
 from mailward.config import load_settings
 from mailward.envelope import Direction, Envelope
 from mailward.evidence import Category, Evidence, Finding, MessageFacts, Severity
 from mailward.incidents import open_incidents
 from mailward.screening import Outcome
 from mailward.verdict import Action, Verdict
+from quarantine_support import SmtpSink
 
 MALWARE = Evidence(findings=(Finding(Category.MALWARE, "clamav:Win.Trojan.X-123", Severity.HIGH, "clamav",
                                      "invoice.zip > a.exe"),), message=MessageFacts("Invoice 2291", "<x@y>"))
@@ -30,7 +30,8 @@ def runtime(tmp_path, sink: SmtpSink, inbound: bool = True, outbound: bool = Tru
     cfg.write_text(f'state_dir = "{tmp_path / "state"}"\n'
                    f'[policy.inbound]\nnotify_virus = {str(inbound).lower()}\n'
                    f'[policy.outbound]\nnotify_virus = {str(outbound).lower()}\n'
-                   f'[alerts]\nnotice_to = ["postmaster@example.com"]\nsmtp_host = "127.0.0.1"\nsmtp_port = {sink.port}\n'
+                   f'[alerts]\nnotice_to = ["postmaster@example.com"]\n'
+                   f'smtp_host = "127.0.0.1"\nsmtp_port = {sink.port}\n'
                    f'email_from = "mailward@mx.example.com"\n')
     return open_incidents(load_settings(cfg))
 

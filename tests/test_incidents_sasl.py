@@ -30,8 +30,8 @@ PASSWORD = "correct horse battery"
 @pytest.fixture
 def sasl_postfix():
     """A private Postfix like the shared one, plus SMTP AUTH against a sasldb with user alice."""
-    from real_parts import require
     from harness.postfix import Postfix
+    from real_parts import require
 
     require(os.geteuid() == 0, "end-to-end tests run Postfix and need root")
     require(shutil.which("postfix") is not None and shutil.which("saslpasswd2") is not None,

@@ -6,11 +6,8 @@ import threading
 
 import pytest
 
-from incidents_support import incident_store  # noqa: F401 (fixture)
 from mailward.incidents import Origin, SubjectKind, Totals, normalise
 from mailward.incidents.records import Counter
-
-pytest_plugins = ["quarantine_fixtures"]
 
 
 def test_sums_cover_only_the_window(incident_store):

@@ -16,7 +16,6 @@ from mailward.unpack import ooxml
 from mailward.unpack.model import Allowance, Member, Stop
 from mailward.unpack.passwords import password_candidates
 from mailward.unpack.uuencode import unpack as unpack_uuencoded
-from unpack_support import scan, unpacker  # noqa: F401  (shared fixtures)
 from unpack_support import EICAR, message, uuencoded
 
 BOUND = 2.0      # seconds; the old code took 4.7 s to minutes on these inputs

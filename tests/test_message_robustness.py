@@ -17,7 +17,9 @@ import sys
 from dataclasses import dataclass, replace
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from mailward.config import LimitSettings, load_settings
 from mailward.envelope import Envelope
@@ -127,7 +129,8 @@ def test_damaged_base64_is_recorded_and_what_decodes_is_scanned(inspector):
     raw = raw[:start] + b"!!*" + raw[start:start + 8] + b"%%" + raw[start + 8:]
     evidence = inspect.inspect(raw, Envelope())
     assert evidence.of(Category.MALWARE)
-    assert "damaged base64" in " ".join(f.detail for f in parse_errors(evidence.findings) if f.location == "invoice.com")
+    details = [f.detail for f in parse_errors(evidence.findings) if f.location == "invoice.com"]
+    assert "damaged base64" in " ".join(details)
 
 
 class BuggySniffer(Unpacker):

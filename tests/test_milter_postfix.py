@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import shutil
 import signal
-import sqlite3
 import time
 from email import message_from_bytes
 
@@ -140,7 +139,7 @@ def test_internal_failure_tempfails_with_generic_reply(postfix, milter, tmp_path
     spool = tmp_path / "state" / "spool"
     spool.rmdir()
     spool.write_text("not a directory")
-    m.proc  # the milter keeps running
+    assert m.proc.poll() is None   # the milter keeps running
     mid, raw = message(body="x" * 3_000_000)   # above the 1 MiB spool threshold
     code, text = postfix.send(raw)
     assert code == 451
@@ -277,9 +276,9 @@ def test_released_message_is_delivered_once_and_not_quarantined_again(postfix, m
 def test_forged_authentication_results_claiming_our_id_are_removed(postfix, milter):
     milter('[reputation]\nauthserv_id = "mx.mailward.test"\n')
     mid, raw = message()
-    raw = raw.replace(b"Subject:", b"Authentication-Results: mx.mailward.test; dmarc=pass header.from=bank.example\r\n"
-                                   b"Authentication-Results: relay.example.net; spf=pass smtp.mailfrom=a@example.org\r\n"
-                                   b"Subject:", 1)
+    forged = (b"Authentication-Results: mx.mailward.test; dmarc=pass header.from=bank.example\r\n"
+              b"Authentication-Results: relay.example.net; spf=pass smtp.mailfrom=a@example.org\r\n")
+    raw = raw.replace(b"Subject:", forged + b"Subject:", 1)
     assert postfix.send(raw)[0] == 250
     delivered = postfix.delivered(mid)
     values = delivered.get_all("Authentication-Results") or []
@@ -290,7 +289,8 @@ def test_forged_authentication_results_claiming_our_id_are_removed(postfix, milt
 def test_rule_files_are_hot_reloaded_and_a_broken_edit_never_disarms(postfix, milter, tmp_path):
     rules = tmp_path / "rules"
     rules.mkdir()
-    (rules / "local.yar").write_text('rule Local_Placeholder { strings: $a = "never-in-any-mail-1f3a" condition: $a }\n')
+    (rules / "local.yar").write_text(
+        'rule Local_Placeholder { strings: $a = "never-in-any-mail-1f3a" condition: $a }\n')
     m = milter(f'[signatures]\nrules_dirs = ["{rules}"]\n')
     marker = "Quarterly-Marker-7c1d9e"
     mid, raw = message(body=f"see {marker}\n")

@@ -6,11 +6,11 @@ import json
 import os
 
 import pytest
-from models_support import HAM_LINES, SPAM_LINES, message, small_model, tokens
 
 from mailward.errors import ArtifactError
 from mailward.models.artifact import SIDECAR, load_artifact, save_artifact
 from mailward.training.trainer import TrainingSettings
+from models_support import HAM_LINES, SPAM_LINES, message, small_model, tokens
 
 
 @pytest.fixture(scope="module")

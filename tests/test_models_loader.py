@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from models_support import small_model
 
 from mailward.errors import ArtifactError
 from mailward.models.artifact import SIDECAR, save_artifact
 from mailward.models.loader import ModelLoader
+from models_support import small_model
 
 
 class Clock:

@@ -9,7 +9,6 @@ import json
 
 import numpy as np
 import pytest
-from models_support import SMALL, corpus, message, small_model, tokens
 from sklearn.naive_bayes import MultinomialNB
 
 from mailward.models.artifact import SIDECAR, load_artifact, save_artifact
@@ -17,6 +16,7 @@ from mailward.models.classifier import CLASSES, Combiner, naive_bayes_from_count
 from mailward.training import build_default
 from mailward.training.corpus import CorpusError
 from mailward.training.trainer import Trainer, TrainingSettings, train
+from models_support import SMALL, corpus, message, small_model, tokens
 
 
 @pytest.fixture(scope="module")

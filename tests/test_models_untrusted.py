@@ -23,7 +23,6 @@ import zipfile
 import joblib
 import numpy as np
 import pytest
-from models_support import small_model
 
 from mail import message
 from mailward.config import load_settings
@@ -33,6 +32,7 @@ from mailward.models.artifact import SIDECAR, load_artifact, save_artifact
 from mailward.models.loader import ModelLoader
 from mailward.trust import TrustedOwners
 from mailward.workers import ScanPool
+from models_support import small_model
 
 
 class Exploit:

@@ -41,9 +41,9 @@ def test_immutable_directory_keeps_the_store_error_and_logs_the_leftover(tmp_pat
     feeder = threading.Thread(target=feed)
     feeder.start()
     try:
-        with caplog.at_level(logging.WARNING, logger="mailward.quarantine.files"):
-            with pytest.raises(StoreError, match="cannot write quarantined message"):
-                files.write("20240501T000000Z-0123456789abcdef", fifo)
+        with (caplog.at_level(logging.WARNING, logger="mailward.quarantine.files"),
+              pytest.raises(StoreError, match="cannot write quarantined message")):
+            files.write("20240501T000000Z-0123456789abcdef", fifo)
         feeder.join(timeout=30)
         leftovers = list(files.directory.glob(".tmp-*"))
         assert len(leftovers) == 1

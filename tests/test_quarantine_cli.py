@@ -21,7 +21,6 @@ from mailward.quarantine import open_store
 from mailward.quarantine.release import RELEASE_HEADER, ReleaseVerifier, message_body
 from quarantine_support import envelope, malware_case, message, spam_case
 
-pytest_plugins = ["quarantine_fixtures"]
 
 def _zip() -> bytes:
     buf = io.BytesIO()

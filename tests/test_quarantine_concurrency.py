@@ -12,8 +12,6 @@ import pytest
 from mailward.quarantine import Actor, ListFilter, ReleaseClaim
 from quarantine_support import envelope, message, spam_case
 
-pytest_plugins = ["quarantine_fixtures"]
-
 THREADS = 8
 PER_THREAD = 15
 

@@ -6,15 +6,23 @@ import os
 import stat
 import threading
 
-
 from mailward.config import load_settings
 from mailward.quarantine import Actor, Status
-from mailward.quarantine.release import (ALERT_HEADER, RELEASE_HEADER, Relay, ReleaseOutcome, ReleaseVerifier,
-                                         alert_mark, key_path, load_release_key, mark_proof, message_body, release,
-                                         release_mark)
+from mailward.quarantine.release import (
+    ALERT_HEADER,
+    RELEASE_HEADER,
+    Relay,
+    ReleaseOutcome,
+    ReleaseVerifier,
+    alert_mark,
+    key_path,
+    load_release_key,
+    mark_proof,
+    message_body,
+    release,
+    release_mark,
+)
 from quarantine_support import SmtpSink, closed_port, envelope, malware_case, message, spam_case
-
-pytest_plugins = ["quarantine_fixtures"]
 
 KEY = b"k" * 32
 ANALYST = Actor("analyst1", "review-host")

@@ -14,8 +14,6 @@ from mailward.quarantine import Actor, Label, ListFilter, ReleaseClaim, Removal,
 from mailward.verdict import Action, Verdict, new_incident_id
 from quarantine_support import envelope, malware_case, message, spam_case
 
-pytest_plugins = ["quarantine_fixtures"]
-
 ANALYST = Actor("analyst1", "review-host", "ssh 192.0.2.50")
 
 

@@ -78,7 +78,7 @@ def test_release_mark_is_used_once_and_only_for_its_recipients(postfix, milter, 
         before = len(m.events())
         reply = postfix.send(replay, rcpts=rcpts)
         assert reply[0] == 250, (reply, m.log_path.read_text()[-3000:], postfix.log()[-2000:])
-        event = wait_for(lambda: m.events()[before:])[0]
+        event = wait_for(lambda before=before: m.events()[before:])[0]
         assert event["mailward"]["verdict"] == "quarantine" and event["mailward"]["released_from"] is None
     assert len(copies(postfix, mid.encode())) == 1
 
@@ -107,9 +107,8 @@ def test_alert_quoting_a_malware_finding_is_delivered_tagged(postfix, milter, tm
     # The same text without a valid mark (a forgery) is still rejected.
     forged = alert[0].replace(b"X-Mailward-Verdict", b"X-Old-Verdict")
     forged = b"X-Mailward-Alert-Mark: MW-1 %d %s\r\n" % (int(time.time()), b"0" * 64) + forged
-    with smtplib.SMTP("127.0.0.1", postfix.smtp_port, timeout=60) as smtp:
-        with pytest.raises(smtplib.SMTPDataError):
-            smtp.sendmail("mailward@mailward.test", ["soc@example.test"], forged)
+    with smtplib.SMTP("127.0.0.1", postfix.smtp_port, timeout=60) as smtp, pytest.raises(smtplib.SMTPDataError):
+        smtp.sendmail("mailward@mailward.test", ["soc@example.test"], forged)
 
 
 def _log_docs(m) -> list[dict]:

@@ -9,10 +9,9 @@ from mailward.config import DirectionPolicy
 from mailward.evidence import Category, Severity
 from mailward.policy import decide
 from mailward.reputation import HEADER, claims_our_id
-from mailward.reputation.dmarc_check import DmarcRecord, Disposition
+from mailward.reputation.dmarc_check import Disposition, DmarcRecord
 from mailward.verdict import Action
-from reputation_support import (DkimKey, detector_for, envelope, message, no_system_resolver,  # noqa: F401
-                                parse, txt)
+from reputation_support import DkimKey, detector_for, envelope, message, no_system_resolver, parse, txt  # noqa: F401
 
 GOOD_IP, OTHER_IP, PROVIDER_IP = "192.0.2.10", "198.51.100.50", "203.0.113.9"
 

@@ -12,7 +12,7 @@ import pytest
 
 from dns_server import DnsServer, soa
 from mail import message
-from reputation_support import DkimKey, txt
+from reputation_support import DkimKey
 
 pytestmark = pytest.mark.postfix
 

@@ -7,19 +7,19 @@ from dataclasses import replace
 
 import pytest
 
-from clamd_server import EICAR, EICAR_SIGNATURE, MARKER, MARKER_SIGNATURE, clamd, start_clamd  # noqa: F401
+from clamd_server import EICAR, EICAR_SIGNATURE, MARKER, MARKER_SIGNATURE, start_clamd
 from mailward.config import ClamavSettings, LimitSettings, Settings, load_settings
-from mailward.envelope import Direction, Envelope
+from mailward.envelope import Envelope
 from mailward.errors import ConfigError
 from mailward.evidence import Category
 from mailward.message import parse_message
 from mailward.pipeline import Inspector
 from mailward.policy import decide
 from mailward.signatures import detectors
-from mailward.signatures.clamav import Clamd, ClamavDetector, ClamdError
+from mailward.signatures.clamav import ClamavDetector, Clamd, ClamdError
 from mailward.signatures.hashes import HashList
 from mailward.verdict import Action
-from unpack_support import message, ooxml, unpacker, zipped  # noqa: F401  (shared fixture)
+from unpack_support import message, ooxml, zipped
 
 
 def clamav_settings(clamd_socket: str, **over) -> ClamavSettings:

@@ -58,7 +58,8 @@ def test_allow_wins_over_deny_and_over_yara(tmp_path, unpacker):
     scan = Scanner(settings_for(tmp_path, hash_lists=(str(deny),), hash_allow_lists=(str(allow),)), unpacker)
     _, evidence = scan(message(attachments=[("eicar.com", EICAR)]))
     assert not [f for f in evidence.findings if f.category is Category.MALWARE]
-    _, unlisted = Scanner(settings_for(tmp_path, hash_lists=(str(deny),)), unpacker)(message(attachments=[("eicar.com", EICAR)]))
+    listing = Scanner(settings_for(tmp_path, hash_lists=(str(deny),)), unpacker)
+    _, unlisted = listing(message(attachments=[("eicar.com", EICAR)]))
     assert {f.detector for f in unlisted.findings if f.category is Category.MALWARE} == {"yara", "hashes"}
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 
-import msoffcrypto
 import pikepdf
 import pytest
 
@@ -13,7 +12,7 @@ from mailward.config import PolicySettings
 from mailward.evidence import Category, Evidence
 from mailward.policy import decide
 from mailward.verdict import Action
-from unpack_support import EICAR, message, ooxml, names_at, scan, unpacker, vba_project, zipped  # noqa: F401
+from unpack_support import EICAR, message, names_at, ooxml, vba_project, zipped
 
 POLICY = PolicySettings()
 
@@ -54,7 +53,8 @@ def encrypted(parts: dict[str, bytes], kind: str, password: str) -> bytes:
     packages into the wrong directory entries.
     """
     from msoffcrypto.format.ooxml import OOXMLFile
-    document = ooxml(kind, dict(parts, **{"docProps/thumbnail.jpeg": b"".join(hashlib.sha512(bytes([i])).digest() for i in range(100))}))
+    thumbnail = b"".join(hashlib.sha512(bytes([i])).digest() for i in range(100))
+    document = ooxml(kind, dict(parts, **{"docProps/thumbnail.jpeg": thumbnail}))
     out = io.BytesIO()
     OOXMLFile(io.BytesIO(document)).encrypt(password, out)
     return out.getvalue()
@@ -76,7 +76,8 @@ def test_powerpoint_action_click_is_quarantined_inbound_and_tagged_outbound(scan
 
 
 def test_workbook_open_is_quarantined_inbound(scan):
-    _, evidence = scan(message(attachments=[("book.xlsm", ooxml("xlsm", {"xl/vbaProject.bin": vba_project(AUTO_ONLY)}))]))
+    book = ooxml("xlsm", {"xl/vbaProject.bin": vba_project(AUTO_ONLY)})
+    _, evidence = scan(message(attachments=[("book.xlsm", book)]))
     assert "vba-autoexec" in macro_names(evidence)
     assert actions(evidence) == (Action.QUARANTINE, Action.TAG)
 
@@ -88,7 +89,8 @@ def test_auto_exec_that_only_runs_its_own_macros_is_not_malware(scan):
 
 
 def test_macro_without_auto_exec_only_tags(scan):
-    _, evidence = scan(message(attachments=[("table.docm", ooxml("docm", {"word/vbaProject.bin": vba_project(PLAIN)}))]))
+    table = ooxml("docm", {"word/vbaProject.bin": vba_project(PLAIN)})
+    _, evidence = scan(message(attachments=[("table.docm", table)]))
     assert macro_names(evidence) == {"vba-macros"}
     assert actions(evidence) == (Action.TAG, Action.TAG)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from mail import EICAR, message
-from clamd_server import clamd  # noqa: F401  (session fixture)
 from unpack_support import aes_zip, ooxml, vba_project, zipped
 
 pytestmark = pytest.mark.postfix

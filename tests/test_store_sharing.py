@@ -162,7 +162,7 @@ def test_real_milter_reloads_beside_cli_processes_and_enforces_their_writes(post
     m = milter('[policy.inbound]\nmalware_action = "quarantine"\n[incidents]\nrefresh = 0.5\n')
     state = tmp_path / "state"
     stored: set[str] = set()
-    for round_ in range(ROUNDS):
+    for _ in range(ROUNDS):
         reloads = m.log_path.read_text().count("reloaded")
         m.signal(signal.SIGHUP)
         deadline = time.monotonic() + 120                      # a reload rebuilds rules and model

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mailward.models.artifact import SHIPPED_DIR, SIDECAR, load_artifact
 from mailward.models.classifier import Combiner, NaiveBayesCounts, SpamModel, naive_bayes_from_counts
 from mailward.models.features import FeatureSettings
-from mailward.models.artifact import SHIPPED_DIR, SIDECAR, load_artifact
 from mailward.training.evaluate import Scores, Thresholds, measure, score_set
 from mailward.training.replay import OnlineNaiveBayes, replay_mailward
 from mailward.training.sources import read_sets

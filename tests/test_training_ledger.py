@@ -10,7 +10,7 @@ import pytest
 from mailward.quarantine import Actor, Label
 from mailward.quarantine.sqlite import SqliteStore
 from mailward.training.learning import Lineage, import_quarantine, rebuild, record, update
-from mailward.training.ledger import Ledger, LabelOutcome, digest_of
+from mailward.training.ledger import LabelOutcome, Ledger, digest_of
 from mailward.training.registry import Registry
 from mailward.training.sources import read_sets
 from quarantine_support import FakeClock, envelope, spam_case

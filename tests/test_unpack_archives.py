@@ -9,9 +9,21 @@ from mailward.config import LimitSettings
 from mailward.evidence import Category
 from mailward.message import parse_message
 from mailward.unpack import MemberState
-from unpack_support import scan, unpacker  # noqa: F401  (shared fixtures)
-from unpack_support import (EICAR, Scanner, aes_zip, iso_image, message, names_at, nested_zip, overlapping_zip,
-                            rar4_stored, seven_zip, settings_for, tar_gz, tnef, uuencoded, zipped)
+from unpack_support import (
+    EICAR,
+    aes_zip,
+    iso_image,
+    message,
+    names_at,
+    nested_zip,
+    overlapping_zip,
+    rar4_stored,
+    seven_zip,
+    tar_gz,
+    tnef,
+    uuencoded,
+    zipped,
+)
 
 MiB = 1024 * 1024
 
@@ -21,10 +33,12 @@ def malware_locations(evidence):
 
 
 def test_eicar_in_zip_in_zip_is_found_where_it_is(scan):
-    parsed, evidence = scan(message(attachments=[("invoice.zip", zipped({"docs/inner.zip": zipped({"eicar.com": EICAR})}))]))
+    nested = zipped({"docs/inner.zip": zipped({"eicar.com": EICAR})})
+    parsed, evidence = scan(message(attachments=[("invoice.zip", nested)]))
     assert malware_locations(evidence) == {"invoice.zip > docs/inner.zip > eicar.com"}
     eicar = next(o for o in parsed.objects if o.path.endswith("eicar.com"))
-    assert (eicar.depth, eicar.in_archive, eicar.parent, eicar.container) == (3, True, "invoice.zip > docs/inner.zip", "zip")
+    assert ((eicar.depth, eicar.in_archive, eicar.parent, eicar.container)
+            == (3, True, "invoice.zip > docs/inner.zip", "zip"))
     assert eicar.names == ("eicar.com",)
     assert eicar.sha256 == "275a021bbfb6489e54d471899f7db9d1663fc695ec2fe2a2c4538aabf651fd0f"
     assert eicar.md5 == "44d88612fea8a8f36de82e1278abb02f"

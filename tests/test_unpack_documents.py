@@ -3,12 +3,10 @@
 import io
 
 import pikepdf
-import pytest
 
 from mailward.evidence import Category, Severity
 from mailward.unpack import Fact, Kind
-from unpack_support import scan, unpacker  # noqa: F401  (shared fixtures)
-from unpack_support import Scanner, message, ooxml, settings_for, vba_project
+from unpack_support import message, ooxml, vba_project
 
 DROPPER = """Sub AutoOpen()
     Dim path As String

@@ -12,9 +12,9 @@ import enum
 import ipaddress
 import pwd
 import tomllib
-import urllib.parse
 import types
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -468,7 +468,7 @@ def _check(settings: Settings, source: str) -> None:
     if settings.quarantine.backend == "postgresql" and not settings.quarantine.dsn:
         raise ConfigError(source, "quarantine.dsn", "is required for the postgresql backend")
     write_timeout = settings.quarantine.write_timeout
-    if not 0.0 < write_timeout:
+    if not write_timeout > 0.0:
         raise ConfigError(source, "quarantine.write_timeout", "must be more than 0 seconds")
     if settings.milter.message_deadline + write_timeout >= settings.milter.timeout:
         raise ConfigError(source, "quarantine.write_timeout",
@@ -547,7 +547,7 @@ def _check_url(value: str, schemes: tuple[str, ...]) -> None:
     parsed = urllib.parse.urlsplit(value)
     if parsed.scheme not in schemes or not parsed.hostname:
         raise ValueError(f"must be a {' or '.join(s + '://' for s in schemes)} URL with a host")
-    parsed.port                                     # raises ValueError for a bad port
+    _ = parsed.port                                 # raises ValueError for a bad port
 
 
 def _check_network(value: str) -> None:

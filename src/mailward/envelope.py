@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Iterable
 
 
 class Direction(str, Enum):
@@ -35,7 +35,7 @@ class Envelope:
     direction: Direction = Direction.INBOUND
     local_submission: bool = False
 
-    def with_direction(self, direction: Direction) -> "Envelope":
+    def with_direction(self, direction: Direction) -> Envelope:
         return replace(self, direction=direction)
 
     def as_dict(self) -> dict:
@@ -62,7 +62,7 @@ class DirectionRules:
     authenticated_is_outbound: bool = True
 
     @classmethod
-    def build(cls, networks: Iterable[str], daemons: Iterable[str], authenticated: bool = True) -> "DirectionRules":
+    def build(cls, networks: Iterable[str], daemons: Iterable[str], authenticated: bool = True) -> DirectionRules:
         return cls(
             internal_networks=tuple(ipaddress.ip_network(n, strict=False) for n in networks),
             outbound_daemons=tuple(daemons),

@@ -94,7 +94,7 @@ class MessageFacts:
     message_id: str = ""
 
     @classmethod
-    def of(cls, message) -> "MessageFacts":
+    def of(cls, message) -> MessageFacts:
         """From a :class:`~mailward.message.ParsedMessage` (control characters removed: these go to logs)."""
         return cls(_printable(message.subject)[:998], _printable(message.header("message-id")).strip()[:998])
 
@@ -123,7 +123,7 @@ class Evidence:
     def of(self, category: Category) -> tuple[Finding, ...]:
         return tuple(f for f in self.findings if f.category is category)
 
-    def merged(self, other: "Evidence") -> "Evidence":
+    def merged(self, other: Evidence) -> Evidence:
         """Combine evidence from two sources (e.g. worker and in-process checks)."""
         return Evidence(
             findings=self.findings + other.findings,

@@ -22,7 +22,7 @@ _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 class EcsJsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         doc: dict = {
-            "@timestamp": _dt.datetime.fromtimestamp(record.created, _dt.timezone.utc)
+            "@timestamp": _dt.datetime.fromtimestamp(record.created, _dt.UTC)
             .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "log": {"level": record.levelname.lower(), "logger": record.name},
             "message": record.getMessage(),
@@ -113,5 +113,7 @@ def _install(handler: logging.Handler, level: int) -> None:
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
+        if isinstance(old.formatter, EcsJsonFormatter):
+            old.close()                 # ours: a reconfigured log file is not left open (others' are theirs)
     root.addHandler(handler)
     root.setLevel(level)

@@ -19,10 +19,10 @@ import hashlib
 import re
 import time
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from email.message import Message
 from functools import cached_property
-from typing import Iterator
 
 from .config import LimitSettings
 from .evidence import Category, Finding, Severity
@@ -327,7 +327,7 @@ def _join(prefix: str, name: str) -> str:
 class _Expansion:
     """Depth-first expansion of one message's leaves within its byte, object, depth and time limits."""
 
-    def __init__(self, limits: LimitSettings, unpacker: Unpacker, message_size: int, passwords: "_PasswordSource"):
+    def __init__(self, limits: LimitSettings, unpacker: Unpacker, message_size: int, passwords: _PasswordSource):
         self.limits = limits
         self.unpacker = unpacker
         self.passwords = passwords

@@ -10,12 +10,12 @@ is written against them.
 from __future__ import annotations
 
 import hashlib
-from importlib import resources
 import logging
 import threading
 import time
+from collections.abc import Callable
+from importlib import resources
 from pathlib import Path
-from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily

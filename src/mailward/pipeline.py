@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable, Protocol
+from typing import Protocol
 
 from .config import LimitSettings, Settings
 from .envelope import Envelope
@@ -40,7 +41,7 @@ class Inspector:
     unpacker: Unpacker | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "Inspector":
+    def from_settings(cls, settings: Settings) -> Inspector:
         from . import models, reputation, signatures  # detector packages load rules and models here
 
         return cls(settings.limits, (*signatures.detectors(settings), *models.detectors(settings),
@@ -60,7 +61,7 @@ class Inspector:
             if isinstance(finish, Evidence):          # begin() itself failed
                 found = finish
             else:
-                found = _guarded(detector, envelope, finish or (lambda: detector.inspect(message, envelope)))
+                found = _guarded(detector, envelope, finish or (lambda d=detector: d.inspect(message, envelope)))
             timings.append((detector.name, time.perf_counter() - t0))
             evidence = evidence.merged(found)
         # Marks are read here, where the message already is, so the milter process never holds a body.

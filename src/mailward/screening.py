@@ -13,8 +13,9 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable, Protocol
+from typing import Protocol
 
 from .config import Settings
 from .envelope import Envelope
@@ -40,7 +41,7 @@ Release = Callable[[object, Envelope], object | None]
 class Watch(Protocol):
     """Sees every outcome after the decision (incident response: counters, suspensions, alerts)."""
 
-    def observe(self, outcome: "Outcome") -> object: ...
+    def observe(self, outcome: Outcome) -> object: ...
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ class TrustedOwners:
     uids: frozenset[int]
 
     @classmethod
-    def of(cls, service_user: str = "") -> "TrustedOwners":
+    def of(cls, service_user: str = "") -> TrustedOwners:
         """``service_user`` is ``milter.user``: a root milter writes state as root, then as that user."""
         uids = {0, os.geteuid()}
         if service_user:

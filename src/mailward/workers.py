@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing
-import os
 import resource
 import signal
 import threading
@@ -318,7 +317,7 @@ class ScanPool:
     def _dispatch(self) -> None:
         """Hand idle workers to waiting lanes in turn (caller holds the lock)."""
         while self._idle and not self._closed:
-            for client, lane in self._lanes.items():
+            for client, lane in self._lanes.items():  # noqa: B007  (the lane found is used below)
                 if self._busy[client] < self._share:
                     break
             else:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,7 +19,8 @@ class MilterProcess:
 
     def start(self, timeout: float = 60.0) -> None:
         self.socket_path.unlink(missing_ok=True)
-        self.proc = subprocess.Popen([*self.prefix, sys.executable, "-m", "mailward.milter.daemon", "--config", str(self.config)],
+        self.proc = subprocess.Popen([*self.prefix, sys.executable, "-m", "mailward.milter.daemon",
+                                      "--config", str(self.config)],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -35,14 +35,19 @@ class MilterProcess:
         self.proc.send_signal(sig)
 
     def stop(self) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        self.proc.send_signal(signal.SIGTERM)
+        if self.proc is None:
+            return None
         try:
-            return self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+            if self.proc.poll() is not None:
+                return self.proc.returncode
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                return self.proc.wait()
+        finally:
+            self.proc.stdout.close()        # the pipe is ours to close, exited or not
 
     def events(self) -> list[dict]:
         """The per-message summary events from the JSON log."""

@@ -56,7 +56,7 @@ class Postfix:
         return self.base / "mail" / "mailbox"
 
     @classmethod
-    def create(cls, milter_socket: Path) -> "Postfix":
+    def create(cls, milter_socket: Path) -> Postfix:
         base = Path(tempfile.mkdtemp(prefix="mailward-postfix-", dir="/tmp"))
         os.chmod(base, 0o755)
         pf = cls(base, free_port(), free_port(), milter_socket)

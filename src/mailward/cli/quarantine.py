@@ -14,7 +14,7 @@ import re
 import smtplib
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ..config import Settings
@@ -114,7 +114,7 @@ def parse_when(text: str, now: float) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a date or age: {text!r}") from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from ..config import Settings
 from ..envelope import Direction, Envelope
@@ -45,7 +45,8 @@ def report(path: Path, outcome: Outcome) -> dict:
         "action": verdict.action.value,
         "reasons": list(verdict.reasons),
         "spam_score": evidence.spam_score,
-        "clues": [{"token": c.token, "weight": round(c.weight, 4)} for c in (evidence.spam.clues if evidence.spam else ())],
+        "clues": [{"token": c.token, "weight": round(c.weight, 4)}
+                  for c in (evidence.spam.clues if evidence.spam else ())],
         "findings": [f.as_dict() for f in evidence.findings],
         "direction": outcome.envelope.direction.value,
         "incident_id": verdict.incident_id,

@@ -12,8 +12,8 @@ milter host counts and blocks together.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..config import Settings
 from ..quarantine.records import Actor

@@ -2,7 +2,7 @@
 
 Postfix logs each failed SASL attempt as, e.g.::
 
-    Nov 22 19:20:01 mx postfix/submission/smtpd[1234]: warning: unknown[203.0.113.5]: SASL LOGIN authentication failed: UGFzc3dvcmQ6
+    Nov 22 19:20:01 mx postfix/smtpd[1234]: warning: unknown[192.0.2.5]: SASL LOGIN authentication failed: UGFzc3dvcmQ6
 
 The client part of a log line can carry text a client chose (a HELO name, an
 address), so the pattern is anchored: the ``postfix.../smtpd[pid]: warning:``
@@ -16,8 +16,8 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import ipaddress
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .records import Block, SubjectKind
 
@@ -28,7 +28,7 @@ class Snapshot:
     loaded_at: float
 
     @classmethod
-    def of(cls, blocks: list[Block], now: float) -> "Snapshot":
+    def of(cls, blocks: list[Block], now: float) -> Snapshot:
         exact, networks = {}, []
         for block in blocks:
             if block.kind is SubjectKind.NETWORK:

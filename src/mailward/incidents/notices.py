@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from ..config import Settings
 from ..envelope import Direction
@@ -74,7 +74,8 @@ class VirusNotices:
         env, verdict = outcome.envelope, outcome.verdict
         fate = {Action.REJECT: "was refused", Action.QUARANTINE: "is held in quarantine",
                 Action.TEMPFAIL: "was deferred"}[verdict.action]
-        whose = "A message sent from your account" if env.direction is Direction.OUTBOUND else "A message to your domain"
+        outbound = env.direction is Direction.OUTBOUND
+        whose = "A message sent from your account" if outbound else "A message to your domain"
         self.channel.address(verdict.incident_id, recipients)
         delivery = self.dispatcher.raise_alert(Alert(
             AlertKind.VIRUS_NOTICE, verdict.incident_id, f"{whose} {fate}: it carried malware",

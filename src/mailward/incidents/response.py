@@ -15,8 +15,9 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 from ..config import CounterLimits, Settings
 from ..envelope import Direction

@@ -22,10 +22,11 @@ import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from ..dbfile import prepare_database_file
 from ..errors import MailwardError
@@ -109,13 +110,13 @@ class IncidentStore(ABC):
     @abstractmethod
     def _create_schema(self, conn) -> None: ...
 
-    def _begin(self, conn) -> None:
+    def _begin(self, conn) -> None:  # noqa: B027  (an optional hook: PostgreSQL needs nothing)
         """Start a transaction (SQLite needs it explicit; psycopg opens one itself)."""
 
     def _sql(self, statement: str) -> str:
         return statement
 
-    def _relax(self, conn) -> None:
+    def _relax(self, conn) -> None:  # noqa: B027  (an optional hook)
         """Let this transaction commit without waiting for the disk (counters only; a crash may lose a few)."""
 
     # -- plumbing --------------------------------------------------------------------------------

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING
 import Milter
 
 from ..envelope import DirectionRules, Envelope
-from ..reputation import claims_our_id
 from ..evidence import Evidence, Finding
 from ..incidents import Block, block_finding
 from ..policy import decide, decide_failure
+from ..reputation import claims_our_id
 from ..screening import Outcome, Screener, event_of
 from ..verdict import Action, Verdict, new_incident_id
 from .buffer import MessageBuffer

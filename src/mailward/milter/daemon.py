@@ -41,9 +41,9 @@ from ..metrics import Metrics, quarantine_stats, rules_version
 from ..pipeline import Inspector
 from ..reputation import authserv_id
 from ..reputation.resolver import DnsClient
+from ..screening import Screener
 from ..signatures import rule_directories
 from ..signatures.ruleset import Source, compile_file, discover, stamp
-from ..screening import Screener
 from ..workers import ScanPool
 from .adapter import LiveRuntime, MailwardMilter, Runtime
 from .buffer import SPOOL_PREFIX, SPOOL_SUFFIX

@@ -11,10 +11,9 @@ from .gtube import GtubeDetector
 
 
 def detectors(settings: Settings) -> list:
-    from .loader import ModelLoader   # scikit-learn loads only when a scanner is built
-    from .spam import SpamDetector
-
     from ..incidents.alerts import model_refusal_alert
+    from .loader import ModelLoader  # scikit-learn loads only when a scanner is built
+    from .spam import SpamDetector
 
     loader = ModelLoader(settings.model_dir, shipped=settings.model.shipped_model,
                          check_interval=settings.model.check_interval, on_refusal=model_refusal_alert(settings),

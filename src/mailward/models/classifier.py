@@ -109,7 +109,7 @@ class NaiveBayesCounts:
     alpha: float
 
     @classmethod
-    def of(cls, nb: MultinomialNB) -> "NaiveBayesCounts":
+    def of(cls, nb: MultinomialNB) -> NaiveBayesCounts:
         if list(nb.classes_) != list(CLASSES):
             raise ValueError(f"classes {list(nb.classes_)}, a spam model has {list(CLASSES)}")
         columns = np.flatnonzero(nb.feature_count_.any(axis=0))
@@ -148,7 +148,7 @@ class SpamModel:
 
     @classmethod
     def build(cls, version: str, features: FeatureSettings, combiner: Combiner,
-              counts: NaiveBayesCounts) -> "SpamModel":
+              counts: NaiveBayesCounts) -> SpamModel:
         return cls(version, features, combiner, counts.weights(), features.vectorizer())
 
     def assess(self, message: ParsedMessage) -> SpamAssessment:

@@ -41,7 +41,7 @@ def convert(sidecar: Path, owners: TrustedOwners, root: Path) -> str | None:
     data = payload.read_bytes()
     if hashlib.sha256(data).hexdigest() != meta["sha256"]:
         raise ArtifactError(f"{payload}: sha256 does not match {sidecar.name}; not converting a corrupt model")
-    import joblib          # only here: nothing else in Mailward unpickles
+    import joblib  # only here: nothing else in Mailward unpickles
 
     arrays = joblib.load(io.BytesIO(data))          # the trusted step: this runs the pickle
     if list(arrays["classes"]) != list(CLASSES):

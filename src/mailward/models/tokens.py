@@ -17,8 +17,8 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from ..message import ContentObject, ParsedMessage
 from .htmltext import html_to_text
@@ -51,7 +51,7 @@ _PRESENCE_HEADERS = frozenset((
     "importance", "disposition-notification-to", "cc", "mime-version", "date", "message-id", "reply-to",
     "x-originating-ip", "content-transfer-encoding", "thread-index", "x-face", "mail-followup-to",
 ))
-_GENERIC_TLDS = frozenset("com net org edu gov mil int info biz name".split())
+_GENERIC_TLDS = frozenset(["com", "net", "org", "edu", "gov", "mil", "int", "info", "biz", "name"])
 _HEADER_CHARS = 1000    # of a header value read: a subject is not a body
 _SHORT_SLD = 3          # "co.uk", "com.au": keep three labels when the second level is this short
 
@@ -252,7 +252,7 @@ def _header_tokens(message: ParsedMessage) -> Iterable[str]:
 
 def _domain_of(address: str) -> str:
     match = None
-    for match in _ADDRESS_DOMAIN.finditer(address):
+    for match in _ADDRESS_DOMAIN.finditer(address):  # noqa: B007  (the last match is the one wanted)
         pass
     return match.group(1).lower().strip(".") if match else ""
 

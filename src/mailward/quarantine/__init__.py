@@ -10,8 +10,7 @@ from __future__ import annotations
 import time
 
 from ..config import Settings
-from .records import (Actor, AuditEvent, Label, LabelRecord, ListFilter, QuarantineRecord, ReleaseClaim, Removal,
-                      Status)
+from .records import Actor, AuditEvent, Label, LabelRecord, ListFilter, QuarantineRecord, ReleaseClaim, Removal, Status
 from .store import Clock, QuarantineStore
 
 __all__ = ["Actor", "AuditEvent", "Label", "LabelRecord", "ListFilter", "QuarantineRecord", "QuarantineStore",

@@ -59,7 +59,8 @@ def compose(digest: Digest, sender: str, period: str) -> EmailMessage:
         lines.append(f"  Subject: {neutralise(r.subject) or '(none)'}")
         lines.append(f"  Reason:  {', '.join(r.reasons) or '-'}")
         if digest.full:
-            lines.append(f"  {r.direction.value} to {neutralise(', '.join(r.envelope.recipients))}; status {r.status.value}")
+            recipients = neutralise(", ".join(r.envelope.recipients))
+            lines.append(f"  {r.direction.value} to {recipients}; status {r.status.value}")
         lines.append("")
     lines.append("If one of these is a message you expected, ask your mail administrator to review it,")
     lines.append("quoting its ID. Do not reply to this message.")

@@ -14,9 +14,10 @@ import os
 import stat
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO
 
 from ..dbfile import hand_to_directory_owner
 from ..errors import StoreError

@@ -56,6 +56,8 @@ import math
 import time
 from pathlib import Path
 
+import psycopg
+
 from ..config import QuarantineSettings
 from ..envelope import Envelope
 from ..errors import StoreError
@@ -64,8 +66,6 @@ from ..verdict import Verdict
 from .files import chunks_of, measure
 from .records import check_id
 from .store import Clock, Deadline, QuarantineStore
-
-import psycopg
 
 _SCHEMA_LOCK = 0x4D57_5100   # "MWQ\0": the advisory lock key for schema creation
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from enum import Enum
 
 from ..envelope import Direction, Envelope
-from ..evidence import Category, Clue, Evidence, Finding, Severity, SpamAssessment
 from ..errors import StoreError
+from ..evidence import Category, Clue, Evidence, Finding, Severity, SpamAssessment
 
 # Incident IDs look like MW-65F0A1B2-1A2B3C4D; anything path-like is refused before it reaches a file name.
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -71,7 +71,7 @@ class Actor:
     origin: str = ""          # e.g. the SSH client address; empty for a local session or the milter
 
     @classmethod
-    def current(cls, analyst: str = "") -> "Actor":
+    def current(cls, analyst: str = "") -> Actor:
         """The person at the keyboard: ``analyst`` if given, else the sudo caller, else the OS user.
 
         ``origin`` keeps whatever the name alone would hide: the SSH client,
@@ -88,7 +88,7 @@ class Actor:
         return cls(name=analyst or sudo or user, host=socket.gethostname(), origin="; ".join(notes))
 
     @classmethod
-    def service(cls) -> "Actor":
+    def service(cls) -> Actor:
         """The daemon itself (the OS user it runs as), for the records it writes."""
         return cls(name=_os_user(), host=socket.gethostname(), origin="milter")
 

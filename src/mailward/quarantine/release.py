@@ -42,12 +42,12 @@ import secrets
 import smtplib
 import subprocess
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from enum import Enum
 from pathlib import Path
-from typing import Iterable
 
 from ..config import Settings
 from ..envelope import Envelope
@@ -122,7 +122,7 @@ class Relay:
     hold_queue: bool = False               # the milter also put quarantined mail in Postfix's hold queue
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "Relay":
+    def from_settings(cls, settings: Settings) -> Relay:
         q = settings.quarantine
         return cls(q.relay_host, q.relay_port, q.relay_timeout, q.hold)
 
@@ -226,7 +226,7 @@ class ReleaseVerifier:
         self._clock = clock
 
     @classmethod
-    def from_settings(cls, settings: Settings, store: QuarantineStore | None = None) -> "ReleaseVerifier":
+    def from_settings(cls, settings: Settings, store: QuarantineStore | None = None) -> ReleaseVerifier:
         return cls(load_release_key(key_path(settings)), settings.quarantine.release_max_age_days * 86400.0, store)
 
     def _valid(self, domain: str, value: str, digest: str, recipients: Iterable[str],

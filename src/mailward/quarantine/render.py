@@ -17,7 +17,7 @@ import email.policy
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import magic
 
@@ -117,7 +117,7 @@ def _real_type(data: bytes) -> str:
 def when(timestamp: float | None) -> str:
     if timestamp is None:
         return "-"
-    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def render_show(record: QuarantineRecord, view: MessageView) -> str:
@@ -143,7 +143,8 @@ def render_show(record: QuarantineRecord, view: MessageView) -> str:
     if spam is None:
         lines.append("Spam score:     -")
     else:
-        lines.append(f"Spam score:     {spam.score:.3f}" + (f" (model {n(spam.model_version)})" if spam.model_version else ""))
+        model = f" (model {n(spam.model_version)})" if spam.model_version else ""
+        lines.append(f"Spam score:     {spam.score:.3f}{model}")
         for clue in spam.clues:
             lines.append(f"    {clue.weight:+7.3f}  {n(clue.token)}")
     lines += ["", "Findings:"]

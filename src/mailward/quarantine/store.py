@@ -31,12 +31,14 @@ import queue
 import threading
 import time
 from abc import ABC, abstractmethod
-from concurrent.futures import Future, TimeoutError as FutureTimeout
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from ..config import QuarantineSettings
 from ..envelope import Envelope
@@ -45,8 +47,21 @@ from ..evidence import Evidence
 from ..message import decode_header_value
 from ..verdict import Action, Verdict
 from .files import Written
-from .records import (Actor, AuditEvent, Label, LabelRecord, ListFilter, QuarantineRecord, ReleaseClaim, Removal,
-                      Status, check_id, envelope_from_dict, evidence_from_dict, evidence_to_dict)
+from .records import (
+    Actor,
+    AuditEvent,
+    Label,
+    LabelRecord,
+    ListFilter,
+    QuarantineRecord,
+    ReleaseClaim,
+    Removal,
+    Status,
+    check_id,
+    envelope_from_dict,
+    evidence_from_dict,
+    evidence_to_dict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -308,7 +323,7 @@ class QuarantineStore(ABC):
     def _drop_bytes(self, conn, quarantine_id: str) -> None:
         """Remove the bytes inside the delete transaction (database) ..."""
 
-    def _after_drop(self, quarantine_id: str) -> None:
+    def _after_drop(self, quarantine_id: str) -> None:  # noqa: B027  (an optional hook)
         """... or after it committed (files: a crash in between leaves an orphan the sweep removes)."""
 
     def sweep(self) -> int:
@@ -429,7 +444,7 @@ class QuarantineStore(ABC):
             log.error("quarantined message %s was stored after its deadline and could not be withdrawn "
                       "(the sender's retry will be a second copy): %s", quarantine_id, exc)
 
-    def __enter__(self) -> "QuarantineStore":
+    def __enter__(self) -> QuarantineStore:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -22,10 +22,11 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, Callable
+from typing import Any
 
 from ..config import ReputationSettings, Settings
 from ..envelope import Direction, Envelope
@@ -35,8 +36,7 @@ from ..message import ParsedMessage
 from . import dmarc_check
 from .dkim_check import DkimResult, signatures, verify_signature
 from .dmarc_check import Disposition, DmarcResult, PolicyLookup, author_domains, discover_policy
-from .names import (IPAddress, OrgDomains, client_ip, normalise_domain, reverse_name, url_domains,
-                    within)
+from .names import IPAddress, OrgDomains, client_ip, normalise_domain, reverse_name, url_domains, within
 from .resolver import Backoff, Clock, Deadline, DnsClient, Lookup, Outcome
 from .results_header import HEADER, authserv_id, results_value
 from .spf_check import SpfResult, check_spf
@@ -81,7 +81,7 @@ class ReputationDetector:
         self._probe: Future | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, clock: Clock = time.monotonic) -> "ReputationDetector":
+    def from_settings(cls, settings: Settings, clock: Clock = time.monotonic) -> ReputationDetector:
         rep = settings.reputation
         networks = check_settings(settings)
         networks += tuple(ipaddress.ip_network(n, strict=False) for n in settings.direction.internal_networks)

@@ -15,9 +15,9 @@ from __future__ import annotations
 import email
 import email.policy
 import email.utils
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Sequence
 
 from .dkim_check import DkimResult
 from .names import OrgDomains, normalise_domain
@@ -30,7 +30,7 @@ class Disposition(str, Enum):
     QUARANTINE = "quarantine"
     REJECT = "reject"
 
-    def weaker(self) -> "Disposition":
+    def weaker(self) -> Disposition:
         return Disposition.QUARANTINE if self is Disposition.REJECT else Disposition.NONE
 
 
@@ -43,7 +43,7 @@ class DmarcRecord:
     percent: int = 100
 
     @classmethod
-    def parse(cls, text: str) -> "DmarcRecord | None":
+    def parse(cls, text: str) -> DmarcRecord | None:
         """The record's policy tags, or ``None`` if it is not a usable DMARC record (RFC 7489 6.3)."""
         parts = [p.strip() for p in text.split(";")]
         tags: dict[str, str] = {}

@@ -10,9 +10,9 @@ outcomes, not exceptions: the caller turns them into evidence.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Callable
 
 import dns.exception
 import dns.message
@@ -63,7 +63,7 @@ class Deadline:
     clock: Clock = field(default=time.monotonic, compare=False)
 
     @classmethod
-    def after(cls, seconds: float, clock: Clock = time.monotonic) -> "Deadline":
+    def after(cls, seconds: float, clock: Clock = time.monotonic) -> Deadline:
         return cls(clock() + seconds, clock)
 
     def remaining(self) -> float:
@@ -90,7 +90,7 @@ class DnsClient:
         self.query_timeout = query_timeout
 
     @classmethod
-    def from_settings(cls, settings: ReputationSettings) -> "DnsClient":
+    def from_settings(cls, settings: ReputationSettings) -> DnsClient:
         return cls(settings.nameservers, settings.port, settings.query_timeout, settings.cache_size)
 
     @property

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import re
 import socket
-from typing import Sequence
+from collections.abc import Sequence
 
 import authres
 import authres.dmarc
 
+from ..config import ReputationSettings
 from .dkim_check import DkimResult
 from .dmarc_check import DmarcResult
-from ..config import ReputationSettings
 from .spf_check import SpfResult
 
 HEADER = "Authentication-Results"

@@ -59,8 +59,10 @@ class Sample:
 def rules_check_main(argv: list[str]) -> int:
     """Entry point for ``mailward rules check``; ``argv`` is what follows ``check``."""
     parser = argparse.ArgumentParser(prog="mailward rules check", description=__doc__.split("\n\n")[0])
-    parser.add_argument("directory", type=Path, help="directory of YARA rule files (*.yar, *.yara), searched recursively")
-    parser.add_argument("--benign", type=Path, help="directory of benign mail (.eml) or files to measure speed and hits on")
+    parser.add_argument("directory", type=Path,
+                        help="directory of YARA rule files (*.yar, *.yara), searched recursively")
+    parser.add_argument("--benign", type=Path,
+                        help="directory of benign mail (.eml) or files to measure speed and hits on")
     parser.add_argument("--min-speed", type=float, default=50.0, metavar="MB/S",
                         help="slowest acceptable marginal scan speed of one file on the benign sample (default 50)")
     parser.add_argument("--timeout", type=int, default=10, help="YARA timeout per object in seconds (default 10)")
@@ -198,5 +200,6 @@ def print_table(reports: list[FileReport], summary: dict, min_speed: float) -> N
             print(f"bundle does not compile: {summary['bundle_error']}")
         elif "bundle_mb_per_s" in summary:
             print(f"whole bundle: {summary['bundle_mb_per_s']} MB/s "
-                  f"({summary['bundle_vs_baseline']}x the baseline's time); gate: each file's margin >= {min_speed:g} MB/s, "
+                  f"({summary['bundle_vs_baseline']}x the baseline's time); "
+                  f"gate: each file's margin >= {min_speed:g} MB/s, "
                   "no hits")

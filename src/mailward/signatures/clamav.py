@@ -20,15 +20,15 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_all
 from dataclasses import dataclass
-from typing import Callable
 
 from ..config import ClamavSettings, clamd_address
 from ..envelope import Envelope
 from ..evidence import Category, Evidence, Finding, Severity
-from ..message import ContentObject, ParsedMessage
+from ..message import ParsedMessage
 from .hashes import HashList
 
 CHUNK = 64 * 1024
@@ -53,7 +53,7 @@ class Clamd:
     timeout: float = 10.0
 
     @classmethod
-    def from_socket(cls, spec: str, timeout: float) -> "Clamd":
+    def from_socket(cls, spec: str, timeout: float) -> Clamd:
         return cls(clamd_address(spec), timeout)
 
     def ping(self) -> bool:

@@ -79,7 +79,7 @@ class HashList:
         return sum(len(t) for t in self._tables.values())
 
     @classmethod
-    def load(cls, paths: list[str] | tuple[str, ...], owners: TrustedOwners | None = None) -> "HashList":
+    def load(cls, paths: list[str] | tuple[str, ...], owners: TrustedOwners | None = None) -> HashList:
         """The lists at ``paths``; each must be trusted by ``owners`` (default: root and this user),
         since an entry in an allow list silences every signature for that object."""
         owners = owners or TrustedOwners.of()

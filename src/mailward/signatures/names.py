@@ -63,7 +63,7 @@ class NameDetector:
     name: str = "names"
 
     @classmethod
-    def from_settings(cls, settings: SignatureSettings, allow: HashList) -> "NameDetector":
+    def from_settings(cls, settings: SignatureSettings, allow: HashList) -> NameDetector:
         return cls(frozenset(e.lower().lstrip(".") for e in settings.banned_extensions),
                    frozenset(e.lower().lstrip(".") for e in settings.risky_extensions), allow)
 

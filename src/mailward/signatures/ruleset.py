@@ -23,12 +23,12 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from enum import Enum
 from importlib import resources
 from pathlib import Path
-from typing import Iterator
 
 import yara
 
@@ -132,7 +132,7 @@ class RuleSet:
 
     @classmethod
     def load_or_keep(cls, directories: list[tuple[str, Path]], cache_dir: Path,
-                     previous: "RuleSet | None" = None, owners: TrustedOwners | None = None) -> "RuleSet":
+                     previous: RuleSet | None = None, owners: TrustedOwners | None = None) -> RuleSet:
         """The rules for ``directories``: from the cache, freshly compiled, or the last good ones.
 
         ``previous`` (the set live in this process, if any) is kept when the
@@ -172,7 +172,8 @@ class RuleSet:
                     return cls(kept, files, Origin.KEPT, **common)
             good = {f.namespace: f.path for f in files if f.ok}
             if not good:
-                raise ArtifactError("no YARA rule file compiles: " + "; ".join(f"{f.path}: {f.errors[0]}" for f in files))
+                raise ArtifactError("no YARA rule file compiles: "
+                                    + "; ".join(f"{f.path}: {f.errors[0]}" for f in files))
             try:
                 rules = yara.compile(filepaths=good, externals=EXTERNALS)
             except (yara.SyntaxError, yara.Error) as exc:
@@ -200,7 +201,7 @@ class _Cache:
         self.owners = owners
 
     @classmethod
-    def open(cls, directory: Path, owners: TrustedOwners) -> "_Cache":
+    def open(cls, directory: Path, owners: TrustedOwners) -> _Cache:
         try:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:

@@ -18,10 +18,10 @@ any other label (and an analyst can still relabel it).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from email.utils import parseaddr
-from typing import Iterable
 
 from ..config import LearningSettings
 from ..message import header_block

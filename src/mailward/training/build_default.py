@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mailward.training.build_default", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m mailward.training.build_default",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--corpus", required=True, type=Path, help="directory the corpus archives were unpacked into")
     parser.add_argument("--index", required=True, type=Path, help="index.tsv.gz of the corpus")
     parser.add_argument("--out", required=True, type=Path, help="directory to write spam.json and its payload into")

@@ -16,6 +16,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from ..config import LearningSettings, Settings
 from ..models.classifier import SpamModel
+from .extras import import_extra
 from .streams import progress, with_tokens
 
 BINS = 20
@@ -27,7 +28,7 @@ class Thresholds:
     spam: float
 
     @classmethod
-    def inbound(cls, settings: Settings) -> "Thresholds":
+    def inbound(cls, settings: Settings) -> Thresholds:
         return cls(settings.policy.inbound.tag_threshold, settings.policy.inbound.spam_threshold)
 
 
@@ -39,7 +40,7 @@ class Scores:
     is_spam: np.ndarray
 
     @classmethod
-    def of(cls, pairs: list[tuple[float, bool]]) -> "Scores":
+    def of(cls, pairs: list[tuple[float, bool]]) -> Scores:
         return cls(np.array([p[0] for p in pairs], dtype=np.float64), np.array([p[1] for p in pairs], dtype=bool))
 
 
@@ -161,10 +162,8 @@ def score_set(models: list[SpamModel], mails, jobs: int = 1) -> list[Scores]:
 
 def plot(curves: list[tuple[str, Scores]], thresholds: Thresholds, path: str) -> None:
     """ROC curves and score distributions as one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    import_extra("matplotlib", "--plot").use("Agg")
+    plt = import_extra("matplotlib.pyplot", "--plot")
 
     fig, (roc, dist) = plt.subplots(1, 2, figsize=(12, 5))
     for name, scores in curves:

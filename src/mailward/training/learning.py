@@ -26,9 +26,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import islice
-from typing import Iterable
 
 import numpy as np
 
@@ -52,7 +52,7 @@ class Lineage:
     seq: int           # last ledger entry the model reflects
 
     @classmethod
-    def of(cls, model: TrainedModel) -> "Lineage":
+    def of(cls, model: TrainedModel) -> Lineage:
         data = model.training_data.get("lineage")
         if isinstance(data, dict) and "base" in data and "seq" in data:
             return cls(str(data["base"]), int(data["seq"]))

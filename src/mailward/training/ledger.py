@@ -21,11 +21,11 @@ import hashlib
 import sqlite3
 import time
 import zlib
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Callable, Iterator
 
 from ..config import Settings
 from ..dbfile import prepare_database_file
@@ -111,13 +111,13 @@ class Ledger:
     def close(self) -> None:
         self._db.close()
 
-    def __enter__(self) -> "Ledger":
+    def __enter__(self) -> Ledger:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def batch(self) -> "_Batch":
+    def batch(self) -> _Batch:
         """Group many records into one transaction (thousands per second instead of dozens)."""
         return _Batch(self)
 

@@ -24,14 +24,22 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from ..config import Settings
 from ..errors import ArtifactError, MailwardError
-from ..models.artifact import MODEL_DIR_MODE, SHIPPED_DIR, SIDECAR, TrainedModel, load_artifact, read_sidecar, save_artifact
+from ..models.artifact import (
+    MODEL_DIR_MODE,
+    SHIPPED_DIR,
+    SIDECAR,
+    TrainedModel,
+    load_artifact,
+    read_sidecar,
+    save_artifact,
+)
 from ..trust import TrustedOwners
 
 VERSIONS = "versions"
@@ -80,7 +88,7 @@ class Registry:
         self.shipped_dir = shipped_dir
 
     @classmethod
-    def of(cls, settings: Settings) -> "Registry":
+    def of(cls, settings: Settings) -> Registry:
         return cls(settings.model_dir, SHIPPED_DIR if settings.model.shipped_model else None,
                    TrustedOwners.of(settings.milter.user))
 

@@ -29,9 +29,9 @@ import logging
 import mailbox
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from .corpus import LABELS, CorpusError
 
@@ -66,7 +66,7 @@ class LabelledSet:
     labelled: bool = True  # False: any mail, labels unknown ("" unless the set gives one)
 
     @classmethod
-    def parse(cls, spec: str, split: str = "", labelled: bool = True) -> "LabelledSet":
+    def parse(cls, spec: str, split: str = "", labelled: bool = True) -> LabelledSet:
         label, sep, rest = spec.partition(":")
         if sep and label in LABELS:
             path, forced = Path(rest), label

@@ -8,13 +8,13 @@ order of the set, which online evaluation depends on.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from itertools import islice
-from typing import Iterable, Iterator, TypeVar
-
-from tqdm import tqdm
+from typing import TypeVar
 
 from ..models.features import FeatureSettings
+from .extras import import_extra
 from .trainer import message_tokens
 
 CHUNK = 256
@@ -42,4 +42,5 @@ def progress(items: Iterable[T], what: str, total: int | None = None) -> Iterabl
     """A progress bar on standard error when it is a terminal; the items unchanged otherwise."""
     if not sys.stderr.isatty():
         return items
+    tqdm = import_extra("tqdm", "a progress bar").tqdm
     return tqdm(items, desc=what, total=total, unit=" msg", file=sys.stderr, dynamic_ncols=True)

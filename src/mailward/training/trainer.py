@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Iterator
 
 import numpy as np
 from scipy import sparse
@@ -58,7 +58,7 @@ class Trainer:
         self.nb = nb if nb is not None else MultinomialNB(alpha=alpha, force_alpha=True)
 
     @classmethod
-    def resume(cls, model: TrainedModel) -> "Trainer":
+    def resume(cls, model: TrainedModel) -> Trainer:
         """Continue learning from a saved model's counts."""
         return cls(model.features, model.counts.alpha, model.counts.estimator())
 

@@ -7,8 +7,8 @@ loads oletools, pikepdf or py7zr.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .model import Allowance, Unpacked
 from .sniff import Kind

@@ -103,7 +103,7 @@ class Unpacked:
         }
 
     @classmethod
-    def from_dict(cls, doc: dict, blobs: list[bytes]) -> "Unpacked":
+    def from_dict(cls, doc: dict, blobs: list[bytes]) -> Unpacked:
         members = tuple(Member(m["name"], blob, MemberState(m["state"]), m["declared_type"])
                         for m, blob in zip(doc["members"], blobs, strict=True))
         return cls(members,

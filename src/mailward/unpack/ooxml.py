@@ -8,7 +8,6 @@ lives in ``vbaProject.bin``, an OLE member that the office handler analyses.
 from __future__ import annotations
 
 import re
-
 from dataclasses import replace
 
 from .model import Fact, Member, Observation, Unpacked
@@ -40,7 +39,8 @@ def observe(members: list[Member]) -> list[Observation]:
         if lower.endswith(".rels"):
             for rel_type, target in _external_relationships(member.data):
                 if _REMOTE.match(target.strip()):
-                    found.append(Observation(Fact.REMOTE_TEMPLATE, f"{rel_type.decode()} -> {target.decode(errors='replace')}"))
+                    found.append(Observation(Fact.REMOTE_TEMPLATE,
+                                             f"{rel_type.decode()} -> {target.decode(errors='replace')}"))
         elif lower.startswith("word/") and lower.endswith(".xml"):
             # Word splits a field instruction across runs: join them before looking.
             instructions = b"".join(a or b for a, b in _INSTR.findall(member.data)).decode("utf-8", "replace")
@@ -52,7 +52,8 @@ def observe(members: list[Member]) -> list[Observation]:
                 found.append(Observation(Fact.XLM_SUSPICIOUS, f"{member.name}: {', '.join(calls)}"))
         elif lower.startswith("xl/externallinks/"):
             for service, topic in _dde_links(member.data):
-                found.append(Observation(Fact.DDE_LINK, f"{service.decode(errors='replace')}|{topic.decode(errors='replace')}"))
+                found.append(Observation(Fact.DDE_LINK,
+                                         f"{service.decode(errors='replace')}|{topic.decode(errors='replace')}"))
     return found
 
 

@@ -99,7 +99,10 @@ def _inspect(node, out: Collector, meter: Meter, scripts: list[str]) -> None:
         value = node.get(trigger)
         if value is None:
             continue
-        actions = [value] if trigger == "/OpenAction" else (list(value.values()) if isinstance(value, pikepdf.Dictionary) else [])
+        if trigger == "/OpenAction":
+            actions = [value]
+        else:
+            actions = list(value.values()) if isinstance(value, pikepdf.Dictionary) else []
         for act in actions:
             if isinstance(act, pikepdf.Dictionary) and str(act.get("/S", "")) in _RISKY_ACTIONS:
                 out.observe(Fact.PDF_AUTO_ACTION, f"{trigger} {act.get('/S')}")

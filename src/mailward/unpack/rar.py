@@ -12,8 +12,7 @@ import io
 import rarfile
 
 from .meter import Meter
-from .model import (Allowance, Collector, Fact, Incomplete, Member, MemberState, Stop, Unpacked,
-                    stopped)
+from .model import Allowance, Collector, Fact, Incomplete, Member, MemberState, Stop, Unpacked, stopped
 
 _FAILURES = (rarfile.Error, ValueError, OSError, EOFError, KeyError, IndexError, TypeError, LookupError)
 

@@ -13,8 +13,7 @@ import py7zr
 from py7zr.io import Py7zIO, WriterFactory
 
 from .meter import Meter
-from .model import (Allowance, Collector, Fact, Incomplete, Member, MemberState, Observation, Stop, Unpacked,
-                    stopped)
+from .model import Allowance, Collector, Fact, Incomplete, Member, MemberState, Observation, Stop, Unpacked, stopped
 
 _FAILURES = (py7zr.Bad7zFile, py7zr.exceptions.CrcError, py7zr.exceptions.UnsupportedCompressionMethodError,
              py7zr.exceptions.DecompressionError, ValueError, OSError, EOFError, KeyError, IndexError, TypeError,

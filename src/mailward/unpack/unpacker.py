@@ -40,7 +40,7 @@ class Unpacker:
     def close(self) -> None:
         self.sandbox.close()
 
-    def __enter__(self) -> "Unpacker":
+    def __enter__(self) -> Unpacker:
         return self
 
     def __exit__(self, *exc) -> None:

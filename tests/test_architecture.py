@@ -1,0 +1,183 @@
+"""Which part of Mailward may import what, read from the source with ``ast``.
+
+Imports inside functions count as much as those at the top of a module: a lazy import
+is still a dependency. The boundaries are described in docs/architecture.md; a new
+exception is added here, with the reason, or the import is moved.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import mailward
+
+SRC = Path(mailward.__file__).parent
+
+# The service packages: each a part a host can do without, built on the core.
+SERVICES = ("quarantine", "incidents", "training", "cli", "milter", "models", "signatures", "reputation", "unpack")
+
+# Third-party packages confined to the parts that own them.
+CONFINED = {
+    "Milter": ("mailward.milter",),          # pymilter: only the adapter speaks the milter protocol
+    "milter": ("mailward.milter",),
+    "yara": ("mailward.signatures",),
+    "sklearn": ("mailward.models", "mailward.training"),
+    "scipy": ("mailward.models", "mailward.training"),
+    "joblib": ("mailward.models", "mailward.training"),
+}
+
+# Today's imports from a core module into a service package, each allowed for a reason.
+# Anything else fails: move the type into the core or the call into the service.
+CORE_EXCEPTIONS = {
+    # parse_message walks the object tree below MIME (archives, uuencode, archive passwords).
+    ("mailward.message", "mailward.unpack"),
+    # The Inspector checks a release mark's proof where the message bytes already are (worker side).
+    ("mailward.pipeline", "mailward.quarantine.release"),
+    # The Inspector owns one Unpacker per process (libmagic handle, parser sandbox).
+    ("mailward.pipeline", "mailward.unpack"),
+    # Inspector.from_settings composes the detectors; the composition root until one exists (issue 15).
+    ("mailward.pipeline", "mailward.models"),
+    ("mailward.pipeline", "mailward.reputation"),
+    ("mailward.pipeline", "mailward.signatures"),
+}
+
+
+@dataclass(frozen=True)
+class Import:
+    importer: str       # dotted module name
+    target: str         # dotted module (or module.name for ``from pkg import name``)
+    line: int
+    in_function: bool
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(source: str, name: str, is_package: bool = False) -> list[Import]:
+    """Every import in one module, relative ones resolved to dotted names."""
+    tree = ast.parse(source)
+    nested = {id(node) for fn in ast.walk(tree) if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+              for node in ast.walk(fn)}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = name.split(".") if is_package else name.split(".")[:-1]
+                base = base[:len(base) - (node.level - 1)]
+                module = ".".join([*base, node.module] if node.module else base)
+            else:
+                module = node.module or ""
+            # ``from pkg import sub`` may name a submodule: keep both readings.
+            targets = [module] + [f"{module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        found += [Import(name, t, node.lineno, id(node) in nested) for t in targets]
+    return found
+
+
+def all_imports() -> list[Import]:
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        found += imports_of(path.read_text(), module_name(path, SRC), path.name == "__init__.py")
+    return found
+
+
+def within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def core_modules() -> set[str]:
+    """The modules directly in ``mailward/``: the vocabulary and plumbing every part shares."""
+    return {f"mailward.{p.stem}" for p in SRC.glob("*.py") if p.stem != "__init__"}
+
+
+def core_violations(found: list[Import], core: set[str], allowed=CORE_EXCEPTIONS) -> list[Import]:
+    return [i for i in found if i.importer in core
+            and any(within(i.target, f"mailward.{s}") for s in SERVICES)
+            and not any(i.importer == who and within(i.target, what) for who, what in allowed)]
+
+
+def confined_violations(found: list[Import]) -> list[Import]:
+    return [i for i in found for top, homes in CONFINED.items()
+            if i.target.split(".")[0] == top and not any(within(i.importer, home) for home in homes)]
+
+
+@pytest.fixture(scope="module")
+def found() -> list[Import]:
+    imports = all_imports()
+    assert len({i.importer for i in imports}) > 80, "the source tree was not found"
+    return imports
+
+
+def where(violations: list[Import]) -> list[str]:
+    return sorted({f"{i.importer}:{i.line} imports {i.target}" for i in violations})
+
+
+def test_function_level_and_relative_imports_are_seen():
+    source = "from . import models\n\ndef later():\n    from .quarantine import release\n    import yara\n"
+    found = imports_of(source, "mailward.policy")
+    assert where(core_violations(found, {"mailward.policy"}, allowed=set())) == [
+        "mailward.policy:1 imports mailward.models",
+        "mailward.policy:4 imports mailward.quarantine",
+        "mailward.policy:4 imports mailward.quarantine.release",
+    ]
+    assert where(confined_violations(found)) == ["mailward.policy:5 imports yara"]
+    assert [i.in_function for i in found if i.target == "yara"] == [True]
+
+
+def test_third_party_packages_stay_in_the_parts_that_own_them(found):
+    assert where(confined_violations(found)) == []
+
+
+def test_core_modules_import_no_service_package_beyond_the_listed_exceptions(found):
+    assert where(core_violations(found, core_modules())) == []
+
+
+def test_every_listed_exception_is_still_needed(found):
+    """An exception nobody uses any more is removed, so it cannot hide a new import."""
+    used = {(who, what) for who, what in CORE_EXCEPTIONS
+            if any(i.importer == who and within(i.target, what) for i in found)}
+    assert used == CORE_EXCEPTIONS
+
+
+def test_nothing_imports_the_entry_points(found):
+    """cli/ and milter/ are the top: the parts below never reach up into them."""
+    upward = [i for i in found for top in ("mailward.cli", "mailward.milter")
+              if within(i.target, top) and not within(i.importer, top)]
+    assert where(upward) == []
+
+
+def test_training_is_imported_only_by_itself_and_the_cli(found):
+    """The milter never loads the offline training code."""
+    assert where([i for i in found if within(i.target, "mailward.training")
+                  and not (within(i.importer, "mailward.training") or within(i.importer, "mailward.cli"))]) == []
+
+
+def test_psycopg_is_never_imported_on_the_sqlite_path(found):
+    """Only the PostgreSQL backend imports psycopg at module level, and that backend is imported lazily."""
+    top_level = [i for i in found if i.target.split(".")[0] == "psycopg" and not i.in_function]
+    assert where(top_level) == where([i for i in top_level if i.importer == "mailward.quarantine.postgres"])
+    assert where([i for i in found if within(i.target, "mailward.quarantine.postgres") and not i.in_function
+                  and i.importer != "mailward.quarantine.postgres"]) == []
+
+
+def test_train_extra_packages_are_loaded_only_through_import_extra(found):
+    """matplotlib and tqdm are optional: a plain import would fail on a milter host."""
+    assert where([i for i in found if i.target.split(".")[0] in ("matplotlib", "tqdm")]) == []
+
+
+def test_a_missing_train_extra_names_the_package_and_the_extra():
+    from mailward.errors import MailwardError
+    from mailward.training.extras import import_extra
+
+    with pytest.raises(MailwardError, match=r"--plot needs the Python package no_such_package_x, .*mailward\[train\]"):
+        import_extra("no_such_package_x.pyplot", "--plot")
+    assert import_extra("json", "a test").dumps([]) == "[]"
