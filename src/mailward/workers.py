@@ -250,14 +250,18 @@ class ScanPool:
         if failure:     # it answers every scan with an error: on_error applies, nothing passes unchecked
             log.error("replacement scanning process could not load: %s", failure)
         with self._lock:
-            if self._closed or generation != self._generation:
-                retire = True
-            else:
-                retire = False
-                self._idle.append(worker)
-                self._dispatch()
-        if retire:
+            kept = self._keep_idle(worker)
+        if not kept:
             worker.stop()
+
+    def _keep_idle(self, worker: _Worker) -> bool:
+        """Make ``worker`` idle and serve the lanes, unless the pool closed or a reload replaced its
+        generation (caller holds the lock); False: the caller stops it."""
+        if self._closed or worker.generation != self._generation:
+            return False
+        self._idle.append(worker)
+        self._dispatch()
+        return True
 
     def scan(self, source: MessageSource, envelope: Envelope, deadline: float) -> Evidence:
         """Inspect one message in a worker; a deadline or CPU overrun is evidence, a crash raises."""
@@ -337,19 +341,13 @@ class ScanPool:
             if not self._busy[ticket.client]:
                 del self._busy[ticket.client]
             if self._closed:
-                retire = True
                 self._returned.notify_all()
-            elif worker.generation != self._generation:
-                retire = True       # a reload already started its successor
-            elif broken or not worker.process.is_alive():
-                retire = True
+            healthy = not broken and worker.process.is_alive()
+            if not healthy and not self._closed and worker.generation == self._generation:
                 threading.Thread(target=self._replace, args=(self._settings, self._generation),
                                  name="mailward-scan-replace", daemon=True).start()
-            else:
-                retire = False
-                self._idle.append(worker)
-                self._dispatch()
-        if retire:
+            kept = healthy and self._keep_idle(worker)
+        if not kept:
             worker.stop()
 
     def close(self) -> None:
