@@ -124,27 +124,6 @@ def test_reloads_beside_cli_processes_keep_one_block_list(holder, tmp_path):
     assert len([line for line in history.splitlines() if line.strip()]) == 2 * ROUNDS + 1   # no audit row lost
 
 
-def test_a_reload_reuses_the_open_stores_of_an_unchanged_database(tmp_path):
-    from mailward.config import load_settings
-    from mailward.incidents import open_store as open_incident_store
-    from mailward.quarantine import open_store
-
-    settings = load_settings(None, {"state_dir": str(tmp_path / "a")})
-    reloaded = load_settings(None, {"state_dir": str(tmp_path / "a"), "quarantine": {"write_timeout": 3.0}})
-    moved = load_settings(None, {"state_dir": str(tmp_path / "b")})
-    quarantine, incidents = open_store(settings), open_incident_store(settings)
-    try:
-        assert open_store(reloaded, reuse=quarantine) is quarantine and quarantine.write_timeout == 3.0
-        assert open_incident_store(reloaded, reuse=incidents) is incidents and incidents.timeout == 3.0
-        other_q, other_i = open_store(moved, reuse=quarantine), open_incident_store(moved, reuse=incidents)
-        assert other_q is not quarantine and other_i is not incidents
-        other_q.close()
-        other_i.close()
-    finally:
-        quarantine.close()
-        incidents.close()
-
-
 def _refused(postfix, raw: bytes) -> bool:
     """Whether Postfix refuses the message for good (a blocked client is turned away at connect)."""
     import smtplib

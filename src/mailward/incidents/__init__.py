@@ -28,13 +28,8 @@ __all__ = ["Alert", "AlertDispatcher", "AlertKind", "AuditEntry", "Block", "Deli
            "open_incidents", "open_store"]
 
 
-def open_store(settings: Settings, clock: Callable[[], float] = time.time, reuse: IncidentStore | None = None
-               ) -> IncidentStore:
-    """SQLite in the state directory, or the quarantine's PostgreSQL database when that backend is configured.
-
-    ``reuse``: a store this process already has open (on a reload); returned,
-    with the new timeout, if it serves the configured database.
-    """
+def open_store(settings: Settings, clock: Callable[[], float] = time.time) -> IncidentStore:
+    """SQLite in the state directory, or the quarantine's PostgreSQL database when that backend is configured."""
     if settings.quarantine.backend == "postgresql":
         from .store import PostgresIncidentStore as backend
 
@@ -43,28 +38,20 @@ def open_store(settings: Settings, clock: Callable[[], float] = time.time, reuse
         from .store import SqliteIncidentStore as backend
 
         where = Path(settings.state_dir) / DB_NAME
-    timeout = settings.quarantine.write_timeout
-    if reuse is not None and reuse.location == backend.location_of(where):
-        reuse.timeout = timeout
-        return reuse
-    return backend(where, clock, timeout)
+    return backend(where, clock, settings.quarantine.write_timeout)
 
 
 def open_incidents(settings: Settings, metrics=None, clock: Callable[[], float] = time.time,
-                   actor: Actor | None = None, reuse: IncidentStore | None = None) -> IncidentResponse:
-    """The configured store and alert channels, ready for the milter or the CLI.
-
-    ``reuse``: the running response's store, on a reload (see :func:`open_store`).
-    """
+                   actor: Actor | None = None) -> IncidentResponse:
+    """The configured store and alert channels, ready for the milter or the CLI."""
     alerts = AlertDispatcher(channels_from_settings(settings), settings.alerts.dedup_window,
                              settings.alerts.rate_limit, settings.alerts.rate_period, clock,
                              metrics.alert if metrics is not None else None)
-    store = open_store(settings, clock, reuse)
+    store = open_store(settings, clock)
     notices = VirusNotices(settings, clock) if (settings.policy.inbound.notify_virus
                                                 or settings.policy.outbound.notify_virus) else None
     try:
         return IncidentResponse(settings, store, alerts, metrics, clock, actor, notices)
     except BaseException:
-        if store is not reuse:
-            store.close()
+        store.close()
         raise

@@ -315,14 +315,6 @@ class SqliteIncidentStore(IncidentStore):
             raise IncidentStoreError(f"cannot create {self.path}: {exc.strerror or exc}") from exc
         super().__init__(clock, timeout)
 
-    @property
-    def location(self) -> tuple:
-        return self.location_of(self.path)
-
-    @classmethod
-    def location_of(cls, path: Path) -> tuple:
-        return (cls.backend, str(Path(path).resolve()))
-
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode = WAL")
@@ -350,14 +342,6 @@ class PostgresIncidentStore(IncidentStore):
         self.dsn = dsn
         self._errors = (psycopg.Error,)
         super().__init__(clock, timeout)
-
-    @property
-    def location(self) -> tuple:
-        return self.location_of(self.dsn)
-
-    @classmethod
-    def location_of(cls, dsn: str) -> tuple:
-        return (cls.backend, dsn)
 
     def _connect(self):
         """Durable commits unless a transaction relaxes them (counters), statements end after ``timeout``."""

@@ -17,14 +17,12 @@ __all__ = ["Actor", "AuditEvent", "Label", "LabelRecord", "ListFilter", "Quarant
            "ReleaseClaim", "Removal", "Status", "open_store"]
 
 
-def open_store(settings: Settings, clock: Clock = time.time, reuse: QuarantineStore | None = None
-               ) -> QuarantineStore:
+def open_store(settings: Settings, clock: Clock = time.time) -> QuarantineStore:
     """The configured store, schema created if needed; StoreError if it cannot be opened.
 
-    ``reuse``: a store this process already has open (the running one, on a
-    reload). If it serves the configured database it is returned, with the new
-    ``write_timeout``, instead of a second store object; otherwise the caller
-    closes it once nothing uses it any more (``close`` is safe even then).
+    A reload opens a new store beside the running one (safe: no store closes a
+    descriptor of a live database file); the daemon closes the old one once
+    no message uses it.
     """
     config = settings.quarantine
     if config.backend == "postgresql":
@@ -35,7 +33,4 @@ def open_store(settings: Settings, clock: Clock = time.time, reuse: QuarantineSt
         from .sqlite import SqliteStore as backend
 
         where = settings.quarantine_dir
-    if reuse is not None and reuse.location == backend.location_of(where):
-        reuse.write_timeout = config.write_timeout
-        return reuse
     return backend(where, clock=clock, write_timeout=config.write_timeout)

@@ -97,14 +97,6 @@ class PostgresStore(QuarantineStore):
             self._exec(conn, _BYTES_TABLE)
             self._exec(conn, _CHUNKS_TABLE)
 
-    @property
-    def location(self) -> tuple:
-        return self.location_of(self.dsn)
-
-    @classmethod
-    def location_of(cls, dsn: str) -> tuple:
-        return (cls.backend, dsn)
-
     def _connect(self):
         try:
             return connect_session(self.dsn, self.write_timeout)

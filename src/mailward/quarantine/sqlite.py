@@ -58,14 +58,6 @@ class SqliteStore(QuarantineStore):
         with self._tx(write=True) as conn:
             self._create_schema(conn, serial="INTEGER PRIMARY KEY AUTOINCREMENT", real="REAL")
 
-    @property
-    def location(self) -> tuple:
-        return self.location_of(self.directory)
-
-    @classmethod
-    def location_of(cls, directory: Path) -> tuple:
-        return (cls.backend, str((Path(directory) / DB_NAME).resolve()))
-
     def _connect(self) -> sqlite3.Connection:
         try:
             conn = sqlite3.connect(self.db_path, timeout=OPERATION_TIMEOUT, isolation_level=None,

@@ -283,16 +283,6 @@ class QuarantineStore(ABC):
         self._in_flight = 0
         self._settled = threading.Condition()
 
-    @property
-    @abstractmethod
-    def location(self) -> tuple:
-        """What identifies the database (backend and path or DSN): equal locations, same data."""
-
-    @classmethod
-    @abstractmethod
-    def location_of(cls, where) -> tuple:
-        """The :attr:`location` a store of this backend opened on ``where`` would have."""
-
     # -- backend hooks ---------------------------------------------------------------------------
 
     @abstractmethod
