@@ -121,11 +121,6 @@ class IncidentStore(ABC):
 
     # -- plumbing --------------------------------------------------------------------------------
 
-    @property
-    @abstractmethod
-    def location(self) -> tuple:
-        """Backend and path or DSN: equal locations, same data."""
-
     @contextmanager
     def _tx(self) -> Iterator[Any]:
         if not self._lock.acquire(timeout=self.timeout):
