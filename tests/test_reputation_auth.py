@@ -263,7 +263,7 @@ def test_dmarc_record_parsing():
 def test_dmarc_failure_is_scored_per_config(detector):
     spoof = _check(detector, message(), client=OTHER_IP)
     assert decide(spoof, DirectionPolicy(), "MW-1").action is Action.TAG
-    enforcing = DirectionPolicy(authentication_action=Action.REJECT)
+    enforcing = DirectionPolicy().with_actions({Category.AUTHENTICATION: Action.REJECT})
     assert decide(spoof, enforcing, "MW-1").action is Action.REJECT
     monitored = _check(detector, message(from_="x@none.test"), client=OTHER_IP, mail_from="x@none.test")
     assert decide(monitored, enforcing, "MW-1").action is Action.TAG      # only the LOW spf-fail tags

@@ -22,7 +22,7 @@ from typing import Protocol
 from ..config import CounterLimits, Settings
 from ..envelope import Direction
 from ..errors import ConfigError
-from ..evidence import Category, Evidence, Finding, Severity
+from ..evidence import Category, Finding, Severity
 from ..quarantine.records import Actor
 from ..screening import Outcome
 from ..verdict import new_incident_id
@@ -66,18 +66,6 @@ def block_finding(block: Block) -> Finding:
                    f"{block.kind.value} {block.value}", block.reason)
 
 
-def spam_verdict(evidence: Evidence, settings: Settings, direction: Direction) -> bool:
-    policy = settings.policy.for_direction(direction)
-    score = evidence.spam_score
-    return (score is not None and score >= policy.spam_threshold) or any(
-        f.severity >= policy.min_severity for f in evidence.of(Category.SPAM))
-
-
-def malware_findings(evidence: Evidence, settings: Settings, direction: Direction) -> tuple[Finding, ...]:
-    policy = settings.policy.for_direction(direction)
-    return tuple(f for f in evidence.of(Category.MALWARE) if f.severity >= policy.min_severity)
-
-
 class IncidentResponse:
     def __init__(self, settings: Settings, store: IncidentStore, alerts: AlertDispatcher,
                  metrics: MetricsSink | None = None, clock: Callable[[], float] = time.time,
@@ -118,7 +106,8 @@ class IncidentResponse:
         env, evidence = outcome.envelope, outcome.evidence
         if outcome.alert_of:    # our own alert quotes what it reports: no alert about it, no counting
             return None
-        malware = malware_findings(evidence, self.settings, env.direction)
+        # What counted is what the policy acted on: the verdict says so, thresholds are not re-applied here.
+        malware = evidence.of(Category.MALWARE) if outcome.acted_on(Category.MALWARE) else ()
         if malware:
             self._alert_malware(outcome, malware)
             if self.notices is not None:
@@ -134,7 +123,7 @@ class IncidentResponse:
         if not self._config.enabled or subject is None:
             return None
         added = Totals(messages=1, recipients=len(env.recipients),
-                       spam=int(spam_verdict(evidence, self.settings, env.direction)), malware=int(bool(malware)))
+                       spam=int(outcome.acted_on(Category.SPAM)), malware=int(bool(malware)))
         started = time.perf_counter()
         try:
             return self._count(subject, added, outcome.verdict.incident_id)

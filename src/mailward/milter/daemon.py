@@ -356,7 +356,7 @@ class _Daemon:
 
     def serve(self) -> int:
         Milter.factory = self.connection
-        Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS | Milter.QUARANTINE)
+        Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS | Milter.QUARANTINE | Milter.DELRCPT)
         os.umask(0o007)
         failure: list[BaseException] = []
 
