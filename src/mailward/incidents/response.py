@@ -19,17 +19,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..config import CounterLimits, Settings
-from ..envelope import Direction
+from ..config import CounterLimits, Settings, policy_subject
+from ..envelope import Direction, Envelope
 from ..errors import ConfigError
 from ..evidence import Category, Finding, Severity
+from ..policy import Listed
 from ..quarantine.records import Actor
 from ..screening import Outcome
 from ..verdict import new_incident_id
 from .alerts import Alert, AlertDispatcher, AlertKind
 from .blocklist import BlockList
 from .notices import VirusNotices
-from .records import Block, Counter, Metric, Origin, SubjectKind, Totals, normalise
+from .records import Block, Counter, Metric, Origin, SenderEntry, SubjectKind, Totals, normalise
+from .senderlists import SenderLists
 from .store import IncidentStore, IncidentStoreError
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,7 @@ class IncidentResponse:
         except ValueError as exc:
             raise ConfigError(settings.source, "incidents.exempt_networks", str(exc)) from None
         self.blocklist = BlockList(store.active_blocks, self._config.refresh, clock)
+        self.sender_lists = SenderLists(store.sender_entries, self._config.refresh, clock)
         self._pruned_at = clock()
 
     def close(self) -> None:
@@ -98,6 +101,10 @@ class IncidentResponse:
 
     def sender_block(self, account: str, mail_from: str) -> Block | None:
         return self.blocklist.for_sender(account, mail_from)
+
+    def listed(self, envelope: Envelope, recipient: str, authenticated: tuple[str, ...]) -> Listed | None:
+        """The sender list entry honoured for this recipient (see :mod:`.senderlists`)."""
+        return self.sender_lists.listed(envelope, recipient, authenticated)
 
     # -- what happened ------------------------------------------------------------------------------
 
@@ -185,6 +192,30 @@ class IncidentResponse:
         self._refresh()
         return block
 
+    # -- sender lists: the one service layer under the CLI and the web page -----------------------
+
+    def list_sender(self, listed: Listed, sender: str, scope: str, reason: str, actor: Actor
+                    ) -> tuple[SenderEntry, bool]:
+        """Allow or block ``sender`` (address or domain) for ``scope`` ("" = everyone, or a recipient domain
+        or address); audited. Returns the active entry and whether this call made it (an existing entry,
+        allow or block, is left as it is: remove it first). ValueError for a malformed sender or scope."""
+        sender, scope = policy_subject(sender), policy_subject(scope) if scope else ""
+        entry, created = self.store.add_sender_entry(listed, scope, sender, reason, actor.name, actor.host,
+                                                     actor.origin)
+        self._refresh()
+        return entry, created
+
+    def unlist_sender(self, sender: str, scope: str, actor: Actor, detail: str = "") -> SenderEntry | None:
+        """Remove the allow or block entry of ``sender`` for ``scope``; audited. None when there was none."""
+        entry = self.store.remove_sender_entry(policy_subject(scope) if scope else "", policy_subject(sender),
+                                               actor.name, actor.host, actor.origin, detail)
+        self._refresh()
+        return entry
+
+    def sender_entries(self, scope: str | None = None) -> list[SenderEntry]:
+        """Active allow and block entries; only ``scope``'s when given ("" = the global list)."""
+        return self.store.sender_entries(policy_subject(scope) if scope else scope)
+
     # -- internals ----------------------------------------------------------------------------------------
 
     def _subject(self, outcome: Outcome) -> Subject | None:
@@ -247,6 +278,7 @@ class IncidentResponse:
     def _refresh(self) -> None:
         try:
             self.blocklist.reload()
+            self.sender_lists.reload()
         except IncidentStoreError:
             log.exception("cannot reload the block list")
 
