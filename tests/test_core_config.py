@@ -130,3 +130,12 @@ def test_policy_tables_override_their_direction_most_specific_first(tmp_path):
     assert pol.for_recipient(Direction.OUTBOUND, "me@example.org", "x@else.test").actions[Category.REPUTATION] \
         is Action.ACCEPT                                     # built over the outbound defaults
     assert pol.for_recipient(Direction.INBOUND, "me@example.org", "x@else.test") == pol.inbound
+
+
+def test_the_policy_example_in_contrib_loads_as_documented():
+    s = load_settings(Path(__file__).parent.parent / "contrib" / "mailward.example.toml")
+    ceo = s.policy.for_recipient(Direction.INBOUND, "x@else.test", "CEO@example.org")
+    assert (ceo.spam_threshold, ceo.actions[Category.SPAM], ceo.actions[Category.PHISHING]) == \
+        (0.7, Action.QUARANTINE, Action.REJECT)
+    assert s.policy.for_recipient(Direction.INBOUND, "x@else.test", "bob@example.org").actions[Category.SPAM] \
+        is Action.TAG
