@@ -120,3 +120,10 @@ def test_split_quarantines_some_recipients_and_delivers_to_the_others():
     assert refused.delivered.recipients == ("a@x", "b@x")
     one = split([share(Action.QUARANTINE, "a@x"), share(Action.QUARANTINE, "b@x")])
     assert one.held is None and one.delivered.recipients == ("a@x", "b@x")
+
+
+def test_every_category_has_an_action_in_the_one_table():
+    from mailward.config import ACTION_KEYS, DEFAULT_ACTIONS
+
+    assert set(DEFAULT_ACTIONS) == set(Category) - {Category.ERROR}          # ERROR applies on_error instead
+    assert ACTION_KEYS["spam_action"] is Category.SPAM and len(ACTION_KEYS) == len(DEFAULT_ACTIONS)
