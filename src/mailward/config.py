@@ -558,11 +558,10 @@ def _build_tables(base: DirectionPolicy, tables: object, source: str, prefix: st
 
 def policy_subject(value: str) -> str:
     """An address or domain as policy tables and sender lists store it; ValueError if it is neither."""
-    text = value.strip().removeprefix("<").removesuffix(">").lower().rstrip(".")
+    text = value.strip().removeprefix("<").removesuffix(">").lower().rstrip(".").removeprefix("@")
     local, at, domain = text.rpartition("@")
-    domain = domain.lstrip("@") if not at else domain
     if (at and not local) or not domain or any(c.isspace() or c in "<>@,;\"\\" for c in domain) \
-            or any(c.isspace() for c in local) or ".." in domain or domain.startswith("."):
+            or any(c.isspace() or c == "@" for c in local) or ".." in domain or domain.startswith("."):
         raise ValueError(f"{value!r} is not an address (user@example.org) or a domain (example.org)")
     return f"{local}@{domain}" if at else domain
 
