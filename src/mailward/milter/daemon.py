@@ -138,7 +138,7 @@ def _build_runtime(settings: Settings, pool: ScanPool | None, inspector: Inspect
         store.close()
         raise
     screener = Screener(settings, scan, store, watch=incidents,
-                        release=ReleaseVerifier.from_settings(settings, store).accept)
+                        release=ReleaseVerifier.from_settings(settings, store).accept, lists=incidents)
     return Runtime(screener, settings.direction.rules(), Path(settings.state_dir) / "spool",
                    settings.milter.spool_threshold, incidents, metrics, authserv_id(settings.reputation),
                    owned=(store, incidents))
@@ -358,7 +358,7 @@ class _Daemon:
 
     def serve(self) -> int:
         Milter.factory = self.connection
-        Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS | Milter.QUARANTINE)
+        Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS | Milter.QUARANTINE | Milter.DELRCPT)
         os.umask(0o007)
         failure: list[BaseException] = []
 
