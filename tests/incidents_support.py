@@ -20,13 +20,10 @@ import pytest
 from Milter import testctx
 
 from mailward.config import load_settings
-from mailward.incidents import open_incidents
 from mailward.incidents.store import PostgresIncidentStore, SqliteIncidentStore
 from mailward.metrics import Metrics
-from mailward.milter.adapter import MailwardMilter, Runtime
-from mailward.pipeline import Inspector
-from mailward.quarantine import open_store
-from mailward.screening import Screener
+from mailward.milter.adapter import MailwardMilter
+from mailward.runtime import Runtime, build_runtime
 from quarantine_support import FakeClock
 
 NO_REPLY_BITS = (Milter.P_NR_CONN | Milter.P_NR_HELO | Milter.P_NR_MAIL | Milter.P_NR_RCPT | Milter.P_NR_DATA
@@ -128,12 +125,7 @@ def incidents_runtime(tmp_path: Path, toml: str = "", clock=time.time, metrics: 
     cfg.write_text(f'state_dir = "{state}"\n{toml}\n[reputation]\nenabled = false\n')   # no DNS in tests
     settings = load_settings(cfg)
     (state / "spool").mkdir(parents=True, exist_ok=True)
-    inspector = Inspector.from_settings(settings)
-    incidents = open_incidents(settings, metrics, clock=clock)
-    scan = lambda raw, env: inspector.inspect(raw if isinstance(raw, bytes) else raw.read_bytes(), env)  # noqa
-    screener = Screener(settings, scan, open_store(settings), watch=incidents)
-    return Runtime(screener, settings.direction.rules(), state / "spool", settings.milter.spool_threshold,
-                   incidents, metrics)
+    return build_runtime(settings, metrics=metrics, clock=clock)
 
 
 class Ctx(testctx.TestCtx):

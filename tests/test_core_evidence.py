@@ -12,8 +12,8 @@ from clamd_server import EICAR, EICAR_SIGNATURE
 from mailward.config import ClamavSettings, ReputationSettings, Settings
 from mailward.envelope import Direction, Envelope
 from mailward.evidence import Category
-from mailward.pipeline import Inspector
 from mailward.quarantine import Actor, ListFilter, ReleaseClaim, Status, open_store
+from mailward.runtime import InProcessScanner
 from mailward.screening import Screener, event_of, source_domain
 from mailward.verdict import Action
 from quarantine_support import FakeClock
@@ -29,13 +29,13 @@ End Sub
 def screening(tmp_path, clamd):
     settings = replace(Settings(), state_dir=str(tmp_path), clamav=ClamavSettings(socket=clamd.socket),
                        reputation=ReputationSettings(enabled=False))
-    inspector = Inspector.from_settings(settings)
+    scanner = InProcessScanner.from_settings(settings)
     clock = FakeClock()
     store = open_store(settings, clock=clock)
-    screener = Screener(settings, inspector.inspect, store, clock=clock)
+    screener = Screener(settings, scanner, store, clock=clock)
     yield screener, store, clock
     store.close()
-    inspector.unpacker.close()
+    scanner.close()
 
 
 def envelope(client_name: str = "[192.0.2.7]") -> Envelope:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import Milter
@@ -12,10 +13,8 @@ from Milter import testctx
 
 from mail import eicar_message, gtube_message, message
 from mailward.config import load_settings
-from mailward.milter.adapter import MailwardMilter, Runtime
-from mailward.pipeline import Inspector
-from mailward.quarantine import open_store
-from mailward.screening import Screener
+from mailward.milter.adapter import MailwardMilter
+from mailward.runtime import InProcessScanner, LiveRuntime, Runtime, build_runtime
 
 INTERNALS = re.compile(r"EICAR|yara|Traceback|Error|pymilter", re.I)
 
@@ -34,16 +33,24 @@ class Ctx(testctx.TestCtx):
         self.held.append(reason)
 
 
-def runtime(tmp_path: Path, toml: str = "", scan=None) -> Runtime:
+class ScanWith:
+    """A scanner that calls ``scan(source, envelope)``: a worker that fails, or one the test watches."""
+
+    def __init__(self, scan):
+        self.scan = scan
+
+
+def settings_for(tmp_path: Path, toml: str = ""):
     cfg = tmp_path / "m.toml"
     # DNS checks have their own tests against a loopback server; here they would only add noise.
     cfg.write_text(f'state_dir = "{tmp_path / "state"}"\n[reputation]\nenabled = false\n{toml}')
-    settings = load_settings(cfg)
     (tmp_path / "state" / "spool").mkdir(parents=True, exist_ok=True)
-    inspector = Inspector.from_settings(settings)
-    scan = scan or (lambda raw, env: inspector.inspect(raw if isinstance(raw, bytes) else raw.read_bytes(), env))
-    return Runtime(Screener(settings, scan, open_store(settings)), settings.direction.rules(),
-                   tmp_path / "state" / "spool", settings.milter.spool_threshold)
+    return load_settings(cfg)
+
+
+def runtime(tmp_path: Path, toml: str = "", scan=None) -> Runtime:
+    """The daemon's runtime (no worker processes): scanning in process, or through ``scan``."""
+    return build_runtime(settings_for(tmp_path, toml), scanner=ScanWith(scan) if scan else None)
 
 
 @pytest.fixture
@@ -109,7 +116,7 @@ def test_failure_in_noreply_callback_is_answered_at_eom(tmp_path, feed):
     spool = tmp_path / "state" / "spool"
     spool.rmdir()
     spool.write_text("x")                      # the body spool cannot be created
-    rt = Runtime(rt.screener, rt.direction, spool, spool_threshold=0)
+    rt = replace(rt, spool_dir=spool, spool_threshold=0)
     rc, ctx = feed(rt, message()[1])
     assert rc == Milter.TEMPFAIL
     assert not INTERNALS.search(ctx._reply[2])
@@ -130,15 +137,13 @@ def test_quarantine_with_hold_uses_mta_hold(tmp_path, feed):
 
 
 def test_large_body_is_spooled_and_cleaned_up(tmp_path, feed):
-    rt = runtime(tmp_path)
-    rt = Runtime(rt.screener, rt.direction, rt.spool_dir, spool_threshold=1024)
+    inner = InProcessScanner.from_settings(settings_for(tmp_path))
     seen = []
-    inner = rt.screener._scan
 
     def spy(source, env):
         seen.append(type(source).__name__)
-        return inner(source, env)
-    rt.screener._scan = spy
+        return inner.scan(source, env)
+    rt = replace(runtime(tmp_path, scan=spy), spool_threshold=1024)
     rc, _ = feed(rt, eicar_message(body="x" * 50_000)[1])
     assert rc == Milter.REJECT and seen == ["PosixPath"]
     assert list(rt.spool_dir.iterdir()) == []     # the spool file is gone after the message
@@ -235,8 +240,6 @@ def test_a_connection_failure_uses_the_outbound_on_error(tmp_path, monkeypatch):
 
 
 def test_a_retired_runtime_closes_when_its_last_message_ends(tmp_path):
-    from mailward.milter.adapter import LiveRuntime
-
     closed = []
 
     class Store:

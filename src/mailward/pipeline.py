@@ -1,7 +1,8 @@
 """Run every detector over one parsed message and collect their evidence.
 
-Each detector package exposes ``detectors(settings)``; the inspector owns no
-detection logic of its own. A detector that raises becomes its own ``unchecked``
+Each detector package exposes ``detectors(settings)``, composed by
+:func:`mailward.runtime.build_inspector`; the inspector owns no detection
+logic of its own. A detector that raises becomes its own ``unchecked``
 finding, so one broken check never hides the others; and since a bug that a
 message's bytes trigger triggers again on every retry, it is not a transient
 ``error`` (which tempfails by default: mail that could never be delivered).
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from .config import LimitSettings, Settings
+from .config import LimitSettings
 from .envelope import Envelope
 from .evidence import Category, Evidence, Finding, MessageFacts, Severity
 from .message import ParsedMessage, parse_message
@@ -39,13 +40,6 @@ class Inspector:
     detectors: tuple[Detector, ...]
     # One per process: it owns the libmagic handle and the long-lived parser sandbox.
     unpacker: Unpacker | None = None
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Inspector:
-        from . import models, reputation, signatures  # detector packages load rules and models here
-
-        return cls(settings.limits, (*signatures.detectors(settings), *models.detectors(settings),
-                                     *reputation.detectors(settings)), Unpacker(settings.limits))
 
     def inspect(self, raw: bytes, envelope: Envelope) -> Evidence:
         started = time.perf_counter()

@@ -27,7 +27,14 @@ from .workers import MessageSource, ScanFailed
 
 log = logging.getLogger(__name__)
 
-Scan = Callable[[MessageSource, Envelope], Evidence]
+class Scanner(Protocol):
+    """Parses one message and runs the detectors over it: in process, or in a worker (the pool).
+
+    A deadline or CPU overrun comes back as evidence; a scanner that cannot
+    answer at all raises :class:`ScanFailed`, and the policy's ``on_error`` applies.
+    """
+
+    def scan(self, source: MessageSource, envelope: Envelope) -> Evidence: ...
 
 
 class Quarantine(Protocol):
@@ -62,12 +69,12 @@ WATCH_BUDGET = 1.0      # seconds the reply waits for incident response (counter
 
 
 class Screener:
-    def __init__(self, settings: Settings, scan: Scan, quarantine: Quarantine | None,
+    def __init__(self, settings: Settings, scanner: Scanner, quarantine: Quarantine | None,
                  clock: Callable[[], float] = time.time, watch: Watch | None = None,
                  release: Release | None = None):
         self.settings = settings
         self._release = release
-        self._scan = scan
+        self._scanner = scanner
         self._quarantine = quarantine
         self._clock = clock
         self._watch = watch
@@ -79,7 +86,7 @@ class Screener:
         policy = self.settings.policy.for_direction(envelope.direction)
         evidence, error = known, ""
         try:
-            evidence = known.merged(self._scan(source, envelope))
+            evidence = known.merged(self._scanner.scan(source, envelope))
             verdict = decide(evidence, policy, incident)
         except ScanFailed as exc:
             verdict, error = decide_failure(policy, incident), str(exc)

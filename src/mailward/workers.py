@@ -46,14 +46,14 @@ class ScanFailed(MailwardError):
 def _worker_main(conn: Connection, settings: Settings) -> None:
     """Entry point of a scanning process: build detectors once, then serve scans."""
     from .logs import configure_logging
-    from .pipeline import Inspector
+    from .runtime import build_inspector
 
     die_with_parent()
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))     # a core file would hold message content
     configure_logging(settings.logging)
     failure = ""
     try:
-        inspector = Inspector.from_settings(settings)
+        inspector = build_inspector(settings)
     except Exception as exc:  # reported to the parent with every request instead of dying silently
         log.exception("worker could not load its detectors")
         inspector, failure = None, f"{type(exc).__name__}: {exc}"
@@ -263,9 +263,15 @@ class ScanPool:
         self._dispatch()
         return True
 
-    def scan(self, source: MessageSource, envelope: Envelope, deadline: float) -> Evidence:
-        """Inspect one message in a worker; a deadline or CPU overrun is evidence, a crash raises."""
+    def scan(self, source: MessageSource, envelope: Envelope, deadline: float | None = None) -> Evidence:
+        """Inspect one message in a worker; a deadline or CPU overrun is evidence, a crash raises.
+
+        ``deadline``: seconds for the whole scan, waiting for a worker included;
+        by default ``milter.message_deadline`` of the settings the workers run.
+        """
         started = time.monotonic()
+        if deadline is None:
+            deadline = self._settings.milter.message_deadline
         ticket = self._acquire(envelope.client_address, deadline)
         if ticket is None:
             return _unchecked("scan-deadline", "no scanning process became free in time")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from ..config import Settings
 from ..envelope import Direction, Envelope
-from ..pipeline import Inspector
-from ..screening import Outcome, Screener
+from ..runtime import Runtime, build_runtime
+from ..screening import Outcome
 from ..textsafe import json_line, neutralise
 
 
@@ -55,9 +55,15 @@ def report(path: Path, outcome: Outcome) -> dict:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    inspector = Inspector.from_settings(settings)
-    screener = Screener(settings, lambda raw, env: inspector.inspect(raw, env), quarantine=None)
-    rules = settings.direction.rules()
+    runtime = build_runtime(settings, keep=False)
+    try:
+        return _scan_files(args, runtime)
+    finally:
+        runtime.close()
+
+
+def _scan_files(args: argparse.Namespace, runtime: Runtime) -> int:
+    screener, rules = runtime.screener, runtime.direction
     failed = 0
     for path in _files(args.paths):
         try:

@@ -15,25 +15,19 @@ import functools
 import ipaddress
 import logging
 import secrets
-import threading
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import Milter
 
-from ..envelope import DirectionRules, Envelope
+from ..envelope import Envelope
 from ..evidence import Evidence, Finding
 from ..incidents import Block, block_finding
 from ..policy import decide, decide_failure
 from ..reputation import claims_our_id
-from ..screening import Outcome, Screener, event_of
+from ..runtime import LiveRuntime, Runtime
+from ..screening import Outcome, event_of
 from ..verdict import Action, Verdict, new_incident_id
 from .buffer import MessageBuffer
-
-if TYPE_CHECKING:
-    from ..incidents import IncidentResponse
-    from ..metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -41,84 +35,6 @@ OUR_HEADER_PREFIX = "x-mailward-"
 AUTH_RESULTS = "authentication-results"
 SPAM_FLAG = "x-spam-flag"
 SPAM_REASONS = frozenset({"spam", "phishing"})    # what X-Spam-Flag and the subject tag mark
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """What one message needs; the daemon swaps in a new one on reload."""
-
-    screener: Screener
-    direction: DirectionRules
-    spool_dir: Path
-    spool_threshold: int
-    incidents: IncidentResponse | None = None    # blocks and suspensions; None = none apply
-    metrics: Metrics | None = None
-    authserv_id: str = ""                         # our Authentication-Results id; forged ones are removed
-    owned: tuple = ()                             # stores opened for this runtime, closed when it retires
-
-    def close(self) -> None:
-        """Close what this runtime opened; called once no message uses it any more."""
-        for resource in self.owned:
-            try:
-                resource.close()
-            except Exception:
-                log.exception("could not close %s", type(resource).__name__)
-
-
-class LiveRuntime:
-    """The current :class:`Runtime` and the retired ones still in use by messages.
-
-    A message leases the runtime current at MAIL FROM and returns it at its
-    end; a retired runtime is closed when its last lease returns, so a reload
-    never pulls a store from under a message in flight and never leaks one.
-    """
-
-    def __init__(self, runtime: Runtime):
-        self._lock = threading.Lock()
-        self._current = runtime
-        self._leases: dict[int, int] = {id(runtime): 0}
-        self._retired: dict[int, Runtime] = {}
-
-    @property
-    def current(self) -> Runtime:
-        return self._current
-
-    def acquire(self) -> Runtime:
-        with self._lock:
-            runtime = self._current
-            self._leases[id(runtime)] += 1
-            return runtime
-
-    def release(self, runtime: Runtime) -> None:
-        key, done = id(runtime), None
-        with self._lock:
-            self._leases[key] -= 1
-            if not self._leases[key] and key in self._retired:
-                done = self._retired.pop(key)
-                del self._leases[key]
-        if done is not None:
-            done.close()
-
-    def swap(self, runtime: Runtime) -> None:
-        """Make ``runtime`` current; the old one closes as soon as no message holds it."""
-        with self._lock:
-            old, self._current = self._current, runtime
-            self._leases[id(runtime)] = 0
-            idle = not self._leases[id(old)]
-            if idle:
-                del self._leases[id(old)]
-            else:
-                self._retired[id(old)] = old
-        if idle:
-            old.close()
-
-    def close(self) -> None:
-        """At stop: close the current runtime (libmilter has ended every connection)."""
-        with self._lock:
-            runtimes = [self._current, *self._retired.values()]
-            self._retired.clear()
-        for runtime in runtimes:
-            runtime.close()
 
 
 @dataclass
