@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mailward.config import load_settings  # noqa: E402
 from mailward.envelope import Envelope  # noqa: E402
 from mailward.runtime import build_inspector  # noqa: E402
+from mailward.source import MessageSource  # noqa: E402
 from mailward.workers import ScanPool  # noqa: E402
 from milter_throughput import corpus  # noqa: E402
 
@@ -55,7 +56,7 @@ def main() -> int:
             (f"in-process, {args.threads} threads", *timed(inproc, msgs, args.threads))]
     for workers in (1, 2):
         pool = ScanPool(settings, workers)
-        scan = lambda raw, pool=pool: pool.scan(raw, env, 60)  # noqa: E731
+        scan = lambda raw, pool=pool: pool.scan(MessageSource.of(raw), env, 60)  # noqa: E731
         timed(scan, msgs[:50], workers)
         rows.append((f"pool {workers} worker(s), 1 thread", *timed(scan, msgs, 1)))
         rows.append((f"pool {workers} worker(s), {args.threads} threads", *timed(scan, msgs, args.threads)))

@@ -12,6 +12,7 @@ from mailward.envelope import Direction, Envelope
 from mailward.quarantine import open_store
 from mailward.runtime import InProcessScanner
 from mailward.screening import WATCH_BUDGET, Screener
+from mailward.source import MessageSource
 from mailward.verdict import Action
 
 
@@ -37,7 +38,7 @@ def test_a_stalled_incident_response_does_not_hold_the_reply(tmp_path):
         envelope = Envelope(mail_from="a@example.org", recipients=("u@example.test",), client_address="192.0.2.9",
                             direction=Direction.INBOUND)
         started = time.monotonic()
-        outcome = screener.screen(raw, len(raw), envelope)
+        outcome = screener.screen(MessageSource.of(raw), envelope)
         waited = time.monotonic() - started
         assert watch.entered.is_set()
         assert outcome.verdict.action is Action.QUARANTINE and store.get(outcome.quarantine_id) is not None

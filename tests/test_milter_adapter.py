@@ -103,7 +103,7 @@ def test_unexpected_scan_exception_tempfails_generically(tmp_path, feed):
 
 
 def test_on_error_accept_is_honoured(tmp_path, feed):
-    from mailward.workers import ScanFailed
+    from mailward.errors import ScanFailed
 
     def dead(raw, env):
         raise ScanFailed("worker died")
@@ -141,11 +141,11 @@ def test_large_body_is_spooled_and_cleaned_up(tmp_path, feed):
     seen = []
 
     def spy(source, env):
-        seen.append(type(source).__name__)
+        seen.append(source.is_spooled)
         return inner.scan(source, env)
     rt = replace(runtime(tmp_path, scan=spy), spool_threshold=1024)
     rc, _ = feed(rt, eicar_message(body="x" * 50_000)[1])
-    assert rc == Milter.REJECT and seen == ["PosixPath"]
+    assert rc == Milter.REJECT and seen == [True]
     assert list(rt.spool_dir.iterdir()) == []     # the spool file is gone after the message
 
 

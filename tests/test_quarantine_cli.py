@@ -19,6 +19,7 @@ from mailward.config import load_settings
 from mailward.envelope import Direction
 from mailward.quarantine import open_store
 from mailward.quarantine.release import RELEASE_HEADER, ReleaseVerifier, message_body
+from mailward.source import MessageSource
 from quarantine_support import envelope, malware_case, message, spam_case
 
 
@@ -68,7 +69,7 @@ def put(settings):
     def put_one(raw: bytes = None, case=None, env=None) -> str:
         v, e = (case or spam_case)()
         with open_store(settings) as store:
-            return store.put(raw if raw is not None else message(), env or envelope(), v, e)
+            return store.put(MessageSource.of(raw if raw is not None else message()), env or envelope(), v, e)
     return put_one
 
 

@@ -22,6 +22,7 @@ from mailward.quarantine.release import (
     release,
     release_mark,
 )
+from mailward.source import MessageSource
 from quarantine_support import SmtpSink, closed_port, envelope, malware_case, message, spam_case
 
 KEY = b"k" * 32
@@ -43,7 +44,7 @@ def test_release_delivers_original_bytes_to_original_recipients(store, smtp_sink
     raw = message("Quarterly report", body=b"line one\r\nline two\r\n.leading dot\r\n")
     v, e = spam_case()
     env = envelope(sender="alice@example.org", recipients=("bob@example.net", "carol@example.net"))
-    qid = store.put(raw, env, v, e)
+    qid = store.put(MessageSource.of(raw), env, v, e)
 
     result = release(store, qid, ANALYST, relay_for(smtp_sink), KEY, clock=clock)
 
@@ -71,7 +72,7 @@ def test_release_delivers_original_bytes_to_original_recipients(store, smtp_sink
 
 def test_malware_needs_force(store, smtp_sink):
     v, e = malware_case()
-    qid = store.put(message(), envelope(), v, e)
+    qid = store.put(MessageSource.of(message()), envelope(), v, e)
     assert release(store, qid, ANALYST, relay_for(smtp_sink), KEY).outcome is ReleaseOutcome.NEEDS_FORCE
     assert smtp_sink.received == []
     assert release(store, qid, ANALYST, relay_for(smtp_sink), KEY, force=True).outcome is ReleaseOutcome.RELEASED
@@ -80,7 +81,7 @@ def test_malware_needs_force(store, smtp_sink):
 
 def test_relay_down_keeps_the_message_and_a_retry_works(store):
     v, e = spam_case()
-    qid = store.put(message(), envelope(), v, e)
+    qid = store.put(MessageSource.of(message()), envelope(), v, e)
     failed = release(store, qid, ANALYST, Relay("127.0.0.1", closed_port(), 5.0), KEY)
     assert failed.outcome is ReleaseOutcome.FAILED
     assert store.get(qid).status is Status.HELD
@@ -92,7 +93,7 @@ def test_relay_down_keeps_the_message_and_a_retry_works(store):
 
 def test_refused_recipients(store):
     v, e = spam_case()
-    qid = store.put(message(), envelope(recipients=("bob@example.net", "gone@example.net")), v, e)
+    qid = store.put(MessageSource.of(message()), envelope(recipients=("bob@example.net", "gone@example.net")), v, e)
     with SmtpSink(refuse=("gone@example.net",)) as sink:
         result = release(store, qid, ANALYST, relay_for(sink), KEY)
         assert result.outcome is ReleaseOutcome.RELEASED and result.refused == ("gone@example.net",)
@@ -100,7 +101,7 @@ def test_refused_recipients(store):
     assert "refused: gone@example.net" in store.history(qid)[-1].detail
 
     v2, e2 = spam_case()
-    all_gone = store.put(message(), envelope(recipients=("gone@example.net",)), v2, e2)
+    all_gone = store.put(MessageSource.of(message()), envelope(recipients=("gone@example.net",)), v2, e2)
     with SmtpSink(refuse=("gone@example.net",)) as sink:
         result = release(store, all_gone, ANALYST, relay_for(sink), KEY)
     assert result.outcome is ReleaseOutcome.FAILED and "all recipients refused" in result.detail
@@ -111,7 +112,7 @@ def test_concurrent_releases_deliver_once(store, smtp_sink):
     ids = []
     for i in range(5):
         v, e = spam_case()
-        ids.append(store.put(message(f"m{i}"), envelope(), v, e))
+        ids.append(store.put(MessageSource.of(message(f"m{i}")), envelope(), v, e))
     barrier = threading.Barrier(6)
     outcomes = []
 

@@ -25,7 +25,7 @@ from .screening import Scanner, Screener
 if TYPE_CHECKING:
     from .incidents import IncidentResponse
     from .metrics import Metrics
-    from .workers import MessageSource
+    from .source import MessageSource
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class InProcessScanner:
         return cls(build_inspector(settings))
 
     def scan(self, source: MessageSource, envelope: Envelope) -> Evidence:
-        return self.inspector.inspect(source.read_bytes() if isinstance(source, Path) else source, envelope)
+        return self.inspector.inspect(source.read(), envelope)
 
     def close(self) -> None:
         """Stop the parser sandbox this scanner's Unpacker started."""

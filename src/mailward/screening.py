@@ -19,11 +19,11 @@ from typing import Protocol
 
 from .config import Settings
 from .envelope import Envelope
-from .errors import StoreError
+from .errors import ScanFailed, StoreError
 from .evidence import Category, Evidence, Finding
 from .policy import decide, decide_failure
+from .source import MessageSource
 from .verdict import Action, Verdict, new_incident_id
-from .workers import MessageSource, ScanFailed
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class Screener:
         self._clock = clock
         self._watch = watch
 
-    def screen(self, source: MessageSource, size: int, envelope: Envelope, known: Evidence = Evidence()) -> Outcome:
+    def screen(self, source: MessageSource, envelope: Envelope, known: Evidence = Evidence()) -> Outcome:
         """``known``: evidence from before the content, e.g. a block whose action is not a reject."""
         started = time.perf_counter()
         incident = new_incident_id(self._clock())
@@ -115,7 +115,7 @@ class Screener:
                     verdict, error = Verdict(Action.TEMPFAIL, ("error",), incident, verdict.spam_score), str(exc)
                     store_failed = True
                 evidence = replace(evidence, timings=evidence.timings + (("quarantine", time.perf_counter() - t0),))
-        outcome = Outcome(envelope, verdict, evidence, size, quarantine_id, error, time.perf_counter() - started,
+        outcome = Outcome(envelope, verdict, evidence, source.size, quarantine_id, error, time.perf_counter() - started,
                           store_failed, released_from, alert_of)
         if self._watch is not None:
             self._observe(outcome)

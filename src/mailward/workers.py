@@ -26,22 +26,15 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from pathlib import Path
 
 from .config import Settings
 from .envelope import Envelope
-from .errors import MailwardError
+from .errors import ScanFailed
 from .evidence import Category, Evidence, Finding, Severity
 from .lifetime import die_with_parent
+from .source import MessageSource
 
 log = logging.getLogger(__name__)
-
-MessageSource = bytes | Path    # small messages travel as bytes, spooled ones as a private file path
-
-
-class ScanFailed(MailwardError):
-    """A worker died or answered with an error; the milter applies on_error."""
-
 
 def _worker_main(conn: Connection, settings: Settings) -> None:
     """Entry point of a scanning process: build detectors once, then serve scans."""
@@ -76,8 +69,7 @@ def _worker_main(conn: Connection, settings: Settings) -> None:
             continue
         _limit_cpu(settings.milter.cpu_budget)
         try:
-            raw = source.read_bytes() if isinstance(source, Path) else source
-            conn.send(("ok", inspector.inspect(raw, envelope)))
+            conn.send(("ok", inspector.inspect(source.read(), envelope)))
         except Exception as exc:
             log.exception("scan failed", extra={"queue_id": envelope.queue_id})
             conn.send(("error", type(exc).__name__))

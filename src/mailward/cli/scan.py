@@ -16,6 +16,7 @@ from ..config import Settings
 from ..envelope import Direction, Envelope
 from ..runtime import Runtime, build_runtime
 from ..screening import Outcome
+from ..source import MessageSource
 from ..textsafe import json_line, neutralise
 
 
@@ -75,7 +76,7 @@ def _scan_files(args: argparse.Namespace, runtime: Runtime) -> int:
         envelope = Envelope(client_address=args.client_ip)
         direction = Direction(args.direction) if args.direction else rules.classify(envelope)
         try:
-            outcome = screener.screen(raw, len(raw), envelope.with_direction(direction))
+            outcome = screener.screen(MessageSource.of(raw), envelope.with_direction(direction))
         except Exception as exc:   # one file the pipeline cannot handle must not hide the rest
             print(f"mailward scan: {neutralise(str(path))}: scan failed: {neutralise(f'{type(exc).__name__}: {exc}')}",
                   file=sys.stderr)

@@ -308,7 +308,7 @@ class MailwardMilter(Milter.Base):
     def _screen(self) -> Outcome:
         message = self._message
         known = Evidence(findings=self._connection.findings + message.findings)
-        return message.runtime.screener.screen(message.buffer.source(), message.buffer.size, self._envelope(), known)
+        return message.runtime.screener.screen(message.buffer.source(), self._envelope(), known)
 
     def _failure_outcome(self, failure: str) -> Outcome:
         """The direction's on_error verdict for a message whose callbacks (or connection) failed."""

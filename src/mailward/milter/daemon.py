@@ -34,7 +34,7 @@ import Milter
 from .. import __version__
 from ..config import Settings, load_settings, parse_milter_socket
 from ..envelope import Envelope
-from ..errors import ConfigError, MailwardError
+from ..errors import ConfigError, MailwardError, ScanFailed
 from ..evidence import Evidence
 from ..incidents.authlog import LogFollower, watch
 from ..logs import LOG_FILE_MODE, configure_logging
@@ -44,7 +44,8 @@ from ..runtime import InProcessScanner, LiveRuntime, Runtime, build_runtime
 from ..screening import Scanner
 from ..signatures import rule_directories
 from ..signatures.ruleset import Source, compile_file, discover, stamp
-from ..workers import MessageSource, ScanFailed, ScanPool
+from ..source import MessageSource
+from ..workers import ScanPool
 from .adapter import MailwardMilter
 from .buffer import SPOOL_PREFIX, SPOOL_SUFFIX
 

@@ -37,7 +37,6 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from email.parser import BytesHeaderParser
 from email.policy import compat32
-from pathlib import Path
 from typing import Any
 
 from ..config import QuarantineSettings
@@ -45,6 +44,7 @@ from ..envelope import Envelope
 from ..errors import StoreError
 from ..evidence import Evidence
 from ..message import decode_header_value
+from ..source import MessageSource
 from ..verdict import Action, Verdict
 from .files import Written
 from .records import (
@@ -301,7 +301,7 @@ class QuarantineStore(ABC):
         """Make the database give up waiting (busy lock, statement) after ``seconds``."""
 
     @abstractmethod
-    def _store(self, quarantine_id: str, raw: bytes | Path, envelope: Envelope, verdict: Verdict,
+    def _store(self, quarantine_id: str, raw: MessageSource, envelope: Envelope, verdict: Verdict,
                evidence: Evidence, deadline: Deadline) -> None:
         """Keep bytes and record in one transaction under ``deadline``; StoreError leaves nothing behind."""
 
@@ -376,7 +376,7 @@ class QuarantineStore(ABC):
 
     # -- writing ---------------------------------------------------------------------------------
 
-    def put(self, raw: bytes | Path, envelope: Envelope, verdict: Verdict, evidence: Evidence) -> str:
+    def put(self, raw: MessageSource, envelope: Envelope, verdict: Verdict, evidence: Evidence) -> str:
         """Keep the exact bytes and the record; return the quarantine ID.
 
         Answers within ``write_timeout`` (+ ``COMMIT_GRACE``). StoreError means
@@ -402,7 +402,7 @@ class QuarantineStore(ABC):
                                  f"within {self.write_timeout:g} s") from None
             return result.result()          # it committed at this very moment: the result stands
 
-    def _put_attempt(self, result: Future, quarantine_id: str, raw: bytes | Path, envelope: Envelope,
+    def _put_attempt(self, result: Future, quarantine_id: str, raw: MessageSource, envelope: Envelope,
                      verdict: Verdict, evidence: Evidence, deadline: Deadline) -> None:
         try:
             try:
