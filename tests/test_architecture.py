@@ -156,6 +156,26 @@ def test_nothing_imports_the_entry_points(found):
     assert where(upward) == []
 
 
+# The shared vocabulary: every part speaks it, and it speaks only of itself (and the standard library).
+VOCABULARY = ("mailward.actor", "mailward.envelope", "mailward.errors", "mailward.evidence", "mailward.source",
+              "mailward.verdict")
+
+# The message flow: composed by the runtime, driven by the entry points. No part below imports them for a type.
+FLOW = ("mailward.pipeline", "mailward.runtime", "mailward.screening", "mailward.workers")
+
+
+def test_the_vocabulary_imports_only_itself(found):
+    assert where([i for i in found if i.importer in VOCABULARY and within(i.target, "mailward")
+                  and not any(within(i.target, v) for v in VOCABULARY)]) == []
+
+
+def test_the_message_flow_is_imported_only_by_the_entry_points_and_itself(found):
+    """incidents/, quarantine/, metrics and the detectors take Outcome, MessageSource and ScanFailed
+    from the vocabulary, never from the screener or the worker pool."""
+    assert where([i for i in found if any(within(i.target, m) for m in FLOW)
+                  and not any(within(i.importer, top) for top in (*FLOW, "mailward.cli", "mailward.milter"))]) == []
+
+
 def test_training_is_imported_only_by_itself_and_the_cli(found):
     """The milter never loads the offline training code."""
     assert where([i for i in found if within(i.target, "mailward.training")

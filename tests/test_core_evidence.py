@@ -9,10 +9,11 @@ from dataclasses import replace
 import pytest
 
 from clamd_server import EICAR, EICAR_SIGNATURE
+from mailward.actor import Actor
 from mailward.config import ClamavSettings, ReputationSettings, Settings
 from mailward.envelope import Direction, Envelope
 from mailward.evidence import Category
-from mailward.quarantine import Actor, ListFilter, ReleaseClaim, Status, open_store
+from mailward.quarantine import ListFilter, ReleaseClaim, Status, open_store
 from mailward.runtime import InProcessScanner
 from mailward.screening import Screener, event_of, source_domain
 from mailward.source import MessageSource

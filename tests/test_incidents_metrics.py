@@ -10,9 +10,8 @@ from mailward.envelope import Direction, Envelope
 from mailward.evidence import Category, Evidence, Finding, Severity, SpamAssessment
 from mailward.metrics import Metrics, quarantine_stats, rules_version
 from mailward.quarantine import open_store
-from mailward.screening import Outcome
 from mailward.source import MessageSource
-from mailward.verdict import Action, Verdict
+from mailward.verdict import Action, Outcome, Verdict
 from quarantine_support import message, spam_case
 
 

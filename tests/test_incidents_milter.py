@@ -12,10 +12,10 @@ from prometheus_client import generate_latest
 
 from incidents_support import MilterClient, WebhookReceiver, incidents_runtime, wait_for
 from mail import eicar_message, gtube_message, message
+from mailward.actor import Actor
 from mailward.cli.main import main as cli
 from mailward.incidents import SubjectKind
 from mailward.metrics import Metrics
-from mailward.quarantine.records import Actor
 
 INTERNALS = re.compile(r"EICAR|yara|Traceback|Error|pymilter|spam burst|suspen|sqlite", re.I)
 REPLY = re.compile(r"^Sender not accepted \(incident (MW-[0-9A-F]{8}-[0-9A-F]{8})\)$")

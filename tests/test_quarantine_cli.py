@@ -223,7 +223,7 @@ def test_time_parsing():
 def test_actor_names_the_person_and_where_they_came_from(monkeypatch):
     import pwd
 
-    from mailward.quarantine import Actor
+    from mailward.actor import Actor
 
     me = pwd.getpwuid(os.getuid()).pw_name
     monkeypatch.setenv("USER", "spoofed")

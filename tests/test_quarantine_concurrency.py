@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mailward.quarantine import Actor, ListFilter, ReleaseClaim
+from mailward.actor import Actor
+from mailward.quarantine import ListFilter, ReleaseClaim
 from mailward.source import MessageSource
 from quarantine_support import envelope, message, spam_case
 

@@ -6,8 +6,9 @@ import os
 import stat
 import threading
 
+from mailward.actor import Actor
 from mailward.config import load_settings
-from mailward.quarantine import Actor, Status
+from mailward.quarantine import Status
 from mailward.quarantine.release import (
     ALERT_HEADER,
     RELEASE_HEADER,

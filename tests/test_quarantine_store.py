@@ -7,10 +7,11 @@ import stat
 
 import pytest
 
+from mailward.actor import Actor
 from mailward.envelope import Direction
 from mailward.errors import StoreError
-from mailward.evidence import Category, Evidence, Finding, Severity
-from mailward.quarantine import Actor, Label, ListFilter, ReleaseClaim, Removal, Status
+from mailward.evidence import Category, Evidence, Finding, Label, Severity
+from mailward.quarantine import ListFilter, ReleaseClaim, Removal, Status
 from mailward.source import MessageSource
 from mailward.verdict import Action, Verdict, new_incident_id
 from quarantine_support import envelope, malware_case, message, spam_case

@@ -8,7 +8,8 @@ import shutil
 
 import pytest
 
-from mailward.quarantine import Actor, Label
+from mailward.actor import Actor
+from mailward.evidence import Label
 from mailward.quarantine.sqlite import SqliteStore
 from mailward.source import MessageSource
 from quarantine_support import envelope, spam_case

@@ -7,7 +7,8 @@ import sqlite3
 import numpy as np
 import pytest
 
-from mailward.quarantine import Actor, Label
+from mailward.actor import Actor
+from mailward.evidence import Label
 from mailward.quarantine.sqlite import SqliteStore
 from mailward.source import MessageSource
 from mailward.training.learning import Lineage, import_quarantine, rebuild, record, update

@@ -25,6 +25,23 @@ class Category(str, Enum):
     ERROR = "error"              # a detector failed; policy applies on_error, not a category action
 
 
+class Label(str, Enum):
+    """What a person (or autolearn) says a message is; the quarantine, the ledger and training share it."""
+
+    HAM = "ham"
+    SPAM = "spam"
+    PHISH = "phish"      # kept apart in the quarantine and its audit; trains as spam
+
+    @property
+    def training_class(self) -> str:
+        """The Naive Bayes class this label teaches: the model has two, ham and spam."""
+        return "ham" if self is Label.HAM else "spam"
+
+
+# The spam model's two classes, in the column order of its counts: phish trains as spam.
+TRAINING_CLASSES = (Label.HAM.value, Label.SPAM.value)
+
+
 class Severity(IntEnum):
     """How much a finding weighs; policy thresholds compare against it."""
 

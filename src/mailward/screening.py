@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Protocol
 
 from .config import Settings
@@ -23,7 +23,7 @@ from .errors import ScanFailed, StoreError
 from .evidence import Category, Evidence, Finding
 from .policy import decide, decide_failure
 from .source import MessageSource
-from .verdict import Action, Verdict, new_incident_id
+from .verdict import Action, Outcome, Verdict, new_incident_id
 
 log = logging.getLogger(__name__)
 
@@ -49,20 +49,6 @@ class Watch(Protocol):
     """Sees every outcome after the decision (incident response: counters, suspensions, alerts)."""
 
     def observe(self, outcome: Outcome) -> object: ...
-
-
-@dataclass(frozen=True)
-class Outcome:
-    envelope: Envelope
-    verdict: Verdict
-    evidence: Evidence
-    size: int
-    quarantine_id: str = ""
-    error: str = ""                 # internal cause of a failure verdict, for the log only
-    seconds: float = 0.0
-    quarantine_failed: bool = False  # the store refused a message the policy quarantined
-    released_from: str = ""          # quarantine ID when an analyst released this very message
-    alert_of: str = ""               # incident ID when this is Mailward's own (marked) alert about it
 
 
 WATCH_BUDGET = 1.0      # seconds the reply waits for incident response (counters, alerts)

@@ -15,9 +15,9 @@ import re
 import sys
 import time
 
+from ..actor import Actor
 from ..config import Settings
 from ..incidents import Block, SubjectKind, open_incidents
-from ..quarantine.records import Actor
 from ..textsafe import json_line, neutralise
 
 OK, FAILED, REFUSED = 0, 1, 3

@@ -15,9 +15,9 @@ from pathlib import Path
 from ..config import Settings
 from ..envelope import Direction, Envelope
 from ..runtime import Runtime, build_runtime
-from ..screening import Outcome
 from ..source import MessageSource
 from ..textsafe import json_line, neutralise
+from ..verdict import Outcome
 
 
 def register(commands: argparse._SubParsersAction) -> None:

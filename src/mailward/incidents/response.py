@@ -19,13 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..actor import Actor
 from ..config import CounterLimits, Settings
 from ..envelope import Direction
 from ..errors import ConfigError
 from ..evidence import Category, Evidence, Finding, Severity
-from ..quarantine.records import Actor
-from ..screening import Outcome
-from ..verdict import new_incident_id
+from ..verdict import Outcome, new_incident_id
 from .alerts import Alert, AlertDispatcher, AlertKind
 from .blocklist import BlockList
 from .notices import VirusNotices

@@ -25,8 +25,8 @@ from ..incidents import Block, block_finding
 from ..policy import decide, decide_failure
 from ..reputation import claims_our_id
 from ..runtime import LiveRuntime, Runtime
-from ..screening import Outcome, event_of
-from ..verdict import Action, Verdict, new_incident_id
+from ..screening import event_of
+from ..verdict import Action, Outcome, Verdict, new_incident_id
 from .buffer import MessageBuffer
 
 log = logging.getLogger(__name__)

@@ -49,12 +49,13 @@ from email.policy import compat32
 from enum import Enum
 from pathlib import Path
 
+from ..actor import Actor
 from ..config import Settings
 from ..envelope import Envelope
 from ..errors import StoreError
 from ..privileges import as_root
 from .files import HEAD_BYTES, adopt
-from .records import Actor, ReleaseClaim, check_id
+from .records import ReleaseClaim, check_id
 from .store import QuarantineStore
 
 log = logging.getLogger(__name__)

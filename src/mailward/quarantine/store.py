@@ -39,18 +39,17 @@ from email.parser import BytesHeaderParser
 from email.policy import compat32
 from typing import Any
 
+from ..actor import Actor
 from ..config import QuarantineSettings
 from ..envelope import Envelope
 from ..errors import StoreError
-from ..evidence import Evidence
+from ..evidence import Evidence, Label
 from ..message import decode_header_value
 from ..source import MessageSource
 from ..verdict import Action, Verdict
 from .files import Written
 from .records import (
-    Actor,
     AuditEvent,
-    Label,
     LabelRecord,
     ListFilter,
     QuarantineRecord,
