@@ -35,8 +35,6 @@ CONFINED = {
 CORE_EXCEPTIONS = {
     # parse_message walks the object tree below MIME (archives, uuencode, archive passwords).
     ("mailward.message", "mailward.unpack"),
-    # The Inspector checks a release mark's proof where the message bytes already are (worker side).
-    ("mailward.pipeline", "mailward.quarantine.release"),
     # The Inspector owns one Unpacker per process (libmagic handle, parser sandbox).
     ("mailward.pipeline", "mailward.unpack"),
 }

@@ -17,8 +17,9 @@ import pytest
 from mailward.cli.quarantine import parse_age, parse_when, register
 from mailward.config import load_settings
 from mailward.envelope import Direction
+from mailward.evidence import RELEASE_HEADER
 from mailward.quarantine import open_store
-from mailward.quarantine.release import RELEASE_HEADER, ReleaseVerifier, message_body
+from mailward.quarantine.release import ReleaseVerifier, message_body
 from mailward.source import MessageSource
 from quarantine_support import envelope, malware_case, message, spam_case
 

@@ -7,18 +7,18 @@ import stat
 import threading
 
 from mailward.actor import Actor
-from mailward.config import load_settings
+from mailward.config import LimitSettings, load_settings
+from mailward.evidence import ALERT_HEADER, RELEASE_HEADER
+from mailward.message import parse_message
+from mailward.pipeline import mark_proof
 from mailward.quarantine import Status
 from mailward.quarantine.release import (
-    ALERT_HEADER,
-    RELEASE_HEADER,
     Relay,
     ReleaseOutcome,
     ReleaseVerifier,
     alert_mark,
     key_path,
     load_release_key,
-    mark_proof,
     message_body,
     release,
     release_mark,
@@ -41,6 +41,11 @@ def header_value(raw: bytes) -> str:
     return value
 
 
+def proof_of(raw: bytes):
+    """The marks a scanning worker reports for ``raw`` (it parses the message first)."""
+    return mark_proof(parse_message(raw, LimitSettings()))
+
+
 def test_release_delivers_original_bytes_to_original_recipients(store, smtp_sink, clock, tmp_path):
     raw = message("Quarterly report", body=b"line one\r\nline two\r\n.leading dot\r\n")
     v, e = spam_case()
@@ -60,12 +65,12 @@ def test_release_delivers_original_bytes_to_original_recipients(store, smtp_sink
     assert [ev.action for ev in store.history(qid)][-2:] == ["release-claim", "release"]
     relayed = b"Received: from relay by mx\r\n" + data.replace(b"\r\n", b"\n")   # as an MTA passes it on
     checker = ReleaseVerifier(KEY, 86400, store, clock)
-    assert mark_proof(raw) is None
-    assert checker.accept(mark_proof(relayed.replace(b"line two", b"line 2")), env) is None      # other content
-    assert checker.accept(mark_proof(relayed), envelope(recipients=("eve@example.net",))) is None  # other rcpts
-    assert checker.accept(mark_proof(relayed), envelope(recipients=("bob@example.net", "eve@example.net"))) is None
-    assert checker.accept(mark_proof(relayed), envelope(recipients=("bob@example.net",))).quarantine_id == qid
-    assert checker.accept(mark_proof(relayed), env) is None                       # used once: a replay is refused
+    assert proof_of(raw) is None
+    assert checker.accept(proof_of(relayed.replace(b"line two", b"line 2")), env) is None      # other content
+    assert checker.accept(proof_of(relayed), envelope(recipients=("eve@example.net",))) is None  # other rcpts
+    assert checker.accept(proof_of(relayed), envelope(recipients=("bob@example.net", "eve@example.net"))) is None
+    assert checker.accept(proof_of(relayed), envelope(recipients=("bob@example.net",))).quarantine_id == qid
+    assert checker.accept(proof_of(relayed), env) is None                       # used once: a replay is refused
     assert [ev.action for ev in store.history(qid)][-1] == "release-mark-used"
     assert release(store, qid, ANALYST, relay_for(smtp_sink), KEY).outcome is ReleaseOutcome.ALREADY_RELEASED
     assert len(smtp_sink.received) == 1
@@ -150,7 +155,7 @@ def test_verifier_rejects_forgeries_and_old_marks(clock):
         assert verifier.verify(junk, body, rcpts) is None
     alert = alert_mark(KEY, "MW-1", body, rcpts, clock())
     assert verifier.verify(alert, body, rcpts) is None                        # an alert mark releases nothing
-    proof = mark_proof(f"{ALERT_HEADER}: {alert}\r\nSubject: x\r\n\r\n".encode() + body)
+    proof = proof_of(f"{ALERT_HEADER}: {alert}\r\nSubject: x\r\n\r\n".encode() + body)
     assert verifier.accept(proof, envelope(recipients=rcpts)).kind == "alert"
     assert verifier.accept(proof, envelope(recipients=rcpts[:1])) is None
     clock.now += 3601

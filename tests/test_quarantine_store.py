@@ -10,7 +10,7 @@ import pytest
 from mailward.actor import Actor
 from mailward.envelope import Direction
 from mailward.errors import StoreError
-from mailward.evidence import Category, Evidence, Finding, Label, Severity
+from mailward.evidence import Category, Evidence, Finding, Label, MessageFacts, Severity
 from mailward.quarantine import ListFilter, ReleaseClaim, Removal, Status
 from mailward.source import MessageSource
 from mailward.verdict import Action, Verdict, new_incident_id
@@ -43,6 +43,15 @@ def test_put_keeps_exact_bytes_and_every_field(store, clock):
     assert rec.received_at == clock.now
     assert rec.status is Status.HELD and rec.label is None
     assert [e.action for e in store.history(qid)] == ["quarantine"]
+
+
+def test_the_listing_takes_subject_and_from_from_the_scanning_worker(store):
+    """The milter process never parses the message: what the worker read is what the listing shows."""
+    verdict, evidence = spam_case()
+    facts = MessageFacts(subject="Read by the worker", header_from="worker@example.org")
+    qid = store.put(MessageSource.of(message("Not parsed again")), envelope(), verdict,
+                    Evidence(evidence.findings, evidence.spam, message=facts))
+    assert (store.get(qid).subject, store.get(qid).header_from) == ("Read by the worker", "worker@example.org")
 
 
 def test_put_from_spooled_file(store, tmp_path):

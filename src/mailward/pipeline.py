@@ -18,9 +18,18 @@ from typing import Protocol
 
 from .config import LimitSettings
 from .envelope import Envelope
-from .evidence import Category, Evidence, Finding, MessageFacts, Severity
-from .message import ParsedMessage, parse_message
-from .quarantine.release import mark_proof
+from .evidence import (
+    ALERT_HEADER,
+    RELEASE_HEADER,
+    Category,
+    Evidence,
+    Finding,
+    MarkProof,
+    MessageFacts,
+    Severity,
+    body_digest,
+)
+from .message import ParsedMessage, parse_message, split_message
 from .unpack import Unpacker
 
 log = logging.getLogger(__name__)
@@ -60,7 +69,21 @@ class Inspector:
             evidence = evidence.merged(found)
         # Marks are read here, where the message already is, so the milter process never holds a body.
         return replace(evidence, findings=describe_objects(evidence.findings, message),
-                       message=MessageFacts.of(message), timings=tuple(timings), marks=mark_proof(raw))
+                       message=MessageFacts.of(message), timings=tuple(timings), marks=mark_proof(message))
+
+
+def mark_proof(message: ParsedMessage) -> MarkProof | None:
+    """The release and alert marks ``message`` claims and its body digest; None when it claims none.
+
+    Read from the parsed headers; the body is hashed only for a message that claims a mark.
+    """
+    if b"x-mailward-" not in message.raw_headers.lower():        # ordinary mail: nothing to look up
+        return None
+    release = tuple(" ".join(v.split()) for v in message.header_all(RELEASE_HEADER))
+    alert = tuple(" ".join(v.split()) for v in message.header_all(ALERT_HEADER))
+    if not release and not alert:
+        return None
+    return MarkProof(release, alert, body_digest(split_message(message.raw)[1]))
 
 
 def detector_error(detector: str, exc: BaseException) -> Finding:

@@ -20,7 +20,7 @@ from typing import Protocol
 from .config import Settings
 from .envelope import Envelope
 from .errors import ScanFailed, StoreError
-from .evidence import Category, Evidence, Finding
+from .evidence import Category, Evidence, Finding, MarkProof
 from .policy import decide, decide_failure
 from .source import MessageSource
 from .verdict import Action, Outcome, Verdict, new_incident_id
@@ -41,8 +41,9 @@ class Quarantine(Protocol):
     def put(self, raw: MessageSource, envelope: Envelope, verdict: Verdict, evidence: Evidence) -> str: ...
 
 
-# The valid mark among those a worker found (quarantine.release.MarkProof), if any; a release mark is used up.
-Release = Callable[[object, Envelope], object | None]
+# The valid mark among those a worker found, if any (quarantine.release.ReleaseVerifier.accept); a release
+# mark is used up by it.
+Release = Callable[[MarkProof, Envelope], object | None]
 
 
 class Watch(Protocol):
