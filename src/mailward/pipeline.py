@@ -97,8 +97,7 @@ def _guarded(detector: Detector, envelope: Envelope, call: Callable[[], object])
     try:
         return call()
     except Exception as exc:
-        log.exception("detector %s failed", detector.name,
-                      extra={"queue_id": envelope.queue_id, "connection_id": envelope.connection_id})
+        log.exception("detector %s failed", detector.name)
         return Evidence(findings=(detector_error(detector.name, exc),))
 
 

@@ -8,6 +8,7 @@ tempfailed, never accepted.
 
 from __future__ import annotations
 
+import contextvars
 import ipaddress
 import logging
 import socket
@@ -21,6 +22,7 @@ from .config import Settings
 from .envelope import Envelope
 from .errors import ScanFailed, StoreError
 from .evidence import Category, Evidence, Finding, MarkProof
+from .logs import log_context
 from .policy import decide, decide_failure
 from .source import MessageSource
 from .verdict import Action, Outcome, Verdict, new_incident_id
@@ -67,9 +69,18 @@ class Screener:
         self._watch = watch
 
     def screen(self, source: MessageSource, envelope: Envelope, known: Evidence = Evidence()) -> Outcome:
-        """``known``: evidence from before the content, e.g. a block whose action is not a reject."""
+        """``known``: evidence from before the content, e.g. a block whose action is not a reject.
+
+        Every line logged while screening (scan, store, incident response) names the message and its incident.
+        """
         started = time.perf_counter()
         incident = new_incident_id(self._clock())
+        with log_context(queue_id=envelope.queue_id, connection_id=envelope.connection_id, incident_id=incident,
+                         direction=envelope.direction.value):
+            return self._screen(source, envelope, known, incident, started)
+
+    def _screen(self, source: MessageSource, envelope: Envelope, known: Evidence, incident: str,
+                started: float) -> Outcome:
         policy = self.settings.policy.for_direction(envelope.direction)
         evidence, error = known, ""
         try:
@@ -118,21 +129,19 @@ class Screener:
         would be kept twice: so the watch runs on its own thread and a slow
         one finishes in the background.
         """
-        envelope = outcome.envelope
-        extra = {"queue_id": envelope.queue_id, "connection_id": envelope.connection_id}
-
         def observe() -> None:
             try:
                 self._watch.observe(outcome)
             except Exception:   # counting and alerting never change what happens to the message
-                log.exception("incident response failed", extra=extra)
+                log.exception("incident response failed")
 
-        watcher = threading.Thread(target=observe, name="observe", daemon=True)
+        # A new thread starts with an empty context: it runs in a copy of this one, so its lines name the message.
+        watcher = threading.Thread(target=contextvars.copy_context().run, args=(observe,), name="observe",
+                                   daemon=True)
         watcher.start()
         watcher.join(WATCH_BUDGET)
         if watcher.is_alive():
-            log.warning("incident response is slow (over %.1f s); replying without waiting for it", WATCH_BUDGET,
-                        extra=extra)
+            log.warning("incident response is slow (over %.1f s); replying without waiting for it", WATCH_BUDGET)
 
     def _keep_sample(self, source: MessageSource, envelope: Envelope, verdict: Verdict, evidence: Evidence) -> str:
         """Rejected malware stays in the quarantine as a sample (status ``rejected``) for analysts.
@@ -142,8 +151,7 @@ class Screener:
         try:
             return self._quarantine.put(source, envelope, verdict, evidence)
         except StoreError:
-            log.exception("could not keep the rejected sample", extra={"queue_id": envelope.queue_id,
-                                                                        "connection_id": envelope.connection_id})
+            log.exception("could not keep the rejected sample")
             return ""
 
 

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 def _worker_main(conn: Connection, settings: Settings) -> None:
     """Entry point of a scanning process: build detectors once, then serve scans."""
-    from .logs import configure_logging
+    from .logs import configure_logging, log_context
     from .runtime import build_inspector
 
     die_with_parent()
@@ -68,11 +68,13 @@ def _worker_main(conn: Connection, settings: Settings) -> None:
             conn.send(("error", failure))
             continue
         _limit_cpu(settings.milter.cpu_budget)
-        try:
-            conn.send(("ok", inspector.inspect(source.read(), envelope)))
-        except Exception as exc:
-            log.exception("scan failed", extra={"queue_id": envelope.queue_id})
-            conn.send(("error", type(exc).__name__))
+        with log_context(queue_id=envelope.queue_id, connection_id=envelope.connection_id,
+                         direction=envelope.direction.value):      # worker-side lines name the message too
+            try:
+                conn.send(("ok", inspector.inspect(source.read(), envelope)))
+            except Exception as exc:
+                log.exception("scan failed")
+                conn.send(("error", type(exc).__name__))
 
 
 def _limit_cpu(seconds: float) -> None:
@@ -274,8 +276,7 @@ class ScanPool:
             remaining = max(0.0, deadline - (time.monotonic() - started))
             if not worker.conn.poll(remaining):
                 replace = True
-                log.error("scan exceeded the %.0f s deadline; worker %s killed", deadline, worker.process.pid,
-                          extra={"queue_id": envelope.queue_id, "connection_id": envelope.connection_id})
+                log.error("scan exceeded the %.0f s deadline; worker %s killed", deadline, worker.process.pid)
                 return _unchecked("scan-deadline", f"scan exceeded {deadline:.0f} s")
             status, payload = worker.conn.recv()
         except (EOFError, OSError, BrokenPipeError) as exc:
@@ -283,8 +284,7 @@ class ScanPool:
             worker.process.join(timeout=2)
             if worker.process.exitcode == -signal.SIGXCPU:
                 cpu = self._settings.milter.cpu_budget
-                log.error("scan used more than %.0f s of CPU; worker %s stopped", cpu, worker.process.pid,
-                          extra={"queue_id": envelope.queue_id, "connection_id": envelope.connection_id})
+                log.error("scan used more than %.0f s of CPU; worker %s stopped", cpu, worker.process.pid)
                 return _unchecked("scan-cpu-budget", f"scan used more than {cpu:.0f} s of CPU")
             raise ScanFailed(f"scanning process {worker.process.pid} died: {type(exc).__name__}") from exc
         finally:

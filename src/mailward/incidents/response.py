@@ -138,8 +138,7 @@ class IncidentResponse:
         try:
             return self._count(subject, added, outcome.verdict.incident_id)
         except IncidentStoreError:
-            log.exception("cannot update the counters of %s", subject.label,
-                          extra={"queue_id": env.queue_id, "connection_id": env.connection_id})
+            log.exception("cannot update the counters of %s", subject.label)
             return None
         finally:
             if self.metrics is not None:

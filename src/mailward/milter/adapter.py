@@ -15,6 +15,7 @@ import functools
 import ipaddress
 import logging
 import secrets
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 
 import Milter
@@ -22,6 +23,7 @@ import Milter
 from ..envelope import Envelope
 from ..evidence import Evidence, Finding
 from ..incidents import Block, block_finding
+from ..logs import LogContext, log_context
 from ..policy import decide, decide_failure
 from ..reputation import claims_our_id
 from ..runtime import LiveRuntime, Runtime
@@ -79,11 +81,12 @@ def _continue_on_error(callback):
     """Run a callback so it never raises: the error is remembered and answered at end of message."""
     @functools.wraps(callback)
     def guarded(self, *args):
-        try:
-            return callback(self, *args)
-        except Exception:
-            self._fail(callback.__name__)
-            return Milter.CONTINUE
+        with self._log_context():
+            try:
+                return callback(self, *args)
+            except Exception:
+                self._fail(callback.__name__)
+                return Milter.CONTINUE
     return guarded
 
 
@@ -132,13 +135,15 @@ class MailwardMilter(Milter.Base):
     def _runtime(self) -> Runtime:
         return self._message.runtime if self._message is not None else self._live.current
 
-    def _extra(self) -> dict:
+    def _log_context(self) -> AbstractContextManager[LogContext]:
+        """This connection's and message's IDs on every line logged within (see logs.log_context)."""
         queue_id = self._message.queue_id if self._message is not None else ""
-        return {"queue_id": queue_id, "connection_id": self._connection.id}
+        return log_context(queue_id=queue_id, connection_id=self._connection.id)
 
     def _fail(self, where: str) -> None:
         """Remember an internal error: for the connection (connect, HELO) or this message."""
-        log.exception("internal error in %s callback", where, extra=self._extra())
+        with self._log_context():          # the callback may have just learnt the queue ID
+            log.exception("internal error in %s callback", where)
         if where in CONNECTION_CALLBACKS:
             holder = self._connection
         else:
@@ -166,12 +171,12 @@ class MailwardMilter(Milter.Base):
     def _report(self, outcome: Outcome) -> None:
         """The one summary line per message (or refused transaction) and its metrics."""
         log.info("%s %s", outcome.verdict.action.value, outcome.verdict.incident_id,
-                 extra={**self._extra(), "event": event_of(outcome)})
+                 extra={"event": event_of(outcome)})
         if self._runtime.metrics is not None:
             try:
                 self._runtime.metrics.observe(outcome)
             except Exception:
-                log.exception("could not update the metrics", extra=self._extra())
+                log.exception("could not update the metrics")
 
     # --- callbacks -----------------------------------------------------
     @_continue_on_error
@@ -255,6 +260,12 @@ class MailwardMilter(Milter.Base):
         return Milter.CONTINUE
 
     def eom(self):
+        if self._message is not None:
+            self._message.queue_id = self._macro("i") or self._message.queue_id
+        with self._log_context():
+            return self._end_of_message()
+
+    def _end_of_message(self) -> int:
         outcome: Outcome | None = None
         try:
             try:
@@ -272,7 +283,7 @@ class MailwardMilter(Milter.Base):
                 outcome = self._failure_outcome(self._connection.failure or self._message.failure)
             return self._apply(outcome)
         except Exception:
-            log.exception("could not apply the verdict", extra=self._extra())
+            log.exception("could not apply the verdict")
             return self._apply_failure()
         finally:
             try:
@@ -282,17 +293,19 @@ class MailwardMilter(Milter.Base):
                 self._end()
 
     def abort(self):
-        try:
-            self._end()
-        except Exception:
-            log.exception("abort cleanup failed", extra=self._extra())
+        with self._log_context():
+            try:
+                self._end()
+            except Exception:
+                log.exception("abort cleanup failed")
         return Milter.CONTINUE
 
     def close(self):
-        try:
-            self._end()
-        except Exception:
-            log.exception("close cleanup failed", extra=self._extra())
+        with self._log_context():
+            try:
+                self._end()
+            except Exception:
+                log.exception("close cleanup failed")
         return Milter.CONTINUE
 
     # --- decision ------------------------------------------------------
@@ -378,7 +391,7 @@ class MailwardMilter(Milter.Base):
         try:
             subject = raw.decode("utf-8").lstrip(" \t")
         except UnicodeDecodeError:
-            log.warning("subject not tagged: it is not UTF-8", extra=self._extra())
+            log.warning("subject not tagged: it is not UTF-8")
             return
         if not subject.startswith(tag.strip()):
             self.chgheader("Subject", 1, " " + tag + subject)
@@ -389,5 +402,5 @@ class MailwardMilter(Milter.Base):
             reply = Verdict(Action.TEMPFAIL, ("error",), new_incident_id()).reply
             self.setreply(reply.code, reply.xcode, reply.text)
         except Exception:
-            log.exception("could not set the tempfail reply", extra=self._extra())
+            log.exception("could not set the tempfail reply")
         return Milter.TEMPFAIL

@@ -243,7 +243,7 @@ class ReleaseVerifier:
             if valid is None or not self._store.use_release_mark(valid[0], valid[1]):
                 return None
         except StoreError as exc:    # unverifiable counts as unmarked: the message is screened as usual
-            log.warning("release mark not checked: %s", exc, extra={"queue_id": envelope.queue_id})
+            log.warning("release mark not checked: %s", exc)
             return None
         return ReleaseMark(valid[0], float(valid[1]))
 
