@@ -6,7 +6,6 @@ import threading
 import time
 from dataclasses import replace
 
-from mail import gtube_message
 from mailward.config import ReputationSettings, Settings
 from mailward.envelope import Direction, Envelope
 from mailward.quarantine import open_store
@@ -14,6 +13,7 @@ from mailward.runtime import InProcessScanner
 from mailward.screening import WATCH_BUDGET, Screener
 from mailward.source import MessageSource
 from mailward.verdict import Action
+from support.mail import gtube_message
 
 
 class StalledWatch:

@@ -8,13 +8,13 @@ import time
 
 import pytest
 
-from mail import eicar_message, message
 from mailward.config import load_settings
 from mailward.envelope import Envelope
 from mailward.errors import ScanFailed
 from mailward.evidence import Category
 from mailward.source import MessageSource
 from mailward.workers import ScanPool
+from support.mail import eicar_message, message
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_one_client_never_holds_every_worker_while_another_waits(pool):
     def watch():
         nonlocal most_held
         while not done.is_set():
-            most_held = max(most_held, pool._busy.get("192.0.2.66", 0))
+            most_held = max(most_held, pool.in_flight("192.0.2.66"))
             time.sleep(0.005)
 
     watcher = threading.Thread(target=watch)
@@ -116,7 +116,7 @@ def test_one_client_never_holds_every_worker_while_another_waits(pool):
     senders = [threading.Thread(target=send, args=(f"burst{i}", slow, burst)) for i in range(4)]
     for t in senders:
         t.start()
-    while not pool._busy.get("192.0.2.66"):                         # the burst holds a worker
+    while not pool.in_flight("192.0.2.66"):                         # the burst holds a worker
         time.sleep(0.005)
     sent = time.monotonic()
     send("clean", clean, other)

@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 
 from dns_server import EMPTY_ROOT, DnsServer
-from mail import eicar_message, gtube_message
 from mailward.config import load_settings
 from mailward.policy import decide
 from mailward.source import MessageSource
 from mailward.workers import ScanPool
 from mutants import SENDER, mutants, seeds_from
+from support.mail import eicar_message, gtube_message
 from unpack_support import (
     EICAR,
     iso_image,

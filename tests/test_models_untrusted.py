@@ -24,7 +24,6 @@ import joblib
 import numpy as np
 import pytest
 
-from mail import message
 from mailward.config import load_settings
 from mailward.envelope import Envelope
 from mailward.errors import ArtifactError
@@ -34,6 +33,7 @@ from mailward.source import MessageSource
 from mailward.trust import TrustedOwners
 from mailward.workers import ScanPool
 from models_support import small_model
+from support.mail import message
 
 
 class Exploit:

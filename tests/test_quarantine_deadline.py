@@ -265,7 +265,7 @@ def test_write_timeout_is_validated_against_the_milter_timeout():
 
 @pytest.mark.postfix
 def test_postfix_sender_is_tempfailed_and_the_retry_is_stored_once(postfix, milter, tmp_path):
-    from mail import eicar_message
+    from support.mail import eicar_message
 
     milter('[policy.inbound]\nmalware_action = "quarantine"\n[quarantine]\nwrite_timeout = 2.0\n')
     qdir = tmp_path / "state" / "quarantine"

@@ -228,6 +228,11 @@ class ScanPool:
         with self._lock:
             return [worker.process.pid for worker in self._idle if worker.process.pid is not None]
 
+    def in_flight(self, client: str) -> int:
+        """Scans of ``client`` holding a worker right now (what ``client_share`` bounds); read-only."""
+        with self._lock:
+            return self._busy.get(client, 0)
+
     def _replace(self, settings: Settings, generation: int) -> None:
         """Start a worker in place of a broken one; it joins the idle set once loaded."""
         while True:
