@@ -34,10 +34,19 @@ _DELIMITER = re.compile(rb"^--[ -~]{1,70}\r?$", re.M)
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 
 
+def split_message(raw: bytes) -> tuple[bytes, bytes]:
+    """Header block and body, split at the first empty line whether lines end in LF or CRLF.
+
+    The one rule for where the header block ends (parser, release marks,
+    quarantine listing); with no empty line it is all header and no body.
+    """
+    end = _HEADER_END.search(raw)
+    return (raw[: end.start()], raw[end.end():]) if end else (raw, b"")
+
+
 def header_block(raw: bytes) -> bytes:
     """The bytes before the first empty line, whether lines end in LF or CRLF."""
-    end = _HEADER_END.search(raw)
-    return raw[: end.start()] if end else raw
+    return split_message(raw)[0]
 _TEXT_TYPES = ("text/plain", "text/html")
 PATH_SEPARATOR = " > "
 # What each early stop costs in weight: lost members weigh more than a document analysis that failed.

@@ -23,6 +23,7 @@ from prometheus_client.core import GaugeMetricFamily
 from .config import parse_host_port
 from .errors import ConfigError
 from .evidence import Category
+from .verdict import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,8 @@ class Metrics:
 
     # -- per message ---------------------------------------------------------------------------------
 
-    def observe(self, outcome) -> None:
-        """Count one screened (or failed, or rejected) message; ``outcome`` is a screening.Outcome."""
+    def observe(self, outcome: Outcome) -> None:
+        """Count one screened (or failed, or rejected) message."""
         env, verdict, evidence = outcome.envelope, outcome.verdict, outcome.evidence
         direction = env.direction.value
         self.messages.labels(direction, verdict.action.value, verdict.reasons[0] if verdict.reasons else "").inc()

@@ -8,34 +8,44 @@ tempfailed, never accepted.
 
 from __future__ import annotations
 
+import contextvars
 import ipaddress
 import logging
 import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Protocol
 
 from .config import DirectionPolicy, Settings
 from .envelope import Envelope
-from .errors import StoreError
-from .evidence import Category, Evidence, Finding
+from .errors import ScanFailed, StoreError
+from .evidence import Category, Evidence, Finding, MarkProof
+from .logs import log_context
 from .policy import Inputs, Listed, Mark, Share, decide, decide_failure, split, stops
-from .verdict import Action, Verdict, new_incident_id
-from .workers import MessageSource, ScanFailed
+from .source import MessageSource
+from .verdict import Action, Outcome, Verdict, new_incident_id
 
 log = logging.getLogger(__name__)
 
-Scan = Callable[[MessageSource, Envelope], Evidence]
+class Scanner(Protocol):
+    """Parses one message and runs the detectors over it: in process, or in a worker (the pool).
+
+    A deadline or CPU overrun comes back as evidence; a scanner that cannot
+    answer at all raises :class:`ScanFailed`, and the policy's ``on_error`` applies.
+    """
+
+    def scan(self, source: MessageSource, envelope: Envelope) -> Evidence: ...
 
 
 class Quarantine(Protocol):
     def put(self, raw: MessageSource, envelope: Envelope, verdict: Verdict, evidence: Evidence) -> str: ...
 
 
-# The valid mark among those a worker found (quarantine.release.MarkProof), if any; a release mark is used up.
-Release = Callable[[object, Envelope], object | None]
+# The valid mark among those a worker found, if any (quarantine.release.ReleaseVerifier.accept); a release
+# mark is used up by it.
+Release = Callable[[MarkProof, Envelope], object | None]
 
 
 class SenderLists(Protocol):
@@ -50,53 +60,39 @@ class Watch(Protocol):
     def observe(self, outcome: Outcome) -> object: ...
 
 
-@dataclass(frozen=True)
-class Outcome:
-    envelope: Envelope
-    verdict: Verdict
-    evidence: Evidence
-    size: int
-    quarantine_id: str = ""
-    error: str = ""                 # internal cause of a failure verdict, for the log only
-    seconds: float = 0.0
-    quarantine_failed: bool = False  # the store refused a message the policy quarantined
-    released_from: str = ""          # quarantine ID when an analyst released this very message
-    alert_of: str = ""               # incident ID when this is Mailward's own (marked) alert about it
-    # Recipients whose policy quarantined the message while others' delivered it: removed from the
-    # delivered message (delrcpt) and kept in the quarantine under ``quarantine_id`` with ``held_verdict``.
-    held: tuple[str, ...] = ()
-    held_verdict: Verdict | None = None
-
-    def acted_on(self, category: Category) -> bool:
-        """Whether the policy applied ``category``'s own action for any recipient (what incidents count)."""
-        verdicts = (self.verdict,) if self.held_verdict is None else (self.verdict, self.held_verdict)
-        return any(category in v.acted_on for v in verdicts)
-
-
 WATCH_BUDGET = 1.0      # seconds the reply waits for incident response (counters, alerts)
 
 
 class Screener:
-    def __init__(self, settings: Settings, scan: Scan, quarantine: Quarantine | None,
+    def __init__(self, settings: Settings, scanner: Scanner, quarantine: Quarantine | None,
                  clock: Callable[[], float] = time.time, watch: Watch | None = None,
                  release: Release | None = None, lists: SenderLists | None = None):
         self.settings = settings
         self._lists = lists
         self._release = release
-        self._scan = scan
+        self._scanner = scanner
         self._quarantine = quarantine
         self._clock = clock
         self._watch = watch
 
-    def screen(self, source: MessageSource, size: int, envelope: Envelope, known: Evidence = Evidence()) -> Outcome:
-        """``known``: evidence from before the content, e.g. a block whose action is not a reject."""
+    def screen(self, source: MessageSource, envelope: Envelope, known: Evidence = Evidence()) -> Outcome:
+        """``known``: evidence from before the content, e.g. a block whose action is not a reject.
+
+        Every line logged while screening (scan, store, incident response) names the message and its incident.
+        """
         started = time.perf_counter()
         incident = new_incident_id(self._clock())
+        with log_context(queue_id=envelope.queue_id, connection_id=envelope.connection_id, incident_id=incident,
+                         direction=envelope.direction.value):
+            return self._screen(source, envelope, known, incident, started)
+
+    def _screen(self, source: MessageSource, envelope: Envelope, known: Evidence, incident: str,
+                started: float) -> Outcome:
         policy = self.settings.policy.for_direction(envelope.direction)
         evidence, error = known, ""
         held: Share | None = None
         try:
-            evidence = known.merged(self._scan(source, envelope))
+            evidence = known.merged(self._scanner.scan(source, envelope))
             shares = self._decide(evidence, envelope, incident, None)
             released_from = alert_of = ""
             if any(stops(s.verdict) for s in shares) and self._release is not None and evidence.marks is not None:
@@ -129,7 +125,7 @@ class Screener:
                                   acted_on=tuple(dict.fromkeys(acted_on)))
                 error, store_failed, held = str(exc), True, None
             evidence = replace(evidence, timings=evidence.timings + (("quarantine", time.perf_counter() - t0),))
-        outcome = Outcome(envelope, verdict, evidence, size, quarantine_id, error, time.perf_counter() - started,
+        outcome = Outcome(envelope, verdict, evidence, source.size, quarantine_id, error, time.perf_counter() - started,
                           store_failed, released_from, alert_of, held.recipients if held is not None else (),
                           held.verdict if held is not None else None)
         if self._watch is not None:
@@ -159,21 +155,19 @@ class Screener:
         would be kept twice: so the watch runs on its own thread and a slow
         one finishes in the background.
         """
-        envelope = outcome.envelope
-        extra = {"queue_id": envelope.queue_id, "connection_id": envelope.connection_id}
-
         def observe() -> None:
             try:
                 self._watch.observe(outcome)
             except Exception:   # counting and alerting never change what happens to the message
-                log.exception("incident response failed", extra=extra)
+                log.exception("incident response failed")
 
-        watcher = threading.Thread(target=observe, name="observe", daemon=True)
+        # A new thread starts with an empty context: it runs in a copy of this one, so its lines name the message.
+        watcher = threading.Thread(target=contextvars.copy_context().run, args=(observe,), name="observe",
+                                   daemon=True)
         watcher.start()
         watcher.join(WATCH_BUDGET)
         if watcher.is_alive():
-            log.warning("incident response is slow (over %.1f s); replying without waiting for it", WATCH_BUDGET,
-                        extra=extra)
+            log.warning("incident response is slow (over %.1f s); replying without waiting for it", WATCH_BUDGET)
 
     def _keep_sample(self, source: MessageSource, envelope: Envelope, verdict: Verdict, evidence: Evidence) -> str:
         """Rejected malware stays in the quarantine as a sample (status ``rejected``) for analysts.
@@ -183,8 +177,7 @@ class Screener:
         try:
             return self._quarantine.put(source, envelope, verdict, evidence)
         except StoreError:
-            log.exception("could not keep the rejected sample", extra={"queue_id": envelope.queue_id,
-                                                                        "connection_id": envelope.connection_id})
+            log.exception("could not keep the rejected sample")
             return ""
 
 

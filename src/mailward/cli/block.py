@@ -15,10 +15,10 @@ import re
 import sys
 import time
 
+from ..actor import Actor
 from ..config import Settings
 from ..incidents import Block, SubjectKind, open_incidents
 from ..policy import Listed
-from ..quarantine.records import Actor
 from ..textsafe import json_line, neutralise
 from .allow import add_entry, remove_entry
 

@@ -20,9 +20,9 @@ import argparse
 import json
 import time
 
+from ..actor import Actor
 from ..config import Settings
 from ..errors import ArtifactError
-from ..quarantine import Actor
 
 # scikit-learn and the training modules load in the handlers: other subcommands stay quick to start.
 

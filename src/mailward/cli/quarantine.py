@@ -17,10 +17,12 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ..actor import Actor
 from ..config import Settings
 from ..envelope import Direction
 from ..errors import MailwardError
-from ..quarantine import Actor, Label, ListFilter, QuarantineStore, Removal, Status, open_store
+from ..evidence import Label
+from ..quarantine import ListFilter, QuarantineStore, Removal, Status, open_store
 from ..quarantine import digest as digests
 from ..quarantine.release import Relay, ReleaseOutcome, key_path, load_release_key, release
 from ..quarantine.render import inspect_message, render_history, render_list, render_show, when

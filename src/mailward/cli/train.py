@@ -18,8 +18,8 @@ import argparse
 import json
 from collections import Counter
 
+from ..actor import Actor
 from ..config import Settings
-from ..quarantine import Actor
 from ..trust import TrustedOwners
 
 # scikit-learn and the training modules load in the handler: other subcommands stay quick to start.

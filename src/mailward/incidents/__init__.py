@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..actor import Actor
 from ..config import Settings
-from ..quarantine.records import Actor
 from .alerts import Alert, AlertDispatcher, AlertKind, Delivery, channels_from_settings
 from .notices import VirusNotices
 from .records import AuditEntry, Block, Origin, SenderEntry, SubjectKind, Totals, normalise

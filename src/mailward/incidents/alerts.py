@@ -134,7 +134,8 @@ class EmailChannel:
     def send(self, alert: Alert, suppressed: int) -> None:
         from email.policy import SMTP
 
-        from ..quarantine.release import ALERT_HEADER, alert_mark, marked, message_body
+        from ..evidence import ALERT_HEADER
+        from ..quarantine.release import alert_mark, marked, message_body
 
         msg = EmailMessage()
         msg["From"] = self.sender

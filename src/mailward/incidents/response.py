@@ -19,14 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..actor import Actor
 from ..config import CounterLimits, Settings, policy_subject
 from ..envelope import Direction, Envelope
 from ..errors import ConfigError
 from ..evidence import Category, Finding, Severity
 from ..policy import Listed
-from ..quarantine.records import Actor
-from ..screening import Outcome
-from ..verdict import new_incident_id
+from ..verdict import Outcome, new_incident_id
 from .alerts import Alert, AlertDispatcher, AlertKind
 from .blocklist import BlockList
 from .notices import VirusNotices
@@ -135,8 +134,7 @@ class IncidentResponse:
         try:
             return self._count(subject, added, outcome.verdict.incident_id)
         except IncidentStoreError:
-            log.exception("cannot update the counters of %s", subject.label,
-                          extra={"queue_id": env.queue_id, "connection_id": env.connection_id})
+            log.exception("cannot update the counters of %s", subject.label)
             return None
         finally:
             if self.metrics is not None:

@@ -6,6 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from ..source import MessageSource
+
 SPOOL_PREFIX, SPOOL_SUFFIX = "msg-", ".eml"     # the daemon removes such files left by a killed milter
 
 
@@ -46,12 +48,12 @@ class MessageBuffer:
         else:
             self._memory += data
 
-    def source(self) -> bytes | Path:
-        """The whole message: bytes when small, else the flushed spool file's path."""
+    def source(self) -> MessageSource:
+        """The whole message: in memory when small, else the flushed spool file."""
         if self._file is not None:
             self._file.flush()
-            return self._path
-        return bytes(self._memory)
+            return MessageSource.spooled(self._path, self.size)
+        return MessageSource.of(self._memory)
 
     def discard(self) -> None:
         if self._file is not None:

@@ -25,12 +25,12 @@ from scipy import sparse
 from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.naive_bayes import MultinomialNB
 
-from ..evidence import Clue, SpamAssessment
+from ..evidence import TRAINING_CLASSES, Clue, SpamAssessment
 from ..message import ParsedMessage
 from .features import FeatureSettings, token_columns
 from .tokens import tokenize
 
-CLASSES = ("ham", "spam")       # column order of the model's counts
+CLASSES = TRAINING_CLASSES       # column order of the model's counts
 MAX_CLUES = 10
 WEIGHT_CHUNK = 1 << 18          # columns weighed at a time when a model loads
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import time
 
 from ..config import Settings
-from .records import Actor, AuditEvent, Label, LabelRecord, ListFilter, QuarantineRecord, ReleaseClaim, Removal, Status
+from .records import AuditEvent, LabelRecord, ListFilter, QuarantineRecord, ReleaseClaim, Removal, Status
 from .store import Clock, QuarantineStore
 
-__all__ = ["Actor", "AuditEvent", "Label", "LabelRecord", "ListFilter", "QuarantineRecord", "QuarantineStore",
+__all__ = ["AuditEvent", "LabelRecord", "ListFilter", "QuarantineRecord", "QuarantineStore",
            "ReleaseClaim", "Removal", "Status", "open_store"]
 
 

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
 import psycopg
 
@@ -62,14 +61,15 @@ from ..config import QuarantineSettings
 from ..envelope import Envelope
 from ..errors import StoreError
 from ..evidence import Evidence
+from ..source import MessageSource
 from ..verdict import Verdict
-from .files import chunks_of, measure
+from .files import measure
 from .records import check_id
 from .store import Clock, Deadline, QuarantineStore
 
 _SCHEMA_LOCK = 0x4D57_5100   # "MWQ\0": the advisory lock key for schema creation
 
-# Bytes in chunks of files.CHUNK, so a put streams a spooled message and never holds it whole
+# Bytes in chunks of source.CHUNK, so a put streams a spooled message and never holds it whole
 # (the milter process holds every SMTP connection). ``quarantine_bytes`` (one row per message)
 # is what earlier versions wrote; it is still read.
 _BYTES_TABLE = """CREATE TABLE IF NOT EXISTS quarantine_bytes (
@@ -112,13 +112,13 @@ class PostgresStore(QuarantineStore):
     def _sql(self, statement: str) -> str:
         return statement.replace("?", "%s")
 
-    def _store(self, quarantine_id: str, raw: bytes | Path, envelope: Envelope, verdict: Verdict,
+    def _store(self, quarantine_id: str, raw: MessageSource, envelope: Envelope, verdict: Verdict,
                evidence: Evidence, deadline: Deadline) -> None:
         try:
-            written = measure(chunks_of(raw))           # first pass: size, digest and header for the record
+            written = measure(raw.chunks())           # first pass: size, digest and header for the record
             with self._tx(write=True, deadline=deadline) as conn:
                 self._insert_record(conn, quarantine_id, written, envelope, verdict, evidence, self._writer)
-                for seq, chunk in enumerate(chunks_of(raw)):
+                for seq, chunk in enumerate(raw.chunks()):
                     self._exec(conn, "INSERT INTO quarantine_chunks (id, seq, data) VALUES (?, ?, ?)",
                                (quarantine_id, seq, chunk))
         except StoreError:

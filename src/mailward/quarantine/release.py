@@ -13,7 +13,7 @@ legitimately rewrite line endings on the way (smtplib turns a bare CR into
 CRLF, Postfix may fold over-long lines), and none of that should void a mark.
 
 The digest is computed where the message already is, in the scanning worker
-(:func:`mark_proof`); the milter process, which holds every SMTP connection,
+(:func:`mailward.pipeline.mark_proof`); the milter process, which holds every SMTP connection,
 only checks short strings (:meth:`ReleaseVerifier.accept`) and never reads a
 message body.
 
@@ -44,27 +44,24 @@ import subprocess
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 from enum import Enum
 from pathlib import Path
 
+from ..actor import Actor
 from ..config import Settings
 from ..envelope import Envelope
 from ..errors import StoreError
+from ..evidence import RELEASE_HEADER, MarkProof, body_digest
+from ..message import split_message
 from ..privileges import as_root
-from .files import HEAD_BYTES, adopt
-from .records import Actor, ReleaseClaim, check_id
+from .files import adopt
+from .records import ReleaseClaim, check_id
 from .store import QuarantineStore
 
 log = logging.getLogger(__name__)
 
-RELEASE_HEADER = "X-Mailward-Release"
-ALERT_HEADER = "X-Mailward-Alert-Mark"
 ALERT_MAX_AGE = 3600.0           # an alert goes out at once; its mark needs to live only through the relay
 _KEY_BYTES = 32
-_LINE_BREAKS = re.compile(rb"[\r\n]")
-_BODY_START = re.compile(rb"\r?\n\r?\n")
 _HELD_DELETED = re.compile(r"Deleted: (\d+) message")
 
 
@@ -99,19 +96,6 @@ class ReleaseMark:
     quarantine_id: str
     released_at: float
     kind: str = "release"                  # "release" | "alert"
-
-
-@dataclass(frozen=True)
-class MarkProof:
-    """What a scanning worker saw of a message's marks: their header values and the body digest.
-
-    Small and picklable: it travels with the evidence to the milter process,
-    which checks the HMACs without ever holding the message.
-    """
-
-    release: tuple[str, ...] = ()
-    alert: tuple[str, ...] = ()
-    body_digest: str = ""
 
 
 @dataclass(frozen=True)
@@ -158,12 +142,7 @@ def load_release_key(path: Path) -> bytes:
 
 def message_body(raw: bytes) -> bytes:
     """Everything after the header block (empty if there is none)."""
-    match = _BODY_START.search(raw)
-    return raw[match.end():] if match else b""
-
-
-def body_digest(body: bytes) -> str:
-    return hashlib.sha256(_LINE_BREAKS.sub(b"", body)).hexdigest()
+    return split_message(raw)[1]
 
 
 def recipients_digest(recipients: Iterable[str]) -> str:
@@ -189,20 +168,6 @@ def release_mark(key: bytes, quarantine_id: str, body: bytes, recipients: Iterab
 def alert_mark(key: bytes, incident_id: str, body: bytes, recipients: Iterable[str], now: float) -> str:
     """The value of the ``X-Mailward-Alert-Mark`` header of an alert e-mail."""
     return _mark(key, "alert", incident_id, body, recipients, now)
-
-
-def mark_proof(raw: bytes) -> MarkProof | None:
-    """The marks a message claims and its body digest; None (and no body read) when it claims none."""
-    match = _BODY_START.search(raw, 0, HEAD_BYTES)
-    block = raw[: match.start()] if match else raw[:HEAD_BYTES]
-    if b"x-mailward-" not in block.lower():       # ordinary mail: no header parse at all
-        return None
-    headers = BytesHeaderParser(policy=compat32).parsebytes(block + b"\n\n")
-    release = tuple(" ".join(str(v).split()) for v in headers.get_all(RELEASE_HEADER) or [])
-    alert = tuple(" ".join(str(v).split()) for v in headers.get_all(ALERT_HEADER) or [])
-    if not release and not alert:
-        return None
-    return MarkProof(release, alert, body_digest(raw[match.end():] if match else b""))
 
 
 def _parse(value: str) -> tuple[str, int, str] | None:
@@ -278,7 +243,7 @@ class ReleaseVerifier:
             if valid is None or not self._store.use_release_mark(valid[0], valid[1]):
                 return None
         except StoreError as exc:    # unverifiable counts as unmarked: the message is screened as usual
-            log.warning("release mark not checked: %s", exc, extra={"queue_id": envelope.queue_id})
+            log.warning("release mark not checked: %s", exc)
             return None
         return ReleaseMark(valid[0], float(valid[1]))
 

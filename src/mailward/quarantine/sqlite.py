@@ -29,6 +29,7 @@ from ..dbfile import prepare_database_file
 from ..envelope import Envelope
 from ..errors import StoreError
 from ..evidence import Evidence
+from ..source import MessageSource
 from ..verdict import Verdict
 from .files import MessageFiles, ensure_private_dir
 from .records import check_id
@@ -74,7 +75,7 @@ class SqliteStore(QuarantineStore):
     def _begin(self, conn) -> None:
         conn.execute("BEGIN IMMEDIATE")
 
-    def _store(self, quarantine_id: str, raw: bytes | Path, envelope: Envelope, verdict: Verdict,
+    def _store(self, quarantine_id: str, raw: MessageSource, envelope: Envelope, verdict: Verdict,
                evidence: Evidence, deadline: Deadline) -> None:
         written = self.files.write(quarantine_id, raw)
         try:

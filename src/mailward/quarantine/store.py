@@ -37,20 +37,19 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from email.parser import BytesHeaderParser
 from email.policy import compat32
-from pathlib import Path
 from typing import Any
 
+from ..actor import Actor
 from ..config import QuarantineSettings
 from ..envelope import Envelope
 from ..errors import StoreError
-from ..evidence import Evidence
-from ..message import decode_header_value
+from ..evidence import Evidence, Label, MessageFacts
+from ..message import decode_header_value, split_message
+from ..source import MessageSource
 from ..verdict import Action, Verdict
 from .files import Written
 from .records import (
-    Actor,
     AuditEvent,
-    Label,
     LabelRecord,
     ListFilter,
     QuarantineRecord,
@@ -158,9 +157,8 @@ SCHEMA = (
 
 def header_summary(head: bytes) -> tuple[str, str]:
     """Subject and From of a message from its first bytes (RFC 2047 decoded) for listing."""
-    end = min((i for i in (head.find(b"\r\n\r\n"), head.find(b"\n\n")) if i >= 0), default=len(head))
     try:
-        headers = BytesHeaderParser(policy=compat32).parsebytes(head[:end] + b"\n\n")
+        headers = BytesHeaderParser(policy=compat32).parsebytes(split_message(head)[0] + b"\n\n")
         return (decode_header_value(str(headers.get("Subject", ""))),
                 decode_header_value(str(headers.get("From", ""))))
     except Exception:  # a header block the parser chokes on still gets quarantined, unlabelled
@@ -301,7 +299,7 @@ class QuarantineStore(ABC):
         """Make the database give up waiting (busy lock, statement) after ``seconds``."""
 
     @abstractmethod
-    def _store(self, quarantine_id: str, raw: bytes | Path, envelope: Envelope, verdict: Verdict,
+    def _store(self, quarantine_id: str, raw: MessageSource, envelope: Envelope, verdict: Verdict,
                evidence: Evidence, deadline: Deadline) -> None:
         """Keep bytes and record in one transaction under ``deadline``; StoreError leaves nothing behind."""
 
@@ -376,7 +374,7 @@ class QuarantineStore(ABC):
 
     # -- writing ---------------------------------------------------------------------------------
 
-    def put(self, raw: bytes | Path, envelope: Envelope, verdict: Verdict, evidence: Evidence) -> str:
+    def put(self, raw: MessageSource, envelope: Envelope, verdict: Verdict, evidence: Evidence) -> str:
         """Keep the exact bytes and the record; return the quarantine ID.
 
         Answers within ``write_timeout`` (+ ``COMMIT_GRACE``). StoreError means
@@ -402,7 +400,7 @@ class QuarantineStore(ABC):
                                  f"within {self.write_timeout:g} s") from None
             return result.result()          # it committed at this very moment: the result stands
 
-    def _put_attempt(self, result: Future, quarantine_id: str, raw: bytes | Path, envelope: Envelope,
+    def _put_attempt(self, result: Future, quarantine_id: str, raw: MessageSource, envelope: Envelope,
                      verdict: Verdict, evidence: Evidence, deadline: Deadline) -> None:
         try:
             try:
@@ -445,7 +443,9 @@ class QuarantineStore(ABC):
     def _insert_record(self, conn, quarantine_id: str, written: Written, envelope: Envelope, verdict: Verdict,
                        evidence: Evidence, actor: Actor) -> None:
         now = self._clock()
-        subject, header_from = header_summary(written.head)
+        facts = evidence.message           # taken by the worker that parsed the message
+        subject, header_from = (facts.subject, facts.header_from) if facts != MessageFacts() \
+            else header_summary(written.head)  # put without a scan (CLI, tests): read the first bytes
         self._exec(conn, """INSERT INTO quarantine (id, received_at, direction, mail_from, recipients, client_address,
                               queue_id, envelope, action, reasons, evidence, spam_score, size, sha256, subject,
                               header_from, status)

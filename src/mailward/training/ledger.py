@@ -30,8 +30,9 @@ from pathlib import Path
 from ..config import Settings
 from ..dbfile import prepare_database_file
 from ..errors import MailwardError
+from ..evidence import TRAINING_CLASSES
 
-CLASSES = ("ham", "spam")
+CLASSES = TRAINING_CLASSES
 BUSY_TIMEOUT = 60.0      # seconds a ledger operation waits for another process's write (a training run)
 
 _SCHEMA = """
