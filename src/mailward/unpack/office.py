@@ -135,7 +135,7 @@ def _macros(data: bytes, name: str, out: Collector, meter: Meter) -> None:
 
 def _ole_streams(data: bytes, out: Collector, meter: Meter) -> None:
     """DDE fields in Word streams and files embedded as OLE packages (Ole10Native)."""
-    if not olefile.isOleFile(data):
+    if not olefile.isOleFile(data=data):     # positional bytes under 1536 would be opened as a path
         return
     ole: olefile.OleFileIO[str]     # entry names are str (the stub infers bytes from the argument)
     with olefile.OleFileIO(io.BytesIO(data)) as ole:
