@@ -82,7 +82,7 @@ def become_service_user(settings: Settings, keep_root: bool = False) -> ServiceA
     return account
 
 
-def as_root() -> dict:
+def as_root() -> dict[str, int]:
     """``subprocess`` arguments that run a child as root again after :func:`become_service_user` kept the way back."""
     if os.getuid() == 0 and os.geteuid() != 0:
         return {"user": 0, "group": 0}     # setreuid/setregid back to the real IDs; no capability needed
