@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from ..config import Settings
 from ..envelope import Direction
+from ..screening import Outcome
 from ..verdict import Action
 from .alerts import Alert, AlertDispatcher, AlertKind, Delivery, email_channel
 
@@ -54,7 +55,7 @@ class VirusNotices:
         self.dispatcher = AlertDispatcher([self.channel], dedup_window=0.0, rate_limit=alerts.rate_limit,
                                           rate_period=alerts.rate_period, clock=clock)
 
-    def recipients(self, outcome) -> tuple[str, ...]:
+    def recipients(self, outcome: Outcome) -> tuple[str, ...]:
         """The admin, plus the sending account of outbound mail; never anyone for clean or delivered mail."""
         env, verdict = outcome.envelope, outcome.verdict
         if not self.settings.policy.for_direction(env.direction).notify_virus or verdict.action not in NOTICE_ACTIONS:
@@ -66,7 +67,7 @@ class VirusNotices:
                 found.append(account)
         return tuple(dict.fromkeys(found))
 
-    def notify(self, outcome) -> Delivery | None:
+    def notify(self, outcome: Outcome) -> Delivery | None:
         """Queue a notice for a message with malware; None when nobody is to be told."""
         recipients = self.recipients(outcome)
         if not recipients:
