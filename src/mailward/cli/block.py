@@ -16,7 +16,7 @@ import sys
 import time
 
 from ..config import Settings
-from ..incidents import Block, SubjectKind, open_incidents
+from ..incidents import Block, IncidentResponse, SubjectKind, open_incidents
 from ..quarantine.records import Actor
 from ..textsafe import json_line, neutralise
 
@@ -26,7 +26,7 @@ _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _KINDS = [k.value for k in SubjectKind]
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     b = commands.add_parser("block", help="list, add and remove blocks and suspensions")
     b.add_argument("--analyst", default="", help="name recorded in the audit trail (default: the OS user)")
     sub = b.add_subparsers(dest="block_command", required=True, metavar="ACTION")
@@ -78,7 +78,7 @@ def _line(block: Block) -> str:
             f"{'':8} reason: {neutralise(block.reason)}")
 
 
-def _open(args: argparse.Namespace, settings: Settings):
+def _open(args: argparse.Namespace, settings: Settings) -> IncidentResponse:
     return open_incidents(settings, actor=Actor.current(args.analyst))
 
 
