@@ -25,6 +25,7 @@ never kept, so the sender's retry is not a duplicate.
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import queue
@@ -510,7 +511,7 @@ class QuarantineStore(ABC):
                                     "ORDER BY received_at DESC, id DESC LIMIT ?", tuple(params)).fetchall()
         return [_record(r) for r in rows]
 
-    def history(self, quarantine_id: str) -> list[AuditEvent]:
+    def history(self, quarantine_id: str) -> builtins.list[AuditEvent]:
         """Every recorded action on ``quarantine_id``, oldest first; survives delete and purge."""
         check_id(quarantine_id)
         with self._tx() as conn:
@@ -609,7 +610,7 @@ class QuarantineStore(ABC):
         self._after_drop(quarantine_id)
         return Removal.DELETED
 
-    def purge(self, older_than_days: float, actor: Actor) -> list[str]:
+    def purge(self, older_than_days: float, actor: Actor) -> builtins.list[str]:
         """Delete every record received more than ``older_than_days`` ago; returns their IDs."""
         cutoff = self._clock() - older_than_days * 86400.0
         with self._tx() as conn:
@@ -636,7 +637,7 @@ class QuarantineStore(ABC):
             self._audit(conn, quarantine_id, "label", actor, label.value, now)
         return True
 
-    def labels_since(self, seq: int = 0, limit: int = 10000) -> list[LabelRecord]:
+    def labels_since(self, seq: int = 0, limit: int = 10000) -> builtins.list[LabelRecord]:
         """Labels recorded after ``seq``, in order: the training ledger resumes from the last one it took."""
         with self._tx() as conn:
             rows = self._exec(conn, """SELECT seq, quarantine_id, label, sha256, at, actor FROM quarantine_labels
