@@ -39,7 +39,7 @@ class EcsJsonFormatter(logging.Formatter):
         event = getattr(record, "event", None)
         if isinstance(event, dict):
             _merge(doc, event)
-        if record.exc_info:
+        if record.exc_info and record.exc_info[0] is not None:     # exc_info=True outside an except block: no error
             doc["error"] = {"type": record.exc_info[0].__name__, "message": str(record.exc_info[1]),
                             "stack_trace": self.formatException(record.exc_info)}
         return json.dumps(doc, ensure_ascii=False, default=str)
