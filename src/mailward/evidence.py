@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .message import ParsedMessage
 
 
 class Category(str, Enum):
@@ -55,7 +59,7 @@ class Finding:
     file_name: str = ""
     mime_type: str = ""                # the real (sniffed) type
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, str]:
         doc = {
             "category": self.category.value,
             "name": self.name,
@@ -94,7 +98,7 @@ class MessageFacts:
     message_id: str = ""
 
     @classmethod
-    def of(cls, message) -> MessageFacts:
+    def of(cls, message: ParsedMessage) -> MessageFacts:
         """From a :class:`~mailward.message.ParsedMessage` (control characters removed: these go to logs)."""
         return cls(_printable(message.subject)[:998], _printable(message.header("message-id")).strip()[:998])
 
