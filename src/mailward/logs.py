@@ -8,11 +8,13 @@ Only entry points call :func:`configure_logging`. Per-message context travels in
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import json
 import logging
 import logging.handlers
 import os
 import sys
+from typing import Any
 
 from .config import LoggingSettings
 
@@ -21,7 +23,7 @@ _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 class EcsJsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        doc: dict = {
+        doc: dict[str, Any] = {
             "@timestamp": _dt.datetime.fromtimestamp(record.created, _dt.UTC)
             .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "log": {"level": record.levelname.lower(), "logger": record.name},
@@ -45,7 +47,7 @@ class EcsJsonFormatter(logging.Formatter):
         return json.dumps(doc, ensure_ascii=False, default=str)
 
 
-def _merge(into: dict, extra: dict) -> None:
+def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(into.get(key), dict):
             _merge(into[key], value)
@@ -62,7 +64,7 @@ class PrivateLogFile(logging.handlers.WatchedFileHandler):
     Reopens the file by name when logrotate renames it, so rotation needs no restart.
     """
 
-    def _open(self):
+    def _open(self) -> io.TextIOWrapper:
         fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, LOG_FILE_MODE)
         try:
             st = os.fstat(fd)
