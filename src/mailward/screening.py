@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from .config import Settings
 from .envelope import Envelope
@@ -34,8 +34,18 @@ class Quarantine(Protocol):
     def put(self, raw: MessageSource, envelope: Envelope, verdict: Verdict, evidence: Evidence) -> str: ...
 
 
+class ReleaseMark(Protocol):
+    """What screening reads of a valid mark (quarantine.release.ReleaseMark)."""
+
+    @property
+    def kind(self) -> str: ...          # "release" or "alert"
+
+    @property
+    def quarantine_id(self) -> str: ...
+
+
 # The valid mark among those a worker found (quarantine.release.MarkProof), if any; a release mark is used up.
-Release = Callable[[object, Envelope], object | None]
+Release = Callable[[Any, Envelope], ReleaseMark | None]
 
 
 class Watch(Protocol):
@@ -96,7 +106,7 @@ class Screener:
                                   reasons=verdict.reasons + ("released" if released else "alert",))
         quarantine_id, store_failed = "", False
         if verdict.action is Action.REJECT and evidence.of(Category.MALWARE) and self._quarantine is not None:
-            quarantine_id = self._keep_sample(source, envelope, verdict, evidence)
+            quarantine_id = self._keep_sample(self._quarantine, source, envelope, verdict, evidence)
         if verdict.action is Action.QUARANTINE:
             verdict = replace(verdict, hold=self.settings.quarantine.hold)
             if self._quarantine is not None:
@@ -111,10 +121,10 @@ class Screener:
         outcome = Outcome(envelope, verdict, evidence, size, quarantine_id, error, time.perf_counter() - started,
                           store_failed, released_from, alert_of)
         if self._watch is not None:
-            self._observe(outcome)
+            self._observe(self._watch, outcome)
         return outcome
 
-    def _observe(self, outcome: Outcome) -> None:
+    def _observe(self, watch: Watch, outcome: Outcome) -> None:
         """Let incident response see the outcome, waiting for it at most :data:`WATCH_BUDGET`.
 
         The verdict is final (and a quarantined message stored) before this;
@@ -129,7 +139,7 @@ class Screener:
 
         def observe() -> None:
             try:
-                self._watch.observe(outcome)
+                watch.observe(outcome)
             except Exception:   # counting and alerting never change what happens to the message
                 log.exception("incident response failed", extra=extra)
 
@@ -140,20 +150,21 @@ class Screener:
             log.warning("incident response is slow (over %.1f s); replying without waiting for it", WATCH_BUDGET,
                         extra=extra)
 
-    def _keep_sample(self, source: MessageSource, envelope: Envelope, verdict: Verdict, evidence: Evidence) -> str:
+    def _keep_sample(self, quarantine: Quarantine, source: MessageSource, envelope: Envelope, verdict: Verdict,
+                     evidence: Evidence) -> str:
         """Rejected malware stays in the quarantine as a sample (status ``rejected``) for analysts.
 
         The sender gets the 5xx whatever happens here: a store failure costs the sample, not the verdict.
         """
         try:
-            return self._quarantine.put(source, envelope, verdict, evidence)
+            return quarantine.put(source, envelope, verdict, evidence)
         except StoreError:
             log.exception("could not keep the rejected sample", extra={"queue_id": envelope.queue_id,
                                                                         "connection_id": envelope.connection_id})
             return ""
 
 
-def event_of(outcome: Outcome) -> dict:
+def event_of(outcome: Outcome) -> dict[str, Any]:
     """The ECS document fragment of one message's summary log line."""
     env, verdict, evidence = outcome.envelope, outcome.verdict, outcome.evidence
     files = [_ecs_file(f) for f in evidence.findings if f.sha256]
@@ -183,7 +194,7 @@ def event_of(outcome: Outcome) -> dict:
     return doc
 
 
-def _ecs_file(finding: Finding) -> dict:
+def _ecs_file(finding: Finding) -> dict[str, Any]:
     return {"hash": {"sha256": finding.sha256}, "name": finding.file_name or None,
             "mime_type": finding.mime_type or None}
 
