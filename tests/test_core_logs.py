@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
 import threading
 from dataclasses import replace
 
 from mailward.config import LimitSettings, ReputationSettings, Settings
 from mailward.envelope import Direction, Envelope
 from mailward.evidence import Evidence
-from mailward.logs import log_context
+from mailward.logs import EcsJsonFormatter, log_context
 from mailward.message import ParsedMessage
 from mailward.pipeline import Inspector
 from mailward.runtime import InProcessScanner
@@ -67,3 +69,24 @@ def test_a_detector_failure_names_the_message_and_its_incident(log_lines, tmp_pa
     assert failed["labels"] == {"connection_id": "c0ffee02"}
     assert failed["mailward"] == {"incident_id": outcome.verdict.incident_id}
     assert failed["error"]["message"] == "detector bug"
+
+
+def ecs_line(exc_info) -> dict[str, object]:
+    record = logging.LogRecord("mailward.test", logging.ERROR, __file__, 1, "store failed", None, exc_info)
+    return json.loads(EcsJsonFormatter().format(record))
+
+
+def test_exc_info_outside_an_exception_still_writes_the_line():
+    """``log.error(..., exc_info=True)`` outside an except block records (None, None, None)."""
+    doc = ecs_line(sys.exc_info())
+    assert doc["message"] == "store failed" and "error" not in doc
+
+
+def test_an_exception_is_described_in_ecs_error_fields():
+    try:
+        raise OSError("disk full")
+    except OSError:
+        doc = ecs_line(sys.exc_info())
+    error = doc["error"]
+    assert isinstance(error, dict) and error["type"] == "OSError" and error["message"] == "disk full"
+    assert "Traceback" in error["stack_trace"]

@@ -75,7 +75,7 @@ class Finding:
     file_name: str = ""
     mime_type: str = ""                # the real (sniffed) type
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, str]:
         doc = {
             "category": self.category.value,
             "name": self.name,

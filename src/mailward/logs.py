@@ -11,6 +11,7 @@ line per message.
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import json
 import logging
 import logging.handlers
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
+from typing import Any
 
 from .config import LoggingSettings
 
@@ -58,7 +60,7 @@ def current_log_context() -> LogContext:
 
 class EcsJsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        doc: dict = {
+        doc: dict[str, Any] = {
             "@timestamp": _dt.datetime.fromtimestamp(record.created, _dt.UTC)
             .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "log": {"level": record.levelname.lower(), "logger": record.name},
@@ -81,13 +83,13 @@ class EcsJsonFormatter(logging.Formatter):
         event = getattr(record, "event", None)
         if isinstance(event, dict):
             _merge(doc, event)
-        if record.exc_info:
+        if record.exc_info and record.exc_info[0] is not None:     # exc_info=True outside an except block: no error
             doc["error"] = {"type": record.exc_info[0].__name__, "message": str(record.exc_info[1]),
                             "stack_trace": self.formatException(record.exc_info)}
         return json.dumps(doc, ensure_ascii=False, default=str)
 
 
-def _merge(into: dict, extra: dict) -> None:
+def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(into.get(key), dict):
             _merge(into[key], value)
@@ -104,7 +106,7 @@ class PrivateLogFile(logging.handlers.WatchedFileHandler):
     Reopens the file by name when logrotate renames it, so rotation needs no restart.
     """
 
-    def _open(self):
+    def _open(self) -> io.TextIOWrapper:
         fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, LOG_FILE_MODE)
         try:
             st = os.fstat(fd)

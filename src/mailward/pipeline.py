@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 class Detector(Protocol):
     """Looks at a parsed message and reports evidence; never decides an action."""
 
-    name: str
+    @property
+    def name(self) -> str: ...      # read-only: detectors are frozen dataclasses
 
     def inspect(self, message: ParsedMessage, envelope: Envelope) -> Evidence: ...
 

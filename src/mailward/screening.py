@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from .config import DirectionPolicy, Settings
 from .envelope import Envelope
@@ -43,9 +43,19 @@ class Quarantine(Protocol):
     def put(self, raw: MessageSource, envelope: Envelope, verdict: Verdict, evidence: Evidence) -> str: ...
 
 
+class ReleaseMark(Protocol):
+    """What screening reads of a valid mark (quarantine.release.ReleaseMark)."""
+
+    @property
+    def kind(self) -> str: ...          # "release" or "alert"
+
+    @property
+    def quarantine_id(self) -> str: ...
+
+
 # The valid mark among those a worker found, if any (quarantine.release.ReleaseVerifier.accept); a release
 # mark is used up by it.
-Release = Callable[[MarkProof, Envelope], object | None]
+Release = Callable[[MarkProof, Envelope], ReleaseMark | None]
 
 
 class SenderLists(Protocol):
@@ -110,7 +120,7 @@ class Screener:
             released_from = alert_of = ""
         quarantine_id, store_failed = "", False
         if verdict.action is Action.REJECT and evidence.of(Category.MALWARE) and self._quarantine is not None:
-            quarantine_id = self._keep_sample(source, envelope, verdict, evidence)
+            quarantine_id = self._keep_sample(self._quarantine, source, envelope, verdict, evidence)
         kept = (envelope, verdict) if verdict.action is Action.QUARANTINE else \
             (replace(envelope, recipients=held.recipients), held.verdict) if held is not None else None
         if kept is not None and self._quarantine is not None:
@@ -129,7 +139,7 @@ class Screener:
                           store_failed, released_from, alert_of, held.recipients if held is not None else (),
                           held.verdict if held is not None else None)
         if self._watch is not None:
-            self._observe(outcome)
+            self._observe(self._watch, outcome)
         return outcome
 
     def _decide(self, evidence: Evidence, envelope: Envelope, incident: str, mark: Mark | None) -> list[Share]:
@@ -145,7 +155,7 @@ class Screener:
                       decide(evidence, policy, incident, Inputs(listed, mark, hold)))
                 for (policy, listed), recipients in groups.items()]
 
-    def _observe(self, outcome: Outcome) -> None:
+    def _observe(self, watch: Watch, outcome: Outcome) -> None:
         """Let incident response see the outcome, waiting for it at most :data:`WATCH_BUDGET`.
 
         The verdict is final (and a quarantined message stored) before this;
@@ -157,7 +167,7 @@ class Screener:
         """
         def observe() -> None:
             try:
-                self._watch.observe(outcome)
+                watch.observe(outcome)
             except Exception:   # counting and alerting never change what happens to the message
                 log.exception("incident response failed")
 
@@ -169,19 +179,20 @@ class Screener:
         if watcher.is_alive():
             log.warning("incident response is slow (over %.1f s); replying without waiting for it", WATCH_BUDGET)
 
-    def _keep_sample(self, source: MessageSource, envelope: Envelope, verdict: Verdict, evidence: Evidence) -> str:
+    def _keep_sample(self, quarantine: Quarantine, source: MessageSource, envelope: Envelope, verdict: Verdict,
+                     evidence: Evidence) -> str:
         """Rejected malware stays in the quarantine as a sample (status ``rejected``) for analysts.
 
         The sender gets the 5xx whatever happens here: a store failure costs the sample, not the verdict.
         """
         try:
-            return self._quarantine.put(source, envelope, verdict, evidence)
+            return quarantine.put(source, envelope, verdict, evidence)
         except StoreError:
             log.exception("could not keep the rejected sample")
             return ""
 
 
-def event_of(outcome: Outcome) -> dict:
+def event_of(outcome: Outcome) -> dict[str, Any]:
     """The ECS document fragment of one message's summary log line."""
     env, verdict, evidence = outcome.envelope, outcome.verdict, outcome.evidence
     files = [_ecs_file(f) for f in evidence.findings if f.sha256]
@@ -212,7 +223,7 @@ def event_of(outcome: Outcome) -> dict:
     return doc
 
 
-def _ecs_file(finding: Finding) -> dict:
+def _ecs_file(finding: Finding) -> dict[str, Any]:
     return {"hash": {"sha256": finding.sha256}, "name": finding.file_name or None,
             "mime_type": finding.mime_type or None}
 

@@ -26,6 +26,8 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from multiprocessing.context import ForkContext, ForkServerContext, SpawnContext
+from typing import cast
 
 from .config import Settings
 from .envelope import Envelope
@@ -131,6 +133,13 @@ class _Ticket:
     worker: _Worker | None = None
     granted: threading.Event = field(default_factory=threading.Event)
 
+    @property
+    def granted_worker(self) -> _Worker:
+        """The worker a granted ticket carries (ScanPool._acquire returns no other)."""
+        if self.worker is None:
+            raise ScanFailed("the scan pool closed")
+        return self.worker
+
 
 class ScanPool:
     """A fixed number of scanning processes shared fairly by all milter threads.
@@ -156,7 +165,7 @@ class ScanPool:
                  client_share: int | None = None):
         if size < 1:
             raise ValueError("a scan pool needs at least one worker")
-        self._ctx = multiprocessing.get_context(start_method)
+        self._ctx = cast("ForkServerContext | SpawnContext | ForkContext", multiprocessing.get_context(start_method))
         if start_method == "forkserver":
             self._ctx.set_forkserver_preload([f"{__package__}.forkserver_guard", *self.PRELOAD])
         self._size = size
@@ -184,6 +193,7 @@ class ScanPool:
         try:
             if not worker.conn.poll(self.LOAD_TIMEOUT):
                 return f"did not load within {self.LOAD_TIMEOUT:.0f} s"
+            failure: str
             _status, failure = worker.conn.recv()
             return failure
         except (EOFError, OSError) as exc:
@@ -274,7 +284,7 @@ class ScanPool:
         ticket = self._acquire(envelope.client_address, deadline)
         if ticket is None:
             return _unchecked("scan-deadline", "no scanning process became free in time")
-        worker = ticket.worker
+        worker = ticket.granted_worker
         replace = False
         try:
             worker.conn.send((source, envelope))
@@ -296,7 +306,8 @@ class ScanPool:
             self._release(ticket, replace)
         if status != "ok":
             raise ScanFailed(f"scanning process reported {payload}")
-        return payload
+        evidence: Evidence = payload
+        return evidence
 
     def _acquire(self, client: str, timeout: float) -> _Ticket | None:
         """Wait in ``client``'s lane for a worker; None when none came within ``timeout``."""
@@ -338,7 +349,7 @@ class ScanPool:
             ticket.granted.set()
 
     def _release(self, ticket: _Ticket, broken: bool) -> None:
-        worker = ticket.worker
+        worker = ticket.granted_worker
         with self._lock:
             self._busy[ticket.client] -= 1
             if not self._busy[ticket.client]:

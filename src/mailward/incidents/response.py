@@ -45,6 +45,7 @@ class MetricsSink(Protocol):
     def block_created(self, kind: str, origin: str) -> None: ...
     def failed_login(self) -> None: ...
     def stage(self, name: str, seconds: float) -> None: ...
+    def alert(self, what: str, label: str, result: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -331,7 +332,7 @@ def _expiry(block: Block) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(block.expires_at))
 
 
-def _block_event(block: Block) -> dict:
+def _block_event(block: Block) -> dict[str, object]:
     record = block.as_dict()
     for key in ("created_at", "expires_at", "lifted_at"):     # ISO 8601, as Elastic's date type expects
         if record[key] is not None:

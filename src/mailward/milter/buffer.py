@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 from ..source import MessageSource
 
@@ -22,7 +23,7 @@ class MessageBuffer:
         self._threshold = threshold
         self._spool_dir = spool_dir
         self._memory = bytearray()
-        self._file = None
+        self._file: BinaryIO | None = None
         self._path: Path | None = None
         self.size = 0
 
@@ -50,10 +51,10 @@ class MessageBuffer:
 
     def source(self) -> MessageSource:
         """The whole message: in memory when small, else the flushed spool file."""
-        if self._file is not None:
+        if self._file is not None and self._path is not None:      # set together when spooling starts
             self._file.flush()
             return MessageSource.spooled(self._path, self.size)
-        return MessageSource.of(self._memory)
+        return MessageSource.of(bytes(self._memory))
 
     def discard(self) -> None:
         if self._file is not None:

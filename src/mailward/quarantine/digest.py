@@ -18,9 +18,10 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
 from ..envelope import Direction
+from ..textsafe import neutralise
 from .records import QuarantineRecord
 from .release import Relay
-from .render import neutralise, when
+from .render import when
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import os
 import stat
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -128,7 +128,7 @@ class MessageFiles:
         """OSError if the file stays (the caller logs it; the sweep retries)."""
         _unlink_quietly(self.path(quarantine_id))
 
-    def sweep(self, is_known, older_than: float, now: float | None = None) -> int:
+    def sweep(self, is_known: Callable[[str], bool], older_than: float, now: float | None = None) -> int:
         """Remove temp files and files without a record (``is_known(id)`` false) older than ``older_than`` s.
 
         Such files are what a crash between writing the bytes and committing

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import psycopg
 
@@ -97,16 +98,16 @@ class PostgresStore(QuarantineStore):
             self._exec(conn, _BYTES_TABLE)
             self._exec(conn, _CHUNKS_TABLE)
 
-    def _connect(self):
+    def _connect(self) -> psycopg.Connection[Any]:
         try:
             return connect_session(self.dsn, self.write_timeout)
         except psycopg.Error as exc:
             raise StoreError(f"cannot connect to the quarantine database: {exc}") from exc
 
-    def _arm(self, conn, seconds: float) -> None:
+    def _arm(self, conn: Any, seconds: float) -> None:
         conn.execute("SELECT set_config('statement_timeout', %s, true)", (_ms(seconds),))
 
-    def _begin(self, conn) -> None:
+    def _begin(self, conn: Any) -> None:
         """Row locks taken by each statement are enough; nothing to take up front."""
 
     def _sql(self, statement: str) -> str:
@@ -139,12 +140,12 @@ class PostgresStore(QuarantineStore):
             raise StoreError(f"no quarantined message {quarantine_id}")
         return b"".join(bytes(row[0]) for row in chunks)
 
-    def _drop_bytes(self, conn, quarantine_id: str) -> None:
+    def _drop_bytes(self, conn: Any, quarantine_id: str) -> None:
         self._exec(conn, "DELETE FROM quarantine_chunks WHERE id = ?", (quarantine_id,))
         self._exec(conn, "DELETE FROM quarantine_bytes WHERE id = ?", (quarantine_id,))
 
 
-def connect_session(dsn: str, timeout: float):
+def connect_session(dsn: str, timeout: float) -> psycopg.Connection[Any]:
     """A session that commits durably whatever the server's default, and whose statements end after ``timeout``.
 
     Shared with the incident store, which lives in the same database.

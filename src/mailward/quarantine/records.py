@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from ..actor import Actor
 from ..envelope import Direction, Envelope
@@ -79,7 +80,7 @@ class QuarantineRecord:
     def is_malware(self) -> bool:
         return "malware" in self.reasons or bool(self.evidence.of(Category.MALWARE))
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "received_at": self.received_at,
@@ -107,7 +108,7 @@ class AuditEvent:
     actor: Actor
     detail: str = ""
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"id": self.quarantine_id, "at": self.at, "action": self.action, "actor": self.actor.name,
                 "host": self.actor.host, "origin": self.actor.origin, "detail": self.detail}
 
@@ -140,7 +141,7 @@ class ListFilter:
     limit: int = 1000
 
 
-def evidence_to_dict(evidence: Evidence) -> dict:
+def evidence_to_dict(evidence: Evidence) -> dict[str, Any]:
     spam = evidence.spam
     return {
         "findings": [f.as_dict() for f in evidence.findings],
@@ -152,7 +153,7 @@ def evidence_to_dict(evidence: Evidence) -> dict:
     }
 
 
-def evidence_from_dict(data: dict) -> Evidence:
+def evidence_from_dict(data: dict[str, Any]) -> Evidence:
     spam = data.get("spam")
     return Evidence(
         findings=tuple(
@@ -166,7 +167,7 @@ def evidence_from_dict(data: dict) -> Evidence:
     )
 
 
-def envelope_from_dict(data: dict) -> Envelope:
+def envelope_from_dict(data: dict[str, Any]) -> Envelope:
     return Envelope(
         mail_from=data.get("mail_from", ""),
         recipients=tuple(data.get("recipients", ())),

@@ -42,7 +42,7 @@ import secrets
 import smtplib
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -184,7 +184,8 @@ class ReleaseVerifier:
     or already released, for (a subset of) its recipients, and only once.
     """
 
-    def __init__(self, key: bytes, max_age: float, store: QuarantineStore | None = None, clock=time.time):
+    def __init__(self, key: bytes, max_age: float, store: QuarantineStore | None = None,
+                 clock: Callable[[], float] = time.time):
         self._key = key
         self._max_age = max_age
         self._store = store
@@ -232,15 +233,16 @@ class ReleaseVerifier:
 
     def _use(self, value: str, digest: str, envelope: Envelope) -> ReleaseMark | None:
         parsed = _parse(value)
-        if parsed is None:
+        store = self._store
+        if parsed is None or store is None:
             return None
         try:
             check_id(parsed[0])
-            record = self._store.get(parsed[0])
+            record = store.get(parsed[0])
             if record is None or not set(envelope.recipients) <= set(record.envelope.recipients):
                 return None
             valid = self._valid("release", value, digest, record.envelope.recipients, self._max_age)
-            if valid is None or not self._store.use_release_mark(valid[0], valid[1]):
+            if valid is None or not store.use_release_mark(valid[0], valid[1]):
                 return None
         except StoreError as exc:    # unverifiable counts as unmarked: the message is screened as usual
             log.warning("release mark not checked: %s", exc)
@@ -255,7 +257,8 @@ def marked(raw: bytes, header_name: str, header_value: str) -> bytes:
 
 
 def release(store: QuarantineStore, quarantine_id: str, actor: Actor, relay: Relay, key: bytes,
-            force: bool = False, reclaim_after: float | None = None, clock=time.time) -> ReleaseResult:
+            force: bool = False, reclaim_after: float | None = None,
+            clock: Callable[[], float] = time.time) -> ReleaseResult:
     """Deliver ``quarantine_id`` to its original recipients through ``relay``, at most once."""
     check_id(quarantine_id)
     claim = store.claim_release(quarantine_id, actor, force=force, reclaim_after=reclaim_after)
@@ -266,7 +269,7 @@ def release(store: QuarantineStore, quarantine_id: str, actor: Actor, relay: Rel
         record = store.get(quarantine_id)
         raw = store.read(quarantine_id)
         recipients = list(record.envelope.recipients) if record else []
-        if not recipients:
+        if record is None or not recipients:
             raise StoreError("the record has no recipients")
         if relay.hold_queue and record.envelope.queue_id:
             held = _delete_held_copy(record.envelope.queue_id)
@@ -309,7 +312,7 @@ def _delete_held_copy(queue_id: str) -> str:
         f"; no held copy {queue_id} in Postfix's hold queue"
 
 
-def _deliver(relay: Relay, sender: str, recipients: list[str], data: bytes) -> dict:
+def _deliver(relay: Relay, sender: str, recipients: list[str], data: bytes) -> dict[str, tuple[int, bytes]]:
     """One SMTP transaction; returns the refused recipients (all refused raises)."""
     addresses = [sender, *recipients]
     options = ["SMTPUTF8"] if any(not a.isascii() for a in addresses) else []
@@ -321,5 +324,6 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         return "all recipients refused: " + ", ".join(f"{r} ({c})" for r, (c, _) in sorted(exc.recipients.items()))
     if isinstance(exc, smtplib.SMTPResponseException):
-        return f"{exc.smtp_code} {exc.smtp_error.decode(errors='replace')}"
+        error = exc.smtp_error
+        return f"{exc.smtp_code} {error.decode(errors='replace') if isinstance(error, bytes) else error}"
     return str(exc) or type(exc).__name__
