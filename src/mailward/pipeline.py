@@ -14,9 +14,9 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Protocol
 
 from .config import LimitSettings
+from .detector import Detector
 from .envelope import Envelope
 from .evidence import (
     ALERT_HEADER,
@@ -33,15 +33,6 @@ from .message import ParsedMessage, parse_message, split_message
 from .unpack import Unpacker
 
 log = logging.getLogger(__name__)
-
-
-class Detector(Protocol):
-    """Looks at a parsed message and reports evidence; never decides an action."""
-
-    @property
-    def name(self) -> str: ...      # read-only: detectors are frozen dataclasses
-
-    def inspect(self, message: ParsedMessage, envelope: Envelope) -> Evidence: ...
 
 
 @dataclass(frozen=True)

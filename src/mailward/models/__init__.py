@@ -12,7 +12,7 @@ from ..trust import TrustedOwners
 from .gtube import GtubeDetector
 
 if TYPE_CHECKING:
-    from ..pipeline import Detector
+    from ..detector import Detector
 
 
 def detectors(settings: Settings) -> list[Detector]:

@@ -26,7 +26,7 @@ from .detector import ReputationDetector, check_settings
 from .results_header import HEADER, authserv_id, claims_our_id, results_value
 
 if TYPE_CHECKING:
-    from ..pipeline import Detector
+    from ..detector import Detector
 
 __all__ = ["HEADER", "ReputationDetector", "authserv_id", "check_settings", "claims_our_id", "detectors",
            "results_value"]

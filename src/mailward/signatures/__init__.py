@@ -20,7 +20,7 @@ from .ruleset import SHIPPED_PREFIX, RuleSet, shipped_rules_dir
 from .yara_rules import YaraDetector
 
 if TYPE_CHECKING:
-    from ..pipeline import Detector
+    from ..detector import Detector
 
 
 def rule_directories(settings: Settings) -> list[tuple[str, Path]]:
