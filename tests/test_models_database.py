@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
+import secrets
 import subprocess
 import sys
 import textwrap
@@ -92,6 +94,37 @@ def test_a_corrupt_stored_payload_is_refused_and_the_loader_keeps_its_model(regi
     assert len(refusals) == 1 and "sha256" in refusals[0]
     with pytest.raises(ArtifactError, match="sha256"):
         registry.load(second.version)
+
+
+def test_an_outage_keeps_the_model_logs_once_and_a_later_promotion_still_arrives(registry, models, fresh_pg_dsn,
+                                                                                 caplog):
+    """The outage is real: the host's database role loses its login and its session is ended."""
+    import psycopg
+    from psycopg.conninfo import make_conninfo
+
+    first, second = (registry.add(m) for m in models)
+    registry.promote(first.version, "ann", {})
+    role = f"host_{secrets.token_hex(4)}"
+    with psycopg.connect(fresh_pg_dsn, autocommit=True) as admin:
+        schema = admin.execute("SELECT current_schema()").fetchone()[0]
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+        admin.execute(f"GRANT USAGE ON SCHEMA {schema} TO {role}")
+        admin.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}")
+        clock = FakeClock()
+        loader = loader_of(make_conninfo(fresh_pg_dsn, user=role), clock)
+        assert loader.current().version == first.version
+        admin.execute(f"ALTER ROLE {role} NOLOGIN")
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role,))
+        with caplog.at_level(logging.INFO, logger="mailward.models.loader"):
+            for _ in range(3):
+                assert checked(loader, clock) == first.version
+            assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 1
+            registry.promote(second.version, "ann", {})
+            admin.execute(f"ALTER ROLE {role} LOGIN")
+            assert checked(loader, clock) == second.version
+        loader.source.database.close()                              # type: ignore[attr-defined]
+        admin.execute(f"DROP OWNED BY {role}")
+        admin.execute(f"DROP ROLE {role}")
 
 
 def test_an_unreachable_database_falls_back_to_the_shipped_model(tmp_path):

@@ -123,6 +123,15 @@ class ModelDatabase:
 
     def live(self) -> Live | None:
         """The promotion in force, or None when nothing was ever promoted (or no registry exists)."""
+        reused = self._conn is not None
+        try:
+            return self._live()
+        except RegistryUnavailable:
+            if not reused:
+                raise
+            return self._live()      # the server may have ended the kept session: once more, anew
+
+    def _live(self) -> Live | None:
         import psycopg
 
         try:

@@ -126,6 +126,7 @@ class ModelLoader:
         self._checking: threading.Thread | None = None   # a remote source's check in progress
         self._on_refusal = on_refusal     # e.g. an alert: a model that cannot be read needs a human
         self._refusal = ""                # the last reason reported, so a lasting problem is reported once
+        self._problem = ""                # the source's last failure to answer, logged once
         self._model: SpamModel = self._load_initial()
 
     def current(self) -> SpamModel:
@@ -168,10 +169,16 @@ class ModelLoader:
         try:
             seen = self.source.identity()
         except ArtifactError as exc:   # e.g. a root-owned 0700 model directory: keep scanning with what we have
-            log.error("spam model source unreadable, keeping %s: %s", self._model.version, exc)
+            if not self._problem:              # a lasting outage is logged once, not at every check
+                log.error("spam model source unreadable, keeping %s: %s", self._model.version, exc)
+            self._problem = str(exc)
             self._refused(str(exc))
             return
         if seen == self._seen:
+            if self._problem:
+                log.info("spam model source %s answers again; model %s stays", self.source.where,
+                         self._model.version)
+                self._problem = ""
             return
         self._seen = seen
         if seen is None:
@@ -180,11 +187,13 @@ class ModelLoader:
             return
         try:
             self._model = self._load_configured(seen)
-            self._refusal = ""
+            self._refusal = self._problem = ""
         except ArtifactError as exc:
-            log.error("new spam model refused, keeping %s: %s", self._model.version, exc)
+            if not self._problem:
+                log.error("new spam model refused, keeping %s: %s", self._model.version, exc)
             unreadable = isinstance(exc, RegistryUnavailable) or "cannot read" in str(exc)
             self._seen = None if unreadable else seen   # unreadable: retry at the next check
+            self._problem = str(exc) if unreadable else ""
             self._refused(str(exc))
 
     def _refused(self, reason: str) -> None:
