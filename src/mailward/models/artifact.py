@@ -215,7 +215,7 @@ def _read_npz(data: bytes, path: str | Path, n_features: int) -> dict[str, np.nd
         raise ArtifactError(f"{path}: payload arrays do not have a spam model's types and shapes")
     if len(steps) and (steps[0] < 0 or np.any(steps[1:] < 1) or np.any(steps >= n_features)):
         raise ArtifactError(f"{path}: payload columns are not distinct, sorted and below {n_features}")
-    columns = np.cumsum(steps)           # each step below n_features, so no overflow
+    columns = np.cumsum(steps, out=steps)   # in place: no second column-sized array; each step < n_features
     if len(columns) and columns[-1] >= n_features:
         raise ArtifactError(f"{path}: payload columns are not distinct, sorted and below {n_features}")
     if not (np.all(np.isfinite(counts)) and np.all(counts >= 0) and np.all(np.isfinite(class_count))
