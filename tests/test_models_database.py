@@ -25,6 +25,7 @@ from mailward.models.loader import DatabaseSource, ModelLoader
 from mailward.training.registry import SHIPPED, DatabaseRegistry, Registry, RegistryError
 from models_support import small_model
 from quarantine_support import FakeClock
+from training_support import FIXTURES, config, run, run_json
 
 
 @pytest.fixture(scope="module")
@@ -258,3 +259,23 @@ def test_a_promotion_on_host_a_is_scored_with_on_host_b(tmp_path, fresh_pg_dsn, 
     finally:
         a.stop()
         b.stop()
+
+
+def test_train_update_compare_promote_and_roll_back_on_the_database_registry(tmp_path, fresh_pg_dsn):
+    """The training commands work unchanged on the database registry."""
+    state = tmp_path / "state"
+    config(state, f'[quarantine]\nbackend = "postgresql"\ndsn = {json.dumps(fresh_pg_dsn)}\n')
+    layout, more = str(FIXTURES / "layout"), str(FIXTURES / "reports-spam.mbox")
+    assert run_json(state, "model", "list")["live"] == ""
+    first = run_json(state, "train", layout)["candidate"]
+    assert run(state, "model", "promote", first, "--on", layout)[0] == 0
+    update = run_json(state, "train", "--update", more)
+    second = update["candidate"]
+    assert update["learned"] == 3 and not update["rebuilt"]     # the three reports in the mbox
+    assert run_json(state, "model", "compare", second, layout)["live"]["model"] == first
+    assert run(state, "model", "promote", second, "--force")[0] == 0
+    code, out = run(state, "model", "rollback")
+    assert code == 0 and f"rolled back to {first}" in out
+    listing = run_json(state, "model", "list")
+    assert listing["live"] == first and {first, second} <= {v["version"] for v in listing["versions"]}
+    assert not (state / "models").exists()                       # nothing in the model directory
