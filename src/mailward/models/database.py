@@ -84,7 +84,7 @@ class StoredPromotion:
     previous: str
     actor: str
     at: float
-    evaluation: dict
+    evaluation: dict[str, Any]
 
 
 class RegistryUnavailable(ArtifactError):
@@ -98,7 +98,7 @@ class ModelDatabase:
     every few seconds); otherwise each call connects and disconnects (the CLI).
     """
 
-    def __init__(self, dsn: str, timeout: float = 10.0, keep_open: bool = False):
+    def __init__(self, dsn: str, timeout: float = 10.0, keep_open: bool = False) -> None:
         self.dsn = dsn
         self.timeout = timeout
         self.keep_open = keep_open
@@ -184,7 +184,7 @@ class ModelDatabase:
         with self._tx() as conn:
             return conn.execute("SELECT 1 FROM model_versions WHERE version = %s", (version,)).fetchone() is not None
 
-    def promote(self, version: str, action: str, actor: str, evaluation: dict, at: float) -> str:
+    def promote(self, version: str, action: str, actor: str, evaluation: dict[str, Any], at: float) -> str:
         """Make ``version`` live; returns the version it replaced ("" if none)."""
         with self._tx() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PROMOTION_LOCK,))

@@ -30,7 +30,7 @@ from ..errors import ArtifactError
 from ..trust import TrustedOwners
 from .artifact import SHIPPED_DIR, SIDECAR, load_artifact
 from .classifier import SpamModel
-from .database import ModelDatabase, RegistryUnavailable
+from .database import Live, ModelDatabase, RegistryUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class DirectorySource:
 
     remote = False
 
-    def __init__(self, directory: Path, owners: TrustedOwners):
+    def __init__(self, directory: Path, owners: TrustedOwners) -> None:
         self.directory = directory
         self.sidecar = directory / SIDECAR
         self.owners = owners
@@ -90,7 +90,7 @@ class DatabaseSource:
 
     remote = True
 
-    def __init__(self, database: ModelDatabase):
+    def __init__(self, database: ModelDatabase) -> None:
         self.database = database
         self.where = database.where
 
@@ -98,7 +98,9 @@ class DatabaseSource:
         return self.database.live()
 
     def load(self, identity: Hashable) -> SpamModel:
-        return self.database.load(identity.version).scorer()     # type: ignore[attr-defined]
+        if not isinstance(identity, Live):
+            raise TypeError(f"not a promotion: {identity!r}")
+        return self.database.load(identity.version).scorer()
 
 
 class ModelLoader:
@@ -112,7 +114,7 @@ class ModelLoader:
     def __init__(self, directory: str | Path, shipped: bool = True, check_interval: float = 5.0,
                  clock: Callable[[], float] = time.monotonic, shipped_dir: Path = SHIPPED_DIR,
                  on_refusal: Callable[[str], None] | None = None, owners: TrustedOwners | None = None,
-                 source: ModelSource | None = None):
+                 source: ModelSource | None = None) -> None:
         self.directory = Path(directory)
         self.sidecar = self.directory / SIDECAR
         self.shipped = shipped

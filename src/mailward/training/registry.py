@@ -264,7 +264,7 @@ class DatabaseRegistry:
     does, for every host at once. The live version is the last promotion's; nothing is linked."""
 
     def __init__(self, database: ModelDatabase, shipped_dir: Path | None = SHIPPED_DIR,
-                 owners: TrustedOwners | None = None):
+                 owners: TrustedOwners | None = None) -> None:
         self.database = database
         self.shipped_dir = shipped_dir
         self.owners = owners or TrustedOwners.of()
