@@ -172,7 +172,8 @@ class ModelLoader:
             seen = self.source.identity()
         except ArtifactError as exc:   # e.g. a root-owned 0700 model directory: keep scanning with what we have
             if not self._problem:              # a lasting outage is logged once, not at every check
-                log.error("spam model source unreadable, keeping %s: %s", self._model.version, exc)
+                log.error("spam model %s unreadable, keeping %s: %s", "registry" if self.source.remote else "directory",
+                          self._model.version, exc)
             self._problem = str(exc)
             self._refused(str(exc))
             return
