@@ -178,9 +178,9 @@ HOST = textwrap.dedent("""
     import sys
     from mailward.config import load_settings
     from mailward.envelope import Envelope
-    from mailward.pipeline import Inspector
+    from mailward.runtime import build_inspector
 
-    inspector = Inspector.from_settings(load_settings(sys.argv[1]))
+    inspector = build_inspector(load_settings(sys.argv[1]))
     raw = b"From: a@example.org\\r\\nTo: b@example.org\\r\\nSubject: cheap pills\\r\\n\\r\\nbuy cheap pills now\\r\\n"
     for line in sys.stdin:
         evidence = inspector.inspect(raw, Envelope(mail_from="a@example.org", recipients=("b@example.org",)))
