@@ -255,7 +255,7 @@ class Unbound:
         self.proc.wait(10)
 
 
-def dns_stub(run: Path):
+def dns_stub(run: Path) -> Unbound | DnsServer:
     """Unbound if installed, else the test suite's DNS server; either has ``port`` and ``__exit__``."""
     binary = shutil.which("unbound", path="/usr/sbin:/usr/bin:/sbin")
     if binary:

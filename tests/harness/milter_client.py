@@ -98,7 +98,8 @@ class MilterSession:
         return self._command(b"H", name.encode() + b"\0", NR_HELO)
 
     def message(self, raw: bytes, mail_from: str = "sender@example.org",
-                recipients: tuple[str, ...] = ("user@example.test",), queue_id: str = "4ABCDEF") -> tuple[bytes, list]:
+                recipients: tuple[str, ...] = ("user@example.test",),
+                queue_id: str = "4ABCDEF") -> tuple[bytes, list[tuple[bytes, bytes]]]:
         """One transaction; (final reply code, modification packets such as added headers)."""
         if not self.protocol & NOMAIL:
             self._command(b"M", f"<{mail_from}>".encode() + b"\0", NR_MAIL, {"i": queue_id})
@@ -123,7 +124,7 @@ class MilterSession:
                 self._command(b"B", body[start:start + CHUNK], NR_BODY)
         self._send(b"D", b"Ei\0" + queue_id.encode() + b"\0")
         self._send(b"E")
-        changes = []
+        changes: list[tuple[bytes, bytes]] = []
         while True:
             command, data = self._packet()
             if command in (b"p",):

@@ -493,5 +493,5 @@ class TcpMailwardMilter(MailwardMilter):
     # Bits turned off in what the MTA offers: DATA is neither skipped nor left unanswered.
     _protocol_mask = MailwardMilter.protocol_mask() | Milter.P_NODATA | Milter.P_NR_DATA
 
-    def data(self):
+    def data(self) -> int:
         return Milter.CONTINUE
