@@ -116,6 +116,42 @@ def test_sqlite_lock_released_within_the_budget_stores(tmp_path):
         store.close()
 
 
+def test_puts_gathered_behind_a_locked_database_share_one_commit(tmp_path):
+    """Group commit: puts that queue while one commit waits are committed together, not one by one.
+
+    Measured by what the commits append to the WAL: a commit writes every
+    page it touched, so six commits of one row each append about six times
+    what one does, and the two commits expected here (the put that waited
+    on the lock, then everything gathered behind it) about two and a half.
+    """
+    store = SqliteStore(tmp_path / "quarantine", write_timeout=30.0)
+    wal = tmp_path / "quarantine" / (DB_NAME + "-wal")
+    messages = tmp_path / "quarantine" / "messages"
+    try:
+        _put(store, "first")
+        before = wal.stat().st_size
+        _put(store, "one alone")
+        one_commit = wal.stat().st_size - before
+        locker = Locker(tmp_path / "quarantine" / DB_NAME)
+        try:
+            putters = [threading.Thread(target=_put, args=(store, f"gathered {n}")) for n in range(6)]
+            for putter in putters:
+                putter.start()
+            deadline = time.monotonic() + 30
+            while len(list(messages.glob("*.eml"))) < 8:          # every file written: all six wait to commit
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            before = wal.stat().st_size
+        finally:
+            locker.release()
+        for putter in putters:
+            putter.join(timeout=30)
+        assert len(store.list(ListFilter(limit=100))) == 8
+        assert wal.stat().st_size - before <= 4 * one_commit
+    finally:
+        store.close()
+
+
 def test_a_write_that_finishes_after_its_caller_gave_up_is_handed_back():
     deadline = Deadline(10.0)
     assert deadline.abandon()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextvars
 import ipaddress
 import logging
+import queue
 import socket
 import threading
 import time
@@ -71,6 +72,49 @@ class Watch(Protocol):
 
 
 WATCH_BUDGET = 1.0      # seconds the reply waits for incident response (counters, alerts)
+WATCHERS = 4            # threads that run incident response; more outcomes queue for them
+WATCHER_IDLE = 30.0     # seconds a watcher thread waits for work before it ends
+
+
+class _Watchers:
+    """Threads that outlive one message and run incident response, started as needed.
+
+    Starting a thread per message cost more CPU than the counting itself.
+    Daemon threads, so a stalled database cannot keep the process alive; an
+    idle one ends after :data:`WATCHER_IDLE`, so a screener replaced by a
+    reload leaves none behind.
+    """
+
+    def __init__(self, size: int = WATCHERS):
+        self._size = size
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._waiting = 0
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._jobs.put(job)
+        with self._lock:
+            if self._waiting == 0 and self._threads < self._size:
+                self._threads += 1
+                threading.Thread(target=self._run, name="observe", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                self._waiting += 1
+            try:
+                job = self._jobs.get(timeout=WATCHER_IDLE)
+            except queue.Empty:
+                with self._lock:
+                    self._waiting -= 1
+                    if self._jobs.empty():
+                        self._threads -= 1
+                        return
+                continue
+            with self._lock:
+                self._waiting -= 1
+            job()
 
 
 class Screener:
@@ -84,6 +128,7 @@ class Screener:
         self._quarantine = quarantine
         self._clock = clock
         self._watch = watch
+        self._watchers = _Watchers()
 
     def screen(self, source: MessageSource, envelope: Envelope, known: Evidence = Evidence()) -> Outcome:
         """``known``: evidence from before the content, e.g. a block whose action is not a reject.
@@ -162,21 +207,23 @@ class Screener:
         counting and alerting never change it. A stalled incident database
         must not hold the reply past the MTA's milter timeout either, or the
         MTA would tempfail a message that is already stored and its retry
-        would be kept twice: so the watch runs on its own thread and a slow
-        one finishes in the background.
+        would be kept twice: so the watch runs on a watcher thread and a slow
+        one finishes in the background (later outcomes queue behind it).
         """
+        done = threading.Event()
+
         def observe() -> None:
             try:
                 watch.observe(outcome)
             except Exception:   # counting and alerting never change what happens to the message
                 log.exception("incident response failed")
+            finally:
+                done.set()
 
-        # A new thread starts with an empty context: it runs in a copy of this one, so its lines name the message.
-        watcher = threading.Thread(target=contextvars.copy_context().run, args=(observe,), name="observe",
-                                   daemon=True)
-        watcher.start()
-        watcher.join(WATCH_BUDGET)
-        if watcher.is_alive():
+        # A watcher thread has its own context: the watch runs in a copy of this one, so its lines name the message.
+        context = contextvars.copy_context()
+        self._watchers.submit(lambda: context.run(observe))
+        if not done.wait(WATCH_BUDGET):
             log.warning("incident response is slow (over %.1f s); replying without waiting for it", WATCH_BUDGET)
 
     def _keep_sample(self, quarantine: Quarantine, source: MessageSource, envelope: Envelope, verdict: Verdict,

@@ -406,3 +406,23 @@ class MailwardMilter(Milter.Base):
         except Exception:
             log.exception("could not set the tempfail reply")
         return Milter.TEMPFAIL
+
+
+
+class TcpMailwardMilter(MailwardMilter):
+    """The milter for ``inet:`` sockets: it answers DATA instead of skipping it.
+
+    Postfix sends the DATA macros even for a milter that skips DATA, as a write
+    of their own that gets no reply. With Nagle's algorithm on Postfix's side,
+    its next write (the headers) then waits for the ACK of that one, which the
+    milter's kernel delays by 40 ms: every message stalled. Answering DATA
+    turns the macros into part of a command with a reply. Headers and body
+    stay unanswered: Postfix buffers those and sends them with end of message
+    in one write. On a unix socket there is no Nagle and no stall.
+    """
+
+    # Bits turned off in what the MTA offers: DATA is neither skipped nor left unanswered.
+    _protocol_mask = MailwardMilter.protocol_mask() | Milter.P_NODATA | Milter.P_NR_DATA
+
+    def data(self) -> int:
+        return Milter.CONTINUE

@@ -46,8 +46,9 @@ from ..signatures import rule_directories
 from ..signatures.ruleset import Source, compile_file, discover, stamp
 from ..source import MessageSource
 from ..workers import ScanPool
-from .adapter import MailwardMilter
+from .adapter import MailwardMilter, TcpMailwardMilter
 from .buffer import SPOOL_PREFIX, SPOOL_SUFFIX
+from .tcp import set_nodelay
 
 log = logging.getLogger("mailward.milter")
 
@@ -234,11 +235,19 @@ def _notify(*fields: str) -> None:
 
 
 def _wait_listening(settings: Settings, running: threading.Thread, timeout: float = 30.0) -> None:
-    """Return once libmilter's unix socket exists (or at once for inet sockets), so READY=1 is true."""
-    kind, path, _port = parse_milter_socket(settings.milter.socket)
+    """Return once libmilter listens, so READY=1 is true; an inet listener gets TCP_NODELAY first."""
+    kind, path, port = parse_milter_socket(settings.milter.socket)
     deadline = time.monotonic() + timeout
-    while kind == "unix" and running.is_alive() and not os.path.exists(path) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    if kind == "unix":
+        while running.is_alive() and not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return
+    while running.is_alive() and time.monotonic() < deadline:
+        if set_nodelay(port):
+            return
+        time.sleep(0.01)
+    if running.is_alive():
+        log.warning("could not set TCP_NODELAY on the milter socket: every reply may wait 40 ms for an ACK")
 
 
 # sysexits EX_TEMPFAIL: libmilter stopped without being asked; the service manager restarts the milter.
@@ -283,6 +292,8 @@ class _Daemon:
         # Workers scan: their first generation is the load check, and this process builds no scanner.
         self.pool = ScanPool(settings, settings.milter.workers) if settings.milter.workers else None
         self.metrics = Metrics()             # kept across reloads: counters never reset while running
+        over_tcp = parse_milter_socket(settings.milter.socket)[0] != "unix"
+        self.milter_class = TcpMailwardMilter if over_tcp else MailwardMilter
         self.live = LiveRuntime(build_runtime(settings, scanner=self.pool, metrics=self.metrics))
         _observe(self.metrics, settings, self.live.current)
         self.rules_seen = _rules_on_disk(settings)
@@ -294,7 +305,7 @@ class _Daemon:
             if settings.metrics.listen else None
 
     def connection(self) -> MailwardMilter:
-        return MailwardMilter(self.live)
+        return self.milter_class(self.live)
 
     def reload(self) -> None:
         """Build and check the new runtime once, swap it in, retire the old one; or keep the old."""

@@ -94,7 +94,9 @@ class MessageFiles:
     def path(self, quarantine_id: str) -> Path:
         return self.directory / f"{quarantine_id}{_SUFFIX}"
 
-    def write(self, quarantine_id: str, raw: MessageSource) -> Written:
+    def write(self, quarantine_id: str, raw: MessageSource, sync_directory: bool = True) -> Written:
+        """The bytes fsync'd under their final name; ``sync_directory=False`` leaves the directory's
+        fsync (that makes the name durable) to the caller, who may share one among several writes."""
         final = self.path(quarantine_id)
         tmp = ""
         linked = False
@@ -108,7 +110,8 @@ class MessageFiles:
             linked = True
             os.unlink(tmp)
             tmp = ""
-            fsync_dir(self.directory)
+            if sync_directory:
+                fsync_dir(self.directory)
             return written
         except OSError as exc:
             if linked:

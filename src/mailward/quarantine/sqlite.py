@@ -15,13 +15,21 @@ and wait for it until the operation's deadline (SQLite's ``busy_timeout``).
 The database file is never opened outside SQLite (see :mod:`mailward.dbfile`):
 that would drop this process's locks and let another process's last
 connection unlink the WAL under this one.
+
+Puts commit in groups: each writes and fsyncs its own file, then the puts
+waiting at that moment share one directory fsync and one transaction (one
+WAL fsync). While a group commits, the next one gathers; no put waits behind
+more than the group before it, and each still returns only once its row is
+committed (durability before the reply is unchanged).
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +40,7 @@ from ..errors import StoreError
 from ..evidence import Evidence
 from ..source import MessageSource
 from ..verdict import Verdict
-from .files import MessageFiles, ensure_private_dir
+from .files import MessageFiles, Written, ensure_private_dir, fsync_dir
 from .records import check_id
 from .store import OPERATION_TIMEOUT, Clock, Deadline, QuarantineStore
 
@@ -40,6 +48,20 @@ log = logging.getLogger(__name__)
 
 DB_NAME = "quarantine.sqlite3"
 ORPHAN_AGE = 3600.0     # a file this old without a row is a crash leftover, not a put in flight
+
+
+@dataclass(eq=False)
+class _Pending:
+    """One put waiting for its group's commit."""
+
+    quarantine_id: str
+    written: Written
+    envelope: Envelope
+    verdict: Verdict
+    evidence: Evidence
+    deadline: Deadline
+    done: bool = False
+    error: BaseException | None = field(default=None)
 
 
 class SqliteStore(QuarantineStore):
@@ -56,6 +78,9 @@ class SqliteStore(QuarantineStore):
         except OSError as exc:
             raise StoreError(f"cannot create {self.db_path}: {exc.strerror or exc}") from exc
         self.files = MessageFiles(self.directory / "messages")
+        self._group = threading.Condition()
+        self._gathering: list[_Pending] = []     # puts whose files are written, waiting for a commit
+        self._committing = False
         super().__init__(clock, pool_size, write_timeout)
         with self._tx(write=True) as conn:
             self._create_schema(conn, serial="INTEGER PRIMARY KEY AUTOINCREMENT", real="REAL")
@@ -78,15 +103,69 @@ class SqliteStore(QuarantineStore):
 
     def _store(self, quarantine_id: str, raw: MessageSource, envelope: Envelope, verdict: Verdict,
                evidence: Evidence, deadline: Deadline) -> None:
-        written = self.files.write(quarantine_id, raw)
+        written = self.files.write(quarantine_id, raw, sync_directory=False)
         try:
-            with self._tx(write=True, deadline=deadline) as conn:
-                self._insert_record(conn, quarantine_id, written, envelope, verdict, evidence, self._writer)
+            self._commit_in_group(_Pending(quarantine_id, written, envelope, verdict, evidence, deadline))
         except BaseException as exc:
             self._after_drop(quarantine_id)
             if isinstance(exc, Exception) and not isinstance(exc, StoreError):
                 raise StoreError(f"cannot record quarantined message {quarantine_id}: {exc}") from exc
             raise
+
+    def _commit_in_group(self, put: _Pending) -> None:
+        """Return once ``put`` is committed, alone or with the others gathered meanwhile; raise if not.
+
+        The first put to find no commit running leads: it takes every put
+        gathered so far and commits them; the others wait for it, and the
+        first of those left over leads the next group.
+        """
+        with self._group:
+            self._gathering.append(put)
+            while self._committing and not put.done:
+                self._group.wait()
+            if not put.done:
+                group, self._gathering, self._committing = self._gathering, [], True
+        if not put.done:
+            try:
+                self._commit_group(group)
+            finally:
+                with self._group:
+                    self._committing = False
+                    self._group.notify_all()
+        if put.error is not None:       # one error object for the whole group: each put raises its own
+            raise StoreError(f"cannot record quarantined message {put.quarantine_id}: {put.error}") from put.error
+
+    def _commit_group(self, group: list[_Pending]) -> None:
+        """One directory fsync and one transaction for ``group``; each put's ``error`` says if it failed.
+
+        A put whose caller gave up or whose deadline passed is left out (it
+        fails alone); the transaction waits no longer than the latest deadline
+        among the others, and a failure fails every put in it. A put whose
+        deadline passes during the commit is withdrawn like a lone late one
+        (see :meth:`QuarantineStore.put`).
+        """
+        live = []
+        for put in group:
+            try:
+                put.deadline.check("commit")
+                live.append(put)
+            except StoreError as exc:
+                put.error = exc
+        try:
+            if live:
+                fsync_dir(self.files.directory)
+                latest = max(live, key=lambda put: put.deadline.remaining())
+                with self._tx(write=True, deadline=latest.deadline) as conn:
+                    for put in live:
+                        self._insert_record(conn, put.quarantine_id, put.written, put.envelope, put.verdict,
+                                            put.evidence, self._writer)
+        except BaseException as exc:
+            for put in live:
+                put.error = exc
+        finally:
+            with self._group:
+                for put in group:
+                    put.done = True
 
     def read(self, quarantine_id: str) -> bytes:
         check_id(quarantine_id)

@@ -1,0 +1,131 @@
+"""The milter process's own ceiling: a load generator speaking the milter protocol, no Postfix.
+
+Starts `mailward-milter` on a unix socket with 1, 2 and 4 scanning workers in turn and
+sends the same real messages (``--sample``, e.g. a corpus unpacked to /tmp/corpus) over
+``--sessions`` concurrent milter connections (tests/harness/milter_client.py, one process
+each). Prints msg/s, CPU per message of the milter process and of the workers, and the
+end-of-message latency p50/p99/max. With ``--profile`` a py-spy profile of the milter
+process (the last worker count) is written beside, to see where its CPU goes.
+
+    .venv/bin/python bench/milter_load.py --sample /tmp/corpus/spamassassin --messages 2000 --sessions 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness.milter_client import MilterSession  # noqa: E402
+from postfix_compare import cpu, sample, tree  # noqa: E402
+
+
+def _session(args: tuple[str, list[bytes]]) -> list[float]:
+    address, batch = args
+    latencies = []
+    with MilterSession(address) as session:
+        session.negotiate()
+        session.connect()
+        session.helo()
+        for n, raw in enumerate(batch):
+            started = time.perf_counter()
+            session.message(raw, queue_id=f"Q{n:X}")
+            latencies.append(time.perf_counter() - started)
+    return latencies
+
+
+def _start(run: Path, workers: int, extra: str, level: str) -> tuple[subprocess.Popen, str]:
+    home = run / f"w{workers}"
+    home.mkdir()
+    sock = home / "sock" / "milter.sock"
+    (home / "mailward.toml").write_text(
+        f'state_dir = "{home / "state"}"\n{extra}\n[milter]\nsocket = "unix:{sock}"\nworkers = {workers}\n'
+        f'[reputation]\nenabled = false\n[logging]\nfile = "{home / "milter.log"}"\nlevel = "{level}"\n')
+    proc = subprocess.Popen([sys.executable, "-m", "mailward.milter.daemon", "--config", str(home / "mailward.toml")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not sock.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("mailward did not start")
+        time.sleep(0.02)
+    return proc, str(sock)
+
+
+def _user_system(pid: int) -> tuple[float, float]:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def _q(values: list[float], p: float) -> float:
+    return values[min(len(values) - 1, int(len(values) * p))] * 1000
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sample", type=Path, default=Path("/tmp/corpus/spamassassin"))
+    ap.add_argument("--messages", type=int, default=1000)
+    ap.add_argument("--sessions", type=int, default=8)
+    ap.add_argument("--workers", default="1,2,4")
+    ap.add_argument("--config", default="", help="extra TOML put at the top of the configuration")
+    ap.add_argument("--log-level", default="info")
+    ap.add_argument("--strace", type=Path, help="write strace -c -f of the milter process (slows it down)")
+    ap.add_argument("--profile", type=Path, help="write a py-spy profile (speedscope JSON) of the milter process")
+    args = ap.parse_args()
+    msgs = sample(args.sample, args.messages)
+    print(f"sample: {len(msgs)} messages, {sum(map(len, msgs)) / 1e6:.1f} MB; {args.sessions} milter sessions")
+    run = Path(tempfile.mkdtemp(prefix="mailward-load-", dir="/tmp"))
+    pool = multiprocessing.Pool(args.sessions)
+    counts = [int(w) for w in args.workers.split(",")]
+    try:
+        print(f"{'workers':>7} {'msg/s':>7}  CPU ms/msg: {'milter':>6} {'workers':>7}   latency p50 / p99 / max ms")
+        for workers in counts:
+            proc, address = _start(run, workers, args.config, args.log_level)
+            try:
+                pool.map(_session, [(address, msgs[:10])] * min(args.sessions, 4))       # warm every worker
+                pids = tree(proc.pid)
+                kids = [p for p in pids if p != proc.pid]
+                spy = None
+                spy_binary = shutil.which("py-spy", path=f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin")
+                if args.profile and workers == counts[-1] and spy_binary:
+                    spy = subprocess.Popen([spy_binary, "record", "--pid", str(proc.pid), "--gil", "--nonblocking",
+                                            "--rate", "1000", "--format", "speedscope", "-o", str(args.profile)],
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    time.sleep(1)
+                if args.strace and workers == counts[-1]:
+                    spy = subprocess.Popen(["strace", "-c", "-f", "-o", str(args.strace), "-p", str(proc.pid)],
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    time.sleep(1)
+                before_m, before_w, before_us = cpu([proc.pid]), cpu(kids), _user_system(proc.pid)
+                started = time.perf_counter()
+                lat = sorted(x for r in pool.map(_session, [(address, msgs[i::args.sessions])
+                                                            for i in range(args.sessions)]) for x in r)
+                rate = len(msgs) / (time.perf_counter() - started)
+                milter_ms = (cpu([proc.pid]) - before_m) * 1000 / len(msgs)
+                workers_ms = (cpu(kids) - before_w) * 1000 / len(msgs)
+                user, system = (after - before for after, before in zip(_user_system(proc.pid), before_us))
+                if spy is not None:
+                    spy.send_signal(2)
+                    spy.wait(60)
+                print(f"{workers:7} {rate:7.1f}  {'':11} {milter_ms:6.2f} {workers_ms:7.2f}   "
+                      f"{_q(lat, 0.5):6.1f} / {_q(lat, 0.99):6.1f} / {lat[-1] * 1000:6.1f}   (milter user "
+                      f"{user * 1000 / len(msgs):.2f}, system {system * 1000 / len(msgs):.2f})", flush=True)
+            finally:
+                proc.terminate()
+                proc.wait(30)
+    finally:
+        pool.close()
+        shutil.rmtree(run, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
