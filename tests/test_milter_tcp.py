@@ -9,11 +9,10 @@ import subprocess
 import sys
 import time
 
-from mail import message
-
 from harness.milter_client import NODATA, NR_BODY, NR_DATA, NR_HDR, MilterSession
 from harness.postfix import free_port
 from mailward.milter.tcp import set_nodelay
+from support.mail import message
 
 _PIDFD_GETFD = 438           # x86-64 and arm64 system call number
 
