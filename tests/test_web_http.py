@@ -218,3 +218,47 @@ def test_a_recipient_link_shows_only_their_own_spam_and_releases_it(site, smtp_s
     assert site.get(f"/r/{tampered}").status_code == 403
     clock.now += 8 * 86400
     assert site.get(f"/r/{token}").status_code == 403                  # expired
+
+
+def test_user_commands_add_change_and_unlock(tmp_path, monkeypatch, capsys):
+    import io
+
+    from mailward.cli.main import main
+    from mailward.web.server import open_accounts
+
+    state = ["--state-dir", str(tmp_path / "state")]
+
+    def run(*argv: str, stdin: str = "") -> int:
+        monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+        return main([*state, "web", "user", *argv])
+
+    assert run("add", "alice", "--password-stdin", stdin="short\n") == 1
+    assert "at least 12" in capsys.readouterr().err
+    assert run("add", "Alice/../x", "--password-stdin", stdin=PASSWORD + "\n") == 1
+    assert run("add", "alice", "--password-stdin", stdin=PASSWORD + "\n") == 0
+    assert run("add", "alice", "--password-stdin", stdin=PASSWORD + "\n") == 1          # exists
+    settings = web_settings(tmp_path / "state", 25, lockout_after=2)
+    accounts = open_accounts(settings)
+    try:
+        accounts.login("alice", "wrong wrong wrong", "test")
+        accounts.login("alice", "wrong wrong wrong", "test")
+        assert accounts.is_locked("alice")
+        assert run("unlock", "alice") == 0 and not accounts.is_locked("alice")
+        assert run("passwd", "alice", "--password-stdin", stdin="a new long password\n") == 0
+        assert accounts.login("alice", PASSWORD, "test")[0].value == "refused"
+        assert accounts.login("alice", "a new long password", "test")[0].value == "ok"
+        assert run("unlock", "nobody") == 1
+        actions = [e.action for e in accounts.events("alice")]
+        assert {"account-add", "account-locked", "account-unlock", "account-passwd", "login"} <= set(actions)
+    finally:
+        accounts.close()
+
+
+def test_web_settings_are_validated_where_they_are_loaded():
+    from mailward.config import load_settings
+    from mailward.errors import ConfigError
+
+    for web, key in (({"listen": "nowhere"}, "web.listen"), ({"base_url": "ftp://x"}, "web.base_url"),
+                     ({"session_idle": 0}, "web.session_idle"), ({"lockout_after": 0}, "web.lockout_after")):
+        with pytest.raises(ConfigError, match=key):
+            load_settings(overrides={"web": web})

@@ -109,7 +109,7 @@ class AccountStore:
         self.idle = idle
         self._clock = clock
         self._hasher = hasher or PasswordHasher()
-        self._dummy = self._hasher.hash(secrets.token_urlsafe(16))  # unknown names cost a verify too
+        self._dummy = ""             # a hash to verify unknown names against, so they cost the same time
         self._lock = threading.Lock()     # one connection, one transaction at a time: logins are rare
         self._conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
         self._conn.execute("PRAGMA journal_mode=WAL")
@@ -137,14 +137,19 @@ class AccountStore:
 
     def add(self, name: str, password: str, by: str) -> None:
         check_name(name)
-        digest = self._hasher.hash(check_password(password))
-        now = self._clock()
+        check_password(password)
         with self._tx() as conn:
             if conn.execute("SELECT 1 FROM web_accounts WHERE name = ?", (name,)).fetchone():
                 raise AccountError(f"account {name} exists (use `mailward web user passwd`)")
-            conn.execute("INSERT INTO web_accounts (name, hash, created_at, changed_at) VALUES (?, ?, ?, ?)",
-                         (name, digest, now, now))
-            self._audit(conn, name, "account-add", detail=f"by {by}")
+        digest = self._hasher.hash(password)
+        now = self._clock()
+        try:
+            with self._tx() as conn:      # the check above saves a slow hash; the key still decides a race
+                conn.execute("INSERT INTO web_accounts (name, hash, created_at, changed_at) VALUES (?, ?, ?, ?)",
+                             (name, digest, now, now))
+                self._audit(conn, name, "account-add", detail=f"by {by}")
+        except sqlite3.IntegrityError:
+            raise AccountError(f"account {name} exists (use `mailward web user passwd`)") from None
 
     def set_password(self, name: str, password: str, by: str) -> None:
         """A new password also ends the account's sessions (a password change is often a response)."""
@@ -181,6 +186,8 @@ class AccountStore:
         """Check a password; the ``lockout_after``-th failure in a row locks the account."""
         with self._tx() as conn:
             row = conn.execute("SELECT hash, locked_at FROM web_accounts WHERE name = ?", (name,)).fetchone()
+        if row is None and not self._dummy:
+            self._dummy = self._hasher.hash(secrets.token_urlsafe(16))
         stored = row[0] if row else self._dummy
         try:
             good = self._hasher.verify(stored, password) and row is not None
