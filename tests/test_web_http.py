@@ -194,7 +194,7 @@ def test_a_recipient_link_shows_only_their_own_spam_and_releases_it(site, smtp_s
     shared = put(site.settings, message("To the team"), recipients=("bob@example.net", "carol@example.net"))
     other = put(site.settings, message("Carol only"), recipients=("carol@example.net",))
     key = site.parts.link_key
-    clock.now = time.time() + 1                                        # the digest goes out after these arrived
+    clock.now = time.time()                                            # the digest goes out right after
     token = sign_link(key, new_link("Bob@Example.net", "", clock.now, 7))
     page = site.get(f"/r/{token}").text
     assert "Newsletter" in page and "To the team" in page

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,4 +79,6 @@ def verify_link(key: bytes, token: str, now: float) -> RecipientLink | None:
 
 
 def new_link(recipient: str, quarantine_id: str, now: float, days: int) -> RecipientLink:
-    return RecipientLink(recipient.lower(), quarantine_id, int(now), int(now) + days * 86400)
+    """A link made at ``now``; whole seconds rounded up, so it covers mail received in that second."""
+    issued = math.ceil(now)
+    return RecipientLink(recipient.lower(), quarantine_id, issued, issued + days * 86400)
