@@ -147,7 +147,7 @@ def _list(args, settings: Settings) -> int:
             subject=args.subject or "", since=parse_when(args.since, now) if args.since else None,
             until=parse_when(args.until, now) if args.until else None,
             status=Status(args.status) if args.status else None, limit=args.limit)
-        _print(args, QuarantineService(settings, store).list(filters), render_list)
+        _print(args, QuarantineService(settings, store).find(filters), render_list)
         return OK
     return _run(args, settings, action)
 

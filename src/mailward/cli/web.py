@@ -20,7 +20,7 @@ from ..quarantine.records import Actor
 OK, FAILED, USAGE = 0, 1, 2
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     w = commands.add_parser("web", help="serve the quarantine web page; manage its accounts")
     w.add_argument("--listen", help="HOST:PORT to listen on (default: web.listen, 127.0.0.1:8025)")
     w.set_defaults(handler=_serve)

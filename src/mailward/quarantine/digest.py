@@ -29,10 +29,11 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
 from ..envelope import Direction
+from ..textsafe import neutralise
 from .links import new_link, sign_link
 from .records import AuditEvent, QuarantineRecord
 from .release import Relay
-from .render import neutralise, when
+from .render import when
 
 NOTIFY = "notify"
 _LISTED = "listed in digest to "
@@ -82,7 +83,7 @@ def plan_digests(records: list[QuarantineRecord], contacts: tuple[str, ...], per
     def new_for(to: str) -> tuple[QuarantineRecord, ...]:
         return tuple(r for r in records if to.lower() not in listed.get(r.id, set()))
 
-    digests = [Digest(c, rs, True) for c in contacts if (rs := new_for(c))]
+    digests = [Digest(c, new, True) for c in contacts if (new := new_for(c))]
     if per_recipient:
         mine: dict[str, list[QuarantineRecord]] = defaultdict(list)
         for r in records:
@@ -141,7 +142,9 @@ def compose(digest: Digest, sender: str, period: str, contact: str = "") -> Emai
 
 def _html(digest: Digest, intro: str, ask: str) -> str:
     """The HTML alternative: a plain table, every value neutralised then escaped, no remote content."""
-    e = lambda s: html.escape(neutralise(str(s)), quote=True)  # noqa: E731
+    def e(value: object) -> str:
+        return html.escape(neutralise(str(value)), quote=True)
+
     rows = []
     for r in digest.records:
         cells = [when(r.received_at), f"&lt;{e(r.envelope.mail_from)}&gt;", e(r.subject) or "(none)",

@@ -39,7 +39,7 @@ class QuarantineService:
         self.store = store
         self.relay = relay or Relay.from_settings(settings)
 
-    def list(self, filters: ListFilter) -> list[QuarantineRecord]:
+    def find(self, filters: ListFilter) -> list[QuarantineRecord]:
         return self.store.list(filters)
 
     def get(self, quarantine_id: str) -> QuarantineRecord | None:

@@ -215,7 +215,7 @@ def create_app(parts: Parts) -> ASGIApp:
             status=Status(status) if status in {s.value for s in Status} else None,
             reason=q.get("reason", "")[:64], sender=q.get("sender", "")[:256],
             recipient=q.get("recipient", "")[:256], subject=q.get("subject", "")[:256], limit=500)
-        records = await run_in_threadpool(service.list, filters)
+        records = await run_in_threadpool(service.find, filters)
         return page(request, "list.html", session=session, records=records, q=q, status=status,
                     direction=direction, statuses=[s.value for s in Status],
                     directions=[d.value for d in Direction])
