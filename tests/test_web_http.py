@@ -262,3 +262,13 @@ def test_web_settings_are_validated_where_they_are_loaded():
                      ({"session_idle": 0}, "web.session_idle"), ({"lockout_after": 0}, "web.lockout_after")):
         with pytest.raises(ConfigError, match=key):
             load_settings(overrides={"web": web})
+
+
+def test_logout_ends_the_session_and_needs_the_token(site):
+    login(site)
+    token = csrf_of(site, "/")
+    site.post("/logout", data={"csrf": "forged"})
+    assert site.get("/").status_code == 200                             # a forged logout changes nothing
+    assert site.post("/logout", data={"csrf": token}).headers["location"].startswith("/login")
+    assert site.get("/").status_code == 303
+    assert "logout" in [e.action for e in site.parts.accounts.events("alice")]

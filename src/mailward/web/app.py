@@ -197,9 +197,14 @@ def create_app(parts: Parts) -> ASGIApp:
 
     async def logout(request: Request) -> Response:
         session = analyst(request)
-        if session is not None and await form_of(request, session) is not None:
-            await run_in_threadpool(accounts.logout, session, _client(request))
-        return to_login(request)
+        if session is None:
+            return to_login(request)
+        if await form_of(request, session) is None:
+            return failure(request, 403, "The form expired or came from another site")
+        await run_in_threadpool(accounts.logout, session, _client(request))
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(SESSION_COOKIE, path="/")
+        return response
 
     # -- analysts' quarantine ----------------------------------------------------------------------
 
