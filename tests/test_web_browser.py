@@ -124,12 +124,25 @@ def site(tmp_path_factory):
 
 
 def _submit(browser, button) -> None:
-    """Click a form's button and wait for the page it leads to (the old page's button goes stale)."""
-    from selenium.webdriver.support import expected_conditions
+    """Click a form's button and wait until the page it leads to has loaded.
+
+    The old page gets a marker on its ``window``; the new document has none.
+    Errors while the browser is between documents only mean "not yet".
+    """
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
+    browser.execute_script("window.mailwardOldPage = true")
+
+    def loaded(driver) -> bool:
+        try:
+            return driver.execute_script(
+                "return !window.mailwardOldPage && document.readyState === 'complete'")
+        except WebDriverException:
+            return False
+
     button.click()
-    WebDriverWait(browser, 20).until(expected_conditions.staleness_of(button))
+    WebDriverWait(browser, 20).until(loaded)
 
 
 def _login(browser, base: str, name: str = "alice", password: str = PASSWORD) -> None:
