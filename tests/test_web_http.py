@@ -272,3 +272,47 @@ def test_logout_ends_the_session_and_needs_the_token(site):
     assert site.post("/logout", data={"csrf": token}).headers["location"].startswith("/login")
     assert site.get("/").status_code == 303
     assert "logout" in [e.action for e in site.parts.accounts.events("alice")]
+
+
+def _sender_entries(settings, scope):
+    from mailward.incidents import open_incidents
+
+    incidents = open_incidents(settings)
+    try:
+        return [(e.listed.value, e.sender, e.scope, e.created_by) for e in incidents.sender_entries(scope)]
+    finally:
+        incidents.close()
+
+
+def test_analyst_allows_a_sender_for_everyone(site):
+    qid = put(site.settings, message("Weekly report"))
+    login(site)
+    token = csrf_of(site, f"/m/{qid}")
+    assert site.post(f"/m/{qid}/allow-sender", data={"csrf": token}).headers["location"].endswith("=allowed")
+    assert site.post(f"/m/{qid}/allow-sender", data={"csrf": token}).headers["location"].endswith(
+        "=already-listed")
+    assert _sender_entries(site.settings, "") == [("allow", "alice@example.org", "", "web:alice")]
+    assert "allow-sender" in [e.action for e in site.parts.service.history(qid)]
+
+
+def test_a_recipient_allows_or_blocks_a_sender_for_themselves_only(site, clock):
+    allowed = put(site.settings, message("Newsletter"))
+    blocked = put(site.settings, message("Junk"), sender="junk@spam.test")
+    virus = put(site.settings, message("Invoice virus"), case=malware_case)
+    clock.now = time.time()
+    token = sign_link(site.parts.link_key, new_link("bob@example.net", "", clock.now, 7))
+    csrf = CSRF.search(site.get(f"/r/{token}").text)[1]
+    assert site.post(f"/r/{token}/sender", data={"id": allowed, "choice": "allow", "csrf": "x"}).status_code == 403
+    assert site.post(f"/r/{token}/sender", data={"id": virus, "choice": "allow", "csrf": csrf}
+                     ).headers["location"].endswith("=not-found")            # never through malware
+    assert site.post(f"/r/{token}/sender", data={"id": allowed, "choice": "allow", "csrf": csrf}
+                     ).headers["location"].endswith("=allowed")
+    assert _sender_entries(site.settings, "bob@example.net") == [
+        ("allow", "alice@example.org", "bob@example.net", "web:recipient bob@example.net")]
+    assert _sender_entries(site.settings, "") == []                          # nobody else's mail changes
+    assert site.post(f"/r/{token}/sender", data={"id": blocked, "choice": "block", "csrf": csrf}
+                     ).headers["location"].endswith("=blocked")
+    assert site.post(f"/r/{token}/sender", data={"id": blocked, "choice": "allow", "csrf": csrf}
+                     ).headers["location"].endswith("=already-listed")      # one entry per sender and scope
+    assert ("block", "junk@spam.test", "bob@example.net", "web:recipient bob@example.net") in _sender_entries(
+        site.settings, "bob@example.net")

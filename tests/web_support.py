@@ -38,10 +38,11 @@ def web_settings(state: Path, relay_port: int, **web: object) -> Settings:
                                     "quarantine": {"relay_port": relay_port, "relay_timeout": 10.0}})
 
 
-def put(settings: Settings, raw: bytes, recipients=("bob@example.net",), case=spam_case) -> str:
+def put(settings: Settings, raw: bytes, recipients=("bob@example.net",), case=spam_case,
+        sender: str = "alice@example.org") -> str:
     v, e = case()
     with open_store(settings) as store:
-        return store.put(raw, envelope(recipients=recipients), v, e)
+        return store.put(raw, envelope(sender=sender, recipients=recipients), v, e)
 
 
 def make_parts(settings: Settings, clock=None) -> Parts:

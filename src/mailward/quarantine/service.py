@@ -117,6 +117,24 @@ def block_sender(settings: Settings, sender: str, reason: str, actor: Actor) -> 
     return created
 
 
+def list_sender(settings: Settings, allow: bool, sender: str, scope: str, reason: str, actor: Actor) -> bool:
+    """Allow or block ``sender`` for ``scope`` ("" = everyone, else a recipient address or domain).
+
+    The sender lists of `mailward allow` (incidents.senderlists): an allowed
+    sender skips spam and reputation checks (never malware) for that scope.
+    False if the sender already had an entry there (it stays as it is).
+    """
+    from ..incidents import open_incidents
+    from ..policy import Listed
+
+    incidents = open_incidents(settings, actor=actor)
+    try:
+        _, created = incidents.list_sender(Listed.ALLOW if allow else Listed.BLOCK, sender, scope, reason, actor)
+    finally:
+        incidents.close()
+    return created
+
+
 def web_actor(account: str, client: str) -> Actor:
     """The audit trail's subject for a web action: the account, this host, and the client address."""
     import socket

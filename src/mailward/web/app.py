@@ -45,7 +45,7 @@ from ..quarantine.links import RecipientLink, verify_link
 from ..quarantine.records import Label, ListFilter, Removal, Status, check_id
 from ..quarantine.release import ReleaseOutcome
 from ..quarantine.render import when
-from ..quarantine.service import QuarantineService, block_sender, web_actor
+from ..quarantine.service import QuarantineService, block_sender, list_sender, web_actor
 from ..textsafe import neutralise
 from .accounts import AccountStore, Login, Session
 
@@ -78,6 +78,8 @@ NOTICES = {
     "labelled": "Label recorded for training.",
     "blocked": "Sender blocked.",
     "already-blocked": "That sender was already blocked.",
+    "allowed": "Sender allowed: its mail skips the spam checks (never the malware checks).",
+    "already-listed": "That sender already has an allow or block entry (an analyst can change it).",
     "no-sender": "The message has no envelope sender to block.",
 }
 _RELEASE_NOTICE = {
@@ -264,18 +266,21 @@ def create_app(parts: Parts) -> ASGIApp:
             except ValueError:
                 return failure(request, 400, "Unknown label")
             done = "labelled" if await run_in_threadpool(service.label, qid, label, actor) else "not-found"
-        elif verb == "block-sender":
+        elif verb in ("block-sender", "allow-sender"):
             record = await run_in_threadpool(service.get, qid)
             if record is None:
                 done = "not-found"
             elif not record.envelope.mail_from:
                 done = "no-sender"
             else:
-                created = await run_in_threadpool(block_sender, settings, record.envelope.mail_from,
-                                                  f"from the web page, message {qid}", actor)
-                done = "blocked" if created else "already-blocked"
-                await run_in_threadpool(service.record_event, qid, "block-sender", actor,
-                                        record.envelope.mail_from)
+                sender, reason = record.envelope.mail_from, f"from the web page, message {qid}"
+                if verb == "block-sender":
+                    created = await run_in_threadpool(block_sender, settings, sender, reason, actor)
+                    done = "blocked" if created else "already-blocked"
+                else:
+                    created = await run_in_threadpool(list_sender, settings, True, sender, "", reason, actor)
+                    done = "allowed" if created else "already-listed"
+                await run_in_threadpool(service.record_event, qid, verb, actor, sender)
         else:
             return failure(request, 404, "No such action")
         return RedirectResponse(f"/m/{qid}?done={done}", status_code=303)
@@ -326,6 +331,32 @@ def create_app(parts: Parts) -> ASGIApp:
             done = "shared"
         return RedirectResponse(f"/r/{token}?done={done}", status_code=303)
 
+    async def recipient_sender(request: Request) -> Response:
+        """A recipient allows or blocks the sender of one of their held messages, for themselves only."""
+        found = link_of(request)
+        if found is None:
+            return failure(request, 403, "This link is not valid or has expired")
+        token, link = found
+        values = await form_of(request, None, link_csrf(token))
+        if values is None:
+            return failure(request, 403, "The form expired or came from another site")
+        qid, choice = values.get("id", ""), values.get("choice", "")
+        if not _valid_id(qid) or choice not in ("allow", "block"):
+            return failure(request, 404, "No such message")
+        mine = await run_in_threadpool(service.recipient_records, link.recipient, float(link.issued_at),
+                                       link.quarantine_id)
+        record = next((r for r in mine if r.id == qid), None)
+        if record is None or not record.envelope.mail_from:
+            return RedirectResponse(f"/r/{token}?done=not-found", status_code=303)
+        actor = web_actor(f"recipient {link.recipient}", _client(request))
+        created = await run_in_threadpool(list_sender, settings, choice == "allow", record.envelope.mail_from,
+                                          link.recipient, f"by the recipient from their digest, message {qid}",
+                                          actor)
+        await run_in_threadpool(service.record_event, qid, f"{choice}-sender", actor,
+                                f"{record.envelope.mail_from} for {link.recipient}")
+        done = ("allowed" if choice == "allow" else "blocked") if created else "already-listed"
+        return RedirectResponse(f"/r/{token}?done={done}", status_code=303)
+
     # -- errors ------------------------------------------------------------------------------------
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -347,6 +378,7 @@ def create_app(parts: Parts) -> ASGIApp:
         Route("/m/{qid}/{verb}", act, methods=["POST"]),
         Route("/r/{token}", recipient_page, methods=["GET"]),
         Route("/r/{token}/release", recipient_release, methods=["POST"]),
+        Route("/r/{token}/sender", recipient_sender, methods=["POST"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
