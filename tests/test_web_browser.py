@@ -224,3 +224,24 @@ def test_a_session_cookie_is_not_readable_by_scripts(browser, site):
     assert browser.execute_script("return document.cookie") == ""          # HttpOnly
     cookie = browser.get_cookie("mailward_session")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+
+
+def test_a_recipient_releases_their_spam_from_the_digest_link(browser, site, shots):
+    from selenium.webdriver.common.by import By
+
+    from mailward.quarantine.links import link_key_path, new_link, sign_link
+    from mailward.quarantine.release import load_release_key
+
+    base, settings, sink, _ = site
+    spam = put(settings, message("Conference offer"), recipients=("erin@example.net",))
+    virus = put(settings, message("Invoice"), recipients=("erin@example.net",), case=malware_case)
+    token = sign_link(load_release_key(link_key_path(settings)), new_link("erin@example.net", "", time.time(), 7))
+    browser.delete_all_cookies()                                            # no analyst session: the link alone
+    browser.get(f"{base}/r/{token}")
+    table = browser.find_element(By.ID, "messages").text
+    assert "Conference offer" in table and "Invoice" not in table and virus not in browser.page_source
+    browser.save_screenshot(str(shots / "06-recipient-page.png"))
+    _submit(browser, browser.find_element(By.ID, f"release-{spam}"))
+    assert "Released" in browser.find_element(By.ID, "notice").text
+    assert any(rcpts == ("erin@example.net",) for _, rcpts, _ in sink.received)
+    browser.save_screenshot(str(shots / "07-recipient-released.png"))
