@@ -24,7 +24,7 @@ from pathlib import Path
 from mailward.config import ClamavSettings, ReputationSettings, Settings
 from mailward.envelope import Envelope
 from mailward.message import parse_message
-from mailward.pipeline import Inspector
+from mailward.runtime import build_inspector
 from mailward.signatures.clamav import ClamavDetector
 from mailward.signatures.hashes import HashList
 from mailward.signatures.yara_rules import YaraDetector
@@ -65,7 +65,7 @@ def main() -> int:
     try:
         base = replace(Settings(), state_dir=state, reputation=ReputationSettings(enabled=False))
         with_clamav = replace(base, clamav=ClamavSettings(socket=socket))
-        plain, full = Inspector.from_settings(base), Inspector.from_settings(with_clamav)
+        plain, full = build_inspector(base), build_inspector(with_clamav)
         yara = next(d for d in plain.detectors if isinstance(d, YaraDetector))
         allow = HashList.load(())
         objects = ClamavDetector(with_clamav.clamav, allow, base.limits.inspect_deadline)

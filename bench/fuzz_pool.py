@@ -33,8 +33,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from dns_server import EMPTY_ROOT, DnsServer  # noqa: E402
 from mailward.config import load_settings  # noqa: E402
+from mailward.errors import ScanFailed  # noqa: E402
 from mailward.policy import decide  # noqa: E402
-from mailward.workers import ScanFailed, ScanPool  # noqa: E402
+from mailward.source import MessageSource  # noqa: E402
+from mailward.workers import ScanPool  # noqa: E402
 from mutants import SENDER, mutants, seeds_from  # noqa: E402
 
 # Findings that say a check did not run as meant (errors of category "error" are counted too).
@@ -72,7 +74,7 @@ class Run:
         name, raw = item
         t0 = time.perf_counter()
         try:
-            evidence = self.pool.scan(raw, SENDER, self.deadline)
+            evidence = self.pool.scan(MessageSource.of(raw), SENDER, self.deadline)
             verdict = decide(evidence, self.policy, "MW-FUZZ").action.value
         except ScanFailed as exc:
             verdict, evidence = "failed", None

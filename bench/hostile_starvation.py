@@ -66,6 +66,7 @@ def measure(scenario: str, deadline: float) -> dict:
     """Run one scenario in this process with whichever ``mailward`` is on the path."""
     from mailward.config import load_settings
     from mailward.envelope import Envelope
+    from mailward.source import MessageSource
     from mailward.workers import ScanPool
 
     settings = load_settings(overrides={"state_dir": tempfile.mkdtemp(), "reputation": {"enabled": False}})
@@ -83,7 +84,8 @@ def measure(scenario: str, deadline: float) -> dict:
         def send(key: str, raw: bytes, client: str) -> None:
             sent = time.monotonic()
             try:
-                names = [f.name for f in pool.scan(raw, Envelope(client_address=client), deadline).findings]
+                found = pool.scan(MessageSource.of(raw), Envelope(client_address=client), deadline).findings
+                names = [f.name for f in found]
             except Exception as exc:          # a failed scan is an outcome to count, not the end of the bench
                 names = [f"failed:{type(exc).__name__}"]
             results[key] = (time.monotonic() - sent, names)

@@ -22,13 +22,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from mailward.actor import Actor  # noqa: E402
 from mailward.config import load_settings  # noqa: E402
 from mailward.envelope import Direction, Envelope  # noqa: E402
 from mailward.evidence import Evidence  # noqa: E402
 from mailward.incidents import SubjectKind, open_incidents  # noqa: E402
-from mailward.quarantine.records import Actor  # noqa: E402
-from mailward.screening import Outcome  # noqa: E402
-from mailward.verdict import Action, Verdict  # noqa: E402
+from mailward.verdict import (  # noqa: E402
+    Action,
+    Outcome,  # noqa: E402
+    Verdict,
+)
 
 
 def outcome(i: int, accounts: int) -> Outcome:

@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from harness.milter import MilterProcess  # noqa: E402
 from harness.postfix import Postfix  # noqa: E402
-from mail import EICAR, GTUBE, message  # noqa: E402
+from support.mail import EICAR, GTUBE, message  # noqa: E402
 
 WORDS = ["meeting", "report", "budget", "project", "schedule", "review", "contract", "invoice", "team", "customer",
          "server", "update", "release", "deadline", "agenda", "minutes", "quarter", "results", "proposal", "design",

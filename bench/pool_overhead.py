@@ -22,7 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mailward.config import load_settings  # noqa: E402
 from mailward.envelope import Envelope  # noqa: E402
-from mailward.pipeline import Inspector  # noqa: E402
+from mailward.runtime import build_inspector  # noqa: E402
+from mailward.source import MessageSource  # noqa: E402
 from mailward.workers import ScanPool  # noqa: E402
 from milter_throughput import corpus  # noqa: E402
 
@@ -48,14 +49,14 @@ def main() -> int:
     settings = load_settings(overrides={"state_dir": tempfile.mkdtemp(prefix="mailward-bench-")})
     msgs = corpus(args.messages)
     env = Envelope()
-    inspector = Inspector.from_settings(settings)
+    inspector = build_inspector(settings)
     inproc = lambda raw: inspector.inspect(raw, env)  # noqa: E731
     timed(inproc, msgs[:50], 1)
     rows = [("in-process, 1 thread", *timed(inproc, msgs, 1)),
             (f"in-process, {args.threads} threads", *timed(inproc, msgs, args.threads))]
     for workers in (1, 2):
         pool = ScanPool(settings, workers)
-        scan = lambda raw, pool=pool: pool.scan(raw, env, 60)  # noqa: E731
+        scan = lambda raw, pool=pool: pool.scan(MessageSource.of(raw), env, 60)  # noqa: E731
         timed(scan, msgs[:50], workers)
         rows.append((f"pool {workers} worker(s), 1 thread", *timed(scan, msgs, 1)))
         rows.append((f"pool {workers} worker(s), {args.threads} threads", *timed(scan, msgs, args.threads)))

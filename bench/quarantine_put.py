@@ -20,6 +20,7 @@ from pathlib import Path
 from mailward.envelope import Envelope
 from mailward.evidence import Category, Evidence, Finding, Severity
 from mailward.quarantine.store import QuarantineStore
+from mailward.source import MessageSource
 from mailward.verdict import Action, Verdict, new_incident_id
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -40,7 +41,7 @@ def run(store: QuarantineStore, count: int, threads: int, size: int) -> tuple[fl
     def one(n: int) -> None:
         verdict = Verdict(Action.QUARANTINE, ("spam",), new_incident_id())
         t0 = time.perf_counter()
-        store.put(sample(size, n), env, verdict, evidence)
+        store.put(MessageSource.of(sample(size, n)), env, verdict, evidence)
         latencies.append(time.perf_counter() - t0)
 
     started = time.perf_counter()

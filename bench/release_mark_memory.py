@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from harness.milter import MilterProcess  # noqa: E402
 from harness.postfix import Postfix  # noqa: E402
-from mail import GTUBE  # noqa: E402
+from support.mail import GTUBE  # noqa: E402
 
 FORGED = "X-Mailward-Release: MW-FORGED-00000000 1700000000 " + "0" * 64
 

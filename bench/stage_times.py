@@ -21,7 +21,7 @@ from pathlib import Path
 
 from mailward.config import load_settings
 from mailward.envelope import Envelope
-from mailward.pipeline import Inspector
+from mailward.runtime import build_inspector
 
 
 def quantiles(values: list[float]) -> tuple[float, float, float]:
@@ -50,7 +50,7 @@ def main() -> int:
         files = args.paths[: args.limit]
     if not files:
         ap.error("no messages: give --corpus and --index, or .eml paths")
-    inspector = Inspector.from_settings(load_settings(overrides={"state_dir": tempfile.mkdtemp()}))
+    inspector = build_inspector(load_settings(overrides={"state_dir": tempfile.mkdtemp()}))
     envelope = Envelope(client_address="127.0.0.1")       # loopback: no DNS lookups in the figures
     stages: dict[str, list[float]] = defaultdict(list)
     totals = []

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from real_parts import require
+from support.mail import EICAR
 
-EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 MARKER = b"MAILWARD-CLAMAV-TEST-MARKER"          # any file with these bytes is MailwardTest.Marker-1
 MARKER_SIGNATURE = "MailwardTest.Marker-1.UNOFFICIAL"   # clamd marks signatures of unsigned databases
 EICAR_SIGNATURE = "Eicar-Test-Signature.UNOFFICIAL"

@@ -1,13 +1,13 @@
 """Real receivers on loopback for alert tests, a milter driver with SASL macros, and store fixtures.
 
-Test modules import the helpers they use (``from incidents_support import ...``);
+Test modules import the helpers they use (``from incidents_support import ...``; the milter
+client and runtime fixture are in ``support.milter``);
 the fixtures (``incident_store`` runs a test once per backend, on the quarantine tests'
 PostgreSQL cluster) are registered for every module by ``tests/conftest.py``.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import socket
 import threading
@@ -15,22 +15,10 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import Milter
 import pytest
-from Milter import testctx
 
-from mailward.config import load_settings
-from mailward.incidents import open_incidents
 from mailward.incidents.store import PostgresIncidentStore, SqliteIncidentStore
-from mailward.metrics import Metrics
-from mailward.milter.adapter import MailwardMilter, Runtime
-from mailward.pipeline import Inspector
-from mailward.quarantine import open_store
-from mailward.screening import Screener
 from quarantine_support import FakeClock
-
-NO_REPLY_BITS = (Milter.P_NR_CONN | Milter.P_NR_HELO | Milter.P_NR_MAIL | Milter.P_NR_RCPT | Milter.P_NR_DATA
-                 | Milter.P_NR_UNKN | Milter.P_NR_EOH | Milter.P_NR_BODY | Milter.P_NR_HDR)
 
 # Real lines as Postfix 3.7 writes them (maillog_file and syslog formats, IPv4 and IPv6, submission service).
 FAILED_LOGIN_LINES = (
@@ -118,52 +106,6 @@ def wait_for(predicate, timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.02)
     return predicate()
-
-
-def incidents_runtime(tmp_path: Path, toml: str = "", clock=time.time, metrics: Metrics | None = None):
-    """A milter runtime with incident response, as the daemon builds it (no worker processes)."""
-    state = tmp_path / "state"
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    cfg = tmp_path / "m.toml"
-    cfg.write_text(f'state_dir = "{state}"\n{toml}\n[reputation]\nenabled = false\n')   # no DNS in tests
-    settings = load_settings(cfg)
-    (state / "spool").mkdir(parents=True, exist_ok=True)
-    inspector = Inspector.from_settings(settings)
-    incidents = open_incidents(settings, metrics, clock=clock)
-    scan = lambda raw, env: inspector.inspect(raw if isinstance(raw, bytes) else raw.read_bytes(), env)  # noqa
-    screener = Screener(settings, scan, open_store(settings), watch=incidents)
-    return Runtime(screener, settings.direction.rules(), state / "spool", settings.milter.spool_threshold,
-                   incidents, metrics)
-
-
-class Ctx(testctx.TestCtx):
-    """TestCtx without quarantine(); messages recorded."""
-
-    def quarantine(self, reason):
-        pass
-
-
-class MilterClient:
-    """Drives MailwardMilter through pymilter's TestCtx, one SMTP connection per ``connect``."""
-
-    def __init__(self, runtime: Runtime, monkeypatch):
-        monkeypatch.setattr(Milter, "factory", lambda: MailwardMilter(runtime))
-        # TestCtx treats NOREPLY as a rejection: offer the milter no NR bits.
-        monkeypatch.setattr(testctx.TestCtx, "default_opts", [Milter.CURR_ACTS, 0x1FFFFF & ~NO_REPLY_BITS, 0, 0])
-
-    def connect(self, ip: str = "198.51.100.7", auth: str = "", daemon: str = "") -> tuple[int, Ctx]:
-        ctx = Ctx()
-        if auth:
-            ctx._setsymval("{auth_authen}", auth)
-        if daemon:
-            ctx._setsymval("{daemon_name}", daemon)
-        ctx._setsymval("i", "4ABCDE1234")
-        return ctx._connect(ip=ip), ctx
-
-    @staticmethod
-    def send(ctx: Ctx, raw: bytes, sender: str = "alice@example.org", *rcpts: str) -> int:
-        rcpts = rcpts or ("user@example.test",)
-        return ctx._feedFile(io.BytesIO(raw), sender, *rcpts)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

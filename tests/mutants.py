@@ -20,10 +20,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from mailward.envelope import Envelope
+from support.mail import EICAR
 
 # Who sends every mutant: a client address, HELO and sender, so SPF and the block lists have work to do.
 SENDER = Envelope(mail_from="anna@example.org", client_address="192.0.2.7", helo="mx.example.org")
-EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 
 # Charsets that are valid Python codecs but not mail charsets, unknown ones, and odd but real ones.
 HOSTILE_CHARSETS = (b"undefined", b"idna", b"punycode", b"unicode_escape", b"utf\xc3\xa98", b"x-unknown",

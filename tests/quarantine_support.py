@@ -6,8 +6,6 @@ from mailward.envelope import Direction, Envelope
 from mailward.evidence import Category, Clue, Evidence, Finding, Severity, SpamAssessment
 from mailward.verdict import Action, Verdict, new_incident_id
 
-EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
-
 
 class FakeClock:
     """A clock the test moves by hand (stores take the clock as a constructor argument)."""

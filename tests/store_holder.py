@@ -25,6 +25,7 @@ from mailward.config import load_settings  # noqa: E402
 from mailward.incidents import Origin, SubjectKind  # noqa: E402
 from mailward.incidents import open_store as open_incident_store  # noqa: E402
 from mailward.quarantine import ListFilter, open_store  # noqa: E402
+from mailward.source import MessageSource  # noqa: E402
 from quarantine_support import envelope, message, spam_case  # noqa: E402
 
 
@@ -42,7 +43,7 @@ def main() -> None:
         elif command in ("put", "old-put"):
             store = quarantines[0] if command == "old-put" else quarantines[-1]
             verdict, evidence = spam_case()
-            answer = store.put(message(arg), envelope(), verdict, evidence)
+            answer = store.put(MessageSource.of(message(arg)), envelope(), verdict, evidence)
         elif command == "ids":
             answer = sorted(r.id for r in quarantines[-1].list(ListFilter(limit=100_000)))
         elif command == "label":

@@ -34,7 +34,7 @@ import pytest
 from harness.milter import MilterProcess
 from harness.postfix import Postfix, wait_for
 from harness.service import interpreter_reachable, run_cli
-from mail import EICAR, GTUBE, message
+from support.mail import EICAR, GTUBE, message
 
 pytestmark = pytest.mark.postfix
 

@@ -9,12 +9,14 @@ from dataclasses import replace
 import pytest
 
 from clamd_server import EICAR, EICAR_SIGNATURE
+from mailward.actor import Actor
 from mailward.config import ClamavSettings, ReputationSettings, Settings
 from mailward.envelope import Direction, Envelope
 from mailward.evidence import Category
-from mailward.pipeline import Inspector
-from mailward.quarantine import Actor, ListFilter, ReleaseClaim, Status, open_store
+from mailward.quarantine import ListFilter, ReleaseClaim, Status, open_store
+from mailward.runtime import InProcessScanner
 from mailward.screening import Screener, event_of, source_domain
+from mailward.source import MessageSource
 from mailward.verdict import Action
 from quarantine_support import FakeClock
 from unpack_support import message, ooxml, vba_project, zipped
@@ -29,13 +31,13 @@ End Sub
 def screening(tmp_path, clamd):
     settings = replace(Settings(), state_dir=str(tmp_path), clamav=ClamavSettings(socket=clamd.socket),
                        reputation=ReputationSettings(enabled=False))
-    inspector = Inspector.from_settings(settings)
+    scanner = InProcessScanner.from_settings(settings)
     clock = FakeClock()
     store = open_store(settings, clock=clock)
-    screener = Screener(settings, inspector.inspect, store, clock=clock)
+    screener = Screener(settings, scanner, store, clock=clock)
     yield screener, store, clock
     store.close()
-    inspector.unpacker.close()
+    scanner.close()
 
 
 def envelope(client_name: str = "[192.0.2.7]") -> Envelope:
@@ -51,7 +53,7 @@ def eicar_mail() -> bytes:
 def test_rejected_malware_is_kept_as_a_sample_that_needs_force(screening):
     screener, store, clock = screening
     raw = eicar_mail()
-    outcome = screener.screen(raw, len(raw), envelope())
+    outcome = screener.screen(MessageSource.of(raw), envelope())
     assert outcome.verdict.action is Action.REJECT and outcome.quarantine_id
     record = store.get(outcome.quarantine_id)
     assert record.status is Status.REJECTED and store.read(outcome.quarantine_id) == raw
@@ -64,7 +66,7 @@ def test_rejected_malware_is_kept_as_a_sample_that_needs_force(screening):
 def test_rejected_samples_follow_retention(screening):
     screener, store, clock = screening
     raw = eicar_mail()
-    outcome = screener.screen(raw, len(raw), envelope())
+    outcome = screener.screen(MessageSource.of(raw), envelope())
     clock.now += 31 * 86400
     assert store.purge(30, Actor("retention", "host")) == [outcome.quarantine_id]
     assert store.get(outcome.quarantine_id) is None
@@ -76,7 +78,7 @@ def test_reject_for_other_reasons_keeps_no_sample(screening):
     policy = replace(screener.settings.policy, inbound=replace(screener.settings.policy.inbound,
                                                                macro_action_plain=Action.REJECT))
     screener.settings = replace(screener.settings, policy=policy)
-    outcome = screener.screen(raw, len(raw), envelope())
+    outcome = screener.screen(MessageSource.of(raw), envelope())
     assert outcome.verdict.action is Action.REJECT and outcome.verdict.reasons == ("macro",)
     assert not outcome.quarantine_id and store.list(ListFilter()) == []
 
@@ -84,7 +86,7 @@ def test_reject_for_other_reasons_keeps_no_sample(screening):
 def test_findings_and_summary_event_carry_ecs_fields(screening):
     screener, _, _ = screening
     raw = eicar_mail()
-    outcome = screener.screen(raw, len(raw), envelope())
+    outcome = screener.screen(MessageSource.of(raw), envelope())
     doc = event_of(outcome)
     assert doc["email"]["subject"] == "Your invoice"
     assert doc["email"]["message_id"] == "<abc.123@example.org>"
@@ -110,6 +112,6 @@ def test_source_domain_is_a_host_name_or_nothing(client_name, domain):
 def test_subject_with_control_characters_is_made_printable_for_logs(screening):
     screener, _, _ = screening
     raw = message(subject="Hi\x1b[31m there")
-    outcome = screener.screen(raw, len(raw), envelope("mx.example.org"))
+    outcome = screener.screen(MessageSource.of(raw), envelope("mx.example.org"))
     assert "\x1b" not in event_of(outcome)["email"]["subject"]
     assert event_of(outcome)["source"]["domain"] == "mx.example.org"

@@ -6,13 +6,14 @@ import threading
 import time
 from dataclasses import replace
 
-from mail import gtube_message
 from mailward.config import ReputationSettings, Settings
 from mailward.envelope import Direction, Envelope
-from mailward.pipeline import Inspector
 from mailward.quarantine import open_store
+from mailward.runtime import InProcessScanner
 from mailward.screening import WATCH_BUDGET, Screener
+from mailward.source import MessageSource
 from mailward.verdict import Action
+from support.mail import gtube_message
 
 
 class StalledWatch:
@@ -29,15 +30,15 @@ class StalledWatch:
 
 def test_a_stalled_incident_response_does_not_hold_the_reply(tmp_path):
     settings = replace(Settings(), state_dir=str(tmp_path), reputation=ReputationSettings(enabled=False))
-    inspector = Inspector.from_settings(settings)
+    scanner = InProcessScanner.from_settings(settings)
     store, watch = open_store(settings), StalledWatch()
     try:
-        screener = Screener(settings, inspector.inspect, store, watch=watch)
+        screener = Screener(settings, scanner, store, watch=watch)
         _, raw = gtube_message()
         envelope = Envelope(mail_from="a@example.org", recipients=("u@example.test",), client_address="192.0.2.9",
                             direction=Direction.INBOUND)
         started = time.monotonic()
-        outcome = screener.screen(raw, len(raw), envelope)
+        outcome = screener.screen(MessageSource.of(raw), envelope)
         waited = time.monotonic() - started
         assert watch.entered.is_set()
         assert outcome.verdict.action is Action.QUARANTINE and store.get(outcome.quarantine_id) is not None
@@ -50,4 +51,4 @@ def test_a_stalled_incident_response_does_not_hold_the_reply(tmp_path):
     finally:
         watch.release.set()
         store.close()
-        inspector.unpacker.close()
+        scanner.close()

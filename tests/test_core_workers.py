@@ -8,11 +8,13 @@ import time
 
 import pytest
 
-from mail import eicar_message, message
 from mailward.config import load_settings
 from mailward.envelope import Envelope
+from mailward.errors import ScanFailed
 from mailward.evidence import Category
-from mailward.workers import ScanFailed, ScanPool
+from mailward.source import MessageSource
+from mailward.workers import ScanPool
+from support.mail import eicar_message, message
 
 
 @pytest.fixture(scope="module")
@@ -25,16 +27,17 @@ def pool(tmp_path_factory):
 
 
 def test_scans_in_worker_processes(pool):
-    ev = pool.scan(eicar_message()[1], Envelope(), deadline=60)
+    ev = pool.scan(MessageSource.of(eicar_message()[1]), Envelope(), deadline=60)
     assert Category.MALWARE in {f.category for f in ev.findings}
-    assert pool.scan(message()[1], Envelope(), deadline=60).findings == ()
+    assert pool.scan(MessageSource.of(message()[1]), Envelope(), deadline=60).findings == ()
 
 
 def test_deadline_overrun_is_unchecked_and_worker_replaced(pool):
-    pool.scan(message()[1], Envelope(), deadline=60)             # warm
-    ev = pool.scan(message(body="x" * 5_000_000)[1], Envelope(), deadline=0.001)
+    pool.scan(MessageSource.of(message()[1]), Envelope(), deadline=60)             # warm
+    ev = pool.scan(MessageSource.of(message(body="x" * 5_000_000)[1]), Envelope(), deadline=0.001)
     assert [f.name for f in ev.findings] == ["scan-deadline"]
-    assert Category.MALWARE in {f.category for f in pool.scan(eicar_message()[1], Envelope(), deadline=60).findings}
+    eicar = MessageSource.of(eicar_message()[1])
+    assert Category.MALWARE in {f.category for f in pool.scan(eicar, Envelope(), deadline=60).findings}
 
 
 def test_dead_worker_is_reported_then_replaced(pool):
@@ -43,11 +46,11 @@ def test_dead_worker_is_reported_then_replaced(pool):
         os.kill(pid, signal.SIGKILL)
     time.sleep(0.2)
     with pytest.raises(ScanFailed):
-        pool.scan(message()[1], Envelope(), deadline=30)
+        pool.scan(MessageSource.of(message()[1]), Envelope(), deadline=30)
     # The pool heals: every slot is replaced by a live process as it comes back.
     for _ in range(3):
         try:
-            ev = pool.scan(eicar_message()[1], Envelope(), deadline=60)
+            ev = pool.scan(MessageSource.of(eicar_message()[1]), Envelope(), deadline=60)
             break
         except ScanFailed:
             continue
@@ -60,7 +63,7 @@ def test_reload_swaps_workers(pool, tmp_path):
     pool.reload(settings)
     after = set(pool.idle_pids())
     assert before.isdisjoint(after)
-    assert pool.scan(eicar_message()[1], Envelope(), deadline=60).findings
+    assert pool.scan(MessageSource.of(eicar_message()[1]), Envelope(), deadline=60).findings
 
 
 def test_a_scan_past_its_cpu_budget_is_unchecked_and_the_worker_replaced(tmp_path):
@@ -77,12 +80,13 @@ def test_a_scan_past_its_cpu_budget_is_unchecked_and_the_worker_replaced(tmp_pat
                                                               for i in range(11)}))])
     small = ScanPool(settings, 1)
     try:
-        small.scan(message()[1], Envelope(), deadline=60)                   # warm: detectors loaded
+        small.scan(MessageSource.of(message()[1]), Envelope(), deadline=60)                   # warm: detectors loaded
         started = time.monotonic()
-        ev = small.scan(costly, Envelope(), deadline=60)
+        ev = small.scan(MessageSource.of(costly), Envelope(), deadline=60)
         assert [f.name for f in ev.findings] == ["scan-cpu-budget"]
         assert time.monotonic() - started < 20
-        assert Category.MALWARE in {f.category for f in small.scan(eicar_message()[1], Envelope(), 60).findings}
+        eicar = MessageSource.of(eicar_message()[1])
+        assert Category.MALWARE in {f.category for f in small.scan(eicar, Envelope(), 60).findings}
     finally:
         small.close()
 
@@ -98,13 +102,13 @@ def test_one_client_never_holds_every_worker_while_another_waits(pool):
     done = threading.Event()
 
     def send(key, raw, envelope):
-        pool.scan(raw, envelope, deadline=60)
+        pool.scan(MessageSource.of(raw), envelope, deadline=60)
         finished[key] = time.monotonic()
 
     def watch():
         nonlocal most_held
         while not done.is_set():
-            most_held = max(most_held, pool._busy.get("192.0.2.66", 0))
+            most_held = max(most_held, pool.in_flight("192.0.2.66"))
             time.sleep(0.005)
 
     watcher = threading.Thread(target=watch)
@@ -112,7 +116,7 @@ def test_one_client_never_holds_every_worker_while_another_waits(pool):
     senders = [threading.Thread(target=send, args=(f"burst{i}", slow, burst)) for i in range(4)]
     for t in senders:
         t.start()
-    while not pool._busy.get("192.0.2.66"):                         # the burst holds a worker
+    while not pool.in_flight("192.0.2.66"):                         # the burst holds a worker
         time.sleep(0.005)
     sent = time.monotonic()
     send("clean", clean, other)
@@ -216,4 +220,5 @@ def test_a_reload_whose_workers_cannot_load_keeps_the_old_ones(pool, tmp_path):
     with pytest.raises(ScanFailed, match="could not load"):
         pool.reload(broken)
     assert set(pool.idle_pids()) == before
-    assert Category.MALWARE in {f.category for f in pool.scan(eicar_message()[1], Envelope(), deadline=60).findings}
+    eicar = MessageSource.of(eicar_message()[1])
+    assert Category.MALWARE in {f.category for f in pool.scan(eicar, Envelope(), deadline=60).findings}

@@ -19,11 +19,12 @@ from pathlib import Path
 import pytest
 
 from dns_server import EMPTY_ROOT, DnsServer
-from mail import eicar_message, gtube_message
 from mailward.config import load_settings
 from mailward.policy import decide
+from mailward.source import MessageSource
 from mailward.workers import ScanPool
 from mutants import SENDER, mutants, seeds_from
+from support.mail import eicar_message, gtube_message
 from unpack_support import (
     EICAR,
     iso_image,
@@ -90,13 +91,13 @@ def test_every_mutant_ends_in_a_verdict_within_its_budget(pool):
     settings, scan_pool, dns = pool
     seeds = fixture_seeds()
     for raw in seeds[:2]:                                    # warm both workers before measuring memory
-        scan_pool.scan(raw, SENDER, BUDGET * 3)
+        scan_pool.scan(MessageSource.of(raw), SENDER, BUDGET * 3)
     rss_before = worker_rss_mib(scan_pool)
     verdicts: Counter[str] = Counter()
     slowest = 0.0
     for name, raw in mutants(seeds, MUTANTS, seed=12):
         started = time.monotonic()
-        evidence = scan_pool.scan(raw, SENDER, BUDGET)      # ScanFailed would escape here and fail the test
+        evidence = scan_pool.scan(MessageSource.of(raw), SENDER, BUDGET)   # ScanFailed would escape: the test fails
         slowest = max(slowest, time.monotonic() - started)
         assert "scan-deadline" not in {f.name for f in evidence.findings}, name
         assert "detector-error" not in {f.name for f in evidence.findings}, (name, evidence.findings)

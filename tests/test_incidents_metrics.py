@@ -10,8 +10,8 @@ from mailward.envelope import Direction, Envelope
 from mailward.evidence import Category, Evidence, Finding, Severity, SpamAssessment
 from mailward.metrics import Metrics, quarantine_stats, rules_version
 from mailward.quarantine import open_store
-from mailward.screening import Outcome
-from mailward.verdict import Action, Verdict
+from mailward.source import MessageSource
+from mailward.verdict import Action, Outcome, Verdict
 from quarantine_support import message, spam_case
 
 
@@ -33,7 +33,7 @@ def test_endpoint_serves_message_stage_error_and_live_figures(tmp_path):
     settings = load_settings(None, {"state_dir": str(tmp_path / "state")})
     store = open_store(settings)
     verdict, evidence = spam_case()
-    store.put(message(), Envelope(), verdict, evidence)
+    store.put(MessageSource.of(message()), Envelope(), verdict, evidence)
     metrics = Metrics()
     metrics.watch("quarantine", quarantine_stats(settings))
     metrics.watch("blocks", lambda: {"account": 2, "address": 1})

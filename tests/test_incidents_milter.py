@@ -10,12 +10,13 @@ import re
 import Milter
 from prometheus_client import generate_latest
 
-from incidents_support import MilterClient, WebhookReceiver, incidents_runtime, wait_for
-from mail import eicar_message, gtube_message, message
+from incidents_support import WebhookReceiver, wait_for
+from mailward.actor import Actor
 from mailward.cli.main import main as cli
 from mailward.incidents import SubjectKind
 from mailward.metrics import Metrics
-from mailward.quarantine.records import Actor
+from support.mail import eicar_message, gtube_message, message
+from support.milter import MilterClient
 
 INTERNALS = re.compile(r"EICAR|yara|Traceback|Error|pymilter|spam burst|suspen|sqlite", re.I)
 REPLY = re.compile(r"^Sender not accepted \(incident (MW-[0-9A-F]{8}-[0-9A-F]{8})\)$")
@@ -25,11 +26,11 @@ def _events(caplog, action: str) -> list[dict]:
     return [r.event for r in caplog.records if getattr(r, "event", {}).get("event", {}).get("action") == action]
 
 
-def test_outbound_spam_burst_suspends_the_account_until_lifted(tmp_path, monkeypatch, caplog):
+def test_outbound_spam_burst_suspends_the_account_until_lifted(tmp_path, monkeypatch, caplog, milter_runtime):
     caplog.set_level(logging.INFO)
     metrics = Metrics()
     with WebhookReceiver() as hook:
-        rt = incidents_runtime(tmp_path, f'[incidents]\nrefresh = 0.0\n[incidents.account]\nspam = 3\n'
+        rt = milter_runtime(tmp_path, f'[incidents]\nrefresh = 0.0\n[incidents.account]\nspam = 3\n'
                                          f'[alerts]\nwebhook_url = "{hook.url}"\n', metrics=metrics)
         client = MilterClient(rt, monkeypatch)
         rc, ctx = client.connect(ip="203.0.113.20", auth="alice")
@@ -77,9 +78,9 @@ def test_outbound_spam_burst_suspends_the_account_until_lifted(tmp_path, monkeyp
     assert [e.action for e in history] == ["remove", "add"] and history[0].detail == "password reset"
 
 
-def test_outbound_malware_suspends_at_once_and_alerts_twice(tmp_path, monkeypatch):
+def test_outbound_malware_suspends_at_once_and_alerts_twice(tmp_path, monkeypatch, milter_runtime):
     with WebhookReceiver() as hook:
-        rt = incidents_runtime(tmp_path, f'[alerts]\nwebhook_url = "{hook.url}"\n')
+        rt = milter_runtime(tmp_path, f'[alerts]\nwebhook_url = "{hook.url}"\n')
         client = MilterClient(rt, monkeypatch)
         _, ctx = client.connect(ip="203.0.113.21", auth="carol")
         assert client.send(ctx, eicar_message()[1], "carol@example.org") == Milter.REJECT
@@ -95,8 +96,8 @@ def test_outbound_malware_suspends_at_once_and_alerts_twice(tmp_path, monkeypatc
     assert "malware" in kinds["suspension"]["details"]["reason"]
 
 
-def test_recipient_flood_suspends(tmp_path, monkeypatch):
-    rt = incidents_runtime(tmp_path, "[incidents.account]\nrecipients = 5\n")
+def test_recipient_flood_suspends(tmp_path, monkeypatch, milter_runtime):
+    rt = milter_runtime(tmp_path, "[incidents.account]\nrecipients = 5\n")
     client = MilterClient(rt, monkeypatch)
     _, ctx = client.connect(auth="dave")
     rcpts = [f"u{i}@example.test" for i in range(6)]
@@ -106,9 +107,9 @@ def test_recipient_flood_suspends(tmp_path, monkeypatch):
     assert "recipient flood: 6 recipients" in block.reason
 
 
-def test_blocked_address_is_rejected_at_connect(tmp_path, monkeypatch, caplog):
+def test_blocked_address_is_rejected_at_connect(tmp_path, monkeypatch, caplog, milter_runtime):
     caplog.set_level(logging.INFO)
-    rt = incidents_runtime(tmp_path)
+    rt = milter_runtime(tmp_path)
     block, _ = rt.incidents.block(SubjectKind.NETWORK, "198.51.100.0/24", "scanner", Actor("ann", "ws"))
     client = MilterClient(rt, monkeypatch)
     rc, ctx = client.connect(ip="198.51.100.7")
@@ -119,8 +120,8 @@ def test_blocked_address_is_rejected_at_connect(tmp_path, monkeypatch, caplog):
     assert rc == Milter.CONTINUE
 
 
-def test_a_block_whose_policy_is_quarantine_goes_to_the_quarantine(tmp_path, monkeypatch):
-    rt = incidents_runtime(tmp_path, '[policy.inbound]\nblocked_action = "quarantine"\n')
+def test_a_block_whose_policy_is_quarantine_goes_to_the_quarantine(tmp_path, monkeypatch, milter_runtime):
+    rt = milter_runtime(tmp_path, '[policy.inbound]\nblocked_action = "quarantine"\n')
     rt.incidents.block(SubjectKind.DOMAIN, "example.org", "phish wave", Actor("ann", "ws"))
     client = MilterClient(rt, monkeypatch)
     _, ctx = client.connect()
@@ -129,8 +130,8 @@ def test_a_block_whose_policy_is_quarantine_goes_to_the_quarantine(tmp_path, mon
     assert len(list((tmp_path / "state" / "quarantine").rglob("*.eml"))) == 1
 
 
-def test_inbound_host_abuse_is_suspended_and_exempt_networks_are_not(tmp_path, monkeypatch):
-    rt = incidents_runtime(tmp_path, '[incidents.inbound_host]\nmalware = 2\n'
+def test_inbound_host_abuse_is_suspended_and_exempt_networks_are_not(tmp_path, monkeypatch, milter_runtime):
+    rt = milter_runtime(tmp_path, '[incidents.inbound_host]\nmalware = 2\n'
                                      '[incidents]\nexempt_networks = ["192.0.2.0/28"]\n')
     client = MilterClient(rt, monkeypatch)
     for ip in ("192.0.2.50", "192.0.2.5"):
@@ -143,8 +144,8 @@ def test_inbound_host_abuse_is_suspended_and_exempt_networks_are_not(tmp_path, m
     assert block.value == "192.0.2.50" and "inbound malware sent: 2 malware" in block.reason
 
 
-def test_a_dead_incident_store_never_stops_the_mail(tmp_path, monkeypatch, caplog):
-    rt = incidents_runtime(tmp_path, "[incidents.account]\nmessages = 1\n")
+def test_a_dead_incident_store_never_stops_the_mail(tmp_path, monkeypatch, caplog, milter_runtime):
+    rt = milter_runtime(tmp_path, "[incidents.account]\nmessages = 1\n")
     store = rt.incidents.store
     store.close()
     os.remove(store.path)
@@ -156,11 +157,11 @@ def test_a_dead_incident_store_never_stops_the_mail(tmp_path, monkeypatch, caplo
     assert any("cannot update the counters of account erin" in r.getMessage() for r in caplog.records)
 
 
-def test_quarantine_store_failure_tempfails_and_alerts(tmp_path, monkeypatch):
+def test_quarantine_store_failure_tempfails_and_alerts(tmp_path, monkeypatch, milter_runtime):
     import shutil
 
     with WebhookReceiver() as hook:
-        rt = incidents_runtime(tmp_path, f'[policy.inbound]\nmalware_action = "quarantine"\n'
+        rt = milter_runtime(tmp_path, f'[policy.inbound]\nmalware_action = "quarantine"\n'
                                          f'[alerts]\nwebhook_url = "{hook.url}"\n')
         messages = tmp_path / "state" / "quarantine" / "messages"
         shutil.rmtree(messages)
@@ -175,11 +176,11 @@ def test_quarantine_store_failure_tempfails_and_alerts(tmp_path, monkeypatch):
     assert str(tmp_path) not in json.dumps(alert)                 # no paths, no exception text
 
 
-def test_two_milter_hosts_on_postgresql_count_one_account_together(tmp_path, monkeypatch, fresh_pg_dsn):
+def test_two_milter_hosts_on_postgresql_count_one_account_together(tmp_path, monkeypatch, fresh_pg_dsn, milter_runtime):
     toml = (f'[quarantine]\nbackend = "postgresql"\ndsn = "{fresh_pg_dsn}"\n'
             f'[incidents]\nrefresh = 0.0\n[incidents.account]\nspam = 3\n')
-    mx1 = incidents_runtime(tmp_path / "mx1", toml)
-    mx2 = incidents_runtime(tmp_path / "mx2", toml)
+    mx1 = milter_runtime(tmp_path / "mx1", toml)
+    mx2 = milter_runtime(tmp_path / "mx2", toml)
     one, two = MilterClient(mx1, monkeypatch), MilterClient(mx2, monkeypatch)
     _, ctx = one.connect(auth="frank")
     for _ in range(2):

@@ -9,8 +9,7 @@ from mailward.config import load_settings
 from mailward.envelope import Direction, Envelope
 from mailward.evidence import Category, Evidence, Finding, MessageFacts, Severity
 from mailward.incidents import open_incidents
-from mailward.screening import Outcome
-from mailward.verdict import Action, Verdict
+from mailward.verdict import Action, Outcome, Verdict
 from quarantine_support import SmtpSink
 
 MALWARE = Evidence(findings=(Finding(Category.MALWARE, "clamav:Win.Trojan.X-123", Severity.HIGH, "clamav",

@@ -11,8 +11,8 @@ import urllib.request
 
 import pytest
 
-from mail import gtube_message, message
 from mailward.cli.main import main as cli
+from support.mail import gtube_message, message
 
 pytestmark = pytest.mark.postfix
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from incidents_support import WebhookReceiver, wait_for
-from mail import gtube_message
+from support.mail import gtube_message
 
 pytestmark = pytest.mark.postfix
 

@@ -27,12 +27,12 @@ from mailward.evidence import Category, Severity
 from mailward.message import ContentObject, decode_header, decode_header_value, decode_text, parse_message
 from mailward.models.htmltext import html_to_text
 from mailward.models.tokens import tokenize
-from mailward.pipeline import Inspector
 from mailward.policy import decide
 from mailward.quarantine.store import header_summary
 from mailward.reputation.dkim_check import signatures
 from mailward.reputation.dmarc_check import author_domains
 from mailward.reputation.names import OrgDomains, url_domains
+from mailward.runtime import build_inspector
 from mailward.textsafe import json_line, neutralise
 from mailward.unpack import Unpacker
 from mailward.verdict import Action
@@ -70,7 +70,7 @@ def orgs():
 def inspector(tmp_path_factory):
     settings = load_settings(overrides={"state_dir": str(tmp_path_factory.mktemp("state")),
                                         "reputation": {"enabled": False}})
-    return settings, Inspector.from_settings(settings)
+    return settings, build_inspector(settings)
 
 
 def parse_errors(findings) -> list:

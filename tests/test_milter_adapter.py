@@ -2,76 +2,41 @@
 
 from __future__ import annotations
 
-import io
 import re
-from pathlib import Path
+from dataclasses import replace
 
 import Milter
 import pytest
-from Milter import testctx
 
-from mail import eicar_message, gtube_message, message
-from mailward.config import load_settings
-from mailward.milter.adapter import MailwardMilter, Runtime
-from mailward.pipeline import Inspector
-from mailward.quarantine import open_store
-from mailward.screening import Screener
+from mailward.evidence import Evidence
+from mailward.runtime import InProcessScanner, LiveRuntime, Runtime
+from support.mail import eicar_message, gtube_message, message
+from support.milter import QUEUE_ID, MilterClient, settings_for
 
 INTERNALS = re.compile(r"EICAR|yara|Traceback|Error|pymilter", re.I)
 
 
-NO_REPLY_BITS = (Milter.P_NR_CONN | Milter.P_NR_HELO | Milter.P_NR_MAIL | Milter.P_NR_RCPT | Milter.P_NR_DATA
-                 | Milter.P_NR_UNKN | Milter.P_NR_EOH | Milter.P_NR_BODY | Milter.P_NR_HDR)
-
-
-class Ctx(testctx.TestCtx):
-    """TestCtx treats NOREPLY as a rejection and lacks quarantine(): offer no NR bits, record holds."""
-
-
-    held: list[str]
-
-    def quarantine(self, reason):
-        self.held.append(reason)
-
-
-def runtime(tmp_path: Path, toml: str = "", scan=None) -> Runtime:
-    cfg = tmp_path / "m.toml"
-    # DNS checks have their own tests against a loopback server; here they would only add noise.
-    cfg.write_text(f'state_dir = "{tmp_path / "state"}"\n[reputation]\nenabled = false\n{toml}')
-    settings = load_settings(cfg)
-    (tmp_path / "state" / "spool").mkdir(parents=True, exist_ok=True)
-    inspector = Inspector.from_settings(settings)
-    scan = scan or (lambda raw, env: inspector.inspect(raw if isinstance(raw, bytes) else raw.read_bytes(), env))
-    return Runtime(Screener(settings, scan, open_store(settings)), settings.direction.rules(),
-                   tmp_path / "state" / "spool", settings.milter.spool_threshold)
-
-
 @pytest.fixture
 def feed(monkeypatch):
+    """``feed(runtime, raw, auth="", ip=...)``: one message on a new connection; (final answer, context)."""
     def run(rt: Runtime, raw: bytes, auth: str = "", ip: str = "198.51.100.7"):
-        monkeypatch.setattr(Milter, "factory", lambda: MailwardMilter(rt))
-        monkeypatch.setattr(testctx.TestCtx, "default_opts", [Milter.CURR_ACTS, 0x1FFFFF & ~NO_REPLY_BITS, 0, 0])
-        ctx = Ctx()
-        ctx.held = []
-        if auth:
-            ctx._setsymval("{auth_authen}", auth)
-        ctx._setsymval("i", "4ABCDE1234")
-        assert ctx._connect(ip=ip) == Milter.CONTINUE
-        rc = ctx._feedFile(io.BytesIO(raw), "sender@example.org", "user@example.test")
-        return rc, ctx
+        client = MilterClient(rt, monkeypatch)
+        rc, ctx = client.connect(ip=ip, auth=auth)
+        assert rc == Milter.CONTINUE
+        return client.send(ctx, raw, "sender@example.org", "user@example.test"), ctx
     return run
 
 
-def test_clean_message_accepted_with_headers(tmp_path, feed):
-    rc, ctx = feed(runtime(tmp_path), message()[1])
+def test_clean_message_accepted_with_headers(tmp_path, feed, milter_runtime):
+    rc, ctx = feed(milter_runtime(tmp_path), message()[1])
     assert rc == Milter.ACCEPT
     # Leading-space headers are negotiated: the value carries the space the MTA writes after the colon.
     assert ctx._msg["X-Mailward-Verdict"] == " accept"
     assert ctx._msg["X-Mailward-Incident"].startswith(" MW-")
 
 
-def test_authenticated_sender_gets_outbound_policy(tmp_path, feed):
-    rt = runtime(tmp_path, '[policy.inbound]\nspam_action = "tag"\n[policy.outbound]\nspam_action = "reject"\n')
+def test_authenticated_sender_gets_outbound_policy(tmp_path, feed, milter_runtime):
+    rt = milter_runtime(tmp_path, '[policy.inbound]\nspam_action = "tag"\n[policy.outbound]\nspam_action = "reject"\n')
     rc, _ = feed(rt, gtube_message()[1])
     assert rc == Milter.ACCEPT
     rc, ctx = feed(rt, gtube_message()[1], auth="alice")
@@ -79,68 +44,66 @@ def test_authenticated_sender_gets_outbound_policy(tmp_path, feed):
     assert ctx._reply[0] == "550"
 
 
-def test_internal_network_is_outbound(tmp_path, feed):
-    rt = runtime(tmp_path, '[direction]\ninternal_networks = ["192.0.2.0/24"]\n'
+def test_internal_network_is_outbound(tmp_path, feed, milter_runtime):
+    rt = milter_runtime(tmp_path, '[direction]\ninternal_networks = ["192.0.2.0/24"]\n'
                            '[policy.outbound]\nspam_action = "reject"\n[policy.inbound]\nspam_action = "tag"\n')
     assert feed(rt, gtube_message()[1], ip="192.0.2.10")[0] == Milter.REJECT
 
 
-def test_unexpected_scan_exception_tempfails_generically(tmp_path, feed):
+def test_unexpected_scan_exception_tempfails_generically(tmp_path, feed, milter_runtime):
     def explode(raw, env):
         raise ZeroDivisionError("internal detail")
-    rc, ctx = feed(runtime(tmp_path, scan=explode), message()[1])
+    rc, ctx = feed(milter_runtime(tmp_path, scan=explode), message()[1])
     assert rc == Milter.TEMPFAIL
     code, xcode, text = ctx._reply
     assert code == "451" and xcode.startswith("4.") and "incident MW-" in text
     assert not INTERNALS.search(text) and "internal detail" not in text
 
 
-def test_on_error_accept_is_honoured(tmp_path, feed):
-    from mailward.workers import ScanFailed
+def test_on_error_accept_is_honoured(tmp_path, feed, milter_runtime):
+    from mailward.errors import ScanFailed
 
     def dead(raw, env):
         raise ScanFailed("worker died")
-    rc, _ = feed(runtime(tmp_path, '[policy.inbound]\non_error = "accept"\n', scan=dead), message()[1])
+    rc, _ = feed(milter_runtime(tmp_path, '[policy.inbound]\non_error = "accept"\n', scan=dead), message()[1])
     assert rc == Milter.ACCEPT
 
 
-def test_failure_in_noreply_callback_is_answered_at_eom(tmp_path, feed):
-    rt = runtime(tmp_path)
+def test_failure_in_noreply_callback_is_answered_at_eom(tmp_path, feed, milter_runtime):
+    rt = milter_runtime(tmp_path)
     spool = tmp_path / "state" / "spool"
     spool.rmdir()
     spool.write_text("x")                      # the body spool cannot be created
-    rt = Runtime(rt.screener, rt.direction, spool, spool_threshold=0)
+    rt = replace(rt, spool_dir=spool, spool_threshold=0)
     rc, ctx = feed(rt, message()[1])
     assert rc == Milter.TEMPFAIL
     assert not INTERNALS.search(ctx._reply[2])
 
 
-def test_quarantine_discards_from_flow_after_storing(tmp_path, feed):
-    rt = runtime(tmp_path, '[policy.inbound]\nmalware_action = "quarantine"\n')
+def test_quarantine_discards_from_flow_after_storing(tmp_path, feed, milter_runtime):
+    rt = milter_runtime(tmp_path, '[policy.inbound]\nmalware_action = "quarantine"\n')
     rc, ctx = feed(rt, eicar_message()[1])
     assert rc == Milter.DISCARD
     stored = [p for p in (tmp_path / "state" / "quarantine").rglob("*.eml")]
     assert len(stored) == 1 and b"invoice.com" in stored[0].read_bytes()
 
 
-def test_quarantine_with_hold_uses_mta_hold(tmp_path, feed):
-    rt = runtime(tmp_path, '[policy.inbound]\nmalware_action = "quarantine"\n[quarantine]\nhold = true\n')
+def test_quarantine_with_hold_uses_mta_hold(tmp_path, feed, milter_runtime):
+    rt = milter_runtime(tmp_path, '[policy.inbound]\nmalware_action = "quarantine"\n[quarantine]\nhold = true\n')
     rc, ctx = feed(rt, eicar_message()[1])
     assert rc == Milter.ACCEPT and ctx.held and "MW-" in ctx.held[0]
 
 
-def test_large_body_is_spooled_and_cleaned_up(tmp_path, feed):
-    rt = runtime(tmp_path)
-    rt = Runtime(rt.screener, rt.direction, rt.spool_dir, spool_threshold=1024)
+def test_large_body_is_spooled_and_cleaned_up(tmp_path, feed, milter_runtime):
+    inner = InProcessScanner.from_settings(settings_for(tmp_path / "scanner"))
     seen = []
-    inner = rt.screener._scan
 
     def spy(source, env):
-        seen.append(type(source).__name__)
-        return inner(source, env)
-    rt.screener._scan = spy
+        seen.append(source.is_spooled)
+        return inner.scan(source, env)
+    rt = replace(milter_runtime(tmp_path, scan=spy), spool_threshold=1024)
     rc, _ = feed(rt, eicar_message(body="x" * 50_000)[1])
-    assert rc == Milter.REJECT and seen == ["PosixPath"]
+    assert rc == Milter.REJECT and seen == [True]
     assert list(rt.spool_dir.iterdir()) == []     # the spool file is gone after the message
 
 
@@ -193,26 +156,23 @@ def _inject(where: str, monkeypatch, rt: Runtime) -> tuple[Runtime, str, object]
 
 
 @pytest.mark.parametrize("where", ["connect", "hello", "envfrom", "envrcpt", "header", "body", "eom"])
-def test_a_failure_in_any_callback_ends_in_on_error(tmp_path, monkeypatch, where):
+def test_a_failure_in_any_callback_ends_in_on_error(tmp_path, monkeypatch, where, milter_runtime):
     """Fail closed: no callback failure lets a message through unchecked, and a connect
     or HELO failure covers every later message of that connection."""
     scanned = []
-    base = runtime(tmp_path, '[policy.outbound]\non_error = "accept"\n',
-                   scan=lambda raw, env: scanned.append(env) or __import__("mailward.evidence").evidence.Evidence())
+    base = milter_runtime(tmp_path, '[policy.outbound]\non_error = "accept"\n',
+                          scan=lambda raw, env: scanned.append(env) or Evidence())
     rt, helo, disarm = _inject(where, monkeypatch, base)
-    monkeypatch.setattr(Milter, "factory", lambda: MailwardMilter(rt))
-    monkeypatch.setattr(testctx.TestCtx, "default_opts", [Milter.CURR_ACTS, 0x1FFFFF & ~NO_REPLY_BITS, 0, 0])
-    ctx = Ctx()
-    ctx.held = []
-    ctx._setsymval("i", "4ABCDE1234")
-    assert ctx._connect(ip="198.51.100.7", helo=helo) == Milter.CONTINUE
-    rc = ctx._feedFile(io.BytesIO(message()[1]), "sender@example.org", "user@example.test")
+    client = MilterClient(rt, monkeypatch)
+    rc, ctx = client.connect(helo=helo)
+    assert rc == Milter.CONTINUE
+    rc = client.send(ctx, message()[1], "sender@example.org")
     assert rc == Milter.TEMPFAIL                                  # inbound on_error, never accept
     assert ctx._reply[0] == "451" and not INTERNALS.search(ctx._reply[2])
     assert scanned == []                                          # nothing was accepted unchecked
     disarm()
-    monkeypatch.setattr(testctx.TestCtx, "default_opts", [Milter.CURR_ACTS, 0x1FFFFF & ~NO_REPLY_BITS, 0, 0])
-    rc = ctx._feedFile(io.BytesIO(message()[1]), "sender@example.org", "user@example.test")
+    client = MilterClient(rt, monkeypatch)                        # the undo also took the client's set-up
+    rc = client.send(ctx, message()[1], "sender@example.org")
     if where in ("connect", "hello"):
         assert rc == Milter.TEMPFAIL and scanned == []            # the whole connection stays failed
     else:
@@ -220,23 +180,30 @@ def test_a_failure_in_any_callback_ends_in_on_error(tmp_path, monkeypatch, where
     assert list(rt.spool_dir.iterdir()) == []
 
 
-def test_a_connection_failure_uses_the_outbound_on_error(tmp_path, monkeypatch):
+def test_a_callback_failure_is_logged_with_the_connection_and_queue_id(tmp_path, monkeypatch, milter_runtime,
+                                                                        log_lines):
+    """No call site passes the IDs: the callback's log context puts them on the error and the summary line."""
+    rt, _, _ = _inject("header", monkeypatch, milter_runtime(tmp_path))
+    client = MilterClient(rt, monkeypatch)
+    _, ctx = client.connect()
+    assert client.send(ctx, message()[1]) == Milter.TEMPFAIL
+    [failed] = [d for d in log_lines.docs if d["message"] == "internal error in header callback"]
+    [summary] = [d for d in log_lines.docs if d.get("event", {}).get("action") == "tempfail"]
+    assert failed["email"]["local_id"] == summary["email"]["local_id"] == QUEUE_ID
+    assert failed["labels"]["connection_id"] == summary["labels"]["connection_id"] != ""
+
+
+def test_a_connection_failure_uses_the_outbound_on_error(tmp_path, monkeypatch, milter_runtime):
     """The failure verdict is the message's own direction's on_error (here outbound: accept)."""
-    base = runtime(tmp_path, '[policy.outbound]\non_error = "accept"\n')
+    base = milter_runtime(tmp_path, '[policy.outbound]\non_error = "accept"\n')
     rt, _, _ = _inject("connect", monkeypatch, base)
-    monkeypatch.setattr(Milter, "factory", lambda: MailwardMilter(rt))
-    monkeypatch.setattr(testctx.TestCtx, "default_opts", [Milter.CURR_ACTS, 0x1FFFFF & ~NO_REPLY_BITS, 0, 0])
-    ctx = Ctx()
-    ctx.held = []
-    ctx._setsymval("{auth_authen}", "alice")
-    ctx._connect(ip="198.51.100.7")
-    rc = ctx._feedFile(io.BytesIO(message()[1]), "alice@example.org", "user@example.test")
+    client = MilterClient(rt, monkeypatch)
+    _, ctx = client.connect(auth="alice")
+    rc = client.send(ctx, message()[1], "alice@example.org")
     assert rc == Milter.ACCEPT
 
 
-def test_a_retired_runtime_closes_when_its_last_message_ends(tmp_path):
-    from mailward.milter.adapter import LiveRuntime
-
+def test_a_retired_runtime_closes_when_its_last_message_ends(tmp_path, milter_runtime):
     closed = []
 
     class Store:
@@ -246,7 +213,7 @@ def test_a_retired_runtime_closes_when_its_last_message_ends(tmp_path):
         def close(self):
             closed.append(self.name)
 
-    first = runtime(tmp_path)
+    first = milter_runtime(tmp_path)
     from dataclasses import replace as dc_replace
     old, new = dc_replace(first, owned=(Store("old"),)), dc_replace(first, owned=(Store("new"),))
     live = LiveRuntime(old)
@@ -267,9 +234,9 @@ SPAM_TAGGED = '[policy.inbound]\nspam_action = "tag"\n[headers]\nsubject_tag = "
     (b"[SPAM] Special offer", None),                       # already tagged: left as it is
     (b"Sp\xe9cial offer", None),                           # raw 8-bit: keeps its bytes
 ])
-def test_subject_tag(tmp_path, feed, subject, expected):
+def test_subject_tag(tmp_path, feed, subject, expected, milter_runtime):
     raw = gtube_message()[1].replace(b"Subject: Special offer", b"Subject: " + subject, 1)
-    rc, ctx = feed(runtime(tmp_path, SPAM_TAGGED), raw)
+    rc, ctx = feed(milter_runtime(tmp_path, SPAM_TAGGED), raw)
     assert rc == Milter.ACCEPT
     assert ctx._msg["X-Spam-Flag"] == " YES"
     subjects = ctx._msg.get_all("Subject")     # TestCtx's chgheader appends the new value
@@ -279,7 +246,7 @@ def test_subject_tag(tmp_path, feed, subject, expected):
         assert subjects[-1] == expected
 
 
-def test_subject_tag_adds_a_missing_subject(tmp_path, feed):
+def test_subject_tag_adds_a_missing_subject(tmp_path, feed, milter_runtime):
     raw = gtube_message()[1].replace(b"Subject: Special offer\r\n", b"", 1)
-    rc, ctx = feed(runtime(tmp_path, SPAM_TAGGED), raw)
+    rc, ctx = feed(milter_runtime(tmp_path, SPAM_TAGGED), raw)
     assert rc == Milter.ACCEPT and ctx._msg["Subject"] == " [SPAM]"

@@ -12,7 +12,7 @@ from email import message_from_bytes
 
 import pytest
 
-from mail import eicar_message, gtube_message, message
+from support.mail import eicar_message, gtube_message, message
 
 pytestmark = pytest.mark.postfix
 

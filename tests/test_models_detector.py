@@ -75,9 +75,9 @@ def evidence_for_raw(detector: SpamDetector, raw: bytes):
 
 
 def test_inspector_puts_the_spam_score_in_the_evidence(tmp_path):
-    from mailward.pipeline import Inspector
+    from mailward.runtime import build_inspector
 
-    inspector = Inspector.from_settings(Settings(state_dir=str(tmp_path)))
+    inspector = build_inspector(Settings(state_dir=str(tmp_path)))
     evidence = inspector.inspect((MAIL / "spammy.eml").read_bytes(), Envelope())
     assert evidence.spam_score is not None and evidence.spam_score > 0.9
     assert "spam-model" in dict(evidence.timings)

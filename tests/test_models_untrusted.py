@@ -24,15 +24,16 @@ import joblib
 import numpy as np
 import pytest
 
-from mail import message
 from mailward.config import load_settings
 from mailward.envelope import Envelope
 from mailward.errors import ArtifactError
 from mailward.models.artifact import SIDECAR, load_artifact, save_artifact
 from mailward.models.loader import ModelLoader
+from mailward.source import MessageSource
 from mailward.trust import TrustedOwners
 from mailward.workers import ScanPool
 from models_support import small_model
+from support.mail import message
 
 
 class Exploit:
@@ -245,13 +246,13 @@ def test_scanning_workers_never_run_a_planted_model(model, tmp_path, marker):
     good = save_artifact(model, state / "models")
     pool = ScanPool(settings_for(state, check_interval=0.0), 1)
     try:
-        assert pool.scan(message()[1], Envelope(), deadline=60).spam.model_version == good.version
+        assert pool.scan(MessageSource.of(message()[1]), Envelope(), deadline=60).spam.model_version == good.version
         for case in sorted(HOSTILE):                   # the worker looks at every new sidecar (interval 0)
             build, name, sidecar, _ = HOSTILE[case]
             plant(state / "models", build(marker), name, **sidecar)
-            assert pool.scan(message()[1], Envelope(), deadline=60).spam.model_version == good.version
+            assert pool.scan(MessageSource.of(message()[1]), Envelope(), deadline=60).spam.model_version == good.version
         pool.reload(settings_for(state, check_interval=0.0))   # fresh workers start with the hostile file live
-        started = pool.scan(message()[1], Envelope(), deadline=60).spam.model_version
+        started = pool.scan(MessageSource.of(message()[1]), Envelope(), deadline=60).spam.model_version
         assert started not in ("", good.version)               # refused at start: the shipped model serves
     finally:
         pool.close()

@@ -8,8 +8,8 @@ from email import message_from_bytes
 import pytest
 
 from harness.postfix import wait_for
-from mail import gtube_message, message
 from mailward.cli.main import main
+from support.mail import gtube_message, message
 
 pytestmark = pytest.mark.postfix
 

@@ -6,12 +6,12 @@ import json
 
 import pytest
 
+from mailward.actor import Actor
 from mailward.cli.main import main
 from mailward.config import load_settings
 from mailward.envelope import Direction, Envelope
 from mailward.incidents import open_incidents
 from mailward.policy import Listed
-from mailward.quarantine.records import Actor
 
 
 @pytest.fixture

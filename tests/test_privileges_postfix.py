@@ -14,9 +14,9 @@ import pytest
 
 from harness.postfix import wait_for
 from harness.service import SERVICE_USER, interpreter_reachable, run_cli
-from mail import gtube_message, message
 from mailward.config import load_settings
 from mailward.privileges import service_account
+from support.mail import gtube_message, message
 
 pytestmark = pytest.mark.postfix
 

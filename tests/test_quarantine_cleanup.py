@@ -12,6 +12,7 @@ import pytest
 
 from mailward.errors import StoreError
 from mailward.quarantine.files import MessageFiles
+from mailward.source import MessageSource
 from quarantine_support import message
 from real_parts import require
 
@@ -43,7 +44,7 @@ def test_immutable_directory_keeps_the_store_error_and_logs_the_leftover(tmp_pat
     try:
         with (caplog.at_level(logging.WARNING, logger="mailward.quarantine.files"),
               pytest.raises(StoreError, match="cannot write quarantined message")):
-            files.write("20240501T000000Z-0123456789abcdef", fifo)
+            files.write("20240501T000000Z-0123456789abcdef", MessageSource.spooled(fifo, len(message_bytes)))
         feeder.join(timeout=30)
         leftovers = list(files.directory.glob(".tmp-*"))
         assert len(leftovers) == 1

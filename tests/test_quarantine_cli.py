@@ -18,8 +18,10 @@ import pytest
 from mailward.cli.quarantine import parse_age, parse_when, register
 from mailward.config import load_settings
 from mailward.envelope import Direction
+from mailward.evidence import RELEASE_HEADER
 from mailward.quarantine import open_store
-from mailward.quarantine.release import RELEASE_HEADER, ReleaseVerifier, message_body
+from mailward.quarantine.release import ReleaseVerifier, message_body
+from mailward.source import MessageSource
 from quarantine_support import envelope, malware_case, message, spam_case
 
 
@@ -69,7 +71,7 @@ def put(settings):
     def put_one(raw: bytes = None, case=None, env=None) -> str:
         v, e = (case or spam_case)()
         with open_store(settings) as store:
-            return store.put(raw if raw is not None else message(), env or envelope(), v, e)
+            return store.put(MessageSource.of(raw if raw is not None else message()), env or envelope(), v, e)
     return put_one
 
 
@@ -224,7 +226,7 @@ def test_time_parsing():
 def test_actor_names_the_person_and_where_they_came_from(monkeypatch):
     import pwd
 
-    from mailward.quarantine import Actor
+    from mailward.actor import Actor
 
     me = pwd.getpwuid(os.getuid()).pw_name
     monkeypatch.setenv("USER", "spoofed")

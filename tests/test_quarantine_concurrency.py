@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from mailward.quarantine import Actor, ListFilter, ReleaseClaim
+from mailward.actor import Actor
+from mailward.quarantine import ListFilter, ReleaseClaim
+from mailward.source import MessageSource
 from quarantine_support import envelope, message, spam_case
 
 THREADS = 8
@@ -22,7 +24,7 @@ def test_threads_putting_at_once_lose_nothing(store):
         for i in range(PER_THREAD):
             raw = message(f"thread {n} message {i}")
             v, e = spam_case()
-            out.append((store.put(raw, envelope(), v, e), raw))
+            out.append((store.put(MessageSource.of(raw), envelope(), v, e), raw))
         return out
 
     with ThreadPoolExecutor(THREADS) as pool:
@@ -37,7 +39,7 @@ def test_threads_racing_to_release_claim_each_message_once(store):
     ids = []
     for i in range(20):
         v, e = spam_case()
-        ids.append(store.put(message(f"m{i}"), envelope(), v, e))
+        ids.append(store.put(MessageSource.of(message(f"m{i}")), envelope(), v, e))
     barrier = threading.Barrier(THREADS)
     won: list[tuple[str, int]] = []
     lock = threading.Lock()
@@ -75,7 +77,7 @@ def _worker(backend: str, location: str, n: int, ids: list[str], out) -> None:
     put = []
     for i in range(10):
         v, e = spam_case()
-        put.append(store.put(message(f"proc {n} msg {i}"), envelope(), v, e))
+        put.append(store.put(MessageSource.of(message(f"proc {n} msg {i}")), envelope(), v, e))
     claimed = []
     for qid in ids:
         if store.claim_release(qid, actor) is ReleaseClaim.CLAIMED:
@@ -89,7 +91,7 @@ def test_processes_putting_and_releasing_at_once(store, store_factory):
     ids = []
     for i in range(15):
         v, e = spam_case()
-        ids.append(store.put(message(f"shared {i}"), envelope(), v, e))
+        ids.append(store.put(MessageSource.of(message(f"shared {i}")), envelope(), v, e))
     location = store_factory.dsn if store_factory.backend == "postgresql" else str(store_factory.directory)
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()

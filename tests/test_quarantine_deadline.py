@@ -21,6 +21,7 @@ from mailward.errors import ConfigError, StoreError
 from mailward.quarantine import ListFilter
 from mailward.quarantine.sqlite import DB_NAME, SqliteStore
 from mailward.quarantine.store import COMMIT_GRACE, Deadline
+from mailward.source import MessageSource
 from quarantine_support import envelope, message, spam_case
 from real_parts import require
 
@@ -56,7 +57,7 @@ class Locker:
 
 def _put(store, subject: str) -> str:
     verdict, evidence = spam_case()
-    return store.put(message(subject), envelope(), verdict, evidence)
+    return store.put(MessageSource.of(message(subject)), envelope(), verdict, evidence)
 
 
 def _timed_puts(store, count: int) -> list[tuple[float, BaseException | str]]:
@@ -154,7 +155,7 @@ def test_a_commit_confirmed_after_the_caller_gave_up_is_withdrawn(tmp_path):
         verdict, evidence = spam_case()
         started = time.monotonic()
         with pytest.raises(StoreError):
-            store.put(message("late"), envelope(), verdict, evidence)
+            store.put(MessageSource.of(message("late")), envelope(), verdict, evidence)
         assert time.monotonic() - started <= BUDGET + COMMIT_GRACE + SLACK
         reply.set()
         assert store.settle(30)
@@ -264,7 +265,7 @@ def test_write_timeout_is_validated_against_the_milter_timeout():
 
 @pytest.mark.postfix
 def test_postfix_sender_is_tempfailed_and_the_retry_is_stored_once(postfix, milter, tmp_path):
-    from mail import eicar_message
+    from support.mail import eicar_message
 
     milter('[policy.inbound]\nmalware_action = "quarantine"\n[quarantine]\nwrite_timeout = 2.0\n')
     qdir = tmp_path / "state" / "quarantine"

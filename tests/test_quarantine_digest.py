@@ -15,6 +15,7 @@ from mailward.config import load_settings
 from mailward.quarantine import open_store
 from mailward.quarantine.links import RecipientLink, link_key_path, sign_link, verify_link
 from mailward.quarantine.release import load_release_key
+from mailward.source import MessageSource
 from quarantine_support import envelope, malware_case, message, spam_case
 
 
@@ -38,7 +39,7 @@ def _cli(settings, capsys):
 def _put(settings, raw: bytes, recipients=("bob@example.net",), case=spam_case) -> str:
     v, e = case()
     with open_store(settings) as store:
-        return store.put(raw, envelope(recipients=recipients), v, e)
+        return store.put(MessageSource.of(raw), envelope(recipients=recipients), v, e)
 
 
 def _received(sink) -> dict[str, email.message.EmailMessage]:

@@ -6,22 +6,24 @@ import os
 import stat
 import threading
 
-from mailward.config import load_settings
-from mailward.quarantine import Actor, Status
+from mailward.actor import Actor
+from mailward.config import LimitSettings, load_settings
+from mailward.evidence import ALERT_HEADER, RELEASE_HEADER
+from mailward.message import parse_message
+from mailward.pipeline import mark_proof
+from mailward.quarantine import Status
 from mailward.quarantine.release import (
-    ALERT_HEADER,
-    RELEASE_HEADER,
     Relay,
     ReleaseOutcome,
     ReleaseVerifier,
     alert_mark,
     key_path,
     load_release_key,
-    mark_proof,
     message_body,
     release,
     release_mark,
 )
+from mailward.source import MessageSource
 from quarantine_support import SmtpSink, closed_port, envelope, malware_case, message, spam_case
 
 KEY = b"k" * 32
@@ -39,11 +41,16 @@ def header_value(raw: bytes) -> str:
     return value
 
 
+def proof_of(raw: bytes):
+    """The marks a scanning worker reports for ``raw`` (it parses the message first)."""
+    return mark_proof(parse_message(raw, LimitSettings()))
+
+
 def test_release_delivers_original_bytes_to_original_recipients(store, smtp_sink, clock, tmp_path):
     raw = message("Quarterly report", body=b"line one\r\nline two\r\n.leading dot\r\n")
     v, e = spam_case()
     env = envelope(sender="alice@example.org", recipients=("bob@example.net", "carol@example.net"))
-    qid = store.put(raw, env, v, e)
+    qid = store.put(MessageSource.of(raw), env, v, e)
 
     result = release(store, qid, ANALYST, relay_for(smtp_sink), KEY, clock=clock)
 
@@ -58,12 +65,12 @@ def test_release_delivers_original_bytes_to_original_recipients(store, smtp_sink
     assert [ev.action for ev in store.history(qid)][-2:] == ["release-claim", "release"]
     relayed = b"Received: from relay by mx\r\n" + data.replace(b"\r\n", b"\n")   # as an MTA passes it on
     checker = ReleaseVerifier(KEY, 86400, store, clock)
-    assert mark_proof(raw) is None
-    assert checker.accept(mark_proof(relayed.replace(b"line two", b"line 2")), env) is None      # other content
-    assert checker.accept(mark_proof(relayed), envelope(recipients=("eve@example.net",))) is None  # other rcpts
-    assert checker.accept(mark_proof(relayed), envelope(recipients=("bob@example.net", "eve@example.net"))) is None
-    assert checker.accept(mark_proof(relayed), envelope(recipients=("bob@example.net",))).quarantine_id == qid
-    assert checker.accept(mark_proof(relayed), env) is None                       # used once: a replay is refused
+    assert proof_of(raw) is None
+    assert checker.accept(proof_of(relayed.replace(b"line two", b"line 2")), env) is None      # other content
+    assert checker.accept(proof_of(relayed), envelope(recipients=("eve@example.net",))) is None  # other rcpts
+    assert checker.accept(proof_of(relayed), envelope(recipients=("bob@example.net", "eve@example.net"))) is None
+    assert checker.accept(proof_of(relayed), envelope(recipients=("bob@example.net",))).quarantine_id == qid
+    assert checker.accept(proof_of(relayed), env) is None                       # used once: a replay is refused
     assert [ev.action for ev in store.history(qid)][-1] == "release-mark-used"
     assert release(store, qid, ANALYST, relay_for(smtp_sink), KEY).outcome is ReleaseOutcome.ALREADY_RELEASED
     assert len(smtp_sink.received) == 1
@@ -71,7 +78,7 @@ def test_release_delivers_original_bytes_to_original_recipients(store, smtp_sink
 
 def test_malware_needs_force(store, smtp_sink):
     v, e = malware_case()
-    qid = store.put(message(), envelope(), v, e)
+    qid = store.put(MessageSource.of(message()), envelope(), v, e)
     assert release(store, qid, ANALYST, relay_for(smtp_sink), KEY).outcome is ReleaseOutcome.NEEDS_FORCE
     assert smtp_sink.received == []
     assert release(store, qid, ANALYST, relay_for(smtp_sink), KEY, force=True).outcome is ReleaseOutcome.RELEASED
@@ -80,7 +87,7 @@ def test_malware_needs_force(store, smtp_sink):
 
 def test_relay_down_keeps_the_message_and_a_retry_works(store):
     v, e = spam_case()
-    qid = store.put(message(), envelope(), v, e)
+    qid = store.put(MessageSource.of(message()), envelope(), v, e)
     failed = release(store, qid, ANALYST, Relay("127.0.0.1", closed_port(), 5.0), KEY)
     assert failed.outcome is ReleaseOutcome.FAILED
     assert store.get(qid).status is Status.HELD
@@ -92,7 +99,7 @@ def test_relay_down_keeps_the_message_and_a_retry_works(store):
 
 def test_refused_recipients(store):
     v, e = spam_case()
-    qid = store.put(message(), envelope(recipients=("bob@example.net", "gone@example.net")), v, e)
+    qid = store.put(MessageSource.of(message()), envelope(recipients=("bob@example.net", "gone@example.net")), v, e)
     with SmtpSink(refuse=("gone@example.net",)) as sink:
         result = release(store, qid, ANALYST, relay_for(sink), KEY)
         assert result.outcome is ReleaseOutcome.RELEASED and result.refused == ("gone@example.net",)
@@ -100,7 +107,7 @@ def test_refused_recipients(store):
     assert "refused: gone@example.net" in store.history(qid)[-1].detail
 
     v2, e2 = spam_case()
-    all_gone = store.put(message(), envelope(recipients=("gone@example.net",)), v2, e2)
+    all_gone = store.put(MessageSource.of(message()), envelope(recipients=("gone@example.net",)), v2, e2)
     with SmtpSink(refuse=("gone@example.net",)) as sink:
         result = release(store, all_gone, ANALYST, relay_for(sink), KEY)
     assert result.outcome is ReleaseOutcome.FAILED and "all recipients refused" in result.detail
@@ -111,7 +118,7 @@ def test_concurrent_releases_deliver_once(store, smtp_sink):
     ids = []
     for i in range(5):
         v, e = spam_case()
-        ids.append(store.put(message(f"m{i}"), envelope(), v, e))
+        ids.append(store.put(MessageSource.of(message(f"m{i}")), envelope(), v, e))
     barrier = threading.Barrier(6)
     outcomes = []
 
@@ -148,7 +155,7 @@ def test_verifier_rejects_forgeries_and_old_marks(clock):
         assert verifier.verify(junk, body, rcpts) is None
     alert = alert_mark(KEY, "MW-1", body, rcpts, clock())
     assert verifier.verify(alert, body, rcpts) is None                        # an alert mark releases nothing
-    proof = mark_proof(f"{ALERT_HEADER}: {alert}\r\nSubject: x\r\n\r\n".encode() + body)
+    proof = proof_of(f"{ALERT_HEADER}: {alert}\r\nSubject: x\r\n\r\n".encode() + body)
     assert verifier.accept(proof, envelope(recipients=rcpts)).kind == "alert"
     assert verifier.accept(proof, envelope(recipients=rcpts[:1])) is None
     clock.now += 3601

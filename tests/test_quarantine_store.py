@@ -7,10 +7,12 @@ import stat
 
 import pytest
 
+from mailward.actor import Actor
 from mailward.envelope import Direction
 from mailward.errors import StoreError
-from mailward.evidence import Category, Evidence, Finding, Severity
-from mailward.quarantine import Actor, Label, ListFilter, ReleaseClaim, Removal, Status
+from mailward.evidence import Category, Evidence, Finding, Label, MessageFacts, Severity
+from mailward.quarantine import ListFilter, ReleaseClaim, Removal, Status
+from mailward.source import MessageSource
 from mailward.verdict import Action, Verdict, new_incident_id
 from quarantine_support import envelope, malware_case, message, spam_case
 
@@ -21,7 +23,7 @@ def test_put_keeps_exact_bytes_and_every_field(store, clock):
     raw = message("Cheap \x1b[31mpills", body=b"caf\xe9 8-bit body\r\n.\r\nno final newline")
     verdict, evidence = spam_case(0.97)
     env = envelope(recipients=("bob@example.net", "carol@example.net"))
-    qid = store.put(raw, env, verdict, evidence)
+    qid = store.put(MessageSource.of(raw), env, verdict, evidence)
 
     assert qid == verdict.incident_id
     assert store.read(qid) == raw
@@ -43,12 +45,21 @@ def test_put_keeps_exact_bytes_and_every_field(store, clock):
     assert [e.action for e in store.history(qid)] == ["quarantine"]
 
 
+def test_the_listing_takes_subject_and_from_from_the_scanning_worker(store):
+    """The milter process never parses the message: what the worker read is what the listing shows."""
+    verdict, evidence = spam_case()
+    facts = MessageFacts(subject="Read by the worker", header_from="worker@example.org")
+    qid = store.put(MessageSource.of(message("Not parsed again")), envelope(), verdict,
+                    Evidence(evidence.findings, evidence.spam, message=facts))
+    assert (store.get(qid).subject, store.get(qid).header_from) == ("Read by the worker", "worker@example.org")
+
+
 def test_put_from_spooled_file(store, tmp_path):
     raw = message(body=b"x" * (3 * 1024 * 1024 + 17))
     spool = tmp_path / "spool"
     spool.write_bytes(raw)
     verdict, evidence = malware_case()
-    qid = store.put(spool, envelope(direction=Direction.OUTBOUND), verdict, evidence)
+    qid = store.put(MessageSource.spooled(spool, len(raw)), envelope(direction=Direction.OUTBOUND), verdict, evidence)
     assert store.read(qid) == raw
     assert store.get(qid).size == len(raw)
     assert store.get(qid).direction is Direction.OUTBOUND
@@ -57,14 +68,14 @@ def test_put_from_spooled_file(store, tmp_path):
 def test_failed_put_leaves_nothing(store, store_factory, tmp_path):
     verdict, evidence = spam_case()
     with pytest.raises(StoreError):
-        store.put(tmp_path / "missing-spool", envelope(), verdict, evidence)
+        store.put(MessageSource.spooled(tmp_path / "missing-spool", 1), envelope(), verdict, evidence)
     assert store.get(verdict.incident_id) is None
 
     # The row fails after the bytes were written: an unserialisable detail reaches json.dumps.
     bad = Evidence(findings=(Finding(Category.SPAM, "x", Severity.HIGH, "t", "", object()),))
     verdict2 = Verdict(Action.QUARANTINE, ("spam",), new_incident_id())
     with pytest.raises(StoreError):
-        store.put(message(), envelope(), verdict2, bad)
+        store.put(MessageSource.of(message()), envelope(), verdict2, bad)
     assert store.get(verdict2.incident_id) is None
     with pytest.raises(StoreError):
         store.read(verdict2.incident_id)
@@ -75,9 +86,9 @@ def test_failed_put_leaves_nothing(store, store_factory, tmp_path):
 def test_duplicate_id_is_refused_and_the_first_copy_survives(store):
     verdict, evidence = spam_case()
     first = message("first")
-    store.put(first, envelope(), verdict, evidence)
+    store.put(MessageSource.of(first), envelope(), verdict, evidence)
     with pytest.raises(StoreError):
-        store.put(message("second"), envelope(), verdict, evidence)
+        store.put(MessageSource.of(message("second")), envelope(), verdict, evidence)
     assert store.read(verdict.incident_id) == first
     assert store.get(verdict.incident_id).subject == "first"
 
@@ -88,17 +99,18 @@ def test_ids_that_look_like_paths_are_refused(store):
             store.get(bad)
     verdict = Verdict(Action.QUARANTINE, ("spam",), "../../escape")
     with pytest.raises(StoreError):
-        store.put(message(), envelope(), verdict, Evidence())
+        store.put(MessageSource.of(message()), envelope(), verdict, Evidence())
 
 
 def test_list_filters(store, clock):
     t0 = clock.now
     v1, e1 = spam_case()
-    store.put(message("Weekly offer"), envelope(sender="promo@shop.test"), v1, e1)
+    store.put(MessageSource.of(message("Weekly offer")), envelope(sender="promo@shop.test"), v1, e1)
     clock.now = t0 + 3600
     v2, e2 = malware_case()
-    store.put(message("Invoice 42"), envelope(sender="billing@corp.test", recipients=("eve@example.net",),
-                                              direction=Direction.OUTBOUND), v2, e2)
+    store.put(MessageSource.of(message("Invoice 42")),
+              envelope(sender="billing@corp.test", recipients=("eve@example.net",), direction=Direction.OUTBOUND),
+              v2, e2)
     ids = lambda **kw: [r.id for r in store.list(ListFilter(**kw))]  # noqa: E731
 
     assert ids() == [v2.incident_id, v1.incident_id]          # newest first
@@ -119,7 +131,7 @@ def test_list_filters(store, clock):
 
 def test_release_claim_is_exclusive_and_malware_needs_force(store, clock):
     v, e = spam_case()
-    qid = store.put(message(), envelope(), v, e)
+    qid = store.put(MessageSource.of(message()), envelope(), v, e)
     assert store.claim_release(qid, ANALYST) is ReleaseClaim.CLAIMED
     assert store.claim_release(qid, ANALYST) is ReleaseClaim.IN_PROGRESS
     assert store.delete(qid, ANALYST) is Removal.IN_PROGRESS
@@ -134,7 +146,7 @@ def test_release_claim_is_exclusive_and_malware_needs_force(store, clock):
     assert store.claim_release("MW-NOPE", ANALYST) is ReleaseClaim.NOT_FOUND
 
     mv, me = malware_case()
-    mid = store.put(message(), envelope(), mv, me)
+    mid = store.put(MessageSource.of(message()), envelope(), mv, me)
     assert store.claim_release(mid, ANALYST) is ReleaseClaim.NEEDS_FORCE
     assert store.get(mid).status is Status.HELD
     assert store.claim_release(mid, ANALYST, force=True) is ReleaseClaim.CLAIMED
@@ -146,7 +158,7 @@ def test_release_claim_is_exclusive_and_malware_needs_force(store, clock):
 
 def test_stale_claim_can_be_reclaimed_only_after_the_timeout(store, clock):
     v, e = spam_case()
-    qid = store.put(message(), envelope(), v, e)
+    qid = store.put(MessageSource.of(message()), envelope(), v, e)
     assert store.claim_release(qid, ANALYST) is ReleaseClaim.CLAIMED
     clock.now += 60
     assert store.claim_release(qid, ANALYST, reclaim_after=120) is ReleaseClaim.IN_PROGRESS
@@ -156,7 +168,7 @@ def test_stale_claim_can_be_reclaimed_only_after_the_timeout(store, clock):
 
 def test_delete_removes_message_but_keeps_history(store, store_factory):
     v, e = spam_case()
-    qid = store.put(message(), envelope(), v, e)
+    qid = store.put(MessageSource.of(message()), envelope(), v, e)
     assert store.delete(qid, ANALYST) is Removal.DELETED
     assert store.get(qid) is None
     with pytest.raises(StoreError):
@@ -173,8 +185,8 @@ def test_delete_removes_message_but_keeps_history(store, store_factory):
 def test_labels_form_an_ordered_ledger(store):
     v1, e1 = spam_case()
     v2, e2 = spam_case()
-    a = store.put(message("a"), envelope(), v1, e1)
-    b = store.put(message("b"), envelope(), v2, e2)
+    a = store.put(MessageSource.of(message("a")), envelope(), v1, e1)
+    b = store.put(MessageSource.of(message("b")), envelope(), v2, e2)
     assert store.record_label(a, Label.SPAM, ANALYST)
     assert store.record_label(b, Label.HAM, ANALYST)
     assert store.record_label(a, Label.HAM, ANALYST)          # a correction is appended, not rewritten
@@ -188,10 +200,10 @@ def test_labels_form_an_ordered_ledger(store):
 
 def test_purge_removes_only_old_records(store, clock):
     v1, e1 = spam_case()
-    old = store.put(message("old"), envelope(), v1, e1)
+    old = store.put(MessageSource.of(message("old")), envelope(), v1, e1)
     clock.now += 10 * 86400
     v2, e2 = spam_case()
-    new = store.put(message("new"), envelope(), v2, e2)
+    new = store.put(MessageSource.of(message("new")), envelope(), v2, e2)
     clock.now += 1
     assert store.purge(5, ANALYST) == [old]
     assert store.get(old) is None and store.get(new) is not None
@@ -201,14 +213,14 @@ def test_purge_removes_only_old_records(store, clock):
 
 def test_record_event_adds_to_history(store):
     v, e = spam_case()
-    qid = store.put(message(), envelope(), v, e)
+    qid = store.put(MessageSource.of(message()), envelope(), v, e)
     store.record_event(qid, "export", ANALYST, "to /tmp/x.eml")
     assert store.history(qid)[-1].detail == "to /tmp/x.eml"
 
 
 def test_second_store_on_same_location_sees_the_same_records(store, store_factory):
     v, e = spam_case()
-    qid = store.put(message(), envelope(), v, e)
+    qid = store.put(MessageSource.of(message()), envelope(), v, e)
     other = store_factory()
     assert other.read(qid) == message()
     assert other.claim_release(qid, ANALYST) is ReleaseClaim.CLAIMED
@@ -218,7 +230,7 @@ def test_second_store_on_same_location_sees_the_same_records(store, store_factor
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_sqlite_files_are_private(store, store_factory):
     v, e = spam_case()
-    qid = store.put(message(), envelope(), v, e)
+    qid = store.put(MessageSource.of(message()), envelope(), v, e)
     mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)  # noqa: E731
     root = store_factory.directory
     assert mode(root) == 0o700
@@ -239,7 +251,7 @@ def test_sqlite_existing_loose_directory_is_tightened(store_factory):
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_sqlite_sweep_removes_crash_leftovers_only_when_old(store, store_factory, clock):
     v, e = spam_case()
-    kept = store.put(message(), envelope(), v, e)
+    kept = store.put(MessageSource.of(message()), envelope(), v, e)
     messages = store_factory.directory / "messages"
     leftovers = [messages / ".tmp-abc", messages / "MW-ORPHAN.eml"]
     for p in leftovers:
@@ -261,7 +273,7 @@ def test_a_spooled_message_is_kept_byte_for_byte_in_chunks(store, tmp_path):
     spool = tmp_path / "msg.eml"
     spool.write_bytes(raw)
     v, e = spam_case()
-    qid = store.put(spool, envelope(), v, e)
+    qid = store.put(MessageSource.spooled(spool, len(raw)), envelope(), v, e)
     assert store.read(qid) == raw
     assert store.get(qid).sha256 == hashlib.sha256(raw).hexdigest() and store.get(qid).size == len(raw)
     if store.backend == "postgresql":

@@ -11,11 +11,12 @@ from email import message_from_bytes
 import pytest
 
 from harness.postfix import wait_for
-from mail import eicar_message, gtube_message
 from mailward.cli.main import main as cli
 from mailward.config import load_settings
+from mailward.evidence import RELEASE_HEADER
 from mailward.quarantine import open_store
-from mailward.quarantine.release import RELEASE_HEADER, key_path, load_release_key, message_body, release_mark
+from mailward.quarantine.release import key_path, load_release_key, message_body, release_mark
+from support.mail import eicar_message, gtube_message
 
 pytestmark = pytest.mark.postfix
 

@@ -5,18 +5,19 @@ from __future__ import annotations
 import pytest
 
 from dns_server import DnsServer, soa
-from mail import GTUBE
+from mailward.actor import Actor
 from mailward.config import DirectionPolicy, load_settings
 from mailward.evidence import Category, Severity
 from mailward.incidents import open_incidents
-from mailward.pipeline import Inspector
 from mailward.policy import Listed, decide
-from mailward.quarantine.records import Actor
 from mailward.reputation import HEADER, claims_our_id
 from mailward.reputation.dmarc_check import Disposition, DmarcRecord
+from mailward.runtime import InProcessScanner
 from mailward.screening import Screener
+from mailward.source import MessageSource
 from mailward.verdict import Action
 from reputation_support import DkimKey, detector_for, envelope, message, no_system_resolver, parse, txt  # noqa: F401
+from support.mail import GTUBE
 
 GOOD_IP, OTHER_IP, PROVIDER_IP = "192.0.2.10", "198.51.100.50", "203.0.113.9"
 
@@ -315,12 +316,14 @@ def test_an_allow_entry_is_honoured_only_for_an_authenticated_sender(server, tmp
     incidents = open_incidents(settings)
     try:
         incidents.list_sender(Listed.ALLOW, "sender.test", "dest.test", "our partner", Actor("ann", "host"))
-        screener = Screener(settings, Inspector.from_settings(settings).inspect, None, lists=incidents)
-        spam = message(body=f"Cheap watches!\n\n{GTUBE}\n")
-        genuine = screener.screen(spam, len(spam), envelope(client=GOOD_IP))
+        scanner = InProcessScanner.from_settings(settings)
+        screener = Screener(settings, scanner, None, lists=incidents)
+        spam = MessageSource.of(message(body=f"Cheap watches!\n\n{GTUBE}\n"))
+        genuine = screener.screen(spam, envelope(client=GOOD_IP))
         assert genuine.verdict.action is Action.ACCEPT and genuine.verdict.reasons == ("allowed",)
-        forged = screener.screen(spam, len(spam), envelope(client=OTHER_IP))        # SPF fails, DMARC p=reject
+        forged = screener.screen(spam, envelope(client=OTHER_IP))        # SPF fails, DMARC p=reject
         assert forged.verdict.action is Action.QUARANTINE and "allowed" not in forged.verdict.reasons
         assert forged.verdict.acted_on == (Category.SPAM, Category.AUTHENTICATION)
+        scanner.close()
     finally:
         incidents.close()

@@ -11,8 +11,8 @@ import re
 import pytest
 
 from dns_server import DnsServer, soa
-from mail import message
 from reputation_support import DkimKey
+from support.mail import message
 
 pytestmark = pytest.mark.postfix
 

@@ -15,6 +15,7 @@ from mailward.evidence import Category
 from mailward.message import parse_message
 from mailward.pipeline import Inspector
 from mailward.policy import decide
+from mailward.runtime import build_inspector
 from mailward.signatures import detectors
 from mailward.signatures.clamav import ClamavDetector, Clamd, ClamdError
 from mailward.signatures.hashes import HashList
@@ -55,7 +56,7 @@ def test_eicar_in_zip_is_malware_named_after_the_signature(clamd, unpacker):
 def test_own_marker_inside_an_office_member_with_object_evidence(clamd, tmp_path):
     docx = ooxml("docx", {"word/media/blob.bin": b"\x00\x01" + MARKER + b"\x02"})
     settings = replace(Settings(), state_dir=str(tmp_path), clamav=clamav_settings(clamd.socket))
-    inspector = Inspector.from_settings(settings)
+    inspector = build_inspector(settings)
     try:
         evidence = inspector.inspect(message(attachments=[("report.docx", docx)], subject="Quarterly report"),
                                      Envelope())

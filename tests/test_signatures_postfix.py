@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mail import EICAR, message
+from support.mail import EICAR, message
 from unpack_support import aes_zip, ooxml, vba_project, zipped
 
 pytestmark = pytest.mark.postfix

@@ -136,7 +136,7 @@ def _refused(postfix, raw: bytes) -> bool:
 
 @pytest.mark.postfix
 def test_real_milter_reloads_beside_cli_processes_and_enforces_their_writes(postfix, milter, tmp_path):
-    from mail import eicar_message, message
+    from support.mail import eicar_message, message
 
     m = milter('[policy.inbound]\nmalware_action = "quarantine"\n[incidents]\nrefresh = 0.5\n')
     state = tmp_path / "state"

@@ -8,8 +8,10 @@ import shutil
 
 import pytest
 
-from mailward.quarantine import Actor, Label
+from mailward.actor import Actor
+from mailward.evidence import Label
 from mailward.quarantine.sqlite import SqliteStore
+from mailward.source import MessageSource
 from quarantine_support import envelope, spam_case
 from real_parts import require
 from training_support import FIXTURES, config, copy_fixtures, run, run_json
@@ -99,7 +101,7 @@ def test_train_update_learns_quarantine_labels_and_relabels(state):
     analyst = Actor("ann", "host")
     raw = [(FIXTURES / "reports-spam.mbox").read_bytes().split(b"\nFrom ")[0].split(b"\n", 1)[1],
            (FIXTURES / "layout/ham/02.eml").read_bytes()]
-    ids = [store.put(r, envelope(), *spam_case()) for r in raw]
+    ids = [store.put(MessageSource.of(r), envelope(), *spam_case()) for r in raw]
     store.record_label(ids[0], Label.SPAM, analyst)     # confirmed as spam: new to the model
     store.record_label(ids[1], Label.SPAM, analyst)     # learned as ham before: a changed label
     store.close()

@@ -7,8 +7,10 @@ import sqlite3
 import numpy as np
 import pytest
 
-from mailward.quarantine import Actor, Label
+from mailward.actor import Actor
+from mailward.evidence import Label
 from mailward.quarantine.sqlite import SqliteStore
+from mailward.source import MessageSource
 from mailward.training.learning import Lineage, import_quarantine, rebuild, record, update
 from mailward.training.ledger import LabelOutcome, Ledger, digest_of
 from mailward.training.registry import Registry
@@ -98,7 +100,7 @@ def test_quarantine_labels_are_imported_once_with_their_bytes(ledger, tmp_path):
     store = SqliteStore(tmp_path / "quarantine", clock=clock)
     analyst = Actor("ann", "host")
     raw = [(FIXTURES / f"layout/spam/0{i}.eml").read_bytes() for i in range(3)]
-    ids = [store.put(r, envelope(), *spam_case()) for r in raw]
+    ids = [store.put(MessageSource.of(r), envelope(), *spam_case()) for r in raw]
     assert store.record_label(ids[0], Label.SPAM, analyst)
     assert store.record_label(ids[1], Label.HAM, analyst)      # released as ham
     assert store.record_label(ids[2], Label.SPAM, analyst)
@@ -112,7 +114,8 @@ def test_quarantine_labels_are_imported_once_with_their_bytes(ledger, tmp_path):
     assert import_quarantine(ledger, store) == {}               # high-water mark kept
     store.record_label(ids[1], Label.SPAM, analyst)
     assert import_quarantine(ledger, store) == {LabelOutcome.CHANGED: 1}
-    phish = store.put((FIXTURES / "layout/spam/03.eml").read_bytes() + b"\n", envelope(), *spam_case())
+    phish_raw = (FIXTURES / "layout/spam/03.eml").read_bytes() + b"\n"
+    phish = store.put(MessageSource.of(phish_raw), envelope(), *spam_case())
     store.record_label(phish, Label.PHISH, analyst)
     assert store.get(phish).label is Label.PHISH                  # its own label in the quarantine
     assert import_quarantine(ledger, store) == {LabelOutcome.NEW: 1}

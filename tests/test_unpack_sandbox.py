@@ -6,7 +6,8 @@ import time
 import pikepdf
 import pytest
 
-from mailward.unpack import Allowance, Kind, Sandbox, Stop
+from mailward.unpack import Allowance, Fact, Kind, Sandbox, Stop
+from unpack_support import ole_package
 
 
 def many_objects_pdf(count: int) -> bytes:
@@ -57,3 +58,14 @@ def test_garbage_is_corrupt_not_a_crash(sandbox):
         result = sandbox.run(kind, b"\x00garbage" * 100, "junk", ALLOWANCE)
         assert result.members == () or all(not m.data for m in result.members), kind
         assert all(i.stop in (Stop.CORRUPT, Stop.UNSUPPORTED) for i in result.incomplete), (kind, result)
+
+
+def test_short_document_bytes_never_name_a_file_on_disk(sandbox, tmp_path):
+    """olefile takes bytes shorter than 1536 as a file name: an attachment must never open a local file."""
+    on_disk = tmp_path / "local.doc"
+    on_disk.write_bytes(ole_package("local.txt", b"content of a local file"))
+    as_content = sandbox.run(Kind.OLE, on_disk.read_bytes(), "local.doc", ALLOWANCE)
+    assert [m.data for m in as_content.members] == [b"content of a local file"]     # the package is read
+    as_name = sandbox.run(Kind.OLE, str(on_disk).encode(), "short.doc", ALLOWANCE)
+    assert b"content of a local file" not in b"".join(m.data for m in as_name.members)
+    assert Fact.OLE_OBJECT not in {o.fact for o in as_name.observations} and as_name.incomplete == ()

@@ -9,10 +9,11 @@ import time
 import pytest
 from starlette.testclient import TestClient
 
+from mailward.evidence import Label
 from mailward.incidents import SubjectKind
 from mailward.incidents import open_store as open_incidents_store
 from mailward.quarantine.links import new_link, sign_link
-from mailward.quarantine.records import Label, Status
+from mailward.quarantine.records import Status
 from mailward.web.app import create_app
 from quarantine_support import FakeClock, malware_case, message
 from web_support import PASSWORD, close_parts, hostile_message, make_parts, put, web_settings

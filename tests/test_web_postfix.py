@@ -11,10 +11,10 @@ import pytest
 from starlette.testclient import TestClient
 
 from harness.postfix import wait_for
-from mail import gtube_message
 from mailward.cli.main import main as cli
 from mailward.config import load_settings
 from mailward.web.app import create_app
+from support.mail import gtube_message
 from web_support import close_parts, make_parts
 
 pytestmark = pytest.mark.postfix

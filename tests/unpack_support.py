@@ -16,7 +16,7 @@ from email.message import EmailMessage
 
 import pytest
 
-EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+from support.mail import EICAR
 
 
 def zipped(members: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:
@@ -286,3 +286,13 @@ def unpacker():
 @pytest.fixture
 def scan(tmp_path, unpacker):
     return Scanner(settings_for(tmp_path), unpacker)
+
+
+def ole_package(filename: str, payload: bytes) -> bytes:
+    """A compound file holding one OLE package (an Ole10Native stream) that embeds ``payload``."""
+    native = (struct.pack("<H", 2) + filename.encode() + b"\0" + b"C:\\" + filename.encode() + b"\0"
+              + struct.pack("<HH", 0, 3) + b"C:\\tmp\\" + filename.encode() + b"\0"
+              + struct.pack("<L", len(payload)) + payload)
+    stream = (struct.pack("<L", len(native)) + native).ljust(4200, b"\0")   # no mini stream
+    NONE = 0xFFFFFFFF
+    return _compound_file([("Root Entry", 5, b"", NONE, NONE, 1), ("\x01Ole10Native", 2, stream, NONE, NONE, NONE)])

@@ -11,6 +11,7 @@ from mailward.quarantine import open_store
 from mailward.quarantine.links import link_key_path
 from mailward.quarantine.release import load_release_key
 from mailward.quarantine.service import QuarantineService
+from mailward.source import MessageSource
 from mailward.web.accounts import DB_NAME, AccountStore
 from mailward.web.app import Parts
 from quarantine_support import envelope, spam_case
@@ -42,7 +43,7 @@ def put(settings: Settings, raw: bytes, recipients=("bob@example.net",), case=sp
         sender: str = "alice@example.org") -> str:
     v, e = case()
     with open_store(settings) as store:
-        return store.put(raw, envelope(sender=sender, recipients=recipients), v, e)
+        return store.put(MessageSource.of(raw), envelope(sender=sender, recipients=recipients), v, e)
 
 
 def make_parts(settings: Settings, clock=None) -> Parts:

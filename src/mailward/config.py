@@ -15,10 +15,11 @@ import tomllib
 import types
 import typing
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 from .envelope import Direction, DirectionRules
 from .errors import ConfigError
@@ -470,9 +471,9 @@ class Settings:
         return Path(self.state_dir) / "rules"
 
 
-def load_settings(path: str | Path | None = None, overrides: dict | None = None) -> Settings:
+def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
     """Read and validate a TOML file (or only the defaults when ``path`` is None)."""
-    data: dict = {}
+    data: dict[str, Any] = {}
     source = "<defaults>"
     if path is not None:
         source = str(path)
@@ -485,20 +486,20 @@ def load_settings(path: str | Path | None = None, overrides: dict | None = None)
             raise ConfigError(source, "", f"not valid TOML: {exc}") from None
     if overrides:
         data = _deep_merge(data, overrides)
-    settings = _build(Settings, data, source, "")
+    settings: Settings = _build(Settings, data, source, "")
     _check(settings, source)
     _check_values(settings, source)
     return dataclasses.replace(settings, source=source)
 
 
-def _deep_merge(base: dict, extra: dict) -> dict:
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in extra.items():
         out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
 
-def _build(cls, table: object, source: str, prefix: str):
+def _build(cls: Any, table: object, source: str, prefix: str) -> Any:
     if not isinstance(table, dict):
         raise ConfigError(source, prefix, "must be a table")
     hints = typing.get_type_hints(cls)
@@ -512,7 +513,7 @@ def _build(cls, table: object, source: str, prefix: str):
                   for name in known if name in table})
 
 
-def _build_policy(table: dict, source: str, prefix: str) -> PolicySettings:
+def _build_policy(table: dict[str, Any], source: str, prefix: str) -> PolicySettings:
     """Each direction starts from its own defaults; each policy table from its direction's result."""
     base = PolicySettings()
     inbound = _build_direction(base.inbound, table.get("inbound", {}), source, _join(prefix, "inbound"))
@@ -579,7 +580,7 @@ def policy_subject(value: str) -> str:
     return f"{local}@{domain}" if at else domain
 
 
-def _coerce(hint, value, source: str, key: str):
+def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
     origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, source, key)
@@ -775,7 +776,7 @@ def _check_port(value: int) -> None:
 
 
 _LIST = object()     # marks a key whose every list element is checked
-_VALUE_CHECKS: tuple[tuple[str, object, object], ...] = (
+_VALUE_CHECKS: tuple[tuple[str, Callable[[Any], object], object], ...] = (
     # (key, check, when): ``when`` None = always, else only for a non-empty value
     ("state_dir", _check_path, None),
     ("milter.socket", parse_milter_socket, None),
@@ -808,7 +809,7 @@ _VALUE_CHECKS: tuple[tuple[str, object, object], ...] = (
 def _check_values(settings: Settings, source: str) -> None:
     """Every value that names an address, URL, network, path, socket or account is well-formed."""
     for key, check, when in _VALUE_CHECKS:
-        value: object = settings
+        value: Any = settings
         for part in key.split("."):
             value = getattr(value, part)
         if when == "set" and not value:

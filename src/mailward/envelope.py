@@ -38,7 +38,7 @@ class Envelope:
     def with_direction(self, direction: Direction) -> Envelope:
         return replace(self, direction=direction)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, object]:
         return {
             "mail_from": self.mail_from,
             "recipients": list(self.recipients),

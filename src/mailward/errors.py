@@ -20,3 +20,7 @@ class StoreError(MailwardError):
 
 class ArtifactError(MailwardError):
     """A model or rule artifact is missing, corrupt, or does not match its checksum."""
+
+
+class ScanFailed(MailwardError):
+    """A scanner could not answer (a worker died or reported an error); the policy's on_error applies."""

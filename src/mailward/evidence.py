@@ -6,8 +6,11 @@ bad it is. Only :mod:`mailward.policy` turns evidence into a verdict.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
+from typing import Protocol
 
 
 class Category(str, Enum):
@@ -23,6 +26,23 @@ class Category(str, Enum):
     AUTHENTICATION = "authentication"  # SPF, DKIM, DMARC
     BLOCKED = "blocked"          # an analyst blocked or suspended the source
     ERROR = "error"              # a detector failed; policy applies on_error, not a category action
+
+
+class Label(str, Enum):
+    """What a person (or autolearn) says a message is; the quarantine, the ledger and training share it."""
+
+    HAM = "ham"
+    SPAM = "spam"
+    PHISH = "phish"      # kept apart in the quarantine and its audit; trains as spam
+
+    @property
+    def training_class(self) -> str:
+        """The Naive Bayes class this label teaches: the model has two, ham and spam."""
+        return "ham" if self is Label.HAM else "spam"
+
+
+# The spam model's two classes, in the column order of its counts: phish trains as spam.
+TRAINING_CLASSES = (Label.HAM.value, Label.SPAM.value)
 
 
 class Severity(IntEnum):
@@ -55,7 +75,7 @@ class Finding:
     file_name: str = ""
     mime_type: str = ""                # the real (sniffed) type
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, str]:
         doc = {
             "category": self.category.value,
             "name": self.name,
@@ -86,17 +106,52 @@ class SpamAssessment:
     model_version: str = ""
 
 
+class HeaderSource(Protocol):
+    """A parsed message's decoded header fields (mailward.message.ParsedMessage)."""
+
+    def header(self, name: str, default: str = "") -> str: ...
+
+
 @dataclass(frozen=True)
 class MessageFacts:
-    """What identifies the message itself in logs (ECS ``email.*``), taken while it is parsed."""
+    """What identifies the message itself, taken in the worker while it is parsed.
+
+    The milter process uses these for the log (ECS ``email.*``) and the
+    quarantine listing instead of parsing the message again.
+    """
 
     subject: str = ""
     message_id: str = ""
+    header_from: str = ""
 
     @classmethod
-    def of(cls, message) -> MessageFacts:
-        """From a :class:`~mailward.message.ParsedMessage` (control characters removed: these go to logs)."""
-        return cls(_printable(message.subject)[:998], _printable(message.header("message-id")).strip()[:998])
+    def of(cls, message: HeaderSource) -> MessageFacts:
+        """From a parsed message (RFC 2047 decoded; control characters removed: these go to logs)."""
+        return cls(_printable(message.header("subject"))[:998], _printable(message.header("message-id")).strip()[:998],
+                   _printable(message.header("from")).strip()[:998])
+
+
+RELEASE_HEADER = "X-Mailward-Release"      # on a message an analyst released from the quarantine
+ALERT_HEADER = "X-Mailward-Alert-Mark"     # on Mailward's own alert mail
+_LINE_BREAKS = re.compile(rb"[\r\n]")
+
+
+@dataclass(frozen=True)
+class MarkProof:
+    """What a scanning worker saw of a message's marks: their header values and the body digest.
+
+    Small and picklable: it travels with the evidence to the milter process,
+    which checks the HMACs (quarantine.release) without ever holding the message.
+    """
+
+    release: tuple[str, ...] = ()
+    alert: tuple[str, ...] = ()
+    body_digest: str = ""
+
+
+def body_digest(body: bytes) -> str:
+    """SHA-256 of a body without its line breaks: MTAs rewrite line endings, and that voids no mark."""
+    return hashlib.sha256(_LINE_BREAKS.sub(b"", body)).hexdigest()
 
 
 def _printable(text: str) -> str:
@@ -114,7 +169,7 @@ class Evidence:
     headers: tuple[tuple[str, str], ...] = ()
     message: MessageFacts = MessageFacts()
     # The release or alert marks the message claims, checked by the milter process (quarantine.release).
-    marks: object | None = None
+    marks: MarkProof | None = None
     # Domains that passed SPF (envelope sender), DKIM (d=) or DMARC (From:) for this message: the
     # identities a sender allow list entry may be honoured for (anti-spoofing).
     authenticated: tuple[str, ...] = ()

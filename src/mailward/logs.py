@@ -1,27 +1,66 @@
 """JSON-lines logging with ECS field names, so Filebeat ships it to Elastic as is.
 
-Only entry points call :func:`configure_logging`. Per-message context travels in
-``extra``: ``queue_id`` and ``connection_id`` on every line of a message, and
-``event`` (a ready ECS document fragment) on the one summary line per message.
+Only entry points call :func:`configure_logging`. Per-message context (queue ID,
+connection ID, incident ID, direction) is set once where a message's work begins
+(:func:`log_context`: the milter callbacks, the screener, the scanning worker) and
+the formatter adds it to every line logged within; ``extra`` carries only what is
+not context, such as ``event`` (a ready ECS document fragment) on the one summary
+line per message.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import json
 import logging
 import logging.handlers
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
+from typing import Any
 
 from .config import LoggingSettings
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
+@dataclass(frozen=True)
+class LogContext:
+    """What every line logged about one message carries."""
+
+    queue_id: str = ""          # the MTA's queue ID (ECS email.local_id)
+    connection_id: str = ""     # ours, per SMTP connection
+    incident_id: str = ""       # the ID the sender's reply and the summary line name
+    direction: str = ""         # inbound | outbound
+
+
+# Per thread (and per asyncio task): a value set by one message's callbacks is never seen by another's.
+_NO_CONTEXT = LogContext()
+_CONTEXT: ContextVar[LogContext] = ContextVar("mailward_log_context", default=_NO_CONTEXT)
+
+
+@contextmanager
+def log_context(**fields: str) -> Iterator[LogContext]:
+    """Add ``fields`` (of :class:`LogContext`) to every line logged in this block; empty values keep the outer ones."""
+    context = replace(_CONTEXT.get(), **{k: v for k, v in fields.items() if v})
+    token = _CONTEXT.set(context)
+    try:
+        yield context
+    finally:
+        _CONTEXT.reset(token)
+
+
+def current_log_context() -> LogContext:
+    return _CONTEXT.get()
+
+
 class EcsJsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        doc: dict = {
+        doc: dict[str, Any] = {
             "@timestamp": _dt.datetime.fromtimestamp(record.created, _dt.UTC)
             .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "log": {"level": record.levelname.lower(), "logger": record.name},
@@ -30,22 +69,27 @@ class EcsJsonFormatter(logging.Formatter):
             "service": {"name": "mailward"},
             "ecs": {"version": "8.11.0"},
         }
-        queue_id = getattr(record, "queue_id", "")
-        connection_id = getattr(record, "connection_id", "")
+        context = _CONTEXT.get()
+        queue_id = getattr(record, "queue_id", "") or context.queue_id
+        connection_id = getattr(record, "connection_id", "") or context.connection_id
         if queue_id:
             doc.setdefault("email", {})["local_id"] = queue_id
+        if context.direction:
+            doc.setdefault("email", {})["direction"] = context.direction
         if connection_id:
             doc.setdefault("labels", {})["connection_id"] = connection_id
+        if context.incident_id:
+            doc["mailward"] = {"incident_id": context.incident_id}
         event = getattr(record, "event", None)
         if isinstance(event, dict):
             _merge(doc, event)
-        if record.exc_info:
+        if record.exc_info and record.exc_info[0] is not None:     # exc_info=True outside an except block: no error
             doc["error"] = {"type": record.exc_info[0].__name__, "message": str(record.exc_info[1]),
                             "stack_trace": self.formatException(record.exc_info)}
         return json.dumps(doc, ensure_ascii=False, default=str)
 
 
-def _merge(into: dict, extra: dict) -> None:
+def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(into.get(key), dict):
             _merge(into[key], value)
@@ -62,7 +106,7 @@ class PrivateLogFile(logging.handlers.WatchedFileHandler):
     Reopens the file by name when logrotate renames it, so rotation needs no restart.
     """
 
-    def _open(self):
+    def _open(self) -> io.TextIOWrapper:
         fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, LOG_FILE_MODE)
         try:
             st = os.fstat(fd)

@@ -19,7 +19,7 @@ import hashlib
 import re
 import time
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from email.message import Message
 from functools import cached_property
@@ -34,10 +34,19 @@ _DELIMITER = re.compile(rb"^--[ -~]{1,70}\r?$", re.M)
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 
 
+def split_message(raw: bytes) -> tuple[bytes, bytes]:
+    """Header block and body, split at the first empty line whether lines end in LF or CRLF.
+
+    The one rule for where the header block ends (parser, release marks,
+    quarantine listing); with no empty line it is all header and no body.
+    """
+    end = _HEADER_END.search(raw)
+    return (raw[: end.start()], raw[end.end():]) if end else (raw, b"")
+
+
 def header_block(raw: bytes) -> bytes:
     """The bytes before the first empty line, whether lines end in LF or CRLF."""
-    end = _HEADER_END.search(raw)
-    return raw[: end.start()] if end else raw
+    return split_message(raw)[0]
 _TEXT_TYPES = ("text/plain", "text/html")
 PATH_SEPARATOR = " > "
 # What each early stop costs in weight: lost members weigh more than a document analysis that failed.
@@ -446,11 +455,12 @@ def _leaf(part: Message, path: str, depth: int) -> tuple[ContentObject, list[str
             trouble.append(f"undecodable file name {name[:80]!r}")
         if name and name not in names:
             names.append(name)
+    data: bytes | None = None
     try:
-        data = part.get_payload(decode=True)
+        decoded = part.get_payload(decode=True)      # bytes for a leaf part
+        data = decoded if isinstance(decoded, bytes) else None
     except Exception as exc:  # a broken encoding still leaves the raw text to scan
         trouble.append(f"transfer encoding failed ({type(exc).__name__}); raw text scanned")
-        data = None
     if data is None:
         data = undecoded_payload(part)
     damaged = sorted({type(d).__name__ for d in part.defects if "Base64" in type(d).__name__})
@@ -477,7 +487,7 @@ def undecoded_payload(part: Message) -> bytes:
     try:
         payload = part.get_payload()
     except Exception:      # 8-bit text in a charset that cannot decode it (idna): the stored text itself
-        payload = part._payload
+        payload = getattr(part, "_payload", None)
     if isinstance(payload, str):
         return payload.encode("utf-8", "surrogateescape")
     return payload if isinstance(payload, bytes) else b""
@@ -505,7 +515,7 @@ def raw_file_names(part: Message, trouble: list[str]) -> Iterator[str]:
             yield value.strip()
 
 
-def _part_header(read, fallback: str, trouble: list[str]) -> str:
+def _part_header(read: Callable[[], str | None], fallback: str, trouble: list[str]) -> str:
     try:
         return read() or fallback
     except Exception as exc:

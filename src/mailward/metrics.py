@@ -13,9 +13,10 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -23,6 +24,13 @@ from prometheus_client.core import GaugeMetricFamily
 from .config import parse_host_port
 from .errors import ConfigError
 from .evidence import Category
+from .verdict import Outcome
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from .config import Settings
+    from .verdict import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +76,8 @@ class Metrics:
 
     # -- per message ---------------------------------------------------------------------------------
 
-    def observe(self, outcome) -> None:
-        """Count one screened (or failed, or rejected) message; ``outcome`` is a screening.Outcome."""
+    def observe(self, outcome: Outcome) -> None:
+        """Count one screened (or failed, or rejected) message."""
         env, verdict, evidence = outcome.envelope, outcome.verdict, outcome.evidence
         direction = env.direction.value
         self.messages.labels(direction, verdict.action.value, verdict.reasons[0] if verdict.reasons else "").inc()
@@ -127,7 +135,7 @@ class Metrics:
 
     # -- serving ---------------------------------------------------------------------------------------
 
-    def serve(self, listen: str, source: str = "<defaults>"):
+    def serve(self, listen: str, source: str = "<defaults>") -> WSGIServer:
         """Start the HTTP endpoint on ``HOST:PORT``; returns the server (``shutdown()`` stops it)."""
         try:
             host, port = parse_host_port(listen)        # config.py already checked a loaded file's value
@@ -147,7 +155,7 @@ class _LiveCollector:
         self._sources = sources
         self._cache: dict[str, tuple[float, object]] = {}
 
-    def _read(self, name: str):
+    def _read(self, name: str) -> Any:
         source = self._sources.get(name)
         if source is None:
             return None
@@ -161,7 +169,7 @@ class _LiveCollector:
             self._cache[name] = (time.monotonic(), value)
         return value
 
-    def collect(self):
+    def collect(self) -> Iterator[GaugeMetricFamily]:
         quarantine = self._read("quarantine")
         if quarantine is not None:
             count, size = quarantine
@@ -175,11 +183,11 @@ class _LiveCollector:
                 family.add_metric([kind], count)
             yield family
 
-    def describe(self):
+    def describe(self) -> list[GaugeMetricFamily]:
         return []
 
 
-def rules_version(settings) -> str:
+def rules_version(settings: Settings) -> str:
     """A short digest of every YARA source in use, so a rule change shows as a new version."""
     directories = [Path(d) for d in settings.signatures.rules_dirs]
     if settings.signatures.shipped_rules:
@@ -191,7 +199,7 @@ def rules_version(settings) -> str:
     return digest.hexdigest()[:12]
 
 
-def quarantine_stats(settings) -> QuarantineStats:
+def quarantine_stats(settings: Settings) -> QuarantineStats:
     """Count held messages with one read-only query (the quarantine store offers no count of its own)."""
     query = "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM quarantine WHERE status = 'held'"
     if settings.quarantine.backend == "postgresql":
@@ -199,7 +207,7 @@ def quarantine_stats(settings) -> QuarantineStats:
             import psycopg
 
             with psycopg.connect(settings.quarantine.dsn, connect_timeout=5) as conn:
-                count, size = conn.execute(query).fetchone()
+                count, size = conn.execute(query).fetchone() or (0, 0)     # COUNT always gives a row
             return int(count), int(size)
         return read
 

@@ -1,7 +1,8 @@
 """Run every detector over one parsed message and collect their evidence.
 
-Each detector package exposes ``detectors(settings)``; the inspector owns no
-detection logic of its own. A detector that raises becomes its own ``unchecked``
+Each detector package exposes ``detectors(settings)``, composed by
+:func:`mailward.runtime.build_inspector`; the inspector owns no detection
+logic of its own. A detector that raises becomes its own ``unchecked``
 finding, so one broken check never hides the others; and since a bug that a
 message's bytes trigger triggers again on every retry, it is not a transient
 ``error`` (which tempfails by default: mail that could never be delivered).
@@ -13,24 +14,25 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Protocol
 
-from .config import LimitSettings, Settings
+from .config import LimitSettings
+from .detector import Detector
 from .envelope import Envelope
-from .evidence import Category, Evidence, Finding, MessageFacts, Severity
-from .message import ParsedMessage, parse_message
-from .quarantine.release import mark_proof
+from .evidence import (
+    ALERT_HEADER,
+    RELEASE_HEADER,
+    Category,
+    Evidence,
+    Finding,
+    MarkProof,
+    MessageFacts,
+    Severity,
+    body_digest,
+)
+from .message import ParsedMessage, parse_message, split_message
 from .unpack import Unpacker
 
 log = logging.getLogger(__name__)
-
-
-class Detector(Protocol):
-    """Looks at a parsed message and reports evidence; never decides an action."""
-
-    name: str
-
-    def inspect(self, message: ParsedMessage, envelope: Envelope) -> Evidence: ...
 
 
 @dataclass(frozen=True)
@@ -39,13 +41,6 @@ class Inspector:
     detectors: tuple[Detector, ...]
     # One per process: it owns the libmagic handle and the long-lived parser sandbox.
     unpacker: Unpacker | None = None
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Inspector:
-        from . import models, reputation, signatures  # detector packages load rules and models here
-
-        return cls(settings.limits, (*signatures.detectors(settings), *models.detectors(settings),
-                                     *reputation.detectors(settings)), Unpacker(settings.limits))
 
     def inspect(self, raw: bytes, envelope: Envelope) -> Evidence:
         started = time.perf_counter()
@@ -66,7 +61,21 @@ class Inspector:
             evidence = evidence.merged(found)
         # Marks are read here, where the message already is, so the milter process never holds a body.
         return replace(evidence, findings=describe_objects(evidence.findings, message),
-                       message=MessageFacts.of(message), timings=tuple(timings), marks=mark_proof(raw))
+                       message=MessageFacts.of(message), timings=tuple(timings), marks=mark_proof(message))
+
+
+def mark_proof(message: ParsedMessage) -> MarkProof | None:
+    """The release and alert marks ``message`` claims and its body digest; None when it claims none.
+
+    Read from the parsed headers; the body is hashed only for a message that claims a mark.
+    """
+    if b"x-mailward-" not in message.raw_headers.lower():        # ordinary mail: nothing to look up
+        return None
+    release = tuple(" ".join(v.split()) for v in message.header_all(RELEASE_HEADER))
+    alert = tuple(" ".join(v.split()) for v in message.header_all(ALERT_HEADER))
+    if not release and not alert:
+        return None
+    return MarkProof(release, alert, body_digest(split_message(message.raw)[1]))
 
 
 def detector_error(detector: str, exc: BaseException) -> Finding:
@@ -80,8 +89,7 @@ def _guarded(detector: Detector, envelope: Envelope, call: Callable[[], object])
     try:
         return call()
     except Exception as exc:
-        log.exception("detector %s failed", detector.name,
-                      extra={"queue_id": envelope.queue_id, "connection_id": envelope.connection_id})
+        log.exception("detector %s failed", detector.name)
         return Evidence(findings=(detector_error(detector.name, exc),))
 
 

@@ -19,6 +19,7 @@ import os
 import pwd
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 from .config import Settings
 from .errors import MailwardError
@@ -82,7 +83,14 @@ def become_service_user(settings: Settings, keep_root: bool = False) -> ServiceA
     return account
 
 
-def as_root() -> dict:
+class RootArgs(TypedDict, total=False):
+    """The ``user``/``group`` keyword arguments of :func:`subprocess.run`."""
+
+    user: int
+    group: int
+
+
+def as_root() -> RootArgs:
     """``subprocess`` arguments that run a child as root again after :func:`become_service_user` kept the way back."""
     if os.getuid() == 0 and os.geteuid() != 0:
         return {"user": 0, "group": 0}     # setreuid/setregid back to the real IDs; no capability needed

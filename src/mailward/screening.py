@@ -8,34 +8,54 @@ tempfailed, never accepted.
 
 from __future__ import annotations
 
+import contextvars
 import ipaddress
 import logging
 import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Protocol
+from dataclasses import replace
+from typing import Any, Protocol
 
 from .config import DirectionPolicy, Settings
 from .envelope import Envelope
-from .errors import StoreError
-from .evidence import Category, Evidence, Finding
+from .errors import ScanFailed, StoreError
+from .evidence import Category, Evidence, Finding, MarkProof
+from .logs import log_context
 from .policy import Inputs, Listed, Mark, Share, decide, decide_failure, split, stops
-from .verdict import Action, Verdict, new_incident_id
-from .workers import MessageSource, ScanFailed
+from .source import MessageSource
+from .verdict import Action, Outcome, Verdict, new_incident_id
 
 log = logging.getLogger(__name__)
 
-Scan = Callable[[MessageSource, Envelope], Evidence]
+class Scanner(Protocol):
+    """Parses one message and runs the detectors over it: in process, or in a worker (the pool).
+
+    A deadline or CPU overrun comes back as evidence; a scanner that cannot
+    answer at all raises :class:`ScanFailed`, and the policy's ``on_error`` applies.
+    """
+
+    def scan(self, source: MessageSource, envelope: Envelope) -> Evidence: ...
 
 
 class Quarantine(Protocol):
     def put(self, raw: MessageSource, envelope: Envelope, verdict: Verdict, evidence: Evidence) -> str: ...
 
 
-# The valid mark among those a worker found (quarantine.release.MarkProof), if any; a release mark is used up.
-Release = Callable[[object, Envelope], object | None]
+class ReleaseMark(Protocol):
+    """What screening reads of a valid mark (quarantine.release.ReleaseMark)."""
+
+    @property
+    def kind(self) -> str: ...          # "release" or "alert"
+
+    @property
+    def quarantine_id(self) -> str: ...
+
+
+# The valid mark among those a worker found, if any (quarantine.release.ReleaseVerifier.accept); a release
+# mark is used up by it.
+Release = Callable[[MarkProof, Envelope], ReleaseMark | None]
 
 
 class SenderLists(Protocol):
@@ -50,53 +70,39 @@ class Watch(Protocol):
     def observe(self, outcome: Outcome) -> object: ...
 
 
-@dataclass(frozen=True)
-class Outcome:
-    envelope: Envelope
-    verdict: Verdict
-    evidence: Evidence
-    size: int
-    quarantine_id: str = ""
-    error: str = ""                 # internal cause of a failure verdict, for the log only
-    seconds: float = 0.0
-    quarantine_failed: bool = False  # the store refused a message the policy quarantined
-    released_from: str = ""          # quarantine ID when an analyst released this very message
-    alert_of: str = ""               # incident ID when this is Mailward's own (marked) alert about it
-    # Recipients whose policy quarantined the message while others' delivered it: removed from the
-    # delivered message (delrcpt) and kept in the quarantine under ``quarantine_id`` with ``held_verdict``.
-    held: tuple[str, ...] = ()
-    held_verdict: Verdict | None = None
-
-    def acted_on(self, category: Category) -> bool:
-        """Whether the policy applied ``category``'s own action for any recipient (what incidents count)."""
-        verdicts = (self.verdict,) if self.held_verdict is None else (self.verdict, self.held_verdict)
-        return any(category in v.acted_on for v in verdicts)
-
-
 WATCH_BUDGET = 1.0      # seconds the reply waits for incident response (counters, alerts)
 
 
 class Screener:
-    def __init__(self, settings: Settings, scan: Scan, quarantine: Quarantine | None,
+    def __init__(self, settings: Settings, scanner: Scanner, quarantine: Quarantine | None,
                  clock: Callable[[], float] = time.time, watch: Watch | None = None,
                  release: Release | None = None, lists: SenderLists | None = None):
         self.settings = settings
         self._lists = lists
         self._release = release
-        self._scan = scan
+        self._scanner = scanner
         self._quarantine = quarantine
         self._clock = clock
         self._watch = watch
 
-    def screen(self, source: MessageSource, size: int, envelope: Envelope, known: Evidence = Evidence()) -> Outcome:
-        """``known``: evidence from before the content, e.g. a block whose action is not a reject."""
+    def screen(self, source: MessageSource, envelope: Envelope, known: Evidence = Evidence()) -> Outcome:
+        """``known``: evidence from before the content, e.g. a block whose action is not a reject.
+
+        Every line logged while screening (scan, store, incident response) names the message and its incident.
+        """
         started = time.perf_counter()
         incident = new_incident_id(self._clock())
+        with log_context(queue_id=envelope.queue_id, connection_id=envelope.connection_id, incident_id=incident,
+                         direction=envelope.direction.value):
+            return self._screen(source, envelope, known, incident, started)
+
+    def _screen(self, source: MessageSource, envelope: Envelope, known: Evidence, incident: str,
+                started: float) -> Outcome:
         policy = self.settings.policy.for_direction(envelope.direction)
         evidence, error = known, ""
         held: Share | None = None
         try:
-            evidence = known.merged(self._scan(source, envelope))
+            evidence = known.merged(self._scanner.scan(source, envelope))
             shares = self._decide(evidence, envelope, incident, None)
             released_from = alert_of = ""
             if any(stops(s.verdict) for s in shares) and self._release is not None and evidence.marks is not None:
@@ -114,7 +120,7 @@ class Screener:
             released_from = alert_of = ""
         quarantine_id, store_failed = "", False
         if verdict.action is Action.REJECT and evidence.of(Category.MALWARE) and self._quarantine is not None:
-            quarantine_id = self._keep_sample(source, envelope, verdict, evidence)
+            quarantine_id = self._keep_sample(self._quarantine, source, envelope, verdict, evidence)
         kept = (envelope, verdict) if verdict.action is Action.QUARANTINE else \
             (replace(envelope, recipients=held.recipients), held.verdict) if held is not None else None
         if kept is not None and self._quarantine is not None:
@@ -129,11 +135,11 @@ class Screener:
                                   acted_on=tuple(dict.fromkeys(acted_on)))
                 error, store_failed, held = str(exc), True, None
             evidence = replace(evidence, timings=evidence.timings + (("quarantine", time.perf_counter() - t0),))
-        outcome = Outcome(envelope, verdict, evidence, size, quarantine_id, error, time.perf_counter() - started,
+        outcome = Outcome(envelope, verdict, evidence, source.size, quarantine_id, error, time.perf_counter() - started,
                           store_failed, released_from, alert_of, held.recipients if held is not None else (),
                           held.verdict if held is not None else None)
         if self._watch is not None:
-            self._observe(outcome)
+            self._observe(self._watch, outcome)
         return outcome
 
     def _decide(self, evidence: Evidence, envelope: Envelope, incident: str, mark: Mark | None) -> list[Share]:
@@ -149,7 +155,7 @@ class Screener:
                       decide(evidence, policy, incident, Inputs(listed, mark, hold)))
                 for (policy, listed), recipients in groups.items()]
 
-    def _observe(self, outcome: Outcome) -> None:
+    def _observe(self, watch: Watch, outcome: Outcome) -> None:
         """Let incident response see the outcome, waiting for it at most :data:`WATCH_BUDGET`.
 
         The verdict is final (and a quarantined message stored) before this;
@@ -159,36 +165,34 @@ class Screener:
         would be kept twice: so the watch runs on its own thread and a slow
         one finishes in the background.
         """
-        envelope = outcome.envelope
-        extra = {"queue_id": envelope.queue_id, "connection_id": envelope.connection_id}
-
         def observe() -> None:
             try:
-                self._watch.observe(outcome)
+                watch.observe(outcome)
             except Exception:   # counting and alerting never change what happens to the message
-                log.exception("incident response failed", extra=extra)
+                log.exception("incident response failed")
 
-        watcher = threading.Thread(target=observe, name="observe", daemon=True)
+        # A new thread starts with an empty context: it runs in a copy of this one, so its lines name the message.
+        watcher = threading.Thread(target=contextvars.copy_context().run, args=(observe,), name="observe",
+                                   daemon=True)
         watcher.start()
         watcher.join(WATCH_BUDGET)
         if watcher.is_alive():
-            log.warning("incident response is slow (over %.1f s); replying without waiting for it", WATCH_BUDGET,
-                        extra=extra)
+            log.warning("incident response is slow (over %.1f s); replying without waiting for it", WATCH_BUDGET)
 
-    def _keep_sample(self, source: MessageSource, envelope: Envelope, verdict: Verdict, evidence: Evidence) -> str:
+    def _keep_sample(self, quarantine: Quarantine, source: MessageSource, envelope: Envelope, verdict: Verdict,
+                     evidence: Evidence) -> str:
         """Rejected malware stays in the quarantine as a sample (status ``rejected``) for analysts.
 
         The sender gets the 5xx whatever happens here: a store failure costs the sample, not the verdict.
         """
         try:
-            return self._quarantine.put(source, envelope, verdict, evidence)
+            return quarantine.put(source, envelope, verdict, evidence)
         except StoreError:
-            log.exception("could not keep the rejected sample", extra={"queue_id": envelope.queue_id,
-                                                                        "connection_id": envelope.connection_id})
+            log.exception("could not keep the rejected sample")
             return ""
 
 
-def event_of(outcome: Outcome) -> dict:
+def event_of(outcome: Outcome) -> dict[str, Any]:
     """The ECS document fragment of one message's summary log line."""
     env, verdict, evidence = outcome.envelope, outcome.verdict, outcome.evidence
     files = [_ecs_file(f) for f in evidence.findings if f.sha256]
@@ -219,7 +223,7 @@ def event_of(outcome: Outcome) -> dict:
     return doc
 
 
-def _ecs_file(finding: Finding) -> dict:
+def _ecs_file(finding: Finding) -> dict[str, Any]:
     return {"hash": {"sha256": finding.sha256}, "name": finding.file_name or None,
             "mime_type": finding.mime_type or None}
 

@@ -1,4 +1,4 @@
-"""The decision for one message and the SMTP reply that goes with it."""
+"""The decision for one message, the SMTP reply that goes with it, and the outcome of screening it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import time
 from dataclasses import dataclass
 from enum import Enum
 
-from .evidence import Category
+from .envelope import Envelope
+from .evidence import Category, Evidence
 
 
 class Action(str, Enum):
@@ -93,3 +94,28 @@ class Verdict:
             xcode = "4.7.1" if self.reasons and self.reasons[0] != "error" else "4.3.0"
             return SmtpReply("451", xcode, f"{self.public_reason}, try again later (incident {self.incident_id})")
         return None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one message: the one value incidents, metrics and the summary log line observe."""
+
+    envelope: Envelope
+    verdict: Verdict
+    evidence: Evidence
+    size: int
+    quarantine_id: str = ""
+    error: str = ""                 # internal cause of a failure verdict, for the log only
+    seconds: float = 0.0
+    quarantine_failed: bool = False  # the store refused a message the policy quarantined
+    released_from: str = ""          # quarantine ID when an analyst released this very message
+    alert_of: str = ""               # incident ID when this is Mailward's own (marked) alert about it
+    # Recipients whose policy quarantined the message while others' delivered it: removed from the
+    # delivered message (delrcpt) and kept in the quarantine under ``quarantine_id`` with ``held_verdict``.
+    held: tuple[str, ...] = ()
+    held_verdict: Verdict | None = None
+
+    def acted_on(self, category: Category) -> bool:
+        """Whether the policy applied ``category``'s own action for any recipient (what incidents count)."""
+        verdicts = (self.verdict,) if self.held_verdict is None else (self.verdict, self.held_verdict)
+        return any(category in v.acted_on for v in verdicts)

@@ -26,34 +26,29 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from pathlib import Path
+from multiprocessing.context import ForkContext, ForkServerContext, SpawnContext
+from typing import cast
 
 from .config import Settings
 from .envelope import Envelope
-from .errors import MailwardError
+from .errors import ScanFailed
 from .evidence import Category, Evidence, Finding, Severity
 from .lifetime import die_with_parent
+from .source import MessageSource
 
 log = logging.getLogger(__name__)
 
-MessageSource = bytes | Path    # small messages travel as bytes, spooled ones as a private file path
-
-
-class ScanFailed(MailwardError):
-    """A worker died or answered with an error; the milter applies on_error."""
-
-
 def _worker_main(conn: Connection, settings: Settings) -> None:
     """Entry point of a scanning process: build detectors once, then serve scans."""
-    from .logs import configure_logging
-    from .pipeline import Inspector
+    from .logs import configure_logging, log_context
+    from .runtime import build_inspector
 
     die_with_parent()
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))     # a core file would hold message content
     configure_logging(settings.logging)
     failure = ""
     try:
-        inspector = Inspector.from_settings(settings)
+        inspector = build_inspector(settings)
     except Exception as exc:  # reported to the parent with every request instead of dying silently
         log.exception("worker could not load its detectors")
         inspector, failure = None, f"{type(exc).__name__}: {exc}"
@@ -75,12 +70,13 @@ def _worker_main(conn: Connection, settings: Settings) -> None:
             conn.send(("error", failure))
             continue
         _limit_cpu(settings.milter.cpu_budget)
-        try:
-            raw = source.read_bytes() if isinstance(source, Path) else source
-            conn.send(("ok", inspector.inspect(raw, envelope)))
-        except Exception as exc:
-            log.exception("scan failed", extra={"queue_id": envelope.queue_id})
-            conn.send(("error", type(exc).__name__))
+        with log_context(queue_id=envelope.queue_id, connection_id=envelope.connection_id,
+                         direction=envelope.direction.value):      # worker-side lines name the message too
+            try:
+                conn.send(("ok", inspector.inspect(source.read(), envelope)))
+            except Exception as exc:
+                log.exception("scan failed")
+                conn.send(("error", type(exc).__name__))
 
 
 def _limit_cpu(seconds: float) -> None:
@@ -137,6 +133,13 @@ class _Ticket:
     worker: _Worker | None = None
     granted: threading.Event = field(default_factory=threading.Event)
 
+    @property
+    def granted_worker(self) -> _Worker:
+        """The worker a granted ticket carries (ScanPool._acquire returns no other)."""
+        if self.worker is None:
+            raise ScanFailed("the scan pool closed")
+        return self.worker
+
 
 class ScanPool:
     """A fixed number of scanning processes shared fairly by all milter threads.
@@ -162,7 +165,7 @@ class ScanPool:
                  client_share: int | None = None):
         if size < 1:
             raise ValueError("a scan pool needs at least one worker")
-        self._ctx = multiprocessing.get_context(start_method)
+        self._ctx = cast("ForkServerContext | SpawnContext | ForkContext", multiprocessing.get_context(start_method))
         if start_method == "forkserver":
             self._ctx.set_forkserver_preload([f"{__package__}.forkserver_guard", *self.PRELOAD])
         self._size = size
@@ -190,6 +193,7 @@ class ScanPool:
         try:
             if not worker.conn.poll(self.LOAD_TIMEOUT):
                 return f"did not load within {self.LOAD_TIMEOUT:.0f} s"
+            failure: str
             _status, failure = worker.conn.recv()
             return failure
         except (EOFError, OSError) as exc:
@@ -234,6 +238,11 @@ class ScanPool:
         with self._lock:
             return [worker.process.pid for worker in self._idle if worker.process.pid is not None]
 
+    def in_flight(self, client: str) -> int:
+        """Scans of ``client`` holding a worker right now (what ``client_share`` bounds); read-only."""
+        with self._lock:
+            return self._busy.get(client, 0)
+
     def _replace(self, settings: Settings, generation: int) -> None:
         """Start a worker in place of a broken one; it joins the idle set once loaded."""
         while True:
@@ -263,21 +272,26 @@ class ScanPool:
         self._dispatch()
         return True
 
-    def scan(self, source: MessageSource, envelope: Envelope, deadline: float) -> Evidence:
-        """Inspect one message in a worker; a deadline or CPU overrun is evidence, a crash raises."""
+    def scan(self, source: MessageSource, envelope: Envelope, deadline: float | None = None) -> Evidence:
+        """Inspect one message in a worker; a deadline or CPU overrun is evidence, a crash raises.
+
+        ``deadline``: seconds for the whole scan, waiting for a worker included;
+        by default ``milter.message_deadline`` of the settings the workers run.
+        """
         started = time.monotonic()
+        if deadline is None:
+            deadline = self._settings.milter.message_deadline
         ticket = self._acquire(envelope.client_address, deadline)
         if ticket is None:
             return _unchecked("scan-deadline", "no scanning process became free in time")
-        worker = ticket.worker
+        worker = ticket.granted_worker
         replace = False
         try:
             worker.conn.send((source, envelope))
             remaining = max(0.0, deadline - (time.monotonic() - started))
             if not worker.conn.poll(remaining):
                 replace = True
-                log.error("scan exceeded the %.0f s deadline; worker %s killed", deadline, worker.process.pid,
-                          extra={"queue_id": envelope.queue_id, "connection_id": envelope.connection_id})
+                log.error("scan exceeded the %.0f s deadline; worker %s killed", deadline, worker.process.pid)
                 return _unchecked("scan-deadline", f"scan exceeded {deadline:.0f} s")
             status, payload = worker.conn.recv()
         except (EOFError, OSError, BrokenPipeError) as exc:
@@ -285,15 +299,15 @@ class ScanPool:
             worker.process.join(timeout=2)
             if worker.process.exitcode == -signal.SIGXCPU:
                 cpu = self._settings.milter.cpu_budget
-                log.error("scan used more than %.0f s of CPU; worker %s stopped", cpu, worker.process.pid,
-                          extra={"queue_id": envelope.queue_id, "connection_id": envelope.connection_id})
+                log.error("scan used more than %.0f s of CPU; worker %s stopped", cpu, worker.process.pid)
                 return _unchecked("scan-cpu-budget", f"scan used more than {cpu:.0f} s of CPU")
             raise ScanFailed(f"scanning process {worker.process.pid} died: {type(exc).__name__}") from exc
         finally:
             self._release(ticket, replace)
         if status != "ok":
             raise ScanFailed(f"scanning process reported {payload}")
-        return payload
+        evidence: Evidence = payload
+        return evidence
 
     def _acquire(self, client: str, timeout: float) -> _Ticket | None:
         """Wait in ``client``'s lane for a worker; None when none came within ``timeout``."""
@@ -335,7 +349,7 @@ class ScanPool:
             ticket.granted.set()
 
     def _release(self, ticket: _Ticket, broken: bool) -> None:
-        worker = ticket.worker
+        worker = ticket.granted_worker
         with self._lock:
             self._busy[ticket.client] -= 1
             if not self._busy[ticket.client]:

@@ -15,10 +15,10 @@ import re
 import sys
 import time
 
+from ..actor import Actor
 from ..config import Settings
-from ..incidents import Block, SubjectKind, open_incidents
+from ..incidents import Block, IncidentResponse, SubjectKind, open_incidents
 from ..policy import Listed
-from ..quarantine.records import Actor
 from ..textsafe import json_line, neutralise
 from .allow import add_entry, remove_entry
 
@@ -31,7 +31,7 @@ RECIPIENT_HELP = ("sender or domain only: block it for this recipient domain or 
                   "as certain spam for them; see `mailward allow list`) instead of refusing it for everyone")
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     b = commands.add_parser("block", help="list, add and remove blocks and suspensions")
     b.add_argument("--analyst", default="", help="name recorded in the audit trail (default: the OS user)")
     sub = b.add_subparsers(dest="block_command", required=True, metavar="ACTION")
@@ -85,7 +85,7 @@ def _line(block: Block) -> str:
             f"{'':8} reason: {neutralise(block.reason)}")
 
 
-def _open(args: argparse.Namespace, settings: Settings):
+def _open(args: argparse.Namespace, settings: Settings) -> IncidentResponse:
     return open_incidents(settings, actor=Actor.current(args.analyst))
 
 

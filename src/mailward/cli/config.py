@@ -11,18 +11,19 @@ import dataclasses
 import enum
 import json
 from collections.abc import Mapping
+from typing import Any
 
 from ..config import PolicyTable, Settings
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = commands.add_parser("config", help="configuration tools")
     sub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     show = sub.add_parser("show", help="print the effective configuration as TOML")
     show.set_defaults(handler=run_show)
 
 
-def _value(value) -> str:
+def _value(value: object) -> str:
     if isinstance(value, enum.IntEnum):
         return json.dumps(value.name.lower())
     if isinstance(value, enum.Enum):
@@ -34,8 +35,11 @@ def _value(value) -> str:
     return json.dumps(value)
 
 
-def to_toml(obj, prefix: str = "") -> list[str]:
-    scalars, tables, arrays = [], [], []
+def to_toml(obj: Any, prefix: str = "") -> list[str]:
+    """``obj`` is a settings dataclass."""
+    scalars: list[str] = []
+    tables: list[tuple[str, Any]] = []
+    arrays: list[tuple[str, Any]] = []
     for f in dataclasses.fields(obj):
         if f.name == "source":
             continue

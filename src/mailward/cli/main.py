@@ -17,7 +17,7 @@ from ..privileges import PrivilegeError, become_service_user
 from . import allow, block, config, model, quarantine, rules, scan, train, watch_auth, web
 
 
-def _add_global_options(parser: argparse.ArgumentParser, default=None) -> None:
+def _add_global_options(parser: argparse.ArgumentParser, default: str | None = None) -> None:
     parser.add_argument("--config", default=default, help="TOML configuration file (default: embedded defaults)")
     parser.add_argument("--state-dir", default=default, help="override state_dir")
 
@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     configure_cli_logging(settings.logging)
     try:
-        return args.handler(args, settings)
+        code: int = args.handler(args, settings)
+        return code
     except MailwardError as exc:
         print(f"mailward: {exc}", file=sys.stderr)
         return 1

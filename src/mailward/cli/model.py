@@ -19,10 +19,16 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import TYPE_CHECKING
 
+from ..actor import Actor
 from ..config import Settings
 from ..errors import ArtifactError
-from ..quarantine import Actor
+
+if TYPE_CHECKING:
+    from ..models.artifact import TrainedModel
+    from ..training.evaluate import Evaluation
+    from ..training.registry import Registry
 
 # scikit-learn and the training modules load in the handlers: other subcommands stay quick to start.
 
@@ -30,7 +36,7 @@ OK, FAILED, REFUSED = 0, 1, 3
 LIVE = "live"
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     m = commands.add_parser("model", help="evaluate, compare, promote and roll back spam models",
                             description=__doc__.split("\n\n")[0])
     sub = m.add_subparsers(dest="model_command", required=True, metavar="ACTION")
@@ -77,11 +83,11 @@ def _set_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=int, default=1, help="tokenizing processes")
 
 
-def _load(registry, settings: Settings, name: str):
+def _load(registry: Registry, settings: Settings, name: str) -> TrainedModel:
     return registry.live() if name == LIVE else registry.load(name)
 
 
-def _list(args, settings: Settings) -> int:
+def _list(args: argparse.Namespace, settings: Settings) -> int:
     from ..training.registry import Registry
 
     registry = Registry.of(settings)
@@ -104,7 +110,7 @@ def _list(args, settings: Settings) -> int:
     return OK
 
 
-def _evaluate(args, settings: Settings) -> int:
+def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from ..training.evaluate import Thresholds, measure, plot, score_set
     from ..training.registry import Registry
     from ..training.sources import read_sets
@@ -120,7 +126,7 @@ def _evaluate(args, settings: Settings) -> int:
     return OK
 
 
-def _compare(args, settings: Settings) -> int:
+def _compare(args: argparse.Namespace, settings: Settings) -> int:
     from ..training.evaluate import Thresholds, difference, headline, measure, plot, regressions, score_set
     from ..training.registry import Registry
     from ..training.sources import read_sets
@@ -150,7 +156,7 @@ def _compare(args, settings: Settings) -> int:
     return OK
 
 
-def _promote(args, settings: Settings) -> int:
+def _promote(args: argparse.Namespace, settings: Settings) -> int:
     from ..training.evaluate import Thresholds, difference, headline, measure, regressions, score_set
     from ..training.registry import Registry
     from ..training.sources import read_sets
@@ -179,7 +185,7 @@ def _promote(args, settings: Settings) -> int:
     problems = regressions(cand, current, settings.learning) if current is not None else []
     summary = {"set": evaluation_set, "candidate": _brief(cand), "live": _brief(current) if current else None,
                "regressions": problems, "forced": bool(problems and args.force)}
-    if problems and not args.force:
+    if problems and not args.force and live is not None:      # problems come only from comparing with live
         print(f"mailward model promote: refused {candidate.version}: worse than live {live.version} on "
               f"{evaluation_set}: " + "; ".join(problems) + " (--force to promote anyway)")
         return REFUSED
@@ -190,7 +196,7 @@ def _promote(args, settings: Settings) -> int:
     return OK
 
 
-def _rollback(args, settings: Settings) -> int:
+def _rollback(args: argparse.Namespace, settings: Settings) -> int:
     from ..training.registry import Registry
 
     registry = Registry.of(settings)
@@ -200,7 +206,7 @@ def _rollback(args, settings: Settings) -> int:
     return OK
 
 
-def _replay(args, settings: Settings) -> int:
+def _replay(args: argparse.Namespace, settings: Settings) -> int:
     from ..models.classifier import Combiner
     from ..models.features import FeatureSettings
     from ..training.evaluate import Thresholds, percent
@@ -234,7 +240,7 @@ def _replay(args, settings: Settings) -> int:
     return OK
 
 
-def _brief(e) -> dict:
+def _brief(e: Evaluation) -> dict[str, object]:
     return {"model": e.model, "n": e.n, "auc": e.auc, "fp_rate": e.fp_rate, "fn_rate": e.fn_rate}
 
 

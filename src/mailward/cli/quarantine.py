@@ -14,13 +14,17 @@ import re
 import smtplib
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+from ..actor import Actor
 from ..config import Settings
 from ..envelope import Direction
 from ..errors import MailwardError
-from ..quarantine import Actor, Label, ListFilter, QuarantineStore, Removal, Status, open_store
+from ..evidence import Label
+from ..quarantine import ListFilter, QuarantineStore, Removal, Status, open_store
 from ..quarantine import digest as digests
 from ..quarantine.links import link_key_path
 from ..quarantine.release import Relay, ReleaseOutcome, load_release_key
@@ -34,7 +38,7 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "": 86400}
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     q = commands.add_parser("quarantine", help="review, release, label and purge quarantined mail")
     q.add_argument("--analyst", default="", help="name recorded in the audit trail (default: the OS user)")
     sub = q.add_subparsers(dest="quarantine_command", required=True, metavar="ACTION")
@@ -121,7 +125,7 @@ def parse_when(text: str, now: float) -> float:
     return moment.timestamp()
 
 
-def _run(args: argparse.Namespace, settings: Settings, action) -> int:
+def _run(args: argparse.Namespace, settings: Settings, action: Callable[[QuarantineStore, Actor], int]) -> int:
     try:
         with open_store(settings) as store:
             return action(store, Actor.current(args.analyst))
@@ -138,7 +142,7 @@ def _not_found(quarantine_id: str) -> int:
     return FAILED
 
 
-def _list(args, settings: Settings) -> int:
+def _list(args: argparse.Namespace, settings: Settings) -> int:
     def action(store: QuarantineStore, actor: Actor) -> int:
         now = time.time()
         filters = ListFilter(
@@ -152,7 +156,7 @@ def _list(args, settings: Settings) -> int:
     return _run(args, settings, action)
 
 
-def _print(args, items: list, render) -> None:
+def _print(args: argparse.Namespace, items: list[Any], render: Callable[[Any], str]) -> None:
     """One JSON object per line with --json, else the human table."""
     if args.json:
         sys.stdout.write("".join(json_line(item.as_dict()) + "\n" for item in items))
@@ -160,7 +164,7 @@ def _print(args, items: list, render) -> None:
         sys.stdout.write(render(items))
 
 
-def _show(args, settings: Settings) -> int:
+def _show(args: argparse.Namespace, settings: Settings) -> int:
     def action(store: QuarantineStore, actor: Actor) -> int:
         seen = QuarantineService(settings, store).inspect(args.id, actor)
         if seen is None:
@@ -175,7 +179,7 @@ def _show(args, settings: Settings) -> int:
     return _run(args, settings, action)
 
 
-def _release(args, settings: Settings) -> int:
+def _release(args: argparse.Namespace, settings: Settings) -> int:
     def action(store: QuarantineStore, actor: Actor) -> int:
         result = QuarantineService(settings, store).release(args.id, actor, force=args.force, reclaim=args.reclaim)
         messages = {
@@ -195,7 +199,7 @@ def _release(args, settings: Settings) -> int:
     return _run(args, settings, action)
 
 
-def _delete(args, settings: Settings) -> int:
+def _delete(args: argparse.Namespace, settings: Settings) -> int:
     def action(store: QuarantineStore, actor: Actor) -> int:
         outcome = QuarantineService(settings, store).delete(args.id, actor)
         if outcome is Removal.NOT_FOUND:
@@ -208,7 +212,7 @@ def _delete(args, settings: Settings) -> int:
     return _run(args, settings, action)
 
 
-def _label(args, settings: Settings) -> int:
+def _label(args: argparse.Namespace, settings: Settings) -> int:
     def action(store: QuarantineStore, actor: Actor) -> int:
         if not QuarantineService(settings, store).label(args.id, Label(args.label), actor):
             return _not_found(args.id)
@@ -217,7 +221,7 @@ def _label(args, settings: Settings) -> int:
     return _run(args, settings, action)
 
 
-def _export(args, settings: Settings) -> int:
+def _export(args: argparse.Namespace, settings: Settings) -> int:
     def action(store: QuarantineStore, actor: Actor) -> int:
         if store.get(args.id) is None:
             return _not_found(args.id)
@@ -244,7 +248,7 @@ def _export(args, settings: Settings) -> int:
     return _run(args, settings, action)
 
 
-def _purge(args, settings: Settings) -> int:
+def _purge(args: argparse.Namespace, settings: Settings) -> int:
     def action(store: QuarantineStore, actor: Actor) -> int:
         if args.older_than is not None:
             days = parse_age(args.older_than) / 86400      # 0: everything received before now
@@ -259,7 +263,7 @@ def _purge(args, settings: Settings) -> int:
     return _run(args, settings, action)
 
 
-def _history(args, settings: Settings) -> int:
+def _history(args: argparse.Namespace, settings: Settings) -> int:
     def action(store: QuarantineStore, actor: Actor) -> int:
         events = QuarantineService(settings, store).history(args.id)
         if not events:
@@ -269,7 +273,7 @@ def _history(args, settings: Settings) -> int:
     return _run(args, settings, action)
 
 
-def _digest(args, settings: Settings) -> int:
+def _digest(args: argparse.Namespace, settings: Settings) -> int:
     def action(store: QuarantineStore, actor: Actor) -> int:
         now = time.time()
         since = parse_when(args.since, now)

@@ -8,7 +8,7 @@ from ..config import Settings
 from ..signatures.check import rules_check_main
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = commands.add_parser("rules", help="YARA rule management")
     sub = p.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
     check = sub.add_parser("check", help="compile each file alone; with --benign, measure speed and false positives",

@@ -14,9 +14,10 @@ from pathlib import Path
 
 from ..config import Settings
 from ..envelope import Direction, Envelope
-from ..pipeline import Inspector
-from ..screening import Outcome, Screener
+from ..runtime import Runtime, build_runtime
+from ..source import MessageSource
 from ..textsafe import json_line, neutralise
+from ..verdict import Outcome
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -55,9 +56,15 @@ def report(path: Path, outcome: Outcome) -> dict:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    inspector = Inspector.from_settings(settings)
-    screener = Screener(settings, lambda raw, env: inspector.inspect(raw, env), quarantine=None)
-    rules = settings.direction.rules()
+    runtime = build_runtime(settings, keep=False)
+    try:
+        return _scan_files(args, runtime)
+    finally:
+        runtime.close()
+
+
+def _scan_files(args: argparse.Namespace, runtime: Runtime) -> int:
+    screener, rules = runtime.screener, runtime.direction
     failed = 0
     for path in _files(args.paths):
         try:
@@ -69,7 +76,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         envelope = Envelope(client_address=args.client_ip)
         direction = Direction(args.direction) if args.direction else rules.classify(envelope)
         try:
-            outcome = screener.screen(raw, len(raw), envelope.with_direction(direction))
+            outcome = screener.screen(MessageSource.of(raw), envelope.with_direction(direction))
         except Exception as exc:   # one file the pipeline cannot handle must not hide the rest
             print(f"mailward scan: {neutralise(str(path))}: scan failed: {neutralise(f'{type(exc).__name__}: {exc}')}",
                   file=sys.stderr)

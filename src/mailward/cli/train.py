@@ -17,15 +17,21 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
+from typing import TYPE_CHECKING, Any
 
+from ..actor import Actor
 from ..config import Settings
-from ..quarantine import Actor
 from ..trust import TrustedOwners
+
+if TYPE_CHECKING:
+    from ..training.learning import UpdateResult
+    from ..training.ledger import Ledger
+    from ..training.registry import Registry
 
 # scikit-learn and the training modules load in the handler: other subcommands stay quick to start.
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = commands.add_parser("train", help="record labelled mail and train a candidate spam model",
                             description=__doc__.split("\n\n")[0])
     p.add_argument("sets", nargs="+", metavar="SET", help="labelled sets, or the single word 'update'")
@@ -59,7 +65,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if ledger_file.exists():        # its labels and mail become the model: the model files' ownership rule
         TrustedOwners.of(settings.milter.user).require(ledger_file)
     with Ledger(ledger_file) as ledger:
-        report: dict = {}
+        report: dict[str, Any] = {}
         if args.sets == ["update"]:
             if not args.no_quarantine:
                 from ..quarantine import open_store
@@ -96,7 +102,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _update(ledger, registry, settings: Settings, args):
+def _update(ledger: Ledger, registry: Registry, settings: Settings, args: argparse.Namespace) -> UpdateResult:
     from ..training.learning import Lineage, UpdateResult, rebuild, update
     from ..training.registry import SHIPPED
 
@@ -113,11 +119,11 @@ def _update(ledger, registry, settings: Settings, args):
     return UpdateResult(registry.add(result.model), result.learned, result.relabelled)
 
 
-def _outcomes(counts: Counter) -> dict:
+def _outcomes(counts: Counter[Any]) -> dict[str, int]:
     return {getattr(k, "value", k): n for k, n in counts.items()}
 
 
-def _report(result, registry) -> dict:
+def _report(result: UpdateResult, registry: Registry) -> dict[str, Any]:
     if result.model is None:
         return {"candidate": None, "summary": "nothing new to learn; no candidate model"}
     model = result.model

@@ -17,7 +17,7 @@ from ..incidents import open_incidents
 from ..incidents.authlog import LogFollower, watch
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = commands.add_parser("watch-auth", help="block client addresses after repeated failed SMTP logins")
     p.add_argument("--log", help="Postfix's log file (default: incidents.auth_log)")
     p.add_argument("--from-start", action="store_true", help="read the file from its beginning, not its end")

@@ -13,9 +13,9 @@ import argparse
 import getpass
 import sys
 
+from ..actor import Actor
 from ..config import Settings, parse_host_port
 from ..errors import MailwardError
-from ..quarantine.records import Actor
 
 OK, FAILED, USAGE = 0, 1, 2
 

@@ -15,12 +15,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..actor import Actor
 from ..config import Settings
-from ..quarantine.records import Actor
 from .alerts import Alert, AlertDispatcher, AlertKind, Delivery, channels_from_settings
 from .notices import VirusNotices
 from .records import AuditEntry, Block, Origin, SenderEntry, SubjectKind, Totals, normalise
-from .response import IncidentResponse, block_finding
+from .response import IncidentResponse, MetricsSink, block_finding
 from .store import DB_NAME, IncidentStore, IncidentStoreError
 
 __all__ = ["Alert", "AlertDispatcher", "AlertKind", "AuditEntry", "Block", "Delivery", "IncidentResponse",
@@ -31,17 +31,15 @@ __all__ = ["Alert", "AlertDispatcher", "AlertKind", "AuditEntry", "Block", "Deli
 def open_store(settings: Settings, clock: Callable[[], float] = time.time) -> IncidentStore:
     """SQLite in the state directory, or the quarantine's PostgreSQL database when that backend is configured."""
     if settings.quarantine.backend == "postgresql":
-        from .store import PostgresIncidentStore as backend
+        from .store import PostgresIncidentStore
 
-        where: object = settings.quarantine.dsn
-    else:
-        from .store import SqliteIncidentStore as backend
+        return PostgresIncidentStore(settings.quarantine.dsn, clock, settings.quarantine.write_timeout)
+    from .store import SqliteIncidentStore
 
-        where = Path(settings.state_dir) / DB_NAME
-    return backend(where, clock, settings.quarantine.write_timeout)
+    return SqliteIncidentStore(Path(settings.state_dir) / DB_NAME, clock, settings.quarantine.write_timeout)
 
 
-def open_incidents(settings: Settings, metrics=None, clock: Callable[[], float] = time.time,
+def open_incidents(settings: Settings, metrics: MetricsSink | None = None, clock: Callable[[], float] = time.time,
                    actor: Actor | None = None) -> IncidentResponse:
     """The configured store and alert channels, ready for the milter or the CLI."""
     alerts = AlertDispatcher(channels_from_settings(settings), settings.alerts.dedup_window,

@@ -28,7 +28,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from enum import Enum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +70,8 @@ class Alert:
     def key(self) -> str:
         return self.dedup_key or f"{self.kind.value}:{self.subject}"
 
-    def as_dict(self, suppressed: int = 0) -> dict:
-        doc = {"source": "mailward", "kind": self.kind.value, "incident_id": self.incident_id,
+    def as_dict(self, suppressed: int = 0) -> dict[str, object]:
+        doc: dict[str, object] = {"source": "mailward", "kind": self.kind.value, "incident_id": self.incident_id,
                "severity": self.severity, "summary": self.summary, "subject": self.subject,
                "details": dict(self.details), "remedy": self.remedy, "host": self.host,
                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.at))}
@@ -134,7 +137,8 @@ class EmailChannel:
     def send(self, alert: Alert, suppressed: int) -> None:
         from email.policy import SMTP
 
-        from ..quarantine.release import ALERT_HEADER, alert_mark, marked, message_body
+        from ..evidence import ALERT_HEADER
+        from ..quarantine.release import alert_mark, marked, message_body
 
         msg = EmailMessage()
         msg["From"] = self.sender
@@ -199,7 +203,7 @@ class AlertDispatcher:
         self._last_sent: dict[str, float] = {}
         self._sent_times: deque[float] = deque()
         self._suppressed = 0
-        self._queue: queue.Queue = queue.Queue()
+        self._queue: queue.Queue[tuple[Alert, int] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
 
     def raise_alert(self, alert: Alert) -> Delivery:
@@ -271,7 +275,7 @@ class AlertDispatcher:
                 self._queue.task_done()
 
 
-def _alert_event(alert: Alert, delivery: Delivery) -> dict:
+def _alert_event(alert: Alert, delivery: Delivery) -> dict[str, object]:
     return {"event": {"kind": "alert", "category": ["intrusion_detection"], "type": ["info"],
                       "action": f"alert-{alert.kind.value}", "id": alert.incident_id,
                       "severity": {"low": 21, "medium": 47, "high": 73, "critical": 99}.get(alert.severity, 47)},
@@ -281,7 +285,7 @@ def _alert_event(alert: Alert, delivery: Delivery) -> dict:
                                    "remedy": alert.remedy}}}
 
 
-def email_channel(settings, recipients: tuple[str, ...]) -> EmailChannel:
+def email_channel(settings: Settings, recipients: tuple[str, ...]) -> EmailChannel:
     """Mail to ``recipients`` through the configured alert relay (default: the release relay), marked with
     the release key so the milter does not filter what Mailward itself says."""
     from ..quarantine.release import key_path, load_release_key
@@ -293,11 +297,12 @@ def email_channel(settings, recipients: tuple[str, ...]) -> EmailChannel:
                         settings.quarantine.relay_timeout, load_release_key(key_path(settings)))
 
 
-def channels_from_settings(settings) -> list[Channel]:
+def channels_from_settings(settings: Settings) -> list[Channel]:
     """The channels ``[alerts]`` configures; none means alerts go to the log only."""
     from ..errors import ConfigError
 
-    config, out = settings.alerts, []
+    config = settings.alerts
+    out: list[Channel] = []
     if config.webhook_url:
         if not config.webhook_url.startswith(("http://", "https://")):
             raise ConfigError(settings.source, "alerts.webhook_url", "must be an http:// or https:// URL")
@@ -320,7 +325,7 @@ def channels_from_settings(settings) -> list[Channel]:
     return out
 
 
-def model_refusal_alert(settings) -> Callable[[str], None]:
+def model_refusal_alert(settings: Settings) -> Callable[[str], None]:
     """What a scanning process calls when it cannot load the spam model on disk (it keeps the last good one).
 
     The dispatcher is built at the first refusal only: most processes never need one.

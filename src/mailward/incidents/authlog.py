@@ -18,6 +18,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class LogFollower:
                 for raw in complete:
                     yield raw.decode("utf-8", "replace")
                 continue
-            if self._replaced(handle, inode):
+            if inode is not None and self._replaced(handle, inode):     # inode is set with the handle
                 handle.close()            # the rotated file was read to its end above
                 handle, inode, pending = None, None, b""
                 continue
@@ -75,7 +76,7 @@ class LogFollower:
         if handle is not None:
             handle.close()
 
-    def _open(self, offset: int | None):
+    def _open(self, offset: int | None) -> tuple[BinaryIO, int] | tuple[None, None]:
         try:
             handle = open(self.path, "rb")
         except FileNotFoundError:
@@ -89,7 +90,7 @@ class LogFollower:
             handle.seek(offset)
         return handle, os.fstat(handle.fileno()).st_ino
 
-    def _replaced(self, handle, inode: int) -> bool:
+    def _replaced(self, handle: BinaryIO, inode: int) -> bool:
         """True when the path now names another file, or ours was truncated (copytruncate)."""
         try:
             current = os.stat(self.path)

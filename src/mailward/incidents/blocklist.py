@@ -29,7 +29,8 @@ class Snapshot:
 
     @classmethod
     def of(cls, blocks: list[Block], now: float) -> Snapshot:
-        exact, networks = {}, []
+        exact: dict[tuple[SubjectKind, str], Block] = {}
+        networks = []
         for block in blocks:
             if block.kind is SubjectKind.NETWORK:
                 networks.append((ipaddress.ip_network(block.value, strict=False), block))

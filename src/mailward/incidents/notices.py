@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from ..config import Settings
 from ..envelope import Direction
-from ..verdict import Action
+from ..verdict import Action, Outcome
 from .alerts import Alert, AlertDispatcher, AlertKind, Delivery, email_channel
 
 NOTICE_ACTIONS = (Action.REJECT, Action.QUARANTINE, Action.TEMPFAIL)   # the mail did not arrive (yet)
@@ -54,7 +54,7 @@ class VirusNotices:
         self.dispatcher = AlertDispatcher([self.channel], dedup_window=0.0, rate_limit=alerts.rate_limit,
                                           rate_period=alerts.rate_period, clock=clock)
 
-    def recipients(self, outcome) -> tuple[str, ...]:
+    def recipients(self, outcome: Outcome) -> tuple[str, ...]:
         """The admin, plus the sending account of outbound mail; never anyone for clean or delivered mail."""
         env, verdict = outcome.envelope, outcome.verdict
         if not self.settings.policy.for_direction(env.direction).notify_virus or verdict.action not in NOTICE_ACTIONS:
@@ -66,7 +66,7 @@ class VirusNotices:
                 found.append(account)
         return tuple(dict.fromkeys(found))
 
-    def notify(self, outcome) -> Delivery | None:
+    def notify(self, outcome: Outcome) -> Delivery | None:
         """Queue a notice for a message with malware; None when nobody is to be told."""
         recipients = self.recipients(outcome)
         if not recipients:

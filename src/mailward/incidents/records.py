@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from ..policy import Listed
 
@@ -94,7 +95,7 @@ class Block:
     def active(self, now: float) -> bool:
         return self.lifted_at is None and (self.expires_at is None or self.expires_at > now)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "kind": self.kind.value, "value": self.value, "origin": self.origin.value,
                 "reason": self.reason, "incident_id": self.incident_id, "created_at": self.created_at,
                 "created_by": self.created_by, "expires_at": self.expires_at, "lifted_at": self.lifted_at,
@@ -116,7 +117,7 @@ class AuditEntry:
     origin: str
     detail: str
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"seq": self.seq, "at": self.at, "action": self.action, "kind": self.kind.value,
                 "value": self.value, "incident_id": self.incident_id, "actor": self.actor, "host": self.host,
                 "origin": self.origin, "detail": self.detail}
@@ -133,7 +134,9 @@ class Totals:
     auth_failures: int = 0
 
     def get(self, metric: Metric) -> int:
-        return getattr(self, metric.value)
+        count: int = getattr(self, metric.value)
+        return count
+
 
 
 @dataclass(frozen=True)

@@ -19,14 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..actor import Actor
 from ..config import CounterLimits, Settings, policy_subject
 from ..envelope import Direction, Envelope
 from ..errors import ConfigError
 from ..evidence import Category, Finding, Severity
 from ..policy import Listed
-from ..quarantine.records import Actor
-from ..screening import Outcome
-from ..verdict import new_incident_id
+from ..verdict import Outcome, new_incident_id
 from .alerts import Alert, AlertDispatcher, AlertKind
 from .blocklist import BlockList
 from .notices import VirusNotices
@@ -46,6 +45,7 @@ class MetricsSink(Protocol):
     def block_created(self, kind: str, origin: str) -> None: ...
     def failed_login(self) -> None: ...
     def stage(self, name: str, seconds: float) -> None: ...
+    def alert(self, what: str, label: str, result: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -135,8 +135,7 @@ class IncidentResponse:
         try:
             return self._count(subject, added, outcome.verdict.incident_id)
         except IncidentStoreError:
-            log.exception("cannot update the counters of %s", subject.label,
-                          extra={"queue_id": env.queue_id, "connection_id": env.connection_id})
+            log.exception("cannot update the counters of %s", subject.label)
             return None
         finally:
             if self.metrics is not None:
@@ -333,7 +332,7 @@ def _expiry(block: Block) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(block.expires_at))
 
 
-def _block_event(block: Block) -> dict:
+def _block_event(block: Block) -> dict[str, object]:
     record = block.as_dict()
     for key in ("created_at", "expires_at", "lifted_at"):     # ISO 8601, as Elastic's date type expects
         if record[key] is not None:

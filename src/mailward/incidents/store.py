@@ -22,7 +22,7 @@ import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -120,18 +120,18 @@ class IncidentStore(ABC):
     # -- backend hooks ---------------------------------------------------------------------------
 
     @abstractmethod
-    def _connect(self): ...
+    def _connect(self) -> Any: ...
 
     @abstractmethod
-    def _create_schema(self, conn) -> None: ...
+    def _create_schema(self, conn: Any) -> None: ...
 
-    def _begin(self, conn) -> None:  # noqa: B027  (an optional hook: PostgreSQL needs nothing)
+    def _begin(self, conn: Any) -> None:  # noqa: B027  (an optional hook: PostgreSQL needs nothing)
         """Start a transaction (SQLite needs it explicit; psycopg opens one itself)."""
 
     def _sql(self, statement: str) -> str:
         return statement
 
-    def _relax(self, conn) -> None:  # noqa: B027  (an optional hook)
+    def _relax(self, conn: Any) -> None:  # noqa: B027  (an optional hook)
         """Let this transaction commit without waiting for the disk (counters only; a crash may lose a few)."""
 
     # -- plumbing --------------------------------------------------------------------------------
@@ -173,7 +173,7 @@ class IncidentStore(ABC):
             except Exception:
                 pass
 
-    def _exec(self, conn, statement: str, params: tuple = ()):
+    def _exec(self, conn: Any, statement: str, params: tuple[object, ...] = ()) -> Any:
         return conn.execute(self._sql(statement), params)
 
     def close(self) -> None:
@@ -210,7 +210,8 @@ class IncidentStore(ABC):
     def prune(self, before: float) -> int:
         """Forget counter events older than ``before``; returns how many."""
         with self._tx() as conn:
-            return self._exec(conn, "DELETE FROM incident_counters WHERE at <= ?", (before,)).rowcount
+            removed: int = self._exec(conn, "DELETE FROM incident_counters WHERE at <= ?", (before,)).rowcount
+            return removed
 
     # -- blocks ----------------------------------------------------------------------------------
 
@@ -265,7 +266,8 @@ class IncidentStore(ABC):
     def blocks(self, kind: SubjectKind | None = None, include_inactive: bool = False, limit: int = 1000
                ) -> list[Block]:
         """Blocks newest first; only active ones unless ``include_inactive``."""
-        where, params = [], []
+        where: list[str] = []
+        params: list[object] = []
         if not include_inactive:
             where.append(_ACTIVE)
             params.append(self._clock())
@@ -335,7 +337,7 @@ class IncidentStore(ABC):
                                     "ORDER BY id", params).fetchall()
         return [self._entry_row(r) for r in rows]
 
-    def _audit_entry(self, conn, now: float, action: str, entry: SenderEntry, actor: str, host: str,
+    def _audit_entry(self, conn: Any, now: float, action: str, entry: SenderEntry, actor: str, host: str,
                      origin: str, detail: str) -> None:
         where = f"for {entry.scope}" if entry.scope else "for everyone"
         self._exec(conn, "INSERT INTO incident_audit (at, action, kind, value, incident_id, actor, host, origin, "
@@ -344,18 +346,18 @@ class IncidentStore(ABC):
                     f"{where}: {detail}" if detail else where))
 
     @staticmethod
-    def _entry_row(row) -> SenderEntry:
+    def _entry_row(row: Any) -> SenderEntry:
         return SenderEntry(id=int(row[0]), listed=Listed(row[1]), scope=row[2], sender=row[3], reason=row[4],
                            created_at=row[5], created_by=row[6], removed_at=row[7], removed_by=row[8])
 
-    def _audit(self, conn, now: float, action: str, block: Block, actor: str, host: str, origin: str,
+    def _audit(self, conn: Any, now: float, action: str, block: Block, actor: str, host: str, origin: str,
                detail: str) -> None:
         self._exec(conn, "INSERT INTO incident_audit (at, action, kind, value, incident_id, actor, host, origin, "
                          "detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                    (now, action, block.kind.value, block.value, block.incident_id, actor, host, origin, detail))
 
     @staticmethod
-    def _block_row(row) -> Block:
+    def _block_row(row: Sequence[Any]) -> Block:
         return Block(id=int(row[0]), kind=SubjectKind(row[1]), value=row[2], origin=Origin(row[3]), reason=row[4],
                      incident_id=row[5], created_at=row[6], created_by=row[7], expires_at=row[8],
                      lifted_at=row[9], lifted_by=row[10])
@@ -386,10 +388,10 @@ class SqliteIncidentStore(IncidentStore):
         conn.execute("PRAGMA synchronous = NORMAL")
         return conn
 
-    def _begin(self, conn) -> None:
+    def _begin(self, conn: Any) -> None:
         conn.execute("BEGIN IMMEDIATE")
 
-    def _create_schema(self, conn) -> None:
+    def _create_schema(self, conn: Any) -> None:
         for statement in SCHEMA:
             conn.execute(statement.format(serial="INTEGER PRIMARY KEY AUTOINCREMENT", real="REAL"))
 
@@ -407,7 +409,7 @@ class PostgresIncidentStore(IncidentStore):
         self._errors = (psycopg.Error,)
         super().__init__(clock, timeout)
 
-    def _connect(self):
+    def _connect(self) -> Any:
         """Durable commits unless a transaction relaxes them (counters), statements end after ``timeout``."""
         from ..quarantine.postgres import connect_session
 
@@ -416,10 +418,10 @@ class PostgresIncidentStore(IncidentStore):
     def _sql(self, statement: str) -> str:
         return statement.replace("?", "%s")
 
-    def _relax(self, conn) -> None:
+    def _relax(self, conn: Any) -> None:
         conn.execute("SET LOCAL synchronous_commit TO OFF")
 
-    def _create_schema(self, conn) -> None:
+    def _create_schema(self, conn: Any) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._SCHEMA_LOCK,))
         for statement in SCHEMA:
             conn.execute(statement.format(serial="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",

@@ -15,25 +15,21 @@ import functools
 import ipaddress
 import logging
 import secrets
-import threading
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import Milter
 
-from ..envelope import DirectionRules, Envelope
+from ..envelope import Envelope
 from ..evidence import Evidence, Finding
 from ..incidents import Block, block_finding
+from ..logs import LogContext, log_context
 from ..policy import decide, decide_failure
 from ..reputation import claims_our_id
-from ..screening import Outcome, Screener, event_of
-from ..verdict import Action, Verdict, new_incident_id
+from ..runtime import LiveRuntime, Runtime
+from ..screening import event_of
+from ..verdict import Action, Outcome, Verdict, new_incident_id
 from .buffer import MessageBuffer
-
-if TYPE_CHECKING:
-    from ..incidents import IncidentResponse
-    from ..metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -41,84 +37,6 @@ OUR_HEADER_PREFIX = "x-mailward-"
 AUTH_RESULTS = "authentication-results"
 SPAM_FLAG = "x-spam-flag"
 SPAM_REASONS = frozenset({"spam", "phishing"})    # what X-Spam-Flag and the subject tag mark
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """What one message needs; the daemon swaps in a new one on reload."""
-
-    screener: Screener
-    direction: DirectionRules
-    spool_dir: Path
-    spool_threshold: int
-    incidents: IncidentResponse | None = None    # blocks and suspensions; None = none apply
-    metrics: Metrics | None = None
-    authserv_id: str = ""                         # our Authentication-Results id; forged ones are removed
-    owned: tuple = ()                             # stores opened for this runtime, closed when it retires
-
-    def close(self) -> None:
-        """Close what this runtime opened; called once no message uses it any more."""
-        for resource in self.owned:
-            try:
-                resource.close()
-            except Exception:
-                log.exception("could not close %s", type(resource).__name__)
-
-
-class LiveRuntime:
-    """The current :class:`Runtime` and the retired ones still in use by messages.
-
-    A message leases the runtime current at MAIL FROM and returns it at its
-    end; a retired runtime is closed when its last lease returns, so a reload
-    never pulls a store from under a message in flight and never leaks one.
-    """
-
-    def __init__(self, runtime: Runtime):
-        self._lock = threading.Lock()
-        self._current = runtime
-        self._leases: dict[int, int] = {id(runtime): 0}
-        self._retired: dict[int, Runtime] = {}
-
-    @property
-    def current(self) -> Runtime:
-        return self._current
-
-    def acquire(self) -> Runtime:
-        with self._lock:
-            runtime = self._current
-            self._leases[id(runtime)] += 1
-            return runtime
-
-    def release(self, runtime: Runtime) -> None:
-        key, done = id(runtime), None
-        with self._lock:
-            self._leases[key] -= 1
-            if not self._leases[key] and key in self._retired:
-                done = self._retired.pop(key)
-                del self._leases[key]
-        if done is not None:
-            done.close()
-
-    def swap(self, runtime: Runtime) -> None:
-        """Make ``runtime`` current; the old one closes as soon as no message holds it."""
-        with self._lock:
-            old, self._current = self._current, runtime
-            self._leases[id(runtime)] = 0
-            idle = not self._leases[id(old)]
-            if idle:
-                del self._leases[id(old)]
-            else:
-                self._retired[id(old)] = old
-        if idle:
-            old.close()
-
-    def close(self) -> None:
-        """At stop: close the current runtime (libmilter has ended every connection)."""
-        with self._lock:
-            runtimes = [self._current, *self._retired.values()]
-            self._retired.clear()
-        for runtime in runtimes:
-            runtime.close()
 
 
 @dataclass
@@ -163,11 +81,12 @@ def _continue_on_error(callback):
     """Run a callback so it never raises: the error is remembered and answered at end of message."""
     @functools.wraps(callback)
     def guarded(self, *args):
-        try:
-            return callback(self, *args)
-        except Exception:
-            self._fail(callback.__name__)
-            return Milter.CONTINUE
+        with self._log_context():
+            try:
+                return callback(self, *args)
+            except Exception:
+                self._fail(callback.__name__)
+                return Milter.CONTINUE
     return guarded
 
 
@@ -216,13 +135,15 @@ class MailwardMilter(Milter.Base):
     def _runtime(self) -> Runtime:
         return self._message.runtime if self._message is not None else self._live.current
 
-    def _extra(self) -> dict:
+    def _log_context(self) -> AbstractContextManager[LogContext]:
+        """This connection's and message's IDs on every line logged within (see logs.log_context)."""
         queue_id = self._message.queue_id if self._message is not None else ""
-        return {"queue_id": queue_id, "connection_id": self._connection.id}
+        return log_context(queue_id=queue_id, connection_id=self._connection.id)
 
     def _fail(self, where: str) -> None:
         """Remember an internal error: for the connection (connect, HELO) or this message."""
-        log.exception("internal error in %s callback", where, extra=self._extra())
+        with self._log_context():          # the callback may have just learnt the queue ID
+            log.exception("internal error in %s callback", where)
         if where in CONNECTION_CALLBACKS:
             holder = self._connection
         else:
@@ -250,12 +171,12 @@ class MailwardMilter(Milter.Base):
     def _report(self, outcome: Outcome) -> None:
         """The one summary line per message (or refused transaction) and its metrics."""
         log.info("%s %s", outcome.verdict.action.value, outcome.verdict.incident_id,
-                 extra={**self._extra(), "event": event_of(outcome)})
+                 extra={"event": event_of(outcome)})
         if self._runtime.metrics is not None:
             try:
                 self._runtime.metrics.observe(outcome)
             except Exception:
-                log.exception("could not update the metrics", extra=self._extra())
+                log.exception("could not update the metrics")
 
     # --- callbacks -----------------------------------------------------
     @_continue_on_error
@@ -339,6 +260,12 @@ class MailwardMilter(Milter.Base):
         return Milter.CONTINUE
 
     def eom(self):
+        if self._message is not None:
+            self._message.queue_id = self._macro("i") or self._message.queue_id
+        with self._log_context():
+            return self._end_of_message()
+
+    def _end_of_message(self) -> int:
         outcome: Outcome | None = None
         try:
             try:
@@ -356,7 +283,7 @@ class MailwardMilter(Milter.Base):
                 outcome = self._failure_outcome(self._connection.failure or self._message.failure)
             return self._apply(outcome)
         except Exception:
-            log.exception("could not apply the verdict", extra=self._extra())
+            log.exception("could not apply the verdict")
             return self._apply_failure()
         finally:
             try:
@@ -366,17 +293,19 @@ class MailwardMilter(Milter.Base):
                 self._end()
 
     def abort(self):
-        try:
-            self._end()
-        except Exception:
-            log.exception("abort cleanup failed", extra=self._extra())
+        with self._log_context():
+            try:
+                self._end()
+            except Exception:
+                log.exception("abort cleanup failed")
         return Milter.CONTINUE
 
     def close(self):
-        try:
-            self._end()
-        except Exception:
-            log.exception("close cleanup failed", extra=self._extra())
+        with self._log_context():
+            try:
+                self._end()
+            except Exception:
+                log.exception("close cleanup failed")
         return Milter.CONTINUE
 
     # --- decision ------------------------------------------------------
@@ -392,7 +321,7 @@ class MailwardMilter(Milter.Base):
     def _screen(self) -> Outcome:
         message = self._message
         known = Evidence(findings=self._connection.findings + message.findings)
-        return message.runtime.screener.screen(message.buffer.source(), message.buffer.size, self._envelope(), known)
+        return message.runtime.screener.screen(message.buffer.source(), self._envelope(), known)
 
     def _failure_outcome(self, failure: str) -> Outcome:
         """The direction's on_error verdict for a message whose callbacks (or connection) failed."""
@@ -464,7 +393,7 @@ class MailwardMilter(Milter.Base):
         try:
             subject = raw.decode("utf-8").lstrip(" \t")
         except UnicodeDecodeError:
-            log.warning("subject not tagged: it is not UTF-8", extra=self._extra())
+            log.warning("subject not tagged: it is not UTF-8")
             return
         if not subject.startswith(tag.strip()):
             self.chgheader("Subject", 1, " " + tag + subject)
@@ -475,5 +404,5 @@ class MailwardMilter(Milter.Base):
             reply = Verdict(Action.TEMPFAIL, ("error",), new_incident_id()).reply
             self.setreply(reply.code, reply.xcode, reply.text)
         except Exception:
-            log.exception("could not set the tempfail reply", extra=self._extra())
+            log.exception("could not set the tempfail reply")
         return Milter.TEMPFAIL

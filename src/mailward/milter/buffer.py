@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
+
+from ..source import MessageSource
 
 SPOOL_PREFIX, SPOOL_SUFFIX = "msg-", ".eml"     # the daemon removes such files left by a killed milter
 
@@ -20,7 +23,7 @@ class MessageBuffer:
         self._threshold = threshold
         self._spool_dir = spool_dir
         self._memory = bytearray()
-        self._file = None
+        self._file: BinaryIO | None = None
         self._path: Path | None = None
         self.size = 0
 
@@ -46,12 +49,12 @@ class MessageBuffer:
         else:
             self._memory += data
 
-    def source(self) -> bytes | Path:
-        """The whole message: bytes when small, else the flushed spool file's path."""
-        if self._file is not None:
+    def source(self) -> MessageSource:
+        """The whole message: in memory when small, else the flushed spool file."""
+        if self._file is not None and self._path is not None:      # set together when spooling starts
             self._file.flush()
-            return self._path
-        return bytes(self._memory)
+            return MessageSource.spooled(self._path, self.size)
+        return MessageSource.of(bytes(self._memory))
 
     def discard(self) -> None:
         if self._file is not None:

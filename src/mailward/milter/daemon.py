@@ -33,19 +33,20 @@ import Milter
 
 from .. import __version__
 from ..config import Settings, load_settings, parse_milter_socket
-from ..errors import ConfigError, MailwardError
-from ..incidents import open_incidents
+from ..envelope import Envelope
+from ..errors import ConfigError, MailwardError, ScanFailed
+from ..evidence import Evidence
 from ..incidents.authlog import LogFollower, watch
 from ..logs import LOG_FILE_MODE, configure_logging
 from ..metrics import Metrics, quarantine_stats, rules_version
-from ..pipeline import Inspector
-from ..reputation import authserv_id
 from ..reputation.resolver import DnsClient
-from ..screening import Screener
+from ..runtime import InProcessScanner, LiveRuntime, Runtime, build_runtime
+from ..screening import Scanner
 from ..signatures import rule_directories
 from ..signatures.ruleset import Source, compile_file, discover, stamp
+from ..source import MessageSource
 from ..workers import ScanPool
-from .adapter import LiveRuntime, MailwardMilter, Runtime
+from .adapter import MailwardMilter
 from .buffer import SPOOL_PREFIX, SPOOL_SUFFIX
 
 log = logging.getLogger("mailward.milter")
@@ -119,36 +120,21 @@ def _drop_privileges(settings: Settings) -> None:
     os.setuid(service.pw_uid)
 
 
-def _build_runtime(settings: Settings, pool: ScanPool | None, inspector: Inspector | None,
-                   metrics: Metrics) -> Runtime:
-    """Stores, incident response and screener for ``settings``; scans go to ``pool`` or ``inspector``."""
-    from ..quarantine import open_store
-    from ..quarantine.release import ReleaseVerifier
-
-    deadline = settings.milter.message_deadline
-    if pool is not None:
-        scan = lambda source, envelope: pool.scan(source, envelope, deadline)  # noqa: E731
-    else:
-        scan = lambda source, envelope: inspector.inspect(  # noqa: E731
-            source.read_bytes() if isinstance(source, Path) else source, envelope)
-    store = open_store(settings)
-    try:
-        incidents = open_incidents(settings, metrics)
-    except BaseException:
-        store.close()
-        raise
-    screener = Screener(settings, scan, store, watch=incidents,
-                        release=ReleaseVerifier.from_settings(settings, store).accept, lists=incidents)
-    return Runtime(screener, settings.direction.rules(), Path(settings.state_dir) / "spool",
-                   settings.milter.spool_threshold, incidents, metrics, authserv_id(settings.reputation),
-                   owned=(store, incidents))
-
-
 def _observe(metrics: Metrics, settings: Settings, runtime: Runtime) -> None:
     """Point the scrape-time gauges at the runtime now live (never at one that may be refused)."""
     metrics.watch("quarantine", quarantine_stats(settings))
     metrics.watch("blocks", runtime.incidents.blocklist.counts)
     metrics.set_rules_version(rules_version(settings))
+
+
+class _NotScanning:
+    """The scanner of a runtime that ``--check`` only opens and closes, when no scanner could load."""
+
+    def scan(self, source: MessageSource, envelope: Envelope) -> Evidence:
+        raise ScanFailed("no scanning stack could be loaded")
+
+
+_NOT_SCANNING = _NotScanning()
 
 
 def _check_start(settings: Settings) -> list[str]:
@@ -165,15 +151,18 @@ def _check_start(settings: Settings) -> list[str]:
             problems += [f"rule file {rule_file.path} does not compile: {error}" for error in rule_file.errors]
     except MailwardError as exc:
         problems.append(str(exc))
+    scanner: Scanner = _NOT_SCANNING
     try:
-        inspector = Inspector.from_settings(settings)
+        scanner = InProcessScanner.from_settings(settings)
     except Exception as exc:
         problems.append(f"scanning stack: {exc}")
-        inspector = None
     try:
-        _build_runtime(settings, None, inspector, Metrics()).close()
+        build_runtime(settings, scanner=scanner, metrics=Metrics()).close()
     except Exception as exc:
         problems.append(f"stores and alerts: {exc}")
+    finally:
+        if isinstance(scanner, InProcessScanner):
+            scanner.close()
     resolver_problem = _silent_resolver(settings)
     return problems + [resolver_problem] if resolver_problem else problems
 
@@ -293,9 +282,8 @@ class _Daemon:
         self.settings = settings
         # Workers scan: their first generation is the load check, and this process builds no scanner.
         self.pool = ScanPool(settings, settings.milter.workers) if settings.milter.workers else None
-        inspector = None if self.pool is not None else Inspector.from_settings(settings)
         self.metrics = Metrics()             # kept across reloads: counters never reset while running
-        self.live = LiveRuntime(_build_runtime(settings, self.pool, inspector, self.metrics))
+        self.live = LiveRuntime(build_runtime(settings, scanner=self.pool, metrics=self.metrics))
         _observe(self.metrics, settings, self.live.current)
         self.rules_seen = _rules_on_disk(settings)
         self.scanning_inputs = _scanning_inputs(settings)
@@ -330,8 +318,7 @@ class _Daemon:
         runtime = None
         inputs = _scanning_inputs(settings)
         try:
-            inspector = None if self.pool is not None else Inspector.from_settings(settings)
-            runtime = _build_runtime(settings, self.pool, inspector, self.metrics)
+            runtime = build_runtime(settings, scanner=self.pool, metrics=self.metrics)
             if self.pool is not None and inputs != self.scanning_inputs:
                 started = time.monotonic()
                 self.pool.reload(settings)     # the new workers are the rules and model check

@@ -32,6 +32,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import sklearn
@@ -62,7 +63,7 @@ class TrainedModel:
     counts: NaiveBayesCounts
     features: FeatureSettings = field(default_factory=FeatureSettings)
     combiner: Combiner = field(default_factory=Combiner)
-    training_data: dict = field(default_factory=dict)    # summary of what it learned from (JSON)
+    training_data: dict[str, Any] = field(default_factory=dict)    # summary of what it learned from (JSON)
     version: str = ""                                    # set from the payload checksum when saved
 
     @property
@@ -118,8 +119,8 @@ def load_artifact(sidecar_path: str | Path, root: str | Path, owners: TrustedOwn
     meta = read_sidecar(sidecar_path)
     payload_path = _payload_path(sidecar_path, meta["artifact"], Path(root))
     if checked:
-        owners.require(sidecar_path, root)
-        owners.require(payload_path, root)
+        owners.require(sidecar_path, Path(root))
+        owners.require(payload_path, Path(root))
     data = _checked_payload(payload_path, meta, sidecar_path)
     features = _features(meta, sidecar_path)
     try:
@@ -136,7 +137,7 @@ def load_artifact(sidecar_path: str | Path, root: str | Path, owners: TrustedOwn
     return TrainedModel(counts, features, combiner, dict(meta.get("training_data", {})), str(meta["model_version"]))
 
 
-def _checked_payload(payload_path: Path, meta: dict, sidecar_path: Path) -> bytes:
+def _checked_payload(payload_path: Path, meta: dict[str, Any], sidecar_path: Path) -> bytes:
     try:
         data = payload_path.read_bytes()
     except OSError as exc:
@@ -209,7 +210,7 @@ def _read_npz(data: bytes, path: Path, n_features: int) -> dict[str, np.ndarray]
     return {"class_count": class_count, "columns": columns, "counts": counts}
 
 
-def read_sidecar(path: Path) -> dict:
+def read_sidecar(path: Path) -> dict[str, Any]:
     """Parse and check a sidecar: kind, format and library versions."""
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
@@ -235,7 +236,7 @@ def read_sidecar(path: Path) -> dict:
     return meta
 
 
-def _features(meta: dict, path: Path) -> FeatureSettings:
+def _features(meta: dict[str, Any], path: Path) -> FeatureSettings:
     spec = meta["features"]
     try:
         tokenizer = TokenizerSettings(**spec["tokenizer"])

@@ -19,18 +19,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import sparse
 from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.naive_bayes import MultinomialNB
 
-from ..evidence import Clue, SpamAssessment
+from ..evidence import TRAINING_CLASSES, Clue, SpamAssessment
 from ..message import ParsedMessage
 from .features import FeatureSettings, token_columns
 from .tokens import tokenize
 
-CLASSES = ("ham", "spam")       # column order of the model's counts
+CLASSES = TRAINING_CLASSES       # column order of the model's counts
 MAX_CLUES = 10
 WEIGHT_CHUNK = 1 << 18          # columns weighed at a time when a model loads
 
@@ -58,11 +59,12 @@ class Combiner:
         z = self.slope * evidence + self.intercept
         return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"evidence_per_side": self.evidence_per_side, "slope": self.slope, "intercept": self.intercept}
 
 
-def naive_bayes_from_counts(class_count: np.ndarray, feature_count, alpha: float) -> MultinomialNB:
+def naive_bayes_from_counts(class_count: np.ndarray, feature_count: np.ndarray | sparse.csr_matrix,
+                            alpha: float) -> MultinomialNB:
     """Rebuild a fitted MultinomialNB from its sufficient statistics through ``partial_fit`` alone.
 
     The first call adds each class's feature-count row as one sample; the second
@@ -90,7 +92,8 @@ def column_weights(counts: np.ndarray, totals: np.ndarray, alpha: float, n_featu
     log_prob = np.log(counts + alpha) - np.log(np.asarray(totals, dtype=np.float64) + alpha * n_features)[:, None]
     weights = (log_prob[1] - log_prob[0]).astype(np.float32)
     weights[counts.sum(axis=0) == 0] = 0.0
-    return weights
+    out: np.ndarray = weights
+    return out
 
 
 @dataclass(frozen=True, eq=False)

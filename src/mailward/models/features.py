@@ -9,6 +9,7 @@ word repeated fifty times is one piece of evidence, not fifty.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from sklearn.feature_extraction.text import HashingVectorizer
@@ -31,7 +32,7 @@ class FeatureSettings:
     n_features: int = 2 ** 22          # 4 Mi columns: fewer collide too often with word pairs (measured)
     tokenizer: TokenizerSettings = field(default_factory=TokenizerSettings)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.n_features < 2 or self.n_features & (self.n_features - 1):
             raise ValueError(f"n_features must be a power of two, not {self.n_features}")
 
@@ -39,7 +40,7 @@ class FeatureSettings:
         return HashingVectorizer(analyzer=tokens_as_given, n_features=self.n_features, binary=True,
                                  norm=None, alternate_sign=False)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"n_features": self.n_features, "binary": True, "tokenizer": self.tokenizer.as_dict(),
                 "hash_probe": hash_probe(self.vectorizer())}
 
@@ -54,7 +55,8 @@ def token_columns(vectorizer: HashingVectorizer, tokens: list[str]) -> np.ndarra
     load time that both agree.
     """
     hashes = np.array([murmurhash3_32(token, 0) for token in tokens], dtype=np.int64)
-    return np.abs(hashes) % vectorizer.n_features
+    columns: np.ndarray = np.abs(hashes) % vectorizer.n_features
+    return columns
 
 
 def hash_probe(vectorizer: HashingVectorizer) -> list[int]:

@@ -67,7 +67,7 @@ def html_to_text(markup: str) -> HtmlText:
     hrefs: list[str] = []
     sources: list[str] = []
 
-    def read_tag(match: re.Match) -> str:
+    def read_tag(match: re.Match[str]) -> str:
         slash, name, raw_attrs = match.groups()
         name = name.lower()
         tags.add(name)

@@ -66,7 +66,7 @@ class TokenizerSettings:
     max_text_chars: int = 20_000       # characters of text (or HTML) read per part: ample for 1000 words
     max_hosts: int = 100               # distinct link hosts read per message
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, object]:
         return {"version": self.version, "bigrams": self.bigrams, "max_words": self.max_words,
                 "max_text_chars": self.max_text_chars, "max_hosts": self.max_hosts}
 

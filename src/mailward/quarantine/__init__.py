@@ -10,10 +10,10 @@ from __future__ import annotations
 import time
 
 from ..config import Settings
-from .records import Actor, AuditEvent, Label, LabelRecord, ListFilter, QuarantineRecord, ReleaseClaim, Removal, Status
+from .records import AuditEvent, LabelRecord, ListFilter, QuarantineRecord, ReleaseClaim, Removal, Status
 from .store import Clock, QuarantineStore
 
-__all__ = ["Actor", "AuditEvent", "Label", "LabelRecord", "ListFilter", "QuarantineRecord", "QuarantineStore",
+__all__ = ["AuditEvent", "LabelRecord", "ListFilter", "QuarantineRecord", "QuarantineStore",
            "ReleaseClaim", "Removal", "Status", "open_store"]
 
 
@@ -26,11 +26,9 @@ def open_store(settings: Settings, clock: Clock = time.time) -> QuarantineStore:
     """
     config = settings.quarantine
     if config.backend == "postgresql":
-        from .postgres import PostgresStore as backend
+        from .postgres import PostgresStore
 
-        where: object = config.dsn
-    else:
-        from .sqlite import SqliteStore as backend
+        return PostgresStore(config.dsn, clock=clock, write_timeout=config.write_timeout)
+    from .sqlite import SqliteStore
 
-        where = settings.quarantine_dir
-    return backend(where, clock=clock, write_timeout=config.write_timeout)
+    return SqliteStore(settings.quarantine_dir, clock=clock, write_timeout=config.write_timeout)

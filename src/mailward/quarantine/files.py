@@ -14,18 +14,17 @@ import os
 import stat
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from ..dbfile import hand_to_directory_owner
 from ..errors import StoreError
+from ..source import HEAD_BYTES, MessageSource
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1024 * 1024
-HEAD_BYTES = 64 * 1024          # enough for the header block of any sane message
 _TMP_PREFIX = ".tmp-"
 _SUFFIX = ".eml"
 
@@ -71,18 +70,6 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def chunks_of(raw: bytes | Path) -> Iterator[bytes]:
-    """The message in chunks, whether it is in memory or spooled to a file."""
-    if isinstance(raw, Path):
-        with open(raw, "rb") as fh:
-            while chunk := fh.read(CHUNK):
-                yield chunk
-    else:
-        view = memoryview(raw)
-        for start in range(0, len(view), CHUNK):
-            yield bytes(view[start:start + CHUNK])
-
-
 def measure(parts: Iterable[bytes], sink: BinaryIO | None = None) -> Written:
     """Hash and size ``parts`` (copying them to ``sink`` if given), keeping the first bytes."""
     digest = hashlib.sha256()
@@ -107,14 +94,14 @@ class MessageFiles:
     def path(self, quarantine_id: str) -> Path:
         return self.directory / f"{quarantine_id}{_SUFFIX}"
 
-    def write(self, quarantine_id: str, raw: bytes | Path) -> Written:
+    def write(self, quarantine_id: str, raw: MessageSource) -> Written:
         final = self.path(quarantine_id)
         tmp = ""
         linked = False
         try:
             fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=self.directory)   # mkstemp: mode 0600
             with os.fdopen(fd, "wb") as out:
-                written = measure(chunks_of(raw), out)
+                written = measure(raw.chunks(), out)
                 out.flush()
                 os.fsync(out.fileno())
             os.link(tmp, final)
@@ -141,7 +128,7 @@ class MessageFiles:
         """OSError if the file stays (the caller logs it; the sweep retries)."""
         _unlink_quietly(self.path(quarantine_id))
 
-    def sweep(self, is_known, older_than: float, now: float | None = None) -> int:
+    def sweep(self, is_known: Callable[[str], bool], older_than: float, now: float | None = None) -> int:
         """Remove temp files and files without a record (``is_known(id)`` false) older than ``older_than`` s.
 
         Such files are what a crash between writing the bytes and committing

@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -62,14 +62,15 @@ from ..config import QuarantineSettings
 from ..envelope import Envelope
 from ..errors import StoreError
 from ..evidence import Evidence
+from ..source import MessageSource
 from ..verdict import Verdict
-from .files import chunks_of, measure
+from .files import measure
 from .records import check_id
 from .store import Clock, Deadline, QuarantineStore
 
 _SCHEMA_LOCK = 0x4D57_5100   # "MWQ\0": the advisory lock key for schema creation
 
-# Bytes in chunks of files.CHUNK, so a put streams a spooled message and never holds it whole
+# Bytes in chunks of source.CHUNK, so a put streams a spooled message and never holds it whole
 # (the milter process holds every SMTP connection). ``quarantine_bytes`` (one row per message)
 # is what earlier versions wrote; it is still read.
 _BYTES_TABLE = """CREATE TABLE IF NOT EXISTS quarantine_bytes (
@@ -97,28 +98,28 @@ class PostgresStore(QuarantineStore):
             self._exec(conn, _BYTES_TABLE)
             self._exec(conn, _CHUNKS_TABLE)
 
-    def _connect(self):
+    def _connect(self) -> psycopg.Connection[Any]:
         try:
             return connect_session(self.dsn, self.write_timeout)
         except psycopg.Error as exc:
             raise StoreError(f"cannot connect to the quarantine database: {exc}") from exc
 
-    def _arm(self, conn, seconds: float) -> None:
+    def _arm(self, conn: Any, seconds: float) -> None:
         conn.execute("SELECT set_config('statement_timeout', %s, true)", (_ms(seconds),))
 
-    def _begin(self, conn) -> None:
+    def _begin(self, conn: Any) -> None:
         """Row locks taken by each statement are enough; nothing to take up front."""
 
     def _sql(self, statement: str) -> str:
         return statement.replace("?", "%s")
 
-    def _store(self, quarantine_id: str, raw: bytes | Path, envelope: Envelope, verdict: Verdict,
+    def _store(self, quarantine_id: str, raw: MessageSource, envelope: Envelope, verdict: Verdict,
                evidence: Evidence, deadline: Deadline) -> None:
         try:
-            written = measure(chunks_of(raw))           # first pass: size, digest and header for the record
+            written = measure(raw.chunks())           # first pass: size, digest and header for the record
             with self._tx(write=True, deadline=deadline) as conn:
                 self._insert_record(conn, quarantine_id, written, envelope, verdict, evidence, self._writer)
-                for seq, chunk in enumerate(chunks_of(raw)):
+                for seq, chunk in enumerate(raw.chunks()):
                     self._exec(conn, "INSERT INTO quarantine_chunks (id, seq, data) VALUES (?, ?, ?)",
                                (quarantine_id, seq, chunk))
         except StoreError:
@@ -139,12 +140,12 @@ class PostgresStore(QuarantineStore):
             raise StoreError(f"no quarantined message {quarantine_id}")
         return b"".join(bytes(row[0]) for row in chunks)
 
-    def _drop_bytes(self, conn, quarantine_id: str) -> None:
+    def _drop_bytes(self, conn: Any, quarantine_id: str) -> None:
         self._exec(conn, "DELETE FROM quarantine_chunks WHERE id = ?", (quarantine_id,))
         self._exec(conn, "DELETE FROM quarantine_bytes WHERE id = ?", (quarantine_id,))
 
 
-def connect_session(dsn: str, timeout: float):
+def connect_session(dsn: str, timeout: float) -> psycopg.Connection[Any]:
     """A session that commits durably whatever the server's default, and whose statements end after ``timeout``.
 
     Shared with the incident store, which lives in the same database.

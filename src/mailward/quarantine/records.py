@@ -6,16 +6,15 @@ the JSON shapes here are the stable ``--json`` output of the CLI.
 
 from __future__ import annotations
 
-import os
-import pwd
 import re
-import socket
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
+from ..actor import Actor
 from ..envelope import Direction, Envelope
 from ..errors import StoreError
-from ..evidence import Category, Clue, Evidence, Finding, Severity, SpamAssessment
+from ..evidence import Category, Clue, Evidence, Finding, Label, Severity, SpamAssessment
 
 # Incident IDs look like MW-65F0A1B2-1A2B3C4D; anything path-like is refused before it reaches a file name.
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -35,17 +34,6 @@ class Status(str, Enum):
     REJECTED = "rejected"    # malware the sender got a 5xx for, kept as a sample (release needs --force)
 
 
-class Label(str, Enum):
-    HAM = "ham"
-    SPAM = "spam"
-    PHISH = "phish"      # kept apart in the quarantine and its audit; trains as spam
-
-    @property
-    def training_class(self) -> str:
-        """The Naive Bayes class this label teaches: the model has two, ham and spam."""
-        return "ham" if self is Label.HAM else "spam"
-
-
 class ReleaseClaim(str, Enum):
     """Outcome of trying to become the one process that delivers a message."""
 
@@ -60,45 +48,6 @@ class Removal(str, Enum):
     DELETED = "deleted"
     NOT_FOUND = "not-found"
     IN_PROGRESS = "in-progress"          # a release is delivering it right now
-
-
-@dataclass(frozen=True)
-class Actor:
-    """Who did something and from where: the audit trail's subject."""
-
-    name: str
-    host: str
-    origin: str = ""          # e.g. the SSH client address; empty for a local session or the milter
-
-    @classmethod
-    def current(cls, analyst: str = "") -> Actor:
-        """The person at the keyboard: ``analyst`` if given, else the sudo caller, else the OS user.
-
-        ``origin`` keeps whatever the name alone would hide: the SSH client,
-        the sudo caller, the OS account behind a typed ``--analyst`` name.
-        """
-        user = _os_user()
-        sudo = os.environ.get("SUDO_USER", "") if os.getuid() == 0 else ""
-        ssh = (os.environ.get("SSH_CONNECTION") or os.environ.get("SSH_CLIENT") or "").split()
-        notes = [f"ssh {ssh[0]}"] if ssh else []
-        if sudo:
-            notes.append(f"sudo by {sudo}")
-        if analyst and analyst != user:
-            notes.append(f"os user {user}")
-        return cls(name=analyst or sudo or user, host=socket.gethostname(), origin="; ".join(notes))
-
-    @classmethod
-    def service(cls) -> Actor:
-        """The daemon itself (the OS user it runs as), for the records it writes."""
-        return cls(name=_os_user(), host=socket.gethostname(), origin="milter")
-
-
-def _os_user() -> str:
-    """The account of the real user ID (not $USER, which anyone can set)."""
-    try:
-        return pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:
-        return f"uid {os.getuid()}"
 
 
 @dataclass(frozen=True)
@@ -131,7 +80,7 @@ class QuarantineRecord:
     def is_malware(self) -> bool:
         return "malware" in self.reasons or bool(self.evidence.of(Category.MALWARE))
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "received_at": self.received_at,
@@ -159,7 +108,7 @@ class AuditEvent:
     actor: Actor
     detail: str = ""
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"id": self.quarantine_id, "at": self.at, "action": self.action, "actor": self.actor.name,
                 "host": self.actor.host, "origin": self.actor.origin, "detail": self.detail}
 
@@ -192,7 +141,7 @@ class ListFilter:
     limit: int = 1000
 
 
-def evidence_to_dict(evidence: Evidence) -> dict:
+def evidence_to_dict(evidence: Evidence) -> dict[str, Any]:
     spam = evidence.spam
     return {
         "findings": [f.as_dict() for f in evidence.findings],
@@ -204,7 +153,7 @@ def evidence_to_dict(evidence: Evidence) -> dict:
     }
 
 
-def evidence_from_dict(data: dict) -> Evidence:
+def evidence_from_dict(data: dict[str, Any]) -> Evidence:
     spam = data.get("spam")
     return Evidence(
         findings=tuple(
@@ -218,7 +167,7 @@ def evidence_from_dict(data: dict) -> Evidence:
     )
 
 
-def envelope_from_dict(data: dict) -> Envelope:
+def envelope_from_dict(data: dict[str, Any]) -> Envelope:
     return Envelope(
         mail_from=data.get("mail_from", ""),
         recipients=tuple(data.get("recipients", ())),

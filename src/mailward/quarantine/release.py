@@ -13,7 +13,7 @@ legitimately rewrite line endings on the way (smtplib turns a bare CR into
 CRLF, Postfix may fold over-long lines), and none of that should void a mark.
 
 The digest is computed where the message already is, in the scanning worker
-(:func:`mark_proof`); the milter process, which holds every SMTP connection,
+(:func:`mailward.pipeline.mark_proof`); the milter process, which holds every SMTP connection,
 only checks short strings (:meth:`ReleaseVerifier.accept`) and never reads a
 message body.
 
@@ -42,29 +42,26 @@ import secrets
 import smtplib
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 from enum import Enum
 from pathlib import Path
 
+from ..actor import Actor
 from ..config import Settings
 from ..envelope import Envelope
 from ..errors import StoreError
+from ..evidence import RELEASE_HEADER, MarkProof, body_digest
+from ..message import split_message
 from ..privileges import as_root
-from .files import HEAD_BYTES, adopt
-from .records import Actor, ReleaseClaim, check_id
+from .files import adopt
+from .records import ReleaseClaim, check_id
 from .store import QuarantineStore
 
 log = logging.getLogger(__name__)
 
-RELEASE_HEADER = "X-Mailward-Release"
-ALERT_HEADER = "X-Mailward-Alert-Mark"
 ALERT_MAX_AGE = 3600.0           # an alert goes out at once; its mark needs to live only through the relay
 _KEY_BYTES = 32
-_LINE_BREAKS = re.compile(rb"[\r\n]")
-_BODY_START = re.compile(rb"\r?\n\r?\n")
 _HELD_DELETED = re.compile(r"Deleted: (\d+) message")
 
 
@@ -99,19 +96,6 @@ class ReleaseMark:
     quarantine_id: str
     released_at: float
     kind: str = "release"                  # "release" | "alert"
-
-
-@dataclass(frozen=True)
-class MarkProof:
-    """What a scanning worker saw of a message's marks: their header values and the body digest.
-
-    Small and picklable: it travels with the evidence to the milter process,
-    which checks the HMACs without ever holding the message.
-    """
-
-    release: tuple[str, ...] = ()
-    alert: tuple[str, ...] = ()
-    body_digest: str = ""
 
 
 @dataclass(frozen=True)
@@ -158,12 +142,7 @@ def load_release_key(path: Path) -> bytes:
 
 def message_body(raw: bytes) -> bytes:
     """Everything after the header block (empty if there is none)."""
-    match = _BODY_START.search(raw)
-    return raw[match.end():] if match else b""
-
-
-def body_digest(body: bytes) -> str:
-    return hashlib.sha256(_LINE_BREAKS.sub(b"", body)).hexdigest()
+    return split_message(raw)[1]
 
 
 def recipients_digest(recipients: Iterable[str]) -> str:
@@ -191,20 +170,6 @@ def alert_mark(key: bytes, incident_id: str, body: bytes, recipients: Iterable[s
     return _mark(key, "alert", incident_id, body, recipients, now)
 
 
-def mark_proof(raw: bytes) -> MarkProof | None:
-    """The marks a message claims and its body digest; None (and no body read) when it claims none."""
-    match = _BODY_START.search(raw, 0, HEAD_BYTES)
-    block = raw[: match.start()] if match else raw[:HEAD_BYTES]
-    if b"x-mailward-" not in block.lower():       # ordinary mail: no header parse at all
-        return None
-    headers = BytesHeaderParser(policy=compat32).parsebytes(block + b"\n\n")
-    release = tuple(" ".join(str(v).split()) for v in headers.get_all(RELEASE_HEADER) or [])
-    alert = tuple(" ".join(str(v).split()) for v in headers.get_all(ALERT_HEADER) or [])
-    if not release and not alert:
-        return None
-    return MarkProof(release, alert, body_digest(raw[match.end():] if match else b""))
-
-
 def _parse(value: str) -> tuple[str, int, str] | None:
     parts = value.split()
     if len(parts) != 3 or not parts[1].isdigit():
@@ -219,7 +184,8 @@ class ReleaseVerifier:
     or already released, for (a subset of) its recipients, and only once.
     """
 
-    def __init__(self, key: bytes, max_age: float, store: QuarantineStore | None = None, clock=time.time):
+    def __init__(self, key: bytes, max_age: float, store: QuarantineStore | None = None,
+                 clock: Callable[[], float] = time.time):
         self._key = key
         self._max_age = max_age
         self._store = store
@@ -267,18 +233,19 @@ class ReleaseVerifier:
 
     def _use(self, value: str, digest: str, envelope: Envelope) -> ReleaseMark | None:
         parsed = _parse(value)
-        if parsed is None:
+        store = self._store
+        if parsed is None or store is None:
             return None
         try:
             check_id(parsed[0])
-            record = self._store.get(parsed[0])
+            record = store.get(parsed[0])
             if record is None or not set(envelope.recipients) <= set(record.envelope.recipients):
                 return None
             valid = self._valid("release", value, digest, record.envelope.recipients, self._max_age)
-            if valid is None or not self._store.use_release_mark(valid[0], valid[1]):
+            if valid is None or not store.use_release_mark(valid[0], valid[1]):
                 return None
         except StoreError as exc:    # unverifiable counts as unmarked: the message is screened as usual
-            log.warning("release mark not checked: %s", exc, extra={"queue_id": envelope.queue_id})
+            log.warning("release mark not checked: %s", exc)
             return None
         return ReleaseMark(valid[0], float(valid[1]))
 
@@ -290,7 +257,8 @@ def marked(raw: bytes, header_name: str, header_value: str) -> bytes:
 
 
 def release(store: QuarantineStore, quarantine_id: str, actor: Actor, relay: Relay, key: bytes,
-            force: bool = False, reclaim_after: float | None = None, clock=time.time) -> ReleaseResult:
+            force: bool = False, reclaim_after: float | None = None,
+            clock: Callable[[], float] = time.time) -> ReleaseResult:
     """Deliver ``quarantine_id`` to its original recipients through ``relay``, at most once."""
     check_id(quarantine_id)
     claim = store.claim_release(quarantine_id, actor, force=force, reclaim_after=reclaim_after)
@@ -301,7 +269,7 @@ def release(store: QuarantineStore, quarantine_id: str, actor: Actor, relay: Rel
         record = store.get(quarantine_id)
         raw = store.read(quarantine_id)
         recipients = list(record.envelope.recipients) if record else []
-        if not recipients:
+        if record is None or not recipients:
             raise StoreError("the record has no recipients")
         if relay.hold_queue and record.envelope.queue_id:
             held = _delete_held_copy(record.envelope.queue_id)
@@ -344,7 +312,7 @@ def _delete_held_copy(queue_id: str) -> str:
         f"; no held copy {queue_id} in Postfix's hold queue"
 
 
-def _deliver(relay: Relay, sender: str, recipients: list[str], data: bytes) -> dict:
+def _deliver(relay: Relay, sender: str, recipients: list[str], data: bytes) -> dict[str, tuple[int, bytes]]:
     """One SMTP transaction; returns the refused recipients (all refused raises)."""
     addresses = [sender, *recipients]
     options = ["SMTPUTF8"] if any(not a.isascii() for a in addresses) else []
@@ -356,5 +324,6 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         return "all recipients refused: " + ", ".join(f"{r} ({c})" for r, (c, _) in sorted(exc.recipients.items()))
     if isinstance(exc, smtplib.SMTPResponseException):
-        return f"{exc.smtp_code} {exc.smtp_error.decode(errors='replace')}"
+        error = exc.smtp_error
+        return f"{exc.smtp_code} {error.decode(errors='replace') if isinstance(error, bytes) else error}"
     return str(exc) or type(exc).__name__

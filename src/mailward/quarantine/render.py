@@ -18,6 +18,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.message import Message
 
 import magic
 
@@ -46,7 +47,7 @@ class PartView:
     text: str | None = None   # decoded text of inline text parts
     truncated: bool = False
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, object]:
         return {"part": self.number or "message", "depth": self.depth, "declared_type": self.declared_type,
                 "real_type": self.real_type, "filename": self.filename, "disposition": self.disposition,
                 "size": self.size, "sha256": self.sha256, "text": self.text, "truncated": self.truncated}
@@ -87,11 +88,13 @@ def inspect_message(raw: bytes, max_parts: int = 1000, max_depth: int = 20) -> M
     return MessageView(headers, tuple(parts), problem)
 
 
-def _leaf(part, number: str, depth: int) -> PartView:
+def _leaf(part: Message, number: str, depth: int) -> PartView:
+    data: bytes | None = None
     try:
-        data = part.get_payload(decode=True)
+        decoded_payload = part.get_payload(decode=True)      # bytes for a leaf part
+        data = decoded_payload if isinstance(decoded_payload, bytes) else None
     except Exception:  # a broken transfer encoding: show the undecoded text's size and hash
-        data = None
+        pass
     if data is None:
         data = undecoded_payload(part)
     filename = next(raw_file_names(part, []), "")
@@ -122,7 +125,9 @@ def when(timestamp: float | None) -> str:
 
 def render_show(record: QuarantineRecord, view: MessageView) -> str:
     """The analyst's report on one message, safe to print to a terminal."""
-    n = lambda s: neutralise(str(s))  # noqa: E731
+    def n(s: object) -> str:
+        return neutralise(str(s))
+
     env = record.envelope
     lines = [
         f"Quarantine ID:  {n(record.id)}",

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..actor import Actor
 from ..config import Settings
 from ..envelope import Direction
 from ..errors import StoreError
-from .records import Actor, AuditEvent, Label, ListFilter, QuarantineRecord, Removal, Status
+from ..evidence import Label
+from .records import AuditEvent, ListFilter, QuarantineRecord, Removal, Status
 from .release import Relay, ReleaseOutcome, ReleaseResult, key_path, load_release_key, release
 from .render import MessageView, inspect_message
 from .store import QuarantineStore

@@ -23,12 +23,14 @@ import logging
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 from ..config import QuarantineSettings
 from ..dbfile import prepare_database_file
 from ..envelope import Envelope
 from ..errors import StoreError
 from ..evidence import Evidence
+from ..source import MessageSource
 from ..verdict import Verdict
 from .files import MessageFiles, ensure_private_dir
 from .records import check_id
@@ -68,13 +70,13 @@ class SqliteStore(QuarantineStore):
             raise StoreError(f"cannot open quarantine database {self.db_path}: {exc}") from exc
         return conn
 
-    def _arm(self, conn, seconds: float) -> None:
+    def _arm(self, conn: Any, seconds: float) -> None:
         conn.execute(f"PRAGMA busy_timeout = {max(1, int(seconds * 1000))}")
 
-    def _begin(self, conn) -> None:
+    def _begin(self, conn: Any) -> None:
         conn.execute("BEGIN IMMEDIATE")
 
-    def _store(self, quarantine_id: str, raw: bytes | Path, envelope: Envelope, verdict: Verdict,
+    def _store(self, quarantine_id: str, raw: MessageSource, envelope: Envelope, verdict: Verdict,
                evidence: Evidence, deadline: Deadline) -> None:
         written = self.files.write(quarantine_id, raw)
         try:
@@ -92,7 +94,7 @@ class SqliteStore(QuarantineStore):
             raise StoreError(f"no quarantined message {quarantine_id}")
         return self.files.read(quarantine_id)
 
-    def _drop_bytes(self, conn, quarantine_id: str) -> None:
+    def _drop_bytes(self, conn: Any, quarantine_id: str) -> None:
         """Files go after the commit (see :meth:`_after_drop`)."""
 
     def _after_drop(self, quarantine_id: str) -> None:

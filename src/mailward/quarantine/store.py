@@ -25,32 +25,32 @@ never kept, so the sender's retry is not a duplicate.
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import queue
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from email.parser import BytesHeaderParser
 from email.policy import compat32
-from pathlib import Path
 from typing import Any
 
+from ..actor import Actor
 from ..config import QuarantineSettings
 from ..envelope import Envelope
 from ..errors import StoreError
-from ..evidence import Evidence
-from ..message import decode_header_value
+from ..evidence import Evidence, Label, MessageFacts
+from ..message import decode_header_value, split_message
+from ..source import MessageSource
 from ..verdict import Action, Verdict
 from .files import Written
 from .records import (
-    Actor,
     AuditEvent,
-    Label,
     LabelRecord,
     ListFilter,
     QuarantineRecord,
@@ -158,9 +158,8 @@ SCHEMA = (
 
 def header_summary(head: bytes) -> tuple[str, str]:
     """Subject and From of a message from its first bytes (RFC 2047 decoded) for listing."""
-    end = min((i for i in (head.find(b"\r\n\r\n"), head.find(b"\n\n")) if i >= 0), default=len(head))
     try:
-        headers = BytesHeaderParser(policy=compat32).parsebytes(head[:end] + b"\n\n")
+        headers = BytesHeaderParser(policy=compat32).parsebytes(split_message(head)[0] + b"\n\n")
         return (decode_header_value(str(headers.get("Subject", ""))),
                 decode_header_value(str(headers.get("From", ""))))
     except Exception:  # a header block the parser chokes on still gets quarantined, unlabelled
@@ -182,11 +181,11 @@ class _Pool:
 
     def __init__(self, connect: Callable[[], Any], size: int = 8):
         self._connect = connect
-        self._idle: queue.LifoQueue = queue.LifoQueue()
+        self._idle: queue.LifoQueue[Any] = queue.LifoQueue()
         self._slots = threading.BoundedSemaphore(size)
         self._closed = False
 
-    def get(self, wait: float):
+    def get(self, wait: float) -> Any:
         if not self._slots.acquire(timeout=wait):
             raise StoreError(f"all quarantine database connections stayed busy for {wait:g} s")
         try:
@@ -199,14 +198,14 @@ class _Pool:
             self._slots.release()
             raise
 
-    def put(self, conn) -> None:
+    def put(self, conn: Any) -> None:
         if self._closed:
             conn.close()
         else:
             self._idle.put(conn)
         self._slots.release()
 
-    def discard(self, conn) -> None:
+    def discard(self, conn: Any) -> None:
         try:
             conn.close()
         except Exception:
@@ -235,7 +234,7 @@ class _Writers:
 
     def __init__(self, size: int):
         self._size = size
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._started = 0
         self._stopped = False
         self._lock = threading.Lock()
@@ -286,10 +285,10 @@ class QuarantineStore(ABC):
     # -- backend hooks ---------------------------------------------------------------------------
 
     @abstractmethod
-    def _connect(self): ...
+    def _connect(self) -> Any: ...
 
     @abstractmethod
-    def _begin(self, conn) -> None:
+    def _begin(self, conn: Any) -> None:
         """Start a write transaction that takes its lock up front."""
 
     def _sql(self, statement: str) -> str:
@@ -297,11 +296,11 @@ class QuarantineStore(ABC):
         return statement
 
     @abstractmethod
-    def _arm(self, conn, seconds: float) -> None:
+    def _arm(self, conn: Any, seconds: float) -> None:
         """Make the database give up waiting (busy lock, statement) after ``seconds``."""
 
     @abstractmethod
-    def _store(self, quarantine_id: str, raw: bytes | Path, envelope: Envelope, verdict: Verdict,
+    def _store(self, quarantine_id: str, raw: MessageSource, envelope: Envelope, verdict: Verdict,
                evidence: Evidence, deadline: Deadline) -> None:
         """Keep bytes and record in one transaction under ``deadline``; StoreError leaves nothing behind."""
 
@@ -310,7 +309,7 @@ class QuarantineStore(ABC):
         """The exact bytes as received; StoreError if there is no such message."""
 
     @abstractmethod
-    def _drop_bytes(self, conn, quarantine_id: str) -> None:
+    def _drop_bytes(self, conn: Any, quarantine_id: str) -> None:
         """Remove the bytes inside the delete transaction (database) ..."""
 
     def _after_drop(self, quarantine_id: str) -> None:  # noqa: B027  (an optional hook)
@@ -355,12 +354,12 @@ class QuarantineStore(ABC):
             if gate is not None:
                 gate.release()
 
-    def _exec(self, conn, statement: str, params: tuple = ()):
+    def _exec(self, conn: Any, statement: str, params: tuple[object, ...] = ()) -> Any:
         cur = conn.cursor()
         cur.execute(self._sql(statement), params)
         return cur
 
-    def _create_schema(self, conn, serial: str, real: str) -> None:
+    def _create_schema(self, conn: Any, serial: str, real: str) -> None:
         for statement in SCHEMA:
             self._exec(conn, statement.format(serial=serial, real=real))
 
@@ -376,7 +375,7 @@ class QuarantineStore(ABC):
 
     # -- writing ---------------------------------------------------------------------------------
 
-    def put(self, raw: bytes | Path, envelope: Envelope, verdict: Verdict, evidence: Evidence) -> str:
+    def put(self, raw: MessageSource, envelope: Envelope, verdict: Verdict, evidence: Evidence) -> str:
         """Keep the exact bytes and the record; return the quarantine ID.
 
         Answers within ``write_timeout`` (+ ``COMMIT_GRACE``). StoreError means
@@ -385,7 +384,7 @@ class QuarantineStore(ABC):
         """
         quarantine_id = check_id(verdict.incident_id)
         deadline = Deadline(self.write_timeout)
-        result: Future = Future()
+        result: Future[str] = Future()
         with self._settled:
             self._in_flight += 1
         try:
@@ -402,7 +401,7 @@ class QuarantineStore(ABC):
                                  f"within {self.write_timeout:g} s") from None
             return result.result()          # it committed at this very moment: the result stands
 
-    def _put_attempt(self, result: Future, quarantine_id: str, raw: bytes | Path, envelope: Envelope,
+    def _put_attempt(self, result: Future[str], quarantine_id: str, raw: MessageSource, envelope: Envelope,
                      verdict: Verdict, evidence: Evidence, deadline: Deadline) -> None:
         try:
             try:
@@ -437,15 +436,17 @@ class QuarantineStore(ABC):
     def __enter__(self) -> QuarantineStore:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- writing a record ------------------------------------------------------------------------
 
-    def _insert_record(self, conn, quarantine_id: str, written: Written, envelope: Envelope, verdict: Verdict,
+    def _insert_record(self, conn: Any, quarantine_id: str, written: Written, envelope: Envelope, verdict: Verdict,
                        evidence: Evidence, actor: Actor) -> None:
         now = self._clock()
-        subject, header_from = header_summary(written.head)
+        facts = evidence.message           # taken by the worker that parsed the message
+        subject, header_from = (facts.subject, facts.header_from) if facts != MessageFacts() \
+            else header_summary(written.head)  # put without a scan (CLI, tests): read the first bytes
         self._exec(conn, """INSERT INTO quarantine (id, received_at, direction, mail_from, recipients, client_address,
                               queue_id, envelope, action, reasons, evidence, spam_score, size, sha256, subject,
                               header_from, status)
@@ -459,7 +460,7 @@ class QuarantineStore(ABC):
         detail = f"{verdict.action.value}: {', '.join(verdict.reasons)}; queue {envelope.queue_id or '-'}"
         self._audit(conn, quarantine_id, "quarantine", actor, detail, now)
 
-    def _audit(self, conn, quarantine_id: str, action: str, actor: Actor, detail: str = "",
+    def _audit(self, conn: Any, quarantine_id: str, action: str, actor: Actor, detail: str = "",
                at: float | None = None) -> None:
         self._exec(conn, """INSERT INTO quarantine_audit (quarantine_id, at, action, actor, host, origin, detail)
                             VALUES (?, ?, ?, ?, ?, ?, ?)""",
@@ -480,7 +481,8 @@ class QuarantineStore(ABC):
 
     def list(self, filters: ListFilter = ListFilter()) -> list[QuarantineRecord]:
         """Records matching every given filter, newest first."""
-        where, params = ["1 = 1"], []
+        where: list[str] = ["1 = 1"]
+        params: list[object] = []
         if filters.direction is not None:
             where.append("direction = ?")
             params.append(filters.direction.value)
@@ -510,7 +512,7 @@ class QuarantineStore(ABC):
                                     "ORDER BY received_at DESC, id DESC LIMIT ?", tuple(params)).fetchall()
         return [_record(r) for r in rows]
 
-    def history(self, quarantine_id: str) -> list[AuditEvent]:
+    def history(self, quarantine_id: str) -> builtins.list[AuditEvent]:
         """Every recorded action on ``quarantine_id``, oldest first; survives delete and purge."""
         check_id(quarantine_id)
         with self._tx() as conn:
@@ -609,7 +611,7 @@ class QuarantineStore(ABC):
         self._after_drop(quarantine_id)
         return Removal.DELETED
 
-    def purge(self, older_than_days: float, actor: Actor) -> list[str]:
+    def purge(self, older_than_days: float, actor: Actor) -> builtins.list[str]:
         """Delete every record received more than ``older_than_days`` ago; returns their IDs."""
         cutoff = self._clock() - older_than_days * 86400.0
         with self._tx() as conn:
@@ -636,7 +638,7 @@ class QuarantineStore(ABC):
             self._audit(conn, quarantine_id, "label", actor, label.value, now)
         return True
 
-    def labels_since(self, seq: int = 0, limit: int = 10000) -> list[LabelRecord]:
+    def labels_since(self, seq: int = 0, limit: int = 10000) -> builtins.list[LabelRecord]:
         """Labels recorded after ``seq``, in order: the training ledger resumes from the last one it took."""
         with self._tx() as conn:
             rows = self._exec(conn, """SELECT seq, quarantine_id, label, sha256, at, actor FROM quarantine_labels
@@ -644,7 +646,7 @@ class QuarantineStore(ABC):
         return [LabelRecord(r[0], r[1], Label(r[2]), r[3], r[4], r[5]) for r in rows]
 
 
-def _record(row) -> QuarantineRecord:
+def _record(row: Sequence[Any]) -> QuarantineRecord:
     (qid, received_at, envelope, action, reasons, evidence, size, sha256, subject, header_from, status,
      released_at, label) = row
     return QuarantineRecord(

@@ -19,15 +19,20 @@ Example configuration::
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..config import Settings
 from .detector import ReputationDetector, check_settings
 from .results_header import HEADER, authserv_id, claims_our_id, results_value
+
+if TYPE_CHECKING:
+    from ..detector import Detector
 
 __all__ = ["HEADER", "ReputationDetector", "authserv_id", "check_settings", "claims_our_id", "detectors",
            "results_value"]
 
 
-def detectors(settings: Settings) -> list:
+def detectors(settings: Settings) -> list[Detector]:
     rep = settings.reputation
     if not rep.enabled or not (rep.dnsbl or rep.uribl or rep.spf or rep.dkim or rep.dmarc):
         return []

@@ -54,7 +54,7 @@ class _Job:
     """One lookup in flight; ``fallback`` stands in for its result if the budget runs out first."""
 
     kind: str              # dnsbl, uribl, spf, dkim, dmarc
-    future: Future
+    future: Future[Any]
     fallback: Any
     zone: Zone | None = None   # for blocklist lookups
     subject: str = ""      # what was looked up: address, URL domain, identity, author domain
@@ -78,7 +78,7 @@ class ReputationDetector:
         self._clock = clock
         self._pool = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="mailward-dns")
         self._backoff = Backoff(settings.retry_after, clock)
-        self._probe: Future | None = None
+        self._probe: Future[Any] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, clock: Clock = time.monotonic) -> ReputationDetector:
@@ -113,7 +113,8 @@ class ReputationDetector:
                deadline: Deadline) -> tuple[list[_Job], list[str]]:
         """Start every lookup; also returns the zones skipped because they stopped answering."""
         rep, jobs, skipped = self.settings, [], []
-        dnsbl, uribl = [], []
+        dnsbl: list[Zone] = []
+        uribl: list[Zone] = []
         for kind, zones, live in (("dnsbl", self._dnsbl, dnsbl), ("uribl", self._uribl, uribl)):
             for zone in zones:
                 if down := self._backoff.remaining(zone.name):
@@ -121,7 +122,7 @@ class ReputationDetector:
                 else:
                     live.append(zone)
 
-        def start(kind: str, fallback: Any, call: Callable[..., Any], *args: Any, **where: str) -> None:
+        def start(kind: str, fallback: Any, call: Callable[..., Any], *args: Any, **where: Any) -> None:
             jobs.append(_Job(kind, self._pool.submit(_guarded, fallback, call, *args), fallback, **where))
 
         if ip is not None:
@@ -157,7 +158,7 @@ class ReputationDetector:
         return jobs, skipped
 
     # --- results ------------------------------------------------------------------
-    def _evidence(self, jobs: list[_Job], done: set[Future], skipped: list[str]) -> Evidence:
+    def _evidence(self, jobs: list[_Job], done: set[Future[Any]], skipped: list[str]) -> Evidence:
         rep = self.settings
         findings: list[Finding] = []
         unavailable: list[str] = list(skipped)
@@ -167,11 +168,12 @@ class ReputationDetector:
         spf: list[SpfResult] = []
         dkim: list[DkimResult] = []
         policies: list[PolicyLookup] = []
+        results_of: dict[str, list[Any]] = {"spf": spf, "dkim": dkim, "dmarc": policies}
         for job in jobs:
             result = job.future.result() if job.future in done else job.fallback
             if job.future not in done:
                 job.future.cancel()
-            if job.kind in ("dnsbl", "uribl"):
+            if job.kind in ("dnsbl", "uribl") and job.zone is not None:     # every blocklist job has its zone
                 if result.outcome.unavailable:
                     unavailable.append(f"{job.kind} {job.zone.name} ({result.outcome.value})")
                     zones_failed.add(job.zone.name)
@@ -185,7 +187,7 @@ class ReputationDetector:
                 unavailable.append(f"{job.kind} {job.subject or result.domain or 'signature'}".rstrip())
             else:
                 answered += 1
-            {"spf": spf, "dkim": dkim, "dmarc": policies}[job.kind].append(result)
+            results_of[job.kind].append(result)
 
         mailfrom = next((s for s in spf if s.identity == "mailfrom"), None)
         dmarc = [dmarc_check.evaluate(p, mailfrom, dkim, self._orgs) for p in policies]
@@ -209,6 +211,8 @@ class ReputationDetector:
         if lookup.outcome is not Outcome.ANSWER:
             return []
         zone = job.zone
+        if zone is None:        # only blocklist jobs come here, each with its zone
+            return []
         answer = zone.classify(lookup.addresses())
         found = []
         if answer.listed:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import dkim
 import dkim.util
@@ -19,10 +20,10 @@ from .resolver import Deadline, DnsClient, Outcome
 log = logging.getLogger(__name__)
 
 
-class _SenderFaults(logging.LoggerAdapter):
+class _SenderFaults(logging.LoggerAdapter[logging.Logger]):
     """dkimpy logs a sender's broken signature or key as an error; for us it is evidence, logged at debug."""
 
-    def error(self, msg, *args, **kwargs):
+    def error(self, msg: object, *args: Any, **kwargs: Any) -> None:
         self.debug(msg, *args, **kwargs)
 
 

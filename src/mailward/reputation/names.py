@@ -102,7 +102,7 @@ def url_domains(message: ParsedMessage, orgs: OrgDomains, skip: Iterable[str] = 
                 continue
             domain = normalise_domain(host) if host else None
             org = orgs.registrable(domain) if domain else None
-            if org is None or org in seen or within(domain, skip):
+            if domain is None or org is None or org in seen or within(domain, skip):
                 continue
             seen.add(org)
             yield org, obj.path

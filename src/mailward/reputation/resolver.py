@@ -99,7 +99,8 @@ class DnsClient:
 
     @property
     def cache(self) -> dns.resolver.LRUCache:
-        return self._resolver.cache
+        cache: dns.resolver.LRUCache = self._resolver.cache
+        return cache
 
     def responds(self) -> bool:
         """Whether any nameserver answers at all, bypassing the cache.

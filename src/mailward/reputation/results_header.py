@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import socket
 from collections.abc import Sequence
+from typing import Any
 
 import authres
 import authres.dmarc
@@ -34,7 +35,7 @@ def authserv_id(settings: ReputationSettings) -> str:
 def results_value(authserv_id: str, spf: Sequence[SpfResult], dkim: Sequence[DkimResult],
                   dmarc: Sequence[DmarcResult]) -> str:
     """The field's value (without the name), e.g. ``mx.example.org; spf=pass smtp.mailfrom=...``."""
-    results: list = []
+    results: list[Any] = []
     for check in spf:
         if check.identity == "helo":
             results.append(authres.SPFAuthenticationResult(
@@ -47,10 +48,10 @@ def results_value(authserv_id: str, spf: Sequence[SpfResult], dkim: Sequence[Dki
         results.append(authres.DKIMAuthenticationResult(
             result=signature.result, reason=_reason(signature.reason),
             header_d=_safe(signature.domain), header_s=_safe(signature.selector)))
-    for check in dmarc:
+    for alignment in dmarc:
         results.append(authres.dmarc.DMARCAuthenticationResult(
-            result=check.result, header_from=_safe(check.domain),
-            policy=check.disposition.value if check.result == "fail" else None))
+            result=alignment.result, header_from=_safe(alignment.domain),
+            policy=alignment.disposition.value if alignment.result == "fail" else None))
     header = authres.AuthenticationResultsHeader(authserv_id=authserv_id, results=results)
     return str(header).partition(": ")[2]
 

@@ -13,6 +13,7 @@ import contextvars
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import spf
 
@@ -20,15 +21,16 @@ from .resolver import Deadline, DnsClient, Outcome
 
 log = logging.getLogger(__name__)
 
-SpfLookup = Callable[[str, str], list]
+SpfLookup = Callable[[str, str], list[Any]]
 _bound_lookup: contextvars.ContextVar[SpfLookup | None] = contextvars.ContextVar("mailward_spf_lookup", default=None)
 _library_lookup = spf.DNSLookup
 
 
-def _dispatch(name, qtype, strict=True, timeout=30):
+def _dispatch(name: str, qtype: str, strict: bool = True, timeout: float = 30) -> list[Any]:
     lookup = _bound_lookup.get()
     if lookup is None:
-        return _library_lookup(name, qtype, strict, timeout)
+        answer: list[Any] = _library_lookup(name, qtype, strict, timeout)
+        return answer
     return lookup(name, qtype)
 
 
@@ -67,21 +69,22 @@ def check_spf(client: DnsClient, deadline: Deadline, ip: str, sender: str, helo:
 def _lookup_through(client: DnsClient, deadline: Deadline) -> SpfLookup:
     """pyspf's DNSLookup contract: ``[((name, qtype), value), ...]``, TempError when DNS fails."""
 
-    def lookup(name: str, qtype: str) -> list:
+    def lookup(name: str, qtype: str) -> list[Any]:
         answer = client.query(name, qtype, deadline)
+        records: tuple[Any, ...] = answer.records    # the fields read below belong to each rdtype's class
         if answer.outcome.unavailable:
             raise spf.TempError(f"DNS {answer.outcome.value} for {name} {qtype}")
         if answer.outcome is not Outcome.ANSWER:
             return []
         key = (name, qtype)
         if qtype in ("A", "AAAA"):
-            return [(key, r.address) for r in answer.records]
+            return [(key, r.address) for r in records]
         if qtype == "MX":
-            return [(key, (r.preference, r.exchange)) for r in answer.records]
+            return [(key, (r.preference, r.exchange)) for r in records]
         if qtype == "PTR":
-            return [(key, r.target.to_text(True)) for r in answer.records]
+            return [(key, r.target.to_text(True)) for r in records]
         if qtype in ("TXT", "SPF"):
-            return [(key, r.strings) for r in answer.records]
+            return [(key, r.strings) for r in records]
         return []
 
     return lookup

@@ -8,6 +8,7 @@ signature findings at all.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config import Settings
 from ..trust import TrustedOwners
@@ -17,6 +18,9 @@ from .hashes import HashDetector, HashList
 from .names import NameDetector
 from .ruleset import SHIPPED_PREFIX, RuleSet, shipped_rules_dir
 from .yara_rules import YaraDetector
+
+if TYPE_CHECKING:
+    from ..detector import Detector
 
 
 def rule_directories(settings: Settings) -> list[tuple[str, Path]]:
@@ -35,11 +39,11 @@ def load_rules(settings: Settings, previous: RuleSet | None = None) -> RuleSet:
                                 TrustedOwners.of(settings.milter.user))
 
 
-def detectors(settings: Settings, previous: RuleSet | None = None) -> list:
+def detectors(settings: Settings, previous: RuleSet | None = None) -> list[Detector]:
     sig = settings.signatures
     owners = TrustedOwners.of(settings.milter.user)
     allow = HashList.load(sig.hash_allow_lists, owners)
-    found = [
+    found: list[Detector] = [
         YaraDetector(load_rules(settings, previous), allow, sig.yara_timeout, settings.limits.inspect_deadline),
         HashDetector(HashList.load(sig.hash_lists, owners), allow),
         NameDetector.from_settings(sig, allow),

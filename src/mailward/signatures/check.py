@@ -20,6 +20,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yara
 
@@ -42,7 +43,7 @@ class FileReport:
     file: RuleFile
     mb_per_s: float | None = None            # scanning the sample with this file alone
     marginal_mb_per_s: float | None = None   # sample bytes / time this file adds to the baseline
-    hits: list[dict] = field(default_factory=list)
+    hits: list[dict[str, Any]] = field(default_factory=list)
     slow: bool = False
 
     @property
@@ -78,7 +79,7 @@ def rules_check_main(argv: list[str]) -> int:
         return 2
     compiled = [compile_file(s) for s in sources]
     reports = [FileReport(f) for f, _ in compiled]
-    summary: dict = {"files": len(reports), "rules": sum(r.file.rules for r in reports),
+    summary: dict[str, Any] = {"files": len(reports), "rules": sum(r.file.rules for r in reports),
                      "broken": sum(not r.file.ok for r in reports)}
     if args.benign is not None:
         samples = load_samples(args.benign)
@@ -96,7 +97,7 @@ def rules_check_main(argv: list[str]) -> int:
 
 def load_samples(directory: Path) -> list[Sample]:
     """Mail is parsed and expanded as the milter would; any other file is one object."""
-    samples = []
+    samples: list[Sample] = []
     limits = LimitSettings()
     with Unpacker(limits) as unpacker:
         for path in sorted(p for p in directory.rglob("*") if p.is_file()):
@@ -117,12 +118,12 @@ def _looks_like_mail(data: bytes) -> bool:
                                                          or b"Subject:" in head or b"MIME-Version:" in head)
 
 
-def measure(sources: list[Source], compiled: list, reports: list[FileReport], samples: list[Sample],
-            timeout: int, min_speed: float) -> dict:
+def measure(sources: list[Source], compiled: list[tuple[RuleFile, Any]], reports: list[FileReport],
+            samples: list[Sample], timeout: int, min_speed: float) -> dict[str, Any]:
     total = sum(len(s.obj.data) for s in samples)
     baseline_rules = yara.compile(source="rule mailward_baseline { condition: false }", externals=EXTERNALS)
     baseline, passes = _timed(baseline_rules, samples, timeout, None)
-    out: dict = {"sample_objects": len(samples), "sample_bytes": total, "passes": passes,
+    out: dict[str, Any] = {"sample_objects": len(samples), "sample_bytes": total, "passes": passes,
                  "baseline_mb_per_s": _speed(total, baseline), "bundle_error": None}
     for report, (_, rules) in zip(reports, compiled):
         if rules is None:
@@ -148,7 +149,7 @@ def measure(sources: list[Source], compiled: list, reports: list[FileReport], sa
 
 
 def _timed(rules: yara.Rules, samples: list[Sample], timeout: int, passes: int | None,
-           hits: list[dict] | None = None) -> tuple[float, int]:
+           hits: list[dict[str, Any]] | None = None) -> tuple[float, int]:
     """Seconds per pass over all samples; the first pass records hits."""
     runs = 0
     started = time.perf_counter()
@@ -179,7 +180,7 @@ def _speed(total: int, seconds: float) -> float | None:
     return round(total / seconds / 1e6, 1) if seconds > 0 else float("inf")
 
 
-def print_table(reports: list[FileReport], summary: dict, min_speed: float) -> None:
+def print_table(reports: list[FileReport], summary: dict[str, Any], min_speed: float) -> None:
     measured = "baseline_mb_per_s" in summary
     print(f"{'status':7} {'rules':>5} {'warn':>4} {'MB/s':>8} {'margin':>8} {'hits':>4}  file")
     for r in reports:

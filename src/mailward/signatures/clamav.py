@@ -211,7 +211,7 @@ class ClamavDetector:
                 targets.append(_Target(location, data))
         return findings, targets
 
-    def _collect(self, calls: list[tuple[_Target, Future]], started: float) -> list[Finding]:
+    def _collect(self, calls: list[tuple[_Target, Future[str | None]]], started: float) -> list[Finding]:
         left = max(self.deadline - (self._clock() - started), 0.0)
         done, late = wait_all([f for _, f in calls], timeout=left)
         findings: list[Finding] = []

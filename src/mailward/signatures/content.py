@@ -93,7 +93,8 @@ def has_data_uri_download(head: bytes) -> bool:
         while (href := _DATA_HREF.search(head, cursor, tag_end)) is not None:
             if href.start() - opening.end() > _ANCHOR_PREFIX:
                 break
-            run_end = _BASE64_RUN.match(head, href.end(), tag_end).end()
+            run = _BASE64_RUN.match(head, href.end(), tag_end)     # matches the empty run too
+            run_end = run.end() if run is not None else href.end()
             if run_end - href.end() >= DATA_URI_MIN and \
                     _DOWNLOAD.search(head, run_end, min(tag_end, run_end + _AFTER_PAYLOAD)):
                 return True

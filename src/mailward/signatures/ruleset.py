@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from enum import Enum
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import yara
 
@@ -38,8 +39,8 @@ from ..trust import TrustedOwners
 log = logging.getLogger(__name__)
 
 # Declared at compile time: libyara silently ignores externals it was not told about.
-EXTERNALS = {"filename": "", "filepath": "", "extension": "", "filetype": "", "owner": "",
-             "mime_type": "", "depth": 0, "in_archive": False, "direction": ""}
+EXTERNALS: dict[str, str | int | bool] = {"filename": "", "filepath": "", "extension": "", "filetype": "", "owner": "",
+                                         "mime_type": "", "depth": 0, "in_archive": False, "direction": ""}
 RULE_SUFFIXES = (".yar", ".yara")
 SHIPPED_PREFIX = "mailward"
 
@@ -143,7 +144,7 @@ class RuleSet:
         marker = stamp(sources)
         digests = {s.namespace: hashlib.sha256(s.path.read_bytes()).hexdigest() for s in sources}
         fingerprint = _fingerprint(digests)
-        common = dict(fingerprint=fingerprint, directories=tuple(directories), sources_stamp=marker)
+        common: dict[str, Any] = dict(fingerprint=fingerprint, directories=tuple(directories), sources_stamp=marker)
         if not sources:
             return cls(None, (), Origin.EMPTY, **common)
         cache = _Cache.open(cache_dir, owners or TrustedOwners.of())
@@ -163,13 +164,13 @@ class RuleSet:
                 known_good |= {f.namespace for f in previous.files if f.ok}
             regressed = [f.namespace for f in files if not f.ok and f.namespace in known_good]
             if regressed:
-                kept = cache.load_bundle(last["bundle"]) if last else None
-                if kept is None and previous is not None and previous.rules is not None:
-                    kept = previous.rules
-                if kept is not None:
+                good_rules = cache.load_bundle(last["bundle"]) if last else None
+                if good_rules is None and previous is not None and previous.rules is not None:
+                    good_rules = previous.rules
+                if good_rules is not None:
                     log.error("YARA sources regressed (%s): keeping the last good rules", ", ".join(regressed))
                     cache.remember_kept(fingerprint, last["bundle"] if last else "", files)
-                    return cls(kept, files, Origin.KEPT, **common)
+                    return cls(good_rules, files, Origin.KEPT, **common)
             good = {f.namespace: f.path for f in files if f.ok}
             if not good:
                 raise ArtifactError("no YARA rule file compiles: "
@@ -262,7 +263,7 @@ class _Cache:
             log.warning("compiled rules %s do not load (%s)", path, exc)
             return None
 
-    def last_good(self) -> dict | None:
+    def last_good(self) -> dict[str, Any] | None:
         if self.directory is None:
             return None
         path = self.directory / f"last-good-{yara.YARA_VERSION}.json"
@@ -300,7 +301,9 @@ class _Cache:
         except OSError as exc:
             log.warning("cannot write the rules manifest in %s: %s", self.directory, exc)
 
-    def _write_json(self, name: str, doc: dict) -> None:
+    def _write_json(self, name: str, doc: dict[str, Any]) -> None:
+        if self.directory is None:      # callers check first; report it as the OSError they handle
+            raise OSError("no rules cache directory")
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
         with os.fdopen(fd, "w") as fh:
             json.dump(doc, fh)
@@ -308,7 +311,7 @@ class _Cache:
             os.fsync(fh.fileno())
         os.replace(tmp, self.directory / name)
 
-    def _read_json(self, path: Path) -> dict | None:
+    def _read_json(self, path: Path) -> dict[str, Any] | None:
         """A trusted JSON object, or None (missing, untrusted, unreadable or not an object)."""
         try:
             if not self.owners.trusts(path):

@@ -24,7 +24,7 @@ _CATEGORIES = {c.value: c for c in (Category.MALWARE, Category.PHISHING, Categor
                                     Category.SPAM)}
 
 
-def externals_for(obj: ContentObject, direction: str) -> dict:
+def externals_for(obj: ContentObject, direction: str) -> dict[str, str | int | bool]:
     name = obj.names[0] if obj.names else ""
     base = name.replace("\\", "/").rsplit("/", 1)[-1]
     return dict(EXTERNALS, filename=base, filepath=obj.path, extension=os.path.splitext(base)[1].lstrip(".").lower(),

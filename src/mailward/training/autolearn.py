@@ -34,11 +34,11 @@ ANALYST = "autolearn"
 
 
 def autolearn(ledger: Ledger, mails: Iterable[LabelledMail], model: SpamModel, rules: LearningSettings,
-              jobs: int = 1) -> Counter:
+              jobs: int = 1) -> Counter[str]:
     """Record the confident, guarded verdicts on ``mails``; counts of what was taken and why not."""
     classes = ledger.counts()
-    per_sender: Counter = Counter()
-    outcomes: Counter = Counter()
+    per_sender: Counter[str] = Counter()
+    outcomes: Counter[str] = Counter()
     for mail, tokens in progress(with_tokens(mails, model.features, jobs=jobs), "autolearn"):
         digest = digest_of(mail.data)
         if ledger.current_label(digest) is not None:

@@ -9,15 +9,21 @@ ROC AUC is threshold-free and says how well the scores rank spam above ham.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from ..config import LearningSettings, Settings
 from ..models.classifier import SpamModel
+from ..models.tokens import TokenizerSettings
 from .extras import import_extra
 from .streams import progress, with_tokens
+
+if TYPE_CHECKING:
+    from .sources import LabelledMail
 
 BINS = 20
 
@@ -54,10 +60,10 @@ class Evaluation:
     fp_rate: float | None          # ham at or above the spam threshold
     fn_rate: float | None          # spam below the spam threshold
     thresholds: Thresholds
-    confusion: dict = field(default_factory=dict)    # true class -> {ham, unsure, spam} counts
-    histogram: dict = field(default_factory=dict)    # true class -> counts per score bin
+    confusion: dict[str, Any] = field(default_factory=dict)    # true class -> {ham, unsure, spam} counts
+    histogram: dict[str, Any] = field(default_factory=dict)    # true class -> counts per score bin
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"model": self.model, "n": self.n, "n_ham": self.n_ham, "n_spam": self.n_spam, "auc": self.auc,
                 "one_minus_auc_percent": None if self.auc is None else 100.0 * (1.0 - self.auc),
                 "fp_rate": self.fp_rate, "fn_rate": self.fn_rate,
@@ -145,9 +151,9 @@ def regressions(candidate: Evaluation, live: Evaluation, settings: LearningSetti
     return problems
 
 
-def score_set(models: list[SpamModel], mails, jobs: int = 1) -> list[Scores]:
+def score_set(models: list[SpamModel], mails: Iterable[LabelledMail], jobs: int = 1) -> list[Scores]:
     """Score every message of a set with each model (tokenized once per tokenizer)."""
-    by_tokenizer: dict = {}
+    by_tokenizer: dict[TokenizerSettings, list[SpamModel]] = {}
     for m in models:
         by_tokenizer.setdefault(m.features.tokenizer, []).append(m)
     pairs: list[list[tuple[float, bool]]] = [[] for _ in models]

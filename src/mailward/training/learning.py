@@ -26,9 +26,10 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import islice
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -40,6 +41,11 @@ from .registry import Registry
 from .sources import LabelledMail
 from .streams import progress, with_tokens
 from .trainer import BATCH, Trainer, TrainingSettings, train
+
+if TYPE_CHECKING:
+    from scipy import sparse
+
+    from ..quarantine.store import QuarantineStore
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +64,7 @@ class Lineage:
             return cls(str(data["base"]), int(data["seq"]))
         return cls(model.version, 0)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, object]:
         return {"base": self.base, "seq": self.seq}
 
 
@@ -70,9 +76,9 @@ class UpdateResult:
     rebuilt: bool = False
 
 
-def record(ledger: Ledger, mails: Iterable[LabelledMail], analyst: str, source: str = "") -> Counter:
+def record(ledger: Ledger, mails: Iterable[LabelledMail], analyst: str, source: str = "") -> Counter[str]:
     """Append each message's label to the ledger; counts per :class:`LabelOutcome`."""
-    outcomes: Counter = Counter()
+    outcomes: Counter[str] = Counter()
     mails = iter(mails)
     while chunk := list(islice(mails, 500)):
         with ledger.batch():
@@ -82,13 +88,13 @@ def record(ledger: Ledger, mails: Iterable[LabelledMail], analyst: str, source: 
     return outcomes
 
 
-def import_quarantine(ledger: Ledger, store) -> Counter:
+def import_quarantine(ledger: Ledger, store: QuarantineStore) -> Counter[str]:
     """Copy analysts' quarantine labels (and the bytes) into the ledger, from where it left off.
 
     A message whose bytes the quarantine no longer has cannot be learned: it is
     counted as ``missing`` and passed over.
     """
-    outcomes: Counter = Counter()
+    outcomes: Counter[str] = Counter()
     mark = ledger.mark(QUARANTINE_MARK)
     while records := store.labels_since(mark, 1000):
         with ledger.batch():
@@ -134,7 +140,7 @@ def update(ledger: Ledger, model: TrainedModel, jobs: int = 1) -> UpdateResult:
         return UpdateResult(None)
     trainer = Trainer.resume(model)
     changes = ((c.digest, c.before, c.after) for c in ledger.changes(lineage.seq, upto))
-    stats: Counter = Counter()
+    stats: Counter[str] = Counter()
     learned = _learn(trainer, ledger, changes, jobs, stats)
     updated = TrainedModel(trainer.counts(), model.features, model.combiner, model.training_data)
     summary = _with_summary(updated, ledger, Lineage(lineage.base, upto), model.version,
@@ -143,7 +149,7 @@ def update(ledger: Ledger, model: TrainedModel, jobs: int = 1) -> UpdateResult:
 
 
 def _learn(trainer: Trainer, ledger: Ledger, changes: Iterable[tuple[str, str | None, str]], jobs: int,
-           stats: Counter | None = None) -> int:
+           stats: Counter[str] | None = None) -> int:
     """Learn ``(digest, before, after)`` changes in batches; a ``before`` label is also unlearned."""
     done = 0
     items = with_tokens(changes, trainer.features, _data(ledger), jobs)
@@ -153,20 +159,20 @@ def _learn(trainer: Trainer, ledger: Ledger, changes: Iterable[tuple[str, str | 
         trainer.learn_hashed(rows, [after for (_, _, after), _ in batch])
         moved = [i for i, ((_, before, _), _) in enumerate(batch) if before is not None]
         if moved:
-            unlearn(trainer, rows[moved], [batch[i][0][1] for i in moved])
+            unlearn(trainer, rows[moved], [before for (_, before, _), _ in batch if before is not None])
         if stats is not None:
             stats["relabelled"] += len(moved)
         done += len(batch)
     return done
 
 
-def unlearn(trainer: Trainer, rows, labels: list[str]) -> None:
+def unlearn(trainer: Trainer, rows: sparse.csr_matrix, labels: list[str]) -> None:
     """Take hashed messages out of the class they were learned in: the exact inverse of learning them."""
     trainer.nb.partial_fit(rows, np.asarray(labels), classes=np.array(CLASSES),
                            sample_weight=np.full(rows.shape[0], -1.0))
 
 
-def _data(ledger: Ledger):
+def _data(ledger: Ledger) -> Callable[[tuple[str, str | None, str]], bytes]:
     return lambda item: ledger.message(item[0])
 
 

@@ -30,8 +30,9 @@ from pathlib import Path
 from ..config import Settings
 from ..dbfile import prepare_database_file
 from ..errors import MailwardError
+from ..evidence import TRAINING_CLASSES
 
-CLASSES = ("ham", "spam")
+CLASSES = TRAINING_CLASSES
 BUSY_TIMEOUT = 60.0      # seconds a ledger operation waits for another process's write (a training run)
 
 _SCHEMA = """
@@ -114,7 +115,7 @@ class Ledger:
     def __enter__(self) -> Ledger:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def batch(self) -> _Batch:
@@ -144,7 +145,7 @@ class Ledger:
             self._db.execute("INSERT INTO marks (name, value) VALUES (?, ?) "
                              "ON CONFLICT (name) DO UPDATE SET value = excluded.value", (name, value))
 
-    def _write(self):
+    def _write(self) -> _Batch | _NoTransaction:
         return _NoTransaction() if self._in_batch else _Batch(self)
 
     # -- reading ---------------------------------------------------------------------------------
@@ -225,7 +226,7 @@ class _Batch:
         self.ledger._in_batch = True
         return self.ledger
 
-    def __exit__(self, exc_type, *rest) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
         self.ledger._in_batch = False
         try:
             self.ledger._db.execute("ROLLBACK" if exc_type else "COMMIT")
@@ -238,5 +239,5 @@ class _NoTransaction:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         return None

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..config import Settings
 from ..errors import ArtifactError, MailwardError
@@ -55,8 +56,8 @@ class RegistryError(MailwardError):
 class VersionInfo:
     version: str
     created: float
-    class_counts: dict
-    training_data: dict
+    class_counts: dict[str, Any]
+    training_data: dict[str, Any]
     live: bool
     refused: str = ""     # why the loader would refuse it (e.g. a format-1 pickle): listed, never loaded
 
@@ -70,9 +71,9 @@ class Promotion:
     previous: str         # the version live before ("" if none)
     actor: str
     at: float
-    evaluation: dict      # the check it passed (or "forced")
+    evaluation: dict[str, Any]      # the check it passed (or "forced")
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
@@ -111,13 +112,13 @@ class Registry:
         return saved
 
     def load(self, version: str) -> TrainedModel:
-        if version == SHIPPED and self._has_shipped():
+        if version == SHIPPED and self.shipped_dir is not None and self._has_shipped():
             return load_artifact(self.shipped_dir / SIDECAR, self.shipped_dir, self.owners)
         return load_artifact(self._sidecar(version), self.root, self.owners)
 
     def keep_shipped(self) -> str:
         """Copy the shipped model into ``versions/`` (a base must outlive package upgrades); its version."""
-        if not self._has_shipped():
+        if self.shipped_dir is None or not self._has_shipped():
             raise RegistryError("no shipped model (model.shipped_model = false, or none installed)")
         return self._import(self.shipped_dir / SIDECAR, self.shipped_dir)
 
@@ -160,7 +161,7 @@ class Registry:
             return self.load(SHIPPED)
         raise ArtifactError(f"{self.live_link}: no live spam model")
 
-    def promote(self, version: str, actor: str, evaluation: dict, action: str = "promote") -> Promotion:
+    def promote(self, version: str, actor: str, evaluation: dict[str, Any], action: str = "promote") -> Promotion:
         """Make ``version`` live with one atomic rename, and record it."""
         with self._lock():
             previous = self._register_live()

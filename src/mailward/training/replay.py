@@ -25,6 +25,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
@@ -49,7 +50,7 @@ class ReplayResult:
     evaluation: Evaluation
     curve: list[tuple[int, float | None]] = field(default_factory=list)   # (messages seen, cumulative (1-AUC)%)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"filter": self.filter, **self.evaluation.as_dict(),
                 "curve": [{"n": n, "one_minus_auc_percent": v} for n, v in self.curve]}
 
@@ -121,7 +122,7 @@ class Bogofilter:
             raise BogofilterError(f"bogofilter registration failed: {done.stderr.decode(errors='replace').strip()}")
         self.learned += 1
 
-    def _run(self, args: list[str], data: bytes) -> subprocess.CompletedProcess:
+    def _run(self, args: list[str], data: bytes) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run([self.program, "-C", "-d", str(self.directory), *args], input=data,
                               capture_output=True, timeout=120)
 

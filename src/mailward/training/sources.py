@@ -221,7 +221,7 @@ def _label_of_names(parts: tuple[str, ...]) -> str:
 
 def _label_carriers(root: Path) -> set[Path]:
     """Folders below ``root`` whose name is a label and that hold no labelled folder themselves."""
-    labelled = set()
+    labelled: set[Path] = set()
     for current, dirs, _ in os.walk(root):
         labelled.update(Path(current) / d for d in dirs if _label_of_name(d))
     return {d for d in labelled if not any(d in other.parents for other in labelled)}

@@ -8,10 +8,10 @@ order of the set, which online evaluation depends on.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from itertools import islice
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ..models.features import FeatureSettings
 from .extras import import_extra
@@ -25,7 +25,8 @@ def _tokens(args: tuple[bytes, FeatureSettings]) -> list[str]:
     return message_tokens(*args)
 
 
-def with_tokens(items: Iterable[T], features: FeatureSettings, data=lambda item: item.data,
+def with_tokens(items: Iterable[T], features: FeatureSettings,
+                data: Callable[[Any], bytes] = lambda item: item.data,
               jobs: int = 1) -> Iterator[tuple[T, list[str]]]:
     """``(item, tokens)`` for each item, in order; ``data(item)`` gives its message bytes."""
     items = iter(items)
@@ -43,4 +44,5 @@ def progress(items: Iterable[T], what: str, total: int | None = None) -> Iterabl
     if not sys.stderr.isatty():
         return items
     tqdm = import_extra("tqdm", "a progress bar").tqdm
-    return tqdm(items, desc=what, total=total, unit=" msg", file=sys.stderr, dynamic_ncols=True)
+    bar: Iterable[T] = tqdm(items, desc=what, total=total, unit=" msg", file=sys.stderr, dynamic_ncols=True)
+    return bar

@@ -14,6 +14,7 @@ import logging
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 from scipy import sparse
@@ -67,7 +68,8 @@ class Trainer:
         return NaiveBayesCounts.of(self.nb)
 
     def hashed(self, token_docs: list[list[str]]) -> sparse.csr_matrix:
-        return self.vectorizer.transform(token_docs)
+        rows: sparse.csr_matrix = self.vectorizer.transform(token_docs)
+        return rows
 
     def learn_hashed(self, rows: sparse.csr_matrix, labels: list[str]) -> None:
         if rows.shape[0]:
@@ -79,7 +81,7 @@ class Trainer:
 
 
 def train(examples: Iterable[tuple[str, list[str], str]], settings: TrainingSettings = TrainingSettings(),
-          training_data: dict | None = None) -> TrainedModel:
+          training_data: dict[str, Any] | None = None) -> TrainedModel:
     """Train and calibrate a model from ``(key, tokens, label)`` triples, labels ``ham``/``spam``.
 
     ``key`` identifies the message's content (e.g. its sha256) and decides,
@@ -141,7 +143,7 @@ def _in_calibration(key: str, share: int) -> bool:
     return int(hashlib.sha256(f"calibration:{key}".encode()).hexdigest()[:8], 16) % share == 0
 
 
-def tokenized(messages: Iterable, features: FeatureSettings) -> Iterator[tuple[str, list[str], str]]:
+def tokenized(messages: Iterable[Any], features: FeatureSettings) -> Iterator[tuple[str, list[str], str]]:
     """``(key, tokens, label)`` for :func:`train` from :class:`~.corpus.LabelledMessage` items."""
     for item in messages:
         raw = item.read()

@@ -11,6 +11,8 @@ import bz2
 import lzma
 import os
 import zlib
+from collections.abc import Callable
+from typing import Any
 
 from .meter import CHUNK, Meter
 from .model import Allowance, Incomplete, Member, MemberState, Stop, Unpacked
@@ -35,7 +37,8 @@ def unpack_xz(data: bytes, name: str, allowance: Allowance) -> Unpacked:
                    lambda: lzma.LZMADecompressor(memlimit=XZ_MEMORY_LIMIT), lzma.LZMAError, allowance)
 
 
-def _unpack(data: bytes, inner_name: str, factory, error: type[Exception], allowance: Allowance) -> Unpacked:
+def _unpack(data: bytes, inner_name: str, factory: Callable[[], Any], error: type[Exception],
+            allowance: Allowance) -> Unpacked:
     meter = Meter(allowance, len(data))
     out = bytearray()
     pending = data
@@ -55,7 +58,7 @@ def _unpack(data: bytes, inner_name: str, factory, error: type[Exception], allow
                     incomplete=() if problem is None else (problem,))
 
 
-def _drain(decompressor, data: bytes, meter: Meter, out: bytearray) -> Incomplete | None:
+def _drain(decompressor: Any, data: bytes, meter: Meter, out: bytearray) -> Incomplete | None:
     """Decompress one stream into ``out``, one bounded chunk at a time."""
     chunk = decompressor.decompress(data, CHUNK)
     while True:

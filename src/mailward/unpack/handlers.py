@@ -23,7 +23,8 @@ class Handler:
     isolated: bool        # fragile parser: runs in the sandbox with a hard time and memory limit
 
     def load(self) -> HandlerFunction:
-        return getattr(importlib.import_module(f"{__package__}.{self.module}"), self.function)
+        function: HandlerFunction = getattr(importlib.import_module(f"{__package__}.{self.module}"), self.function)
+        return function
 
 
 HANDLERS: dict[Kind, Handler] = {

@@ -9,7 +9,7 @@ its headers say.
 from __future__ import annotations
 
 import time
-from typing import BinaryIO
+from typing import IO
 
 from .model import Allowance, Collector, Incomplete, Member, MemberState, Stop
 
@@ -41,7 +41,7 @@ class Meter:
             return Incomplete(Stop.TIMEOUT, f"handler used more than {self.allowance.seconds:g}s of CPU")
         return None
 
-    def read(self, stream: BinaryIO, member_in: int | None = None) -> tuple[bytes, Incomplete | None]:
+    def read(self, stream: IO[bytes], member_in: int | None = None) -> tuple[bytes, Incomplete | None]:
         """Read ``stream`` to its end or to the first limit; the data is cut at the budget."""
         out = bytearray()
         while True:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 
 class Stop(str, Enum):
@@ -93,7 +94,7 @@ class Unpacked:
     def produced(self) -> int:
         return sum(len(m.data) for m in self.members)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         """Structure without the bytes (they travel separately): see :mod:`.sandbox`."""
         return {
             "members": [{"name": m.name, "size": len(m.data), "state": m.state.value,
@@ -103,7 +104,7 @@ class Unpacked:
         }
 
     @classmethod
-    def from_dict(cls, doc: dict, blobs: list[bytes]) -> Unpacked:
+    def from_dict(cls, doc: dict[str, Any], blobs: list[bytes]) -> Unpacked:
         members = tuple(Member(m["name"], blob, MemberState(m["state"]), m["declared_type"])
                         for m, blob in zip(doc["members"], blobs, strict=True))
         return cls(members,

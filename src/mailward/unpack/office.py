@@ -135,9 +135,10 @@ def _macros(data: bytes, name: str, out: Collector, meter: Meter) -> None:
 
 def _ole_streams(data: bytes, out: Collector, meter: Meter) -> None:
     """DDE fields in Word streams and files embedded as OLE packages (Ole10Native)."""
-    if not olefile.isOleFile(data):
+    if not olefile.isOleFile(data=data):     # positional bytes under 1536 would be opened as a path
         return
-    with olefile.OleFileIO(data) as ole:
+    ole: olefile.OleFileIO[str]     # entry names are str (the stub infers bytes from the argument)
+    with olefile.OleFileIO(io.BytesIO(data)) as ole:
         try:
             links = msodde.process_doc(ole)
         except Exception:   # msodde assumes Word streams; other OLE files may confuse it
@@ -158,7 +159,7 @@ def _ole_streams(data: bytes, out: Collector, meter: Meter) -> None:
 
 
 
-def _text(value) -> str:
+def _text(value: object) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace").strip("\x00")
     return str(value or "")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import zlib
+from collections.abc import Iterator
 
 import pikepdf
 
@@ -72,7 +73,7 @@ def _open(data: bytes, passwords: tuple[str, ...], out: Collector) -> pikepdf.Pd
         raise
 
 
-def _direct_nodes(top):
+def _direct_nodes(top: pikepdf.Object) -> Iterator[pikepdf.Object]:
     """The object and every dictionary or stream nested in it directly (indirect ones come on their own)."""
     stack = [top]
     while stack:
@@ -88,7 +89,7 @@ def _direct_nodes(top):
                      and not c.is_indirect)
 
 
-def _inspect(node, out: Collector, meter: Meter, scripts: list[str]) -> None:
+def _inspect(node: pikepdf.Object, out: Collector, meter: Meter, scripts: list[str]) -> None:
     action = str(node.get("/S", ""))
     if action == "/JavaScript" and "/JS" in node:
         code = node.get("/JS")
@@ -116,8 +117,9 @@ def _inspect(node, out: Collector, meter: Meter, scripts: list[str]) -> None:
                 break
 
 
-def _launch_target(node) -> str:
-    target = node.get("/F") or (node.get("/Win") or {}).get("/F", "")
+def _launch_target(node: pikepdf.Object) -> str:
+    win = node.get("/Win")
+    target = node.get("/F") or (win.get("/F") if win else None) or ""
     if isinstance(target, pikepdf.Dictionary):
         target = target.get("/UF") or target.get("/F") or ""
     return str(target)[:200]

@@ -46,13 +46,15 @@ def unpack(data: bytes, name: str, allowance: Allowance) -> Unpacked:
     for info in files:
         candidates = (opened_with or None,) if not info.needs_password() else \
             tuple(dict.fromkeys(p for p in (opened_with, *allowance.passwords) if p))
-        content, problem, used = None, None, None
-        for password in candidates:
+        content: bytes | None = None
+        problem: Incomplete | None = None
+        used: str | None = None
+        for candidate in candidates:
             start = meter.produced
             try:
-                with archive.open(info, pwd=password) as stream:
+                with archive.open(info, pwd=candidate) as stream:
                     content, problem = meter.read(stream, info.compress_size)
-                used = password
+                used = candidate
                 break
             except _FAILURES as exc:
                 meter.produced = start
@@ -63,7 +65,8 @@ def unpack(data: bytes, name: str, allowance: Allowance) -> Unpacked:
                 out.members.append(Member(info.filename, state=MemberState.ENCRYPTED))
             else:
                 out.members.append(Member(info.filename, state=MemberState.UNREAD))
-                out.incomplete.append(problem)
+                if problem is not None:
+                    out.incomplete.append(problem)
             continue
         if used and info.needs_password():
             opened_with = used

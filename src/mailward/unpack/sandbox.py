@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, Any
 
 from .model import Allowance, Stop, Unpacked, stopped
 from .sniff import Kind
@@ -39,7 +39,7 @@ class Sandbox:
     def __init__(self, timeout: float, memory: int):
         self.timeout = timeout
         self.memory = memory
-        self._process: subprocess.Popen | None = None
+        self._process: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
 
     def run(self, kind: Kind, data: bytes, name: str, allowance: Allowance) -> Unpacked:
@@ -56,8 +56,9 @@ class Sandbox:
                                      "passwords": list(allowance.passwords), "seconds": allowance.seconds}}
             deadline = time.monotonic() + self.timeout
             try:
-                write_frame(process.stdin, request, [data])
-                answer, blobs = read_frame(process.stdout.fileno(), deadline)
+                stdin, stdout = _pipes(process)
+                write_frame(stdin, request, [data])
+                answer, blobs = read_frame(stdout.fileno(), deadline)
             except TimeoutError:
                 self._kill()
                 return stopped(Stop.TIMEOUT, f"{kind.value} parser ran more than {self.timeout:g}s")
@@ -78,12 +79,12 @@ class Sandbox:
             if process is None:
                 return
             try:
-                process.stdin.close()
+                _pipes(process)[0].close()
                 process.wait(timeout=2)
             except (OSError, subprocess.TimeoutExpired):
                 _kill_group(process)
 
-    def _started(self) -> subprocess.Popen:
+    def _started(self) -> subprocess.Popen[bytes]:
         if self._process is not None and self._process.poll() is None:
             return self._process
         env = dict(os.environ)
@@ -93,7 +94,7 @@ class Sandbox:
             [sys.executable, "-m", "mailward.unpack.sandbox", str(self.memory), str(self.timeout)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             env=env, start_new_session=True, close_fds=True)
-        hello, _ = read_frame(self._process.stdout.fileno(), time.monotonic() + START_TIMEOUT)
+        hello, _ = read_frame(_pipes(self._process)[1].fileno(), time.monotonic() + START_TIMEOUT)
         if not hello.get("ready"):
             raise ValueError("unexpected greeting")
         return self._process
@@ -103,7 +104,14 @@ class Sandbox:
         return _kill_group(process) if process is not None else None
 
 
-def _kill_group(process: subprocess.Popen) -> int | None:
+def _pipes(process: subprocess.Popen[bytes]) -> tuple[IO[bytes], IO[bytes]]:
+    """The child's stdin and stdout: always piped, so None is a bug, raised as the OSError callers handle."""
+    if process.stdin is None or process.stdout is None:
+        raise OSError("parser sandbox has no pipes")
+    return process.stdin, process.stdout
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> int | None:
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -115,18 +123,19 @@ def _kill_group(process: subprocess.Popen) -> int | None:
     finally:
         for pipe in (process.stdin, process.stdout):
             try:
-                pipe.close()
+                if pipe is not None:
+                    pipe.close()
             except OSError:
                 pass
 
 
-def write_frame(stream: BinaryIO, header: dict, blobs: list[bytes]) -> None:
+def write_frame(stream: IO[bytes], header: dict[str, Any], blobs: list[bytes]) -> None:
     encoded = json.dumps(dict(header, blobs=[len(b) for b in blobs])).encode()
     stream.write(b"".join([_LENGTH.pack(len(encoded)), encoded, *blobs]))     # one write: one wake-up
     stream.flush()
 
 
-def read_frame(fd: int, deadline: float | None) -> tuple[dict, list[bytes]]:
+def read_frame(fd: int, deadline: float | None) -> tuple[dict[str, Any], list[bytes]]:
     """Read one frame from ``fd``; TimeoutError past ``deadline`` (None: wait for ever)."""
     (size,) = _LENGTH.unpack(_read_exact(fd, _LENGTH.size, deadline))
     header = json.loads(_read_exact(fd, size, deadline))

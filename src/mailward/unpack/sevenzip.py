@@ -101,7 +101,8 @@ def _extract(archive: py7zr.SevenZipFile, names: list[str], allowance: Allowance
     try:
         archive.extract(targets=targets if targets is not names else None, factory=sinks)
     except _LimitReached:
-        out.incomplete.append(sinks.problem)
+        if sinks.problem is not None:       # set before _LimitReached is raised
+            out.incomplete.append(sinks.problem)
     for filename in targets:
         sink = sinks.sinks.get(filename)
         if sink is None:

@@ -43,5 +43,5 @@ class Unpacker:
     def __enter__(self) -> Unpacker:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

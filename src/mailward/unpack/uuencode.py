@@ -42,11 +42,11 @@ def unpack(data: bytes, name: str, allowance: Allowance) -> Unpacked:
         while end is not None and end.start() < begin.end():
             end = next(ends, None)
         limit = begins[index + 1].start() if index + 1 < len(begins) else len(data)
-        closed = end is not None and end.start() < limit
+        stop = end.start() if end is not None and end.start() < limit else None
         decoded = bytearray()
-        for line in data[begin.end():end.start() if closed else limit].splitlines():
+        for line in data[begin.end():limit if stop is None else stop].splitlines():
             decoded += _decode_line(line)
-        unterminated += not closed
+        unterminated += stop is None
         if not collect(out, meter, begin.group(1).decode("latin-1").strip(), bytes(decoded)):
             break
     if unterminated:

@@ -86,7 +86,7 @@ def overlapping_entry(data: bytes, infos: list[zipfile.ZipInfo], directory_start
     return ""
 
 
-def _read(archive: zipfile.ZipFile, info: zipfile.ZipInfo, meter: Meter):
+def _read(archive: zipfile.ZipFile, info: zipfile.ZipInfo, meter: Meter) -> tuple[bytes, Incomplete | None]:
     try:
         with archive.open(info) as stream:
             return meter.read(stream, info.compress_size)
@@ -104,16 +104,19 @@ class _Passwords:
         self.locked = 0
         self.opened = 0
 
-    def read(self, info: zipfile.ZipInfo, meter: Meter):
+    def read(self, info: zipfile.ZipInfo, meter: Meter) -> tuple[bytes | None, Incomplete | None]:
         if self._candidates and self._archive is None:
             try:
                 self._archive = pyzipper.AESZipFile(io.BytesIO(self._data))
             except _ERRORS:
                 self._candidates = []
+        archive = self._archive
         for password in list(self._candidates):
+            if archive is None:      # not opened: no candidates left
+                break
             start = meter.produced
             try:
-                with self._archive.open(info.filename, pwd=password.encode("utf-8")) as stream:
+                with archive.open(info.filename, pwd=password.encode("utf-8")) as stream:
                     content, problem = meter.read(stream, info.compress_size)
             except _ERRORS:
                 meter.produced = start        # a wrong password's garbage is not charged

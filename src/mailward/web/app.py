@@ -41,8 +41,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..config import Settings
 from ..envelope import Direction
 from ..errors import MailwardError
+from ..evidence import Label
 from ..quarantine.links import RecipientLink, verify_link
-from ..quarantine.records import Label, ListFilter, Removal, Status, check_id
+from ..quarantine.records import ListFilter, Removal, Status, check_id
 from ..quarantine.release import ReleaseOutcome
 from ..quarantine.render import when
 from ..quarantine.service import QuarantineService, block_sender, list_sender, web_actor
