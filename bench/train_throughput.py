@@ -101,12 +101,12 @@ def main() -> int:
             print(f"mailward train {name:>13}: {len(part):>6} msgs in {seconds:7.1f} s = "
                   f"{len(part) / seconds:6.1f} msg/s, peak RSS {peak} MiB, model {report['candidate']} "
                   f"{report['class_counts']}")
+        state, trained = work / f"state-{len(train_rows)}", report["candidate"]   # what --update continues
         if args.scale:
             mboxes = write_scaled_mboxes(train_rows, args.corpus, args.scale, work)
             report, seconds, peak = mailward(work / "state-scaled", "train", *map(str, mboxes), "--jobs", args.jobs)
             print(f"mailward train {'scaled mboxes':>13}: {args.scale:>6} msgs in {seconds:7.1f} s = "
                   f"{args.scale / seconds:6.1f} msg/s, peak RSS {peak} MiB, model {report['class_counts']}")
-        state, trained = work / f"state-{len(train_rows)}", report["candidate"]
         listing = write_list(test_rows, args.corpus, work / "test.tsv")
         report, seconds, peak = mailward(state, "train", "--update", "--from", trained, str(listing),
                                          "--jobs", args.jobs)

@@ -28,7 +28,7 @@ from ..errors import ArtifactError
 if TYPE_CHECKING:
     from ..models.artifact import TrainedModel
     from ..training.evaluate import Evaluation
-    from ..training.registry import Registry
+    from ..training.registry import AnyRegistry
 
 # scikit-learn and the training modules load in the handlers: other subcommands stay quick to start.
 
@@ -83,7 +83,7 @@ def _set_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=int, default=1, help="tokenizing processes")
 
 
-def _load(registry: Registry, settings: Settings, name: str) -> TrainedModel:
+def _load(registry: AnyRegistry, settings: Settings, name: str) -> TrainedModel:
     return registry.live() if name == LIVE else registry.load(name)
 
 

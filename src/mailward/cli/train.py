@@ -26,7 +26,7 @@ from ..trust import TrustedOwners
 if TYPE_CHECKING:
     from ..training.learning import UpdateResult
     from ..training.ledger import Ledger
-    from ..training.registry import Registry
+    from ..training.registry import AnyRegistry
 
 # scikit-learn and the training modules load in the handler: other subcommands stay quick to start.
 
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _update(ledger: Ledger, registry: Registry, settings: Settings, args: argparse.Namespace) -> UpdateResult:
+def _update(ledger: Ledger, registry: AnyRegistry, settings: Settings, args: argparse.Namespace) -> UpdateResult:
     from ..training.learning import Lineage, UpdateResult, rebuild, update
     from ..training.registry import SHIPPED
 
@@ -123,7 +123,7 @@ def _outcomes(counts: Counter[Any]) -> dict[str, int]:
     return {getattr(k, "value", k): n for k, n in counts.items()}
 
 
-def _report(result: UpdateResult, registry: Registry) -> dict[str, Any]:
+def _report(result: UpdateResult, registry: AnyRegistry) -> dict[str, Any]:
     if result.model is None:
         return {"candidate": None, "summary": "nothing new to learn; no candidate model"}
     model = result.model

@@ -13,6 +13,8 @@ from .gtube import GtubeDetector
 
 if TYPE_CHECKING:
     from ..detector import Detector
+    from .loader import ModelSource
+
 
 
 def detectors(settings: Settings) -> list[Detector]:
@@ -22,5 +24,16 @@ def detectors(settings: Settings) -> list[Detector]:
 
     loader = ModelLoader(settings.model_dir, shipped=settings.model.shipped_model,
                          check_interval=settings.model.check_interval, on_refusal=model_refusal_alert(settings),
-                         owners=TrustedOwners.of(settings.milter.user))
+                         owners=TrustedOwners.of(settings.milter.user), source=model_source(settings))
     return [GtubeDetector(), SpamDetector(loader)]
+
+
+def model_source(settings: Settings) -> ModelSource | None:
+    """Where the live model comes from: the database registry with the PostgreSQL backend (one model
+    for many hosts), else None (the model directory)."""
+    if settings.quarantine.backend != "postgresql":
+        return None
+    from .database import ModelDatabase
+    from .loader import DatabaseSource
+
+    return DatabaseSource(ModelDatabase(settings.quarantine.dsn, settings.quarantine.write_timeout, keep_open=True))

@@ -82,19 +82,31 @@ def save_artifact(model: TrainedModel, directory: str | Path, sidecar_name: str 
     """
     directory = Path(directory)
     directory.mkdir(mode=MODEL_DIR_MODE, parents=True, exist_ok=True)
+    if min(model.counts.class_count) < 1:
+        raise ArtifactError(f"{directory}: a spam model needs at least one ham and one spam message")
+    sidecar, data = encode_artifact(model, Path(sidecar_name).stem, version)
+    write_atomic(directory / sidecar["artifact"], data)
+    write_atomic(directory / sidecar_name, (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode())
+    return TrainedModel(model.counts, model.features, model.combiner, model.training_data,
+                        str(sidecar["model_version"]))
+
+
+def encode_artifact(model: TrainedModel, stem: str = Path(SIDECAR).stem,
+                    version: str = "") -> tuple[dict[str, Any], bytes]:
+    """The sidecar and payload bytes of ``model``, wherever they are kept (files here, or the
+    database registry of :mod:`.database`). The version is derived from the payload unless given."""
     counts = model.counts
     if min(counts.class_count) < 1:
-        raise ArtifactError(f"{directory}: a spam model needs at least one ham and one spam message")
+        raise ArtifactError(f"model {version or '(new)'}: a spam model needs at least one ham and one spam message")
     data = _npz({"class_count": counts.class_count, "column_steps": np.diff(counts.columns.astype(np.int64), prepend=0),
                  "counts": counts.counts})
     digest = hashlib.sha256(data).hexdigest()
     version = version or f"nb-{digest[:12]}"
-    artifact = f"{Path(sidecar_name).stem}-{digest[:16]}{PAYLOAD_SUFFIX}"
     sidecar = {
         "kind": KIND,
         "format_version": FORMAT_VERSION,
         "model_version": version,
-        "artifact": artifact,
+        "artifact": f"{stem}-{digest[:16]}{PAYLOAD_SUFFIX}",
         "sha256": digest,
         "size": len(data),
         "sklearn_version": sklearn.__version__,
@@ -104,9 +116,7 @@ def save_artifact(model: TrainedModel, directory: str | Path, sidecar_name: str 
         "class_counts": model.class_counts,
         "training_data": model.training_data,
     }
-    write_atomic(directory / artifact, data)
-    write_atomic(directory / sidecar_name, (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode())
-    return TrainedModel(counts, model.features, model.combiner, model.training_data, version)
+    return sidecar, data
 
 
 def load_artifact(sidecar_path: str | Path, root: str | Path, owners: TrustedOwners | None = None) -> TrainedModel:
@@ -121,8 +131,25 @@ def load_artifact(sidecar_path: str | Path, root: str | Path, owners: TrustedOwn
     if checked:
         owners.require(sidecar_path, Path(root))
         owners.require(payload_path, Path(root))
-    data = _checked_payload(payload_path, meta, sidecar_path)
-    features = _features(meta, sidecar_path)
+    try:
+        data = payload_path.read_bytes()
+    except OSError as exc:
+        raise ArtifactError(f"{payload_path}: cannot read: {exc.strerror}") from None
+    return decode_artifact(meta, data, sidecar_path, payload_path)
+
+
+def decode_artifact(meta: dict[str, Any], data: bytes, where: str | Path,
+                    payload_where: str | Path = "") -> TrainedModel:
+    """The model a checked sidecar (:func:`parse_sidecar`) and its payload bytes describe.
+
+    Refuses payload bytes whose sha256 is not the sidecar's and payloads that are
+    not a spam model's arrays; ``where`` names the sidecar in errors.
+    """
+    payload_where = payload_where or where
+    if hashlib.sha256(data).hexdigest() != meta["sha256"]:
+        raise ArtifactError(f"{payload_where}: sha256 does not match {Path(str(where)).name}; "
+                            f"refusing a corrupt model")
+    features = _features(meta, where)
     try:
         alpha = float(meta["naive_bayes"]["alpha"])
         combiner = Combiner(**meta["combiner"])
@@ -131,20 +158,10 @@ def load_artifact(sidecar_path: str | Path, root: str | Path, owners: TrustedOwn
                 and combiner.evidence_per_side >= 1):
             raise ValueError("alpha must be positive, the calibration finite, evidence_per_side a count")
     except (KeyError, TypeError, ValueError) as exc:
-        raise ArtifactError(f"{sidecar_path}: bad model settings ({exc})") from None
-    arrays = _read_npz(data, payload_path, features.n_features)
+        raise ArtifactError(f"{where}: bad model settings ({exc})") from None
+    arrays = _read_npz(data, payload_where, features.n_features)
     counts = NaiveBayesCounts(arrays["class_count"], arrays["columns"], arrays["counts"], features.n_features, alpha)
     return TrainedModel(counts, features, combiner, dict(meta.get("training_data", {})), str(meta["model_version"]))
-
-
-def _checked_payload(payload_path: Path, meta: dict[str, Any], sidecar_path: Path) -> bytes:
-    try:
-        data = payload_path.read_bytes()
-    except OSError as exc:
-        raise ArtifactError(f"{payload_path}: cannot read: {exc.strerror}") from None
-    if hashlib.sha256(data).hexdigest() != meta["sha256"]:
-        raise ArtifactError(f"{payload_path}: sha256 does not match {sidecar_path.name}; refusing a corrupt model")
-    return data
 
 
 def _npz(arrays: dict[str, np.ndarray]) -> bytes:
@@ -169,7 +186,7 @@ def _declared_size(archive: zipfile.ZipFile, member: str) -> int:
     return math.prod(shape) * dtype.itemsize
 
 
-def _read_npz(data: bytes, path: Path, n_features: int) -> dict[str, np.ndarray]:
+def _read_npz(data: bytes, path: str | Path, n_features: int) -> dict[str, np.ndarray]:
     """The payload's arrays, checked for name, type, shape and consistency before anything uses them.
 
     Columns are stored as steps from the previous one (sorted columns: small
@@ -201,7 +218,7 @@ def _read_npz(data: bytes, path: Path, n_features: int) -> dict[str, np.ndarray]
         raise ArtifactError(f"{path}: payload arrays do not have a spam model's types and shapes")
     if len(steps) and (steps[0] < 0 or np.any(steps[1:] < 1) or np.any(steps >= n_features)):
         raise ArtifactError(f"{path}: payload columns are not distinct, sorted and below {n_features}")
-    columns = np.cumsum(steps)           # each step below n_features, so no overflow
+    columns = np.cumsum(steps, out=steps)   # in place: no second column-sized array; each step < n_features
     if len(columns) and columns[-1] >= n_features:
         raise ArtifactError(f"{path}: payload columns are not distinct, sorted and below {n_features}")
     if not (np.all(np.isfinite(counts)) and np.all(counts >= 0) and np.all(np.isfinite(class_count))
@@ -211,12 +228,21 @@ def _read_npz(data: bytes, path: Path, n_features: int) -> dict[str, np.ndarray]
 
 
 def read_sidecar(path: Path) -> dict[str, Any]:
-    """Parse and check a sidecar: kind, format and library versions."""
+    """Parse and check a sidecar file: kind, format and library versions."""
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ArtifactError(f"{path}: cannot read: {exc.strerror}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise ArtifactError(f"{path}: not a JSON sidecar ({exc})") from None
+    return parse_sidecar(text, path)
+
+
+def parse_sidecar(text: str, path: str | Path) -> dict[str, Any]:
+    """Parse and check a sidecar's JSON text, from a file or the database: kind, format and library versions."""
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as exc:
         raise ArtifactError(f"{path}: not a JSON sidecar ({exc})") from None
     if not isinstance(meta, dict) or meta.get("kind") != KIND:
         raise ArtifactError(f"{path}: not a Mailward spam model sidecar")
@@ -236,7 +262,7 @@ def read_sidecar(path: Path) -> dict[str, Any]:
     return meta
 
 
-def _features(meta: dict[str, Any], path: Path) -> FeatureSettings:
+def _features(meta: dict[str, Any], path: str | Path) -> FeatureSettings:
     spec = meta["features"]
     try:
         tokenizer = TokenizerSettings(**spec["tokenizer"])

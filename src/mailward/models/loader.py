@@ -1,26 +1,36 @@
 """Keep the live spam model current without a restart, and never lose the last good one.
 
 Each worker process owns one loader. Asking it for the model costs a clock read;
-at most every ``check_interval`` seconds it also stats the model directory's
-sidecar, and only when that changed (a promotion renames a new sidecar into
-place) does it load and verify the new artifact. A bad artifact (corrupt, of
-another format, or in files someone other than root or the service user could
-have written) is logged and refused; the model already in use stays live.
+at most every ``check_interval`` seconds it also checks its source for a new
+live model, and only when that changed does it load and verify the new
+artifact. A bad artifact (corrupt, of another format, or in files someone other
+than root or the service user could have written) is logged and refused; the
+model already in use stays live.
+
+Two sources: the model directory (a stat of its sidecar; a promotion renames a
+new one into place), or, with the PostgreSQL backend, the database registry
+(:mod:`.database`; one small query for the latest promotion). A database check
+runs in a thread of its own, so no message ever waits on the database: the
+message that starts a check is scored with the model in memory, and a later one
+finds the new model swapped in. The database is read once per promotion.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from ..errors import ArtifactError
 from ..trust import TrustedOwners
 from .artifact import SHIPPED_DIR, SIDECAR, load_artifact
 from .classifier import SpamModel
+from .database import Live, ModelDatabase, RegistryUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +55,66 @@ def _identity(path: Path) -> _Seen | None:
     return _Seen(st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-class ModelLoader:
-    """The live model: the model directory's if it has one, else the shipped default (if allowed).
+class ModelSource(Protocol):
+    """Where the live model comes from: ``identity`` is cheap and changes when the live model does."""
 
-    Raises :class:`ArtifactError` at construction only when no model at all can be
-    loaded; later failures keep the current model.
+    where: str
+    remote: bool            # checks may wait on the network: run them off the scanning thread
+
+    def identity(self) -> Hashable | None:
+        """None when the source has no live model; ArtifactError when it cannot tell."""
+
+    def load(self, identity: Hashable) -> SpamModel: ...
+
+
+class DirectorySource:
+    """The model directory's ``spam.json`` (a file or the registry's link)."""
+
+    remote = False
+
+    def __init__(self, directory: Path, owners: TrustedOwners) -> None:
+        self.directory = directory
+        self.sidecar = directory / SIDECAR
+        self.owners = owners
+        self.where = str(directory)
+
+    def identity(self) -> Hashable | None:
+        return _identity(self.sidecar)
+
+    def load(self, identity: Hashable) -> SpamModel:
+        return load_artifact(self.sidecar, self.directory, self.owners).scorer()
+
+
+class DatabaseSource:
+    """The version of the registry's latest promotion in PostgreSQL (:mod:`.database`)."""
+
+    remote = True
+
+    def __init__(self, database: ModelDatabase) -> None:
+        self.database = database
+        self.where = database.where
+
+    def identity(self) -> Hashable | None:
+        return self.database.live()
+
+    def load(self, identity: Hashable) -> SpamModel:
+        if not isinstance(identity, Live):
+            raise TypeError(f"not a promotion: {identity!r}")
+        return self.database.load(identity.version).scorer()
+
+
+class ModelLoader:
+    """The live model: the source's if it has one, else the shipped default (if allowed).
+
+    The source is the model directory unless ``source`` names another (the
+    database registry). Raises :class:`ArtifactError` at construction only when
+    no model at all can be loaded; later failures keep the current model.
     """
 
     def __init__(self, directory: str | Path, shipped: bool = True, check_interval: float = 5.0,
                  clock: Callable[[], float] = time.monotonic, shipped_dir: Path = SHIPPED_DIR,
-                 on_refusal: Callable[[str], None] | None = None, owners: TrustedOwners | None = None):
+                 on_refusal: Callable[[str], None] | None = None, owners: TrustedOwners | None = None,
+                 source: ModelSource | None = None) -> None:
         self.directory = Path(directory)
         self.sidecar = self.directory / SIDECAR
         self.shipped = shipped
@@ -62,54 +122,81 @@ class ModelLoader:
         self.check_interval = check_interval
         self.clock = clock
         self.owners = owners or TrustedOwners.of()
-        self._seen: _Seen | None = None
+        self.source: ModelSource = source or DirectorySource(self.directory, self.owners)
+        self._seen: Hashable | None = None
         self._checked = clock()
+        self._checking: threading.Thread | None = None   # a remote source's check in progress
         self._on_refusal = on_refusal     # e.g. an alert: a model that cannot be read needs a human
         self._refusal = ""                # the last reason reported, so a lasting problem is reported once
+        self._problem = ""                # the source's last failure to answer, logged once
         self._model: SpamModel = self._load_initial()
 
     def current(self) -> SpamModel:
         now = self.clock()
         if now - self._checked >= self.check_interval:
             self._checked = now
-            self._refresh()
+            if not self.source.remote:
+                self._refresh()
+            elif self._checking is None or not self._checking.is_alive():
+                self._checking = threading.Thread(target=self._refresh, name="model-check", daemon=True)
+                self._checking.start()
         return self._model
+
+    def settle(self, timeout: float | None = None) -> None:
+        """Wait for a check in progress to finish (tests, and a clean exit)."""
+        if self._checking is not None:
+            self._checking.join(timeout)
 
     def _load_initial(self) -> SpamModel:
         failure: ArtifactError | None = None
         try:
-            self._seen = _identity(self.sidecar)
+            self._seen = self.source.identity()
             if self._seen is not None:
-                return self._load_configured()
+                return self._load_configured(self._seen)
         except ArtifactError as exc:
             failure = exc
+            if isinstance(exc, RegistryUnavailable):
+                self._seen = None      # the database did not answer: load at the next check
             log.error("spam model refused: %s", exc)
             self._refused(str(exc))
         if not self.shipped:
-            raise failure or ArtifactError(f"{self.sidecar}: no spam model, and the shipped model is disabled")
+            raise failure or ArtifactError(f"{self.source.where}: no spam model, and the shipped model is disabled")
         model = load_artifact(self.shipped_dir / SIDECAR, self.shipped_dir, self.owners).scorer()
         log.info("spam model %s (shipped default) in use", model.version)
         return model
 
     def _refresh(self) -> None:
+        """Load the source's live model if it changed; runs on a thread of its own for a remote source,
+        where it is the only code touching ``_seen`` (``_model`` is swapped in one assignment)."""
         try:
-            seen = _identity(self.sidecar)
+            seen = self.source.identity()
         except ArtifactError as exc:   # e.g. a root-owned 0700 model directory: keep scanning with what we have
-            log.error("spam model directory unreadable, keeping %s: %s", self._model.version, exc)
+            if not self._problem:              # a lasting outage is logged once, not at every check
+                log.error("spam model %s unreadable, keeping %s: %s", "registry" if self.source.remote else "directory",
+                          self._model.version, exc)
+            self._problem = str(exc)
             self._refused(str(exc))
             return
         if seen == self._seen:
+            if self._problem:
+                log.info("spam model source %s answers again; model %s stays", self.source.where,
+                         self._model.version)
+                self._problem = ""
             return
         self._seen = seen
         if seen is None:
-            log.warning("spam model sidecar %s disappeared; keeping model %s", self.sidecar, self._model.version)
+            log.warning("spam model source %s has no live model any more; keeping model %s",
+                        self.source.where, self._model.version)
             return
         try:
-            self._model = self._load_configured()
-            self._refusal = ""
+            self._model = self._load_configured(seen)
+            self._refusal = self._problem = ""
         except ArtifactError as exc:
-            log.error("new spam model refused, keeping %s: %s", self._model.version, exc)
-            self._seen = None if "cannot read" in str(exc) else seen   # unreadable: retry at the next check
+            if not self._problem:
+                log.error("new spam model refused, keeping %s: %s", self._model.version, exc)
+            unreadable = isinstance(exc, RegistryUnavailable) or "cannot read" in str(exc)
+            self._seen = None if unreadable else seen   # unreadable: retry at the next check
+            self._problem = str(exc) if unreadable else ""
             self._refused(str(exc))
 
     def _refused(self, reason: str) -> None:
@@ -121,7 +208,7 @@ class ModelLoader:
         except Exception:      # reporting never costs the model in use
             log.exception("could not report the refused spam model")
 
-    def _load_configured(self) -> SpamModel:
-        model = load_artifact(self.sidecar, self.directory, self.owners).scorer()
-        log.info("spam model %s loaded from %s", model.version, self.directory)
+    def _load_configured(self, seen: Hashable) -> SpamModel:
+        model = self.source.load(seen)
+        log.info("spam model %s loaded from %s", model.version, self.source.where)
         return model

@@ -48,6 +48,7 @@ done on one host is recognised by the milter on every other. Each process
 opens at most 8 connections; size ``max_connections`` for hosts × processes.
 Run ``mailward quarantine purge`` from one host's timer (running it on
 several is harmless). Back up with ``pg_dump`` or base backups + WAL archiving.
+The spam model registry lives in the same database (``mailward.models.database``).
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from ..errors import StoreError
 from ..models.artifact import TrainedModel
 from ..models.classifier import CLASSES
 from .ledger import Ledger
-from .registry import Registry
+from .registry import AnyRegistry
 from .sources import LabelledMail
 from .streams import progress, with_tokens
 from .trainer import BATCH, Trainer, TrainingSettings, train
@@ -113,7 +113,7 @@ def import_quarantine(ledger: Ledger, store: QuarantineStore) -> Counter[str]:
     return outcomes
 
 
-def rebuild(ledger: Ledger, registry: Registry, base: str = "", jobs: int = 1,
+def rebuild(ledger: Ledger, registry: AnyRegistry, base: str = "", jobs: int = 1,
             settings: TrainingSettings = TrainingSettings()) -> TrainedModel:
     """Base counts plus every message's current label, as of the ledger's last entry."""
     upto = ledger.last_seq()

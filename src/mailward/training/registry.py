@@ -14,6 +14,10 @@ the new one. A ``spam.json`` that is a plain file (written by hand or by
 ``build_default``) is first copied into ``versions/`` so that it can be rolled back to.
 Every model is loaded as the milter would load it: only from files owned by root
 or the service user that nobody else can write.
+
+With the PostgreSQL backend the registry is :class:`DatabaseRegistry` instead:
+the same operations on the tables of :mod:`mailward.models.database`, so a
+promotion made on one host is what every milter host's loader loads next.
 """
 
 from __future__ import annotations
@@ -38,9 +42,11 @@ from ..models.artifact import (
     SIDECAR,
     TrainedModel,
     load_artifact,
+    parse_sidecar,
     read_sidecar,
     save_artifact,
 )
+from ..models.database import ModelDatabase
 from ..trust import TrustedOwners
 
 VERSIONS = "versions"
@@ -89,9 +95,14 @@ class Registry:
         self.shipped_dir = shipped_dir
 
     @classmethod
-    def of(cls, settings: Settings) -> Registry:
-        return cls(settings.model_dir, SHIPPED_DIR if settings.model.shipped_model else None,
-                   TrustedOwners.of(settings.milter.user))
+    def of(cls, settings: Settings) -> Registry | DatabaseRegistry:
+        """The configured registry: in the database with the PostgreSQL backend, else in the model directory."""
+        shipped_dir = SHIPPED_DIR if settings.model.shipped_model else None
+        owners = TrustedOwners.of(settings.milter.user)
+        if settings.quarantine.backend == "postgresql":
+            return DatabaseRegistry(ModelDatabase(settings.quarantine.dsn, settings.quarantine.write_timeout),
+                                    shipped_dir, owners)
+        return cls(settings.model_dir, shipped_dir, owners)
 
     # -- candidates ------------------------------------------------------------------------------
 
@@ -183,13 +194,7 @@ class Registry:
 
     def rollback_target(self) -> str:
         """The version that was live before the current one was promoted."""
-        current = self.live_version()
-        for entry in reversed(self.history()):
-            if entry.action == "promote" and entry.version == current:
-                if not entry.previous:
-                    break
-                return entry.previous
-        raise RegistryError(f"{self.root}: nothing to roll back to from {current or 'no model'}")
+        return _rollback_target(self.live_version(), self.history(), str(self.root))
 
     def history(self) -> list[Promotion]:
         try:
@@ -255,9 +260,109 @@ class Registry:
             yield
 
 
+class DatabaseRegistry:
+    """The registry in PostgreSQL (``quarantine.backend = "postgresql"``): what :class:`Registry`
+    does, for every host at once. The live version is the last promotion's; nothing is linked."""
+
+    def __init__(self, database: ModelDatabase, shipped_dir: Path | None = SHIPPED_DIR,
+                 owners: TrustedOwners | None = None) -> None:
+        self.database = database
+        self.shipped_dir = shipped_dir
+        self.owners = owners or TrustedOwners.of()
+        self.versions_dir = database.where       # where candidates are saved, as messages name it
+        database.create_schema()
+
+    def add(self, model: TrainedModel) -> TrainedModel:
+        """Save a trained model as a candidate version (not live); returns it with its version."""
+        return self.database.add(model)
+
+    def load(self, version: str) -> TrainedModel:
+        if version == SHIPPED and self._has_shipped():
+            return self._shipped()
+        if not version or not self.database.has(version):
+            raise RegistryError(f"{self.database.where}: no model version {version} (see `mailward model list`)")
+        return self.database.load(version)
+
+    def keep_shipped(self) -> str:
+        """Store the shipped model as a version (a base must outlive package upgrades); its version."""
+        if not self._has_shipped():
+            raise RegistryError("no shipped model (model.shipped_model = false, or none installed)")
+        model = self._shipped()
+        return self.database.add(model, version=model.version).version
+
+    def keep_live(self) -> str:
+        live = self.database.live()
+        return live.version if live is not None else self.keep_shipped()
+
+    def versions(self) -> list[VersionInfo]:
+        live = self.live_version()
+        out = []
+        for stored in self.database.versions():
+            try:
+                meta = parse_sidecar(stored.sidecar, f"{self.database.where}: version {stored.version}")
+            except ArtifactError as exc:
+                out.append(VersionInfo(stored.version, stored.created, {}, {}, False, str(exc)))
+                continue
+            out.append(VersionInfo(stored.version, stored.created, meta.get("class_counts", {}),
+                                   meta.get("training_data", {}), stored.version == live))
+        return out
+
+    def live_version(self) -> str:
+        live = self.database.live()
+        if live is not None:
+            return live.version
+        return SHIPPED if self._has_shipped() else ""
+
+    def live(self) -> TrainedModel:
+        """The live model as every milter host's loader picks it."""
+        live = self.database.live()
+        if live is not None:
+            return self.database.load(live.version)
+        if self._has_shipped():
+            return self._shipped()
+        raise ArtifactError(f"{self.database.where}: no live spam model")
+
+    def promote(self, version: str, actor: str, evaluation: dict[str, Any], action: str = "promote") -> Promotion:
+        """Make ``version`` live on every host (one INSERT), and record it."""
+        if version == SHIPPED:
+            version = self.keep_shipped()
+        self.load(version)                     # never make live a model the loaders would refuse
+        at = time.time()
+        previous = self.database.promote(version, action, actor, evaluation, at)
+        return Promotion(action, version, previous, actor, at, evaluation)
+
+    def rollback_target(self) -> str:
+        return _rollback_target(self.live_version(), self.history(), self.database.where)
+
+    def history(self) -> list[Promotion]:
+        return [Promotion(p.action, p.version, p.previous, p.actor, p.at, p.evaluation)
+                for p in self.database.history()]
+
+    def _has_shipped(self) -> bool:
+        return self.shipped_dir is not None and (self.shipped_dir / SIDECAR).exists()
+
+    def _shipped(self) -> TrainedModel:
+        assert self.shipped_dir is not None
+        return load_artifact(self.shipped_dir / SIDECAR, self.shipped_dir, self.owners)
+
+
+def _rollback_target(current: str, history: list[Promotion], where: str) -> str:
+    """The version that was live before ``current`` was promoted."""
+    for entry in reversed(history):
+        if entry.action == "promote" and entry.version == current:
+            if not entry.previous:
+                break
+            return entry.previous
+    raise RegistryError(f"{where}: nothing to roll back to from {current or 'no model'}")
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# What `Registry.of` returns: the file registry or the database one, with the same methods.
+AnyRegistry = Registry | DatabaseRegistry
