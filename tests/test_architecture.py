@@ -18,7 +18,8 @@ import mailward
 SRC = Path(mailward.__file__).parent
 
 # The service packages: each a part a host can do without, built on the core.
-SERVICES = ("quarantine", "incidents", "training", "cli", "milter", "models", "signatures", "reputation", "unpack")
+SERVICES = ("quarantine", "incidents", "training", "cli", "milter", "models", "signatures", "reputation", "unpack",
+            "web")
 
 # Third-party packages confined to the parts that own them.
 CONFINED = {
@@ -28,6 +29,11 @@ CONFINED = {
     "sklearn": ("mailward.models", "mailward.training"),
     "scipy": ("mailward.models", "mailward.training"),
     "joblib": ("mailward.models", "mailward.training"),
+    # The web extra: only the web page (the CLI reaches it through a lazy import of mailward.web).
+    "starlette": ("mailward.web",),
+    "uvicorn": ("mailward.web",),
+    "jinja2": ("mailward.web",),
+    "argon2": ("mailward.web",),
 }
 
 # Today's imports from a core module into a service package, each allowed for a reason.
@@ -200,3 +206,9 @@ def test_a_missing_train_extra_names_the_package_and_the_extra():
     with pytest.raises(MailwardError, match=r"--plot needs the Python package no_such_package_x, .*mailward\[train\]"):
         import_extra("no_such_package_x.pyplot", "--plot")
     assert import_extra("json", "a test").dumps([]) == "[]"
+
+
+def test_the_web_extra_is_reached_only_lazily_from_the_cli(found):
+    """A host without the web extra still runs every other command: mailward.web is imported in functions."""
+    outside = [i for i in found if within(i.target, "mailward.web") and not within(i.importer, "mailward.web")]
+    assert where([i for i in outside if not (i.in_function and within(i.importer, "mailward.cli"))]) == []

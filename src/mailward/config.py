@@ -423,6 +423,18 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class WebSettings:
+    """`mailward web`: the quarantine page for analysts and, through digest links, recipients."""
+
+    listen: str = "127.0.0.1:8025"     # HOST:PORT; put a TLS proxy in front for anything but loopback
+    base_url: str = ""                 # e.g. https://quarantine.example.org; digests link here when set
+    session_idle: float = 300.0        # seconds without a request before an analyst must log in again
+    lockout_after: int = 10            # failed logins in a row that lock an account (`web user unlock`)
+    secure_cookies: bool = False       # mark the session cookie Secure (set it when served over HTTPS)
+    link_days: int = 7                 # how long a recipient's digest link stays valid
+
+
+@dataclass(frozen=True)
 class Settings:
     state_dir: str = "/var/lib/mailward"
     milter: MilterSettings = MilterSettings()
@@ -440,6 +452,7 @@ class Settings:
     alerts: AlertSettings = AlertSettings()
     metrics: MetricsSettings = MetricsSettings()
     headers: HeaderSettings = HeaderSettings()
+    web: WebSettings = WebSettings()
     source: str = field(default="<defaults>", compare=False)
 
     def state_path(self, configured: str, default_name: str) -> Path:
@@ -639,6 +652,12 @@ def _check(settings: Settings, source: str) -> None:
     _check_clamav(settings.clamav, source)
     if settings.milter.message_cpu < 1:
         raise ConfigError(source, "milter.message_cpu", "must be at least 1 second")
+    if not settings.web.session_idle > 0:
+        raise ConfigError(source, "web.session_idle", "must be more than 0 seconds")
+    if not 1 <= settings.web.lockout_after <= 1000:
+        raise ConfigError(source, "web.lockout_after", "must be between 1 and 1000")
+    if not 1 <= settings.web.link_days <= 90:
+        raise ConfigError(source, "web.link_days", "must be between 1 and 90 days")
     if settings.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(source, "logging.level", "must be debug, info, warning or error")
 
@@ -782,6 +801,8 @@ _VALUE_CHECKS: tuple[tuple[str, Callable[[Any], object], object], ...] = (
     ("alerts.syslog", _check_syslog, "set"),
     ("metrics.listen", parse_host_port, "set"),
     ("headers.subject_tag", _check_subject_tag, "set"),
+    ("web.listen", parse_host_port, None),
+    ("web.base_url", lambda v: _check_url(v, ("http", "https")), "set"),
 )
 
 

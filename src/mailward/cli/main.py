@@ -14,7 +14,7 @@ from ..config import Settings, load_settings
 from ..errors import ConfigError, MailwardError
 from ..logs import configure_cli_logging
 from ..privileges import PrivilegeError, become_service_user
-from . import allow, block, config, model, quarantine, rules, scan, train, watch_auth
+from . import allow, block, config, model, quarantine, rules, scan, train, watch_auth, web
 
 
 def _add_global_options(parser: argparse.ArgumentParser, default: str | None = None) -> None:
@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch_auth.register(commands)
     train.register(commands)
     model.register(commands)
+    web.register(commands)
     _accept_global_options_everywhere(parser)
     return parser
 

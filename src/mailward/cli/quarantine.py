@@ -26,8 +26,10 @@ from ..errors import MailwardError
 from ..evidence import Label
 from ..quarantine import ListFilter, QuarantineStore, Removal, Status, open_store
 from ..quarantine import digest as digests
-from ..quarantine.release import Relay, ReleaseOutcome, key_path, load_release_key, release
-from ..quarantine.render import inspect_message, render_history, render_list, render_show, when
+from ..quarantine.links import link_key_path
+from ..quarantine.release import Relay, ReleaseOutcome, load_release_key
+from ..quarantine.render import render_history, render_list, render_show, when
+from ..quarantine.service import QuarantineService
 from ..textsafe import json_line, neutralise
 from ..verdict import Action
 
@@ -93,10 +95,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_history)
 
-    p = sub.add_parser("digest", help="mail a plain-text digest of recently quarantined messages")
+    p = sub.add_parser("digest", help="mail each recipient (and the security contacts) what was held for them")
     p.add_argument("--since", default="24h", help="period covered: an age like 24h or a date (default 24h)")
     p.add_argument("--to", action="append", default=[], help="security contact (repeatable; adds to config)")
-    p.add_argument("--recipients", action="store_true", help="also send each inbound recipient their own digest")
+    p.add_argument("--contacts-only", action="store_true", help="send only the security contacts' digest")
+    p.add_argument("--recipients", action="store_true", help=argparse.SUPPRESS)   # the default since 16.2
     p.add_argument("--dry-run", action="store_true", help="print the digests instead of sending them")
     p.set_defaults(handler=_digest)
 
@@ -148,7 +151,7 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
             subject=args.subject or "", since=parse_when(args.since, now) if args.since else None,
             until=parse_when(args.until, now) if args.until else None,
             status=Status(args.status) if args.status else None, limit=args.limit)
-        _print(args, store.list(filters), render_list)
+        _print(args, QuarantineService(settings, store).find(filters), render_list)
         return OK
     return _run(args, settings, action)
 
@@ -163,11 +166,10 @@ def _print(args: argparse.Namespace, items: list[Any], render: Callable[[Any], s
 
 def _show(args: argparse.Namespace, settings: Settings) -> int:
     def action(store: QuarantineStore, actor: Actor) -> int:
-        record = store.get(args.id)
-        if record is None:
+        seen = QuarantineService(settings, store).inspect(args.id, actor)
+        if seen is None:
             return _not_found(args.id)
-        view = inspect_message(store.read(args.id), settings.limits.max_parts, settings.limits.max_depth)
-        store.record_event(args.id, "show", actor)
+        record, view = seen.record, seen.view
         if args.json:
             print(json_line({**record.as_dict(), "headers": [list(h) for h in view.headers],
                               "parts": [p.as_dict() for p in view.parts], "problem": view.problem}))
@@ -179,9 +181,7 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
 
 def _release(args: argparse.Namespace, settings: Settings) -> int:
     def action(store: QuarantineStore, actor: Actor) -> int:
-        relay = Relay.from_settings(settings)
-        result = release(store, args.id, actor, relay, load_release_key(key_path(settings)), force=args.force,
-                         reclaim_after=2 * relay.timeout if args.reclaim else None)
+        result = QuarantineService(settings, store).release(args.id, actor, force=args.force, reclaim=args.reclaim)
         messages = {
             ReleaseOutcome.RELEASED: f"released {args.id} {result.detail}",
             ReleaseOutcome.FAILED: f"release of {args.id} failed {result.detail}; it stays in quarantine",
@@ -201,7 +201,7 @@ def _release(args: argparse.Namespace, settings: Settings) -> int:
 
 def _delete(args: argparse.Namespace, settings: Settings) -> int:
     def action(store: QuarantineStore, actor: Actor) -> int:
-        outcome = store.delete(args.id, actor)
+        outcome = QuarantineService(settings, store).delete(args.id, actor)
         if outcome is Removal.NOT_FOUND:
             return _not_found(args.id)
         if outcome is Removal.IN_PROGRESS:
@@ -214,7 +214,7 @@ def _delete(args: argparse.Namespace, settings: Settings) -> int:
 
 def _label(args: argparse.Namespace, settings: Settings) -> int:
     def action(store: QuarantineStore, actor: Actor) -> int:
-        if not store.record_label(args.id, Label(args.label), actor):
+        if not QuarantineService(settings, store).label(args.id, Label(args.label), actor):
             return _not_found(args.id)
         print(f"labelled {args.id} {args.label}")
         return OK
@@ -265,7 +265,7 @@ def _purge(args: argparse.Namespace, settings: Settings) -> int:
 
 def _history(args: argparse.Namespace, settings: Settings) -> int:
     def action(store: QuarantineStore, actor: Actor) -> int:
-        events = store.history(args.id)
+        events = QuarantineService(settings, store).history(args.id)
         if not events:
             return _not_found(args.id)
         _print(args, events, render_history)
@@ -279,21 +279,28 @@ def _digest(args: argparse.Namespace, settings: Settings) -> int:
         since = parse_when(args.since, now)
         records = store.list(ListFilter(since=since, status=Status.HELD, limit=100_000))
         contacts = tuple(dict.fromkeys([*settings.quarantine.digest_recipients, *args.to]))
-        plan = digests.plan_digests(records, contacts, args.recipients)
+        listed = {r.id: digests.already_listed(store.history(r.id)) for r in records}
+        links = None
+        if settings.web.base_url:
+            links = digests.Links(settings.web.base_url, load_release_key(link_key_path(settings)),
+                                  settings.web.link_days, now)
+        plan = digests.plan_digests(records, contacts, not args.contacts_only, listed, links)
         sender = settings.quarantine.digest_sender or digests.default_sender()
+        contact = settings.quarantine.digest_recipients[0] if settings.quarantine.digest_recipients else ""
         period = f"since {when(since)}"
         if args.dry_run:
             for d in plan:
-                sys.stdout.write(digests.compose(d, sender, period).as_string() + "\n")
+                sys.stdout.write(digests.compose(d, sender, period, contact).as_string() + "\n")
             return OK
-        failed = digests.send(plan, sender, period, Relay.from_settings(settings))
+        failed = digests.send(plan, sender, period, Relay.from_settings(settings), contact)
         failed_to = {d.to for d, _ in failed}
         for d in plan:
             if d.to not in failed_to:
                 for r in d.records:
-                    store.record_event(r.id, "notify", actor, f"listed in digest to {d.to}")
+                    store.record_event(r.id, digests.NOTIFY, actor, digests.listed_detail(d.to))
         for d, error in failed:
             print(f"mailward quarantine: digest to {d.to} failed: {error}", file=sys.stderr)
-        print(f"sent {len(plan) - len(failed)} digest(s) covering {len(records)} message(s)")
+        print(f"sent {len(plan) - len(failed)} digest(s) covering {len({r.id for d in plan for r in d.records})} "
+              "message(s)")
         return FAILED if failed else OK
     return _run(args, settings, action)
