@@ -82,3 +82,12 @@ def test_header_block_for_lf_and_crlf():
     assert header_block(b"A: 1\r\nB: 2\r\n\r\nbody\r\n\r\nmore") == b"A: 1\r\nB: 2"
     assert header_block(b"A: 1\nB: 2\n\nbody") == b"A: 1\nB: 2"
     assert header_block(b"A: 1\nno body") == b"A: 1\nno body"
+
+
+def test_a_cold_start_model_tags_but_acts_only_above_its_floor():
+    cold = SpamAssessment(0.95, regime="cold-start", spam_floor=0.999)
+    assert decide(Evidence(spam=cold), POLICY, "i").action is Action.TAG
+    sure = SpamAssessment(0.9995, regime="cold-start", spam_floor=0.999)
+    assert decide(Evidence(spam=sure), POLICY, "i").action is Action.QUARANTINE
+    lax = replace(POLICY, spam_threshold=0.9999)           # a stricter policy threshold still wins
+    assert decide(Evidence(spam=sure), lax, "i").action is Action.TAG

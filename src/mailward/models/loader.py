@@ -88,7 +88,7 @@ class ModelLoader:
         if not self.shipped:
             raise failure or ArtifactError(f"{self.sidecar}: no spam model, and the shipped model is disabled")
         model = load_artifact(self.shipped_dir / SIDECAR, self.shipped_dir, self.owners).scorer()
-        log.info("spam model %s (shipped default) in use", model.version)
+        log.info("spam model %s (shipped default) in use, %s", model.version, model.regime.describe())
         return model
 
     def _refresh(self) -> None:
@@ -123,5 +123,5 @@ class ModelLoader:
 
     def _load_configured(self) -> SpamModel:
         model = load_artifact(self.sidecar, self.directory, self.owners).scorer()
-        log.info("spam model %s loaded from %s", model.version, self.directory)
+        log.info("spam model %s loaded from %s, %s", model.version, self.directory, model.regime.describe())
         return model
