@@ -36,6 +36,7 @@ from mailward.message import parse_message
 from mailward.models.classifier import Combiner
 from mailward.models.features import FeatureSettings
 from mailward.models.tokens import CORPUS, SITE, TokenizerSettings, tokenize
+from mailward.training.calibration import SITE_CALIBRATION, SiteCalibration
 from mailward.training.evaluate import Thresholds
 from mailward.training.replay import ReplayResult, replay_bogofilter, replay_tokens
 from mailward.training.sources import LabelledMail
@@ -51,21 +52,27 @@ class Variant:
     tokenizer: TokenizerSettings
     alpha: float = 0.1
     evidence_per_side: int = 20
+    calibration: SiteCalibration = SITE_CALIBRATION
 
 
 def variants() -> list[Variant]:
-    """Each row changes one thing from the row it builds on; the last is the chosen default for ``site``."""
+    """Each row changes one thing from the row it builds on; "chosen" is the default for ``site``."""
     corpus = TokenizerSettings(profile=CORPUS)
     site = TokenizerSettings(profile=SITE)
+    old = SiteCalibration(window=2000, refit_every=100, min_per_class=20)
     return [
-        Variant("corpus profile, alpha 0.1 (before)", corpus),
-        Variant("site profile, alpha 0.1", site),
-        Variant("site, alpha 0.01", site, alpha=0.01),
-        Variant("site, alpha 0.001", site, alpha=0.001),
-        Variant("site, alpha 0.01, 10+10 strongest", site, alpha=0.01, evidence_per_side=10),
-        Variant("site, alpha 0.01, 40+40 strongest", site, alpha=0.01, evidence_per_side=40),
-        Variant("site, alpha 0.01, OSB pairs to distance 3", replace(site, pair_window=3), alpha=0.01),
-        Variant("site, alpha 0.01, no word pairs", replace(site, bigrams=False), alpha=0.01),
+        Variant("corpus profile, alpha 0.1, 20+20 (before)", corpus, 0.1, 20, old),
+        Variant("site profile, alpha 0.1, 20+20", site, 0.1, 20, old),
+        Variant("site, alpha 0.01", site, 0.01, 20, old),
+        Variant("site, alpha 0.001", site, 0.001, 20, old),
+        Variant("site, alpha 0.0001", site, 0.0001, 20, old),
+        Variant("site, alpha 0.001, 10+10 strongest", site, 0.001, 10, old),
+        Variant("site, alpha 0.001, 30+30 strongest", site, 0.001, 30, old),
+        Variant("site, alpha 0.001, 30+30, OSB pairs to distance 3", replace(site, pair_window=3), 0.001, 30, old),
+        Variant("site, alpha 0.001, 30+30, no word pairs", replace(site, bigrams=False), 0.001, 30, old),
+        Variant("site, alpha 0.001, 30+30, calibration window 3000 / refit 20 (chosen)", site, 0.001, 30),
+        Variant("chosen, calibration window 10000 / refit 20", site, 0.001, 30, SiteCalibration(10000, 20, 5)),
+        Variant("chosen, calibration window 1000 / refit 20", site, 0.001, 30, SiteCalibration(1000, 20, 5)),
     ]
 
 
@@ -125,7 +132,7 @@ def run(variant: Variant, mails: list[LabelledMail], tokens: list[list[str]]) ->
     features = FeatureSettings(tokenizer=variant.tokenizer)
     started = time.perf_counter()
     result = replay_tokens(zip(mails, tokens), features, variant.alpha, Combiner(variant.evidence_per_side),
-                           THRESHOLDS)
+                           THRESHOLDS, variant.calibration)
     return result, 1000 * (time.perf_counter() - started) / max(1, len(mails))
 
 

@@ -62,10 +62,11 @@ class Regime:
     def of_training(cls, training_data: dict) -> Regime:
         """From a sidecar's training summary: the site mail learned is the ledger's labels it reflects
         (none for the shipped model or one without a ledger)."""
-        labels = training_data.get("ledger", {}).get("current_labels", {}) if isinstance(training_data, dict) else {}
+        ledger = training_data.get("ledger") if isinstance(training_data, dict) else None
+        labels = ledger.get("current_labels") if isinstance(ledger, dict) else None
         try:
             return cls.of(int(labels.get("ham", 0)), int(labels.get("spam", 0)))
-        except (AttributeError, TypeError, ValueError):
+        except (AttributeError, TypeError, ValueError):    # none, or not a summary Mailward wrote
             return cls.of(0, 0)
 
     def describe(self) -> str:

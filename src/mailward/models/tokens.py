@@ -365,8 +365,8 @@ def _bucket(n: int) -> int:
 
 
 def site_header_tokens(message: ParsedMessage) -> list[str]:
-    """The ``site`` profile's header evidence: every readable header's words under its name, plus
-    structured tokens from ``Received`` and from the recipients."""
+    """The ``site`` profile's header evidence: every readable header's words under its name (the
+    nearest ``Received`` hops' too), plus structured tokens from ``Received`` and the recipients."""
     out: list[str] = []
     received: list[str] = []
     for name, value in message.headers[:_SITE_HEADERS * 4]:
@@ -375,7 +375,8 @@ def site_header_tokens(message: ParsedMessage) -> list[str]:
             continue
         if key == "received":
             received.append(value)
-            continue
+            if len(received) > _RECEIVED_HOPS:
+                continue                     # its words as well as its structure (measured: both help)
         if len(out) < _SITE_HEADERS * _SITE_HEADER_WORDS:
             out.append(f"h:{key}")
             out.extend(f"h:{key}:{word}" for word in words_of(value[:_HEADER_CHARS], _SITE_HEADER_WORDS))

@@ -30,7 +30,7 @@ from ..models.tokens import CORPUS, SITE, TokenizerSettings, tokenize
 log = logging.getLogger(__name__)
 
 SITE_ALPHA = 0.001                 # online replay ablation, docs/training.md
-SITE_EVIDENCE_PER_SIDE = 20
+SITE_EVIDENCE_PER_SIDE = 30
 BATCH = 1000                       # messages per partial_fit call: each call costs O(n_features)
 
 
