@@ -223,12 +223,14 @@ def _replay(args, settings: Settings) -> int:
     if args.bogofilter:
         results.append(replay_bogofilter(read_sets([args.set], args.split), total=results[0].evaluation.n))
     if args.json:
-        doc = {**results[0].as_dict(), **({"bogofilter": results[1].as_dict()} if args.bogofilter else {})}
+        doc = {**results[0].as_dict(), "profile": args.profile,
+               **({"bogofilter": results[1].as_dict()} if args.bogofilter else {})}
         print(json.dumps(doc, sort_keys=True))
     else:
         for r in results:
             e = r.evaluation
-            print(f"{r.filter}: {e.n} messages, cumulative (1-AUC) "
+            name = f"{r.filter} ({args.profile} profile)" if r.filter == "mailward" else r.filter
+            print(f"{name}: {e.n} messages, cumulative (1-AUC) "
                   f"{percent(None if e.auc is None else 1 - e.auc)}, "
                   f"FP rate {percent(e.fp_rate)}, FN rate {percent(e.fn_rate)} "
                   f"(spam at {e.thresholds.spam:g})")
