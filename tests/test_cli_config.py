@@ -6,7 +6,8 @@ from mailward.config import load_settings
 
 def test_config_show_round_trips(tmp_path, capsys):
     cfg = tmp_path / "m.toml"
-    cfg.write_text('[policy.outbound]\nspam_action = "reject"\nmin_severity = "high"\n[milter]\nworkers = 3\n')
+    cfg.write_text('[policy.outbound]\nspam_action = "reject"\nmin_severity = "high"\n[milter]\nworkers = 3\n'
+                   '[[policy.recipient]]\nmatch = ["ceo@example.org", "example.net"]\nspam_threshold = 0.7\n')
     assert main(["--config", str(cfg), "config", "show"]) == 0
     out = capsys.readouterr().out
     shown = tmp_path / "shown.toml"
@@ -16,6 +17,7 @@ def test_config_show_round_trips(tmp_path, capsys):
     original = load_settings(cfg)
     assert again == original            # every key printed, and printed so it loads back the same
     assert again.milter.workers == 3
+    assert again.policy.recipient[0].policy.spam_threshold == 0.7
 
 
 def test_global_options_are_accepted_after_the_subcommand(tmp_path, capsys):

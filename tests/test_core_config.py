@@ -3,8 +3,9 @@ from pathlib import Path
 import pytest
 
 from mailward.config import load_settings
+from mailward.envelope import Direction
 from mailward.errors import ConfigError
-from mailward.evidence import Severity
+from mailward.evidence import Category, Severity
 from mailward.verdict import Action
 
 
@@ -16,7 +17,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_defaults_without_a_file():
     s = load_settings()
-    assert s.policy.inbound.malware_action is Action.REJECT
+    assert s.policy.inbound.actions[Category.MALWARE] is Action.REJECT
     assert s.quarantine.backend == "sqlite"
     assert s.milter.socket.startswith("unix:")
 
@@ -24,7 +25,7 @@ def test_defaults_without_a_file():
 def test_per_direction_sections_keep_their_own_defaults(tmp_path):
     s = load_settings(write(tmp_path, '[policy.outbound]\nspam_threshold = 0.7\n'))
     assert s.policy.outbound.spam_threshold == 0.7
-    assert s.policy.outbound.reputation_action is Action.ACCEPT    # outbound default kept
+    assert s.policy.outbound.actions[Category.REPUTATION] is Action.ACCEPT    # outbound default kept
     assert s.policy.inbound.spam_threshold == 0.9
 
 
@@ -32,7 +33,7 @@ def test_enums_and_lists_are_typed(tmp_path):
     s = load_settings(write(tmp_path, '[policy.inbound]\nmin_severity = "high"\nspam_action = "reject"\n'
                                       '[direction]\ninternal_networks = ["10.0.0.0/8", "2001:db8::/32"]\n'))
     assert s.policy.inbound.min_severity is Severity.HIGH
-    assert s.policy.inbound.spam_action is Action.REJECT
+    assert s.policy.inbound.actions[Category.SPAM] is Action.REJECT
     assert s.direction.internal_networks == ("10.0.0.0/8", "2001:db8::/32")
 
 
@@ -45,6 +46,12 @@ def test_enums_and_lists_are_typed(tmp_path):
     ('[direction]\ninternal_networks = ["not-a-net"]\n', "direction.internal_networks"),
     ('[quarantine]\nbackend = "postgresql"\n', "quarantine.dsn"),
     ('milter = 3\n', "milter"),
+    ('[[policy.recipient]]\nspam_threshold = 0.5\n', "policy.recipient[0].match"),
+    ('[[policy.recipient]]\nmatch = "not an address"\n', "policy.recipient[0].match"),
+    ('[[policy.recipient]]\nmatch = "a.org"\n[[policy.recipient]]\nmatch = ["A.org"]\n', "policy.recipient[1].match"),
+    ('[[policy.recipient]]\nmatch = "a.org"\nspam_treshold = 0.5\n', "policy.recipient[0].spam_treshold"),
+    ('[[policy.recipient]]\nmatch = "a.org"\ntag_threshold = 0.95\n', "policy.recipient[0].tag_threshold"),
+    ('[[policy.sender]]\nmatch = "a.org"\nmalware_action = "deliver"\n', "policy.sender[0].malware_action"),
 ])
 def test_errors_name_the_file_and_the_key(tmp_path, text, key):
     path = write(tmp_path, text)
@@ -104,3 +111,31 @@ def test_well_formed_values_load(tmp_path):
 def test_the_default_socket_is_inside_postfixs_chroot():
     """Debian's smtpd runs chrooted in /var/spool/postfix and names it unix:/mailward/milter.sock."""
     assert load_settings().milter.socket == "unix:/var/spool/postfix/mailward/milter.sock"
+
+
+def test_policy_tables_override_their_direction_most_specific_first(tmp_path):
+    s = load_settings(write(tmp_path, '[policy.inbound]\nspam_threshold = 0.8\n'
+                                      '[[policy.recipient]]\nmatch = "example.org"\nspam_action = "tag"\n'
+                                      '[[policy.recipient]]\nmatch = ["CEO@example.org"]\nspam_threshold = 0.6\n'
+                                      '[[policy.sender]]\nmatch = "example.org"\nmalware_action = "quarantine"\n'))
+    pol = s.policy
+    ceo = pol.for_recipient(Direction.INBOUND, "x@spam.test", "ceo@example.org")
+    staff = pol.for_recipient(Direction.INBOUND, "x@spam.test", "bob@sales.example.org")
+    other = pol.for_recipient(Direction.INBOUND, "x@spam.test", "bob@example.com")
+    assert (ceo.spam_threshold, ceo.actions[Category.SPAM]) == (0.6, Action.QUARANTINE)   # only its own keys
+    assert (staff.spam_threshold, staff.actions[Category.SPAM]) == (0.8, Action.TAG)      # a subdomain matches
+    assert other == pol.inbound
+    assert pol.for_recipient(Direction.OUTBOUND, "me@example.org", "x@else.test").actions[Category.MALWARE] \
+        is Action.QUARANTINE
+    assert pol.for_recipient(Direction.OUTBOUND, "me@example.org", "x@else.test").actions[Category.REPUTATION] \
+        is Action.ACCEPT                                     # built over the outbound defaults
+    assert pol.for_recipient(Direction.INBOUND, "me@example.org", "x@else.test") == pol.inbound
+
+
+def test_the_policy_example_in_contrib_loads_as_documented():
+    s = load_settings(Path(__file__).parent.parent / "contrib" / "mailward.example.toml")
+    ceo = s.policy.for_recipient(Direction.INBOUND, "x@else.test", "CEO@example.org")
+    assert (ceo.spam_threshold, ceo.actions[Category.SPAM], ceo.actions[Category.PHISHING]) == \
+        (0.7, Action.QUARANTINE, Action.REJECT)
+    assert s.policy.for_recipient(Direction.INBOUND, "x@else.test", "bob@example.org").actions[Category.SPAM] \
+        is Action.TAG

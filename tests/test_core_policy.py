@@ -3,7 +3,7 @@ from dataclasses import replace
 from mailward.config import DirectionPolicy, PolicySettings
 from mailward.envelope import Direction, DirectionRules, Envelope
 from mailward.evidence import Category, Evidence, Finding, Severity, SpamAssessment
-from mailward.policy import decide, decide_failure
+from mailward.policy import Inputs, Listed, Mark, Share, decide, decide_failure, split
 from mailward.verdict import Action
 
 POLICY = DirectionPolicy()
@@ -38,7 +38,7 @@ def test_spam_thresholds():
     assert decide(Evidence(spam=SpamAssessment(0.2)), POLICY, "i").action is Action.ACCEPT
     assert decide(Evidence(spam=SpamAssessment(0.6)), POLICY, "i").action is Action.TAG
     assert decide(Evidence(spam=SpamAssessment(0.95)), POLICY, "i").action is Action.QUARANTINE
-    strict = replace(POLICY, spam_threshold=0.5, spam_action=Action.REJECT)
+    strict = replace(POLICY, spam_threshold=0.5).with_actions({Category.SPAM: Action.REJECT})
     assert decide(Evidence(spam=SpamAssessment(0.6)), strict, "i").action is Action.REJECT
 
 
@@ -88,6 +88,51 @@ def test_a_cold_start_model_tags_but_acts_only_above_its_floor():
     cold = SpamAssessment(0.95, regime="cold-start", spam_floor=0.999)
     assert decide(Evidence(spam=cold), POLICY, "i").action is Action.TAG
     sure = SpamAssessment(0.9995, regime="cold-start", spam_floor=0.999)
-    assert decide(Evidence(spam=sure), POLICY, "i").action is Action.QUARANTINE
-    lax = replace(POLICY, spam_threshold=0.9999)           # a stricter policy threshold still wins
-    assert decide(Evidence(spam=sure), lax, "i").action is Action.TAG
+    assert decide(Evidence(spam=sure), POLICY, "i").action is POLICY.actions[Category.SPAM]
+    strict = replace(POLICY, spam_threshold=0.9999)        # a stricter policy threshold still wins
+    assert decide(Evidence(spam=sure), strict, "i").action is Action.TAG
+
+
+def test_an_allowed_sender_skips_spam_and_reputation_but_never_malware_or_banned_files():
+    spammy = Evidence(findings=(finding(Category.REPUTATION), finding(Category.SPAM)), spam=SpamAssessment(0.99))
+    allowed = decide(spammy, POLICY, "i", Inputs(listed=Listed.ALLOW))
+    assert allowed.action is Action.ACCEPT and allowed.reasons == ("allowed",) and allowed.acted_on == ()
+    for category in (Category.MALWARE, Category.FILETYPE, Category.MACRO, Category.BLOCKED):
+        bad = Evidence(findings=(finding(category),), spam=SpamAssessment(0.99))
+        assert decide(bad, POLICY, "i", Inputs(listed=Listed.ALLOW)).action is POLICY.actions[category]
+
+
+def test_a_blocked_sender_counts_as_certain_spam_for_the_recipient():
+    v = decide(Evidence(spam=SpamAssessment(0.01)), POLICY, "i", Inputs(listed=Listed.BLOCK))
+    assert v.action is POLICY.actions[Category.SPAM] and v.reasons == ("blocked",)
+    assert "Sender not accepted" in v.public_reason
+
+
+def test_a_mark_and_hold_are_decided_here():
+    spam = Evidence(spam=SpamAssessment(0.99))
+    assert decide(spam, POLICY, "i", Inputs(hold=True)).hold is True
+    assert decide(Evidence(), POLICY, "i", Inputs(hold=True)).hold is False      # hold is for quarantined mail
+    released = decide(spam, POLICY, "i", Inputs(mark=Mark.RELEASE, hold=True))
+    assert (released.action, released.reasons, released.hold) == (Action.TAG, ("spam", "released"), False)
+    assert decide(spam, POLICY, "i").acted_on == (Category.SPAM,)
+
+
+def test_split_quarantines_some_recipients_and_delivers_to_the_others():
+    def share(action: Action, *who: str) -> Share:
+        return Share(who, decide(Evidence(), POLICY, "i") if action is Action.ACCEPT else
+                     replace(decide(Evidence(), POLICY, "i"), action=action))
+    mixed = split([share(Action.QUARANTINE, "a@x"), share(Action.ACCEPT, "b@x"), share(Action.TAG, "c@x")])
+    assert mixed.delivered.recipients == ("b@x", "c@x") and mixed.delivered.verdict.action is Action.TAG
+    assert mixed.held is not None and mixed.held.recipients == ("a@x",)
+    refused = split([share(Action.QUARANTINE, "a@x"), share(Action.REJECT, "b@x")])     # SMTP: all or nothing
+    assert refused.held is None and refused.delivered.verdict.action is Action.REJECT
+    assert refused.delivered.recipients == ("a@x", "b@x")
+    one = split([share(Action.QUARANTINE, "a@x"), share(Action.QUARANTINE, "b@x")])
+    assert one.held is None and one.delivered.recipients == ("a@x", "b@x")
+
+
+def test_every_category_has_an_action_in_the_one_table():
+    from mailward.config import ACTION_KEYS, DEFAULT_ACTIONS
+
+    assert set(DEFAULT_ACTIONS) == set(Category) - {Category.ERROR}          # ERROR applies on_error instead
+    assert ACTION_KEYS["spam_action"] is Category.SPAM and len(ACTION_KEYS) == len(DEFAULT_ACTIONS)

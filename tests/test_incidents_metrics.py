@@ -24,7 +24,8 @@ def _port() -> int:
 def _outcome(version: str, findings=(), error: str = "") -> Outcome:
     evidence = Evidence(findings=tuple(findings), spam=SpamAssessment(0.99, (), version),
                         timings=(("parse", 0.002), ("yara", 0.004)))
-    return Outcome(Envelope(direction=Direction.OUTBOUND), Verdict(Action.QUARANTINE, ("spam",), "MW-1", 0.99),
+    return Outcome(Envelope(direction=Direction.OUTBOUND), Verdict(Action.QUARANTINE, ("spam",), "MW-1", 0.99,
+                                                                   acted_on=(Category.SPAM,)),
                    evidence, 100, seconds=0.01, error=error)
 
 

@@ -22,7 +22,8 @@ def outcome(direction: Direction, action: Action = Action.REJECT, incident: str 
     env = Envelope(mail_from="someone@example.org", recipients=("a@example.com", "b@example.com"),
                    client_address="192.0.2.9", auth_user="alice@example.com" if direction is Direction.OUTBOUND else "",
                    queue_id="4QX", direction=direction)
-    return Outcome(env, Verdict(action, ("malware",), incident), evidence, 100)
+    acted_on = (Category.MALWARE,) if evidence.of(Category.MALWARE) else ()    # as policy.decide says
+    return Outcome(env, Verdict(action, ("malware",), incident, acted_on=acted_on), evidence, 100)
 
 
 def runtime(tmp_path, sink: SmtpSink, inbound: bool = True, outbound: bool = True):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
 import re
 import shutil
 import signal
@@ -216,6 +218,29 @@ def test_sighup_reloads_without_dropping_the_milter(postfix, milter, tmp_path):
     assert m.proc.poll() is None
     mid, raw = gtube_message()
     assert postfix.send(raw)[0] == 550
+
+
+def _libmilter_signal_thread(pid: int) -> int:
+    """The thread of ``pid`` blocked in rt_sigtimedwait (x86-64 syscall 128): libmilter's signal thread."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/syscall") as f:
+            if f.read().split()[0] == "128":
+                return int(tid)
+    raise AssertionError("no thread waits in rt_sigtimedwait")
+
+
+def test_a_sighup_taken_by_libmilter_exits_for_a_restart(postfix, milter):
+    """The kernel may hand a process's SIGHUP to libmilter's own signal thread, which then stops the milter.
+
+    The daemon must not look like a clean stop then (systemd's Restart=on-failure would leave mail
+    tempfailed): it exits with status 75 and says why.
+    """
+    m = milter("")
+    tid = _libmilter_signal_thread(m.proc.pid)
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.syscall(234, m.proc.pid, tid, signal.SIGHUP) == 0   # tgkill(2) on x86-64
+    assert m.proc.wait(timeout=30) == 75
+    assert "did not handle" in m.log_path.read_text()
 
 
 def test_broken_config_on_reload_keeps_running_policy(postfix, milter, tmp_path):

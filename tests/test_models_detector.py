@@ -9,6 +9,7 @@ import pytest
 
 from mailward.config import DirectionPolicy, LimitSettings, Settings
 from mailward.envelope import Envelope
+from mailward.evidence import Category
 from mailward.message import parse_message
 from mailward.models import detectors
 from mailward.models.gtube import GtubeDetector
@@ -57,7 +58,7 @@ def test_policy_thresholds_act_on_the_score(detector):
     score = spam_evidence.spam.score
     only_tag = dataclasses.replace(policy, tag_threshold=min(score, 0.5), spam_threshold=1.0)
     assert score < 1.0 and decide(spam_evidence, only_tag, "MW-3").action is Action.TAG
-    rejecting = dataclasses.replace(policy, spam_action=Action.REJECT)
+    rejecting = policy.with_actions({Category.SPAM: Action.REJECT})
     assert decide(spam_evidence, rejecting, "MW-4").action is Action.REJECT
 
 

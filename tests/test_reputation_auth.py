@@ -5,11 +5,16 @@ from __future__ import annotations
 import pytest
 
 from dns_server import DnsServer, soa
-from mailward.config import DirectionPolicy
+from mail import GTUBE
+from mailward.config import DirectionPolicy, load_settings
 from mailward.evidence import Category, Severity
-from mailward.policy import decide
+from mailward.incidents import open_incidents
+from mailward.pipeline import Inspector
+from mailward.policy import Listed, decide
+from mailward.quarantine.records import Actor
 from mailward.reputation import HEADER, claims_our_id
 from mailward.reputation.dmarc_check import Disposition, DmarcRecord
+from mailward.screening import Screener
 from mailward.verdict import Action
 from reputation_support import DkimKey, detector_for, envelope, message, no_system_resolver, parse, txt  # noqa: F401
 
@@ -84,6 +89,11 @@ def test_spf_pass_for_sender_and_helo(detector):
     assert "spf=pass smtp.mailfrom=alice@sender.test" in value and "spf=pass smtp.helo=mx.sender.test" in value
     assert "dmarc=pass header.from=sender.test" in value
     assert evidence.findings == ()
+    assert evidence.authenticated == ("sender.test",)      # what a sender allow entry may be honoured for
+
+
+def test_a_failing_sender_is_not_authenticated(detector):
+    assert _check(detector, message(), client=OTHER_IP).authenticated == ()
 
 
 def test_spf_fail_from_an_unauthorised_client(detector):
@@ -200,6 +210,7 @@ def test_spf_pass_for_another_domain_does_not_align(detector, keys):
     evidence = _check(detector, spoof, client=PROVIDER_IP, mail_from="bounce@provider.test", helo="")
     assert "spf=pass smtp.mailfrom=bounce@provider.test" in _results(evidence)
     assert "dmarc-reject" in _names(evidence)
+    assert evidence.authenticated == ("provider.test",)    # the envelope sender's domain, not the From: one
     signed_by_provider = keys["provider"].sign(spoof, "provider.test")
     assert "dmarc-reject" in _names(_check(detector, signed_by_provider, client=PROVIDER_IP,
                                            mail_from="bounce@provider.test", helo=""))
@@ -263,7 +274,7 @@ def test_dmarc_record_parsing():
 def test_dmarc_failure_is_scored_per_config(detector):
     spoof = _check(detector, message(), client=OTHER_IP)
     assert decide(spoof, DirectionPolicy(), "MW-1").action is Action.TAG
-    enforcing = DirectionPolicy(authentication_action=Action.REJECT)
+    enforcing = DirectionPolicy().with_actions({Category.AUTHENTICATION: Action.REJECT})
     assert decide(spoof, enforcing, "MW-1").action is Action.REJECT
     monitored = _check(detector, message(from_="x@none.test"), client=OTHER_IP, mail_from="x@none.test")
     assert decide(monitored, enforcing, "MW-1").action is Action.TAG      # only the LOW spf-fail tags
@@ -294,3 +305,22 @@ def test_hostile_input_becomes_evidence_never_a_crash(detector, raw, env):
     evidence = detector.inspect(parse(raw), envelope(client=OTHER_IP, **env))
     assert not evidence.of(Category.ERROR)
     assert "\n" not in _results(evidence)
+
+
+def test_an_allow_entry_is_honoured_only_for_an_authenticated_sender(server, tmp_path):
+    """Through the screener: GTUBE from an allowed domain is delivered when SPF/DMARC pass, not when forged."""
+    settings = load_settings(overrides={
+        "state_dir": str(tmp_path), "reputation": {"nameservers": ["127.0.0.1"], "port": server.port,
+                                                    "budget": 2.0, "query_timeout": 1.0}})
+    incidents = open_incidents(settings)
+    try:
+        incidents.list_sender(Listed.ALLOW, "sender.test", "dest.test", "our partner", Actor("ann", "host"))
+        screener = Screener(settings, Inspector.from_settings(settings).inspect, None, lists=incidents)
+        spam = message(body=f"Cheap watches!\n\n{GTUBE}\n")
+        genuine = screener.screen(spam, len(spam), envelope(client=GOOD_IP))
+        assert genuine.verdict.action is Action.ACCEPT and genuine.verdict.reasons == ("allowed",)
+        forged = screener.screen(spam, len(spam), envelope(client=OTHER_IP))        # SPF fails, DMARC p=reject
+        assert forged.verdict.action is Action.QUARANTINE and "allowed" not in forged.verdict.reasons
+        assert forged.verdict.acted_on == (Category.SPAM, Category.AUTHENTICATION)
+    finally:
+        incidents.close()

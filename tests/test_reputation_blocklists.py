@@ -161,7 +161,7 @@ def test_internal_networks_from_direction_settings_are_skipped(server):
 def test_listing_is_scored_per_policy_config(detector):
     evidence = _inspect(detector, "198.51.100.7")
     assert decide(evidence, DirectionPolicy(), "MW-1").action is Action.TAG
-    strict = DirectionPolicy(reputation_action=Action.REJECT)
+    strict = DirectionPolicy().with_actions({Category.REPUTATION: Action.REJECT})
     verdict = decide(evidence, strict, "MW-1")
     assert verdict.action is Action.REJECT
     assert "bl.test" not in str(verdict.reply) and "other.test" not in str(verdict.reply)

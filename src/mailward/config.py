@@ -15,12 +15,14 @@ import tomllib
 import types
 import typing
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 from .envelope import Direction, DirectionRules
 from .errors import ConfigError
-from .evidence import Severity
+from .evidence import Category, Severity
 from .verdict import Action
 
 MiB = 1024 * 1024
@@ -55,21 +57,68 @@ class DirectionSettings:
         return DirectionRules.build(self.internal_networks, self.outbound_daemons, self.authenticated_is_outbound)
 
 
+class ActionTable(Mapping[Category, Action]):
+    """A read-only category -> action mapping that pickles (settings travel to the scanning workers)."""
+
+    __slots__ = ("_actions",)
+
+    def __init__(self, actions: Mapping[Category, Action]):
+        self._actions = dict(actions)
+
+    def __getitem__(self, category: Category) -> Action:
+        return self._actions[category]
+
+    def __iter__(self) -> typing.Iterator[Category]:
+        return iter(self._actions)
+
+    def __len__(self) -> int:
+        return len(self._actions)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._actions.items()))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and dict(self.items()) == dict(other.items())
+
+    def __repr__(self) -> str:
+        return f"ActionTable({ {c.value: a.value for c, a in self._actions.items()} })"
+
+    def __getstate__(self) -> dict[Category, Action]:
+        return self._actions
+
+    def __setstate__(self, state: dict[Category, Action]) -> None:
+        self._actions = state
+
+
+# The one table of finding categories the policy acts on, with each one's inbound default. Its
+# TOML key is ``<category>_action`` in [policy.inbound], [policy.outbound] and the policy tables;
+# a new category needs a line here and nothing else in the configuration.
+DEFAULT_ACTIONS: Mapping[Category, Action] = ActionTable({
+    Category.MALWARE: Action.REJECT,
+    Category.SPAM: Action.QUARANTINE,          # spam findings, and a spam score at or above spam_threshold
+    Category.PHISHING: Action.QUARANTINE,
+    Category.FILETYPE: Action.QUARANTINE,
+    Category.MACRO: Action.QUARANTINE,
+    Category.UNCHECKED: Action.QUARANTINE,
+    Category.REPUTATION: Action.TAG,
+    Category.AUTHENTICATION: Action.TAG,
+    Category.BLOCKED: Action.REJECT,           # an analyst's block or a suspension
+})
+ACTION_KEYS: Mapping[str, Category] = MappingProxyType({f"{c.value}_action": c for c in DEFAULT_ACTIONS})
+
+
+def _default_actions() -> Mapping[Category, Action]:
+    return DEFAULT_ACTIONS
+
+
 @dataclass(frozen=True)
 class DirectionPolicy:
-    """Thresholds and actions for one direction; ``policy.decide`` reads only this."""
+    """Thresholds and actions for one direction (or one policy table); ``policy.decide`` reads only this."""
 
     tag_threshold: float = 0.5         # spam score at which a message is tagged "unsure"
-    spam_threshold: float = 0.9        # spam score at which spam_action applies
-    spam_action: Action = Action.QUARANTINE
-    malware_action: Action = Action.REJECT
-    phishing_action: Action = Action.QUARANTINE
-    filetype_action: Action = Action.QUARANTINE
-    macro_action: Action = Action.QUARANTINE
-    unchecked_action: Action = Action.QUARANTINE
-    reputation_action: Action = Action.TAG
-    authentication_action: Action = Action.TAG
-    blocked_action: Action = Action.REJECT
+    spam_threshold: float = 0.9        # spam score at which the spam action applies
+    # What each finding category at or above min_severity calls for (DEFAULT_ACTIONS; TOML: <category>_action).
+    actions: Mapping[Category, Action] = field(default_factory=_default_actions)
     # Findings with an action of their own (policy.NAMED_ACTIONS), whatever their severity:
     macro_action_plain: Action = Action.TAG            # VBA macros that do not run by themselves
     macro_action_autoexec: Action = Action.QUARANTINE  # auto-exec VBA, or XLM macros (Auto_Open)
@@ -80,18 +129,64 @@ class DirectionPolicy:
     on_error: Action = Action.TEMPFAIL          # tempfail or accept when a check fails
     accept_errors_from: tuple[str, ...] = ()    # detectors whose failures accept instead (e.g. "dns")
 
+    def with_actions(self, changes: Mapping[Category, Action]) -> DirectionPolicy:
+        """This policy with some categories' actions changed."""
+        return dataclasses.replace(self, actions=ActionTable({**self.actions, **changes}))
+
+
+@dataclass(frozen=True)
+class PolicyTable:
+    """One ``[[policy.recipient]]`` or ``[[policy.sender]]`` table, Amavis-style.
+
+    ``match`` holds addresses (``ceo@example.org``) and domains (``example.org``,
+    which covers its subdomains too); ``policy`` is the direction's policy with
+    the table's own keys applied over it, resolved when the file is loaded.
+    """
+
+    match: tuple[str, ...]
+    policy: DirectionPolicy
+
+
+def policy_keys(subject: str) -> tuple[str, ...]:
+    """What a policy table or sender list entry may name for ``subject``, most specific first.
+
+    ``ceo@mail.example.org`` -> itself, ``mail.example.org``, ``example.org``, ``org``.
+    """
+    subject = subject.strip().removeprefix("<").removesuffix(">").lower()
+    local, at, domain = subject.rpartition("@")
+    keys = [subject] if at and local else []
+    domain = domain.rstrip(".")
+    while domain:
+        keys.append(domain)
+        domain = domain.partition(".")[2]
+    return tuple(keys)
+
 
 @dataclass(frozen=True)
 class PolicySettings:
     inbound: DirectionPolicy = DirectionPolicy()
     # Our own users send workbooks with macros every day: outbound, only malicious macros are stopped.
-    outbound: DirectionPolicy = DirectionPolicy(spam_action=Action.QUARANTINE, reputation_action=Action.ACCEPT,
-                                                authentication_action=Action.ACCEPT,
-                                                macro_action_autoexec=Action.TAG,
-                                                macro_action_malicious=Action.QUARANTINE)
+    outbound: DirectionPolicy = DirectionPolicy(macro_action_autoexec=Action.TAG,
+                                                macro_action_malicious=Action.QUARANTINE).with_actions(
+        {Category.REPUTATION: Action.ACCEPT, Category.AUTHENTICATION: Action.ACCEPT})
+    recipient: tuple[PolicyTable, ...] = ()    # inbound mail, by recipient address or domain
+    sender: tuple[PolicyTable, ...] = ()       # outbound mail, by envelope sender address or domain
 
     def for_direction(self, direction: Direction) -> DirectionPolicy:
         return self.outbound if direction is Direction.OUTBOUND else self.inbound
+
+    def for_recipient(self, direction: Direction, mail_from: str, recipient: str) -> DirectionPolicy:
+        """The policy for one recipient of a message: the most specific table that matches, else the direction's.
+
+        Inbound mail is looked up by recipient, outbound mail by envelope sender.
+        """
+        tables, subject = ((self.sender, mail_from) if direction is Direction.OUTBOUND
+                           else (self.recipient, recipient))
+        for key in policy_keys(subject) if tables else ():
+            for table in tables:
+                if key in table.match:
+                    return table.policy
+        return self.for_direction(direction)
 
 
 @dataclass(frozen=True)
@@ -399,19 +494,76 @@ def _build(cls, table: object, source: str, prefix: str):
         if key not in known:
             raise ConfigError(source, _join(prefix, key), f"unknown key (known: {', '.join(sorted(known))})")
     if cls is PolicySettings:
-        # Each direction starts from its own defaults, not the generic DirectionPolicy ones.
-        base = PolicySettings()
-        return cls(**{name: _build_over(getattr(base, name), table.get(name, {}), source, _join(prefix, name))
-                      for name in ("inbound", "outbound")})
+        return _build_policy(table, source, prefix)
     return cls(**{name: _coerce(hints[name], table[name], source, _join(prefix, name))
                   for name in known if name in table})
 
 
-def _build_over(default, table: object, source: str, prefix: str):
-    """Like :func:`_build` but unspecified keys keep the values of ``default``."""
-    built = _build(type(default), table, source, prefix)
-    given = table.keys() if isinstance(table, dict) else ()
-    return dataclasses.replace(default, **{k: getattr(built, k) for k in given})
+def _build_policy(table: dict, source: str, prefix: str) -> PolicySettings:
+    """Each direction starts from its own defaults; each policy table from its direction's result."""
+    base = PolicySettings()
+    inbound = _build_direction(base.inbound, table.get("inbound", {}), source, _join(prefix, "inbound"))
+    outbound = _build_direction(base.outbound, table.get("outbound", {}), source, _join(prefix, "outbound"))
+    tables = {name: _build_tables(over, table.get(name, []), source, _join(prefix, name))
+              for name, over in (("recipient", inbound), ("sender", outbound))}
+    return PolicySettings(inbound, outbound, **tables)
+
+
+def _build_direction(default: DirectionPolicy, table: object, source: str, prefix: str,
+                     extra: tuple[str, ...] = ()) -> DirectionPolicy:
+    """``default`` with the keys of ``table`` applied; ``<category>_action`` keys go into ``actions``."""
+    if not isinstance(table, dict):
+        raise ConfigError(source, prefix, "must be a table")
+    fields = {f.name for f in dataclasses.fields(DirectionPolicy)} - {"actions"}
+    for key in table:
+        if key not in fields and key not in ACTION_KEYS and key not in extra:
+            known = sorted([*fields, *ACTION_KEYS, *extra])
+            raise ConfigError(source, _join(prefix, key), f"unknown key (known: {', '.join(known)})")
+    hints = typing.get_type_hints(DirectionPolicy)
+    actions = {ACTION_KEYS[k]: _coerce(Action, v, source, _join(prefix, k))
+               for k, v in table.items() if k in ACTION_KEYS}
+    given = {k: _coerce(hints[k], v, source, _join(prefix, k)) for k, v in table.items() if k in fields}
+    return dataclasses.replace(default, **given).with_actions(actions)
+
+
+def _build_tables(base: DirectionPolicy, tables: object, source: str, prefix: str) -> tuple[PolicyTable, ...]:
+    """``[[policy.recipient]]`` / ``[[policy.sender]]``: each a ``match`` plus direction-policy keys."""
+    if not isinstance(tables, list):
+        raise ConfigError(source, prefix, "must be an array of tables ([[...]])")
+    built: list[PolicyTable] = []
+    seen: dict[str, int] = {}
+    for index, table in enumerate(tables):
+        key = f"{prefix}[{index}]"
+        if not isinstance(table, dict):
+            raise ConfigError(source, key, "must be a table")
+        match = table.get("match")
+        if isinstance(match, str):
+            match = [match]
+        if not isinstance(match, list) or not match or not all(isinstance(m, str) for m in match):
+            raise ConfigError(source, f"{key}.match", "must be an address or domain, or a list of them")
+        names = []
+        for item in match:
+            try:
+                name = policy_subject(item)
+            except ValueError as exc:
+                raise ConfigError(source, f"{key}.match", str(exc)) from None
+            if name in seen:
+                raise ConfigError(source, f"{key}.match", f"{name!r} is already matched by {prefix}[{seen[name]}]")
+            seen[name] = index
+            names.append(name)
+        policy = _build_direction(base, {k: v for k, v in table.items() if k != "match"}, source, key)
+        built.append(PolicyTable(tuple(names), policy))
+    return tuple(built)
+
+
+def policy_subject(value: str) -> str:
+    """An address or domain as policy tables and sender lists store it; ValueError if it is neither."""
+    text = value.strip().removeprefix("<").removesuffix(">").lower().rstrip(".").removeprefix("@")
+    local, at, domain = text.rpartition("@")
+    if (at and not local) or not domain or any(c.isspace() or c in "<>@,;\"\\" for c in domain) \
+            or any(c.isspace() or c == "@" for c in local) or ".." in domain or domain.startswith("."):
+        raise ValueError(f"{value!r} is not an address (user@example.org) or a domain (example.org)")
+    return f"{local}@{domain}" if at else domain
 
 
 def _coerce(hint, value, source: str, key: str):
@@ -451,11 +603,17 @@ def _coerce(hint, value, source: str, key: str):
     raise ConfigError(source, key, f"unsupported setting type {hint!r}")
 
 
+def _directions(policy: PolicySettings) -> typing.Iterator[tuple[str, DirectionPolicy]]:
+    yield "policy.inbound", policy.inbound
+    yield "policy.outbound", policy.outbound
+    for name in ("recipient", "sender"):
+        for index, table in enumerate(getattr(policy, name)):
+            yield f"policy.{name}[{index}]", table.policy
+
+
 def _check(settings: Settings, source: str) -> None:
     """Cross-field rules that a type alone cannot express."""
-    for name in ("inbound", "outbound"):
-        pol: DirectionPolicy = getattr(settings.policy, name)
-        key = f"policy.{name}"
+    for key, pol in _directions(settings.policy):
         for attr in ("tag_threshold", "spam_threshold"):
             if not 0.0 <= getattr(pol, attr) <= 1.0:
                 raise ConfigError(source, f"{key}.{attr}", "must be between 0 and 1")

@@ -117,6 +117,9 @@ class Evidence:
     message: MessageFacts = MessageFacts()
     # The release or alert marks the message claims, checked by the milter process (quarantine.release).
     marks: object | None = None
+    # Domains that passed SPF (envelope sender), DKIM (d=) or DMARC (From:) for this message: the
+    # identities a sender allow list entry may be honoured for (anti-spoofing).
+    authenticated: tuple[str, ...] = ()
 
     @property
     def spam_score(self) -> float | None:
@@ -134,4 +137,5 @@ class Evidence:
             headers=self.headers + other.headers,
             message=other.message if other.message != MessageFacts() else self.message,
             marks=other.marks if other.marks is not None else self.marks,
+            authenticated=tuple(dict.fromkeys(self.authenticated + other.authenticated)),
         )

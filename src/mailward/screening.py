@@ -17,11 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from .config import Settings
+from .config import DirectionPolicy, Settings
 from .envelope import Envelope
 from .errors import StoreError
 from .evidence import Category, Evidence, Finding
-from .policy import decide, decide_failure
+from .policy import Inputs, Listed, Mark, Share, decide, decide_failure, split, stops
 from .verdict import Action, Verdict, new_incident_id
 from .workers import MessageSource, ScanFailed
 
@@ -36,6 +36,12 @@ class Quarantine(Protocol):
 
 # The valid mark among those a worker found (quarantine.release.MarkProof), if any; a release mark is used up.
 Release = Callable[[object, Envelope], object | None]
+
+
+class SenderLists(Protocol):
+    """The allow or block entry for this sender and recipient, if any (incidents.senderlists)."""
+
+    def listed(self, envelope: Envelope, recipient: str, authenticated: tuple[str, ...]) -> Listed | None: ...
 
 
 class Watch(Protocol):
@@ -56,6 +62,15 @@ class Outcome:
     quarantine_failed: bool = False  # the store refused a message the policy quarantined
     released_from: str = ""          # quarantine ID when an analyst released this very message
     alert_of: str = ""               # incident ID when this is Mailward's own (marked) alert about it
+    # Recipients whose policy quarantined the message while others' delivered it: removed from the
+    # delivered message (delrcpt) and kept in the quarantine under ``quarantine_id`` with ``held_verdict``.
+    held: tuple[str, ...] = ()
+    held_verdict: Verdict | None = None
+
+    def acted_on(self, category: Category) -> bool:
+        """Whether the policy applied ``category``'s own action for any recipient (what incidents count)."""
+        verdicts = (self.verdict,) if self.held_verdict is None else (self.verdict, self.held_verdict)
+        return any(category in v.acted_on for v in verdicts)
 
 
 WATCH_BUDGET = 1.0      # seconds the reply waits for incident response (counters, alerts)
@@ -64,8 +79,9 @@ WATCH_BUDGET = 1.0      # seconds the reply waits for incident response (counter
 class Screener:
     def __init__(self, settings: Settings, scan: Scan, quarantine: Quarantine | None,
                  clock: Callable[[], float] = time.time, watch: Watch | None = None,
-                 release: Release | None = None):
+                 release: Release | None = None, lists: SenderLists | None = None):
         self.settings = settings
+        self._lists = lists
         self._release = release
         self._scan = scan
         self._quarantine = quarantine
@@ -78,41 +94,60 @@ class Screener:
         incident = new_incident_id(self._clock())
         policy = self.settings.policy.for_direction(envelope.direction)
         evidence, error = known, ""
+        held: Share | None = None
         try:
             evidence = known.merged(self._scan(source, envelope))
-            verdict = decide(evidence, policy, incident)
+            shares = self._decide(evidence, envelope, incident, None)
+            released_from = alert_of = ""
+            if any(stops(s.verdict) for s in shares) and self._release is not None and evidence.marks is not None:
+                # An analyst released this exact message to these recipients (HMAC over ID, time, body and
+                # recipients; once), or it is our own alert: deliver it, tagged.
+                mark = self._release(evidence.marks, envelope)
+                if mark is not None:
+                    released = mark.kind == "release"
+                    released_from, alert_of = (mark.quarantine_id, "") if released else ("", mark.quarantine_id)
+                    shares = self._decide(evidence, envelope, incident, Mark.RELEASE if released else Mark.ALERT)
+            decision = split(shares)
+            verdict, held = decision.delivered.verdict, decision.held
         except ScanFailed as exc:
             verdict, error = decide_failure(policy, incident), str(exc)
-        released_from = alert_of = ""
-        if verdict.action in (Action.QUARANTINE, Action.REJECT) and self._release is not None \
-                and evidence.marks is not None:
-            # An analyst released this exact message to these recipients (HMAC over ID, time, body and
-            # recipients; once), or it is our own alert: deliver it, tagged.
-            mark = self._release(evidence.marks, envelope)
-            if mark is not None:
-                released = mark.kind == "release"
-                released_from, alert_of = (mark.quarantine_id, "") if released else ("", mark.quarantine_id)
-                verdict = replace(verdict, action=Action.TAG,
-                                  reasons=verdict.reasons + ("released" if released else "alert",))
+            released_from = alert_of = ""
         quarantine_id, store_failed = "", False
         if verdict.action is Action.REJECT and evidence.of(Category.MALWARE) and self._quarantine is not None:
             quarantine_id = self._keep_sample(source, envelope, verdict, evidence)
-        if verdict.action is Action.QUARANTINE:
-            verdict = replace(verdict, hold=self.settings.quarantine.hold)
-            if self._quarantine is not None:
-                t0 = time.perf_counter()
-                try:
-                    quarantine_id = self._quarantine.put(source, envelope, verdict, evidence)
-                except StoreError as exc:
-                    # Never accept what we were told to quarantine and could not keep.
-                    verdict, error = Verdict(Action.TEMPFAIL, ("error",), incident, verdict.spam_score), str(exc)
-                    store_failed = True
-                evidence = replace(evidence, timings=evidence.timings + (("quarantine", time.perf_counter() - t0),))
+        kept = (envelope, verdict) if verdict.action is Action.QUARANTINE else \
+            (replace(envelope, recipients=held.recipients), held.verdict) if held is not None else None
+        if kept is not None and self._quarantine is not None:
+            t0 = time.perf_counter()
+            try:
+                quarantine_id = self._quarantine.put(source, kept[0], kept[1], evidence)
+            except StoreError as exc:
+                # Never accept what we were told to quarantine and could not keep.
+                # What the policy acted on still counts (incident response: malware alerts, spam counters).
+                acted_on = verdict.acted_on + (held.verdict.acted_on if held is not None else ())
+                verdict = Verdict(Action.TEMPFAIL, ("error",), incident, verdict.spam_score,
+                                  acted_on=tuple(dict.fromkeys(acted_on)))
+                error, store_failed, held = str(exc), True, None
+            evidence = replace(evidence, timings=evidence.timings + (("quarantine", time.perf_counter() - t0),))
         outcome = Outcome(envelope, verdict, evidence, size, quarantine_id, error, time.perf_counter() - started,
-                          store_failed, released_from, alert_of)
+                          store_failed, released_from, alert_of, held.recipients if held is not None else (),
+                          held.verdict if held is not None else None)
         if self._watch is not None:
             self._observe(outcome)
         return outcome
+
+    def _decide(self, evidence: Evidence, envelope: Envelope, incident: str, mark: Mark | None) -> list[Share]:
+        """One verdict per group of recipients with the same policy and sender list entry."""
+        groups: dict[tuple[DirectionPolicy, Listed | None], list[str]] = {}
+        for recipient in envelope.recipients or ("",):
+            policy = self.settings.policy.for_recipient(envelope.direction, envelope.mail_from, recipient)
+            listed = (self._lists.listed(envelope, recipient, evidence.authenticated)
+                      if self._lists is not None else None)
+            groups.setdefault((policy, listed), []).append(recipient)
+        hold = self.settings.quarantine.hold
+        return [Share(tuple(r for r in recipients if r),
+                      decide(evidence, policy, incident, Inputs(listed, mark, hold)))
+                for (policy, listed), recipients in groups.items()]
 
     def _observe(self, outcome: Outcome) -> None:
         """Let incident response see the outcome, waiting for it at most :data:`WATCH_BUDGET`.
@@ -171,6 +206,7 @@ def event_of(outcome: Outcome) -> dict:
             "verdict": verdict.action.value, "reasons": list(verdict.reasons), "incident_id": verdict.incident_id,
             "spam_score": verdict.spam_score, "size": outcome.size, "quarantine_id": outcome.quarantine_id or None,
             "hold": verdict.hold, "released_from": outcome.released_from or None,
+            "held_recipients": list(outcome.held) or None,
             "findings": [dict(f.as_dict(), **({"file": _ecs_file(f)} if f.sha256 else {})) for f in evidence.findings],
             "clues": [[c.token, round(c.weight, 3)] for c in (evidence.spam.clues if evidence.spam else ())],
             "timings_ms": {stage: round(sec * 1000, 3) for stage, sec in evidence.timings},

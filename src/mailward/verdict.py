@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass
 from enum import Enum
 
+from .evidence import Category
+
 
 class Action(str, Enum):
     ACCEPT = "accept"
@@ -39,7 +41,7 @@ PUBLIC_REASONS = {
     "unchecked": "Message could not be checked",
     "reputation": "Sender reputation check failed",
     "authentication": "Sender authentication failed",
-    "blocked": "Sender not accepted",
+    "blocked": "Sender not accepted",         # an analyst's block, or the recipient's sender block list
     "error": "Temporary problem checking message",
 }
 
@@ -73,6 +75,9 @@ class Verdict:
     incident_id: str
     spam_score: float | None = None
     hold: bool = False            # also put the message in the MTA's hold queue
+    # Categories whose own action the policy applied (a spam score over the threshold, malware at
+    # min_severity...): what incident response counts, so it never re-applies the thresholds.
+    acted_on: tuple[Category, ...] = ()
 
     @property
     def public_reason(self) -> str:

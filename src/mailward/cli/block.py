@@ -17,13 +17,18 @@ import time
 
 from ..config import Settings
 from ..incidents import Block, SubjectKind, open_incidents
+from ..policy import Listed
 from ..quarantine.records import Actor
 from ..textsafe import json_line, neutralise
+from .allow import add_entry, remove_entry
 
 OK, FAILED, REFUSED = 0, 1, 3
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _KINDS = [k.value for k in SubjectKind]
+_SCOPED = (SubjectKind.SENDER.value, SubjectKind.DOMAIN.value)
+RECIPIENT_HELP = ("sender or domain only: block it for this recipient domain or address alone (its mail counts "
+                  "as certain spam for them; see `mailward allow list`) instead of refusing it for everyone")
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -42,12 +47,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("value")
     p.add_argument("--reason", required=True, help="why (for analysts; never shown to senders)")
     p.add_argument("--for", dest="duration", help="expire after this long: 30m, 12h, 7d, 2w (default: never)")
+    p.add_argument("--recipient", default="", help=RECIPIENT_HELP)
     p.set_defaults(handler=_add)
 
     p = sub.add_parser("remove", help="lift a block or suspension")
     p.add_argument("kind", choices=_KINDS)
     p.add_argument("value")
     p.add_argument("--reason", default="", help="recorded in the audit trail")
+    p.add_argument("--recipient", default="", help=RECIPIENT_HELP)
     p.set_defaults(handler=_remove)
 
     p = sub.add_parser("history", help="the audit trail of the block list")
@@ -95,7 +102,24 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
     return OK
 
 
+def _scoped(args: argparse.Namespace, command: str) -> bool | None:
+    """Whether this is a per-recipient sender list entry; None (after a message) when --recipient does not fit."""
+    if not args.recipient:
+        return False
+    if args.kind not in _SCOPED:
+        print(f"mailward {command}: --recipient applies to sender and domain blocks only", file=sys.stderr)
+        return None
+    return True
+
+
 def _add(args: argparse.Namespace, settings: Settings) -> int:
+    scoped = _scoped(args, "block add")
+    if scoped is None or (scoped and args.duration):
+        if scoped:
+            print("mailward block add: --for does not apply with --recipient", file=sys.stderr)
+        return FAILED
+    if scoped:
+        return add_entry(Listed.BLOCK, args.value, args.recipient, args.reason, args.analyst, settings, "block add")
     try:
         seconds = duration(args.duration) if args.duration else None
     except argparse.ArgumentTypeError as exc:
@@ -118,6 +142,12 @@ def _add(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _remove(args: argparse.Namespace, settings: Settings) -> int:
+    scoped = _scoped(args, "block remove")
+    if scoped is None:
+        return FAILED
+    if scoped:
+        return remove_entry(Listed.BLOCK, args.value, args.recipient, args.reason, args.analyst, settings,
+                            "block remove")
     actor = Actor.current(args.analyst)
     incidents = _open(args, settings)
     try:

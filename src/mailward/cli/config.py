@@ -10,8 +10,9 @@ import argparse
 import dataclasses
 import enum
 import json
+from collections.abc import Mapping
 
-from ..config import Settings
+from ..config import PolicyTable, Settings
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -34,18 +35,26 @@ def _value(value) -> str:
 
 
 def to_toml(obj, prefix: str = "") -> list[str]:
-    scalars, tables = [], []
+    scalars, tables, arrays = [], [], []
     for f in dataclasses.fields(obj):
         if f.name == "source":
             continue
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
             tables.append((f.name, value))
+        elif isinstance(value, Mapping):          # a direction's actions: one <category>_action key each
+            scalars += [f"{key.value}_action = {_value(action)}" for key, action in value.items()]
+        elif isinstance(value, tuple) and value and isinstance(value[0], PolicyTable):
+            arrays.append((f.name, value))
         else:
             scalars.append(f"{f.name} = {_value(value)}")
     lines = ([f"[{prefix}]"] if prefix and scalars else []) + scalars + ([""] if scalars else [])
     for name, value in tables:
         lines += to_toml(value, f"{prefix}.{name}" if prefix else name)
+    for name, policy_tables in arrays:            # [[policy.recipient]]: its match, then every key it resolves to
+        for table in policy_tables:
+            body = to_toml(table.policy, "x")[1:]
+            lines += [f"[[{prefix}.{name}]]", f"match = {_value(table.match)}", *body]
     return lines
 
 

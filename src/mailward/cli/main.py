@@ -14,7 +14,7 @@ from ..config import Settings, load_settings
 from ..errors import ConfigError, MailwardError
 from ..logs import configure_cli_logging
 from ..privileges import PrivilegeError, become_service_user
-from . import block, config, model, quarantine, rules, scan, train, watch_auth
+from . import allow, block, config, model, quarantine, rules, scan, train, watch_auth
 
 
 def _add_global_options(parser: argparse.ArgumentParser, default=None) -> None:
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     quarantine.register(commands)
     rules.register(commands)
     block.register(commands)
+    allow.register(commands)
     watch_auth.register(commands)
     train.register(commands)
     model.register(commands)

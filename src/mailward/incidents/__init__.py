@@ -19,13 +19,13 @@ from ..config import Settings
 from ..quarantine.records import Actor
 from .alerts import Alert, AlertDispatcher, AlertKind, Delivery, channels_from_settings
 from .notices import VirusNotices
-from .records import AuditEntry, Block, Origin, SubjectKind, Totals, normalise
+from .records import AuditEntry, Block, Origin, SenderEntry, SubjectKind, Totals, normalise
 from .response import IncidentResponse, block_finding
 from .store import DB_NAME, IncidentStore, IncidentStoreError
 
 __all__ = ["Alert", "AlertDispatcher", "AlertKind", "AuditEntry", "Block", "Delivery", "IncidentResponse",
-           "IncidentStore", "IncidentStoreError", "Origin", "SubjectKind", "Totals", "block_finding", "normalise",
-           "open_incidents", "open_store"]
+           "IncidentStore", "IncidentStoreError", "Origin", "SenderEntry", "SubjectKind", "Totals", "block_finding",
+           "normalise", "open_incidents", "open_store"]
 
 
 def open_store(settings: Settings, clock: Callable[[], float] = time.time) -> IncidentStore:

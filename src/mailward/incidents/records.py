@@ -6,6 +6,8 @@ import ipaddress
 from dataclasses import dataclass
 from enum import Enum
 
+from ..policy import Listed
+
 
 class SubjectKind(str, Enum):
     """What a block applies to; the milter checks each at the first point it is known."""
@@ -132,3 +134,31 @@ class Totals:
 
     def get(self, metric: Metric) -> int:
         return getattr(self, metric.value)
+
+
+@dataclass(frozen=True)
+class SenderEntry:
+    """One sender allow or block list entry: for everyone (``scope`` empty), a recipient domain or address.
+
+    ``sender`` is an address or a domain (which covers its subdomains).
+    """
+
+    id: int
+    listed: Listed
+    scope: str
+    sender: str
+    reason: str
+    created_at: float
+    created_by: str
+    removed_at: float | None = None
+    removed_by: str = ""
+
+    @property
+    def kind(self) -> SubjectKind:
+        """How the audit trail files it: a sender address or a sender domain."""
+        return SubjectKind.SENDER if "@" in self.sender else SubjectKind.DOMAIN
+
+    def as_dict(self) -> dict[str, object]:
+        return {"id": self.id, "list": self.listed.value, "scope": self.scope, "sender": self.sender,
+                "reason": self.reason, "created_at": self.created_at, "created_by": self.created_by,
+                "removed_at": self.removed_at, "removed_by": self.removed_by}

@@ -19,17 +19,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..config import CounterLimits, Settings
-from ..envelope import Direction
+from ..config import CounterLimits, Settings, policy_subject
+from ..envelope import Direction, Envelope
 from ..errors import ConfigError
-from ..evidence import Category, Evidence, Finding, Severity
+from ..evidence import Category, Finding, Severity
+from ..policy import Listed
 from ..quarantine.records import Actor
 from ..screening import Outcome
 from ..verdict import new_incident_id
 from .alerts import Alert, AlertDispatcher, AlertKind
 from .blocklist import BlockList
 from .notices import VirusNotices
-from .records import Block, Counter, Metric, Origin, SubjectKind, Totals, normalise
+from .records import Block, Counter, Metric, Origin, SenderEntry, SubjectKind, Totals, normalise
+from .senderlists import SenderLists
 from .store import IncidentStore, IncidentStoreError
 
 log = logging.getLogger(__name__)
@@ -66,18 +68,6 @@ def block_finding(block: Block) -> Finding:
                    f"{block.kind.value} {block.value}", block.reason)
 
 
-def spam_verdict(evidence: Evidence, settings: Settings, direction: Direction) -> bool:
-    policy = settings.policy.for_direction(direction)
-    score = evidence.spam_score
-    return (score is not None and score >= policy.spam_threshold) or any(
-        f.severity >= policy.min_severity for f in evidence.of(Category.SPAM))
-
-
-def malware_findings(evidence: Evidence, settings: Settings, direction: Direction) -> tuple[Finding, ...]:
-    policy = settings.policy.for_direction(direction)
-    return tuple(f for f in evidence.of(Category.MALWARE) if f.severity >= policy.min_severity)
-
-
 class IncidentResponse:
     def __init__(self, settings: Settings, store: IncidentStore, alerts: AlertDispatcher,
                  metrics: MetricsSink | None = None, clock: Callable[[], float] = time.time,
@@ -95,6 +85,7 @@ class IncidentResponse:
         except ValueError as exc:
             raise ConfigError(settings.source, "incidents.exempt_networks", str(exc)) from None
         self.blocklist = BlockList(store.active_blocks, self._config.refresh, clock)
+        self.sender_lists = SenderLists(store.sender_entries, self._config.refresh, clock)
         self._pruned_at = clock()
 
     def close(self) -> None:
@@ -111,6 +102,10 @@ class IncidentResponse:
     def sender_block(self, account: str, mail_from: str) -> Block | None:
         return self.blocklist.for_sender(account, mail_from)
 
+    def listed(self, envelope: Envelope, recipient: str, authenticated: tuple[str, ...]) -> Listed | None:
+        """The sender list entry honoured for this recipient (see :mod:`.senderlists`)."""
+        return self.sender_lists.listed(envelope, recipient, authenticated)
+
     # -- what happened ------------------------------------------------------------------------------
 
     def observe(self, outcome: Outcome) -> Block | None:
@@ -118,7 +113,8 @@ class IncidentResponse:
         env, evidence = outcome.envelope, outcome.evidence
         if outcome.alert_of:    # our own alert quotes what it reports: no alert about it, no counting
             return None
-        malware = malware_findings(evidence, self.settings, env.direction)
+        # What counted is what the policy acted on: the verdict says so, thresholds are not re-applied here.
+        malware = evidence.of(Category.MALWARE) if outcome.acted_on(Category.MALWARE) else ()
         if malware:
             self._alert_malware(outcome, malware)
             if self.notices is not None:
@@ -134,7 +130,7 @@ class IncidentResponse:
         if not self._config.enabled or subject is None:
             return None
         added = Totals(messages=1, recipients=len(env.recipients),
-                       spam=int(spam_verdict(evidence, self.settings, env.direction)), malware=int(bool(malware)))
+                       spam=int(outcome.acted_on(Category.SPAM)), malware=int(bool(malware)))
         started = time.perf_counter()
         try:
             return self._count(subject, added, outcome.verdict.incident_id)
@@ -195,6 +191,30 @@ class IncidentResponse:
         block = self.store.lift(kind, normalise(kind, value), actor.name, actor.host, actor.origin, detail)
         self._refresh()
         return block
+
+    # -- sender lists: the one service layer under the CLI and the web page -----------------------
+
+    def list_sender(self, listed: Listed, sender: str, scope: str, reason: str, actor: Actor
+                    ) -> tuple[SenderEntry, bool]:
+        """Allow or block ``sender`` (address or domain) for ``scope`` ("" = everyone, or a recipient domain
+        or address); audited. Returns the active entry and whether this call made it (an existing entry,
+        allow or block, is left as it is: remove it first). ValueError for a malformed sender or scope."""
+        sender, scope = policy_subject(sender), policy_subject(scope) if scope else ""
+        entry, created = self.store.add_sender_entry(listed, scope, sender, reason, actor.name, actor.host,
+                                                     actor.origin)
+        self._refresh()
+        return entry, created
+
+    def unlist_sender(self, sender: str, scope: str, actor: Actor, detail: str = "") -> SenderEntry | None:
+        """Remove the allow or block entry of ``sender`` for ``scope``; audited. None when there was none."""
+        entry = self.store.remove_sender_entry(policy_subject(scope) if scope else "", policy_subject(sender),
+                                               actor.name, actor.host, actor.origin, detail)
+        self._refresh()
+        return entry
+
+    def sender_entries(self, scope: str | None = None) -> list[SenderEntry]:
+        """Active allow and block entries; only ``scope``'s when given ("" = the global list)."""
+        return self.store.sender_entries(policy_subject(scope) if scope else scope)
 
     # -- internals ----------------------------------------------------------------------------------------
 
@@ -258,6 +278,7 @@ class IncidentResponse:
     def _refresh(self) -> None:
         try:
             self.blocklist.reload()
+            self.sender_lists.reload()
         except IncidentStoreError:
             log.exception("cannot reload the block list")
 

@@ -30,7 +30,8 @@ from typing import Any
 
 from ..dbfile import prepare_database_file
 from ..errors import MailwardError
-from .records import COUNTERS_OF, AuditEntry, Block, Counter, Origin, SubjectKind, Totals
+from ..policy import Listed
+from .records import COUNTERS_OF, AuditEntry, Block, Counter, Origin, SenderEntry, SubjectKind, Totals
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +78,25 @@ SCHEMA = (
         origin TEXT NOT NULL,
         detail TEXT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS incident_audit_subject ON incident_audit (kind, value)",
+    # Sender allow and block lists: scope '' is everyone, else a recipient domain or address.
+    """CREATE TABLE IF NOT EXISTS sender_lists (
+        id {serial},
+        list TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        created_at {real} NOT NULL,
+        created_by TEXT NOT NULL,
+        removed_at {real},
+        removed_by TEXT NOT NULL DEFAULT '')""",
+    """CREATE UNIQUE INDEX IF NOT EXISTS sender_lists_one_active
+        ON sender_lists (scope, sender) WHERE removed_at IS NULL""",
 )
 
 _BLOCK_COLUMNS = ("id, kind, value, origin, reason, incident_id, created_at, created_by, expires_at, "
                   "lifted_at, lifted_by")
 _ACTIVE = "lifted_at IS NULL AND (expires_at IS NULL OR expires_at > ?)"
+_ENTRY_COLUMNS = "id, list, scope, sender, reason, created_at, created_by, removed_at, removed_by"
 
 
 class IncidentStoreError(MailwardError):
@@ -278,6 +293,60 @@ class IncidentStore(ABC):
                                     f"FROM incident_audit {clause} ORDER BY seq DESC LIMIT ?",
                               (*params, limit)).fetchall()
         return [AuditEntry(r[0], r[1], r[2], SubjectKind(r[3]), *r[4:]) for r in rows]
+
+    # -- sender lists ----------------------------------------------------------------------------
+
+    def add_sender_entry(self, listed: Listed, scope: str, sender: str, reason: str, actor: str, host: str,
+                         actor_origin: str = "") -> tuple[SenderEntry, bool]:
+        """List ``sender`` for ``scope`` unless it already is (allowed or blocked); the entry and whether it is new."""
+        now = self._clock()
+        with self._tx() as conn:
+            created = self._exec(conn, "INSERT INTO sender_lists (list, scope, sender, reason, created_at, created_by) "
+                                       "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                                 (listed.value, scope, sender, reason, now, actor)).rowcount == 1
+            entry = self._entry_row(self._exec(conn, f"SELECT {_ENTRY_COLUMNS} FROM sender_lists WHERE scope = ? "
+                                                     "AND sender = ? AND removed_at IS NULL",
+                                               (scope, sender)).fetchone())
+            if created:
+                self._audit_entry(conn, now, f"{listed.value}-list-add", entry, actor, host, actor_origin, reason)
+        return entry, created
+
+    def remove_sender_entry(self, scope: str, sender: str, actor: str, host: str, actor_origin: str = "",
+                            detail: str = "") -> SenderEntry | None:
+        """End the active entry of ``sender`` for ``scope``; None when there was none."""
+        now = self._clock()
+        with self._tx() as conn:
+            row = self._exec(conn, f"SELECT {_ENTRY_COLUMNS} FROM sender_lists WHERE scope = ? AND sender = ? "
+                                   "AND removed_at IS NULL", (scope, sender)).fetchone()
+            if row is None:
+                return None
+            entry = self._entry_row(row)
+            self._exec(conn, "UPDATE sender_lists SET removed_at = ?, removed_by = ? WHERE id = ?",
+                       (now, actor, entry.id))
+            self._audit_entry(conn, now, f"{entry.listed.value}-list-remove", entry, actor, host, actor_origin,
+                              detail)
+        return replace(entry, removed_at=now, removed_by=actor)
+
+    def sender_entries(self, scope: str | None = None) -> list[SenderEntry]:
+        """Active entries, oldest first; only those of ``scope`` when given ("" = the global list)."""
+        clause, params = ("AND scope = ?", (scope,)) if scope is not None else ("", ())
+        with self._tx() as conn:
+            rows = self._exec(conn, f"SELECT {_ENTRY_COLUMNS} FROM sender_lists WHERE removed_at IS NULL {clause} "
+                                    "ORDER BY id", params).fetchall()
+        return [self._entry_row(r) for r in rows]
+
+    def _audit_entry(self, conn, now: float, action: str, entry: SenderEntry, actor: str, host: str,
+                     origin: str, detail: str) -> None:
+        where = f"for {entry.scope}" if entry.scope else "for everyone"
+        self._exec(conn, "INSERT INTO incident_audit (at, action, kind, value, incident_id, actor, host, origin, "
+                         "detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   (now, action, entry.kind.value, entry.sender, "", actor, host, origin,
+                    f"{where}: {detail}" if detail else where))
+
+    @staticmethod
+    def _entry_row(row) -> SenderEntry:
+        return SenderEntry(id=int(row[0]), listed=Listed(row[1]), scope=row[2], sender=row[3], reason=row[4],
+                           created_at=row[5], created_by=row[6], removed_at=row[7], removed_by=row[8])
 
     def _audit(self, conn, now: float, action: str, block: Block, actor: str, host: str, origin: str,
                detail: str) -> None:

@@ -408,6 +408,8 @@ class MailwardMilter(Milter.Base):
             reply = verdict.reply
             self.setreply(reply.code, reply.xcode, reply.text)
             return Milter.REJECT if verdict.action is Action.REJECT else Milter.TEMPFAIL
+        for recipient in outcome.held:          # quarantined for them; the others get the message
+            self.delrcpt(f"<{recipient}>")
         self._replace_our_headers(verdict)
         for name, value in outcome.evidence.headers:      # trace fields such as Authentication-Results
             self.addheader(name, " " + value, 0)

@@ -138,7 +138,7 @@ def _build_runtime(settings: Settings, pool: ScanPool | None, inspector: Inspect
         store.close()
         raise
     screener = Screener(settings, scan, store, watch=incidents,
-                        release=ReleaseVerifier.from_settings(settings, store).accept)
+                        release=ReleaseVerifier.from_settings(settings, store).accept, lists=incidents)
     return Runtime(screener, settings.direction.rules(), Path(settings.state_dir) / "spool",
                    settings.milter.spool_threshold, incidents, metrics, authserv_id(settings.reputation),
                    owned=(store, incidents))
@@ -252,6 +252,8 @@ def _wait_listening(settings: Settings, running: threading.Thread, timeout: floa
         time.sleep(0.05)
 
 
+# sysexits EX_TEMPFAIL: libmilter stopped without being asked; the service manager restarts the milter.
+EXIT_RESTART = 75
 RULES_POLL = 5.0     # seconds between checks of the rule directories for edits
 
 
@@ -356,7 +358,7 @@ class _Daemon:
 
     def serve(self) -> int:
         Milter.factory = self.connection
-        Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS | Milter.QUARANTINE)
+        Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS | Milter.QUARANTINE | Milter.DELRCPT)
         os.umask(0o007)
         failure: list[BaseException] = []
 
@@ -368,8 +370,14 @@ class _Daemon:
             finally:
                 self.stop_requested.set()
 
-        signal.signal(signal.SIGTERM, lambda *_: self.stop_requested.set())
-        signal.signal(signal.SIGINT, lambda *_: self.stop_requested.set())
+        asked_to_stop = threading.Event()
+
+        def stop(*_: object) -> None:
+            asked_to_stop.set()
+            self.stop_requested.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
         thread = threading.Thread(target=run, name="libmilter", daemon=True)
         thread.start()
@@ -407,6 +415,14 @@ class _Daemon:
         if failure:
             log.error("the milter could not run: %s", failure[0])
             return 1
+        if not asked_to_stop.is_set():
+            # libmilter's signal thread took a SIGHUP (or SIGTERM) meant for the main thread, which the kernel
+            # may do when the main thread has a signal pending; libmilter cannot be started twice in one
+            # process, so exit with a failure status for the service manager to restart the milter.
+            log.error("libmilter stopped on a signal this process did not handle (a SIGHUP taken by libmilter's "
+                      "own signal thread); exiting with status %d so the service manager restarts the milter",
+                      EXIT_RESTART)
+            return EXIT_RESTART
         log.info("mailward-milter stopped")
         return 0
 

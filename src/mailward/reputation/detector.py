@@ -200,7 +200,10 @@ class ReputationDetector:
         if rep.spf or rep.dkim or rep.dmarc:
             shown_dkim = dkim or ([DkimResult("", "", "none")] if rep.dkim else [])
             headers = ((HEADER, results_value(self.authserv_id, spf, shown_dkim, dmarc)),)
-        return Evidence(findings=tuple(findings), headers=headers)
+        passed = [s.domain for s in spf if s.identity == "mailfrom" and s.result == "pass"]
+        passed += [d.domain for d in dkim if d.result == "pass"] + [d.domain for d in dmarc if d.result == "pass"]
+        authenticated = tuple(dict.fromkeys(d.lower().rstrip(".") for d in passed if d))
+        return Evidence(findings=tuple(findings), headers=headers, authenticated=authenticated)
 
     def _listing(self, job: _Job, lookup: Lookup) -> list[Finding]:
         if lookup.outcome is not Outcome.ANSWER:

@@ -41,6 +41,10 @@ class ClamdError(Exception):
     """clamd could not be reached, was too slow, or answered with an error."""
 
 
+class ClamdTimeout(ClamdError):
+    """clamd did not answer within the time the call was given."""
+
+
 class StreamTooLong(ClamdError):
     """clamd refused the stream as longer than its StreamMaxLength: unchecked, but clamd is fine."""
 
@@ -77,7 +81,7 @@ class Clamd:
                 _budget(conn, deadline)
                 conn.sendall(struct.pack(">I", 0))
             except TimeoutError:
-                raise ClamdError("clamd timed out") from None
+                raise ClamdTimeout("clamd timed out") from None
             except OSError as exc:   # clamd stops reading a stream beyond StreamMaxLength: its reply says so
                 unsent = exc
             try:
@@ -121,7 +125,7 @@ class Clamd:
 def _budget(conn: socket.socket, deadline: float) -> None:
     left = deadline - time.monotonic()
     if left <= 0:
-        raise ClamdError("clamd timed out")
+        raise ClamdTimeout("clamd timed out")
     conn.settimeout(left)
 
 
@@ -136,7 +140,7 @@ def _reply(conn: socket.socket, deadline: float) -> str:
                 break
             buf += got
     except TimeoutError:
-        raise ClamdError("clamd timed out") from None
+        raise ClamdTimeout("clamd timed out") from None
     except OSError as exc:
         raise ClamdError(f"reading from clamd: {exc}") from None
     if b"\0" not in buf:
@@ -215,13 +219,19 @@ class ClamavDetector:
         for target, future in calls:
             if future in late:
                 future.cancel()
-                failure = failure or (target.location, f"no answer within the message deadline ({self.deadline:g}s)")
+                failure = failure or (target.location, self._deadline_reason())
                 continue
             try:
                 signature = future.result()
             except StreamTooLong as exc:
                 findings.append(Finding(Category.UNCHECKED, "clamav-too-large", Severity.HIGH, self.name,
                                         target.location, f"{len(target.data)} bytes: {exc}"))
+                continue
+            except ClamdTimeout as exc:
+                # A call given the message deadline as its timeout ran out of the deadline, not of clamd's
+                # own timeout: say so, whichever of the two clocks noticed first.
+                reason = self._deadline_reason() if self.deadline <= self.settings.timeout else str(exc)
+                failure = failure or (target.location, reason)
                 continue
             except ClamdError as exc:
                 failure = failure or (target.location, str(exc))
@@ -234,6 +244,9 @@ class ClamavDetector:
             self._mark_down(reason)
             findings.append(self._unavailable(location, reason))
         return findings
+
+    def _deadline_reason(self) -> str:
+        return f"no answer within the message deadline ({self.deadline:g}s)"
 
     def _unavailable(self, location: str, reason: str) -> Finding:
         return Finding(Category.UNCHECKED, UNAVAILABLE, Severity.HIGH, self.name, location, reason[:200])
