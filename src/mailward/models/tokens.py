@@ -423,7 +423,7 @@ def received_tokens(fields: list[str]) -> list[str]:
 
 def recipient_tokens(message: ParsedMessage) -> list[str]:
     """How many recipients and in which domains; whether they were hidden (undisclosed or no To)."""
-    out = []
+    out: list[str] = []
     addresses: list[str] = []
     for field in ("to", "cc"):
         values = message.header_all(field)

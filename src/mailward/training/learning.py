@@ -184,7 +184,7 @@ def _recent(training_data: dict) -> list[tuple[float, bool]]:
     """The calibration window a model's sidecar kept (malformed entries are dropped, not trusted)."""
     kept = training_data.get("calibration")
     recent = kept.get("recent", []) if isinstance(kept, dict) else []
-    out = []
+    out: list[tuple[float, bool]] = []
     for pair in recent if isinstance(recent, list) else []:
         if isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, (int, float)) for x in pair) \
                 and math.isfinite(pair[0]):
