@@ -84,6 +84,15 @@ def test_header_block_for_lf_and_crlf():
     assert header_block(b"A: 1\nno body") == b"A: 1\nno body"
 
 
+def test_a_cold_start_model_tags_but_acts_only_above_its_floor():
+    cold = SpamAssessment(0.95, regime="cold-start", spam_floor=0.999)
+    assert decide(Evidence(spam=cold), POLICY, "i").action is Action.TAG
+    sure = SpamAssessment(0.9995, regime="cold-start", spam_floor=0.999)
+    assert decide(Evidence(spam=sure), POLICY, "i").action is POLICY.actions[Category.SPAM]
+    strict = replace(POLICY, spam_threshold=0.9999)        # a stricter policy threshold still wins
+    assert decide(Evidence(spam=sure), strict, "i").action is Action.TAG
+
+
 def test_an_allowed_sender_skips_spam_and_reputation_but_never_malware_or_banned_files():
     spammy = Evidence(findings=(finding(Category.REPUTATION), finding(Category.SPAM)), spam=SpamAssessment(0.99))
     allowed = decide(spammy, POLICY, "i", Inputs(listed=Listed.ALLOW))

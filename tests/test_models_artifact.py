@@ -166,3 +166,35 @@ def test_a_model_without_both_classes_is_not_saved(tmp_path):
 
     with pytest.raises(ArtifactError, match="at least one ham and one spam"):
         save_artifact(TrainedModel(trainer.counts(), SMALL), tmp_path)
+
+
+def test_the_profile_is_recorded_and_a_model_is_scored_with_its_own(tmp_path):
+    from dataclasses import replace as changed
+
+    from mailward.models.features import FeatureSettings
+    from mailward.models.tokens import TokenizerSettings
+
+    site = small_model()
+    site = changed(site, features=FeatureSettings(n_features=2 ** 12, tokenizer=TokenizerSettings(profile="site")))
+    written = save_artifact(site, tmp_path)
+    meta = json.loads((tmp_path / SIDECAR).read_text())
+    assert meta["features"]["tokenizer"]["profile"] == "site"
+    assert load_artifact(tmp_path / SIDECAR, tmp_path).scorer().features.tokenizer.profile == "site"
+    assert written.scorer().features == load_artifact(tmp_path / SIDECAR, tmp_path).features
+
+
+def test_a_sidecar_without_a_profile_is_a_corpus_model(saved):
+    _, directory = saved
+    meta = json.loads((directory / SIDECAR).read_text())
+    tokenizer = {k: v for k, v in meta["features"]["tokenizer"].items() if k not in ("profile", "pair_window")}
+    edit_sidecar(directory, features=dict(meta["features"], tokenizer=tokenizer))
+    assert load_artifact(directory / SIDECAR, directory).features.tokenizer.profile == "corpus"
+
+
+def test_unknown_profile_is_refused_clearly(saved):
+    _, directory = saved
+    meta = json.loads((directory / SIDECAR).read_text())
+    edit_sidecar(directory, features=dict(meta["features"], tokenizer=dict(meta["features"]["tokenizer"],
+                                                                           profile="future")))
+    with pytest.raises(ArtifactError, match="unknown feature profile 'future'"):
+        load_artifact(directory / SIDECAR, directory)

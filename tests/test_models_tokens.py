@@ -132,3 +132,52 @@ def test_huge_headers_are_read_only_in_part():
     tokens = tokens_of(raw)
     assert time.perf_counter() - started < 1.0
     assert tokens.count("subject:win") <= 250 and "from:dom:example.com" not in tokens
+
+
+SITE_MAIL = (
+    b"Received: from mx.example.net (mx.example.net [192.0.2.7])\n"
+    b"\tby in.example.com (Postfix) with ESMTPS id 1\n"
+    b"Received: from helo.bulk.example (rdns.other.example [198.51.100.23])\n"
+    b"\tby mx.example.net with SMTP id 2\n"
+    b"From: Offers <deals@bulk.example>\n"
+    b"To: undisclosed-recipients:;\n"
+    b"Cc: a@one.example, b@two.example\n"
+    b"Subject: hello\n"
+    b"X-Spam-Status: Yes, score=9.9\n"
+    b"X-Mailward-Score: 0.99\n"
+    b"X-Rspamd-Action: reject\n"
+    b"Authentication-Results: mx.example.net; spf=fail\n"
+    b"Return-Path: <deals@bulk.example>\n"
+    b"X-Campaign: spring-sale\n"
+    b"\n"
+    b"body text here\n"
+)
+
+
+def test_site_profile_reads_relays_recipients_and_other_headers():
+    tokens = set(tokens_of(SITE_MAIL, TokenizerSettings(profile="site")))
+    assert {"rcvd:hops:2", "rcvd:ip:192.0.2.7", "rcvd:net:198.51.100", "rcvd:helo:bulk.example",
+            "rcvd:rdns:other.example", "rcvd:relay:helo-rdns:differ", "rcvd:first:helo-rdns:same", "rcvd:tls",
+            "rcpt:to:undisclosed", "rcpt:count:2", "rcpt:dom:one.example", "rcpt:dom:two.example",
+            "h:x-campaign:spring", "h:x-campaign:sale"} <= tokens
+    # Verdicts of any filter, authentication results and delivery-time headers are never read.
+    leaked = [t for t in tokens if any(word in t for word in ("yes", "9.9", "reject", "spf", "fail", "0.99",
+                                                              "return-path", "x-spam", "x-rspamd"))]
+    assert leaked == []
+
+
+def test_corpus_profile_is_unchanged_by_the_site_profile():
+    corpus = tokens_of(SITE_MAIL)
+    assert not any(t.startswith(("h:", "rcvd:", "rcpt:")) for t in corpus)
+    site = tokens_of(SITE_MAIL, TokenizerSettings(profile="site"))
+    assert set(corpus) <= set(site)
+
+
+def test_unknown_profile_is_an_error():
+    with pytest.raises(ValueError, match="unknown feature profile 'mystery'"):
+        TokenizerSettings(profile="mystery")
+
+
+def test_sparse_word_pairs_mark_their_distance():
+    tokens = tokens_of(b"Subject: x\n\nalpha beta gamma delta\n", TokenizerSettings(pair_window=3))
+    assert {"alpha beta", "alpha ~ gamma", "alpha ~~ delta", "beta ~ delta"} <= set(tokens)

@@ -104,6 +104,8 @@ class SpamAssessment:
     score: float                      # probability-like, 0 = ham .. 1 = spam
     clues: tuple[Clue, ...] = ()
     model_version: str = ""
+    regime: str = ""                  # "site", or "cold-start" while the model knows too little site mail
+    spam_floor: float = 0.0           # the spam action needs at least this score, whatever the policy says
 
 
 class HeaderSource(Protocol):

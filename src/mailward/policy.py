@@ -88,7 +88,9 @@ def decide(evidence: Evidence, policy: DirectionPolicy, incident_id: str, inputs
 
     score = evidence.spam_score
     if score is not None and not allowed:
-        if score >= policy.spam_threshold:
+        # A cold-start model may tag, but its spam action waits for its own, higher floor.
+        floor = evidence.spam.spam_floor if evidence.spam is not None else 0.0
+        if score >= max(policy.spam_threshold, floor):
             votes.append((policy.actions[Category.SPAM], "spam"))
             acted_on.add(Category.SPAM)
         elif score >= policy.tag_threshold:

@@ -73,6 +73,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p = sub.add_parser("replay", help="online evaluation: score each message in order, then learn it")
     _set_args(p)
     p.add_argument("--bogofilter", action="store_true", help="run bogofilter through the same stream")
+    p.add_argument("--profile", choices=("site", "corpus"), default="site",
+                   help="feature profile and its tuned settings (default: site, as a site model learns)")
     p.set_defaults(handler=_replay)
 
 
@@ -88,23 +90,29 @@ def _load(registry: AnyRegistry, settings: Settings, name: str) -> TrainedModel:
 
 
 def _list(args: argparse.Namespace, settings: Settings) -> int:
+    from ..models.classifier import Regime
     from ..training.registry import Registry
 
     registry = Registry.of(settings)
     versions = registry.versions()
     history = registry.history()
+    live = next((v for v in versions if v.live and not v.refused), None)
+    regime = Regime.of_training(live.training_data if live is not None else {})   # the shipped model: cold start
     if args.json:
         print(json.dumps({"live": registry.live_version(), "versions": [v.__dict__ for v in versions],
+                          "regime": {"name": regime.name, "spam_floor": regime.spam_floor,
+                                     "site_ham": regime.site_ham, "site_spam": regime.site_spam},
                           "history": [h.as_dict() for h in history]}, sort_keys=True))
         return OK
-    print(f"live: {registry.live_version() or 'none'}")
+    print(f"live: {registry.live_version() or 'none'}, {regime.describe()}")
     for v in versions:
         if v.refused:
             print(f"! {v.version}  {_when(v.created)}  refused: {v.refused}")
             continue
         lineage = v.training_data.get("lineage", {})
         print(f"{'*' if v.live else ' '} {v.version}  {_when(v.created)}  classes {v.class_counts}  "
-              f"base {lineage.get('base') or '-'} ledger seq {lineage.get('seq', '-')}")
+              f"base {lineage.get('base') or '-'} ledger seq {lineage.get('seq', '-')}  "
+              f"{Regime.of_training(v.training_data).name}")
     for h in history[-10:]:
         print(f"  {_when(h.at)} {h.action} {h.version} (was {h.previous or 'none'}) by {h.actor}")
     return OK
@@ -208,31 +216,27 @@ def _rollback(args: argparse.Namespace, settings: Settings) -> int:
 
 def _replay(args: argparse.Namespace, settings: Settings) -> int:
     from ..models.classifier import Combiner
-    from ..models.features import FeatureSettings
     from ..training.evaluate import Thresholds, percent
-    from ..training.registry import Registry
     from ..training.replay import replay_bogofilter, replay_mailward
     from ..training.sources import read_sets
     from ..training.trainer import TrainingSettings
 
-    registry = Registry.of(settings)
-    try:
-        live = registry.live()
-        features, alpha, combiner = live.features, live.counts.alpha, live.combiner
-    except ArtifactError:
-        defaults = TrainingSettings()
-        features, alpha, combiner = FeatureSettings(), defaults.alpha, Combiner(defaults.evidence_per_side)
+    # A site model starts from empty counts and an uncalibrated curve; the calibration then follows it.
+    tuned = TrainingSettings.for_profile(args.profile)
+    features, alpha, combiner = tuned.features, tuned.alpha, Combiner(tuned.evidence_per_side)
     thresholds = Thresholds.inbound(settings)
     results = [replay_mailward(read_sets([args.set], args.split), features, alpha, combiner, thresholds, args.jobs)]
     if args.bogofilter:
         results.append(replay_bogofilter(read_sets([args.set], args.split), total=results[0].evaluation.n))
     if args.json:
-        doc = {**results[0].as_dict(), **({"bogofilter": results[1].as_dict()} if args.bogofilter else {})}
+        doc = {**results[0].as_dict(), "profile": args.profile,
+               **({"bogofilter": results[1].as_dict()} if args.bogofilter else {})}
         print(json.dumps(doc, sort_keys=True))
     else:
         for r in results:
             e = r.evaluation
-            print(f"{r.filter}: {e.n} messages, cumulative (1-AUC) "
+            name = f"{r.filter} ({args.profile} profile)" if r.filter == "mailward" else r.filter
+            print(f"{name}: {e.n} messages, cumulative (1-AUC) "
                   f"{percent(None if e.auc is None else 1 - e.auc)}, "
                   f"FP rate {percent(e.fp_rate)}, FN rate {percent(e.fn_rate)} "
                   f"(spam at {e.thresholds.spam:g})")

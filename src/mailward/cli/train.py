@@ -49,6 +49,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--source", default="", help="what the ledger records as the labels' source (default: path)")
     p.add_argument("--analyst", default="", help="who labelled (default: the OS user)")
     p.add_argument("--jobs", type=int, default=1, help="tokenizing processes")
+    p.add_argument("--profile", choices=("site", "corpus"), default=None,
+                   help="feature profile of a new model: 'site' (default; all headers, for the site's own mail) "
+                        "or 'corpus' (header allow-list, as the shipped model). An update keeps its model's "
+                        "profile unless this names another (or --autolearn: site); then it rebuilds")
     p.add_argument("--json", action="store_true", help="print the outcome as JSON")
     p.set_defaults(handler=run)
 
@@ -89,7 +93,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             elif args.update or args.autolearn:
                 result = _update(ledger, registry, settings, args)
             else:
-                model = registry.add(rebuild(ledger, registry, jobs=args.jobs))
+                from ..training.trainer import TrainingSettings
+
+                profile = TrainingSettings.for_profile(args.profile or "site")
+                model = registry.add(rebuild(ledger, registry, jobs=args.jobs, settings=profile))
                 result = UpdateResult(model, learned=model.training_data["learned"], rebuilt=True)
         report.update(_report(result, registry))
     if args.json:
@@ -105,10 +112,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 def _update(ledger: Ledger, registry: AnyRegistry, settings: Settings, args: argparse.Namespace) -> UpdateResult:
     from ..training.learning import Lineage, UpdateResult, rebuild, update
     from ..training.registry import SHIPPED
+    from ..training.trainer import TrainingSettings
 
     # The model updated becomes the base of what follows: kept in versions/, past package upgrades too.
     name = args.start or registry.keep_live()
     start = registry.load(registry.keep_shipped() if name == SHIPPED else name)
+    wanted = args.profile or ("site" if args.autolearn else start.features.tokenizer.profile)
+    if wanted != start.features.tokenizer.profile:
+        # Counts of one profile's tokens cannot take another's: a new model from the ledger alone.
+        model = registry.add(rebuild(ledger, registry, jobs=args.jobs, settings=TrainingSettings.for_profile(wanted)))
+        return UpdateResult(model, learned=model.training_data["learned"], rebuilt=True)
     if args.rebuild:
         base = Lineage.of(start).base
         model = registry.add(rebuild(ledger, registry, base, jobs=args.jobs))

@@ -39,7 +39,7 @@ import sklearn
 
 from ..errors import ArtifactError
 from ..trust import TrustedOwners
-from .classifier import CLASSES, Combiner, NaiveBayesCounts, SpamModel
+from .classifier import CLASSES, Combiner, NaiveBayesCounts, Regime, SpamModel
 from .features import FeatureSettings, check_columns, hash_probe
 from .tokens import TOKENIZER_VERSION, TokenizerSettings
 
@@ -71,7 +71,8 @@ class TrainedModel:
         return {c: int(n) for c, n in zip(CLASSES, self.counts.class_count)}
 
     def scorer(self) -> SpamModel:
-        return SpamModel.build(self.version, self.features, self.combiner, self.counts)
+        return SpamModel.build(self.version, self.features, self.combiner, self.counts,
+                               Regime.of_training(self.training_data))
 
 
 def save_artifact(model: TrainedModel, directory: str | Path, sidecar_name: str = SIDECAR,

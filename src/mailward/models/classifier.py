@@ -34,6 +34,51 @@ from .tokens import tokenize
 CLASSES = TRAINING_CLASSES       # column order of the model's counts
 MAX_CLUES = 10
 WEIGHT_CHUNK = 1 << 18          # columns weighed at a time when a model loads
+# Cold start: until a model has learned this many ham and this many spam of the site's own mail
+# (SpamAssassin and rspamd wait for 200 of each before their Bayes counts), its score may tag but
+# the spam action needs at least COLD_START_THRESHOLD: the score at which a corpus model's ham
+# false-positive rate on mail from another corpus is at most 0.05 % (bench/cold_start.py measured
+# 0.985 at most; docs/training.md has the figures).
+COLD_START_MIN = 200
+COLD_START_THRESHOLD = 0.99
+SITE_REGIME = "site"
+COLD_START_REGIME = "cold-start"
+
+
+@dataclass(frozen=True)
+class Regime:
+    """Which quarantine rule a model's scores fall under, from how much of the site's mail it learned."""
+
+    name: str = SITE_REGIME
+    spam_floor: float = 0.0         # the spam action needs at least this score (0: the policy's threshold)
+    site_ham: int = 0
+    site_spam: int = 0
+
+    @classmethod
+    def of(cls, site_ham: int, site_spam: int) -> Regime:
+        if min(site_ham, site_spam) >= COLD_START_MIN:
+            return cls(SITE_REGIME, 0.0, site_ham, site_spam)
+        return cls(COLD_START_REGIME, COLD_START_THRESHOLD, site_ham, site_spam)
+
+    @classmethod
+    def of_training(cls, training_data: object) -> Regime:
+        """From a sidecar's training summary: the site mail learned is the ledger's labels it reflects
+        (none for the shipped model or one without a ledger)."""
+        ledger = training_data.get("ledger") if isinstance(training_data, dict) else None
+        labels = ledger.get("current_labels") if isinstance(ledger, dict) else None
+        if not isinstance(labels, dict):                   # none, or not a summary Mailward wrote
+            return cls.of(0, 0)
+        try:
+            return cls.of(int(labels.get("ham", 0)), int(labels.get("spam", 0)))
+        except (TypeError, ValueError):
+            return cls.of(0, 0)
+
+    def describe(self) -> str:
+        learned = f"site mail learned: {self.site_ham} ham, {self.site_spam} spam"
+        if self.name == SITE_REGIME:
+            return f"regime {self.name} ({learned})"
+        return (f"regime {self.name} ({learned}, {COLD_START_MIN} of each needed; "
+                f"spam action only at score >= {self.spam_floor:g})")
 
 
 @dataclass(frozen=True)
@@ -148,11 +193,12 @@ class SpamModel:
     combiner: Combiner
     weights: np.ndarray
     vectorizer: HashingVectorizer
+    regime: Regime = Regime()
 
     @classmethod
     def build(cls, version: str, features: FeatureSettings, combiner: Combiner,
-              counts: NaiveBayesCounts) -> SpamModel:
-        return cls(version, features, combiner, counts.weights(), features.vectorizer())
+              counts: NaiveBayesCounts, regime: Regime = Regime()) -> SpamModel:
+        return cls(version, features, combiner, counts.weights(), features.vectorizer(), regime)
 
     def assess(self, message: ParsedMessage) -> SpamAssessment:
         return self.assess_tokens(tokenize(message, self.features.tokenizer))
@@ -166,7 +212,8 @@ class SpamModel:
         score = self.combiner.probability(self.combiner.evidence(weights))
         strongest = np.argsort(-np.abs(weights), kind="stable")[:MAX_CLUES]
         clues = tuple(Clue(unique[first[i]], round(float(weights[i]), 3)) for i in strongest if weights[i] != 0)
-        return SpamAssessment(score=score, clues=clues, model_version=self.version)
+        return SpamAssessment(score=score, clues=clues, model_version=self.version, regime=self.regime.name,
+                              spam_floor=self.regime.spam_floor)
 
     def evidence_of(self, columns: np.ndarray) -> float:
         """The uncalibrated evidence of a message's distinct feature columns; training calibrates on it."""

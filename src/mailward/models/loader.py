@@ -162,7 +162,7 @@ class ModelLoader:
         if not self.shipped:
             raise failure or ArtifactError(f"{self.source.where}: no spam model, and the shipped model is disabled")
         model = load_artifact(self.shipped_dir / SIDECAR, self.shipped_dir, self.owners).scorer()
-        log.info("spam model %s (shipped default) in use", model.version)
+        log.info("spam model %s (shipped default) in use, %s", model.version, model.regime.describe())
         return model
 
     def _refresh(self) -> None:
@@ -210,5 +210,5 @@ class ModelLoader:
 
     def _load_configured(self, seen: Hashable) -> SpamModel:
         model = self.source.load(seen)
-        log.info("spam model %s loaded from %s", model.version, self.source.where)
+        log.info("spam model %s loaded from %s, %s", model.version, self.source.where, model.regime.describe())
         return model

@@ -6,10 +6,21 @@ same tokens. Everything that is not a plain body word carries a prefix naming
 where it came from (``subject:``, ``from:dom:``, ``url:dom:``, ``html:trick:``…),
 so a word in the subject and the same word in the body are different evidence.
 
-Only an allow-list of headers is read. Headers that leak corpus labels or carry
-an earlier filter's verdict (``X-Spam-*``, ``X-Keywords``, ``Status``…) and
-headers that describe the delivery path of one mailbox (``Received``, ``To``,
-``Delivered-To``) are therefore ignored in training and in scoring alike.
+Which headers are read depends on the feature *profile*, recorded in the
+model's sidecar so a model is always scored the way it was trained:
+
+* ``corpus`` reads an allow-list. Headers that leak corpus labels or carry an
+  earlier filter's verdict (``X-Spam-*``, ``X-Keywords``, ``Status``…) and
+  headers that describe the delivery path of one mailbox (``Received``, ``To``,
+  ``Delivered-To``) are ignored: right for a model shipped to sites whose mail
+  it never saw.
+* ``site`` is for a model trained on the site's own mail, where the delivery
+  path is the best evidence there is: it adds every header's words under the
+  header's name, structured ``Received`` tokens (relay IP and /24, HELO and
+  reverse-DNS names and whether they agree, hop count, TLS) and recipient
+  tokens (count, domains, undisclosed). Verdicts of any filter, mailbox
+  bookkeeping and headers added only after the milter has scored the message
+  (``Return-Path``, ``Delivered-To``) are never read: see :data:`SITE_IGNORED`.
 """
 
 from __future__ import annotations
@@ -56,6 +67,36 @@ _HEADER_CHARS = 1000    # of a header value read: a subject is not a body
 _SHORT_SLD = 3          # "co.uk", "com.au": keep three labels when the second level is this short
 
 
+CORPUS = "corpus"
+SITE = "site"
+PROFILES = (CORPUS, SITE)
+# Never read by the site profile. Verdicts of any filter (Mailward's own included): a model
+# must not learn to echo them, and they are missing on mail the milter scores first.
+_SITE_IGNORED_PREFIXES = ("x-spam", "x-mailward", "x-virus", "x-rspamd", "x-amavis", "x-dspam", "x-bogosity",
+                          "x-mailscanner", "x-ham-report", "x-quarantine")
+SITE_IGNORED = frozenset((
+    # authentication verdicts: the authentication detector weighs these itself
+    "authentication-results", "arc-authentication-results", "received-spf",
+    # mailbox and client bookkeeping (and label leaks in public corpora)
+    "status", "x-status", "x-keywords", "x-uid", "content-length", "lines", "x-imap",
+    # added at final delivery, after the milter scored the message: training would see them, scoring not
+    "return-path", "delivered-to", "x-original-to", "envelope-to", "x-envelope-to", "x-delivered-to",
+))
+_SITE_HEADER_WORDS = 30          # words read from one header value under the site profile
+_SITE_HEADERS = 60               # header fields read per message under the site profile
+_RECEIVED_HOPS = 8               # Received fields parsed, from the top (nearest hop first)
+_RECEIVED_FROM = re.compile(
+    r"from\s+(\S+)\s*(?:\(([^()]*)\))?", re.I)            # from HELO (rDNS [IP]) ...
+_BRACKET_IP = re.compile(r"\[(?:ipv6:)?([0-9a-f:.]+)\]", re.I)
+_RDNS = re.compile(r"([a-z0-9][a-z0-9.-]*\.[a-z]{2,24})", re.I)
+_TLS = re.compile(r"\b(?:esmtpsa?|tls|ssl)", re.I)
+
+
+def is_site_ignored(name: str) -> bool:
+    """Whether the ``site`` profile ignores header ``name`` (lower-case)."""
+    return name in SITE_IGNORED or name.startswith(_SITE_IGNORED_PREFIXES)
+
+
 @dataclass(frozen=True)
 class TokenizerSettings:
     """What the tokenizer emits; stored in the model's sidecar and checked on load."""
@@ -65,10 +106,19 @@ class TokenizerSettings:
     max_words: int = 1000              # words read per message: bounds the cost of huge mail (CV: no loss)
     max_text_chars: int = 20_000       # characters of text (or HTML) read per part: ample for 1000 words
     max_hosts: int = 100               # distinct link hosts read per message
+    profile: str = CORPUS              # which headers are read: see the module docstring
+    pair_window: int = 1               # word pairs up to this far apart (OSB); 1 = adjacent only
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise ValueError(f"unknown feature profile {self.profile!r}; this Mailward knows {', '.join(PROFILES)}")
+        if not 1 <= self.pair_window <= 5:
+            raise ValueError(f"pair_window must be 1..5, not {self.pair_window}")
 
     def as_dict(self) -> dict[str, object]:
         return {"version": self.version, "bigrams": self.bigrams, "max_words": self.max_words,
-                "max_text_chars": self.max_text_chars, "max_hosts": self.max_hosts}
+                "max_text_chars": self.max_text_chars, "max_hosts": self.max_hosts, "profile": self.profile,
+                "pair_window": self.pair_window}
 
 
 def tokenize(message: ParsedMessage, settings: TokenizerSettings = TokenizerSettings()) -> list[str]:
@@ -76,6 +126,8 @@ def tokenize(message: ParsedMessage, settings: TokenizerSettings = TokenizerSett
     the vectorizer counts presence)."""
     found = _Collector(settings)
     found.tokens.extend(_header_tokens(message))
+    if settings.profile == SITE:
+        found.tokens.extend(site_header_tokens(message))
     found.add_words(message.subject[:_HEADER_CHARS])   # the subject is read as text too (measured: helps)
     text_parts = 0
     for obj in message.objects:
@@ -168,6 +220,8 @@ class _Collector:
         out.extend(words)
         if self.settings.bigrams:
             out.extend(map(" ".join, zip(words, words[1:])))
+            for gap in range(1, self.settings.pair_window):    # sparse pairs, the skip marked (OSB)
+                out.extend(f"{a} {'~' * gap} {b}" for a, b in zip(words, words[gap + 1:]))
         out.append(f"len:{_bucket(len(words))}")
         return out
 
@@ -308,3 +362,78 @@ def _attachment_tokens(obj: ContentObject) -> list[str]:
 def _bucket(n: int) -> int:
     """Logarithmic size class: 0, 1, 2-3, 4-7, …"""
     return 0 if n <= 0 else 1 + int(math.log2(n))
+
+
+def site_header_tokens(message: ParsedMessage) -> list[str]:
+    """The ``site`` profile's header evidence: every readable header's words under its name (the
+    nearest ``Received`` hops' too), plus structured tokens from ``Received`` and the recipients."""
+    out: list[str] = []
+    received: list[str] = []
+    for name, value in message.headers[:_SITE_HEADERS * 4]:
+        key = name.strip().lower()[:40]
+        if is_site_ignored(key):
+            continue
+        if key == "received":
+            received.append(value)
+            if len(received) > _RECEIVED_HOPS:
+                continue                     # its words as well as its structure (measured: both help)
+        if len(out) < _SITE_HEADERS * _SITE_HEADER_WORDS:
+            out.append(f"h:{key}")
+            out.extend(f"h:{key}:{word}" for word in words_of(value[:_HEADER_CHARS], _SITE_HEADER_WORDS))
+    out.extend(received_tokens(received))
+    out.extend(recipient_tokens(message))
+    return out
+
+
+def received_tokens(fields: list[str]) -> list[str]:
+    """Relay evidence from ``Received`` fields, nearest hop first: who handed the message on
+    (IP, its /24, HELO and reverse-DNS domains and whether they agree), TLS, and the hop count."""
+    out = [f"rcvd:hops:{_bucket(len(fields))}"]
+    for hop, value in enumerate(fields[:_RECEIVED_HOPS]):
+        value = " ".join(value[:_HEADER_CHARS].split())
+        match = _RECEIVED_FROM.search(value)
+        if _TLS.search(value):
+            out.append("rcvd:tls")
+        if not match:
+            out.append("rcvd:no-from")
+            continue
+        helo, comment = match.group(1).strip("[]()").lower(), match.group(2) or ""
+        ip_match = _BRACKET_IP.search(comment) or _BRACKET_IP.search(match.group(0))
+        rdns_match = _RDNS.match(comment.strip())
+        rdns = rdns_match.group(1).lower() if rdns_match else ""
+        where = "first" if hop == 0 else "relay"     # the hop this host made first, or one further out
+        if ip_match:
+            ip = ip_match.group(1).lower()
+            out.append(f"rcvd:ip:{ip}")
+            if _IPV4.match(ip):
+                out.append(f"rcvd:net:{ip.rsplit('.', 1)[0]}")
+                if ip.startswith(("10.", "127.", "192.168.")) or re.match(r"172\.(1[6-9]|2\d|3[01])\.", ip):
+                    out.append("rcvd:private-ip")
+        if helo and not _IPV4.match(helo):
+            out.append(f"rcvd:helo:{registrable_domain(helo)}")
+        elif helo:
+            out.append("rcvd:helo:is-ip")
+        if rdns:
+            out.append(f"rcvd:rdns:{registrable_domain(rdns)}")
+        agree = ("no-rdns" if not rdns else "same" if rdns == helo
+                 else "same-domain" if registrable_domain(rdns) == registrable_domain(helo) else "differ")
+        out.append(f"rcvd:{where}:helo-rdns:{agree}")
+    return out
+
+
+def recipient_tokens(message: ParsedMessage) -> list[str]:
+    """How many recipients and in which domains; whether they were hidden (undisclosed or no To)."""
+    out: list[str] = []
+    addresses: list[str] = []
+    for field in ("to", "cc"):
+        values = message.header_all(field)
+        if field == "to" and not values:
+            out.append("rcpt:no-to")
+        for value in values:
+            value = value[:_HEADER_CHARS]
+            if "undisclosed" in value.lower() or re.search(r":\s*;", value):
+                out.append(f"rcpt:{field}:undisclosed")
+            addresses.extend(_ADDRESS_DOMAIN.findall(value))
+    out.append(f"rcpt:count:{_bucket(len(addresses))}")
+    out.extend(f"rcpt:dom:{d}" for d in sorted({registrable_domain(a) for a in addresses[:50]}))
+    return out

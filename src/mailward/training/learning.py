@@ -24,18 +24,21 @@ a rebuild from no base calibrates anew.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import islice
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import StoreError
 from ..models.artifact import TrainedModel
-from ..models.classifier import CLASSES
+from ..models.classifier import CLASSES, SpamModel
+from ..models.tokens import SITE
+from .calibration import SITE_CALIBRATION, OnlineCalibration
 from .ledger import Ledger
 from .registry import AnyRegistry
 from .sources import LabelledMail
@@ -141,21 +144,39 @@ def update(ledger: Ledger, model: TrainedModel, jobs: int = 1) -> UpdateResult:
     trainer = Trainer.resume(model)
     changes = ((c.digest, c.before, c.after) for c in ledger.changes(lineage.seq, upto))
     stats: Counter[str] = Counter()
-    learned = _learn(trainer, ledger, changes, jobs, stats)
-    updated = TrainedModel(trainer.counts(), model.features, model.combiner, model.training_data)
+    follows = model.features.tokenizer.profile == SITE
+    calibration = (OnlineCalibration(model.combiner, SITE_CALIBRATION, _recent(model.training_data))
+                   if follows else None)
+    learned = _learn(trainer, ledger, changes, jobs, stats, calibration)
+    combiner, training_data = model.combiner, model.training_data
+    if calibration is not None:
+        calibration.refit()
+        combiner = calibration.combiner
+        training_data = {**training_data, "calibration": {**training_data.get("calibration", {}),
+                                                          "recent": calibration.state(), "follows_site": True}}
+    updated = TrainedModel(trainer.counts(), model.features, combiner, training_data)
     summary = _with_summary(updated, ledger, Lineage(lineage.base, upto), model.version,
                             learned - stats["relabelled"], stats["relabelled"])
     return UpdateResult(summary, learned - stats["relabelled"], stats["relabelled"])
 
 
 def _learn(trainer: Trainer, ledger: Ledger, changes: Iterable[tuple[str, str | None, str]], jobs: int,
-           stats: Counter[str] | None = None) -> int:
-    """Learn ``(digest, before, after)`` changes in batches; a ``before`` label is also unlearned."""
+           stats: Counter[str] | None = None, calibration: OnlineCalibration | None = None) -> int:
+    """Learn ``(digest, before, after)`` changes in batches; a ``before`` label is also unlearned.
+
+    With a ``calibration``, each message new to the model is first scored by the counts
+    learned so far and its evidence observed: the mail the calibration is refitted on.
+    """
     done = 0
     items = with_tokens(changes, trainer.features, _data(ledger), jobs)
     items = iter(progress(items, "learning"))
     while batch := list(islice(items, BATCH)):
         rows = trainer.hashed([tokens for _, tokens in batch])
+        if calibration is not None and min(trainer.nb.class_count_) >= 1:
+            scorer = SpamModel.build("", trainer.features, calibration.combiner, trainer.counts())
+            for i, ((_, before, after), _) in enumerate(batch):
+                if before is None:
+                    calibration.recent.append((scorer.evidence_of(rows[i].indices), after == "spam"))
         trainer.learn_hashed(rows, [after for (_, _, after), _ in batch])
         moved = [i for i, ((_, before, _), _) in enumerate(batch) if before is not None]
         if moved:
@@ -164,6 +185,18 @@ def _learn(trainer: Trainer, ledger: Ledger, changes: Iterable[tuple[str, str | 
             stats["relabelled"] += len(moved)
         done += len(batch)
     return done
+
+
+def _recent(training_data: dict[str, Any]) -> list[tuple[float, bool]]:
+    """The calibration window a model's sidecar kept (malformed entries are dropped, not trusted)."""
+    kept = training_data.get("calibration")
+    recent = kept.get("recent", []) if isinstance(kept, dict) else []
+    out: list[tuple[float, bool]] = []
+    for pair in recent if isinstance(recent, list) else []:
+        if isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, (int, float)) for x in pair) \
+                and math.isfinite(pair[0]):
+            out.append((float(pair[0]), bool(pair[1])))
+    return out
 
 
 def unlearn(trainer: Trainer, rows: sparse.csr_matrix, labels: list[str]) -> None:

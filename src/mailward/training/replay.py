@@ -14,6 +14,14 @@ the columns a message has, by the formula
 tests check both give the same score. bogofilter does the same run through its
 command line: ``-TT`` to score, then ``-s`` or ``-n`` to register the true label,
 in a wordlist of its own in a temporary directory.
+
+The score's calibration follows the model as it learns, as a site model's
+does (:class:`SiteCalibration`): it is refitted every ``refit_every`` messages
+on the most recent ``window`` messages' evidence, each taken when the message
+was scored, before it was learned. FP and FN at the configured thresholds are
+therefore those the live model would have had at each point. The ranking
+figures ((1-AUC)%) use the same calibrated score as log-odds, which a
+probability in float64 would round to exactly 1 for the surest spam.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +41,7 @@ from sklearn.metrics import roc_auc_score
 from ..errors import MailwardError
 from ..models.classifier import Combiner, column_weights
 from ..models.features import FeatureSettings, token_columns
+from .calibration import SITE_CALIBRATION, OnlineCalibration, SiteCalibration
 from .evaluate import Evaluation, Scores, Thresholds, measure
 from .sources import LabelledMail
 from .streams import progress, with_tokens
@@ -81,15 +90,33 @@ class OnlineNaiveBayes:
 
 
 def replay_mailward(mails: Iterable[LabelledMail], features: FeatureSettings, alpha: float, combiner: Combiner,
-                    thresholds: Thresholds, jobs: int = 1, total: int | None = None) -> ReplayResult:
+                    thresholds: Thresholds, jobs: int = 1, total: int | None = None,
+                    calibration: SiteCalibration = SITE_CALIBRATION) -> ReplayResult:
+    return replay_tokens(progress(with_tokens(mails, features, jobs=jobs), "replay mailward", total),
+                         features, alpha, combiner, thresholds, calibration)
+
+
+def replay_tokens(stream: Iterable[tuple[LabelledMail, list[str]]], features: FeatureSettings, alpha: float,
+                  combiner: Combiner, thresholds: Thresholds,
+                  calibration: SiteCalibration = SITE_CALIBRATION) -> ReplayResult:
+    """The online replay of already tokenized mail (benchmarks tokenize once for many settings)."""
     model = OnlineNaiveBayes(features, alpha, combiner)
-    pairs = []
-    for mail, tokens in progress(with_tokens(mails, features, jobs=jobs), "replay mailward", total):
+    calibrated = OnlineCalibration(combiner, calibration)
+    log_odds, labels = [], []
+    for mail, tokens in stream:
         columns = model.columns(tokens)
         is_spam = mail.spam_label == "spam"
-        pairs.append((model.score(columns), is_spam))
+        evidence = combiner.evidence(model.weights(columns))
+        log_odds.append(calibrated.log_odds(evidence))
+        labels.append(is_spam)
+        calibrated.observe(evidence, is_spam)
         model.learn(columns, is_spam)
-    return _result("mailward", Scores.of(pairs), thresholds)
+    ranking = Scores(np.array(log_odds, dtype=np.float64), np.array(labels, dtype=bool))
+    probability = Scores(1.0 / (1.0 + np.exp(-np.clip(ranking.score, -700, 700))), ranking.is_spam)
+    evaluation = measure(probability, thresholds, "mailward")
+    if evaluation.auc is not None:
+        evaluation = replace(evaluation, auc=float(roc_auc_score(ranking.is_spam, ranking.score)))
+    return ReplayResult("mailward", evaluation, list(_curve(ranking)))
 
 
 class Bogofilter:

@@ -26,10 +26,12 @@ from ..message import parse_message
 from ..models.artifact import TrainedModel
 from ..models.classifier import CLASSES, Combiner, NaiveBayesCounts, SpamModel
 from ..models.features import FeatureSettings
-from ..models.tokens import tokenize
+from ..models.tokens import CORPUS, SITE, TokenizerSettings, tokenize
 
 log = logging.getLogger(__name__)
 
+SITE_ALPHA = 0.001                 # online replay ablation, docs/training.md
+SITE_EVIDENCE_PER_SIDE = 30
 BATCH = 1000                       # messages per partial_fit call: each call costs O(n_features)
 
 
@@ -44,6 +46,19 @@ class TrainingSettings:
     # mail reaching the filter after the MTA's own checks is mostly ham, and quarantined ham
     # costs far more than delivered spam. None keeps the held-out slice's own balance.
     spam_prior: float | None = 0.1
+
+    @classmethod
+    def for_profile(cls, profile: str) -> TrainingSettings:
+        """The tuned settings of a feature profile: ``corpus`` as the shipped model is built (chosen by
+        CV on the dev corpus), ``site`` as chosen by the online replay ablation (docs/training.md)."""
+        if profile == CORPUS:
+            return cls()
+        if profile != SITE:
+            raise ValueError(f"unknown feature profile {profile!r}; this Mailward knows {CORPUS}, {SITE}")
+        # spam_prior None: calibrated to the labelled mail's own balance, as the site calibration
+        # (training.calibration) refits it on the recent labelled stream
+        return cls(features=FeatureSettings(tokenizer=TokenizerSettings(profile=SITE)), alpha=SITE_ALPHA,
+                   evidence_per_side=SITE_EVIDENCE_PER_SIDE, spam_prior=None)
 
 
 def message_tokens(raw: bytes, features: FeatureSettings, limits: LimitSettings = LimitSettings()) -> list[str]:
@@ -125,13 +140,19 @@ def calibrate(trainer: Trainer, rows: list[sparse.csr_matrix], labels: list[str]
         log.warning("calibration needs held-out ham and spam; using the uncalibrated logistic")
         return uncalibrated
     scorer = SpamModel.build("", trainer.features, uncalibrated, trainer.counts())
-    evidence = np.array([[scorer.evidence_of(row.indices)] for row in rows])
-    target = np.array([label == "spam" for label in labels], dtype=int)
-    fit = LogisticRegression().fit(evidence, target)
-    intercept = float(fit.intercept_[0])
+    evidence = np.array([scorer.evidence_of(row.indices) for row in rows])
+    target = np.array([label == "spam" for label in labels], dtype=bool)
+    slope, intercept = platt(evidence, target)
     if spam_prior is not None:
         intercept += _logit(spam_prior) - _logit(float(target.mean()))
-    return replace(uncalibrated, slope=float(fit.coef_[0][0]), intercept=intercept)
+    return replace(uncalibrated, slope=slope, intercept=intercept)
+
+
+def platt(evidence: np.ndarray, is_spam: np.ndarray) -> tuple[float, float]:
+    """Slope and intercept of the logistic map from evidence to P(spam), fitted on labelled
+    messages the counts had not learned when they were scored (both classes present)."""
+    fit = LogisticRegression().fit(evidence.reshape(-1, 1), is_spam.astype(int))
+    return float(fit.coef_[0][0]), float(fit.intercept_[0])
 
 
 def _logit(p: float) -> float:
