@@ -170,7 +170,7 @@ def test_an_admins_week_loses_nothing_and_duplicates_nothing(week):
               f'[quarantine]\nrelay_host = "127.0.0.1"\nrelay_port = {postfix.smtp_port}\nwrite_timeout = 3.0\n')
     config = base / "mailward.toml"
     config.write_text(common + f'[milter]\nuser = "{svc.pw_name}"\nsocket = "unix:{postfix.milter_socket}"\n'
-                               f'workers = 2\nmessage_deadline = 8.0\n'
+                               f'workers = 2\nmessage_deadline = 7.0\n'
                                f'[logging]\nfile = "{log_path}"\nlevel = "info"\n')
     prefix = interpreter_reachable(base)
     sets = base / "sets"

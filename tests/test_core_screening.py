@@ -52,3 +52,42 @@ def test_a_stalled_incident_response_does_not_hold_the_reply(tmp_path):
         watch.release.set()
         store.close()
         scanner.close()
+
+
+class SlowScanner:
+    """A scan that uses most of the message's time (a loaded machine, a large message)."""
+
+    def __init__(self, inner: InProcessScanner, seconds: float):
+        self.inner, self.seconds = inner, seconds
+
+    def scan(self, source, envelope):
+        time.sleep(self.seconds)
+        return self.inner.scan(source, envelope)
+
+
+def test_the_incident_watch_gets_only_what_is_left_of_the_reply_budget(tmp_path):
+    """message_deadline + write_timeout is what the MTA's milter timeout is set above: the watch never adds to it.
+
+    Otherwise a slow scan, then a stored copy, then a full watch wait would answer after Postfix gave up:
+    the sender is told to retry and the retry is stored a second time.
+    """
+    settings = replace(Settings(), state_dir=str(tmp_path), reputation=ReputationSettings(enabled=False))
+    settings = replace(settings, milter=replace(settings.milter, message_deadline=1.0),
+                       quarantine=replace(settings.quarantine, write_timeout=0.5))
+    inner = InProcessScanner.from_settings(settings)
+    store, watch = open_store(settings), StalledWatch()
+    try:
+        screener = Screener(settings, SlowScanner(inner, 1.3), store, watch=watch)
+        _, raw = gtube_message()
+        envelope = Envelope(mail_from="a@example.org", recipients=("u@example.test",), client_address="192.0.2.9",
+                            direction=Direction.INBOUND)
+        started = time.monotonic()
+        outcome = screener.screen(MessageSource.of(raw), envelope)
+        waited = time.monotonic() - started
+        assert outcome.verdict.action is Action.QUARANTINE and store.get(outcome.quarantine_id) is not None
+        assert watch.entered.wait(5)
+        assert waited < 1.3 + 0.6 < 1.3 + WATCH_BUDGET       # the whole budget is 1.5 s; a full watch wait: 2.3 s
+    finally:
+        watch.release.set()
+        store.close()
+        inner.close()

@@ -198,7 +198,8 @@ class QuarantineSettings:
     hold: bool = False                 # also put quarantined mail in Postfix's hold queue
     # Seconds a quarantine write (and any quarantine or incident database statement) may take; a
     # message whose write does not finish in time is tempfailed and not kept. message_deadline plus
-    # this must stay below Postfix's milter_content_timeout, or Postfix gives up first.
+    # this is when the reply is due (incident response gets what is left); keep it at least 2 s below
+    # Postfix's milter_content_timeout, or Postfix gives up first.
     write_timeout: float = 10.0
     retention_days: int = 30           # `mailward quarantine purge` removes older records (0 = keep)
     relay_host: str = "127.0.0.1"      # SMTP relay that released mail is handed to

@@ -184,7 +184,11 @@ class Screener:
                           store_failed, released_from, alert_of, held.recipients if held is not None else (),
                           held.verdict if held is not None else None)
         if self._watch is not None:
-            self._observe(self._watch, outcome)
+            # The reply is due within message_deadline + write_timeout of the start (the sum the MTA's
+            # milter timeout is set above): a slow scan and store leave the watch less, or no, time.
+            left = self.settings.milter.message_deadline + self.settings.quarantine.write_timeout \
+                - (time.perf_counter() - started)
+            self._observe(self._watch, outcome, min(WATCH_BUDGET, max(left, 0.0)))
         return outcome
 
     def _decide(self, evidence: Evidence, envelope: Envelope, incident: str, mark: Mark | None) -> list[Share]:
@@ -200,8 +204,8 @@ class Screener:
                       decide(evidence, policy, incident, Inputs(listed, mark, hold)))
                 for (policy, listed), recipients in groups.items()]
 
-    def _observe(self, watch: Watch, outcome: Outcome) -> None:
-        """Let incident response see the outcome, waiting for it at most :data:`WATCH_BUDGET`.
+    def _observe(self, watch: Watch, outcome: Outcome, wait: float) -> None:
+        """Let incident response see the outcome, waiting for it at most ``wait`` (≤ :data:`WATCH_BUDGET`).
 
         The verdict is final (and a quarantined message stored) before this;
         counting and alerting never change it. A stalled incident database
@@ -223,8 +227,8 @@ class Screener:
         # A watcher thread has its own context: the watch runs in a copy of this one, so its lines name the message.
         context = contextvars.copy_context()
         self._watchers.submit(lambda: context.run(observe))
-        if not done.wait(WATCH_BUDGET):
-            log.warning("incident response is slow (over %.1f s); replying without waiting for it", WATCH_BUDGET)
+        if not done.wait(wait):
+            log.warning("incident response not done within %.1f s; replying without waiting for it", wait)
 
     def _keep_sample(self, quarantine: Quarantine, source: MessageSource, envelope: Envelope, verdict: Verdict,
                      evidence: Evidence) -> str:
