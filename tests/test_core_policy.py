@@ -1,5 +1,7 @@
 from dataclasses import replace
 
+import pytest
+
 from mailward.config import DirectionPolicy, PolicySettings
 from mailward.envelope import Direction, DirectionRules, Envelope
 from mailward.evidence import Category, Evidence, Finding, Severity, SpamAssessment
@@ -58,6 +60,14 @@ def test_detector_errors_follow_on_error_per_check():
 def test_tempfail_reply_is_4xx():
     v = decide(Evidence(findings=(finding(Category.ERROR),)), POLICY, "MW-9")
     assert v.reply.code == "451" and v.reply.xcode.startswith("4.") and "MW-9" in v.reply.text
+
+
+def test_refusal_reply_exists_only_for_refusals():
+    reject = decide(Evidence(findings=(finding(Category.MALWARE),)), POLICY, "MW-2")
+    assert reject.refusal_reply() == reject.reply
+    accept = decide(Evidence(), POLICY, "MW-3")
+    with pytest.raises(ValueError, match="accept"):
+        accept.refusal_reply()
 
 
 def test_outbound_and_inbound_policies_differ():

@@ -13,6 +13,7 @@ import pytest
 
 from mailward.config import ReputationSettings, Settings
 from mailward.envelope import Envelope
+from mailward.errors import MailwardError
 from mailward.evidence import Category
 from mailward.incidents.store import IncidentStoreError
 from mailward.runtime import build_runtime
@@ -51,5 +52,7 @@ def test_the_scan_command_runtime_decides_but_keeps_nothing(tmp_path):
         runtime.close()
     assert outcome.evidence.of(Category.MALWARE) and outcome.quarantine_id == ""
     assert runtime.incidents is None
+    with pytest.raises(MailwardError, match="no incident store"):
+        runtime.kept_incidents()              # a caller that needs blocks fails, never skips them
     assert not any(name in {"quarantine", "incidents.sqlite3", "release.key"} for name in
                    (p.name for p in tmp_path.iterdir()))

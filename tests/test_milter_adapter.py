@@ -250,3 +250,18 @@ def test_subject_tag_adds_a_missing_subject(tmp_path, feed, milter_runtime):
     raw = gtube_message()[1].replace(b"Subject: Special offer\r\n", b"", 1)
     rc, ctx = feed(milter_runtime(tmp_path, SPAM_TAGGED), raw)
     assert rc == Milter.ACCEPT and ctx._msg["Subject"] == " [SPAM]"
+
+
+def test_callbacks_out_of_order_end_in_on_error(tmp_path, monkeypatch, milter_runtime):
+    """A recipient, header or body with no MAIL FROM before it (an MTA out of step) is a
+    failure answered with on_error at end of message, never a message scanned half-seen."""
+    scanned = []
+    rt = milter_runtime(tmp_path, scan=lambda raw, env: scanned.append(env) or Evidence())
+    client = MilterClient(rt, monkeypatch)
+    rc, ctx = client.connect()
+    assert rc == Milter.CONTINUE
+    ctx._envrcpt("<user@example.test>")
+    ctx._header("Subject", "no envelope")
+    assert ctx._eom() == Milter.TEMPFAIL
+    assert ctx._reply[0] == "451" and not INTERNALS.search(ctx._reply[2])
+    assert scanned == [] and list(rt.spool_dir.iterdir()) == []

@@ -7,7 +7,8 @@ that runs them.
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import Protocol, TypeGuard
 
 from .envelope import Envelope
 from .evidence import Evidence
@@ -21,3 +22,15 @@ class Detector(Protocol):
     def name(self) -> str: ...      # read-only: detectors are frozen dataclasses
 
     def inspect(self, message: ParsedMessage, envelope: Envelope) -> Evidence: ...
+
+
+class StagedDetector(Detector, Protocol):
+    """A detector that waits on another process (clamd): ``begin`` starts the wait early and
+    returns what collects its evidence, so the other detectors run meanwhile."""
+
+    def begin(self, message: ParsedMessage, envelope: Envelope) -> Callable[[], Evidence]: ...
+
+
+def is_staged(detector: Detector) -> TypeGuard[StagedDetector]:
+    """Whether ``detector`` is staged: the inspector tells them apart by the ``begin`` method."""
+    return hasattr(detector, "begin")

@@ -14,9 +14,11 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
+from typing import TypeVar
 
 from .config import LimitSettings
-from .detector import Detector
+from .detector import Detector, is_staged
 from .envelope import Envelope
 from .evidence import (
     ALERT_HEADER,
@@ -33,6 +35,7 @@ from .message import ParsedMessage, parse_message, split_message
 from .unpack import Unpacker
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -48,15 +51,15 @@ class Inspector:
         timings = [("parse", time.perf_counter() - started)]
         evidence = Evidence(findings=message.problems)
         # Detectors that wait on another process (clamd) start first and are collected last.
-        begun = {d.name: _guarded(d, envelope, lambda d=d: d.begin(message, envelope))
-                 for d in self.detectors if hasattr(d, "begin")}
+        begun = {d.name: _guarded(d, envelope, partial(d.begin, message, envelope))
+                 for d in self.detectors if is_staged(d)}
         for detector in sorted(self.detectors, key=lambda d: d.name in begun):
             t0 = time.perf_counter()
             finish = begun.get(detector.name)
             if isinstance(finish, Evidence):          # begin() itself failed
                 found = finish
             else:
-                found = _guarded(detector, envelope, finish or (lambda d=detector: d.inspect(message, envelope)))
+                found = _guarded(detector, envelope, finish or partial(detector.inspect, message, envelope))
             timings.append((detector.name, time.perf_counter() - t0))
             evidence = evidence.merged(found)
         # Marks are read here, where the message already is, so the milter process never holds a body.
@@ -84,7 +87,7 @@ def detector_error(detector: str, exc: BaseException) -> Finding:
                    f"{type(exc).__name__}: {str(exc)[:200]}")
 
 
-def _guarded(detector: Detector, envelope: Envelope, call: Callable[[], object]):
+def _guarded(detector: Detector, envelope: Envelope, call: Callable[[], T]) -> T | Evidence:
     """``call()``, or that detector's ``unchecked`` finding when it raises (one broken check never hides the others)."""
     try:
         return call()

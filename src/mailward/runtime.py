@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from .config import Settings
 from .envelope import DirectionRules, Envelope
+from .errors import MailwardError
 from .evidence import Evidence
 from .pipeline import Inspector
 from .screening import Scanner, Screener
@@ -78,6 +79,13 @@ class Runtime:
     def close(self) -> None:
         """Close what this runtime opened; called once no message uses it any more."""
         _close_all(self.owned)
+
+    def kept_incidents(self) -> IncidentResponse:
+        """The incident store of a runtime that keeps (the milter's). Raises for one without
+        (`mailward scan`), so a caller that needs it fails rather than skipping blocks unseen."""
+        if self.incidents is None:
+            raise MailwardError("this runtime keeps no incident store")
+        return self.incidents
 
 
 def _close_all(resources: tuple[Closeable, ...]) -> None:

@@ -95,6 +95,13 @@ class Verdict:
             return SmtpReply("451", xcode, f"{self.public_reason}, try again later (incident {self.incident_id})")
         return None
 
+    def refusal_reply(self) -> SmtpReply:
+        """The reply of a verdict that refuses (reject, tempfail). Raises for any other, so a
+        caller about to refuse fails (to its on_error answer) rather than send no reply."""
+        if (reply := self.reply) is None:
+            raise ValueError(f"a {self.action.value} verdict has no SMTP reply")
+        return reply
+
 
 @dataclass(frozen=True)
 class Outcome:

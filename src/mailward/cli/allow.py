@@ -14,17 +14,17 @@ import argparse
 import sys
 import time
 
+from ..actor import Actor
 from ..config import Settings, policy_subject
 from ..incidents import SenderEntry, open_incidents
 from ..policy import Listed
-from ..quarantine.records import Actor
 from ..textsafe import json_line, neutralise
 
 OK, FAILED, REFUSED = 0, 1, 3
 SCOPE_HELP = "recipient domain or address the entry is for (default: everyone)"
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     a = commands.add_parser("allow", help="list, add and remove sender allow list entries")
     a.add_argument("--analyst", default="", help="name recorded in the audit trail (default: the OS user)")
     sub = a.add_subparsers(dest="allow_command", required=True, metavar="ACTION")

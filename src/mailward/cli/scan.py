@@ -11,6 +11,7 @@ import argparse
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from ..config import Settings
 from ..envelope import Direction, Envelope
@@ -20,7 +21,7 @@ from ..textsafe import json_line, neutralise
 from ..verdict import Outcome
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = commands.add_parser("scan", help="scan .eml files or directories as the milter would")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--direction", choices=[d.value for d in Direction],
@@ -39,7 +40,7 @@ def _files(paths: list[str]) -> Iterator[Path]:
             yield path
 
 
-def report(path: Path, outcome: Outcome) -> dict:
+def report(path: Path, outcome: Outcome) -> dict[str, Any]:
     evidence, verdict = outcome.evidence, outcome.verdict
     return {
         "path": str(path),

@@ -15,12 +15,15 @@ import functools
 import ipaddress
 import logging
 import secrets
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
+from typing import Concatenate, ParamSpec
 
 import Milter
 
 from ..envelope import Envelope
+from ..errors import MailwardError
 from ..evidence import Evidence, Finding
 from ..incidents import Block, block_finding
 from ..logs import LogContext, log_context
@@ -73,17 +76,27 @@ class Transaction:
     in_body: bool = False
     failure: str = ""
 
+    def opened_buffer(self) -> MessageBuffer:
+        """The buffer MAIL FROM opened; raises without one, which the callback answers with on_error."""
+        if self.buffer is None:
+            raise MailwardError("no message buffer: MAIL FROM was not accepted")
+        return self.buffer
+
 
 CONNECTION_CALLBACKS = ("connect", "hello")
 
 
-def _continue_on_error(callback):
+_Args = ParamSpec("_Args")
+
+
+def _continue_on_error(callback: Callable[Concatenate[MailwardMilter, _Args], int],
+                       ) -> Callable[Concatenate[MailwardMilter, _Args], int]:
     """Run a callback so it never raises: the error is remembered and answered at end of message."""
     @functools.wraps(callback)
-    def guarded(self, *args):
+    def guarded(self: MailwardMilter, /, *args: _Args.args, **kwargs: _Args.kwargs) -> int:
         with self._log_context():
             try:
-                return callback(self, *args)
+                return callback(self, *args, **kwargs)
             except Exception:
                 self._fail(callback.__name__)
                 return Milter.CONTINUE
@@ -94,7 +107,7 @@ def _addr(value: str) -> str:
     return value.strip().removeprefix("<").removesuffix(">")
 
 
-def _is_local_submission(hostaddr) -> bool:
+def _is_local_submission(hostaddr: object) -> bool:
     """Postfix's non_smtpd_milters announce the sendmail command as a loopback "client" on port 0
     (no TCP connection exists); a real client always has a port. No address at all counts too."""
     if hostaddr is None or hostaddr == "":
@@ -109,7 +122,7 @@ def _is_local_submission(hostaddr) -> bool:
 
 @Milter.header_leading_space
 class MailwardMilter(Milter.Base):
-    def __init__(self, live: LiveRuntime | Runtime):
+    def __init__(self, live: LiveRuntime | Runtime) -> None:
         self._live = live if isinstance(live, LiveRuntime) else LiveRuntime(live)
         self._connection = Connection(secrets.token_hex(4))
         self._message: Transaction | None = None
@@ -131,6 +144,12 @@ class MailwardMilter(Milter.Base):
         finally:
             self._live.release(message.runtime)
 
+    def _ongoing(self) -> Transaction:
+        """The message in progress; raises outside one (a callback out of order), answered with on_error."""
+        if self._message is None:
+            raise MailwardError("no message in progress")
+        return self._message
+
     @property
     def _runtime(self) -> Runtime:
         return self._message.runtime if self._message is not None else self._live.current
@@ -144,6 +163,7 @@ class MailwardMilter(Milter.Base):
         """Remember an internal error: for the connection (connect, HELO) or this message."""
         with self._log_context():          # the callback may have just learnt the queue ID
             log.exception("internal error in %s callback", where)
+        holder: Connection | Transaction
         if where in CONNECTION_CALLBACKS:
             holder = self._connection
         else:
@@ -180,7 +200,7 @@ class MailwardMilter(Milter.Base):
 
     # --- callbacks -----------------------------------------------------
     @_continue_on_error
-    def connect(self, hostname, family, hostaddr):
+    def connect(self, hostname: str | None, family: int, hostaddr: object) -> int:
         """A blocked client is refused here, before it can even try AUTH.
 
         libmilter ignores a custom reply at connect: Postfix answers its own
@@ -201,12 +221,12 @@ class MailwardMilter(Milter.Base):
 
     @Milter.noreply
     @_continue_on_error
-    def hello(self, hostname):
+    def hello(self, hostname: str) -> int:
         self._connection.helo = str(hostname)
         return Milter.CONTINUE
 
     @_continue_on_error
-    def envfrom(self, mailfrom, *params):
+    def envfrom(self, mailfrom: str, *params: str) -> int:
         message = self._begin()
         message.mail_from = _addr(mailfrom)
         message.auth_user = self._macro("{auth_authen}")
@@ -216,7 +236,7 @@ class MailwardMilter(Milter.Base):
         if block is not None:
             verdict = self._refusal(block)
             if verdict is not None:
-                reply = verdict.reply
+                reply = verdict.refusal_reply()
                 self.setreply(reply.code, reply.xcode, reply.text)
                 self._end()
                 return Milter.REJECT if verdict.action is Action.REJECT else Milter.TEMPFAIL
@@ -226,20 +246,20 @@ class MailwardMilter(Milter.Base):
 
     @Milter.noreply
     @_continue_on_error
-    def envrcpt(self, to, *params):
-        self._message.recipients.append(_addr(to))
+    def envrcpt(self, to: str, *params: str) -> int:
+        self._ongoing().recipients.append(_addr(to))
         return Milter.CONTINUE
 
     @Milter.decode("bytes")
     @Milter.noreply
     @_continue_on_error
-    def header(self, name, value):
+    def header(self, name: str | bytes, value: str | bytes) -> int:
         name = name.decode("ascii", "replace") if isinstance(name, bytes) else name
         value = value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
-        message = self._message
+        message = self._ongoing()
         if self._connection.failure or message.failure:
             return Milter.CONTINUE          # answered with on_error at end of message; nothing to keep
-        message.buffer.add_header(name, value)
+        message.opened_buffer().add_header(name, value)
         lower = name.lower()
         if lower == "subject" and message.subject is None:
             message.subject = value
@@ -249,17 +269,17 @@ class MailwardMilter(Milter.Base):
 
     @Milter.noreply
     @_continue_on_error
-    def body(self, chunk):
-        message = self._message
+    def body(self, chunk: bytes) -> int:
+        message = self._ongoing()
         if self._connection.failure or message.failure:
             return Milter.CONTINUE
         if not message.in_body:
-            message.buffer.end_headers()
+            message.opened_buffer().end_headers()
             message.in_body = True
-        message.buffer.add_body(chunk)
+        message.opened_buffer().add_body(chunk)
         return Milter.CONTINUE
 
-    def eom(self):
+    def eom(self) -> int:
         if self._message is not None:
             self._message.queue_id = self._macro("i") or self._message.queue_id
         with self._log_context():
@@ -276,11 +296,11 @@ class MailwardMilter(Milter.Base):
                     outcome = self._failure_outcome(failure)
                 else:
                     if not message.in_body:
-                        message.buffer.end_headers()
+                        message.opened_buffer().end_headers()
                     outcome = self._screen()
             except Exception:
                 self._fail("eom")
-                outcome = self._failure_outcome(self._connection.failure or self._message.failure)
+                outcome = self._failure_outcome(self._connection.failure or self._ongoing().failure)
             return self._apply(outcome)
         except Exception:
             log.exception("could not apply the verdict")
@@ -292,7 +312,7 @@ class MailwardMilter(Milter.Base):
             finally:
                 self._end()
 
-    def abort(self):
+    def abort(self) -> int:
         with self._log_context():
             try:
                 self._end()
@@ -300,7 +320,7 @@ class MailwardMilter(Milter.Base):
                 log.exception("abort cleanup failed")
         return Milter.CONTINUE
 
-    def close(self):
+    def close(self) -> int:
         with self._log_context():
             try:
                 self._end()
@@ -319,9 +339,9 @@ class MailwardMilter(Milter.Base):
         return envelope.with_direction(self._runtime.direction.classify(envelope))
 
     def _screen(self) -> Outcome:
-        message = self._message
+        message = self._ongoing()
         known = Evidence(findings=self._connection.findings + message.findings)
-        return message.runtime.screener.screen(message.buffer.source(), self._envelope(), known)
+        return message.runtime.screener.screen(message.opened_buffer().source(), self._envelope(), known)
 
     def _failure_outcome(self, failure: str) -> Outcome:
         """The direction's on_error verdict for a message whose callbacks (or connection) failed."""
@@ -334,7 +354,7 @@ class MailwardMilter(Milter.Base):
     def _apply(self, outcome: Outcome) -> int:
         verdict = outcome.verdict
         if verdict.action in (Action.REJECT, Action.TEMPFAIL):
-            reply = verdict.reply
+            reply = verdict.refusal_reply()
             self.setreply(reply.code, reply.xcode, reply.text)
             return Milter.REJECT if verdict.action is Action.REJECT else Milter.TEMPFAIL
         for recipient in outcome.held:          # quarantined for them; the others get the message
@@ -357,7 +377,7 @@ class MailwardMilter(Milter.Base):
         """
         authserv_id = self._runtime.authserv_id
         marks = self._runtime.screener.settings.headers
-        for name, values in self._message.watched_headers.items():
+        for name, values in self._ongoing().watched_headers.items():
             if name == SPAM_FLAG and not marks.spam_flag:
                 continue                  # not ours to vouch for: left as the sender wrote it
             for index in range(len(values), 0, -1):
@@ -386,7 +406,7 @@ class MailwardMilter(Milter.Base):
         through pymilter's text interface, so it keeps its bytes and only the
         headers mark the message.
         """
-        raw = self._message.subject
+        raw = self._ongoing().subject
         if raw is None:
             self._add_header("Subject", tag.strip())
             return
@@ -401,7 +421,7 @@ class MailwardMilter(Milter.Base):
     def _apply_failure(self) -> int:
         """Last resort when even applying a verdict failed: tempfail generically."""
         try:
-            reply = Verdict(Action.TEMPFAIL, ("error",), new_incident_id()).reply
+            reply = Verdict(Action.TEMPFAIL, ("error",), new_incident_id()).refusal_reply()
             self.setreply(reply.code, reply.xcode, reply.text)
         except Exception:
             log.exception("could not set the tempfail reply")

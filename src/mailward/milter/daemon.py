@@ -65,8 +65,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _overrides(args: argparse.Namespace) -> dict:
-    out: dict = {}
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    out: dict[str, object] = {}
     if args.state_dir:
         out["state_dir"] = args.state_dir
     if args.socket:
@@ -84,9 +84,9 @@ def _prepare_directories(settings: Settings) -> None:
             os.chown(path, service.pw_uid, service.pw_gid)
     if service and settings.logging.file:
         _hand_log_file(Path(settings.logging.file), service)
-    kind, path, _port = parse_milter_socket(settings.milter.socket)
+    kind, socket_path, _port = parse_milter_socket(settings.milter.socket)
     if kind == "unix":
-        sock_dir = Path(path).parent
+        sock_dir = Path(socket_path).parent
         sock_dir.mkdir(parents=True, exist_ok=True)
         try:
             gid = grp.getgrnam(settings.milter.socket_group).gr_gid
@@ -124,7 +124,7 @@ def _drop_privileges(settings: Settings) -> None:
 def _observe(metrics: Metrics, settings: Settings, runtime: Runtime) -> None:
     """Point the scrape-time gauges at the runtime now live (never at one that may be refused)."""
     metrics.watch("quarantine", quarantine_stats(settings))
-    metrics.watch("blocks", runtime.incidents.blocklist.counts)
+    metrics.watch("blocks", runtime.kept_incidents().blocklist.counts)
     metrics.set_rules_version(rules_version(settings))
 
 
@@ -259,8 +259,8 @@ RULES_POLL = 5.0     # seconds between checks of the rule directories for edits
 class _RulesOnDisk:
     """Where the live rules come from, and the (path, mtime, size) marker of those files."""
 
-    directories: tuple = ()
-    marker: tuple = ()
+    directories: tuple[tuple[str, Path], ...] = ()
+    marker: tuple[object, ...] = ()
 
 
 def _rules_on_disk(settings: Settings) -> _RulesOnDisk:
@@ -274,7 +274,7 @@ def _rules_on_disk_now(seen: _RulesOnDisk) -> _RulesOnDisk:
         return _RulesOnDisk(seen.directories, ("unreadable",))
 
 
-def _scanning_inputs(settings: Settings) -> tuple:
+def _scanning_inputs(settings: Settings) -> tuple[Settings, tuple[object, ...], tuple[tuple[str, int, int], ...]]:
     """What the scanning workers are built from: the settings and the (path, mtime, size) of
     their rule and hash list files. Equal inputs build equal workers, so a reload keeps them.
     (A newly promoted model needs no reload: the workers' model loader polls for it.)"""
@@ -386,7 +386,7 @@ class _Daemon:
         if self.settings.incidents.follow_auth_log:
             follower = LogFollower(self.settings.incidents.auth_log)
             threading.Thread(target=watch, name="auth-log", daemon=True,
-                             args=(follower, lambda address: self.live.current.incidents.failed_login(address),
+                             args=(follower, lambda address: self.live.current.kept_incidents().failed_login(address),
                                    self.stop_requested)).start()
         next_rules_check = time.monotonic() + RULES_POLL
         while not self.stop_requested.wait(0.2):
