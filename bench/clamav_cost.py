@@ -41,8 +41,9 @@ def quantiles(values: list[float]) -> str:
 def load(args) -> list[bytes]:
     opener = gzip.open if args.index.suffix == ".gz" else open
     with opener(args.index, "rt") as fh:
-        rows = [r for r in csv.DictReader(fh, delimiter="\t")
-                if r["split"] == args.split and r["source"] in args.sources]
+        rows = [
+            r for r in csv.DictReader(fh, delimiter="\t") if r["split"] == args.split and r["source"] in args.sources
+        ]
     return [(args.corpus / r["path"]).read_bytes() for r in rows[: args.limit]]
 
 
@@ -60,6 +61,7 @@ def main() -> int:
     server = None
     if not args.socket:
         from clamd_server import start_clamd
+
         server = start_clamd(Path(state) / "clamd", stream_max_length="25M")
     socket = args.socket or server.socket
     try:
@@ -73,15 +75,29 @@ def main() -> int:
         dead = ClamavDetector(ClamavSettings(socket=f"unix:{state}/no-clamd.sock", retry_after=0.0), allow, 25.0)
         down = ClamavDetector(ClamavSettings(socket=f"unix:{state}/no-clamd.sock", retry_after=5.0), allow, 25.0)
         envelope = Envelope(client_address="127.0.0.1")
-        timings: dict[str, list[float]] = {k: [] for k in (
-            "yara (baseline)", "clamav objects", "clamav message", "inspect without clamav", "inspect with clamav",
-            "clamd dead, each call", "clamd dead, retry_after")}
+        timings: dict[str, list[float]] = {
+            k: []
+            for k in (
+                "yara (baseline)",
+                "clamav objects",
+                "clamav message",
+                "inspect without clamav",
+                "inspect with clamav",
+                "clamd dead, each call",
+                "clamd dead, retry_after",
+            )
+        }
         objects_scanned = 0
         for raw in messages:
             parsed = parse_message(raw, base.limits, plain.unpacker)
             objects_scanned += sum(1 for o in parsed.objects if o.has_content and o.data)
-            for label, detector in (("yara (baseline)", yara), ("clamav objects", objects), ("clamav message", whole),
-                                    ("clamd dead, each call", dead), ("clamd dead, retry_after", down)):
+            for label, detector in (
+                ("yara (baseline)", yara),
+                ("clamav objects", objects),
+                ("clamav message", whole),
+                ("clamd dead, each call", dead),
+                ("clamd dead, retry_after", down),
+            ):
                 t0 = time.perf_counter()
                 detector.inspect(parsed, envelope)
                 timings[label].append(time.perf_counter() - t0)
@@ -89,8 +105,10 @@ def main() -> int:
                 t0 = time.perf_counter()
                 inspector.inspect(raw, envelope)
                 timings[label].append(time.perf_counter() - t0)
-        print(f"{len(messages)} messages ({', '.join(args.sources)}, split {args.split}), "
-              f"{objects_scanned} objects with content")
+        print(
+            f"{len(messages)} messages ({', '.join(args.sources)}, split {args.split}), "
+            f"{objects_scanned} objects with content"
+        )
         print(f"{'stage':26} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8}")
         for label, values in timings.items():
             print(f"{label:26} {quantiles(values)}")

@@ -35,14 +35,17 @@ from mailward.training.trainer import TrainingSettings, message_tokens, tokenize
 THRESHOLDS = (0.9, 0.99, 0.995, 0.999, 0.9995, 0.9999)
 ALL = ("spamassassin", "nazario-phishing", "enron1", "enron2", "enron3", "enron4", "enron5", "enron6")
 # (sources learned, source scored, whether it counts for the threshold)
-DIRECTIONS = ((("spamassassin", "nazario-phishing"), "enron-spam", True),
-              (tuple(s for s in ALL if s != "enron1"), "enron1", True),
-              (tuple(s for s in ALL if s != "enron3"), "enron3", True),
-              (("enron-spam",), "spamassassin", False))
+DIRECTIONS = (
+    (("spamassassin", "nazario-phishing"), "enron-spam", True),
+    (tuple(s for s in ALL if s != "enron1"), "enron1", True),
+    (tuple(s for s in ALL if s != "enron3"), "enron3", True),
+    (("enron-spam",), "spamassassin", False),
+)
 
 
-def scores(model_sources: tuple[str, ...], test_source: str,
-           messages: list[LabelledMessage]) -> tuple[np.ndarray, np.ndarray]:
+def scores(
+    model_sources: tuple[str, ...], test_source: str, messages: list[LabelledMessage]
+) -> tuple[np.ndarray, np.ndarray]:
     settings = TrainingSettings()
     learn = [m for m in messages if m.split == "train" and _source(m) & set(model_sources)]
     scorer = train(tokenized(learn, settings.features), settings).scorer()
@@ -59,10 +62,10 @@ def _source(m: LabelledMessage) -> set[str]:
 def lowest_threshold(score: np.ndarray, is_spam: np.ndarray, max_fp: float) -> float:
     """The lowest score threshold (of the scores seen, or 1.0) whose ham FP rate is at most ``max_fp``."""
     ham = np.sort(score[~is_spam])[::-1]
-    allowed = int(np.floor(max_fp * len(ham)))       # ham that may score at or above the threshold
+    allowed = int(np.floor(max_fp * len(ham)))  # ham that may score at or above the threshold
     if allowed >= len(ham):
         return 0.0
-    return float(np.nextafter(ham[allowed], 2.0))     # just above the first ham that must stay below
+    return float(np.nextafter(ham[allowed], 2.0))  # just above the first ham that must stay below
 
 
 def main() -> int:
@@ -76,16 +79,22 @@ def main() -> int:
     for model_sources, test_source, counts in DIRECTIONS:
         score, is_spam = scores(model_sources, test_source, messages)
         ham, spam = score[~is_spam], score[is_spam]
-        print(f"model on {'+'.join(model_sources)} (train split), scoring {test_source}: "
-              f"{len(ham)} ham, {len(spam)} spam")
+        print(
+            f"model on {'+'.join(model_sources)} (train split), scoring {test_source}: {len(ham)} ham, {len(spam)} spam"
+        )
         for t in THRESHOLDS:
-            print(f"  at {t:<7g} ham FP {int((ham >= t).sum()):>4} ({100 * (ham >= t).mean():.3f} %), "
-                  f"spam caught {100 * (spam >= t).mean():.1f} %")
+            print(
+                f"  at {t:<7g} ham FP {int((ham >= t).sum()):>4} ({100 * (ham >= t).mean():.3f} %), "
+                f"spam caught {100 * (spam >= t).mean():.1f} %"
+            )
         low = lowest_threshold(score, is_spam, args.max_fp)
         if counts:
             needed.append(low)
-        print(f"  lowest threshold with ham FP <= {100 * args.max_fp:g} %: {low:.6f} "
-              f"(spam caught {100 * (spam >= low).mean():.1f} %){'' if counts else ' (not used)'}", flush=True)
+        print(
+            f"  lowest threshold with ham FP <= {100 * args.max_fp:g} %: {low:.6f} "
+            f"(spam caught {100 * (spam >= low).mean():.1f} %){'' if counts else ' (not used)'}",
+            flush=True,
+        )
     print(f"cold-start threshold (largest of the directions used): {max(needed):.6f}")
     return 0
 

@@ -40,8 +40,9 @@ from mailward.workers import ScanPool  # noqa: E402
 from mutants import SENDER, mutants, seeds_from  # noqa: E402
 
 # Findings that say a check did not run as meant (errors of category "error" are counted too).
-NOTABLE = frozenset({"scan-deadline", "detector-error", "parse-error", "parser-crash", "inspect-deadline",
-                     "dns-unavailable"})
+NOTABLE = frozenset(
+    {"scan-deadline", "detector-error", "parse-error", "parser-crash", "inspect-deadline", "dns-unavailable"}
+)
 
 
 def rss_kib(pids: list[int]) -> int:
@@ -90,8 +91,9 @@ class Run:
             self.times.append(seconds)
             self.slowest = sorted(self.slowest + [(seconds, name)], reverse=True)[:5]
             if evidence is not None:
-                self.findings.update(f.name for f in evidence.findings if f.category.value == "error" or f.name in
-                                     NOTABLE)
+                self.findings.update(
+                    f.name for f in evidence.findings if f.category.value == "error" or f.name in NOTABLE
+                )
             self.peak_worker_kib = max(self.peak_worker_kib, rss_kib(pids))
 
     def report(self, label: str) -> None:
@@ -103,8 +105,7 @@ class Run:
             print(f"    {line}")
         print(f"  findings of note: {dict(sorted(self.findings.items()))}")
         p50, p99 = ordered[len(ordered) // 2] * 1000, ordered[int(len(ordered) * 0.99)] * 1000
-        print(f"  time: p50 {p50:.1f} ms, p99 {p99:.1f}"
-              f" ms, max {ordered[-1] * 1000:.1f} ms")
+        print(f"  time: p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {ordered[-1] * 1000:.1f} ms")
         print("  slowest: " + "; ".join(f"{s:.2f}s {n}" for s, n in self.slowest))
         print(f"  peak worker RSS: {self.peak_worker_kib / 1024:.0f} MiB")
 
@@ -120,6 +121,7 @@ def drive(run: Run, items, threads: int) -> None:
             if item is None:
                 return
             run.one(item)
+
     with ThreadPoolExecutor(threads) as ex:
         for future in [ex.submit(worker) for _ in range(threads)]:
             future.result()
@@ -140,12 +142,19 @@ def main() -> int:
     with contextlib.ExitStack() as stack:
         if args.no_reputation:
             reputation = {"enabled": False}
-        else:          # every detector: reputation asks a loopback DNS server that knows no names
+        else:  # every detector: reputation asks a loopback DNS server that knows no names
             dns = stack.enter_context(DnsServer({".": EMPTY_ROOT}))
-            reputation = {"nameservers": ["127.0.0.1"], "port": dns.port, "budget": 2.0, "query_timeout": 1.0,
-                          "dnsbl": ["bl.test"], "uribl": ["uribl.test"]}
-        settings = load_settings(overrides={"state_dir": tempfile.mkdtemp(prefix="mailward-fuzz-"),
-                                            "reputation": reputation})
+            reputation = {
+                "nameservers": ["127.0.0.1"],
+                "port": dns.port,
+                "budget": 2.0,
+                "query_timeout": 1.0,
+                "dnsbl": ["bl.test"],
+                "uribl": ["uribl.test"],
+            }
+        settings = load_settings(
+            overrides={"state_dir": tempfile.mkdtemp(prefix="mailward-fuzz-"), "reputation": reputation}
+        )
         return run(args, settings)
 
 

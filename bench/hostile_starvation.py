@@ -49,8 +49,7 @@ def hostile_messages() -> list[bytes]:
     page = b'<html><a href="data:a/b;base64,' + b"A" * 400_000 + b'">x</a></html>'
     block = b"x y\n" * (1_200_000 // 160 // 4)
     uuencoded = b"".join(b"begin 644 part%d.bin\n" % i + block for i in range(160))
-    return [_mail("invoice", "see attached", ("invoice.html", page)),
-            _mail("archive", uuencoded.decode("ascii"))]
+    return [_mail("invoice", "see attached", ("invoice.html", page)), _mail("archive", uuencoded.decode("ascii"))]
 
 
 def slow_messages() -> list[bytes]:
@@ -58,8 +57,10 @@ def slow_messages() -> list[bytes]:
 
 
 def clean_messages() -> list[bytes]:
-    return [_mail(f"minutes {i}", "Hello,\n\nthe minutes of today's meeting are below.\n\nRegards,\nAnna\n")
-            for i in range(10)]
+    return [
+        _mail(f"minutes {i}", "Hello,\n\nthe minutes of today's meeting are below.\n\nRegards,\nAnna\n")
+        for i in range(10)
+    ]
 
 
 def measure(scenario: str, deadline: float) -> dict:
@@ -72,8 +73,10 @@ def measure(scenario: str, deadline: float) -> dict:
     settings = load_settings(overrides={"state_dir": tempfile.mkdtemp(), "reputation": {"enabled": False}})
     pool = ScanPool(settings, 2)
     try:
-        warm = [threading.Thread(target=pool.scan, args=(m, Envelope(client_address=c), 120))
-                for m, c in zip(clean_messages()[:2], CLEAN_CLIENTS)]
+        warm = [
+            threading.Thread(target=pool.scan, args=(m, Envelope(client_address=c), 120))
+            for m, c in zip(clean_messages()[:2], CLEAN_CLIENTS)
+        ]
         for t in warm:
             t.start()
         for t in warm:
@@ -86,16 +89,18 @@ def measure(scenario: str, deadline: float) -> dict:
             try:
                 found = pool.scan(MessageSource.of(raw), Envelope(client_address=client), deadline).findings
                 names = [f.name for f in found]
-            except Exception as exc:          # a failed scan is an outcome to count, not the end of the bench
+            except Exception as exc:  # a failed scan is an outcome to count, not the end of the bench
                 names = [f"failed:{type(exc).__name__}"]
             results[key] = (time.monotonic() - sent, names)
 
         threads = [threading.Thread(target=send, args=(f"first{i}", m, NOISY_CLIENT)) for i, m in enumerate(first)]
         for t in threads:
             t.start()
-        time.sleep(0.2)                        # the first messages reach the workers before the clean ones
-        clean = [threading.Thread(target=send, args=(f"clean{i}", m, c))
-                 for i, (m, c) in enumerate(zip(clean_messages(), CLEAN_CLIENTS))]
+        time.sleep(0.2)  # the first messages reach the workers before the clean ones
+        clean = [
+            threading.Thread(target=send, args=(f"clean{i}", m, c))
+            for i, (m, c) in enumerate(zip(clean_messages(), CLEAN_CLIENTS))
+        ]
         for t in clean:
             t.start()
         for t in threads + clean:
@@ -103,10 +108,14 @@ def measure(scenario: str, deadline: float) -> dict:
     finally:
         pool.close()
     delays = sorted(results[f"clean{i}"][0] for i in range(10))
-    return {"clean_p50": delays[4], "clean_max": delays[-1],
-            "clean_unchecked": sum(any(n.startswith(("scan-", "failed")) for n in results[f"clean{i}"][1])
-                                   for i in range(10)),
-            "first": [(round(results[f"first{i}"][0], 2), results[f"first{i}"][1]) for i in range(len(first))]}
+    return {
+        "clean_p50": delays[4],
+        "clean_max": delays[-1],
+        "clean_unchecked": sum(
+            any(n.startswith(("scan-", "failed")) for n in results[f"clean{i}"][1]) for i in range(10)
+        ),
+        "first": [(round(results[f"first{i}"][0], 2), results[f"first{i}"][1]) for i in range(len(first))],
+    }
 
 
 def baseline_tree(ref: str, into: Path) -> Path:
@@ -118,8 +127,14 @@ def baseline_tree(ref: str, into: Path) -> Path:
 
 def run(source: Path, scenario: str, deadline: float) -> dict:
     env = dict(os.environ, PYTHONPATH=str(source))
-    out = subprocess.run([sys.executable, __file__, "--measure", scenario, "--deadline", str(deadline)],
-                         env=env, check=True, capture_output=True, text=True, cwd=tempfile.gettempdir())
+    out = subprocess.run(
+        [sys.executable, __file__, "--measure", scenario, "--deadline", str(deadline)],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tempfile.gettempdir(),
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -135,13 +150,18 @@ def main() -> int:
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         trees = {args.baseline: baseline_tree(args.baseline, Path(tmp)), "this tree": ROOT / "src"}
-        print(f"{'code':<10} {'scenario':<8} {'clean p50 s':>11} {'clean max s':>11} {'unchecked':>9}  "
-              "first messages (s, findings)")
+        print(
+            f"{'code':<10} {'scenario':<8} {'clean p50 s':>11} {'clean max s':>11} {'unchecked':>9}  "
+            "first messages (s, findings)"
+        )
         for scenario in args.scenarios:
             for label, source in trees.items():
                 r = run(source, scenario, args.deadline)
-                print(f"{label:<10} {scenario:<8} {r['clean_p50']:>11.2f} {r['clean_max']:>11.2f} "
-                      f"{r['clean_unchecked']:>6}/10  {r['first']}", flush=True)
+                print(
+                    f"{label:<10} {scenario:<8} {r['clean_p50']:>11.2f} {r['clean_max']:>11.2f} "
+                    f"{r['clean_unchecked']:>6}/10  {r['first']}",
+                    flush=True,
+                )
     return 0
 
 

@@ -35,9 +35,13 @@ from mailward.verdict import (  # noqa: E402
 
 
 def outcome(i: int, accounts: int) -> Outcome:
-    env = Envelope(mail_from=f"user{i % accounts}@example.org", recipients=("a@example.net", "b@example.net"),
-                   client_address=f"192.0.2.{i % 250 + 1}", auth_user=f"user{i % accounts}",
-                   direction=Direction.OUTBOUND)
+    env = Envelope(
+        mail_from=f"user{i % accounts}@example.org",
+        recipients=("a@example.net", "b@example.net"),
+        client_address=f"192.0.2.{i % 250 + 1}",
+        auth_user=f"user{i % accounts}",
+        direction=Direction.OUTBOUND,
+    )
     return Outcome(env, Verdict(Action.ACCEPT, (), f"MW-{i:08X}-00000000"), Evidence(), 1000)
 
 
@@ -66,8 +70,10 @@ def timed(fn, n: int, threads: int) -> tuple[list[float], float]:
 def report(label: str, samples: list[float], wall: float) -> None:
     samples.sort()
     p99 = samples[int(len(samples) * 0.99) - 1]
-    print(f"  {label:38} p50 {statistics.median(samples) * 1e6:8.0f} us   p99 {p99 * 1e6:8.0f} us   "
-          f"{len(samples) / wall:8.0f} /s")
+    print(
+        f"  {label:38} p50 {statistics.median(samples) * 1e6:8.0f} us   p99 {p99 * 1e6:8.0f} us   "
+        f"{len(samples) / wall:8.0f} /s"
+    )
 
 
 def run(backend: str, overrides: dict, args) -> None:
@@ -84,8 +90,7 @@ def run(backend: str, overrides: dict, args) -> None:
         report(f"observe (count + window sum), {threads} thr", samples, wall)
     samples, wall = timed(lambda i: incidents.client_block(f"192.0.2.{i % 250 + 1}"), args.messages, 1)
     report(f"client_block, {args.blocks} blocks", samples, wall)
-    samples, wall = timed(lambda i: incidents.sender_block(f"user{i}", f"user{i}@mail.example.org"),
-                          args.messages, 1)
+    samples, wall = timed(lambda i: incidents.sender_block(f"user{i}", f"user{i}@mail.example.org"), args.messages, 1)
     report("sender_block (account, sender, domains)", samples, wall)
     incidents.close()
 
@@ -97,7 +102,7 @@ def main() -> int:
     parser.add_argument("--blocks", type=int, default=1000)
     parser.add_argument("--dsn", help="PostgreSQL to use instead of a throwaway cluster")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.ERROR)        # not one line per block and alert
+    logging.basicConfig(level=logging.ERROR)  # not one line per block and alert
     with tempfile.TemporaryDirectory() as state:
         run("sqlite", {"state_dir": state}, args)
     server = None

@@ -48,9 +48,13 @@ def _start(run: Path, workers: int, extra: str, level: str) -> tuple[subprocess.
     sock = home / "sock" / "milter.sock"
     (home / "mailward.toml").write_text(
         f'state_dir = "{home / "state"}"\n{extra}\n[milter]\nsocket = "unix:{sock}"\nworkers = {workers}\n'
-        f'[reputation]\nenabled = false\n[logging]\nfile = "{home / "milter.log"}"\nlevel = "{level}"\n')
-    proc = subprocess.Popen([sys.executable, "-m", "mailward.milter.daemon", "--config", str(home / "mailward.toml")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        f'[reputation]\nenabled = false\n[logging]\nfile = "{home / "milter.log"}"\nlevel = "{level}"\n'
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mailward.milter.daemon", "--config", str(home / "mailward.toml")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while not sock.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -90,24 +94,45 @@ def main() -> int:
         for workers in counts:
             proc, address = _start(run, workers, args.config, args.log_level)
             try:
-                pool.map(_session, [(address, msgs[:10])] * min(args.sessions, 4))       # warm every worker
+                pool.map(_session, [(address, msgs[:10])] * min(args.sessions, 4))  # warm every worker
                 pids = tree(proc.pid)
                 kids = [p for p in pids if p != proc.pid]
                 spy = None
                 spy_binary = shutil.which("py-spy", path=f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin")
                 if args.profile and workers == counts[-1] and spy_binary:
-                    spy = subprocess.Popen([spy_binary, "record", "--pid", str(proc.pid), "--gil", "--nonblocking",
-                                            "--rate", "1000", "--format", "speedscope", "-o", str(args.profile)],
-                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    spy = subprocess.Popen(
+                        [
+                            spy_binary,
+                            "record",
+                            "--pid",
+                            str(proc.pid),
+                            "--gil",
+                            "--nonblocking",
+                            "--rate",
+                            "1000",
+                            "--format",
+                            "speedscope",
+                            "-o",
+                            str(args.profile),
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
                     time.sleep(1)
                 if args.strace and workers == counts[-1]:
-                    spy = subprocess.Popen(["strace", "-c", "-f", "-o", str(args.strace), "-p", str(proc.pid)],
-                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    spy = subprocess.Popen(
+                        ["strace", "-c", "-f", "-o", str(args.strace), "-p", str(proc.pid)],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
                     time.sleep(1)
                 before_m, before_w, before_us = cpu([proc.pid]), cpu(kids), _user_system(proc.pid)
                 started = time.perf_counter()
-                lat = sorted(x for r in pool.map(_session, [(address, msgs[i::args.sessions])
-                                                            for i in range(args.sessions)]) for x in r)
+                lat = sorted(
+                    x
+                    for r in pool.map(_session, [(address, msgs[i :: args.sessions]) for i in range(args.sessions)])
+                    for x in r
+                )
                 rate = len(msgs) / (time.perf_counter() - started)
                 milter_ms = (cpu([proc.pid]) - before_m) * 1000 / len(msgs)
                 workers_ms = (cpu(kids) - before_w) * 1000 / len(msgs)
@@ -115,9 +140,12 @@ def main() -> int:
                 if spy is not None:
                     spy.send_signal(2)
                     spy.wait(60)
-                print(f"{workers:7} {rate:7.1f}  {'':11} {milter_ms:6.2f} {workers_ms:7.2f}   "
-                      f"{_q(lat, 0.5):6.1f} / {_q(lat, 0.99):6.1f} / {lat[-1] * 1000:6.1f}   (milter user "
-                      f"{user * 1000 / len(msgs):.2f}, system {system * 1000 / len(msgs):.2f})", flush=True)
+                print(
+                    f"{workers:7} {rate:7.1f}  {'':11} {milter_ms:6.2f} {workers_ms:7.2f}   "
+                    f"{_q(lat, 0.5):6.1f} / {_q(lat, 0.99):6.1f} / {lat[-1] * 1000:6.1f}   (milter user "
+                    f"{user * 1000 / len(msgs):.2f}, system {system * 1000 / len(msgs):.2f})",
+                    flush=True,
+                )
             finally:
                 proc.terminate()
                 proc.wait(30)

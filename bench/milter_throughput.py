@@ -31,9 +31,29 @@ from harness.milter import MilterProcess  # noqa: E402
 from harness.postfix import Postfix  # noqa: E402
 from support.mail import EICAR, GTUBE, message  # noqa: E402
 
-WORDS = ["meeting", "report", "budget", "project", "schedule", "review", "contract", "invoice", "team", "customer",
-         "server", "update", "release", "deadline", "agenda", "minutes", "quarter", "results", "proposal", "design",
-         "draft"]
+WORDS = [
+    "meeting",
+    "report",
+    "budget",
+    "project",
+    "schedule",
+    "review",
+    "contract",
+    "invoice",
+    "team",
+    "customer",
+    "server",
+    "update",
+    "release",
+    "deadline",
+    "agenda",
+    "minutes",
+    "quarter",
+    "results",
+    "proposal",
+    "design",
+    "draft",
+]
 
 
 def _pdf(text: str) -> bytes:
@@ -82,8 +102,9 @@ def corpus(n: int, seed: int = 7) -> list[bytes]:
         if kind < 0.60:
             raw = message(body=text)[1]
         elif kind < 0.75:
-            links = "\n".join(f"https://news{rnd.randint(1, 50)}.example.com/a/{rnd.randint(1, 10**6)}"
-                              for _ in range(8))
+            links = "\n".join(
+                f"https://news{rnd.randint(1, 50)}.example.com/a/{rnd.randint(1, 10**6)}" for _ in range(8)
+            )
             raw = message(body=f"{text}\n{links}\n", subject="Weekly newsletter")[1]
         elif kind < 0.85:
             pdf = _pdf(text * rnd.randint(5, 40))
@@ -111,7 +132,7 @@ def _session(args: tuple[int, list[bytes]]) -> tuple[int, int]:
                 smtp.sendmail("bench@example.org", ["user@bench.test"], raw)
                 ok += 1
             except smtplib.SMTPResponseException:
-                failed += 1     # rejected or tempfailed: still a message the filter handled
+                failed += 1  # rejected or tempfailed: still a message the filter handled
                 smtp.rset()
     return ok, failed
 
@@ -135,26 +156,33 @@ def main() -> int:
     run.chmod(0o755)
     sock = run / "sock" / "milter.sock"
     pf = Postfix.create(sock)
-    pf._postconf("-e", "transport_maps = inline:{bench.test=discard:}", "relay_domains = bench.test",
-                 "smtpd_milters =", "non_smtpd_milters =")
+    pf._postconf(
+        "-e",
+        "transport_maps = inline:{bench.test=discard:}",
+        "relay_domains = bench.test",
+        "smtpd_milters =",
+        "non_smtpd_milters =",
+    )
     pf.start()
     msgs = corpus(args.messages)
     mb = sum(map(len, msgs)) / 1e6
     print(f"mix: {len(msgs)} messages, {mb:.1f} MB, {args.sessions} SMTP sessions, {args.workers} scan workers")
     try:
-        blast(pf.smtp_port, msgs[:50], args.sessions)                  # warm Postfix
+        blast(pf.smtp_port, msgs[:50], args.sessions)  # warm Postfix
         base = blast(pf.smtp_port, msgs, args.sessions)
 
         cfg = run / "mailward.toml"
         log = run / "milter.log"
-        cfg.write_text(f'state_dir = "{run / "state"}"\n[milter]\nsocket = "unix:{sock}"\nworkers = {args.workers}\n'
-                       f'[logging]\nfile = "{log}"\n')
+        cfg.write_text(
+            f'state_dir = "{run / "state"}"\n[milter]\nsocket = "unix:{sock}"\nworkers = {args.workers}\n'
+            f'[logging]\nfile = "{log}"\n'
+        )
         milter = MilterProcess(cfg, sock, log)
         milter.start()
         pf._postconf("-e", f"smtpd_milters = unix:{sock}")
         subprocess.run(["postfix", "-c", str(pf.conf), "reload"], check=True, capture_output=True)
         time.sleep(1.5)
-        blast(pf.smtp_port, msgs[:50], args.sessions)                  # warm workers
+        blast(pf.smtp_port, msgs[:50], args.sessions)  # warm workers
         log.write_text("")
         before = cpu_seconds(milter.proc.pid)
         with_mw = blast(pf.smtp_port, msgs, args.sessions)
@@ -179,8 +207,10 @@ def main() -> int:
     print(f"milter time per message: p50 {q[49]:.1f} ms, p99 {q[98]:.1f} ms (n={len(durations)})")
     print(f"verdicts: {json.dumps(actions, sort_keys=True)}")
     for part in ("milter", "workers"):
-        print(f"CPU per message, {part + ' process' + ('es' if part == 'workers' else ''):18} "
-              f"{(after[part] - before[part]) * 1000 / len(msgs):6.2f} ms")
+        print(
+            f"CPU per message, {part + ' process' + ('es' if part == 'workers' else ''):18} "
+            f"{(after[part] - before[part]) * 1000 / len(msgs):6.2f} ms"
+        )
     print("time per stage inside the scanning worker (ms, p50 / p99):")
     for stage, values in sorted(stages.items(), key=lambda kv: -sum(kv[1])):
         values.sort()

@@ -74,8 +74,9 @@ def _measure(args: argparse.Namespace, dsn: str) -> None:
     for way in ("estimator", "counts", *(("database",) if dsn else ())):
         runs = []
         for _ in range(args.runs):
-            done = subprocess.run([sys.executable, "-c", CHILD, way, str(args.model), dsn], capture_output=True,
-                                  text=True, check=True)
+            done = subprocess.run(
+                [sys.executable, "-c", CHILD, way, str(args.model), dsn], capture_output=True, text=True, check=True
+            )
             runs.append(json.loads(done.stdout))
         mid = {key: sorted(r[key] for r in runs)[len(runs) // 2] for key in ("ms", "peak", "resident")}
         print(f"{way:10s} {mid['ms']:8.0f} {mid['peak']:10.0f} {mid['resident']:14.0f}   model {runs[0]['version']}")

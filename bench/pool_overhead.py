@@ -35,6 +35,7 @@ def timed(fn, msgs, threads: int) -> tuple[float, list[float]]:
         t0 = time.perf_counter()
         fn(raw)
         per.append(time.perf_counter() - t0)
+
     started = time.perf_counter()
     with ThreadPoolExecutor(threads) as ex:
         list(ex.map(one, msgs))
@@ -52,8 +53,10 @@ def main() -> int:
     inspector = build_inspector(settings)
     inproc = lambda raw: inspector.inspect(raw, env)  # noqa: E731
     timed(inproc, msgs[:50], 1)
-    rows = [("in-process, 1 thread", *timed(inproc, msgs, 1)),
-            (f"in-process, {args.threads} threads", *timed(inproc, msgs, args.threads))]
+    rows = [
+        ("in-process, 1 thread", *timed(inproc, msgs, 1)),
+        (f"in-process, {args.threads} threads", *timed(inproc, msgs, args.threads)),
+    ]
     for workers in (1, 2):
         pool = ScanPool(settings, workers)
         scan = lambda raw, pool=pool: pool.scan(MessageSource.of(raw), env, 60)  # noqa: E731

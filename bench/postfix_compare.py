@@ -42,15 +42,18 @@ from harness.postfix import Postfix, free_port  # noqa: E402
 
 def sample(directory: Path, n: int, seed: int = 7) -> list[bytes]:
     """``n`` messages picked at random (fixed seed) from the files under ``directory``, CRLF line ends."""
-    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.stat().st_size < 2_000_000
-                   and not p.name.startswith(("cmds", "Summary")))
+    files = sorted(
+        p
+        for p in directory.rglob("*")
+        if p.is_file() and p.stat().st_size < 2_000_000 and not p.name.startswith(("cmds", "Summary"))
+    )
     if not files:
         raise SystemExit(f"no messages under {directory}")
     picked = random.Random(seed).sample(files, min(n, len(files)))
     out = []
     for path in picked:
         raw = path.read_bytes().replace(b"\r\n", b"\n")
-        if raw.startswith(b"From ") and b"\n" in raw:      # mbox separator line
+        if raw.startswith(b"From ") and b"\n" in raw:  # mbox separator line
             raw = raw.split(b"\n", 1)[1]
         out.append(raw.replace(b"\n", b"\r\n"))
     return out
@@ -119,7 +122,7 @@ def _session(args: tuple[int, list[bytes]]) -> list[float]:
             try:
                 smtp.sendmail("bench@example.org", ["user@bench.test"], raw)
             except smtplib.SMTPResponseException:
-                smtp.rset()         # rejected or tempfailed: still a message the filter handled
+                smtp.rset()  # rejected or tempfailed: still a message the filter handled
             latencies.append(time.perf_counter() - started)
     return latencies
 
@@ -136,9 +139,9 @@ def blast(pool: Pool, port: int, messages: list[bytes], sessions: int) -> tuple[
 @dataclass
 class Filter:
     name: str
-    milter: str                               # Postfix's smtpd_milters value; "" for Postfix alone
+    milter: str  # Postfix's smtpd_milters value; "" for Postfix alone
     proc: subprocess.Popen | None = None
-    groups: dict[str, list[int]] = field(default_factory=dict)    # process group -> pids, refreshed
+    groups: dict[str, list[int]] = field(default_factory=dict)  # process group -> pids, refreshed
 
     def refresh(self) -> None:
         if self.proc is None:
@@ -181,11 +184,17 @@ def start_mailward(run: Path, kind: str, workers: int, dns_port: int, source: Pa
     address = f"unix:{home / 'sock' / 'milter.sock'}" if kind == "unix" else f"inet:{port}@127.0.0.1"
     (home / "mailward.toml").write_text(
         f'state_dir = "{home / "state"}"\n[milter]\nsocket = "{address}"\nworkers = {workers}\n'
-        f'[reputation]\nnameservers = ["127.0.0.1"]\nport = {dns_port}\n[logging]\nfile = "{home / "milter.log"}"\n')
+        f'[reputation]\nnameservers = ["127.0.0.1"]\nport = {dns_port}\n[logging]\nfile = "{home / "milter.log"}"\n'
+    )
     started = time.monotonic()
     env = dict(os.environ, PYTHONPATH=str(source / "src")) if source else None
-    proc = subprocess.Popen([sys.executable, "-m", "mailward.milter.daemon", "--config", str(home / "mailward.toml")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=str(home))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mailward.milter.daemon", "--config", str(home / "mailward.toml")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=str(home),
+    )
     if kind == "unix":
         while not (home / "sock" / "milter.sock").exists():
             if proc.poll() is not None or time.monotonic() - started > 60:
@@ -212,21 +221,41 @@ def start_rspamd(run: Path, dns_port: int) -> Filter | None:
     milter_port, normal_port, controller_port = free_port(), free_port(), free_port()
     (local / "worker-proxy.inc").write_text(
         f'bind_socket = "127.0.0.1:{milter_port}";\nmilter = yes;\ntimeout = 120s;\n'
-        f'upstream "local" {{\n  default = yes;\n  self_scan = yes;\n}}\ncount = 1;\n')
+        f'upstream "local" {{\n  default = yes;\n  self_scan = yes;\n}}\ncount = 1;\n'
+    )
     (local / "worker-normal.inc").write_text(f'bind_socket = "127.0.0.1:{normal_port}";\nenabled = false;\n')
     (local / "worker-controller.inc").write_text(f'bind_socket = "127.0.0.1:{controller_port}";\n')
     (local / "worker-fuzzy.inc").write_text("enabled = false;\n")
     (local / "options.inc").write_text(
-        f'dns {{\n  nameserver = ["127.0.0.1:{dns_port}"];\n}}\n'
-        f'pidfile = "{home / "run" / "rspamd.pid"}";\n')
-    (local / "logging.inc").write_text(f'type = "file";\nfilename = "{home / "log" / "rspamd.log"}";\n'
-                                       'level = "error";\n')
-    (local / "redis.conf").write_text("")            # no redis: Bayes and other redis modules stay off
+        f'dns {{\n  nameserver = ["127.0.0.1:{dns_port}"];\n}}\npidfile = "{home / "run" / "rspamd.pid"}";\n'
+    )
+    (local / "logging.inc").write_text(
+        f'type = "file";\nfilename = "{home / "log" / "rspamd.log"}";\nlevel = "error";\n'
+    )
+    (local / "redis.conf").write_text("")  # no redis: Bayes and other redis modules stay off
     started = time.monotonic()
-    proc = subprocess.Popen([binary, "-f", "-u", "_rspamd", "-g", "_rspamd", "-c", "/etc/rspamd/rspamd.conf",
-                             "--var", f"LOCAL_CONFDIR={home}", "--var", f"DBDIR={home / 'db'}",
-                             "--var", f"RUNDIR={home / 'run'}", "--var", f"LOGDIR={home / 'log'}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            binary,
+            "-f",
+            "-u",
+            "_rspamd",
+            "-g",
+            "_rspamd",
+            "-c",
+            "/etc/rspamd/rspamd.conf",
+            "--var",
+            f"LOCAL_CONFDIR={home}",
+            "--var",
+            f"DBDIR={home / 'db'}",
+            "--var",
+            f"RUNDIR={home / 'run'}",
+            "--var",
+            f"LOGDIR={home / 'log'}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         _wait_port(milter_port, proc)
     except RuntimeError as exc:
@@ -242,12 +271,15 @@ class Unbound:
     def __init__(self, run: Path, binary: str):
         self.port = free_port()
         conf = run / "unbound.conf"
-        conf.write_text(f'server:\n  interface: 127.0.0.1\n  port: {self.port}\n  do-daemonize: no\n'
-                        f'  username: ""\n  chroot: ""\n  directory: "{run}"\n  pidfile: ""\n  use-syslog: no\n'
-                        f'  logfile: ""\n  do-ip6: no\n  local-zone: "." static\n'
-                        f'  access-control: 127.0.0.0/8 allow\n')
-        self.proc = subprocess.Popen([binary, "-d", "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        conf.write_text(
+            f"server:\n  interface: 127.0.0.1\n  port: {self.port}\n  do-daemonize: no\n"
+            f'  username: ""\n  chroot: ""\n  directory: "{run}"\n  pidfile: ""\n  use-syslog: no\n'
+            f'  logfile: ""\n  do-ip6: no\n  local-zone: "." static\n'
+            f"  access-control: 127.0.0.0/8 allow\n"
+        )
+        self.proc = subprocess.Popen(
+            [binary, "-d", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         time.sleep(0.5)
 
     def __exit__(self, *exc: object) -> None:
@@ -268,7 +300,7 @@ def dns_stub(run: Path) -> Unbound | DnsServer:
 def use(pf: Postfix, milter: str) -> None:
     pf._postconf("-e", f"smtpd_milters = {milter}")
     subprocess.run(["postfix", "-c", str(pf.conf), "reload"], check=True, capture_output=True)
-    time.sleep(1.0)       # old smtpd processes finish their sessions and exit
+    time.sleep(1.0)  # old smtpd processes finish their sessions and exit
 
 
 def postfix_pids(pf: Postfix) -> list[int]:
@@ -287,22 +319,33 @@ def main() -> int:
     ap.add_argument("--sessions", default="1,8", help="comma-separated SMTP session counts")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2, help="mailward scanning processes")
-    ap.add_argument("--systems", default="postfix,mailward-unix,mailward-inet,rspamd",
-                    help="also base-unix, base-inet: Mailward from the --baseline checkout")
+    ap.add_argument(
+        "--systems",
+        default="postfix,mailward-unix,mailward-inet,rspamd",
+        help="also base-unix, base-inet: Mailward from the --baseline checkout",
+    )
     ap.add_argument("--baseline", type=Path, help="another Mailward checkout (e.g. main) to compare with")
     args = ap.parse_args()
     wanted = args.systems.split(",")
     sessions = [int(s) for s in args.sessions.split(",")]
 
     msgs = sample(args.sample, args.messages)
-    print(f"sample: {len(msgs)} messages, {sum(map(len, msgs)) / 1e6:.1f} MB from {args.sample}; "
-          f"sessions {sessions}, {args.repeats} repetitions, {args.workers} mailward workers")
+    print(
+        f"sample: {len(msgs)} messages, {sum(map(len, msgs)) / 1e6:.1f} MB from {args.sample}; "
+        f"sessions {sessions}, {args.repeats} repetitions, {args.workers} mailward workers"
+    )
     run = Path(tempfile.mkdtemp(prefix="mailward-compare-", dir="/tmp"))
     run.chmod(0o755)
     pf = Postfix.create(run / "unused.sock")
-    pf._postconf("-e", "transport_maps = inline:{bench.test=discard:}", "relay_domains = bench.test",
-                 "smtpd_milters =", "non_smtpd_milters =", "milter_default_action = accept",
-                 "default_process_limit = 200")
+    pf._postconf(
+        "-e",
+        "transport_maps = inline:{bench.test=discard:}",
+        "relay_domains = bench.test",
+        "smtpd_milters =",
+        "non_smtpd_milters =",
+        "milter_default_action = accept",
+        "default_process_limit = 200",
+    )
     filters: list[Filter] = []
     if "postfix" in wanted:
         filters.append(Filter("postfix", ""))
@@ -331,7 +374,7 @@ def main() -> int:
             for n in sessions:
                 for f in filters:
                     use(pf, f.milter)
-                    blast(pool, pf.smtp_port, msgs[:20], min(n, 4))                       # warm
+                    blast(pool, pf.smtp_port, msgs[:20], min(n, 4))  # warm
                     f.refresh()
                     groups = {"postfix": postfix_pids(pf), **f.groups}
                     before = {g: cpu(p) for g, p in groups.items()}
@@ -350,8 +393,9 @@ def main() -> int:
 
     for n in sessions:
         print(f"\n{n} SMTP session(s), median of {args.repeats} (latency over all repetitions):")
-        print(f"  {'system':14} {'msg/s':>7} {'ratio':>6}  CPU ms/msg per process group"
-              f"{'':22} latency p50 / p99 / max ms")
+        print(
+            f"  {'system':14} {'msg/s':>7} {'ratio':>6}  CPU ms/msg per process group{'':22} latency p50 / p99 / max ms"
+        )
         base = statistics.median(r[0] for r in results.get(("postfix", n), [(0.0, [], {})])) or None
         for f in filters:
             runs = results[(f.name, n)]
@@ -360,8 +404,10 @@ def main() -> int:
             spent = {g: statistics.median(r[2][g] for r in runs) for g in runs[0][2]}
             filt = sum(v for g, v in spent.items() if g != "postfix")
             parts = " ".join(f"{g} {v:.2f}" for g, v in spent.items())
-            print(f"  {f.name:14} {rate:7.1f} {rate / base if base else 0:6.3f}  {parts:44} filter {filt:5.2f}"
-                  f"  {_q(lat, 0.5):6.1f} / {_q(lat, 0.99):6.1f} / {lat[-1] * 1000 if lat else 0:6.1f}")
+            print(
+                f"  {f.name:14} {rate:7.1f} {rate / base if base else 0:6.3f}  {parts:44} filter {filt:5.2f}"
+                f"  {_q(lat, 0.5):6.1f} / {_q(lat, 0.99):6.1f} / {lat[-1] * 1000 if lat else 0:6.1f}"
+            )
         for who in ("mailward", "base"):
             if (f"{who}-unix", n) in results and (f"{who}-inet", n) in results:
                 u = statistics.median(r[0] for r in results[(f"{who}-unix", n)])

@@ -27,8 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 
 def sample(size: int, n: int) -> bytes:
-    head = (f"From: sender{n}@example.org\r\nTo: user@example.net\r\nSubject: benchmark message {n}\r\n"
-            "MIME-Version: 1.0\r\nContent-Type: text/plain\r\n\r\n").encode()
+    head = (
+        f"From: sender{n}@example.org\r\nTo: user@example.net\r\nSubject: benchmark message {n}\r\n"
+        "MIME-Version: 1.0\r\nContent-Type: text/plain\r\n\r\n"
+    ).encode()
     line = b"The quick brown fox jumps over the lazy dog, again and again.\r\n"
     return head + line * max(1, (size - len(head)) // len(line))
 
@@ -54,8 +56,10 @@ def report(name: str, store: QuarantineStore, args) -> None:
     for threads in (1, args.threads):
         rate, lat = run(store, args.count, threads, args.size)
         lat.sort()
-        print(f"{name:<11} threads={threads:<2} {rate:8.1f} put/s   p50 {statistics.median(lat) * 1000:6.2f} ms"
-              f"   p99 {lat[int(len(lat) * 0.99) - 1] * 1000:6.2f} ms")
+        print(
+            f"{name:<11} threads={threads:<2} {rate:8.1f} put/s   p50 {statistics.median(lat) * 1000:6.2f} ms"
+            f"   p99 {lat[int(len(lat) * 0.99) - 1] * 1000:6.2f} ms"
+        )
 
 
 def main() -> int:

@@ -36,9 +36,14 @@ FORGED = "X-Mailward-Release: MW-FORGED-00000000 1700000000 " + "0" * 64
 
 
 def big_message(size: int, forged: bool, n: int) -> bytes:
-    head = (f"From: a@example.org\r\nTo: user@bench.test\r\nSubject: big {n}\r\n"
-            f"Message-ID: <big-{n}-{time.time_ns()}@example.org>\r\n"
-            + (FORGED + "\r\n" if forged else "") + "\r\n" + GTUBE + "\r\n").encode()
+    head = (
+        f"From: a@example.org\r\nTo: user@bench.test\r\nSubject: big {n}\r\n"
+        f"Message-ID: <big-{n}-{time.time_ns()}@example.org>\r\n"
+        + (FORGED + "\r\n" if forged else "")
+        + "\r\n"
+        + GTUBE
+        + "\r\n"
+    ).encode()
     line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789ab\r\n"
     return head + line * (size // len(line))
 
@@ -80,9 +85,11 @@ def export(revision: str, into: Path) -> Path:
 def measure(pf: Postfix, run: Path, sock: Path, src: Path, forged: bool, args) -> dict:
     state = run / f"state-{time.time_ns()}"
     cfg, log = run / "mailward.toml", run / f"milter-{time.time_ns()}.log"
-    cfg.write_text(f'state_dir = "{state}"\n[policy.inbound]\nspam_action = "reject"\n'
-                   f'[milter]\nsocket = "unix:{sock}"\nworkers = {args.workers}\nmessage_deadline = 300.0\n'
-                   f'[logging]\nfile = "{log}"\n')
+    cfg.write_text(
+        f'state_dir = "{state}"\n[policy.inbound]\nspam_action = "reject"\n'
+        f'[milter]\nsocket = "unix:{sock}"\nworkers = {args.workers}\nmessage_deadline = 300.0\n'
+        f'[logging]\nfile = "{log}"\n'
+    )
     os.environ["PYTHONPATH"] = str(src)
     milter = MilterProcess(cfg, sock, log)
     milter.start()
@@ -100,8 +107,13 @@ def measure(pf: Postfix, run: Path, sock: Path, src: Path, forged: bool, args) -
     finally:
         milter.stop()
         os.environ.pop("PYTHONPATH", None)
-    return {"start_mib": start_rss / 1024, "peak_mib": peak / 1024, "seconds": seconds, "replies": replies,
-            "verdicts": verdicts}
+    return {
+        "start_mib": start_rss / 1024,
+        "peak_mib": peak / 1024,
+        "seconds": seconds,
+        "replies": replies,
+        "verdicts": verdicts,
+    }
 
 
 def main() -> int:
@@ -116,9 +128,16 @@ def main() -> int:
     run.chmod(0o755)
     sock = run / "sock" / "milter.sock"
     pf = Postfix.create(sock)
-    pf._postconf("-e", "transport_maps = inline:{bench.test=discard:}", "relay_domains = bench.test",
-                 "message_size_limit = 0", "mailbox_size_limit = 0", "virtual_mailbox_limit = 0",
-                 "milter_content_timeout = 600s", "milter_command_timeout = 600s")
+    pf._postconf(
+        "-e",
+        "transport_maps = inline:{bench.test=discard:}",
+        "relay_domains = bench.test",
+        "message_size_limit = 0",
+        "mailbox_size_limit = 0",
+        "virtual_mailbox_limit = 0",
+        "milter_content_timeout = 600s",
+        "milter_command_timeout = 600s",
+    )
     pf.start()
     trees = [("before " + args.before, export(args.before, run))] if args.before else []
     trees.append(("this tree", ROOT / "src"))
@@ -127,9 +146,12 @@ def main() -> int:
         for name, src in trees:
             for forged in (False, True):
                 r = measure(pf, run, sock, src, forged, args)
-                print(f"{name:18} {'forged mark' if forged else 'no mark    '}  milter RSS at start "
-                      f"{r['start_mib']:7.1f} MiB, peak {r['peak_mib']:7.1f} MiB  ({r['seconds']:.1f} s; "
-                      f"replies {','.join(r['replies'])}; verdicts {json.dumps(r['verdicts'])})", flush=True)
+                print(
+                    f"{name:18} {'forged mark' if forged else 'no mark    '}  milter RSS at start "
+                    f"{r['start_mib']:7.1f} MiB, peak {r['peak_mib']:7.1f} MiB  ({r['seconds']:.1f} s; "
+                    f"replies {','.join(r['replies'])}; verdicts {json.dumps(r['verdicts'])})",
+                    flush=True,
+                )
     finally:
         pf.destroy()
     return 0

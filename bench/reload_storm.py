@@ -50,12 +50,15 @@ def session(port: int, messages: list[bytes], interval: float, until: float, out
             time.sleep(max(0.0, due - time.monotonic()))
 
 
-def phase(port: int, messages: list[bytes], args, milter: MilterProcess, reload_every: float | None,
-          edit_rule: Path | None) -> list[tuple[float, int]]:
+def phase(
+    port: int, messages: list[bytes], args, milter: MilterProcess, reload_every: float | None, edit_rule: Path | None
+) -> list[tuple[float, int]]:
     results: list[tuple[float, int]] = []
     until = time.monotonic() + args.seconds
-    threads = [threading.Thread(target=session, args=(port, messages[k::args.sessions], args.interval, until, results))
-               for k in range(args.sessions)]
+    threads = [
+        threading.Thread(target=session, args=(port, messages[k :: args.sessions], args.interval, until, results))
+        for k in range(args.sessions)
+    ]
     for t in threads:
         t.start()
     n = 0
@@ -83,8 +86,10 @@ def summary(name: str, results: list[tuple[float, int]]) -> tuple[float, str]:
     codes: dict[int, int] = {}
     for _, code in results:
         codes[code] = codes.get(code, 0) + 1
-    line = (f"{name:32} n={len(times):5}  p50 {q[49] * 1000:7.1f} ms  p99 {q[98] * 1000:7.1f} ms  "
-            f"max {times[-1] * 1000:7.1f} ms  replies {dict(sorted(codes.items()))}")
+    line = (
+        f"{name:32} n={len(times):5}  p50 {q[49] * 1000:7.1f} ms  p99 {q[98] * 1000:7.1f} ms  "
+        f"max {times[-1] * 1000:7.1f} ms  replies {dict(sorted(codes.items()))}"
+    )
     return q[98], line
 
 
@@ -104,13 +109,19 @@ def main() -> int:
     edit_rule = rules / "edited.yar"
     edit_rule.write_text('rule bench_edit_0 { strings: $a = "mailward-bench-0" condition: $a }\n')
     pf = Postfix.create(sock)
-    pf._postconf("-e", "transport_maps = inline:{bench.test=discard:}", "relay_domains = bench.test",
-                 "milter_content_timeout = 300s")
+    pf._postconf(
+        "-e",
+        "transport_maps = inline:{bench.test=discard:}",
+        "relay_domains = bench.test",
+        "milter_content_timeout = 300s",
+    )
     cfg = run / "mailward.toml"
     log = run / "milter.log"
-    cfg.write_text(f'state_dir = "{run / "state"}"\n[milter]\nsocket = "unix:{sock}"\nworkers = {args.workers}\n'
-                   f'[reputation]\nenabled = false\n[signatures]\nrules_dirs = ["{rules}"]\n'
-                   f'[logging]\nfile = "{log}"\n')
+    cfg.write_text(
+        f'state_dir = "{run / "state"}"\n[milter]\nsocket = "unix:{sock}"\nworkers = {args.workers}\n'
+        f'[reputation]\nenabled = false\n[signatures]\nrules_dirs = ["{rules}"]\n'
+        f'[logging]\nfile = "{log}"\n'
+    )
     milter = MilterProcess(cfg, sock, log)
     msgs = corpus(400)
     lines = []
@@ -120,9 +131,11 @@ def main() -> int:
         phase(pf.smtp_port, msgs[:40], argparse.Namespace(**{**vars(args), "seconds": 10}), milter, None, None)
         fds_before = len(os.listdir(f"/proc/{milter.proc.pid}/fd"))
         p99 = {}
-        for name, every, edit in (("no reloads (baseline)", None, None),
-                                  ("SIGHUP every 1 s, unchanged", 1.0, None),
-                                  ("SIGHUP every 1 s, rule edited", 1.0, edit_rule)):
+        for name, every, edit in (
+            ("no reloads (baseline)", None, None),
+            ("SIGHUP every 1 s, unchanged", 1.0, None),
+            ("SIGHUP every 1 s, rule edited", 1.0, edit_rule),
+        ):
             done_before = log.read_text().count("reloaded from")
             results = phase(pf.smtp_port, msgs, args, milter, every, edit)
             time.sleep(2)
@@ -130,15 +143,17 @@ def main() -> int:
             reloads = log.read_text().count("reloaded from") - done_before
             fds = len(os.listdir(f"/proc/{milter.proc.pid}/fd"))
             lines.append(f"{line}  reloads completed {reloads}, milter fds {fds}")
-        time.sleep(10)                  # let the last reload finish before counting descriptors
+        time.sleep(10)  # let the last reload finish before counting descriptors
         fds_after = len(os.listdir(f"/proc/{milter.proc.pid}/fd"))
         peak = proc_status(milter.proc.pid, "VmHWM")
         refused = log.read_text().count("reload refused")
     finally:
         milter.stop()
         pf.destroy()
-    print(f"{args.sessions} sessions x 1 message / {args.interval} s, {args.seconds:.0f} s per phase, "
-          f"{args.workers} scan workers, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"{args.sessions} sessions x 1 message / {args.interval} s, {args.seconds:.0f} s per phase, "
+        f"{args.workers} scan workers, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+    )
     for line in lines:
         print(line)
     base = p99["no reloads (baseline)"]

@@ -131,8 +131,14 @@ def tokenized(mails: list[LabelledMail], tokenizer: TokenizerSettings) -> tuple[
 def run(variant: Variant, mails: list[LabelledMail], tokens: list[list[str]]) -> tuple[ReplayResult, float]:
     features = FeatureSettings(tokenizer=variant.tokenizer)
     started = time.perf_counter()
-    result = replay_tokens(zip(mails, tokens), features, variant.alpha, Combiner(variant.evidence_per_side),
-                           THRESHOLDS, variant.calibration)
+    result = replay_tokens(
+        zip(mails, tokens),
+        features,
+        variant.alpha,
+        Combiner(variant.evidence_per_side),
+        THRESHOLDS,
+        variant.calibration,
+    )
     return result, 1000 * (time.perf_counter() - started) / max(1, len(mails))
 
 
@@ -141,8 +147,10 @@ def row(name: str, result: ReplayResult, ms: float | None) -> str:
     one_minus_auc = "n/a" if e.auc is None else f"{100 * (1 - e.auc):.3f}"
     fp, fn = e.confusion["ham"]["spam"], e.n_spam - e.confusion["spam"]["spam"]
     cost = "-" if ms is None else f"{ms:.2f}"
-    return (f"| {name} | {one_minus_auc} | {fp} ({100 * fp / max(1, e.n_ham):.2f} %) "
-            f"| {fn} ({100 * fn / max(1, e.n_spam):.2f} %) | {cost} |")
+    return (
+        f"| {name} | {one_minus_auc} | {fp} ({100 * fp / max(1, e.n_ham):.2f} %) "
+        f"| {fn} ({100 * fn / max(1, e.n_spam):.2f} %) | {cost} |"
+    )
 
 
 def write_set(mails: list[LabelledMail], directory: Path) -> None:

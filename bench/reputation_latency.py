@@ -29,7 +29,8 @@ URIBL = ["uribl1.test&0x0c*high", "uribl2.test"]
 
 def zones(key: DkimKey) -> dict[str, str]:
     return {
-        "sender.test.": soa("sender.test.") + f"""
+        "sender.test.": soa("sender.test.")
+        + f"""
 @ IN TXT "v=spf1 include:_spf.provider.test -all"
 _dmarc IN TXT "v=DMARC1; p=reject"
 sel._domainkey IN TXT {key.record()}
@@ -67,8 +68,9 @@ def main() -> None:
     samples = [sample(key, i) for i in range(args.messages)]
 
     with DnsServer(zones(key), silent=["silent.test"], delay=args.rtt) as server:
-        detector = ReputationDetector.from_settings(settings_for(server.port, dnsbl=DNSBL, uribl=URIBL,
-                                                                 allow_networks=[]))
+        detector = ReputationDetector.from_settings(
+            settings_for(server.port, dnsbl=DNSBL, uribl=URIBL, allow_networks=[])
+        )
         cold, warm = [], []
         before = len(server.queries)
         for raw, client in samples:
@@ -81,21 +83,27 @@ def main() -> None:
         summary("warm cache (the same message again)", warm)
         print(f"  serial sum of round trips would be >= {per_message * args.rtt * 1000:.0f} ms per message")
 
-        silent = ReputationDetector.from_settings(settings_for(server.port, dnsbl=DNSBL + ["silent.test"],
-                                                               allow_networks=[], uribl=URIBL))
+        silent = ReputationDetector.from_settings(
+            settings_for(server.port, dnsbl=DNSBL + ["silent.test"], allow_networks=[], uribl=URIBL)
+        )
         first = timed(silent, *samples[0])
         rest = [timed(silent, raw, client) for raw, client in samples[1:]]
-        print(f"one silent zone (query_timeout {silent.settings.query_timeout:.1f} s): "
-              f"first message {first * 1000:.0f} ms, then zone skipped:")
+        print(
+            f"one silent zone (query_timeout {silent.settings.query_timeout:.1f} s): "
+            f"first message {first * 1000:.0f} ms, then zone skipped:"
+        )
         summary("  following messages", rest)
 
     with BlackHole() as hole:
-        dead = ReputationDetector.from_settings(settings_for(hole.port, dnsbl=DNSBL, uribl=URIBL, allow_networks=[],
-                                                             budget=4.0, query_timeout=2.0))
+        dead = ReputationDetector.from_settings(
+            settings_for(hole.port, dnsbl=DNSBL, uribl=URIBL, allow_networks=[], budget=4.0, query_timeout=2.0)
+        )
         first, second = timed(dead, *samples[0]), timed(dead, *samples[1])
         rest = [timed(dead, raw, client) for raw, client in samples[2:]]
-        print(f"dead resolver (budget 4.0 s, query_timeout 2.0 s): first message {first * 1000:.0f} ms, second "
-              f"{second * 1000:.0f} ms (the root probe confirms meanwhile), then lookups skipped for retry_after:")
+        print(
+            f"dead resolver (budget 4.0 s, query_timeout 2.0 s): first message {first * 1000:.0f} ms, second "
+            f"{second * 1000:.0f} ms (the root probe confirms meanwhile), then lookups skipped for retry_after:"
+        )
         summary("  following messages", rest)
 
 

@@ -41,9 +41,32 @@ from mailward.message import parse_message  # noqa: E402
 from mailward.unpack import Unpacker  # noqa: E402
 from unpack_support import message, nested_zip, ooxml, overlapping_zip, vba_project, zipped  # noqa: E402
 
-WORDS = ["the", "report", "quarterly", "meeting", "invoice", "please", "find", "attached", "regards", "project",
-         "budget", "review", "schedule", "customer", "order", "delivery", "update", "team", "thanks", "question",
-         "contract", "draft", "final", "numbers"]
+WORDS = [
+    "the",
+    "report",
+    "quarterly",
+    "meeting",
+    "invoice",
+    "please",
+    "find",
+    "attached",
+    "regards",
+    "project",
+    "budget",
+    "review",
+    "schedule",
+    "customer",
+    "order",
+    "delivery",
+    "update",
+    "team",
+    "thanks",
+    "question",
+    "contract",
+    "draft",
+    "final",
+    "numbers",
+]
 
 
 def text(rng: random.Random, words: int) -> str:
@@ -52,6 +75,7 @@ def text(rng: random.Random, words: int) -> str:
 
 def pdf(rng: random.Random, pages: int) -> bytes:
     import pikepdf
+
     doc = pikepdf.new()
     for _ in range(pages):
         doc.add_blank_page()
@@ -65,13 +89,20 @@ def pdf(rng: random.Random, pages: int) -> bytes:
 
 def docx(rng: random.Random) -> bytes:
     body = "".join(f"<w:p><w:r><w:t>{text(rng, 60)}</w:t></w:r></w:p>" for _ in range(40)).encode()
-    return ooxml("docx", {"word/document.xml": b"<w:document><w:body>" + body + b"</w:body></w:document>",
-                          "word/styles.xml": b"<w:styles/>" * 200, "docProps/core.xml": b"<cp/>"})
+    return ooxml(
+        "docx",
+        {
+            "word/document.xml": b"<w:document><w:body>" + body + b"</w:body></w:document>",
+            "word/styles.xml": b"<w:styles/>" * 200,
+            "docProps/core.xml": b"<cp/>",
+        },
+    )
 
 
 def xlsx(rng: random.Random) -> bytes:
-    rows = "".join(f'<row r="{i}"><c><v>{rng.random()}</v></c><c><v>{rng.random()}</v></c></row>'
-                   for i in range(3000)).encode()
+    rows = "".join(
+        f'<row r="{i}"><c><v>{rng.random()}</v></c><c><v>{rng.random()}</v></c></row>' for i in range(3000)
+    ).encode()
     return ooxml("xlsm", {"xl/worksheets/sheet1.xml": b"<worksheet><sheetData>" + rows + b"</sheetData></worksheet>"})
 
 
@@ -83,8 +114,9 @@ def realistic_mix(count: int, corpus: list[bytes], rng: random.Random) -> list[b
     pdfs = [pdf(rng, rng.randint(1, 8)) for _ in range(6)]
     docs = [docx(rng) for _ in range(4)]
     sheets = [xlsx(rng) for _ in range(3)]
-    macro = ooxml("docm", {"word/vbaProject.bin":
-                           vba_project('Sub FormatTable()\n  Selection.Font.Bold = True\nEnd Sub\n')})
+    macro = ooxml(
+        "docm", {"word/vbaProject.bin": vba_project("Sub FormatTable()\n  Selection.Font.Bold = True\nEnd Sub\n")}
+    )
     out = []
     for i in range(count):
         roll = rng.random()
@@ -102,12 +134,16 @@ def realistic_mix(count: int, corpus: list[bytes], rng: random.Random) -> list[b
         elif roll < 0.92:
             attachments.append(("documents.zip", zipped({"a.pdf": rng.choice(pdfs), "b.docx": rng.choice(docs)})))
         elif roll < 0.98:
-            attachments += [(f"IMG_{n}.jpg", image(rng, rng.randint(50_000, 400_000)))
-                            for n in range(rng.randint(1, 3))]
+            attachments += [
+                (f"IMG_{n}.jpg", image(rng, rng.randint(50_000, 400_000))) for n in range(rng.randint(1, 3))
+            ]
         else:
             attachments.append(("table.docm", macro))
-        out.append(message(body=text(rng, 150), attachments=attachments,
-                           html=f"<html><body><p>{text(rng, 100)}</p></body></html>"))
+        out.append(
+            message(
+                body=text(rng, 150), attachments=attachments, html=f"<html><body><p>{text(rng, 100)}</p></body></html>"
+            )
+        )
     return out
 
 
@@ -116,15 +152,20 @@ def hostile_mix() -> list[tuple[str, bytes]]:
     import gzip
 
     from unpack_support import aes_zip, tar_gz
+
     deep_mime = "".join(f'Content-Type: multipart/mixed; boundary="b{i}"\n\n--b{i}\n' for i in range(3000))
     return [
         ("zip ratio bomb (1 GiB of zeros)", message(attachments=[("bomb.zip", zipped({"z": b"\0" * (1024 * MiB)}))])),
         ("gzip bomb (512 MiB)", message(attachments=[("z.gz", gzip.compress(b"\0" * (512 * MiB), 9))])),
-        ("tar.gz of 20 x 64 MiB zeros",
-         message(attachments=[("t.tgz", tar_gz({f"f{i}": b"\0" * (64 * MiB) for i in range(20)}))])),
+        (
+            "tar.gz of 20 x 64 MiB zeros",
+            message(attachments=[("t.tgz", tar_gz({f"f{i}": b"\0" * (64 * MiB) for i in range(20)}))]),
+        ),
         ("zip nested 12 deep", message(attachments=[("deep.zip", nested_zip(12))])),
-        ("zip with 5,000 members",
-         message(attachments=[("many.zip", zipped({f"f{i}": b"x" for i in range(5000)}, 0))])),
+        (
+            "zip with 5,000 members",
+            message(attachments=[("many.zip", zipped({f"f{i}": b"x" for i in range(5000)}, 0))]),
+        ),
         ("overlapping entries", message(attachments=[("o.zip", overlapping_zip(2000))])),
         ("AES zip, no password", message(attachments=[("s.zip", aes_zip({"a.exe": b"MZ" * 1000}, "pw"))])),
         ("3,000 nested multiparts", ("From: a@b\nSubject: x\n" + deep_mime + "\nx\n").encode()),
@@ -134,6 +175,7 @@ def hostile_mix() -> list[tuple[str, bytes]]:
 
 def _slow_pdf() -> bytes:
     import pikepdf
+
     doc = pikepdf.new()
     doc.add_blank_page()
     doc.Root.Junk = pikepdf.Array([doc.make_indirect(pikepdf.Dictionary(N=i)) for i in range(300_000)])
@@ -159,10 +201,14 @@ def synthetic_rules(directory: Path, count: int, rng: random.Random) -> None:
                     lit = "".join(rng.choice(alphabet) for _ in range(rng.randint(8, 24)))
                     mods = rng.choice(["", " nocase", " wide ascii", " ascii"])
                     strings.append(f'$s{s} = "{lit}"{mods}')
-            cond = rng.choice(["any of them", "2 of them", "all of them and filesize < 5MB",
-                               'any of them and extension == "exe"'])
-            rules.append(f"rule Synthetic_{r} {{\n  meta:\n    description = \"generated\"\n  strings:\n    "
-                         + "\n    ".join(strings) + f"\n  condition:\n    {cond}\n}}\n")
+            cond = rng.choice(
+                ["any of them", "2 of them", "all of them and filesize < 5MB", 'any of them and extension == "exe"']
+            )
+            rules.append(
+                f'rule Synthetic_{r} {{\n  meta:\n    description = "generated"\n  strings:\n    '
+                + "\n    ".join(strings)
+                + f"\n  condition:\n    {cond}\n}}\n"
+            )
         (directory / f"set{f // per_file:03d}.yar").write_text("\n".join(rules))
 
 
@@ -183,9 +229,15 @@ def run(name: str, messages: list[bytes], scan) -> dict:
     total = time.perf_counter() - started
     size = sum(len(m) for m in messages)
     times.sort()
-    return {"name": name, "total": total, "msg_s": len(messages) / total, "mb_s": size / total / 1e6,
-            "p50": statistics.median(times) * 1000, "p99": times[int(0.99 * (len(times) - 1))] * 1000,
-            "max": times[-1] * 1000}
+    return {
+        "name": name,
+        "total": total,
+        "msg_s": len(messages) / total,
+        "mb_s": size / total / 1e6,
+        "p50": statistics.median(times) * 1000,
+        "p99": times[int(0.99 * (len(times) - 1))] * 1000,
+        "max": times[-1] * 1000,
+    }
 
 
 def inspector(settings: Settings, unpacker: Unpacker):
@@ -195,6 +247,7 @@ def inspector(settings: Settings, unpacker: Unpacker):
     def scan(raw: bytes):
         parsed = parse_message(raw, settings.limits, unpacker)
         return parsed.problems + sum((d.inspect(parsed, envelope).findings for d in detectors), ())
+
     return scan
 
 
@@ -209,8 +262,10 @@ def main() -> int:
     corpus = [p.read_bytes() for p in sorted(args.corpus.rglob("*")) if p.is_file()][:2000] if args.corpus else []
     mix = realistic_mix(args.messages, corpus, rng)
     size = sum(len(m) for m in mix)
-    print(f"mix: {len(mix)} messages, {size / 1e6:.1f} MB, "
-          f"{sum(b'Content-Disposition: attachment' in m for m in mix)} with attachments")
+    print(
+        f"mix: {len(mix)} messages, {size / 1e6:.1f} MB, "
+        f"{sum(b'Content-Disposition: attachment' in m for m in mix)} with attachments"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         rules_dir = Path(tmp) / "synthetic"
         rules_dir.mkdir()
@@ -222,27 +277,35 @@ def main() -> int:
             scan_shipped = inspector(shipped, unpacker)
             t1 = time.perf_counter()
             scan_large = inspector(large, unpacker)
-            print(f"{args.rules} synthetic rules: written and compiled (per file, then bundled) in "
-                  f"{time.perf_counter() - t1:.1f}s; a worker's later start loads them from the cache in "
-                  f"{_time(lambda: signatures.load_rules(large)):.2f}s (generation {t1 - t0:.1f}s)")
-            for raw in mix[:20]:                       # warm the sandbox, libmagic and the page cache
+            print(
+                f"{args.rules} synthetic rules: written and compiled (per file, then bundled) in "
+                f"{time.perf_counter() - t1:.1f}s; a worker's later start loads them from the cache in "
+                f"{_time(lambda: signatures.load_rules(large)):.2f}s (generation {t1 - t0:.1f}s)"
+            )
+            for raw in mix[:20]:  # warm the sandbox, libmagic and the page cache
                 scan_large(raw)
-            results = [run("baseline: MIME parse only", mix, baseline),
-                       run("inspect + shipped rules", mix, scan_shipped),
-                       run(f"inspect + {args.rules} rules", mix, scan_large)]
+            results = [
+                run("baseline: MIME parse only", mix, baseline),
+                run("inspect + shipped rules", mix, scan_shipped),
+                run(f"inspect + {args.rules} rules", mix, scan_large),
+            ]
             base = results[0]["total"]
             print(f"\n{'set-up':32} {'msg/s':>8} {'MB/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'x base':>7}")
             for r in results:
-                print(f"{r['name']:32} {r['msg_s']:8.1f} {r['mb_s']:7.2f} {r['p50']:8.2f} {r['p99']:8.2f} "
-                      f"{r['max']:8.1f} {r['total'] / base:7.1f}")
+                print(
+                    f"{r['name']:32} {r['msg_s']:8.1f} {r['mb_s']:7.2f} {r['p50']:8.2f} {r['p99']:8.2f} "
+                    f"{r['max']:8.1f} {r['total'] / base:7.1f}"
+                )
             print("\nhostile input (inspect + shipped rules), each bounded by the limits:")
             for label, raw in hostile_mix():
                 t = time.perf_counter()
                 findings = scan_shipped(raw)
                 elapsed = time.perf_counter() - t
                 unchecked = sorted({f.name for f in findings if f.category.value == "unchecked"})
-                print(f"  {label:34} {len(raw) / 1e3:9.1f} kB {elapsed * 1000:9.1f} ms  "
-                      f"unchecked: {', '.join(unchecked) or '-'}")
+                print(
+                    f"  {label:34} {len(raw) / 1e3:9.1f} kB {elapsed * 1000:9.1f} ms  "
+                    f"unchecked: {', '.join(unchecked) or '-'}"
+                )
     return 0
 
 

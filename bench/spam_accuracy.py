@@ -74,10 +74,10 @@ def main() -> int:
     truth = np.array([m.spam_label == "spam" for m in test_set])
     sources = np.array([m.source for m in test_set])
 
-    results: list[tuple[str, np.ndarray, np.ndarray | None]] = []   # (name, scores, bogofilter verdicts)
+    results: list[tuple[str, np.ndarray, np.ndarray | None]] = []  # (name, scores, bogofilter verdicts)
     model = train(((m.sha256, tokens[m.path], m.spam_label) for m in train_set), TrainingSettings())
     with tempfile.TemporaryDirectory() as scratch:
-        model = save_artifact(model, scratch)      # gives it its version: equal to the shipped one if rebuilt alike
+        model = save_artifact(model, scratch)  # gives it its version: equal to the shipped one if rebuilt alike
     results.append((f"mailward {model.version} (trained now)", _scores(model.scorer(), test_set, tokens), None))
     if args.model:
         shipped = load_artifact(args.model / SIDECAR, args.model).scorer()
@@ -88,12 +88,18 @@ def main() -> int:
         verdicts, spamicity = _bogofilter(train_set, test_set)
         results.append(("bogofilter (own defaults)", spamicity, verdicts))
 
-    print(f"\nTest split: {len(test_set)} messages. Mailward thresholds: tag {tag}, spam {spam_threshold}; "
-          f"bogofilter: its Unsure/Spam verdicts (cutoffs 0.45/0.99).")
-    print("FP = ham at/above the spam threshold (quarantined); FN = spam/phish below it; "
-          "tagged = ham at/above the tag threshold; missed = spam below the tag threshold.\n")
-    header = f"{'model':58s} {'source':17s} {'ham':>5s} {'spam':>5s} {'FP%':>7s} {'FN%':>7s} " \
-             f"{'tagged%':>8s} {'missed%':>8s} {'AUC':>8s} {'1-AUC%':>7s}"
+    print(
+        f"\nTest split: {len(test_set)} messages. Mailward thresholds: tag {tag}, spam {spam_threshold}; "
+        f"bogofilter: its Unsure/Spam verdicts (cutoffs 0.45/0.99)."
+    )
+    print(
+        "FP = ham at/above the spam threshold (quarantined); FN = spam/phish below it; "
+        "tagged = ham at/above the tag threshold; missed = spam below the tag threshold.\n"
+    )
+    header = (
+        f"{'model':58s} {'source':17s} {'ham':>5s} {'spam':>5s} {'FP%':>7s} {'FN%':>7s} "
+        f"{'tagged%':>8s} {'missed%':>8s} {'AUC':>8s} {'1-AUC%':>7s}"
+    )
     print(header)
     print("-" * len(header))
     for name, scores, verdicts in results:
@@ -123,23 +129,40 @@ def _ablations(train_set, test_set, tokens):
     def nb_posterior(vectorizer, docs_of, alpha):
         nb = MultinomialNB(alpha=alpha)
         for start in range(0, len(train_set), BATCH):
-            chunk = train_set[start:start + BATCH]
-            nb.partial_fit(vectorizer.transform([docs_of(m) for m in chunk]), labels[start:start + BATCH],
-                           classes=["ham", "spam"])
+            chunk = train_set[start : start + BATCH]
+            nb.partial_fit(
+                vectorizer.transform([docs_of(m) for m in chunk]),
+                labels[start : start + BATCH],
+                classes=["ham", "spam"],
+            )
         spam = list(nb.classes_).index("spam")
-        return np.concatenate([
-            nb.predict_proba(vectorizer.transform([docs_of(m) for m in test_set[s:s + BATCH]]))[:, spam]
-            for s in range(0, len(test_set), BATCH)])
+        return np.concatenate(
+            [
+                nb.predict_proba(vectorizer.transform([docs_of(m) for m in test_set[s : s + BATCH]]))[:, spam]
+                for s in range(0, len(test_set), BATCH)
+            ]
+        )
 
     raw_text = lambda m: m.read().decode("latin-1")  # noqa: E731 - the naive baseline reads raw text
-    out.append(("naive: sklearn word counts of raw text, MNB posterior",
-                nb_posterior(HashingVectorizer(alternate_sign=False), raw_text, 1.0), None))
-    counts = HashingVectorizer(analyzer=tokens_as_given, n_features=2 ** 22, norm=None, alternate_sign=False)
-    out.append(("our tokens, counts, MNB posterior (alpha 1)",
-                nb_posterior(counts, lambda m: tokens[m.path], 1.0), None))
+    out.append(
+        (
+            "naive: sklearn word counts of raw text, MNB posterior",
+            nb_posterior(HashingVectorizer(alternate_sign=False), raw_text, 1.0),
+            None,
+        )
+    )
+    counts = HashingVectorizer(analyzer=tokens_as_given, n_features=2**22, norm=None, alternate_sign=False)
+    out.append(
+        ("our tokens, counts, MNB posterior (alpha 1)", nb_posterior(counts, lambda m: tokens[m.path], 1.0), None)
+    )
     alpha = TrainingSettings().alpha
-    out.append((f"our tokens, binary, MNB posterior (alpha {alpha:g})",
-                nb_posterior(FeatureSettings().vectorizer(), lambda m: tokens[m.path], alpha), None))
+    out.append(
+        (
+            f"our tokens, binary, MNB posterior (alpha {alpha:g})",
+            nb_posterior(FeatureSettings().vectorizer(), lambda m: tokens[m.path], alpha),
+            None,
+        )
+    )
 
     def variant(name, settings, keep=lambda t: True):
         kept = {m.path: [t for t in tokens[m.path] if keep(t)] for m in train_set + test_set}
@@ -147,10 +170,13 @@ def _ablations(train_set, test_set, tokens):
         out.append((name, _scores(model.scorer(), test_set, kept), None))
 
     base = TrainingSettings()
-    variant("evidence of all tokens (no top-N), calibrated", replace(base, evidence_per_side=10 ** 6))
-    variant("no word pairs", replace(base, features=FeatureSettings(tokenizer=TokenizerSettings(bigrams=False))),
-            keep=lambda t: " " not in t)
-    variant("2^20 hashed columns", replace(base, features=FeatureSettings(n_features=2 ** 20)))
+    variant("evidence of all tokens (no top-N), calibrated", replace(base, evidence_per_side=10**6))
+    variant(
+        "no word pairs",
+        replace(base, features=FeatureSettings(tokenizer=TokenizerSettings(bigrams=False))),
+        keep=lambda t: " " not in t,
+    )
+    variant("2^20 hashed columns", replace(base, features=FeatureSettings(n_features=2**20)))
     variant("calibrated to the corpus balance (no spam prior)", replace(base, spam_prior=None))
     return out
 
@@ -170,13 +196,26 @@ def _bogofilter(train_set, test_set) -> tuple[np.ndarray, np.ndarray]:
         for flag, label in (("-s", "spam"), ("-n", "ham")):
             chosen = [str(files[m.path]) for m in train_set if m.spam_label == label]
             for start in range(0, len(chosen), 2000):
-                subprocess.run(["bogofilter", "-d", str(wordlist), flag, "-B", *chosen[start:start + 2000]], check=True)
+                subprocess.run(
+                    ["bogofilter", "-d", str(wordlist), flag, "-B", *chosen[start : start + 2000]], check=True
+                )
         verdicts, spamicity = {}, {}
         paths = [str(files[m.path]) for m in test_set]
         for start in range(0, len(paths), 2000):
-            out = subprocess.run(["bogofilter", "-d", str(wordlist), "-v", "--header-format=%c %p",
-                                  "--spamicity-formats=%0.17f,%0.17f,%0.17f", "-B", *paths[start:start + 2000]],
-                                 capture_output=True, text=True).stdout
+            out = subprocess.run(
+                [
+                    "bogofilter",
+                    "-d",
+                    str(wordlist),
+                    "-v",
+                    "--header-format=%c %p",
+                    "--spamicity-formats=%0.17f,%0.17f,%0.17f",
+                    "-B",
+                    *paths[start : start + 2000],
+                ],
+                capture_output=True,
+                text=True,
+            ).stdout
             for line in out.splitlines():
                 path, verdict, value = line.rsplit(" ", 2)
                 verdicts[path], spamicity[path] = verdict, float(value)
@@ -203,7 +242,7 @@ def _row(name, source, scores, verdicts, truth, sources, tag, spam_threshold) ->
     if source == "pooled":
         chosen = np.ones(len(truth), dtype=bool)
     elif source == "nazario-phishing":
-        chosen = (sources == source) | ~truth          # phish against all test ham, for its AUC
+        chosen = (sources == source) | ~truth  # phish against all test ham, for its AUC
     else:
         chosen = sources == source
     t, s = truth[chosen], scores[chosen]
@@ -218,9 +257,11 @@ def _row(name, source, scores, verdicts, truth, sources, tag, spam_threshold) ->
     auc = roc_auc_score(t, s)
     ham_cols = f"{100 * fp:7.3f} " if source != "nazario-phishing" else f"{'-':>7s} "
     tag_col = f"{100 * tagged:8.3f} " if source != "nazario-phishing" else f"{'-':>8s} "
-    return (f"{name[:58]:58s} {source:17s} {len(ham_scores) if source != 'nazario-phishing' else 0:5d} "
-            f"{len(spam_scores):5d} {ham_cols}{100 * fn:7.3f} {tag_col}{100 * missed:8.3f} {auc:8.5f} "
-            f"{100 * (1 - auc):7.3f}")
+    return (
+        f"{name[:58]:58s} {source:17s} {len(ham_scores) if source != 'nazario-phishing' else 0:5d} "
+        f"{len(spam_scores):5d} {ham_cols}{100 * fn:7.3f} {tag_col}{100 * missed:8.3f} {auc:8.5f} "
+        f"{100 * (1 - auc):7.3f}"
+    )
 
 
 if __name__ == "__main__":

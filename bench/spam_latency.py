@@ -45,14 +45,16 @@ def main() -> int:
     load_seconds = time.perf_counter() - started
     peak_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     detector = SpamDetector(loader)
-    print(f"model {loader.current().version}: loaded in {load_seconds * 1000:.0f} ms; resident memory "
-          f"+{_rss_mib() - rss_before:.0f} MiB once loaded "
-          f"(+{(peak_after - peak_before) / 1024:.0f} MiB peak while loading)")
+    print(
+        f"model {loader.current().version}: loaded in {load_seconds * 1000:.0f} ms; resident memory "
+        f"+{_rss_mib() - rss_before:.0f} MiB once loaded "
+        f"(+{(peak_after - peak_before) / 1024:.0f} MiB peak while loading)"
+    )
 
     limits, envelope = LimitSettings(), Envelope()
     rows: dict[str, list[tuple[float, float, int]]] = {}
     messages = [m for m in index_messages(args.index, args.corpus, "test")]
-    for m in messages[:50]:                                  # warm caches and lazy imports
+    for m in messages[:50]:  # warm caches and lazy imports
         detector.inspect(parse_message(m.read(), limits), envelope)
     for m in messages:
         raw = m.read()
@@ -69,25 +71,29 @@ def main() -> int:
     rows["pooled"] = [r for source in list(rows) for r in rows[source]]
     rows["raw MIME (spamassassin + nazario)"] = rows.get("spamassassin", []) + rows.get("nazario-phishing", [])
 
-    print(f"\n{'messages':36s} {'n':>6s} {'size p50':>9s} {'size p99':>9s} | {'spam score ms: p50':>18s} "
-          f"{'p90':>6s} {'p99':>6s} {'max':>7s} | {'single run p50':>14s} {'p99':>6s} | "
-          f"{'parse ms: p50':>13s} {'p99':>6s}")
+    print(
+        f"\n{'messages':36s} {'n':>6s} {'size p50':>9s} {'size p99':>9s} | {'spam score ms: p50':>18s} "
+        f"{'p90':>6s} {'p99':>6s} {'max':>7s} | {'single run p50':>14s} {'p99':>6s} | "
+        f"{'parse ms: p50':>13s} {'p99':>6s}"
+    )
     for name, values in rows.items():
         score = np.array([v[0] for v in values]) * 1000
         parse = np.array([v[1] for v in values]) * 1000
         size = np.array([v[2] for v in values])
         single = np.array([v[3] for v in values]) * 1000
-        print(f"{name:36s} {len(values):6d} "
-              f"{np.percentile(size, 50) / 1024:8.1f}K {np.percentile(size, 99) / 1024:8.1f}K | "
-              f"{np.percentile(score, 50):18.2f} {np.percentile(score, 90):6.2f} {np.percentile(score, 99):6.2f} "
-              f"{score.max():7.1f} | {np.percentile(single, 50):14.2f} {np.percentile(single, 99):6.2f} | "
-              f"{np.percentile(parse, 50):13.2f} {np.percentile(parse, 99):6.2f}")
+        print(
+            f"{name:36s} {len(values):6d} "
+            f"{np.percentile(size, 50) / 1024:8.1f}K {np.percentile(size, 99) / 1024:8.1f}K | "
+            f"{np.percentile(score, 50):18.2f} {np.percentile(score, 90):6.2f} {np.percentile(score, 99):6.2f} "
+            f"{score.max():7.1f} | {np.percentile(single, 50):14.2f} {np.percentile(single, 99):6.2f} | "
+            f"{np.percentile(parse, 50):13.2f} {np.percentile(parse, 99):6.2f}"
+        )
     return 0
 
 
 def _rss_mib() -> float:
     with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * resource.getpagesize() / 2 ** 20
+        return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
 
 
 if __name__ == "__main__":

@@ -29,8 +29,8 @@ from mailward.training.corpus import index_messages
 from mailward.training.trainer import message_tokens
 
 GRID_ALPHA = (0.1, 0.3, 1.0)
-GRID_EVIDENCE = (10, 20, 40, 10 ** 6)        # 10**6: every token counts
-GRID_COLUMNS = (2 ** 20, 2 ** 22)
+GRID_EVIDENCE = (10, 20, 40, 10**6)  # 10**6: every token counts
+GRID_COLUMNS = (2**20, 2**22)
 
 
 def main() -> int:
@@ -46,11 +46,16 @@ def main() -> int:
     print(f"tokenized {len(tokens)} train messages in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     y = np.array([m.spam_label == "spam" for m in messages])
     sources = np.array([m.source for m in messages])
-    folds = list(StratifiedGroupKFold(args.folds, shuffle=True, random_state=0)
-                 .split(np.zeros(len(y)), y, [m.sha256 for m in messages]))
+    folds = list(
+        StratifiedGroupKFold(args.folds, shuffle=True, random_state=0).split(
+            np.zeros(len(y)), y, [m.sha256 for m in messages]
+        )
+    )
 
-    print(f"{'columns':>8s} {'pairs':>5s} {'alpha':>5s} {'evidence':>8s} | {'1-AUC%':>7s} {'FPR@90%':>8s} "
-          f"{'FPR@95%':>8s} | {'SA 1-AUC%':>9s} {'Enron 1-AUC%':>12s} {'phish 1-AUC%':>12s}")
+    print(
+        f"{'columns':>8s} {'pairs':>5s} {'alpha':>5s} {'evidence':>8s} | {'1-AUC%':>7s} {'FPR@90%':>8s} "
+        f"{'FPR@95%':>8s} | {'SA 1-AUC%':>9s} {'Enron 1-AUC%':>12s} {'phish 1-AUC%':>12s}"
+    )
     for bigrams in (True, False):
         docs = tokens if bigrams else [[t for t in d if " " not in t] for d in tokens]
         for columns in GRID_COLUMNS:
@@ -66,8 +71,9 @@ def main() -> int:
                     for n in GRID_EVIDENCE:
                         combine = Combiner(evidence_per_side=n)
                         evidence[n][held_rows] = [
-                            combine.evidence(weights[held.indices[held.indptr[i]:held.indptr[i + 1]]])
-                            for i in range(held.shape[0])]
+                            combine.evidence(weights[held.indices[held.indptr[i] : held.indptr[i + 1]]])
+                            for i in range(held.shape[0])
+                        ]
                 for n in GRID_EVIDENCE:
                     print(_line(columns, bigrams, alpha, n, evidence[n], y, sources), flush=True)
     return 0
@@ -82,10 +88,12 @@ def _line(columns, bigrams, alpha, n, scores, y, sources) -> str:
         return 100 * np.mean(scores[~y] >= threshold)
 
     phish = (sources == "nazario-phishing") | ~y
-    return (f"{'2^' + str(columns.bit_length() - 1):>8s} {'yes' if bigrams else 'no':>5s} {alpha:5.1f} "
-            f"{'all' if n >= 10 ** 6 else n:>8} | {one_minus_auc(np.ones(len(y), bool)):7.3f} {fpr_at(0.90):8.3f} "
-            f"{fpr_at(0.95):8.3f} | {one_minus_auc(sources == 'spamassassin'):9.3f} "
-            f"{one_minus_auc(sources == 'enron-spam'):12.3f} {one_minus_auc(phish):12.3f}")
+    return (
+        f"{'2^' + str(columns.bit_length() - 1):>8s} {'yes' if bigrams else 'no':>5s} {alpha:5.1f} "
+        f"{'all' if n >= 10**6 else n:>8} | {one_minus_auc(np.ones(len(y), bool)):7.3f} {fpr_at(0.90):8.3f} "
+        f"{fpr_at(0.95):8.3f} | {one_minus_auc(sources == 'spamassassin'):9.3f} "
+        f"{one_minus_auc(sources == 'enron-spam'):12.3f} {one_minus_auc(phish):12.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -26,8 +26,11 @@ from mailward.runtime import build_inspector
 
 def quantiles(values: list[float]) -> tuple[float, float, float]:
     ordered = sorted(values)
-    return (ordered[len(ordered) // 2] * 1000, ordered[int(len(ordered) * 0.99)] * 1000,
-            sum(ordered) * 1000 / len(ordered))
+    return (
+        ordered[len(ordered) // 2] * 1000,
+        ordered[int(len(ordered) * 0.99)] * 1000,
+        sum(ordered) * 1000 / len(ordered),
+    )
 
 
 def main() -> int:
@@ -35,23 +38,30 @@ def main() -> int:
     ap.add_argument("--corpus", type=Path, help="directory the index's paths are relative to")
     ap.add_argument("--index", type=Path, help="index.tsv(.gz) with source, path, split columns")
     ap.add_argument("--split", default="test")
-    ap.add_argument("--sources", nargs="*", default=["spamassassin", "nazario-phishing"],
-                    help="raw-MIME sources (Enron's preprocessed text is not mail)")
+    ap.add_argument(
+        "--sources",
+        nargs="*",
+        default=["spamassassin", "nazario-phishing"],
+        help="raw-MIME sources (Enron's preprocessed text is not mail)",
+    )
     ap.add_argument("--limit", type=int, default=800)
     ap.add_argument("paths", nargs="*", type=Path, help=".eml files instead of an index")
     args = ap.parse_args()
     if args.index:
         opener = gzip.open if args.index.suffix == ".gz" else open
         with opener(args.index, "rt") as fh:
-            rows = [r for r in csv.DictReader(fh, delimiter="\t")
-                    if r["split"] == args.split and r["source"] in args.sources]
+            rows = [
+                r
+                for r in csv.DictReader(fh, delimiter="\t")
+                if r["split"] == args.split and r["source"] in args.sources
+            ]
         files = [args.corpus / r["path"] for r in rows][: args.limit]
     else:
         files = args.paths[: args.limit]
     if not files:
         ap.error("no messages: give --corpus and --index, or .eml paths")
     inspector = build_inspector(load_settings(overrides={"state_dir": tempfile.mkdtemp()}))
-    envelope = Envelope(client_address="127.0.0.1")       # loopback: no DNS lookups in the figures
+    envelope = Envelope(client_address="127.0.0.1")  # loopback: no DNS lookups in the figures
     stages: dict[str, list[float]] = defaultdict(list)
     totals = []
     for path in files:

@@ -46,8 +46,11 @@ def mailward(state: Path, *argv: str) -> tuple[dict, float, int]:
     """Run one command in a child process: its JSON output, wall seconds and its own peak RSS in MiB."""
     started = time.perf_counter()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        child = subprocess.Popen([sys.executable, "-m", "mailward.cli.main", "--state-dir", str(state), *argv,
-                                  "--json"], stdout=out, stderr=err)
+        child = subprocess.Popen(
+            [sys.executable, "-m", "mailward.cli.main", "--state-dir", str(state), *argv, "--json"],
+            stdout=out,
+            stderr=err,
+        )
         _, status, usage = os.wait4(child.pid, 0)
         child.returncode = os.waitstatus_to_exitcode(status)
         seconds = time.perf_counter() - started
@@ -68,8 +71,11 @@ def write_scaled_mboxes(rows: list[dict], corpus: Path, n: int, work: Path) -> l
             data = (corpus / row["path"]).read_bytes()
             data = data.split(b"\n", 1)[1] if data.startswith(b"From ") else data
             files["ham" if row["label"] == "ham" else "spam"].write(
-                b"From bench@example.org Mon Sep  1 10:00:00 2025\n" + f"X-Bench-Copy: {k}\n".encode()
-                + data.replace(b"\nFrom ", b"\n>From ").rstrip(b"\n") + b"\n\n")
+                b"From bench@example.org Mon Sep  1 10:00:00 2025\n"
+                + f"X-Bench-Copy: {k}\n".encode()
+                + data.replace(b"\nFrom ", b"\n>From ").rstrip(b"\n")
+                + b"\n\n"
+            )
     finally:
         for fh in files.values():
             fh.close()
@@ -82,9 +88,14 @@ def main() -> int:
     parser.add_argument("--index", type=Path)
     parser.add_argument("--jobs", default="1")
     parser.add_argument("--replay", action="store_true")
-    parser.add_argument("--scale", type=int, default=0, metavar="N",
-                        help="also train on N distinct messages (train split copies, each with its own "
-                             "X-Bench-Copy header) in two mboxes, to show memory stays flat")
+    parser.add_argument(
+        "--scale",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also train on N distinct messages (train split copies, each with its own "
+        "X-Bench-Copy header) in two mboxes, to show memory stays flat",
+    )
     args = parser.parse_args()
     index = args.index or args.corpus / "index.tsv.gz"
     rows = list(csv.DictReader(gzip.open(index, "rt", encoding="utf-8"), delimiter="\t"))
@@ -93,36 +104,66 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="mailward-train-bench-") as tmp:
         work = Path(tmp)
-        print(f"corpus {args.corpus}: {len(train_rows)} train, {len(test_rows)} test messages; "
-              f"jobs {args.jobs}; {os.cpu_count()} CPUs")
+        print(
+            f"corpus {args.corpus}: {len(train_rows)} train, {len(test_rows)} test messages; "
+            f"jobs {args.jobs}; {os.cpu_count()} CPUs"
+        )
         for name, part in (("train[:5000]", train_rows[:5000]), ("train", train_rows)):
             listing = write_list(part, args.corpus, work / f"{len(part)}.tsv")
             report, seconds, peak = mailward(work / f"state-{len(part)}", "train", str(listing), "--jobs", args.jobs)
-            print(f"mailward train {name:>13}: {len(part):>6} msgs in {seconds:7.1f} s = "
-                  f"{len(part) / seconds:6.1f} msg/s, peak RSS {peak} MiB, model {report['candidate']} "
-                  f"{report['class_counts']}")
-        state, trained = work / f"state-{len(train_rows)}", report["candidate"]   # what --update continues
+            print(
+                f"mailward train {name:>13}: {len(part):>6} msgs in {seconds:7.1f} s = "
+                f"{len(part) / seconds:6.1f} msg/s, peak RSS {peak} MiB, model {report['candidate']} "
+                f"{report['class_counts']}"
+            )
+        state, trained = work / f"state-{len(train_rows)}", report["candidate"]  # what --update continues
         if args.scale:
             mboxes = write_scaled_mboxes(train_rows, args.corpus, args.scale, work)
             report, seconds, peak = mailward(work / "state-scaled", "train", *map(str, mboxes), "--jobs", args.jobs)
-            print(f"mailward train {'scaled mboxes':>13}: {args.scale:>6} msgs in {seconds:7.1f} s = "
-                  f"{args.scale / seconds:6.1f} msg/s, peak RSS {peak} MiB, model {report['class_counts']}")
+            print(
+                f"mailward train {'scaled mboxes':>13}: {args.scale:>6} msgs in {seconds:7.1f} s = "
+                f"{args.scale / seconds:6.1f} msg/s, peak RSS {peak} MiB, model {report['class_counts']}"
+            )
         listing = write_list(test_rows, args.corpus, work / "test.tsv")
-        report, seconds, peak = mailward(state, "train", "--update", "--from", trained, str(listing),
-                                         "--jobs", args.jobs)
-        print(f"mailward train --update test: {len(test_rows):>6} msgs in {seconds:7.1f} s = "
-              f"{len(test_rows) / seconds:6.1f} msg/s, peak RSS {peak} MiB, learned {report['learned']}")
+        report, seconds, peak = mailward(
+            state, "train", "--update", "--from", trained, str(listing), "--jobs", args.jobs
+        )
+        print(
+            f"mailward train --update test: {len(test_rows):>6} msgs in {seconds:7.1f} s = "
+            f"{len(test_rows) / seconds:6.1f} msg/s, peak RSS {peak} MiB, learned {report['learned']}"
+        )
         if args.replay:
             # Mailward replays with the tokenizer, smoothing and score calibration of the live model.
-            subprocess.run([sys.executable, "-m", "mailward.cli.main", "--state-dir", str(state), "model", "promote",
-                            trained, "--force"], check=True, capture_output=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "mailward.cli.main",
+                    "--state-dir",
+                    str(state),
+                    "model",
+                    "promote",
+                    trained,
+                    "--force",
+                ],
+                check=True,
+                capture_output=True,
+            )
             report, seconds, _ = mailward(state, "model", "replay", str(listing), "--bogofilter", "--jobs", args.jobs)
             for doc in (report, report["bogofilter"]):
-                print(f"replay {doc['filter']:>10}: n {doc['n']}, cumulative (1-AUC) "
-                      f"{doc['one_minus_auc_percent']:.4f}%, FP rate {100 * doc['fp_rate']:.3f}%, "
-                      f"FN rate {100 * doc['fn_rate']:.3f}% at spam {doc['thresholds']['spam']}")
-                print("   curve: " + ", ".join(f"{p['n']}:{p['one_minus_auc_percent']:.3f}%"
-                                               for p in doc["curve"] if p["one_minus_auc_percent"] is not None))
+                print(
+                    f"replay {doc['filter']:>10}: n {doc['n']}, cumulative (1-AUC) "
+                    f"{doc['one_minus_auc_percent']:.4f}%, FP rate {100 * doc['fp_rate']:.3f}%, "
+                    f"FN rate {100 * doc['fn_rate']:.3f}% at spam {doc['thresholds']['spam']}"
+                )
+                print(
+                    "   curve: "
+                    + ", ".join(
+                        f"{p['n']}:{p['one_minus_auc_percent']:.3f}%"
+                        for p in doc["curve"]
+                        if p["one_minus_auc_percent"] is not None
+                    )
+                )
             print(f"replay of both filters took {seconds:.0f} s")
     return 0
 

@@ -39,8 +39,11 @@ def memory(pid: int) -> dict[str, float]:
             parts = line.split()
             if len(parts) >= 2 and parts[1].isdigit():
                 fields[parts[0].rstrip(":")] = int(parts[1]) / 1024
-    return {"rss": fields["Rss"], "pss": fields["Pss"],
-            "uss": fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)}
+    return {
+        "rss": fields["Rss"],
+        "pss": fields["Pss"],
+        "uss": fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0),
+    }
 
 
 def role(pid: int) -> str:
@@ -71,9 +74,11 @@ def main() -> int:
         _promote_shipped(work, extra)
     config = work / "mailward.toml"
     sock = work / "milter.sock"
-    config.write_text(f'state_dir = "{work / "state"}"\n{extra}[milter]\nsocket = "unix:{sock}"\n'
-                      f"workers = {args.workers}\n[reputation]\nenabled = false\n"
-                      f'[logging]\nfile = "{work / "milter.log"}"\n')
+    config.write_text(
+        f'state_dir = "{work / "state"}"\n{extra}[milter]\nsocket = "unix:{sock}"\n'
+        f"workers = {args.workers}\n[reputation]\nenabled = false\n"
+        f'[logging]\nfile = "{work / "milter.log"}"\n'
+    )
     milter = subprocess.Popen([sys.executable, "-m", "mailward.milter.daemon", "--config", str(config)])
     try:
         deadline = time.monotonic() + 300
@@ -81,13 +86,15 @@ def main() -> int:
             if milter.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"milter did not start (exit {milter.returncode}); see {work / 'milter.log'}")
             time.sleep(0.2)
-        time.sleep(2)       # at rest: let the warm-up scans' temporaries go
+        time.sleep(2)  # at rest: let the warm-up scans' temporaries go
         rows = [("milter", milter.pid)]
         for pid in children(milter.pid):
             rows.append((role(pid), pid))
             rows.extend(("worker", worker) for worker in children(pid))
-        print(f"{'process':18s} {'pid':>7s} {'RSS MiB':>8s} {'PSS MiB':>8s} {'USS MiB':>8s}   "
-              f"({args.workers} workers, {args.backend} backend)")
+        print(
+            f"{'process':18s} {'pid':>7s} {'RSS MiB':>8s} {'PSS MiB':>8s} {'USS MiB':>8s}   "
+            f"({args.workers} workers, {args.backend} backend)"
+        )
         for name, pid in rows:
             m = memory(pid)
             print(f"{name:18s} {pid:7d} {m['rss']:8.1f} {m['pss']:8.1f} {m['uss']:8.1f}")
@@ -103,8 +110,11 @@ def _promote_shipped(work: Path, extra: str) -> None:
     """Make the shipped model the database registry's live version, so workers load it from there."""
     config = work / "cli.toml"
     config.write_text(f'state_dir = "{work / "state"}"\n{extra}')
-    subprocess.run([sys.executable, "-m", "mailward.cli.main", "--config", str(config), "model", "promote",
-                    "shipped", "--force"], check=True, env={**os.environ})
+    subprocess.run(
+        [sys.executable, "-m", "mailward.cli.main", "--config", str(config), "model", "promote", "shipped", "--force"],
+        check=True,
+        env={**os.environ},
+    )
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ import pytest
 from real_parts import require
 from support.mail import EICAR
 
-MARKER = b"MAILWARD-CLAMAV-TEST-MARKER"          # any file with these bytes is MailwardTest.Marker-1
-MARKER_SIGNATURE = "MailwardTest.Marker-1.UNOFFICIAL"   # clamd marks signatures of unsigned databases
+MARKER = b"MAILWARD-CLAMAV-TEST-MARKER"  # any file with these bytes is MailwardTest.Marker-1
+MARKER_SIGNATURE = "MailwardTest.Marker-1.UNOFFICIAL"  # clamd marks signatures of unsigned databases
 EICAR_SIGNATURE = "Eicar-Test-Signature.UNOFFICIAL"
 START_TIMEOUT = 60.0
 
@@ -67,31 +67,38 @@ def start_clamd(directory: Path, stream_max_length: str = "1M") -> Clamd:
     (database / "mailward-test.hdb").write_text(f"{hashlib.md5(EICAR).hexdigest()}:{len(EICAR)}:Eicar-Test-Signature\n")
     (database / "mailward-test.ndb").write_text(f"MailwardTest.Marker-1:0:*:{MARKER.hex()}\n")
     config = directory / "clamd.conf"
-    config.write_text("\n".join([
-        f"LocalSocket {directory / 'clamd.sock'}",
-        f"DatabaseDirectory {database}",
-        f"LogFile {directory / 'clamd.log'}",
-        f"PidFile {directory / 'clamd.pid'}",
-        "Foreground true",
-        f"StreamMaxLength {stream_max_length}",
-        "MaxThreads 8",
-        "SelfCheck 0",
-        "",
-    ]))
+    config.write_text(
+        "\n".join(
+            [
+                f"LocalSocket {directory / 'clamd.sock'}",
+                f"DatabaseDirectory {database}",
+                f"LogFile {directory / 'clamd.log'}",
+                f"PidFile {directory / 'clamd.pid'}",
+                "Foreground true",
+                f"StreamMaxLength {stream_max_length}",
+                "MaxThreads 8",
+                "SelfCheck 0",
+                "",
+            ]
+        )
+    )
     if os.getuid() == 0:
         config.write_text(config.read_text() + "User root\n")
-    process = subprocess.Popen([binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        [binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
     server = Clamd(directory, process)
     from mailward.signatures.clamav import Clamd as Client
     from mailward.signatures.clamav import ClamdError
+
     client = Client(str(directory / "clamd.sock"), timeout=2.0)
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         if process.poll() is not None:
             log = (directory / "clamd.log").read_text(errors="replace") if (directory / "clamd.log").exists() else ""
-            raise RuntimeError(f"clamd exited with {process.returncode}: "
-                               f"{process.stderr.read().decode()} {log[-2000:]}")
+            raise RuntimeError(
+                f"clamd exited with {process.returncode}: {process.stderr.read().decode()} {log[-2000:]}"
+            )
         try:
             if client.ping():
                 return server

@@ -22,8 +22,10 @@ def postfix():
     from harness.postfix import Postfix
 
     require(os.geteuid() == 0, "end-to-end tests run Postfix and need root")
-    require(shutil.which("postfix") is not None and Path("/etc/postfix/master.cf").exists(),
-            "Postfix is not installed (run the README's test command as root)")
+    require(
+        shutil.which("postfix") is not None and Path("/etc/postfix/master.cf").exists(),
+        "Postfix is not installed (run the README's test command as root)",
+    )
     import tempfile
 
     run_dir = Path(tempfile.mkdtemp(prefix="mailward-run-", dir="/tmp"))

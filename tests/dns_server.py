@@ -124,7 +124,7 @@ class DnsServer(_LoopbackPort):
     def _send(self, wire: bytes, peer) -> None:
         try:
             self._udp.sendto(wire, peer)
-        except OSError:       # stopped meanwhile
+        except OSError:  # stopped meanwhile
             pass
 
     def _serve_tcp(self, conn: socket.socket) -> None:
@@ -147,7 +147,7 @@ class DnsServer(_LoopbackPort):
         response = dns.message.make_response(query)
         response.flags |= dns.flags.AA
         name = qname
-        for _ in range(8):                       # follow CNAMEs inside our zones
+        for _ in range(8):  # follow CNAMEs inside our zones
             zone = self._zone_for(name)
             if zone is None:
                 if name == qname:
@@ -166,7 +166,7 @@ class DnsServer(_LoopbackPort):
                 return response
             cname = node.get_rdataset(dns.rdataclass.IN, dns.rdatatype.CNAME)
             if cname is None:
-                self._add_soa(response, zone)       # NODATA
+                self._add_soa(response, zone)  # NODATA
                 return response
             response.answer.append(self._rrset(name, cname))
             name = cname[0].target
@@ -205,6 +205,8 @@ class BlackHole(_LoopbackPort):
 
 def soa(origin: str, ttl: int = 300, negative_ttl: int = 300) -> str:
     """Zone-file lines every test zone starts with (SOA minimum = negative-answer TTL)."""
-    return (f"$ORIGIN {origin}\n$TTL {ttl}\n"
-            f"@ {ttl} IN SOA ns.{origin} hostmaster.{origin} 1 3600 600 86400 {negative_ttl}\n"
-            f"@ {ttl} IN NS ns.{origin}\nns {ttl} IN A 127.0.0.1\n")
+    return (
+        f"$ORIGIN {origin}\n$TTL {ttl}\n"
+        f"@ {ttl} IN SOA ns.{origin} hostmaster.{origin} 1 3600 600 86400 {negative_ttl}\n"
+        f"@ {ttl} IN NS ns.{origin}\nns {ttl} IN A 127.0.0.1\n"
+    )

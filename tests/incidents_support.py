@@ -47,8 +47,10 @@ OTHER_LINES = (
 
 
 def failed_line(address: str, n: int = 0) -> str:
-    return (f"Nov 22 19:21:{n % 60:02d} mx postfix/smtpd[{2000 + n}]: warning: unknown[{address}]: "
-            "SASL LOGIN authentication failed: UGFzc3dvcmQ6")
+    return (
+        f"Nov 22 19:21:{n % 60:02d} mx postfix/smtpd[{2000 + n}]: warning: unknown[{address}]: "
+        "SASL LOGIN authentication failed: UGFzc3dvcmQ6"
+    )
 
 
 class WebhookReceiver:
@@ -116,8 +118,7 @@ def incident_store(request, tmp_path):
     dsn = request.getfixturevalue("fresh_pg_dsn") if request.param == "postgresql" else ""
 
     def make():
-        store = (PostgresIncidentStore(dsn, clock) if dsn
-                 else SqliteIncidentStore(tmp_path / "incidents.sqlite3", clock))
+        store = PostgresIncidentStore(dsn, clock) if dsn else SqliteIncidentStore(tmp_path / "incidents.sqlite3", clock)
         opened.append(store)
         return store
 

@@ -9,14 +9,24 @@ from mailward.models.features import FeatureSettings
 from mailward.models.tokens import tokenize
 from mailward.training.trainer import TrainingSettings, train
 
-SMALL = FeatureSettings(n_features=2 ** 12)
+SMALL = FeatureSettings(n_features=2**12)
 
-HAM_LINES = ["the meeting agenda for tomorrow is attached", "please review the patch before the release",
-             "minutes of the project call and next steps", "can you send me the quarterly report draft",
-             "the build failed again on the test machine", "lunch on thursday with the new team members"]
-SPAM_LINES = ["buy cheap viagra now with free shipping", "you won the lottery claim your prize money",
-              "limited time offer click here to order", "lose weight fast with this miracle pill",
-              "earn money from home no experience needed", "cheap meds online without prescription"]
+HAM_LINES = [
+    "the meeting agenda for tomorrow is attached",
+    "please review the patch before the release",
+    "minutes of the project call and next steps",
+    "can you send me the quarterly report draft",
+    "the build failed again on the test machine",
+    "lunch on thursday with the new team members",
+]
+SPAM_LINES = [
+    "buy cheap viagra now with free shipping",
+    "you won the lottery claim your prize money",
+    "limited time offer click here to order",
+    "lose weight fast with this miracle pill",
+    "earn money from home no experience needed",
+    "cheap meds online without prescription",
+]
 
 
 def message(subject: str, body: str) -> bytes:

@@ -24,8 +24,10 @@ from pathlib import Path
 
 def binaries() -> Path | None:
     """The newest installed PostgreSQL server bin directory, or None."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-                   key=lambda p: int(Path(p).parent.parent.name) if Path(p).parent.parent.name.isdigit() else 0)
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda p: int(Path(p).parent.parent.name) if Path(p).parent.parent.name.isdigit() else 0,
+    )
     return Path(found[-1]).parent if found else None
 
 
@@ -42,7 +44,7 @@ class PostgresServer:
         self.bin = binaries()
         if self.bin is None:
             raise RuntimeError("PostgreSQL server binaries not found under /usr/lib/postgresql")
-        self.durable = durable           # fsync on: only benchmarks need real durability figures
+        self.durable = durable  # fsync on: only benchmarks need real durability figures
         self.port = _free_port()
         # As root under /tmp itself: $TMPDIR may sit below a directory the postgres user cannot enter.
         self.root = Path(tempfile.mkdtemp(prefix="mailward-pg-", dir="/tmp" if os.geteuid() == 0 else None))
@@ -62,18 +64,41 @@ class PostgresServer:
             cmd = ["runuser", "-u", self.user.pw_name, "--", *cmd]
         proc = subprocess.run(cmd, cwd=self.root, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0:
-            log = (self.root / "server.log")
+            log = self.root / "server.log"
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
             raise RuntimeError(f"{' '.join(args[:1])} failed ({proc.returncode}): {proc.stderr.strip()}\n{tail}")
 
     def start(self) -> None:
-        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                  "--locale=C", *(() if self.durable else ("--no-sync",)))
-        options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c max_connections=100 "
-                   f"-c fsync={'on' if self.durable else 'off'} "
-                   f"-c synchronous_commit={'on' if self.durable else 'off'}")
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-o", options,
-                  "-w", "-t", "60", "start")
+        self._run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            *(() if self.durable else ("--no-sync",)),
+        )
+        options = (
+            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c max_connections=100 "
+            f"-c fsync={'on' if self.durable else 'off'} "
+            f"-c synchronous_commit={'on' if self.durable else 'off'}"
+        )
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.root / "server.log"),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
 
     def stop(self) -> None:
         try:

@@ -18,27 +18,41 @@ class FakeClock:
 
 
 def message(subject: str = "Hello", sender: str = "alice@example.org", body: bytes = b"Hi there.\r\n") -> bytes:
-    return (f"From: Alice <{sender}>\r\nTo: bob@example.net\r\nSubject: {subject}\r\n"
-            "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n").encode() + body
+    return (
+        f"From: Alice <{sender}>\r\nTo: bob@example.net\r\nSubject: {subject}\r\n"
+        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+    ).encode() + body
 
 
-def envelope(sender: str = "alice@example.org", recipients=("bob@example.net",),
-             direction: Direction = Direction.INBOUND) -> Envelope:
-    return Envelope(mail_from=sender, recipients=tuple(recipients), client_address="192.0.2.7",
-                    client_name="mx.example.org", helo="mx.example.org", queue_id="4ABC123",
-                    connection_id="c1", direction=direction)
+def envelope(
+    sender: str = "alice@example.org", recipients=("bob@example.net",), direction: Direction = Direction.INBOUND
+) -> Envelope:
+    return Envelope(
+        mail_from=sender,
+        recipients=tuple(recipients),
+        client_address="192.0.2.7",
+        client_name="mx.example.org",
+        helo="mx.example.org",
+        queue_id="4ABC123",
+        connection_id="c1",
+        direction=direction,
+    )
 
 
 def spam_case(score: float = 0.97) -> tuple[Verdict, Evidence]:
     evidence = Evidence(
         findings=(Finding(Category.SPAM, "gtube", Severity.HIGH, "gtube", "part 1", "GTUBE string"),),
-        spam=SpamAssessment(score, (Clue("viagra", 2.5), Clue("meeting", -1.25)), "nb-1"))
+        spam=SpamAssessment(score, (Clue("viagra", 2.5), Clue("meeting", -1.25)), "nb-1"),
+    )
     return Verdict(Action.QUARANTINE, ("spam",), new_incident_id(), score), evidence
 
 
 def malware_case() -> tuple[Verdict, Evidence]:
-    evidence = Evidence(findings=(Finding(Category.MALWARE, "EICAR_Test_File", Severity.CRITICAL, "yara",
-                                          "invoice.zip > eicar.com", ""),))
+    evidence = Evidence(
+        findings=(
+            Finding(Category.MALWARE, "EICAR_Test_File", Severity.CRITICAL, "yara", "invoice.zip > eicar.com", ""),
+        )
+    )
     return Verdict(Action.QUARANTINE, ("malware",), new_incident_id()), evidence
 
 

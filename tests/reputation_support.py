@@ -44,16 +44,31 @@ def detector_for(port: int, **reputation) -> ReputationDetector:
     return detector
 
 
-def envelope(client: str = "192.0.2.10", mail_from: str = "alice@sender.test", helo: str = "mx.sender.test",
-             client_name: str = "", direction: Direction = Direction.INBOUND) -> Envelope:
-    return Envelope(mail_from=mail_from, recipients=("bob@dest.test",), client_address=client,
-                    client_name=client_name, helo=helo, direction=direction, queue_id="TESTQ")
+def envelope(
+    client: str = "192.0.2.10",
+    mail_from: str = "alice@sender.test",
+    helo: str = "mx.sender.test",
+    client_name: str = "",
+    direction: Direction = Direction.INBOUND,
+) -> Envelope:
+    return Envelope(
+        mail_from=mail_from,
+        recipients=("bob@dest.test",),
+        client_address=client,
+        client_name=client_name,
+        helo=helo,
+        direction=direction,
+        queue_id="TESTQ",
+    )
 
 
-def message(from_: str = "Alice <alice@sender.test>", body: str = "Hello Bob,\nsee you.\n",
-            extra_headers: str = "") -> bytes:
-    return (f"From: {from_}\nTo: bob@dest.test\nSubject: lunch\nDate: Mon, 1 Jan 2024 10:00:00 +0000\n"
-            f"Message-ID: <1@sender.test>\n{extra_headers}\n{body}").encode()
+def message(
+    from_: str = "Alice <alice@sender.test>", body: str = "Hello Bob,\nsee you.\n", extra_headers: str = ""
+) -> bytes:
+    return (
+        f"From: {from_}\nTo: bob@dest.test\nSubject: lunch\nDate: Mon, 1 Jan 2024 10:00:00 +0000\n"
+        f"Message-ID: <1@sender.test>\n{extra_headers}\n{body}"
+    ).encode()
 
 
 def parse(raw: bytes) -> ParsedMessage:
@@ -62,7 +77,7 @@ def parse(raw: bytes) -> ParsedMessage:
 
 def txt(text: str) -> str:
     """A TXT record's data in zone-file form, split into 255-byte character-strings."""
-    return " ".join(f'"{text[i:i + 255]}"' for i in range(0, len(text), 255))
+    return " ".join(f'"{text[i : i + 255]}"' for i in range(0, len(text), 255))
 
 
 @dataclass(frozen=True)
@@ -73,16 +88,21 @@ class DkimKey:
     @classmethod
     def generate(cls, bits: int = 2048) -> DkimKey:
         key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                                serialization.NoEncryption())
-        der = key.public_key().public_bytes(serialization.Encoding.DER,
-                                            serialization.PublicFormat.SubjectPublicKeyInfo)
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        )
+        der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         return cls(pem, base64.b64encode(der).decode())
 
     def record(self) -> str:
         return txt(f"v=DKIM1; k=rsa; p={self.public_b64}")
 
     def sign(self, raw: bytes, domain: str, selector: str = "sel") -> bytes:
-        signature = dkim.sign(raw, selector.encode(), domain.encode(), self.private_pem,
-                              include_headers=[b"from", b"to", b"subject", b"date", b"message-id"])
+        signature = dkim.sign(
+            raw,
+            selector.encode(),
+            domain.encode(),
+            self.private_pem,
+            include_headers=[b"from", b"to", b"subject", b"date", b"message-id"],
+        )
         return signature.replace(b"\r\n", b"\n") + raw

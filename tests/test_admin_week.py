@@ -40,9 +40,10 @@ pytestmark = pytest.mark.postfix
 
 TRAINING = Path(__file__).parent / "fixtures" / "training" / "layout"
 MARKER = "WEEK-MARKER-7d1f0c"
-GOOD_RULE = (f'rule week_marker {{ meta: category = "malware" severity = "high" '
-             f'strings: $a = "{MARKER}" condition: $a }}\n')
-CONTENT_TIMEOUT = 12          # Postfix's milter_content_timeout for this instance
+GOOD_RULE = (
+    f'rule week_marker {{ meta: category = "malware" severity = "high" strings: $a = "{MARKER}" condition: $a }}\n'
+)
+CONTENT_TIMEOUT = 12  # Postfix's milter_content_timeout for this instance
 BLOCKED = "blocked@example.org"
 
 
@@ -64,8 +65,9 @@ def build(number: int, kind: str, sender: str) -> tuple[str, bytes]:
     if kind == "spam":
         return message(body=f"Cheap watches!\n\n{GTUBE}\n", subject=subject, sender=sender)
     if kind == "virus":
-        return message(subject=subject, sender=sender,
-                       attachments=(("invoice.com", EICAR, "application/octet-stream"),))
+        return message(
+            subject=subject, sender=sender, attachments=(("invoice.com", EICAR, "application/octet-stream"),)
+        )
     if kind == "marker":
         return message(body=f"Hello,\n{MARKER}\n", subject=subject, sender=sender)
     return message(body=f"Hello,\n\nminutes of meeting {number} are below.\n\nAnna\n", subject=subject, sender=sender)
@@ -103,7 +105,7 @@ class Load:
         while True:
             try:
                 code, _ = self.postfix.send(raw, mail_from=sender)
-            except (OSError, EOFError):        # e.g. the connection dropped: an MTA retries as for 4xx
+            except (OSError, EOFError):  # e.g. the connection dropped: an MTA retries as for 4xx
                 code = 421
             record.codes.append(code)
             if not 400 <= code < 500 or time.monotonic() > deadline:
@@ -127,12 +129,14 @@ def maildir_copies(postfix: Postfix) -> Counter:
 
 def hold_database_lock(db: Path, seconds: float) -> subprocess.Popen:
     """Another process holds the quarantine database's write lock (as a stuck backup job would)."""
-    code = ("import sqlite3, sys, time\n"
-            "c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)\n"
-            "c.execute('BEGIN EXCLUSIVE')\n"
-            "print('locked', flush=True)\n"
-            "time.sleep(float(sys.argv[2]))\n"
-            "c.execute('ROLLBACK')\n")
+    code = (
+        "import sqlite3, sys, time\n"
+        "c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)\n"
+        "c.execute('BEGIN EXCLUSIVE')\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(float(sys.argv[2]))\n"
+        "c.execute('ROLLBACK')\n"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code, str(db), str(seconds)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "locked"
     return proc
@@ -144,8 +148,11 @@ def week(service_user):
     base = Path(tempfile.mkdtemp(prefix="mailward-week-", dir="/tmp"))
     os.chmod(base, 0o755)
     postfix = Postfix.create(base / "run" / "milter.sock")
-    postfix.configure(f"milter_content_timeout = {CONTENT_TIMEOUT}s", f"milter_command_timeout = {CONTENT_TIMEOUT}s",
-                      "smtpd_error_sleep_time = 0")
+    postfix.configure(
+        f"milter_content_timeout = {CONTENT_TIMEOUT}s",
+        f"milter_command_timeout = {CONTENT_TIMEOUT}s",
+        "smtpd_error_sleep_time = 0",
+    )
     postfix.start()
     yield svc, base, postfix
     postfix.destroy()
@@ -160,18 +167,22 @@ def test_an_admins_week_loses_nothing_and_duplicates_nothing(week):
     rules.mkdir()
     rule_file = rules / "local.yar"
     rule_file.write_text(GOOD_RULE)
-    log_path = base / "milter.log"          # created by the milter as root, handed to the service user
-    common = (f'state_dir = "{state}"\n'
-              f'[policy.inbound]\nspam_action = "quarantine"\n'
-              f'[model]\ncheck_interval = 0.5\n'
-              f'[incidents]\nrefresh = 0.5\n'
-              f'[signatures]\nrules_dirs = ["{rules}"]\n'
-              f'[reputation]\nenabled = false\n'
-              f'[quarantine]\nrelay_host = "127.0.0.1"\nrelay_port = {postfix.smtp_port}\nwrite_timeout = 3.0\n')
+    log_path = base / "milter.log"  # created by the milter as root, handed to the service user
+    common = (
+        f'state_dir = "{state}"\n'
+        f'[policy.inbound]\nspam_action = "quarantine"\n'
+        f"[model]\ncheck_interval = 0.5\n"
+        f"[incidents]\nrefresh = 0.5\n"
+        f'[signatures]\nrules_dirs = ["{rules}"]\n'
+        f"[reputation]\nenabled = false\n"
+        f'[quarantine]\nrelay_host = "127.0.0.1"\nrelay_port = {postfix.smtp_port}\nwrite_timeout = 3.0\n'
+    )
     config = base / "mailward.toml"
-    config.write_text(common + f'[milter]\nuser = "{svc.pw_name}"\nsocket = "unix:{postfix.milter_socket}"\n'
-                               f'workers = 2\nmessage_deadline = 7.0\n'
-                               f'[logging]\nfile = "{log_path}"\nlevel = "info"\n')
+    config.write_text(
+        common + f'[milter]\nuser = "{svc.pw_name}"\nsocket = "unix:{postfix.milter_socket}"\n'
+        f"workers = 2\nmessage_deadline = 7.0\n"
+        f'[logging]\nfile = "{log_path}"\nlevel = "info"\n'
+    )
     prefix = interpreter_reachable(base)
     sets = base / "sets"
     shutil.copytree(TRAINING, sets)
@@ -181,7 +192,7 @@ def test_an_admins_week_loses_nothing_and_duplicates_nothing(week):
 
     milter = MilterProcess(config, postfix.milter_socket, log_path, prefix)
     milter.start()
-    log_text = lambda: log_path.read_text(errors="replace")   # noqa: E731
+    log_text = lambda: log_path.read_text(errors="replace")  # noqa: E731
     load = Load(postfix)
     reloading = threading.Event()
     reload_count = 0
@@ -231,7 +242,7 @@ def test_an_admins_week_loses_nothing_and_duplicates_nothing(week):
         reloading.clear()
         milter.proc.send_signal(signal.SIGKILL)
         milter.proc.wait()
-        time.sleep(2)                                  # mail meanwhile: Postfix answers 4xx (default action)
+        time.sleep(2)  # mail meanwhile: Postfix answers 4xx (default action)
         milter.start()
         reloading.set()
 
@@ -269,7 +280,7 @@ def test_an_admins_week_loses_nothing_and_duplicates_nothing(week):
             outcome["delivered"] += 1
         if any(400 <= c < 500 for c in s.codes):
             outcome["tempfailed, then final"] += 1
-        if s.sender != BLOCKED:                        # mail from the blocked sender may precede the block
+        if s.sender != BLOCKED:  # mail from the blocked sender may precede the block
             assert (s.kind in ("virus", "marker")) == (s.final >= 500), f"{subject}: {s.codes}"
         if s.kind == "spam" and s.final < 500:
             assert kept == 1, f"{subject} was accepted but not kept in the quarantine"
@@ -287,9 +298,11 @@ def test_an_admins_week_loses_nothing_and_duplicates_nothing(week):
     assert candidate in run_cli(prefix, config, "model", "list").stdout
     foreign = [str(p) for p in [state, *state.rglob("*")] if p.stat().st_uid != svc.pw_uid]
     assert foreign == []
-    print(f"\nadmin's week: sent {len(load.sent)}; {dict(outcome)}; duplicated {duplicated}; "
-          f"reloads {reload_count}; block took effect in {figures['block_effective_s']:.1f} s, "
-          f"model in {figures['model_effective_s']:.1f} s")
+    print(
+        f"\nadmin's week: sent {len(load.sent)}; {dict(outcome)}; duplicated {duplicated}; "
+        f"reloads {reload_count}; block took effect in {figures['block_effective_s']:.1f} s, "
+        f"model in {figures['model_effective_s']:.1f} s"
+    )
 
 
 def _records(prefix: tuple[str, ...], config: Path) -> list[dict]:

@@ -18,12 +18,22 @@ import mailward
 SRC = Path(mailward.__file__).parent
 
 # The service packages: each a part a host can do without, built on the core.
-SERVICES = ("quarantine", "incidents", "training", "cli", "milter", "models", "signatures", "reputation", "unpack",
-            "web")
+SERVICES = (
+    "quarantine",
+    "incidents",
+    "training",
+    "cli",
+    "milter",
+    "models",
+    "signatures",
+    "reputation",
+    "unpack",
+    "web",
+)
 
 # Third-party packages confined to the parts that own them.
 CONFINED = {
-    "Milter": ("mailward.milter",),          # pymilter: only the adapter speaks the milter protocol
+    "Milter": ("mailward.milter",),  # pymilter: only the adapter speaks the milter protocol
     "milter": ("mailward.milter",),
     "yara": ("mailward.signatures",),
     "sklearn": ("mailward.models", "mailward.training"),
@@ -53,8 +63,8 @@ COMPOSITION_ROOT = "mailward.runtime"
 
 @dataclass(frozen=True)
 class Import:
-    importer: str       # dotted module name
-    target: str         # dotted module (or module.name for ``from pkg import name``)
+    importer: str  # dotted module name
+    target: str  # dotted module (or module.name for ``from pkg import name``)
     line: int
     in_function: bool
 
@@ -67,8 +77,12 @@ def module_name(path: Path, root: Path) -> str:
 def imports_of(source: str, name: str, is_package: bool = False) -> list[Import]:
     """Every import in one module, relative ones resolved to dotted names."""
     tree = ast.parse(source)
-    nested = {id(node) for fn in ast.walk(tree) if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
-              for node in ast.walk(fn)}
+    nested = {
+        id(node)
+        for fn in ast.walk(tree)
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+        for node in ast.walk(fn)
+    }
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -76,7 +90,7 @@ def imports_of(source: str, name: str, is_package: bool = False) -> list[Import]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = name.split(".") if is_package else name.split(".")[:-1]
-                base = base[:len(base) - (node.level - 1)]
+                base = base[: len(base) - (node.level - 1)]
                 module = ".".join([*base, node.module] if node.module else base)
             else:
                 module = node.module or ""
@@ -105,14 +119,23 @@ def core_modules() -> set[str]:
 
 
 def core_violations(found: list[Import], core: set[str], allowed=CORE_EXCEPTIONS) -> list[Import]:
-    return [i for i in found if i.importer in core and i.importer != COMPOSITION_ROOT
-            and any(within(i.target, f"mailward.{s}") for s in SERVICES)
-            and not any(i.importer == who and within(i.target, what) for who, what in allowed)]
+    return [
+        i
+        for i in found
+        if i.importer in core
+        and i.importer != COMPOSITION_ROOT
+        and any(within(i.target, f"mailward.{s}") for s in SERVICES)
+        and not any(i.importer == who and within(i.target, what) for who, what in allowed)
+    ]
 
 
 def confined_violations(found: list[Import]) -> list[Import]:
-    return [i for i in found for top, homes in CONFINED.items()
-            if i.target.split(".")[0] == top and not any(within(i.importer, home) for home in homes)]
+    return [
+        i
+        for i in found
+        for top, homes in CONFINED.items()
+        if i.target.split(".")[0] == top and not any(within(i.importer, home) for home in homes)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -148,50 +171,99 @@ def test_core_modules_import_no_service_package_beyond_the_listed_exceptions(fou
 
 def test_every_listed_exception_is_still_needed(found):
     """An exception nobody uses any more is removed, so it cannot hide a new import."""
-    used = {(who, what) for who, what in CORE_EXCEPTIONS
-            if any(i.importer == who and within(i.target, what) for i in found)}
+    used = {
+        (who, what) for who, what in CORE_EXCEPTIONS if any(i.importer == who and within(i.target, what) for i in found)
+    }
     assert used == CORE_EXCEPTIONS
 
 
 def test_nothing_imports_the_entry_points(found):
     """cli/ and milter/ are the top: the parts below never reach up into them."""
-    upward = [i for i in found for top in ("mailward.cli", "mailward.milter")
-              if within(i.target, top) and not within(i.importer, top)]
+    upward = [
+        i
+        for i in found
+        for top in ("mailward.cli", "mailward.milter")
+        if within(i.target, top) and not within(i.importer, top)
+    ]
     assert where(upward) == []
 
 
 # The shared vocabulary: every part speaks it, and it speaks only of itself (and the standard library).
-VOCABULARY = ("mailward.actor", "mailward.envelope", "mailward.errors", "mailward.evidence", "mailward.source",
-              "mailward.verdict")
+VOCABULARY = (
+    "mailward.actor",
+    "mailward.envelope",
+    "mailward.errors",
+    "mailward.evidence",
+    "mailward.source",
+    "mailward.verdict",
+)
 
 # The message flow: composed by the runtime, driven by the entry points. No part below imports them for a type.
 FLOW = ("mailward.pipeline", "mailward.runtime", "mailward.screening", "mailward.workers")
 
 
 def test_the_vocabulary_imports_only_itself(found):
-    assert where([i for i in found if i.importer in VOCABULARY and within(i.target, "mailward")
-                  and not any(within(i.target, v) for v in VOCABULARY)]) == []
+    assert (
+        where(
+            [
+                i
+                for i in found
+                if i.importer in VOCABULARY
+                and within(i.target, "mailward")
+                and not any(within(i.target, v) for v in VOCABULARY)
+            ]
+        )
+        == []
+    )
 
 
 def test_the_message_flow_is_imported_only_by_the_entry_points_and_itself(found):
     """incidents/, quarantine/, metrics and the detectors take Outcome, MessageSource and ScanFailed
     from the vocabulary, never from the screener or the worker pool."""
-    assert where([i for i in found if any(within(i.target, m) for m in FLOW)
-                  and not any(within(i.importer, top) for top in (*FLOW, "mailward.cli", "mailward.milter"))]) == []
+    assert (
+        where(
+            [
+                i
+                for i in found
+                if any(within(i.target, m) for m in FLOW)
+                and not any(within(i.importer, top) for top in (*FLOW, "mailward.cli", "mailward.milter"))
+            ]
+        )
+        == []
+    )
 
 
 def test_training_is_imported_only_by_itself_and_the_cli(found):
     """The milter never loads the offline training code."""
-    assert where([i for i in found if within(i.target, "mailward.training")
-                  and not (within(i.importer, "mailward.training") or within(i.importer, "mailward.cli"))]) == []
+    assert (
+        where(
+            [
+                i
+                for i in found
+                if within(i.target, "mailward.training")
+                and not (within(i.importer, "mailward.training") or within(i.importer, "mailward.cli"))
+            ]
+        )
+        == []
+    )
 
 
 def test_psycopg_is_never_imported_on_the_sqlite_path(found):
     """Only the PostgreSQL backend imports psycopg at module level, and that backend is imported lazily."""
     top_level = [i for i in found if i.target.split(".")[0] == "psycopg" and not i.in_function]
     assert where(top_level) == where([i for i in top_level if i.importer == "mailward.quarantine.postgres"])
-    assert where([i for i in found if within(i.target, "mailward.quarantine.postgres") and not i.in_function
-                  and i.importer != "mailward.quarantine.postgres"]) == []
+    assert (
+        where(
+            [
+                i
+                for i in found
+                if within(i.target, "mailward.quarantine.postgres")
+                and not i.in_function
+                and i.importer != "mailward.quarantine.postgres"
+            ]
+        )
+        == []
+    )
 
 
 def test_train_extra_packages_are_loaded_only_through_import_extra(found):

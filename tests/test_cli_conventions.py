@@ -13,8 +13,9 @@ from mailward import __version__
 from mailward.cli.main import main
 
 
-@pytest.mark.parametrize("module,prog", [("mailward.cli.main", "mailward"),
-                                         ("mailward.milter.daemon", "mailward-milter")])
+@pytest.mark.parametrize(
+    "module,prog", [("mailward.cli.main", "mailward"), ("mailward.milter.daemon", "mailward-milter")]
+)
 def test_version(module, prog):
     done = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -31,7 +32,7 @@ def test_cli_prints_no_json_log_lines_on_a_terminal(tmp_path, capsys):
     assert main(["--config", _config(tmp_path), "block", "add", "sender", "a@example.org", "--reason", "x"]) == 0
     out = capsys.readouterr()
     assert "a@example.org" in out.out
-    assert out.err == ""                          # today's two info lines stay out of the way
+    assert out.err == ""  # today's two info lines stay out of the way
     logging.getLogger("mailward.test").warning("disk almost full")
     assert capsys.readouterr().err == "mailward: WARNING: disk almost full\n"
 

@@ -44,12 +44,12 @@ def service_config() -> dict:
 
 
 def test_unit_is_valid_for_systemd(tmp_path):
-    if shutil.which("systemd-analyze") is None:        # no systemd here: the parse below still checks
+    if shutil.which("systemd-analyze") is None:  # no systemd here: the parse below still checks
         return
     unit = tmp_path / UNIT.name
     unit.write_text(UNIT.read_text().replace(VENV_IN_UNIT, str(Path(sys.executable).parent.parent)))
     result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0 and result.stderr.strip() == "", result.stderr   # unknown keys only warn
+    assert result.returncode == 0 and result.stderr.strip() == "", result.stderr  # unknown keys only warn
 
 
 def test_unit_reloads_notifies_and_is_hardened():
@@ -58,35 +58,44 @@ def test_unit_reloads_notifies_and_is_hardened():
     assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert service["ExecStart"][0].split()[0] == f"{VENV_IN_UNIT}/bin/mailward-milter"
     assert "--check" in service["ExecStartPre"][0]
-    for key, value in {"ProtectSystem": "strict", "PrivateTmp": "yes", "NoNewPrivileges": "yes",
-                       "ProtectHome": "yes", "PrivateDevices": "yes"}.items():
+    for key, value in {
+        "ProtectSystem": "strict",
+        "PrivateTmp": "yes",
+        "NoNewPrivileges": "yes",
+        "ProtectHome": "yes",
+        "PrivateDevices": "yes",
+    }.items():
         assert service[key] == [value], key
     assert service["StateDirectory"] == ["mailward"]
     config = service_config()
-    assert config["state_dir"] == "/var/lib/mailward"                      # StateDirectory=mailward
-    assert Path(config["logging"]["file"]).parent == Path("/var/log/mailward")   # LogsDirectory=mailward
+    assert config["state_dir"] == "/var/lib/mailward"  # StateDirectory=mailward
+    assert Path(config["logging"]["file"]).parent == Path("/var/log/mailward")  # LogsDirectory=mailward
     _, socket_path, _ = parse_milter_socket(load_settings(CONTRIB / "mailward.toml").milter.socket)
     writable = " ".join(service["ReadWritePaths"]).split()
     assert str(Path(socket_path).parent) in writable
 
 
 def test_tmpfiles_entry_makes_the_default_socket_directory():
-    lines = [line.split() for line in (CONTRIB / "tmpfiles.d" / "mailward.conf").read_text().splitlines()
-             if line.strip() and not line.startswith("#")]
+    lines = [
+        line.split()
+        for line in (CONTRIB / "tmpfiles.d" / "mailward.conf").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     _, default_socket, _ = parse_milter_socket(load_settings().milter.socket)
     assert lines[0][:5] == ["d", str(Path(default_socket).parent), "2750", "mailward", "postfix"]
-    assert default_socket.startswith("/var/spool/postfix/")           # inside Debian's smtpd chroot
+    assert default_socket.startswith("/var/spool/postfix/")  # inside Debian's smtpd chroot
 
 
 def test_logrotate_file_rotates_the_configured_log(tmp_path):
     text = (CONTRIB / "logrotate" / "mailward").read_text()
     assert text.split("{")[0].split("\n")[-1].strip() == service_config()["logging"]["file"]
     assert "create 0640" in text and "copytruncate" not in text.replace("no copytruncate", "")
-    if shutil.which("logrotate"):     # its own dry run; the service user may not exist on this machine
+    if shutil.which("logrotate"):  # its own dry run; the service user may not exist on this machine
         conf = tmp_path / "mailward"
         conf.write_text(text.replace("create 0640 mailward mailward", "create 0640 root root"))
-        result = subprocess.run(["logrotate", "-d", "-s", str(tmp_path / "state"), str(conf)],
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            ["logrotate", "-d", "-s", str(tmp_path / "state"), str(conf)], capture_output=True, text=True, timeout=60
+        )
         assert result.returncode == 0 and "error" not in result.stderr.lower(), result.stderr
 
 
@@ -97,11 +106,11 @@ def test_log_file_is_private_and_reopened_after_rotation(tmp_path):
         configure_logging(LoggingSettings(file=str(log_file)))
         logging.getLogger("test").warning("first")
         assert stat.S_IMODE(log_file.stat().st_mode) == 0o640
-        log_file.rename(tmp_path / "logs" / "milter.log.1")           # what logrotate does
+        log_file.rename(tmp_path / "logs" / "milter.log.1")  # what logrotate does
         logging.getLogger("test").warning("second")
         assert stat.S_IMODE(log_file.stat().st_mode) == 0o640
         assert "second" in log_file.read_text() and "second" not in (tmp_path / "logs" / "milter.log.1").read_text()
-        log_file.chmod(0o644)                                          # an older release's file
+        log_file.chmod(0o644)  # an older release's file
         configure_logging(LoggingSettings(file=str(log_file)))
         assert stat.S_IMODE(log_file.stat().st_mode) == 0o640
     finally:
@@ -116,8 +125,10 @@ def test_milter_notifies_systemd_of_ready_reloading_and_stopping(tmp_path):
     listener.settimeout(180)
     sock = tmp_path / "sock" / "milter.sock"
     config = tmp_path / "m.toml"
-    config.write_text(f'state_dir = "{tmp_path / "state"}"\n[milter]\nsocket = "unix:{sock}"\nworkers = 1\n'
-                      f'[reputation]\nenabled = false\n[logging]\nfile = "{tmp_path / "milter.log"}"\n')
+    config.write_text(
+        f'state_dir = "{tmp_path / "state"}"\n[milter]\nsocket = "unix:{sock}"\nworkers = 1\n'
+        f'[reputation]\nenabled = false\n[logging]\nfile = "{tmp_path / "milter.log"}"\n'
+    )
     os.environ["NOTIFY_SOCKET"] = str(notify_path)
     proc = MilterProcess(config, sock, tmp_path / "milter.log")
     try:
@@ -127,7 +138,7 @@ def test_milter_notifies_systemd_of_ready_reloading_and_stopping(tmp_path):
     try:
         ready = listener.recv(4096).decode().split("\n")
         assert "READY=1" in ready and f"MAINPID={proc.proc.pid}" in ready
-        assert sock.exists()                                            # READY only once it listens
+        assert sock.exists()  # READY only once it listens
         proc.signal(signal.SIGHUP)
         assert listener.recv(4096).decode().startswith("RELOADING=1\nMONOTONIC_USEC=")
         assert listener.recv(4096).decode() == "READY=1"

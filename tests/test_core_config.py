@@ -23,36 +23,47 @@ def test_defaults_without_a_file():
 
 
 def test_per_direction_sections_keep_their_own_defaults(tmp_path):
-    s = load_settings(write(tmp_path, '[policy.outbound]\nspam_threshold = 0.7\n'))
+    s = load_settings(write(tmp_path, "[policy.outbound]\nspam_threshold = 0.7\n"))
     assert s.policy.outbound.spam_threshold == 0.7
-    assert s.policy.outbound.actions[Category.REPUTATION] is Action.ACCEPT    # outbound default kept
+    assert s.policy.outbound.actions[Category.REPUTATION] is Action.ACCEPT  # outbound default kept
     assert s.policy.inbound.spam_threshold == 0.9
 
 
 def test_enums_and_lists_are_typed(tmp_path):
-    s = load_settings(write(tmp_path, '[policy.inbound]\nmin_severity = "high"\nspam_action = "reject"\n'
-                                      '[direction]\ninternal_networks = ["10.0.0.0/8", "2001:db8::/32"]\n'))
+    s = load_settings(
+        write(
+            tmp_path,
+            '[policy.inbound]\nmin_severity = "high"\nspam_action = "reject"\n'
+            '[direction]\ninternal_networks = ["10.0.0.0/8", "2001:db8::/32"]\n',
+        )
+    )
     assert s.policy.inbound.min_severity is Severity.HIGH
     assert s.policy.inbound.actions[Category.SPAM] is Action.REJECT
     assert s.direction.internal_networks == ("10.0.0.0/8", "2001:db8::/32")
 
 
-@pytest.mark.parametrize("text,key", [
-    ('[milter]\nworkers = "two"\n', "milter.workers"),
-    ('[milter]\nwrokers = 2\n', "milter.wrokers"),
-    ('[policy.inbound]\nspam_action = "explode"\n', "policy.inbound.spam_action"),
-    ('[policy.inbound]\nspam_threshold = 1.5\n', "policy.inbound.spam_threshold"),
-    ('[policy.outbound]\non_error = "reject"\n', "policy.outbound.on_error"),
-    ('[direction]\ninternal_networks = ["not-a-net"]\n', "direction.internal_networks"),
-    ('[quarantine]\nbackend = "postgresql"\n', "quarantine.dsn"),
-    ('milter = 3\n', "milter"),
-    ('[[policy.recipient]]\nspam_threshold = 0.5\n', "policy.recipient[0].match"),
-    ('[[policy.recipient]]\nmatch = "not an address"\n', "policy.recipient[0].match"),
-    ('[[policy.recipient]]\nmatch = "a.org"\n[[policy.recipient]]\nmatch = ["A.org"]\n', "policy.recipient[1].match"),
-    ('[[policy.recipient]]\nmatch = "a.org"\nspam_treshold = 0.5\n', "policy.recipient[0].spam_treshold"),
-    ('[[policy.recipient]]\nmatch = "a.org"\ntag_threshold = 0.95\n', "policy.recipient[0].tag_threshold"),
-    ('[[policy.sender]]\nmatch = "a.org"\nmalware_action = "deliver"\n', "policy.sender[0].malware_action"),
-])
+@pytest.mark.parametrize(
+    "text,key",
+    [
+        ('[milter]\nworkers = "two"\n', "milter.workers"),
+        ("[milter]\nwrokers = 2\n", "milter.wrokers"),
+        ('[policy.inbound]\nspam_action = "explode"\n', "policy.inbound.spam_action"),
+        ("[policy.inbound]\nspam_threshold = 1.5\n", "policy.inbound.spam_threshold"),
+        ('[policy.outbound]\non_error = "reject"\n', "policy.outbound.on_error"),
+        ('[direction]\ninternal_networks = ["not-a-net"]\n', "direction.internal_networks"),
+        ('[quarantine]\nbackend = "postgresql"\n', "quarantine.dsn"),
+        ("milter = 3\n", "milter"),
+        ("[[policy.recipient]]\nspam_threshold = 0.5\n", "policy.recipient[0].match"),
+        ('[[policy.recipient]]\nmatch = "not an address"\n', "policy.recipient[0].match"),
+        (
+            '[[policy.recipient]]\nmatch = "a.org"\n[[policy.recipient]]\nmatch = ["A.org"]\n',
+            "policy.recipient[1].match",
+        ),
+        ('[[policy.recipient]]\nmatch = "a.org"\nspam_treshold = 0.5\n', "policy.recipient[0].spam_treshold"),
+        ('[[policy.recipient]]\nmatch = "a.org"\ntag_threshold = 0.95\n', "policy.recipient[0].tag_threshold"),
+        ('[[policy.sender]]\nmatch = "a.org"\nmalware_action = "deliver"\n', "policy.sender[0].malware_action"),
+    ],
+)
 def test_errors_name_the_file_and_the_key(tmp_path, text, key):
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as err:
@@ -74,27 +85,30 @@ def test_invalid_toml_and_missing_file(tmp_path):
         load_settings(tmp_path / "missing.toml")
 
 
-@pytest.mark.parametrize("text,key", [
-    ('[metrics]\nlisten = "garbage"\n', "metrics.listen"),
-    ('[metrics]\nlisten = "9464"\n', "metrics.listen"),
-    ('[metrics]\nlisten = "127.0.0.1:99999"\n', "metrics.listen"),
-    ('[alerts]\nwebhook_url = "ftp://x"\n', "alerts.webhook_url"),
-    ('[alerts]\nwebhook_url = "https://"\n', "alerts.webhook_url"),
-    ('[alerts]\nsyslog = "udp:nohost"\n', "alerts.syslog"),
-    ('[incidents]\nexempt_networks = ["not-a-network"]\n', "incidents.exempt_networks"),
-    ('[reputation]\nallow_networks = ["10.0.0.0/33"]\n', "reputation.allow_networks"),
-    ('[reputation]\nnameservers = ["dns.example"]\n', "reputation.nameservers"),
-    ('[milter]\nsocket = "unix:relative/milter.sock"\n', "milter.socket"),
-    ('[milter]\nsocket = "inet:notaport@127.0.0.1"\n', "milter.socket"),
-    ('[milter]\nsocket = "/run/milter.sock"\n', "milter.socket"),
-    ('[milter]\nuser = "no-such-user-mailward"\n', "milter.user"),
-    ('[quarantine]\nrelay_port = 0\n', "quarantine.relay_port"),
-    ('state_dir = ""\n', "state_dir"),
-    ('[headers]\nsubject_tag = "[SPAM]\\r\\nBcc: x@example.org "\n', "headers.subject_tag"),
-    ('[headers]\nsubject_tag = "\\u00a7SPAM "\n', "headers.subject_tag"),
-    ('[headers]\nsubject_tag = "' + "x" * 65 + '"\n', "headers.subject_tag"),
-    ('[headers]\nspam_flag = "yes"\n', "headers.spam_flag"),
-])
+@pytest.mark.parametrize(
+    "text,key",
+    [
+        ('[metrics]\nlisten = "garbage"\n', "metrics.listen"),
+        ('[metrics]\nlisten = "9464"\n', "metrics.listen"),
+        ('[metrics]\nlisten = "127.0.0.1:99999"\n', "metrics.listen"),
+        ('[alerts]\nwebhook_url = "ftp://x"\n', "alerts.webhook_url"),
+        ('[alerts]\nwebhook_url = "https://"\n', "alerts.webhook_url"),
+        ('[alerts]\nsyslog = "udp:nohost"\n', "alerts.syslog"),
+        ('[incidents]\nexempt_networks = ["not-a-network"]\n', "incidents.exempt_networks"),
+        ('[reputation]\nallow_networks = ["10.0.0.0/33"]\n', "reputation.allow_networks"),
+        ('[reputation]\nnameservers = ["dns.example"]\n', "reputation.nameservers"),
+        ('[milter]\nsocket = "unix:relative/milter.sock"\n', "milter.socket"),
+        ('[milter]\nsocket = "inet:notaport@127.0.0.1"\n', "milter.socket"),
+        ('[milter]\nsocket = "/run/milter.sock"\n', "milter.socket"),
+        ('[milter]\nuser = "no-such-user-mailward"\n', "milter.user"),
+        ("[quarantine]\nrelay_port = 0\n", "quarantine.relay_port"),
+        ('state_dir = ""\n', "state_dir"),
+        ('[headers]\nsubject_tag = "[SPAM]\\r\\nBcc: x@example.org "\n', "headers.subject_tag"),
+        ('[headers]\nsubject_tag = "\\u00a7SPAM "\n', "headers.subject_tag"),
+        ('[headers]\nsubject_tag = "' + "x" * 65 + '"\n', "headers.subject_tag"),
+        ('[headers]\nspam_flag = "yes"\n', "headers.spam_flag"),
+    ],
+)
 def test_values_naming_things_are_checked_where_loaded(tmp_path, text, key):
     with pytest.raises(ConfigError) as err:
         load_settings(write(tmp_path, text))
@@ -102,9 +116,14 @@ def test_values_naming_things_are_checked_where_loaded(tmp_path, text, key):
 
 
 def test_well_formed_values_load(tmp_path):
-    s = load_settings(write(tmp_path, '[metrics]\nlisten = "[::1]:9464"\n[alerts]\nwebhook_url = "https://h.example/x"\n'
-                                      'syslog = "udp:127.0.0.1:514"\n[milter]\nsocket = "inet:8891@127.0.0.1"\n'
-                                      'user = "root"\n'))
+    s = load_settings(
+        write(
+            tmp_path,
+            '[metrics]\nlisten = "[::1]:9464"\n[alerts]\nwebhook_url = "https://h.example/x"\n'
+            'syslog = "udp:127.0.0.1:514"\n[milter]\nsocket = "inet:8891@127.0.0.1"\n'
+            'user = "root"\n',
+        )
+    )
     assert s.metrics.listen == "[::1]:9464" and s.milter.user == "root"
 
 
@@ -114,28 +133,41 @@ def test_the_default_socket_is_inside_postfixs_chroot():
 
 
 def test_policy_tables_override_their_direction_most_specific_first(tmp_path):
-    s = load_settings(write(tmp_path, '[policy.inbound]\nspam_threshold = 0.8\n'
-                                      '[[policy.recipient]]\nmatch = "example.org"\nspam_action = "tag"\n'
-                                      '[[policy.recipient]]\nmatch = ["CEO@example.org"]\nspam_threshold = 0.6\n'
-                                      '[[policy.sender]]\nmatch = "example.org"\nmalware_action = "quarantine"\n'))
+    s = load_settings(
+        write(
+            tmp_path,
+            "[policy.inbound]\nspam_threshold = 0.8\n"
+            '[[policy.recipient]]\nmatch = "example.org"\nspam_action = "tag"\n'
+            '[[policy.recipient]]\nmatch = ["CEO@example.org"]\nspam_threshold = 0.6\n'
+            '[[policy.sender]]\nmatch = "example.org"\nmalware_action = "quarantine"\n',
+        )
+    )
     pol = s.policy
     ceo = pol.for_recipient(Direction.INBOUND, "x@spam.test", "ceo@example.org")
     staff = pol.for_recipient(Direction.INBOUND, "x@spam.test", "bob@sales.example.org")
     other = pol.for_recipient(Direction.INBOUND, "x@spam.test", "bob@example.com")
-    assert (ceo.spam_threshold, ceo.actions[Category.SPAM]) == (0.6, Action.QUARANTINE)   # only its own keys
-    assert (staff.spam_threshold, staff.actions[Category.SPAM]) == (0.8, Action.TAG)      # a subdomain matches
+    assert (ceo.spam_threshold, ceo.actions[Category.SPAM]) == (0.6, Action.QUARANTINE)  # only its own keys
+    assert (staff.spam_threshold, staff.actions[Category.SPAM]) == (0.8, Action.TAG)  # a subdomain matches
     assert other == pol.inbound
-    assert pol.for_recipient(Direction.OUTBOUND, "me@example.org", "x@else.test").actions[Category.MALWARE] \
+    assert (
+        pol.for_recipient(Direction.OUTBOUND, "me@example.org", "x@else.test").actions[Category.MALWARE]
         is Action.QUARANTINE
-    assert pol.for_recipient(Direction.OUTBOUND, "me@example.org", "x@else.test").actions[Category.REPUTATION] \
-        is Action.ACCEPT                                     # built over the outbound defaults
+    )
+    assert (
+        pol.for_recipient(Direction.OUTBOUND, "me@example.org", "x@else.test").actions[Category.REPUTATION]
+        is Action.ACCEPT
+    )  # built over the outbound defaults
     assert pol.for_recipient(Direction.INBOUND, "me@example.org", "x@else.test") == pol.inbound
 
 
 def test_the_policy_example_in_contrib_loads_as_documented():
     s = load_settings(Path(__file__).parent.parent / "contrib" / "mailward.example.toml")
     ceo = s.policy.for_recipient(Direction.INBOUND, "x@else.test", "CEO@example.org")
-    assert (ceo.spam_threshold, ceo.actions[Category.SPAM], ceo.actions[Category.PHISHING]) == \
-        (0.7, Action.QUARANTINE, Action.REJECT)
-    assert s.policy.for_recipient(Direction.INBOUND, "x@else.test", "bob@example.org").actions[Category.SPAM] \
-        is Action.TAG
+    assert (ceo.spam_threshold, ceo.actions[Category.SPAM], ceo.actions[Category.PHISHING]) == (
+        0.7,
+        Action.QUARANTINE,
+        Action.REJECT,
+    )
+    assert (
+        s.policy.for_recipient(Direction.INBOUND, "x@else.test", "bob@example.org").actions[Category.SPAM] is Action.TAG
+    )

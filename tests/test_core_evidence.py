@@ -29,8 +29,12 @@ End Sub
 
 @pytest.fixture
 def screening(tmp_path, clamd):
-    settings = replace(Settings(), state_dir=str(tmp_path), clamav=ClamavSettings(socket=clamd.socket),
-                       reputation=ReputationSettings(enabled=False))
+    settings = replace(
+        Settings(),
+        state_dir=str(tmp_path),
+        clamav=ClamavSettings(socket=clamd.socket),
+        reputation=ReputationSettings(enabled=False),
+    )
     scanner = InProcessScanner.from_settings(settings)
     clock = FakeClock()
     store = open_store(settings, clock=clock)
@@ -41,8 +45,14 @@ def screening(tmp_path, clamd):
 
 
 def envelope(client_name: str = "[192.0.2.7]") -> Envelope:
-    return Envelope(mail_from="sender@example.org", recipients=("user@example.com",), client_address="192.0.2.7",
-                    client_name=client_name, queue_id="4QX1", direction=Direction.INBOUND)
+    return Envelope(
+        mail_from="sender@example.org",
+        recipients=("user@example.com",),
+        client_address="192.0.2.7",
+        client_name=client_name,
+        queue_id="4QX1",
+        direction=Direction.INBOUND,
+    )
 
 
 def eicar_mail() -> bytes:
@@ -75,8 +85,9 @@ def test_rejected_samples_follow_retention(screening):
 def test_reject_for_other_reasons_keeps_no_sample(screening):
     screener, store, _ = screening
     raw = message(attachments=[("table.docm", ooxml("docm", {"word/vbaProject.bin": vba_project(PLAIN_MACRO)}))])
-    policy = replace(screener.settings.policy, inbound=replace(screener.settings.policy.inbound,
-                                                               macro_action_plain=Action.REJECT))
+    policy = replace(
+        screener.settings.policy, inbound=replace(screener.settings.policy.inbound, macro_action_plain=Action.REJECT)
+    )
     screener.settings = replace(screener.settings, policy=policy)
     outcome = screener.screen(MessageSource.of(raw), envelope())
     assert outcome.verdict.action is Action.REJECT and outcome.verdict.reasons == ("macro",)
@@ -92,19 +103,33 @@ def test_findings_and_summary_event_carry_ecs_fields(screening):
     assert doc["email"]["message_id"] == "<abc.123@example.org>"
     assert doc["host"]["name"] == socket.gethostname()
     assert doc["source"] == {"ip": "192.0.2.7", "domain": None}
-    member = next(f for f in doc["mailward"]["findings"] if f["location"] == "invoice.zip > eicar.com"
-                  and f["name"] == f"clamav:{EICAR_SIGNATURE}")
-    assert member["file"] == {"hash": {"sha256": hashlib.sha256(EICAR).hexdigest()}, "name": "eicar.com",
-                              "mime_type": member["mime_type"]}
+    member = next(
+        f
+        for f in doc["mailward"]["findings"]
+        if f["location"] == "invoice.zip > eicar.com" and f["name"] == f"clamav:{EICAR_SIGNATURE}"
+    )
+    assert member["file"] == {
+        "hash": {"sha256": hashlib.sha256(EICAR).hexdigest()},
+        "name": "eicar.com",
+        "mime_type": member["mime_type"],
+    }
     assert member["sha256"] == hashlib.sha256(EICAR).hexdigest() and member["file_name"] == "eicar.com"
-    assert doc["file"]["hash"]["sha256"]                   # ECS's single file: the first object named
+    assert doc["file"]["hash"]["sha256"]  # ECS's single file: the first object named
     assert doc["mailward"]["quarantine_id"] == outcome.quarantine_id
 
 
-@pytest.mark.parametrize("client_name, domain", [
-    ("[127.0.0.1]", None), ("[IPv6:2001:db8::1]", None), ("unknown", None), ("", None), ("192.0.2.1", None),
-    ("mx1.Example.ORG.", "mx1.example.org"), ("mail.example.net", "mail.example.net"),
-])
+@pytest.mark.parametrize(
+    "client_name, domain",
+    [
+        ("[127.0.0.1]", None),
+        ("[IPv6:2001:db8::1]", None),
+        ("unknown", None),
+        ("", None),
+        ("192.0.2.1", None),
+        ("mx1.Example.ORG.", "mx1.example.org"),
+        ("mail.example.net", "mail.example.net"),
+    ],
+)
 def test_source_domain_is_a_host_name_or_nothing(client_name, domain):
     assert source_domain(client_name) == domain
 

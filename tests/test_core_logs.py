@@ -24,7 +24,7 @@ log = logging.getLogger("mailward.test")
 
 def test_lines_in_a_context_carry_its_ids_and_lines_outside_do_not(log_lines):
     with log_context(queue_id="4QX1", connection_id="c0ffee01"):
-        with log_context(incident_id="MW-1", direction="inbound", queue_id=""):   # empty: the outer value stays
+        with log_context(incident_id="MW-1", direction="inbound", queue_id=""):  # empty: the outer value stays
             log.warning("inner")
         log.warning("outer")
     log.warning("after")

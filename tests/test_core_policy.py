@@ -21,8 +21,7 @@ def test_clean_message_is_accepted():
 
 
 def test_strongest_action_wins_and_leads_the_reasons():
-    ev = Evidence(findings=(finding(Category.UNCHECKED), finding(Category.MALWARE)),
-                  spam=SpamAssessment(0.95))
+    ev = Evidence(findings=(finding(Category.UNCHECKED), finding(Category.MALWARE)), spam=SpamAssessment(0.95))
     v = decide(ev, POLICY, "MW-1")
     assert v.action is Action.REJECT
     assert v.reasons[0] == "malware"
@@ -99,7 +98,7 @@ def test_a_cold_start_model_tags_but_acts_only_above_its_floor():
     assert decide(Evidence(spam=cold), POLICY, "i").action is Action.TAG
     sure = SpamAssessment(0.9995, regime="cold-start", spam_floor=0.999)
     assert decide(Evidence(spam=sure), POLICY, "i").action is POLICY.actions[Category.SPAM]
-    strict = replace(POLICY, spam_threshold=0.9999)        # a stricter policy threshold still wins
+    strict = replace(POLICY, spam_threshold=0.9999)  # a stricter policy threshold still wins
     assert decide(Evidence(spam=sure), strict, "i").action is Action.TAG
 
 
@@ -121,7 +120,7 @@ def test_a_blocked_sender_counts_as_certain_spam_for_the_recipient():
 def test_a_mark_and_hold_are_decided_here():
     spam = Evidence(spam=SpamAssessment(0.99))
     assert decide(spam, POLICY, "i", Inputs(hold=True)).hold is True
-    assert decide(Evidence(), POLICY, "i", Inputs(hold=True)).hold is False      # hold is for quarantined mail
+    assert decide(Evidence(), POLICY, "i", Inputs(hold=True)).hold is False  # hold is for quarantined mail
     released = decide(spam, POLICY, "i", Inputs(mark=Mark.RELEASE, hold=True))
     assert (released.action, released.reasons, released.hold) == (Action.TAG, ("spam", "released"), False)
     assert decide(spam, POLICY, "i").acted_on == (Category.SPAM,)
@@ -129,12 +128,17 @@ def test_a_mark_and_hold_are_decided_here():
 
 def test_split_quarantines_some_recipients_and_delivers_to_the_others():
     def share(action: Action, *who: str) -> Share:
-        return Share(who, decide(Evidence(), POLICY, "i") if action is Action.ACCEPT else
-                     replace(decide(Evidence(), POLICY, "i"), action=action))
+        return Share(
+            who,
+            decide(Evidence(), POLICY, "i")
+            if action is Action.ACCEPT
+            else replace(decide(Evidence(), POLICY, "i"), action=action),
+        )
+
     mixed = split([share(Action.QUARANTINE, "a@x"), share(Action.ACCEPT, "b@x"), share(Action.TAG, "c@x")])
     assert mixed.delivered.recipients == ("b@x", "c@x") and mixed.delivered.verdict.action is Action.TAG
     assert mixed.held is not None and mixed.held.recipients == ("a@x",)
-    refused = split([share(Action.QUARANTINE, "a@x"), share(Action.REJECT, "b@x")])     # SMTP: all or nothing
+    refused = split([share(Action.QUARANTINE, "a@x"), share(Action.REJECT, "b@x")])  # SMTP: all or nothing
     assert refused.held is None and refused.delivered.verdict.action is Action.REJECT
     assert refused.delivered.recipients == ("a@x", "b@x")
     one = split([share(Action.QUARANTINE, "a@x"), share(Action.QUARANTINE, "b@x")])
@@ -144,5 +148,5 @@ def test_split_quarantines_some_recipients_and_delivers_to_the_others():
 def test_every_category_has_an_action_in_the_one_table():
     from mailward.config import ACTION_KEYS, DEFAULT_ACTIONS
 
-    assert set(DEFAULT_ACTIONS) == set(Category) - {Category.ERROR}          # ERROR applies on_error instead
+    assert set(DEFAULT_ACTIONS) == set(Category) - {Category.ERROR}  # ERROR applies on_error instead
     assert ACTION_KEYS["spam_action"] is Category.SPAM and len(ACTION_KEYS) == len(DEFAULT_ACTIONS)

@@ -31,17 +31,17 @@ def open_files(state: Path) -> list[str]:
 
 def test_closing_a_runtime_closes_every_database_it_opened(tmp_path):
     runtime = build_runtime(settings_in(tmp_path))
-    assert open_files(tmp_path) != []                      # quarantine and incidents are open
+    assert open_files(tmp_path) != []  # quarantine and incidents are open
     runtime.close()
     assert open_files(tmp_path) == []
 
 
 def test_a_runtime_that_cannot_be_built_closes_what_it_opened_first(tmp_path):
-    (tmp_path / "incidents.sqlite3").mkdir()               # the incident store cannot open
+    (tmp_path / "incidents.sqlite3").mkdir()  # the incident store cannot open
     with pytest.raises(IncidentStoreError):
         build_runtime(settings_in(tmp_path))
     assert (tmp_path / "quarantine" / "quarantine.sqlite3").exists()
-    assert open_files(tmp_path) == []                      # the quarantine opened before it is closed again
+    assert open_files(tmp_path) == []  # the quarantine opened before it is closed again
 
 
 def test_the_scan_command_runtime_decides_but_keeps_nothing(tmp_path):
@@ -53,6 +53,7 @@ def test_the_scan_command_runtime_decides_but_keeps_nothing(tmp_path):
     assert outcome.evidence.of(Category.MALWARE) and outcome.quarantine_id == ""
     assert runtime.incidents is None
     with pytest.raises(MailwardError, match="no incident store"):
-        runtime.kept_incidents()              # a caller that needs blocks fails, never skips them
-    assert not any(name in {"quarantine", "incidents.sqlite3", "release.key"} for name in
-                   (p.name for p in tmp_path.iterdir()))
+        runtime.kept_incidents()  # a caller that needs blocks fails, never skips them
+    assert not any(
+        name in {"quarantine", "incidents.sqlite3", "release.key"} for name in (p.name for p in tmp_path.iterdir())
+    )

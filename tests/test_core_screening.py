@@ -35,15 +35,19 @@ def test_a_stalled_incident_response_does_not_hold_the_reply(tmp_path):
     try:
         screener = Screener(settings, scanner, store, watch=watch)
         _, raw = gtube_message()
-        envelope = Envelope(mail_from="a@example.org", recipients=("u@example.test",), client_address="192.0.2.9",
-                            direction=Direction.INBOUND)
+        envelope = Envelope(
+            mail_from="a@example.org",
+            recipients=("u@example.test",),
+            client_address="192.0.2.9",
+            direction=Direction.INBOUND,
+        )
         started = time.monotonic()
         outcome = screener.screen(MessageSource.of(raw), envelope)
         waited = time.monotonic() - started
         assert watch.entered.is_set()
         assert outcome.verdict.action is Action.QUARANTINE and store.get(outcome.quarantine_id) is not None
         assert WATCH_BUDGET <= waited < WATCH_BUDGET + 5
-        watch.release.set()                      # the database answers again: the outcome is still counted
+        watch.release.set()  # the database answers again: the outcome is still counted
         deadline = time.monotonic() + 10
         while not watch.seen and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -72,21 +76,28 @@ def test_the_incident_watch_gets_only_what_is_left_of_the_reply_budget(tmp_path)
     the sender is told to retry and the retry is stored a second time.
     """
     settings = replace(Settings(), state_dir=str(tmp_path), reputation=ReputationSettings(enabled=False))
-    settings = replace(settings, milter=replace(settings.milter, message_deadline=1.0),
-                       quarantine=replace(settings.quarantine, write_timeout=0.5))
+    settings = replace(
+        settings,
+        milter=replace(settings.milter, message_deadline=1.0),
+        quarantine=replace(settings.quarantine, write_timeout=0.5),
+    )
     inner = InProcessScanner.from_settings(settings)
     store, watch = open_store(settings), StalledWatch()
     try:
         screener = Screener(settings, SlowScanner(inner, 1.3), store, watch=watch)
         _, raw = gtube_message()
-        envelope = Envelope(mail_from="a@example.org", recipients=("u@example.test",), client_address="192.0.2.9",
-                            direction=Direction.INBOUND)
+        envelope = Envelope(
+            mail_from="a@example.org",
+            recipients=("u@example.test",),
+            client_address="192.0.2.9",
+            direction=Direction.INBOUND,
+        )
         started = time.monotonic()
         outcome = screener.screen(MessageSource.of(raw), envelope)
         waited = time.monotonic() - started
         assert outcome.verdict.action is Action.QUARANTINE and store.get(outcome.quarantine_id) is not None
         assert watch.entered.wait(5)
-        assert waited < 1.3 + 0.6 < 1.3 + WATCH_BUDGET       # the whole budget is 1.5 s; a full watch wait: 2.3 s
+        assert waited < 1.3 + 0.6 < 1.3 + WATCH_BUDGET  # the whole budget is 1.5 s; a full watch wait: 2.3 s
     finally:
         watch.release.set()
         store.close()

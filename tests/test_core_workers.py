@@ -19,8 +19,9 @@ from support.mail import eicar_message, message
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory):
-    settings = load_settings(overrides={"state_dir": str(tmp_path_factory.mktemp("state")),
-                                        "reputation": {"enabled": False}})
+    settings = load_settings(
+        overrides={"state_dir": str(tmp_path_factory.mktemp("state")), "reputation": {"enabled": False}}
+    )
     p = ScanPool(settings, 2)
     yield p
     p.close()
@@ -33,7 +34,7 @@ def test_scans_in_worker_processes(pool):
 
 
 def test_deadline_overrun_is_unchecked_and_worker_replaced(pool):
-    pool.scan(MessageSource.of(message()[1]), Envelope(), deadline=60)             # warm
+    pool.scan(MessageSource.of(message()[1]), Envelope(), deadline=60)  # warm
     ev = pool.scan(MessageSource.of(message(body="x" * 5_000_000)[1]), Envelope(), deadline=0.001)
     assert [f.name for f in ev.findings] == ["scan-deadline"]
     eicar = MessageSource.of(eicar_message()[1])
@@ -71,16 +72,21 @@ def test_a_scan_past_its_cpu_budget_is_unchecked_and_the_worker_replaced(tmp_pat
     from unpack_support import zipped
 
     MiB = 1 << 20
-    settings = load_settings(overrides={"state_dir": str(tmp_path), "reputation": {"enabled": False},
-                                        "milter": {"message_cpu": 1},
-                                        "limits": {"max_ratio": 100_000, "min_unpack_budget": 600 * MiB,
-                                                   "max_unpack_budget": 600 * MiB}})
+    settings = load_settings(
+        overrides={
+            "state_dir": str(tmp_path),
+            "reputation": {"enabled": False},
+            "milter": {"message_cpu": 1},
+            "limits": {"max_ratio": 100_000, "min_unpack_budget": 600 * MiB, "max_unpack_budget": 600 * MiB},
+        }
+    )
     # 550 MB to inflate, hash and match: about 5 s of CPU, past the 1-2 s a budget of 1 s allows.
-    costly = with_attachments(attachments=[("a.zip", zipped({f"m{i}.txt": b"abcdefghij" * 5_000_000
-                                                              for i in range(11)}))])
+    costly = with_attachments(
+        attachments=[("a.zip", zipped({f"m{i}.txt": b"abcdefghij" * 5_000_000 for i in range(11)}))]
+    )
     small = ScanPool(settings, 1)
     try:
-        small.scan(MessageSource.of(message()[1]), Envelope(), deadline=60)                   # warm: detectors loaded
+        small.scan(MessageSource.of(message()[1]), Envelope(), deadline=60)  # warm: detectors loaded
         started = time.monotonic()
         ev = small.scan(MessageSource.of(costly), Envelope(), deadline=60)
         assert [f.name for f in ev.findings] == ["scan-cpu-budget"]
@@ -116,7 +122,7 @@ def test_one_client_never_holds_every_worker_while_another_waits(pool):
     senders = [threading.Thread(target=send, args=(f"burst{i}", slow, burst)) for i in range(4)]
     for t in senders:
         t.start()
-    while not pool.in_flight("192.0.2.66"):                         # the burst holds a worker
+    while not pool.in_flight("192.0.2.66"):  # the burst holds a worker
         time.sleep(0.005)
     sent = time.monotonic()
     send("clean", clean, other)
@@ -159,10 +165,10 @@ def test_workers_forkserver_and_tracker_exit_when_the_milter_is_killed(tmp_path)
         family = _descendants(child.pid)
         commands = {pid: _command(pid) for pid in family}
         assert any("resource_tracker" in c for c in commands.values())
-        assert sum("forkserver" in c for c in commands.values()) == 3          # the server and its two workers
+        assert sum("forkserver" in c for c in commands.values()) == 3  # the server and its two workers
         forkservers = {pid for pid, c in commands.items() if "forkserver" in c}
         worker = max(pid for pid in forkservers if int(_stat(pid)[1]) in forkservers)
-        os.kill(worker, signal.SIGSTOP)       # stands for a worker stuck in C code: it never reads its pipe
+        os.kill(worker, signal.SIGSTOP)  # stands for a worker stuck in C code: it never reads its pipe
     finally:
         child.kill()
         child.wait()
@@ -215,8 +221,13 @@ def test_cpu_budget_is_at_least_a_second_and_at_most_the_deadline(tmp_path):
 
 def test_a_reload_whose_workers_cannot_load_keeps_the_old_ones(pool, tmp_path):
     before = set(pool.idle_pids())
-    broken = load_settings(overrides={"state_dir": str(tmp_path), "reputation": {"enabled": False},
-                                      "signatures": {"rules_dirs": [str(tmp_path / "missing")]}})
+    broken = load_settings(
+        overrides={
+            "state_dir": str(tmp_path),
+            "reputation": {"enabled": False},
+            "signatures": {"rules_dirs": [str(tmp_path / "missing")]},
+        }
+    )
     with pytest.raises(ScanFailed, match="could not load"):
         pool.reload(broken)
     assert set(pool.idle_pids()) == before

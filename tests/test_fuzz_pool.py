@@ -41,7 +41,7 @@ from unpack_support import (
 )
 
 MUTANTS = 300
-BUDGET = 20.0             # seconds per message, far below the milter's default deadline of 60
+BUDGET = 20.0  # seconds per message, far below the milter's default deadline of 60
 FIXTURES = Path(__file__).parent / "fixtures" / "mail"
 
 
@@ -78,10 +78,17 @@ def worker_rss_mib(pool: ScanPool) -> float:
 def pool(tmp_path_factory):
     """Two workers with every detector, reputation included, its DNS a loopback server that knows no names."""
     with DnsServer({".": EMPTY_ROOT}) as dns:
-        reputation = {"nameservers": ["127.0.0.1"], "port": dns.port, "budget": 2.0, "query_timeout": 1.0,
-                      "dnsbl": ["bl.test"], "uribl": ["uribl.test"]}
-        settings = load_settings(overrides={"state_dir": str(tmp_path_factory.mktemp("state")),
-                                            "reputation": reputation})
+        reputation = {
+            "nameservers": ["127.0.0.1"],
+            "port": dns.port,
+            "budget": 2.0,
+            "query_timeout": 1.0,
+            "dnsbl": ["bl.test"],
+            "uribl": ["uribl.test"],
+        }
+        settings = load_settings(
+            overrides={"state_dir": str(tmp_path_factory.mktemp("state")), "reputation": reputation}
+        )
         p = ScanPool(settings, 2)
         yield settings, p, dns
         p.close()
@@ -90,20 +97,20 @@ def pool(tmp_path_factory):
 def test_every_mutant_ends_in_a_verdict_within_its_budget(pool):
     settings, scan_pool, dns = pool
     seeds = fixture_seeds()
-    for raw in seeds[:2]:                                    # warm both workers before measuring memory
+    for raw in seeds[:2]:  # warm both workers before measuring memory
         scan_pool.scan(MessageSource.of(raw), SENDER, BUDGET * 3)
     rss_before = worker_rss_mib(scan_pool)
     verdicts: Counter[str] = Counter()
     slowest = 0.0
     for name, raw in mutants(seeds, MUTANTS, seed=12):
         started = time.monotonic()
-        evidence = scan_pool.scan(MessageSource.of(raw), SENDER, BUDGET)   # ScanFailed would escape: the test fails
+        evidence = scan_pool.scan(MessageSource.of(raw), SENDER, BUDGET)  # ScanFailed would escape: the test fails
         slowest = max(slowest, time.monotonic() - started)
         assert "scan-deadline" not in {f.name for f in evidence.findings}, name
         assert "detector-error" not in {f.name for f in evidence.findings}, (name, evidence.findings)
         verdicts[decide(evidence, settings.policy.inbound, "MW-FUZZ").action.value] += 1
     assert sum(verdicts.values()) == MUTANTS and slowest < BUDGET
-    assert verdicts["reject"] > 0 and verdicts["accept"] + verdicts["tag"] > 0     # the mutants still say things
+    assert verdicts["reject"] > 0 and verdicts["accept"] + verdicts["tag"] > 0  # the mutants still say things
     assert worker_rss_mib(scan_pool) < rss_before + 256
     asked = {name for name, _ in dns.queries}
-    assert "7.2.0.192.bl.test." in asked and "_dmarc.example.org." in asked     # reputation ran too
+    assert "7.2.0.192.bl.test." in asked and "_dmarc.example.org." in asked  # reputation ran too

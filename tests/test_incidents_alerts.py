@@ -13,9 +13,15 @@ from quarantine_support import FakeClock, SmtpSink
 
 
 def _alert(n: int = 1, kind: AlertKind = AlertKind.SUSPENSION, subject: str = "account alice") -> Alert:
-    return Alert(kind, f"MW-6B000000-0000000{n}", f"Account alice suspended ({n})", subject=subject,
-                 severity="critical", details=(("reason", "outbound spam burst: 12 spam in 1 h (limit 10)"),),
-                 remedy="mailward block remove account alice")
+    return Alert(
+        kind,
+        f"MW-6B000000-0000000{n}",
+        f"Account alice suspended ({n})",
+        subject=subject,
+        severity="critical",
+        details=(("reason", "outbound spam burst: 12 spam in 1 h (limit 10)"),),
+        remedy="mailward block remove account alice",
+    )
 
 
 def test_every_channel_delivers_and_a_broken_one_does_not_stop_the_others(tmp_path):
@@ -23,9 +29,12 @@ def test_every_channel_delivers_and_a_broken_one_does_not_stop_the_others(tmp_pa
     syslog = SyslogReceiver(sock)
     with WebhookReceiver() as hook, SmtpSink() as sink:
         broken = WebhookChannel("http://127.0.0.1:9/nothing-listens", timeout=2)
-        channels = [broken, WebhookChannel(hook.url, token="s3cret"),
-                    EmailChannel("127.0.0.1", sink.port, "mailward@mx.example.test", ("soc@example.test",)),
-                    SyslogChannel(str(sock), "auth")]
+        channels = [
+            broken,
+            WebhookChannel(hook.url, token="s3cret"),
+            EmailChannel("127.0.0.1", sink.port, "mailward@mx.example.test", ("soc@example.test",)),
+            SyslogChannel(str(sock), "auth"),
+        ]
         results: list = []
         dispatcher = AlertDispatcher(channels, observe=lambda *r: results.append(r))
         assert dispatcher.raise_alert(_alert()) is Delivery.QUEUED
@@ -42,8 +51,11 @@ def test_every_channel_delivers_and_a_broken_one_does_not_stop_the_others(tmp_pa
         assert "To act: mailward block remove account alice" in body
     line = syslog.receive()
     syslog.close()
-    assert re.match(r"<34>mailward\[\d+\]: incident=MW-6B000000-00000001 kind=suspension "
-                    r'subject="account alice" Account alice suspended', line)       # auth.crit = 4*8+2
+    assert re.match(
+        r"<34>mailward\[\d+\]: incident=MW-6B000000-00000001 kind=suspension "
+        r'subject="account alice" Account alice suspended',
+        line,
+    )  # auth.crit = 4*8+2
     assert ("delivery", "webhook", "failed") in results and ("delivery", "email", "sent") in results
     assert ("alert", "suspension", "queued") in results
 
@@ -51,16 +63,17 @@ def test_every_channel_delivers_and_a_broken_one_does_not_stop_the_others(tmp_pa
 def test_duplicates_and_floods_are_held_back_and_counted():
     clock = FakeClock()
     with WebhookReceiver() as hook:
-        dispatcher = AlertDispatcher([WebhookChannel(hook.url)], dedup_window=600, rate_limit=3, rate_period=60,
-                                     clock=clock)
+        dispatcher = AlertDispatcher(
+            [WebhookChannel(hook.url)], dedup_window=600, rate_limit=3, rate_period=60, clock=clock
+        )
         assert dispatcher.raise_alert(_alert(1)) is Delivery.QUEUED
-        assert dispatcher.raise_alert(_alert(2)) is Delivery.DUPLICATE          # same account, same kind
+        assert dispatcher.raise_alert(_alert(2)) is Delivery.DUPLICATE  # same account, same kind
         assert dispatcher.raise_alert(_alert(3, AlertKind.MALWARE)) is Delivery.QUEUED
         assert dispatcher.raise_alert(_alert(4, subject="account bob")) is Delivery.QUEUED
         assert dispatcher.raise_alert(_alert(5, subject="account carol")) is Delivery.RATE_LIMITED
-        clock.now += 61                                                         # the rate window moved on
+        clock.now += 61  # the rate window moved on
         assert dispatcher.raise_alert(_alert(6, subject="account dave")) is Delivery.QUEUED
-        clock.now += 600                                                        # the dedup window too
+        clock.now += 600  # the dedup window too
         assert dispatcher.raise_alert(_alert(7)) is Delivery.QUEUED
         assert dispatcher.drain(10)
         dispatcher.close()
@@ -81,9 +94,11 @@ def test_channels_come_from_the_configuration(tmp_path):
     token = tmp_path / "token"
     token.write_text("abc\n")
     cfg = tmp_path / "m.toml"
-    cfg.write_text(f'[alerts]\nwebhook_url = "https://hooks.example.test/x"\nwebhook_token_file = "{token}"\n'
-                   f'email_to = ["soc@example.test"]\nsyslog = "udp:127.0.0.1:5514"\n'
-                   f'[quarantine]\nrelay_port = 2525\n')
+    cfg.write_text(
+        f'[alerts]\nwebhook_url = "https://hooks.example.test/x"\nwebhook_token_file = "{token}"\n'
+        f'email_to = ["soc@example.test"]\nsyslog = "udp:127.0.0.1:5514"\n'
+        f"[quarantine]\nrelay_port = 2525\n"
+    )
     channels = channels_from_settings(load_settings(cfg))
     assert [c.name for c in channels] == ["webhook", "email", "syslog"]
     assert channels[0]._token == "abc" and channels[1].port == 2525
@@ -104,4 +119,4 @@ def test_syslog_over_udp(tmp_path):
         server.settimeout(5)
         SyslogChannel(f"udp:127.0.0.1:{server.getsockname()[1]}", "local3").send(_alert(), suppressed=4)
         line = server.recv(4096).decode()
-    assert line.startswith("<154>mailward[") and "suppressed=4" in line          # local3.crit = 19*8+2
+    assert line.startswith("<154>mailward[") and "suppressed=4" in line  # local3.crit = 19*8+2

@@ -17,8 +17,12 @@ from quarantine_support import FakeClock, SmtpSink
 
 
 def test_failed_login_lines_and_nothing_else():
-    assert [failed_login_address(line) for line in FAILED_LOGIN_LINES] == ["203.0.113.5", "203.0.113.5",
-                                                                           "2001:db8::25", "127.0.0.1"]
+    assert [failed_login_address(line) for line in FAILED_LOGIN_LINES] == [
+        "203.0.113.5",
+        "203.0.113.5",
+        "2001:db8::25",
+        "127.0.0.1",
+    ]
     # Including one whose client-chosen HELO text imitates a failed login.
     assert [failed_login_address(line) for line in OTHER_LINES] == [None] * len(OTHER_LINES)
 
@@ -72,23 +76,37 @@ def test_ten_failures_block_the_address_and_alert(tmp_path):
     clock = FakeClock()
     with SmtpSink() as sink:
         cfg = tmp_path / "m.toml"
-        cfg.write_text(f'state_dir = "{tmp_path / "state"}"\n[alerts]\nemail_to = ["soc@example.test"]\n'
-                       f'smtp_host = "127.0.0.1"\nsmtp_port = {sink.port}\n')
+        cfg.write_text(
+            f'state_dir = "{tmp_path / "state"}"\n[alerts]\nemail_to = ["soc@example.test"]\n'
+            f'smtp_host = "127.0.0.1"\nsmtp_port = {sink.port}\n'
+        )
         incidents = open_incidents(load_settings(cfg), clock=clock)
         log = tmp_path / "mail.log"
-        log.write_text(failed_line("203.0.113.5", 99) + "\n")        # before the follower started: not news
+        log.write_text(failed_line("203.0.113.5", 99) + "\n")  # before the follower started: not news
         seen: list[str] = []
         stop = threading.Event()
         start = log.stat().st_size
-        follower = threading.Thread(target=watch, args=(LogFollower(log, offset=start, poll=0.02),
-                                                         lambda a: seen.append(a) or incidents.failed_login(a),
-                                                         stop))
+        follower = threading.Thread(
+            target=watch,
+            args=(
+                LogFollower(log, offset=start, poll=0.02),
+                lambda a: seen.append(a) or incidents.failed_login(a),
+                stop,
+            ),
+        )
         follower.start()
         try:
-            _append(log, "".join(line + "\n" for line in [failed_line("203.0.113.5", n) for n in range(9)]
-                                 + list(OTHER_LINES) + [FAILED_LOGIN_LINES[2]]))
+            _append(
+                log,
+                "".join(
+                    line + "\n"
+                    for line in [failed_line("203.0.113.5", n) for n in range(9)]
+                    + list(OTHER_LINES)
+                    + [FAILED_LOGIN_LINES[2]]
+                ),
+            )
             assert wait_for(lambda: len(seen) == 10)
-            assert incidents.client_block("203.0.113.5") is None                # 9 < 10
+            assert incidents.client_block("203.0.113.5") is None  # 9 < 10
             clock.now += 30
             _append(log, failed_line("203.0.113.5", 9) + "\n")
             assert wait_for(lambda: len(seen) == 11)
@@ -107,12 +125,13 @@ def test_ten_failures_block_the_address_and_alert(tmp_path):
 
 def test_failures_outside_the_window_or_from_exempt_networks_never_block(tmp_path):
     clock = FakeClock()
-    settings = load_settings(None, {"state_dir": str(tmp_path / "state"),
-                                    "incidents": {"auth_failures": 3, "auth_window": 60.0}})
+    settings = load_settings(
+        None, {"state_dir": str(tmp_path / "state"), "incidents": {"auth_failures": 3, "auth_window": 60.0}}
+    )
     incidents = open_incidents(settings, clock=clock)
     for _ in range(5):
         assert incidents.failed_login("192.0.2.9") is None
-        clock.now += 31                                     # never 3 within 60 s
+        clock.now += 31  # never 3 within 60 s
     for _ in range(5):
         assert incidents.failed_login("127.0.0.1") is None  # loopback (webmail) is exempt by default
     assert incidents.failed_login("unknown") is None
@@ -123,13 +142,18 @@ def test_failures_outside_the_window_or_from_exempt_networks_never_block(tmp_pat
 
 
 def test_hosts_sharing_postgresql_count_and_block_together(fresh_pg_dsn, tmp_path):
-    settings = load_settings(None, {"state_dir": str(tmp_path / "state"),
-                                    "quarantine": {"backend": "postgresql", "dsn": fresh_pg_dsn},
-                                    "incidents": {"refresh": 0.0}})
+    settings = load_settings(
+        None,
+        {
+            "state_dir": str(tmp_path / "state"),
+            "quarantine": {"backend": "postgresql", "dsn": fresh_pg_dsn},
+            "incidents": {"refresh": 0.0},
+        },
+    )
     mx1, mx2 = open_incidents(settings), open_incidents(settings)
     for _ in range(5):
         mx1.failed_login("203.0.113.99")
-        mx2.failed_login("203.0.113.99")                  # 10 in all, half on each host
+        mx2.failed_login("203.0.113.99")  # 10 in all, half on each host
     assert mx1.client_block("203.0.113.99") is not None and mx2.client_block("203.0.113.99") is not None
     assert len(mx1.store.blocks(SubjectKind.ADDRESS)) == 1
     assert not (tmp_path / "state" / "incidents.sqlite3").exists()

@@ -20,21 +20,22 @@ def run(tmp_path, capsys):
         code = main(["--config", str(cfg), "block", *args])
         out = capsys.readouterr()
         return code, out.out, out.err
+
     call.cfg = cfg
     return call
 
 
 def test_add_list_remove_history(run):
-    code, out, _ = run("--analyst", "ann", "add", "sender", "<Spoof@Example.ORG>", "--reason", "CEO fraud",
-                       "--for", "12h")
+    code, out, _ = run(
+        "--analyst", "ann", "add", "sender", "<Spoof@Example.ORG>", "--reason", "CEO fraud", "--for", "12h"
+    )
     assert code == 0 and "spoof@example.org" in out
     code, _, err = run("add", "sender", "spoof@example.org", "--reason", "again")
     assert code == 3 and "already blocked" in err
     run("add", "network", "203.0.113.0/24", "--reason", "scanner")
     code, out, _ = run("list", "--json")
     blocks = [json.loads(line) for line in out.splitlines()]
-    assert [(b["kind"], b["value"]) for b in blocks] == [("network", "203.0.113.0/24"),
-                                                        ("sender", "spoof@example.org")]
+    assert [(b["kind"], b["value"]) for b in blocks] == [("network", "203.0.113.0/24"), ("sender", "spoof@example.org")]
     sender = blocks[1]
     assert sender["expires_at"] - sender["created_at"] == pytest.approx(12 * 3600, abs=5)
     assert sender["created_by"] == "ann" and sender["reason"] == "CEO fraud"
@@ -58,7 +59,7 @@ def test_bad_input_fails_cleanly(run):
     code, _, err = run("add", "account", "mallory", "--reason", "x", "--for", "forever")
     assert code == 1 and "duration" in err
     with pytest.raises(SystemExit):
-        run("add", "mailbox", "x", "--reason", "x")                   # not a kind
+        run("add", "mailbox", "x", "--reason", "x")  # not a kind
 
 
 def test_an_analyst_block_is_alerted(run):
@@ -66,12 +67,11 @@ def test_an_analyst_block_is_alerted(run):
         with open(run.cfg, "a") as fh:
             fh.write(f'[alerts]\nwebhook_url = "{hook.url}"\n')
         assert run("add", "account", "mallory", "--reason", "phished")[0] == 0
-        [alert] = hook.received                      # the CLI waits for its alerts before exiting
+        [alert] = hook.received  # the CLI waits for its alerts before exiting
     assert alert["kind"] == "block" and alert["subject"] == "account mallory"
     assert alert["details"]["reason"] == "phished"
 
 
-@pytest.mark.parametrize("text,seconds", [("30m", 1800), ("12h", 43200), ("7d", 604800), ("2w", 1209600),
-                                          ("90s", 90)])
+@pytest.mark.parametrize("text,seconds", [("30m", 1800), ("12h", 43200), ("7d", 604800), ("2w", 1209600), ("90s", 90)])
 def test_durations(text, seconds):
     assert duration(text) == seconds

@@ -22,11 +22,17 @@ def _port() -> int:
 
 
 def _outcome(version: str, findings=(), error: str = "") -> Outcome:
-    evidence = Evidence(findings=tuple(findings), spam=SpamAssessment(0.99, (), version),
-                        timings=(("parse", 0.002), ("yara", 0.004)))
-    return Outcome(Envelope(direction=Direction.OUTBOUND), Verdict(Action.QUARANTINE, ("spam",), "MW-1", 0.99,
-                                                                   acted_on=(Category.SPAM,)),
-                   evidence, 100, seconds=0.01, error=error)
+    evidence = Evidence(
+        findings=tuple(findings), spam=SpamAssessment(0.99, (), version), timings=(("parse", 0.002), ("yara", 0.004))
+    )
+    return Outcome(
+        Envelope(direction=Direction.OUTBOUND),
+        Verdict(Action.QUARANTINE, ("spam",), "MW-1", 0.99, acted_on=(Category.SPAM,)),
+        evidence,
+        100,
+        seconds=0.01,
+        error=error,
+    )
 
 
 def test_endpoint_serves_message_stage_error_and_live_figures(tmp_path):
@@ -38,10 +44,17 @@ def test_endpoint_serves_message_stage_error_and_live_figures(tmp_path):
     metrics.watch("quarantine", quarantine_stats(settings))
     metrics.watch("blocks", lambda: {"account": 2, "address": 1})
     metrics.set_rules_version(rules_version(settings))
-    metrics.observe(_outcome("nb-1", [Finding(Category.ERROR, "dns-failed", Severity.HIGH, "dns"),
-                                      Finding(Category.UNCHECKED, "yara-timeout", Severity.HIGH, "yara"),
-                                      Finding(Category.UNCHECKED, "detector-error", Severity.HIGH, "spam-model"),
-                                      Finding(Category.UNCHECKED, "parse-error", Severity.INFO, "parser")]))
+    metrics.observe(
+        _outcome(
+            "nb-1",
+            [
+                Finding(Category.ERROR, "dns-failed", Severity.HIGH, "dns"),
+                Finding(Category.UNCHECKED, "yara-timeout", Severity.HIGH, "yara"),
+                Finding(Category.UNCHECKED, "detector-error", Severity.HIGH, "spam-model"),
+                Finding(Category.UNCHECKED, "parse-error", Severity.INFO, "parser"),
+            ],
+        )
+    )
     metrics.observe(_outcome("nb-2", error="worker died"))
     port = _port()
     server = metrics.serve(f"127.0.0.1:{port}")
@@ -55,10 +68,10 @@ def test_endpoint_serves_message_stage_error_and_live_figures(tmp_path):
     assert 'mailward_message_seconds_bucket{direction="outbound",le="0.01"} 2.0' in text
     assert 'mailward_detector_errors_total{detector="dns"} 1.0' in text
     assert 'mailward_detector_errors_total{detector="spam-model"} 1.0' in text
-    assert 'detector="parser"' not in text                   # malformed input is not a failing detector
+    assert 'detector="parser"' not in text  # malformed input is not a failing detector
     assert 'mailward_detector_timeouts_total{detector="yara"} 1.0' in text
     assert 'mailward_scan_failures_total{direction="outbound"} 1.0' in text
-    assert 'mailward_model_info{version="nb-2"} 1.0' in text and 'version="nb-1"' not in text   # only the live one
+    assert 'mailward_model_info{version="nb-2"} 1.0' in text and 'version="nb-1"' not in text  # only the live one
     assert f'mailward_rules_info{{version="{rules_version(settings)}"}} 1.0' in text
     assert "mailward_quarantine_messages 1.0" in text
     assert f"mailward_quarantine_bytes {float(len(message()))}" in text

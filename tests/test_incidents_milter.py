@@ -30,12 +30,15 @@ def test_outbound_spam_burst_suspends_the_account_until_lifted(tmp_path, monkeyp
     caplog.set_level(logging.INFO)
     metrics = Metrics()
     with WebhookReceiver() as hook:
-        rt = milter_runtime(tmp_path, f'[incidents]\nrefresh = 0.0\n[incidents.account]\nspam = 3\n'
-                                         f'[alerts]\nwebhook_url = "{hook.url}"\n', metrics=metrics)
+        rt = milter_runtime(
+            tmp_path,
+            f'[incidents]\nrefresh = 0.0\n[incidents.account]\nspam = 3\n[alerts]\nwebhook_url = "{hook.url}"\n',
+            metrics=metrics,
+        )
         client = MilterClient(rt, monkeypatch)
         rc, ctx = client.connect(ip="203.0.113.20", auth="alice")
         assert rc == Milter.CONTINUE
-        for _ in range(3):                               # outbound spam is quarantined, and counted
+        for _ in range(3):  # outbound spam is quarantined, and counted
             assert client.send(ctx, gtube_message()[1]) == Milter.DISCARD
         # The next transaction of the same connection is refused at MAIL FROM, generically.
         assert client.send(ctx, message()[1]) == Milter.REJECT
@@ -67,11 +70,13 @@ def test_outbound_spam_burst_suspends_the_account_until_lifted(tmp_path, monkeyp
     assert 'mailward_messages_total{direction="outbound",reason="blocked",verdict="reject"} 2.0' in text
     assert 'mailward_messages_total{direction="outbound",reason="spam",verdict="quarantine"} 3.0' in text
     assert 'mailward_alerts_total{delivery="queued",kind="suspension"} 1.0' in text
-    assert 'mailward_stage_seconds_count{stage="incidents"} 4.0' in text        # counting costs are measured
+    assert 'mailward_stage_seconds_count{stage="incidents"} 4.0' in text  # counting costs are measured
 
     # An analyst lifts it with the CLI; the milter sees that at once (refresh = 0).
-    assert cli(["--config", str(tmp_path / "m.toml"), "block", "remove", "account", "alice",
-                "--reason", "password reset"]) == 0
+    assert (
+        cli(["--config", str(tmp_path / "m.toml"), "block", "remove", "account", "alice", "--reason", "password reset"])
+        == 0
+    )
     rc, ctx4 = client.connect(ip="203.0.113.20", auth="alice")
     assert client.send(ctx4, message()[1]) == Milter.ACCEPT
     history = rt.incidents.store.audit(SubjectKind.ACCOUNT, "alice")
@@ -91,7 +96,7 @@ def test_outbound_malware_suspends_at_once_and_alerts_twice(tmp_path, monkeypatc
     kinds = {a["kind"]: a for a in hook.received}
     assert kinds["malware"]["incident_id"] == kinds["suspension"]["incident_id"] == incident
     assert kinds["malware"]["details"]["direction"] == "outbound"
-    assert "EICAR" in kinds["malware"]["details"]["signatures"]          # analysts need the name
+    assert "EICAR" in kinds["malware"]["details"]["signatures"]  # analysts need the name
     assert kinds["malware"]["severity"] == "critical"
     assert "malware" in kinds["suspension"]["details"]["reason"]
 
@@ -101,7 +106,7 @@ def test_recipient_flood_suspends(tmp_path, monkeypatch, milter_runtime):
     client = MilterClient(rt, monkeypatch)
     _, ctx = client.connect(auth="dave")
     rcpts = [f"u{i}@example.test" for i in range(6)]
-    assert client.send(ctx, message()[1], "dave@example.org", *rcpts) == Milter.ACCEPT   # judged on content
+    assert client.send(ctx, message()[1], "dave@example.org", *rcpts) == Milter.ACCEPT  # judged on content
     assert client.send(ctx, message()[1], "dave@example.org") == Milter.REJECT
     [block] = rt.incidents.store.active_blocks()
     assert "recipient flood: 6 recipients" in block.reason
@@ -113,7 +118,7 @@ def test_blocked_address_is_rejected_at_connect(tmp_path, monkeypatch, caplog, m
     block, _ = rt.incidents.block(SubjectKind.NETWORK, "198.51.100.0/24", "scanner", Actor("ann", "ws"))
     client = MilterClient(rt, monkeypatch)
     rc, ctx = client.connect(ip="198.51.100.7")
-    assert rc == Milter.REJECT              # Postfix answers with its own generic 554 (no reply text at connect)
+    assert rc == Milter.REJECT  # Postfix answers with its own generic 554 (no reply text at connect)
     [event] = [e for e in _events(caplog, "reject")]
     assert event["source"]["ip"] == "198.51.100.7" and event["mailward"]["incident_id"] == block.incident_id
     rc, _ = client.connect(ip="198.51.101.7")
@@ -125,21 +130,22 @@ def test_a_block_whose_policy_is_quarantine_goes_to_the_quarantine(tmp_path, mon
     rt.incidents.block(SubjectKind.DOMAIN, "example.org", "phish wave", Actor("ann", "ws"))
     client = MilterClient(rt, monkeypatch)
     _, ctx = client.connect()
-    assert client.send(ctx, message()[1], "x@mail.example.org") == Milter.DISCARD   # subdomains too
+    assert client.send(ctx, message()[1], "x@mail.example.org") == Milter.DISCARD  # subdomains too
     assert client.send(ctx, message()[1], "x@example.net") == Milter.ACCEPT
     assert len(list((tmp_path / "state" / "quarantine").rglob("*.eml"))) == 1
 
 
 def test_inbound_host_abuse_is_suspended_and_exempt_networks_are_not(tmp_path, monkeypatch, milter_runtime):
-    rt = milter_runtime(tmp_path, '[incidents.inbound_host]\nmalware = 2\n'
-                                     '[incidents]\nexempt_networks = ["192.0.2.0/28"]\n')
+    rt = milter_runtime(
+        tmp_path, '[incidents.inbound_host]\nmalware = 2\n[incidents]\nexempt_networks = ["192.0.2.0/28"]\n'
+    )
     client = MilterClient(rt, monkeypatch)
     for ip in ("192.0.2.50", "192.0.2.5"):
         for _ in range(2):
             _, ctx = client.connect(ip=ip)
             assert client.send(ctx, eicar_message()[1]) == Milter.REJECT
     assert client.connect(ip="192.0.2.50")[0] == Milter.REJECT
-    assert client.connect(ip="192.0.2.5")[0] == Milter.CONTINUE          # exempt: counted, never blocked
+    assert client.connect(ip="192.0.2.5")[0] == Milter.CONTINUE  # exempt: counted, never blocked
     [block] = rt.incidents.store.active_blocks()
     assert block.value == "192.0.2.50" and "inbound malware sent: 2 malware" in block.reason
 
@@ -149,7 +155,7 @@ def test_a_dead_incident_store_never_stops_the_mail(tmp_path, monkeypatch, caplo
     store = rt.incidents.store
     store.close()
     os.remove(store.path)
-    os.mkdir(store.path)                                  # the database can no longer be opened
+    os.mkdir(store.path)  # the database can no longer be opened
     client = MilterClient(rt, monkeypatch)
     _, ctx = client.connect(auth="erin")
     assert client.send(ctx, message()[1]) == Milter.ACCEPT
@@ -161,11 +167,12 @@ def test_quarantine_store_failure_tempfails_and_alerts(tmp_path, monkeypatch, mi
     import shutil
 
     with WebhookReceiver() as hook:
-        rt = milter_runtime(tmp_path, f'[policy.inbound]\nmalware_action = "quarantine"\n'
-                                         f'[alerts]\nwebhook_url = "{hook.url}"\n')
+        rt = milter_runtime(
+            tmp_path, f'[policy.inbound]\nmalware_action = "quarantine"\n[alerts]\nwebhook_url = "{hook.url}"\n'
+        )
         messages = tmp_path / "state" / "quarantine" / "messages"
         shutil.rmtree(messages)
-        messages.write_text("not a directory")            # the store can no longer keep anything
+        messages.write_text("not a directory")  # the store can no longer keep anything
         client = MilterClient(rt, monkeypatch)
         _, ctx = client.connect()
         assert client.send(ctx, eicar_message()[1]) == Milter.TEMPFAIL
@@ -173,12 +180,14 @@ def test_quarantine_store_failure_tempfails_and_alerts(tmp_path, monkeypatch, mi
         assert wait_for(lambda: {a["kind"] for a in hook.received} == {"malware", "store-error"})
     [alert] = [a for a in hook.received if a["kind"] == "store-error"]
     assert alert["incident_id"] == incident and alert["severity"] == "critical"
-    assert str(tmp_path) not in json.dumps(alert)                 # no paths, no exception text
+    assert str(tmp_path) not in json.dumps(alert)  # no paths, no exception text
 
 
 def test_two_milter_hosts_on_postgresql_count_one_account_together(tmp_path, monkeypatch, fresh_pg_dsn, milter_runtime):
-    toml = (f'[quarantine]\nbackend = "postgresql"\ndsn = "{fresh_pg_dsn}"\n'
-            f'[incidents]\nrefresh = 0.0\n[incidents.account]\nspam = 3\n')
+    toml = (
+        f'[quarantine]\nbackend = "postgresql"\ndsn = "{fresh_pg_dsn}"\n'
+        f"[incidents]\nrefresh = 0.0\n[incidents.account]\nspam = 3\n"
+    )
     mx1 = milter_runtime(tmp_path / "mx1", toml)
     mx2 = milter_runtime(tmp_path / "mx2", toml)
     one, two = MilterClient(mx1, monkeypatch), MilterClient(mx2, monkeypatch)
@@ -186,9 +195,9 @@ def test_two_milter_hosts_on_postgresql_count_one_account_together(tmp_path, mon
     for _ in range(2):
         assert one.send(ctx, gtube_message()[1]) == Milter.DISCARD
     _, ctx = two.connect(auth="frank")
-    assert two.send(ctx, gtube_message()[1]) == Milter.DISCARD          # the third spam, on the other host
+    assert two.send(ctx, gtube_message()[1]) == Milter.DISCARD  # the third spam, on the other host
     assert two.send(ctx, message()[1]) == Milter.REJECT
     one = MilterClient(mx1, monkeypatch)
     _, ctx = one.connect(auth="frank")
-    assert one.send(ctx, message()[1]) == Milter.REJECT                  # the first host refuses too
+    assert one.send(ctx, message()[1]) == Milter.REJECT  # the first host refuses too
     assert not (tmp_path / "mx1" / "state" / "incidents.sqlite3").exists()

@@ -12,27 +12,40 @@ from mailward.incidents import open_incidents
 from mailward.verdict import Action, Outcome, Verdict
 from quarantine_support import SmtpSink
 
-MALWARE = Evidence(findings=(Finding(Category.MALWARE, "clamav:Win.Trojan.X-123", Severity.HIGH, "clamav",
-                                     "invoice.zip > a.exe"),), message=MessageFacts("Invoice 2291", "<x@y>"))
+MALWARE = Evidence(
+    findings=(Finding(Category.MALWARE, "clamav:Win.Trojan.X-123", Severity.HIGH, "clamav", "invoice.zip > a.exe"),),
+    message=MessageFacts("Invoice 2291", "<x@y>"),
+)
 
 
-def outcome(direction: Direction, action: Action = Action.REJECT, incident: str = "MW-6B000000-0000ABCD",
-            evidence: Evidence = MALWARE) -> Outcome:
-    env = Envelope(mail_from="someone@example.org", recipients=("a@example.com", "b@example.com"),
-                   client_address="192.0.2.9", auth_user="alice@example.com" if direction is Direction.OUTBOUND else "",
-                   queue_id="4QX", direction=direction)
-    acted_on = (Category.MALWARE,) if evidence.of(Category.MALWARE) else ()    # as policy.decide says
+def outcome(
+    direction: Direction,
+    action: Action = Action.REJECT,
+    incident: str = "MW-6B000000-0000ABCD",
+    evidence: Evidence = MALWARE,
+) -> Outcome:
+    env = Envelope(
+        mail_from="someone@example.org",
+        recipients=("a@example.com", "b@example.com"),
+        client_address="192.0.2.9",
+        auth_user="alice@example.com" if direction is Direction.OUTBOUND else "",
+        queue_id="4QX",
+        direction=direction,
+    )
+    acted_on = (Category.MALWARE,) if evidence.of(Category.MALWARE) else ()  # as policy.decide says
     return Outcome(env, Verdict(action, ("malware",), incident, acted_on=acted_on), evidence, 100)
 
 
 def runtime(tmp_path, sink: SmtpSink, inbound: bool = True, outbound: bool = True):
     cfg = tmp_path / "m.toml"
-    cfg.write_text(f'state_dir = "{tmp_path / "state"}"\n'
-                   f'[policy.inbound]\nnotify_virus = {str(inbound).lower()}\n'
-                   f'[policy.outbound]\nnotify_virus = {str(outbound).lower()}\n'
-                   f'[alerts]\nnotice_to = ["postmaster@example.com"]\n'
-                   f'smtp_host = "127.0.0.1"\nsmtp_port = {sink.port}\n'
-                   f'email_from = "mailward@mx.example.com"\n')
+    cfg.write_text(
+        f'state_dir = "{tmp_path / "state"}"\n'
+        f"[policy.inbound]\nnotify_virus = {str(inbound).lower()}\n"
+        f"[policy.outbound]\nnotify_virus = {str(outbound).lower()}\n"
+        f'[alerts]\nnotice_to = ["postmaster@example.com"]\n'
+        f'smtp_host = "127.0.0.1"\nsmtp_port = {sink.port}\n'
+        f'email_from = "mailward@mx.example.com"\n'
+    )
     return open_incidents(load_settings(cfg))
 
 
@@ -71,7 +84,7 @@ def test_notices_are_off_by_default_per_direction_and_only_for_undelivered_malwa
         try:
             assert incidents.notices.notify(outcome(Direction.INBOUND)) is None
             assert incidents.notices.notify(outcome(Direction.OUTBOUND, Action.TAG)) is None
-            incidents.observe(outcome(Direction.OUTBOUND, evidence=Evidence()))        # no malware: no notice
+            incidents.observe(outcome(Direction.OUTBOUND, evidence=Evidence()))  # no malware: no notice
             assert incidents.alerts.drain(5) and incidents.notices.dispatcher.drain(5)
         finally:
             incidents.close()

@@ -26,9 +26,11 @@ def _free_port() -> int:
 def test_spamming_host_is_suspended_and_refused_at_connect(postfix, milter, tmp_path):
     port = _free_port()
     # Submission is ORIGINATING (outbound) and comes from 127.0.0.1, which is exempt by default: not here.
-    m = milter(f'[incidents]\nexempt_networks = []\nrefresh = 0.5\n[incidents.outbound_host]\nspam = 2\n'
-               f'[policy.outbound]\nspam_action = "reject"\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
-               f'[reputation]\nenabled = false\n')
+    m = milter(
+        f"[incidents]\nexempt_networks = []\nrefresh = 0.5\n[incidents.outbound_host]\nspam = 2\n"
+        f'[policy.outbound]\nspam_action = "reject"\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
+        f"[reputation]\nenabled = false\n"
+    )
     for _ in range(2):
         code, text = postfix.send(gtube_message()[1], port=postfix.submission_port, rcpts=("x@remote.test",))
         assert code == 550 and "Message classified as spam" in text
@@ -41,8 +43,9 @@ def test_spamming_host_is_suspended_and_refused_at_connect(postfix, milter, tmp_
 
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     assert 'mailward_blocks_total{kind="address",origin="suspension"} 1.0' in metrics
-    assert re.search(r'mailward_messages_total\{direction="outbound",reason="blocked",verdict="reject"\} [1-9]',
-                     metrics)
+    assert re.search(
+        r'mailward_messages_total\{direction="outbound",reason="blocked",verdict="reject"\} [1-9]', metrics
+    )
     assert 'mailward_blocks_active{kind="address"} 1.0' in metrics
     assert "mailward_rules_info{version=" in metrics and "mailward_stage_seconds_bucket" in metrics
 
@@ -56,7 +59,7 @@ def test_spamming_host_is_suspended_and_refused_at_connect(postfix, milter, tmp_
     assert alerts and alerts[0]["mailward"]["alert"]["delivery"] == "queued"
 
     assert cli(["--config", str(tmp_path / "mailward.toml"), "block", "remove", "address", "127.0.0.1"]) == 0
-    time.sleep(0.6)                                    # the milter's copy of the block list refreshes
+    time.sleep(0.6)  # the milter's copy of the block list refreshes
     mid, raw = message()
     assert postfix.send(raw)[0] == 250
     assert postfix.delivered(mid) is not None

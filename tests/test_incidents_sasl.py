@@ -34,23 +34,41 @@ def sasl_postfix():
     from real_parts import require
 
     require(os.geteuid() == 0, "end-to-end tests run Postfix and need root")
-    require(shutil.which("postfix") is not None and shutil.which("saslpasswd2") is not None,
-            "Postfix and sasl2-bin are not installed (run ./scripts/setup as root)")
+    require(
+        shutil.which("postfix") is not None and shutil.which("saslpasswd2") is not None,
+        "Postfix and sasl2-bin are not installed (run ./scripts/setup as root)",
+    )
     run_dir = Path(tempfile.mkdtemp(prefix="mailward-sasl-", dir="/tmp"))
     os.chmod(run_dir, 0o755)
     pf = Postfix.create(run_dir / "sock" / "milter.sock")
-    sasl = pf.conf / "sasl"            # where Debian's Postfix looks (cyrus_sasl_config_path is not consulted)
+    sasl = pf.conf / "sasl"  # where Debian's Postfix looks (cyrus_sasl_config_path is not consulted)
     sasl.mkdir()
-    (sasl / "smtpd.conf").write_text(f"pwcheck_method: auxprop\nauxprop_plugin: sasldb\nmech_list: PLAIN LOGIN\n"
-                                     f"sasldb_path: {pf.base}/sasldb2\n")
-    subprocess.run(["saslpasswd2", "-f", str(pf.base / "sasldb2"), "-p", "-c", "-u", "mx.mailward.test", "alice"],
-                   input=PASSWORD, text=True, check=True, capture_output=True)
+    (sasl / "smtpd.conf").write_text(
+        f"pwcheck_method: auxprop\nauxprop_plugin: sasldb\nmech_list: PLAIN LOGIN\nsasldb_path: {pf.base}/sasldb2\n"
+    )
+    subprocess.run(
+        ["saslpasswd2", "-f", str(pf.base / "sasldb2"), "-p", "-c", "-u", "mx.mailward.test", "alice"],
+        input=PASSWORD,
+        text=True,
+        check=True,
+        capture_output=True,
+    )
     shutil.chown(pf.base / "sasldb2", "postfix")
-    subprocess.run(["postconf", "-c", str(pf.conf), "-e", "smtpd_sasl_auth_enable = yes",
-                    "smtpd_sasl_type = cyrus", "smtpd_sasl_path = smtpd",
-                    "smtpd_sasl_security_options = noanonymous",
-                    "smtpd_relay_restrictions = permit_sasl_authenticated, permit_mynetworks, reject"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "postconf",
+            "-c",
+            str(pf.conf),
+            "-e",
+            "smtpd_sasl_auth_enable = yes",
+            "smtpd_sasl_type = cyrus",
+            "smtpd_sasl_path = smtpd",
+            "smtpd_sasl_security_options = noanonymous",
+            "smtpd_relay_restrictions = permit_sasl_authenticated, permit_mynetworks, reject",
+        ],
+        check=True,
+        capture_output=True,
+    )
     pf.start()
     yield pf
     pf.destroy()
@@ -69,14 +87,14 @@ def test_compromised_account_is_suspended_and_password_guesser_blocked(sasl_post
     with WebhookReceiver() as hook:
         config = tmp_path / "mailward.toml"
         config.write_text(f"""\
-state_dir = "{tmp_path / 'state'}"
+state_dir = "{tmp_path / "state"}"
 [milter]
 socket = "unix:{pf.milter_socket}"
 workers = 0
 [incidents]
 exempt_networks = []
 follow_auth_log = true
-auth_log = "{pf.base / 'postfix.log'}"
+auth_log = "{pf.base / "postfix.log"}"
 refresh = 0.2
 [incidents.account]
 spam = 2
@@ -118,9 +136,10 @@ file = "{log}"
                             smtp.login("bob@mx.mailward.test", f"guess{failures}")
                         failures += 1
             assert failures == 10
-            assert wait_for(lambda: any(e.get("event", {}).get("action") == "auth-failures"
-                                        for e in _events(log)), timeout=15), pf.log()[-3000:]
-            time.sleep(0.3)                             # the milter's block list refreshes
+            assert wait_for(
+                lambda: any(e.get("event", {}).get("action") == "auth-failures" for e in _events(log)), timeout=15
+            ), pf.log()[-3000:]
+            time.sleep(0.3)  # the milter's block list refreshes
             with pytest.raises(smtplib.SMTPConnectError) as refused:
                 smtplib.SMTP("127.0.0.1", pf.submission_port, timeout=30)
             assert refused.value.smtp_code == 554

@@ -16,17 +16,18 @@ def test_sums_cover_only_the_window(incident_store):
         store.record(Counter.ACCOUNT, "alice", Totals(messages=1, recipients=5, spam=1), since=None)
         clock.now += 100
     totals = store.record(Counter.ACCOUNT, "alice", Totals(messages=1, recipients=2), since=clock.now - 250)
-    assert (totals.messages, totals.recipients, totals.spam) == (3, 12, 2)   # the first event fell out
+    assert (totals.messages, totals.recipients, totals.spam) == (3, 12, 2)  # the first event fell out
     other = store.record(Counter.OUTBOUND_HOST, "alice", Totals(messages=1), since=clock.now - 1000)
-    assert other.messages == 1                          # counters of another kind are separate
+    assert other.messages == 1  # counters of another kind are separate
     assert store.prune(clock.now - 150) == 2
     assert store.record(Counter.ACCOUNT, "alice", Totals(), since=0).messages == 2
 
 
 def test_one_active_block_per_subject_and_audit(incident_store):
     store = incident_store()
-    first, created = store.add_block(SubjectKind.ACCOUNT, "alice", Origin.SUSPENSION, "spam burst", "MW-1", "svc",
-                                     "mx1")
+    first, created = store.add_block(
+        SubjectKind.ACCOUNT, "alice", Origin.SUSPENSION, "spam burst", "MW-1", "svc", "mx1"
+    )
     assert created and first.active(incident_store.clock.now)
     again, created = store.add_block(SubjectKind.ACCOUNT, "alice", Origin.ANALYST, "other", "MW-2", "ann", "ws")
     assert not created and again.id == first.id and again.incident_id == "MW-1"
@@ -34,21 +35,36 @@ def test_one_active_block_per_subject_and_audit(incident_store):
     assert lifted.lifted_by == "ann" and store.active_blocks() == []
     assert store.lift(SubjectKind.ACCOUNT, "alice", "ann", "ws") is None
     audit = store.audit(SubjectKind.ACCOUNT, "alice")
-    assert [(e.action, e.actor, e.origin) for e in audit] == [("remove", "ann", "ssh 192.0.2.1"),
-                                                             ("add", "svc", "")]
+    assert [(e.action, e.actor, e.origin) for e in audit] == [("remove", "ann", "ssh 192.0.2.1"), ("add", "svc", "")]
     assert "spam burst" in audit[1].detail and audit[0].detail == "password reset"
     assert len(store.blocks(include_inactive=True)) == 1
 
 
 def test_expired_block_stops_applying_and_can_be_renewed(incident_store):
     store, clock = incident_store(), incident_store.clock
-    store.add_block(SubjectKind.ADDRESS, "203.0.113.5", Origin.AUTH_FAILURES, "10 failed logins", "MW-1", "svc",
-                    "mx1", expires_at=clock.now + 60)
+    store.add_block(
+        SubjectKind.ADDRESS,
+        "203.0.113.5",
+        Origin.AUTH_FAILURES,
+        "10 failed logins",
+        "MW-1",
+        "svc",
+        "mx1",
+        expires_at=clock.now + 60,
+    )
     assert len(store.active_blocks()) == 1
     clock.now += 61
     assert store.active_blocks() == [] and store.blocks() == []
-    renewed, created = store.add_block(SubjectKind.ADDRESS, "203.0.113.5", Origin.AUTH_FAILURES, "again", "MW-2",
-                                       "svc", "mx1", expires_at=clock.now + 60)
+    renewed, created = store.add_block(
+        SubjectKind.ADDRESS,
+        "203.0.113.5",
+        Origin.AUTH_FAILURES,
+        "again",
+        "MW-2",
+        "svc",
+        "mx1",
+        expires_at=clock.now + 60,
+    )
     assert created and renewed.incident_id == "MW-2"
     history = store.blocks(include_inactive=True)
     assert [b.lifted_by for b in history] == ["", "(expired)"]
@@ -61,8 +77,9 @@ def test_two_hosts_suspending_at_once_make_one_block(incident_store):
 
     def suspend(store, n):
         barrier.wait()
-        results.append(store.add_block(SubjectKind.ACCOUNT, "bob", Origin.SUSPENSION, "burst", f"MW-{n}", "svc",
-                                       f"mx{n}"))
+        results.append(
+            store.add_block(SubjectKind.ACCOUNT, "bob", Origin.SUSPENSION, "burst", f"MW-{n}", "svc", f"mx{n}")
+        )
 
     threads = [threading.Thread(target=suspend, args=(s, n)) for n, s in enumerate(stores)]
     for t in threads:
@@ -74,20 +91,30 @@ def test_two_hosts_suspending_at_once_make_one_block(incident_store):
     assert len(stores[0].audit()) == 1
 
 
-@pytest.mark.parametrize("kind,raw,canonical", [
-    (SubjectKind.ADDRESS, "[IPv6:2001:DB8::1]", "2001:db8::1"),
-    (SubjectKind.NETWORK, "192.0.2.77/24", "192.0.2.0/24"),
-    (SubjectKind.SENDER, "<Bob@Example.ORG>", "bob@example.org"),
-    (SubjectKind.DOMAIN, "@Example.ORG.", "example.org"),
-    (SubjectKind.ACCOUNT, " alice ", "alice"),
-])
+@pytest.mark.parametrize(
+    "kind,raw,canonical",
+    [
+        (SubjectKind.ADDRESS, "[IPv6:2001:DB8::1]", "2001:db8::1"),
+        (SubjectKind.NETWORK, "192.0.2.77/24", "192.0.2.0/24"),
+        (SubjectKind.SENDER, "<Bob@Example.ORG>", "bob@example.org"),
+        (SubjectKind.DOMAIN, "@Example.ORG.", "example.org"),
+        (SubjectKind.ACCOUNT, " alice ", "alice"),
+    ],
+)
 def test_subjects_are_normalised(kind, raw, canonical):
     assert normalise(kind, raw) == canonical
 
 
-@pytest.mark.parametrize("kind,raw", [(SubjectKind.ADDRESS, "unknown"), (SubjectKind.NETWORK, "10.0.0.0/33"),
-                                      (SubjectKind.SENDER, "nobody"), (SubjectKind.DOMAIN, "localhost"),
-                                      (SubjectKind.ACCOUNT, "  ")])
+@pytest.mark.parametrize(
+    "kind,raw",
+    [
+        (SubjectKind.ADDRESS, "unknown"),
+        (SubjectKind.NETWORK, "10.0.0.0/33"),
+        (SubjectKind.SENDER, "nobody"),
+        (SubjectKind.DOMAIN, "localhost"),
+        (SubjectKind.ACCOUNT, "  "),
+    ],
+)
 def test_bad_subjects_are_refused(kind, raw):
     with pytest.raises(ValueError):
         normalise(kind, raw)

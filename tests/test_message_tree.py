@@ -66,11 +66,14 @@ def test_inspect_deadline_leaves_the_rest_unchecked(unpacker):
     assert not any(o.in_archive for o in parsed.objects)
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("The password is: Xk42!q.", ("Xk42!q",)),
-    ("Passwort: 1234\nPW 9876", ("1234", "9876")),
-    ("<p>Archive password: <b>abc123</b></p>", ("abc123",)),
-    ("Nothing here", ()),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("The password is: Xk42!q.", ("Xk42!q",)),
+        ("Passwort: 1234\nPW 9876", ("1234", "9876")),
+        ("<p>Archive password: <b>abc123</b></p>", ("abc123",)),
+        ("Nothing here", ()),
+    ],
+)
 def test_password_candidates(text, expected):
     assert password_candidates([text], 8) == expected

@@ -19,11 +19,13 @@ INTERNALS = re.compile(r"EICAR|yara|Traceback|Error|pymilter", re.I)
 @pytest.fixture
 def feed(monkeypatch):
     """``feed(runtime, raw, auth="", ip=...)``: one message on a new connection; (final answer, context)."""
+
     def run(rt: Runtime, raw: bytes, auth: str = "", ip: str = "198.51.100.7"):
         client = MilterClient(rt, monkeypatch)
         rc, ctx = client.connect(ip=ip, auth=auth)
         assert rc == Milter.CONTINUE
         return client.send(ctx, raw, "sender@example.org", "user@example.test"), ctx
+
     return run
 
 
@@ -45,14 +47,18 @@ def test_authenticated_sender_gets_outbound_policy(tmp_path, feed, milter_runtim
 
 
 def test_internal_network_is_outbound(tmp_path, feed, milter_runtime):
-    rt = milter_runtime(tmp_path, '[direction]\ninternal_networks = ["192.0.2.0/24"]\n'
-                           '[policy.outbound]\nspam_action = "reject"\n[policy.inbound]\nspam_action = "tag"\n')
+    rt = milter_runtime(
+        tmp_path,
+        '[direction]\ninternal_networks = ["192.0.2.0/24"]\n'
+        '[policy.outbound]\nspam_action = "reject"\n[policy.inbound]\nspam_action = "tag"\n',
+    )
     assert feed(rt, gtube_message()[1], ip="192.0.2.10")[0] == Milter.REJECT
 
 
 def test_unexpected_scan_exception_tempfails_generically(tmp_path, feed, milter_runtime):
     def explode(raw, env):
         raise ZeroDivisionError("internal detail")
+
     rc, ctx = feed(milter_runtime(tmp_path, scan=explode), message()[1])
     assert rc == Milter.TEMPFAIL
     code, xcode, text = ctx._reply
@@ -65,6 +71,7 @@ def test_on_error_accept_is_honoured(tmp_path, feed, milter_runtime):
 
     def dead(raw, env):
         raise ScanFailed("worker died")
+
     rc, _ = feed(milter_runtime(tmp_path, '[policy.inbound]\non_error = "accept"\n', scan=dead), message()[1])
     assert rc == Milter.ACCEPT
 
@@ -73,7 +80,7 @@ def test_failure_in_noreply_callback_is_answered_at_eom(tmp_path, feed, milter_r
     rt = milter_runtime(tmp_path)
     spool = tmp_path / "state" / "spool"
     spool.rmdir()
-    spool.write_text("x")                      # the body spool cannot be created
+    spool.write_text("x")  # the body spool cannot be created
     rt = replace(rt, spool_dir=spool, spool_threshold=0)
     rc, ctx = feed(rt, message()[1])
     assert rc == Milter.TEMPFAIL
@@ -101,10 +108,11 @@ def test_large_body_is_spooled_and_cleaned_up(tmp_path, feed, milter_runtime):
     def spy(source, env):
         seen.append(source.is_spooled)
         return inner.scan(source, env)
+
     rt = replace(milter_runtime(tmp_path, scan=spy), spool_threshold=1024)
     rc, _ = feed(rt, eicar_message(body="x" * 50_000)[1])
     assert rc == Milter.REJECT and seen == [True]
-    assert list(rt.spool_dir.iterdir()) == []     # the spool file is gone after the message
+    assert list(rt.spool_dir.iterdir()) == []  # the spool file is gone after the message
 
 
 class _ClientBlockFails:
@@ -144,8 +152,9 @@ def _inject(where: str, monkeypatch, rt: Runtime) -> tuple[Runtime, str, object]
         helo = _Unprintable()
     elif where == "envrcpt":
         real = adapter._addr
-        monkeypatch.setattr(adapter, "_addr", lambda v: (_ for _ in ()).throw(RuntimeError("rcpt"))
-                            if "example.test" in v else real(v))
+        monkeypatch.setattr(
+            adapter, "_addr", lambda v: (_ for _ in ()).throw(RuntimeError("rcpt")) if "example.test" in v else real(v)
+        )
     elif where == "header":
         monkeypatch.setattr(buffer.MessageBuffer, "add_header", lambda *a: (_ for _ in ()).throw(OSError("disk")))
     elif where == "body":
@@ -160,28 +169,30 @@ def test_a_failure_in_any_callback_ends_in_on_error(tmp_path, monkeypatch, where
     """Fail closed: no callback failure lets a message through unchecked, and a connect
     or HELO failure covers every later message of that connection."""
     scanned = []
-    base = milter_runtime(tmp_path, '[policy.outbound]\non_error = "accept"\n',
-                          scan=lambda raw, env: scanned.append(env) or Evidence())
+    base = milter_runtime(
+        tmp_path, '[policy.outbound]\non_error = "accept"\n', scan=lambda raw, env: scanned.append(env) or Evidence()
+    )
     rt, helo, disarm = _inject(where, monkeypatch, base)
     client = MilterClient(rt, monkeypatch)
     rc, ctx = client.connect(helo=helo)
     assert rc == Milter.CONTINUE
     rc = client.send(ctx, message()[1], "sender@example.org")
-    assert rc == Milter.TEMPFAIL                                  # inbound on_error, never accept
+    assert rc == Milter.TEMPFAIL  # inbound on_error, never accept
     assert ctx._reply[0] == "451" and not INTERNALS.search(ctx._reply[2])
-    assert scanned == []                                          # nothing was accepted unchecked
+    assert scanned == []  # nothing was accepted unchecked
     disarm()
-    client = MilterClient(rt, monkeypatch)                        # the undo also took the client's set-up
+    client = MilterClient(rt, monkeypatch)  # the undo also took the client's set-up
     rc = client.send(ctx, message()[1], "sender@example.org")
     if where in ("connect", "hello"):
-        assert rc == Milter.TEMPFAIL and scanned == []            # the whole connection stays failed
+        assert rc == Milter.TEMPFAIL and scanned == []  # the whole connection stays failed
     else:
-        assert rc == Milter.ACCEPT and len(scanned) == 1          # the next message starts clean
+        assert rc == Milter.ACCEPT and len(scanned) == 1  # the next message starts clean
     assert list(rt.spool_dir.iterdir()) == []
 
 
-def test_a_callback_failure_is_logged_with_the_connection_and_queue_id(tmp_path, monkeypatch, milter_runtime,
-                                                                        log_lines):
+def test_a_callback_failure_is_logged_with_the_connection_and_queue_id(
+    tmp_path, monkeypatch, milter_runtime, log_lines
+):
     """No call site passes the IDs: the callback's log context puts them on the error and the summary line."""
     rt, _, _ = _inject("header", monkeypatch, milter_runtime(tmp_path))
     client = MilterClient(rt, monkeypatch)
@@ -215,6 +226,7 @@ def test_a_retired_runtime_closes_when_its_last_message_ends(tmp_path, milter_ru
 
     first = milter_runtime(tmp_path)
     from dataclasses import replace as dc_replace
+
     old, new = dc_replace(first, owned=(Store("old"),)), dc_replace(first, owned=(Store("new"),))
     live = LiveRuntime(old)
     leased = live.acquire()
@@ -222,24 +234,27 @@ def test_a_retired_runtime_closes_when_its_last_message_ends(tmp_path, milter_ru
     assert closed == [] and live.current is new
     live.release(leased)
     assert closed == ["old"]
-    live.swap(dc_replace(first, owned=(Store("newer"),)))        # nothing holds "new": closed at once
+    live.swap(dc_replace(first, owned=(Store("newer"),)))  # nothing holds "new": closed at once
     assert closed == ["old", "new"]
 
 
 SPAM_TAGGED = '[policy.inbound]\nspam_action = "tag"\n[headers]\nsubject_tag = "[SPAM] "\n'
 
 
-@pytest.mark.parametrize("subject,expected", [
-    (b"Special offer", " [SPAM] Special offer"),
-    (b"[SPAM] Special offer", None),                       # already tagged: left as it is
-    (b"Sp\xe9cial offer", None),                           # raw 8-bit: keeps its bytes
-])
+@pytest.mark.parametrize(
+    "subject,expected",
+    [
+        (b"Special offer", " [SPAM] Special offer"),
+        (b"[SPAM] Special offer", None),  # already tagged: left as it is
+        (b"Sp\xe9cial offer", None),  # raw 8-bit: keeps its bytes
+    ],
+)
 def test_subject_tag(tmp_path, feed, subject, expected, milter_runtime):
     raw = gtube_message()[1].replace(b"Subject: Special offer", b"Subject: " + subject, 1)
     rc, ctx = feed(milter_runtime(tmp_path, SPAM_TAGGED), raw)
     assert rc == Milter.ACCEPT
     assert ctx._msg["X-Spam-Flag"] == " YES"
-    subjects = ctx._msg.get_all("Subject")     # TestCtx's chgheader appends the new value
+    subjects = ctx._msg.get_all("Subject")  # TestCtx's chgheader appends the new value
     if expected is None:
         assert len(subjects) == 1
     else:

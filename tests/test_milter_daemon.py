@@ -16,16 +16,22 @@ from harness.milter import MilterProcess
 
 def config(tmp_path: Path, extra: str = "", workers: int = 1) -> Path:
     path = tmp_path / "mailward.toml"
-    path.write_text(f'state_dir = "{tmp_path / "state"}"\n{extra}\n'
-                    f'[milter]\nsocket = "unix:{tmp_path / "sock" / "milter.sock"}"\nworkers = {workers}\n'
-                    f'[reputation]\nenabled = false\n'
-                    f'[logging]\nfile = "{tmp_path / "milter.log"}"\n')
+    path.write_text(
+        f'state_dir = "{tmp_path / "state"}"\n{extra}\n'
+        f'[milter]\nsocket = "unix:{tmp_path / "sock" / "milter.sock"}"\nworkers = {workers}\n'
+        f"[reputation]\nenabled = false\n"
+        f'[logging]\nfile = "{tmp_path / "milter.log"}"\n'
+    )
     return path
 
 
 def check(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mailward.milter.daemon", "--config", str(path), "--check"],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "mailward.milter.daemon", "--config", str(path), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def started(tmp_path: Path, extra: str = "", workers: int = 1) -> MilterProcess:
@@ -65,18 +71,21 @@ def test_check_reports_a_rule_file_that_does_not_compile_every_time(tmp_path):
     (rules / "good.yar").write_text("rule good { condition: false }\n")
     (rules / "broken.yar").write_text("rule broken { condition: nonsense }\n")
     path = config(tmp_path, f'[signatures]\nrules_dirs = ["{rules}"]\n')
-    for _ in range(2):                     # the second run must not be approved from the bundle cache
+    for _ in range(2):  # the second run must not be approved from the bundle cache
         result = check(path)
         assert result.returncode == 1
         assert "broken.yar does not compile" in result.stderr
 
 
-@pytest.mark.parametrize("extra,key", [
-    ('[metrics]\nlisten = "garbage"\n', "metrics.listen"),
-    ('[metrics]\nlisten = "9464"\n', "metrics.listen"),
-    ('[alerts]\nwebhook_url = "ftp://x"\n', "alerts.webhook_url"),
-    ('[incidents]\nexempt_networks = ["not-a-network"]\n', "incidents.exempt_networks"),
-])
+@pytest.mark.parametrize(
+    "extra,key",
+    [
+        ('[metrics]\nlisten = "garbage"\n', "metrics.listen"),
+        ('[metrics]\nlisten = "9464"\n', "metrics.listen"),
+        ('[alerts]\nwebhook_url = "ftp://x"\n', "alerts.webhook_url"),
+        ('[incidents]\nexempt_networks = ["not-a-network"]\n', "incidents.exempt_networks"),
+    ],
+)
 def test_check_rejects_observed_bad_values(tmp_path, extra, key):
     result = check(config(tmp_path, extra))
     assert result.returncode != 0
@@ -118,9 +127,9 @@ def test_reloads_close_the_old_stores_and_build_no_scanner_in_the_milter(tmp_pat
         for n in range(2, 8):
             proc.signal(signal.SIGHUP)
             wait_for_log(proc, "reloaded from", n)
-        assert _fds(proc.proc.pid) <= baseline + 1          # before: every reload leaked the old stores
+        assert _fds(proc.proc.pid) <= baseline + 1  # before: every reload leaked the old stores
         maps = _maps(proc.proc.pid)
-        assert "libyara" not in maps and "sklearn" not in maps   # workers scan; the milter holds no scanner
+        assert "libyara" not in maps and "sklearn" not in maps  # workers scan; the milter holds no scanner
     finally:
         proc.stop()
 
@@ -128,13 +137,13 @@ def test_reloads_close_the_old_stores_and_build_no_scanner_in_the_milter(tmp_pat
 def test_reloads_faster_than_they_complete_are_coalesced(tmp_path):
     proc, rule = started_with_rules(tmp_path)
     try:
-        for n in range(10):                    # each edit makes the workers reload: slow
+        for n in range(10):  # each edit makes the workers reload: slow
             rule.write_text(f"rule a{n} {{ condition: false }}\n")
             proc.signal(signal.SIGHUP)
             time.sleep(0.02)
         done = wait_for_log(proc, "reloaded from", 1)
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:     # settle: no reload in progress or pending
+        while time.monotonic() < deadline:  # settle: no reload in progress or pending
             before = proc.log_path.read_text().count("reloaded from")
             time.sleep(3)
             done = proc.log_path.read_text().count("reloaded from")
@@ -176,10 +185,19 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _run_milter_check(tmp_path: Path, path: Path) -> str:
-    env = {**os.environ, "MAILWARD_SKIP_SETUP": "1", "MAILWARD_VENV": str(Path(sys.executable).parent.parent),
-           "MAILWARD_STATE_DIR": str(tmp_path / "script-default")}
-    result = subprocess.run([str(ROOT / "scripts" / "run-milter"), "--config", str(path), "--check"],
-                            capture_output=True, text=True, timeout=300, env=env)
+    env = {
+        **os.environ,
+        "MAILWARD_SKIP_SETUP": "1",
+        "MAILWARD_VENV": str(Path(sys.executable).parent.parent),
+        "MAILWARD_STATE_DIR": str(tmp_path / "script-default"),
+    }
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "run-milter"), "--config", str(path), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -202,9 +220,12 @@ def _closed_loopback_port() -> int:
 
 
 def _with_reputation(path: Path, port: int) -> Path:
-    path.write_text(path.read_text().replace(
-        "[reputation]\nenabled = false\n",
-        f'[reputation]\nnameservers = ["127.0.0.1"]\nport = {port}\nquery_timeout = 1.0\n'))
+    path.write_text(
+        path.read_text().replace(
+            "[reputation]\nenabled = false\n",
+            f'[reputation]\nnameservers = ["127.0.0.1"]\nport = {port}\nquery_timeout = 1.0\n',
+        )
+    )
     return path
 
 
@@ -231,6 +252,6 @@ def test_a_start_with_a_silent_resolver_logs_an_error(tmp_path):
         wait_for_log(proc, "does not answer within", timeout=30)
         line = next(line for line in proc.log_path.read_text().splitlines() if "does not answer" in line)
         assert '"level": "error"' in line and "unbound" in line
-        assert proc.proc.poll() is None          # a warning, not a refusal to run
+        assert proc.proc.poll() is None  # a warning, not a refusal to run
     finally:
         proc.stop()

@@ -30,7 +30,7 @@ def test_clean_message_is_delivered_with_headers(postfix, milter):
     event = m.event_for(delivered["X-Mailward-Incident"])
     assert event["mailward"]["verdict"] == "accept"
     assert event["email"]["direction"] == "inbound"
-    assert event["email"]["local_id"]            # Postfix queue ID on the summary line
+    assert event["email"]["local_id"]  # Postfix queue ID on the summary line
     assert "parse" in event["mailward"]["timings_ms"]
 
 
@@ -42,13 +42,13 @@ def test_added_headers_have_a_space_after_the_colon(postfix, milter):
     assert delivered is not None, postfix.log()[-3000:]
     assert b"\nX-Mailward-Verdict: accept\n" in delivered
     assert re.search(rb"\nX-Mailward-Incident: MW-", delivered)
-    assert b"X-Spam-Flag" not in delivered            # clean mail is not flagged
+    assert b"X-Spam-Flag" not in delivered  # clean mail is not flagged
 
 
 def test_tagged_spam_gets_spam_flag_and_subject_tag(postfix, milter):
     milter('[policy.inbound]\nspam_action = "tag"\n[headers]\nsubject_tag = "[SPAM] "\n')
     mid, raw = gtube_message()
-    raw = raw.replace(b"Subject:", b"X-Spam-Flag: NO\r\nSubject:", 1)      # the sender's own word is dropped
+    raw = raw.replace(b"Subject:", b"X-Spam-Flag: NO\r\nSubject:", 1)  # the sender's own word is dropped
     assert postfix.send(raw)[0] == 250
     delivered_raw = postfix.delivered_bytes(mid)
     assert delivered_raw is not None, postfix.log()[-3000:]
@@ -91,12 +91,15 @@ def test_eicar_is_rejected_generically_by_default(postfix, milter):
 def test_eicar_goes_to_quarantine_store_not_mailbox(postfix, milter, tmp_path):
     milter('[policy.inbound]\nmalware_action = "quarantine"\n')
     mid, raw = eicar_message()
-    assert postfix.send(raw)[0] == 250          # accepted for quarantine, then discarded from the flow
+    assert postfix.send(raw)[0] == 250  # accepted for quarantine, then discarded from the flow
     assert postfix.delivered(mid, timeout=3) is None
     db = tmp_path / "state" / "quarantine" / "quarantine.sqlite3"
     assert db.exists()
-    files = [p for p in (tmp_path / "state" / "quarantine").rglob("*") if p.is_file() and p != db
-             and not p.name.startswith("quarantine.sqlite3")]
+    files = [
+        p
+        for p in (tmp_path / "state" / "quarantine").rglob("*")
+        if p.is_file() and p != db and not p.name.startswith("quarantine.sqlite3")
+    ]
     stored = [p.read_bytes() for p in files]
     assert any(mid.encode() in b for b in stored)
     assert all((p.stat().st_mode & 0o077) == 0 for p in files)
@@ -141,8 +144,8 @@ def test_internal_failure_tempfails_with_generic_reply(postfix, milter, tmp_path
     spool = tmp_path / "state" / "spool"
     spool.rmdir()
     spool.write_text("not a directory")
-    assert m.proc.poll() is None   # the milter keeps running
-    mid, raw = message(body="x" * 3_000_000)   # above the 1 MiB spool threshold
+    assert m.proc.poll() is None  # the milter keeps running
+    mid, raw = message(body="x" * 3_000_000)  # above the 1 MiB spool threshold
     code, text = postfix.send(raw)
     assert code == 451
     assert "incident MW-" in text and not INTERNALS.search(text)
@@ -152,7 +155,7 @@ def test_internal_failure_tempfails_with_generic_reply(postfix, milter, tmp_path
 def test_failed_quarantine_write_tempfails(postfix, milter, tmp_path):
     milter('[policy.inbound]\nmalware_action = "quarantine"\n')
     qdir = tmp_path / "state" / "quarantine"
-    shutil.rmtree(qdir)                      # the disk "fails" under the running milter
+    shutil.rmtree(qdir)  # the disk "fails" under the running milter
     qdir.write_text("a file where the quarantine directory should be")
     mid, raw = eicar_message()
     code, text = postfix.send(raw)
@@ -169,7 +172,7 @@ def test_unusable_quarantine_at_start_is_a_clear_error(postfix, milter, tmp_path
 
 
 def test_milter_down_tempfails(postfix):
-    postfix.milter_socket.unlink(missing_ok=True)     # no milter listening: Postfix must not deliver unchecked
+    postfix.milter_socket.unlink(missing_ok=True)  # no milter listening: Postfix must not deliver unchecked
     mid, raw = message()
     code, _ = postfix.send(raw)
     assert code == 451
@@ -194,8 +197,12 @@ def test_mail_from_the_local_sendmail_command_is_outbound(postfix, milter):
 
     m = milter('[policy.inbound]\nspam_action = "tag"\n[policy.outbound]\nspam_action = "tag"\n')
     mid, raw = gtube_message()
-    sent = subprocess.run(["sendmail", "-C", str(postfix.conf), "-f", "root@example.org", "user@example.test"],
-                          input=raw, capture_output=True, timeout=60)
+    sent = subprocess.run(
+        ["sendmail", "-C", str(postfix.conf), "-f", "root@example.org", "user@example.test"],
+        input=raw,
+        capture_output=True,
+        timeout=60,
+    )
     assert sent.returncode == 0, sent.stderr
     delivered = postfix.delivered(mid)
     assert delivered is not None, postfix.log()[-3000:]
@@ -238,7 +245,7 @@ def test_a_sighup_taken_by_libmilter_exits_for_a_restart(postfix, milter):
     m = milter("")
     tid = _libmilter_signal_thread(m.proc.pid)
     libc = ctypes.CDLL(None, use_errno=True)
-    assert libc.syscall(234, m.proc.pid, tid, signal.SIGHUP) == 0   # tgkill(2) on x86-64
+    assert libc.syscall(234, m.proc.pid, tid, signal.SIGHUP) == 0  # tgkill(2) on x86-64
     assert m.proc.wait(timeout=30) == 75
     assert "did not handle" in m.log_path.read_text()
 
@@ -279,8 +286,10 @@ def test_header_order_and_bytes_are_preserved_in_quarantine(postfix, milter, tmp
 def test_released_message_is_delivered_once_and_not_quarantined_again(postfix, milter, tmp_path):
     from mailward.cli.main import main as cli
 
-    m = milter(f'[policy.inbound]\nspam_action = "quarantine"\n'
-               f'[quarantine]\nrelay_host = "127.0.0.1"\nrelay_port = {postfix.smtp_port}\n')
+    m = milter(
+        f'[policy.inbound]\nspam_action = "quarantine"\n'
+        f'[quarantine]\nrelay_host = "127.0.0.1"\nrelay_port = {postfix.smtp_port}\n'
+    )
     mid, raw = gtube_message()
     assert postfix.send(raw)[0] == 250
     assert postfix.delivered(mid, timeout=2) is None
@@ -292,17 +301,19 @@ def test_released_message_is_delivered_once_and_not_quarantined_again(postfix, m
     assert delivered is not None, postfix.log()[-2000:]
     assert delivered["X-Mailward-Verdict"] == "tag"
     assert "released" in delivered["X-Mailward-Reasons"]
-    assert delivered["X-Mailward-Release"] is None            # our marks never reach the mailbox
+    assert delivered["X-Mailward-Release"] is None  # our marks never reach the mailbox
     released = [e for e in m.events() if e["mailward"].get("released_from") == qid]
     assert len(released) == 1
-    assert cli(["--config", config, "quarantine", "release", qid]) == 3     # never twice
+    assert cli(["--config", config, "quarantine", "release", qid]) == 3  # never twice
 
 
 def test_forged_authentication_results_claiming_our_id_are_removed(postfix, milter):
     milter('[reputation]\nauthserv_id = "mx.mailward.test"\n')
     mid, raw = message()
-    forged = (b"Authentication-Results: mx.mailward.test; dmarc=pass header.from=bank.example\r\n"
-              b"Authentication-Results: relay.example.net; spf=pass smtp.mailfrom=a@example.org\r\n")
+    forged = (
+        b"Authentication-Results: mx.mailward.test; dmarc=pass header.from=bank.example\r\n"
+        b"Authentication-Results: relay.example.net; spf=pass smtp.mailfrom=a@example.org\r\n"
+    )
     raw = raw.replace(b"Subject:", forged + b"Subject:", 1)
     assert postfix.send(raw)[0] == 250
     delivered = postfix.delivered(mid)
@@ -315,7 +326,8 @@ def test_rule_files_are_hot_reloaded_and_a_broken_edit_never_disarms(postfix, mi
     rules = tmp_path / "rules"
     rules.mkdir()
     (rules / "local.yar").write_text(
-        'rule Local_Placeholder { strings: $a = "never-in-any-mail-1f3a" condition: $a }\n')
+        'rule Local_Placeholder { strings: $a = "never-in-any-mail-1f3a" condition: $a }\n'
+    )
     m = milter(f'[signatures]\nrules_dirs = ["{rules}"]\n')
     marker = "Quarterly-Marker-7c1d9e"
     mid, raw = message(body=f"see {marker}\n")
@@ -325,12 +337,15 @@ def test_rule_files_are_hot_reloaded_and_a_broken_edit_never_disarms(postfix, mi
     while time.monotonic() < deadline and m.log_path.read_text().count("reloaded from") < 1:
         time.sleep(0.2)
     mid, raw = message(body=f"see {marker}\n")
-    assert postfix.send(raw)[0] == 550                    # the new rule is live without a restart
-    (rules / "local.yar").write_text("rule Broken { condition: \n")       # a bad edit
+    assert postfix.send(raw)[0] == 550  # the new rule is live without a restart
+    (rules / "local.yar").write_text("rule Broken { condition: \n")  # a bad edit
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and m.log_path.read_text().count("reloaded from") < 2 \
-            and "reload refused" not in m.log_path.read_text():
+    while (
+        time.monotonic() < deadline
+        and m.log_path.read_text().count("reloaded from") < 2
+        and "reload refused" not in m.log_path.read_text()
+    ):
         time.sleep(0.2)
     assert m.proc.poll() is None
     mid, raw = eicar_message()
-    assert postfix.send(raw)[0] == 550                    # shipped rules still armed
+    assert postfix.send(raw)[0] == 550  # shipped rules still armed

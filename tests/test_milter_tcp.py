@@ -14,7 +14,7 @@ from harness.postfix import free_port
 from mailward.milter.tcp import set_nodelay
 from support.mail import message
 
-_PIDFD_GETFD = 438           # x86-64 and arm64 system call number
+_PIDFD_GETFD = 438  # x86-64 and arm64 system call number
 
 
 def _nodelay(sock: socket.socket) -> bool:
@@ -32,7 +32,7 @@ def test_nodelay_reaches_the_listener_and_what_it_accepted_before_and_after():
         late, _ = listener.accept()
         try:
             assert _nodelay(listener) and _nodelay(early) and _nodelay(late)
-            assert not _nodelay(early_client) and not _nodelay(late_client)   # only our side of our port
+            assert not _nodelay(early_client) and not _nodelay(late_client)  # only our side of our port
         finally:
             for sock in (early_client, early, late_client, late):
                 sock.close()
@@ -60,9 +60,12 @@ def _their_socket(pid: int, port: int) -> socket.socket:
             except OSError:
                 os.close(fd)
                 continue
-            if sock.family == socket.AF_INET and sock.type == socket.SOCK_STREAM \
-                    and sock.getsockname()[1] == port and not sock.getsockopt(socket.SOL_SOCKET,
-                                                                             socket.SO_ACCEPTCONN):
+            if (
+                sock.family == socket.AF_INET
+                and sock.type == socket.SOCK_STREAM
+                and sock.getsockname()[1] == port
+                and not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+            ):
                 return sock
             sock.close()
     finally:
@@ -74,10 +77,15 @@ def test_an_inet_milter_answers_data_sets_nodelay_and_screens(tmp_path):
     port = free_port()
     log = tmp_path / "milter.log"
     cfg = tmp_path / "mailward.toml"
-    cfg.write_text(f'state_dir = "{tmp_path / "state"}"\n[milter]\nsocket = "inet:{port}@127.0.0.1"\nworkers = 1\n'
-                   f'[reputation]\nenabled = false\n[logging]\nfile = "{log}"\n')
-    proc = subprocess.Popen([sys.executable, "-m", "mailward.milter.daemon", "--config", str(cfg)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cfg.write_text(
+        f'state_dir = "{tmp_path / "state"}"\n[milter]\nsocket = "inet:{port}@127.0.0.1"\nworkers = 1\n'
+        f'[reputation]\nenabled = false\n[logging]\nfile = "{log}"\n'
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mailward.milter.daemon", "--config", str(cfg)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 120
         while "mailward-milter listening" not in (log.read_text() if log.exists() else ""):

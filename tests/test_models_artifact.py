@@ -49,7 +49,7 @@ def test_sidecar_describes_the_model(saved):
     meta = json.loads((directory / SIDECAR).read_text())
     assert meta["model_version"] == written.version
     assert (directory / meta["artifact"]).stat().st_size == meta["size"]
-    assert meta["features"]["n_features"] == 2 ** 12 and meta["features"]["tokenizer"]["bigrams"] is True
+    assert meta["features"]["n_features"] == 2**12 and meta["features"]["tokenizer"]["bigrams"] is True
     assert meta["naive_bayes"] == {"variant": "MultinomialNB", "alpha": TrainingSettings().alpha}
     assert meta["class_counts"] == {"ham": 24, "spam": 24}
     assert meta["training_data"]["calibration"]["held_out"] > 0
@@ -83,11 +83,14 @@ def test_payload_that_is_not_a_model_is_refused_even_with_matching_checksum(save
         load_artifact(directory / SIDECAR, directory)
 
 
-@pytest.mark.parametrize("changes, message_part", [
-    ({"format_version": 99}, "format version 99"),
-    ({"sklearn_version": "0.24.2"}, "built with scikit-learn 0.24.2"),
-    ({"kind": "something-else"}, "not a Mailward spam model"),
-])
+@pytest.mark.parametrize(
+    "changes, message_part",
+    [
+        ({"format_version": 99}, "format version 99"),
+        ({"sklearn_version": "0.24.2"}, "built with scikit-learn 0.24.2"),
+        ({"kind": "something-else"}, "not a Mailward spam model"),
+    ],
+)
 def test_version_mismatch_is_refused(saved, changes, message_part):
     _, directory = saved
     edit_sidecar(directory, **changes)
@@ -95,13 +98,16 @@ def test_version_mismatch_is_refused(saved, changes, message_part):
         load_artifact(directory / SIDECAR, directory)
 
 
-@pytest.mark.parametrize("changes", [
-    {"naive_bayes": {"variant": "MultinomialNB", "alpha": 0}},
-    {"naive_bayes": {"variant": "MultinomialNB", "alpha": "NaN"}},
-    {"combiner": {"evidence_per_side": 20, "slope": "x", "intercept": 0.0}},
-    {"combiner": {"evidence_per_side": 0, "slope": 1.0, "intercept": 0.0}},
-    {"combiner": {"evidence_per_side": 20, "slope": 1.0, "intercept": 0.0, "extra": 1}},
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"naive_bayes": {"variant": "MultinomialNB", "alpha": 0}},
+        {"naive_bayes": {"variant": "MultinomialNB", "alpha": "NaN"}},
+        {"combiner": {"evidence_per_side": 20, "slope": "x", "intercept": 0.0}},
+        {"combiner": {"evidence_per_side": 0, "slope": 1.0, "intercept": 0.0}},
+        {"combiner": {"evidence_per_side": 20, "slope": 1.0, "intercept": 0.0, "extra": 1}},
+    ],
+)
 def test_settings_that_would_break_scoring_are_refused(saved, changes):
     _, directory = saved
     edit_sidecar(directory, **changes)
@@ -151,7 +157,7 @@ def test_saving_replaces_atomically_and_leaves_no_temporary_files(model, saved):
     _, directory = saved
     before = os.stat(directory / SIDECAR).st_ino
     save_artifact(model, directory)
-    assert os.stat(directory / SIDECAR).st_ino != before       # renamed into place, not rewritten
+    assert os.stat(directory / SIDECAR).st_ino != before  # renamed into place, not rewritten
     assert not [p for p in directory.iterdir() if p.name.startswith(".")]
 
 
@@ -175,7 +181,7 @@ def test_the_profile_is_recorded_and_a_model_is_scored_with_its_own(tmp_path):
     from mailward.models.tokens import TokenizerSettings
 
     site = small_model()
-    site = changed(site, features=FeatureSettings(n_features=2 ** 12, tokenizer=TokenizerSettings(profile="site")))
+    site = changed(site, features=FeatureSettings(n_features=2**12, tokenizer=TokenizerSettings(profile="site")))
     written = save_artifact(site, tmp_path)
     meta = json.loads((tmp_path / SIDECAR).read_text())
     assert meta["features"]["tokenizer"]["profile"] == "site"
@@ -194,7 +200,8 @@ def test_a_sidecar_without_a_profile_is_a_corpus_model(saved):
 def test_unknown_profile_is_refused_clearly(saved):
     _, directory = saved
     meta = json.loads((directory / SIDECAR).read_text())
-    edit_sidecar(directory, features=dict(meta["features"], tokenizer=dict(meta["features"]["tokenizer"],
-                                                                           profile="future")))
+    edit_sidecar(
+        directory, features=dict(meta["features"], tokenizer=dict(meta["features"]["tokenizer"], profile="future"))
+    )
     with pytest.raises(ArtifactError, match="unknown feature profile 'future'"):
         load_artifact(directory / SIDECAR, directory)

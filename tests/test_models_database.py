@@ -54,7 +54,7 @@ def checked(loader: ModelLoader, clock: FakeClock) -> str:
 
 def test_promotion_and_rollback_reach_a_running_loader(registry, models, fresh_pg_dsn):
     first, second = (registry.add(m) for m in models)
-    assert registry.add(models[0]).version == first.version            # the same model once
+    assert registry.add(models[0]).version == first.version  # the same model once
     assert [v.version for v in registry.versions()] == [first.version, second.version]
     registry.promote(first.version, "ann", {"test": True})
     clock = FakeClock()
@@ -63,7 +63,7 @@ def test_promotion_and_rollback_reach_a_running_loader(registry, models, fresh_p
 
     record = registry.promote(second.version, "ann", {"test": True})
     assert record.previous == first.version
-    assert loader.current().version == first.version                   # not before its check
+    assert loader.current().version == first.version  # not before its check
     assert checked(loader, clock) == second.version
     assert registry.live_version() == second.version and registry.live().version == second.version
 
@@ -71,7 +71,10 @@ def test_promotion_and_rollback_reach_a_running_loader(registry, models, fresh_p
     registry.promote(first.version, "bob", {"rollback": True}, action="rollback")
     assert checked(loader, clock) == first.version
     assert [(h.action, h.version, h.actor) for h in registry.history()] == [
-        ("promote", first.version, "ann"), ("promote", second.version, "ann"), ("rollback", first.version, "bob")]
+        ("promote", first.version, "ann"),
+        ("promote", second.version, "ann"),
+        ("rollback", first.version, "bob"),
+    ]
     assert [v.live for v in registry.versions()] == [True, False]
     with pytest.raises(RegistryError, match="nothing to roll back"):
         registry.rollback_target()
@@ -88,17 +91,21 @@ def test_a_corrupt_stored_payload_is_refused_and_the_loader_keeps_its_model(regi
     registry.promote(second.version, "ann", {})
     import psycopg
 
-    with psycopg.connect(fresh_pg_dsn, autocommit=True) as conn:     # one flipped byte in the stored payload
-        conn.execute("UPDATE model_chunks SET data = overlay(data placing '\\x00'::bytea from 40 for 1) "
-                     "WHERE version = %s AND seq = 0", (second.version,))
+    with psycopg.connect(fresh_pg_dsn, autocommit=True) as conn:  # one flipped byte in the stored payload
+        conn.execute(
+            "UPDATE model_chunks SET data = overlay(data placing '\\x00'::bytea from 40 for 1) "
+            "WHERE version = %s AND seq = 0",
+            (second.version,),
+        )
     assert checked(loader, clock) == first.version
     assert len(refusals) == 1 and "sha256" in refusals[0]
     with pytest.raises(ArtifactError, match="sha256"):
         registry.load(second.version)
 
 
-def test_an_outage_keeps_the_model_logs_once_and_a_later_promotion_still_arrives(registry, models, fresh_pg_dsn,
-                                                                                 caplog):
+def test_an_outage_keeps_the_model_logs_once_and_a_later_promotion_still_arrives(
+    registry, models, fresh_pg_dsn, caplog
+):
     """The outage is real: the host's database role loses its login and its session is ended."""
     import psycopg
     from psycopg.conninfo import make_conninfo
@@ -123,13 +130,13 @@ def test_an_outage_keeps_the_model_logs_once_and_a_later_promotion_still_arrives
             registry.promote(second.version, "ann", {})
             admin.execute(f"ALTER ROLE {role} LOGIN")
             assert checked(loader, clock) == second.version
-        loader.source.database.close()                              # type: ignore[attr-defined]
+        loader.source.database.close()  # type: ignore[attr-defined]
         admin.execute(f"DROP OWNED BY {role}")
         admin.execute(f"DROP ROLE {role}")
 
 
 def test_an_unreachable_database_falls_back_to_the_shipped_model(tmp_path):
-    dsn = "host=127.0.0.1 port=9 user=nobody dbname=none connect_timeout=2"     # discard port: nothing listens
+    dsn = "host=127.0.0.1 port=9 user=nobody dbname=none connect_timeout=2"  # discard port: nothing listens
     refusals: list[str] = []
     loader = loader_of(dsn, FakeClock(), shipped=True, on_refusal=refusals.append)
     shipped = load_artifact(SHIPPED_DIR / SIDECAR, SHIPPED_DIR)
@@ -160,7 +167,7 @@ def test_schema_creation_by_hosts_starting_at_once(fresh_pg_dsn):
         ready.wait()
         try:
             database.create_schema()
-        except BaseException as exc:    # noqa: BLE001 - reported by the assertion below
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
             failures.append(exc)
 
     threads = [threading.Thread(target=start, args=(h,)) for h in hosts]
@@ -169,7 +176,7 @@ def test_schema_creation_by_hosts_starting_at_once(fresh_pg_dsn):
     for t in threads:
         t.join(timeout=60)
     assert failures == []
-    ModelDatabase(fresh_pg_dsn).create_schema()                 # and again: idempotent
+    ModelDatabase(fresh_pg_dsn).create_schema()  # and again: idempotent
     assert ModelDatabase(fresh_pg_dsn).live() is None
 
 
@@ -195,14 +202,17 @@ class Host:
         self.state = tmp_path / name / "state"
         self.config = tmp_path / name / "mailward.toml"
         self.config.parent.mkdir(parents=True)
-        self.config.write_text(f'state_dir = "{self.state}"\n'
-                               f"[quarantine]\nbackend = \"postgresql\"\ndsn = {json.dumps(dsn)}\n"
-                               f"[model]\ncheck_interval = 0.2\n[reputation]\nenabled = false\n")
+        self.config.write_text(
+            f'state_dir = "{self.state}"\n'
+            f'[quarantine]\nbackend = "postgresql"\ndsn = {json.dumps(dsn)}\n'
+            f"[model]\ncheck_interval = 0.2\n[reputation]\nenabled = false\n"
+        )
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", HOST, str(self.config)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", HOST, str(self.config)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
 
     def scan(self) -> str:
         assert self.proc is not None and self.proc.stdin is not None and self.proc.stdout is not None
@@ -242,7 +252,7 @@ def test_a_promotion_on_host_a_is_scored_with_on_host_b(tmp_path, fresh_pg_dsn, 
     try:
         a.start()
         b.start()
-        assert a.scan() == b.scan() == shipped                  # nothing promoted yet
+        assert a.scan() == b.scan() == shipped  # nothing promoted yet
         assert a.cli("model", "promote", first.version, "--force")[0] == 0
         assert b.scans_with(first.version) and a.scans_with(first.version)
         assert a.cli("model", "promote", second.version, "--force")[0] == 0
@@ -255,7 +265,7 @@ def test_a_promotion_on_host_a_is_scored_with_on_host_b(tmp_path, fresh_pg_dsn, 
         code, out = a.cli("model", "rollback")
         assert code == 0 and f"rolled back to {first.version}" in out
         assert b.scans_with(first.version)
-        assert not (b.state / "models" / SIDECAR).exists()     # nothing went through B's filesystem
+        assert not (b.state / "models" / SIDECAR).exists()  # nothing went through B's filesystem
     finally:
         a.stop()
         b.stop()
@@ -271,11 +281,11 @@ def test_train_update_compare_promote_and_roll_back_on_the_database_registry(tmp
     assert run(state, "model", "promote", first, "--on", layout)[0] == 0
     update = run_json(state, "train", "--update", more)
     second = update["candidate"]
-    assert update["learned"] == 3 and not update["rebuilt"]     # the three reports in the mbox
+    assert update["learned"] == 3 and not update["rebuilt"]  # the three reports in the mbox
     assert run_json(state, "model", "compare", second, layout)["live"]["model"] == first
     assert run(state, "model", "promote", second, "--force")[0] == 0
     code, out = run(state, "model", "rollback")
     assert code == 0 and f"rolled back to {first}" in out
     listing = run_json(state, "model", "list")
     assert listing["live"] == first and {first, second} <= {v["version"] for v in listing["versions"]}
-    assert not (state / "models").exists()                       # nothing in the model directory
+    assert not (state / "models").exists()  # nothing in the model directory

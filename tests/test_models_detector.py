@@ -52,7 +52,7 @@ def test_normal_message_scores_low(detector):
 def test_policy_thresholds_act_on_the_score(detector):
     spam_evidence = evidence_for(detector, "spammy.eml")
     ham_evidence = evidence_for(detector, "ham.eml")
-    policy = DirectionPolicy()                       # tag 0.5, quarantine at 0.9
+    policy = DirectionPolicy()  # tag 0.5, quarantine at 0.9
     assert decide(spam_evidence, policy, "MW-1").action is Action.QUARANTINE
     assert decide(ham_evidence, policy, "MW-2").action is Action.ACCEPT
     score = spam_evidence.spam.score

@@ -55,7 +55,7 @@ def test_promoted_model_is_picked_up_after_the_check_interval(models, shipped, t
     shipped_version = loader.current().version
     promoted = save_artifact(models[1], directory)
     clock.now += 4.9
-    assert loader.current().version == shipped_version          # not looked at yet: costs a clock read only
+    assert loader.current().version == shipped_version  # not looked at yet: costs a clock read only
     clock.now += 0.2
     assert loader.current().version == promoted.version
 

@@ -41,16 +41,25 @@ def test_label_leaking_and_delivery_headers_are_ignored():
         assert leak not in tokens, leak
     assert "x-spam" not in joined and "x-keywords" not in joined and "status" not in joined
     # Removing the verdict headers changes nothing at all.
-    stripped = b"\n".join(line for line in raw.split(b"\n")
-                          if not line.startswith((b"X-Spam-", b"X-Keywords:", b"Status:")))
+    stripped = b"\n".join(
+        line for line in raw.split(b"\n") if not line.startswith((b"X-Spam-", b"X-Keywords:", b"Status:"))
+    )
     assert tokens_of(stripped) == tokens
 
 
 def test_header_evidence_is_prefixed():
     tokens = set(tokens_of((MAIL / "ham.eml").read_bytes()))
-    assert {"subject:release", "subject:freeze", "from:dom:example.org", "from:name:maria",
-            "header:has:in-reply-to", "header:has:list-id", "mailer:gnus", "mime:charset:utf-8"} <= tokens
-    assert "release" in tokens and "freeze" in tokens          # the subject is read as text too
+    assert {
+        "subject:release",
+        "subject:freeze",
+        "from:dom:example.org",
+        "from:name:maria",
+        "header:has:in-reply-to",
+        "header:has:list-id",
+        "mailer:gnus",
+        "mime:charset:utf-8",
+    } <= tokens
+    assert "release" in tokens and "freeze" in tokens  # the subject is read as text too
 
 
 def test_html_tricks_urls_and_encoded_subject():
@@ -60,31 +69,41 @@ def test_html_tricks_urls_and_encoded_subject():
     assert {"html:trick:white-text", "html:trick:tiny-font", "html:trick:web-bug"} <= tokens
     # a link to a bare IP address whose text shows another site
     assert {"url:ip", "url:shown-differs", "url:dom:cheap-meds-online.ru", "url:tld:ru"} <= tokens
-    assert {"replyto:dom:cheap-meds-online.ru", "replyto:other-domain", "header:x-priority:1",
-            "header:charset:utf-8", "subject:free", "subject:shape:money-or-shout"} <= tokens
+    assert {
+        "replyto:dom:cheap-meds-online.ru",
+        "replyto:other-domain",
+        "header:x-priority:1",
+        "header:charset:utf-8",
+        "subject:free",
+        "subject:shape:money-or-shout",
+    } <= tokens
 
 
 def test_preprocessed_corpus_text_gives_the_tokens_raw_mail_would():
     spaced = tokens_of((MAIL / "preprocessed.txt").read_bytes())
-    raw = tokens_of(b"Subject: Re: gas nominations for March\n\nSee http://www.example.com/gas/noms.html "
-                    b"- don't hesitate to call.\n")
+    raw = tokens_of(
+        b"Subject: Re: gas nominations for March\n\nSee http://www.example.com/gas/noms.html "
+        b"- don't hesitate to call.\n"
+    )
     assert "url:dom:example.com" in spaced and "url:dom:example.com" in raw
     assert {"don", "hesitate", "subject:gas", "subject:nominations"} <= set(spaced) & set(raw)
-    assert "example.com.for" not in " ".join(spaced)           # the host ends at its TLD
+    assert "example.com.for" not in " ".join(spaced)  # the host ends at its TLD
 
 
 def test_words_generalise_numbers_long_runs_and_cjk():
     assert words_of("Call 0800123456 or 911 NOW") == ["call", "num:10", "or", "911", "now"]
     assert words_of("x" * 40) == ["shape:longword"]
     assert words_of("無料でお試し") == ["無料", "料で", "でお", "お試", "試し"]
-    assert words_of("fr\u200bee  ＦＲＥＥ") == ["free", "free"]      # zero-width space, full-width letters
+    assert words_of("fr\u200bee  ＦＲＥＥ") == ["free", "free"]  # zero-width space, full-width letters
 
 
 def test_attachments_give_type_and_extension():
-    raw = (b"Subject: invoice\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=b\n\n--b\n"
-           b"Content-Type: text/plain\n\nplease see attached\n--b\nContent-Type: application/zip; name=\"inv.zip\"\n"
-           b"Content-Disposition: attachment; filename=\"inv.zip\"\nContent-Transfer-Encoding: base64\n\n"
-           b"UEsFBgAAAAAAAAAAAAAAAAAAAAAAAA==\n--b--\n")
+    raw = (
+        b"Subject: invoice\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=b\n\n--b\n"
+        b'Content-Type: text/plain\n\nplease see attached\n--b\nContent-Type: application/zip; name="inv.zip"\n'
+        b'Content-Disposition: attachment; filename="inv.zip"\nContent-Transfer-Encoding: base64\n\n'
+        b"UEsFBgAAAAAAAAAAAAAAAAAAAAAAAA==\n--b--\n"
+    )
     tokens = tokens_of(raw)
     assert "att:ext:zip" in tokens and "att:type:application/zip" in tokens
 
@@ -101,15 +120,18 @@ def test_registrable_domain():
     assert registrable_domain("Example.COM.") == "example.com"
 
 
-@pytest.mark.parametrize("markup", [
-    "<!--" * 50_000,                                     # unclosed comments
-    "<a " * 50_000,                                      # unclosed tags
-    "<p style='" + "x" * 300_000,                        # an attribute that never ends
-    "&#" * 100_000,
-    "a<!--" * 40_000,                                    # comments that never close, each after a letter
-    "a<b" * 60_000 + ">",
-    "<a href=x>" * 20_000,                               # anchors that never close
-])
+@pytest.mark.parametrize(
+    "markup",
+    [
+        "<!--" * 50_000,  # unclosed comments
+        "<a " * 50_000,  # unclosed tags
+        "<p style='" + "x" * 300_000,  # an attribute that never ends
+        "&#" * 100_000,
+        "a<!--" * 40_000,  # comments that never close, each after a letter
+        "a<b" * 60_000 + ">",
+        "<a href=x>" * 20_000,  # anchors that never close
+    ],
+)
 def test_hostile_html_costs_linear_time(markup):
     started = time.perf_counter()
     html_to_text(markup)
@@ -156,13 +178,30 @@ SITE_MAIL = (
 
 def test_site_profile_reads_relays_recipients_and_other_headers():
     tokens = set(tokens_of(SITE_MAIL, TokenizerSettings(profile="site")))
-    assert {"rcvd:hops:2", "rcvd:ip:192.0.2.7", "rcvd:net:198.51.100", "rcvd:helo:bulk.example",
-            "rcvd:rdns:other.example", "rcvd:relay:helo-rdns:differ", "rcvd:first:helo-rdns:same", "rcvd:tls",
-            "rcpt:to:undisclosed", "rcpt:count:2", "rcpt:dom:one.example", "rcpt:dom:two.example",
-            "h:x-campaign:spring", "h:x-campaign:sale"} <= tokens
+    assert {
+        "rcvd:hops:2",
+        "rcvd:ip:192.0.2.7",
+        "rcvd:net:198.51.100",
+        "rcvd:helo:bulk.example",
+        "rcvd:rdns:other.example",
+        "rcvd:relay:helo-rdns:differ",
+        "rcvd:first:helo-rdns:same",
+        "rcvd:tls",
+        "rcpt:to:undisclosed",
+        "rcpt:count:2",
+        "rcpt:dom:one.example",
+        "rcpt:dom:two.example",
+        "h:x-campaign:spring",
+        "h:x-campaign:sale",
+    } <= tokens
     # Verdicts of any filter, authentication results and delivery-time headers are never read.
-    leaked = [t for t in tokens if any(word in t for word in ("yes", "9.9", "reject", "spf", "fail", "0.99",
-                                                              "return-path", "x-spam", "x-rspamd"))]
+    leaked = [
+        t
+        for t in tokens
+        if any(
+            word in t for word in ("yes", "9.9", "reject", "spf", "fail", "0.99", "return-path", "x-spam", "x-rspamd")
+        )
+    ]
     assert leaked == []
 
 

@@ -35,8 +35,8 @@ def test_partial_fit_over_batches_equals_a_single_fit(examples):
     docs = [t for _, t, _ in examples]
     labels = [label for _, _, label in examples]
     incremental = Trainer(SMALL, 0.3)
-    for start in range(0, len(docs), 7):                 # uneven batches, the last one short
-        incremental.learn(docs[start:start + 7], labels[start:start + 7])
+    for start in range(0, len(docs), 7):  # uneven batches, the last one short
+        incremental.learn(docs[start : start + 7], labels[start : start + 7])
     whole = MultinomialNB(alpha=0.3, force_alpha=True).fit(incremental.hashed(docs), np.array(labels))
     assert_same_counts(incremental.nb, whole)
 
@@ -56,7 +56,7 @@ def test_weights_from_sparse_counts_equal_the_estimators(examples):
     dense = (nb.feature_log_prob_[spam] - nb.feature_log_prob_[ham]).astype(np.float32)
     dense[nb.feature_count_.sum(axis=0) == 0] = 0.0
     counts = trainer.counts()
-    assert len(counts.columns) < SMALL.n_features        # only the columns some message had are kept
+    assert len(counts.columns) < SMALL.n_features  # only the columns some message had are kept
     np.testing.assert_allclose(counts.weights(), dense, rtol=1e-6, atol=1e-6)
     assert_same_counts(counts.estimator(), nb)
 
@@ -78,15 +78,18 @@ def test_learning_resumes_from_a_saved_artifact(examples, tmp_path):
 def test_trained_model_is_calibrated_and_separates_the_classes(examples):
     model = small_model()
     assert model.combiner.slope > 0 and model.combiner != Combiner()
-    assert model.training_data["calibration"] == {"held_out": model.training_data["calibration"]["held_out"],
-                                                  "spam_prior": 0.1}
+    assert model.training_data["calibration"] == {
+        "held_out": model.training_data["calibration"]["held_out"],
+        "spam_prior": 0.1,
+    }
     scorer = model.scorer()
     spam = scorer.assess_tokens(tokens(message("offer", "buy cheap viagra now, limited time offer, click here")))
     ham = scorer.assess_tokens(tokens(message("agenda", "please review the meeting agenda for the project call")))
     assert 0.0 < ham.score < spam.score < 1.0
     assert spam.clues and spam.clues[0].weight > 0
-    assert {c.token for c in spam.clues} <= set(tokens(message("offer", "buy cheap viagra now, limited time "
-                                                                          "offer, click here")))
+    assert {c.token for c in spam.clues} <= set(
+        tokens(message("offer", "buy cheap viagra now, limited time offer, click here"))
+    )
 
 
 def test_spam_prior_moves_only_the_intercept(examples):
@@ -114,8 +117,10 @@ def test_build_command_trains_on_the_train_split_only(tmp_path):
     rows = []
     for i in range(3):
         rows += [(f"c/ham/{i}-{j}", "ham", "train", message("hi", f"{line} {i}")) for j, line in enumerate(HAM_LINES)]
-        rows += [(f"c/spam/{i}-{j}", "spam" if j % 2 else "phish", "train", message("hi", f"{line} {i}"))
-                 for j, line in enumerate(SPAM_LINES)]
+        rows += [
+            (f"c/spam/{i}-{j}", "spam" if j % 2 else "phish", "train", message("hi", f"{line} {i}"))
+            for j, line in enumerate(SPAM_LINES)
+        ]
     rows.append(("c/ham/held-out", "ham", "test", message("hi", "a message of the test split")))
     index = write_corpus(tmp_path, rows)
     out = tmp_path / "out"
@@ -126,7 +131,7 @@ def test_build_command_trains_on_the_train_split_only(tmp_path):
     assert meta["training_data"]["by_source"] == {"dev": {"ham": 18, "phish": 9, "spam": 9}}
     assert meta["training_data"]["split"] == "train"
     first = meta["model_version"]
-    assert build_default.main(args) == 0                   # reproducible, and one payload only
+    assert build_default.main(args) == 0  # reproducible, and one payload only
     assert json.loads((out / SIDECAR).read_text())["model_version"] == first
     assert [p.name for p in out.iterdir() if p.name != SIDECAR] == [json.loads((out / SIDECAR).read_text())["artifact"]]
     assert meta["artifact"].endswith(".npz")
@@ -143,6 +148,6 @@ def test_training_set_that_fills_whole_batches_leaves_no_empty_batch_to_fail(mon
     import mailward.training.trainer as trainer_module
 
     examples = corpus()
-    monkeypatch.setattr(trainer_module, "BATCH", 1)     # every batch full: nothing is left for the last one
+    monkeypatch.setattr(trainer_module, "BATCH", 1)  # every batch full: nothing is left for the last one
     model = train(examples, TrainingSettings(features=SMALL))
     assert model.counts.class_count.sum() == len(examples)

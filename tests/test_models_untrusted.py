@@ -70,7 +70,7 @@ def plant(directory, payload: bytes, name: str, **sidecar) -> None:
     meta.update(artifact=name, sha256=hashlib.sha256(payload).hexdigest(), size=len(payload), **sidecar)
     tmp = directory / ".planted"
     tmp.write_text(json.dumps(meta))
-    os.replace(tmp, directory / SIDECAR)           # a new sidecar, as a promotion would bring
+    os.replace(tmp, directory / SIDECAR)  # a new sidecar, as a promotion would bring
 
 
 HOSTILE = {
@@ -114,23 +114,29 @@ def test_old_joblib_artifact_names_the_way_out(model, tmp_path, marker):
 def arrays(model, **changes) -> bytes:
     from mailward.models.artifact import _npz
 
-    base = {"class_count": model.counts.class_count,
-            "column_steps": np.diff(model.counts.columns.astype(np.int64), prepend=0), "counts": model.counts.counts}
+    base = {
+        "class_count": model.counts.class_count,
+        "column_steps": np.diff(model.counts.columns.astype(np.int64), prepend=0),
+        "counts": model.counts.counts,
+    }
     return _npz({key: value for key, value in {**base, **changes}.items() if value is not None})
 
 
-@pytest.mark.parametrize("changes, refusal", [
-    ({"column_steps": None}, "not a spam model's arrays"),
-    ({"extra": np.zeros(1)}, "not a spam model's arrays"),
-    ({"counts": np.zeros((2, 2 ** 14))}, "larger than 4096 columns need"),
-    ({"column_steps": np.array([4095, 1]), "counts": np.ones((2, 2))}, "below 4096"),
-    ({"column_steps": np.array([2 ** 62, 2 ** 62]), "counts": np.ones((2, 2))}, "below 4096"),
-    ({"column_steps": np.array([5, 0, 1]), "counts": np.ones((2, 3))}, "distinct, sorted"),
-    ({"column_steps": np.array([5, -1]), "counts": np.ones((2, 2))}, "distinct, sorted"),
-    ({"column_steps": np.array([1, 2]), "counts": -np.ones((2, 2))}, "non-negative"),
-    ({"class_count": np.array([0.0, 3.0])}, "both classes"),
-    ({"counts": np.ones((2, 3), dtype=np.float32), "column_steps": np.array([1, 2, 3])}, "types and shapes"),
-])
+@pytest.mark.parametrize(
+    "changes, refusal",
+    [
+        ({"column_steps": None}, "not a spam model's arrays"),
+        ({"extra": np.zeros(1)}, "not a spam model's arrays"),
+        ({"counts": np.zeros((2, 2**14))}, "larger than 4096 columns need"),
+        ({"column_steps": np.array([4095, 1]), "counts": np.ones((2, 2))}, "below 4096"),
+        ({"column_steps": np.array([2**62, 2**62]), "counts": np.ones((2, 2))}, "below 4096"),
+        ({"column_steps": np.array([5, 0, 1]), "counts": np.ones((2, 3))}, "distinct, sorted"),
+        ({"column_steps": np.array([5, -1]), "counts": np.ones((2, 2))}, "distinct, sorted"),
+        ({"column_steps": np.array([1, 2]), "counts": -np.ones((2, 2))}, "non-negative"),
+        ({"class_count": np.array([0.0, 3.0])}, "both classes"),
+        ({"counts": np.ones((2, 3), dtype=np.float32), "column_steps": np.array([1, 2, 3])}, "types and shapes"),
+    ],
+)
 def test_payload_arrays_are_checked_before_use(model, tmp_path, changes, refusal):
     directory = tmp_path / "models"
     save_artifact(model, directory)
@@ -145,8 +151,8 @@ def test_an_array_header_that_lies_about_its_size_is_refused_before_allocating(m
         for name in ("class_count.npy", "column_steps.npy"):
             forged.writestr(name, real.read(name))
         member = io.BytesIO()
-        np.lib.format.write_array_header_1_0(member, {"descr": "<f8", "fortran_order": False, "shape": (2, 2 ** 40)})
-        forged.writestr("counts.npy", member.getvalue() + bytes(16))     # 2 x 1 Ti float64 claimed, 16 bytes given
+        np.lib.format.write_array_header_1_0(member, {"descr": "<f8", "fortran_order": False, "shape": (2, 2**40)})
+        forged.writestr("counts.npy", member.getvalue() + bytes(16))  # 2 x 1 Ti float64 claimed, 16 bytes given
     directory = tmp_path / "models"
     save_artifact(model, directory)
     plant(directory, out.getvalue(), "spam-0004.npz")
@@ -188,7 +194,7 @@ def test_model_file_writable_by_others_is_refused(model, tmp_path):
 @pytest.fixture
 def other_user():
     if os.geteuid() != 0:
-        pytest.skip("changing a file's owner needs root")     # CI runs the suite as root
+        pytest.skip("changing a file's owner needs root")  # CI runs the suite as root
     return pwd.getpwnam("nobody")
 
 
@@ -222,8 +228,7 @@ def test_untrusted_model_at_start_falls_back_to_the_shipped_one(model, tmp_path)
 
 
 def settings_for(state, **model):
-    return load_settings(overrides={"state_dir": str(state), "reputation": {"enabled": False},
-                                    "model": model})
+    return load_settings(overrides={"state_dir": str(state), "reputation": {"enabled": False}, "model": model})
 
 
 def test_mailward_scan_refuses_a_hostile_model_and_scans_with_the_shipped_one(model, tmp_path, marker):
@@ -234,8 +239,12 @@ def test_mailward_scan_refuses_a_hostile_model_and_scans_with_the_shipped_one(mo
     eml.write_bytes(message()[1])
     config = tmp_path / "mailward.toml"
     config.write_text(f'state_dir = "{state}"\n[reputation]\nenabled = false\n')
-    done = subprocess.run([sys.executable, "-m", "mailward.cli.main", "--config", str(config), "scan", "--json",
-                           str(eml)], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "mailward.cli.main", "--config", str(config), "scan", "--json", str(eml)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert "spam model refused" in done.stderr and "joblib pickle" in done.stderr
     assert json.loads(done.stdout.splitlines()[0])["spam_score"] is not None
@@ -247,13 +256,13 @@ def test_scanning_workers_never_run_a_planted_model(model, tmp_path, marker):
     pool = ScanPool(settings_for(state, check_interval=0.0), 1)
     try:
         assert pool.scan(MessageSource.of(message()[1]), Envelope(), deadline=60).spam.model_version == good.version
-        for case in sorted(HOSTILE):                   # the worker looks at every new sidecar (interval 0)
+        for case in sorted(HOSTILE):  # the worker looks at every new sidecar (interval 0)
             build, name, sidecar, _ = HOSTILE[case]
             plant(state / "models", build(marker), name, **sidecar)
             assert pool.scan(MessageSource.of(message()[1]), Envelope(), deadline=60).spam.model_version == good.version
-        pool.reload(settings_for(state, check_interval=0.0))   # fresh workers start with the hostile file live
+        pool.reload(settings_for(state, check_interval=0.0))  # fresh workers start with the hostile file live
         started = pool.scan(MessageSource.of(message()[1]), Envelope(), deadline=60).spam.model_version
-        assert started not in ("", good.version)               # refused at start: the shipped model serves
+        assert started not in ("", good.version)  # refused at start: the shipped model serves
     finally:
         pool.close()
 
@@ -261,8 +270,15 @@ def test_scanning_workers_never_run_a_planted_model(model, tmp_path, marker):
 def format_1(directory, model) -> None:
     """Rewrite ``directory``'s model as Mailward wrote it before: a joblib pickle of the counts."""
     out = io.BytesIO()
-    joblib.dump({"classes": ["ham", "spam"], "class_count": model.counts.class_count,
-                 "feature_count": model.counts.feature_count()}, out, compress=("xz", 3))
+    joblib.dump(
+        {
+            "classes": ["ham", "spam"],
+            "class_count": model.counts.class_count,
+            "feature_count": model.counts.feature_count(),
+        },
+        out,
+        compress=("xz", 3),
+    )
     plant(directory, out.getvalue(), "spam-0123456789abcdef.joblib", format_version=1)
 
 
@@ -273,12 +289,12 @@ def test_conversion_of_a_trusted_old_model_needs_the_explicit_flag_and_keeps_its
     saved = save_artifact(model, directory)
     format_1(directory, model)
     with pytest.raises(SystemExit):
-        convert.main([str(directory)])                     # no --trust-pickle: nothing is unpickled
+        convert.main([str(directory)])  # no --trust-pickle: nothing is unpickled
     assert convert.main(["--trust-pickle", str(directory)]) == 0
     converted = load_artifact(directory / SIDECAR, directory)
     assert converted.version == saved.version and not list(directory.glob("*.joblib"))
     assert np.array_equal(converted.scorer().weights, saved.scorer().weights)
-    assert convert.main(["--trust-pickle", str(directory)]) == 0      # already current: left alone
+    assert convert.main(["--trust-pickle", str(directory)]) == 0  # already current: left alone
 
 
 def test_conversion_refuses_an_untrusted_old_model(model, tmp_path, marker):

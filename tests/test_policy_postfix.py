@@ -42,8 +42,23 @@ def test_recipients_with_different_policies_get_their_own_outcome(postfix, milte
     cfg = tmp_path / "cli.toml"
     cfg.write_text(f'state_dir = "{tmp_path / "state"}"\n')
     # a@example.test alone has blocked the sender's domain: their copy counts as certain spam.
-    assert main(["--config", str(cfg), "block", "add", "domain", "example.org", "--recipient", "a@example.test",
-                 "--reason", "unwanted"]) == 0
+    assert (
+        main(
+            [
+                "--config",
+                str(cfg),
+                "block",
+                "add",
+                "domain",
+                "example.org",
+                "--recipient",
+                "a@example.test",
+                "--reason",
+                "unwanted",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     m = milter(POLICY)
 
@@ -54,7 +69,7 @@ def test_recipients_with_different_policies_get_their_own_outcome(postfix, milte
     assert event is not None and wait_for(lambda: settled(postfix, event)), postfix.log()[-3000:]
     assert event["mailward"]["held_recipients"] == ["ceo@example.test", "a@example.test"]
     delivered = copies(postfix, mid)
-    assert list(delivered) == ["b@remote.test"], postfix.log()[-3000:]        # nothing for the others...
+    assert list(delivered) == ["b@remote.test"], postfix.log()[-3000:]  # nothing for the others...
     assert message_from_bytes(delivered["b@remote.test"])["X-Mailward-Verdict"] == "tag"
     held = [r for r in quarantined(cfg, capsys) if r["id"] == event["mailward"]["quarantine_id"]]
     assert [r["envelope"]["recipients"] for r in held] == [["ceo@example.test", "a@example.test"]]  # ...kept once

@@ -23,13 +23,23 @@ def run(tmp_path, capsys):
         code = main(["--config", str(cfg), *args])
         out = capsys.readouterr()
         return code, out.out, out.err
+
     call.cfg = cfg
     return call
 
 
 def test_allow_and_scoped_block_through_the_cli_are_listed_and_audited(run):
-    code, out, _ = run("allow", "--analyst", "ann", "add", "News@Partner.example", "--recipient", "example.org",
-                       "--reason", "newsletter we want")
+    code, out, _ = run(
+        "allow",
+        "--analyst",
+        "ann",
+        "add",
+        "News@Partner.example",
+        "--recipient",
+        "example.org",
+        "--reason",
+        "newsletter we want",
+    )
     assert code == 0 and "news@partner.example" in out
     assert run("allow", "add", "news@partner.example", "--recipient", "example.org", "--reason", "x")[0] == 3
     code, _, err = run("block", "add", "domain", "spam.example", "--recipient", "ceo@example.org", "--reason", "r")
@@ -39,10 +49,12 @@ def test_allow_and_scoped_block_through_the_cli_are_listed_and_audited(run):
     code, out, _ = run("allow", "list", "--json")
     entries = [json.loads(line) for line in out.splitlines()]
     assert [(e["list"], e["scope"], e["sender"]) for e in entries] == [
-        ("allow", "example.org", "news@partner.example"), ("block", "ceo@example.org", "spam.example")]
+        ("allow", "example.org", "news@partner.example"),
+        ("block", "ceo@example.org", "spam.example"),
+    ]
     assert entries[0]["created_by"] == "ann"
-    assert run("block", "list", "--json")[1] == ""            # a per-recipient block refuses nobody at SMTP
-    assert run("allow", "remove", "spam.example", "--recipient", "ceo@example.org")[0] == 3   # not an allow
+    assert run("block", "list", "--json")[1] == ""  # a per-recipient block refuses nobody at SMTP
+    assert run("allow", "remove", "spam.example", "--recipient", "ceo@example.org")[0] == 3  # not an allow
     assert run("block", "remove", "domain", "spam.example", "--recipient", "ceo@example.org")[0] == 0
     assert run("allow", "remove", "news@partner.example", "--recipient", "example.org", "--reason", "done")[0] == 0
     assert run("allow", "list")[1].strip() == "no entries"
@@ -52,7 +64,8 @@ def test_allow_and_scoped_block_through_the_cli_are_listed_and_audited(run):
         ("allow-list-remove", "sender", "news@partner.example", "for example.org: done"),
         ("block-list-remove", "domain", "spam.example", "for ceo@example.org"),
         ("block-list-add", "domain", "spam.example", "for ceo@example.org: r"),
-        ("allow-list-add", "sender", "news@partner.example", "for example.org: newsletter we want")]
+        ("allow-list-add", "sender", "news@partner.example", "for example.org: newsletter we want"),
+    ]
 
 
 def inbound(sender: str) -> Envelope:
@@ -78,7 +91,7 @@ def test_most_specific_scope_then_sender_wins_and_allow_needs_authentication(tmp
         # Anti-spoofing: a forged sender without SPF/DKIM/DMARC for its domain gets no allow.
         assert listed(inbound("news@partner.example"), "a@example.org", ()) is None
         assert listed(inbound("news@partner.example"), "a@example.org", ("evil.test",)) is None
-        assert listed(inbound(""), "a@example.org", signed) is None                      # bounces
+        assert listed(inbound(""), "a@example.org", signed) is None  # bounces
         outbound = Envelope(mail_from="bad@partner.example", direction=Direction.OUTBOUND)
         assert listed(outbound, "a@example.org", signed) is None
     finally:

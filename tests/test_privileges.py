@@ -33,8 +33,8 @@ def test_state_owned_by_a_service_user_is_run_as_that_user(as_root, tmp_path):
 def test_configured_milter_user_wins_and_must_exist(as_root, tmp_path):
     settings = load_settings(overrides={"state_dir": str(tmp_path / "new"), "milter": {"user": "nobody"}})
     assert service_account(settings).uid == pwd.getpwnam("nobody").pw_uid
-    with pytest.raises(ConfigError, match="no such user 'no-such-user-x'"):      # refused where it is loaded
+    with pytest.raises(ConfigError, match="no such user 'no-such-user-x'"):  # refused where it is loaded
         load_settings(overrides={"state_dir": str(tmp_path), "milter": {"user": "no-such-user-x"}})
-    gone = replace(settings, milter=replace(settings.milter, user="no-such-user-x"))   # deleted since the load
+    gone = replace(settings, milter=replace(settings.milter, user="no-such-user-x"))  # deleted since the load
     with pytest.raises(PrivilegeError, match="does not exist"):
         service_account(gone)

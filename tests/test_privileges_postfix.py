@@ -38,19 +38,23 @@ def test_root_cli_leaves_state_to_the_service_user_and_the_milter_keeps_scanning
     state = base / "state"
     state.mkdir(mode=0o700)
     os.chown(state, svc.pw_uid, svc.pw_gid)
-    common = f'state_dir = "{state}"\n[policy.inbound]\nspam_action = "quarantine"\n' \
-             f'[model]\ncheck_interval = 0.5\n' \
-             f'[quarantine]\nrelay_host = "127.0.0.1"\nrelay_port = {postfix.smtp_port}\n'
+    common = (
+        f'state_dir = "{state}"\n[policy.inbound]\nspam_action = "quarantine"\n'
+        f"[model]\ncheck_interval = 0.5\n"
+        f'[quarantine]\nrelay_host = "127.0.0.1"\nrelay_port = {postfix.smtp_port}\n'
+    )
     milter_config = base / "milter.toml"
     log_path = base / "milter.log"
-    milter_config.write_text(common + f'[milter]\nuser = "{SERVICE_USER}"\nsocket = "unix:{postfix.milter_socket}"\n'
-                                      f'workers = 1\nmessage_deadline = 20.0\n'
-                                      f'[logging]\nfile = "{log_path}"\nlevel = "info"\n')
+    milter_config.write_text(
+        common + f'[milter]\nuser = "{SERVICE_USER}"\nsocket = "unix:{postfix.milter_socket}"\n'
+        f"workers = 1\nmessage_deadline = 20.0\n"
+        f'[logging]\nfile = "{log_path}"\nlevel = "info"\n'
+    )
     # The service's log file exists and is the service user's (as logrotate's "create" leaves it): the
     # scanning processes, started after the drop, open it too.
     log_path.touch(mode=0o600)
     os.chown(log_path, svc.pw_uid, svc.pw_gid)
-    cli_config = base / "cli.toml"                 # no milter.user: the owner of state_dir decides
+    cli_config = base / "cli.toml"  # no milter.user: the owner of state_dir decides
     cli_config.write_text(common)
     assert service_account(load_settings(str(cli_config))).uid == svc.pw_uid
     sets = base / "sets"

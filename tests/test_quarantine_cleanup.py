@@ -42,8 +42,10 @@ def test_immutable_directory_keeps_the_store_error_and_logs_the_leftover(tmp_pat
     feeder = threading.Thread(target=feed)
     feeder.start()
     try:
-        with (caplog.at_level(logging.WARNING, logger="mailward.quarantine.files"),
-              pytest.raises(StoreError, match="cannot write quarantined message")):
+        with (
+            caplog.at_level(logging.WARNING, logger="mailward.quarantine.files"),
+            pytest.raises(StoreError, match="cannot write quarantined message"),
+        ):
             files.write("20240501T000000Z-0123456789abcdef", MessageSource.spooled(fifo, len(message_bytes)))
         feeder.join(timeout=30)
         leftovers = list(files.directory.glob(".tmp-*"))
@@ -51,5 +53,5 @@ def test_immutable_directory_keeps_the_store_error_and_logs_the_leftover(tmp_pat
         assert any(leftovers[0].name in r.getMessage() and "sweep" in r.getMessage() for r in caplog.records)
     finally:
         _chattr("-i", files.directory)
-    assert files.sweep(lambda _id: False, older_than=0, now=time.time() + 1) == 1   # the sweep removes it later
+    assert files.sweep(lambda _id: False, older_than=0, now=time.time() + 1) == 1  # the sweep removes it later
     assert list(files.directory.iterdir()) == []

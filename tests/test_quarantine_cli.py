@@ -33,16 +33,18 @@ def _zip() -> bytes:
 
 
 ZIP = _zip()
-HOSTILE = (b"From: \"Evil\x1b]0;pwned\x07\" <evil@bad.test>\r\nTo: bob@example.net\r\n"
-           b"Subject: =?utf-8?q?Invoice_=E2=80=AEfdp.exe?=\r\nMIME-Version: 1.0\r\n"
-           b"Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n"
-           b"--b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
-           b"Open the file\x1b[2J\x1b[31m now\r\nTo: fake-header-line\r\n"
-           b"--b1\r\nContent-Type: text/html\r\n\r\n<img src=\"http://tracker.test/x\">\r\n"
-           b"--b1\r\nContent-Type: application/pdf; name=\"invoice.pdf\"\r\n"
-           b"Content-Disposition: attachment; filename=\"invoice.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\n"
-           + base64.encodebytes(ZIP).replace(b"\n", b"\r\n") +
-           b"--b1--\r\n")
+HOSTILE = (
+    b'From: "Evil\x1b]0;pwned\x07" <evil@bad.test>\r\nTo: bob@example.net\r\n'
+    b"Subject: =?utf-8?q?Invoice_=E2=80=AEfdp.exe?=\r\nMIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n'
+    b"--b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+    b"Open the file\x1b[2J\x1b[31m now\r\nTo: fake-header-line\r\n"
+    b'--b1\r\nContent-Type: text/html\r\n\r\n<img src="http://tracker.test/x">\r\n'
+    b'--b1\r\nContent-Type: application/pdf; name="invoice.pdf"\r\n'
+    b'Content-Disposition: attachment; filename="invoice.pdf"\r\nContent-Transfer-Encoding: base64\r\n\r\n'
+    + base64.encodebytes(ZIP).replace(b"\n", b"\r\n")
+    + b"--b1--\r\n"
+)
 
 
 @pytest.fixture
@@ -63,6 +65,7 @@ def cli(settings, capsys):
         code = args.handler(args, settings)
         out, err = capsys.readouterr()
         return code, out, err
+
     return run
 
 
@@ -72,6 +75,7 @@ def put(settings):
         v, e = (case or spam_case)()
         with open_store(settings) as store:
             return store.put(MessageSource.of(raw if raw is not None else message()), env or envelope(), v, e)
+
     return put_one
 
 
@@ -99,14 +103,14 @@ def test_show_renders_hostile_content_inertly(cli, put):
     assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
     assert "\\x1b]0;pwned\\x07" in out and "\\u202e" in out
     assert "  | Open the file\\x1b[2J\\x1b[31m now" in out
-    assert "  | To: fake-header-line" in out                      # body lines cannot pose as headers
+    assert "  | To: fake-header-line" in out  # body lines cannot pose as headers
     assert '"invoice.pdf" attachment  real: application/zip  (type differs from declared)' in out
-    assert "<img src=" in out and "shown as source" in out        # HTML as text, never rendered
+    assert "<img src=" in out and "shown as source" in out  # HTML as text, never rendered
     assert "[high] spam gtube (gtube) at part 1" in out
     assert "Spam score:     0.970 (model nb-1)" in out and "+2.500  viagra" in out
 
     raw_json = cli("show", qid, "--json")[1]
-    assert not any(ch in raw_json for ch in "\x1b\x07\u202e")          # escaped in JSON too
+    assert not any(ch in raw_json for ch in "\x1b\x07\u202e")  # escaped in JSON too
     data = json.loads(raw_json)
     pdf = [p for p in data["parts"] if p["filename"] == "invoice.pdf"][0]
     assert pdf["declared_type"] == "application/pdf" and pdf["real_type"] == "application/zip"
@@ -123,7 +127,7 @@ def test_release_through_relay_marks_and_audits(cli, put, smtp_sink, settings):
     msg = email.message_from_bytes(data)
     verifier = ReleaseVerifier.from_settings(settings)
     assert verifier.verify(msg[RELEASE_HEADER], message_body(data), rcpts).quarantine_id == qid
-    assert cli("release", qid)[0] == 3                           # already released: nothing sent again
+    assert cli("release", qid)[0] == 3  # already released: nothing sent again
     assert len(smtp_sink.received) == 1
     hist = cli("history", qid, "--json")[1].splitlines()
     release_event = json.loads(hist[-1])
@@ -145,7 +149,7 @@ def test_label_export_delete_and_history(cli, put, tmp_path):
     target = tmp_path / "sample.eml"
     assert cli("export", qid, "-o", str(target))[0] == 0
     assert target.read_bytes() == HOSTILE and stat.S_IMODE(os.stat(target).st_mode) == 0o600
-    assert cli("export", qid, "-o", str(target))[0] == 1          # never overwrites
+    assert cli("export", qid, "-o", str(target))[0] == 1  # never overwrites
     assert cli("delete", qid)[0] == 0
     assert cli("show", qid)[0] == 1
     assert cli("delete", qid)[0] == 1
@@ -187,10 +191,10 @@ def test_export_to_stdout_is_byte_exact(settings, put, capsysbinary):
 
 def test_purge_uses_retention_or_older_than(cli, put, settings):
     qid = put()
-    assert cli("purge")[0] == 0                                  # 30 days retention: too young
+    assert cli("purge")[0] == 0  # 30 days retention: too young
     with open_store(settings) as store:
         assert store.get(qid) is not None
-    code, out, _ = cli("purge", "--older-than", "0")         # everything received before now
+    code, out, _ = cli("purge", "--older-than", "0")  # everything received before now
     assert code == 0 and "purged 1" in out
     assert json.loads(cli("history", qid, "--json")[1].splitlines()[-1])["action"] == "purge"
 
@@ -200,9 +204,10 @@ def test_digest_to_contacts_and_recipients(cli, put, smtp_sink):
     put(message("Outbound"), env=envelope(recipients=("ext@else.test",), direction=Direction.OUTBOUND))
     code, out, _ = cli("digest", "--to", "soc@example.net")
     assert code == 0 and "sent 2 digest(s)" in out
-    by_rcpt = {rcpts[0]: email.message_from_bytes(data, policy=email.policy.default)
-               for _, rcpts, data in smtp_sink.received}
-    assert set(by_rcpt) == {"soc@example.net", "bob@example.net"}   # never the outbound recipient
+    by_rcpt = {
+        rcpts[0]: email.message_from_bytes(data, policy=email.policy.default) for _, rcpts, data in smtp_sink.received
+    }
+    assert set(by_rcpt) == {"soc@example.net", "bob@example.net"}  # never the outbound recipient
     bob = by_rcpt["bob@example.net"].get_body(("plain",)).get_content()
     assert a in bob and "For bob" in bob and "Outbound" not in bob
     assert "Outbound" in by_rcpt["soc@example.net"].get_body(("plain",)).get_content()

@@ -103,7 +103,7 @@ def test_processes_putting_and_releasing_at_once(store, store_factory):
         p.join(timeout=60)
         assert p.exitcode == 0
     claimed = [q for _, c in results for q in c]
-    assert sorted(claimed) == sorted(ids)                       # each shared message exactly once
+    assert sorted(claimed) == sorted(ids)  # each shared message exactly once
     put = [q for p, _ in results for q in p]
     assert len(set(put)) == 30
     assert len(store.list(ListFilter(limit=10_000))) == 45

@@ -26,7 +26,7 @@ from quarantine_support import envelope, message, spam_case
 from real_parts import require
 
 BUDGET = 1.0
-SLACK = 0.5          # thread start-up and a loaded 2-core machine
+SLACK = 0.5  # thread start-up and a loaded 2-core machine
 
 _LOCKER = """
 import sqlite3, sys
@@ -43,8 +43,9 @@ class Locker:
     """Another process holding the SQLite write lock until told to let go."""
 
     def __init__(self, db: Path):
-        self.proc = subprocess.Popen([sys.executable, "-c", _LOCKER, str(db)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _LOCKER, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
         assert self.proc.stdout.readline().strip() == "locked"
 
     def release(self) -> None:
@@ -94,9 +95,9 @@ def test_sqlite_locked_longer_than_the_budget_refuses_and_keeps_nothing(tmp_path
             assert isinstance(outcome, StoreError), outcome
             assert seconds <= BUDGET + COMMIT_GRACE + SLACK
         assert store.settle(30)
-        assert store.list(ListFilter(limit=100)) == []          # nothing stored, even after the lock went
+        assert store.list(ListFilter(limit=100)) == []  # nothing stored, even after the lock went
         assert list((tmp_path / "quarantine" / "messages").glob("*")) == []
-        retry = _put(store, "retry")                            # the sender's retry is stored once
+        retry = _put(store, "retry")  # the sender's retry is stored once
         assert [r.id for r in store.list(ListFilter(limit=100))] == [retry]
     finally:
         store.close()
@@ -138,7 +139,7 @@ def test_puts_gathered_behind_a_locked_database_share_one_commit(tmp_path):
             for putter in putters:
                 putter.start()
             deadline = time.monotonic() + 30
-            while len(list(messages.glob("*.eml"))) < 8:          # every file written: all six wait to commit
+            while len(list(messages.glob("*.eml"))) < 8:  # every file written: all six wait to commit
                 assert time.monotonic() < deadline
                 time.sleep(0.01)
             before = wal.stat().st_size
@@ -155,12 +156,12 @@ def test_puts_gathered_behind_a_locked_database_share_one_commit(tmp_path):
 def test_a_write_that_finishes_after_its_caller_gave_up_is_handed_back():
     deadline = Deadline(10.0)
     assert deadline.abandon()
-    assert not deadline.finish()          # the writer must withdraw what it committed
+    assert not deadline.finish()  # the writer must withdraw what it committed
     with pytest.raises(StoreError):
-        deadline.check("commit")          # and must not commit at all if it has not yet
+        deadline.check("commit")  # and must not commit at all if it has not yet
     finished = Deadline(10.0)
     assert finished.finish()
-    assert not finished.abandon()         # the caller takes the stored result
+    assert not finished.abandon()  # the caller takes the stored result
 
 
 class _ReplyHeldBack:
@@ -184,7 +185,7 @@ def test_a_commit_confirmed_after_the_caller_gave_up_is_withdrawn(tmp_path):
         def _connect(self):
             return _ReplyHeldBack(super()._connect(), reply)
 
-    reply.set()                                   # creating the schema is not held back
+    reply.set()  # creating the schema is not held back
     store = StalledReplyStore(tmp_path / "quarantine", write_timeout=BUDGET)
     try:
         reply.clear()
@@ -195,7 +196,7 @@ def test_a_commit_confirmed_after_the_caller_gave_up_is_withdrawn(tmp_path):
         assert time.monotonic() - started <= BUDGET + COMMIT_GRACE + SLACK
         reply.set()
         assert store.settle(30)
-        assert store.list(ListFilter(limit=100)) == []                       # tempfailed, so not kept
+        assert store.list(ListFilter(limit=100)) == []  # tempfailed, so not kept
         assert list((tmp_path / "quarantine" / "messages").glob("*")) == []
         assert [e.action for e in store.history(verdict.incident_id)] == ["quarantine", "withdraw"]
     finally:
@@ -257,7 +258,7 @@ def test_postgresql_stopped_refuses_in_time_and_keeps_nothing(pg_cluster):
         for seconds, outcome in results:
             assert isinstance(outcome, StoreError), outcome
             assert seconds <= BUDGET + COMMIT_GRACE + SLACK
-        assert store.settle(60)                                 # the stalled writers saw the server again
+        assert store.settle(60)  # the stalled writers saw the server again
         assert [r.id for r in store.list(ListFilter(limit=100))] == [before]
         retry = _put(store, "retry")
         assert {r.id for r in store.list(ListFilter(limit=100))} == {before, retry}
@@ -271,7 +272,7 @@ def test_postgresql_sessions_commit_durably_with_a_statement_timeout(pg_cluster)
 
     store = PostgresStore(create_database(pg_cluster.dsn), write_timeout=7.5)
     try:
-        conn = store._connect()     # the test cluster runs with synchronous_commit = off
+        conn = store._connect()  # the test cluster runs with synchronous_commit = off
         try:
             assert conn.execute("SHOW synchronous_commit").fetchone()[0] == "on"
             assert conn.execute("SHOW statement_timeout").fetchone()[0] == "7500ms"
@@ -289,10 +290,12 @@ def test_write_timeout_is_validated_against_the_milter_timeout():
     with pytest.raises(ConfigError, match="quarantine.write_timeout"):
         load_settings(None, {"quarantine": {"write_timeout": 0}})
     with pytest.raises(ConfigError, match="quarantine.write_timeout"):
-        load_settings(None, {"milter": {"timeout": 60, "message_deadline": 50.0},
-                             "quarantine": {"write_timeout": 10.0}})
-    settings = load_settings(None, {"milter": {"timeout": 60, "message_deadline": 40.0},
-                                    "quarantine": {"write_timeout": 15.0}})
+        load_settings(
+            None, {"milter": {"timeout": 60, "message_deadline": 50.0}, "quarantine": {"write_timeout": 10.0}}
+        )
+    settings = load_settings(
+        None, {"milter": {"timeout": 60, "message_deadline": 40.0}, "quarantine": {"write_timeout": 15.0}}
+    )
     assert settings.quarantine.write_timeout == 15.0
 
 
@@ -314,12 +317,12 @@ def test_postfix_sender_is_tempfailed_and_the_retry_is_stored_once(postfix, milt
     finally:
         locker.release()
     assert code == 451 and "incident MW-" in text
-    assert elapsed < 20.0 + 2.0 + COMMIT_GRACE            # message_deadline + write_timeout: before Postfix's 30 s
+    assert elapsed < 20.0 + 2.0 + COMMIT_GRACE  # message_deadline + write_timeout: before Postfix's 30 s
     with SqliteStore(qdir) as store:
-        assert store.list(ListFilter(limit=100)) == []    # tempfailed, so not kept (the lock is gone now)
-        assert postfix.send(raw)[0] == 250                # the sender's retry...
+        assert store.list(ListFilter(limit=100)) == []  # tempfailed, so not kept (the lock is gone now)
+        assert postfix.send(raw)[0] == 250  # the sender's retry...
         stored = store.list(ListFilter(limit=100))
-        assert len(stored) == 1 and mid.encode() in store.read(stored[0].id)   # ...is kept once
+        assert len(stored) == 1 and mid.encode() in store.read(stored[0].id)  # ...is kept once
     assert postfix.delivered(mid, timeout=2) is None
 
 

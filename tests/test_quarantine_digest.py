@@ -20,8 +20,13 @@ from quarantine_support import envelope, malware_case, message, spam_case
 
 
 def _settings(tmp_path, sink, web: dict | None = None):
-    return load_settings(overrides={"state_dir": str(tmp_path / "state"), "web": web or {},
-                                    "quarantine": {"relay_port": sink.port, "relay_timeout": 10.0}})
+    return load_settings(
+        overrides={
+            "state_dir": str(tmp_path / "state"),
+            "web": web or {},
+            "quarantine": {"relay_port": sink.port, "relay_timeout": 10.0},
+        }
+    )
 
 
 def _cli(settings, capsys):
@@ -33,6 +38,7 @@ def _cli(settings, capsys):
         code = args.handler(args, settings)
         out, err = capsys.readouterr()
         return code, out, err
+
     return run
 
 
@@ -51,7 +57,7 @@ def test_digest_reaches_every_recipient_once_and_explains_without_a_web_page(tmp
     cli = _cli(settings, capsys)
     spam = _put(settings, message("Cheap <b>pills</b>"))
     _put(settings, message("Team lunch"), recipients=("carol@example.net", "bob@example.net"))
-    code, out, _ = cli("digest")                       # no flags: every recipient with held mail
+    code, out, _ = cli("digest")  # no flags: every recipient with held mail
     assert code == 0 and "sent 2 digest(s) covering 2 message(s)" in out
     got = _received(smtp_sink)
     assert set(got) == {"bob@example.net", "carol@example.net"}
@@ -59,11 +65,11 @@ def test_digest_reaches_every_recipient_once_and_explains_without_a_web_page(tmp
     text = bob.get_body(("plain",)).get_content()
     page = bob.get_body(("html",)).get_content()
     assert spam in text and "ask your mail administrator" in text and "/r/" not in text
-    assert "Cheap &lt;b&gt;pills&lt;/b&gt;" in page and "<b>pills" not in page     # escaped, not markup
+    assert "Cheap &lt;b&gt;pills&lt;/b&gt;" in page and "<b>pills" not in page  # escaped, not markup
     assert bob["Auto-Submitted"] == "auto-generated"
 
     smtp_sink.received.clear()
-    assert "sent 0 digest(s)" in cli("digest")[1]    # the same period again: nothing new, nothing sent
+    assert "sent 0 digest(s)" in cli("digest")[1]  # the same period again: nothing new, nothing sent
     assert smtp_sink.received == []
     _put(settings, message("Later"), recipients=("bob@example.net",))
     cli("digest")
@@ -81,11 +87,11 @@ def test_digest_links_to_the_web_page_only_for_spam_a_recipient_may_release(tmp_
     bob = _received(smtp_sink)["bob@example.net"]
     text = bob.get_body(("plain",)).get_content()
     links = re.findall(r"https://quarantine\.example\.net/r/(\S+)", text)
-    assert len(links) == 2                             # the spam message, and the whole digest
+    assert len(links) == 2  # the spam message, and the whole digest
     key = load_release_key(link_key_path(settings))
     scopes = {verify_link(key, token, time.time()).quarantine_id for token in links}
-    assert scopes == {spam, ""}                        # never a link for the malware
-    assert virus in text                               # but it is listed, so a missing invoice is noticed
+    assert scopes == {spam, ""}  # never a link for the malware
+    assert virus in text  # but it is listed, so a missing invoice is noticed
     assert 'href="https://quarantine.example.net/r/' in bob.get_body(("html",)).get_content()
 
 
@@ -94,11 +100,11 @@ def test_links_are_bound_to_recipient_scope_and_time():
     link = RecipientLink("bob@example.net", "MW-1", 1_000_000, 1_000_000 + 86400)
     token = sign_link(key, link)
     assert verify_link(key, token, 1_000_100) == link
-    assert verify_link(key, token, 1_000_000 + 86400) is None          # expired
-    assert verify_link(b"x" * 32, token, 1_000_100) is None            # another key
+    assert verify_link(key, token, 1_000_000 + 86400) is None  # expired
+    assert verify_link(b"x" * 32, token, 1_000_100) is None  # another key
     body, _, mac = token.partition(".")
     other = sign_link(key, RecipientLink("eve@example.net", "MW-1", 1_000_000, 1_000_000 + 86400))
-    assert verify_link(key, other.partition(".")[0] + "." + mac, 1_000_100) is None   # moved to another recipient
+    assert verify_link(key, other.partition(".")[0] + "." + mac, 1_000_100) is None  # moved to another recipient
     assert verify_link(key, "garbage", 1_000_100) is None
     assert verify_link(key, "a.b", 1_000_100) is None
 

@@ -58,19 +58,19 @@ def test_release_delivers_original_bytes_to_original_recipients(store, smtp_sink
     [(sender, rcpts, data)] = smtp_sink.received
     assert sender == "alice@example.org" and rcpts == ("bob@example.net", "carol@example.net")
     mark = header_value(data)
-    assert data.split(b"\r\n", 1)[1] == raw                      # the original bytes follow, unchanged
+    assert data.split(b"\r\n", 1)[1] == raw  # the original bytes follow, unchanged
     verified = ReleaseVerifier(KEY, 86400, clock=clock).verify(mark, message_body(data), rcpts)
     assert verified is not None and verified.quarantine_id == qid
     assert store.get(qid).status is Status.RELEASED
     assert [ev.action for ev in store.history(qid)][-2:] == ["release-claim", "release"]
-    relayed = b"Received: from relay by mx\r\n" + data.replace(b"\r\n", b"\n")   # as an MTA passes it on
+    relayed = b"Received: from relay by mx\r\n" + data.replace(b"\r\n", b"\n")  # as an MTA passes it on
     checker = ReleaseVerifier(KEY, 86400, store, clock)
     assert proof_of(raw) is None
-    assert checker.accept(proof_of(relayed.replace(b"line two", b"line 2")), env) is None      # other content
+    assert checker.accept(proof_of(relayed.replace(b"line two", b"line 2")), env) is None  # other content
     assert checker.accept(proof_of(relayed), envelope(recipients=("eve@example.net",))) is None  # other rcpts
     assert checker.accept(proof_of(relayed), envelope(recipients=("bob@example.net", "eve@example.net"))) is None
     assert checker.accept(proof_of(relayed), envelope(recipients=("bob@example.net",))).quarantine_id == qid
-    assert checker.accept(proof_of(relayed), env) is None                       # used once: a replay is refused
+    assert checker.accept(proof_of(relayed), env) is None  # used once: a replay is refused
     assert [ev.action for ev in store.history(qid)][-1] == "release-mark-used"
     assert release(store, qid, ANALYST, relay_for(smtp_sink), KEY).outcome is ReleaseOutcome.ALREADY_RELEASED
     assert len(smtp_sink.received) == 1
@@ -144,22 +144,22 @@ def test_verifier_rejects_forgeries_and_old_marks(clock):
     mark = release_mark(KEY, "MW-1", body, rcpts, clock())
     verifier = ReleaseVerifier(KEY, 3600, clock=clock)
     assert verifier.verify(mark, body, rcpts).quarantine_id == "MW-1"
-    assert verifier.verify(mark, body, reversed(rcpts)) is not None           # recipient order does not matter
-    assert verifier.verify(mark, b"Hello\nworld\n", rcpts) is not None       # line endings rewritten in transit
-    assert verifier.verify(mark, b"Hello\r\nw0rld\r\n", rcpts) is None      # other content
-    assert verifier.verify(mark, body, ("eve@example.net",)) is None          # other recipients
-    assert ReleaseVerifier(b"x" * 32, 3600, clock=clock).verify(mark, body, rcpts) is None   # other key
+    assert verifier.verify(mark, body, reversed(rcpts)) is not None  # recipient order does not matter
+    assert verifier.verify(mark, b"Hello\nworld\n", rcpts) is not None  # line endings rewritten in transit
+    assert verifier.verify(mark, b"Hello\r\nw0rld\r\n", rcpts) is None  # other content
+    assert verifier.verify(mark, body, ("eve@example.net",)) is None  # other recipients
+    assert ReleaseVerifier(b"x" * 32, 3600, clock=clock).verify(mark, body, rcpts) is None  # other key
     forged = mark.replace("MW-1", "MW-2", 1)
-    assert verifier.verify(forged, body, rcpts) is None                       # mark moved to another ID
+    assert verifier.verify(forged, body, rcpts) is None  # mark moved to another ID
     for junk in ("", "MW-1", "MW-1 notatime sig", "a b c d"):
         assert verifier.verify(junk, body, rcpts) is None
     alert = alert_mark(KEY, "MW-1", body, rcpts, clock())
-    assert verifier.verify(alert, body, rcpts) is None                        # an alert mark releases nothing
+    assert verifier.verify(alert, body, rcpts) is None  # an alert mark releases nothing
     proof = proof_of(f"{ALERT_HEADER}: {alert}\r\nSubject: x\r\n\r\n".encode() + body)
     assert verifier.accept(proof, envelope(recipients=rcpts)).kind == "alert"
     assert verifier.accept(proof, envelope(recipients=rcpts[:1])) is None
     clock.now += 3601
-    assert verifier.verify(mark, body, rcpts) is None                         # expired
+    assert verifier.verify(mark, body, rcpts) is None  # expired
     assert verifier.accept(proof, envelope(recipients=rcpts)) is None
 
 
@@ -169,5 +169,6 @@ def test_release_key_is_created_private_once(tmp_path):
     key = load_release_key(path)
     assert len(key) == 32 and stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert load_release_key(path) == key
-    assert ReleaseVerifier.from_settings(settings).verify(release_mark(key, "MW-1", b"b", ["r"], 0), b"b", ["r"]) \
-        is None  # 1970
+    assert (
+        ReleaseVerifier.from_settings(settings).verify(release_mark(key, "MW-1", b"b", ["r"], 0), b"b", ["r"]) is None
+    )  # 1970

@@ -17,7 +17,7 @@ def test_neutralise_escapes_controls_and_format_characters():
 def test_deep_and_wide_structures_are_bounded():
     deep = b"Content-Type: multipart/mixed; boundary=b0\r\n\r\n"
     for i in range(1, 40):
-        deep += f"--b{i-1}\r\nContent-Type: multipart/mixed; boundary=b{i}\r\n\r\n".encode()
+        deep += f"--b{i - 1}\r\nContent-Type: multipart/mixed; boundary=b{i}\r\n\r\n".encode()
     view = inspect_message(deep, max_parts=1000, max_depth=10)
     assert max(p.depth for p in view.parts) <= 10 and "deeper than 10" in view.problem
 
@@ -27,7 +27,7 @@ def test_deep_and_wide_structures_are_bounded():
 
 
 def test_long_text_is_truncated_and_undecodable_text_still_shown():
-    raw = (b"Content-Type: text/plain; charset=x-unknown\r\n\r\n" + b"\xff" * 70000)
+    raw = b"Content-Type: text/plain; charset=x-unknown\r\n\r\n" + b"\xff" * 70000
     [part] = inspect_message(raw).parts
     assert part.truncated and len(part.text) == 64 * 1024
     assert part.size == 70000

@@ -37,6 +37,7 @@ def test_put_keeps_exact_bytes_and_every_field(store, clock):
     assert [(c.token, c.weight) for c in rec.evidence.spam.clues] == [("viagra", 2.5), ("meeting", -1.25)]
     assert rec.size == len(raw)
     import hashlib
+
     assert rec.sha256 == hashlib.sha256(raw).hexdigest()
     assert rec.subject == "Cheap \x1b[31mpills"
     assert "alice@example.org" in rec.header_from
@@ -49,8 +50,12 @@ def test_the_listing_takes_subject_and_from_from_the_scanning_worker(store):
     """The milter process never parses the message: what the worker read is what the listing shows."""
     verdict, evidence = spam_case()
     facts = MessageFacts(subject="Read by the worker", header_from="worker@example.org")
-    qid = store.put(MessageSource.of(message("Not parsed again")), envelope(), verdict,
-                    Evidence(evidence.findings, evidence.spam, message=facts))
+    qid = store.put(
+        MessageSource.of(message("Not parsed again")),
+        envelope(),
+        verdict,
+        Evidence(evidence.findings, evidence.spam, message=facts),
+    )
     assert (store.get(qid).subject, store.get(qid).header_from) == ("Read by the worker", "worker@example.org")
 
 
@@ -108,20 +113,23 @@ def test_list_filters(store, clock):
     store.put(MessageSource.of(message("Weekly offer")), envelope(sender="promo@shop.test"), v1, e1)
     clock.now = t0 + 3600
     v2, e2 = malware_case()
-    store.put(MessageSource.of(message("Invoice 42")),
-              envelope(sender="billing@corp.test", recipients=("eve@example.net",), direction=Direction.OUTBOUND),
-              v2, e2)
+    store.put(
+        MessageSource.of(message("Invoice 42")),
+        envelope(sender="billing@corp.test", recipients=("eve@example.net",), direction=Direction.OUTBOUND),
+        v2,
+        e2,
+    )
     ids = lambda **kw: [r.id for r in store.list(ListFilter(**kw))]  # noqa: E731
 
-    assert ids() == [v2.incident_id, v1.incident_id]          # newest first
+    assert ids() == [v2.incident_id, v1.incident_id]  # newest first
     assert ids(direction=Direction.OUTBOUND) == [v2.incident_id]
     assert ids(reason="malware") == [v2.incident_id]
     assert ids(reason="MALWARE") == [v2.incident_id]
-    assert ids(reason="mal") == []                            # reasons match whole
+    assert ids(reason="mal") == []  # reasons match whole
     assert ids(sender="PROMO@") == [v1.incident_id]
     assert ids(recipient="eve@") == [v2.incident_id]
     assert ids(subject="offer") == [v1.incident_id]
-    assert ids(subject="100%") == []                          # wildcards in user text are literal
+    assert ids(subject="100%") == []  # wildcards in user text are literal
     assert ids(subject="_") == []
     assert ids(action="quarantine", since=t0 + 1) == [v2.incident_id]
     assert ids(until=t0 + 1) == [v1.incident_id]
@@ -152,8 +160,13 @@ def test_release_claim_is_exclusive_and_malware_needs_force(store, clock):
     assert store.claim_release(mid, ANALYST, force=True) is ReleaseClaim.CLAIMED
 
     actions = [(ev.action, ev.detail) for ev in store.history(qid)]
-    assert actions == [("quarantine", "quarantine: spam; queue 4ABC123"), ("release-claim", ""),
-                       ("release-failed", "relay down"), ("release-claim", ""), ("release", "2 recipients")]
+    assert actions == [
+        ("quarantine", "quarantine: spam; queue 4ABC123"),
+        ("release-claim", ""),
+        ("release-failed", "relay down"),
+        ("release-claim", ""),
+        ("release", "2 recipients"),
+    ]
 
 
 def test_stale_claim_can_be_reclaimed_only_after_the_timeout(store, clock):
@@ -176,8 +189,11 @@ def test_delete_removes_message_but_keeps_history(store, store_factory):
     assert store.delete(qid, ANALYST) is Removal.NOT_FOUND
     events = store.history(qid)
     assert [ev.action for ev in events] == ["quarantine", "delete"]
-    assert (events[1].actor.name, events[1].actor.host, events[1].actor.origin) == \
-        ("analyst1", "review-host", "ssh 192.0.2.50")
+    assert (events[1].actor.name, events[1].actor.host, events[1].actor.origin) == (
+        "analyst1",
+        "review-host",
+        "ssh 192.0.2.50",
+    )
     if store_factory.backend == "sqlite":
         assert not (store_factory.directory / "messages" / f"{qid}.eml").exists()
 
@@ -189,7 +205,7 @@ def test_labels_form_an_ordered_ledger(store):
     b = store.put(MessageSource.of(message("b")), envelope(), v2, e2)
     assert store.record_label(a, Label.SPAM, ANALYST)
     assert store.record_label(b, Label.HAM, ANALYST)
-    assert store.record_label(a, Label.HAM, ANALYST)          # a correction is appended, not rewritten
+    assert store.record_label(a, Label.HAM, ANALYST)  # a correction is appended, not rewritten
     assert not store.record_label("MW-NOPE", Label.HAM, ANALYST)
     ledger = store.labels_since(0)
     assert [(r.quarantine_id, r.label) for r in ledger] == [(a, Label.SPAM), (b, Label.HAM), (a, Label.HAM)]
@@ -269,7 +285,7 @@ def test_a_spooled_message_is_kept_byte_for_byte_in_chunks(store, tmp_path):
     """A large spooled message is streamed into the store (PostgreSQL: 1 MiB rows), never read whole."""
     import hashlib
 
-    raw = message("Large", body=os.urandom(3 * 1024 * 1024 + 12345).hex().encode()[: 3_500_000] + b"\r\n")
+    raw = message("Large", body=os.urandom(3 * 1024 * 1024 + 12345).hex().encode()[:3_500_000] + b"\r\n")
     spool = tmp_path / "msg.eml"
     spool.write_bytes(raw)
     v, e = spam_case()

@@ -32,9 +32,11 @@ def queue_empty(postfix) -> bool:
 
 
 def test_release_with_hold_leaves_no_held_copy_and_delivers_once(postfix, milter, tmp_path, monkeypatch):
-    monkeypatch.setenv("MAIL_CONFIG", str(postfix.conf))          # postsuper of the test's Postfix instance
-    m = milter(f'[policy.inbound]\nspam_action = "quarantine"\n'
-               f'[quarantine]\nhold = true\nrelay_host = "127.0.0.1"\nrelay_port = {postfix.smtp_port}\n')
+    monkeypatch.setenv("MAIL_CONFIG", str(postfix.conf))  # postsuper of the test's Postfix instance
+    m = milter(
+        f'[policy.inbound]\nspam_action = "quarantine"\n'
+        f'[quarantine]\nhold = true\nrelay_host = "127.0.0.1"\nrelay_port = {postfix.smtp_port}\n'
+    )
     mid, raw = gtube_message()
     assert postfix.send(raw)[0] == 250
     held = wait_for(lambda: postfix.queue("hold"))
@@ -42,7 +44,7 @@ def test_release_with_hold_leaves_no_held_copy_and_delivers_once(postfix, milter
     qid = m.event_where(lambda e: e["mailward"]["verdict"] == "quarantine")["mailward"]["quarantine_id"]
 
     assert cli(["--config", str(tmp_path / "mailward.toml"), "quarantine", "release", qid]) == 0
-    assert not postfix.queue("hold")                              # the held copy is gone before ours goes out
+    assert not postfix.queue("hold")  # the held copy is gone before ours goes out
     assert wait_for(lambda: copies(postfix, mid.encode())), postfix.log()[-2000:]
     # What the README used to suggest: release the hold queue. Nothing is left there to deliver twice.
     subprocess.run(["postsuper", "-H", "ALL", "hold"], capture_output=True, check=True)
@@ -51,14 +53,19 @@ def test_release_with_hold_leaves_no_held_copy_and_delivers_once(postfix, milter
     msg = message_from_bytes(delivered)
     assert msg["X-Mailward-Verdict"] == "tag" and "released" in msg["X-Mailward-Reasons"]
     history = [e.action for e in open_store(load_settings(str(tmp_path / "mailward.toml"))).history(qid)]
-    assert history[-3:] == ["release-claim", "release-mark-used", "release"] or \
-        history[-3:] == ["release-claim", "release", "release-mark-used"]
+    assert history[-3:] == ["release-claim", "release-mark-used", "release"] or history[-3:] == [
+        "release-claim",
+        "release",
+        "release-mark-used",
+    ]
 
 
 def test_release_mark_is_used_once_and_only_for_its_recipients(postfix, milter, tmp_path):
     config = str(tmp_path / "mailward.toml")
-    m = milter(f'[policy.inbound]\nspam_action = "quarantine"\n'
-               f'[quarantine]\nrelay_host = "127.0.0.1"\nrelay_port = {postfix.smtp_port}\n')
+    m = milter(
+        f'[policy.inbound]\nspam_action = "quarantine"\n'
+        f'[quarantine]\nrelay_host = "127.0.0.1"\nrelay_port = {postfix.smtp_port}\n'
+    )
     mid, raw = gtube_message()
     reply = postfix.send(raw)
     assert reply[0] == 250, (reply, m.log_path.read_text()[-3000:], postfix.log()[-2000:])
@@ -89,9 +96,11 @@ def test_alert_quoting_a_malware_finding_is_delivered_tagged(postfix, milter, tm
     rules.mkdir()
     # A local rule like the one that caught alerts in the field: it matches the alert's quote too.
     (rules / "local.yar").write_text('rule Local_Invoice_Com { strings: $a = "invoice.com" nocase condition: $a }\n')
-    m = milter(f'[signatures]\nrules_dirs = ["{rules}"]\n'
-               f'[alerts]\nemail_to = ["soc@example.test"]\nemail_from = "mailward@mailward.test"\n'
-               f'smtp_host = "127.0.0.1"\nsmtp_port = {postfix.smtp_port}\n')
+    m = milter(
+        f'[signatures]\nrules_dirs = ["{rules}"]\n'
+        f'[alerts]\nemail_to = ["soc@example.test"]\nemail_from = "mailward@mailward.test"\n'
+        f'smtp_host = "127.0.0.1"\nsmtp_port = {postfix.smtp_port}\n'
+    )
     mid, raw = eicar_message()
     assert postfix.send(raw)[0] == 550
     alert = wait_for(lambda: copies(postfix, b"[Mailward "), timeout=30)
@@ -99,11 +108,11 @@ def test_alert_quoting_a_malware_finding_is_delivered_tagged(postfix, milter, tm
     msg = message_from_bytes(alert[0])
     assert "invoice.com" in msg.get_payload(decode=True).decode()
     assert msg["X-Mailward-Verdict"] == "tag" and "alert" in msg["X-Mailward-Reasons"]
-    assert msg["X-Mailward-Alert-Mark"] is None                      # our marks never reach the mailbox
+    assert msg["X-Mailward-Alert-Mark"] is None  # our marks never reach the mailbox
     tagged = m.event_where(lambda e: "alert" in e["mailward"].get("reasons", ()))
     assert any(f["name"].endswith("Local_Invoice_Com") for f in tagged["mailward"]["findings"])
     alerts = [d for d in _log_docs(m) if d.get("event", {}).get("action") == "alert-malware"]
-    assert len(alerts) == 1                                        # no alert about the alert
+    assert len(alerts) == 1  # no alert about the alert
 
     # The same text without a valid mark (a forgery) is still rejected.
     forged = alert[0].replace(b"X-Mailward-Verdict", b"X-Old-Verdict")

@@ -31,7 +31,8 @@ def keys():
 def server(keys):
     spf = txt(f"v=spf1 ip4:{GOOD_IP} -all")
     zones = {
-        "sender.test.": soa("sender.test.") + f"""
+        "sender.test.": soa("sender.test.")
+        + f"""
 @ IN TXT {spf}
 _dmarc IN TXT "v=DMARC1; p=reject; rua=mailto:d@sender.test"
 mx IN A {GOOD_IP}
@@ -42,14 +43,16 @@ sel._domainkey IN TXT {keys["sender"].record()}
 weak._domainkey IN TXT {keys["weak"].record()}
 broken._domainkey IN TXT "v=DKIM1; k=rsa; p=bm90IGEga2V5"
 """,
-        "provider.test.": soa("provider.test.") + f"""
+        "provider.test.": soa("provider.test.")
+        + f"""
 @ IN TXT "v=spf1 ip4:203.0.113.0/24 -all"
 spf IN TXT "v=spf1 ip4:203.0.113.0/24 -all"
 sel._domainkey IN TXT {keys["provider"].record()}
 """,
         "quar.test.": soa("quar.test.") + '@ IN TXT "v=spf1 -all"\n_dmarc IN TXT "v=DMARC1; p=quarantine"\n',
         "none.test.": soa("none.test.") + '@ IN TXT "v=spf1 -all"\n_dmarc IN TXT "v=DMARC1; p=none"\n',
-        "strict.test.": soa("strict.test.") + f"""
+        "strict.test.": soa("strict.test.")
+        + f"""
 @ IN TXT {spf}
 _dmarc IN TXT "v=DMARC1; p=reject; adkim=s; aspf=s"
 sel._domainkey IN TXT {keys["sender"].record()}
@@ -72,7 +75,7 @@ def _names(evidence) -> dict[str, Severity]:
 
 
 def _results(evidence) -> str:
-    (name, value), = evidence.headers
+    ((name, value),) = evidence.headers
     assert name == HEADER == "Authentication-Results"
     assert value.startswith("mx.dest.test; ")
     return value
@@ -84,13 +87,14 @@ def _check(detector, raw: bytes, **env):
 
 # --- SPF ---------------------------------------------------------------------------
 
+
 def test_spf_pass_for_sender_and_helo(detector):
     evidence = _check(detector, message(), client=GOOD_IP)
     value = _results(evidence)
     assert "spf=pass smtp.mailfrom=alice@sender.test" in value and "spf=pass smtp.helo=mx.sender.test" in value
     assert "dmarc=pass header.from=sender.test" in value
     assert evidence.findings == ()
-    assert evidence.authenticated == ("sender.test",)      # what a sender allow entry may be honoured for
+    assert evidence.authenticated == ("sender.test",)  # what a sender allow entry may be honoured for
 
 
 def test_a_failing_sender_is_not_authenticated(detector):
@@ -105,24 +109,27 @@ def test_spf_fail_from_an_unauthorised_client(detector):
 
 
 def test_spf_softfail_is_information_only(detector):
-    evidence = _check(detector, message(from_="a@soft.sender.test"), client=OTHER_IP, mail_from="a@soft.sender.test",
-                      helo="")
+    evidence = _check(
+        detector, message(from_="a@soft.sender.test"), client=OTHER_IP, mail_from="a@soft.sender.test", helo=""
+    )
     assert _names(evidence)["spf-softfail"] is Severity.INFO
     assert "spf=softfail" in _results(evidence)
 
 
 def test_spf_include_and_bounce_sender_uses_helo(detector):
     assert "spf=pass smtp.mailfrom=a@inc.sender.test" in _results(
-        _check(detector, message(), client=PROVIDER_IP, mail_from="a@inc.sender.test", helo=""))
+        _check(detector, message(), client=PROVIDER_IP, mail_from="a@inc.sender.test", helo="")
+    )
     bounce = _check(detector, message(), client=GOOD_IP, mail_from="")
     assert "spf=pass smtp.mailfrom=postmaster@mx.sender.test" in _results(bounce)
 
 
 # --- DKIM --------------------------------------------------------------------------
 
+
 def test_valid_signature_passes_and_carries_dmarc_through_forwarding(detector, keys):
     signed = keys["sender"].sign(message(), "sender.test")
-    evidence = _check(detector, signed, client=OTHER_IP)            # forwarded: SPF fails
+    evidence = _check(detector, signed, client=OTHER_IP)  # forwarded: SPF fails
     value = _results(evidence)
     assert "dkim=pass header.d=sender.test header.s=sel" in value and "dmarc=pass" in value
     assert set(_names(evidence)) == {"spf-fail", "spf-helo-fail"}
@@ -139,7 +146,7 @@ def test_crlf_message_as_the_milter_rebuilds_it(detector, keys):
 def test_changed_body_breaks_the_signature(detector, keys):
     signed = keys["sender"].sign(message(), "sender.test").replace(b"see you", b"wire money")
     evidence = _check(detector, signed, client=OTHER_IP)
-    dkim_fail, = [f for f in evidence.findings if f.name == "dkim-fail"]
+    (dkim_fail,) = [f for f in evidence.findings if f.name == "dkim-fail"]
     assert dkim_fail.severity is Severity.LOW and "body hash mismatch" in dkim_fail.detail
     assert "dkim=fail" in _results(evidence)
     assert _names(evidence)["dmarc-reject"] is Severity.HIGH
@@ -149,11 +156,13 @@ def test_changed_signed_header_breaks_the_signature(detector, keys):
     signed = keys["sender"].sign(message(), "sender.test").replace(b"Subject: lunch", b"Subject: invoice")
     evidence = _check(detector, signed, client=GOOD_IP)
     assert "signature did not verify" in [f for f in evidence.findings if f.name == "dkim-fail"][0].detail
-    assert "dmarc=pass" in _results(evidence)                        # SPF still aligns
+    assert "dmarc=pass" in _results(evidence)  # SPF still aligns
 
 
-@pytest.mark.parametrize("selector, min_bits, reason", [
-    ("missing", 1024, "no key"), ("broken", 1024, "unusable key"), ("weak", 2048, "too small")])
+@pytest.mark.parametrize(
+    "selector, min_bits, reason",
+    [("missing", 1024, "no key"), ("broken", 1024, "unusable key"), ("weak", 2048, "too small")],
+)
 def test_unusable_keys_are_permerrors(server, keys, selector, min_bits, reason):
     det = detector_for(server.port, min_key_bits=min_bits, authserv_id="mx.dest.test")
     signed = keys["weak" if selector == "weak" else "sender"].sign(message(), "sender.test", selector)
@@ -177,16 +186,20 @@ def test_unsigned_mail_says_dkim_none(detector):
 
 # --- DMARC -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("domain, name, severity", [
-    ("sender.test", "dmarc-reject", Severity.HIGH),
-    ("quar.test", "dmarc-quarantine", Severity.MEDIUM),
-    ("none.test", "dmarc-none", Severity.INFO),
-    ("sub.org.test", "dmarc-quarantine", Severity.MEDIUM),     # org domain's sp= for a subdomain
-    ("pct.test", "dmarc-quarantine", Severity.MEDIUM),         # p=reject at pct=20: the next weaker
-])
+
+@pytest.mark.parametrize(
+    "domain, name, severity",
+    [
+        ("sender.test", "dmarc-reject", Severity.HIGH),
+        ("quar.test", "dmarc-quarantine", Severity.MEDIUM),
+        ("none.test", "dmarc-none", Severity.INFO),
+        ("sub.org.test", "dmarc-quarantine", Severity.MEDIUM),  # org domain's sp= for a subdomain
+        ("pct.test", "dmarc-quarantine", Severity.MEDIUM),  # p=reject at pct=20: the next weaker
+    ],
+)
 def test_failing_dmarc_reports_the_domain_policy(detector, domain, name, severity):
     evidence = _check(detector, message(from_=f"ceo@{domain}"), client=OTHER_IP, mail_from=f"ceo@{domain}")
-    finding, = [f for f in evidence.findings if f.name.startswith("dmarc-")]
+    (finding,) = [f for f in evidence.findings if f.name.startswith("dmarc-")]
     assert (finding.name, finding.severity, finding.category) == (name, severity, Category.AUTHENTICATION)
     assert domain in finding.detail
     assert f"dmarc=fail header.from={domain}" in _results(evidence)
@@ -211,10 +224,11 @@ def test_spf_pass_for_another_domain_does_not_align(detector, keys):
     evidence = _check(detector, spoof, client=PROVIDER_IP, mail_from="bounce@provider.test", helo="")
     assert "spf=pass smtp.mailfrom=bounce@provider.test" in _results(evidence)
     assert "dmarc-reject" in _names(evidence)
-    assert evidence.authenticated == ("provider.test",)    # the envelope sender's domain, not the From: one
+    assert evidence.authenticated == ("provider.test",)  # the envelope sender's domain, not the From: one
     signed_by_provider = keys["provider"].sign(spoof, "provider.test")
-    assert "dmarc-reject" in _names(_check(detector, signed_by_provider, client=PROVIDER_IP,
-                                           mail_from="bounce@provider.test", helo=""))
+    assert "dmarc-reject" in _names(
+        _check(detector, signed_by_provider, client=PROVIDER_IP, mail_from="bounce@provider.test", helo="")
+    )
 
 
 def test_no_policy_and_no_from_mean_no_dmarc_finding(detector):
@@ -241,7 +255,7 @@ def test_unanswered_policy_lookup_is_temperror_not_failure(server):
     evidence = det.inspect(parse(message(from_="ceo@x.slow.test")), envelope(client=OTHER_IP))
     assert "dmarc=temperror header.from=x.slow.test" in _results(evidence)
     assert not [n for n in _names(evidence) if n.startswith("dmarc")]
-    unavailable, = [f for f in evidence.findings if f.name == "dns-unavailable"]
+    (unavailable,) = [f for f in evidence.findings if f.name == "dns-unavailable"]
     assert "dmarc x.slow.test" in unavailable.detail
 
 
@@ -263,7 +277,8 @@ def test_a_spoofer_cannot_dodge_dmarc_by_making_its_own_lookups_time_out(detecto
 
 def test_dmarc_record_parsing():
     assert DmarcRecord.parse("v=DMARC1; p=reject; sp=none; adkim=s; pct=50") == DmarcRecord(
-        Disposition.REJECT, Disposition.NONE, strict_dkim=True, percent=50)
+        Disposition.REJECT, Disposition.NONE, strict_dkim=True, percent=50
+    )
     assert DmarcRecord.parse("v=DMARC1; p=bogus; rua=mailto:a@b.test").policy is Disposition.NONE
     assert DmarcRecord.parse("v=DMARC1; p=bogus") is None
     assert DmarcRecord.parse("v=dmarc1; p=reject") is None
@@ -272,17 +287,18 @@ def test_dmarc_record_parsing():
 
 # --- policy and header -----------------------------------------------------------------
 
+
 def test_dmarc_failure_is_scored_per_config(detector):
     spoof = _check(detector, message(), client=OTHER_IP)
     assert decide(spoof, DirectionPolicy(), "MW-1").action is Action.TAG
     enforcing = DirectionPolicy().with_actions({Category.AUTHENTICATION: Action.REJECT})
     assert decide(spoof, enforcing, "MW-1").action is Action.REJECT
     monitored = _check(detector, message(from_="x@none.test"), client=OTHER_IP, mail_from="x@none.test")
-    assert decide(monitored, enforcing, "MW-1").action is Action.TAG      # only the LOW spf-fail tags
+    assert decide(monitored, enforcing, "MW-1").action is Action.TAG  # only the LOW spf-fail tags
 
 
 def test_results_header_never_carries_unsafe_values(detector):
-    evidence = _check(detector, message(), client=OTHER_IP, mail_from="odd user;x=\"y\"@sender.test")
+    evidence = _check(detector, message(), client=OTHER_IP, mail_from='odd user;x="y"@sender.test')
     value = _results(evidence)
     assert "smtp.mailfrom=sender.test" in value and "odd user" not in value
     assert "\n" not in value and "\r" not in value
@@ -294,14 +310,21 @@ def test_claims_our_id_spots_forged_results():
     assert not claims_our_id("mx.other.test; spf=pass", "mx.dest.test")
 
 
-@pytest.mark.parametrize("raw, env", [
-    (b"DKIM-Signature: v=1; a=rsa-sha256; d=; s=\n" + message(), {}),
-    (b"DKIM-Signature: \xff\xfe garbage ;;;= =\nDKIM-Signature: v=1; b=%%%; bh=***\n" + message(), {}),
-    (message(from_="=?utf-8?b?Y2VvQHNlbmRlci50ZXN0?= <\xe2\x80\x8bceo@b\xc3\xbccher.test>".encode().decode("latin-1")),
-     {"mail_from": "a@@b..test", "helo": "[192.0.2.1]"}),
-    (b"From: " + b"x" * 5000 + b"@" + b"y." * 200 + b"test\n\n" + b"http://" + b"a" * 3000 + b".test/\n", {}),
-    (b"\x00\x01binary\n\n\xff", {"mail_from": "<>", "helo": "-bad-.test", "client_name": "\xff.test"}),
-])
+@pytest.mark.parametrize(
+    "raw, env",
+    [
+        (b"DKIM-Signature: v=1; a=rsa-sha256; d=; s=\n" + message(), {}),
+        (b"DKIM-Signature: \xff\xfe garbage ;;;= =\nDKIM-Signature: v=1; b=%%%; bh=***\n" + message(), {}),
+        (
+            message(
+                from_="=?utf-8?b?Y2VvQHNlbmRlci50ZXN0?= <\xe2\x80\x8bceo@b\xc3\xbccher.test>".encode().decode("latin-1")
+            ),
+            {"mail_from": "a@@b..test", "helo": "[192.0.2.1]"},
+        ),
+        (b"From: " + b"x" * 5000 + b"@" + b"y." * 200 + b"test\n\n" + b"http://" + b"a" * 3000 + b".test/\n", {}),
+        (b"\x00\x01binary\n\n\xff", {"mail_from": "<>", "helo": "-bad-.test", "client_name": "\xff.test"}),
+    ],
+)
 def test_hostile_input_becomes_evidence_never_a_crash(detector, raw, env):
     evidence = detector.inspect(parse(raw), envelope(client=OTHER_IP, **env))
     assert not evidence.of(Category.ERROR)
@@ -310,9 +333,12 @@ def test_hostile_input_becomes_evidence_never_a_crash(detector, raw, env):
 
 def test_an_allow_entry_is_honoured_only_for_an_authenticated_sender(server, tmp_path):
     """Through the screener: GTUBE from an allowed domain is delivered when SPF/DMARC pass, not when forged."""
-    settings = load_settings(overrides={
-        "state_dir": str(tmp_path), "reputation": {"nameservers": ["127.0.0.1"], "port": server.port,
-                                                    "budget": 2.0, "query_timeout": 1.0}})
+    settings = load_settings(
+        overrides={
+            "state_dir": str(tmp_path),
+            "reputation": {"nameservers": ["127.0.0.1"], "port": server.port, "budget": 2.0, "query_timeout": 1.0},
+        }
+    )
     incidents = open_incidents(settings)
     try:
         incidents.list_sender(Listed.ALLOW, "sender.test", "dest.test", "our partner", Actor("ann", "host"))
@@ -321,7 +347,7 @@ def test_an_allow_entry_is_honoured_only_for_an_authenticated_sender(server, tmp
         spam = MessageSource.of(message(body=f"Cheap watches!\n\n{GTUBE}\n"))
         genuine = screener.screen(spam, envelope(client=GOOD_IP))
         assert genuine.verdict.action is Action.ACCEPT and genuine.verdict.reasons == ("allowed",)
-        forged = screener.screen(spam, envelope(client=OTHER_IP))        # SPF fails, DMARC p=reject
+        forged = screener.screen(spam, envelope(client=OTHER_IP))  # SPF fails, DMARC p=reject
         assert forged.verdict.action is Action.QUARANTINE and "allowed" not in forged.verdict.reasons
         assert forged.verdict.acted_on == (Category.SPAM, Category.AUTHENTICATION)
         scanner.close()

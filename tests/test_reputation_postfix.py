@@ -28,7 +28,8 @@ def dns(key):
         "bl.test.": soa("bl.test.") + "1.0.0.127 IN A 127.0.0.2\n",
         "uribl.test.": soa("uribl.test.") + "spam-domain.test IN A 127.0.0.2\n",
         "spoofed.test.": soa("spoofed.test.") + '@ IN TXT "v=spf1 -all"\n_dmarc IN TXT "v=DMARC1; p=reject"\n',
-        "good.test.": soa("good.test.") + f"""
+        "good.test.": soa("good.test.")
+        + f"""
 @ IN TXT "v=spf1 ip4:127.0.0.1 -all"
 _dmarc IN TXT "v=DMARC1; p=reject"
 sel._domainkey IN TXT {key.record()}
@@ -39,8 +40,13 @@ sel._domainkey IN TXT {key.record()}
 
 
 def _config(dns, **reputation: str) -> str:
-    lines = ['nameservers = ["127.0.0.1"]', f"port = {dns.port}", "allow_networks = []",
-             'authserv_id = "mx.mailward.test"', *(f"{k} = {v}" for k, v in reputation.items())]
+    lines = [
+        'nameservers = ["127.0.0.1"]',
+        f"port = {dns.port}",
+        "allow_networks = []",
+        'authserv_id = "mx.mailward.test"',
+        *(f"{k} = {v}" for k, v in reputation.items()),
+    ]
     return "[reputation]\n" + "\n".join(lines) + "\n"
 
 
@@ -56,8 +62,8 @@ def test_listed_client_is_rejected_generically_when_configured(postfix, milter, 
     assert "bl.test" not in text
     assert postfix.delivered(mid, timeout=2) is None
     event = m.event_for(_incident(text))
-    listing, = [f for f in event["mailward"]["findings"] if f["category"] == "reputation"]
-    assert listing["name"] == "dnsbl:bl.test" and "127.0.0.1" in listing["detail"]     # zone in the log
+    (listing,) = [f for f in event["mailward"]["findings"] if f["category"] == "reputation"]
+    assert listing["name"] == "dnsbl:bl.test" and "127.0.0.1" in listing["detail"]  # zone in the log
 
 
 def test_listed_url_is_tagged_by_default_and_headers_added(postfix, milter, dns):
@@ -85,7 +91,7 @@ def test_authenticated_mail_gets_authentication_results(postfix, milter, dns, ke
     assert postfix.send(signed, mail_from="anna@good.test")[0] == 250
     delivered = postfix.delivered(mid)
     assert delivered is not None, postfix.log()[-2000:]
-    ours, = delivered.get_all("Authentication-Results")
+    (ours,) = delivered.get_all("Authentication-Results")
     value = " ".join(ours.split())
     assert value.startswith("mx.mailward.test;")
     assert "spf=pass smtp.mailfrom=anna@good.test" in value

@@ -13,7 +13,8 @@ from mailward.reputation.resolver import Deadline, DnsClient, Outcome
 from reputation_support import detector_for, envelope, message, no_system_resolver, parse  # noqa: F401
 
 ZONES = {
-    "cache.test.": soa("cache.test.", ttl=300, negative_ttl=1) + """
+    "cache.test.": soa("cache.test.", ttl=300, negative_ttl=1)
+    + """
 short 1 IN A 192.0.2.1
 long 300 IN A 192.0.2.2
 txt 1 IN TXT "v=spf1 -all"
@@ -63,37 +64,43 @@ def test_failures_are_outcomes_not_listings_and_not_cached(server):
     started = time.monotonic()
     silent = client.query("x.slow0.test", "A", Deadline.after(5))
     assert silent.outcome is Outcome.TIMEOUT and silent.outcome.unavailable
-    assert time.monotonic() - started < 0.3 + 0.25           # the per-query timeout, not the budget
+    assert time.monotonic() - started < 0.3 + 0.25  # the per-query timeout, not the budget
     refused = client.query("not-ours.example", "A", Deadline.after(1))
     assert refused.outcome is Outcome.FAILURE
     client.query("not-ours.example", "A", Deadline.after(1))
     assert server.count("not-ours.example") == 2
-    assert client.query("a..b", "A", Deadline.after(1)).outcome is Outcome.NXDOMAIN   # never sent
+    assert client.query("a..b", "A", Deadline.after(1)).outcome is Outcome.NXDOMAIN  # never sent
     assert client.query("x", "A", Deadline(time.monotonic() - 1)).detail == "budget spent"
 
 
 def test_dead_server_costs_at_most_the_budget_then_dns_is_skipped(server):
     with BlackHole() as hole:
-        det = detector_for(hole.port, dnsbl=["bl.test", "other.test"], uribl=["uribl.test"],
-                           budget=0.6, query_timeout=0.4, retry_after=0.5)
+        det = detector_for(
+            hole.port,
+            dnsbl=["bl.test", "other.test"],
+            uribl=["uribl.test"],
+            budget=0.6,
+            query_timeout=0.4,
+            retry_after=0.5,
+        )
         msg = parse(message(body="see http://spam-domain.test/\n"))
         started = time.monotonic()
         evidence = det.inspect(msg, envelope(client="198.51.100.7"))
         elapsed = time.monotonic() - started
         assert elapsed < 0.6 + 0.15, elapsed
-        assert hole.received >= 4                                   # all lookups were really sent
-        finding, = evidence.findings
+        assert hole.received >= 4  # all lookups were really sent
+        (finding,) = evidence.findings
         assert (finding.category, finding.name, finding.detector) == (Category.UNCHECKED, "dns-unavailable", "dns")
         assert finding.severity is Severity.LOW
         assert "dnsbl bl.test" in finding.detail and "spf mailfrom" in finding.detail
 
-        time.sleep(0.5)          # the background probe of the root zone times out too: resolver dead
+        time.sleep(0.5)  # the background probe of the root zone times out too: resolver dead
         started = time.monotonic()
         again = det.inspect(msg, envelope(client="198.51.100.7"))
         assert time.monotonic() - started < 0.1
         assert [f.name for f in again.findings] == ["dns-unavailable"] and "skipped" in again.findings[0].detail
 
-        time.sleep(0.55)                                            # retry_after passed: DNS is tried again
+        time.sleep(0.55)  # retry_after passed: DNS is tried again
         sent = hole.received
         det.inspect(msg, envelope(client="198.51.100.7"))
         assert hole.received > sent
@@ -104,7 +111,7 @@ def test_a_sender_whose_lookups_time_out_cannot_switch_checks_off(server):
     own = parse(message(from_="x@evil.slow1.test"))
     evidence = det.inspect(own, envelope(client="198.51.100.7", mail_from="x@evil.slow1.test", helo="mx.slow1.test"))
     assert [f.name for f in evidence.findings] == ["dns-unavailable"]
-    time.sleep(0.4)                                       # the probe got its answer: the resolver is alive
+    time.sleep(0.4)  # the probe got its answer: the resolver is alive
     before = server.count("_dmarc.cache.test", "TXT")
     det.inspect(parse(message(from_="ceo@cache.test")), envelope(client="198.51.100.7"))
     assert server.count("_dmarc.cache.test", "TXT") == before + 1
@@ -118,19 +125,20 @@ def test_nothing_listening_costs_the_query_timeout_not_the_budget():
     det = detector_for(port, dnsbl=["bl.test"], budget=2.0, query_timeout=0.3)
     started = time.monotonic()
     evidence = det.inspect(parse(message()), envelope(client="198.51.100.7"))
-    assert time.monotonic() - started < 0.3 + 0.25             # dnspython may overshoot by its retry pause
+    assert time.monotonic() - started < 0.3 + 0.25  # dnspython may overshoot by its retry pause
     assert [f.name for f in evidence.findings] == ["dns-unavailable"]
 
 
 def test_lookups_run_in_parallel_and_a_silent_zone_does_not_hide_the_others(server):
-    det = detector_for(server.port, dnsbl=["bl.test"] + SILENT, budget=1.5, query_timeout=0.4,
-                       spf=False, dkim=False, dmarc=False)
+    det = detector_for(
+        server.port, dnsbl=["bl.test"] + SILENT, budget=1.5, query_timeout=0.4, spf=False, dkim=False, dmarc=False
+    )
     started = time.monotonic()
     evidence = det.inspect(parse(message()), envelope(client="198.51.100.7"))
     elapsed = time.monotonic() - started
-    assert elapsed < 0.8, elapsed                # four 0.4 s timeouts side by side, not one after another
+    assert elapsed < 0.8, elapsed  # four 0.4 s timeouts side by side, not one after another
     assert [f.name for f in evidence.of(Category.REPUTATION)] == ["dnsbl:bl.test"]
-    unavailable, = evidence.of(Category.UNCHECKED)
+    (unavailable,) = evidence.of(Category.UNCHECKED)
     assert all(f"dnsbl {zone}" in unavailable.detail for zone in SILENT)
     # Something answered, so the resolver is alive; the silent zones are skipped for retry_after.
     before = server.count("7.100.51.198.slow0.test"), server.count("7.100.51.198.bl.test")
@@ -138,13 +146,14 @@ def test_lookups_run_in_parallel_and_a_silent_zone_does_not_hide_the_others(serv
     again = det.inspect(parse(message()), envelope(client="198.51.100.7"))
     assert time.monotonic() - started < 0.1
     assert server.count("7.100.51.198.slow0.test") == before[0]
-    assert [f.name for f in again.of(Category.REPUTATION)] == ["dnsbl:bl.test"]      # from the cache
+    assert [f.name for f in again.of(Category.REPUTATION)] == ["dnsbl:bl.test"]  # from the cache
     assert "dnsbl slow0.test (not answering, skipped" in again.of(Category.UNCHECKED)[0].detail
 
 
 def test_budget_cuts_lookups_that_would_outlast_it(server):
-    det = detector_for(server.port, dnsbl=SILENT, budget=0.3, query_timeout=1.0,
-                       spf=False, dkim=False, dmarc=False, retry_after=0)
+    det = detector_for(
+        server.port, dnsbl=SILENT, budget=0.3, query_timeout=1.0, spf=False, dkim=False, dmarc=False, retry_after=0
+    )
     started = time.monotonic()
     evidence = det.inspect(parse(message()), envelope(client="198.51.100.7"))
     assert time.monotonic() - started < 0.3 + 0.15

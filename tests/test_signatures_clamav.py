@@ -40,7 +40,7 @@ def test_protocol_ping_version_and_instream(clamd):
     assert client.ping()
     assert client.version().startswith("ClamAV ")
     assert client.instream(EICAR) == EICAR_SIGNATURE
-    assert client.instream(b"an ordinary letter " * 10_000) is None      # several INSTREAM chunks
+    assert client.instream(b"an ordinary letter " * 10_000) is None  # several INSTREAM chunks
     assert client.instream(b"") is None
 
 
@@ -58,8 +58,9 @@ def test_own_marker_inside_an_office_member_with_object_evidence(clamd, tmp_path
     settings = replace(Settings(), state_dir=str(tmp_path), clamav=clamav_settings(clamd.socket))
     inspector = build_inspector(settings)
     try:
-        evidence = inspector.inspect(message(attachments=[("report.docx", docx)], subject="Quarterly report"),
-                                     Envelope())
+        evidence = inspector.inspect(
+            message(attachments=[("report.docx", docx)], subject="Quarterly report"), Envelope()
+        )
     finally:
         inspector.unpacker.close()
     hits = {f.location: f for f in evidence.findings if f.name == f"clamav:{MARKER_SIGNATURE}"}
@@ -68,6 +69,7 @@ def test_own_marker_inside_an_office_member_with_object_evidence(clamd, tmp_path
     hit = hits["report.docx > word/media/blob.bin"]
     assert hit.detector == "clamav"
     import hashlib
+
     assert hit.sha256 == hashlib.sha256(b"\x00\x01" + MARKER + b"\x02").hexdigest()
     assert hit.file_name == "word/media/blob.bin" and hit.mime_type
     assert evidence.message.subject == "Quarterly report"
@@ -126,7 +128,7 @@ def test_clamd_that_stops_answering_is_unavailable_within_the_call_timeout(tmp_p
         elapsed = time.monotonic() - started
         assert [f.name for f in evidence.findings] == ["clamav-unavailable"]
         assert "timed out" in evidence.findings[0].detail
-        assert elapsed < 3.0                   # calls run in parallel, each within its own timeout
+        assert elapsed < 3.0  # calls run in parallel, each within its own timeout
         server.resume()
         recovered = scan(detector, message(attachments=[("eicar.com", EICAR)]), unpacker)
         assert [f.name for f in recovered.findings] == [f"clamav:{EICAR_SIGNATURE}"]
@@ -155,17 +157,20 @@ def test_detector_is_wired_only_when_a_socket_is_set(clamd, tmp_path):
     assert "clamav" in {d.name for d in detectors(wired)}
 
 
-@pytest.mark.parametrize("table, key", [
-    ({"socket": "tcp://127.0.0.1:3310"}, "clamav.socket"),
-    ({"socket": "inet:99999@127.0.0.1"}, "clamav.socket"),
-    ({"socket": "unix:relative.sock"}, "clamav.socket"),
-    ({"scan": "attachments"}, "clamav.scan"),
-    ({"timeout": 0}, "clamav.timeout"),
-    ({"retry_after": -1}, "clamav.retry_after"),
-    ({"connections": 0}, "clamav.connections"),
-    ({"stream_max_length": 0}, "clamav.stream_max_length"),
-    ({"sockett": "unix:/x"}, "clamav.sockett"),
-])
+@pytest.mark.parametrize(
+    "table, key",
+    [
+        ({"socket": "tcp://127.0.0.1:3310"}, "clamav.socket"),
+        ({"socket": "inet:99999@127.0.0.1"}, "clamav.socket"),
+        ({"socket": "unix:relative.sock"}, "clamav.socket"),
+        ({"scan": "attachments"}, "clamav.scan"),
+        ({"timeout": 0}, "clamav.timeout"),
+        ({"retry_after": -1}, "clamav.retry_after"),
+        ({"connections": 0}, "clamav.connections"),
+        ({"stream_max_length": 0}, "clamav.stream_max_length"),
+        ({"sockett": "unix:/x"}, "clamav.sockett"),
+    ],
+)
 def test_bad_clamav_configuration_names_the_key(tmp_path, table, key):
     with pytest.raises(ConfigError) as err:
         load_settings(None, {"clamav": table})
@@ -180,6 +185,7 @@ def test_clamav_configuration_accepts_unix_and_inet():
 
 def test_inet_clamd_that_refuses_is_unavailable():
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -197,6 +203,7 @@ class _BusyDetector:
 
     def inspect(self, message, envelope):
         from mailward.evidence import Evidence
+
         time.sleep(self.seconds)
         return Evidence()
 
@@ -204,7 +211,7 @@ class _BusyDetector:
 def test_clamd_works_while_the_other_detectors_run(tmp_path, unpacker):
     server = start_clamd(tmp_path / "hung")
     try:
-        server.pause()       # each clamd call now takes its full timeout
+        server.pause()  # each clamd call now takes its full timeout
         clamav = detector_for(clamav_settings(server.socket, timeout=1.5, retry_after=0.0))
         inspector = Inspector(LimitSettings(), (clamav, _BusyDetector(1.5)), unpacker)
         started = time.monotonic()

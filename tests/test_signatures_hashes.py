@@ -24,14 +24,17 @@ def digests(data):
     return {a: hashlib.new(a, data).hexdigest() for a in ("md5", "sha1", "sha256")}
 
 
-@pytest.mark.parametrize("suffix, line", [
-    (".txt", "{sha256};Trojan.Example"),
-    (".txt", "{sha1},Trojan.Example"),
-    (".txt", "{md5}  Trojan.Example"),
-    (".csv", "{SHA256};Trojan.Example"),
-    (".hdb", "{md5}:{size}:Trojan.Example"),
-    (".hsb", "{sha256}:*:Trojan.Example:73"),
-])
+@pytest.mark.parametrize(
+    "suffix, line",
+    [
+        (".txt", "{sha256};Trojan.Example"),
+        (".txt", "{sha1},Trojan.Example"),
+        (".txt", "{md5}  Trojan.Example"),
+        (".csv", "{SHA256};Trojan.Example"),
+        (".hdb", "{md5}:{size}:Trojan.Example"),
+        (".hsb", "{sha256}:*:Trojan.Example:73"),
+    ],
+)
 def test_formats(tmp_path, unpacker, suffix, line):
     d = digests(PAYLOAD)
     listing = tmp_path / f"deny{suffix}"
@@ -45,6 +48,7 @@ def test_formats(tmp_path, unpacker, suffix, line):
 
 def test_clamav_size_must_match(tmp_path):
     from mailward.message import ContentObject
+
     listing = tmp_path / "deny.hdb"
     listing.write_text(f"{digests(PAYLOAD)['md5']}:{len(PAYLOAD) + 1}:Wrong.Size\n")
     assert HashList.load([str(listing)]).match(ContentObject("x", PAYLOAD)) is None
@@ -82,10 +86,12 @@ def test_bad_lines_are_skipped_and_a_missing_file_is_an_error(tmp_path):
 
 def test_large_list_is_compact_and_fast(tmp_path):
     import time
+
     listing = tmp_path / "big.txt"
     listing.write_text("".join(f"{hashlib.sha256(str(i).encode()).hexdigest()};Fam{i % 50}\n" for i in range(100_000)))
     hashes = HashList.load([str(listing)])
     from mailward.message import ContentObject
+
     started = time.perf_counter()
     assert hashes.match(ContentObject("x", b"4242")).description == "Fam42"
     assert hashes.match(ContentObject("y", b"no")) is None

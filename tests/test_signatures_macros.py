@@ -40,10 +40,13 @@ End Sub
 
 
 def pptm(vba: bytes) -> bytes:
-    content_types = (b'<?xml version="1.0"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/'
-                     b'content-types"><Default Extension="xml" ContentType="application/xml"/></Types>')
-    return zipped({"[Content_Types].xml": content_types, "ppt/presentation.xml": b"<presentation/>",
-                   "ppt/vbaProject.bin": vba})
+    content_types = (
+        b'<?xml version="1.0"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/'
+        b'content-types"><Default Extension="xml" ContentType="application/xml"/></Types>'
+    )
+    return zipped(
+        {"[Content_Types].xml": content_types, "ppt/presentation.xml": b"<presentation/>", "ppt/vbaProject.bin": vba}
+    )
 
 
 def encrypted(parts: dict[str, bytes], kind: str, password: str) -> bytes:
@@ -53,6 +56,7 @@ def encrypted(parts: dict[str, bytes], kind: str, password: str) -> bytes:
     packages into the wrong directory entries.
     """
     from msoffcrypto.format.ooxml import OOXMLFile
+
     thumbnail = b"".join(hashlib.sha512(bytes([i])).digest() for i in range(100))
     document = ooxml(kind, dict(parts, **{"docProps/thumbnail.jpeg": thumbnail}))
     out = io.BytesIO()
@@ -113,7 +117,7 @@ def test_auto_exec_with_an_ioc_is_malware(scan):
 
 
 def test_xlm_macro_sheet_quarantines_and_exec_is_malware(scan):
-    quiet = b'<xm:macrosheet><sheetData><row><c><f>SUM(A1:A3)</f></c></row></sheetData></xm:macrosheet>'
+    quiet = b"<xm:macrosheet><sheetData><row><c><f>SUM(A1:A3)</f></c></row></sheetData></xm:macrosheet>"
     _, evidence = scan(message(attachments=[("b.xlsm", ooxml("xlsm", {"xl/macrosheets/sheet1.xml": quiet}))]))
     assert macro_names(evidence) == {"xlm-macros"} and actions(evidence)[0] is Action.QUARANTINE
     loud = b'<xm:macrosheet><sheetData><row><c><f>EXEC("calc.exe")</f></c></row></sheetData></xm:macrosheet>'
@@ -123,12 +127,14 @@ def test_xlm_macro_sheet_quarantines_and_exec_is_malware(scan):
 
 def test_macro_actions_are_configurable_per_direction(scan):
     from dataclasses import replace
+
     _, evidence = scan(message(attachments=[("deck.pptm", pptm(vba_project(CLICK)))]))
     strict = replace(POLICY.outbound, macro_action_autoexec=Action.QUARANTINE)
     assert decide(evidence, strict, "MW-1").action is Action.QUARANTINE
 
 
 # ---- encrypted documents --------------------------------------------------------------------
+
 
 def test_velvetsweatshop_workbook_with_auto_open_dropper_is_decrypted_and_found(scan):
     book = encrypted({"xl/vbaProject.bin": vba_project(DROPPER)}, "xlsm", "VelvetSweatshop")
@@ -159,10 +165,17 @@ def _pdf(user: str, owner: str = "owner-pw", attach: bytes | None = None) -> byt
     pdf.add_blank_page()
     if attach is not None:
         stream = pikepdf.Stream(pdf, attach)
-        spec = pdf.make_indirect(pikepdf.Dictionary(Type=pikepdf.Name.Filespec, F=pikepdf.String("e.com"),
-                                                    UF=pikepdf.String("e.com"), EF=pikepdf.Dictionary(F=stream)))
-        pdf.Root.Names = pikepdf.Dictionary(EmbeddedFiles=pikepdf.Dictionary(
-            Names=pikepdf.Array([pikepdf.String("e.com"), spec])))
+        spec = pdf.make_indirect(
+            pikepdf.Dictionary(
+                Type=pikepdf.Name.Filespec,
+                F=pikepdf.String("e.com"),
+                UF=pikepdf.String("e.com"),
+                EF=pikepdf.Dictionary(F=stream),
+            )
+        )
+        pdf.Root.Names = pikepdf.Dictionary(
+            EmbeddedFiles=pikepdf.Dictionary(Names=pikepdf.Array([pikepdf.String("e.com"), spec]))
+        )
     out = io.BytesIO()
     pdf.save(out, encryption=pikepdf.Encryption(user=user, owner=owner, R=6))
     return out.getvalue()
@@ -170,8 +183,9 @@ def _pdf(user: str, owner: str = "owner-pw", attach: bytes | None = None) -> byt
 
 def test_pdf_with_owner_password_only_opens_silently(scan):
     _, evidence = scan(message(attachments=[("form.pdf", _pdf("", attach=EICAR))]))
-    assert "mailward/malware:EICAR_Test_File" in {f.name for f in evidence.findings} or \
-        any(f.category is Category.MALWARE and f.location == "form.pdf > e.com" for f in evidence.findings)
+    assert "mailward/malware:EICAR_Test_File" in {f.name for f in evidence.findings} or any(
+        f.category is Category.MALWARE and f.location == "form.pdf > e.com" for f in evidence.findings
+    )
     assert "encrypted" not in names_at(evidence)
 
 
@@ -185,6 +199,7 @@ def test_pdf_with_user_password_from_the_message_or_unchecked(scan):
 
 # ---- polyglots -----------------------------------------------------------------------------
 
+
 def _plain_pdf() -> bytes:
     pdf = pikepdf.new()
     pdf.add_blank_page()
@@ -193,15 +208,20 @@ def _plain_pdf() -> bytes:
     return out.getvalue()
 
 
-@pytest.mark.parametrize("build", [
-    pytest.param(lambda pdf, z: pdf + z, id="appended"),
-    pytest.param(lambda pdf, z: pdf.replace(b"%%EOF", b"%" + z + b"\n%%EOF"), id="embedded"),
-    pytest.param(lambda pdf, z: pdf[:200] + z, id="broken-pdf"),
-])
+@pytest.mark.parametrize(
+    "build",
+    [
+        pytest.param(lambda pdf, z: pdf + z, id="appended"),
+        pytest.param(lambda pdf, z: pdf.replace(b"%%EOF", b"%" + z + b"\n%%EOF"), id="embedded"),
+        pytest.param(lambda pdf, z: pdf[:200] + z, id="broken-pdf"),
+    ],
+)
 def test_pdf_zip_polyglot_is_scanned_as_both(scan, build):
     data = build(_plain_pdf(), zipped({"eicar.com": EICAR}))
     parsed, evidence = scan(message(attachments=[("statement.pdf", data)]))
     assert next(o for o in parsed.objects if o.path == "statement.pdf").sniffed_type == "application/pdf"
     assert "polyglot" in names_at(evidence, "statement.pdf")
-    assert any(f.category is Category.MALWARE and f.location == "statement.pdf > polyglot zip > eicar.com"
-               for f in evidence.findings)
+    assert any(
+        f.category is Category.MALWARE and f.location == "statement.pdf > polyglot zip > eicar.com"
+        for f in evidence.findings
+    )

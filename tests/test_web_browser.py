@@ -79,17 +79,28 @@ def shots(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    require(Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists(),
-            "Chromium not installed (apt packages chromium and chromium-driver)")
+    require(
+        Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists(),
+        "Chromium not installed (apt packages chromium and chromium-driver)",
+    )
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                 "--window-size=1280,1000", "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1000",
+        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)
@@ -106,13 +117,21 @@ def site(tmp_path_factory):
     port = _free_port()
     state = tmp / "state"
     config = tmp / "mailward.toml"
-    config.write_text(f'state_dir = "{state}"\n[quarantine]\nrelay_port = {sink.port}\nrelay_timeout = 10.0\n'
-                      f'[web]\nlisten = "127.0.0.1:{port}"\n[logging]\nfile = "{tmp / "web.log"}"\n')
+    config.write_text(
+        f'state_dir = "{state}"\n[quarantine]\nrelay_port = {sink.port}\nrelay_timeout = 10.0\n'
+        f'[web]\nlisten = "127.0.0.1:{port}"\n[logging]\nfile = "{tmp / "web.log"}"\n'
+    )
     for name in ("alice", "bruno"):
-        subprocess.run([MAILWARD, "--config", str(config), "web", "user", "add", name, "--password-stdin"],
-                       input=PASSWORD + "\n", text=True, check=True, capture_output=True)
-    proc = subprocess.Popen([MAILWARD, "--config", str(config), "web"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+        subprocess.run(
+            [MAILWARD, "--config", str(config), "web", "user", "add", name, "--password-stdin"],
+            input=PASSWORD + "\n",
+            text=True,
+            check=True,
+            capture_output=True,
+        )
+    proc = subprocess.Popen(
+        [MAILWARD, "--config", str(config), "web"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     try:
         _wait_for_port(port, proc)
         yield f"http://127.0.0.1:{port}", web_settings(state, sink.port), sink, beacon
@@ -136,8 +155,7 @@ def _submit(browser, button) -> None:
 
     def loaded(driver) -> bool:
         try:
-            return driver.execute_script(
-                "return !window.mailwardOldPage && document.readyState === 'complete'")
+            return driver.execute_script("return !window.mailwardOldPage && document.readyState === 'complete'")
         except WebDriverException:
             return False
 
@@ -163,7 +181,7 @@ def test_lockout_after_ten_failed_logins(browser, site, shots):
         _login(browser, base, "bruno", "not the password")
         problem = browser.find_element(By.ID, "problem").text
         assert ("locked" in problem) == (attempt == 10), (attempt, problem)
-    _login(browser, base, "bruno")                                      # the right password, too late
+    _login(browser, base, "bruno")  # the right password, too late
     assert "locked" in browser.find_element(By.ID, "problem").text
     browser.save_screenshot(str(shots / "01-locked.png"))
     assert browser.current_url.startswith(f"{base}/login")
@@ -182,15 +200,15 @@ def test_log_in_list_and_view_a_hostile_message_inertly(browser, site, shots):
 
     browser.get(f"{base}/m/{qid}")
     body = browser.find_element(By.ID, "text-2").text
-    assert "<script>document.title='pwned'" in body and "onerror" in body     # shown as source text
+    assert "<script>document.title='pwned'" in body and "onerror" in body  # shown as source text
     assert "<script>alert(1)</script> Invoice" in browser.find_element(By.TAG_NAME, "h1").text
     assert browser.title.endswith("· Mailward") and "pwned" not in browser.title
     assert browser.execute_script("return typeof window.pwned") == "undefined"
     assert browser.find_elements(By.TAG_NAME, "iframe") == []
     assert browser.find_elements(By.CSS_SELECTOR, "main img") == []
-    assert "\\u202e" in browser.find_element(By.ID, "headers").text        # the bidi override made visible
+    assert "\\u202e" in browser.find_element(By.ID, "headers").text  # the bidi override made visible
     browser.save_screenshot(str(shots / "03-hostile-message.png"))
-    assert beacon.hits == []                                                # nothing remote was loaded
+    assert beacon.hits == []  # nothing remote was loaded
 
 
 def test_release_and_label_from_the_message_page(browser, site, shots):
@@ -212,7 +230,7 @@ def test_release_and_label_from_the_message_page(browser, site, shots):
     browser.save_screenshot(str(shots / "04-released.png"))
 
     browser.get(f"{base}/m/{virus}")
-    _submit(browser, browser.find_element(By.ID, "release"))                         # malware without "force"
+    _submit(browser, browser.find_element(By.ID, "release"))  # malware without "force"
     assert "malware" in browser.find_element(By.ID, "notice").text
     assert browser.find_element(By.ID, "status").text == "held"
     browser.save_screenshot(str(shots / "05-malware-refused.png"))
@@ -221,7 +239,7 @@ def test_release_and_label_from_the_message_page(browser, site, shots):
 def test_a_session_cookie_is_not_readable_by_scripts(browser, site):
     base = site[0]
     _login(browser, base)
-    assert browser.execute_script("return document.cookie") == ""          # HttpOnly
+    assert browser.execute_script("return document.cookie") == ""  # HttpOnly
     cookie = browser.get_cookie("mailward_session")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
 
@@ -236,7 +254,7 @@ def test_a_recipient_releases_their_spam_from_the_digest_link(browser, site, sho
     spam = put(settings, message("Conference offer"), recipients=("erin@example.net",))
     virus = put(settings, message("Invoice"), recipients=("erin@example.net",), case=malware_case)
     token = sign_link(load_release_key(link_key_path(settings)), new_link("erin@example.net", "", time.time(), 7))
-    browser.delete_all_cookies()                                            # no analyst session: the link alone
+    browser.delete_all_cookies()  # no analyst session: the link alone
     browser.get(f"{base}/r/{token}")
     table = browser.find_element(By.ID, "messages").text
     assert "Conference offer" in table and "Invoice" not in table and virus not in browser.page_source

@@ -19,11 +19,12 @@ UNITS = ("mailward-web.service", "mailward-digest.service", "mailward-digest.tim
 def test_units_are_valid_for_systemd(tmp_path, name):
     if shutil.which("systemd-analyze") is None:
         return
-    for unit in UNITS:      # the timer needs its service beside it
+    for unit in UNITS:  # the timer needs its service beside it
         text = (CONTRIB / "systemd" / unit).read_text()
         (tmp_path / unit).write_text(text.replace(VENV_IN_UNIT, str(Path(sys.executable).parent.parent)))
-    result = subprocess.run(["systemd-analyze", "verify", str(tmp_path / name)], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(tmp_path / name)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0 and result.stderr.strip() == "", result.stderr
 
 

@@ -87,7 +87,7 @@ def test_account_locks_after_ten_failures_until_unlocked(site):
     for _ in range(9):
         assert login(site, password="wrong password!").headers["location"] == "/login?problem=refused"
     assert login(site, password="wrong password!").headers["location"] == "/login?problem=locked"
-    assert login(site).headers["location"] == "/login?problem=locked"       # the right password no longer helps
+    assert login(site).headers["location"] == "/login?problem=locked"  # the right password no longer helps
     assert "locked" in site.get("/login?problem=locked").text
     actions = [e.action for e in site.parts.accounts.events("alice")]
     assert "account-locked" in actions and actions.count("login-refused") == 10
@@ -102,7 +102,7 @@ def test_unknown_accounts_are_refused_like_wrong_passwords(site):
 def test_session_ends_after_the_idle_time(site, clock):
     login(site)
     clock.now += 299
-    assert site.get("/").status_code == 200              # each request restarts the idle clock
+    assert site.get("/").status_code == 200  # each request restarts the idle clock
     clock.now += 299
     assert site.get("/").status_code == 200
     clock.now += 301
@@ -132,8 +132,9 @@ def test_malware_needs_force_from_the_web_too(site, smtp_sink):
     token = csrf_of(site, f"/m/{qid}")
     assert site.post(f"/m/{qid}/release", data={"csrf": token}).headers["location"].endswith("needs-force")
     assert smtp_sink.received == []
-    assert site.post(f"/m/{qid}/release", data={"csrf": token, "force": "yes"}).headers["location"].endswith(
-        "=released")
+    assert (
+        site.post(f"/m/{qid}/release", data={"csrf": token, "force": "yes"}).headers["location"].endswith("=released")
+    )
 
 
 def test_label_delete_and_block_sender(site):
@@ -164,26 +165,30 @@ def test_list_filters_and_hostile_content_is_escaped(site):
     listing = site.get("/", params={"recipient": "carol"}).text
     assert "Plain one" in listing and "Invoice" not in listing
     page = site.get(f"/m/{hostile}").text
-    assert "<script" not in page and "<iframe" not in page and "<img" not in page and "onerror=" not in page.replace(
-        "onerror=&#34;", "")
-    assert "&lt;script&gt;document.title=&#39;pwned&#39;" in page      # shown as source
-    assert "\\u202e" in page                                           # the bidi override made visible
-    assert re.search(r"[0-9a-f]{64}", page)                             # part hashes
+    assert (
+        "<script" not in page
+        and "<iframe" not in page
+        and "<img" not in page
+        and "onerror=" not in page.replace("onerror=&#34;", "")
+    )
+    assert "&lt;script&gt;document.title=&#39;pwned&#39;" in page  # shown as source
+    assert "\\u202e" in page  # the bidi override made visible
+    assert re.search(r"[0-9a-f]{64}", page)  # part hashes
     assert "show" in [e.action for e in site.parts.service.history(hostile)]
 
 
 def test_error_pages_give_a_reference_never_internals(site, caplog):
-    client = TestClient(site.app, raise_server_exceptions=False, follow_redirects=False)   # as a browser sees it
+    client = TestClient(site.app, raise_server_exceptions=False, follow_redirects=False)  # as a browser sees it
     login(client)
     missing = client.get("/m/MW-NOPE-1")
     assert missing.status_code == 404 and "WEB-" in missing.text
     assert client.get("/m/..%2f..%2fetc").status_code == 404
     assert client.get("/no/such/page").status_code == 404
     with sqlite3.connect(site.settings.quarantine_dir / "quarantine.sqlite3") as db:
-        db.execute("DROP TABLE quarantine")                            # a real failure inside the store
+        db.execute("DROP TABLE quarantine")  # a real failure inside the store
     broken = client.get("/")
     reference = re.search(r"WEB-[0-9A-F]{12}", broken.text)[0]
-    assert any(reference in r.getMessage() and r.exc_info for r in caplog.records)   # the details: in the log
+    assert any(reference in r.getMessage() and r.exc_info for r in caplog.records)  # the details: in the log
     assert broken.status_code == 500 and re.search(r"WEB-[0-9A-F]{12}", broken.text)
     assert "quarantine" not in broken.text.lower().replace("mailward quarantine", "")
     assert "Traceback" not in broken.text and "sqlite" not in broken.text.lower()
@@ -195,30 +200,31 @@ def test_a_recipient_link_shows_only_their_own_spam_and_releases_it(site, smtp_s
     shared = put(site.settings, message("To the team"), recipients=("bob@example.net", "carol@example.net"))
     other = put(site.settings, message("Carol only"), recipients=("carol@example.net",))
     key = site.parts.link_key
-    clock.now = time.time()                                            # the digest goes out right after
+    clock.now = time.time()  # the digest goes out right after
     token = sign_link(key, new_link("Bob@Example.net", "", clock.now, 7))
     page = site.get(f"/r/{token}").text
     assert "Newsletter" in page and "To the team" in page
     assert "Invoice virus" not in page and "Carol only" not in page and virus not in page and other not in page
     csrf = CSRF.search(page)[1]
     assert site.post(f"/r/{token}/release", data={"id": mine, "csrf": "x"}).status_code == 403
-    assert site.post(f"/r/{token}/release", data={"id": virus, "csrf": csrf}).headers["location"].endswith(
-        "=not-found")
-    assert site.post(f"/r/{token}/release", data={"id": shared, "csrf": csrf}).headers["location"].endswith(
-        "=shared")
-    assert site.post(f"/r/{token}/release", data={"id": mine, "csrf": csrf}).headers["location"].endswith(
-        "=released")
+    assert site.post(f"/r/{token}/release", data={"id": virus, "csrf": csrf}).headers["location"].endswith("=not-found")
+    assert site.post(f"/r/{token}/release", data={"id": shared, "csrf": csrf}).headers["location"].endswith("=shared")
+    assert site.post(f"/r/{token}/release", data={"id": mine, "csrf": csrf}).headers["location"].endswith("=released")
     assert [rcpts for _, rcpts, _ in smtp_sink.received] == [("bob@example.net",)]
     release = [e for e in site.parts.service.history(mine) if e.action == "release"][0]
     assert release.actor.name == "web:recipient bob@example.net"
 
     single = sign_link(key, new_link("bob@example.net", shared, clock.now, 7))
-    assert site.post(f"/r/{single}/release", data={"id": mine, "csrf": CSRF.search(site.get(f"/r/{single}").text)[1]}
-                     ).status_code == 403                               # a message link covers that message only
+    assert (
+        site.post(
+            f"/r/{single}/release", data={"id": mine, "csrf": CSRF.search(site.get(f"/r/{single}").text)[1]}
+        ).status_code
+        == 403
+    )  # a message link covers that message only
     tampered = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
     assert site.get(f"/r/{tampered}").status_code == 403
     clock.now += 8 * 86400
-    assert site.get(f"/r/{token}").status_code == 403                  # expired
+    assert site.get(f"/r/{token}").status_code == 403  # expired
 
 
 def test_user_commands_add_change_and_unlock(tmp_path, monkeypatch, capsys):
@@ -237,7 +243,7 @@ def test_user_commands_add_change_and_unlock(tmp_path, monkeypatch, capsys):
     assert "at least 12" in capsys.readouterr().err
     assert run("add", "Alice/../x", "--password-stdin", stdin=PASSWORD + "\n") == 1
     assert run("add", "alice", "--password-stdin", stdin=PASSWORD + "\n") == 0
-    assert run("add", "alice", "--password-stdin", stdin=PASSWORD + "\n") == 1          # exists
+    assert run("add", "alice", "--password-stdin", stdin=PASSWORD + "\n") == 1  # exists
     settings = web_settings(tmp_path / "state", 25, lockout_after=2)
     accounts = open_accounts(settings)
     try:
@@ -259,8 +265,12 @@ def test_web_settings_are_validated_where_they_are_loaded():
     from mailward.config import load_settings
     from mailward.errors import ConfigError
 
-    for web, key in (({"listen": "nowhere"}, "web.listen"), ({"base_url": "ftp://x"}, "web.base_url"),
-                     ({"session_idle": 0}, "web.session_idle"), ({"lockout_after": 0}, "web.lockout_after")):
+    for web, key in (
+        ({"listen": "nowhere"}, "web.listen"),
+        ({"base_url": "ftp://x"}, "web.base_url"),
+        ({"session_idle": 0}, "web.session_idle"),
+        ({"lockout_after": 0}, "web.lockout_after"),
+    ):
         with pytest.raises(ConfigError, match=key):
             load_settings(overrides={"web": web})
 
@@ -269,7 +279,7 @@ def test_logout_ends_the_session_and_needs_the_token(site):
     login(site)
     token = csrf_of(site, "/")
     site.post("/logout", data={"csrf": "forged"})
-    assert site.get("/").status_code == 200                             # a forged logout changes nothing
+    assert site.get("/").status_code == 200  # a forged logout changes nothing
     assert site.post("/logout", data={"csrf": token}).headers["location"].startswith("/login")
     assert site.get("/").status_code == 303
     assert "logout" in [e.action for e in site.parts.accounts.events("alice")]
@@ -290,8 +300,7 @@ def test_analyst_allows_a_sender_for_everyone(site):
     login(site)
     token = csrf_of(site, f"/m/{qid}")
     assert site.post(f"/m/{qid}/allow-sender", data={"csrf": token}).headers["location"].endswith("=allowed")
-    assert site.post(f"/m/{qid}/allow-sender", data={"csrf": token}).headers["location"].endswith(
-        "=already-listed")
+    assert site.post(f"/m/{qid}/allow-sender", data={"csrf": token}).headers["location"].endswith("=already-listed")
     assert _sender_entries(site.settings, "") == [("allow", "alice@example.org", "", "web:alice")]
     assert "allow-sender" in [e.action for e in site.parts.service.history(qid)]
 
@@ -304,16 +313,30 @@ def test_a_recipient_allows_or_blocks_a_sender_for_themselves_only(site, clock):
     token = sign_link(site.parts.link_key, new_link("bob@example.net", "", clock.now, 7))
     csrf = CSRF.search(site.get(f"/r/{token}").text)[1]
     assert site.post(f"/r/{token}/sender", data={"id": allowed, "choice": "allow", "csrf": "x"}).status_code == 403
-    assert site.post(f"/r/{token}/sender", data={"id": virus, "choice": "allow", "csrf": csrf}
-                     ).headers["location"].endswith("=not-found")            # never through malware
-    assert site.post(f"/r/{token}/sender", data={"id": allowed, "choice": "allow", "csrf": csrf}
-                     ).headers["location"].endswith("=allowed")
+    assert (
+        site.post(f"/r/{token}/sender", data={"id": virus, "choice": "allow", "csrf": csrf})
+        .headers["location"]
+        .endswith("=not-found")
+    )  # never through malware
+    assert (
+        site.post(f"/r/{token}/sender", data={"id": allowed, "choice": "allow", "csrf": csrf})
+        .headers["location"]
+        .endswith("=allowed")
+    )
     assert _sender_entries(site.settings, "bob@example.net") == [
-        ("allow", "alice@example.org", "bob@example.net", "web:recipient bob@example.net")]
-    assert _sender_entries(site.settings, "") == []                          # nobody else's mail changes
-    assert site.post(f"/r/{token}/sender", data={"id": blocked, "choice": "block", "csrf": csrf}
-                     ).headers["location"].endswith("=blocked")
-    assert site.post(f"/r/{token}/sender", data={"id": blocked, "choice": "allow", "csrf": csrf}
-                     ).headers["location"].endswith("=already-listed")      # one entry per sender and scope
+        ("allow", "alice@example.org", "bob@example.net", "web:recipient bob@example.net")
+    ]
+    assert _sender_entries(site.settings, "") == []  # nobody else's mail changes
+    assert (
+        site.post(f"/r/{token}/sender", data={"id": blocked, "choice": "block", "csrf": csrf})
+        .headers["location"]
+        .endswith("=blocked")
+    )
+    assert (
+        site.post(f"/r/{token}/sender", data={"id": blocked, "choice": "allow", "csrf": csrf})
+        .headers["location"]
+        .endswith("=already-listed")
+    )  # one entry per sender and scope
     assert ("block", "junk@spam.test", "bob@example.net", "web:recipient bob@example.net") in _sender_entries(
-        site.settings, "bob@example.net")
+        site.settings, "bob@example.net"
+    )

@@ -27,10 +27,12 @@ def mailbox(postfix, needle: bytes) -> list[bytes]:
 
 def test_digest_through_postfix_and_a_recipient_release_from_its_link(postfix, milter, tmp_path):
     config = str(tmp_path / "mailward.toml")
-    m = milter(f'[policy.inbound]\nspam_action = "quarantine"\n'
-               f'[quarantine]\nrelay_host = "127.0.0.1"\nrelay_port = {postfix.smtp_port}\n'
-               f'digest_sender = "postmaster@example.test"\n'
-               f'[web]\nbase_url = "https://quarantine.example.test"\n')
+    m = milter(
+        f'[policy.inbound]\nspam_action = "quarantine"\n'
+        f'[quarantine]\nrelay_host = "127.0.0.1"\nrelay_port = {postfix.smtp_port}\n'
+        f'digest_sender = "postmaster@example.test"\n'
+        f'[web]\nbase_url = "https://quarantine.example.test"\n'
+    )
     mid, raw = gtube_message()
     assert postfix.send(raw)[0] == 250
     qid = m.event_where(lambda e: e["mailward"]["verdict"] == "quarantine")["mailward"]["quarantine_id"]
@@ -42,7 +44,7 @@ def test_digest_through_postfix_and_a_recipient_release_from_its_link(postfix, m
     text = message_from_bytes(digest, policy=default).get_body(("plain",)).get_content()
     assert qid in text and "Special offer" in text
     token = re.search(r"https://quarantine\.example\.test/r/(\S+)", text)[1]
-    assert cli(["--config", config, "quarantine", "digest"]) == 0      # again: nothing new, nothing sent
+    assert cli(["--config", config, "quarantine", "digest"]) == 0  # again: nothing new, nothing sent
     assert len(mailbox(postfix, b"Quarantine digest")) == 1
 
     parts = make_parts(load_settings(config))

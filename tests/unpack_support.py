@@ -38,19 +38,46 @@ def overlapping_zip(copies: int = 50) -> bytes:
     """One compressed stream referenced by many central directory entries (the 'better zip bomb')."""
     body = zlib.compress(b"\0" * 100_000)[2:-4]
     name = b"a"
-    local = struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, 8, 0, 0, zlib.crc32(b"\0" * 100_000), len(body),
-                        100_000, len(name), 0) + name + body
+    local = (
+        struct.pack(
+            "<4s5H3L2H", b"PK\x03\x04", 20, 0, 8, 0, 0, zlib.crc32(b"\0" * 100_000), len(body), 100_000, len(name), 0
+        )
+        + name
+        + body
+    )
     central = b""
     for i in range(copies):
         n = f"f{i}".encode()
-        central += struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, 8, 0, 0, zlib.crc32(b"\0" * 100_000),
-                               len(body), 100_000, len(n), 0, 0, 0, 0, 0, 0) + n
+        central += (
+            struct.pack(
+                "<4s6H3L5H2L",
+                b"PK\x01\x02",
+                20,
+                20,
+                0,
+                8,
+                0,
+                0,
+                zlib.crc32(b"\0" * 100_000),
+                len(body),
+                100_000,
+                len(n),
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+            )
+            + n
+        )
     end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, copies, copies, len(central), len(local), 0)
     return local + central + end
 
 
 def aes_zip(members: dict[str, bytes], password: str) -> bytes:
     import pyzipper
+
     buf = io.BytesIO()
     with pyzipper.AESZipFile(buf, "w", compression=pyzipper.ZIP_DEFLATED, encryption=pyzipper.WZ_AES) as archive:
         archive.setpassword(password.encode())
@@ -71,6 +98,7 @@ def tar_gz(members: dict[str, bytes]) -> bytes:
 
 def seven_zip(members: dict[str, bytes], password: str | None = None) -> bytes:
     import py7zr
+
     buf = io.BytesIO()
     with py7zr.SevenZipFile(buf, "w", password=password, header_encryption=password is not None) as archive:
         for name, data in members.items():
@@ -80,6 +108,7 @@ def seven_zip(members: dict[str, bytes], password: str | None = None) -> bytes:
 
 def iso_image(members: dict[str, bytes]) -> bytes:
     import pycdlib
+
     image = pycdlib.PyCdlib()
     image.new(joliet=3)
     for i, (name, data) in enumerate(members.items()):
@@ -92,6 +121,7 @@ def iso_image(members: dict[str, bytes]) -> bytes:
 
 def rar4_stored(members: dict[str, bytes]) -> bytes:
     """A RAR 4 archive with stored (uncompressed) members, as WinRAR writes with -m0."""
+
     def block(head_type: int, flags: int, body: bytes, add: bytes = b"") -> bytes:
         head = struct.pack("<BHH", head_type, flags, 7 + len(body)) + body
         return struct.pack("<H", zlib.crc32(head) & 0xFFFF) + head + add
@@ -99,44 +129,49 @@ def rar4_stored(members: dict[str, bytes]) -> bytes:
     out = b"Rar!\x1a\x07\x00" + block(0x73, 0, b"\0" * 6)
     for name, data in members.items():
         raw = name.encode()
-        body = struct.pack("<LLBLLBBHL", len(data), len(data), 2, zlib.crc32(data), 0x5A000000, 20, 0x30,
-                           len(raw), 0x20) + raw
+        body = (
+            struct.pack("<LLBLLBBHL", len(data), len(data), 2, zlib.crc32(data), 0x5A000000, 20, 0x30, len(raw), 0x20)
+            + raw
+        )
         out += block(0x74, 0x8000, body, data)
     return out + block(0x7B, 0x4000, b"")
 
 
 def tnef(attachments: dict[str, bytes]) -> bytes:
     """A winmail.dat with one attribute run per attachment (rendering data, title, data)."""
+
     def attribute(level: int, name: int, kind: int, data: bytes) -> bytes:
         return struct.pack("<BHHL", level, name, kind, len(data)) + data + struct.pack("<H", sum(data) & 0xFFFF)
 
     out = struct.pack("<LH", 0x223E9F78, 0x0101)
-    out += attribute(1, 0x9006, 0x0006, struct.pack("<L", 0x00010000))      # TNEF version
+    out += attribute(1, 0x9006, 0x0006, struct.pack("<L", 0x00010000))  # TNEF version
     for name, data in attachments.items():
-        out += attribute(2, 0x9002, 0x0006, b"\0" * 14)                       # starts an attachment
-        out += attribute(2, 0x8010, 0x0001, name.encode() + b"\0")            # title
-        out += attribute(2, 0x800F, 0x0006, data)                             # data
+        out += attribute(2, 0x9002, 0x0006, b"\0" * 14)  # starts an attachment
+        out += attribute(2, 0x8010, 0x0001, name.encode() + b"\0")  # title
+        out += attribute(2, 0x800F, 0x0006, data)  # data
     return out
 
 
 def uuencoded(name: str, data: bytes) -> bytes:
     import binascii
+
     lines = [f"begin 644 {name}".encode()]
-    lines += [binascii.b2a_uu(data[i:i + 45]).rstrip(b"\n") for i in range(0, len(data), 45)]
+    lines += [binascii.b2a_uu(data[i : i + 45]).rstrip(b"\n") for i in range(0, len(data), 45)]
     return b"\n".join(lines + [b"`", b"end", b""])
 
 
 # ---- Office: a VBA project in a compound file ------------------------------------------------
 
+
 def _ovba_compress(data: bytes) -> bytes:
     """MS-OVBA compression with literal tokens only (valid, just not smaller)."""
     out = bytearray(b"\x01")
-    step = 3640                                  # 455 token groups of 9 bytes fit one 4098-byte chunk
+    step = 3640  # 455 token groups of 9 bytes fit one 4098-byte chunk
     for start in range(0, len(data), step):
-        chunk = data[start:start + step]
+        chunk = data[start : start + step]
         body = bytearray()
         for i in range(0, len(chunk), 8):
-            body += b"\0" + chunk[i:i + 8]
+            body += b"\0" + chunk[i : i + 8]
         out += struct.pack("<H", 0xB000 | (len(body) + 2 - 3)) + body
     return bytes(out)
 
@@ -148,19 +183,39 @@ def _record(record_id: int, data: bytes) -> bytes:
 def _dir_stream(module: str) -> bytes:
     name = module.encode()
     uname = module.encode("utf-16-le")
-    info = (_record(0x01, struct.pack("<L", 1)) + _record(0x02, struct.pack("<L", 0x409))
-            + _record(0x14, struct.pack("<L", 0x409)) + _record(0x03, struct.pack("<H", 1252))
-            + _record(0x04, b"VBAProject") + _record(0x05, b"") + _record(0x40, b"")
-            + _record(0x06, b"") + _record(0x3D, b"") + _record(0x07, struct.pack("<L", 0))
-            + _record(0x08, struct.pack("<L", 0)) + struct.pack("<HLLH", 0x09, 4, 1, 0)
-            + _record(0x0C, b"") + _record(0x3C, b""))
-    modules = (_record(0x0F, struct.pack("<H", 1)) + _record(0x13, struct.pack("<H", 0xFFFF))
-               + _record(0x19, name) + _record(0x47, uname) + _record(0x1A, name) + _record(0x32, uname)
-               + _record(0x1C, b"") + _record(0x48, b"") + _record(0x31, struct.pack("<L", 0))
-               + _record(0x1E, struct.pack("<L", 0)) + _record(0x2C, struct.pack("<H", 0xFFFF))
-               + _record(0x21, b"") + _record(0x2B, b""))
+    info = (
+        _record(0x01, struct.pack("<L", 1))
+        + _record(0x02, struct.pack("<L", 0x409))
+        + _record(0x14, struct.pack("<L", 0x409))
+        + _record(0x03, struct.pack("<H", 1252))
+        + _record(0x04, b"VBAProject")
+        + _record(0x05, b"")
+        + _record(0x40, b"")
+        + _record(0x06, b"")
+        + _record(0x3D, b"")
+        + _record(0x07, struct.pack("<L", 0))
+        + _record(0x08, struct.pack("<L", 0))
+        + struct.pack("<HLLH", 0x09, 4, 1, 0)
+        + _record(0x0C, b"")
+        + _record(0x3C, b"")
+    )
+    modules = (
+        _record(0x0F, struct.pack("<H", 1))
+        + _record(0x13, struct.pack("<H", 0xFFFF))
+        + _record(0x19, name)
+        + _record(0x47, uname)
+        + _record(0x1A, name)
+        + _record(0x32, uname)
+        + _record(0x1C, b"")
+        + _record(0x48, b"")
+        + _record(0x31, struct.pack("<L", 0))
+        + _record(0x1E, struct.pack("<L", 0))
+        + _record(0x2C, struct.pack("<H", 0xFFFF))
+        + _record(0x21, b"")
+        + _record(0x2B, b"")
+    )
     plain = info + modules + _record(0x10, b"")
-    return _ovba_compress(plain + b"\0" * (4200 - len(plain)))    # streams >= 4096 bytes need no mini stream
+    return _ovba_compress(plain + b"\0" * (4200 - len(plain)))  # streams >= 4096 bytes need no mini stream
 
 
 def _compound_file(entries: list[tuple[str, int, bytes, int, int, int]]) -> bytes:
@@ -184,14 +239,22 @@ def _compound_file(entries: list[tuple[str, int, bytes, int, int, int]]) -> byte
     directory = b""
     for (name, kind, data, left, right, child), start in zip(entries, starts):
         raw = name.encode("utf-16-le") + b"\0\0"
-        directory += (raw.ljust(64, b"\0") + struct.pack("<HBB3L", len(raw), kind, 1, left, right, child)
-                      + b"\0" * 36 + struct.pack("<LLL", start if data else 0xFFFFFFFE, len(data), 0))
+        directory += (
+            raw.ljust(64, b"\0")
+            + struct.pack("<HBB3L", len(raw), kind, 1, left, right, child)
+            + b"\0" * 36
+            + struct.pack("<LLL", start if data else 0xFFFFFFFE, len(data), 0)
+        )
     directory = directory.ljust(dir_sectors * sector, b"\0")
     difat = list(range(fat_sectors)) + [0xFFFFFFFF] * (109 - fat_sectors)
-    header = (bytes.fromhex("D0CF11E0A1B11AE1") + b"\0" * 16
-              + struct.pack("<HHHHH", 0x3E, 3, 0xFFFE, 9, 6) + b"\0" * 6
-              + struct.pack("<9L", 0, fat_sectors, dir_start, 0, 4096, 0xFFFFFFFE, 0, 0xFFFFFFFE, 0)
-              + struct.pack("<109L", *difat))
+    header = (
+        bytes.fromhex("D0CF11E0A1B11AE1")
+        + b"\0" * 16
+        + struct.pack("<HHHHH", 0x3E, 3, 0xFFFE, 9, 6)
+        + b"\0" * 6
+        + struct.pack("<9L", 0, fat_sectors, dir_start, 0, 4096, 0xFFFFFFFE, 0, 0xFFFFFFFE, 0)
+        + struct.pack("<109L", *difat)
+    )
     body = struct.pack(f"<{len(fat)}L", *fat) + directory
     for data, n in zip(streams, data_sectors):
         body += data.ljust(n * sector, b"\0")
@@ -202,33 +265,43 @@ def vba_project(source: str, module: str = "Module1") -> bytes:
     """A vbaProject.bin holding one standard module with ``source``."""
     code = (source.replace("\n", "\r\n") + "\r\n").encode("latin-1")
     code += b"' padding\r\n" * ((4200 - len(code)) // 11 + 1)
-    project = (f'ID="{{00000000-0000-0000-0000-000000000000}}"\r\nModule={module}\r\nName="VBAProject"\r\n'
-               f'HelpContextID="0"\r\nVersionCompatible32="393222000"\r\n\r\n[Workspace]\r\n'
-               f'{module}=0, 0, 0, 0, C\r\n').encode()
+    project = (
+        f'ID="{{00000000-0000-0000-0000-000000000000}}"\r\nModule={module}\r\nName="VBAProject"\r\n'
+        f'HelpContextID="0"\r\nVersionCompatible32="393222000"\r\n\r\n[Workspace]\r\n'
+        f"{module}=0, 0, 0, 0, C\r\n"
+    ).encode()
     project += b"\r\n" * ((4200 - len(project)) // 2)
     NONE = 0xFFFFFFFF
-    return _compound_file([
-        ("Root Entry", 5, b"", NONE, NONE, 1),
-        ("VBA", 1, b"", NONE, 2, 3),
-        ("PROJECT", 2, project, NONE, NONE, NONE),
-        ("_VBA_PROJECT", 2, struct.pack("<HHBH", 0x61CC, 0xFFFF, 0, 0) + b"\0" * 4200, NONE, 4, NONE),
-        ("dir", 2, _dir_stream(module), NONE, 5, NONE),
-        (module, 2, _ovba_compress(code), NONE, NONE, NONE),
-    ])
+    return _compound_file(
+        [
+            ("Root Entry", 5, b"", NONE, NONE, 1),
+            ("VBA", 1, b"", NONE, 2, 3),
+            ("PROJECT", 2, project, NONE, NONE, NONE),
+            ("_VBA_PROJECT", 2, struct.pack("<HHBH", 0x61CC, 0xFFFF, 0, 0) + b"\0" * 4200, NONE, 4, NONE),
+            ("dir", 2, _dir_stream(module), NONE, 5, NONE),
+            (module, 2, _ovba_compress(code), NONE, NONE, NONE),
+        ]
+    )
 
 
 def ooxml(kind: str, parts: dict[str, bytes]) -> bytes:
     """A minimal Word ("docm"/"docx") or Excel ("xlsm") package with extra ``parts``."""
     main = {"docm": "word/document.xml", "docx": "word/document.xml", "xlsm": "xl/workbook.xml"}[kind]
-    content_types = (b'<?xml version="1.0"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/'
-                     b'content-types"><Default Extension="xml" ContentType="application/xml"/></Types>')
+    content_types = (
+        b'<?xml version="1.0"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/'
+        b'content-types"><Default Extension="xml" ContentType="application/xml"/></Types>'
+    )
     members = {"[Content_Types].xml": content_types, main: parts.pop(main, b"<document/>")}
     members.update(parts)
     return zipped(members)
 
 
-def message(body: str = "Hello,\nsee the attachment.\n", attachments: list[tuple[str, bytes]] = (),
-            subject: str = "Documents", html: str | None = None) -> bytes:
+def message(
+    body: str = "Hello,\nsee the attachment.\n",
+    attachments: list[tuple[str, bytes]] = (),
+    subject: str = "Documents",
+    html: str | None = None,
+) -> bytes:
     msg = EmailMessage()
     msg["From"] = "sender@example.org"
     msg["To"] = "user@example.com"
@@ -246,6 +319,7 @@ def settings_for(state_dir, **signatures):
     from dataclasses import replace
 
     from mailward.config import Settings, SignatureSettings
+
     return replace(Settings(), state_dir=str(state_dir), signatures=replace(SignatureSettings(), **signatures))
 
 
@@ -254,6 +328,7 @@ class Scanner:
 
     def __init__(self, settings, unpacker):
         from mailward import signatures
+
         self.settings = settings
         self.unpacker = unpacker
         self.detectors = signatures.detectors(settings)
@@ -262,6 +337,7 @@ class Scanner:
         from mailward.envelope import Envelope
         from mailward.evidence import Evidence
         from mailward.message import parse_message
+
         parsed = parse_message(raw, self.settings.limits, self.unpacker)
         evidence = Evidence(findings=parsed.problems)
         for detector in self.detectors:
@@ -290,9 +366,20 @@ def scan(tmp_path, unpacker):
 
 def ole_package(filename: str, payload: bytes) -> bytes:
     """A compound file holding one OLE package (an Ole10Native stream) that embeds ``payload``."""
-    native = (struct.pack("<H", 2) + filename.encode() + b"\0" + b"C:\\" + filename.encode() + b"\0"
-              + struct.pack("<HH", 0, 3) + b"C:\\tmp\\" + filename.encode() + b"\0"
-              + struct.pack("<L", len(payload)) + payload)
-    stream = (struct.pack("<L", len(native)) + native).ljust(4200, b"\0")   # no mini stream
+    native = (
+        struct.pack("<H", 2)
+        + filename.encode()
+        + b"\0"
+        + b"C:\\"
+        + filename.encode()
+        + b"\0"
+        + struct.pack("<HH", 0, 3)
+        + b"C:\\tmp\\"
+        + filename.encode()
+        + b"\0"
+        + struct.pack("<L", len(payload))
+        + payload
+    )
+    stream = (struct.pack("<L", len(native)) + native).ljust(4200, b"\0")  # no mini stream
     NONE = 0xFFFFFFFF
     return _compound_file([("Root Entry", 5, b"", NONE, NONE, 1), ("\x01Ole10Native", 2, stream, NONE, NONE, NONE)])

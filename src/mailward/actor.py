@@ -14,7 +14,7 @@ class Actor:
 
     name: str
     host: str
-    origin: str = ""          # e.g. the SSH client address; empty for a local session or the milter
+    origin: str = ""  # e.g. the SSH client address; empty for a local session or the milter
 
     @classmethod
     def current(cls, analyst: str = "") -> Actor:

@@ -34,13 +34,13 @@ class MilterSettings:
     # Inside Postfix's chroot (/var/spool/postfix) so Debian's chrooted smtpd finds it as
     # unix:/mailward/milter.sock; or inet:PORT@127.0.0.1.
     socket: str = "unix:/var/spool/postfix/mailward/milter.sock"
-    socket_group: str = "postfix"     # group that may connect (Postfix's smtpd runs as postfix)
-    user: str = ""                    # drop root privileges to this user after start-up
-    workers: int = 2                  # scanning processes; 0 scans in the milter process
-    spool_threshold: int = 1 * MiB    # bodies above this go to a private temp file
-    message_deadline: float = 60.0    # seconds a message may spend in the scanners
-    message_cpu: float = 30.0         # CPU seconds one message may use in a worker (RLIMIT_CPU); past it: unchecked
-    timeout: int = 600                # libmilter's I/O timeout towards the MTA
+    socket_group: str = "postfix"  # group that may connect (Postfix's smtpd runs as postfix)
+    user: str = ""  # drop root privileges to this user after start-up
+    workers: int = 2  # scanning processes; 0 scans in the milter process
+    spool_threshold: int = 1 * MiB  # bodies above this go to a private temp file
+    message_deadline: float = 60.0  # seconds a message may spend in the scanners
+    message_cpu: float = 30.0  # CPU seconds one message may use in a worker (RLIMIT_CPU); past it: unchecked
+    timeout: int = 600  # libmilter's I/O timeout towards the MTA
 
     @property
     def cpu_budget(self) -> float:
@@ -94,17 +94,19 @@ class ActionTable(Mapping[Category, Action]):
 # The one table of finding categories the policy acts on, with each one's inbound default. Its
 # TOML key is ``<category>_action`` in [policy.inbound], [policy.outbound] and the policy tables;
 # a new category needs a line here and nothing else in the configuration.
-DEFAULT_ACTIONS: Mapping[Category, Action] = ActionTable({
-    Category.MALWARE: Action.REJECT,
-    Category.SPAM: Action.QUARANTINE,          # spam findings, and a spam score at or above spam_threshold
-    Category.PHISHING: Action.QUARANTINE,
-    Category.FILETYPE: Action.QUARANTINE,
-    Category.MACRO: Action.QUARANTINE,
-    Category.UNCHECKED: Action.QUARANTINE,
-    Category.REPUTATION: Action.TAG,
-    Category.AUTHENTICATION: Action.TAG,
-    Category.BLOCKED: Action.REJECT,           # an analyst's block or a suspension
-})
+DEFAULT_ACTIONS: Mapping[Category, Action] = ActionTable(
+    {
+        Category.MALWARE: Action.REJECT,
+        Category.SPAM: Action.QUARANTINE,  # spam findings, and a spam score at or above spam_threshold
+        Category.PHISHING: Action.QUARANTINE,
+        Category.FILETYPE: Action.QUARANTINE,
+        Category.MACRO: Action.QUARANTINE,
+        Category.UNCHECKED: Action.QUARANTINE,
+        Category.REPUTATION: Action.TAG,
+        Category.AUTHENTICATION: Action.TAG,
+        Category.BLOCKED: Action.REJECT,  # an analyst's block or a suspension
+    }
+)
 ACTION_KEYS: Mapping[str, Category] = MappingProxyType({f"{c.value}_action": c for c in DEFAULT_ACTIONS})
 
 
@@ -116,19 +118,19 @@ def _default_actions() -> Mapping[Category, Action]:
 class DirectionPolicy:
     """Thresholds and actions for one direction (or one policy table); ``policy.decide`` reads only this."""
 
-    tag_threshold: float = 0.5         # spam score at which a message is tagged "unsure"
-    spam_threshold: float = 0.9        # spam score at which the spam action applies
+    tag_threshold: float = 0.5  # spam score at which a message is tagged "unsure"
+    spam_threshold: float = 0.9  # spam score at which the spam action applies
     # What each finding category at or above min_severity calls for (DEFAULT_ACTIONS; TOML: <category>_action).
     actions: Mapping[Category, Action] = field(default_factory=_default_actions)
     # Findings with an action of their own (policy.NAMED_ACTIONS), whatever their severity:
-    macro_action_plain: Action = Action.TAG            # VBA macros that do not run by themselves
+    macro_action_plain: Action = Action.TAG  # VBA macros that do not run by themselves
     macro_action_autoexec: Action = Action.QUARANTINE  # auto-exec VBA, or XLM macros (Auto_Open)
-    macro_action_malicious: Action = Action.REJECT     # auto-exec plus shell/download/CreateObject... or an IOC
-    clamav_unavailable_action: Action = Action.QUARANTINE   # clamd down, slow or answering an error
-    notify_virus: bool = False          # notice with the incident ID to the admin (outbound: and the sender)
-    min_severity: Severity = Severity.MEDIUM   # weaker findings only tag
-    on_error: Action = Action.TEMPFAIL          # tempfail or accept when a check fails
-    accept_errors_from: tuple[str, ...] = ()    # detectors whose failures accept instead (e.g. "dns")
+    macro_action_malicious: Action = Action.REJECT  # auto-exec plus shell/download/CreateObject... or an IOC
+    clamav_unavailable_action: Action = Action.QUARANTINE  # clamd down, slow or answering an error
+    notify_virus: bool = False  # notice with the incident ID to the admin (outbound: and the sender)
+    min_severity: Severity = Severity.MEDIUM  # weaker findings only tag
+    on_error: Action = Action.TEMPFAIL  # tempfail or accept when a check fails
+    accept_errors_from: tuple[str, ...] = ()  # detectors whose failures accept instead (e.g. "dns")
 
     def with_actions(self, changes: Mapping[Category, Action]) -> DirectionPolicy:
         """This policy with some categories' actions changed."""
@@ -167,11 +169,11 @@ def policy_keys(subject: str) -> tuple[str, ...]:
 class PolicySettings:
     inbound: DirectionPolicy = DirectionPolicy()
     # Our own users send workbooks with macros every day: outbound, only malicious macros are stopped.
-    outbound: DirectionPolicy = DirectionPolicy(macro_action_autoexec=Action.TAG,
-                                                macro_action_malicious=Action.QUARANTINE).with_actions(
-        {Category.REPUTATION: Action.ACCEPT, Category.AUTHENTICATION: Action.ACCEPT})
-    recipient: tuple[PolicyTable, ...] = ()    # inbound mail, by recipient address or domain
-    sender: tuple[PolicyTable, ...] = ()       # outbound mail, by envelope sender address or domain
+    outbound: DirectionPolicy = DirectionPolicy(
+        macro_action_autoexec=Action.TAG, macro_action_malicious=Action.QUARANTINE
+    ).with_actions({Category.REPUTATION: Action.ACCEPT, Category.AUTHENTICATION: Action.ACCEPT})
+    recipient: tuple[PolicyTable, ...] = ()  # inbound mail, by recipient address or domain
+    sender: tuple[PolicyTable, ...] = ()  # outbound mail, by envelope sender address or domain
 
     def for_direction(self, direction: Direction) -> DirectionPolicy:
         return self.outbound if direction is Direction.OUTBOUND else self.inbound
@@ -181,8 +183,7 @@ class PolicySettings:
 
         Inbound mail is looked up by recipient, outbound mail by envelope sender.
         """
-        tables, subject = ((self.sender, mail_from) if direction is Direction.OUTBOUND
-                           else (self.recipient, recipient))
+        tables, subject = (self.sender, mail_from) if direction is Direction.OUTBOUND else (self.recipient, recipient)
         for key in policy_keys(subject) if tables else ():
             for table in tables:
                 if key in table.match:
@@ -192,51 +193,108 @@ class PolicySettings:
 
 @dataclass(frozen=True)
 class QuarantineSettings:
-    backend: str = "sqlite"            # sqlite | postgresql
-    directory: str = ""                # default: <state_dir>/quarantine
-    dsn: str = ""                      # PostgreSQL connection string
-    hold: bool = False                 # also put quarantined mail in Postfix's hold queue
+    backend: str = "sqlite"  # sqlite | postgresql
+    directory: str = ""  # default: <state_dir>/quarantine
+    dsn: str = ""  # PostgreSQL connection string
+    hold: bool = False  # also put quarantined mail in Postfix's hold queue
     # Seconds a quarantine write (and any quarantine or incident database statement) may take; a
     # message whose write does not finish in time is tempfailed and not kept. message_deadline plus
     # this is when the reply is due (incident response gets what is left); keep it at least 2 s below
     # Postfix's milter_content_timeout, or Postfix gives up first.
     write_timeout: float = 10.0
-    retention_days: int = 30           # `mailward quarantine purge` removes older records (0 = keep)
-    relay_host: str = "127.0.0.1"      # SMTP relay that released mail is handed to
+    retention_days: int = 30  # `mailward quarantine purge` removes older records (0 = keep)
+    relay_host: str = "127.0.0.1"  # SMTP relay that released mail is handed to
     relay_port: int = 25
-    relay_timeout: float = 60.0        # seconds for one SMTP conversation with the relay
-    release_key_file: str = ""         # HMAC key for X-Mailward-Release; default <state_dir>/release.key
-    release_max_age_days: int = 14     # how long a release mark stays valid (relay queues can be slow)
-    digest_sender: str = ""            # envelope and From: of digest mails; default postmaster@<hostname>
-    digest_recipients: tuple[str, ...] = ()   # security contacts who get a digest of everything
+    relay_timeout: float = 60.0  # seconds for one SMTP conversation with the relay
+    release_key_file: str = ""  # HMAC key for X-Mailward-Release; default <state_dir>/release.key
+    release_max_age_days: int = 14  # how long a release mark stays valid (relay queues can be slow)
+    digest_sender: str = ""  # envelope and From: of digest mails; default postmaster@<hostname>
+    digest_recipients: tuple[str, ...] = ()  # security contacts who get a digest of everything
 
 
 @dataclass(frozen=True)
 class SignatureSettings:
-    rules_dirs: tuple[str, ...] = ()   # extra YARA source directories, besides the shipped rules
+    rules_dirs: tuple[str, ...] = ()  # extra YARA source directories, besides the shipped rules
     shipped_rules: bool = True
-    yara_timeout: int = 5              # whole seconds per object (libyara's granularity)
-    hash_lists: tuple[str, ...] = ()   # deny lists: "hash;description" lines, ClamAV .hdb/.hsb
-    hash_allow_lists: tuple[str, ...] = ()   # same formats; an allowed object gets no signature findings
+    yara_timeout: int = 5  # whole seconds per object (libyara's granularity)
+    hash_lists: tuple[str, ...] = ()  # deny lists: "hash;description" lines, ClamAV .hdb/.hsb
+    hash_allow_lists: tuple[str, ...] = ()  # same formats; an allowed object gets no signature findings
     banned_extensions: tuple[str, ...] = (
-        "ade", "adp", "app", "appx", "appxbundle", "bas", "bat", "cab", "chm", "cmd", "com", "cpl", "dll",
-        "exe", "gadget", "hta", "inf", "ins", "isp", "jar", "js", "jse", "lib", "lnk", "mde", "msc", "msi",
-        "msix", "msp", "mst", "nsh", "pif", "ps1", "ps1xml", "ps2", "psc1", "psm1", "reg", "scf", "scr",
-        "sct", "settingcontent-ms", "shb", "shs", "sys", "url", "vb", "vbe", "vbs", "vxd", "website", "wsc",
-        "wsf", "wsh", "xll", "xbap", "iqy", "slk", "library-ms", "appref-ms", "search-ms")
-    risky_extensions: tuple[str, ...] = ("iso", "img", "vhd", "vhdx", "one", "onepkg")   # containers malware hides in
+        "ade",
+        "adp",
+        "app",
+        "appx",
+        "appxbundle",
+        "bas",
+        "bat",
+        "cab",
+        "chm",
+        "cmd",
+        "com",
+        "cpl",
+        "dll",
+        "exe",
+        "gadget",
+        "hta",
+        "inf",
+        "ins",
+        "isp",
+        "jar",
+        "js",
+        "jse",
+        "lib",
+        "lnk",
+        "mde",
+        "msc",
+        "msi",
+        "msix",
+        "msp",
+        "mst",
+        "nsh",
+        "pif",
+        "ps1",
+        "ps1xml",
+        "ps2",
+        "psc1",
+        "psm1",
+        "reg",
+        "scf",
+        "scr",
+        "sct",
+        "settingcontent-ms",
+        "shb",
+        "shs",
+        "sys",
+        "url",
+        "vb",
+        "vbe",
+        "vbs",
+        "vxd",
+        "website",
+        "wsc",
+        "wsf",
+        "wsh",
+        "xll",
+        "xbap",
+        "iqy",
+        "slk",
+        "library-ms",
+        "appref-ms",
+        "search-ms",
+    )
+    risky_extensions: tuple[str, ...] = ("iso", "img", "vhd", "vhdx", "one", "onepkg")  # containers malware hides in
 
 
 @dataclass(frozen=True)
 class ClamavSettings:
     """A clamd the admin already runs (Debian clamav-daemon); off while ``socket`` is empty."""
 
-    socket: str = ""                   # "unix:/run/clamav/clamd.ctl" or "inet:3310@127.0.0.1"
-    scan: str = "objects"              # objects: every decoded object; message: the raw message once
-    timeout: float = 10.0              # seconds one clamd call may take (connect, stream, answer)
+    socket: str = ""  # "unix:/run/clamav/clamd.ctl" or "inet:3310@127.0.0.1"
+    scan: str = "objects"  # objects: every decoded object; message: the raw message once
+    timeout: float = 10.0  # seconds one clamd call may take (connect, stream, answer)
     stream_max_length: int = 25 * MiB  # clamd.conf StreamMaxLength: larger objects are unchecked
-    connections: int = 4               # clamd calls in flight per scanning process
-    retry_after: float = 5.0           # after clamd failed, answer unavailable this long without calling
+    connections: int = 4  # clamd calls in flight per scanning process
+    retry_after: float = 5.0  # after clamd failed, answer unavailable this long without calling
 
 
 @dataclass(frozen=True)
@@ -252,10 +310,10 @@ class LimitSettings:
     unpack_budget_factor: int = 100
     max_ratio: int = 200
     ratio_floor: int = 1 * MiB
-    parser_timeout: float = 10.0       # seconds per document in the parser sandbox (olefile, PDF, 7z, ISO...)
-    parser_memory: int = 1024 * MiB    # address-space limit of the parser sandbox
-    inspect_deadline: float = 25.0     # seconds for unpacking, and again for YARA; what is left is unchecked
-    password_candidates: int = 8       # words from the message text tried on encrypted archives
+    parser_timeout: float = 10.0  # seconds per document in the parser sandbox (olefile, PDF, 7z, ISO...)
+    parser_memory: int = 1024 * MiB  # address-space limit of the parser sandbox
+    inspect_deadline: float = 25.0  # seconds for unpacking, and again for YARA; what is left is unchecked
+    password_candidates: int = 8  # words from the message text tried on encrypted archives
 
     def unpack_budget(self, message_size: int) -> int:
         return max(self.min_unpack_budget, min(self.max_unpack_budget, self.unpack_budget_factor * message_size))
@@ -263,23 +321,23 @@ class LimitSettings:
 
 @dataclass(frozen=True)
 class ModelSettings:
-    directory: str = ""                # default: <state_dir>/models
-    shipped_model: bool = True         # fall back to the model shipped in the package
-    check_interval: float = 5.0        # seconds between checks for a newly promoted model
+    directory: str = ""  # default: <state_dir>/models
+    shipped_model: bool = True  # fall back to the model shipped in the package
+    check_interval: float = 5.0  # seconds between checks for a newly promoted model
 
 
 @dataclass(frozen=True)
 class LearningSettings:
     """Offline training: the label ledger, and when a candidate model may replace the live one."""
 
-    ledger: str = ""                   # SQLite label ledger; default <state_dir>/ledger.sqlite
-    evaluation_set: str = ""           # labelled set (any SET form) promotions are checked on
-    max_auc_drop: float = 0.002        # promotion refuses a candidate whose ROC AUC is lower by more...
-    max_fp_rate_rise: float = 0.001    # ...or whose ham false-positive rate is higher by more, unless forced
-    autolearn_ham_below: float = 0.01   # `train --autolearn`: unlabelled mail below this score is learned as ham...
+    ledger: str = ""  # SQLite label ledger; default <state_dir>/ledger.sqlite
+    evaluation_set: str = ""  # labelled set (any SET form) promotions are checked on
+    max_auc_drop: float = 0.002  # promotion refuses a candidate whose ROC AUC is lower by more...
+    max_fp_rate_rise: float = 0.001  # ...or whose ham false-positive rate is higher by more, unless forced
+    autolearn_ham_below: float = 0.01  # `train --autolearn`: unlabelled mail below this score is learned as ham...
     autolearn_spam_above: float = 0.99  # ...and at or above this as spam
-    autolearn_per_sender: int = 10      # at most this many per From: domain and run (against poisoning)
-    autolearn_max_ratio: float = 3.0    # no class may grow beyond this multiple of the other in the ledger
+    autolearn_per_sender: int = 10  # at most this many per From: domain and run (against poisoning)
+    autolearn_max_ratio: float = 3.0  # no class may grow beyond this multiple of the other in the ledger
 
 
 @dataclass(frozen=True)
@@ -291,14 +349,14 @@ class HeaderSettings:
     visible to every reader, so it is off unless a tag is configured.
     """
 
-    spam_flag: bool = True             # add X-Spam-Flag: YES to tagged spam and phishing
-    subject_tag: str = ""              # e.g. "[SPAM] ", put before the Subject of tagged spam; "" = unchanged
+    spam_flag: bool = True  # add X-Spam-Flag: YES to tagged spam and phishing
+    subject_tag: str = ""  # e.g. "[SPAM] ", put before the Subject of tagged spam; "" = unchanged
 
 
 @dataclass(frozen=True)
 class LoggingSettings:
     level: str = "info"
-    file: str = ""                     # JSON lines; empty = standard error
+    file: str = ""  # JSON lines; empty = standard error
 
 
 @dataclass(frozen=True)
@@ -314,25 +372,33 @@ class ReputationSettings:
     enabled: bool = True
     nameservers: tuple[str, ...] = ("127.0.0.1",)  # a local caching resolver; () = /etc/resolv.conf
     port: int = 53
-    budget: float = 4.0                # seconds all lookups for one message may take together
-    query_timeout: float = 2.0         # seconds one query may take (all nameservers together)
-    retry_after: float = 10.0          # after a message found DNS dead, skip lookups this long
-    cache_size: int = 50_000           # answers cached per scanning process (positive and negative)
-    threads: int = 32                  # lookups in flight per scanning process
-    dnsbl: tuple[str, ...] = ()        # zones listing client addresses (IPv4 and IPv6)
-    uribl: tuple[str, ...] = ()        # zones listing domains found in message URLs
-    uribl_skip_domains: tuple[str, ...] = ()   # URL domains never looked up (e.g. our own)
-    max_uri_domains: int = 20          # distinct URL domains looked up per message
+    budget: float = 4.0  # seconds all lookups for one message may take together
+    query_timeout: float = 2.0  # seconds one query may take (all nameservers together)
+    retry_after: float = 10.0  # after a message found DNS dead, skip lookups this long
+    cache_size: int = 50_000  # answers cached per scanning process (positive and negative)
+    threads: int = 32  # lookups in flight per scanning process
+    dnsbl: tuple[str, ...] = ()  # zones listing client addresses (IPv4 and IPv6)
+    uribl: tuple[str, ...] = ()  # zones listing domains found in message URLs
+    uribl_skip_domains: tuple[str, ...] = ()  # URL domains never looked up (e.g. our own)
+    max_uri_domains: int = 20  # distinct URL domains looked up per message
     spf: bool = True
     dkim: bool = True
     dmarc: bool = True
-    authserv_id: str = ""              # Authentication-Results id; empty: this host's name
+    authserv_id: str = ""  # Authentication-Results id; empty: this host's name
     # Clients never checked: loopback, private and link-local, like rspamd's local_addrs.
-    allow_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
-                                       "169.254.0.0/16", "fc00::/7", "fe80::/10")
-    allow_domains: tuple[str, ...] = ()    # clients whose MTA-verified host name is in these domains
-    min_key_bits: int = 1024           # shorter DKIM keys never pass
-    max_signatures: int = 5            # DKIM signatures verified per message
+    allow_networks: tuple[str, ...] = (
+        "127.0.0.0/8",
+        "::1/128",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "169.254.0.0/16",
+        "fc00::/7",
+        "fe80::/10",
+    )
+    allow_domains: tuple[str, ...] = ()  # clients whose MTA-verified host name is in these domains
+    min_key_bits: int = 1024  # shorter DKIM keys never pass
+    max_signatures: int = 5  # DKIM signatures verified per message
     # Severity of each outcome; the policy maps severities to actions.
     spf_fail: Severity = Severity.LOW
     spf_softfail: Severity = Severity.INFO
@@ -351,7 +417,7 @@ class CounterLimits:
     ``malware`` messages with a malware finding the policy acts on.
     """
 
-    window: float = 3600.0             # seconds the counters look back
+    window: float = 3600.0  # seconds the counters look back
     messages: int = 0
     recipients: int = 0
     spam: int = 0
@@ -385,54 +451,54 @@ class InboundHostLimits(CounterLimits):
 class IncidentSettings:
     """Suspensions, blocks and failed-login blocking (docs/incidents.md)."""
 
-    enabled: bool = True               # counters, suspensions and failed-login blocks; analyst blocks always apply
+    enabled: bool = True  # counters, suspensions and failed-login blocks; analyst blocks always apply
     account: AccountLimits = AccountLimits()
     outbound_host: OutboundHostLimits = OutboundHostLimits()
     inbound_host: InboundHostLimits = InboundHostLimits()
-    suspend_for: float = 0.0           # seconds a suspension lasts; 0 = until an analyst lifts it
-    auth_log: str = "/var/log/mail.log"   # Postfix's log, followed for failed SASL logins
-    follow_auth_log: bool = False      # the milter follows auth_log itself (else run `mailward watch-auth`)
-    auth_failures: int = 10            # failed logins from one address within auth_window block it
+    suspend_for: float = 0.0  # seconds a suspension lasts; 0 = until an analyst lifts it
+    auth_log: str = "/var/log/mail.log"  # Postfix's log, followed for failed SASL logins
+    follow_auth_log: bool = False  # the milter follows auth_log itself (else run `mailward watch-auth`)
+    auth_failures: int = 10  # failed logins from one address within auth_window block it
     auth_window: float = 600.0
-    auth_block_for: float = 86400.0    # seconds such a block lasts; 0 = until lifted
-    exempt_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")   # never blocked automatically
-    refresh: float = 5.0               # seconds a host trusts its copy of the block list (other hosts' blocks)
+    auth_block_for: float = 86400.0  # seconds such a block lasts; 0 = until lifted
+    exempt_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")  # never blocked automatically
+    refresh: float = 5.0  # seconds a host trusts its copy of the block list (other hosts' blocks)
 
 
 @dataclass(frozen=True)
 class AlertSettings:
     """Where alerts for the security team go; no channel configured = log only."""
 
-    webhook_url: str = ""              # JSON POST
-    webhook_token_file: str = ""       # optional bearer token, read at start-up
+    webhook_url: str = ""  # JSON POST
+    webhook_token_file: str = ""  # optional bearer token, read at start-up
     webhook_timeout: float = 5.0
-    email_to: tuple[str, ...] = ()     # the security contact(s)
-    email_from: str = ""               # default: mailward@<hostname>
-    notice_to: tuple[str, ...] = ()    # admin address(es) for virus notices (policy.*.notify_virus); default email_to
-    smtp_host: str = ""                # default: quarantine.relay_host / relay_port
+    email_to: tuple[str, ...] = ()  # the security contact(s)
+    email_from: str = ""  # default: mailward@<hostname>
+    notice_to: tuple[str, ...] = ()  # admin address(es) for virus notices (policy.*.notify_virus); default email_to
+    smtp_host: str = ""  # default: quarantine.relay_host / relay_port
     smtp_port: int = 0
-    syslog: str = ""                   # "/dev/log", another unix socket path, or "udp:HOST:PORT"
+    syslog: str = ""  # "/dev/log", another unix socket path, or "udp:HOST:PORT"
     syslog_facility: str = "auth"
-    dedup_window: float = 3600.0       # an alert with the same key is sent once per window
-    rate_limit: int = 30               # at most this many alerts per rate_period; the rest are counted
+    dedup_window: float = 3600.0  # an alert with the same key is sent once per window
+    rate_limit: int = 30  # at most this many alerts per rate_period; the rest are counted
     rate_period: float = 600.0
 
 
 @dataclass(frozen=True)
 class MetricsSettings:
-    listen: str = ""                   # "127.0.0.1:9464" serves Prometheus metrics; empty = off
+    listen: str = ""  # "127.0.0.1:9464" serves Prometheus metrics; empty = off
 
 
 @dataclass(frozen=True)
 class WebSettings:
     """`mailward web`: the quarantine page for analysts and, through digest links, recipients."""
 
-    listen: str = "127.0.0.1:8025"     # HOST:PORT; put a TLS proxy in front for anything but loopback
-    base_url: str = ""                 # e.g. https://quarantine.example.org; digests link here when set
-    session_idle: float = 300.0        # seconds without a request before an analyst must log in again
-    lockout_after: int = 10            # failed logins in a row that lock an account (`web user unlock`)
-    secure_cookies: bool = False       # mark the session cookie Secure (set it when served over HTTPS)
-    link_days: int = 7                 # how long a recipient's digest link stays valid
+    listen: str = "127.0.0.1:8025"  # HOST:PORT; put a TLS proxy in front for anything but loopback
+    base_url: str = ""  # e.g. https://quarantine.example.org; digests link here when set
+    session_idle: float = 300.0  # seconds without a request before an analyst must log in again
+    lockout_after: int = 10  # failed logins in a row that lock an account (`web user unlock`)
+    secure_cookies: bool = False  # mark the session cookie Secure (set it when served over HTTPS)
+    link_days: int = 7  # how long a recipient's digest link stays valid
 
 
 @dataclass(frozen=True)
@@ -510,8 +576,9 @@ def _build(cls: Any, table: object, source: str, prefix: str) -> Any:
             raise ConfigError(source, _join(prefix, key), f"unknown key (known: {', '.join(sorted(known))})")
     if cls is PolicySettings:
         return _build_policy(table, source, prefix)
-    return cls(**{name: _coerce(hints[name], table[name], source, _join(prefix, name))
-                  for name in known if name in table})
+    return cls(
+        **{name: _coerce(hints[name], table[name], source, _join(prefix, name)) for name in known if name in table}
+    )
 
 
 def _build_policy(table: dict[str, Any], source: str, prefix: str) -> PolicySettings:
@@ -519,13 +586,16 @@ def _build_policy(table: dict[str, Any], source: str, prefix: str) -> PolicySett
     base = PolicySettings()
     inbound = _build_direction(base.inbound, table.get("inbound", {}), source, _join(prefix, "inbound"))
     outbound = _build_direction(base.outbound, table.get("outbound", {}), source, _join(prefix, "outbound"))
-    tables = {name: _build_tables(over, table.get(name, []), source, _join(prefix, name))
-              for name, over in (("recipient", inbound), ("sender", outbound))}
+    tables = {
+        name: _build_tables(over, table.get(name, []), source, _join(prefix, name))
+        for name, over in (("recipient", inbound), ("sender", outbound))
+    }
     return PolicySettings(inbound, outbound, **tables)
 
 
-def _build_direction(default: DirectionPolicy, table: object, source: str, prefix: str,
-                     extra: tuple[str, ...] = ()) -> DirectionPolicy:
+def _build_direction(
+    default: DirectionPolicy, table: object, source: str, prefix: str, extra: tuple[str, ...] = ()
+) -> DirectionPolicy:
     """``default`` with the keys of ``table`` applied; ``<category>_action`` keys go into ``actions``."""
     if not isinstance(table, dict):
         raise ConfigError(source, prefix, "must be a table")
@@ -535,8 +605,9 @@ def _build_direction(default: DirectionPolicy, table: object, source: str, prefi
             known = sorted([*fields, *ACTION_KEYS, *extra])
             raise ConfigError(source, _join(prefix, key), f"unknown key (known: {', '.join(known)})")
     hints = typing.get_type_hints(DirectionPolicy)
-    actions = {ACTION_KEYS[k]: _coerce(Action, v, source, _join(prefix, k))
-               for k, v in table.items() if k in ACTION_KEYS}
+    actions = {
+        ACTION_KEYS[k]: _coerce(Action, v, source, _join(prefix, k)) for k, v in table.items() if k in ACTION_KEYS
+    }
     given = {k: _coerce(hints[k], v, source, _join(prefix, k)) for k, v in table.items() if k in fields}
     return dataclasses.replace(default, **given).with_actions(actions)
 
@@ -575,8 +646,14 @@ def policy_subject(value: str) -> str:
     """An address or domain as policy tables and sender lists store it; ValueError if it is neither."""
     text = value.strip().removeprefix("<").removesuffix(">").lower().rstrip(".").removeprefix("@")
     local, at, domain = text.rpartition("@")
-    if (at and not local) or not domain or any(c.isspace() or c in "<>@,;\"\\" for c in domain) \
-            or any(c.isspace() or c == "@" for c in local) or ".." in domain or domain.startswith("."):
+    if (
+        (at and not local)
+        or not domain
+        or any(c.isspace() or c in '<>@,;"\\' for c in domain)
+        or any(c.isspace() or c == "@" for c in local)
+        or ".." in domain
+        or domain.startswith(".")
+    ):
         raise ValueError(f"{value!r} is not an address (user@example.org) or a domain (example.org)")
     return f"{local}@{domain}" if at else domain
 
@@ -644,10 +721,13 @@ def _check(settings: Settings, source: str) -> None:
     if not write_timeout > 0.0:
         raise ConfigError(source, "quarantine.write_timeout", "must be more than 0 seconds")
     if settings.milter.message_deadline + write_timeout >= settings.milter.timeout:
-        raise ConfigError(source, "quarantine.write_timeout",
-                          f"must leave milter.message_deadline ({settings.milter.message_deadline:g} s) plus "
-                          f"this below milter.timeout ({settings.milter.timeout} s): the reply must reach "
-                          "the MTA before it gives up")
+        raise ConfigError(
+            source,
+            "quarantine.write_timeout",
+            f"must leave milter.message_deadline ({settings.milter.message_deadline:g} s) plus "
+            f"this below milter.timeout ({settings.milter.timeout} s): the reply must reach "
+            "the MTA before it gives up",
+        )
     if settings.milter.workers < 0:
         raise ConfigError(source, "milter.workers", "must be 0 or more")
     _check_clamav(settings.clamav, source)
@@ -697,6 +777,7 @@ def _check_clamav(clamav: ClamavSettings, source: str) -> None:
 # Checked here, where the file is loaded, so `mailward-milter --check` and every start see them;
 # the modules that use them get values known to be well-formed.
 
+
 def parse_host_port(value: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[v6]:PORT`` for IPv6) into its parts; ValueError when malformed."""
     host, sep, port = value.rpartition(":")
@@ -726,7 +807,7 @@ def _check_url(value: str, schemes: tuple[str, ...]) -> None:
     parsed = urllib.parse.urlsplit(value)
     if parsed.scheme not in schemes or not parsed.hostname:
         raise ValueError(f"must be a {' or '.join(s + '://' for s in schemes)} URL with a host")
-    _ = parsed.port                                 # raises ValueError for a bad port
+    _ = parsed.port  # raises ValueError for a bad port
 
 
 def _check_network(value: str) -> None:
@@ -776,7 +857,7 @@ def _check_port(value: int) -> None:
         raise ValueError("must be a port from 1 to 65535")
 
 
-_LIST = object()     # marks a key whose every list element is checked
+_LIST = object()  # marks a key whose every list element is checked
 _VALUE_CHECKS: tuple[tuple[str, Callable[[Any], object], object], ...] = (
     # (key, check, when): ``when`` None = always, else only for a non-empty value
     ("state_dir", _check_path, None),
@@ -815,7 +896,7 @@ def _check_values(settings: Settings, source: str) -> None:
             value = getattr(value, part)
         if when == "set" and not value:
             continue
-        for item in (value if when is _LIST else (value,)):
+        for item in value if when is _LIST else (value,):
             try:
                 check(item)
             except ValueError as exc:

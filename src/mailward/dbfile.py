@@ -30,8 +30,8 @@ def prepare_database_file(path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
     if not path.exists():
-        fd, tmp = tempfile.mkstemp(prefix=".new-", dir=path.parent)   # mode 0600
-        os.close(fd)              # closed before the name is linked: never a descriptor of the live file
+        fd, tmp = tempfile.mkstemp(prefix=".new-", dir=path.parent)  # mode 0600
+        os.close(fd)  # closed before the name is linked: never a descriptor of the live file
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -39,7 +39,7 @@ def prepare_database_file(path: Path) -> Path:
         finally:
             os.unlink(tmp)
     if stat.S_IMODE(path.stat().st_mode) & 0o077:
-        os.chmod(path, 0o600)     # SQLite gives -wal and -shm the database file's mode
+        os.chmod(path, 0o600)  # SQLite gives -wal and -shm the database file's mode
     hand_to_directory_owner(path)
     return path
 

@@ -19,7 +19,7 @@ class Detector(Protocol):
     """Looks at a parsed message and reports evidence; never decides an action."""
 
     @property
-    def name(self) -> str: ...      # read-only: detectors are frozen dataclasses
+    def name(self) -> str: ...  # read-only: detectors are frozen dataclasses
 
     def inspect(self, message: ParsedMessage, envelope: Envelope) -> Evidence: ...
 

@@ -9,8 +9,8 @@ from enum import Enum
 
 
 class Direction(str, Enum):
-    INBOUND = "inbound"      # from the internet into the organisation
-    OUTBOUND = "outbound"    # from the organisation's users or hosts out
+    INBOUND = "inbound"  # from the internet into the organisation
+    OUTBOUND = "outbound"  # from the organisation's users or hosts out
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class DirectionRules:
         )
 
     def classify(self, envelope: Envelope) -> Direction:
-        if envelope.local_submission:       # written on this host: our users or our own services
+        if envelope.local_submission:  # written on this host: our users or our own services
             return Direction.OUTBOUND
         if self.authenticated_is_outbound and envelope.auth_user:
             return Direction.OUTBOUND

@@ -16,16 +16,16 @@ from typing import Protocol
 class Category(str, Enum):
     """What kind of problem a finding is; policy rules are keyed on it."""
 
-    MALWARE = "malware"          # a signature or hash list says the content is malicious
-    SPAM = "spam"                # spam test patterns (GTUBE) and spam-model findings
+    MALWARE = "malware"  # a signature or hash list says the content is malicious
+    SPAM = "spam"  # spam test patterns (GTUBE) and spam-model findings
     PHISHING = "phishing"
-    FILETYPE = "filetype"        # banned/double extensions, type mismatch, risky containers
-    MACRO = "macro"              # active document content
-    UNCHECKED = "unchecked"      # a limit, timeout, crash or encryption stopped inspection
-    REPUTATION = "reputation"    # DNS blocklists
+    FILETYPE = "filetype"  # banned/double extensions, type mismatch, risky containers
+    MACRO = "macro"  # active document content
+    UNCHECKED = "unchecked"  # a limit, timeout, crash or encryption stopped inspection
+    REPUTATION = "reputation"  # DNS blocklists
     AUTHENTICATION = "authentication"  # SPF, DKIM, DMARC
-    BLOCKED = "blocked"          # an analyst blocked or suspended the source
-    ERROR = "error"              # a detector failed; policy applies on_error, not a category action
+    BLOCKED = "blocked"  # an analyst blocked or suspended the source
+    ERROR = "error"  # a detector failed; policy applies on_error, not a category action
 
 
 class Label(str, Enum):
@@ -33,7 +33,7 @@ class Label(str, Enum):
 
     HAM = "ham"
     SPAM = "spam"
-    PHISH = "phish"      # kept apart in the quarantine and its audit; trains as spam
+    PHISH = "phish"  # kept apart in the quarantine and its audit; trains as spam
 
     @property
     def training_class(self) -> str:
@@ -73,7 +73,7 @@ class Finding:
     # The object at ``location``, so an analyst can pivot on it (hash lookups, other messages).
     sha256: str = ""
     file_name: str = ""
-    mime_type: str = ""                # the real (sniffed) type
+    mime_type: str = ""  # the real (sniffed) type
 
     def as_dict(self) -> dict[str, str]:
         doc = {
@@ -101,11 +101,11 @@ class Clue:
 class SpamAssessment:
     """The spam model's opinion of one message."""
 
-    score: float                      # probability-like, 0 = ham .. 1 = spam
+    score: float  # probability-like, 0 = ham .. 1 = spam
     clues: tuple[Clue, ...] = ()
     model_version: str = ""
-    regime: str = ""                  # "site", or "cold-start" while the model knows too little site mail
-    spam_floor: float = 0.0           # the spam action needs at least this score, whatever the policy says
+    regime: str = ""  # "site", or "cold-start" while the model knows too little site mail
+    spam_floor: float = 0.0  # the spam action needs at least this score, whatever the policy says
 
 
 class HeaderSource(Protocol):
@@ -129,12 +129,15 @@ class MessageFacts:
     @classmethod
     def of(cls, message: HeaderSource) -> MessageFacts:
         """From a parsed message (RFC 2047 decoded; control characters removed: these go to logs)."""
-        return cls(_printable(message.header("subject"))[:998], _printable(message.header("message-id")).strip()[:998],
-                   _printable(message.header("from")).strip()[:998])
+        return cls(
+            _printable(message.header("subject"))[:998],
+            _printable(message.header("message-id")).strip()[:998],
+            _printable(message.header("from")).strip()[:998],
+        )
 
 
-RELEASE_HEADER = "X-Mailward-Release"      # on a message an analyst released from the quarantine
-ALERT_HEADER = "X-Mailward-Alert-Mark"     # on Mailward's own alert mail
+RELEASE_HEADER = "X-Mailward-Release"  # on a message an analyst released from the quarantine
+ALERT_HEADER = "X-Mailward-Alert-Mark"  # on Mailward's own alert mail
 _LINE_BREAKS = re.compile(rb"[\r\n]")
 
 
@@ -166,7 +169,7 @@ class Evidence:
 
     findings: tuple[Finding, ...] = ()
     spam: SpamAssessment | None = None
-    timings: tuple[tuple[str, float], ...] = field(default=())   # (stage, seconds)
+    timings: tuple[tuple[str, float], ...] = field(default=())  # (stage, seconds)
     # Trace header fields (name, value) for the milter to add, e.g. Authentication-Results.
     headers: tuple[tuple[str, str], ...] = ()
     message: MessageFacts = MessageFacts()

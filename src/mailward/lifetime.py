@@ -21,7 +21,7 @@ import threading
 
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1           # <linux/prctl.h>
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def die_with_parent() -> None:
@@ -34,7 +34,7 @@ def die_with_parent() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
         log.warning("cannot ask for a parent-death signal (errno %d)", ctypes.get_errno())
-    if os.getppid() != parent:      # orphaned before the request took effect
+    if os.getppid() != parent:  # orphaned before the request took effect
         os._exit(1)
 
 
@@ -47,7 +47,7 @@ def exit_with_parent() -> None:
     parent = os.getppid()
     try:
         watched = os.pidfd_open(parent)
-    except OSError:                 # kernel before 5.3: the parent-death signal is the fallback
+    except OSError:  # kernel before 5.3: the parent-death signal is the fallback
         die_with_parent()
         return
     if os.getppid() != parent:

@@ -32,10 +32,10 @@ _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 class LogContext:
     """What every line logged about one message carries."""
 
-    queue_id: str = ""          # the MTA's queue ID (ECS email.local_id)
-    connection_id: str = ""     # ours, per SMTP connection
-    incident_id: str = ""       # the ID the sender's reply and the summary line name
-    direction: str = ""         # inbound | outbound
+    queue_id: str = ""  # the MTA's queue ID (ECS email.local_id)
+    connection_id: str = ""  # ours, per SMTP connection
+    incident_id: str = ""  # the ID the sender's reply and the summary line name
+    direction: str = ""  # inbound | outbound
 
 
 # Per thread (and per asyncio task): a value set by one message's callbacks is never seen by another's.
@@ -62,7 +62,8 @@ class EcsJsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
             "@timestamp": _dt.datetime.fromtimestamp(record.created, _dt.UTC)
-            .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
             "log": {"level": record.levelname.lower(), "logger": record.name},
             "message": record.getMessage(),
             "process": {"pid": record.process, "thread": {"name": record.threadName}},
@@ -83,9 +84,12 @@ class EcsJsonFormatter(logging.Formatter):
         event = getattr(record, "event", None)
         if isinstance(event, dict):
             _merge(doc, event)
-        if record.exc_info and record.exc_info[0] is not None:     # exc_info=True outside an except block: no error
-            doc["error"] = {"type": record.exc_info[0].__name__, "message": str(record.exc_info[1]),
-                            "stack_trace": self.formatException(record.exc_info)}
+        if record.exc_info and record.exc_info[0] is not None:  # exc_info=True outside an except block: no error
+            doc["error"] = {
+                "type": record.exc_info[0].__name__,
+                "message": str(record.exc_info[1]),
+                "stack_trace": self.formatException(record.exc_info),
+            }
         return json.dumps(doc, ensure_ascii=False, default=str)
 
 
@@ -97,7 +101,7 @@ def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
             into[key] = value
 
 
-LOG_FILE_MODE = 0o640      # lines carry addresses and content clues: never world-readable
+LOG_FILE_MODE = 0o640  # lines carry addresses and content clues: never world-readable
 
 
 class PrivateLogFile(logging.handlers.WatchedFileHandler):
@@ -158,6 +162,6 @@ def _install(handler: logging.Handler, level: int) -> None:
     for old in list(root.handlers):
         root.removeHandler(old)
         if isinstance(old.formatter, EcsJsonFormatter):
-            old.close()                 # ours: a reconfigured log file is not left open (others' are theirs)
+            old.close()  # ours: a reconfigured log file is not left open (others' are theirs)
     root.addHandler(handler)
     root.setLevel(level)

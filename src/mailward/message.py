@@ -41,12 +41,14 @@ def split_message(raw: bytes) -> tuple[bytes, bytes]:
     quarantine listing); with no empty line it is all header and no body.
     """
     end = _HEADER_END.search(raw)
-    return (raw[: end.start()], raw[end.end():]) if end else (raw, b"")
+    return (raw[: end.start()], raw[end.end() :]) if end else (raw, b"")
 
 
 def header_block(raw: bytes) -> bytes:
     """The bytes before the first empty line, whether lines end in LF or CRLF."""
     return split_message(raw)[0]
+
+
 _TEXT_TYPES = ("text/plain", "text/html")
 PATH_SEPARATOR = " > "
 # What each early stop costs in weight: lost members weigh more than a document analysis that failed.
@@ -73,8 +75,8 @@ class ContentObject:
     disposition: str = ""
     sniffed_type: str = ""
     kind: Kind = Kind.OTHER
-    parent: str = ""                   # path of the container it came out of ("" for MIME leaves)
-    container: str = ""                # kind of that container ("zip", "pdf", "ole"...)
+    parent: str = ""  # path of the container it came out of ("" for MIME leaves)
+    container: str = ""  # kind of that container ("zip", "pdf", "ole"...)
     state: MemberState = MemberState.COMPLETE
     observations: tuple[Observation, ...] = ()
 
@@ -113,7 +115,7 @@ class ParsedMessage:
     parts: int = 0
     max_depth: int = 0
     raw_headers: bytes = field(default=b"", repr=False)
-    raw: bytes = field(default=b"", repr=False)     # exact bytes, for checks that hash them (DKIM)
+    raw: bytes = field(default=b"", repr=False)  # exact bytes, for checks that hash them (DKIM)
 
     def header(self, name: str, default: str = "") -> str:
         name = name.lower()
@@ -135,8 +137,9 @@ class ParsedMessage:
 
 
 # Codecs Python knows that no mail charset means: they fail on 8-bit bytes or rewrite ASCII text.
-_NOT_MAIL_CHARSETS = frozenset({"idna", "punycode", "undefined", "unicode_escape", "raw_unicode_escape",
-                                "mbcs", "oem", "palmos"})
+_NOT_MAIL_CHARSETS = frozenset(
+    {"idna", "punycode", "undefined", "unicode_escape", "raw_unicode_escape", "mbcs", "oem", "palmos"}
+)
 
 
 def decode_text(data: bytes, charset: str) -> tuple[str, bool]:
@@ -153,12 +156,12 @@ def decode_text(data: bytes, charset: str) -> tuple[str, bool]:
                 return data.decode(codec), codec == declared or not charset
             except (UnicodeError, ValueError, TypeError, LookupError):
                 continue
-    return data.decode("latin-1"), not charset      # undeclared 8-bit text is old mail, not an error
+    return data.decode("latin-1"), not charset  # undeclared 8-bit text is old mail, not an error
 
 
 def _mail_codec(charset: str) -> str:
     """The Python codec for a mail charset name, or "" when there is none fit for mail text."""
-    if not charset or not charset.isascii():      # codecs.lookup would read "utf\xe98" as utf-8
+    if not charset or not charset.isascii():  # codecs.lookup would read "utf\xe98" as utf-8
         return ""
     try:
         name = codecs.lookup(charset.strip()).name
@@ -182,11 +185,11 @@ def decode_header(value: str) -> tuple[str, bool]:
         return (" ".join(value.split()) if "\n" in value else value), True
     try:
         words = email.header.decode_header(value)
-    except Exception:           # HeaderParseError and whatever else a hostile value provokes
+    except Exception:  # HeaderParseError and whatever else a hostile value provokes
         return value, False
     try:
         return str(email.header.make_header(words)), True
-    except Exception:           # CharsetError, LookupError, UnicodeError: decode word by word instead
+    except Exception:  # CharsetError, LookupError, UnicodeError: decode word by word instead
         pass
     texts = []
     for chunk, charset in words:
@@ -221,17 +224,19 @@ def parse_message(raw: bytes, limits: LimitSettings, unpacker: Unpacker | None =
         return _unparsed(raw, refused, limits)
     try:
         walk = _walk(root, limits, "", 0)
-    except Exception as exc:   # a stdlib corner the guards above missed: scan the raw bytes whole
-        return _unparsed(raw, [_unchecked("parse-error", f"MIME walk failed: {type(exc).__name__}", "",
-                                          Severity.MEDIUM)], limits)
+    except Exception as exc:  # a stdlib corner the guards above missed: scan the raw bytes whole
+        return _unparsed(
+            raw, [_unchecked("parse-error", f"MIME walk failed: {type(exc).__name__}", "", Severity.MEDIUM)], limits
+        )
     own = unpacker is None
     unpacker = unpacker or Unpacker(limits)
     try:
         expansion = _Expansion(limits, unpacker, len(raw), _PasswordSource(root, walk.leaves, limits))
         expansion.run(walk.leaves)
-    except Exception as exc:   # a bug on hostile bytes: keep what was expanded, and every MIME leaf
-        expansion.problems.append(_unchecked("parse-error", f"expanding failed: {type(exc).__name__}", "",
-                                             Severity.MEDIUM))
+    except Exception as exc:  # a bug on hostile bytes: keep what was expanded, and every MIME leaf
+        expansion.problems.append(
+            _unchecked("parse-error", f"expanding failed: {type(exc).__name__}", "", Severity.MEDIUM)
+        )
         seen = {o.path for o in expansion.objects}
         expansion.objects.extend(o for o in walk.leaves if o.path not in seen)
     finally:
@@ -256,11 +261,12 @@ def _decoded_headers(root: Message) -> tuple[tuple[tuple[str, str], ...], list[F
     for key, value in root.items():
         try:
             text, clean = decode_header(str(value))
-        except Exception:          # str() of a Header object the stdlib cannot render
+        except Exception:  # str() of a Header object the stdlib cannot render
             text, clean = "", False
         if not clean:
-            problems.append(parse_error(f"header {key}", "undecodable encoded word or charset; kept with "
-                                                          "replacement characters"))
+            problems.append(
+                parse_error(f"header {key}", "undecodable encoded word or charset; kept with replacement characters")
+            )
         headers.append((key, text))
     return tuple(headers), problems
 
@@ -312,8 +318,9 @@ def _walk(root: Message, limits: LimitSettings, prefix: str, base_depth: int) ->
             problems.append(_unchecked("too-many-parts", f"more than {limits.max_parts} MIME parts", prefix))
             break
         if depth > limits.max_depth:
-            problems.append(_unchecked("nesting-too-deep", f"depth {depth} > {limits.max_depth}",
-                                       _join(prefix, f"part {path}")))
+            problems.append(
+                _unchecked("nesting-too-deep", f"depth {depth} > {limits.max_depth}", _join(prefix, f"part {path}"))
+            )
             continue
         # Only a multipart's payload is read here: get_payload() on a leaf decodes 8-bit text with
         # its declared charset, which raises for charsets such as idna.
@@ -347,13 +354,14 @@ class _Expansion:
         self.late = False
 
     def run(self, leaves: list[ContentObject]) -> None:
-        self.budget -= sum(len(o.data) for o in leaves)      # decoding MIME is unpacking too
+        self.budget -= sum(len(o.data) for o in leaves)  # decoding MIME is unpacking too
         stack = list(reversed(leaves))
         while stack:
             obj = stack.pop()
             if len(self.objects) >= self.limits.max_objects:
-                self.problems.append(_unchecked("too-many-objects", f"more than {self.limits.max_objects} objects",
-                                                obj.path))
+                self.problems.append(
+                    _unchecked("too-many-objects", f"more than {self.limits.max_objects} objects", obj.path)
+                )
                 break
             if obj.has_content:
                 trusted = obj.is_text or (obj.container == Kind.ZIP.value and obj.declared_type == "text/xml")
@@ -364,49 +372,67 @@ class _Expansion:
 
     def _children(self, obj: ContentObject, pending: int) -> list[ContentObject]:
         kind = obj.kind
-        if not obj.has_content or not (Unpacker.handles(kind) or kind in (Kind.EMAIL, Kind.OTHER_ARCHIVE,
-                                                                             Kind.DISK_IMAGE)):
+        if not obj.has_content or not (
+            Unpacker.handles(kind) or kind in (Kind.EMAIL, Kind.OTHER_ARCHIVE, Kind.DISK_IMAGE)
+        ):
             return []
         if kind is Kind.TEXT and not has_uuencoded(obj.data):
             return []
         if kind in (Kind.OTHER_ARCHIVE, Kind.DISK_IMAGE):
-            self.problems.append(_unchecked(Stop.UNSUPPORTED.value, f"cannot open {obj.sniffed_type}", obj.path,
-                                            Severity.MEDIUM))
+            self.problems.append(
+                _unchecked(Stop.UNSUPPORTED.value, f"cannot open {obj.sniffed_type}", obj.path, Severity.MEDIUM)
+            )
             return []
         if obj.depth >= self.limits.max_depth:
-            self.problems.append(_unchecked("nesting-too-deep", f"depth {obj.depth + 1} > {self.limits.max_depth}",
-                                            obj.path))
+            self.problems.append(
+                _unchecked("nesting-too-deep", f"depth {obj.depth + 1} > {self.limits.max_depth}", obj.path)
+            )
             return []
-        if time.monotonic() + self.limits.parser_timeout > self.deadline:   # a parser call may take its full limit
+        if time.monotonic() + self.limits.parser_timeout > self.deadline:  # a parser call may take its full limit
             if not self.late:
                 self.late = True
-                self.problems.append(_unchecked("inspect-deadline", f"more than {self.limits.inspect_deadline:g}s",
-                                                obj.path))
+                self.problems.append(
+                    _unchecked("inspect-deadline", f"more than {self.limits.inspect_deadline:g}s", obj.path)
+                )
             return []
         try:
             return self._expand(obj, kind, pending)
-        except Exception as exc:   # a handler bug on hostile bytes: this object unchecked, the rest goes on
-            self.problems.append(_unchecked("parse-error", f"expanding failed: {type(exc).__name__}", obj.path,
-                                            Severity.MEDIUM))
+        except Exception as exc:  # a handler bug on hostile bytes: this object unchecked, the rest goes on
+            self.problems.append(
+                _unchecked("parse-error", f"expanding failed: {type(exc).__name__}", obj.path, Severity.MEDIUM)
+            )
             return []
 
     def _expand(self, obj: ContentObject, kind: Kind, pending: int) -> list[ContentObject]:
         if kind is Kind.EMAIL:
             return self._email(obj)
-        allowance = Allowance(bytes=max(self.budget, 0),
-                              members=max(self.limits.max_objects - len(self.objects) - pending, 0),
-                              max_ratio=self.limits.max_ratio, ratio_floor=self.limits.ratio_floor,
-                              passwords=self.passwords.candidates() if kind is not Kind.TEXT else (),
-                              seconds=self.limits.parser_timeout)
+        allowance = Allowance(
+            bytes=max(self.budget, 0),
+            members=max(self.limits.max_objects - len(self.objects) - pending, 0),
+            max_ratio=self.limits.max_ratio,
+            ratio_floor=self.limits.ratio_floor,
+            passwords=self.passwords.candidates() if kind is not Kind.TEXT else (),
+            seconds=self.limits.parser_timeout,
+        )
         result = self.unpacker.unpack(kind, obj.data, obj.names[0] if obj.names else obj.path, allowance)
         self.budget -= result.produced
         self.problems.extend(_stopped(i, obj.path) for i in result.incomplete)
         if result.observations:
             self.objects[-1] = replace(obj, observations=result.observations)
-        return [ContentObject(path=_join(obj.path, m.name), data=m.data, declared_type=m.declared_type,
-                              names=tuple(filter(None, [normalise_name(m.name)])), depth=obj.depth + 1,
-                              in_archive=True, parent=obj.path, container=kind.value, state=m.state)
-                for m in result.members]
+        return [
+            ContentObject(
+                path=_join(obj.path, m.name),
+                data=m.data,
+                declared_type=m.declared_type,
+                names=tuple(filter(None, [normalise_name(m.name)])),
+                depth=obj.depth + 1,
+                in_archive=True,
+                parent=obj.path,
+                container=kind.value,
+                state=m.state,
+            )
+            for m in result.members
+        ]
 
     def _email(self, obj: ContentObject) -> list[ContentObject]:
         """A message inside an archive or an undecoded message/rfc822 part: its own MIME leaves."""
@@ -436,8 +462,14 @@ class _PasswordSource:
 
 
 def _stopped(incomplete: Incomplete, location: str) -> Finding:
-    return Finding(Category.UNCHECKED, incomplete.stop.value, _STOP_SEVERITY.get(incomplete.stop, Severity.HIGH),
-                   "unpack", location, incomplete.detail)
+    return Finding(
+        Category.UNCHECKED,
+        incomplete.stop.value,
+        _STOP_SEVERITY.get(incomplete.stop, Severity.HIGH),
+        "unpack",
+        location,
+        incomplete.detail,
+    )
 
 
 def _leaf(part: Message, path: str, depth: int) -> tuple[ContentObject, list[str]]:
@@ -457,17 +489,20 @@ def _leaf(part: Message, path: str, depth: int) -> tuple[ContentObject, list[str
             names.append(name)
     data: bytes | None = None
     try:
-        decoded = part.get_payload(decode=True)      # bytes for a leaf part
+        decoded = part.get_payload(decode=True)  # bytes for a leaf part
         data = decoded if isinstance(decoded, bytes) else None
     except Exception as exc:  # a broken encoding still leaves the raw text to scan
         trouble.append(f"transfer encoding failed ({type(exc).__name__}); raw text scanned")
     if data is None:
         data = undecoded_payload(part)
     damaged = sorted({type(d).__name__ for d in part.defects if "Base64" in type(d).__name__})
-    if damaged:                # the stdlib decoded what it could, skipping what it could not
+    if damaged:  # the stdlib decoded what it could, skipping what it could not
         trouble.append(f"damaged base64 ({', '.join(damaged)}); decoded what could be")
-    declared, charset, disposition = _part_header(part.get_content_type, "text/plain", trouble), \
-        _part_header(part.get_content_charset, "", trouble), _part_header(part.get_content_disposition, "", trouble)
+    declared, charset, disposition = (
+        _part_header(part.get_content_type, "text/plain", trouble),
+        _part_header(part.get_content_charset, "", trouble),
+        _part_header(part.get_content_disposition, "", trouble),
+    )
     if declared in _TEXT_TYPES and not decode_text(data, str(charset or ""))[1]:
         trouble.append(f"charset {str(charset)[:40]!r} does not decode the text; read as UTF-8 or Latin-1")
     label = names[0] if names else f"part {path}"
@@ -486,7 +521,7 @@ def undecoded_payload(part: Message) -> bytes:
     """The part's body as it stands in the message, when its transfer encoding could not be undone."""
     try:
         payload = part.get_payload()
-    except Exception:      # 8-bit text in a charset that cannot decode it (idna): the stored text itself
+    except Exception:  # 8-bit text in a charset that cannot decode it (idna): the stored text itself
         payload = getattr(part, "_payload", None)
     if isinstance(payload, str):
         return payload.encode("utf-8", "surrogateescape")
@@ -503,7 +538,7 @@ def raw_file_names(part: Message, trouble: list[str]) -> Iterator[str]:
     for param, header in (("filename", "content-disposition"), ("name", "content-type")):
         try:
             value = part.get_param(param, header=header)
-            if isinstance(value, tuple):           # RFC 2231: (charset, language, percent-decoded text)
+            if isinstance(value, tuple):  # RFC 2231: (charset, language, percent-decoded text)
                 charset, _, text = value
                 value, clean = decode_text(text.encode("latin-1", "backslashreplace"), charset or "us-ascii")
                 if not clean:
@@ -532,5 +567,11 @@ def _unparsed(raw: bytes, problems: list[Finding], limits: LimitSettings) -> Par
         headers, trouble = (), []
     problems = problems + trouble
     data = raw[: limits.max_message_size]
-    return ParsedMessage(headers=headers, objects=(ContentObject("raw message", data, "message/rfc822"),),
-                         problems=tuple(problems), size=len(raw), raw_headers=head, raw=raw)
+    return ParsedMessage(
+        headers=headers,
+        objects=(ContentObject("raw message", data, "message/rfc822"),),
+        problems=tuple(problems),
+        size=len(raw),
+        raw_headers=head,
+        raw=raw,
+    )

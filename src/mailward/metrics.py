@@ -36,38 +36,65 @@ log = logging.getLogger(__name__)
 
 _STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
-QuarantineStats = Callable[[], tuple[int, int]]     # (held messages, held bytes)
+QuarantineStats = Callable[[], tuple[int, int]]  # (held messages, held bytes)
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.messages = Counter("mailward_messages", "Messages and rejected connections by direction and verdict",
-                                ["direction", "verdict", "reason"], registry=r)
-        self.message_seconds = Histogram("mailward_message_seconds", "Time from end of data to the verdict",
-                                         ["direction"], buckets=_STAGE_BUCKETS, registry=r)
-        self.stage_seconds = Histogram("mailward_stage_seconds", "Time per stage (parse, each detector, "
-                                       "quarantine, incidents)", ["stage"], buckets=_STAGE_BUCKETS, registry=r)
-        self.detector_errors = Counter("mailward_detector_errors", "Detector failures and errors (the message got "
-                                       "on_error or an unchecked finding)", ["detector"], registry=r)
-        self.detector_timeouts = Counter("mailward_detector_timeouts", "Detector timeouts and deadlines",
-                                         ["detector"], registry=r)
-        self.scan_failures = Counter("mailward_scan_failures", "Messages whose scan could not run (worker died, "
-                                     "deadline) or whose callbacks failed", ["direction"], registry=r)
-        self.quarantine_failures = Counter("mailward_quarantine_failures", "Messages the quarantine store refused "
-                                           "(tempfailed instead)", registry=r)
+        self.messages = Counter(
+            "mailward_messages",
+            "Messages and rejected connections by direction and verdict",
+            ["direction", "verdict", "reason"],
+            registry=r,
+        )
+        self.message_seconds = Histogram(
+            "mailward_message_seconds",
+            "Time from end of data to the verdict",
+            ["direction"],
+            buckets=_STAGE_BUCKETS,
+            registry=r,
+        )
+        self.stage_seconds = Histogram(
+            "mailward_stage_seconds",
+            "Time per stage (parse, each detector, quarantine, incidents)",
+            ["stage"],
+            buckets=_STAGE_BUCKETS,
+            registry=r,
+        )
+        self.detector_errors = Counter(
+            "mailward_detector_errors",
+            "Detector failures and errors (the message got on_error or an unchecked finding)",
+            ["detector"],
+            registry=r,
+        )
+        self.detector_timeouts = Counter(
+            "mailward_detector_timeouts", "Detector timeouts and deadlines", ["detector"], registry=r
+        )
+        self.scan_failures = Counter(
+            "mailward_scan_failures",
+            "Messages whose scan could not run (worker died, deadline) or whose callbacks failed",
+            ["direction"],
+            registry=r,
+        )
+        self.quarantine_failures = Counter(
+            "mailward_quarantine_failures", "Messages the quarantine store refused (tempfailed instead)", registry=r
+        )
         self.blocks = Counter("mailward_blocks", "Blocks and suspensions created", ["kind", "origin"], registry=r)
-        self.failed_logins = Counter("mailward_failed_logins", "Failed SMTP AUTH attempts seen in Postfix's log",
-                                     registry=r)
-        self.alerts = Counter("mailward_alerts", "Alerts raised, by kind and what became of them",
-                              ["kind", "delivery"], registry=r)
-        self.alert_deliveries = Counter("mailward_alert_deliveries", "Alert deliveries per channel",
-                                        ["channel", "result"], registry=r)
-        self.model_info = Gauge("mailward_model_info", "The spam model version seen in the latest verdict",
-                                ["version"], registry=r)
-        self.rules_info = Gauge("mailward_rules_info", "Digest of the live YARA rule sources", ["version"],
-                                registry=r)
+        self.failed_logins = Counter(
+            "mailward_failed_logins", "Failed SMTP AUTH attempts seen in Postfix's log", registry=r
+        )
+        self.alerts = Counter(
+            "mailward_alerts", "Alerts raised, by kind and what became of them", ["kind", "delivery"], registry=r
+        )
+        self.alert_deliveries = Counter(
+            "mailward_alert_deliveries", "Alert deliveries per channel", ["channel", "result"], registry=r
+        )
+        self.model_info = Gauge(
+            "mailward_model_info", "The spam model version seen in the latest verdict", ["version"], registry=r
+        )
+        self.rules_info = Gauge("mailward_rules_info", "Digest of the live YARA rule sources", ["version"], registry=r)
         self._model_version = ""
         self._rules_version = ""
         self._lock = threading.Lock()
@@ -86,7 +113,7 @@ class Metrics:
         for stage, seconds in evidence.timings:
             self.stage_seconds.labels(stage).observe(seconds)
         for finding in evidence.findings:
-            if finding.name == "parse-error":      # malformed input, not a failing detector
+            if finding.name == "parse-error":  # malformed input, not a failing detector
                 continue
             if finding.category is Category.ERROR or finding.name.endswith(("-error", "-unavailable")):
                 self.detector_errors.labels(finding.detector).inc()
@@ -138,7 +165,7 @@ class Metrics:
     def serve(self, listen: str, source: str = "<defaults>") -> WSGIServer:
         """Start the HTTP endpoint on ``HOST:PORT``; returns the server (``shutdown()`` stops it)."""
         try:
-            host, port = parse_host_port(listen)        # config.py already checked a loaded file's value
+            host, port = parse_host_port(listen)  # config.py already checked a loaded file's value
         except ValueError as exc:
             raise ConfigError(source, "metrics.listen", str(exc)) from None
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
@@ -174,8 +201,7 @@ class _LiveCollector:
         if quarantine is not None:
             count, size = quarantine
             yield GaugeMetricFamily("mailward_quarantine_messages", "Messages held in the quarantine", value=count)
-            yield GaugeMetricFamily("mailward_quarantine_bytes", "Bytes of messages held in the quarantine",
-                                    value=size)
+            yield GaugeMetricFamily("mailward_quarantine_bytes", "Bytes of messages held in the quarantine", value=size)
         blocks = self._read("blocks")
         if blocks is not None:
             family = GaugeMetricFamily("mailward_blocks_active", "Active blocks and suspensions", labels=["kind"])
@@ -203,12 +229,14 @@ def quarantine_stats(settings: Settings) -> QuarantineStats:
     """Count held messages with one read-only query (the quarantine store offers no count of its own)."""
     query = "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM quarantine WHERE status = 'held'"
     if settings.quarantine.backend == "postgresql":
+
         def read() -> tuple[int, int]:
             import psycopg
 
             with psycopg.connect(settings.quarantine.dsn, connect_timeout=5) as conn:
-                count, size = conn.execute(query).fetchone() or (0, 0)     # COUNT always gives a row
+                count, size = conn.execute(query).fetchone() or (0, 0)  # COUNT always gives a row
             return int(count), int(size)
+
         return read
 
     import sqlite3
@@ -224,4 +252,5 @@ def quarantine_stats(settings: Settings) -> QuarantineStats:
         finally:
             conn.close()
         return int(count), int(size)
+
     return read_sqlite

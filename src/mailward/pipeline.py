@@ -51,20 +51,26 @@ class Inspector:
         timings = [("parse", time.perf_counter() - started)]
         evidence = Evidence(findings=message.problems)
         # Detectors that wait on another process (clamd) start first and are collected last.
-        begun = {d.name: _guarded(d, envelope, partial(d.begin, message, envelope))
-                 for d in self.detectors if is_staged(d)}
+        begun = {
+            d.name: _guarded(d, envelope, partial(d.begin, message, envelope)) for d in self.detectors if is_staged(d)
+        }
         for detector in sorted(self.detectors, key=lambda d: d.name in begun):
             t0 = time.perf_counter()
             finish = begun.get(detector.name)
-            if isinstance(finish, Evidence):          # begin() itself failed
+            if isinstance(finish, Evidence):  # begin() itself failed
                 found = finish
             else:
                 found = _guarded(detector, envelope, finish or partial(detector.inspect, message, envelope))
             timings.append((detector.name, time.perf_counter() - t0))
             evidence = evidence.merged(found)
         # Marks are read here, where the message already is, so the milter process never holds a body.
-        return replace(evidence, findings=describe_objects(evidence.findings, message),
-                       message=MessageFacts.of(message), timings=tuple(timings), marks=mark_proof(message))
+        return replace(
+            evidence,
+            findings=describe_objects(evidence.findings, message),
+            message=MessageFacts.of(message),
+            timings=tuple(timings),
+            marks=mark_proof(message),
+        )
 
 
 def mark_proof(message: ParsedMessage) -> MarkProof | None:
@@ -72,7 +78,7 @@ def mark_proof(message: ParsedMessage) -> MarkProof | None:
 
     Read from the parsed headers; the body is hashed only for a message that claims a mark.
     """
-    if b"x-mailward-" not in message.raw_headers.lower():        # ordinary mail: nothing to look up
+    if b"x-mailward-" not in message.raw_headers.lower():  # ordinary mail: nothing to look up
         return None
     release = tuple(" ".join(v.split()) for v in message.header_all(RELEASE_HEADER))
     alert = tuple(" ".join(v.split()) for v in message.header_all(ALERT_HEADER))
@@ -83,8 +89,9 @@ def mark_proof(message: ParsedMessage) -> MarkProof | None:
 
 def detector_error(detector: str, exc: BaseException) -> Finding:
     """What a detector that raised on this message leaves: what it would have checked is unchecked."""
-    return Finding(Category.UNCHECKED, "detector-error", Severity.HIGH, detector, "",
-                   f"{type(exc).__name__}: {str(exc)[:200]}")
+    return Finding(
+        Category.UNCHECKED, "detector-error", Severity.HIGH, detector, "", f"{type(exc).__name__}: {str(exc)[:200]}"
+    )
 
 
 def _guarded(detector: Detector, envelope: Envelope, call: Callable[[], T]) -> T | Evidence:
@@ -103,7 +110,11 @@ def describe_objects(findings: tuple[Finding, ...], message: ParsedMessage) -> t
     for finding in findings:
         obj = by_path.get(finding.location)
         if obj is not None and obj.has_content and not finding.sha256:
-            finding = replace(finding, sha256=obj.sha256, file_name=obj.names[0] if obj.names else "",
-                              mime_type=obj.sniffed_type or obj.declared_type)
+            finding = replace(
+                finding,
+                sha256=obj.sha256,
+                file_name=obj.names[0] if obj.names else "",
+                mime_type=obj.sniffed_type or obj.declared_type,
+            )
         out.append(finding)
     return tuple(out)

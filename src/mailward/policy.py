@@ -20,14 +20,16 @@ from .verdict import Action, Verdict
 # Findings whose action is their own, per direction, whatever their category and severity:
 # a macro's danger depends on whether it runs by itself, not on a severity threshold, and
 # an unreachable clamd is an outage the admin may want handled apart from other limits.
-NAMED_ACTIONS: Mapping[str, Callable[[DirectionPolicy], Action]] = MappingProxyType({
-    "vba-macros": lambda p: p.macro_action_plain,
-    "vba-autoexec": lambda p: p.macro_action_autoexec,
-    "xlm-macros": lambda p: p.macro_action_autoexec,
-    "vba-autoexec-suspicious": lambda p: p.macro_action_malicious,
-    "xlm-autoexec-suspicious": lambda p: p.macro_action_malicious,
-    "clamav-unavailable": lambda p: p.clamav_unavailable_action,
-})
+NAMED_ACTIONS: Mapping[str, Callable[[DirectionPolicy], Action]] = MappingProxyType(
+    {
+        "vba-macros": lambda p: p.macro_action_plain,
+        "vba-autoexec": lambda p: p.macro_action_autoexec,
+        "xlm-macros": lambda p: p.macro_action_autoexec,
+        "vba-autoexec-suspicious": lambda p: p.macro_action_malicious,
+        "xlm-autoexec-suspicious": lambda p: p.macro_action_malicious,
+        "clamav-unavailable": lambda p: p.clamav_unavailable_action,
+    }
+)
 
 # What an allow-listed (and authenticated) sender skips: opinions about the sender and the
 # text. Never malware, banned file types, macros, unchecked content or an analyst's block.
@@ -44,8 +46,8 @@ class Listed(str, Enum):
 class Mark(str, Enum):
     """A valid mark the message carries (quarantine.release): it is delivered, tagged, instead of stopped."""
 
-    RELEASE = "released"    # an analyst released this very message to these recipients
-    ALERT = "alert"         # Mailward's own alert quoting what it reports
+    RELEASE = "released"  # an analyst released this very message to these recipients
+    ALERT = "alert"  # Mailward's own alert quoting what it reports
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ class Inputs:
 
     listed: Listed | None = None
     mark: Mark | None = None
-    hold: bool = False          # quarantine.hold: a quarantined message also goes to the MTA's hold queue
+    hold: bool = False  # quarantine.hold: a quarantined message also goes to the MTA's hold queue
 
 
 def decide(evidence: Evidence, policy: DirectionPolicy, incident_id: str, inputs: Inputs = Inputs()) -> Verdict:
@@ -77,7 +79,7 @@ def decide(evidence: Evidence, policy: DirectionPolicy, incident_id: str, inputs
             accept = finding.detector in policy.accept_errors_from
             votes.append((Action.ACCEPT if accept else policy.on_error, "error"))
         elif finding.name == "detector-error" and finding.detector in policy.accept_errors_from:
-            votes.append((Action.ACCEPT, "error"))     # the admin chose to accept this detector's failures
+            votes.append((Action.ACCEPT, "error"))  # the admin chose to accept this detector's failures
         elif finding.name in NAMED_ACTIONS:
             votes.append((NAMED_ACTIONS[finding.name](policy), finding.category.value))
         elif finding.severity >= policy.min_severity:
@@ -106,9 +108,14 @@ def decide(evidence: Evidence, policy: DirectionPolicy, incident_id: str, inputs
         reasons += ("allowed",)
     if inputs.mark is not None and action in (Action.QUARANTINE, Action.REJECT):
         action, reasons = Action.TAG, reasons + (inputs.mark.value,)
-    return Verdict(action=action, reasons=reasons, incident_id=incident_id, spam_score=score,
-                   hold=inputs.hold and action is Action.QUARANTINE,
-                   acted_on=tuple(c for c in Category if c in acted_on))
+    return Verdict(
+        action=action,
+        reasons=reasons,
+        incident_id=incident_id,
+        spam_score=score,
+        hold=inputs.hold and action is Action.QUARANTINE,
+        acted_on=tuple(c for c in Category if c in acted_on),
+    )
 
 
 def stops(verdict: Verdict) -> bool:
@@ -152,6 +159,7 @@ def split(shares: Sequence[Share]) -> Split:
     recipients are removed and kept in the quarantine, and the others get the
     message with the strictest of their verdicts (tag over accept).
     """
+
     def strongest(group: Sequence[Share]) -> Share:
         top = max(group, key=lambda s: s.verdict.action.rank)
         return Share(tuple(r for s in group for r in s.recipients), top.verdict)

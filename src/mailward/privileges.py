@@ -57,7 +57,7 @@ def service_account(settings: Settings) -> ServiceAccount | None:
     try:
         entry = pwd.getpwuid(st.st_uid)
         return ServiceAccount(entry.pw_name, entry.pw_uid, entry.pw_gid)
-    except KeyError:             # an owner without a passwd entry: its IDs are all we need
+    except KeyError:  # an owner without a passwd entry: its IDs are all we need
         return ServiceAccount(f"uid {st.st_uid}", st.st_uid, st.st_gid)
 
 
@@ -68,7 +68,7 @@ def become_service_user(settings: Settings, keep_root: bool = False) -> ServiceA
         return None
     state = Path(settings.state_dir)
     try:
-        if not state.exists():          # a first CLI run before the milter's: create it as the milter would
+        if not state.exists():  # a first CLI run before the milter's: create it as the milter would
             state.mkdir(mode=0o700, parents=True)
             os.chown(state, account.uid, account.gid)
         os.setgroups([])
@@ -93,5 +93,5 @@ class RootArgs(TypedDict, total=False):
 def as_root() -> RootArgs:
     """``subprocess`` arguments that run a child as root again after :func:`become_service_user` kept the way back."""
     if os.getuid() == 0 and os.geteuid() != 0:
-        return {"user": 0, "group": 0}     # setreuid/setregid back to the real IDs; no capability needed
+        return {"user": 0, "group": 0}  # setreuid/setregid back to the real IDs; no capability needed
     return {}

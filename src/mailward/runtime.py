@@ -40,8 +40,11 @@ def build_inspector(settings: Settings) -> Inspector:
     from . import models, reputation, signatures  # detector packages load rules and models here
     from .unpack import Unpacker
 
-    return Inspector(settings.limits, (*signatures.detectors(settings), *models.detectors(settings),
-                                       *reputation.detectors(settings)), Unpacker(settings.limits))
+    return Inspector(
+        settings.limits,
+        (*signatures.detectors(settings), *models.detectors(settings), *reputation.detectors(settings)),
+        Unpacker(settings.limits),
+    )
 
 
 class InProcessScanner:
@@ -71,10 +74,10 @@ class Runtime:
     direction: DirectionRules
     spool_dir: Path
     spool_threshold: int
-    incidents: IncidentResponse | None = None    # blocks and suspensions; None = none apply
+    incidents: IncidentResponse | None = None  # blocks and suspensions; None = none apply
     metrics: Metrics | None = None
-    authserv_id: str = ""                         # our Authentication-Results id; forged ones are removed
-    owned: tuple[Closeable, ...] = ()             # what this runtime opened, closed when it retires
+    authserv_id: str = ""  # our Authentication-Results id; forged ones are removed
+    owned: tuple[Closeable, ...] = ()  # what this runtime opened, closed when it retires
 
     def close(self) -> None:
         """Close what this runtime opened; called once no message uses it any more."""
@@ -97,8 +100,14 @@ def _close_all(resources: tuple[Closeable, ...]) -> None:
             log.exception("could not close %s", type(resource).__name__)
 
 
-def build_runtime(settings: Settings, *, scanner: Scanner | None = None, metrics: Metrics | None = None,
-                  clock: Callable[[], float] = time.time, keep: bool = True) -> Runtime:
+def build_runtime(
+    settings: Settings,
+    *,
+    scanner: Scanner | None = None,
+    metrics: Metrics | None = None,
+    clock: Callable[[], float] = time.time,
+    keep: bool = True,
+) -> Runtime:
     """Stores, incident response and screener for ``settings``; scans go to ``scanner``.
 
     Without a ``scanner`` the runtime scans in process and owns that scanner.
@@ -125,14 +134,28 @@ def build_runtime(settings: Settings, *, scanner: Scanner | None = None, metrics
             owned.append(store)
             incidents = open_incidents(settings, metrics, clock=clock)
             owned.append(incidents)
-            screener = Screener(settings, scanner, store, clock=clock, watch=incidents,
-                                release=ReleaseVerifier.from_settings(settings, store).accept, lists=incidents)
+            screener = Screener(
+                settings,
+                scanner,
+                store,
+                clock=clock,
+                watch=incidents,
+                release=ReleaseVerifier.from_settings(settings, store).accept,
+                lists=incidents,
+            )
     except BaseException:
         _close_all(tuple(reversed(owned)))
         raise
-    return Runtime(screener, settings.direction.rules(), Path(settings.state_dir) / "spool",
-                   settings.milter.spool_threshold, incidents, metrics, authserv_id(settings.reputation),
-                   owned=tuple(reversed(owned)))
+    return Runtime(
+        screener,
+        settings.direction.rules(),
+        Path(settings.state_dir) / "spool",
+        settings.milter.spool_threshold,
+        incidents,
+        metrics,
+        authserv_id(settings.reputation),
+        owned=tuple(reversed(owned)),
+    )
 
 
 class LiveRuntime:

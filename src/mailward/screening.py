@@ -30,6 +30,7 @@ from .verdict import Action, Outcome, Verdict, new_incident_id
 
 log = logging.getLogger(__name__)
 
+
 class Scanner(Protocol):
     """Parses one message and runs the detectors over it: in process, or in a worker (the pool).
 
@@ -48,7 +49,7 @@ class ReleaseMark(Protocol):
     """What screening reads of a valid mark (quarantine.release.ReleaseMark)."""
 
     @property
-    def kind(self) -> str: ...          # "release" or "alert"
+    def kind(self) -> str: ...  # "release" or "alert"
 
     @property
     def quarantine_id(self) -> str: ...
@@ -71,9 +72,9 @@ class Watch(Protocol):
     def observe(self, outcome: Outcome) -> object: ...
 
 
-WATCH_BUDGET = 1.0      # seconds the reply waits for incident response (counters, alerts)
-WATCHERS = 4            # threads that run incident response; more outcomes queue for them
-WATCHER_IDLE = 30.0     # seconds a watcher thread waits for work before it ends
+WATCH_BUDGET = 1.0  # seconds the reply waits for incident response (counters, alerts)
+WATCHERS = 4  # threads that run incident response; more outcomes queue for them
+WATCHER_IDLE = 30.0  # seconds a watcher thread waits for work before it ends
 
 
 class _Watchers:
@@ -118,9 +119,16 @@ class _Watchers:
 
 
 class Screener:
-    def __init__(self, settings: Settings, scanner: Scanner, quarantine: Quarantine | None,
-                 clock: Callable[[], float] = time.time, watch: Watch | None = None,
-                 release: Release | None = None, lists: SenderLists | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        scanner: Scanner,
+        quarantine: Quarantine | None,
+        clock: Callable[[], float] = time.time,
+        watch: Watch | None = None,
+        release: Release | None = None,
+        lists: SenderLists | None = None,
+    ):
         self.settings = settings
         self._lists = lists
         self._release = release
@@ -137,12 +145,17 @@ class Screener:
         """
         started = time.perf_counter()
         incident = new_incident_id(self._clock())
-        with log_context(queue_id=envelope.queue_id, connection_id=envelope.connection_id, incident_id=incident,
-                         direction=envelope.direction.value):
+        with log_context(
+            queue_id=envelope.queue_id,
+            connection_id=envelope.connection_id,
+            incident_id=incident,
+            direction=envelope.direction.value,
+        ):
             return self._screen(source, envelope, known, incident, started)
 
-    def _screen(self, source: MessageSource, envelope: Envelope, known: Evidence, incident: str,
-                started: float) -> Outcome:
+    def _screen(
+        self, source: MessageSource, envelope: Envelope, known: Evidence, incident: str, started: float
+    ) -> Outcome:
         policy = self.settings.policy.for_direction(envelope.direction)
         evidence, error = known, ""
         held: Share | None = None
@@ -166,8 +179,13 @@ class Screener:
         quarantine_id, store_failed = "", False
         if verdict.action is Action.REJECT and evidence.of(Category.MALWARE) and self._quarantine is not None:
             quarantine_id = self._keep_sample(self._quarantine, source, envelope, verdict, evidence)
-        kept = (envelope, verdict) if verdict.action is Action.QUARANTINE else \
-            (replace(envelope, recipients=held.recipients), held.verdict) if held is not None else None
+        kept = (
+            (envelope, verdict)
+            if verdict.action is Action.QUARANTINE
+            else (replace(envelope, recipients=held.recipients), held.verdict)
+            if held is not None
+            else None
+        )
         if kept is not None and self._quarantine is not None:
             t0 = time.perf_counter()
             try:
@@ -176,18 +194,33 @@ class Screener:
                 # Never accept what we were told to quarantine and could not keep.
                 # What the policy acted on still counts (incident response: malware alerts, spam counters).
                 acted_on = verdict.acted_on + (held.verdict.acted_on if held is not None else ())
-                verdict = Verdict(Action.TEMPFAIL, ("error",), incident, verdict.spam_score,
-                                  acted_on=tuple(dict.fromkeys(acted_on)))
+                verdict = Verdict(
+                    Action.TEMPFAIL, ("error",), incident, verdict.spam_score, acted_on=tuple(dict.fromkeys(acted_on))
+                )
                 error, store_failed, held = str(exc), True, None
             evidence = replace(evidence, timings=evidence.timings + (("quarantine", time.perf_counter() - t0),))
-        outcome = Outcome(envelope, verdict, evidence, source.size, quarantine_id, error, time.perf_counter() - started,
-                          store_failed, released_from, alert_of, held.recipients if held is not None else (),
-                          held.verdict if held is not None else None)
+        outcome = Outcome(
+            envelope,
+            verdict,
+            evidence,
+            source.size,
+            quarantine_id,
+            error,
+            time.perf_counter() - started,
+            store_failed,
+            released_from,
+            alert_of,
+            held.recipients if held is not None else (),
+            held.verdict if held is not None else None,
+        )
         if self._watch is not None:
             # The reply is due within message_deadline + write_timeout of the start (the sum the MTA's
             # milter timeout is set above): a slow scan and store leave the watch less, or no, time.
-            left = self.settings.milter.message_deadline + self.settings.quarantine.write_timeout \
+            left = (
+                self.settings.milter.message_deadline
+                + self.settings.quarantine.write_timeout
                 - (time.perf_counter() - started)
+            )
             self._observe(self._watch, outcome, min(WATCH_BUDGET, max(left, 0.0)))
         return outcome
 
@@ -196,13 +229,15 @@ class Screener:
         groups: dict[tuple[DirectionPolicy, Listed | None], list[str]] = {}
         for recipient in envelope.recipients or ("",):
             policy = self.settings.policy.for_recipient(envelope.direction, envelope.mail_from, recipient)
-            listed = (self._lists.listed(envelope, recipient, evidence.authenticated)
-                      if self._lists is not None else None)
+            listed = (
+                self._lists.listed(envelope, recipient, evidence.authenticated) if self._lists is not None else None
+            )
             groups.setdefault((policy, listed), []).append(recipient)
         hold = self.settings.quarantine.hold
-        return [Share(tuple(r for r in recipients if r),
-                      decide(evidence, policy, incident, Inputs(listed, mark, hold)))
-                for (policy, listed), recipients in groups.items()]
+        return [
+            Share(tuple(r for r in recipients if r), decide(evidence, policy, incident, Inputs(listed, mark, hold)))
+            for (policy, listed), recipients in groups.items()
+        ]
 
     def _observe(self, watch: Watch, outcome: Outcome, wait: float) -> None:
         """Let incident response see the outcome, waiting for it at most ``wait`` (≤ :data:`WATCH_BUDGET`).
@@ -219,7 +254,7 @@ class Screener:
         def observe() -> None:
             try:
                 watch.observe(outcome)
-            except Exception:   # counting and alerting never change what happens to the message
+            except Exception:  # counting and alerting never change what happens to the message
                 log.exception("incident response failed")
             finally:
                 done.set()
@@ -230,8 +265,9 @@ class Screener:
         if not done.wait(wait):
             log.warning("incident response not done within %.1f s; replying without waiting for it", wait)
 
-    def _keep_sample(self, quarantine: Quarantine, source: MessageSource, envelope: Envelope, verdict: Verdict,
-                     evidence: Evidence) -> str:
+    def _keep_sample(
+        self, quarantine: Quarantine, source: MessageSource, envelope: Envelope, verdict: Verdict, evidence: Evidence
+    ) -> str:
         """Rejected malware stays in the quarantine as a sample (status ``rejected``) for analysts.
 
         The sender gets the 5xx whatever happens here: a store failure costs the sample, not the verdict.
@@ -248,19 +284,35 @@ def event_of(outcome: Outcome) -> dict[str, Any]:
     env, verdict, evidence = outcome.envelope, outcome.verdict, outcome.evidence
     files = [_ecs_file(f) for f in evidence.findings if f.sha256]
     doc = {
-        "event": {"kind": "event", "category": ["email"], "type": ["info"], "action": verdict.action.value,
-                  "outcome": "failure" if outcome.error else "success",
-                  "duration": int(outcome.seconds * 1e9), "id": verdict.incident_id},
-        "email": {"direction": env.direction.value, "from": {"address": [env.mail_from] if env.mail_from else []},
-                  "to": {"address": list(env.recipients)}, "local_id": env.queue_id,
-                  "subject": evidence.message.subject or None, "message_id": evidence.message.message_id or None},
+        "event": {
+            "kind": "event",
+            "category": ["email"],
+            "type": ["info"],
+            "action": verdict.action.value,
+            "outcome": "failure" if outcome.error else "success",
+            "duration": int(outcome.seconds * 1e9),
+            "id": verdict.incident_id,
+        },
+        "email": {
+            "direction": env.direction.value,
+            "from": {"address": [env.mail_from] if env.mail_from else []},
+            "to": {"address": list(env.recipients)},
+            "local_id": env.queue_id,
+            "subject": evidence.message.subject or None,
+            "message_id": evidence.message.message_id or None,
+        },
         "source": {"ip": env.client_address or None, "domain": source_domain(env.client_name)},
         "host": {"name": socket.gethostname()},
         "user": {"name": env.auth_user} if env.auth_user else {},
         "mailward": {
-            "verdict": verdict.action.value, "reasons": list(verdict.reasons), "incident_id": verdict.incident_id,
-            "spam_score": verdict.spam_score, "size": outcome.size, "quarantine_id": outcome.quarantine_id or None,
-            "hold": verdict.hold, "released_from": outcome.released_from or None,
+            "verdict": verdict.action.value,
+            "reasons": list(verdict.reasons),
+            "incident_id": verdict.incident_id,
+            "spam_score": verdict.spam_score,
+            "size": outcome.size,
+            "quarantine_id": outcome.quarantine_id or None,
+            "hold": verdict.hold,
+            "released_from": outcome.released_from or None,
             "held_recipients": list(outcome.held) or None,
             "findings": [dict(f.as_dict(), **({"file": _ecs_file(f)} if f.sha256 else {})) for f in evidence.findings],
             "clues": [[c.token, round(c.weight, 3)] for c in (evidence.spam.clues if evidence.spam else ())],
@@ -268,15 +320,18 @@ def event_of(outcome: Outcome) -> dict[str, Any]:
         },
     }
     if files:
-        doc["file"] = files[0]        # ECS has one file per event: the first object a finding names
+        doc["file"] = files[0]  # ECS has one file per event: the first object a finding names
     if outcome.error:
         doc["error"] = {"message": outcome.error}
     return doc
 
 
 def _ecs_file(finding: Finding) -> dict[str, Any]:
-    return {"hash": {"sha256": finding.sha256}, "name": finding.file_name or None,
-            "mime_type": finding.mime_type or None}
+    return {
+        "hash": {"sha256": finding.sha256},
+        "name": finding.file_name or None,
+        "mime_type": finding.mime_type or None,
+    }
 
 
 def source_domain(client_name: str) -> str | None:

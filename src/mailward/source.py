@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-CHUNK = 1024 * 1024             # bytes per chunk when a message is streamed (quarantine writes)
-HEAD_BYTES = 64 * 1024          # enough for the header block of any sane message
+CHUNK = 1024 * 1024  # bytes per chunk when a message is streamed (quarantine writes)
+HEAD_BYTES = 64 * 1024  # enough for the header block of any sane message
 
 
 @dataclass(frozen=True)
@@ -64,4 +64,4 @@ class MessageSource:
         else:
             view = memoryview(self.data)
             for start in range(0, len(view), size):
-                yield bytes(view[start:start + size])
+                yield bytes(view[start : start + size])

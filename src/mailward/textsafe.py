@@ -29,7 +29,7 @@ def neutralise(text: str, multiline: bool = False) -> str:
     """
     if multiline:
         text = text.replace("\r\n", "\n")
-    if not _NOT_PRINTABLE_ASCII.search(text):       # the usual case: nothing to look at
+    if not _NOT_PRINTABLE_ASCII.search(text):  # the usual case: nothing to look at
         return text
     out = []
     for ch in text:
@@ -53,7 +53,7 @@ def json_line(doc: object) -> str:
     text = json.dumps(doc, ensure_ascii=False)
     if not _NOT_PRINTABLE_ASCII.search(text):
         return text
-    return "".join(_json_escape(ch) if ord(ch) > 0x7e and _escaped(ch) else ch for ch in text)
+    return "".join(_json_escape(ch) if ord(ch) > 0x7E and _escaped(ch) else ch for ch in text)
 
 
 def _json_escape(ch: str) -> str:
@@ -61,4 +61,4 @@ def _json_escape(ch: str) -> str:
     if code < 0x10000:
         return f"\\u{code:04x}"
     code -= 0x10000
-    return f"\\u{0xd800 + (code >> 10):04x}\\u{0xdc00 + (code & 0x3ff):04x}"
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"

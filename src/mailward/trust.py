@@ -33,7 +33,7 @@ class TrustedOwners:
             try:
                 uids.add(pwd.getpwnam(service_user).pw_uid)
             except KeyError:
-                pass        # an unknown user owns no file; the milter refuses to start with it anyway
+                pass  # an unknown user owns no file; the milter refuses to start with it anyway
         return cls(frozenset(uids))
 
     def problem(self, path: Path) -> str | None:
@@ -60,5 +60,7 @@ class TrustedOwners:
         for checked in chain:
             reason = self.problem(checked)
             if reason is not None:
-                raise ArtifactError(f"{checked}: {reason}; refusing to load {path.name} "
-                                    f"(chown it to root or the service user, chmod go-w)")
+                raise ArtifactError(
+                    f"{checked}: {reason}; refusing to load {path.name} "
+                    f"(chown it to root or the service user, chmod go-w)"
+                )

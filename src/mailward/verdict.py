@@ -42,7 +42,7 @@ PUBLIC_REASONS = {
     "unchecked": "Message could not be checked",
     "reputation": "Sender reputation check failed",
     "authentication": "Sender authentication failed",
-    "blocked": "Sender not accepted",         # an analyst's block, or the recipient's sender block list
+    "blocked": "Sender not accepted",  # an analyst's block, or the recipient's sender block list
     "error": "Temporary problem checking message",
 }
 
@@ -59,8 +59,8 @@ def new_incident_id(now: float | None = None) -> str:
 
 @dataclass(frozen=True)
 class SmtpReply:
-    code: str      # "550"
-    xcode: str     # "5.7.1"
+    code: str  # "550"
+    xcode: str  # "5.7.1"
     text: str
 
     def __str__(self) -> str:
@@ -75,7 +75,7 @@ class Verdict:
     reasons: tuple[str, ...]
     incident_id: str
     spam_score: float | None = None
-    hold: bool = False            # also put the message in the MTA's hold queue
+    hold: bool = False  # also put the message in the MTA's hold queue
     # Categories whose own action the policy applied (a spam score over the threshold, malware at
     # min_severity...): what incident response counts, so it never re-applies the thresholds.
     acted_on: tuple[Category, ...] = ()
@@ -112,11 +112,11 @@ class Outcome:
     evidence: Evidence
     size: int
     quarantine_id: str = ""
-    error: str = ""                 # internal cause of a failure verdict, for the log only
+    error: str = ""  # internal cause of a failure verdict, for the log only
     seconds: float = 0.0
     quarantine_failed: bool = False  # the store refused a message the policy quarantined
-    released_from: str = ""          # quarantine ID when an analyst released this very message
-    alert_of: str = ""               # incident ID when this is Mailward's own (marked) alert about it
+    released_from: str = ""  # quarantine ID when an analyst released this very message
+    alert_of: str = ""  # incident ID when this is Mailward's own (marked) alert about it
     # Recipients whose policy quarantined the message while others' delivered it: removed from the
     # delivered message (delrcpt) and kept in the quarantine under ``quarantine_id`` with ``held_verdict``.
     held: tuple[str, ...] = ()

@@ -38,13 +38,14 @@ from .source import MessageSource
 
 log = logging.getLogger(__name__)
 
+
 def _worker_main(conn: Connection, settings: Settings) -> None:
     """Entry point of a scanning process: build detectors once, then serve scans."""
     from .logs import configure_logging, log_context
     from .runtime import build_inspector
 
     die_with_parent()
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))     # a core file would hold message content
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a core file would hold message content
     configure_logging(settings.logging)
     failure = ""
     try:
@@ -53,12 +54,12 @@ def _worker_main(conn: Connection, settings: Settings) -> None:
         log.exception("worker could not load its detectors")
         inspector, failure = None, f"{type(exc).__name__}: {exc}"
     if inspector is not None:
-        try:        # first-use costs (parser sandbox, archive and PDF code) paid here, not by a message
+        try:  # first-use costs (parser sandbox, archive and PDF code) paid here, not by a message
             inspector.inspect(_warm_up_message(), Envelope())
         except Exception:
             log.exception("warm-up scan failed")
     try:
-        conn.send(("loaded", failure))        # the pool hands out only workers that said so
+        conn.send(("loaded", failure))  # the pool hands out only workers that said so
     except (OSError, BrokenPipeError):
         return
     while True:
@@ -70,8 +71,9 @@ def _worker_main(conn: Connection, settings: Settings) -> None:
             conn.send(("error", failure))
             continue
         _limit_cpu(settings.milter.cpu_budget)
-        with log_context(queue_id=envelope.queue_id, connection_id=envelope.connection_id,
-                         direction=envelope.direction.value):      # worker-side lines name the message too
+        with log_context(
+            queue_id=envelope.queue_id, connection_id=envelope.connection_id, direction=envelope.direction.value
+        ):  # worker-side lines name the message too
             try:
                 conn.send(("ok", inspector.inspect(source.read(), envelope)))
             except Exception as exc:
@@ -97,8 +99,10 @@ def _warm_up_message() -> bytes:
     import zipfile
     from email.message import EmailMessage
 
-    pdf = (b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n2 0 obj<</Type/Pages/Kids[3 0 R]/Count 1>>endobj\n"
-           b"3 0 obj<</Type/Page/Parent 2 0 R/MediaBox[0 0 200 200]>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n")
+    pdf = (
+        b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n2 0 obj<</Type/Pages/Kids[3 0 R]/Count 1>>endobj\n"
+        b"3 0 obj<</Type/Page/Parent 2 0 R/MediaBox[0 0 200 200]>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n"
+    )
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("notes.txt", "warm-up " * 100)
@@ -154,15 +158,21 @@ class ScanPool:
     waits behind a model or rules load.
     """
 
-    LOAD_TIMEOUT = 300.0      # seconds a new worker may take to load rules and model
-    RESPAWN_DELAY = 5.0       # seconds between attempts to start a replacement worker
+    LOAD_TIMEOUT = 300.0  # seconds a new worker may take to load rules and model
+    RESPAWN_DELAY = 5.0  # seconds between attempts to start a replacement worker
     # Imported once in the forkserver, so each new worker (start, replacement, reload) skips
     # seconds of imports (scikit-learn alone: 1-5 s) and only loads rules and model.
-    PRELOAD = ("mailward.pipeline", "mailward.signatures", "mailward.models.spam", "mailward.reputation",
-               "sklearn.naive_bayes")
+    PRELOAD = (
+        "mailward.pipeline",
+        "mailward.signatures",
+        "mailward.models.spam",
+        "mailward.reputation",
+        "sklearn.naive_bayes",
+    )
 
-    def __init__(self, settings: Settings, size: int, start_method: str = "forkserver",
-                 client_share: int | None = None):
+    def __init__(
+        self, settings: Settings, size: int, start_method: str = "forkserver", client_share: int | None = None
+    ):
         if size < 1:
             raise ValueError("a scan pool needs at least one worker")
         self._ctx = cast("ForkServerContext | SpawnContext | ForkContext", multiprocessing.get_context(start_method))
@@ -175,15 +185,14 @@ class ScanPool:
         self._lock = threading.Lock()
         self._returned = threading.Condition(self._lock)
         self._idle: list[_Worker] = []
-        self._lanes: dict[str, deque[_Ticket]] = {}     # waiting scans per client; dict order is the turn
-        self._busy: Counter[str] = Counter()              # scans in flight per client
+        self._lanes: dict[str, deque[_Ticket]] = {}  # waiting scans per client; dict order is the turn
+        self._busy: Counter[str] = Counter()  # scans in flight per client
         self._closed = False
         self._idle.extend(self._start_loaded(settings, 0))
 
     def _spawn(self, settings: Settings, generation: int) -> _Worker:
         parent, child = self._ctx.Pipe()
-        process = self._ctx.Process(target=_worker_main, args=(child, settings),
-                                    name="mailward-scan", daemon=True)
+        process = self._ctx.Process(target=_worker_main, args=(child, settings), name="mailward-scan", daemon=True)
         process.start()
         child.close()
         return _Worker(process, parent, generation)
@@ -206,7 +215,7 @@ class ScanPool:
             for _ in range(self._size):
                 workers.append(self._spawn(settings, generation))
             failures = [failure for failure in map(self._loaded, workers) if failure]
-        except OSError as exc:          # no process could be started (forkserver gone, no memory)
+        except OSError as exc:  # no process could be started (forkserver gone, no memory)
             failures = [f"could not start: {exc}"]
         if failures:
             for worker in workers:
@@ -249,14 +258,14 @@ class ScanPool:
             try:
                 worker = self._spawn(settings, generation)
                 break
-            except OSError:             # retried: a pool that only shrinks would end in deadline verdicts
+            except OSError:  # retried: a pool that only shrinks would end in deadline verdicts
                 log.exception("could not start a replacement scanning process; retrying")
                 time.sleep(self.RESPAWN_DELAY)
                 with self._lock:
                     if self._closed or generation != self._generation:
                         return
         failure = self._loaded(worker)
-        if failure:     # it answers every scan with an error: on_error applies, nothing passes unchecked
+        if failure:  # it answers every scan with an error: on_error applies, nothing passes unchecked
             log.error("replacement scanning process could not load: %s", failure)
         with self._lock:
             kept = self._keep_idle(worker)
@@ -329,7 +338,7 @@ class ScanPool:
                 if not lane:
                     self._lanes.pop(client, None)
                 return None
-        self._release(ticket, broken=False)             # granted just as the wait timed out: give it back
+        self._release(ticket, broken=False)  # granted just as the wait timed out: give it back
         return None
 
     def _dispatch(self) -> None:
@@ -339,9 +348,9 @@ class ScanPool:
                 if self._busy[client] < self._share:
                     break
             else:
-                return                              # every waiting client already holds its share
+                return  # every waiting client already holds its share
             ticket = lane.popleft()
-            del self._lanes[client]                 # to the back of the turn order
+            del self._lanes[client]  # to the back of the turn order
             if lane:
                 self._lanes[client] = lane
             self._busy[client] += 1
@@ -358,8 +367,12 @@ class ScanPool:
                 self._returned.notify_all()
             healthy = not broken and worker.process.is_alive()
             if not healthy and not self._closed and worker.generation == self._generation:
-                threading.Thread(target=self._replace, args=(self._settings, self._generation),
-                                 name="mailward-scan-replace", daemon=True).start()
+                threading.Thread(
+                    target=self._replace,
+                    args=(self._settings, self._generation),
+                    name="mailward-scan-replace",
+                    daemon=True,
+                ).start()
             kept = healthy and self._keep_idle(worker)
         if not kept:
             worker.stop()
@@ -369,7 +382,7 @@ class ScanPool:
         with self._lock:
             self._closed = True
             for ticket in (t for lane in self._lanes.values() for t in lane):
-                ticket.granted.set()            # wakes waiters; they find no worker and give up
+                ticket.granted.set()  # wakes waiters; they find no worker and give up
             self._lanes.clear()
             self._returned.wait_for(lambda: not self._busy, timeout=10)
             idle, self._idle = self._idle, []

@@ -19,9 +19,11 @@ class MilterProcess:
 
     def start(self, timeout: float = 60.0) -> None:
         self.socket_path.unlink(missing_ok=True)
-        self.proc = subprocess.Popen([*self.prefix, sys.executable, "-m", "mailward.milter.daemon",
-                                      "--config", str(self.config)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [*self.prefix, sys.executable, "-m", "mailward.milter.daemon", "--config", str(self.config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -47,7 +49,7 @@ class MilterProcess:
                 self.proc.kill()
                 return self.proc.wait()
         finally:
-            self.proc.stdout.close()        # the pipe is ours to close, exited or not
+            self.proc.stdout.close()  # the pipe is ours to close, exited or not
 
     def events(self) -> list[dict]:
         """The per-message summary events from the JSON log."""

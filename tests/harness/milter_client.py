@@ -15,12 +15,11 @@ from email.parser import BytesHeaderParser
 # Protocol flags (libmilter mfapi.h): commands the milter skips or leaves unanswered.
 NOCONNECT, NOHELO, NOMAIL, NORCPT, NOBODY, NOHDRS, NOEOH = 0x1, 0x2, 0x4, 0x8, 0x10, 0x20, 0x40
 NR_HDR, NODATA = 0x80, 0x200
-NR_CONN, NR_HELO, NR_MAIL, NR_RCPT, NR_DATA, NR_EOH, NR_BODY = 0x1000, 0x2000, 0x4000, 0x8000, 0x10000, 0x40000, \
-    0x80000
+NR_CONN, NR_HELO, NR_MAIL, NR_RCPT, NR_DATA, NR_EOH, NR_BODY = 0x1000, 0x2000, 0x4000, 0x8000, 0x10000, 0x40000, 0x80000
 HDR_LEADSPC = 0x100000
 ALL_PROTOCOL = 0x1FFFFF
 ALL_ACTIONS = 0x1FF
-FINAL = set(b"acdrty")           # accept, continue, discard, reject, tempfail, reply code
+FINAL = set(b"acdrty")  # accept, continue, discard, reject, tempfail, reply code
 CHUNK = 65535
 
 
@@ -97,9 +96,13 @@ class MilterSession:
     def helo(self, name: str = "client.example.org") -> bytes:
         return self._command(b"H", name.encode() + b"\0", NR_HELO)
 
-    def message(self, raw: bytes, mail_from: str = "sender@example.org",
-                recipients: tuple[str, ...] = ("user@example.test",),
-                queue_id: str = "4ABCDEF") -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    def message(
+        self,
+        raw: bytes,
+        mail_from: str = "sender@example.org",
+        recipients: tuple[str, ...] = ("user@example.test",),
+        queue_id: str = "4ABCDEF",
+    ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
         """One transaction; (final reply code, modification packets such as added headers)."""
         if not self.protocol & NOMAIL:
             self._command(b"M", f"<{mail_from}>".encode() + b"\0", NR_MAIL, {"i": queue_id})
@@ -121,7 +124,7 @@ class MilterSession:
         body = body.replace(b"\n", b"\r\n")
         if not self.protocol & NOBODY:
             for start in range(0, len(body), CHUNK):
-                self._command(b"B", body[start:start + CHUNK], NR_BODY)
+                self._command(b"B", body[start : start + CHUNK], NR_BODY)
         self._send(b"D", b"Ei\0" + queue_id.encode() + b"\0")
         self._send(b"E")
         changes: list[tuple[bytes, bytes]] = []

@@ -99,8 +99,11 @@ minimal_backoff_time = 1s
 """)
         pf._postconf("-MX", "smtp/inet")
         pf._postconf("-M", f"127.0.0.1:{pf.smtp_port}/inet=127.0.0.1:{pf.smtp_port} inet n - n - - smtpd")
-        pf._postconf("-M", f"127.0.0.1:{pf.submission_port}/inet=127.0.0.1:{pf.submission_port} inet n - n - - smtpd"
-                            " -o syslog_name=postfix/submission -o milter_macro_daemon_name=ORIGINATING")
+        pf._postconf(
+            "-M",
+            f"127.0.0.1:{pf.submission_port}/inet=127.0.0.1:{pf.submission_port} inet n - n - - smtpd"
+            " -o syslog_name=postfix/submission -o milter_macro_daemon_name=ORIGINATING",
+        )
         pf._postconf("-F", "*/*/chroot = n")
         return pf
 
@@ -136,8 +139,13 @@ minimal_backoff_time = 1s
             return ""
 
     # --- sending and observing -----------------------------------------
-    def send(self, raw: bytes, mail_from: str = "sender@example.org", rcpts: tuple[str, ...] = ("user@example.test",),
-             port: int | None = None) -> tuple[int, str]:
+    def send(
+        self,
+        raw: bytes,
+        mail_from: str = "sender@example.org",
+        rcpts: tuple[str, ...] = ("user@example.test",),
+        port: int | None = None,
+    ) -> tuple[int, str]:
         """Send over SMTP; returns the final (code, text) of the DATA phase or the failing command."""
         with smtplib.SMTP("127.0.0.1", port or self.smtp_port, timeout=60) as smtp:
             smtp.ehlo("client.example.org")

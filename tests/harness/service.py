@@ -20,8 +20,11 @@ def ensure_service_user(name: str = SERVICE_USER) -> tuple[pwd.struct_passwd, bo
     try:
         return pwd.getpwnam(name), False
     except KeyError:
-        subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin",
-                        name], check=True, capture_output=True)
+        subprocess.run(
+            ["useradd", "--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+            check=True,
+            capture_output=True,
+        )
         return pwd.getpwnam(name), True
 
 
@@ -51,8 +54,12 @@ def interpreter_reachable(base: Path) -> tuple[str, ...]:
 
 def run_cli(prefix: tuple[str, ...], config: Path, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
     """`mailward` as its own root process (a privilege drop must never happen inside the test process)."""
-    done = subprocess.run([*prefix, sys.executable, "-m", "mailward.cli.main", "--config", str(config), *argv],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [*prefix, sys.executable, "-m", "mailward.cli.main", "--config", str(config), *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if check:
         assert done.returncode == 0, f"mailward {' '.join(argv)}: {done.stderr[-2000:]}"
     return done

@@ -9,9 +9,13 @@ EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 
 
-def message(body: str = "Hello,\n\nthe minutes of today's meeting are below.\n\nRegards,\nAnna\n",
-            subject: str = "Meeting minutes", sender: str = "anna@example.org", to: str = "user@example.test",
-            attachments: tuple[tuple[str, bytes, str], ...] = ()) -> tuple[str, bytes]:
+def message(
+    body: str = "Hello,\n\nthe minutes of today's meeting are below.\n\nRegards,\nAnna\n",
+    subject: str = "Meeting minutes",
+    sender: str = "anna@example.org",
+    to: str = "user@example.test",
+    attachments: tuple[tuple[str, bytes, str], ...] = (),
+) -> tuple[str, bytes]:
     """Return (Message-ID, raw bytes with CRLF line ends)."""
     msg = EmailMessage()
     message_id = f"<{uuid.uuid4().hex}@example.org>"

@@ -28,8 +28,17 @@ from mailward.runtime import LiveRuntime, Runtime, build_runtime
 from mailward.source import MessageSource
 
 # TestCtx treats a NOREPLY answer as a rejection: the milter is offered none of these protocol bits.
-NO_REPLY_BITS = (Milter.P_NR_CONN | Milter.P_NR_HELO | Milter.P_NR_MAIL | Milter.P_NR_RCPT | Milter.P_NR_DATA
-                 | Milter.P_NR_UNKN | Milter.P_NR_EOH | Milter.P_NR_BODY | Milter.P_NR_HDR)
+NO_REPLY_BITS = (
+    Milter.P_NR_CONN
+    | Milter.P_NR_HELO
+    | Milter.P_NR_MAIL
+    | Milter.P_NR_RCPT
+    | Milter.P_NR_DATA
+    | Milter.P_NR_UNKN
+    | Milter.P_NR_EOH
+    | Milter.P_NR_BODY
+    | Milter.P_NR_HDR
+)
 QUEUE_ID = "4ABCDE1234"
 
 
@@ -58,10 +67,17 @@ def milter_runtime() -> Iterator[MakeRuntime]:
     """``make(tmp_path, toml="", *, scan=None, metrics=None, clock=time.time)``: a runtime, closed after the test."""
     built: list[Runtime] = []
 
-    def make(tmp_path: Path, toml: str = "", *, scan: Callable[[MessageSource, Envelope], Evidence] | None = None,
-             metrics: Metrics | None = None, clock: Callable[[], float] = time.time) -> Runtime:
-        runtime = build_runtime(settings_for(tmp_path, toml), scanner=ScanWith(scan) if scan else None,
-                                metrics=metrics, clock=clock)
+    def make(
+        tmp_path: Path,
+        toml: str = "",
+        *,
+        scan: Callable[[MessageSource, Envelope], Evidence] | None = None,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> Runtime:
+        runtime = build_runtime(
+            settings_for(tmp_path, toml), scanner=ScanWith(scan) if scan else None, metrics=metrics, clock=clock
+        )
         built.append(runtime)
         return runtime
 

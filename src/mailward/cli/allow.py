@@ -51,12 +51,15 @@ def line(entry: SenderEntry) -> str:
     """One entry for a terminal (every stored text escaped)."""
     when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(entry.created_at))
     scope = entry.scope or "(everyone)"
-    return (f"{entry.listed.value:5} {neutralise(entry.sender):32} for {neutralise(scope):28} {when} by "
-            f"{neutralise(entry.created_by)}\n{'':5} reason: {neutralise(entry.reason)}")
+    return (
+        f"{entry.listed.value:5} {neutralise(entry.sender):32} for {neutralise(scope):28} {when} by "
+        f"{neutralise(entry.created_by)}\n{'':5} reason: {neutralise(entry.reason)}"
+    )
 
 
-def add_entry(listed: Listed, sender: str, scope: str, reason: str, analyst: str, settings: Settings,
-              command: str) -> int:
+def add_entry(
+    listed: Listed, sender: str, scope: str, reason: str, analyst: str, settings: Settings, command: str
+) -> int:
     """Shared by `allow add` and `block add --recipient`."""
     incidents = open_incidents(settings, actor=Actor.current(analyst))
     try:
@@ -73,13 +76,15 @@ def add_entry(listed: Listed, sender: str, scope: str, reason: str, analyst: str
     return OK
 
 
-def remove_entry(listed: Listed, sender: str, scope: str, reason: str, analyst: str, settings: Settings,
-                 command: str) -> int:
+def remove_entry(
+    listed: Listed, sender: str, scope: str, reason: str, analyst: str, settings: Settings, command: str
+) -> int:
     """Shared by `allow remove` and `block remove --recipient`: removes only an entry of that list."""
     incidents = open_incidents(settings, actor=Actor.current(analyst))
     try:
-        current = [e for e in incidents.sender_entries(scope)
-                   if e.sender == policy_subject(sender) and e.listed is listed]
+        current = [
+            e for e in incidents.sender_entries(scope) if e.sender == policy_subject(sender) and e.listed is listed
+        ]
         entry = incidents.unlist_sender(sender, scope, Actor.current(analyst), reason) if current else None
     except ValueError as exc:
         print(f"mailward {command}: {exc}", file=sys.stderr)
@@ -88,8 +93,9 @@ def remove_entry(listed: Listed, sender: str, scope: str, reason: str, analyst: 
         incidents.close()
     if entry is None:
         where = f"for {scope}" if scope else "for everyone"
-        print(f"mailward {command}: no {listed.value} entry of {neutralise(sender)} {neutralise(where)}",
-              file=sys.stderr)
+        print(
+            f"mailward {command}: no {listed.value} entry of {neutralise(sender)} {neutralise(where)}", file=sys.stderr
+        )
         return REFUSED
     print(f"removed:\n{line(entry)}")
     return OK
@@ -116,5 +122,4 @@ def _add(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _remove(args: argparse.Namespace, settings: Settings) -> int:
-    return remove_entry(Listed.ALLOW, args.sender, args.recipient, args.reason, args.analyst, settings,
-                        "allow remove")
+    return remove_entry(Listed.ALLOW, args.sender, args.recipient, args.reason, args.analyst, settings, "allow remove")

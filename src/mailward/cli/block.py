@@ -27,8 +27,10 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _KINDS = [k.value for k in SubjectKind]
 _SCOPED = (SubjectKind.SENDER.value, SubjectKind.DOMAIN.value)
-RECIPIENT_HELP = ("sender or domain only: block it for this recipient domain or address alone (its mail counts "
-                  "as certain spam for them; see `mailward allow list`) instead of refusing it for everyone")
+RECIPIENT_HELP = (
+    "sender or domain only: block it for this recipient domain or address alone (its mail counts "
+    "as certain spam for them; see `mailward allow list`) instead of refusing it for everyone"
+)
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -77,12 +79,19 @@ def _when(ts: float | None) -> str:
 
 
 def _line(block: Block) -> str:
-    state = "active" if block.active(time.time()) else f"lifted by {block.lifted_by} {_when(block.lifted_at)}" \
-        if block.lifted_by != "(expired)" else "expired"
+    state = (
+        "active"
+        if block.active(time.time())
+        else f"lifted by {block.lifted_by} {_when(block.lifted_at)}"
+        if block.lifted_by != "(expired)"
+        else "expired"
+    )
     until = "until lifted" if block.expires_at is None else f"until {_when(block.expires_at)}"
-    return (f"{block.kind.value:8} {neutralise(block.value):32} {block.origin.value:13} {block.incident_id}  "
-            f"{_when(block.created_at)} by {neutralise(block.created_by)}, {until}, {neutralise(state)}\n"
-            f"{'':8} reason: {neutralise(block.reason)}")
+    return (
+        f"{block.kind.value:8} {neutralise(block.value):32} {block.origin.value:13} {block.incident_id}  "
+        f"{_when(block.created_at)} by {neutralise(block.created_by)}, {until}, {neutralise(state)}\n"
+        f"{'':8} reason: {neutralise(block.reason)}"
+    )
 
 
 def _open(args: argparse.Namespace, settings: Settings) -> IncidentResponse:
@@ -133,7 +142,7 @@ def _add(args: argparse.Namespace, settings: Settings) -> int:
         print(f"mailward block add: {exc}", file=sys.stderr)
         return FAILED
     finally:
-        incidents.close()            # waits for the alert to go out
+        incidents.close()  # waits for the alert to go out
     if not created:
         print(f"already blocked:\n{_line(block)}", file=sys.stderr)
         return REFUSED
@@ -146,8 +155,9 @@ def _remove(args: argparse.Namespace, settings: Settings) -> int:
     if scoped is None:
         return FAILED
     if scoped:
-        return remove_entry(Listed.BLOCK, args.value, args.recipient, args.reason, args.analyst, settings,
-                            "block remove")
+        return remove_entry(
+            Listed.BLOCK, args.value, args.recipient, args.reason, args.analyst, settings, "block remove"
+        )
     actor = Actor.current(args.analyst)
     incidents = _open(args, settings)
     try:
@@ -182,6 +192,10 @@ def _history(args: argparse.Namespace, settings: Settings) -> int:
             print(json_line(entry.as_dict()))
         else:
             where = f" ({entry.origin})" if entry.origin else ""
-            print(neutralise(f"{_when(entry.at)}  {entry.action:6} {entry.kind.value} {entry.value}  "
-                             f"{entry.incident_id}  by {entry.actor}@{entry.host}{where}: {entry.detail}"))
+            print(
+                neutralise(
+                    f"{_when(entry.at)}  {entry.action:6} {entry.kind.value} {entry.value}  "
+                    f"{entry.incident_id}  by {entry.actor}@{entry.host}{where}: {entry.detail}"
+                )
+            )
     return OK

@@ -46,7 +46,7 @@ def to_toml(obj: Any, prefix: str = "") -> list[str]:
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
             tables.append((f.name, value))
-        elif isinstance(value, Mapping):          # a direction's actions: one <category>_action key each
+        elif isinstance(value, Mapping):  # a direction's actions: one <category>_action key each
             scalars += [f"{key.value}_action = {_value(action)}" for key, action in value.items()]
         elif isinstance(value, tuple) and value and isinstance(value[0], PolicyTable):
             arrays.append((f.name, value))
@@ -55,7 +55,7 @@ def to_toml(obj: Any, prefix: str = "") -> list[str]:
     lines = ([f"[{prefix}]"] if prefix and scalars else []) + scalars + ([""] if scalars else [])
     for name, value in tables:
         lines += to_toml(value, f"{prefix}.{name}" if prefix else name)
-    for name, policy_tables in arrays:            # [[policy.recipient]]: its match, then every key it resolves to
+    for name, policy_tables in arrays:  # [[policy.recipient]]: its match, then every key it resolves to
         for table in policy_tables:
             body = to_toml(table.policy, "x")[1:]
             lines += [f"[[{prefix}.{name}]]", f"match = {_value(table.match)}", *body]

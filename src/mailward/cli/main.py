@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"mailward: configuration error: {exc}", file=sys.stderr)
         return 2
-    try:   # before anything touches state (the log file included): what we create must be the milter's
+    try:  # before anything touches state (the log file included): what we create must be the milter's
         become_service_user(settings, keep_root=bool(getattr(args, "needs_root", lambda _: False)(settings)))
     except PrivilegeError as exc:
         print(f"mailward: {exc}", file=sys.stderr)

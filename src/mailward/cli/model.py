@@ -37,8 +37,9 @@ LIVE = "live"
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    m = commands.add_parser("model", help="evaluate, compare, promote and roll back spam models",
-                            description=__doc__.split("\n\n")[0])
+    m = commands.add_parser(
+        "model", help="evaluate, compare, promote and roll back spam models", description=__doc__.split("\n\n")[0]
+    )
     sub = m.add_subparsers(dest="model_command", required=True, metavar="ACTION")
 
     p = sub.add_parser("list", help="model versions in the registry, and the promotion history")
@@ -73,8 +74,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p = sub.add_parser("replay", help="online evaluation: score each message in order, then learn it")
     _set_args(p)
     p.add_argument("--bogofilter", action="store_true", help="run bogofilter through the same stream")
-    p.add_argument("--profile", choices=("site", "corpus"), default="site",
-                   help="feature profile and its tuned settings (default: site, as a site model learns)")
+    p.add_argument(
+        "--profile",
+        choices=("site", "corpus"),
+        default="site",
+        help="feature profile and its tuned settings (default: site, as a site model learns)",
+    )
     p.set_defaults(handler=_replay)
 
 
@@ -97,12 +102,24 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
     versions = registry.versions()
     history = registry.history()
     live = next((v for v in versions if v.live and not v.refused), None)
-    regime = Regime.of_training(live.training_data if live is not None else {})   # the shipped model: cold start
+    regime = Regime.of_training(live.training_data if live is not None else {})  # the shipped model: cold start
     if args.json:
-        print(json.dumps({"live": registry.live_version(), "versions": [v.__dict__ for v in versions],
-                          "regime": {"name": regime.name, "spam_floor": regime.spam_floor,
-                                     "site_ham": regime.site_ham, "site_spam": regime.site_spam},
-                          "history": [h.as_dict() for h in history]}, sort_keys=True))
+        print(
+            json.dumps(
+                {
+                    "live": registry.live_version(),
+                    "versions": [v.__dict__ for v in versions],
+                    "regime": {
+                        "name": regime.name,
+                        "spam_floor": regime.spam_floor,
+                        "site_ham": regime.site_ham,
+                        "site_spam": regime.site_spam,
+                    },
+                    "history": [h.as_dict() for h in history],
+                },
+                sort_keys=True,
+            )
+        )
         return OK
     print(f"live: {registry.live_version() or 'none'}, {regime.describe()}")
     for v in versions:
@@ -110,9 +127,11 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
             print(f"! {v.version}  {_when(v.created)}  refused: {v.refused}")
             continue
         lineage = v.training_data.get("lineage", {})
-        print(f"{'*' if v.live else ' '} {v.version}  {_when(v.created)}  classes {v.class_counts}  "
-              f"base {lineage.get('base') or '-'} ledger seq {lineage.get('seq', '-')}  "
-              f"{Regime.of_training(v.training_data).name}")
+        print(
+            f"{'*' if v.live else ' '} {v.version}  {_when(v.created)}  classes {v.class_counts}  "
+            f"base {lineage.get('base') or '-'} ledger seq {lineage.get('seq', '-')}  "
+            f"{Regime.of_training(v.training_data).name}"
+        )
     for h in history[-10:]:
         print(f"  {_when(h.at)} {h.action} {h.version} (was {h.previous or 'none'}) by {h.actor}")
     return OK
@@ -142,17 +161,28 @@ def _compare(args: argparse.Namespace, settings: Settings) -> int:
     registry = Registry.of(settings)
     candidate, live = registry.load(args.candidate), registry.live()
     thresholds = Thresholds.inbound(settings)
-    cand_scores, live_scores = score_set([candidate.scorer(), live.scorer()],
-                                         read_sets([args.set], args.split), args.jobs)
+    cand_scores, live_scores = score_set(
+        [candidate.scorer(), live.scorer()], read_sets([args.set], args.split), args.jobs
+    )
     cand, current = measure(cand_scores, thresholds, candidate.version), measure(live_scores, thresholds, live.version)
     problems = regressions(cand, current, settings.learning)
     if args.plot:
-        plot([(f"candidate {candidate.version}", cand_scores), (f"live {live.version}", live_scores)],
-             thresholds, args.plot)
+        plot(
+            [(f"candidate {candidate.version}", cand_scores), (f"live {live.version}", live_scores)],
+            thresholds,
+            args.plot,
+        )
     if args.json:
-        doc = {"n": cand.n, "auc": cand.auc, "fp_rate": cand.fp_rate, "fn_rate": cand.fn_rate,
-               "candidate": cand.as_dict(), "live": current.as_dict(), "regressions": problems,
-               "promotable": not problems}
+        doc = {
+            "n": cand.n,
+            "auc": cand.auc,
+            "fp_rate": cand.fp_rate,
+            "fn_rate": cand.fn_rate,
+            "candidate": cand.as_dict(),
+            "live": current.as_dict(),
+            "regressions": problems,
+            "promotable": not problems,
+        }
         print(json.dumps(doc, sort_keys=True))
     else:
         print(cand.render())
@@ -174,8 +204,10 @@ def _promote(args: argparse.Namespace, settings: Settings) -> int:
     evaluation_set = args.on or settings.learning.evaluation_set
     if not evaluation_set:
         if not args.force:
-            print("mailward model promote: refused: no evaluation set (--on SET or learning.evaluation_set); "
-                  "--force promotes unevaluated")
+            print(
+                "mailward model promote: refused: no evaluation set (--on SET or learning.evaluation_set); "
+                "--force promotes unevaluated"
+            )
             return REFUSED
         record = registry.promote(args.version, actor, {"forced": True, "evaluated": False})
         print(f"promoted {record.version} (was {record.previous or 'none'}), unevaluated (forced)")
@@ -191,16 +223,25 @@ def _promote(args: argparse.Namespace, settings: Settings) -> int:
     cand = measure(scored[0], thresholds, candidate.version)
     current = measure(scored[1], thresholds, live.version) if live is not None else None
     problems = regressions(cand, current, settings.learning) if current is not None else []
-    summary = {"set": evaluation_set, "candidate": _brief(cand), "live": _brief(current) if current else None,
-               "regressions": problems, "forced": bool(problems and args.force)}
-    if problems and not args.force and live is not None:      # problems come only from comparing with live
-        print(f"mailward model promote: refused {candidate.version}: worse than live {live.version} on "
-              f"{evaluation_set}: " + "; ".join(problems) + " (--force to promote anyway)")
+    summary = {
+        "set": evaluation_set,
+        "candidate": _brief(cand),
+        "live": _brief(current) if current else None,
+        "regressions": problems,
+        "forced": bool(problems and args.force),
+    }
+    if problems and not args.force and live is not None:  # problems come only from comparing with live
+        print(
+            f"mailward model promote: refused {candidate.version}: worse than live {live.version} on "
+            f"{evaluation_set}: " + "; ".join(problems) + " (--force to promote anyway)"
+        )
         return REFUSED
     record = registry.promote(candidate.version, actor, summary)
-    print(f"promoted {record.version} (was {record.previous or 'none'}): {headline(cand)}"
-          + (f"; {difference(cand, current)}" if current is not None else "")
-          + (" (forced past: " + "; ".join(problems) + ")" if problems else ""))
+    print(
+        f"promoted {record.version} (was {record.previous or 'none'}): {headline(cand)}"
+        + (f"; {difference(cand, current)}" if current is not None else "")
+        + (" (forced past: " + "; ".join(problems) + ")" if problems else "")
+    )
     return OK
 
 
@@ -229,17 +270,22 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     if args.bogofilter:
         results.append(replay_bogofilter(read_sets([args.set], args.split), total=results[0].evaluation.n))
     if args.json:
-        doc = {**results[0].as_dict(), "profile": args.profile,
-               **({"bogofilter": results[1].as_dict()} if args.bogofilter else {})}
+        doc = {
+            **results[0].as_dict(),
+            "profile": args.profile,
+            **({"bogofilter": results[1].as_dict()} if args.bogofilter else {}),
+        }
         print(json.dumps(doc, sort_keys=True))
     else:
         for r in results:
             e = r.evaluation
             name = f"{r.filter} ({args.profile} profile)" if r.filter == "mailward" else r.filter
-            print(f"{name}: {e.n} messages, cumulative (1-AUC) "
-                  f"{percent(None if e.auc is None else 1 - e.auc)}, "
-                  f"FP rate {percent(e.fp_rate)}, FN rate {percent(e.fn_rate)} "
-                  f"(spam at {e.thresholds.spam:g})")
+            print(
+                f"{name}: {e.n} messages, cumulative (1-AUC) "
+                f"{percent(None if e.auc is None else 1 - e.auc)}, "
+                f"FP rate {percent(e.fp_rate)}, FN rate {percent(e.fn_rate)} "
+                f"(spam at {e.thresholds.spam:g})"
+            )
             print("  learning curve: " + ", ".join(f"{n}: {'-' if v is None else f'{v:.4g}%'}" for n, v in r.curve))
     return OK
 

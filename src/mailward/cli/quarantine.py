@@ -65,8 +65,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p = sub.add_parser("release", help="deliver to the original recipients through the configured relay")
     p.add_argument("id")
     p.add_argument("--force", action="store_true", help="required for messages with a malware verdict")
-    p.add_argument("--reclaim", action="store_true",
-                   help="take over a release whose releaser died (only after twice the relay timeout)")
+    p.add_argument(
+        "--reclaim",
+        action="store_true",
+        help="take over a release whose releaser died (only after twice the relay timeout)",
+    )
     # With a hold queue the release deletes Postfix's held copy (postsuper): that needs root.
     p.set_defaults(handler=_release, needs_root=lambda settings: settings.quarantine.hold)
 
@@ -81,13 +84,17 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
     p = sub.add_parser("export", help="write the raw message (.eml) for sandbox analysis")
     p.add_argument("id")
-    p.add_argument("-o", "--output",
-                   help="file to create (mode 0600, never overwritten); default: standard output unless a terminal")
+    p.add_argument(
+        "-o",
+        "--output",
+        help="file to create (mode 0600, never overwritten); default: standard output unless a terminal",
+    )
     p.set_defaults(handler=_export)
 
     p = sub.add_parser("purge", help="delete records older than the retention (for cron or a systemd timer)")
-    p.add_argument("--older-than",
-                   help="age like 30d or 12h (a bare number is days; 0 purges everything); default: retention_days")
+    p.add_argument(
+        "--older-than", help="age like 30d or 12h (a bare number is days; 0 purges everything); default: retention_days"
+    )
     p.set_defaults(handler=_purge)
 
     p = sub.add_parser("history", help="the audit trail of one message")
@@ -99,7 +106,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--since", default="24h", help="period covered: an age like 24h or a date (default 24h)")
     p.add_argument("--to", action="append", default=[], help="security contact (repeatable; adds to config)")
     p.add_argument("--contacts-only", action="store_true", help="send only the security contacts' digest")
-    p.add_argument("--recipients", action="store_true", help=argparse.SUPPRESS)   # the default since 16.2
+    p.add_argument("--recipients", action="store_true", help=argparse.SUPPRESS)  # the default since 16.2
     p.add_argument("--dry-run", action="store_true", help="print the digests instead of sending them")
     p.set_defaults(handler=_digest)
 
@@ -146,13 +153,20 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
     def action(store: QuarantineStore, actor: Actor) -> int:
         now = time.time()
         filters = ListFilter(
-            direction=Direction(args.direction) if args.direction else None, action=args.verdict or "",
-            reason=args.reason or "", sender=args.sender or "", recipient=args.recipient or "",
-            subject=args.subject or "", since=parse_when(args.since, now) if args.since else None,
+            direction=Direction(args.direction) if args.direction else None,
+            action=args.verdict or "",
+            reason=args.reason or "",
+            sender=args.sender or "",
+            recipient=args.recipient or "",
+            subject=args.subject or "",
+            since=parse_when(args.since, now) if args.since else None,
             until=parse_when(args.until, now) if args.until else None,
-            status=Status(args.status) if args.status else None, limit=args.limit)
+            status=Status(args.status) if args.status else None,
+            limit=args.limit,
+        )
         _print(args, QuarantineService(settings, store).find(filters), render_list)
         return OK
+
     return _run(args, settings, action)
 
 
@@ -171,11 +185,20 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
             return _not_found(args.id)
         record, view = seen.record, seen.view
         if args.json:
-            print(json_line({**record.as_dict(), "headers": [list(h) for h in view.headers],
-                              "parts": [p.as_dict() for p in view.parts], "problem": view.problem}))
+            print(
+                json_line(
+                    {
+                        **record.as_dict(),
+                        "headers": [list(h) for h in view.headers],
+                        "parts": [p.as_dict() for p in view.parts],
+                        "problem": view.problem,
+                    }
+                )
+            )
         else:
             sys.stdout.write(render_show(record, view))
         return OK
+
     return _run(args, settings, action)
 
 
@@ -188,14 +211,17 @@ def _release(args: argparse.Namespace, settings: Settings) -> int:
             ReleaseOutcome.NOT_FOUND: f"no quarantined message {args.id}",
             ReleaseOutcome.ALREADY_RELEASED: f"{args.id} was already released",
             ReleaseOutcome.IN_PROGRESS: f"{args.id} is being released by someone else "
-                                        "(if that releaser died, retry later with --reclaim)",
+            "(if that releaser died, retry later with --reclaim)",
             ReleaseOutcome.NEEDS_FORCE: f"{args.id} has a malware verdict: release it only with --force",
         }
-        print(neutralise(messages[result.outcome]),       # recipients and the relay's reply are not ours
-              file=sys.stdout if result.outcome is ReleaseOutcome.RELEASED else sys.stderr)
+        print(
+            neutralise(messages[result.outcome]),  # recipients and the relay's reply are not ours
+            file=sys.stdout if result.outcome is ReleaseOutcome.RELEASED else sys.stderr,
+        )
         if result.outcome is ReleaseOutcome.RELEASED:
             return OK
         return FAILED if result.outcome in (ReleaseOutcome.FAILED, ReleaseOutcome.NOT_FOUND) else REFUSED
+
     return _run(args, settings, action)
 
 
@@ -209,6 +235,7 @@ def _delete(args: argparse.Namespace, settings: Settings) -> int:
             return REFUSED
         print(f"deleted {args.id}")
         return OK
+
     return _run(args, settings, action)
 
 
@@ -218,6 +245,7 @@ def _label(args: argparse.Namespace, settings: Settings) -> int:
             return _not_found(args.id)
         print(f"labelled {args.id} {args.label}")
         return OK
+
     return _run(args, settings, action)
 
 
@@ -236,8 +264,10 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
                 out.write(raw)
             where = str(Path(args.output).resolve())
         elif sys.stdout.isatty():
-            print("mailward quarantine: refusing to write a raw message to a terminal; use -o FILE or a pipe",
-                  file=sys.stderr)
+            print(
+                "mailward quarantine: refusing to write a raw message to a terminal; use -o FILE or a pipe",
+                file=sys.stderr,
+            )
             return FAILED
         else:
             sys.stdout.buffer.write(raw)
@@ -245,13 +275,14 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
             where = "standard output"
         store.record_event(args.id, "export", actor, f"{len(raw)} bytes to {where}")
         return OK
+
     return _run(args, settings, action)
 
 
 def _purge(args: argparse.Namespace, settings: Settings) -> int:
     def action(store: QuarantineStore, actor: Actor) -> int:
         if args.older_than is not None:
-            days = parse_age(args.older_than) / 86400      # 0: everything received before now
+            days = parse_age(args.older_than) / 86400  # 0: everything received before now
         elif settings.quarantine.retention_days > 0:
             days = settings.quarantine.retention_days
         else:
@@ -260,6 +291,7 @@ def _purge(args: argparse.Namespace, settings: Settings) -> int:
         purged = store.purge(days, actor)
         print(f"purged {len(purged)} message(s) older than {days:g} days")
         return OK
+
     return _run(args, settings, action)
 
 
@@ -270,6 +302,7 @@ def _history(args: argparse.Namespace, settings: Settings) -> int:
             return _not_found(args.id)
         _print(args, events, render_history)
         return OK
+
     return _run(args, settings, action)
 
 
@@ -282,8 +315,9 @@ def _digest(args: argparse.Namespace, settings: Settings) -> int:
         listed = {r.id: digests.already_listed(store.history(r.id)) for r in records}
         links = None
         if settings.web.base_url:
-            links = digests.Links(settings.web.base_url, load_release_key(link_key_path(settings)),
-                                  settings.web.link_days, now)
+            links = digests.Links(
+                settings.web.base_url, load_release_key(link_key_path(settings)), settings.web.link_days, now
+            )
         plan = digests.plan_digests(records, contacts, not args.contacts_only, listed, links)
         sender = settings.quarantine.digest_sender or digests.default_sender()
         contact = settings.quarantine.digest_recipients[0] if settings.quarantine.digest_recipients else ""
@@ -300,7 +334,10 @@ def _digest(args: argparse.Namespace, settings: Settings) -> int:
                     store.record_event(r.id, digests.NOTIFY, actor, digests.listed_detail(d.to))
         for d, error in failed:
             print(f"mailward quarantine: digest to {d.to} failed: {error}", file=sys.stderr)
-        print(f"sent {len(plan) - len(failed)} digest(s) covering {len({r.id for d in plan for r in d.records})} "
-              "message(s)")
+        print(
+            f"sent {len(plan) - len(failed)} digest(s) covering {len({r.id for d in plan for r in d.records})} "
+            "message(s)"
+        )
         return FAILED if failed else OK
+
     return _run(args, settings, action)

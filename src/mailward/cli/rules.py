@@ -11,8 +11,9 @@ from ..signatures.check import rules_check_main
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = commands.add_parser("rules", help="YARA rule management")
     sub = p.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
-    check = sub.add_parser("check", help="compile each file alone; with --benign, measure speed and false positives",
-                           add_help=False)
+    check = sub.add_parser(
+        "check", help="compile each file alone; with --benign, measure speed and false positives", add_help=False
+    )
     check.add_argument("args", nargs=argparse.REMAINDER, help="DIR [--benign DIR] [--min-speed MB/S] [--json]")
     check.set_defaults(handler=run_check)
 

@@ -24,8 +24,11 @@ from ..verdict import Outcome
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = commands.add_parser("scan", help="scan .eml files or directories as the milter would")
     p.add_argument("paths", nargs="+", metavar="PATH")
-    p.add_argument("--direction", choices=[d.value for d in Direction],
-                   help="default: decided from --client-ip and the configured internal networks")
+    p.add_argument(
+        "--direction",
+        choices=[d.value for d in Direction],
+        help="default: decided from --client-ip and the configured internal networks",
+    )
     p.add_argument("--client-ip", default="", help="the connecting client's address to assume")
     p.add_argument("--json", action="store_true", help="one JSON object per message")
     p.set_defaults(handler=run)
@@ -47,8 +50,9 @@ def report(path: Path, outcome: Outcome) -> dict[str, Any]:
         "action": verdict.action.value,
         "reasons": list(verdict.reasons),
         "spam_score": evidence.spam_score,
-        "clues": [{"token": c.token, "weight": round(c.weight, 4)}
-                  for c in (evidence.spam.clues if evidence.spam else ())],
+        "clues": [
+            {"token": c.token, "weight": round(c.weight, 4)} for c in (evidence.spam.clues if evidence.spam else ())
+        ],
         "findings": [f.as_dict() for f in evidence.findings],
         "direction": outcome.envelope.direction.value,
         "incident_id": verdict.incident_id,
@@ -78,9 +82,11 @@ def _scan_files(args: argparse.Namespace, runtime: Runtime) -> int:
         direction = Direction(args.direction) if args.direction else rules.classify(envelope)
         try:
             outcome = screener.screen(MessageSource.of(raw), envelope.with_direction(direction))
-        except Exception as exc:   # one file the pipeline cannot handle must not hide the rest
-            print(f"mailward scan: {neutralise(str(path))}: scan failed: {neutralise(f'{type(exc).__name__}: {exc}')}",
-                  file=sys.stderr)
+        except Exception as exc:  # one file the pipeline cannot handle must not hide the rest
+            print(
+                f"mailward scan: {neutralise(str(path))}: scan failed: {neutralise(f'{type(exc).__name__}: {exc}')}",
+                file=sys.stderr,
+            )
             failed += 1
             continue
         doc = report(path, outcome)

@@ -32,27 +32,37 @@ if TYPE_CHECKING:
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = commands.add_parser("train", help="record labelled mail and train a candidate spam model",
-                            description=__doc__.split("\n\n")[0])
+    p = commands.add_parser(
+        "train", help="record labelled mail and train a candidate spam model", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("sets", nargs="+", metavar="SET", help="labelled sets, or the single word 'update'")
-    p.add_argument("--update", action="store_true",
-                   help="learn only the new labels on top of the live model instead of rebuilding")
-    p.add_argument("--rebuild", action="store_true",
-                   help="with 'update': recompute from the base model and all current labels")
+    p.add_argument(
+        "--update", action="store_true", help="learn only the new labels on top of the live model instead of rebuilding"
+    )
+    p.add_argument(
+        "--rebuild", action="store_true", help="with 'update': recompute from the base model and all current labels"
+    )
     p.add_argument("--from", dest="start", metavar="VERSION", help="update this version instead of the live one")
     p.add_argument("--record-only", action="store_true", help="only record the labels in the ledger")
-    p.add_argument("--autolearn", action="store_true",
-                   help="the sets are unlabelled: record what the live model is very sure about "
-                        "(learning.autolearn_*), then update")
+    p.add_argument(
+        "--autolearn",
+        action="store_true",
+        help="the sets are unlabelled: record what the live model is very sure about "
+        "(learning.autolearn_*), then update",
+    )
     p.add_argument("--no-quarantine", action="store_true", help="with 'update': do not import quarantine labels")
     p.add_argument("--split", default="", help="rows of this split only, for lists with a split column")
     p.add_argument("--source", default="", help="what the ledger records as the labels' source (default: path)")
     p.add_argument("--analyst", default="", help="who labelled (default: the OS user)")
     p.add_argument("--jobs", type=int, default=1, help="tokenizing processes")
-    p.add_argument("--profile", choices=("site", "corpus"), default=None,
-                   help="feature profile of a new model: 'site' (default; all headers, for the site's own mail) "
-                        "or 'corpus' (header allow-list, as the shipped model). An update keeps its model's "
-                        "profile unless this names another (or --autolearn: site); then it rebuilds")
+    p.add_argument(
+        "--profile",
+        choices=("site", "corpus"),
+        default=None,
+        help="feature profile of a new model: 'site' (default; all headers, for the site's own mail) "
+        "or 'corpus' (header allow-list, as the shipped model). An update keeps its model's "
+        "profile unless this names another (or --autolearn: site); then it rebuilds",
+    )
     p.add_argument("--json", action="store_true", help="print the outcome as JSON")
     p.set_defaults(handler=run)
 
@@ -66,7 +76,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     registry = Registry.of(settings)
     ledger_file = ledger_path(settings)
-    if ledger_file.exists():        # its labels and mail become the model: the model files' ownership rule
+    if ledger_file.exists():  # its labels and mail become the model: the model files' ownership rule
         TrustedOwners.of(settings.milter.user).require(ledger_file)
     with Ledger(ledger_file) as ledger:
         report: dict[str, Any] = {}
@@ -82,8 +92,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 from ..training.autolearn import autolearn
 
                 live = registry.live().scorer()
-                recorded = autolearn(ledger, read_sets(args.sets, args.split, labelled=False), live,
-                                     settings.learning, args.jobs)
+                recorded = autolearn(
+                    ledger, read_sets(args.sets, args.split, labelled=False), live, settings.learning, args.jobs
+                )
             else:
                 analyst = Actor.current(args.analyst).name
                 recorded = record(ledger, progress(read_sets(args.sets, args.split), "reading"), analyst, args.source)
@@ -140,11 +151,19 @@ def _report(result: UpdateResult, registry: AnyRegistry) -> dict[str, Any]:
     if result.model is None:
         return {"candidate": None, "summary": "nothing new to learn; no candidate model"}
     model = result.model
-    how = "rebuilt from all current labels" if result.rebuilt else \
-        f"{result.learned} learned, {result.relabelled} relabelled"
-    return {"candidate": model.version, "learned": result.learned, "relabelled": result.relabelled,
-            "rebuilt": result.rebuilt, "class_counts": model.class_counts,
-            "lineage": model.training_data["lineage"],
-            "summary": f"candidate {model.version} ({how}; classes {model.class_counts}) saved in "
-                       f"{registry.versions_dir}; not live: compare with `mailward model compare "
-                       f"{model.version} SET`, then `mailward model promote {model.version}`"}
+    how = (
+        "rebuilt from all current labels"
+        if result.rebuilt
+        else f"{result.learned} learned, {result.relabelled} relabelled"
+    )
+    return {
+        "candidate": model.version,
+        "learned": result.learned,
+        "relabelled": result.relabelled,
+        "rebuilt": result.rebuilt,
+        "class_counts": model.class_counts,
+        "lineage": model.training_data["lineage"],
+        "summary": f"candidate {model.version} ({how}; classes {model.class_counts}) saved in "
+        f"{registry.versions_dir}; not live: compare with `mailward model compare "
+        f"{model.version} SET`, then `mailward model promote {model.version}`",
+    }

@@ -30,8 +30,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     incidents = open_incidents(settings)
-    follower = LogFollower(args.log or settings.incidents.auth_log,
-                           offset=0 if args.from_start or args.once else None)
+    follower = LogFollower(args.log or settings.incidents.auth_log, offset=0 if args.from_start or args.once else None)
     try:
         watch(follower, incidents.failed_login, stop, until_eof=args.once)
     finally:

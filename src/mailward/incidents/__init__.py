@@ -23,9 +23,25 @@ from .records import AuditEntry, Block, Origin, SenderEntry, SubjectKind, Totals
 from .response import IncidentResponse, MetricsSink, block_finding
 from .store import DB_NAME, IncidentStore, IncidentStoreError
 
-__all__ = ["Alert", "AlertDispatcher", "AlertKind", "AuditEntry", "Block", "Delivery", "IncidentResponse",
-           "IncidentStore", "IncidentStoreError", "Origin", "SenderEntry", "SubjectKind", "Totals", "block_finding",
-           "normalise", "open_incidents", "open_store"]
+__all__ = [
+    "Alert",
+    "AlertDispatcher",
+    "AlertKind",
+    "AuditEntry",
+    "Block",
+    "Delivery",
+    "IncidentResponse",
+    "IncidentStore",
+    "IncidentStoreError",
+    "Origin",
+    "SenderEntry",
+    "SubjectKind",
+    "Totals",
+    "block_finding",
+    "normalise",
+    "open_incidents",
+    "open_store",
+]
 
 
 def open_store(settings: Settings, clock: Callable[[], float] = time.time) -> IncidentStore:
@@ -39,15 +55,27 @@ def open_store(settings: Settings, clock: Callable[[], float] = time.time) -> In
     return SqliteIncidentStore(Path(settings.state_dir) / DB_NAME, clock, settings.quarantine.write_timeout)
 
 
-def open_incidents(settings: Settings, metrics: MetricsSink | None = None, clock: Callable[[], float] = time.time,
-                   actor: Actor | None = None) -> IncidentResponse:
+def open_incidents(
+    settings: Settings,
+    metrics: MetricsSink | None = None,
+    clock: Callable[[], float] = time.time,
+    actor: Actor | None = None,
+) -> IncidentResponse:
     """The configured store and alert channels, ready for the milter or the CLI."""
-    alerts = AlertDispatcher(channels_from_settings(settings), settings.alerts.dedup_window,
-                             settings.alerts.rate_limit, settings.alerts.rate_period, clock,
-                             metrics.alert if metrics is not None else None)
+    alerts = AlertDispatcher(
+        channels_from_settings(settings),
+        settings.alerts.dedup_window,
+        settings.alerts.rate_limit,
+        settings.alerts.rate_period,
+        clock,
+        metrics.alert if metrics is not None else None,
+    )
     store = open_store(settings, clock)
-    notices = VirusNotices(settings, clock) if (settings.policy.inbound.notify_virus
-                                                or settings.policy.outbound.notify_virus) else None
+    notices = (
+        VirusNotices(settings, clock)
+        if (settings.policy.inbound.notify_virus or settings.policy.outbound.notify_virus)
+        else None
+    )
     try:
         return IncidentResponse(settings, store, alerts, metrics, clock, actor, notices)
     except BaseException:

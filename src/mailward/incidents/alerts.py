@@ -37,12 +37,12 @@ log = logging.getLogger(__name__)
 
 
 class AlertKind(str, Enum):
-    MALWARE = "malware"              # a message carried malware (either direction)
-    SUSPENSION = "suspension"        # an account or host was suspended by the counters
-    BLOCK = "block"                  # an address was blocked (failed logins) or an analyst blocked something
-    STORE_ERROR = "store-error"      # the quarantine could not keep a message (it was tempfailed)
-    VIRUS_NOTICE = "virus-notice"    # a short notice to the admin and the sending account (notices.py)
-    MODEL = "model"                  # the spam model on disk could not be loaded; the last good one stays
+    MALWARE = "malware"  # a message carried malware (either direction)
+    SUSPENSION = "suspension"  # an account or host was suspended by the counters
+    BLOCK = "block"  # an address was blocked (failed logins) or an analyst blocked something
+    STORE_ERROR = "store-error"  # the quarantine could not keep a message (it was tempfailed)
+    VIRUS_NOTICE = "virus-notice"  # a short notice to the admin and the sending account (notices.py)
+    MODEL = "model"  # the spam model on disk could not be loaded; the last good one stays
 
 
 class Delivery(str, Enum):
@@ -57,12 +57,12 @@ class Delivery(str, Enum):
 class Alert:
     kind: AlertKind
     incident_id: str
-    summary: str                     # one line for a human
-    subject: str = ""                # "account alice", "address 203.0.113.5", "sender x@example.org"
-    severity: str = "high"           # ECS-style: low | medium | high | critical
+    summary: str  # one line for a human
+    subject: str = ""  # "account alice", "address 203.0.113.5", "sender x@example.org"
+    severity: str = "high"  # ECS-style: low | medium | high | critical
     details: tuple[tuple[str, str], ...] = ()
-    remedy: str = ""                 # the command that undoes or follows up, for the analyst
-    dedup_key: str = ""              # default: kind + subject
+    remedy: str = ""  # the command that undoes or follows up, for the analyst
+    dedup_key: str = ""  # default: kind + subject
     at: float = field(default_factory=time.time)
     host: str = field(default_factory=socket.gethostname)
 
@@ -71,25 +71,43 @@ class Alert:
         return self.dedup_key or f"{self.kind.value}:{self.subject}"
 
     def as_dict(self, suppressed: int = 0) -> dict[str, object]:
-        doc: dict[str, object] = {"source": "mailward", "kind": self.kind.value, "incident_id": self.incident_id,
-               "severity": self.severity, "summary": self.summary, "subject": self.subject,
-               "details": dict(self.details), "remedy": self.remedy, "host": self.host,
-               "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.at))}
+        doc: dict[str, object] = {
+            "source": "mailward",
+            "kind": self.kind.value,
+            "incident_id": self.incident_id,
+            "severity": self.severity,
+            "summary": self.summary,
+            "subject": self.subject,
+            "details": dict(self.details),
+            "remedy": self.remedy,
+            "host": self.host,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.at)),
+        }
         if suppressed:
             doc["suppressed_since_last"] = suppressed
         return doc
 
     def text(self, suppressed: int = 0) -> str:
-        lines = [self.summary, "", f"Incident: {self.incident_id}", f"Kind:     {self.kind.value}",
-                 f"Severity: {self.severity}", f"Host:     {self.host}", f"Time:     {self.as_dict()['time']}"]
+        lines = [
+            self.summary,
+            "",
+            f"Incident: {self.incident_id}",
+            f"Kind:     {self.kind.value}",
+            f"Severity: {self.severity}",
+            f"Host:     {self.host}",
+            f"Time:     {self.as_dict()['time']}",
+        ]
         if self.subject:
             lines.append(f"Subject:  {self.subject}")
         lines += [f"{name}: {value}" for name, value in self.details]
         if self.remedy:
             lines += ["", f"To act: {self.remedy}"]
         if suppressed:
-            lines += ["", f"{suppressed} further alert(s) were held back by the rate limit or as duplicates; "
-                          "see the Mailward log."]
+            lines += [
+                "",
+                f"{suppressed} further alert(s) were held back by the rate limit or as duplicates; "
+                "see the Mailward log.",
+            ]
         return "\n".join(lines) + "\n"
 
 
@@ -108,12 +126,15 @@ class WebhookChannel:
 
     def send(self, alert: Alert, suppressed: int) -> None:
         body = json.dumps(alert.as_dict(suppressed)).encode()
-        request = urllib.request.Request(self.url, data=body, method="POST",
-                                         headers={"Content-Type": "application/json",
-                                                  "User-Agent": "mailward-alerts"})
+        request = urllib.request.Request(
+            self.url,
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/json", "User-Agent": "mailward-alerts"},
+        )
         if self._token:
             request.add_header("Authorization", f"Bearer {self._token}")
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:   # non-2xx raises HTTPError
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:  # non-2xx raises HTTPError
             response.read()
 
 
@@ -129,8 +150,9 @@ class EmailChannel:
 
     name = "email"
 
-    def __init__(self, host: str, port: int, sender: str, recipients: tuple[str, ...], timeout: float = 30.0,
-                 key: bytes = b""):
+    def __init__(
+        self, host: str, port: int, sender: str, recipients: tuple[str, ...], timeout: float = 30.0, key: bytes = b""
+    ):
         self.host, self.port, self.sender, self.recipients, self.timeout = host, port, sender, recipients, timeout
         self._key = key
 
@@ -148,16 +170,27 @@ class EmailChannel:
         msg.set_content(alert.text(suppressed))
         data = msg.as_bytes(policy=SMTP)
         if self._key:
-            data = marked(data, ALERT_HEADER,
-                          alert_mark(self._key, alert.incident_id, message_body(data), self.recipients, time.time()))
+            data = marked(
+                data,
+                ALERT_HEADER,
+                alert_mark(self._key, alert.incident_id, message_body(data), self.recipients, time.time()),
+            )
         options = ["SMTPUTF8"] if any(not a.isascii() for a in (self.sender, *self.recipients)) else []
         with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
             smtp.sendmail(self.sender, list(self.recipients), data, mail_options=options)
 
 
-_FACILITIES = {"kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "authpriv": 10,
-               **{f"local{i}": 16 + i for i in range(8)}}
-_SEVERITY = {"low": 5, "medium": 4, "high": 3, "critical": 2}     # notice, warning, err, crit
+_FACILITIES = {
+    "kern": 0,
+    "user": 1,
+    "mail": 2,
+    "daemon": 3,
+    "auth": 4,
+    "syslog": 5,
+    "authpriv": 10,
+    **{f"local{i}": 16 + i for i in range(8)},
+}
+_SEVERITY = {"low": 5, "medium": 4, "high": 3, "critical": 2}  # notice, warning, err, crit
 
 
 class SyslogChannel:
@@ -173,28 +206,37 @@ class SyslogChannel:
     def send(self, alert: Alert, suppressed: int) -> None:
         priority = self.facility * 8 + _SEVERITY.get(alert.severity, 4)
         extra = f" suppressed={suppressed}" if suppressed else ""
-        text = (f"<{priority}>mailward[{os.getpid()}]: incident={alert.incident_id} kind={alert.kind.value} "
-                f"subject=\"{alert.subject}\"{extra} {alert.summary}")
+        text = (
+            f"<{priority}>mailward[{os.getpid()}]: incident={alert.incident_id} kind={alert.kind.value} "
+            f'subject="{alert.subject}"{extra} {alert.summary}'
+        )
         data = text.encode("utf-8", "replace")[:2048]
         if self.address.startswith("udp:"):
             host, _, port = self.address[4:].rpartition(":")
-            with socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET,
-                               socket.SOCK_DGRAM) as sock:
+            with socket.socket(
+                socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET, socket.SOCK_DGRAM
+            ) as sock:
                 sock.sendto(data, (host.strip("[]"), int(port)))
         else:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
                 sock.sendto(data, self.address)
 
 
-Observer = Callable[[str, str, str], None]   # (what, label, result) for metrics
+Observer = Callable[[str, str, str], None]  # (what, label, result) for metrics
 
 
 class AlertDispatcher:
     """Queues alerts for the channels, after de-duplication and the rate limit."""
 
-    def __init__(self, channels: list[Channel], dedup_window: float = 3600.0, rate_limit: int = 30,
-                 rate_period: float = 600.0, clock: Callable[[], float] = time.time,
-                 observe: Observer | None = None):
+    def __init__(
+        self,
+        channels: list[Channel],
+        dedup_window: float = 3600.0,
+        rate_limit: int = 30,
+        rate_period: float = 600.0,
+        clock: Callable[[], float] = time.time,
+        observe: Observer | None = None,
+    ):
         self.channels = list(channels)
         self._dedup_window, self._rate_limit, self._rate_period = dedup_window, rate_limit, rate_period
         self._clock = clock
@@ -225,8 +267,7 @@ class AlertDispatcher:
                 suppressed, self._suppressed = self._suppressed, 0
             else:
                 self._suppressed += 1
-        log.warning("alert %s: %s", alert.kind.value, alert.summary,
-                    extra={"event": _alert_event(alert, delivery)})
+        log.warning("alert %s: %s", alert.kind.value, alert.summary, extra={"event": _alert_event(alert, delivery)})
         self._observe("alert", alert.kind.value, delivery.value)
         if delivery is Delivery.QUEUED and self.channels:
             self._start()
@@ -247,7 +288,7 @@ class AlertDispatcher:
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join(timeout)
-            self._thread = None       # an alert raised later (a straggling connection) starts a new one
+            self._thread = None  # an alert raised later (a straggling connection) starts a new one
 
     def _start(self) -> None:
         with self._lock:
@@ -268,21 +309,36 @@ class AlertDispatcher:
                         self._observe("delivery", channel.name, "sent")
                     except Exception as exc:
                         # The type only: messages of HTTP or SMTP errors may echo URLs with tokens.
-                        log.error("alert %s could not be sent by %s: %s", alert.incident_id, channel.name,
-                                  type(exc).__name__)
+                        log.error(
+                            "alert %s could not be sent by %s: %s", alert.incident_id, channel.name, type(exc).__name__
+                        )
                         self._observe("delivery", channel.name, "failed")
             finally:
                 self._queue.task_done()
 
 
 def _alert_event(alert: Alert, delivery: Delivery) -> dict[str, object]:
-    return {"event": {"kind": "alert", "category": ["intrusion_detection"], "type": ["info"],
-                      "action": f"alert-{alert.kind.value}", "id": alert.incident_id,
-                      "severity": {"low": 21, "medium": 47, "high": 73, "critical": 99}.get(alert.severity, 47)},
-            "mailward": {"incident_id": alert.incident_id,
-                         "alert": {"kind": alert.kind.value, "subject": alert.subject, "summary": alert.summary,
-                                   "delivery": delivery.value, "details": dict(alert.details),
-                                   "remedy": alert.remedy}}}
+    return {
+        "event": {
+            "kind": "alert",
+            "category": ["intrusion_detection"],
+            "type": ["info"],
+            "action": f"alert-{alert.kind.value}",
+            "id": alert.incident_id,
+            "severity": {"low": 21, "medium": 47, "high": 73, "critical": 99}.get(alert.severity, 47),
+        },
+        "mailward": {
+            "incident_id": alert.incident_id,
+            "alert": {
+                "kind": alert.kind.value,
+                "subject": alert.subject,
+                "summary": alert.summary,
+                "delivery": delivery.value,
+                "details": dict(alert.details),
+                "remedy": alert.remedy,
+            },
+        },
+    }
 
 
 def email_channel(settings: Settings, recipients: tuple[str, ...]) -> EmailChannel:
@@ -291,10 +347,14 @@ def email_channel(settings: Settings, recipients: tuple[str, ...]) -> EmailChann
     from ..quarantine.release import key_path, load_release_key
 
     config = settings.alerts
-    return EmailChannel(config.smtp_host or settings.quarantine.relay_host,
-                        config.smtp_port or settings.quarantine.relay_port,
-                        config.email_from or f"mailward@{socket.getfqdn()}", recipients,
-                        settings.quarantine.relay_timeout, load_release_key(key_path(settings)))
+    return EmailChannel(
+        config.smtp_host or settings.quarantine.relay_host,
+        config.smtp_port or settings.quarantine.relay_port,
+        config.email_from or f"mailward@{socket.getfqdn()}",
+        recipients,
+        settings.quarantine.relay_timeout,
+        load_release_key(key_path(settings)),
+    )
 
 
 def channels_from_settings(settings: Settings) -> list[Channel]:
@@ -312,15 +372,17 @@ def channels_from_settings(settings: Settings) -> list[Channel]:
                 with open(config.webhook_token_file, encoding="utf-8") as fh:
                     token = fh.read().strip()
             except OSError as exc:
-                raise ConfigError(settings.source, "alerts.webhook_token_file", f"cannot read: {exc.strerror}") \
-                    from None
+                raise ConfigError(
+                    settings.source, "alerts.webhook_token_file", f"cannot read: {exc.strerror}"
+                ) from None
         out.append(WebhookChannel(config.webhook_url, token, config.webhook_timeout))
     if config.email_to:
         out.append(email_channel(settings, config.email_to))
     if config.syslog:
         if config.syslog_facility not in _FACILITIES:
-            raise ConfigError(settings.source, "alerts.syslog_facility",
-                              f"must be one of {', '.join(sorted(_FACILITIES))}")
+            raise ConfigError(
+                settings.source, "alerts.syslog_facility", f"must be one of {', '.join(sorted(_FACILITIES))}"
+            )
         out.append(SyslogChannel(config.syslog, config.syslog_facility))
     return out
 
@@ -337,15 +399,24 @@ def model_refusal_alert(settings: Settings) -> Callable[[str], None]:
     def alert(reason: str) -> None:
         if not dispatcher:
             config = settings.alerts
-            dispatcher.append(AlertDispatcher(channels_from_settings(settings), config.dedup_window,
-                                              config.rate_limit, config.rate_period))
-        problem = reason.split(": ", 1)[-1][:200]     # without the path: alerts name no files
-        dispatcher[0].raise_alert(Alert(
-            AlertKind.MODEL, new_incident_id(),
-            "Spam model cannot be loaded; the last good model stays in use",
-            subject="spam model", severity="medium", dedup_key=f"model:{problem}",
-            details=(("problem", problem),),
-            remedy="check owner and mode of the model directory (the milter's user must read it); "
-                   "mailward model list"))
+            dispatcher.append(
+                AlertDispatcher(
+                    channels_from_settings(settings), config.dedup_window, config.rate_limit, config.rate_period
+                )
+            )
+        problem = reason.split(": ", 1)[-1][:200]  # without the path: alerts name no files
+        dispatcher[0].raise_alert(
+            Alert(
+                AlertKind.MODEL,
+                new_incident_id(),
+                "Spam model cannot be loaded; the last good model stays in use",
+                subject="spam model",
+                severity="medium",
+                dedup_key=f"model:{problem}",
+                details=(("problem", problem),),
+                remedy="check owner and mode of the model directory (the milter's user must read it); "
+                "mailward model list",
+            )
+        )
 
     return alert

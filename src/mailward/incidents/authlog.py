@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 _FAILED = re.compile(
     r"^[^\[\]]*?\bpostfix[\w.-]*(?:/[\w.-]+)*/smtpd\[\d+\]: warning: "
     r"(?P<name>[^\[\]\s]*)\[(?P<address>[0-9A-Fa-f.:]+)\](?::\d+)?: "
-    r"SASL (?P<mechanism>[\w-]+) authentication failed")
+    r"SASL (?P<mechanism>[\w-]+) authentication failed"
+)
 
 
 def failed_login_address(line: str) -> str | None:
@@ -66,8 +67,8 @@ class LogFollower:
                 for raw in complete:
                     yield raw.decode("utf-8", "replace")
                 continue
-            if inode is not None and self._replaced(handle, inode):     # inode is set with the handle
-                handle.close()            # the rotated file was read to its end above
+            if inode is not None and self._replaced(handle, inode):  # inode is set with the handle
+                handle.close()  # the rotated file was read to its end above
                 handle, inode, pending = None, None, b""
                 continue
             if until_eof:
@@ -95,7 +96,7 @@ class LogFollower:
         try:
             current = os.stat(self.path)
         except FileNotFoundError:
-            return False                  # between rename and create: keep the old one for now
+            return False  # between rename and create: keep the old one for now
         if current.st_ino != inode:
             return True
         if current.st_size < handle.tell():
@@ -103,8 +104,9 @@ class LogFollower:
         return False
 
 
-def watch(follower: LogFollower, failed_login: Callable[[str], object], stop: threading.Event,
-          until_eof: bool = False) -> int:
+def watch(
+    follower: LogFollower, failed_login: Callable[[str], object], stop: threading.Event, until_eof: bool = False
+) -> int:
     """Feed every failed login in the followed log to ``failed_login`` until ``stop``; returns how many."""
     log.info("following %s for failed SMTP logins", follower.path)
     seen = 0
@@ -115,6 +117,6 @@ def watch(follower: LogFollower, failed_login: Callable[[str], object], stop: th
         seen += 1
         try:
             failed_login(address)
-        except Exception:   # one bad write (database away) must not end the watch
+        except Exception:  # one bad write (database away) must not end the watch
             log.exception("cannot count a failed login from %s", address)
     return seen

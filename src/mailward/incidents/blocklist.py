@@ -61,10 +61,11 @@ class BlockList:
         if self._clock() - snapshot.loaded_at >= self._refresh:
             try:
                 self.reload()
-            except Exception:      # keep the last good list: a database outage must not stop the mail
-                log.exception("cannot reload the block list; using the copy from %.0f s ago",
-                              self._clock() - snapshot.loaded_at)
-                with self._lock:   # and do not retry on every connection
+            except Exception:  # keep the last good list: a database outage must not stop the mail
+                log.exception(
+                    "cannot reload the block list; using the copy from %.0f s ago", self._clock() - snapshot.loaded_at
+                )
+                with self._lock:  # and do not retry on every connection
                     self._snapshot = Snapshot(snapshot.exact, snapshot.networks, self._clock())
             snapshot = self._snapshot
         return snapshot

@@ -18,7 +18,7 @@ from ..envelope import Direction
 from ..verdict import Action, Outcome
 from .alerts import Alert, AlertDispatcher, AlertKind, Delivery, email_channel
 
-NOTICE_ACTIONS = (Action.REJECT, Action.QUARANTINE, Action.TEMPFAIL)   # the mail did not arrive (yet)
+NOTICE_ACTIONS = (Action.REJECT, Action.QUARANTINE, Action.TEMPFAIL)  # the mail did not arrive (yet)
 
 
 class NoticeChannel:
@@ -51,8 +51,9 @@ class VirusNotices:
         self.admins = settings.alerts.notice_to or settings.alerts.email_to
         self.channel = NoticeChannel(settings)
         alerts = settings.alerts
-        self.dispatcher = AlertDispatcher([self.channel], dedup_window=0.0, rate_limit=alerts.rate_limit,
-                                          rate_period=alerts.rate_period, clock=clock)
+        self.dispatcher = AlertDispatcher(
+            [self.channel], dedup_window=0.0, rate_limit=alerts.rate_limit, rate_period=alerts.rate_period, clock=clock
+        )
 
     def recipients(self, outcome: Outcome) -> tuple[str, ...]:
         """The admin, plus the sending account of outbound mail; never anyone for clean or delivered mail."""
@@ -72,17 +73,30 @@ class VirusNotices:
         if not recipients:
             return None
         env, verdict = outcome.envelope, outcome.verdict
-        fate = {Action.REJECT: "was refused", Action.QUARANTINE: "is held in quarantine",
-                Action.TEMPFAIL: "was deferred"}[verdict.action]
+        fate = {
+            Action.REJECT: "was refused",
+            Action.QUARANTINE: "is held in quarantine",
+            Action.TEMPFAIL: "was deferred",
+        }[verdict.action]
         outbound = env.direction is Direction.OUTBOUND
         whose = "A message sent from your account" if outbound else "A message to your domain"
         self.channel.address(verdict.incident_id, recipients)
-        delivery = self.dispatcher.raise_alert(Alert(
-            AlertKind.VIRUS_NOTICE, verdict.incident_id, f"{whose} {fate}: it carried malware",
-            severity="high", dedup_key=f"notice:{verdict.incident_id}",
-            details=(("direction", env.direction.value), ("envelope sender", env.mail_from or "<>"),
-                     ("recipients", str(len(env.recipients))), ("subject", outcome.evidence.message.subject[:200])),
-            remedy=f"quote incident {verdict.incident_id} to your mail administrator"))
+        delivery = self.dispatcher.raise_alert(
+            Alert(
+                AlertKind.VIRUS_NOTICE,
+                verdict.incident_id,
+                f"{whose} {fate}: it carried malware",
+                severity="high",
+                dedup_key=f"notice:{verdict.incident_id}",
+                details=(
+                    ("direction", env.direction.value),
+                    ("envelope sender", env.mail_from or "<>"),
+                    ("recipients", str(len(env.recipients))),
+                    ("subject", outcome.evidence.message.subject[:200]),
+                ),
+                remedy=f"quote incident {verdict.incident_id} to your mail administrator",
+            )
+        )
         if delivery is not Delivery.QUEUED:
             self.channel.forget(verdict.incident_id)
         return delivery

@@ -13,28 +13,28 @@ from ..policy import Listed
 class SubjectKind(str, Enum):
     """What a block applies to; the milter checks each at the first point it is known."""
 
-    ACCOUNT = "account"      # SASL login name ({auth_authen}), checked at MAIL FROM
-    ADDRESS = "address"      # client IP address, checked at connect
-    NETWORK = "network"      # client network (CIDR), checked at connect
-    SENDER = "sender"        # envelope sender address, checked at MAIL FROM
-    DOMAIN = "domain"        # envelope sender domain and its subdomains, checked at MAIL FROM
+    ACCOUNT = "account"  # SASL login name ({auth_authen}), checked at MAIL FROM
+    ADDRESS = "address"  # client IP address, checked at connect
+    NETWORK = "network"  # client network (CIDR), checked at connect
+    SENDER = "sender"  # envelope sender address, checked at MAIL FROM
+    DOMAIN = "domain"  # envelope sender domain and its subdomains, checked at MAIL FROM
 
 
 class Origin(str, Enum):
     """Why a block exists: analysts lift all kinds alike, alerts and metrics tell them apart."""
 
-    ANALYST = "analyst"          # `mailward block add`
-    SUSPENSION = "suspension"    # counters said the account or host looks compromised or abusive
-    AUTH_FAILURES = "auth-failures"   # too many failed SMTP AUTH attempts from one address
+    ANALYST = "analyst"  # `mailward block add`
+    SUSPENSION = "suspension"  # counters said the account or host looks compromised or abusive
+    AUTH_FAILURES = "auth-failures"  # too many failed SMTP AUTH attempts from one address
 
 
 class Counter(str, Enum):
     """Whose events a counter row belongs to: limits differ by direction and kind of sender."""
 
-    ACCOUNT = "account"                  # outbound, per authenticated account
-    OUTBOUND_HOST = "outbound-host"      # outbound without authentication, per client address
-    INBOUND_HOST = "inbound-host"        # inbound, per client address
-    FAILED_LOGINS = "failed-logins"      # per client address, from Postfix's log
+    ACCOUNT = "account"  # outbound, per authenticated account
+    OUTBOUND_HOST = "outbound-host"  # outbound without authentication, per client address
+    INBOUND_HOST = "inbound-host"  # inbound, per client address
+    FAILED_LOGINS = "failed-logins"  # per client address, from Postfix's log
 
 
 # The counters a lifted block starts afresh: otherwise the burst that caused it would trigger it again.
@@ -73,7 +73,7 @@ def normalise(kind: SubjectKind, value: str) -> str:
         if "@" in value or "." not in value:
             raise ValueError(f"{value!r} is not a domain")
         return value
-    return value          # account names are compared exactly, as the SASL layer does
+    return value  # account names are compared exactly, as the SASL layer does
 
 
 @dataclass(frozen=True)
@@ -84,8 +84,8 @@ class Block:
     kind: SubjectKind
     value: str
     origin: Origin
-    reason: str                 # for analysts; never in an SMTP reply
-    incident_id: str            # quoted in every rejection and alert it causes
+    reason: str  # for analysts; never in an SMTP reply
+    incident_id: str  # quoted in every rejection and alert it causes
     created_at: float
     created_by: str
     expires_at: float | None = None
@@ -96,10 +96,19 @@ class Block:
         return self.lifted_at is None and (self.expires_at is None or self.expires_at > now)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "kind": self.kind.value, "value": self.value, "origin": self.origin.value,
-                "reason": self.reason, "incident_id": self.incident_id, "created_at": self.created_at,
-                "created_by": self.created_by, "expires_at": self.expires_at, "lifted_at": self.lifted_at,
-                "lifted_by": self.lifted_by}
+        return {
+            "id": self.id,
+            "kind": self.kind.value,
+            "value": self.value,
+            "origin": self.origin.value,
+            "reason": self.reason,
+            "incident_id": self.incident_id,
+            "created_at": self.created_at,
+            "created_by": self.created_by,
+            "expires_at": self.expires_at,
+            "lifted_at": self.lifted_at,
+            "lifted_by": self.lifted_by,
+        }
 
 
 @dataclass(frozen=True)
@@ -108,7 +117,7 @@ class AuditEntry:
 
     seq: int
     at: float
-    action: str                 # add | remove | expire-change
+    action: str  # add | remove | expire-change
     kind: SubjectKind
     value: str
     incident_id: str
@@ -118,9 +127,18 @@ class AuditEntry:
     detail: str
 
     def as_dict(self) -> dict[str, Any]:
-        return {"seq": self.seq, "at": self.at, "action": self.action, "kind": self.kind.value,
-                "value": self.value, "incident_id": self.incident_id, "actor": self.actor, "host": self.host,
-                "origin": self.origin, "detail": self.detail}
+        return {
+            "seq": self.seq,
+            "at": self.at,
+            "action": self.action,
+            "kind": self.kind.value,
+            "value": self.value,
+            "incident_id": self.incident_id,
+            "actor": self.actor,
+            "host": self.host,
+            "origin": self.origin,
+            "detail": self.detail,
+        }
 
 
 @dataclass(frozen=True)
@@ -136,7 +154,6 @@ class Totals:
     def get(self, metric: Metric) -> int:
         count: int = getattr(self, metric.value)
         return count
-
 
 
 @dataclass(frozen=True)
@@ -162,6 +179,14 @@ class SenderEntry:
         return SubjectKind.SENDER if "@" in self.sender else SubjectKind.DOMAIN
 
     def as_dict(self) -> dict[str, object]:
-        return {"id": self.id, "list": self.listed.value, "scope": self.scope, "sender": self.sender,
-                "reason": self.reason, "created_at": self.created_at, "created_by": self.created_by,
-                "removed_at": self.removed_at, "removed_by": self.removed_by}
+        return {
+            "id": self.id,
+            "list": self.listed.value,
+            "scope": self.scope,
+            "sender": self.sender,
+            "reason": self.reason,
+            "created_at": self.created_at,
+            "created_by": self.created_by,
+            "removed_at": self.removed_at,
+            "removed_by": self.removed_by,
+        }

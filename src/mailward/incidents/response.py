@@ -35,10 +35,14 @@ from .store import IncidentStore, IncidentStoreError
 
 log = logging.getLogger(__name__)
 
-PRUNE_EVERY = 300.0          # seconds between deletions of counter rows older than every window
+PRUNE_EVERY = 300.0  # seconds between deletions of counter rows older than every window
 
-_SYMPTOM = {Metric.MESSAGES: "message burst", Metric.RECIPIENTS: "recipient flood",
-            Metric.SPAM: "spam burst", Metric.MALWARE: "malware sent"}
+_SYMPTOM = {
+    Metric.MESSAGES: "message burst",
+    Metric.RECIPIENTS: "recipient flood",
+    Metric.SPAM: "spam burst",
+    Metric.MALWARE: "malware sent",
+}
 
 
 class MetricsSink(Protocol):
@@ -64,14 +68,27 @@ class Subject:
 
 def block_finding(block: Block) -> Finding:
     """A block as evidence: the policy's ``blocked_action`` decides what happens to the mail."""
-    return Finding(Category.BLOCKED, f"{block.origin.value}:{block.kind.value}", Severity.CRITICAL, "incidents",
-                   f"{block.kind.value} {block.value}", block.reason)
+    return Finding(
+        Category.BLOCKED,
+        f"{block.origin.value}:{block.kind.value}",
+        Severity.CRITICAL,
+        "incidents",
+        f"{block.kind.value} {block.value}",
+        block.reason,
+    )
 
 
 class IncidentResponse:
-    def __init__(self, settings: Settings, store: IncidentStore, alerts: AlertDispatcher,
-                 metrics: MetricsSink | None = None, clock: Callable[[], float] = time.time,
-                 actor: Actor | None = None, notices: VirusNotices | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        store: IncidentStore,
+        alerts: AlertDispatcher,
+        metrics: MetricsSink | None = None,
+        clock: Callable[[], float] = time.time,
+        actor: Actor | None = None,
+        notices: VirusNotices | None = None,
+    ):
         self.settings = settings
         self.store = store
         self.alerts = alerts
@@ -111,7 +128,7 @@ class IncidentResponse:
     def observe(self, outcome: Outcome) -> Block | None:
         """Alert on malware and store errors, count the message, suspend on a limit; the new block if any."""
         env, evidence = outcome.envelope, outcome.evidence
-        if outcome.alert_of:    # our own alert quotes what it reports: no alert about it, no counting
+        if outcome.alert_of:  # our own alert quotes what it reports: no alert about it, no counting
             return None
         # What counted is what the policy acted on: the verdict says so, thresholds are not re-applied here.
         malware = evidence.of(Category.MALWARE) if outcome.acted_on(Category.MALWARE) else ()
@@ -120,17 +137,26 @@ class IncidentResponse:
             if self.notices is not None:
                 self.notices.notify(outcome)
         if outcome.quarantine_failed:
-            self.alerts.raise_alert(Alert(
-                AlertKind.STORE_ERROR, outcome.verdict.incident_id,
-                "Quarantine store failed: a message was tempfailed instead of quarantined",
-                severity="critical", dedup_key="store-error",
-                details=(("direction", env.direction.value), ("queue_id", env.queue_id)),
-                remedy="check the quarantine store (disk, database) on this host; see the Mailward log"))
+            self.alerts.raise_alert(
+                Alert(
+                    AlertKind.STORE_ERROR,
+                    outcome.verdict.incident_id,
+                    "Quarantine store failed: a message was tempfailed instead of quarantined",
+                    severity="critical",
+                    dedup_key="store-error",
+                    details=(("direction", env.direction.value), ("queue_id", env.queue_id)),
+                    remedy="check the quarantine store (disk, database) on this host; see the Mailward log",
+                )
+            )
         subject = self._subject(outcome)
         if not self._config.enabled or subject is None:
             return None
-        added = Totals(messages=1, recipients=len(env.recipients),
-                       spam=int(outcome.acted_on(Category.SPAM)), malware=int(bool(malware)))
+        added = Totals(
+            messages=1,
+            recipients=len(env.recipients),
+            spam=int(outcome.acted_on(Category.SPAM)),
+            malware=int(bool(malware)),
+        )
         started = time.perf_counter()
         try:
             return self._count(subject, added, outcome.verdict.incident_id)
@@ -152,38 +178,58 @@ class IncidentResponse:
         config = self._config
         if not config.enabled or config.auth_failures <= 0:
             return None
-        totals = self.store.record(Counter.FAILED_LOGINS, address, Totals(auth_failures=1),
-                                   self._clock() - config.auth_window)
+        totals = self.store.record(
+            Counter.FAILED_LOGINS, address, Totals(auth_failures=1), self._clock() - config.auth_window
+        )
         self._prune_now_and_then()
         if totals.auth_failures < config.auth_failures or self._exempt_address(address):
             return None
         if self.blocklist.for_client(address) is not None:
             return None
-        reason = (f"{totals.auth_failures} failed SMTP logins in {_span(config.auth_window)} "
-                  f"(limit {config.auth_failures})")
-        block, created = self._add(SubjectKind.ADDRESS, address, Origin.AUTH_FAILURES, reason,
-                                   new_incident_id(self._clock()), config.auth_block_for or None)
+        reason = (
+            f"{totals.auth_failures} failed SMTP logins in {_span(config.auth_window)} (limit {config.auth_failures})"
+        )
+        block, created = self._add(
+            SubjectKind.ADDRESS,
+            address,
+            Origin.AUTH_FAILURES,
+            reason,
+            new_incident_id(self._clock()),
+            config.auth_block_for or None,
+        )
         if created:
-            self.alerts.raise_alert(Alert(
-                AlertKind.BLOCK, block.incident_id, f"Address {address} blocked after repeated failed logins",
-                subject=f"address {address}", details=(("reason", reason), ("expires", _expiry(block))),
-                remedy=f"mailward block remove address {address}"))
+            self.alerts.raise_alert(
+                Alert(
+                    AlertKind.BLOCK,
+                    block.incident_id,
+                    f"Address {address} blocked after repeated failed logins",
+                    subject=f"address {address}",
+                    details=(("reason", reason), ("expires", _expiry(block))),
+                    remedy=f"mailward block remove address {address}",
+                )
+            )
         return block if created else None
 
     # -- analyst actions ------------------------------------------------------------------------------
 
-    def block(self, kind: SubjectKind, value: str, reason: str, actor: Actor, duration: float | None = None
-              ) -> tuple[Block, bool]:
+    def block(
+        self, kind: SubjectKind, value: str, reason: str, actor: Actor, duration: float | None = None
+    ) -> tuple[Block, bool]:
         """An analyst's block (``duration`` in seconds, None = until lifted); alerts when it is new."""
         value = normalise(kind, value)
-        block, created = self._add(kind, value, Origin.ANALYST, reason, new_incident_id(self._clock()),
-                                   duration, actor)
+        block, created = self._add(kind, value, Origin.ANALYST, reason, new_incident_id(self._clock()), duration, actor)
         if created:
-            self.alerts.raise_alert(Alert(
-                AlertKind.BLOCK, block.incident_id, f"{kind.value.capitalize()} {value} blocked by {actor.name}",
-                subject=f"{kind.value} {value}", severity="medium",
-                details=(("reason", reason), ("expires", _expiry(block))),
-                remedy=f"mailward block remove {kind.value} {value}"))
+            self.alerts.raise_alert(
+                Alert(
+                    AlertKind.BLOCK,
+                    block.incident_id,
+                    f"{kind.value.capitalize()} {value} blocked by {actor.name}",
+                    subject=f"{kind.value} {value}",
+                    severity="medium",
+                    details=(("reason", reason), ("expires", _expiry(block))),
+                    remedy=f"mailward block remove {kind.value} {value}",
+                )
+            )
         return block, created
 
     def lift(self, kind: SubjectKind, value: str, actor: Actor, detail: str = "") -> Block | None:
@@ -193,21 +239,24 @@ class IncidentResponse:
 
     # -- sender lists: the one service layer under the CLI and the web page -----------------------
 
-    def list_sender(self, listed: Listed, sender: str, scope: str, reason: str, actor: Actor
-                    ) -> tuple[SenderEntry, bool]:
+    def list_sender(
+        self, listed: Listed, sender: str, scope: str, reason: str, actor: Actor
+    ) -> tuple[SenderEntry, bool]:
         """Allow or block ``sender`` (address or domain) for ``scope`` ("" = everyone, or a recipient domain
         or address); audited. Returns the active entry and whether this call made it (an existing entry,
         allow or block, is left as it is: remove it first). ValueError for a malformed sender or scope."""
         sender, scope = policy_subject(sender), policy_subject(scope) if scope else ""
-        entry, created = self.store.add_sender_entry(listed, scope, sender, reason, actor.name, actor.host,
-                                                     actor.origin)
+        entry, created = self.store.add_sender_entry(
+            listed, scope, sender, reason, actor.name, actor.host, actor.origin
+        )
         self._refresh()
         return entry, created
 
     def unlist_sender(self, sender: str, scope: str, actor: Actor, detail: str = "") -> SenderEntry | None:
         """Remove the allow or block entry of ``sender`` for ``scope``; audited. None when there was none."""
-        entry = self.store.remove_sender_entry(policy_subject(scope) if scope else "", policy_subject(sender),
-                                               actor.name, actor.host, actor.origin, detail)
+        entry = self.store.remove_sender_entry(
+            policy_subject(scope) if scope else "", policy_subject(sender), actor.name, actor.host, actor.origin, detail
+        )
         self._refresh()
         return entry
 
@@ -224,7 +273,7 @@ class IncidentResponse:
         try:
             address = normalise(SubjectKind.ADDRESS, env.client_address)
         except ValueError:
-            return None                  # e.g. the local sendmail command: no client address
+            return None  # e.g. the local sendmail command: no client address
         if env.direction is Direction.OUTBOUND:
             return Subject(Counter.OUTBOUND_HOST, SubjectKind.ADDRESS, address, config.outbound_host)
         return Subject(Counter.INBOUND_HOST, SubjectKind.ADDRESS, address, config.inbound_host)
@@ -232,41 +281,70 @@ class IncidentResponse:
     def _count(self, subject: Subject, added: Totals, incident_id: str) -> Block | None:
         limits = subject.limits
         checked = {m: getattr(limits, m.value) for m in _SYMPTOM if getattr(limits, m.value) > 0}
-        totals = self.store.record(subject.counter, subject.value, added,
-                                   self._clock() - limits.window if checked else None)
+        totals = self.store.record(
+            subject.counter, subject.value, added, self._clock() - limits.window if checked else None
+        )
         self._prune_now_and_then()
         exceeded = [(m, totals.get(m), limit) for m, limit in checked.items() if totals.get(m) >= limit]
         if not exceeded or (subject.kind is SubjectKind.ADDRESS and self._exempt_address(subject.value)):
             return None
-        existing = (self.blocklist.for_client(subject.value) if subject.kind is SubjectKind.ADDRESS
-                    else self.blocklist.for_sender(subject.value, ""))
+        existing = (
+            self.blocklist.for_client(subject.value)
+            if subject.kind is SubjectKind.ADDRESS
+            else self.blocklist.for_sender(subject.value, "")
+        )
         if existing is not None:
-            return None                  # already suspended: this message was in flight when it happened
+            return None  # already suspended: this message was in flight when it happened
         direction = "inbound" if subject.counter is Counter.INBOUND_HOST else "outbound"
-        reason = "; ".join(f"{direction} {_SYMPTOM[m]}: {total} {m.value} in {_span(limits.window)} "
-                           f"(limit {limit})" for m, total, limit in exceeded)
-        block, created = self._add(subject.kind, subject.value, Origin.SUSPENSION, reason, incident_id,
-                                   self._config.suspend_for or None)
+        reason = "; ".join(
+            f"{direction} {_SYMPTOM[m]}: {total} {m.value} in {_span(limits.window)} (limit {limit})"
+            for m, total, limit in exceeded
+        )
+        block, created = self._add(
+            subject.kind, subject.value, Origin.SUSPENSION, reason, incident_id, self._config.suspend_for or None
+        )
         if not created:
             return None
         what = "Account" if subject.kind is SubjectKind.ACCOUNT else "Host"
-        self.alerts.raise_alert(Alert(
-            AlertKind.SUSPENSION, block.incident_id, f"{what} {subject.value} suspended: {exceeded[0][0].value} "
-                                                     f"limit reached ({direction})",
-            subject=subject.label, severity="critical",
-            details=(("reason", reason), ("expires", _expiry(block)),
-                     ("window_totals", f"messages={totals.messages} recipients={totals.recipients} "
-                                       f"spam={totals.spam} malware={totals.malware}")),
-            remedy=(f"check the {subject.kind.value} (reset its password, clean the host), then "
-                    f"mailward block remove {subject.kind.value} {subject.value}")))
+        self.alerts.raise_alert(
+            Alert(
+                AlertKind.SUSPENSION,
+                block.incident_id,
+                f"{what} {subject.value} suspended: {exceeded[0][0].value} limit reached ({direction})",
+                subject=subject.label,
+                severity="critical",
+                details=(
+                    ("reason", reason),
+                    ("expires", _expiry(block)),
+                    (
+                        "window_totals",
+                        f"messages={totals.messages} recipients={totals.recipients} "
+                        f"spam={totals.spam} malware={totals.malware}",
+                    ),
+                ),
+                remedy=(
+                    f"check the {subject.kind.value} (reset its password, clean the host), then "
+                    f"mailward block remove {subject.kind.value} {subject.value}"
+                ),
+            )
+        )
         return block
 
-    def _add(self, kind: SubjectKind, value: str, origin: Origin, reason: str, incident_id: str,
-             duration: float | None, actor: Actor | None = None) -> tuple[Block, bool]:
+    def _add(
+        self,
+        kind: SubjectKind,
+        value: str,
+        origin: Origin,
+        reason: str,
+        incident_id: str,
+        duration: float | None,
+        actor: Actor | None = None,
+    ) -> tuple[Block, bool]:
         actor = actor or self._actor
         expires = None if not duration else self._clock() + duration
-        block, created = self.store.add_block(kind, value, origin, reason, incident_id, actor.name, actor.host,
-                                              actor.origin, expires)
+        block, created = self.store.add_block(
+            kind, value, origin, reason, incident_id, actor.name, actor.host, actor.origin, expires
+        )
         if created:
             log.warning("%s %s %s: %s", origin.value, kind.value, value, reason, extra={"event": _block_event(block)})
             if self.metrics is not None:
@@ -291,8 +369,9 @@ class IncidentResponse:
             return
         self._pruned_at = now
         config = self._config
-        longest = max(config.account.window, config.outbound_host.window, config.inbound_host.window,
-                      config.auth_window)
+        longest = max(
+            config.account.window, config.outbound_host.window, config.inbound_host.window, config.auth_window
+        )
         try:
             self.store.prune(now - longest)
         except IncidentStoreError:
@@ -302,20 +381,32 @@ class IncidentResponse:
         env, verdict = outcome.envelope, outcome.verdict
         who = env.auth_user or env.mail_from or env.client_address or "unknown sender"
         names = sorted({f.name for f in malware})
-        self.alerts.raise_alert(Alert(
-            AlertKind.MALWARE, verdict.incident_id,
-            f"Malware in {env.direction.value} mail from {who}: {verdict.action.value}",
-            subject=(f"account {env.auth_user}" if env.auth_user else f"sender {env.mail_from}"),
-            severity="critical" if env.direction is Direction.OUTBOUND else "high",
-            dedup_key=f"malware:{env.direction.value}:{who}:{','.join(names)}",
-            details=(("direction", env.direction.value), ("action", verdict.action.value),
-                     ("signatures", ", ".join(names)),
-                     ("objects", ", ".join(sorted({f.location for f in malware if f.location}))[:500]),
-                     ("sender", env.mail_from), ("client", env.client_address),
-                     ("recipients", str(len(env.recipients))), ("queue_id", env.queue_id),
-                     ("quarantine_id", outcome.quarantine_id)),
-            remedy=(f"mailward quarantine show {outcome.quarantine_id}" if outcome.quarantine_id
-                    else "see the Mailward log for the incident")))
+        self.alerts.raise_alert(
+            Alert(
+                AlertKind.MALWARE,
+                verdict.incident_id,
+                f"Malware in {env.direction.value} mail from {who}: {verdict.action.value}",
+                subject=(f"account {env.auth_user}" if env.auth_user else f"sender {env.mail_from}"),
+                severity="critical" if env.direction is Direction.OUTBOUND else "high",
+                dedup_key=f"malware:{env.direction.value}:{who}:{','.join(names)}",
+                details=(
+                    ("direction", env.direction.value),
+                    ("action", verdict.action.value),
+                    ("signatures", ", ".join(names)),
+                    ("objects", ", ".join(sorted({f.location for f in malware if f.location}))[:500]),
+                    ("sender", env.mail_from),
+                    ("client", env.client_address),
+                    ("recipients", str(len(env.recipients))),
+                    ("queue_id", env.queue_id),
+                    ("quarantine_id", outcome.quarantine_id),
+                ),
+                remedy=(
+                    f"mailward quarantine show {outcome.quarantine_id}"
+                    if outcome.quarantine_id
+                    else "see the Mailward log for the incident"
+                ),
+            )
+        )
 
 
 def _span(seconds: float) -> str:
@@ -334,13 +425,21 @@ def _expiry(block: Block) -> str:
 
 def _block_event(block: Block) -> dict[str, object]:
     record = block.as_dict()
-    for key in ("created_at", "expires_at", "lifted_at"):     # ISO 8601, as Elastic's date type expects
+    for key in ("created_at", "expires_at", "lifted_at"):  # ISO 8601, as Elastic's date type expects
         if record[key] is not None:
-            record[key] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record[key])) + \
-                f".{int(record[key] * 1000) % 1000:03d}Z"
-    doc = {"event": {"kind": "alert", "category": ["intrusion_detection"], "type": ["denied"],
-                     "action": block.origin.value, "id": block.incident_id},
-           "mailward": {"incident_id": block.incident_id, "block": record}}
+            record[key] = (
+                time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record[key])) + f".{int(record[key] * 1000) % 1000:03d}Z"
+            )
+    doc = {
+        "event": {
+            "kind": "alert",
+            "category": ["intrusion_detection"],
+            "type": ["denied"],
+            "action": block.origin.value,
+            "id": block.incident_id,
+        },
+        "mailward": {"incident_id": block.incident_id, "block": record},
+    }
     if block.kind is SubjectKind.ACCOUNT:
         doc["user"] = {"name": block.value}
     elif block.kind is SubjectKind.ADDRESS:

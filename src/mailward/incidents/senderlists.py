@@ -58,7 +58,7 @@ class SenderLists:
         if self._clock() - self._loaded_at >= self._refresh:
             try:
                 self.reload()
-            except Exception:     # keep the last good lists: a database outage must not stop the mail
+            except Exception:  # keep the last good lists: a database outage must not stop the mail
                 log.exception("cannot reload the sender lists; using the last copy")
                 with self._lock:
                     self._loaded_at = self._clock()
@@ -68,7 +68,7 @@ class SenderLists:
         """The entry that applies by precedence, whether or not it would be honoured."""
         entries = self._current()
         if not entries or "@" not in mail_from:
-            return None              # bounces (null sender) are never listed
+            return None  # bounces (null sender) are never listed
         senders = policy_keys(mail_from)
         for scope in (*policy_keys(recipient), ""):
             for sender in senders:
@@ -85,7 +85,10 @@ class SenderLists:
         if found is None:
             return None
         if found.listed is Listed.ALLOW and not authenticated_for(envelope.mail_from, authenticated):
-            log.info("allow entry for %s not honoured: the sender domain is not authenticated", found.sender,
-                     extra={"queue_id": envelope.queue_id, "connection_id": envelope.connection_id})
+            log.info(
+                "allow entry for %s not honoured: the sender domain is not authenticated",
+                found.sender,
+                extra={"queue_id": envelope.queue_id, "connection_id": envelope.connection_id},
+            )
             return None
         return found.listed

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 
 DB_NAME = "incidents.sqlite3"
-TIMEOUT = 30.0       # seconds an operation may wait for this process's other threads or the database
+TIMEOUT = 30.0  # seconds an operation may wait for this process's other threads or the database
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS incident_counters (
@@ -93,8 +93,9 @@ SCHEMA = (
         ON sender_lists (scope, sender) WHERE removed_at IS NULL""",
 )
 
-_BLOCK_COLUMNS = ("id, kind, value, origin, reason, incident_id, created_at, created_by, expires_at, "
-                  "lifted_at, lifted_by")
+_BLOCK_COLUMNS = (
+    "id, kind, value, origin, reason, incident_id, created_at, created_by, expires_at, lifted_at, lifted_by"
+)
 _ACTIVE = "lifted_at IS NULL AND (expires_at IS NULL OR expires_at > ?)"
 _ENTRY_COLUMNS = "id, list, scope, sender, reason, created_at, created_by, removed_at, removed_by"
 
@@ -139,8 +140,9 @@ class IncidentStore(ABC):
     @contextmanager
     def _tx(self) -> Iterator[Any]:
         if not self._lock.acquire(timeout=self.timeout):
-            raise IncidentStoreError(f"incident store ({self.backend}): this process's other threads held it "
-                                     f"for {self.timeout:g} s")
+            raise IncidentStoreError(
+                f"incident store ({self.backend}): this process's other threads held it for {self.timeout:g} s"
+            )
         try:
             try:
                 if self._conn is None:
@@ -184,8 +186,9 @@ class IncidentStore(ABC):
             finally:
                 self._lock.release()
         else:
-            log.warning("incident store (%s) still busy after %g s; its connection stays open",
-                        self.backend, self.timeout)
+            log.warning(
+                "incident store (%s) still busy after %g s; its connection stays open", self.backend, self.timeout
+            )
 
     # -- counters --------------------------------------------------------------------------------
 
@@ -194,17 +197,31 @@ class IncidentStore(ABC):
         now = self._clock()
         with self._tx() as conn:
             self._relax(conn)
-            self._exec(conn, "INSERT INTO incident_counters (kind, subject, at, messages, recipients, spam, malware, "
-                             "auth_failures) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                       (kind.value, subject, now, added.messages, added.recipients, added.spam, added.malware,
-                        added.auth_failures))
+            self._exec(
+                conn,
+                "INSERT INTO incident_counters (kind, subject, at, messages, recipients, spam, malware, "
+                "auth_failures) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    kind.value,
+                    subject,
+                    now,
+                    added.messages,
+                    added.recipients,
+                    added.spam,
+                    added.malware,
+                    added.auth_failures,
+                ),
+            )
             if since is None:
                 return added
-            row = self._exec(conn, "SELECT COALESCE(SUM(messages), 0), COALESCE(SUM(recipients), 0), "
-                                   "COALESCE(SUM(spam), 0), COALESCE(SUM(malware), 0), "
-                                   "COALESCE(SUM(auth_failures), 0) FROM incident_counters "
-                                   "WHERE kind = ? AND subject = ? AND at > ?",
-                             (kind.value, subject, since)).fetchone()
+            row = self._exec(
+                conn,
+                "SELECT COALESCE(SUM(messages), 0), COALESCE(SUM(recipients), 0), "
+                "COALESCE(SUM(spam), 0), COALESCE(SUM(malware), 0), "
+                "COALESCE(SUM(auth_failures), 0) FROM incident_counters "
+                "WHERE kind = ? AND subject = ? AND at > ?",
+                (kind.value, subject, since),
+            ).fetchone()
         return Totals(*(int(v) for v in row))
 
     def prune(self, before: float) -> int:
@@ -215,56 +232,81 @@ class IncidentStore(ABC):
 
     # -- blocks ----------------------------------------------------------------------------------
 
-    def add_block(self, kind: SubjectKind, value: str, origin: Origin, reason: str, incident_id: str,
-                  actor: str, host: str, actor_origin: str = "", expires_at: float | None = None
-                  ) -> tuple[Block, bool]:
+    def add_block(
+        self,
+        kind: SubjectKind,
+        value: str,
+        origin: Origin,
+        reason: str,
+        incident_id: str,
+        actor: str,
+        host: str,
+        actor_origin: str = "",
+        expires_at: float | None = None,
+    ) -> tuple[Block, bool]:
         """Block ``value`` unless it already is; returns the active block and whether this call made it."""
         now = self._clock()
         with self._tx() as conn:
             # An expired block still holds the "one active" index slot until marked: mark it first.
-            self._exec(conn, "UPDATE incident_blocks SET lifted_at = expires_at, lifted_by = '(expired)' "
-                             "WHERE kind = ? AND value = ? AND lifted_at IS NULL AND expires_at IS NOT NULL "
-                             "AND expires_at <= ?", (kind.value, value, now))
-            created = self._exec(conn, "INSERT INTO incident_blocks (kind, value, origin, reason, incident_id, "
-                                       "created_at, created_by, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                                       "ON CONFLICT DO NOTHING",
-                                 (kind.value, value, origin.value, reason, incident_id, now, actor,
-                                  expires_at)).rowcount == 1
-            block = self._block_row(self._exec(conn, f"SELECT {_BLOCK_COLUMNS} FROM incident_blocks "
-                                                     "WHERE kind = ? AND value = ? AND lifted_at IS NULL",
-                                               (kind.value, value)).fetchone())
+            self._exec(
+                conn,
+                "UPDATE incident_blocks SET lifted_at = expires_at, lifted_by = '(expired)' "
+                "WHERE kind = ? AND value = ? AND lifted_at IS NULL AND expires_at IS NOT NULL "
+                "AND expires_at <= ?",
+                (kind.value, value, now),
+            )
+            created = (
+                self._exec(
+                    conn,
+                    "INSERT INTO incident_blocks (kind, value, origin, reason, incident_id, "
+                    "created_at, created_by, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT DO NOTHING",
+                    (kind.value, value, origin.value, reason, incident_id, now, actor, expires_at),
+                ).rowcount
+                == 1
+            )
+            block = self._block_row(
+                self._exec(
+                    conn,
+                    f"SELECT {_BLOCK_COLUMNS} FROM incident_blocks WHERE kind = ? AND value = ? AND lifted_at IS NULL",
+                    (kind.value, value),
+                ).fetchone()
+            )
             if created:
                 until = "until lifted" if expires_at is None else f"until {_iso(expires_at)}"
-                self._audit(conn, now, "add", block, actor, host, actor_origin,
-                            f"{origin.value}: {reason} ({until})")
+                self._audit(conn, now, "add", block, actor, host, actor_origin, f"{origin.value}: {reason} ({until})")
         return block, created
 
-    def lift(self, kind: SubjectKind, value: str, actor: str, host: str, actor_origin: str = "",
-             detail: str = "") -> Block | None:
+    def lift(
+        self, kind: SubjectKind, value: str, actor: str, host: str, actor_origin: str = "", detail: str = ""
+    ) -> Block | None:
         """End the active block of ``value`` and start its counters afresh; None when there was none."""
         now = self._clock()
         with self._tx() as conn:
-            row = self._exec(conn, f"SELECT {_BLOCK_COLUMNS} FROM incident_blocks WHERE kind = ? AND value = ? "
-                                   f"AND {_ACTIVE}", (kind.value, value, now)).fetchone()
+            row = self._exec(
+                conn,
+                f"SELECT {_BLOCK_COLUMNS} FROM incident_blocks WHERE kind = ? AND value = ? AND {_ACTIVE}",
+                (kind.value, value, now),
+            ).fetchone()
             if row is None:
                 return None
             block = self._block_row(row)
-            self._exec(conn, "UPDATE incident_blocks SET lifted_at = ?, lifted_by = ? WHERE id = ?",
-                       (now, actor, block.id))
+            self._exec(
+                conn, "UPDATE incident_blocks SET lifted_at = ?, lifted_by = ? WHERE id = ?", (now, actor, block.id)
+            )
             for counter in COUNTERS_OF.get(kind, ()):
-                self._exec(conn, "DELETE FROM incident_counters WHERE kind = ? AND subject = ?",
-                           (counter.value, value))
+                self._exec(conn, "DELETE FROM incident_counters WHERE kind = ? AND subject = ?", (counter.value, value))
             self._audit(conn, now, "remove", block, actor, host, actor_origin, detail)
         return replace(block, lifted_at=now, lifted_by=actor)
 
     def active_blocks(self) -> list[Block]:
         with self._tx() as conn:
-            rows = self._exec(conn, f"SELECT {_BLOCK_COLUMNS} FROM incident_blocks WHERE {_ACTIVE} ORDER BY id",
-                              (self._clock(),)).fetchall()
+            rows = self._exec(
+                conn, f"SELECT {_BLOCK_COLUMNS} FROM incident_blocks WHERE {_ACTIVE} ORDER BY id", (self._clock(),)
+            ).fetchall()
         return [self._block_row(r) for r in rows]
 
-    def blocks(self, kind: SubjectKind | None = None, include_inactive: bool = False, limit: int = 1000
-               ) -> list[Block]:
+    def blocks(self, kind: SubjectKind | None = None, include_inactive: bool = False, limit: int = 1000) -> list[Block]:
         """Blocks newest first; only active ones unless ``include_inactive``."""
         where: list[str] = []
         params: list[object] = []
@@ -276,12 +318,14 @@ class IncidentStore(ABC):
             params.append(kind.value)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         with self._tx() as conn:
-            rows = self._exec(conn, f"SELECT {_BLOCK_COLUMNS} FROM incident_blocks {clause} ORDER BY id DESC "
-                                    f"LIMIT ?", (*params, limit)).fetchall()
+            rows = self._exec(
+                conn,
+                f"SELECT {_BLOCK_COLUMNS} FROM incident_blocks {clause} ORDER BY id DESC LIMIT ?",
+                (*params, limit),
+            ).fetchall()
         return [self._block_row(r) for r in rows]
 
-    def audit(self, kind: SubjectKind | None = None, value: str | None = None, limit: int = 1000
-              ) -> list[AuditEntry]:
+    def audit(self, kind: SubjectKind | None = None, value: str | None = None, limit: int = 1000) -> list[AuditEntry]:
         where, params = [], []
         if kind is not None:
             where.append("kind = ?")
@@ -291,76 +335,131 @@ class IncidentStore(ABC):
             params.append(value)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         with self._tx() as conn:
-            rows = self._exec(conn, "SELECT seq, at, action, kind, value, incident_id, actor, host, origin, detail "
-                                    f"FROM incident_audit {clause} ORDER BY seq DESC LIMIT ?",
-                              (*params, limit)).fetchall()
+            rows = self._exec(
+                conn,
+                "SELECT seq, at, action, kind, value, incident_id, actor, host, origin, detail "
+                f"FROM incident_audit {clause} ORDER BY seq DESC LIMIT ?",
+                (*params, limit),
+            ).fetchall()
         return [AuditEntry(r[0], r[1], r[2], SubjectKind(r[3]), *r[4:]) for r in rows]
 
     # -- sender lists ----------------------------------------------------------------------------
 
-    def add_sender_entry(self, listed: Listed, scope: str, sender: str, reason: str, actor: str, host: str,
-                         actor_origin: str = "") -> tuple[SenderEntry, bool]:
+    def add_sender_entry(
+        self, listed: Listed, scope: str, sender: str, reason: str, actor: str, host: str, actor_origin: str = ""
+    ) -> tuple[SenderEntry, bool]:
         """List ``sender`` for ``scope`` unless it already is (allowed or blocked); the entry and whether it is new."""
         now = self._clock()
         with self._tx() as conn:
-            created = self._exec(conn, "INSERT INTO sender_lists (list, scope, sender, reason, created_at, created_by) "
-                                       "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                                 (listed.value, scope, sender, reason, now, actor)).rowcount == 1
-            entry = self._entry_row(self._exec(conn, f"SELECT {_ENTRY_COLUMNS} FROM sender_lists WHERE scope = ? "
-                                                     "AND sender = ? AND removed_at IS NULL",
-                                               (scope, sender)).fetchone())
+            created = (
+                self._exec(
+                    conn,
+                    "INSERT INTO sender_lists (list, scope, sender, reason, created_at, created_by) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (listed.value, scope, sender, reason, now, actor),
+                ).rowcount
+                == 1
+            )
+            entry = self._entry_row(
+                self._exec(
+                    conn,
+                    f"SELECT {_ENTRY_COLUMNS} FROM sender_lists WHERE scope = ? AND sender = ? AND removed_at IS NULL",
+                    (scope, sender),
+                ).fetchone()
+            )
             if created:
                 self._audit_entry(conn, now, f"{listed.value}-list-add", entry, actor, host, actor_origin, reason)
         return entry, created
 
-    def remove_sender_entry(self, scope: str, sender: str, actor: str, host: str, actor_origin: str = "",
-                            detail: str = "") -> SenderEntry | None:
+    def remove_sender_entry(
+        self, scope: str, sender: str, actor: str, host: str, actor_origin: str = "", detail: str = ""
+    ) -> SenderEntry | None:
         """End the active entry of ``sender`` for ``scope``; None when there was none."""
         now = self._clock()
         with self._tx() as conn:
-            row = self._exec(conn, f"SELECT {_ENTRY_COLUMNS} FROM sender_lists WHERE scope = ? AND sender = ? "
-                                   "AND removed_at IS NULL", (scope, sender)).fetchone()
+            row = self._exec(
+                conn,
+                f"SELECT {_ENTRY_COLUMNS} FROM sender_lists WHERE scope = ? AND sender = ? AND removed_at IS NULL",
+                (scope, sender),
+            ).fetchone()
             if row is None:
                 return None
             entry = self._entry_row(row)
-            self._exec(conn, "UPDATE sender_lists SET removed_at = ?, removed_by = ? WHERE id = ?",
-                       (now, actor, entry.id))
-            self._audit_entry(conn, now, f"{entry.listed.value}-list-remove", entry, actor, host, actor_origin,
-                              detail)
+            self._exec(
+                conn, "UPDATE sender_lists SET removed_at = ?, removed_by = ? WHERE id = ?", (now, actor, entry.id)
+            )
+            self._audit_entry(conn, now, f"{entry.listed.value}-list-remove", entry, actor, host, actor_origin, detail)
         return replace(entry, removed_at=now, removed_by=actor)
 
     def sender_entries(self, scope: str | None = None) -> list[SenderEntry]:
         """Active entries, oldest first; only those of ``scope`` when given ("" = the global list)."""
         clause, params = ("AND scope = ?", (scope,)) if scope is not None else ("", ())
         with self._tx() as conn:
-            rows = self._exec(conn, f"SELECT {_ENTRY_COLUMNS} FROM sender_lists WHERE removed_at IS NULL {clause} "
-                                    "ORDER BY id", params).fetchall()
+            rows = self._exec(
+                conn, f"SELECT {_ENTRY_COLUMNS} FROM sender_lists WHERE removed_at IS NULL {clause} ORDER BY id", params
+            ).fetchall()
         return [self._entry_row(r) for r in rows]
 
-    def _audit_entry(self, conn: Any, now: float, action: str, entry: SenderEntry, actor: str, host: str,
-                     origin: str, detail: str) -> None:
+    def _audit_entry(
+        self, conn: Any, now: float, action: str, entry: SenderEntry, actor: str, host: str, origin: str, detail: str
+    ) -> None:
         where = f"for {entry.scope}" if entry.scope else "for everyone"
-        self._exec(conn, "INSERT INTO incident_audit (at, action, kind, value, incident_id, actor, host, origin, "
-                         "detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                   (now, action, entry.kind.value, entry.sender, "", actor, host, origin,
-                    f"{where}: {detail}" if detail else where))
+        self._exec(
+            conn,
+            "INSERT INTO incident_audit (at, action, kind, value, incident_id, actor, host, origin, "
+            "detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                now,
+                action,
+                entry.kind.value,
+                entry.sender,
+                "",
+                actor,
+                host,
+                origin,
+                f"{where}: {detail}" if detail else where,
+            ),
+        )
 
     @staticmethod
     def _entry_row(row: Any) -> SenderEntry:
-        return SenderEntry(id=int(row[0]), listed=Listed(row[1]), scope=row[2], sender=row[3], reason=row[4],
-                           created_at=row[5], created_by=row[6], removed_at=row[7], removed_by=row[8])
+        return SenderEntry(
+            id=int(row[0]),
+            listed=Listed(row[1]),
+            scope=row[2],
+            sender=row[3],
+            reason=row[4],
+            created_at=row[5],
+            created_by=row[6],
+            removed_at=row[7],
+            removed_by=row[8],
+        )
 
-    def _audit(self, conn: Any, now: float, action: str, block: Block, actor: str, host: str, origin: str,
-               detail: str) -> None:
-        self._exec(conn, "INSERT INTO incident_audit (at, action, kind, value, incident_id, actor, host, origin, "
-                         "detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                   (now, action, block.kind.value, block.value, block.incident_id, actor, host, origin, detail))
+    def _audit(
+        self, conn: Any, now: float, action: str, block: Block, actor: str, host: str, origin: str, detail: str
+    ) -> None:
+        self._exec(
+            conn,
+            "INSERT INTO incident_audit (at, action, kind, value, incident_id, actor, host, origin, "
+            "detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (now, action, block.kind.value, block.value, block.incident_id, actor, host, origin, detail),
+        )
 
     @staticmethod
     def _block_row(row: Sequence[Any]) -> Block:
-        return Block(id=int(row[0]), kind=SubjectKind(row[1]), value=row[2], origin=Origin(row[3]), reason=row[4],
-                     incident_id=row[5], created_at=row[6], created_by=row[7], expires_at=row[8],
-                     lifted_at=row[9], lifted_by=row[10])
+        return Block(
+            id=int(row[0]),
+            kind=SubjectKind(row[1]),
+            value=row[2],
+            origin=Origin(row[3]),
+            reason=row[4],
+            incident_id=row[5],
+            created_at=row[6],
+            created_by=row[7],
+            expires_at=row[8],
+            lifted_at=row[9],
+            lifted_by=row[10],
+        )
 
 
 def _iso(ts: float) -> str:
@@ -400,7 +499,7 @@ class PostgresIncidentStore(IncidentStore):
     """Several milter hosts: the quarantine's PostgreSQL database, tables ``incident_*``."""
 
     backend = "postgresql"
-    _SCHEMA_LOCK = 0x4D57_4900   # "MWI\0": serialises schema creation across hosts starting at once
+    _SCHEMA_LOCK = 0x4D57_4900  # "MWI\0": serialises schema creation across hosts starting at once
 
     def __init__(self, dsn: str, clock: Clock = time.time, timeout: float = TIMEOUT):
         import psycopg
@@ -424,5 +523,6 @@ class PostgresIncidentStore(IncidentStore):
     def _create_schema(self, conn: Any) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._SCHEMA_LOCK,))
         for statement in SCHEMA:
-            conn.execute(statement.format(serial="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
-                                          real="DOUBLE PRECISION"))
+            conn.execute(
+                statement.format(serial="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", real="DOUBLE PRECISION")
+            )

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 OUR_HEADER_PREFIX = "x-mailward-"
 AUTH_RESULTS = "authentication-results"
 SPAM_FLAG = "x-spam-flag"
-SPAM_REASONS = frozenset({"spam", "phishing"})    # what X-Spam-Flag and the subject tag mark
+SPAM_REASONS = frozenset({"spam", "phishing"})  # what X-Spam-Flag and the subject tag mark
 
 
 @dataclass
@@ -55,8 +55,8 @@ class Connection:
     name: str = ""
     helo: str = ""
     daemon: str = ""
-    local_submission: bool = False          # the local sendmail command, not an SMTP client
-    findings: tuple[Finding, ...] = ()      # a client block whose policy is not to refuse
+    local_submission: bool = False  # the local sendmail command, not an SMTP client
+    findings: tuple[Finding, ...] = ()  # a client block whose policy is not to refuse
     failure: str = ""
 
 
@@ -69,9 +69,9 @@ class Transaction:
     auth_user: str = ""
     queue_id: str = ""
     recipients: list[str] = field(default_factory=list)
-    findings: tuple[Finding, ...] = ()      # a sender block whose policy is not to refuse
-    watched_headers: dict[str, list[str]] = field(default_factory=dict)   # lower-case name -> values
-    subject: bytes | None = None            # the first Subject value, as received (for the subject tag)
+    findings: tuple[Finding, ...] = ()  # a sender block whose policy is not to refuse
+    watched_headers: dict[str, list[str]] = field(default_factory=dict)  # lower-case name -> values
+    subject: bytes | None = None  # the first Subject value, as received (for the subject tag)
     buffer: MessageBuffer | None = None
     in_body: bool = False
     failure: str = ""
@@ -89,9 +89,11 @@ CONNECTION_CALLBACKS = ("connect", "hello")
 _Args = ParamSpec("_Args")
 
 
-def _continue_on_error(callback: Callable[Concatenate[MailwardMilter, _Args], int],
-                       ) -> Callable[Concatenate[MailwardMilter, _Args], int]:
+def _continue_on_error(
+    callback: Callable[Concatenate[MailwardMilter, _Args], int],
+) -> Callable[Concatenate[MailwardMilter, _Args], int]:
     """Run a callback so it never raises: the error is remembered and answered at end of message."""
+
     @functools.wraps(callback)
     def guarded(self: MailwardMilter, /, *args: _Args.args, **kwargs: _Args.kwargs) -> int:
         with self._log_context():
@@ -100,6 +102,7 @@ def _continue_on_error(callback: Callable[Concatenate[MailwardMilter, _Args], in
             except Exception:
                 self._fail(callback.__name__)
                 return Milter.CONTINUE
+
     return guarded
 
 
@@ -161,7 +164,7 @@ class MailwardMilter(Milter.Base):
 
     def _fail(self, where: str) -> None:
         """Remember an internal error: for the connection (connect, HELO) or this message."""
-        with self._log_context():          # the callback may have just learnt the queue ID
+        with self._log_context():  # the callback may have just learnt the queue ID
             log.exception("internal error in %s callback", where)
         holder: Connection | Transaction
         if where in CONNECTION_CALLBACKS:
@@ -181,8 +184,9 @@ class MailwardMilter(Milter.Base):
         """The verdict if the policy's ``blocked_action`` refuses now (reject, tempfail), else None."""
         envelope = self._envelope()
         evidence = Evidence(findings=(block_finding(block),))
-        verdict = decide(evidence, self._runtime.screener.settings.policy.for_direction(envelope.direction),
-                         block.incident_id)
+        verdict = decide(
+            evidence, self._runtime.screener.settings.policy.for_direction(envelope.direction), block.incident_id
+        )
         if verdict.action not in (Action.REJECT, Action.TEMPFAIL):
             return None
         self._report(Outcome(envelope, verdict, evidence, 0))
@@ -190,8 +194,7 @@ class MailwardMilter(Milter.Base):
 
     def _report(self, outcome: Outcome) -> None:
         """The one summary line per message (or refused transaction) and its metrics."""
-        log.info("%s %s", outcome.verdict.action.value, outcome.verdict.incident_id,
-                 extra={"event": event_of(outcome)})
+        log.info("%s %s", outcome.verdict.action.value, outcome.verdict.incident_id, extra={"event": event_of(outcome)})
         if self._runtime.metrics is not None:
             try:
                 self._runtime.metrics.observe(outcome)
@@ -258,7 +261,7 @@ class MailwardMilter(Milter.Base):
         value = value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
         message = self._ongoing()
         if self._connection.failure or message.failure:
-            return Milter.CONTINUE          # answered with on_error at end of message; nothing to keep
+            return Milter.CONTINUE  # answered with on_error at end of message; nothing to keep
         message.opened_buffer().add_header(name, value)
         lower = name.lower()
         if lower == "subject" and message.subject is None:
@@ -331,11 +334,22 @@ class MailwardMilter(Milter.Base):
     # --- decision ------------------------------------------------------
     def _envelope(self) -> Envelope:
         client, message = self._connection, self._message
-        envelope = Envelope(client_address=client.address, client_name=client.name, helo=client.helo,
-                            daemon=client.daemon, connection_id=client.id, local_submission=client.local_submission)
+        envelope = Envelope(
+            client_address=client.address,
+            client_name=client.name,
+            helo=client.helo,
+            daemon=client.daemon,
+            connection_id=client.id,
+            local_submission=client.local_submission,
+        )
         if message is not None:
-            envelope = replace(envelope, mail_from=message.mail_from, recipients=tuple(message.recipients),
-                               auth_user=message.auth_user, queue_id=message.queue_id)
+            envelope = replace(
+                envelope,
+                mail_from=message.mail_from,
+                recipients=tuple(message.recipients),
+                auth_user=message.auth_user,
+                queue_id=message.queue_id,
+            )
         return envelope.with_direction(self._runtime.direction.classify(envelope))
 
     def _screen(self) -> Outcome:
@@ -348,8 +362,13 @@ class MailwardMilter(Milter.Base):
         envelope = self._envelope()
         policy = self._runtime.screener.settings.policy.for_direction(envelope.direction)
         buffer = self._message.buffer if self._message is not None else None
-        return Outcome(envelope, decide_failure(policy, new_incident_id()), Evidence(),
-                       buffer.size if buffer is not None else 0, error=failure)
+        return Outcome(
+            envelope,
+            decide_failure(policy, new_incident_id()),
+            Evidence(),
+            buffer.size if buffer is not None else 0,
+            error=failure,
+        )
 
     def _apply(self, outcome: Outcome) -> int:
         verdict = outcome.verdict
@@ -357,16 +376,16 @@ class MailwardMilter(Milter.Base):
             reply = verdict.refusal_reply()
             self.setreply(reply.code, reply.xcode, reply.text)
             return Milter.REJECT if verdict.action is Action.REJECT else Milter.TEMPFAIL
-        for recipient in outcome.held:          # quarantined for them; the others get the message
+        for recipient in outcome.held:  # quarantined for them; the others get the message
             self.delrcpt(f"<{recipient}>")
         self._replace_our_headers(verdict)
-        for name, value in outcome.evidence.headers:      # trace fields such as Authentication-Results
+        for name, value in outcome.evidence.headers:  # trace fields such as Authentication-Results
             self.addheader(name, " " + value, 0)
         if verdict.action is Action.QUARANTINE:
             if verdict.hold:
                 self.quarantine(f"Mailward incident {verdict.incident_id}")
                 return Milter.ACCEPT
-            return Milter.DISCARD        # stored in our quarantine: nothing is lost
+            return Milter.DISCARD  # stored in our quarantine: nothing is lost
         return Milter.ACCEPT
 
     def _replace_our_headers(self, verdict: Verdict) -> None:
@@ -379,7 +398,7 @@ class MailwardMilter(Milter.Base):
         marks = self._runtime.screener.settings.headers
         for name, values in self._ongoing().watched_headers.items():
             if name == SPAM_FLAG and not marks.spam_flag:
-                continue                  # not ours to vouch for: left as the sender wrote it
+                continue  # not ours to vouch for: left as the sender wrote it
             for index in range(len(values), 0, -1):
                 if name != AUTH_RESULTS or (authserv_id and claims_our_id(values[index - 1], authserv_id)):
                     self.chgheader(name, index, "")
@@ -426,7 +445,6 @@ class MailwardMilter(Milter.Base):
         except Exception:
             log.exception("could not set the tempfail reply")
         return Milter.TEMPFAIL
-
 
 
 class TcpMailwardMilter(MailwardMilter):

@@ -9,7 +9,7 @@ from typing import BinaryIO
 
 from ..source import MessageSource
 
-SPOOL_PREFIX, SPOOL_SUFFIX = "msg-", ".eml"     # the daemon removes such files left by a killed milter
+SPOOL_PREFIX, SPOOL_SUFFIX = "msg-", ".eml"  # the daemon removes such files left by a killed milter
 
 
 class MessageBuffer:
@@ -28,8 +28,9 @@ class MessageBuffer:
         self.size = 0
 
     def add_header(self, name: str, value: bytes) -> None:
-        self._write(name.encode("ascii", "replace") + b":" + value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-                    + b"\r\n")
+        self._write(
+            name.encode("ascii", "replace") + b":" + value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n"
+        )
 
     def end_headers(self) -> None:
         self._write(b"\r\n")
@@ -51,7 +52,7 @@ class MessageBuffer:
 
     def source(self) -> MessageSource:
         """The whole message: in memory when small, else the flushed spool file."""
-        if self._file is not None and self._path is not None:      # set together when spooling starts
+        if self._file is not None and self._path is not None:  # set together when spooling starts
             self._file.flush()
             return MessageSource.spooled(self._path, self.size)
         return MessageSource.of(bytes(self._memory))

@@ -59,9 +59,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", help="TOML configuration file (default: embedded defaults)")
     parser.add_argument("--state-dir", help="override state_dir (quarantine, models, rules cache)")
     parser.add_argument("--socket", help="override milter.socket, e.g. unix:/var/spool/postfix/mailward/milter.sock")
-    parser.add_argument("--check", action="store_true",
-                        help="dry run of a start: validate the configuration, compile every rule file, load the "
-                             "model and open the stores, print each problem, exit non-zero on any")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="dry run of a start: validate the configuration, compile every rule file, load the "
+        "model and open the stores, print each problem, exit non-zero on any",
+    )
     return parser.parse_args(argv)
 
 
@@ -180,13 +183,15 @@ def _silent_resolver(settings: Settings) -> str:
         client = DnsClient.from_settings(settings.reputation)
         if client.responds():
             return ""
-    except Exception as exc:             # e.g. no /etc/resolv.conf to read nameservers from
+    except Exception as exc:  # e.g. no /etc/resolv.conf to read nameservers from
         return f"DNS resolver could not be probed: {exc}"
     servers = ", ".join(client.nameservers) or "none in /etc/resolv.conf"
-    return (f"DNS resolver ({servers}, port {settings.reputation.port}) does not answer within "
-            f"{settings.reputation.query_timeout:g} s: every inbound message would wait on DNS and be tagged "
-            f"unchecked. Run a local caching resolver (Debian: apt-get install unbound, listening on "
-            f"127.0.0.1) and point reputation.nameservers at it, or set reputation.enabled = false")
+    return (
+        f"DNS resolver ({servers}, port {settings.reputation.port}) does not answer within "
+        f"{settings.reputation.query_timeout:g} s: every inbound message would wait on DNS and be tagged "
+        f"unchecked. Run a local caching resolver (Debian: apt-get install unbound, listening on "
+        f"127.0.0.1) and point reputation.nameservers at it, or set reputation.enabled = false"
+    )
 
 
 def _warn_if_resolver_silent(settings: Settings) -> None:
@@ -226,7 +231,7 @@ def _notify(*fields: str) -> None:
     if not address:
         return
     if address.startswith("@"):
-        address = "\0" + address[1:]           # abstract namespace
+        address = "\0" + address[1:]  # abstract namespace
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
             sock.sendto("\n".join(fields).encode(), address)
@@ -252,7 +257,7 @@ def _wait_listening(settings: Settings, running: threading.Thread, timeout: floa
 
 # sysexits EX_TEMPFAIL: libmilter stopped without being asked; the service manager restarts the milter.
 EXIT_RESTART = 75
-RULES_POLL = 5.0     # seconds between checks of the rule directories for edits
+RULES_POLL = 5.0  # seconds between checks of the rule directories for edits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,7 +275,7 @@ def _rules_on_disk(settings: Settings) -> _RulesOnDisk:
 def _rules_on_disk_now(seen: _RulesOnDisk) -> _RulesOnDisk:
     try:
         return _RulesOnDisk(seen.directories, stamp(discover(list(seen.directories))))
-    except MailwardError:           # a directory vanished: that is a change too
+    except MailwardError:  # a directory vanished: that is a change too
         return _RulesOnDisk(seen.directories, ("unreadable",))
 
 
@@ -278,8 +283,9 @@ def _scanning_inputs(settings: Settings) -> tuple[Settings, tuple[object, ...], 
     """What the scanning workers are built from: the settings and the (path, mtime, size) of
     their rule and hash list files. Equal inputs build equal workers, so a reload keeps them.
     (A newly promoted model needs no reload: the workers' model loader polls for it.)"""
-    lists = [Source("", Path(name)) for name in (*settings.signatures.hash_lists,
-                                                 *settings.signatures.hash_allow_lists)]
+    lists = [
+        Source("", Path(name)) for name in (*settings.signatures.hash_lists, *settings.signatures.hash_allow_lists)
+    ]
     return settings, _rules_on_disk(settings).marker, stamp(lists)
 
 
@@ -291,18 +297,19 @@ class _Daemon:
         self.settings = settings
         # Workers scan: their first generation is the load check, and this process builds no scanner.
         self.pool = ScanPool(settings, settings.milter.workers) if settings.milter.workers else None
-        self.metrics = Metrics()             # kept across reloads: counters never reset while running
+        self.metrics = Metrics()  # kept across reloads: counters never reset while running
         over_tcp = parse_milter_socket(settings.milter.socket)[0] != "unix"
         self.milter_class = TcpMailwardMilter if over_tcp else MailwardMilter
         self.live = LiveRuntime(build_runtime(settings, scanner=self.pool, metrics=self.metrics))
         _observe(self.metrics, settings, self.live.current)
         self.rules_seen = _rules_on_disk(settings)
         self.scanning_inputs = _scanning_inputs(settings)
-        self.next_reload = 0.0               # monotonic time before which a requested reload waits
+        self.next_reload = 0.0  # monotonic time before which a requested reload waits
         self.stop_requested = threading.Event()
         self.reload_requested = threading.Event()
-        self.metrics_server = self.metrics.serve(settings.metrics.listen, settings.source) \
-            if settings.metrics.listen else None
+        self.metrics_server = (
+            self.metrics.serve(settings.metrics.listen, settings.source) if settings.metrics.listen else None
+        )
 
     def connection(self) -> MailwardMilter:
         return self.milter_class(self.live)
@@ -321,8 +328,13 @@ class _Daemon:
         except MailwardError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
             return
-        for key in ("milter.socket", "milter.workers", "metrics.listen", "incidents.follow_auth_log",
-                    "incidents.auth_log"):
+        for key in (
+            "milter.socket",
+            "milter.workers",
+            "metrics.listen",
+            "incidents.follow_auth_log",
+            "incidents.auth_log",
+        ):
             section, name = key.split(".")
             if getattr(getattr(settings, section), name) != getattr(getattr(self.settings, section), name):
                 log.warning("%s changed; it takes effect only after a restart", key)
@@ -332,7 +344,7 @@ class _Daemon:
             runtime = build_runtime(settings, scanner=self.pool, metrics=self.metrics)
             if self.pool is not None and inputs != self.scanning_inputs:
                 started = time.monotonic()
-                self.pool.reload(settings)     # the new workers are the rules and model check
+                self.pool.reload(settings)  # the new workers are the rules and model check
                 # Loading workers takes CPU from scanning ones: after a regeneration the next
                 # reload waits as long as this one took, so loading never exceeds half the time.
                 self.next_reload = time.monotonic() + (time.monotonic() - started)
@@ -385,9 +397,16 @@ class _Daemon:
         _notify("READY=1", f"MAINPID={os.getpid()}")
         if self.settings.incidents.follow_auth_log:
             follower = LogFollower(self.settings.incidents.auth_log)
-            threading.Thread(target=watch, name="auth-log", daemon=True,
-                             args=(follower, lambda address: self.live.current.kept_incidents().failed_login(address),
-                                   self.stop_requested)).start()
+            threading.Thread(
+                target=watch,
+                name="auth-log",
+                daemon=True,
+                args=(
+                    follower,
+                    lambda address: self.live.current.kept_incidents().failed_login(address),
+                    self.stop_requested,
+                ),
+            ).start()
         next_rules_check = time.monotonic() + RULES_POLL
         while not self.stop_requested.wait(0.2):
             if time.monotonic() >= next_rules_check:
@@ -395,10 +414,10 @@ class _Daemon:
                 on_disk = _rules_on_disk_now(self.rules_seen)
                 if on_disk != self.rules_seen:
                     log.info("rule files changed on disk; reloading")
-                    self.rules_seen = on_disk       # a refused reload is not retried until the next edit
+                    self.rules_seen = on_disk  # a refused reload is not retried until the next edit
                     self.reload_requested.set()
             if self.reload_requested.is_set() and time.monotonic() >= self.next_reload:
-                self.reload_requested.clear()      # SIGHUPs during the reload set it again: one more
+                self.reload_requested.clear()  # SIGHUPs during the reload set it again: one more
                 self.reload()
         _notify("STOPPING=1")
         if thread.is_alive():
@@ -417,9 +436,11 @@ class _Daemon:
             # libmilter's signal thread took a SIGHUP (or SIGTERM) meant for the main thread, which the kernel
             # may do when the main thread has a signal pending; libmilter cannot be started twice in one
             # process, so exit with a failure status for the service manager to restart the milter.
-            log.error("libmilter stopped on a signal this process did not handle (a SIGHUP taken by libmilter's "
-                      "own signal thread); exiting with status %d so the service manager restarts the milter",
-                      EXIT_RESTART)
+            log.error(
+                "libmilter stopped on a signal this process did not handle (a SIGHUP taken by libmilter's "
+                "own signal thread); exiting with status %d so the service manager restarts the milter",
+                EXIT_RESTART,
+            )
             return EXIT_RESTART
         log.info("mailward-milter stopped")
         return 0
@@ -454,8 +475,10 @@ def _report_check(settings: Settings) -> int:
     if problems:
         print(f"mailward-milter: configuration {settings.source} has {len(problems)} problem(s)", file=sys.stderr)
         return 1
-    print(f"mailward-milter: configuration {settings.source} is valid; rules compile, model and stores load "
-          f"(state_dir {settings.state_dir}, socket {settings.milter.socket})")
+    print(
+        f"mailward-milter: configuration {settings.source} is valid; rules compile, model and stores load "
+        f"(state_dir {settings.state_dir}, socket {settings.milter.socket})"
+    )
     return 0
 
 

@@ -24,11 +24,14 @@ def _our_tcp_sockets(port: int) -> list[socket.socket]:
             if not os.readlink(f"{_FD_DIR}/{name}").startswith("socket:"):
                 continue
             sock = socket.socket(fileno=os.dup(int(name)))
-        except OSError:               # closed meanwhile, or the listing's own descriptor
+        except OSError:  # closed meanwhile, or the listing's own descriptor
             continue
         try:
-            if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM \
-                    and sock.getsockname()[1] == port:
+            if (
+                sock.family in (socket.AF_INET, socket.AF_INET6)
+                and sock.type == socket.SOCK_STREAM
+                and sock.getsockname()[1] == port
+            ):
                 found.append(sock)
                 continue
         except OSError:
@@ -58,4 +61,3 @@ def set_nodelay(port: int) -> bool:
     finally:
         for sock in sockets:
             sock.close()
-

@@ -16,15 +16,19 @@ if TYPE_CHECKING:
     from .loader import ModelSource
 
 
-
 def detectors(settings: Settings) -> list[Detector]:
     from ..incidents.alerts import model_refusal_alert
     from .loader import ModelLoader  # scikit-learn loads only when a scanner is built
     from .spam import SpamDetector
 
-    loader = ModelLoader(settings.model_dir, shipped=settings.model.shipped_model,
-                         check_interval=settings.model.check_interval, on_refusal=model_refusal_alert(settings),
-                         owners=TrustedOwners.of(settings.milter.user), source=model_source(settings))
+    loader = ModelLoader(
+        settings.model_dir,
+        shipped=settings.model.shipped_model,
+        check_interval=settings.model.check_interval,
+        on_refusal=model_refusal_alert(settings),
+        owners=TrustedOwners.of(settings.milter.user),
+        source=model_source(settings),
+    )
     return [GtubeDetector(), SpamDetector(loader)]
 
 

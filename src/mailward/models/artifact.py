@@ -44,16 +44,18 @@ from .features import FeatureSettings, check_columns, hash_probe
 from .tokens import TOKENIZER_VERSION, TokenizerSettings
 
 FORMAT_VERSION = 2
-PICKLE_FORMAT = 1                      # joblib payloads: never loaded, only converted on request
+PICKLE_FORMAT = 1  # joblib payloads: never loaded, only converted on request
 KIND = "mailward-spam-model"
-SIDECAR = "spam.json"          # the live model of a model directory
+SIDECAR = "spam.json"  # the live model of a model directory
 PAYLOAD_SUFFIX = ".npz"
 SHIPPED_DIR = Path(__file__).resolve().parent / "default"
-MODEL_DIR_MODE = 0o755                 # never group-writable, whatever the umask: the loader would refuse it
-MAX_FEATURES = 2 ** 26                 # bounds the weights a sidecar can make a worker allocate (256 MiB)
-_ZIP_TIME = (1980, 1, 1, 0, 0, 0)      # fixed member timestamps: the same model gives the same bytes
-CONVERT_HINT = ("retrain it (`mailward train`), rebuild the shipped one (see mailward/models/README.md), "
-                "or, only if you trust the file, convert it: `python -m mailward.models.convert --trust-pickle DIR`")
+MODEL_DIR_MODE = 0o755  # never group-writable, whatever the umask: the loader would refuse it
+MAX_FEATURES = 2**26  # bounds the weights a sidecar can make a worker allocate (256 MiB)
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: the same model gives the same bytes
+CONVERT_HINT = (
+    "retrain it (`mailward train`), rebuild the shipped one (see mailward/models/README.md), "
+    "or, only if you trust the file, convert it: `python -m mailward.models.convert --trust-pickle DIR`"
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,20 +65,22 @@ class TrainedModel:
     counts: NaiveBayesCounts
     features: FeatureSettings = field(default_factory=FeatureSettings)
     combiner: Combiner = field(default_factory=Combiner)
-    training_data: dict[str, Any] = field(default_factory=dict)    # summary of what it learned from (JSON)
-    version: str = ""                                    # set from the payload checksum when saved
+    training_data: dict[str, Any] = field(default_factory=dict)  # summary of what it learned from (JSON)
+    version: str = ""  # set from the payload checksum when saved
 
     @property
     def class_counts(self) -> dict[str, int]:
         return {c: int(n) for c, n in zip(CLASSES, self.counts.class_count)}
 
     def scorer(self) -> SpamModel:
-        return SpamModel.build(self.version, self.features, self.combiner, self.counts,
-                               Regime.of_training(self.training_data))
+        return SpamModel.build(
+            self.version, self.features, self.combiner, self.counts, Regime.of_training(self.training_data)
+        )
 
 
-def save_artifact(model: TrainedModel, directory: str | Path, sidecar_name: str = SIDECAR,
-                  version: str = "") -> TrainedModel:
+def save_artifact(
+    model: TrainedModel, directory: str | Path, sidecar_name: str = SIDECAR, version: str = ""
+) -> TrainedModel:
     """Write ``model`` into ``directory`` atomically; returns it with its version set.
 
     The version is derived from the payload unless given (a converted model keeps its own).
@@ -88,19 +92,26 @@ def save_artifact(model: TrainedModel, directory: str | Path, sidecar_name: str 
     sidecar, data = encode_artifact(model, Path(sidecar_name).stem, version)
     write_atomic(directory / sidecar["artifact"], data)
     write_atomic(directory / sidecar_name, (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode())
-    return TrainedModel(model.counts, model.features, model.combiner, model.training_data,
-                        str(sidecar["model_version"]))
+    return TrainedModel(
+        model.counts, model.features, model.combiner, model.training_data, str(sidecar["model_version"])
+    )
 
 
-def encode_artifact(model: TrainedModel, stem: str = Path(SIDECAR).stem,
-                    version: str = "") -> tuple[dict[str, Any], bytes]:
+def encode_artifact(
+    model: TrainedModel, stem: str = Path(SIDECAR).stem, version: str = ""
+) -> tuple[dict[str, Any], bytes]:
     """The sidecar and payload bytes of ``model``, wherever they are kept (files here, or the
     database registry of :mod:`.database`). The version is derived from the payload unless given."""
     counts = model.counts
     if min(counts.class_count) < 1:
         raise ArtifactError(f"model {version or '(new)'}: a spam model needs at least one ham and one spam message")
-    data = _npz({"class_count": counts.class_count, "column_steps": np.diff(counts.columns.astype(np.int64), prepend=0),
-                 "counts": counts.counts})
+    data = _npz(
+        {
+            "class_count": counts.class_count,
+            "column_steps": np.diff(counts.columns.astype(np.int64), prepend=0),
+            "counts": counts.counts,
+        }
+    )
     digest = hashlib.sha256(data).hexdigest()
     version = version or f"nb-{digest[:12]}"
     sidecar = {
@@ -139,8 +150,9 @@ def load_artifact(sidecar_path: str | Path, root: str | Path, owners: TrustedOwn
     return decode_artifact(meta, data, sidecar_path, payload_path)
 
 
-def decode_artifact(meta: dict[str, Any], data: bytes, where: str | Path,
-                    payload_where: str | Path = "") -> TrainedModel:
+def decode_artifact(
+    meta: dict[str, Any], data: bytes, where: str | Path, payload_where: str | Path = ""
+) -> TrainedModel:
     """The model a checked sidecar (:func:`parse_sidecar`) and its payload bytes describe.
 
     Refuses payload bytes whose sha256 is not the sidecar's and payloads that are
@@ -148,15 +160,18 @@ def decode_artifact(meta: dict[str, Any], data: bytes, where: str | Path,
     """
     payload_where = payload_where or where
     if hashlib.sha256(data).hexdigest() != meta["sha256"]:
-        raise ArtifactError(f"{payload_where}: sha256 does not match {Path(str(where)).name}; "
-                            f"refusing a corrupt model")
+        raise ArtifactError(f"{payload_where}: sha256 does not match {Path(str(where)).name}; refusing a corrupt model")
     features = _features(meta, where)
     try:
         alpha = float(meta["naive_bayes"]["alpha"])
         combiner = Combiner(**meta["combiner"])
         numbers = (alpha, float(combiner.slope), float(combiner.intercept))
-        if not (all(map(math.isfinite, numbers)) and alpha > 0 and type(combiner.evidence_per_side) is int
-                and combiner.evidence_per_side >= 1):
+        if not (
+            all(map(math.isfinite, numbers))
+            and alpha > 0
+            and type(combiner.evidence_per_side) is int
+            and combiner.evidence_per_side >= 1
+        ):
             raise ValueError("alpha must be positive, the calibration finite, evidence_per_side a count")
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(f"{where}: bad model settings ({exc})") from None
@@ -173,7 +188,7 @@ def _npz(arrays: dict[str, np.ndarray]) -> bytes:
             member = io.BytesIO()
             np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
             info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_TIME)
-            info.compress_type = zipfile.ZIP_DEFLATED      # LZMA: 30 % smaller, 40x slower to save
+            info.compress_type = zipfile.ZIP_DEFLATED  # LZMA: 30 % smaller, 40x slower to save
             archive.writestr(info, member.getvalue())
     return out.getvalue()
 
@@ -202,28 +217,40 @@ def _read_npz(data: bytes, path: str | Path, n_features: int) -> dict[str, np.nd
             members = {info.filename: info.file_size for info in archive.infolist()}
             if sorted(members) != sorted(f"{name}.npy" for name in budget):
                 raise ArtifactError(f"{path}: payload holds {sorted(members)}, not a spam model's arrays")
-            if any(members[f"{name}.npy"] > limit or _declared_size(archive, f"{name}.npy") > limit
-                   for name, limit in budget.items()):
+            if any(
+                members[f"{name}.npy"] > limit or _declared_size(archive, f"{name}.npy") > limit
+                for name, limit in budget.items()
+            ):
                 raise ArtifactError(f"{path}: payload arrays larger than {n_features} columns need")
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in budget}
     except ArtifactError:
         raise
-    except Exception as exc:   # noqa: BLE001 - whatever numpy or zipfile says, the file is not a payload
-        raise ArtifactError(f"{path}: unreadable payload ({type(exc).__name__}: {exc}); "
-                            f"payloads are .npz arrays since format {FORMAT_VERSION}") from None
+    except Exception as exc:  # noqa: BLE001 - whatever numpy or zipfile says, the file is not a payload
+        raise ArtifactError(
+            f"{path}: unreadable payload ({type(exc).__name__}: {exc}); "
+            f"payloads are .npz arrays since format {FORMAT_VERSION}"
+        ) from None
     class_count, steps, counts = arrays["class_count"], arrays["column_steps"], arrays["counts"]
-    if not (class_count.dtype == counts.dtype == np.float64 and steps.dtype == np.int64
-            and class_count.shape == (len(CLASSES),) and steps.ndim == 1
-            and counts.shape == (len(CLASSES), len(steps))):
+    if not (
+        class_count.dtype == counts.dtype == np.float64
+        and steps.dtype == np.int64
+        and class_count.shape == (len(CLASSES),)
+        and steps.ndim == 1
+        and counts.shape == (len(CLASSES), len(steps))
+    ):
         raise ArtifactError(f"{path}: payload arrays do not have a spam model's types and shapes")
     if len(steps) and (steps[0] < 0 or np.any(steps[1:] < 1) or np.any(steps >= n_features)):
         raise ArtifactError(f"{path}: payload columns are not distinct, sorted and below {n_features}")
-    columns = np.cumsum(steps, out=steps)   # in place: no second column-sized array; each step < n_features
+    columns = np.cumsum(steps, out=steps)  # in place: no second column-sized array; each step < n_features
     if len(columns) and columns[-1] >= n_features:
         raise ArtifactError(f"{path}: payload columns are not distinct, sorted and below {n_features}")
-    if not (np.all(np.isfinite(counts)) and np.all(counts >= 0) and np.all(np.isfinite(class_count))
-            and np.all(class_count >= 1)):
+    if not (
+        np.all(np.isfinite(counts))
+        and np.all(counts >= 0)
+        and np.all(np.isfinite(class_count))
+        and np.all(class_count >= 1)
+    ):
         raise ArtifactError(f"{path}: payload counts are not non-negative numbers with both classes present")
     return {"class_count": class_count, "columns": columns, "counts": counts}
 
@@ -248,15 +275,17 @@ def parse_sidecar(text: str, path: str | Path) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("kind") != KIND:
         raise ArtifactError(f"{path}: not a Mailward spam model sidecar")
     if meta.get("format_version") == PICKLE_FORMAT:
-        raise ArtifactError(f"{path}: format version {PICKLE_FORMAT} keeps the model in a joblib pickle, which "
-                            f"Mailward no longer loads (unpickling runs code from the file); {CONVERT_HINT}")
+        raise ArtifactError(
+            f"{path}: format version {PICKLE_FORMAT} keeps the model in a joblib pickle, which "
+            f"Mailward no longer loads (unpickling runs code from the file); {CONVERT_HINT}"
+        )
     if meta.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(f"{path}: format version {meta.get('format_version')!r}, "
-                            f"this Mailward reads {FORMAT_VERSION}")
+        raise ArtifactError(
+            f"{path}: format version {meta.get('format_version')!r}, this Mailward reads {FORMAT_VERSION}"
+        )
     built_with = str(meta.get("sklearn_version", ""))
     if built_with.split(".")[0] != sklearn.__version__.split(".")[0]:
-        raise ArtifactError(f"{path}: built with scikit-learn {built_with or '?'}, "
-                            f"installed is {sklearn.__version__}")
+        raise ArtifactError(f"{path}: built with scikit-learn {built_with or '?'}, installed is {sklearn.__version__}")
     for key in ("artifact", "sha256", "model_version", "features", "naive_bayes", "combiner"):
         if key not in meta:
             raise ArtifactError(f"{path}: sidecar lacks {key!r}")
@@ -274,12 +303,16 @@ def _features(meta: dict[str, Any], path: str | Path) -> FeatureSettings:
     if features.n_features > MAX_FEATURES:
         raise ArtifactError(f"{path}: {features.n_features} feature columns, at most {MAX_FEATURES} are loaded")
     if tokenizer.version != TOKENIZER_VERSION:
-        raise ArtifactError(f"{path}: tokenizer version {tokenizer.version}, this Mailward tokenizes "
-                            f"as version {TOKENIZER_VERSION}; retrain the model")
+        raise ArtifactError(
+            f"{path}: tokenizer version {tokenizer.version}, this Mailward tokenizes "
+            f"as version {TOKENIZER_VERSION}; retrain the model"
+        )
     vectorizer = features.vectorizer()
     if hash_probe(vectorizer) != recorded_probe or not check_columns(vectorizer):
-        raise ArtifactError(f"{path}: feature hashing of the installed scikit-learn {sklearn.__version__} "
-                            f"differs from the one that built the model")
+        raise ArtifactError(
+            f"{path}: feature hashing of the installed scikit-learn {sklearn.__version__} "
+            f"differs from the one that built the model"
+        )
     return features
 
 

@@ -31,9 +31,9 @@ from ..message import ParsedMessage
 from .features import FeatureSettings, token_columns
 from .tokens import tokenize
 
-CLASSES = TRAINING_CLASSES       # column order of the model's counts
+CLASSES = TRAINING_CLASSES  # column order of the model's counts
 MAX_CLUES = 10
-WEIGHT_CHUNK = 1 << 18          # columns weighed at a time when a model loads
+WEIGHT_CHUNK = 1 << 18  # columns weighed at a time when a model loads
 # Cold start: until a model has learned this many ham and this many spam of the site's own mail
 # (SpamAssassin and rspamd wait for 200 of each before their Bayes counts), its score may tag but
 # the spam action needs at least COLD_START_THRESHOLD: the score at which a corpus model's ham
@@ -50,7 +50,7 @@ class Regime:
     """Which quarantine rule a model's scores fall under, from how much of the site's mail it learned."""
 
     name: str = SITE_REGIME
-    spam_floor: float = 0.0         # the spam action needs at least this score (0: the policy's threshold)
+    spam_floor: float = 0.0  # the spam action needs at least this score (0: the policy's threshold)
     site_ham: int = 0
     site_spam: int = 0
 
@@ -66,7 +66,7 @@ class Regime:
         (none for the shipped model or one without a ledger)."""
         ledger = training_data.get("ledger") if isinstance(training_data, dict) else None
         labels = ledger.get("current_labels") if isinstance(ledger, dict) else None
-        if not isinstance(labels, dict):                   # none, or not a summary Mailward wrote
+        if not isinstance(labels, dict):  # none, or not a summary Mailward wrote
             return cls.of(0, 0)
         try:
             return cls.of(int(labels.get("ham", 0)), int(labels.get("spam", 0)))
@@ -77,16 +77,18 @@ class Regime:
         learned = f"site mail learned: {self.site_ham} ham, {self.site_spam} spam"
         if self.name == SITE_REGIME:
             return f"regime {self.name} ({learned})"
-        return (f"regime {self.name} ({learned}, {COLD_START_MIN} of each needed; "
-                f"spam action only at score >= {self.spam_floor:g})")
+        return (
+            f"regime {self.name} ({learned}, {COLD_START_MIN} of each needed; "
+            f"spam action only at score >= {self.spam_floor:g})"
+        )
 
 
 @dataclass(frozen=True)
 class Combiner:
     """How the strongest token evidence becomes one score in 0..1."""
 
-    evidence_per_side: int = 20    # strongest spam and strongest ham tokens that count (chosen by CV)
-    slope: float = 1.0             # logistic calibration, fitted on held-out training mail
+    evidence_per_side: int = 20  # strongest spam and strongest ham tokens that count (chosen by CV)
+    slope: float = 1.0  # logistic calibration, fitted on held-out training mail
     intercept: float = 0.0
 
     def evidence(self, weights: np.ndarray) -> float:
@@ -108,8 +110,9 @@ class Combiner:
         return {"evidence_per_side": self.evidence_per_side, "slope": self.slope, "intercept": self.intercept}
 
 
-def naive_bayes_from_counts(class_count: np.ndarray, feature_count: np.ndarray | sparse.csr_matrix,
-                            alpha: float) -> MultinomialNB:
+def naive_bayes_from_counts(
+    class_count: np.ndarray, feature_count: np.ndarray | sparse.csr_matrix, alpha: float
+) -> MultinomialNB:
     """Rebuild a fitted MultinomialNB from its sufficient statistics through ``partial_fit`` alone.
 
     The first call adds each class's feature-count row as one sample; the second
@@ -121,8 +124,11 @@ def naive_bayes_from_counts(class_count: np.ndarray, feature_count: np.ndarray |
     nb = MultinomialNB(alpha=alpha, force_alpha=True)
     labels = np.array(CLASSES)
     nb.partial_fit(sparse.csr_matrix(feature_count, dtype=np.float64), labels, classes=labels)
-    nb.partial_fit(sparse.csr_matrix((len(CLASSES), n_features), dtype=np.float64), labels,
-                   sample_weight=np.asarray(class_count, dtype=np.float64) - 1.0)
+    nb.partial_fit(
+        sparse.csr_matrix((len(CLASSES), n_features), dtype=np.float64),
+        labels,
+        sample_weight=np.asarray(class_count, dtype=np.float64) - 1.0,
+    )
     return nb
 
 
@@ -150,9 +156,9 @@ class NaiveBayesCounts:
     estimator's dense (classes x 4 Mi) float64 arrays; only training does.
     """
 
-    class_count: np.ndarray      # documents per class, in CLASSES order
-    columns: np.ndarray          # sorted distinct feature columns with a non-zero count
-    counts: np.ndarray           # (classes, len(columns)) feature counts
+    class_count: np.ndarray  # documents per class, in CLASSES order
+    columns: np.ndarray  # sorted distinct feature columns with a non-zero count
+    counts: np.ndarray  # (classes, len(columns)) feature counts
     n_features: int
     alpha: float
 
@@ -161,14 +167,19 @@ class NaiveBayesCounts:
         if list(nb.classes_) != list(CLASSES):
             raise ValueError(f"classes {list(nb.classes_)}, a spam model has {list(CLASSES)}")
         columns = np.flatnonzero(nb.feature_count_.any(axis=0))
-        return cls(np.array(nb.class_count_, dtype=np.float64), columns,
-                   np.ascontiguousarray(nb.feature_count_[:, columns], dtype=np.float64),
-                   int(nb.feature_count_.shape[1]), float(nb.alpha))
+        return cls(
+            np.array(nb.class_count_, dtype=np.float64),
+            columns,
+            np.ascontiguousarray(nb.feature_count_[:, columns], dtype=np.float64),
+            int(nb.feature_count_.shape[1]),
+            float(nb.alpha),
+        )
 
     def feature_count(self) -> sparse.csr_matrix:
         rows = np.repeat(np.arange(len(CLASSES)), len(self.columns))
-        return sparse.csr_matrix((self.counts.ravel(), (rows, np.tile(self.columns, len(CLASSES)))),
-                                 shape=(len(CLASSES), self.n_features))
+        return sparse.csr_matrix(
+            (self.counts.ravel(), (rows, np.tile(self.columns, len(CLASSES)))), shape=(len(CLASSES), self.n_features)
+        )
 
     def estimator(self) -> MultinomialNB:
         """A fitted estimator that can go on learning (dense: for training, not for scoring)."""
@@ -178,7 +189,7 @@ class NaiveBayesCounts:
         """Every column's evidence for spam (float32), computed from the counts alone."""
         weights = np.zeros(self.n_features, dtype=np.float32)
         totals = self.counts.sum(axis=1)
-        for start in range(0, len(self.columns), WEIGHT_CHUNK):      # bounded temporaries at any model size
+        for start in range(0, len(self.columns), WEIGHT_CHUNK):  # bounded temporaries at any model size
             part = slice(start, start + WEIGHT_CHUNK)
             weights[self.columns[part]] = column_weights(self.counts[:, part], totals, self.alpha, self.n_features)
         return weights
@@ -196,8 +207,14 @@ class SpamModel:
     regime: Regime = Regime()
 
     @classmethod
-    def build(cls, version: str, features: FeatureSettings, combiner: Combiner,
-              counts: NaiveBayesCounts, regime: Regime = Regime()) -> SpamModel:
+    def build(
+        cls,
+        version: str,
+        features: FeatureSettings,
+        combiner: Combiner,
+        counts: NaiveBayesCounts,
+        regime: Regime = Regime(),
+    ) -> SpamModel:
         return cls(version, features, combiner, counts.weights(), features.vectorizer(), regime)
 
     def assess(self, message: ParsedMessage) -> SpamAssessment:
@@ -212,8 +229,13 @@ class SpamModel:
         score = self.combiner.probability(self.combiner.evidence(weights))
         strongest = np.argsort(-np.abs(weights), kind="stable")[:MAX_CLUES]
         clues = tuple(Clue(unique[first[i]], round(float(weights[i]), 3)) for i in strongest if weights[i] != 0)
-        return SpamAssessment(score=score, clues=clues, model_version=self.version, regime=self.regime.name,
-                              spam_floor=self.regime.spam_floor)
+        return SpamAssessment(
+            score=score,
+            clues=clues,
+            model_version=self.version,
+            regime=self.regime.name,
+            spam_floor=self.regime.spam_floor,
+        )
 
     def evidence_of(self, columns: np.ndarray) -> float:
         """The uncalibrated evidence of a message's distinct feature columns; training calibrates on it."""

@@ -43,16 +43,25 @@ def convert(sidecar: Path, owners: TrustedOwners, root: Path) -> str | None:
         raise ArtifactError(f"{payload}: sha256 does not match {sidecar.name}; not converting a corrupt model")
     import joblib  # only here: nothing else in Mailward unpickles
 
-    arrays = joblib.load(io.BytesIO(data))          # the trusted step: this runs the pickle
+    arrays = joblib.load(io.BytesIO(data))  # the trusted step: this runs the pickle
     if list(arrays["classes"]) != list(CLASSES):
         raise ArtifactError(f"{payload}: classes {arrays['classes']}, not {list(CLASSES)}")
     feature_count = sparse.csr_matrix(arrays["feature_count"])
     columns = np.unique(feature_count.indices)
     counts = np.ascontiguousarray(feature_count[:, columns].toarray(), dtype=np.float64)
     features = _features(meta, sidecar)
-    model = TrainedModel(NaiveBayesCounts(np.asarray(arrays["class_count"], dtype=np.float64), columns.astype(np.int64),
-                                          counts, features.n_features, float(meta["naive_bayes"]["alpha"])),
-                         features, Combiner(**meta["combiner"]), dict(meta.get("training_data", {})))
+    model = TrainedModel(
+        NaiveBayesCounts(
+            np.asarray(arrays["class_count"], dtype=np.float64),
+            columns.astype(np.int64),
+            counts,
+            features.n_features,
+            float(meta["naive_bayes"]["alpha"]),
+        ),
+        features,
+        Combiner(**meta["combiner"]),
+        dict(meta.get("training_data", {})),
+    )
     save_artifact(model, sidecar.parent, sidecar.name, version=str(meta["model_version"]))
     payload.unlink()
     return str(meta["model_version"])
@@ -60,16 +69,23 @@ def convert(sidecar: Path, owners: TrustedOwners, root: Path) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mailward.models.convert", description=__doc__.split("\n")[0])
-    parser.add_argument("--trust-pickle", action="store_true", required=True,
-                        help="required: you vouch that these files were written by Mailward, not by an attacker")
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        required=True,
+        help="required: you vouch that these files were written by Mailward, not by an attacker",
+    )
     parser.add_argument("--service-user", default="", help="milter.user, whose files are also trusted")
     parser.add_argument("directories", nargs="+", type=Path, metavar="DIR")
     args = parser.parse_args(argv)
     owners = TrustedOwners.of(args.service_user)
     failed = 0
     for directory in args.directories:
-        sidecars = [p for p in [directory / SIDECAR, *sorted(directory.glob(f"versions/*/{SIDECAR}"))]
-                    if p.is_file() and not p.is_symlink()]
+        sidecars = [
+            p
+            for p in [directory / SIDECAR, *sorted(directory.glob(f"versions/*/{SIDECAR}"))]
+            if p.is_file() and not p.is_symlink()
+        ]
         if not sidecars:
             print(f"{directory}: no {SIDECAR} here or under versions/", file=sys.stderr)
             failed += 1

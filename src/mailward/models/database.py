@@ -36,9 +36,9 @@ from typing import Any
 from ..errors import ArtifactError
 from .artifact import TrainedModel, decode_artifact, encode_artifact, parse_sidecar
 
-_SCHEMA_LOCK = 0x4D57_4D00      # "MWM\0": advisory lock key for creating the registry's tables
-_PROMOTION_LOCK = 0x4D57_4D01   # serialises promotions, so each records the version it replaced
-CHUNK = 1 << 20                 # payload bytes per row
+_SCHEMA_LOCK = 0x4D57_4D00  # "MWM\0": advisory lock key for creating the registry's tables
+_PROMOTION_LOCK = 0x4D57_4D01  # serialises promotions, so each records the version it replaced
+CHUNK = 1 << 20  # payload bytes per row
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS model_versions (
         version TEXT PRIMARY KEY,
@@ -74,7 +74,7 @@ class Live:
 class StoredVersion:
     version: str
     created: float
-    sidecar: str          # JSON text, checked when parsed
+    sidecar: str  # JSON text, checked when parsed
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ class ModelDatabase:
         except RegistryUnavailable:
             if not reused:
                 raise
-            return self._live()      # the server may have ended the kept session: once more, anew
+            return self._live()  # the server may have ended the kept session: once more, anew
 
     def _live(self) -> Live | None:
         import psycopg
@@ -145,18 +145,21 @@ class ModelDatabase:
         """The version's model, its bytes verified against the sidecar (sha256) and decoded as arrays."""
         where = f"{self.where}: version {version}"
         with self._tx() as conn:
-            row = conn.execute("SELECT sidecar, sha256, size FROM model_versions WHERE version = %s",
-                               (version,)).fetchone()
+            row = conn.execute(
+                "SELECT sidecar, sha256, size FROM model_versions WHERE version = %s", (version,)
+            ).fetchone()
             if row is None:
                 raise ArtifactError(f"{where}: no such version")
             cursor = conn.cursor(binary=True)
-            chunks = cursor.execute("SELECT data FROM model_chunks WHERE version = %s ORDER BY seq",
-                                    (version,)).fetchall()
+            chunks = cursor.execute(
+                "SELECT data FROM model_chunks WHERE version = %s ORDER BY seq", (version,)
+            ).fetchall()
         meta = parse_sidecar(row[0], where)
         data = b"".join(bytes(chunk[0]) for chunk in chunks)
         if len(data) != int(row[2]) or meta.get("sha256") != row[1] or str(meta["model_version"]) != version:
-            raise ArtifactError(f"{where}: stored payload ({len(data)} bytes) does not match its sidecar; "
-                                f"refusing a corrupt model")
+            raise ArtifactError(
+                f"{where}: stored payload ({len(data)} bytes) does not match its sidecar; refusing a corrupt model"
+            )
         return decode_artifact(meta, data, where)
 
     # -- writes (the registry) -------------------------------------------------------------------
@@ -172,12 +175,17 @@ class ModelDatabase:
             added = conn.execute(
                 "INSERT INTO model_versions (version, created, sidecar, sha256, size) VALUES (%s, %s, %s, %s, %s) "
                 "ON CONFLICT (version) DO NOTHING RETURNING version",
-                (version, time.time(), json.dumps(sidecar, sort_keys=True), sidecar["sha256"], len(data))).fetchone()
+                (version, time.time(), json.dumps(sidecar, sort_keys=True), sidecar["sha256"], len(data)),
+            ).fetchone()
             if added is not None:
                 with conn.cursor() as cursor:
-                    cursor.executemany("INSERT INTO model_chunks (version, seq, data) VALUES (%s, %s, %s)",
-                                       [(version, seq, data[start:start + CHUNK])
-                                        for seq, start in enumerate(range(0, len(data), CHUNK))])
+                    cursor.executemany(
+                        "INSERT INTO model_chunks (version, seq, data) VALUES (%s, %s, %s)",
+                        [
+                            (version, seq, data[start : start + CHUNK])
+                            for seq, start in enumerate(range(0, len(data), CHUNK))
+                        ],
+                    )
         return TrainedModel(model.counts, model.features, model.combiner, model.training_data, version)
 
     def has(self, version: str) -> bool:
@@ -192,9 +200,11 @@ class ModelDatabase:
                 raise ArtifactError(f"{self.where}: no model version {version}")
             row = conn.execute("SELECT version FROM model_promotions ORDER BY seq DESC LIMIT 1").fetchone()
             previous = str(row[0]) if row else ""
-            conn.execute("INSERT INTO model_promotions (action, version, previous, actor, at, evaluation) "
-                         "VALUES (%s, %s, %s, %s, %s, %s)",
-                         (action, version, previous, actor, at, json.dumps(evaluation, sort_keys=True)))
+            conn.execute(
+                "INSERT INTO model_promotions (action, version, previous, actor, at, evaluation) "
+                "VALUES (%s, %s, %s, %s, %s, %s)",
+                (action, version, previous, actor, at, json.dumps(evaluation, sort_keys=True)),
+            )
         return previous
 
     def versions(self) -> list[StoredVersion]:
@@ -204,10 +214,12 @@ class ModelDatabase:
 
     def history(self) -> list[StoredPromotion]:
         with self._tx() as conn:
-            rows = conn.execute("SELECT action, version, previous, actor, at, evaluation FROM model_promotions "
-                                "ORDER BY seq").fetchall()
-        return [StoredPromotion(str(a), str(v), str(p), str(who), float(at), json.loads(e))
-                for a, v, p, who, at, e in rows]
+            rows = conn.execute(
+                "SELECT action, version, previous, actor, at, evaluation FROM model_promotions ORDER BY seq"
+            ).fetchall()
+        return [
+            StoredPromotion(str(a), str(v), str(p), str(who), float(at), json.loads(e)) for a, v, p, who, at, e in rows
+        ]
 
     # -- connections -----------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ def tokens_as_given(tokens: list[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class FeatureSettings:
-    n_features: int = 2 ** 22          # 4 Mi columns: fewer collide too often with word pairs (measured)
+    n_features: int = 2**22  # 4 Mi columns: fewer collide too often with word pairs (measured)
     tokenizer: TokenizerSettings = field(default_factory=TokenizerSettings)
 
     def __post_init__(self) -> None:
@@ -37,12 +37,17 @@ class FeatureSettings:
             raise ValueError(f"n_features must be a power of two, not {self.n_features}")
 
     def vectorizer(self) -> HashingVectorizer:
-        return HashingVectorizer(analyzer=tokens_as_given, n_features=self.n_features, binary=True,
-                                 norm=None, alternate_sign=False)
+        return HashingVectorizer(
+            analyzer=tokens_as_given, n_features=self.n_features, binary=True, norm=None, alternate_sign=False
+        )
 
     def as_dict(self) -> dict[str, Any]:
-        return {"n_features": self.n_features, "binary": True, "tokenizer": self.tokenizer.as_dict(),
-                "hash_probe": hash_probe(self.vectorizer())}
+        return {
+            "n_features": self.n_features,
+            "binary": True,
+            "tokenizer": self.tokenizer.as_dict(),
+            "hash_probe": hash_probe(self.vectorizer()),
+        }
 
 
 def token_columns(vectorizer: HashingVectorizer, tokens: list[str]) -> np.ndarray:

@@ -13,28 +13,34 @@ import html
 import re
 from dataclasses import dataclass
 
-_BLOCK_NAMES = ("address|article|br|caption|center|dd|div|dl|dt|footer|form|h[1-6]|header|hr|li|ol|option|p|pre|"
-                "section|select|table|tbody|td|textarea|tfoot|th|thead|title|tr|ul")
-_TAG = re.compile(r"<(/?)([a-zA-Z][a-zA-Z0-9:-]{0,20})([^<>]{0,4000})>")      # (slash, name, attributes)
+_BLOCK_NAMES = (
+    "address|article|br|caption|center|dd|div|dl|dt|footer|form|h[1-6]|header|hr|li|ol|option|p|pre|"
+    "section|select|table|tbody|td|textarea|tfoot|th|thead|title|tr|ul"
+)
+_TAG = re.compile(r"<(/?)([a-zA-Z][a-zA-Z0-9:-]{0,20})([^<>]{0,4000})>")  # (slash, name, attributes)
 _BLOCK_TAG = re.compile(rf"</?(?:{_BLOCK_NAMES})(?![a-zA-Z0-9:-])[^<>]{{0,4000}}>", re.I)
 _BLOCK = frozenset(_BLOCK_NAMES.replace("h[1-6]", "h1|h2|h3|h4|h5|h6").split("|"))
-_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)                                 # an unclosed one runs to the end
-_DECLARATION = re.compile(r"<[!?][^<>]{0,4000}>")                                 # doctype, processing instruction
-_SKIPPED = re.compile(r"<(script|style|noscript|xml)(?![a-zA-Z0-9:-])", re.I)     # content nobody reads
+_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)  # an unclosed one runs to the end
+_DECLARATION = re.compile(r"<[!?][^<>]{0,4000}>")  # doctype, processing instruction
+_SKIPPED = re.compile(r"<(script|style|noscript|xml)(?![a-zA-Z0-9:-])", re.I)  # content nobody reads
 _END_OF = {name: re.compile(rf"</{name}", re.I) for name in ("script", "style", "noscript", "xml")}
 _ANCHOR = re.compile(r"<a(\s[^<>]{0,4000})>(.{0,300}?)</a\s*>", re.I | re.S)
 _ATTR = re.compile(r"""([a-zA-Z_:-]{1,30})\s*=\s*("[^"]*"|'[^']*'|[^\s"'>]+)""")
 _HREF = re.compile(r"""href\s*=\s*("[^"]*"|'[^']*'|[^\s"'>]+)""", re.I)
 _STYLE = re.compile(r"style\s*=", re.I)
-_ATTRIBUTES_READ = frozenset(("a", "img", "font", "form", "input", "iframe", "frame", "embed", "object", "body", "area",
-                              "base", "link"))
+_ATTRIBUTES_READ = frozenset(
+    ("a", "img", "font", "form", "input", "iframe", "frame", "embed", "object", "body", "area", "base", "link")
+)
 _HIDDEN_STYLE = re.compile(
     r"display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*[01](?:\.\d+)?(?:px|pt)?\b|opacity\s*:\s*0(?:\.0*)?\b"
 )
 _WHITE = frozenset(("#fff", "#ffffff", "white", "#fefefe", "#fdfdfd"))
 # &#65;-&#90;, &#97;-&#122; and their hex forms: plain letters hidden from word filters.
-_LETTER_ENTITY = re.compile(r"&#0*(?:6[5-9]|[78]\d|90|9[7-9]|1[01]\d|12[0-2]);"
-                            r"|&#x0*(?:4[1-9a-f]|5[0-9a]|6[1-9a-f]|7[0-9a]);", re.I)
+_LETTER_ENTITY = re.compile(
+    r"&#0*(?:6[5-9]|[78]\d|90|9[7-9]|1[01]\d|12[0-2]);"
+    r"|&#x0*(?:4[1-9a-f]|5[0-9a]|6[1-9a-f]|7[0-9a]);",
+    re.I,
+)
 # Both start with a literal "<" (the regex engine skips to it) and look behind for the word before.
 _WORD_SPLIT_BY_TAGS = re.compile(r"<(?<=[^\W_]<)[a-zA-Z/][^<>]{0,200}>(?:<[a-zA-Z/][^<>]{0,200}>)*(?=[^\W_])")
 _WORD_SPLIT_BY_COMMENT = re.compile(r"<!--(?<=[^\W_]<!--).{0,200}?-->(?=[^\W_])", re.S)
@@ -45,10 +51,10 @@ class HtmlText:
     """What one HTML part says, what it links to, and which tricks it uses."""
 
     text: str
-    links: tuple[tuple[str, str], ...]   # (href, visible anchor text; "" when the anchor never closes)
-    sources: tuple[str, ...]             # img/iframe/form/background targets
-    tags: frozenset[str]                 # tag names used
-    tricks: frozenset[str]               # e.g. "hidden-text", "comment-in-word"
+    links: tuple[tuple[str, str], ...]  # (href, visible anchor text; "" when the anchor never closes)
+    sources: tuple[str, ...]  # img/iframe/form/background targets
+    tags: frozenset[str]  # tag names used
+    tricks: frozenset[str]  # e.g. "hidden-text", "comment-in-word"
 
 
 def html_to_text(markup: str) -> HtmlText:
@@ -81,12 +87,13 @@ def html_to_text(markup: str) -> HtmlText:
         return "\n" if name in _BLOCK else ""
 
     text = _DECLARATION.sub("", _TAG.sub(read_tag, markup))
-    shown: dict[str, list[str]] = {}          # href -> texts of its closed anchors, in document order
+    shown: dict[str, list[str]] = {}  # href -> texts of its closed anchors, in document order
     for raw_attrs, inner in _ANCHOR.findall(markup):
         href = _HREF.search(raw_attrs)
         if href:
             shown.setdefault(html.unescape(href.group(1).strip("\"'")), []).append(
-                html.unescape(_TAG.sub("", inner)).strip())
+                html.unescape(_TAG.sub("", inner)).strip()
+            )
     links = tuple((h, shown[h].pop(0) if shown.get(h) else "") for h in hrefs)
     return HtmlText(html.unescape(text), links, tuple(sources), frozenset(tags), frozenset(tricks))
 
@@ -105,7 +112,7 @@ def _without_unread_content(markup: str) -> tuple[str, set[str]]:
         end = None if name in unclosed else _END_OF[name].search(markup, start.end())
         if end is None:
             unclosed.add(name)
-        kept.append(markup[pos:start.start()])
+        kept.append(markup[pos : start.start()])
         pos = end.start() if end is not None else start.end()
     kept.append(markup[pos:])
     return "".join(kept), names

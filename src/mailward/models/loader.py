@@ -59,7 +59,7 @@ class ModelSource(Protocol):
     """Where the live model comes from: ``identity`` is cheap and changes when the live model does."""
 
     where: str
-    remote: bool            # checks may wait on the network: run them off the scanning thread
+    remote: bool  # checks may wait on the network: run them off the scanning thread
 
     def identity(self) -> Hashable | None:
         """None when the source has no live model; ArtifactError when it cannot tell."""
@@ -111,10 +111,17 @@ class ModelLoader:
     no model at all can be loaded; later failures keep the current model.
     """
 
-    def __init__(self, directory: str | Path, shipped: bool = True, check_interval: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic, shipped_dir: Path = SHIPPED_DIR,
-                 on_refusal: Callable[[str], None] | None = None, owners: TrustedOwners | None = None,
-                 source: ModelSource | None = None) -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        shipped: bool = True,
+        check_interval: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        shipped_dir: Path = SHIPPED_DIR,
+        on_refusal: Callable[[str], None] | None = None,
+        owners: TrustedOwners | None = None,
+        source: ModelSource | None = None,
+    ) -> None:
         self.directory = Path(directory)
         self.sidecar = self.directory / SIDECAR
         self.shipped = shipped
@@ -125,10 +132,10 @@ class ModelLoader:
         self.source: ModelSource = source or DirectorySource(self.directory, self.owners)
         self._seen: Hashable | None = None
         self._checked = clock()
-        self._checking: threading.Thread | None = None   # a remote source's check in progress
-        self._on_refusal = on_refusal     # e.g. an alert: a model that cannot be read needs a human
-        self._refusal = ""                # the last reason reported, so a lasting problem is reported once
-        self._problem = ""                # the source's last failure to answer, logged once
+        self._checking: threading.Thread | None = None  # a remote source's check in progress
+        self._on_refusal = on_refusal  # e.g. an alert: a model that cannot be read needs a human
+        self._refusal = ""  # the last reason reported, so a lasting problem is reported once
+        self._problem = ""  # the source's last failure to answer, logged once
         self._model: SpamModel = self._load_initial()
 
     def current(self) -> SpamModel:
@@ -156,7 +163,7 @@ class ModelLoader:
         except ArtifactError as exc:
             failure = exc
             if isinstance(exc, RegistryUnavailable):
-                self._seen = None      # the database did not answer: load at the next check
+                self._seen = None  # the database did not answer: load at the next check
             log.error("spam model refused: %s", exc)
             self._refused(str(exc))
         if not self.shipped:
@@ -170,23 +177,29 @@ class ModelLoader:
         where it is the only code touching ``_seen`` (``_model`` is swapped in one assignment)."""
         try:
             seen = self.source.identity()
-        except ArtifactError as exc:   # e.g. a root-owned 0700 model directory: keep scanning with what we have
-            if not self._problem:              # a lasting outage is logged once, not at every check
-                log.error("spam model %s unreadable, keeping %s: %s", "registry" if self.source.remote else "directory",
-                          self._model.version, exc)
+        except ArtifactError as exc:  # e.g. a root-owned 0700 model directory: keep scanning with what we have
+            if not self._problem:  # a lasting outage is logged once, not at every check
+                log.error(
+                    "spam model %s unreadable, keeping %s: %s",
+                    "registry" if self.source.remote else "directory",
+                    self._model.version,
+                    exc,
+                )
             self._problem = str(exc)
             self._refused(str(exc))
             return
         if seen == self._seen:
             if self._problem:
-                log.info("spam model source %s answers again; model %s stays", self.source.where,
-                         self._model.version)
+                log.info("spam model source %s answers again; model %s stays", self.source.where, self._model.version)
                 self._problem = ""
             return
         self._seen = seen
         if seen is None:
-            log.warning("spam model source %s has no live model any more; keeping model %s",
-                        self.source.where, self._model.version)
+            log.warning(
+                "spam model source %s has no live model any more; keeping model %s",
+                self.source.where,
+                self._model.version,
+            )
             return
         try:
             self._model = self._load_configured(seen)
@@ -195,7 +208,7 @@ class ModelLoader:
             if not self._problem:
                 log.error("new spam model refused, keeping %s: %s", self._model.version, exc)
             unreadable = isinstance(exc, RegistryUnavailable) or "cannot read" in str(exc)
-            self._seen = None if unreadable else seen   # unreadable: retry at the next check
+            self._seen = None if unreadable else seen  # unreadable: retry at the next check
             self._problem = str(exc) if unreadable else ""
             self._refused(str(exc))
 
@@ -205,7 +218,7 @@ class ModelLoader:
         self._refusal = reason
         try:
             self._on_refusal(reason)
-        except Exception:      # reporting never costs the model in use
+        except Exception:  # reporting never costs the model in use
             log.exception("could not report the refused spam model")
 
     def _load_configured(self, seen: Hashable) -> SpamModel:

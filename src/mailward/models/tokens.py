@@ -34,37 +34,61 @@ from dataclasses import dataclass
 from ..message import ContentObject, ParsedMessage
 from .htmltext import html_to_text
 
-TOKENIZER_VERSION = 1   # bump whenever the tokens for the same message change
+TOKENIZER_VERSION = 1  # bump whenever the tokens for the same message change
 
-_WORD = re.compile(r"[^\W_]{2,}")                   # letters and digits; single characters say nothing
-_PUNCTUATION = "!$%"     # money and shouting
-_LINK_START = re.compile(r"https?|ftp|www")          # on lower-cased text: a fast literal scan
+_WORD = re.compile(r"[^\W_]{2,}")  # letters and digits; single characters say nothing
+_PUNCTUATION = "!$%"  # money and shouting
+_LINK_START = re.compile(r"https?|ftp|www")  # on lower-cased text: a fast literal scan
 _URL = re.compile(
-    r"\b(?:(?:https?|ftp) ?: ?/ ?/ ?|www ?\. ?)"        # a scheme, or a bare www., spaced as in Enron-Spam
+    r"\b(?:(?:https?|ftp) ?: ?/ ?/ ?|www ?\. ?)"  # a scheme, or a bare www., spaced as in Enron-Spam
     r"((?:[a-z0-9-]{1,63} ?\. ?){1,10}[a-z]{2,24}|\d{1,3}(?: ?\. ?\d{1,3}){3})"
     r"(?! ?\. ?[a-z0-9])(:\d{1,5})?",
     re.I,
 )
-_EMAIL_DOMAIN = re.compile(r"@((?:[a-z0-9-]{1,63}\.){1,10}[a-z]{2,24})\b")   # matched at an "@" of lower-cased text
+_EMAIL_DOMAIN = re.compile(r"@((?:[a-z0-9-]{1,63}\.){1,10}[a-z]{2,24})\b")  # matched at an "@" of lower-cased text
 _HREF_HOST = re.compile(r"^\s*(?:[a-z][a-z0-9+.-]{0,15}:)?//([^/?#\s\\]{1,255})", re.I)
 _ENCODED_WORD_CHARSET = re.compile(rb"=\?([A-Za-z0-9_-]{1,40})(?:\*[A-Za-z-]*)?\?[BbQq]\?")
 _ADDRESS_DOMAIN = re.compile(r"@([a-z0-9.-]{1,255})", re.I)
 _IPV4 = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}\Z")
 _CJK = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
-_CHARS_PER_WORD = 50    # text read per word wanted: more is never needed to find them
-_CJK_PAIRS = 30         # character pairs taken from one run of CJK text
-_INVISIBLE = re.compile("[\u00ad\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff\ud800-\udfff]")   # and lone surrogates
+_CHARS_PER_WORD = 50  # text read per word wanted: more is never needed to find them
+_CJK_PAIRS = 30  # character pairs taken from one run of CJK text
+_INVISIBLE = re.compile("[\u00ad\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff\ud800-\udfff]")  # and lone surrogates
 # Headers whose mere presence is evidence (replies, list mail, bulk mailers' habits). Only
 # these are looked at: delivery-path and corpus bookkeeping headers would leak labels.
-_PRESENCE_HEADERS = frozenset((
-    "in-reply-to", "references", "list-id", "list-unsubscribe", "list-post", "list-help", "sender",
-    "errors-to", "organization", "x-mailer", "user-agent", "x-msmail-priority", "x-mimeole", "x-priority",
-    "importance", "disposition-notification-to", "cc", "mime-version", "date", "message-id", "reply-to",
-    "x-originating-ip", "content-transfer-encoding", "thread-index", "x-face", "mail-followup-to",
-))
+_PRESENCE_HEADERS = frozenset(
+    (
+        "in-reply-to",
+        "references",
+        "list-id",
+        "list-unsubscribe",
+        "list-post",
+        "list-help",
+        "sender",
+        "errors-to",
+        "organization",
+        "x-mailer",
+        "user-agent",
+        "x-msmail-priority",
+        "x-mimeole",
+        "x-priority",
+        "importance",
+        "disposition-notification-to",
+        "cc",
+        "mime-version",
+        "date",
+        "message-id",
+        "reply-to",
+        "x-originating-ip",
+        "content-transfer-encoding",
+        "thread-index",
+        "x-face",
+        "mail-followup-to",
+    )
+)
 _GENERIC_TLDS = frozenset(["com", "net", "org", "edu", "gov", "mil", "int", "info", "biz", "name"])
-_HEADER_CHARS = 1000    # of a header value read: a subject is not a body
-_SHORT_SLD = 3          # "co.uk", "com.au": keep three labels when the second level is this short
+_HEADER_CHARS = 1000  # of a header value read: a subject is not a body
+_SHORT_SLD = 3  # "co.uk", "com.au": keep three labels when the second level is this short
 
 
 CORPUS = "corpus"
@@ -72,21 +96,45 @@ SITE = "site"
 PROFILES = (CORPUS, SITE)
 # Never read by the site profile. Verdicts of any filter (Mailward's own included): a model
 # must not learn to echo them, and they are missing on mail the milter scores first.
-_SITE_IGNORED_PREFIXES = ("x-spam", "x-mailward", "x-virus", "x-rspamd", "x-amavis", "x-dspam", "x-bogosity",
-                          "x-mailscanner", "x-ham-report", "x-quarantine")
-SITE_IGNORED = frozenset((
-    # authentication verdicts: the authentication detector weighs these itself
-    "authentication-results", "arc-authentication-results", "received-spf",
-    # mailbox and client bookkeeping (and label leaks in public corpora)
-    "status", "x-status", "x-keywords", "x-uid", "content-length", "lines", "x-imap",
-    # added at final delivery, after the milter scored the message: training would see them, scoring not
-    "return-path", "delivered-to", "x-original-to", "envelope-to", "x-envelope-to", "x-delivered-to",
-))
-_SITE_HEADER_WORDS = 30          # words read from one header value under the site profile
-_SITE_HEADERS = 60               # header fields read per message under the site profile
-_RECEIVED_HOPS = 8               # Received fields parsed, from the top (nearest hop first)
-_RECEIVED_FROM = re.compile(
-    r"from\s+(\S+)\s*(?:\(([^()]*)\))?", re.I)            # from HELO (rDNS [IP]) ...
+_SITE_IGNORED_PREFIXES = (
+    "x-spam",
+    "x-mailward",
+    "x-virus",
+    "x-rspamd",
+    "x-amavis",
+    "x-dspam",
+    "x-bogosity",
+    "x-mailscanner",
+    "x-ham-report",
+    "x-quarantine",
+)
+SITE_IGNORED = frozenset(
+    (
+        # authentication verdicts: the authentication detector weighs these itself
+        "authentication-results",
+        "arc-authentication-results",
+        "received-spf",
+        # mailbox and client bookkeeping (and label leaks in public corpora)
+        "status",
+        "x-status",
+        "x-keywords",
+        "x-uid",
+        "content-length",
+        "lines",
+        "x-imap",
+        # added at final delivery, after the milter scored the message: training would see them, scoring not
+        "return-path",
+        "delivered-to",
+        "x-original-to",
+        "envelope-to",
+        "x-envelope-to",
+        "x-delivered-to",
+    )
+)
+_SITE_HEADER_WORDS = 30  # words read from one header value under the site profile
+_SITE_HEADERS = 60  # header fields read per message under the site profile
+_RECEIVED_HOPS = 8  # Received fields parsed, from the top (nearest hop first)
+_RECEIVED_FROM = re.compile(r"from\s+(\S+)\s*(?:\(([^()]*)\))?", re.I)  # from HELO (rDNS [IP]) ...
 _BRACKET_IP = re.compile(r"\[(?:ipv6:)?([0-9a-f:.]+)\]", re.I)
 _RDNS = re.compile(r"([a-z0-9][a-z0-9.-]*\.[a-z]{2,24})", re.I)
 _TLS = re.compile(r"\b(?:esmtpsa?|tls|ssl)", re.I)
@@ -102,12 +150,12 @@ class TokenizerSettings:
     """What the tokenizer emits; stored in the model's sidecar and checked on load."""
 
     version: int = TOKENIZER_VERSION
-    bigrams: bool = True               # adjacent word pairs (measured: much better than words alone)
-    max_words: int = 1000              # words read per message: bounds the cost of huge mail (CV: no loss)
-    max_text_chars: int = 20_000       # characters of text (or HTML) read per part: ample for 1000 words
-    max_hosts: int = 100               # distinct link hosts read per message
-    profile: str = CORPUS              # which headers are read: see the module docstring
-    pair_window: int = 1               # word pairs up to this far apart (OSB); 1 = adjacent only
+    bigrams: bool = True  # adjacent word pairs (measured: much better than words alone)
+    max_words: int = 1000  # words read per message: bounds the cost of huge mail (CV: no loss)
+    max_text_chars: int = 20_000  # characters of text (or HTML) read per part: ample for 1000 words
+    max_hosts: int = 100  # distinct link hosts read per message
+    profile: str = CORPUS  # which headers are read: see the module docstring
+    pair_window: int = 1  # word pairs up to this far apart (OSB); 1 = adjacent only
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -116,9 +164,15 @@ class TokenizerSettings:
             raise ValueError(f"pair_window must be 1..5, not {self.pair_window}")
 
     def as_dict(self) -> dict[str, object]:
-        return {"version": self.version, "bigrams": self.bigrams, "max_words": self.max_words,
-                "max_text_chars": self.max_text_chars, "max_hosts": self.max_hosts, "profile": self.profile,
-                "pair_window": self.pair_window}
+        return {
+            "version": self.version,
+            "bigrams": self.bigrams,
+            "max_words": self.max_words,
+            "max_text_chars": self.max_text_chars,
+            "max_hosts": self.max_hosts,
+            "profile": self.profile,
+            "pair_window": self.pair_window,
+        }
 
 
 def tokenize(message: ParsedMessage, settings: TokenizerSettings = TokenizerSettings()) -> list[str]:
@@ -128,15 +182,15 @@ def tokenize(message: ParsedMessage, settings: TokenizerSettings = TokenizerSett
     found.tokens.extend(_header_tokens(message))
     if settings.profile == SITE:
         found.tokens.extend(site_header_tokens(message))
-    found.add_words(message.subject[:_HEADER_CHARS])   # the subject is read as text too (measured: helps)
+    found.add_words(message.subject[:_HEADER_CHARS])  # the subject is read as text too (measured: helps)
     text_parts = 0
     for obj in message.objects:
         if obj.is_text:
             text_parts += 1
             found.add_text_object(obj)
-        elif obj.declared_type == "message/rfc822" and obj.path == "raw message":   # an unparsed message
+        elif obj.declared_type == "message/rfc822" and obj.path == "raw message":  # an unparsed message
             found.add_text(obj.text())
-        elif not obj.parent:                     # MIME attachments; archive members are the scanners' business
+        elif not obj.parent:  # MIME attachments; archive members are the scanners' business
             found.tokens.extend(_attachment_tokens(obj))
     found.tokens.append(f"mime:textparts:{min(text_parts, 3)}")
     return found.finish()
@@ -149,7 +203,7 @@ class _Collector:
         self.settings = settings
         self.tokens: list[str] = []
         self.words: list[str] = []
-        self.hosts: dict[str, None] = {}        # insertion-ordered set
+        self.hosts: dict[str, None] = {}  # insertion-ordered set
 
     def add_words(self, text: str) -> None:
         room = self.settings.max_words - len(self.words)
@@ -220,8 +274,8 @@ class _Collector:
         out.extend(words)
         if self.settings.bigrams:
             out.extend(map(" ".join, zip(words, words[1:])))
-            for gap in range(1, self.settings.pair_window):    # sparse pairs, the skip marked (OSB)
-                out.extend(f"{a} {'~' * gap} {b}" for a, b in zip(words, words[gap + 1:]))
+            for gap in range(1, self.settings.pair_window):  # sparse pairs, the skip marked (OSB)
+                out.extend(f"{a} {'~' * gap} {b}" for a, b in zip(words, words[gap + 1 :]))
         out.append(f"len:{_bucket(len(words))}")
         return out
 
@@ -231,12 +285,12 @@ def words_of(text: str, limit: int = 1 << 30) -> list[str]:
     runs generalised, CJK (written without spaces) split into character pairs."""
     text = _INVISIBLE.sub("", unicodedata.normalize("NFKC", text[: _CHARS_PER_WORD * limit])).casefold()
     words = _WORD.findall(text)
-    if not _CJK.search(text):                  # the common case: one token per word
+    if not _CJK.search(text):  # the common case: one token per word
         return [w if len(w) <= 4 or (len(w) <= 20 and not w.isdigit()) else _generalised(w) for w in words[:limit]]
     out: list[str] = []
     for word in words:
         if _CJK.search(word):
-            out.extend(word[i:i + 2] for i in range(min(len(word) - 1, _CJK_PAIRS)))
+            out.extend(word[i : i + 2] for i in range(min(len(word) - 1, _CJK_PAIRS)))
         else:
             out.append(word if len(word) <= 4 or (len(word) <= 20 and not word.isdigit()) else _generalised(word))
         if len(out) >= limit:
@@ -369,14 +423,14 @@ def site_header_tokens(message: ParsedMessage) -> list[str]:
     nearest ``Received`` hops' too), plus structured tokens from ``Received`` and the recipients."""
     out: list[str] = []
     received: list[str] = []
-    for name, value in message.headers[:_SITE_HEADERS * 4]:
+    for name, value in message.headers[: _SITE_HEADERS * 4]:
         key = name.strip().lower()[:40]
         if is_site_ignored(key):
             continue
         if key == "received":
             received.append(value)
             if len(received) > _RECEIVED_HOPS:
-                continue                     # its words as well as its structure (measured: both help)
+                continue  # its words as well as its structure (measured: both help)
         if len(out) < _SITE_HEADERS * _SITE_HEADER_WORDS:
             out.append(f"h:{key}")
             out.extend(f"h:{key}:{word}" for word in words_of(value[:_HEADER_CHARS], _SITE_HEADER_WORDS))
@@ -401,7 +455,7 @@ def received_tokens(fields: list[str]) -> list[str]:
         ip_match = _BRACKET_IP.search(comment) or _BRACKET_IP.search(match.group(0))
         rdns_match = _RDNS.match(comment.strip())
         rdns = rdns_match.group(1).lower() if rdns_match else ""
-        where = "first" if hop == 0 else "relay"     # the hop this host made first, or one further out
+        where = "first" if hop == 0 else "relay"  # the hop this host made first, or one further out
         if ip_match:
             ip = ip_match.group(1).lower()
             out.append(f"rcvd:ip:{ip}")
@@ -415,8 +469,15 @@ def received_tokens(fields: list[str]) -> list[str]:
             out.append("rcvd:helo:is-ip")
         if rdns:
             out.append(f"rcvd:rdns:{registrable_domain(rdns)}")
-        agree = ("no-rdns" if not rdns else "same" if rdns == helo
-                 else "same-domain" if registrable_domain(rdns) == registrable_domain(helo) else "differ")
+        agree = (
+            "no-rdns"
+            if not rdns
+            else "same"
+            if rdns == helo
+            else "same-domain"
+            if registrable_domain(rdns) == registrable_domain(helo)
+            else "differ"
+        )
         out.append(f"rcvd:{where}:helo-rdns:{agree}")
     return out
 

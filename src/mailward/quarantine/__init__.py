@@ -13,8 +13,17 @@ from ..config import Settings
 from .records import AuditEvent, LabelRecord, ListFilter, QuarantineRecord, ReleaseClaim, Removal, Status
 from .store import Clock, QuarantineStore
 
-__all__ = ["AuditEvent", "LabelRecord", "ListFilter", "QuarantineRecord", "QuarantineStore",
-           "ReleaseClaim", "Removal", "Status", "open_store"]
+__all__ = [
+    "AuditEvent",
+    "LabelRecord",
+    "ListFilter",
+    "QuarantineRecord",
+    "QuarantineStore",
+    "ReleaseClaim",
+    "Removal",
+    "Status",
+    "open_store",
+]
 
 
 def open_store(settings: Settings, clock: Clock = time.time) -> QuarantineStore:

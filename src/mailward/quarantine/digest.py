@@ -43,9 +43,9 @@ _LISTED = "listed in digest to "
 class Digest:
     to: str
     records: tuple[QuarantineRecord, ...]
-    full: bool            # the security contact's list of everything, with direction and recipients
-    page: str = ""        # the recipient's signed page for this digest ("" without a web page)
-    links: dict[str, str] = field(default_factory=dict)   # quarantine ID -> signed page of that message
+    full: bool  # the security contact's list of everything, with direction and recipients
+    page: str = ""  # the recipient's signed page for this digest ("" without a web page)
+    links: dict[str, str] = field(default_factory=dict)  # quarantine ID -> signed page of that message
 
 
 @dataclass(frozen=True)
@@ -64,15 +64,20 @@ class Links:
 
 def already_listed(history: list[AuditEvent]) -> set[str]:
     """The addresses a message was already listed to, from its audit trail."""
-    return {e.detail[len(_LISTED):].lower() for e in history if e.action == NOTIFY and e.detail.startswith(_LISTED)}
+    return {e.detail[len(_LISTED) :].lower() for e in history if e.action == NOTIFY and e.detail.startswith(_LISTED)}
 
 
 def listed_detail(to: str) -> str:
     return _LISTED + to
 
 
-def plan_digests(records: list[QuarantineRecord], contacts: tuple[str, ...], per_recipient: bool,
-                 listed: dict[str, set[str]] | None = None, links: Links | None = None) -> list[Digest]:
+def plan_digests(
+    records: list[QuarantineRecord],
+    contacts: tuple[str, ...],
+    per_recipient: bool,
+    listed: dict[str, set[str]] | None = None,
+    links: Links | None = None,
+) -> list[Digest]:
     """Who gets which records: every contact all of them; each inbound recipient their own.
 
     ``listed`` maps a quarantine ID to the addresses it was already listed to;
@@ -142,13 +147,19 @@ def compose(digest: Digest, sender: str, period: str, contact: str = "") -> Emai
 
 def _html(digest: Digest, intro: str, ask: str) -> str:
     """The HTML alternative: a plain table, every value neutralised then escaped, no remote content."""
+
     def e(value: object) -> str:
         return html.escape(neutralise(str(value)), quote=True)
 
     rows = []
     for r in digest.records:
-        cells = [when(r.received_at), f"&lt;{e(r.envelope.mail_from)}&gt;", e(r.subject) or "(none)",
-                 e(", ".join(r.reasons) or "-"), e(r.id)]
+        cells = [
+            when(r.received_at),
+            f"&lt;{e(r.envelope.mail_from)}&gt;",
+            e(r.subject) or "(none)",
+            e(", ".join(r.reasons) or "-"),
+            e(r.id),
+        ]
         if digest.full:
             cells.append(f"{r.direction.value} to {e(', '.join(r.envelope.recipients))}; {r.status.value}")
         else:
@@ -156,22 +167,32 @@ def _html(digest: Digest, intro: str, ask: str) -> str:
             cells.append(f'<a href="{e(link)}">Review or release</a>' if link else "ask an administrator")
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     last = "Recipients" if digest.full else "Action"
-    page = (f'<p><a href="{e(digest.page)}">All your held messages</a> (personal links: do not forward this '
-            "message).</p>") if digest.page else ""
-    footer = "" if digest.full else (f"<p>If one of these is a message you expected and it has no link, ask "
-                                     f"{e(ask)} to review it, quoting its ID. Do not reply to this message.</p>")
-    return ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Quarantine digest</title></head><body>"
-            f"<p>{e(intro)}</p><table border=\"1\" cellpadding=\"4\" cellspacing=\"0\"><tr><th>Received</th>"
-            f"<th>From</th><th>Subject</th><th>Reason</th><th>ID</th><th>{last}</th></tr>{''.join(rows)}</table>"
-            f"{page}{footer}</body></html>")
+    page = (
+        (f'<p><a href="{e(digest.page)}">All your held messages</a> (personal links: do not forward this message).</p>')
+        if digest.page
+        else ""
+    )
+    footer = (
+        ""
+        if digest.full
+        else (
+            f"<p>If one of these is a message you expected and it has no link, ask "
+            f"{e(ask)} to review it, quoting its ID. Do not reply to this message.</p>"
+        )
+    )
+    return (
+        '<!DOCTYPE html><html><head><meta charset="utf-8"><title>Quarantine digest</title></head><body>'
+        f'<p>{e(intro)}</p><table border="1" cellpadding="4" cellspacing="0"><tr><th>Received</th>'
+        f"<th>From</th><th>Subject</th><th>Reason</th><th>ID</th><th>{last}</th></tr>{''.join(rows)}</table>"
+        f"{page}{footer}</body></html>"
+    )
 
 
 def default_sender() -> str:
     return f"postmaster@{socket.getfqdn()}"
 
 
-def send(digests: list[Digest], sender: str, period: str, relay: Relay,
-         contact: str = "") -> list[tuple[Digest, str]]:
+def send(digests: list[Digest], sender: str, period: str, relay: Relay, contact: str = "") -> list[tuple[Digest, str]]:
     """Send each digest in one SMTP session; returns ``(digest, error)`` for each that failed."""
     failed: list[tuple[Digest, str]] = []
     if not digests:

@@ -101,7 +101,7 @@ class MessageFiles:
         tmp = ""
         linked = False
         try:
-            fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=self.directory)   # mkstemp: mode 0600
+            fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=self.directory)  # mkstemp: mode 0600
             with os.fdopen(fd, "wb") as out:
                 written = measure(raw.chunks(), out)
                 out.flush()
@@ -119,7 +119,7 @@ class MessageFiles:
             raise StoreError(f"cannot write quarantined message {quarantine_id}: {exc.strerror or exc}") from exc
         finally:
             if tmp:
-                _discard(Path(tmp))   # never masks the error above
+                _discard(Path(tmp))  # never masks the error above
 
     def read(self, quarantine_id: str) -> bytes:
         try:

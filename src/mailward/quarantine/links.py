@@ -26,13 +26,13 @@ _DOMAIN = "mailward-recipient-link-v1"
 
 @dataclass(frozen=True)
 class RecipientLink:
-    recipient: str            # lower-case envelope address
-    quarantine_id: str        # one message, or "" for the whole digest
+    recipient: str  # lower-case envelope address
+    quarantine_id: str  # one message, or "" for the whole digest
     issued_at: int
     expires_at: int
 
     def valid_at(self, now: float) -> bool:
-        return self.issued_at - 300 <= now < self.expires_at     # five minutes of clock skew
+        return self.issued_at - 300 <= now < self.expires_at  # five minutes of clock skew
 
 
 def link_key_path(settings: Settings) -> Path:
@@ -40,8 +40,9 @@ def link_key_path(settings: Settings) -> Path:
 
 
 def _payload(link: RecipientLink) -> bytes:
-    return "\n".join((_DOMAIN, link.recipient, link.quarantine_id, str(link.issued_at),
-                      str(link.expires_at))).encode("utf-8", "surrogateescape")
+    return "\n".join((_DOMAIN, link.recipient, link.quarantine_id, str(link.issued_at), str(link.expires_at))).encode(
+        "utf-8", "surrogateescape"
+    )
 
 
 def _b64(data: bytes) -> str:

@@ -69,7 +69,7 @@ from .files import measure
 from .records import check_id
 from .store import Clock, Deadline, QuarantineStore
 
-_SCHEMA_LOCK = 0x4D57_5100   # "MWQ\0": the advisory lock key for schema creation
+_SCHEMA_LOCK = 0x4D57_5100  # "MWQ\0": the advisory lock key for schema creation
 
 # Bytes in chunks of source.CHUNK, so a put streams a spooled message and never holds it whole
 # (the milter process holds every SMTP connection). ``quarantine_bytes`` (one row per message)
@@ -88,14 +88,18 @@ class PostgresStore(QuarantineStore):
     backend = "postgresql"
     _errors = (psycopg.Error,)
 
-    def __init__(self, dsn: str, clock: Clock = time.time, pool_size: int = 8,
-                 write_timeout: float = QuarantineSettings.write_timeout):
+    def __init__(
+        self,
+        dsn: str,
+        clock: Clock = time.time,
+        pool_size: int = 8,
+        write_timeout: float = QuarantineSettings.write_timeout,
+    ):
         self.dsn = dsn
         super().__init__(clock, pool_size, write_timeout)
         with self._tx(write=True) as conn:
             self._exec(conn, "SELECT pg_advisory_xact_lock(?)", (_SCHEMA_LOCK,))
-            self._create_schema(conn, serial="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
-                                real="DOUBLE PRECISION")
+            self._create_schema(conn, serial="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", real="DOUBLE PRECISION")
             self._exec(conn, _BYTES_TABLE)
             self._exec(conn, _CHUNKS_TABLE)
 
@@ -114,15 +118,25 @@ class PostgresStore(QuarantineStore):
     def _sql(self, statement: str) -> str:
         return statement.replace("?", "%s")
 
-    def _store(self, quarantine_id: str, raw: MessageSource, envelope: Envelope, verdict: Verdict,
-               evidence: Evidence, deadline: Deadline) -> None:
+    def _store(
+        self,
+        quarantine_id: str,
+        raw: MessageSource,
+        envelope: Envelope,
+        verdict: Verdict,
+        evidence: Evidence,
+        deadline: Deadline,
+    ) -> None:
         try:
-            written = measure(raw.chunks())           # first pass: size, digest and header for the record
+            written = measure(raw.chunks())  # first pass: size, digest and header for the record
             with self._tx(write=True, deadline=deadline) as conn:
                 self._insert_record(conn, quarantine_id, written, envelope, verdict, evidence, self._writer)
                 for seq, chunk in enumerate(raw.chunks()):
-                    self._exec(conn, "INSERT INTO quarantine_chunks (id, seq, data) VALUES (?, ?, ?)",
-                               (quarantine_id, seq, chunk))
+                    self._exec(
+                        conn,
+                        "INSERT INTO quarantine_chunks (id, seq, data) VALUES (?, ?, ?)",
+                        (quarantine_id, seq, chunk),
+                    )
         except StoreError:
             raise
         except Exception as exc:
@@ -132,11 +146,11 @@ class PostgresStore(QuarantineStore):
         check_id(quarantine_id)
         with self._tx() as conn:
             cursor = conn.cursor(binary=True)
-            chunks = cursor.execute("SELECT data FROM quarantine_chunks WHERE id = %s ORDER BY seq",
-                                    (quarantine_id,)).fetchall()
+            chunks = cursor.execute(
+                "SELECT data FROM quarantine_chunks WHERE id = %s ORDER BY seq", (quarantine_id,)
+            ).fetchall()
             if not chunks:
-                chunks = cursor.execute("SELECT data FROM quarantine_bytes WHERE id = %s",
-                                        (quarantine_id,)).fetchall()
+                chunks = cursor.execute("SELECT data FROM quarantine_bytes WHERE id = %s", (quarantine_id,)).fetchall()
         if not chunks:
             raise StoreError(f"no quarantined message {quarantine_id}")
         return b"".join(bytes(row[0]) for row in chunks)

@@ -28,10 +28,10 @@ def check_id(quarantine_id: str) -> str:
 
 
 class Status(str, Enum):
-    HELD = "held"            # in quarantine, waiting for an analyst
+    HELD = "held"  # in quarantine, waiting for an analyst
     RELEASING = "releasing"  # claimed by one releaser; nobody else may deliver it
-    RELEASED = "released"    # handed to the relay
-    REJECTED = "rejected"    # malware the sender got a 5xx for, kept as a sample (release needs --force)
+    RELEASED = "released"  # handed to the relay
+    REJECTED = "rejected"  # malware the sender got a 5xx for, kept as a sample (release needs --force)
 
 
 class ReleaseClaim(str, Enum):
@@ -40,14 +40,14 @@ class ReleaseClaim(str, Enum):
     CLAIMED = "claimed"
     NOT_FOUND = "not-found"
     ALREADY_RELEASED = "already-released"
-    IN_PROGRESS = "in-progress"          # another releaser holds the claim
-    NEEDS_FORCE = "needs-force"          # malware verdict without --force
+    IN_PROGRESS = "in-progress"  # another releaser holds the claim
+    NEEDS_FORCE = "needs-force"  # malware verdict without --force
 
 
 class Removal(str, Enum):
     DELETED = "deleted"
     NOT_FOUND = "not-found"
-    IN_PROGRESS = "in-progress"          # a release is delivering it right now
+    IN_PROGRESS = "in-progress"  # a release is delivering it right now
 
 
 @dataclass(frozen=True)
@@ -104,13 +104,20 @@ class QuarantineRecord:
 class AuditEvent:
     quarantine_id: str
     at: float
-    action: str               # quarantine, release, release-failed, delete, label, export, purge, ...
+    action: str  # quarantine, release, release-failed, delete, label, export, purge, ...
     actor: Actor
     detail: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.quarantine_id, "at": self.at, "action": self.action, "actor": self.actor.name,
-                "host": self.actor.host, "origin": self.actor.origin, "detail": self.detail}
+        return {
+            "id": self.quarantine_id,
+            "at": self.at,
+            "action": self.action,
+            "actor": self.actor.name,
+            "host": self.actor.host,
+            "origin": self.actor.origin,
+            "detail": self.detail,
+        }
 
 
 @dataclass(frozen=True)
@@ -145,7 +152,9 @@ def evidence_to_dict(evidence: Evidence) -> dict[str, Any]:
     spam = evidence.spam
     return {
         "findings": [f.as_dict() for f in evidence.findings],
-        "spam": None if spam is None else {
+        "spam": None
+        if spam is None
+        else {
             "score": spam.score,
             "model_version": spam.model_version,
             "clues": [{"token": c.token, "weight": c.weight} for c in spam.clues],
@@ -157,13 +166,26 @@ def evidence_from_dict(data: dict[str, Any]) -> Evidence:
     spam = data.get("spam")
     return Evidence(
         findings=tuple(
-            Finding(Category(f["category"]), f["name"], Severity[f["severity"].upper()], f["detector"],
-                    f.get("location", ""), f.get("detail", ""), f.get("sha256", ""), f.get("file_name", ""),
-                    f.get("mime_type", ""))
-            for f in data.get("findings", ())),
-        spam=None if spam is None else SpamAssessment(
-            score=spam["score"], model_version=spam.get("model_version", ""),
-            clues=tuple(Clue(c["token"], c["weight"]) for c in spam.get("clues", ()))),
+            Finding(
+                Category(f["category"]),
+                f["name"],
+                Severity[f["severity"].upper()],
+                f["detector"],
+                f.get("location", ""),
+                f.get("detail", ""),
+                f.get("sha256", ""),
+                f.get("file_name", ""),
+                f.get("mime_type", ""),
+            )
+            for f in data.get("findings", ())
+        ),
+        spam=None
+        if spam is None
+        else SpamAssessment(
+            score=spam["score"],
+            model_version=spam.get("model_version", ""),
+            clues=tuple(Clue(c["token"], c["weight"]) for c in spam.get("clues", ())),
+        ),
     )
 
 

@@ -60,14 +60,14 @@ from .store import QuarantineStore
 
 log = logging.getLogger(__name__)
 
-ALERT_MAX_AGE = 3600.0           # an alert goes out at once; its mark needs to live only through the relay
+ALERT_MAX_AGE = 3600.0  # an alert goes out at once; its mark needs to live only through the relay
 _KEY_BYTES = 32
 _HELD_DELETED = re.compile(r"Deleted: (\d+) message")
 
 
 class ReleaseOutcome(str, Enum):
     RELEASED = "released"
-    FAILED = "failed"                      # the relay refused or was unreachable; the message stays held
+    FAILED = "failed"  # the relay refused or was unreachable; the message stays held
     NOT_FOUND = "not-found"
     ALREADY_RELEASED = "already-released"
     IN_PROGRESS = "in-progress"
@@ -86,7 +86,7 @@ _CLAIM_OUTCOME = {
 class ReleaseResult:
     outcome: ReleaseOutcome
     detail: str = ""
-    refused: tuple[str, ...] = ()          # recipients the relay refused (the others got it)
+    refused: tuple[str, ...] = ()  # recipients the relay refused (the others got it)
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ class ReleaseMark:
 
     quarantine_id: str
     released_at: float
-    kind: str = "release"                  # "release" | "alert"
+    kind: str = "release"  # "release" | "alert"
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ class Relay:
     host: str = "127.0.0.1"
     port: int = 25
     timeout: float = 60.0
-    hold_queue: bool = False               # the milter also put quarantined mail in Postfix's hold queue
+    hold_queue: bool = False  # the milter also put quarantined mail in Postfix's hold queue
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Relay:
@@ -184,8 +184,9 @@ class ReleaseVerifier:
     or already released, for (a subset of) its recipients, and only once.
     """
 
-    def __init__(self, key: bytes, max_age: float, store: QuarantineStore | None = None,
-                 clock: Callable[[], float] = time.time):
+    def __init__(
+        self, key: bytes, max_age: float, store: QuarantineStore | None = None, clock: Callable[[], float] = time.time
+    ):
         self._key = key
         self._max_age = max_age
         self._store = store
@@ -195,8 +196,9 @@ class ReleaseVerifier:
     def from_settings(cls, settings: Settings, store: QuarantineStore | None = None) -> ReleaseVerifier:
         return cls(load_release_key(key_path(settings)), settings.quarantine.release_max_age_days * 86400.0, store)
 
-    def _valid(self, domain: str, value: str, digest: str, recipients: Iterable[str],
-               max_age: float) -> tuple[str, int] | None:
+    def _valid(
+        self, domain: str, value: str, digest: str, recipients: Iterable[str], max_age: float
+    ) -> tuple[str, int] | None:
         parsed = _parse(value)
         if parsed is None:
             return None
@@ -205,7 +207,7 @@ class ReleaseVerifier:
         if not hmac.compare_digest(signature, expected):
             return None
         age = self._clock() - stamp
-        if age > max_age or age < -300:      # five minutes of clock skew between hosts
+        if age > max_age or age < -300:  # five minutes of clock skew between hosts
             return None
         return ident, stamp
 
@@ -244,7 +246,7 @@ class ReleaseVerifier:
             valid = self._valid("release", value, digest, record.envelope.recipients, self._max_age)
             if valid is None or not store.use_release_mark(valid[0], valid[1]):
                 return None
-        except StoreError as exc:    # unverifiable counts as unmarked: the message is screened as usual
+        except StoreError as exc:  # unverifiable counts as unmarked: the message is screened as usual
             log.warning("release mark not checked: %s", exc)
             return None
         return ReleaseMark(valid[0], float(valid[1]))
@@ -256,9 +258,16 @@ def marked(raw: bytes, header_name: str, header_value: str) -> bytes:
     return f"{header_name}: {header_value}".encode("ascii") + eol + raw
 
 
-def release(store: QuarantineStore, quarantine_id: str, actor: Actor, relay: Relay, key: bytes,
-            force: bool = False, reclaim_after: float | None = None,
-            clock: Callable[[], float] = time.time) -> ReleaseResult:
+def release(
+    store: QuarantineStore,
+    quarantine_id: str,
+    actor: Actor,
+    relay: Relay,
+    key: bytes,
+    force: bool = False,
+    reclaim_after: float | None = None,
+    clock: Callable[[], float] = time.time,
+) -> ReleaseResult:
     """Deliver ``quarantine_id`` to its original recipients through ``relay``, at most once."""
     check_id(quarantine_id)
     claim = store.claim_release(quarantine_id, actor, force=force, reclaim_after=reclaim_after)
@@ -301,15 +310,19 @@ def _delete_held_copy(queue_id: str) -> str:
     if not re.fullmatch(r"[0-9A-Za-z]+", queue_id):
         raise StoreError(f"not a Postfix queue ID: {queue_id!r}")
     try:
-        done = subprocess.run(["postsuper", "-d", queue_id, "hold"], capture_output=True, text=True, timeout=60,
-                              **as_root())
+        done = subprocess.run(
+            ["postsuper", "-d", queue_id, "hold"], capture_output=True, text=True, timeout=60, **as_root()
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise StoreError(f"cannot delete the held copy {queue_id}: {exc}") from exc
     if done.returncode != 0:
         raise StoreError(f"cannot delete the held copy {queue_id}: {done.stderr.strip()[-300:]}")
     deleted = _HELD_DELETED.search(done.stderr)
-    return f"; held copy {queue_id} deleted from Postfix's hold queue" if deleted else \
-        f"; no held copy {queue_id} in Postfix's hold queue"
+    return (
+        f"; held copy {queue_id} deleted from Postfix's hold queue"
+        if deleted
+        else f"; no held copy {queue_id} in Postfix's hold queue"
+    )
 
 
 def _deliver(relay: Relay, sender: str, recipients: list[str], data: bytes) -> dict[str, tuple[int, bytes]]:

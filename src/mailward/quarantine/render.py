@@ -26,7 +26,7 @@ from ..message import decode_header_value, decode_text, raw_file_names, undecode
 from ..textsafe import neutralise
 from .records import AuditEvent, QuarantineRecord
 
-TEXT_LIMIT = 64 * 1024            # characters of each text part shown
+TEXT_LIMIT = 64 * 1024  # characters of each text part shown
 MAGIC_BYTES = 64 * 1024
 _VAGUE_TYPES = {"text/plain", "application/octet-stream", "inode/x-empty", "application/x-empty", "unknown"}
 _FOLD = re.compile(r"\r?\n[ \t]+")
@@ -36,28 +36,37 @@ _FOLD = re.compile(r"\r?\n[ \t]+")
 class PartView:
     """One node of the MIME tree as shown: containers have no size or hash."""
 
-    number: str               # IMAP-style: "" for the whole message, "1", "2.1", ...
+    number: str  # IMAP-style: "" for the whole message, "1", "2.1", ...
     depth: int
     declared_type: str
-    real_type: str = ""       # libmagic's opinion of the decoded bytes (leaves only)
+    real_type: str = ""  # libmagic's opinion of the decoded bytes (leaves only)
     filename: str = ""
     disposition: str = ""
     size: int | None = None
     sha256: str = ""
-    text: str | None = None   # decoded text of inline text parts
+    text: str | None = None  # decoded text of inline text parts
     truncated: bool = False
 
     def as_dict(self) -> dict[str, object]:
-        return {"part": self.number or "message", "depth": self.depth, "declared_type": self.declared_type,
-                "real_type": self.real_type, "filename": self.filename, "disposition": self.disposition,
-                "size": self.size, "sha256": self.sha256, "text": self.text, "truncated": self.truncated}
+        return {
+            "part": self.number or "message",
+            "depth": self.depth,
+            "declared_type": self.declared_type,
+            "real_type": self.real_type,
+            "filename": self.filename,
+            "disposition": self.disposition,
+            "size": self.size,
+            "sha256": self.sha256,
+            "text": self.text,
+            "truncated": self.truncated,
+        }
 
 
 @dataclass(frozen=True)
 class MessageView:
     headers: tuple[tuple[str, str], ...]
     parts: tuple[PartView, ...]
-    problem: str = ""         # why the structure could not be shown completely
+    problem: str = ""  # why the structure could not be shown completely
 
 
 def inspect_message(raw: bytes, max_parts: int = 1000, max_depth: int = 20) -> MessageView:
@@ -91,7 +100,7 @@ def inspect_message(raw: bytes, max_parts: int = 1000, max_depth: int = 20) -> M
 def _leaf(part: Message, number: str, depth: int) -> PartView:
     data: bytes | None = None
     try:
-        decoded_payload = part.get_payload(decode=True)      # bytes for a leaf part
+        decoded_payload = part.get_payload(decode=True)  # bytes for a leaf part
         data = decoded_payload if isinstance(decoded_payload, bytes) else None
     except Exception:  # a broken transfer encoding: show the undecoded text's size and hash
         pass
@@ -106,8 +115,18 @@ def _leaf(part: Message, number: str, depth: int) -> PartView:
         decoded = decode_text(data, part.get_content_charset() or "")[0]
         truncated = len(decoded) > TEXT_LIMIT
         text = decoded[:TEXT_LIMIT]
-    return PartView(number, depth, declared, _real_type(data), decode_header_value(str(filename)), disposition,
-                    len(data), hashlib.sha256(data).hexdigest(), text, truncated)
+    return PartView(
+        number,
+        depth,
+        declared,
+        _real_type(data),
+        decode_header_value(str(filename)),
+        disposition,
+        len(data),
+        hashlib.sha256(data).hexdigest(),
+        text,
+        truncated,
+    )
 
 
 def _real_type(data: bytes) -> str:
@@ -125,6 +144,7 @@ def when(timestamp: float | None) -> str:
 
 def render_show(record: QuarantineRecord, view: MessageView) -> str:
     """The analyst's report on one message, safe to print to a terminal."""
+
     def n(s: object) -> str:
         return neutralise(str(s))
 
@@ -171,8 +191,10 @@ def render_show(record: QuarantineRecord, view: MessageView) -> str:
         name = f' "{n(p.filename)}"' if p.filename else ""
         disp = f" {n(p.disposition)}" if p.disposition else ""
         mismatch = "  (type differs from declared)" if _differs(p) else ""
-        lines.append(f"  {indent}{label:<8} {n(p.declared_type)}{name}{disp}  real: {n(p.real_type)}{mismatch}"
-                     f"  {p.size} B  sha256 {p.sha256}")
+        lines.append(
+            f"  {indent}{label:<8} {n(p.declared_type)}{name}{disp}  real: {n(p.real_type)}{mismatch}"
+            f"  {p.size} B  sha256 {p.sha256}"
+        )
     if view.problem:
         lines.append(f"  ! {view.problem}")
     for p in view.parts:
@@ -189,12 +211,22 @@ def render_list(records: list[QuarantineRecord]) -> str:
     """One line per record, every field neutralised and clipped to its column."""
     rows = [("ID", "RECEIVED (UTC)", "DIR", "VERDICT", "STATUS", "LABEL", "SIZE", "SENDER", "RECIPIENT", "SUBJECT")]
     for r in records:
-        rows.append((r.id, when(r.received_at).removesuffix(" UTC"), r.direction.value[:3],
-                     f"{r.action}:{','.join(r.reasons)}", r.status.value, r.label.value if r.label else "-",
-                     str(r.size), r.envelope.mail_from or "<>", _recipients(r.envelope.recipients), r.subject))
+        rows.append(
+            (
+                r.id,
+                when(r.received_at).removesuffix(" UTC"),
+                r.direction.value[:3],
+                f"{r.action}:{','.join(r.reasons)}",
+                r.status.value,
+                r.label.value if r.label else "-",
+                str(r.size),
+                r.envelope.mail_from or "<>",
+                _recipients(r.envelope.recipients),
+                r.subject,
+            )
+        )
     widths = (24, 19, 3, 24, 9, 5, 9, 32, 32, 60)
-    return "".join("  ".join(_clip(neutralise(str(c)), w) for c, w in zip(row, widths)).rstrip() + "\n"
-                   for row in rows)
+    return "".join("  ".join(_clip(neutralise(str(c)), w) for c, w in zip(row, widths)).rstrip() + "\n" for row in rows)
 
 
 def _recipients(recipients: tuple[str, ...]) -> str:
@@ -206,9 +238,12 @@ def _recipients(recipients: tuple[str, ...]) -> str:
 
 
 def render_history(events: list[AuditEvent]) -> str:
-    lines = [f"{when(e.at)}  {neutralise(e.action):<14} {neutralise(e.actor.name)}@{neutralise(e.actor.host)}"
-             + (f" ({neutralise(e.actor.origin)})" if e.actor.origin else "")
-             + (f"  {neutralise(e.detail)}" if e.detail else "") for e in events]
+    lines = [
+        f"{when(e.at)}  {neutralise(e.action):<14} {neutralise(e.actor.name)}@{neutralise(e.actor.host)}"
+        + (f" ({neutralise(e.actor.origin)})" if e.actor.origin else "")
+        + (f"  {neutralise(e.detail)}" if e.detail else "")
+        for e in events
+    ]
     return "\n".join(lines) + ("\n" if lines else "")
 
 

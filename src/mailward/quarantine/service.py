@@ -60,11 +60,17 @@ class QuarantineService:
     def history(self, quarantine_id: str) -> list[AuditEvent]:
         return self.store.history(quarantine_id)
 
-    def release(self, quarantine_id: str, actor: Actor, force: bool = False,
-                reclaim: bool = False) -> ReleaseResult:
+    def release(self, quarantine_id: str, actor: Actor, force: bool = False, reclaim: bool = False) -> ReleaseResult:
         """Deliver once to the original recipients through the relay (malware only with ``force``)."""
-        return release(self.store, quarantine_id, actor, self.relay, load_release_key(key_path(self.settings)),
-                       force=force, reclaim_after=2 * self.relay.timeout if reclaim else None)
+        return release(
+            self.store,
+            quarantine_id,
+            actor,
+            self.relay,
+            load_release_key(key_path(self.settings)),
+            force=force,
+            reclaim_after=2 * self.relay.timeout if reclaim else None,
+        )
 
     def delete(self, quarantine_id: str, actor: Actor) -> Removal:
         return self.store.delete(quarantine_id, actor)
@@ -78,16 +84,21 @@ class QuarantineService:
 
     # -- recipients, through a signed digest link ------------------------------------------------
 
-    def recipient_records(self, recipient: str, issued_before: float,
-                          quarantine_id: str = "") -> list[QuarantineRecord]:
+    def recipient_records(
+        self, recipient: str, issued_before: float, quarantine_id: str = ""
+    ) -> list[QuarantineRecord]:
         """The held, non-malware inbound mail addressed to ``recipient``, received before the link was made."""
         wanted = recipient.lower()
-        records = self.store.list(ListFilter(direction=Direction.INBOUND, status=Status.HELD, recipient=wanted,
-                                             until=issued_before, limit=1000))
+        records = self.store.list(
+            ListFilter(
+                direction=Direction.INBOUND, status=Status.HELD, recipient=wanted, until=issued_before, limit=1000
+            )
+        )
         return [r for r in records if recipient_may_see(r, wanted) and (not quarantine_id or r.id == quarantine_id)]
 
-    def release_for_recipient(self, quarantine_id: str, recipient: str, issued_before: float,
-                              actor: Actor) -> ReleaseResult:
+    def release_for_recipient(
+        self, quarantine_id: str, recipient: str, issued_before: float, actor: Actor
+    ) -> ReleaseResult:
         """A recipient's own release: only a message they may see, and only if it was for them alone.
 
         A release delivers to every original recipient; one recipient must not
@@ -103,8 +114,12 @@ class QuarantineService:
 
 def recipient_may_see(record: QuarantineRecord, recipient: str) -> bool:
     """Inbound, held, not malware, and addressed to ``recipient`` (exact address, any case)."""
-    return (record.direction is Direction.INBOUND and record.status is Status.HELD and not record.is_malware
-            and recipient.lower() in {r.lower() for r in record.envelope.recipients})
+    return (
+        record.direction is Direction.INBOUND
+        and record.status is Status.HELD
+        and not record.is_malware
+        and recipient.lower() in {r.lower() for r in record.envelope.recipients}
+    )
 
 
 def block_sender(settings: Settings, sender: str, reason: str, actor: Actor) -> bool:

@@ -47,7 +47,7 @@ from .store import OPERATION_TIMEOUT, Clock, Deadline, QuarantineStore
 log = logging.getLogger(__name__)
 
 DB_NAME = "quarantine.sqlite3"
-ORPHAN_AGE = 3600.0     # a file this old without a row is a crash leftover, not a put in flight
+ORPHAN_AGE = 3600.0  # a file this old without a row is a crash leftover, not a put in flight
 
 
 @dataclass(eq=False)
@@ -69,8 +69,13 @@ class SqliteStore(QuarantineStore):
     single_writer = True
     _errors = (sqlite3.Error,)
 
-    def __init__(self, directory: Path, clock: Clock = time.time, pool_size: int = 8,
-                 write_timeout: float = QuarantineSettings.write_timeout):
+    def __init__(
+        self,
+        directory: Path,
+        clock: Clock = time.time,
+        pool_size: int = 8,
+        write_timeout: float = QuarantineSettings.write_timeout,
+    ):
         self.directory = ensure_private_dir(Path(directory))
         self.db_path = self.directory / DB_NAME
         try:
@@ -79,7 +84,7 @@ class SqliteStore(QuarantineStore):
             raise StoreError(f"cannot create {self.db_path}: {exc.strerror or exc}") from exc
         self.files = MessageFiles(self.directory / "messages")
         self._group = threading.Condition()
-        self._gathering: list[_Pending] = []     # puts whose files are written, waiting for a commit
+        self._gathering: list[_Pending] = []  # puts whose files are written, waiting for a commit
         self._committing = False
         super().__init__(clock, pool_size, write_timeout)
         with self._tx(write=True) as conn:
@@ -87,8 +92,9 @@ class SqliteStore(QuarantineStore):
 
     def _connect(self) -> sqlite3.Connection:
         try:
-            conn = sqlite3.connect(self.db_path, timeout=OPERATION_TIMEOUT, isolation_level=None,
-                                   check_same_thread=False)
+            conn = sqlite3.connect(
+                self.db_path, timeout=OPERATION_TIMEOUT, isolation_level=None, check_same_thread=False
+            )
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
         except sqlite3.Error as exc:
@@ -101,8 +107,15 @@ class SqliteStore(QuarantineStore):
     def _begin(self, conn: Any) -> None:
         conn.execute("BEGIN IMMEDIATE")
 
-    def _store(self, quarantine_id: str, raw: MessageSource, envelope: Envelope, verdict: Verdict,
-               evidence: Evidence, deadline: Deadline) -> None:
+    def _store(
+        self,
+        quarantine_id: str,
+        raw: MessageSource,
+        envelope: Envelope,
+        verdict: Verdict,
+        evidence: Evidence,
+        deadline: Deadline,
+    ) -> None:
         written = self.files.write(quarantine_id, raw, sync_directory=False)
         try:
             self._commit_in_group(_Pending(quarantine_id, written, envelope, verdict, evidence, deadline))
@@ -132,7 +145,7 @@ class SqliteStore(QuarantineStore):
                 with self._group:
                     self._committing = False
                     self._group.notify_all()
-        if put.error is not None:       # one error object for the whole group: each put raises its own
+        if put.error is not None:  # one error object for the whole group: each put raises its own
             raise StoreError(f"cannot record quarantined message {put.quarantine_id}: {put.error}") from put.error
 
     def _commit_group(self, group: list[_Pending]) -> None:
@@ -157,8 +170,9 @@ class SqliteStore(QuarantineStore):
                 latest = max(live, key=lambda put: put.deadline.remaining())
                 with self._tx(write=True, deadline=latest.deadline) as conn:
                     for put in live:
-                        self._insert_record(conn, put.quarantine_id, put.written, put.envelope, put.verdict,
-                                            put.evidence, self._writer)
+                        self._insert_record(
+                            conn, put.quarantine_id, put.written, put.envelope, put.verdict, put.evidence, self._writer
+                        )
         except BaseException as exc:
             for put in live:
                 put.error = exc

@@ -67,8 +67,8 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 
-OPERATION_TIMEOUT = 30.0   # seconds any other operation (CLI, reads) waits for a busy database
-COMMIT_GRACE = 0.5         # a COMMIT sent just before the deadline may take this long to be confirmed
+OPERATION_TIMEOUT = 30.0  # seconds any other operation (CLI, reads) waits for a busy database
+COMMIT_GRACE = 0.5  # a COMMIT sent just before the deadline may take this long to be confirmed
 
 
 class Deadline:
@@ -109,8 +109,11 @@ class Deadline:
             self._state = "finished"
             return True
 
-_COLUMNS = ("id, received_at, envelope, action, reasons, evidence, size, sha256, subject, header_from, "
-            "status, released_at, label")
+
+_COLUMNS = (
+    "id, received_at, envelope, action, reasons, evidence, size, sha256, subject, header_from, "
+    "status, released_at, label"
+)
 
 # Schema shared by both backends; {serial}, {real} and {blob} are filled in per backend.
 SCHEMA = (
@@ -160,8 +163,7 @@ def header_summary(head: bytes) -> tuple[str, str]:
     """Subject and From of a message from its first bytes (RFC 2047 decoded) for listing."""
     try:
         headers = BytesHeaderParser(policy=compat32).parsebytes(split_message(head)[0] + b"\n\n")
-        return (decode_header_value(str(headers.get("Subject", ""))),
-                decode_header_value(str(headers.get("From", ""))))
+        return (decode_header_value(str(headers.get("Subject", ""))), decode_header_value(str(headers.get("From", ""))))
     except Exception:  # a header block the parser chokes on still gets quarantined, unlabelled
         return "", ""
 
@@ -241,7 +243,7 @@ class _Writers:
 
     def submit(self, job: Callable[[], None]) -> None:
         with self._lock:
-            if self._stopped:       # a late put on a closed store (a reload's old runtime): a thread of its own
+            if self._stopped:  # a late put on a closed store (a reload's old runtime): a thread of its own
                 threading.Thread(target=job, name="quarantine-writer", daemon=True).start()
                 return
             if self._started < self._size:
@@ -269,12 +271,13 @@ class QuarantineStore(ABC):
     # with the operation's deadline) instead of the database's sleep-and-retry busy handler,
     # which makes long tails.
     single_writer: bool = False
-    _errors: tuple[type[BaseException], ...] = ()   # the driver's exception classes
+    _errors: tuple[type[BaseException], ...] = ()  # the driver's exception classes
 
-    def __init__(self, clock: Clock = time.time, pool_size: int = 8,
-                 write_timeout: float = QuarantineSettings.write_timeout):
+    def __init__(
+        self, clock: Clock = time.time, pool_size: int = 8, write_timeout: float = QuarantineSettings.write_timeout
+    ):
         self._clock = clock
-        self.write_timeout = write_timeout   # a reload may change it on a reused store
+        self.write_timeout = write_timeout  # a reload may change it on a reused store
         self._pool = _Pool(self._connect, pool_size)
         self._writer = Actor.service()
         self._write_gate = threading.Lock() if self.single_writer else None
@@ -300,8 +303,15 @@ class QuarantineStore(ABC):
         """Make the database give up waiting (busy lock, statement) after ``seconds``."""
 
     @abstractmethod
-    def _store(self, quarantine_id: str, raw: MessageSource, envelope: Envelope, verdict: Verdict,
-               evidence: Evidence, deadline: Deadline) -> None:
+    def _store(
+        self,
+        quarantine_id: str,
+        raw: MessageSource,
+        envelope: Envelope,
+        verdict: Verdict,
+        evidence: Evidence,
+        deadline: Deadline,
+    ) -> None:
         """Keep bytes and record in one transaction under ``deadline``; StoreError leaves nothing behind."""
 
     @abstractmethod
@@ -327,8 +337,9 @@ class QuarantineStore(ABC):
         deadline = deadline or Deadline(OPERATION_TIMEOUT)
         gate = self._write_gate if write else None
         if gate is not None and not gate.acquire(timeout=deadline.remaining()):
-            raise StoreError(f"quarantine database ({self.backend}): this process's other writers held it "
-                             f"for {deadline.seconds:g} s")
+            raise StoreError(
+                f"quarantine database ({self.backend}): this process's other writers held it for {deadline.seconds:g} s"
+            )
         try:
             conn = self._pool.get(deadline.remaining())
             try:
@@ -388,21 +399,32 @@ class QuarantineStore(ABC):
         with self._settled:
             self._in_flight += 1
         try:
-            self._writers.submit(lambda: self._put_attempt(result, quarantine_id, raw, envelope, verdict, evidence,
-                                                           deadline))
-        except RuntimeError as exc:         # no thread could be started
+            self._writers.submit(
+                lambda: self._put_attempt(result, quarantine_id, raw, envelope, verdict, evidence, deadline)
+            )
+        except RuntimeError as exc:  # no thread could be started
             self._put_done()
             raise StoreError(f"cannot quarantine message {quarantine_id}: {exc}") from exc
         try:
             return result.result(timeout=deadline.remaining() + COMMIT_GRACE)
         except FutureTimeout:
             if deadline.abandon():
-                raise StoreError(f"quarantine database ({self.backend}) did not store {quarantine_id} "
-                                 f"within {self.write_timeout:g} s") from None
-            return result.result()          # it committed at this very moment: the result stands
+                raise StoreError(
+                    f"quarantine database ({self.backend}) did not store {quarantine_id} "
+                    f"within {self.write_timeout:g} s"
+                ) from None
+            return result.result()  # it committed at this very moment: the result stands
 
-    def _put_attempt(self, result: Future[str], quarantine_id: str, raw: MessageSource, envelope: Envelope,
-                     verdict: Verdict, evidence: Evidence, deadline: Deadline) -> None:
+    def _put_attempt(
+        self,
+        result: Future[str],
+        quarantine_id: str,
+        raw: MessageSource,
+        envelope: Envelope,
+        verdict: Verdict,
+        evidence: Evidence,
+        deadline: Deadline,
+    ) -> None:
         try:
             try:
                 deadline.check("start")
@@ -425,13 +447,20 @@ class QuarantineStore(ABC):
     def _withdraw(self, quarantine_id: str) -> None:
         """Undo a put whose COMMIT succeeded only after the caller gave up (and tempfailed the sender)."""
         try:
-            self.delete(quarantine_id, self._writer, "withdraw",
-                        f"stored after the {self.write_timeout:g} s write deadline; the sender was told to retry")
-            log.warning("quarantined message %s was stored after its deadline and has been withdrawn",
-                        quarantine_id)
+            self.delete(
+                quarantine_id,
+                self._writer,
+                "withdraw",
+                f"stored after the {self.write_timeout:g} s write deadline; the sender was told to retry",
+            )
+            log.warning("quarantined message %s was stored after its deadline and has been withdrawn", quarantine_id)
         except StoreError as exc:
-            log.error("quarantined message %s was stored after its deadline and could not be withdrawn "
-                      "(the sender's retry will be a second copy): %s", quarantine_id, exc)
+            log.error(
+                "quarantined message %s was stored after its deadline and could not be withdrawn "
+                "(the sender's retry will be a second copy): %s",
+                quarantine_id,
+                exc,
+            )
 
     def __enter__(self) -> QuarantineStore:
         return self
@@ -441,31 +470,59 @@ class QuarantineStore(ABC):
 
     # -- writing a record ------------------------------------------------------------------------
 
-    def _insert_record(self, conn: Any, quarantine_id: str, written: Written, envelope: Envelope, verdict: Verdict,
-                       evidence: Evidence, actor: Actor) -> None:
+    def _insert_record(
+        self,
+        conn: Any,
+        quarantine_id: str,
+        written: Written,
+        envelope: Envelope,
+        verdict: Verdict,
+        evidence: Evidence,
+        actor: Actor,
+    ) -> None:
         now = self._clock()
-        facts = evidence.message           # taken by the worker that parsed the message
-        subject, header_from = (facts.subject, facts.header_from) if facts != MessageFacts() \
-            else header_summary(written.head)  # put without a scan (CLI, tests): read the first bytes
-        self._exec(conn, """INSERT INTO quarantine (id, received_at, direction, mail_from, recipients, client_address,
+        facts = evidence.message  # taken by the worker that parsed the message
+        subject, header_from = (
+            (facts.subject, facts.header_from) if facts != MessageFacts() else header_summary(written.head)
+        )  # put without a scan (CLI, tests): read the first bytes
+        self._exec(
+            conn,
+            """INSERT INTO quarantine (id, received_at, direction, mail_from, recipients, client_address,
                               queue_id, envelope, action, reasons, evidence, spam_score, size, sha256, subject,
                               header_from, status)
                             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                   (quarantine_id, now, envelope.direction.value, envelope.mail_from,
-                    json.dumps(list(envelope.recipients), ensure_ascii=False), envelope.client_address,
-                    envelope.queue_id, json.dumps(envelope.as_dict(), ensure_ascii=False), verdict.action.value,
-                    json.dumps(list(verdict.reasons)), json.dumps(evidence_to_dict(evidence), ensure_ascii=False),
-                    evidence.spam_score, written.size, written.sha256, subject, header_from,
-                    (Status.REJECTED if verdict.action is Action.REJECT else Status.HELD).value))
+            (
+                quarantine_id,
+                now,
+                envelope.direction.value,
+                envelope.mail_from,
+                json.dumps(list(envelope.recipients), ensure_ascii=False),
+                envelope.client_address,
+                envelope.queue_id,
+                json.dumps(envelope.as_dict(), ensure_ascii=False),
+                verdict.action.value,
+                json.dumps(list(verdict.reasons)),
+                json.dumps(evidence_to_dict(evidence), ensure_ascii=False),
+                evidence.spam_score,
+                written.size,
+                written.sha256,
+                subject,
+                header_from,
+                (Status.REJECTED if verdict.action is Action.REJECT else Status.HELD).value,
+            ),
+        )
         detail = f"{verdict.action.value}: {', '.join(verdict.reasons)}; queue {envelope.queue_id or '-'}"
         self._audit(conn, quarantine_id, "quarantine", actor, detail, now)
 
-    def _audit(self, conn: Any, quarantine_id: str, action: str, actor: Actor, detail: str = "",
-               at: float | None = None) -> None:
-        self._exec(conn, """INSERT INTO quarantine_audit (quarantine_id, at, action, actor, host, origin, detail)
+    def _audit(
+        self, conn: Any, quarantine_id: str, action: str, actor: Actor, detail: str = "", at: float | None = None
+    ) -> None:
+        self._exec(
+            conn,
+            """INSERT INTO quarantine_audit (quarantine_id, at, action, actor, host, origin, detail)
                             VALUES (?, ?, ?, ?, ?, ?, ?)""",
-                   (quarantine_id, self._clock() if at is None else at, action, actor.name, actor.host,
-                    actor.origin, detail))
+            (quarantine_id, self._clock() if at is None else at, action, actor.name, actor.host, actor.origin, detail),
+        )
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -492,8 +549,11 @@ class QuarantineStore(ABC):
         if filters.status is not None:
             where.append("status = ?")
             params.append(filters.status.value)
-        for column, text in (("mail_from", filters.sender), ("recipients", filters.recipient),
-                             ("subject", filters.subject)):
+        for column, text in (
+            ("mail_from", filters.sender),
+            ("recipients", filters.recipient),
+            ("subject", filters.subject),
+        ):
             if text:
                 where.append(f"LOWER({column}) LIKE ? ESCAPE '\\'")
                 params.append(like_pattern(text))
@@ -508,17 +568,24 @@ class QuarantineStore(ABC):
             params.append(filters.until)
         params.append(filters.limit)
         with self._tx() as conn:
-            rows = self._exec(conn, f"SELECT {_COLUMNS} FROM quarantine WHERE {' AND '.join(where)} "
-                                    "ORDER BY received_at DESC, id DESC LIMIT ?", tuple(params)).fetchall()
+            rows = self._exec(
+                conn,
+                f"SELECT {_COLUMNS} FROM quarantine WHERE {' AND '.join(where)} "
+                "ORDER BY received_at DESC, id DESC LIMIT ?",
+                tuple(params),
+            ).fetchall()
         return [_record(r) for r in rows]
 
     def history(self, quarantine_id: str) -> builtins.list[AuditEvent]:
         """Every recorded action on ``quarantine_id``, oldest first; survives delete and purge."""
         check_id(quarantine_id)
         with self._tx() as conn:
-            rows = self._exec(conn, """SELECT quarantine_id, at, action, actor, host, origin, detail
+            rows = self._exec(
+                conn,
+                """SELECT quarantine_id, at, action, actor, host, origin, detail
                                        FROM quarantine_audit WHERE quarantine_id = ? ORDER BY seq""",
-                              (quarantine_id,)).fetchall()
+                (quarantine_id,),
+            ).fetchall()
         return [AuditEvent(r[0], r[1], r[2], Actor(r[3], r[4], r[5]), r[6]) for r in rows]
 
     def record_event(self, quarantine_id: str, action: str, actor: Actor, detail: str = "") -> None:
@@ -529,8 +596,9 @@ class QuarantineStore(ABC):
 
     # -- release ---------------------------------------------------------------------------------
 
-    def claim_release(self, quarantine_id: str, actor: Actor, force: bool = False,
-                      reclaim_after: float | None = None) -> ReleaseClaim:
+    def claim_release(
+        self, quarantine_id: str, actor: Actor, force: bool = False, reclaim_after: float | None = None
+    ) -> ReleaseClaim:
         """Become the only releaser of ``quarantine_id``, or say why not.
 
         ``reclaim_after`` (seconds) lets an analyst take over a claim whose
@@ -545,13 +613,19 @@ class QuarantineStore(ABC):
             return ReleaseClaim.NEEDS_FORCE
         now = self._clock()
         with self._tx(write=True) as conn:
-            claimed = self._exec(conn, """UPDATE quarantine SET status = 'releasing', claimed_at = ?
+            claimed = self._exec(
+                conn,
+                """UPDATE quarantine SET status = 'releasing', claimed_at = ?
                                           WHERE id = ? AND status IN ('held', 'rejected')""",
-                                 (now, quarantine_id)).rowcount
+                (now, quarantine_id),
+            ).rowcount
             if not claimed and reclaim_after is not None:
-                claimed = self._exec(conn, """UPDATE quarantine SET claimed_at = ?
+                claimed = self._exec(
+                    conn,
+                    """UPDATE quarantine SET claimed_at = ?
                                               WHERE id = ? AND status = 'releasing' AND claimed_at < ?""",
-                                     (now, quarantine_id, now - reclaim_after)).rowcount
+                    (now, quarantine_id, now - reclaim_after),
+                ).rowcount
             if claimed:
                 self._audit(conn, quarantine_id, "release-claim", actor, "forced" if force else "", now)
                 return ReleaseClaim.CLAIMED
@@ -565,12 +639,20 @@ class QuarantineStore(ABC):
         now = self._clock()
         with self._tx(write=True) as conn:
             if delivered:
-                self._exec(conn, """UPDATE quarantine SET status = 'released', released_at = ?
-                                    WHERE id = ? AND status = 'releasing'""", (now, quarantine_id))
+                self._exec(
+                    conn,
+                    """UPDATE quarantine SET status = 'released', released_at = ?
+                                    WHERE id = ? AND status = 'releasing'""",
+                    (now, quarantine_id),
+                )
                 self._audit(conn, quarantine_id, "release", actor, detail, now)
             else:
-                self._exec(conn, """UPDATE quarantine SET status = 'held', claimed_at = NULL
-                                    WHERE id = ? AND status = 'releasing'""", (quarantine_id,))
+                self._exec(
+                    conn,
+                    """UPDATE quarantine SET status = 'held', claimed_at = NULL
+                                    WHERE id = ? AND status = 'releasing'""",
+                    (quarantine_id,),
+                )
                 self._audit(conn, quarantine_id, "release-failed", actor, detail, now)
 
     def use_release_mark(self, quarantine_id: str, stamp: int) -> bool:
@@ -583,13 +665,19 @@ class QuarantineStore(ABC):
         check_id(quarantine_id)
         detail = f"mark {stamp}"
         with self._tx(write=True) as conn:
-            if not self._exec(conn, """UPDATE quarantine SET status = status
+            if not self._exec(
+                conn,
+                """UPDATE quarantine SET status = status
                                        WHERE id = ? AND status IN ('releasing', 'released')""",
-                              (quarantine_id,)).rowcount:
+                (quarantine_id,),
+            ).rowcount:
                 return False
-            if self._exec(conn, """SELECT 1 FROM quarantine_audit
+            if self._exec(
+                conn,
+                """SELECT 1 FROM quarantine_audit
                                    WHERE quarantine_id = ? AND action = 'release-mark-used' AND detail = ?""",
-                          (quarantine_id, detail)).fetchone():
+                (quarantine_id, detail),
+            ).fetchone():
                 return False
             self._audit(conn, quarantine_id, "release-mark-used", self._writer, detail)
             return True
@@ -615,8 +703,12 @@ class QuarantineStore(ABC):
         """Delete every record received more than ``older_than_days`` ago; returns their IDs."""
         cutoff = self._clock() - older_than_days * 86400.0
         with self._tx() as conn:
-            ids = [r[0] for r in self._exec(conn, "SELECT id FROM quarantine WHERE received_at < ? ORDER BY id",
-                                            (cutoff,)).fetchall()]
+            ids = [
+                r[0]
+                for r in self._exec(
+                    conn, "SELECT id FROM quarantine WHERE received_at < ? ORDER BY id", (cutoff,)
+                ).fetchall()
+            ]
         detail = f"retention {older_than_days:g} days"
         purged = [i for i in ids if self.delete(i, actor, "purge", detail) is Removal.DELETED]
         self.sweep()
@@ -633,24 +725,55 @@ class QuarantineStore(ABC):
             if row is None:
                 return False
             self._exec(conn, "UPDATE quarantine SET label = ? WHERE id = ?", (label.value, quarantine_id))
-            self._exec(conn, """INSERT INTO quarantine_labels (quarantine_id, label, sha256, at, actor)
-                                VALUES (?, ?, ?, ?, ?)""", (quarantine_id, label.value, row[0], now, actor.name))
+            self._exec(
+                conn,
+                """INSERT INTO quarantine_labels (quarantine_id, label, sha256, at, actor)
+                                VALUES (?, ?, ?, ?, ?)""",
+                (quarantine_id, label.value, row[0], now, actor.name),
+            )
             self._audit(conn, quarantine_id, "label", actor, label.value, now)
         return True
 
     def labels_since(self, seq: int = 0, limit: int = 10000) -> builtins.list[LabelRecord]:
         """Labels recorded after ``seq``, in order: the training ledger resumes from the last one it took."""
         with self._tx() as conn:
-            rows = self._exec(conn, """SELECT seq, quarantine_id, label, sha256, at, actor FROM quarantine_labels
-                                       WHERE seq > ? ORDER BY seq LIMIT ?""", (seq, limit)).fetchall()
+            rows = self._exec(
+                conn,
+                """SELECT seq, quarantine_id, label, sha256, at, actor FROM quarantine_labels
+                                       WHERE seq > ? ORDER BY seq LIMIT ?""",
+                (seq, limit),
+            ).fetchall()
         return [LabelRecord(r[0], r[1], Label(r[2]), r[3], r[4], r[5]) for r in rows]
 
 
 def _record(row: Sequence[Any]) -> QuarantineRecord:
-    (qid, received_at, envelope, action, reasons, evidence, size, sha256, subject, header_from, status,
-     released_at, label) = row
+    (
+        qid,
+        received_at,
+        envelope,
+        action,
+        reasons,
+        evidence,
+        size,
+        sha256,
+        subject,
+        header_from,
+        status,
+        released_at,
+        label,
+    ) = row
     return QuarantineRecord(
-        id=qid, received_at=received_at, envelope=envelope_from_dict(json.loads(envelope)), action=action,
-        reasons=tuple(json.loads(reasons)), evidence=evidence_from_dict(json.loads(evidence)), size=size,
-        sha256=sha256, subject=subject, header_from=header_from, status=Status(status), released_at=released_at,
-        label=Label(label) if label else None)
+        id=qid,
+        received_at=received_at,
+        envelope=envelope_from_dict(json.loads(envelope)),
+        action=action,
+        reasons=tuple(json.loads(reasons)),
+        evidence=evidence_from_dict(json.loads(evidence)),
+        size=size,
+        sha256=sha256,
+        subject=subject,
+        header_from=header_from,
+        status=Status(status),
+        released_at=released_at,
+        label=Label(label) if label else None,
+    )

@@ -28,8 +28,15 @@ from .results_header import HEADER, authserv_id, claims_our_id, results_value
 if TYPE_CHECKING:
     from ..detector import Detector
 
-__all__ = ["HEADER", "ReputationDetector", "authserv_id", "check_settings", "claims_our_id", "detectors",
-           "results_value"]
+__all__ = [
+    "HEADER",
+    "ReputationDetector",
+    "authserv_id",
+    "check_settings",
+    "claims_our_id",
+    "detectors",
+    "results_value",
+]
 
 
 def detectors(settings: Settings) -> list[Detector]:

@@ -45,27 +45,34 @@ from .zones import Zone, parse_zones
 log = logging.getLogger(__name__)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-RESOLVER = ""              # the backoff key of the resolver itself (zones use their names)
-MAX_AUTHOR_DOMAINS = 5     # a From: with thousands of addresses must not mean thousands of lookups
+RESOLVER = ""  # the backoff key of the resolver itself (zones use their names)
+MAX_AUTHOR_DOMAINS = 5  # a From: with thousands of addresses must not mean thousands of lookups
 
 
 @dataclass(frozen=True)
 class _Job:
     """One lookup in flight; ``fallback`` stands in for its result if the budget runs out first."""
 
-    kind: str              # dnsbl, uribl, spf, dkim, dmarc
+    kind: str  # dnsbl, uribl, spf, dkim, dmarc
     future: Future[Any]
     fallback: Any
-    zone: Zone | None = None   # for blocklist lookups
-    subject: str = ""      # what was looked up: address, URL domain, identity, author domain
+    zone: Zone | None = None  # for blocklist lookups
+    subject: str = ""  # what was looked up: address, URL domain, identity, author domain
     location: str = ""
 
 
 class ReputationDetector:
     name = "dns"
 
-    def __init__(self, settings: ReputationSettings, client: DnsClient, orgs: OrgDomains, *,
-                 allow_networks: tuple[Network, ...] = (), clock: Clock = time.monotonic):
+    def __init__(
+        self,
+        settings: ReputationSettings,
+        client: DnsClient,
+        orgs: OrgDomains,
+        *,
+        allow_networks: tuple[Network, ...] = (),
+        clock: Clock = time.monotonic,
+    ):
         self.settings = settings
         self.client = client
         self._orgs = orgs
@@ -93,8 +100,7 @@ class ReputationDetector:
         if self._skipped(ip, envelope):
             return Evidence()
         if down := self._backoff.remaining(RESOLVER):
-            return Evidence(findings=(self._unavailable(
-                f"resolver found dead, lookups skipped for {down:.1f}s more"),))
+            return Evidence(findings=(self._unavailable(f"resolver found dead, lookups skipped for {down:.1f}s more"),))
         deadline = Deadline.after(self.settings.budget, self._clock)
         jobs, skipped = self._start(message, envelope, ip, deadline)
         done, _ = wait([j.future for j in jobs], timeout=deadline.remaining())
@@ -109,8 +115,9 @@ class ReputationDetector:
         host = normalise_domain(envelope.client_name) if envelope.client_name else None
         return host is not None and within(host, self._allow_domains)
 
-    def _start(self, message: ParsedMessage, envelope: Envelope, ip: IPAddress | None,
-               deadline: Deadline) -> tuple[list[_Job], list[str]]:
+    def _start(
+        self, message: ParsedMessage, envelope: Envelope, ip: IPAddress | None, deadline: Deadline
+    ) -> tuple[list[_Job], list[str]]:
         """Start every lookup; also returns the zones skipped because they stopped answering."""
         rep, jobs, skipped = self.settings, [], []
         dnsbl: list[Zone] = []
@@ -135,26 +142,64 @@ class ReputationDetector:
             identities = ["mailfrom"] + (["helo"] if helo else [])
             for identity in identities:
                 sender = envelope.mail_from if identity == "mailfrom" else ""
-                fallback = SpfResult(identity, sender, (sender.rpartition("@")[2] or helo or "").lower(),
-                                     "temperror", "DNS budget spent")
-                start("spf", fallback, check_spf, self.client, deadline, str(ip), envelope.mail_from,
-                      helo or envelope.helo, identity, subject=identity)
-        header = message.raw_headers      # split once, by the parser
+                fallback = SpfResult(
+                    identity, sender, (sender.rpartition("@")[2] or helo or "").lower(), "temperror", "DNS budget spent"
+                )
+                start(
+                    "spf",
+                    fallback,
+                    check_spf,
+                    self.client,
+                    deadline,
+                    str(ip),
+                    envelope.mail_from,
+                    helo or envelope.helo,
+                    identity,
+                    subject=identity,
+                )
+        header = message.raw_headers  # split once, by the parser
         if rep.dkim:
-            for index, (domain, selector) in enumerate(signatures(header)[:rep.max_signatures]):
-                start("dkim", DkimResult(domain, selector, "temperror", "DNS budget spent"), verify_signature,
-                      message.raw, index, self.client, deadline, rep.min_key_bits, subject=domain)
+            for index, (domain, selector) in enumerate(signatures(header)[: rep.max_signatures]):
+                start(
+                    "dkim",
+                    DkimResult(domain, selector, "temperror", "DNS budget spent"),
+                    verify_signature,
+                    message.raw,
+                    index,
+                    self.client,
+                    deadline,
+                    rep.min_key_bits,
+                    subject=domain,
+                )
         if rep.dmarc:
             for domain in author_domains(header)[:MAX_AUTHOR_DOMAINS]:
-                start("dmarc", PolicyLookup(domain, dns_failed=True), discover_policy,
-                      self.client, deadline, domain, self._orgs, subject=domain)
-        if uribl:            # last: the most numerous, so they queue behind the rest
-            for domain, location in islice(url_domains(message, self._orgs, self._skip_url_domains),
-                                           rep.max_uri_domains):
+                start(
+                    "dmarc",
+                    PolicyLookup(domain, dns_failed=True),
+                    discover_policy,
+                    self.client,
+                    deadline,
+                    domain,
+                    self._orgs,
+                    subject=domain,
+                )
+        if uribl:  # last: the most numerous, so they queue behind the rest
+            for domain, location in islice(
+                url_domains(message, self._orgs, self._skip_url_domains), rep.max_uri_domains
+            ):
                 for zone in uribl:
                     name = f"{domain}.{zone.name}"
-                    start("uribl", _spent(name), self.client.query, name, "A", deadline,
-                          zone=zone, subject=domain, location=location)
+                    start(
+                        "uribl",
+                        _spent(name),
+                        self.client.query,
+                        name,
+                        "A",
+                        deadline,
+                        zone=zone,
+                        subject=domain,
+                        location=location,
+                    )
         return jobs, skipped
 
     # --- results ------------------------------------------------------------------
@@ -173,7 +218,7 @@ class ReputationDetector:
             result = job.future.result() if job.future in done else job.fallback
             if job.future not in done:
                 job.future.cancel()
-            if job.kind in ("dnsbl", "uribl") and job.zone is not None:     # every blocklist job has its zone
+            if job.kind in ("dnsbl", "uribl") and job.zone is not None:  # every blocklist job has its zone
                 if result.outcome.unavailable:
                     unavailable.append(f"{job.kind} {job.zone.name} ({result.outcome.value})")
                     zones_failed.add(job.zone.name)
@@ -182,7 +227,7 @@ class ReputationDetector:
                 zones_answered.add(job.zone.name)
                 findings.extend(self._listing(job, result))
                 continue
-            failed = (result.dns_failed if job.kind == "dmarc" else result.failed_dns)
+            failed = result.dns_failed if job.kind == "dmarc" else result.failed_dns
             if failed:
                 unavailable.append(f"{job.kind} {job.subject or result.domain or 'signature'}".rstrip())
             else:
@@ -191,8 +236,9 @@ class ReputationDetector:
 
         mailfrom = next((s for s in spf if s.identity == "mailfrom"), None)
         dmarc = [dmarc_check.evaluate(p, mailfrom, dkim, self._orgs) for p in policies]
-        unavailable += [f"dmarc {d.domain}" for d, p in zip(dmarc, policies)
-                        if d.result == "temperror" and not p.dns_failed]
+        unavailable += [
+            f"dmarc {d.domain}" for d, p in zip(dmarc, policies) if d.result == "temperror" and not p.dns_failed
+        ]
         findings += self._spf_findings(spf) + self._dkim_findings(dkim) + self._dmarc_findings(dmarc, mailfrom, dkim)
         if unavailable:
             findings.append(self._unavailable("; ".join(dict.fromkeys(unavailable))))
@@ -211,28 +257,55 @@ class ReputationDetector:
         if lookup.outcome is not Outcome.ANSWER:
             return []
         zone = job.zone
-        if zone is None:        # only blocklist jobs come here, each with its zone
+        if zone is None:  # only blocklist jobs come here, each with its zone
             return []
         answer = zone.classify(lookup.addresses())
         found = []
         if answer.listed:
-            found.append(Finding(Category.REPUTATION, f"{job.kind}:{zone.name}", answer.severity, job.kind,
-                                 job.location, f"{job.subject} listed: {', '.join(answer.listed)}"))
+            found.append(
+                Finding(
+                    Category.REPUTATION,
+                    f"{job.kind}:{zone.name}",
+                    answer.severity,
+                    job.kind,
+                    job.location,
+                    f"{job.subject} listed: {', '.join(answer.listed)}",
+                )
+            )
         if answer.errors:
-            found.append(Finding(Category.UNCHECKED, f"{job.kind}-error", self.settings.dns_unavailable, job.kind,
-                                 job.location, f"{zone.name} answered {', '.join(answer.errors)} for {job.subject}"
-                                 " (not a listing code: query refused, rate limited or misconfigured)"))
+            found.append(
+                Finding(
+                    Category.UNCHECKED,
+                    f"{job.kind}-error",
+                    self.settings.dns_unavailable,
+                    job.kind,
+                    job.location,
+                    f"{zone.name} answered {', '.join(answer.errors)} for {job.subject}"
+                    " (not a listing code: query refused, rate limited or misconfigured)",
+                )
+            )
         return found
 
     def _spf_findings(self, results: list[SpfResult]) -> list[Finding]:
-        severities = {"fail": self.settings.spf_fail, "softfail": self.settings.spf_softfail,
-                      "permerror": Severity.INFO}
+        severities = {
+            "fail": self.settings.spf_fail,
+            "softfail": self.settings.spf_softfail,
+            "permerror": Severity.INFO,
+        }
         found = []
         for check in results:
             if check.result in severities:
                 name = "spf-" + ("helo-" if check.identity == "helo" else "") + check.result
-                found.append(Finding(Category.AUTHENTICATION, name, severities[check.result], "spf", "",
-                                     f"{check.sender}: {check.explanation}"[:300]))
+                found.append(
+                    Finding(
+                        Category.AUTHENTICATION,
+                        name,
+                        severities[check.result],
+                        "spf",
+                        "",
+                        f"{check.sender}: {check.explanation}"[:300],
+                    )
+                )
         return found
 
     def _dkim_findings(self, results: list[DkimResult]) -> list[Finding]:
@@ -242,16 +315,28 @@ class ReputationDetector:
         detail = "; ".join(f"d={r.domain} s={r.selector}: {r.result} ({r.reason})" for r in broken)
         return [Finding(Category.AUTHENTICATION, "dkim-fail", self.settings.dkim_fail, "dkim", "", detail[:500])]
 
-    def _dmarc_findings(self, results: list[DmarcResult], spf: SpfResult | None,
-                        dkim: list[DkimResult]) -> list[Finding]:
-        severities = {Disposition.REJECT: self.settings.dmarc_reject,
-                      Disposition.QUARANTINE: self.settings.dmarc_quarantine,
-                      Disposition.NONE: self.settings.dmarc_none}
+    def _dmarc_findings(
+        self, results: list[DmarcResult], spf: SpfResult | None, dkim: list[DkimResult]
+    ) -> list[Finding]:
+        severities = {
+            Disposition.REJECT: self.settings.dmarc_reject,
+            Disposition.QUARANTINE: self.settings.dmarc_quarantine,
+            Disposition.NONE: self.settings.dmarc_none,
+        }
         seen = f"spf={spf.result} ({spf.domain})" if spf else "spf=none"
         seen += "".join(f", dkim={d.result} ({d.domain})" for d in dkim) or ", dkim=none"
-        return [Finding(Category.AUTHENTICATION, f"dmarc-{r.disposition.value}", severities[r.disposition], "dmarc",
-                        "", f"{r.domain}: {r.detail}; {seen}"[:500])
-                for r in results if r.result == "fail"]
+        return [
+            Finding(
+                Category.AUTHENTICATION,
+                f"dmarc-{r.disposition.value}",
+                severities[r.disposition],
+                "dmarc",
+                "",
+                f"{r.domain}: {r.detail}; {seen}"[:500],
+            )
+            for r in results
+            if r.result == "fail"
+        ]
 
     def _unavailable(self, detail: str) -> Finding:
         return Finding(Category.UNCHECKED, "dns-unavailable", self.settings.dns_unavailable, "dns", "", detail[:500])
@@ -268,8 +353,11 @@ class ReputationDetector:
 
     def _check_resolver(self) -> None:
         if not self.client.responds() and self._backoff.trip(RESOLVER):
-            log.warning("DNS unavailable (nameservers %s): skipping lookups for %.0fs",
-                        ", ".join(self.client.nameservers), self._backoff.period)
+            log.warning(
+                "DNS unavailable (nameservers %s): skipping lookups for %.0fs",
+                ", ".join(self.client.nameservers),
+                self._backoff.period,
+            )
 
 
 def check_settings(settings: Settings) -> tuple[Network, ...]:

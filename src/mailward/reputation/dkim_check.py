@@ -32,9 +32,9 @@ _DKIMPY_LOG = _SenderFaults(log, {})
 
 @dataclass(frozen=True)
 class DkimResult:
-    domain: str            # d=
-    selector: str          # s=
-    result: str            # pass, fail, permerror, temperror
+    domain: str  # d=
+    selector: str  # s=
+    result: str  # pass, fail, permerror, temperror
     reason: str = ""
 
     @property
@@ -50,14 +50,14 @@ def signatures(header: bytes) -> list[tuple[str, str]]:
     """
     try:
         fields, _ = dkim.rfc822_parse(header + b"\r\n\r\n")
-    except Exception:   # DKIMException, or IndexError on a leading folded line: dkimpy verifies none either
+    except Exception:  # DKIMException, or IndexError on a leading folded line: dkimpy verifies none either
         return []
     found = []
     for name, value in fields:
         if name.lower() == b"dkim-signature":
             try:
                 tags = dkim.util.parse_tag_value(value)
-            except Exception:          # malformed tag list: verification will say permerror
+            except Exception:  # malformed tag list: verification will say permerror
                 tags = {}
             found.append((_text(tags.get(b"d", b"")).lower(), _text(tags.get(b"s", b""))))
     return found
@@ -82,11 +82,11 @@ def verify_signature(raw: bytes, index: int, client: DnsClient, deadline: Deadli
             result, reason = "pass", ""
         else:
             result, reason = _why_not(key_lookups)
-    except dkim.ValidationError as exc:      # body hash mismatch, malformed or expired signature
+    except dkim.ValidationError as exc:  # body hash mismatch, malformed or expired signature
         result, reason = "fail", str(exc)
-    except dkim.DKIMException as exc:        # key too small, bad tags, unparsable message
+    except dkim.DKIMException as exc:  # key too small, bad tags, unparsable message
         result, reason = "permerror", str(exc)
-    except Exception as exc:                 # dkimpy on hostile input: unusable, never a crash
+    except Exception as exc:  # dkimpy on hostile input: unusable, never a crash
         log.debug("DKIM verification raised %s", type(exc).__name__)
         result, reason = "permerror", type(exc).__name__
     fields = getattr(verifier, "signature_fields", None) or {}

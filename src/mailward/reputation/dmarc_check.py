@@ -74,17 +74,17 @@ class DmarcRecord:
 class PolicyLookup:
     """Where the From domain's policy was found (or why not)."""
 
-    domain: str                       # RFC5322.From domain
+    domain: str  # RFC5322.From domain
     record: DmarcRecord | None = None
-    found_at: str = ""                # the domain whose _dmarc record applies
+    found_at: str = ""  # the domain whose _dmarc record applies
     dns_failed: bool = False
 
 
 @dataclass(frozen=True)
 class DmarcResult:
     domain: str
-    result: str                       # pass, fail, none, temperror
-    disposition: Disposition = Disposition.NONE   # what the domain asks for this message
+    result: str  # pass, fail, none, temperror
+    disposition: Disposition = Disposition.NONE  # what the domain asks for this message
     spf_aligned: bool = False
     dkim_aligned: bool = False
     detail: str = ""
@@ -112,8 +112,11 @@ def discover_policy(client: DnsClient, deadline: Deadline, domain: str, orgs: Or
         answer = client.query(f"_dmarc.{candidate}", "TXT", deadline)
         if answer.outcome.unavailable:
             return PolicyLookup(domain, dns_failed=True)
-        records = [t for t in (b.decode("utf-8", "replace") for b in answer.texts())
-                   if t.replace(" ", "").startswith("v=DMARC1")]
+        records = [
+            t
+            for t in (b.decode("utf-8", "replace") for b in answer.texts())
+            if t.replace(" ", "").startswith("v=DMARC1")
+        ]
         if len(records) == 1:
             record = DmarcRecord.parse(records[0])
             if record is not None:
@@ -121,8 +124,9 @@ def discover_policy(client: DnsClient, deadline: Deadline, domain: str, orgs: Or
     return PolicyLookup(domain)
 
 
-def evaluate(lookup: PolicyLookup, spf: SpfResult | None, signatures: Sequence[DkimResult],
-             orgs: OrgDomains) -> DmarcResult:
+def evaluate(
+    lookup: PolicyLookup, spf: SpfResult | None, signatures: Sequence[DkimResult], orgs: OrgDomains
+) -> DmarcResult:
     """Pass when an aligned identifier passed; otherwise the disposition the domain asks for."""
     domain, record = lookup.domain, lookup.record
     if lookup.dns_failed:
@@ -136,8 +140,9 @@ def evaluate(lookup: PolicyLookup, spf: SpfResult | None, signatures: Sequence[D
         return DmarcResult(domain, "pass", Disposition.NONE, spf_aligned, dkim_aligned, where)
     # An identifier that would align could not be checked: no verdict on a DNS outage. Others'
     # DNS trouble does not count, or a spoofer could dodge DMARC by making its own lookups time out.
-    if ((spf is not None and spf.failed_dns and orgs.aligned(domain, spf.domain, record.strict_spf))
-            or any(s.failed_dns and orgs.aligned(domain, s.domain, record.strict_dkim) for s in signatures)):
+    if (spf is not None and spf.failed_dns and orgs.aligned(domain, spf.domain, record.strict_spf)) or any(
+        s.failed_dns and orgs.aligned(domain, s.domain, record.strict_dkim) for s in signatures
+    ):
         return DmarcResult(domain, "temperror", detail=f"{where}; an aligned SPF or DKIM lookup failed")
     disposition = record.policy
     if lookup.found_at != domain and record.subdomain_policy is not None:

@@ -30,8 +30,8 @@ class Outcome(str, Enum):
     ANSWER = "answer"
     NXDOMAIN = "nxdomain"
     NODATA = "nodata"
-    TIMEOUT = "timeout"      # no reply within the query timeout or the budget
-    FAILURE = "failure"      # SERVFAIL, REFUSED, port unreachable, malformed reply
+    TIMEOUT = "timeout"  # no reply within the query timeout or the budget
+    FAILURE = "failure"  # SERVFAIL, REFUSED, port unreachable, malformed reply
 
     @property
     def unavailable(self) -> bool:
@@ -73,8 +73,9 @@ class Deadline:
 class DnsClient:
     """Resolves names through the configured nameservers with a per-process cache."""
 
-    def __init__(self, nameservers: tuple[str, ...] = (), port: int = 53, query_timeout: float = 2.0,
-                 cache_size: int = 50_000):
+    def __init__(
+        self, nameservers: tuple[str, ...] = (), port: int = 53, query_timeout: float = 2.0, cache_size: int = 50_000
+    ):
         resolver = dns.resolver.Resolver(configure=not nameservers)
         if nameservers:
             resolver.nameservers = list(nameservers)
@@ -127,13 +128,12 @@ class DnsClient:
         except dns.exception.DNSException:
             return Lookup(name, rdtype, Outcome.NXDOMAIN, detail="not a valid DNS name")
         try:
-            answer = self._resolver.resolve(qname, rdtype, lifetime=lifetime, raise_on_no_answer=False,
-                                            search=False)
+            answer = self._resolver.resolve(qname, rdtype, lifetime=lifetime, raise_on_no_answer=False, search=False)
         except dns.resolver.NXDOMAIN:
             return Lookup(name, rdtype, Outcome.NXDOMAIN)
         except dns.exception.Timeout:
             return Lookup(name, rdtype, Outcome.TIMEOUT, detail=f"no answer within {lifetime:.2f}s")
-        except dns.exception.DNSException as exc:   # NoNameservers (SERVFAIL, REFUSED, unreachable), YXDOMAIN
+        except dns.exception.DNSException as exc:  # NoNameservers (SERVFAIL, REFUSED, unreachable), YXDOMAIN
             return Lookup(name, rdtype, Outcome.FAILURE, detail=type(exc).__name__)
         if answer.rrset is None:
             return Lookup(name, rdtype, Outcome.NODATA)

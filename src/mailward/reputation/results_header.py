@@ -32,26 +32,34 @@ def authserv_id(settings: ReputationSettings) -> str:
     return settings.authserv_id or socket.gethostname()
 
 
-def results_value(authserv_id: str, spf: Sequence[SpfResult], dkim: Sequence[DkimResult],
-                  dmarc: Sequence[DmarcResult]) -> str:
+def results_value(
+    authserv_id: str, spf: Sequence[SpfResult], dkim: Sequence[DkimResult], dmarc: Sequence[DmarcResult]
+) -> str:
     """The field's value (without the name), e.g. ``mx.example.org; spf=pass smtp.mailfrom=...``."""
     results: list[Any] = []
     for check in spf:
         if check.identity == "helo":
-            results.append(authres.SPFAuthenticationResult(
-                result=check.result, smtp_helo=_safe(check.domain)))
+            results.append(authres.SPFAuthenticationResult(result=check.result, smtp_helo=_safe(check.domain)))
         else:
             sender = check.sender if _safe(check.sender) else check.domain
-            results.append(authres.SPFAuthenticationResult(
-                result=check.result, smtp_mailfrom=_safe(sender)))
+            results.append(authres.SPFAuthenticationResult(result=check.result, smtp_mailfrom=_safe(sender)))
     for signature in dkim:
-        results.append(authres.DKIMAuthenticationResult(
-            result=signature.result, reason=_reason(signature.reason),
-            header_d=_safe(signature.domain), header_s=_safe(signature.selector)))
+        results.append(
+            authres.DKIMAuthenticationResult(
+                result=signature.result,
+                reason=_reason(signature.reason),
+                header_d=_safe(signature.domain),
+                header_s=_safe(signature.selector),
+            )
+        )
     for alignment in dmarc:
-        results.append(authres.dmarc.DMARCAuthenticationResult(
-            result=alignment.result, header_from=_safe(alignment.domain),
-            policy=alignment.disposition.value if alignment.result == "fail" else None))
+        results.append(
+            authres.dmarc.DMARCAuthenticationResult(
+                result=alignment.result,
+                header_from=_safe(alignment.domain),
+                policy=alignment.disposition.value if alignment.result == "fail" else None,
+            )
+        )
     header = authres.AuthenticationResultsHeader(authserv_id=authserv_id, results=results)
     return str(header).partition(": ")[2]
 

@@ -40,10 +40,10 @@ if getattr(spf.DNSLookup, "__module__", "") != __name__:
 
 @dataclass(frozen=True)
 class SpfResult:
-    identity: str          # "mailfrom" or "helo" (RFC 7208 2.3, 2.4)
-    sender: str            # the checked identity as an address (postmaster@helo for HELO and bounces)
+    identity: str  # "mailfrom" or "helo" (RFC 7208 2.3, 2.4)
+    sender: str  # the checked identity as an address (postmaster@helo for HELO and bounces)
     domain: str
-    result: str            # pass, fail, softfail, neutral, none, permerror, temperror
+    result: str  # pass, fail, softfail, neutral, none, permerror, temperror
     explanation: str = ""
 
     @property
@@ -58,7 +58,7 @@ def check_spf(client: DnsClient, deadline: Deadline, ip: str, sender: str, helo:
         query = spf.query(i=ip, s=sender if identity == "mailfrom" else "", h=helo, timeout=client.query_timeout)
         result, _code, explanation = query.check()
         checked = query.s
-    except Exception as exc:   # pyspf on hostile input: an answer we cannot use, never a crash
+    except Exception as exc:  # pyspf on hostile input: an answer we cannot use, never a crash
         log.debug("SPF check of %r/%r failed: %s", sender, helo, exc)
         result, explanation, checked = "permerror", type(exc).__name__, sender or f"postmaster@{helo}"
     finally:
@@ -71,7 +71,7 @@ def _lookup_through(client: DnsClient, deadline: Deadline) -> SpfLookup:
 
     def lookup(name: str, qtype: str) -> list[Any]:
         answer = client.query(name, qtype, deadline)
-        records: tuple[Any, ...] = answer.records    # the fields read below belong to each rdtype's class
+        records: tuple[Any, ...] = answer.records  # the fields read below belong to each rdtype's class
         if answer.outcome.unavailable:
             raise spf.TempError(f"DNS {answer.outcome.value} for {name} {qtype}")
         if answer.outcome is not Outcome.ANSWER:

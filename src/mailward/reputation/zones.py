@@ -22,9 +22,11 @@ from ..evidence import Severity
 
 # Without a filter: any 127/8 answer except x.x.x.0/1/255 and 127.255.x.x, the usual error codes.
 _DEFAULT_OCTETS = (frozenset({127}), frozenset(range(0, 255)), frozenset(range(0, 255)), frozenset(range(2, 255)))
-_ENTRY = re.compile(r"^(?P<zone>[A-Za-z0-9_][A-Za-z0-9_.-]*[A-Za-z0-9])\.?"
-                    r"(?:=(?P<filter>[0-9.\[\];]+)|&(?P<mask>0x[0-9A-Fa-f]+|[0-9]+))?"
-                    r"(?:\*(?P<severity>[A-Za-z]+))?$")
+_ENTRY = re.compile(
+    r"^(?P<zone>[A-Za-z0-9_][A-Za-z0-9_.-]*[A-Za-z0-9])\.?"
+    r"(?:=(?P<filter>[0-9.\[\];]+)|&(?P<mask>0x[0-9A-Fa-f]+|[0-9]+))?"
+    r"(?:\*(?P<severity>[A-Za-z]+))?$"
+)
 _ITEM = r"\d{1,3}(?:\.\.\d{1,3})?"
 _OCTET = rf"(\d{{1,3}}|\[{_ITEM}(?:;{_ITEM})*\])"
 _FILTER = re.compile(rf"^{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}$")
@@ -34,8 +36,8 @@ _FILTER = re.compile(rf"^{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}$")
 class CodeRule:
     """Which answers of a zone mean "listed", and how bad that listing is."""
 
-    octets: tuple[frozenset[int], ...] | None = None    # per-octet allowed values
-    mask: int | None = None                             # bitmask on 127.0.0.X
+    octets: tuple[frozenset[int], ...] | None = None  # per-octet allowed values
+    mask: int | None = None  # bitmask on 127.0.0.X
     severity: Severity = Severity.MEDIUM
 
     def matches(self, address: ipaddress.IPv4Address) -> bool:
@@ -99,8 +101,7 @@ def _severity(name: str | None, entry: str) -> Severity:
     try:
         return Severity[name.upper()]
     except KeyError:
-        raise ValueError(f"{entry!r}: severity must be one of "
-                         f"{', '.join(s.name.lower() for s in Severity)}") from None
+        raise ValueError(f"{entry!r}: severity must be one of {', '.join(s.name.lower() for s in Severity)}") from None
 
 
 def _octets(text: str, entry: str) -> tuple[frozenset[int], ...]:

@@ -35,8 +35,9 @@ def rule_directories(settings: Settings) -> list[tuple[str, Path]]:
 
 
 def load_rules(settings: Settings, previous: RuleSet | None = None) -> RuleSet:
-    return RuleSet.load_or_keep(rule_directories(settings), settings.rules_cache_dir, previous,
-                                TrustedOwners.of(settings.milter.user))
+    return RuleSet.load_or_keep(
+        rule_directories(settings), settings.rules_cache_dir, previous, TrustedOwners.of(settings.milter.user)
+    )
 
 
 def detectors(settings: Settings, previous: RuleSet | None = None) -> list[Detector]:

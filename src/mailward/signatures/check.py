@@ -32,17 +32,17 @@ from ..unpack import Unpacker
 from .ruleset import EXTERNALS, RuleFile, Source, compile_file, discover
 from .yara_rules import externals_for
 
-MIN_MEASURE = 0.2          # seconds: small samples are scanned repeatedly until timings mean something
+MIN_MEASURE = 0.2  # seconds: small samples are scanned repeatedly until timings mean something
 MAX_PASSES = 20
-MAX_MEASURE = 2.0          # seconds per rule file: a slow file is measured on fewer passes
+MAX_MEASURE = 2.0  # seconds per rule file: a slow file is measured on fewer passes
 MESSAGE_SUFFIXES = (".eml", ".msg", ".mbox", "")
 
 
 @dataclass
 class FileReport:
     file: RuleFile
-    mb_per_s: float | None = None            # scanning the sample with this file alone
-    marginal_mb_per_s: float | None = None   # sample bytes / time this file adds to the baseline
+    mb_per_s: float | None = None  # scanning the sample with this file alone
+    marginal_mb_per_s: float | None = None  # sample bytes / time this file adds to the baseline
     hits: list[dict[str, Any]] = field(default_factory=list)
     slow: bool = False
 
@@ -60,12 +60,19 @@ class Sample:
 def rules_check_main(argv: list[str]) -> int:
     """Entry point for ``mailward rules check``; ``argv`` is what follows ``check``."""
     parser = argparse.ArgumentParser(prog="mailward rules check", description=__doc__.split("\n\n")[0])
-    parser.add_argument("directory", type=Path,
-                        help="directory of YARA rule files (*.yar, *.yara), searched recursively")
-    parser.add_argument("--benign", type=Path,
-                        help="directory of benign mail (.eml) or files to measure speed and hits on")
-    parser.add_argument("--min-speed", type=float, default=50.0, metavar="MB/S",
-                        help="slowest acceptable marginal scan speed of one file on the benign sample (default 50)")
+    parser.add_argument(
+        "directory", type=Path, help="directory of YARA rule files (*.yar, *.yara), searched recursively"
+    )
+    parser.add_argument(
+        "--benign", type=Path, help="directory of benign mail (.eml) or files to measure speed and hits on"
+    )
+    parser.add_argument(
+        "--min-speed",
+        type=float,
+        default=50.0,
+        metavar="MB/S",
+        help="slowest acceptable marginal scan speed of one file on the benign sample (default 50)",
+    )
     parser.add_argument("--timeout", type=int, default=10, help="YARA timeout per object in seconds (default 10)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     args = parser.parse_args(argv)
@@ -79,17 +86,35 @@ def rules_check_main(argv: list[str]) -> int:
         return 2
     compiled = [compile_file(s) for s in sources]
     reports = [FileReport(f) for f, _ in compiled]
-    summary: dict[str, Any] = {"files": len(reports), "rules": sum(r.file.rules for r in reports),
-                     "broken": sum(not r.file.ok for r in reports)}
+    summary: dict[str, Any] = {
+        "files": len(reports),
+        "rules": sum(r.file.rules for r in reports),
+        "broken": sum(not r.file.ok for r in reports),
+    }
     if args.benign is not None:
         samples = load_samples(args.benign)
         summary.update(measure(sources, compiled, reports, samples, args.timeout, args.min_speed))
     ok = all(r.ok for r in reports) and summary.get("bundle_error") is None
     if args.json:
-        print(json.dumps({"ok": ok, "summary": summary,
-                          "files": [dict(asdict(r.file), mb_per_s=r.mb_per_s, marginal_mb_per_s=r.marginal_mb_per_s,
-                                         hits=r.hits, slow=r.slow)
-                                    for r in reports]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "ok": ok,
+                    "summary": summary,
+                    "files": [
+                        dict(
+                            asdict(r.file),
+                            mb_per_s=r.mb_per_s,
+                            marginal_mb_per_s=r.marginal_mb_per_s,
+                            hits=r.hits,
+                            slow=r.slow,
+                        )
+                        for r in reports
+                    ],
+                },
+                indent=2,
+            )
+        )
     else:
         print_table(reports, summary, args.min_speed)
     return 0 if ok else 1
@@ -107,24 +132,42 @@ def load_samples(directory: Path) -> list[Sample]:
                 samples.extend(Sample(str(path), o) for o in message.objects if o.has_content and o.data)
             else:
                 sniffed = unpacker.sniff(data)
-                samples.append(Sample(str(path), ContentObject(path.name, data, names=(path.name,), depth=1,
-                                                               sniffed_type=sniffed.mime, kind=sniffed.kind)))
+                samples.append(
+                    Sample(
+                        str(path),
+                        ContentObject(
+                            path.name, data, names=(path.name,), depth=1, sniffed_type=sniffed.mime, kind=sniffed.kind
+                        ),
+                    )
+                )
     return samples
 
 
 def _looks_like_mail(data: bytes) -> bool:
     head = data[:4096]
-    return b"\n\n" in head.replace(b"\r\n", b"\n") and (b"From:" in head or b"Received:" in head
-                                                         or b"Subject:" in head or b"MIME-Version:" in head)
+    return b"\n\n" in head.replace(b"\r\n", b"\n") and (
+        b"From:" in head or b"Received:" in head or b"Subject:" in head or b"MIME-Version:" in head
+    )
 
 
-def measure(sources: list[Source], compiled: list[tuple[RuleFile, Any]], reports: list[FileReport],
-            samples: list[Sample], timeout: int, min_speed: float) -> dict[str, Any]:
+def measure(
+    sources: list[Source],
+    compiled: list[tuple[RuleFile, Any]],
+    reports: list[FileReport],
+    samples: list[Sample],
+    timeout: int,
+    min_speed: float,
+) -> dict[str, Any]:
     total = sum(len(s.obj.data) for s in samples)
     baseline_rules = yara.compile(source="rule mailward_baseline { condition: false }", externals=EXTERNALS)
     baseline, passes = _timed(baseline_rules, samples, timeout, None)
-    out: dict[str, Any] = {"sample_objects": len(samples), "sample_bytes": total, "passes": passes,
-                 "baseline_mb_per_s": _speed(total, baseline), "bundle_error": None}
+    out: dict[str, Any] = {
+        "sample_objects": len(samples),
+        "sample_bytes": total,
+        "passes": passes,
+        "baseline_mb_per_s": _speed(total, baseline),
+        "bundle_error": None,
+    }
     for report, (_, rules) in zip(reports, compiled):
         if rules is None:
             continue
@@ -133,8 +176,11 @@ def measure(sources: list[Source], compiled: list[tuple[RuleFile, Any]], reports
         added = seconds - baseline
         report.marginal_mb_per_s = _speed(total, added)
         # Below the noise floor (1 ms or a tenth of the baseline per pass) a file costs nothing measurable.
-        report.slow = (report.marginal_mb_per_s is not None and report.marginal_mb_per_s < min_speed
-                       and added > max(0.001, 0.1 * baseline))
+        report.slow = (
+            report.marginal_mb_per_s is not None
+            and report.marginal_mb_per_s < min_speed
+            and added > max(0.001, 0.1 * baseline)
+        )
     good = {f.namespace: f.path for f, _ in compiled if f.ok}
     if good:
         try:
@@ -148,27 +194,31 @@ def measure(sources: list[Source], compiled: list[tuple[RuleFile, Any]], reports
     return out
 
 
-def _timed(rules: yara.Rules, samples: list[Sample], timeout: int, passes: int | None,
-           hits: list[dict[str, Any]] | None = None) -> tuple[float, int]:
+def _timed(
+    rules: yara.Rules, samples: list[Sample], timeout: int, passes: int | None, hits: list[dict[str, Any]] | None = None
+) -> tuple[float, int]:
     """Seconds per pass over all samples; the first pass records hits."""
     runs = 0
     started = time.perf_counter()
     while True:
         for sample in samples:
             try:
-                matches = rules.match(data=sample.obj.data, externals=externals_for(sample.obj, "inbound"),
-                                      timeout=timeout)
+                matches = rules.match(
+                    data=sample.obj.data, externals=externals_for(sample.obj, "inbound"), timeout=timeout
+                )
             except yara.TimeoutError:
                 matches = []
                 if hits is not None and runs == 0:
                     hits.append({"rule": "(timeout)", "sample": sample.source, "object": sample.obj.path})
             if hits is not None and runs == 0:
-                hits.extend({"rule": f"{m.rule}", "sample": sample.source, "object": sample.obj.path}
-                            for m in matches)
+                hits.extend({"rule": f"{m.rule}", "sample": sample.source, "object": sample.obj.path} for m in matches)
         runs += 1
         elapsed = time.perf_counter() - started
-        enough = runs >= passes or elapsed >= MAX_MEASURE if passes is not None else \
-            elapsed >= MIN_MEASURE or runs >= MAX_PASSES
+        enough = (
+            runs >= passes or elapsed >= MAX_MEASURE
+            if passes is not None
+            else elapsed >= MIN_MEASURE or runs >= MAX_PASSES
+        )
         if enough:
             return elapsed / runs, runs
 
@@ -195,12 +245,16 @@ def print_table(reports: list[FileReport], summary: dict[str, Any], min_speed: f
             print(neutralise(f"        hit: {hit['rule']} on {hit['sample']} ({hit['object']})"))
     print(f"\n{summary['files']} files, {summary['rules']} rules, {summary['broken']} broken")
     if measured:
-        print(f"benign sample: {summary['sample_objects']} objects, {summary['sample_bytes'] / 1e6:.1f} MB, "
-              f"{summary['passes']} pass(es); empty-rule baseline {summary['baseline_mb_per_s']} MB/s")
+        print(
+            f"benign sample: {summary['sample_objects']} objects, {summary['sample_bytes'] / 1e6:.1f} MB, "
+            f"{summary['passes']} pass(es); empty-rule baseline {summary['baseline_mb_per_s']} MB/s"
+        )
         if summary.get("bundle_error"):
             print(f"bundle does not compile: {summary['bundle_error']}")
         elif "bundle_mb_per_s" in summary:
-            print(f"whole bundle: {summary['bundle_mb_per_s']} MB/s "
-                  f"({summary['bundle_vs_baseline']}x the baseline's time); "
-                  f"gate: each file's margin >= {min_speed:g} MB/s, "
-                  "no hits")
+            print(
+                f"whole bundle: {summary['bundle_mb_per_s']} MB/s "
+                f"({summary['bundle_vs_baseline']}x the baseline's time); "
+                f"gate: each file's margin >= {min_speed:g} MB/s, "
+                "no hits"
+            )

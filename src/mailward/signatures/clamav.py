@@ -33,7 +33,7 @@ from .hashes import HashList
 
 CHUNK = 64 * 1024
 _REPLY_MAX = 4096
-_SIGNATURE = re.compile(r"[^A-Za-z0-9._:/+\-]")   # names go to logs and headers: keep them plain
+_SIGNATURE = re.compile(r"[^A-Za-z0-9._:/+\-]")  # names go to logs and headers: keep them plain
 UNAVAILABLE = "clamav-unavailable"
 
 
@@ -76,13 +76,13 @@ class Clamd:
                 view = memoryview(data)
                 for start in range(0, len(view), CHUNK):
                     _budget(conn, deadline)
-                    piece = view[start:start + CHUNK]
+                    piece = view[start : start + CHUNK]
                     conn.sendall(struct.pack(">I", len(piece)) + piece)
                 _budget(conn, deadline)
                 conn.sendall(struct.pack(">I", 0))
             except TimeoutError:
                 raise ClamdTimeout("clamd timed out") from None
-            except OSError as exc:   # clamd stops reading a stream beyond StreamMaxLength: its reply says so
+            except OSError as exc:  # clamd stops reading a stream beyond StreamMaxLength: its reply says so
                 unsent = exc
             try:
                 reply = _reply(conn, deadline)
@@ -159,8 +159,9 @@ class ClamavDetector:
 
     name = "clamav"
 
-    def __init__(self, settings: ClamavSettings, allow: HashList, deadline: float,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, settings: ClamavSettings, allow: HashList, deadline: float, clock: Callable[[], float] = time.monotonic
+    ):
         self.settings = settings
         self.clamd = Clamd.from_socket(settings.socket, settings.timeout)
         self.allow = allow
@@ -182,8 +183,9 @@ class ClamavDetector:
             return lambda: Evidence(findings=tuple(findings) + (self._unavailable(targets[0].location, down),))
         started = self._clock()
         pool = self._executor()
-        calls = [(t, pool.submit(self.clamd.instream, t.data, min(self.settings.timeout, self.deadline)))
-                 for t in targets]
+        calls = [
+            (t, pool.submit(self.clamd.instream, t.data, min(self.settings.timeout, self.deadline))) for t in targets
+        ]
         return lambda: Evidence(findings=tuple(findings) + tuple(self._collect(calls, started)))
 
     def close(self) -> None:
@@ -205,8 +207,16 @@ class ClamavDetector:
         findings, targets = [], []
         for location, data in candidates:
             if len(data) > limit:
-                findings.append(Finding(Category.UNCHECKED, "clamav-too-large", Severity.HIGH, self.name, location,
-                                        f"{len(data)} bytes > clamd StreamMaxLength {limit}"))
+                findings.append(
+                    Finding(
+                        Category.UNCHECKED,
+                        "clamav-too-large",
+                        Severity.HIGH,
+                        self.name,
+                        location,
+                        f"{len(data)} bytes > clamd StreamMaxLength {limit}",
+                    )
+                )
             else:
                 targets.append(_Target(location, data))
         return findings, targets
@@ -224,8 +234,16 @@ class ClamavDetector:
             try:
                 signature = future.result()
             except StreamTooLong as exc:
-                findings.append(Finding(Category.UNCHECKED, "clamav-too-large", Severity.HIGH, self.name,
-                                        target.location, f"{len(target.data)} bytes: {exc}"))
+                findings.append(
+                    Finding(
+                        Category.UNCHECKED,
+                        "clamav-too-large",
+                        Severity.HIGH,
+                        self.name,
+                        target.location,
+                        f"{len(target.data)} bytes: {exc}",
+                    )
+                )
                 continue
             except ClamdTimeout as exc:
                 # A call given the message deadline as its timeout ran out of the deadline, not of clamd's
@@ -237,8 +255,16 @@ class ClamavDetector:
                 failure = failure or (target.location, str(exc))
                 continue
             if signature is not None:
-                findings.append(Finding(Category.MALWARE, f"clamav:{signature}", Severity.HIGH, self.name,
-                                        target.location, "clamd signature"))
+                findings.append(
+                    Finding(
+                        Category.MALWARE,
+                        f"clamav:{signature}",
+                        Severity.HIGH,
+                        self.name,
+                        target.location,
+                        "clamd signature",
+                    )
+                )
         if failure is not None:
             location, reason = failure
             self._mark_down(reason)
@@ -264,7 +290,7 @@ class ClamavDetector:
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._lock:
-            if self._pool is None:     # made on first use: a scanning process starts its threads itself
+            if self._pool is None:  # made on first use: a scanning process starts its threads itself
                 self._pool = ThreadPoolExecutor(self.settings.connections, thread_name_prefix="clamd")
             return self._pool
 

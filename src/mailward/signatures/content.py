@@ -41,11 +41,14 @@ _WEIGHTS: dict[Fact, tuple[Category, str, Severity]] = {
 }
 _EQUATION_EDITOR = re.compile(r"equation\.[23]|microsoft equation|0002ce02", re.I)
 
-_MARKUP_SCAN = 8 * 1024 * 1024       # smuggling pages are small; look at the first 8 MiB
+_MARKUP_SCAN = 8 * 1024 * 1024  # smuggling pages are small; look at the first 8 MiB
 _BLOB = re.compile(rb"new\s+Blob\s*\(|createObjectURL\s*\(|msSaveOrOpenBlob|msSaveBlob|new\s+File\s*\(\s*\[", re.I)
 _DECODE = re.compile(rb"\batob\s*\(|fromCharCode|Uint8Array|charCodeAt|base64|decodeURIComponent|unescape\s*\(", re.I)
-_DELIVER = re.compile(rb"\.download\s*=|download\s*=|setAttribute\s*\(\s*[\"']download|msSaveOrOpenBlob|msSaveBlob"
-                      rb"|\.click\s*\(\s*\)|location(?:\.href)?\s*=|window\.open\s*\(", re.I)
+_DELIVER = re.compile(
+    rb"\.download\s*=|download\s*=|setAttribute\s*\(\s*[\"']download|msSaveOrOpenBlob|msSaveBlob"
+    rb"|\.click\s*\(\s*\)|location(?:\.href)?\s*=|window\.open\s*\(",
+    re.I,
+)
 # Runs are found with a short minimum and measured afterwards: a {4000,} pattern would rescan long
 # near-miss runs from every position (quadratic on hostile pages).
 _RUNS = re.compile(rb"[A-Za-z0-9+/]{64,}|(?:[0-9a-fA-F]{2}[,\s]?){32,}|(?:\d{1,3}\s*,\s*){32,}")
@@ -57,8 +60,8 @@ _ANCHOR_OPEN = re.compile(rb"<a\b", re.I)
 _DATA_HREF = re.compile(rb"\bhref\s*=\s*[\"']?data:(?!image/)[\w.+-]{1,127}/[\w.+-]{1,127}[^\"'>]{0,100};base64,", re.I)
 _BASE64_RUN = re.compile(rb"[A-Za-z0-9+/]*")
 _DOWNLOAD = re.compile(rb"\bdownload\b", re.I)
-_ANCHOR_PREFIX = 400       # attributes before href that still count as the same link
-_AFTER_PAYLOAD = 400       # attributes after the payload where "download" is looked for
+_ANCHOR_PREFIX = 400  # attributes before href that still count as the same link
+_AFTER_PAYLOAD = 400  # attributes after the payload where "download" is looked for
 DATA_URI_MIN = 2000
 
 
@@ -75,8 +78,13 @@ def is_html_smuggling(data: bytes) -> bool:
     head = data[:_MARKUP_SCAN]
     if has_data_uri_download(head):
         return True
-    return bool(b"<script" in head.lower() and _BLOB.search(head) and _DECODE.search(head)
-                and _DELIVER.search(head) and any(m.end() - m.start() >= PAYLOAD_MIN for m in _RUNS.finditer(head)))
+    return bool(
+        b"<script" in head.lower()
+        and _BLOB.search(head)
+        and _DECODE.search(head)
+        and _DELIVER.search(head)
+        and any(m.end() - m.start() >= PAYLOAD_MIN for m in _RUNS.finditer(head))
+    )
 
 
 def has_data_uri_download(head: bytes) -> bool:
@@ -93,10 +101,11 @@ def has_data_uri_download(head: bytes) -> bool:
         while (href := _DATA_HREF.search(head, cursor, tag_end)) is not None:
             if href.start() - opening.end() > _ANCHOR_PREFIX:
                 break
-            run = _BASE64_RUN.match(head, href.end(), tag_end)     # matches the empty run too
+            run = _BASE64_RUN.match(head, href.end(), tag_end)  # matches the empty run too
             run_end = run.end() if run is not None else href.end()
-            if run_end - href.end() >= DATA_URI_MIN and \
-                    _DOWNLOAD.search(head, run_end, min(tag_end, run_end + _AFTER_PAYLOAD)):
+            if run_end - href.end() >= DATA_URI_MIN and _DOWNLOAD.search(
+                head, run_end, min(tag_end, run_end + _AFTER_PAYLOAD)
+            ):
                 return True
             cursor = max(run_end, href.end())
         position = tag_end + 1
@@ -123,6 +132,14 @@ class ContentDetector:
             category, check, severity = weigh(observation)
             out.append(Finding(category, check, severity, self.name, obj.path, observation.detail[:200]))
         if obj.kind is Kind.HTML and obj.has_content and is_html_smuggling(obj.data):
-            out.append(Finding(Category.FILETYPE, "html-smuggling", Severity.HIGH, self.name, obj.path,
-                               "script builds a download from an embedded payload"))
+            out.append(
+                Finding(
+                    Category.FILETYPE,
+                    "html-smuggling",
+                    Severity.HIGH,
+                    self.name,
+                    obj.path,
+                    "script builds a download from an embedded payload",
+                )
+            )
         return out

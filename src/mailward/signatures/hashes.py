@@ -52,12 +52,12 @@ class _Table:
         lo, hi, w = 0, len(self), self.width
         while lo < hi:
             mid = (lo + hi) // 2
-            if self.digests[mid * w:(mid + 1) * w] < digest:
+            if self.digests[mid * w : (mid + 1) * w] < digest:
                 lo = mid + 1
             else:
                 hi = mid
         out = []
-        while lo < len(self) and self.digests[lo * w:(lo + 1) * w] == digest:
+        while lo < len(self) and self.digests[lo * w : (lo + 1) * w] == digest:
             out.append(lo)
             lo += 1
         return out
@@ -168,6 +168,14 @@ class HashDetector:
                 continue
             hit = self.deny.match(obj)
             if hit is not None:
-                findings.append(Finding(Category.MALWARE, f"hash:{hit.description}"[:120], Severity.HIGH, self.name,
-                                        obj.path, f"{hit.algorithm} {hit.digest}"))
+                findings.append(
+                    Finding(
+                        Category.MALWARE,
+                        f"hash:{hit.description}"[:120],
+                        Severity.HIGH,
+                        self.name,
+                        obj.path,
+                        f"{hit.algorithm} {hit.digest}",
+                    )
+                )
         return Evidence(findings=tuple(findings))

@@ -20,8 +20,12 @@ from ..unpack.sniff import classify_mime
 from .hashes import HashList
 
 BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
-_RISKY_KINDS = {Kind.LNK: Severity.HIGH, Kind.ONENOTE: Severity.MEDIUM, Kind.ISO: Severity.MEDIUM,
-                Kind.DISK_IMAGE: Severity.MEDIUM}
+_RISKY_KINDS = {
+    Kind.LNK: Severity.HIGH,
+    Kind.ONENOTE: Severity.MEDIUM,
+    Kind.ISO: Severity.MEDIUM,
+    Kind.DISK_IMAGE: Severity.MEDIUM,
+}
 _CONTENT_SEVERITY = {Kind.EXECUTABLE: Severity.HIGH, Kind.LNK: Severity.HIGH}
 # What an extension promises. Only these are compared with the content; unknown extensions promise nothing.
 _PROMISES = {
@@ -29,14 +33,44 @@ _PROMISES = {
     **dict.fromkeys(("doc", "dot", "xls", "xlt", "ppt", "pps", "msg"), Kind.OLE),
     **dict.fromkeys(("rtf",), Kind.RTF),
     **dict.fromkeys(("txt", "csv", "log", "ics", "vcf"), Kind.TEXT),
-    **dict.fromkeys(("jpg", "jpeg", "png", "gif", "bmp", "tif", "tiff", "webp", "heic", "mp3", "mp4", "wav",
-                     "mov", "avi", "ogg"), Kind.OTHER),
-    **dict.fromkeys(("docx", "docm", "dotx", "dotm", "xlsx", "xlsm", "xltx", "xltm", "xlsb", "pptx", "pptm",
-                     "ppsx", "ppsm", "potx", "odt", "ods", "odp", "odg", "epub"), Kind.ZIP),
+    **dict.fromkeys(
+        ("jpg", "jpeg", "png", "gif", "bmp", "tif", "tiff", "webp", "heic", "mp3", "mp4", "wav", "mov", "avi", "ogg"),
+        Kind.OTHER,
+    ),
+    **dict.fromkeys(
+        (
+            "docx",
+            "docm",
+            "dotx",
+            "dotm",
+            "xlsx",
+            "xlsm",
+            "xltx",
+            "xltm",
+            "xlsb",
+            "pptx",
+            "pptm",
+            "ppsx",
+            "ppsm",
+            "potx",
+            "odt",
+            "ods",
+            "odp",
+            "odg",
+            "epub",
+        ),
+        Kind.ZIP,
+    ),
 }
-_DISGUISES = {Kind.EXECUTABLE: Severity.HIGH, Kind.LNK: Severity.HIGH, Kind.ZIP: Severity.MEDIUM,
-              Kind.SEVENZIP: Severity.MEDIUM, Kind.RAR: Severity.MEDIUM, Kind.ISO: Severity.MEDIUM,
-              Kind.OTHER_ARCHIVE: Severity.MEDIUM}
+_DISGUISES = {
+    Kind.EXECUTABLE: Severity.HIGH,
+    Kind.LNK: Severity.HIGH,
+    Kind.ZIP: Severity.MEDIUM,
+    Kind.SEVENZIP: Severity.MEDIUM,
+    Kind.RAR: Severity.MEDIUM,
+    Kind.ISO: Severity.MEDIUM,
+    Kind.OTHER_ARCHIVE: Severity.MEDIUM,
+}
 
 
 def extensions(name: str) -> tuple[str, str]:
@@ -64,8 +98,11 @@ class NameDetector:
 
     @classmethod
     def from_settings(cls, settings: SignatureSettings, allow: HashList) -> NameDetector:
-        return cls(frozenset(e.lower().lstrip(".") for e in settings.banned_extensions),
-                   frozenset(e.lower().lstrip(".") for e in settings.risky_extensions), allow)
+        return cls(
+            frozenset(e.lower().lstrip(".") for e in settings.banned_extensions),
+            frozenset(e.lower().lstrip(".") for e in settings.risky_extensions),
+            allow,
+        )
 
     def inspect(self, message: ParsedMessage, envelope: Envelope) -> Evidence:
         exempt = self.allow.exempt(message.objects)
@@ -99,8 +136,7 @@ class NameDetector:
             out.append(self._finding("risky-type", Severity.MEDIUM, obj, f".{last} in {shown}"))
         promised = _PROMISES.get(last)
         if obj.has_content and promised is not None and obj.kind in _DISGUISES and obj.kind is not promised:
-            out.append(self._finding("type-mismatch", _DISGUISES[obj.kind], obj,
-                                     f"{shown} is {obj.sniffed_type}"))
+            out.append(self._finding("type-mismatch", _DISGUISES[obj.kind], obj, f"{shown} is {obj.sniffed_type}"))
         return out
 
     def _content(self, obj: ContentObject) -> list[Finding]:
@@ -110,10 +146,16 @@ class NameDetector:
         if obj.kind in _CONTENT_SEVERITY:
             out.append(self._finding("executable-content", _CONTENT_SEVERITY[obj.kind], obj, obj.sniffed_type))
         declared = classify_mime(obj.declared_type.lower())
-        if declared in (Kind.PDF, Kind.OLE, Kind.RTF, Kind.HTML) and obj.kind in _DISGUISES \
-                and obj.kind is not declared:
-            out.append(self._finding("type-mismatch", _DISGUISES[obj.kind], obj,
-                                     f"declared {obj.declared_type}, is {obj.sniffed_type}"))
+        if (
+            declared in (Kind.PDF, Kind.OLE, Kind.RTF, Kind.HTML)
+            and obj.kind in _DISGUISES
+            and obj.kind is not declared
+        ):
+            out.append(
+                self._finding(
+                    "type-mismatch", _DISGUISES[obj.kind], obj, f"declared {obj.declared_type}, is {obj.sniffed_type}"
+                )
+            )
         return out
 
     def _finding(self, check: str, severity: Severity, obj: ContentObject, detail: str) -> Finding:

@@ -39,8 +39,17 @@ from ..trust import TrustedOwners
 log = logging.getLogger(__name__)
 
 # Declared at compile time: libyara silently ignores externals it was not told about.
-EXTERNALS: dict[str, str | int | bool] = {"filename": "", "filepath": "", "extension": "", "filetype": "", "owner": "",
-                                         "mime_type": "", "depth": 0, "in_archive": False, "direction": ""}
+EXTERNALS: dict[str, str | int | bool] = {
+    "filename": "",
+    "filepath": "",
+    "extension": "",
+    "filetype": "",
+    "owner": "",
+    "mime_type": "",
+    "depth": 0,
+    "in_archive": False,
+    "direction": "",
+}
 RULE_SUFFIXES = (".yar", ".yara")
 SHIPPED_PREFIX = "mailward"
 
@@ -50,10 +59,10 @@ def shipped_rules_dir() -> Path:
 
 
 class Origin(str, Enum):
-    COMPILED = "compiled"      # compiled now from the sources
-    CACHED = "cached"          # the bundle for exactly these sources, from the state directory
-    KEPT = "kept"              # sources regressed: the last good bundle stays live
-    EMPTY = "empty"            # no rule files at all
+    COMPILED = "compiled"  # compiled now from the sources
+    CACHED = "cached"  # the bundle for exactly these sources, from the state directory
+    KEPT = "kept"  # sources regressed: the last good bundle stays live
+    EMPTY = "empty"  # no rule files at all
 
 
 @dataclass(frozen=True)
@@ -95,8 +104,9 @@ def compile_file(source: Source, digest: str = "") -> tuple[RuleFile, yara.Rules
         rules = yara.compile(filepath=str(source.path), externals=EXTERNALS)
     except (yara.SyntaxError, yara.Error) as exc:
         return RuleFile(source.namespace, str(source.path), digest, errors=(str(exc),)), None
-    return RuleFile(source.namespace, str(source.path), digest, warnings=tuple(rules.warnings),
-                    rules=sum(1 for _ in rules)), rules
+    return RuleFile(
+        source.namespace, str(source.path), digest, warnings=tuple(rules.warnings), rules=sum(1 for _ in rules)
+    ), rules
 
 
 def stamp(sources: list[Source]) -> tuple[tuple[str, int, int], ...]:
@@ -132,8 +142,13 @@ class RuleSet:
             return True
 
     @classmethod
-    def load_or_keep(cls, directories: list[tuple[str, Path]], cache_dir: Path,
-                     previous: RuleSet | None = None, owners: TrustedOwners | None = None) -> RuleSet:
+    def load_or_keep(
+        cls,
+        directories: list[tuple[str, Path]],
+        cache_dir: Path,
+        previous: RuleSet | None = None,
+        owners: TrustedOwners | None = None,
+    ) -> RuleSet:
         """The rules for ``directories``: from the cache, freshly compiled, or the last good ones.
 
         ``previous`` (the set live in this process, if any) is kept when the
@@ -173,8 +188,9 @@ class RuleSet:
                     return cls(good_rules, files, Origin.KEPT, **common)
             good = {f.namespace: f.path for f in files if f.ok}
             if not good:
-                raise ArtifactError("no YARA rule file compiles: "
-                                    + "; ".join(f"{f.path}: {f.errors[0]}" for f in files))
+                raise ArtifactError(
+                    "no YARA rule file compiles: " + "; ".join(f"{f.path}: {f.errors[0]}" for f in files)
+                )
             try:
                 rules = yara.compile(filepaths=good, externals=EXTERNALS)
             except (yara.SyntaxError, yara.Error) as exc:
@@ -239,8 +255,9 @@ class _Cache:
             return None
         try:
             bundle, kept = manifest["bundle"], manifest.get("kept", False)
-            files = tuple(RuleFile(**dict(f, errors=tuple(f["errors"]), warnings=tuple(f["warnings"])))
-                          for f in manifest["files"])
+            files = tuple(
+                RuleFile(**dict(f, errors=tuple(f["errors"]), warnings=tuple(f["warnings"]))) for f in manifest["files"]
+            )
             if not isinstance(bundle, str) or not isinstance(kept, bool):
                 raise TypeError("bundle must be a name, kept true or false")
         except (KeyError, TypeError, ValueError) as exc:
@@ -270,8 +287,11 @@ class _Cache:
         last = self._read_json(path)
         if last is None:
             return None
-        if not (isinstance(last.get("bundle"), str) and isinstance(last.get("namespaces"), list)
-                and all(isinstance(n, str) for n in last["namespaces"])):
+        if not (
+            isinstance(last.get("bundle"), str)
+            and isinstance(last.get("namespaces"), list)
+            and all(isinstance(n, str) for n in last["namespaces"])
+        ):
             log.warning("rules cache record %s is malformed: ignoring it", path)
             return None
         return last
@@ -286,8 +306,10 @@ class _Cache:
             rules.save(tmp.name)
             os.replace(tmp.name, self.directory / f"{name}.yarc")
             self._write_json(f"{name}.json", {"bundle": f"{name}.yarc", "files": [asdict(f) for f in files]})
-            self._write_json(f"last-good-{yara.YARA_VERSION}.json",
-                             {"bundle": f"{name}.yarc", "namespaces": [f.namespace for f in files if f.ok]})
+            self._write_json(
+                f"last-good-{yara.YARA_VERSION}.json",
+                {"bundle": f"{name}.yarc", "namespaces": [f.namespace for f in files if f.ok]},
+            )
         except OSError as exc:
             log.warning("cannot save compiled rules in %s: %s", self.directory, exc)
 
@@ -296,13 +318,14 @@ class _Cache:
         if self.directory is None or not bundle:
             return
         try:
-            self._write_json(f"{self._name(fingerprint)}.json",
-                             {"bundle": bundle, "kept": True, "files": [asdict(f) for f in files]})
+            self._write_json(
+                f"{self._name(fingerprint)}.json", {"bundle": bundle, "kept": True, "files": [asdict(f) for f in files]}
+            )
         except OSError as exc:
             log.warning("cannot write the rules manifest in %s: %s", self.directory, exc)
 
     def _write_json(self, name: str, doc: dict[str, Any]) -> None:
-        if self.directory is None:      # callers check first; report it as the OSError they handle
+        if self.directory is None:  # callers check first; report it as the OSError they handle
             raise OSError("no rules cache directory")
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
         with os.fdopen(fd, "w") as fh:

@@ -20,24 +20,39 @@ from ..message import ContentObject, ParsedMessage
 from .hashes import HashList
 from .ruleset import EXTERNALS, RuleSet
 
-_CATEGORIES = {c.value: c for c in (Category.MALWARE, Category.PHISHING, Category.FILETYPE, Category.MACRO,
-                                    Category.SPAM)}
+_CATEGORIES = {
+    c.value: c for c in (Category.MALWARE, Category.PHISHING, Category.FILETYPE, Category.MACRO, Category.SPAM)
+}
 
 
 def externals_for(obj: ContentObject, direction: str) -> dict[str, str | int | bool]:
     name = obj.names[0] if obj.names else ""
     base = name.replace("\\", "/").rsplit("/", 1)[-1]
-    return dict(EXTERNALS, filename=base, filepath=obj.path, extension=os.path.splitext(base)[1].lstrip(".").lower(),
-                filetype=obj.kind.yara_filetype, mime_type=obj.sniffed_type or obj.declared_type, depth=obj.depth,
-                in_archive=obj.in_archive, direction=direction)
+    return dict(
+        EXTERNALS,
+        filename=base,
+        filepath=obj.path,
+        extension=os.path.splitext(base)[1].lstrip(".").lower(),
+        filetype=obj.kind.yara_filetype,
+        mime_type=obj.sniffed_type or obj.declared_type,
+        depth=obj.depth,
+        in_archive=obj.in_archive,
+        direction=direction,
+    )
 
 
 def finding_for(match: yara.Match, detector: str, location: str) -> Finding:
     meta = match.meta
     category = _CATEGORIES.get(str(meta.get("category", "malware")).lower(), Category.MALWARE)
     severity = Severity.__members__.get(str(meta.get("severity", "high")).upper(), Severity.HIGH)
-    return Finding(category, f"{match.namespace}:{match.rule}", severity, detector, location,
-                   str(meta.get("description", ""))[:200])
+    return Finding(
+        category,
+        f"{match.namespace}:{match.rule}",
+        severity,
+        detector,
+        location,
+        str(meta.get("description", ""))[:200],
+    )
 
 
 @dataclass(frozen=True)
@@ -45,7 +60,7 @@ class YaraDetector:
     ruleset: RuleSet
     allow: HashList
     timeout: int = 5
-    deadline: float = 40.0        # seconds for the whole message; the rest is unchecked
+    deadline: float = 40.0  # seconds for the whole message; the rest is unchecked
     name: str = "yara"
 
     def inspect(self, message: ParsedMessage, envelope: Envelope) -> Evidence:
@@ -58,23 +73,41 @@ class YaraDetector:
         for obj in message.objects:
             if not obj.has_content or not obj.data or obj.path in exempt:
                 continue
-            if time.monotonic() - started + self.timeout > self.deadline:     # the next scan may take its full limit
-                findings.append(Finding(Category.UNCHECKED, "yara-deadline", Severity.HIGH, self.name, obj.path,
-                                        f"YARA ran more than {self.deadline:g}s on this message"))
+            if time.monotonic() - started + self.timeout > self.deadline:  # the next scan may take its full limit
+                findings.append(
+                    Finding(
+                        Category.UNCHECKED,
+                        "yara-deadline",
+                        Severity.HIGH,
+                        self.name,
+                        obj.path,
+                        f"YARA ran more than {self.deadline:g}s on this message",
+                    )
+                )
                 break
             t0 = time.monotonic()
             try:
-                matches = rules.match(data=obj.data, externals=externals_for(obj, envelope.direction.value),
-                                      timeout=self.timeout)
+                matches = rules.match(
+                    data=obj.data, externals=externals_for(obj, envelope.direction.value), timeout=self.timeout
+                )
             except yara.TimeoutError:
                 matches = None
             except yara.Error as exc:
-                findings.append(Finding(Category.UNCHECKED, "yara-error", Severity.HIGH, self.name, obj.path,
-                                        str(exc)[:200]))
+                findings.append(
+                    Finding(Category.UNCHECKED, "yara-error", Severity.HIGH, self.name, obj.path, str(exc)[:200])
+                )
                 continue
             if matches is None or (not matches and time.monotonic() - t0 >= self.timeout):
-                findings.append(Finding(Category.UNCHECKED, "yara-timeout", Severity.HIGH, self.name, obj.path,
-                                        f"more than {self.timeout}s"))
+                findings.append(
+                    Finding(
+                        Category.UNCHECKED,
+                        "yara-timeout",
+                        Severity.HIGH,
+                        self.name,
+                        obj.path,
+                        f"more than {self.timeout}s",
+                    )
+                )
                 continue
             findings.extend(finding_for(m, self.name, obj.path) for m in matches)
         return Evidence(findings=tuple(findings))

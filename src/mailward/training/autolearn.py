@@ -33,8 +33,9 @@ from .streams import progress, with_tokens
 ANALYST = "autolearn"
 
 
-def autolearn(ledger: Ledger, mails: Iterable[LabelledMail], model: SpamModel, rules: LearningSettings,
-              jobs: int = 1) -> Counter[str]:
+def autolearn(
+    ledger: Ledger, mails: Iterable[LabelledMail], model: SpamModel, rules: LearningSettings, jobs: int = 1
+) -> Counter[str]:
     """Record the confident, guarded verdicts on ``mails``; counts of what was taken and why not."""
     classes = ledger.counts()
     per_sender: Counter[str] = Counter()

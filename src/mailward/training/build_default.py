@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mailward.training.build_default",
-                                     description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m mailward.training.build_default", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--corpus", required=True, type=Path, help="directory the corpus archives were unpacked into")
     parser.add_argument("--index", required=True, type=Path, help="index.tsv.gz of the corpus")
     parser.add_argument("--out", required=True, type=Path, help="directory to write spam.json and its payload into")
@@ -35,13 +36,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-features", type=int, default=FeatureSettings().n_features)
     parser.add_argument("--alpha", type=float, default=TrainingSettings().alpha)
     parser.add_argument("--evidence-per-side", type=int, default=TrainingSettings().evidence_per_side)
-    parser.add_argument("--spam-prior", type=float, default=TrainingSettings().spam_prior,
-                        help="share of spam the score is calibrated for (default: %(default)s)")
+    parser.add_argument(
+        "--spam-prior",
+        type=float,
+        default=TrainingSettings().spam_prior,
+        help="share of spam the score is calibrated for (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
-    settings = TrainingSettings(features=FeatureSettings(n_features=args.n_features), alpha=args.alpha,
-                                evidence_per_side=args.evidence_per_side, spam_prior=args.spam_prior)
+    settings = TrainingSettings(
+        features=FeatureSettings(n_features=args.n_features),
+        alpha=args.alpha,
+        evidence_per_side=args.evidence_per_side,
+        spam_prior=args.spam_prior,
+    )
     messages = list(index_messages(args.index, args.corpus, args.split))
     composition = Counter((m.source, m.label) for m in messages)
     summary = {
@@ -49,16 +58,20 @@ def main(argv: list[str] | None = None) -> int:
         "corpus_index_sha256": file_sha256(args.index),
         "split": args.split,
         "messages": len(messages),
-        "by_source": {source: {label: n for (s, label), n in sorted(composition.items()) if s == source}
-                      for source in sorted({s for s, _ in composition})},
+        "by_source": {
+            source: {label: n for (s, label), n in sorted(composition.items()) if s == source}
+            for source in sorted({s for s, _ in composition})
+        },
         "label_map": LABELS,
         "command": "python -m mailward.training.build_default --corpus DIR --index INDEX --out DIR"
-                   + ("" if args.split == "train" else f" --split {args.split}"),
+        + ("" if args.split == "train" else f" --split {args.split}"),
     }
     model = save_artifact(train(tokenized(messages, settings.features), settings, summary), args.out)
     _remove_stale_payloads(args.out)
-    print(f"{args.out / SIDECAR}: model {model.version}, classes {model.class_counts}, "
-          f"calibration {model.combiner.as_dict()}")
+    print(
+        f"{args.out / SIDECAR}: model {model.version}, classes {model.class_counts}, "
+        f"calibration {model.combiner.as_dict()}"
+    )
     return 0
 
 

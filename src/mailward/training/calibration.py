@@ -30,9 +30,9 @@ class SiteCalibration:
 
     # Chosen by the replay ablation (docs/training.md): a longer window ranks better across the
     # refits, a shorter one follows the model faster; refitting often costs little.
-    window: int = 3000          # most recent scored-then-learned messages the fit uses
-    refit_every: int = 20       # messages learned between refits
-    min_per_class: int = 5      # fewer ham or spam in the window: keep the calibration there is
+    window: int = 3000  # most recent scored-then-learned messages the fit uses
+    refit_every: int = 20  # messages learned between refits
+    min_per_class: int = 5  # fewer ham or spam in the window: keep the calibration there is
 
 
 SITE_CALIBRATION = SiteCalibration()
@@ -41,8 +41,9 @@ SITE_CALIBRATION = SiteCalibration()
 class OnlineCalibration:
     """Platt scaling refitted on the evidence of recent messages, taken before each was learned."""
 
-    def __init__(self, combiner: Combiner, rules: SiteCalibration = SITE_CALIBRATION,
-                 recent: Iterable[tuple[float, bool]] = ()):
+    def __init__(
+        self, combiner: Combiner, rules: SiteCalibration = SITE_CALIBRATION, recent: Iterable[tuple[float, bool]] = ()
+    ):
         self.combiner = combiner
         self.rules = rules
         self.recent: deque[tuple[float, bool]] = deque(recent, maxlen=rules.window)

@@ -27,10 +27,10 @@ class CorpusError(MailwardError):
 @dataclass(frozen=True)
 class LabelledMessage:
     path: Path
-    label: str          # as the set gives it: ham, spam or phish
+    label: str  # as the set gives it: ham, spam or phish
     source: str = ""
     sha256: str = ""
-    split: str = ""     # train or test, as the corpus index fixes it
+    split: str = ""  # train or test, as the corpus index fixes it
 
     @property
     def spam_label(self) -> str:
@@ -54,8 +54,9 @@ def index_messages(index: str | Path, corpus_dir: str | Path, split: str | None 
                     continue
                 if row["label"] not in LABELS:
                     raise CorpusError(f"{index}: unknown label {row['label']!r} for {row['path']}")
-                yield LabelledMessage(corpus_dir / row["path"], row["label"], row["source"], row["sha256"],
-                                      row["split"])
+                yield LabelledMessage(
+                    corpus_dir / row["path"], row["label"], row["source"], row["sha256"], row["split"]
+                )
     except (OSError, EOFError, KeyError, csv.Error) as exc:
         raise CorpusError(f"{index}: not a readable corpus index ({exc})") from None
 

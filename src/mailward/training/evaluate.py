@@ -56,34 +56,45 @@ class Evaluation:
     n: int
     n_ham: int
     n_spam: int
-    auc: float | None              # None when the set lacks ham or spam
-    fp_rate: float | None          # ham at or above the spam threshold
-    fn_rate: float | None          # spam below the spam threshold
+    auc: float | None  # None when the set lacks ham or spam
+    fp_rate: float | None  # ham at or above the spam threshold
+    fn_rate: float | None  # spam below the spam threshold
     thresholds: Thresholds
-    confusion: dict[str, Any] = field(default_factory=dict)    # true class -> {ham, unsure, spam} counts
-    histogram: dict[str, Any] = field(default_factory=dict)    # true class -> counts per score bin
+    confusion: dict[str, Any] = field(default_factory=dict)  # true class -> {ham, unsure, spam} counts
+    histogram: dict[str, Any] = field(default_factory=dict)  # true class -> counts per score bin
 
     def as_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "n": self.n, "n_ham": self.n_ham, "n_spam": self.n_spam, "auc": self.auc,
-                "one_minus_auc_percent": None if self.auc is None else 100.0 * (1.0 - self.auc),
-                "fp_rate": self.fp_rate, "fn_rate": self.fn_rate,
-                "thresholds": {"tag": self.thresholds.tag, "spam": self.thresholds.spam},
-                "confusion": self.confusion, "histogram": {"bins": BINS, **self.histogram}}
+        return {
+            "model": self.model,
+            "n": self.n,
+            "n_ham": self.n_ham,
+            "n_spam": self.n_spam,
+            "auc": self.auc,
+            "one_minus_auc_percent": None if self.auc is None else 100.0 * (1.0 - self.auc),
+            "fp_rate": self.fp_rate,
+            "fn_rate": self.fn_rate,
+            "thresholds": {"tag": self.thresholds.tag, "spam": self.thresholds.spam},
+            "confusion": self.confusion,
+            "histogram": {"bins": BINS, **self.histogram},
+        }
 
     def render(self) -> str:
         pct = percent
-        rows = [f"model {self.model}: {self.n} messages ({self.n_ham} ham, {self.n_spam} spam)",
-                f"  ROC AUC {figure(self.auc)}   (1-AUC) {pct(None if self.auc is None else 1 - self.auc)}",
-                f"  at spam threshold {self.thresholds.spam:g}: ham FP rate {pct(self.fp_rate)}, "
-                f"spam FN rate {pct(self.fn_rate)}",
-                f"  confusion (tag threshold {self.thresholds.tag:g}):       ham   unsure     spam"]
+        rows = [
+            f"model {self.model}: {self.n} messages ({self.n_ham} ham, {self.n_spam} spam)",
+            f"  ROC AUC {figure(self.auc)}   (1-AUC) {pct(None if self.auc is None else 1 - self.auc)}",
+            f"  at spam threshold {self.thresholds.spam:g}: ham FP rate {pct(self.fp_rate)}, "
+            f"spam FN rate {pct(self.fn_rate)}",
+            f"  confusion (tag threshold {self.thresholds.tag:g}):       ham   unsure     spam",
+        ]
         for truth in ("ham", "spam"):
             c = self.confusion[truth]
             rows.append(f"    true {truth:<4}                          {c['ham']:>8} {c['unsure']:>8} {c['spam']:>8}")
         rows.append("  score histogram (ham / spam per 0.05):")
         for i in range(BINS):
-            rows.append(f"    {i / BINS:.2f}-{(i + 1) / BINS:.2f} {self.histogram['ham'][i]:>8} "
-                        f"{self.histogram['spam'][i]:>8}")
+            rows.append(
+                f"    {i / BINS:.2f}-{(i + 1) / BINS:.2f} {self.histogram['ham'][i]:>8} {self.histogram['spam'][i]:>8}"
+            )
         return "\n".join(rows)
 
 
@@ -102,8 +113,9 @@ def percent(x: float | None) -> str:
 
 def headline(e: Evaluation) -> str:
     """AUC, FP and FN rate on one line."""
-    return ", ".join(f"{name} {percent(getattr(e, attr)) if pct else figure(getattr(e, attr))}"
-                     for name, attr, pct in FIGURES)
+    return ", ".join(
+        f"{name} {percent(getattr(e, attr)) if pct else figure(getattr(e, attr))}" for name, attr, pct in FIGURES
+    )
 
 
 def difference(candidate: Evaluation, live: Evaluation) -> str:
@@ -124,19 +136,30 @@ def measure(scores: Scores, thresholds: Thresholds, model: str) -> Evaluation:
     s, spam = scores.score, scores.is_spam
     ham_scores, spam_scores = s[~spam], s[spam]
     both = len(ham_scores) and len(spam_scores)
-    confusion = {name: {"ham": int((part < thresholds.tag).sum()),
-                        "unsure": int(((part >= thresholds.tag) & (part < thresholds.spam)).sum()),
-                        "spam": int((part >= thresholds.spam).sum())}
-                 for name, part in (("ham", ham_scores), ("spam", spam_scores))}
+    confusion = {
+        name: {
+            "ham": int((part < thresholds.tag).sum()),
+            "unsure": int(((part >= thresholds.tag) & (part < thresholds.spam)).sum()),
+            "spam": int((part >= thresholds.spam).sum()),
+        }
+        for name, part in (("ham", ham_scores), ("spam", spam_scores))
+    }
     edges = np.linspace(0.0, 1.0, BINS + 1)
     return Evaluation(
-        model=model, n=len(s), n_ham=len(ham_scores), n_spam=len(spam_scores),
+        model=model,
+        n=len(s),
+        n_ham=len(ham_scores),
+        n_spam=len(spam_scores),
         auc=float(roc_auc_score(spam, s)) if both else None,
         fp_rate=confusion["ham"]["spam"] / len(ham_scores) if len(ham_scores) else None,
         fn_rate=(len(spam_scores) - confusion["spam"]["spam"]) / len(spam_scores) if len(spam_scores) else None,
-        thresholds=thresholds, confusion=confusion,
-        histogram={name: [int(x) for x in np.histogram(part, edges)[0]]
-                   for name, part in (("ham", ham_scores), ("spam", spam_scores))})
+        thresholds=thresholds,
+        confusion=confusion,
+        histogram={
+            name: [int(x) for x in np.histogram(part, edges)[0]]
+            for name, part in (("ham", ham_scores), ("spam", spam_scores))
+        },
+    )
 
 
 def regressions(candidate: Evaluation, live: Evaluation, settings: LearningSettings) -> list[str]:
@@ -144,10 +167,15 @@ def regressions(candidate: Evaluation, live: Evaluation, settings: LearningSetti
     problems = []
     if candidate.auc is not None and live.auc is not None and candidate.auc < live.auc - settings.max_auc_drop:
         problems.append(f"ROC AUC {figure(candidate.auc)} < live {figure(live.auc)} - {settings.max_auc_drop:g}")
-    if candidate.fp_rate is not None and live.fp_rate is not None \
-            and candidate.fp_rate > live.fp_rate + settings.max_fp_rate_rise:
-        problems.append(f"ham FP rate {percent(candidate.fp_rate)} > live {percent(live.fp_rate)} "
-                        f"+ {percent(settings.max_fp_rate_rise)}")
+    if (
+        candidate.fp_rate is not None
+        and live.fp_rate is not None
+        and candidate.fp_rate > live.fp_rate + settings.max_fp_rate_rise
+    ):
+        problems.append(
+            f"ham FP rate {percent(candidate.fp_rate)} > live {percent(live.fp_rate)} "
+            f"+ {percent(settings.max_fp_rate_rise)}"
+        )
     return problems
 
 
@@ -162,7 +190,7 @@ def score_set(models: list[SpamModel], mails: Iterable[LabelledMail], jobs: int 
             for i, m in enumerate(models):
                 pairs[i].append((m.assess_tokens(tokens).score, mail.spam_label == "spam"))
         return [Scores.of(p) for p in pairs]
-    mails = list(mails)     # models that tokenize differently: rare, and each needs its own pass
+    mails = list(mails)  # models that tokenize differently: rare, and each needs its own pass
     return [score_set([m], mails, jobs)[0] for m in models]
 
 
@@ -182,8 +210,10 @@ def plot(curves: list[tuple[str, Scores]], thresholds: Thresholds, path: str) ->
     roc.legend(loc="lower right")
     edges = np.linspace(0.0, 1.0, BINS + 1)
     for name, scores in curves:
-        for label, part, style in (("ham", scores.score[~scores.is_spam], "-"),
-                                   ("spam", scores.score[scores.is_spam], "--")):
+        for label, part, style in (
+            ("ham", scores.score[~scores.is_spam], "-"),
+            ("spam", scores.score[scores.is_spam], "--"),
+        ):
             dist.hist(part, bins=edges, histtype="step", linestyle=style, label=f"{name} {label}")
     for value, what in ((thresholds.tag, "tag"), (thresholds.spam, "spam")):
         dist.axvline(value, color="grey", linestyle=":")

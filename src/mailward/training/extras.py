@@ -18,5 +18,7 @@ def import_extra(module: str, purpose: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise MailwardError(f"{purpose} needs the Python package {module.split('.')[0]}, which is not installed: "
-                            "pip install 'mailward[train]'") from exc
+        raise MailwardError(
+            f"{purpose} needs the Python package {module.split('.')[0]}, which is not installed: "
+            "pip install 'mailward[train]'"
+        ) from exc

@@ -52,13 +52,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-QUARANTINE_MARK = "quarantine"     # the ledger's high-water mark in the quarantine's label table
+QUARANTINE_MARK = "quarantine"  # the ledger's high-water mark in the quarantine's label table
 
 
 @dataclass(frozen=True)
 class Lineage:
-    base: str          # version a rebuild starts from; "" = empty counts
-    seq: int           # last ledger entry the model reflects
+    base: str  # version a rebuild starts from; "" = empty counts
+    seq: int  # last ledger entry the model reflects
 
     @classmethod
     def of(cls, model: TrainedModel) -> Lineage:
@@ -73,9 +73,9 @@ class Lineage:
 
 @dataclass(frozen=True)
 class UpdateResult:
-    model: TrainedModel | None      # None: nothing new in the ledger
-    learned: int = 0                # messages learned for the first time
-    relabelled: int = 0             # messages moved from one class to the other
+    model: TrainedModel | None  # None: nothing new in the ledger
+    learned: int = 0  # messages learned for the first time
+    relabelled: int = 0  # messages moved from one class to the other
     rebuilt: bool = False
 
 
@@ -108,26 +108,35 @@ def import_quarantine(ledger: Ledger, store: QuarantineStore) -> Counter[str]:
                     log.warning("quarantine label %d for %s not learnable: %s", rec.seq, rec.quarantine_id, exc)
                     outcomes["missing"] += 1
                 else:
-                    _, outcome = ledger.record(data, rec.label.training_class, f"quarantine:{rec.quarantine_id}",
-                                               rec.actor)
+                    _, outcome = ledger.record(
+                        data, rec.label.training_class, f"quarantine:{rec.quarantine_id}", rec.actor
+                    )
                     outcomes[outcome] += 1
                 mark = rec.seq
             ledger.set_mark(QUARANTINE_MARK, mark)
     return outcomes
 
 
-def rebuild(ledger: Ledger, registry: AnyRegistry, base: str = "", jobs: int = 1,
-            settings: TrainingSettings = TrainingSettings()) -> TrainedModel:
+def rebuild(
+    ledger: Ledger,
+    registry: AnyRegistry,
+    base: str = "",
+    jobs: int = 1,
+    settings: TrainingSettings = TrainingSettings(),
+) -> TrainedModel:
     """Base counts plus every message's current label, as of the ledger's last entry."""
     upto = ledger.last_seq()
     labelled = ledger.current_labels(upto)
     lineage = Lineage(base, upto)
     if not base:
-        examples = ((digest, tokens, label) for (digest, label), tokens
-                    in progress(with_tokens(labelled, settings.features, _data(ledger), jobs), "training"))
+        examples = (
+            (digest, tokens, label)
+            for (digest, label), tokens in progress(
+                with_tokens(labelled, settings.features, _data(ledger), jobs), "training"
+            )
+        )
         model = train(examples, settings)
-        return _with_summary(model, ledger, lineage, parent="", learned=sum(model.class_counts.values()),
-                             relabelled=0)
+        return _with_summary(model, ledger, lineage, parent="", learned=sum(model.class_counts.values()), relabelled=0)
     start = registry.load(base)
     trainer = Trainer.resume(start)
     learned = _learn(trainer, ledger, ((d, None, label) for d, label in labelled), jobs)
@@ -145,23 +154,35 @@ def update(ledger: Ledger, model: TrainedModel, jobs: int = 1) -> UpdateResult:
     changes = ((c.digest, c.before, c.after) for c in ledger.changes(lineage.seq, upto))
     stats: Counter[str] = Counter()
     follows = model.features.tokenizer.profile == SITE
-    calibration = (OnlineCalibration(model.combiner, SITE_CALIBRATION, _recent(model.training_data))
-                   if follows else None)
+    calibration = OnlineCalibration(model.combiner, SITE_CALIBRATION, _recent(model.training_data)) if follows else None
     learned = _learn(trainer, ledger, changes, jobs, stats, calibration)
     combiner, training_data = model.combiner, model.training_data
     if calibration is not None:
         calibration.refit()
         combiner = calibration.combiner
-        training_data = {**training_data, "calibration": {**training_data.get("calibration", {}),
-                                                          "recent": calibration.state(), "follows_site": True}}
+        training_data = {
+            **training_data,
+            "calibration": {
+                **training_data.get("calibration", {}),
+                "recent": calibration.state(),
+                "follows_site": True,
+            },
+        }
     updated = TrainedModel(trainer.counts(), model.features, combiner, training_data)
-    summary = _with_summary(updated, ledger, Lineage(lineage.base, upto), model.version,
-                            learned - stats["relabelled"], stats["relabelled"])
+    summary = _with_summary(
+        updated, ledger, Lineage(lineage.base, upto), model.version, learned - stats["relabelled"], stats["relabelled"]
+    )
     return UpdateResult(summary, learned - stats["relabelled"], stats["relabelled"])
 
 
-def _learn(trainer: Trainer, ledger: Ledger, changes: Iterable[tuple[str, str | None, str]], jobs: int,
-           stats: Counter[str] | None = None, calibration: OnlineCalibration | None = None) -> int:
+def _learn(
+    trainer: Trainer,
+    ledger: Ledger,
+    changes: Iterable[tuple[str, str | None, str]],
+    jobs: int,
+    stats: Counter[str] | None = None,
+    calibration: OnlineCalibration | None = None,
+) -> int:
     """Learn ``(digest, before, after)`` changes in batches; a ``before`` label is also unlearned.
 
     With a ``calibration``, each message new to the model is first scored by the counts
@@ -193,31 +214,39 @@ def _recent(training_data: dict[str, Any]) -> list[tuple[float, bool]]:
     recent = kept.get("recent", []) if isinstance(kept, dict) else []
     out: list[tuple[float, bool]] = []
     for pair in recent if isinstance(recent, list) else []:
-        if isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, (int, float)) for x in pair) \
-                and math.isfinite(pair[0]):
+        if (
+            isinstance(pair, list)
+            and len(pair) == 2
+            and all(isinstance(x, (int, float)) for x in pair)
+            and math.isfinite(pair[0])
+        ):
             out.append((float(pair[0]), bool(pair[1])))
     return out
 
 
 def unlearn(trainer: Trainer, rows: sparse.csr_matrix, labels: list[str]) -> None:
     """Take hashed messages out of the class they were learned in: the exact inverse of learning them."""
-    trainer.nb.partial_fit(rows, np.asarray(labels), classes=np.array(CLASSES),
-                           sample_weight=np.full(rows.shape[0], -1.0))
+    trainer.nb.partial_fit(
+        rows, np.asarray(labels), classes=np.array(CLASSES), sample_weight=np.full(rows.shape[0], -1.0)
+    )
 
 
 def _data(ledger: Ledger) -> Callable[[tuple[str, str | None, str]], bytes]:
     return lambda item: ledger.message(item[0])
 
 
-def _with_summary(model: TrainedModel, ledger: Ledger, lineage: Lineage, parent: str, learned: int,
-                  relabelled: int) -> TrainedModel:
+def _with_summary(
+    model: TrainedModel, ledger: Ledger, lineage: Lineage, parent: str, learned: int, relabelled: int
+) -> TrainedModel:
     data = {key: value for key, value in model.training_data.items() if key not in ("lineage", "ledger")}
-    data.update({
-        "lineage": lineage.as_dict(),
-        "ledger": {"path": str(ledger.path), "seq": lineage.seq, "current_labels": ledger.counts(lineage.seq)},
-        "parent": parent,
-        "learned": learned,
-        "relabelled": relabelled,
-        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    })
+    data.update(
+        {
+            "lineage": lineage.as_dict(),
+            "ledger": {"path": str(ledger.path), "seq": lineage.seq, "current_labels": ledger.counts(lineage.seq)},
+            "parent": parent,
+            "learned": learned,
+            "relabelled": relabelled,
+            "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+    )
     return TrainedModel(model.counts, model.features, model.combiner, data)

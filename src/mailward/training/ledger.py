@@ -33,7 +33,7 @@ from ..errors import MailwardError
 from ..evidence import TRAINING_CLASSES
 
 CLASSES = TRAINING_CLASSES
-BUSY_TIMEOUT = 60.0      # seconds a ledger operation waits for another process's write (a training run)
+BUSY_TIMEOUT = 60.0  # seconds a ledger operation waits for another process's write (a training run)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS labels (
@@ -61,9 +61,9 @@ class LedgerError(MailwardError):
 
 
 class LabelOutcome(str, Enum):
-    NEW = "new"              # first label for this message
-    CHANGED = "changed"      # the message had the other label until now
-    REPEATED = "repeated"    # same as its current label: not appended
+    NEW = "new"  # first label for this message
+    CHANGED = "changed"  # the message had the other label until now
+    REPEATED = "repeated"  # same as its current label: not appended
 
 
 @dataclass(frozen=True)
@@ -81,8 +81,8 @@ class Change:
     """What entries after a model's ``seq`` mean for that model, per message."""
 
     digest: str
-    before: str | None       # the label the model learned, None if it never saw the message
-    after: str               # the current label
+    before: str | None  # the label the model learned, None if it never saw the message
+    after: str  # the current label
 
 
 def ledger_path(settings: Settings) -> Path:
@@ -134,16 +134,21 @@ class Ledger:
             if current == label:
                 return digest, LabelOutcome.REPEATED
             if current is None:
-                self._db.execute("INSERT OR IGNORE INTO messages (digest, data) VALUES (?, ?)",
-                                 (digest, zlib.compress(data, 6)))
-            self._db.execute("INSERT INTO labels (digest, label, source, analyst, at) VALUES (?, ?, ?, ?, ?)",
-                             (digest, label, source, analyst, self._clock()))
+                self._db.execute(
+                    "INSERT OR IGNORE INTO messages (digest, data) VALUES (?, ?)", (digest, zlib.compress(data, 6))
+                )
+            self._db.execute(
+                "INSERT INTO labels (digest, label, source, analyst, at) VALUES (?, ?, ?, ?, ?)",
+                (digest, label, source, analyst, self._clock()),
+            )
         return digest, LabelOutcome.NEW if current is None else LabelOutcome.CHANGED
 
     def set_mark(self, name: str, value: int) -> None:
         with self._write():
-            self._db.execute("INSERT INTO marks (name, value) VALUES (?, ?) "
-                             "ON CONFLICT (name) DO UPDATE SET value = excluded.value", (name, value))
+            self._db.execute(
+                "INSERT INTO marks (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (name, value),
+            )
 
     def _write(self) -> _Batch | _NoTransaction:
         return _NoTransaction() if self._in_batch else _Batch(self)
@@ -158,13 +163,16 @@ class Ledger:
         return int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM labels").fetchone()[0])
 
     def current_label(self, digest: str, upto: int | None = None) -> str | None:
-        row = self._db.execute("SELECT label FROM labels WHERE digest = ? AND seq <= ? ORDER BY seq DESC LIMIT 1",
-                               (digest, _upto(upto))).fetchone()
+        row = self._db.execute(
+            "SELECT label FROM labels WHERE digest = ? AND seq <= ? ORDER BY seq DESC LIMIT 1", (digest, _upto(upto))
+        ).fetchone()
         return row[0] if row else None
 
     def entries(self, after: int = 0, upto: int | None = None) -> list[LedgerEntry]:
-        rows = self._db.execute("SELECT seq, digest, label, source, analyst, at FROM labels "
-                                "WHERE seq > ? AND seq <= ? ORDER BY seq", (after, _upto(upto))).fetchall()
+        rows = self._db.execute(
+            "SELECT seq, digest, label, source, analyst, at FROM labels WHERE seq > ? AND seq <= ? ORDER BY seq",
+            (after, _upto(upto)),
+        ).fetchall()
         return [LedgerEntry(*row) for row in rows]
 
     def changes(self, after: int, upto: int) -> Iterator[Change]:
@@ -172,13 +180,16 @@ class Ledger:
 
         Messages whose label went back to what it was are left out: nothing changed for the model.
         """
-        rows = self._db.execute("""
+        rows = self._db.execute(
+            """
             SELECT l.digest,
                    (SELECT label FROM labels p WHERE p.digest = l.digest AND p.seq <= ? ORDER BY p.seq DESC LIMIT 1),
                    l.label
             FROM labels l JOIN (SELECT digest, MAX(seq) AS last FROM labels WHERE seq > ? AND seq <= ?
                                 GROUP BY digest) m ON l.seq = m.last
-            ORDER BY l.seq""", (after, after, upto))
+            ORDER BY l.seq""",
+            (after, after, upto),
+        )
         for digest, before, now in rows:
             if before != now:
                 yield Change(digest, before, now)
@@ -186,11 +197,14 @@ class Ledger:
     def current_labels(self, upto: int | None = None) -> Iterator[tuple[str, str]]:
         """``(digest, label)`` of every labelled message as of ``upto``, streamed in order of first label."""
         with closing(self._reader()) as db:
-            yield from db.execute("""
+            yield from db.execute(
+                """
                 SELECT l.digest, (SELECT label FROM labels c WHERE c.digest = l.digest AND c.seq <= ?
                                   ORDER BY c.seq DESC LIMIT 1)
                 FROM labels l WHERE l.seq <= ? AND l.seq = (SELECT MIN(seq) FROM labels f WHERE f.digest = l.digest)
-                ORDER BY l.seq""", (_upto(upto), _upto(upto)))
+                ORDER BY l.seq""",
+                (_upto(upto), _upto(upto)),
+            )
 
     def message(self, digest: str) -> bytes:
         row = self._db.execute("SELECT data FROM messages WHERE digest = ?", (digest,)).fetchone()
@@ -211,7 +225,7 @@ class Ledger:
 
 
 def _upto(upto: int | None) -> int:
-    return upto if upto is not None else 2 ** 62
+    return upto if upto is not None else 2**62
 
 
 class _Batch:

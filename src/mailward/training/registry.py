@@ -51,7 +51,7 @@ from ..trust import TrustedOwners
 
 VERSIONS = "versions"
 HISTORY = "promotions.jsonl"
-SHIPPED = "shipped"        # how history and listings name the model shipped in the package
+SHIPPED = "shipped"  # how history and listings name the model shipped in the package
 
 
 class RegistryError(MailwardError):
@@ -65,19 +65,19 @@ class VersionInfo:
     class_counts: dict[str, Any]
     training_data: dict[str, Any]
     live: bool
-    refused: str = ""     # why the loader would refuse it (e.g. a format-1 pickle): listed, never loaded
+    refused: str = ""  # why the loader would refuse it (e.g. a format-1 pickle): listed, never loaded
 
 
 @dataclass(frozen=True)
 class Promotion:
     """One line of the promotion history."""
 
-    action: str           # promote | rollback
+    action: str  # promote | rollback
     version: str
-    previous: str         # the version live before ("" if none)
+    previous: str  # the version live before ("" if none)
     actor: str
     at: float
-    evaluation: dict[str, Any]      # the check it passed (or "forced")
+    evaluation: dict[str, Any]  # the check it passed (or "forced")
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -86,8 +86,9 @@ class Promotion:
 class Registry:
     """``shipped_dir`` None: the package's model is never live (``model.shipped_model = false``)."""
 
-    def __init__(self, model_dir: str | Path, shipped_dir: Path | None = SHIPPED_DIR,
-                 owners: TrustedOwners | None = None):
+    def __init__(
+        self, model_dir: str | Path, shipped_dir: Path | None = SHIPPED_DIR, owners: TrustedOwners | None = None
+    ):
         self.root = Path(model_dir)
         self.owners = owners or TrustedOwners.of()
         self.versions_dir = self.root / VERSIONS
@@ -100,8 +101,9 @@ class Registry:
         shipped_dir = SHIPPED_DIR if settings.model.shipped_model else None
         owners = TrustedOwners.of(settings.milter.user)
         if settings.quarantine.backend == "postgresql":
-            return DatabaseRegistry(ModelDatabase(settings.quarantine.dsn, settings.quarantine.write_timeout),
-                                    shipped_dir, owners)
+            return DatabaseRegistry(
+                ModelDatabase(settings.quarantine.dsn, settings.quarantine.write_timeout), shipped_dir, owners
+            )
         return cls(settings.model_dir, shipped_dir, owners)
 
     # -- candidates ------------------------------------------------------------------------------
@@ -116,7 +118,7 @@ class Registry:
             try:
                 os.rename(staging, target)
             except OSError:
-                if not (target / SIDECAR).exists():      # not merely the same model saved before
+                if not (target / SIDECAR).exists():  # not merely the same model saved before
                     raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -149,8 +151,15 @@ class Registry:
             except ArtifactError as exc:
                 out.append(VersionInfo(sidecar.parent.name, sidecar.stat().st_mtime, {}, {}, False, str(exc)))
                 continue
-            out.append(VersionInfo(sidecar.parent.name, sidecar.stat().st_mtime, meta.get("class_counts", {}),
-                                   meta.get("training_data", {}), sidecar.parent.name == live))
+            out.append(
+                VersionInfo(
+                    sidecar.parent.name,
+                    sidecar.stat().st_mtime,
+                    meta.get("class_counts", {}),
+                    meta.get("training_data", {}),
+                    sidecar.parent.name == live,
+                )
+            )
         return sorted(out, key=lambda v: v.created)
 
     # -- the live model --------------------------------------------------------------------------
@@ -179,7 +188,7 @@ class Registry:
             if version == SHIPPED:
                 version = self.keep_shipped()
             sidecar = self._sidecar(version)
-            load_artifact(sidecar, self.root, self.owners)     # never link a model the loader would refuse
+            load_artifact(sidecar, self.root, self.owners)  # never link a model the loader would refuse
             link = self.root / f".{SIDECAR}.{os.getpid()}.link"
             link.unlink(missing_ok=True)
             os.symlink(sidecar.relative_to(self.root), link)
@@ -207,7 +216,7 @@ class Registry:
                 continue
             try:
                 history.append(Promotion(**json.loads(line)))
-            except (ValueError, TypeError) as exc:      # an edited or torn line: say where, never a traceback
+            except (ValueError, TypeError) as exc:  # an edited or torn line: say where, never a traceback
                 raise RegistryError(f"{self.root / HISTORY}:{number}: not a promotion record ({exc})") from None
         return history
 
@@ -264,12 +273,13 @@ class DatabaseRegistry:
     """The registry in PostgreSQL (``quarantine.backend = "postgresql"``): what :class:`Registry`
     does, for every host at once. The live version is the last promotion's; nothing is linked."""
 
-    def __init__(self, database: ModelDatabase, shipped_dir: Path | None = SHIPPED_DIR,
-                 owners: TrustedOwners | None = None) -> None:
+    def __init__(
+        self, database: ModelDatabase, shipped_dir: Path | None = SHIPPED_DIR, owners: TrustedOwners | None = None
+    ) -> None:
         self.database = database
         self.shipped_dir = shipped_dir
         self.owners = owners or TrustedOwners.of()
-        self.versions_dir = database.where       # where candidates are saved, as messages name it
+        self.versions_dir = database.where  # where candidates are saved, as messages name it
         database.create_schema()
 
     def add(self, model: TrainedModel) -> TrainedModel:
@@ -303,8 +313,15 @@ class DatabaseRegistry:
             except ArtifactError as exc:
                 out.append(VersionInfo(stored.version, stored.created, {}, {}, False, str(exc)))
                 continue
-            out.append(VersionInfo(stored.version, stored.created, meta.get("class_counts", {}),
-                                   meta.get("training_data", {}), stored.version == live))
+            out.append(
+                VersionInfo(
+                    stored.version,
+                    stored.created,
+                    meta.get("class_counts", {}),
+                    meta.get("training_data", {}),
+                    stored.version == live,
+                )
+            )
         return out
 
     def live_version(self) -> str:
@@ -326,7 +343,7 @@ class DatabaseRegistry:
         """Make ``version`` live on every host (one INSERT), and record it."""
         if version == SHIPPED:
             version = self.keep_shipped()
-        self.load(version)                     # never make live a model the loaders would refuse
+        self.load(version)  # never make live a model the loaders would refuse
         at = time.time()
         previous = self.database.promote(version, action, actor, evaluation, at)
         return Promotion(action, version, previous, actor, at, evaluation)
@@ -335,8 +352,9 @@ class DatabaseRegistry:
         return _rollback_target(self.live_version(), self.history(), self.database.where)
 
     def history(self) -> list[Promotion]:
-        return [Promotion(p.action, p.version, p.previous, p.actor, p.at, p.evaluation)
-                for p in self.database.history()]
+        return [
+            Promotion(p.action, p.version, p.previous, p.actor, p.at, p.evaluation) for p in self.database.history()
+        ]
 
     def _has_shipped(self) -> bool:
         return self.shipped_dir is not None and (self.shipped_dir / SIDECAR).exists()

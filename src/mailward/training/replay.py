@@ -46,7 +46,7 @@ from .evaluate import Evaluation, Scores, Thresholds, measure
 from .sources import LabelledMail
 from .streams import progress, with_tokens
 
-CHECKPOINTS = 10           # points on the learning curve
+CHECKPOINTS = 10  # points on the learning curve
 
 
 class BogofilterError(MailwardError):
@@ -57,11 +57,14 @@ class BogofilterError(MailwardError):
 class ReplayResult:
     filter: str
     evaluation: Evaluation
-    curve: list[tuple[int, float | None]] = field(default_factory=list)   # (messages seen, cumulative (1-AUC)%)
+    curve: list[tuple[int, float | None]] = field(default_factory=list)  # (messages seen, cumulative (1-AUC)%)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"filter": self.filter, **self.evaluation.as_dict(),
-                "curve": [{"n": n, "one_minus_auc_percent": v} for n, v in self.curve]}
+        return {
+            "filter": self.filter,
+            **self.evaluation.as_dict(),
+            "curve": [{"n": n, "one_minus_auc_percent": v} for n, v in self.curve],
+        }
 
 
 class OnlineNaiveBayes:
@@ -72,7 +75,7 @@ class OnlineNaiveBayes:
         self.n_features = features.n_features
         self.alpha = alpha
         self.combiner = combiner
-        self.feature_count = np.zeros((2, features.n_features))   # rows: ham, spam
+        self.feature_count = np.zeros((2, features.n_features))  # rows: ham, spam
         self.totals = np.zeros(2)
 
     def columns(self, tokens: list[str]) -> np.ndarray:
@@ -89,16 +92,34 @@ class OnlineNaiveBayes:
         self.totals[int(is_spam)] += len(columns)
 
 
-def replay_mailward(mails: Iterable[LabelledMail], features: FeatureSettings, alpha: float, combiner: Combiner,
-                    thresholds: Thresholds, jobs: int = 1, total: int | None = None,
-                    calibration: SiteCalibration = SITE_CALIBRATION) -> ReplayResult:
-    return replay_tokens(progress(with_tokens(mails, features, jobs=jobs), "replay mailward", total),
-                         features, alpha, combiner, thresholds, calibration)
+def replay_mailward(
+    mails: Iterable[LabelledMail],
+    features: FeatureSettings,
+    alpha: float,
+    combiner: Combiner,
+    thresholds: Thresholds,
+    jobs: int = 1,
+    total: int | None = None,
+    calibration: SiteCalibration = SITE_CALIBRATION,
+) -> ReplayResult:
+    return replay_tokens(
+        progress(with_tokens(mails, features, jobs=jobs), "replay mailward", total),
+        features,
+        alpha,
+        combiner,
+        thresholds,
+        calibration,
+    )
 
 
-def replay_tokens(stream: Iterable[tuple[LabelledMail, list[str]]], features: FeatureSettings, alpha: float,
-                  combiner: Combiner, thresholds: Thresholds,
-                  calibration: SiteCalibration = SITE_CALIBRATION) -> ReplayResult:
+def replay_tokens(
+    stream: Iterable[tuple[LabelledMail, list[str]]],
+    features: FeatureSettings,
+    alpha: float,
+    combiner: Combiner,
+    thresholds: Thresholds,
+    calibration: SiteCalibration = SITE_CALIBRATION,
+) -> ReplayResult:
     """The online replay of already tokenized mail (benchmarks tokenize once for many settings)."""
     model = OnlineNaiveBayes(features, alpha, combiner)
     calibrated = OnlineCalibration(combiner, calibration)
@@ -137,7 +158,7 @@ class Bogofilter:
 
     def score(self, data: bytes) -> float:
         if not self.learned:
-            return 0.5          # an empty wordlist is an error to bogofilter, and no evidence either way
+            return 0.5  # an empty wordlist is an error to bogofilter, and no evidence either way
         done = self._run(["-TT"], data)
         if done.returncode not in (0, 1, 2):
             raise BogofilterError(f"bogofilter -TT failed: {done.stderr.decode(errors='replace').strip()}")
@@ -150,8 +171,9 @@ class Bogofilter:
         self.learned += 1
 
     def _run(self, args: list[str], data: bytes) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run([self.program, "-C", "-d", str(self.directory), *args], input=data,
-                              capture_output=True, timeout=120)
+        return subprocess.run(
+            [self.program, "-C", "-d", str(self.directory), *args], input=data, capture_output=True, timeout=120
+        )
 
 
 def replay_bogofilter(mails: Iterable[LabelledMail], total: int | None = None) -> ReplayResult:

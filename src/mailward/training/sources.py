@@ -46,8 +46,8 @@ class LabelledMail:
     """One message of a set: its exact bytes, the label the set gives and where it came from."""
 
     data: bytes
-    label: str            # ham, spam or phish
-    origin: str           # file path, or mbox path with "#index"
+    label: str  # ham, spam or phish
+    origin: str  # file path, or mbox path with "#index"
 
     @property
     def spam_label(self) -> str:
@@ -61,8 +61,8 @@ class LabelledSet:
 
     spec: str
     path: Path
-    label: str = ""       # forced by LABEL:PATH or named by the path; "" = per message
-    split: str = ""       # only rows of this split (corpus index lists)
+    label: str = ""  # forced by LABEL:PATH or named by the path; "" = per message
+    split: str = ""  # only rows of this split (corpus index lists)
     labelled: bool = True  # False: any mail, labels unknown ("" unless the set gives one)
 
     @classmethod
@@ -132,8 +132,11 @@ class LabelledSet:
         base = path.parent
         try:
             with _open_text(path) as fh:
-                rows = csv.reader((line for line in fh if line.strip() and not line.startswith("#")),
-                                  delimiter="\t", quoting=csv.QUOTE_NONE)
+                rows = csv.reader(
+                    (line for line in fh if line.strip() and not line.startswith("#")),
+                    delimiter="\t",
+                    quoting=csv.QUOTE_NONE,
+                )
                 columns = {"label": 0, "path": 1}
                 for number, row in enumerate(rows, 1):
                     if number == 1 and "path" in row and "label" in row:

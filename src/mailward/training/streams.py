@@ -25,9 +25,9 @@ def _tokens(args: tuple[bytes, FeatureSettings]) -> list[str]:
     return message_tokens(*args)
 
 
-def with_tokens(items: Iterable[T], features: FeatureSettings,
-                data: Callable[[Any], bytes] = lambda item: item.data,
-              jobs: int = 1) -> Iterator[tuple[T, list[str]]]:
+def with_tokens(
+    items: Iterable[T], features: FeatureSettings, data: Callable[[Any], bytes] = lambda item: item.data, jobs: int = 1
+) -> Iterator[tuple[T, list[str]]]:
     """``(item, tokens)`` for each item, in order; ``data(item)`` gives its message bytes."""
     items = iter(items)
     if jobs <= 1:

@@ -30,18 +30,18 @@ from ..models.tokens import CORPUS, SITE, TokenizerSettings, tokenize
 
 log = logging.getLogger(__name__)
 
-SITE_ALPHA = 0.001                 # online replay ablation, docs/training.md
+SITE_ALPHA = 0.001  # online replay ablation, docs/training.md
 SITE_EVIDENCE_PER_SIDE = 30
-BATCH = 1000                       # messages per partial_fit call: each call costs O(n_features)
+BATCH = 1000  # messages per partial_fit call: each call costs O(n_features)
 
 
 @dataclass(frozen=True)
 class TrainingSettings:
     features: FeatureSettings = field(default_factory=FeatureSettings)
-    alpha: float = 0.1                  # additive smoothing (chosen by CV on the train split: bench/spam_select.py)
+    alpha: float = 0.1  # additive smoothing (chosen by CV on the train split: bench/spam_select.py)
     evidence_per_side: int = 20
-    calibration_share: int = 10         # one message in this many is held out for calibration...
-    calibration_max: int = 5000         # ...up to this many (bounds memory)
+    calibration_share: int = 10  # one message in this many is held out for calibration...
+    calibration_max: int = 5000  # ...up to this many (bounds memory)
     # The score is P(spam) for mail of which this share is spam. Training sets are balanced;
     # mail reaching the filter after the MTA's own checks is mostly ham, and quarantined ham
     # costs far more than delivered spam. None keeps the held-out slice's own balance.
@@ -57,8 +57,12 @@ class TrainingSettings:
             raise ValueError(f"unknown feature profile {profile!r}; this Mailward knows {CORPUS}, {SITE}")
         # spam_prior None: calibrated to the labelled mail's own balance, as the site calibration
         # (training.calibration) refits it on the recent labelled stream
-        return cls(features=FeatureSettings(tokenizer=TokenizerSettings(profile=SITE)), alpha=SITE_ALPHA,
-                   evidence_per_side=SITE_EVIDENCE_PER_SIDE, spam_prior=None)
+        return cls(
+            features=FeatureSettings(tokenizer=TokenizerSettings(profile=SITE)),
+            alpha=SITE_ALPHA,
+            evidence_per_side=SITE_EVIDENCE_PER_SIDE,
+            spam_prior=None,
+        )
 
 
 def message_tokens(raw: bytes, features: FeatureSettings, limits: LimitSettings = LimitSettings()) -> list[str]:
@@ -91,12 +95,15 @@ class Trainer:
             self.nb.partial_fit(rows, np.asarray(labels), classes=np.array(CLASSES))
 
     def learn(self, token_docs: list[list[str]], labels: list[str]) -> None:
-        if token_docs:                  # the vectorizer cannot transform an empty batch
+        if token_docs:  # the vectorizer cannot transform an empty batch
             self.learn_hashed(self.hashed(token_docs), labels)
 
 
-def train(examples: Iterable[tuple[str, list[str], str]], settings: TrainingSettings = TrainingSettings(),
-          training_data: dict[str, Any] | None = None) -> TrainedModel:
+def train(
+    examples: Iterable[tuple[str, list[str], str]],
+    settings: TrainingSettings = TrainingSettings(),
+    training_data: dict[str, Any] | None = None,
+) -> TrainedModel:
     """Train and calibrate a model from ``(key, tokens, label)`` triples, labels ``ham``/``spam``.
 
     ``key`` identifies the message's content (e.g. its sha256) and decides,
@@ -131,8 +138,13 @@ def train(examples: Iterable[tuple[str, list[str], str]], settings: TrainingSett
     return TrainedModel(trainer.counts(), settings.features, combiner, summary)
 
 
-def calibrate(trainer: Trainer, rows: list[sparse.csr_matrix], labels: list[str], evidence_per_side: int,
-              spam_prior: float | None = None) -> Combiner:
+def calibrate(
+    trainer: Trainer,
+    rows: list[sparse.csr_matrix],
+    labels: list[str],
+    evidence_per_side: int,
+    spam_prior: float | None = None,
+) -> Combiner:
     """Fit the logistic map from evidence to score on messages the counts have not seen (Platt
     scaling), then move its intercept from the slice's spam share to ``spam_prior``."""
     uncalibrated = Combiner(evidence_per_side=evidence_per_side)

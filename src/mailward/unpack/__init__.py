@@ -10,5 +10,18 @@ from .sandbox import Sandbox
 from .sniff import Kind, Sniffed, Sniffer
 from .unpacker import Unpacker
 
-__all__ = ["Allowance", "Fact", "Incomplete", "Kind", "Member", "MemberState", "Observation", "Sandbox",
-           "Sniffed", "Sniffer", "Stop", "Unpacked", "Unpacker"]
+__all__ = [
+    "Allowance",
+    "Fact",
+    "Incomplete",
+    "Kind",
+    "Member",
+    "MemberState",
+    "Observation",
+    "Sandbox",
+    "Sniffed",
+    "Sniffer",
+    "Stop",
+    "Unpacked",
+    "Unpacker",
+]

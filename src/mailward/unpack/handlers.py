@@ -20,7 +20,7 @@ HandlerFunction = Callable[[bytes, str, Allowance], Unpacked]
 class Handler:
     module: str
     function: str
-    isolated: bool        # fragile parser: runs in the sandbox with a hard time and memory limit
+    isolated: bool  # fragile parser: runs in the sandbox with a hard time and memory limit
 
     def load(self) -> HandlerFunction:
         function: HandlerFunction = getattr(importlib.import_module(f"{__package__}.{self.module}"), self.function)

@@ -21,15 +21,22 @@ def unpack(data: bytes, name: str, allowance: Allowance) -> Unpacked:
     image = pycdlib.PyCdlib()
     try:
         image.open_fp(io.BytesIO(data))
-        facade = ("udf_path" if image.has_udf() else "joliet_path" if image.has_joliet()
-                  else "rr_path" if image.has_rock_ridge() else "iso_path")
+        facade = (
+            "udf_path"
+            if image.has_udf()
+            else "joliet_path"
+            if image.has_joliet()
+            else "rr_path"
+            if image.has_rock_ridge()
+            else "iso_path"
+        )
         paths = [f"{top.rstrip('/')}/{f}" for top, _, files in image.walk(**{facade: "/"}) for f in files]
     except _FAILURES as exc:
         return stopped(Stop.CORRUPT, f"{type(exc).__name__}: {exc}")
     out = Collector()
     if len(paths) > allowance.members:
         out.stop(Stop.TOO_MANY, f"{len(paths)} files")
-        paths = paths[:allowance.members]
+        paths = paths[: allowance.members]
     meter = Meter(allowance, len(data))
     for path in paths:
         shown = path.lstrip("/").removesuffix(";1")

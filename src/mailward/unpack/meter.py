@@ -53,13 +53,14 @@ class Meter:
             if problem is not None:
                 if problem.stop is Stop.BUDGET:
                     excess = self.produced - self.allowance.bytes
-                    del out[len(out) - excess:]
+                    del out[len(out) - excess :]
                     self.produced -= excess
                 return bytes(out), problem
 
 
-def collect(out: Collector, meter: Meter, label: str, content: bytes,
-            declared: str = "application/octet-stream") -> bool:
+def collect(
+    out: Collector, meter: Meter, label: str, content: bytes, declared: str = "application/octet-stream"
+) -> bool:
     """Add a member that was decoded in one piece, charging it; False once a limit cut it."""
     problem = meter.charge(len(content), len(content))
     if problem is None:

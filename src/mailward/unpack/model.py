@@ -15,22 +15,22 @@ from typing import Any
 class Stop(str, Enum):
     """Why a handler did not deliver everything; each becomes an ``unchecked`` finding."""
 
-    BUDGET = "unpack-budget"             # the per-message output budget ran out
-    RATIO = "compression-ratio"          # a member or container expands beyond the ratio limit
-    TOO_MANY = "too-many-members"        # more members than objects left for the message
-    ENCRYPTED = "encrypted"              # no password candidate opened it
-    CORRUPT = "corrupt"                  # the parser rejected the data
-    OVERLAP = "overlapping-entries"      # zip entries share bytes: a bomb construction
-    TIMEOUT = "parser-timeout"           # a parser ran past its time (sandbox) or CPU (meter) limit
-    CRASH = "parser-crash"               # the sandboxed parser died (signal, memory limit)
-    UNSUPPORTED = "unsupported"          # a format or method we cannot open
+    BUDGET = "unpack-budget"  # the per-message output budget ran out
+    RATIO = "compression-ratio"  # a member or container expands beyond the ratio limit
+    TOO_MANY = "too-many-members"  # more members than objects left for the message
+    ENCRYPTED = "encrypted"  # no password candidate opened it
+    CORRUPT = "corrupt"  # the parser rejected the data
+    OVERLAP = "overlapping-entries"  # zip entries share bytes: a bomb construction
+    TIMEOUT = "parser-timeout"  # a parser ran past its time (sandbox) or CPU (meter) limit
+    CRASH = "parser-crash"  # the sandboxed parser died (signal, memory limit)
+    UNSUPPORTED = "unsupported"  # a format or method we cannot open
 
 
 class MemberState(str, Enum):
     COMPLETE = "complete"
-    TRUNCATED = "truncated"              # cut by a limit: ``data`` is a prefix
-    ENCRYPTED = "encrypted"              # only the name could be read
-    UNREAD = "unread"                    # named, but not extracted (limit or unsupported method)
+    TRUNCATED = "truncated"  # cut by a limit: ``data`` is a prefix
+    ENCRYPTED = "encrypted"  # only the name could be read
+    UNREAD = "unread"  # named, but not extracted (limit or unsupported method)
 
 
 class Fact(str, Enum):
@@ -38,18 +38,18 @@ class Fact(str, Enum):
 
     VBA_MACROS = "vba-macros"
     VBA_AUTOEXEC = "vba-autoexec"
-    VBA_SUSPICIOUS = "vba-suspicious"          # auto-exec plus execute/download/CreateObject... or an IOC
-    XLM_MACROS = "xlm-macros"                  # Excel 4 macros (they run from Auto_Open names)
-    XLM_SUSPICIOUS = "xlm-suspicious"          # XLM that calls EXEC, CALL, REGISTER, downloads...
+    VBA_SUSPICIOUS = "vba-suspicious"  # auto-exec plus execute/download/CreateObject... or an IOC
+    XLM_MACROS = "xlm-macros"  # Excel 4 macros (they run from Auto_Open names)
+    XLM_SUSPICIOUS = "xlm-suspicious"  # XLM that calls EXEC, CALL, REGISTER, downloads...
     DDE_LINK = "dde-link"
     REMOTE_TEMPLATE = "remote-template"
-    OLE_OBJECT = "ole-object"                  # an embedded OLE object in an RTF/OLE document
+    OLE_OBJECT = "ole-object"  # an embedded OLE object in an RTF/OLE document
     PDF_JAVASCRIPT = "pdf-javascript"
-    PDF_AUTO_ACTION = "pdf-auto-action"        # /OpenAction or /AA that runs JavaScript
+    PDF_AUTO_ACTION = "pdf-auto-action"  # /OpenAction or /AA that runs JavaScript
     PDF_LAUNCH = "pdf-launch"
     PDF_EMBEDDED_FILE = "pdf-embedded-file"
-    ENCRYPTED_OPENED = "encrypted-opened"      # a default password or one from the message opened it
-    POLYGLOT = "polyglot"                      # valid as two formats (a PDF carrying a raw zip)
+    ENCRYPTED_OPENED = "encrypted-opened"  # a default password or one from the message opened it
+    POLYGLOT = "polyglot"  # valid as two formats (a PDF carrying a raw zip)
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class Allowance:
     max_ratio: int = 200
     ratio_floor: int = 1024 * 1024
     passwords: tuple[str, ...] = ()
-    seconds: float = 10.0           # CPU time of this call, far below the message deadline
+    seconds: float = 10.0  # CPU time of this call, far below the message deadline
 
 
 @dataclass(frozen=True)
@@ -97,19 +97,25 @@ class Unpacked:
     def as_dict(self) -> dict[str, Any]:
         """Structure without the bytes (they travel separately): see :mod:`.sandbox`."""
         return {
-            "members": [{"name": m.name, "size": len(m.data), "state": m.state.value,
-                         "declared_type": m.declared_type} for m in self.members],
+            "members": [
+                {"name": m.name, "size": len(m.data), "state": m.state.value, "declared_type": m.declared_type}
+                for m in self.members
+            ],
             "observations": [[o.fact.value, o.detail] for o in self.observations],
             "incomplete": [[i.stop.value, i.detail] for i in self.incomplete],
         }
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any], blobs: list[bytes]) -> Unpacked:
-        members = tuple(Member(m["name"], blob, MemberState(m["state"]), m["declared_type"])
-                        for m, blob in zip(doc["members"], blobs, strict=True))
-        return cls(members,
-                   tuple(Observation(Fact(f), d) for f, d in doc["observations"]),
-                   tuple(Incomplete(Stop(s), d) for s, d in doc["incomplete"]))
+        members = tuple(
+            Member(m["name"], blob, MemberState(m["state"]), m["declared_type"])
+            for m, blob in zip(doc["members"], blobs, strict=True)
+        )
+        return cls(
+            members,
+            tuple(Observation(Fact(f), d) for f, d in doc["observations"]),
+            tuple(Incomplete(Stop(s), d) for s, d in doc["incomplete"]),
+        )
 
 
 def stopped(stop: Stop, detail: str = "", members: tuple[Member, ...] = ()) -> Unpacked:

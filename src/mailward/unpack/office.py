@@ -27,12 +27,23 @@ EXCEL_DEFAULT_PASSWORD = "VelvetSweatshop"
 DEFAULT_PASSWORDS = (EXCEL_DEFAULT_PASSWORD, "/01Hannes Ruescher/01")
 # olevba's "suspicious" descriptions that mean running, fetching or hiding code, as opposed to
 # ordinary file and workbook handling (Open, Kill, SaveAs...), which honest macros do all day.
-_DANGEROUS = re.compile(r"\b(run|execute|download|inject|shellcode|OLE object|environment|registry|DLL|library|"
-                        r"keystrokes|obfuscate malicious|disable VBA macro security|Excel 4 Macro|self-modification)",
-                        re.I)
+_DANGEROUS = re.compile(
+    r"\b(run|execute|download|inject|shellcode|OLE object|environment|registry|DLL|library|"
+    r"keystrokes|obfuscate malicious|disable VBA macro security|Excel 4 Macro|self-modification)",
+    re.I,
+)
 # ...but not the keywords honest auto-exec macros use all the time (Application.Run, window states).
-_ORDINARY = frozenset({"Run", "vbNormal", "vbNormalFocus", "vbNormalNoFocus", "vbMaximizedFocus",
-                       "vbMinimizedFocus", "vbMinimizedNoFocus"})
+_ORDINARY = frozenset(
+    {
+        "Run",
+        "vbNormal",
+        "vbNormalFocus",
+        "vbNormalNoFocus",
+        "vbMaximizedFocus",
+        "vbMinimizedFocus",
+        "vbMinimizedNoFocus",
+    }
+)
 _IOC_TYPES = ("URL", "IPv4 address", "Executable file name")
 _RTF_TEMPLATE = re.compile(rb"\\\*\\template\s*([^}\s]{1,300})", re.I)
 _REMOTE = re.compile(rb"^(https?:|\\\\|//|file:)", re.I)
@@ -79,7 +90,7 @@ def _decrypt(data: bytes, passwords: tuple[str, ...], out: Collector, meter: Met
         document = msoffcrypto.OfficeFile(io.BytesIO(data))
         if not document.is_encrypted():
             return False
-    except Exception:   # not an Office container msoffcrypto knows (vbaProject.bin, .msi, .msg)
+    except Exception:  # not an Office container msoffcrypto knows (vbaProject.bin, .msi, .msg)
         return False
     for password in dict.fromkeys((*DEFAULT_PASSWORDS, *passwords)):
         try:
@@ -89,8 +100,11 @@ def _decrypt(data: bytes, passwords: tuple[str, ...], out: Collector, meter: Met
             document.decrypt(plain)
         except Exception:
             continue
-        out.observe(Fact.ENCRYPTED_OPENED, "office document, "
-                    + ("a default password" if password in DEFAULT_PASSWORDS else "a password from the message"))
+        out.observe(
+            Fact.ENCRYPTED_OPENED,
+            "office document, "
+            + ("a default password" if password in DEFAULT_PASSWORDS else "a password from the message"),
+        )
         collect(out, meter, "decrypted document", plain.getvalue())
         return True
     out.stop(Stop.ENCRYPTED, "encrypted office document, no password candidate fits")
@@ -100,7 +114,7 @@ def _decrypt(data: bytes, passwords: tuple[str, ...], out: Collector, meter: Met
 def _macros(data: bytes, name: str, out: Collector, meter: Meter) -> None:
     try:
         parser = VBA_Parser(name or "document", data=data, relaxed=True)
-    except Exception:   # olevba raises its own FileOpenError family on anything it does not know
+    except Exception:  # olevba raises its own FileOpenError family on anything it does not know
         return
     try:
         if parser.detect_vba_macros():
@@ -112,14 +126,19 @@ def _macros(data: bytes, name: str, out: Collector, meter: Meter) -> None:
             triggers = sorted({k for k, _ in detect_autoexec(source)})
             if raptor.autoexec or triggers:
                 out.observe(Fact.VBA_AUTOEXEC, ", ".join(triggers))
-                dangerous = sorted({k for k, why in detect_suspicious(source)
-                                    if _DANGEROUS.search(why) and k not in _ORDINARY})
+                dangerous = sorted(
+                    {k for k, why in detect_suspicious(source) if _DANGEROUS.search(why) and k not in _ORDINARY}
+                )
                 iocs = sorted({v for t, v in detect_patterns(source) if t in _IOC_TYPES})
                 if dangerous or iocs:
                     # Runs by itself and reaches out of the document: what droppers do. (mraptor's own
                     # verdict counts Application.Run as execution, so it only adds its flags here.)
-                    detail = " ".join(filter(None, [raptor.get_flags(), ", ".join(dangerous),
-                                                    ("IOC " + ", ".join(iocs[:5])) if iocs else ""]))
+                    detail = " ".join(
+                        filter(
+                            None,
+                            [raptor.get_flags(), ", ".join(dangerous), ("IOC " + ", ".join(iocs[:5])) if iocs else ""],
+                        )
+                    )
                     out.observe(Fact.VBA_SUSPICIOUS, detail[:200])
             collect(out, meter, "VBA source", source.encode("utf-8", "replace"), "text/x-vba")
         if parser.detect_xlm_macros():
@@ -135,13 +154,13 @@ def _macros(data: bytes, name: str, out: Collector, meter: Meter) -> None:
 
 def _ole_streams(data: bytes, out: Collector, meter: Meter) -> None:
     """DDE fields in Word streams and files embedded as OLE packages (Ole10Native)."""
-    if not olefile.isOleFile(data=data):     # positional bytes under 1536 would be opened as a path
+    if not olefile.isOleFile(data=data):  # positional bytes under 1536 would be opened as a path
         return
-    ole: olefile.OleFileIO[str]     # entry names are str (the stub infers bytes from the argument)
+    ole: olefile.OleFileIO[str]  # entry names are str (the stub infers bytes from the argument)
     with olefile.OleFileIO(io.BytesIO(data)) as ole:
         try:
             links = msodde.process_doc(ole)
-        except Exception:   # msodde assumes Word streams; other OLE files may confuse it
+        except Exception:  # msodde assumes Word streams; other OLE files may confuse it
             links = ""
         for link in filter(None, (line.strip() for line in links.splitlines())):
             out.observe(Fact.DDE_LINK, link[:200])
@@ -155,8 +174,6 @@ def _ole_streams(data: bytes, out: Collector, meter: Meter) -> None:
             label = _text(native.filename) or "/".join(entry)
             out.observe(Fact.OLE_OBJECT, f"package {label}")
             collect(out, meter, label, bytes(native.data or b""))
-
-
 
 
 def _text(value: object) -> str:

@@ -39,8 +39,9 @@ def observe(members: list[Member]) -> list[Observation]:
         if lower.endswith(".rels"):
             for rel_type, target in _external_relationships(member.data):
                 if _REMOTE.match(target.strip()):
-                    found.append(Observation(Fact.REMOTE_TEMPLATE,
-                                             f"{rel_type.decode()} -> {target.decode(errors='replace')}"))
+                    found.append(
+                        Observation(Fact.REMOTE_TEMPLATE, f"{rel_type.decode()} -> {target.decode(errors='replace')}")
+                    )
         elif lower.startswith("word/") and lower.endswith(".xml"):
             # Word splits a field instruction across runs: join them before looking.
             instructions = b"".join(a or b for a, b in _INSTR.findall(member.data)).decode("utf-8", "replace")
@@ -52,8 +53,9 @@ def observe(members: list[Member]) -> list[Observation]:
                 found.append(Observation(Fact.XLM_SUSPICIOUS, f"{member.name}: {', '.join(calls)}"))
         elif lower.startswith("xl/externallinks/"):
             for service, topic in _dde_links(member.data):
-                found.append(Observation(Fact.DDE_LINK,
-                                         f"{service.decode(errors='replace')}|{topic.decode(errors='replace')}"))
+                found.append(
+                    Observation(Fact.DDE_LINK, f"{service.decode(errors='replace')}|{topic.decode(errors='replace')}")
+                )
     return found
 
 
@@ -82,6 +84,8 @@ def typed(unpacked: Unpacked) -> Unpacked:
     """Declare the XML parts of an Office package as text/xml (the package says so; sniffing confirms no NULs)."""
     if not any(m.name == "[Content_Types].xml" for m in unpacked.members):
         return unpacked
-    members = tuple(replace(m, declared_type="text/xml") if m.name.lower().endswith((".xml", ".rels")) else m
-                    for m in unpacked.members)
+    members = tuple(
+        replace(m, declared_type="text/xml") if m.name.lower().endswith((".xml", ".rels")) else m
+        for m in unpacked.members
+    )
     return replace(unpacked, members=members)

@@ -54,9 +54,9 @@ def _polyglot_zip(data: bytes, out: Collector, meter: Meter) -> None:
     end = data.rfind(_ZIP_END)
     if start < 0 or end < start or len(data) < end + 22:
         return
-    comment = int.from_bytes(data[end + 20:end + 22], "little")
+    comment = int.from_bytes(data[end + 20 : end + 22], "little")
     out.observe(Fact.POLYGLOT, f"zip at offset {start}")
-    collect(out, meter, "polyglot zip", data[start:end + 22 + comment], "application/zip")
+    collect(out, meter, "polyglot zip", data[start : end + 22 + comment], "application/zip")
 
 
 def _open(data: bytes, passwords: tuple[str, ...], out: Collector) -> pikepdf.Pdf:
@@ -85,8 +85,11 @@ def _direct_nodes(top: pikepdf.Object) -> Iterator[pikepdf.Object]:
             children = list(node)
         else:
             continue
-        stack.extend(c for c in children if isinstance(c, (pikepdf.Dictionary, pikepdf.Array, pikepdf.Stream))
-                     and not c.is_indirect)
+        stack.extend(
+            c
+            for c in children
+            if isinstance(c, (pikepdf.Dictionary, pikepdf.Array, pikepdf.Stream)) and not c.is_indirect
+        )
 
 
 def _inspect(node: pikepdf.Object, out: Collector, meter: Meter, scripts: list[str]) -> None:
@@ -136,7 +139,7 @@ def _stream_bytes(stream: pikepdf.Stream, meter: Meter) -> bytes:
         return stream.read_raw_bytes()
     if str(filters) == "/FlateDecode" and "/DecodeParms" not in stream:
         return _inflate(stream.read_raw_bytes(), meter)
-    return stream.read_bytes()     # other filter chains: qpdf decodes, the sandbox memory limit bounds it
+    return stream.read_bytes()  # other filter chains: qpdf decodes, the sandbox memory limit bounds it
 
 
 def _inflate(raw: bytes, meter: Meter) -> bytes:
@@ -155,5 +158,3 @@ def _inflate(raw: bytes, meter: Meter) -> bytes:
     except zlib.error:
         pass
     return bytes(out)
-
-

@@ -25,7 +25,7 @@ def unpack(data: bytes, name: str, allowance: Allowance) -> Unpacked:
     except _FAILURES as exc:
         return stopped(Stop.CORRUPT, f"{type(exc).__name__}: {exc}")
     opened_with = ""
-    if archive.needs_password() and not archive.infolist():     # encrypted headers: even names are hidden
+    if archive.needs_password() and not archive.infolist():  # encrypted headers: even names are hidden
         for password in allowance.passwords:
             try:
                 archive.setpassword(password)
@@ -41,11 +41,14 @@ def unpack(data: bytes, name: str, allowance: Allowance) -> Unpacked:
     files = [i for i in archive.infolist() if not i.is_dir()]
     if len(files) > allowance.members:
         out.stop(Stop.TOO_MANY, f"{len(files)} members")
-        files = files[:allowance.members]
+        files = files[: allowance.members]
     locked = 0
     for info in files:
-        candidates = (opened_with or None,) if not info.needs_password() else \
-            tuple(dict.fromkeys(p for p in (opened_with, *allowance.passwords) if p))
+        candidates = (
+            (opened_with or None,)
+            if not info.needs_password()
+            else tuple(dict.fromkeys(p for p in (opened_with, *allowance.passwords) if p))
+        )
         content: bytes | None = None
         problem: Incomplete | None = None
         used: str | None = None

@@ -30,7 +30,7 @@ from .sniff import Kind
 
 log = logging.getLogger(__name__)
 _LENGTH = struct.Struct(">I")
-START_TIMEOUT = 60.0      # importing oletools, pikepdf and py7zr on a busy machine
+START_TIMEOUT = 60.0  # importing oletools, pikepdf and py7zr on a busy machine
 
 
 class Sandbox:
@@ -50,10 +50,18 @@ class Sandbox:
                 self._kill()
                 log.error("parser sandbox did not start: %s", exc)
                 return stopped(Stop.CRASH, "parser sandbox did not start")
-            request = {"kind": kind.value, "name": name,
-                       "allowance": {"bytes": allowance.bytes, "members": allowance.members,
-                                     "max_ratio": allowance.max_ratio, "ratio_floor": allowance.ratio_floor,
-                                     "passwords": list(allowance.passwords), "seconds": allowance.seconds}}
+            request = {
+                "kind": kind.value,
+                "name": name,
+                "allowance": {
+                    "bytes": allowance.bytes,
+                    "members": allowance.members,
+                    "max_ratio": allowance.max_ratio,
+                    "ratio_floor": allowance.ratio_floor,
+                    "passwords": list(allowance.passwords),
+                    "seconds": allowance.seconds,
+                },
+            }
             deadline = time.monotonic() + self.timeout
             try:
                 stdin, stdout = _pipes(process)
@@ -88,12 +96,17 @@ class Sandbox:
         if self._process is not None and self._process.poll() is None:
             return self._process
         env = dict(os.environ)
-        source_root = str(Path(__file__).resolve().parents[2])     # the directory that holds "mailward"
+        source_root = str(Path(__file__).resolve().parents[2])  # the directory that holds "mailward"
         env["PYTHONPATH"] = os.pathsep.join(filter(None, (source_root, env.get("PYTHONPATH"))))
         self._process = subprocess.Popen(
             [sys.executable, "-m", "mailward.unpack.sandbox", str(self.memory), str(self.timeout)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            env=env, start_new_session=True, close_fds=True)
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+            close_fds=True,
+        )
         hello, _ = read_frame(_pipes(self._process)[1].fileno(), time.monotonic() + START_TIMEOUT)
         if not hello.get("ready"):
             raise ValueError("unexpected greeting")
@@ -131,7 +144,7 @@ def _kill_group(process: subprocess.Popen[bytes]) -> int | None:
 
 def write_frame(stream: IO[bytes], header: dict[str, Any], blobs: list[bytes]) -> None:
     encoded = json.dumps(dict(header, blobs=[len(b) for b in blobs])).encode()
-    stream.write(b"".join([_LENGTH.pack(len(encoded)), encoded, *blobs]))     # one write: one wake-up
+    stream.write(b"".join([_LENGTH.pack(len(encoded)), encoded, *blobs]))  # one write: one wake-up
     stream.flush()
 
 
@@ -143,7 +156,7 @@ def read_frame(fd: int, deadline: float | None) -> tuple[dict[str, Any], list[by
     blob = _read_exact(fd, sum(sizes), deadline)
     blobs, offset = [], 0
     for n in sizes:
-        blobs.append(blob[offset:offset + n])
+        blobs.append(blob[offset : offset + n])
         offset += n
     return header, blobs
 
@@ -182,7 +195,7 @@ def _serve(memory: int, timeout: float) -> None:
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_hard, cpu_hard))
 
     answers = os.fdopen(os.dup(1), "wb")
-    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)          # libraries that print must not corrupt the frames
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # libraries that print must not corrupt the frames
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     functions = {kind: h.load() for kind, h in HANDLERS.items() if h.isolated}
     write_frame(answers, {"ready": True}, [])
@@ -199,7 +212,7 @@ def _serve(memory: int, timeout: float) -> None:
         except MemoryError:
             write_frame(answers, {"ok": False, "error": "MemoryError: parser memory limit"}, [])
             continue
-        except Exception as exc:   # a parser bug on hostile input is a finding, not the end of the child
+        except Exception as exc:  # a parser bug on hostile input is a finding, not the end of the child
             write_frame(answers, {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}, [])
             continue
         finally:

@@ -15,9 +15,20 @@ from py7zr.io import Py7zIO, WriterFactory
 from .meter import Meter
 from .model import Allowance, Collector, Fact, Incomplete, Member, MemberState, Observation, Stop, Unpacked, stopped
 
-_FAILURES = (py7zr.Bad7zFile, py7zr.exceptions.CrcError, py7zr.exceptions.UnsupportedCompressionMethodError,
-             py7zr.exceptions.DecompressionError, ValueError, OSError, EOFError, KeyError, IndexError, TypeError,
-             LookupError, AttributeError)
+_FAILURES = (
+    py7zr.Bad7zFile,
+    py7zr.exceptions.CrcError,
+    py7zr.exceptions.UnsupportedCompressionMethodError,
+    py7zr.exceptions.DecompressionError,
+    ValueError,
+    OSError,
+    EOFError,
+    KeyError,
+    IndexError,
+    TypeError,
+    LookupError,
+    AttributeError,
+)
 
 
 class _LimitReached(Exception):
@@ -50,7 +61,7 @@ class _Sink(Py7zIO):
         problem = meter.charge(len(self.data), len(s))
         if problem is not None:
             if problem.stop is Stop.BUDGET:
-                del self.data[len(self.data) - (meter.produced - meter.allowance.bytes):]
+                del self.data[len(self.data) - (meter.produced - meter.allowance.bytes) :]
             self._owner.problem, self._owner.cut = problem, self.filename
             raise _LimitReached(problem.stop.value)
         return len(s)
@@ -77,7 +88,7 @@ def unpack(data: bytes, name: str, allowance: Allowance) -> Unpacked:
                 if password is None and archive.needs_password():
                     continue
                 result = _extract(archive, names, allowance, len(data))
-        except py7zr.PasswordRequired:        # the header itself is encrypted: no names either
+        except py7zr.PasswordRequired:  # the header itself is encrypted: no names either
             continue
         except _FAILURES as exc:
             if password is None:
@@ -85,9 +96,10 @@ def unpack(data: bytes, name: str, allowance: Allowance) -> Unpacked:
             continue
         if password is None:
             return result
-        return Unpacked(result.members, result.observations + (Observation(Fact.ENCRYPTED_OPENED, "7z"),),
-                        result.incomplete)
-    locked = tuple(Member(n, state=MemberState.ENCRYPTED) for n in names[:allowance.members])
+        return Unpacked(
+            result.members, result.observations + (Observation(Fact.ENCRYPTED_OPENED, "7z"),), result.incomplete
+        )
+    locked = tuple(Member(n, state=MemberState.ENCRYPTED) for n in names[: allowance.members])
     return stopped(Stop.ENCRYPTED, "no password candidate fits" if allowance.passwords else "no password", locked)
 
 
@@ -96,12 +108,12 @@ def _extract(archive: py7zr.SevenZipFile, names: list[str], allowance: Allowance
     targets = names
     if len(names) > allowance.members:
         out.stop(Stop.TOO_MANY, f"{len(names)} members")
-        targets = names[:allowance.members]
+        targets = names[: allowance.members]
     sinks = _Sinks(Meter(allowance, size))
     try:
         archive.extract(targets=targets if targets is not names else None, factory=sinks)
     except _LimitReached:
-        if sinks.problem is not None:       # set before _LimitReached is raised
+        if sinks.problem is not None:  # set before _LimitReached is raised
             out.incomplete.append(sinks.problem)
     for filename in targets:
         sink = sinks.sinks.get(filename)

@@ -13,11 +13,11 @@ from enum import Enum
 
 import magic
 
-SNIFF_PREFIX = 64 * 1024    # libmagic needs the start only (zip/OOXML entries are near it); text costs per byte
+SNIFF_PREFIX = 64 * 1024  # libmagic needs the start only (zip/OOXML entries are near it); text costs per byte
 
 
 class Kind(str, Enum):
-    ZIP = "zip"                  # also OOXML, ODF, JAR: zip containers
+    ZIP = "zip"  # also OOXML, ODF, JAR: zip containers
     SEVENZIP = "7z"
     RAR = "rar"
     TAR = "tar"
@@ -27,17 +27,17 @@ class Kind(str, Enum):
     ISO = "iso"
     TNEF = "tnef"
     EMAIL = "email"
-    OLE = "ole"                  # compound file: .doc/.xls/.ppt, vbaProject.bin, .msg, .msi
+    OLE = "ole"  # compound file: .doc/.xls/.ppt, vbaProject.bin, .msg, .msi
     PDF = "pdf"
     RTF = "rtf"
-    HTML = "html"                # HTML, XHTML and SVG: markup that can carry script
+    HTML = "html"  # HTML, XHTML and SVG: markup that can carry script
     TEXT = "text"
     EXECUTABLE = "executable"
     SCRIPT = "script"
     LNK = "lnk"
     ONENOTE = "onenote"
-    DISK_IMAGE = "disk-image"    # VHD/VHDX
-    OTHER_ARCHIVE = "other-archive"   # an archive format we do not open (cab, arj, ace, lzh, zstd...)
+    DISK_IMAGE = "disk-image"  # VHD/VHDX
+    OTHER_ARCHIVE = "other-archive"  # an archive format we do not open (cab, arj, ace, lzh, zstd...)
     OTHER = "other"
 
     @property
@@ -50,45 +50,103 @@ class Kind(str, Enum):
         return _YARA_FILETYPE.get(self, "")
 
 
-_ARCHIVES = frozenset({Kind.ZIP, Kind.SEVENZIP, Kind.RAR, Kind.TAR, Kind.GZIP, Kind.BZIP2, Kind.XZ, Kind.ISO,
-                       Kind.DISK_IMAGE, Kind.OTHER_ARCHIVE})
+_ARCHIVES = frozenset(
+    {
+        Kind.ZIP,
+        Kind.SEVENZIP,
+        Kind.RAR,
+        Kind.TAR,
+        Kind.GZIP,
+        Kind.BZIP2,
+        Kind.XZ,
+        Kind.ISO,
+        Kind.DISK_IMAGE,
+        Kind.OTHER_ARCHIVE,
+    }
+)
 
-_YARA_FILETYPE = {Kind.ZIP: "ZIP", Kind.SEVENZIP: "7Z", Kind.RAR: "RAR", Kind.TAR: "TAR", Kind.GZIP: "GZIP",
-                  Kind.BZIP2: "BZIP2", Kind.XZ: "XZ", Kind.ISO: "ISO", Kind.OLE: "OLE", Kind.PDF: "PDF",
-                  Kind.RTF: "RTF", Kind.HTML: "HTML", Kind.TEXT: "TEXT", Kind.EXECUTABLE: "EXE",
-                  Kind.SCRIPT: "SCRIPT", Kind.LNK: "LNK", Kind.ONENOTE: "ONENOTE", Kind.EMAIL: "EML",
-                  Kind.TNEF: "TNEF", Kind.DISK_IMAGE: "VHD"}
+_YARA_FILETYPE = {
+    Kind.ZIP: "ZIP",
+    Kind.SEVENZIP: "7Z",
+    Kind.RAR: "RAR",
+    Kind.TAR: "TAR",
+    Kind.GZIP: "GZIP",
+    Kind.BZIP2: "BZIP2",
+    Kind.XZ: "XZ",
+    Kind.ISO: "ISO",
+    Kind.OLE: "OLE",
+    Kind.PDF: "PDF",
+    Kind.RTF: "RTF",
+    Kind.HTML: "HTML",
+    Kind.TEXT: "TEXT",
+    Kind.EXECUTABLE: "EXE",
+    Kind.SCRIPT: "SCRIPT",
+    Kind.LNK: "LNK",
+    Kind.ONENOTE: "ONENOTE",
+    Kind.EMAIL: "EML",
+    Kind.TNEF: "TNEF",
+    Kind.DISK_IMAGE: "VHD",
+}
 
 _BY_MIME = {
-    "application/zip": Kind.ZIP, "application/java-archive": Kind.ZIP, "application/x-zip-compressed": Kind.ZIP,
+    "application/zip": Kind.ZIP,
+    "application/java-archive": Kind.ZIP,
+    "application/x-zip-compressed": Kind.ZIP,
     "application/x-7z-compressed": Kind.SEVENZIP,
-    "application/x-rar": Kind.RAR, "application/vnd.rar": Kind.RAR, "application/x-rar-compressed": Kind.RAR,
-    "application/x-tar": Kind.TAR, "application/x-gtar": Kind.TAR,
-    "application/gzip": Kind.GZIP, "application/x-gzip": Kind.GZIP,
-    "application/x-bzip2": Kind.BZIP2, "application/x-xz": Kind.XZ,
+    "application/x-rar": Kind.RAR,
+    "application/vnd.rar": Kind.RAR,
+    "application/x-rar-compressed": Kind.RAR,
+    "application/x-tar": Kind.TAR,
+    "application/x-gtar": Kind.TAR,
+    "application/gzip": Kind.GZIP,
+    "application/x-gzip": Kind.GZIP,
+    "application/x-bzip2": Kind.BZIP2,
+    "application/x-xz": Kind.XZ,
     "application/x-iso9660-image": Kind.ISO,
     "application/vnd.ms-tnef": Kind.TNEF,
     "message/rfc822": Kind.EMAIL,
-    "application/x-ole-storage": Kind.OLE, "application/cdfv2": Kind.OLE, "application/msword": Kind.OLE,
-    "application/vnd.ms-excel": Kind.OLE, "application/vnd.ms-powerpoint": Kind.OLE,
-    "application/vnd.ms-office": Kind.OLE, "application/vnd.ms-outlook": Kind.OLE, "application/x-msi": Kind.OLE,
+    "application/x-ole-storage": Kind.OLE,
+    "application/cdfv2": Kind.OLE,
+    "application/msword": Kind.OLE,
+    "application/vnd.ms-excel": Kind.OLE,
+    "application/vnd.ms-powerpoint": Kind.OLE,
+    "application/vnd.ms-office": Kind.OLE,
+    "application/vnd.ms-outlook": Kind.OLE,
+    "application/x-msi": Kind.OLE,
     "application/pdf": Kind.PDF,
-    "text/rtf": Kind.RTF, "application/rtf": Kind.RTF,
-    "text/html": Kind.HTML, "application/xhtml+xml": Kind.HTML, "image/svg+xml": Kind.HTML,
-    "application/x-dosexec": Kind.EXECUTABLE, "application/vnd.microsoft.portable-executable": Kind.EXECUTABLE,
-    "application/x-executable": Kind.EXECUTABLE, "application/x-sharedlib": Kind.EXECUTABLE,
-    "application/x-pie-executable": Kind.EXECUTABLE, "application/x-mach-binary": Kind.EXECUTABLE,
+    "text/rtf": Kind.RTF,
+    "application/rtf": Kind.RTF,
+    "text/html": Kind.HTML,
+    "application/xhtml+xml": Kind.HTML,
+    "image/svg+xml": Kind.HTML,
+    "application/x-dosexec": Kind.EXECUTABLE,
+    "application/vnd.microsoft.portable-executable": Kind.EXECUTABLE,
+    "application/x-executable": Kind.EXECUTABLE,
+    "application/x-sharedlib": Kind.EXECUTABLE,
+    "application/x-pie-executable": Kind.EXECUTABLE,
+    "application/x-mach-binary": Kind.EXECUTABLE,
     "application/x-elf": Kind.EXECUTABLE,
-    "text/x-shellscript": Kind.SCRIPT, "text/x-msdos-batch": Kind.SCRIPT, "text/x-perl": Kind.SCRIPT,
-    "text/x-python": Kind.SCRIPT, "application/javascript": Kind.SCRIPT, "text/javascript": Kind.SCRIPT,
+    "text/x-shellscript": Kind.SCRIPT,
+    "text/x-msdos-batch": Kind.SCRIPT,
+    "text/x-perl": Kind.SCRIPT,
+    "text/x-python": Kind.SCRIPT,
+    "application/javascript": Kind.SCRIPT,
+    "text/javascript": Kind.SCRIPT,
     "application/x-ms-shortcut": Kind.LNK,
-    "application/x-virtualbox-vhd": Kind.DISK_IMAGE, "application/x-virtualbox-vhdx": Kind.DISK_IMAGE,
-    "application/vnd.ms-cab-compressed": Kind.OTHER_ARCHIVE, "application/x-arj": Kind.OTHER_ARCHIVE,
-    "application/x-lzh-compressed": Kind.OTHER_ARCHIVE, "application/x-lha": Kind.OTHER_ARCHIVE,
-    "application/zstd": Kind.OTHER_ARCHIVE, "application/x-lz4": Kind.OTHER_ARCHIVE,
-    "application/x-lzip": Kind.OTHER_ARCHIVE, "application/x-cpio": Kind.OTHER_ARCHIVE,
-    "application/x-xar": Kind.OTHER_ARCHIVE, "application/x-ace-compressed": Kind.OTHER_ARCHIVE,
-    "application/x-compress": Kind.OTHER_ARCHIVE, "application/x-lzma": Kind.OTHER_ARCHIVE,
+    "application/x-virtualbox-vhd": Kind.DISK_IMAGE,
+    "application/x-virtualbox-vhdx": Kind.DISK_IMAGE,
+    "application/vnd.ms-cab-compressed": Kind.OTHER_ARCHIVE,
+    "application/x-arj": Kind.OTHER_ARCHIVE,
+    "application/x-lzh-compressed": Kind.OTHER_ARCHIVE,
+    "application/x-lha": Kind.OTHER_ARCHIVE,
+    "application/zstd": Kind.OTHER_ARCHIVE,
+    "application/x-lz4": Kind.OTHER_ARCHIVE,
+    "application/x-lzip": Kind.OTHER_ARCHIVE,
+    "application/x-cpio": Kind.OTHER_ARCHIVE,
+    "application/x-xar": Kind.OTHER_ARCHIVE,
+    "application/x-ace-compressed": Kind.OTHER_ARCHIVE,
+    "application/x-compress": Kind.OTHER_ARCHIVE,
+    "application/x-lzma": Kind.OTHER_ARCHIVE,
 }
 
 # (offset, leading bytes, kind, mime) for what libmagic misses or calls plain text.
@@ -108,7 +166,7 @@ _TRUSTED_TEXT = ("text/plain", "text/html", "text/xml")
 # libmagic names encrypted documents "application/encrypted" whatever the format; the container's
 # own magic says which handler can try the default and message passwords (or report it encrypted).
 _ENCRYPTED_CONTAINERS = (
-    (bytes.fromhex("D0CF11E0A1B11AE1"), Kind.OLE),      # OLE: encrypted OOXML (EncryptedPackage), .doc/.xls/.ppt
+    (bytes.fromhex("D0CF11E0A1B11AE1"), Kind.OLE),  # OLE: encrypted OOXML (EncryptedPackage), .doc/.xls/.ppt
     (b"%PDF-", Kind.PDF),
     (b"PK\x03\x04", Kind.ZIP),
 )
@@ -136,12 +194,15 @@ class Sniffer:
         another text type anyway.
         """
         for offset, lead, kind, mime in _SIGNATURES:
-            if data[offset:offset + len(lead)] == lead:
+            if data[offset : offset + len(lead)] == lead:
                 return Sniffed(mime, kind)
         if not data:
             return Sniffed("application/x-empty", Kind.OTHER)
-        if declared_text in _TRUSTED_TEXT and b"\0" not in data[:SNIFF_PREFIX] \
-                and not data.lstrip()[:5].lower().startswith((b"%pdf-", b"{\\rt", b"mz")):
+        if (
+            declared_text in _TRUSTED_TEXT
+            and b"\0" not in data[:SNIFF_PREFIX]
+            and not data.lstrip()[:5].lower().startswith((b"%pdf-", b"{\\rt", b"mz"))
+        ):
             return Sniffed(declared_text, Kind.HTML if declared_text == "text/html" else Kind.TEXT)
         with self._lock:
             try:
@@ -149,8 +210,13 @@ class Sniffer:
             except magic.MagicException:
                 mime = "application/octet-stream"
         if mime == "application/encrypted":
-            return Sniffed(mime, next((kind for lead, kind in _ENCRYPTED_CONTAINERS
-                                       if data.lstrip(b"\0")[:len(lead)] == lead), Kind.OTHER))
+            return Sniffed(
+                mime,
+                next(
+                    (kind for lead, kind in _ENCRYPTED_CONTAINERS if data.lstrip(b"\0")[: len(lead)] == lead),
+                    Kind.OTHER,
+                ),
+            )
         return Sniffed(mime, classify_mime(mime))
 
 
@@ -158,8 +224,9 @@ def classify_mime(mime: str) -> Kind:
     kind = _BY_MIME.get(mime)
     if kind is not None:
         return kind
-    if mime.startswith(("application/vnd.openxmlformats-officedocument.", "application/vnd.oasis.opendocument.")) \
-            or (mime.startswith("application/vnd.ms-") and "macroenabled" in mime):
+    if mime.startswith(("application/vnd.openxmlformats-officedocument.", "application/vnd.oasis.opendocument.")) or (
+        mime.startswith("application/vnd.ms-") and "macroenabled" in mime
+    ):
         return Kind.ZIP
     if mime.startswith("text/"):
         return Kind.TEXT

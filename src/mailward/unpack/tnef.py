@@ -11,7 +11,7 @@ from .model import Allowance, Collector, Stop, Unpacked, stopped
 def unpack(data: bytes, name: str, allowance: Allowance) -> Unpacked:
     try:
         tnef = tnefparse.TNEF(data, do_checksum=False)
-    except Exception as exc:   # tnefparse raises bare ValueError/struct.error/IndexError on damaged input
+    except Exception as exc:  # tnefparse raises bare ValueError/struct.error/IndexError on damaged input
         return stopped(Stop.CORRUPT, f"{type(exc).__name__}: {exc}")
     out = Collector()
     meter = Meter(allowance, len(data))
@@ -21,7 +21,7 @@ def unpack(data: bytes, name: str, allowance: Allowance) -> Unpacked:
         parts.append(("winmail body.html", body.encode("utf-8", "replace") if isinstance(body, str) else body))
     if len(parts) > allowance.members:
         out.stop(Stop.TOO_MANY, f"{len(parts)} attachments")
-        parts = parts[:allowance.members]
+        parts = parts[: allowance.members]
     for filename, content in parts:
         if not collect(out, meter, str(filename), bytes(content or b"")):
             break

@@ -33,7 +33,7 @@ class Unpacker:
             return self.sandbox.run(kind, data, name, allowance)
         try:
             return handler.load()(data, name, allowance)
-        except Exception as exc:   # a handler bug on hostile input must become evidence, not a crash
+        except Exception as exc:  # a handler bug on hostile input must become evidence, not a crash
             log.exception("%s handler failed on %s", kind.value, name)
             return stopped(Stop.CRASH, f"{kind.value} handler: {type(exc).__name__}")
 

@@ -44,7 +44,7 @@ def unpack(data: bytes, name: str, allowance: Allowance) -> Unpacked:
         limit = begins[index + 1].start() if index + 1 < len(begins) else len(data)
         stop = end.start() if end is not None and end.start() < limit else None
         decoded = bytearray()
-        for line in data[begin.end():limit if stop is None else stop].splitlines():
+        for line in data[begin.end() : limit if stop is None else stop].splitlines():
             decoded += _decode_line(line)
         unterminated += stop is None
         if not collect(out, meter, begin.group(1).decode("latin-1").strip(), bytes(decoded)):
@@ -60,13 +60,13 @@ def _decode_line(line: bytes) -> bytes:
         return b""
     # a2b_uu refuses any byte outside its alphabet: check first, as raising per line of
     # non-uuencoded filler costs several times the decoding itself.
-    if not line[1:].translate(None, _UU_BYTES):       # the first byte, a length, may be anything
+    if not line[1:].translate(None, _UU_BYTES):  # the first byte, a length, may be anything
         try:
             return binascii.a2b_uu(line)
         except binascii.Error:
             pass
     # Some encoders pad lines short; decode as many bytes as the length character promises.
-    promised = line[:(((line[0] - 32) & 63) * 4 + 5) // 3]
+    promised = line[: (((line[0] - 32) & 63) * 4 + 5) // 3]
     if promised[1:].translate(None, _UU_BYTES):
         return b""
     try:

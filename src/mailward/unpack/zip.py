@@ -20,9 +20,19 @@ from .meter import Meter
 from .model import Allowance, Collector, Fact, Incomplete, Member, MemberState, Stop, Unpacked, stopped
 
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")
-_READABLE = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA, 99}   # 99 = WinZip AES
-_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, RuntimeError, ValueError, OSError, EOFError, zlib.error,
-           NotImplementedError, KeyError, struct.error)
+_READABLE = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA, 99}  # 99 = WinZip AES
+_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    RuntimeError,
+    ValueError,
+    OSError,
+    EOFError,
+    zlib.error,
+    NotImplementedError,
+    KeyError,
+    struct.error,
+)
 
 
 def unpack(data: bytes, name: str, allowance: Allowance) -> Unpacked:
@@ -39,7 +49,7 @@ def unpack(data: bytes, name: str, allowance: Allowance) -> Unpacked:
     files = [i for i in infos if not i.is_dir()]
     if len(files) > allowance.members:
         out.stop(Stop.TOO_MANY, f"{len(files)} members")
-        files = files[:allowance.members]
+        files = files[: allowance.members]
     encrypted = _Passwords(data, allowance.passwords)
     for info in files:
         if info.compress_type not in _READABLE:
@@ -73,7 +83,7 @@ def overlapping_entry(data: bytes, infos: list[zipfile.ZipInfo], directory_start
     ordered = sorted(infos, key=lambda i: i.header_offset)
     for info, following in zip(ordered, ordered[1:] + [None]):
         start = info.header_offset
-        header = data[start:start + _LOCAL_HEADER.size]
+        header = data[start : start + _LOCAL_HEADER.size]
         if len(header) < _LOCAL_HEADER.size:
             return f"{info.filename}: local header past the end"
         fields = _LOCAL_HEADER.unpack(header)
@@ -112,14 +122,14 @@ class _Passwords:
                 self._candidates = []
         archive = self._archive
         for password in list(self._candidates):
-            if archive is None:      # not opened: no candidates left
+            if archive is None:  # not opened: no candidates left
                 break
             start = meter.produced
             try:
                 with archive.open(info.filename, pwd=password.encode("utf-8")) as stream:
                     content, problem = meter.read(stream, info.compress_size)
             except _ERRORS:
-                meter.produced = start        # a wrong password's garbage is not charged
+                meter.produced = start  # a wrong password's garbage is not charged
                 continue
             self._candidates.remove(password)
             self._candidates.insert(0, password)

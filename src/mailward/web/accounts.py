@@ -63,15 +63,15 @@ class AccountError(MailwardError):
 
 class Login(str, Enum):
     OK = "ok"
-    REFUSED = "refused"          # unknown account or wrong password (the page never says which)
-    LOCKED = "locked"            # too many failures: only `web user unlock` opens it again
+    REFUSED = "refused"  # unknown account or wrong password (the page never says which)
+    LOCKED = "locked"  # too many failures: only `web user unlock` opens it again
 
 
 @dataclass(frozen=True)
 class Session:
     token: str
     account: str
-    csrf: str                    # every form of this session carries it; a POST without it is refused
+    csrf: str  # every form of this session carries it; a POST without it is refused
 
 
 @dataclass(frozen=True)
@@ -102,15 +102,21 @@ def _digest(token: str) -> str:
 class AccountStore:
     """Accounts, sessions and their audit in one SQLite file; safe to use from many threads."""
 
-    def __init__(self, path: Path, lockout_after: int = 10, idle: float = 300.0,
-                 clock: Callable[[], float] = time.time, hasher: PasswordHasher | None = None):
+    def __init__(
+        self,
+        path: Path,
+        lockout_after: int = 10,
+        idle: float = 300.0,
+        clock: Callable[[], float] = time.time,
+        hasher: PasswordHasher | None = None,
+    ):
         self.path = prepare_database_file(Path(path))
         self.lockout_after = lockout_after
         self.idle = idle
         self._clock = clock
         self._hasher = hasher or PasswordHasher()
-        self._dummy = ""             # a hash to verify unknown names against, so they cost the same time
-        self._lock = threading.Lock()     # one connection, one transaction at a time: logins are rare
+        self._dummy = ""  # a hash to verify unknown names against, so they cost the same time
+        self._lock = threading.Lock()  # one connection, one transaction at a time: logins are rare
         self._conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
         self._conn.execute("PRAGMA journal_mode=WAL")
         with self._tx() as conn:
@@ -130,8 +136,10 @@ class AccountStore:
             conn.execute("COMMIT")
 
     def _audit(self, conn: sqlite3.Connection, account: str, action: str, client: str = "", detail: str = "") -> None:
-        conn.execute("INSERT INTO web_audit (at, account, action, client, detail) VALUES (?, ?, ?, ?, ?)",
-                     (self._clock(), account, action, client, detail))
+        conn.execute(
+            "INSERT INTO web_audit (at, account, action, client, detail) VALUES (?, ?, ?, ?, ?)",
+            (self._clock(), account, action, client, detail),
+        )
 
     # -- accounts (the CLI) ----------------------------------------------------------------------
 
@@ -144,9 +152,11 @@ class AccountStore:
         digest = self._hasher.hash(password)
         now = self._clock()
         try:
-            with self._tx() as conn:      # the check above saves a slow hash; the key still decides a race
-                conn.execute("INSERT INTO web_accounts (name, hash, created_at, changed_at) VALUES (?, ?, ?, ?)",
-                             (name, digest, now, now))
+            with self._tx() as conn:  # the check above saves a slow hash; the key still decides a race
+                conn.execute(
+                    "INSERT INTO web_accounts (name, hash, created_at, changed_at) VALUES (?, ?, ?, ?)",
+                    (name, digest, now, now),
+                )
                 self._audit(conn, name, "account-add", detail=f"by {by}")
         except sqlite3.IntegrityError:
             raise AccountError(f"account {name} exists (use `mailward web user passwd`)") from None
@@ -155,16 +165,18 @@ class AccountStore:
         """A new password also ends the account's sessions (a password change is often a response)."""
         digest = self._hasher.hash(check_password(password))
         with self._tx() as conn:
-            if not conn.execute("UPDATE web_accounts SET hash = ?, changed_at = ? WHERE name = ?",
-                                (digest, self._clock(), name)).rowcount:
+            if not conn.execute(
+                "UPDATE web_accounts SET hash = ?, changed_at = ? WHERE name = ?", (digest, self._clock(), name)
+            ).rowcount:
                 raise AccountError(f"no account {name}")
             conn.execute("DELETE FROM web_sessions WHERE account = ?", (name,))
             self._audit(conn, name, "account-passwd", detail=f"by {by}")
 
     def unlock(self, name: str, by: str) -> None:
         with self._tx() as conn:
-            if not conn.execute("UPDATE web_accounts SET failed = 0, locked_at = NULL WHERE name = ?",
-                                (name,)).rowcount:
+            if not conn.execute(
+                "UPDATE web_accounts SET failed = 0, locked_at = NULL WHERE name = ?", (name,)
+            ).rowcount:
                 raise AccountError(f"no account {name}")
             self._audit(conn, name, "account-unlock", detail=f"by {by}")
 
@@ -175,9 +187,11 @@ class AccountStore:
 
     def events(self, name: str = "", limit: int = 100) -> list[AccountEvent]:
         with self._tx() as conn:
-            rows = conn.execute("""SELECT at, account, action, client, detail FROM web_audit
+            rows = conn.execute(
+                """SELECT at, account, action, client, detail FROM web_audit
                                    WHERE ? = '' OR account = ? ORDER BY seq DESC LIMIT ?""",
-                                (name, name, limit)).fetchall()
+                (name, name, limit),
+            ).fetchall()
         return [AccountEvent(*row) for row in rows]
 
     # -- logging in (the web) --------------------------------------------------------------------
@@ -201,8 +215,9 @@ class AccountStore:
                 self._audit(conn, name, "login-locked", client, "account locked")
                 return Login.LOCKED, None
             if not good:
-                failed = conn.execute("UPDATE web_accounts SET failed = failed + 1 WHERE name = ? RETURNING failed",
-                                      (name,)).fetchone()[0]
+                failed = conn.execute(
+                    "UPDATE web_accounts SET failed = failed + 1 WHERE name = ? RETURNING failed", (name,)
+                ).fetchone()[0]
                 self._audit(conn, name, "login-refused", client, f"wrong password ({failed} in a row)")
                 if failed >= self.lockout_after:
                     conn.execute("UPDATE web_accounts SET locked_at = ? WHERE name = ?", (self._clock(), name))
@@ -214,8 +229,11 @@ class AccountStore:
             conn.execute("UPDATE web_accounts SET failed = 0 WHERE name = ?", (name,))
             session = Session(secrets.token_urlsafe(32), name, secrets.token_urlsafe(32))
             now = self._clock()
-            conn.execute("""INSERT INTO web_sessions (token_hash, account, csrf, created_at, seen_at)
-                            VALUES (?, ?, ?, ?, ?)""", (_digest(session.token), name, session.csrf, now, now))
+            conn.execute(
+                """INSERT INTO web_sessions (token_hash, account, csrf, created_at, seen_at)
+                            VALUES (?, ?, ?, ?, ?)""",
+                (_digest(session.token), name, session.csrf, now, now),
+            )
             conn.execute("DELETE FROM web_sessions WHERE seen_at < ?", (now - self.idle,))
             self._audit(conn, name, "login", client)
         return Login.OK, session
@@ -226,15 +244,21 @@ class AccountStore:
             return None
         now = self._clock()
         with self._tx() as conn:
-            row = conn.execute("""SELECT s.account, s.csrf, s.seen_at, a.locked_at FROM web_sessions s
+            row = conn.execute(
+                """SELECT s.account, s.csrf, s.seen_at, a.locked_at FROM web_sessions s
                                   JOIN web_accounts a ON a.name = s.account WHERE s.token_hash = ?""",
-                               (_digest(token),)).fetchone()
+                (_digest(token),),
+            ).fetchone()
             if row is None:
                 return None
             if now - row[2] > self.idle or row[3] is not None:
                 conn.execute("DELETE FROM web_sessions WHERE token_hash = ?", (_digest(token),))
-                self._audit(conn, row[0], "session-expired" if row[3] is None else "session-ended",
-                            detail=f"idle {now - row[2]:.0f} s")
+                self._audit(
+                    conn,
+                    row[0],
+                    "session-expired" if row[3] is None else "session-ended",
+                    detail=f"idle {now - row[2]:.0f} s",
+                )
                 return None
             conn.execute("UPDATE web_sessions SET seen_at = ? WHERE token_hash = ?", (now, _digest(token)))
         return Session(token, row[0], row[1])

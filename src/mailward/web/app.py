@@ -55,8 +55,10 @@ log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 SESSION_COOKIE = "mailward_session"
 LOGIN_COOKIE = "mailward_login"
-CSP = ("default-src 'none'; script-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
-       "frame-ancestors 'none'; base-uri 'none'")
+CSP = (
+    "default-src 'none'; script-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
 HEADERS = (
     (b"content-security-policy", CSP.encode()),
     (b"x-frame-options", b"DENY"),
@@ -84,9 +86,12 @@ NOTICES = {
     "no-sender": "The message has no envelope sender to block.",
 }
 _RELEASE_NOTICE = {
-    ReleaseOutcome.RELEASED: "released", ReleaseOutcome.FAILED: "release-failed",
-    ReleaseOutcome.ALREADY_RELEASED: "already-released", ReleaseOutcome.IN_PROGRESS: "in-progress",
-    ReleaseOutcome.NEEDS_FORCE: "needs-force", ReleaseOutcome.NOT_FOUND: "not-found",
+    ReleaseOutcome.RELEASED: "released",
+    ReleaseOutcome.FAILED: "release-failed",
+    ReleaseOutcome.ALREADY_RELEASED: "already-released",
+    ReleaseOutcome.IN_PROGRESS: "in-progress",
+    ReleaseOutcome.NEEDS_FORCE: "needs-force",
+    ReleaseOutcome.NOT_FOUND: "not-found",
 }
 
 
@@ -126,8 +131,9 @@ class Parts:
 
 
 def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
-                             undefined=jinja2.StrictUndefined)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True, undefined=jinja2.StrictUndefined
+    )
     env.filters["safe_text"] = lambda v: neutralise(str(v))
     env.filters["safe_block"] = lambda v: neutralise(str(v), multiline=True)
     env.filters["when"] = when
@@ -179,8 +185,9 @@ def create_app(parts: Parts) -> ASGIApp:
 
     async def login_page(request: Request) -> Response:
         token = secrets.token_urlsafe(24)
-        response = page(request, "login.html", csrf=token, problem=request.query_params.get("problem", ""),
-                        session=None)
+        response = page(
+            request, "login.html", csrf=token, problem=request.query_params.get("problem", ""), session=None
+        )
         _cookie(response, LOGIN_COOKIE, token, settings.web.secure_cookies, max_age=900)
         return response
 
@@ -188,8 +195,9 @@ def create_app(parts: Parts) -> ASGIApp:
         values = await form_of(request, None, request.cookies.get(LOGIN_COOKIE, ""))
         if values is None:
             return failure(request, 403, "The form expired: reload the login page")
-        outcome, session = await run_in_threadpool(accounts.login, values.get("name", "")[:64],
-                                                   values.get("password", "")[:1024], _client(request))
+        outcome, session = await run_in_threadpool(
+            accounts.login, values.get("name", "")[:64], values.get("password", "")[:1024], _client(request)
+        )
         if outcome is not Login.OK or session is None:
             problem = "locked" if outcome is Login.LOCKED else "refused"
             return RedirectResponse(f"/login?problem={problem}", status_code=303)
@@ -221,12 +229,24 @@ def create_app(parts: Parts) -> ASGIApp:
         filters = ListFilter(
             direction=Direction(direction) if direction in {d.value for d in Direction} else None,
             status=Status(status) if status in {s.value for s in Status} else None,
-            reason=q.get("reason", "")[:64], sender=q.get("sender", "")[:256],
-            recipient=q.get("recipient", "")[:256], subject=q.get("subject", "")[:256], limit=500)
+            reason=q.get("reason", "")[:64],
+            sender=q.get("sender", "")[:256],
+            recipient=q.get("recipient", "")[:256],
+            subject=q.get("subject", "")[:256],
+            limit=500,
+        )
         records = await run_in_threadpool(service.find, filters)
-        return page(request, "list.html", session=session, records=records, q=q, status=status,
-                    direction=direction, statuses=[s.value for s in Status],
-                    directions=[d.value for d in Direction])
+        return page(
+            request,
+            "list.html",
+            session=session,
+            records=records,
+            q=q,
+            status=status,
+            direction=direction,
+            statuses=[s.value for s in Status],
+            directions=[d.value for d in Direction],
+        )
 
     async def message(request: Request) -> Response:
         session = analyst(request)
@@ -239,8 +259,16 @@ def create_app(parts: Parts) -> ASGIApp:
         if seen is None:
             return failure(request, 404, "No such message")
         notice = NOTICES.get(request.query_params.get("done", ""), "")
-        return page(request, "message.html", session=session, seen=seen, record=seen.record, view=seen.view,
-                    notice=notice, labels=[lb.value for lb in Label])
+        return page(
+            request,
+            "message.html",
+            session=session,
+            seen=seen,
+            record=seen.record,
+            view=seen.view,
+            notice=notice,
+            labels=[lb.value for lb in Label],
+        )
 
     async def act(request: Request) -> Response:
         session = analyst(request)
@@ -304,11 +332,20 @@ def create_app(parts: Parts) -> ASGIApp:
         if found is None:
             return failure(request, 403, "This link is not valid or has expired")
         token, link = found
-        records = await run_in_threadpool(service.recipient_records, link.recipient, float(link.issued_at),
-                                          link.quarantine_id)
+        records = await run_in_threadpool(
+            service.recipient_records, link.recipient, float(link.issued_at), link.quarantine_id
+        )
         notice = NOTICES.get(request.query_params.get("done", ""), "")
-        return page(request, "recipient.html", session=None, link=link, records=records, token=token,
-                    csrf=link_csrf(token), notice=notice)
+        return page(
+            request,
+            "recipient.html",
+            session=None,
+            link=link,
+            records=records,
+            token=token,
+            csrf=link_csrf(token),
+            notice=notice,
+        )
 
     async def recipient_release(request: Request) -> Response:
         found = link_of(request)
@@ -325,8 +362,9 @@ def create_app(parts: Parts) -> ASGIApp:
             return failure(request, 403, "This link is for another message")
         actor = web_actor(f"recipient {link.recipient}", _client(request))
         try:
-            result = await run_in_threadpool(service.release_for_recipient, qid, link.recipient,
-                                             float(link.issued_at), actor)
+            result = await run_in_threadpool(
+                service.release_for_recipient, qid, link.recipient, float(link.issued_at), actor
+            )
             done = _RELEASE_NOTICE[result.outcome]
         except MailwardError:
             done = "shared"
@@ -344,17 +382,25 @@ def create_app(parts: Parts) -> ASGIApp:
         qid, choice = values.get("id", ""), values.get("choice", "")
         if not _valid_id(qid) or choice not in ("allow", "block"):
             return failure(request, 404, "No such message")
-        mine = await run_in_threadpool(service.recipient_records, link.recipient, float(link.issued_at),
-                                       link.quarantine_id)
+        mine = await run_in_threadpool(
+            service.recipient_records, link.recipient, float(link.issued_at), link.quarantine_id
+        )
         record = next((r for r in mine if r.id == qid), None)
         if record is None or not record.envelope.mail_from:
             return RedirectResponse(f"/r/{token}?done=not-found", status_code=303)
         actor = web_actor(f"recipient {link.recipient}", _client(request))
-        created = await run_in_threadpool(list_sender, settings, choice == "allow", record.envelope.mail_from,
-                                          link.recipient, f"by the recipient from their digest, message {qid}",
-                                          actor)
-        await run_in_threadpool(service.record_event, qid, f"{choice}-sender", actor,
-                                f"{record.envelope.mail_from} for {link.recipient}")
+        created = await run_in_threadpool(
+            list_sender,
+            settings,
+            choice == "allow",
+            record.envelope.mail_from,
+            link.recipient,
+            f"by the recipient from their digest, message {qid}",
+            actor,
+        )
+        await run_in_threadpool(
+            service.record_event, qid, f"{choice}-sender", actor, f"{record.envelope.mail_from} for {link.recipient}"
+        )
         done = ("allowed" if choice == "allow" else "blocked") if created else "already-listed"
         return RedirectResponse(f"/r/{token}?done={done}", status_code=303)
 
@@ -383,7 +429,9 @@ def create_app(parts: Parts) -> ASGIApp:
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
-        HTTPException: http_error, Exception: server_error}
+        HTTPException: http_error,
+        Exception: server_error,
+    }
     app = Starlette(routes=routes, exception_handlers=handlers)
     return SecurityHeaders(app, settings.web.secure_cookies)
 

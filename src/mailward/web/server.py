@@ -35,8 +35,9 @@ def parts_from(settings: Settings) -> Iterator[Parts]:
     try:
         accounts = open_accounts(settings)
         try:
-            yield Parts(settings, QuarantineService(settings, store), accounts,
-                        load_release_key(link_key_path(settings)))
+            yield Parts(
+                settings, QuarantineService(settings, store), accounts, load_release_key(link_key_path(settings))
+            )
         finally:
             accounts.close()
     finally:
@@ -47,7 +48,15 @@ def serve(settings: Settings, listen: str) -> None:
     """Serve until SIGINT/SIGTERM (uvicorn handles both and lets requests in flight finish)."""
     host, port = parse_host_port(listen)
     with parts_from(settings) as parts:
-        config = uvicorn.Config(create_app(parts), host=host, port=port, log_config=None, server_header=False,
-                                proxy_headers=False, access_log=False, lifespan="off")
+        config = uvicorn.Config(
+            create_app(parts),
+            host=host,
+            port=port,
+            log_config=None,
+            server_header=False,
+            proxy_headers=False,
+            access_log=False,
+            lifespan="off",
+        )
         log.info("quarantine web page on http://%s:%d/", host, port)
         uvicorn.Server(config).run()
