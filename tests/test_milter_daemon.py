@@ -97,6 +97,17 @@ def test_check_fails_when_the_model_cannot_load(tmp_path):
     assert result.returncode == 1 and "scanning stack" in result.stderr
 
 
+def test_check_fails_when_clamd_does_not_answer_and_passes_when_it_does(tmp_path, clamd):
+    """A configured clamd that is down would leave every message unchecked: --check says so first."""
+    dead = tmp_path / "dead"
+    dead.mkdir()
+    down = check(config(dead, f'[clamav]\nsocket = "unix:{dead / "no-clamd.sock"}"\n'))
+    assert down.returncode == 1 and "clamd (unix:" in down.stderr and "does not answer" in down.stderr
+    up = tmp_path / "up"
+    up.mkdir()
+    assert check(config(up, f'[clamav]\nsocket = "{clamd.socket}"\n')).returncode == 0
+
+
 def test_start_removes_orphaned_spool_files_and_stop_removes_the_socket(tmp_path):
     spool = tmp_path / "state" / "spool"
     spool.mkdir(parents=True)

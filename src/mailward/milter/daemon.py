@@ -43,6 +43,7 @@ from ..reputation.resolver import DnsClient
 from ..runtime import InProcessScanner, LiveRuntime, Runtime, build_runtime
 from ..screening import Scanner
 from ..signatures import rule_directories
+from ..signatures.clamav import clamd_version
 from ..signatures.ruleset import Source, compile_file, discover, stamp
 from ..source import MessageSource
 from ..workers import ScanPool
@@ -167,8 +168,7 @@ def _check_start(settings: Settings) -> list[str]:
     finally:
         if isinstance(scanner, InProcessScanner):
             scanner.close()
-    resolver_problem = _silent_resolver(settings)
-    return problems + [resolver_problem] if resolver_problem else problems
+    return problems + [p for p in (_silent_resolver(settings), _silent_clamd(settings)) if p]
 
 
 def _silent_resolver(settings: Settings) -> str:
@@ -194,11 +194,31 @@ def _silent_resolver(settings: Settings) -> str:
     )
 
 
-def _warn_if_resolver_silent(settings: Settings) -> None:
-    """At start, beside it (a silent resolver costs its timeout): log the problem as an ERROR."""
-    problem = _silent_resolver(settings)
-    if problem:
-        log.error("%s", problem)
+def _silent_clamd(settings: Settings) -> str:
+    """A problem line when ClamAV is configured and clamd does not answer PING, else "".
+
+    Every message would then carry ``clamav-unavailable`` (unchecked: quarantined inbound by
+    default), which an admin should hear about before the first message, not from the quarantine.
+    """
+    if not settings.clamav.socket:
+        return ""
+    try:
+        version = clamd_version(settings.clamav)
+    except Exception as exc:  # ClamdError, or a socket error naming the cause
+        return (
+            f"clamd ({settings.clamav.socket}) does not answer: {exc}. Every message would be unchecked "
+            f"by ClamAV (clamav-unavailable). Start clamd (Debian: systemctl enable --now clamav-daemon) "
+            f"or remove clamav.socket"
+        )
+    log.info("clamd answers: %s", version)
+    return ""
+
+
+def _warn_if_probes_fail(settings: Settings) -> None:
+    """At start, beside it (a silent resolver or clamd costs every message): log problems as ERRORs."""
+    for problem in (_silent_resolver(settings), _silent_clamd(settings)):
+        if problem:
+            log.error("%s", problem)
 
 
 def _remove_orphaned_spool(settings: Settings) -> None:
@@ -393,7 +413,7 @@ class _Daemon:
         thread.start()
         _wait_listening(self.settings, thread)
         log.info("mailward-milter listening on %s", self.settings.milter.socket)
-        threading.Thread(target=_warn_if_resolver_silent, name="dns-probe", daemon=True, args=(self.settings,)).start()
+        threading.Thread(target=_warn_if_probes_fail, name="probes", daemon=True, args=(self.settings,)).start()
         _notify("READY=1", f"MAINPID={os.getpid()}")
         if self.settings.incidents.follow_auth_log:
             follower = LogFollower(self.settings.incidents.auth_log)
