@@ -5,10 +5,11 @@ from __future__ import annotations
 import socket
 import urllib.request
 
+from mailward.actor import Actor
 from mailward.config import load_settings
 from mailward.envelope import Direction, Envelope
 from mailward.evidence import Category, Evidence, Finding, Severity, SpamAssessment
-from mailward.metrics import Metrics, quarantine_stats, rules_version
+from mailward.metrics import Metrics, rules_version
 from mailward.quarantine import open_store
 from mailward.source import MessageSource
 from mailward.verdict import Action, Outcome, Verdict
@@ -41,7 +42,7 @@ def test_endpoint_serves_message_stage_error_and_live_figures(tmp_path):
     verdict, evidence = spam_case()
     store.put(MessageSource.of(message()), Envelope(), verdict, evidence)
     metrics = Metrics()
-    metrics.watch("quarantine", quarantine_stats(settings))
+    metrics.watch("quarantine", store.stats)
     metrics.watch("blocks", lambda: {"account": 2, "address": 1})
     metrics.set_rules_version(rules_version(settings))
     metrics.observe(
@@ -76,6 +77,24 @@ def test_endpoint_serves_message_stage_error_and_live_figures(tmp_path):
     assert "mailward_quarantine_messages 1.0" in text
     assert f"mailward_quarantine_bytes {float(len(message()))}" in text
     assert 'mailward_blocks_active{kind="account"} 2.0' in text
+
+
+def test_quarantine_gauges_come_from_the_store(store_factory):
+    """Both backends answer the scrape through the store, held messages only."""
+    store = store_factory()
+    deleted = store.put(MessageSource.of(message()), Envelope(), *spam_case())
+    store.put(MessageSource.of(message(subject="second")), Envelope(), *spam_case())
+    store.delete(deleted, Actor.service())
+    metrics = Metrics()
+    metrics.watch("quarantine", store.stats)
+    port = _port()
+    server = metrics.serve(f"127.0.0.1:{port}")
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    finally:
+        server.shutdown()
+    assert "mailward_quarantine_messages 1.0" in text
+    assert f"mailward_quarantine_bytes {float(len(message(subject='second')))}" in text
 
 
 def test_rules_version_changes_with_the_rules(tmp_path):

@@ -36,8 +36,6 @@ log = logging.getLogger(__name__)
 
 _STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
-QuarantineStats = Callable[[], tuple[int, int]]  # (held messages, held bytes)
-
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None):
@@ -223,34 +221,3 @@ def rules_version(settings: Settings) -> str:
         for path in sorted(p for p in directory.rglob("*") if p.suffix in (".yar", ".yara") and p.is_file()):
             digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:12]
-
-
-def quarantine_stats(settings: Settings) -> QuarantineStats:
-    """Count held messages with one read-only query (the quarantine store offers no count of its own)."""
-    query = "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM quarantine WHERE status = 'held'"
-    if settings.quarantine.backend == "postgresql":
-
-        def read() -> tuple[int, int]:
-            import psycopg
-
-            with psycopg.connect(settings.quarantine.dsn, connect_timeout=5) as conn:
-                count, size = conn.execute(query).fetchone() or (0, 0)  # COUNT always gives a row
-            return int(count), int(size)
-
-        return read
-
-    import sqlite3
-
-    db = settings.quarantine_dir / "quarantine.sqlite3"
-
-    def read_sqlite() -> tuple[int, int]:
-        if not db.exists():
-            return 0, 0
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-        try:
-            count, size = conn.execute(query).fetchone()
-        finally:
-            conn.close()
-        return int(count), int(size)
-
-    return read_sqlite

@@ -38,7 +38,7 @@ from ..errors import ConfigError, MailwardError, ScanFailed
 from ..evidence import Evidence
 from ..incidents.authlog import LogFollower, watch
 from ..logs import LOG_FILE_MODE, configure_logging
-from ..metrics import Metrics, quarantine_stats, rules_version
+from ..metrics import Metrics, rules_version
 from ..reputation.resolver import DnsClient
 from ..runtime import InProcessScanner, LiveRuntime, Runtime, build_runtime
 from ..screening import Scanner
@@ -126,7 +126,8 @@ def _drop_privileges(settings: Settings) -> None:
 
 def _observe(metrics: Metrics, settings: Settings, runtime: Runtime) -> None:
     """Point the scrape-time gauges at the runtime now live (never at one that may be refused)."""
-    metrics.watch("quarantine", quarantine_stats(settings))
+    if runtime.quarantine is not None:
+        metrics.watch("quarantine", runtime.quarantine.stats)
     metrics.watch("blocks", runtime.kept_incidents().blocklist.counts)
     metrics.set_rules_version(rules_version(settings))
 
