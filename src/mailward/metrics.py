@@ -9,13 +9,10 @@ is written against them.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from importlib import resources
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -29,7 +26,6 @@ from .verdict import Outcome
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from .config import Settings
     from .verdict import Outcome
 
 log = logging.getLogger(__name__)
@@ -209,15 +205,3 @@ class _LiveCollector:
 
     def describe(self) -> list[GaugeMetricFamily]:
         return []
-
-
-def rules_version(settings: Settings) -> str:
-    """A short digest of every YARA source in use, so a rule change shows as a new version."""
-    directories = [Path(d) for d in settings.signatures.rules_dirs]
-    if settings.signatures.shipped_rules:
-        directories.insert(0, Path(str(resources.files("mailward.signatures") / "rules")))
-    digest = hashlib.sha256()
-    for directory in directories:
-        for path in sorted(p for p in directory.rglob("*") if p.suffix in (".yar", ".yara") and p.is_file()):
-            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:12]
