@@ -5,11 +5,15 @@ from __future__ import annotations
 import socket
 import urllib.request
 
+from prometheus_client import generate_latest
+
+from mailward.actor import Actor
 from mailward.config import load_settings
 from mailward.envelope import Direction, Envelope
 from mailward.evidence import Category, Evidence, Finding, Severity, SpamAssessment
-from mailward.metrics import Metrics, quarantine_stats, rules_version
+from mailward.metrics import Metrics
 from mailward.quarantine import open_store
+from mailward.signatures import load_rules, rules_version
 from mailward.source import MessageSource
 from mailward.verdict import Action, Outcome, Verdict
 from quarantine_support import message, spam_case
@@ -41,7 +45,7 @@ def test_endpoint_serves_message_stage_error_and_live_figures(tmp_path):
     verdict, evidence = spam_case()
     store.put(MessageSource.of(message()), Envelope(), verdict, evidence)
     metrics = Metrics()
-    metrics.watch("quarantine", quarantine_stats(settings))
+    metrics.watch("quarantine", store.stats)
     metrics.watch("blocks", lambda: {"account": 2, "address": 1})
     metrics.set_rules_version(rules_version(settings))
     metrics.observe(
@@ -78,14 +82,40 @@ def test_endpoint_serves_message_stage_error_and_live_figures(tmp_path):
     assert 'mailward_blocks_active{kind="account"} 2.0' in text
 
 
-def test_rules_version_changes_with_the_rules(tmp_path):
+def test_quarantine_gauges_come_from_the_store(store_factory):
+    """Both backends answer the scrape through the store, held messages only."""
+    store = store_factory()
+    deleted = store.put(MessageSource.of(message()), Envelope(), *spam_case())
+    store.put(MessageSource.of(message(subject="second")), Envelope(), *spam_case())
+    store.delete(deleted, Actor.service())
+    metrics = Metrics()
+    metrics.watch("quarantine", store.stats)
+    port = _port()
+    server = metrics.serve(f"127.0.0.1:{port}")
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    finally:
+        server.shutdown()
+    assert "mailward_quarantine_messages 1.0" in text
+    assert f"mailward_quarantine_bytes {float(len(message(subject='second')))}" in text
+
+
+def test_rules_version_names_the_bundle_and_changes_with_the_rules(tmp_path):
     rules = tmp_path / "rules"
     rules.mkdir()
     (rules / "a.yar").write_text("rule a { condition: false }\n")
-    settings = load_settings(None, {"signatures": {"rules_dirs": [str(rules)]}})
+    settings = load_settings(None, {"state_dir": str(tmp_path / "state"), "signatures": {"rules_dirs": [str(rules)]}})
     before = rules_version(settings)
+    assert rules_version(settings) == before  # an unchanged tree: the same version
+    assert load_rules(settings).fingerprint.startswith(before)  # the name of the compiled bundle
     (rules / "a.yar").write_text("rule a { condition: true }\n")
-    assert rules_version(settings) != before
+    after = rules_version(settings)
+    assert after != before
+    metrics = Metrics()
+    metrics.set_rules_version(before)
+    metrics.set_rules_version(after)
+    text = generate_latest(metrics.registry).decode()
+    assert f'mailward_rules_info{{version="{after}"}} 1.0' in text and before not in text
 
 
 def test_a_bad_listen_address_names_the_key():

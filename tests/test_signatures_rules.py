@@ -12,7 +12,7 @@ from mailward.evidence import Category
 from mailward.message import ContentObject, ParsedMessage
 from mailward.signatures.check import rules_check_main
 from mailward.signatures.hashes import HashList
-from mailward.signatures.ruleset import Origin, RuleSet
+from mailward.signatures.ruleset import UNREADABLE, Origin, RuleSet, fingerprint, marker
 from mailward.signatures.yara_rules import YaraDetector
 from unpack_support import EICAR, message
 
@@ -165,6 +165,18 @@ def test_change_on_disk_is_noticed(tmp_path):
     time.sleep(0.01)
     write(tmp_path / "rules", "new.yar", OTHER)
     assert loaded.changed_on_disk()
+
+
+def test_one_fingerprint_and_marker_for_the_rules_on_disk(tmp_path):
+    """The bundle, the metric and the daemon's watcher all name the rules with these two."""
+    directories = [("local", tmp_path / "rules")]
+    write(tmp_path / "rules", "good.yar", GOOD)
+    seen, named = marker(directories), fingerprint(directories)
+    assert (marker(directories), fingerprint(directories)) == (seen, named)  # unchanged tree
+    assert RuleSet.load_or_keep(directories, tmp_path / "state").fingerprint == named
+    write(tmp_path / "rules", "good.yar", GOOD.replace("marker-one", "marker-1"))
+    assert marker(directories) != seen and fingerprint(directories) != named
+    assert marker([("gone", tmp_path / "missing")]) == UNREADABLE
 
 
 def test_yara_timeout_is_unchecked_not_clean(tmp_path):

@@ -9,13 +9,10 @@ is written against them.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from importlib import resources
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -29,14 +26,11 @@ from .verdict import Outcome
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from .config import Settings
     from .verdict import Outcome
 
 log = logging.getLogger(__name__)
 
 _STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-
-QuarantineStats = Callable[[], tuple[int, int]]  # (held messages, held bytes)
 
 
 class Metrics:
@@ -211,46 +205,3 @@ class _LiveCollector:
 
     def describe(self) -> list[GaugeMetricFamily]:
         return []
-
-
-def rules_version(settings: Settings) -> str:
-    """A short digest of every YARA source in use, so a rule change shows as a new version."""
-    directories = [Path(d) for d in settings.signatures.rules_dirs]
-    if settings.signatures.shipped_rules:
-        directories.insert(0, Path(str(resources.files("mailward.signatures") / "rules")))
-    digest = hashlib.sha256()
-    for directory in directories:
-        for path in sorted(p for p in directory.rglob("*") if p.suffix in (".yar", ".yara") and p.is_file()):
-            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:12]
-
-
-def quarantine_stats(settings: Settings) -> QuarantineStats:
-    """Count held messages with one read-only query (the quarantine store offers no count of its own)."""
-    query = "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM quarantine WHERE status = 'held'"
-    if settings.quarantine.backend == "postgresql":
-
-        def read() -> tuple[int, int]:
-            import psycopg
-
-            with psycopg.connect(settings.quarantine.dsn, connect_timeout=5) as conn:
-                count, size = conn.execute(query).fetchone() or (0, 0)  # COUNT always gives a row
-            return int(count), int(size)
-
-        return read
-
-    import sqlite3
-
-    db = settings.quarantine_dir / "quarantine.sqlite3"
-
-    def read_sqlite() -> tuple[int, int]:
-        if not db.exists():
-            return 0, 0
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-        try:
-            count, size = conn.execute(query).fetchone()
-        finally:
-            conn.close()
-        return int(count), int(size)
-
-    return read_sqlite

@@ -26,6 +26,7 @@ from .screening import Scanner, Screener
 if TYPE_CHECKING:
     from .incidents import IncidentResponse
     from .metrics import Metrics
+    from .quarantine import QuarantineStore
     from .source import MessageSource
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class Runtime:
     metrics: Metrics | None = None
     authserv_id: str = ""  # our Authentication-Results id; forged ones are removed
     owned: tuple[Closeable, ...] = ()  # what this runtime opened, closed when it retires
+    quarantine: QuarantineStore | None = None  # the store it holds messages in; None = keeps nothing
 
     def close(self) -> None:
         """Close what this runtime opened; called once no message uses it any more."""
@@ -122,6 +124,7 @@ def build_runtime(
     from .reputation import authserv_id
 
     owned: list[Closeable] = []
+    store: QuarantineStore | None = None
     try:
         if scanner is None:
             own = InProcessScanner.from_settings(settings)
@@ -155,6 +158,7 @@ def build_runtime(
         metrics,
         authserv_id(settings.reputation),
         owned=tuple(reversed(owned)),
+        quarantine=store,
     )
 
 

@@ -38,13 +38,13 @@ from ..errors import ConfigError, MailwardError, ScanFailed
 from ..evidence import Evidence
 from ..incidents.authlog import LogFollower, watch
 from ..logs import LOG_FILE_MODE, configure_logging
-from ..metrics import Metrics, quarantine_stats, rules_version
+from ..metrics import Metrics
 from ..reputation.resolver import DnsClient
 from ..runtime import InProcessScanner, LiveRuntime, Runtime, build_runtime
 from ..screening import Scanner
-from ..signatures import rule_directories
+from ..signatures import rule_directories, rules_version
 from ..signatures.clamav import clamd_version
-from ..signatures.ruleset import Source, compile_file, discover, stamp
+from ..signatures.ruleset import Marker, Source, compile_file, discover, marker, stamp
 from ..source import MessageSource
 from ..workers import ScanPool
 from .adapter import MailwardMilter, TcpMailwardMilter
@@ -127,9 +127,14 @@ def _drop_privileges(settings: Settings) -> None:
 
 def _observe(metrics: Metrics, settings: Settings, runtime: Runtime) -> None:
     """Point the scrape-time gauges at the runtime now live (never at one that may be refused)."""
-    metrics.watch("quarantine", quarantine_stats(settings))
+    if runtime.quarantine is not None:
+        metrics.watch("quarantine", runtime.quarantine.stats)
     metrics.watch("blocks", runtime.kept_incidents().blocklist.counts)
-    metrics.set_rules_version(rules_version(settings))
+    try:
+        metrics.set_rules_version(rules_version(settings))
+    except (MailwardError, OSError) as exc:  # the rules check reports it; the metric says so
+        log.warning("cannot fingerprint the rule files: %s", exc)
+        metrics.set_rules_version("unreadable")
 
 
 class _NotScanning:
@@ -285,7 +290,7 @@ class _RulesOnDisk:
     """Where the live rules come from, and the (path, mtime, size) marker of those files."""
 
     directories: tuple[tuple[str, Path], ...] = ()
-    marker: tuple[object, ...] = ()
+    marker: Marker = ()
 
 
 def _rules_on_disk(settings: Settings) -> _RulesOnDisk:
@@ -293,13 +298,10 @@ def _rules_on_disk(settings: Settings) -> _RulesOnDisk:
 
 
 def _rules_on_disk_now(seen: _RulesOnDisk) -> _RulesOnDisk:
-    try:
-        return _RulesOnDisk(seen.directories, stamp(discover(list(seen.directories))))
-    except MailwardError:  # a directory vanished: that is a change too
-        return _RulesOnDisk(seen.directories, ("unreadable",))
+    return _RulesOnDisk(seen.directories, marker(list(seen.directories)))
 
 
-def _scanning_inputs(settings: Settings) -> tuple[Settings, tuple[object, ...], tuple[tuple[str, int, int], ...]]:
+def _scanning_inputs(settings: Settings) -> tuple[Settings, Marker, Marker]:
     """What the scanning workers are built from: the settings and the (path, mtime, size) of
     their rule and hash list files. Equal inputs build equal workers, so a reload keeps them.
     (A newly promoted model needs no reload: the workers' model loader polls for it.)"""

@@ -68,6 +68,7 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 
 OPERATION_TIMEOUT = 30.0  # seconds any other operation (CLI, reads) waits for a busy database
+STATS_WAIT = 5.0  # seconds a metrics scrape waits for the database before it reports nothing
 COMMIT_GRACE = 0.5  # a COMMIT sent just before the deadline may take this long to be confirmed
 
 
@@ -525,6 +526,15 @@ class QuarantineStore(ABC):
         )
 
     # -- reading ---------------------------------------------------------------------------------
+
+    def stats(self, wait: float = STATS_WAIT) -> tuple[int, int]:
+        """(held messages, held bytes) in one read; every wait ends after ``wait`` seconds, so a
+        metrics scrape never queues behind the writers for long (StoreError instead)."""
+        with self._tx(deadline=Deadline(wait)) as conn:
+            count, size = self._exec(
+                conn, "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM quarantine WHERE status = ?", (Status.HELD.value,)
+            ).fetchone()
+        return int(count), int(size)
 
     def get(self, quarantine_id: str) -> QuarantineRecord | None:
         check_id(quarantine_id)

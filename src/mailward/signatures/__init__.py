@@ -16,7 +16,7 @@ from .clamav import ClamavDetector
 from .content import ContentDetector
 from .hashes import HashDetector, HashList
 from .names import NameDetector
-from .ruleset import SHIPPED_PREFIX, RuleSet, shipped_rules_dir
+from .ruleset import SHIPPED_PREFIX, RuleSet, fingerprint, shipped_rules_dir
 from .yara_rules import YaraDetector
 
 if TYPE_CHECKING:
@@ -32,6 +32,12 @@ def rule_directories(settings: Settings) -> list[tuple[str, Path]]:
         taken = {p for p, _ in dirs}
         dirs.append((prefix if prefix not in taken else f"{prefix}-{len(dirs)}", path))
     return dirs
+
+
+def rules_version(settings: Settings) -> str:
+    """The short name of the rules on disk (the metric ``mailward_rules_info``): the first 12
+    characters of the fingerprint their compiled bundle is cached under; reads every rule file."""
+    return fingerprint(rule_directories(settings))[:12]
 
 
 def load_rules(settings: Settings, previous: RuleSet | None = None) -> RuleSet:

@@ -109,7 +109,11 @@ def compile_file(source: Source, digest: str = "") -> tuple[RuleFile, yara.Rules
     ), rules
 
 
-def stamp(sources: list[Source]) -> tuple[tuple[str, int, int], ...]:
+Marker = tuple[tuple[str, int, int], ...]
+UNREADABLE: Marker = (("", 0, -1),)  # a rules directory vanished or cannot be listed: a change too
+
+
+def stamp(sources: list[Source]) -> Marker:
     """A cheap change marker (path, mtime, size) for polling."""
     out = []
     for s in sources:
@@ -121,6 +125,20 @@ def stamp(sources: list[Source]) -> tuple[tuple[str, int, int], ...]:
     return tuple(out)
 
 
+def marker(directories: list[tuple[str, Path]]) -> Marker:
+    """The cheap (path, mtime, size) marker of the rule files on disk, for polling: no file is read."""
+    try:
+        return stamp(discover(directories))
+    except ArtifactError:
+        return UNREADABLE
+
+
+def fingerprint(directories: list[tuple[str, Path]]) -> str:
+    """The digest of the rules on disk that names their compiled bundle (contents, namespaces,
+    libyara version, externals): the one answer to "which rules are these"; reads every file."""
+    return _fingerprint({s.namespace: _digest(s.path) for s in discover(directories)})
+
+
 @dataclass(frozen=True)
 class RuleSet:
     rules: yara.Rules | None
@@ -128,7 +146,7 @@ class RuleSet:
     origin: Origin
     fingerprint: str
     directories: tuple[tuple[str, Path], ...] = ()
-    sources_stamp: tuple[tuple[str, int, int], ...] = ()
+    sources_stamp: Marker = ()
 
     @property
     def broken(self) -> tuple[RuleFile, ...]:
@@ -136,10 +154,7 @@ class RuleSet:
 
     def changed_on_disk(self) -> bool:
         """True when a rule file was added, removed or modified since this set was loaded."""
-        try:
-            return stamp(discover(list(self.directories))) != self.sources_stamp
-        except ArtifactError:
-            return True
+        return marker(list(self.directories)) != self.sources_stamp
 
     @classmethod
     def load_or_keep(
@@ -157,7 +172,7 @@ class RuleSet:
         """
         sources = discover(directories)
         marker = stamp(sources)
-        digests = {s.namespace: hashlib.sha256(s.path.read_bytes()).hexdigest() for s in sources}
+        digests = {s.namespace: _digest(s.path) for s in sources}
         fingerprint = _fingerprint(digests)
         common: dict[str, Any] = dict(fingerprint=fingerprint, directories=tuple(directories), sources_stamp=marker)
         if not sources:
@@ -201,6 +216,10 @@ class RuleSet:
                 return cls(fallback, files, Origin.KEPT, **common)
             cache.store(fingerprint, rules, files)
             return cls(rules, files, Origin.COMPILED, **common)
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _fingerprint(digests: dict[str, str]) -> str:
