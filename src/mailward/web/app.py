@@ -347,7 +347,8 @@ def create_app(parts: Parts) -> ASGIApp:
             notice=notice,
         )
 
-    async def recipient_release(request: Request) -> Response:
+    async def recipient_form(request: Request) -> tuple[str, RecipientLink, dict[str, str]] | Response:
+        """A recipient's action: a valid link and a form posted from its own page, or the refusal."""
         found = link_of(request)
         if found is None:
             return failure(request, 403, "This link is not valid or has expired")
@@ -355,6 +356,13 @@ def create_app(parts: Parts) -> ASGIApp:
         values = await form_of(request, None, link_csrf(token))
         if values is None:
             return failure(request, 403, "The form expired or came from another site")
+        return token, link, values
+
+    async def recipient_release(request: Request) -> Response:
+        posted = await recipient_form(request)
+        if isinstance(posted, Response):
+            return posted
+        token, link, values = posted
         qid = values.get("id", "")
         if not _valid_id(qid):
             return failure(request, 404, "No such message")
@@ -372,13 +380,10 @@ def create_app(parts: Parts) -> ASGIApp:
 
     async def recipient_sender(request: Request) -> Response:
         """A recipient allows or blocks the sender of one of their held messages, for themselves only."""
-        found = link_of(request)
-        if found is None:
-            return failure(request, 403, "This link is not valid or has expired")
-        token, link = found
-        values = await form_of(request, None, link_csrf(token))
-        if values is None:
-            return failure(request, 403, "The form expired or came from another site")
+        posted = await recipient_form(request)
+        if isinstance(posted, Response):
+            return posted
+        token, link, values = posted
         qid, choice = values.get("id", ""), values.get("choice", "")
         if not _valid_id(qid) or choice not in ("allow", "block"):
             return failure(request, 404, "No such message")
