@@ -33,6 +33,7 @@ from mailward.source import MessageSource
 from mailward.trust import TrustedOwners
 from mailward.workers import ScanPool
 from models_support import small_model
+from real_parts import require
 from support.mail import message
 
 
@@ -193,8 +194,7 @@ def test_model_file_writable_by_others_is_refused(model, tmp_path):
 
 @pytest.fixture
 def other_user():
-    if os.geteuid() != 0:
-        pytest.skip("changing a file's owner needs root")  # CI runs the suite as root
+    require(os.geteuid() == 0, "changing a file's owner needs root")  # CI runs the suite as root: never skipped
     return pwd.getpwnam("nobody")
 
 

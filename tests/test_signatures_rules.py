@@ -14,6 +14,7 @@ from mailward.signatures.check import rules_check_main
 from mailward.signatures.hashes import HashList
 from mailward.signatures.ruleset import UNREADABLE, Origin, RuleSet, fingerprint, marker
 from mailward.signatures.yara_rules import YaraDetector
+from real_parts import require
 from unpack_support import EICAR, message
 
 GOOD = 'rule Marker_One { meta: severity = "medium" category = "phishing" strings: $a = "marker-one" condition: $a }\n'
@@ -127,8 +128,7 @@ def test_cache_owned_by_the_service_user_is_trusted_and_by_others_not(tmp_path):
 
     from mailward.trust import TrustedOwners
 
-    if os.geteuid() != 0:
-        pytest.skip("changing a file's owner needs root")  # CI runs the suite as root
+    require(os.geteuid() == 0, "changing a file's owner needs root")  # CI runs the suite as root: never skipped
     nobody = pwd.getpwnam("nobody")
     rules, state = tmp_path / "rules", tmp_path / "state"
     write(rules, "good.yar", GOOD)
