@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+from mailward.cli.quarantine import register
 from mailward.envelope import Direction, Envelope
 from mailward.evidence import Category, Clue, Evidence, Finding, Severity, SpamAssessment
 from mailward.verdict import Action, Verdict, new_incident_id
@@ -96,3 +101,17 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def quarantine_cli(settings: Any, capsys: Any) -> Callable[..., tuple[int, str, str]]:
+    """``run("list", "--json")``: a `mailward quarantine` command on ``settings``; its code, stdout, stderr."""
+    parser = argparse.ArgumentParser(prog="mailward")
+    register(parser.add_subparsers(dest="command", required=True))
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        args = parser.parse_args(["quarantine", *argv])
+        code = args.handler(args, settings)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

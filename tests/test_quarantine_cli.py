@@ -22,7 +22,7 @@ from mailward.evidence import RELEASE_HEADER
 from mailward.quarantine import open_store
 from mailward.quarantine.release import ReleaseVerifier, message_body
 from mailward.source import MessageSource
-from quarantine_support import envelope, malware_case, message, spam_case
+from quarantine_support import envelope, malware_case, message, quarantine_cli, spam_case
 
 
 def _zip() -> bytes:
@@ -57,16 +57,7 @@ def settings(request, backend, tmp_path, smtp_sink):
 
 @pytest.fixture
 def cli(settings, capsys):
-    parser = argparse.ArgumentParser(prog="mailward")
-    register(parser.add_subparsers(dest="command", required=True))
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        args = parser.parse_args(["quarantine", *argv])
-        code = args.handler(args, settings)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
+    return quarantine_cli(settings, capsys)
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import email
 import email.policy
 import re
@@ -10,13 +9,12 @@ import time
 
 import pytest
 
-from mailward.cli.quarantine import register
 from mailward.config import load_settings
 from mailward.quarantine import open_store
 from mailward.quarantine.links import RecipientLink, link_key_path, sign_link, verify_link
 from mailward.quarantine.release import load_release_key
 from mailward.source import MessageSource
-from quarantine_support import envelope, malware_case, message, spam_case
+from quarantine_support import envelope, malware_case, message, quarantine_cli, spam_case
 
 
 def _settings(tmp_path, sink, web: dict | None = None):
@@ -27,19 +25,6 @@ def _settings(tmp_path, sink, web: dict | None = None):
             "quarantine": {"relay_port": sink.port, "relay_timeout": 10.0},
         }
     )
-
-
-def _cli(settings, capsys):
-    parser = argparse.ArgumentParser(prog="mailward")
-    register(parser.add_subparsers(dest="command", required=True))
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        args = parser.parse_args(["quarantine", *argv])
-        code = args.handler(args, settings)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 def _put(settings, raw: bytes, recipients=("bob@example.net",), case=spam_case) -> str:
@@ -54,7 +39,7 @@ def _received(sink) -> dict[str, email.message.EmailMessage]:
 
 def test_digest_reaches_every_recipient_once_and_explains_without_a_web_page(tmp_path, smtp_sink, capsys):
     settings = _settings(tmp_path, smtp_sink)
-    cli = _cli(settings, capsys)
+    cli = quarantine_cli(settings, capsys)
     spam = _put(settings, message("Cheap <b>pills</b>"))
     _put(settings, message("Team lunch"), recipients=("carol@example.net", "bob@example.net"))
     code, out, _ = cli("digest")  # no flags: every recipient with held mail
@@ -80,7 +65,7 @@ def test_digest_reaches_every_recipient_once_and_explains_without_a_web_page(tmp
 
 def test_digest_links_to_the_web_page_only_for_spam_a_recipient_may_release(tmp_path, smtp_sink, capsys):
     settings = _settings(tmp_path, smtp_sink, {"base_url": "https://quarantine.example.net"})
-    cli = _cli(settings, capsys)
+    cli = quarantine_cli(settings, capsys)
     spam = _put(settings, message("Offer"))
     virus = _put(settings, message("Invoice"), case=malware_case)
     assert cli("digest")[0] == 0
