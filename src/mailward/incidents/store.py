@@ -360,13 +360,7 @@ class IncidentStore(ABC):
                 ).rowcount
                 == 1
             )
-            entry = self._entry_row(
-                self._exec(
-                    conn,
-                    f"SELECT {_ENTRY_COLUMNS} FROM sender_lists WHERE scope = ? AND sender = ? AND removed_at IS NULL",
-                    (scope, sender),
-                ).fetchone()
-            )
+            entry = self._entry_row(self._active_entry_row(conn, scope, sender))
             if created:
                 self._audit_entry(conn, now, f"{listed.value}-list-add", entry, actor, host, actor_origin, reason)
         return entry, created
@@ -377,11 +371,7 @@ class IncidentStore(ABC):
         """End the active entry of ``sender`` for ``scope``; None when there was none."""
         now = self._clock()
         with self._tx() as conn:
-            row = self._exec(
-                conn,
-                f"SELECT {_ENTRY_COLUMNS} FROM sender_lists WHERE scope = ? AND sender = ? AND removed_at IS NULL",
-                (scope, sender),
-            ).fetchone()
+            row = self._active_entry_row(conn, scope, sender)
             if row is None:
                 return None
             entry = self._entry_row(row)
@@ -390,6 +380,14 @@ class IncidentStore(ABC):
             )
             self._audit_entry(conn, now, f"{entry.listed.value}-list-remove", entry, actor, host, actor_origin, detail)
         return replace(entry, removed_at=now, removed_by=actor)
+
+    def _active_entry_row(self, conn: Any, scope: str, sender: str) -> Any:
+        """The row of the entry of ``sender`` for ``scope`` that is in force, if any."""
+        return self._exec(
+            conn,
+            f"SELECT {_ENTRY_COLUMNS} FROM sender_lists WHERE scope = ? AND sender = ? AND removed_at IS NULL",
+            (scope, sender),
+        ).fetchone()
 
     def sender_entries(self, scope: str | None = None) -> list[SenderEntry]:
         """Active entries, oldest first; only those of ``scope`` when given ("" = the global list)."""
