@@ -33,7 +33,8 @@ class MessageSource:
             object.__setattr__(self, "size", len(self.data))
 
     @classmethod
-    def of(cls, data: bytes) -> MessageSource:
+    def of(cls, data: bytes | bytearray) -> MessageSource:
+        """Bytes kept as they are; a bytearray (the milter's buffer) copied once into immutable bytes."""
         return cls(data=bytes(data))
 
     @classmethod

@@ -55,7 +55,7 @@ class MessageBuffer:
         if self._file is not None and self._path is not None:  # set together when spooling starts
             self._file.flush()
             return MessageSource.spooled(self._path, self.size)
-        return MessageSource.of(bytes(self._memory))
+        return MessageSource.of(self._memory)
 
     def discard(self) -> None:
         if self._file is not None:
