@@ -1,8 +1,10 @@
 from dataclasses import replace
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from mailward.config import DirectionPolicy, PolicySettings
+from mailward.config import DirectionPolicy, PolicySettings, PolicyTable, policy_keys
 from mailward.envelope import Direction, DirectionRules, Envelope
 from mailward.evidence import Category, Evidence, Finding, Severity, SpamAssessment
 from mailward.policy import Inputs, Listed, Mark, Share, decide, decide_failure, split
@@ -150,3 +152,16 @@ def test_every_category_has_an_action_in_the_one_table():
 
     assert set(DEFAULT_ACTIONS) == set(Category) - {Category.ERROR}  # ERROR applies on_error instead
     assert ACTION_KEYS["spam_action"] is Category.SPAM and len(ACTION_KEYS) == len(DEFAULT_ACTIONS)
+
+
+@given(st.text(max_size=80), st.text(max_size=80))
+def test_any_recipient_or_sender_text_finds_a_policy(sender, recipient):
+    """Envelope addresses come from the wire: malformed ones fall back to the direction's policy, never raise."""
+    strict = replace(DirectionPolicy(), spam_threshold=0.5)
+    tables = PolicySettings(recipient=(PolicyTable(("example.org",), strict),))
+    for direction in (Direction.INBOUND, Direction.OUTBOUND):
+        assert isinstance(tables.for_recipient(direction, sender, recipient), DirectionPolicy)
+    keys = policy_keys(recipient)
+    assert all(isinstance(k, str) and k for k in keys)
+    if recipient.lower().endswith("@example.org"):
+        assert tables.for_recipient(Direction.INBOUND, sender, recipient) is strict
