@@ -233,6 +233,13 @@ def test_the_message_flow_is_imported_only_by_the_entry_points_and_itself(found)
     )
 
 
+def test_the_milter_translates_verdicts_and_decides_nothing(found):
+    """Policy is decided in one place, the screener: the adapter only turns its typed outcomes into milter calls."""
+    assert (
+        where([i for i in found if within(i.importer, "mailward.milter") and within(i.target, "mailward.policy")]) == []
+    )
+
+
 def test_training_is_imported_only_by_itself_and_the_cli(found):
     """The milter never loads the offline training code."""
     assert (
