@@ -29,7 +29,7 @@ from ..quarantine import digest as digests
 from ..quarantine.links import link_key_path
 from ..quarantine.release import Relay, ReleaseOutcome, load_release_key
 from ..quarantine.render import render_history, render_list, render_show, when
-from ..quarantine.service import QuarantineService
+from ..review.service import QuarantineService
 from ..textsafe import json_line, neutralise
 from ..verdict import Action
 

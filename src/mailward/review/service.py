@@ -18,10 +18,10 @@ from ..config import Settings
 from ..envelope import Direction
 from ..errors import StoreError
 from ..evidence import Label
-from .records import AuditEvent, ListFilter, QuarantineRecord, Removal, Status
-from .release import Relay, ReleaseOutcome, ReleaseResult, key_path, load_release_key, release
-from .render import MessageView, inspect_message
-from .store import QuarantineStore
+from ..quarantine.records import AuditEvent, ListFilter, QuarantineRecord, Removal, Status
+from ..quarantine.release import Relay, ReleaseOutcome, ReleaseResult, key_path, load_release_key, release
+from ..quarantine.render import MessageView, inspect_message
+from ..quarantine.store import QuarantineStore
 
 
 @dataclass(frozen=True)
