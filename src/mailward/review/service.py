@@ -20,9 +20,10 @@ from ..envelope import Direction
 from ..errors import StoreError
 from ..evidence import Label
 from ..incidents import SubjectKind, open_incidents
+from ..marks import key_path, load_release_key
 from ..policy import Listed
 from ..quarantine.records import AuditEvent, ListFilter, QuarantineRecord, Removal, Status
-from ..quarantine.release import Relay, ReleaseOutcome, ReleaseResult, key_path, load_release_key, release
+from ..quarantine.release import Relay, ReleaseOutcome, ReleaseResult, release
 from ..quarantine.render import MessageView, inspect_message
 from ..quarantine.store import QuarantineStore
 
