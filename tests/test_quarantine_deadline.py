@@ -332,7 +332,7 @@ def test_postgresql_incident_sessions_commit_durably_with_a_statement_timeout(pg
 
     store = PostgresIncidentStore(create_database(pg_cluster.dsn), timeout=4.0)
     try:
-        conn = store._connect()
+        conn = store.database.connect()
         try:
             assert conn.execute("SHOW synchronous_commit").fetchone()[0] == "on"
             assert conn.execute("SHOW statement_timeout").fetchone()[0] == "4s"
