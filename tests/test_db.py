@@ -71,9 +71,16 @@ def test_a_database_newer_than_the_code_is_refused(make_db):
 def test_an_error_rolls_back_and_becomes_the_store_error(make_db):
     db = make_db()
     db.migrate("notes", (STEP_1,))
-    with pytest.raises(DatabaseError, match=r"notes \((sqlite|postgresql)\)"), db.transaction(write=True) as tx:
+    with (
+        pytest.raises(DatabaseError, match=r"notes \((sqlite|postgresql)\)") as refused,
+        db.transaction(write=True) as tx,
+    ):
         tx.execute("INSERT INTO notes (at, text) VALUES (?, ?)", (1.0, "lost"))
         tx.execute("INSERT INTO notes (at, text) VALUES (?, ?)", (None, "refused"))
+    assert db.conflict(refused.value) and not db.missing_table(refused.value)
+    with pytest.raises(DatabaseError) as missing, db.transaction() as tx:
+        tx.execute("SELECT * FROM no_such_notes")
+    assert db.missing_table(missing.value) and not db.conflict(missing.value)
     with db.transaction() as tx:
         assert tx.execute("SELECT COUNT(*) FROM notes").fetchone()[0] == 0
         tx.execute("SELECT 1")  # the connection is usable again

@@ -128,6 +128,10 @@ class Backend(ABC):
         """Whether the driver error ``exc`` says a table does not exist."""
         return False
 
+    def conflict(self, exc: BaseException) -> bool:
+        """Whether the driver error ``exc`` is a refused constraint (a key that exists, a NULL, a check)."""
+        return False
+
     def cursor(self, conn: Connection, binary: bool) -> Cursor:
         return conn.cursor()
 
@@ -175,6 +179,11 @@ class SqliteFile(Backend):
 
     def missing_table(self, exc: BaseException) -> bool:
         return "no such table" in str(exc)
+
+    def conflict(self, exc: BaseException) -> bool:
+        import sqlite3
+
+        return isinstance(exc, sqlite3.IntegrityError)
 
 
 class PostgresDsn(Backend):
@@ -228,6 +237,11 @@ class PostgresDsn(Backend):
         import psycopg
 
         return isinstance(exc, psycopg.errors.UndefinedTable)
+
+    def conflict(self, exc: BaseException) -> bool:
+        import psycopg
+
+        return isinstance(exc, psycopg.IntegrityError)
 
     def cursor(self, conn: Connection, binary: bool) -> Cursor:
         return conn.cursor(binary=binary)
@@ -432,6 +446,11 @@ class Database:
         """Whether ``exc`` (an error of this database, or its cause) says a table does not exist."""
         cause = exc.__cause__ if isinstance(exc, MailwardError) else exc
         return cause is not None and self.backend.missing_table(cause)
+
+    def conflict(self, exc: BaseException) -> bool:
+        """Whether ``exc`` (an error of this database, or its cause) is a refused constraint."""
+        cause = exc.__cause__ if isinstance(exc, MailwardError) else exc
+        return cause is not None and self.backend.conflict(cause)
 
     def migrate(self, store: str, migrations: Sequence[Migration], lock: int | None = None) -> int:
         """Bring ``store``'s schema up to its last step, in one transaction; returns that version.

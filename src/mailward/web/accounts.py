@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -147,7 +146,7 @@ class AccountStore:
                 )
                 self._audit(conn, name, "account-add", detail=f"by {by}")
         except DatabaseError as exc:
-            if not isinstance(exc.__cause__, sqlite3.IntegrityError):
+            if not self.database.conflict(exc):
                 raise
             raise AccountError(f"account {name} exists (use `mailward web user passwd`)") from None
 
