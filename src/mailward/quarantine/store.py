@@ -59,9 +59,6 @@ from .records import (
     Removal,
     Status,
     check_id,
-    envelope_from_dict,
-    evidence_from_dict,
-    evidence_to_dict,
 )
 
 log = logging.getLogger(__name__)
@@ -400,7 +397,7 @@ class QuarantineStore(ABC):
                 json.dumps(envelope.as_dict(), ensure_ascii=False),
                 verdict.action.value,
                 json.dumps(list(verdict.reasons)),
-                json.dumps(evidence_to_dict(evidence), ensure_ascii=False),
+                json.dumps(evidence.as_dict(), ensure_ascii=False),
                 evidence.spam_score,
                 written.size,
                 written.sha256,
@@ -667,10 +664,10 @@ def _record(row: Sequence[Any]) -> QuarantineRecord:
     return QuarantineRecord(
         id=qid,
         received_at=received_at,
-        envelope=envelope_from_dict(json.loads(envelope)),
+        envelope=Envelope.from_dict(json.loads(envelope)),
         action=action,
         reasons=tuple(json.loads(reasons)),
-        evidence=evidence_from_dict(json.loads(evidence)),
+        evidence=Evidence.from_dict(json.loads(evidence)),
         size=size,
         sha256=sha256,
         subject=subject,
