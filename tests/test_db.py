@@ -184,3 +184,62 @@ def test_a_lost_postgresql_connection_is_replaced(fresh_pg_dsn):
     with db.transaction() as tx:
         assert tx.execute("SELECT pg_backend_pid()").fetchone()[0] != pid
     db.close()
+
+
+def test_each_stores_sqlite_file_from_before_schema_versions_opens_with_its_rows(tmp_path):
+    """A site's databases made by the version before this layer open unchanged, at schema version 1."""
+    from contextlib import closing
+
+    from mailward.incidents import SubjectKind
+    from mailward.incidents.store import SCHEMA as INCIDENTS
+    from mailward.incidents.store import SqliteIncidentStore
+    from mailward.quarantine.sqlite import DB_NAME, SqliteStore
+    from mailward.quarantine.store import SCHEMA as QUARANTINE
+    from mailward.training.ledger import SCHEMA as LEDGER
+    from mailward.training.ledger import Ledger
+    from mailward.web.accounts import SCHEMA as WEB
+    from mailward.web.accounts import AccountStore
+
+    def made_before(path, statements, row: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(sqlite3.connect(path)) as conn:
+            conn.execute("PRAGMA journal_mode = WAL")
+            for statement in statements:
+                conn.execute(statement.format(serial="INTEGER PRIMARY KEY AUTOINCREMENT", real="REAL"))
+            conn.execute(row)
+            conn.commit()
+
+    made_before(
+        tmp_path / "incidents.sqlite3",
+        INCIDENTS,
+        "INSERT INTO incident_blocks (kind, value, origin, reason, incident_id, created_at, created_by) "
+        "VALUES ('account', 'alice', 'analyst', 'old', 'MW-1', 1.0, 'ann')",
+    )
+    made_before(
+        tmp_path / "quarantine" / DB_NAME,
+        QUARANTINE,
+        "INSERT INTO quarantine_audit (quarantine_id, at, action, actor, host, origin, detail) "
+        "VALUES ('MW-2', 1.0, 'delete', 'ann', 'ws', '', 'old')",
+    )
+    made_before(
+        tmp_path / "ledger.sqlite",
+        LEDGER,
+        "INSERT INTO labels (digest, label, source, analyst, at) VALUES ('d1', 'spam', 'set', 'ann', 1.0)",
+    )
+    made_before(
+        tmp_path / "web.sqlite3",
+        WEB,
+        "INSERT INTO web_audit (at, account, action, client, detail) VALUES (1.0, 'ann', 'login', '', '')",
+    )
+    with closing(SqliteIncidentStore(tmp_path / "incidents.sqlite3")) as incidents:
+        assert [b.value for b in incidents.blocks(SubjectKind.ACCOUNT, include_inactive=True)] == ["alice"]
+        assert incidents.database.schema_version("incidents") == 1
+    with SqliteStore(tmp_path / "quarantine") as quarantine:
+        assert [e.detail for e in quarantine.history("MW-2")] == ["old"]
+        assert quarantine.database.schema_version("quarantine") == 1
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        assert ledger.current_label("d1") == "spam" and ledger.last_seq() == 1
+        assert ledger.database.schema_version("ledger") == 1
+    with closing(AccountStore(tmp_path / "web.sqlite3")) as web:
+        assert [e.action for e in web.events("ann")] == ["login"]
+        assert web.database.schema_version("web") == 1

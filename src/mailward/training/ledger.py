@@ -35,7 +35,7 @@ CLASSES = TRAINING_CLASSES
 BUSY_TIMEOUT = 60.0  # seconds a ledger operation waits for another process's write (a training run)
 
 # Migration 1: the schema before versions were recorded.
-_SCHEMA = (
+SCHEMA = (
     """CREATE TABLE IF NOT EXISTS labels (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
         digest TEXT NOT NULL,
@@ -53,7 +53,7 @@ _SCHEMA = (
     """CREATE TRIGGER IF NOT EXISTS messages_keep BEFORE DELETE ON messages
         BEGIN SELECT RAISE(ABORT, 'labelled messages are kept'); END""",
 )
-MIGRATIONS = (Migration(1, _SCHEMA),)
+MIGRATIONS = (Migration(1, SCHEMA),)
 
 
 class LedgerError(MailwardError):
