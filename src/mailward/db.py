@@ -231,7 +231,7 @@ class PostgresDsn(Backend):
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
 
     def broken(self, conn: Connection) -> bool:
-        return bool(conn.closed or conn.broken)
+        return bool(conn.closed or getattr(conn, "broken", False))  # not every psycopg 3.x has .broken
 
     def missing_table(self, exc: BaseException) -> bool:
         import psycopg
