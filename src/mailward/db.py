@@ -337,10 +337,6 @@ class _Pool:
             except queue.Empty:
                 return
 
-    def reopen(self) -> None:
-        """After :meth:`close`: keep connections again (a store is used after a reload closed it)."""
-        self._closed = False
-
 
 def _close(conn: Connection) -> None:
     try:
