@@ -46,6 +46,9 @@ CONFINED = {
     "uvicorn": ("mailward.web",),
     "jinja2": ("mailward.web",),
     "argon2": ("mailward.web",),
+    # The database drivers: only the database layer opens sessions (the stores write SQL through it).
+    "sqlite3": ("mailward.db",),
+    "psycopg": ("mailward.db",),
 }
 
 # Today's imports from a core module into a service package, each allowed for a reason.
@@ -257,22 +260,38 @@ def test_training_is_imported_only_by_itself_and_the_cli(found):
     )
 
 
-def test_psycopg_is_never_imported_on_the_sqlite_path(found):
-    """Only the PostgreSQL backend imports psycopg at module level, and that backend is imported lazily."""
-    top_level = [i for i in found if i.target.split(".")[0] == "psycopg" and not i.in_function]
-    assert where(top_level) == where([i for i in top_level if i.importer == "mailward.quarantine.postgres"])
-    assert (
-        where(
-            [
-                i
-                for i in found
-                if within(i.target, "mailward.quarantine.postgres")
-                and not i.in_function
-                and i.importer != "mailward.quarantine.postgres"
-            ]
-        )
-        == []
+def test_the_database_layer_imports_no_service_package_and_psycopg_only_lazily(found):
+    """db.py sits under every store: it knows none of them, and a host on SQLite never loads psycopg."""
+    mine = [i for i in found if i.importer == "mailward.db" and within(i.target, "mailward")]
+    assert mine and where(mine) == where(
+        [i for i in mine if within(i.target, "mailward.dbfile") or within(i.target, "mailward.errors")]
     )
+    assert where([i for i in found if i.target.split(".")[0] == "psycopg" and not i.in_function]) == []
+
+
+def test_the_sqlite_stores_run_without_psycopg(tmp_path):
+    """Opening and using every SQLite store loads no psycopg (checked in a fresh interpreter)."""
+    import subprocess
+    import sys
+
+    script = """
+import sys
+from pathlib import Path
+from mailward.incidents.store import SqliteIncidentStore
+from mailward.quarantine.sqlite import SqliteStore
+from mailward.training.ledger import Ledger
+from mailward.web.accounts import AccountStore
+
+root = Path(sys.argv[1])
+SqliteIncidentStore(root / "incidents.sqlite3").close()
+SqliteStore(root / "quarantine").close()
+Ledger(root / "ledger.sqlite").close()
+AccountStore(root / "web.sqlite3").close()
+print(sorted(name for name in sys.modules if name.split(".")[0] == "psycopg"))
+"""
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 def test_train_extra_packages_are_loaded_only_through_import_extra(found):

@@ -339,7 +339,7 @@ def event_of(outcome: Outcome) -> dict[str, Any]:
             "released_from": outcome.released_from or None,
             "held_recipients": list(outcome.held) or None,
             "findings": [dict(f.as_dict(), **({"file": _ecs_file(f)} if f.sha256 else {})) for f in evidence.findings],
-            "clues": [[c.token, round(c.weight, 3)] for c in (evidence.spam.clues if evidence.spam else ())],
+            "clues": [c.as_dict() for c in (evidence.spam.clues if evidence.spam else ())],
             "timings_ms": {stage: round(sec * 1000, 3) for stage, sec in evidence.timings},
         },
     }
