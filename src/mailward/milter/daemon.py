@@ -442,6 +442,7 @@ class _Daemon:
                     self.stop_requested,
                 ),
             ).start()
+        signals.start_stand_ins()
         thread = threading.Thread(target=run, name="libmilter", daemon=True)
         thread.start()
         _wait_listening(self.settings, thread)

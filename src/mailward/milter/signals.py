@@ -16,14 +16,18 @@ may be libmilter's signal thread. Hence:
   signal until the child runs ``exec``; multiprocessing's resource tracker blocks
   SIGINT and SIGTERM while it starts). It only waits for signals; reloads run in
   a thread of their own.
-- A stand-in thread, started before libmilter's, sleeps until the stop and wants
-  every signal: the kernel's next choice when the main thread has one pending and
-  has not yet run (two different signals in quick succession under load).
+- Stand-in threads, started just before libmilter's, sleep until the stop and
+  want every signal: whichever thread the kernel's search starts from, it reaches
+  them before libmilter's signal thread (the reload thread, which blocks signals
+  while it starts workers, comes before them). They take a signal when the main
+  thread has another one pending and has not yet run (different signals in quick
+  succession under load): one stand-in per other signal that may be pending.
 - libmilter's threads block SIGUSR1 as well, so the kernel's search never rests
   on one of them.
 
-A SIGHUP or SIGTERM can then reach libmilter only if both the main thread and the
-stand-in have a signal pending at once; the daemon exits with EX_TEMPFAIL then.
+A SIGHUP or SIGTERM can then reach libmilter only if the main thread and every
+stand-in were woken for other signals and none has run since; the daemon exits
+with EX_TEMPFAIL then.
 
 The handlers take no lock: they append the signal's number to a deque, and the C
 handler wakes the main thread through a socket. A handler that set an Event would
@@ -56,7 +60,7 @@ class Signals:
             end.setblocking(False)
 
     def take(self) -> None:
-        """Install the handlers and start the stand-in thread: in the main thread, before libmilter's starts."""
+        """Install the handlers (in the main thread, before any other thread of ``serve`` starts)."""
 
         def received(number: int, _frame: object) -> None:
             self._received.append(number)
@@ -64,7 +68,11 @@ class Signals:
         signal.set_wakeup_fd(self._waker.fileno(), warn_on_full_buffer=False)
         for number in RELOAD_SIGNALS | STOP_SIGNALS:
             signal.signal(number, received)
-        threading.Thread(target=self.stop.wait, name="signals", daemon=True).start()
+
+    def start_stand_ins(self) -> None:
+        """Start the stand-in threads: the last threads the main thread starts before libmilter's."""
+        for _ in range(len(RELOAD_SIGNALS | STOP_SIGNALS) - 1):
+            threading.Thread(target=self.stop.wait, name="signals", daemon=True).start()
 
     def serve(self, poll: float = 0.2) -> None:
         """Turn signals into the events until the stop: the main thread's only work while libmilter runs.
