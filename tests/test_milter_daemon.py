@@ -302,11 +302,10 @@ def test_once_libmilter_runs_the_main_thread_never_blocks_a_signal(tmp_path):
     proc.start()
     try:
         (milter,) = _children(proc.proc.pid)
-        for n in range(1, 3):  # each edit makes the workers reload, in the reload thread
-            rule.write_text(f"rule a{n} {{ condition: false }}\n")
-            for sig in (signal.SIGUSR1, signal.SIGHUP, signal.SIGUSR1):
-                os.kill(milter, sig)
-            wait_for_log(proc, "reloaded from", n)
+        rule.write_text("rule b { condition: false }\n")  # the workers reload, in the reload thread
+        for sig in (signal.SIGUSR1, signal.SIGHUP, signal.SIGUSR1):
+            os.kill(milter, sig)
+        wait_for_log(proc, "reloaded from")
         os.kill(milter, signal.SIGTERM)
         assert proc.proc.wait(timeout=60) == 0
     finally:

@@ -239,10 +239,12 @@ def _libmilter_signal_thread(pid: int) -> int:
 
 
 def test_a_sighup_taken_by_libmilter_exits_for_a_restart(postfix, milter):
-    """The kernel may hand a process's SIGHUP to libmilter's own signal thread, which then stops the milter.
+    """The kernel may hand a process's SIGHUP or SIGTERM to libmilter's own signal thread, which then
+    stops the milter, and which of the two it was is lost (the same path: SIGHUP stands for both).
 
     The daemon must not look like a clean stop then (systemd's Restart=on-failure would leave mail
-    tempfailed): it exits with status 75 and says why.
+    tempfailed): it exits with status 75 and says why; the unit takes 75 as a clean stop when
+    stopping, and restarts it otherwise (tests/test_contrib_service.py).
     """
     m = milter("")
     tid = _libmilter_signal_thread(m.proc.pid)

@@ -469,8 +469,8 @@ class _Daemon:
             # signals come faster than our threads run); libmilter cannot start twice in one process, and
             # which signal it was is lost, so exit with a status the unit restarts on unless it was stopping.
             log.error(
-                "libmilter stopped on a signal this process did not handle (a SIGHUP or SIGTERM taken by "
-                "libmilter's own signal thread); exiting with status %d so the service manager restarts the "
+                "libmilter stopped on a signal this process did not handle (a SIGHUP, SIGTERM or SIGINT taken "
+                "by libmilter's own signal thread); exiting with status %d so the service manager restarts the "
                 "milter unless it was stopping it",
                 EXIT_RESTART,
             )
