@@ -1,9 +1,9 @@
-"""Per-message latency through a real Postfix + mailward-milter, with and without a SIGHUP every second.
+"""Per-message latency through a real Postfix + mailward-milter, with and without a reload (SIGUSR1) every second.
 
 Needs root and Postfix (./scripts/setup). Several SMTP sessions each send a message at a steady
 pace (a realistic mix from bench/milter_throughput.py) for a fixed time, in three phases of one
-run against the same milter: no reloads (baseline), a SIGHUP every second with nothing changed,
-and a SIGHUP every second after editing a rule file (every reload must load new scanning
+run against the same milter: no reloads (baseline), a reload every second with nothing changed,
+and a reload every second after editing a rule file (every reload must load new scanning
 processes). Prints per-message p50/p99/max (client side, end of DATA to reply), the milter
 process's peak memory and open descriptors, and how many reloads completed.
 
@@ -67,7 +67,7 @@ def phase(
         if edit_rule is not None:
             n += 1
             edit_rule.write_text(f'rule bench_edit_{n} {{ strings: $a = "mailward-bench-{n}" condition: $a }}\n')
-        milter.signal(signal.SIGHUP)
+        milter.signal(signal.SIGUSR1)
     for t in threads:
         t.join()
     return results
@@ -133,8 +133,8 @@ def main() -> int:
         p99 = {}
         for name, every, edit in (
             ("no reloads (baseline)", None, None),
-            ("SIGHUP every 1 s, unchanged", 1.0, None),
-            ("SIGHUP every 1 s, rule edited", 1.0, edit_rule),
+            ("reload every 1 s, unchanged", 1.0, None),
+            ("reload every 1 s, rule edited", 1.0, edit_rule),
         ):
             done_before = log.read_text().count("reloaded from")
             results = phase(pf.smtp_port, msgs, args, milter, every, edit)

@@ -55,7 +55,8 @@ def test_unit_is_valid_for_systemd(tmp_path):
 def test_unit_reloads_notifies_and_is_hardened():
     service = unit_entries(UNIT.read_text())["Service"]
     assert service["Type"] == ["notify"]
-    assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    assert service["ExecReload"] == ["/bin/kill -USR1 $MAINPID"]  # libmilter never takes SIGUSR1
+    assert service["SuccessExitStatus"] == ["75"] and service["RestartForceExitStatus"] == ["75"]
     assert service["ExecStart"][0].split()[0] == f"{VENV_IN_UNIT}/bin/mailward-milter"
     assert "--check" in service["ExecStartPre"][0]
     for key, value in {
@@ -139,7 +140,7 @@ def test_milter_notifies_systemd_of_ready_reloading_and_stopping(tmp_path):
         ready = listener.recv(4096).decode().split("\n")
         assert "READY=1" in ready and f"MAINPID={proc.proc.pid}" in ready
         assert sock.exists()  # READY only once it listens
-        proc.signal(signal.SIGHUP)
+        proc.signal(signal.SIGUSR1)  # what ExecReload sends
         assert listener.recv(4096).decode().startswith("RELOADING=1\nMONOTONIC_USEC=")
         assert listener.recv(4096).decode() == "READY=1"
         proc.signal(signal.SIGTERM)

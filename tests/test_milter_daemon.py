@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from harness.milter import MilterProcess
+from real_parts import require
 
 
 def config(tmp_path: Path, extra: str = "", workers: int = 1) -> Path:
@@ -266,3 +268,52 @@ def test_a_start_with_a_silent_resolver_logs_an_error(tmp_path):
         assert proc.proc.poll() is None  # a warning, not a refusal to run
     finally:
         proc.stop()
+
+
+TRACED = "rt_sigprocmask,rt_sigtimedwait,clone,clone3,vfork"  # what blocks signals or starts a thread
+
+
+def _children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _signal_thread_started_at(lines: list[str]) -> int:
+    """Index of the trace line where libmilter's signal thread (the one in sigwait) was created."""
+    waiter = next(line.split()[0] for line in lines if "rt_sigtimedwait([HUP INT TERM]" in line)
+    return next(i for i, line in enumerate(lines) if "clone" in line and line.rstrip().endswith(f"= {waiter}"))
+
+
+def test_once_libmilter_runs_the_main_thread_never_blocks_a_signal(tmp_path):
+    """The kernel passes a signal the main thread blocks to another thread: maybe libmilter's, which
+    stops the milter for good. glibc blocks every signal in a thread while it starts a thread or a
+    process, so the main thread must start neither, through reloads that start new workers."""
+    require(shutil.which("strace") is not None, "strace (Debian strace) is not installed")
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    rule = rules / "a.yar"
+    rule.write_text("rule a { condition: false }\n")
+    trace = tmp_path / "trace"
+    proc = MilterProcess(
+        config(tmp_path, f'[signatures]\nrules_dirs = ["{rules}"]\n'),
+        tmp_path / "sock" / "milter.sock",
+        tmp_path / "milter.log",
+        prefix=("strace", "-f", "--seccomp-bpf", "-qq", "-o", str(trace), "-e", f"trace={TRACED}"),
+    )
+    proc.start()
+    try:
+        (milter,) = _children(proc.proc.pid)
+        rule.write_text("rule b { condition: false }\n")  # the workers reload, in the reload thread
+        for sig in (signal.SIGUSR1, signal.SIGHUP, signal.SIGUSR1):
+            os.kill(milter, sig)
+        wait_for_log(proc, "reloaded from")
+        os.kill(milter, signal.SIGTERM)
+        assert proc.proc.wait(timeout=60) == 0
+    finally:
+        proc.stop()
+    lines = trace.read_text().splitlines()
+    started = _signal_thread_started_at(lines)
+    assert any(line.startswith(f"{milter} ") and "clone" in line for line in lines[:started])  # seen before
+    main = [line for line in lines[started:] if line.split()[0] == str(milter)]
+    until_stop = main[: next((i for i, line in enumerate(main) if "SIGTERM" in line), len(main))]
+    offending = [line for line in until_stop if "SIG_BLOCK" in line or "clone" in line or "vfork" in line]
+    assert offending == []

@@ -7,6 +7,8 @@ import os
 import re
 import shutil
 import signal
+import socket
+import threading
 import time
 from email import message_from_bytes
 
@@ -237,10 +239,12 @@ def _libmilter_signal_thread(pid: int) -> int:
 
 
 def test_a_sighup_taken_by_libmilter_exits_for_a_restart(postfix, milter):
-    """The kernel may hand a process's SIGHUP to libmilter's own signal thread, which then stops the milter.
+    """The kernel may hand a process's SIGHUP or SIGTERM to libmilter's own signal thread, which then
+    stops the milter, and which of the two it was is lost (the same path: SIGHUP stands for both).
 
     The daemon must not look like a clean stop then (systemd's Restart=on-failure would leave mail
-    tempfailed): it exits with status 75 and says why.
+    tempfailed): it exits with status 75 and says why; the unit takes 75 as a clean stop when
+    stopping, and restarts it otherwise (tests/test_contrib_service.py).
     """
     m = milter("")
     tid = _libmilter_signal_thread(m.proc.pid)
@@ -248,6 +252,53 @@ def test_a_sighup_taken_by_libmilter_exits_for_a_restart(postfix, milter):
     assert libc.syscall(234, m.proc.pid, tid, signal.SIGHUP) == 0  # tgkill(2) on x86-64
     assert m.proc.wait(timeout=30) == 75
     assert "did not handle" in m.log_path.read_text()
+
+
+def test_reload_signals_during_a_reload_lose_no_mail(postfix, milter, tmp_path, monkeypatch):
+    """SIGUSR1 reloads (libmilter never takes it). A burst of SIGUSR1 and SIGHUP while a reload starts
+    new workers, with mail flowing: every message is accepted and screened, the milter keeps running,
+    the burst folds into one more reload, and a stop is still clean."""
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(120)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+    rule = tmp_path / "rules" / "a.yar"
+    rule.parent.mkdir()
+    rule.write_text("rule a { condition: false }\n")
+    m = milter(f'[signatures]\nrules_dirs = ["{rule.parent}"]\n')
+    assert "READY=1" in notify.recv(4096).decode()
+    answers: list[tuple[str, int]] = []
+    mailing = threading.Event()
+    mailing.set()
+
+    def mail() -> None:
+        while mailing.is_set():
+            mid, raw = message()
+            answers.append((mid, postfix.send(raw)[0]))
+
+    sender = threading.Thread(target=mail)
+    sender.start()
+    try:
+        rule.write_text("rule b { condition: false }\n")  # the workers must reload: new processes
+        m.signal(signal.SIGUSR1)
+        assert notify.recv(4096).decode().startswith("RELOADING=1")
+        for _ in range(50):  # while the new workers start and load
+            m.signal(signal.SIGUSR1)
+            m.signal(signal.SIGHUP)
+        assert notify.recv(4096).decode() == "READY=1"
+        assert notify.recv(4096).decode().startswith("RELOADING=1")  # the burst, folded into one reload
+        assert notify.recv(4096).decode() == "READY=1"
+    finally:
+        mailing.clear()
+        sender.join(timeout=120)
+        notify.close()
+    assert m.proc.poll() is None
+    assert answers and all(code == 250 for _, code in answers), answers
+    for mid, _ in answers:
+        delivered = postfix.delivered(mid)
+        assert delivered is not None and delivered["X-Mailward-Verdict"] == "accept", mid
+    assert m.log_path.read_text().count("reloaded from") == 2
+    assert m.stop() == 0
 
 
 def test_broken_config_on_reload_keeps_running_policy(postfix, milter, tmp_path):

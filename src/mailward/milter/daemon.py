@@ -1,15 +1,15 @@
 """`mailward-milter`: the long-running milter process.
 
 libmilter's own signal thread stops the milter on SIGHUP, so libmilter runs in
-a side thread and the main thread keeps SIGHUP and SIGTERM for itself (Linux
-delivers a process signal to the main thread when it does not block it): on
-SIGHUP the configuration, rules and model are rebuilt and validated, and only
-then swapped in; messages in progress finish on what they started with, and
-the old runtime's stores close when the last of them ends.
+a side thread and this process's own threads take the signals (milter/signals.py:
+SIGUSR1 or SIGHUP reloads; once libmilter runs, the main thread only waits). On a
+reload the configuration, rules and model are rebuilt and validated, in a thread
+of its own, and only then swapped in; messages in progress finish on what they
+started with, and the old runtime's stores close when the last of them ends.
 
 When workers scan, this process never builds a scanning stack (rules, model):
 the pool's next generation loads them, and a reload whose workers cannot load
-keeps the old ones. SIGHUPs arriving during a reload fold into one more reload,
+keeps the old ones. Reload signals arriving during a reload fold into one more reload,
 and after a reload that loaded new workers the next one waits as long as that took.
 """
 
@@ -21,7 +21,6 @@ import grp
 import logging
 import os
 import pwd
-import signal
 import socket
 import stat
 import sys
@@ -49,6 +48,7 @@ from ..source import MessageSource
 from ..workers import ScanPool
 from .adapter import MailwardMilter, TcpMailwardMilter
 from .buffer import SPOOL_PREFIX, SPOOL_SUFFIX
+from .signals import Signals, keep_signals_from_this_thread
 from .tcp import set_nodelay
 
 log = logging.getLogger("mailward.milter")
@@ -336,6 +336,27 @@ class _Daemon:
     def connection(self) -> MailwardMilter:
         return self.milter_class(self.live)
 
+    def _reloads(self, failure: list[BaseException]) -> None:
+        """Reloads and the poll of the rule files, off the main thread: a reload starts threads and
+        processes, and a thread doing that blocks every signal meanwhile (milter/signals.py)."""
+        try:
+            next_rules_check = time.monotonic() + RULES_POLL
+            while not self.stop_requested.wait(0.2):
+                if time.monotonic() >= next_rules_check:
+                    next_rules_check = time.monotonic() + RULES_POLL
+                    on_disk = _rules_on_disk_now(self.rules_seen)
+                    if on_disk != self.rules_seen:
+                        log.info("rule files changed on disk; reloading")
+                        self.rules_seen = on_disk  # a refused reload is not retried until the next edit
+                        self.reload_requested.set()
+                if self.reload_requested.is_set() and time.monotonic() >= self.next_reload:
+                    self.reload_requested.clear()  # signals during the reload set it again: one more
+                    self.reload()
+        except BaseException as exc:  # a milter that can no longer reload stops, and says why
+            log.exception("the reload thread failed; stopping")
+            failure.append(exc)
+            self.stop_requested.set()
+
     def reload(self) -> None:
         """Build and check the new runtime once, swap it in, retire the old one; or keep the old."""
         _notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
@@ -396,27 +417,19 @@ class _Daemon:
 
         def run() -> None:
             try:
+                keep_signals_from_this_thread()
                 Milter.runmilter("mailward", self.settings.milter.socket, self.settings.milter.timeout)
             except BaseException as exc:  # reported by the main thread
                 failure.append(exc)
             finally:
                 self.stop_requested.set()
 
-        asked_to_stop = threading.Event()
-
-        def stop(*_: object) -> None:
-            asked_to_stop.set()
-            self.stop_requested.set()
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
-        thread = threading.Thread(target=run, name="libmilter", daemon=True)
-        thread.start()
-        _wait_listening(self.settings, thread)
-        log.info("mailward-milter listening on %s", self.settings.milter.socket)
+        signals = Signals(self.stop_requested, self.reload_requested)
+        signals.take()
+        # Every thread starts before libmilter's: from then on the main thread only waits (milter/signals.py).
+        reloads = threading.Thread(target=self._reloads, name="reloads", daemon=True, args=(failure,))
+        reloads.start()
         threading.Thread(target=_warn_if_probes_fail, name="probes", daemon=True, args=(self.settings,)).start()
-        _notify("READY=1", f"MAINPID={os.getpid()}")
         if self.settings.incidents.follow_auth_log:
             follower = LogFollower(self.settings.incidents.auth_log)
             threading.Thread(
@@ -429,38 +442,36 @@ class _Daemon:
                     self.stop_requested,
                 ),
             ).start()
-        next_rules_check = time.monotonic() + RULES_POLL
-        while not self.stop_requested.wait(0.2):
-            if time.monotonic() >= next_rules_check:
-                next_rules_check = time.monotonic() + RULES_POLL
-                on_disk = _rules_on_disk_now(self.rules_seen)
-                if on_disk != self.rules_seen:
-                    log.info("rule files changed on disk; reloading")
-                    self.rules_seen = on_disk  # a refused reload is not retried until the next edit
-                    self.reload_requested.set()
-            if self.reload_requested.is_set() and time.monotonic() >= self.next_reload:
-                self.reload_requested.clear()  # SIGHUPs during the reload set it again: one more
-                self.reload()
+        signals.start_stand_ins()
+        thread = threading.Thread(target=run, name="libmilter", daemon=True)
+        thread.start()
+        _wait_listening(self.settings, thread)
+        log.info("mailward-milter listening on %s", self.settings.milter.socket)
+        _notify("READY=1", f"MAINPID={os.getpid()}")
+        signals.serve()
         _notify("STOPPING=1")
         if thread.is_alive():
             Milter.stop()
         thread.join(timeout=15)
+        reloads.join()  # a reload in progress finishes before the pool closes
         _remove_socket(self.settings)
         if self.pool is not None:
             self.pool.close()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
         self.live.close()
+        signals.close()
         if failure:
             log.error("the milter could not run: %s", failure[0])
             return 1
-        if not asked_to_stop.is_set():
-            # libmilter's signal thread took a SIGHUP (or SIGTERM) meant for the main thread, which the kernel
-            # may do when the main thread has a signal pending; libmilter cannot be started twice in one
-            # process, so exit with a failure status for the service manager to restart the milter.
+        if not signals.asked_to_stop.is_set():
+            # libmilter's signal thread took a SIGHUP or SIGTERM meant for us (milter/signals.py: only when
+            # signals come faster than our threads run); libmilter cannot start twice in one process, and
+            # which signal it was is lost, so exit with a status the unit restarts on unless it was stopping.
             log.error(
-                "libmilter stopped on a signal this process did not handle (a SIGHUP taken by libmilter's "
-                "own signal thread); exiting with status %d so the service manager restarts the milter",
+                "libmilter stopped on a signal this process did not handle (a SIGHUP, SIGTERM or SIGINT taken "
+                "by libmilter's own signal thread); exiting with status %d so the service manager restarts the "
+                "milter unless it was stopping it",
                 EXIT_RESTART,
             )
             return EXIT_RESTART
