@@ -5,11 +5,11 @@ from __future__ import annotations
 import email
 import re
 
-from incidents_support import SyslogReceiver, WebhookReceiver
 from mailward.config import load_settings
 from mailward.incidents import Alert, AlertDispatcher, AlertKind, Delivery
 from mailward.incidents.alerts import EmailChannel, SyslogChannel, WebhookChannel, channels_from_settings
-from quarantine_support import FakeClock, SmtpSink
+from support.incidents import SyslogReceiver, WebhookReceiver
+from support.quarantine import FakeClock, SmtpSink
 
 
 def _alert(n: int = 1, kind: AlertKind = AlertKind.SUSPENSION, subject: str = "account alice") -> Alert:

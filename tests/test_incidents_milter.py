@@ -10,11 +10,11 @@ import re
 import Milter
 from prometheus_client import generate_latest
 
-from incidents_support import WebhookReceiver, wait_for
 from mailward.actor import Actor
 from mailward.cli.main import main as cli
 from mailward.incidents import SubjectKind
 from mailward.metrics import Metrics
+from support.incidents import WebhookReceiver, wait_for
 from support.mail import eicar_message, gtube_message, message
 from support.milter import MilterClient
 

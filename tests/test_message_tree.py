@@ -8,7 +8,9 @@ from mailward.config import LimitSettings
 from mailward.message import ContentObject, parse_message
 from mailward.unpack import Kind, Unpacker
 from mailward.unpack.passwords import password_candidates
-from unpack_support import EICAR, message, zipped
+from support.mail import EICAR
+from support.mail import mime_mail as message
+from support.unpack import zipped
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,8 @@ from mailward.evidence import RELEASE_HEADER
 from mailward.quarantine import open_store
 from mailward.quarantine.release import ReleaseVerifier, message_body
 from mailward.source import MessageSource
-from quarantine_support import envelope, malware_case, message, quarantine_cli, spam_case
+from support.mail import plain_mail as message
+from support.quarantine import envelope, malware_case, quarantine_cli, spam_case
 
 
 def _zip() -> bytes:

@@ -22,8 +22,9 @@ from mailward.quarantine import ListFilter
 from mailward.quarantine.sqlite import DB_NAME, SqliteStore
 from mailward.quarantine.store import COMMIT_GRACE, Deadline
 from mailward.source import MessageSource
-from quarantine_support import envelope, message, spam_case
 from real_parts import require
+from support.mail import plain_mail as message
+from support.quarantine import envelope, spam_case
 
 BUDGET = 1.0
 SLACK = 0.5  # thread start-up and a loaded 2-core machine

@@ -11,8 +11,8 @@ import re
 import pytest
 
 from dns_server import DnsServer, soa
-from reputation_support import DkimKey
 from support.mail import message
+from support.reputation import DkimKey
 
 pytestmark = pytest.mark.postfix
 

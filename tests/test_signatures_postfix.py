@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from support.mail import EICAR, message
-from unpack_support import aes_zip, ooxml, vba_project, zipped
+from support.unpack import aes_zip, ooxml, vba_project, zipped
 
 pytestmark = pytest.mark.postfix
 

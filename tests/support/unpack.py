@@ -12,7 +12,6 @@ import struct
 import tarfile
 import zipfile
 import zlib
-from email.message import EmailMessage
 
 import pytest
 
@@ -294,24 +293,6 @@ def ooxml(kind: str, parts: dict[str, bytes]) -> bytes:
     members = {"[Content_Types].xml": content_types, main: parts.pop(main, b"<document/>")}
     members.update(parts)
     return zipped(members)
-
-
-def message(
-    body: str = "Hello,\nsee the attachment.\n",
-    attachments: list[tuple[str, bytes]] = (),
-    subject: str = "Documents",
-    html: str | None = None,
-) -> bytes:
-    msg = EmailMessage()
-    msg["From"] = "sender@example.org"
-    msg["To"] = "user@example.com"
-    msg["Subject"] = subject
-    msg.set_content(body)
-    if html is not None:
-        msg.add_alternative(html, subtype="html")
-    for name, data in attachments:
-        msg.add_attachment(data, maintype="application", subtype="octet-stream", filename=name)
-    return msg.as_bytes()
 
 
 def settings_for(state_dir, **signatures):
