@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
+from email.message import Message
 from pathlib import Path
 
 import Milter
@@ -95,6 +96,28 @@ class Ctx(testctx.TestCtx):
 
     def quarantine(self, reason: str) -> None:
         self.held.append(reason)
+
+    # TestCtx keeps what the milter answered under private names; the tests read it here.
+    @property
+    def reply(self) -> tuple[str, str, str]:
+        """The last SMTP reply the milter set: (code, extended code, text)."""
+        return self._reply
+
+    @property
+    def delivered(self) -> Message:
+        """The message as the milter leaves it for delivery (headers added and changed)."""
+        return self._msg
+
+    def send_rcpt(self, to: str) -> int:
+        """RCPT TO alone, whatever came before it (an MTA out of step)."""
+        return self._envrcpt(to)
+
+    def send_header(self, name: str, value: str) -> int:
+        return self._header(name, value)
+
+    def send_eom(self) -> int:
+        """End of message: the milter's final answer."""
+        return self._eom()
 
 
 class MilterClient:
