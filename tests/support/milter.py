@@ -25,7 +25,7 @@ from mailward.evidence import Evidence
 from mailward.logs import EcsJsonFormatter
 from mailward.metrics import Metrics
 from mailward.milter.adapter import MailwardMilter
-from mailward.runtime import LiveRuntime, Runtime, build_runtime
+from mailward.runtime import InProcessScanner, LiveRuntime, Runtime, build_runtime
 from mailward.source import MessageSource
 
 # TestCtx treats a NOREPLY answer as a rejection: the milter is offered none of these protocol bits.
@@ -63,9 +63,52 @@ class ScanWith:
 MakeRuntime = Callable[..., Runtime]
 
 
+def _scanning_inputs(settings: Settings) -> tuple[object, ...]:
+    """What an in-process scanner is built from, but for the state directory: a fresh one holds
+    no site model, and its rules cache changes no result."""
+    q = settings.quarantine
+    return (
+        settings.signatures,
+        settings.clamav,
+        settings.limits,
+        settings.model,
+        settings.reputation,
+        settings.alerts,
+        settings.milter.user,
+        (q.backend, q.dsn, q.write_timeout),
+    )
+
+
+@pytest.fixture(scope="session")
+def shared_scanners(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[Path, str], InProcessScanner]]:
+    """``scanner(tmp_path, toml)``: one in-process scanner per set of scanning inputs for the session.
+
+    Loading the model and the compiled rules takes ~0.6 s a runtime; tests whose settings differ
+    only in policy, stores or alerts scan alike, so they share one scanner, as a reload that keeps
+    the workers does.
+    """
+    built: list[tuple[tuple[object, ...], InProcessScanner]] = []
+
+    def scanner(tmp_path: Path, toml: str) -> InProcessScanner:
+        inputs = _scanning_inputs(settings_for(tmp_path, toml))
+        for known, shared in built:
+            if known == inputs:
+                return shared
+        shared = InProcessScanner.from_settings(settings_for(tmp_path_factory.mktemp("scanner"), toml))
+        built.append((inputs, shared))
+        return shared
+
+    yield scanner
+    for _, shared in built:
+        shared.close()
+
+
 @pytest.fixture
-def milter_runtime() -> Iterator[MakeRuntime]:
-    """``make(tmp_path, toml="", *, scan=None, metrics=None, clock=time.time)``: a runtime, closed after the test."""
+def milter_runtime(shared_scanners: Callable[[Path, str], InProcessScanner]) -> Iterator[MakeRuntime]:
+    """``make(tmp_path, toml="", *, scan=None, metrics=None, clock=time.time)``: a runtime, closed after the test.
+
+    Without ``scan`` it scans with the session's scanner for these scanning inputs (``shared_scanners``).
+    """
     built: list[Runtime] = []
 
     def make(
@@ -76,9 +119,8 @@ def milter_runtime() -> Iterator[MakeRuntime]:
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> Runtime:
-        runtime = build_runtime(
-            settings_for(tmp_path, toml), scanner=ScanWith(scan) if scan else None, metrics=metrics, clock=clock
-        )
+        scanner = ScanWith(scan) if scan else shared_scanners(tmp_path, toml)
+        runtime = build_runtime(settings_for(tmp_path, toml), scanner=scanner, metrics=metrics, clock=clock)
         built.append(runtime)
         return runtime
 
