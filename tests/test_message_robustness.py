@@ -63,12 +63,6 @@ def raw_message(
 
 
 @pytest.fixture(scope="module")
-def unpacker():
-    with Unpacker(LimitSettings()) as shared:
-        yield shared
-
-
-@pytest.fixture(scope="module")
 def orgs():
     return OrgDomains()
 

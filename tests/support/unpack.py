@@ -330,9 +330,10 @@ def names_at(evidence, location: str | None = None) -> set[str]:
     return {f.name for f in evidence.findings if location is None or f.location == location}
 
 
-# Fixtures shared by the unpack tests (imported there by name).
-@pytest.fixture(scope="module")
+# Fixtures registered for every module by tests/conftest.py.
+@pytest.fixture(scope="session")
 def unpacker():
+    """One Unpacker (and its parser sandbox, restarted by itself after a crash) for the session."""
     from mailward.config import LimitSettings
     from mailward.unpack import Unpacker
 
