@@ -39,11 +39,13 @@ class Closeable(Protocol):
 def build_inspector(settings: Settings) -> Inspector:
     """Every detector the settings enable, composed over one Unpacker (libmagic, parser sandbox)."""
     from . import models, reputation, signatures  # detector packages load rules and models here
+    from .incidents.alerts import model_refusal_alert
     from .unpack import Unpacker
 
+    spam = models.detectors(settings, on_refusal=model_refusal_alert(settings))
     return Inspector(
         settings.limits,
-        (*signatures.detectors(settings), *models.detectors(settings), *reputation.detectors(settings)),
+        (*signatures.detectors(settings), *spam, *reputation.detectors(settings)),
         Unpacker(settings.limits),
     )
 

@@ -1,14 +1,13 @@
 """Counters and the block list in SQL: SQLite on one host, PostgreSQL shared by several.
 
-Both backends run the same statements (``?`` placeholders, translated for
-psycopg); only connecting and the schema's column types differ. One
-connection per store, used under a lock: every operation is one short
-transaction, and a milter's threads queue for well under a millisecond each
-(bench/incident_counters.py). Nobody waits for that lock, SQLite's busy lock
-or a PostgreSQL statement longer than the store's ``timeout``. A broken
-connection is dropped and reopened on the next call, so a database restart
-costs the calls made while it was down. The SQLite file is never opened
-outside SQLite (see :mod:`mailward.dbfile`).
+Both backends run the same statements; connections, transactions,
+placeholders and the schema's version are the database layer's
+(:mod:`mailward.db`). One connection per store, used by one thread at a time:
+every operation is one short transaction, and a milter's threads queue for
+well under a millisecond each (bench/incident_counters.py). Nobody waits for
+that connection, SQLite's busy lock or a PostgreSQL statement longer than the
+store's ``timeout``. A broken connection is dropped and reopened on the next
+call, so a database restart costs the calls made while it was down.
 
 At most one *active* block per subject is enforced by a partial unique index,
 so two hosts suspending the same account at once create one block, and the
@@ -18,17 +17,14 @@ one whose insert lost sees the winner's row.
 from __future__ import annotations
 
 import logging
-import sqlite3
-import threading
 import time
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..dbfile import prepare_database_file
+from ..db import Database, Migration, PostgresDsn, SqliteFile, Transaction
 from ..errors import MailwardError
 from ..policy import Listed
 from .records import COUNTERS_OF, AuditEntry, Block, Counter, Origin, SenderEntry, SubjectKind, Totals
@@ -40,7 +36,7 @@ Clock = Callable[[], float]
 DB_NAME = "incidents.sqlite3"
 TIMEOUT = 30.0  # seconds an operation may wait for this process's other threads or the database
 
-SCHEMA = (
+SCHEMA = (  # migration 1: the schema before versions were recorded
     """CREATE TABLE IF NOT EXISTS incident_counters (
         kind TEXT NOT NULL,
         subject TEXT NOT NULL,
@@ -93,6 +89,9 @@ SCHEMA = (
         ON sender_lists (scope, sender) WHERE removed_at IS NULL""",
 )
 
+MIGRATIONS = (Migration(1, SCHEMA),)
+_SCHEMA_LOCK = 0x4D57_4900  # "MWI\0": the key earlier versions serialised schema creation with
+
 _BLOCK_COLUMNS = (
     "id, kind, value, origin, reason, incident_id, created_at, created_by, expires_at, lifted_at, lifted_by"
 )
@@ -104,91 +103,30 @@ class IncidentStoreError(MailwardError):
     """The counters or block list could not be read or written."""
 
 
-class IncidentStore(ABC):
+class IncidentStore:
     """Sliding-window counters per subject, blocks with expiry, and the audit trail of blocks."""
 
-    backend = ""
-    _errors: tuple[type[BaseException], ...] = ()
-
-    def __init__(self, clock: Clock = time.time, timeout: float = TIMEOUT):
+    def __init__(self, database: Database, clock: Clock = time.time):
+        self.database = database
         self._clock = clock
-        self.timeout = timeout
-        self._lock = threading.Lock()
-        self._conn: Any = None
-        with self._tx() as conn:
-            self._create_schema(conn)
+        self.timeout = database.timeout
+        database.migrate("incidents", MIGRATIONS, lock=_SCHEMA_LOCK)
 
-    # -- backend hooks ---------------------------------------------------------------------------
+    @property
+    def backend(self) -> str:
+        return self.database.backend.name
 
-    @abstractmethod
-    def _connect(self) -> Any: ...
+    def _tx(self) -> AbstractContextManager[Transaction]:
+        """One transaction that takes the write lock up front (every operation is short)."""
+        return self.database.transaction(write=True)
 
-    @abstractmethod
-    def _create_schema(self, conn: Any) -> None: ...
-
-    def _begin(self, conn: Any) -> None:  # noqa: B027  (an optional hook: PostgreSQL needs nothing)
-        """Start a transaction (SQLite needs it explicit; psycopg opens one itself)."""
-
-    def _sql(self, statement: str) -> str:
-        return statement
-
-    def _relax(self, conn: Any) -> None:  # noqa: B027  (an optional hook)
-        """Let this transaction commit without waiting for the disk (counters only; a crash may lose a few)."""
-
-    # -- plumbing --------------------------------------------------------------------------------
-
-    @contextmanager
-    def _tx(self) -> Iterator[Any]:
-        if not self._lock.acquire(timeout=self.timeout):
-            raise IncidentStoreError(
-                f"incident store ({self.backend}): this process's other threads held it for {self.timeout:g} s"
-            )
-        try:
-            try:
-                if self._conn is None:
-                    self._conn = self._connect()
-                conn = self._conn
-                self._begin(conn)
-                yield conn
-                conn.commit()
-            except self._errors as exc:
-                self._drop()
-                raise IncidentStoreError(f"incident store ({self.backend}): {exc}") from exc
-            except BaseException:
-                self._rollback()
-                raise
-        finally:
-            self._lock.release()
-
-    def _rollback(self) -> None:
-        try:
-            if self._conn is not None:
-                self._conn.rollback()
-        except Exception:
-            self._drop()
-
-    def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:
-                pass
-
-    def _exec(self, conn: Any, statement: str, params: tuple[object, ...] = ()) -> Any:
-        return conn.execute(self._sql(statement), params)
+    @staticmethod
+    def _exec(tx: Transaction, statement: str, params: Sequence[object] = ()) -> Any:
+        return tx.execute(statement, params)
 
     def close(self) -> None:
-        """Drop the connection; safe while others still use the store (the next call reconnects)."""
-        if self._lock.acquire(timeout=self.timeout):
-            try:
-                self._drop()
-            finally:
-                self._lock.release()
-        else:
-            log.warning(
-                "incident store (%s) still busy after %g s; its connection stays open", self.backend, self.timeout
-            )
+        """Drop the connection; safe while others still use the store (they get fresh ones)."""
+        self.database.close()
 
     # -- counters --------------------------------------------------------------------------------
 
@@ -196,7 +134,7 @@ class IncidentStore(ABC):
         """Add one event for ``subject`` and return its sums since ``since`` (None: do not sum)."""
         now = self._clock()
         with self._tx() as conn:
-            self._relax(conn)
+            conn.relax()
             self._exec(
                 conn,
                 "INSERT INTO incident_counters (kind, subject, at, messages, recipients, spam, malware, "
@@ -381,7 +319,7 @@ class IncidentStore(ABC):
             self._audit_entry(conn, now, f"{entry.listed.value}-list-remove", entry, actor, host, actor_origin, detail)
         return replace(entry, removed_at=now, removed_by=actor)
 
-    def _active_entry_row(self, conn: Any, scope: str, sender: str) -> Any:
+    def _active_entry_row(self, conn: Transaction, scope: str, sender: str) -> Any:
         """The row of the entry of ``sender`` for ``scope`` that is in force, if any."""
         return self._exec(
             conn,
@@ -399,7 +337,15 @@ class IncidentStore(ABC):
         return [self._entry_row(r) for r in rows]
 
     def _audit_entry(
-        self, conn: Any, now: float, action: str, entry: SenderEntry, actor: str, host: str, origin: str, detail: str
+        self,
+        conn: Transaction,
+        now: float,
+        action: str,
+        entry: SenderEntry,
+        actor: str,
+        host: str,
+        origin: str,
+        detail: str,
     ) -> None:
         where = f"for {entry.scope}" if entry.scope else "for everyone"
         self._exec(
@@ -434,7 +380,7 @@ class IncidentStore(ABC):
         )
 
     def _audit(
-        self, conn: Any, now: float, action: str, block: Block, actor: str, host: str, origin: str, detail: str
+        self, conn: Transaction, now: float, action: str, block: Block, actor: str, host: str, origin: str, detail: str
     ) -> None:
         self._exec(
             conn,
@@ -467,60 +413,23 @@ def _iso(ts: float) -> str:
 class SqliteIncidentStore(IncidentStore):
     """One host: ``<state_dir>/incidents.sqlite3`` (WAL; several processes may share it)."""
 
-    backend = "sqlite"
-    _errors = (sqlite3.Error,)
-
     def __init__(self, path: Path, clock: Clock = time.time, timeout: float = TIMEOUT):
         self.path = Path(path)
         try:
-            prepare_database_file(self.path)
+            # Counters are cheap to lose on a power cut; a committed block survives any process crash.
+            backend = SqliteFile(self.path, busy_timeout=timeout, synchronous="NORMAL")
         except OSError as exc:
             raise IncidentStoreError(f"cannot create {self.path}: {exc.strerror or exc}") from exc
-        super().__init__(clock, timeout)
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode = WAL")
-        # Counters are cheap to lose on a power cut; a committed block survives any process crash.
-        conn.execute("PRAGMA synchronous = NORMAL")
-        return conn
-
-    def _begin(self, conn: Any) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-
-    def _create_schema(self, conn: Any) -> None:
-        for statement in SCHEMA:
-            conn.execute(statement.format(serial="INTEGER PRIMARY KEY AUTOINCREMENT", real="REAL"))
+        super().__init__(Database(backend, label="incident store", error=IncidentStoreError, timeout=timeout), clock)
 
 
 class PostgresIncidentStore(IncidentStore):
-    """Several milter hosts: the quarantine's PostgreSQL database, tables ``incident_*``."""
+    """Several milter hosts: the quarantine's PostgreSQL database, tables ``incident_*``.
 
-    backend = "postgresql"
-    _SCHEMA_LOCK = 0x4D57_4900  # "MWI\0": serialises schema creation across hosts starting at once
+    Sessions commit durably unless a transaction relaxes them (counters); statements end after ``timeout``.
+    """
 
     def __init__(self, dsn: str, clock: Clock = time.time, timeout: float = TIMEOUT):
-        import psycopg
-
         self.dsn = dsn
-        self._errors = (psycopg.Error,)
-        super().__init__(clock, timeout)
-
-    def _connect(self) -> Any:
-        """Durable commits unless a transaction relaxes them (counters), statements end after ``timeout``."""
-        from ..quarantine.postgres import connect_session
-
-        return connect_session(self.dsn, self.timeout)
-
-    def _sql(self, statement: str) -> str:
-        return statement.replace("?", "%s")
-
-    def _relax(self, conn: Any) -> None:
-        conn.execute("SET LOCAL synchronous_commit TO OFF")
-
-    def _create_schema(self, conn: Any) -> None:
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._SCHEMA_LOCK,))
-        for statement in SCHEMA:
-            conn.execute(
-                statement.format(serial="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", real="DOUBLE PRECISION")
-            )
+        backend = PostgresDsn(dsn, timeout)
+        super().__init__(Database(backend, label="incident store", error=IncidentStoreError, timeout=timeout), clock)
