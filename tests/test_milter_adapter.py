@@ -298,4 +298,4 @@ def test_a_failure_while_deciding_a_failure_still_tempfails(tmp_path, monkeypatc
     client = MilterClient(rt, monkeypatch)
     _, ctx = client.connect()
     assert client.send(ctx, message()[1]) == Milter.TEMPFAIL
-    assert ctx._reply[0] == "451" and not INTERNALS.search(ctx._reply[2])
+    assert ctx.reply[0] == "451" and not INTERNALS.search(ctx.reply[2])
