@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from dns_server import BlackHole, DnsServer, soa  # noqa: E402
 from mailward.reputation.detector import ReputationDetector  # noqa: E402
-from reputation_support import DkimKey, envelope, message, parse, settings_for  # noqa: E402
+from support.mail import signable_mail as message
+from support.reputation import DkimKey, envelope, parse, settings_for  # noqa: E402
 
 DNSBL = ["bl1.test=127.0.0.[2..11]*high", "bl2.test", "bl3.test"]
 URIBL = ["uribl1.test&0x0c*high", "uribl2.test"]

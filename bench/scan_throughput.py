@@ -39,7 +39,8 @@ from mailward.config import Settings, SignatureSettings  # noqa: E402
 from mailward.envelope import Envelope  # noqa: E402
 from mailward.message import parse_message  # noqa: E402
 from mailward.unpack import Unpacker  # noqa: E402
-from unpack_support import message, nested_zip, ooxml, overlapping_zip, vba_project, zipped  # noqa: E402
+from support.mail import mime_mail as message
+from support.unpack import nested_zip, ooxml, overlapping_zip, vba_project, zipped  # noqa: E402
 
 WORDS = [
     "the",
@@ -151,7 +152,7 @@ def hostile_mix() -> list[tuple[str, bytes]]:
     MiB = 1024 * 1024
     import gzip
 
-    from unpack_support import aes_zip, tar_gz
+    from support.unpack import aes_zip, tar_gz
 
     deep_mime = "".join(f'Content-Type: multipart/mixed; boundary="b{i}"\n\n--b{i}\n' for i in range(3000))
     return [

@@ -14,7 +14,7 @@ from real_parts import require
 # Fixtures shared by several modules are registered here, once, instead of imported into each
 # test module (an imported fixture is redefined by every test that requests it, and a
 # session fixture imported into two modules runs twice).
-pytest_plugins = ["quarantine_fixtures", "unpack_support", "clamd_server", "incidents_support", "support.milter"]
+pytest_plugins = ["support.stores", "support.unpack", "clamd_server", "support.incidents", "support.milter"]
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,8 @@ from mailward.incidents import Origin, SubjectKind  # noqa: E402
 from mailward.incidents import open_store as open_incident_store  # noqa: E402
 from mailward.quarantine import ListFilter, open_store  # noqa: E402
 from mailward.source import MessageSource  # noqa: E402
-from quarantine_support import envelope, message, spam_case  # noqa: E402
+from support.mail import plain_mail as message
+from support.quarantine import envelope, spam_case  # noqa: E402
 
 
 def main() -> None:

@@ -242,7 +242,9 @@ def test_an_admins_week_loses_nothing_and_duplicates_nothing(week):
         reloading.clear()
         milter.proc.send_signal(signal.SIGKILL)
         milter.proc.wait()
-        time.sleep(2)  # mail meanwhile: Postfix answers 4xx (default action)
+        tempfails = lambda: sum(400 <= c < 500 for s in list(load.sent) for c in list(s.codes))  # noqa: E731
+        before = tempfails()
+        assert wait_for(lambda: tempfails() > before, 30)  # mail meanwhile: Postfix answers 4xx (default action)
         milter.start()
         reloading.set()
 

@@ -18,8 +18,9 @@ from mailward.runtime import InProcessScanner
 from mailward.screening import Screener, event_of, source_domain
 from mailward.source import MessageSource
 from mailward.verdict import Action
-from quarantine_support import FakeClock
-from unpack_support import message, ooxml, vba_project, zipped
+from support.mail import mime_mail as message
+from support.quarantine import FakeClock
+from support.unpack import ooxml, vba_project, zipped
 
 PLAIN_MACRO = """Sub FormatTable()
     Selection.Font.Bold = True

@@ -68,8 +68,8 @@ def test_reload_swaps_workers(pool, tmp_path):
 
 
 def test_a_scan_past_its_cpu_budget_is_unchecked_and_the_worker_replaced(tmp_path):
-    from unpack_support import message as with_attachments
-    from unpack_support import zipped
+    from support.mail import mime_mail as with_attachments
+    from support.unpack import zipped
 
     MiB = 1 << 20
     settings = load_settings(

@@ -24,11 +24,10 @@ from mailward.policy import decide
 from mailward.source import MessageSource
 from mailward.workers import ScanPool
 from mutants import SENDER, mutants, seeds_from
-from support.mail import eicar_message, gtube_message
-from unpack_support import (
-    EICAR,
+from support.mail import EICAR, eicar_message, gtube_message
+from support.mail import mime_mail as message
+from support.unpack import (
     iso_image,
-    message,
     nested_zip,
     ooxml,
     rar4_stored,

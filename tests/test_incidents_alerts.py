@@ -5,11 +5,11 @@ from __future__ import annotations
 import email
 import re
 
-from incidents_support import SyslogReceiver, WebhookReceiver
 from mailward.config import load_settings
 from mailward.incidents import Alert, AlertDispatcher, AlertKind, Delivery
 from mailward.incidents.alerts import EmailChannel, SyslogChannel, WebhookChannel, channels_from_settings
-from quarantine_support import FakeClock, SmtpSink
+from support.incidents import SyslogReceiver, WebhookReceiver
+from support.quarantine import FakeClock, SmtpSink
 
 
 def _alert(n: int = 1, kind: AlertKind = AlertKind.SUSPENSION, subject: str = "account alice") -> Alert:
@@ -94,14 +94,17 @@ def test_channels_come_from_the_configuration(tmp_path):
     token = tmp_path / "token"
     token.write_text("abc\n")
     cfg = tmp_path / "m.toml"
-    cfg.write_text(
-        f'[alerts]\nwebhook_url = "https://hooks.example.test/x"\nwebhook_token_file = "{token}"\n'
-        f'email_to = ["soc@example.test"]\nsyslog = "udp:127.0.0.1:5514"\n'
-        f"[quarantine]\nrelay_port = 2525\n"
-    )
-    channels = channels_from_settings(load_settings(cfg))
-    assert [c.name for c in channels] == ["webhook", "email", "syslog"]
-    assert channels[0]._token == "abc" and channels[1].port == 2525
+    with WebhookReceiver() as hook:
+        cfg.write_text(
+            f'[alerts]\nwebhook_url = "{hook.url}"\nwebhook_token_file = "{token}"\n'
+            f'email_to = ["soc@example.test"]\nsyslog = "udp:127.0.0.1:5514"\n'
+            f"[quarantine]\nrelay_port = 2525\n"
+        )
+        channels = channels_from_settings(load_settings(cfg))
+        assert [c.name for c in channels] == ["webhook", "email", "syslog"]
+        assert channels[1].port == 2525
+        channels[0].send(_alert(), 0)
+        assert hook.headers[0]["Authorization"] == "Bearer abc"  # the token file's line, without its newline
     cfg.write_text('[alerts]\nwebhook_url = "ftp://x"\n')
     try:
         channels_from_settings(load_settings(cfg))

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from incidents_support import FAILED_LOGIN_LINES, OTHER_LINES, failed_line, wait_for
 from mailward.cli.main import main as cli
 from mailward.config import load_settings
 from mailward.incidents import SubjectKind, open_incidents
 from mailward.incidents.authlog import LogFollower, failed_login_address, watch
-from quarantine_support import FakeClock, SmtpSink
+from support.incidents import FAILED_LOGIN_LINES, OTHER_LINES, failed_line, wait_for
+from support.quarantine import FakeClock, SmtpSink
 
 
 def test_failed_login_lines_and_nothing_else():

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from incidents_support import WebhookReceiver
 from mailward.cli.block import duration
 from mailward.cli.main import main
+from support.incidents import WebhookReceiver
 
 
 @pytest.fixture

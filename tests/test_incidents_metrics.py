@@ -16,7 +16,8 @@ from mailward.quarantine import open_store
 from mailward.signatures import load_rules, rules_version
 from mailward.source import MessageSource
 from mailward.verdict import Action, Outcome, Verdict
-from quarantine_support import message, spam_case
+from support.mail import plain_mail as message
+from support.quarantine import spam_case
 
 
 def _port() -> int:

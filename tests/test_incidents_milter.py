@@ -10,11 +10,11 @@ import re
 import Milter
 from prometheus_client import generate_latest
 
-from incidents_support import WebhookReceiver, wait_for
 from mailward.actor import Actor
 from mailward.cli.main import main as cli
 from mailward.incidents import SubjectKind
 from mailward.metrics import Metrics
+from support.incidents import WebhookReceiver, wait_for
 from support.mail import eicar_message, gtube_message, message
 from support.milter import MilterClient
 
@@ -42,13 +42,13 @@ def test_outbound_spam_burst_suspends_the_account_until_lifted(tmp_path, monkeyp
             assert client.send(ctx, gtube_message()[1]) == Milter.DISCARD
         # The next transaction of the same connection is refused at MAIL FROM, generically.
         assert client.send(ctx, message()[1]) == Milter.REJECT
-        code, xcode, text = ctx._reply
+        code, xcode, text = ctx.reply
         assert (code, xcode) == ("550", "5.7.1")
         incident = REPLY.match(text).group(1)
         assert not INTERNALS.search(text)
         # A new connection, from another address, is refused too; another account is not.
         rc, ctx2 = client.connect(ip="192.0.2.44", auth="alice")
-        assert client.send(ctx2, message()[1]) == Milter.REJECT and incident in ctx2._reply[2]
+        assert client.send(ctx2, message()[1]) == Milter.REJECT and incident in ctx2.reply[2]
         rc, ctx3 = client.connect(ip="203.0.113.20", auth="bob")
         assert client.send(ctx3, message()[1]) == Milter.ACCEPT
 
@@ -89,9 +89,9 @@ def test_outbound_malware_suspends_at_once_and_alerts_twice(tmp_path, monkeypatc
         client = MilterClient(rt, monkeypatch)
         _, ctx = client.connect(ip="203.0.113.21", auth="carol")
         assert client.send(ctx, eicar_message()[1], "carol@example.org") == Milter.REJECT
-        incident = re.search(r"incident (MW-\S+)\)", ctx._reply[2]).group(1)
+        incident = re.search(r"incident (MW-\S+)\)", ctx.reply[2]).group(1)
         assert client.send(ctx, message()[1], "carol@example.org") == Milter.REJECT
-        assert ctx._reply[2] == f"Sender not accepted (incident {incident})"
+        assert ctx.reply[2] == f"Sender not accepted (incident {incident})"
         assert wait_for(lambda: len(hook.received) == 2)
     kinds = {a["kind"]: a for a in hook.received}
     assert kinds["malware"]["incident_id"] == kinds["suspension"]["incident_id"] == incident
@@ -176,7 +176,7 @@ def test_quarantine_store_failure_tempfails_and_alerts(tmp_path, monkeypatch, mi
         client = MilterClient(rt, monkeypatch)
         _, ctx = client.connect()
         assert client.send(ctx, eicar_message()[1]) == Milter.TEMPFAIL
-        incident = re.search(r"incident (MW-\S+)\)", ctx._reply[2]).group(1)
+        incident = re.search(r"incident (MW-\S+)\)", ctx.reply[2]).group(1)
         assert wait_for(lambda: {a["kind"] for a in hook.received} == {"malware", "store-error"})
     [alert] = [a for a in hook.received if a["kind"] == "store-error"]
     assert alert["incident_id"] == incident and alert["severity"] == "critical"

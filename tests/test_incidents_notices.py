@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import email
 
-from incidents_support import wait_for
 from mailward.config import load_settings
 from mailward.envelope import Direction, Envelope
 from mailward.evidence import Category, Evidence, Finding, MessageFacts, Severity
 from mailward.incidents import open_incidents
 from mailward.verdict import Action, Outcome, Verdict
-from quarantine_support import SmtpSink
+from support.incidents import wait_for
+from support.quarantine import SmtpSink
 
 MALWARE = Evidence(
     findings=(Finding(Category.MALWARE, "clamav:Win.Trojan.X-123", Severity.HIGH, "clamav", "invoice.zip > a.exe"),),

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from incidents_support import WebhookReceiver, wait_for
+from support.incidents import WebhookReceiver, wait_for
 from support.mail import gtube_message
 
 pytestmark = pytest.mark.postfix

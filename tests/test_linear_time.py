@@ -16,7 +16,9 @@ from mailward.unpack import ooxml
 from mailward.unpack.model import Allowance, Member, Stop
 from mailward.unpack.passwords import password_candidates
 from mailward.unpack.uuencode import unpack as unpack_uuencoded
-from unpack_support import EICAR, message, uuencoded
+from support.mail import EICAR
+from support.mail import mime_mail as message
+from support.unpack import uuencoded
 
 BOUND = 2.0  # seconds; the old code took 4.7 s to minutes on these inputs
 
@@ -131,7 +133,7 @@ def test_many_unclosed_script_tags_are_linear():
 def test_in_process_handler_stops_at_its_cpu_budget(unpacker):  # noqa: F811  (shared fixture)
     """A handler that would decompress for long stops at its CPU allowance: unchecked for that object only."""
     from mailward.unpack import Kind
-    from unpack_support import zipped
+    from support.unpack import zipped
 
     members = {f"m{i}.txt": bytes(range(256)) * 4096 for i in range(40)}  # 40 MiB of output
     allowance = Allowance(bytes=256 << 20, members=1000, max_ratio=10_000, seconds=0.0)

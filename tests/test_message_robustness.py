@@ -36,7 +36,8 @@ from mailward.runtime import build_inspector
 from mailward.textsafe import json_line, neutralise
 from mailward.unpack import Unpacker
 from mailward.verdict import Action
-from unpack_support import EICAR, zipped
+from support.mail import EICAR
+from support.unpack import zipped
 
 BAD_SUBJECT = b"Subject: =?utf\xc3\xa98?Q?hello?=\n"
 
@@ -59,12 +60,6 @@ def raw_message(
         b'Content-Disposition: attachment; filename="' + name.encode() + b'"\n'
         b"Content-Transfer-Encoding: base64\n\n" + base64.encodebytes(data) + b"--b--\n"
     )
-
-
-@pytest.fixture(scope="module")
-def unpacker():
-    with Unpacker(LimitSettings()) as shared:
-        yield shared
 
 
 @pytest.fixture(scope="module")

@@ -6,15 +6,11 @@ import pytest
 
 from mailward.config import LimitSettings
 from mailward.message import ContentObject, parse_message
-from mailward.unpack import Kind, Unpacker
+from mailward.unpack import Kind
 from mailward.unpack.passwords import password_candidates
-from unpack_support import EICAR, message, zipped
-
-
-@pytest.fixture(scope="module")
-def unpacker():
-    with Unpacker(LimitSettings()) as shared:
-        yield shared
+from support.mail import EICAR
+from support.mail import mime_mail as message
+from support.unpack import zipped
 
 
 def test_text_parts_stay_text_for_the_tokenizer(unpacker):

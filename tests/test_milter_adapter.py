@@ -33,8 +33,8 @@ def test_clean_message_accepted_with_headers(tmp_path, feed, milter_runtime):
     rc, ctx = feed(milter_runtime(tmp_path), message()[1])
     assert rc == Milter.ACCEPT
     # Leading-space headers are negotiated: the value carries the space the MTA writes after the colon.
-    assert ctx._msg["X-Mailward-Verdict"] == " accept"
-    assert ctx._msg["X-Mailward-Incident"].startswith(" MW-")
+    assert ctx.delivered["X-Mailward-Verdict"] == " accept"
+    assert ctx.delivered["X-Mailward-Incident"].startswith(" MW-")
 
 
 def test_authenticated_sender_gets_outbound_policy(tmp_path, feed, milter_runtime):
@@ -43,7 +43,7 @@ def test_authenticated_sender_gets_outbound_policy(tmp_path, feed, milter_runtim
     assert rc == Milter.ACCEPT
     rc, ctx = feed(rt, gtube_message()[1], auth="alice")
     assert rc == Milter.REJECT
-    assert ctx._reply[0] == "550"
+    assert ctx.reply[0] == "550"
 
 
 def test_internal_network_is_outbound(tmp_path, feed, milter_runtime):
@@ -61,7 +61,7 @@ def test_unexpected_scan_exception_tempfails_generically(tmp_path, feed, milter_
 
     rc, ctx = feed(milter_runtime(tmp_path, scan=explode), message()[1])
     assert rc == Milter.TEMPFAIL
-    code, xcode, text = ctx._reply
+    code, xcode, text = ctx.reply
     assert code == "451" and xcode.startswith("4.") and "incident MW-" in text
     assert not INTERNALS.search(text) and "internal detail" not in text
 
@@ -84,7 +84,7 @@ def test_failure_in_noreply_callback_is_answered_at_eom(tmp_path, feed, milter_r
     rt = replace(rt, spool_dir=spool, spool_threshold=0)
     rc, ctx = feed(rt, message()[1])
     assert rc == Milter.TEMPFAIL
-    assert not INTERNALS.search(ctx._reply[2])
+    assert not INTERNALS.search(ctx.reply[2])
 
 
 def test_quarantine_discards_from_flow_after_storing(tmp_path, feed, milter_runtime):
@@ -151,10 +151,17 @@ def _inject(where: str, monkeypatch, rt: Runtime) -> tuple[Runtime, str, object]
     elif where == "hello":
         helo = _Unprintable()
     elif where == "envrcpt":
-        real = adapter._addr
-        monkeypatch.setattr(
-            adapter, "_addr", lambda v: (_ for _ in ()).throw(RuntimeError("rcpt")) if "example.test" in v else real(v)
-        )
+
+        class RefusingList(list):
+            def append(self, value: object) -> None:
+                raise RuntimeError("rcpt")
+
+        class RecipientFails(adapter.Transaction):
+            def __init__(self, *args: object, **kwargs: object) -> None:
+                super().__init__(*args, **kwargs)
+                self.recipients = RefusingList()
+
+        monkeypatch.setattr(adapter, "Transaction", RecipientFails)
     elif where == "header":
         monkeypatch.setattr(buffer.MessageBuffer, "add_header", lambda *a: (_ for _ in ()).throw(OSError("disk")))
     elif where == "body":
@@ -178,7 +185,7 @@ def test_a_failure_in_any_callback_ends_in_on_error(tmp_path, monkeypatch, where
     assert rc == Milter.CONTINUE
     rc = client.send(ctx, message()[1], "sender@example.org")
     assert rc == Milter.TEMPFAIL  # inbound on_error, never accept
-    assert ctx._reply[0] == "451" and not INTERNALS.search(ctx._reply[2])
+    assert ctx.reply[0] == "451" and not INTERNALS.search(ctx.reply[2])
     assert scanned == []  # nothing was accepted unchecked
     disarm()
     client = MilterClient(rt, monkeypatch)  # the undo also took the client's set-up
@@ -253,8 +260,8 @@ def test_subject_tag(tmp_path, feed, subject, expected, milter_runtime):
     raw = gtube_message()[1].replace(b"Subject: Special offer", b"Subject: " + subject, 1)
     rc, ctx = feed(milter_runtime(tmp_path, SPAM_TAGGED), raw)
     assert rc == Milter.ACCEPT
-    assert ctx._msg["X-Spam-Flag"] == " YES"
-    subjects = ctx._msg.get_all("Subject")  # TestCtx's chgheader appends the new value
+    assert ctx.delivered["X-Spam-Flag"] == " YES"
+    subjects = ctx.delivered.get_all("Subject")  # TestCtx's chgheader appends the new value
     if expected is None:
         assert len(subjects) == 1
     else:
@@ -264,7 +271,7 @@ def test_subject_tag(tmp_path, feed, subject, expected, milter_runtime):
 def test_subject_tag_adds_a_missing_subject(tmp_path, feed, milter_runtime):
     raw = gtube_message()[1].replace(b"Subject: Special offer\r\n", b"", 1)
     rc, ctx = feed(milter_runtime(tmp_path, SPAM_TAGGED), raw)
-    assert rc == Milter.ACCEPT and ctx._msg["Subject"] == " [SPAM]"
+    assert rc == Milter.ACCEPT and ctx.delivered["Subject"] == " [SPAM]"
 
 
 def test_callbacks_out_of_order_end_in_on_error(tmp_path, monkeypatch, milter_runtime):
@@ -275,10 +282,10 @@ def test_callbacks_out_of_order_end_in_on_error(tmp_path, monkeypatch, milter_ru
     client = MilterClient(rt, monkeypatch)
     rc, ctx = client.connect()
     assert rc == Milter.CONTINUE
-    ctx._envrcpt("<user@example.test>")
-    ctx._header("Subject", "no envelope")
-    assert ctx._eom() == Milter.TEMPFAIL
-    assert ctx._reply[0] == "451" and not INTERNALS.search(ctx._reply[2])
+    ctx.send_rcpt("<user@example.test>")
+    ctx.send_header("Subject", "no envelope")
+    assert ctx.send_eom() == Milter.TEMPFAIL
+    assert ctx.reply[0] == "451" and not INTERNALS.search(ctx.reply[2])
     assert scanned == [] and list(rt.spool_dir.iterdir()) == []
 
 
@@ -291,4 +298,4 @@ def test_a_failure_while_deciding_a_failure_still_tempfails(tmp_path, monkeypatc
     client = MilterClient(rt, monkeypatch)
     _, ctx = client.connect()
     assert client.send(ctx, message()[1]) == Milter.TEMPFAIL
-    assert ctx._reply[0] == "451" and not INTERNALS.search(ctx._reply[2])
+    assert ctx.reply[0] == "451" and not INTERNALS.search(ctx.reply[2])

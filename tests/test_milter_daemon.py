@@ -57,6 +57,9 @@ def wait_for_log(proc: MilterProcess, text: str, count: int = 1, timeout: float 
         seen = proc.log_path.read_text().count(text) if proc.log_path.exists() else 0
         if seen >= count:
             return seen
+        if proc.proc is not None and proc.proc.poll() is not None:  # it will log nothing more
+            log = proc.log_path.read_text()[-2000:] if proc.log_path.exists() else ""
+            raise AssertionError(f"the milter exited ({proc.proc.returncode}) before logging {text!r}: {log}")
         time.sleep(0.1)
     raise AssertionError(f"{text!r} logged fewer than {count} times")
 

@@ -87,14 +87,16 @@ def test_eicar_is_rejected_generically_by_default(postfix, milter):
     assert code == 550
     assert "5.7.1" in text and "incident MW-" in text
     assert not INTERNALS.search(text)
-    assert postfix.delivered(mid, timeout=2) is None
+    assert postfix.milter_action(mid) == "reject"  # the queue file is gone: never delivered
+    assert postfix.delivered(mid, timeout=0) is None
 
 
 def test_eicar_goes_to_quarantine_store_not_mailbox(postfix, milter, tmp_path):
     milter('[policy.inbound]\nmalware_action = "quarantine"\n')
     mid, raw = eicar_message()
     assert postfix.send(raw)[0] == 250  # accepted for quarantine, then discarded from the flow
-    assert postfix.delivered(mid, timeout=3) is None
+    assert postfix.milter_action(mid) == "discard"
+    assert postfix.delivered(mid, timeout=0) is None
     db = tmp_path / "state" / "quarantine" / "quarantine.sqlite3"
     assert db.exists()
     files = [
@@ -151,7 +153,8 @@ def test_internal_failure_tempfails_with_generic_reply(postfix, milter, tmp_path
     code, text = postfix.send(raw)
     assert code == 451
     assert "incident MW-" in text and not INTERNALS.search(text)
-    assert postfix.delivered(mid, timeout=2) is None
+    assert postfix.milter_action(mid) == "reject"  # a 4xx at end of message: the queue file is gone
+    assert postfix.delivered(mid, timeout=0) is None
 
 
 def test_failed_quarantine_write_tempfails(postfix, milter, tmp_path):
@@ -163,7 +166,8 @@ def test_failed_quarantine_write_tempfails(postfix, milter, tmp_path):
     code, text = postfix.send(raw)
     assert code == 451
     assert "incident MW-" in text and not INTERNALS.search(text)
-    assert postfix.delivered(mid, timeout=2) is None
+    assert postfix.milter_action(mid) == "reject"  # a 4xx at end of message: the queue file is gone
+    assert postfix.delivered(mid, timeout=0) is None
 
 
 def test_unusable_quarantine_at_start_is_a_clear_error(postfix, milter, tmp_path):
@@ -176,9 +180,11 @@ def test_unusable_quarantine_at_start_is_a_clear_error(postfix, milter, tmp_path
 def test_milter_down_tempfails(postfix):
     postfix.milter_socket.unlink(missing_ok=True)  # no milter listening: Postfix must not deliver unchecked
     mid, raw = message()
-    code, _ = postfix.send(raw)
+    sender = f"down-{mid.strip('<>')}"
+    code, _ = postfix.send(raw, mail_from=sender)
     assert code == 451
-    assert postfix.delivered(mid, timeout=2) is None
+    assert "451 4.7.1" in postfix.refused_before_data(sender)  # no queue file was ever made
+    assert postfix.delivered(mid, timeout=0) is None
 
 
 def test_submission_gets_outbound_policy(postfix, milter):
@@ -343,7 +349,8 @@ def test_released_message_is_delivered_once_and_not_quarantined_again(postfix, m
     )
     mid, raw = gtube_message()
     assert postfix.send(raw)[0] == 250
-    assert postfix.delivered(mid, timeout=2) is None
+    assert postfix.milter_action(mid) == "discard"
+    assert postfix.delivered(mid, timeout=0) is None
     event = m.event_where(lambda e: e["mailward"]["verdict"] == "quarantine")
     qid = event["mailward"]["quarantine_id"]
     config = str(tmp_path / "mailward.toml")

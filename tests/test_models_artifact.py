@@ -10,7 +10,8 @@ import pytest
 from mailward.errors import ArtifactError
 from mailward.models.artifact import SIDECAR, load_artifact, save_artifact
 from mailward.training.trainer import TrainingSettings
-from models_support import HAM_LINES, SPAM_LINES, message, small_model, tokens
+from support.mail import bare_mail as message
+from support.models import HAM_LINES, SPAM_LINES, small_model, tokens
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +164,7 @@ def test_saving_replaces_atomically_and_leaves_no_temporary_files(model, saved):
 
 def test_a_model_without_both_classes_is_not_saved(tmp_path):
     from mailward.training.trainer import Trainer
-    from models_support import SMALL, corpus
+    from support.models import SMALL, corpus
 
     trainer = Trainer(SMALL, 0.3)
     ham = [t for _, t, label in corpus(1) if label == "ham"]

@@ -23,9 +23,9 @@ from mailward.models.artifact import SHIPPED_DIR, SIDECAR, load_artifact
 from mailward.models.database import ModelDatabase
 from mailward.models.loader import DatabaseSource, ModelLoader
 from mailward.training.registry import SHIPPED, DatabaseRegistry, Registry, RegistryError
-from models_support import small_model
-from quarantine_support import FakeClock
-from training_support import FIXTURES, config, run, run_json
+from support.models import small_model
+from support.quarantine import FakeClock
+from support.training import FIXTURES, config, run, run_json
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 from mailward.errors import ArtifactError
 from mailward.models.artifact import SIDECAR, save_artifact
 from mailward.models.loader import ModelLoader
-from models_support import small_model
+from support.models import small_model
 
 
 class Clock:

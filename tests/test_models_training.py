@@ -16,7 +16,8 @@ from mailward.models.classifier import CLASSES, Combiner, naive_bayes_from_count
 from mailward.training import build_default
 from mailward.training.corpus import CorpusError
 from mailward.training.trainer import Trainer, TrainingSettings, train
-from models_support import SMALL, corpus, message, small_model, tokens
+from support.mail import bare_mail as message
+from support.models import SMALL, corpus, small_model, tokens
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +113,7 @@ def write_corpus(root, rows):
 
 
 def test_build_command_trains_on_the_train_split_only(tmp_path):
-    from models_support import HAM_LINES, SPAM_LINES
+    from support.models import HAM_LINES, SPAM_LINES
 
     rows = []
     for i in range(3):

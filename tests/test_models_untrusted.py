@@ -32,9 +32,9 @@ from mailward.models.loader import ModelLoader
 from mailward.source import MessageSource
 from mailward.trust import TrustedOwners
 from mailward.workers import ScanPool
-from models_support import small_model
 from real_parts import require
 from support.mail import message
+from support.models import small_model
 
 
 class Exploit:

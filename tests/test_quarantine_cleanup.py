@@ -13,8 +13,8 @@ import pytest
 from mailward.errors import StoreError
 from mailward.quarantine.files import MessageFiles
 from mailward.source import MessageSource
-from quarantine_support import message
 from real_parts import require
+from support.mail import plain_mail as message
 
 
 def _chattr(flag: str, path) -> None:

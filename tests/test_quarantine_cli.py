@@ -23,7 +23,8 @@ from mailward.marks import message_body
 from mailward.quarantine import open_store
 from mailward.quarantine.release import ReleaseVerifier
 from mailward.source import MessageSource
-from quarantine_support import envelope, malware_case, message, quarantine_cli, spam_case
+from support.mail import plain_mail as message
+from support.quarantine import envelope, malware_case, quarantine_cli, spam_case
 
 
 def _zip() -> bytes:

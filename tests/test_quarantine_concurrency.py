@@ -10,7 +10,8 @@ from pathlib import Path
 from mailward.actor import Actor
 from mailward.quarantine import ListFilter, ReleaseClaim
 from mailward.source import MessageSource
-from quarantine_support import envelope, message, spam_case
+from support.mail import plain_mail as message
+from support.quarantine import envelope, spam_case
 
 THREADS = 8
 PER_THREAD = 15

@@ -23,8 +23,9 @@ from mailward.quarantine import ListFilter
 from mailward.quarantine.sqlite import DB_NAME, SqliteStore
 from mailward.quarantine.store import COMMIT_GRACE, Deadline
 from mailward.source import MessageSource
-from quarantine_support import envelope, message, spam_case
 from real_parts import require
+from support.mail import plain_mail as message
+from support.quarantine import envelope, spam_case
 
 BUDGET = 1.0
 SLACK = 0.5  # thread start-up and a loaded 2-core machine
@@ -327,7 +328,8 @@ def test_postfix_sender_is_tempfailed_and_the_retry_is_stored_once(postfix, milt
         assert postfix.send(raw)[0] == 250  # the sender's retry...
         stored = store.list(ListFilter(limit=100))
         assert len(stored) == 1 and mid.encode() in store.read(stored[0].id)  # ...is kept once
-    assert postfix.delivered(mid, timeout=2) is None
+    assert postfix.milter_actions(mid, 2) == ["reject", "discard"]  # a 4xx, then the retry held in quarantine
+    assert postfix.delivered(mid, timeout=0) is None
 
 
 def test_postgresql_incident_sessions_commit_durably_with_a_statement_timeout(pg_cluster):

@@ -14,7 +14,8 @@ from mailward.marks import load_release_key
 from mailward.quarantine import open_store
 from mailward.quarantine.links import RecipientLink, link_key_path, sign_link, verify_link
 from mailward.source import MessageSource
-from quarantine_support import envelope, malware_case, message, quarantine_cli, spam_case
+from support.mail import plain_mail as message
+from support.quarantine import envelope, malware_case, quarantine_cli, spam_case
 
 
 def _settings(tmp_path, sink, web: dict | None = None):

@@ -15,7 +15,8 @@ from mailward.pipeline import mark_proof
 from mailward.quarantine import Status
 from mailward.quarantine.release import Relay, ReleaseOutcome, ReleaseVerifier, release
 from mailward.source import MessageSource
-from quarantine_support import SmtpSink, closed_port, envelope, malware_case, message, spam_case
+from support.mail import plain_mail as message
+from support.quarantine import SmtpSink, closed_port, envelope, malware_case, spam_case
 
 KEY = b"k" * 32
 ANALYST = Actor("analyst1", "review-host")

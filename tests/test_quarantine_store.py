@@ -14,7 +14,8 @@ from mailward.evidence import Category, Evidence, Finding, Label, MessageFacts, 
 from mailward.quarantine import ListFilter, ReleaseClaim, Removal, Status
 from mailward.source import MessageSource
 from mailward.verdict import Action, Verdict, new_incident_id
-from quarantine_support import envelope, malware_case, message, spam_case
+from support.mail import plain_mail as message
+from support.quarantine import envelope, malware_case, spam_case
 
 ANALYST = Actor("analyst1", "review-host", "ssh 192.0.2.50")
 

@@ -16,8 +16,9 @@ from mailward.runtime import InProcessScanner
 from mailward.screening import Screener
 from mailward.source import MessageSource
 from mailward.verdict import Action
-from reputation_support import DkimKey, detector_for, envelope, message, no_system_resolver, parse, txt  # noqa: F401
 from support.mail import GTUBE
+from support.mail import signable_mail as message
+from support.reputation import DkimKey, detector_for, envelope, no_system_resolver, parse, txt  # noqa: F401
 
 GOOD_IP, OTHER_IP, PROVIDER_IP = "192.0.2.10", "198.51.100.50", "203.0.113.9"
 

@@ -15,7 +15,8 @@ from mailward.policy import decide
 from mailward.reputation import detectors
 from mailward.reputation.zones import parse_zones
 from mailward.verdict import Action
-from reputation_support import detector_for, envelope, message, no_system_resolver, parse  # noqa: F401
+from support.mail import signable_mail as message
+from support.reputation import detector_for, envelope, no_system_resolver, parse  # noqa: F401
 
 V6_LISTED = "2001:db8:1::7"
 

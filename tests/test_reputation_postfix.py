@@ -11,8 +11,8 @@ import re
 import pytest
 
 from dns_server import DnsServer, soa
-from reputation_support import DkimKey
 from support.mail import message
+from support.reputation import DkimKey
 
 pytestmark = pytest.mark.postfix
 
@@ -60,7 +60,8 @@ def test_listed_client_is_rejected_generically_when_configured(postfix, milter, 
     code, text = postfix.send(raw)
     assert code == 550 and "Sender reputation check failed" in text
     assert "bl.test" not in text
-    assert postfix.delivered(mid, timeout=2) is None
+    assert postfix.milter_action(mid) == "reject"
+    assert postfix.delivered(mid, timeout=0) is None
     event = m.event_for(_incident(text))
     (listing,) = [f for f in event["mailward"]["findings"] if f["category"] == "reputation"]
     assert listing["name"] == "dnsbl:bl.test" and "127.0.0.1" in listing["detail"]  # zone in the log

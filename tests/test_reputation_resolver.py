@@ -10,7 +10,8 @@ import pytest
 from dns_server import BlackHole, DnsServer, soa
 from mailward.evidence import Category, Severity
 from mailward.reputation.resolver import Deadline, DnsClient, Outcome
-from reputation_support import detector_for, envelope, message, no_system_resolver, parse  # noqa: F401
+from support.mail import signable_mail as message
+from support.reputation import detector_for, envelope, no_system_resolver, parse  # noqa: F401
 
 ZONES = {
     "cache.test.": soa("cache.test.", ttl=300, negative_ttl=1)

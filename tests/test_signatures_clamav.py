@@ -20,7 +20,8 @@ from mailward.signatures import detectors
 from mailward.signatures.clamav import ClamavDetector, Clamd, ClamdError
 from mailward.signatures.hashes import HashList
 from mailward.verdict import Action
-from unpack_support import message, ooxml, zipped
+from support.mail import mime_mail as message
+from support.unpack import ooxml, zipped
 
 
 def clamav_settings(clamd_socket: str, **over) -> ClamavSettings:

@@ -4,20 +4,14 @@ import hashlib
 
 import pytest
 
-from mailward.config import LimitSettings
 from mailward.errors import ArtifactError
 from mailward.evidence import Category
 from mailward.signatures.hashes import HashList
-from mailward.unpack import Unpacker
-from unpack_support import EICAR, Scanner, message, settings_for, zipped
+from support.mail import EICAR
+from support.mail import mime_mail as message
+from support.unpack import Scanner, settings_for, zipped
 
 PAYLOAD = b"not really malware, but listed" * 10
-
-
-@pytest.fixture(scope="module")
-def unpacker():
-    with Unpacker(LimitSettings()) as shared:
-        yield shared
 
 
 def digests(data):

@@ -12,7 +12,9 @@ from mailward.config import PolicySettings
 from mailward.evidence import Category, Evidence
 from mailward.policy import decide
 from mailward.verdict import Action
-from unpack_support import EICAR, message, names_at, ooxml, vba_project, zipped
+from support.mail import EICAR
+from support.mail import mime_mail as message
+from support.unpack import names_at, ooxml, vba_project, zipped
 
 POLICY = PolicySettings()
 

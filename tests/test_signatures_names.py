@@ -84,14 +84,14 @@ def test_executable_disguised_as_pdf(detector):
 
 
 def test_archive_disguised_as_pdf_is_medium(detector):
-    from unpack_support import zipped
+    from support.unpack import zipped
 
     found = checks(detector, "invoice.pdf", zipped({"a.txt": b"x"}))
     assert found["type-mismatch"].severity is Severity.MEDIUM
 
 
 def test_office_document_sniffed_as_zip_is_no_mismatch(detector):
-    from unpack_support import ooxml
+    from support.unpack import ooxml
 
     assert "type-mismatch" not in checks(detector, "report.docx", ooxml("docx", {}))
 

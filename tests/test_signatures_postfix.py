@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from support.mail import EICAR, message
-from unpack_support import aes_zip, ooxml, vba_project, zipped
+from support.unpack import aes_zip, ooxml, vba_project, zipped
 
 pytestmark = pytest.mark.postfix
 
@@ -20,7 +20,8 @@ def test_eicar_in_zip_in_zip_is_rejected(postfix, milter):
     mid, raw = message(attachments=(("invoice.zip", nested, "application/zip"),))
     code, text = postfix.send(raw)
     assert code == 550 and "5.7.1" in text and "eicar" not in text.lower()
-    assert postfix.delivered(mid, timeout=2) is None
+    assert postfix.milter_action(mid) == "reject"
+    assert postfix.delivered(mid, timeout=0) is None
 
 
 def test_macro_dropper_is_rejected_and_locked_archive_quarantined(postfix, milter):
@@ -31,8 +32,8 @@ def test_macro_dropper_is_rejected_and_locked_archive_quarantined(postfix, milte
     mid_locked, raw_locked = message(attachments=(("scan.zip", locked, "application/zip"),))
     assert postfix.send(raw_macro)[0] == 550  # auto-exec that downloads and runs: malware
     assert postfix.send(raw_locked)[0] == 250  # accepted into the quarantine, not the mailbox
-    assert postfix.delivered(mid_macro, timeout=3) is None
-    assert postfix.delivered(mid_locked, timeout=1) is None
+    assert postfix.milter_action(mid_macro) == "reject" and postfix.milter_action(mid_locked) == "discard"
+    assert postfix.delivered(mid_macro, timeout=0) is None and postfix.delivered(mid_locked, timeout=0) is None
 
 
 def test_clamav_signature_rejects_and_keeps_the_sample(postfix, milter, clamd, tmp_path):
@@ -44,7 +45,8 @@ def test_clamav_signature_rejects_and_keeps_the_sample(postfix, milter, clamd, t
     mid, raw = message(attachments=(("report.bin", b"\x00" + MARKER + b"\x00", "application/octet-stream"),))
     code, text = postfix.send(raw)
     assert code == 550 and "5.7.1" in text and "MailwardTest" not in text
-    assert postfix.delivered(mid, timeout=2) is None
+    assert postfix.milter_action(mid) == "reject"
+    assert postfix.delivered(mid, timeout=0) is None
     with open_store(load_settings(tmp_path / "mailward.toml")) as store:
         [sample] = store.list(ListFilter())
         assert sample.status is Status.REJECTED and mid.encode() in store.read(sample.id)
@@ -72,7 +74,8 @@ def test_clamd_down_quarantines_inbound_never_delivers(postfix, milter, tmp_path
     milter(f'[clamav]\nsocket = "unix:{tmp_path / "no-clamd.sock"}"\n')
     mid, raw = message(attachments=(("notes.txt", b"Minutes of the meeting.\n", "text/plain"),))
     assert postfix.send(raw)[0] == 250  # accepted into the quarantine, not the mailbox
-    assert postfix.delivered(mid, timeout=3) is None
+    assert postfix.milter_action(mid) == "discard"
+    assert postfix.delivered(mid, timeout=0) is None
     with open_store(load_settings(tmp_path / "mailward.toml")) as store:
         [held] = store.list(ListFilter())
         assert "clamav-unavailable" in {f.name for f in held.evidence.findings}

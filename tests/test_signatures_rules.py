@@ -15,7 +15,8 @@ from mailward.signatures.hashes import HashList
 from mailward.signatures.ruleset import UNREADABLE, Origin, RuleSet, fingerprint, marker
 from mailward.signatures.yara_rules import YaraDetector
 from real_parts import require
-from unpack_support import EICAR, message
+from support.mail import EICAR
+from support.mail import mime_mail as message
 
 GOOD = 'rule Marker_One { meta: severity = "medium" category = "phishing" strings: $a = "marker-one" condition: $a }\n'
 OTHER = 'rule Marker_Two { strings: $a = "marker-two" condition: $a and filename endswith ".txt" }\n'
@@ -236,7 +237,7 @@ def test_rules_check_without_benign_and_with_a_missing_directory(tmp_path, capsy
 
 def test_shipped_rules_find_eicar(tmp_path):
     from mailward.signatures import load_rules
-    from unpack_support import settings_for
+    from support.unpack import settings_for
 
     loaded = load_rules(settings_for(tmp_path))
     assert not loaded.broken and matches(loaded, EICAR, "eicar.com") == {"mailward/eicar:EICAR_Test_File"}

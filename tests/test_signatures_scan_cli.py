@@ -4,7 +4,9 @@ import json
 import subprocess
 import sys
 
-from unpack_support import EICAR, message, zipped
+from support.mail import EICAR
+from support.mail import mime_mail as message
+from support.unpack import zipped
 
 
 def test_scan_json_gives_the_object_path(tmp_path):

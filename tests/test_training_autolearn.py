@@ -12,7 +12,7 @@ from mailward.training.learning import rebuild, record
 from mailward.training.ledger import Ledger, digest_of
 from mailward.training.registry import Registry
 from mailward.training.sources import read_sets
-from training_support import FIXTURES, config, run, run_json
+from support.training import FIXTURES, config, run, run_json
 
 # With a model trained on the fixtures themselves, every fixture is on the right side of 0.5.
 DECISIVE = LearningSettings(

@@ -12,9 +12,9 @@ from mailward.actor import Actor
 from mailward.evidence import Label
 from mailward.quarantine.sqlite import SqliteStore
 from mailward.source import MessageSource
-from quarantine_support import envelope, spam_case
 from real_parts import require
-from training_support import FIXTURES, config, copy_fixtures, run, run_json
+from support.quarantine import envelope, spam_case
+from support.training import FIXTURES, config, copy_fixtures, run, run_json
 
 FIGURES = {"n", "auc", "fp_rate", "fn_rate"}
 

@@ -12,7 +12,7 @@ from mailward.training.evaluate import Scores, Thresholds, measure, score_set
 from mailward.training.replay import OnlineNaiveBayes, replay_mailward
 from mailward.training.sources import read_sets
 from mailward.training.trainer import message_tokens
-from training_support import FIXTURES
+from support.training import FIXTURES
 
 
 def test_rates_and_confusion_at_the_thresholds():

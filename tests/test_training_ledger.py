@@ -13,8 +13,8 @@ from mailward.training.learning import Lineage, import_quarantine, rebuild, reco
 from mailward.training.ledger import LabelOutcome, Ledger, LedgerError, digest_of
 from mailward.training.registry import Registry
 from mailward.training.sources import read_sets
-from quarantine_support import FakeClock, envelope, spam_case
-from training_support import FIXTURES
+from support.quarantine import FakeClock, envelope, spam_case
+from support.training import FIXTURES
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ from mailward.training.learning import rebuild, record
 from mailward.training.ledger import Ledger
 from mailward.training.registry import Registry, RegistryError
 from mailward.training.sources import read_sets
-from quarantine_support import FakeClock
-from training_support import FIXTURES
+from support.quarantine import FakeClock
+from support.training import FIXTURES
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from mailward.training.evaluate import Thresholds
 from mailward.training.replay import replay_mailward
 from mailward.training.sources import read_sets
 from mailward.training.trainer import TrainingSettings
-from training_support import FIXTURES, run_json
+from support.training import FIXTURES, run_json
 
 
 def test_regime_needs_enough_site_ham_and_spam():

@@ -9,7 +9,7 @@ import pytest
 
 from mailward.training.corpus import CorpusError
 from mailward.training.sources import LabelledSet, read_sets
-from training_support import FIXTURES
+from support.training import FIXTURES
 
 
 def labels(spec: str, split: str = "") -> list[tuple[str, str]]:

@@ -9,11 +9,11 @@ from mailward.config import LimitSettings
 from mailward.evidence import Category
 from mailward.message import parse_message
 from mailward.unpack import MemberState
-from unpack_support import (
-    EICAR,
+from support.mail import EICAR
+from support.mail import mime_mail as message
+from support.unpack import (
     aes_zip,
     iso_image,
-    message,
     names_at,
     nested_zip,
     overlapping_zip,

@@ -6,7 +6,8 @@ import pikepdf
 
 from mailward.evidence import Category, Severity
 from mailward.unpack import Fact, Kind
-from unpack_support import message, ooxml, vba_project
+from support.mail import mime_mail as message
+from support.unpack import ooxml, vba_project
 
 DROPPER = """Sub AutoOpen()
     Dim path As String

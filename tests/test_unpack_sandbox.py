@@ -7,7 +7,7 @@ import pikepdf
 import pytest
 
 from mailward.unpack import Allowance, Fact, Kind, Sandbox, Stop
-from unpack_support import ole_package
+from support.unpack import ole_package
 
 
 def many_objects_pdf(count: int) -> bytes:

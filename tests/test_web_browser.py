@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from quarantine_support import SmtpSink, malware_case, message
 from real_parts import require
-from web_support import PASSWORD, hostile_message, put, web_settings
+from support.mail import plain_mail as message
+from support.quarantine import SmtpSink, malware_case
+from support.web import PASSWORD, hostile_message, put, web_settings
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 MAILWARD = str(Path(sys.executable).with_name("mailward"))

@@ -15,8 +15,9 @@ from mailward.incidents import open_store as open_incidents_store
 from mailward.quarantine.links import new_link, sign_link
 from mailward.quarantine.records import Status
 from mailward.web.app import create_app
-from quarantine_support import FakeClock, malware_case, message
-from web_support import PASSWORD, close_parts, hostile_message, make_parts, put, web_settings
+from support.mail import plain_mail as message
+from support.quarantine import FakeClock, malware_case
+from support.web import PASSWORD, close_parts, hostile_message, make_parts, put, web_settings
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 

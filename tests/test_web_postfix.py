@@ -15,7 +15,7 @@ from mailward.cli.main import main as cli
 from mailward.config import load_settings
 from mailward.web.app import create_app
 from support.mail import gtube_message
-from web_support import close_parts, make_parts
+from support.web import close_parts, make_parts
 
 pytestmark = pytest.mark.postfix
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import smtplib
 import socket
@@ -177,6 +178,42 @@ minimal_backoff_time = 1s
             if time.monotonic() > deadline:
                 return None
             time.sleep(0.2)
+
+    def milter_action(self, message_id: str, timeout: float = 30.0) -> str:
+        """What the milter had Postfix do with the message of ``message_id``, from Postfix's own log:
+        "reject" (a 5xx or 4xx at end of message), "discard" or "hold"; "" when it went on to the queue.
+
+        Waits for that line, not for a time: once Postfix logs a reject or discard the queue file is
+        gone, so the message can never reach a mailbox; a held one waits in the hold queue.
+        """
+        return self.milter_actions(message_id, 1, timeout)[0]
+
+    def milter_actions(self, message_id: str, count: int, timeout: float = 30.0) -> list[str]:
+        """:meth:`milter_action` for each of the first ``count`` messages sent with ``message_id``, in order."""
+        deadline = time.monotonic() + timeout
+        while True:
+            log = self.log()
+            actions = []
+            for queue_id in re.findall(rf"(\w+): message-id={re.escape(message_id)}\s*$", log, re.M)[:count]:
+                action = re.search(rf"{queue_id}: milter-(reject|discard|hold): ", log)
+                if action:
+                    actions.append(action.group(1))
+                elif re.search(rf"{queue_id}: from=<.*\(queue active\)", log):
+                    actions.append("")
+            if len(actions) == count:
+                return actions
+            if time.monotonic() > deadline:
+                raise AssertionError(f"Postfix logged no outcome for {message_id}: {log[-3000:]}")
+            time.sleep(0.05)
+
+    def refused_before_data(self, mail_from: str, timeout: float = 30.0) -> str:
+        """Postfix's log line refusing the transaction of ``mail_from`` before DATA (no queue file was made)."""
+        line = wait_for(
+            lambda: re.search(rf"NOQUEUE: \S+: \w+ from .*from=<{re.escape(mail_from)}>.*", self.log()), timeout
+        )
+        if not line:
+            raise AssertionError(f"Postfix logged no refusal for {mail_from}: {self.log()[-3000:]}")
+        return line.group(0)
 
     def queue(self, name: str | None = None) -> list[dict]:
         out = subprocess.run(["postqueue", "-c", str(self.conf), "-j"], check=True, capture_output=True, text=True)

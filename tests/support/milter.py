@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
+from email.message import Message
 from pathlib import Path
 
 import Milter
@@ -24,7 +25,7 @@ from mailward.evidence import Evidence
 from mailward.logs import EcsJsonFormatter
 from mailward.metrics import Metrics
 from mailward.milter.adapter import MailwardMilter
-from mailward.runtime import LiveRuntime, Runtime, build_runtime
+from mailward.runtime import InProcessScanner, LiveRuntime, Runtime, build_runtime
 from mailward.source import MessageSource
 
 # TestCtx treats a NOREPLY answer as a rejection: the milter is offered none of these protocol bits.
@@ -62,9 +63,52 @@ class ScanWith:
 MakeRuntime = Callable[..., Runtime]
 
 
+def _scanning_inputs(settings: Settings) -> tuple[object, ...]:
+    """What an in-process scanner is built from, but for the state directory: a fresh one holds
+    no site model, and its rules cache changes no result."""
+    q = settings.quarantine
+    return (
+        settings.signatures,
+        settings.clamav,
+        settings.limits,
+        settings.model,
+        settings.reputation,
+        settings.alerts,
+        settings.milter.user,
+        (q.backend, q.dsn, q.write_timeout),
+    )
+
+
+@pytest.fixture(scope="session")
+def shared_scanners(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[Path, str], InProcessScanner]]:
+    """``scanner(tmp_path, toml)``: one in-process scanner per set of scanning inputs for the session.
+
+    Loading the model and the compiled rules takes ~0.6 s a runtime; tests whose settings differ
+    only in policy, stores or alerts scan alike, so they share one scanner, as a reload that keeps
+    the workers does.
+    """
+    built: list[tuple[tuple[object, ...], InProcessScanner]] = []
+
+    def scanner(tmp_path: Path, toml: str) -> InProcessScanner:
+        inputs = _scanning_inputs(settings_for(tmp_path, toml))
+        for known, shared in built:
+            if known == inputs:
+                return shared
+        shared = InProcessScanner.from_settings(settings_for(tmp_path_factory.mktemp("scanner"), toml))
+        built.append((inputs, shared))
+        return shared
+
+    yield scanner
+    for _, shared in built:
+        shared.close()
+
+
 @pytest.fixture
-def milter_runtime() -> Iterator[MakeRuntime]:
-    """``make(tmp_path, toml="", *, scan=None, metrics=None, clock=time.time)``: a runtime, closed after the test."""
+def milter_runtime(shared_scanners: Callable[[Path, str], InProcessScanner]) -> Iterator[MakeRuntime]:
+    """``make(tmp_path, toml="", *, scan=None, metrics=None, clock=time.time)``: a runtime, closed after the test.
+
+    Without ``scan`` it scans with the session's scanner for these scanning inputs (``shared_scanners``).
+    """
     built: list[Runtime] = []
 
     def make(
@@ -75,9 +119,8 @@ def milter_runtime() -> Iterator[MakeRuntime]:
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> Runtime:
-        runtime = build_runtime(
-            settings_for(tmp_path, toml), scanner=ScanWith(scan) if scan else None, metrics=metrics, clock=clock
-        )
+        scanner = ScanWith(scan) if scan else shared_scanners(tmp_path, toml)
+        runtime = build_runtime(settings_for(tmp_path, toml), scanner=scanner, metrics=metrics, clock=clock)
         built.append(runtime)
         return runtime
 
@@ -95,6 +138,28 @@ class Ctx(testctx.TestCtx):
 
     def quarantine(self, reason: str) -> None:
         self.held.append(reason)
+
+    # TestCtx keeps what the milter answered under private names; the tests read it here.
+    @property
+    def reply(self) -> tuple[str, str, str]:
+        """The last SMTP reply the milter set: (code, extended code, text)."""
+        return self._reply
+
+    @property
+    def delivered(self) -> Message:
+        """The message as the milter leaves it for delivery (headers added and changed)."""
+        return self._msg
+
+    def send_rcpt(self, to: str) -> int:
+        """RCPT TO alone, whatever came before it (an MTA out of step)."""
+        return self._envrcpt(to)
+
+    def send_header(self, name: str, value: str) -> int:
+        return self._header(name, value)
+
+    def send_eom(self) -> int:
+        """End of message: the milter's final answer."""
+        return self._eom()
 
 
 class MilterClient:

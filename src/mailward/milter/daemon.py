@@ -250,6 +250,36 @@ def _remove_socket(settings: Settings) -> None:
             pass
 
 
+def _stop_libmilter(settings: Settings) -> None:
+    """Milter.stop() without the wait of up to 5 s for libmilter's listener.
+
+    The listener holds its lock while it waits in select() for a connection (5 s at most), and
+    Milter.stop() needs that lock after it has flagged the stop. So stop on a side thread, and
+    connect to our own socket until it returns: each connection wakes the listener, which then
+    sees the stop. A connection closed at once ends its session before the first command.
+    """
+    stopping = threading.Thread(target=Milter.stop, name="libmilter-stop", daemon=True)
+    stopping.start()
+    deadline = time.monotonic() + 10
+    while stopping.is_alive() and time.monotonic() < deadline:
+        _connect_once(settings)
+        stopping.join(0.05)
+
+
+def _connect_once(settings: Settings) -> None:
+    kind, host, port = parse_milter_socket(settings.milter.socket)
+    try:
+        if kind == "unix":
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+                conn.settimeout(1.0)
+                conn.connect(host)
+        else:
+            with socket.create_connection((host or "localhost", port), timeout=1.0):
+                pass
+    except OSError:
+        pass  # the listener is closed already: nothing to wake
+
+
 def _notify(*fields: str) -> None:
     """Tell systemd (Type=notify) about our state: a datagram to $NOTIFY_SOCKET, if it is set."""
     address = os.environ.get("NOTIFY_SOCKET", "")
@@ -451,7 +481,7 @@ class _Daemon:
         signals.serve()
         _notify("STOPPING=1")
         if thread.is_alive():
-            Milter.stop()
+            _stop_libmilter(self.settings)
         thread.join(timeout=15)
         reloads.join()  # a reload in progress finishes before the pool closes
         _remove_socket(self.settings)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from quarantine_support import FakeClock, SmtpSink
 from real_parts import require
+from support.quarantine import FakeClock, SmtpSink
 
 BACKENDS = ["sqlite", "postgresql"]
 

@@ -12,7 +12,6 @@ import struct
 import tarfile
 import zipfile
 import zlib
-from email.message import EmailMessage
 
 import pytest
 
@@ -296,24 +295,6 @@ def ooxml(kind: str, parts: dict[str, bytes]) -> bytes:
     return zipped(members)
 
 
-def message(
-    body: str = "Hello,\nsee the attachment.\n",
-    attachments: list[tuple[str, bytes]] = (),
-    subject: str = "Documents",
-    html: str | None = None,
-) -> bytes:
-    msg = EmailMessage()
-    msg["From"] = "sender@example.org"
-    msg["To"] = "user@example.com"
-    msg["Subject"] = subject
-    msg.set_content(body)
-    if html is not None:
-        msg.add_alternative(html, subtype="html")
-    for name, data in attachments:
-        msg.add_attachment(data, maintype="application", subtype="octet-stream", filename=name)
-    return msg.as_bytes()
-
-
 def settings_for(state_dir, **signatures):
     """Default settings with a private state directory and optional [signatures] overrides."""
     from dataclasses import replace
@@ -349,9 +330,10 @@ def names_at(evidence, location: str | None = None) -> set[str]:
     return {f.name for f in evidence.findings if location is None or f.location == location}
 
 
-# Fixtures shared by the unpack tests (imported there by name).
-@pytest.fixture(scope="module")
+# Fixtures registered for every module by tests/conftest.py.
+@pytest.fixture(scope="session")
 def unpacker():
+    """One Unpacker (and its parser sandbox, restarted by itself after a crash) for the session."""
     from mailward.config import LimitSettings
     from mailward.unpack import Unpacker
 

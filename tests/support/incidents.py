@@ -1,6 +1,6 @@
 """Real receivers on loopback for alert tests, a milter driver with SASL macros, and store fixtures.
 
-Test modules import the helpers they use (``from incidents_support import ...``; the milter
+Test modules import the helpers they use (``from support.incidents import ...``; the milter
 client and runtime fixture are in ``support.milter``);
 the fixtures (``incident_store`` runs a test once per backend, on the quarantine tests'
 PostgreSQL cluster) are registered for every module by ``tests/conftest.py``.
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from mailward.incidents.store import PostgresIncidentStore, SqliteIncidentStore
-from quarantine_support import FakeClock
+from support.quarantine import FakeClock
 
 # Real lines as Postfix 3.7 writes them (maillog_file and syslog formats, IPv4 and IPv6, submission service).
 FAILED_LOGIN_LINES = (

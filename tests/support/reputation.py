@@ -62,15 +62,6 @@ def envelope(
     )
 
 
-def message(
-    from_: str = "Alice <alice@sender.test>", body: str = "Hello Bob,\nsee you.\n", extra_headers: str = ""
-) -> bytes:
-    return (
-        f"From: {from_}\nTo: bob@dest.test\nSubject: lunch\nDate: Mon, 1 Jan 2024 10:00:00 +0000\n"
-        f"Message-ID: <1@sender.test>\n{extra_headers}\n{body}"
-    ).encode()
-
-
 def parse(raw: bytes) -> ParsedMessage:
     return parse_message(raw, LimitSettings())
 

@@ -14,7 +14,7 @@ from mailward.review.service import QuarantineService
 from mailward.source import MessageSource
 from mailward.web.accounts import DB_NAME, AccountStore
 from mailward.web.app import Parts
-from quarantine_support import envelope, spam_case
+from support.quarantine import envelope, spam_case
 
 PASSWORD = "correct horse battery"
 # Still argon2id, at a cost that keeps the tests fast (the product uses argon2-cffi's defaults).

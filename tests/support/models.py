@@ -8,6 +8,7 @@ from mailward.models.artifact import TrainedModel
 from mailward.models.features import FeatureSettings
 from mailward.models.tokens import tokenize
 from mailward.training.trainer import TrainingSettings, train
+from support.mail import bare_mail
 
 SMALL = FeatureSettings(n_features=2**12)
 
@@ -29,10 +30,6 @@ SPAM_LINES = [
 ]
 
 
-def message(subject: str, body: str) -> bytes:
-    return f"From: someone@example.org\nSubject: {subject}\n\n{body}\n".encode()
-
-
 def tokens(raw: bytes) -> list[str]:
     return tokenize(parse_message(raw, LimitSettings()))
 
@@ -42,9 +39,9 @@ def corpus(copies: int = 4) -> list[tuple[str, list[str], str]]:
     out = []
     for i in range(copies):
         for j, line in enumerate(HAM_LINES):
-            out.append((f"ham-{i}-{j}", tokens(message(line.split()[1], f"{line} {i}")), "ham"))
+            out.append((f"ham-{i}-{j}", tokens(bare_mail(line.split()[1], f"{line} {i}")), "ham"))
         for j, line in enumerate(SPAM_LINES):
-            out.append((f"spam-{i}-{j}", tokens(message(line.split()[1], f"{line} {i}")), "spam"))
+            out.append((f"spam-{i}-{j}", tokens(bare_mail(line.split()[1], f"{line} {i}")), "spam"))
     return out
 
 

@@ -22,13 +22,6 @@ class FakeClock:
         return self.now
 
 
-def message(subject: str = "Hello", sender: str = "alice@example.org", body: bytes = b"Hi there.\r\n") -> bytes:
-    return (
-        f"From: Alice <{sender}>\r\nTo: bob@example.net\r\nSubject: {subject}\r\n"
-        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
-    ).encode() + body
-
-
 def envelope(
     sender: str = "alice@example.org", recipients=("bob@example.net",), direction: Direction = Direction.INBOUND
 ) -> Envelope:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mailward.cli.main import main
 
-FIXTURES = Path(__file__).parent / "fixtures" / "training"
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "training"
 
 
 def copy_fixtures(tmp_path: Path) -> Path:
