@@ -31,17 +31,23 @@ from .unpack.passwords import password_candidates
 from .unpack.uuencode import has_uuencoded
 
 _DELIMITER = re.compile(rb"^--[ -~]{1,70}\r?$", re.M)
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
 
 
 def split_message(raw: bytes) -> tuple[bytes, bytes]:
     """Header block and body, split at the first empty line whether lines end in LF or CRLF.
 
     The one rule for where the header block ends (parser, release marks,
-    quarantine listing); with no empty line it is all header and no body.
+    quarantine listing); with no empty line it is all header and no body. The
+    first ``\\r?\\n\\r?\\n``, found with two literal scans: a regex starting with an
+    optional character is tried at every byte, and this runs on every message.
     """
-    end = _HEADER_END.search(raw)
-    return (raw[: end.start()], raw[end.end() :]) if end else (raw, b"")
+    lf_crlf = raw.find(b"\n\r\n")  # the milter hands CRLF mail: usually found here, the next scan is short
+    lf_lf = raw.find(b"\n\n", 0, lf_crlf + 1 if lf_crlf >= 0 else len(raw))
+    newline = lf_lf if lf_lf >= 0 else lf_crlf
+    if newline < 0:
+        return raw, b""
+    start = newline - 1 if newline > 0 and raw[newline - 1] == 0x0D else newline  # "\r" before it
+    return raw[:start], raw[newline + (2 if newline == lf_lf else 3) :]
 
 
 def header_block(raw: bytes) -> bytes:
@@ -117,16 +123,20 @@ class ParsedMessage:
     raw_headers: bytes = field(default=b"", repr=False)
     raw: bytes = field(default=b"", repr=False)  # exact bytes, for checks that hash them (DKIM)
 
-    def header(self, name: str, default: str = "") -> str:
-        name = name.lower()
+    @cached_property
+    def _by_name(self) -> dict[str, list[str]]:
+        """Values per lower-cased field name, in message order: the tokenizer asks for a dozen fields."""
+        index: dict[str, list[str]] = {}
         for key, value in self.headers:
-            if key.lower() == name:
-                return value
-        return default
+            index.setdefault(key.lower(), []).append(value)
+        return index
+
+    def header(self, name: str, default: str = "") -> str:
+        values = self._by_name.get(name.lower())
+        return values[0] if values else default
 
     def header_all(self, name: str) -> list[str]:
-        name = name.lower()
-        return [v for k, v in self.headers if k.lower() == name]
+        return list(self._by_name.get(name.lower(), ()))
 
     @property
     def subject(self) -> str:
