@@ -7,6 +7,7 @@ Across real corpora, ``bench/model_steps.py --baseline`` proves the same for who
 from __future__ import annotations
 
 import re
+import unicodedata
 
 import numpy as np
 from hypothesis import given
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from mailward.config import LimitSettings
 from mailward.message import parse_message, split_message
 from mailward.models.classifier import strongest_first
+from mailward.models.tokens import _CHARS_PER_WORD, _CJK, _CJK_PAIRS, _INVISIBLE, _WORD, _generalised, words_of
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")  # the rule split_message implements without a regex
 
@@ -57,3 +59,31 @@ def test_header_lookups_are_case_blind_first_match_and_all_in_order():
     assert message.header_all("missing") == []
     message.header_all("x-tag").append("changed")  # a caller's list is its own
     assert message.header_all("x-tag") == ["a", "b", "c"]
+
+
+def _words_of_v1(text: str, limit: int = 1 << 30) -> list[str]:
+    """words_of as TOKENIZER_VERSION 1 shipped it, every step on every text."""
+    text = _INVISIBLE.sub("", unicodedata.normalize("NFKC", text[: _CHARS_PER_WORD * limit])).casefold()
+    out: list[str] = []
+    for word in _WORD.findall(text):
+        if _CJK.search(word):
+            out.extend(word[i : i + 2] for i in range(min(len(word) - 1, _CJK_PAIRS)))
+        else:
+            out.append(word if len(word) <= 4 or (len(word) <= 20 and not word.isdigit()) else _generalised(word))
+        if len(out) >= limit:
+            break
+    return out[:limit]
+
+
+_MAIL_TEXT = st.lists(
+    st.sampled_from(list("aZq09_ -.,!$\n\t@/:") + ["\u00e9", "\u00ad", "\u200b", "\ufb01", "\u65e5\u672c", "\u00b2"]),
+    max_size=300,
+).map("".join)
+
+
+@given(
+    st.one_of(_MAIL_TEXT, st.text(max_size=200), st.from_regex(r"[ -~\n]{0,400}", fullmatch=True)), st.integers(1, 60)
+)
+def test_words_of_gives_the_version_1_words(text, limit):
+    assert words_of(text, limit) == _words_of_v1(text, limit)
+    assert words_of(text) == _words_of_v1(text)
