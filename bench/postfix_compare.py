@@ -57,10 +57,7 @@ def _mail(path: Path) -> bytes:
     return raw.replace(b"\n", b"\r\n")
 
 
-def sample(directory: Path, n: int, learn: int = 0, seed: int = 7) -> tuple[list[bytes], list[tuple[bytes, bool]]]:
-    """``n`` messages picked at random (fixed seed) from the files under ``directory``, CRLF line ends;
-    and up to ``learn`` spam and ``learn`` ham among the others (labelled by a "spam"/"phish" or "ham"
-    directory in their path) to teach rspamd's Bayes with."""
+def _message_files(directory: Path) -> list[Path]:
     files = sorted(
         p
         for p in directory.rglob("*")
@@ -68,12 +65,27 @@ def sample(directory: Path, n: int, learn: int = 0, seed: int = 7) -> tuple[list
     )
     if not files:
         raise SystemExit(f"no messages under {directory}")
-    shuffled = random.Random(seed).sample(files, len(files))
-    picked, rest = shuffled[:n], shuffled[n:]
+    return files
+
+
+def _picked(files: list[Path], n: int, seed: int = 7) -> list[Path]:
+    return random.Random(seed).sample(files, min(n, len(files)))
+
+
+def sample(directory: Path, n: int) -> list[bytes]:
+    """``n`` messages picked at random (fixed seed) from the files under ``directory``, CRLF line ends."""
+    return [_mail(p) for p in _picked(_message_files(directory), n)]
+
+
+def learning_set(directory: Path, n: int, skip: int) -> list[tuple[bytes, bool]]:
+    """Up to ``n`` spam and ``n`` ham (labelled by a "spam"/"phish" or "ham" directory in their path)
+    among the messages :func:`sample` does not pick for ``skip``, to teach rspamd's Bayes with."""
+    files = _message_files(directory)
+    picked = set(_picked(files, skip))
+    rest = [p for p in files if p not in picked]
     spam = [p for p in rest if any(("spam" in d or "phish" in d) for d in p.relative_to(directory).parts[:-1])]
     ham = [p for p in rest if any("ham" in d for d in p.relative_to(directory).parts[:-1])]
-    teach = [(_mail(p), True) for p in spam[:learn]] + [(_mail(p), False) for p in ham[:learn]]
-    return [_mail(p) for p in picked], teach
+    return [(_mail(p), True) for p in spam[:n]] + [(_mail(p), False) for p in ham[:n]]
 
 
 # --- processes and their CPU and memory ------------------------------------------------------------------
@@ -457,7 +469,8 @@ def main() -> int:
     wanted = args.systems.split(",")
     sessions = [int(s) for s in args.sessions.split(",")]
 
-    msgs, teach = sample(args.sample, args.messages, args.learn)
+    msgs = sample(args.sample, args.messages)
+    teach = learning_set(args.sample, args.learn, args.messages) if "rspamd" in args.systems else []
     print(
         f"sample: {len(msgs)} messages, {sum(map(len, msgs)) / 1e6:.1f} MB from {args.sample}; "
         f"sessions {sessions}, {args.repeats} repetitions, {args.workers} mailward workers"
