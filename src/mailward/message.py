@@ -124,19 +124,20 @@ class ParsedMessage:
     raw: bytes = field(default=b"", repr=False)  # exact bytes, for checks that hash them (DKIM)
 
     @cached_property
-    def _by_name(self) -> dict[str, list[str]]:
-        """Values per lower-cased field name, in message order: the tokenizer asks for a dozen fields."""
-        index: dict[str, list[str]] = {}
-        for key, value in self.headers:
-            index.setdefault(key.lower(), []).append(value)
-        return index
+    def _first_by_name(self) -> dict[str, str]:
+        """The first value of each lower-cased field name: the tokenizer asks for a dozen fields."""
+        return {key.lower(): value for key, value in reversed(self.headers)}
 
     def header(self, name: str, default: str = "") -> str:
-        values = self._by_name.get(name.lower())
-        return values[0] if values else default
+        return self._first_by_name.get(name.lower(), default)
 
     def header_all(self, name: str) -> list[str]:
-        return list(self._by_name.get(name.lower(), ()))
+        name = name.lower()
+        return [v for k, v in self.headers if k.lower() == name]
+
+    def header_names(self) -> frozenset[str]:
+        """The lower-cased names of the fields present."""
+        return frozenset(self._first_by_name)
 
     @property
     def subject(self) -> str:
@@ -547,6 +548,8 @@ def raw_file_names(part: Message, trouble: list[str]) -> Iterator[str]:
     """
     for param, header in (("filename", "content-disposition"), ("name", "content-type")):
         try:
+            if param not in str(part.get(header, "")).lower():  # what get_param parses: no such parameter
+                continue
             value = part.get_param(param, header=header)
             if isinstance(value, tuple):  # RFC 2231: (charset, language, percent-decoded text)
                 charset, _, text = value

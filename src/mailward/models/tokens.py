@@ -350,7 +350,7 @@ def _header_tokens(message: ParsedMessage) -> Iterable[str]:
         if value:
             for word in words_of(value, 4):
                 yield f"mailer:{word}"
-    present = {name.lower() for name, _ in message.headers}
+    present = message.header_names()
     for name in sorted(present & _PRESENCE_HEADERS):
         yield f"header:has:{name}"
     for name in ("precedence", "x-priority", "importance"):
