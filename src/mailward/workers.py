@@ -136,7 +136,6 @@ class _Ticket:
     client: str
     worker: _Worker | None = None
     granted: threading.Event = field(default_factory=threading.Event)
-    granted_at: float = 0.0  # monotonic time the worker was handed over
 
     @property
     def granted_worker(self) -> _Worker:
@@ -152,12 +151,7 @@ class ScanPool:
     Scans wait in one lane per client address. A free worker goes to the next
     lane in round-robin order, so a burst from one client takes turns with
     everyone else, and a client never holds more than ``client_share``
-    workers (all but one, by default) while it has others in flight; unless
-    no other client waits and its latest scan took less than
-    ``QUICK_SCAN`` seconds: then a worker kept back would only idle while
-    the client's mail queues (one relay, one webmail host), and the next
-    client to come waits at most one quick scan. A client with no quick
-    scan finished yet, or a slow one last, keeps to its share.
+    workers (all but one, by default) while it has others in flight.
 
     Only loaded workers are handed out: a new worker (first start, replacement,
     reload) is idle only after it reported its detectors loaded, so no scan
@@ -165,7 +159,6 @@ class ScanPool:
     """
 
     LOAD_TIMEOUT = 300.0  # seconds a new worker may take to load rules and model
-    QUICK_SCAN = 0.25  # seconds: a client whose latest scan took less may use every free worker
     RESPAWN_DELAY = 5.0  # seconds between attempts to start a replacement worker
     # Imported once in the forkserver, so each new worker (start, replacement, reload) skips
     # seconds of imports (scikit-learn alone: 1-5 s) and only loads rules and model.
@@ -194,7 +187,6 @@ class ScanPool:
         self._idle: list[_Worker] = []
         self._lanes: dict[str, deque[_Ticket]] = {}  # waiting scans per client; dict order is the turn
         self._busy: Counter[str] = Counter()  # scans in flight per client
-        self._quick: set[str] = set()  # clients in flight whose latest scan was quick (see QUICK_SCAN)
         self._closed = False
         self._idle.extend(self._start_loaded(settings, 0))
 
@@ -345,16 +337,9 @@ class ScanPool:
                     lane.remove(ticket)
                 if not lane:
                     self._lanes.pop(client, None)
-                self._forget_if_gone(client)
                 return None
         self._release(ticket, broken=False)  # granted just as the wait timed out: give it back
         return None
-
-    def _forget_if_gone(self, client: str) -> None:
-        """Drop ``client``'s quickness once it has nothing in flight or waiting (caller holds the lock):
-        what the pool remembers stays bounded by the clients it serves right now."""
-        if client not in self._busy and client not in self._lanes:
-            self._quick.discard(client)
 
     def _dispatch(self) -> None:
         """Hand idle workers to waiting lanes in turn (caller holds the lock)."""
@@ -362,33 +347,22 @@ class ScanPool:
             for client, lane in self._lanes.items():  # noqa: B007  (the lane found is used below)
                 if self._busy[client] < self._share:
                     break
-            else:  # every waiting client holds its share: a quick one may have more (QUICK_SCAN)
-                for client, lane in self._lanes.items():  # noqa: B007
-                    if client in self._quick:
-                        break
-                else:
-                    return
+            else:
+                return  # every waiting client already holds its share
             ticket = lane.popleft()
             del self._lanes[client]  # to the back of the turn order
             if lane:
                 self._lanes[client] = lane
             self._busy[client] += 1
             ticket.worker = self._idle.pop()
-            ticket.granted_at = time.monotonic()
             ticket.granted.set()
 
     def _release(self, ticket: _Ticket, broken: bool) -> None:
         worker = ticket.granted_worker
-        took = time.monotonic() - ticket.granted_at
         with self._lock:
             self._busy[ticket.client] -= 1
             if not self._busy[ticket.client]:
                 del self._busy[ticket.client]
-            if took < self.QUICK_SCAN and not broken:
-                self._quick.add(ticket.client)
-            else:
-                self._quick.discard(ticket.client)
-            self._forget_if_gone(ticket.client)
             if self._closed:
                 self._returned.notify_all()
             healthy = not broken and worker.process.is_alive()
