@@ -532,6 +532,7 @@ def main() -> int:
             f.stop()
         pf.destroy()
         dns.__exit__(None, None, None)
+        shutil.rmtree(run, ignore_errors=True)  # configs and logs of this run only
 
     for n in sessions:
         print(f"\n{n} SMTP session(s), median of {args.repeats} (latency over all repetitions):")
