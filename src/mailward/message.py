@@ -31,17 +31,23 @@ from .unpack.passwords import password_candidates
 from .unpack.uuencode import has_uuencoded
 
 _DELIMITER = re.compile(rb"^--[ -~]{1,70}\r?$", re.M)
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
 
 
 def split_message(raw: bytes) -> tuple[bytes, bytes]:
     """Header block and body, split at the first empty line whether lines end in LF or CRLF.
 
     The one rule for where the header block ends (parser, release marks,
-    quarantine listing); with no empty line it is all header and no body.
+    quarantine listing); with no empty line it is all header and no body. The
+    first ``\\r?\\n\\r?\\n``, found with two literal scans: a regex starting with an
+    optional character is tried at every byte, and this runs on every message.
     """
-    end = _HEADER_END.search(raw)
-    return (raw[: end.start()], raw[end.end() :]) if end else (raw, b"")
+    lf_crlf = raw.find(b"\n\r\n")  # the milter hands CRLF mail: usually found here, the next scan is short
+    lf_lf = raw.find(b"\n\n", 0, lf_crlf + 1 if lf_crlf >= 0 else len(raw))
+    newline = lf_lf if lf_lf >= 0 else lf_crlf
+    if newline < 0:
+        return raw, b""
+    start = newline - 1 if newline > 0 and raw[newline - 1] == 0x0D else newline  # "\r" before it
+    return raw[:start], raw[newline + (2 if newline == lf_lf else 3) :]
 
 
 def header_block(raw: bytes) -> bytes:
@@ -117,16 +123,21 @@ class ParsedMessage:
     raw_headers: bytes = field(default=b"", repr=False)
     raw: bytes = field(default=b"", repr=False)  # exact bytes, for checks that hash them (DKIM)
 
+    @cached_property
+    def _first_by_name(self) -> dict[str, str]:
+        """The first value of each lower-cased field name: the tokenizer asks for a dozen fields."""
+        return {key.lower(): value for key, value in reversed(self.headers)}
+
     def header(self, name: str, default: str = "") -> str:
-        name = name.lower()
-        for key, value in self.headers:
-            if key.lower() == name:
-                return value
-        return default
+        return self._first_by_name.get(name.lower(), default)
 
     def header_all(self, name: str) -> list[str]:
         name = name.lower()
         return [v for k, v in self.headers if k.lower() == name]
+
+    def header_names(self) -> frozenset[str]:
+        """The lower-cased names of the fields present."""
+        return frozenset(self._first_by_name)
 
     @property
     def subject(self) -> str:
@@ -537,6 +548,8 @@ def raw_file_names(part: Message, trouble: list[str]) -> Iterator[str]:
     """
     for param, header in (("filename", "content-disposition"), ("name", "content-type")):
         try:
+            if param not in str(part.get(header, "")).lower():  # what get_param parses: no such parameter
+                continue
             value = part.get_param(param, header=header)
             if isinstance(value, tuple):  # RFC 2231: (charset, language, percent-decoded text)
                 charset, _, text = value

@@ -37,6 +37,7 @@ from .htmltext import html_to_text
 TOKENIZER_VERSION = 1  # bump whenever the tokens for the same message change
 
 _WORD = re.compile(r"[^\W_]{2,}")  # letters and digits; single characters say nothing
+_ASCII_WORD = re.compile(r"[a-z0-9]{2,}")  # the same on lower-cased ASCII text
 _PUNCTUATION = "!$%"  # money and shouting
 _LINK_START = re.compile(r"https?|ftp|www")  # on lower-cased text: a fast literal scan
 _URL = re.compile(
@@ -221,7 +222,9 @@ class _Collector:
         text finds a scheme, "www" or an "@": a regex tried at every position costs
         more than the rest of the tokenizer.
         """
-        text = _INVISIBLE.sub("", text[: self.settings.max_text_chars])
+        text = text[: self.settings.max_text_chars]
+        if not text.isascii():  # (O(1) in CPython) the invisible characters are all non-ASCII
+            text = _INVISIBLE.sub("", text)
         lowered = text.lower()
         end = 0
         for start in _LINK_START.finditer(lowered):
@@ -282,8 +285,16 @@ class _Collector:
 
 def words_of(text: str, limit: int = 1 << 30) -> list[str]:
     """Up to ``limit`` words: NFKC, case-folded, invisible characters dropped, numbers and long
-    runs generalised, CJK (written without spaces) split into character pairs."""
-    text = _INVISIBLE.sub("", unicodedata.normalize("NFKC", text[: _CHARS_PER_WORD * limit])).casefold()
+    runs generalised, CJK (written without spaces) split into character pairs.
+
+    ASCII text (most mail) skips the steps that cannot change it: NFKC, the invisible
+    characters and CJK are all outside ASCII, and there casefold is lower.
+    """
+    text = text[: _CHARS_PER_WORD * limit]
+    if text.isascii():  # O(1) in CPython
+        words = _ASCII_WORD.findall(text.lower())
+        return [w if len(w) <= 4 or (len(w) <= 20 and not w.isdigit()) else _generalised(w) for w in words[:limit]]
+    text = _INVISIBLE.sub("", unicodedata.normalize("NFKC", text)).casefold()
     words = _WORD.findall(text)
     if not _CJK.search(text):  # the common case: one token per word
         return [w if len(w) <= 4 or (len(w) <= 20 and not w.isdigit()) else _generalised(w) for w in words[:limit]]
@@ -339,7 +350,7 @@ def _header_tokens(message: ParsedMessage) -> Iterable[str]:
         if value:
             for word in words_of(value, 4):
                 yield f"mailer:{word}"
-    present = {name.lower() for name, _ in message.headers}
+    present = message.header_names()
     for name in sorted(present & _PRESENCE_HEADERS):
         yield f"header:has:{name}"
     for name in ("precedence", "x-priority", "importance"):
