@@ -18,11 +18,12 @@ one whose insert lost sees the winner's row.
 from __future__ import annotations
 
 import logging
+import math
 import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -41,17 +42,19 @@ DB_NAME = "incidents.sqlite3"
 TIMEOUT = 30.0  # seconds an operation may wait for this process's other threads or the database
 
 SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS incident_counters (
+    # One row per kind, subject and BUCKET seconds: hosts add their counts to it (upsert), so a window's
+    # sum reads at most window / BUCKET rows whatever the traffic (incidents/counting.py).
+    """CREATE TABLE IF NOT EXISTS incident_counts (
         kind TEXT NOT NULL,
         subject TEXT NOT NULL,
-        at {real} NOT NULL,
+        bucket {real} NOT NULL,
         messages INTEGER NOT NULL,
         recipients INTEGER NOT NULL,
         spam INTEGER NOT NULL,
         malware INTEGER NOT NULL,
-        auth_failures INTEGER NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS incident_counters_subject ON incident_counters (kind, subject, at)",
-    "CREATE INDEX IF NOT EXISTS incident_counters_at ON incident_counters (at)",
+        auth_failures INTEGER NOT NULL,
+        PRIMARY KEY (kind, subject, bucket))""",
+    "CREATE INDEX IF NOT EXISTS incident_counts_bucket ON incident_counts (bucket)",
     """CREATE TABLE IF NOT EXISTS incident_blocks (
         id {serial},
         kind TEXT NOT NULL,
@@ -99,6 +102,30 @@ _BLOCK_COLUMNS = (
 _ACTIVE = "lifted_at IS NULL AND (expires_at IS NULL OR expires_at > ?)"
 _ENTRY_COLUMNS = "id, list, scope, sender, reason, created_at, created_by, removed_at, removed_by"
 
+BUCKET = 10.0  # seconds of counts one row holds; a window counts whole buckets, so up to BUCKET more
+_SUMS = (
+    "COALESCE(SUM(messages), 0), COALESCE(SUM(recipients), 0), COALESCE(SUM(spam), 0), "
+    "COALESCE(SUM(malware), 0), COALESCE(SUM(auth_failures), 0)"
+)
+_ADD = (
+    "INSERT INTO incident_counts (kind, subject, bucket, messages, recipients, spam, malware, auth_failures) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (kind, subject, bucket) DO UPDATE SET "
+    "messages = incident_counts.messages + excluded.messages, "
+    "recipients = incident_counts.recipients + excluded.recipients, "
+    "spam = incident_counts.spam + excluded.spam, malware = incident_counts.malware + excluded.malware, "
+    "auth_failures = incident_counts.auth_failures + excluded.auth_failures"
+)
+# Before incident_counts, one row per event; an existing database's rows move into buckets once.
+_OLD_COUNTERS = "incident_counters"
+
+CountKey = tuple[Counter, str]
+Count = tuple[Counter, str, float, Totals]  # kind, subject, bucket start, what to add
+
+
+def bucket_of(at: float) -> float:
+    """The start of the counting bucket ``at`` falls in."""
+    return math.floor(at / BUCKET) * BUCKET
+
 
 class IncidentStoreError(MailwardError):
     """The counters or block list could not be read or written."""
@@ -131,6 +158,28 @@ class IncidentStore(ABC):
 
     def _sql(self, statement: str) -> str:
         return statement
+
+    @abstractmethod
+    def _has_table(self, conn: Any, name: str) -> bool: ...
+
+    def _migrate_counters(self, conn: Any, whole: str) -> None:
+        """Move an older database's per-event counter rows into buckets (once, in the schema transaction).
+
+        ``whole`` rounds a positive number down in this backend's SQL (``{}`` for the number).
+        """
+        if not self._has_table(conn, _OLD_COUNTERS):
+            return
+        bucket = whole.format(f"at / {BUCKET:g}") + f" * {BUCKET:g}"
+        conn.execute(
+            self._sql(
+                "INSERT INTO incident_counts (kind, subject, bucket, messages, recipients, spam, malware, "
+                f"auth_failures) SELECT kind, subject, {bucket}, SUM(messages), SUM(recipients), SUM(spam), "
+                f"SUM(malware), SUM(auth_failures) FROM {_OLD_COUNTERS} GROUP BY kind, subject, {bucket} "
+                + _ADD[_ADD.index("ON CONFLICT") :]
+            )
+        )
+        conn.execute(f"DROP TABLE {_OLD_COUNTERS}")
+        log.info("incident counters moved to %g s buckets (table incident_counts)", BUCKET)
 
     def _relax(self, conn: Any) -> None:  # noqa: B027  (an optional hook)
         """Let this transaction commit without waiting for the disk (counters only; a crash may lose a few)."""
@@ -194,40 +243,49 @@ class IncidentStore(ABC):
 
     def record(self, kind: Counter, subject: str, added: Totals, since: float | None) -> Totals:
         """Add one event for ``subject`` and return its sums since ``since`` (None: do not sum)."""
-        now = self._clock()
+        sums = self.add_counts(
+            [(kind, subject, bucket_of(self._clock()), added)], {} if since is None else {kind: since}
+        )
+        return sums.get((kind, subject), added)
+
+    def add_counts(
+        self, batch: Sequence[Count], since: Mapping[Counter, float], read: Iterable[CountKey] = ()
+    ) -> dict[CountKey, Totals]:
+        """Add a host's counts in one transaction; return every host's sums since ``since[kind]``.
+
+        Sums are returned for the subjects in ``batch`` and ``read`` whose kind is in ``since``;
+        a bucket counts when any of it is after ``since``. Commits relaxed: counters, not mail.
+        """
+        wanted = dict.fromkeys((kind, subject) for kind, subject, _, _ in batch)
+        wanted.update(dict.fromkeys(read))
+        sums: dict[CountKey, Totals] = {}
         with self._tx() as conn:
             self._relax(conn)
-            self._exec(
-                conn,
-                "INSERT INTO incident_counters (kind, subject, at, messages, recipients, spam, malware, "
-                "auth_failures) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    kind.value,
-                    subject,
-                    now,
-                    added.messages,
-                    added.recipients,
-                    added.spam,
-                    added.malware,
-                    added.auth_failures,
-                ),
-            )
-            if since is None:
-                return added
-            row = self._exec(
-                conn,
-                "SELECT COALESCE(SUM(messages), 0), COALESCE(SUM(recipients), 0), "
-                "COALESCE(SUM(spam), 0), COALESCE(SUM(malware), 0), "
-                "COALESCE(SUM(auth_failures), 0) FROM incident_counters "
-                "WHERE kind = ? AND subject = ? AND at > ?",
-                (kind.value, subject, since),
-            ).fetchone()
-        return Totals(*(int(v) for v in row))
+            if batch:
+                conn.cursor().executemany(
+                    self._sql(_ADD),
+                    [
+                        (k.value, s, b, t.messages, t.recipients, t.spam, t.malware, t.auth_failures)
+                        for k, s, b, t in batch
+                    ],
+                )
+            for kind, subject in wanted:
+                if kind not in since:
+                    continue
+                row = self._exec(
+                    conn,
+                    f"SELECT {_SUMS} FROM incident_counts WHERE kind = ? AND subject = ? AND bucket > ?",
+                    (kind.value, subject, since[kind] - BUCKET),
+                ).fetchone()
+                sums[(kind, subject)] = Totals(*(int(v) for v in row))
+        return sums
 
     def prune(self, before: float) -> int:
-        """Forget counter events older than ``before``; returns how many."""
+        """Forget counts wholly older than ``before``; returns how many bucket rows."""
         with self._tx() as conn:
-            removed: int = self._exec(conn, "DELETE FROM incident_counters WHERE at <= ?", (before,)).rowcount
+            removed: int = self._exec(
+                conn, "DELETE FROM incident_counts WHERE bucket <= ?", (before - BUCKET,)
+            ).rowcount
             return removed
 
     # -- blocks ----------------------------------------------------------------------------------
@@ -295,7 +353,7 @@ class IncidentStore(ABC):
                 conn, "UPDATE incident_blocks SET lifted_at = ?, lifted_by = ? WHERE id = ?", (now, actor, block.id)
             )
             for counter in COUNTERS_OF.get(kind, ()):
-                self._exec(conn, "DELETE FROM incident_counters WHERE kind = ? AND subject = ?", (counter.value, value))
+                self._exec(conn, "DELETE FROM incident_counts WHERE kind = ? AND subject = ?", (counter.value, value))
             self._audit(conn, now, "remove", block, actor, host, actor_origin, detail)
         return replace(block, lifted_at=now, lifted_by=actor)
 
@@ -491,6 +549,13 @@ class SqliteIncidentStore(IncidentStore):
     def _create_schema(self, conn: Any) -> None:
         for statement in SCHEMA:
             conn.execute(statement.format(serial="INTEGER PRIMARY KEY AUTOINCREMENT", real="REAL"))
+        self._migrate_counters(conn, "CAST({} AS INTEGER)")  # times are positive: truncating floors
+
+    def _has_table(self, conn: Any, name: str) -> bool:
+        return (
+            conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
+            is not None
+        )
 
 
 class PostgresIncidentStore(IncidentStore):
@@ -524,3 +589,7 @@ class PostgresIncidentStore(IncidentStore):
             conn.execute(
                 statement.format(serial="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", real="DOUBLE PRECISION")
             )
+        self._migrate_counters(conn, "floor({})")
+
+    def _has_table(self, conn: Any, name: str) -> bool:
+        return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()[0] is True
