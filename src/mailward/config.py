@@ -740,6 +740,13 @@ def _check(settings: Settings, source: str) -> None:
         raise ConfigError(source, "web.lockout_after", "must be between 1 and 1000")
     if not 1 <= settings.web.link_days <= 90:
         raise ConfigError(source, "web.link_days", "must be between 1 and 90 days")
+    for key in ("account", "outbound_host", "inbound_host"):
+        if getattr(settings.incidents, key).window < 60.0:
+            raise ConfigError(
+                source, f"incidents.{key}.window", "must be at least 60 seconds (counted in 10 s buckets)"
+            )
+    if settings.incidents.auth_window < 60.0:
+        raise ConfigError(source, "incidents.auth_window", "must be at least 60 seconds (counted in 10 s buckets)")
     if not 0.0 < settings.incidents.flush_interval <= 60.0:
         raise ConfigError(source, "incidents.flush_interval", "must be more than 0 and at most 60 seconds")
     if settings.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

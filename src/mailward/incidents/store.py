@@ -102,7 +102,7 @@ _BLOCK_COLUMNS = (
 _ACTIVE = "lifted_at IS NULL AND (expires_at IS NULL OR expires_at > ?)"
 _ENTRY_COLUMNS = "id, list, scope, sender, reason, created_at, created_by, removed_at, removed_by"
 
-BUCKET = 10.0  # seconds of counts one row holds; a window counts whole buckets, so up to BUCKET more
+BUCKET = 10.0  # seconds of counts one row holds; a window counts the buckets that start within it
 _SUMS = (
     "COALESCE(SUM(messages), 0), COALESCE(SUM(recipients), 0), COALESCE(SUM(spam), 0), "
     "COALESCE(SUM(malware), 0), COALESCE(SUM(auth_failures), 0)"
@@ -254,7 +254,8 @@ class IncidentStore(ABC):
         """Add a host's counts in one transaction; return every host's sums since ``since[kind]``.
 
         Sums are returned for the subjects in ``batch`` and ``read`` whose kind is in ``since``;
-        a bucket counts when any of it is after ``since``. Commits relaxed: counters, not mail.
+        a bucket counts when it starts after ``since`` (so an event counts for the window less up to
+        one BUCKET, never longer). Commits relaxed: counters, not mail.
         """
         wanted = dict.fromkeys((kind, subject) for kind, subject, _, _ in batch)
         wanted.update(dict.fromkeys(read))
@@ -275,7 +276,7 @@ class IncidentStore(ABC):
                 row = self._exec(
                     conn,
                     f"SELECT {_SUMS} FROM incident_counts WHERE kind = ? AND subject = ? AND bucket > ?",
-                    (kind.value, subject, since[kind] - BUCKET),
+                    (kind.value, subject, since[kind]),
                 ).fetchone()
                 sums[(kind, subject)] = Totals(*(int(v) for v in row))
         return sums
