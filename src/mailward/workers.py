@@ -49,7 +49,7 @@ def _worker_main(conn: Connection, settings: Settings) -> None:
     configure_logging(settings.logging)
     failure = ""
     try:
-        inspector = build_inspector(settings)
+        inspector = build_inspector(settings, start_sandbox=True)
     except Exception as exc:  # reported to the parent with every request instead of dying silently
         log.exception("worker could not load its detectors")
         inspector, failure = None, f"{type(exc).__name__}: {exc}"
@@ -171,8 +171,16 @@ class ScanPool:
     )
 
     def __init__(
-        self, settings: Settings, size: int, start_method: str = "forkserver", client_share: int | None = None
+        self,
+        settings: Settings,
+        size: int,
+        start_method: str = "forkserver",
+        client_share: int | None = None,
+        *,
+        wait: bool = True,
     ):
+        """``wait=False``: return at once and load the first workers in the background (the milter
+        builds its runtime meanwhile); :meth:`wait_loaded` then says whether they loaded."""
         if size < 1:
             raise ValueError("a scan pool needs at least one worker")
         self._ctx = cast("ForkServerContext | SpawnContext | ForkContext", multiprocessing.get_context(start_method))
@@ -188,7 +196,34 @@ class ScanPool:
         self._lanes: dict[str, deque[_Ticket]] = {}  # waiting scans per client; dict order is the turn
         self._busy: Counter[str] = Counter()  # scans in flight per client
         self._closed = False
-        self._idle.extend(self._start_loaded(settings, 0))
+        self._load_failure: ScanFailed | None = None
+        self._loading: threading.Thread | None = None
+        if wait:
+            self._idle.extend(self._start_loaded(settings, 0))
+        else:
+            self._loading = threading.Thread(
+                target=self._load_first, args=(settings,), name="mailward-scan-load", daemon=True
+            )
+            self._loading.start()
+
+    def _load_first(self, settings: Settings) -> None:
+        try:
+            workers = self._start_loaded(settings, 0)
+        except ScanFailed as exc:
+            self._load_failure = exc
+            return
+        with self._lock:
+            kept = [w for w in workers if self._keep_idle(w)]
+        for worker in workers:
+            if worker not in kept:
+                worker.stop()
+
+    def wait_loaded(self) -> None:
+        """Return once the first workers have loaded; ScanFailed when they could not (nothing to scan with)."""
+        if self._loading is not None:
+            self._loading.join()
+        if self._load_failure is not None:
+            raise self._load_failure
 
     def _spawn(self, settings: Settings, generation: int) -> _Worker:
         parent, child = self._ctx.Pipe()
