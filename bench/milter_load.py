@@ -8,6 +8,8 @@ end-of-message latency p50/p99/max. With ``--profile`` a py-spy profile of the m
 process (the last worker count) is written beside, to see where its CPU goes. With
 ``--baseline CHECKOUT`` (e.g. ``git worktree add /tmp/base main``) that checkout's milter runs
 too, interleaved with this one ``--repeat`` times per worker count; medians are printed last.
+``--floor`` adds an empty pymilter milter (bench/empty_milter.py, row ``empty``): what
+libmilter, pymilter and Python callbacks cost per message with no work at all.
 
     .venv/bin/python bench/milter_load.py --sample /tmp/corpus/spamassassin --messages 2000 --sessions 8
     .venv/bin/python bench/milter_load.py --baseline /tmp/base --repeat 3
@@ -57,6 +59,14 @@ def _start(
         f'[reputation]\nenabled = false\n[logging]\nfile = "{home / "milter.log"}"\nlevel = "{level}"\n'
     )
     env = dict(os.environ)
+    if workers == 0 and checkout is None and extra == "empty":
+        sock.parent.mkdir()
+        proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve().parent / "empty_milter.py"), f"unix:{sock}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        return _started(proc, sock)
     if checkout is not None:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(checkout / "src"), env.get("PYTHONPATH", "")) if p)
     proc = subprocess.Popen(
@@ -65,6 +75,10 @@ def _start(
         stderr=subprocess.DEVNULL,
         env=env,
     )
+    return _started(proc, sock)
+
+
+def _started(proc: subprocess.Popen, sock: Path) -> tuple[subprocess.Popen, str]:
     deadline = time.monotonic() + 120
     while not sock.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -95,6 +109,7 @@ def main() -> int:
     ap.add_argument("--profile", type=Path, help="write a py-spy profile (speedscope JSON) of the milter process")
     ap.add_argument("--baseline", type=Path, help="another Mailward checkout to run interleaved with this one")
     ap.add_argument("--repeat", type=int, default=1, help="runs per worker count (and per checkout)")
+    ap.add_argument("--floor", action="store_true", help="also run an empty pymilter milter (the floor)")
     args = ap.parse_args()
     msgs = sample(args.sample, args.messages)
     print(f"sample: {len(msgs)} messages, {sum(map(len, msgs)) / 1e6:.1f} MB; {args.sessions} milter sessions")
@@ -109,13 +124,15 @@ def main() -> int:
         checkouts: list[tuple[str, Path | None]] = [("new", None)]
         if args.baseline:
             checkouts.insert(0, ("base", args.baseline))
-        runs = [
+        floor = [(0, rep, "empty", None) for rep in range(args.repeat)] if args.floor else []
+        runs = floor + [
             (workers, rep, label, src) for workers in counts for rep in range(args.repeat) for label, src in checkouts
         ]
         figures: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
         for workers, rep, label, src in runs:
             last = workers == counts[-1] and rep == args.repeat - 1 and label == "new"
-            proc, address = _start(run, workers, args.config, args.log_level, src)
+            extra = "empty" if label == "empty" else args.config
+            proc, address = _start(run, workers, extra, args.log_level, src)
             try:
                 pool.map(_session, [(address, msgs[:10])] * min(args.sessions, 4))  # warm every worker
                 pids = tree(proc.pid)

@@ -93,6 +93,7 @@ class Metrics:
         self._rules_version = ""
         self._lock = threading.Lock()
         self._sources: dict[str, Callable[[], object]] = {}
+        self._stages: dict[str, Histogram] = {}
         r.register(_LiveCollector(self._sources))
 
     # -- per message ---------------------------------------------------------------------------------
@@ -105,7 +106,7 @@ class Metrics:
         if outcome.seconds:
             self.message_seconds.labels(direction).observe(outcome.seconds)
         for stage, seconds in evidence.timings:
-            self.stage_seconds.labels(stage).observe(seconds)
+            self._stage(stage).observe(seconds)
         for finding in evidence.findings:
             if finding.name == "parse-error":  # malformed input, not a failing detector
                 continue
@@ -143,7 +144,14 @@ class Metrics:
 
     def stage(self, name: str, seconds: float) -> None:
         """A stage timed outside the pipeline (``incidents``: counting one message)."""
-        self.stage_seconds.labels(name).observe(seconds)
+        self._stage(name).observe(seconds)
+
+    def _stage(self, name: str) -> Histogram:
+        """The histogram of one stage; looked up once (``labels`` takes a lock and builds a key each call)."""
+        child = self._stages.get(name)
+        if child is None:
+            child = self._stages.setdefault(name, self.stage_seconds.labels(name))
+        return child
 
     def alert(self, what: str, label: str, result: str) -> None:
         (self.alerts if what == "alert" else self.alert_deliveries).labels(label, result).inc()
