@@ -129,13 +129,30 @@ class _Worker:
             self.process.join(timeout=5)
 
 
+def _taken_lock() -> threading.Lock:
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
+
+
 @dataclass(eq=False)
 class _Ticket:
-    """One scan waiting for a worker in its client's lane."""
+    """One scan waiting for a worker in its client's lane.
+
+    The waiter blocks on a lock taken at creation, released once by whoever grants it (a worker,
+    or the pool closing): cheaper per hand-off than an Event's condition and waiter list.
+    """
 
     client: str
     worker: _Worker | None = None
-    granted: threading.Event = field(default_factory=threading.Event)
+    _wake: threading.Lock = field(default_factory=_taken_lock)
+
+    def grant(self) -> None:
+        """Wake the waiter (with ``worker`` set, or None when the pool closed); once per ticket."""
+        self._wake.release()
+
+    def wait(self, timeout: float) -> bool:
+        return self._wake.acquire(timeout=timeout)
 
     @property
     def granted_worker(self) -> _Worker:
@@ -366,7 +383,9 @@ class ScanPool:
                 raise ScanFailed("the scan pool is closed")
             self._lanes.setdefault(client, deque()).append(ticket)
             self._dispatch()
-        if ticket.granted.wait(timeout):
+            if ticket.worker is not None:  # an idle worker was there: no wait, no wake-up
+                return ticket
+        if ticket.wait(timeout):
             if ticket.worker is None:
                 raise ScanFailed("the scan pool closed")
             return ticket
@@ -395,7 +414,7 @@ class ScanPool:
                 self._lanes[client] = lane
             self._busy[client] += 1
             ticket.worker = self._idle.pop()
-            ticket.granted.set()
+            ticket.grant()
 
     def _release(self, ticket: _Ticket, broken: bool) -> None:
         worker = ticket.granted_worker
@@ -422,7 +441,7 @@ class ScanPool:
         with self._lock:
             self._closed = True
             for ticket in (t for lane in self._lanes.values() for t in lane):
-                ticket.granted.set()  # wakes waiters; they find no worker and give up
+                ticket.grant()  # wakes waiters; they find no worker and give up
             self._lanes.clear()
             self._returned.wait_for(lambda: not self._busy, timeout=10)
             idle, self._idle = self._idle, []

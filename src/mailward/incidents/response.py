@@ -111,7 +111,9 @@ class IncidentResponse:
             Counter.OUTBOUND_HOST: (SubjectKind.ADDRESS, self._config.outbound_host),
             Counter.INBOUND_HOST: (SubjectKind.ADDRESS, self._config.inbound_host),
         }
-        windows = {counter: limits.window for counter, (_, limits) in self._subjects.items() if _checked(limits)}
+        # The limits that are on, per counter: looked up for every message, so worked out once.
+        self._on = {counter: _checked(limits) for counter, (_, limits) in self._subjects.items()}
+        windows = {counter: self._subjects[counter][1].window for counter, on in self._on.items() if on}
         self.counts = WindowCounts(store, windows, clock)
         self._flusher = Flusher(self.counts, self._config.flush_interval, self._check_flushed, self._prune_now_and_then)
 
@@ -302,15 +304,12 @@ class IncidentResponse:
     def _count(self, subject: Subject, added: Totals) -> bool:
         """Count in memory; True when a limit may be reached (worth settling with the store)."""
         self._flusher.start()
-        limits = subject.limits
-        checked = _checked(limits)
-        totals = self.counts.add(
-            subject.counter, subject.value, added, self._clock() - limits.window if checked else None
-        )
+        since = self._clock() - subject.limits.window if self._on[subject.counter] else None
+        totals = self.counts.add(subject.counter, subject.value, added, since)
         return bool(self._exceeded(subject, totals)) and self._suspendable(subject)
 
     def _exceeded(self, subject: Subject, totals: Totals) -> list[tuple[Metric, int, int]]:
-        return [(m, totals.get(m), limit) for m, limit in _checked(subject.limits).items() if totals.get(m) >= limit]
+        return [(m, totals.get(m), limit) for m, limit in self._on[subject.counter].items() if totals.get(m) >= limit]
 
     def _suspendable(self, subject: Subject) -> bool:
         """Not exempt and not suspended already (this message was in flight when it happened)."""
