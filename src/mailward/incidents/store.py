@@ -115,6 +115,7 @@ _ADD = (
     "spam = incident_counts.spam + excluded.spam, malware = incident_counts.malware + excluded.malware, "
     "auth_failures = incident_counts.auth_failures + excluded.auth_failures"
 )
+_SUMS_AT_ONCE = 500  # subjects whose sums one SELECT reads (SQLite allows 32766 parameters)
 # Before incident_counts, one row per event; an existing database's rows move into buckets once.
 _OLD_COUNTERS = "incident_counters"
 
@@ -270,15 +271,22 @@ class IncidentStore(ABC):
                         for k, s, b, t in batch
                     ],
                 )
+            by_kind: dict[Counter, list[str]] = {}
             for kind, subject in wanted:
-                if kind not in since:
-                    continue
-                row = self._exec(
-                    conn,
-                    f"SELECT {_SUMS} FROM incident_counts WHERE kind = ? AND subject = ? AND bucket > ?",
-                    (kind.value, subject, since[kind]),
-                ).fetchone()
-                sums[(kind, subject)] = Totals(*(int(v) for v in row))
+                if kind in since:
+                    by_kind.setdefault(kind, []).append(subject)
+            for kind, subjects in by_kind.items():
+                for start in range(0, len(subjects), _SUMS_AT_ONCE):  # one round trip per chunk, not per subject
+                    chunk = subjects[start : start + _SUMS_AT_ONCE]
+                    rows = self._exec(
+                        conn,
+                        f"SELECT subject, {_SUMS} FROM incident_counts WHERE kind = ? AND bucket > ? "
+                        f"AND subject IN ({', '.join('?' * len(chunk))}) GROUP BY subject",
+                        (kind.value, since[kind], *chunk),
+                    ).fetchall()
+                    found = {row[0]: Totals(*(int(v) for v in row[1:])) for row in rows}
+                    for subject in chunk:
+                        sums[(kind, subject)] = found.get(subject, Totals())
         return sums
 
     def prune(self, before: float) -> int:
