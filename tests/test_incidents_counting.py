@@ -71,6 +71,10 @@ def test_memory_is_bounded_oldest_subject_first(incident_store):
         counts.add(Counter.ACCOUNT, name, Totals(messages=1), None)
     assert counts.held() == 2 and counts.forgotten == 1  # "b" was the least recently counted
     assert set(counts.flush()) == {(Counter.ACCOUNT, "a"), (Counter.ACCOUNT, "c")}
+    # A kind with no limit on is written, never summed: nothing of it is kept past its flush.
+    counts.add(Counter.INBOUND_HOST, "192.0.2.1", Totals(messages=1), None)
+    assert counts.held() == 2 and counts.forgotten == 1  # room was made from flushed subjects: nothing lost
+    assert counts.flush() == {} and counts.held() == 1
 
 
 def test_an_older_database_keeps_its_counts_in_buckets(tmp_path):

@@ -33,7 +33,7 @@ from .store import BUCKET, Count, CountKey, IncidentStore, IncidentStoreError, b
 
 log = logging.getLogger(__name__)
 
-MAX_SUBJECTS = 100_000  # subjects held in memory; beyond, the least recently counted is forgotten
+MAX_SUBJECTS = 100_000  # subjects held in memory (~0.5 KiB each); beyond, the least recently counted goes
 
 _Sums = list[int]  # messages, recipients, spam, malware, auth_failures: added to in place
 
@@ -113,8 +113,9 @@ class WindowCounts:
         return total
 
     def _forget_oldest(self) -> None:
+        """Make room: the least recently counted subject goes (usually flushed long ago: nothing lost)."""
         _, oldest = self._held.popitem(last=False)
-        if oldest.pending or oldest.flushing:
+        if oldest.pending:  # counts in flight ("flushing") still reach the store
             self.forgotten += 1
 
     def flush(self, read: tuple[CountKey, ...] = (), timeout: float | None = None) -> dict[CountKey, Totals]:
@@ -160,11 +161,15 @@ class WindowCounts:
         return sums
 
     def _drop_old(self, now: float) -> None:
-        """Forget subjects and unflushed buckets older than every window (caller holds the lock)."""
-        longest = max(self._windows.values(), default=0.0)
-        stale = now - longest - BUCKET
-        for key in [k for k, held in self._held.items() if held.counted_at < stale and not held.flushing]:
-            del self._held[key]  # its last count, flushed or not, is outside every window
+        """Forget subjects whose last count is outside every window, and flushed subjects of kinds
+        never summed (no limit on: nothing to remember between flushes). Caller holds the lock."""
+        stale = now - max(self._windows.values(), default=0.0) - BUCKET
+        for key in [
+            key
+            for key, held in self._held.items()
+            if not held.flushing and (held.counted_at < stale or (key[0] not in self._windows and not held.pending))
+        ]:
+            del self._held[key]
 
     def settle(self, kind: Counter, subject: str) -> Totals:
         """The sums as the store has them, after this host's counts went in: what a suspension rests on."""
