@@ -348,6 +348,8 @@ def source_domain(client_name: str) -> str | None:
     name = client_name.strip().rstrip(".")
     if not name or name.lower() == "unknown" or name.startswith("[") or ":" in name:
         return None
+    if not name.replace(".", "").isdigit():  # no IPv4 literal: a name (and no exception raised per message)
+        return name.lower()
     try:
         ipaddress.ip_address(name)
     except ValueError:
