@@ -12,7 +12,7 @@ from incidents_support import wait_for
 from mailward.incidents import IncidentStoreError, Totals
 from mailward.incidents.counting import WindowCounts
 from mailward.incidents.records import Counter
-from mailward.incidents.store import BUCKET, SqliteIncidentStore
+from mailward.incidents.store import BUCKET, PostgresIncidentStore, SqliteIncidentStore
 from support.mail import message
 from support.milter import MilterClient
 
@@ -77,25 +77,47 @@ def test_memory_is_bounded_oldest_subject_first(incident_store):
     assert counts.flush() == {} and counts.held() == 1
 
 
-def test_an_older_database_keeps_its_counts_in_buckets(tmp_path):
-    path = tmp_path / "incidents.sqlite3"
-    with sqlite3.connect(path) as conn:
-        conn.execute(
-            "CREATE TABLE incident_counters (kind TEXT NOT NULL, subject TEXT NOT NULL, at REAL NOT NULL, "
-            "messages INTEGER NOT NULL, recipients INTEGER NOT NULL, spam INTEGER NOT NULL, "
-            "malware INTEGER NOT NULL, auth_failures INTEGER NOT NULL)"
-        )
-        now = time.time()
-        for at in (now - 7200, now - 30, now - 29, now - 1):
-            conn.execute("INSERT INTO incident_counters VALUES ('account', 'carol', ?, 1, 2, 1, 0, 0)", (at,))
-    conn.close()
-    store = SqliteIncidentStore(path)
+OLD_COUNTERS = (
+    "CREATE TABLE incident_counters (kind TEXT NOT NULL, subject TEXT NOT NULL, at {real} NOT NULL, "
+    "messages INTEGER NOT NULL, recipients INTEGER NOT NULL, spam INTEGER NOT NULL, "
+    "malware INTEGER NOT NULL, auth_failures INTEGER NOT NULL)"
+)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_an_older_database_keeps_its_counts_in_buckets(request, tmp_path, backend):
+    """A database written by the version before buckets (one row per message) opens, its counts kept."""
+    now = time.time()
+    rows = [("account", "carol", at, 1, 2, 1, 0, 0) for at in (now - 7200, now - 30, now - 29, now - 1)]
+    if backend == "sqlite":
+        path = tmp_path / "incidents.sqlite3"
+        conn = sqlite3.connect(path)
+        with conn:
+            conn.execute(OLD_COUNTERS.format(real="REAL"))
+            conn.executemany("INSERT INTO incident_counters VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        conn.close()
+        store = SqliteIncidentStore(path)
+
+        def old_table() -> bool:
+            with sqlite3.connect(path) as check:
+                return bool(check.execute("SELECT 1 FROM sqlite_master WHERE name = 'incident_counters'").fetchall())
+    else:
+        import psycopg
+
+        dsn = request.getfixturevalue("fresh_pg_dsn")
+        with psycopg.connect(dsn) as pg:
+            pg.execute(OLD_COUNTERS.format(real="DOUBLE PRECISION"))
+            pg.cursor().executemany("INSERT INTO incident_counters VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", rows)
+        store = PostgresIncidentStore(dsn)
+
+        def old_table() -> bool:
+            with psycopg.connect(dsn) as check:
+                return check.execute("SELECT to_regclass('incident_counters') IS NOT NULL").fetchone()[0]
+
     try:
         assert store.record(Counter.ACCOUNT, "carol", Totals(), since=now - 3600) == Totals(3, 6, 3, 0, 0)
-        assert store.prune(now - 3600) == 1
-        with sqlite3.connect(path) as conn:
-            assert not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'incident_counters'").fetchall()
-        conn.close()
+        assert store.prune(now - 3600) == 1  # the event of two hours ago, in its own bucket
+        assert not old_table()  # moved, then dropped
     finally:
         store.close()
 
