@@ -8,6 +8,7 @@ exception is added here, with the reason, or the import is moved.
 from __future__ import annotations
 
 import ast
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ SERVICES = (
     "reputation",
     "unpack",
     "web",
+    "review",
 )
 
 # Third-party packages confined to the parts that own them.
@@ -44,6 +46,9 @@ CONFINED = {
     "uvicorn": ("mailward.web",),
     "jinja2": ("mailward.web",),
     "argon2": ("mailward.web",),
+    # The database drivers: only the database layer opens sessions (the stores write SQL through it).
+    "sqlite3": ("mailward.db",),
+    "psycopg": ("mailward.db",),
 }
 
 # Today's imports from a core module into a service package, each allowed for a reason.
@@ -233,6 +238,13 @@ def test_the_message_flow_is_imported_only_by_the_entry_points_and_itself(found)
     )
 
 
+def test_the_milter_translates_verdicts_and_decides_nothing(found):
+    """Policy is decided in one place, the screener: the adapter only turns its typed outcomes into milter calls."""
+    assert (
+        where([i for i in found if within(i.importer, "mailward.milter") and within(i.target, "mailward.policy")]) == []
+    )
+
+
 def test_training_is_imported_only_by_itself_and_the_cli(found):
     """The milter never loads the offline training code."""
     assert (
@@ -248,22 +260,38 @@ def test_training_is_imported_only_by_itself_and_the_cli(found):
     )
 
 
-def test_psycopg_is_never_imported_on_the_sqlite_path(found):
-    """Only the PostgreSQL backend imports psycopg at module level, and that backend is imported lazily."""
-    top_level = [i for i in found if i.target.split(".")[0] == "psycopg" and not i.in_function]
-    assert where(top_level) == where([i for i in top_level if i.importer == "mailward.quarantine.postgres"])
-    assert (
-        where(
-            [
-                i
-                for i in found
-                if within(i.target, "mailward.quarantine.postgres")
-                and not i.in_function
-                and i.importer != "mailward.quarantine.postgres"
-            ]
-        )
-        == []
+def test_the_database_layer_imports_no_service_package_and_psycopg_only_lazily(found):
+    """db.py sits under every store: it knows none of them, and a host on SQLite never loads psycopg."""
+    mine = [i for i in found if i.importer == "mailward.db" and within(i.target, "mailward")]
+    assert mine and where(mine) == where(
+        [i for i in mine if within(i.target, "mailward.dbfile") or within(i.target, "mailward.errors")]
     )
+    assert where([i for i in found if i.target.split(".")[0] == "psycopg" and not i.in_function]) == []
+
+
+def test_the_sqlite_stores_run_without_psycopg(tmp_path):
+    """Opening and using every SQLite store loads no psycopg (checked in a fresh interpreter)."""
+    import subprocess
+    import sys
+
+    script = """
+import sys
+from pathlib import Path
+from mailward.incidents.store import SqliteIncidentStore
+from mailward.quarantine.sqlite import SqliteStore
+from mailward.training.ledger import Ledger
+from mailward.web.accounts import AccountStore
+
+root = Path(sys.argv[1])
+SqliteIncidentStore(root / "incidents.sqlite3").close()
+SqliteStore(root / "quarantine").close()
+Ledger(root / "ledger.sqlite").close()
+AccountStore(root / "web.sqlite3").close()
+print(sorted(name for name in sys.modules if name.split(".")[0] == "psycopg"))
+"""
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 def test_train_extra_packages_are_loaded_only_through_import_extra(found):
@@ -284,3 +312,81 @@ def test_the_web_extra_is_reached_only_lazily_from_the_cli(found):
     """A host without the web extra still runs every other command: mailward.web is imported in functions."""
     outside = [i for i in found if within(i.target, "mailward.web") and not within(i.importer, "mailward.web")]
     assert where([i for i in outside if not (i.in_function and within(i.importer, "mailward.cli"))]) == []
+
+
+def part_of(module: str, parts: set[str]) -> str | None:
+    """``mailward.quarantine.store`` -> ``quarantine``; ``mailward.screening`` -> ``screening``; else None."""
+    pieces = module.split(".")
+    return pieces[1] if len(pieces) > 1 and pieces[0] == "mailward" and pieces[1] in parts else None
+
+
+def part_cycles(found: list[Import], parts: set[str]) -> list[list[str]]:
+    """The groups of parts (packages, core modules) that import each other, round a cycle; Tarjan's algorithm."""
+    edges: dict[str, set[str]] = defaultdict(set)
+    for i in found:
+        importer, target = part_of(i.importer, parts), part_of(i.target, parts)
+        if importer and target and importer != target:
+            edges[importer].add(target)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    groups: list[list[str]] = []
+
+    def visit(part: str) -> None:
+        index[part] = low[part] = len(index)
+        stack.append(part)
+        for other in sorted(edges[part]):
+            if other not in index:
+                visit(other)
+                low[part] = min(low[part], low[other])
+            elif other in stack:
+                low[part] = min(low[part], index[other])
+        if low[part] == index[part]:
+            group = []
+            while True:
+                member = stack.pop()
+                group.append(member)
+                if member == part:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for part in sorted(edges):
+        if part not in index:
+            visit(part)
+    return sorted(groups)
+
+
+def all_parts() -> set[str]:
+    return {p.name for p in SRC.iterdir() if (p / "__init__.py").exists()} | {m.split(".")[1] for m in core_modules()}
+
+
+def test_a_cycle_through_a_function_level_import_is_found():
+    """The review service once imported incidents/ while incidents/ imported quarantine/ inside a function."""
+    found = imports_of("from ..incidents import open_incidents\n", "mailward.quarantine.service") + imports_of(
+        "def send():\n    from ..quarantine.release import marked\n", "mailward.incidents.alerts"
+    )
+    assert part_cycles(found, {"incidents", "quarantine"}) == [["incidents", "quarantine"]]
+    assert part_cycles(found[:2], {"incidents", "quarantine"}) == []
+
+
+def test_no_part_imports_itself_round_a_cycle(found):
+    """Packages and core modules form layers: no two reach each other, not even through a lazy import."""
+    assert {"cli", "quarantine", "incidents", "review", "screening", "marks"} <= all_parts()
+    assert part_cycles(found, all_parts()) == []
+
+
+# The entry points: what an admin, an analyst or the MTA starts.
+ENTRY_POINTS = ("mailward.cli", "mailward.milter", "mailward.web")
+
+
+def test_review_sits_above_the_quarantine_and_incidents_and_below_the_entry_points(found):
+    """The analysts' review is used by the CLI and the web page only, and builds on the stores and incident
+    response, never on the message flow, the entry points or training."""
+    used_by = [i for i in found if within(i.target, "mailward.review") and not within(i.importer, "mailward.review")]
+    assert where([i for i in used_by if not any(within(i.importer, e) for e in ("mailward.cli", "mailward.web"))]) == []
+    above = (*ENTRY_POINTS, *FLOW, "mailward.training")
+    reaches_up = [i for i in found if within(i.importer, "mailward.review") and any(within(i.target, a) for a in above)]
+    assert where(reaches_up) == []
+    builds_on = {part_of(i.target, all_parts()) for i in found if within(i.importer, "mailward.review")}
+    assert {"quarantine", "incidents"} <= builds_on

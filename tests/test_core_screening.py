@@ -6,14 +6,18 @@ import threading
 import time
 from dataclasses import replace
 
+import pytest
+
 from mailward.config import ReputationSettings, Settings
 from mailward.envelope import Direction, Envelope
+from mailward.evidence import Category, Evidence, Finding, Severity
 from mailward.quarantine import open_store
 from mailward.runtime import InProcessScanner
 from mailward.screening import WATCH_BUDGET, Screener
 from mailward.source import MessageSource
 from mailward.verdict import Action, Outcome
 from support.mail import gtube_message
+from support.milter import settings_for
 
 
 class StalledWatch:
@@ -101,3 +105,40 @@ def test_the_incident_watch_gets_only_what_is_left_of_the_reply_budget(tmp_path)
         watch.release.set()
         store.close()
         inner.close()
+
+
+class NoScan:
+    """A scanner the test expects never to be asked: the decision comes before (or instead of) the content."""
+
+    def scan(self, source, envelope):
+        raise AssertionError("scanned")
+
+
+BLOCKED = Evidence(findings=(Finding(Category.BLOCKED, "analyst:sender", Severity.CRITICAL, "incidents", "x@y"),))
+
+
+@pytest.mark.parametrize(
+    "toml,refused",
+    [("", Action.REJECT), ('blocked_action = "tempfail"', Action.TEMPFAIL), ('blocked_action = "quarantine"', None)],
+)
+def test_a_block_is_refused_before_data_only_when_its_action_refuses(tmp_path, toml, refused):
+    """A block whose action waits for the content (quarantine, tag) gives no outcome: the message is screened."""
+    screener = Screener(settings_for(tmp_path, f"[policy.inbound]\n{toml}\n"), NoScan(), None)
+    envelope = Envelope(mail_from="x@y", direction=Direction.INBOUND)
+    outcome = screener.refuse_before_data(envelope, BLOCKED, "MW-1")
+    if refused is None:
+        assert outcome is None
+    else:
+        assert outcome.verdict.action is refused and outcome.verdict.incident_id == "MW-1"
+        assert outcome.evidence == BLOCKED and outcome.envelope == envelope
+
+
+@pytest.mark.parametrize("direction", list(Direction))
+def test_a_message_that_could_not_be_screened_gets_its_directions_on_error(tmp_path, direction):
+    """Never accept by default; ``on_error = "accept"`` for one direction changes only that direction."""
+    screener = Screener(settings_for(tmp_path, '[policy.outbound]\non_error = "accept"\n'), NoScan(), None)
+    outcome = screener.failure(Envelope(direction=direction), "error in header", 42)
+    expected = Action.ACCEPT if direction is Direction.OUTBOUND else Action.TEMPFAIL
+    assert (outcome.verdict.action, outcome.verdict.reasons) == (expected, ("error",))
+    assert (outcome.error, outcome.size, outcome.evidence) == ("error in header", 42, Evidence())
+    assert outcome.verdict.incident_id.startswith("MW-")

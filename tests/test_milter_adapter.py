@@ -280,3 +280,15 @@ def test_callbacks_out_of_order_end_in_on_error(tmp_path, monkeypatch, milter_ru
     assert ctx._eom() == Milter.TEMPFAIL
     assert ctx._reply[0] == "451" and not INTERNALS.search(ctx._reply[2])
     assert scanned == [] and list(rt.spool_dir.iterdir()) == []
+
+
+def test_a_failure_while_deciding_a_failure_still_tempfails(tmp_path, monkeypatch, milter_runtime):
+    """The last resort: if even the on_error outcome cannot be had, the message is tempfailed generically."""
+    from mailward.screening import Screener
+
+    rt, _, _ = _inject("header", monkeypatch, milter_runtime(tmp_path, '[policy.inbound]\non_error = "accept"\n'))
+    monkeypatch.setattr(Screener, "failure", lambda *a: (_ for _ in ()).throw(RuntimeError("settings gone")))
+    client = MilterClient(rt, monkeypatch)
+    _, ctx = client.connect()
+    assert client.send(ctx, message()[1]) == Milter.TEMPFAIL
+    assert ctx._reply[0] == "451" and not INTERNALS.search(ctx._reply[2])

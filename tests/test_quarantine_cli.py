@@ -19,8 +19,9 @@ from mailward.cli.quarantine import parse_age, parse_when, register
 from mailward.config import load_settings
 from mailward.envelope import Direction
 from mailward.evidence import RELEASE_HEADER
+from mailward.marks import message_body
 from mailward.quarantine import open_store
-from mailward.quarantine.release import ReleaseVerifier, message_body
+from mailward.quarantine.release import ReleaseVerifier
 from mailward.source import MessageSource
 from quarantine_support import envelope, malware_case, message, quarantine_cli, spam_case
 

@@ -7,8 +7,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
-
 from mailward.actor import Actor
 from mailward.quarantine import ListFilter, ReleaseClaim
 from mailward.source import MessageSource
@@ -107,22 +105,3 @@ def test_processes_putting_and_releasing_at_once(store, store_factory):
     put = [q for p, _ in results for q in p]
     assert len(set(put)) == 30
     assert len(store.list(ListFilter(limit=10_000))) == 45
-
-
-def test_connection_pool_is_bounded():
-    from mailward.errors import StoreError
-    from mailward.quarantine.store import _Pool
-
-    class Conn:
-        def close(self) -> None:
-            pass
-
-    made = []
-    pool = _Pool(lambda: made.append(Conn()) or made[-1], size=2)
-    a, b = pool.get(0.05), pool.get(0.05)
-    with pytest.raises(StoreError):
-        pool.get(0.05)
-    pool.put(a)
-    assert pool.get(0.05) is a and len(made) == 2
-    pool.discard(b)
-    assert pool.get(0.05) is not b and len(made) == 3

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from mailward.config import load_settings
+from mailward.db import SqliteFile
 from mailward.errors import ConfigError, StoreError
 from mailward.quarantine import ListFilter
 from mailward.quarantine.sqlite import DB_NAME, SqliteStore
@@ -181,9 +182,12 @@ class _ReplyHeldBack:
 def test_a_commit_confirmed_after_the_caller_gave_up_is_withdrawn(tmp_path):
     reply = threading.Event()
 
+    class StalledReplyFile(SqliteFile):
+        def connect(self):
+            return _ReplyHeldBack(super().connect(), reply)
+
     class StalledReplyStore(SqliteStore):
-        def _connect(self):
-            return _ReplyHeldBack(super()._connect(), reply)
+        database_file = StalledReplyFile
 
     reply.set()  # creating the schema is not held back
     store = StalledReplyStore(tmp_path / "quarantine", write_timeout=BUDGET)
@@ -272,7 +276,7 @@ def test_postgresql_sessions_commit_durably_with_a_statement_timeout(pg_cluster)
 
     store = PostgresStore(create_database(pg_cluster.dsn), write_timeout=7.5)
     try:
-        conn = store._connect()  # the test cluster runs with synchronous_commit = off
+        conn = store.database.connect()  # the test cluster runs with synchronous_commit = off
         try:
             assert conn.execute("SHOW synchronous_commit").fetchone()[0] == "on"
             assert conn.execute("SHOW statement_timeout").fetchone()[0] == "7500ms"
@@ -332,7 +336,7 @@ def test_postgresql_incident_sessions_commit_durably_with_a_statement_timeout(pg
 
     store = PostgresIncidentStore(create_database(pg_cluster.dsn), timeout=4.0)
     try:
-        conn = store._connect()
+        conn = store.database.connect()
         try:
             assert conn.execute("SHOW synchronous_commit").fetchone()[0] == "on"
             assert conn.execute("SHOW statement_timeout").fetchone()[0] == "4s"

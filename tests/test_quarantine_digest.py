@@ -10,9 +10,9 @@ import time
 import pytest
 
 from mailward.config import load_settings
+from mailward.marks import load_release_key
 from mailward.quarantine import open_store
 from mailward.quarantine.links import RecipientLink, link_key_path, sign_link, verify_link
-from mailward.quarantine.release import load_release_key
 from mailward.source import MessageSource
 from quarantine_support import envelope, malware_case, message, quarantine_cli, spam_case
 

@@ -9,20 +9,11 @@ import threading
 from mailward.actor import Actor
 from mailward.config import LimitSettings, load_settings
 from mailward.evidence import ALERT_HEADER, RELEASE_HEADER
+from mailward.marks import alert_mark, key_path, load_release_key, message_body, release_mark
 from mailward.message import parse_message
 from mailward.pipeline import mark_proof
 from mailward.quarantine import Status
-from mailward.quarantine.release import (
-    Relay,
-    ReleaseOutcome,
-    ReleaseVerifier,
-    alert_mark,
-    key_path,
-    load_release_key,
-    message_body,
-    release,
-    release_mark,
-)
+from mailward.quarantine.release import Relay, ReleaseOutcome, ReleaseVerifier, release
 from mailward.source import MessageSource
 from quarantine_support import SmtpSink, closed_port, envelope, malware_case, message, spam_case
 

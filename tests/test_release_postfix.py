@@ -14,8 +14,8 @@ from harness.postfix import wait_for
 from mailward.cli.main import main as cli
 from mailward.config import load_settings
 from mailward.evidence import RELEASE_HEADER
+from mailward.marks import key_path, load_release_key, message_body, release_mark
 from mailward.quarantine import open_store
-from mailward.quarantine.release import key_path, load_release_key, message_body, release_mark
 from support.mail import eicar_message, gtube_message
 
 pytestmark = pytest.mark.postfix

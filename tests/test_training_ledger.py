@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 import numpy as np
 import pytest
 
@@ -12,7 +10,7 @@ from mailward.evidence import Label
 from mailward.quarantine.sqlite import SqliteStore
 from mailward.source import MessageSource
 from mailward.training.learning import Lineage, import_quarantine, rebuild, record, update
-from mailward.training.ledger import LabelOutcome, Ledger, digest_of
+from mailward.training.ledger import LabelOutcome, Ledger, LedgerError, digest_of
 from mailward.training.registry import Registry
 from mailward.training.sources import read_sets
 from quarantine_support import FakeClock, envelope, spam_case
@@ -41,8 +39,8 @@ def test_repeat_is_ignored_and_change_supersedes(ledger):
 def test_entries_cannot_be_rewritten(ledger):
     ledger.record(b"Subject: x\n\nx\n", "ham", "set", "ann")
     for statement in ("UPDATE labels SET label = 'spam'", "DELETE FROM labels", "DELETE FROM messages"):
-        with pytest.raises(sqlite3.IntegrityError):
-            ledger._db.execute(statement)
+        with pytest.raises(LedgerError, match="append-only|kept"), ledger.database.transaction(write=True) as tx:
+            tx.execute(statement)
 
 
 def test_changes_against_a_model_seq(ledger):

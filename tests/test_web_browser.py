@@ -247,8 +247,8 @@ def test_a_session_cookie_is_not_readable_by_scripts(browser, site):
 def test_a_recipient_releases_their_spam_from_the_digest_link(browser, site, shots):
     from selenium.webdriver.common.by import By
 
+    from mailward.marks import load_release_key
     from mailward.quarantine.links import link_key_path, new_link, sign_link
-    from mailward.quarantine.release import load_release_key
 
     base, settings, sink, _ = site
     spam = put(settings, message("Conference offer"), recipients=("erin@example.net",))

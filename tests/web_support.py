@@ -7,10 +7,10 @@ from pathlib import Path
 from argon2 import PasswordHasher
 
 from mailward.config import Settings, load_settings
+from mailward.marks import load_release_key
 from mailward.quarantine import open_store
 from mailward.quarantine.links import link_key_path
-from mailward.quarantine.release import load_release_key
-from mailward.quarantine.service import QuarantineService
+from mailward.review.service import QuarantineService
 from mailward.source import MessageSource
 from mailward.web.accounts import DB_NAME, AccountStore
 from mailward.web.app import Parts

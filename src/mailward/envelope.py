@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
+from typing import Any
 
 
 class Direction(str, Enum):
@@ -51,6 +52,22 @@ class Envelope:
             "connection_id": self.connection_id,
             "direction": self.direction.value,
         }
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> Envelope:
+        """The envelope :meth:`as_dict` described (a stored quarantine record)."""
+        return cls(
+            mail_from=doc.get("mail_from", ""),
+            recipients=tuple(doc.get("recipients", ())),
+            client_address=doc.get("client_address", ""),
+            client_name=doc.get("client_name", ""),
+            helo=doc.get("helo", ""),
+            auth_user=doc.get("auth_user", ""),
+            daemon=doc.get("daemon", ""),
+            queue_id=doc.get("queue_id", ""),
+            connection_id=doc.get("connection_id", ""),
+            direction=Direction(doc.get("direction", Direction.INBOUND.value)),
+        )
 
 
 @dataclass(frozen=True)

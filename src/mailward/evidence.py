@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Category(str, Enum):
@@ -88,6 +89,21 @@ class Finding:
             doc.update(sha256=self.sha256, file_name=self.file_name, mime_type=self.mime_type)
         return doc
 
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> Finding:
+        """The finding :meth:`as_dict` described (a stored quarantine record)."""
+        return cls(
+            Category(doc["category"]),
+            doc["name"],
+            Severity[str(doc["severity"]).upper()],
+            doc["detector"],
+            doc.get("location", ""),
+            doc.get("detail", ""),
+            doc.get("sha256", ""),
+            doc.get("file_name", ""),
+            doc.get("mime_type", ""),
+        )
+
 
 @dataclass(frozen=True)
 class Clue:
@@ -95,6 +111,13 @@ class Clue:
 
     token: str
     weight: float
+
+    def as_dict(self) -> dict[str, object]:
+        return {"token": self.token, "weight": self.weight}
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> Clue:
+        return cls(str(doc["token"]), float(doc["weight"]))
 
 
 @dataclass(frozen=True)
@@ -106,6 +129,18 @@ class SpamAssessment:
     model_version: str = ""
     regime: str = ""  # "site", or "cold-start" while the model knows too little site mail
     spam_floor: float = 0.0  # the spam action needs at least this score, whatever the policy says
+
+    def as_dict(self) -> dict[str, object]:
+        """What a quarantine record keeps of it: the score, the model and the clues."""
+        return {"score": self.score, "model_version": self.model_version, "clues": [c.as_dict() for c in self.clues]}
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> SpamAssessment:
+        return cls(
+            score=doc["score"],
+            model_version=doc.get("model_version", ""),
+            clues=tuple(Clue.from_dict(c) for c in doc.get("clues", ())),
+        )
 
 
 class HeaderSource(Protocol):
@@ -185,6 +220,21 @@ class Evidence:
 
     def of(self, category: Category) -> tuple[Finding, ...]:
         return tuple(f for f in self.findings if f.category is category)
+
+    def as_dict(self) -> dict[str, object]:
+        """What a quarantine record keeps: the findings and the spam assessment (not timings or headers)."""
+        return {
+            "findings": [f.as_dict() for f in self.findings],
+            "spam": None if self.spam is None else self.spam.as_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> Evidence:
+        spam = doc.get("spam")
+        return cls(
+            findings=tuple(Finding.from_dict(f) for f in doc.get("findings", ())),
+            spam=None if spam is None else SpamAssessment.from_dict(spam),
+        )
 
     def merged(self, other: Evidence) -> Evidence:
         """Combine evidence from two sources (e.g. worker and in-process checks)."""

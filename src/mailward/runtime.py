@@ -43,13 +43,15 @@ def build_inspector(settings: Settings, *, start_sandbox: bool = False) -> Inspe
     (a worker, whose warm-up scan needs it at once); else it starts at its first use.
     """
     from . import models, reputation, signatures  # detector packages load rules and models here
+    from .incidents.alerts import model_refusal_alert
     from .unpack import Unpacker
 
     unpacker = Unpacker(settings.limits)
     if start_sandbox:
         unpacker.sandbox.start()
     try:
-        detectors = (*signatures.detectors(settings), *models.detectors(settings), *reputation.detectors(settings))
+        spam = models.detectors(settings, on_refusal=model_refusal_alert(settings))
+        detectors = (*signatures.detectors(settings), *spam, *reputation.detectors(settings))
     except BaseException:
         unpacker.close()
         raise

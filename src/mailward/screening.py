@@ -232,6 +232,30 @@ class Screener:
                 self._observe(follow_up, min(WATCH_BUDGET, max(left, 0.0)))
         return outcome
 
+    def refuse_before_data(self, envelope: Envelope, known: Evidence, incident: str) -> Outcome | None:
+        """The outcome if the policy refuses this client or sender now (reject, tempfail), else None.
+
+        ``known`` is what was learnt before the content (a block list entry,
+        under its own ``incident``). A policy that tags or quarantines it waits
+        for the content: the adapter passes ``known`` on to :meth:`screen`.
+        """
+        policy = self.settings.policy.for_direction(envelope.direction)
+        verdict = decide(known, policy, incident)
+        if verdict.action not in (Action.REJECT, Action.TEMPFAIL):
+            return None
+        return Outcome(envelope, verdict, known, 0)
+
+    def failure(self, envelope: Envelope, error: str, size: int = 0) -> Outcome:
+        """The direction's ``on_error`` outcome for a message that could not be screened at all.
+
+        The adapter's callbacks failed (or the MTA's commands came out of
+        order): the message was never seen whole, so it is never accepted
+        unchecked unless the admin chose ``on_error = "accept"``.
+        """
+        policy = self.settings.policy.for_direction(envelope.direction)
+        verdict = decide_failure(policy, new_incident_id(self._clock()))
+        return Outcome(envelope, verdict, Evidence(), size, error=error)
+
     def _decide(self, evidence: Evidence, envelope: Envelope, incident: str, mark: Mark | None) -> list[Share]:
         """One verdict per group of recipients with the same policy and sender list entry."""
         groups: dict[tuple[DirectionPolicy, Listed | None], list[str]] = {}
@@ -324,7 +348,7 @@ def event_of(outcome: Outcome) -> dict[str, Any]:
             "released_from": outcome.released_from or None,
             "held_recipients": list(outcome.held) or None,
             "findings": [dict(f.as_dict(), **({"file": _ecs_file(f)} if f.sha256 else {})) for f in evidence.findings],
-            "clues": [[c.token, round(c.weight, 3)] for c in (evidence.spam.clues if evidence.spam else ())],
+            "clues": [c.as_dict() for c in (evidence.spam.clues if evidence.spam else ())],
             "timings_ms": {stage: round(sec * 1000, 3) for stage, sec in evidence.timings},
         },
     }

@@ -24,12 +24,13 @@ from ..config import Settings
 from ..envelope import Direction
 from ..errors import MailwardError
 from ..evidence import Label
+from ..marks import load_release_key
 from ..quarantine import ListFilter, QuarantineStore, Removal, Status, open_store
 from ..quarantine import digest as digests
 from ..quarantine.links import link_key_path
-from ..quarantine.release import Relay, ReleaseOutcome, load_release_key
+from ..quarantine.release import Relay, ReleaseOutcome
 from ..quarantine.render import render_history, render_list, render_show, when
-from ..quarantine.service import QuarantineService
+from ..review.service import QuarantineService
 from ..textsafe import json_line, neutralise
 from ..verdict import Action
 

@@ -50,9 +50,7 @@ def report(path: Path, outcome: Outcome) -> dict[str, Any]:
         "action": verdict.action.value,
         "reasons": list(verdict.reasons),
         "spam_score": evidence.spam_score,
-        "clues": [
-            {"token": c.token, "weight": round(c.weight, 4)} for c in (evidence.spam.clues if evidence.spam else ())
-        ],
+        "clues": [c.as_dict() for c in (evidence.spam.clues if evidence.spam else ())],
         "findings": [f.as_dict() for f in evidence.findings],
         "direction": outcome.envelope.direction.value,
         "incident_id": verdict.incident_id,

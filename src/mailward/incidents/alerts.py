@@ -30,6 +30,8 @@ from email.message import EmailMessage
 from enum import Enum
 from typing import TYPE_CHECKING, Protocol
 
+from ..marks import alert_mark, key_path, load_release_key, marked, message_body
+
 if TYPE_CHECKING:
     from ..config import Settings
 
@@ -160,7 +162,6 @@ class EmailChannel:
         from email.policy import SMTP
 
         from ..evidence import ALERT_HEADER
-        from ..quarantine.release import alert_mark, marked, message_body
 
         msg = EmailMessage()
         msg["From"] = self.sender
@@ -344,8 +345,6 @@ def _alert_event(alert: Alert, delivery: Delivery) -> dict[str, object]:
 def email_channel(settings: Settings, recipients: tuple[str, ...]) -> EmailChannel:
     """Mail to ``recipients`` through the configured alert relay (default: the release relay), marked with
     the release key so the milter does not filter what Mailward itself says."""
-    from ..quarantine.release import key_path, load_release_key
-
     config = settings.alerts
     return EmailChannel(
         config.smtp_host or settings.quarantine.relay_host,

@@ -1,14 +1,13 @@
 """Counters and the block list in SQL: SQLite on one host, PostgreSQL shared by several.
 
-Both backends run the same statements (``?`` placeholders, translated for
-psycopg); only connecting and the schema's column types differ. One
-connection per store, used under a lock: every operation is one short
-transaction, and a milter's threads queue for well under a millisecond each
-(bench/incident_counters.py). Nobody waits for that lock, SQLite's busy lock
-or a PostgreSQL statement longer than the store's ``timeout``. A broken
-connection is dropped and reopened on the next call, so a database restart
-costs the calls made while it was down. The SQLite file is never opened
-outside SQLite (see :mod:`mailward.dbfile`).
+Both backends run the same statements; connections, transactions,
+placeholders and the schema's version are the database layer's
+(:mod:`mailward.db`). One connection per store, used by one thread at a time:
+every operation is one short transaction, and a milter's threads queue for
+well under a millisecond each (bench/incident_counters.py). Nobody waits for
+that connection, SQLite's busy lock or a PostgreSQL statement longer than the
+store's ``timeout``. A broken connection is dropped and reopened on the next
+call, so a database restart costs the calls made while it was down.
 
 At most one *active* block per subject is enforced by a partial unique index,
 so two hosts suspending the same account at once create one block, and the
@@ -19,17 +18,14 @@ from __future__ import annotations
 
 import logging
 import math
-import sqlite3
-import threading
 import time
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..dbfile import prepare_database_file
+from ..db import Database, Migration, PostgresDsn, SqliteFile, Transaction
 from ..errors import MailwardError
 from ..policy import Listed
 from .records import COUNTERS_OF, AuditEntry, Block, Counter, Origin, SenderEntry, SubjectKind, Totals
@@ -41,20 +37,18 @@ Clock = Callable[[], float]
 DB_NAME = "incidents.sqlite3"
 TIMEOUT = 30.0  # seconds an operation may wait for this process's other threads or the database
 
-SCHEMA = (
-    # One row per kind, subject and BUCKET seconds: hosts add their counts to it (upsert), so a window's
-    # sum reads at most window / BUCKET rows whatever the traffic (incidents/counting.py).
-    """CREATE TABLE IF NOT EXISTS incident_counts (
+SCHEMA = (  # migration 1: the schema before versions were recorded
+    """CREATE TABLE IF NOT EXISTS incident_counters (
         kind TEXT NOT NULL,
         subject TEXT NOT NULL,
-        bucket {real} NOT NULL,
+        at {real} NOT NULL,
         messages INTEGER NOT NULL,
         recipients INTEGER NOT NULL,
         spam INTEGER NOT NULL,
         malware INTEGER NOT NULL,
-        auth_failures INTEGER NOT NULL,
-        PRIMARY KEY (kind, subject, bucket))""",
-    "CREATE INDEX IF NOT EXISTS incident_counts_bucket ON incident_counts (bucket)",
+        auth_failures INTEGER NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS incident_counters_subject ON incident_counters (kind, subject, at)",
+    "CREATE INDEX IF NOT EXISTS incident_counters_at ON incident_counters (at)",
     """CREATE TABLE IF NOT EXISTS incident_blocks (
         id {serial},
         kind TEXT NOT NULL,
@@ -96,13 +90,45 @@ SCHEMA = (
         ON sender_lists (scope, sender) WHERE removed_at IS NULL""",
 )
 
+BUCKET = 10.0  # seconds of counts one row holds; a window counts the buckets that start within it
+
+
+def _bucket_sql(at: str) -> str:
+    """The start of ``at``'s bucket in SQL both backends run (a positive ``at``; PostgreSQL's CAST rounds)."""
+    whole = f"CAST({at} / {BUCKET:g} AS BIGINT)"
+    return f"(({whole}) - CASE WHEN {whole} > {at} / {BUCKET:g} THEN 1 ELSE 0 END) * {BUCKET:g}"
+
+
+# Migration 2: one row per kind, subject and BUCKET seconds, to which hosts add their counts (upsert), so a
+# window's sum reads at most window / BUCKET rows whatever the traffic (incidents/counting.py). The rows of
+# incident_counters (one per message) move into buckets.
+COUNTS = (
+    """CREATE TABLE incident_counts (
+        kind TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        bucket {real} NOT NULL,
+        messages INTEGER NOT NULL,
+        recipients INTEGER NOT NULL,
+        spam INTEGER NOT NULL,
+        malware INTEGER NOT NULL,
+        auth_failures INTEGER NOT NULL,
+        PRIMARY KEY (kind, subject, bucket))""",
+    "CREATE INDEX incident_counts_bucket ON incident_counts (bucket)",
+    "INSERT INTO incident_counts (kind, subject, bucket, messages, recipients, spam, malware, auth_failures) "
+    f"SELECT kind, subject, {_bucket_sql('at')}, SUM(messages), SUM(recipients), SUM(spam), SUM(malware), "
+    f"SUM(auth_failures) FROM incident_counters GROUP BY kind, subject, {_bucket_sql('at')}",
+    "DROP TABLE incident_counters",
+)
+
+MIGRATIONS = (Migration(1, SCHEMA), Migration(2, COUNTS))
+_SCHEMA_LOCK = 0x4D57_4900  # "MWI\0": the key earlier versions serialised schema creation with
+
 _BLOCK_COLUMNS = (
     "id, kind, value, origin, reason, incident_id, created_at, created_by, expires_at, lifted_at, lifted_by"
 )
 _ACTIVE = "lifted_at IS NULL AND (expires_at IS NULL OR expires_at > ?)"
 _ENTRY_COLUMNS = "id, list, scope, sender, reason, created_at, created_by, removed_at, removed_by"
 
-BUCKET = 10.0  # seconds of counts one row holds; a window counts the buckets that start within it
 _SUMS = (
     "COALESCE(SUM(messages), 0), COALESCE(SUM(recipients), 0), COALESCE(SUM(spam), 0), "
     "COALESCE(SUM(malware), 0), COALESCE(SUM(auth_failures), 0)"
@@ -116,8 +142,6 @@ _ADD = (
     "auth_failures = incident_counts.auth_failures + excluded.auth_failures"
 )
 _SUMS_AT_ONCE = 500  # subjects whose sums one SELECT reads (SQLite allows 32766 parameters)
-# Before incident_counts, one row per event; an existing database's rows move into buckets once.
-_OLD_COUNTERS = "incident_counters"
 
 CountKey = tuple[Counter, str]
 Count = tuple[Counter, str, float, Totals]  # kind, subject, bucket start, what to add
@@ -132,113 +156,30 @@ class IncidentStoreError(MailwardError):
     """The counters or block list could not be read or written."""
 
 
-class IncidentStore(ABC):
+class IncidentStore:
     """Sliding-window counters per subject, blocks with expiry, and the audit trail of blocks."""
 
-    backend = ""
-    _errors: tuple[type[BaseException], ...] = ()
-
-    def __init__(self, clock: Clock = time.time, timeout: float = TIMEOUT):
+    def __init__(self, database: Database, clock: Clock = time.time):
+        self.database = database
         self._clock = clock
-        self.timeout = timeout
-        self._lock = threading.Lock()
-        self._conn: Any = None
-        with self._tx() as conn:
-            self._create_schema(conn)
+        self.timeout = database.timeout
+        database.migrate("incidents", MIGRATIONS, lock=_SCHEMA_LOCK)
 
-    # -- backend hooks ---------------------------------------------------------------------------
+    @property
+    def backend(self) -> str:
+        return self.database.backend.name
 
-    @abstractmethod
-    def _connect(self) -> Any: ...
+    def _tx(self) -> AbstractContextManager[Transaction]:
+        """One transaction that takes the write lock up front (every operation is short)."""
+        return self.database.transaction(write=True)
 
-    @abstractmethod
-    def _create_schema(self, conn: Any) -> None: ...
-
-    def _begin(self, conn: Any) -> None:  # noqa: B027  (an optional hook: PostgreSQL needs nothing)
-        """Start a transaction (SQLite needs it explicit; psycopg opens one itself)."""
-
-    def _sql(self, statement: str) -> str:
-        return statement
-
-    @abstractmethod
-    def _has_table(self, conn: Any, name: str) -> bool: ...
-
-    def _migrate_counters(self, conn: Any, whole: str) -> None:
-        """Move an older database's per-event counter rows into buckets (once, in the schema transaction).
-
-        ``whole`` rounds a positive number down in this backend's SQL (``{}`` for the number).
-        """
-        if not self._has_table(conn, _OLD_COUNTERS):
-            return
-        bucket = whole.format(f"at / {BUCKET:g}") + f" * {BUCKET:g}"
-        conn.execute(
-            self._sql(
-                "INSERT INTO incident_counts (kind, subject, bucket, messages, recipients, spam, malware, "
-                f"auth_failures) SELECT kind, subject, {bucket}, SUM(messages), SUM(recipients), SUM(spam), "
-                f"SUM(malware), SUM(auth_failures) FROM {_OLD_COUNTERS} GROUP BY kind, subject, {bucket} "
-                + _ADD[_ADD.index("ON CONFLICT") :]
-            )
-        )
-        conn.execute(f"DROP TABLE {_OLD_COUNTERS}")
-        log.info("incident counters moved to %g s buckets (table incident_counts)", BUCKET)
-
-    def _relax(self, conn: Any) -> None:  # noqa: B027  (an optional hook)
-        """Let this transaction commit without waiting for the disk (counters only; a crash may lose a few)."""
-
-    # -- plumbing --------------------------------------------------------------------------------
-
-    @contextmanager
-    def _tx(self) -> Iterator[Any]:
-        if not self._lock.acquire(timeout=self.timeout):
-            raise IncidentStoreError(
-                f"incident store ({self.backend}): this process's other threads held it for {self.timeout:g} s"
-            )
-        try:
-            try:
-                if self._conn is None:
-                    self._conn = self._connect()
-                conn = self._conn
-                self._begin(conn)
-                yield conn
-                conn.commit()
-            except self._errors as exc:
-                self._drop()
-                raise IncidentStoreError(f"incident store ({self.backend}): {exc}") from exc
-            except BaseException:
-                self._rollback()
-                raise
-        finally:
-            self._lock.release()
-
-    def _rollback(self) -> None:
-        try:
-            if self._conn is not None:
-                self._conn.rollback()
-        except Exception:
-            self._drop()
-
-    def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:
-                pass
-
-    def _exec(self, conn: Any, statement: str, params: tuple[object, ...] = ()) -> Any:
-        return conn.execute(self._sql(statement), params)
+    @staticmethod
+    def _exec(tx: Transaction, statement: str, params: Sequence[object] = ()) -> Any:
+        return tx.execute(statement, params)
 
     def close(self) -> None:
-        """Drop the connection; safe while others still use the store (the next call reconnects)."""
-        if self._lock.acquire(timeout=self.timeout):
-            try:
-                self._drop()
-            finally:
-                self._lock.release()
-        else:
-            log.warning(
-                "incident store (%s) still busy after %g s; its connection stays open", self.backend, self.timeout
-            )
+        """Drop the connection; safe while others still use the store (they get fresh ones)."""
+        self.database.close()
 
     # -- counters --------------------------------------------------------------------------------
 
@@ -260,21 +201,21 @@ class IncidentStore(ABC):
         """
         wanted = dict.fromkeys((kind, subject) for kind, subject, _, _ in batch)
         wanted.update(dict.fromkeys(read))
+        by_kind: dict[Counter, list[str]] = {}
+        for kind, subject in wanted:
+            if kind in since:
+                by_kind.setdefault(kind, []).append(subject)
         sums: dict[CountKey, Totals] = {}
         with self._tx() as conn:
-            self._relax(conn)
+            conn.relax()
             if batch:
-                conn.cursor().executemany(
-                    self._sql(_ADD),
+                conn.executemany(
+                    _ADD,
                     [
                         (k.value, s, b, t.messages, t.recipients, t.spam, t.malware, t.auth_failures)
                         for k, s, b, t in batch
                     ],
                 )
-            by_kind: dict[Counter, list[str]] = {}
-            for kind, subject in wanted:
-                if kind in since:
-                    by_kind.setdefault(kind, []).append(subject)
             for kind, subjects in by_kind.items():
                 for start in range(0, len(subjects), _SUMS_AT_ONCE):  # one round trip per chunk, not per subject
                     chunk = subjects[start : start + _SUMS_AT_ONCE]
@@ -448,7 +389,7 @@ class IncidentStore(ABC):
             self._audit_entry(conn, now, f"{entry.listed.value}-list-remove", entry, actor, host, actor_origin, detail)
         return replace(entry, removed_at=now, removed_by=actor)
 
-    def _active_entry_row(self, conn: Any, scope: str, sender: str) -> Any:
+    def _active_entry_row(self, conn: Transaction, scope: str, sender: str) -> Any:
         """The row of the entry of ``sender`` for ``scope`` that is in force, if any."""
         return self._exec(
             conn,
@@ -466,7 +407,15 @@ class IncidentStore(ABC):
         return [self._entry_row(r) for r in rows]
 
     def _audit_entry(
-        self, conn: Any, now: float, action: str, entry: SenderEntry, actor: str, host: str, origin: str, detail: str
+        self,
+        conn: Transaction,
+        now: float,
+        action: str,
+        entry: SenderEntry,
+        actor: str,
+        host: str,
+        origin: str,
+        detail: str,
     ) -> None:
         where = f"for {entry.scope}" if entry.scope else "for everyone"
         self._exec(
@@ -501,7 +450,7 @@ class IncidentStore(ABC):
         )
 
     def _audit(
-        self, conn: Any, now: float, action: str, block: Block, actor: str, host: str, origin: str, detail: str
+        self, conn: Transaction, now: float, action: str, block: Block, actor: str, host: str, origin: str, detail: str
     ) -> None:
         self._exec(
             conn,
@@ -534,71 +483,23 @@ def _iso(ts: float) -> str:
 class SqliteIncidentStore(IncidentStore):
     """One host: ``<state_dir>/incidents.sqlite3`` (WAL; several processes may share it)."""
 
-    backend = "sqlite"
-    _errors = (sqlite3.Error,)
-
     def __init__(self, path: Path, clock: Clock = time.time, timeout: float = TIMEOUT):
         self.path = Path(path)
         try:
-            prepare_database_file(self.path)
+            # Counters are cheap to lose on a power cut; a committed block survives any process crash.
+            backend = SqliteFile(self.path, busy_timeout=timeout, synchronous="NORMAL")
         except OSError as exc:
             raise IncidentStoreError(f"cannot create {self.path}: {exc.strerror or exc}") from exc
-        super().__init__(clock, timeout)
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode = WAL")
-        # Counters are cheap to lose on a power cut; a committed block survives any process crash.
-        conn.execute("PRAGMA synchronous = NORMAL")
-        return conn
-
-    def _begin(self, conn: Any) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-
-    def _create_schema(self, conn: Any) -> None:
-        for statement in SCHEMA:
-            conn.execute(statement.format(serial="INTEGER PRIMARY KEY AUTOINCREMENT", real="REAL"))
-        self._migrate_counters(conn, "CAST({} AS INTEGER)")  # times are positive: truncating floors
-
-    def _has_table(self, conn: Any, name: str) -> bool:
-        return (
-            conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
-            is not None
-        )
+        super().__init__(Database(backend, label="incident store", error=IncidentStoreError, timeout=timeout), clock)
 
 
 class PostgresIncidentStore(IncidentStore):
-    """Several milter hosts: the quarantine's PostgreSQL database, tables ``incident_*``."""
+    """Several milter hosts: the quarantine's PostgreSQL database, tables ``incident_*``.
 
-    backend = "postgresql"
-    _SCHEMA_LOCK = 0x4D57_4900  # "MWI\0": serialises schema creation across hosts starting at once
+    Sessions commit durably unless a transaction relaxes them (counters); statements end after ``timeout``.
+    """
 
     def __init__(self, dsn: str, clock: Clock = time.time, timeout: float = TIMEOUT):
-        import psycopg
-
         self.dsn = dsn
-        self._errors = (psycopg.Error,)
-        super().__init__(clock, timeout)
-
-    def _connect(self) -> Any:
-        """Durable commits unless a transaction relaxes them (counters), statements end after ``timeout``."""
-        from ..quarantine.postgres import connect_session
-
-        return connect_session(self.dsn, self.timeout)
-
-    def _sql(self, statement: str) -> str:
-        return statement.replace("?", "%s")
-
-    def _relax(self, conn: Any) -> None:
-        conn.execute("SET LOCAL synchronous_commit TO OFF")
-
-    def _create_schema(self, conn: Any) -> None:
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._SCHEMA_LOCK,))
-        for statement in SCHEMA:
-            conn.execute(
-                statement.format(serial="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", real="DOUBLE PRECISION")
-            )
-        self._migrate_counters(conn, "floor({})")
-
-    def _has_table(self, conn: Any, name: str) -> bool:
-        return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()[0] is True
+        backend = PostgresDsn(dsn, timeout)
+        super().__init__(Database(backend, label="incident store", error=IncidentStoreError, timeout=timeout), clock)

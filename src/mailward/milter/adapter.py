@@ -1,10 +1,12 @@
 """The pymilter side: collect what the MTA sends, call the screener, apply the verdict.
 
-No detection happens here. Every callback catches everything: an exception in a
+No detection and no decision happens here: the screener decides every verdict
+(a block refused before DATA, a failed callback's ``on_error``, the content's),
+and the adapter translates it into milter calls. Every callback catches everything: an exception in a
 reply callback would send pymilter's own text (naming internals) to the client,
 and one in a ``noreply`` callback would leave Postfix waiting for its content
 timeout. A failure is remembered and answered at end of message with the
-direction's ``on_error`` action and a generic reply: a failure at connect or
+screener's ``on_error`` outcome for the direction and a generic reply: a failure at connect or
 HELO for every message of the connection (:class:`Connection`), a later one for
 that message (:class:`Transaction`, fresh per message). Nothing fails open.
 """
@@ -27,7 +29,6 @@ from ..errors import MailwardError
 from ..evidence import Evidence, Finding
 from ..incidents import Block, block_finding
 from ..logs import LogContext, log_context
-from ..policy import decide, decide_failure
 from ..reputation import claims_our_id
 from ..runtime import LiveRuntime, Runtime
 from ..screening import event_of
@@ -199,16 +200,14 @@ class MailwardMilter(Milter.Base):
             return ""
 
     def _refusal(self, block: Block) -> Verdict | None:
-        """The verdict if the policy's ``blocked_action`` refuses now (reject, tempfail), else None."""
-        envelope = self._envelope()
-        evidence = Evidence(findings=(block_finding(block),))
-        verdict = decide(
-            evidence, self._runtime.screener.settings.policy.for_direction(envelope.direction), block.incident_id
+        """The screener's verdict if it refuses the blocked client or sender now, else None (reported here)."""
+        outcome = self._runtime.screener.refuse_before_data(
+            self._envelope(), Evidence(findings=(block_finding(block),)), block.incident_id
         )
-        if verdict.action not in (Action.REJECT, Action.TEMPFAIL):
+        if outcome is None:
             return None
-        self._report(Outcome(envelope, verdict, evidence, 0))
-        return verdict
+        self._report(outcome)
+        return outcome.verdict
 
     def _report(self, outcome: Outcome) -> None:
         """The one summary line per message (or refused transaction) and its metrics."""
@@ -377,16 +376,8 @@ class MailwardMilter(Milter.Base):
 
     def _failure_outcome(self, failure: str) -> Outcome:
         """The direction's on_error verdict for a message whose callbacks (or connection) failed."""
-        envelope = self._envelope()
-        policy = self._runtime.screener.settings.policy.for_direction(envelope.direction)
         buffer = self._message.buffer if self._message is not None else None
-        return Outcome(
-            envelope,
-            decide_failure(policy, new_incident_id()),
-            Evidence(),
-            buffer.size if buffer is not None else 0,
-            error=failure,
-        )
+        return self._runtime.screener.failure(self._envelope(), failure, buffer.size if buffer is not None else 0)
 
     def _apply(self, outcome: Outcome) -> int:
         verdict = outcome.verdict

@@ -5,6 +5,7 @@ With ``training/`` the only place that imports scikit-learn.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..config import Settings
@@ -16,8 +17,9 @@ if TYPE_CHECKING:
     from .loader import ModelSource
 
 
-def detectors(settings: Settings) -> list[Detector]:
-    from ..incidents.alerts import model_refusal_alert
+def detectors(settings: Settings, on_refusal: Callable[[str], None] | None = None) -> list[Detector]:
+    """The spam detectors; ``on_refusal`` hears of a model on disk that cannot be loaded (the composition
+    root passes incident response's alert, so detection needs no incident package)."""
     from .loader import ModelLoader  # scikit-learn loads only when a scanner is built
     from .spam import SpamDetector
 
@@ -25,7 +27,7 @@ def detectors(settings: Settings) -> list[Detector]:
         settings.model_dir,
         shipped=settings.model.shipped_model,
         check_interval=settings.model.check_interval,
-        on_refusal=model_refusal_alert(settings),
+        on_refusal=on_refusal,
         owners=TrustedOwners.of(settings.milter.user),
         source=model_source(settings),
     )

@@ -20,26 +20,27 @@ arrays' names, types, shapes and sizes (:func:`.artifact.decode_artifact`).
 Database access control replaces the file-ownership check: who can write these
 tables can choose the model, as who can write the model directory can.
 
-Schema creation takes an advisory lock, so hosts starting at once do not race
-on ``CREATE TABLE IF NOT EXISTS``; it only ever adds tables.
+Connections, transactions and the schema's version are the database layer's
+(:mod:`mailward.db`); its migrations take an advisory lock, so hosts starting
+at once do not race on ``CREATE TABLE IF NOT EXISTS``; they only ever add tables.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
+from ..db import Database, Migration, PostgresDsn, Transaction
 from ..errors import ArtifactError
 from .artifact import TrainedModel, decode_artifact, encode_artifact, parse_sidecar
 
 _SCHEMA_LOCK = 0x4D57_4D00  # "MWM\0": advisory lock key for creating the registry's tables
 _PROMOTION_LOCK = 0x4D57_4D01  # serialises promotions, so each records the version it replaced
 CHUNK = 1 << 20  # payload bytes per row
-_SCHEMA = (
+_SCHEMA = (  # migration 1: the schema before versions were recorded
     """CREATE TABLE IF NOT EXISTS model_versions (
         version TEXT PRIMARY KEY,
         created DOUBLE PRECISION NOT NULL,
@@ -60,6 +61,7 @@ _SCHEMA = (
         at DOUBLE PRECISION NOT NULL,
         evaluation TEXT NOT NULL)""",
 )
+MIGRATIONS = (Migration(1, _SCHEMA),)
 
 
 @dataclass(frozen=True)
@@ -102,43 +104,43 @@ class ModelDatabase:
         self.dsn = dsn
         self.timeout = timeout
         self.keep_open = keep_open
-        self._conn: Any = None
+        self.database = Database(
+            PostgresDsn(dsn, timeout),
+            label=self.where,
+            error=RegistryUnavailable,
+            timeout=timeout,
+            keep_idle=keep_open,
+        )
 
     @property
     def where(self) -> str:
         return "model registry in PostgreSQL"
 
     def close(self) -> None:
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            conn.close()
+        self.database.close()
 
     def create_schema(self) -> None:
-        with self._tx() as conn:
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-            for statement in _SCHEMA:
-                conn.execute(statement)
+        self.database.migrate("models", MIGRATIONS, lock=_SCHEMA_LOCK)
 
     # -- reads (the loader) ----------------------------------------------------------------------
 
     def live(self) -> Live | None:
         """The promotion in force, or None when nothing was ever promoted (or no registry exists)."""
-        reused = self._conn is not None
         try:
             return self._live()
         except RegistryUnavailable:
-            if not reused:
+            if not self.keep_open:
                 raise
             return self._live()  # the server may have ended the kept session: once more, anew
 
     def _live(self) -> Live | None:
-        import psycopg
-
         try:
-            with self._tx() as conn:
-                row = conn.execute("SELECT seq, version FROM model_promotions ORDER BY seq DESC LIMIT 1").fetchone()
-        except psycopg.errors.UndefinedTable:
-            return None
+            with self._tx() as tx:
+                row = tx.execute("SELECT seq, version FROM model_promotions ORDER BY seq DESC LIMIT 1").fetchone()
+        except RegistryUnavailable as exc:
+            if self.database.missing_table(exc):
+                return None
+            raise
         return Live(int(row[0]), str(row[1])) if row else None
 
     def load(self, version: str) -> TrainedModel:
@@ -146,13 +148,12 @@ class ModelDatabase:
         where = f"{self.where}: version {version}"
         with self._tx() as conn:
             row = conn.execute(
-                "SELECT sidecar, sha256, size FROM model_versions WHERE version = %s", (version,)
+                "SELECT sidecar, sha256, size FROM model_versions WHERE version = ?", (version,)
             ).fetchone()
             if row is None:
                 raise ArtifactError(f"{where}: no such version")
-            cursor = conn.cursor(binary=True)
-            chunks = cursor.execute(
-                "SELECT data FROM model_chunks WHERE version = %s ORDER BY seq", (version,)
+            chunks = conn.execute(
+                "SELECT data FROM model_chunks WHERE version = ? ORDER BY seq", (version,), binary=True
             ).fetchall()
         meta = parse_sidecar(row[0], where)
         data = b"".join(bytes(chunk[0]) for chunk in chunks)
@@ -173,36 +174,35 @@ class ModelDatabase:
         version = str(sidecar["model_version"])
         with self._tx() as conn:
             added = conn.execute(
-                "INSERT INTO model_versions (version, created, sidecar, sha256, size) VALUES (%s, %s, %s, %s, %s) "
+                "INSERT INTO model_versions (version, created, sidecar, sha256, size) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (version) DO NOTHING RETURNING version",
                 (version, time.time(), json.dumps(sidecar, sort_keys=True), sidecar["sha256"], len(data)),
             ).fetchone()
             if added is not None:
-                with conn.cursor() as cursor:
-                    cursor.executemany(
-                        "INSERT INTO model_chunks (version, seq, data) VALUES (%s, %s, %s)",
-                        [
-                            (version, seq, data[start : start + CHUNK])
-                            for seq, start in enumerate(range(0, len(data), CHUNK))
-                        ],
-                    )
+                conn.executemany(
+                    "INSERT INTO model_chunks (version, seq, data) VALUES (?, ?, ?)",
+                    [
+                        (version, seq, data[start : start + CHUNK])
+                        for seq, start in enumerate(range(0, len(data), CHUNK))
+                    ],
+                )
         return TrainedModel(model.counts, model.features, model.combiner, model.training_data, version)
 
     def has(self, version: str) -> bool:
         with self._tx() as conn:
-            return conn.execute("SELECT 1 FROM model_versions WHERE version = %s", (version,)).fetchone() is not None
+            return conn.execute("SELECT 1 FROM model_versions WHERE version = ?", (version,)).fetchone() is not None
 
     def promote(self, version: str, action: str, actor: str, evaluation: dict[str, Any], at: float) -> str:
         """Make ``version`` live; returns the version it replaced ("" if none)."""
         with self._tx() as conn:
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PROMOTION_LOCK,))
-            if conn.execute("SELECT 1 FROM model_versions WHERE version = %s", (version,)).fetchone() is None:
+            conn.execute("SELECT pg_advisory_xact_lock(?)", (_PROMOTION_LOCK,))
+            if conn.execute("SELECT 1 FROM model_versions WHERE version = ?", (version,)).fetchone() is None:
                 raise ArtifactError(f"{self.where}: no model version {version}")
             row = conn.execute("SELECT version FROM model_promotions ORDER BY seq DESC LIMIT 1").fetchone()
             previous = str(row[0]) if row else ""
             conn.execute(
                 "INSERT INTO model_promotions (action, version, previous, actor, at, evaluation) "
-                "VALUES (%s, %s, %s, %s, %s, %s)",
+                "VALUES (?, ?, ?, ?, ?, ?)",
                 (action, version, previous, actor, at, json.dumps(evaluation, sort_keys=True)),
             )
         return previous
@@ -221,40 +221,6 @@ class ModelDatabase:
             StoredPromotion(str(a), str(v), str(p), str(who), float(at), json.loads(e)) for a, v, p, who, at, e in rows
         ]
 
-    # -- connections -----------------------------------------------------------------------------
-
-    @contextmanager
-    def _tx(self) -> Iterator[Any]:
-        """A transaction on a durable session; database failures become :class:`RegistryUnavailable`."""
-        import psycopg
-
-        from ..quarantine.postgres import connect_session
-
-        try:
-            conn = self._conn or connect_session(self.dsn, self.timeout)
-        except psycopg.Error as exc:
-            raise RegistryUnavailable(f"{self.where}: cannot connect: {_first_line(exc)}") from None
-        try:
-            with conn.transaction():
-                yield conn
-        except psycopg.errors.UndefinedTable:
-            self._done(conn, keep=True)
-            raise
-        except psycopg.Error as exc:
-            self._done(conn, keep=False)
-            raise RegistryUnavailable(f"{self.where}: database error: {_first_line(exc)}") from None
-        except BaseException:
-            self._done(conn, keep=True)
-            raise
-        self._done(conn, keep=True)
-
-    def _done(self, conn: Any, keep: bool) -> None:
-        if self.keep_open and keep and not conn.closed:
-            self._conn = conn
-            return
-        self._conn = None
-        conn.close()
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    def _tx(self) -> AbstractContextManager[Transaction]:
+        """A transaction on a durable session; database failures are :class:`RegistryUnavailable`."""
+        return self.database.transaction()

@@ -19,11 +19,11 @@ default, far below bytea's 1 GiB); TOAST compresses text-heavy mail, and the
 bytes table is never touched by listing or filtering. Purge deletes the bytes
 with the row; autovacuum returns the space for reuse.
 
-Schema creation is serialised with an advisory lock so that several hosts
-starting at once do not race on ``CREATE TABLE IF NOT EXISTS``.
-
-Every session forces ``synchronous_commit = on`` (a server default of ``off``
-would lose accepted-and-quarantined mail on a crash) and a
+Sessions, transactions and the schema's version are the database layer's
+(:mod:`mailward.db`, which imports psycopg); its migrations take advisory locks
+so that several hosts starting at once do not race on ``CREATE TABLE IF NOT
+EXISTS``. Every session forces ``synchronous_commit = on`` (a server default of
+``off`` would lose accepted-and-quarantined mail on a crash) and a
 ``statement_timeout`` of ``quarantine.write_timeout``; each transaction sets
 its own from the operation's deadline. A server that stops answering at all
 is left to the put's own thread (see :mod:`.store`).
@@ -53,13 +53,10 @@ The spam model registry lives in the same database (``mailward.models.database``
 
 from __future__ import annotations
 
-import math
 import time
-from typing import Any
-
-import psycopg
 
 from ..config import QuarantineSettings
+from ..db import Database, Migration, PostgresDsn, Transaction
 from ..envelope import Envelope
 from ..errors import StoreError
 from ..evidence import Evidence
@@ -67,9 +64,9 @@ from ..source import MessageSource
 from ..verdict import Verdict
 from .files import measure
 from .records import check_id
-from .store import Clock, Deadline, QuarantineStore
+from .store import OPERATION_TIMEOUT, SCHEMA, Clock, Deadline, QuarantineStore
 
-_SCHEMA_LOCK = 0x4D57_5100  # "MWQ\0": the advisory lock key for schema creation
+_SCHEMA_LOCK = 0x4D57_5100  # "MWQ\0": the advisory lock key earlier versions created the schema under
 
 # Bytes in chunks of source.CHUNK, so a put streams a spooled message and never holds it whole
 # (the milter process holds every SMTP connection). ``quarantine_bytes`` (one row per message)
@@ -84,10 +81,10 @@ _CHUNKS_TABLE = """CREATE TABLE IF NOT EXISTS quarantine_chunks (
     PRIMARY KEY (id, seq))"""
 
 
-class PostgresStore(QuarantineStore):
-    backend = "postgresql"
-    _errors = (psycopg.Error,)
+MIGRATIONS = (Migration(1, (*SCHEMA, _BYTES_TABLE, _CHUNKS_TABLE)),)
 
+
+class PostgresStore(QuarantineStore):
     def __init__(
         self,
         dsn: str,
@@ -96,27 +93,15 @@ class PostgresStore(QuarantineStore):
         write_timeout: float = QuarantineSettings.write_timeout,
     ):
         self.dsn = dsn
-        super().__init__(clock, pool_size, write_timeout)
-        with self._tx(write=True) as conn:
-            self._exec(conn, "SELECT pg_advisory_xact_lock(?)", (_SCHEMA_LOCK,))
-            self._create_schema(conn, serial="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", real="DOUBLE PRECISION")
-            self._exec(conn, _BYTES_TABLE)
-            self._exec(conn, _CHUNKS_TABLE)
-
-    def _connect(self) -> psycopg.Connection[Any]:
-        try:
-            return connect_session(self.dsn, self.write_timeout)
-        except psycopg.Error as exc:
-            raise StoreError(f"cannot connect to the quarantine database: {exc}") from exc
-
-    def _arm(self, conn: Any, seconds: float) -> None:
-        conn.execute("SELECT set_config('statement_timeout', %s, true)", (_ms(seconds),))
-
-    def _begin(self, conn: Any) -> None:
-        """Row locks taken by each statement are enough; nothing to take up front."""
-
-    def _sql(self, statement: str) -> str:
-        return statement.replace("?", "%s")
+        database = Database(
+            PostgresDsn(dsn, write_timeout),
+            label="quarantine database",
+            error=StoreError,
+            timeout=OPERATION_TIMEOUT,
+            pool_size=pool_size,
+        )
+        super().__init__(database, clock, pool_size, write_timeout)
+        database.migrate("quarantine", MIGRATIONS, lock=_SCHEMA_LOCK)
 
     def _store(
         self,
@@ -132,8 +117,7 @@ class PostgresStore(QuarantineStore):
             with self._tx(write=True, deadline=deadline) as conn:
                 self._insert_record(conn, quarantine_id, written, envelope, verdict, evidence, self._writer)
                 for seq, chunk in enumerate(raw.chunks()):
-                    self._exec(
-                        conn,
+                    conn.execute(
                         "INSERT INTO quarantine_chunks (id, seq, data) VALUES (?, ?, ?)",
                         (quarantine_id, seq, chunk),
                     )
@@ -145,37 +129,17 @@ class PostgresStore(QuarantineStore):
     def read(self, quarantine_id: str) -> bytes:
         check_id(quarantine_id)
         with self._tx() as conn:
-            cursor = conn.cursor(binary=True)
-            chunks = cursor.execute(
-                "SELECT data FROM quarantine_chunks WHERE id = %s ORDER BY seq", (quarantine_id,)
+            chunks = conn.execute(
+                "SELECT data FROM quarantine_chunks WHERE id = ? ORDER BY seq", (quarantine_id,), binary=True
             ).fetchall()
             if not chunks:
-                chunks = cursor.execute("SELECT data FROM quarantine_bytes WHERE id = %s", (quarantine_id,)).fetchall()
+                chunks = conn.execute(
+                    "SELECT data FROM quarantine_bytes WHERE id = ?", (quarantine_id,), binary=True
+                ).fetchall()
         if not chunks:
             raise StoreError(f"no quarantined message {quarantine_id}")
         return b"".join(bytes(row[0]) for row in chunks)
 
-    def _drop_bytes(self, conn: Any, quarantine_id: str) -> None:
-        self._exec(conn, "DELETE FROM quarantine_chunks WHERE id = ?", (quarantine_id,))
-        self._exec(conn, "DELETE FROM quarantine_bytes WHERE id = ?", (quarantine_id,))
-
-
-def connect_session(dsn: str, timeout: float) -> psycopg.Connection[Any]:
-    """A session that commits durably whatever the server's default, and whose statements end after ``timeout``.
-
-    Shared with the incident store, which lives in the same database.
-    """
-    conn = psycopg.connect(dsn, autocommit=False, connect_timeout=max(2, math.ceil(timeout)))
-    try:
-        conn.execute("SET synchronous_commit = on")
-        conn.execute("SELECT set_config('statement_timeout', %s, false)", (_ms(timeout),))
-        conn.commit()
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def _ms(seconds: float) -> str:
-    """A PostgreSQL duration of at least 1 ms (0 would mean no timeout at all)."""
-    return f"{max(1, int(seconds * 1000))}ms"
+    def _drop_bytes(self, conn: Transaction, quarantine_id: str) -> None:
+        conn.execute("DELETE FROM quarantine_chunks WHERE id = ?", (quarantine_id,))
+        conn.execute("DELETE FROM quarantine_bytes WHERE id = ?", (quarantine_id,))

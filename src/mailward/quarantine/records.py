@@ -14,7 +14,7 @@ from typing import Any
 from ..actor import Actor
 from ..envelope import Direction, Envelope
 from ..errors import StoreError
-from ..evidence import Category, Clue, Evidence, Finding, Label, Severity, SpamAssessment
+from ..evidence import Category, Evidence, Label
 
 # Incident IDs look like MW-65F0A1B2-1A2B3C4D; anything path-like is refused before it reaches a file name.
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -96,7 +96,7 @@ class QuarantineRecord:
             "released_at": self.released_at,
             "label": self.label.value if self.label else None,
             "spam_score": self.spam_score,
-            **evidence_to_dict(self.evidence),
+            **self.evidence.as_dict(),
         }
 
 
@@ -146,59 +146,3 @@ class ListFilter:
     until: float | None = None
     status: Status | None = None
     limit: int = 1000
-
-
-def evidence_to_dict(evidence: Evidence) -> dict[str, Any]:
-    spam = evidence.spam
-    return {
-        "findings": [f.as_dict() for f in evidence.findings],
-        "spam": None
-        if spam is None
-        else {
-            "score": spam.score,
-            "model_version": spam.model_version,
-            "clues": [{"token": c.token, "weight": c.weight} for c in spam.clues],
-        },
-    }
-
-
-def evidence_from_dict(data: dict[str, Any]) -> Evidence:
-    spam = data.get("spam")
-    return Evidence(
-        findings=tuple(
-            Finding(
-                Category(f["category"]),
-                f["name"],
-                Severity[f["severity"].upper()],
-                f["detector"],
-                f.get("location", ""),
-                f.get("detail", ""),
-                f.get("sha256", ""),
-                f.get("file_name", ""),
-                f.get("mime_type", ""),
-            )
-            for f in data.get("findings", ())
-        ),
-        spam=None
-        if spam is None
-        else SpamAssessment(
-            score=spam["score"],
-            model_version=spam.get("model_version", ""),
-            clues=tuple(Clue(c["token"], c["weight"]) for c in spam.get("clues", ())),
-        ),
-    )
-
-
-def envelope_from_dict(data: dict[str, Any]) -> Envelope:
-    return Envelope(
-        mail_from=data.get("mail_from", ""),
-        recipients=tuple(data.get("recipients", ())),
-        client_address=data.get("client_address", ""),
-        client_name=data.get("client_name", ""),
-        helo=data.get("helo", ""),
-        auth_user=data.get("auth_user", ""),
-        daemon=data.get("daemon", ""),
-        queue_id=data.get("queue_id", ""),
-        connection_id=data.get("connection_id", ""),
-        direction=Direction(data.get("direction", Direction.INBOUND.value)),
-    )

@@ -7,6 +7,7 @@ the release prepends ``X-Mailward-Release: <id> <unix time> <hmac>``; the HMAC
 time, a digest of the body and the recipients the release was for, so the mark
 cannot be forged, moved to other content or replayed to other recipients. The
 milter honours a mark once: the store records its use (:meth:`QuarantineStore.use_release_mark`).
+The key and the HMAC itself are in :mod:`mailward.marks`, shared with incident response's alert mail.
 
 The body digest ignores line breaks (``CR``/``LF``): SMTP clients and MTAs
 legitimately rewrite line endings on the way (smtplib turns a bare CR into
@@ -33,35 +34,38 @@ between loses nothing (our copy stays held) and no second copy can appear.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
-import os
 import re
-import secrets
 import smtplib
 import subprocess
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
-from pathlib import Path
 
 from ..actor import Actor
 from ..config import Settings
 from ..envelope import Envelope
 from ..errors import StoreError
 from ..evidence import RELEASE_HEADER, MarkProof, body_digest
-from ..message import split_message
+from ..marks import (
+    key_path,
+    load_release_key,
+    marked,
+    message_body,
+    parse_mark,
+    recipients_digest,
+    release_mark,
+    signature,
+)
 from ..privileges import as_root
-from .files import adopt
 from .records import ReleaseClaim, check_id
 from .store import QuarantineStore
 
 log = logging.getLogger(__name__)
 
 ALERT_MAX_AGE = 3600.0  # an alert goes out at once; its mark needs to live only through the relay
-_KEY_BYTES = 32
 _HELD_DELETED = re.compile(r"Deleted: (\d+) message")
 
 
@@ -111,72 +115,6 @@ class Relay:
         return cls(q.relay_host, q.relay_port, q.relay_timeout, q.hold)
 
 
-def key_path(settings: Settings) -> Path:
-    return settings.state_path(settings.quarantine.release_key_file, "release.key")
-
-
-def load_release_key(path: Path) -> bytes:
-    """Read the release key, creating it (random, mode 0600) the first time."""
-    try:
-        path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise StoreError(f"cannot create release key {path}: {exc.strerror}") from exc
-    else:
-        try:
-            os.write(fd, secrets.token_bytes(_KEY_BYTES))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        adopt(path)
-    try:
-        key = path.read_bytes()
-    except OSError as exc:
-        raise StoreError(f"cannot read release key {path}: {exc.strerror}") from exc
-    if len(key) < 16:
-        raise StoreError(f"release key {path} is shorter than 16 bytes")
-    return key
-
-
-def message_body(raw: bytes) -> bytes:
-    """Everything after the header block (empty if there is none)."""
-    return split_message(raw)[1]
-
-
-def recipients_digest(recipients: Iterable[str]) -> str:
-    """Order and repetition do not matter: the MTA may pass recipients in any order."""
-    return hashlib.sha256("\n".join(sorted(set(recipients))).encode("utf-8", "surrogateescape")).hexdigest()
-
-
-def _signature(key: bytes, domain: str, ident: str, stamp: int, digest: str, recipients: str) -> str:
-    text = f"{domain} {ident} {stamp} {digest} {recipients}"
-    return hmac.new(key, text.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()
-
-
-def _mark(key: bytes, domain: str, ident: str, body: bytes, recipients: Iterable[str], now: float) -> str:
-    stamp = int(now)
-    return f"{ident} {stamp} {_signature(key, domain, ident, stamp, body_digest(body), recipients_digest(recipients))}"
-
-
-def release_mark(key: bytes, quarantine_id: str, body: bytes, recipients: Iterable[str], now: float) -> str:
-    """The value of the ``X-Mailward-Release`` header for ``body`` released to ``recipients``."""
-    return _mark(key, "release", quarantine_id, body, recipients, now)
-
-
-def alert_mark(key: bytes, incident_id: str, body: bytes, recipients: Iterable[str], now: float) -> str:
-    """The value of the ``X-Mailward-Alert-Mark`` header of an alert e-mail."""
-    return _mark(key, "alert", incident_id, body, recipients, now)
-
-
-def _parse(value: str) -> tuple[str, int, str] | None:
-    parts = value.split()
-    if len(parts) != 3 or not parts[1].isdigit():
-        return None
-    return parts[0], int(parts[1]), parts[2]
-
-
 class ReleaseVerifier:
     """What the milter uses to recognise mail an analyst released, and Mailward's own alerts.
 
@@ -199,12 +137,12 @@ class ReleaseVerifier:
     def _valid(
         self, domain: str, value: str, digest: str, recipients: Iterable[str], max_age: float
     ) -> tuple[str, int] | None:
-        parsed = _parse(value)
+        parsed = parse_mark(value)
         if parsed is None:
             return None
-        ident, stamp, signature = parsed
-        expected = _signature(self._key, domain, ident, stamp, digest, recipients_digest(recipients))
-        if not hmac.compare_digest(signature, expected):
+        ident, stamp, given = parsed
+        expected = signature(self._key, domain, ident, stamp, digest, recipients_digest(recipients))
+        if not hmac.compare_digest(given, expected):
             return None
         age = self._clock() - stamp
         if age > max_age or age < -300:  # five minutes of clock skew between hosts
@@ -234,7 +172,7 @@ class ReleaseVerifier:
         return None
 
     def _use(self, value: str, digest: str, envelope: Envelope) -> ReleaseMark | None:
-        parsed = _parse(value)
+        parsed = parse_mark(value)
         store = self._store
         if parsed is None or store is None:
             return None
@@ -250,12 +188,6 @@ class ReleaseVerifier:
             log.warning("release mark not checked: %s", exc)
             return None
         return ReleaseMark(valid[0], float(valid[1]))
-
-
-def marked(raw: bytes, header_name: str, header_value: str) -> bytes:
-    """``raw`` with a mark header prepended, in the message's own line-ending style."""
-    eol = b"\r\n" if b"\r\n" in raw[:4096] else b"\n"
-    return f"{header_name}: {header_value}".encode("ascii") + eol + raw
 
 
 def release(

@@ -14,7 +14,8 @@ commits, and write transactions take the lock up front (``BEGIN IMMEDIATE``)
 and wait for it until the operation's deadline (SQLite's ``busy_timeout``).
 The database file is never opened outside SQLite (see :mod:`mailward.dbfile`):
 that would drop this process's locks and let another process's last
-connection unlink the WAL under this one.
+connection unlink the WAL under this one. Sessions, the writers' queue and the
+schema's version are the database layer's (:mod:`mailward.db`).
 
 Puts commit in groups: each writes and fsyncs its own file, then the puts
 waiting at that moment share one directory fsync and one transaction (one
@@ -26,15 +27,13 @@ committed (durability before the reply is unchanged).
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ..config import QuarantineSettings
-from ..dbfile import prepare_database_file
+from ..db import Database, Migration, SqliteFile, Transaction
 from ..envelope import Envelope
 from ..errors import StoreError
 from ..evidence import Evidence
@@ -42,11 +41,12 @@ from ..source import MessageSource
 from ..verdict import Verdict
 from .files import MessageFiles, Written, ensure_private_dir, fsync_dir
 from .records import check_id
-from .store import OPERATION_TIMEOUT, Clock, Deadline, QuarantineStore
+from .store import OPERATION_TIMEOUT, SCHEMA, Clock, Deadline, QuarantineStore
 
 log = logging.getLogger(__name__)
 
 DB_NAME = "quarantine.sqlite3"
+MIGRATIONS = (Migration(1, SCHEMA),)
 ORPHAN_AGE = 3600.0  # a file this old without a row is a crash leftover, not a put in flight
 
 
@@ -65,9 +65,8 @@ class _Pending:
 
 
 class SqliteStore(QuarantineStore):
-    backend = "sqlite"
-    single_writer = True
-    _errors = (sqlite3.Error,)
+    # The database layer's backend: a test may substitute a subclass (one whose commits answer late).
+    database_file: type[SqliteFile] = SqliteFile
 
     def __init__(
         self,
@@ -79,33 +78,18 @@ class SqliteStore(QuarantineStore):
         self.directory = ensure_private_dir(Path(directory))
         self.db_path = self.directory / DB_NAME
         try:
-            prepare_database_file(self.db_path)
+            backend = self.database_file(self.db_path, busy_timeout=OPERATION_TIMEOUT, synchronous="FULL")
         except OSError as exc:
             raise StoreError(f"cannot create {self.db_path}: {exc.strerror or exc}") from exc
         self.files = MessageFiles(self.directory / "messages")
         self._group = threading.Condition()
         self._gathering: list[_Pending] = []  # puts whose files are written, waiting for a commit
         self._committing = False
-        super().__init__(clock, pool_size, write_timeout)
-        with self._tx(write=True) as conn:
-            self._create_schema(conn, serial="INTEGER PRIMARY KEY AUTOINCREMENT", real="REAL")
-
-    def _connect(self) -> sqlite3.Connection:
-        try:
-            conn = sqlite3.connect(
-                self.db_path, timeout=OPERATION_TIMEOUT, isolation_level=None, check_same_thread=False
-            )
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open quarantine database {self.db_path}: {exc}") from exc
-        return conn
-
-    def _arm(self, conn: Any, seconds: float) -> None:
-        conn.execute(f"PRAGMA busy_timeout = {max(1, int(seconds * 1000))}")
-
-    def _begin(self, conn: Any) -> None:
-        conn.execute("BEGIN IMMEDIATE")
+        database = Database(
+            backend, label="quarantine database", error=StoreError, timeout=OPERATION_TIMEOUT, pool_size=pool_size
+        )
+        super().__init__(database, clock, pool_size, write_timeout)
+        database.migrate("quarantine", MIGRATIONS)
 
     def _store(
         self,
@@ -187,7 +171,7 @@ class SqliteStore(QuarantineStore):
             raise StoreError(f"no quarantined message {quarantine_id}")
         return self.files.read(quarantine_id)
 
-    def _drop_bytes(self, conn: Any, quarantine_id: str) -> None:
+    def _drop_bytes(self, conn: Transaction, quarantine_id: str) -> None:
         """Files go after the commit (see :meth:`_after_drop`)."""
 
     def _after_drop(self, quarantine_id: str) -> None:

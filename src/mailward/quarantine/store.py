@@ -1,11 +1,11 @@
 """The quarantine store contract and the SQL both backends share.
 
-A backend supplies connections (``_connect``), its schema, its parameter
-style and where message bytes live; everything else — the record layout,
-filters, the release claim, labels and the audit trail — is one piece of SQL
-here, so SQLite and PostgreSQL cannot drift apart. Every method is safe to call
-from many threads: connections come from a small pool and each operation is one
-transaction. Database errors surface as :class:`~mailward.errors.StoreError`.
+A backend supplies its database (:mod:`mailward.db`: sessions, a small pool,
+transactions, placeholders, the schema's version) and where message bytes
+live; everything else — the record layout, filters, the release claim, labels
+and the audit trail — is one piece of SQL here, so SQLite and PostgreSQL cannot
+drift apart. Every method is safe to call from many threads: each operation is
+one transaction. Database errors surface as :class:`~mailward.errors.StoreError`.
 
 Double release is impossible by construction: a release first *claims* the
 record with one conditional ``UPDATE ... WHERE status = 'held'``; exactly one
@@ -32,16 +32,17 @@ import queue
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from typing import Any
 
 from ..actor import Actor
 from ..config import QuarantineSettings
+from ..db import Database, Transaction
 from ..envelope import Envelope
 from ..errors import StoreError
 from ..evidence import Evidence, Label, MessageFacts
@@ -58,9 +59,6 @@ from .records import (
     Removal,
     Status,
     check_id,
-    envelope_from_dict,
-    evidence_from_dict,
-    evidence_to_dict,
 )
 
 log = logging.getLogger(__name__)
@@ -116,7 +114,8 @@ _COLUMNS = (
     "status, released_at, label"
 )
 
-# Schema shared by both backends; {serial}, {real} and {blob} are filled in per backend.
+# Schema shared by both backends ({serial} and {real} filled in per backend): migration 1,
+# the schema before versions were recorded.
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS quarantine (
         id TEXT PRIMARY KEY,
@@ -175,56 +174,6 @@ def like_pattern(text: str) -> str:
     return f"%{escaped}%"
 
 
-class _Pool:
-    """At most ``size`` connections, shared by all threads (milter threads come and go).
-
-    The bound matters for PostgreSQL, whose ``max_connections`` all milter
-    hosts share; a thread that finds them all busy waits up to the ``wait`` it gives.
-    """
-
-    def __init__(self, connect: Callable[[], Any], size: int = 8):
-        self._connect = connect
-        self._idle: queue.LifoQueue[Any] = queue.LifoQueue()
-        self._slots = threading.BoundedSemaphore(size)
-        self._closed = False
-
-    def get(self, wait: float) -> Any:
-        if not self._slots.acquire(timeout=wait):
-            raise StoreError(f"all quarantine database connections stayed busy for {wait:g} s")
-        try:
-            return self._idle.get_nowait()
-        except queue.Empty:
-            pass
-        try:
-            return self._connect()
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def put(self, conn: Any) -> None:
-        if self._closed:
-            conn.close()
-        else:
-            self._idle.put(conn)
-        self._slots.release()
-
-    def discard(self, conn: Any) -> None:
-        try:
-            conn.close()
-        except Exception:
-            pass
-        self._slots.release()
-
-    def close(self) -> None:
-        """Close idle connections now and busy ones when they come back; later callers get fresh ones."""
-        self._closed = True
-        while True:
-            try:
-                self._idle.get_nowait().close()
-            except queue.Empty:
-                return
-
-
 class _Writers:
     """Long-lived daemon threads that run puts, so the caller can stop waiting at its deadline.
 
@@ -267,41 +216,26 @@ class _Writers:
 class QuarantineStore(ABC):
     """Quarantined messages, their metadata, labels and audit trail."""
 
-    backend: str = ""
-    # One writer at a time anyway (SQLite): queue this process's threads on a lock (waited on
-    # with the operation's deadline) instead of the database's sleep-and-retry busy handler,
-    # which makes long tails.
-    single_writer: bool = False
-    _errors: tuple[type[BaseException], ...] = ()  # the driver's exception classes
-
     def __init__(
-        self, clock: Clock = time.time, pool_size: int = 8, write_timeout: float = QuarantineSettings.write_timeout
+        self,
+        database: Database,
+        clock: Clock = time.time,
+        pool_size: int = 8,
+        write_timeout: float = QuarantineSettings.write_timeout,
     ):
+        self.database = database
         self._clock = clock
         self.write_timeout = write_timeout  # a reload may change it on a reused store
-        self._pool = _Pool(self._connect, pool_size)
         self._writer = Actor.service()
-        self._write_gate = threading.Lock() if self.single_writer else None
         self._writers = _Writers(pool_size)
         self._in_flight = 0
         self._settled = threading.Condition()
 
+    @property
+    def backend(self) -> str:
+        return self.database.backend.name
+
     # -- backend hooks ---------------------------------------------------------------------------
-
-    @abstractmethod
-    def _connect(self) -> Any: ...
-
-    @abstractmethod
-    def _begin(self, conn: Any) -> None:
-        """Start a write transaction that takes its lock up front."""
-
-    def _sql(self, statement: str) -> str:
-        """Translate ``?`` placeholders to the driver's style."""
-        return statement
-
-    @abstractmethod
-    def _arm(self, conn: Any, seconds: float) -> None:
-        """Make the database give up waiting (busy lock, statement) after ``seconds``."""
 
     @abstractmethod
     def _store(
@@ -320,7 +254,7 @@ class QuarantineStore(ABC):
         """The exact bytes as received; StoreError if there is no such message."""
 
     @abstractmethod
-    def _drop_bytes(self, conn: Any, quarantine_id: str) -> None:
+    def _drop_bytes(self, conn: Transaction, quarantine_id: str) -> None:
         """Remove the bytes inside the delete transaction (database) ..."""
 
     def _after_drop(self, quarantine_id: str) -> None:  # noqa: B027  (an optional hook)
@@ -332,53 +266,14 @@ class QuarantineStore(ABC):
 
     # -- plumbing --------------------------------------------------------------------------------
 
-    @contextmanager
-    def _tx(self, write: bool = False, deadline: Deadline | None = None) -> Iterator[Any]:
+    def _tx(self, write: bool = False, deadline: Deadline | None = None) -> AbstractContextManager[Transaction]:
         """One transaction; every wait in it (writer queue, pool, lock, statement) ends at ``deadline``."""
-        deadline = deadline or Deadline(OPERATION_TIMEOUT)
-        gate = self._write_gate if write else None
-        if gate is not None and not gate.acquire(timeout=deadline.remaining()):
-            raise StoreError(
-                f"quarantine database ({self.backend}): this process's other writers held it for {deadline.seconds:g} s"
-            )
-        try:
-            conn = self._pool.get(deadline.remaining())
-            try:
-                self._arm(conn, deadline.remaining())
-                if write:
-                    self._begin(conn)
-                yield conn
-                deadline.check("commit")
-                conn.commit()
-            except BaseException as exc:
-                try:
-                    conn.rollback()
-                except Exception:
-                    self._pool.discard(conn)
-                    conn = None
-                if isinstance(exc, self._errors):
-                    raise StoreError(f"quarantine database ({self.backend}): {exc}") from exc
-                raise
-            finally:
-                if conn is not None:
-                    self._pool.put(conn)
-        finally:
-            if gate is not None:
-                gate.release()
-
-    def _exec(self, conn: Any, statement: str, params: tuple[object, ...] = ()) -> Any:
-        cur = conn.cursor()
-        cur.execute(self._sql(statement), params)
-        return cur
-
-    def _create_schema(self, conn: Any, serial: str, real: str) -> None:
-        for statement in SCHEMA:
-            self._exec(conn, statement.format(serial=serial, real=real))
+        return self.database.transaction(write=write, deadline=deadline or Deadline(OPERATION_TIMEOUT))
 
     def close(self) -> None:
         """Release the connections. Safe while other threads still use the store: they get fresh ones."""
         self._writers.stop()
-        self._pool.close()
+        self.database.close()
 
     def settle(self, timeout: float) -> bool:
         """Wait until no put is in flight (an abandoned one may still be undoing itself); True if none is."""
@@ -473,7 +368,7 @@ class QuarantineStore(ABC):
 
     def _insert_record(
         self,
-        conn: Any,
+        conn: Transaction,
         quarantine_id: str,
         written: Written,
         envelope: Envelope,
@@ -486,8 +381,7 @@ class QuarantineStore(ABC):
         subject, header_from = (
             (facts.subject, facts.header_from) if facts != MessageFacts() else header_summary(written.head)
         )  # put without a scan (CLI, tests): read the first bytes
-        self._exec(
-            conn,
+        conn.execute(
             """INSERT INTO quarantine (id, received_at, direction, mail_from, recipients, client_address,
                               queue_id, envelope, action, reasons, evidence, spam_score, size, sha256, subject,
                               header_from, status)
@@ -503,7 +397,7 @@ class QuarantineStore(ABC):
                 json.dumps(envelope.as_dict(), ensure_ascii=False),
                 verdict.action.value,
                 json.dumps(list(verdict.reasons)),
-                json.dumps(evidence_to_dict(evidence), ensure_ascii=False),
+                json.dumps(evidence.as_dict(), ensure_ascii=False),
                 evidence.spam_score,
                 written.size,
                 written.sha256,
@@ -516,10 +410,15 @@ class QuarantineStore(ABC):
         self._audit(conn, quarantine_id, "quarantine", actor, detail, now)
 
     def _audit(
-        self, conn: Any, quarantine_id: str, action: str, actor: Actor, detail: str = "", at: float | None = None
+        self,
+        conn: Transaction,
+        quarantine_id: str,
+        action: str,
+        actor: Actor,
+        detail: str = "",
+        at: float | None = None,
     ) -> None:
-        self._exec(
-            conn,
+        conn.execute(
             """INSERT INTO quarantine_audit (quarantine_id, at, action, actor, host, origin, detail)
                             VALUES (?, ?, ?, ?, ?, ?, ?)""",
             (quarantine_id, self._clock() if at is None else at, action, actor.name, actor.host, actor.origin, detail),
@@ -531,20 +430,20 @@ class QuarantineStore(ABC):
         """(held messages, held bytes) in one read; every wait ends after ``wait`` seconds, so a
         metrics scrape never queues behind the writers for long (StoreError instead)."""
         with self._tx(deadline=Deadline(wait)) as conn:
-            count, size = self._exec(
-                conn, "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM quarantine WHERE status = ?", (Status.HELD.value,)
+            count, size = conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM quarantine WHERE status = ?", (Status.HELD.value,)
             ).fetchone()
         return int(count), int(size)
 
     def get(self, quarantine_id: str) -> QuarantineRecord | None:
         check_id(quarantine_id)
         with self._tx() as conn:
-            row = self._exec(conn, f"SELECT {_COLUMNS} FROM quarantine WHERE id = ?", (quarantine_id,)).fetchone()
+            row = conn.execute(f"SELECT {_COLUMNS} FROM quarantine WHERE id = ?", (quarantine_id,)).fetchone()
         return None if row is None else _record(row)
 
     def exists(self, quarantine_id: str) -> bool:
         with self._tx() as conn:
-            return self._exec(conn, "SELECT 1 FROM quarantine WHERE id = ?", (quarantine_id,)).fetchone() is not None
+            return conn.execute("SELECT 1 FROM quarantine WHERE id = ?", (quarantine_id,)).fetchone() is not None
 
     def list(self, filters: ListFilter = ListFilter()) -> list[QuarantineRecord]:
         """Records matching every given filter, newest first."""
@@ -578,8 +477,7 @@ class QuarantineStore(ABC):
             params.append(filters.until)
         params.append(filters.limit)
         with self._tx() as conn:
-            rows = self._exec(
-                conn,
+            rows = conn.execute(
                 f"SELECT {_COLUMNS} FROM quarantine WHERE {' AND '.join(where)} "
                 "ORDER BY received_at DESC, id DESC LIMIT ?",
                 tuple(params),
@@ -590,8 +488,7 @@ class QuarantineStore(ABC):
         """Every recorded action on ``quarantine_id``, oldest first; survives delete and purge."""
         check_id(quarantine_id)
         with self._tx() as conn:
-            rows = self._exec(
-                conn,
+            rows = conn.execute(
                 """SELECT quarantine_id, at, action, actor, host, origin, detail
                                        FROM quarantine_audit WHERE quarantine_id = ? ORDER BY seq""",
                 (quarantine_id,),
@@ -623,15 +520,13 @@ class QuarantineStore(ABC):
             return ReleaseClaim.NEEDS_FORCE
         now = self._clock()
         with self._tx(write=True) as conn:
-            claimed = self._exec(
-                conn,
+            claimed = conn.execute(
                 """UPDATE quarantine SET status = 'releasing', claimed_at = ?
                                           WHERE id = ? AND status IN ('held', 'rejected')""",
                 (now, quarantine_id),
             ).rowcount
             if not claimed and reclaim_after is not None:
-                claimed = self._exec(
-                    conn,
+                claimed = conn.execute(
                     """UPDATE quarantine SET claimed_at = ?
                                               WHERE id = ? AND status = 'releasing' AND claimed_at < ?""",
                     (now, quarantine_id, now - reclaim_after),
@@ -639,7 +534,7 @@ class QuarantineStore(ABC):
             if claimed:
                 self._audit(conn, quarantine_id, "release-claim", actor, "forced" if force else "", now)
                 return ReleaseClaim.CLAIMED
-            row = self._exec(conn, "SELECT status FROM quarantine WHERE id = ?", (quarantine_id,)).fetchone()
+            row = conn.execute("SELECT status FROM quarantine WHERE id = ?", (quarantine_id,)).fetchone()
         if row is None:
             return ReleaseClaim.NOT_FOUND
         return ReleaseClaim.ALREADY_RELEASED if row[0] == Status.RELEASED.value else ReleaseClaim.IN_PROGRESS
@@ -649,16 +544,14 @@ class QuarantineStore(ABC):
         now = self._clock()
         with self._tx(write=True) as conn:
             if delivered:
-                self._exec(
-                    conn,
+                conn.execute(
                     """UPDATE quarantine SET status = 'released', released_at = ?
                                     WHERE id = ? AND status = 'releasing'""",
                     (now, quarantine_id),
                 )
                 self._audit(conn, quarantine_id, "release", actor, detail, now)
             else:
-                self._exec(
-                    conn,
+                conn.execute(
                     """UPDATE quarantine SET status = 'held', claimed_at = NULL
                                     WHERE id = ? AND status = 'releasing'""",
                     (quarantine_id,),
@@ -675,15 +568,13 @@ class QuarantineStore(ABC):
         check_id(quarantine_id)
         detail = f"mark {stamp}"
         with self._tx(write=True) as conn:
-            if not self._exec(
-                conn,
+            if not conn.execute(
                 """UPDATE quarantine SET status = status
                                        WHERE id = ? AND status IN ('releasing', 'released')""",
                 (quarantine_id,),
             ).rowcount:
                 return False
-            if self._exec(
-                conn,
+            if conn.execute(
                 """SELECT 1 FROM quarantine_audit
                                    WHERE quarantine_id = ? AND action = 'release-mark-used' AND detail = ?""",
                 (quarantine_id, detail),
@@ -698,13 +589,13 @@ class QuarantineStore(ABC):
         """Remove the record and its bytes (never while a release delivers it); the audit trail stays."""
         check_id(quarantine_id)
         with self._tx(write=True) as conn:
-            row = self._exec(conn, "SELECT status FROM quarantine WHERE id = ?", (quarantine_id,)).fetchone()
+            row = conn.execute("SELECT status FROM quarantine WHERE id = ?", (quarantine_id,)).fetchone()
             if row is None:
                 return Removal.NOT_FOUND
             if row[0] == Status.RELEASING.value:
                 return Removal.IN_PROGRESS
             self._drop_bytes(conn, quarantine_id)
-            self._exec(conn, "DELETE FROM quarantine WHERE id = ?", (quarantine_id,))
+            conn.execute("DELETE FROM quarantine WHERE id = ?", (quarantine_id,))
             self._audit(conn, quarantine_id, action, actor, detail)
         self._after_drop(quarantine_id)
         return Removal.DELETED
@@ -715,8 +606,8 @@ class QuarantineStore(ABC):
         with self._tx() as conn:
             ids = [
                 r[0]
-                for r in self._exec(
-                    conn, "SELECT id FROM quarantine WHERE received_at < ? ORDER BY id", (cutoff,)
+                for r in conn.execute(
+                    "SELECT id FROM quarantine WHERE received_at < ? ORDER BY id", (cutoff,)
                 ).fetchall()
             ]
         detail = f"retention {older_than_days:g} days"
@@ -731,12 +622,11 @@ class QuarantineStore(ABC):
         check_id(quarantine_id)
         now = self._clock()
         with self._tx(write=True) as conn:
-            row = self._exec(conn, "SELECT sha256 FROM quarantine WHERE id = ?", (quarantine_id,)).fetchone()
+            row = conn.execute("SELECT sha256 FROM quarantine WHERE id = ?", (quarantine_id,)).fetchone()
             if row is None:
                 return False
-            self._exec(conn, "UPDATE quarantine SET label = ? WHERE id = ?", (label.value, quarantine_id))
-            self._exec(
-                conn,
+            conn.execute("UPDATE quarantine SET label = ? WHERE id = ?", (label.value, quarantine_id))
+            conn.execute(
                 """INSERT INTO quarantine_labels (quarantine_id, label, sha256, at, actor)
                                 VALUES (?, ?, ?, ?, ?)""",
                 (quarantine_id, label.value, row[0], now, actor.name),
@@ -747,8 +637,7 @@ class QuarantineStore(ABC):
     def labels_since(self, seq: int = 0, limit: int = 10000) -> builtins.list[LabelRecord]:
         """Labels recorded after ``seq``, in order: the training ledger resumes from the last one it took."""
         with self._tx() as conn:
-            rows = self._exec(
-                conn,
+            rows = conn.execute(
                 """SELECT seq, quarantine_id, label, sha256, at, actor FROM quarantine_labels
                                        WHERE seq > ? ORDER BY seq LIMIT ?""",
                 (seq, limit),
@@ -775,10 +664,10 @@ def _record(row: Sequence[Any]) -> QuarantineRecord:
     return QuarantineRecord(
         id=qid,
         received_at=received_at,
-        envelope=envelope_from_dict(json.loads(envelope)),
+        envelope=Envelope.from_dict(json.loads(envelope)),
         action=action,
         reasons=tuple(json.loads(reasons)),
-        evidence=evidence_from_dict(json.loads(evidence)),
+        evidence=Evidence.from_dict(json.loads(evidence)),
         size=size,
         sha256=sha256,
         subject=subject,

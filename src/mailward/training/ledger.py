@@ -1,8 +1,8 @@
 """The label ledger: every label analysts gave, append-only, with the message bytes it labels.
 
 One SQLite file (0600) in the state directory, shared by any number of CLI
-processes: it is never opened outside SQLite (see :mod:`mailward.dbfile`),
-and a writer waits at most ``BUSY_TIMEOUT`` for another. Each entry says who (analyst), where
+processes through the database layer (:mod:`mailward.db`): a writer waits at
+most ``BUSY_TIMEOUT`` for another. Each entry says who (analyst), where
 from (a set, the quarantine, a user report), when, and which message (the
 sha256 of its exact bytes) got which class (ham or spam). Entries are never
 changed or removed (triggers refuse it); a later entry for the same digest
@@ -18,42 +18,42 @@ what came after it.
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import time
 import zlib
 from collections.abc import Callable, Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
 from ..config import Settings
-from ..dbfile import prepare_database_file
+from ..db import Database, Migration, SqliteFile, Transaction
 from ..errors import MailwardError
 from ..evidence import TRAINING_CLASSES
 
 CLASSES = TRAINING_CLASSES
 BUSY_TIMEOUT = 60.0  # seconds a ledger operation waits for another process's write (a training run)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS labels (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    digest TEXT NOT NULL,
-    label TEXT NOT NULL CHECK (label IN ('ham', 'spam')),
-    source TEXT NOT NULL,
-    analyst TEXT NOT NULL,
-    at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS labels_digest ON labels (digest, seq);
-CREATE TABLE IF NOT EXISTS messages (digest TEXT PRIMARY KEY, data BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS marks (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TRIGGER IF NOT EXISTS labels_append_only_update BEFORE UPDATE ON labels
-    BEGIN SELECT RAISE(ABORT, 'the label ledger is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS labels_append_only_delete BEFORE DELETE ON labels
-    BEGIN SELECT RAISE(ABORT, 'the label ledger is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS messages_keep BEFORE DELETE ON messages
-    BEGIN SELECT RAISE(ABORT, 'labelled messages are kept'); END;
-"""
+# Migration 1: the schema before versions were recorded.
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS labels (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        digest TEXT NOT NULL,
+        label TEXT NOT NULL CHECK (label IN ('ham', 'spam')),
+        source TEXT NOT NULL,
+        analyst TEXT NOT NULL,
+        at REAL NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS labels_digest ON labels (digest, seq)",
+    "CREATE TABLE IF NOT EXISTS messages (digest TEXT PRIMARY KEY, data BLOB NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS marks (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    """CREATE TRIGGER IF NOT EXISTS labels_append_only_update BEFORE UPDATE ON labels
+        BEGIN SELECT RAISE(ABORT, 'the label ledger is append-only'); END""",
+    """CREATE TRIGGER IF NOT EXISTS labels_append_only_delete BEFORE DELETE ON labels
+        BEGIN SELECT RAISE(ABORT, 'the label ledger is append-only'); END""",
+    """CREATE TRIGGER IF NOT EXISTS messages_keep BEFORE DELETE ON messages
+        BEGIN SELECT RAISE(ABORT, 'labelled messages are kept'); END""",
+)
+MIGRATIONS = (Migration(1, SCHEMA),)
 
 
 class LedgerError(MailwardError):
@@ -94,23 +94,28 @@ def digest_of(data: bytes) -> str:
 
 
 class Ledger:
-    """The SQLite ledger; use as a context manager. ``record`` calls batch into one transaction each."""
+    """The SQLite ledger; use as a context manager. ``record`` calls batch into one transaction each.
+
+    ``database`` is its :class:`~mailward.db.Database`: one connection, used by
+    one caller at a time.
+    """
 
     def __init__(self, path: str | Path, clock: Callable[[], float] = time.time):
         self.path = Path(path)
         self._clock = clock
+        self._batch: Transaction | None = None  # the open batch, which every call joins
         try:
-            prepare_database_file(self.path)
-            self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
+            backend = SqliteFile(self.path, busy_timeout=BUSY_TIMEOUT, synchronous="NORMAL")
+        except OSError as exc:
             raise LedgerError(f"{self.path}: cannot open the label ledger ({exc})") from None
-        self._in_batch = False
+        self.database = Database(backend, label=f"label ledger {self.path}", error=LedgerError, timeout=BUSY_TIMEOUT)
+        try:
+            self.database.migrate("ledger", MIGRATIONS)
+        except LedgerError as exc:
+            raise LedgerError(f"{self.path}: cannot open the label ledger ({exc.__cause__ or exc})") from None
 
     def close(self) -> None:
-        self._db.close()
+        self.database.close()
 
     def __enter__(self) -> Ledger:
         return self
@@ -118,9 +123,27 @@ class Ledger:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def batch(self) -> _Batch:
+    @contextmanager
+    def batch(self) -> Iterator[Ledger]:
         """Group many records into one transaction (thousands per second instead of dozens)."""
-        return _Batch(self)
+        if self._batch is not None:
+            yield self
+            return
+        with self.database.transaction(write=True) as tx:
+            self._batch = tx
+            try:
+                yield self
+            finally:
+                self._batch = None
+
+    @contextmanager
+    def _tx(self, write: bool = False) -> Iterator[Transaction]:
+        """The open batch, or a transaction of its own."""
+        if self._batch is not None:
+            yield self._batch
+        else:
+            with self.database.transaction(write=write) as tx:
+                yield tx
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -129,74 +152,78 @@ class Ledger:
         if label not in CLASSES:
             raise LedgerError(f"label must be one of {', '.join(CLASSES)}, not {label!r}")
         digest = digest_of(data)
-        with self._write():
-            current = self.current_label(digest)
+        with self._tx(write=True) as tx:
+            current = _current_label(tx, digest, None)
             if current == label:
                 return digest, LabelOutcome.REPEATED
             if current is None:
-                self._db.execute(
+                tx.execute(
                     "INSERT OR IGNORE INTO messages (digest, data) VALUES (?, ?)", (digest, zlib.compress(data, 6))
                 )
-            self._db.execute(
+            tx.execute(
                 "INSERT INTO labels (digest, label, source, analyst, at) VALUES (?, ?, ?, ?, ?)",
                 (digest, label, source, analyst, self._clock()),
             )
         return digest, LabelOutcome.NEW if current is None else LabelOutcome.CHANGED
 
     def set_mark(self, name: str, value: int) -> None:
-        with self._write():
-            self._db.execute(
+        with self._tx(write=True) as tx:
+            tx.execute(
                 "INSERT INTO marks (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
                 (name, value),
             )
 
-    def _write(self) -> _Batch | _NoTransaction:
-        return _NoTransaction() if self._in_batch else _Batch(self)
-
     # -- reading ---------------------------------------------------------------------------------
 
     def mark(self, name: str) -> int:
-        row = self._db.execute("SELECT value FROM marks WHERE name = ?", (name,)).fetchone()
+        with self._tx() as tx:
+            row = tx.execute("SELECT value FROM marks WHERE name = ?", (name,)).fetchone()
         return int(row[0]) if row else 0
 
     def last_seq(self) -> int:
-        return int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM labels").fetchone()[0])
+        with self._tx() as tx:
+            return int(tx.execute("SELECT COALESCE(MAX(seq), 0) FROM labels").fetchone()[0])
 
     def current_label(self, digest: str, upto: int | None = None) -> str | None:
-        row = self._db.execute(
-            "SELECT label FROM labels WHERE digest = ? AND seq <= ? ORDER BY seq DESC LIMIT 1", (digest, _upto(upto))
-        ).fetchone()
-        return row[0] if row else None
+        with self._tx() as tx:
+            return _current_label(tx, digest, upto)
 
     def entries(self, after: int = 0, upto: int | None = None) -> list[LedgerEntry]:
-        rows = self._db.execute(
-            "SELECT seq, digest, label, source, analyst, at FROM labels WHERE seq > ? AND seq <= ? ORDER BY seq",
-            (after, _upto(upto)),
-        ).fetchall()
+        with self._tx() as tx:
+            rows = tx.execute(
+                "SELECT seq, digest, label, source, analyst, at FROM labels WHERE seq > ? AND seq <= ? ORDER BY seq",
+                (after, _upto(upto)),
+            ).fetchall()
         return [LedgerEntry(*row) for row in rows]
 
     def changes(self, after: int, upto: int) -> Iterator[Change]:
         """Per message labelled in ``(after, upto]``: its label as of ``after`` and as of ``upto``.
 
         Messages whose label went back to what it was are left out: nothing changed for the model.
+        Read at once (one row per message changed), so the caller may read messages meanwhile.
         """
-        rows = self._db.execute(
-            """
-            SELECT l.digest,
-                   (SELECT label FROM labels p WHERE p.digest = l.digest AND p.seq <= ? ORDER BY p.seq DESC LIMIT 1),
-                   l.label
-            FROM labels l JOIN (SELECT digest, MAX(seq) AS last FROM labels WHERE seq > ? AND seq <= ?
-                                GROUP BY digest) m ON l.seq = m.last
-            ORDER BY l.seq""",
-            (after, after, upto),
-        )
+        with self._tx() as tx:
+            rows = tx.execute(
+                """
+                SELECT l.digest,
+                       (SELECT label FROM labels p WHERE p.digest = l.digest AND p.seq <= ?
+                        ORDER BY p.seq DESC LIMIT 1),
+                       l.label
+                FROM labels l JOIN (SELECT digest, MAX(seq) AS last FROM labels WHERE seq > ? AND seq <= ?
+                                    GROUP BY digest) m ON l.seq = m.last
+                ORDER BY l.seq""",
+                (after, after, upto),
+            ).fetchall()
         for digest, before, now in rows:
             if before != now:
                 yield Change(digest, before, now)
 
     def current_labels(self, upto: int | None = None) -> Iterator[tuple[str, str]]:
-        """``(digest, label)`` of every labelled message as of ``upto``, streamed in order of first label."""
-        with closing(self._reader()) as db:
+        """``(digest, label)`` of every labelled message as of ``upto``, streamed in order of first label.
+
+        On a connection of its own, so writes and reads on the ledger's go on meanwhile.
+        """
+        with closing(self.database.connect()) as db:
             yield from db.execute(
                 """
                 SELECT l.digest, (SELECT label FROM labels c WHERE c.digest = l.digest AND c.seq <= ?
@@ -207,7 +234,8 @@ class Ledger:
             )
 
     def message(self, digest: str) -> bytes:
-        row = self._db.execute("SELECT data FROM messages WHERE digest = ?", (digest,)).fetchone()
+        with self._tx() as tx:
+            row = tx.execute("SELECT data FROM messages WHERE digest = ?", (digest,)).fetchone()
         if row is None:
             raise LedgerError(f"{self.path}: no message {digest}")
         return zlib.decompress(row[0])
@@ -219,39 +247,13 @@ class Ledger:
             out[label] += 1
         return out
 
-    def _reader(self) -> sqlite3.Connection:
-        """A second connection for long streams, so writes on the main one do not disturb them."""
-        return sqlite3.connect(self.path, timeout=BUSY_TIMEOUT)
+
+def _current_label(tx: Transaction, digest: str, upto: int | None) -> str | None:
+    row = tx.execute(
+        "SELECT label FROM labels WHERE digest = ? AND seq <= ? ORDER BY seq DESC LIMIT 1", (digest, _upto(upto))
+    ).fetchone()
+    return str(row[0]) if row else None
 
 
 def _upto(upto: int | None) -> int:
     return upto if upto is not None else 2**62
-
-
-class _Batch:
-    def __init__(self, ledger: Ledger):
-        self.ledger = ledger
-
-    def __enter__(self) -> Ledger:
-        try:
-            self.ledger._db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise LedgerError(f"{self.ledger.path}: cannot write ({exc})") from None
-        self.ledger._in_batch = True
-        return self.ledger
-
-    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
-        self.ledger._in_batch = False
-        try:
-            self.ledger._db.execute("ROLLBACK" if exc_type else "COMMIT")
-        except sqlite3.Error as exc:
-            if exc_type is None:
-                raise LedgerError(f"{self.ledger.path}: cannot write ({exc})") from None
-
-
-class _NoTransaction:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None

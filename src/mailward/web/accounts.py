@@ -14,11 +14,9 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -26,14 +24,14 @@ from pathlib import Path
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from ..dbfile import prepare_database_file
+from ..db import Database, DatabaseError, Migration, SqliteFile, Transaction
 from ..errors import MailwardError
 
 DB_NAME = "web.sqlite3"
 MIN_PASSWORD = 12
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
 
-SCHEMA = (
+SCHEMA = (  # migration 1: the schema before versions were recorded
     """CREATE TABLE IF NOT EXISTS web_accounts (
         name TEXT PRIMARY KEY,
         hash TEXT NOT NULL,
@@ -55,6 +53,7 @@ SCHEMA = (
         client TEXT NOT NULL,
         detail TEXT NOT NULL)""",
 )
+MIGRATIONS = (Migration(1, SCHEMA),)
 
 
 class AccountError(MailwardError):
@@ -110,32 +109,20 @@ class AccountStore:
         clock: Callable[[], float] = time.time,
         hasher: PasswordHasher | None = None,
     ):
-        self.path = prepare_database_file(Path(path))
         self.lockout_after = lockout_after
         self.idle = idle
         self._clock = clock
         self._hasher = hasher or PasswordHasher()
         self._dummy = ""  # a hash to verify unknown names against, so they cost the same time
-        self._lock = threading.Lock()  # one connection, one transaction at a time: logins are rare
-        self._conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        with self._tx() as conn:
-            for statement in SCHEMA:
-                conn.execute(statement)
+        # One connection, one transaction at a time: logins are rare.
+        self.database = Database(SqliteFile(Path(path), busy_timeout=10.0), label="web accounts", timeout=10.0)
+        self.path = Path(path)
+        self.database.migrate("web", MIGRATIONS)
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+    def _tx(self) -> AbstractContextManager[Transaction]:
+        return self.database.transaction(write=True)
 
-    def _audit(self, conn: sqlite3.Connection, account: str, action: str, client: str = "", detail: str = "") -> None:
+    def _audit(self, conn: Transaction, account: str, action: str, client: str = "", detail: str = "") -> None:
         conn.execute(
             "INSERT INTO web_audit (at, account, action, client, detail) VALUES (?, ?, ?, ?, ?)",
             (self._clock(), account, action, client, detail),
@@ -158,7 +145,9 @@ class AccountStore:
                     (name, digest, now, now),
                 )
                 self._audit(conn, name, "account-add", detail=f"by {by}")
-        except sqlite3.IntegrityError:
+        except DatabaseError as exc:
+            if not self.database.conflict(exc):
+                raise
             raise AccountError(f"account {name} exists (use `mailward web user passwd`)") from None
 
     def set_password(self, name: str, password: str, by: str) -> None:
@@ -269,5 +258,4 @@ class AccountStore:
             self._audit(conn, session.account, "logout", client)
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        self.database.close()

@@ -46,7 +46,7 @@ from ..quarantine.links import RecipientLink, verify_link
 from ..quarantine.records import ListFilter, Removal, Status, check_id
 from ..quarantine.release import ReleaseOutcome
 from ..quarantine.render import when
-from ..quarantine.service import QuarantineService, block_sender, list_sender, web_actor
+from ..review.service import QuarantineService, block_sender, list_sender, web_actor
 from ..textsafe import neutralise
 from .accounts import AccountStore, Login, Session
 

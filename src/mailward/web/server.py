@@ -14,10 +14,10 @@ from pathlib import Path
 import uvicorn
 
 from ..config import Settings, parse_host_port
+from ..marks import load_release_key
 from ..quarantine import open_store
 from ..quarantine.links import link_key_path
-from ..quarantine.release import load_release_key
-from ..quarantine.service import QuarantineService
+from ..review.service import QuarantineService
 from .accounts import DB_NAME, AccountStore
 from .app import Parts, create_app
 

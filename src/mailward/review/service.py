@@ -11,6 +11,7 @@ original recipients, a recipient may release only a message sent to nobody else.
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 
 from ..actor import Actor
@@ -18,10 +19,13 @@ from ..config import Settings
 from ..envelope import Direction
 from ..errors import StoreError
 from ..evidence import Label
-from .records import AuditEvent, ListFilter, QuarantineRecord, Removal, Status
-from .release import Relay, ReleaseOutcome, ReleaseResult, key_path, load_release_key, release
-from .render import MessageView, inspect_message
-from .store import QuarantineStore
+from ..incidents import SubjectKind, open_incidents
+from ..marks import key_path, load_release_key
+from ..policy import Listed
+from ..quarantine.records import AuditEvent, ListFilter, QuarantineRecord, Removal, Status
+from ..quarantine.release import Relay, ReleaseOutcome, ReleaseResult, release
+from ..quarantine.render import MessageView, inspect_message
+from ..quarantine.store import QuarantineStore
 
 
 @dataclass(frozen=True)
@@ -124,8 +128,6 @@ def recipient_may_see(record: QuarantineRecord, recipient: str) -> bool:
 
 def block_sender(settings: Settings, sender: str, reason: str, actor: Actor) -> bool:
     """Block an envelope sender everywhere (the incidents block list); False if it was already blocked."""
-    from ..incidents import SubjectKind, open_incidents
-
     incidents = open_incidents(settings, actor=actor)
     try:
         _, created = incidents.block(SubjectKind.SENDER, sender, reason, actor)
@@ -141,9 +143,6 @@ def list_sender(settings: Settings, allow: bool, sender: str, scope: str, reason
     sender skips spam and reputation checks (never malware) for that scope.
     False if the sender already had an entry there (it stays as it is).
     """
-    from ..incidents import open_incidents
-    from ..policy import Listed
-
     incidents = open_incidents(settings, actor=actor)
     try:
         _, created = incidents.list_sender(Listed.ALLOW if allow else Listed.BLOCK, sender, scope, reason, actor)
@@ -154,6 +153,4 @@ def list_sender(settings: Settings, allow: bool, sender: str, scope: str, reason
 
 def web_actor(account: str, client: str) -> Actor:
     """The audit trail's subject for a web action: the account, this host, and the client address."""
-    import socket
-
     return Actor(name=f"web:{account}", host=socket.gethostname(), origin=f"http {client}" if client else "http")

@@ -1,0 +1,500 @@
+"""One database layer under every store: backend, connections, transactions, migrations.
+
+The quarantine, the incident store, the label ledger, the model registry and
+the web accounts all keep their state in SQL, on a SQLite file of their own or
+in the PostgreSQL database several hosts share. What they have in common lives
+here, once:
+
+* **Backend** (:class:`SqliteFile`, :class:`PostgresDsn`): how a session is
+  opened and made safe (WAL and ``synchronous`` on SQLite; ``synchronous_commit
+  = on`` and a ``statement_timeout`` on PostgreSQL, whatever the server's
+  default), how a write transaction starts, how its waits are bounded, and the
+  column types a schema uses. SQLite files are prepared by
+  :func:`mailward.dbfile.prepare_database_file`, never opened outside SQLite.
+  psycopg is imported only here, and only when a PostgreSQL backend is made:
+  a host on SQLite never loads it.
+* **Connections** (:class:`Database`): at most ``pool_size`` sessions shared
+  by all threads; one (``pool_size=1``) is a connection used under a lock.
+  Every wait (this process's writers, the pool, the database's busy lock or
+  statement) ends at the transaction's deadline. A connection that failed is
+  closed and replaced on the next call, so a database restart costs only the
+  calls made while it was down.
+* **Statements** are written once with ``?`` placeholders
+  (:meth:`Transaction.execute`) and translated for psycopg here.
+* **Migrations**: each store's schema is a numbered list of steps; the
+  ``schema_versions`` table records how far each store's schema is. A database
+  made before the table existed opens as version 0, and its first step (the
+  ``CREATE ... IF NOT EXISTS`` of that schema) finds everything in place. A
+  database newer than this code is refused: fail closed, never guess.
+
+Database errors become the store's own error class (``error``), so callers see
+one exception per store, as before.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from .dbfile import prepare_database_file
+from .errors import MailwardError
+
+# A driver's connection or cursor (sqlite3 or psycopg): the two share the calls used here.
+Connection = Any
+Cursor = Any
+
+_MIGRATION_LOCK = 0x4D57_4400  # "MWD\0": PostgreSQL advisory lock serialising every store's migrations
+
+
+class DatabaseError(MailwardError):
+    """A store's database could not be reached, read or written (stores pass their own subclass)."""
+
+
+class Budget(Protocol):
+    """How long one transaction may take; ``check`` raises once nothing may be committed any more."""
+
+    @property
+    def seconds(self) -> float: ...
+
+    def remaining(self) -> float: ...
+
+    def check(self, doing: str) -> None: ...
+
+
+class Timeout:
+    """A plain budget of ``seconds`` from now, for transactions nobody abandons."""
+
+    def __init__(self, seconds: float, error: Callable[[str], Exception] = DatabaseError):
+        self.seconds = seconds
+        self._end = time.monotonic() + seconds
+        self._error = error
+
+    def remaining(self) -> float:
+        return max(0.0, self._end - time.monotonic())
+
+    def check(self, doing: str) -> None:
+        if time.monotonic() >= self._end:
+            raise self._error(f"could not {doing} within {self.seconds:g} s")
+
+
+# -- backends -------------------------------------------------------------------------------------
+
+
+class Backend(ABC):
+    """Where a database lives and how its sessions behave."""
+
+    name: str = ""
+    serial: str = ""  # an auto-numbered primary key column
+    real: str = ""  # a floating-point column
+    # One writer at a time anyway: a process's threads queue on a lock (waited on with the
+    # transaction's deadline) instead of the database's sleep-and-retry busy handler.
+    single_writer: bool = False
+    errors: tuple[type[BaseException], ...] = ()  # the driver's exception classes
+
+    @abstractmethod
+    def connect(self) -> Connection:
+        """A new session, set up; the driver's error if the database cannot be reached."""
+
+    def sql(self, statement: str) -> str:
+        """``statement`` with ``?`` placeholders in the driver's style."""
+        return statement
+
+    def begin(self, conn: Connection) -> None:  # noqa: B027  (PostgreSQL: psycopg opens one itself)
+        """Start a write transaction that takes its lock up front."""
+
+    @abstractmethod
+    def arm(self, conn: Connection, seconds: float) -> None:
+        """Make the database give up waiting (busy lock, statement) after ``seconds``, this transaction."""
+
+    def relax(self, conn: Connection) -> None:  # noqa: B027  (SQLite: set per session)
+        """Let this transaction commit without waiting for the disk (a crash may lose it)."""
+
+    def lock_schema(self, conn: Connection, key: int) -> None:  # noqa: B027  (SQLite: BEGIN IMMEDIATE)
+        """Serialise schema changes with other hosts until the transaction ends."""
+
+    def broken(self, conn: Connection) -> bool:
+        """Whether ``conn`` is unusable after an error (then it is closed, not reused)."""
+        return False
+
+    def missing_table(self, exc: BaseException) -> bool:
+        """Whether the driver error ``exc`` says a table does not exist."""
+        return False
+
+    def conflict(self, exc: BaseException) -> bool:
+        """Whether the driver error ``exc`` is a refused constraint (a key that exists, a NULL, a check)."""
+        return False
+
+    def cursor(self, conn: Connection, binary: bool) -> Cursor:
+        return conn.cursor()
+
+
+class SqliteFile(Backend):
+    """A SQLite file in WAL mode, shared by the processes of one host.
+
+    ``synchronous`` is ``FULL`` where a commit must survive a power cut (the
+    quarantine) and ``NORMAL`` where losing the last commits to one is
+    acceptable (counters, the ledger, which a power cut leaves consistent).
+    """
+
+    name = "sqlite"
+    serial = "INTEGER PRIMARY KEY AUTOINCREMENT"
+    real = "REAL"
+    single_writer = True
+
+    def __init__(self, path: Path, busy_timeout: float, synchronous: str = "FULL") -> None:
+        import sqlite3
+
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
+        self.errors = (sqlite3.Error,)
+        self.path = prepare_database_file(Path(path))  # OSError if it cannot be made
+        self.busy_timeout = busy_timeout
+        self.synchronous = synchronous
+
+    def connect(self) -> Connection:
+        import sqlite3
+
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def begin(self, conn: Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+
+    def arm(self, conn: Connection, seconds: float) -> None:
+        conn.execute(f"PRAGMA busy_timeout = {max(1, int(seconds * 1000))}")
+
+    def missing_table(self, exc: BaseException) -> bool:
+        return "no such table" in str(exc)
+
+    def conflict(self, exc: BaseException) -> bool:
+        import sqlite3
+
+        return isinstance(exc, sqlite3.IntegrityError)
+
+
+class PostgresDsn(Backend):
+    """A PostgreSQL database (psycopg 3) that several hosts share.
+
+    Every session commits durably whatever the server's default (``off`` would
+    lose a committed quarantine on a crash) and ends a statement after
+    ``timeout``; connecting waits at most that long too (at least 2 s).
+    """
+
+    name = "postgresql"
+    serial = "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
+    real = "DOUBLE PRECISION"
+
+    def __init__(self, dsn: str, timeout: float) -> None:
+        import psycopg
+
+        self.errors = (psycopg.Error,)
+        self.dsn = dsn
+        self.timeout = timeout
+
+    def connect(self) -> Connection:
+        import psycopg
+
+        conn = psycopg.connect(self.dsn, autocommit=False, connect_timeout=max(2, math.ceil(self.timeout)))
+        try:
+            conn.execute("SET synchronous_commit = on")
+            conn.execute("SELECT set_config('statement_timeout', %s, false)", (_ms(self.timeout),))
+            conn.commit()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def sql(self, statement: str) -> str:
+        return statement.replace("?", "%s")
+
+    def arm(self, conn: Connection, seconds: float) -> None:
+        conn.execute("SELECT set_config('statement_timeout', %s, true)", (_ms(seconds),))
+
+    def relax(self, conn: Connection) -> None:
+        conn.execute("SET LOCAL synchronous_commit TO OFF")
+
+    def lock_schema(self, conn: Connection, key: int) -> None:
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+
+    def broken(self, conn: Connection) -> bool:
+        return bool(conn.closed or getattr(conn, "broken", False))  # not every psycopg 3.x has .broken
+
+    def missing_table(self, exc: BaseException) -> bool:
+        import psycopg
+
+        return isinstance(exc, psycopg.errors.UndefinedTable)
+
+    def conflict(self, exc: BaseException) -> bool:
+        import psycopg
+
+        return isinstance(exc, psycopg.IntegrityError)
+
+    def cursor(self, conn: Connection, binary: bool) -> Cursor:
+        return conn.cursor(binary=binary)
+
+
+def _ms(seconds: float) -> str:
+    """A PostgreSQL duration of at least 1 ms (0 would mean no timeout at all)."""
+    return f"{max(1, int(seconds * 1000))}ms"
+
+
+# -- transactions ---------------------------------------------------------------------------------
+
+
+class Transaction:
+    """One open transaction on one connection; statements use ``?`` placeholders."""
+
+    def __init__(self, conn: Connection, backend: Backend) -> None:
+        self.connection = conn  # the driver's, for what this layer does not cover
+        self._backend = backend
+
+    def execute(self, statement: str, params: Sequence[object] = (), *, binary: bool = False) -> Cursor:
+        """Run one statement; ``binary`` fetches ``bytea`` as bytes on PostgreSQL."""
+        cursor = self._backend.cursor(self.connection, binary)
+        cursor.execute(self._backend.sql(statement), tuple(params))
+        return cursor
+
+    def executemany(self, statement: str, rows: Sequence[Sequence[object]]) -> None:
+        cursor = self._backend.cursor(self.connection, False)
+        cursor.executemany(self._backend.sql(statement), [tuple(row) for row in rows])
+
+    def relax(self) -> None:
+        """This transaction may commit without waiting for the disk (counters: a crash may lose a few)."""
+        self._backend.relax(self.connection)
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step of a store's schema: statements with ``{serial}`` and ``{real}`` filled in per backend.
+
+    Steps are never edited once released; a change to a schema is a new step.
+    Statements of step 1 say ``IF NOT EXISTS``: databases made before versions
+    were recorded already have them.
+    """
+
+    version: int
+    statements: tuple[str, ...]
+
+
+class _Pool:
+    """At most ``size`` connections, shared by all threads; a thread finding them busy waits its budget.
+
+    The bound matters for PostgreSQL, whose ``max_connections`` all hosts share.
+    """
+
+    def __init__(self, connect: Callable[[], Connection], size: int, keep_idle: bool) -> None:
+        self._connect = connect
+        self._idle: queue.LifoQueue[Connection] = queue.LifoQueue()
+        self._slots = threading.BoundedSemaphore(size)
+        self._keep_idle = keep_idle
+        self._closed = False
+
+    def get(self, wait: float) -> Connection | None:
+        """An idle or new connection; None if every slot stayed busy for ``wait`` seconds."""
+        if not self._slots.acquire(timeout=wait):
+            return None
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            pass
+        try:
+            return self._connect()
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def put(self, conn: Connection) -> None:
+        if self._closed or not self._keep_idle:
+            _close(conn)
+        else:
+            self._idle.put(conn)
+        self._slots.release()
+
+    def discard(self, conn: Connection) -> None:
+        _close(conn)
+        self._slots.release()
+
+    def close(self) -> None:
+        """Close idle connections now and busy ones when they come back."""
+        self._closed = True
+        while True:
+            try:
+                _close(self._idle.get_nowait())
+            except queue.Empty:
+                return
+
+
+def _close(conn: Connection) -> None:
+    try:
+        conn.close()
+    except Exception:
+        pass
+
+
+class Database:
+    """A store's database: its sessions, transactions and schema version.
+
+    ``label`` names it in errors ("quarantine database", "incident store");
+    ``error`` is the store's exception class; ``timeout`` bounds every wait of a
+    transaction given no deadline of its own. Safe to use from many threads.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        label: str,
+        error: type[MailwardError] = DatabaseError,
+        timeout: float,
+        pool_size: int = 1,
+        keep_idle: bool = True,
+    ) -> None:
+        self.backend = backend
+        self.label = label
+        self.timeout = timeout
+        self._error = error
+        self._pool = _Pool(self._open, pool_size, keep_idle)
+        self._write_gate = threading.Lock() if backend.single_writer and pool_size > 1 else None
+
+    def __repr__(self) -> str:
+        return f"<Database {self.label} ({self.backend.name})>"
+
+    def error(self, problem: str) -> MailwardError:
+        """The store's error, naming the database."""
+        return self._error(f"{self.label} ({self.backend.name}): {problem}")
+
+    def connect(self) -> Connection:
+        """A session of its own, outside the pool, set up like the others; the caller closes it.
+
+        For reads that stream while the pooled sessions go on writing, and for
+        checking how sessions are set up.
+        """
+        return self._open()
+
+    def _open(self) -> Connection:
+        try:
+            return self.backend.connect()
+        except self.backend.errors as exc:
+            raise self.error(f"cannot connect: {_first_line(exc)}") from exc
+
+    @contextmanager
+    def transaction(self, *, write: bool = False, deadline: Budget | None = None) -> Iterator[Transaction]:
+        """One transaction, committed at the end and rolled back on any error.
+
+        ``write`` takes the write lock up front (SQLite ``BEGIN IMMEDIATE``).
+        With a ``deadline``, every wait in it ends there (this process's
+        writers, the pool, the database's busy lock or statement) and nothing
+        is committed once it passed; without one, waits end after ``timeout``
+        and the session's own timeouts apply.
+        """
+        budget: Budget = deadline or Timeout(self.timeout, self.error)
+        gate = self._write_gate if write else None
+        if gate is not None and not gate.acquire(timeout=budget.remaining()):
+            raise self.error(f"this process's other writers held it for {budget.seconds:g} s")
+        try:
+            conn = self._pool.get(budget.remaining())
+            if conn is None:
+                raise self.error(f"this process's other threads held its connections for {budget.seconds:g} s")
+            try:
+                if deadline is not None:
+                    self.backend.arm(conn, deadline.remaining())
+                if write:
+                    self.backend.begin(conn)
+                yield Transaction(conn, self.backend)
+                if deadline is not None:
+                    deadline.check("commit")
+                conn.commit()
+            except BaseException as exc:
+                try:
+                    conn.rollback()
+                except Exception:
+                    self._pool.discard(conn)
+                    conn = None
+                else:
+                    if isinstance(exc, self.backend.errors) and self.backend.broken(conn):
+                        self._pool.discard(conn)
+                        conn = None
+                if isinstance(exc, self.backend.errors):
+                    raise self.error(str(exc)) from exc
+                raise
+            finally:
+                if conn is not None:
+                    self._pool.put(conn)
+        finally:
+            if gate is not None:
+                gate.release()
+
+    def missing_table(self, exc: BaseException) -> bool:
+        """Whether ``exc`` (an error of this database, or its cause) says a table does not exist."""
+        cause = exc.__cause__ if isinstance(exc, MailwardError) else exc
+        return cause is not None and self.backend.missing_table(cause)
+
+    def conflict(self, exc: BaseException) -> bool:
+        """Whether ``exc`` (an error of this database, or its cause) is a refused constraint."""
+        cause = exc.__cause__ if isinstance(exc, MailwardError) else exc
+        return cause is not None and self.backend.conflict(cause)
+
+    def migrate(self, store: str, migrations: Sequence[Migration], lock: int | None = None) -> int:
+        """Bring ``store``'s schema up to its last step, in one transaction; returns that version.
+
+        Hosts starting at once are serialised (PostgreSQL advisory locks: the
+        layer's, then ``lock``, the store's own key that earlier versions took);
+        a database already at a version newer than this code knows is refused.
+        """
+        latest = max((m.version for m in migrations), default=0)
+        with self.transaction(write=True) as tx:
+            self.backend.lock_schema(tx.connection, _MIGRATION_LOCK)
+            if lock is not None:
+                self.backend.lock_schema(tx.connection, lock)
+            tx.execute("CREATE TABLE IF NOT EXISTS schema_versions (store TEXT PRIMARY KEY, version INTEGER NOT NULL)")
+            row = tx.execute("SELECT version FROM schema_versions WHERE store = ?", (store,)).fetchone()
+            current = int(row[0]) if row else 0
+            if current > latest:
+                raise self.error(
+                    f"the {store} schema is at version {current}, newer than this Mailward knows ({latest}); "
+                    "upgrade Mailward"
+                )
+            for migration in sorted(migrations, key=lambda m: m.version):
+                if migration.version > current:
+                    for statement in migration.statements:
+                        tx.execute(statement.format(serial=self.backend.serial, real=self.backend.real))
+            if current < latest:
+                tx.execute(
+                    "INSERT INTO schema_versions (store, version) VALUES (?, ?) "
+                    "ON CONFLICT (store) DO UPDATE SET version = excluded.version",
+                    (store, latest),
+                )
+        return latest
+
+    def schema_version(self, store: str) -> int:
+        """How far ``store``'s schema is (0: never migrated)."""
+        try:
+            with self.transaction() as tx:
+                row = tx.execute("SELECT version FROM schema_versions WHERE store = ?", (store,)).fetchone()
+        except MailwardError as exc:
+            if self.missing_table(exc):
+                return 0
+            raise
+        return int(row[0]) if row else 0
+
+    def close(self) -> None:
+        """Close the sessions; safe while others still use the database (they get fresh ones)."""
+        self._pool.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -1,0 +1,105 @@
+"""Release and alert marks: the HMAC primitives the quarantine and incident response share.
+
+A mark is ``<id> <unix time> <hmac>`` in a header prepended to a message:
+HMAC-SHA-256 under the release key (``release.key``, shared by all milter
+hosts) over its domain (``release`` or ``alert``), the ID, the time, a digest
+of the body and of the recipients, so it cannot be forged, moved to other
+content or replayed to other recipients. The quarantine marks what an
+analyst releases (:mod:`mailward.quarantine.release`, which also checks marks
+in the milter); incident response marks its alert mail (:mod:`mailward.incidents.alerts`).
+Both build on this module, so neither imports the other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from collections.abc import Iterable
+from pathlib import Path
+
+from .config import Settings
+from .dbfile import hand_to_directory_owner
+from .errors import StoreError
+from .evidence import body_digest
+from .message import split_message
+
+_KEY_BYTES = 32
+
+
+def key_path(settings: Settings) -> Path:
+    return settings.state_path(settings.quarantine.release_key_file, "release.key")
+
+
+def load_release_key(path: Path) -> bytes:
+    """Read the release key, creating it (random, mode 0600) the first time."""
+    try:
+        path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise StoreError(f"cannot create release key {path}: {exc.strerror}") from exc
+    else:
+        try:
+            os.write(fd, secrets.token_bytes(_KEY_BYTES))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            hand_to_directory_owner(path)  # root running the CLI first leaves no key the milter cannot read
+        except OSError as exc:
+            raise StoreError(f"cannot hand {path} to the service user: {exc.strerror}") from exc
+    try:
+        key = path.read_bytes()
+    except OSError as exc:
+        raise StoreError(f"cannot read release key {path}: {exc.strerror}") from exc
+    if len(key) < 16:
+        raise StoreError(f"release key {path} is shorter than 16 bytes")
+    return key
+
+
+def message_body(raw: bytes) -> bytes:
+    """Everything after the header block (empty if there is none)."""
+    return split_message(raw)[1]
+
+
+def recipients_digest(recipients: Iterable[str]) -> str:
+    """Order and repetition do not matter: the MTA may pass recipients in any order."""
+    return hashlib.sha256("\n".join(sorted(set(recipients))).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def signature(key: bytes, domain: str, ident: str, stamp: int, digest: str, recipients: str) -> str:
+    """The HMAC of one mark; ``digest`` is the body's, ``recipients`` the recipients' digest."""
+    text = f"{domain} {ident} {stamp} {digest} {recipients}"
+    return hmac.new(key, text.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()
+
+
+def _mark(key: bytes, domain: str, ident: str, body: bytes, recipients: Iterable[str], now: float) -> str:
+    stamp = int(now)
+    return f"{ident} {stamp} {signature(key, domain, ident, stamp, body_digest(body), recipients_digest(recipients))}"
+
+
+def release_mark(key: bytes, quarantine_id: str, body: bytes, recipients: Iterable[str], now: float) -> str:
+    """The value of the ``X-Mailward-Release`` header for ``body`` released to ``recipients``."""
+    return _mark(key, "release", quarantine_id, body, recipients, now)
+
+
+def alert_mark(key: bytes, incident_id: str, body: bytes, recipients: Iterable[str], now: float) -> str:
+    """The value of the ``X-Mailward-Alert-Mark`` header of an alert e-mail."""
+    return _mark(key, "alert", incident_id, body, recipients, now)
+
+
+def parse_mark(value: str) -> tuple[str, int, str] | None:
+    """``(id, stamp, hmac)`` of a mark header's value, or None if it is not shaped like one."""
+    parts = value.split()
+    if len(parts) != 3 or not parts[1].isdigit():
+        return None
+    return parts[0], int(parts[1]), parts[2]
+
+
+def marked(raw: bytes, header_name: str, header_value: str) -> bytes:
+    """``raw`` with a mark header prepended, in the message's own line-ending style."""
+    eol = b"\r\n" if b"\r\n" in raw[:4096] else b"\n"
+    return f"{header_name}: {header_value}".encode("ascii") + eol + raw
