@@ -5,9 +5,14 @@ sends the same real messages (``--sample``, e.g. a corpus unpacked to /tmp/corpu
 ``--sessions`` concurrent milter connections (tests/harness/milter_client.py, one process
 each). Prints msg/s, CPU per message of the milter process and of the workers, and the
 end-of-message latency p50/p99/max. With ``--profile`` a py-spy profile of the milter
-process (the last worker count) is written beside, to see where its CPU goes.
+process (the last worker count) is written beside, to see where its CPU goes. With
+``--baseline CHECKOUT`` (e.g. ``git worktree add /tmp/base main``) that checkout's milter runs
+too, interleaved with this one ``--repeat`` times per worker count; medians are printed last.
+``--floor`` adds an empty pymilter milter (bench/empty_milter.py, row ``empty``): what
+libmilter, pymilter and Python callbacks cost per message with no work at all.
 
     .venv/bin/python bench/milter_load.py --sample /tmp/corpus/spamassassin --messages 2000 --sessions 8
+    .venv/bin/python bench/milter_load.py --baseline /tmp/base --repeat 3
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import argparse
 import multiprocessing
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,19 +48,37 @@ def _session(args: tuple[str, list[bytes]]) -> list[float]:
     return latencies
 
 
-def _start(run: Path, workers: int, extra: str, level: str) -> tuple[subprocess.Popen, str]:
-    home = run / f"w{workers}"
-    home.mkdir()
+def _start(
+    run: Path, workers: int, extra: str, level: str, checkout: Path | None = None
+) -> tuple[subprocess.Popen, str]:
+    """The milter of this checkout, or of ``checkout`` (its ``src`` first on the path), on a fresh state dir."""
+    home = Path(tempfile.mkdtemp(prefix=f"w{workers}-", dir=run))
     sock = home / "sock" / "milter.sock"
     (home / "mailward.toml").write_text(
         f'state_dir = "{home / "state"}"\n{extra}\n[milter]\nsocket = "unix:{sock}"\nworkers = {workers}\n'
         f'[reputation]\nenabled = false\n[logging]\nfile = "{home / "milter.log"}"\nlevel = "{level}"\n'
     )
+    env = dict(os.environ)
+    if workers == 0 and checkout is None and extra == "empty":
+        sock.parent.mkdir()
+        proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve().parent / "empty_milter.py"), f"unix:{sock}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        return _started(proc, sock)
+    if checkout is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(checkout / "src"), env.get("PYTHONPATH", "")) if p)
     proc = subprocess.Popen(
         [sys.executable, "-m", "mailward.milter.daemon", "--config", str(home / "mailward.toml")],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env=env,
     )
+    return _started(proc, sock)
+
+
+def _started(proc: subprocess.Popen, sock: Path) -> tuple[subprocess.Popen, str]:
     deadline = time.monotonic() + 120
     while not sock.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -83,6 +107,9 @@ def main() -> int:
     ap.add_argument("--log-level", default="info")
     ap.add_argument("--strace", type=Path, help="write strace -c -f of the milter process (slows it down)")
     ap.add_argument("--profile", type=Path, help="write a py-spy profile (speedscope JSON) of the milter process")
+    ap.add_argument("--baseline", type=Path, help="another Mailward checkout to run interleaved with this one")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per worker count (and per checkout)")
+    ap.add_argument("--floor", action="store_true", help="also run an empty pymilter milter (the floor)")
     args = ap.parse_args()
     msgs = sample(args.sample, args.messages)
     print(f"sample: {len(msgs)} messages, {sum(map(len, msgs)) / 1e6:.1f} MB; {args.sessions} milter sessions")
@@ -90,16 +117,29 @@ def main() -> int:
     pool = multiprocessing.Pool(args.sessions)
     counts = [int(w) for w in args.workers.split(",")]
     try:
-        print(f"{'workers':>7} {'msg/s':>7}  CPU ms/msg: {'milter':>6} {'workers':>7}   latency p50 / p99 / max ms")
-        for workers in counts:
-            proc, address = _start(run, workers, args.config, args.log_level)
+        print(
+            f"{'run':>5} {'workers':>7} {'msg/s':>7}  CPU ms/msg: {'milter':>6} {'workers':>7}   "
+            "latency p50 / p99 / max ms"
+        )
+        checkouts: list[tuple[str, Path | None]] = [("new", None)]
+        if args.baseline:
+            checkouts.insert(0, ("base", args.baseline))
+        floor = [(0, rep, "empty", None) for rep in range(args.repeat)] if args.floor else []
+        runs = floor + [
+            (workers, rep, label, src) for workers in counts for rep in range(args.repeat) for label, src in checkouts
+        ]
+        figures: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
+        for workers, rep, label, src in runs:
+            last = workers == counts[-1] and rep == args.repeat - 1 and label == "new"
+            extra = "empty" if label == "empty" else args.config
+            proc, address = _start(run, workers, extra, args.log_level, src)
             try:
                 pool.map(_session, [(address, msgs[:10])] * min(args.sessions, 4))  # warm every worker
                 pids = tree(proc.pid)
                 kids = [p for p in pids if p != proc.pid]
                 spy = None
                 spy_binary = shutil.which("py-spy", path=f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin")
-                if args.profile and workers == counts[-1] and spy_binary:
+                if args.profile and last and spy_binary:
                     spy = subprocess.Popen(
                         [
                             spy_binary,
@@ -119,7 +159,7 @@ def main() -> int:
                         stderr=subprocess.DEVNULL,
                     )
                     time.sleep(1)
-                if args.strace and workers == counts[-1]:
+                if args.strace and last:
                     spy = subprocess.Popen(
                         ["strace", "-c", "-f", "-o", str(args.strace), "-p", str(proc.pid)],
                         stdout=subprocess.DEVNULL,
@@ -140,8 +180,9 @@ def main() -> int:
                 if spy is not None:
                     spy.send_signal(2)
                     spy.wait(60)
+                figures.setdefault((label, workers), []).append((rate, milter_ms, workers_ms))
                 print(
-                    f"{workers:7} {rate:7.1f}  {'':11} {milter_ms:6.2f} {workers_ms:7.2f}   "
+                    f"{label:>5} {workers:7} {rate:7.1f}  {'':11} {milter_ms:6.2f} {workers_ms:7.2f}   "
                     f"{_q(lat, 0.5):6.1f} / {_q(lat, 0.99):6.1f} / {lat[-1] * 1000:6.1f}   (milter user "
                     f"{user * 1000 / len(msgs):.2f}, system {system * 1000 / len(msgs):.2f})",
                     flush=True,
@@ -149,6 +190,11 @@ def main() -> int:
             finally:
                 proc.terminate()
                 proc.wait(30)
+        if args.repeat > 1 or args.baseline:
+            print("medians:")
+            for (label, workers), rows in figures.items():
+                rate, milter_ms, workers_ms = (statistics.median(col) for col in zip(*rows))
+                print(f"{label:>5} {workers:7} {rate:7.1f}  {'':11} {milter_ms:6.2f} {workers_ms:7.2f}")
     finally:
         pool.close()
         shutil.rmtree(run, ignore_errors=True)

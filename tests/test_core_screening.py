@@ -26,6 +26,9 @@ class StalledWatch:
     def __init__(self):
         self.entered, self.release, self.seen = threading.Event(), threading.Event(), []
 
+    def triage(self, outcome):
+        return lambda: self.observe(outcome)  # all of it waits on the database
+
     def observe(self, outcome):
         self.entered.set()
         self.release.wait(30)

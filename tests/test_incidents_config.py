@@ -33,6 +33,9 @@ def test_a_partial_limits_table_keeps_that_senders_other_defaults(tmp_path):
         ("[incidents.account]\nspamm = 3\n", "incidents.account.spamm"),
         ('[incidents]\nauth_failures = "ten"\n', "incidents.auth_failures"),
         ('[alerts]\nemail_to = "soc@example.test"\n', "alerts.email_to"),
+        ("[incidents]\nflush_interval = 0\n", "incidents.flush_interval"),
+        ("[incidents]\nflush_interval = 61\n", "incidents.flush_interval"),
+        ("[incidents.inbound_host]\nwindow = 30.0\n", "incidents.inbound_host.window"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path, text, key):

@@ -186,7 +186,7 @@ def test_quarantine_store_failure_tempfails_and_alerts(tmp_path, monkeypatch, mi
 def test_two_milter_hosts_on_postgresql_count_one_account_together(tmp_path, monkeypatch, fresh_pg_dsn, milter_runtime):
     toml = (
         f'[quarantine]\nbackend = "postgresql"\ndsn = "{fresh_pg_dsn}"\n'
-        f"[incidents]\nrefresh = 0.0\n[incidents.account]\nspam = 3\n"
+        f"[incidents]\nrefresh = 0.0\nflush_interval = 0.05\n[incidents.account]\nspam = 3\n"
     )
     mx1 = milter_runtime(tmp_path / "mx1", toml)
     mx2 = milter_runtime(tmp_path / "mx2", toml)
@@ -196,6 +196,8 @@ def test_two_milter_hosts_on_postgresql_count_one_account_together(tmp_path, mon
         assert one.send(ctx, gtube_message()[1]) == Milter.DISCARD
     _, ctx = two.connect(auth="frank")
     assert two.send(ctx, gtube_message()[1]) == Milter.DISCARD  # the third spam, on the other host
+    # Each host knows the other's counts from its next flush on (flush_interval): then one suspends.
+    assert wait_for(lambda: mx2.incidents.store.active_blocks(), timeout=10)
     assert two.send(ctx, message()[1]) == Milter.REJECT
     one = MilterClient(mx1, monkeypatch)
     _, ctx = one.connect(auth="frank")

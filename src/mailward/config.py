@@ -463,6 +463,7 @@ class IncidentSettings:
     auth_block_for: float = 86400.0  # seconds such a block lasts; 0 = until lifted
     exempt_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")  # never blocked automatically
     refresh: float = 5.0  # seconds a host trusts its copy of the block list (other hosts' blocks)
+    flush_interval: float = 2.0  # seconds between writes of this host's counters to the store (and reads of all hosts')
 
 
 @dataclass(frozen=True)
@@ -739,6 +740,15 @@ def _check(settings: Settings, source: str) -> None:
         raise ConfigError(source, "web.lockout_after", "must be between 1 and 1000")
     if not 1 <= settings.web.link_days <= 90:
         raise ConfigError(source, "web.link_days", "must be between 1 and 90 days")
+    for key in ("account", "outbound_host", "inbound_host"):
+        if getattr(settings.incidents, key).window < 60.0:
+            raise ConfigError(
+                source, f"incidents.{key}.window", "must be at least 60 seconds (counted in 10 s buckets)"
+            )
+    if settings.incidents.auth_window < 60.0:
+        raise ConfigError(source, "incidents.auth_window", "must be at least 60 seconds (counted in 10 s buckets)")
+    if not 0.0 < settings.incidents.flush_interval <= 60.0:
+        raise ConfigError(source, "incidents.flush_interval", "must be more than 0 and at most 60 seconds")
     if settings.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(source, "logging.level", "must be debug, info, warning or error")
 

@@ -93,6 +93,8 @@ class Metrics:
         self._rules_version = ""
         self._lock = threading.Lock()
         self._sources: dict[str, Callable[[], object]] = {}
+        self._stages: dict[tuple[Histogram, str], Histogram] = {}  # labelled children, looked up once
+        self._verdicts: dict[tuple[str, str, str], Counter] = {}
         r.register(_LiveCollector(self._sources))
 
     # -- per message ---------------------------------------------------------------------------------
@@ -101,11 +103,15 @@ class Metrics:
         """Count one screened (or failed, or rejected) message."""
         env, verdict, evidence = outcome.envelope, outcome.verdict, outcome.evidence
         direction = env.direction.value
-        self.messages.labels(direction, verdict.action.value, verdict.reasons[0] if verdict.reasons else "").inc()
+        key = (direction, verdict.action.value, verdict.reasons[0] if verdict.reasons else "")
+        counter = self._verdicts.get(key)
+        if counter is None:
+            counter = self._verdicts.setdefault(key, self.messages.labels(*key))
+        counter.inc()
         if outcome.seconds:
-            self.message_seconds.labels(direction).observe(outcome.seconds)
+            self._stage(direction, self.message_seconds).observe(outcome.seconds)
         for stage, seconds in evidence.timings:
-            self.stage_seconds.labels(stage).observe(seconds)
+            self._stage(stage).observe(seconds)
         for finding in evidence.findings:
             if finding.name == "parse-error":  # malformed input, not a failing detector
                 continue
@@ -143,7 +149,16 @@ class Metrics:
 
     def stage(self, name: str, seconds: float) -> None:
         """A stage timed outside the pipeline (``incidents``: counting one message)."""
-        self.stage_seconds.labels(name).observe(seconds)
+        self._stage(name).observe(seconds)
+
+    def _stage(self, name: str, of: Histogram | None = None) -> Histogram:
+        """The histogram of one stage (or direction, ``of`` the message histogram); looked up once
+        (``labels`` takes a lock and builds a key each call)."""
+        family = self.stage_seconds if of is None else of
+        child = self._stages.get((family, name))
+        if child is None:
+            child = self._stages.setdefault((family, name), family.labels(name))
+        return child
 
     def alert(self, what: str, label: str, result: str) -> None:
         (self.alerts if what == "alert" else self.alert_deliveries).labels(label, result).inc()

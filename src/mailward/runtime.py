@@ -36,18 +36,26 @@ class Closeable(Protocol):
     def close(self) -> None: ...
 
 
-def build_inspector(settings: Settings) -> Inspector:
-    """Every detector the settings enable, composed over one Unpacker (libmagic, parser sandbox)."""
+def build_inspector(settings: Settings, *, start_sandbox: bool = False) -> Inspector:
+    """Every detector the settings enable, composed over one Unpacker (libmagic, parser sandbox).
+
+    ``start_sandbox``: start the parser sandbox first, so it boots while rules and model load
+    (a worker, whose warm-up scan needs it at once); else it starts at its first use.
+    """
     from . import models, reputation, signatures  # detector packages load rules and models here
     from .incidents.alerts import model_refusal_alert
     from .unpack import Unpacker
 
-    spam = models.detectors(settings, on_refusal=model_refusal_alert(settings))
-    return Inspector(
-        settings.limits,
-        (*signatures.detectors(settings), *spam, *reputation.detectors(settings)),
-        Unpacker(settings.limits),
-    )
+    unpacker = Unpacker(settings.limits)
+    if start_sandbox:
+        unpacker.sandbox.start()
+    try:
+        spam = models.detectors(settings, on_refusal=model_refusal_alert(settings))
+        detectors = (*signatures.detectors(settings), *spam, *reputation.detectors(settings))
+    except BaseException:
+        unpacker.close()
+        raise
+    return Inspector(settings.limits, detectors, unpacker)
 
 
 class InProcessScanner:

@@ -69,7 +69,9 @@ class SenderLists(Protocol):
 class Watch(Protocol):
     """Sees every outcome after the decision (incident response: counters, suspensions, alerts)."""
 
-    def observe(self, outcome: Outcome) -> object: ...
+    def triage(self, outcome: Outcome) -> Callable[[], object] | None:
+        """Does the cheap part at once (in memory); returns the part that may wait on a database, or None."""
+        ...
 
 
 WATCH_BUDGET = 1.0  # seconds the reply waits for incident response (counters, alerts)
@@ -221,7 +223,13 @@ class Screener:
                 + self.settings.quarantine.write_timeout
                 - (time.perf_counter() - started)
             )
-            self._observe(self._watch, outcome, min(WATCH_BUDGET, max(left, 0.0)))
+            try:
+                follow_up = self._watch.triage(outcome)
+            except Exception:  # counting and alerting never change what happens to the message
+                log.exception("incident response failed")
+                follow_up = None
+            if follow_up is not None:
+                self._observe(follow_up, min(WATCH_BUDGET, max(left, 0.0)))
         return outcome
 
     def refuse_before_data(self, envelope: Envelope, known: Evidence, incident: str) -> Outcome | None:
@@ -263,21 +271,22 @@ class Screener:
             for (policy, listed), recipients in groups.items()
         ]
 
-    def _observe(self, watch: Watch, outcome: Outcome, wait: float) -> None:
-        """Let incident response see the outcome, waiting for it at most ``wait`` (≤ :data:`WATCH_BUDGET`).
+    def _observe(self, follow_up: Callable[[], object], wait: float) -> None:
+        """Run what incident response left for the database, waiting for it at most ``wait`` (≤ :data:`WATCH_BUDGET`).
 
         The verdict is final (and a quarantined message stored) before this;
         counting and alerting never change it. A stalled incident database
         must not hold the reply past the MTA's milter timeout either, or the
         MTA would tempfail a message that is already stored and its retry
-        would be kept twice: so the watch runs on a watcher thread and a slow
-        one finishes in the background (later outcomes queue behind it).
+        would be kept twice: so it runs on a watcher thread and a slow one
+        finishes in the background (later ones queue behind it). Most
+        messages leave nothing for it (a limit reached, a suspension, does).
         """
         done = threading.Event()
 
         def observe() -> None:
             try:
-                watch.observe(outcome)
+                follow_up()
             except Exception:  # counting and alerting never change what happens to the message
                 log.exception("incident response failed")
             finally:
@@ -363,6 +372,8 @@ def source_domain(client_name: str) -> str | None:
     name = client_name.strip().rstrip(".")
     if not name or name.lower() == "unknown" or name.startswith("[") or ":" in name:
         return None
+    if not name.replace(".", "").isdigit():  # no IPv4 literal: a name (and no exception raised per message)
+        return name.lower()
     try:
         ipaddress.ip_address(name)
     except ValueError:

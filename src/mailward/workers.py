@@ -49,7 +49,7 @@ def _worker_main(conn: Connection, settings: Settings) -> None:
     configure_logging(settings.logging)
     failure = ""
     try:
-        inspector = build_inspector(settings)
+        inspector = build_inspector(settings, start_sandbox=True)
     except Exception as exc:  # reported to the parent with every request instead of dying silently
         log.exception("worker could not load its detectors")
         inspector, failure = None, f"{type(exc).__name__}: {exc}"
@@ -129,13 +129,30 @@ class _Worker:
             self.process.join(timeout=5)
 
 
+def _taken_lock() -> threading.Lock:
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
+
+
 @dataclass(eq=False)
 class _Ticket:
-    """One scan waiting for a worker in its client's lane."""
+    """One scan waiting for a worker in its client's lane.
+
+    The waiter blocks on a lock taken at creation, released once by whoever grants it (a worker,
+    or the pool closing): cheaper per hand-off than an Event's condition and waiter list.
+    """
 
     client: str
     worker: _Worker | None = None
-    granted: threading.Event = field(default_factory=threading.Event)
+    _wake: threading.Lock = field(default_factory=_taken_lock)
+
+    def grant(self) -> None:
+        """Wake the waiter (with ``worker`` set, or None when the pool closed); once per ticket."""
+        self._wake.release()
+
+    def wait(self, timeout: float) -> bool:
+        return self._wake.acquire(timeout=timeout)
 
     @property
     def granted_worker(self) -> _Worker:
@@ -168,11 +185,24 @@ class ScanPool:
         "mailward.models.spam",
         "mailward.reputation",
         "sklearn.naive_bayes",
+        # The in-process archive handlers (pyzipper alone: 0.2 s), which every warm-up scan imports.
+        "mailward.unpack.zip",
+        "mailward.unpack.tar",
+        "mailward.unpack.compressed",
+        "mailward.unpack.uuencode",
     )
 
     def __init__(
-        self, settings: Settings, size: int, start_method: str = "forkserver", client_share: int | None = None
+        self,
+        settings: Settings,
+        size: int,
+        start_method: str = "forkserver",
+        client_share: int | None = None,
+        *,
+        wait: bool = True,
     ):
+        """``wait=False``: return at once and load the first workers in the background (the milter
+        builds its runtime meanwhile); :meth:`wait_loaded` then says whether they loaded."""
         if size < 1:
             raise ValueError("a scan pool needs at least one worker")
         self._ctx = cast("ForkServerContext | SpawnContext | ForkContext", multiprocessing.get_context(start_method))
@@ -188,7 +218,34 @@ class ScanPool:
         self._lanes: dict[str, deque[_Ticket]] = {}  # waiting scans per client; dict order is the turn
         self._busy: Counter[str] = Counter()  # scans in flight per client
         self._closed = False
-        self._idle.extend(self._start_loaded(settings, 0))
+        self._load_failure: ScanFailed | None = None
+        self._loading: threading.Thread | None = None
+        if wait:
+            self._idle.extend(self._start_loaded(settings, 0))
+        else:
+            self._loading = threading.Thread(
+                target=self._load_first, args=(settings,), name="mailward-scan-load", daemon=True
+            )
+            self._loading.start()
+
+    def _load_first(self, settings: Settings) -> None:
+        try:
+            workers = self._start_loaded(settings, 0)
+        except ScanFailed as exc:
+            self._load_failure = exc
+            return
+        with self._lock:
+            kept = [w for w in workers if self._keep_idle(w)]
+        for worker in workers:
+            if worker not in kept:
+                worker.stop()
+
+    def wait_loaded(self) -> None:
+        """Return once the first workers have loaded; ScanFailed when they could not (nothing to scan with)."""
+        if self._loading is not None:
+            self._loading.join()
+        if self._load_failure is not None:
+            raise self._load_failure
 
     def _spawn(self, settings: Settings, generation: int) -> _Worker:
         parent, child = self._ctx.Pipe()
@@ -326,7 +383,9 @@ class ScanPool:
                 raise ScanFailed("the scan pool is closed")
             self._lanes.setdefault(client, deque()).append(ticket)
             self._dispatch()
-        if ticket.granted.wait(timeout):
+            if ticket.worker is not None:  # an idle worker was there: no wait, no wake-up
+                return ticket
+        if ticket.wait(timeout):
             if ticket.worker is None:
                 raise ScanFailed("the scan pool closed")
             return ticket
@@ -355,7 +414,7 @@ class ScanPool:
                 self._lanes[client] = lane
             self._busy[client] += 1
             ticket.worker = self._idle.pop()
-            ticket.granted.set()
+            ticket.grant()
 
     def _release(self, ticket: _Ticket, broken: bool) -> None:
         worker = ticket.granted_worker
@@ -382,7 +441,7 @@ class ScanPool:
         with self._lock:
             self._closed = True
             for ticket in (t for lane in self._lanes.values() for t in lane):
-                ticket.granted.set()  # wakes waiters; they find no worker and give up
+                ticket.grant()  # wakes waiters; they find no worker and give up
             self._lanes.clear()
             self._returned.wait_for(lambda: not self._busy, timeout=10)
             idle, self._idle = self._idle, []

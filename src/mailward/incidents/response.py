@@ -3,8 +3,9 @@
 One :class:`IncidentResponse` per milter runtime (and per CLI run). The milter
 asks it, per connection and per transaction, whether a block applies
 (:meth:`client_block`, :meth:`sender_block`: in-memory, see
-:mod:`.blocklist`), and hands it every screened message (:meth:`observe`).
-The log follower hands it failed logins (:meth:`failed_login`).
+:mod:`.blocklist`), and hands it every screened message (:meth:`triage`:
+counted in memory, see :mod:`.counting`; only a limit reached waits on the
+store). The log follower hands it failed logins (:meth:`failed_login`).
 
 Counting failures never fail mail: a database error is logged and the
 message goes on as if no limit applied.
@@ -28,10 +29,11 @@ from ..policy import Listed
 from ..verdict import Outcome, new_incident_id
 from .alerts import Alert, AlertDispatcher, AlertKind
 from .blocklist import BlockList
+from .counting import Flusher, WindowCounts
 from .notices import VirusNotices
 from .records import Block, Counter, Metric, Origin, SenderEntry, SubjectKind, Totals, normalise
 from .senderlists import SenderLists
-from .store import IncidentStore, IncidentStoreError
+from .store import CountKey, IncidentStore, IncidentStoreError
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +106,20 @@ class IncidentResponse:
         self.blocklist = BlockList(store.active_blocks, self._config.refresh, clock)
         self.sender_lists = SenderLists(store.sender_entries, self._config.refresh, clock)
         self._pruned_at = clock()
+        self._subjects = {
+            Counter.ACCOUNT: (SubjectKind.ACCOUNT, self._config.account),
+            Counter.OUTBOUND_HOST: (SubjectKind.ADDRESS, self._config.outbound_host),
+            Counter.INBOUND_HOST: (SubjectKind.ADDRESS, self._config.inbound_host),
+        }
+        # The limits that are on, per counter: looked up for every message, so worked out once.
+        self._on = {counter: _checked(limits) for counter, (_, limits) in self._subjects.items()}
+        windows = {counter: self._subjects[counter][1].window for counter, on in self._on.items() if on}
+        self.counts = WindowCounts(store, windows, clock)
+        self._flusher = Flusher(self.counts, self._config.flush_interval, self._check_flushed, self._prune_now_and_then)
 
     def close(self) -> None:
+        """Flush the counters (a clean stop or reload drops none), then close the channels and the store."""
+        self._flusher.close(self.store.timeout)
         self.alerts.close()
         if self.notices is not None:
             self.notices.close()
@@ -127,6 +141,15 @@ class IncidentResponse:
 
     def observe(self, outcome: Outcome) -> Block | None:
         """Alert on malware and store errors, count the message, suspend on a limit; the new block if any."""
+        settle = self.triage(outcome)
+        return settle() if settle is not None else None
+
+    def triage(self, outcome: Outcome) -> Callable[[], Block | None] | None:
+        """Alert on malware and store errors and count the message, in memory; what is left, if anything.
+
+        What is left (a limit reached: settle the sums with the store, suspend)
+        waits on the database; the screener runs it on a watcher thread with a bounded wait.
+        """
         env, evidence = outcome.envelope, outcome.evidence
         if outcome.alert_of:  # our own alert quotes what it reports: no alert about it, no counting
             return None
@@ -159,13 +182,13 @@ class IncidentResponse:
         )
         started = time.perf_counter()
         try:
-            return self._count(subject, added, outcome.verdict.incident_id)
-        except IncidentStoreError:
-            log.exception("cannot update the counters of %s", subject.label)
-            return None
+            if not self._count(subject, added):
+                return None
         finally:
             if self.metrics is not None:
                 self.metrics.stage("incidents", time.perf_counter() - started)
+        incident_id = outcome.verdict.incident_id
+        return lambda: self._settle(subject, incident_id)
 
     def failed_login(self, address: str) -> Block | None:
         """One failed SMTP AUTH from ``address``; blocks it at ``incidents.auth_failures`` within the window."""
@@ -278,23 +301,47 @@ class IncidentResponse:
             return Subject(Counter.OUTBOUND_HOST, SubjectKind.ADDRESS, address, config.outbound_host)
         return Subject(Counter.INBOUND_HOST, SubjectKind.ADDRESS, address, config.inbound_host)
 
-    def _count(self, subject: Subject, added: Totals, incident_id: str) -> Block | None:
-        limits = subject.limits
-        checked = {m: getattr(limits, m.value) for m in _SYMPTOM if getattr(limits, m.value) > 0}
-        totals = self.store.record(
-            subject.counter, subject.value, added, self._clock() - limits.window if checked else None
-        )
-        self._prune_now_and_then()
-        exceeded = [(m, totals.get(m), limit) for m, limit in checked.items() if totals.get(m) >= limit]
-        if not exceeded or (subject.kind is SubjectKind.ADDRESS and self._exempt_address(subject.value)):
-            return None
+    def _count(self, subject: Subject, added: Totals) -> bool:
+        """Count in memory; True when a limit may be reached (worth settling with the store)."""
+        self._flusher.start()
+        since = self._clock() - subject.limits.window if self._on[subject.counter] else None
+        totals = self.counts.add(subject.counter, subject.value, added, since)
+        return bool(self._exceeded(subject, totals)) and self._suspendable(subject)
+
+    def _exceeded(self, subject: Subject, totals: Totals) -> list[tuple[Metric, int, int]]:
+        return [(m, totals.get(m), limit) for m, limit in self._on[subject.counter].items() if totals.get(m) >= limit]
+
+    def _suspendable(self, subject: Subject) -> bool:
+        """Not exempt and not suspended already (this message was in flight when it happened)."""
+        if subject.kind is SubjectKind.ADDRESS and self._exempt_address(subject.value):
+            return False
         existing = (
             self.blocklist.for_client(subject.value)
             if subject.kind is SubjectKind.ADDRESS
             else self.blocklist.for_sender(subject.value, "")
         )
-        if existing is not None:
-            return None  # already suspended: this message was in flight when it happened
+        return existing is None
+
+    def _settle(self, subject: Subject, incident_id: str) -> Block | None:
+        """A limit reached in memory: suspend if the store's sums (every host's) say so too."""
+        try:
+            return self._suspend_if_over(subject, self.counts.settle(subject.counter, subject.value), incident_id)
+        except IncidentStoreError:
+            log.exception("cannot update the counters of %s", subject.label)
+            return None
+
+    def _check_flushed(self, sums: dict[CountKey, Totals]) -> None:
+        """After a flush: suspend what several hosts together took over a limit."""
+        for (counter, value), totals in sums.items():
+            kind, limits = self._subjects[counter]
+            self._suspend_if_over(Subject(counter, kind, value, limits), totals, new_incident_id(self._clock()))
+
+    def _suspend_if_over(self, subject: Subject, totals: Totals, incident_id: str) -> Block | None:
+        """Suspend ``subject`` when ``totals`` (the store's) reach a limit; the new block if this call made it."""
+        exceeded = self._exceeded(subject, totals)
+        if not exceeded or not self._suspendable(subject):
+            return None
+        limits = subject.limits
         direction = "inbound" if subject.counter is Counter.INBOUND_HOST else "outbound"
         reason = "; ".join(
             f"{direction} {_SYMPTOM[m]}: {total} {m.value} in {_span(limits.window)} (limit {limit})"
@@ -407,6 +454,11 @@ class IncidentResponse:
                 ),
             )
         )
+
+
+def _checked(limits: CounterLimits) -> dict[Metric, int]:
+    """The limits that are on (0 = off)."""
+    return {m: getattr(limits, m.value) for m in _SYMPTOM if getattr(limits, m.value) > 0}
 
 
 def _span(seconds: float) -> str:

@@ -17,8 +17,9 @@ one whose insert lost sees the winner's row.
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
@@ -89,7 +90,37 @@ SCHEMA = (  # migration 1: the schema before versions were recorded
         ON sender_lists (scope, sender) WHERE removed_at IS NULL""",
 )
 
-MIGRATIONS = (Migration(1, SCHEMA),)
+BUCKET = 10.0  # seconds of counts one row holds; a window counts the buckets that start within it
+
+
+def _bucket_sql(at: str) -> str:
+    """The start of ``at``'s bucket in SQL both backends run (a positive ``at``; PostgreSQL's CAST rounds)."""
+    whole = f"CAST({at} / {BUCKET:g} AS BIGINT)"
+    return f"(({whole}) - CASE WHEN {whole} > {at} / {BUCKET:g} THEN 1 ELSE 0 END) * {BUCKET:g}"
+
+
+# Migration 2: one row per kind, subject and BUCKET seconds, to which hosts add their counts (upsert), so a
+# window's sum reads at most window / BUCKET rows whatever the traffic (incidents/counting.py). The rows of
+# incident_counters (one per message) move into buckets.
+COUNTS = (
+    """CREATE TABLE incident_counts (
+        kind TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        bucket {real} NOT NULL,
+        messages INTEGER NOT NULL,
+        recipients INTEGER NOT NULL,
+        spam INTEGER NOT NULL,
+        malware INTEGER NOT NULL,
+        auth_failures INTEGER NOT NULL,
+        PRIMARY KEY (kind, subject, bucket))""",
+    "CREATE INDEX incident_counts_bucket ON incident_counts (bucket)",
+    "INSERT INTO incident_counts (kind, subject, bucket, messages, recipients, spam, malware, auth_failures) "
+    f"SELECT kind, subject, {_bucket_sql('at')}, SUM(messages), SUM(recipients), SUM(spam), SUM(malware), "
+    f"SUM(auth_failures) FROM incident_counters GROUP BY kind, subject, {_bucket_sql('at')}",
+    "DROP TABLE incident_counters",
+)
+
+MIGRATIONS = (Migration(1, SCHEMA), Migration(2, COUNTS))
 _SCHEMA_LOCK = 0x4D57_4900  # "MWI\0": the key earlier versions serialised schema creation with
 
 _BLOCK_COLUMNS = (
@@ -97,6 +128,28 @@ _BLOCK_COLUMNS = (
 )
 _ACTIVE = "lifted_at IS NULL AND (expires_at IS NULL OR expires_at > ?)"
 _ENTRY_COLUMNS = "id, list, scope, sender, reason, created_at, created_by, removed_at, removed_by"
+
+_SUMS = (
+    "COALESCE(SUM(messages), 0), COALESCE(SUM(recipients), 0), COALESCE(SUM(spam), 0), "
+    "COALESCE(SUM(malware), 0), COALESCE(SUM(auth_failures), 0)"
+)
+_ADD = (
+    "INSERT INTO incident_counts (kind, subject, bucket, messages, recipients, spam, malware, auth_failures) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (kind, subject, bucket) DO UPDATE SET "
+    "messages = incident_counts.messages + excluded.messages, "
+    "recipients = incident_counts.recipients + excluded.recipients, "
+    "spam = incident_counts.spam + excluded.spam, malware = incident_counts.malware + excluded.malware, "
+    "auth_failures = incident_counts.auth_failures + excluded.auth_failures"
+)
+_SUMS_AT_ONCE = 500  # subjects whose sums one SELECT reads (SQLite allows 32766 parameters)
+
+CountKey = tuple[Counter, str]
+Count = tuple[Counter, str, float, Totals]  # kind, subject, bucket start, what to add
+
+
+def bucket_of(at: float) -> float:
+    """The start of the counting bucket ``at`` falls in."""
+    return math.floor(at / BUCKET) * BUCKET
 
 
 class IncidentStoreError(MailwardError):
@@ -132,40 +185,57 @@ class IncidentStore:
 
     def record(self, kind: Counter, subject: str, added: Totals, since: float | None) -> Totals:
         """Add one event for ``subject`` and return its sums since ``since`` (None: do not sum)."""
-        now = self._clock()
+        sums = self.add_counts(
+            [(kind, subject, bucket_of(self._clock()), added)], {} if since is None else {kind: since}
+        )
+        return sums.get((kind, subject), added)
+
+    def add_counts(
+        self, batch: Sequence[Count], since: Mapping[Counter, float], read: Iterable[CountKey] = ()
+    ) -> dict[CountKey, Totals]:
+        """Add a host's counts in one transaction; return every host's sums since ``since[kind]``.
+
+        Sums are returned for the subjects in ``batch`` and ``read`` whose kind is in ``since``;
+        a bucket counts when it starts after ``since`` (so an event counts for the window less up to
+        one BUCKET, never longer). Commits relaxed: counters, not mail.
+        """
+        wanted = dict.fromkeys((kind, subject) for kind, subject, _, _ in batch)
+        wanted.update(dict.fromkeys(read))
+        by_kind: dict[Counter, list[str]] = {}
+        for kind, subject in wanted:
+            if kind in since:
+                by_kind.setdefault(kind, []).append(subject)
+        sums: dict[CountKey, Totals] = {}
         with self._tx() as conn:
             conn.relax()
-            self._exec(
-                conn,
-                "INSERT INTO incident_counters (kind, subject, at, messages, recipients, spam, malware, "
-                "auth_failures) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    kind.value,
-                    subject,
-                    now,
-                    added.messages,
-                    added.recipients,
-                    added.spam,
-                    added.malware,
-                    added.auth_failures,
-                ),
-            )
-            if since is None:
-                return added
-            row = self._exec(
-                conn,
-                "SELECT COALESCE(SUM(messages), 0), COALESCE(SUM(recipients), 0), "
-                "COALESCE(SUM(spam), 0), COALESCE(SUM(malware), 0), "
-                "COALESCE(SUM(auth_failures), 0) FROM incident_counters "
-                "WHERE kind = ? AND subject = ? AND at > ?",
-                (kind.value, subject, since),
-            ).fetchone()
-        return Totals(*(int(v) for v in row))
+            if batch:
+                conn.executemany(
+                    _ADD,
+                    [
+                        (k.value, s, b, t.messages, t.recipients, t.spam, t.malware, t.auth_failures)
+                        for k, s, b, t in batch
+                    ],
+                )
+            for kind, subjects in by_kind.items():
+                for start in range(0, len(subjects), _SUMS_AT_ONCE):  # one round trip per chunk, not per subject
+                    chunk = subjects[start : start + _SUMS_AT_ONCE]
+                    rows = self._exec(
+                        conn,
+                        f"SELECT subject, {_SUMS} FROM incident_counts WHERE kind = ? AND bucket > ? "
+                        f"AND subject IN ({', '.join('?' * len(chunk))}) GROUP BY subject",
+                        (kind.value, since[kind], *chunk),
+                    ).fetchall()
+                    found = {row[0]: Totals(*(int(v) for v in row[1:])) for row in rows}
+                    for subject in chunk:
+                        sums[(kind, subject)] = found.get(subject, Totals())
+        return sums
 
     def prune(self, before: float) -> int:
-        """Forget counter events older than ``before``; returns how many."""
+        """Forget counts wholly older than ``before``; returns how many bucket rows."""
         with self._tx() as conn:
-            removed: int = self._exec(conn, "DELETE FROM incident_counters WHERE at <= ?", (before,)).rowcount
+            removed: int = self._exec(
+                conn, "DELETE FROM incident_counts WHERE bucket <= ?", (before - BUCKET,)
+            ).rowcount
             return removed
 
     # -- blocks ----------------------------------------------------------------------------------
@@ -233,7 +303,7 @@ class IncidentStore:
                 conn, "UPDATE incident_blocks SET lifted_at = ?, lifted_by = ? WHERE id = ?", (now, actor, block.id)
             )
             for counter in COUNTERS_OF.get(kind, ()):
-                self._exec(conn, "DELETE FROM incident_counters WHERE kind = ? AND subject = ?", (counter.value, value))
+                self._exec(conn, "DELETE FROM incident_counts WHERE kind = ? AND subject = ?", (counter.value, value))
             self._audit(conn, now, "remove", block, actor, host, actor_origin, detail)
         return replace(block, lifted_at=now, lifted_by=actor)
 

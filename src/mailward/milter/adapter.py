@@ -107,6 +107,24 @@ def _continue_on_error(
     return guarded
 
 
+def _continue_quietly_on_error(
+    callback: Callable[Concatenate[MailwardMilter, _Args], int],
+) -> Callable[Concatenate[MailwardMilter, _Args], int]:
+    """:func:`_continue_on_error` for the data callbacks (HELO, RCPT, each header, body), which log
+    nothing unless they fail: no log context per call (for a header it cost more than the header);
+    :meth:`MailwardMilter._fail` sets it for the error line."""
+
+    @functools.wraps(callback)
+    def guarded(self: MailwardMilter, /, *args: _Args.args, **kwargs: _Args.kwargs) -> int:
+        try:
+            return callback(self, *args, **kwargs)
+        except Exception:
+            self._fail(callback.__name__)
+            return Milter.CONTINUE
+
+    return guarded
+
+
 def _addr(value: str) -> str:
     return value.strip().removeprefix("<").removesuffix(">")
 
@@ -222,7 +240,7 @@ class MailwardMilter(Milter.Base):
         return Milter.CONTINUE
 
     @Milter.noreply
-    @_continue_on_error
+    @_continue_quietly_on_error
     def hello(self, hostname: str) -> int:
         self._connection.helo = str(hostname)
         return Milter.CONTINUE
@@ -247,14 +265,14 @@ class MailwardMilter(Milter.Base):
         return Milter.CONTINUE
 
     @Milter.noreply
-    @_continue_on_error
+    @_continue_quietly_on_error
     def envrcpt(self, to: str, *params: str) -> int:
         self._ongoing().recipients.append(_addr(to))
         return Milter.CONTINUE
 
     @Milter.decode("bytes")
     @Milter.noreply
-    @_continue_on_error
+    @_continue_quietly_on_error
     def header(self, name: str | bytes, value: str | bytes) -> int:
         name = name.decode("ascii", "replace") if isinstance(name, bytes) else name
         value = value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
@@ -270,7 +288,7 @@ class MailwardMilter(Milter.Base):
         return Milter.CONTINUE
 
     @Milter.noreply
-    @_continue_on_error
+    @_continue_quietly_on_error
     def body(self, chunk: bytes) -> int:
         message = self._ongoing()
         if self._connection.failure or message.failure:

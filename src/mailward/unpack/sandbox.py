@@ -40,7 +40,18 @@ class Sandbox:
         self.timeout = timeout
         self.memory = memory
         self._process: subprocess.Popen[bytes] | None = None
+        self._greeted = False
         self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start the child now and return without waiting for it: it boots (imports its parsers)
+        while the caller loads other things; the first call then waits only for what is left."""
+        with self._lock:
+            if self._process is None or self._process.poll() is not None:
+                try:
+                    self._spawn()
+                except OSError as exc:  # the first call tries again, and reports it
+                    log.warning("parser sandbox could not be started early: %s", exc)
 
     def run(self, kind: Kind, data: bytes, name: str, allowance: Allowance) -> Unpacked:
         with self._lock:
@@ -93,8 +104,18 @@ class Sandbox:
                 _kill_group(process)
 
     def _started(self) -> subprocess.Popen[bytes]:
-        if self._process is not None and self._process.poll() is None:
-            return self._process
+        """The running child, started (or restarted) and greeted if need be."""
+        process = self._process
+        if process is None or process.poll() is not None:
+            process = self._spawn()
+        if not self._greeted:
+            hello, _ = read_frame(_pipes(process)[1].fileno(), time.monotonic() + START_TIMEOUT)
+            if not hello.get("ready"):
+                raise ValueError("unexpected greeting")
+            self._greeted = True
+        return process
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
         env = dict(os.environ)
         source_root = str(Path(__file__).resolve().parents[2])  # the directory that holds "mailward"
         env["PYTHONPATH"] = os.pathsep.join(filter(None, (source_root, env.get("PYTHONPATH"))))
@@ -107,9 +128,7 @@ class Sandbox:
             start_new_session=True,
             close_fds=True,
         )
-        hello, _ = read_frame(_pipes(self._process)[1].fileno(), time.monotonic() + START_TIMEOUT)
-        if not hello.get("ready"):
-            raise ValueError("unexpected greeting")
+        self._greeted = False
         return self._process
 
     def _kill(self) -> int | None:
