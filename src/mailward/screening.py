@@ -190,6 +190,9 @@ class Screener:
             t0 = time.perf_counter()
             try:
                 quarantine_id = self._quarantine.put(source, kept[0], kept[1], evidence)
+                if quarantine_id != incident:  # a retry answered with its earlier delivery's record: reply with its ID
+                    verdict = replace(verdict, incident_id=quarantine_id)
+                    held = replace(held, verdict=replace(held.verdict, incident_id=quarantine_id)) if held else None
             except StoreError as exc:
                 # Never accept what we were told to quarantine and could not keep.
                 # What the policy acted on still counts (incident response: malware alerts, spam counters).
