@@ -18,7 +18,7 @@ from mailward.config import ReputationSettings, Settings
 from mailward.db import Database, SqliteFile
 from mailward.envelope import Direction, Envelope
 from mailward.errors import ConfigError, StoreError
-from mailward.evidence import MessageFacts, retry_key
+from mailward.evidence import Evidence, MessageFacts, retry_key
 from mailward.quarantine import ListFilter, open_store
 from mailward.quarantine.sqlite import DB_NAME, MIGRATIONS, SqliteStore
 from mailward.quarantine.store import COMMIT_GRACE
@@ -314,9 +314,34 @@ def test_the_same_message_through_postfix_twice_is_stored_once(postfix, milter, 
     assert postfix.milter_actions(mid, 2) == ["discard", "discard"]
     with SqliteStore(tmp_path / "state" / "quarantine") as store:
         records = store.list(ListFilter(limit=10))
-        assert len(records) == 1  # ...and kept once
+        assert len(records) == 1, [
+            (r.envelope, r.evidence, store.history(r.id), store.read(r.id)[:300]) for r in records
+        ]  # ...and kept once
         assert [e.action for e in store.history(records[0].id)] == ["quarantine", "retry"]
         stored = store.read(records[0].id)
     # What the milter sees here is the header as the client sent it: Postfix (milter_protocol 6) adds its own
     # Received field after the milter. Where an MTA hands it over, the key leaves it out (first test above).
     assert mid.encode() in stored and b"(Postfix)" not in stored.split(b"\r\n\r\n", 1)[0]
+
+
+def test_a_retry_of_a_message_no_worker_finished_is_stored_once_too(tmp_path):
+    """A scan past its deadline is quarantined unchecked, without the worker's facts: the screener keys it."""
+    from mailward.evidence import Category, Finding, Severity
+    from mailward.screening import Screener
+    from support.milter import ScanWith
+
+    settings = settings_for(tmp_path)
+    unchecked = Evidence(findings=(Finding(Category.UNCHECKED, "scan-deadline", Severity.HIGH, "pool", "", "20 s"),))
+    store = open_store(settings)
+    try:
+        screener = Screener(settings, ScanWith(lambda source, env: unchecked), store)
+        raw = message("Slow to scan")
+        base = Envelope(mail_from="a@example.org", recipients=("u@example.test",), client_address="192.0.2.9")
+        first = screener.screen(MessageSource.of(raw), replace(base, queue_id="4QX1"))
+        retry = screener.screen(MessageSource.of(raw), replace(base, queue_id="7ZZ9"))
+        assert first.verdict.action is Action.QUARANTINE and first.quarantine_id
+        assert retry.quarantine_id == first.quarantine_id == retry.verdict.incident_id
+        assert [r.id for r in store.list(ListFilter(limit=10))] == [first.quarantine_id]
+        assert store.get(first.quarantine_id).subject == "Slow to scan"
+    finally:
+        store.close()
