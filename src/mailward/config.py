@@ -203,6 +203,10 @@ class QuarantineSettings:
     # Postfix's milter_content_timeout, or Postfix gives up first.
     write_timeout: float = 10.0
     retention_days: int = 30  # `mailward quarantine purge` removes older records (0 = keep)
+    # Seconds within which a sender's retry of a stored message (same bytes but our Received header,
+    # same envelope) is answered with the stored copy instead of a second one; default 5 days, Postfix's
+    # maximal_queue_lifetime (a sender retries for at most that long).
+    retry_window: float = 5 * 86400.0
     relay_host: str = "127.0.0.1"  # SMTP relay that released mail is handed to
     relay_port: int = 25
     relay_timeout: float = 60.0  # seconds for one SMTP conversation with the relay
@@ -862,6 +866,11 @@ def _check_subject_tag(value: str) -> None:
         raise ValueError(f"must be at most {SUBJECT_TAG_MAX} printable ASCII characters (no line breaks)")
 
 
+def _check_retry_window(value: float) -> None:
+    if not 0.0 <= value <= 60 * 86400.0:
+        raise ValueError("must be from 0 (no deduplication) to 60 days in seconds")
+
+
 def _check_port(value: int) -> None:
     if not 0 < value < 65536:
         raise ValueError("must be a port from 1 to 65535")
@@ -876,6 +885,7 @@ _VALUE_CHECKS: tuple[tuple[str, Callable[[Any], object], object], ...] = (
     ("direction.internal_networks", _check_network, _LIST),
     ("quarantine.directory", _check_path, "set"),
     ("quarantine.relay_port", _check_port, None),
+    ("quarantine.retry_window", _check_retry_window, None),
     ("quarantine.release_key_file", _check_path, "set"),
     ("signatures.rules_dirs", _check_path, _LIST),
     ("signatures.hash_lists", _check_path, _LIST),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 from typing import Any, Protocol
@@ -160,6 +160,9 @@ class MessageFacts:
     subject: str = ""
     message_id: str = ""
     header_from: str = ""
+    # Names this delivery attempt's message as the sender sent it (see :func:`retry_key`): the
+    # quarantine answers a retry of a stored message with the stored copy. Empty: no deduplication.
+    retry_key: str = ""
 
     @classmethod
     def of(cls, message: HeaderSource) -> MessageFacts:
@@ -169,6 +172,37 @@ class MessageFacts:
             _printable(message.header("message-id")).strip()[:998],
             _printable(message.header("from")).strip()[:998],
         )
+
+
+def retry_key(raw: bytes, header_end: int, queue_id: str, mail_from: str, recipients: Sequence[str]) -> str:
+    """SHA-256 of a delivery as its sender made it: envelope sender, sorted recipients, and the bytes.
+
+    ``raw[:header_end]`` is the header block. The Received fields at its top
+    that name ``queue_id`` are our own MTA's (Postfix hands the milter the one
+    it prepends: new queue ID and time on every attempt) and are left out;
+    everything else is the same in a sender's retry of the same message.
+    Without a queue ID nothing is left out.
+    """
+    digest = hashlib.sha256(b"mailward-retry-1\0")
+    digest.update(mail_from.encode("utf-8", "surrogateescape") + b"\0")
+    digest.update("\n".join(sorted(recipients)).encode("utf-8", "surrogateescape") + b"\0")
+    ours = re.compile(rb"\bid\s+" + re.escape(queue_id.encode("ascii", "replace")) + rb"\b") if queue_id else None
+    fields: list[bytes] = []
+    for line in raw[:header_end].splitlines(keepends=True):
+        if fields and line[:1] in (b" ", b"\t"):
+            fields[-1] += line
+        else:
+            fields.append(line)
+    skip = 0
+    while ours is not None and skip < len(fields):
+        name, _, value = fields[skip].partition(b":")
+        if name.strip().lower() != b"received" or not ours.search(value):
+            break
+        skip += 1
+    for part in fields[skip:]:
+        digest.update(part)
+    digest.update(raw[header_end:])
+    return digest.hexdigest()
 
 
 RELEASE_HEADER = "X-Mailward-Release"  # on a message an analyst released from the quarantine

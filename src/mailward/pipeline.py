@@ -30,6 +30,7 @@ from .evidence import (
     MessageFacts,
     Severity,
     body_digest,
+    retry_key,
 )
 from .message import ParsedMessage, parse_message, split_message
 from .unpack import Unpacker
@@ -67,7 +68,12 @@ class Inspector:
         return replace(
             evidence,
             findings=describe_objects(evidence.findings, message),
-            message=MessageFacts.of(message),
+            message=replace(
+                MessageFacts.of(message),
+                retry_key=retry_key(
+                    raw, len(message.raw_headers), envelope.queue_id, envelope.mail_from, envelope.recipients
+                ),
+            ),
             timings=tuple(timings),
             marks=mark_proof(message),
         )

@@ -22,8 +22,9 @@ from typing import Any, Protocol
 from .config import DirectionPolicy, Settings
 from .envelope import Envelope
 from .errors import ScanFailed, StoreError
-from .evidence import Category, Evidence, Finding, MarkProof
+from .evidence import Category, Evidence, Finding, MarkProof, retry_key
 from .logs import log_context
+from .message import split_message
 from .policy import Inputs, Listed, Mark, Share, decide, decide_failure, split, stops
 from .source import MessageSource
 from .verdict import Action, Outcome, Verdict, new_incident_id
@@ -190,8 +191,13 @@ class Screener:
         )
         if kept is not None and self._quarantine is not None:
             t0 = time.perf_counter()
+            if not evidence.message.retry_key:  # no worker finished the scan (deadline, CPU limit): key it here
+                evidence = replace(evidence, message=replace(evidence.message, retry_key=_retry_key(source, envelope)))
             try:
                 quarantine_id = self._quarantine.put(source, kept[0], kept[1], evidence)
+                if quarantine_id != incident:  # a retry answered with its earlier delivery's record: reply with its ID
+                    verdict = replace(verdict, incident_id=quarantine_id)
+                    held = replace(held, verdict=replace(held.verdict, incident_id=quarantine_id)) if held else None
             except StoreError as exc:
                 # Never accept what we were told to quarantine and could not keep.
                 # What the policy acted on still counts (incident response: malware alerts, spam counters).
@@ -310,6 +316,15 @@ class Screener:
         except StoreError:
             log.exception("could not keep the rejected sample")
             return ""
+
+
+def _retry_key(source: MessageSource, envelope: Envelope) -> str:
+    """The worker's retry key, taken in this process only for a message no worker finished scanning.
+
+    Such a message is quarantined unchecked, and its sender's retry must be stored once too.
+    """
+    raw = source.read()
+    return retry_key(raw, len(split_message(raw)[0]), envelope.queue_id, envelope.mail_from, envelope.recipients)
 
 
 def event_of(outcome: Outcome) -> dict[str, Any]:

@@ -37,7 +37,10 @@ def open_store(settings: Settings, clock: Clock = time.time) -> QuarantineStore:
     if config.backend == "postgresql":
         from .postgres import PostgresStore
 
-        return PostgresStore(config.dsn, clock=clock, write_timeout=config.write_timeout)
-    from .sqlite import SqliteStore
+        store: QuarantineStore = PostgresStore(config.dsn, clock=clock, write_timeout=config.write_timeout)
+    else:
+        from .sqlite import SqliteStore
 
-    return SqliteStore(settings.quarantine_dir, clock=clock, write_timeout=config.write_timeout)
+        store = SqliteStore(settings.quarantine_dir, clock=clock, write_timeout=config.write_timeout)
+    store.retry_window = config.retry_window
+    return store

@@ -64,7 +64,7 @@ from ..source import MessageSource
 from ..verdict import Verdict
 from .files import measure
 from .records import check_id
-from .store import OPERATION_TIMEOUT, SCHEMA, Clock, Deadline, QuarantineStore
+from .store import OPERATION_TIMEOUT, RETRY_SCHEMA, SCHEMA, Clock, Deadline, QuarantineStore
 
 _SCHEMA_LOCK = 0x4D57_5100  # "MWQ\0": the advisory lock key earlier versions created the schema under
 
@@ -81,7 +81,7 @@ _CHUNKS_TABLE = """CREATE TABLE IF NOT EXISTS quarantine_chunks (
     PRIMARY KEY (id, seq))"""
 
 
-MIGRATIONS = (Migration(1, (*SCHEMA, _BYTES_TABLE, _CHUNKS_TABLE)),)
+MIGRATIONS = (Migration(1, (*SCHEMA, _BYTES_TABLE, _CHUNKS_TABLE)), Migration(2, RETRY_SCHEMA))
 
 
 class PostgresStore(QuarantineStore):
@@ -111,11 +111,13 @@ class PostgresStore(QuarantineStore):
         verdict: Verdict,
         evidence: Evidence,
         deadline: Deadline,
-    ) -> None:
+    ) -> str:
         try:
             written = measure(raw.chunks())  # first pass: size, digest and header for the record
             with self._tx(write=True, deadline=deadline) as conn:
-                self._insert_record(conn, quarantine_id, written, envelope, verdict, evidence, self._writer)
+                stored = self._insert_record(conn, quarantine_id, written, envelope, verdict, evidence, self._writer)
+                if stored != quarantine_id:  # a retry: the earlier delivery's record holds the bytes
+                    return stored
                 for seq, chunk in enumerate(raw.chunks()):
                     conn.execute(
                         "INSERT INTO quarantine_chunks (id, seq, data) VALUES (?, ?, ?)",
@@ -125,6 +127,7 @@ class PostgresStore(QuarantineStore):
             raise
         except Exception as exc:
             raise StoreError(f"cannot quarantine message {quarantine_id}: {exc}") from exc
+        return quarantine_id
 
     def read(self, quarantine_id: str) -> bytes:
         check_id(quarantine_id)

@@ -41,12 +41,12 @@ from ..source import MessageSource
 from ..verdict import Verdict
 from .files import MessageFiles, Written, ensure_private_dir, fsync_dir
 from .records import check_id
-from .store import OPERATION_TIMEOUT, SCHEMA, Clock, Deadline, QuarantineStore
+from .store import OPERATION_TIMEOUT, RETRY_SCHEMA, SCHEMA, Clock, Deadline, QuarantineStore
 
 log = logging.getLogger(__name__)
 
 DB_NAME = "quarantine.sqlite3"
-MIGRATIONS = (Migration(1, SCHEMA),)
+MIGRATIONS = (Migration(1, SCHEMA), Migration(2, RETRY_SCHEMA))
 ORPHAN_AGE = 3600.0  # a file this old without a row is a crash leftover, not a put in flight
 
 
@@ -61,6 +61,7 @@ class _Pending:
     evidence: Evidence
     deadline: Deadline
     done: bool = False
+    stored_as: str = ""  # the record that holds it: its own, or the one a retry was answered with
     error: BaseException | None = field(default=None)
 
 
@@ -99,15 +100,19 @@ class SqliteStore(QuarantineStore):
         verdict: Verdict,
         evidence: Evidence,
         deadline: Deadline,
-    ) -> None:
+    ) -> str:
         written = self.files.write(quarantine_id, raw, sync_directory=False)
+        put = _Pending(quarantine_id, written, envelope, verdict, evidence, deadline)
         try:
-            self._commit_in_group(_Pending(quarantine_id, written, envelope, verdict, evidence, deadline))
+            self._commit_in_group(put)
         except BaseException as exc:
             self._after_drop(quarantine_id)
             if isinstance(exc, Exception) and not isinstance(exc, StoreError):
                 raise StoreError(f"cannot record quarantined message {quarantine_id}: {exc}") from exc
             raise
+        if put.stored_as != quarantine_id:  # a retry: the earlier delivery's file holds the bytes
+            self._after_drop(quarantine_id)
+        return put.stored_as
 
     def _commit_in_group(self, put: _Pending) -> None:
         """Return once ``put`` is committed, alone or with the others gathered meanwhile; raise if not.
@@ -153,8 +158,8 @@ class SqliteStore(QuarantineStore):
                 fsync_dir(self.files.directory)
                 latest = max(live, key=lambda put: put.deadline.remaining())
                 with self._tx(write=True, deadline=latest.deadline) as conn:
-                    for put in live:
-                        self._insert_record(
+                    for put in live:  # a retry of one earlier in the group is answered with that one's record
+                        put.stored_as = self._insert_record(
                             conn, put.quarantine_id, put.written, put.envelope, put.verdict, put.evidence, self._writer
                         )
         except BaseException as exc:

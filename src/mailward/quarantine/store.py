@@ -20,7 +20,19 @@ write runs in a thread of its own so that even a database that never answers
 (a stopped server) cannot hold the caller. A put that the caller gave up on
 never commits after its deadline, and if its COMMIT was already on the wire
 and succeeds later, the record is withdrawn again: a tempfailed message is
-never kept, so the sender's retry is not a duplicate.
+never kept, so the sender's retry is not a duplicate. A withdrawal that fails
+(the database is still locked) is tried again in the background, with backoff,
+until it succeeds or the store closes.
+
+A retry is stored once: a put carries the message's retry key (the worker's
+:func:`~mailward.evidence.retry_key`: envelope and bytes as the sender sent
+them), and a record with that key stored within ``retry_window`` answers the
+retry with its own ID instead of a second copy, in the same transaction
+(``INSERT ... ON CONFLICT (retry_key) DO NOTHING`` on a unique index, so two
+puts at once, on any host, end in one record). This covers what the store
+cannot prevent: a milter killed between COMMIT and reply, a withdrawal still
+pending. A record absorbing a retry is never withdrawn: that sender was told it
+is stored. Deleted and withdrawn records are gone, and absorb nothing.
 """
 
 from __future__ import annotations
@@ -45,7 +57,7 @@ from ..config import QuarantineSettings
 from ..db import Database, Transaction
 from ..envelope import Envelope
 from ..errors import StoreError
-from ..evidence import Evidence, Label, MessageFacts
+from ..evidence import Evidence, Label
 from ..message import decode_header_value, split_message
 from ..source import MessageSource
 from ..verdict import Action, Verdict
@@ -68,6 +80,7 @@ Clock = Callable[[], float]
 OPERATION_TIMEOUT = 30.0  # seconds any other operation (CLI, reads) waits for a busy database
 STATS_WAIT = 5.0  # seconds a metrics scrape waits for the database before it reports nothing
 COMMIT_GRACE = 0.5  # a COMMIT sent just before the deadline may take this long to be confirmed
+WITHDRAW_RETRY = (1.0, 60.0)  # seconds before a failed withdrawal is tried again: first, and at most (doubling)
 
 
 class Deadline:
@@ -158,6 +171,14 @@ SCHEMA = (
         actor TEXT NOT NULL)""",
 )
 
+# Migration 2: a put's retry key (NULL: none, or its window passed) and how many retries a record
+# answered. The unique index is what makes two puts of one message at once end in one record.
+RETRY_SCHEMA = (
+    "ALTER TABLE quarantine ADD COLUMN retry_key TEXT",
+    "ALTER TABLE quarantine ADD COLUMN retries INTEGER NOT NULL DEFAULT 0",
+    "CREATE UNIQUE INDEX quarantine_retry ON quarantine (retry_key)",
+)
+
 
 def header_summary(head: bytes) -> tuple[str, str]:
     """Subject and From of a message from its first bytes (RFC 2047 decoded) for listing."""
@@ -226,6 +247,8 @@ class QuarantineStore(ABC):
         self.database = database
         self._clock = clock
         self.write_timeout = write_timeout  # a reload may change it on a reused store
+        self.retry_window = QuarantineSettings.retry_window  # likewise (0: every put is a new record)
+        self._closing = threading.Event()  # background withdrawals stop when the store closes
         self._writer = Actor.service()
         self._writers = _Writers(pool_size)
         self._in_flight = 0
@@ -246,8 +269,12 @@ class QuarantineStore(ABC):
         verdict: Verdict,
         evidence: Evidence,
         deadline: Deadline,
-    ) -> None:
-        """Keep bytes and record in one transaction under ``deadline``; StoreError leaves nothing behind."""
+    ) -> str:
+        """Keep bytes and record in one transaction under ``deadline``; StoreError leaves nothing behind.
+
+        Returns the ID that holds the message: ``quarantine_id``, or the record
+        a retry was answered with (then this put's bytes are not kept).
+        """
 
     @abstractmethod
     def read(self, quarantine_id: str) -> bytes:
@@ -272,6 +299,7 @@ class QuarantineStore(ABC):
 
     def close(self) -> None:
         """Release the connections. Safe while other threads still use the store: they get fresh ones."""
+        self._closing.set()
         self._writers.stop()
         self.database.close()
 
@@ -287,7 +315,8 @@ class QuarantineStore(ABC):
 
         Answers within ``write_timeout`` (+ ``COMMIT_GRACE``). StoreError means
         nothing is or will be kept: the caller may tempfail and the retry is
-        not a duplicate.
+        not a duplicate. A retry of a message stored within ``retry_window``
+        returns that record's ID and keeps nothing new (audit event ``retry``).
         """
         quarantine_id = check_id(verdict.incident_id)
         deadline = Deadline(self.write_timeout)
@@ -324,14 +353,16 @@ class QuarantineStore(ABC):
         try:
             try:
                 deadline.check("start")
-                self._store(quarantine_id, raw, envelope, verdict, evidence, deadline)
+                stored = self._store(quarantine_id, raw, envelope, verdict, evidence, deadline)
             except BaseException as exc:
                 result.set_exception(exc)
                 return
             if deadline.finish():
-                result.set_result(quarantine_id)
-            else:
+                result.set_result(stored)
+            elif stored == quarantine_id:
                 self._withdraw(quarantine_id)
+            else:  # an earlier delivery's record answered it: that one stays, this one kept nothing
+                log.warning("retry of quarantined message %s answered after its deadline; nothing to withdraw", stored)
         finally:
             self._put_done()
 
@@ -341,22 +372,67 @@ class QuarantineStore(ABC):
             self._settled.notify_all()
 
     def _withdraw(self, quarantine_id: str) -> None:
-        """Undo a put whose COMMIT succeeded only after the caller gave up (and tempfailed the sender)."""
+        """Undo a put whose COMMIT succeeded only after the caller gave up (and tempfailed the sender).
+
+        If the database refuses now (still locked), keep trying in the background until it
+        succeeds or the store closes; meanwhile the sender's retry is answered with this record.
+        """
+        if self._withdraw_once(quarantine_id):
+            return
+        with self._settled:
+            self._in_flight += 1
         try:
-            self.delete(
+            threading.Thread(
+                target=self._keep_withdrawing, args=(quarantine_id,), name="quarantine-withdraw", daemon=True
+            ).start()
+        except RuntimeError:
+            self._put_done()
+            log.error("quarantined message %s could not be withdrawn: no thread to retry it", quarantine_id)
+
+    def _keep_withdrawing(self, quarantine_id: str) -> None:
+        delay, longest = WITHDRAW_RETRY
+        try:
+            while not self._closing.wait(delay):
+                if self._withdraw_once(quarantine_id):
+                    return
+                delay = min(delay * 2, longest)
+            log.error(
+                "quarantined message %s was stored after its deadline and the store closed before it could be "
+                "withdrawn; a retry of it within quarantine.retry_window is answered with it",
                 quarantine_id,
-                self._writer,
-                "withdraw",
-                f"stored after the {self.write_timeout:g} s write deadline; the sender was told to retry",
             )
-            log.warning("quarantined message %s was stored after its deadline and has been withdrawn", quarantine_id)
+        finally:
+            self._put_done()
+
+    def _withdraw_once(self, quarantine_id: str) -> bool:
+        """One try; True once nothing is left to do (withdrawn, or kept because a retry was answered with it)."""
+        detail = f"stored after the {self.write_timeout:g} s write deadline; the sender was told to retry"
+        try:
+            with self._tx(write=True, deadline=Deadline(self.write_timeout)) as conn:  # not a writer slot for long
+                gone = conn.execute(
+                    "DELETE FROM quarantine WHERE id = ? AND retries = 0 AND status IN ('held', 'rejected')",
+                    (quarantine_id,),
+                ).rowcount
+                if gone:
+                    self._drop_bytes(conn, quarantine_id)
+                    self._audit(conn, quarantine_id, "withdraw", self._writer, detail)
         except StoreError as exc:
             log.error(
-                "quarantined message %s was stored after its deadline and could not be withdrawn "
-                "(the sender's retry will be a second copy): %s",
+                "quarantined message %s was stored after its deadline and could not be withdrawn yet "
+                "(tried again in the background): %s",
                 quarantine_id,
                 exc,
             )
+            return False
+        if gone:
+            self._after_drop(quarantine_id)
+            log.warning("quarantined message %s was stored after its deadline and has been withdrawn", quarantine_id)
+        else:
+            log.warning(
+                "quarantined message %s was stored after its deadline and is kept: a retry was answered with it",
+                quarantine_id,
+            )
+        return True
 
     def __enter__(self) -> QuarantineStore:
         return self
@@ -375,39 +451,89 @@ class QuarantineStore(ABC):
         verdict: Verdict,
         evidence: Evidence,
         actor: Actor,
-    ) -> None:
+    ) -> str:
+        """Insert the record, or answer a retry with the record of its earlier delivery; returns that ID.
+
+        The unique index on ``retry_key`` decides between concurrent puts of one
+        message (PostgreSQL waits for the other transaction, then sees its row);
+        a key older than ``retry_window`` is released first. The ``retries``
+        update locks the answering record against a withdrawal in flight.
+        """
         now = self._clock()
         facts = evidence.message  # taken by the worker that parsed the message
         subject, header_from = (
-            (facts.subject, facts.header_from) if facts != MessageFacts() else header_summary(written.head)
+            (facts.subject, facts.header_from)
+            if facts.subject or facts.header_from or facts.message_id
+            else header_summary(written.head)
         )  # put without a scan (CLI, tests): read the first bytes
-        conn.execute(
-            """INSERT INTO quarantine (id, received_at, direction, mail_from, recipients, client_address,
+        key = facts.retry_key if self.retry_window > 0 else ""
+        for _ in range(3):  # the answering record may be withdrawn or deleted between two statements
+            if key:
+                conn.execute(
+                    "UPDATE quarantine SET retry_key = NULL WHERE retry_key = ? AND received_at < ?",
+                    (key, now - self.retry_window),
+                )
+            if self._insert_row(
+                conn, quarantine_id, written, envelope, verdict, evidence, now, subject, header_from, key
+            ):
+                detail = f"{verdict.action.value}: {', '.join(verdict.reasons)}; queue {envelope.queue_id or '-'}"
+                self._audit(conn, quarantine_id, "quarantine", actor, detail, now)
+                return quarantine_id
+            row = conn.execute("SELECT id FROM quarantine WHERE retry_key = ?", (key,)).fetchone()
+            if (
+                row is not None
+                and conn.execute(
+                    "UPDATE quarantine SET retries = retries + 1 WHERE id = ? AND retry_key = ?", (row[0], key)
+                ).rowcount
+            ):
+                detail = f"retry of {row[0]}: incident {quarantine_id}, queue {envelope.queue_id or '-'}"
+                self._audit(conn, row[0], "retry", actor, detail, now)
+                return str(row[0])
+        raise StoreError(f"cannot quarantine message {quarantine_id}: its earlier delivery's record keeps changing")
+
+    def _insert_row(
+        self,
+        conn: Transaction,
+        quarantine_id: str,
+        written: Written,
+        envelope: Envelope,
+        verdict: Verdict,
+        evidence: Evidence,
+        now: float,
+        subject: str,
+        header_from: str,
+        key: str,
+    ) -> bool:
+        """False if a record with ``key`` exists (committed, or committed meanwhile by another session)."""
+        return bool(
+            conn.execute(
+                """INSERT INTO quarantine (id, received_at, direction, mail_from, recipients, client_address,
                               queue_id, envelope, action, reasons, evidence, spam_score, size, sha256, subject,
-                              header_from, status)
-                            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-            (
-                quarantine_id,
-                now,
-                envelope.direction.value,
-                envelope.mail_from,
-                json.dumps(list(envelope.recipients), ensure_ascii=False),
-                envelope.client_address,
-                envelope.queue_id,
-                json.dumps(envelope.as_dict(), ensure_ascii=False),
-                verdict.action.value,
-                json.dumps(list(verdict.reasons)),
-                json.dumps(evidence.as_dict(), ensure_ascii=False),
-                evidence.spam_score,
-                written.size,
-                written.sha256,
-                subject,
-                header_from,
-                (Status.REJECTED if verdict.action is Action.REJECT else Status.HELD).value,
-            ),
+                              header_from, status, retry_key)
+                            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                            ON CONFLICT (retry_key) DO NOTHING""",
+                (
+                    quarantine_id,
+                    now,
+                    envelope.direction.value,
+                    envelope.mail_from,
+                    json.dumps(list(envelope.recipients), ensure_ascii=False),
+                    envelope.client_address,
+                    envelope.queue_id,
+                    json.dumps(envelope.as_dict(), ensure_ascii=False),
+                    verdict.action.value,
+                    json.dumps(list(verdict.reasons)),
+                    json.dumps(evidence.as_dict(), ensure_ascii=False),
+                    evidence.spam_score,
+                    written.size,
+                    written.sha256,
+                    subject,
+                    header_from,
+                    (Status.REJECTED if verdict.action is Action.REJECT else Status.HELD).value,
+                    key or None,
+                ),
+            ).rowcount
         )
-        detail = f"{verdict.action.value}: {', '.join(verdict.reasons)}; queue {envelope.queue_id or '-'}"
-        self._audit(conn, quarantine_id, "quarantine", actor, detail, now)
 
     def _audit(
         self,
