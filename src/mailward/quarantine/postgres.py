@@ -57,14 +57,10 @@ import time
 
 from ..config import QuarantineSettings
 from ..db import Database, Migration, PostgresDsn, Transaction
-from ..envelope import Envelope
 from ..errors import StoreError
-from ..evidence import Evidence
-from ..source import MessageSource
-from ..verdict import Verdict
 from .files import measure
 from .records import check_id
-from .store import OPERATION_TIMEOUT, RETRY_SCHEMA, SCHEMA, Clock, Deadline, QuarantineStore
+from .store import OPERATION_TIMEOUT, RETRY_SCHEMA, SCHEMA, Clock, Put, QuarantineStore
 
 _SCHEMA_LOCK = 0x4D57_5100  # "MWQ\0": the advisory lock key earlier versions created the schema under
 
@@ -103,19 +99,12 @@ class PostgresStore(QuarantineStore):
         super().__init__(database, clock, pool_size, write_timeout)
         database.migrate("quarantine", MIGRATIONS, lock=_SCHEMA_LOCK)
 
-    def _store(
-        self,
-        quarantine_id: str,
-        raw: MessageSource,
-        envelope: Envelope,
-        verdict: Verdict,
-        evidence: Evidence,
-        deadline: Deadline,
-    ) -> str:
+    def _store(self, put: Put) -> str:
+        quarantine_id, raw = put.quarantine_id, put.raw
         try:
             written = measure(raw.chunks())  # first pass: size, digest and header for the record
-            with self._tx(write=True, deadline=deadline) as conn:
-                stored = self._insert_record(conn, quarantine_id, written, envelope, verdict, evidence, self._writer)
+            with self._tx(write=True, deadline=put.deadline) as conn:
+                stored = self._insert_record(conn, put, written)
                 if stored != quarantine_id:  # a retry: the earlier delivery's record holds the bytes
                     return stored
                 for seq, chunk in enumerate(raw.chunks()):

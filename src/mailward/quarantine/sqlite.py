@@ -34,14 +34,10 @@ from pathlib import Path
 
 from ..config import QuarantineSettings
 from ..db import Database, Migration, SqliteFile, Transaction
-from ..envelope import Envelope
 from ..errors import StoreError
-from ..evidence import Evidence
-from ..source import MessageSource
-from ..verdict import Verdict
 from .files import MessageFiles, Written, ensure_private_dir, fsync_dir
 from .records import check_id
-from .store import OPERATION_TIMEOUT, RETRY_SCHEMA, SCHEMA, Clock, Deadline, QuarantineStore
+from .store import OPERATION_TIMEOUT, RETRY_SCHEMA, SCHEMA, Clock, Put, QuarantineStore
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +50,8 @@ ORPHAN_AGE = 3600.0  # a file this old without a row is a crash leftover, not a 
 class _Pending:
     """One put waiting for its group's commit."""
 
-    quarantine_id: str
+    request: Put
     written: Written
-    envelope: Envelope
-    verdict: Verdict
-    evidence: Evidence
-    deadline: Deadline
     done: bool = False
     stored_as: str = ""  # the record that holds it: its own, or the one a retry was answered with
     error: BaseException | None = field(default=None)
@@ -92,17 +84,10 @@ class SqliteStore(QuarantineStore):
         super().__init__(database, clock, pool_size, write_timeout)
         database.migrate("quarantine", MIGRATIONS)
 
-    def _store(
-        self,
-        quarantine_id: str,
-        raw: MessageSource,
-        envelope: Envelope,
-        verdict: Verdict,
-        evidence: Evidence,
-        deadline: Deadline,
-    ) -> str:
-        written = self.files.write(quarantine_id, raw, sync_directory=False)
-        put = _Pending(quarantine_id, written, envelope, verdict, evidence, deadline)
+    def _store(self, request: Put) -> str:
+        quarantine_id = request.quarantine_id
+        written = self.files.write(quarantine_id, request.raw, sync_directory=False)
+        put = _Pending(request, written)
         try:
             self._commit_in_group(put)
         except BaseException as exc:
@@ -135,7 +120,8 @@ class SqliteStore(QuarantineStore):
                     self._committing = False
                     self._group.notify_all()
         if put.error is not None:  # one error object for the whole group: each put raises its own
-            raise StoreError(f"cannot record quarantined message {put.quarantine_id}: {put.error}") from put.error
+            quarantine_id = put.request.quarantine_id
+            raise StoreError(f"cannot record quarantined message {quarantine_id}: {put.error}") from put.error
 
     def _commit_group(self, group: list[_Pending]) -> None:
         """One directory fsync and one transaction for ``group``; each put's ``error`` says if it failed.
@@ -149,19 +135,17 @@ class SqliteStore(QuarantineStore):
         live = []
         for put in group:
             try:
-                put.deadline.check("commit")
+                put.request.deadline.check("commit")
                 live.append(put)
             except StoreError as exc:
                 put.error = exc
         try:
             if live:
                 fsync_dir(self.files.directory)
-                latest = max(live, key=lambda put: put.deadline.remaining())
-                with self._tx(write=True, deadline=latest.deadline) as conn:
+                latest = max(live, key=lambda put: put.request.deadline.remaining())
+                with self._tx(write=True, deadline=latest.request.deadline) as conn:
                     for put in live:  # a retry of one earlier in the group is answered with that one's record
-                        put.stored_as = self._insert_record(
-                            conn, put.quarantine_id, put.written, put.envelope, put.verdict, put.evidence, self._writer
-                        )
+                        put.stored_as = self._insert_record(conn, put.request, put.written)
         except BaseException as exc:
             for put in live:
                 put.error = exc

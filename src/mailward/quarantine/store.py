@@ -48,6 +48,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from typing import Any
@@ -120,6 +121,18 @@ class Deadline:
                 return False
             self._state = "finished"
             return True
+
+
+@dataclass(frozen=True)
+class Put:
+    """One message on its way into the store: what is kept, and how long the store may try."""
+
+    quarantine_id: str
+    raw: MessageSource
+    envelope: Envelope
+    verdict: Verdict
+    evidence: Evidence
+    deadline: Deadline
 
 
 _COLUMNS = (
@@ -261,16 +274,8 @@ class QuarantineStore(ABC):
     # -- backend hooks ---------------------------------------------------------------------------
 
     @abstractmethod
-    def _store(
-        self,
-        quarantine_id: str,
-        raw: MessageSource,
-        envelope: Envelope,
-        verdict: Verdict,
-        evidence: Evidence,
-        deadline: Deadline,
-    ) -> str:
-        """Keep bytes and record in one transaction under ``deadline``; StoreError leaves nothing behind.
+    def _store(self, put: Put) -> str:
+        """Keep bytes and record in one transaction under ``put.deadline``; StoreError leaves nothing behind.
 
         Returns the ID that holds the message: ``quarantine_id``, or the record
         a retry was answered with (then this put's bytes are not kept).
@@ -320,13 +325,12 @@ class QuarantineStore(ABC):
         """
         quarantine_id = check_id(verdict.incident_id)
         deadline = Deadline(self.write_timeout)
+        request = Put(quarantine_id, raw, envelope, verdict, evidence, deadline)
         result: Future[str] = Future()
         with self._settled:
             self._in_flight += 1
         try:
-            self._writers.submit(
-                lambda: self._put_attempt(result, quarantine_id, raw, envelope, verdict, evidence, deadline)
-            )
+            self._writers.submit(lambda: self._put_attempt(result, request))
         except RuntimeError as exc:  # no thread could be started
             self._put_done()
             raise StoreError(f"cannot quarantine message {quarantine_id}: {exc}") from exc
@@ -340,27 +344,18 @@ class QuarantineStore(ABC):
                 ) from None
             return result.result()  # it committed at this very moment: the result stands
 
-    def _put_attempt(
-        self,
-        result: Future[str],
-        quarantine_id: str,
-        raw: MessageSource,
-        envelope: Envelope,
-        verdict: Verdict,
-        evidence: Evidence,
-        deadline: Deadline,
-    ) -> None:
+    def _put_attempt(self, result: Future[str], put: Put) -> None:
         try:
             try:
-                deadline.check("start")
-                stored = self._store(quarantine_id, raw, envelope, verdict, evidence, deadline)
+                put.deadline.check("start")
+                stored = self._store(put)
             except BaseException as exc:
                 result.set_exception(exc)
                 return
-            if deadline.finish():
+            if put.deadline.finish():
                 result.set_result(stored)
-            elif stored == quarantine_id:
-                self._withdraw(quarantine_id)
+            elif stored == put.quarantine_id:
+                self._withdraw(put.quarantine_id)
             else:  # an earlier delivery's record answered it: that one stays, this one kept nothing
                 log.warning("retry of quarantined message %s answered after its deadline; nothing to withdraw", stored)
         finally:
@@ -442,16 +437,7 @@ class QuarantineStore(ABC):
 
     # -- writing a record ------------------------------------------------------------------------
 
-    def _insert_record(
-        self,
-        conn: Transaction,
-        quarantine_id: str,
-        written: Written,
-        envelope: Envelope,
-        verdict: Verdict,
-        evidence: Evidence,
-        actor: Actor,
-    ) -> str:
+    def _insert_record(self, conn: Transaction, put: Put, written: Written) -> str:
         """Insert the record, or answer a retry with the record of its earlier delivery; returns that ID.
 
         The unique index on ``retry_key`` decides between concurrent puts of one
@@ -459,8 +445,9 @@ class QuarantineStore(ABC):
         a key older than ``retry_window`` is released first. The ``retries``
         update locks the answering record against a withdrawal in flight.
         """
+        quarantine_id, envelope, verdict = put.quarantine_id, put.envelope, put.verdict
         now = self._clock()
-        facts = evidence.message  # taken by the worker that parsed the message
+        facts = put.evidence.message  # taken by the worker that parsed the message
         subject, header_from = (
             (facts.subject, facts.header_from)
             if facts.subject or facts.header_from or facts.message_id
@@ -473,11 +460,9 @@ class QuarantineStore(ABC):
                     "UPDATE quarantine SET retry_key = NULL WHERE retry_key = ? AND received_at < ?",
                     (key, now - self.retry_window),
                 )
-            if self._insert_row(
-                conn, quarantine_id, written, envelope, verdict, evidence, now, subject, header_from, key
-            ):
+            if self._insert_row(conn, put, written, now, subject, header_from, key):
                 detail = f"{verdict.action.value}: {', '.join(verdict.reasons)}; queue {envelope.queue_id or '-'}"
-                self._audit(conn, quarantine_id, "quarantine", actor, detail, now)
+                self._audit(conn, quarantine_id, "quarantine", self._writer, detail, now)
                 return quarantine_id
             row = conn.execute("SELECT id FROM quarantine WHERE retry_key = ?", (key,)).fetchone()
             if (
@@ -487,24 +472,15 @@ class QuarantineStore(ABC):
                 ).rowcount
             ):
                 detail = f"retry of {row[0]}: incident {quarantine_id}, queue {envelope.queue_id or '-'}"
-                self._audit(conn, row[0], "retry", actor, detail, now)
+                self._audit(conn, row[0], "retry", self._writer, detail, now)
                 return str(row[0])
         raise StoreError(f"cannot quarantine message {quarantine_id}: its earlier delivery's record keeps changing")
 
     def _insert_row(
-        self,
-        conn: Transaction,
-        quarantine_id: str,
-        written: Written,
-        envelope: Envelope,
-        verdict: Verdict,
-        evidence: Evidence,
-        now: float,
-        subject: str,
-        header_from: str,
-        key: str,
+        self, conn: Transaction, put: Put, written: Written, now: float, subject: str, header_from: str, key: str
     ) -> bool:
         """False if a record with ``key`` exists (committed, or committed meanwhile by another session)."""
+        envelope, verdict = put.envelope, put.verdict
         return bool(
             conn.execute(
                 """INSERT INTO quarantine (id, received_at, direction, mail_from, recipients, client_address,
@@ -513,7 +489,7 @@ class QuarantineStore(ABC):
                             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                             ON CONFLICT (retry_key) DO NOTHING""",
                 (
-                    quarantine_id,
+                    put.quarantine_id,
                     now,
                     envelope.direction.value,
                     envelope.mail_from,
@@ -523,8 +499,8 @@ class QuarantineStore(ABC):
                     json.dumps(envelope.as_dict(), ensure_ascii=False),
                     verdict.action.value,
                     json.dumps(list(verdict.reasons)),
-                    json.dumps(evidence.as_dict(), ensure_ascii=False),
-                    evidence.spam_score,
+                    json.dumps(put.evidence.as_dict(), ensure_ascii=False),
+                    put.evidence.spam_score,
                     written.size,
                     written.sha256,
                     subject,
