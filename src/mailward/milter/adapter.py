@@ -90,28 +90,13 @@ CONNECTION_CALLBACKS = ("connect", "hello")
 _Args = ParamSpec("_Args")
 
 
-def _continue_on_error(
-    callback: Callable[Concatenate[MailwardMilter, _Args], int],
-) -> Callable[Concatenate[MailwardMilter, _Args], int]:
-    """Run a callback so it never raises: the error is remembered and answered at end of message."""
-
-    @functools.wraps(callback)
-    def guarded(self: MailwardMilter, /, *args: _Args.args, **kwargs: _Args.kwargs) -> int:
-        with self._log_context():
-            try:
-                return callback(self, *args, **kwargs)
-            except Exception:
-                self._fail(callback.__name__)
-                return Milter.CONTINUE
-
-    return guarded
-
-
 def _continue_quietly_on_error(
     callback: Callable[Concatenate[MailwardMilter, _Args], int],
 ) -> Callable[Concatenate[MailwardMilter, _Args], int]:
-    """:func:`_continue_on_error` for the data callbacks (HELO, RCPT, each header, body), which log
-    nothing unless they fail: no log context per call (for a header it cost more than the header);
+    """Run a callback so it never raises: the error is remembered and answered at end of message.
+
+    For the data callbacks (HELO, RCPT, each header, body), which log nothing unless they fail:
+    no log context per call (for a header it cost more than the header);
     :meth:`MailwardMilter._fail` sets it for the error line."""
 
     @functools.wraps(callback)
@@ -121,6 +106,20 @@ def _continue_quietly_on_error(
         except Exception:
             self._fail(callback.__name__)
             return Milter.CONTINUE
+
+    return guarded
+
+
+def _continue_on_error(
+    callback: Callable[Concatenate[MailwardMilter, _Args], int],
+) -> Callable[Concatenate[MailwardMilter, _Args], int]:
+    """:func:`_continue_quietly_on_error` inside the connection's log context, for callbacks that log."""
+    quiet = _continue_quietly_on_error(callback)
+
+    @functools.wraps(callback)
+    def guarded(self: MailwardMilter, /, *args: _Args.args, **kwargs: _Args.kwargs) -> int:
+        with self._log_context():
+            return quiet(self, *args, **kwargs)
 
     return guarded
 
