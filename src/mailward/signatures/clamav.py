@@ -207,16 +207,7 @@ class ClamavDetector:
         findings, targets = [], []
         for location, data in candidates:
             if len(data) > limit:
-                findings.append(
-                    Finding(
-                        Category.UNCHECKED,
-                        "clamav-too-large",
-                        Severity.HIGH,
-                        self.name,
-                        location,
-                        f"{len(data)} bytes > clamd StreamMaxLength {limit}",
-                    )
-                )
+                findings.append(self._too_large(location, f"{len(data)} bytes > clamd StreamMaxLength {limit}"))
             else:
                 targets.append(_Target(location, data))
         return findings, targets
@@ -234,16 +225,7 @@ class ClamavDetector:
             try:
                 signature = future.result()
             except StreamTooLong as exc:
-                findings.append(
-                    Finding(
-                        Category.UNCHECKED,
-                        "clamav-too-large",
-                        Severity.HIGH,
-                        self.name,
-                        target.location,
-                        f"{len(target.data)} bytes: {exc}",
-                    )
-                )
+                findings.append(self._too_large(target.location, f"{len(target.data)} bytes: {exc}"))
                 continue
             except ClamdTimeout as exc:
                 # A call given the message deadline as its timeout ran out of the deadline, not of clamd's
@@ -270,6 +252,10 @@ class ClamavDetector:
             self._mark_down(reason)
             findings.append(self._unavailable(location, reason))
         return findings
+
+    def _too_large(self, location: str, detail: str) -> Finding:
+        """Bigger than clamd takes (our check before sending, or clamd's own refusal): not scanned."""
+        return Finding(Category.UNCHECKED, "clamav-too-large", Severity.HIGH, self.name, location, detail)
 
     def _deadline_reason(self) -> str:
         return f"no answer within the message deadline ({self.deadline:g}s)"
