@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from dns_server import EMPTY_ROOT, DnsServer  # noqa: E402
+from dns_server import EMPTY_ROOT, DnsServer, knows_no_names  # noqa: E402
 from mailward.config import load_settings  # noqa: E402
 from mailward.errors import ScanFailed  # noqa: E402
 from mailward.policy import decide  # noqa: E402
@@ -144,14 +144,7 @@ def main() -> int:
             reputation = {"enabled": False}
         else:  # every detector: reputation asks a loopback DNS server that knows no names
             dns = stack.enter_context(DnsServer({".": EMPTY_ROOT}))
-            reputation = {
-                "nameservers": ["127.0.0.1"],
-                "port": dns.port,
-                "budget": 2.0,
-                "query_timeout": 1.0,
-                "dnsbl": ["bl.test"],
-                "uribl": ["uribl.test"],
-            }
+            reputation = knows_no_names(dns.port)
         settings = load_settings(
             overrides={"state_dir": tempfile.mkdtemp(prefix="mailward-fuzz-"), "reputation": reputation}
         )

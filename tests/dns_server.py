@@ -32,6 +32,19 @@ HOST = "127.0.0.1"
 EMPTY_ROOT = "$TTL 300\n@ IN SOA ns.invalid. hostmaster.invalid. 1 3600 600 86400 300\n@ IN NS ns.invalid.\n"
 
 
+def knows_no_names(port: int) -> dict[str, object]:
+    """Reputation settings with every list on, asking the server on ``port`` (serving EMPTY_ROOT):
+    every lookup is answered, none is listed, nothing leaves loopback."""
+    return {
+        "nameservers": ["127.0.0.1"],
+        "port": port,
+        "budget": 2.0,
+        "query_timeout": 1.0,
+        "dnsbl": ["bl.test"],
+        "uribl": ["uribl.test"],
+    }
+
+
 def _bind_pair(host: str) -> tuple[socket.socket, socket.socket]:
     """A UDP and a TCP socket on the same free port (a resolver retries over TCP on TC)."""
     for _ in range(50):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from dns_server import EMPTY_ROOT, DnsServer
+from dns_server import EMPTY_ROOT, DnsServer, knows_no_names
 from mailward.config import load_settings
 from mailward.policy import decide
 from mailward.source import MessageSource
@@ -77,14 +77,7 @@ def worker_rss_mib(pool: ScanPool) -> float:
 def pool(tmp_path_factory):
     """Two workers with every detector, reputation included, its DNS a loopback server that knows no names."""
     with DnsServer({".": EMPTY_ROOT}) as dns:
-        reputation = {
-            "nameservers": ["127.0.0.1"],
-            "port": dns.port,
-            "budget": 2.0,
-            "query_timeout": 1.0,
-            "dnsbl": ["bl.test"],
-            "uribl": ["uribl.test"],
-        }
+        reputation = knows_no_names(dns.port)
         settings = load_settings(
             overrides={"state_dir": str(tmp_path_factory.mktemp("state")), "reputation": reputation}
         )
