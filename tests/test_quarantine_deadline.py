@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from mailward.config import load_settings
-from mailward.db import SqliteFile
 from mailward.errors import ConfigError, StoreError
 from mailward.quarantine import ListFilter
 from mailward.quarantine.sqlite import DB_NAME, SqliteStore
@@ -26,36 +23,10 @@ from mailward.source import MessageSource
 from real_parts import require
 from support.mail import plain_mail as message
 from support.quarantine import envelope, spam_case
+from support.stalls import Locker, stalled_reply_store
 
 BUDGET = 1.0
 SLACK = 0.5  # thread start-up and a loaded 2-core machine
-
-_LOCKER = """
-import sqlite3, sys
-db = sqlite3.connect(sys.argv[1], isolation_level=None)
-db.execute("BEGIN EXCLUSIVE")
-print("locked", flush=True)
-sys.stdin.readline()
-db.execute("ROLLBACK")
-print("released", flush=True)
-"""
-
-
-class Locker:
-    """Another process holding the SQLite write lock until told to let go."""
-
-    def __init__(self, db: Path):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", _LOCKER, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        assert self.proc.stdout.readline().strip() == "locked"
-
-    def release(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.write("\n")
-            self.proc.stdin.flush()
-            assert self.proc.stdout.readline().strip() == "released"
-            self.proc.wait(timeout=10)
 
 
 def _put(store, subject: str) -> str:
@@ -166,32 +137,9 @@ def test_a_write_that_finishes_after_its_caller_gave_up_is_handed_back():
     assert not finished.abandon()  # the caller takes the stored result
 
 
-class _ReplyHeldBack:
-    """A real SQLite connection whose COMMIT completes but whose answer is held back (a stalled reply)."""
-
-    def __init__(self, conn, gate: threading.Event):
-        self._conn, self._gate = conn, gate
-
-    def commit(self) -> None:
-        self._conn.commit()
-        self._gate.wait(30)
-
-    def __getattr__(self, name):
-        return getattr(self._conn, name)
-
-
 def test_a_commit_confirmed_after_the_caller_gave_up_is_withdrawn(tmp_path):
     reply = threading.Event()
-
-    class StalledReplyFile(SqliteFile):
-        def connect(self):
-            return _ReplyHeldBack(super().connect(), reply)
-
-    class StalledReplyStore(SqliteStore):
-        database_file = StalledReplyFile
-
-    reply.set()  # creating the schema is not held back
-    store = StalledReplyStore(tmp_path / "quarantine", write_timeout=BUDGET)
+    store = stalled_reply_store(tmp_path / "quarantine", reply, BUDGET)
     try:
         reply.clear()
         verdict, evidence = spam_case()

@@ -221,22 +221,14 @@ class _Seen(logging.Handler):
 
 
 def test_a_failed_withdrawal_is_retried_until_it_succeeds(tmp_path):
-    from test_quarantine_deadline import BUDGET, Locker, _ReplyHeldBack
-
-    reply = threading.Event()
-
-    class StalledReplyFile(SqliteFile):
-        def connect(self):
-            return _ReplyHeldBack(super().connect(), reply)
-
-    class StalledReplyStore(SqliteStore):
-        database_file = StalledReplyFile
+    from support.stalls import Locker, stalled_reply_store
 
     failed = _Seen("could not be withdrawn yet")
     logger = logging.getLogger("mailward.quarantine.store")
     logger.addHandler(failed)
-    reply.set()
-    store = StalledReplyStore(tmp_path / "quarantine", write_timeout=BUDGET)
+    reply = threading.Event()
+    budget = 1.0  # the stalled put's write timeout
+    store = stalled_reply_store(tmp_path / "quarantine", reply, budget)
     locker = None
     try:
         reply.clear()
@@ -245,7 +237,7 @@ def test_a_failed_withdrawal_is_retried_until_it_succeeds(tmp_path):
             store.put(MessageSource.of(message("late")), envelope(), verdict, evidence)
         locker = Locker(tmp_path / "quarantine" / DB_NAME)  # the database is still locked when it withdraws
         reply.set()
-        assert failed.event.wait(BUDGET + COMMIT_GRACE + 30)
+        assert failed.event.wait(budget + COMMIT_GRACE + 30)
         assert store.get(verdict.incident_id) is not None  # not withdrawn yet...
         locker.release()
         assert store.settle(30)  # ...until the background retry gets the lock
