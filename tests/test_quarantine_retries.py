@@ -200,7 +200,7 @@ def test_retry_window_is_validated_where_it_is_loaded(tmp_path):
     assert settings_for(tmp_path, "[quarantine]\nretry_window = 3600\n").quarantine.retry_window == 3600
     with pytest.raises(ConfigError, match="quarantine.retry_window"):
         settings_for(tmp_path, "[quarantine]\nretry_window = -1\n")
-    settings = replace(settings_for(tmp_path, "[quarantine]\nretry_window = 3600\n"))
+    settings = settings_for(tmp_path, "[quarantine]\nretry_window = 3600\n")
     with open_store(settings) as store:
         assert store.retry_window == 3600
 

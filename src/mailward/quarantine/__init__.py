@@ -37,10 +37,16 @@ def open_store(settings: Settings, clock: Clock = time.time) -> QuarantineStore:
     if config.backend == "postgresql":
         from .postgres import PostgresStore
 
-        store: QuarantineStore = PostgresStore(config.dsn, clock=clock, write_timeout=config.write_timeout)
+        store: QuarantineStore = PostgresStore(
+            config.dsn, clock=clock, write_timeout=config.write_timeout, retry_window=config.retry_window
+        )
     else:
         from .sqlite import SqliteStore
 
-        store = SqliteStore(settings.quarantine_dir, clock=clock, write_timeout=config.write_timeout)
-    store.retry_window = config.retry_window
+        store = SqliteStore(
+            settings.quarantine_dir,
+            clock=clock,
+            write_timeout=config.write_timeout,
+            retry_window=config.retry_window,
+        )
     return store

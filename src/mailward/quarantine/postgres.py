@@ -87,6 +87,7 @@ class PostgresStore(QuarantineStore):
         clock: Clock = time.time,
         pool_size: int = 8,
         write_timeout: float = QuarantineSettings.write_timeout,
+        retry_window: float = QuarantineSettings.retry_window,
     ):
         self.dsn = dsn
         database = Database(
@@ -96,7 +97,7 @@ class PostgresStore(QuarantineStore):
             timeout=OPERATION_TIMEOUT,
             pool_size=pool_size,
         )
-        super().__init__(database, clock, pool_size, write_timeout)
+        super().__init__(database, clock, pool_size, write_timeout, retry_window)
         database.migrate("quarantine", MIGRATIONS, lock=_SCHEMA_LOCK)
 
     def _store(self, put: Put) -> str:

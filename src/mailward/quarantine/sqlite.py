@@ -67,6 +67,7 @@ class SqliteStore(QuarantineStore):
         clock: Clock = time.time,
         pool_size: int = 8,
         write_timeout: float = QuarantineSettings.write_timeout,
+        retry_window: float = QuarantineSettings.retry_window,
     ):
         self.directory = ensure_private_dir(Path(directory))
         self.db_path = self.directory / DB_NAME
@@ -81,7 +82,7 @@ class SqliteStore(QuarantineStore):
         database = Database(
             backend, label="quarantine database", error=StoreError, timeout=OPERATION_TIMEOUT, pool_size=pool_size
         )
-        super().__init__(database, clock, pool_size, write_timeout)
+        super().__init__(database, clock, pool_size, write_timeout, retry_window)
         database.migrate("quarantine", MIGRATIONS)
 
     def _store(self, request: Put) -> str:

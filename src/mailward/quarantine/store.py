@@ -256,11 +256,12 @@ class QuarantineStore(ABC):
         clock: Clock = time.time,
         pool_size: int = 8,
         write_timeout: float = QuarantineSettings.write_timeout,
+        retry_window: float = QuarantineSettings.retry_window,
     ):
         self.database = database
         self._clock = clock
-        self.write_timeout = write_timeout  # a reload may change it on a reused store
-        self.retry_window = QuarantineSettings.retry_window  # likewise (0: every put is a new record)
+        self.write_timeout = write_timeout
+        self.retry_window = retry_window  # 0: every put is a new record
         self._closing = threading.Event()  # background withdrawals stop when the store closes
         self._writer = Actor.service()
         self._writers = _Writers(pool_size)
