@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from mailward.message import stdlib_parse
 from mailward.models.htmltext import html_to_text
 from mailward.signatures.content import is_html_smuggling
 from mailward.unpack import ooxml
@@ -140,3 +141,11 @@ def test_in_process_handler_stops_at_its_cpu_budget(unpacker):  # noqa: F811  (s
     result, seconds = timed(unpacker.unpack, Kind.ZIP, zipped(members), "big.zip", allowance)
     assert [i.stop for i in result.incomplete] == [Stop.TIMEOUT]
     assert len(result.members) == 1 and seconds < BOUND
+
+
+def test_a_long_header_line_without_a_colon_is_linear():
+    raw = b"Subject: x\n" + b"a" * 1_000_000 + b"\n\nbody\n"
+    root, seconds = timed(stdlib_parse, raw)
+    assert seconds < BOUND
+    assert root["subject"] == "x"
+    assert root.get_payload().startswith("aaa")  # the stdlib's reading: the line starts the body
