@@ -6,6 +6,7 @@ Across real corpora, ``bench/model_steps.py --baseline`` proves the same for who
 
 from __future__ import annotations
 
+import html
 import re
 import unicodedata
 
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 from mailward.config import LimitSettings
 from mailward.message import parse_message, split_message
 from mailward.models.classifier import strongest_first
+from mailward.models.htmltext import _ATTR, _ATTRIBUTES_READ, _BLOCK, _STYLE, _TAG, _attribute_tricks, read_tags
 from mailward.models.tokens import _CHARS_PER_WORD, _CJK, _CJK_PAIRS, _INVISIBLE, _WORD, _generalised, words_of
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")  # the rule split_message implements without a regex
@@ -87,3 +89,68 @@ _MAIL_TEXT = st.lists(
 def test_words_of_gives_the_version_1_words(text, limit):
     assert words_of(text, limit) == _words_of_v1(text, limit)
     assert words_of(text) == _words_of_v1(text)
+
+
+def _read_tags_v1(markup: str, tricks: set[str]) -> tuple[str, set[str], list[str], list[str]]:
+    """The tag pass of html_to_text as TOKENIZER_VERSION 1 shipped it: a callback per tag."""
+    tags: set[str] = set()
+    hrefs: list[str] = []
+    sources: list[str] = []
+
+    def read_tag(match: re.Match[str]) -> str:
+        slash, name, raw_attrs = match.groups()
+        name = name.lower()
+        tags.add(name)
+        if raw_attrs and not slash and (name in _ATTRIBUTES_READ or _STYLE.search(raw_attrs)):
+            attrs = {k.lower(): v.strip("\"'") for k, v in _ATTR.findall(raw_attrs)}
+            _attribute_tricks(name, attrs, tricks)
+            if name == "a" and "href" in attrs:
+                hrefs.append(html.unescape(attrs["href"]))
+            sources.extend(html.unescape(attrs[key]) for key in ("src", "action", "background") if key in attrs)
+        return "\n" if name in _BLOCK else ""
+
+    return _TAG.sub(read_tag, markup), tags, hrefs, sources
+
+
+_MARKUP = st.lists(
+    st.sampled_from(
+        [
+            "<a href='http://x.example/a'>",
+            '<A HREF="mailto:b@c">',
+            "</a>",
+            "<p>",
+            "</DIV>",
+            "<br/>",
+            "<brx>",
+            "<h1 class=t>",
+            "<font color=white size=1>",
+            "<FONT COLOR=#FFFFFF>",
+            "<img width=1 src='http://i.example/p.gif'>",
+            "<span style='display:none'>",
+            '<td style="color: #fff">',
+            "<form action=https://f.example/><input type=password>",
+            "<x:y>",
+            "<" + "b" * 25 + ">",
+            "<body background=bg.png>",
+            "vi",
+            "agra",
+            "&amp;",
+            "<",
+            ">",
+            "/",
+            " ",
+            "\n",
+            "=",
+            "'",
+        ]
+    ),
+    max_size=40,
+).map("".join)
+
+
+@given(_MARKUP | st.text(alphabet="<>/a=b'\" pP\n", max_size=80))
+def test_read_tags_gives_the_version_1_text_tags_links_and_tricks(markup):
+    new_tricks: set[str] = set()
+    old_tricks: set[str] = set()
+    assert read_tags(markup, new_tricks) == _read_tags_v1(markup, old_tricks)
+    assert new_tricks == old_tricks

@@ -69,24 +69,9 @@ def html_to_text(markup: str) -> HtmlText:
     if any(not _BLOCK_TAG.search(m.group()) for m in _WORD_SPLIT_BY_TAGS.finditer(markup)):
         tricks.add("tag-in-word")
 
-    tags: set[str] = set(skipped)
-    hrefs: list[str] = []
-    sources: list[str] = []
-
-    def read_tag(match: re.Match[str]) -> str:
-        slash, name, raw_attrs = match.groups()
-        name = name.lower()
-        tags.add(name)
-        # Most tags: nothing in their attributes is evidence.
-        if raw_attrs and not slash and (name in _ATTRIBUTES_READ or _STYLE.search(raw_attrs)):
-            attrs = {k.lower(): v.strip("\"'") for k, v in _ATTR.findall(raw_attrs)}
-            _attribute_tricks(name, attrs, tricks)
-            if name == "a" and "href" in attrs:
-                hrefs.append(html.unescape(attrs["href"]))
-            sources.extend(html.unescape(attrs[key]) for key in ("src", "action", "background") if key in attrs)
-        return "\n" if name in _BLOCK else ""
-
-    text = _DECLARATION.sub("", _TAG.sub(read_tag, markup))
+    text, tags, hrefs, sources = read_tags(markup, tricks)
+    tags |= skipped
+    text = _DECLARATION.sub("", text)
     shown: dict[str, list[str]] = {}  # href -> texts of its closed anchors, in document order
     for raw_attrs, inner in _ANCHOR.findall(markup):
         href = _HREF.search(raw_attrs)
@@ -96,6 +81,34 @@ def html_to_text(markup: str) -> HtmlText:
             )
     links = tuple((h, shown[h].pop(0) if shown.get(h) else "") for h in hrefs)
     return HtmlText(html.unescape(text), links, tuple(sources), frozenset(tags), frozenset(tricks))
+
+
+def read_tags(markup: str, tricks: set[str]) -> tuple[str, set[str], list[str], list[str]]:
+    """``markup`` with every tag removed (a block tag leaves a line break), the tag names used, and
+    the link and source targets, in document order; adds the tricks the attributes show.
+
+    One split in C and a loop that reads attributes only where they can be evidence: HTML mail
+    has hundreds of tags, and a callback per tag cost more than the rest of this module.
+    """
+    pieces = _TAG.split(markup)  # text, then (slash, name, attributes, text) per tag
+    if len(pieces) == 1:
+        return markup, set(), [], []
+    names = "\0".join(pieces[2::4]).lower().split("\0")  # names are ASCII letters, digits, ":" and "-"
+    hrefs: list[str] = []
+    sources: list[str] = []
+    for slash, name, raw_attrs in zip(pieces[1::4], names, pieces[3::4]):
+        # Most tags: nothing in their attributes is evidence.
+        if raw_attrs and not slash and (name in _ATTRIBUTES_READ or _STYLE.search(raw_attrs)):
+            attrs = {k.lower(): v.strip("\"'") for k, v in _ATTR.findall(raw_attrs)}
+            _attribute_tricks(name, attrs, tricks)
+            if name == "a" and "href" in attrs:
+                hrefs.append(html.unescape(attrs["href"]))
+            sources.extend(html.unescape(attrs[key]) for key in ("src", "action", "background") if key in attrs)
+    texts = pieces[0::4]
+    joined = texts + texts[1:]  # the texts, with the tags' separators between them
+    joined[0::2] = texts
+    joined[1::2] = ["\n" if name in _BLOCK else "" for name in names]
+    return "".join(joined), set(names), hrefs, sources
 
 
 def _without_unread_content(markup: str) -> tuple[str, set[str]]:
