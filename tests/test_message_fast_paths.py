@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailward.config import LimitSettings
-from mailward.message import parse_message, stdlib_parse
+from mailward.evidence import Finding
+from mailward.message import _DELIMITER, _decoded_headers, decode_header, parse_error, parse_message, stdlib_parse
 from mutants import mutants, seeds_from
 from support.mail import mime_mail as message
 
@@ -98,3 +99,47 @@ def test_a_message_with_parts_is_still_walked_whole():
     raw = message(html="<p>Hi</p>", attachments=[("a.zip", b"PK\x05\x06" + bytes(18))])
     parsed = parse_message(raw, LimitSettings())
     assert [o.declared_type for o in parsed.objects][:2] == ["text/plain", "text/html"]
+
+
+def _decoded_headers_v1(root: Message) -> tuple[tuple[tuple[str, str], ...], list[Finding]]:
+    """_decoded_headers before it read the raw items: every value through compat32's items()."""
+    headers, problems = [], []
+    for key, value in root.items():
+        try:
+            text, clean = decode_header(str(value))
+        except Exception:
+            text, clean = "", False
+        if not clean:
+            problems.append(
+                parse_error(f"header {key}", "undecodable encoded word or charset; kept with replacement characters")
+            )
+        headers.append((key, text))
+    return tuple(headers), problems
+
+
+_HEADER_VALUES = st.lists(
+    st.sampled_from(
+        [b"plain", b" ", b"\xe9", b"\xff\xfe", b"=?utf-8?q?caf=C3=A9?=", b"=?x-bad?b?////?=", b"=?utf-8?b?", b"\t"]
+    ),
+    max_size=8,
+).map(b"".join)
+
+
+@given(st.lists(st.tuples(st.sampled_from([b"Subject", b"From", b"X-A"]), _HEADER_VALUES), max_size=6))
+def test_decoded_headers_are_version_1_s(fields):
+    raw = b"".join(name + b": " + value + b"\r\n" for name, value in fields) + b"\r\nbody\r\n"
+    root = stdlib_parse(raw)
+    assert _decoded_headers(root) == _decoded_headers_v1(root)
+
+
+@given(
+    st.lists(
+        st.sampled_from([b"--b\n", b"--\n", b"--b--\r\n", b"\n", b"x", b"-", b"--" + b"a" * 71 + b"\n"]), max_size=30
+    )
+)
+def test_too_many_boundary_lines_are_refused_as_the_delimiter_count_refuses_them(pieces):
+    raw = b"Content-Type: multipart/mixed; boundary=b\n\n" + b"".join(pieces)
+    limits = LimitSettings(max_parts=2)
+    refused = len(_DELIMITER.findall(raw)) > 2 * limits.max_parts + 2
+    problems = parse_message(raw, limits).problems
+    assert any(p.name == "too-many-parts" and "boundary lines" in p.detail for p in problems) == refused
