@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from mailward.message import stdlib_parse
+from mailward.mimeparse import stdlib_parse
 from mailward.models.htmltext import html_to_text
 from mailward.signatures.content import is_html_smuggling
 from mailward.unpack import ooxml
@@ -149,3 +149,18 @@ def test_a_long_header_line_without_a_colon_is_linear():
     assert seconds < BOUND
     assert root["subject"] == "x"
     assert root.get_payload().startswith("aaa")  # the stdlib's reading: the line starts the body
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"--b" + b" " * 1_000_000 + b"x\n--b--\n",  # blanks after a separator, then not a boundary line after all
+        b"--bx\n" * 200_000,  # lines that start like boundary lines
+        b"--b\n" + b"X-A: b\n" * 100_000 + b"\nx\n--b--\n",  # a part with a huge header block
+    ],
+)
+def test_multipart_bodies_are_linear(body):
+    raw = b"Content-Type: multipart/mixed; boundary=b\n\n" + body
+    root, seconds = timed(stdlib_parse, raw)
+    assert seconds < BOUND
+    assert root.get_content_type() == "multipart/mixed"

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from mailward.config import LimitSettings
 from mailward.evidence import Finding
-from mailward.message import _DELIMITER, _decoded_headers, decode_header, parse_error, parse_message, stdlib_parse
+from mailward.message import _DELIMITER, _decoded_headers, decode_header, parse_error, parse_message
+from mailward.mimeparse import stdlib_parse
 from mutants import mutants, seeds_from
 from support.mail import mime_mail as message
 
@@ -74,6 +75,67 @@ def test_any_bytes_parse_as_the_stdlib_parses_them(raw):
 def test_header_block_and_body_parse_as_the_stdlib_parses_them(head, blank, body):
     assert_as_stdlib(b"Received: x\r\n" + head + blank + body)
     assert_as_stdlib(b"From a@b Mon Jan  1 00:00:00 2024\n" + head + blank + body)
+
+
+# Lines of multipart bodies: boundary lines of two levels (closing, with blanks, run together, without a
+# line end), near misses, part headers of every kind, blank lines, a lone CR.
+_BODY_LINES = [
+    b"--b\n",
+    b"--b--\n",
+    b"--b \t\r\n",
+    b"--b--",
+    b"--bb\n",
+    b"--b--x\n",
+    b"--c\n",
+    b"--c--\r\n",
+    b"\n",
+    b"\r\n",
+    b"text\n",
+    b"\r",
+    b"X: y\n",
+    b" folded\n",
+    b"From x\n",
+    b"Content-Type: text/html\n",
+    b"Content-Type: multipart/alternative; boundary=c\n",
+    b"Content-Type: multipart/digest; boundary=c\n",
+    b"Content-Type: message/rfc822\n",
+]
+
+
+@settings(max_examples=1500)
+@given(
+    st.sampled_from([b"", b"Content-Transfer-Encoding: base64\n", b"Content-Type: multipart/mixed\n"]),
+    st.lists(st.sampled_from(_BODY_LINES), max_size=40).map(b"".join),
+)
+def test_multipart_bodies_parse_as_the_stdlib_parses_them(extra, body):
+    raw = b"Content-Type: multipart/mixed; boundary=b\n" + extra + b"\n" + body
+    assert_as_stdlib(raw)
+    assert_as_stdlib(raw.replace(b"\n", b"\r\n"))
+
+
+def test_nested_parts_keep_their_preambles_and_epilogues():
+    raw = (
+        b"Content-Type: multipart/mixed; boundary=b\n\npre\n--b\n"
+        b"Content-Type: multipart/alternative; boundary=c\n\ninner pre\n--c\n\nplain\n--c\n"
+        b"Content-Type: text/html\n\n<p>hi</p>\n\n--c--\ninner epilogue\n\n--b\n\nlast\n--b--\nepilogue\n"
+    )
+    assert_as_stdlib(raw)
+    parsed = stdlib_parse(raw)
+    inner = parsed.get_payload(0)
+    assert [p.get_payload() for p in inner.get_payload()] == ["plain", "<p>hi</p>\n"]
+    assert (parsed.preamble, inner.preamble, inner.epilogue, parsed.epilogue) == (
+        "pre",
+        "inner pre",
+        "inner epilogue\n",
+        "epilogue\n",
+    )
+
+
+def test_a_digest_and_a_run_of_boundary_lines_parse_as_the_stdlib_parses_them():
+    digest = b"Content-Type: multipart/digest; boundary=b\n\n--b\nContent-Type: text/plain\n\nhi\n--b--\n"
+    assert_as_stdlib(digest)
+    assert stdlib_parse(digest).get_payload(0).get_default_type() == "message/rfc822"
+    assert_as_stdlib(b"Content-Type: multipart/mixed; boundary=b\n\n--b\n--b\n\nhello\n--b\n--b--\n")
 
 
 def test_folded_fields_keep_their_line_ends_and_blanks():

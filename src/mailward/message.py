@@ -26,6 +26,7 @@ from functools import cached_property
 
 from .config import LimitSettings
 from .evidence import Category, Finding, Severity
+from .mimeparse import header_end, stdlib_parse
 from .unpack import Allowance, Incomplete, Kind, MemberState, Observation, Stop, Unpacker
 from .unpack.passwords import password_candidates
 from .unpack.uuencode import has_uuencoded
@@ -39,28 +40,13 @@ def split_message(raw: bytes) -> tuple[bytes, bytes]:
     The one rule for where the header block ends (parser, release marks,
     quarantine listing); with no empty line it is all header and no body.
     """
-    ends = _header_end(raw)
+    ends = header_end(raw)
     return (raw[: ends[0]], raw[ends[1] :]) if ends else (raw, b"")
-
-
-def _header_end(raw: bytes) -> tuple[int, int] | None:
-    """Where the header block ends and where the body starts; None when there is no empty line.
-
-    The first ``\\r?\\n\\r?\\n``, found with two literal scans: a regex starting with an
-    optional character is tried at every byte, and this runs on every message.
-    """
-    lf_crlf = raw.find(b"\n\r\n")  # the milter hands CRLF mail: usually found here, the next scan is short
-    lf_lf = raw.find(b"\n\n", 0, lf_crlf + 1 if lf_crlf >= 0 else len(raw))
-    newline = lf_lf if lf_lf >= 0 else lf_crlf
-    if newline < 0:
-        return None
-    start = newline - 1 if newline > 0 and raw[newline - 1] == 0x0D else newline  # "\r" before it
-    return start, newline + (2 if newline == lf_lf else 3)
 
 
 def header_block(raw: bytes) -> bytes:
     """The bytes before the first empty line, whether lines end in LF or CRLF."""
-    ends = _header_end(raw)
+    ends = header_end(raw)
     return raw[: ends[0]] if ends else raw
 
 
@@ -314,52 +300,6 @@ def _parse_mime(raw: bytes, limits: LimitSettings) -> tuple[Message | None, list
     except Exception as exc:  # the stdlib parser is lenient; anything else is a crash to report
         return None, [_unchecked("parser-crash", type(exc).__name__)]
     return root, []
-
-
-def stdlib_parse(raw: bytes) -> Message:
-    """The tree ``email.message_from_bytes(raw, policy=compat32)`` gives, built without its line loop
-    for a message that is neither multipart nor message/* (nine in ten).
-
-    The stdlib parser reads every header and body line through a generator, a deque and a regex,
-    then joins the body lines again. Where its result is certain, it is built directly: every line
-    of the header block ends in LF or CRLF and is a field or its continuation (after an optional
-    mbox ``From`` line), so the stdlib would read the same fields (compat32: name as written,
-    value with leading blanks and the final line end stripped) without a defect and end them at
-    the same empty line, and the type promises no parts, so the body is the payload as it stands.
-    Anything else is parsed by the stdlib whole.
-    """
-    text = raw.decode("ascii", "surrogateescape")  # as BytesParser does: one character per byte
-    ends = _header_end(raw)
-    root = _single_part(text, ends[0] + (2 if raw[ends[0]] == 0x0D else 1), ends[1]) if ends else None
-    return root if root is not None else email.message_from_string(text, policy=email.policy.compat32)
-
-
-# A header field and its continuation lines, each ending in LF (compat32: blanks after the colon are
-# not part of the value). Names and first characters of continuations are disjoint: linear time.
-_FIELD = re.compile(r"([\041-\071\073-\176]+):[ \t]*([^\n]*\n(?:[ \t][^\n]*\n)*)")
-
-
-def _single_part(text: str, fields_end: int, body_start: int) -> Message | None:
-    """The message from its header fields (``text[:fields_end]``) and body, or None when the stdlib
-    could read it differently (see :func:`stdlib_parse`)."""
-    fields = text[:fields_end]
-    if "\r" in fields and fields.count("\r") != fields.count("\r\n"):  # a lone CR ends a line too
-        return None
-    root = Message(policy=email.policy.compat32)
-    pos = 0
-    if fields.startswith("From "):  # an mbox envelope line
-        pos = fields.index("\n") + 1
-        root.set_unixfrom(fields[:pos].rstrip("\r\n"))
-    while pos < fields_end:  # matched where each field must start: a search would retry at every byte
-        field = _FIELD.match(fields, pos)
-        if field is None:  # a line that is neither a field nor a continuation
-            return None
-        root.set_raw(field.group(1), field.group(2).rstrip("\r\n"))
-        pos = field.end()
-    if root.get_content_maintype() in ("multipart", "message"):
-        return None
-    root.set_payload(text[body_start:])
-    return root
 
 
 @dataclass(frozen=True)
