@@ -1,10 +1,12 @@
 """Worker CPU per step (MIME parse, tokenize, score), this checkout against a baseline checkout,
-and proof that both give every message the same tokens and the same score.
+and proof that both give every message the same tokens, score and evidence.
 
 The shipped model scores tokens from the tokenizer it was trained with: a speed change
 that altered one token would quietly change verdicts. Each checkout runs in its own
 process (``PYTHONPATH`` set to its ``src``); they take turns ``--repeats`` times so a slow
-minute of the shared machine hits both, and the median per step is reported.
+minute of the shared machine hits both, and the median per step is reported. Each message is
+also inspected whole once (every detector, the shipped rules and model; a loopback client, so
+no DNS lookups), and its evidence but the timings must be the same in both checkouts.
 
     .venv/bin/python bench/model_steps.py --baseline /work/main /tmp/corpus/spamassassin \\
         /tmp/corpus/nazario-phishing /tmp/corpus/enron-spam --limit 3000
@@ -20,7 +22,9 @@ import random
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 
@@ -36,11 +40,14 @@ def files_of(directories: list[Path], limit: int) -> list[Path]:
 
 
 def child(paths: list[Path], passes: int) -> None:
-    """Run in one checkout: per-step seconds (best pass) and each message's token and score digest, as JSON."""
-    from mailward.config import LimitSettings
+    """Run in one checkout: per-step seconds (best pass) and each message's token, score and evidence
+    digest, as JSON."""
+    from mailward.config import LimitSettings, load_settings
+    from mailward.envelope import Envelope
     from mailward.message import parse_message
     from mailward.models.artifact import load_artifact
     from mailward.models.tokens import tokenize
+    from mailward.runtime import build_inspector
     from mailward.unpack import Unpacker
 
     default = Path(sys.modules["mailward"].__file__ or "").parent / "models" / "default"
@@ -62,9 +69,12 @@ def child(paths: list[Path], passes: int) -> None:
         for step, seconds in (("parse", parse), ("tokenize", tokenizing), ("score", scoring)):
             best[step] = min(best.get(step, seconds), seconds)
     unpacker.close()
+    inspector = build_inspector(load_settings(overrides={"state_dir": tempfile.mkdtemp()}))
+    envelope = Envelope(client_address="127.0.0.1")  # loopback: no DNS lookups
+    evidence = [repr(replace(inspector.inspect(raw, envelope), timings=())) for raw in raws]
     digests = [
-        hashlib.sha256(("\n".join(t) + f"\n{s.score!r}\n{s.clues!r}").encode("utf-8", "surrogatepass")).hexdigest()
-        for t, s in zip(tokens, scores)
+        hashlib.sha256(("\n".join(t) + f"\n{s.score!r}\n{s.clues!r}\n{e}").encode("utf-8", "surrogatepass")).hexdigest()
+        for t, s, e in zip(tokens, scores, evidence)
     ]
     json.dump({"seconds": best, "digests": digests}, sys.stdout)
 
@@ -121,7 +131,7 @@ def main() -> int:
     if "baseline" in digests:
         differ = [str(p) for p, a, b in zip(paths, digests["this"], digests["baseline"]) if a != b]
         print(f"  this / baseline: {totals['this'] / totals['baseline']:.3f}")
-        print(f"tokens and scores identical on {len(paths) - len(differ)} of {len(paths)} messages")
+        print(f"tokens, scores and evidence identical on {len(paths) - len(differ)} of {len(paths)} messages")
         for path in differ[:10]:
             print(f"  differs: {path}")
         return 1 if differ else 0
