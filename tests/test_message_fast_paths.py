@@ -138,6 +138,27 @@ def test_a_digest_and_a_run_of_boundary_lines_parse_as_the_stdlib_parses_them():
     assert_as_stdlib(b"Content-Type: multipart/mixed; boundary=b\n\n--b\n--b\n\nhello\n--b\n--b--\n")
 
 
+def test_a_header_block_without_an_empty_line_parses_as_the_stdlib_parses_it():
+    """Pre-tokenised corpus files and broken mail: the first line that is no field starts the body."""
+    for raw in [
+        b"Subject: x\nbody line\nmore\n",
+        b"Subject: x\nbody\n\nmore\n",
+        b"Subject: x\r\n+ + body\r\n",
+        b"hello\nSubject: x\n\n",
+        b"From a@b Mon\nbody\n",
+        b"Subject: x",
+        b"Subject: x\ny",
+        b"Subject: x\n:no name\n\nbody\n",
+        b"Subject: x\nFrom y\n",
+        b"Subject: x\nFrom y\nbody\n",
+        b"Content-Type: multipart/mixed; boundary=b\nbody\n--b\n\nx\n--b--\n",
+    ]:
+        assert_as_stdlib(raw)
+    parsed = stdlib_parse(b"Subject: x\nbody line\n")
+    assert [type(d).__name__ for d in parsed.defects] == ["MissingHeaderBodySeparatorDefect"]
+    assert parsed.get_payload() == "body line\n"
+
+
 def test_folded_fields_keep_their_line_ends_and_blanks():
     raw = b"Subject:  \t one\r\n two\r\n\tthree \r\nX-Empty:\r\nX-Blank: \r\n\r\n body\r\n"
     assert_as_stdlib(raw)

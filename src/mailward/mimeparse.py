@@ -9,9 +9,11 @@ anything else to the stdlib whole, so no detector can see a difference:
 
 * no line ends in a lone CR (the stdlib ends a line there too);
 * every header block is fields and their continuations (after an optional mbox
-  ``From`` line), each line ending in LF or CRLF, up to an empty line: the
-  stdlib reads the same fields (name as written, value without the blanks after
-  the colon and the final line end), with no defect, and ends them there;
+  ``From`` line), each line ending in LF or CRLF, up to an empty line or a line
+  the stdlib does not read as header (then it notes the missing empty line and
+  the body starts there, as in pre-tokenised corpus files): it reads the same
+  fields (name as written, value without the blanks after the colon and the
+  final line end) and ends them there;
 * a multipart (not a digest, which defaults its parts to message/rfc822) has a
   boundary, one boundary line or more before its closing one, no two boundary
   lines in a row, and parts that are neither multipart nor message/*.
@@ -32,6 +34,8 @@ _POLICY = email.policy.compat32
 # A header field and its continuation lines, each ending in LF (compat32: blanks after the colon are
 # not part of the value). Names and first characters of continuations are disjoint: linear time.
 _FIELD = re.compile(r"([\041-\071\073-\176]+):[ \t]*([^\n]*\n(?:[ \t][^\n]*\n)*)")
+# A line the stdlib reads as part of the header block (email.feedparser.headerRE).
+_HEADER_LINE = re.compile(r"From |[\041-\071\073-\176]*:|[\t ]")
 _NESTED = ("multipart", "message")  # types the stdlib parses as more parts
 _MAX_DEPTH = 4  # multiparts nested deeper than this are left to the stdlib
 
@@ -80,9 +84,15 @@ class _Text:
             body = start + (1 if raw[start] == 0x0A else 2)
         else:
             ends = header_end(raw, start, end)
-            if ends is None or not self._read_fields(msg, start, ends[0] + (2 if raw[ends[0]] == 0x0D else 1)):
+            fields_end = ends[0] + (2 if raw[ends[0]] == 0x0D else 1) if ends else end
+            stop = self._read_fields(msg, start, fields_end)
+            if stop == fields_end:
+                body = ends[1] if ends else end
+            elif _HEADER_LINE.match(text, stop, end):  # a line the stdlib reads as a broken field: left to it
                 return None
-            body = ends[1]
+            else:  # the stdlib's reading of a line that is no field: the header block ends, the body starts
+                msg.defects.append(email.errors.MissingHeaderBodySeparatorDefect())
+                body = stop
         maintype = msg.get_content_maintype()
         if maintype not in _NESTED:
             # In a multipart, the line end before a boundary line belongs to it (RFC 2046).
@@ -94,21 +104,21 @@ class _Text:
             msg.epilogue = _without_line_end(msg.epilogue) if msg.epilogue else None
         return msg
 
-    def _read_fields(self, msg: Message, pos: int, end: int) -> bool:
-        """Add the header fields in ``[pos:end]`` (whole lines) to ``msg``; False at a line the stdlib
-        would not read as a field."""
+    def _read_fields(self, msg: Message, pos: int, end: int) -> int:
+        """Add the header fields from ``pos`` on to ``msg``; where they stop: ``end``, or the start of
+        the first line that is no field, continuation or (first) mbox ``From`` line."""
         text = self.text
-        if text.startswith("From ", pos, end):  # an mbox envelope line
-            line_end = text.index("\n", pos) + 1
+        line_end = text.find("\n", pos, end) + 1
+        if line_end and text.startswith("From ", pos, end):  # an mbox envelope line
             msg.set_unixfrom(text[pos:line_end].rstrip("\r\n"))
             pos = line_end
         while pos < end:  # matched where each field must start: a search would retry at every byte
             field = _FIELD.match(text, pos, end)
-            if field is None:  # a line that is neither a field nor a continuation
-                return False
+            if field is None:
+                return pos
             msg.set_raw(field.group(1), field.group(2).rstrip("\r\n"))
             pos = field.end()
-        return True
+        return pos
 
     def _read_parts(self, msg: Message, body: int, end: int, depth: int) -> bool:
         """Attach the parts of the multipart ``msg`` whose body is ``[body:end]``, with its preamble,
@@ -120,7 +130,9 @@ class _Text:
         lines = re.compile("^--" + re.escape(boundary) + r"(--)?[ \t]*\r?$", re.M)
         cuts: list[tuple[int, int]] = []  # (start, end after its line end) of each boundary line, closing one last
         closed = False
-        for match in lines.finditer(self.text, body, end):  # (a run of them leaves an empty part: not certain)
+        for match in lines.finditer(self.text, body, end):
+            if cuts and cuts[-1][1] == match.start():  # the stdlib skips a run of boundary lines
+                return False
             cuts.append((match.start(), match.end() + (match.end() < end)))  # and its LF
             if match.group(1):
                 closed = True
