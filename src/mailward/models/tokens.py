@@ -326,7 +326,7 @@ def _header_tokens(message: ParsedMessage) -> Iterable[str]:
     subject = message.subject[:_HEADER_CHARS]
     for word in words_of(subject):
         yield f"subject:{word}"
-    if subject and sum(c.isupper() for c in subject) > 0.6 * max(1, sum(c.isalpha() for c in subject)):
+    if subject and sum(map(str.isupper, subject)) > 0.6 * max(1, sum(map(str.isalpha, subject))):
         yield "subject:shape:caps"
     if "!!" in subject or "$" in subject:
         yield "subject:shape:money-or-shout"
