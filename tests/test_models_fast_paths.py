@@ -6,7 +6,6 @@ Across real corpora, ``bench/model_steps.py --baseline`` proves the same for who
 
 from __future__ import annotations
 
-import html
 import re
 import unicodedata
 
@@ -17,7 +16,7 @@ from hypothesis import strategies as st
 from mailward.config import LimitSettings
 from mailward.message import parse_message, split_message
 from mailward.models.classifier import strongest_first
-from mailward.models.htmltext import _ATTR, _ATTRIBUTES_READ, _BLOCK, _STYLE, _TAG, _attribute_tricks, read_tags
+from mailward.models.htmltext import _BLOCK, _TAG, read_attributes, read_tags
 from mailward.models.tokens import _CHARS_PER_WORD, _CJK, _CJK_PAIRS, _INVISIBLE, _WORD, _generalised, words_of
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")  # the rule split_message implements without a regex
@@ -92,7 +91,8 @@ def test_words_of_gives_the_version_1_words(text, limit):
 
 
 def _read_tags_v1(markup: str, tricks: set[str]) -> tuple[str, set[str], list[str], list[str]]:
-    """The tag pass of html_to_text as TOKENIZER_VERSION 1 shipped it: a callback per tag."""
+    """The tag pass of html_to_text as TOKENIZER_VERSION 1 shipped it: a callback per tag (the
+    attributes read as they still are)."""
     tags: set[str] = set()
     hrefs: list[str] = []
     sources: list[str] = []
@@ -101,12 +101,8 @@ def _read_tags_v1(markup: str, tricks: set[str]) -> tuple[str, set[str], list[st
         slash, name, raw_attrs = match.groups()
         name = name.lower()
         tags.add(name)
-        if raw_attrs and not slash and (name in _ATTRIBUTES_READ or _STYLE.search(raw_attrs)):
-            attrs = {k.lower(): v.strip("\"'") for k, v in _ATTR.findall(raw_attrs)}
-            _attribute_tricks(name, attrs, tricks)
-            if name == "a" and "href" in attrs:
-                hrefs.append(html.unescape(attrs["href"]))
-            sources.extend(html.unescape(attrs[key]) for key in ("src", "action", "background") if key in attrs)
+        if raw_attrs and not slash:
+            read_attributes(name, raw_attrs, tricks, hrefs, sources)
         return "\n" if name in _BLOCK else ""
 
     return _TAG.sub(read_tag, markup), tags, hrefs, sources

@@ -97,18 +97,26 @@ def read_tags(markup: str, tricks: set[str]) -> tuple[str, set[str], list[str], 
     hrefs: list[str] = []
     sources: list[str] = []
     for slash, name, raw_attrs in zip(pieces[1::4], names, pieces[3::4]):
-        # Most tags: nothing in their attributes is evidence.
-        if raw_attrs and not slash and (name in _ATTRIBUTES_READ or _STYLE.search(raw_attrs)):
-            attrs = {k.lower(): v.strip("\"'") for k, v in _ATTR.findall(raw_attrs)}
-            _attribute_tricks(name, attrs, tricks)
-            if name == "a" and "href" in attrs:
-                hrefs.append(html.unescape(attrs["href"]))
-            sources.extend(html.unescape(attrs[key]) for key in ("src", "action", "background") if key in attrs)
+        if raw_attrs and not slash:
+            read_attributes(name, raw_attrs, tricks, hrefs, sources)
     texts = pieces[0::4]
     joined = texts + texts[1:]  # the texts, with the tags' separators between them
     joined[0::2] = texts
     joined[1::2] = ["\n" if name in _BLOCK else "" for name in names]
     return "".join(joined), set(names), hrefs, sources
+
+
+def read_attributes(name: str, raw_attrs: str, tricks: set[str], hrefs: list[str], sources: list[str]) -> None:
+    """What the attributes of an opening tag ``name`` (lower-case) show: tricks, its link, its sources.
+
+    Most tags: nothing in their attributes is evidence, and they are not parsed.
+    """
+    if name in _ATTRIBUTES_READ or _STYLE.search(raw_attrs):
+        attrs = {k.lower(): v.strip("\"'") for k, v in _ATTR.findall(raw_attrs)}
+        _attribute_tricks(name, attrs, tricks)
+        if name == "a" and "href" in attrs:
+            hrefs.append(html.unescape(attrs["href"]))
+        sources.extend(html.unescape(attrs[key]) for key in ("src", "action", "background") if key in attrs)
 
 
 def _without_unread_content(markup: str) -> tuple[str, set[str]]:
