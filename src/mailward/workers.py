@@ -184,6 +184,9 @@ class ScanPool:
         "mailward.signatures",
         "mailward.models.spam",
         "mailward.reputation",
+        # What _worker_main builds with: the composition root and the model-refusal alert it wires in.
+        "mailward.runtime",
+        "mailward.incidents.alerts",
         # The in-process archive handlers (pyzipper alone: 0.2 s), which every warm-up scan imports.
         "mailward.unpack.zip",
         "mailward.unpack.tar",
