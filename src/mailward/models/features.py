@@ -56,7 +56,7 @@ def token_columns(tokens: list[str], n_features: int) -> np.ndarray:
     either way). A token that is not valid Unicode (a lone surrogate) raises
     UnicodeEncodeError, as it does in scikit-learn; the tokenizer removes them.
     """
-    hashes = np.fromiter((_murmur3_32(token.encode("utf-8")) for token in tokens), dtype=np.int64, count=len(tokens))
+    hashes = np.array([_murmur3_32(token.encode()) for token in tokens], dtype=np.int64)  # str.encode: strict UTF-8
     columns: np.ndarray = np.abs(hashes) % n_features
     return columns
 
