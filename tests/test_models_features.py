@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from mailward.config import LimitSettings
+from mailward.errors import ArtifactError
 from mailward.message import parse_message
 from mailward.models import features
 from mailward.models.artifact import SHIPPED_DIR, SIDECAR, load_artifact
@@ -45,6 +46,13 @@ def test_the_one_hash_whose_absolute_value_overflows_lands_where_the_vectorizer_
 
 def test_empty_token_list():
     assert token_columns([], 2**22).tolist() == []
+
+
+def test_training_refuses_a_vectorizer_that_hashes_unlike_scoring(monkeypatch):
+    """Its counts would land in columns the scorer never looks up: a model silently wrong."""
+    monkeypatch.setattr(features, "_murmur3_32", lambda key: len(key))
+    with pytest.raises(ArtifactError, match="feature hashing differs"):
+        vectorizer(FeatureSettings(n_features=2**12))
 
 
 def test_binary_presence_not_counts():

@@ -8,9 +8,8 @@ loaded; they are refused with the command that converts or rebuilds them. The
 arrays are the model's sufficient statistics, so they stay readable across
 scikit-learn releases, scoring derives its weights from them with numpy alone
 (no scikit-learn is imported to load or score a model), and training can resume
-from them. The sidecar
-names the payload file, its sha256, and every setting needed to rebuild the
-classifier exactly.
+from them. The sidecar names the payload file, its sha256, and every setting
+needed to rebuild the classifier exactly.
 
 Loading refuses, with an :class:`ArtifactError` that names the file, anything
 whose checksum, format, tokenizer or feature hashing does not match this

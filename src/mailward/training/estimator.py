@@ -13,6 +13,7 @@ from scipy import sparse
 from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.naive_bayes import MultinomialNB
 
+from ..errors import ArtifactError
 from ..models.classifier import CLASSES, NaiveBayesCounts
 from ..models.features import HASH_PROBE, FeatureSettings, hash_probe
 
@@ -28,7 +29,7 @@ def vectorizer(features: FeatureSettings) -> HashingVectorizer:
         analyzer=tokens_as_given, n_features=features.n_features, binary=True, norm=None, alternate_sign=False
     )
     if vectorizer_probe(made) != hash_probe(features.n_features):
-        raise RuntimeError("scikit-learn's feature hashing differs from the model's; a trained model would not score")
+        raise ArtifactError("scikit-learn's feature hashing differs from mmh3's: a model trained here would not score")
     return made
 
 
