@@ -17,6 +17,7 @@ import logging
 import logging.handlers
 import os
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -107,8 +108,22 @@ LOG_FILE_MODE = 0o640  # lines carry addresses and content clues: never world-re
 class PrivateLogFile(logging.handlers.WatchedFileHandler):
     """Appends to a file created 0640 (a file found readable by others is narrowed to that).
 
-    Reopens the file by name when logrotate renames it, so rotation needs no restart.
+    Reopens the file by name when logrotate renames it, so rotation needs no restart. The name
+    is checked at most every :data:`RECHECK` seconds rather than per line (the stdlib stats it
+    for every record, a system call per summary line); lines written in between still reach the
+    renamed file, which logrotate's ``delaycompress`` or ``copytruncate`` keep.
     """
+
+    RECHECK = 1.0  # seconds between checks that the file still has its name
+
+    _checked = float("-inf")
+
+    def reopenIfNeeded(self) -> None:  # noqa: N802  (the stdlib's name)
+        now = time.monotonic()
+        if now - self._checked < self.RECHECK:
+            return
+        self._checked = now
+        super().reopenIfNeeded()
 
     def _open(self) -> io.TextIOWrapper:
         fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, LOG_FILE_MODE)
