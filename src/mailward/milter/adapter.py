@@ -31,7 +31,7 @@ from ..incidents import Block, block_finding
 from ..logs import LogContext, log_context
 from ..reputation import claims_our_id
 from ..runtime import LiveRuntime, Runtime
-from ..screening import event_of
+from ..screening import report
 from ..verdict import Action, Outcome, Verdict, new_incident_id
 from .buffer import MessageBuffer
 
@@ -208,9 +208,11 @@ class MailwardMilter(Milter.Base):
         self._report(outcome)
         return outcome.verdict
 
-    def _report(self, outcome: Outcome) -> None:
-        """The one summary line per message (or refused transaction) and its metrics."""
-        log.info("%s %s", outcome.verdict.action.value, outcome.verdict.incident_id, extra={"event": event_of(outcome)})
+    def _report(self, outcome: Outcome, screened: bool = False) -> None:
+        """The metrics of every message, and the summary line of one the screener did not screen (refused
+        before its content, failed callbacks): a screened one's was written where it was screened."""
+        if not screened:
+            report(outcome)
         if self._runtime.metrics is not None:
             try:
                 self._runtime.metrics.observe(outcome)
@@ -306,6 +308,7 @@ class MailwardMilter(Milter.Base):
 
     def _end_of_message(self) -> int:
         outcome: Outcome | None = None
+        screened = False
         try:
             try:
                 message = self._message if self._message is not None else self._begin()
@@ -316,10 +319,10 @@ class MailwardMilter(Milter.Base):
                 else:
                     if not message.in_body:
                         message.opened_buffer().end_headers()
-                    outcome = self._screen()
+                    outcome, screened = self._screen(), True
             except Exception:
                 self._fail("eom")
-                outcome = self._failure_outcome(self._connection.failure or self._ongoing().failure)
+                outcome, screened = self._failure_outcome(self._connection.failure or self._ongoing().failure), False
             return self._apply(outcome)
         except Exception:
             log.exception("could not apply the verdict")
@@ -327,7 +330,7 @@ class MailwardMilter(Milter.Base):
         finally:
             try:
                 if outcome is not None:
-                    self._report(outcome)
+                    self._report(outcome, screened)
             finally:
                 self._end()
 
