@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from mailward.config import Settings
 from mailward.envelope import Envelope
 from mailward.evidence import Category
 from mailward.incidents import open_store as open_incident_store
@@ -159,16 +160,24 @@ def test_a_scan_past_its_deadline_is_quarantined_unchecked_by_the_milter_once(tm
         milter.close()
 
 
-def test_a_workers_counters_reach_the_store_when_it_stops(tmp_path):
-    """Counted in the worker's memory (flush interval far off here); a graceful stop flushes them."""
+def inbound_messages(settings: Settings) -> int:
+    store = open_incident_store(settings)
+    try:
+        return store.record(Counter.INBOUND_HOST, CLIENT, Totals(), since=0.0).messages
+    finally:
+        store.close()
+
+
+def test_a_workers_counters_reach_the_store_when_it_is_replaced_or_stops(tmp_path):
+    """Counted in the worker's memory (flush interval far off here); a reload's retired worker and a
+    graceful stop flush them."""
     milter = Milter(tmp_path, "[incidents]\nflush_interval = 60\n")
     try:
         for n in range(3):
             milter.runtime.screener.screen(MessageSource.of(message()[1]), envelope(f"4QX{n}"))
+        milter.pool.reload(milter.settings)  # the old worker flushes before it is killed
+        assert inbound_messages(milter.settings) == 3
+        milter.runtime.screener.screen(MessageSource.of(message()[1]), envelope("4QX9"))
     finally:
         milter.close()
-    store = open_incident_store(milter.settings)
-    try:
-        assert store.record(Counter.INBOUND_HOST, CLIENT, Totals(), since=0.0).messages == 3
-    finally:
-        store.close()
+    assert inbound_messages(milter.settings) == 4

@@ -18,8 +18,6 @@ import logging.handlers
 import os
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import Any
@@ -44,15 +42,24 @@ _NO_CONTEXT = LogContext()
 _CONTEXT: ContextVar[LogContext] = ContextVar("mailward_log_context", default=_NO_CONTEXT)
 
 
-@contextmanager
-def log_context(**fields: str) -> Iterator[LogContext]:
-    """Add ``fields`` (of :class:`LogContext`) to every line logged in this block; empty values keep the outer ones."""
-    context = replace(_CONTEXT.get(), **{k: v for k, v in fields.items() if v})
-    token = _CONTEXT.set(context)
-    try:
-        yield context
-    finally:
-        _CONTEXT.reset(token)
+class log_context:  # noqa: N801  (used as a function: ``with log_context(...)``)
+    """Add ``fields`` (of :class:`LogContext`) to every line logged in this block; empty values keep the outer ones.
+
+    A class rather than a ``@contextmanager`` generator: entered several times per message.
+    """
+
+    __slots__ = ("_fields", "_token")
+
+    def __init__(self, **fields: str):
+        self._fields = fields
+
+    def __enter__(self) -> LogContext:
+        context = replace(_CONTEXT.get(), **{k: v for k, v in self._fields.items() if v})
+        self._token = _CONTEXT.set(context)
+        return context
+
+    def __exit__(self, *exc: object) -> None:
+        _CONTEXT.reset(self._token)
 
 
 def current_log_context() -> LogContext:

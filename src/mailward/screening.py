@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from .config import DirectionPolicy, Settings
 from .envelope import Envelope
 from .errors import ScanFailed, StoreError
-from .evidence import Category, Evidence, Finding, MarkProof, retry_key
+from .evidence import NOTHING_KNOWN, Category, Evidence, Finding, MarkProof, retry_key
 from .logs import log_context
 from .message import split_message
 from .policy import Inputs, Listed, Mark, Share, decide, decide_failure, split, stops
@@ -179,7 +179,7 @@ class Screener:
         self,
         source: MessageSource,
         envelope: Envelope,
-        known: Evidence = Evidence(),
+        known: Evidence = NOTHING_KNOWN,
         *,
         incident: str = "",
         started: float | None = None,
@@ -193,14 +193,14 @@ class Screener:
         """
         started = time.perf_counter() if started is None else started
         incident = incident or new_incident_id(self._clock())
+        if self._workers is not None:  # the worker sets the log context there; the fallback sets its own
+            return self._hand_over(self._workers, source, envelope, known, incident, started)
         with log_context(
             queue_id=envelope.queue_id,
             connection_id=envelope.connection_id,
             incident_id=incident,
             direction=envelope.direction.value,
         ):
-            if self._workers is not None:
-                return self._hand_over(self._workers, source, envelope, known, incident, started)
             outcome = self._screen(source, envelope, known, incident, started)
             if self._reports:
                 report(outcome)
@@ -239,7 +239,12 @@ class Screener:
         if self._quarantine is not None:
             self._quarantine.withdraw(incident)
         fallback = new_incident_id(self._clock())
-        with log_context(incident_id=fallback):
+        with log_context(
+            queue_id=envelope.queue_id,
+            connection_id=envelope.connection_id,
+            incident_id=fallback,
+            direction=envelope.direction.value,
+        ):
             log.warning("no worker finished screening incident %s (%s); decided here", incident, error or "unchecked")
             outcome = self._screen(source, envelope, known, fallback, started, scanned, error)
             if self._reports:

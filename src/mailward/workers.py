@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from .config import Settings
 from .envelope import Envelope
 from .errors import ScanFailed, StoreError
-from .evidence import Category, Evidence, Finding, Severity
+from .evidence import NOTHING_KNOWN, Category, Evidence, Finding, Severity
 from .lifetime import die_with_parent
 from .source import MessageSource
 from .verdict import Outcome, Relayed
@@ -188,16 +188,13 @@ def _serve(
         source = MessageSource(data=data) if isinstance(data, bytes) else MessageSource.spooled(Path(data), size)
         try:
             outcome = runtime.screener.screen(
-                source, envelope, known or _NOTHING_KNOWN, incident=incident, started=started
+                source, envelope, known or NOTHING_KNOWN, incident=incident, started=started
             )
         except Exception as exc:
             log.exception("screening failed")
             _send(conn, ("error", type(exc).__name__))
             continue
         _send(conn, ("ok", outcome.slim(), relayed()))
-
-
-_NOTHING_KNOWN = Evidence()
 
 
 def _limit_cpu(seconds: float) -> None:
@@ -501,33 +498,48 @@ class ScanPool:
         ticket = self._acquire(envelope.client_address, max(0.0, deadline - (time.perf_counter() - started)))
         if ticket is None:
             return _unchecked("scan-deadline", "no scanning process became free in time")
+        data = str(source.path) if source.path is not None else source.data
+        job = ("screen", data, source.size, envelope, None if known is NOTHING_KNOWN else known, incident, started)
+        answer_by = started + deadline + settings.quarantine.write_timeout + ANSWER_GRACE
+        reply = self._exchange(ticket, job, started, deadline, answer_by)
+        if isinstance(reply, Evidence):
+            return reply
+        _status, slim, relayed = reply
+        return Outcome.from_slim(slim, envelope), relayed
+
+    def _exchange(
+        self, ticket: _Ticket, job: tuple[object, ...], started: float, deadline: float, answer_by: float | None
+    ) -> tuple[Any, ...] | Evidence:
+        """Send ``job`` to the ticket's worker and wait for its ``ok`` answer: until ``deadline`` seconds
+        after ``started`` for the scan, then, if the worker marked it done, until ``answer_by``.
+
+        Unchecked evidence when the scan ran out of time or CPU; StoreError when the answer did not
+        come after the scan; ScanFailed when the worker died or failed. A worker given up on is
+        killed (before this returns, so it commits nothing more) and replaced.
+        """
         worker = ticket.granted_worker
         broken = False
-        data = str(source.path) if source.path is not None else source.data
         try:
             worker.scanned.value = 0
-            nothing_known = known is _NOTHING_KNOWN or known == _NOTHING_KNOWN  # most messages: nothing to pickle
-            job = ("screen", data, source.size, envelope, None if nothing_known else known, incident, started)
             _send(worker.conn, job)
             if not worker.answered(deadline - (time.perf_counter() - started)):
-                if not worker.scanned.value:
-                    broken = True
+                broken = True
+                if answer_by is None or not worker.scanned.value:
                     log.error("scan exceeded the %.0f s deadline; worker %s killed", deadline, worker.process.pid)
                     return _unchecked("scan-deadline", f"scan exceeded {deadline:.0f} s")
-                answer_by = started + deadline + settings.quarantine.write_timeout + ANSWER_GRACE
                 if not worker.answered(answer_by - time.perf_counter()):
-                    broken = True
                     log.error("worker %s scanned but did not answer in time after; killed", worker.process.pid)
-                    raise StoreError(f"no answer within {settings.quarantine.write_timeout:g} s after the scan")
-            status, payload, *relayed = _recv(worker.conn)
+                    raise StoreError(f"no answer within {self._settings.quarantine.write_timeout:g} s after the scan")
+                broken = False
+            reply: tuple[Any, ...] = _recv(worker.conn)
         except (EOFError, OSError) as exc:
             broken = True
             return self._lost(worker, exc)
         finally:
             self._release(ticket, broken)
-        if status != "ok":
-            raise ScanFailed(f"scanning process reported {payload}")
-        return Outcome.from_slim(payload, envelope), relayed[0]
+        if reply[0] != "ok":
+            raise ScanFailed(f"scanning process reported {reply[1]}")
+        return reply
 
     def _lost(self, worker: _Worker, exc: BaseException) -> Evidence:
         """A worker whose pipe broke mid-message: over its CPU limit (unchecked evidence), or dead (raises)."""
@@ -544,29 +556,16 @@ class ScanPool:
         ``deadline``: seconds for the whole scan, waiting for a worker included;
         by default ``milter.message_deadline`` of the settings the workers run.
         """
-        started = time.monotonic()
+        started = time.perf_counter()
         if deadline is None:
             deadline = self._settings.milter.message_deadline
         ticket = self._acquire(envelope.client_address, deadline)
         if ticket is None:
             return _unchecked("scan-deadline", "no scanning process became free in time")
-        worker = ticket.granted_worker
-        replace = False
-        try:
-            _send(worker.conn, ("scan", source, envelope))
-            if not worker.answered(deadline - (time.monotonic() - started)):
-                replace = True
-                log.error("scan exceeded the %.0f s deadline; worker %s killed", deadline, worker.process.pid)
-                return _unchecked("scan-deadline", f"scan exceeded {deadline:.0f} s")
-            status, payload = _recv(worker.conn)
-        except (EOFError, OSError) as exc:
-            replace = True
-            return self._lost(worker, exc)
-        finally:
-            self._release(ticket, replace)
-        if status != "ok":
-            raise ScanFailed(f"scanning process reported {payload}")
-        evidence: Evidence = payload
+        reply = self._exchange(ticket, ("scan", source, envelope), started, deadline, None)
+        if isinstance(reply, Evidence):
+            return reply
+        evidence: Evidence = reply[1]
         return evidence
 
     def _acquire(self, client: str, timeout: float) -> _Ticket | None:

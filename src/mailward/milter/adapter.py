@@ -19,14 +19,14 @@ import logging
 import secrets
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Concatenate, ParamSpec
 
 import Milter
 
 from ..envelope import Envelope
 from ..errors import MailwardError
-from ..evidence import Evidence, Finding
+from ..evidence import NOTHING_KNOWN, Evidence, Finding
 from ..incidents import Block, block_finding
 from ..logs import LogContext, log_context
 from ..reputation import claims_our_id
@@ -360,20 +360,17 @@ class MailwardMilter(Milter.Base):
             daemon=client.daemon,
             connection_id=client.id,
             local_submission=client.local_submission,
+            mail_from=message.mail_from if message is not None else "",
+            recipients=tuple(message.recipients) if message is not None else (),
+            auth_user=message.auth_user if message is not None else "",
+            queue_id=message.queue_id if message is not None else "",
         )
-        if message is not None:
-            envelope = replace(
-                envelope,
-                mail_from=message.mail_from,
-                recipients=tuple(message.recipients),
-                auth_user=message.auth_user,
-                queue_id=message.queue_id,
-            )
         return envelope.with_direction(self._runtime.direction.classify(envelope))
 
     def _screen(self) -> Outcome:
         message = self._ongoing()
-        known = Evidence(findings=self._connection.findings + message.findings)
+        findings = self._connection.findings + message.findings
+        known = Evidence(findings=findings) if findings else NOTHING_KNOWN
         return message.runtime.screener.screen(message.opened_buffer().source(), self._envelope(), known)
 
     def _failure_outcome(self, failure: str) -> Outcome:
