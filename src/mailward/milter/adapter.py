@@ -20,11 +20,11 @@ import secrets
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Concatenate, ParamSpec
+from typing import Concatenate, ParamSpec, TypeVarTuple
 
 import Milter
 
-from ..envelope import Envelope
+from ..envelope import Direction, Envelope
 from ..errors import MailwardError
 from ..evidence import NOTHING_KNOWN, Evidence, Finding
 from ..incidents import Block, block_finding
@@ -88,6 +88,7 @@ CONNECTION_CALLBACKS = ("connect", "hello")
 
 
 _Args = ParamSpec("_Args")
+_Ts = TypeVarTuple("_Ts")
 
 
 def _continue_quietly_on_error(
@@ -108,6 +109,24 @@ def _continue_quietly_on_error(
             return Milter.CONTINUE
 
     return guarded
+
+
+def _noreply_quietly(callback: Callable[[MailwardMilter, *_Ts], int]) -> Callable[[MailwardMilter, *_Ts], int]:
+    """``Milter.noreply`` and :func:`_continue_quietly_on_error` as one wrapper, for the callbacks
+    called per header field and body chunk (each wrapper is one more Python call per header)."""
+    name = callback.__name__
+    mask = Milter.OPTIONAL_CALLBACKS[name][0]  # the P_NR_* bit; a KeyError for a callback that must answer
+
+    @functools.wraps(callback)
+    def wrapper(self: MailwardMilter, /, *args: *_Ts) -> int:
+        try:
+            callback(self, *args)  # CONTINUE: the data callbacks answer nothing else
+        except Exception:
+            self._fail(name)
+        return Milter.NOREPLY if self._protocol & mask else Milter.CONTINUE
+
+    wrapper.__dict__["milter_protocol"] = mask  # what Milter.noreply marks: negotiated as not answered
+    return wrapper
 
 
 def _continue_on_error(
@@ -240,8 +259,7 @@ class MailwardMilter(Milter.Base):
             client.findings = (block_finding(block),)
         return Milter.CONTINUE
 
-    @Milter.noreply
-    @_continue_quietly_on_error
+    @_noreply_quietly
     def hello(self, hostname: str) -> int:
         self._connection.helo = str(hostname)
         return Milter.CONTINUE
@@ -265,21 +283,19 @@ class MailwardMilter(Milter.Base):
         message.buffer = MessageBuffer(rt.spool_threshold, rt.spool_dir)
         return Milter.CONTINUE
 
-    @Milter.noreply
-    @_continue_quietly_on_error
+    @_noreply_quietly
     def envrcpt(self, to: str, *params: str) -> int:
         self._ongoing().recipients.append(_addr(to))
         return Milter.CONTINUE
 
     @Milter.decode("bytes")
-    @Milter.noreply
-    @_continue_quietly_on_error
+    @_noreply_quietly
     def header(self, name: str | bytes, value: str | bytes) -> int:
-        name = name.decode("ascii", "replace") if isinstance(name, bytes) else name
-        value = value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
         message = self._ongoing()
         if self._connection.failure or message.failure:
             return Milter.CONTINUE  # answered with on_error at end of message; nothing to keep
+        name = name.decode("ascii", "replace") if isinstance(name, bytes) else name
+        value = value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
         message.opened_buffer().add_header(name, value)
         lower = name.lower()
         if lower == "subject" and message.subject is None:
@@ -288,8 +304,7 @@ class MailwardMilter(Milter.Base):
             message.watched_headers.setdefault(lower, []).append(value.decode("utf-8", "replace"))
         return Milter.CONTINUE
 
-    @Milter.noreply
-    @_continue_quietly_on_error
+    @_noreply_quietly
     def body(self, chunk: bytes) -> int:
         message = self._ongoing()
         if self._connection.failure or message.failure:
@@ -353,19 +368,24 @@ class MailwardMilter(Milter.Base):
     # --- decision ------------------------------------------------------
     def _envelope(self) -> Envelope:
         client, message = self._connection, self._message
-        envelope = Envelope(
-            client_address=client.address,
-            client_name=client.name,
-            helo=client.helo,
-            daemon=client.daemon,
-            connection_id=client.id,
-            local_submission=client.local_submission,
-            mail_from=message.mail_from if message is not None else "",
-            recipients=tuple(message.recipients) if message is not None else (),
-            auth_user=message.auth_user if message is not None else "",
-            queue_id=message.queue_id if message is not None else "",
-        )
-        return envelope.with_direction(self._runtime.direction.classify(envelope))
+
+        def envelope(direction: Direction = Direction.INBOUND) -> Envelope:
+            return Envelope(
+                client_address=client.address,
+                client_name=client.name,
+                helo=client.helo,
+                daemon=client.daemon,
+                connection_id=client.id,
+                local_submission=client.local_submission,
+                mail_from=message.mail_from if message is not None else "",
+                recipients=tuple(message.recipients) if message is not None else (),
+                auth_user=message.auth_user if message is not None else "",
+                queue_id=message.queue_id if message is not None else "",
+                direction=direction,
+            )
+
+        # Built twice rather than replaced: dataclasses.replace costs more than a constructor call.
+        return envelope(self._runtime.direction.classify(envelope()))
 
     def _screen(self) -> Outcome:
         message = self._ongoing()
