@@ -13,7 +13,7 @@ import pytest
 
 from mailward.config import Settings
 from mailward.envelope import Envelope
-from mailward.evidence import Category
+from mailward.evidence import Category, Evidence
 from mailward.incidents import open_store as open_incident_store
 from mailward.incidents.records import Counter, Totals
 from mailward.pipeline import Inspector
@@ -21,7 +21,7 @@ from mailward.quarantine.records import ListFilter
 from mailward.quarantine.store import QuarantineStore
 from mailward.runtime import Runtime, build_runtime
 from mailward.source import MessageSource
-from mailward.verdict import Action
+from mailward.verdict import Action, Verdict
 from mailward.workers import ScanPool
 from support.mail import gtube_message, message
 from support.milter import settings_for
@@ -181,3 +181,24 @@ def test_a_workers_counters_reach_the_store_when_it_is_replaced_or_stops(tmp_pat
     finally:
         milter.close()
     assert inbound_messages(milter.settings) == 4
+
+
+def test_an_answer_the_milter_cannot_take_is_on_error_and_what_the_worker_stored_is_withdrawn(tmp_path):
+    """Whatever goes wrong between a worker's commit and the milter's reply, the two do not disagree."""
+    settings = settings_for(tmp_path)
+    stored: list[str] = []
+
+    class CommitsThenGarbles:
+        def screen(self, source, envelope, known, incident, started):
+            verdict = Verdict(Action.QUARANTINE, ("spam",), incident)
+            stored.append(runtime.quarantine.put(source, envelope, verdict, Evidence()))
+            raise ValueError("an answer that does not unpickle")
+
+    runtime = build_runtime(settings, workers=CommitsThenGarbles())
+    try:
+        outcome = runtime.screener.screen(spam(), envelope())
+        assert outcome.verdict.action is Action.TEMPFAIL and outcome.verdict.incident_id != stored[0]
+        assert runtime.quarantine.settle(10)
+        assert runtime.quarantine.list(ListFilter(limit=10)) == []
+    finally:
+        runtime.close()

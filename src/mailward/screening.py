@@ -236,6 +236,9 @@ class Screener:
             error = str(exc)
         except StoreError as exc:
             error = f"stalled after its scan: {exc}"
+        except Exception as exc:  # e.g. an answer that does not read: what the worker stored must not stay
+            log.exception("could not take the worker's answer")
+            error = f"{type(exc).__name__}: {exc}"
         if self._quarantine is not None:
             self._quarantine.withdraw(incident)
         fallback = new_incident_id(self._clock())
