@@ -8,6 +8,11 @@ message, the CPU seconds its processes (milter, forkserver, workers, parser sand
 by then (on a busy machine the wall clock mostly says how busy it is; the CPU says what the
 start costs), and the medians of each checkout.
 
+Each checkout's modules are byte-compiled first, as an installed Mailward has them
+(``scripts/setup`` compiles a checkout; a process started with ``PYTHONDONTWRITEBYTECODE``,
+as the forkserver is whenever the milter is, never writes them itself);
+``--no-compile`` measures a start that compiles every module from source.
+
     .venv/bin/python bench/first_message.py --baseline /tmp/base --repeat 5
 """
 
@@ -29,6 +34,12 @@ from harness.milter_client import MilterSession  # noqa: E402
 from postfix_compare import cpu, tree  # noqa: E402
 
 MESSAGE = b"From: a@example.org\r\nTo: u@example.test\r\nSubject: hello\r\n\r\nJust a short note.\r\n"
+
+
+def compile_modules(checkout: Path | None) -> None:
+    """Byte-compile the Mailward that ``checkout`` (None: this one) runs, as scripts/setup does."""
+    src = (checkout or Path(__file__).resolve().parent.parent) / "src" / "mailward"
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(src)], check=True, stdout=subprocess.DEVNULL)
 
 
 def start(home: Path, workers: int, checkout: Path | None) -> tuple[subprocess.Popen[bytes], Path]:
@@ -85,6 +96,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--baseline", type=Path, help="another Mailward checkout to start interleaved with this one")
+    ap.add_argument("--no-compile", action="store_true", help="do not byte-compile the checkouts first")
     args = ap.parse_args()
     run = Path(tempfile.mkdtemp(prefix="mailward-start-", dir="/tmp"))
     checkouts: list[tuple[str, Path | None]] = [("new", None)]
@@ -93,9 +105,12 @@ def main() -> int:
     figures: dict[str, list[tuple[float, float, float]]] = {}
     try:
         for label, checkout in checkouts:  # warm each checkout's rules cache (and the page cache)
+            if not args.no_compile:
+                compile_modules(checkout)
             (run / label).mkdir()
             first_message(run / label, args.workers, checkout)
-        print(f"{'run':>5} {'socket s':>9} {'first message s':>16} {'CPU s':>6}   ({args.workers} workers, warm cache)")
+        setup = f"{args.workers} workers, warm cache, {'no bytecode' if args.no_compile else 'bytecode'}"
+        print(f"{'run':>5} {'socket s':>9} {'first message s':>16} {'CPU s':>6}   ({setup})")
         for _ in range(args.repeat):
             for label, checkout in checkouts:
                 figures.setdefault(label, []).append(first_message(run / label, args.workers, checkout))

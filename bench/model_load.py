@@ -31,6 +31,7 @@ from mailward.models.artifact import SIDECAR, load_artifact
 from mailward.models.classifier import SpamModel
 from mailward.models.database import ModelDatabase
 from mailward.models.loader import DatabaseSource, ModelLoader
+from mailward.training.estimator import estimator
 
 def rss(field="VmRSS"):
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the parent that forked us
@@ -46,10 +47,10 @@ elif way == "database":
     model = ModelLoader(directory, shipped=False, source=DatabaseSource(ModelDatabase(sys.argv[3]))).current()
 else:
     loaded = load_artifact(directory / SIDECAR, directory)
-    nb = loaded.counts.estimator()
+    nb = estimator(loaded.counts)
     weights = (nb.feature_log_prob_[1] - nb.feature_log_prob_[0]).astype(np.float32)
     weights[nb.feature_count_.sum(axis=0) == 0] = 0.0
-    model = SpamModel(loaded.version, loaded.features, loaded.combiner, weights, loaded.features.vectorizer())
+    model = SpamModel(loaded.version, loaded.features, loaded.combiner, weights)
     del nb, loaded
 seconds = time.perf_counter() - started
 print(json.dumps({"ms": seconds * 1000, "peak": rss("VmHWM") - peak0,

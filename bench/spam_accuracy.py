@@ -44,9 +44,10 @@ from sklearn.naive_bayes import MultinomialNB
 from mailward.config import Settings
 from mailward.models.artifact import SIDECAR, load_artifact, save_artifact
 from mailward.models.classifier import SpamModel
-from mailward.models.features import FeatureSettings, tokens_as_given
+from mailward.models.features import FeatureSettings
 from mailward.models.tokens import TokenizerSettings
 from mailward.training.corpus import index_messages
+from mailward.training.estimator import tokens_as_given, vectorizer
 from mailward.training.trainer import BATCH, TrainingSettings, message_tokens, train
 
 LEAKING = re.compile(rb"(status|x-status|x-keywords|x-uid|content-length|x-spam-[\w-]*|x-virus-[\w-]*):", re.I)
@@ -159,7 +160,7 @@ def _ablations(train_set, test_set, tokens):
     out.append(
         (
             f"our tokens, binary, MNB posterior (alpha {alpha:g})",
-            nb_posterior(FeatureSettings().vectorizer(), lambda m: tokens[m.path], alpha),
+            nb_posterior(vectorizer(FeatureSettings()), lambda m: tokens[m.path], alpha),
             None,
         )
     )

@@ -22,10 +22,11 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.naive_bayes import MultinomialNB
 
-from mailward.models.classifier import Combiner, NaiveBayesCounts
+from mailward.models.classifier import Combiner
 from mailward.models.features import FeatureSettings
 from mailward.models.tokens import TokenizerSettings
 from mailward.training.corpus import index_messages
+from mailward.training.estimator import counts_of, vectorizer
 from mailward.training.trainer import message_tokens
 
 GRID_ALPHA = (0.1, 0.3, 1.0)
@@ -60,13 +61,13 @@ def main() -> int:
         docs = tokens if bigrams else [[t for t in d if " " not in t] for d in tokens]
         for columns in GRID_COLUMNS:
             features = FeatureSettings(n_features=columns, tokenizer=TokenizerSettings(bigrams=bigrams))
-            X = features.vectorizer().transform(docs)
+            X = vectorizer(features).transform(docs)
             for alpha in GRID_ALPHA:
                 evidence = {n: np.zeros(len(y)) for n in GRID_EVIDENCE}
                 for fit_rows, held_rows in folds:
                     nb = MultinomialNB(alpha=alpha, force_alpha=True)
                     nb.fit(X[fit_rows], np.where(y[fit_rows], "spam", "ham"))
-                    weights = NaiveBayesCounts.of(nb).weights()
+                    weights = counts_of(nb).weights()
                     held = X[held_rows]
                     for n in GRID_EVIDENCE:
                         combine = Combiner(evidence_per_side=n)

@@ -38,8 +38,9 @@ CONFINED = {
     "Milter": ("mailward.milter",),  # pymilter: only the adapter speaks the milter protocol
     "milter": ("mailward.milter",),
     "yara": ("mailward.signatures",),
-    "sklearn": ("mailward.models", "mailward.training"),
-    "scipy": ("mailward.models", "mailward.training"),
+    # scikit-learn and scipy: training, and the pickle converter; never scoring (a worker's start).
+    "sklearn": ("mailward.training", "mailward.models.convert"),
+    "scipy": ("mailward.training", "mailward.models.convert"),
     "joblib": ("mailward.models", "mailward.training"),
     # The web extra: only the web page (the CLI reaches it through a lazy import of mailward.web).
     "starlette": ("mailward.web",),

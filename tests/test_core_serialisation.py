@@ -46,6 +46,14 @@ def test_evidence_and_envelope_come_back_from_their_own_dicts():
     assert Evidence.from_dict(json.loads(json.dumps(EVIDENCE.as_dict()))) == EVIDENCE
     assert Envelope.from_dict(json.loads(json.dumps(ENVELOPE.as_dict()))) == ENVELOPE
     assert Evidence.from_dict(Evidence().as_dict()) == Evidence()
+    local = Envelope("root@localhost", ("a@example.org",), "127.0.0.1", local_submission=True)
+    assert Envelope.from_dict(json.loads(json.dumps(local.as_dict()))) == local  # the sendmail command's mail
+
+
+def test_a_record_from_before_local_submission_was_kept_reads_as_smtp_mail():
+    doc = ENVELOPE.as_dict()
+    del doc["local_submission"]
+    assert Envelope.from_dict(doc) == ENVELOPE
 
 
 def test_the_log_line_and_the_scan_report_show_clues_and_findings_as_the_record_keeps_them():

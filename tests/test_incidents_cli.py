@@ -54,7 +54,11 @@ def test_add_list_remove_history(run):
 
 
 def test_bad_input_fails_cleanly(run):
-    assert run("add", "address", "not-an-ip", "--reason", "x")[0] == 1
+    code, out, err = run("add", "address", "not-an-ip", "--reason", "x")
+    assert (code, out) == (1, "") and err.startswith("mailward: block add: 'not-an-ip' ")  # one line, no traceback
+    assert err.count("\n") == 1
+    code, _, err = run("remove", "network", "\x1b[2Jnot-a-network")
+    assert code == 1 and "\x1b" not in err and err.startswith("mailward: block remove: ")
     assert run("add", "domain", "localhost", "--reason", "x")[0] == 1
     code, _, err = run("add", "account", "mallory", "--reason", "x", "--for", "forever")
     assert code == 1 and "duration" in err

@@ -12,9 +12,10 @@ import pytest
 from sklearn.naive_bayes import MultinomialNB
 
 from mailward.models.artifact import SIDECAR, load_artifact, save_artifact
-from mailward.models.classifier import CLASSES, Combiner, naive_bayes_from_counts
+from mailward.models.classifier import CLASSES, Combiner
 from mailward.training import build_default
 from mailward.training.corpus import CorpusError
+from mailward.training.estimator import estimator, naive_bayes_from_counts
 from mailward.training.trainer import Trainer, TrainingSettings, train
 from support.mail import bare_mail as message
 from support.models import SMALL, corpus, small_model, tokens
@@ -59,7 +60,7 @@ def test_weights_from_sparse_counts_equal_the_estimators(examples):
     counts = trainer.counts()
     assert len(counts.columns) < SMALL.n_features  # only the columns some message had are kept
     np.testing.assert_allclose(counts.weights(), dense, rtol=1e-6, atol=1e-6)
-    assert_same_counts(counts.estimator(), nb)
+    assert_same_counts(estimator(counts), nb)
 
 
 def test_learning_resumes_from_a_saved_artifact(examples, tmp_path):

@@ -30,6 +30,7 @@ from mailward.errors import ArtifactError
 from mailward.models.artifact import SIDECAR, load_artifact, save_artifact
 from mailward.models.loader import ModelLoader
 from mailward.source import MessageSource
+from mailward.training.estimator import feature_count
 from mailward.trust import TrustedOwners
 from mailward.workers import ScanPool
 from real_parts import require
@@ -274,7 +275,7 @@ def format_1(directory, model) -> None:
         {
             "classes": ["ham", "spam"],
             "class_count": model.counts.class_count,
-            "feature_count": model.counts.feature_count(),
+            "feature_count": feature_count(model.counts),
         },
         out,
         compress=("xz", 3),

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from mailward.models.artifact import SHIPPED_DIR, SIDECAR, load_artifact
-from mailward.models.classifier import Combiner, NaiveBayesCounts, SpamModel, naive_bayes_from_counts
+from mailward.models.classifier import Combiner, SpamModel
 from mailward.models.features import FeatureSettings
+from mailward.training.estimator import counts_of, naive_bayes_from_counts
 from mailward.training.evaluate import Scores, Thresholds, measure, score_set
 from mailward.training.replay import OnlineNaiveBayes, replay_mailward
 from mailward.training.sources import read_sets
@@ -42,7 +43,7 @@ def test_online_counts_score_like_the_model_built_from_the_same_counts():
     for mail in mails[:-3]:
         online.learn(online.columns(message_tokens(mail.data, features)), mail.spam_label == "spam")
     class_count = np.array([sum(m.spam_label == c for m in mails[:-3]) for c in ("ham", "spam")], dtype=float)
-    counts = NaiveBayesCounts.of(naive_bayes_from_counts(class_count, online.feature_count, 0.3))
+    counts = counts_of(naive_bayes_from_counts(class_count, online.feature_count, 0.3))
     model = SpamModel.build("x", features, combiner, counts)
     for mail in mails[-3:] + mails[:2]:
         tokens = message_tokens(mail.data, features)

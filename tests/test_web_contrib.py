@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from mailward.config import load_settings, parse_host_port
-from test_contrib_service import CONTRIB, VENV_IN_UNIT, unit_entries
+from support.contrib import CONTRIB, VENV_IN_UNIT, unit_entries, verify_units
 
 UNITS = ("mailward-web.service", "mailward-digest.service", "mailward-digest.timer")
 
 
 @pytest.mark.parametrize("name", UNITS)
 def test_units_are_valid_for_systemd(tmp_path, name):
-    if shutil.which("systemd-analyze") is None:
-        return
-    for unit in UNITS:  # the timer needs its service beside it
-        text = (CONTRIB / "systemd" / unit).read_text()
-        (tmp_path / unit).write_text(text.replace(VENV_IN_UNIT, str(Path(sys.executable).parent.parent)))
-    result = subprocess.run(
-        ["systemd-analyze", "verify", str(tmp_path / name)], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0 and result.stderr.strip() == "", result.stderr
+    verify_units(tmp_path, UNITS, name)
 
 
 def test_web_unit_serves_the_shipped_configuration_on_loopback():

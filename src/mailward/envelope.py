@@ -51,6 +51,7 @@ class Envelope:
             "queue_id": self.queue_id,
             "connection_id": self.connection_id,
             "direction": self.direction.value,
+            "local_submission": self.local_submission,
         }
 
     @classmethod
@@ -67,6 +68,7 @@ class Envelope:
             queue_id=doc.get("queue_id", ""),
             connection_id=doc.get("connection_id", ""),
             direction=Direction(doc.get("direction", Direction.INBOUND.value)),
+            local_submission=bool(doc.get("local_submission", False)),
         )
 
 

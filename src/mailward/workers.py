@@ -322,13 +322,15 @@ class ScanPool:
     LOAD_TIMEOUT = 300.0  # seconds a new worker may take to load rules and model
     RESPAWN_DELAY = 5.0  # seconds between attempts to start a replacement worker
     # Imported once in the forkserver, so each new worker (start, replacement, reload) skips
-    # seconds of imports (scikit-learn alone: 1-5 s) and only loads rules and model.
+    # the imports and only loads rules and model. Scoring imports no scikit-learn or scipy.
     PRELOAD = (
         "mailward.pipeline",
         "mailward.signatures",
         "mailward.models.spam",
         "mailward.reputation",
-        "sklearn.naive_bayes",
+        # What _worker_main builds with: the composition root and the model-refusal alert it wires in.
+        "mailward.runtime",
+        "mailward.incidents.alerts",
         # The in-process archive handlers (pyzipper alone: 0.2 s), which every warm-up scan imports.
         "mailward.unpack.zip",
         "mailward.unpack.tar",

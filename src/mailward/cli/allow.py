@@ -5,7 +5,7 @@ entry is for, and only when its domain passed SPF, DKIM or DMARC for the
 message; malware, banned files and macros are stopped all the same. Per-recipient
 *block* entries are made with ``mailward block add sender|domain VALUE --recipient
 SCOPE`` and listed here too. Every change is in the audit trail (``mailward block
-history``). Exit status: 0 done, 1 failed, 3 refused (already listed, or nothing to remove).
+history``). Exit status: ``cli.analyst``.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import time
 
 from ..actor import Actor
 from ..config import Settings, policy_subject
-from ..incidents import SenderEntry, open_incidents
+from ..incidents import SenderEntry
 from ..policy import Listed
 from ..textsafe import json_line, neutralise
+from .analyst import OK, REFUSED, incident_store
 
-OK, FAILED, REFUSED = 0, 1, 3
 SCOPE_HELP = "recipient domain or address the entry is for (default: everyone)"
 
 
@@ -61,14 +61,8 @@ def add_entry(
     listed: Listed, sender: str, scope: str, reason: str, analyst: str, settings: Settings, command: str
 ) -> int:
     """Shared by `allow add` and `block add --recipient`."""
-    incidents = open_incidents(settings, actor=Actor.current(analyst))
-    try:
+    with incident_store(settings, analyst, command) as incidents:
         entry, created = incidents.list_sender(listed, sender, scope, reason, Actor.current(analyst))
-    except ValueError as exc:
-        print(f"mailward {command}: {exc}", file=sys.stderr)
-        return FAILED
-    finally:
-        incidents.close()
     if not created:
         print(f"already listed (remove it first to change it):\n{line(entry)}", file=sys.stderr)
         return REFUSED
@@ -80,17 +74,11 @@ def remove_entry(
     listed: Listed, sender: str, scope: str, reason: str, analyst: str, settings: Settings, command: str
 ) -> int:
     """Shared by `allow remove` and `block remove --recipient`: removes only an entry of that list."""
-    incidents = open_incidents(settings, actor=Actor.current(analyst))
-    try:
+    with incident_store(settings, analyst, command) as incidents:
         current = [
             e for e in incidents.sender_entries(scope) if e.sender == policy_subject(sender) and e.listed is listed
         ]
         entry = incidents.unlist_sender(sender, scope, Actor.current(analyst), reason) if current else None
-    except ValueError as exc:
-        print(f"mailward {command}: {exc}", file=sys.stderr)
-        return FAILED
-    finally:
-        incidents.close()
     if entry is None:
         where = f"for {scope}" if scope else "for everyone"
         print(
@@ -102,14 +90,8 @@ def remove_entry(
 
 
 def _list(args: argparse.Namespace, settings: Settings) -> int:
-    incidents = open_incidents(settings, actor=Actor.current(args.analyst))
-    try:
+    with incident_store(settings, args.analyst, "allow list") as incidents:
         entries = incidents.sender_entries(args.recipient)
-    except ValueError as exc:
-        print(f"mailward allow list: {exc}", file=sys.stderr)
-        return FAILED
-    finally:
-        incidents.close()
     for entry in entries:
         print(json_line(entry.as_dict()) if args.json else line(entry))
     if not entries and not args.json:

@@ -4,8 +4,7 @@ Subjects: ``account`` (SASL login), ``address`` (client IP), ``network``
 (CIDR), ``sender`` (envelope sender) and ``domain`` (sender domain and its
 subdomains). Suspensions the milter made and blocks after failed logins are
 listed and lifted the same way. Every change is in the audit trail with the
-OS user (or ``--analyst``), host and SSH client. Exit status: 0 done,
-1 failed, 3 refused (already blocked, or nothing to remove).
+OS user (or ``--analyst``), host and SSH client. Exit status: ``cli.analyst``.
 """
 
 from __future__ import annotations
@@ -17,12 +16,12 @@ import time
 
 from ..actor import Actor
 from ..config import Settings
-from ..incidents import Block, IncidentResponse, SubjectKind, open_incidents
+from ..incidents import Block, SubjectKind, normalise
 from ..policy import Listed
 from ..textsafe import json_line, neutralise
 from .allow import add_entry, remove_entry
+from .analyst import FAILED, OK, REFUSED, incident_store
 
-OK, FAILED, REFUSED = 0, 1, 3
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _KINDS = [k.value for k in SubjectKind]
@@ -94,16 +93,9 @@ def _line(block: Block) -> str:
     )
 
 
-def _open(args: argparse.Namespace, settings: Settings) -> IncidentResponse:
-    return open_incidents(settings, actor=Actor.current(args.analyst))
-
-
 def _list(args: argparse.Namespace, settings: Settings) -> int:
-    incidents = _open(args, settings)
-    try:
+    with incident_store(settings, args.analyst, "block list") as incidents:
         blocks = incidents.store.blocks(SubjectKind(args.kind) if args.kind else None, include_inactive=args.all)
-    finally:
-        incidents.close()
     for block in blocks:
         print(json_line(block.as_dict()) if args.json else _line(block))
     if not blocks and not args.json:
@@ -135,14 +127,8 @@ def _add(args: argparse.Namespace, settings: Settings) -> int:
         print(f"mailward block add: {exc}", file=sys.stderr)
         return FAILED
     actor = Actor.current(args.analyst)
-    incidents = _open(args, settings)
-    try:
+    with incident_store(settings, args.analyst, "block add") as incidents:  # closing waits for the alert
         block, created = incidents.block(SubjectKind(args.kind), args.value, args.reason, actor, seconds)
-    except ValueError as exc:
-        print(f"mailward block add: {exc}", file=sys.stderr)
-        return FAILED
-    finally:
-        incidents.close()  # waits for the alert to go out
     if not created:
         print(f"already blocked:\n{_line(block)}", file=sys.stderr)
         return REFUSED
@@ -159,16 +145,10 @@ def _remove(args: argparse.Namespace, settings: Settings) -> int:
             Listed.BLOCK, args.value, args.recipient, args.reason, args.analyst, settings, "block remove"
         )
     actor = Actor.current(args.analyst)
-    incidents = _open(args, settings)
-    try:
+    with incident_store(settings, args.analyst, "block remove") as incidents:
         block = incidents.lift(SubjectKind(args.kind), args.value, actor, args.reason)
-    except ValueError as exc:
-        print(f"mailward block remove: {exc}", file=sys.stderr)
-        return FAILED
-    finally:
-        incidents.close()
     if block is None:
-        print(f"mailward block remove: no active block of {args.kind} {args.value}", file=sys.stderr)
+        print(f"mailward block remove: no active block of {args.kind} {neutralise(args.value)}", file=sys.stderr)
         return REFUSED
     print(f"lifted:\n{_line(block)}")
     return OK
@@ -176,17 +156,9 @@ def _remove(args: argparse.Namespace, settings: Settings) -> int:
 
 def _history(args: argparse.Namespace, settings: Settings) -> int:
     kind = SubjectKind(args.kind) if args.kind else None
-    incidents = _open(args, settings)
-    try:
-        from ..incidents import normalise
-
+    with incident_store(settings, args.analyst, "block history") as incidents:
         value = normalise(kind, args.value) if kind is not None and args.value else None
         entries = incidents.store.audit(kind, value, args.limit)
-    except ValueError as exc:
-        print(f"mailward block history: {exc}", file=sys.stderr)
-        return FAILED
-    finally:
-        incidents.close()
     for entry in entries:
         if args.json:
             print(json_line(entry.as_dict()))

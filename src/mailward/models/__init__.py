@@ -1,6 +1,6 @@
 """Spam detection: the Naive Bayes classifier and spam test patterns.
 
-With ``training/`` the only place that imports scikit-learn.
+Scoring needs numpy and mmh3 only; scikit-learn is imported by ``training/`` (and the pickle converter).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 def detectors(settings: Settings, on_refusal: Callable[[str], None] | None = None) -> list[Detector]:
     """The spam detectors; ``on_refusal`` hears of a model on disk that cannot be loaded (the composition
     root passes incident response's alert, so detection needs no incident package)."""
-    from .loader import ModelLoader  # scikit-learn loads only when a scanner is built
+    from .loader import ModelLoader  # numpy and the model load only when a scanner is built
     from .spam import SpamDetector
 
     loader = ModelLoader(

@@ -6,10 +6,10 @@ columns some message had and their per-class counts), read with
 worst refused. Format 1 payloads were joblib pickles, which run code when
 loaded; they are refused with the command that converts or rebuilds them. The
 arrays are the model's sufficient statistics, so they stay readable across
-scikit-learn releases, scoring derives its weights from them without the
-estimator's dense arrays, and training can resume from them. The sidecar
-names the payload file, its sha256, and every setting needed to rebuild the
-classifier exactly.
+scikit-learn releases, scoring derives its weights from them with numpy alone
+(no scikit-learn is imported to load or score a model), and training can resume
+from them. The sidecar names the payload file, its sha256, and every setting
+needed to rebuild the classifier exactly.
 
 Loading refuses, with an :class:`ArtifactError` that names the file, anything
 whose checksum, format, tokenizer or feature hashing does not match this
@@ -31,16 +31,17 @@ import os
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as installed_version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import sklearn
 
 from ..errors import ArtifactError
 from ..trust import TrustedOwners
 from .classifier import CLASSES, Combiner, NaiveBayesCounts, Regime, SpamModel
-from .features import FeatureSettings, check_columns, hash_probe
+from .features import FeatureSettings, hash_probe
 from .tokens import TOKENIZER_VERSION, TokenizerSettings
 
 FORMAT_VERSION = 2
@@ -121,7 +122,7 @@ def encode_artifact(
         "artifact": f"{stem}-{digest[:16]}{PAYLOAD_SUFFIX}",
         "sha256": digest,
         "size": len(data),
-        "sklearn_version": sklearn.__version__,
+        "sklearn_version": sklearn_version(),
         "features": model.features.as_dict(),
         "naive_bayes": {"variant": "MultinomialNB", "alpha": float(counts.alpha)},
         "combiner": model.combiner.as_dict(),
@@ -283,13 +284,22 @@ def parse_sidecar(text: str, path: str | Path) -> dict[str, Any]:
         raise ArtifactError(
             f"{path}: format version {meta.get('format_version')!r}, this Mailward reads {FORMAT_VERSION}"
         )
-    built_with = str(meta.get("sklearn_version", ""))
-    if built_with.split(".")[0] != sklearn.__version__.split(".")[0]:
-        raise ArtifactError(f"{path}: built with scikit-learn {built_with or '?'}, installed is {sklearn.__version__}")
+    built_with, installed = str(meta.get("sklearn_version", "")), sklearn_version()
+    if built_with.split(".")[0] != installed.split(".")[0]:
+        raise ArtifactError(f"{path}: built with scikit-learn {built_with or '?'}, installed is {installed or '?'}")
     for key in ("artifact", "sha256", "model_version", "features", "naive_bayes", "combiner"):
         if key not in meta:
             raise ArtifactError(f"{path}: sidecar lacks {key!r}")
     return meta
+
+
+def sklearn_version() -> str:
+    """The installed scikit-learn's version ("" if none), read from its metadata: training resumes a
+    model's counts with it, and importing it only to ask would cost a scanning worker seconds."""
+    try:
+        return installed_version("scikit-learn")
+    except PackageNotFoundError:
+        return ""
 
 
 def _features(meta: dict[str, Any], path: str | Path) -> FeatureSettings:
@@ -307,12 +317,8 @@ def _features(meta: dict[str, Any], path: str | Path) -> FeatureSettings:
             f"{path}: tokenizer version {tokenizer.version}, this Mailward tokenizes "
             f"as version {TOKENIZER_VERSION}; retrain the model"
         )
-    vectorizer = features.vectorizer()
-    if hash_probe(vectorizer) != recorded_probe or not check_columns(vectorizer):
-        raise ArtifactError(
-            f"{path}: feature hashing of the installed scikit-learn {sklearn.__version__} "
-            f"differs from the one that built the model"
-        )
+    if hash_probe(features.n_features) != recorded_probe:
+        raise ArtifactError(f"{path}: feature hashing (MurmurHash3 of mmh3) differs from the one that built the model")
     return features
 
 

@@ -1,7 +1,8 @@
 """The Naive Bayes spam model at scoring time: token evidence to a bounded score and clues.
 
-The classifier is a scikit-learn :class:`~sklearn.naive_bayes.MultinomialNB`
-over binary hashed features. Its per-token log-likelihood ratio
+The classifier is a multinomial Naive Bayes model over binary hashed features,
+trained with scikit-learn's ``MultinomialNB`` (:mod:`mailward.training.estimator`)
+and scored here with numpy alone from its counts. Its per-token log-likelihood ratio
 ``log P(token|spam) - log P(token|ham)`` is the evidence each token carries.
 The raw Naive Bayes posterior multiplies hundreds of such ratios and saturates
 at 0 or 1, so it says little about *how* sure the model is. Instead, like
@@ -22,9 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import sparse
-from sklearn.feature_extraction.text import HashingVectorizer
-from sklearn.naive_bayes import MultinomialNB
 
 from ..evidence import TRAINING_CLASSES, Clue, SpamAssessment
 from ..message import ParsedMessage
@@ -110,28 +108,6 @@ class Combiner:
         return {"evidence_per_side": self.evidence_per_side, "slope": self.slope, "intercept": self.intercept}
 
 
-def naive_bayes_from_counts(
-    class_count: np.ndarray, feature_count: np.ndarray | sparse.csr_matrix, alpha: float
-) -> MultinomialNB:
-    """Rebuild a fitted MultinomialNB from its sufficient statistics through ``partial_fit`` alone.
-
-    The first call adds each class's feature-count row as one sample; the second
-    adds the remaining documents of each class as empty, weighted samples. The
-    result is exactly the model that counted the original documents, and it can
-    go on learning with ``partial_fit``.
-    """
-    n_features = feature_count.shape[1]
-    nb = MultinomialNB(alpha=alpha, force_alpha=True)
-    labels = np.array(CLASSES)
-    nb.partial_fit(sparse.csr_matrix(feature_count, dtype=np.float64), labels, classes=labels)
-    nb.partial_fit(
-        sparse.csr_matrix((len(CLASSES), n_features), dtype=np.float64),
-        labels,
-        sample_weight=np.asarray(class_count, dtype=np.float64) - 1.0,
-    )
-    return nb
-
-
 def strongest_first(weights: np.ndarray, n: int) -> np.ndarray:
     """Indices of the ``n`` weights largest in magnitude, largest first, ties in index order.
 
@@ -178,29 +154,6 @@ class NaiveBayesCounts:
     n_features: int
     alpha: float
 
-    @classmethod
-    def of(cls, nb: MultinomialNB) -> NaiveBayesCounts:
-        if list(nb.classes_) != list(CLASSES):
-            raise ValueError(f"classes {list(nb.classes_)}, a spam model has {list(CLASSES)}")
-        columns = np.flatnonzero(nb.feature_count_.any(axis=0))
-        return cls(
-            np.array(nb.class_count_, dtype=np.float64),
-            columns,
-            np.ascontiguousarray(nb.feature_count_[:, columns], dtype=np.float64),
-            int(nb.feature_count_.shape[1]),
-            float(nb.alpha),
-        )
-
-    def feature_count(self) -> sparse.csr_matrix:
-        rows = np.repeat(np.arange(len(CLASSES)), len(self.columns))
-        return sparse.csr_matrix(
-            (self.counts.ravel(), (rows, np.tile(self.columns, len(CLASSES)))), shape=(len(CLASSES), self.n_features)
-        )
-
-    def estimator(self) -> MultinomialNB:
-        """A fitted estimator that can go on learning (dense: for training, not for scoring)."""
-        return naive_bayes_from_counts(self.class_count, self.feature_count(), self.alpha)
-
     def weights(self) -> np.ndarray:
         """Every column's evidence for spam (float32), computed from the counts alone."""
         weights = np.zeros(self.n_features, dtype=np.float32)
@@ -219,7 +172,6 @@ class SpamModel:
     features: FeatureSettings
     combiner: Combiner
     weights: np.ndarray
-    vectorizer: HashingVectorizer
     regime: Regime = Regime()
 
     @classmethod
@@ -231,14 +183,14 @@ class SpamModel:
         counts: NaiveBayesCounts,
         regime: Regime = Regime(),
     ) -> SpamModel:
-        return cls(version, features, combiner, counts.weights(), features.vectorizer(), regime)
+        return cls(version, features, combiner, counts.weights(), regime)
 
     def assess(self, message: ParsedMessage) -> SpamAssessment:
         return self.assess_tokens(tokenize(message, self.features.tokenizer))
 
     def assess_tokens(self, tokens: list[str]) -> SpamAssessment:
         unique = list(dict.fromkeys(tokens))
-        columns = token_columns(self.vectorizer, unique)
+        columns = token_columns(unique, self.features.n_features)
         # Colliding tokens share a column; a column counts once, named by its first token.
         columns, first = np.unique(columns, return_index=True)
         weights = self.weights[columns]

@@ -71,7 +71,6 @@ class OnlineNaiveBayes:
     """Multinomial Naive Bayes counts over binary hashed features, scored through a :class:`Combiner`."""
 
     def __init__(self, features: FeatureSettings, alpha: float, combiner: Combiner):
-        self.vectorizer = features.vectorizer()
         self.n_features = features.n_features
         self.alpha = alpha
         self.combiner = combiner
@@ -79,7 +78,7 @@ class OnlineNaiveBayes:
         self.totals = np.zeros(2)
 
     def columns(self, tokens: list[str]) -> np.ndarray:
-        return np.unique(token_columns(self.vectorizer, list(dict.fromkeys(tokens))))
+        return np.unique(token_columns(list(dict.fromkeys(tokens)), self.n_features))
 
     def weights(self, columns: np.ndarray) -> np.ndarray:
         return column_weights(self.feature_count[:, columns], self.totals, self.alpha, self.n_features)

@@ -27,6 +27,7 @@ from ..models.artifact import TrainedModel
 from ..models.classifier import CLASSES, Combiner, NaiveBayesCounts, SpamModel
 from ..models.features import FeatureSettings
 from ..models.tokens import CORPUS, SITE, TokenizerSettings, tokenize
+from .estimator import counts_of, estimator, vectorizer
 
 log = logging.getLogger(__name__)
 
@@ -74,17 +75,17 @@ class Trainer:
 
     def __init__(self, features: FeatureSettings, alpha: float, nb: MultinomialNB | None = None):
         self.features = features
-        self.vectorizer = features.vectorizer()
+        self.vectorizer = vectorizer(features)
         self.nb = nb if nb is not None else MultinomialNB(alpha=alpha, force_alpha=True)
 
     @classmethod
     def resume(cls, model: TrainedModel) -> Trainer:
         """Continue learning from a saved model's counts."""
-        return cls(model.features, model.counts.alpha, model.counts.estimator())
+        return cls(model.features, model.counts.alpha, estimator(model.counts))
 
     def counts(self) -> NaiveBayesCounts:
         """What has been learned so far, as a model keeps it."""
-        return NaiveBayesCounts.of(self.nb)
+        return counts_of(self.nb)
 
     def hashed(self, token_docs: list[list[str]]) -> sparse.csr_matrix:
         rows: sparse.csr_matrix = self.vectorizer.transform(token_docs)
