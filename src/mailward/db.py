@@ -164,12 +164,32 @@ class SqliteFile(Backend):
 
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
         try:
-            conn.execute("PRAGMA journal_mode = WAL")
+            self._use_wal(conn)
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         except BaseException:
             conn.close()
             raise
         return conn
+
+    def _use_wal(self, conn: Connection) -> None:
+        """Switch the file to WAL (kept in the file: a no-op once done), retried within ``busy_timeout``.
+
+        Processes opening a new file together (the scanning workers at start) race to make the
+        switch, and SQLite refuses it at once to all but one, without its busy handler: it would
+        deadlock them otherwise.
+        """
+        import sqlite3
+
+        deadline, pause = time.monotonic() + self.busy_timeout, 0.005
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
 
     def begin(self, conn: Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
