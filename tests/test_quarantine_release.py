@@ -164,3 +164,30 @@ def test_release_key_is_created_private_once(tmp_path):
     assert (
         ReleaseVerifier.from_settings(settings).verify(release_mark(key, "MW-1", b"b", ["r"], 0), b"b", ["r"]) is None
     )  # 1970
+
+
+def test_workers_starting_together_share_one_whole_release_key(tmp_path):
+    """Every scanning worker loads the key as it starts; on a new host they all find it missing at once.
+    Before, one could read the file another had just created and not yet written ("shorter than 16 bytes")."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")  # fast to start, so the loads meet; the children use no threads
+    for attempt in range(60):
+        start, results = ctx.Barrier(6), ctx.SimpleQueue()
+        path = tmp_path / f"host-{attempt}" / "release.key"
+        loaders = [ctx.Process(target=_load_together, args=(path, start, results)) for _ in range(6)]
+        for loader in loaders:
+            loader.start()
+        keys = {results.get() for _ in loaders}
+        for loader in loaders:
+            loader.join(10)
+        assert keys == {path.read_bytes()} and len(path.read_bytes()) == 32
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600 and os.listdir(path.parent) == ["release.key"]
+
+
+def _load_together(path, start, results) -> None:
+    start.wait()
+    try:
+        results.put(load_release_key(path))
+    except Exception as exc:
+        results.put(repr(exc).encode())

@@ -8,7 +8,9 @@ last one and must not checkpoint and unlink ``-wal``/``-shm``. So a process
 with live connections must never ``open``+``close`` the database file
 itself — not even to create or chmod it on a reload. This module creates the
 file once, private from the first byte, without any descriptor of the final
-name, and otherwise works on the path only.
+name, and otherwise works on the path only. It also holds the file-system steps the
+other private state files share (handing root's files to the service user, a
+directory's fsync).
 """
 
 from __future__ import annotations
@@ -56,3 +58,12 @@ def hand_to_directory_owner(path: Path) -> None:
     parent = path.parent.stat()
     if parent.st_uid != 0 and path.stat().st_uid == 0:
         os.chown(path, parent.st_uid, parent.st_gid)
+
+
+def fsync_directory(path: Path) -> None:
+    """Make the names just linked, renamed or removed in ``path`` survive a power cut."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -12,15 +12,17 @@ Both build on this module, so neither imports the other.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
 import secrets
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from .config import Settings
-from .dbfile import hand_to_directory_owner
+from .dbfile import fsync_directory, hand_to_directory_owner
 from .errors import StoreError
 from .evidence import body_digest
 from .message import split_message
@@ -33,24 +35,14 @@ def key_path(settings: Settings) -> Path:
 
 
 def load_release_key(path: Path) -> bytes:
-    """Read the release key, creating it (random, mode 0600) the first time."""
-    try:
-        path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise StoreError(f"cannot create release key {path}: {exc.strerror}") from exc
-    else:
-        try:
-            os.write(fd, secrets.token_bytes(_KEY_BYTES))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            hand_to_directory_owner(path)  # root running the CLI first leaves no key the milter cannot read
-        except OSError as exc:
-            raise StoreError(f"cannot hand {path} to the service user: {exc.strerror}") from exc
+    """Read the release key, creating it (random, mode 0600) the first time.
+
+    Processes that start together (the scanning workers) may all find it missing: each writes
+    a key of its own to a temporary file and links it into place, so the first link wins and
+    no reader ever sees a key half written.
+    """
+    if not path.exists():
+        _create_key(path)
     try:
         key = path.read_bytes()
     except OSError as exc:
@@ -58,6 +50,31 @@ def load_release_key(path: Path) -> bytes:
     if len(key) < 16:
         raise StoreError(f"release key {path} is shorter than 16 bytes")
     return key
+
+
+def _create_key(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
+        fd, staged = tempfile.mkstemp(prefix=".release-key-", dir=path.parent)  # mode 0600
+    except OSError as exc:
+        raise StoreError(f"cannot create release key {path}: {exc.strerror}") from exc
+    try:
+        try:
+            os.write(fd, secrets.token_bytes(_KEY_BYTES))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        hand_to_directory_owner(Path(staged))  # root running the CLI first leaves no key the milter cannot read
+        try:
+            os.link(staged, path)
+        except FileExistsError:
+            return  # another process made it first: that key is the one
+        fsync_directory(path.parent)
+    except OSError as exc:
+        raise StoreError(f"cannot create release key {path}: {exc.strerror}") from exc
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(staged)
 
 
 def message_body(raw: bytes) -> bytes:

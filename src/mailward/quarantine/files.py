@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from ..dbfile import hand_to_directory_owner
+from ..dbfile import fsync_directory, hand_to_directory_owner
 from ..errors import StoreError
 from ..source import HEAD_BYTES, MessageSource
 
@@ -60,14 +60,6 @@ def ensure_private_dir(path: Path) -> Path:
         raise StoreError(f"cannot prepare private directory {path}: {exc.strerror}") from exc
     adopt(path)
     return path
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def measure(parts: Iterable[bytes], sink: BinaryIO | None = None) -> Written:
@@ -111,7 +103,7 @@ class MessageFiles:
             os.unlink(tmp)
             tmp = ""
             if sync_directory:
-                fsync_dir(self.directory)
+                fsync_directory(self.directory)
             return written
         except OSError as exc:
             if linked:

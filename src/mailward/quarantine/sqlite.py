@@ -34,8 +34,9 @@ from pathlib import Path
 
 from ..config import QuarantineSettings
 from ..db import Database, Migration, SqliteFile, Transaction
+from ..dbfile import fsync_directory
 from ..errors import StoreError
-from .files import MessageFiles, Written, ensure_private_dir, fsync_dir
+from .files import MessageFiles, Written, ensure_private_dir
 from .records import check_id
 from .store import OPERATION_TIMEOUT, RETRY_SCHEMA, SCHEMA, Clock, Put, QuarantineStore
 
@@ -142,7 +143,7 @@ class SqliteStore(QuarantineStore):
                 put.error = exc
         try:
             if live:
-                fsync_dir(self.files.directory)
+                fsync_directory(self.files.directory)
                 latest = max(live, key=lambda put: put.request.deadline.remaining())
                 with self._tx(write=True, deadline=latest.request.deadline) as conn:
                     for put in live:  # a retry of one earlier in the group is answered with that one's record

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Settings
+from ..dbfile import fsync_directory
 from ..errors import ArtifactError, MailwardError
 from ..models.artifact import (
     MODEL_DIR_MODE,
@@ -193,7 +194,7 @@ class Registry:
             link.unlink(missing_ok=True)
             os.symlink(sidecar.relative_to(self.root), link)
             os.replace(link, self.live_link)
-            _fsync_dir(self.root)
+            fsync_directory(self.root)
             record = Promotion(action, version, previous, actor, time.time(), evaluation)
             with open(self.root / HISTORY, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record.as_dict(), sort_keys=True) + "\n")
@@ -372,14 +373,6 @@ def _rollback_target(current: str, history: list[Promotion], where: str) -> str:
                 break
             return entry.previous
     raise RegistryError(f"{where}: nothing to roll back to from {current or 'no model'}")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # What `Registry.of` returns: the file registry or the database one, with the same methods.
