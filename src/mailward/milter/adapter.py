@@ -19,19 +19,19 @@ import logging
 import secrets
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
-from typing import Concatenate, ParamSpec, TypeVarTuple
+from dataclasses import dataclass, field, replace
+from typing import Concatenate, ParamSpec
 
 import Milter
 
-from ..envelope import Direction, Envelope
+from ..envelope import Envelope
 from ..errors import MailwardError
-from ..evidence import NOTHING_KNOWN, Evidence, Finding
+from ..evidence import Evidence, Finding
 from ..incidents import Block, block_finding
 from ..logs import LogContext, log_context
 from ..reputation import claims_our_id
 from ..runtime import LiveRuntime, Runtime
-from ..screening import report
+from ..screening import event_of
 from ..verdict import Action, Outcome, Verdict, new_incident_id
 from .buffer import MessageBuffer
 
@@ -88,7 +88,6 @@ CONNECTION_CALLBACKS = ("connect", "hello")
 
 
 _Args = ParamSpec("_Args")
-_Ts = TypeVarTuple("_Ts")
 
 
 def _continue_quietly_on_error(
@@ -109,24 +108,6 @@ def _continue_quietly_on_error(
             return Milter.CONTINUE
 
     return guarded
-
-
-def _noreply_quietly(callback: Callable[[MailwardMilter, *_Ts], int]) -> Callable[[MailwardMilter, *_Ts], int]:
-    """``Milter.noreply`` and :func:`_continue_quietly_on_error` as one wrapper, for the callbacks
-    called per header field and body chunk (each wrapper is one more Python call per header)."""
-    name = callback.__name__
-    mask = Milter.OPTIONAL_CALLBACKS[name][0]  # the P_NR_* bit; a KeyError for a callback that must answer
-
-    @functools.wraps(callback)
-    def wrapper(self: MailwardMilter, /, *args: *_Ts) -> int:
-        try:
-            callback(self, *args)  # CONTINUE: the data callbacks answer nothing else
-        except Exception:
-            self._fail(name)
-        return Milter.NOREPLY if self._protocol & mask else Milter.CONTINUE
-
-    wrapper.__dict__["milter_protocol"] = mask  # what Milter.noreply marks: negotiated as not answered
-    return wrapper
 
 
 def _continue_on_error(
@@ -227,11 +208,9 @@ class MailwardMilter(Milter.Base):
         self._report(outcome)
         return outcome.verdict
 
-    def _report(self, outcome: Outcome, screened: bool = False) -> None:
-        """The metrics of every message, and the summary line of one the screener did not screen (refused
-        before its content, failed callbacks): a screened one's was written where it was screened."""
-        if not screened:
-            report(outcome)
+    def _report(self, outcome: Outcome) -> None:
+        """The one summary line per message (or refused transaction) and its metrics."""
+        log.info("%s %s", outcome.verdict.action.value, outcome.verdict.incident_id, extra={"event": event_of(outcome)})
         if self._runtime.metrics is not None:
             try:
                 self._runtime.metrics.observe(outcome)
@@ -259,7 +238,8 @@ class MailwardMilter(Milter.Base):
             client.findings = (block_finding(block),)
         return Milter.CONTINUE
 
-    @_noreply_quietly
+    @Milter.noreply
+    @_continue_quietly_on_error
     def hello(self, hostname: str) -> int:
         self._connection.helo = str(hostname)
         return Milter.CONTINUE
@@ -283,19 +263,21 @@ class MailwardMilter(Milter.Base):
         message.buffer = MessageBuffer(rt.spool_threshold, rt.spool_dir)
         return Milter.CONTINUE
 
-    @_noreply_quietly
+    @Milter.noreply
+    @_continue_quietly_on_error
     def envrcpt(self, to: str, *params: str) -> int:
         self._ongoing().recipients.append(_addr(to))
         return Milter.CONTINUE
 
     @Milter.decode("bytes")
-    @_noreply_quietly
+    @Milter.noreply
+    @_continue_quietly_on_error
     def header(self, name: str | bytes, value: str | bytes) -> int:
+        name = name.decode("ascii", "replace") if isinstance(name, bytes) else name
+        value = value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
         message = self._ongoing()
         if self._connection.failure or message.failure:
             return Milter.CONTINUE  # answered with on_error at end of message; nothing to keep
-        name = name.decode("ascii", "replace") if isinstance(name, bytes) else name
-        value = value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
         message.opened_buffer().add_header(name, value)
         lower = name.lower()
         if lower == "subject" and message.subject is None:
@@ -304,7 +286,8 @@ class MailwardMilter(Milter.Base):
             message.watched_headers.setdefault(lower, []).append(value.decode("utf-8", "replace"))
         return Milter.CONTINUE
 
-    @_noreply_quietly
+    @Milter.noreply
+    @_continue_quietly_on_error
     def body(self, chunk: bytes) -> int:
         message = self._ongoing()
         if self._connection.failure or message.failure:
@@ -323,7 +306,6 @@ class MailwardMilter(Milter.Base):
 
     def _end_of_message(self) -> int:
         outcome: Outcome | None = None
-        screened = False
         try:
             try:
                 message = self._message if self._message is not None else self._begin()
@@ -334,10 +316,10 @@ class MailwardMilter(Milter.Base):
                 else:
                     if not message.in_body:
                         message.opened_buffer().end_headers()
-                    outcome, screened = self._screen(), True
+                    outcome = self._screen()
             except Exception:
                 self._fail("eom")
-                outcome, screened = self._failure_outcome(self._connection.failure or self._ongoing().failure), False
+                outcome = self._failure_outcome(self._connection.failure or self._ongoing().failure)
             return self._apply(outcome)
         except Exception:
             log.exception("could not apply the verdict")
@@ -345,7 +327,7 @@ class MailwardMilter(Milter.Base):
         finally:
             try:
                 if outcome is not None:
-                    self._report(outcome, screened)
+                    self._report(outcome)
             finally:
                 self._end()
 
@@ -368,29 +350,27 @@ class MailwardMilter(Milter.Base):
     # --- decision ------------------------------------------------------
     def _envelope(self) -> Envelope:
         client, message = self._connection, self._message
-
-        def envelope(direction: Direction = Direction.INBOUND) -> Envelope:
-            return Envelope(
-                client_address=client.address,
-                client_name=client.name,
-                helo=client.helo,
-                daemon=client.daemon,
-                connection_id=client.id,
-                local_submission=client.local_submission,
-                mail_from=message.mail_from if message is not None else "",
-                recipients=tuple(message.recipients) if message is not None else (),
-                auth_user=message.auth_user if message is not None else "",
-                queue_id=message.queue_id if message is not None else "",
-                direction=direction,
+        envelope = Envelope(
+            client_address=client.address,
+            client_name=client.name,
+            helo=client.helo,
+            daemon=client.daemon,
+            connection_id=client.id,
+            local_submission=client.local_submission,
+        )
+        if message is not None:
+            envelope = replace(
+                envelope,
+                mail_from=message.mail_from,
+                recipients=tuple(message.recipients),
+                auth_user=message.auth_user,
+                queue_id=message.queue_id,
             )
-
-        # Built twice rather than replaced: dataclasses.replace costs more than a constructor call.
-        return envelope(self._runtime.direction.classify(envelope()))
+        return envelope.with_direction(self._runtime.direction.classify(envelope))
 
     def _screen(self) -> Outcome:
         message = self._ongoing()
-        findings = self._connection.findings + message.findings
-        known = Evidence(findings=findings) if findings else NOTHING_KNOWN
+        known = Evidence(findings=self._connection.findings + message.findings)
         return message.runtime.screener.screen(message.opened_buffer().source(), self._envelope(), known)
 
     def _failure_outcome(self, failure: str) -> Outcome:
