@@ -30,20 +30,38 @@ def prepare_database_file(path: Path) -> Path:
     opened here. An existing file is tightened by path (``chmod``).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
     if not path.exists():
-        fd, tmp = tempfile.mkstemp(prefix=".new-", dir=path.parent)  # mode 0600
-        os.close(fd)  # closed before the name is linked: never a descriptor of the live file
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-        finally:
-            os.unlink(tmp)
+        create_private_file(path)
     if stat.S_IMODE(path.stat().st_mode) & 0o077:
         os.chmod(path, 0o600)  # SQLite gives -wal and -shm the database file's mode
     hand_to_directory_owner(path)
     return path
+
+
+def create_private_file(path: Path, content: bytes = b"") -> None:
+    """Make ``path`` appear whole with ``content``, mode 0600 and owned like its directory, unless it exists.
+
+    Written under a temporary name, its descriptor closed, then hard-linked into place: no
+    process ever sees it half written or holds a descriptor of the final name from here, and
+    ``link`` refuses to replace what another process made meanwhile (theirs stands).
+    """
+    path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".new-", dir=path.parent)  # mode 0600
+    try:
+        with os.fdopen(fd, "wb") as staged:
+            if content:
+                staged.write(content)
+                staged.flush()
+                os.fsync(staged.fileno())
+        hand_to_directory_owner(Path(tmp))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return
+        if content:
+            fsync_directory(path.parent)
+    finally:
+        os.unlink(tmp)
 
 
 def hand_to_directory_owner(path: Path) -> None:

@@ -12,17 +12,14 @@ Both build on this module, so neither imports the other.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
-import os
 import secrets
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from .config import Settings
-from .dbfile import fsync_directory, hand_to_directory_owner
+from .dbfile import create_private_file
 from .errors import StoreError
 from .evidence import body_digest
 from .message import split_message
@@ -37,12 +34,14 @@ def key_path(settings: Settings) -> Path:
 def load_release_key(path: Path) -> bytes:
     """Read the release key, creating it (random, mode 0600) the first time.
 
-    Processes that start together (the scanning workers) may all find it missing: each writes
-    a key of its own to a temporary file and links it into place, so the first link wins and
-    no reader ever sees a key half written.
+    Processes that start together may all find it missing: each makes a key of its own
+    (``dbfile.create_private_file``), the first to appear wins, and no reader sees one half written.
     """
     if not path.exists():
-        _create_key(path)
+        try:
+            create_private_file(path, secrets.token_bytes(_KEY_BYTES))
+        except OSError as exc:
+            raise StoreError(f"cannot create release key {path}: {exc.strerror}") from exc
     try:
         key = path.read_bytes()
     except OSError as exc:
@@ -50,31 +49,6 @@ def load_release_key(path: Path) -> bytes:
     if len(key) < 16:
         raise StoreError(f"release key {path} is shorter than 16 bytes")
     return key
-
-
-def _create_key(path: Path) -> None:
-    try:
-        path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
-        fd, staged = tempfile.mkstemp(prefix=".release-key-", dir=path.parent)  # mode 0600
-    except OSError as exc:
-        raise StoreError(f"cannot create release key {path}: {exc.strerror}") from exc
-    try:
-        try:
-            os.write(fd, secrets.token_bytes(_KEY_BYTES))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        hand_to_directory_owner(Path(staged))  # root running the CLI first leaves no key the milter cannot read
-        try:
-            os.link(staged, path)
-        except FileExistsError:
-            return  # another process made it first: that key is the one
-        fsync_directory(path.parent)
-    except OSError as exc:
-        raise StoreError(f"cannot create release key {path}: {exc.strerror}") from exc
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(staged)
 
 
 def message_body(raw: bytes) -> bytes:
