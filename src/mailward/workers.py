@@ -331,6 +331,10 @@ class ScanPool:
         # What _worker_main builds with: the composition root and the model-refusal alert it wires in.
         "mailward.runtime",
         "mailward.incidents.alerts",
+        # The stores each worker opens to screen whole messages (quarantine, release marks, incidents).
+        "mailward.quarantine",
+        "mailward.quarantine.release",
+        "mailward.incidents",
         # The in-process archive handlers (pyzipper alone: 0.2 s), which every warm-up scan imports.
         "mailward.unpack.zip",
         "mailward.unpack.tar",
@@ -468,12 +472,12 @@ class ScanPool:
                     if self._closed or generation != self._generation:
                         return
         failure = self._loaded(worker)
-        if failure:  # it answers every scan with an error: on_error applies, nothing passes unchecked
-            log.error("replacement scanning process could not load: %s", failure)
         with self._lock:
             kept = self._keep_idle(worker)
-        if not kept:
+        if not kept:  # the pool closed or reloaded meanwhile (its load may have failed for that): not an error
             worker.stop(STOP_GRACE)
+        elif failure:  # it answers every scan with an error: on_error applies, nothing passes unchecked
+            log.error("replacement scanning process could not load: %s", failure)
 
     def _keep_idle(self, worker: _Worker) -> bool:
         """Make ``worker`` idle and serve the lanes, unless the pool closed or a reload replaced its
