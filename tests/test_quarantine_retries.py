@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from dataclasses import replace
 
 import pytest
@@ -75,6 +76,40 @@ def test_the_key_leaves_out_only_our_own_received_field():
     # Recipients in another order are the same delivery; no queue ID: nothing is left out.
     two = replace(env1, recipients=("bob@example.net", "carol@example.net"))
     assert key_of(first, two) == key_of(first, replace(two, recipients=tuple(reversed(two.recipients))))
+    assert key_of(first, replace(env1, queue_id="")) != key_of(retry, replace(env2, queue_id=""))
+
+
+def added(raw: bytes, queue_id: str, when: str, message_id: bool = True) -> bytes:
+    """``raw`` as Postfix's cleanup hands it on when it lacks Date (and Message-ID): the fields at the end."""
+    head, body = raw.split(b"\r\n\r\n", 1)
+    if message_id:
+        head += b"\r\nMessage-Id: <20261206230000." + queue_id.encode() + b"@mail.example.net>"
+    return head + b"\r\nDate: " + when.encode() + b"\r\n\r\n" + body
+
+
+def test_the_key_leaves_out_the_message_id_and_date_our_mta_added():
+    raw = message("Cheap pills")
+    first, env1 = attempt(added(raw, "4QX1", "Sun,  6 Dec 2026 23:00:00 +0000 (UTC)"), "4QX1")
+    retry, env2 = attempt(added(raw, "7ZZ9", "Sun,  6 Dec 2026 23:00:01 +0000 (UTC)"), "7ZZ9")
+    assert key_of(first, env1) == key_of(retry, env2)
+    no_id = [
+        attempt(added(raw, q, f"Sun, 6 Dec 2026 23:00:0{n} +0100", message_id=False), q) for n, q in enumerate("AB")
+    ]
+    assert key_of(*no_id[0]) == key_of(*no_id[1])
+    with_to = [attempt(added(raw, q, f"Mon,  7 Dec 2026 0{n}:00:00 +0000 (UTC)") + b"", q) for n, q in enumerate("CD")]
+    with_to = [(r.replace(b"\r\n\r\n", b"\r\nTo: undisclosed-recipients:;\r\n\r\n", 1), e) for r, e in with_to]
+    assert key_of(*with_to[0]) == key_of(*with_to[1])  # fields the MTA adds after them are passed over
+    # The sender's own fields count: a Date in another format, a Message-ID not naming our queue ID,
+    # a Date followed by a field the MTA does not add, and everything without a queue ID.
+    assert key_of(*attempt(added(raw, "4QX1", "6 Dec 2026 23:00:00 +0000"), "4QX1")) != key_of(
+        *attempt(added(raw, "4QX1", "6 Dec 2026 23:00:01 +0000"), "4QX1")
+    )
+    assert key_of(*attempt(added(raw, "4QX1", "Sun,  6 Dec 2026 23:00:00 +0000 (UTC)"), "4QX1")) != key_of(
+        *attempt(added(raw, "4QX1", "Sun,  6 Dec 2026 23:00:00 +0000 (UTC)"), "7ZZ8")
+    )  # the Message-ID names 4QX1, which is not this attempt's queue ID
+    dated = [attempt(added(raw, "4QX1", f"Sun,  6 Dec 2026 23:00:0{n} +0000 (UTC)"), "4QX1") for n in (0, 1)]
+    dated = [(r.replace(b"\r\n\r\n", b"\r\nX-Mailer: m\r\n\r\n", 1), e) for r, e in dated]
+    assert key_of(*dated[0]) != key_of(*dated[1])
     assert key_of(first, replace(env1, queue_id="")) != key_of(retry, replace(env2, queue_id=""))
 
 
@@ -314,6 +349,31 @@ def test_the_same_message_through_postfix_twice_is_stored_once(postfix, milter, 
     # What the milter sees here is the header as the client sent it: Postfix (milter_protocol 6) adds its own
     # Received field after the milter. Where an MTA hands it over, the key leaves it out (first test above).
     assert mid.encode() in stored and b"(Postfix)" not in stored.split(b"\r\n\r\n", 1)[0]
+
+
+def test_a_message_postfix_dated_is_stored_once_when_retried_a_second_later(postfix, milter, tmp_path):
+    """Postfix adds Date (and Message-Id) to a local client's message lacking them: new on every attempt."""
+    milter('[policy.inbound]\nmalware_action = "quarantine"\n')
+    _, raw = eicar_message_without_date_or_id()
+    for _ in range(2):
+        time.sleep(1.05 - time.time() % 1)  # the two attempts get Dates a second apart
+        assert postfix.send(raw)[0] == 250
+    with SqliteStore(tmp_path / "state" / "quarantine") as store:
+        records = store.list(ListFilter(limit=10))
+        assert len(records) == 1, [store.read(r.id)[:400] for r in records]
+        assert [e.action for e in store.history(records[0].id)] == ["quarantine", "retry"]
+        head = store.read(records[0].id).split(b"\r\n\r\n", 1)[0]
+    assert b"\r\nDate: " in head and b"\r\nMessage-I" in head  # what Postfix added reached the milter
+
+
+def eicar_message_without_date_or_id() -> tuple[str, bytes]:
+    from support.mail import eicar_message
+
+    mid, raw = eicar_message()
+    head, body = raw.split(b"\r\n\r\n", 1)
+    head = b"\r\n".join(line for line in head.split(b"\r\n") if not line.lower().startswith(b"message-id:"))
+    assert b"\r\nDate:" not in head
+    return mid, head + b"\r\n\r\n" + body
 
 
 def test_a_retry_of_a_message_no_worker_finished_is_stored_once_too(tmp_path):

@@ -174,19 +174,37 @@ class MessageFacts:
         )
 
 
+# Fields an MTA adds at the end of a header block that lacks them (Postfix's cleanup for local clients or
+# with always_add_missing_headers): a Message-ID naming the queue ID, the arrival time as Date, and From
+# and To made from the envelope. The first two change on every attempt, the others do not.
+_ADDED_FIELDS = frozenset(
+    (b"message-id", b"resent-message-id", b"date", b"resent-date", b"from", b"to", b"resent-from", b"resent-to")
+)
+# An arrival date as MTAs write it (Postfix: "Mon,  7 Dec 2026 03:54:06 +0000 (UTC)"): weekday, numeric zone.
+_MTA_DATE = re.compile(
+    rb"\s*[A-Z][a-z]{2}, {1,2}\d{1,2} [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d [+-]\d{4}(?: \([^()]*\))?\s*"
+)
+
+
 def retry_key(raw: bytes, header_end: int, queue_id: str, mail_from: str, recipients: Sequence[str]) -> str:
     """SHA-256 of a delivery as its sender made it: envelope sender, sorted recipients, and the bytes.
 
-    ``raw[:header_end]`` is the header block. The Received fields at its top
-    that name ``queue_id`` are our own MTA's (Postfix hands the milter the one
-    it prepends: new queue ID and time on every attempt) and are left out;
-    everything else is the same in a sender's retry of the same message.
-    Without a queue ID nothing is left out.
+    ``raw[:header_end]`` is the header block. What our MTA writes anew on
+    every attempt is left out, so a sender's retry of the same message has
+    the same key: the Received fields at the top that name ``queue_id``, and
+    at the bottom the fields it adds to a message that lacks them (a
+    Message-ID naming ``queue_id``, a Date in the MTA's format). Left out
+    whoever wrote them: two deliveries alike in everything else are one
+    message. Without a queue ID nothing is left out.
     """
     digest = hashlib.sha256(b"mailward-retry-1\0")
     digest.update(mail_from.encode("utf-8", "surrogateescape") + b"\0")
     digest.update("\n".join(sorted(recipients)).encode("utf-8", "surrogateescape") + b"\0")
-    ours = re.compile(rb"\bid\s+" + re.escape(queue_id.encode("ascii", "replace")) + rb"\b") if queue_id else None
+    if not queue_id:
+        digest.update(raw)
+        return digest.hexdigest()
+    ours = re.compile(rb"\bid\s+" + re.escape(queue_id.encode("ascii", "replace")) + rb"\b")
+    made_id = re.compile(rb"[<.]" + re.escape(queue_id.encode("ascii", "replace")) + rb"@")
     fields: list[bytes] = []
     for line in raw[:header_end].splitlines(keepends=True):
         if fields and line[:1] in (b" ", b"\t"):
@@ -194,12 +212,24 @@ def retry_key(raw: bytes, header_end: int, queue_id: str, mail_from: str, recipi
         else:
             fields.append(line)
     skip = 0
-    while ours is not None and skip < len(fields):
+    while skip < len(fields):
         name, _, value = fields[skip].partition(b":")
         if name.strip().lower() != b"received" or not ours.search(value):
             break
         skip += 1
-    for part in fields[skip:]:
+    kept = fields[skip:]
+    end = len(kept)
+    while end:
+        name, _, value = kept[end - 1].partition(b":")
+        name = name.strip().lower()
+        if name not in _ADDED_FIELDS:
+            break
+        end -= 1
+        if (name.endswith(b"message-id") and made_id.search(value)) or (
+            name.endswith(b"date") and _MTA_DATE.fullmatch(value)
+        ):
+            kept[end] = b""
+    for part in kept:
         digest.update(part)
     digest.update(raw[header_end:])
     return digest.hexdigest()
