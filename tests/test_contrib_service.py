@@ -10,12 +10,13 @@ import signal
 import socket
 import stat
 import subprocess
+import time
 import tomllib
 from pathlib import Path
 
 from harness.milter import MilterProcess
 from mailward.config import LoggingSettings, load_settings, parse_milter_socket
-from mailward.logs import configure_logging
+from mailward.logs import PrivateLogFile, configure_logging
 from support.contrib import CONTRIB, VENV_IN_UNIT, unit_entries, verify_units
 
 UNIT = CONTRIB / "systemd" / "mailward-milter.service"
@@ -77,17 +78,24 @@ def test_logrotate_file_rotates_the_configured_log(tmp_path):
         assert result.returncode == 0 and "error" not in result.stderr.lower(), result.stderr
 
 
-def test_log_file_is_private_and_reopened_after_rotation(tmp_path):
+def test_log_file_is_private_and_reopened_after_rotation(tmp_path, monkeypatch):
+    """The name is checked at most every RECHECK seconds (not stat'ed per line): a line written
+    just after the rename still reaches the renamed file, none is lost, and later ones the new file."""
+    monkeypatch.setattr(PrivateLogFile, "RECHECK", 0.2)
     log_file = tmp_path / "logs" / "milter.log"
+    rotated = tmp_path / "logs" / "milter.log.1"
     old_umask = os.umask(0o022)
     try:
         configure_logging(LoggingSettings(file=str(log_file)))
         logging.getLogger("test").warning("first")
         assert stat.S_IMODE(log_file.stat().st_mode) == 0o640
-        log_file.rename(tmp_path / "logs" / "milter.log.1")  # what logrotate does
-        logging.getLogger("test").warning("second")
+        log_file.rename(rotated)  # what logrotate does
+        logging.getLogger("test").warning("second")  # within RECHECK of the last check: the renamed file
+        assert "second" in rotated.read_text() and not log_file.exists()
+        time.sleep(0.3)
+        logging.getLogger("test").warning("third")
         assert stat.S_IMODE(log_file.stat().st_mode) == 0o640
-        assert "second" in log_file.read_text() and "second" not in (tmp_path / "logs" / "milter.log.1").read_text()
+        assert "third" in log_file.read_text() and "third" not in rotated.read_text()
         log_file.chmod(0o644)  # an older release's file
         configure_logging(LoggingSettings(file=str(log_file)))
         assert stat.S_IMODE(log_file.stat().st_mode) == 0o640

@@ -313,3 +313,6 @@ class Evidence:
             marks=other.marks if other.marks is not None else self.marks,
             authenticated=tuple(dict.fromkeys(self.authenticated + other.authenticated)),
         )
+
+
+NOTHING_KNOWN = Evidence()  # what is known of most messages before their content: nothing (compared by identity)

@@ -130,6 +130,8 @@ class Metrics:
         self._set_info(self.rules_info, "_rules_version", version)
 
     def _set_info(self, gauge: Gauge, attr: str, version: str) -> None:
+        if getattr(self, attr) == version:  # every message names the model: no lock while it is the same
+            return
         with self._lock:
             old = getattr(self, attr)
             if old == version:

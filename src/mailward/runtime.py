@@ -21,10 +21,12 @@ from .envelope import DirectionRules, Envelope
 from .errors import MailwardError
 from .evidence import Evidence
 from .pipeline import Inspector
-from .screening import Scanner, Screener
+from .screening import Scanner, Screener, Workers
+from .verdict import Relayed
 
 if TYPE_CHECKING:
     from .incidents import IncidentResponse
+    from .incidents.response import Relay
     from .metrics import Metrics
     from .quarantine import QuarantineStore
     from .source import MessageSource
@@ -116,13 +118,18 @@ def build_runtime(
     settings: Settings,
     *,
     scanner: Scanner | None = None,
+    workers: Workers | None = None,
     metrics: Metrics | None = None,
+    relay: Relay | None = None,
     clock: Callable[[], float] = time.time,
     keep: bool = True,
 ) -> Runtime:
     """Stores, incident response and screener for ``settings``; scans go to ``scanner``.
 
-    Without a ``scanner`` the runtime scans in process and owns that scanner.
+    ``workers`` (the milter's pool): each message is screened whole in a worker, which builds its
+    own runtime here; this one decides only what no worker finished, with no scanner at all.
+    Without either, the runtime scans in process and owns that scanner. ``relay`` (a worker's):
+    where its incident response reports, for the milter's metrics, instead of ``metrics``.
     ``keep=False`` (`mailward scan`) decides as the milter would but keeps
     nothing: no quarantine, incident store or release key is opened.
     Whatever is opened here is closed by :meth:`Runtime.close`, and by this
@@ -136,16 +143,16 @@ def build_runtime(
     owned: list[Closeable] = []
     store: QuarantineStore | None = None
     try:
-        if scanner is None:
+        if scanner is None and workers is None:
             own = InProcessScanner.from_settings(settings)
             owned.append(own)
             scanner = own
         if not keep:
-            screener, incidents = Screener(settings, scanner, None, clock=clock), None
+            screener, incidents = Screener(settings, scanner, None, clock=clock, report=False), None
         else:
             store = open_store(settings, clock)
             owned.append(store)
-            incidents = open_incidents(settings, metrics, clock=clock)
+            incidents = open_incidents(settings, relay or metrics, clock=clock)
             owned.append(incidents)
             screener = Screener(
                 settings,
@@ -155,6 +162,7 @@ def build_runtime(
                 watch=incidents,
                 release=ReleaseVerifier.from_settings(settings, store).accept,
                 lists=incidents,
+                workers=workers,
             )
     except BaseException:
         _close_all(tuple(reversed(owned)))
@@ -170,6 +178,15 @@ def build_runtime(
         owned=tuple(reversed(owned)),
         quarantine=store,
     )
+
+
+def build_worker_runtime(settings: Settings, scanner: Scanner) -> tuple[Runtime, Callable[[], Relayed]]:
+    """A screening worker's runtime (its own stores, incident response and screener, scanning with
+    ``scanner``), and what drains the metrics its incident response reported, for the milter."""
+    from .incidents.response import Relay
+
+    relay = Relay()
+    return build_runtime(settings, scanner=scanner, relay=relay), relay.drain
 
 
 class LiveRuntime:

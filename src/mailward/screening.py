@@ -1,9 +1,14 @@
-"""Screen one message: inspect, decide, quarantine. Shared by the milter and `mailward scan`.
+"""Screen one message: inspect, decide, quarantine. Shared by the milter, its workers and `mailward scan`.
 
 Knows nothing of pymilter: the milter adapter hands it an envelope and the
 message bytes and turns the returned :class:`Outcome` into milter actions. The
 one promise kept here: a message the policy quarantines is either stored or
 tempfailed, never accepted.
+
+With worker processes the whole of :meth:`Screener.screen` (scan, decide,
+store, count, log) runs in a worker, on a screener of the worker's own built
+from the same settings; the milter's screener hands the message over and only
+decides itself what no worker finished (the fallback), with the same policy.
 """
 
 from __future__ import annotations
@@ -22,12 +27,12 @@ from typing import Any, Protocol
 from .config import DirectionPolicy, Settings
 from .envelope import Envelope
 from .errors import ScanFailed, StoreError
-from .evidence import Category, Evidence, Finding, MarkProof, retry_key
+from .evidence import NOTHING_KNOWN, Category, Evidence, Finding, MarkProof, retry_key
 from .logs import log_context
 from .message import split_message
 from .policy import Inputs, Listed, Mark, Share, decide, decide_failure, split, stops
 from .source import MessageSource
-from .verdict import Action, Outcome, Verdict, new_incident_id
+from .verdict import Action, Outcome, Relayed, Verdict, new_incident_id
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +49,25 @@ class Scanner(Protocol):
 
 class Quarantine(Protocol):
     def put(self, raw: MessageSource, envelope: Envelope, verdict: Verdict, evidence: Evidence) -> str: ...
+
+    def withdraw(self, quarantine_id: str) -> None:
+        """Remove ``quarantine_id`` if it was stored and answered no retry (in the background)."""
+        ...
+
+
+class Workers(Protocol):
+    """Screens whole messages in worker processes (workers.ScanPool), each with a screener of its own.
+
+    Returns the worker's outcome (stored, counted and logged there) with what
+    its incident response did, or, when no worker finished (deadline,
+    CPU limit), the unchecked evidence to decide on here. Raises
+    :class:`ScanFailed` when the worker died or failed, :class:`StoreError` when
+    it scanned but did not answer in time after (its store or response stalled).
+    """
+
+    def screen(
+        self, source: MessageSource, envelope: Envelope, known: Evidence, incident: str, started: float
+    ) -> tuple[Outcome, Relayed] | Evidence: ...
 
 
 class ReleaseMark(Protocol):
@@ -72,6 +96,10 @@ class Watch(Protocol):
 
     def triage(self, outcome: Outcome) -> Callable[[], object] | None:
         """Does the cheap part at once (in memory); returns the part that may wait on a database, or None."""
+        ...
+
+    def replay(self, events: Relayed) -> None:
+        """Report what a worker's incident response did (metrics, blocks it created)."""
         ...
 
 
@@ -125,15 +153,21 @@ class Screener:
     def __init__(
         self,
         settings: Settings,
-        scanner: Scanner,
+        scanner: Scanner | None,
         quarantine: Quarantine | None,
         clock: Callable[[], float] = time.time,
         watch: Watch | None = None,
         release: Release | None = None,
         lists: SenderLists | None = None,
+        workers: Workers | None = None,
+        report: bool = True,
     ):
+        """``workers``: screen in those processes, deciding here only what none finished.
+        ``report``: write each outcome's summary line (`mailward scan` prints its own instead)."""
         self.settings = settings
         self._lists = lists
+        self._workers = workers
+        self._reports = report
         self._release = release
         self._scanner = scanner
         self._quarantine = quarantine
@@ -141,29 +175,107 @@ class Screener:
         self._watch = watch
         self._watchers = _Watchers()
 
-    def screen(self, source: MessageSource, envelope: Envelope, known: Evidence = Evidence()) -> Outcome:
+    def screen(
+        self,
+        source: MessageSource,
+        envelope: Envelope,
+        known: Evidence = NOTHING_KNOWN,
+        *,
+        incident: str = "",
+        started: float | None = None,
+    ) -> Outcome:
         """``known``: evidence from before the content, e.g. a block whose action is not a reject.
+        ``incident`` and ``started`` (``time.perf_counter()``, one clock for every process of the
+        host): the milter's, when a worker screens the message it handed over.
 
-        Every line logged while screening (scan, store, incident response) names the message and its incident.
+        Every line logged while screening (scan, store, incident response) names the message and its
+        incident, and the one summary line of the message is written here, wherever this runs.
         """
-        started = time.perf_counter()
-        incident = new_incident_id(self._clock())
+        started = time.perf_counter() if started is None else started
+        incident = incident or new_incident_id(self._clock())
+        if self._workers is not None:  # the worker sets the log context there; the fallback sets its own
+            return self._hand_over(self._workers, source, envelope, known, incident, started)
         with log_context(
             queue_id=envelope.queue_id,
             connection_id=envelope.connection_id,
             incident_id=incident,
             direction=envelope.direction.value,
         ):
-            return self._screen(source, envelope, known, incident, started)
+            outcome = self._screen(source, envelope, known, incident, started)
+            if self._reports:
+                report(outcome)
+            return outcome
+
+    def _hand_over(
+        self,
+        workers: Workers,
+        source: MessageSource,
+        envelope: Envelope,
+        known: Evidence,
+        incident: str,
+        started: float,
+    ) -> Outcome:
+        """A worker screens the message; what none finished is decided here, as if scanned here.
+
+        A worker given up on (past the deadline, over its CPU limit, dead) was killed first, so it can
+        commit nothing more: what it may have stored under ``incident`` is withdrawn, and the message
+        is decided under a new incident ID (the retry key makes a fallback put of the same message
+        answer with the worker's record if that one is still there, so it is kept once either way).
+        """
+        scanned: Evidence | None = None
+        error = ""
+        try:
+            result = workers.screen(source, envelope, known, incident, started)
+            if isinstance(result, tuple):
+                outcome, relayed = result
+                if relayed and self._watch is not None:
+                    self._watch.replay(relayed)
+                return outcome
+            scanned = result
+        except ScanFailed as exc:
+            error = str(exc)
+        except StoreError as exc:
+            error = f"stalled after its scan: {exc}"
+        except Exception as exc:  # e.g. an answer that does not read: what the worker stored must not stay
+            log.exception("could not take the worker's answer")
+            error = f"{type(exc).__name__}: {exc}"
+        if self._quarantine is not None:
+            self._quarantine.withdraw(incident)
+        fallback = new_incident_id(self._clock())
+        with log_context(
+            queue_id=envelope.queue_id,
+            connection_id=envelope.connection_id,
+            incident_id=fallback,
+            direction=envelope.direction.value,
+        ):
+            log.warning("no worker finished screening incident %s (%s); decided here", incident, error or "unchecked")
+            outcome = self._screen(source, envelope, known, fallback, started, scanned, error)
+            if self._reports:
+                report(outcome)
+        return outcome
 
     def _screen(
-        self, source: MessageSource, envelope: Envelope, known: Evidence, incident: str, started: float
+        self,
+        source: MessageSource,
+        envelope: Envelope,
+        known: Evidence,
+        incident: str,
+        started: float,
+        scanned: Evidence | None = None,
+        failed: str = "",
     ) -> Outcome:
+        """Scan (unless ``scanned`` is given, or ``failed`` says the scan failed), decide, store, watch."""
         policy = self.settings.policy.for_direction(envelope.direction)
         evidence, error = known, ""
         held: Share | None = None
         try:
-            evidence = known.merged(self._scanner.scan(source, envelope))
+            if failed:
+                raise ScanFailed(failed)
+            if scanned is None:
+                if self._scanner is None:
+                    raise ScanFailed("no scanner")
+                scanned = self._scanner.scan(source, envelope)
+            evidence = known.merged(scanned)
             shares = self._decide(evidence, envelope, incident, None)
             released_from = alert_of = ""
             if any(stops(s.verdict) for s in shares) and self._release is not None and evidence.marks is not None:
@@ -325,6 +437,11 @@ def _retry_key(source: MessageSource, envelope: Envelope) -> str:
     """
     raw = source.read()
     return retry_key(raw, len(split_message(raw)[0]), envelope.queue_id, envelope.mail_from, envelope.recipients)
+
+
+def report(outcome: Outcome) -> None:
+    """The one summary line of a message (or of a transaction refused before its content)."""
+    log.info("%s %s", outcome.verdict.action.value, outcome.verdict.incident_id, extra={"event": event_of(outcome)})
 
 
 def event_of(outcome: Outcome) -> dict[str, Any]:

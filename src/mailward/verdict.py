@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from .envelope import Envelope
-from .evidence import Category, Evidence
+from .evidence import Category, Evidence, Finding, Severity, SpamAssessment
 
 
 class Action(str, Enum):
@@ -103,6 +103,34 @@ class Verdict:
         return reply
 
 
+# Outcome.slim: plain values only (action, reasons, incident ID, spam score, hold, acted-on categories) ...
+SlimVerdict = tuple[str, tuple[str, ...], str, float | None, bool, tuple[str, ...]]
+# ... (verdict, size, quarantine ID, error, seconds, store failed, released from, alert of, held recipients,
+# their verdict, findings as (category, name, severity, detector), spam (score, model, regime, floor),
+# timings, headers)
+Slim = tuple[
+    SlimVerdict,
+    int,
+    str,
+    str,
+    float,
+    bool,
+    str,
+    str,
+    tuple[str, ...],
+    SlimVerdict | None,
+    tuple[tuple[str, str, int, str], ...],
+    tuple[float, str, str, float] | None,
+    tuple[tuple[str, float], ...],
+    tuple[tuple[str, str], ...],
+]
+
+
+# What a worker's incident response did that the milter reports (incidents.response.Relay): the
+# MetricsSink method called and its arguments, e.g. ("block_created", ("address", "suspension")).
+Relayed = tuple[tuple[str, tuple[str | float, ...]], ...]
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What happened to one message: the one value incidents, metrics and the summary log line observe."""
@@ -122,7 +150,78 @@ class Outcome:
     held: tuple[str, ...] = ()
     held_verdict: Verdict | None = None
 
+    def slim(self) -> Slim:
+        """What a worker answers the milter with, in plain values (cheap to pickle; no dataclass or enum
+        rebuilt by name on the way back): the verdicts and held recipients the milter applies, the headers
+        it adds, and what its metrics count (timings, findings, model version). Not the envelope (the
+        milter has it), nor what only the log line and the store needed (clues, message facts, marks)."""
+        evidence, spam = self.evidence, self.evidence.spam
+        return (
+            _verdict_values(self.verdict),
+            self.size,
+            self.quarantine_id,
+            self.error,
+            self.seconds,
+            self.quarantine_failed,
+            self.released_from,
+            self.alert_of,
+            self.held,
+            _verdict_values(self.held_verdict) if self.held_verdict is not None else None,
+            tuple((f.category.value, f.name, int(f.severity), f.detector) for f in evidence.findings),
+            (spam.score, spam.model_version, spam.regime, spam.spam_floor) if spam is not None else None,
+            evidence.timings,
+            evidence.headers,
+        )
+
+    @classmethod
+    def from_slim(cls, values: Slim, envelope: Envelope) -> Outcome:
+        """The outcome :meth:`slim` describes, for ``envelope``."""
+        (verdict, size, quarantine_id, error, seconds, failed, released_from, alert_of, held, held_verdict,
+         findings, spam, timings, headers) = values  # fmt: skip
+        return cls(
+            envelope,
+            _verdict_of(verdict),
+            Evidence(
+                findings=tuple(
+                    Finding(_CATEGORIES[c], name, Severity(severity), detector)
+                    for c, name, severity, detector in findings
+                ),
+                spam=SpamAssessment(spam[0], (), spam[1], spam[2], spam[3]) if spam is not None else None,
+                timings=timings,
+                headers=headers,
+            ),
+            size,
+            quarantine_id,
+            error,
+            seconds,
+            failed,
+            released_from,
+            alert_of,
+            held,
+            _verdict_of(held_verdict) if held_verdict is not None else None,
+        )
+
     def acted_on(self, category: Category) -> bool:
         """Whether the policy applied ``category``'s own action for any recipient (what incidents count)."""
         verdicts = (self.verdict,) if self.held_verdict is None else (self.verdict, self.held_verdict)
         return any(category in v.acted_on for v in verdicts)
+
+
+_ACTIONS = {action.value: action for action in Action}
+_CATEGORIES = {category.value: category for category in Category}
+
+
+def _verdict_values(verdict: Verdict) -> SlimVerdict:
+    return (
+        verdict.action.value,
+        verdict.reasons,
+        verdict.incident_id,
+        verdict.spam_score,
+        verdict.hold,
+        tuple(c.value for c in verdict.acted_on),
+    )
+
+
+def _verdict_of(values: SlimVerdict) -> Verdict:
+    action, reasons, incident_id, spam_score, hold, acted_on = values
+    return Verdict(_ACTIONS[action], reasons, incident_id, spam_score, hold, tuple(_CATEGORIES[c] for c in acted_on))

@@ -1,7 +1,11 @@
-"""Scanning processes, so CPU-heavy detection uses every core.
+"""Screening processes, so CPU-heavy work uses every core and the milter process stays thin.
 
 libmilter runs one thread per MTA connection and Python work serialises on the
-GIL, so the inspection itself runs in worker processes. The pool is our own
+GIL, so each message is screened whole in a worker process: scanned, decided,
+stored (durable before the worker answers), counted and logged, by a runtime
+of the worker's own built from the same settings (``runtime.build_runtime``).
+The milter hands over the raw bytes and the envelope and gets back a slim
+outcome: what it applies to the message and counts in its metrics. The pool is our own
 rather than ``concurrent.futures``: a worker stuck on hostile input past the
 message deadline is killed and replaced on its own, and a reload swaps in
 workers built from the new settings while in-flight scans finish on the old
@@ -19,34 +23,87 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing
+import pickle
 import resource
+import select
 import signal
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkContext, ForkServerContext, SpawnContext
-from typing import cast
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from .config import Settings
 from .envelope import Envelope
-from .errors import ScanFailed
-from .evidence import Category, Evidence, Finding, Severity
+from .errors import ScanFailed, StoreError
+from .evidence import NOTHING_KNOWN, Category, Evidence, Finding, Severity
 from .lifetime import die_with_parent
 from .source import MessageSource
+from .verdict import Outcome, Relayed
+
+if TYPE_CHECKING:
+    from .pipeline import Inspector
+    from .runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 
-def _worker_main(conn: Connection, settings: Settings) -> None:
-    """Entry point of a scanning process: build detectors once, then serve scans."""
-    from .logs import configure_logging, log_context
+class Flag(Protocol):
+    """A byte in memory shared with one worker (``RawValue("b")``)."""
+
+    value: int
+
+
+# After the write deadline: the quarantine store's commit grace (0.5 s) and the answer's trip back.
+ANSWER_GRACE = 0.75
+STOP_GRACE = 3.0  # seconds a stopping worker may take to flush its incident counters and close its stores
+
+
+def _send(conn: Connection, message: object) -> None:
+    """``conn.send`` with the C pickler: multiprocessing's ForkingPickler is built per message in Python."""
+    conn.send_bytes(pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
+
+
+def _recv(conn: Connection) -> Any:
+    """What :func:`_send` sent, from our own process at the other end of the pipe."""
+    return pickle.loads(conn.recv_bytes())
+
+
+class _Announcing:
+    """The worker's scanner: scans in process, then marks the scan done in memory the milter reads.
+
+    The milter's wait for a worker has two parts, as the MTA's milter timeout does: the scan
+    (``message_deadline``) and the store (``write_timeout``); this mark divides them. A flag in
+    shared memory rather than a message: the milter reads it only when the scan's deadline passed,
+    so an answer in time costs it one wake-up, not two.
+    """
+
+    def __init__(self, scanned: Flag):
+        self.scanned = scanned
+        self.inspector: Inspector | None = None
+
+    def scan(self, source: MessageSource, envelope: Envelope) -> Evidence:
+        if self.inspector is None:
+            raise ScanFailed("no detectors loaded")
+        evidence = self.inspector.inspect(source.read(), envelope)
+        self.scanned.value = 1
+        return evidence
+
+
+def _worker_main(conn: Connection, settings: Settings, scanned: Flag) -> None:
+    """Entry point of a screening process: build detectors and open stores once, then screen messages."""
+    from .logs import configure_logging
     from .runtime import build_inspector
 
     die_with_parent()
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a core file would hold message content
     configure_logging(settings.logging)
+    scanner = _Announcing(scanned)
+    opening = _Opening(settings, scanner)  # the stores open while the detectors load
     failure = ""
     try:
         inspector = build_inspector(settings, start_sandbox=True)
@@ -58,27 +115,86 @@ def _worker_main(conn: Connection, settings: Settings) -> None:
             inspector.inspect(_warm_up_message(), Envelope())
         except Exception:
             log.exception("warm-up scan failed")
+    scanner.inspector = inspector
+    runtime = opening.runtime()
+    failure = failure or opening.failure
     try:
-        conn.send(("loaded", failure))  # the pool hands out only workers that said so
-    except (OSError, BrokenPipeError):
-        return
+        try:
+            _send(conn, ("loaded", failure))  # the pool hands out only workers that said so
+        except (OSError, BrokenPipeError):
+            return
+        _serve(conn, settings, scanner, runtime if not failure else None, failure, opening.relayed)
+    finally:
+        if runtime is not None:
+            runtime.close()  # flushes the incident counters: a graceful stop or a reload drops none
+
+
+class _Opening:
+    """The worker's runtime (stores, incident response, screener), opened on a thread of its own."""
+
+    def __init__(self, settings: Settings, scanner: _Announcing):
+        self.failure = ""
+        self._runtime: Runtime | None = None
+        self.relayed: Callable[[], Relayed] = tuple
+        self._thread = threading.Thread(target=self._open, args=(settings, scanner), name="open-stores", daemon=True)
+        self._thread.start()
+
+    def _open(self, settings: Settings, scanner: _Announcing) -> None:
+        from .runtime import build_worker_runtime
+
+        try:
+            self._runtime, self.relayed = build_worker_runtime(settings, scanner)
+        except Exception as exc:
+            log.exception("worker could not open its stores")
+            self.failure = f"{type(exc).__name__}: {exc}"
+
+    def runtime(self) -> Runtime | None:
+        self._thread.join()
+        return self._runtime
+
+
+def _serve(
+    conn: Connection,
+    settings: Settings,
+    scanner: _Announcing,
+    runtime: Runtime | None,
+    failure: str,
+    relayed: Callable[[], Relayed],
+) -> None:
+    """Screen each message the milter sends until it closes the pipe; answer with the slim outcome."""
+    from .logs import log_context
+
     while True:
         try:
-            source, envelope = conn.recv()
+            job = _recv(conn)
         except (EOFError, OSError, KeyboardInterrupt):
             return
-        if inspector is None:
-            conn.send(("error", failure))
+        if runtime is None or scanner.inspector is None:
+            _send(conn, ("error", failure))
             continue
         _limit_cpu(settings.milter.cpu_budget)
-        with log_context(
-            queue_id=envelope.queue_id, connection_id=envelope.connection_id, direction=envelope.direction.value
-        ):  # worker-side lines name the message too
-            try:
-                conn.send(("ok", inspector.inspect(source.read(), envelope)))
-            except Exception as exc:
-                log.exception("scan failed")
-                conn.send(("error", type(exc).__name__))
+        if job[0] == "scan":  # the detectors alone (ScanPool.scan)
+            _, source, envelope = job
+            with log_context(
+                queue_id=envelope.queue_id, connection_id=envelope.connection_id, direction=envelope.direction.value
+            ):  # worker-side lines name the message too
+                try:
+                    _send(conn, ("ok", scanner.inspector.inspect(source.read(), envelope)))
+                except Exception as exc:
+                    log.exception("scan failed")
+                    _send(conn, ("error", type(exc).__name__))
+            continue
+        _, data, size, envelope, known, incident, started = job
+        source = MessageSource(data=data) if isinstance(data, bytes) else MessageSource.spooled(Path(data), size)
+        try:
+            outcome = runtime.screener.screen(
+                source, envelope, known or NOTHING_KNOWN, incident=incident, started=started
+            )
+        except Exception as exc:
+            log.exception("screening failed")
+            _send(conn, ("error", type(exc).__name__))
+            continue
+        _send(conn, ("ok", outcome.slim(), relayed()))
 
 
 def _limit_cpu(seconds: float) -> None:
@@ -119,14 +235,42 @@ class _Worker:
     process: multiprocessing.process.BaseProcess
     conn: Connection
     generation: int
+    scanned: Flag  # set by the worker once the message in hand is scanned (_Announcing)
+    _poller: select.poll = field(default_factory=select.poll)
 
-    def stop(self) -> None:
+    def __post_init__(self) -> None:
+        self._poller.register(self.conn.fileno(), select.POLLIN)
+
+    def quiet(self) -> bool:
+        """No unasked answer and no closed pipe (a dead worker): ready for the next message. A poll of
+        its pipe, where ``process.is_alive()`` builds a selector to wait on its sentinel."""
+        return not self.answered(0.0)
+
+    def answered(self, seconds: float) -> bool:
+        """Whether the worker answered (or its pipe closed) within ``seconds``: ``Connection.poll``
+        without the selector it builds per call."""
+        return bool(self._poller.poll(math.ceil(max(0.0, seconds) * 1000)))
+
+    def stop(self, grace: float = 0.0) -> None:
+        """Close the pipe; a worker that is not broken gets ``grace`` seconds to flush its counters and
+        close its stores on that EOF (:data:`STOP_GRACE`), then it is killed."""
         try:
             self.conn.close()
         finally:
+            if grace > 0:
+                self.process.join(timeout=grace)
             if self.process.is_alive():
                 self.process.kill()
             self.process.join(timeout=5)
+
+
+def _stop_all(workers: list[_Worker], grace: float = STOP_GRACE) -> None:
+    """Stop healthy ``workers`` together: each gets the same ``grace`` to flush, not one after the other."""
+    for worker in workers:
+        worker.conn.close()
+    ends = time.monotonic() + grace
+    for worker in workers:
+        worker.stop(max(0.0, ends - time.monotonic()) or 0.01)
 
 
 def _taken_lock() -> threading.Lock:
@@ -187,6 +331,10 @@ class ScanPool:
         # What _worker_main builds with: the composition root and the model-refusal alert it wires in.
         "mailward.runtime",
         "mailward.incidents.alerts",
+        # The stores each worker opens to screen whole messages (quarantine, release marks, incidents).
+        "mailward.quarantine",
+        "mailward.quarantine.release",
+        "mailward.incidents",
         # The in-process archive handlers (pyzipper alone: 0.2 s), which every warm-up scan imports.
         "mailward.unpack.zip",
         "mailward.unpack.tar",
@@ -238,9 +386,7 @@ class ScanPool:
             return
         with self._lock:
             kept = [w for w in workers if self._keep_idle(w)]
-        for worker in workers:
-            if worker not in kept:
-                worker.stop()
+        _stop_all([worker for worker in workers if worker not in kept])
 
     def wait_loaded(self) -> None:
         """Return once the first workers have loaded; ScanFailed when they could not (nothing to scan with)."""
@@ -251,10 +397,13 @@ class ScanPool:
 
     def _spawn(self, settings: Settings, generation: int) -> _Worker:
         parent, child = self._ctx.Pipe()
-        process = self._ctx.Process(target=_worker_main, args=(child, settings), name="mailward-scan", daemon=True)
+        scanned = cast("Flag", self._ctx.RawValue("b", 0))
+        process = self._ctx.Process(
+            target=_worker_main, args=(child, settings, scanned), name="mailward-scan", daemon=True
+        )
         process.start()
         child.close()
-        return _Worker(process, parent, generation)
+        return _Worker(process, parent, generation, scanned)
 
     def _loaded(self, worker: _Worker) -> str:
         """Wait for a new worker's load report: "" when its detectors loaded, else why not."""
@@ -262,7 +411,7 @@ class ScanPool:
             if not worker.conn.poll(self.LOAD_TIMEOUT):
                 return f"did not load within {self.LOAD_TIMEOUT:.0f} s"
             failure: str
-            _status, failure = worker.conn.recv()
+            _status, failure = _recv(worker.conn)
             return failure
         except (EOFError, OSError) as exc:
             return f"died while loading ({type(exc).__name__})"
@@ -298,8 +447,7 @@ class ScanPool:
                 self._settings, self._generation = settings, generation
                 stale, self._idle = self._idle, fresh
                 self._dispatch()
-        for worker in stale:
-            worker.stop()
+        _stop_all(stale)
 
     def idle_pids(self) -> list[int]:
         """Process IDs of the workers waiting for a scan (for memory figures and process checks)."""
@@ -324,12 +472,12 @@ class ScanPool:
                     if self._closed or generation != self._generation:
                         return
         failure = self._loaded(worker)
-        if failure:  # it answers every scan with an error: on_error applies, nothing passes unchecked
-            log.error("replacement scanning process could not load: %s", failure)
         with self._lock:
             kept = self._keep_idle(worker)
-        if not kept:
-            worker.stop()
+        if not kept:  # the pool closed or reloaded meanwhile (its load may have failed for that): not an error
+            worker.stop(STOP_GRACE)
+        elif failure:  # it answers every scan with an error: on_error applies, nothing passes unchecked
+            log.error("replacement scanning process could not load: %s", failure)
 
     def _keep_idle(self, worker: _Worker) -> bool:
         """Make ``worker`` idle and serve the lanes, unless the pool closed or a reload replaced its
@@ -340,41 +488,90 @@ class ScanPool:
         self._dispatch()
         return True
 
+    def screen(
+        self, source: MessageSource, envelope: Envelope, known: Evidence, incident: str, started: float
+    ) -> tuple[Outcome, Relayed] | Evidence:
+        """Screen one message whole in a worker (its ``Screener.screen``); see ``screening.Workers``.
+
+        The milter waits as the MTA's milter timeout allows: for a free worker and the scan until
+        ``message_deadline`` after ``started`` (``time.perf_counter()``), then for the worker's store
+        and incident response until ``write_timeout`` (and the commit grace) after that. A worker past
+        either is killed, so it commits nothing more, and replaced. Only the bytes (or the spool
+        file's path) and the envelope cross the pipe, and only a slim outcome comes back.
+        """
+        settings = self._settings
+        deadline = settings.milter.message_deadline
+        ticket = self._acquire(envelope.client_address, max(0.0, deadline - (time.perf_counter() - started)))
+        if ticket is None:
+            return _unchecked("scan-deadline", "no scanning process became free in time")
+        data = str(source.path) if source.path is not None else source.data
+        job = ("screen", data, source.size, envelope, None if known is NOTHING_KNOWN else known, incident, started)
+        answer_by = started + deadline + settings.quarantine.write_timeout + ANSWER_GRACE
+        reply = self._exchange(ticket, job, started, deadline, answer_by)
+        if isinstance(reply, Evidence):
+            return reply
+        _status, slim, relayed = reply
+        return Outcome.from_slim(slim, envelope), relayed
+
+    def _exchange(
+        self, ticket: _Ticket, job: tuple[object, ...], started: float, deadline: float, answer_by: float | None
+    ) -> tuple[Any, ...] | Evidence:
+        """Send ``job`` to the ticket's worker and wait for its ``ok`` answer: until ``deadline`` seconds
+        after ``started`` for the scan, then, if the worker marked it done, until ``answer_by``.
+
+        Unchecked evidence when the scan ran out of time or CPU; StoreError when the answer did not
+        come after the scan; ScanFailed when the worker died or failed. A worker given up on is
+        killed (before this returns, so it commits nothing more) and replaced.
+        """
+        worker = ticket.granted_worker
+        broken = False
+        try:
+            worker.scanned.value = 0
+            _send(worker.conn, job)
+            if not worker.answered(deadline - (time.perf_counter() - started)):
+                broken = True
+                if answer_by is None or not worker.scanned.value:
+                    log.error("scan exceeded the %.0f s deadline; worker %s killed", deadline, worker.process.pid)
+                    return _unchecked("scan-deadline", f"scan exceeded {deadline:.0f} s")
+                if not worker.answered(answer_by - time.perf_counter()):
+                    log.error("worker %s scanned but did not answer in time after; killed", worker.process.pid)
+                    raise StoreError(f"no answer within {self._settings.quarantine.write_timeout:g} s after the scan")
+                broken = False
+            reply: tuple[Any, ...] = _recv(worker.conn)
+        except (EOFError, OSError) as exc:
+            broken = True
+            return self._lost(worker, exc)
+        finally:
+            self._release(ticket, broken)
+        if reply[0] != "ok":
+            raise ScanFailed(f"scanning process reported {reply[1]}")
+        return reply
+
+    def _lost(self, worker: _Worker, exc: BaseException) -> Evidence:
+        """A worker whose pipe broke mid-message: over its CPU limit (unchecked evidence), or dead (raises)."""
+        worker.process.join(timeout=2)
+        if worker.process.exitcode == -signal.SIGXCPU:
+            cpu = self._settings.milter.cpu_budget
+            log.error("scan used more than %.0f s of CPU; worker %s stopped", cpu, worker.process.pid)
+            return _unchecked("scan-cpu-budget", f"scan used more than {cpu:.0f} s of CPU")
+        raise ScanFailed(f"scanning process {worker.process.pid} died: {type(exc).__name__}") from exc
+
     def scan(self, source: MessageSource, envelope: Envelope, deadline: float | None = None) -> Evidence:
         """Inspect one message in a worker; a deadline or CPU overrun is evidence, a crash raises.
 
         ``deadline``: seconds for the whole scan, waiting for a worker included;
         by default ``milter.message_deadline`` of the settings the workers run.
         """
-        started = time.monotonic()
+        started = time.perf_counter()
         if deadline is None:
             deadline = self._settings.milter.message_deadline
         ticket = self._acquire(envelope.client_address, deadline)
         if ticket is None:
             return _unchecked("scan-deadline", "no scanning process became free in time")
-        worker = ticket.granted_worker
-        replace = False
-        try:
-            worker.conn.send((source, envelope))
-            remaining = max(0.0, deadline - (time.monotonic() - started))
-            if not worker.conn.poll(remaining):
-                replace = True
-                log.error("scan exceeded the %.0f s deadline; worker %s killed", deadline, worker.process.pid)
-                return _unchecked("scan-deadline", f"scan exceeded {deadline:.0f} s")
-            status, payload = worker.conn.recv()
-        except (EOFError, OSError, BrokenPipeError) as exc:
-            replace = True
-            worker.process.join(timeout=2)
-            if worker.process.exitcode == -signal.SIGXCPU:
-                cpu = self._settings.milter.cpu_budget
-                log.error("scan used more than %.0f s of CPU; worker %s stopped", cpu, worker.process.pid)
-                return _unchecked("scan-cpu-budget", f"scan used more than {cpu:.0f} s of CPU")
-            raise ScanFailed(f"scanning process {worker.process.pid} died: {type(exc).__name__}") from exc
-        finally:
-            self._release(ticket, replace)
-        if status != "ok":
-            raise ScanFailed(f"scanning process reported {payload}")
-        evidence: Evidence = payload
+        reply = self._exchange(ticket, ("scan", source, envelope), started, deadline, None)
+        if isinstance(reply, Evidence):
+            return reply
+        evidence: Evidence = reply[1]
         return evidence
 
     def _acquire(self, client: str, timeout: float) -> _Ticket | None:
@@ -426,7 +623,7 @@ class ScanPool:
                 del self._busy[ticket.client]
             if self._closed:
                 self._returned.notify_all()
-            healthy = not broken and worker.process.is_alive()
+            healthy = not broken and worker.quiet()
             if not healthy and not self._closed and worker.generation == self._generation:
                 threading.Thread(
                     target=self._replace,
@@ -435,7 +632,11 @@ class ScanPool:
                     daemon=True,
                 ).start()
             kept = healthy and self._keep_idle(worker)
-        if not kept:
+        if kept:
+            return
+        if healthy:  # retired by a reload: it flushes and closes on a thread of its own, not on the reply's
+            threading.Thread(target=worker.stop, args=(STOP_GRACE,), name="mailward-scan-retire", daemon=True).start()
+        else:
             worker.stop()
 
     def close(self) -> None:
@@ -447,8 +648,7 @@ class ScanPool:
             self._lanes.clear()
             self._returned.wait_for(lambda: not self._busy, timeout=10)
             idle, self._idle = self._idle, []
-        for worker in idle:
-            worker.stop()
+        _stop_all(idle)
 
 
 def _unchecked(check: str, detail: str) -> Evidence:

@@ -13,6 +13,7 @@ REJECT: int
 TEMPFAIL: int
 ACCEPT: int
 DISCARD: int
+NOREPLY: int  # a callback negotiated as unanswered (Milter.noreply's wrapper returns it)
 
 # Actions a milter asks the MTA for at registration.
 ADDHDRS: int
@@ -31,9 +32,14 @@ def runmilter(name: str, socketname: str, timeout: int = 0, rmsock: bool = True)
 def stop() -> None: ...
 def header_leading_space(klass: _C) -> _C: ...
 def noreply(func: _F) -> _F: ...
+
+# Per optional callback name: (the P_NR_* bit that leaves it unanswered, the P_NO* bit that skips it).
+OPTIONAL_CALLBACKS: dict[str, tuple[int, int]]
+
 def decode(strategy: str) -> Callable[[_F], _F]: ...
 
 class Base:
+    _protocol: int  # the protocol steps negotiated with the MTA
     @classmethod
     def protocol_mask(cls) -> int: ...
     def getsymval(self, sym: str) -> str | None: ...

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from ..envelope import Direction, Envelope
 from ..errors import ConfigError
 from ..evidence import Category, Finding, Severity
 from ..policy import Listed
-from ..verdict import Outcome, new_incident_id
+from ..verdict import Outcome, Relayed, new_incident_id
 from .alerts import Alert, AlertDispatcher, AlertKind
 from .blocklist import BlockList
 from .counting import Flusher, WindowCounts
@@ -52,6 +53,43 @@ class MetricsSink(Protocol):
     def failed_login(self) -> None: ...
     def stage(self, name: str, seconds: float) -> None: ...
     def alert(self, what: str, label: str, result: str) -> None: ...
+
+
+class Relay:
+    """The metrics of a screening worker's incident response, recorded for the milter to replay.
+
+    The Prometheus metrics live in the milter process; a worker's blocks, alerts and counting
+    times reach them with its next answer (:meth:`IncidentResponse.replay`).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._events: list[tuple[str, tuple[str | float, ...]]] = []
+
+    def block_created(self, kind: str, origin: str) -> None:
+        self._add("block_created", (kind, origin))
+
+    def failed_login(self) -> None:
+        self._add("failed_login", ())
+
+    def stage(self, name: str, seconds: float) -> None:
+        self._add("stage", (name, seconds))
+
+    def alert(self, what: str, label: str, result: str) -> None:
+        self._add("alert", (what, label, result))
+
+    def _add(self, name: str, args: tuple[str | float, ...]) -> None:
+        with self._lock:
+            self._events.append((name, args))
+
+    def drain(self) -> Relayed:
+        """What was recorded since the last drain."""
+        with self._lock:
+            events, self._events = tuple(self._events), []
+        return events
+
+
+_RELAYED = frozenset({"block_created", "failed_login", "stage", "alert"})
 
 
 @dataclass(frozen=True)
@@ -138,6 +176,16 @@ class IncidentResponse:
         return self.sender_lists.listed(envelope, recipient, authenticated)
 
     # -- what happened ------------------------------------------------------------------------------
+
+    def replay(self, events: Relayed) -> None:
+        """Report what a worker's incident response did: into this process's metrics, and a block it
+        created into the block list at once, so the next connection of a suspended host is refused
+        here without waiting for ``incidents.refresh``."""
+        for name, args in events:
+            if name == "block_created":
+                self._refresh()
+            if self.metrics is not None and name in _RELAYED:
+                getattr(self.metrics, name)(*args)
 
     def observe(self, outcome: Outcome) -> Block | None:
         """Alert on malware and store errors, count the message, suspend on a limit; the new block if any."""

@@ -19,19 +19,19 @@ import logging
 import secrets
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field, replace
-from typing import Concatenate, ParamSpec
+from dataclasses import dataclass, field
+from typing import Concatenate, ParamSpec, TypeVarTuple
 
 import Milter
 
-from ..envelope import Envelope
+from ..envelope import Direction, Envelope
 from ..errors import MailwardError
-from ..evidence import Evidence, Finding
+from ..evidence import NOTHING_KNOWN, Evidence, Finding
 from ..incidents import Block, block_finding
 from ..logs import LogContext, log_context
 from ..reputation import claims_our_id
 from ..runtime import LiveRuntime, Runtime
-from ..screening import event_of
+from ..screening import report
 from ..verdict import Action, Outcome, Verdict, new_incident_id
 from .buffer import MessageBuffer
 
@@ -88,6 +88,7 @@ CONNECTION_CALLBACKS = ("connect", "hello")
 
 
 _Args = ParamSpec("_Args")
+_Ts = TypeVarTuple("_Ts")
 
 
 def _continue_quietly_on_error(
@@ -108,6 +109,24 @@ def _continue_quietly_on_error(
             return Milter.CONTINUE
 
     return guarded
+
+
+def _noreply_quietly(callback: Callable[[MailwardMilter, *_Ts], int]) -> Callable[[MailwardMilter, *_Ts], int]:
+    """``Milter.noreply`` and :func:`_continue_quietly_on_error` as one wrapper, for the callbacks
+    called per header field and body chunk (each wrapper is one more Python call per header)."""
+    name = callback.__name__
+    mask = Milter.OPTIONAL_CALLBACKS[name][0]  # the P_NR_* bit; a KeyError for a callback that must answer
+
+    @functools.wraps(callback)
+    def wrapper(self: MailwardMilter, /, *args: *_Ts) -> int:
+        try:
+            callback(self, *args)  # CONTINUE: the data callbacks answer nothing else
+        except Exception:
+            self._fail(name)
+        return Milter.NOREPLY if self._protocol & mask else Milter.CONTINUE
+
+    wrapper.__dict__["milter_protocol"] = mask  # what Milter.noreply marks: negotiated as not answered
+    return wrapper
 
 
 def _continue_on_error(
@@ -208,9 +227,11 @@ class MailwardMilter(Milter.Base):
         self._report(outcome)
         return outcome.verdict
 
-    def _report(self, outcome: Outcome) -> None:
-        """The one summary line per message (or refused transaction) and its metrics."""
-        log.info("%s %s", outcome.verdict.action.value, outcome.verdict.incident_id, extra={"event": event_of(outcome)})
+    def _report(self, outcome: Outcome, screened: bool = False) -> None:
+        """The metrics of every message, and the summary line of one the screener did not screen (refused
+        before its content, failed callbacks): a screened one's was written where it was screened."""
+        if not screened:
+            report(outcome)
         if self._runtime.metrics is not None:
             try:
                 self._runtime.metrics.observe(outcome)
@@ -238,8 +259,7 @@ class MailwardMilter(Milter.Base):
             client.findings = (block_finding(block),)
         return Milter.CONTINUE
 
-    @Milter.noreply
-    @_continue_quietly_on_error
+    @_noreply_quietly
     def hello(self, hostname: str) -> int:
         self._connection.helo = str(hostname)
         return Milter.CONTINUE
@@ -263,21 +283,19 @@ class MailwardMilter(Milter.Base):
         message.buffer = MessageBuffer(rt.spool_threshold, rt.spool_dir)
         return Milter.CONTINUE
 
-    @Milter.noreply
-    @_continue_quietly_on_error
+    @_noreply_quietly
     def envrcpt(self, to: str, *params: str) -> int:
         self._ongoing().recipients.append(_addr(to))
         return Milter.CONTINUE
 
     @Milter.decode("bytes")
-    @Milter.noreply
-    @_continue_quietly_on_error
+    @_noreply_quietly
     def header(self, name: str | bytes, value: str | bytes) -> int:
-        name = name.decode("ascii", "replace") if isinstance(name, bytes) else name
-        value = value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
         message = self._ongoing()
         if self._connection.failure or message.failure:
             return Milter.CONTINUE  # answered with on_error at end of message; nothing to keep
+        name = name.decode("ascii", "replace") if isinstance(name, bytes) else name
+        value = value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
         message.opened_buffer().add_header(name, value)
         lower = name.lower()
         if lower == "subject" and message.subject is None:
@@ -286,8 +304,7 @@ class MailwardMilter(Milter.Base):
             message.watched_headers.setdefault(lower, []).append(value.decode("utf-8", "replace"))
         return Milter.CONTINUE
 
-    @Milter.noreply
-    @_continue_quietly_on_error
+    @_noreply_quietly
     def body(self, chunk: bytes) -> int:
         message = self._ongoing()
         if self._connection.failure or message.failure:
@@ -306,6 +323,7 @@ class MailwardMilter(Milter.Base):
 
     def _end_of_message(self) -> int:
         outcome: Outcome | None = None
+        screened = False
         try:
             try:
                 message = self._message if self._message is not None else self._begin()
@@ -316,10 +334,10 @@ class MailwardMilter(Milter.Base):
                 else:
                     if not message.in_body:
                         message.opened_buffer().end_headers()
-                    outcome = self._screen()
+                    outcome, screened = self._screen(), True
             except Exception:
                 self._fail("eom")
-                outcome = self._failure_outcome(self._connection.failure or self._ongoing().failure)
+                outcome, screened = self._failure_outcome(self._connection.failure or self._ongoing().failure), False
             return self._apply(outcome)
         except Exception:
             log.exception("could not apply the verdict")
@@ -327,7 +345,7 @@ class MailwardMilter(Milter.Base):
         finally:
             try:
                 if outcome is not None:
-                    self._report(outcome)
+                    self._report(outcome, screened)
             finally:
                 self._end()
 
@@ -350,27 +368,29 @@ class MailwardMilter(Milter.Base):
     # --- decision ------------------------------------------------------
     def _envelope(self) -> Envelope:
         client, message = self._connection, self._message
-        envelope = Envelope(
-            client_address=client.address,
-            client_name=client.name,
-            helo=client.helo,
-            daemon=client.daemon,
-            connection_id=client.id,
-            local_submission=client.local_submission,
-        )
-        if message is not None:
-            envelope = replace(
-                envelope,
-                mail_from=message.mail_from,
-                recipients=tuple(message.recipients),
-                auth_user=message.auth_user,
-                queue_id=message.queue_id,
+
+        def envelope(direction: Direction = Direction.INBOUND) -> Envelope:
+            return Envelope(
+                client_address=client.address,
+                client_name=client.name,
+                helo=client.helo,
+                daemon=client.daemon,
+                connection_id=client.id,
+                local_submission=client.local_submission,
+                mail_from=message.mail_from if message is not None else "",
+                recipients=tuple(message.recipients) if message is not None else (),
+                auth_user=message.auth_user if message is not None else "",
+                queue_id=message.queue_id if message is not None else "",
+                direction=direction,
             )
-        return envelope.with_direction(self._runtime.direction.classify(envelope))
+
+        # Built twice rather than replaced: dataclasses.replace costs more than a constructor call.
+        return envelope(self._runtime.direction.classify(envelope()))
 
     def _screen(self) -> Outcome:
         message = self._ongoing()
-        known = Evidence(findings=self._connection.findings + message.findings)
+        findings = self._connection.findings + message.findings
+        known = Evidence(findings=findings) if findings else NOTHING_KNOWN
         return message.runtime.screener.screen(message.opened_buffer().source(), self._envelope(), known)
 
     def _failure_outcome(self, failure: str) -> Outcome:

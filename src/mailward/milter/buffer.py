@@ -28,9 +28,9 @@ class MessageBuffer:
         self.size = 0
 
     def add_header(self, name: str, value: bytes) -> None:
-        self._write(
-            name.encode("ascii", "replace") + b":" + value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n"
-        )
+        if b"\n" in value:  # a folded value: every line ends in CRLF, however it came
+            value = value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        self._write(b"%s:%s\r\n" % (name.encode("ascii", "replace"), value))
 
     def end_headers(self) -> None:
         self._write(b"\r\n")

@@ -287,7 +287,7 @@ class Daemon:
         over_tcp = parse_milter_socket(settings.milter.socket)[0] != "unix"
         self.milter_class = TcpMailwardMilter if over_tcp else MailwardMilter
         try:
-            self.live = LiveRuntime(build_runtime(settings, scanner=self.pool, metrics=self.metrics))
+            self.live = LiveRuntime(build_runtime(settings, workers=self.pool, metrics=self.metrics))
             if self.pool is not None:
                 self.pool.wait_loaded()
         except BaseException:
@@ -355,7 +355,7 @@ class Daemon:
         runtime = None
         inputs = _scanning_inputs(settings)
         try:
-            runtime = build_runtime(settings, scanner=self.pool, metrics=self.metrics)
+            runtime = build_runtime(settings, workers=self.pool, metrics=self.metrics)
             if self.pool is not None and inputs != self.scanning_inputs:
                 started = time.monotonic()
                 self.pool.reload(settings)  # the new workers are the rules and model check

@@ -81,6 +81,7 @@ Clock = Callable[[], float]
 OPERATION_TIMEOUT = 30.0  # seconds any other operation (CLI, reads) waits for a busy database
 STATS_WAIT = 5.0  # seconds a metrics scrape waits for the database before it reports nothing
 COMMIT_GRACE = 0.5  # a COMMIT sent just before the deadline may take this long to be confirmed
+KILLED = "possibly stored by a scanning worker killed before it answered"
 WITHDRAW_RETRY = (1.0, 60.0)  # seconds before a failed withdrawal is tried again: first, and at most (doubling)
 
 
@@ -367,42 +368,74 @@ class QuarantineStore(ABC):
             self._in_flight -= 1
             self._settled.notify_all()
 
-    def _withdraw(self, quarantine_id: str) -> None:
+    def withdraw(self, quarantine_id: str) -> None:
+        """Withdraw what a scanning worker killed mid-message may have stored under ``quarantine_id``.
+
+        The milter gave up on that worker and answers the sender itself, so a
+        record the worker committed first must not stay as a second copy or
+        contradict the reply. In the background (the reply does not wait), after
+        the worker is dead: nothing commits for it any more (a PostgreSQL COMMIT
+        already on the wire may; then the record answers the sender's retry). A
+        record that answered a retry, or none at all, is left as it is.
+        """
+        with self._settled:
+            self._in_flight += 1
+
+        def run() -> None:
+            try:
+                self._withdraw(quarantine_id, KILLED)
+            finally:
+                self._put_done()
+
+        try:
+            threading.Thread(target=run, name="quarantine-withdraw", daemon=True).start()
+        except RuntimeError:
+            self._put_done()
+            log.error("quarantine record %s of a killed worker could not be withdrawn: no thread", quarantine_id)
+
+    def _late(self) -> str:
+        return f"stored after the {self.write_timeout:g} s write deadline"
+
+    def _withdraw(self, quarantine_id: str, why: str = "") -> None:
         """Undo a put whose COMMIT succeeded only after the caller gave up (and tempfailed the sender).
 
         If the database refuses now (still locked), keep trying in the background until it
         succeeds or the store closes; meanwhile the sender's retry is answered with this record.
         """
-        if self._withdraw_once(quarantine_id):
+        why = why or self._late()
+        if self._withdraw_once(quarantine_id, why):
             return
         with self._settled:
             self._in_flight += 1
         try:
             threading.Thread(
-                target=self._keep_withdrawing, args=(quarantine_id,), name="quarantine-withdraw", daemon=True
+                target=self._keep_withdrawing, args=(quarantine_id, why), name="quarantine-withdraw", daemon=True
             ).start()
         except RuntimeError:
             self._put_done()
             log.error("quarantined message %s could not be withdrawn: no thread to retry it", quarantine_id)
 
-    def _keep_withdrawing(self, quarantine_id: str) -> None:
+    def _keep_withdrawing(self, quarantine_id: str, why: str) -> None:
         delay, longest = WITHDRAW_RETRY
         try:
             while not self._closing.wait(delay):
-                if self._withdraw_once(quarantine_id):
+                if self._withdraw_once(quarantine_id, why):
                     return
                 delay = min(delay * 2, longest)
             log.error(
-                "quarantined message %s was stored after its deadline and the store closed before it could be "
+                "quarantined message %s was %s and the store closed before it could be "
                 "withdrawn; a retry of it within quarantine.retry_window is answered with it",
                 quarantine_id,
+                why,
             )
         finally:
             self._put_done()
 
-    def _withdraw_once(self, quarantine_id: str) -> bool:
-        """One try; True once nothing is left to do (withdrawn, or kept because a retry was answered with it)."""
-        detail = f"stored after the {self.write_timeout:g} s write deadline; the sender was told to retry"
+    def _withdraw_once(self, quarantine_id: str, why: str = "") -> bool:
+        """One try; True once nothing is left to do (withdrawn, kept because a retry was answered with it, or
+        never stored)."""
+        why = why or self._late()
+        detail = f"{why}; the sender was told to retry" if why != KILLED else f"{why}; the milter answered instead"
         try:
             with self._tx(write=True, deadline=Deadline(self.write_timeout)) as conn:  # not a writer slot for long
                 gone = conn.execute(
@@ -412,22 +445,24 @@ class QuarantineStore(ABC):
                 if gone:
                     self._drop_bytes(conn, quarantine_id)
                     self._audit(conn, quarantine_id, "withdraw", self._writer, detail)
+                    kept = False
+                else:
+                    kept = (
+                        conn.execute("SELECT 1 FROM quarantine WHERE id = ?", (quarantine_id,)).fetchone() is not None
+                    )
         except StoreError as exc:
             log.error(
-                "quarantined message %s was stored after its deadline and could not be withdrawn yet "
-                "(tried again in the background): %s",
+                "quarantined message %s was %s and could not be withdrawn yet (tried again in the background): %s",
                 quarantine_id,
+                why,
                 exc,
             )
             return False
         if gone:
             self._after_drop(quarantine_id)
-            log.warning("quarantined message %s was stored after its deadline and has been withdrawn", quarantine_id)
-        else:
-            log.warning(
-                "quarantined message %s was stored after its deadline and is kept: a retry was answered with it",
-                quarantine_id,
-            )
+            log.warning("quarantined message %s was %s and has been withdrawn", quarantine_id, why)
+        elif kept:
+            log.warning("quarantined message %s was %s and is kept: a retry was answered with it", quarantine_id, why)
         return True
 
     def __enter__(self) -> QuarantineStore:
