@@ -23,10 +23,12 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing
+import os
 import pickle
 import resource
-import select
 import signal
+import socket
+import struct
 import threading
 import time
 from collections import Counter, deque
@@ -236,26 +238,77 @@ class _Worker:
     conn: Connection
     generation: int
     scanned: Flag  # set by the worker once the message in hand is scanned (_Announcing)
-    _poller: select.poll = field(default_factory=select.poll)
+    # The milter's end of the pipe as a socket (Pipe() is a socketpair): one send and one
+    # receive per message, where Connection polls and reads a header and a body apart.
+    _sock: socket.socket = field(init=False)
 
     def __post_init__(self) -> None:
-        self._poller.register(self.conn.fileno(), select.POLLIN)
+        self._sock = socket.socket(fileno=os.dup(self.conn.fileno()))
+
+    def send(self, message: object) -> None:
+        """``message`` in the frame the worker's ``Connection.recv_bytes`` reads, in one write when small."""
+        payload = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+        if len(payload) <= _SMALL_FRAME:
+            self._sock.sendall(_FRAME.pack(len(payload)) + payload)
+        else:
+            self._sock.sendall(_FRAME.pack(len(payload)) if len(payload) < 2**31 else _HUGE.pack(-1, len(payload)))
+            self._sock.sendall(payload)
+
+    def receive(self, seconds: float) -> tuple[Any, ...] | None:
+        """The worker's answer, or None if none began within ``seconds``. EOFError when the pipe closed.
+
+        The kernel keeps the time (SO_RCVTIMEO): the first read waits and brings the whole of a
+        small answer, with no poll before it.
+        """
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(seconds))
+        try:
+            data = self._sock.recv(_READ)
+        except BlockingIOError:
+            return None
+        if not data:
+            raise EOFError("the scanning process closed its pipe")
+        while len(data) < _FRAME.size:
+            data += self._more()
+        (size,) = _FRAME.unpack_from(data)
+        head = _FRAME.size
+        if size == -1:
+            while len(data) < _HUGE.size:
+                data += self._more()
+            (_, size) = _HUGE.unpack_from(data)
+            head = _HUGE.size
+        chunks, have = [data[head:]], len(data) - head
+        while have < size:  # the rest of a large answer, already on its way
+            chunks.append(self._more())
+            have += len(chunks[-1])
+        answer: tuple[Any, ...] = pickle.loads(b"".join(chunks) if len(chunks) > 1 else chunks[0])
+        return answer
+
+    def _more(self) -> bytes:
+        """The rest of an answer the worker is writing; a worker that stops halfway counts as dead."""
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(REST_OF_ANSWER))
+        try:
+            data = self._sock.recv(_READ)
+        except BlockingIOError:
+            raise EOFError("the scanning process stopped halfway through its answer") from None
+        if not data:
+            raise EOFError("the scanning process closed its pipe mid-answer")
+        return data
 
     def quiet(self) -> bool:
-        """No unasked answer and no closed pipe (a dead worker): ready for the next message. A poll of
-        its pipe, where ``process.is_alive()`` builds a selector to wait on its sentinel."""
-        return not self.answered(0.0)
-
-    def answered(self, seconds: float) -> bool:
-        """Whether the worker answered (or its pipe closed) within ``seconds``: ``Connection.poll``
-        without the selector it builds per call."""
-        return bool(self._poller.poll(math.ceil(max(0.0, seconds) * 1000)))
+        """No unasked answer and no closed pipe (a dead worker): ready for the next message."""
+        try:
+            self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        return False  # an answer nobody asked for, or the end of the pipe
 
     def stop(self, grace: float = 0.0) -> None:
         """Close the pipe; a worker that is not broken gets ``grace`` seconds to flush its counters and
         close its stores on that EOF (:data:`STOP_GRACE`), then it is killed."""
         try:
-            self.conn.close()
+            self.close_pipe()
         finally:
             if grace > 0:
                 self.process.join(timeout=grace)
@@ -263,11 +316,31 @@ class _Worker:
                 self.process.kill()
             self.process.join(timeout=5)
 
+    def close_pipe(self) -> None:
+        """Both descriptors of the milter's end: the worker reads EOF only once neither is open."""
+        try:
+            self._sock.close()
+        finally:
+            self.conn.close()
+
+
+_FRAME = struct.Struct("!i")  # multiprocessing.Connection's frame header: the length, big-endian
+_HUGE = struct.Struct("!iQ")  # ... and for 2 GiB or more: -1, then the length in 8 bytes
+_SMALL_FRAME = 16384  # up to this the header and the payload go in one write (as Connection does)
+_READ = 65536  # bytes asked for per read: a whole answer but the rarest
+REST_OF_ANSWER = 5.0  # seconds for the rest of an answer once its start arrived
+
+
+def _timeval(seconds: float) -> bytes:
+    """SO_RCVTIMEO's struct timeval; at least 1 ms, since zero would mean wait for ever."""
+    micros = max(1000, math.ceil(seconds * 1_000_000))
+    return struct.pack("ll", micros // 1_000_000, micros % 1_000_000)
+
 
 def _stop_all(workers: list[_Worker], grace: float = STOP_GRACE) -> None:
     """Stop healthy ``workers`` together: each gets the same ``grace`` to flush, not one after the other."""
     for worker in workers:
-        worker.conn.close()
+        worker.close_pipe()
     ends = time.monotonic() + grace
     for worker in workers:
         worker.stop(max(0.0, ends - time.monotonic()) or 0.01)
@@ -527,17 +600,18 @@ class ScanPool:
         broken = False
         try:
             worker.scanned.value = 0
-            _send(worker.conn, job)
-            if not worker.answered(deadline - (time.perf_counter() - started)):
+            worker.send(job)
+            reply = worker.receive(deadline - (time.perf_counter() - started))
+            if reply is None:
                 broken = True
                 if answer_by is None or not worker.scanned.value:
                     log.error("scan exceeded the %.0f s deadline; worker %s killed", deadline, worker.process.pid)
                     return _unchecked("scan-deadline", f"scan exceeded {deadline:.0f} s")
-                if not worker.answered(answer_by - time.perf_counter()):
+                reply = worker.receive(answer_by - time.perf_counter())
+                if reply is None:
                     log.error("worker %s scanned but did not answer in time after; killed", worker.process.pid)
                     raise StoreError(f"no answer within {self._settings.quarantine.write_timeout:g} s after the scan")
                 broken = False
-            reply: tuple[Any, ...] = _recv(worker.conn)
         except (EOFError, OSError) as exc:
             broken = True
             return self._lost(worker, exc)
