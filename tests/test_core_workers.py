@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
+import threading
 import time
 
 import pytest
@@ -41,21 +43,70 @@ def test_deadline_overrun_is_unchecked_and_worker_replaced(pool):
     assert Category.MALWARE in {f.category for f in pool.scan(eicar, Envelope(), deadline=60).findings}
 
 
-def test_dead_worker_is_reported_then_replaced(pool):
-    pids = pool.idle_pids()
+def test_a_worker_dead_while_idle_costs_no_message(pool, caplog):
+    """Workers killed between messages: the next message goes to the next live one, or waits for a
+    replacement within its deadline, instead of failing with the dead one."""
+    pids = _all_idle(pool)
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
-    time.sleep(0.2)
-    with pytest.raises(ScanFailed):
-        pool.scan(MessageSource.of(message()[1]), Envelope(), deadline=30)
-    # The pool heals: every slot is replaced by a live process as it comes back.
-    for _ in range(3):
-        try:
-            ev = pool.scan(MessageSource.of(eicar_message()[1]), Envelope(), deadline=60)
-            break
-        except ScanFailed:
-            continue
+    for pid in pids:
+        _wait_gone(pid)
+    with caplog.at_level("WARNING", logger="mailward.workers"):
+        ev = pool.scan(MessageSource.of(eicar_message()[1]), Envelope(), deadline=60)
     assert Category.MALWARE in {f.category for f in ev.findings}
+    assert sum("had died" in r.getMessage() for r in caplog.records) == 2
+    assert not set(pids) & set(pool.idle_pids())  # both replaced
+
+
+def test_a_worker_dying_mid_message_is_reported_then_replaced(pool):
+    """A worker that dies holding a message: that message is reported failed (never accepted), and
+    the pool replaces the worker."""
+    target = _all_idle(pool)[-1]  # the next one handed out
+    os.kill(target, signal.SIGSTOP)  # it takes the job but never answers
+    failed: list[BaseException] = []
+
+    def scan() -> None:
+        try:
+            pool.scan(MessageSource.of(message()[1]), Envelope(), deadline=60)
+        except ScanFailed as exc:
+            failed.append(exc)
+
+    scanning = threading.Thread(target=scan)
+    scanning.start()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the job is sent: the scan waits for the answer
+        frame = sys._current_frames().get(scanning.ident or 0)
+        if frame is not None and frame.f_code.co_name == "receive":
+            break
+        time.sleep(0.002)
+    os.kill(target, signal.SIGKILL)
+    scanning.join(60)
+    assert len(failed) == 1 and "died" in str(failed[0])
+    ev = pool.scan(MessageSource.of(eicar_message()[1]), Envelope(), deadline=60)
+    assert Category.MALWARE in {f.category for f in ev.findings}
+    assert target not in pool.idle_pids()
+
+
+def _all_idle(pool: ScanPool) -> list[int]:
+    """The pool's two workers, once both are loaded and idle (a replacement may still be loading)."""
+    deadline = time.monotonic() + 60
+    while len(pids := pool.idle_pids()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(pids) == 2
+    return pids
+
+
+def _wait_gone(pid: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split(") ", 1)[1].startswith("Z"):
+                    return
+        except FileNotFoundError:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} still running")
 
 
 def test_reload_swaps_workers(pool, tmp_path):

@@ -294,16 +294,6 @@ class _Worker:
             raise EOFError("the scanning process closed its pipe mid-answer")
         return data
 
-    def quiet(self) -> bool:
-        """No unasked answer and no closed pipe (a dead worker): ready for the next message."""
-        try:
-            self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return True
-        except OSError:
-            return False
-        return False  # an answer nobody asked for, or the end of the pipe
-
     def stop(self, grace: float = 0.0) -> None:
         """Close the pipe; a worker that is not broken gets ``grace`` seconds to flush its counters and
         close its stores on that EOF (:data:`STOP_GRACE`), then it is killed."""
@@ -329,6 +319,7 @@ _HUGE = struct.Struct("!iQ")  # ... and for 2 GiB or more: -1, then the length i
 _SMALL_FRAME = 16384  # up to this the header and the payload go in one write (as Connection does)
 _READ = 65536  # bytes asked for per read: a whole answer but the rarest
 REST_OF_ANSWER = 5.0  # seconds for the rest of an answer once its start arrived
+_NOT_SENT: tuple[Any, ...] = ("not sent",)  # _exchange: the worker was dead before it got the job
 
 
 def _timeval(seconds: float) -> bytes:
@@ -574,17 +565,31 @@ class ScanPool:
         """
         settings = self._settings
         deadline = settings.milter.message_deadline
-        ticket = self._acquire(envelope.client_address, max(0.0, deadline - (time.perf_counter() - started)))
-        if ticket is None:
-            return _unchecked("scan-deadline", "no scanning process became free in time")
         data = str(source.path) if source.path is not None else source.data
         job = ("screen", data, source.size, envelope, None if known is NOTHING_KNOWN else known, incident, started)
         answer_by = started + deadline + settings.quarantine.write_timeout + ANSWER_GRACE
-        reply = self._exchange(ticket, job, started, deadline, answer_by)
+        reply = self._run(envelope.client_address, job, started, deadline, answer_by)
         if isinstance(reply, Evidence):
             return reply
         _status, slim, relayed = reply
         return Outcome.from_slim(slim, envelope), relayed
+
+    def _run(
+        self, client: str, job: tuple[object, ...], started: float, deadline: float, answer_by: float | None
+    ) -> tuple[Any, ...] | Evidence:
+        """Hand ``job`` to a worker in ``client``'s lane and wait for the answer (:meth:`_exchange`).
+
+        A worker found dead when the job is sent (it died while idle) never saw the message: the
+        job goes to the next worker, while the dead one is replaced.
+        """
+        for _ in range(self._size + 1):
+            ticket = self._acquire(client, max(0.0, deadline - (time.perf_counter() - started)))
+            if ticket is None:
+                return _unchecked("scan-deadline", "no scanning process became free in time")
+            reply = self._exchange(ticket, job, started, deadline, answer_by)
+            if reply is not _NOT_SENT:
+                return reply
+        raise ScanFailed("every scanning process it was handed to had died")
 
     def _exchange(
         self, ticket: _Ticket, job: tuple[object, ...], started: float, deadline: float, answer_by: float | None
@@ -593,14 +598,20 @@ class ScanPool:
         after ``started`` for the scan, then, if the worker marked it done, until ``answer_by``.
 
         Unchecked evidence when the scan ran out of time or CPU; StoreError when the answer did not
-        come after the scan; ScanFailed when the worker died or failed. A worker given up on is
-        killed (before this returns, so it commits nothing more) and replaced.
+        come after the scan; ScanFailed when the worker died or failed; :data:`_NOT_SENT` when it
+        was dead before it got the job. A worker given up on is killed (before this returns, so it
+        commits nothing more) and replaced.
         """
         worker = ticket.granted_worker
         broken = False
         try:
             worker.scanned.value = 0
-            worker.send(job)
+            try:
+                worker.send(job)
+            except OSError as exc:  # the pipe's other end is closed: the worker died while idle
+                broken = True
+                log.warning("scanning process %s had died (%s); the message goes to another", worker.process.pid, exc)
+                return _NOT_SENT
             reply = worker.receive(deadline - (time.perf_counter() - started))
             if reply is None:
                 broken = True
@@ -639,10 +650,7 @@ class ScanPool:
         started = time.perf_counter()
         if deadline is None:
             deadline = self._settings.milter.message_deadline
-        ticket = self._acquire(envelope.client_address, deadline)
-        if ticket is None:
-            return _unchecked("scan-deadline", "no scanning process became free in time")
-        reply = self._exchange(ticket, ("scan", source, envelope), started, deadline, None)
+        reply = self._run(envelope.client_address, ("scan", source, envelope), started, deadline, None)
         if isinstance(reply, Evidence):
             return reply
         evidence: Evidence = reply[1]
@@ -697,7 +705,7 @@ class ScanPool:
                 del self._busy[ticket.client]
             if self._closed:
                 self._returned.notify_all()
-            healthy = not broken and worker.quiet()
+            healthy = not broken  # one that died since is found out when the next job is sent to it
             if not healthy and not self._closed and worker.generation == self._generation:
                 threading.Thread(
                     target=self._replace,

@@ -24,6 +24,8 @@ QUARANTINE: int
 # Protocol steps a milter asks the MTA not to skip (P_NO*) or to await a reply for (P_NR_*).
 P_NODATA: int
 P_NR_DATA: int
+P_NR_HDR: int
+P_NR_BODY: int
 
 factory: Callable[[], Base]
 

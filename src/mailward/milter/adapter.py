@@ -74,6 +74,10 @@ class Transaction:
     watched_headers: dict[str, list[str]] = field(default_factory=dict)  # lower-case name -> values
     subject: bytes | None = None  # the first Subject value, as received (for the subject tag)
     buffer: MessageBuffer | None = None
+    # Header fields as received, not yet in the buffer: kept per callback with one append and read
+    # in one pass at the end of the header block (or once they outgrow the spool threshold).
+    fields: list[tuple[str, bytes]] = field(default_factory=list)
+    field_bytes: int = 0
     in_body: bool = False
     failure: str = ""
 
@@ -127,6 +131,13 @@ def _noreply_quietly(callback: Callable[[MailwardMilter, *_Ts], int]) -> Callabl
 
     wrapper.__dict__["milter_protocol"] = mask  # what Milter.noreply marks: negotiated as not answered
     return wrapper
+
+
+def _unanswered(callback: Callable[[MailwardMilter, *_Ts], int]) -> Callable[[MailwardMilter, *_Ts], int]:
+    """Mark a data callback as one the MTA need not wait for (what ``Milter.noreply`` marks), without
+    a wrapper: the callback catches its own errors and returns NOREPLY where negotiated."""
+    callback.__dict__["milter_protocol"] = Milter.OPTIONAL_CALLBACKS[callback.__name__][0]
+    return callback
 
 
 def _continue_on_error(
@@ -289,31 +300,67 @@ class MailwardMilter(Milter.Base):
         return Milter.CONTINUE
 
     @Milter.decode("bytes")
-    @_noreply_quietly
-    def header(self, name: str | bytes, value: str | bytes) -> int:
-        message = self._ongoing()
-        if self._connection.failure or message.failure:
-            return Milter.CONTINUE  # answered with on_error at end of message; nothing to keep
-        name = name.decode("ascii", "replace") if isinstance(name, bytes) else name
-        value = value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
-        message.opened_buffer().add_header(name, value)
-        lower = name.lower()
-        if lower == "subject" and message.subject is None:
-            message.subject = value
-        if lower.startswith(OUR_HEADER_PREFIX) or lower in (AUTH_RESULTS, SPAM_FLAG):
-            message.watched_headers.setdefault(lower, []).append(value.decode("utf-8", "replace"))
-        return Milter.CONTINUE
+    @_unanswered
+    def header(self, name: str, value: bytes) -> int:
+        """Called per header field, the commonest callback: the field is only kept here (:meth:`_take_fields`)."""
+        try:
+            message = self._message
+            if message is None:
+                raise MailwardError("no message in progress")
+            message.fields.append((name, value))
+            message.field_bytes += len(value)
+            if message.field_bytes > message.runtime.spool_threshold:
+                self._take_fields(message)
+        except Exception:
+            self._fail("header")
+        return Milter.NOREPLY if self._protocol & Milter.P_NR_HDR else Milter.CONTINUE
 
-    @_noreply_quietly
+    @_unanswered
     def body(self, chunk: bytes) -> int:
-        message = self._ongoing()
+        try:
+            message = self._message
+            if message is None:
+                raise MailwardError("no message in progress")
+            if not message.in_body:
+                self._end_headers(message)
+            if message.buffer is not None and not (self._connection.failure or message.failure):
+                message.buffer.add_body(chunk)
+        except Exception:
+            self._fail("body")
+        return Milter.NOREPLY if self._protocol & Milter.P_NR_BODY else Milter.CONTINUE
+
+    def _take_fields(self, message: Transaction) -> None:
+        """Move the fields kept so far into the buffer, noting the Subject and the fields we replace.
+
+        A failure here is the header callback's: answered with on_error at end of message.
+        """
+        fields, message.fields, message.field_bytes = message.fields, [], 0
         if self._connection.failure or message.failure:
-            return Milter.CONTINUE
-        if not message.in_body:
-            message.opened_buffer().end_headers()
-            message.in_body = True
-        message.opened_buffer().add_body(chunk)
-        return Milter.CONTINUE
+            return  # answered with on_error at end of message; nothing to keep
+        try:
+            add = message.opened_buffer().add_header
+            watched = message.watched_headers
+            for name, value in fields:
+                if not isinstance(value, bytes):  # text from a harness that did not negotiate bytes
+                    name, value = str(name), value.encode("utf-8", "surrogateescape")
+                elif not isinstance(name, str):
+                    name = name.decode("ascii", "replace")
+                add(name, value)
+                lower = name.lower()
+                if lower == "subject":
+                    if message.subject is None:
+                        message.subject = value
+                elif lower.startswith(OUR_HEADER_PREFIX) or lower in (AUTH_RESULTS, SPAM_FLAG):
+                    watched.setdefault(lower, []).append(value.decode("utf-8", "replace"))
+        except Exception:
+            self._fail("header")
+
+    def _end_headers(self, message: Transaction) -> None:
+        """The header block is complete (first body chunk, or end of message without a body)."""
+        self._take_fields(message)
+        message.in_body = True
+        if message.buffer is not None and not (self._connection.failure or message.failure):
+            message.buffer.end_headers()
 
     def eom(self) -> int:
         if self._message is not None:
@@ -326,14 +373,16 @@ class MailwardMilter(Milter.Base):
         screened = False
         try:
             try:
-                message = self._message if self._message is not None else self._begin()
-                message.queue_id = self._macro("i") or message.queue_id
+                message = self._message
+                if message is None:  # eom() read the queue ID of a message begun before
+                    message = self._begin()
+                    message.queue_id = self._macro("i")
                 failure = self._connection.failure or message.failure
                 if failure:
                     outcome = self._failure_outcome(failure)
                 else:
                     if not message.in_body:
-                        message.opened_buffer().end_headers()
+                        self._end_headers(message)
                     outcome, screened = self._screen(), True
             except Exception:
                 self._fail("eom")
