@@ -12,11 +12,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator
+from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 from .config import parse_host_port
 from .errors import ConfigError
@@ -43,20 +46,17 @@ class Metrics:
             ["direction", "verdict", "reason"],
             registry=r,
         )
-        self.message_seconds = Histogram(
-            "mailward_message_seconds",
-            "Time from end of data to the verdict",
-            ["direction"],
-            buckets=_STAGE_BUCKETS,
-            registry=r,
+        self.message_seconds = _Durations(
+            "mailward_message_seconds", "Time from end of data to the verdict", "direction", _STAGE_BUCKETS
         )
-        self.stage_seconds = Histogram(
+        self.stage_seconds = _Durations(
             "mailward_stage_seconds",
             "Time per stage (parse, each detector, quarantine, incidents)",
-            ["stage"],
-            buckets=_STAGE_BUCKETS,
-            registry=r,
+            "stage",
+            _STAGE_BUCKETS,
         )
+        r.register(self.message_seconds)
+        r.register(self.stage_seconds)
         self.detector_errors = Counter(
             "mailward_detector_errors",
             "Detector failures and errors (the message got on_error or an unchecked finding)",
@@ -93,7 +93,6 @@ class Metrics:
         self._rules_version = ""
         self._lock = threading.Lock()
         self._sources: dict[str, Callable[[], object]] = {}
-        self._stages: dict[tuple[Histogram, str], Histogram] = {}  # labelled children, looked up once
         self._verdicts: dict[tuple[str, str, str], Counter] = {}
         r.register(_LiveCollector(self._sources))
 
@@ -109,9 +108,8 @@ class Metrics:
             counter = self._verdicts.setdefault(key, self.messages.labels(*key))
         counter.inc()
         if outcome.seconds:
-            self._stage(direction, self.message_seconds).observe(outcome.seconds)
-        for stage, seconds in evidence.timings:
-            self._stage(stage).observe(seconds)
+            self.message_seconds.observe(((direction, outcome.seconds),))
+        self.stage_seconds.observe(evidence.timings)
         for finding in evidence.findings:
             if finding.name == "parse-error":  # malformed input, not a failing detector
                 continue
@@ -151,16 +149,7 @@ class Metrics:
 
     def stage(self, name: str, seconds: float) -> None:
         """A stage timed outside the pipeline (``incidents``: counting one message)."""
-        self._stage(name).observe(seconds)
-
-    def _stage(self, name: str, of: Histogram | None = None) -> Histogram:
-        """The histogram of one stage (or direction, ``of`` the message histogram); looked up once
-        (``labels`` takes a lock and builds a key each call)."""
-        family = self.stage_seconds if of is None else of
-        child = self._stages.get((family, name))
-        if child is None:
-            child = self._stages.setdefault((family, name), family.labels(name))
-        return child
+        self.stage_seconds.observe(((name, seconds),))
 
     def alert(self, what: str, label: str, result: str) -> None:
         (self.alerts if what == "alert" else self.alert_deliveries).labels(label, result).inc()
@@ -182,6 +171,43 @@ class Metrics:
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
         log.info("metrics on http://%s:%s/metrics", host, port)
         return server
+
+
+class _Durations:
+    """A histogram of durations by one label, as Prometheus reads it, that takes one lock per message.
+
+    prometheus_client's Histogram takes a lock for the sum and one for the bucket of each
+    observation, and a message brings one per detector.
+    """
+
+    def __init__(self, name: str, documentation: str, label: str, buckets: tuple[float, ...]):
+        self._name, self._documentation, self._label = name, documentation, label
+        self._bounds = buckets  # ascending; +Inf is the last count
+        self._lock = threading.Lock()
+        self._counts: dict[str, list[int]] = {}  # per label value: observations per bucket, not cumulative
+        self._sums: dict[str, float] = {}
+
+    def observe(self, observations: Iterable[tuple[str, float]]) -> None:
+        """Count each (label value, seconds)."""
+        bounds = self._bounds
+        with self._lock:
+            for value, seconds in observations:
+                counts = self._counts.get(value)
+                if counts is None:
+                    counts = self._counts[value] = [0] * (len(bounds) + 1)
+                    self._sums[value] = 0.0
+                counts[bisect_left(bounds, seconds)] += 1
+                self._sums[value] += seconds
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        with self._lock:
+            counts = {value: list(per_bucket) for value, per_bucket in self._counts.items()}
+            sums = dict(self._sums)
+        family = HistogramMetricFamily(self._name, self._documentation, labels=[self._label])
+        edges = [*map(floatToGoString, self._bounds), "+Inf"]
+        for value in sorted(counts):
+            family.add_metric([value], list(zip(edges, accumulate(counts[value]), strict=True)), sums[value])
+        yield family
 
 
 class _LiveCollector:
