@@ -21,6 +21,7 @@ import argparse
 import multiprocessing
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -79,12 +80,24 @@ def _start(
 
 
 def _started(proc: subprocess.Popen, sock: Path) -> tuple[subprocess.Popen, str]:
+    """Once the milter accepts a connection: the socket file exists a moment before it listens."""
     deadline = time.monotonic() + 120
-    while not sock.exists():
+    while not _accepts(sock):
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError("mailward did not start")
         time.sleep(0.02)
     return proc, str(sock)
+
+
+def _accepts(sock: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(sock))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
 
 
 def _user_system(pid: int) -> tuple[float, float]:
