@@ -24,7 +24,7 @@ from typing import Concatenate, ParamSpec, TypeVarTuple
 
 import Milter
 
-from ..envelope import Direction, Envelope
+from ..envelope import Envelope
 from ..errors import MailwardError
 from ..evidence import NOTHING_KNOWN, Evidence, Finding
 from ..incidents import Block, block_finding
@@ -95,31 +95,21 @@ _Args = ParamSpec("_Args")
 _Ts = TypeVarTuple("_Ts")
 
 
-def _continue_quietly_on_error(
-    callback: Callable[Concatenate[MailwardMilter, _Args], int],
-) -> Callable[Concatenate[MailwardMilter, _Args], int]:
-    """Run a callback so it never raises: the error is remembered and answered at end of message.
+def _unanswered(callback: Callable[[MailwardMilter, *_Ts], int]) -> Callable[[MailwardMilter, *_Ts], int]:
+    """Mark a data callback as one the MTA need not wait for (what ``Milter.noreply`` marks).
 
-    For the data callbacks (HELO, RCPT, each header, body), which log nothing unless they fail:
-    no log context per call (for a header it cost more than the header);
-    :meth:`MailwardMilter._fail` sets it for the error line."""
-
-    @functools.wraps(callback)
-    def guarded(self: MailwardMilter, /, *args: _Args.args, **kwargs: _Args.kwargs) -> int:
-        try:
-            return callback(self, *args, **kwargs)
-        except Exception:
-            self._fail(callback.__name__)
-            return Milter.CONTINUE
-
-    return guarded
+    No wrapper: the callback catches its own errors (remembered, answered at end of message)
+    and returns :meth:`MailwardMilter._no_reply`. The header and body callbacks are written so,
+    being called per field and chunk; the rarer ones through :func:`_noreply_quietly`.
+    """
+    callback.__dict__["milter_protocol"] = Milter.OPTIONAL_CALLBACKS[callback.__name__][0]  # KeyError: must answer
+    return callback
 
 
 def _noreply_quietly(callback: Callable[[MailwardMilter, *_Ts], int]) -> Callable[[MailwardMilter, *_Ts], int]:
-    """``Milter.noreply`` and :func:`_continue_quietly_on_error` as one wrapper, for the callbacks
-    called per header field and body chunk (each wrapper is one more Python call per header)."""
+    """:func:`_unanswered` for a callback that does not catch its own errors (HELO, RCPT)."""
     name = callback.__name__
-    mask = Milter.OPTIONAL_CALLBACKS[name][0]  # the P_NR_* bit; a KeyError for a callback that must answer
+    mask = Milter.OPTIONAL_CALLBACKS[name][0]
 
     @functools.wraps(callback)
     def wrapper(self: MailwardMilter, /, *args: *_Ts) -> int:
@@ -127,29 +117,25 @@ def _noreply_quietly(callback: Callable[[MailwardMilter, *_Ts], int]) -> Callabl
             callback(self, *args)  # CONTINUE: the data callbacks answer nothing else
         except Exception:
             self._fail(name)
-        return Milter.NOREPLY if self._protocol & mask else Milter.CONTINUE
+        return self._no_reply(mask)
 
-    wrapper.__dict__["milter_protocol"] = mask  # what Milter.noreply marks: negotiated as not answered
-    return wrapper
-
-
-def _unanswered(callback: Callable[[MailwardMilter, *_Ts], int]) -> Callable[[MailwardMilter, *_Ts], int]:
-    """Mark a data callback as one the MTA need not wait for (what ``Milter.noreply`` marks), without
-    a wrapper: the callback catches its own errors and returns NOREPLY where negotiated."""
-    callback.__dict__["milter_protocol"] = Milter.OPTIONAL_CALLBACKS[callback.__name__][0]
-    return callback
+    return _unanswered(wrapper)
 
 
 def _continue_on_error(
     callback: Callable[Concatenate[MailwardMilter, _Args], int],
 ) -> Callable[Concatenate[MailwardMilter, _Args], int]:
-    """:func:`_continue_quietly_on_error` inside the connection's log context, for callbacks that log."""
-    quiet = _continue_quietly_on_error(callback)
+    """Run a callback that answers (connect, MAIL FROM) in the connection's log context, so it never
+    raises: the error is remembered and answered at end of message."""
 
     @functools.wraps(callback)
     def guarded(self: MailwardMilter, /, *args: _Args.args, **kwargs: _Args.kwargs) -> int:
         with self._log_context():
-            return quiet(self, *args, **kwargs)
+            try:
+                return callback(self, *args, **kwargs)
+            except Exception:
+                self._fail(callback.__name__)
+                return Milter.CONTINUE
 
     return guarded
 
@@ -221,6 +207,10 @@ class MailwardMilter(Milter.Base):
             holder = self._message if self._message is not None else self._begin()
         if not holder.failure:
             holder.failure = f"error in {where}"
+
+    def _no_reply(self, mask: int) -> int:
+        """What a data callback returns: NOREPLY where ``mask`` (its P_NR_* bit) was negotiated."""
+        return Milter.NOREPLY if self._protocol & mask else Milter.CONTINUE
 
     def _macro(self, name: str) -> str:
         try:
@@ -313,7 +303,7 @@ class MailwardMilter(Milter.Base):
                 self._take_fields(message)
         except Exception:
             self._fail("header")
-        return Milter.NOREPLY if self._protocol & Milter.P_NR_HDR else Milter.CONTINUE
+        return self._no_reply(Milter.P_NR_HDR)
 
     @_unanswered
     def body(self, chunk: bytes) -> int:
@@ -327,7 +317,7 @@ class MailwardMilter(Milter.Base):
                 message.buffer.add_body(chunk)
         except Exception:
             self._fail("body")
-        return Milter.NOREPLY if self._protocol & Milter.P_NR_BODY else Milter.CONTINUE
+        return self._no_reply(Milter.P_NR_BODY)
 
     def _take_fields(self, message: Transaction) -> None:
         """Move the fields kept so far into the buffer, noting the Subject and the fields we replace.
@@ -417,24 +407,20 @@ class MailwardMilter(Milter.Base):
     # --- decision ------------------------------------------------------
     def _envelope(self) -> Envelope:
         client, message = self._connection, self._message
-
-        def envelope(direction: Direction = Direction.INBOUND) -> Envelope:
-            return Envelope(
-                client_address=client.address,
-                client_name=client.name,
-                helo=client.helo,
-                daemon=client.daemon,
-                connection_id=client.id,
-                local_submission=client.local_submission,
-                mail_from=message.mail_from if message is not None else "",
-                recipients=tuple(message.recipients) if message is not None else (),
-                auth_user=message.auth_user if message is not None else "",
-                queue_id=message.queue_id if message is not None else "",
-                direction=direction,
-            )
-
-        # Built twice rather than replaced: dataclasses.replace costs more than a constructor call.
-        return envelope(self._runtime.direction.classify(envelope()))
+        envelope = Envelope(
+            client_address=client.address,
+            client_name=client.name,
+            helo=client.helo,
+            daemon=client.daemon,
+            connection_id=client.id,
+            local_submission=client.local_submission,
+            mail_from=message.mail_from if message is not None else "",
+            recipients=tuple(message.recipients) if message is not None else (),
+            auth_user=message.auth_user if message is not None else "",
+            queue_id=message.queue_id if message is not None else "",
+        )
+        direction = self._runtime.direction.classify(envelope)
+        return envelope if direction is envelope.direction else envelope.with_direction(direction)
 
     def _screen(self) -> Outcome:
         message = self._ongoing()
