@@ -195,13 +195,30 @@ class Screener:
         incident = incident or new_incident_id(self._clock())
         if self._workers is not None:  # the worker sets the log context there; the fallback sets its own
             return self._hand_over(self._workers, source, envelope, known, incident, started)
+        return self._screen_reported(source, envelope, known, incident, started)
+
+    def _screen_reported(
+        self,
+        source: MessageSource,
+        envelope: Envelope,
+        known: Evidence,
+        incident: str,
+        started: float,
+        scanned: Evidence | None = None,
+        failed: str = "",
+        why: str = "",
+    ) -> Outcome:
+        """:meth:`_screen` in the message's log context, then its summary line. ``why``: a warning
+        logged first in that context (the fallback's reason)."""
         with log_context(
             queue_id=envelope.queue_id,
             connection_id=envelope.connection_id,
             incident_id=incident,
             direction=envelope.direction.value,
         ):
-            outcome = self._screen(source, envelope, known, incident, started)
+            if why:
+                log.warning("%s", why)
+            outcome = self._screen(source, envelope, known, incident, started, scanned, failed)
             if self._reports:
                 report(outcome)
             return outcome
@@ -241,18 +258,9 @@ class Screener:
             error = f"{type(exc).__name__}: {exc}"
         if self._quarantine is not None:
             self._quarantine.withdraw(incident)
+        why = f"no worker finished screening incident {incident} ({error or 'unchecked'}); decided here"
         fallback = new_incident_id(self._clock())
-        with log_context(
-            queue_id=envelope.queue_id,
-            connection_id=envelope.connection_id,
-            incident_id=fallback,
-            direction=envelope.direction.value,
-        ):
-            log.warning("no worker finished screening incident %s (%s); decided here", incident, error or "unchecked")
-            outcome = self._screen(source, envelope, known, fallback, started, scanned, error)
-            if self._reports:
-                report(outcome)
-        return outcome
+        return self._screen_reported(source, envelope, known, fallback, started, scanned, error, why)
 
     def _screen(
         self,
