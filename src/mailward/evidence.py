@@ -203,8 +203,8 @@ def retry_key(raw: bytes, header_end: int, queue_id: str, mail_from: str, recipi
     if not queue_id:
         digest.update(raw)
         return digest.hexdigest()
-    ours = re.compile(rb"\bid\s+" + re.escape(queue_id.encode("ascii", "replace")) + rb"\b")
-    made_id = re.compile(rb"[<.]" + re.escape(queue_id.encode("ascii", "replace")) + rb"@")
+    qid = re.escape(queue_id.encode("ascii", "replace"))
+    ours, made_id = re.compile(rb"\bid\s+" + qid + rb"\b"), re.compile(rb"[<.]" + qid + rb"@")
     fields: list[bytes] = []
     for line in raw[:header_end].splitlines(keepends=True):
         if fields and line[:1] in (b" ", b"\t"):
