@@ -299,3 +299,32 @@ def test_a_failure_while_deciding_a_failure_still_tempfails(tmp_path, monkeypatc
     _, ctx = client.connect()
     assert client.send(ctx, message()[1]) == Milter.TEMPFAIL
     assert ctx.reply[0] == "451" and not INTERNALS.search(ctx.reply[2])
+
+
+def test_a_header_block_past_the_spool_threshold_keeps_its_order_subject_and_forgeries(tmp_path, feed, milter_runtime):
+    """Header fields are kept per callback and moved to the buffer once they outgrow the spool
+    threshold: fields on both sides of that move keep their order, the Subject found after it is
+    tagged, and a forged X-Mailward-Verdict after it is replaced."""
+    inner = InProcessScanner.from_settings(settings_for(tmp_path / "scanner"))
+    seen = []
+
+    def spy(source, env):
+        seen.append((source.is_spooled, source.read()))
+        return inner.scan(source, env)
+
+    raw = gtube_message()[1]
+    head, body = raw.split(b"\r\n\r\n", 1)
+    subject = next(line for line in head.split(b"\r\n") if line.startswith(b"Subject:"))
+    head = head.replace(subject + b"\r\n", b"")
+    traces = b"".join(b"X-Trace-%d: %s\r\n" % (i, b"v" * 60) for i in range(60))  # ~4 kB
+    raw = head + b"\r\n" + traces + subject + b"\r\nX-Mailward-Verdict: accept-forged\r\n\r\n" + body
+    rt = replace(milter_runtime(tmp_path, SPAM_TAGGED, scan=spy), spool_threshold=1024)
+    rc, ctx = feed(rt, raw)
+    assert rc == Milter.ACCEPT
+    spooled, scanned = seen[0]
+    assert spooled
+    scanned_head = scanned.split(b"\r\n\r\n", 1)[0]
+    tail = traces + subject + b"\r\nX-Mailward-Verdict: accept-forged"
+    assert scanned_head.endswith(tail.replace(b": ", b":"))  # the harness does not send the leading space
+    assert ctx.delivered.get_all("X-Mailward-Verdict") == [" tag"]
+    assert ctx.delivered.get_all("Subject")[-1] == " [SPAM] Special offer"
