@@ -79,6 +79,8 @@ def test_a_worker_dying_mid_message_is_reported_then_replaced(pool):
         if frame is not None and frame.f_code.co_name == "receive":
             break
         time.sleep(0.002)
+    else:
+        raise AssertionError("the scan never reached the wait for its answer")
     os.kill(target, signal.SIGKILL)
     scanning.join(60)
     assert len(failed) == 1 and "died" in str(failed[0])
