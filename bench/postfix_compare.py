@@ -15,6 +15,9 @@ messages from ``--sample`` (a directory, e.g. a corpus unpacked to /tmp/corpus) 
 concurrent SMTP sessions; every system gets the same messages, and the systems take turns
 within each repetition so a slow minute of the shared machine hits all of them alike.
 
+``empty-unix`` is bench/empty_milter.py on a unix socket: what libmilter and pymilter alone cost
+the milter process per message through Postfix, the floor under ``mailward-unix``'s milter figure.
+
 Prints per system and session count: msg/s, ratio to Postfix alone, CPU per message of each
 process group (Postfix, milter process, scanning workers, rspamd, its redis), sender latency
 p50/p99/max, and PSS of the filter at rest and after the run.
@@ -179,6 +182,8 @@ class Filter:
         pids = tree(self.proc.pid)
         if self.name.startswith(("mailward", "base")):
             self.groups = {"milter": [self.proc.pid], "workers": [p for p in pids if p != self.proc.pid]}
+        elif self.name.startswith("empty"):
+            self.groups = {"milter": pids}
         else:
             self.groups = {"rspamd": pids}
             if self.helpers:
@@ -238,6 +243,25 @@ def start_mailward(run: Path, kind: str, workers: int, dns_port: int, source: Pa
         _wait_port(port, proc)
     print(f"{name} listening {time.monotonic() - started:.2f} s after start")
     return Filter(name, address if kind == "unix" else f"inet:127.0.0.1:{port}", proc)
+
+
+def start_empty(run: Path) -> Filter:
+    """bench/empty_milter.py on a unix socket: what libmilter and pymilter cost per message through Postfix."""
+    home = run / "empty-unix"
+    (home / "sock").mkdir(parents=True)
+    sock = home / "sock" / "milter.sock"
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve().parent / "empty_milter.py"), f"unix:{sock}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while not sock.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the empty milter did not start")
+        time.sleep(0.02)
+    sock.chmod(0o666)  # Postfix's smtpd connects as the postfix user
+    return Filter("empty-unix", f"unix:{sock}", proc)
 
 
 class Redis:
@@ -454,7 +478,8 @@ def main() -> int:
     ap.add_argument(
         "--systems",
         default="postfix,mailward-unix,mailward-inet,rspamd-unix",
-        help="also base-unix, base-inet: Mailward from the --baseline checkout",
+        help="also base-unix, base-inet: Mailward from the --baseline checkout; "
+        "empty-unix: an empty pymilter milter (bench/empty_milter.py), the floor through Postfix",
     )
     ap.add_argument("--rspamd-workers", type=int, default=2, help="rspamd normal workers (its default: one per core)")
     ap.add_argument(
@@ -493,6 +518,8 @@ def main() -> int:
     dns = dns_stub(run)
     try:
         pf.start()
+        if "empty-unix" in wanted:
+            filters.append(start_empty(run))
         for kind in ("unix", "inet"):
             if f"mailward-{kind}" in wanted:
                 filters.append(start_mailward(run, kind, args.workers, dns.port))
