@@ -185,7 +185,49 @@ def test_workers_starting_together_share_one_whole_release_key(tmp_path):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600 and os.listdir(path.parent) == ["release.key"]
 
 
-def _load_together(path, start, results) -> None:
+def test_root_cli_and_service_user_milter_creating_the_key_together_share_one_it_can_read(service_user):
+    """An admin's first `mailward release` (root) racing the milter's workers (the service user) on a new host.
+
+    Whoever wins, the key the milter reads is the one the CLI signs with, and it is the service
+    user's: root's file is handed over before it appears, so no worker ever meets a root-owned
+    0600 key it cannot open (PermissionError at start)."""
+    import multiprocessing
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    base = Path(tempfile.mkdtemp(prefix="mailward-key-race-", dir="/tmp"))  # not under root's 0700 pytest dir
+    base.chmod(0o711)
+    ctx = multiprocessing.get_context("fork")
+    try:
+        for attempt in range(40):
+            host = base / f"host-{attempt}"
+            host.mkdir(mode=0o700)
+            os.chown(host, service_user.pw_uid, service_user.pw_gid)  # the state dir, as deployed
+            path = host / "release.key"
+            start, results = ctx.Barrier(6), ctx.SimpleQueue()
+            loaders = [
+                ctx.Process(target=_load_together, args=(path, start, results, service_user if n % 2 else None))
+                for n in range(6)
+            ]
+            for loader in loaders:
+                loader.start()
+            keys = {results.get() for _ in loaders}
+            for loader in loaders:
+                loader.join(10)
+            info = path.stat()
+            assert keys == {path.read_bytes()} and len(path.read_bytes()) == 32, keys
+            assert (info.st_uid, info.st_gid) == (service_user.pw_uid, service_user.pw_gid)
+            assert stat.S_IMODE(info.st_mode) == 0o600 and os.listdir(host) == ["release.key"]
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _load_together(path, start, results, user=None) -> None:
+    if user is not None:  # a worker of the milter, which runs as the service user
+        os.setgroups([])
+        os.setgid(user.pw_gid)
+        os.setuid(user.pw_uid)
     start.wait()
     try:
         results.put(load_release_key(path))
