@@ -272,6 +272,61 @@ def test_cpu_budget_is_at_least_a_second_and_at_most_the_deadline(tmp_path):
     assert capped.milter.cpu_budget == 20
 
 
+def test_a_reload_while_workers_are_found_dead_loses_no_message_and_leaves_no_stray(pool, tmp_path, caplog):
+    """Both idle workers die, then a reload begins and a message finds them dead at send before the
+    reload's workers are in: the message is scanned all the same, and the replacements started for the
+    old generation, loaded only after the reload took over, are stopped rather than kept beside it."""
+    old = _all_idle(pool)
+    unrelated = set(_live_workers()) - set(old)
+    for pid in old:
+        os.kill(pid, signal.SIGKILL)
+    for pid in old:
+        _wait_gone(pid)
+    settings = load_settings(overrides={"state_dir": str(tmp_path), "reputation": {"enabled": False}})
+    reloading = threading.Thread(target=pool.reload, args=(settings,))
+    outcome: list[object] = []
+    scanning = threading.Thread(
+        target=lambda: outcome.append(pool.scan(MessageSource.of(eicar_message()[1]), Envelope(), deadline=60))
+    )
+    held: set[int] = set()
+    with caplog.at_level("WARNING", logger="mailward.workers"):
+        reloading.start()
+        give_up = time.monotonic() + 30
+        while len(fresh := set(_live_workers()) - unrelated) < 2 and time.monotonic() < give_up:
+            time.sleep(0.002)  # the reload's workers exist and load
+        scanning.start()  # finds both old workers dead: a replacement for each starts
+        while len(held) < 2 and time.monotonic() < give_up:
+            for pid in set(_live_workers()) - unrelated - fresh - held:
+                os.kill(pid, signal.SIGSTOP)  # held mid-load until the reload has taken over
+                held.add(pid)
+            time.sleep(0.002)
+        reloading.join(60)
+        scanning.join(60)
+    for pid in held:
+        os.kill(pid, signal.SIGCONT)
+    assert len(held) == 2 and not reloading.is_alive() and not scanning.is_alive()
+    assert Category.MALWARE in {f.category for f in outcome[0].findings}  # by a worker of the reload
+    assert sum("had died" in r.getMessage() for r in caplog.records) == 2  # sent to both dead ones first
+    settle = time.monotonic() + 30
+    while time.monotonic() < settle:
+        idle = set(pool.idle_pids())
+        if not held & set(_live_workers()) and len(idle) == 2:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"workers {set(_live_workers()) - unrelated}, idle {set(pool.idle_pids())}")
+    assert idle == fresh and set(_live_workers()) - unrelated == fresh
+
+
+def _live_workers() -> list[int]:
+    """Running scanning processes of this test process: the children of its forkserver."""
+    family = _descendants(os.getpid())
+    servers = {
+        pid for pid in family if "forkserver" in _command(pid) and _stat(pid) and _stat(pid)[1] == str(os.getpid())
+    }
+    return [pid for pid in family if (stat := _stat(pid)) and stat[1] in {str(s) for s in servers} and stat[0] != "Z"]
+
+
 def test_a_reload_whose_workers_cannot_load_keeps_the_old_ones(pool, tmp_path):
     before = set(pool.idle_pids())
     broken = load_settings(
