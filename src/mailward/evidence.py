@@ -161,7 +161,8 @@ class MessageFacts:
     message_id: str = ""
     header_from: str = ""
     # Names this delivery attempt's message as the sender sent it (see :func:`retry_key`): the
-    # quarantine answers a retry of a stored message with the stored copy. Empty: no deduplication.
+    # quarantine answers a retry of a stored message with the stored copy. Taken by the screener
+    # only for a message it stores; empty on a put: no deduplication.
     retry_key: str = ""
 
     @classmethod

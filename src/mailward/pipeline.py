@@ -30,7 +30,6 @@ from .evidence import (
     MessageFacts,
     Severity,
     body_digest,
-    retry_key,
 )
 from .message import ParsedMessage, parse_message, split_message
 from .unpack import Unpacker
@@ -68,12 +67,7 @@ class Inspector:
         return replace(
             evidence,
             findings=describe_objects(evidence.findings, message),
-            message=replace(
-                MessageFacts.of(message),
-                retry_key=retry_key(
-                    raw, len(message.raw_headers), envelope.queue_id, envelope.mail_from, envelope.recipients
-                ),
-            ),
+            message=MessageFacts.of(message),
             timings=tuple(timings),
             marks=mark_proof(message),
         )

@@ -301,6 +301,7 @@ class Screener:
             released_from = alert_of = ""
         quarantine_id, store_failed = "", False
         if verdict.action is Action.REJECT and evidence.of(Category.MALWARE) and self._quarantine is not None:
+            evidence = _keyed(evidence, source, envelope)
             quarantine_id = self._keep_sample(self._quarantine, source, envelope, verdict, evidence)
         kept = (
             (envelope, verdict)
@@ -311,8 +312,7 @@ class Screener:
         )
         if kept is not None and self._quarantine is not None:
             t0 = time.perf_counter()
-            if not evidence.message.retry_key:  # no worker finished the scan (deadline, CPU limit): key it here
-                evidence = replace(evidence, message=replace(evidence.message, retry_key=_retry_key(source, envelope)))
+            evidence = _keyed(evidence, source, envelope)
             try:
                 quarantine_id = self._quarantine.put(source, kept[0], kept[1], evidence)
                 if quarantine_id != incident:  # a retry answered with its earlier delivery's record: reply with its ID
@@ -438,13 +438,17 @@ class Screener:
             return ""
 
 
-def _retry_key(source: MessageSource, envelope: Envelope) -> str:
-    """The worker's retry key, taken in this process only for a message no worker finished scanning.
+def _keyed(evidence: Evidence, source: MessageSource, envelope: Envelope) -> Evidence:
+    """``evidence`` with the message's retry key, taken only for a message about to be stored.
 
-    Such a message is quarantined unchecked, and its sender's retry must be stored once too.
+    Most messages are delivered or refused and never need one; a stored one's sender retry
+    must find its record (:func:`mailward.evidence.retry_key`), scanned or not.
     """
+    if evidence.message.retry_key:
+        return evidence
     raw = source.read()
-    return retry_key(raw, len(split_message(raw)[0]), envelope.queue_id, envelope.mail_from, envelope.recipients)
+    key = retry_key(raw, len(split_message(raw)[0]), envelope.queue_id, envelope.mail_from, envelope.recipients)
+    return replace(evidence, message=replace(evidence.message, retry_key=key))
 
 
 def report(outcome: Outcome) -> None:
