@@ -389,6 +389,8 @@ class MailwardMilter(Milter.Base):
                 self._end()
 
     def abort(self) -> int:
+        if self._message is None:  # Postfix sends one after every transaction, most after end of message
+            return Milter.CONTINUE
         with self._log_context():
             try:
                 self._end()
