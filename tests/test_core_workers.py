@@ -259,8 +259,12 @@ def _running(pid: int) -> bool:
 
 
 def _command(pid: int) -> str:
-    with open(f"/proc/{pid}/cmdline") as f:
-        return f.read().replace("\0", " ")
+    """The command line, or "" once the process is gone (it may exit between listing and reading)."""
+    try:
+        with open(f"/proc/{pid}/cmdline") as f:
+            return f.read().replace("\0", " ")
+    except OSError:
+        return ""
 
 
 def test_cpu_budget_is_at_least_a_second_and_at_most_the_deadline(tmp_path):
@@ -322,7 +326,9 @@ def _live_workers() -> list[int]:
     """Running scanning processes of this test process: the children of its forkserver."""
     family = _descendants(os.getpid())
     servers = {
-        pid for pid in family if "forkserver" in _command(pid) and _stat(pid) and _stat(pid)[1] == str(os.getpid())
+        pid
+        for pid in family
+        if "forkserver" in _command(pid) and (stat := _stat(pid)) is not None and stat[1] == str(os.getpid())
     }
     return [pid for pid in family if (stat := _stat(pid)) and stat[1] in {str(s) for s in servers} and stat[0] != "Z"]
 
@@ -341,3 +347,31 @@ def test_a_reload_whose_workers_cannot_load_keeps_the_old_ones(pool, tmp_path):
     assert set(pool.idle_pids()) == before
     eicar = MessageSource.of(eicar_message()[1])
     assert Category.MALWARE in {f.category for f in pool.scan(eicar, Envelope(), deadline=60).findings}
+
+
+def test_closing_stops_a_replacement_still_loading(tmp_path):
+    """A worker replaced just before shutdown is still loading its rules when the pool closes: it is
+    killed with the rest, even held stopped, and no scanning process outlives close()."""
+    settings = load_settings(overrides={"state_dir": str(tmp_path), "reputation": {"enabled": False}})
+    unrelated = set(_live_workers())
+    small = ScanPool(settings, 1)
+    try:
+        (old,) = small.idle_pids()
+        os.kill(old, signal.SIGKILL)
+        _wait_gone(old)
+        scanning = threading.Thread(
+            target=small.scan, args=(MessageSource.of(message()[1]), Envelope()), kwargs={"deadline": 2}
+        )
+        scanning.start()  # finds the worker dead: a replacement starts and loads
+        give_up = time.monotonic() + 30
+        while not (loading := set(_live_workers()) - unrelated - {old}) and time.monotonic() < give_up:
+            time.sleep(0.002)
+        (replacement,) = loading
+        os.kill(replacement, signal.SIGSTOP)  # held mid-load: it never reports
+        scanning.join(30)
+    finally:
+        started = time.monotonic()
+        small.close()
+    assert time.monotonic() - started < 10
+    _wait_gone(replacement)
+    assert not set(_live_workers()) - unrelated

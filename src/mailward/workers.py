@@ -232,7 +232,7 @@ def _warm_up_message() -> bytes:
     return msg.as_bytes()
 
 
-@dataclass
+@dataclass(eq=False)
 class _Worker:
     process: multiprocessing.process.BaseProcess
     conn: Connection
@@ -432,6 +432,7 @@ class ScanPool:
         self._lanes: dict[str, deque[_Ticket]] = {}  # waiting scans per client; dict order is the turn
         self._busy: Counter[str] = Counter()  # scans in flight per client
         self._closed = False
+        self._starting: set[_Worker] = set()  # spawned, load report not yet read: close() kills them
         self._load_failure: ScanFailed | None = None
         self._loading: threading.Thread | None = None
         if wait:
@@ -467,7 +468,10 @@ class ScanPool:
         )
         process.start()
         child.close()
-        return _Worker(process, parent, generation, scanned)
+        worker = _Worker(process, parent, generation, scanned)
+        with self._lock:
+            self._starting.add(worker)
+        return worker
 
     def _loaded(self, worker: _Worker) -> str:
         """Wait for a new worker's load report: "" when its detectors loaded, else why not."""
@@ -479,6 +483,9 @@ class ScanPool:
             return failure
         except (EOFError, OSError) as exc:
             return f"died while loading ({type(exc).__name__})"
+        finally:
+            with self._lock:
+                self._starting.discard(worker)
 
     def _start_loaded(self, settings: Settings, generation: int) -> list[_Worker]:
         """``size`` workers for ``settings``, loaded side by side; ScanFailed if any cannot load."""
@@ -722,7 +729,7 @@ class ScanPool:
             worker.stop()
 
     def close(self) -> None:
-        """Stop every worker; scans in flight get up to 10 s to finish."""
+        """Stop every worker; scans in flight get up to 10 s to finish, workers still loading none."""
         with self._lock:
             self._closed = True
             for ticket in (t for lane in self._lanes.values() for t in lane):
@@ -730,7 +737,12 @@ class ScanPool:
             self._lanes.clear()
             self._returned.wait_for(lambda: not self._busy, timeout=10)
             idle, self._idle = self._idle, []
+            loading = list(self._starting)
+        for worker in loading:  # nothing to flush yet; their loader threads read the EOF and stop them
+            worker.process.kill()
         _stop_all(idle)
+        for worker in loading:
+            worker.process.join(timeout=5)
 
 
 def _unchecked(check: str, detail: str) -> Evidence:
