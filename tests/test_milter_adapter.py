@@ -163,7 +163,7 @@ def _inject(where: str, monkeypatch, rt: Runtime) -> tuple[Runtime, str, object]
 
         monkeypatch.setattr(adapter, "Transaction", RecipientFails)
     elif where == "header":
-        monkeypatch.setattr(buffer.MessageBuffer, "add_header", lambda *a: (_ for _ in ()).throw(OSError("disk")))
+        monkeypatch.setattr(buffer.MessageBuffer, "add_headers", lambda *a: (_ for _ in ()).throw(OSError("disk")))
     elif where == "body":
         monkeypatch.setattr(buffer.MessageBuffer, "add_body", lambda *a: (_ for _ in ()).throw(OSError("disk")))
     elif where == "eom":
@@ -328,3 +328,16 @@ def test_a_header_block_past_the_spool_threshold_keeps_its_order_subject_and_for
     assert scanned_head.endswith(tail.replace(b": ", b":"))  # the harness does not send the leading space
     assert ctx.delivered.get_all("X-Mailward-Verdict") == [" tag"]
     assert ctx.delivered.get_all("Subject")[-1] == " [SPAM] Special offer"
+
+
+def test_the_header_block_ends_every_line_in_crlf_however_the_mta_folded(tmp_path):
+    """Postfix folds a value with a bare LF, another MTA or a harness with CRLF; a lone CR is content."""
+    from mailward.milter.buffer import MessageBuffer
+
+    buf = MessageBuffer(1 << 20, tmp_path)
+    buf.add_headers([("Received", b" from a\n\tby b"), ("X-Crlf", b" one\r\n two"), ("X-Cr", b" a\rb"), ("To", b" u")])
+    buf.end_headers()
+    assert buf.source().read() == (b"Received: from a\r\n\tby b\r\nX-Crlf: one\r\n two\r\nX-Cr: a\rb\r\nTo: u\r\n\r\n")
+    plain = MessageBuffer(1 << 20, tmp_path)
+    plain.add_headers([("Subject", b" hi"), ("From", b" a@example.org")])
+    assert plain.source().read() == b"Subject: hi\r\nFrom: a@example.org\r\n" and plain.size == 34

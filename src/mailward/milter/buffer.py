@@ -27,10 +27,13 @@ class MessageBuffer:
         self._path: Path | None = None
         self.size = 0
 
-    def add_header(self, name: str, value: bytes) -> None:
-        if b"\n" in value:  # a folded value: every line ends in CRLF, however it came
-            value = value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-        self._write(b"%s:%s\r\n" % (name.encode("ascii", "replace"), value))
+    def add_headers(self, fields: list[tuple[str, bytes]]) -> None:
+        """Header fields as received, in one write (a message has some thirty). Every line ends in
+        CRLF, folded ones included, however the MTA ended them."""
+        block = b"".join([b"%s:%s\n" % (name.encode("ascii", "replace"), value) for name, value in fields])
+        if b"\r" in block:  # some line already ends in CRLF (Postfix folds with a bare LF)
+            block = block.replace(b"\r\n", b"\n")
+        self._write(block.replace(b"\n", b"\r\n"))
 
     def end_headers(self) -> None:
         self._write(b"\r\n")
