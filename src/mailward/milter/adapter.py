@@ -140,13 +140,6 @@ def _continue_on_error(
     return guarded
 
 
-def _as_received(name: str | bytes, value: str | bytes) -> tuple[str, bytes]:
-    """A header field as text name and raw value, from a harness that did not negotiate bytes."""
-    if not isinstance(value, bytes):
-        return str(name), value.encode("utf-8", "surrogateescape")
-    return (name if isinstance(name, str) else name.decode("ascii", "replace")), value
-
-
 def _addr(value: str) -> str:
     return value.strip().removeprefix("<").removesuffix(">")
 
@@ -335,12 +328,7 @@ class MailwardMilter(Milter.Base):
         if self._connection.failure or message.failure:
             return  # answered with on_error at end of message; nothing to keep
         try:
-            buffer = message.opened_buffer()
-            try:
-                buffer.add_headers(fields)
-            except (TypeError, AttributeError):  # text from a harness that did not negotiate bytes
-                fields = [_as_received(name, value) for name, value in fields]
-                buffer.add_headers(fields)
+            message.opened_buffer().add_headers(fields)  # names as text, values as bytes (Milter.decode)
             watched = message.watched_headers
             for name, value in fields:
                 lower = name.lower()
