@@ -375,3 +375,46 @@ def test_closing_stops_a_replacement_still_loading(tmp_path):
     assert time.monotonic() - started < 10
     _wait_gone(replacement)
     assert not set(_live_workers()) - unrelated
+
+
+def test_a_worker_started_as_the_pool_closes_does_not_outlive_it(tmp_path):
+    """A replacement whose start races close() (spawned just after close took the loading set) is
+    killed at once rather than left to load and wait on a pipe nobody reads."""
+    settings = load_settings(overrides={"state_dir": str(tmp_path), "reputation": {"enabled": False}})
+    small = ScanPool(settings, 1)
+    small.close()
+    late = small._spawn(settings, 0)  # what a replacement thread does after close() returned
+    late.process.join(10)
+    assert late.process.exitcode == -signal.SIGKILL
+    late.close_pipe()
+
+
+def test_closing_during_a_reload_stops_the_reloads_workers(tmp_path):
+    """The pool closes while a reload's workers load: the reload fails (nothing to swap in), its
+    workers are killed even when held stopped, and none outlives close()."""
+    settings = load_settings(overrides={"state_dir": str(tmp_path), "reputation": {"enabled": False}})
+    unrelated = set(_live_workers())
+    small = ScanPool(settings, 1)
+    old = set(small.idle_pids())
+    failed: list[BaseException] = []
+
+    def reload() -> None:
+        try:
+            small.reload(settings)
+        except ScanFailed as exc:
+            failed.append(exc)
+
+    reloading = threading.Thread(target=reload)
+    try:
+        reloading.start()
+        give_up = time.monotonic() + 30
+        while not (loading := set(_live_workers()) - unrelated - old) and time.monotonic() < give_up:
+            time.sleep(0.002)
+        (fresh,) = loading
+        os.kill(fresh, signal.SIGSTOP)  # held mid-load: it never reports
+    finally:
+        small.close()
+    reloading.join(10)
+    assert not reloading.is_alive() and failed and "could not load" in str(failed[0])
+    _wait_gone(fresh)
+    assert not set(_live_workers()) - unrelated

@@ -470,7 +470,10 @@ class ScanPool:
         child.close()
         worker = _Worker(process, parent, generation, scanned)
         with self._lock:
-            self._starting.add(worker)
+            if self._closed:  # close() has already taken the set: its loader reads EOF and stops it
+                process.kill()
+            else:
+                self._starting.add(worker)
         return worker
 
     def _loaded(self, worker: _Worker) -> str:
