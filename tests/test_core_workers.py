@@ -349,6 +349,16 @@ def test_a_reload_whose_workers_cannot_load_keeps_the_old_ones(pool, tmp_path):
     assert Category.MALWARE in {f.category for f in pool.scan(eicar, Envelope(), deadline=60).findings}
 
 
+def _hold_the_next_worker(known: set[int]) -> int:
+    """The one scanning process started beside ``known``, stopped mid-load so it never reports loaded."""
+    give_up = time.monotonic() + 30
+    while not (new := set(_live_workers()) - known) and time.monotonic() < give_up:
+        time.sleep(0.002)
+    (pid,) = new
+    os.kill(pid, signal.SIGSTOP)
+    return pid
+
+
 def test_closing_stops_a_replacement_still_loading(tmp_path):
     """A worker replaced just before shutdown is still loading its rules when the pool closes: it is
     killed with the rest, even held stopped, and no scanning process outlives close()."""
@@ -363,11 +373,7 @@ def test_closing_stops_a_replacement_still_loading(tmp_path):
             target=small.scan, args=(MessageSource.of(message()[1]), Envelope()), kwargs={"deadline": 2}
         )
         scanning.start()  # finds the worker dead: a replacement starts and loads
-        give_up = time.monotonic() + 30
-        while not (loading := set(_live_workers()) - unrelated - {old}) and time.monotonic() < give_up:
-            time.sleep(0.002)
-        (replacement,) = loading
-        os.kill(replacement, signal.SIGSTOP)  # held mid-load: it never reports
+        replacement = _hold_the_next_worker(unrelated | {old})
         scanning.join(30)
     finally:
         started = time.monotonic()
@@ -407,11 +413,7 @@ def test_closing_during_a_reload_stops_the_reloads_workers(tmp_path):
     reloading = threading.Thread(target=reload)
     try:
         reloading.start()
-        give_up = time.monotonic() + 30
-        while not (loading := set(_live_workers()) - unrelated - old) and time.monotonic() < give_up:
-            time.sleep(0.002)
-        (fresh,) = loading
-        os.kill(fresh, signal.SIGSTOP)  # held mid-load: it never reports
+        fresh = _hold_the_next_worker(unrelated | old)
     finally:
         small.close()
     reloading.join(10)
