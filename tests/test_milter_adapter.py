@@ -7,6 +7,8 @@ from dataclasses import replace
 
 import Milter
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mailward.evidence import Evidence
 from mailward.runtime import InProcessScanner, LiveRuntime, Runtime
@@ -341,3 +343,30 @@ def test_the_header_block_ends_every_line_in_crlf_however_the_mta_folded(tmp_pat
     plain = MessageBuffer(1 << 20, tmp_path)
     plain.add_headers([("Subject", b" hi"), ("From", b" a@example.org")])
     assert plain.source().read() == b"Subject: hi\r\nFrom: a@example.org\r\n" and plain.size == 34
+
+
+# What line ends are made of, and bytes beside them.
+LINE_BYTES = [b"\r", b"\n", b"\r\n", b"\n\t", b" ", b"a", b"\xff", b"\x00"]
+VALUES = st.lists(st.sampled_from(LINE_BYTES), max_size=20).map(lambda v: b" " + b"".join(v))
+
+
+@given(
+    st.lists(
+        st.tuples(st.text(min_size=1, max_size=20), VALUES),
+        max_size=12,
+    )
+)
+def test_any_header_block_is_kept_whole_with_crlf_lines(fields):
+    """Hostile names (non-ASCII, surrogates) and values (bare CR and LF anywhere): the block is written,
+    every LF is part of a CRLF, and nothing but line ends and unencodable name characters changes."""
+    import tempfile
+    from pathlib import Path
+
+    from mailward.milter.buffer import MessageBuffer
+
+    buf = MessageBuffer(1 << 20, Path(tempfile.gettempdir()))
+    buf.add_headers(fields)
+    block = buf.source().read()
+    assert block.count(b"\n") == block.count(b"\r\n") and buf.size == len(block)
+    expected = b"".join(b"%s:%s\n" % (n.encode("ascii", "replace"), v) for n, v in fields)
+    assert block.replace(b"\r\n", b"\n") == expected.replace(b"\r\n", b"\n")
