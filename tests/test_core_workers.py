@@ -7,10 +7,11 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
-from mailward.config import load_settings
+from mailward.config import Settings, load_settings
 from mailward.envelope import Envelope
 from mailward.errors import ScanFailed
 from mailward.evidence import Category
@@ -19,12 +20,14 @@ from mailward.workers import ScanPool
 from support.mail import eicar_message, message
 
 
+def _offline(state: Path) -> Settings:
+    """Settings with their state under ``state`` and no DNS checks (they have their own loopback tests)."""
+    return load_settings(overrides={"state_dir": str(state), "reputation": {"enabled": False}})
+
+
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory):
-    settings = load_settings(
-        overrides={"state_dir": str(tmp_path_factory.mktemp("state")), "reputation": {"enabled": False}}
-    )
-    p = ScanPool(settings, 2)
+    p = ScanPool(_offline(tmp_path_factory.mktemp("state")), 2)
     yield p
     p.close()
 
@@ -113,7 +116,7 @@ def _wait_gone(pid: int) -> None:
 
 def test_reload_swaps_workers(pool, tmp_path):
     before = set(pool.idle_pids())
-    settings = load_settings(overrides={"state_dir": str(tmp_path), "reputation": {"enabled": False}})
+    settings = _offline(tmp_path)
     pool.reload(settings)
     after = set(pool.idle_pids())
     assert before.isdisjoint(after)
@@ -286,7 +289,7 @@ def test_a_reload_while_workers_are_found_dead_loses_no_message_and_leaves_no_st
         os.kill(pid, signal.SIGKILL)
     for pid in old:
         _wait_gone(pid)
-    settings = load_settings(overrides={"state_dir": str(tmp_path), "reputation": {"enabled": False}})
+    settings = _offline(tmp_path)
     reloading = threading.Thread(target=pool.reload, args=(settings,))
     outcome: list[object] = []
     scanning = threading.Thread(
@@ -362,7 +365,7 @@ def _hold_the_next_worker(known: set[int]) -> int:
 def test_closing_stops_a_replacement_still_loading(tmp_path):
     """A worker replaced just before shutdown is still loading its rules when the pool closes: it is
     killed with the rest, even held stopped, and no scanning process outlives close()."""
-    settings = load_settings(overrides={"state_dir": str(tmp_path), "reputation": {"enabled": False}})
+    settings = _offline(tmp_path)
     unrelated = set(_live_workers())
     small = ScanPool(settings, 1)
     try:
@@ -386,7 +389,7 @@ def test_closing_stops_a_replacement_still_loading(tmp_path):
 def test_a_worker_started_as_the_pool_closes_does_not_outlive_it(tmp_path):
     """A replacement whose start races close() (spawned just after close took the loading set) is
     killed at once rather than left to load and wait on a pipe nobody reads."""
-    settings = load_settings(overrides={"state_dir": str(tmp_path), "reputation": {"enabled": False}})
+    settings = _offline(tmp_path)
     small = ScanPool(settings, 1)
     small.close()
     late = small._spawn(settings, 0)  # what a replacement thread does after close() returned
@@ -398,7 +401,7 @@ def test_a_worker_started_as_the_pool_closes_does_not_outlive_it(tmp_path):
 def test_closing_during_a_reload_stops_the_reloads_workers(tmp_path):
     """The pool closes while a reload's workers load: the reload fails (nothing to swap in), its
     workers are killed even when held stopped, and none outlives close()."""
-    settings = load_settings(overrides={"state_dir": str(tmp_path), "reputation": {"enabled": False}})
+    settings = _offline(tmp_path)
     unrelated = set(_live_workers())
     small = ScanPool(settings, 1)
     old = set(small.idle_pids())

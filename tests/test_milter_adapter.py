@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import tempfile
 from dataclasses import replace
+from pathlib import Path
 
 import Milter
 import pytest
@@ -11,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mailward.evidence import Evidence
+from mailward.milter.buffer import MessageBuffer
 from mailward.runtime import InProcessScanner, LiveRuntime, Runtime
 from support.mail import eicar_message, gtube_message, message
 from support.milter import QUEUE_ID, MilterClient, settings_for
@@ -334,8 +337,6 @@ def test_a_header_block_past_the_spool_threshold_keeps_its_order_subject_and_for
 
 def test_the_header_block_ends_every_line_in_crlf_however_the_mta_folded(tmp_path):
     """Postfix folds a value with a bare LF, another MTA or a harness with CRLF; a lone CR is content."""
-    from mailward.milter.buffer import MessageBuffer
-
     buf = MessageBuffer(1 << 20, tmp_path)
     buf.add_headers([("Received", b" from a\n\tby b"), ("X-Crlf", b" one\r\n two"), ("X-Cr", b" a\rb"), ("To", b" u")])
     buf.end_headers()
@@ -359,11 +360,6 @@ VALUES = st.lists(st.sampled_from(LINE_BYTES), max_size=20).map(lambda v: b" " +
 def test_any_header_block_is_kept_whole_with_crlf_lines(fields):
     """Hostile names (non-ASCII, surrogates) and values (bare CR and LF anywhere): the block is written,
     every LF is part of a CRLF, and nothing but line ends and unencodable name characters changes."""
-    import tempfile
-    from pathlib import Path
-
-    from mailward.milter.buffer import MessageBuffer
-
     buf = MessageBuffer(1 << 20, Path(tempfile.gettempdir()))
     buf.add_headers(fields)
     block = buf.source().read()
