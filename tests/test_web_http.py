@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from argon2 import PasswordHasher
 from starlette.testclient import TestClient
 
 from mailward.evidence import Label
@@ -14,6 +17,7 @@ from mailward.incidents import SubjectKind
 from mailward.incidents import open_store as open_incidents_store
 from mailward.quarantine.links import new_link, sign_link
 from mailward.quarantine.records import Status
+from mailward.web.accounts import AccountError, AccountStore, Login
 from mailward.web.app import create_app
 from support.mail import plain_mail as message
 from support.quarantine import FakeClock, malware_case
@@ -94,6 +98,42 @@ def test_account_locks_after_ten_failures_until_unlocked(site):
     assert "account-locked" in actions and actions.count("login-refused") == 10
     site.parts.accounts.unlock("alice", "test")
     assert login(site).headers["location"] == "/"
+
+
+def test_guesses_sent_together_share_the_lockout_budget(tmp_path):
+    """Thirty wrong guesses and the right one at once: at most ten are checked and none gets in."""
+    checked: list[str] = []
+
+    class Counting(PasswordHasher):
+        def verify(self, hash: str | bytes, password: str | bytes) -> bool:
+            checked.append(str(password))
+            time.sleep(0.02)  # a real hash takes this long: the guesses overlap
+            return super().verify(hash, password)
+
+    accounts = AccountStore(tmp_path / "web.sqlite3", hasher=Counting(time_cost=1, memory_cost=8192, parallelism=1))
+    try:
+        accounts.add("alice", PASSWORD, "test")
+        guesses = [f"wrong guess {n:02}" for n in range(30)] + [PASSWORD]
+        start = threading.Barrier(len(guesses))
+
+        def guess(password: str) -> Login:
+            start.wait()
+            return accounts.login("alice", password, "test")[0]
+
+        with ThreadPoolExecutor(len(guesses)) as pool:
+            outcomes = list(pool.map(guess, guesses))
+        assert len(checked) <= 10 and Login.OK not in outcomes
+        assert accounts.is_locked("alice") and accounts.login("alice", PASSWORD, "test")[0] is Login.LOCKED
+    finally:
+        accounts.close()
+
+
+def test_a_password_longer_than_the_login_form_takes_is_refused_when_set(site):
+    with pytest.raises(AccountError, match="at most 1024"):
+        site.parts.accounts.add("bob", "p" * 1025, "test")
+    site.parts.accounts.add("bob", "p" * 1024, "test")
+    assert login(site, name="bob", password="p" * 1500).headers["location"] == "/login?problem=refused"
+    assert login(site, name="bob", password="p" * 1024).headers["location"] == "/"
 
 
 def test_unknown_accounts_are_refused_like_wrong_passwords(site):

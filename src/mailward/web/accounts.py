@@ -29,6 +29,7 @@ from ..errors import MailwardError
 
 DB_NAME = "web.sqlite3"
 MIN_PASSWORD = 12
+MAX_PASSWORD = 1024  # what the login form reads: a longer one could never be typed in
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
 
 SCHEMA = (  # migration 1: the schema before versions were recorded
@@ -91,6 +92,8 @@ def check_name(name: str) -> str:
 def check_password(password: str) -> str:
     if len(password) < MIN_PASSWORD:
         raise AccountError(f"a password needs at least {MIN_PASSWORD} characters")
+    if len(password) > MAX_PASSWORD:
+        raise AccountError(f"a password has at most {MAX_PASSWORD} characters")
     return password
 
 
@@ -186,9 +189,25 @@ class AccountStore:
     # -- logging in (the web) --------------------------------------------------------------------
 
     def login(self, name: str, password: str, client: str) -> tuple[Login, Session | None]:
-        """Check a password; the ``lockout_after``-th failure in a row locks the account."""
+        """Check a password; the ``lockout_after``-th failure in a row locks the account.
+
+        An attempt counts as a failure before its slow hash check and is forgiven only if the
+        password proves right, so guesses sent together share one budget: at most
+        ``lockout_after`` are checked, and one that proves right after the account locked
+        meanwhile is refused like any other (it learns nothing).
+        """
         with self._tx() as conn:
             row = conn.execute("SELECT hash, locked_at FROM web_accounts WHERE name = ?", (name,)).fetchone()
+            if row is not None:
+                if row[1] is not None:
+                    self._audit(conn, name, "login-locked", client, "account locked")
+                    return Login.LOCKED, None
+                attempt = conn.execute(
+                    "UPDATE web_accounts SET failed = failed + 1 WHERE name = ? RETURNING failed", (name,)
+                ).fetchone()[0]
+                if attempt > self.lockout_after:  # the budget is spent by attempts still being checked
+                    self._lock(conn, name, client, f"after {attempt - 1} logins without the right password")
+                    return Login.LOCKED, None
         if row is None and not self._dummy:
             self._dummy = self._hasher.hash(secrets.token_urlsafe(16))
         stored = row[0] if row else self._dummy
@@ -197,20 +216,18 @@ class AccountStore:
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             good = False
         with self._tx() as conn:
-            if row is None:
+            state = conn.execute("SELECT failed, locked_at FROM web_accounts WHERE name = ?", (name,)).fetchone()
+            if row is None or state is None:
                 self._audit(conn, name[:64], "login-refused", client, "unknown account")
                 return Login.REFUSED, None
-            if row[1] is not None:
+            failed, locked_at = state
+            if locked_at is not None:
                 self._audit(conn, name, "login-locked", client, "account locked")
                 return Login.LOCKED, None
             if not good:
-                failed = conn.execute(
-                    "UPDATE web_accounts SET failed = failed + 1 WHERE name = ? RETURNING failed", (name,)
-                ).fetchone()[0]
                 self._audit(conn, name, "login-refused", client, f"wrong password ({failed} in a row)")
                 if failed >= self.lockout_after:
-                    conn.execute("UPDATE web_accounts SET locked_at = ? WHERE name = ?", (self._clock(), name))
-                    self._audit(conn, name, "account-locked", client, f"after {failed} failed logins")
+                    self._lock(conn, name, client, f"after {failed} failed logins")
                     return Login.LOCKED, None
                 return Login.REFUSED, None
             if self._hasher.check_needs_rehash(stored):
@@ -226,6 +243,10 @@ class AccountStore:
             conn.execute("DELETE FROM web_sessions WHERE seen_at < ?", (now - self.idle,))
             self._audit(conn, name, "login", client)
         return Login.OK, session
+
+    def _lock(self, conn: Transaction, name: str, client: str, why: str) -> None:
+        conn.execute("UPDATE web_accounts SET locked_at = ? WHERE name = ?", (self._clock(), name))
+        self._audit(conn, name, "account-locked", client, why)
 
     def session(self, token: str) -> Session | None:
         """The live session of ``token``, its idle clock restarted; None once idle too long or locked."""

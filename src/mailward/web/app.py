@@ -48,7 +48,7 @@ from ..quarantine.release import ReleaseOutcome
 from ..quarantine.render import when
 from ..review.service import QuarantineService, block_sender, list_sender, web_actor
 from ..textsafe import neutralise
-from .accounts import AccountStore, Login, Session
+from .accounts import MAX_PASSWORD, AccountStore, Login, Session
 
 log = logging.getLogger(__name__)
 
@@ -195,9 +195,9 @@ def create_app(parts: Parts) -> ASGIApp:
         values = await form_of(request, None, request.cookies.get(LOGIN_COOKIE, ""))
         if values is None:
             return failure(request, 403, "The form expired: reload the login page")
-        outcome, session = await run_in_threadpool(
-            accounts.login, values.get("name", "")[:64], values.get("password", "")[:1024], _client(request)
-        )
+        # one character over the limit: a password too long to have been set never matches
+        name, password = values.get("name", "")[:64], values.get("password", "")[: MAX_PASSWORD + 1]
+        outcome, session = await run_in_threadpool(accounts.login, name, password, _client(request))
         if outcome is not Login.OK or session is None:
             problem = "locked" if outcome is Login.LOCKED else "refused"
             return RedirectResponse(f"/login?problem={problem}", status_code=303)
