@@ -66,6 +66,36 @@ def test_bad_input_fails_cleanly(run):
         run("add", "mailbox", "x", "--reason", "x")  # not a kind
 
 
+@pytest.mark.parametrize(
+    "kind,value",
+    [
+        ("sender", "@"),
+        ("sender", "a@"),
+        ("sender", "@example.org"),
+        ("sender", "a b@example.org"),
+        ("sender", "ann@example.org\nX-Injected: 1"),
+        ("sender", "\u202eann@example.org"),
+        ("domain", "exa mple.com"),
+        ("domain", "exam\nple.org"),
+        ("domain", "ann@example.org"),
+        ("account", "al\nice"),
+        ("account", "al\x1bice"),
+    ],
+)
+def test_a_block_no_message_can_match_is_refused(run, kind, value):
+    code, out, err = run("add", kind, value, "--reason", "x")
+    assert (code, out) == (1, "") and err.startswith("mailward: block add: ") and err.count("\n") == 1
+    assert run("list")[1].strip() == "no blocks"
+
+
+@pytest.mark.parametrize("length", ["0m", "0s", "0.0h", "999999999999999999999d", "522w"])
+def test_a_block_for_no_time_or_past_ten_years_is_refused(run, length):
+    code, out, err = run("add", "account", "mallory", "--reason", "x", "--for", length)
+    assert (code, out) == (1, "") and "at most 10 years" in err and err.count("\n") == 1
+    assert run("list")[1].strip() == "no blocks"
+    assert run("add", "account", "mallory", "--reason", "x", "--for", "520w")[0] == 0
+
+
 def test_an_analyst_block_is_alerted(run):
     with WebhookReceiver() as hook:
         with open(run.cfg, "a") as fh:

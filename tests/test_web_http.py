@@ -178,6 +178,20 @@ def test_malware_needs_force_from_the_web_too(site, smtp_sink):
     )
 
 
+@pytest.mark.parametrize("verb", ["block-sender", "allow-sender"])
+def test_a_sender_no_list_entry_could_match_is_not_listed(site, verb):
+    qid = put(site.settings, message("Odd"), sender="ann smith@example.org")
+    login(site)
+    response = site.post(f"/m/{qid}/{verb}", data={"csrf": csrf_of(site, f"/m/{qid}")})
+    assert response.headers["location"] == f"/m/{qid}?done=odd-sender"
+    assert "nothing was changed" in site.get(response.headers["location"]).text
+    incidents = open_incidents_store(site.settings)
+    try:
+        assert incidents.blocks(SubjectKind.SENDER) == [] and incidents.sender_entries() == []
+    finally:
+        incidents.close()
+
+
 def test_label_delete_and_block_sender(site):
     qid = put(site.settings, message("Win big"))
     login(site)

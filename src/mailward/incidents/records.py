@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from ..config import policy_subject
 from ..policy import Listed
 
 
@@ -74,6 +75,32 @@ def normalise(kind: SubjectKind, value: str) -> str:
             raise ValueError(f"{value!r} is not a domain")
         return value
     return value  # account names are compared exactly, as the SASL layer does
+
+
+MAX_BLOCK_FOR = 10 * 365 * 86400.0  # seconds; longer is "until lifted", which leaving the duration out says
+
+
+def new_subject(kind: SubjectKind, value: str) -> str:
+    """:func:`normalise` for a block an analyst adds: stricter, because what is stored here is matched,
+    listed and alerted on. No control or invisible characters, and a sender or domain that mail can have
+    (``a@``, ``@b.c`` and ``exa mple.com`` never match a message). ValueError otherwise."""
+    canonical = normalise(kind, value)
+    if not canonical.isprintable():
+        raise ValueError(f"{value!r} has control or invisible characters")
+    if kind in (SubjectKind.SENDER, SubjectKind.DOMAIN):
+        checked = policy_subject(canonical)  # the sender lists' own check of an address or domain
+        if ("@" in checked) != (kind is SubjectKind.SENDER):
+            raise ValueError(f"{value!r} is not {'an address' if kind is SubjectKind.SENDER else 'a domain'}")
+    return canonical
+
+
+def block_duration(seconds: float | None) -> float | None:
+    """A block's duration as given (None: until lifted); ValueError for none at all or over ten years."""
+    if seconds is not None and not 0 < seconds <= MAX_BLOCK_FOR:
+        raise ValueError(
+            "a block lasts more than 0 s and at most 10 years; leave the duration out for one until lifted"
+        )
+    return seconds
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,18 @@ from .alerts import Alert, AlertDispatcher, AlertKind
 from .blocklist import BlockList
 from .counting import Flusher, WindowCounts
 from .notices import VirusNotices
-from .records import Block, Counter, Metric, Origin, SenderEntry, SubjectKind, Totals, normalise
+from .records import (
+    Block,
+    Counter,
+    Metric,
+    Origin,
+    SenderEntry,
+    SubjectKind,
+    Totals,
+    block_duration,
+    new_subject,
+    normalise,
+)
 from .senderlists import SenderLists
 from .store import CountKey, IncidentStore, IncidentStoreError
 
@@ -286,8 +297,9 @@ class IncidentResponse:
     def block(
         self, kind: SubjectKind, value: str, reason: str, actor: Actor, duration: float | None = None
     ) -> tuple[Block, bool]:
-        """An analyst's block (``duration`` in seconds, None = until lifted); alerts when it is new."""
-        value = normalise(kind, value)
+        """An analyst's block (``duration`` in seconds, None = until lifted); alerts when it is new.
+        ValueError for a value no message can have, or a duration of nothing or past ten years."""
+        value, duration = new_subject(kind, value), block_duration(duration)
         block, created = self._add(kind, value, Origin.ANALYST, reason, new_incident_id(self._clock()), duration, actor)
         if created:
             self.alerts.raise_alert(

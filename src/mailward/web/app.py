@@ -84,6 +84,7 @@ NOTICES = {
     "allowed": "Sender allowed: its mail skips the spam checks (never the malware checks).",
     "already-listed": "That sender already has an allow or block entry (an analyst can change it).",
     "no-sender": "The message has no envelope sender to block.",
+    "odd-sender": "Its envelope sender is not an address a list entry can match: nothing was changed.",
 }
 _RELEASE_NOTICE = {
     ReleaseOutcome.RELEASED: "released",
@@ -303,13 +304,17 @@ def create_app(parts: Parts) -> ASGIApp:
                 done = "no-sender"
             else:
                 sender, reason = record.envelope.mail_from, f"from the web page, message {qid}"
-                if verb == "block-sender":
-                    created = await run_in_threadpool(block_sender, settings, sender, reason, actor)
-                    done = "blocked" if created else "already-blocked"
+                try:
+                    if verb == "block-sender":
+                        created = await run_in_threadpool(block_sender, settings, sender, reason, actor)
+                        done = "blocked" if created else "already-blocked"
+                    else:
+                        created = await run_in_threadpool(list_sender, settings, True, sender, "", reason, actor)
+                        done = "allowed" if created else "already-listed"
+                except ValueError:  # a sender no list entry could match (spaces, control characters...)
+                    done = "odd-sender"
                 else:
-                    created = await run_in_threadpool(list_sender, settings, True, sender, "", reason, actor)
-                    done = "allowed" if created else "already-listed"
-                await run_in_threadpool(service.record_event, qid, verb, actor, sender)
+                    await run_in_threadpool(service.record_event, qid, verb, actor, sender)
         else:
             return failure(request, 404, "No such action")
         return RedirectResponse(f"/m/{qid}?done={done}", status_code=303)
