@@ -90,3 +90,10 @@ def test_an_exception_is_described_in_ecs_error_fields():
     error = doc["error"]
     assert isinstance(error, dict) and error["type"] == "OSError" and error["message"] == "disk full"
     assert "Traceback" in error["stack_trace"]
+
+
+def test_an_undecodable_byte_in_a_value_still_writes_valid_utf8():
+    """pymilter hands over bytes that are not UTF-8 as lone surrogates (``surrogateescape``)."""
+    record = logging.LogRecord("mailward.test", logging.INFO, __file__, 1, "from %s", ("ann\udcff@example.org",), None)
+    line = EcsJsonFormatter().format(record)
+    assert json.loads(line.encode("utf-8"))["message"] == "from ann\ufffd@example.org"

@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 
 from mailward.evidence import Evidence
 from mailward.milter.buffer import MessageBuffer
+from mailward.quarantine import open_store
+from mailward.quarantine.records import ListFilter
 from mailward.runtime import InProcessScanner, LiveRuntime, Runtime
 from support.mail import eicar_message, gtube_message, message
 from support.milter import QUEUE_ID, MilterClient, settings_for
@@ -98,6 +100,18 @@ def test_quarantine_discards_from_flow_after_storing(tmp_path, feed, milter_runt
     assert rc == Milter.DISCARD
     stored = [p for p in (tmp_path / "state" / "quarantine").rglob("*.eml")]
     assert len(stored) == 1 and b"invoice.com" in stored[0].read_bytes()
+
+
+def test_an_envelope_with_undecodable_bytes_is_quarantined_not_tempfailed(tmp_path, monkeypatch, milter_runtime):
+    """A sender and recipient that are not UTF-8 (as pymilter passes them: lone surrogates) are kept."""
+    rt = milter_runtime(tmp_path, '[policy.inbound]\nmalware_action = "quarantine"\n')
+    client = MilterClient(rt, monkeypatch)
+    _, ctx = client.connect()
+    assert client.send(ctx, eicar_message()[1], "ann\udcff@example.org", "b\udce9b@example.test") == Milter.DISCARD
+    with open_store(rt.screener.settings) as store:
+        [record] = store.list(ListFilter())
+    assert record.envelope.mail_from == "ann\ufffd@example.org"
+    assert record.envelope.recipients == ("b\ufffdb@example.test",)
 
 
 def test_quarantine_with_hold_uses_mta_hold(tmp_path, feed, milter_runtime):

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import LoggingSettings
+from .textsafe import valid_text
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
@@ -106,7 +107,7 @@ class EcsJsonFormatter(logging.Formatter):
                 "message": str(record.exc_info[1]),
                 "stack_trace": self.formatException(record.exc_info),
             }
-        return json.dumps(doc, ensure_ascii=False, default=str)
+        return valid_text(json.dumps(doc, ensure_ascii=False, default=str))  # one undecodable byte loses no line
 
 
 def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:

@@ -18,6 +18,15 @@ _ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 _NOT_PRINTABLE_ASCII = re.compile(r"[^\x20-\x7e]")
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_text(text: str) -> str:
+    """``text`` with lone surrogates (bytes a decoder could not read, kept by ``surrogateescape``)
+    as U+FFFD: what a database, a UTF-8 log file or an SMTP server takes, where they raise."""
+    return text if text.isascii() else _LONE_SURROGATE.sub("\ufffd", text)
+
+
 def _escaped(ch: str) -> bool:
     return unicodedata.category(ch) in _ESCAPED_CATEGORIES
 

@@ -32,6 +32,7 @@ from ..logs import LogContext, log_context
 from ..reputation import claims_our_id
 from ..runtime import LiveRuntime, Runtime
 from ..screening import report
+from ..textsafe import valid_text
 from ..verdict import Action, Outcome, Verdict, new_incident_id
 from .buffer import MessageBuffer
 
@@ -141,7 +142,7 @@ def _continue_on_error(
 
 
 def _addr(value: str) -> str:
-    return value.strip().removeprefix("<").removesuffix(">")
+    return valid_text(value.strip().removeprefix("<").removesuffix(">"))
 
 
 def _is_local_submission(hostaddr: object) -> bool:
@@ -214,7 +215,7 @@ class MailwardMilter(Milter.Base):
 
     def _macro(self, name: str) -> str:
         try:
-            return self.getsymval(name) or ""
+            return valid_text(self.getsymval(name) or "")
         except Exception:
             return ""
 
@@ -249,7 +250,8 @@ class MailwardMilter(Milter.Base):
         """
         address = hostaddr[0] if isinstance(hostaddr, tuple) and hostaddr else (hostaddr or "")
         client = self._connection
-        client.address, client.name, client.daemon = str(address), str(hostname or ""), self._macro("{daemon_name}")
+        client.address, client.name = str(address), valid_text(str(hostname or ""))
+        client.daemon = self._macro("{daemon_name}")
         client.local_submission = _is_local_submission(hostaddr)
         incidents = self._runtime.incidents
         block = incidents.client_block(client.address) if incidents is not None else None
@@ -262,7 +264,7 @@ class MailwardMilter(Milter.Base):
 
     @_noreply_quietly
     def hello(self, hostname: str) -> int:
-        self._connection.helo = str(hostname)
+        self._connection.helo = valid_text(str(hostname))
         return Milter.CONTINUE
 
     @_continue_on_error
