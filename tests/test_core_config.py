@@ -83,6 +83,12 @@ def test_invalid_toml_and_missing_file(tmp_path):
         load_settings(write(tmp_path, "[milter\n"))
     with pytest.raises(ConfigError, match="cannot read"):
         load_settings(tmp_path / "missing.toml")
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes(b"# caf\xe9\n[milter]\n")
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        load_settings(latin1)
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_settings(write(tmp_path, "a = " + "[" * 100_000 + "]" * 100_000 + "\n"))
 
 
 @pytest.mark.parametrize(

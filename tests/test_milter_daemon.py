@@ -150,6 +150,20 @@ def test_reloads_close_the_old_stores_and_build_no_scanner_in_the_milter(tmp_pat
         proc.stop()
 
 
+def test_a_reload_of_a_file_that_is_not_utf8_keeps_the_milter_serving(tmp_path):
+    proc = started(tmp_path)
+    try:
+        proc.config.write_bytes(b"# caf\xe9\n" + proc.config.read_bytes())
+        proc.signal(signal.SIGHUP)
+        wait_for_log(proc, "reload refused")
+        assert "not UTF-8" in proc.log_path.read_text()
+        proc.signal(signal.SIGHUP)  # the reload thread is still there to refuse the next one too
+        wait_for_log(proc, "reload refused", 2)
+        assert proc.proc is not None and proc.proc.poll() is None and proc.socket_path.exists()
+    finally:
+        assert proc.stop() == 0
+
+
 def test_reloads_faster_than_they_complete_are_coalesced(tmp_path):
     proc, rule = started_with_rules(tmp_path)
     try:

@@ -556,6 +556,11 @@ def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | No
             raise ConfigError(source, "", f"cannot read: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(source, "", f"not valid TOML: {exc}") from None
+        except UnicodeDecodeError as exc:
+            where = f"byte {exc.object[exc.start]:#04x} at offset {exc.start}"
+            raise ConfigError(source, "", f"not UTF-8 text ({where})") from None
+        except RecursionError:
+            raise ConfigError(source, "", "not valid TOML: nested too deeply") from None
     if overrides:
         data = _deep_merge(data, overrides)
     settings: Settings = _build(Settings, data, source, "")
