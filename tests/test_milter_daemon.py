@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -68,6 +69,72 @@ def test_check_passes_a_good_configuration(tmp_path):
     result = check(config(tmp_path))
     assert result.returncode == 0, result.stderr
     assert "is valid" in result.stdout
+
+
+def start_alone(path: Path) -> subprocess.CompletedProcess:
+    """A start expected to end at once, with an error."""
+    return subprocess.run(
+        [sys.executable, "-m", "mailward.milter.daemon", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _socket_in(tmp_path: Path, directory: Path) -> Path:
+    path = config(tmp_path)
+    path.write_text(path.read_text().replace(str(tmp_path / "sock"), str(directory)))
+    return path
+
+
+def test_check_is_a_dry_run_that_changes_no_directory_and_creates_no_log(tmp_path):
+    shared = tmp_path / "run"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    result = check(_socket_in(tmp_path, shared))
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777 and not (tmp_path / "milter.log").exists()
+
+
+def test_a_start_leaves_a_socket_directory_that_is_not_its_own_as_it_is(tmp_path):
+    shared = tmp_path / "run"
+    shared.mkdir()
+    (shared / "other.pid").write_text("1\n")
+    shared.chmod(0o755)
+    proc = MilterProcess(_socket_in(tmp_path, shared), shared / "milter.sock", tmp_path / "milter.log")
+    proc.start()
+    try:
+        assert stat.S_IMODE(shared.stat().st_mode) == 0o755
+        assert "not the milter's own" in proc.log_path.read_text()
+    finally:
+        assert proc.stop() == 0
+
+
+def test_a_state_dir_anyone_may_write_to_is_refused_and_left_as_it_is(tmp_path):
+    path = config(tmp_path)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state").chmod(0o1777)
+    result = check(path)
+    assert result.returncode == 1 and "writable by everyone" in result.stderr
+    start = start_alone(path)
+    assert start.returncode == 1 and "writable by everyone" in start.stderr and "Traceback" not in start.stderr
+    assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o1777
+
+
+def test_a_log_file_that_cannot_be_opened_stops_the_start_with_one_line(tmp_path):
+    (tmp_path / "not-a-dir").write_text("")
+    path = config(tmp_path)
+    path.write_text(path.read_text().replace(str(tmp_path / "milter.log"), str(tmp_path / "not-a-dir" / "m.log")))
+    start = start_alone(path)
+    assert start.returncode == 1 and "Traceback" not in start.stderr
+    assert start.stderr.startswith("mailward-milter: cannot start: logging.file ")
+    cli = subprocess.run(
+        [sys.executable, "-m", "mailward.cli.main", "--config", str(path), "block", "list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cli.returncode == 1 and cli.stderr.startswith("mailward: logging.file ") and "Traceback" not in cli.stderr
 
 
 def test_check_reports_a_rule_file_that_does_not_compile_every_time(tmp_path):

@@ -67,7 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     except PrivilegeError as exc:
         print(f"mailward: {exc}", file=sys.stderr)
         return 1
-    configure_cli_logging(settings.logging)
+    try:
+        configure_cli_logging(settings.logging)
+    except OSError as exc:
+        print(f"mailward: logging.file {settings.logging.file}: {exc}", file=sys.stderr)
+        return 1
     try:
         code: int = args.handler(args, settings)
         return code

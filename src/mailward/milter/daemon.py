@@ -8,6 +8,7 @@ the rest, and both happen at once.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import grp
 import logging
 import os
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 from .. import __version__
 from ..config import Settings, load_settings, parse_milter_socket
 from ..errors import ConfigError, MailwardError
-from ..logs import LOG_FILE_MODE, configure_logging
+from ..logs import LOG_FILE_MODE, configure_cli_logging, configure_logging
 from ..workers import ScanPool
 
 if TYPE_CHECKING:
@@ -54,9 +55,16 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _prepare_directories(settings: Settings) -> None:
-    """State private to the service user; the socket directory enterable by the MTA's group."""
+    """State private to the service user; the socket directory enterable by the MTA's group.
+
+    Only directories of Mailward's own are made so: a state directory anyone may write to
+    (like /tmp) is refused, and a shared socket directory (/run, /tmp) is left as it is.
+    """
     service = pwd.getpwnam(settings.milter.user) if settings.milter.user and os.geteuid() == 0 else None
-    for path in (Path(settings.state_dir), Path(settings.state_dir) / "spool"):
+    state = Path(settings.state_dir)
+    if problem := _state_dir_problem(settings):
+        raise MailwardError(problem)
+    for path in (state, state / "spool"):
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(path, 0o700)
         if service:
@@ -66,6 +74,9 @@ def _prepare_directories(settings: Settings) -> None:
     kind, socket_path, _port = parse_milter_socket(settings.milter.socket)
     if kind == "unix":
         sock_dir = Path(socket_path).parent
+        if sock_dir.is_dir() and (_shared(sock_dir) or {p.name for p in sock_dir.iterdir()} - {Path(socket_path).name}):
+            log.warning("socket directory %s is not the milter's own: its owner and mode are left", sock_dir)
+            return
         sock_dir.mkdir(parents=True, exist_ok=True)
         try:
             gid = grp.getgrnam(settings.milter.socket_group).gr_gid
@@ -79,6 +90,30 @@ def _prepare_directories(settings: Settings) -> None:
         wanted = 0o2750 if gid != -1 else 0o755
         if stat.S_IMODE(sock_dir.stat().st_mode) != wanted:
             os.chmod(sock_dir, wanted)
+
+
+def _shared(directory: Path) -> bool:
+    """Writable by everyone, or sticky: a system directory such as /tmp, never Mailward's to chmod."""
+    mode = directory.stat().st_mode
+    return bool(mode & (stat.S_IWOTH | stat.S_ISVTX))
+
+
+def _state_dir_problem(settings: Settings) -> str:
+    state = Path(settings.state_dir)
+    if state.is_dir() and _shared(state):
+        return f"state_dir {state} is writable by everyone: give Mailward a directory of its own"
+    return ""
+
+
+def _log_file_problem(settings: Settings) -> str:
+    """What would stop a start from opening the log file ("" if nothing), found without creating it."""
+    if not settings.logging.file or os.geteuid() == 0:  # root creates the file and hands it over
+        return ""
+    path = Path(settings.logging.file)
+    target = path if path.exists() else next(p for p in path.absolute().parents if p.exists())
+    if not os.access(target, os.W_OK):
+        return f"logging.file {path}: {target} is not writable by this user"
+    return ""
 
 
 def _hand_log_file(path: Path, service: pwd.struct_passwd) -> None:
@@ -107,20 +142,36 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"mailward-milter: configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.logging)
+    if args.check:
+        return _check(settings)
+    try:
+        configure_logging(settings.logging)
+    except OSError as exc:
+        print(f"mailward-milter: cannot start: logging.file {settings.logging.file}: {exc}", file=sys.stderr)
+        return 1
     try:
         _prepare_directories(settings)
         _drop_privileges(settings)
-        if args.check:
-            from .service import report_check
-
-            return report_check(settings)
         daemon = _start(args, settings)
     except (MailwardError, OSError, KeyError) as exc:
         log.error("cannot start: %s", exc)
         print(f"mailward-milter: cannot start: {exc}", file=sys.stderr)
         return 1
     return daemon.serve()
+
+
+def _check(settings: Settings) -> int:
+    """``--check``, a dry run: it changes no directory and creates no log file (lines go to stderr)."""
+    configure_cli_logging(dataclasses.replace(settings.logging, file=""))
+    problems = [p for p in (_state_dir_problem(settings), _log_file_problem(settings)) if p]
+    try:
+        _drop_privileges(settings)
+        from .service import report_check
+
+        return report_check(settings, problems)
+    except (MailwardError, OSError, KeyError) as exc:
+        print(f"mailward-milter: cannot check: {exc}", file=sys.stderr)
+        return 1
 
 
 def _start(args: argparse.Namespace, settings: Settings) -> Daemon:

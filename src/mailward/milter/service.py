@@ -453,9 +453,10 @@ class Daemon:
         return 0
 
 
-def report_check(settings: Settings) -> int:
-    """``--check``: print each problem a start would meet; the exit status."""
-    problems = _check_start(settings)
+def report_check(settings: Settings, found: list[str] | None = None) -> int:
+    """``--check``: print each problem a start would meet (``found``: those seen before the drop of
+    privileges); the exit status."""
+    problems = (found or []) + _check_start(settings)
     for problem in problems:
         print(f"mailward-milter: {problem}", file=sys.stderr)
     if problems:
