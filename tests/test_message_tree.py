@@ -1,5 +1,7 @@
 """The object tree: public shape kept for other detectors, sniffed types, MIME limits, deadlines."""
 
+import base64
+import quopri
 from dataclasses import replace
 
 import pytest
@@ -73,3 +75,55 @@ def test_inspect_deadline_leaves_the_rest_unchecked(unpacker):
 )
 def test_password_candidates(text, expected):
     assert password_candidates([text], 8) == expected
+
+
+def _with_attachment(field: str, body: str) -> bytes:
+    return (
+        'From: a@example.org\r\nSubject: s\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="B"\r\n\r\n'
+        "--B\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n"
+        '--B\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename="readme.dat"\r\n'
+        f"{field}\r\n\r\n{body}\r\n--B--\r\n"
+    ).encode()
+
+
+_B64 = base64.b64encode(EICAR).decode()
+
+
+@pytest.mark.parametrize(
+    "field,body",
+    [
+        ("Content-Transfer-Encoding: base64", _B64),
+        ("Content-Transfer-Encoding:\r\n base64", _B64),  # folded
+        ("Content-Transfer-Encoding: base64 (encoded)", _B64),  # an RFC 822 comment
+        ("Content-Transfer-Encoding: (a (nested) comment) Base64", _B64),
+        ('Content-Transfer-Encoding: "base64"', _B64),
+        ("Content-Transfer-Encoding: base64;", _B64),
+        ("Content-Transfer-Encoding: 7bit\r\nContent-Transfer-Encoding: base64", _B64),  # the second names one
+        (
+            "Content-Transfer-Encoding: base64",
+            base64.b64encode(EICAR[:11]).decode() + "\r\n" + base64.b64encode(EICAR[11:]).decode(),
+        ),
+    ],
+)
+def test_an_attachment_is_decoded_as_a_mail_client_decodes_it(unpacker, field, body):
+    """The stdlib left each of these encoded (it compares the raw field; it stops at padding)."""
+    parsed = parse_message(_with_attachment(field, body), LimitSettings(), unpacker)
+    attachment = next(o for o in parsed.objects if o.names == ("readme.dat",))
+    assert EICAR in attachment.data
+
+
+@pytest.mark.parametrize("encode", [base64.encodebytes, quopri.encodestring], ids=["base64", "quoted-printable"])
+def test_a_forwarded_message_sent_encoded_is_read_inside(unpacker, encode):
+    inner = message(attachments=[("eicar.com", EICAR)], subject="inner")
+    encoding = "base64" if encode is base64.encodebytes else "quoted-printable"
+    raw = (
+        b"From: a@example.org\r\nSubject: fwd\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="O"\r\n\r\n'
+        b"--O\r\nContent-Type: message/rfc822\r\nContent-Transfer-Encoding: "
+        + encoding.encode()
+        + b"\r\n\r\n"
+        + encode(inner)
+        + b"\r\n--O--\r\n"
+    )
+    parsed = parse_message(raw, LimitSettings(), unpacker)
+    assert any(o.names == ("eicar.com",) and o.data == EICAR for o in parsed.objects)

@@ -11,8 +11,10 @@ finding: the policy, not the parser, decides what an uninspectable message deser
 
 from __future__ import annotations
 
+import binascii
 import codecs
 import email
+import email.errors
 import email.header
 import email.policy
 import hashlib
@@ -335,7 +337,7 @@ def _walk(root: Message, limits: LimitSettings, prefix: str, base_depth: int) ->
         # Only a multipart's payload is read here: get_payload() on a leaf decodes 8-bit text with
         # its declared charset, which raises for charsets such as idna.
         payload = part.get_payload() if part.is_multipart() else None
-        if isinstance(payload, list):
+        if isinstance(payload, list) and not _encoded_message(part, payload):
             children = [(child, f"{path}.{i}" if path else str(i), depth + 1) for i, child in enumerate(payload, 1)]
             stack.extend(reversed(children))
             continue
@@ -482,6 +484,77 @@ def _stopped(incomplete: Incomplete, location: str) -> Finding:
     )
 
 
+_COMMENT = re.compile(r"\([^()]*\)")
+_WORD = re.compile(r'[^\s";]+')
+_ENCODED = frozenset({"base64", "quoted-printable", "uuencode", "x-uuencode", "uue", "x-uue"})
+_MID_PADDING = re.compile(r"=[^A-Za-z0-9+/]*[A-Za-z0-9+/]")  # base64 text after padding
+_BASE64_SEGMENT = re.compile(r"[A-Za-z0-9+/]+")
+
+
+def transfer_encoding(part: Message) -> str:
+    """The part's Content-Transfer-Encoding as the most decoding mail client reads it: unfolded,
+    without RFC 822 comments, quotes or a trailing ``;``, in lower case; of several such
+    fields, the first that names an encoding.
+
+    The stdlib compares the raw value of the first field: a folded ``base64``, ``base64
+    (encoded)`` or a ``7bit`` field before the ``base64`` one left an attachment encoded, so
+    what a client decodes reached no detector.
+    """
+    words = []
+    for value in part.get_all("content-transfer-encoding", [])[:8]:
+        text = str(value)[:256]  # a real value is one short word
+        while (bare := _COMMENT.sub(" ", text)) != text:  # nested comments, innermost first
+            text = bare
+        word = _WORD.search(text)
+        words.append(word.group().lower() if word else "")
+    return next((w for w in words if w in _ENCODED), words[0] if words else "")
+
+
+def decode_transfer(part: Message) -> object:
+    """``part.get_payload(decode=True)`` for the encoding :func:`transfer_encoding` reads; base64
+    decoded past padding in mid-text too (the stdlib stops there, a client may go on)."""
+    encoding = transfer_encoding(part)
+    if encoding != str(part.get("content-transfer-encoding", "")).lower():
+        part.replace_header("content-transfer-encoding", encoding)  # the value get_payload compares
+    decoded = part.get_payload(decode=True)
+    text = part.get_payload()
+    if encoding == "base64" and isinstance(text, str) and _MID_PADDING.search(text):
+        decoded = b"".join(_base64_segment(s) for s in text.split("="))
+    return decoded
+
+
+def _base64_segment(text: str) -> bytes:
+    letters = "".join(_BASE64_SEGMENT.findall(text))
+    letters = letters[: len(letters) - len(letters) % 4] if len(letters) % 4 == 1 else letters
+    return binascii.a2b_base64(letters + "=" * (-len(letters) % 4)) if letters else b""
+
+
+def _encoded_message(part: Message, payload: list[Message | str]) -> bool:
+    """A message/* part sent in base64 or quoted-printable (RFC 2046 forbids it; clients decode it).
+
+    The stdlib parsed the encoded text as the inner message; that text is made the part's body
+    again, so :func:`_leaf` decodes it and the expansion reads the message it holds.
+    """
+    if part.get_content_maintype() != "message" or transfer_encoding(part) not in _ENCODED:
+        return False
+    part.set_payload("".join(_as_parsed(inner) if isinstance(inner, Message) else inner for inner in payload))
+    return True
+
+
+def _as_parsed(inner: Message) -> str:
+    """The text the parser read ``inner`` from. Encoded text seldom starts with header lines, and
+    where they stop without an empty line (quoted-printable's ``=3D`` starts none), the generator's
+    empty line after them would split a soft line break."""
+    body = inner.get_payload()
+    if not inner.keys() and isinstance(body, str):
+        return body
+    text = inner.as_string()  # no refolding (maxheaderlen 0)
+    if any(isinstance(d, email.errors.MissingHeaderBodySeparatorDefect) for d in inner.defects):
+        cut = text.find("\n\n")  # the first: a header value holds no empty line
+        text = text[: cut + 1] + text[cut + 2 :] if cut >= 0 else text
+    return text
+
+
 def _leaf(part: Message, path: str, depth: int) -> tuple[ContentObject, list[str]]:
     """One MIME leaf, and what had to fall back while decoding it (each a ``parse-error`` detail).
 
@@ -499,7 +572,7 @@ def _leaf(part: Message, path: str, depth: int) -> tuple[ContentObject, list[str
             names.append(name)
     data: bytes | None = None
     try:
-        decoded = part.get_payload(decode=True)  # bytes for a leaf part
+        decoded = decode_transfer(part)  # bytes for a leaf part
         data = decoded if isinstance(decoded, bytes) else None
     except Exception as exc:  # a broken encoding still leaves the raw text to scan
         trouble.append(f"transfer encoding failed ({type(exc).__name__}); raw text scanned")

@@ -22,7 +22,7 @@ from email.message import Message
 
 import magic
 
-from ..message import decode_header_value, decode_text, raw_file_names, undecoded_payload
+from ..message import decode_header_value, decode_text, decode_transfer, raw_file_names, undecoded_payload
 from ..textsafe import neutralise
 from .records import AuditEvent, QuarantineRecord
 
@@ -100,7 +100,7 @@ def inspect_message(raw: bytes, max_parts: int = 1000, max_depth: int = 20) -> M
 def _leaf(part: Message, number: str, depth: int) -> PartView:
     data: bytes | None = None
     try:
-        decoded_payload = part.get_payload(decode=True)  # bytes for a leaf part
+        decoded_payload = decode_transfer(part)  # bytes for a leaf part
         data = decoded_payload if isinstance(decoded_payload, bytes) else None
     except Exception:  # a broken transfer encoding: show the undecoded text's size and hash
         pass
