@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from mailward.config import LimitSettings
 from mailward.message import _DELIMITER, _decoded_headers, parse_message
-from mailward.mimeparse import stdlib_parse
+from mailward.mimeparse import FIELD_LIMIT, POLICY, stdlib_parse
 from mutants import mutants, seeds_from
 from support.mail import mime_mail as message
 
@@ -33,7 +33,7 @@ def tree(msg: Message) -> dict[str, object]:
 
 
 def assert_as_stdlib(raw: bytes) -> None:
-    assert tree(stdlib_parse(raw)) == tree(email.message_from_bytes(raw, policy=email.policy.compat32))
+    assert tree(stdlib_parse(raw)) == tree(email.message_from_bytes(raw, policy=POLICY))
 
 
 # Pieces of header blocks where the two could part: line ends (a lone CR ends a line for the stdlib),
@@ -213,3 +213,10 @@ def test_too_many_boundary_lines_are_refused_as_the_delimiter_count_refuses_them
     refused = len(_DELIMITER.findall(raw)) > 2 * limits.max_parts + 2
     problems = parse_message(raw, limits).problems
     assert any(p.name == "too-many-parts" and "boundary lines" in p.detail for p in problems) == refused
+
+
+def test_a_field_past_the_limit_is_cut_alike_on_both_paths():
+    for name in ("Subject", "Content-Type"):
+        raw = f"From: a@example.org\n{name}: text/plain; x={'y' * (FIELD_LIMIT + 10)}\n\nbody\n".encode()
+        assert_as_stdlib(raw)
+        assert len(stdlib_parse(raw)[name]) < FIELD_LIMIT + 10

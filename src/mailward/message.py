@@ -28,7 +28,7 @@ from functools import cached_property
 
 from .config import LimitSettings
 from .evidence import Category, Finding, Severity
-from .mimeparse import header_end, stdlib_parse
+from .mimeparse import POLICY, header_end, stdlib_parse
 from .unpack import Allowance, Incomplete, Kind, MemberState, Observation, Stop, Unpacker
 from .unpack.passwords import password_candidates
 from .unpack.uuencode import has_uuencoded
@@ -647,7 +647,7 @@ def _unparsed(raw: bytes, problems: list[Finding], limits: LimitSettings) -> Par
     """A message that was not parsed is still scanned whole, as raw bytes."""
     head = header_block(raw)
     try:
-        headers, trouble = _decoded_headers(email.message_from_bytes(head + b"\n\n", policy=email.policy.compat32))
+        headers, trouble = _decoded_headers(email.message_from_bytes(head + b"\n\n", policy=POLICY))
     except Exception:
         headers, trouble = (), []
     problems = problems + trouble

@@ -30,7 +30,31 @@ import email.policy
 import re
 from email.message import Message
 
-_POLICY = email.policy.compat32
+FIELD_LIMIT = 16384  # characters of a header field's value kept; real ones are far shorter
+PARAMETER_FIELD_LIMIT = 4096  # for the fields whose parameters the stdlib splits (quadratic in their number)
+_PARAMETER_FIELDS = frozenset({"content-type", "content-disposition"})
+
+
+class BoundedFields(email.policy.Compat32):
+    """``compat32`` with each header field's value cut to :data:`FIELD_LIMIT` characters.
+
+    The stdlib's encoded-word decoding and parameter splitting take time quadratic in a
+    field's length: one 3 MB Content-Type of ``;`` held a worker for minutes. What lies past
+    the cut of such a field is no part's content; the message's bytes are not changed.
+    """
+
+    def header_source_parse(self, sourcelines: list[str]) -> tuple[str, str]:
+        name, value = super().header_source_parse(sourcelines)
+        return name, bounded(name, value)
+
+
+def bounded(name: str, value: str) -> str:
+    """``value`` cut as :class:`BoundedFields` cuts the field ``name``."""
+    limit = PARAMETER_FIELD_LIMIT if name.lower() in _PARAMETER_FIELDS else FIELD_LIMIT
+    return value[:limit] if len(value) > limit else value
+
+
+POLICY = BoundedFields()
 # A header field and its continuation lines, each ending in LF (compat32: blanks after the colon are
 # not part of the value). Names and first characters of continuations are disjoint: linear time.
 _FIELD = re.compile(r"([\041-\071\073-\176]+):[ \t]*([^\n]*\n(?:[ \t][^\n]*\n)*)")
@@ -58,7 +82,7 @@ def header_end(raw: bytes, start: int = 0, end: int | None = None) -> tuple[int,
 
 
 def stdlib_parse(raw: bytes) -> Message:
-    """The tree ``email.message_from_bytes(raw, policy=compat32)`` gives (see the module docstring)."""
+    """The tree ``email.message_from_bytes(raw, policy=POLICY)`` gives (see the module docstring)."""
     text = raw.decode("ascii", "surrogateescape")  # as BytesParser does: one character per byte
     root = None
     if b"\r" not in raw or raw.count(b"\r") == raw.count(b"\r\n"):  # a lone CR ends a line too
@@ -66,7 +90,7 @@ def stdlib_parse(raw: bytes) -> Message:
             root = _Text(raw, text).message(0, len(raw), depth=0)
         except Exception:  # noqa: S110  (whatever the headers provoke, the stdlib's parse meets it too)
             root = None
-    return root if root is not None else email.message_from_string(text, policy=_POLICY)
+    return root if root is not None else email.message_from_string(text, policy=POLICY)
 
 
 class _Text:
@@ -79,7 +103,7 @@ class _Text:
         """The part in ``[start:end]`` at ``depth`` (0: the message), or None when the stdlib could
         read it differently."""
         raw, text = self.raw, self.text
-        msg = Message(policy=_POLICY)
+        msg = Message(policy=POLICY)
         if raw.startswith((b"\n", b"\r\n"), start, end):  # no header fields: the empty line ends them
             body = start + (1 if raw[start] == 0x0A else 2)
         else:
@@ -116,7 +140,7 @@ class _Text:
             field = _FIELD.match(text, pos, end)
             if field is None:
                 return pos
-            msg.set_raw(field.group(1), field.group(2).rstrip("\r\n"))
+            msg.set_raw(field.group(1), bounded(field.group(1), field.group(2).rstrip("\r\n")))
             pos = field.end()
         return pos
 

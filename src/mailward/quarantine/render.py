@@ -12,8 +12,6 @@ application, unpacked or executed.
 
 from __future__ import annotations
 
-import email
-import email.policy
 import hashlib
 import re
 from dataclasses import dataclass
@@ -23,6 +21,7 @@ from email.message import Message
 import magic
 
 from ..message import decode_header_value, decode_text, decode_transfer, raw_file_names, undecoded_payload
+from ..mimeparse import stdlib_parse
 from ..textsafe import neutralise
 from .records import AuditEvent, QuarantineRecord
 
@@ -72,7 +71,7 @@ class MessageView:
 def inspect_message(raw: bytes, max_parts: int = 1000, max_depth: int = 20) -> MessageView:
     """Headers and the MIME tree of ``raw``, walked iteratively within limits."""
     try:
-        root = email.message_from_bytes(raw, policy=email.policy.compat32)
+        root = stdlib_parse(raw)  # the scanner's tree: fields cut where the stdlib's parsing turns quadratic
     except RecursionError:
         return MessageView((), (), "MIME nesting too deep to parse")
     headers = tuple((str(k), decode_header_value(_FOLD.sub(" ", str(v)))) for k, v in root.items())
