@@ -97,3 +97,11 @@ def test_an_undecodable_byte_in_a_value_still_writes_valid_utf8():
     record = logging.LogRecord("mailward.test", logging.INFO, __file__, 1, "from %s", ("ann\udcff@example.org",), None)
     line = EcsJsonFormatter().format(record)
     assert json.loads(line.encode("utf-8"))["message"] == "from ann\ufffd@example.org"
+
+
+def test_characters_that_act_on_a_terminal_or_split_a_line_are_escaped():
+    name = "\x9b2J\u202efdp.exe\u2028next\x85line"
+    record = logging.LogRecord("mailward.test", logging.INFO, __file__, 1, "attachment %s", (name,), None)
+    line = EcsJsonFormatter().format(record)
+    assert line.isascii() and len(line.splitlines()) == 1
+    assert json.loads(line)["message"] == f"attachment {name}"  # the escapes decode back to the same text

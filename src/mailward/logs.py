@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import LoggingSettings
-from .textsafe import valid_text
+from .textsafe import safe_json, valid_text
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
@@ -107,7 +107,8 @@ class EcsJsonFormatter(logging.Formatter):
                 "message": str(record.exc_info[1]),
                 "stack_trace": self.formatException(record.exc_info),
             }
-        return valid_text(json.dumps(doc, ensure_ascii=False, default=str))  # one undecodable byte loses no line
+        # An undecodable byte loses no line; a bidi override or line separator from a message acts on no terminal.
+        return safe_json(valid_text(json.dumps(doc, ensure_ascii=False, default=str)))
 
 
 def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:

@@ -59,7 +59,12 @@ def json_line(doc: object) -> str:
     :func:`neutralise` escapes are written as JSON ``\\uXXXX`` escapes, which
     decode back to the same string.
     """
-    text = json.dumps(doc, ensure_ascii=False)
+    return safe_json(json.dumps(doc, ensure_ascii=False))
+
+
+def safe_json(text: str) -> str:
+    """JSON text (``ensure_ascii=False``) with the characters :func:`neutralise` escapes written as
+    ``\\uXXXX``: C1 controls, bidi overrides and line separators act on no terminal and split no line."""
     if not _NOT_PRINTABLE_ASCII.search(text):
         return text
     return "".join(_json_escape(ch) if ord(ch) > 0x7E and _escaped(ch) else ch for ch in text)
