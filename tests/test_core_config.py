@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 
+from mailward.cli.main import main as cli
 from mailward.config import load_settings
 from mailward.envelope import Direction
 from mailward.errors import ConfigError
@@ -119,6 +120,55 @@ def test_values_naming_things_are_checked_where_loaded(tmp_path, text, key):
     with pytest.raises(ConfigError) as err:
         load_settings(write(tmp_path, text))
     assert err.value.key == key
+
+
+SECONDS = [  # a timeout, interval or window, and whether 0 means something (off, no wait, until lifted)
+    ("milter.message_deadline", False),
+    ("milter.message_cpu", False),
+    ("quarantine.write_timeout", False),
+    ("quarantine.relay_timeout", False),
+    ("clamav.timeout", False),
+    ("clamav.retry_after", True),
+    ("limits.parser_timeout", False),
+    ("limits.inspect_deadline", False),
+    ("model.check_interval", True),
+    ("reputation.budget", False),
+    ("reputation.query_timeout", False),
+    ("reputation.retry_after", True),
+    ("incidents.account.window", False),
+    ("incidents.auth_window", False),
+    ("incidents.suspend_for", True),
+    ("incidents.auth_block_for", True),
+    ("incidents.refresh", True),
+    ("incidents.flush_interval", False),
+    ("alerts.webhook_timeout", False),
+    ("alerts.dedup_window", True),
+    ("alerts.rate_period", False),
+    ("web.session_idle", False),
+]
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "-1", "0", "1e9"])
+def test_every_timeout_and_interval_is_a_finite_number_of_seconds_in_range(tmp_path, value):
+    for key, zero_ok in SECONDS:
+        section, name = key.rsplit(".", 1)
+        path = write(tmp_path, f"[{section}]\n{name} = {value}\n")
+        if value == "0" and zero_ok:
+            load_settings(path)
+            continue
+        with pytest.raises(ConfigError) as err:
+            load_settings(path)
+        assert err.value.key == key
+
+
+def test_a_relay_timeout_out_of_range_is_one_line_naming_the_key(tmp_path, capsys):
+    """Accepted before, it crashed `quarantine release` with a traceback (OverflowError, ValueError)."""
+    path = write(tmp_path, f'state_dir = "{tmp_path}"\n[quarantine]\nrelay_timeout = inf\n')
+    assert cli(["--config", str(path), "config", "show"]) == 2
+    err = capsys.readouterr().err
+    problem = "quarantine.relay_timeout: must be more than 0 and at most 3600 seconds"
+    assert err == f"mailward: configuration error: {path}: {problem}\n"
+    assert load_settings(write(tmp_path, "[quarantine]\nrelay_timeout = 3600\n")).quarantine.relay_timeout == 3600
 
 
 def test_well_formed_values_load(tmp_path):

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
+import subprocess
 import threading
 import time
 
 import pytest
 
 from mailward.db import Database, DatabaseError, Migration, PostgresDsn, SqliteFile
+from real_parts import require
 
 STEP_1 = Migration(
     1,
@@ -273,3 +277,27 @@ def _open_together(path, start, results) -> None:
         conn.close()
     except Exception as exc:
         results.put(repr(exc))
+
+
+def test_a_full_disk_before_the_shm_file_exists_is_named(tmp_path):
+    """SQLite says only "disk I/O error" when it cannot make the -shm file; the cause is told instead."""
+    require(os.geteuid() == 0 and shutil.which("mount") is not None, "a small tmpfs to fill needs root")
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)], check=True)
+    try:
+        db = Database(SqliteFile(small / "w.sqlite3", busy_timeout=2.0), label="w", timeout=2.0)
+        conn = db.connect()
+        conn.execute("CREATE TABLE t (x)")
+        conn.close()  # the last session closed: -wal and -shm are gone
+        with open(small / "filler", "wb", buffering=0) as filler, pytest.raises(OSError):
+            while True:
+                filler.write(b"\0" * 4096)
+        with pytest.raises(
+            DatabaseError, match=r"^w \(sqlite\): cannot connect: disk full \(no space left on device\)$"
+        ):
+            db.connect()
+        (small / "filler").unlink()
+        db.connect().close()
+    finally:
+        subprocess.run(["umount", str(small)], check=True)

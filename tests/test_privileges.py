@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
+import shutil
+import tempfile
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
+from harness.service import interpreter_reachable, run_cli
 from mailward.config import load_settings
 from mailward.errors import ConfigError
 from mailward.privileges import PrivilegeError, service_account
+from mailward.quarantine import open_store
+from mailward.source import MessageSource
 from real_parts import require
+from support.mail import plain_mail
+from support.quarantine import envelope, spam_case
 
 
 @pytest.fixture
@@ -38,3 +47,37 @@ def test_configured_milter_user_wins_and_must_exist(as_root, tmp_path):
     gone = replace(settings, milter=replace(settings.milter, user="no-such-user-x"))  # deleted since the load
     with pytest.raises(PrivilegeError, match="does not exist"):
         service_account(gone)
+
+
+def test_a_root_cli_records_the_admin_not_the_service_user_it_becomes(as_root, service_user, monkeypatch):
+    base = Path(tempfile.mkdtemp(prefix="mailward-actor-", dir="/tmp"))  # a service user can walk to it
+    try:
+        os.chmod(base, 0o755)
+        state, config = base / "state", base / "cli.toml"
+        config.write_text(f'state_dir = "{state}"\n')
+        with open_store(load_settings(str(config))) as store:
+            qid = store.put(MessageSource.of(plain_mail()), envelope(), *spam_case())
+        for path in [state, *state.rglob("*")]:  # the milter's state: the CLI drops to its owner
+            os.chown(path, service_user.pw_uid, service_user.pw_gid)
+        prefix = interpreter_reachable(base)
+
+        for name in ("SSH_CONNECTION", "SSH_CLIENT"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("SUDO_USER", "alice")  # sudo mailward ..., typed by alice
+        run_cli(prefix, config, "quarantine", "label", qid, "spam")
+        run_cli(prefix, config, "block", "add", "sender", "spammer@example.net", "--reason", "test")
+        monkeypatch.delenv("SUDO_USER")  # root itself
+        run_cli(prefix, config, "quarantine", "label", qid, "ham")
+
+        history = [
+            json.loads(line)
+            for line in run_cli(prefix, config, "quarantine", "history", qid, "--json").stdout.splitlines()
+        ]
+        labels = [(e["actor"], e["origin"]) for e in history if e["action"] == "label"]
+        assert labels == [("alice", "sudo by alice"), ("root", "")]
+        [block] = [
+            json.loads(line) for line in run_cli(prefix, config, "block", "history", "--json").stdout.splitlines()
+        ]
+        assert (block["actor"], block["origin"]) == ("alice", "sudo by alice")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -31,7 +31,7 @@ def queue_empty(postfix) -> bool:
     return not postfix.queue()
 
 
-def test_release_with_hold_leaves_no_held_copy_and_delivers_once(postfix, milter, tmp_path, monkeypatch):
+def test_release_with_hold_leaves_no_held_copy_and_delivers_once(postfix, milter, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MAIL_CONFIG", str(postfix.conf))  # postsuper of the test's Postfix instance
     m = milter(
         f'[policy.inbound]\nspam_action = "quarantine"\n'
@@ -44,6 +44,7 @@ def test_release_with_hold_leaves_no_held_copy_and_delivers_once(postfix, milter
     qid = m.event_where(lambda e: e["mailward"]["verdict"] == "quarantine")["mailward"]["quarantine_id"]
 
     assert cli(["--config", str(tmp_path / "mailward.toml"), "quarantine", "release", qid]) == 0
+    assert f"held copy {held[0]['queue_id']} deleted from Postfix's hold queue" in capsys.readouterr().out
     assert not postfix.queue("hold")  # the held copy is gone before ours goes out
     assert wait_for(lambda: copies(postfix, mid.encode())), postfix.log()[-2000:]
     # What the README used to suggest: release the hold queue. Nothing is left there to deliver twice.
@@ -53,11 +54,57 @@ def test_release_with_hold_leaves_no_held_copy_and_delivers_once(postfix, milter
     msg = message_from_bytes(delivered)
     assert msg["X-Mailward-Verdict"] == "tag" and "released" in msg["X-Mailward-Reasons"]
     history = [e.action for e in open_store(load_settings(str(tmp_path / "mailward.toml"))).history(qid)]
-    assert history[-3:] == ["release-claim", "release-mark-used", "release"] or history[-3:] == [
-        "release-claim",
-        "release",
-        "release-mark-used",
-    ]
+    assert history[-4:-2] == ["release-claim", "held-copy-deleted"]
+    assert sorted(history[-2:]) == ["release", "release-mark-used"]
+
+
+def _hold_one(postfix, milter) -> tuple[str, str, str]:
+    """A spam message quarantined and held: (Message-ID, quarantine ID, Postfix queue ID)."""
+    m = milter(
+        f'[policy.inbound]\nspam_action = "quarantine"\n'
+        f'[quarantine]\nhold = true\nrelay_host = "127.0.0.1"\nrelay_port = {postfix.smtp_port}\n'
+    )
+    mid, raw = gtube_message()
+    assert postfix.send(raw)[0] == 250
+    held = wait_for(lambda: postfix.queue("hold"))
+    assert len(held) == 1, postfix.log()[-2000:]
+    qid = m.event_where(lambda e: e["mailward"]["verdict"] == "quarantine")["mailward"]["quarantine_id"]
+    return mid, qid, held[0]["queue_id"]
+
+
+def test_a_held_copy_released_behind_our_back_is_not_delivered_again(postfix, milter, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MAIL_CONFIG", str(postfix.conf))
+    config = str(tmp_path / "mailward.toml")
+    mid, qid, queue_id = _hold_one(postfix, milter)
+    subprocess.run(["postsuper", "-H", "ALL", "hold"], capture_output=True, check=True)  # what the README forbids
+    assert wait_for(lambda: copies(postfix, mid.encode())), postfix.log()[-2000:]
+
+    assert cli(["--config", config, "quarantine", "release", qid]) == 3
+    err = capsys.readouterr().err
+    assert f"no held copy {queue_id} in Postfix's hold queue" in err and "--without-held-copy" in err
+    [last] = open_store(load_settings(config)).history(qid)[-1:]
+    assert last.action == "release-failed" and "not delivered, so that nobody gets it twice" in last.detail
+    assert wait_for(lambda: queue_empty(postfix)) and len(copies(postfix, mid.encode())) == 1
+
+    # The analyst checked the mailboxes and insists: delivered, and the trail says how.
+    assert cli(["--config", config, "quarantine", "release", qid, "--without-held-copy"]) == 0
+    assert "delivered anyway as asked" in capsys.readouterr().out
+    assert wait_for(lambda: len(copies(postfix, mid.encode())) == 2)
+
+
+def test_a_release_retried_after_a_relay_failure_delivers_once(postfix, milter, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MAIL_CONFIG", str(postfix.conf))
+    config = tmp_path / "mailward.toml"
+    mid, qid, queue_id = _hold_one(postfix, milter)
+    unreachable = tmp_path / "unreachable.toml"  # the held copy goes first, then the relay fails
+    unreachable.write_text(config.read_text().replace(f"relay_port = {postfix.smtp_port}", "relay_port = 9"))
+
+    assert cli(["--config", str(unreachable), "quarantine", "release", qid]) == 1
+    assert f"held copy {queue_id} deleted" in capsys.readouterr().err and not postfix.queue("hold")
+    assert cli(["--config", str(config), "quarantine", "release", qid]) == 0
+    assert f"held copy {queue_id} already deleted by an earlier attempt" in capsys.readouterr().out
+    assert wait_for(lambda: copies(postfix, mid.encode())) and wait_for(lambda: queue_empty(postfix))
+    assert len(copies(postfix, mid.encode())) == 1
 
 
 def test_release_mark_is_used_once_and_only_for_its_recipients(postfix, milter, tmp_path):

@@ -23,8 +23,9 @@ class Actor:
         ``origin`` keeps whatever the name alone would hide: the SSH client,
         the sudo caller, the OS account behind a typed ``--analyst`` name.
         """
-        user = _os_user()
-        sudo = os.environ.get("SUDO_USER", "") if os.getuid() == 0 else ""
+        uid = os.getuid() if _invoker_uid is None else _invoker_uid
+        user = _os_user(uid)
+        sudo = os.environ.get("SUDO_USER", "") if uid == 0 else ""
         ssh = (os.environ.get("SSH_CONNECTION") or os.environ.get("SSH_CLIENT") or "").split()
         notes = [f"ssh {ssh[0]}"] if ssh else []
         if sudo:
@@ -36,12 +37,27 @@ class Actor:
     @classmethod
     def service(cls) -> Actor:
         """The daemon itself (the OS user it runs as), for the records it writes."""
-        return cls(name=_os_user(), host=socket.gethostname(), origin="milter")
+        return cls(name=_os_user(os.getuid()), host=socket.gethostname(), origin="milter")
 
 
-def _os_user() -> str:
-    """The account of the real user ID (not $USER, which anyone can set)."""
+_invoker_uid: int | None = None  # the real user ID before the process changed it; None: never changed
+
+
+def remember_invoker() -> None:
+    """Keep who started the process for :meth:`Actor.current`, before the user IDs change.
+
+    A root CLI becomes the service user before its command runs
+    (``privileges.become_service_user``); the audit trail must still name the
+    admin (and the sudo caller), not the account the CLI runs as.
+    """
+    global _invoker_uid
+    if _invoker_uid is None:
+        _invoker_uid = os.getuid()
+
+
+def _os_user(uid: int) -> str:
+    """The account of a real user ID (not $USER, which anyone can set)."""
     try:
-        return pwd.getpwuid(os.getuid()).pw_name
+        return pwd.getpwuid(uid).pw_name
     except KeyError:
-        return f"uid {os.getuid()}"
+        return f"uid {uid}"

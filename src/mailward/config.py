@@ -713,8 +713,51 @@ def _directions(policy: PolicySettings) -> typing.Iterator[tuple[str, DirectionP
             yield f"policy.{name}[{index}]", table.policy
 
 
+HOUR, DAY = 3600.0, 86400.0
+# Seconds: (key, whether 0 is allowed, the most that makes sense). TOML takes inf, nan and negative
+# numbers, which would reach sockets, timers and rlimits as errors (or waits) only at use.
+_DURATIONS: tuple[tuple[str, bool, float], ...] = (
+    ("milter.message_deadline", False, HOUR),
+    ("milter.message_cpu", False, HOUR),
+    ("quarantine.write_timeout", False, HOUR),
+    ("quarantine.relay_timeout", False, HOUR),
+    ("clamav.timeout", False, HOUR),
+    ("clamav.retry_after", True, DAY),
+    ("limits.parser_timeout", False, HOUR),
+    ("limits.inspect_deadline", False, HOUR),
+    ("model.check_interval", True, DAY),
+    ("reputation.budget", False, HOUR),
+    ("reputation.query_timeout", False, HOUR),
+    ("reputation.retry_after", True, DAY),
+    ("incidents.account.window", False, 7 * DAY),
+    ("incidents.outbound_host.window", False, 7 * DAY),
+    ("incidents.inbound_host.window", False, 7 * DAY),
+    ("incidents.suspend_for", True, 365 * DAY),
+    ("incidents.auth_window", False, 7 * DAY),
+    ("incidents.auth_block_for", True, 365 * DAY),
+    ("incidents.refresh", True, HOUR),
+    ("incidents.flush_interval", False, 60.0),
+    ("alerts.webhook_timeout", False, HOUR),
+    ("alerts.dedup_window", True, 7 * DAY),
+    ("alerts.rate_period", False, DAY),
+    ("web.session_idle", False, DAY),
+)
+
+
+def _check_durations(settings: Settings, source: str) -> None:
+    """Every timeout, interval and window is a finite number of seconds in its range (never inf or nan)."""
+    for key, zero_ok, most in _DURATIONS:
+        value: Any = settings
+        for part in key.split("."):
+            value = getattr(value, part)
+        if not (0.0 <= value <= most if zero_ok else 0.0 < value <= most):
+            low = "from 0 to" if zero_ok else "more than 0 and at most"
+            raise ConfigError(source, key, f"must be {low} {most:g} seconds")
+
+
 def _check(settings: Settings, source: str) -> None:
     """Cross-field rules that a type alone cannot express."""
+    _check_durations(settings, source)  # first: no inf or nan reaches the rules below
     for key, pol in _directions(settings.policy):
         for attr in ("tag_threshold", "spam_threshold"):
             if not 0.0 <= getattr(pol, attr) <= 1.0:
@@ -728,8 +771,6 @@ def _check(settings: Settings, source: str) -> None:
     if settings.quarantine.backend == "postgresql" and not settings.quarantine.dsn:
         raise ConfigError(source, "quarantine.dsn", "is required for the postgresql backend")
     write_timeout = settings.quarantine.write_timeout
-    if not write_timeout > 0.0:
-        raise ConfigError(source, "quarantine.write_timeout", "must be more than 0 seconds")
     if settings.milter.message_deadline + write_timeout >= settings.milter.timeout:
         raise ConfigError(
             source,
@@ -743,8 +784,6 @@ def _check(settings: Settings, source: str) -> None:
     _check_clamav(settings.clamav, source)
     if settings.milter.message_cpu < 1:
         raise ConfigError(source, "milter.message_cpu", "must be at least 1 second")
-    if not settings.web.session_idle > 0:
-        raise ConfigError(source, "web.session_idle", "must be more than 0 seconds")
     if not 1 <= settings.web.lockout_after <= 1000:
         raise ConfigError(source, "web.lockout_after", "must be between 1 and 1000")
     if not 1 <= settings.web.link_days <= 90:
@@ -756,8 +795,6 @@ def _check(settings: Settings, source: str) -> None:
             )
     if settings.incidents.auth_window < 60.0:
         raise ConfigError(source, "incidents.auth_window", "must be at least 60 seconds (counted in 10 s buckets)")
-    if not 0.0 < settings.incidents.flush_interval <= 60.0:
-        raise ConfigError(source, "incidents.flush_interval", "must be more than 0 and at most 60 seconds")
     if settings.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(source, "logging.level", "must be debug, info, warning or error")
 
@@ -782,10 +819,6 @@ def _check_clamav(clamav: ClamavSettings, source: str) -> None:
             raise ConfigError(source, "clamav.socket", str(exc)) from None
     if clamav.scan not in ("objects", "message"):
         raise ConfigError(source, "clamav.scan", "must be objects or message")
-    if clamav.timeout <= 0:
-        raise ConfigError(source, "clamav.timeout", "must be positive")
-    if clamav.retry_after < 0:
-        raise ConfigError(source, "clamav.retry_after", "must be 0 or more")
     if clamav.stream_max_length < 1:
         raise ConfigError(source, "clamav.stream_max_length", "must be positive")
     if not 1 <= clamav.connections <= 64:

@@ -34,6 +34,7 @@ one exception per store, as before.
 from __future__ import annotations
 
 import math
+import os
 import queue
 import threading
 import time
@@ -166,10 +167,27 @@ class SqliteFile(Backend):
         try:
             self._use_wal(conn)
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            if getattr(exc, "sqlite_errorname", "").startswith("SQLITE_IOERR") and self._disk_full():
+                raise sqlite3.OperationalError("disk full (no space left on device)") from exc
+            raise
         except BaseException:
             conn.close()
             raise
         return conn
+
+    def _disk_full(self) -> bool:
+        """Whether the file system lacks room for the 32 KiB of a first ``-shm`` region.
+
+        SQLite reports failing to make that file as a bare "disk I/O error" (errno lost).
+        """
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError:
+            return False
+        free = st.f_bfree if os.geteuid() == 0 else st.f_bavail  # root may use the reserved blocks
+        return free * st.f_frsize < 32 * 1024
 
     def _use_wal(self, conn: Connection) -> None:
         """Switch the file to WAL (kept in the file: a no-op once done), retried within ``busy_timeout``.

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
 
+from .actor import remember_invoker
 from .config import Settings
 from .errors import MailwardError
 
@@ -66,6 +67,7 @@ def become_service_user(settings: Settings, keep_root: bool = False) -> ServiceA
     account = service_account(settings)
     if account is None:
         return None
+    remember_invoker()  # the audit trail names the admin, not the account we become
     state = Path(settings.state_dir)
     try:
         if not state.exists():  # a first CLI run before the milter's: create it as the milter would

@@ -71,6 +71,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         action="store_true",
         help="take over a release whose releaser died (only after twice the relay timeout)",
     )
+    p.add_argument(
+        "--without-held-copy",
+        action="store_true",
+        help="with quarantine.hold: deliver although Postfix's held copy is gone "
+        "(first make sure it was not released with postsuper -H)",
+    )
     # With a hold queue the release deletes Postfix's held copy (postsuper): that needs root.
     p.set_defaults(handler=_release, needs_root=lambda settings: settings.quarantine.hold)
 
@@ -205,7 +211,9 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
 
 def _release(args: argparse.Namespace, settings: Settings) -> int:
     def action(store: QuarantineStore, actor: Actor) -> int:
-        result = QuarantineService(settings, store).release(args.id, actor, force=args.force, reclaim=args.reclaim)
+        result = QuarantineService(settings, store).release(
+            args.id, actor, force=args.force, reclaim=args.reclaim, without_held_copy=args.without_held_copy
+        )
         messages = {
             ReleaseOutcome.RELEASED: f"released {args.id} {result.detail}",
             ReleaseOutcome.FAILED: f"release of {args.id} failed {result.detail}; it stays in quarantine",
@@ -214,6 +222,8 @@ def _release(args: argparse.Namespace, settings: Settings) -> int:
             ReleaseOutcome.IN_PROGRESS: f"{args.id} is being released by someone else "
             "(if that releaser died, retry later with --reclaim)",
             ReleaseOutcome.NEEDS_FORCE: f"{args.id} has a malware verdict: release it only with --force",
+            ReleaseOutcome.NO_HELD_COPY: f"{args.id}: {result.detail}; if its recipients never got it, "
+            "release it with --without-held-copy",
         }
         print(
             neutralise(messages[result.outcome]),  # recipients and the relay's reply are not ours

@@ -30,6 +30,9 @@ duplicate is then a decision an analyst made, never an accident. With
 ``quarantine.hold`` the milter also left a copy in Postfix's hold queue; that
 copy is deleted (``postsuper -d``) *before* ours goes out, so a failure in
 between loses nothing (our copy stays held) and no second copy can appear.
+A held copy that is not there (and was not deleted by an earlier attempt of
+ours) may have been released with ``postsuper -H``: ours then stays held
+unless the analyst says to deliver it anyway.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from enum import Enum
 from ..actor import Actor
 from ..config import Settings
 from ..envelope import Envelope
-from ..errors import StoreError
+from ..errors import MailwardError, StoreError
 from ..evidence import RELEASE_HEADER, MarkProof, body_digest
 from ..marks import (
     key_path,
@@ -67,6 +70,7 @@ log = logging.getLogger(__name__)
 
 ALERT_MAX_AGE = 3600.0  # an alert goes out at once; its mark needs to live only through the relay
 _HELD_DELETED = re.compile(r"Deleted: (\d+) message")
+HELD_COPY_DELETED = "held-copy-deleted"  # audit action: a release deleted Postfix's held copy (detail: queue ID)
 
 
 class ReleaseOutcome(str, Enum):
@@ -76,6 +80,7 @@ class ReleaseOutcome(str, Enum):
     ALREADY_RELEASED = "already-released"
     IN_PROGRESS = "in-progress"
     NEEDS_FORCE = "needs-force"
+    NO_HELD_COPY = "no-held-copy"  # quarantine.hold: Postfix's copy is gone, maybe delivered; ours stays held
 
 
 _CLAIM_OUTCOME = {
@@ -199,8 +204,12 @@ def release(
     force: bool = False,
     reclaim_after: float | None = None,
     clock: Callable[[], float] = time.time,
+    without_held_copy: bool = False,
 ) -> ReleaseResult:
-    """Deliver ``quarantine_id`` to its original recipients through ``relay``, at most once."""
+    """Deliver ``quarantine_id`` to its original recipients through ``relay``, at most once.
+
+    ``without_held_copy``: deliver even though Postfix's held copy is gone (see :func:`_clear_hold_queue`).
+    """
     check_id(quarantine_id)
     claim = store.claim_release(quarantine_id, actor, force=force, reclaim_after=reclaim_after)
     if claim is not ReleaseClaim.CLAIMED:
@@ -213,9 +222,13 @@ def release(
         if record is None or not recipients:
             raise StoreError("the record has no recipients")
         if relay.hold_queue and record.envelope.queue_id:
-            held = _delete_held_copy(record.envelope.queue_id)
+            held = _clear_hold_queue(store, quarantine_id, record.envelope.queue_id, actor, without_held_copy)
         mark = release_mark(key, quarantine_id, message_body(raw), recipients, clock())
         refused = _deliver(relay, record.envelope.mail_from, recipients, marked(raw, RELEASE_HEADER, mark))
+    except NoHeldCopy as exc:
+        log.warning("release of %s refused: %s", quarantine_id, exc)
+        store.finish_release(quarantine_id, actor, delivered=False, detail=str(exc))
+        return ReleaseResult(ReleaseOutcome.NO_HELD_COPY, str(exc))
     except (OSError, smtplib.SMTPException, StoreError) as exc:
         detail = f"via {relay.host}:{relay.port}: {_describe(exc)}{held}"
         log.warning("release of %s failed %s", quarantine_id, detail)
@@ -232,8 +245,33 @@ def release(
     return ReleaseResult(ReleaseOutcome.RELEASED, detail + held, tuple(sorted(refused)))
 
 
-def _delete_held_copy(queue_id: str) -> str:
-    """Delete the milter's copy of ``queue_id`` from Postfix's hold queue; a note for the audit trail.
+class NoHeldCopy(MailwardError):
+    """Postfix's held copy is gone and no release of ours deleted it: ours could be a second copy."""
+
+
+def _clear_hold_queue(store: QuarantineStore, quarantine_id: str, queue_id: str, actor: Actor, anyway: bool) -> str:
+    """Delete Postfix's held copy before ours goes out; a note for the audit trail.
+
+    Finding none is expected only when an earlier attempt of ours deleted it
+    (recorded as HELD_COPY_DELETED) and then failed to deliver. Otherwise it was
+    released (``postsuper -H``) or deleted behind our back, and delivering ours
+    could deliver twice: NoHeldCopy, unless ``anyway``.
+    """
+    if _delete_held_copy(queue_id):
+        store.record_event(quarantine_id, HELD_COPY_DELETED, actor, queue_id)
+        return f"; held copy {queue_id} deleted from Postfix's hold queue"
+    if any(e.action == HELD_COPY_DELETED and e.detail == queue_id for e in store.history(quarantine_id)):
+        return f"; held copy {queue_id} already deleted by an earlier attempt"
+    if anyway:
+        return f"; no held copy {queue_id} in Postfix's hold queue, delivered anyway as asked"
+    raise NoHeldCopy(
+        f"no held copy {queue_id} in Postfix's hold queue (released with postsuper -H, or deleted?): "
+        "not delivered, so that nobody gets it twice"
+    )
+
+
+def _delete_held_copy(queue_id: str) -> int:
+    """Delete the milter's copy of ``queue_id`` from Postfix's hold queue; how many postsuper deleted.
 
     Needs root (or Postfix's mail owner). Raises StoreError when postsuper
     cannot run, so the release stops before anything is delivered.
@@ -249,12 +287,8 @@ def _delete_held_copy(queue_id: str) -> str:
         raise StoreError(f"cannot delete the held copy {queue_id}: {exc}") from exc
     if done.returncode != 0:
         raise StoreError(f"cannot delete the held copy {queue_id}: {done.stderr.strip()[-300:]}")
-    deleted = _HELD_DELETED.search(done.stderr)
-    return (
-        f"; held copy {queue_id} deleted from Postfix's hold queue"
-        if deleted
-        else f"; no held copy {queue_id} in Postfix's hold queue"
-    )
+    deleted = _HELD_DELETED.search(done.stderr)  # "Deleted: 0 messages" when there was none
+    return int(deleted.group(1)) if deleted else 0
 
 
 def _deliver(relay: Relay, sender: str, recipients: list[str], data: bytes) -> dict[str, tuple[int, bytes]]:

@@ -64,7 +64,14 @@ class QuarantineService:
     def history(self, quarantine_id: str) -> list[AuditEvent]:
         return self.store.history(quarantine_id)
 
-    def release(self, quarantine_id: str, actor: Actor, force: bool = False, reclaim: bool = False) -> ReleaseResult:
+    def release(
+        self,
+        quarantine_id: str,
+        actor: Actor,
+        force: bool = False,
+        reclaim: bool = False,
+        without_held_copy: bool = False,
+    ) -> ReleaseResult:
         """Deliver once to the original recipients through the relay (malware only with ``force``)."""
         return release(
             self.store,
@@ -74,6 +81,7 @@ class QuarantineService:
             load_release_key(key_path(self.settings)),
             force=force,
             reclaim_after=2 * self.relay.timeout if reclaim else None,
+            without_held_copy=without_held_copy,
         )
 
     def delete(self, quarantine_id: str, actor: Actor) -> Removal:

@@ -75,6 +75,8 @@ NOTICES = {
     "already-released": "It was already released.",
     "in-progress": "Someone else is releasing it right now.",
     "needs-force": "It has a malware verdict: tick “force” to release it anyway.",
+    "no-held-copy": "Postfix's held copy is gone (released or deleted there?): not released, so nobody gets it "
+    "twice. Ask your mail administrator.",
     "not-found": "No such message (any more).",
     "shared": "This message was also addressed to others: ask your mail administrator to release it.",
     "deleted": "Deleted.",
@@ -92,6 +94,7 @@ _RELEASE_NOTICE = {
     ReleaseOutcome.ALREADY_RELEASED: "already-released",
     ReleaseOutcome.IN_PROGRESS: "in-progress",
     ReleaseOutcome.NEEDS_FORCE: "needs-force",
+    ReleaseOutcome.NO_HELD_COPY: "no-held-copy",
     ReleaseOutcome.NOT_FOUND: "not-found",
 }
 
