@@ -52,6 +52,9 @@ PAYLOAD_SUFFIX = ".npz"
 SHIPPED_DIR = Path(__file__).resolve().parent / "default"
 MODEL_DIR_MODE = 0o755  # never group-writable, whatever the umask: the loader would refuse it
 MAX_FEATURES = 2**26  # bounds the weights a sidecar can make a worker allocate (256 MiB)
+# Documents a class can have learned (a trillion): larger counts are no mail count, and their sums
+# would overflow the weights to inf, scoring every message 1.0.
+MAX_DOCUMENTS = 2.0**40
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: the same model gives the same bytes
 CONVERT_HINT = (
     "retrain it (`mailward train`), rebuild the shipped one (see mailward/models/README.md), "
@@ -163,22 +166,53 @@ def decode_artifact(
     if hashlib.sha256(data).hexdigest() != meta["sha256"]:
         raise ArtifactError(f"{payload_where}: sha256 does not match {Path(str(where)).name}; refusing a corrupt model")
     features = _features(meta, where)
-    try:
-        alpha = float(meta["naive_bayes"]["alpha"])
-        combiner = Combiner(**meta["combiner"])
-        numbers = (alpha, float(combiner.slope), float(combiner.intercept))
-        if not (
-            all(map(math.isfinite, numbers))
-            and alpha > 0
-            and type(combiner.evidence_per_side) is int
-            and combiner.evidence_per_side >= 1
-        ):
-            raise ValueError("alpha must be positive, the calibration finite, evidence_per_side a count")
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ArtifactError(f"{where}: bad model settings ({exc})") from None
+    alpha, combiner = model_settings(meta, where)
+    training_data = meta.get("training_data", {})
+    if not isinstance(training_data, dict):
+        raise ArtifactError(f"{where}: training_data is {type(training_data).__name__}, not a summary")
     arrays = _read_npz(data, payload_where, features.n_features)
     counts = NaiveBayesCounts(arrays["class_count"], arrays["columns"], arrays["counts"], features.n_features, alpha)
-    return TrainedModel(counts, features, combiner, dict(meta.get("training_data", {})), str(meta["model_version"]))
+    return TrainedModel(counts, features, combiner, dict(training_data), str(meta["model_version"]))
+
+
+def model_settings(meta: dict[str, Any], where: str | Path) -> tuple[float, Combiner]:
+    """The smoothing ``alpha`` and the combiner a sidecar records, type-checked as JSON: a string
+    or a bool where a number belongs would load, then fail every scan."""
+    try:
+        alpha = _number(meta["naive_bayes"]["alpha"], "alpha")
+        spec = meta["combiner"]
+        if not isinstance(spec, dict):
+            raise TypeError("combiner is not an object")
+        combiner = Combiner(**spec)
+        combiner = Combiner(
+            _count(combiner.evidence_per_side, "evidence_per_side", 1),
+            _number(combiner.slope, "slope"),
+            _number(combiner.intercept, "intercept"),
+        )
+        if alpha <= 0:
+            raise ValueError("alpha must be positive")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{where}: bad model settings ({exc})") from None
+    return alpha, combiner
+
+
+def _number(value: object, name: str) -> float:
+    """A finite JSON number (not a bool, not a string)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:  # an integer too large for a float
+            number = math.inf
+        if math.isfinite(number):
+            return number
+    raise ValueError(f"{name} must be a finite number, not {value!r}")
+
+
+def _count(value: object, name: str, least: int = 0) -> int:
+    """A JSON integer of at least ``least`` (not a bool, not a float)."""
+    if type(value) is not int or value < least:
+        raise ValueError(f"{name} must be an integer of at least {least}, not {value!r}")
+    return value
 
 
 def _npz(arrays: dict[str, np.ndarray]) -> bytes:
@@ -253,6 +287,8 @@ def _read_npz(data: bytes, path: str | Path, n_features: int) -> dict[str, np.nd
         and np.all(class_count >= 1)
     ):
         raise ArtifactError(f"{path}: payload counts are not non-negative numbers with both classes present")
+    if np.any(counts > MAX_DOCUMENTS) or np.any(class_count > MAX_DOCUMENTS):
+        raise ArtifactError(f"{path}: payload counts above {MAX_DOCUMENTS:.0f} documents; no mail count is that large")
     return {"class_count": class_count, "columns": columns, "counts": counts}
 
 
@@ -271,7 +307,7 @@ def parse_sidecar(text: str, path: str | Path) -> dict[str, Any]:
     """Parse and check a sidecar's JSON text, from a file or the database: kind, format and library versions."""
     try:
         meta = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
         raise ArtifactError(f"{path}: not a JSON sidecar ({exc})") from None
     if not isinstance(meta, dict) or meta.get("kind") != KIND:
         raise ArtifactError(f"{path}: not a Mailward spam model sidecar")
@@ -303,15 +339,18 @@ def sklearn_version() -> str:
 
 
 def _features(meta: dict[str, Any], path: str | Path) -> FeatureSettings:
+    """The feature settings a sidecar records, each of its JSON type: ``max_words: "1000"`` or
+    ``max_hosts: null`` would load, then fail every scan."""
     spec = meta["features"]
     try:
-        tokenizer = TokenizerSettings(**spec["tokenizer"])
-        features = FeatureSettings(n_features=int(spec["n_features"]), tokenizer=tokenizer)
+        tokenizer = _tokenizer(spec["tokenizer"])
+        n_features = _count(spec["n_features"], "n_features", 2)
+        if n_features > MAX_FEATURES:
+            raise ArtifactError(f"{path}: {n_features} feature columns, at most {MAX_FEATURES} are loaded")
+        features = FeatureSettings(n_features=n_features, tokenizer=tokenizer)
         recorded_probe = list(spec["hash_probe"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(f"{path}: bad feature settings ({exc})") from None
-    if features.n_features > MAX_FEATURES:
-        raise ArtifactError(f"{path}: {features.n_features} feature columns, at most {MAX_FEATURES} are loaded")
     if tokenizer.version != TOKENIZER_VERSION:
         raise ArtifactError(
             f"{path}: tokenizer version {tokenizer.version}, this Mailward tokenizes "
@@ -322,9 +361,26 @@ def _features(meta: dict[str, Any], path: str | Path) -> FeatureSettings:
     return features
 
 
+def _tokenizer(spec: object) -> TokenizerSettings:
+    """Tokenizer settings of the types their defaults have (a bool is not an int); counts non-negative."""
+    if not isinstance(spec, dict):
+        raise TypeError("tokenizer is not an object")
+    settings = TokenizerSettings(**spec)
+    for name, default in TokenizerSettings().as_dict().items():
+        value = getattr(settings, name)
+        if type(value) is not type(default):
+            raise TypeError(f"tokenizer {name} must be {type(default).__name__}, not {value!r}")
+        if type(value) is int and value < 0:
+            raise ValueError(f"tokenizer {name} must not be negative, not {value}")
+    return settings
+
+
 def _inside(path: Path, root: Path) -> Path:
-    real_root = root.resolve()
-    real = path.resolve()
+    try:
+        real_root = root.resolve()
+        real = path.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+        raise ArtifactError(f"{path}: cannot resolve ({exc})") from None
     if real.parent != real_root and real_root not in real.parents:
         raise ArtifactError(f"{path}: outside the model directory {root}; refusing to load")
     return real
