@@ -268,6 +268,49 @@ def test_a_payload_symlink_loop_is_refused(saved):
         load_artifact(directory / SIDECAR, directory)
 
 
+def test_a_fifo_as_payload_is_refused_without_waiting(saved):
+    import threading
+
+    _, directory = saved
+    payload = directory / json.loads((directory / SIDECAR).read_text())["artifact"]
+    payload.unlink()
+    os.mkfifo(payload, 0o600)
+    outcome: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            load_artifact(directory / SIDECAR, directory)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    loading = threading.Thread(target=load, daemon=True)
+    loading.start()
+    loading.join(10)
+    if loading.is_alive():  # the old loader blocks in open(): give it a writer and an end so it returns
+        os.close(os.open(payload, os.O_WRONLY))
+        loading.join(10)
+        pytest.fail("loading a FIFO payload blocked")
+    assert isinstance(outcome[0], ArtifactError) and "not a regular file" in str(outcome[0])
+
+
+def test_a_payload_larger_than_its_sidecar_says_is_refused_before_it_is_read(saved):
+    _, directory = saved
+    meta = json.loads((directory / SIDECAR).read_text())
+    with open(directory / meta["artifact"], "r+b") as fh:
+        fh.truncate(1 << 30)  # sparse: a gibibyte the old loader read whole before the checksum refused it
+    with pytest.raises(ArtifactError, match=f"{1 << 30} bytes, expected {meta['size']}"):
+        load_artifact(directory / SIDECAR, directory)
+
+
+def test_a_sidecar_without_the_payload_size_is_refused(saved):
+    _, directory = saved
+    meta = json.loads((directory / SIDECAR).read_text())
+    del meta["size"]
+    (directory / SIDECAR).write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="lacks 'size'"):
+        load_artifact(directory / SIDECAR, directory)
+
+
 def test_a_summary_with_an_impossible_label_count_is_a_cold_start_model(saved):
     from mailward.models.classifier import COLD_START_REGIME
 

@@ -28,6 +28,7 @@ import io
 import json
 import math
 import os
+import stat
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ PAYLOAD_SUFFIX = ".npz"
 SHIPPED_DIR = Path(__file__).resolve().parent / "default"
 MODEL_DIR_MODE = 0o755  # never group-writable, whatever the umask: the loader would refuse it
 MAX_FEATURES = 2**26  # bounds the weights a sidecar can make a worker allocate (256 MiB)
+MAX_SIDECAR = 16 << 20  # a sidecar is settings and a training summary: kilobytes
 # Documents a class can have learned (a trillion): larger counts are no mail count, and their sums
 # would overflow the weights to inf, scoring every message 1.0.
 MAX_DOCUMENTS = 2.0**40
@@ -147,10 +149,7 @@ def load_artifact(sidecar_path: str | Path, root: str | Path, owners: TrustedOwn
     if checked:
         owners.require(sidecar_path, Path(root))
         owners.require(payload_path, Path(root))
-    try:
-        data = payload_path.read_bytes()
-    except OSError as exc:
-        raise ArtifactError(f"{payload_path}: cannot read: {exc.strerror}") from None
+    data = _read_regular(payload_path, _declared_payload_size(meta, sidecar_path), exact=True)
     return decode_artifact(meta, data, sidecar_path, payload_path)
 
 
@@ -163,6 +162,8 @@ def decode_artifact(
     not a spam model's arrays; ``where`` names the sidecar in errors.
     """
     payload_where = payload_where or where
+    if len(data) != _declared_payload_size(meta, where):
+        raise ArtifactError(f"{payload_where}: {len(data)} bytes, {Path(str(where)).name} says {meta['size']}")
     if hashlib.sha256(data).hexdigest() != meta["sha256"]:
         raise ArtifactError(f"{payload_where}: sha256 does not match {Path(str(where)).name}; refusing a corrupt model")
     features = _features(meta, where)
@@ -213,6 +214,33 @@ def _count(value: object, name: str, least: int = 0) -> int:
     if type(value) is not int or value < least:
         raise ValueError(f"{name} must be an integer of at least {least}, not {value!r}")
     return value
+
+
+def _declared_payload_size(meta: dict[str, Any], where: str | Path) -> int:
+    try:
+        return _count(meta["size"], "size")
+    except (KeyError, ValueError) as exc:
+        raise ArtifactError(f"{where}: bad payload size ({exc})") from None
+
+
+def _read_regular(path: Path, limit: int, exact: bool = False) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes (exactly ``limit``
+    if ``exact``), checked before reading: a FIFO would block the loader forever, and an oversized
+    file would be read whole before its checksum refused it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot read: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ArtifactError(f"{path}: not a regular file; refusing to load it")
+        if st.st_size > limit or (exact and st.st_size != limit):
+            raise ArtifactError(f"{path}: {st.st_size} bytes, {'expected' if exact else 'at most'} {limit}")
+        try:
+            return fh.read(st.st_size + 1)  # one more: a file that grew meanwhile is seen to differ
+        except OSError as exc:
+            raise ArtifactError(f"{path}: cannot read: {exc.strerror}") from None
 
 
 def _npz(arrays: dict[str, np.ndarray]) -> bytes:
@@ -295,9 +323,7 @@ def _read_npz(data: bytes, path: str | Path, n_features: int) -> dict[str, np.nd
 def read_sidecar(path: Path) -> dict[str, Any]:
     """Parse and check a sidecar file: kind, format and library versions."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ArtifactError(f"{path}: cannot read: {exc.strerror}") from None
+        text = _read_regular(path, MAX_SIDECAR).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ArtifactError(f"{path}: not a JSON sidecar ({exc})") from None
     return parse_sidecar(text, path)
@@ -323,7 +349,7 @@ def parse_sidecar(text: str, path: str | Path) -> dict[str, Any]:
     built_with, installed = str(meta.get("sklearn_version", "")), sklearn_version()
     if built_with.split(".")[0] != installed.split(".")[0]:
         raise ArtifactError(f"{path}: built with scikit-learn {built_with or '?'}, installed is {installed or '?'}")
-    for key in ("artifact", "sha256", "model_version", "features", "naive_bayes", "combiner"):
+    for key in ("artifact", "sha256", "size", "model_version", "features", "naive_bayes", "combiner"):
         if key not in meta:
             raise ArtifactError(f"{path}: sidecar lacks {key!r}")
     return meta
