@@ -6,11 +6,11 @@ import shutil
 
 import pytest
 
-from mailward.models.artifact import SIDECAR, save_artifact
+from mailward.models.artifact import SIDECAR, load_artifact, save_artifact
 from mailward.models.loader import ModelLoader
 from mailward.training.learning import rebuild, record
 from mailward.training.ledger import Ledger
-from mailward.training.registry import Registry, RegistryError
+from mailward.training.registry import SHIPPED, Registry, RegistryError
 from mailward.training.sources import read_sets
 from support.quarantine import FakeClock
 from support.training import FIXTURES
@@ -67,6 +67,19 @@ def test_a_hand_placed_live_model_is_kept_for_rollback(registry, models, tmp_pat
     registry.promote(second.version, "ann", {})
     assert (registry.versions_dir / first.version / SIDECAR).exists()
     assert registry.rollback_target() == first.version
+
+
+def test_the_first_promotion_over_the_shipped_model_can_be_rolled_back(models, tmp_path):
+    versions, first, second = models
+    shipped = save_artifact(load_artifact(versions / second.version / SIDECAR, versions), tmp_path / "shipped")
+    (tmp_path / "models" / "versions").mkdir(parents=True)
+    shutil.copytree(versions / first.version, tmp_path / "models" / "versions" / first.version)
+    registry = Registry(tmp_path / "models", shipped_dir=tmp_path / "shipped")
+    assert registry.live_version() == SHIPPED
+    assert registry.promote(first.version, "ann", {}).previous == shipped.version
+    assert registry.rollback_target() == shipped.version
+    registry.promote(registry.rollback_target(), "ann", {"rollback": True}, action="rollback")
+    assert registry.live().version == shipped.version
 
 
 def test_keep_live_copies_a_hand_placed_model_into_versions(registry, models):

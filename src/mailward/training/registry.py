@@ -240,12 +240,13 @@ class Registry:
         return sidecar
 
     def _register_live(self) -> str:
-        """The live version's name, copying a live model that is not in ``versions/`` into it."""
+        """The live version's name, copying a live model that is not in ``versions/`` into it
+        (the shipped one too: the first promotion must be one a rollback can undo)."""
         if self.live_link.is_symlink():
             return self.live_version()
         if self.live_link.exists():
             return self._import(self.live_link, self.root)
-        return ""
+        return self.keep_shipped() if self._has_shipped() else ""
 
     def _import(self, sidecar: Path, root: Path) -> str:
         model = load_artifact(sidecar, root, self.owners)
@@ -345,8 +346,10 @@ class DatabaseRegistry:
         if version == SHIPPED:
             version = self.keep_shipped()
         self.load(version)  # never make live a model the loaders would refuse
+        # Before the first promotion the shipped model is live: kept as a version, a rollback can return to it.
+        shipped = self.keep_shipped() if self._has_shipped() and self.database.live() is None else ""
         at = time.time()
-        previous = self.database.promote(version, action, actor, evaluation, at)
+        previous = self.database.promote(version, action, actor, evaluation, at, shipped)
         return Promotion(action, version, previous, actor, at, evaluation)
 
     def rollback_target(self) -> str:
