@@ -94,6 +94,22 @@ def test_promotion_refuses_a_worse_candidate_unless_forced(state, tmp_path):
     assert run_json(state, "model", "list")["live"] == bad
 
 
+@pytest.mark.parametrize("kept", [(), ("ham",), ("spam",)], ids=["empty", "ham only", "spam only"])
+def test_promotion_refuses_an_evaluation_set_that_cannot_judge_unless_forced(state, tmp_path, kept):
+    first = train(state, str(FIXTURES / "layout"))
+    one_sided = tmp_path / "one-sided"
+    for label in ("ham", "spam"):  # both folders, one or both of them empty
+        (one_sided / label).mkdir(parents=True)
+    for label in kept:
+        shutil.copytree(FIXTURES / "layout" / label, one_sided / label, dirs_exist_ok=True)
+    code, out = run(state, "model", "promote", first, "--on", str(one_sided))
+    assert code == 3 and "cannot show the model is good" in out
+    assert ("no ham" in out) == ("ham" not in kept) and ("no spam" in out) == ("spam" not in kept)
+    assert run_json(state, "model", "list")["live"] == ""
+    code, out = run(state, "model", "promote", first, "--on", str(one_sided), "--force")
+    assert code == 0 and "forced past: evaluation set has no" in out
+
+
 def test_train_update_learns_quarantine_labels_and_relabels(state):
     first = train(state, str(FIXTURES / "layout"))
     assert run(state, "model", "promote", first, "--force")[0] == 0
