@@ -110,6 +110,18 @@ def test_promotion_refuses_an_evaluation_set_that_cannot_judge_unless_forced(sta
     assert code == 0 and "forced past: evaluation set has no" in out
 
 
+def test_the_shipped_model_is_promoted_by_name_after_evaluation(state):
+    config(state, "[learning]\nmax_auc_drop = 1.0\nmax_fp_rate_rise = 1.0\n", shipped=True)  # no regressions
+    first = train(state, str(FIXTURES / "layout"))
+    assert run(state, "model", "promote", first, "--on", str(FIXTURES / "layout"))[0] == 0
+    kept = run_json(state, "model", "list")["history"][0]["previous"]
+    shutil.rmtree(state / "models" / "versions" / kept)  # as after an upgrade that ships another model
+    code, out = run(state, "model", "promote", "shipped", "--on", str(FIXTURES / "layout"))
+    assert code == 0, out
+    listing = run_json(state, "model", "list")
+    assert listing["history"][-1]["previous"] == first and listing["live"] != first
+
+
 def test_train_update_learns_quarantine_labels_and_relabels(state):
     first = train(state, str(FIXTURES / "layout"))
     assert run(state, "model", "promote", first, "--force")[0] == 0

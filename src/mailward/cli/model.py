@@ -245,7 +245,7 @@ def _promote(args: argparse.Namespace, settings: Settings) -> int:
             f"{evaluation_set}: " + "; ".join(problems) + " (--force to promote anyway)"
         )
         return REFUSED
-    record = registry.promote(candidate.version, actor, summary)
+    record = registry.promote(args.version, actor, summary)  # "shipped" is kept as a version first
     print(
         f"promoted {record.version} (was {record.previous or 'none'}): {headline(cand)}"
         + (f"; {difference(cand, current)}" if current is not None else "")
