@@ -202,6 +202,13 @@ def test_errors_are_reported_not_raised(state):
     assert code == 1
 
 
+def test_training_on_an_empty_set_is_a_clear_error(state, tmp_path, capsys):
+    for label in ("ham", "spam"):
+        (tmp_path / "empty" / label).mkdir(parents=True)
+    code, _ = run(state, "train", str(tmp_path / "empty"))
+    assert code == 1 and "needs at least one ham and one spam" in capsys.readouterr().err
+
+
 def test_training_refuses_a_ledger_others_could_have_written(state, capsys):
     import os
 
