@@ -57,6 +57,18 @@ def test_sidecar_describes_the_model(saved):
     assert {"sha256", "sklearn_version", "format_version", "combiner"} <= meta.keys()
 
 
+def test_model_files_are_private_unless_saved_for_the_package(model, tmp_path):
+    import stat
+
+    def modes(directory):
+        return {stat.S_IMODE(p.stat().st_mode) for p in directory.iterdir()}, stat.S_IMODE(directory.stat().st_mode)
+
+    save_artifact(model, tmp_path / "state" / "models")
+    assert modes(tmp_path / "state" / "models") == ({0o600}, 0o700)
+    save_artifact(model, tmp_path / "package" / "default", mode=0o644)  # read by the milter's user, like code
+    assert modes(tmp_path / "package" / "default") == ({0o644}, 0o755)
+
+
 def test_same_model_same_payload(model, tmp_path):
     a = save_artifact(model, tmp_path / "a")
     b = save_artifact(small_model(), tmp_path / "b")

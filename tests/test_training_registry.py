@@ -124,3 +124,25 @@ def test_a_version_the_loader_would_refuse_is_listed_with_the_reason(registry, m
     sidecar.write_text(json.dumps(dict(json.loads(sidecar.read_text()), format_version=1)))
     [refused] = [v for v in registry.versions() if v.refused]
     assert refused.version == models[1].version and "--trust-pickle" in refused.refused
+
+
+def test_the_registry_keeps_its_files_private_to_the_service_user(models, tmp_path):
+    """README: directories 0700, files 0600; the shipped model's 0644 copies included."""
+    import os
+    import stat
+
+    versions, first, second = models
+    shipped = tmp_path / "shipped"
+    save_artifact(load_artifact(versions / second.version / SIDECAR, versions), shipped, mode=0o644)
+    registry = Registry(tmp_path / "models", shipped_dir=shipped)
+    candidate = registry.add(load_artifact(versions / first.version / SIDECAR, versions))
+    registry.promote(candidate.version, "ann", {})  # keeps the shipped one as a version too
+    registry.promote(registry.rollback_target(), "ann", {"rollback": True}, action="rollback")
+    modes = {
+        str(path.relative_to(registry.root)): stat.S_IMODE(os.lstat(path).st_mode)
+        for path in [registry.root, *registry.root.rglob("*")]
+        if not path.is_symlink()
+    }
+    assert {second.version, first.version} <= {p.name for p in registry.versions_dir.iterdir()}
+    assert {name: mode for name, mode in modes.items() if mode not in (0o700, 0o600)} == {}
+    assert modes["promotions.jsonl"] == 0o600 and modes["versions"] == 0o700

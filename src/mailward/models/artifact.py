@@ -51,7 +51,11 @@ KIND = "mailward-spam-model"
 SIDECAR = "spam.json"  # the live model of a model directory
 PAYLOAD_SUFFIX = ".npz"
 SHIPPED_DIR = Path(__file__).resolve().parent / "default"
-MODEL_DIR_MODE = 0o755  # never group-writable, whatever the umask: the loader would refuse it
+# Private to the service user, as all state is (README), whatever the umask: the milter and the CLI
+# both run as that user, and the loader refuses anything group- or other-writable.
+MODEL_FILE_MODE = 0o600
+MODEL_DIR_MODE = 0o700
+PACKAGE_FILE_MODE = 0o644  # the shipped model, in the package: read by every user, like the code
 MAX_FEATURES = 2**26  # bounds the weights a sidecar can make a worker allocate (256 MiB)
 MAX_SIDECAR = 16 << 20  # a sidecar is settings and a training summary: kilobytes
 # Documents a class can have learned (a trillion): larger counts are no mail count, and their sums
@@ -85,19 +89,23 @@ class TrainedModel:
 
 
 def save_artifact(
-    model: TrainedModel, directory: str | Path, sidecar_name: str = SIDECAR, version: str = ""
+    model: TrainedModel,
+    directory: str | Path,
+    sidecar_name: str = SIDECAR,
+    version: str = "",
+    mode: int = MODEL_FILE_MODE,
 ) -> TrainedModel:
-    """Write ``model`` into ``directory`` atomically; returns it with its version set.
+    """Write ``model`` into ``directory`` atomically, its files with ``mode``; returns it with its version set.
 
     The version is derived from the payload unless given (a converted model keeps its own).
     """
     directory = Path(directory)
-    directory.mkdir(mode=MODEL_DIR_MODE, parents=True, exist_ok=True)
+    directory.mkdir(mode=mode | (mode & 0o444) >> 2, parents=True, exist_ok=True)  # searchable where readable
     if min(model.counts.class_count) < 1:
         raise ArtifactError(f"{directory}: a spam model needs at least one ham and one spam message")
     sidecar, data = encode_artifact(model, Path(sidecar_name).stem, version)
-    write_atomic(directory / sidecar["artifact"], data)
-    write_atomic(directory / sidecar_name, (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode())
+    write_atomic(directory / sidecar["artifact"], data, mode)
+    write_atomic(directory / sidecar_name, (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode(), mode)
     return TrainedModel(
         model.counts, model.features, model.combiner, model.training_data, str(sidecar["model_version"])
     )
@@ -418,7 +426,7 @@ def _payload_path(sidecar: Path, name: object, root: Path) -> Path:
     return _inside(sidecar.parent / name, root)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes, mode: int = MODEL_FILE_MODE) -> None:
     """Replace ``path`` with ``data`` so readers see the old or the new content, never a mix."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -426,7 +434,7 @@ def write_atomic(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import io
 import json
+import stat
 import sys
 from pathlib import Path
 
@@ -26,7 +27,15 @@ from scipy import sparse
 
 from ..errors import ArtifactError, MailwardError
 from ..trust import TrustedOwners
-from .artifact import PICKLE_FORMAT, SIDECAR, TrainedModel, _features, model_settings, save_artifact
+from .artifact import (
+    PACKAGE_FILE_MODE,
+    PICKLE_FORMAT,
+    SIDECAR,
+    TrainedModel,
+    _features,
+    model_settings,
+    save_artifact,
+)
 from .classifier import CLASSES, NaiveBayesCounts
 
 
@@ -63,7 +72,9 @@ def convert(sidecar: Path, owners: TrustedOwners, root: Path) -> str | None:
         combiner,
         dict(meta.get("training_data", {})),
     )
-    save_artifact(model, sidecar.parent, sidecar.name, version=str(meta["model_version"]))
+    # In place, as readable as before (a conversion run as root must not hide the model from the milter).
+    mode = stat.S_IMODE(sidecar.stat().st_mode) & PACKAGE_FILE_MODE
+    save_artifact(model, sidecar.parent, sidecar.name, version=str(meta["model_version"]), mode=mode)
     payload.unlink()
     return str(meta["model_version"])
 

@@ -39,6 +39,7 @@ from ..dbfile import fsync_directory
 from ..errors import ArtifactError, MailwardError
 from ..models.artifact import (
     MODEL_DIR_MODE,
+    MODEL_FILE_MODE,
     SHIPPED_DIR,
     SIDECAR,
     TrainedModel,
@@ -196,7 +197,7 @@ class Registry:
             os.replace(link, self.live_link)
             fsync_directory(self.root)
             record = Promotion(action, version, previous, actor, time.time(), evaluation)
-            with open(self.root / HISTORY, "a", encoding="utf-8") as fh:
+            with open(_private(self.root / HISTORY, os.O_APPEND), "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record.as_dict(), sort_keys=True) + "\n")
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -256,8 +257,12 @@ class Registry:
             self._make_dirs()
             staging = Path(tempfile.mkdtemp(prefix=".import-", dir=self.versions_dir))
             try:
-                shutil.copy2(sidecar.resolve().parent / meta["artifact"], staging / meta["artifact"])
-                shutil.copy2(sidecar, staging / SIDECAR)
+                for source, copy in (
+                    (sidecar.resolve().parent / meta["artifact"], meta["artifact"]),
+                    (sidecar, SIDECAR),
+                ):
+                    shutil.copy2(source, staging / copy)
+                    os.chmod(staging / copy, MODEL_FILE_MODE)  # the shipped model's are readable by all
                 os.rename(staging, target)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -266,7 +271,7 @@ class Registry:
     @contextmanager
     def _lock(self) -> Iterator[None]:
         self.root.mkdir(mode=MODEL_DIR_MODE, parents=True, exist_ok=True)
-        with open(self.root / ".registry.lock", "w") as fh:
+        with open(_private(self.root / ".registry.lock"), "w") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             yield
 
@@ -366,6 +371,11 @@ class DatabaseRegistry:
     def _shipped(self) -> TrainedModel:
         assert self.shipped_dir is not None
         return load_artifact(self.shipped_dir / SIDECAR, self.shipped_dir, self.owners)
+
+
+def _private(path: Path, flags: int = 0) -> int:
+    """A descriptor of ``path`` for writing, created private to the service user like the models."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | flags, MODEL_FILE_MODE)
 
 
 def _rollback_target(current: str, history: list[Promotion], where: str) -> str:
