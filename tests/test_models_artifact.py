@@ -57,6 +57,18 @@ def test_sidecar_describes_the_model(saved):
     assert {"sha256", "sklearn_version", "format_version", "combiner"} <= meta.keys()
 
 
+def test_model_files_are_private_unless_saved_for_the_package(model, tmp_path):
+    import stat
+
+    def modes(directory):
+        return {stat.S_IMODE(p.stat().st_mode) for p in directory.iterdir()}, stat.S_IMODE(directory.stat().st_mode)
+
+    save_artifact(model, tmp_path / "state" / "models")
+    assert modes(tmp_path / "state" / "models") == ({0o600}, 0o700)
+    save_artifact(model, tmp_path / "package" / "default", mode=0o644)  # read by the milter's user, like code
+    assert modes(tmp_path / "package" / "default") == ({0o644}, 0o755)
+
+
 def test_same_model_same_payload(model, tmp_path):
     a = save_artifact(model, tmp_path / "a")
     b = save_artifact(small_model(), tmp_path / "b")
@@ -79,7 +91,7 @@ def test_payload_that_is_not_a_model_is_refused_even_with_matching_checksum(save
     _, directory = saved
     junk = b"not a joblib file"
     (directory / "junk.joblib").write_bytes(junk)
-    edit_sidecar(directory, artifact="junk.joblib", sha256=hashlib.sha256(junk).hexdigest())
+    edit_sidecar(directory, artifact="junk.joblib", sha256=hashlib.sha256(junk).hexdigest(), size=len(junk))
     with pytest.raises(ArtifactError, match="unreadable payload"):
         load_artifact(directory / SIDECAR, directory)
 
@@ -206,3 +218,117 @@ def test_unknown_profile_is_refused_clearly(saved):
     )
     with pytest.raises(ArtifactError, match="unknown feature profile 'future'"):
         load_artifact(directory / SIDECAR, directory)
+
+
+def edit_settings(directory, section, **changes):
+    """Change keys inside one sidecar section (``combiner``, ``naive_bayes``, ``features``, ``tokenizer``)."""
+    meta = json.loads((directory / SIDECAR).read_text())
+    if section == "tokenizer":
+        features = meta["features"]
+        edit_sidecar(directory, features=dict(features, tokenizer=dict(features["tokenizer"], **changes)))
+    else:
+        edit_sidecar(directory, **{section: dict(meta[section], **changes)})
+
+
+@pytest.mark.parametrize(
+    "section, changes, refusal",
+    [
+        ("combiner", {"slope": "0.05"}, "bad model settings"),
+        ("combiner", {"intercept": "0"}, "bad model settings"),
+        ("combiner", {"slope": True}, "bad model settings"),
+        ("combiner", {"evidence_per_side": 20.0}, "bad model settings"),
+        ("combiner", {"intercept": 10**400}, "bad model settings"),
+        ("naive_bayes", {"alpha": "0.3"}, "bad model settings"),
+        ("tokenizer", {"max_words": "1000"}, "bad feature settings"),
+        ("tokenizer", {"max_hosts": None}, "bad feature settings"),
+        ("tokenizer", {"max_text_chars": -1}, "bad feature settings"),
+        ("tokenizer", {"bigrams": 1}, "bad feature settings"),
+        ("tokenizer", {"pair_window": True}, "bad feature settings"),
+        ("features", {"n_features": 4096.0}, "bad feature settings"),
+    ],
+)
+def test_settings_of_the_wrong_json_type_are_refused_not_loaded_to_fail_every_scan(saved, section, changes, refusal):
+    _, directory = saved
+    edit_settings(directory, section, **changes)
+    with pytest.raises(ArtifactError, match=refusal):
+        load_artifact(directory / SIDECAR, directory)
+
+
+@pytest.mark.parametrize(
+    "edit, refusal",
+    [
+        (lambda text: text.replace('"n_features": 4096', '"n_features": 1e999'), "bad feature settings"),
+        (lambda text: text.replace('"training_data": {', '"training_data": [1, 2], "x": {'), "training_data is list"),
+        (lambda text: text[:-2] + ', "deep": ' + "[" * 100_000 + "]" * 100_000 + "}", "not a JSON sidecar"),
+    ],
+    ids=["infinite n_features", "training_data a list", "deeply nested"],
+)
+def test_malformed_sidecars_are_refused_as_artifact_errors(saved, edit, refusal):
+    _, directory = saved
+    path = directory / SIDECAR
+    path.write_text(edit(path.read_text()))
+    with pytest.raises(ArtifactError, match=refusal):
+        load_artifact(path, directory)
+
+
+def test_a_payload_symlink_loop_is_refused(saved):
+    _, directory = saved
+    meta = json.loads((directory / SIDECAR).read_text())
+    (directory / meta["artifact"]).unlink()
+    (directory / meta["artifact"]).symlink_to(directory / meta["artifact"])
+    with pytest.raises(ArtifactError, match="cannot resolve"):
+        load_artifact(directory / SIDECAR, directory)
+
+
+def test_a_fifo_as_payload_is_refused_without_waiting(saved):
+    import threading
+
+    _, directory = saved
+    payload = directory / json.loads((directory / SIDECAR).read_text())["artifact"]
+    payload.unlink()
+    os.mkfifo(payload, 0o600)
+    outcome: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            load_artifact(directory / SIDECAR, directory)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    loading = threading.Thread(target=load, daemon=True)
+    loading.start()
+    loading.join(10)
+    if loading.is_alive():  # the old loader blocks in open(): give it a writer and an end so it returns
+        os.close(os.open(payload, os.O_WRONLY))
+        loading.join(10)
+        pytest.fail("loading a FIFO payload blocked")
+    assert isinstance(outcome[0], ArtifactError) and "not a regular file" in str(outcome[0])
+
+
+def test_a_payload_larger_than_its_sidecar_says_is_refused_before_it_is_read(saved):
+    _, directory = saved
+    meta = json.loads((directory / SIDECAR).read_text())
+    with open(directory / meta["artifact"], "r+b") as fh:
+        fh.truncate(1 << 30)  # sparse: a gibibyte the old loader read whole before the checksum refused it
+    with pytest.raises(ArtifactError, match=f"{1 << 30} bytes, expected {meta['size']}"):
+        load_artifact(directory / SIDECAR, directory)
+
+
+def test_a_sidecar_without_the_payload_size_is_refused(saved):
+    _, directory = saved
+    meta = json.loads((directory / SIDECAR).read_text())
+    del meta["size"]
+    (directory / SIDECAR).write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="lacks 'size'"):
+        load_artifact(directory / SIDECAR, directory)
+
+
+def test_a_summary_with_an_impossible_label_count_is_a_cold_start_model(saved):
+    from mailward.models.classifier import COLD_START_REGIME
+
+    _, directory = saved
+    path = directory / SIDECAR
+    meta = json.loads(path.read_text())
+    meta["training_data"]["ledger"] = {"current_labels": {"ham": 500, "spam": "SPAM_COUNT"}}
+    path.write_text(json.dumps(meta).replace('"SPAM_COUNT"', "1e999"))
+    assert load_artifact(path, directory).scorer().regime.name == COLD_START_REGIME

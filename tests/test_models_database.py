@@ -157,6 +157,18 @@ def test_the_shipped_model_is_kept_as_a_version_before_it_is_rolled_back_to(fres
     assert registry.live_version() == shipped == registry.live().version
 
 
+def test_the_first_promotion_over_the_shipped_model_can_be_rolled_back(fresh_pg_dsn, models, tmp_path):
+    from mailward.models.artifact import save_artifact
+
+    shipped = save_artifact(models[1], tmp_path / "shipped")
+    registry = DatabaseRegistry(ModelDatabase(fresh_pg_dsn), shipped_dir=tmp_path / "shipped")
+    candidate = registry.add(models[0])
+    assert registry.promote(candidate.version, "ann", {}).previous == shipped.version
+    assert registry.rollback_target() == shipped.version
+    registry.promote(registry.rollback_target(), "ann", {"rollback": True}, action="rollback")
+    assert registry.live().version == shipped.version
+
+
 def test_schema_creation_by_hosts_starting_at_once(fresh_pg_dsn):
     """Each thread has its own connection, as each host would: the database sees them race."""
     hosts = [ModelDatabase(fresh_pg_dsn) for _ in range(4)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -84,3 +85,27 @@ def test_refused_model_at_start_falls_back_to_the_shipped_one(models, tmp_path, 
     assert loader.current().version == json.loads((shipped / SIDECAR).read_text())["model_version"]
     with pytest.raises(ArtifactError, match="format version 99"):
         loader_for(directory, shipped, Clock(), shipped=False)
+
+
+@pytest.mark.parametrize(
+    "break_model",
+    [
+        lambda directory, meta: (directory / SIDECAR).write_text(json.dumps(dict(meta, training_data=[1, 2]))),
+        lambda directory, meta: (
+            (directory / meta["artifact"]).unlink(),
+            (directory / meta["artifact"]).symlink_to(directory / meta["artifact"]),
+        ),
+    ],
+    ids=["training_data a list", "payload symlink loop"],
+)
+def test_a_malformed_model_is_a_refusal_at_start_and_later(models, tmp_path, shipped, caplog, break_model):
+    clock, directory = Clock(), tmp_path / "models"
+    good = save_artifact(models[1], directory)
+    loader = loader_for(directory, shipped, clock)
+    meta = json.loads((directory / SIDECAR).read_text())
+    break_model(directory, meta)
+    os.utime(directory / SIDECAR, ns=(1, 1))  # a new sidecar identity, as a promotion brings
+    clock.now += 10
+    assert loader.current().version == good.version
+    assert "new spam model refused" in caplog.text
+    assert loader_for(directory, shipped, Clock()).current().version != good.version  # the shipped one

@@ -135,6 +135,8 @@ def arrays(model, **changes) -> bytes:
         ({"column_steps": np.array([5, 0, 1]), "counts": np.ones((2, 3))}, "distinct, sorted"),
         ({"column_steps": np.array([5, -1]), "counts": np.ones((2, 2))}, "distinct, sorted"),
         ({"column_steps": np.array([1, 2]), "counts": -np.ones((2, 2))}, "non-negative"),
+        ({"column_steps": np.array([1, 2]), "counts": np.full((2, 2), 1e308)}, "no mail count is that large"),
+        ({"class_count": np.array([1e308, 1e308])}, "no mail count is that large"),
         ({"class_count": np.array([0.0, 3.0])}, "both classes"),
         ({"counts": np.ones((2, 3), dtype=np.float32), "column_steps": np.array([1, 2, 3])}, "types and shapes"),
     ],

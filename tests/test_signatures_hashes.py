@@ -48,6 +48,17 @@ def test_clamav_size_must_match(tmp_path):
     assert HashList.load([str(listing)]).match(ContentObject("x", PAYLOAD)) is None
 
 
+def test_a_clamav_line_with_an_impossible_size_is_skipped_not_fatal(tmp_path):
+    from mailward.message import ContentObject
+
+    md5 = digests(PAYLOAD)["md5"]
+    listing = tmp_path / "deny.hdb"
+    listing.write_text(f"{md5}:99999999999999999999:Huge\n{md5}:-1:Negative\n{md5}:{len(PAYLOAD)}:Listed\n")
+    hashes = HashList.load([str(listing)])
+    assert len(hashes) == 1  # "-1" is no size, and not the wildcard "*" either
+    assert hashes.match(ContentObject("x", PAYLOAD)).description == "Listed"
+
+
 def test_allow_wins_over_deny_and_over_yara(tmp_path, unpacker):
     deny = tmp_path / "deny.txt"
     allow = tmp_path / "allow.txt"

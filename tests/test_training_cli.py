@@ -94,6 +94,34 @@ def test_promotion_refuses_a_worse_candidate_unless_forced(state, tmp_path):
     assert run_json(state, "model", "list")["live"] == bad
 
 
+@pytest.mark.parametrize("kept", [(), ("ham",), ("spam",)], ids=["empty", "ham only", "spam only"])
+def test_promotion_refuses_an_evaluation_set_that_cannot_judge_unless_forced(state, tmp_path, kept):
+    first = train(state, str(FIXTURES / "layout"))
+    one_sided = tmp_path / "one-sided"
+    for label in ("ham", "spam"):  # both folders, one or both of them empty
+        (one_sided / label).mkdir(parents=True)
+    for label in kept:
+        shutil.copytree(FIXTURES / "layout" / label, one_sided / label, dirs_exist_ok=True)
+    code, out = run(state, "model", "promote", first, "--on", str(one_sided))
+    assert code == 3 and "cannot show the model is good" in out
+    assert ("no ham" in out) == ("ham" not in kept) and ("no spam" in out) == ("spam" not in kept)
+    assert run_json(state, "model", "list")["live"] == ""
+    code, out = run(state, "model", "promote", first, "--on", str(one_sided), "--force")
+    assert code == 0 and "forced past: evaluation set has no" in out
+
+
+def test_the_shipped_model_is_promoted_by_name_after_evaluation(state):
+    config(state, "[learning]\nmax_auc_drop = 1.0\nmax_fp_rate_rise = 1.0\n", shipped=True)  # no regressions
+    first = train(state, str(FIXTURES / "layout"))
+    assert run(state, "model", "promote", first, "--on", str(FIXTURES / "layout"))[0] == 0
+    kept = run_json(state, "model", "list")["history"][0]["previous"]
+    shutil.rmtree(state / "models" / "versions" / kept)  # as after an upgrade that ships another model
+    code, out = run(state, "model", "promote", "shipped", "--on", str(FIXTURES / "layout"))
+    assert code == 0, out
+    listing = run_json(state, "model", "list")
+    assert listing["history"][-1]["previous"] == first and listing["live"] != first
+
+
 def test_train_update_learns_quarantine_labels_and_relabels(state):
     first = train(state, str(FIXTURES / "layout"))
     assert run(state, "model", "promote", first, "--force")[0] == 0
@@ -172,6 +200,13 @@ def test_errors_are_reported_not_raised(state):
     assert code == 1
     code, _ = run(state, "model", "rollback")
     assert code == 1
+
+
+def test_training_on_an_empty_set_is_a_clear_error(state, tmp_path, capsys):
+    for label in ("ham", "spam"):
+        (tmp_path / "empty" / label).mkdir(parents=True)
+    code, _ = run(state, "train", str(tmp_path / "empty"))
+    assert code == 1 and "needs at least one ham and one spam" in capsys.readouterr().err
 
 
 def test_training_refuses_a_ledger_others_could_have_written(state, capsys):

@@ -6,11 +6,11 @@ import shutil
 
 import pytest
 
-from mailward.models.artifact import SIDECAR, save_artifact
+from mailward.models.artifact import SIDECAR, load_artifact, save_artifact
 from mailward.models.loader import ModelLoader
 from mailward.training.learning import rebuild, record
 from mailward.training.ledger import Ledger
-from mailward.training.registry import Registry, RegistryError
+from mailward.training.registry import SHIPPED, Registry, RegistryError
 from mailward.training.sources import read_sets
 from support.quarantine import FakeClock
 from support.training import FIXTURES
@@ -69,6 +69,19 @@ def test_a_hand_placed_live_model_is_kept_for_rollback(registry, models, tmp_pat
     assert registry.rollback_target() == first.version
 
 
+def test_the_first_promotion_over_the_shipped_model_can_be_rolled_back(models, tmp_path):
+    versions, first, second = models
+    shipped = save_artifact(load_artifact(versions / second.version / SIDECAR, versions), tmp_path / "shipped")
+    (tmp_path / "models" / "versions").mkdir(parents=True)
+    shutil.copytree(versions / first.version, tmp_path / "models" / "versions" / first.version)
+    registry = Registry(tmp_path / "models", shipped_dir=tmp_path / "shipped")
+    assert registry.live_version() == SHIPPED
+    assert registry.promote(first.version, "ann", {}).previous == shipped.version
+    assert registry.rollback_target() == shipped.version
+    registry.promote(registry.rollback_target(), "ann", {"rollback": True}, action="rollback")
+    assert registry.live().version == shipped.version
+
+
 def test_keep_live_copies_a_hand_placed_model_into_versions(registry, models):
     _, first, _ = models
     save_artifact(registry.load(first.version), registry.root)
@@ -111,3 +124,25 @@ def test_a_version_the_loader_would_refuse_is_listed_with_the_reason(registry, m
     sidecar.write_text(json.dumps(dict(json.loads(sidecar.read_text()), format_version=1)))
     [refused] = [v for v in registry.versions() if v.refused]
     assert refused.version == models[1].version and "--trust-pickle" in refused.refused
+
+
+def test_the_registry_keeps_its_files_private_to_the_service_user(models, tmp_path):
+    """README: directories 0700, files 0600; the shipped model's 0644 copies included."""
+    import os
+    import stat
+
+    versions, first, second = models
+    shipped = tmp_path / "shipped"
+    save_artifact(load_artifact(versions / second.version / SIDECAR, versions), shipped, mode=0o644)
+    registry = Registry(tmp_path / "models", shipped_dir=shipped)
+    candidate = registry.add(load_artifact(versions / first.version / SIDECAR, versions))
+    registry.promote(candidate.version, "ann", {})  # keeps the shipped one as a version too
+    registry.promote(registry.rollback_target(), "ann", {"rollback": True}, action="rollback")
+    modes = {
+        str(path.relative_to(registry.root)): stat.S_IMODE(os.lstat(path).st_mode)
+        for path in [registry.root, *registry.root.rglob("*")]
+        if not path.is_symlink()
+    }
+    assert {second.version, first.version} <= {p.name for p in registry.versions_dir.iterdir()}
+    assert {name: mode for name, mode in modes.items() if mode not in (0o700, 0o600)} == {}
+    assert modes["promotions.jsonl"] == 0o600 and modes["versions"] == 0o700

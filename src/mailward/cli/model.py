@@ -10,8 +10,9 @@
 Thresholds are the configured inbound ``tag_threshold`` and ``spam_threshold``.
 Promotion evaluates the candidate and the live model on ``--on SET`` (default:
 ``learning.evaluation_set``) and refuses a candidate worse beyond the configured
-margins unless ``--force``; the milter picks the new model up within
-``model.check_interval`` seconds. Exit status: 0 done, 1 failed, 3 refused.
+margins, or a set without ham or without spam to judge it on, unless ``--force``;
+the milter picks the new model up within ``model.check_interval`` seconds.
+Exit status: 0 done, 1 failed, 3 refused.
 """
 
 from __future__ import annotations
@@ -195,7 +196,7 @@ def _compare(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _promote(args: argparse.Namespace, settings: Settings) -> int:
-    from ..training.evaluate import Thresholds, difference, headline, measure, regressions, score_set
+    from ..training.evaluate import Thresholds, difference, headline, measure, regressions, score_set, unjudged
     from ..training.registry import Registry
     from ..training.sources import read_sets
 
@@ -222,7 +223,15 @@ def _promote(args: argparse.Namespace, settings: Settings) -> int:
     scored = score_set(models, read_sets([evaluation_set], args.split), args.jobs)
     cand = measure(scored[0], thresholds, candidate.version)
     current = measure(scored[1], thresholds, live.version) if live is not None else None
-    problems = regressions(cand, current, settings.learning) if current is not None else []
+    lacking = unjudged(cand)
+    if lacking and not args.force:
+        print(
+            f"mailward model promote: refused {candidate.version}: evaluation set {evaluation_set} has "
+            f"{lacking}, so it cannot show the model is good (--force to promote anyway)"
+        )
+        return REFUSED
+    problems = [f"evaluation set has {lacking}"] if lacking else []
+    problems += regressions(cand, current, settings.learning) if current is not None else []
     summary = {
         "set": evaluation_set,
         "candidate": _brief(cand),
@@ -236,7 +245,7 @@ def _promote(args: argparse.Namespace, settings: Settings) -> int:
             f"{evaluation_set}: " + "; ".join(problems) + " (--force to promote anyway)"
         )
         return REFUSED
-    record = registry.promote(candidate.version, actor, summary)
+    record = registry.promote(args.version, actor, summary)  # "shipped" is kept as a version first
     print(
         f"promoted {record.version} (was {record.previous or 'none'}): {headline(cand)}"
         + (f"; {difference(cand, current)}" if current is not None else "")

@@ -28,6 +28,7 @@ import io
 import json
 import math
 import os
+import stat
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -50,8 +51,16 @@ KIND = "mailward-spam-model"
 SIDECAR = "spam.json"  # the live model of a model directory
 PAYLOAD_SUFFIX = ".npz"
 SHIPPED_DIR = Path(__file__).resolve().parent / "default"
-MODEL_DIR_MODE = 0o755  # never group-writable, whatever the umask: the loader would refuse it
+# Private to the service user, as all state is (README), whatever the umask: the milter and the CLI
+# both run as that user, and the loader refuses anything group- or other-writable.
+MODEL_FILE_MODE = 0o600
+MODEL_DIR_MODE = 0o700
+PACKAGE_FILE_MODE = 0o644  # the shipped model, in the package: read by every user, like the code
 MAX_FEATURES = 2**26  # bounds the weights a sidecar can make a worker allocate (256 MiB)
+MAX_SIDECAR = 16 << 20  # a sidecar is settings and a training summary: kilobytes
+# Documents a class can have learned (a trillion): larger counts are no mail count, and their sums
+# would overflow the weights to inf, scoring every message 1.0.
+MAX_DOCUMENTS = 2.0**40
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: the same model gives the same bytes
 CONVERT_HINT = (
     "retrain it (`mailward train`), rebuild the shipped one (see mailward/models/README.md), "
@@ -80,19 +89,23 @@ class TrainedModel:
 
 
 def save_artifact(
-    model: TrainedModel, directory: str | Path, sidecar_name: str = SIDECAR, version: str = ""
+    model: TrainedModel,
+    directory: str | Path,
+    sidecar_name: str = SIDECAR,
+    version: str = "",
+    mode: int = MODEL_FILE_MODE,
 ) -> TrainedModel:
-    """Write ``model`` into ``directory`` atomically; returns it with its version set.
+    """Write ``model`` into ``directory`` atomically, its files with ``mode``; returns it with its version set.
 
     The version is derived from the payload unless given (a converted model keeps its own).
     """
     directory = Path(directory)
-    directory.mkdir(mode=MODEL_DIR_MODE, parents=True, exist_ok=True)
+    directory.mkdir(mode=mode | (mode & 0o444) >> 2, parents=True, exist_ok=True)  # searchable where readable
     if min(model.counts.class_count) < 1:
         raise ArtifactError(f"{directory}: a spam model needs at least one ham and one spam message")
     sidecar, data = encode_artifact(model, Path(sidecar_name).stem, version)
-    write_atomic(directory / sidecar["artifact"], data)
-    write_atomic(directory / sidecar_name, (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode())
+    write_atomic(directory / sidecar["artifact"], data, mode)
+    write_atomic(directory / sidecar_name, (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode(), mode)
     return TrainedModel(
         model.counts, model.features, model.combiner, model.training_data, str(sidecar["model_version"])
     )
@@ -144,10 +157,7 @@ def load_artifact(sidecar_path: str | Path, root: str | Path, owners: TrustedOwn
     if checked:
         owners.require(sidecar_path, Path(root))
         owners.require(payload_path, Path(root))
-    try:
-        data = payload_path.read_bytes()
-    except OSError as exc:
-        raise ArtifactError(f"{payload_path}: cannot read: {exc.strerror}") from None
+    data = _read_regular(payload_path, _declared_payload_size(meta, sidecar_path), exact=True)
     return decode_artifact(meta, data, sidecar_path, payload_path)
 
 
@@ -160,25 +170,85 @@ def decode_artifact(
     not a spam model's arrays; ``where`` names the sidecar in errors.
     """
     payload_where = payload_where or where
+    if len(data) != _declared_payload_size(meta, where):
+        raise ArtifactError(f"{payload_where}: {len(data)} bytes, {Path(str(where)).name} says {meta['size']}")
     if hashlib.sha256(data).hexdigest() != meta["sha256"]:
         raise ArtifactError(f"{payload_where}: sha256 does not match {Path(str(where)).name}; refusing a corrupt model")
     features = _features(meta, where)
-    try:
-        alpha = float(meta["naive_bayes"]["alpha"])
-        combiner = Combiner(**meta["combiner"])
-        numbers = (alpha, float(combiner.slope), float(combiner.intercept))
-        if not (
-            all(map(math.isfinite, numbers))
-            and alpha > 0
-            and type(combiner.evidence_per_side) is int
-            and combiner.evidence_per_side >= 1
-        ):
-            raise ValueError("alpha must be positive, the calibration finite, evidence_per_side a count")
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ArtifactError(f"{where}: bad model settings ({exc})") from None
+    alpha, combiner = model_settings(meta, where)
+    training_data = meta.get("training_data", {})
+    if not isinstance(training_data, dict):
+        raise ArtifactError(f"{where}: training_data is {type(training_data).__name__}, not a summary")
     arrays = _read_npz(data, payload_where, features.n_features)
     counts = NaiveBayesCounts(arrays["class_count"], arrays["columns"], arrays["counts"], features.n_features, alpha)
-    return TrainedModel(counts, features, combiner, dict(meta.get("training_data", {})), str(meta["model_version"]))
+    return TrainedModel(counts, features, combiner, dict(training_data), str(meta["model_version"]))
+
+
+def model_settings(meta: dict[str, Any], where: str | Path) -> tuple[float, Combiner]:
+    """The smoothing ``alpha`` and the combiner a sidecar records, type-checked as JSON: a string
+    or a bool where a number belongs would load, then fail every scan."""
+    try:
+        alpha = _number(meta["naive_bayes"]["alpha"], "alpha")
+        spec = meta["combiner"]
+        if not isinstance(spec, dict):
+            raise TypeError("combiner is not an object")
+        combiner = Combiner(**spec)
+        combiner = Combiner(
+            _count(combiner.evidence_per_side, "evidence_per_side", 1),
+            _number(combiner.slope, "slope"),
+            _number(combiner.intercept, "intercept"),
+        )
+        if alpha <= 0:
+            raise ValueError("alpha must be positive")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{where}: bad model settings ({exc})") from None
+    return alpha, combiner
+
+
+def _number(value: object, name: str) -> float:
+    """A finite JSON number (not a bool, not a string)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:  # an integer too large for a float
+            number = math.inf
+        if math.isfinite(number):
+            return number
+    raise ValueError(f"{name} must be a finite number, not {value!r}")
+
+
+def _count(value: object, name: str, least: int = 0) -> int:
+    """A JSON integer of at least ``least`` (not a bool, not a float)."""
+    if type(value) is not int or value < least:
+        raise ValueError(f"{name} must be an integer of at least {least}, not {value!r}")
+    return value
+
+
+def _declared_payload_size(meta: dict[str, Any], where: str | Path) -> int:
+    try:
+        return _count(meta["size"], "size")
+    except (KeyError, ValueError) as exc:
+        raise ArtifactError(f"{where}: bad payload size ({exc})") from None
+
+
+def _read_regular(path: Path, limit: int, exact: bool = False) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes (exactly ``limit``
+    if ``exact``), checked before reading: a FIFO would block the loader forever, and an oversized
+    file would be read whole before its checksum refused it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot read: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ArtifactError(f"{path}: not a regular file; refusing to load it")
+        if st.st_size > limit or (exact and st.st_size != limit):
+            raise ArtifactError(f"{path}: {st.st_size} bytes, {'expected' if exact else 'at most'} {limit}")
+        try:
+            return fh.read(st.st_size + 1)  # one more: a file that grew meanwhile is seen to differ
+        except OSError as exc:
+            raise ArtifactError(f"{path}: cannot read: {exc.strerror}") from None
 
 
 def _npz(arrays: dict[str, np.ndarray]) -> bytes:
@@ -253,15 +323,15 @@ def _read_npz(data: bytes, path: str | Path, n_features: int) -> dict[str, np.nd
         and np.all(class_count >= 1)
     ):
         raise ArtifactError(f"{path}: payload counts are not non-negative numbers with both classes present")
+    if np.any(counts > MAX_DOCUMENTS) or np.any(class_count > MAX_DOCUMENTS):
+        raise ArtifactError(f"{path}: payload counts above {MAX_DOCUMENTS:.0f} documents; no mail count is that large")
     return {"class_count": class_count, "columns": columns, "counts": counts}
 
 
 def read_sidecar(path: Path) -> dict[str, Any]:
     """Parse and check a sidecar file: kind, format and library versions."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ArtifactError(f"{path}: cannot read: {exc.strerror}") from None
+        text = _read_regular(path, MAX_SIDECAR).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ArtifactError(f"{path}: not a JSON sidecar ({exc})") from None
     return parse_sidecar(text, path)
@@ -271,7 +341,7 @@ def parse_sidecar(text: str, path: str | Path) -> dict[str, Any]:
     """Parse and check a sidecar's JSON text, from a file or the database: kind, format and library versions."""
     try:
         meta = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
         raise ArtifactError(f"{path}: not a JSON sidecar ({exc})") from None
     if not isinstance(meta, dict) or meta.get("kind") != KIND:
         raise ArtifactError(f"{path}: not a Mailward spam model sidecar")
@@ -287,7 +357,7 @@ def parse_sidecar(text: str, path: str | Path) -> dict[str, Any]:
     built_with, installed = str(meta.get("sklearn_version", "")), sklearn_version()
     if built_with.split(".")[0] != installed.split(".")[0]:
         raise ArtifactError(f"{path}: built with scikit-learn {built_with or '?'}, installed is {installed or '?'}")
-    for key in ("artifact", "sha256", "model_version", "features", "naive_bayes", "combiner"):
+    for key in ("artifact", "sha256", "size", "model_version", "features", "naive_bayes", "combiner"):
         if key not in meta:
             raise ArtifactError(f"{path}: sidecar lacks {key!r}")
     return meta
@@ -303,15 +373,18 @@ def sklearn_version() -> str:
 
 
 def _features(meta: dict[str, Any], path: str | Path) -> FeatureSettings:
+    """The feature settings a sidecar records, each of its JSON type: ``max_words: "1000"`` or
+    ``max_hosts: null`` would load, then fail every scan."""
     spec = meta["features"]
     try:
-        tokenizer = TokenizerSettings(**spec["tokenizer"])
-        features = FeatureSettings(n_features=int(spec["n_features"]), tokenizer=tokenizer)
+        tokenizer = _tokenizer(spec["tokenizer"])
+        n_features = _count(spec["n_features"], "n_features", 2)
+        if n_features > MAX_FEATURES:
+            raise ArtifactError(f"{path}: {n_features} feature columns, at most {MAX_FEATURES} are loaded")
+        features = FeatureSettings(n_features=n_features, tokenizer=tokenizer)
         recorded_probe = list(spec["hash_probe"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(f"{path}: bad feature settings ({exc})") from None
-    if features.n_features > MAX_FEATURES:
-        raise ArtifactError(f"{path}: {features.n_features} feature columns, at most {MAX_FEATURES} are loaded")
     if tokenizer.version != TOKENIZER_VERSION:
         raise ArtifactError(
             f"{path}: tokenizer version {tokenizer.version}, this Mailward tokenizes "
@@ -322,9 +395,26 @@ def _features(meta: dict[str, Any], path: str | Path) -> FeatureSettings:
     return features
 
 
+def _tokenizer(spec: object) -> TokenizerSettings:
+    """Tokenizer settings of the types their defaults have (a bool is not an int); counts non-negative."""
+    if not isinstance(spec, dict):
+        raise TypeError("tokenizer is not an object")
+    settings = TokenizerSettings(**spec)
+    for name, default in TokenizerSettings().as_dict().items():
+        value = getattr(settings, name)
+        if type(value) is not type(default):
+            raise TypeError(f"tokenizer {name} must be {type(default).__name__}, not {value!r}")
+        if type(value) is int and value < 0:
+            raise ValueError(f"tokenizer {name} must not be negative, not {value}")
+    return settings
+
+
 def _inside(path: Path, root: Path) -> Path:
-    real_root = root.resolve()
-    real = path.resolve()
+    try:
+        real_root = root.resolve()
+        real = path.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+        raise ArtifactError(f"{path}: cannot resolve ({exc})") from None
     if real.parent != real_root and real_root not in real.parents:
         raise ArtifactError(f"{path}: outside the model directory {root}; refusing to load")
     return real
@@ -336,7 +426,7 @@ def _payload_path(sidecar: Path, name: object, root: Path) -> Path:
     return _inside(sidecar.parent / name, root)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes, mode: int = MODEL_FILE_MODE) -> None:
     """Replace ``path`` with ``data`` so readers see the old or the new content, never a mix."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -344,7 +434,7 @@ def write_atomic(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -66,10 +66,10 @@ class Regime:
         labels = ledger.get("current_labels") if isinstance(ledger, dict) else None
         if not isinstance(labels, dict):  # none, or not a summary Mailward wrote
             return cls.of(0, 0)
-        try:
-            return cls.of(int(labels.get("ham", 0)), int(labels.get("spam", 0)))
-        except (TypeError, ValueError):
+        ham, spam = labels.get("ham", 0), labels.get("spam", 0)
+        if type(ham) is not int or type(spam) is not int:  # Mailward writes counts; 1e999 is no count
             return cls.of(0, 0)
+        return cls.of(ham, spam)
 
     def describe(self) -> str:
         learned = f"site mail learned: {self.site_ham} ham, {self.site_spam} spam"

@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import io
 import json
+import stat
 import sys
 from pathlib import Path
 
@@ -26,8 +27,16 @@ from scipy import sparse
 
 from ..errors import ArtifactError, MailwardError
 from ..trust import TrustedOwners
-from .artifact import PICKLE_FORMAT, SIDECAR, TrainedModel, _features, save_artifact
-from .classifier import CLASSES, Combiner, NaiveBayesCounts
+from .artifact import (
+    PACKAGE_FILE_MODE,
+    PICKLE_FORMAT,
+    SIDECAR,
+    TrainedModel,
+    _features,
+    model_settings,
+    save_artifact,
+)
+from .classifier import CLASSES, NaiveBayesCounts
 
 
 def convert(sidecar: Path, owners: TrustedOwners, root: Path) -> str | None:
@@ -50,19 +59,22 @@ def convert(sidecar: Path, owners: TrustedOwners, root: Path) -> str | None:
     columns = np.unique(feature_count.indices)
     counts = np.ascontiguousarray(feature_count[:, columns].toarray(), dtype=np.float64)
     features = _features(meta, sidecar)
+    alpha, combiner = model_settings(meta, sidecar)
     model = TrainedModel(
         NaiveBayesCounts(
             np.asarray(arrays["class_count"], dtype=np.float64),
             columns.astype(np.int64),
             counts,
             features.n_features,
-            float(meta["naive_bayes"]["alpha"]),
+            alpha,
         ),
         features,
-        Combiner(**meta["combiner"]),
+        combiner,
         dict(meta.get("training_data", {})),
     )
-    save_artifact(model, sidecar.parent, sidecar.name, version=str(meta["model_version"]))
+    # In place, as readable as before (a conversion run as root must not hide the model from the milter).
+    mode = stat.S_IMODE(sidecar.stat().st_mode) & PACKAGE_FILE_MODE
+    save_artifact(model, sidecar.parent, sidecar.name, version=str(meta["model_version"]), mode=mode)
     payload.unlink()
     return str(meta["model_version"])
 

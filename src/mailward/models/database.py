@@ -192,14 +192,16 @@ class ModelDatabase:
         with self._tx() as conn:
             return conn.execute("SELECT 1 FROM model_versions WHERE version = ?", (version,)).fetchone() is not None
 
-    def promote(self, version: str, action: str, actor: str, evaluation: dict[str, Any], at: float) -> str:
-        """Make ``version`` live; returns the version it replaced ("" if none)."""
+    def promote(
+        self, version: str, action: str, actor: str, evaluation: dict[str, Any], at: float, shipped: str = ""
+    ) -> str:
+        """Make ``version`` live; returns the version it replaced (``shipped`` before any promotion)."""
         with self._tx() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(?)", (_PROMOTION_LOCK,))
             if conn.execute("SELECT 1 FROM model_versions WHERE version = ?", (version,)).fetchone() is None:
                 raise ArtifactError(f"{self.where}: no model version {version}")
             row = conn.execute("SELECT version FROM model_promotions ORDER BY seq DESC LIMIT 1").fetchone()
-            previous = str(row[0]) if row else ""
+            previous = str(row[0]) if row else shipped
             conn.execute(
                 "INSERT INTO model_promotions (action, version, previous, actor, at, evaluation) "
                 "VALUES (?, ?, ?, ?, ?, ?)",

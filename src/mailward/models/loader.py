@@ -222,6 +222,12 @@ class ModelLoader:
             log.exception("could not report the refused spam model")
 
     def _load_configured(self, seen: Hashable) -> SpamModel:
-        model = self.source.load(seen)
+        """The source's model; any failure to load it is a refusal, so the model in use stays."""
+        try:
+            model = self.source.load(seen)
+        except ArtifactError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a model that breaks the loader is refused, never raised
+            raise ArtifactError(f"{self.source.where}: cannot load the model ({type(exc).__name__}: {exc})") from None
         log.info("spam model %s loaded from %s, %s", model.version, self.source.where, model.regime.describe())
         return model

@@ -32,6 +32,7 @@ _ALGORITHMS = {16: "md5", 20: "sha1", 32: "sha256"}
 _CLAMAV_SUFFIXES = (".hdb", ".hsb", ".hdu", ".hsu")
 _GENERIC = re.compile(r"^([0-9a-fA-F]{32}|[0-9a-fA-F]{40}|[0-9a-fA-F]{64})(?:\s*[;,\s]\s*(.*))?$")
 ANY_SIZE = -1
+_MAX_SIZE = 2**63 - 1  # sizes are kept as signed 64-bit integers (array "q")
 
 
 class _Table:
@@ -148,6 +149,8 @@ def _parse_clamav(line: str) -> tuple[bytes, int, str] | None:
         digest = bytes.fromhex(fields[0])
         size = ANY_SIZE if fields[1] == "*" else int(fields[1])
     except ValueError:
+        return None
+    if fields[1] != "*" and not 0 <= size <= _MAX_SIZE:  # "-1" is no wildcard; larger ones overflow the table
         return None
     return digest, size, fields[2]
 

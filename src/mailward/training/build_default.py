@@ -17,7 +17,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from ..models.artifact import SIDECAR, read_sidecar, save_artifact
+from ..models.artifact import PACKAGE_FILE_MODE, SIDECAR, read_sidecar, save_artifact
 from ..models.features import FeatureSettings
 from .corpus import LABELS, file_sha256, index_messages
 from .trainer import TrainingSettings, tokenized, train
@@ -66,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m mailward.training.build_default --corpus DIR --index INDEX --out DIR"
         + ("" if args.split == "train" else f" --split {args.split}"),
     }
-    model = save_artifact(train(tokenized(messages, settings.features), settings, summary), args.out)
+    model = save_artifact(
+        train(tokenized(messages, settings.features), settings, summary), args.out, mode=PACKAGE_FILE_MODE
+    )
     _remove_stale_payloads(args.out)
     print(
         f"{args.out / SIDECAR}: model {model.version}, classes {model.class_counts}, "

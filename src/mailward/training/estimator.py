@@ -62,6 +62,8 @@ def naive_bayes_from_counts(
 
 def counts_of(nb: MultinomialNB) -> NaiveBayesCounts:
     """What a fitted estimator has learned, as a model keeps it: the counts of the columns it saw."""
+    if not hasattr(nb, "classes_"):  # an empty training set: the estimator was never fitted
+        raise ArtifactError("no mail was learned; a spam model needs at least one ham and one spam message")
     if list(nb.classes_) != list(CLASSES):
         raise ValueError(f"classes {list(nb.classes_)}, a spam model has {list(CLASSES)}")
     columns = np.flatnonzero(nb.feature_count_.any(axis=0))

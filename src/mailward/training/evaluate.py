@@ -162,6 +162,13 @@ def measure(scores: Scores, thresholds: Thresholds, model: str) -> Evaluation:
     )
 
 
+def unjudged(evaluation: Evaluation) -> str:
+    """What the evaluated set lacks to judge a model ("" if nothing): without ham no false
+    positive can show, without spam no miss, and every figure comparing them is "n/a"."""
+    lacking = [label for label, n in (("ham", evaluation.n_ham), ("spam", evaluation.n_spam)) if not n]
+    return "no " + " and no ".join(lacking) if lacking else ""
+
+
 def regressions(candidate: Evaluation, live: Evaluation, settings: LearningSettings) -> list[str]:
     """Why ``candidate`` is worse than ``live`` beyond the configured margins (empty: it is not)."""
     problems = []

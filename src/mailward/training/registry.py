@@ -39,6 +39,7 @@ from ..dbfile import fsync_directory
 from ..errors import ArtifactError, MailwardError
 from ..models.artifact import (
     MODEL_DIR_MODE,
+    MODEL_FILE_MODE,
     SHIPPED_DIR,
     SIDECAR,
     TrainedModel,
@@ -196,7 +197,7 @@ class Registry:
             os.replace(link, self.live_link)
             fsync_directory(self.root)
             record = Promotion(action, version, previous, actor, time.time(), evaluation)
-            with open(self.root / HISTORY, "a", encoding="utf-8") as fh:
+            with open(_private(self.root / HISTORY, os.O_APPEND), "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record.as_dict(), sort_keys=True) + "\n")
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -240,12 +241,13 @@ class Registry:
         return sidecar
 
     def _register_live(self) -> str:
-        """The live version's name, copying a live model that is not in ``versions/`` into it."""
+        """The live version's name, copying a live model that is not in ``versions/`` into it
+        (the shipped one too: the first promotion must be one a rollback can undo)."""
         if self.live_link.is_symlink():
             return self.live_version()
         if self.live_link.exists():
             return self._import(self.live_link, self.root)
-        return ""
+        return self.keep_shipped() if self._has_shipped() else ""
 
     def _import(self, sidecar: Path, root: Path) -> str:
         model = load_artifact(sidecar, root, self.owners)
@@ -255,8 +257,12 @@ class Registry:
             self._make_dirs()
             staging = Path(tempfile.mkdtemp(prefix=".import-", dir=self.versions_dir))
             try:
-                shutil.copy2(sidecar.resolve().parent / meta["artifact"], staging / meta["artifact"])
-                shutil.copy2(sidecar, staging / SIDECAR)
+                for source, copy in (
+                    (sidecar.resolve().parent / meta["artifact"], meta["artifact"]),
+                    (sidecar, SIDECAR),
+                ):
+                    shutil.copy2(source, staging / copy)
+                    os.chmod(staging / copy, MODEL_FILE_MODE)  # the shipped model's are readable by all
                 os.rename(staging, target)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -265,7 +271,7 @@ class Registry:
     @contextmanager
     def _lock(self) -> Iterator[None]:
         self.root.mkdir(mode=MODEL_DIR_MODE, parents=True, exist_ok=True)
-        with open(self.root / ".registry.lock", "w") as fh:
+        with open(_private(self.root / ".registry.lock"), "w") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             yield
 
@@ -345,8 +351,10 @@ class DatabaseRegistry:
         if version == SHIPPED:
             version = self.keep_shipped()
         self.load(version)  # never make live a model the loaders would refuse
+        # Before the first promotion the shipped model is live: kept as a version, a rollback can return to it.
+        shipped = self.keep_shipped() if self._has_shipped() and self.database.live() is None else ""
         at = time.time()
-        previous = self.database.promote(version, action, actor, evaluation, at)
+        previous = self.database.promote(version, action, actor, evaluation, at, shipped)
         return Promotion(action, version, previous, actor, at, evaluation)
 
     def rollback_target(self) -> str:
@@ -363,6 +371,11 @@ class DatabaseRegistry:
     def _shipped(self) -> TrainedModel:
         assert self.shipped_dir is not None
         return load_artifact(self.shipped_dir / SIDECAR, self.shipped_dir, self.owners)
+
+
+def _private(path: Path, flags: int = 0) -> int:
+    """A descriptor of ``path`` for writing, created private to the service user like the models."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | flags, MODEL_FILE_MODE)
 
 
 def _rollback_target(current: str, history: list[Promotion], where: str) -> str:
