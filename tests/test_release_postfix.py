@@ -33,18 +33,10 @@ def queue_empty(postfix) -> bool:
 
 def test_release_with_hold_leaves_no_held_copy_and_delivers_once(postfix, milter, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MAIL_CONFIG", str(postfix.conf))  # postsuper of the test's Postfix instance
-    m = milter(
-        f'[policy.inbound]\nspam_action = "quarantine"\n'
-        f'[quarantine]\nhold = true\nrelay_host = "127.0.0.1"\nrelay_port = {postfix.smtp_port}\n'
-    )
-    mid, raw = gtube_message()
-    assert postfix.send(raw)[0] == 250
-    held = wait_for(lambda: postfix.queue("hold"))
-    assert len(held) == 1, postfix.log()[-2000:]
-    qid = m.event_where(lambda e: e["mailward"]["verdict"] == "quarantine")["mailward"]["quarantine_id"]
+    mid, qid, queue_id = _hold_one(postfix, milter)
 
     assert cli(["--config", str(tmp_path / "mailward.toml"), "quarantine", "release", qid]) == 0
-    assert f"held copy {held[0]['queue_id']} deleted from Postfix's hold queue" in capsys.readouterr().out
+    assert f"held copy {queue_id} deleted from Postfix's hold queue" in capsys.readouterr().out
     assert not postfix.queue("hold")  # the held copy is gone before ours goes out
     assert wait_for(lambda: copies(postfix, mid.encode())), postfix.log()[-2000:]
     # What the README used to suggest: release the hold queue. Nothing is left there to deliver twice.

@@ -108,6 +108,8 @@ def test_promotion_refuses_an_evaluation_set_that_cannot_judge_unless_forced(sta
     assert run_json(state, "model", "list")["live"] == ""
     code, out = run(state, "model", "promote", first, "--on", str(one_sided), "--force")
     assert code == 0 and "forced past: evaluation set has no" in out
+    compared = run_json(state, "model", "compare", first, str(one_sided))  # compare cannot judge on it either
+    assert not compared["promotable"] and compared["regressions"][0].startswith("the set has no")
 
 
 def test_the_shipped_model_is_promoted_by_name_after_evaluation(state):

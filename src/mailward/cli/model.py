@@ -155,7 +155,7 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _compare(args: argparse.Namespace, settings: Settings) -> int:
-    from ..training.evaluate import Thresholds, difference, headline, measure, plot, regressions, score_set
+    from ..training.evaluate import Thresholds, difference, headline, measure, plot, regressions, score_set, unjudged
     from ..training.registry import Registry
     from ..training.sources import read_sets
 
@@ -166,7 +166,10 @@ def _compare(args: argparse.Namespace, settings: Settings) -> int:
         [candidate.scorer(), live.scorer()], read_sets([args.set], args.split), args.jobs
     )
     cand, current = measure(cand_scores, thresholds, candidate.version), measure(live_scores, thresholds, live.version)
-    problems = regressions(cand, current, settings.learning)
+    lacking = unjudged(cand)  # then no figure compares, and "not worse" would mean nothing
+    problems = (
+        [f"the set has {lacking}: nothing to judge by"] if lacking else regressions(cand, current, settings.learning)
+    )
     if args.plot:
         plot(
             [(f"candidate {candidate.version}", cand_scores), (f"live {live.version}", live_scores)],
