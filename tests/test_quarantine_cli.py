@@ -19,7 +19,6 @@ from mailward.cli.quarantine import parse_age, parse_when, register
 from mailward.config import load_settings
 from mailward.envelope import Direction
 from mailward.evidence import RELEASE_HEADER
-from mailward.marks import message_body
 from mailward.quarantine import open_store
 from mailward.quarantine.release import ReleaseVerifier
 from mailward.source import MessageSource
@@ -119,7 +118,7 @@ def test_release_through_relay_marks_and_audits(cli, put, smtp_sink, settings):
     assert rcpts == ("bob@example.net",)
     msg = email.message_from_bytes(data)
     verifier = ReleaseVerifier.from_settings(settings)
-    assert verifier.verify(msg[RELEASE_HEADER], message_body(data), rcpts).quarantine_id == qid
+    assert verifier.verify(msg[RELEASE_HEADER], data, rcpts).quarantine_id == qid
     assert cli("release", qid)[0] == 3  # already released: nothing sent again
     assert len(smtp_sink.received) == 1
     hist = cli("history", qid, "--json")[1].splitlines()

@@ -9,7 +9,7 @@ import threading
 from mailward.actor import Actor
 from mailward.config import LimitSettings, load_settings
 from mailward.evidence import ALERT_HEADER, RELEASE_HEADER
-from mailward.marks import alert_mark, key_path, load_release_key, message_body, release_mark
+from mailward.marks import alert_mark, key_path, load_release_key, release_mark
 from mailward.message import parse_message
 from mailward.pipeline import mark_proof
 from mailward.quarantine import Status
@@ -51,7 +51,7 @@ def test_release_delivers_original_bytes_to_original_recipients(store, smtp_sink
     assert sender == "alice@example.org" and rcpts == ("bob@example.net", "carol@example.net")
     mark = header_value(data)
     assert data.split(b"\r\n", 1)[1] == raw  # the original bytes follow, unchanged
-    verified = ReleaseVerifier(KEY, 86400, clock=clock).verify(mark, message_body(data), rcpts)
+    verified = ReleaseVerifier(KEY, 86400, clock=clock).verify(mark, data, rcpts)
     assert verified is not None and verified.quarantine_id == qid
     assert store.get(qid).status is Status.RELEASED
     assert [ev.action for ev in store.history(qid)][-2:] == ["release-claim", "release"]
@@ -131,27 +131,34 @@ def test_concurrent_releases_deliver_once(store, smtp_sink):
 
 
 def test_verifier_rejects_forgeries_and_old_marks(clock):
-    body = b"Hello\r\nworld\r\n"
+    raw = b"Subject: x\r\nContent-Type: text/plain;\r\n charset=utf-8\r\n\r\nHello\r\nworld\r\n"
     rcpts = ("bob@example.net", "carol@example.net")
-    mark = release_mark(KEY, "MW-1", body, rcpts, clock())
+    mark = release_mark(KEY, "MW-1", raw, rcpts, clock())
     verifier = ReleaseVerifier(KEY, 3600, clock=clock)
-    assert verifier.verify(mark, body, rcpts).quarantine_id == "MW-1"
-    assert verifier.verify(mark, body, reversed(rcpts)) is not None  # recipient order does not matter
-    assert verifier.verify(mark, b"Hello\nworld\n", rcpts) is not None  # line endings rewritten in transit
-    assert verifier.verify(mark, b"Hello\r\nw0rld\r\n", rcpts) is None  # other content
-    assert verifier.verify(mark, body, ("eve@example.net",)) is None  # other recipients
-    assert ReleaseVerifier(b"x" * 32, 3600, clock=clock).verify(mark, body, rcpts) is None  # other key
+    assert verifier.verify(mark, raw, rcpts).quarantine_id == "MW-1"
+    assert verifier.verify(mark, raw, reversed(rcpts)) is not None  # recipient order does not matter
+    in_transit = b"Received: by mx\nSubject: x\nContent-Type: text/plain; charset=utf-8\n\nHello\nworld\n"
+    assert verifier.verify(mark, in_transit, rcpts) is not None  # line ends, folding and added fields
+    assert verifier.verify(mark, raw.replace(b"world", b"w0rld"), rcpts) is None  # other content
+    assert verifier.verify(mark, raw.replace(b"Hello\r\n", b"Hel\r\nlo\r\n"), rcpts) is None  # lines re-cut
+    retyped = raw.replace(b"Subject: x", b"Subject: x\r\nContent-Type: multipart/mixed; boundary=world")
+    assert verifier.verify(mark, retyped, rcpts) is None  # the same lines read as other parts
+    assert verifier.verify(mark, raw, ("eve@example.net",)) is None  # other recipients
+    assert ReleaseVerifier(b"x" * 32, 3600, clock=clock).verify(mark, raw, rcpts) is None  # other key
     forged = mark.replace("MW-1", "MW-2", 1)
-    assert verifier.verify(forged, body, rcpts) is None  # mark moved to another ID
+    assert verifier.verify(forged, raw, rcpts) is None  # mark moved to another ID
     for junk in ("", "MW-1", "MW-1 notatime sig", "a b c d"):
-        assert verifier.verify(junk, body, rcpts) is None
-    alert = alert_mark(KEY, "MW-1", body, rcpts, clock())
-    assert verifier.verify(alert, body, rcpts) is None  # an alert mark releases nothing
-    proof = proof_of(f"{ALERT_HEADER}: {alert}\r\nSubject: x\r\n\r\n".encode() + body)
+        assert verifier.verify(junk, raw, rcpts) is None
+    alert = alert_mark(KEY, "MW-1", raw, rcpts, clock())
+    assert verifier.verify(alert, raw, rcpts) is None  # an alert mark releases nothing
+    proof = proof_of(f"{ALERT_HEADER}: {alert}\r\n".encode() + raw)
     assert verifier.accept(proof, envelope(recipients=rcpts)).kind == "alert"
     assert verifier.accept(proof, envelope(recipients=rcpts[:1])) is None
+    assert (
+        verifier.accept(proof_of(f"{ALERT_HEADER}: {alert}\r\n".encode() + retyped), envelope(recipients=rcpts)) is None
+    )
     clock.now += 3601
-    assert verifier.verify(mark, body, rcpts) is None  # expired
+    assert verifier.verify(mark, raw, rcpts) is None  # expired
     assert verifier.accept(proof, envelope(recipients=rcpts)) is None
 
 

@@ -14,7 +14,7 @@ from harness.postfix import wait_for
 from mailward.cli.main import main as cli
 from mailward.config import load_settings
 from mailward.evidence import RELEASE_HEADER
-from mailward.marks import key_path, load_release_key, message_body, release_mark
+from mailward.marks import key_path, load_release_key, release_mark
 from mailward.quarantine import open_store
 from support.mail import eicar_message, gtube_message
 
@@ -119,7 +119,7 @@ def test_release_mark_is_used_once_and_only_for_its_recipients(postfix, milter, 
     [used] = [e for e in store.history(qid) if e.action == "release-mark-used"]
     stamp = int(used.detail.split()[-1])
     stored = store.read(qid)
-    mark = release_mark(load_release_key(key_path(settings)), qid, message_body(stored), ("user@example.test",), stamp)
+    mark = release_mark(load_release_key(key_path(settings)), qid, stored, ("user@example.test",), stamp)
     replay = f"{RELEASE_HEADER}: {mark}\r\n".encode() + stored
     for rcpts in (("user@example.test",), ("other@example.test",)):
         before = len(m.events())

@@ -238,7 +238,11 @@ def retry_key(raw: bytes, header_end: int, queue_id: str, mail_from: str, recipi
 
 RELEASE_HEADER = "X-Mailward-Release"  # on a message an analyst released from the quarantine
 ALERT_HEADER = "X-Mailward-Alert-Mark"  # on Mailward's own alert mail
-_LINE_BREAKS = re.compile(rb"[\r\n]")
+_LINE_END = re.compile(rb"\r\n?")
+# The fields that decide how a body is read, each with its continuation lines.
+_STRUCTURE_FIELD = re.compile(
+    rb"^(content-type|content-transfer-encoding|mime-version)[ \t]*:(.*(?:\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE
+)
 
 
 @dataclass(frozen=True)
@@ -251,12 +255,23 @@ class MarkProof:
 
     release: tuple[str, ...] = ()
     alert: tuple[str, ...] = ()
-    body_digest: str = ""
+    content_digest: str = ""
 
 
-def body_digest(body: bytes) -> str:
-    """SHA-256 of a body without its line breaks: MTAs rewrite line endings, and that voids no mark."""
-    return hashlib.sha256(_LINE_BREAKS.sub(b"", body)).hexdigest()
+def content_digest(head: bytes, body: bytes) -> str:
+    """SHA-256 of what a mark vouches for: the body's lines and every field that decides how they
+    are read (Content-Type, Content-Transfer-Encoding, MIME-Version), unfolded.
+
+    Line endings, folding and the fields an MTA adds may change in transit and void nothing. A line
+    break added or removed, or a field that reads the same lines as other parts, voids the mark: a
+    digest of the body without its line breaks let a sender re-cut a marked alert, quoting their
+    subject, into a part holding malware, delivered as the alert.
+    """
+    fields = b"\n".join(
+        name.lower() + b":" + b" ".join(value.split())
+        for name, value in _STRUCTURE_FIELD.findall(_LINE_END.sub(b"\n", head))
+    )
+    return hashlib.sha256(fields + b"\n\n" + _LINE_END.sub(b"\n", body).rstrip(b"\n")).hexdigest()
 
 
 def _printable(text: str) -> str:

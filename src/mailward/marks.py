@@ -3,8 +3,9 @@
 A mark is ``<id> <unix time> <hmac>`` in a header prepended to a message:
 HMAC-SHA-256 under the release key (``release.key``, shared by all milter
 hosts) over its domain (``release`` or ``alert``), the ID, the time, a digest
-of the body and of the recipients, so it cannot be forged, moved to other
-content or replayed to other recipients. The quarantine marks what an
+of the content (the body's lines and the fields that decide how they are read)
+and of the recipients, so it cannot be forged, moved to other content or replayed
+to other recipients. The quarantine marks what an
 analyst releases (:mod:`mailward.quarantine.release`, which also checks marks
 in the milter); incident response marks its alert mail (:mod:`mailward.incidents.alerts`).
 Both build on this module, so neither imports the other.
@@ -21,7 +22,7 @@ from pathlib import Path
 from .config import Settings
 from .dbfile import create_private_file
 from .errors import StoreError
-from .evidence import body_digest
+from .evidence import content_digest
 from .message import split_message
 
 _KEY_BYTES = 32
@@ -51,11 +52,6 @@ def load_release_key(path: Path) -> bytes:
     return key
 
 
-def message_body(raw: bytes) -> bytes:
-    """Everything after the header block (empty if there is none)."""
-    return split_message(raw)[1]
-
-
 def recipients_digest(recipients: Iterable[str]) -> str:
     """Order and repetition do not matter: the MTA may pass recipients in any order."""
     return hashlib.sha256("\n".join(sorted(set(recipients))).encode("utf-8", "surrogateescape")).hexdigest()
@@ -67,19 +63,20 @@ def signature(key: bytes, domain: str, ident: str, stamp: int, digest: str, reci
     return hmac.new(key, text.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()
 
 
-def _mark(key: bytes, domain: str, ident: str, body: bytes, recipients: Iterable[str], now: float) -> str:
+def _mark(key: bytes, domain: str, ident: str, raw: bytes, recipients: Iterable[str], now: float) -> str:
     stamp = int(now)
-    return f"{ident} {stamp} {signature(key, domain, ident, stamp, body_digest(body), recipients_digest(recipients))}"
+    digest = content_digest(*split_message(raw))
+    return f"{ident} {stamp} {signature(key, domain, ident, stamp, digest, recipients_digest(recipients))}"
 
 
-def release_mark(key: bytes, quarantine_id: str, body: bytes, recipients: Iterable[str], now: float) -> str:
-    """The value of the ``X-Mailward-Release`` header for ``body`` released to ``recipients``."""
-    return _mark(key, "release", quarantine_id, body, recipients, now)
+def release_mark(key: bytes, quarantine_id: str, raw: bytes, recipients: Iterable[str], now: float) -> str:
+    """The value of the ``X-Mailward-Release`` header for the message ``raw`` released to ``recipients``."""
+    return _mark(key, "release", quarantine_id, raw, recipients, now)
 
 
-def alert_mark(key: bytes, incident_id: str, body: bytes, recipients: Iterable[str], now: float) -> str:
-    """The value of the ``X-Mailward-Alert-Mark`` header of an alert e-mail."""
-    return _mark(key, "alert", incident_id, body, recipients, now)
+def alert_mark(key: bytes, incident_id: str, raw: bytes, recipients: Iterable[str], now: float) -> str:
+    """The value of the ``X-Mailward-Alert-Mark`` header of the alert e-mail ``raw``."""
+    return _mark(key, "alert", incident_id, raw, recipients, now)
 
 
 def parse_mark(value: str) -> tuple[str, int, str] | None:

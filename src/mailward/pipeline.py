@@ -29,7 +29,7 @@ from .evidence import (
     MarkProof,
     MessageFacts,
     Severity,
-    body_digest,
+    content_digest,
 )
 from .message import ParsedMessage, parse_message, split_message
 from .unpack import Unpacker
@@ -76,7 +76,7 @@ class Inspector:
 def mark_proof(message: ParsedMessage) -> MarkProof | None:
     """The release and alert marks ``message`` claims and its body digest; None when it claims none.
 
-    Read from the parsed headers; the body is hashed only for a message that claims a mark.
+    Read from the parsed headers; the content is hashed only for a message that claims a mark.
     """
     if b"x-mailward-" not in message.raw_headers.lower():  # ordinary mail: nothing to look up
         return None
@@ -84,7 +84,7 @@ def mark_proof(message: ParsedMessage) -> MarkProof | None:
     alert = tuple(" ".join(v.split()) for v in message.header_all(ALERT_HEADER))
     if not release and not alert:
         return None
-    return MarkProof(release, alert, body_digest(split_message(message.raw)[1]))
+    return MarkProof(release, alert, content_digest(*split_message(message.raw)))
 
 
 def detector_error(detector: str, exc: BaseException) -> Finding:

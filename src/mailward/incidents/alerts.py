@@ -30,7 +30,7 @@ from email.message import EmailMessage
 from enum import Enum
 from typing import TYPE_CHECKING, Protocol
 
-from ..marks import alert_mark, key_path, load_release_key, marked, message_body
+from ..marks import alert_mark, key_path, load_release_key, marked
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -174,7 +174,7 @@ class EmailChannel:
             data = marked(
                 data,
                 ALERT_HEADER,
-                alert_mark(self._key, alert.incident_id, message_body(data), self.recipients, time.time()),
+                alert_mark(self._key, alert.incident_id, data, self.recipients, time.time()),
             )
         options = ["SMTPUTF8"] if any(not a.isascii() for a in (self.sender, *self.recipients)) else []
         with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:

@@ -51,17 +51,17 @@ from ..actor import Actor
 from ..config import Settings
 from ..envelope import Envelope
 from ..errors import MailwardError, StoreError
-from ..evidence import RELEASE_HEADER, MarkProof, body_digest
+from ..evidence import RELEASE_HEADER, MarkProof, content_digest
 from ..marks import (
     key_path,
     load_release_key,
     marked,
-    message_body,
     parse_mark,
     recipients_digest,
     release_mark,
     signature,
 )
+from ..message import split_message
 from ..privileges import as_root
 from .records import ReleaseClaim, check_id
 from .store import QuarantineStore
@@ -154,9 +154,9 @@ class ReleaseVerifier:
             return None
         return ident, stamp
 
-    def verify(self, header_value: str, body: bytes, recipients: Iterable[str]) -> ReleaseMark | None:
-        """The mark if ``header_value`` is a valid, unexpired release of ``body`` to ``recipients``."""
-        valid = self._valid("release", header_value, body_digest(body), recipients, self._max_age)
+    def verify(self, header_value: str, raw: bytes, recipients: Iterable[str]) -> ReleaseMark | None:
+        """The mark if ``header_value`` is a valid, unexpired release of the message ``raw`` to ``recipients``."""
+        valid = self._valid("release", header_value, content_digest(*split_message(raw)), recipients, self._max_age)
         return ReleaseMark(valid[0], float(valid[1])) if valid else None
 
     def accept(self, proof: MarkProof, envelope: Envelope) -> ReleaseMark | None:
@@ -165,13 +165,13 @@ class ReleaseVerifier:
         Reads only short strings and one store row: safe in the milter process.
         """
         for value in proof.alert:
-            valid = self._valid("alert", value, proof.body_digest, envelope.recipients, ALERT_MAX_AGE)
+            valid = self._valid("alert", value, proof.content_digest, envelope.recipients, ALERT_MAX_AGE)
             if valid:
                 return ReleaseMark(valid[0], float(valid[1]), "alert")
         if self._store is None:
             return None
         for value in proof.release:
-            mark = self._use(value, proof.body_digest, envelope)
+            mark = self._use(value, proof.content_digest, envelope)
             if mark is not None:
                 return mark
         return None
@@ -223,7 +223,7 @@ def release(
             raise StoreError("the record has no recipients")
         if relay.hold_queue and record.envelope.queue_id:
             held = _clear_hold_queue(store, quarantine_id, record.envelope.queue_id, actor, without_held_copy)
-        mark = release_mark(key, quarantine_id, message_body(raw), recipients, clock())
+        mark = release_mark(key, quarantine_id, raw, recipients, clock())
         refused = _deliver(relay, record.envelope.mail_from, recipients, marked(raw, RELEASE_HEADER, mark))
     except NoHeldCopy as exc:
         log.warning("release of %s refused: %s", quarantine_id, exc)
