@@ -6,7 +6,7 @@ sends spam with the same words). So only the confident extremes are taken
 (``learning.autolearn_ham_below`` / ``autolearn_spam_above``), and:
 
 * a message that already has a label keeps it: analysts' labels always win;
-* at most ``autolearn_per_sender`` messages per From: domain and run;
+* at most ``autolearn_per_sender`` messages per From: registrable domain and run;
 * a class may not grow beyond ``autolearn_max_ratio`` times the other in the
   ledger, so a flood of one kind cannot tip the model's priors.
 
@@ -26,6 +26,7 @@ from email.utils import parseaddr
 from ..config import LearningSettings
 from ..message import header_block
 from ..models.classifier import SpamModel
+from ..models.tokens import registrable_domain
 from .ledger import Ledger, digest_of
 from .sources import LabelledMail
 from .streams import progress, with_tokens
@@ -66,7 +67,11 @@ def autolearn(
 
 
 def sender_domain(raw: bytes) -> str:
-    """The From: address's domain, lower-cased ("" when there is none)."""
+    """The registrable domain of the From: address, lower-cased ("" when there is none).
+
+    Registrable, not as written: a sender who varies subdomains (``d1.example``, ``d2.example``...)
+    would otherwise get a fresh allowance with each.
+    """
     headers = BytesHeaderParser(policy=compat32).parsebytes(header_block(raw) + b"\n\n")
     address = parseaddr(str(headers.get("From", "")))[1]
-    return address.rpartition("@")[2].lower().strip(".")
+    return registrable_domain(address.rpartition("@")[2])
