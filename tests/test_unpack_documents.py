@@ -7,7 +7,7 @@ import pikepdf
 from mailward.evidence import Category, Severity
 from mailward.unpack import Fact, Kind
 from support.mail import mime_mail as message
-from support.unpack import ooxml, vba_project
+from support.unpack import compressed_rtf, ooxml, rtf_package, tnef, vba_project
 
 DROPPER = """Sub AutoOpen()
     Dim path As String
@@ -169,3 +169,25 @@ def test_ordinary_html_with_script_is_not_smuggling(scan):
     )
     _, evidence = scan(message(html=page))
     assert not found(evidence, "html-smuggling")
+
+
+PE_STUB = b"MZ" + b"\x90" * 62 + b"This program cannot be run in DOS mode.\r\r\n$" + b"\0" * 200
+
+
+def test_compressed_rtf_of_the_specification_decompresses():
+    from mailward.unpack.lzfu import decompress
+
+    example = bytes.fromhex(
+        "2d0000002b0000004c5a4675f1c5c7a703000a0072637067313235423 20af32068656c090020627705b06c647d0a800fa0".replace(
+            " ", ""
+        )
+    )  # MS-OXRTFCP 3.1.1
+    assert decompress(example, 1000) == (b"{\\rtf1\\ansi\\ansicpg1252\\pard hello world}\r\n", True)
+    assert decompress(example, 10) == (b"{\\rtf1\\ans", False)
+
+
+def test_tnef_rtf_body_is_read_like_an_rtf_attachment(scan):
+    winmail = tnef({}, rtf_body=compressed_rtf(rtf_package("invoice.exe", PE_STUB)))
+    parsed, evidence = scan(message(attachments=[("winmail.dat", winmail)]))
+    location = "winmail.dat > winmail body.rtf > invoice.exe"
+    assert "banned-extension" in {f.name for f in evidence.findings if f.location == location}

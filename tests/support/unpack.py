@@ -136,8 +136,9 @@ def rar4_stored(members: dict[str, bytes]) -> bytes:
     return out + block(0x7B, 0x4000, b"")
 
 
-def tnef(attachments: dict[str, bytes]) -> bytes:
-    """A winmail.dat with one attribute run per attachment (rendering data, title, data)."""
+def tnef(attachments: dict[str, bytes], rtf_body: bytes | None = None) -> bytes:
+    """A winmail.dat with one attribute run per attachment (rendering data, title, data), and
+    ``rtf_body`` as the message's PR_RTF_COMPRESSED property when given (already compressed)."""
 
     def attribute(level: int, name: int, kind: int, data: bytes) -> bytes:
         return struct.pack("<BHHL", level, name, kind, len(data)) + data + struct.pack("<H", sum(data) & 0xFFFF)
@@ -148,7 +149,64 @@ def tnef(attachments: dict[str, bytes]) -> bytes:
         out += attribute(2, 0x9002, 0x0006, b"\0" * 14)  # starts an attachment
         out += attribute(2, 0x8010, 0x0001, name.encode() + b"\0")  # title
         out += attribute(2, 0x800F, 0x0006, data)  # data
+    if rtf_body is not None:  # attMsgProps: one PT_BINARY property, PR_RTF_COMPRESSED (0x1009)
+        value = struct.pack("<I", len(rtf_body)) + rtf_body + b"\0" * (-len(rtf_body) % 4)
+        out += attribute(1, 0x9003, 0x0006, struct.pack("<IHHI", 1, 0x0102, 0x1009, 1) + value)
     return out
+
+
+_RTF_PREBUFFER = (
+    b"{\\rtf1\\ansi\\mac\\deff0\\deftab720{\\fonttbl;}{\\f0\\fnil \\froman \\fswiss \\fmodern \\fscript "
+    b"\\fdecor MS Sans SerifSymbolArialTimes New RomanCourier{\\colortbl\\red0\\green0\\blue0\r\n\\par "
+    b"\\pard\\plain\\f0\\fs20\\b\\i\\u\\tab\\tx"
+)
+
+
+def compressed_rtf(rtf: bytes) -> bytes:
+    """MS-OXRTFCP "LZFu" compressed RTF: one back reference into the prebuffer, literals, the end marker."""
+    tokens: list[bytes | None] = []  # bytes: a literal; None: a reference; the last reference ends the stream
+    start = rtf[:6]
+    reference = _RTF_PREBUFFER.find(start)
+    rest = rtf
+    if reference >= 0 and len(start) == 6:  # "{\rtf1" is in the prebuffer: copy it from there
+        tokens.append(struct.pack(">H", reference << 4 | (6 - 2)))
+        rest = rtf[6:]
+    out = bytearray()
+    kinds = [True] * len(tokens) + [False] * len(rest) + [True]
+    end = (len(_RTF_PREBUFFER) + len(rtf)) % 4096
+    values = tokens + [bytes([b]) for b in rest] + [struct.pack(">H", end << 4)]
+    for group in range(0, len(values), 8):
+        flags = sum(1 << i for i, is_ref in enumerate(kinds[group : group + 8]) if is_ref)
+        out.append(flags)
+        for value in values[group : group + 8]:
+            out += value
+    body = struct.pack("<II", 0x75465A4C, 0) + bytes(out)
+    return struct.pack("<II", len(body) + 4, len(rtf)) + body
+
+
+def rtf_package(filename: str, payload: bytes) -> bytes:
+    """An RTF document embedding ``payload`` as an OLE package named ``filename``."""
+    import binascii
+
+    klass = b"Package\0"
+    native = (
+        struct.pack("<H", 2)
+        + filename.encode()
+        + b"\0C:\\"
+        + filename.encode()
+        + b"\0"
+        + struct.pack("<HH", 0, 3)
+        + b"C:\\tmp\\"
+        + filename.encode()
+        + b"\0"
+        + struct.pack("<L", len(payload))
+        + payload
+    )
+    ole1 = struct.pack("<III", 0x00000501, 2, len(klass)) + klass + struct.pack("<III", 0, 0, len(native)) + native
+    return (
+        b"{\\rtf1\\ansi Please open the attached file.\\par{\\object\\objemb{\\*\\objclass Package}"
+        b"{\\*\\objdata " + binascii.hexlify(ole1) + b"}}}"
+    )
 
 
 def uuencoded(name: str, data: bytes) -> bytes:
