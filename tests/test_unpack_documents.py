@@ -7,7 +7,7 @@ import pikepdf
 from mailward.evidence import Category, Severity
 from mailward.unpack import Fact, Kind
 from support.mail import mime_mail as message
-from support.unpack import compressed_rtf, ooxml, rtf_package, tnef, vba_project
+from support.unpack import compound, compressed_rtf, ooxml, outlook_item, rtf_package, tnef, vba_project
 
 DROPPER = """Sub AutoOpen()
     Dim path As String
@@ -172,6 +172,24 @@ def test_ordinary_html_with_script_is_not_smuggling(scan):
 
 
 PE_STUB = b"MZ" + b"\x90" * 62 + b"This program cannot be run in DOS mode.\r\r\n$" + b"\0" * 200
+
+
+def test_outlook_item_attachments_and_attached_items_are_members(scan):
+    inner = outlook_item({"order.scr": PE_STUB}, subject="Order 7")
+    item = compound(outlook_item({"invoice.exe": PE_STUB, "Order 7.msg": inner}, subject="Fwd"))
+    parsed, evidence = scan(message(attachments=[("forward.msg", item)]))
+    paths = {o.path for o in parsed.objects}
+    assert {"forward.msg > invoice.exe", "forward.msg > Order 7/order.scr"} <= paths
+    for member in ("invoice.exe", "Order 7/order.scr"):
+        assert "banned-extension" in {f.name for f in evidence.findings if f.location == f"forward.msg > {member}"}
+
+
+def test_outlook_item_rtf_body_is_decompressed_and_opened(scan):
+    item = compound({"__substg1.0_10090102": compressed_rtf(rtf_package("invoice.exe", PE_STUB))})
+    parsed, evidence = scan(message(attachments=[("note.msg", item)]))
+    assert "banned-extension" in {
+        f.name for f in evidence.findings if f.location == "note.msg > message body.rtf > invoice.exe"
+    }
 
 
 def test_compressed_rtf_of_the_specification_decompresses():

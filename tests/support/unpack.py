@@ -209,6 +209,46 @@ def rtf_package(filename: str, payload: bytes) -> bytes:
     )
 
 
+def compound(tree: dict[str, object]) -> bytes:
+    """A compound file from nested ``{name: bytes | {name: ...}}`` (dicts are storages); streams
+    are padded to 4200 bytes (no mini stream), so string properties end at their first NUL."""
+    NONE = 0xFFFFFFFF
+    entries: list[list[object]] = [["Root Entry", 5, b"", NONE, NONE, NONE]]
+
+    def add(children: dict[str, object], parent: int) -> None:
+        previous = None
+        for name, node in children.items():
+            index = len(entries)
+            if isinstance(node, dict):
+                entries.append([name, 1, b"", NONE, NONE, NONE])
+                add(node, index)
+            else:
+                assert isinstance(node, bytes)
+                entries.append([name, 2, node.ljust(4200, b"\0"), NONE, NONE, NONE])
+            if previous is None:
+                entries[parent][5] = index
+            else:
+                entries[previous][4] = index
+            previous = index
+
+    add(tree, 0)
+    return _compound_file([tuple(e) for e in entries])  # type: ignore[misc]
+
+
+def outlook_item(attachments: dict[str, bytes | dict[str, object]], subject: str = "Fwd") -> dict[str, object]:
+    """The storage tree of an Outlook item (.msg): a file attachment per ``bytes``, an attached
+    item (attach method 5) per dict made by this function. ``compound()`` turns it into a file."""
+    tree: dict[str, object] = {"__substg1.0_0037001F": subject.encode("utf-16-le")}
+    for i, (name, value) in enumerate(attachments.items()):
+        storage: dict[str, object] = {"__substg1.0_3707001F": name.encode("utf-16-le")}
+        if isinstance(value, dict):
+            storage["__substg1.0_3701000D"] = value
+        else:
+            storage["__substg1.0_37010102"] = value
+        tree[f"__attach_version1.0_#{i:08X}"] = storage
+    return tree
+
+
 def uuencoded(name: str, data: bytes) -> bytes:
     import binascii
 
