@@ -80,6 +80,25 @@ def test_uuencoded_file_in_the_body_is_an_object(scan):
     assert parsed.objects[0].is_text and "Here it is" in parsed.objects[0].text()
 
 
+@pytest.mark.parametrize("lead", [b"{\\rtf1 Hello}\n", b"Hello\0 there\n", b"%PDF-1.4 is what we use\n"])
+def test_uuencoded_file_in_a_text_body_that_sniffs_as_something_else(scan, lead):
+    from support.mail import literal
+
+    raw = literal(
+        [("From", "a@example.org"), ("To", "u@example.com"), ("Subject", "docs"), ("Content-Type", "text/plain")],
+        lead + b"see the file\n" + uuencoded("eicar.com", EICAR),
+        eol="\n",
+    )
+    _, evidence = scan(raw)
+    assert malware_locations(evidence) == {"part body > eicar.com"}
+
+
+def test_uuencoded_file_in_an_attachment_no_other_handler_reads(scan):
+    blob = b"\0\1\2 notes\n" + uuencoded("eicar.com", EICAR)
+    _, evidence = scan(message(attachments=[("notes.dat", blob)]))
+    assert malware_locations(evidence) == {"notes.dat > eicar.com"}
+
+
 def test_email_inside_an_archive_is_parsed(scan):
     inner = message(subject="inner", attachments=[("eicar.com", EICAR)])
     _, evidence = scan(message(attachments=[("fwd.zip", zipped({"mail.eml": inner}))]))
