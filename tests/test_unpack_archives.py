@@ -99,6 +99,43 @@ def test_uuencoded_file_in_an_attachment_no_other_handler_reads(scan):
     assert malware_locations(evidence) == {"notes.dat > eicar.com"}
 
 
+def _self_extracting(prefix: bytes, members: dict[str, bytes]) -> bytes:
+    """A zip appended to ``prefix`` with offsets counted from the file's start, as self-extractors are."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    buf.write(prefix)
+    with zipfile.ZipFile(buf, "a") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "name, build, location",
+    [
+        ("photos.zip", lambda: b"GIF89a\1\0\1\0\0\0\0;" + b"\0" * 100 + zipped({"eicar.com": EICAR}), "photos.zip"),
+        ("photos.zip", lambda: b"Archive follows.\r\n" * 3 + zipped({"eicar.com": EICAR}), "photos.zip"),
+        ("data.bin", lambda: _self_extracting(b"\x89PNG\r\n\x1a\n" + b"\0" * 600, {"eicar.com": EICAR}), "data.bin"),
+        (
+            "scan.jpg",
+            lambda: b"\xff\xd8\xff\xe0" + b"\0" * 300 + seven_zip({"eicar.com": EICAR}),
+            "scan.jpg > 7z at offset 304",
+        ),
+        (
+            "scan.jpg",
+            lambda: b"\xff\xd8\xff\xe0" + b"\0" * 300 + rar4_stored({"eicar.com": EICAR}),
+            "scan.jpg > rar at offset 304",
+        ),
+    ],
+)
+def test_archive_behind_other_bytes_is_opened(scan, name, build, location):
+    _, evidence = scan(message(attachments=[(name, build())]))
+    assert malware_locations(evidence) == {f"{location} > eicar.com"}
+    assert "polyglot" in names_at(evidence, name)
+
+
 def test_email_inside_an_archive_is_parsed(scan):
     inner = message(subject="inner", attachments=[("eicar.com", EICAR)])
     _, evidence = scan(message(attachments=[("fwd.zip", zipped({"mail.eml": inner}))]))

@@ -30,6 +30,7 @@ from .config import LimitSettings
 from .evidence import Category, Finding, Severity
 from .mimeparse import POLICY, header_end, stdlib_parse
 from .unpack import Allowance, Incomplete, Kind, MemberState, Observation, Stop, Unpacker
+from .unpack.carve import has_embedded_archive
 from .unpack.passwords import password_candidates
 from .unpack.uuencode import has_uuencoded
 
@@ -460,20 +461,24 @@ class _Expansion:
 
 
 def _handlers(obj: ContentObject) -> list[Kind]:
-    """The handlers that read ``obj``: its kind's own, and the text decoder for files encoded in text.
+    """The handlers that read ``obj``: its kind's own, the text decoder, the archive carver.
 
     Mail clients show a uuencoded block in a text body as an attachment, whatever else the
     body looks like: a declared text part is decoded even when its first bytes (``{\\rtf1``,
     a NUL) make it sniff as something else, and so is any object no other handler reads.
+    Archive tools open a zip after a GIF header or text lines, and a 7z or RAR after any
+    prefix: objects no other handler reads are searched for them.
     """
     if not obj.has_content:
         return []
     kind = obj.kind
     own = Unpacker.handles(kind) or kind in (Kind.EMAIL, Kind.OTHER_ARCHIVE, Kind.DISK_IMAGE)
-    handlers: list[Kind] = [kind] if own and kind is not Kind.TEXT else []
-    textual = kind is Kind.TEXT or not handlers or obj.declared_type.startswith("text/")
-    if textual and has_uuencoded(obj.data):
+    handlers: list[Kind] = [kind] if own and kind not in (Kind.TEXT, Kind.OTHER) else []
+    unread = not handlers
+    if (unread or obj.declared_type.startswith("text/")) and has_uuencoded(obj.data):
         handlers.append(Kind.TEXT)
+    if unread and has_embedded_archive(obj.data):
+        handlers.append(Kind.OTHER)
     return handlers
 
 
