@@ -3,6 +3,7 @@
 import io
 
 import pikepdf
+import pytest
 
 from mailward.evidence import Category, Severity
 from mailward.unpack import Fact, Kind
@@ -209,3 +210,33 @@ def test_tnef_rtf_body_is_read_like_an_rtf_attachment(scan):
     parsed, evidence = scan(message(attachments=[("winmail.dat", winmail)]))
     location = "winmail.dat > winmail body.rtf > invoice.exe"
     assert "banned-extension" in {f.name for f in evidence.findings if f.location == location}
+
+
+def _data_link(payload: bytes, mime: str = "application/octet-stream", download_first: bool = False, wrap: int = 0):
+    import base64
+
+    text = base64.b64encode(payload).decode()
+    if wrap:
+        text = "\n".join(text[i : i + wrap] for i in range(0, len(text), wrap))
+    href = f'href="data:{mime};base64,{text}"'
+    attributes = f'download="invoice.exe" {href}' if download_first else f'{href} download="invoice.exe"'
+    return f"<html><body><p>Your invoice</p><a {attributes}>Download</a></body></html>".encode()
+
+
+@pytest.mark.parametrize("variant", [{"download_first": True}, {"wrap": 76}, {"download_first": True, "wrap": 64}])
+def test_data_uri_download_link_is_smuggling_however_written(scan, variant):
+    page = _data_link(PE_STUB * 8, **variant)
+    parsed, evidence = scan(message(attachments=[("invoice.html", page)]))
+    assert found(evidence, "html-smuggling")[0].location == "invoice.html"
+    member = next(o for o in parsed.objects if o.path == "invoice.html > invoice.exe")
+    assert member.data == PE_STUB * 8  # decoded whole: YARA, ClamAV and the type checks see the file
+    assert "banned-extension" in {f.name for f in evidence.findings if f.location == member.path}
+
+
+def test_every_base64_data_uri_is_a_member(scan):
+    page = _data_link(PE_STUB, mime="image/png") + b'<img src="data:image/gif;base64,R0lGODlhAQABAAAAACw=">'
+    parsed, evidence = scan(message(attachments=[("invoice.html", page)]))
+    members = {o.path: o for o in parsed.objects if o.parent == "invoice.html"}
+    assert members["invoice.html > invoice.exe"].declared_type == "image/png"
+    assert members["invoice.html > data URI 2"].data.startswith(b"GIF89a")
+    assert "banned-extension" in {f.name for f in evidence.findings if f.location == "invoice.html > invoice.exe"}

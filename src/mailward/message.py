@@ -425,7 +425,7 @@ class _Expansion:
             members=max(self.limits.max_objects - len(self.objects) - pending, 0),
             max_ratio=self.limits.max_ratio,
             ratio_floor=self.limits.ratio_floor,
-            passwords=self.passwords.candidates() if kind is not Kind.TEXT else (),
+            passwords=self.passwords.candidates() if kind not in (Kind.TEXT, Kind.HTML) else (),
             seconds=self.limits.parser_timeout,
         )
         result = self.unpacker.unpack(kind, obj.data, obj.names[0] if obj.names else obj.path, allowance)
@@ -473,13 +473,19 @@ def _handlers(obj: ContentObject) -> list[Kind]:
         return []
     kind = obj.kind
     own = Unpacker.handles(kind) or kind in (Kind.EMAIL, Kind.OTHER_ARCHIVE, Kind.DISK_IMAGE)
-    handlers: list[Kind] = [kind] if own and kind not in (Kind.TEXT, Kind.OTHER) else []
-    unread = not handlers
+    handlers: list[Kind] = [kind] if own and kind not in _ANY_BYTES else []
+    unread = not handlers  # no container or document parser: text, markup, images, unknown data
     if (unread or obj.declared_type.startswith("text/")) and has_uuencoded(obj.data):
         handlers.append(Kind.TEXT)
     if unread and has_embedded_archive(obj.data):
         handlers.append(Kind.OTHER)
+    if kind is Kind.HTML and b"base64," in obj.data:
+        handlers.append(Kind.HTML)
     return handlers
+
+
+# Handlers registered under these kinds look for something in any bytes, rather than parse a format.
+_ANY_BYTES = (Kind.TEXT, Kind.OTHER, Kind.HTML)
 
 
 class _PasswordSource:
