@@ -51,6 +51,13 @@ def test_uuencode_without_end_lines_is_linear(count):
     assert f"{count} uuencoded" in result.incomplete[0].detail
 
 
+def test_yenc_and_binhex_without_end_lines_are_linear():
+    page = b"=ybegin line=128 size=9 name=a.bin\n" + b"xyz\n" * 1000
+    page = page * 300 + b"(This file must be converted with BinHex 4.0)\n:" + b"!!!!\n" * 100_000
+    result, seconds = timed(unpack_uuencoded, page, "body", Allowance(bytes=10**8, members=1000))
+    assert seconds < BOUND and result.incomplete
+
+
 def test_uuencoded_blocks_are_each_decoded_once():
     data = unterminated_begins(20, size=200_000, line=b"M" + b"A" * 60 + b"\n")
     result = unpack_uuencoded(data, "body", Allowance(bytes=256 << 20, members=1000))

@@ -13,6 +13,7 @@ from support.mail import EICAR
 from support.mail import mime_mail as message
 from support.unpack import (
     aes_zip,
+    binhexed,
     iso_image,
     names_at,
     nested_zip,
@@ -22,6 +23,7 @@ from support.unpack import (
     tar_gz,
     tnef,
     uuencoded,
+    yencoded,
     zipped,
 )
 
@@ -91,6 +93,25 @@ def test_uuencoded_file_in_a_text_body_that_sniffs_as_something_else(scan, lead)
     )
     _, evidence = scan(raw)
     assert malware_locations(evidence) == {"part body > eicar.com"}
+
+
+def test_yenc_file_in_the_body_is_an_object(scan):
+    from support.mail import literal
+
+    headers = [("From", "a@example.org"), ("Content-Type", "text/plain; charset=iso-8859-1")]
+    raw = literal(
+        [*headers, ("Content-Transfer-Encoding", "8bit")], b"Here:\n" + yencoded("eicar.com", EICAR), eol="\n"
+    )
+    _, evidence = scan(raw)
+    assert malware_locations(evidence) == {"part body > eicar.com"}
+
+
+def test_binhex_attachment_is_decoded(scan):
+    payload = EICAR + b"\0" * 40 + b"\x90 tail"  # a run of zeros and a literal 0x90: both encodings
+    parsed, evidence = scan(message(attachments=[("scan.hqx", binhexed("invoice.exe", payload))]))
+    member = next(o for o in parsed.objects if o.path == "scan.hqx > invoice.exe")
+    assert member.data == payload
+    assert "banned-extension" in names_at(evidence, "scan.hqx > invoice.exe")
 
 
 def test_uuencoded_file_in_an_attachment_no_other_handler_reads(scan):

@@ -257,6 +257,38 @@ def uuencoded(name: str, data: bytes) -> bytes:
     return b"\n".join(lines + [b"`", b"end", b""])
 
 
+def yencoded(name: str, data: bytes) -> bytes:
+    out = bytearray()
+    for byte in data:
+        shifted = (byte + 42) % 256
+        out += b"=" + bytes([(shifted + 64) % 256]) if shifted in (0, 10, 13, 61) else bytes([shifted])
+    lines = [bytes(out[i : i + 128]) for i in range(0, len(out), 128)]
+    head = f"=ybegin line=128 size={len(data)} name={name}".encode()
+    return b"\n".join([head, *lines, f"=yend size={len(data)}".encode(), b""])
+
+
+def binhexed(name: str, data: bytes) -> bytes:
+    """BinHex 4.0 (data fork only), with a run of zeros run-length encoded."""
+
+    def crc16(data: bytes) -> int:
+        crc = 0
+        for byte in data + b"\0\0":
+            crc ^= byte << 8
+            for _ in range(8):
+                crc = ((crc << 1) ^ 0x1021) & 0xFFFF if crc & 0x8000 else (crc << 1) & 0xFFFF
+        return crc
+
+    header = bytes([len(name)]) + name.encode() + b"\0APPL????\0\0" + struct.pack(">II", len(data), 0)
+    stream = header + struct.pack(">H", crc16(header)) + data + struct.pack(">HH", crc16(data), crc16(b""))
+    stream = stream.replace(b"\x90", b"\x90\x00").replace(b"\0" * 20, b"\0\x90\x14")
+    alphabet = b"!\"#$%&'()*+,-012345689@ABCDEFGHIJKLMNPQRSTUVXYZ[`abcdefhijklmpqr"
+    bits = "".join(f"{b:08b}" for b in stream)
+    bits += "0" * (-len(bits) % 6)
+    text = b":" + bytes(alphabet[int(bits[i : i + 6], 2)] for i in range(0, len(bits), 6)) + b":"
+    lines = [text[i : i + 64] for i in range(0, len(text), 64)]
+    return b"(This file must be converted with BinHex 4.0)\n" + b"\n".join(lines) + b"\n"
+
+
 # ---- Office: a VBA project in a compound file ------------------------------------------------
 
 
