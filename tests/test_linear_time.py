@@ -51,6 +51,13 @@ def test_uuencode_without_end_lines_is_linear(count):
     assert f"{count} uuencoded" in result.incomplete[0].detail
 
 
+def test_yenc_and_binhex_without_end_lines_are_linear():
+    page = b"=ybegin line=128 size=9 name=a.bin\n" + b"xyz\n" * 1000
+    page = page * 300 + b"(This file must be converted with BinHex 4.0)\n:" + b"!!!!\n" * 100_000
+    result, seconds = timed(unpack_uuencoded, page, "body", Allowance(bytes=10**8, members=1000))
+    assert seconds < BOUND and result.incomplete
+
+
 def test_uuencoded_blocks_are_each_decoded_once():
     data = unterminated_begins(20, size=200_000, line=b"M" + b"A" * 60 + b"\n")
     result = unpack_uuencoded(data, "body", Allowance(bytes=256 << 20, members=1000))
@@ -80,11 +87,30 @@ def test_data_uri_without_download_is_linear():
         (b'<a href="data:application/zip;base64,%s">no download attribute</a>', False),
         (b'<a href="data:image/png;base64,%s" download>', False),
         (b'<a href="data:application/zip;base64,%s"><p download>', False),  # download of another tag
+        (b'<a download="invoice.exe" href="data:application/octet-stream;base64,%s">', True),
+        (b'<a href="data:application/octet-stream;base64,%w" download="a.exe">', True),  # line-wrapped
     ],
 )
 def test_data_uri_download_links(page, expected):
     payload = base64.b64encode(bytes(range(256)) * 12)
-    assert is_html_smuggling(page.replace(b"%s", payload)) is expected
+    wrapped = b"\r\n".join(payload[i : i + 76] for i in range(0, len(payload), 76))
+    assert is_html_smuggling(page.replace(b"%s", payload).replace(b"%w", wrapped)) is expected
+
+
+@pytest.mark.parametrize(
+    "page",
+    [
+        b"data:a/b;base64," * 200_000,  # empty payloads
+        b"<a download=x " * 100_000 + b"data:a/b;base64,QUJD " * 50_000,  # names looked for nearby only
+        b"data:" * 400_000,  # no base64 marker
+        b"data:a/b" + b";" * 400_000,
+    ],
+)
+def test_data_uri_members_are_linear(page):
+    from mailward.unpack.datauri import unpack
+
+    result, seconds = timed(unpack, page, "page.html", Allowance(bytes=10**8, members=10**6))
+    assert seconds < BOUND
 
 
 def test_many_unclosed_anchors_are_linear():

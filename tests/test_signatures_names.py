@@ -90,6 +90,14 @@ def test_archive_disguised_as_pdf_is_medium(detector):
     assert found["type-mismatch"].severity is Severity.MEDIUM
 
 
+def test_zip_name_promises_a_zip(detector):
+    from support.unpack import rar4_stored, zipped
+
+    assert checks(detector, "photos.zip", PE)["type-mismatch"].severity is Severity.HIGH
+    assert checks(detector, "photos.zip", rar4_stored({"a.txt": b"x"}))["type-mismatch"].severity is Severity.MEDIUM
+    assert "type-mismatch" not in checks(detector, "photos.zip", zipped({"a.txt": b"x"}))
+
+
 def test_office_document_sniffed_as_zip_is_no_mismatch(detector):
     from support.unpack import ooxml
 

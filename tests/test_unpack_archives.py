@@ -13,6 +13,7 @@ from support.mail import EICAR
 from support.mail import mime_mail as message
 from support.unpack import (
     aes_zip,
+    binhexed,
     iso_image,
     names_at,
     nested_zip,
@@ -22,6 +23,7 @@ from support.unpack import (
     tar_gz,
     tnef,
     uuencoded,
+    yencoded,
     zipped,
 )
 
@@ -78,6 +80,81 @@ def test_uuencoded_file_in_the_body_is_an_object(scan):
     parsed, evidence = scan(message(body=body))
     assert malware_locations(evidence) == {"part body > eicar.com"}
     assert parsed.objects[0].is_text and "Here it is" in parsed.objects[0].text()
+
+
+@pytest.mark.parametrize("lead", [b"{\\rtf1 Hello}\n", b"Hello\0 there\n", b"%PDF-1.4 is what we use\n"])
+def test_uuencoded_file_in_a_text_body_that_sniffs_as_something_else(scan, lead):
+    from support.mail import literal
+
+    raw = literal(
+        [("From", "a@example.org"), ("To", "u@example.com"), ("Subject", "docs"), ("Content-Type", "text/plain")],
+        lead + b"see the file\n" + uuencoded("eicar.com", EICAR),
+        eol="\n",
+    )
+    _, evidence = scan(raw)
+    assert malware_locations(evidence) == {"part body > eicar.com"}
+
+
+def test_yenc_file_in_the_body_is_an_object(scan):
+    from support.mail import literal
+
+    headers = [("From", "a@example.org"), ("Content-Type", "text/plain; charset=iso-8859-1")]
+    raw = literal(
+        [*headers, ("Content-Transfer-Encoding", "8bit")], b"Here:\n" + yencoded("eicar.com", EICAR), eol="\n"
+    )
+    _, evidence = scan(raw)
+    assert malware_locations(evidence) == {"part body > eicar.com"}
+
+
+def test_binhex_attachment_is_decoded(scan):
+    payload = EICAR + b"\0" * 40 + b"\x90 tail"  # a run of zeros and a literal 0x90: both encodings
+    parsed, evidence = scan(message(attachments=[("scan.hqx", binhexed("invoice.exe", payload))]))
+    member = next(o for o in parsed.objects if o.path == "scan.hqx > invoice.exe")
+    assert member.data == payload
+    assert "banned-extension" in names_at(evidence, "scan.hqx > invoice.exe")
+
+
+def test_uuencoded_file_in_an_attachment_no_other_handler_reads(scan):
+    blob = b"\0\1\2 notes\n" + uuencoded("eicar.com", EICAR)
+    _, evidence = scan(message(attachments=[("notes.dat", blob)]))
+    assert malware_locations(evidence) == {"notes.dat > eicar.com"}
+
+
+def _self_extracting(prefix: bytes, members: dict[str, bytes]) -> bytes:
+    """A zip appended to ``prefix`` with offsets counted from the file's start, as self-extractors are."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    buf.write(prefix)
+    with zipfile.ZipFile(buf, "a") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "name, build, location",
+    [
+        ("photos.zip", lambda: b"GIF89a\1\0\1\0\0\0\0;" + b"\0" * 100 + zipped({"eicar.com": EICAR}), "photos.zip"),
+        ("photos.zip", lambda: b"Archive follows.\r\n" * 3 + zipped({"eicar.com": EICAR}), "photos.zip"),
+        ("data.bin", lambda: _self_extracting(b"\x89PNG\r\n\x1a\n" + b"\0" * 600, {"eicar.com": EICAR}), "data.bin"),
+        (
+            "scan.jpg",
+            lambda: b"\xff\xd8\xff\xe0" + b"\0" * 300 + seven_zip({"eicar.com": EICAR}),
+            "scan.jpg > 7z at offset 304",
+        ),
+        (
+            "scan.jpg",
+            lambda: b"\xff\xd8\xff\xe0" + b"\0" * 300 + rar4_stored({"eicar.com": EICAR}),
+            "scan.jpg > rar at offset 304",
+        ),
+    ],
+)
+def test_archive_behind_other_bytes_is_opened(scan, name, build, location):
+    _, evidence = scan(message(attachments=[(name, build())]))
+    assert malware_locations(evidence) == {f"{location} > eicar.com"}
+    assert "polyglot" in names_at(evidence, name)
 
 
 def test_email_inside_an_archive_is_parsed(scan):

@@ -3,11 +3,12 @@
 import io
 
 import pikepdf
+import pytest
 
 from mailward.evidence import Category, Severity
 from mailward.unpack import Fact, Kind
 from support.mail import mime_mail as message
-from support.unpack import ooxml, vba_project
+from support.unpack import compound, compressed_rtf, ooxml, outlook_item, rtf_package, tnef, vba_project
 
 DROPPER = """Sub AutoOpen()
     Dim path As String
@@ -169,3 +170,73 @@ def test_ordinary_html_with_script_is_not_smuggling(scan):
     )
     _, evidence = scan(message(html=page))
     assert not found(evidence, "html-smuggling")
+
+
+PE_STUB = b"MZ" + b"\x90" * 62 + b"This program cannot be run in DOS mode.\r\r\n$" + b"\0" * 200
+
+
+def test_outlook_item_attachments_and_attached_items_are_members(scan):
+    inner = outlook_item({"order.scr": PE_STUB}, subject="Order 7")
+    item = compound(outlook_item({"invoice.exe": PE_STUB, "Order 7.msg": inner}, subject="Fwd"))
+    parsed, evidence = scan(message(attachments=[("forward.msg", item)]))
+    paths = {o.path for o in parsed.objects}
+    assert {"forward.msg > invoice.exe", "forward.msg > Order 7/order.scr"} <= paths
+    for member in ("invoice.exe", "Order 7/order.scr"):
+        assert "banned-extension" in {f.name for f in evidence.findings if f.location == f"forward.msg > {member}"}
+
+
+def test_outlook_item_rtf_body_is_decompressed_and_opened(scan):
+    item = compound({"__substg1.0_10090102": compressed_rtf(rtf_package("invoice.exe", PE_STUB))})
+    parsed, evidence = scan(message(attachments=[("note.msg", item)]))
+    assert "banned-extension" in {
+        f.name for f in evidence.findings if f.location == "note.msg > message body.rtf > invoice.exe"
+    }
+
+
+def test_compressed_rtf_of_the_specification_decompresses():
+    from mailward.unpack.lzfu import decompress
+
+    example = bytes.fromhex(
+        "2d0000002b0000004c5a4675f1c5c7a703000a0072637067313235423 20af32068656c090020627705b06c647d0a800fa0".replace(
+            " ", ""
+        )
+    )  # MS-OXRTFCP 3.1.1
+    assert decompress(example, 1000) == (b"{\\rtf1\\ansi\\ansicpg1252\\pard hello world}\r\n", True)
+    assert decompress(example, 10) == (b"{\\rtf1\\ans", False)
+
+
+def test_tnef_rtf_body_is_read_like_an_rtf_attachment(scan):
+    winmail = tnef({}, rtf_body=compressed_rtf(rtf_package("invoice.exe", PE_STUB)))
+    parsed, evidence = scan(message(attachments=[("winmail.dat", winmail)]))
+    location = "winmail.dat > winmail body.rtf > invoice.exe"
+    assert "banned-extension" in {f.name for f in evidence.findings if f.location == location}
+
+
+def _data_link(payload: bytes, mime: str = "application/octet-stream", download_first: bool = False, wrap: int = 0):
+    import base64
+
+    text = base64.b64encode(payload).decode()
+    if wrap:
+        text = "\n".join(text[i : i + wrap] for i in range(0, len(text), wrap))
+    href = f'href="data:{mime};base64,{text}"'
+    attributes = f'download="invoice.exe" {href}' if download_first else f'{href} download="invoice.exe"'
+    return f"<html><body><p>Your invoice</p><a {attributes}>Download</a></body></html>".encode()
+
+
+@pytest.mark.parametrize("variant", [{"download_first": True}, {"wrap": 76}, {"download_first": True, "wrap": 64}])
+def test_data_uri_download_link_is_smuggling_however_written(scan, variant):
+    page = _data_link(PE_STUB * 8, **variant)
+    parsed, evidence = scan(message(attachments=[("invoice.html", page)]))
+    assert found(evidence, "html-smuggling")[0].location == "invoice.html"
+    member = next(o for o in parsed.objects if o.path == "invoice.html > invoice.exe")
+    assert member.data == PE_STUB * 8  # decoded whole: YARA, ClamAV and the type checks see the file
+    assert "banned-extension" in {f.name for f in evidence.findings if f.location == member.path}
+
+
+def test_every_base64_data_uri_is_a_member(scan):
+    page = _data_link(PE_STUB, mime="image/png") + b'<img src="data:image/gif;base64,R0lGODlhAQABAAAAACw=">'
+    parsed, evidence = scan(message(attachments=[("invoice.html", page)]))
+    members = {o.path: o for o in parsed.objects if o.parent == "invoice.html"}
+    assert members["invoice.html > invoice.exe"].declared_type == "image/png"
+    assert members["invoice.html > data URI 2"].data.startswith(b"GIF89a")
+    assert "banned-extension" in {f.name for f in evidence.findings if f.location == "invoice.html > invoice.exe"}

@@ -30,6 +30,7 @@ from .config import LimitSettings
 from .evidence import Category, Finding, Severity
 from .mimeparse import POLICY, header_end, stdlib_parse
 from .unpack import Allowance, Incomplete, Kind, MemberState, Observation, Stop, Unpacker
+from .unpack.carve import has_embedded_archive
 from .unpack.passwords import password_candidates
 from .unpack.uuencode import has_uuencoded
 
@@ -383,37 +384,38 @@ class _Expansion:
             stack.extend(reversed(self._children(obj, pending=len(stack))))
 
     def _children(self, obj: ContentObject, pending: int) -> list[ContentObject]:
+        handlers = _handlers(obj)
+        if not handlers:
+            return []
         kind = obj.kind
-        if not obj.has_content or not (
-            Unpacker.handles(kind) or kind in (Kind.EMAIL, Kind.OTHER_ARCHIVE, Kind.DISK_IMAGE)
-        ):
-            return []
-        if kind is Kind.TEXT and not has_uuencoded(obj.data):
-            return []
         if kind in (Kind.OTHER_ARCHIVE, Kind.DISK_IMAGE):
             self.problems.append(
                 _unchecked(Stop.UNSUPPORTED.value, f"cannot open {obj.sniffed_type}", obj.path, Severity.MEDIUM)
             )
-            return []
+            handlers.remove(kind)
+            if not handlers:
+                return []
         if obj.depth >= self.limits.max_depth:
             self.problems.append(
                 _unchecked("nesting-too-deep", f"depth {obj.depth + 1} > {self.limits.max_depth}", obj.path)
             )
             return []
-        if time.monotonic() + self.limits.parser_timeout > self.deadline:  # a parser call may take its full limit
-            if not self.late:
-                self.late = True
+        children: list[ContentObject] = []
+        for handler in handlers:
+            if time.monotonic() + self.limits.parser_timeout > self.deadline:  # a parser call may take its full limit
+                if not self.late:
+                    self.late = True
+                    self.problems.append(
+                        _unchecked("inspect-deadline", f"more than {self.limits.inspect_deadline:g}s", obj.path)
+                    )
+                break
+            try:
+                children += self._expand(obj, handler, pending + len(children))
+            except Exception as exc:  # a handler bug on hostile bytes: this object unchecked, the rest goes on
                 self.problems.append(
-                    _unchecked("inspect-deadline", f"more than {self.limits.inspect_deadline:g}s", obj.path)
+                    _unchecked("parse-error", f"expanding failed: {type(exc).__name__}", obj.path, Severity.MEDIUM)
                 )
-            return []
-        try:
-            return self._expand(obj, kind, pending)
-        except Exception as exc:  # a handler bug on hostile bytes: this object unchecked, the rest goes on
-            self.problems.append(
-                _unchecked("parse-error", f"expanding failed: {type(exc).__name__}", obj.path, Severity.MEDIUM)
-            )
-            return []
+        return children
 
     def _expand(self, obj: ContentObject, kind: Kind, pending: int) -> list[ContentObject]:
         if kind is Kind.EMAIL:
@@ -423,14 +425,14 @@ class _Expansion:
             members=max(self.limits.max_objects - len(self.objects) - pending, 0),
             max_ratio=self.limits.max_ratio,
             ratio_floor=self.limits.ratio_floor,
-            passwords=self.passwords.candidates() if kind is not Kind.TEXT else (),
+            passwords=self.passwords.candidates() if kind not in (Kind.TEXT, Kind.HTML) else (),
             seconds=self.limits.parser_timeout,
         )
         result = self.unpacker.unpack(kind, obj.data, obj.names[0] if obj.names else obj.path, allowance)
         self.budget -= result.produced
         self.problems.extend(_stopped(i, obj.path) for i in result.incomplete)
         if result.observations:
-            self.objects[-1] = replace(obj, observations=result.observations)
+            self.objects[-1] = replace(obj, observations=self.objects[-1].observations + result.observations)
         return [
             ContentObject(
                 path=_join(obj.path, m.name),
@@ -456,6 +458,34 @@ class _Expansion:
         self.problems.extend(walk.problems)
         self.budget -= sum(len(o.data) for o in walk.leaves)
         return [replace(o, in_archive=True, parent=obj.path, container=Kind.EMAIL.value) for o in walk.leaves]
+
+
+def _handlers(obj: ContentObject) -> list[Kind]:
+    """The handlers that read ``obj``: its kind's own, the text decoder, the archive carver.
+
+    Mail clients show a uuencoded block in a text body as an attachment, whatever else the
+    body looks like: a declared text part is decoded even when its first bytes (``{\\rtf1``,
+    a NUL) make it sniff as something else, and so is any object no other handler reads.
+    Archive tools open a zip after a GIF header or text lines, and a 7z or RAR after any
+    prefix: objects no other handler reads are searched for them.
+    """
+    if not obj.has_content:
+        return []
+    kind = obj.kind
+    own = Unpacker.handles(kind) or kind in (Kind.EMAIL, Kind.OTHER_ARCHIVE, Kind.DISK_IMAGE)
+    handlers: list[Kind] = [kind] if own and kind not in _ANY_BYTES else []
+    unread = not handlers  # no container or document parser: text, markup, images, unknown data
+    if (unread or obj.declared_type.startswith("text/")) and has_uuencoded(obj.data):
+        handlers.append(Kind.TEXT)
+    if unread and has_embedded_archive(obj.data):
+        handlers.append(Kind.OTHER)
+    if kind is Kind.HTML and b"base64," in obj.data:
+        handlers.append(Kind.HTML)
+    return handlers
+
+
+# Handlers registered under these kinds look for something in any bytes, rather than parse a format.
+_ANY_BYTES = (Kind.TEXT, Kind.OTHER, Kind.HTML)
 
 
 class _PasswordSource:

@@ -136,8 +136,9 @@ def rar4_stored(members: dict[str, bytes]) -> bytes:
     return out + block(0x7B, 0x4000, b"")
 
 
-def tnef(attachments: dict[str, bytes]) -> bytes:
-    """A winmail.dat with one attribute run per attachment (rendering data, title, data)."""
+def tnef(attachments: dict[str, bytes], rtf_body: bytes | None = None) -> bytes:
+    """A winmail.dat with one attribute run per attachment (rendering data, title, data), and
+    ``rtf_body`` as the message's PR_RTF_COMPRESSED property when given (already compressed)."""
 
     def attribute(level: int, name: int, kind: int, data: bytes) -> bytes:
         return struct.pack("<BHHL", level, name, kind, len(data)) + data + struct.pack("<H", sum(data) & 0xFFFF)
@@ -148,7 +149,104 @@ def tnef(attachments: dict[str, bytes]) -> bytes:
         out += attribute(2, 0x9002, 0x0006, b"\0" * 14)  # starts an attachment
         out += attribute(2, 0x8010, 0x0001, name.encode() + b"\0")  # title
         out += attribute(2, 0x800F, 0x0006, data)  # data
+    if rtf_body is not None:  # attMsgProps: one PT_BINARY property, PR_RTF_COMPRESSED (0x1009)
+        value = struct.pack("<I", len(rtf_body)) + rtf_body + b"\0" * (-len(rtf_body) % 4)
+        out += attribute(1, 0x9003, 0x0006, struct.pack("<IHHI", 1, 0x0102, 0x1009, 1) + value)
     return out
+
+
+_RTF_PREBUFFER = (
+    b"{\\rtf1\\ansi\\mac\\deff0\\deftab720{\\fonttbl;}{\\f0\\fnil \\froman \\fswiss \\fmodern \\fscript "
+    b"\\fdecor MS Sans SerifSymbolArialTimes New RomanCourier{\\colortbl\\red0\\green0\\blue0\r\n\\par "
+    b"\\pard\\plain\\f0\\fs20\\b\\i\\u\\tab\\tx"
+)
+
+
+def compressed_rtf(rtf: bytes) -> bytes:
+    """MS-OXRTFCP "LZFu" compressed RTF: one back reference into the prebuffer, literals, the end marker."""
+    tokens: list[bytes | None] = []  # bytes: a literal; None: a reference; the last reference ends the stream
+    start = rtf[:6]
+    reference = _RTF_PREBUFFER.find(start)
+    rest = rtf
+    if reference >= 0 and len(start) == 6:  # "{\rtf1" is in the prebuffer: copy it from there
+        tokens.append(struct.pack(">H", reference << 4 | (6 - 2)))
+        rest = rtf[6:]
+    out = bytearray()
+    kinds = [True] * len(tokens) + [False] * len(rest) + [True]
+    end = (len(_RTF_PREBUFFER) + len(rtf)) % 4096
+    values = tokens + [bytes([b]) for b in rest] + [struct.pack(">H", end << 4)]
+    for group in range(0, len(values), 8):
+        flags = sum(1 << i for i, is_ref in enumerate(kinds[group : group + 8]) if is_ref)
+        out.append(flags)
+        for value in values[group : group + 8]:
+            out += value
+    body = struct.pack("<II", 0x75465A4C, 0) + bytes(out)
+    return struct.pack("<II", len(body) + 4, len(rtf)) + body
+
+
+def rtf_package(filename: str, payload: bytes) -> bytes:
+    """An RTF document embedding ``payload`` as an OLE package named ``filename``."""
+    import binascii
+
+    klass = b"Package\0"
+    native = (
+        struct.pack("<H", 2)
+        + filename.encode()
+        + b"\0C:\\"
+        + filename.encode()
+        + b"\0"
+        + struct.pack("<HH", 0, 3)
+        + b"C:\\tmp\\"
+        + filename.encode()
+        + b"\0"
+        + struct.pack("<L", len(payload))
+        + payload
+    )
+    ole1 = struct.pack("<III", 0x00000501, 2, len(klass)) + klass + struct.pack("<III", 0, 0, len(native)) + native
+    return (
+        b"{\\rtf1\\ansi Please open the attached file.\\par{\\object\\objemb{\\*\\objclass Package}"
+        b"{\\*\\objdata " + binascii.hexlify(ole1) + b"}}}"
+    )
+
+
+def compound(tree: dict[str, object]) -> bytes:
+    """A compound file from nested ``{name: bytes | {name: ...}}`` (dicts are storages); streams
+    are padded to 4200 bytes (no mini stream), so string properties end at their first NUL."""
+    NONE = 0xFFFFFFFF
+    entries: list[list[object]] = [["Root Entry", 5, b"", NONE, NONE, NONE]]
+
+    def add(children: dict[str, object], parent: int) -> None:
+        previous = None
+        for name, node in children.items():
+            index = len(entries)
+            if isinstance(node, dict):
+                entries.append([name, 1, b"", NONE, NONE, NONE])
+                add(node, index)
+            else:
+                assert isinstance(node, bytes)
+                entries.append([name, 2, node.ljust(4200, b"\0"), NONE, NONE, NONE])
+            if previous is None:
+                entries[parent][5] = index
+            else:
+                entries[previous][4] = index
+            previous = index
+
+    add(tree, 0)
+    return _compound_file([tuple(e) for e in entries])  # type: ignore[misc]
+
+
+def outlook_item(attachments: dict[str, bytes | dict[str, object]], subject: str = "Fwd") -> dict[str, object]:
+    """The storage tree of an Outlook item (.msg): a file attachment per ``bytes``, an attached
+    item (attach method 5) per dict made by this function. ``compound()`` turns it into a file."""
+    tree: dict[str, object] = {"__substg1.0_0037001F": subject.encode("utf-16-le")}
+    for i, (name, value) in enumerate(attachments.items()):
+        storage: dict[str, object] = {"__substg1.0_3707001F": name.encode("utf-16-le")}
+        if isinstance(value, dict):
+            storage["__substg1.0_3701000D"] = value
+        else:
+            storage["__substg1.0_37010102"] = value
+        tree[f"__attach_version1.0_#{i:08X}"] = storage
+    return tree
 
 
 def uuencoded(name: str, data: bytes) -> bytes:
@@ -157,6 +255,38 @@ def uuencoded(name: str, data: bytes) -> bytes:
     lines = [f"begin 644 {name}".encode()]
     lines += [binascii.b2a_uu(data[i : i + 45]).rstrip(b"\n") for i in range(0, len(data), 45)]
     return b"\n".join(lines + [b"`", b"end", b""])
+
+
+def yencoded(name: str, data: bytes) -> bytes:
+    out = bytearray()
+    for byte in data:
+        shifted = (byte + 42) % 256
+        out += b"=" + bytes([(shifted + 64) % 256]) if shifted in (0, 10, 13, 61) else bytes([shifted])
+    lines = [bytes(out[i : i + 128]) for i in range(0, len(out), 128)]
+    head = f"=ybegin line=128 size={len(data)} name={name}".encode()
+    return b"\n".join([head, *lines, f"=yend size={len(data)}".encode(), b""])
+
+
+def binhexed(name: str, data: bytes) -> bytes:
+    """BinHex 4.0 (data fork only), with a run of zeros run-length encoded."""
+
+    def crc16(data: bytes) -> int:
+        crc = 0
+        for byte in data + b"\0\0":
+            crc ^= byte << 8
+            for _ in range(8):
+                crc = ((crc << 1) ^ 0x1021) & 0xFFFF if crc & 0x8000 else (crc << 1) & 0xFFFF
+        return crc
+
+    header = bytes([len(name)]) + name.encode() + b"\0APPL????\0\0" + struct.pack(">II", len(data), 0)
+    stream = header + struct.pack(">H", crc16(header)) + data + struct.pack(">HH", crc16(data), crc16(b""))
+    stream = stream.replace(b"\x90", b"\x90\x00").replace(b"\0" * 20, b"\0\x90\x14")
+    alphabet = b"!\"#$%&'()*+,-012345689@ABCDEFGHIJKLMNPQRSTUVXYZ[`abcdefhijklmpqr"
+    bits = "".join(f"{b:08b}" for b in stream)
+    bits += "0" * (-len(bits) % 6)
+    text = b":" + bytes(alphabet[int(bits[i : i + 6], 2)] for i in range(0, len(bits), 6)) + b":"
+    lines = [text[i : i + 64] for i in range(0, len(text), 64)]
+    return b"(This file must be converted with BinHex 4.0)\n" + b"\n".join(lines) + b"\n"
 
 
 # ---- Office: a VBA project in a compound file ------------------------------------------------

@@ -58,7 +58,7 @@ PAYLOAD_MIN = 4000
 # long run without "download" (400 KB took 20 s). Every piece below is bounded or consumed once.
 _ANCHOR_OPEN = re.compile(rb"<a\b", re.I)
 _DATA_HREF = re.compile(rb"\bhref\s*=\s*[\"']?data:(?!image/)[\w.+-]{1,127}/[\w.+-]{1,127}[^\"'>]{0,100};base64,", re.I)
-_BASE64_RUN = re.compile(rb"[A-Za-z0-9+/]*")
+_BASE64_RUN = re.compile(rb"[A-Za-z0-9+/\s]*")  # browsers skip whitespace in base64 data URIs
 _DOWNLOAD = re.compile(rb"\bdownload\b", re.I)
 _ANCHOR_PREFIX = 400  # attributes before href that still count as the same link
 _AFTER_PAYLOAD = 400  # attributes after the payload where "download" is looked for
@@ -88,7 +88,8 @@ def is_html_smuggling(data: bytes) -> bool:
 
 
 def has_data_uri_download(head: bytes) -> bool:
-    """An ``<a href="data:TYPE;base64,...">`` with a long payload and a ``download`` attribute.
+    """An ``<a href="data:TYPE;base64,...">`` with a long payload and a ``download`` attribute
+    (before or after it; the payload may be line-wrapped).
 
     Each tag (from ``<a`` to the next ``>``) is read once; the search resumes
     after it, so text without a closing ``>`` is not rescanned from every ``<a``.
@@ -103,8 +104,9 @@ def has_data_uri_download(head: bytes) -> bool:
                 break
             run = _BASE64_RUN.match(head, href.end(), tag_end)  # matches the empty run too
             run_end = run.end() if run is not None else href.end()
-            if run_end - href.end() >= DATA_URI_MIN and _DOWNLOAD.search(
-                head, run_end, min(tag_end, run_end + _AFTER_PAYLOAD)
+            if run_end - href.end() >= DATA_URI_MIN and (
+                _DOWNLOAD.search(head, opening.end(), href.start())  # download="x.exe" before href
+                or _DOWNLOAD.search(head, run_end, min(tag_end, run_end + _AFTER_PAYLOAD))
             ):
                 return True
             cursor = max(run_end, href.end())

@@ -32,6 +32,9 @@ _PROMISES = {
     **dict.fromkeys(("pdf",), Kind.PDF),
     **dict.fromkeys(("doc", "dot", "xls", "xlt", "ppt", "pps", "msg"), Kind.OLE),
     **dict.fromkeys(("rtf",), Kind.RTF),
+    **dict.fromkeys(("zip",), Kind.ZIP),  # a .zip that is an executable, a RAR or a 7z archive hides what it is
+    **dict.fromkeys(("7z",), Kind.SEVENZIP),
+    **dict.fromkeys(("rar",), Kind.RAR),
     **dict.fromkeys(("txt", "csv", "log", "ics", "vcf"), Kind.TEXT),
     **dict.fromkeys(
         ("jpg", "jpeg", "png", "gif", "bmp", "tif", "tiff", "webp", "heic", "mp3", "mp4", "wav", "mov", "avi", "ogg"),

@@ -34,7 +34,9 @@ HANDLERS: dict[Kind, Handler] = {
     Kind.GZIP: Handler("compressed", "unpack_gzip", False),
     Kind.BZIP2: Handler("compressed", "unpack_bzip2", False),
     Kind.XZ: Handler("compressed", "unpack_xz", False),
-    Kind.TEXT: Handler("uuencode", "unpack", False),
+    Kind.TEXT: Handler("uuencode", "unpack", False),  # files encoded in text, in any object (message.py)
+    Kind.OTHER: Handler("carve", "unpack", False),  # archives behind other bytes, in any object (message.py)
+    Kind.HTML: Handler("datauri", "unpack", False),  # files in base64 data: URIs
     # third-party parsers of complex formats: sandboxed
     Kind.SEVENZIP: Handler("sevenzip", "unpack", True),
     Kind.RAR: Handler("rar", "unpack", True),

@@ -17,6 +17,7 @@ import olefile
 from oletools import mraptor, msodde, oleobj, rtfobj
 from oletools.olevba import VBA_Parser, detect_autoexec, detect_patterns, detect_suspicious
 
+from .lzfu import rtf_body
 from .meter import Meter, collect
 from .model import Allowance, Collector, Fact, Stop, Unpacked
 from .ooxml import XLM_CALL
@@ -174,6 +175,93 @@ def _ole_streams(data: bytes, out: Collector, meter: Meter) -> None:
             label = _text(native.filename) or "/".join(entry)
             out.observe(Fact.OLE_OBJECT, f"package {label}")
             collect(out, meter, label, bytes(native.data or b""))
+        _outlook_item(ole, out, meter)
+
+
+# An Outlook item (.msg): MAPI properties as streams named by tag, attachments in storages of their own.
+_ATTACHMENT = "__ATTACH_VERSION1.0_#"
+_EMBEDDED_MESSAGE = "__SUBSTG1.0_3701000D"  # attach method 5: the attached item, a storage of its own
+_ATTACH_DATA = "__SUBSTG1.0_37010102"
+_ATTACH_NAMES = ("__SUBSTG1.0_3707001F", "__SUBSTG1.0_3707001E", "__SUBSTG1.0_3704001F", "__SUBSTG1.0_3704001E")
+_SUBJECT = ("__SUBSTG1.0_0037001F", "__SUBSTG1.0_0037001E")
+_BODIES = (
+    ("__SUBSTG1.0_10090102", "message body.rtf"),  # PR_RTF_COMPRESSED
+    ("__SUBSTG1.0_10130102", "message body.html"),
+    ("__SUBSTG1.0_1013001F", "message body.html"),
+    ("__SUBSTG1.0_1000001F", "message body.txt"),
+    ("__SUBSTG1.0_1000001E", "message body.txt"),
+)
+
+
+def _outlook_item(ole: olefile.OleFileIO[str], out: Collector, meter: Meter) -> None:
+    """The bodies and attached files of an Outlook item, and of the items attached to it.
+
+    Members are named by the attachment's long file name (else its short one); files
+    in an attached item are named below its subject (``Fwd: invoice/invoice.exe``).
+    """
+    streams = {tuple(part.upper() for part in entry): entry for entry in ole.listdir()}
+    if not any(key[0].startswith(("__SUBSTG1.0_", _ATTACHMENT)) for key in streams):
+        return
+    # A message storage is the root or an attached item; its attachments are storages one level below.
+    attachments: dict[tuple[str, ...], set[tuple[str, ...]]] = {(): set()}
+    for key in streams:
+        for i, part in enumerate(key[:-1]):
+            if part.startswith(_ATTACHMENT):
+                attachments.setdefault(key[:i], set()).add(key[: i + 1])
+                if key[i + 1] == _EMBEDDED_MESSAGE and i + 2 < len(key):
+                    attachments.setdefault(key[: i + 2], set())
+    labels: dict[tuple[str, ...], str] = {}
+    found: list[tuple[str, tuple[str, ...]]] = []
+    bodies: set[str] = set()  # one of each body per item (HTML and text come in two forms)
+    for message in sorted(attachments):  # a parent sorts before the items attached to it
+        if message and message[-1] != _EMBEDDED_MESSAGE:
+            continue  # attachments of storages that are not items: not something Outlook opens
+        base = ""
+        if message:
+            subject = _property(ole, streams, message, _SUBJECT) or f"attached item {len(labels)}"
+            base = labels[message] = f"{labels.get(message[:-2], '')}{subject}/"
+        for tag, label in _BODIES:
+            if message + (tag,) in streams and base + label not in bodies:
+                bodies.add(base + label)
+                found.append((base + label, message + (tag,)))
+        for storage in sorted(attachments[message]):
+            if storage + (_ATTACH_DATA,) in streams:
+                name = _property(ole, streams, storage, _ATTACH_NAMES) or f"attachment {storage[-1][-8:]}"
+                found.append((base + name, storage + (_ATTACH_DATA,)))
+    if len(found) > meter.allowance.members:
+        out.stop(Stop.TOO_MANY, f"{len(found)} parts in an Outlook item")
+        found = found[: meter.allowance.members]
+    for label, stream in found:
+        value = _read_stream(ole, streams[stream])
+        if stream[-1] == _BODIES[0][0]:
+            value = rtf_body(value, meter, out)
+        if not collect(out, meter, label, value):
+            break
+
+
+def _property(
+    ole: olefile.OleFileIO[str],
+    streams: dict[tuple[str, ...], list[str]],
+    storage: tuple[str, ...],
+    keys: tuple[str, ...],
+) -> str:
+    """The first string property of ``keys`` present in ``storage`` (1F: UTF-16, 1E: 8-bit)."""
+    for key in keys:
+        entry = streams.get(storage + (key,))
+        if entry is not None:
+            raw = _read_stream(ole, entry)[:1024]
+            text = raw.decode("utf-16-le", "replace") if key.endswith("1F") else raw.decode("latin-1")
+            text = text.split("\0", 1)[0].strip()
+            if text:
+                return text.replace("/", "_")
+    return ""
+
+
+def _read_stream(ole: olefile.OleFileIO[str], entry: list[str]) -> bytes:
+    try:
+        return bytes(ole.openstream(entry).read())
+    except Exception:  # a damaged sector chain: the stream is skipped, the rest is read
+        return b""
 
 
 def _text(value: object) -> str:
