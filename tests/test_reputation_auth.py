@@ -21,6 +21,7 @@ from support.mail import signable_mail as message
 from support.reputation import DkimKey, detector_for, envelope, no_system_resolver, parse, txt  # noqa: F401
 
 GOOD_IP, OTHER_IP, PROVIDER_IP = "192.0.2.10", "198.51.100.50", "203.0.113.9"
+PTR_IPS = {"valid": "198.51.100.60", "unanswered name": "198.51.100.61", "unanswered PTR": "198.51.100.62"}
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +62,27 @@ sel._domainkey IN TXT {keys["sender"].record()}
         "org.test.": soa("org.test.") + f'@ IN TXT {spf}\n_dmarc IN TXT "v=DMARC1; p=reject; sp=quarantine"\n',
         "pct.test.": soa("pct.test.") + '@ IN TXT "v=spf1 -all"\n_dmarc IN TXT "v=DMARC1; p=reject; pct=20"\n',
         "nopolicy.test.": soa("nopolicy.test.") + '@ IN TXT "v=spf1 -all"\n',
+        # The reverse zone of the clients in PTR_IPS, which a spoofer owns: one name validates, one
+        # has an address lookup that never answers, one address has a PTR lookup that never answers.
+        "ptr.test.": soa("ptr.test.")
+        + f"""
+@ IN TXT "v=spf1 ip4:{GOOD_IP} ptr -all"
+_dmarc IN TXT "v=DMARC1; p=reject"
+macro IN TXT "v=spf1 exists:%{{p}}.ok.ptr.test -all"
+host IN A {PTR_IPS["valid"]}
+""",
+        "100.51.198.in-addr.arpa.": soa("100.51.198.in-addr.arpa.")
+        + f"""
+{PTR_IPS["valid"].rpartition(".")[2]} IN PTR host.ptr.test.
+{PTR_IPS["unanswered name"].rpartition(".")[2]} IN PTR host.slow.test.
+""",
     }
-    with DnsServer(zones, silent=["slow.test", "slowkey._domainkey.sender.test"]) as srv:
+    silent = [
+        "slow.test",
+        "slowkey._domainkey.sender.test",
+        f"{PTR_IPS['unanswered PTR'].rpartition('.')[2]}.100.51.198.in-addr.arpa",
+    ]
+    with DnsServer(zones, silent=silent) as srv:
         yield srv
 
 
@@ -123,6 +143,27 @@ def test_spf_include_and_bounce_sender_uses_helo(detector):
     )
     bounce = _check(detector, message(), client=GOOD_IP, mail_from="")
     assert "spf=pass smtp.mailfrom=postmaster@mx.sender.test" in _results(bounce)
+
+
+def test_a_validated_ptr_name_passes(detector):
+    evidence = _check(detector, message(from_="ceo@ptr.test"), client=PTR_IPS["valid"], mail_from="ceo@ptr.test")
+    assert "spf=pass smtp.mailfrom=ceo@ptr.test" in _results(evidence)
+
+
+@pytest.mark.parametrize("client", [PTR_IPS["unanswered name"], PTR_IPS["unanswered PTR"]])
+def test_a_spoofer_cannot_dodge_dmarc_with_its_own_reverse_dns(detector, client):
+    # RFC 7208 5.5: an unanswered PTR lookup means no match, an unanswered name is skipped.
+    evidence = _check(detector, message(from_="ceo@ptr.test"), client=client, mail_from="ceo@ptr.test", helo="")
+    assert "spf=fail smtp.mailfrom=ceo@ptr.test" in _results(evidence)
+    assert "dmarc=fail header.from=ptr.test policy.dmarc=reject" in _results(evidence)
+    assert _names(evidence)["dmarc-reject"] is Severity.HIGH
+
+
+def test_an_unvalidated_ptr_macro_expands_to_unknown(detector, server):
+    sender = "ceo@macro.ptr.test"
+    evidence = _check(detector, message(), client=PTR_IPS["unanswered PTR"], mail_from=sender, helo="")
+    assert "spf=fail smtp.mailfrom=ceo@macro.ptr.test" in _results(evidence)  # RFC 7208 7.3
+    assert server.count("unknown.ok.ptr.test", "A") == 1
 
 
 # --- DKIM --------------------------------------------------------------------------
