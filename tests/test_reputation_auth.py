@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from dns_server import DnsServer, soa
@@ -220,6 +222,33 @@ def test_one_valid_signature_outweighs_a_broken_one(detector, keys):
     value = _results(evidence)
     assert "dkim=pass header.d=provider.test" in value and "dkim=permerror" in value
     assert "dkim-fail" not in _names(evidence)
+
+
+def _forged_signature(domain: str, names: int, body: bytes = b"Wire the money today.\n") -> bytes:
+    """A signature claiming ``domain`` with ``names`` absent fields in h= (its b= does not matter)."""
+    h = "from" + "".join(f":x-absent-{i}" for i in range(names))
+    return f"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d={domain}; s=sel; h={h}; bh=AAAA; b=AAAA\n".encode()
+
+
+@pytest.mark.parametrize("names, fields", [(257, 10), (200, 6000)])
+def test_a_signature_too_costly_to_verify_is_refused_at_once(detector, names, fields):
+    filler = "".join(f"X-Trace-{i}: {i}\n" for i in range(fields)).encode()
+    forged = _forged_signature("sender.test", names) + filler + message()
+    started = time.monotonic()
+    evidence = _check(detector, forged, client=OTHER_IP, mail_from="x@provider.test")
+    assert time.monotonic() - started < 1.0  # the budget is 1.5s
+    assert "dkim=permerror" in _results(evidence) and "dmarc=fail header.from=sender.test" in _results(evidence)
+    assert _names(evidence)["dmarc-reject"] is Severity.HIGH
+
+
+def test_a_verification_the_budget_cuts_short_does_not_save_a_spoofer(server):
+    # The key comes at once; canonicalizing the sender's 16 MB of body outlasts the budget.
+    det = detector_for(server.port, authserv_id="mx.dest.test", budget=0.4, query_timeout=0.3)
+    forged = _forged_signature("sender.test", 5) + message() + b"word  \t word  \n" * 1_000_000
+    evidence = det.inspect(parse(forged), envelope(client=OTHER_IP, mail_from="x@provider.test", helo=""))
+    value = _results(evidence)
+    assert 'dkim=permerror reason="verification cost more than the budget" header.d=sender.test' in value
+    assert "dmarc=fail header.from=sender.test policy.dmarc=reject" in value
 
 
 def test_unsigned_mail_says_dkim_none(detector):

@@ -34,7 +34,7 @@ from ..errors import ConfigError
 from ..evidence import Category, Evidence, Finding, Severity
 from ..message import ParsedMessage
 from . import dmarc_check
-from .dkim_check import DkimResult, signatures, verify_signature
+from .dkim_check import DkimResult, Progress, signatures, verify_signature
 from .dmarc_check import Disposition, DmarcResult, PolicyLookup, author_domains, discover_policy
 from .names import IPAddress, OrgDomains, client_ip, normalise_domain, reverse_name, url_domains, within
 from .resolver import Backoff, Clock, Deadline, DnsClient, Lookup, Outcome
@@ -51,7 +51,10 @@ MAX_AUTHOR_DOMAINS = 5  # a From: with thousands of addresses must not mean thou
 
 @dataclass(frozen=True)
 class _Job:
-    """One lookup in flight; ``fallback`` stands in for its result if the budget runs out first."""
+    """One lookup in flight; ``fallback`` stands in for its result if the budget runs out first.
+
+    A callable ``fallback`` is asked then: what a lookup cut short means can depend on how far it got.
+    """
 
     kind: str  # dnsbl, uribl, spf, dkim, dmarc
     future: Future[Any]
@@ -160,15 +163,17 @@ class ReputationDetector:
         header = message.raw_headers  # split once, by the parser
         if rep.dkim:
             for index, (domain, selector) in enumerate(signatures(header)[: rep.max_signatures]):
+                progress = Progress(domain, selector)
                 start(
                     "dkim",
-                    DkimResult(domain, selector, "temperror", "DNS budget spent"),
+                    progress.cut_short,
                     verify_signature,
                     message.raw,
                     index,
                     self.client,
                     deadline,
                     rep.min_key_bits,
+                    progress,
                     subject=domain,
                 )
         if rep.dmarc:
@@ -215,9 +220,11 @@ class ReputationDetector:
         policies: list[PolicyLookup] = []
         results_of: dict[str, list[Any]] = {"spf": spf, "dkim": dkim, "dmarc": policies}
         for job in jobs:
-            result = job.future.result() if job.future in done else job.fallback
-            if job.future not in done:
+            if job.future in done:
+                result = job.future.result()
+            else:
                 job.future.cancel()
+                result = _fallback(job.fallback)
             if job.kind in ("dnsbl", "uribl") and job.zone is not None:  # every blocklist job has its zone
                 if result.outcome.unavailable:
                     unavailable.append(f"{job.kind} {job.zone.name} ({result.outcome.value})")
@@ -392,12 +399,16 @@ def check_settings(settings: Settings) -> tuple[Network, ...]:
 
 
 def _guarded(fallback: Any, call: Callable[..., Any], *args: Any) -> Any:
-    """Run one lookup; a bug or a library crash on hostile input counts as DNS unavailable, logged."""
+    """Run one lookup; a bug or a library crash on hostile input counts as its fallback, logged."""
     try:
         return call(*args)
     except Exception:
         log.exception("reputation lookup %s failed", getattr(call, "__name__", call))
-        return fallback
+        return _fallback(fallback)
+
+
+def _fallback(fallback: Any) -> Any:
+    return fallback() if callable(fallback) else fallback
 
 
 def _spent(name: str) -> Lookup:
