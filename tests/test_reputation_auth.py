@@ -46,6 +46,7 @@ inc IN TXT "v=spf1 include:spf.provider.test -all"
 sel._domainkey IN TXT {keys["sender"].record()}
 weak._domainkey IN TXT {keys["weak"].record()}
 broken._domainkey IN TXT "v=DKIM1; k=rsa; p=bm90IGEga2V5"
+sha1only._domainkey IN TXT {txt(f"v=DKIM1; k=rsa; h=sha1; p={keys['sender'].public_b64}")}
 """,
         "provider.test.": soa("provider.test.")
         + f"""
@@ -222,6 +223,21 @@ def test_one_valid_signature_outweighs_a_broken_one(detector, keys):
     value = _results(evidence)
     assert "dkim=pass header.d=provider.test" in value and "dkim=permerror" in value
     assert "dkim-fail" not in _names(evidence)
+
+
+@pytest.mark.parametrize(
+    "selector, algorithm, reason",
+    [
+        ("sel", b"rsa-sha1", "rsa-sha1 is not acceptable"),
+        ("sha1only", b"rsa-sha256", "the key does not allow rsa-sha256"),
+    ],
+)
+def test_signatures_with_a_refused_hash_never_pass(detector, keys, selector, algorithm, reason):
+    # RFC 8301 3.1: no rsa-sha1; RFC 6376 6.1.2: nothing the key's h= tag leaves out.
+    signed = keys["sender"].sign(message(), "sender.test", selector, signature_algorithm=algorithm)
+    evidence = _check(detector, signed, client=OTHER_IP)
+    assert f'dkim=permerror reason="{reason}' in _results(evidence)
+    assert _names(evidence)["dmarc-reject"] is Severity.HIGH and evidence.authenticated == ()
 
 
 def _forged_signature(domain: str, names: int, body: bytes = b"Wire the money today.\n") -> bytes:

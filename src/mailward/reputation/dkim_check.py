@@ -98,6 +98,7 @@ def verify_signature(
     progress = progress or Progress("", "")
     progress.stage = "computing"
     key_lookups: list[tuple[Outcome, bytes | None]] = []
+    algorithm = b""
 
     def txt(name: bytes, timeout: float = 5) -> bytes | None:
         progress.stage = "dns"
@@ -107,7 +108,10 @@ def verify_signature(
         key_lookups.append((answer.outcome, texts[0] if texts else None))
         if answer.outcome.unavailable:
             raise dkim.DnsTimeoutError(f"{answer.outcome.value}: {answer.detail}")
-        return key_lookups[-1][1]
+        key = key_lookups[-1][1]
+        if key is not None:
+            _check_key_hashes(key, algorithm)
+        return key
 
     verifier = None
     try:
@@ -116,6 +120,7 @@ def verify_signature(
         if not prep:
             raise _Refused("no signature")
         sig, include_headers, sig_fields = prep
+        algorithm = sig[b"a"]
         _check_signature(sig, include_headers, len(verifier.headers))
         if not verifier.verify_sig(sig, include_headers, sig_fields[index], txt):
             result, reason = _why_not(key_lookups)
@@ -133,15 +138,27 @@ def verify_signature(
 
 
 def _check_signature(sig: dict[bytes, bytes], include_headers: list[bytes], header_fields: int) -> None:
-    """Refuse, before any DNS or hashing, what only a forger sends.
+    """Refuse, before any DNS or hashing, what no verifier may accept or what only a forger sends.
 
     dkimpy scans every header field for each h= name it does not find, so h= and
     the header block together set the CPU a verification takes: a forger chooses both.
     """
+    if sig[b"a"] == b"rsa-sha1":
+        raise _Refused("rsa-sha1 is not acceptable (RFC 8301 3.1)")
     if len(include_headers) > MAX_SIGNED_FIELDS:
         raise _Refused(f"h= names {len(include_headers)} fields, more than {MAX_SIGNED_FIELDS}")
     if len(include_headers) * header_fields > MAX_HEADER_WORK:
         raise _Refused(f"h= of {len(include_headers)} names over {header_fields} header fields costs too much")
+
+
+def _check_key_hashes(key: bytes, algorithm: bytes) -> None:
+    """RFC 6376 3.6.1, 6.1.2: a key whose h= tag omits the signature's hash does not verify it."""
+    try:
+        hashes = dkim.util.parse_tag_value(key).get(b"h")
+    except Exception:  # a malformed key: dkimpy says why
+        return
+    if hashes is not None and algorithm.rpartition(b"-")[2] not in {h.strip() for h in hashes.split(b":")}:
+        raise _Refused(f"the key does not allow {algorithm.decode('ascii', 'replace')}")
 
 
 def _why_not(key_lookups: list[tuple[Outcome, bytes | None]]) -> tuple[str, str]:
