@@ -240,6 +240,16 @@ def test_signatures_with_a_refused_hash_never_pass(detector, keys, selector, alg
     assert _names(evidence)["dmarc-reject"] is Severity.HIGH and evidence.authenticated == ()
 
 
+def test_a_body_longer_than_l_does_not_pass(detector, keys):
+    signed = keys["sender"].sign(message(), "sender.test", length=True)
+    assert "dkim=pass" in _results(_check(detector, signed, client=OTHER_IP))
+    evidence = _check(detector, signed + b"\nUnsigned: pay to IBAN XX00 0000 today.\n", client=OTHER_IP)
+    value = _results(evidence)
+    assert 'dkim=policy reason="l= leaves 42 bytes of the body unsigned" header.d=sender.test' in value
+    assert "dmarc=fail header.from=sender.test policy.dmarc=reject" in value
+    assert "dkim-fail" in _names(evidence) and evidence.authenticated == ()
+
+
 def _forged_signature(domain: str, names: int, body: bytes = b"Wire the money today.\n") -> bytes:
     """A signature claiming ``domain`` with ``names`` absent fields in h= (its b= does not matter)."""
     h = "from" + "".join(f":x-absent-{i}" for i in range(names))

@@ -316,7 +316,7 @@ class ReputationDetector:
         return found
 
     def _dkim_findings(self, results: list[DkimResult]) -> list[Finding]:
-        broken = [r for r in results if r.result in ("fail", "permerror")]
+        broken = [r for r in results if r.result in ("fail", "policy", "permerror")]
         if not broken or any(r.result == "pass" for r in results):
             return []
         detail = "; ".join(f"d={r.domain} s={r.selector}: {r.result} ({r.reason})" for r in broken)

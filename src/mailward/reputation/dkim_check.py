@@ -38,7 +38,7 @@ MAX_HEADER_WORK = 1 << 20  # h= entries x header fields, some 50 ms of dkimpy's 
 class DkimResult:
     domain: str  # d=
     selector: str  # s=
-    result: str  # pass, fail, permerror, temperror
+    result: str  # pass, fail, policy, permerror, temperror (RFC 8601 2.7.1)
     reason: str = ""
 
     @property
@@ -124,6 +124,8 @@ def verify_signature(
         _check_signature(sig, include_headers, len(verifier.headers))
         if not verifier.verify_sig(sig, include_headers, sig_fields[index], txt):
             result, reason = _why_not(key_lookups)
+        elif unsigned := _unsigned_length(sig, verifier.body):
+            result, reason = "policy", f"l= leaves {unsigned} bytes of the body unsigned"
         else:
             result, reason = "pass", ""
     except dkim.ValidationError as exc:  # body hash mismatch, malformed or expired signature
@@ -159,6 +161,14 @@ def _check_key_hashes(key: bytes, algorithm: bytes) -> None:
         return
     if hashes is not None and algorithm.rpartition(b"-")[2] not in {h.strip() for h in hashes.split(b":")}:
         raise _Refused(f"the key does not allow {algorithm.decode('ascii', 'replace')}")
+
+
+def _unsigned_length(sig: dict[bytes, bytes], body: bytes) -> int:
+    """How much canonicalized body an l= tag leaves out: text anyone could have appended (RFC 6376 8.2)."""
+    if b"l" not in sig:
+        return 0
+    canonical = dkim.CanonicalizationPolicy.from_c_value(sig.get(b"c", b"simple/simple")).canonicalize_body(body)
+    return max(0, len(canonical) - int(sig[b"l"]))
 
 
 def _why_not(key_lookups: list[tuple[Outcome, bytes | None]]) -> tuple[str, str]:
