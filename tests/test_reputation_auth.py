@@ -404,6 +404,12 @@ def test_results_header_never_carries_unsafe_values(detector):
 def test_claims_our_id_spots_forged_results():
     assert claims_our_id("mx.dest.test; spf=pass smtp.mailfrom=a@b.test", "MX.dest.test")
     assert claims_our_id("(comment) mx.dest.test 1; dkim=pass", "mx.dest.test")
+    for hidden in ("(a (nested) comment)", "(x \\) y)", "\r\n\t(folded)"):  # RFC 5322 3.2.2 comments
+        assert claims_our_id(f"{hidden} mx.dest.test; dmarc=pass", "mx.dest.test")
+    assert claims_our_id('"mx.dest.test"; dmarc=pass', "mx.dest.test")
+    assert claims_our_id("mx.dest.test.(c); dmarc=pass", "mx.dest.test")
+    assert not claims_our_id("(mx.dest.test) mx.other.test; dmarc=pass", "mx.dest.test")
+    assert not claims_our_id("(unclosed mx.dest.test; dmarc=pass", "mx.dest.test")
     assert not claims_our_id("mx.other.test; spf=pass", "mx.dest.test")
 
 
