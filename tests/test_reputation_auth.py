@@ -335,6 +335,26 @@ def test_no_policy_and_no_from_mean_no_dmarc_finding(detector):
     assert "dmarc" not in _results(_check(detector, message(from_="undisclosed-recipients:;"), client=GOOD_IP))
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"From : CEO <ceo@sender.test>\n",  # RFC 5322 4.5.1 obs-from: blanks before the colon
+        b"X-Mailer : x\nFrom: CEO\n <ceo@sender.test>\n",  # which the stdlib takes for the end of the header block
+        b"From: =?utf-8?b?Q0VPIDxjZW9Ac2VuZGVyLnRlc3Q+?=\n",  # "CEO <ceo@sender.test>" as a mail client shows it
+    ],
+)
+def test_an_author_in_obsolete_syntax_or_encoded_words_is_still_checked(detector, head):
+    raw = head + message().split(b"\n", 1)[1]
+    evidence = _check(detector, raw, client=OTHER_IP, mail_from="x@provider.test", helo="")
+    assert "dmarc=fail header.from=sender.test policy.dmarc=reject" in _results(evidence)
+    assert _names(evidence)["dmarc-reject"] is Severity.HIGH
+
+
+def test_encoded_words_do_not_add_to_an_author_address(detector):
+    raw = b"From: =?utf-8?q?ceo=40quar.test?= <ceo@sender.test>\n" + message().split(b"\n", 1)[1]
+    assert "header.from=quar.test" not in _results(_check(detector, raw, client=GOOD_IP))
+
+
 def test_every_author_domain_is_evaluated(detector):
     evidence = _check(detector, message(from_="a@sender.test, b@quar.test"), client=GOOD_IP)
     assert "dmarc=pass header.from=sender.test" in _results(evidence)

@@ -177,7 +177,7 @@ class ReputationDetector:
                     subject=domain,
                 )
         if rep.dmarc:
-            for domain in author_domains(header)[:MAX_AUTHOR_DOMAINS]:
+            for domain in author_domains(header, message.header_all("from"))[:MAX_AUTHOR_DOMAINS]:
                 start(
                     "dmarc",
                     PolicyLookup(domain, dns_failed=True),
