@@ -367,6 +367,18 @@ def test_a_crowd_of_authors_costs_a_bounded_number_of_lookups(detector, server):
     assert sum(1 for name, _ in server.queries if name.startswith("_dmarc.crowd")) == 5
 
 
+@pytest.mark.parametrize("separate_fields", [False, True])
+def test_a_spoofed_author_past_the_lookup_limit_weighs_as_a_reject(detector, separate_fields):
+    crowd = [f"x@a{i}.provider.test" for i in range(5)] + ["CEO <ceo@sender.test>"]
+    head = "".join(f"From: {a}\n" for a in crowd) if separate_fields else f"From: {', '.join(crowd)}\n"
+    raw = head.encode() + message().split(b"\n", 1)[1]
+    evidence = _check(detector, raw, client=PROVIDER_IP, mail_from="x@provider.test", helo="")
+    assert "header.from=sender.test" not in _results(evidence)  # five lookups at most, as above
+    (finding,) = [f for f in evidence.findings if f.name == "dmarc-too-many-authors"]
+    assert finding.severity is Severity.HIGH and finding.category is Category.AUTHENTICATION
+    assert "unchecked: sender.test" in finding.detail
+
+
 def test_unanswered_policy_lookup_is_temperror_not_failure(server):
     det = detector_for(server.port, authserv_id="mx.dest.test", budget=0.5, query_timeout=0.3)
     evidence = det.inspect(parse(message(from_="ceo@x.slow.test")), envelope(client=OTHER_IP))

@@ -105,9 +105,9 @@ class ReputationDetector:
         if down := self._backoff.remaining(RESOLVER):
             return Evidence(findings=(self._unavailable(f"resolver found dead, lookups skipped for {down:.1f}s more"),))
         deadline = Deadline.after(self.settings.budget, self._clock)
-        jobs, skipped = self._start(message, envelope, ip, deadline)
+        jobs, skipped, unchecked_authors = self._start(message, envelope, ip, deadline)
         done, _ = wait([j.future for j in jobs], timeout=deadline.remaining())
-        return self._evidence(jobs, done, skipped)
+        return self._evidence(jobs, done, skipped, unchecked_authors)
 
     def _skipped(self, ip: IPAddress | None, envelope: Envelope) -> bool:
         # No client (an offline scan, a local submission): nothing to look up that the milter would.
@@ -120,8 +120,9 @@ class ReputationDetector:
 
     def _start(
         self, message: ParsedMessage, envelope: Envelope, ip: IPAddress | None, deadline: Deadline
-    ) -> tuple[list[_Job], list[str]]:
-        """Start every lookup; also returns the zones skipped because they stopped answering."""
+    ) -> tuple[list[_Job], list[str], list[str]]:
+        """Start every lookup; also returns the zones skipped because they stopped answering
+        and the author domains past ``MAX_AUTHOR_DOMAINS``, left unchecked."""
         rep, jobs, skipped = self.settings, [], []
         dnsbl: list[Zone] = []
         uribl: list[Zone] = []
@@ -176,18 +177,18 @@ class ReputationDetector:
                     progress,
                     subject=domain,
                 )
-        if rep.dmarc:
-            for domain in author_domains(header, message.header_all("from"))[:MAX_AUTHOR_DOMAINS]:
-                start(
-                    "dmarc",
-                    PolicyLookup(domain, dns_failed=True),
-                    discover_policy,
-                    self.client,
-                    deadline,
-                    domain,
-                    self._orgs,
-                    subject=domain,
-                )
+        authors = author_domains(header, message.header_all("from")) if rep.dmarc else []
+        for domain in authors[:MAX_AUTHOR_DOMAINS]:
+            start(
+                "dmarc",
+                PolicyLookup(domain, dns_failed=True),
+                discover_policy,
+                self.client,
+                deadline,
+                domain,
+                self._orgs,
+                subject=domain,
+            )
         if uribl:  # last: the most numerous, so they queue behind the rest
             for domain, location in islice(
                 url_domains(message, self._orgs, self._skip_url_domains), rep.max_uri_domains
@@ -205,10 +206,12 @@ class ReputationDetector:
                         subject=domain,
                         location=location,
                     )
-        return jobs, skipped
+        return jobs, skipped, authors[MAX_AUTHOR_DOMAINS:]
 
     # --- results ------------------------------------------------------------------
-    def _evidence(self, jobs: list[_Job], done: set[Future[Any]], skipped: list[str]) -> Evidence:
+    def _evidence(
+        self, jobs: list[_Job], done: set[Future[Any]], skipped: list[str], unchecked_authors: list[str]
+    ) -> Evidence:
         rep = self.settings
         findings: list[Finding] = []
         unavailable: list[str] = list(skipped)
@@ -247,6 +250,8 @@ class ReputationDetector:
             f"dmarc {d.domain}" for d, p in zip(dmarc, policies) if d.result == "temperror" and not p.dns_failed
         ]
         findings += self._spf_findings(spf) + self._dkim_findings(dkim) + self._dmarc_findings(dmarc, mailfrom, dkim)
+        if unchecked_authors:
+            findings.append(self._too_many_authors(unchecked_authors))
         if unavailable:
             findings.append(self._unavailable("; ".join(dict.fromkeys(unavailable))))
         self._note_health(answered, bool(unavailable), zones_failed - zones_answered)
@@ -344,6 +349,20 @@ class ReputationDetector:
             for r in results
             if r.result == "fail"
         ]
+
+    def _too_many_authors(self, unchecked: list[str]) -> Finding:
+        """Authors past the lookup limit may be spoofed domains that ask for reject (RFC 7489 6.6.1
+        applies the strictest policy among the From domains), so they weigh as a DMARC reject:
+        otherwise a spoofer would list the victim's address after a few of its own."""
+        return Finding(
+            Category.AUTHENTICATION,
+            "dmarc-too-many-authors",
+            self.settings.dmarc_reject,
+            "dmarc",
+            "",
+            f"{MAX_AUTHOR_DOMAINS + len(unchecked)} author domains, only the first {MAX_AUTHOR_DOMAINS} checked;"
+            f" unchecked: {', '.join(unchecked)}"[:500],
+        )
 
     def _unavailable(self, detail: str) -> Finding:
         return Finding(Category.UNCHECKED, "dns-unavailable", self.settings.dns_unavailable, "dns", "", detail[:500])
