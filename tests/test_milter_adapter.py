@@ -349,6 +349,28 @@ def test_a_header_block_past_the_spool_threshold_keeps_its_order_subject_and_for
     assert ctx.delivered.get_all("Subject")[-1] == " [SPAM] Special offer"
 
 
+@pytest.mark.parametrize(
+    "forged",
+    [
+        "mx.dest.test; dmarc=pass header.from=victim.test",
+        "(a (nested) comment) mx.dest.test; dmarc=pass header.from=victim.test",
+        "(x \\) y) mx.dest.test; dmarc=pass header.from=victim.test",
+    ],
+)
+def test_authentication_results_forged_in_our_name_are_removed_whatever_the_comments(
+    tmp_path, feed, milter_runtime, forged
+):
+    """RFC 8601 5: such fields are deleted; comments nest and hold quoted-pairs (RFC 5322 3.2.2)."""
+    theirs = "mx.other.test; spf=pass smtp.mailfrom=victim.test"
+    raw = f"Authentication-Results: {forged}\r\nAuthentication-Results: {theirs}\r\n".encode() + message()[1]
+    rt = milter_runtime(tmp_path, 'authserv_id = "mx.dest.test"', scan=lambda source, env: Evidence())
+    rc, ctx = feed(rt, raw)
+    assert rc == Milter.ACCEPT
+    assert [(n.lower(), i, v) for n, i, v in ctx.changed if n.lower() == "authentication-results"] == [
+        ("authentication-results", 1, "")
+    ]  # the first field, not ours that follows
+
+
 def test_the_header_block_ends_every_line_in_crlf_however_the_mta_folded(tmp_path):
     """Postfix folds a value with a bare LF, another MTA or a harness with CRLF; a lone CR is content."""
     buf = MessageBuffer(1 << 20, tmp_path)

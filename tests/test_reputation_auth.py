@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from dns_server import DnsServer, soa
@@ -21,6 +23,7 @@ from support.mail import signable_mail as message
 from support.reputation import DkimKey, detector_for, envelope, no_system_resolver, parse, txt  # noqa: F401
 
 GOOD_IP, OTHER_IP, PROVIDER_IP = "192.0.2.10", "198.51.100.50", "203.0.113.9"
+PTR_IPS = {"valid": "198.51.100.60", "unanswered name": "198.51.100.61", "unanswered PTR": "198.51.100.62"}
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +46,7 @@ inc IN TXT "v=spf1 include:spf.provider.test -all"
 sel._domainkey IN TXT {keys["sender"].record()}
 weak._domainkey IN TXT {keys["weak"].record()}
 broken._domainkey IN TXT "v=DKIM1; k=rsa; p=bm90IGEga2V5"
+sha1only._domainkey IN TXT {txt(f"v=DKIM1; k=rsa; h=sha1; p={keys['sender'].public_b64}")}
 """,
         "provider.test.": soa("provider.test.")
         + f"""
@@ -61,8 +65,27 @@ sel._domainkey IN TXT {keys["sender"].record()}
         "org.test.": soa("org.test.") + f'@ IN TXT {spf}\n_dmarc IN TXT "v=DMARC1; p=reject; sp=quarantine"\n',
         "pct.test.": soa("pct.test.") + '@ IN TXT "v=spf1 -all"\n_dmarc IN TXT "v=DMARC1; p=reject; pct=20"\n',
         "nopolicy.test.": soa("nopolicy.test.") + '@ IN TXT "v=spf1 -all"\n',
+        # The reverse zone of the clients in PTR_IPS, which a spoofer owns: one name validates, one
+        # has an address lookup that never answers, one address has a PTR lookup that never answers.
+        "ptr.test.": soa("ptr.test.")
+        + f"""
+@ IN TXT "v=spf1 ip4:{GOOD_IP} ptr -all"
+_dmarc IN TXT "v=DMARC1; p=reject"
+macro IN TXT "v=spf1 exists:%{{p}}.ok.ptr.test -all"
+host IN A {PTR_IPS["valid"]}
+""",
+        "100.51.198.in-addr.arpa.": soa("100.51.198.in-addr.arpa.")
+        + f"""
+{PTR_IPS["valid"].rpartition(".")[2]} IN PTR host.ptr.test.
+{PTR_IPS["unanswered name"].rpartition(".")[2]} IN PTR host.slow.test.
+""",
     }
-    with DnsServer(zones, silent=["slow.test", "slowkey._domainkey.sender.test"]) as srv:
+    silent = [
+        "slow.test",
+        "slowkey._domainkey.sender.test",
+        f"{PTR_IPS['unanswered PTR'].rpartition('.')[2]}.100.51.198.in-addr.arpa",
+    ]
+    with DnsServer(zones, silent=silent) as srv:
         yield srv
 
 
@@ -125,6 +148,27 @@ def test_spf_include_and_bounce_sender_uses_helo(detector):
     assert "spf=pass smtp.mailfrom=postmaster@mx.sender.test" in _results(bounce)
 
 
+def test_a_validated_ptr_name_passes(detector):
+    evidence = _check(detector, message(from_="ceo@ptr.test"), client=PTR_IPS["valid"], mail_from="ceo@ptr.test")
+    assert "spf=pass smtp.mailfrom=ceo@ptr.test" in _results(evidence)
+
+
+@pytest.mark.parametrize("client", [PTR_IPS["unanswered name"], PTR_IPS["unanswered PTR"]])
+def test_a_spoofer_cannot_dodge_dmarc_with_its_own_reverse_dns(detector, client):
+    # RFC 7208 5.5: an unanswered PTR lookup means no match, an unanswered name is skipped.
+    evidence = _check(detector, message(from_="ceo@ptr.test"), client=client, mail_from="ceo@ptr.test", helo="")
+    assert "spf=fail smtp.mailfrom=ceo@ptr.test" in _results(evidence)
+    assert "dmarc=fail header.from=ptr.test policy.dmarc=reject" in _results(evidence)
+    assert _names(evidence)["dmarc-reject"] is Severity.HIGH
+
+
+def test_an_unvalidated_ptr_macro_expands_to_unknown(detector, server):
+    sender = "ceo@macro.ptr.test"
+    evidence = _check(detector, message(), client=PTR_IPS["unanswered PTR"], mail_from=sender, helo="")
+    assert "spf=fail smtp.mailfrom=ceo@macro.ptr.test" in _results(evidence)  # RFC 7208 7.3
+    assert server.count("unknown.ok.ptr.test", "A") == 1
+
+
 # --- DKIM --------------------------------------------------------------------------
 
 
@@ -179,6 +223,58 @@ def test_one_valid_signature_outweighs_a_broken_one(detector, keys):
     value = _results(evidence)
     assert "dkim=pass header.d=provider.test" in value and "dkim=permerror" in value
     assert "dkim-fail" not in _names(evidence)
+
+
+@pytest.mark.parametrize(
+    "selector, algorithm, reason",
+    [
+        ("sel", b"rsa-sha1", "rsa-sha1 is not acceptable"),
+        ("sha1only", b"rsa-sha256", "the key does not allow rsa-sha256"),
+    ],
+)
+def test_signatures_with_a_refused_hash_never_pass(detector, keys, selector, algorithm, reason):
+    # RFC 8301 3.1: no rsa-sha1; RFC 6376 6.1.2: nothing the key's h= tag leaves out.
+    signed = keys["sender"].sign(message(), "sender.test", selector, signature_algorithm=algorithm)
+    evidence = _check(detector, signed, client=OTHER_IP)
+    assert f'dkim=permerror reason="{reason}' in _results(evidence)
+    assert _names(evidence)["dmarc-reject"] is Severity.HIGH and evidence.authenticated == ()
+
+
+def test_a_body_longer_than_l_does_not_pass(detector, keys):
+    signed = keys["sender"].sign(message(), "sender.test", length=True)
+    assert "dkim=pass" in _results(_check(detector, signed, client=OTHER_IP))
+    evidence = _check(detector, signed + b"\nUnsigned: pay to IBAN XX00 0000 today.\n", client=OTHER_IP)
+    value = _results(evidence)
+    assert 'dkim=policy reason="l= leaves 42 bytes of the body unsigned" header.d=sender.test' in value
+    assert "dmarc=fail header.from=sender.test policy.dmarc=reject" in value
+    assert "dkim-fail" in _names(evidence) and evidence.authenticated == ()
+
+
+def _forged_signature(domain: str, names: int, body: bytes = b"Wire the money today.\n") -> bytes:
+    """A signature claiming ``domain`` with ``names`` absent fields in h= (its b= does not matter)."""
+    h = "from" + "".join(f":x-absent-{i}" for i in range(names))
+    return f"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d={domain}; s=sel; h={h}; bh=AAAA; b=AAAA\n".encode()
+
+
+@pytest.mark.parametrize("names, fields", [(257, 10), (200, 6000)])
+def test_a_signature_too_costly_to_verify_is_refused_at_once(detector, names, fields):
+    filler = "".join(f"X-Trace-{i}: {i}\n" for i in range(fields)).encode()
+    forged = _forged_signature("sender.test", names) + filler + message()
+    started = time.monotonic()
+    evidence = _check(detector, forged, client=OTHER_IP, mail_from="x@provider.test")
+    assert time.monotonic() - started < 1.0  # the budget is 1.5s
+    assert "dkim=permerror" in _results(evidence) and "dmarc=fail header.from=sender.test" in _results(evidence)
+    assert _names(evidence)["dmarc-reject"] is Severity.HIGH
+
+
+def test_a_verification_the_budget_cuts_short_does_not_save_a_spoofer(server):
+    # The key comes at once; canonicalizing the sender's 16 MB of body outlasts the budget.
+    det = detector_for(server.port, authserv_id="mx.dest.test", budget=0.4, query_timeout=0.3)
+    forged = _forged_signature("sender.test", 5) + message() + b"word  \t word  \n" * 1_000_000
+    evidence = det.inspect(parse(forged), envelope(client=OTHER_IP, mail_from="x@provider.test", helo=""))
+    value = _results(evidence)
+    assert 'dkim=permerror reason="verification cost more than the budget" header.d=sender.test' in value
+    assert "dmarc=fail header.from=sender.test policy.dmarc=reject" in value
 
 
 def test_unsigned_mail_says_dkim_none(detector):
@@ -239,6 +335,26 @@ def test_no_policy_and_no_from_mean_no_dmarc_finding(detector):
     assert "dmarc" not in _results(_check(detector, message(from_="undisclosed-recipients:;"), client=GOOD_IP))
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"From : CEO <ceo@sender.test>\n",  # RFC 5322 4.5.1 obs-from: blanks before the colon
+        b"X-Mailer : x\nFrom: CEO\n <ceo@sender.test>\n",  # which the stdlib takes for the end of the header block
+        b"From: =?utf-8?b?Q0VPIDxjZW9Ac2VuZGVyLnRlc3Q+?=\n",  # "CEO <ceo@sender.test>" as a mail client shows it
+    ],
+)
+def test_an_author_in_obsolete_syntax_or_encoded_words_is_still_checked(detector, head):
+    raw = head + message().split(b"\n", 1)[1]
+    evidence = _check(detector, raw, client=OTHER_IP, mail_from="x@provider.test", helo="")
+    assert "dmarc=fail header.from=sender.test policy.dmarc=reject" in _results(evidence)
+    assert _names(evidence)["dmarc-reject"] is Severity.HIGH
+
+
+def test_encoded_words_do_not_add_to_an_author_address(detector):
+    raw = b"From: =?utf-8?q?ceo=40quar.test?= <ceo@sender.test>\n" + message().split(b"\n", 1)[1]
+    assert "header.from=quar.test" not in _results(_check(detector, raw, client=GOOD_IP))
+
+
 def test_every_author_domain_is_evaluated(detector):
     evidence = _check(detector, message(from_="a@sender.test, b@quar.test"), client=GOOD_IP)
     assert "dmarc=pass header.from=sender.test" in _results(evidence)
@@ -249,6 +365,18 @@ def test_a_crowd_of_authors_costs_a_bounded_number_of_lookups(detector, server):
     authors = ", ".join(f"a@crowd{i}.test" for i in range(200))
     _check(detector, message(from_=authors), client=GOOD_IP)
     assert sum(1 for name, _ in server.queries if name.startswith("_dmarc.crowd")) == 5
+
+
+@pytest.mark.parametrize("separate_fields", [False, True])
+def test_a_spoofed_author_past_the_lookup_limit_weighs_as_a_reject(detector, separate_fields):
+    crowd = [f"x@a{i}.provider.test" for i in range(5)] + ["CEO <ceo@sender.test>"]
+    head = "".join(f"From: {a}\n" for a in crowd) if separate_fields else f"From: {', '.join(crowd)}\n"
+    raw = head.encode() + message().split(b"\n", 1)[1]
+    evidence = _check(detector, raw, client=PROVIDER_IP, mail_from="x@provider.test", helo="")
+    assert "header.from=sender.test" not in _results(evidence)  # five lookups at most, as above
+    (finding,) = [f for f in evidence.findings if f.name == "dmarc-too-many-authors"]
+    assert finding.severity is Severity.HIGH and finding.category is Category.AUTHENTICATION
+    assert "unchecked: sender.test" in finding.detail
 
 
 def test_unanswered_policy_lookup_is_temperror_not_failure(server):
@@ -308,6 +436,12 @@ def test_results_header_never_carries_unsafe_values(detector):
 def test_claims_our_id_spots_forged_results():
     assert claims_our_id("mx.dest.test; spf=pass smtp.mailfrom=a@b.test", "MX.dest.test")
     assert claims_our_id("(comment) mx.dest.test 1; dkim=pass", "mx.dest.test")
+    for hidden in ("(a (nested) comment)", "(x \\) y)", "\r\n\t(folded)"):  # RFC 5322 3.2.2 comments
+        assert claims_our_id(f"{hidden} mx.dest.test; dmarc=pass", "mx.dest.test")
+    assert claims_our_id('"mx.dest.test"; dmarc=pass', "mx.dest.test")
+    assert claims_our_id("mx.dest.test.(c); dmarc=pass", "mx.dest.test")
+    assert not claims_our_id("(mx.dest.test) mx.other.test; dmarc=pass", "mx.dest.test")
+    assert not claims_our_id("(unclosed mx.dest.test; dmarc=pass", "mx.dest.test")
     assert not claims_our_id("mx.other.test; spf=pass", "mx.dest.test")
 
 

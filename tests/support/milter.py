@@ -135,9 +135,15 @@ class Ctx(testctx.TestCtx):
     def __init__(self) -> None:
         super().__init__()
         self.held: list[str] = []
+        self.changed: list[tuple[str, int, str]] = []
 
     def quarantine(self, reason: str) -> None:
         self.held.append(reason)
+
+    def chgheader(self, field: str, idx: int, value: str) -> None:
+        """Recorded as asked: TestCtx changes every field of that name, whatever the index."""
+        self.changed.append((field, idx, value))
+        super().chgheader(field, idx, value)
 
     # TestCtx keeps what the milter answered under private names; the tests read it here.
     @property

@@ -88,12 +88,8 @@ class DkimKey:
     def record(self) -> str:
         return txt(f"v=DKIM1; k=rsa; p={self.public_b64}")
 
-    def sign(self, raw: bytes, domain: str, selector: str = "sel") -> bytes:
-        signature = dkim.sign(
-            raw,
-            selector.encode(),
-            domain.encode(),
-            self.private_pem,
-            include_headers=[b"from", b"to", b"subject", b"date", b"message-id"],
-        )
+    def sign(self, raw: bytes, domain: str, selector: str = "sel", **options) -> bytes:
+        """``raw`` with a DKIM-Signature on top; ``options`` go to ``dkim.sign`` (length, signature_algorithm)."""
+        options.setdefault("include_headers", [b"from", b"to", b"subject", b"date", b"message-id"])
+        signature = dkim.sign(raw, selector.encode(), domain.encode(), self.private_pem, **options)
         return signature.replace(b"\r\n", b"\n") + raw

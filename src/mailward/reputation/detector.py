@@ -34,7 +34,7 @@ from ..errors import ConfigError
 from ..evidence import Category, Evidence, Finding, Severity
 from ..message import ParsedMessage
 from . import dmarc_check
-from .dkim_check import DkimResult, signatures, verify_signature
+from .dkim_check import DkimResult, Progress, signatures, verify_signature
 from .dmarc_check import Disposition, DmarcResult, PolicyLookup, author_domains, discover_policy
 from .names import IPAddress, OrgDomains, client_ip, normalise_domain, reverse_name, url_domains, within
 from .resolver import Backoff, Clock, Deadline, DnsClient, Lookup, Outcome
@@ -51,7 +51,10 @@ MAX_AUTHOR_DOMAINS = 5  # a From: with thousands of addresses must not mean thou
 
 @dataclass(frozen=True)
 class _Job:
-    """One lookup in flight; ``fallback`` stands in for its result if the budget runs out first."""
+    """One lookup in flight; ``fallback`` stands in for its result if the budget runs out first.
+
+    A callable ``fallback`` is asked then: what a lookup cut short means can depend on how far it got.
+    """
 
     kind: str  # dnsbl, uribl, spf, dkim, dmarc
     future: Future[Any]
@@ -102,9 +105,9 @@ class ReputationDetector:
         if down := self._backoff.remaining(RESOLVER):
             return Evidence(findings=(self._unavailable(f"resolver found dead, lookups skipped for {down:.1f}s more"),))
         deadline = Deadline.after(self.settings.budget, self._clock)
-        jobs, skipped = self._start(message, envelope, ip, deadline)
+        jobs, skipped, unchecked_authors = self._start(message, envelope, ip, deadline)
         done, _ = wait([j.future for j in jobs], timeout=deadline.remaining())
-        return self._evidence(jobs, done, skipped)
+        return self._evidence(jobs, done, skipped, unchecked_authors)
 
     def _skipped(self, ip: IPAddress | None, envelope: Envelope) -> bool:
         # No client (an offline scan, a local submission): nothing to look up that the milter would.
@@ -117,8 +120,9 @@ class ReputationDetector:
 
     def _start(
         self, message: ParsedMessage, envelope: Envelope, ip: IPAddress | None, deadline: Deadline
-    ) -> tuple[list[_Job], list[str]]:
-        """Start every lookup; also returns the zones skipped because they stopped answering."""
+    ) -> tuple[list[_Job], list[str], list[str]]:
+        """Start every lookup; also returns the zones skipped because they stopped answering
+        and the author domains past ``MAX_AUTHOR_DOMAINS``, left unchecked."""
         rep, jobs, skipped = self.settings, [], []
         dnsbl: list[Zone] = []
         uribl: list[Zone] = []
@@ -160,29 +164,31 @@ class ReputationDetector:
         header = message.raw_headers  # split once, by the parser
         if rep.dkim:
             for index, (domain, selector) in enumerate(signatures(header)[: rep.max_signatures]):
+                progress = Progress(domain, selector)
                 start(
                     "dkim",
-                    DkimResult(domain, selector, "temperror", "DNS budget spent"),
+                    progress.cut_short,
                     verify_signature,
                     message.raw,
                     index,
                     self.client,
                     deadline,
                     rep.min_key_bits,
+                    progress,
                     subject=domain,
                 )
-        if rep.dmarc:
-            for domain in author_domains(header)[:MAX_AUTHOR_DOMAINS]:
-                start(
-                    "dmarc",
-                    PolicyLookup(domain, dns_failed=True),
-                    discover_policy,
-                    self.client,
-                    deadline,
-                    domain,
-                    self._orgs,
-                    subject=domain,
-                )
+        authors = author_domains(header, message.header_all("from")) if rep.dmarc else []
+        for domain in authors[:MAX_AUTHOR_DOMAINS]:
+            start(
+                "dmarc",
+                PolicyLookup(domain, dns_failed=True),
+                discover_policy,
+                self.client,
+                deadline,
+                domain,
+                self._orgs,
+                subject=domain,
+            )
         if uribl:  # last: the most numerous, so they queue behind the rest
             for domain, location in islice(
                 url_domains(message, self._orgs, self._skip_url_domains), rep.max_uri_domains
@@ -200,10 +206,12 @@ class ReputationDetector:
                         subject=domain,
                         location=location,
                     )
-        return jobs, skipped
+        return jobs, skipped, authors[MAX_AUTHOR_DOMAINS:]
 
     # --- results ------------------------------------------------------------------
-    def _evidence(self, jobs: list[_Job], done: set[Future[Any]], skipped: list[str]) -> Evidence:
+    def _evidence(
+        self, jobs: list[_Job], done: set[Future[Any]], skipped: list[str], unchecked_authors: list[str]
+    ) -> Evidence:
         rep = self.settings
         findings: list[Finding] = []
         unavailable: list[str] = list(skipped)
@@ -215,9 +223,11 @@ class ReputationDetector:
         policies: list[PolicyLookup] = []
         results_of: dict[str, list[Any]] = {"spf": spf, "dkim": dkim, "dmarc": policies}
         for job in jobs:
-            result = job.future.result() if job.future in done else job.fallback
-            if job.future not in done:
+            if job.future in done:
+                result = job.future.result()
+            else:
                 job.future.cancel()
+                result = _fallback(job.fallback)
             if job.kind in ("dnsbl", "uribl") and job.zone is not None:  # every blocklist job has its zone
                 if result.outcome.unavailable:
                     unavailable.append(f"{job.kind} {job.zone.name} ({result.outcome.value})")
@@ -240,6 +250,8 @@ class ReputationDetector:
             f"dmarc {d.domain}" for d, p in zip(dmarc, policies) if d.result == "temperror" and not p.dns_failed
         ]
         findings += self._spf_findings(spf) + self._dkim_findings(dkim) + self._dmarc_findings(dmarc, mailfrom, dkim)
+        if unchecked_authors:
+            findings.append(self._too_many_authors(unchecked_authors))
         if unavailable:
             findings.append(self._unavailable("; ".join(dict.fromkeys(unavailable))))
         self._note_health(answered, bool(unavailable), zones_failed - zones_answered)
@@ -309,7 +321,7 @@ class ReputationDetector:
         return found
 
     def _dkim_findings(self, results: list[DkimResult]) -> list[Finding]:
-        broken = [r for r in results if r.result in ("fail", "permerror")]
+        broken = [r for r in results if r.result in ("fail", "policy", "permerror")]
         if not broken or any(r.result == "pass" for r in results):
             return []
         detail = "; ".join(f"d={r.domain} s={r.selector}: {r.result} ({r.reason})" for r in broken)
@@ -337,6 +349,20 @@ class ReputationDetector:
             for r in results
             if r.result == "fail"
         ]
+
+    def _too_many_authors(self, unchecked: list[str]) -> Finding:
+        """Authors past the lookup limit may be spoofed domains that ask for reject (RFC 7489 6.6.1
+        applies the strictest policy among the From domains), so they weigh as a DMARC reject:
+        otherwise a spoofer would list the victim's address after a few of its own."""
+        return Finding(
+            Category.AUTHENTICATION,
+            "dmarc-too-many-authors",
+            self.settings.dmarc_reject,
+            "dmarc",
+            "",
+            f"{MAX_AUTHOR_DOMAINS + len(unchecked)} author domains, only the first {MAX_AUTHOR_DOMAINS} checked;"
+            f" unchecked: {', '.join(unchecked)}"[:500],
+        )
 
     def _unavailable(self, detail: str) -> Finding:
         return Finding(Category.UNCHECKED, "dns-unavailable", self.settings.dns_unavailable, "dns", "", detail[:500])
@@ -392,12 +418,16 @@ def check_settings(settings: Settings) -> tuple[Network, ...]:
 
 
 def _guarded(fallback: Any, call: Callable[..., Any], *args: Any) -> Any:
-    """Run one lookup; a bug or a library crash on hostile input counts as DNS unavailable, logged."""
+    """Run one lookup; a bug or a library crash on hostile input counts as its fallback, logged."""
     try:
         return call(*args)
     except Exception:
         log.exception("reputation lookup %s failed", getattr(call, "__name__", call))
-        return fallback
+        return _fallback(fallback)
+
+
+def _fallback(fallback: Any) -> Any:
+    return fallback() if callable(fallback) else fallback
 
 
 def _spent(name: str) -> Lookup:

@@ -12,9 +12,8 @@ so for messages sampled out), which keeps verdicts reproducible.
 
 from __future__ import annotations
 
-import email
-import email.policy
 import email.utils
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -23,6 +22,8 @@ from .dkim_check import DkimResult
 from .names import OrgDomains, normalise_domain
 from .resolver import Deadline, DnsClient
 from .spf_check import SpfResult
+
+_FIELD = re.compile(rb"([!-9;-~]+)[ \t]*:(.*)", re.DOTALL)  # field-name *WSP ":" value (RFC 5322 3.6.8, 4.5)
 
 
 class Disposition(str, Enum):
@@ -90,16 +91,43 @@ class DmarcResult:
     detail: str = ""
 
 
-def author_domains(header: bytes) -> list[str]:
-    """Distinct RFC5322.From domains, from the undecoded header block so encoded words stay opaque."""
-    fields = email.message_from_bytes(header + b"\n\n", policy=email.policy.compat32)
-    values = [str(v) for v in fields.get_all("From", [])]
-    domains: list[str] = []
-    for _, address in email.utils.getaddresses(values):
-        domain = normalise_domain(address.rpartition("@")[2]) if "@" in address else None
-        if domain and domain not in domains:
-            domains.append(domain)
-    return domains
+def author_domains(header: bytes, decoded: Sequence[str] = ()) -> list[str]:
+    """Distinct RFC5322.From domains, read from the undecoded header block so encoded words stay opaque.
+
+    ``decoded`` (the From fields with RFC 2047 encoded words decoded) is read only
+    when the undecoded fields name no domain: an address hidden in encoded words
+    is not one (RFC 2047 5), but it is what a mail client shows as the author.
+    """
+    for values in (_from_fields(header), decoded):
+        domains: list[str] = []
+        for _, address in email.utils.getaddresses(list(values)):
+            domain = normalise_domain(address.rpartition("@")[2]) if "@" in address else None
+            if domain and domain not in domains:
+                domains.append(domain)
+        if domains:
+            return domains
+    return []
+
+
+def _from_fields(header: bytes) -> list[str]:
+    """The From fields' unfolded values, with the obsolete syntax RFC 5322 4.5 has readers accept.
+
+    The stdlib's parser takes a field with blanks before its colon (``From : a@b``,
+    or ``X-Any : v`` above the From) for the end of the header block, which would
+    hide the author from DMARC; Postfix, and so the milter, reads such fields.
+    """
+    values: list[list[bytes]] = []
+    current: list[bytes] | None = None
+    for line in re.split(rb"\r?\n", header):
+        if line[:1] in (b" ", b"\t"):  # folded: part of the field above
+            if current is not None:
+                current.append(line)
+            continue
+        match = _FIELD.match(line)
+        current = [match.group(2)] if match and match.group(1).lower() == b"from" else None
+        if current is not None:
+            values.append(current)
+    return [b"".join(v).decode("ascii", "surrogateescape") for v in values]
 
 
 def discover_policy(client: DnsClient, deadline: Deadline, domain: str, orgs: OrgDomains) -> PolicyLookup:

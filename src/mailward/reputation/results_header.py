@@ -24,7 +24,7 @@ from .spf_check import SpfResult
 
 HEADER = "Authentication-Results"
 _SAFE_VALUE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.@-]{1,254}$")
-_COMMENT = re.compile(r"\([^()]*\)")
+_TOKEN = re.compile(r'[^\s()<>@,;:\\"/\[\]?=]*')  # RFC 2045 token, what an authserv-id is when not quoted
 
 
 def authserv_id(settings: ReputationSettings) -> str:
@@ -65,9 +65,37 @@ def results_value(
 
 
 def claims_our_id(value: str, authserv_id: str) -> bool:
-    """Whether an existing Authentication-Results value claims to come from us (a forgery inbound)."""
-    first = _COMMENT.sub(" ", value).split(";", 1)[0].split()
-    return bool(first) and first[0].lower() == authserv_id.lower()
+    """Whether an existing Authentication-Results value claims to come from us (a forgery inbound).
+
+    The authserv-id is read after CFWS as RFC 5322 3.2.2 has it: comments nest and
+    hold quoted-pairs, as ``authres`` and mail clients read them, so no comment a
+    forger writes can hide our id. A quoted or root-dotted id counts as ours too:
+    deleting a forgery a lenient reader would credit to us costs nothing.
+    """
+    start = _after_cfws(value)
+    if value[start : start + 1] == '"':
+        found = re.sub(r"\\(.)", r"\1", value[start + 1 :].partition('"')[0])
+    else:
+        match = _TOKEN.match(value, start)
+        found = match.group() if match else ""
+    return bool(found) and found.rstrip(".").lower() == authserv_id.rstrip(".").lower()
+
+
+def _after_cfws(text: str) -> int:
+    """Where the first thing that is neither white space nor a (nested) comment starts."""
+    depth, index = 0, 0
+    while index < len(text):
+        char = text[index]
+        if depth and char == "\\":
+            index += 1  # a quoted-pair: the next character is literal
+        elif char == "(":
+            depth += 1
+        elif depth and char == ")":
+            depth -= 1
+        elif not depth and not char.isspace():
+            return index
+        index += 1
+    return index
 
 
 def _safe(value: str) -> str | None:

@@ -51,11 +51,57 @@ class SpfResult:
         return self.result == "temperror"
 
 
+class _Query(spf.query):  # type: ignore[misc]  # pyspf has no types
+    """pyspf's query with the ``ptr`` mechanism and ``%{p}`` macro as RFC 7208 5.5 and 7.3 have them.
+
+    pyspf ends the whole check with temperror when the PTR lookup, or the address
+    lookup of a PTR name, fails. The connecting client owns its reverse zone, so
+    it could turn a domain's ``-all`` (and a DMARC reject) into temperror by not
+    answering. The RFC says: a failed PTR lookup means no match (``%{p}`` becomes
+    "unknown"), a name whose address lookup fails is skipped. These lookups get at
+    most one query timeout and half of what is left of the budget, once per check,
+    so a slow reverse zone cannot spend the time the rest of the record needs.
+    """
+
+    def __init__(self, client: DnsClient, deadline: Deadline, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._client, self._deadline = client, deadline
+        self._ptrs: list[str] | None = None
+
+    def validated_ptrs(self) -> list[str]:
+        if self._ptrs is None:
+            share = min(self._client.query_timeout, self._deadline.remaining() / 2)
+            token = _bound_lookup.set(_lookup_through(self._client, Deadline.after(share, self._deadline.clock)))
+            try:
+                self._ptrs = self._validate_ptrs()
+            finally:
+                _bound_lookup.reset(token)
+        return self._ptrs
+
+    def _validate_ptrs(self) -> list[str]:
+        try:
+            names: list[str] = self.dns_ptr(self.i)[: spf.MAX_PTR]
+        except spf.TempError:
+            return []
+        valid = []
+        for name in names:
+            try:
+                # Not a void lookup (4.6.4 counts terms), or the client's PTR names could make a permerror.
+                addresses = self.dns(name, self.A, ignore_void=True)
+            except spf.TempError:
+                continue
+            if self.cidrmatch(addresses, self.cidrmax):
+                valid.append(name)
+        return valid
+
+
 def check_spf(client: DnsClient, deadline: Deadline, ip: str, sender: str, helo: str, identity: str) -> SpfResult:
     """Evaluate one identity; DNS trouble becomes ``temperror``, hostile input ``permerror``."""
     token = _bound_lookup.set(_lookup_through(client, deadline))
     try:
-        query = spf.query(i=ip, s=sender if identity == "mailfrom" else "", h=helo, timeout=client.query_timeout)
+        query = _Query(
+            client, deadline, i=ip, s=sender if identity == "mailfrom" else "", h=helo, timeout=client.query_timeout
+        )
         result, _code, explanation = query.check()
         checked = query.s
     except Exception as exc:  # pyspf on hostile input: an answer we cannot use, never a crash
