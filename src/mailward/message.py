@@ -467,7 +467,8 @@ def _handlers(obj: ContentObject) -> list[Kind]:
     body looks like: a declared text part is decoded even when its first bytes (``{\\rtf1``,
     a NUL) make it sniff as something else, and so is any object no other handler reads.
     Archive tools open a zip after a GIF header or text lines, and a 7z or RAR after any
-    prefix: objects no other handler reads are searched for them.
+    prefix: objects no other handler reads are searched for them, but for a message's unnamed
+    text (a client shows it; only a file it saves is opened by an archive tool).
     """
     if not obj.has_content:
         return []
@@ -477,7 +478,8 @@ def _handlers(obj: ContentObject) -> list[Kind]:
     unread = not handlers  # no container or document parser: text, markup, images, unknown data
     if (unread or obj.declared_type.startswith("text/")) and has_uuencoded(obj.data):
         handlers.append(Kind.TEXT)
-    if unread and has_embedded_archive(obj.data):
+    body_text = obj.declared_type.startswith("text/") and not obj.names  # shown, never saved and opened
+    if unread and not body_text and has_embedded_archive(obj.data):
         handlers.append(Kind.OTHER)
     if kind is Kind.HTML and b"base64," in obj.data:
         handlers.append(Kind.HTML)

@@ -30,8 +30,15 @@ _NOT_BINHEX = bytes(sorted(set(range(256)) - set(_BINHEX_ALPHABET)))
 
 
 def has_uuencoded(data: bytes) -> bool:
-    """Whether ``data`` holds a uuencoded, yEnc or BinHex file."""
-    return _BEGIN.search(data) is not None or _YBEGIN.search(data) is not None or _BINHEX.search(data) is not None
+    """Whether ``data`` holds a uuencoded, yEnc or BinHex file.
+
+    A literal scan first: every text part is asked, and a line-anchored pattern tries each line.
+    """
+    return (
+        (b"begin " in data and _BEGIN.search(data) is not None)
+        or (b"=ybegin " in data and _YBEGIN.search(data) is not None)
+        or (b"with BinHex" in data and _BINHEX.search(data) is not None)
+    )
 
 
 def unpack(data: bytes, name: str, allowance: Allowance) -> Unpacked:
