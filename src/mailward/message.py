@@ -375,6 +375,9 @@ class _Expansion:
                     _unchecked("too-many-objects", f"more than {self.limits.max_objects} objects", obj.path)
                 )
                 break
+            if obj.has_content and self._past_deadline(obj.path, time.monotonic()):
+                self.objects.append(obj)  # names and bytes still reach the checks; its type is unknown
+                continue
             if obj.has_content:
                 trusted = obj.is_text or (obj.container == Kind.ZIP.value and obj.declared_type == "text/xml")
                 sniffed = self.unpacker.sniff(obj.data, obj.declared_type if trusted else "")
@@ -400,12 +403,7 @@ class _Expansion:
                 _unchecked("nesting-too-deep", f"depth {obj.depth + 1} > {self.limits.max_depth}", obj.path)
             )
             return []
-        if time.monotonic() + self.limits.parser_timeout > self.deadline:  # a parser call may take its full limit
-            if not self.late:
-                self.late = True
-                self.problems.append(
-                    _unchecked("inspect-deadline", f"more than {self.limits.inspect_deadline:g}s", obj.path)
-                )
+        if self._past_deadline(obj.path, time.monotonic() + self.limits.parser_timeout):  # a parser may take its limit
             return []
         try:
             return self._expand(obj, kind, pending)
@@ -414,6 +412,15 @@ class _Expansion:
                 _unchecked("parse-error", f"expanding failed: {type(exc).__name__}", obj.path, Severity.MEDIUM)
             )
             return []
+
+    def _past_deadline(self, path: str, when: float) -> bool:
+        """Whether ``when`` is past the inspection deadline; the first time, an ``inspect-deadline`` finding."""
+        if when < self.deadline:
+            return False
+        if not self.late:
+            self.late = True
+            self.problems.append(_unchecked("inspect-deadline", f"more than {self.limits.inspect_deadline:g}s", path))
+        return True
 
     def _expand(self, obj: ContentObject, kind: Kind, pending: int) -> list[ContentObject]:
         if kind is Kind.EMAIL:
