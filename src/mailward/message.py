@@ -360,6 +360,7 @@ class _Expansion:
         self.unpacker = unpacker
         self.passwords = passwords
         self.budget = limits.unpack_budget(message_size)
+        self.password_trials = limits.password_trials  # wrong passwords left for the whole message
         self.deadline = time.monotonic() + limits.inspect_deadline
         self.objects: list[ContentObject] = []
         self.problems: list[Finding] = []
@@ -432,9 +433,12 @@ class _Expansion:
             ratio_floor=self.limits.ratio_floor,
             passwords=self.passwords.candidates() if kind is not Kind.TEXT else (),
             seconds=self.limits.parser_timeout,
+            # One container may spend a few wrong tries per candidate (several passwords), not the message's all.
+            password_trials=max(min(self.password_trials, 4 * self.limits.password_candidates), 0),
         )
         result = self.unpacker.unpack(kind, obj.data, obj.names[0] if obj.names else obj.path, allowance)
         self.budget -= result.produced
+        self.password_trials -= result.password_trials
         self.problems.extend(_stopped(i, obj.path) for i in result.incomplete)
         if result.observations:
             self.objects[-1] = replace(obj, observations=result.observations)
