@@ -2,6 +2,8 @@
 
 import base64
 import quopri
+import random
+import time
 from dataclasses import replace
 
 import pytest
@@ -127,3 +129,33 @@ def test_a_forwarded_message_sent_encoded_is_read_inside(unpacker, encode):
     )
     parsed = parse_message(raw, LimitSettings(), unpacker)
     assert any(o.names == ("eicar.com",) and o.data == EICAR for o in parsed.objects)
+
+
+def test_blank_lines_cost_libmagic_little(unpacker):
+    # libmagic spent ~250 ms of CPU on 64 KB of newlines: a zip of 40 such members cost ~10 s, unchecked nothing.
+    blank = {f"log{i}.txt": b"x" + b"\n" * 65535 for i in range(40)}
+    blank["pad.bin"] = random.Random(7).randbytes(400_000)  # keeps the zip under the compression-ratio limit
+    raw = message(attachments=[("logs.zip", zipped(blank)), ("blank.txt", b"\r\n" * 32768)])
+    started = time.process_time()
+    parsed = parse_message(raw, LimitSettings(), unpacker)
+    assert time.process_time() - started < 2
+    logs = [o for o in parsed.objects if o.path.startswith("logs.zip > log")]
+    assert len(logs) == 40 and {(o.sniffed_type, o.kind) for o in logs} == {("text/plain", Kind.TEXT)}
+    assert next(o for o in parsed.objects if o.path == "blank.txt").kind is Kind.TEXT
+
+
+def test_markup_after_blank_lines_is_still_html(unpacker):
+    page = b"\n" * 6000 + b"<html><body><script>location='https://evil.test/'</script></body></html>\n"
+    parsed = parse_message(message(attachments=[("page.txt", page)]), LimitSettings(), unpacker)
+    attachment = next(o for o in parsed.objects if o.path == "page.txt")
+    assert (attachment.sniffed_type, attachment.kind) == ("text/html", Kind.HTML)
+
+
+def test_inspect_deadline_stops_sniffing_but_keeps_every_object(unpacker):
+    limits = replace(LimitSettings(), inspect_deadline=0.0)
+    raw = message(attachments=[(f"f{i}.bin", b"MZ" + bytes(100)) for i in range(3)])
+    parsed = parse_message(raw, limits, unpacker)
+    assert [p.name for p in parsed.problems] == ["inspect-deadline"]
+    attachments = [o for o in parsed.objects if o.path.startswith("f")]
+    assert [o.path for o in attachments] == ["f0.bin", "f1.bin", "f2.bin"]
+    assert all(o.sniffed_type == "" and o.kind is Kind.OTHER for o in attachments)

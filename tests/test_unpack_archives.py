@@ -254,3 +254,45 @@ def test_unsupported_archive_format_is_unchecked(scan):
     cab = b"MSCF\0\0\0\0" + b"\0" * 200
     _, evidence = scan(message(attachments=[("a.cab", cab)]))
     assert "unsupported" in names_at(evidence, "a.cab")
+
+
+def _cyclic_aes_zip(count: int, passwords: list[str]) -> bytes:
+    """Members encrypted with ``passwords`` in turn: the last one that worked never fits the next member."""
+    import io
+
+    import pyzipper
+
+    buf = io.BytesIO()
+    with pyzipper.AESZipFile(buf, "w", compression=pyzipper.ZIP_STORED, encryption=pyzipper.WZ_AES) as archive:
+        for i in range(count):
+            archive.setpassword(passwords[i % len(passwords)].encode())
+            archive.writestr(f"f{i}.txt", b"hello %d" % i)
+    return buf.getvalue()
+
+
+def test_alternating_aes_passwords_cost_a_bounded_number_of_tries(scan):
+    # Each wrong AES password costs a key derivation (~1 ms); 600 members in turn cost ~4.5 s, and passed.
+    passwords = [f"Pw{i}x{i}Secret" for i in range(8)]
+    archive = _cyclic_aes_zip(600, passwords)
+    body = "".join(f"Password: {p}\n" for p in passwords)
+    started = time.process_time()
+    parsed, evidence = scan(message(body=body, attachments=[("files.zip", archive)]))
+    assert time.process_time() - started < 2
+    trials = [f for f in evidence.findings if f.name == "password-trials"]
+    assert trials and trials[0].category is Category.UNCHECKED and trials[0].location == "files.zip"
+    members = [o for o in parsed.objects if o.in_archive]
+    assert len(members) == 600  # every name is still checked
+    assert sum(o.state is MemberState.COMPLETE for o in members) >= 8
+    assert "encrypted" not in names_at(evidence, "files.zip")
+
+
+def test_wrong_password_tries_are_counted_per_message(unpacker):
+    passwords = [f"Pw{i}x{i}Secret" for i in range(8)]
+    last = aes_zip({"a.txt": b"hello"}, passwords[-1])  # opens on the eighth try: seven wrong ones
+    body = "".join(f"Password: {p}\n" for p in passwords)
+    limits = replace(LimitSettings(), password_trials=10)
+    raw = message(body=body, attachments=[("one.zip", last), ("two.zip", last)])
+    parsed = parse_message(raw, limits, unpacker)
+    assert {(p.name, p.location) for p in parsed.problems} == {("password-trials", "two.zip")}
+    assert next(o for o in parsed.objects if o.path == "one.zip > a.txt").data == b"hello"
+    assert next(o for o in parsed.objects if o.path == "two.zip > a.txt").state is MemberState.ENCRYPTED

@@ -318,6 +318,7 @@ class LimitSettings:
     parser_memory: int = 1024 * MiB  # address-space limit of the parser sandbox
     inspect_deadline: float = 25.0  # seconds for unpacking, and again for YARA; what is left is unchecked
     password_candidates: int = 8  # words from the message text tried on encrypted archives
+    password_trials: int = 64  # wrong passwords tried per message (each ~1 ms for AES), 4 per candidate per archive
 
     def unpack_budget(self, message_size: int) -> int:
         return max(self.min_unpack_budget, min(self.max_unpack_budget, self.unpack_budget_factor * message_size))

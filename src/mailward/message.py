@@ -361,6 +361,7 @@ class _Expansion:
         self.unpacker = unpacker
         self.passwords = passwords
         self.budget = limits.unpack_budget(message_size)
+        self.password_trials = limits.password_trials  # wrong passwords left for the whole message
         self.deadline = time.monotonic() + limits.inspect_deadline
         self.objects: list[ContentObject] = []
         self.problems: list[Finding] = []
@@ -376,6 +377,9 @@ class _Expansion:
                     _unchecked("too-many-objects", f"more than {self.limits.max_objects} objects", obj.path)
                 )
                 break
+            if obj.has_content and self._past_deadline(obj.path, time.monotonic()):
+                self.objects.append(obj)  # names and bytes still reach the checks; its type is unknown
+                continue
             if obj.has_content:
                 trusted = obj.is_text or (obj.container == Kind.ZIP.value and obj.declared_type == "text/xml")
                 sniffed = self.unpacker.sniff(obj.data, obj.declared_type if trusted else "")
@@ -402,12 +406,8 @@ class _Expansion:
             return []
         children: list[ContentObject] = []
         for handler in handlers:
-            if time.monotonic() + self.limits.parser_timeout > self.deadline:  # a parser call may take its full limit
-                if not self.late:
-                    self.late = True
-                    self.problems.append(
-                        _unchecked("inspect-deadline", f"more than {self.limits.inspect_deadline:g}s", obj.path)
-                    )
+            # a parser call may take its whole time limit: none starts that close to the deadline
+            if self._past_deadline(obj.path, time.monotonic() + self.limits.parser_timeout):
                 break
             try:
                 children += self._expand(obj, handler, pending + len(children))
@@ -416,6 +416,15 @@ class _Expansion:
                     _unchecked("parse-error", f"expanding failed: {type(exc).__name__}", obj.path, Severity.MEDIUM)
                 )
         return children
+
+    def _past_deadline(self, path: str, when: float) -> bool:
+        """Whether ``when`` is past the inspection deadline; the first time, an ``inspect-deadline`` finding."""
+        if when < self.deadline:
+            return False
+        if not self.late:
+            self.late = True
+            self.problems.append(_unchecked("inspect-deadline", f"more than {self.limits.inspect_deadline:g}s", path))
+        return True
 
     def _expand(self, obj: ContentObject, kind: Kind, pending: int) -> list[ContentObject]:
         if kind is Kind.EMAIL:
@@ -427,9 +436,12 @@ class _Expansion:
             ratio_floor=self.limits.ratio_floor,
             passwords=self.passwords.candidates() if kind not in (Kind.TEXT, Kind.HTML) else (),
             seconds=self.limits.parser_timeout,
+            # One container may spend a few wrong tries per candidate (several passwords), not the message's all.
+            password_trials=max(min(self.password_trials, 4 * self.limits.password_candidates), 0),
         )
         result = self.unpacker.unpack(kind, obj.data, obj.names[0] if obj.names else obj.path, allowance)
         self.budget -= result.produced
+        self.password_trials -= result.password_trials
         self.problems.extend(_stopped(i, obj.path) for i in result.incomplete)
         if result.observations:
             self.objects[-1] = replace(obj, observations=self.objects[-1].observations + result.observations)

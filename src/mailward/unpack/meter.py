@@ -37,6 +37,10 @@ class Meter:
             return Incomplete(Stop.RATIO, f"member expands beyond {ratio}:1 ({member_in} bytes in)")
         if self.produced > floor and self.produced > ratio * self.input_size:
             return Incomplete(Stop.RATIO, f"container expands beyond {ratio}:1 ({self.input_size} bytes in)")
+        return self.overtime()
+
+    def overtime(self) -> Incomplete | None:
+        """A ``parser-timeout`` once this call has used its CPU time: work that produces no bytes checks it too."""
         if time.process_time() > self.cpu_limit:
             return Incomplete(Stop.TIMEOUT, f"handler used more than {self.allowance.seconds:g}s of CPU")
         return None

@@ -19,6 +19,7 @@ class Stop(str, Enum):
     RATIO = "compression-ratio"  # a member or container expands beyond the ratio limit
     TOO_MANY = "too-many-members"  # more members than objects left for the message
     ENCRYPTED = "encrypted"  # no password candidate opened it
+    PASSWORD_TRIALS = "password-trials"  # encrypted members left untried: too many wrong passwords already
     CORRUPT = "corrupt"  # the parser rejected the data
     OVERLAP = "overlapping-entries"  # zip entries share bytes: a bomb construction
     TIMEOUT = "parser-timeout"  # a parser ran past its time (sandbox) or CPU (meter) limit
@@ -82,6 +83,7 @@ class Allowance:
     ratio_floor: int = 1024 * 1024
     passwords: tuple[str, ...] = ()
     seconds: float = 10.0  # CPU time of this call, far below the message deadline
+    password_trials: int = 32  # wrong passwords this call may try: each costs a key derivation (AES: ~1 ms)
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ class Unpacked:
     members: tuple[Member, ...] = ()
     observations: tuple[Observation, ...] = ()
     incomplete: tuple[Incomplete, ...] = ()
+    password_trials: int = 0  # wrong passwords tried
 
     @property
     def produced(self) -> int:
@@ -103,6 +106,7 @@ class Unpacked:
             ],
             "observations": [[o.fact.value, o.detail] for o in self.observations],
             "incomplete": [[i.stop.value, i.detail] for i in self.incomplete],
+            "password_trials": self.password_trials,
         }
 
     @classmethod
@@ -115,6 +119,7 @@ class Unpacked:
             members,
             tuple(Observation(Fact(f), d) for f, d in doc["observations"]),
             tuple(Incomplete(Stop(s), d) for s, d in doc["incomplete"]),
+            int(doc.get("password_trials", 0)),
         )
 
 
@@ -129,6 +134,7 @@ class Collector:
     members: list[Member] = field(default_factory=list)
     observations: list[Observation] = field(default_factory=list)
     incomplete: list[Incomplete] = field(default_factory=list)
+    password_trials: int = 0
 
     def stop(self, stop: Stop, detail: str = "") -> None:
         self.incomplete.append(Incomplete(stop, detail))
@@ -137,4 +143,4 @@ class Collector:
         self.observations.append(Observation(fact, detail))
 
     def result(self) -> Unpacked:
-        return Unpacked(tuple(self.members), tuple(self.observations), tuple(self.incomplete))
+        return Unpacked(tuple(self.members), tuple(self.observations), tuple(self.incomplete), self.password_trials)

@@ -4,6 +4,9 @@
 headers sharing one compressed stream: the "better zip bomb"), so every entry's
 local header and data span is checked against its neighbours before reading.
 Encrypted members are opened with :mod:`pyzipper` (AES); the rest with the stdlib.
+Every wrong password costs a key derivation (AES: ~1 ms), so a call tries at most
+``allowance.password_trials`` of them and stays within its CPU time; members left
+untried are named, and reported ``password-trials``.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ def unpack(data: bytes, name: str, allowance: Allowance) -> Unpacked:
     if len(files) > allowance.members:
         out.stop(Stop.TOO_MANY, f"{len(files)} members")
         files = files[: allowance.members]
-    encrypted = _Passwords(data, allowance.passwords)
+    encrypted = _Passwords(data, allowance.passwords, allowance.password_trials)
     for info in files:
         if info.compress_type not in _READABLE:
             out.members.append(Member(info.filename, state=MemberState.UNREAD))
@@ -60,7 +63,10 @@ def unpack(data: bytes, name: str, allowance: Allowance) -> Unpacked:
             content, problem = encrypted.read(info, meter)
             if content is None:
                 out.members.append(Member(info.filename, state=MemberState.ENCRYPTED))
-                continue
+                if problem is None:
+                    continue
+                out.incomplete.append(problem)  # out of CPU time while trying passwords
+                break
         else:
             content, problem = _read(archive, info, meter)
         if problem is None:
@@ -72,6 +78,12 @@ def unpack(data: bytes, name: str, allowance: Allowance) -> Unpacked:
             break
     if encrypted.locked:
         out.stop(Stop.ENCRYPTED, f"{encrypted.locked} encrypted member(s), no password candidate fits")
+    if encrypted.untried:
+        out.stop(
+            Stop.PASSWORD_TRIALS,
+            f"{encrypted.untried} encrypted member(s) not tried: {encrypted.tried} wrong passwords already",
+        )
+    out.password_trials = encrypted.tried
     if encrypted.opened:
         out.observe(Fact.ENCRYPTED_OPENED, f"{encrypted.opened} member(s)")
     out.observations.extend(ooxml.observe(out.members))
@@ -105,16 +117,25 @@ def _read(archive: zipfile.ZipFile, info: zipfile.ZipInfo, meter: Meter) -> tupl
 
 
 class _Passwords:
-    """Tries the message's password candidates on encrypted members, best-known first."""
+    """Tries the message's password candidates on encrypted members, best-known first, within a trial budget.
 
-    def __init__(self, data: bytes, candidates: tuple[str, ...]):
+    The last password that worked is tried first, so members sharing a password
+    cost one key derivation each; members whose passwords alternate cost up to
+    one per candidate, which the budget (and the call's CPU time) bounds.
+    """
+
+    def __init__(self, data: bytes, candidates: tuple[str, ...], trials: int):
         self._data = data
         self._candidates = list(candidates)
         self._archive: pyzipper.AESZipFile | None = None
-        self.locked = 0
+        self._trials = trials
+        self.tried = 0  # wrong passwords
+        self.locked = 0  # every candidate tried, none fits
+        self.untried = 0  # left encrypted: the trial budget was spent
         self.opened = 0
 
     def read(self, info: zipfile.ZipInfo, meter: Meter) -> tuple[bytes | None, Incomplete | None]:
+        """The member's content and what cut it; ``None`` content when no candidate opened it."""
         if self._candidates and self._archive is None:
             try:
                 self._archive = pyzipper.AESZipFile(io.BytesIO(self._data))
@@ -124,12 +145,19 @@ class _Passwords:
         for password in list(self._candidates):
             if archive is None:  # not opened: no candidates left
                 break
+            if self.tried >= self._trials:
+                self.untried += 1
+                return None, None
             start = meter.produced
             try:
                 with archive.open(info.filename, pwd=password.encode("utf-8")) as stream:
                     content, problem = meter.read(stream, info.compress_size)
             except _ERRORS:
-                meter.produced = start  # a wrong password's garbage is not charged
+                meter.produced = start  # a wrong password's garbage is not charged, its time is
+                self.tried += 1
+                overtime = meter.overtime()
+                if overtime is not None:
+                    return None, overtime
                 continue
             self._candidates.remove(password)
             self._candidates.insert(0, password)
