@@ -423,3 +423,48 @@ def test_closing_during_a_reload_stops_the_reloads_workers(tmp_path):
     assert not reloading.is_alive() and failed and "could not load" in str(failed[0])
     _wait_gone(fresh)
     assert not set(_live_workers()) - unrelated
+
+
+class _ForkserverKilledMidStart(ScanPool):
+    """A pool whose next starts fail as they do when the forkserver is killed mid-handshake (EOFError
+    from reading the new process's ID), and whose replacement retries come quickly."""
+
+    RESPAWN_DELAY = 0.1
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        self.failing_starts = 0
+        super().__init__(*args, **kwargs)
+
+    def _spawn(self, settings, generation):
+        if self.failing_starts:
+            self.failing_starts -= 1
+            raise EOFError
+        return super()._spawn(settings, generation)
+
+
+def test_a_replacement_that_cannot_start_is_tried_again(tmp_path):
+    """Killing the forkserver and the workers twice in a second left a milter with no workers for good:
+    each replacement thread ended on the EOFError, and every message waited out its deadline."""
+    small = _ForkserverKilledMidStart(_offline(tmp_path), 1)
+    try:
+        (old,) = small.idle_pids()
+        small.failing_starts = 3
+        os.kill(old, signal.SIGKILL)
+        _wait_gone(old)
+        evidence = small.scan(MessageSource.of(eicar_message()[1]), Envelope(), deadline=30)
+        assert Category.MALWARE in {f.category for f in evidence.findings}
+        assert small.failing_starts == 0 and small.idle_pids() and old not in small.idle_pids()
+    finally:
+        small.close()
+
+
+def test_a_reload_that_cannot_start_its_workers_keeps_the_old_ones(tmp_path):
+    small = _ForkserverKilledMidStart(_offline(tmp_path), 1)
+    try:
+        before = small.idle_pids()
+        small.failing_starts = 1
+        with pytest.raises(ScanFailed, match="could not start: EOFError"):
+            small.reload(_offline(tmp_path))
+        assert small.idle_pids() == before
+    finally:
+        small.close()

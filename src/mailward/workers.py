@@ -497,8 +497,8 @@ class ScanPool:
             for _ in range(self._size):
                 workers.append(self._spawn(settings, generation))
             failures = [failure for failure in map(self._loaded, workers) if failure]
-        except OSError as exc:  # no process could be started (forkserver gone, no memory)
-            failures = [f"could not start: {exc}"]
+        except Exception as exc:  # no process could be started (forkserver gone or killed mid-start, no memory)
+            failures = [f"could not start: {type(exc).__name__}: {exc}"]
         if failures:
             for worker in workers:
                 worker.stop()
@@ -534,24 +534,37 @@ class ScanPool:
             return self._busy.get(client, 0)
 
     def _replace(self, settings: Settings, generation: int) -> None:
-        """Start a worker in place of a broken one; it joins the idle set once loaded."""
+        """Start a worker in place of a broken one; it joins the idle set once loaded.
+
+        Tried until one starts and loads, or the pool closes or reloads: a pool that only shrinks
+        ends in deadline verdicts for all mail. A start may fail with any exception (a forkserver
+        killed mid-handshake raises EOFError, which ended this thread and, after two such kills,
+        the pool), and a replacement may die while loading (its forkserver killed under it): both
+        are tried again. One that loads but reports a failure is kept: it answers with errors, so
+        ``on_error`` applies and nothing passes unchecked.
+        """
         while True:
             try:
                 worker = self._spawn(settings, generation)
-                break
-            except OSError:  # retried: a pool that only shrinks would end in deadline verdicts
+            except Exception:
                 log.exception("could not start a replacement scanning process; retrying")
-                time.sleep(self.RESPAWN_DELAY)
-                with self._lock:
-                    if self._closed or generation != self._generation:
-                        return
-        failure = self._loaded(worker)
-        with self._lock:
-            kept = self._keep_idle(worker)
-        if not kept:  # the pool closed or reloaded meanwhile (its load may have failed for that): not an error
-            worker.stop(STOP_GRACE)
-        elif failure:  # it answers every scan with an error: on_error applies, nothing passes unchecked
-            log.error("replacement scanning process could not load: %s", failure)
+            else:
+                failure = self._loaded(worker)
+                worker.process.join(0.5 if failure else 0)
+                if not failure or worker.process.exitcode is None:
+                    with self._lock:
+                        kept = self._keep_idle(worker)
+                    if not kept:  # the pool closed or reloaded meanwhile (its load may have failed for that)
+                        worker.stop(STOP_GRACE)
+                    elif failure:
+                        log.error("replacement scanning process could not load: %s", failure)
+                    return
+                log.error("replacement scanning process %s; starting another", failure)
+                worker.stop()
+            time.sleep(self.RESPAWN_DELAY)
+            with self._lock:
+                if self._closed or generation != self._generation:
+                    return
 
     def _keep_idle(self, worker: _Worker) -> bool:
         """Make ``worker`` idle and serve the lanes, unless the pool closed or a reload replaced its
