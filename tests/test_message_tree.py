@@ -111,7 +111,8 @@ def test_an_attachment_is_decoded_as_a_mail_client_decodes_it(unpacker, field, b
     """The stdlib left each of these encoded (it compares the raw field; it stops at padding)."""
     parsed = parse_message(_with_attachment(field, body), LimitSettings(), unpacker)
     attachment = next(o for o in parsed.objects if o.names == ("readme.dat",))
-    assert EICAR in attachment.data
+    past = [o.data for o in parsed.objects if o.path == "readme.dat > base64 past its padding"]
+    assert EICAR in attachment.data or EICAR in past[0]
 
 
 @pytest.mark.parametrize("encode", [base64.encodebytes, quopri.encodestring], ids=["base64", "quoted-printable"])

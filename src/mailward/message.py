@@ -346,6 +346,8 @@ def _walk(root: Message, limits: LimitSettings, prefix: str, base_depth: int) ->
         leaf = replace(leaf, path=_join(prefix, leaf.path)) if prefix else leaf
         leaves.append(leaf)
         problems.extend(parse_error(leaf.path, detail) for detail in trouble)
+        if (whole := past_padding(part)) is not None:  # not text: the spam model reads the part as decoded
+            leaves.append(ContentObject(_join(leaf.path, "base64 past its padding"), whole, depth=depth))
     return _Walk(leaves, problems, parts, deepest)
 
 
@@ -555,16 +557,23 @@ def transfer_encoding(part: Message) -> str:
 
 
 def decode_transfer(part: Message) -> object:
-    """``part.get_payload(decode=True)`` for the encoding :func:`transfer_encoding` reads; base64
-    decoded past padding in mid-text too (the stdlib stops there, a client may go on)."""
+    """``part.get_payload(decode=True)`` for the encoding :func:`transfer_encoding` reads."""
     encoding = transfer_encoding(part)
     if encoding != str(part.get("content-transfer-encoding", "")).lower():
         part.replace_header("content-transfer-encoding", encoding)  # the value get_payload compares
-    decoded = part.get_payload(decode=True)
-    text = part.get_payload()
-    if encoding == "base64" and isinstance(text, str) and _MID_PADDING.search(text):
-        decoded = b"".join(_base64_segment(s) for s in text.split("="))
-    return decoded
+    return part.get_payload(decode=True)
+
+
+def past_padding(part: Message) -> bytes | None:
+    """A base64 part decoded on past padding in mid-text, as some clients do (the stdlib stops there);
+    None when there is nothing after it. Scanned as an object of its own: what ends a list footer
+    appended after the base64 would otherwise be read as garbage into the part's text."""
+    if transfer_encoding(part) != "base64":
+        return None
+    text = getattr(part, "_payload", None)  # as stored: get_payload() decodes 8-bit text, and may raise
+    if not isinstance(text, str) or not _MID_PADDING.search(text):
+        return None
+    return b"".join(_base64_segment(segment) for segment in text.split("="))
 
 
 def _base64_segment(text: str) -> bytes:
