@@ -189,19 +189,7 @@ def rtf_package(filename: str, payload: bytes) -> bytes:
     import binascii
 
     klass = b"Package\0"
-    native = (
-        struct.pack("<H", 2)
-        + filename.encode()
-        + b"\0C:\\"
-        + filename.encode()
-        + b"\0"
-        + struct.pack("<HH", 0, 3)
-        + b"C:\\tmp\\"
-        + filename.encode()
-        + b"\0"
-        + struct.pack("<L", len(payload))
-        + payload
-    )
+    native = ole10_native(filename, payload)
     ole1 = struct.pack("<III", 0x00000501, 2, len(klass)) + klass + struct.pack("<III", 0, 0, len(native)) + native
     return (
         b"{\\rtf1\\ansi Please open the attached file.\\par{\\object\\objemb{\\*\\objclass Package}"
@@ -476,22 +464,27 @@ def scan(tmp_path, unpacker):
     return Scanner(settings_for(tmp_path), unpacker)
 
 
-def ole_package(filename: str, payload: bytes) -> bytes:
-    """A compound file holding one OLE package (an Ole10Native stream) that embeds ``payload``."""
-    native = (
+def ole10_native(filename: str, payload: bytes) -> bytes:
+    """An OLE package's native data (what Packager writes): ``payload`` under ``filename``."""
+    name = filename.encode()
+    return (
         struct.pack("<H", 2)
-        + filename.encode()
-        + b"\0"
-        + b"C:\\"
-        + filename.encode()
+        + name
+        + b"\0C:\\"
+        + name
         + b"\0"
         + struct.pack("<HH", 0, 3)
         + b"C:\\tmp\\"
-        + filename.encode()
+        + name
         + b"\0"
         + struct.pack("<L", len(payload))
         + payload
     )
+
+
+def ole_package(filename: str, payload: bytes) -> bytes:
+    """A compound file holding one OLE package (an Ole10Native stream) that embeds ``payload``."""
+    native = ole10_native(filename, payload)
     stream = (struct.pack("<L", len(native)) + native).ljust(4200, b"\0")  # no mini stream
     NONE = 0xFFFFFFFF
     return _compound_file([("Root Entry", 5, b"", NONE, NONE, 1), ("\x01Ole10Native", 2, stream, NONE, NONE, NONE)])
