@@ -160,3 +160,29 @@ def test_inspect_deadline_stops_sniffing_but_keeps_every_object(unpacker):
     attachments = [o for o in parsed.objects if o.path.startswith("f")]
     assert [o.path for o in attachments] == ["f0.bin", "f1.bin", "f2.bin"]
     assert all(o.sniffed_type == "" and o.kind is Kind.OTHER for o in attachments)
+
+
+@pytest.mark.parametrize(
+    "fields,dangerous",
+    [
+        ('Content-Disposition: attachment; filename="a.txt"; filename="invoice.js"', "invoice.js"),
+        (
+            'Content-Disposition: attachment; filename="a.txt"\r\nContent-Disposition: attachment; filename="run.js"',
+            "run.js",
+        ),
+        ("Content-Disposition: attachment; filename=invoice;.exe", "invoice;.exe"),
+        (
+            'Content-Disposition: attachment; filename="a.txt"\r\nContent-Type: text/plain; name="setup.vbs"',
+            "setup.vbs",
+        ),
+    ],
+)
+def test_every_name_a_client_may_show_is_checked(unpacker, fields, dangerous):
+    """The stdlib reads the first field's first parameter; a mail client may show another."""
+    raw = (
+        'From: a@example.org\r\nSubject: s\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="B"\r\n\r\n'
+        "--B\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n"
+        f"--B\r\n{fields}\r\n\r\nWScript.Echo 1\r\n--B--\r\n"
+    ).encode()
+    parsed = parse_message(raw, LimitSettings(), unpacker)
+    assert any(dangerous in o.names for o in parsed.objects), [o.names for o in parsed.objects]

@@ -686,6 +686,26 @@ def raw_file_names(part: Message, trouble: list[str]) -> Iterator[str]:
             continue
         if isinstance(value, str) and value.strip():
             yield value.strip()
+    yield from _names_as_written(part)
+
+
+# A (file)name parameter as written, quoted or bare; RFC 2231 forms are the stdlib's (above).
+_NAME_PARAMETER = re.compile(r'(?i)\b(?:file)?name[ \t]*=[ \t]*(?:"([^"]*)"|([^\s;"]+))')
+
+
+def _names_as_written(part: Message) -> Iterator[str]:
+    """Every name parameter of every Content-Disposition and Content-Type field, and a bare name
+    read on to the end of its field: the stdlib reads the first field's first parameter, a mail
+    client may show another (``filename="a.txt"; filename="invoice.js"``, a second
+    Content-Disposition, ``filename=invoice;.exe``), so each is checked."""
+    for header in ("content-disposition", "content-type"):
+        for value in part.get_all(header, [])[:4]:
+            text = str(value)[:4096]
+            for match in _NAME_PARAMETER.finditer(text):
+                quoted, bare = match.groups()
+                yield (quoted if quoted is not None else bare).strip()
+                if bare is not None:
+                    yield text[match.start(2) :].strip()
 
 
 def _part_header(read: Callable[[], str | None], fallback: str, trouble: list[str]) -> str:
