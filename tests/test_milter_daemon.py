@@ -231,6 +231,26 @@ def test_a_reload_of_a_file_that_is_not_utf8_keeps_the_milter_serving(tmp_path):
         assert proc.stop() == 0
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_reload_to_a_log_file_that_cannot_be_opened_keeps_the_milter_serving(tmp_path, workers):
+    """The reload opens the log file first. Without scanning processes (whose start failed on it) a file
+    it could not open ended the reload thread after the swap, and with it the milter."""
+    proc = started(tmp_path, workers=workers)
+    try:
+        (tmp_path / "not-a-dir").write_text("")
+        text = proc.config.read_text()
+        proc.config.write_text(text.replace(str(tmp_path / "milter.log"), str(tmp_path / "not-a-dir" / "m.log")))
+        proc.signal(signal.SIGHUP)
+        wait_for_log(proc, "reload refused")
+        assert "m.log" in proc.log_path.read_text()  # the refusal names the file
+        assert proc.proc is not None and proc.proc.poll() is None and proc.socket_path.exists()
+        proc.config.write_text(text)
+        proc.signal(signal.SIGHUP)  # the file fixed: the next reload goes through
+        wait_for_log(proc, "reloaded from")
+    finally:
+        assert proc.stop() == 0
+
+
 def test_reloads_faster_than_they_complete_are_coalesced(tmp_path):
     proc, rule = started_with_rules(tmp_path)
     try:

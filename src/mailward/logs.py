@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import LoggingSettings
+from .errors import MailwardError
 from .textsafe import safe_json, valid_text
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
@@ -185,8 +186,16 @@ def configure_cli_logging(settings: LoggingSettings) -> None:
 
 
 def _file_handler(path: str) -> logging.Handler:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    return PrivateLogFile(path, encoding="utf-8")
+    """The log file's handler; a file that cannot be opened is a :class:`LogFileError` naming the setting."""
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        return PrivateLogFile(path, encoding="utf-8")
+    except OSError as exc:
+        raise LogFileError(f"logging.file {path}: {exc}") from exc
+
+
+class LogFileError(MailwardError):
+    """The configured log file cannot be opened: a start, a reload and a CLI command stop with one line."""
 
 
 def _install(handler: logging.Handler, level: int) -> None:

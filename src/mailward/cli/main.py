@@ -12,7 +12,7 @@ import sys
 from .. import __version__
 from ..config import Settings, load_settings
 from ..errors import ConfigError, MailwardError
-from ..logs import configure_cli_logging
+from ..logs import LogFileError, configure_cli_logging
 from ..privileges import PrivilegeError, become_service_user
 from . import allow, block, config, model, quarantine, rules, scan, train, watch_auth, web
 
@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         configure_cli_logging(settings.logging)
-    except OSError as exc:
-        print(f"mailward: logging.file {settings.logging.file}: {exc}", file=sys.stderr)
+    except LogFileError as exc:
+        print(f"mailward: {exc}", file=sys.stderr)
         return 1
     try:
         code: int = args.handler(args, settings)

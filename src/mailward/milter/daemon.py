@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from .. import __version__
 from ..config import Settings, load_settings, parse_milter_socket
 from ..errors import ConfigError, MailwardError
-from ..logs import LOG_FILE_MODE, configure_cli_logging, configure_logging
+from ..logs import LOG_FILE_MODE, LogFileError, configure_cli_logging, configure_logging
 from ..workers import ScanPool
 
 if TYPE_CHECKING:
@@ -146,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         return _check(settings)
     try:
         configure_logging(settings.logging)
-    except OSError as exc:
-        print(f"mailward-milter: cannot start: logging.file {settings.logging.file}: {exc}", file=sys.stderr)
+    except LogFileError as exc:
+        print(f"mailward-milter: cannot start: {exc}", file=sys.stderr)
         return 1
     try:
         _prepare_directories(settings)

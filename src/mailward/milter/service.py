@@ -339,11 +339,8 @@ class Daemon:
     def _reload(self) -> None:
         try:
             settings = load_settings(self.args.config, self.overrides)
-        except MailwardError as exc:
-            log.error("reload refused, keeping the running configuration: %s", exc)
-            return
-        except Exception:  # a file no check foresaw: the running configuration still serves
-            log.exception("reload refused, keeping the running configuration")
+        except Exception as exc:
+            _refused(exc)
             return
         for key in (
             "milter.socket",
@@ -358,6 +355,7 @@ class Daemon:
         runtime = None
         inputs = _scanning_inputs(settings)
         try:
+            configure_logging(settings.logging)  # first: a log file it cannot open refuses the reload, as at start
             runtime = build_runtime(settings, workers=self.pool, metrics=self.metrics)
             if self.pool is not None and inputs != self.scanning_inputs:
                 started = time.monotonic()
@@ -370,17 +368,13 @@ class Daemon:
         except Exception as exc:
             if runtime is not None:
                 runtime.close()
-            if isinstance(exc, (MailwardError, OSError)):
-                log.error("reload refused, keeping the running configuration: %s", exc)
-            else:
-                log.exception("reload refused, keeping the running configuration")
+            _refused(exc)
             return
         self.rules_seen = _rules_on_disk(settings)
         self.scanning_inputs = inputs
         self.live.swap(runtime)
         _observe(self.metrics, settings, runtime)
         self.settings = settings
-        configure_logging(settings.logging)
         log.info("configuration, rules and model reloaded from %s", settings.source)
 
     def serve(self) -> int:
@@ -451,6 +445,15 @@ class Daemon:
             return EXIT_RESTART
         log.info("mailward-milter stopped")
         return 0
+
+
+def _refused(exc: Exception) -> None:
+    """Log a reload that cannot be done; the running configuration keeps serving. A failure no
+    check foresaw gets its traceback."""
+    if isinstance(exc, (MailwardError, OSError)):
+        log.error("reload refused, keeping the running configuration: %s", exc)
+    else:
+        log.exception("reload refused, keeping the running configuration")
 
 
 def report_check(settings: Settings, found: list[str] | None = None) -> int:
