@@ -342,11 +342,12 @@ def _walk(root: Message, limits: LimitSettings, prefix: str, base_depth: int) ->
             children = [(child, f"{path}.{i}" if path else str(i), depth + 1) for i, child in enumerate(payload, 1)]
             stack.extend(reversed(children))
             continue
-        leaf, trouble = _leaf(part, path or "body", depth)
+        encoding = transfer_encoding(part)  # read once: the leaf's decoding and the past-padding check share it
+        leaf, trouble = _leaf(part, path or "body", depth, encoding)
         leaf = replace(leaf, path=_join(prefix, leaf.path)) if prefix else leaf
         leaves.append(leaf)
         problems.extend(parse_error(leaf.path, detail) for detail in trouble)
-        if (whole := past_padding(part)) is not None:  # not text: the spam model reads the part as decoded
+        if (whole := past_padding(part, encoding)) is not None:  # not text: the spam model reads the part as decoded
             leaves.append(ContentObject(_join(leaf.path, "base64 past its padding"), whole, depth=depth))
     return _Walk(leaves, problems, parts, deepest)
 
@@ -556,19 +557,20 @@ def transfer_encoding(part: Message) -> str:
     return next((w for w in words if w in _ENCODED), words[0] if words else "")
 
 
-def decode_transfer(part: Message) -> object:
-    """``part.get_payload(decode=True)`` for the encoding :func:`transfer_encoding` reads."""
-    encoding = transfer_encoding(part)
+def decode_transfer(part: Message, encoding: str | None = None) -> object:
+    """``part.get_payload(decode=True)`` for the encoding :func:`transfer_encoding` reads (``encoding``,
+    when the caller has read it)."""
+    encoding = transfer_encoding(part) if encoding is None else encoding
     if encoding != str(part.get("content-transfer-encoding", "")).lower():
         part.replace_header("content-transfer-encoding", encoding)  # the value get_payload compares
     return part.get_payload(decode=True)
 
 
-def past_padding(part: Message) -> bytes | None:
+def past_padding(part: Message, encoding: str) -> bytes | None:
     """A base64 part decoded on past padding in mid-text, as some clients do (the stdlib stops there);
     None when there is nothing after it. Scanned as an object of its own: what ends a list footer
     appended after the base64 would otherwise be read as garbage into the part's text."""
-    if transfer_encoding(part) != "base64":
+    if encoding != "base64":
         return None
     text = getattr(part, "_payload", None)  # as stored: get_payload() decodes 8-bit text, and may raise
     if not isinstance(text, str) or not _MID_PADDING.search(text):
@@ -608,7 +610,7 @@ def _as_parsed(inner: Message) -> str:
     return text
 
 
-def _leaf(part: Message, path: str, depth: int) -> tuple[ContentObject, list[str]]:
+def _leaf(part: Message, path: str, depth: int, encoding: str) -> tuple[ContentObject, list[str]]:
     """One MIME leaf, and what had to fall back while decoding it (each a ``parse-error`` detail).
 
     Every step is guarded on its own: a name in a broken RFC 2231 charset loses the
@@ -625,7 +627,7 @@ def _leaf(part: Message, path: str, depth: int) -> tuple[ContentObject, list[str
             names.append(name)
     data: bytes | None = None
     try:
-        decoded = decode_transfer(part)  # bytes for a leaf part
+        decoded = decode_transfer(part, encoding)  # bytes for a leaf part
         data = decoded if isinstance(decoded, bytes) else None
     except Exception as exc:  # a broken encoding still leaves the raw text to scan
         trouble.append(f"transfer encoding failed ({type(exc).__name__}); raw text scanned")

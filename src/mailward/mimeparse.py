@@ -50,8 +50,9 @@ class BoundedFields(email.policy.Compat32):
 
 def bounded(name: str, value: str) -> str:
     """``value`` cut as :class:`BoundedFields` cuts the field ``name``."""
-    limit = PARAMETER_FIELD_LIMIT if name.lower() in _PARAMETER_FIELDS else FIELD_LIMIT
-    return value[:limit] if len(value) > limit else value
+    if len(value) <= PARAMETER_FIELD_LIMIT:  # nearly every field: no name to compare
+        return value
+    return value[: PARAMETER_FIELD_LIMIT if name.lower() in _PARAMETER_FIELDS else FIELD_LIMIT]
 
 
 POLICY = BoundedFields()
