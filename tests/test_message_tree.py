@@ -186,3 +186,13 @@ def test_every_name_a_client_may_show_is_checked(unpacker, fields, dangerous):
     ).encode()
     parsed = parse_message(raw, LimitSettings(), unpacker)
     assert any(dangerous in o.names for o in parsed.objects), [o.names for o in parsed.objects]
+
+
+def test_a_bare_name_is_read_past_a_semicolon_only_where_one_follows_it(unpacker):
+    raw = (
+        b'From: a@example.org\r\nSubject: s\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="B"\r\n\r\n'
+        b"--B\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n"
+        b"--B\r\nContent-Disposition: attachment; filename=report.txt; size=3\r\n\r\nabc\r\n--B--\r\n"
+    )
+    [attachment] = [o for o in parse_message(raw, LimitSettings(), unpacker).objects if "report.txt" in o.names]
+    assert attachment.names == ("report.txt",)  # not "report.txt; size=3" as well

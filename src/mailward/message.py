@@ -697,8 +697,8 @@ _NAME_PARAMETER = re.compile(r'(?i)\b(?:file)?name[ \t]*=[ \t]*(?:"([^"]*)"|([^\
 
 def _names_as_written(part: Message) -> Iterator[str]:
     """Every name parameter of every Content-Disposition and Content-Type field, and a bare name
-    read on to the end of its field: the stdlib reads the first field's first parameter, a mail
-    client may show another (``filename="a.txt"; filename="invoice.js"``, a second
+    read on past a ``;`` to the next blank: the stdlib reads the first field's first parameter, a
+    mail client may show another (``filename="a.txt"; filename="invoice.js"``, a second
     Content-Disposition, ``filename=invoice;.exe``), so each is checked."""
     for header in ("content-disposition", "content-type"):
         for value in part.get_all(header, [])[:4]:
@@ -706,8 +706,8 @@ def _names_as_written(part: Message) -> Iterator[str]:
             for match in _NAME_PARAMETER.finditer(text):
                 quoted, bare = match.groups()
                 yield (quoted if quoted is not None else bare).strip()
-                if bare is not None:
-                    yield text[match.start(2) :].strip()
+                if bare is not None and (run := text[match.start(2) :].split(maxsplit=1)[0].rstrip(";")) != bare:
+                    yield run
 
 
 def _part_header(read: Callable[[], str | None], fallback: str, trouble: list[str]) -> str:
