@@ -49,6 +49,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from dns_server import EMPTY_ROOT, DnsServer  # noqa: E402
+from harness.milter import unix_listening  # noqa: E402
 from harness.postfix import Postfix, free_port  # noqa: E402
 
 
@@ -235,7 +236,7 @@ def start_mailward(run: Path, kind: str, workers: int, dns_port: int, source: Pa
         cwd=str(home),
     )
     if kind == "unix":
-        while not (home / "sock" / "milter.sock").exists():
+        while not unix_listening(home / "sock" / "milter.sock"):
             if proc.poll() is not None or time.monotonic() - started > 60:
                 raise RuntimeError("mailward did not start")
             time.sleep(0.02)
@@ -256,7 +257,7 @@ def start_empty(run: Path) -> Filter:
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 60
-    while not sock.exists():
+    while not unix_listening(sock):
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError("the empty milter did not start")
         time.sleep(0.02)
@@ -376,7 +377,7 @@ def start_rspamd(
     try:
         _wait_port(normal_port, proc)
         if transport == "unix":
-            while not sock.exists():
+            while not unix_listening(sock):
                 if proc.poll() is not None or time.monotonic() - started > 60:
                     raise RuntimeError("no milter socket")
                 time.sleep(0.05)

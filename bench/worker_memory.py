@@ -80,9 +80,12 @@ def main() -> int:
         f'[logging]\nfile = "{work / "milter.log"}"\n'
     )
     milter = subprocess.Popen([sys.executable, "-m", "mailward.milter.daemon", "--config", str(config)])
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from harness.milter import unix_listening
+
     try:
         deadline = time.monotonic() + 300
-        while not sock.exists():
+        while not unix_listening(sock):
             if milter.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"milter did not start (exit {milter.returncode}); see {work / 'milter.log'}")
             time.sleep(0.2)

@@ -10,11 +10,12 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import time
 import tomllib
 from pathlib import Path
 
-from harness.milter import MilterProcess
+from harness.milter import MilterProcess, unix_listening
 from mailward.config import LoggingSettings, load_settings, parse_milter_socket
 from mailward.logs import PrivateLogFile, configure_logging
 from support.contrib import CONTRIB, VENV_IN_UNIT, unit_entries, verify_units
@@ -104,6 +105,49 @@ def test_log_file_is_private_and_reopened_after_rotation(tmp_path, monkeypatch):
         configure_logging(LoggingSettings())
 
 
+def test_ready_waits_for_listen_not_for_the_socket_file(tmp_path):
+    """The socket file appears at bind(2), before listen(2); an MTA connecting in between is refused
+    and tempfails the mail. With listen held back 1.5 s, READY=1 still comes only once it listens,
+    so Postfix ordered after the unit is never refused."""
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(120)
+    sock = tmp_path / "sock" / "milter.sock"
+    config = tmp_path / "m.toml"
+    config.write_text(
+        f'state_dir = "{tmp_path / "state"}"\n[milter]\nsocket = "unix:{sock}"\nworkers = 0\n'
+        f'[reputation]\nenabled = false\n[logging]\nfile = "{tmp_path / "milter.log"}"\n'
+    )
+    held_back = (
+        "strace",
+        "-f",
+        "-qq",
+        "-o",
+        "/dev/null",
+        "-e",
+        "trace=listen",
+        "-e",
+        "inject=listen:delay_enter=1500000",
+    )
+    proc = subprocess.Popen(
+        [*held_back, sys.executable, "-m", "mailward.milter.daemon", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify")},
+    )
+    try:
+        ready = notify.recv(4096).decode().split("\n")
+        assert "READY=1" in ready
+        assert unix_listening(sock)
+        (milter,) = (int(field.removeprefix("MAINPID=")) for field in ready if field.startswith("MAINPID="))
+        os.kill(milter, signal.SIGTERM)  # the milter, not strace
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        notify.close()
+
+
 def test_milter_notifies_systemd_of_ready_reloading_and_stopping(tmp_path):
     notify_path = tmp_path / "notify"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -124,7 +168,7 @@ def test_milter_notifies_systemd_of_ready_reloading_and_stopping(tmp_path):
     try:
         ready = listener.recv(4096).decode().split("\n")
         assert "READY=1" in ready and f"MAINPID={proc.proc.pid}" in ready
-        assert sock.exists()  # READY only once it listens
+        assert unix_listening(sock)  # READY only once it listens
         proc.signal(signal.SIGUSR1)  # what ExecReload sends
         assert listener.recv(4096).decode().startswith("RELOADING=1\nMONOTONIC_USEC=")
         assert listener.recv(4096).decode() == "READY=1"
