@@ -17,6 +17,25 @@ from real_parts import require
 pytest_plugins = ["support.stores", "support.unpack", "clamd_server", "support.incidents", "support.milter"]
 
 
+# Logs whose tails a failing test's report shows: CI keeps the output, not the temporary files.
+FAILURE_LOGS = pytest.StashKey[list[Path]]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    report = yield
+    if report.failed:
+        logs = list(item.stash.get(FAILURE_LOGS, []))
+        postfix = getattr(item, "funcargs", {}).get("postfix")
+        if postfix is not None:
+            logs.append(postfix.base / "postfix.log")
+        for path in logs:
+            if path.exists():
+                tail = path.read_text(errors="replace").splitlines()[-30:]
+                report.sections.append((f"last lines of {path}", "\n".join(tail)))
+    return report
+
+
 @pytest.fixture(scope="session")
 def postfix():
     from harness.postfix import Postfix
@@ -38,11 +57,12 @@ def postfix():
 
 
 @pytest.fixture
-def milter(postfix, tmp_path):
+def milter(postfix, tmp_path, request):
     """Start a real mailward-milter for Postfix with extra TOML lines; stopped after the test."""
     from harness.milter import MilterProcess
 
     started: list[MilterProcess] = []
+    request.node.stash[FAILURE_LOGS] = [tmp_path / "milter.log"]
 
     def start(extra_toml: str = "", workers: int = 1) -> MilterProcess:
         state = tmp_path / "state"
