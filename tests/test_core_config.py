@@ -131,6 +131,7 @@ SECONDS = [  # a timeout, interval or window, and whether 0 means something (off
     ("clamav.retry_after", True),
     ("limits.parser_timeout", False),
     ("limits.inspect_deadline", False),
+    ("limits.password_time", True),
     ("model.check_interval", True),
     ("reputation.budget", False),
     ("reputation.query_timeout", False),

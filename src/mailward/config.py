@@ -319,6 +319,7 @@ class LimitSettings:
     inspect_deadline: float = 25.0  # seconds for unpacking, and again for YARA; what is left is unchecked
     password_candidates: int = 8  # words from the message text tried on encrypted archives
     password_trials: int = 64  # wrong passwords tried per message (each ~1 ms for AES), 4 per candidate per archive
+    password_time: float = 2.0  # seconds those may take (a 7z, RAR or Office file prices each); 0: none tried
 
     def unpack_budget(self, message_size: int) -> int:
         return max(self.min_unpack_budget, min(self.max_unpack_budget, self.unpack_budget_factor * message_size))
@@ -726,6 +727,7 @@ _DURATIONS: tuple[tuple[str, bool, float], ...] = (
     ("clamav.retry_after", True, DAY),
     ("limits.parser_timeout", False, HOUR),
     ("limits.inspect_deadline", False, HOUR),
+    ("limits.password_time", True, HOUR),
     ("model.check_interval", True, DAY),
     ("reputation.budget", False, HOUR),
     ("reputation.query_timeout", False, HOUR),

@@ -365,6 +365,7 @@ class _Expansion:
         self.passwords = passwords
         self.budget = limits.unpack_budget(message_size)
         self.password_trials = limits.password_trials  # wrong passwords left for the whole message
+        self.password_time = limits.password_time  # and the seconds left for them
         self.deadline = time.monotonic() + limits.inspect_deadline
         self.objects: list[ContentObject] = []
         self.problems: list[Finding] = []
@@ -441,10 +442,12 @@ class _Expansion:
             seconds=self.limits.parser_timeout,
             # One container may spend a few wrong tries per candidate (several passwords), not the message's all.
             password_trials=max(min(self.password_trials, 4 * self.limits.password_candidates), 0),
+            password_seconds=max(self.password_time, 0.0),
         )
         result = self.unpacker.unpack(kind, obj.data, obj.names[0] if obj.names else obj.path, allowance)
         self.budget -= result.produced
         self.password_trials -= result.password_trials
+        self.password_time -= result.password_seconds
         self.problems.extend(_stopped(i, obj.path) for i in result.incomplete)
         if result.observations:
             self.objects[-1] = replace(obj, observations=self.objects[-1].observations + result.observations)

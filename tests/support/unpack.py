@@ -136,6 +136,51 @@ def rar4_stored(members: dict[str, bytes]) -> bytes:
     return out + block(0x7B, 0x4000, b"")
 
 
+def rar4_encrypted(members: dict[str, bytes], password: str) -> bytes:
+    """A RAR 4 archive whose stored members carry the password flag and a salt, with data AES-encrypted
+    under ``password`` as RAR 3 derives keys. unar finds its checksums wrong even with ``password`` (some
+    detail of WinRAR's own encryption differs), so here every password is a wrong one: each try starts
+    unar and derives a key, as with a real archive and a wrong candidate."""
+    import os
+
+    import rarfile
+    from Cryptodome.Cipher import AES
+
+    def block(head_type: int, flags: int, body: bytes, add: bytes = b"") -> bytes:
+        head = struct.pack("<BHH", head_type, flags, 7 + len(body)) + body
+        return struct.pack("<H", zlib.crc32(head) & 0xFFFF) + head + add
+
+    out = b"Rar!\x1a\x07\x00" + block(0x73, 0, b"\0" * 6)
+    for name, data in members.items():
+        raw, salt = name.encode(), os.urandom(8)
+        key, iv = rarfile.rar3_s2k(password, salt)
+        sealed = AES.new(key, AES.MODE_CBC, iv).encrypt(data + b"\0" * (-len(data) % 16))
+        header = struct.pack(
+            "<LLBLLBBHL", len(sealed), len(data), 2, zlib.crc32(data), 0x5A000000, 29, 0x30, len(raw), 0x20
+        )
+        out += block(0x74, 0x8000 | 0x04 | 0x400, header + raw + salt, sealed)  # long block, password, salt
+    return out + block(0x7B, 0x4000, b"")
+
+
+def encrypted_office(password: str) -> bytes:
+    """A Word document encrypted (agile, 100,000 hash rounds a key) under ``password``."""
+    from msoffcrypto.format.ooxml import OOXMLFile
+
+    sealed = io.BytesIO()
+    OOXMLFile(io.BytesIO(ooxml("docx", {}))).encrypt(password, sealed)
+    return sealed.getvalue()
+
+
+def encrypted_pdf(password: str) -> bytes:
+    import pikepdf
+
+    pdf = pikepdf.new()
+    pdf.add_blank_page()
+    sealed = io.BytesIO()
+    pdf.save(sealed, encryption=pikepdf.Encryption(owner=password + "-owner", user=password, R=6))
+    return sealed.getvalue()
+
+
 def tnef(attachments: dict[str, bytes], rtf_body: bytes | None = None) -> bytes:
     """A winmail.dat with one attribute run per attachment (rendering data, title, data), and
     ``rtf_body`` as the message's PR_RTF_COMPRESSED property when given (already compressed)."""

@@ -10,6 +10,7 @@ few linear byte scans.
 from __future__ import annotations
 
 import struct
+from dataclasses import replace
 
 from . import zip as zip_handler
 from .meter import Meter, collect
@@ -55,7 +56,7 @@ def unpack(data: bytes, name: str, allowance: Allowance) -> Unpacked:
     if offset is not None and offset > 0:
         opened = zip_handler.unpack(data, name, allowance)
         detail = f"a zip after {offset} bytes of other data"
-        return Unpacked(opened.members, (Observation(Fact.POLYGLOT, detail), *opened.observations), opened.incomplete)
+        return replace(opened, observations=(Observation(Fact.POLYGLOT, detail), *opened.observations))
     out = Collector()
     meter = Meter(allowance, len(data))
     for lead, label in _SIGNATURES:

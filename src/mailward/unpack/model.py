@@ -7,7 +7,8 @@ pipe unchanged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
@@ -84,6 +85,7 @@ class Allowance:
     passwords: tuple[str, ...] = ()
     seconds: float = 10.0  # CPU time of this call, far below the message deadline
     password_trials: int = 32  # wrong passwords this call may try: each costs a key derivation (AES: ~1 ms)
+    password_seconds: float = 2.0  # and the time they may take: a 7z, RAR or Office file prices its own
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,7 @@ class Unpacked:
     observations: tuple[Observation, ...] = ()
     incomplete: tuple[Incomplete, ...] = ()
     password_trials: int = 0  # wrong passwords tried
+    password_seconds: float = 0.0  # and the time they took
 
     @property
     def produced(self) -> int:
@@ -107,6 +110,7 @@ class Unpacked:
             "observations": [[o.fact.value, o.detail] for o in self.observations],
             "incomplete": [[i.stop.value, i.detail] for i in self.incomplete],
             "password_trials": self.password_trials,
+            "password_seconds": self.password_seconds,
         }
 
     @classmethod
@@ -120,11 +124,43 @@ class Unpacked:
             tuple(Observation(Fact(f), d) for f, d in doc["observations"]),
             tuple(Incomplete(Stop(s), d) for s, d in doc["incomplete"]),
             int(doc.get("password_trials", 0)),
+            float(doc.get("password_seconds", 0.0)),
         )
 
 
 def stopped(stop: Stop, detail: str = "", members: tuple[Member, ...] = ()) -> Unpacked:
     return Unpacked(members=members, incomplete=(Incomplete(stop, detail),))
+
+
+class Trials:
+    """The wrong passwords one call may still try, counted and timed.
+
+    Each costs a key derivation whose price the file sets: a zip's AES is ~1 ms,
+    while a 7z, RAR or Office file names its own iteration count (tens of ms by
+    default, seconds if it likes). So a count alone would not bound the time;
+    only wrong tries are charged, the one that opens is the work asked for.
+    """
+
+    def __init__(self, allowance: Allowance):
+        self._allowed, self._seconds = allowance.password_trials, allowance.password_seconds
+        self.tried = 0
+        self.spent = 0.0
+
+    @property
+    def exhausted(self) -> bool:
+        return self.tried >= self._allowed or self.spent >= self._seconds
+
+    def wrong(self, began: float) -> None:
+        """One more wrong password, tried since ``began`` (:func:`time.monotonic`)."""
+        self.tried += 1
+        self.spent += time.monotonic() - began
+
+    def untried(self, what: str) -> Incomplete:
+        return Incomplete(Stop.PASSWORD_TRIALS, f"{what} not tried: {self.tried} wrong passwords already")
+
+    def charged(self, result: Unpacked) -> Unpacked:
+        """``result`` carrying what the tries cost, for the message's own budget."""
+        return replace(result, password_trials=self.tried, password_seconds=self.spent)
 
 
 @dataclass
@@ -134,7 +170,6 @@ class Collector:
     members: list[Member] = field(default_factory=list)
     observations: list[Observation] = field(default_factory=list)
     incomplete: list[Incomplete] = field(default_factory=list)
-    password_trials: int = 0
 
     def stop(self, stop: Stop, detail: str = "") -> None:
         self.incomplete.append(Incomplete(stop, detail))
@@ -143,4 +178,4 @@ class Collector:
         self.observations.append(Observation(fact, detail))
 
     def result(self) -> Unpacked:
-        return Unpacked(tuple(self.members), tuple(self.observations), tuple(self.incomplete), self.password_trials)
+        return Unpacked(tuple(self.members), tuple(self.observations), tuple(self.incomplete))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+import time
 
 import msoffcrypto
 import olefile
@@ -19,7 +20,7 @@ from oletools.olevba import VBA_Parser, detect_autoexec, detect_patterns, detect
 
 from .lzfu import rtf_body
 from .meter import Meter, collect
-from .model import Allowance, Collector, Fact, Stop, Unpacked
+from .model import Allowance, Collector, Fact, Stop, Trials, Unpacked
 from .ooxml import XLM_CALL
 
 # Passwords Office opens without asking (Excel's default for "encrypted" workbooks, PowerPoint's
@@ -56,8 +57,9 @@ logging.getLogger("msodde").setLevel(logging.CRITICAL)
 def unpack_ole(data: bytes, name: str, allowance: Allowance) -> Unpacked:
     out = Collector()
     meter = Meter(allowance, len(data))
-    if _decrypt(data, allowance.passwords, out, meter):
-        return out.result()
+    trials = Trials(allowance)
+    if _decrypt(data, allowance.passwords, out, meter, trials):
+        return trials.charged(out.result())
     _macros(data, name, out, meter)
     _ole_streams(data, out, meter)
     return out.result()
@@ -85,8 +87,9 @@ def unpack_rtf(data: bytes, name: str, allowance: Allowance) -> Unpacked:
     return out.result()
 
 
-def _decrypt(data: bytes, passwords: tuple[str, ...], out: Collector, meter: Meter) -> bool:
-    """True when the document is encrypted (its decrypted form, if any, became a member)."""
+def _decrypt(data: bytes, passwords: tuple[str, ...], out: Collector, meter: Meter, trials: Trials) -> bool:
+    """True when the document is encrypted (its decrypted form, if any, became a member). Each try
+    derives the key anew, as many hash rounds as the document asks for (100,000 by default)."""
     try:
         document = msoffcrypto.OfficeFile(io.BytesIO(data))
         if not document.is_encrypted():
@@ -94,12 +97,17 @@ def _decrypt(data: bytes, passwords: tuple[str, ...], out: Collector, meter: Met
     except Exception:  # not an Office container msoffcrypto knows (vbaProject.bin, .msi, .msg)
         return False
     for password in dict.fromkeys((*DEFAULT_PASSWORDS, *passwords)):
+        if trials.exhausted:
+            out.incomplete.append(trials.untried("the encrypted office document"))
+            return True
+        began = time.monotonic()
         try:
             document = msoffcrypto.OfficeFile(io.BytesIO(data))
             document.load_key(password=password)
             plain = io.BytesIO()
             document.decrypt(plain)
         except Exception:
+            trials.wrong(began)
             continue
         out.observe(
             Fact.ENCRYPTED_OPENED,

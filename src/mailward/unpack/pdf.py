@@ -9,13 +9,14 @@ sandbox: a crafted PDF can make any parser slow.
 from __future__ import annotations
 
 import io
+import time
 import zlib
 from collections.abc import Iterator
 
 import pikepdf
 
 from .meter import CHUNK, Meter, collect
-from .model import Allowance, Collector, Fact, Stop, Unpacked
+from .model import Allowance, Collector, Fact, Stop, Trials, Unpacked
 
 _ZIP_LOCAL, _ZIP_END = b"PK\x03\x04", b"PK\x05\x06"
 _RISKY_ACTIONS = ("/JavaScript", "/Launch", "/ImportData", "/SubmitForm")
@@ -25,14 +26,14 @@ def unpack(data: bytes, name: str, allowance: Allowance) -> Unpacked:
     out = Collector()
     meter = Meter(allowance, len(data))
     _polyglot_zip(data, out, meter)
+    trials = Trials(allowance)
     try:
-        pdf = _open(data, allowance.passwords, out)
-    except pikepdf.PasswordError:
-        out.stop(Stop.ENCRYPTED, "PDF needs a password, no candidate fits")
-        return out.result()
+        pdf = _open(data, allowance.passwords, out, trials)
     except (pikepdf.PdfError, ValueError, OSError) as exc:
         out.stop(Stop.CORRUPT, f"{type(exc).__name__}: {exc}"[:200])
-        return out.result()
+        return trials.charged(out.result())
+    if pdf is None:
+        return trials.charged(out.result())
     scripts: list[str] = []
     with pdf:
         for top in pdf.objects:
@@ -41,7 +42,7 @@ def unpack(data: bytes, name: str, allowance: Allowance) -> Unpacked:
     if scripts:
         out.observe(Fact.PDF_JAVASCRIPT, f"{len(scripts)} script(s)")
         collect(out, meter, "JavaScript", "\n".join(scripts).encode("utf-8", "replace"), "application/javascript")
-    return out.result()
+    return trials.charged(out.result())
 
 
 def _polyglot_zip(data: bytes, out: Collector, meter: Meter) -> None:
@@ -59,18 +60,27 @@ def _polyglot_zip(data: bytes, out: Collector, meter: Meter) -> None:
     collect(out, meter, "polyglot zip", data[start : end + 22 + comment], "application/zip")
 
 
-def _open(data: bytes, passwords: tuple[str, ...], out: Collector) -> pikepdf.Pdf:
+def _open(data: bytes, passwords: tuple[str, ...], out: Collector, trials: Trials) -> pikepdf.Pdf | None:
+    """The document, with a password candidate if it needs one; None, and why in ``out``, if none opened it.
+    Every try parses the whole file again."""
     try:
         return pikepdf.open(io.BytesIO(data))
     except pikepdf.PasswordError:
-        for password in passwords:
-            try:
-                pdf = pikepdf.open(io.BytesIO(data), password=password)
-            except pikepdf.PasswordError:
-                continue
-            out.observe(Fact.ENCRYPTED_OPENED, "pdf")
-            return pdf
-        raise
+        pass
+    for password in passwords:
+        if trials.exhausted:
+            out.incomplete.append(trials.untried("the PDF"))
+            return None
+        began = time.monotonic()
+        try:
+            pdf = pikepdf.open(io.BytesIO(data), password=password)
+        except pikepdf.PasswordError:
+            trials.wrong(began)
+            continue
+        out.observe(Fact.ENCRYPTED_OPENED, "pdf")
+        return pdf
+    out.stop(Stop.ENCRYPTED, "PDF needs a password, no candidate fits")
+    return None
 
 
 def _direct_nodes(top: pikepdf.Object) -> Iterator[pikepdf.Object]:

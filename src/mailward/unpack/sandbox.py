@@ -71,6 +71,8 @@ class Sandbox:
                     "ratio_floor": allowance.ratio_floor,
                     "passwords": list(allowance.passwords),
                     "seconds": allowance.seconds,
+                    "password_trials": allowance.password_trials,
+                    "password_seconds": allowance.password_seconds,
                 },
             }
             deadline = time.monotonic() + self.timeout

@@ -2,18 +2,33 @@
 
 A wrong password shows up in many ways in py7zr (garbage headers raise
 TypeError, garbage data a CRC or LZMA error), so every failure with a candidate
-simply moves on to the next candidate.
+simply moves on to the next candidate. Each try derives the key anew, 2^19
+SHA-256 rounds by default (~65 ms) and as many as the archive asks for, so the
+tries are bounded by :class:`~.model.Trials`.
 """
 
 from __future__ import annotations
 
 import io
+import time
 
 import py7zr
 from py7zr.io import Py7zIO, WriterFactory
 
 from .meter import Meter
-from .model import Allowance, Collector, Fact, Incomplete, Member, MemberState, Observation, Stop, Unpacked, stopped
+from .model import (
+    Allowance,
+    Collector,
+    Fact,
+    Incomplete,
+    Member,
+    MemberState,
+    Observation,
+    Stop,
+    Trials,
+    Unpacked,
+    stopped,
+)
 
 _FAILURES = (
     py7zr.Bad7zFile,
@@ -80,8 +95,12 @@ class _Sink(Py7zIO):
 
 
 def unpack(data: bytes, name: str, allowance: Allowance) -> Unpacked:
+    trials = Trials(allowance)
     names: list[str] = []
     for password in (None, *allowance.passwords):
+        if password is not None and trials.exhausted:
+            return trials.charged(Unpacked(_locked(names, allowance), incomplete=(trials.untried("the archive"),)))
+        began = time.monotonic()
         try:
             with py7zr.SevenZipFile(io.BytesIO(data), password=password) as archive:
                 names = [f.filename for f in archive.list() if not f.is_directory]
@@ -93,14 +112,18 @@ def unpack(data: bytes, name: str, allowance: Allowance) -> Unpacked:
         except _FAILURES as exc:
             if password is None:
                 return stopped(Stop.CORRUPT, f"{type(exc).__name__}: {exc}")
+            trials.wrong(began)
             continue
         if password is None:
             return result
-        return Unpacked(
-            result.members, result.observations + (Observation(Fact.ENCRYPTED_OPENED, "7z"),), result.incomplete
-        )
-    locked = tuple(Member(n, state=MemberState.ENCRYPTED) for n in names[: allowance.members])
-    return stopped(Stop.ENCRYPTED, "no password candidate fits" if allowance.passwords else "no password", locked)
+        opened = result.observations + (Observation(Fact.ENCRYPTED_OPENED, "7z"),)
+        return trials.charged(Unpacked(result.members, opened, result.incomplete))
+    fits = "no password candidate fits" if allowance.passwords else "no password"
+    return trials.charged(stopped(Stop.ENCRYPTED, fits, _locked(names, allowance)))
+
+
+def _locked(names: list[str], allowance: Allowance) -> tuple[Member, ...]:
+    return tuple(Member(n, state=MemberState.ENCRYPTED) for n in names[: allowance.members])
 
 
 def _extract(archive: py7zr.SevenZipFile, names: list[str], allowance: Allowance, size: int) -> Unpacked:

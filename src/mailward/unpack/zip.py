@@ -5,14 +5,15 @@ headers sharing one compressed stream: the "better zip bomb"), so every entry's
 local header and data span is checked against its neighbours before reading.
 Encrypted members are opened with :mod:`pyzipper` (AES); the rest with the stdlib.
 Every wrong password costs a key derivation (AES: ~1 ms), so a call tries at most
-``allowance.password_trials`` of them and stays within its CPU time; members left
-untried are named, and reported ``password-trials``.
+the allowance's wrong passwords (:class:`~.model.Trials`); members left untried are
+named, and reported ``password-trials``.
 """
 
 from __future__ import annotations
 
 import io
 import struct
+import time
 import zipfile
 import zlib
 
@@ -20,7 +21,7 @@ import pyzipper
 
 from . import ooxml
 from .meter import Meter
-from .model import Allowance, Collector, Fact, Incomplete, Member, MemberState, Stop, Unpacked, stopped
+from .model import Allowance, Collector, Fact, Incomplete, Member, MemberState, Stop, Trials, Unpacked, stopped
 
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")
 _READABLE = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA, 99}  # 99 = WinZip AES
@@ -53,7 +54,8 @@ def unpack(data: bytes, name: str, allowance: Allowance) -> Unpacked:
     if len(files) > allowance.members:
         out.stop(Stop.TOO_MANY, f"{len(files)} members")
         files = files[: allowance.members]
-    encrypted = _Passwords(data, allowance.passwords, allowance.password_trials)
+    trials = Trials(allowance)
+    encrypted = _Passwords(data, allowance.passwords, trials)
     for info in files:
         if info.compress_type not in _READABLE:
             out.members.append(Member(info.filename, state=MemberState.UNREAD))
@@ -79,15 +81,11 @@ def unpack(data: bytes, name: str, allowance: Allowance) -> Unpacked:
     if encrypted.locked:
         out.stop(Stop.ENCRYPTED, f"{encrypted.locked} encrypted member(s), no password candidate fits")
     if encrypted.untried:
-        out.stop(
-            Stop.PASSWORD_TRIALS,
-            f"{encrypted.untried} encrypted member(s) not tried: {encrypted.tried} wrong passwords already",
-        )
-    out.password_trials = encrypted.tried
+        out.incomplete.append(trials.untried(f"{encrypted.untried} encrypted member(s)"))
     if encrypted.opened:
         out.observe(Fact.ENCRYPTED_OPENED, f"{encrypted.opened} member(s)")
     out.observations.extend(ooxml.observe(out.members))
-    return ooxml.typed(out.result())
+    return trials.charged(ooxml.typed(out.result()))
 
 
 def overlapping_entry(data: bytes, infos: list[zipfile.ZipInfo], directory_start: int) -> str:
@@ -124,12 +122,11 @@ class _Passwords:
     one per candidate, which the budget (and the call's CPU time) bounds.
     """
 
-    def __init__(self, data: bytes, candidates: tuple[str, ...], trials: int):
+    def __init__(self, data: bytes, candidates: tuple[str, ...], trials: Trials):
         self._data = data
         self._candidates = list(candidates)
         self._archive: pyzipper.AESZipFile | None = None
         self._trials = trials
-        self.tried = 0  # wrong passwords
         self.locked = 0  # every candidate tried, none fits
         self.untried = 0  # left encrypted: the trial budget was spent
         self.opened = 0
@@ -145,16 +142,16 @@ class _Passwords:
         for password in list(self._candidates):
             if archive is None:  # not opened: no candidates left
                 break
-            if self.tried >= self._trials:
+            if self._trials.exhausted:
                 self.untried += 1
                 return None, None
-            start = meter.produced
+            start, began = meter.produced, time.monotonic()
             try:
                 with archive.open(info.filename, pwd=password.encode("utf-8")) as stream:
                     content, problem = meter.read(stream, info.compress_size)
             except _ERRORS:
                 meter.produced = start  # a wrong password's garbage is not charged, its time is
-                self.tried += 1
+                self._trials.wrong(began)
                 overtime = meter.overtime()
                 if overtime is not None:
                     return None, overtime
