@@ -8,7 +8,7 @@ from mailward.config import DirectionPolicy, PolicySettings, PolicyTable, policy
 from mailward.envelope import Direction, DirectionRules, Envelope
 from mailward.evidence import Category, Evidence, Finding, Severity, SpamAssessment
 from mailward.policy import Inputs, Listed, Mark, Share, decide, decide_failure, split
-from mailward.verdict import Action
+from mailward.verdict import Action, new_incident_id
 
 POLICY = DirectionPolicy()
 
@@ -165,3 +165,11 @@ def test_any_recipient_or_sender_text_finds_a_policy(sender, recipient):
     assert all(isinstance(k, str) and k for k in keys)
     if recipient.lower().endswith("@example.org"):
         assert tables.for_recipient(Direction.INBOUND, sender, recipient) is strict
+
+
+def test_incident_ids_made_in_one_second_do_not_collide():
+    """The ID is the quarantine record's key on every host sharing a store: with 4 random bytes,
+    200,000 IDs in one second held about 5 duplicates (each then tempfailed its message)."""
+    ids = [new_incident_id(now=1_800_000_000) for _ in range(200_000)]
+    assert len(set(ids)) == len(ids)
+    assert ids[0].startswith("MW-6B49D200-") and len(ids[0]) == len("MW-6B49D200-") + 12

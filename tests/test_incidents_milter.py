@@ -19,7 +19,7 @@ from support.mail import eicar_message, gtube_message, message
 from support.milter import MilterClient
 
 INTERNALS = re.compile(r"EICAR|yara|Traceback|Error|pymilter|spam burst|suspen|sqlite", re.I)
-REPLY = re.compile(r"^Sender not accepted \(incident (MW-[0-9A-F]{8}-[0-9A-F]{8})\)$")
+REPLY = re.compile(r"^Sender not accepted \(incident (MW-[0-9A-F]{8}-[0-9A-F]{12})\)$")
 
 
 def _events(caplog, action: str) -> list[dict]:

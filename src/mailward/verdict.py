@@ -51,10 +51,10 @@ def new_incident_id(now: float | None = None) -> str:
     """A short, unique, non-guessable ID a sender can quote to the postmaster.
 
     Time first so IDs sort by creation; 6 random bytes keep them unique across
-    milter hosts without coordination.
+    milter hosts without coordination (4 gave a duplicate in 200,000 a second).
     """
     t = int(now if now is not None else time.time())
-    return f"MW-{t:08X}-{secrets.token_hex(4).upper()}"
+    return f"MW-{t:08X}-{secrets.token_hex(6).upper()}"
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from ..envelope import Direction, Envelope
 from ..errors import StoreError
 from ..evidence import Category, Evidence, Label
 
-# Incident IDs look like MW-65F0A1B2-1A2B3C4D; anything path-like is refused before it reaches a file name.
+# Incident IDs look like MW-65F0A1B2-1A2B3C4D5E6F; anything path-like is refused before it reaches a file name.
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
