@@ -54,6 +54,18 @@ def test_answers_are_cached_for_their_ttl_and_negative_ones_for_the_soa_minimum(
     assert [server.count(n, "A") for n in names] == [2, 1, 2, 2]
 
 
+def test_a_spent_budget_still_reads_the_cache(server):
+    """A DKIM key fetched after hashing a big body, or a lookup queued behind others, may come
+    after the budget: what the cache holds is answered, only a new query is refused."""
+    client = _client(server.port)
+    asked = server.count("long.cache.test", "A"), server.count("long.cache.test", "MX")
+    assert client.query("long.cache.test", "A", Deadline.after(1)).outcome is Outcome.ANSWER
+    spent = Deadline(time.monotonic() - 1)
+    assert client.query("long.cache.test", "A", spent).addresses() == ["192.0.2.2"]
+    assert client.query("long.cache.test", "MX", spent).detail == "budget spent"  # never asked
+    assert (server.count("long.cache.test", "A"), server.count("long.cache.test", "MX")) == (asked[0] + 1, asked[1])
+
+
 def test_caches_belong_to_their_client(server):
     _client(server.port).query("long.cache.test", "TXT", Deadline.after(1))
     _client(server.port).query("long.cache.test", "TXT", Deadline.after(1))

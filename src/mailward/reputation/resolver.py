@@ -19,6 +19,8 @@ import dns.message
 import dns.name
 import dns.query
 import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
 import dns.resolver
 
 from ..config import ReputationSettings
@@ -120,13 +122,16 @@ class DnsClient:
         return False
 
     def query(self, name: str, rdtype: str, deadline: Deadline) -> Lookup:
-        lifetime = min(self.query_timeout, deadline.remaining())
-        if lifetime <= 0:
-            return Lookup(name, rdtype, Outcome.TIMEOUT, detail="budget spent")
         try:
             qname = dns.name.from_text(name)
         except dns.exception.DNSException:
             return Lookup(name, rdtype, Outcome.NXDOMAIN, detail="not a valid DNS name")
+        lifetime = min(self.query_timeout, deadline.remaining())
+        if lifetime <= 0:  # the budget bounds waiting, not reading what is known already
+            cached = self.cache.get((qname, dns.rdatatype.from_text(rdtype), dns.rdataclass.IN))
+            if cached is None:
+                return Lookup(name, rdtype, Outcome.TIMEOUT, detail="budget spent")
+            return _answered(name, rdtype, cached)
         try:
             answer = self._resolver.resolve(qname, rdtype, lifetime=lifetime, raise_on_no_answer=False, search=False)
         except dns.resolver.NXDOMAIN:
@@ -135,9 +140,13 @@ class DnsClient:
             return Lookup(name, rdtype, Outcome.TIMEOUT, detail=f"no answer within {lifetime:.2f}s")
         except dns.exception.DNSException as exc:  # NoNameservers (SERVFAIL, REFUSED, unreachable), YXDOMAIN
             return Lookup(name, rdtype, Outcome.FAILURE, detail=type(exc).__name__)
-        if answer.rrset is None:
-            return Lookup(name, rdtype, Outcome.NODATA)
-        return Lookup(name, rdtype, Outcome.ANSWER, tuple(answer.rrset))
+        return _answered(name, rdtype, answer)
+
+
+def _answered(name: str, rdtype: str, answer: dns.resolver.Answer) -> Lookup:
+    if answer.rrset is None:
+        return Lookup(name, rdtype, Outcome.NODATA)
+    return Lookup(name, rdtype, Outcome.ANSWER, tuple(answer.rrset))
 
 
 class Backoff:
