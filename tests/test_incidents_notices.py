@@ -92,3 +92,22 @@ def test_notices_are_off_by_default_per_direction_and_only_for_undelivered_malwa
     plain = open_incidents(load_settings(None, {"state_dir": str(tmp_path / "d")}))
     assert plain.notices is None
     plain.close()
+
+
+def test_the_subject_quoted_in_a_notice_stays_on_its_line(tmp_path):
+    """An encoded-word Subject may decode to line breaks and ESC (r9): shown as escapes, no forged line."""
+    lure = "Invoice\n\nYour mailbox is over quota: log in at https://evil.example/\n\x1b[2J"
+    evidence = Evidence(findings=MALWARE.findings, message=MessageFacts(lure, "<x@y>"))
+    with SmtpSink() as sink:
+        incidents = runtime(tmp_path, sink)
+        try:
+            incidents.observe(outcome(Direction.INBOUND, Action.QUARANTINE, evidence=evidence))
+            assert wait_for(lambda: sink.received)
+        finally:
+            incidents.close()
+        [(_, _, raw)] = sink.received
+    body = email.message_from_bytes(raw).get_payload(decode=True).decode()
+    assert "subject: Invoice\\x0a\\x0aYour mailbox is over quota: log in at https://evil.example/\\x0a\\x1b[2J" in (
+        body.splitlines()
+    )
+    assert "\x1b" not in body
