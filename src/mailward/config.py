@@ -127,7 +127,7 @@ class DirectionPolicy:
     macro_action_autoexec: Action = Action.QUARANTINE  # auto-exec VBA, or XLM macros (Auto_Open)
     macro_action_malicious: Action = Action.REJECT  # auto-exec plus shell/download/CreateObject... or an IOC
     clamav_unavailable_action: Action = Action.QUARANTINE  # clamd down, slow or answering an error
-    notify_virus: bool = False  # notice with the incident ID to the admin (outbound: and the sender)
+    notify_virus: bool = False  # notice with the incident ID to the admin (outbound: and an address login)
     min_severity: Severity = Severity.MEDIUM  # weaker findings only tag
     on_error: Action = Action.TEMPFAIL  # tempfail or accept when a check fails
     accept_errors_from: tuple[str, ...] = ()  # detectors whose failures accept instead (e.g. "dns")
