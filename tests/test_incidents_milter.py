@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+import time
 
 import Milter
 from prometheus_client import generate_latest
@@ -17,6 +18,7 @@ from mailward.metrics import Metrics
 from support.incidents import WebhookReceiver, wait_for
 from support.mail import eicar_message, gtube_message, message
 from support.milter import MilterClient
+from support.quarantine import FakeClock
 
 INTERNALS = re.compile(r"EICAR|yara|Traceback|Error|pymilter|spam burst|suspen|sqlite", re.I)
 REPLY = re.compile(r"^Sender not accepted \(incident (MW-[0-9A-F]{8}-[0-9A-F]{8})\)$")
@@ -203,3 +205,25 @@ def test_two_milter_hosts_on_postgresql_count_one_account_together(tmp_path, mon
     _, ctx = one.connect(auth="frank")
     assert one.send(ctx, message()[1]) == Milter.REJECT  # the first host refuses too
     assert not (tmp_path / "mx1" / "state" / "incidents.sqlite3").exists()
+
+
+def test_an_expired_suspension_does_not_come_straight_back(tmp_path, monkeypatch, milter_runtime):
+    """r6: the spam that suspended alice for 10 min is still inside the hour when the suspension ends;
+    it must not suspend her again on her next clean messages."""
+    clock = FakeClock(float(int(time.time())))
+    rt = milter_runtime(
+        tmp_path, "[incidents]\nrefresh = 0.0\nsuspend_for = 600\n[incidents.account]\nspam = 3\n", clock=clock
+    )
+    client = MilterClient(rt, monkeypatch)
+    _, ctx = client.connect(ip="203.0.113.20", auth="alice")
+    for _ in range(3):
+        client.send(ctx, gtube_message()[1])
+    assert client.send(ctx, message()[1]) == Milter.REJECT
+    clock.now += 601
+    for _ in range(3):
+        _, ctx = client.connect(ip="203.0.113.20", auth="alice")
+        assert client.send(ctx, message()[1]) == Milter.ACCEPT
+    assert len(rt.incidents.store.blocks(include_inactive=True)) == 1
+    for _ in range(3):  # a new burst after it ended suspends her again
+        client.send(ctx, gtube_message()[1])
+    assert client.send(ctx, message()[1]) == Milter.REJECT

@@ -38,11 +38,13 @@ class Counter(str, Enum):
     FAILED_LOGINS = "failed-logins"  # per client address, from Postfix's log
 
 
-# The counters a lifted block starts afresh: otherwise the burst that caused it would trigger it again.
+# The counters a block starts afresh (events before it never count again, lifted or expired): otherwise
+# the burst that caused it would trigger it again.
 COUNTERS_OF = {
     SubjectKind.ACCOUNT: (Counter.ACCOUNT,),
     SubjectKind.ADDRESS: (Counter.OUTBOUND_HOST, Counter.INBOUND_HOST, Counter.FAILED_LOGINS),
 }
+BLOCKED_AS = {counter: kind for kind, counters in COUNTERS_OF.items() for counter in counters}
 
 
 class Metric(str, Enum):
