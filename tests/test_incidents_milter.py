@@ -9,6 +9,7 @@ import re
 import time
 
 import Milter
+import pytest
 from prometheus_client import generate_latest
 
 from mailward.actor import Actor
@@ -125,6 +126,32 @@ def test_blocked_address_is_rejected_at_connect(tmp_path, monkeypatch, caplog, m
     assert event["source"]["ip"] == "198.51.100.7" and event["mailward"]["incident_id"] == block.incident_id
     rc, _ = client.connect(ip="198.51.101.7")
     assert rc == Milter.CONTINUE
+
+
+@pytest.mark.parametrize(
+    "sender",
+    [
+        "<ceo-fraud@example.org.>",
+        '<"ceo-fraud"@example.org>',
+        '<"ceo\\-fraud"@Example.ORG>',
+        "<@relay.example,@b.example:ceo-fraud@example.org>",
+        "<a@evil.example.>",
+        "<a@MX.EVIL.EXAMPLE.>",
+        "<a@[evil.example]>",
+        "<@relay.example:a@[mx.evil.example.]>",
+    ],
+)
+def test_sender_blocks_hold_for_every_spelling_postfix_accepts(tmp_path, monkeypatch, milter_runtime, sender):
+    """r7: a trailing dot, quotes that change nothing, a source route or brackets round a name walked
+    past blocks of ceo-fraud@example.org and evil.example."""
+    rt = milter_runtime(tmp_path, "[incidents]\nrefresh = 0.0\n")
+    rt.incidents.block(SubjectKind.SENDER, "ceo-fraud@example.org", "BEC", Actor("ann", "ws"))
+    rt.incidents.block(SubjectKind.DOMAIN, "evil.example", "phishing kit", Actor("ann", "ws"))
+    client = MilterClient(rt, monkeypatch)
+    _, ctx = client.connect(ip="198.51.100.7")
+    assert ctx._envfrom(sender) == Milter.REJECT
+    _, ctx = client.connect(ip="198.51.100.7")
+    assert ctx._envfrom('<"ceo fraud"@example.org>') == Milter.CONTINUE  # another mailbox: its quotes matter
 
 
 def test_a_block_whose_policy_is_quarantine_goes_to_the_quarantine(tmp_path, monkeypatch, milter_runtime):

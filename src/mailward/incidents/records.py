@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from ..config import policy_subject
+from ..addresses import canonical_address, policy_subject
 from ..policy import Listed
 
 
@@ -67,12 +67,12 @@ def normalise(kind: SubjectKind, value: str) -> str:
     if kind is SubjectKind.NETWORK:
         return str(ipaddress.ip_network(value, strict=False))
     if kind is SubjectKind.SENDER:
-        value = value.removeprefix("<").removesuffix(">").lower()
+        value = canonical_address(value)
         if "@" not in value:
             raise ValueError(f"{value!r} is not an address")
         return value
     if kind is SubjectKind.DOMAIN:
-        value = value.lower().lstrip("@").rstrip(".")
+        value = canonical_address(value.lstrip().lstrip("@"))
         if "@" in value or "." not in value:
             raise ValueError(f"{value!r} is not a domain")
         return value
