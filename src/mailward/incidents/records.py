@@ -124,6 +124,15 @@ class Block:
     def active(self, now: float) -> bool:
         return self.lifted_at is None and (self.expires_at is None or self.expires_at > now)
 
+    def expired(self, now: float) -> bool:
+        """Ended by its expiry, not lifted by anyone (the store marks it lifted at its expiry only
+        when a new block of the subject takes its place)."""
+        return (
+            self.expires_at is not None
+            and self.expires_at <= now
+            and (self.lifted_at is None or self.lifted_at >= self.expires_at)
+        )
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
