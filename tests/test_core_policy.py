@@ -4,7 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailward.config import DirectionPolicy, PolicySettings, PolicyTable, policy_keys
+from mailward.addresses import canonical_address, policy_keys, policy_subject
+from mailward.config import DirectionPolicy, PolicySettings, PolicyTable
 from mailward.envelope import Direction, DirectionRules, Envelope
 from mailward.evidence import Category, Evidence, Finding, Severity, SpamAssessment
 from mailward.policy import Inputs, Listed, Mark, Share, decide, decide_failure, split
@@ -173,3 +174,35 @@ def test_incident_ids_made_in_one_second_do_not_collide():
     ids = [new_incident_id(now=1_800_000_000) for _ in range(200_000)]
     assert len(set(ids)) == len(ids)
     assert ids[0].startswith("MW-6B49D200-") and len(ids[0]) == len("MW-6B49D200-") + 12
+
+
+@pytest.mark.parametrize(
+    ("written", "canonical"),
+    [
+        ("<CEO@Example.ORG>", "ceo@example.org"),
+        ("ceo@example.org.", "ceo@example.org"),
+        ('"ceo"@example.org', "ceo@example.org"),
+        ('"c\\eo.x"@example.org', "ceo.x@example.org"),  # a quoted pair that needs no quoting
+        ('"ceo x"@example.org', '"ceo x"@example.org'),  # another mailbox: the quotes stay
+        ('"a@b"@example.org', '"a@b"@example.org'),
+        ('".ceo"@example.org', '".ceo"@example.org'),
+        ("<@relay.example,@b.example:ceo@example.org>", "ceo@example.org"),
+        ("ceo@[example.org.]", "ceo@example.org"),
+        ("ceo@[192.0.2.1]", "ceo@[192.0.2.1]"),  # an address literal is no domain name
+        ("ceo@[IPv6:2001:db8::1]", "ceo@[ipv6:2001:db8::1]"),
+        ("Example.ORG.", "example.org"),
+        ("", ""),
+    ],
+)
+def test_one_address_has_one_canonical_spelling(written, canonical):
+    assert canonical_address(written) == canonical
+
+
+def test_policy_keys_and_subjects_read_addresses_canonically():
+    assert policy_keys('<@relay.example:"ceo"@Mail.Example.ORG.>') == (
+        "ceo@mail.example.org",
+        "mail.example.org",
+        "example.org",
+        "org",
+    )
+    assert policy_subject('"ceo"@example.org.') == "ceo@example.org" and policy_subject("@example.org") == "example.org"

@@ -237,7 +237,7 @@ def test_each_stores_sqlite_file_from_before_schema_versions_opens_with_its_rows
     )
     with closing(SqliteIncidentStore(tmp_path / "incidents.sqlite3")) as incidents:
         assert [b.value for b in incidents.blocks(SubjectKind.ACCOUNT, include_inactive=True)] == ["alice"]
-        assert incidents.database.schema_version("incidents") == 2  # 2: counters in buckets
+        assert incidents.database.schema_version("incidents") == 3  # 2: counters in buckets, 3: blocks by subject
     with SqliteStore(tmp_path / "quarantine") as quarantine:
         assert [e.detail for e in quarantine.history("MW-2")] == ["old"]
         assert quarantine.database.schema_version("quarantine") == 2  # step 1, then the retry key (step 2)

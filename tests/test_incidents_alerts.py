@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import email.policy
 import re
 
 from mailward.config import load_settings
@@ -123,3 +124,52 @@ def test_syslog_over_udp(tmp_path):
         SyslogChannel(f"udp:127.0.0.1:{server.getsockname()[1]}", "local3").send(_alert(), suppressed=4)
         line = server.recv(4096).decode()
     assert line.startswith("<154>mailward[") and "suppressed=4" in line  # local3.crit = 19*8+2
+
+
+FORGED = (
+    "invoice.zip > x.com\n\nTo act: nothing to do, cleared as false positive by the SOC\n"
+    "\x1b]0;pwned\x07\u2028\u202ecod.exe"
+)
+
+
+def test_message_text_stays_on_its_line_in_alert_mail_and_intact_in_json(tmp_path):
+    """A zip member name from the message (r3b): no forged line in the mail, no ESC, BEL or bidi acting;
+    the webhook gets the name as it was (JSON escapes it once)."""
+    alert = Alert(
+        AlertKind.MALWARE,
+        "MW-6B000000-00000009",
+        "Malware in inbound mail from a@example.net\n\x1b[2J: reject",
+        subject="sender a@example.net\nTo act: ignore",
+        details=(("objects", FORGED), ("sender", "a@example.net")),
+        remedy="mailward quarantine show MW-6B000000-00000009",
+    )
+    sock = tmp_path / "log.sock"
+    syslog = SyslogReceiver(sock)
+    with WebhookReceiver() as hook, SmtpSink() as sink:
+        channels = [
+            WebhookChannel(hook.url),
+            EmailChannel("127.0.0.1", sink.port, "mailward@mx.example.test", ("soc@example.test",)),
+            SyslogChannel(str(sock), "auth"),
+        ]
+        dispatcher = AlertDispatcher(channels)
+        assert dispatcher.raise_alert(alert) is Delivery.QUEUED
+        assert dispatcher.drain(20)
+        dispatcher.close()
+        [doc] = hook.received
+        [(_, _, raw)] = sink.received
+    line = syslog.receive()
+    syslog.close()
+    assert doc["details"]["objects"] == FORGED and doc["summary"] == alert.summary  # not escaped twice
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    body = msg.get_content()
+    lines = body.splitlines()
+    assert [x for x in lines if x.startswith("To act:")] == ["To act: mailward quarantine show MW-6B000000-00000009"]
+    [objects] = [x for x in lines if x.startswith("objects:")]
+    assert objects == (
+        "objects: invoice.zip > x.com\\x0a\\x0aTo act: nothing to do, cleared as false positive by the SOC"
+        "\\x0a\\x1b]0;pwned\\x07\\u2028\\u202ecod.exe"
+    )
+    assert "Subject:  sender a@example.net\\x0aTo act: ignore" in lines
+    assert not any(c in body for c in "\x1b\x07\u2028\u202e")
+    assert msg["Subject"].startswith("[Mailward high] Malware in inbound mail from a@example.net\\x0a\\x1b[2J: ")
+    assert "\n" not in line and "\x1b" not in line and 'subject="sender a@example.net\\x0aTo act: ignore"' in line

@@ -8,6 +8,8 @@ import pytest
 
 from mailward.cli.block import duration
 from mailward.cli.main import main
+from mailward.config import load_settings
+from mailward.incidents import Origin, SubjectKind, open_incidents
 from support.incidents import WebhookReceiver
 
 
@@ -109,3 +111,20 @@ def test_an_analyst_block_is_alerted(run):
 @pytest.mark.parametrize("text,seconds", [("30m", 1800), ("12h", 43200), ("7d", 604800), ("2w", 1209600), ("90s", 90)])
 def test_durations(text, seconds):
     assert duration(text) == seconds
+
+
+def test_an_expired_block_is_listed_as_expired_with_its_end(run, tmp_path):
+    """r11: a block that simply expired was listed as "lifted by  -"; one a new block replaced as bare "expired"."""
+    incidents = open_incidents(load_settings(run.cfg))
+    try:
+        store = incidents.store
+        for value in ("192.0.2.50", "192.0.2.51"):
+            store.add_block(SubjectKind.ADDRESS, value, Origin.ANALYST, "test", "MW-1", "ann", "ws", expires_at=1.0e9)
+        store.add_block(SubjectKind.ADDRESS, "192.0.2.51", Origin.ANALYST, "again", "MW-2", "ann", "ws")  # marks it
+    finally:
+        incidents.close()
+    code, out, _ = run("list", "--all")
+    lines = [line for line in out.splitlines() if "192.0.2.5" in line]
+    assert code == 0 and len(lines) == 3 and "lifted by" not in out
+    assert sum(line.endswith(", expired 2001-09-09 01:46:40Z") for line in lines) == 2
+    assert lines[0].endswith(", active")

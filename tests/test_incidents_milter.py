@@ -6,8 +6,10 @@ import json
 import logging
 import os
 import re
+import time
 
 import Milter
+import pytest
 from prometheus_client import generate_latest
 
 from mailward.actor import Actor
@@ -17,6 +19,7 @@ from mailward.metrics import Metrics
 from support.incidents import WebhookReceiver, wait_for
 from support.mail import eicar_message, gtube_message, message
 from support.milter import MilterClient
+from support.quarantine import FakeClock
 
 INTERNALS = re.compile(r"EICAR|yara|Traceback|Error|pymilter|spam burst|suspen|sqlite", re.I)
 REPLY = re.compile(r"^Sender not accepted \(incident (MW-[0-9A-F]{8}-[0-9A-F]{12})\)$")
@@ -125,6 +128,32 @@ def test_blocked_address_is_rejected_at_connect(tmp_path, monkeypatch, caplog, m
     assert rc == Milter.CONTINUE
 
 
+@pytest.mark.parametrize(
+    "sender",
+    [
+        "<ceo-fraud@example.org.>",
+        '<"ceo-fraud"@example.org>',
+        '<"ceo\\-fraud"@Example.ORG>',
+        "<@relay.example,@b.example:ceo-fraud@example.org>",
+        "<a@evil.example.>",
+        "<a@MX.EVIL.EXAMPLE.>",
+        "<a@[evil.example]>",
+        "<@relay.example:a@[mx.evil.example.]>",
+    ],
+)
+def test_sender_blocks_hold_for_every_spelling_postfix_accepts(tmp_path, monkeypatch, milter_runtime, sender):
+    """r7: a trailing dot, quotes that change nothing, a source route or brackets round a name walked
+    past blocks of ceo-fraud@example.org and evil.example."""
+    rt = milter_runtime(tmp_path, "[incidents]\nrefresh = 0.0\n")
+    rt.incidents.block(SubjectKind.SENDER, "ceo-fraud@example.org", "BEC", Actor("ann", "ws"))
+    rt.incidents.block(SubjectKind.DOMAIN, "evil.example", "phishing kit", Actor("ann", "ws"))
+    client = MilterClient(rt, monkeypatch)
+    _, ctx = client.connect(ip="198.51.100.7")
+    assert ctx._envfrom(sender) == Milter.REJECT
+    _, ctx = client.connect(ip="198.51.100.7")
+    assert ctx._envfrom('<"ceo fraud"@example.org>') == Milter.CONTINUE  # another mailbox: its quotes matter
+
+
 def test_a_block_whose_policy_is_quarantine_goes_to_the_quarantine(tmp_path, monkeypatch, milter_runtime):
     rt = milter_runtime(tmp_path, '[policy.inbound]\nblocked_action = "quarantine"\n')
     rt.incidents.block(SubjectKind.DOMAIN, "example.org", "phish wave", Actor("ann", "ws"))
@@ -203,3 +232,25 @@ def test_two_milter_hosts_on_postgresql_count_one_account_together(tmp_path, mon
     _, ctx = one.connect(auth="frank")
     assert one.send(ctx, message()[1]) == Milter.REJECT  # the first host refuses too
     assert not (tmp_path / "mx1" / "state" / "incidents.sqlite3").exists()
+
+
+def test_an_expired_suspension_does_not_come_straight_back(tmp_path, monkeypatch, milter_runtime):
+    """r6: the spam that suspended alice for 10 min is still inside the hour when the suspension ends;
+    it must not suspend her again on her next clean messages."""
+    clock = FakeClock(float(int(time.time())))
+    rt = milter_runtime(
+        tmp_path, "[incidents]\nrefresh = 0.0\nsuspend_for = 600\n[incidents.account]\nspam = 3\n", clock=clock
+    )
+    client = MilterClient(rt, monkeypatch)
+    _, ctx = client.connect(ip="203.0.113.20", auth="alice")
+    for _ in range(3):
+        client.send(ctx, gtube_message()[1])
+    assert client.send(ctx, message()[1]) == Milter.REJECT
+    clock.now += 601
+    for _ in range(3):
+        _, ctx = client.connect(ip="203.0.113.20", auth="alice")
+        assert client.send(ctx, message()[1]) == Milter.ACCEPT
+    assert len(rt.incidents.store.blocks(include_inactive=True)) == 1
+    for _ in range(3):  # a new burst after it ended suspends her again
+        client.send(ctx, gtube_message()[1])
+    assert client.send(ctx, message()[1]) == Milter.REJECT

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+from dataclasses import replace
 
 from mailward.config import load_settings
 from mailward.envelope import Direction, Envelope
@@ -92,3 +93,41 @@ def test_notices_are_off_by_default_per_direction_and_only_for_undelivered_malwa
     plain = open_incidents(load_settings(None, {"state_dir": str(tmp_path / "d")}))
     assert plain.notices is None
     plain.close()
+
+
+def test_the_subject_quoted_in_a_notice_stays_on_its_line(tmp_path):
+    """An encoded-word Subject may decode to line breaks and ESC (r9): shown as escapes, no forged line."""
+    lure = "Invoice\n\nYour mailbox is over quota: log in at https://evil.example/\n\x1b[2J"
+    evidence = Evidence(findings=MALWARE.findings, message=MessageFacts(lure, "<x@y>"))
+    with SmtpSink() as sink:
+        incidents = runtime(tmp_path, sink)
+        try:
+            incidents.observe(outcome(Direction.INBOUND, Action.QUARANTINE, evidence=evidence))
+            assert wait_for(lambda: sink.received)
+        finally:
+            incidents.close()
+        [(_, _, raw)] = sink.received
+    body = email.message_from_bytes(raw).get_payload(decode=True).decode()
+    assert "subject: Invoice\\x0a\\x0aYour mailbox is over quota: log in at https://evil.example/\\x0a\\x1b[2J" in (
+        body.splitlines()
+    )
+    assert "\x1b" not in body
+
+
+def test_an_outbound_notice_never_goes_to_the_envelope_sender_the_client_chose(tmp_path):
+    """A login without '@' (r9) or no login at all: MAIL FROM is whatever the client wrote, here an
+    outside address; only the admin is told, and the notice names the account."""
+    chosen = ({"auth_user": "carol", "mail_from": "victim@elsewhere.example"}, {"auth_user": "", "mail_from": "x@y.z"})
+    with SmtpSink() as sink:
+        incidents = runtime(tmp_path, sink)
+        try:
+            for n, change in enumerate(chosen):
+                base = outcome(Direction.OUTBOUND, incident=f"MW-6B000000-0000000{n}")
+                incidents.observe(replace(base, envelope=replace(base.envelope, **change)))
+            assert wait_for(lambda: len(sink.received) == 2)
+        finally:
+            incidents.close()
+        received = sink.received
+    assert [rcpts for _, rcpts, _ in received] == [("postmaster@example.com",)] * 2
+    bodies = [email.message_from_bytes(raw).get_payload(decode=True).decode() for _, _, raw in received]
+    assert any("account: carol" in body.splitlines() for body in bodies)

@@ -118,3 +118,24 @@ def test_subjects_are_normalised(kind, raw, canonical):
 def test_bad_subjects_are_refused(kind, raw):
     with pytest.raises(ValueError):
         normalise(kind, raw)
+
+
+def test_events_before_a_block_never_count_again(incident_store):
+    """A suspension that expires (r6) or an auth block: the events that caused it are out of every later
+    sum, on every host; events after its start count as usual."""
+    store, clock = incident_store(), incident_store.clock
+    hour = clock.now - 3600
+    for _ in range(3):
+        store.record(Counter.ACCOUNT, "alice", Totals(messages=1, spam=1), since=None)
+    store.record(Counter.FAILED_LOGINS, "203.0.113.5", Totals(auth_failures=10), since=None)
+    clock.now += 1
+    for kind, value in ((SubjectKind.ACCOUNT, "alice"), (SubjectKind.ADDRESS, "203.0.113.5")):
+        store.add_block(kind, value, Origin.SUSPENSION, "burst", "MW-1", "svc", "mx1", expires_at=clock.now + 600)
+    clock.now += 601  # expired, well inside the hour
+    other = incident_store()  # another host on the same database
+    totals = other.record(Counter.ACCOUNT, "alice", Totals(messages=1), since=hour)
+    assert (totals.messages, totals.spam) == (1, 0)
+    assert other.record(Counter.FAILED_LOGINS, "203.0.113.5", Totals(auth_failures=1), since=hour).auth_failures == 1
+    assert store.record(Counter.ACCOUNT, "bob", Totals(messages=1), since=hour).messages == 1  # others unaffected
+    sums = store.add_counts([], {Counter.OUTBOUND_HOST: hour}, read=[(Counter.OUTBOUND_HOST, "alice")])
+    assert sums == {(Counter.OUTBOUND_HOST, "alice"): Totals()}  # an account's block is no address's

@@ -21,6 +21,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from .addresses import policy_keys, policy_subject
 from .envelope import Direction, DirectionRules
 from .errors import ConfigError
 from .evidence import Category, Severity
@@ -127,7 +128,7 @@ class DirectionPolicy:
     macro_action_autoexec: Action = Action.QUARANTINE  # auto-exec VBA, or XLM macros (Auto_Open)
     macro_action_malicious: Action = Action.REJECT  # auto-exec plus shell/download/CreateObject... or an IOC
     clamav_unavailable_action: Action = Action.QUARANTINE  # clamd down, slow or answering an error
-    notify_virus: bool = False  # notice with the incident ID to the admin (outbound: and the sender)
+    notify_virus: bool = False  # notice with the incident ID to the admin (outbound: and an address login)
     min_severity: Severity = Severity.MEDIUM  # weaker findings only tag
     on_error: Action = Action.TEMPFAIL  # tempfail or accept when a check fails
     accept_errors_from: tuple[str, ...] = ()  # detectors whose failures accept instead (e.g. "dns")
@@ -148,21 +149,6 @@ class PolicyTable:
 
     match: tuple[str, ...]
     policy: DirectionPolicy
-
-
-def policy_keys(subject: str) -> tuple[str, ...]:
-    """What a policy table or sender list entry may name for ``subject``, most specific first.
-
-    ``ceo@mail.example.org`` -> itself, ``mail.example.org``, ``example.org``, ``org``.
-    """
-    subject = subject.strip().removeprefix("<").removesuffix(">").lower()
-    local, at, domain = subject.rpartition("@")
-    keys = [subject] if at and local else []
-    domain = domain.rstrip(".")
-    while domain:
-        keys.append(domain)
-        domain = domain.partition(".")[2]
-    return tuple(keys)
 
 
 @dataclass(frozen=True)
@@ -652,22 +638,6 @@ def _build_tables(base: DirectionPolicy, tables: object, source: str, prefix: st
         policy = _build_direction(base, {k: v for k, v in table.items() if k != "match"}, source, key)
         built.append(PolicyTable(tuple(names), policy))
     return tuple(built)
-
-
-def policy_subject(value: str) -> str:
-    """An address or domain as policy tables and sender lists store it; ValueError if it is neither."""
-    text = value.strip().removeprefix("<").removesuffix(">").lower().rstrip(".").removeprefix("@")
-    local, at, domain = text.rpartition("@")
-    if (
-        (at and not local)
-        or not domain
-        or any(c.isspace() or c in '<>@,;"\\' for c in domain)
-        or any(c.isspace() or c == "@" for c in local)
-        or ".." in domain
-        or domain.startswith(".")
-    ):
-        raise ValueError(f"{value!r} is not an address (user@example.org) or a domain (example.org)")
-    return f"{local}@{domain}" if at else domain
 
 
 def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:

@@ -15,7 +15,8 @@ import sys
 import time
 
 from ..actor import Actor
-from ..config import Settings, policy_subject
+from ..addresses import policy_subject
+from ..config import Settings
 from ..incidents import SenderEntry
 from ..policy import Listed
 from ..textsafe import json_line, neutralise

@@ -78,12 +78,13 @@ def _when(ts: float | None) -> str:
 
 
 def _line(block: Block) -> str:
+    now = time.time()
     state = (
         "active"
-        if block.active(time.time())
+        if block.active(now)
+        else f"expired {_when(block.expires_at)}"
+        if block.expired(now)
         else f"lifted by {block.lifted_by} {_when(block.lifted_at)}"
-        if block.lifted_by != "(expired)"
-        else "expired"
     )
     until = "until lifted" if block.expires_at is None else f"until {_when(block.expires_at)}"
     return (

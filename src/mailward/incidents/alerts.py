@@ -9,7 +9,10 @@ only counted; the next alert that goes out says how many were held back
 
 Alerts name the incident, the subject and what an analyst can do; they carry
 no exception text, paths or connection strings: a webhook may well end up in
-a chat room.
+a chat room. Much of an alert comes from the message (object names, envelope,
+Subject), so the text channels print every value through
+:func:`~mailward.textsafe.neutralise`: a file name with line breaks cannot add a
+forged line to the mail an analyst acts on. The webhook's JSON escapes by itself.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Protocol
 
 from ..marks import alert_mark, key_path, load_release_key, marked
+from ..textsafe import neutralise
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -90,8 +94,10 @@ class Alert:
         return doc
 
     def text(self, suppressed: int = 0) -> str:
+        """The alert for people (mail, notices): each value on its one line, its control,
+        bidi and line-separator characters shown as escapes."""
         lines = [
-            self.summary,
+            neutralise(self.summary),
             "",
             f"Incident: {self.incident_id}",
             f"Kind:     {self.kind.value}",
@@ -100,10 +106,10 @@ class Alert:
             f"Time:     {self.as_dict()['time']}",
         ]
         if self.subject:
-            lines.append(f"Subject:  {self.subject}")
-        lines += [f"{name}: {value}" for name, value in self.details]
+            lines.append(f"Subject:  {neutralise(self.subject)}")
+        lines += [f"{neutralise(name)}: {neutralise(value)}" for name, value in self.details]
         if self.remedy:
-            lines += ["", f"To act: {self.remedy}"]
+            lines += ["", f"To act: {neutralise(self.remedy)}"]
         if suppressed:
             lines += [
                 "",
@@ -166,7 +172,7 @@ class EmailChannel:
         msg = EmailMessage()
         msg["From"] = self.sender
         msg["To"] = ", ".join(self.recipients)
-        msg["Subject"] = f"[Mailward {alert.severity}] {alert.summary} ({alert.incident_id})"
+        msg["Subject"] = f"[Mailward {alert.severity}] {neutralise(alert.summary)} ({alert.incident_id})"
         msg["X-Mailward-Alert"] = alert.kind.value
         msg.set_content(alert.text(suppressed))
         data = msg.as_bytes(policy=SMTP)
@@ -209,7 +215,7 @@ class SyslogChannel:
         extra = f" suppressed={suppressed}" if suppressed else ""
         text = (
             f"<{priority}>mailward[{os.getpid()}]: incident={alert.incident_id} kind={alert.kind.value} "
-            f'subject="{alert.subject}"{extra} {alert.summary}'
+            f'subject="{neutralise(alert.subject)}"{extra} {neutralise(alert.summary)}'
         )
         data = text.encode("utf-8", "replace")[:2048]
         if self.address.startswith("udp:"):

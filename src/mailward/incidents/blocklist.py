@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..addresses import canonical_address
 from .records import Block, SubjectKind
 
 log = logging.getLogger(__name__)
@@ -83,10 +84,13 @@ class BlockList:
         return self._live(found)
 
     def for_sender(self, account: str, mail_from: str) -> Block | None:
-        """The block of the authenticated account, the envelope sender, or its domain (or a parent domain)."""
+        """The block of the authenticated account, the envelope sender, or its domain (or a parent domain).
+
+        The sender is compared in its canonical spelling: quotes, a source route or a trailing dot
+        that Postfix reads past must not walk past a block."""
         snapshot = self._current()
         found = snapshot.exact.get((SubjectKind.ACCOUNT, account)) if account else None
-        sender = mail_from.lower()
+        sender = canonical_address(mail_from)
         if found is None and sender:
             found = snapshot.exact.get((SubjectKind.SENDER, sender))
             domain = sender.rpartition("@")[2]

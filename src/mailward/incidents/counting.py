@@ -11,7 +11,8 @@ hosts on one PostgreSQL database see each other within one interval.
 
 Memory sums only decide whether to look closer: a limit reached in memory is
 settled against the store (:meth:`WindowCounts.settle`) before anyone is
-suspended, so a stale sum (a lift, a window that moved on) never suspends.
+suspended, so a stale sum (a lift, a block that ended, a window that moved on)
+never suspends.
 
 A crash loses at most one interval of counts (counters, never mail); a clean
 stop or reload flushes. A store that does not answer keeps the counts here

@@ -3,8 +3,13 @@
 Off by default; ``policy.inbound.notify_virus`` / ``policy.outbound.notify_virus``
 switch them on per direction. The sender of *inbound* mail never gets one: the
 envelope sender of malware is forged more often than not, and a notice to it is
-backscatter. Notices take the alert path (queue, background thread, rate limit,
-the alert mail format, the alert relay), so a slow relay never stalls the milter.
+backscatter. Nor does the envelope sender of *outbound* mail: an account (or an
+internal host) writes any MAIL FROM it likes, so a notice there would put a
+Mailward-signed mail quoting the message in an outside mailbox of the sender's
+choosing. The sending account is told at its SASL login when that login is an
+address, the one address the account proved; otherwise only the admins are.
+Notices take the alert path (queue, background thread, rate limit, the alert
+mail format, the alert relay), so a slow relay never stalls the milter.
 """
 
 from __future__ import annotations
@@ -56,15 +61,14 @@ class VirusNotices:
         )
 
     def recipients(self, outcome: Outcome) -> tuple[str, ...]:
-        """The admin, plus the sending account of outbound mail; never anyone for clean or delivered mail."""
+        """The admin, plus the sending account of outbound mail when its login is an address (never the
+        envelope sender, which the client chose); never anyone for clean or delivered mail."""
         env, verdict = outcome.envelope, outcome.verdict
         if not self.settings.policy.for_direction(env.direction).notify_virus or verdict.action not in NOTICE_ACTIONS:
             return ()
         found = list(self.admins)
-        if env.direction is Direction.OUTBOUND:
-            account = env.auth_user if "@" in env.auth_user else env.mail_from
-            if account:
-                found.append(account)
+        if env.direction is Direction.OUTBOUND and "@" in env.auth_user:
+            found.append(env.auth_user)
         return tuple(dict.fromkeys(found))
 
     def notify(self, outcome: Outcome) -> Delivery | None:
@@ -90,6 +94,7 @@ class VirusNotices:
                 dedup_key=f"notice:{verdict.incident_id}",
                 details=(
                     ("direction", env.direction.value),
+                    *((("account", env.auth_user),) if outbound and env.auth_user else ()),
                     ("envelope sender", env.mail_from or "<>"),
                     ("recipients", str(len(env.recipients))),
                     ("subject", outcome.evidence.message.subject[:200]),

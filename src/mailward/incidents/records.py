@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from ..config import policy_subject
+from ..addresses import canonical_address, policy_subject
 from ..policy import Listed
 
 
@@ -38,11 +38,13 @@ class Counter(str, Enum):
     FAILED_LOGINS = "failed-logins"  # per client address, from Postfix's log
 
 
-# The counters a lifted block starts afresh: otherwise the burst that caused it would trigger it again.
+# The counters a block starts afresh (events before it never count again, lifted or expired): otherwise
+# the burst that caused it would trigger it again.
 COUNTERS_OF = {
     SubjectKind.ACCOUNT: (Counter.ACCOUNT,),
     SubjectKind.ADDRESS: (Counter.OUTBOUND_HOST, Counter.INBOUND_HOST, Counter.FAILED_LOGINS),
 }
+BLOCKED_AS = {counter: kind for kind, counters in COUNTERS_OF.items() for counter in counters}
 
 
 class Metric(str, Enum):
@@ -65,12 +67,12 @@ def normalise(kind: SubjectKind, value: str) -> str:
     if kind is SubjectKind.NETWORK:
         return str(ipaddress.ip_network(value, strict=False))
     if kind is SubjectKind.SENDER:
-        value = value.removeprefix("<").removesuffix(">").lower()
+        value = canonical_address(value)
         if "@" not in value:
             raise ValueError(f"{value!r} is not an address")
         return value
     if kind is SubjectKind.DOMAIN:
-        value = value.lower().lstrip("@").rstrip(".")
+        value = canonical_address(value.lstrip().lstrip("@"))
         if "@" in value or "." not in value:
             raise ValueError(f"{value!r} is not a domain")
         return value
@@ -121,6 +123,15 @@ class Block:
 
     def active(self, now: float) -> bool:
         return self.lifted_at is None and (self.expires_at is None or self.expires_at > now)
+
+    def expired(self, now: float) -> bool:
+        """Ended by its expiry, not lifted by anyone (the store marks it lifted at its expiry only
+        when a new block of the subject takes its place)."""
+        return (
+            self.expires_at is not None
+            and self.expires_at <= now
+            and (self.lifted_at is None or self.lifted_at >= self.expires_at)
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..actor import Actor
-from ..config import CounterLimits, Settings, policy_subject
+from ..addresses import policy_subject
+from ..config import CounterLimits, Settings
 from ..envelope import Direction, Envelope
 from ..errors import ConfigError
 from ..evidence import Category, Finding, Severity

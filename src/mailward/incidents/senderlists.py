@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from ..config import policy_keys
+from ..addresses import policy_keys
 from ..envelope import Direction, Envelope
 from ..policy import Listed
 from .records import SenderEntry

@@ -28,7 +28,7 @@ from typing import Any
 from ..db import Database, Migration, PostgresDsn, SqliteFile, Transaction
 from ..errors import MailwardError
 from ..policy import Listed
-from .records import COUNTERS_OF, AuditEntry, Block, Counter, Origin, SenderEntry, SubjectKind, Totals
+from .records import BLOCKED_AS, COUNTERS_OF, AuditEntry, Block, Counter, Origin, SenderEntry, SubjectKind, Totals
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,10 @@ COUNTS = (
     "DROP TABLE incident_counters",
 )
 
-MIGRATIONS = (Migration(1, SCHEMA), Migration(2, COUNTS))
+# Migration 3: a window's sums start after the subject's last block (IncidentStore.add_counts), looked up per flush.
+BLOCKS_BY_SUBJECT = ("CREATE INDEX incident_blocks_subject ON incident_blocks (kind, value, created_at)",)
+
+MIGRATIONS = (Migration(1, SCHEMA), Migration(2, COUNTS), Migration(3, BLOCKS_BY_SUBJECT))
 _SCHEMA_LOCK = 0x4D57_4900  # "MWI\0": the key earlier versions serialised schema creation with
 
 _BLOCK_COLUMNS = (
@@ -197,7 +200,9 @@ class IncidentStore:
 
         Sums are returned for the subjects in ``batch`` and ``read`` whose kind is in ``since``;
         a bucket counts when it starts after ``since`` (so an event counts for the window less up to
-        one BUCKET, never longer). Commits relaxed: counters, not mail.
+        one BUCKET, never longer) and after the start of the subject's last block: the events that
+        caused a suspension never count again once it expires, on any host. Commits relaxed:
+        counters, not mail.
         """
         wanted = dict.fromkeys((kind, subject) for kind, subject, _, _ in batch)
         wanted.update(dict.fromkeys(read))
@@ -219,11 +224,15 @@ class IncidentStore:
             for kind, subjects in by_kind.items():
                 for start in range(0, len(subjects), _SUMS_AT_ONCE):  # one round trip per chunk, not per subject
                     chunk = subjects[start : start + _SUMS_AT_ONCE]
+                    among = ", ".join("?" * len(chunk))
                     rows = self._exec(
                         conn,
-                        f"SELECT subject, {_SUMS} FROM incident_counts WHERE kind = ? AND bucket > ? "
-                        f"AND subject IN ({', '.join('?' * len(chunk))}) GROUP BY subject",
-                        (kind.value, since[kind], *chunk),
+                        f"SELECT c.subject, {_SUMS} FROM incident_counts c LEFT JOIN "
+                        "(SELECT value, MAX(created_at) AS started FROM incident_blocks "
+                        f"WHERE kind = ? AND value IN ({among}) GROUP BY value) b ON b.value = c.subject "
+                        f"WHERE c.kind = ? AND c.bucket > ? AND c.subject IN ({among}) "
+                        "AND (b.started IS NULL OR c.bucket > b.started) GROUP BY c.subject",
+                        (BLOCKED_AS[kind].value, *chunk, kind.value, since[kind], *chunk),
                     ).fetchall()
                     found = {row[0]: Totals(*(int(v) for v in row[1:])) for row in rows}
                     for subject in chunk:
