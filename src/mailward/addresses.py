@@ -1,4 +1,4 @@
-"""Envelope addresses in the one spelling that blocks, sender lists and policy tables compare.
+"""Envelope addresses and client IPs in the one spelling that blocks, sender lists and policy tables compare.
 
 Postfix accepts one address written several ways and delivers them alike:
 ``<ceo@example.org.>``, ``<"ceo"@example.org>``, ``<@relay.example:ceo@example.org>``,
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # RFC 5322 atext, with RFC 6531's UTF-8: anything but specials, space and controls.
 _ATOM = r'[^\s\x00-\x1f\x7f()<>\[\]:;@\\,."]+'
@@ -74,3 +76,17 @@ def policy_subject(value: str) -> str:
     ):
         raise ValueError(f"{value!r} is not an address (user@example.org) or a domain (example.org)")
     return f"{local}@{domain}" if at else domain
+
+
+def client_ip(address: str) -> IPAddress | None:
+    """The client address as Postfix gives it (``[...]`` and ``IPv6:`` tolerated)."""
+    text = address.strip().strip("[]")
+    if text[:5].lower() == "ipv6:":
+        text = text[5:]
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..addresses import canonical_address
+from ..addresses import canonical_address, client_ip
 from .records import Block, SubjectKind
 
 log = logging.getLogger(__name__)
@@ -74,9 +74,8 @@ class BlockList:
     def for_client(self, address: str) -> Block | None:
         """The block of this client address or a network containing it."""
         snapshot = self._current()
-        try:
-            ip = ipaddress.ip_address(address.strip("[]").removeprefix("IPv6:"))
-        except ValueError:
+        ip = client_ip(address)
+        if ip is None:
             return None
         found = snapshot.exact.get((SubjectKind.ADDRESS, str(ip)))
         if found is None:

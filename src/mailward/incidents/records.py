@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from ..addresses import canonical_address, policy_subject
+from ..addresses import canonical_address, client_ip, policy_subject
 from ..policy import Listed
 
 
@@ -62,8 +62,11 @@ def normalise(kind: SubjectKind, value: str) -> str:
     value = value.strip()
     if not value:
         raise ValueError(f"empty {kind.value}")
-    if kind is SubjectKind.ADDRESS:
-        return str(ipaddress.ip_address(value.strip("[]").removeprefix("IPv6:")))
+    if kind is SubjectKind.ADDRESS:  # ::ffff:192.0.2.1 is 192.0.2.1, as a block on either must hold
+        ip = client_ip(value)
+        if ip is None:
+            raise ValueError(f"{value!r} is not an IP address")
+        return str(ip)
     if kind is SubjectKind.NETWORK:
         return str(ipaddress.ip_network(value, strict=False))
     if kind is SubjectKind.SENDER:

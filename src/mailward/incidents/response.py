@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..actor import Actor
-from ..addresses import policy_subject
+from ..addresses import IPAddress, client_ip, policy_subject
 from ..config import CounterLimits, Settings
 from ..envelope import Direction, Envelope
 from ..errors import ConfigError
@@ -51,6 +51,7 @@ from .store import CountKey, IncidentStore, IncidentStoreError
 log = logging.getLogger(__name__)
 
 PRUNE_EVERY = 300.0  # seconds between deletions of counter rows older than every window
+GUESSER_PREFIX_V6 = 64  # failed logins from one IPv6 /64 count, and are blocked, as one guesser
 
 _SYMPTOM = {
     Metric.MESSAGES: "message burst",
@@ -251,30 +252,31 @@ class IncidentResponse:
         return lambda: self._settle(subject, incident_id)
 
     def failed_login(self, address: str) -> Block | None:
-        """One failed SMTP AUTH from ``address``; blocks it at ``incidents.auth_failures`` within the window."""
-        try:
-            address = normalise(SubjectKind.ADDRESS, address)
-        except ValueError:
+        """One failed SMTP AUTH from ``address``; blocks its guesser at ``incidents.auth_failures`` within the
+        window. An IPv6 guesser is its /64 (:func:`_guesser`)."""
+        ip = client_ip(address)
+        if ip is None:
             return None
         if self.metrics is not None:
             self.metrics.failed_login()
         config = self._config
         if not config.enabled or config.auth_failures <= 0:
             return None
+        kind, guesser = self._guesser(ip)
         totals = self.store.record(
-            Counter.FAILED_LOGINS, address, Totals(auth_failures=1), self._clock() - config.auth_window
+            Counter.FAILED_LOGINS, guesser, Totals(auth_failures=1), self._clock() - config.auth_window
         )
         self._prune_now_and_then()
-        if totals.auth_failures < config.auth_failures or self._exempt_address(address):
+        if totals.auth_failures < config.auth_failures or self._exempt_address(str(ip)):
             return None
-        if self.blocklist.for_client(address) is not None:
+        if self.blocklist.for_client(str(ip)) is not None:
             return None
         reason = (
             f"{totals.auth_failures} failed SMTP logins in {_span(config.auth_window)} (limit {config.auth_failures})"
         )
         block, created = self._add(
-            SubjectKind.ADDRESS,
-            address,
+            kind,
+            guesser,
             Origin.AUTH_FAILURES,
             reason,
             new_incident_id(self._clock()),
@@ -285,13 +287,27 @@ class IncidentResponse:
                 Alert(
                     AlertKind.BLOCK,
                     block.incident_id,
-                    f"Address {address} blocked after repeated failed logins",
-                    subject=f"address {address}",
+                    f"{kind.value.capitalize()} {guesser} blocked after repeated failed logins",
+                    subject=f"{kind.value} {guesser}",
                     details=(("reason", reason), ("expires", _expiry(block))),
-                    remedy=f"mailward block remove address {address}",
+                    remedy=f"mailward block remove {kind.value} {guesser}",
                 )
             )
         return block if created else None
+
+    def _guesser(self, ip: IPAddress) -> tuple[SubjectKind, str]:
+        """Who a failed login is counted against and blocked as: an IPv4 address, or the /64 of an IPv6 one.
+
+        One IPv6 host holds a whole /64 (an end site gets a /48 to /64), so counting
+        per address would let it guess from a fresh address each time. A /64 that
+        holds an exempt network is the address alone: a block never covers an exempt host.
+        """
+        if ip.version == 4:
+            return SubjectKind.ADDRESS, str(ip)
+        network = ipaddress.ip_network(f"{ip}/{GUESSER_PREFIX_V6}", strict=False)
+        if any(net.version == 6 and net.overlaps(network) for net in self._exempt):
+            return SubjectKind.ADDRESS, str(ip)
+        return SubjectKind.NETWORK, str(network)
 
     # -- analyst actions ------------------------------------------------------------------------------
 

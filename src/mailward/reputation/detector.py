@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
+from ..addresses import IPAddress, client_ip
 from ..config import ReputationSettings, Settings
 from ..envelope import Direction, Envelope
 from ..errors import ConfigError
@@ -36,7 +37,7 @@ from ..message import ParsedMessage
 from . import dmarc_check
 from .dkim_check import DkimResult, Progress, signatures, verify_signature
 from .dmarc_check import Disposition, DmarcResult, PolicyLookup, author_domains, discover_policy
-from .names import IPAddress, OrgDomains, client_ip, normalise_domain, reverse_name, url_domains, within
+from .names import OrgDomains, normalise_domain, reverse_name, url_domains, within
 from .resolver import Backoff, Clock, Deadline, DnsClient, Lookup, Outcome
 from .results_header import HEADER, authserv_id, results_value
 from .spf_check import SpfResult, check_spf

@@ -14,27 +14,12 @@ from urllib.parse import urlsplit
 
 from publicsuffixlist import PublicSuffixList
 
+from ..addresses import IPAddress
 from ..message import ParsedMessage
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 # Absolute URLs and the bare "www." hosts that mail clients turn into links.
 _URL = re.compile(r"(?i)(?:\b(?:https?|ftp)://|\bwww\.)[^\s\"'<>()\[\]{}\\^`|]{1,2048}")
-
-
-def client_ip(address: str) -> IPAddress | None:
-    """The client address as Postfix gives it (``[...]`` and ``IPv6:`` tolerated)."""
-    text = address.strip().strip("[]")
-    if text[:5].lower() == "ipv6:":
-        text = text[5:]
-    try:
-        ip = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
 
 
 def reverse_name(ip: IPAddress) -> str:
