@@ -733,13 +733,14 @@ class QuarantineStore(ABC):
         """Remove the record and its bytes (never while a release delivers it); the audit trail stays."""
         check_id(quarantine_id)
         with self._tx(write=True) as conn:
-            row = conn.execute("SELECT status FROM quarantine WHERE id = ?", (quarantine_id,)).fetchone()
-            if row is None:
-                return Removal.NOT_FOUND
-            if row[0] == Status.RELEASING.value:
-                return Removal.IN_PROGRESS
+            # The status is checked by the DELETE itself: a release claimed by another host after a
+            # separate check would otherwise deliver a record deleted under it.
+            if not conn.execute(
+                "DELETE FROM quarantine WHERE id = ? AND status <> 'releasing'", (quarantine_id,)
+            ).rowcount:
+                row = conn.execute("SELECT 1 FROM quarantine WHERE id = ?", (quarantine_id,)).fetchone()
+                return Removal.NOT_FOUND if row is None else Removal.IN_PROGRESS
             self._drop_bytes(conn, quarantine_id)
-            conn.execute("DELETE FROM quarantine WHERE id = ?", (quarantine_id,))
             self._audit(conn, quarantine_id, action, actor, detail)
         self._after_drop(quarantine_id)
         return Removal.DELETED
