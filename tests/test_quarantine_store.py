@@ -225,6 +225,14 @@ def test_a_delete_never_removes_a_record_whose_release_another_host_claimed(fres
         host_b.close()
 
 
+def test_a_subject_decoding_to_nul_is_quarantined_alike_on_both_backends(store):
+    """PostgreSQL refuses NUL in text; read from the message (no scan facts) the subject still decodes to one."""
+    v, e = spam_case()
+    qid = store.put(MessageSource.of(message("=?utf-8?q?invoice=00?=")), envelope(), v, e)
+    assert store.get(qid).subject == "invoice\ufffd"
+    assert [r.id for r in store.list(ListFilter(subject="invoice"))] == [qid]
+
+
 def test_labels_form_an_ordered_ledger(store):
     v1, e1 = spam_case()
     v2, e2 = spam_case()
