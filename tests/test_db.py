@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from mailward.db import Database, DatabaseError, Migration, PostgresDsn, SqliteFile
+from mailward.db import CUT_GRACE, Database, DatabaseError, Migration, PostgresDsn, SqliteFile, Timeout
 from real_parts import require
 
 STEP_1 = Migration(
@@ -175,19 +175,110 @@ def test_postgresql_sessions_commit_durably_with_the_statement_timeout(fresh_pg_
     db.close()
 
 
-def test_a_lost_postgresql_connection_is_replaced(fresh_pg_dsn):
+def _end_sessions(dsn: str, pids: set[int]) -> None:
+    """End ``pids`` server-side, as a restart or failover does, and wait until they are gone."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as killer:
+        for pid in pids:
+            killer.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        while killer.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (list(pids),)).fetchone()[0]:
+            time.sleep(0.02)
+
+
+def test_sessions_the_server_ended_are_not_used(fresh_pg_dsn):
+    """After a restart every idle pooled session is dead: the next calls get fresh ones instead of failing."""
+    db = Database(PostgresDsn(fresh_pg_dsn, 4.0), label="notes", timeout=4.0, pool_size=3)
+    with db.transaction() as a, db.transaction() as b, db.transaction() as c:
+        pids = {tx.execute("SELECT pg_backend_pid()").fetchone()[0] for tx in (a, b, c)}
+    _end_sessions(fresh_pg_dsn, pids)
+    for deadline in (None, Timeout(4.0), None, Timeout(4.0)):
+        with db.transaction(deadline=deadline) as tx:
+            assert tx.execute("SELECT pg_backend_pid()").fetchone()[0] not in pids
+    db.close()
+
+
+def test_a_session_found_dead_by_the_first_statement_is_replaced_once(fresh_pg_dsn, monkeypatch):
+    """The idle check can miss a session ended a moment ago; nothing ran on it yet, so the call is not lost."""
+    monkeypatch.setattr(PostgresDsn, "alive", lambda self, conn: True, raising=False)
     db = Database(PostgresDsn(fresh_pg_dsn, 4.0), label="notes", timeout=4.0)
     with db.transaction() as tx:
         pid = tx.execute("SELECT pg_backend_pid()").fetchone()[0]
-    killer = db.connect()
-    killer.execute("SELECT pg_terminate_backend(%s)", (pid,))
-    killer.commit()
-    killer.close()
-    with pytest.raises(DatabaseError), db.transaction() as tx:
-        tx.execute("SELECT 1")
-    with db.transaction() as tx:
+    _end_sessions(fresh_pg_dsn, {pid})
+    with db.transaction(deadline=Timeout(4.0)) as tx:
         assert tx.execute("SELECT pg_backend_pid()").fetchone()[0] != pid
     db.close()
+
+
+@pytest.mark.parametrize("deadline", [1.0, None])
+def test_a_server_that_stops_answering_ends_the_transaction_at_its_deadline(fresh_pg_dsn, deadline):
+    """A stopped server or a blackholed network never answers: the call raises soon after its deadline
+    (or the statement timeout) instead of waiting for the server to come back."""
+    from support.pgproxy import PgProxy
+
+    proxy = PgProxy(fresh_pg_dsn)
+    db = Database(PostgresDsn(proxy.dsn, 1.0), label="notes", timeout=1.0)
+    with db.transaction() as tx:  # an idle pooled session, and a new one below
+        tx.execute("SELECT 1")
+    outcomes: list[str] = []
+
+    def call() -> None:
+        try:
+            with db.transaction(deadline=None if deadline is None else Timeout(deadline)) as tx:
+                tx.execute("SELECT 1")
+            outcomes.append("answered")
+        except DatabaseError as exc:
+            outcomes.append(str(exc))
+
+    proxy.stall()
+    try:
+        started = time.monotonic()
+        callers = [threading.Thread(target=call), threading.Thread(target=call)]  # one gets a new session
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join(1.0 + CUT_GRACE + 1.5)
+        waited = time.monotonic() - started
+    finally:
+        proxy.resume()
+    for caller in callers:
+        caller.join(10)
+    assert waited < 1.0 + CUT_GRACE + 1.5 and len(outcomes) == 2
+    assert all("answered" not in o for o in outcomes), outcomes
+    with db.transaction() as tx:  # the cut sessions were dropped
+        assert tx.execute("SELECT 1").fetchone()[0] == 1
+    db.close()
+    proxy.close()
+
+
+def test_a_commit_whose_answer_is_lost_is_reported_as_unconfirmed(fresh_pg_dsn):
+    """The COMMIT reached the server but its answer did not come back: the store must treat it as maybe kept."""
+    from support.pgproxy import COMMIT, PgProxy
+
+    proxy = PgProxy(fresh_pg_dsn)
+    db = Database(PostgresDsn(proxy.dsn, 4.0), label="notes", timeout=4.0)
+    db.migrate("notes", [STEP_1])
+    proxy.lose_reply_to(COMMIT)
+    with pytest.raises(DatabaseError) as caught, db.transaction(deadline=Timeout(4.0)) as tx:
+        tx.execute("INSERT INTO notes (at, text) VALUES (?, ?)", (1.0, "kept"))
+    assert db.unconfirmed(caught.value)
+    with pytest.raises(DatabaseError) as refused, db.transaction() as tx:
+        tx.execute("INSERT INTO nowhere VALUES (1)")
+    assert not db.unconfirmed(refused.value)  # an error the server answered is not
+    with db.transaction() as tx:
+        assert tx.execute("SELECT text FROM notes").fetchall() == [("kept",)]
+    db.close()
+    proxy.close()
+
+
+def test_text_is_stored_alike_on_both_backends_without_nul(make_db):
+    """PostgreSQL refuses NUL in text; both backends store U+FFFD instead (a decoded header may hold one)."""
+    db = make_db()
+    db.migrate("notes", [STEP_1])
+    with db.transaction(write=True) as tx:
+        tx.execute("INSERT INTO notes (at, text) VALUES (?, ?)", (1.0, "invoice\x00 \udce9"))
+    with db.transaction() as tx:
+        assert tx.execute("SELECT text FROM notes").fetchall() == [("invoice\ufffd \ufffd",)]
 
 
 def test_each_stores_sqlite_file_from_before_schema_versions_opens_with_its_rows(tmp_path):

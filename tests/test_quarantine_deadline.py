@@ -219,6 +219,63 @@ def test_postgresql_stopped_refuses_in_time_and_keeps_nothing(pg_cluster):
         store.close()
 
 
+def test_postgresql_stopped_ends_a_read_on_a_pooled_session_at_its_deadline(pg_cluster):
+    """The server's statement timeout cannot fire while it is stopped: the client cuts the session."""
+    from mailward.db import CUT_GRACE
+    from mailward.quarantine.postgres import PostgresStore
+    from pg_server import create_database
+
+    store = PostgresStore(create_database(pg_cluster.dsn), write_timeout=BUDGET)
+    outcome: list[object] = []
+
+    def scrape() -> None:
+        try:
+            outcome.append(store.stats(wait=BUDGET))
+        except StoreError as exc:
+            outcome.append(exc)
+
+    try:
+        _put(store, "held")
+        store.stats()  # an idle pooled session, as on a busy host
+        _signal_cluster(pg_cluster, signal.SIGSTOP)
+        try:
+            scraper = threading.Thread(target=scrape, daemon=True)
+            scraper.start()
+            scraper.join(BUDGET + CUT_GRACE + SLACK + 1.0)
+        finally:
+            _signal_cluster(pg_cluster, signal.SIGCONT)
+        assert outcome and isinstance(outcome[0], StoreError), outcome
+        scraper.join(30)
+        assert store.stats() == (1, len(message("held")))
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("retry_window", [0.0, 5 * 86400.0])
+def test_a_put_whose_commit_answer_is_lost_keeps_nothing(fresh_pg_dsn, retry_window):
+    """The COMMIT reached the server, its answer did not: the sender is tempfailed, so the record is withdrawn."""
+    import psycopg
+
+    from mailward.quarantine.postgres import PostgresStore
+    from support.pgproxy import COMMIT, PgProxy
+
+    proxy = PgProxy(fresh_pg_dsn)
+    store = PostgresStore(proxy.dsn, write_timeout=2.0, retry_window=retry_window)
+    try:
+        proxy.lose_reply_to(COMMIT)
+        with pytest.raises(StoreError):
+            _put(store, "answer lost")
+        assert store.settle(10)
+        with psycopg.connect(fresh_pg_dsn) as conn:
+            assert conn.execute("SELECT count(*) FROM quarantine").fetchone()[0] == 0
+            assert conn.execute("SELECT count(*) FROM quarantine_chunks").fetchone()[0] == 0
+            actions = [a for (a,) in conn.execute("SELECT action FROM quarantine_audit ORDER BY seq")]
+        assert actions == ["quarantine", "withdraw"]
+    finally:
+        store.close()
+        proxy.close()
+
+
 def test_postgresql_sessions_commit_durably_with_a_statement_timeout(pg_cluster):
     from mailward.quarantine.postgres import PostgresStore
     from pg_server import create_database

@@ -199,6 +199,40 @@ def test_delete_removes_message_but_keeps_history(store, store_factory):
         assert not (store_factory.directory / "messages" / f"{qid}.eml").exists()
 
 
+def test_a_delete_never_removes_a_record_whose_release_another_host_claimed(fresh_pg_dsn, monkeypatch):
+    """History release-claim (B), delete (A), release (B): the claim lands between A's look and A's delete."""
+    from mailward.db import Transaction
+    from mailward.quarantine.postgres import PostgresStore
+
+    host_a, host_b = PostgresStore(fresh_pg_dsn), PostgresStore(fresh_pg_dsn)
+    try:
+        v, e = spam_case()
+        qid = host_a.put(MessageSource.of(message()), envelope(), v, e)
+        execute, claims = Transaction.execute, []
+
+        def claim_first(tx, statement, params=(), **kwargs):
+            if statement.startswith("DELETE FROM quarantine WHERE") and not claims:
+                claims.append(host_b.claim_release(qid, Actor("b", "host-b", "cli")))
+            return execute(tx, statement, params, **kwargs)
+
+        monkeypatch.setattr(Transaction, "execute", claim_first)
+        assert host_a.delete(qid, ANALYST) is Removal.IN_PROGRESS
+        assert claims == [ReleaseClaim.CLAIMED]
+        assert host_b.get(qid).status is Status.RELEASING
+        assert [ev.action for ev in host_b.history(qid)] == ["quarantine", "release-claim"]
+    finally:
+        host_a.close()
+        host_b.close()
+
+
+def test_a_subject_decoding_to_nul_is_quarantined_alike_on_both_backends(store):
+    """PostgreSQL refuses NUL in text; read from the message (no scan facts) the subject still decodes to one."""
+    v, e = spam_case()
+    qid = store.put(MessageSource.of(message("=?utf-8?q?invoice=00?=")), envelope(), v, e)
+    assert store.get(qid).subject == "invoice\ufffd"
+    assert [r.id for r in store.list(ListFilter(subject="invoice"))] == [qid]
+
+
 def test_labels_form_an_ordered_ledger(store):
     v1, e1 = spam_case()
     v2, e2 = spam_case()

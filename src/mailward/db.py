@@ -16,9 +16,14 @@ here, once:
 * **Connections** (:class:`Database`): at most ``pool_size`` sessions shared
   by all threads; one (``pool_size=1``) is a connection used under a lock.
   Every wait (this process's writers, the pool, the database's busy lock or
-  statement) ends at the transaction's deadline. A connection that failed is
-  closed and replaced on the next call, so a database restart costs only the
-  calls made while it was down.
+  statement) ends at the transaction's deadline, on PostgreSQL also when the
+  server never answers: the connection is cut shortly after the deadline (a
+  stopped server, a network that drops packets). An idle connection the server
+  ended (a restart, a failover, ``pg_terminate_backend``) is closed instead of
+  used, and one found dead by the transaction's first statement is replaced
+  once; a connection that failed is closed. A COMMIT whose answer was lost
+  raises an error the store can tell apart (:meth:`Database.unconfirmed`): the
+  transaction may have been kept.
 * **Statements** are written once with ``?`` placeholders
   (:meth:`Transaction.execute`) and translated for psycopg here.
 * **Migrations**: each store's schema is a numbered list of steps; the
@@ -36,6 +41,8 @@ from __future__ import annotations
 import math
 import os
 import queue
+import select
+import socket
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -47,12 +54,14 @@ from typing import Any, Protocol
 
 from .dbfile import prepare_database_file
 from .errors import MailwardError
+from .textsafe import valid_text
 
 # A driver's connection or cursor (sqlite3 or psycopg): the two share the calls used here.
 Connection = Any
 Cursor = Any
 
 _MIGRATION_LOCK = 0x4D57_4400  # "MWD\0": PostgreSQL advisory lock serialising every store's migrations
+CUT_GRACE = 1.0  # seconds past a deadline before its connection is cut: the server's own timeout answers first
 
 
 class DatabaseError(MailwardError):
@@ -68,6 +77,10 @@ class Budget(Protocol):
     def remaining(self) -> float: ...
 
     def check(self, doing: str) -> None: ...
+
+
+class UnconfirmedCommit(Exception):
+    """A COMMIT was sent but its answer never came (connection lost or cut): it may have been kept."""
 
 
 class Timeout:
@@ -101,8 +114,8 @@ class Backend(ABC):
     errors: tuple[type[BaseException], ...] = ()  # the driver's exception classes
 
     @abstractmethod
-    def connect(self) -> Connection:
-        """A new session, set up; the driver's error if the database cannot be reached."""
+    def connect(self, seconds: float | None = None) -> Connection:
+        """A new session, set up within ``seconds`` if given; the driver's error if the database cannot be reached."""
 
     def sql(self, statement: str) -> str:
         """``statement`` with ``?`` placeholders in the driver's style."""
@@ -123,6 +136,20 @@ class Backend(ABC):
 
     def broken(self, conn: Connection) -> bool:
         """Whether ``conn`` is unusable after an error (then it is closed, not reused)."""
+        return False
+
+    def alive(self, conn: Connection) -> bool:
+        """Whether the idle ``conn`` may be used: not ended by the server meanwhile."""
+        return True
+
+    def watch(self, conn: Connection, seconds: float | None = None) -> None:  # noqa: B027  (SQLite: local)
+        """Cut ``conn`` if it is still waiting ``seconds`` (None: the session's statement timeout) from now.
+
+        Moves the time if ``conn`` is watched already; :meth:`unwatch` ends it.
+        """
+
+    def unwatch(self, conn: Connection) -> bool:
+        """Stop watching ``conn``; True if it was cut (then it is closed, and its last call's outcome unknown)."""
         return False
 
     def missing_table(self, exc: BaseException) -> bool:
@@ -160,7 +187,7 @@ class SqliteFile(Backend):
         self.busy_timeout = busy_timeout
         self.synchronous = synchronous
 
-    def connect(self) -> Connection:
+    def connect(self, seconds: float | None = None) -> Connection:
         import sqlite3
 
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
@@ -229,7 +256,12 @@ class PostgresDsn(Backend):
 
     Every session commits durably whatever the server's default (``off`` would
     lose a committed quarantine on a crash) and ends a statement after
-    ``timeout``; connecting waits at most that long too (at least 2 s).
+    ``timeout``; connecting waits at most that long too (at least 2 s). The
+    server's timeouts hold only while it answers: a connection still waiting
+    :data:`CUT_GRACE` after its deadline is cut on this side (its socket shut
+    down), so the call raises instead of waiting for a stopped server or a dead
+    network. TCP keepalives and ``tcp_user_timeout`` (unless the DSN sets them)
+    end idle connections to a vanished server.
     """
 
     name = "postgresql"
@@ -238,22 +270,38 @@ class PostgresDsn(Backend):
 
     def __init__(self, dsn: str, timeout: float) -> None:
         import psycopg
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
         self.errors = (psycopg.Error,)
-        self.dsn = dsn
+        given = conninfo_to_dict(dsn)
+        network = {
+            "keepalives": "1",
+            "keepalives_idle": "30",
+            "keepalives_interval": "5",
+            "keepalives_count": "3",
+            "tcp_user_timeout": str(max(10, math.ceil(timeout + CUT_GRACE)) * 1000),
+        }
+        self.dsn = make_conninfo(dsn, **{k: v for k, v in network.items() if k not in given})
         self.timeout = timeout
+        self._watchdog = _Watchdog(_cut)
 
-    def connect(self) -> Connection:
+    def connect(self, seconds: float | None = None) -> Connection:
         import psycopg
 
-        conn = psycopg.connect(self.dsn, autocommit=False, connect_timeout=max(2, math.ceil(self.timeout)))
+        limit = self.timeout if seconds is None else min(self.timeout, seconds)
+        conn = psycopg.connect(self.dsn, autocommit=False, connect_timeout=max(2, math.ceil(limit)))
         try:
+            self._watchdog.watch(conn, limit)
             conn.execute("SET synchronous_commit = on")
             conn.execute("SELECT set_config('statement_timeout', %s, false)", (_ms(self.timeout),))
             conn.commit()
         except BaseException:
+            self._watchdog.unwatch(conn)
             conn.close()
             raise
+        if self._watchdog.unwatch(conn):
+            conn.close()
+            raise psycopg.OperationalError(f"no answer setting up the session within {limit:g} s")
         return conn
 
     def sql(self, statement: str) -> str:
@@ -271,6 +319,23 @@ class PostgresDsn(Backend):
     def broken(self, conn: Connection) -> bool:
         return bool(conn.closed or getattr(conn, "broken", False))  # not every psycopg 3.x has .broken
 
+    def alive(self, conn: Connection) -> bool:
+        """An idle session has nothing to read: anything there is the server's goodbye (FATAL, EOF)."""
+        if self.broken(conn):
+            return False
+        try:
+            poller = select.poll()
+            poller.register(conn.pgconn.socket, select.POLLIN)
+            return not poller.poll(0)
+        except Exception:
+            return False
+
+    def watch(self, conn: Connection, seconds: float | None = None) -> None:
+        self._watchdog.watch(conn, self.timeout if seconds is None else seconds)
+
+    def unwatch(self, conn: Connection) -> bool:
+        return self._watchdog.unwatch(conn)
+
     def missing_table(self, exc: BaseException) -> bool:
         import psycopg
 
@@ -285,6 +350,59 @@ class PostgresDsn(Backend):
         return conn.cursor(binary=binary)
 
 
+def _cut(conn: Connection) -> None:
+    """Shut down ``conn``'s socket (a duplicate of it: libpq keeps its own), so a call waiting on it raises."""
+    try:
+        with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+    except Exception:  # already closed: nothing waits on it
+        pass
+
+
+class _Watchdog:
+    """Cuts connections whose call outlived its time plus :data:`CUT_GRACE`, from a thread of its own.
+
+    The thread runs while something is watched. Cutting and :meth:`unwatch`
+    take one lock, so a connection is never cut once its transaction let it go.
+    """
+
+    def __init__(self, cut: Callable[[Connection], None]) -> None:
+        self._cut = cut
+        self._due: dict[int, tuple[float, Connection]] = {}
+        self._cut_ones: set[int] = set()
+        self._changed = threading.Condition()
+        self._running = False
+
+    def watch(self, conn: Connection, seconds: float) -> None:
+        with self._changed:
+            self._due[id(conn)] = (time.monotonic() + seconds + CUT_GRACE, conn)
+            if not self._running:
+                threading.Thread(target=self._run, name="database-watchdog", daemon=True).start()
+                self._running = True
+            self._changed.notify()
+
+    def unwatch(self, conn: Connection) -> bool:
+        with self._changed:
+            self._due.pop(id(conn), None)
+            if id(conn) in self._cut_ones:
+                self._cut_ones.discard(id(conn))
+                return True
+            return False
+
+    def _run(self) -> None:
+        with self._changed:
+            while self._due:
+                now = time.monotonic()
+                for key, (at, conn) in list(self._due.items()):
+                    if at <= now:
+                        del self._due[key]
+                        self._cut_ones.add(key)
+                        self._cut(conn)
+                if self._due:
+                    self._changed.wait(min(at for at, _ in self._due.values()) - now)
+            self._running = False
+
+
 def _ms(seconds: float) -> str:
     """A PostgreSQL duration of at least 1 ms (0 would mean no timeout at all)."""
     return f"{max(1, int(seconds * 1000))}ms"
@@ -294,25 +412,51 @@ def _ms(seconds: float) -> str:
 
 
 class Transaction:
-    """One open transaction on one connection; statements use ``?`` placeholders."""
+    """One open transaction on one connection; statements use ``?`` placeholders.
 
-    def __init__(self, conn: Connection, backend: Backend) -> None:
+    Text parameters are stored as PostgreSQL takes them (:func:`storable`), on
+    SQLite alike, so both backends keep the same.
+    """
+
+    def __init__(self, conn: Connection, backend: Backend, watch_each: bool = False) -> None:
         self.connection = conn  # the driver's, for what this layer does not cover
         self._backend = backend
+        self._watch_each = watch_each  # no deadline: each statement gets the session's statement timeout
+        self.cut = False  # a statement's connection was cut: the session is not reused
 
     def execute(self, statement: str, params: Sequence[object] = (), *, binary: bool = False) -> Cursor:
         """Run one statement; ``binary`` fetches ``bytea`` as bytes on PostgreSQL."""
         cursor = self._backend.cursor(self.connection, binary)
-        cursor.execute(self._backend.sql(statement), tuple(params))
+        with self._watched():
+            cursor.execute(self._backend.sql(statement), tuple(storable(p) for p in params))
         return cursor
 
     def executemany(self, statement: str, rows: Sequence[Sequence[object]]) -> None:
         cursor = self._backend.cursor(self.connection, False)
-        cursor.executemany(self._backend.sql(statement), [tuple(row) for row in rows])
+        with self._watched():
+            cursor.executemany(self._backend.sql(statement), [tuple(storable(p) for p in row) for row in rows])
+
+    @contextmanager
+    def _watched(self) -> Iterator[None]:
+        if not self._watch_each:  # watched as a whole until its deadline
+            yield
+            return
+        self._backend.watch(self.connection)
+        try:
+            yield
+        finally:
+            self.cut = self._backend.unwatch(self.connection) or self.cut
 
     def relax(self) -> None:
         """This transaction may commit without waiting for the disk (counters: a crash may lose a few)."""
         self._backend.relax(self.connection)
+
+
+def storable(value: object) -> object:
+    """``value`` with text a PostgreSQL text column takes: NUL and lone surrogates (which it refuses) as U+FFFD."""
+    if isinstance(value, str):
+        return valid_text(value).replace("\x00", "\ufffd")
+    return value
 
 
 @dataclass(frozen=True)
@@ -332,10 +476,18 @@ class _Pool:
     """At most ``size`` connections, shared by all threads; a thread finding them busy waits its budget.
 
     The bound matters for PostgreSQL, whose ``max_connections`` all hosts share.
+    An idle connection the server ended meanwhile is closed, not handed out.
     """
 
-    def __init__(self, connect: Callable[[], Connection], size: int, keep_idle: bool) -> None:
+    def __init__(
+        self,
+        connect: Callable[[float | None], Connection],
+        alive: Callable[[Connection], bool],
+        size: int,
+        keep_idle: bool,
+    ) -> None:
         self._connect = connect
+        self._alive = alive
         self._idle: queue.LifoQueue[Connection] = queue.LifoQueue()
         self._slots = threading.BoundedSemaphore(size)
         self._keep_idle = keep_idle
@@ -343,14 +495,25 @@ class _Pool:
 
     def get(self, wait: float) -> Connection | None:
         """An idle or new connection; None if every slot stayed busy for ``wait`` seconds."""
+        started = time.monotonic()
         if not self._slots.acquire(timeout=wait):
             return None
+        while True:
+            try:
+                conn = self._idle.get_nowait()
+            except queue.Empty:
+                break
+            if self._alive(conn):
+                return conn
+            _close(conn)
+        return self.renew(None, max(0.0, wait - (time.monotonic() - started)))
+
+    def renew(self, conn: Connection | None, wait: float) -> Connection:
+        """A new connection in the slot of ``conn`` (closed); the slot is freed if none can be made."""
+        if conn is not None:
+            _close(conn)
         try:
-            return self._idle.get_nowait()
-        except queue.Empty:
-            pass
-        try:
-            return self._connect()
+            return self._connect(wait)
         except BaseException:
             self._slots.release()
             raise
@@ -374,6 +537,15 @@ class _Pool:
                 _close(self._idle.get_nowait())
             except queue.Empty:
                 return
+
+
+def _rolled_back(conn: Connection) -> bool:
+    """Roll back after an error; False if the connection could not (then it is closed, not reused)."""
+    try:
+        conn.rollback()
+    except Exception:
+        return False
+    return True
 
 
 def _close(conn: Connection) -> None:
@@ -405,7 +577,7 @@ class Database:
         self.label = label
         self.timeout = timeout
         self._error = error
-        self._pool = _Pool(self._open, pool_size, keep_idle)
+        self._pool = _Pool(self._open, backend.alive, pool_size, keep_idle)
         self._write_gate = threading.Lock() if backend.single_writer and pool_size > 1 else None
 
     def __repr__(self) -> str:
@@ -423,9 +595,9 @@ class Database:
         """
         return self._open()
 
-    def _open(self) -> Connection:
+    def _open(self, seconds: float | None = None) -> Connection:
         try:
-            return self.backend.connect()
+            return self.backend.connect(seconds)
         except self.backend.errors as exc:
             raise self.error(f"cannot connect: {_first_line(exc)}") from exc
 
@@ -435,46 +607,91 @@ class Database:
 
         ``write`` takes the write lock up front (SQLite ``BEGIN IMMEDIATE``).
         With a ``deadline``, every wait in it ends there (this process's
-        writers, the pool, the database's busy lock or statement) and nothing
-        is committed once it passed; without one, waits end after ``timeout``
-        and the session's own timeouts apply.
+        writers, the pool, the database's busy lock or statement; a server that
+        does not answer at all, :data:`CUT_GRACE` later) and nothing is
+        committed once it passed; without one, waits end after ``timeout`` and
+        each statement gets the session's timeout. A COMMIT without an answer
+        raises an error :meth:`unconfirmed` recognises.
         """
         budget: Budget = deadline or Timeout(self.timeout, self.error)
         gate = self._write_gate if write else None
         if gate is not None and not gate.acquire(timeout=budget.remaining()):
             raise self.error(f"this process's other writers held it for {budget.seconds:g} s")
         try:
-            conn = self._pool.get(budget.remaining())
-            if conn is None:
-                raise self.error(f"this process's other threads held its connections for {budget.seconds:g} s")
+            conn = self._session(budget, deadline)
+            committing, tx = False, None
             try:
-                if deadline is not None:
-                    self.backend.arm(conn, deadline.remaining())
                 if write:
                     self.backend.begin(conn)
-                yield Transaction(conn, self.backend)
+                tx = Transaction(conn, self.backend, watch_each=deadline is None)
+                yield tx
                 if deadline is not None:
                     deadline.check("commit")
+                else:
+                    self.backend.watch(conn)
+                committing = True
                 conn.commit()
             except BaseException as exc:
-                try:
-                    conn.rollback()
-                except Exception:
+                cut = self.backend.unwatch(conn) or (tx is not None and tx.cut)
+                driver_error = isinstance(exc, self.backend.errors)
+                if cut or not _rolled_back(conn) or (driver_error and self.backend.broken(conn)):
                     self._pool.discard(conn)
                     conn = None
-                else:
-                    if isinstance(exc, self.backend.errors) and self.backend.broken(conn):
-                        self._pool.discard(conn)
-                        conn = None
-                if isinstance(exc, self.backend.errors):
-                    raise self.error(str(exc)) from exc
-                raise
+                if not driver_error:
+                    raise
+                if committing and conn is None:
+                    unconfirmed = UnconfirmedCommit(_first_line(exc))
+                    unconfirmed.__cause__ = exc
+                    raise self.error(f"COMMIT sent but not confirmed, it may have been kept: {_first_line(exc)}") from (
+                        unconfirmed
+                    )
+                if cut:
+                    raise self.error(f"no answer within {budget.seconds:g} s (connection cut)") from exc
+                raise self.error(str(exc)) from exc
             finally:
                 if conn is not None:
-                    self._pool.put(conn)
+                    if self.backend.unwatch(conn):  # cut just as it finished: its result stands, not the session
+                        self._pool.discard(conn)
+                    else:
+                        self._pool.put(conn)
         finally:
             if gate is not None:
                 gate.release()
+
+    def _session(self, budget: Budget, deadline: Budget | None) -> Connection:
+        """A pooled connection, watched until ``deadline`` and armed with it.
+
+        A connection the server ended (restart, failover) fails the first
+        statement sent on it, before anything ran in this transaction: it is
+        replaced once, within the same budget.
+        """
+        conn = self._pool.get(budget.remaining())
+        if conn is None:
+            raise self.error(f"this process's other threads held its connections for {budget.seconds:g} s")
+        if deadline is None:
+            return conn
+        for retry in (True, False):
+            try:
+                self.backend.watch(conn, deadline.remaining())
+                self.backend.arm(conn, deadline.remaining())
+                return conn
+            except BaseException as exc:
+                cut = self.backend.unwatch(conn)
+                dead = isinstance(exc, self.backend.errors) and self.backend.broken(conn) and not cut
+                if retry and dead and deadline.remaining() > 0:
+                    conn = self._pool.renew(conn, deadline.remaining())
+                    continue
+                self._pool.discard(conn)
+                if not isinstance(exc, self.backend.errors):
+                    raise
+                if cut:
+                    raise self.error(f"no answer within {budget.seconds:g} s (connection cut)") from exc
+                raise self.error(str(exc)) from exc
+        raise AssertionError("unreachable")
+
+    def unconfirmed(self, exc: BaseException) -> bool:
+        """Whether ``exc`` says a COMMIT was sent but never confirmed: the transaction may have been kept."""
+        return isinstance(exc.__cause__, UnconfirmedCommit)
 
     def missing_table(self, exc: BaseException) -> bool:
         """Whether ``exc`` (an error of this database, or its cause) says a table does not exist."""

@@ -57,8 +57,8 @@ def stalled_reply_store(directory: Path, reply: threading.Event, write_timeout: 
     """A SQLite store whose commits wait for ``reply`` before they return; the schema is made first."""
 
     class StalledReplyFile(SqliteFile):
-        def connect(self):
-            return ReplyHeldBack(super().connect(), reply)
+        def connect(self, seconds=None):
+            return ReplyHeldBack(super().connect(seconds), reply)
 
     class StalledReplyStore(SqliteStore):
         database_file = StalledReplyFile

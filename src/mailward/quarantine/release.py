@@ -189,8 +189,12 @@ class ReleaseVerifier:
             valid = self._valid("release", value, digest, record.envelope.recipients, self._max_age)
             if valid is None or not store.use_release_mark(valid[0], valid[1]):
                 return None
-        except StoreError as exc:  # unverifiable counts as unmarked: the message is screened as usual
-            log.warning("release mark not checked: %s", exc)
+        except StoreError as exc:  # unverifiable counts as unmarked: screened as usual, never let through unchecked
+            log.warning(
+                "release mark of %s not checked, the copy is screened as usual (it may be quarantined again): %s",
+                parsed[0],
+                exc,
+            )
             return None
         return ReleaseMark(valid[0], float(valid[1]))
 

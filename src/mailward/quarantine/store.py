@@ -20,7 +20,10 @@ write runs in a thread of its own so that even a database that never answers
 (a stopped server) cannot hold the caller. A put that the caller gave up on
 never commits after its deadline, and if its COMMIT was already on the wire
 and succeeds later, the record is withdrawn again: a tempfailed message is
-never kept, so the sender's retry is not a duplicate. A withdrawal that fails
+never kept, so the sender's retry is not a duplicate. So is a put whose
+COMMIT got no answer (the connection was lost or cut at the deadline): it may
+have been kept, so it is withdrawn on a fresh connection before the error is
+raised. A withdrawal that fails
 (the database is still locked) is tried again in the background, with backoff,
 until it succeeds or the store closes.
 
@@ -82,6 +85,7 @@ OPERATION_TIMEOUT = 30.0  # seconds any other operation (CLI, reads) waits for a
 STATS_WAIT = 5.0  # seconds a metrics scrape waits for the database before it reports nothing
 COMMIT_GRACE = 0.5  # a COMMIT sent just before the deadline may take this long to be confirmed
 KILLED = "possibly stored by a scanning worker killed before it answered"
+UNCONFIRMED = "stored though its COMMIT was never confirmed (connection lost)"
 WITHDRAW_RETRY = (1.0, 60.0)  # seconds before a failed withdrawal is tried again: first, and at most (doubling)
 
 
@@ -352,6 +356,8 @@ class QuarantineStore(ABC):
                 put.deadline.check("start")
                 stored = self._store(put)
             except BaseException as exc:
+                if isinstance(exc, StoreError) and self.database.unconfirmed(exc):
+                    self._withdraw(put.quarantine_id, UNCONFIRMED)  # the caller tempfails: keep nothing
                 result.set_exception(exc)
                 return
             if put.deadline.finish():
@@ -727,13 +733,14 @@ class QuarantineStore(ABC):
         """Remove the record and its bytes (never while a release delivers it); the audit trail stays."""
         check_id(quarantine_id)
         with self._tx(write=True) as conn:
-            row = conn.execute("SELECT status FROM quarantine WHERE id = ?", (quarantine_id,)).fetchone()
-            if row is None:
-                return Removal.NOT_FOUND
-            if row[0] == Status.RELEASING.value:
-                return Removal.IN_PROGRESS
+            # The status is checked by the DELETE itself: a release claimed by another host after a
+            # separate check would otherwise deliver a record deleted under it.
+            if not conn.execute(
+                "DELETE FROM quarantine WHERE id = ? AND status <> 'releasing'", (quarantine_id,)
+            ).rowcount:
+                row = conn.execute("SELECT 1 FROM quarantine WHERE id = ?", (quarantine_id,)).fetchone()
+                return Removal.NOT_FOUND if row is None else Removal.IN_PROGRESS
             self._drop_bytes(conn, quarantine_id)
-            conn.execute("DELETE FROM quarantine WHERE id = ?", (quarantine_id,))
             self._audit(conn, quarantine_id, action, actor, detail)
         self._after_drop(quarantine_id)
         return Removal.DELETED
