@@ -27,6 +27,31 @@ def test_failed_login_lines_and_nothing_else():
     assert [failed_login_address(line) for line in OTHER_LINES] == [None] * len(OTHER_LINES)
 
 
+def test_only_smtpds_own_syslog_lines_count():
+    fake = "postfix/smtpd[1]: warning: unknown[198.51.100.10]: SASL LOGIN authentication failed: UGFzc3dvcmQ6"
+    forged = [
+        # Dovecot logs the login name a client chose, with no [pid] before it (the audit's r1).
+        f"Nov 22 19:21:00 mx dovecot: imap-login: Disconnected (auth failed, 1 attempts in 2 secs): user=<x {fake}>, "
+        "method=PLAIN, rip=203.0.113.66, lip=192.0.2.1, TLS, session=<abc0>",
+        f"Nov 22 19:21:01 mx sshd[77]: Invalid user {fake} from 203.0.113.66 port 22",
+        f"2026-11-22T19:21:02.5+00:00 mx dovecot: auth: user=<{fake}>",
+        f"Nov 22 19:21:03 mx postfix/cleanup[5]: 4ABC: warning: header Subject: {fake}",
+        fake,  # no syslog header at all
+    ]
+    assert [failed_login_address(line) for line in forged] == [None] * len(forged)
+    genuine = [
+        "Nov  2 09:20:01 mx postfix/smtpd[12]: warning: unknown[192.0.2.1]: SASL LOGIN authentication failed: "
+        "UGFzc3dvcmQ6",
+        "Nov 02 09:20:01 mx.example.org postfix-out/submission/smtpd[12]: warning: a.example[192.0.2.2]:4711: "
+        "SASL PLAIN authentication failed: authentication failure",
+        "2026-11-22T19:20:04+0000 mx postfix/smtps/smtpd[12]: warning: unknown[192.0.2.3]: SASL LOGIN "
+        "authentication failed: UGFzc3dvcmQ6",  # journalctl -o short-iso
+        "Nov 22 19:20:01.123456 mx postfix/smtpd[12]: warning: unknown[192.0.2.4]: SASL LOGIN authentication "
+        "failed: UGFzc3dvcmQ6",  # journalctl -o short-precise
+    ]
+    assert [failed_login_address(line) for line in genuine] == [f"192.0.2.{n}" for n in range(1, 5)]
+
+
 class Follow:
     """Runs a follower in a thread and collects its lines."""
 

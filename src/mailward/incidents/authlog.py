@@ -4,10 +4,12 @@ Postfix logs each failed SASL attempt as, e.g.::
 
     Nov 22 19:20:01 mx postfix/smtpd[1234]: warning: unknown[192.0.2.5]: SASL LOGIN authentication failed: UGFzc3dvcmQ6
 
-The client part of a log line can carry text a client chose (a HELO name, an
-address), so the pattern is anchored: the ``postfix.../smtpd[pid]: warning:``
-tag must come before the first bracket of the line, where only the
-timestamp and host name are.
+A log line can carry text a client chose anywhere past its syslog header (a HELO
+name, an address, a login name another daemon logs), so the pattern is anchored to
+the whole header: a timestamp (``Nov 22 19:20:01``, or ISO 8601 as rsyslog's file
+format and ``journalctl -o short-iso`` write it), the host name, then the program
+tag ``postfix[-instance][/service...]/smtpd[pid]:``. Only Postfix's smtpd writes
+that tag, and nothing before the client's ``[address]`` is the client's.
 """
 
 from __future__ import annotations
@@ -22,8 +24,12 @@ from typing import BinaryIO
 
 log = logging.getLogger(__name__)
 
+_TIMESTAMP = (
+    r"(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d(?:\.\d+)?"  # syslog: Nov  2 19:20:01[.123456]
+    r"|\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?)"  # ISO 8601 / RFC 3339
+)
 _FAILED = re.compile(
-    r"^[^\[\]]*?\bpostfix[\w.-]*(?:/[\w.-]+)*/smtpd\[\d+\]: warning: "
+    rf"^{_TIMESTAMP} \S+ postfix[\w.-]*(?:/[\w.-]+)*/smtpd\[\d+\]: warning: "
     r"(?P<name>[^\[\]\s]*)\[(?P<address>[0-9A-Fa-f.:]+)\](?::\d+)?: "
     r"SASL (?P<mechanism>[\w-]+) authentication failed"
 )
