@@ -52,6 +52,50 @@ def test_only_smtpds_own_syslog_lines_count():
     assert [failed_login_address(line) for line in genuine] == [f"192.0.2.{n}" for n in range(1, 5)]
 
 
+def _failure(reason: str) -> str:
+    return (
+        "Nov 22 19:21:00 mx postfix/submission/smtpd[30]: warning: office.example.org[198.51.100.20]: "
+        f"SASL PLAIN authentication failed: {reason}"
+    )
+
+
+def test_only_wrong_credentials_count_not_auth_backend_outages():
+    wrong_credentials = [
+        "authentication failure",  # Cyrus
+        "authentication failure, sasl_username=alice@example.org",  # Cyrus sasldb, Postfix 3.7 (Debian)
+        "(reason unavailable), sasl_username=bob",  # Dovecot, Postfix >= 3.9
+        "",  # Dovecot, Postfix < 3.9
+        "UGFzc3dvcmQ6",  # Dovecot, Postfix < 3.9: the LOGIN challenge "Password:" echoed
+        "VXNlcm5hbWU6, sasl_username=(unavailable)",
+    ]
+    assert {failed_login_address(_failure(r)) for r in wrong_credentials} == {"198.51.100.20"}
+    assert failed_login_address(_failure("").rstrip()) == "198.51.100.20"  # a trailing blank stripped
+    not_guesses = [
+        "Connection lost to authentication server",  # the audit's r12: Dovecot's auth server restarted
+        "Connection lost to authentication server, sasl_username=authentication failure",  # the client's name
+        "Can't connect to authentication server",
+        "generic failure, sasl_username=alice",  # Cyrus: sasldb unreadable, saslauthd away (454, right password)
+        "Authentication backend error",
+        "transient failure (e.g., weak key)",
+        "remote authentication server unavailable",
+        "no memory available",
+        "Invalid base64 data in initial response",
+        "Invalid authentication mechanism: 'X'",
+        "account disabled",
+        "authentication failure x",
+    ]
+    assert [failed_login_address(_failure(r)) for r in not_guesses] == [None] * len(not_guesses)
+
+
+def test_an_auth_server_outage_blocks_nobody(tmp_path, capsys):
+    log = tmp_path / "mail.log"
+    log.write_text("".join(_failure("Connection lost to authentication server") + "\n" for _ in range(10)))
+    state = tmp_path / "state"
+    assert cli(["--state-dir", str(state), "watch-auth", "--log", str(log), "--once"]) == 0
+    assert cli(["--state-dir", str(state), "block", "list", "--kind", "address"]) == 0
+    assert "198.51.100.20" not in capsys.readouterr().out
+
+
 class Follow:
     """Runs a follower in a thread and collects its lines."""
 

@@ -10,6 +10,26 @@ the whole header: a timestamp (``Nov 22 19:20:01``, or ISO 8601 as rsyslog's fil
 format and ``journalctl -o short-iso`` write it), the host name, then the program
 tag ``postfix[-instance][/service...]/smtpd[pid]:``. Only Postfix's smtpd writes
 that tag, and nothing before the client's ``[address]`` is the client's.
+
+Only wrong credentials count: a failure whose reason is an outage (``Connection
+lost to authentication server``, ``Can't connect to authentication server``, a
+temporary failure) would otherwise block every client that retries meanwhile,
+the office's NAT address first. What Postfix logs as the reason (before
+``, sasl_username=...``, the client's own text) counts only when it is one of:
+
+- ``authentication failure``: Cyrus SASL, wrong password or unknown user;
+- ``(reason unavailable)`` or nothing: Dovecot refused without a reason, as it
+  does for a wrong password;
+- a base64 challenge (``UGFzc3dvcmQ6``, "Password:"): Postfix before 3.9 echoed
+  the last challenge when Dovecot refused without a reason.
+
+Any other reason is not a password guess and is not counted: Cyrus's ``generic
+failure`` (an unreadable sasldb or saslauthd away; Postfix answers it with 454
+even for the right password), ``transient failure``, ``remote authentication
+server unavailable``, ``Authentication backend error``, the protocol errors
+``Invalid base64 data...`` and ``Invalid authentication mechanism``, an expired or
+disabled account. Postfix drops the ``code=temp_fail`` of a Dovecot whose own
+password database is down, so such a failure reads as a wrong password here.
 """
 
 from __future__ import annotations
@@ -31,14 +51,20 @@ _TIMESTAMP = (
 _FAILED = re.compile(
     rf"^{_TIMESTAMP} \S+ postfix[\w.-]*(?:/[\w.-]+)*/smtpd\[\d+\]: warning: "
     r"(?P<name>[^\[\]\s]*)\[(?P<address>[0-9A-Fa-f.:]+)\](?::\d+)?: "
-    r"SASL (?P<mechanism>[\w-]+) authentication failed"
+    r"SASL (?P<mechanism>[\w-]+) authentication failed(?::(?: (?P<reason>.*?))?)?(?:, sasl_username=.*)?$"
+)
+_WRONG_CREDENTIALS = re.compile(
+    r"|\(reason unavailable\)|authentication failure"
+    r"|(?:[A-Za-z0-9+/]{4}){2,}(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?"  # a base64 challenge
 )
 
 
 def failed_login_address(line: str) -> str | None:
-    """The client address of a failed-login line, or None for any other line."""
+    """The client address of a login that failed on its credentials, or None for any other line."""
     match = _FAILED.match(line)
-    return match.group("address") if match else None
+    if match is None or not _WRONG_CREDENTIALS.fullmatch(match.group("reason") or ""):
+        return None
+    return match.group("address")
 
 
 class LogFollower:
