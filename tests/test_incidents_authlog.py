@@ -141,6 +141,50 @@ def test_follower_handles_growth_partial_lines_rotation_and_truncation(tmp_path)
     assert "old line before we started" not in follow.lines
 
 
+def _opened_by_us(path: Path) -> bool:
+    """True when this process holds ``path`` open (the follower's thread has switched to it)."""
+    wanted = path.stat()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found = os.stat(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if (found.st_dev, found.st_ino) == (wanted.st_dev, wanted.st_ino):
+            return True
+    return False
+
+
+def test_lines_written_to_the_renamed_file_after_the_new_one_appeared_are_read_once(tmp_path):
+    log = tmp_path / "mail.log"
+    log.write_text("")
+    follow = Follow(log)
+    try:
+        writer = open(log, "a", buffering=1)  # rsyslog's descriptor
+        writer.write("before rotation\n")
+        assert wait_for(lambda: follow.lines == ["before rotation"])
+        os.rename(log, tmp_path / "mail.log.1")  # logrotate's create: rename, a new empty file
+        log.write_text("")
+        assert wait_for(lambda: _opened_by_us(log))  # the follower has switched to the new file
+        writer.write("old file, before the HUP 1\n")
+        writer.write("old file, before the HUP 2\n")
+        assert wait_for(lambda: len(follow.lines) == 3)
+        writer.close()  # postrotate: the writer reopens by name
+        _append(log, "after the HUP\n")
+        assert wait_for(lambda: len(follow.lines) == 4)
+        _append(tmp_path / "mail.log.1", "too late: nobody writes here any more\n")
+        _append(log, "next\n")
+        assert wait_for(lambda: len(follow.lines) >= 5)
+    finally:
+        follow.close()
+    assert follow.lines == [
+        "before rotation",
+        "old file, before the HUP 1",
+        "old file, before the HUP 2",
+        "after the HUP",
+        "next",
+    ]
+
+
 def test_ten_failures_block_the_address_and_alert(tmp_path):
     clock = FakeClock()
     with SmtpSink() as sink:

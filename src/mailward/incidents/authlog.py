@@ -38,6 +38,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -67,72 +68,108 @@ def failed_login_address(line: str) -> str | None:
     return match.group("address")
 
 
+class _OpenLog:
+    """One opened log file and the start of a line its writer has not finished yet."""
+
+    def __init__(self, handle: BinaryIO):
+        self.handle = handle
+        self.inode = os.fstat(handle.fileno()).st_ino
+        self._pending = b""
+
+    def read(self, stop: threading.Event) -> Iterator[str]:
+        """The complete lines appended since the last read, up to the end of the file."""
+        while not stop.is_set():
+            chunk = self.handle.read(65536)
+            if not chunk:
+                return
+            self._pending += chunk
+            *complete, self._pending = self._pending.split(b"\n")
+            for raw in complete:
+                yield raw.decode("utf-8", "replace")
+
+    def grown(self) -> bool:
+        """True when there is more to read."""
+        return os.fstat(self.handle.fileno()).st_size > self.handle.tell()
+
+    def close(self) -> None:
+        self.handle.close()
+
+
 class LogFollower:
     """Yields the complete lines appended to a log file, across rotation (rename + new file) and truncation.
 
     Starts at the end of the file (old failures are not news), or at ``offset``
-    (0: from the start). A rotated file is read to its end before the new one is opened.
-    Truncation in place (logrotate's ``copytruncate``) is noticed when the file is
-    shorter than what was read; lines written in between can be missed, as with
-    ``tail -F``, so prefer rotation by rename (Debian's default for mail.log).
+    (0: from the start). After a rotation the writer goes on appending to the
+    renamed file until it is told to reopen (logrotate's ``create``, then
+    ``postrotate``), so the renamed file is read on, before the new one, until the
+    new one has data or for ``rotation_grace`` seconds. Truncation in place
+    (logrotate's ``copytruncate``) is noticed when the file is shorter than what
+    was read; lines written in between can be missed, as with ``tail -F``, so
+    prefer rotation by rename (Debian's default for mail.log).
     """
 
-    def __init__(self, path: str | Path, offset: int | None = None, poll: float = 0.5):
+    def __init__(self, path: str | Path, offset: int | None = None, poll: float = 0.5, rotation_grace: float = 60.0):
         self.path = Path(path)
         self.poll = poll
+        self.rotation_grace = rotation_grace
         self._offset = offset
 
     def lines(self, stop: threading.Event, until_eof: bool = False) -> Iterator[str]:
         """Lines as they are appended; with ``until_eof``, only what is there now."""
-        handle, inode = self._open(self._offset)
-        pending = b""
-        while not stop.is_set():
-            if handle is None:
-                handle, inode = self._open(0)
-                if handle is None:
+        current = self._open(self._offset)
+        rotated: _OpenLog | None = None  # renamed, its writer may not have reopened by name yet
+        rotated_until = 0.0
+        try:
+            while not stop.is_set():
+                if current is None:
+                    current = self._open(0)
+                if rotated is not None:
+                    # Once the new file has data, every line of the old one was written before it.
+                    reopened = current is not None and current.grown()
+                    yield from rotated.read(stop)
+                    if reopened or until_eof or time.monotonic() >= rotated_until:
+                        rotated.close()
+                        rotated = None
+                if current is None or rotated is not None:  # the new file's lines wait for the old one's
                     stop.wait(self.poll)
                     continue
-            chunk = handle.read(65536)
-            if chunk:
-                pending += chunk
-                *complete, pending = pending.split(b"\n")
-                for raw in complete:
-                    yield raw.decode("utf-8", "replace")
-                continue
-            if inode is not None and self._replaced(handle, inode):  # inode is set with the handle
-                handle.close()  # the rotated file was read to its end above
-                handle, inode, pending = None, None, b""
-                continue
-            if until_eof:
-                break
-            stop.wait(self.poll)
-        if handle is not None:
-            handle.close()
+                yield from current.read(stop)
+                if self._replaced(current):
+                    rotated, current = current, None
+                    rotated_until = time.monotonic() + self.rotation_grace
+                    continue
+                if until_eof:
+                    break
+                stop.wait(self.poll)
+        finally:
+            for log_file in (current, rotated):
+                if log_file is not None:
+                    log_file.close()
 
-    def _open(self, offset: int | None) -> tuple[BinaryIO, int] | tuple[None, None]:
+    def _open(self, offset: int | None) -> _OpenLog | None:
         try:
             handle = open(self.path, "rb")
         except FileNotFoundError:
-            return None, None
+            return None
         except OSError as exc:
             log.error("cannot read %s: %s", self.path, exc.strerror)
-            return None, None
+            return None
         if offset is None:
             handle.seek(0, os.SEEK_END)
         else:
             handle.seek(offset)
-        return handle, os.fstat(handle.fileno()).st_ino
+        return _OpenLog(handle)
 
-    def _replaced(self, handle: BinaryIO, inode: int) -> bool:
+    def _replaced(self, current: _OpenLog) -> bool:
         """True when the path now names another file, or ours was truncated (copytruncate)."""
         try:
-            current = os.stat(self.path)
+            found = os.stat(self.path)
         except FileNotFoundError:
             return False  # between rename and create: keep the old one for now
-        if current.st_ino != inode:
+        if found.st_ino != current.inode:
             return True
-        if current.st_size < handle.tell():
-            handle.seek(0)
+        if found.st_size < current.handle.tell():
+            current.handle.seek(0)
         return False
 
 
