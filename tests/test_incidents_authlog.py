@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -282,3 +286,40 @@ def test_watch_auth_command_reads_a_log_once(tmp_path, capsys):
     assert cli(["--state-dir", str(state), "block", "list", "--kind", "address"]) == 0
     out = capsys.readouterr().out
     assert "203.0.113.7" in out and "auth-failures" in out
+
+
+@pytest.mark.parametrize("problem", ["missing", "a directory"])
+def test_watch_auth_once_on_a_log_it_cannot_read_ends_with_an_error(tmp_path, problem):
+    log = tmp_path / "mail.log"
+    if problem == "a directory":
+        log.mkdir()  # unreadable even for root
+    done = subprocess.run(
+        [sys.executable, "-m", "mailward.cli.main", "--state-dir", str(tmp_path / "state")]
+        + ["watch-auth", "--log", str(log), "--once"],
+        capture_output=True,
+        text=True,
+        timeout=60,  # it waited for the file for ever
+    )
+    assert done.returncode == 1
+    assert f"mailward: cannot read {log}: " in done.stderr
+
+
+def test_an_unreadable_log_is_reported_once_until_it_can_be_read_again(tmp_path, caplog):
+    log = tmp_path / "mail.log"
+    log.mkdir()
+    lines: list[str] = []
+    stop = threading.Event()
+    follower = LogFollower(log, offset=0, poll=0.01)
+    thread = threading.Thread(target=lambda: lines.extend(follower.lines(stop)))
+    with caplog.at_level(logging.INFO, logger="mailward.incidents.authlog"):
+        thread.start()
+        try:
+            time.sleep(0.3)  # some 30 polls
+            log.rmdir()
+            log.write_text("readable now\n")
+            assert wait_for(lambda: lines == ["readable now"])
+        finally:
+            stop.set()
+            thread.join(5)
+    said = [(r.levelname, r.getMessage().split(";")[0]) for r in caplog.records]
+    assert said == [("ERROR", f"cannot read {log}: Is a directory"), ("INFO", f"can read {log} again")]

@@ -43,6 +43,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from ..errors import MailwardError
+
 log = logging.getLogger(__name__)
 
 _TIMESTAMP = (
@@ -66,6 +68,10 @@ def failed_login_address(line: str) -> str | None:
     if match is None or not _WRONG_CREDENTIALS.fullmatch(match.group("reason") or ""):
         return None
     return match.group("address")
+
+
+class AuthLogError(MailwardError):
+    """The log cannot be read where reading it once is all that was asked (``watch-auth --once``)."""
 
 
 class _OpenLog:
@@ -113,16 +119,17 @@ class LogFollower:
         self.poll = poll
         self.rotation_grace = rotation_grace
         self._offset = offset
+        self._problem = ""  # why the file cannot be opened, logged once until it can be again
 
     def lines(self, stop: threading.Event, until_eof: bool = False) -> Iterator[str]:
-        """Lines as they are appended; with ``until_eof``, only what is there now."""
-        current = self._open(self._offset)
+        """Lines as they are appended; with ``until_eof``, only what is there now (AuthLogError if unreadable)."""
+        current = self._open(self._offset, until_eof)
         rotated: _OpenLog | None = None  # renamed, its writer may not have reopened by name yet
         rotated_until = 0.0
         try:
             while not stop.is_set():
                 if current is None:
-                    current = self._open(0)
+                    current = self._open(0, until_eof)
                 if rotated is not None:
                     # Once the new file has data, every line of the old one was written before it.
                     reopened = current is not None and current.grown()
@@ -146,14 +153,21 @@ class LogFollower:
                 if log_file is not None:
                     log_file.close()
 
-    def _open(self, offset: int | None) -> _OpenLog | None:
+    def _open(self, offset: int | None, until_eof: bool) -> _OpenLog | None:
+        """The file, or None while it is missing or unreadable (said once, not at every poll)."""
         try:
             handle = open(self.path, "rb")
-        except FileNotFoundError:
-            return None
         except OSError as exc:
-            log.error("cannot read %s: %s", self.path, exc.strerror)
+            problem = f"cannot read {self.path}: {exc.strerror}"
+            if until_eof:
+                raise AuthLogError(problem) from None
+            if problem != self._problem:
+                log.error("%s; trying again every %g s", problem, self.poll)
+                self._problem = problem
             return None
+        if self._problem:
+            log.info("can read %s again", self.path)
+            self._problem = ""
         if offset is None:
             handle.seek(0, os.SEEK_END)
         else:
