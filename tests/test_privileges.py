@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import pwd
 import shutil
+import subprocess
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +21,7 @@ from mailward.privileges import PrivilegeError, service_account
 from mailward.quarantine import open_store
 from mailward.source import MessageSource
 from real_parts import require
+from support.incidents import failed_line
 from support.mail import plain_mail
 from support.quarantine import envelope, spam_case
 
@@ -79,5 +82,49 @@ def test_a_root_cli_records_the_admin_not_the_service_user_it_becomes(as_root, s
             json.loads(line) for line in run_cli(prefix, config, "block", "history", "--json").stdout.splitlines()
         ]
         assert (block["actor"], block["origin"]) == ("alice", "sudo by alice")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def log_reader(as_root):
+    """A service user in a group that may read the mail log (as ``adm`` may on Debian): name, group."""
+    require(shutil.which("useradd") is not None and shutil.which("groupadd") is not None, "needs useradd")
+    user, group = "mailward-logreader", "mailward-maillog"
+    subprocess.run(["groupadd", "--system", group], check=True, capture_output=True)
+    try:
+        subprocess.run(
+            ["useradd", "--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin"]
+            + ["--groups", group, user],
+            check=True,
+            capture_output=True,
+        )
+        yield pwd.getpwnam(user), group
+    finally:
+        subprocess.run(["userdel", user], capture_output=True)
+        subprocess.run(["groupdel", group], capture_output=True)
+
+
+def test_a_root_cli_keeps_the_service_users_groups_and_none_of_roots(log_reader):
+    account, group = log_reader
+    base = Path(tempfile.mkdtemp(prefix="mailward-groups-", dir="/tmp"))  # a service user can walk to it
+    try:
+        os.chmod(base, 0o755)
+        state, config = base / "state", base / "cli.toml"
+        state.mkdir(mode=0o700)
+        os.chown(state, account.pw_uid, account.pw_gid)  # the CLI drops to the owner of state_dir
+        config.write_text(f'state_dir = "{state}"\n')
+        failures = "".join(failed_line("203.0.113.5", n) + "\n" for n in range(10))
+        mail_log, roots_log = base / "mail.log", base / "root.log"
+        for path, gid in ((mail_log, grp.getgrnam(group).gr_gid), (roots_log, 0)):
+            path.write_text(failures)
+            os.chown(path, 0, gid)
+            os.chmod(path, 0o640)
+        prefix = interpreter_reachable(base)
+
+        run_cli(prefix, config, "watch-auth", "--log", str(mail_log), "--once")  # through its group
+        assert "203.0.113.5" in run_cli(prefix, config, "block", "list", "--kind", "address").stdout
+        denied = run_cli(prefix, config, "watch-auth", "--log", str(roots_log), "--once", check=False)
+        assert denied.returncode == 1 and "Permission denied" in denied.stderr  # root's group 0 is not kept
     finally:
         shutil.rmtree(base, ignore_errors=True)

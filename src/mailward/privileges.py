@@ -6,7 +6,9 @@ quarantine files, the rules cache, databases' journals) would be root's, mode
 0700/0600, and the milter could no longer read them. So a root CLI becomes the
 service user — ``milter.user`` if configured, else the owner of ``state_dir``
 when that is not root — right after the configuration is loaded and before
-anything touches state.
+anything touches state. It keeps the service user's own supplementary groups
+(on Debian, ``adm`` may read /var/log/mail.log, which ``watch-auth`` follows)
+and none of root's.
 
 A command that needs root for something else (releasing with ``quarantine.hold``
 runs ``postsuper``) keeps a way back: only the *effective* IDs change, so files
@@ -35,6 +37,7 @@ class ServiceAccount:
     name: str
     uid: int
     gid: int
+    in_passwd: bool = True  # an owner without a passwd entry has no groups of its own
 
 
 def service_account(settings: Settings) -> ServiceAccount | None:
@@ -59,7 +62,7 @@ def service_account(settings: Settings) -> ServiceAccount | None:
         entry = pwd.getpwuid(st.st_uid)
         return ServiceAccount(entry.pw_name, entry.pw_uid, entry.pw_gid)
     except KeyError:  # an owner without a passwd entry: its IDs are all we need
-        return ServiceAccount(f"uid {st.st_uid}", st.st_uid, st.st_gid)
+        return ServiceAccount(f"uid {st.st_uid}", st.st_uid, st.st_gid, in_passwd=False)
 
 
 def become_service_user(settings: Settings, keep_root: bool = False) -> ServiceAccount | None:
@@ -73,7 +76,10 @@ def become_service_user(settings: Settings, keep_root: bool = False) -> ServiceA
         if not state.exists():  # a first CLI run before the milter's: create it as the milter would
             state.mkdir(mode=0o700, parents=True)
             os.chown(state, account.uid, account.gid)
-        os.setgroups([])
+        if account.in_passwd:
+            os.initgroups(account.name, account.gid)
+        else:
+            os.setgroups([])
         if keep_root:
             os.setegid(account.gid)
             os.seteuid(account.uid)

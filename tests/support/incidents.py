@@ -30,7 +30,7 @@ FAILED_LOGIN_LINES = (
     "authentication failed: UGFzc3dvcmQ6",
     # Postfix 3.7 with Cyrus SASL names the login it was given.
     "Nov 22 19:40:57 mx postfix/submission/smtpd[15324]: warning: localhost[127.0.0.1]: SASL PLAIN authentication "
-    "failed: generic failure, sasl_username=alice@mx.mailward.test",
+    "failed: authentication failure, sasl_username=alice@mx.mailward.test",
 )
 OTHER_LINES = (
     "Nov 22 19:20:01 mx postfix/smtpd[1234]: connect from unknown[203.0.113.5]",
@@ -43,6 +43,9 @@ OTHER_LINES = (
     "sasl_username=alice",
     "Nov 22 19:40:57 mx postfix/submission/smtpd[15324]: warning: SASL authentication failure: Password "
     "verification failed",
+    # Not a guess: Cyrus could not read its sasldb (Postfix answered 454, the password was right).
+    "Nov 22 19:40:57 mx postfix/submission/smtpd[15324]: warning: localhost[127.0.0.1]: SASL PLAIN authentication "
+    "failed: generic failure, sasl_username=alice@mx.mailward.test",
 )
 
 
