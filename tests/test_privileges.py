@@ -128,3 +128,27 @@ def test_a_root_cli_keeps_the_service_users_groups_and_none_of_roots(log_reader)
         assert denied.returncode == 1 and "Permission denied" in denied.stderr  # root's group 0 is not kept
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_the_milter_keeps_its_service_users_groups_and_none_of_roots(log_reader, tmp_path):
+    """With ``follow_auth_log`` the milter reads the mail log through the service user's group (``adm``
+    on Debian); it dropped every supplementary group, so it could never read it."""
+    from mailward.config import load_settings
+    from mailward.milter.daemon import _drop_privileges
+
+    account, group = log_reader
+    settings = load_settings(None, {"state_dir": str(tmp_path), "milter": {"user": account.pw_name}})
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the drop cannot be undone: in a child
+        try:
+            _drop_privileges(settings)
+            os.write(write, json.dumps([os.getuid(), os.getgid(), sorted(os.getgroups())]).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as answer:
+        uid, gid, groups = json.loads(answer.read())
+    os.waitpid(child, 0)
+    assert (uid, gid) == (account.pw_uid, account.pw_gid)
+    assert grp.getgrnam(group).gr_gid in groups and 0 not in groups

@@ -130,7 +130,8 @@ def _drop_privileges(settings: Settings) -> None:
     if not settings.milter.user or os.geteuid() != 0:
         return
     service = pwd.getpwnam(settings.milter.user)
-    os.setgroups([])
+    # Its own groups (as systemd's User= gives them), none of root's: adm may read the mail log to follow.
+    os.initgroups(service.pw_name, service.pw_gid)
     os.setgid(service.pw_gid)
     os.setuid(service.pw_uid)
 
