@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from clamd_server import EICAR, EICAR_SIGNATURE, MARKER, MARKER_SIGNATURE, start_clamd
-from mailward.config import ClamavSettings, LimitSettings, Settings, load_settings
+from mailward.config import ClamavSettings, LimitSettings, MiB, Settings, load_settings
 from mailward.envelope import Envelope
 from mailward.errors import ConfigError
 from mailward.evidence import Category
@@ -103,6 +103,43 @@ def test_clamd_refusing_a_long_stream_is_too_large_not_an_outage(clamd, unpacker
     assert scan(detector, message(attachments=[("eicar.com", EICAR)]), unpacker).of(Category.MALWARE)
 
 
+def _beyond_max_file_size() -> bytes:
+    """A zip whose one member (1.5 MiB that do not compress) ends in the clamd marker."""
+    import os
+
+    return message(attachments=[("report.zip", zipped({"report.dat": os.urandom(1536 * 1024) + MARKER}))])
+
+
+@pytest.mark.parametrize("mode", ["objects", "message"])
+def test_object_above_clamd_max_file_size_is_unchecked_not_clean(tmp_path, unpacker, mode):
+    # clamd skips a file above MaxFileSize, inside a stream too, and answers OK: not a verdict.
+    server = start_clamd(tmp_path / "clamd", "4M", extra=("MaxFileSize 1M", "MaxScanSize 100M"))
+    try:
+        settings = clamav_settings(server.socket, scan=mode, stream_max_length=4 * MiB, max_file_size=MiB)
+        evidence = scan(detector_for(settings), _beyond_max_file_size(), unpacker)
+    finally:
+        server.stop()
+    too_large = {f.location for f in evidence.findings if f.name == "clamav-too-large"}
+    assert "report.zip > report.dat" in too_large
+    assert all(f.category is Category.UNCHECKED for f in evidence.findings)
+    assert decide(evidence, Settings().policy.inbound, "MW-1").action is Action.QUARANTINE
+
+
+def test_limit_clamd_reports_is_unchecked_not_malware(tmp_path, unpacker):
+    # With AlertExceedsMax clamd answers Heuristics.Limits.Exceeded.MaxFileSize FOUND: it did not look.
+    server = start_clamd(tmp_path / "clamd", "4M", extra=("MaxFileSize 1M", "AlertExceedsMax yes"))
+    try:
+        settings = clamav_settings(server.socket, stream_max_length=4 * MiB)
+        evidence = scan(detector_for(settings), _beyond_max_file_size(), unpacker)
+    finally:
+        server.stop()
+    assert not evidence.of(Category.MALWARE)
+    limits = [f for f in evidence.findings if f.name == "clamav-limit"]
+    assert "report.zip > report.dat" in {f.location for f in limits}
+    assert all(f.category is Category.UNCHECKED and "MaxFileSize" in f.detail for f in limits)
+    assert decide(evidence, Settings().policy.inbound, "MW-1").action is Action.QUARANTINE
+
+
 def test_clamd_down_is_unavailable_and_quarantines_inbound(tmp_path, unpacker):
     settings = clamav_settings(f"unix:{tmp_path / 'nobody.sock'}", retry_after=60.0)
     detector = detector_for(settings)
@@ -169,6 +206,7 @@ def test_detector_is_wired_only_when_a_socket_is_set(clamd, tmp_path):
         ({"retry_after": -1}, "clamav.retry_after"),
         ({"connections": 0}, "clamav.connections"),
         ({"stream_max_length": 0}, "clamav.stream_max_length"),
+        ({"max_file_size": 0}, "clamav.max_file_size"),
         ({"sockett": "unix:/x"}, "clamav.sockett"),
     ],
 )

@@ -8,6 +8,13 @@ path. Every failure (refused connection, timeout, an ``ERROR`` reply) is
 like a clean message. After a failure clamd is left alone for ``retry_after``
 seconds so an outage costs each message nothing but the finding.
 
+clamd skips a file above its own ``MaxFileSize`` (inside a stream too) and
+answers ``OK``; with ``AlertExceedsMax`` it answers
+``Heuristics.Limits.Exceeded.* FOUND`` instead. Neither is a verdict on the
+content: an object larger than ``max_file_size`` is ``unchecked:
+clamav-too-large`` before clamd is asked, and a limit clamd reports is
+``unchecked: clamav-limit``, never malware and never clean.
+
 Calls run on a small thread pool owned by the detector, started before the
 other detectors run (:meth:`ClamavDetector.begin`), so clamd works in parallel
 with YARA and the spam model.
@@ -35,6 +42,8 @@ CHUNK = 64 * 1024
 _REPLY_MAX = 4096
 _SIGNATURE = re.compile(r"[^A-Za-z0-9._:/+\-]")  # names go to logs and headers: keep them plain
 UNAVAILABLE = "clamav-unavailable"
+LIMIT = "clamav-limit"
+_LIMIT_PREFIX = "Heuristics.Limits.Exceeded."  # AlertExceedsMax: clamd stopped at a limit, not a hit
 
 
 class ClamdError(Exception):
@@ -47,6 +56,10 @@ class ClamdTimeout(ClamdError):
 
 class StreamTooLong(ClamdError):
     """clamd refused the stream as longer than its StreamMaxLength: unchecked, but clamd is fine."""
+
+
+class LimitExceeded(ClamdError):
+    """clamd stopped at one of its limits (MaxScanSize, MaxFiles...): unchecked, but clamd is fine."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +80,7 @@ class Clamd:
         return self._command(b"zVERSION\0")
 
     def instream(self, data: bytes, timeout: float | None = None) -> str | None:
-        """The signature name clamd found in ``data``, or None when clean."""
+        """The signature name clamd found in ``data``, or None when clean; a limit clamd hit raises."""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         with self._connect(deadline) as conn:
             unsent: OSError | None = None
@@ -94,6 +107,8 @@ class Clamd:
             raise StreamTooLong(reply[:200])
         if reply.endswith(" FOUND"):
             name = reply.removeprefix("stream: ").removesuffix(" FOUND").strip()
+            if name.startswith(_LIMIT_PREFIX):
+                raise LimitExceeded(_SIGNATURE.sub("_", name)[:200])
             return _SIGNATURE.sub("_", name)[:200] or "unnamed"
         if reply == "stream: OK":
             return None
@@ -193,21 +208,29 @@ class ClamavDetector:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _targets(self, message: ParsedMessage) -> tuple[list[Finding], list[_Target]]:
-        limit = self.settings.stream_max_length
+        """What to stream, and a finding for each object clamd would not scan (too long to send, or
+        above MaxFileSize, which clamd also applies to what it unpacks from the raw message)."""
+        stream_max, file_max = self.settings.stream_max_length, self.settings.max_file_size
+        exempt = self.allow.exempt(message.objects)
+        objects = [o for o in message.objects if o.has_content and o.data and o.path not in exempt]
+        findings, targets = [], []
         if self.settings.scan == "message":
+            for obj in objects:
+                if len(obj.data) > file_max:
+                    findings.append(self._too_large(obj.path, f"{len(obj.data)} bytes > clamd MaxFileSize {file_max}"))
             candidates = [("message", message.raw)]
         else:
-            exempt = self.allow.exempt(message.objects)
             seen: set[str] = set()
             candidates = []
-            for obj in message.objects:
-                if obj.has_content and obj.data and obj.path not in exempt and obj.sha256 not in seen:
+            for obj in objects:
+                if obj.sha256 not in seen:
                     seen.add(obj.sha256)
                     candidates.append((obj.path, obj.data))
-        findings, targets = [], []
         for location, data in candidates:
-            if len(data) > limit:
-                findings.append(self._too_large(location, f"{len(data)} bytes > clamd StreamMaxLength {limit}"))
+            if len(data) > stream_max:
+                findings.append(self._too_large(location, f"{len(data)} bytes > clamd StreamMaxLength {stream_max}"))
+            elif len(data) > file_max:
+                findings.append(self._too_large(location, f"{len(data)} bytes > clamd MaxFileSize {file_max}"))
             else:
                 targets.append(_Target(location, data))
         return findings, targets
@@ -226,6 +249,11 @@ class ClamavDetector:
                 signature = future.result()
             except StreamTooLong as exc:
                 findings.append(self._too_large(target.location, f"{len(target.data)} bytes: {exc}"))
+                continue
+            except LimitExceeded as exc:
+                findings.append(
+                    Finding(Category.UNCHECKED, LIMIT, Severity.HIGH, self.name, target.location, f"clamd: {exc}")
+                )
                 continue
             except ClamdTimeout as exc:
                 # A call given the message deadline as its timeout ran out of the deadline, not of clamd's
