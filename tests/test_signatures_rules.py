@@ -253,3 +253,15 @@ def test_yara_deadline_leaves_the_rest_unchecked(tmp_path):
     assert [(f.category, f.name, f.location) for f in evidence.findings] == [
         (Category.UNCHECKED, "yara-deadline", "f0.txt")
     ]
+
+
+def test_include_is_refused_so_every_byte_that_decides_the_rules_is_fingerprinted(tmp_path):
+    # An included file (here outside the rule directory) would decide the rules without being part of
+    # the fingerprint or the marker: its edits would never be picked up, even by a restart.
+    rules, shared = tmp_path / "rules", tmp_path / "shared"
+    write(shared, "common.inc", GOOD)
+    write(rules, "main.yar", f'include "{shared / "common.inc"}"\n')
+    write(rules, "other.yar", OTHER)
+    loaded = RuleSet.load_or_keep([("local", rules)], tmp_path / "state")
+    assert [f.namespace for f in loaded.broken] == ["local/main"] and "includes" in loaded.broken[0].errors[0]
+    assert matches(loaded, b"marker-one marker-two") == {"local/other:Marker_Two"}

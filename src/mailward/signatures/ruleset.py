@@ -1,7 +1,10 @@
 """YARA rule sources compiled file by file, bundled, cached per libyara version, kept on a bad edit.
 
 Every rule file is compiled alone first, so one broken file is reported and
-skipped instead of taking every rule down. The good files are compiled into
+skipped instead of taking every rule down. ``include`` is refused (a file that
+uses it does not compile): every rule file under the directories is loaded
+already, and an included file would decide the rules without being part of
+the fingerprint they are cached under or of the marker that notices edits. The good files are compiled into
 one bundle (one namespace per file) and saved in Mailward's own state
 directory, keyed by libyara version and a digest of the sources: workers load
 that in milliseconds instead of compiling. Compiled rules are code for
@@ -101,7 +104,7 @@ def discover(directories: list[tuple[str, Path]]) -> list[Source]:
 def compile_file(source: Source, digest: str = "") -> tuple[RuleFile, yara.Rules | None]:
     """Compile one file alone: its errors, warnings and rule count."""
     try:
-        rules = yara.compile(filepath=str(source.path), externals=EXTERNALS)
+        rules = yara.compile(filepath=str(source.path), externals=EXTERNALS, includes=False)
     except (yara.SyntaxError, yara.Error) as exc:
         return RuleFile(source.namespace, str(source.path), digest, errors=(str(exc),)), None
     return RuleFile(
@@ -207,7 +210,7 @@ class RuleSet:
                     "no YARA rule file compiles: " + "; ".join(f"{f.path}: {f.errors[0]}" for f in files)
                 )
             try:
-                rules = yara.compile(filepaths=good, externals=EXTERNALS)
+                rules = yara.compile(filepaths=good, externals=EXTERNALS, includes=False)
             except (yara.SyntaxError, yara.Error) as exc:
                 fallback = cache.load_bundle(last["bundle"]) if last else None
                 if fallback is None:
