@@ -265,3 +265,33 @@ def test_include_is_refused_so_every_byte_that_decides_the_rules_is_fingerprinte
     loaded = RuleSet.load_or_keep([("local", rules)], tmp_path / "state")
     assert [f.namespace for f in loaded.broken] == ["local/main"] and "includes" in loaded.broken[0].errors[0]
     assert matches(loaded, b"marker-one marker-two") == {"local/other:Marker_Two"}
+
+
+def test_file_rewritten_while_loading_never_caches_other_content_under_its_fingerprint(tmp_path, monkeypatch):
+    import mailward.signatures.ruleset as ruleset
+
+    rules, state = tmp_path / "rules", tmp_path / "state"
+    write(rules, "good.yar", GOOD)
+    write(rules, "other.yar", OTHER)
+    real = ruleset.compile_file
+
+    def editor_truncates_first(source, *args):  # an in-place save lands between hashing and compiling
+        if source.path.name == "good.yar":
+            source.path.write_text("")
+        return real(source, *args)
+
+    monkeypatch.setattr(ruleset, "compile_file", editor_truncates_first)
+    during = RuleSet.load_or_keep([("local", rules)], state)
+    monkeypatch.setattr(ruleset, "compile_file", real)
+    assert matches(during, b"marker-one") == {"local/good:Marker_One"}  # what was hashed is what was compiled
+    write(rules, "good.yar", GOOD)  # the save completes with the same content
+    after = RuleSet.load_or_keep([("local", rules)], state)
+    assert after.origin is Origin.CACHED and after.fingerprint == during.fingerprint
+    assert matches(after, b"marker-one") == {"local/good:Marker_One"}
+
+
+def test_rule_file_that_is_not_utf8_is_reported_not_guessed(tmp_path):
+    write(tmp_path / "rules", "good.yar", GOOD)
+    (tmp_path / "rules" / "latin1.yar").write_bytes(b'rule Cafe { strings: $a = "caf\xe9" condition: $a }\n')
+    loaded = RuleSet.load_or_keep([("local", tmp_path / "rules")], tmp_path / "state")
+    assert [f.namespace for f in loaded.broken] == ["local/latin1"] and "UTF-8" in loaded.broken[0].errors[0]
