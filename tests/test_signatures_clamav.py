@@ -188,6 +188,79 @@ def test_message_deadline_bounds_the_whole_clamav_stage(tmp_path, unpacker):
         server.stop()
 
 
+class _SlowOnSome:
+    """A clamd that answers OK at once, except on streams holding ``slow``, which it never answers
+    (as clamd's engine may spend longer than the call timeout on one crafted file)."""
+
+    def __init__(self, path, slow: bytes):
+        import socket
+        import threading
+
+        self.slow, self.calls, self.release = slow, 0, threading.Event()
+        self.server = socket.socket(socket.AF_UNIX)
+        self.server.bind(str(path))
+        self.server.listen(16)
+        self.socket = f"unix:{path}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            self.calls += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        with conn:
+            got = b""
+            while not got.endswith(b"\0\0\0\0"):  # the zero-length chunk that ends INSTREAM
+                piece = conn.recv(65536)
+                if not piece:
+                    return
+                got += piece
+            if self.slow in got:
+                self.release.wait(30)
+                return
+            conn.sendall(b"stream: OK\0")
+
+    def close(self):
+        self.release.set()
+        self.server.close()
+
+
+def test_one_slow_object_is_unchecked_in_its_own_message_only(tmp_path, unpacker):
+    fake = _SlowOnSome(tmp_path / "c.sock", b"SLOWME")
+    try:
+        detector = detector_for(clamav_settings(fake.socket, timeout=0.3, retry_after=60.0))
+        attack = scan(detector, message(attachments=[("x.bin", b"SLOWME" * 10)]), unpacker)
+        assert [(f.name, f.location) for f in attack.findings] == [("clamav-unavailable", "x.bin")]
+        for i in range(4):  # everyone else's mail is still scanned, by clamd
+            calls = fake.calls
+            assert scan(detector, message(attachments=[("letter.txt", b"hello %d" % i)]), unpacker).findings == ()
+            assert fake.calls > calls
+    finally:
+        fake.close()
+
+
+def test_clamd_that_answers_no_message_in_a_row_is_left_alone(tmp_path, unpacker):
+    fake = _SlowOnSome(tmp_path / "c.sock", b"")  # hung: accepts connections, answers nothing
+    try:
+        detector = detector_for(clamav_settings(fake.socket, timeout=0.2, retry_after=60.0))
+        for i in range(3):
+            assert [f.name for f in scan(detector, message(body=f"m{i}\n"), unpacker).findings] == [
+                "clamav-unavailable"
+            ]
+        calls = fake.calls
+        [down] = scan(detector, message(body="m4\n"), unpacker).findings
+        assert down.name == "clamav-unavailable" and "not retried" in down.detail and fake.calls == calls
+    finally:
+        fake.close()
+
+
 def test_detector_is_wired_only_when_a_socket_is_set(clamd, tmp_path):
     plain = replace(Settings(), state_dir=str(tmp_path))
     assert "clamav" not in {d.name for d in detectors(plain)}

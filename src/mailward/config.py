@@ -299,7 +299,7 @@ class ClamavSettings:
     stream_max_length: int = 25 * MiB  # clamd.conf StreamMaxLength: larger objects are unchecked
     max_file_size: int = 25 * MiB  # clamd.conf MaxFileSize: clamd skips larger files unreported; unchecked
     connections: int = 4  # clamd calls in flight per scanning process
-    retry_after: float = 5.0  # after clamd failed, answer unavailable this long without calling
+    retry_after: float = 5.0  # once clamd is down (refused, or 3 messages unanswered): unavailable, not called
 
 
 @dataclass(frozen=True)

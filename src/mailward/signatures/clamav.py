@@ -5,8 +5,11 @@ NUL-terminated replies; INSTREAM sends 4-byte big-endian chunk lengths and a
 zero-length terminator), which keeps a stale third-party client out of the mail
 path. Every failure (refused connection, timeout, an ``ERROR`` reply) is
 ``unchecked: clamav-unavailable``, never clean: a dead antivirus must not look
-like a clean message. After a failure clamd is left alone for ``retry_after``
-seconds so an outage costs each message nothing but the finding.
+like a clean message. When clamd is down (it refuses the connection, or
+``DOWN_AFTER`` messages in a row got no answer from it) it is left alone for
+``retry_after`` seconds, so an outage costs each message nothing but the
+finding. One object clamd is slow on is unchecked for its own message only: it
+says nothing about clamd, and must not make everyone's mail unchecked.
 
 clamd skips a file above its own ``MaxFileSize`` (inside a stream too) and
 answers ``OK``; with ``AlertExceedsMax`` it answers
@@ -43,11 +46,16 @@ _REPLY_MAX = 4096
 _SIGNATURE = re.compile(r"[^A-Za-z0-9._:/+\-]")  # names go to logs and headers: keep them plain
 UNAVAILABLE = "clamav-unavailable"
 LIMIT = "clamav-limit"
+DOWN_AFTER = 3  # messages in a row with no answer from a clamd that accepts connections: it is hung
 _LIMIT_PREFIX = "Heuristics.Limits.Exceeded."  # AlertExceedsMax: clamd stopped at a limit, not a hit
 
 
 class ClamdError(Exception):
     """clamd could not be reached, was too slow, or answered with an error."""
+
+
+class ClamdUnreachable(ClamdError):
+    """clamd did not accept the connection: it is down, whatever the object."""
 
 
 class ClamdTimeout(ClamdError):
@@ -133,7 +141,7 @@ class Clamd:
             conn.connect(self.address)
         except OSError as exc:
             conn.close()
-            raise ClamdError(f"connecting to clamd: {exc}") from None
+            raise ClamdUnreachable(f"connecting to clamd: {exc}") from None
         return conn
 
 
@@ -185,6 +193,7 @@ class ClamavDetector:
         self._lock = threading.Lock()
         self._down_until = 0.0
         self._down_reason = ""
+        self._unanswered = 0  # messages in a row whose calls all failed
         self._pool: ThreadPoolExecutor | None = None
 
     def inspect(self, message: ParsedMessage, envelope: Envelope) -> Evidence:
@@ -240,6 +249,7 @@ class ClamavDetector:
         done, late = wait_all([f for _, f in calls], timeout=left)
         findings: list[Finding] = []
         failure: tuple[str, str] | None = None
+        answered, unreachable = False, False
         for target, future in calls:
             if future in late:
                 future.cancel()
@@ -247,10 +257,16 @@ class ClamavDetector:
                 continue
             try:
                 signature = future.result()
+            except ClamdUnreachable as exc:
+                unreachable = True
+                failure = failure or (target.location, str(exc))
+                continue
             except StreamTooLong as exc:
+                answered = True
                 findings.append(self._too_large(target.location, f"{len(target.data)} bytes: {exc}"))
                 continue
             except LimitExceeded as exc:
+                answered = True
                 findings.append(
                     Finding(Category.UNCHECKED, LIMIT, Severity.HIGH, self.name, target.location, f"clamd: {exc}")
                 )
@@ -264,6 +280,7 @@ class ClamavDetector:
             except ClamdError as exc:
                 failure = failure or (target.location, str(exc))
                 continue
+            answered = True
             if signature is not None:
                 findings.append(
                     Finding(
@@ -277,8 +294,8 @@ class ClamavDetector:
                 )
         if failure is not None:
             location, reason = failure
-            self._mark_down(reason)
             findings.append(self._unavailable(location, reason))
+        self._record(answered, unreachable, failure[1] if failure else "")
         return findings
 
     def _too_large(self, location: str, detail: str) -> Finding:
@@ -297,10 +314,17 @@ class ClamavDetector:
                 return f"{self._down_reason} (not retried for {self.settings.retry_after:g}s)"
             return ""
 
-    def _mark_down(self, reason: str) -> None:
+    def _record(self, answered: bool, unreachable: bool, reason: str) -> None:
+        """Open the circuit only on evidence that clamd is down: a refused connection, or
+        ``DOWN_AFTER`` messages in a row without one answer (any answer means clamd works)."""
         with self._lock:
-            self._down_until = self._clock() + self.settings.retry_after
-            self._down_reason = reason
+            if answered:
+                self._unanswered = 0
+            elif reason:
+                self._unanswered += 1
+            if (unreachable and not answered) or self._unanswered >= DOWN_AFTER:
+                self._down_until = self._clock() + self.settings.retry_after
+                self._down_reason = reason
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._lock:
