@@ -2,6 +2,7 @@
 
 import os
 import time
+import warnings
 
 import pytest
 import yara
@@ -295,3 +296,18 @@ def test_rule_file_that_is_not_utf8_is_reported_not_guessed(tmp_path):
     (tmp_path / "rules" / "latin1.yar").write_bytes(b'rule Cafe { strings: $a = "caf\xe9" condition: $a }\n')
     loaded = RuleSet.load_or_keep([("local", tmp_path / "rules")], tmp_path / "state")
     assert [f.namespace for f in loaded.broken] == ["local/latin1"] and "UTF-8" in loaded.broken[0].errors[0]
+
+
+def test_string_past_libyaras_match_limit_leaves_the_object_unchecked(tmp_path):
+    # libyara stops recording a string's matches at 1,000,000 (a warning only): #a reads 1,000,000 here.
+    write(tmp_path / "rules", "count.yar", 'rule Few_A { strings: $a = "A" condition: #a < 1050000 }\n')
+    loaded = RuleSet.load_or_keep([("local", tmp_path / "rules")], tmp_path / "state")
+    obj = ContentObject("many.txt", b"A" * 1_100_000, names=("many.txt",))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # as in the milter: a Python warning stops nothing
+        evidence = YaraDetector(loaded, HashList.load([])).inspect(
+            ParsedMessage(headers=(), objects=(obj,)), Envelope()
+        )
+    [unchecked] = evidence.of(Category.UNCHECKED)
+    assert (unchecked.name, unchecked.location) == ("yara-too-many-matches", "many.txt")
+    assert "local/count:Few_A $a" in unchecked.detail
