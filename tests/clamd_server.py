@@ -58,8 +58,9 @@ class Clamd:
                 self.process.wait()
 
 
-def start_clamd(directory: Path, stream_max_length: str = "1M") -> Clamd:
-    """Write the database and configuration under ``directory`` and start clamd in the foreground."""
+def start_clamd(directory: Path, stream_max_length: str = "1M", extra: tuple[str, ...] = ()) -> Clamd:
+    """Write the database and configuration (``extra``: more clamd.conf lines) under ``directory``
+    and start clamd in the foreground."""
     binary = clamd_binary()
     require(binary is not None, "clamd (Debian clamav-daemon) is not installed")
     database = directory / "db"
@@ -78,6 +79,7 @@ def start_clamd(directory: Path, stream_max_length: str = "1M") -> Clamd:
                 f"StreamMaxLength {stream_max_length}",
                 "MaxThreads 8",
                 "SelfCheck 0",
+                *extra,
                 "",
             ]
         )

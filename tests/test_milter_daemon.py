@@ -421,3 +421,33 @@ def test_once_libmilter_runs_the_main_thread_never_blocks_a_signal(tmp_path):
     until_stop = main[: next((i for i, line in enumerate(main) if "SIGTERM" in line), len(main))]
     offending = [line for line in until_stop if "SIG_BLOCK" in line or "clone" in line or "vfork" in line]
     assert offending == []
+
+
+def test_a_rule_edit_made_while_a_reload_loads_is_noticed_by_the_next_poll(tmp_path, monkeypatch):
+    import argparse
+
+    from mailward.config import load_settings
+    from mailward.milter import service
+
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    rule = rules / "a.yar"
+    rule.write_text("rule version1 { condition: false }\n")
+    path = config(tmp_path, f'[signatures]\nrules_dirs = ["{rules}"]\n', workers=0)
+    daemon = service.Daemon(argparse.Namespace(config=path), load_settings(path, {}), {}, None)
+    real_build = service.build_runtime
+
+    def build_while_the_admin_saves(*args, **kwargs):
+        runtime = real_build(*args, **kwargs)  # the new rules are loaded here...
+        time.sleep(0.01)
+        rule.write_text("rule version3 { condition: false }\n")  # ...and the next save lands now
+        return runtime
+
+    monkeypatch.setattr(service, "build_runtime", build_while_the_admin_saves)
+    monkeypatch.setattr(service, "configure_logging", lambda _: None)  # keep pytest's log capture
+    try:
+        rule.write_text("rule version2 { condition: false }\n")
+        daemon.reload()
+        assert service._rules_on_disk_now(daemon.rules_seen) != daemon.rules_seen  # so the poll reloads again
+    finally:
+        daemon.live.close()

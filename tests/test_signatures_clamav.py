@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from clamd_server import EICAR, EICAR_SIGNATURE, MARKER, MARKER_SIGNATURE, start_clamd
-from mailward.config import ClamavSettings, LimitSettings, Settings, load_settings
+from mailward.config import ClamavSettings, LimitSettings, MiB, Settings, load_settings
 from mailward.envelope import Envelope
 from mailward.errors import ConfigError
 from mailward.evidence import Category
@@ -103,6 +103,43 @@ def test_clamd_refusing_a_long_stream_is_too_large_not_an_outage(clamd, unpacker
     assert scan(detector, message(attachments=[("eicar.com", EICAR)]), unpacker).of(Category.MALWARE)
 
 
+def _beyond_max_file_size() -> bytes:
+    """A zip whose one member (1.5 MiB that do not compress) ends in the clamd marker."""
+    import os
+
+    return message(attachments=[("report.zip", zipped({"report.dat": os.urandom(1536 * 1024) + MARKER}))])
+
+
+@pytest.mark.parametrize("mode", ["objects", "message"])
+def test_object_above_clamd_max_file_size_is_unchecked_not_clean(tmp_path, unpacker, mode):
+    # clamd skips a file above MaxFileSize, inside a stream too, and answers OK: not a verdict.
+    server = start_clamd(tmp_path / "clamd", "4M", extra=("MaxFileSize 1M", "MaxScanSize 100M"))
+    try:
+        settings = clamav_settings(server.socket, scan=mode, stream_max_length=4 * MiB, max_file_size=MiB)
+        evidence = scan(detector_for(settings), _beyond_max_file_size(), unpacker)
+    finally:
+        server.stop()
+    too_large = {f.location for f in evidence.findings if f.name == "clamav-too-large"}
+    assert "report.zip > report.dat" in too_large
+    assert all(f.category is Category.UNCHECKED for f in evidence.findings)
+    assert decide(evidence, Settings().policy.inbound, "MW-1").action is Action.QUARANTINE
+
+
+def test_limit_clamd_reports_is_unchecked_not_malware(tmp_path, unpacker):
+    # With AlertExceedsMax clamd answers Heuristics.Limits.Exceeded.MaxFileSize FOUND: it did not look.
+    server = start_clamd(tmp_path / "clamd", "4M", extra=("MaxFileSize 1M", "AlertExceedsMax yes"))
+    try:
+        settings = clamav_settings(server.socket, stream_max_length=4 * MiB)
+        evidence = scan(detector_for(settings), _beyond_max_file_size(), unpacker)
+    finally:
+        server.stop()
+    assert not evidence.of(Category.MALWARE)
+    limits = [f for f in evidence.findings if f.name == "clamav-limit"]
+    assert "report.zip > report.dat" in {f.location for f in limits}
+    assert all(f.category is Category.UNCHECKED and "MaxFileSize" in f.detail for f in limits)
+    assert decide(evidence, Settings().policy.inbound, "MW-1").action is Action.QUARANTINE
+
+
 def test_clamd_down_is_unavailable_and_quarantines_inbound(tmp_path, unpacker):
     settings = clamav_settings(f"unix:{tmp_path / 'nobody.sock'}", retry_after=60.0)
     detector = detector_for(settings)
@@ -151,6 +188,79 @@ def test_message_deadline_bounds_the_whole_clamav_stage(tmp_path, unpacker):
         server.stop()
 
 
+class _SlowOnSome:
+    """A clamd that answers OK at once, except on streams holding ``slow``, which it never answers
+    (as clamd's engine may spend longer than the call timeout on one crafted file)."""
+
+    def __init__(self, path, slow: bytes):
+        import socket
+        import threading
+
+        self.slow, self.calls, self.release = slow, 0, threading.Event()
+        self.server = socket.socket(socket.AF_UNIX)
+        self.server.bind(str(path))
+        self.server.listen(16)
+        self.socket = f"unix:{path}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            self.calls += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        with conn:
+            got = b""
+            while not got.endswith(b"\0\0\0\0"):  # the zero-length chunk that ends INSTREAM
+                piece = conn.recv(65536)
+                if not piece:
+                    return
+                got += piece
+            if self.slow in got:
+                self.release.wait(30)
+                return
+            conn.sendall(b"stream: OK\0")
+
+    def close(self):
+        self.release.set()
+        self.server.close()
+
+
+def test_one_slow_object_is_unchecked_in_its_own_message_only(tmp_path, unpacker):
+    fake = _SlowOnSome(tmp_path / "c.sock", b"SLOWME")
+    try:
+        detector = detector_for(clamav_settings(fake.socket, timeout=0.3, retry_after=60.0))
+        attack = scan(detector, message(attachments=[("x.bin", b"SLOWME" * 10)]), unpacker)
+        assert [(f.name, f.location) for f in attack.findings] == [("clamav-unavailable", "x.bin")]
+        for i in range(4):  # everyone else's mail is still scanned, by clamd
+            calls = fake.calls
+            assert scan(detector, message(attachments=[("letter.txt", b"hello %d" % i)]), unpacker).findings == ()
+            assert fake.calls > calls
+    finally:
+        fake.close()
+
+
+def test_clamd_that_answers_no_message_in_a_row_is_left_alone(tmp_path, unpacker):
+    fake = _SlowOnSome(tmp_path / "c.sock", b"")  # hung: accepts connections, answers nothing
+    try:
+        detector = detector_for(clamav_settings(fake.socket, timeout=0.2, retry_after=60.0))
+        for i in range(3):
+            assert [f.name for f in scan(detector, message(body=f"m{i}\n"), unpacker).findings] == [
+                "clamav-unavailable"
+            ]
+        calls = fake.calls
+        [down] = scan(detector, message(body="m4\n"), unpacker).findings
+        assert down.name == "clamav-unavailable" and "not retried" in down.detail and fake.calls == calls
+    finally:
+        fake.close()
+
+
 def test_detector_is_wired_only_when_a_socket_is_set(clamd, tmp_path):
     plain = replace(Settings(), state_dir=str(tmp_path))
     assert "clamav" not in {d.name for d in detectors(plain)}
@@ -169,6 +279,7 @@ def test_detector_is_wired_only_when_a_socket_is_set(clamd, tmp_path):
         ({"retry_after": -1}, "clamav.retry_after"),
         ({"connections": 0}, "clamav.connections"),
         ({"stream_max_length": 0}, "clamav.stream_max_length"),
+        ({"max_file_size": 0}, "clamav.max_file_size"),
         ({"sockett": "unix:/x"}, "clamav.sockett"),
     ],
 )

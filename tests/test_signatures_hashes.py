@@ -27,6 +27,9 @@ def digests(data):
         (".csv", "{SHA256};Trojan.Example"),
         (".hdb", "{md5}:{size}:Trojan.Example"),
         (".hsb", "{sha256}:*:Trojan.Example:73"),
+        (".txt", "sha256:{sha256};Trojan.Example"),
+        (".txt", "SHA1:{sha1} Trojan.Example"),
+        (".hdb", "{md5}\t:{size}:Trojan.Example"),
     ],
 )
 def test_formats(tmp_path, unpacker, suffix, line):
@@ -115,3 +118,33 @@ def test_a_list_others_could_have_written_is_refused(tmp_path):
     os.chmod(tmp_path, 0o777)
     with pytest.raises(ArtifactError, match="writable by group or others"):
         HashList.load([str(allow)])
+
+
+def test_a_byte_order_mark_does_not_cost_the_first_hash(tmp_path):
+    from mailward.message import ContentObject
+
+    listing = tmp_path / "deny.txt"
+    listing.write_bytes("\ufeff".encode() + f"{digests(PAYLOAD)['sha256']};First\n".encode())
+    assert HashList.load([str(listing)]).match(ContentObject("x", PAYLOAD)).description == "First"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"garbage\nmore garbage\n",
+        f"{digests(PAYLOAD)['sha256']};Listed\n".encode("utf-16"),  # saved as UTF-16: no line reads as a hash
+        f"md5:{digests(PAYLOAD)['sha256']}\n".encode(),  # the prefix names another algorithm
+        f'"2024-05-01","{digests(PAYLOAD)["sha256"]}","Emotet"\n'.encode(),  # a feed in another format
+    ],
+)
+def test_a_list_with_lines_but_no_usable_entry_is_refused(tmp_path, content):
+    listing = tmp_path / "deny.txt"
+    listing.write_bytes(content)
+    with pytest.raises(ArtifactError, match="no usable entry"):
+        HashList.load([str(listing)])
+
+
+def test_an_empty_list_or_one_of_comments_only_loads(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "comments.txt").write_text("# filled in by the nightly job\n\n")
+    assert len(HashList.load([str(tmp_path / "empty.txt"), str(tmp_path / "comments.txt")])) == 0

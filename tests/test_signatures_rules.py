@@ -2,6 +2,7 @@
 
 import os
 import time
+import warnings
 
 import pytest
 import yara
@@ -253,3 +254,60 @@ def test_yara_deadline_leaves_the_rest_unchecked(tmp_path):
     assert [(f.category, f.name, f.location) for f in evidence.findings] == [
         (Category.UNCHECKED, "yara-deadline", "f0.txt")
     ]
+
+
+def test_include_is_refused_so_every_byte_that_decides_the_rules_is_fingerprinted(tmp_path):
+    # An included file (here outside the rule directory) would decide the rules without being part of
+    # the fingerprint or the marker: its edits would never be picked up, even by a restart.
+    rules, shared = tmp_path / "rules", tmp_path / "shared"
+    write(shared, "common.inc", GOOD)
+    write(rules, "main.yar", f'include "{shared / "common.inc"}"\n')
+    write(rules, "other.yar", OTHER)
+    loaded = RuleSet.load_or_keep([("local", rules)], tmp_path / "state")
+    assert [f.namespace for f in loaded.broken] == ["local/main"] and "includes" in loaded.broken[0].errors[0]
+    assert matches(loaded, b"marker-one marker-two") == {"local/other:Marker_Two"}
+
+
+def test_file_rewritten_while_loading_never_caches_other_content_under_its_fingerprint(tmp_path, monkeypatch):
+    import mailward.signatures.ruleset as ruleset
+
+    rules, state = tmp_path / "rules", tmp_path / "state"
+    write(rules, "good.yar", GOOD)
+    write(rules, "other.yar", OTHER)
+    real = ruleset.compile_file
+
+    def editor_truncates_first(source, *args):  # an in-place save lands between hashing and compiling
+        if source.path.name == "good.yar":
+            source.path.write_text("")
+        return real(source, *args)
+
+    monkeypatch.setattr(ruleset, "compile_file", editor_truncates_first)
+    during = RuleSet.load_or_keep([("local", rules)], state)
+    monkeypatch.setattr(ruleset, "compile_file", real)
+    assert matches(during, b"marker-one") == {"local/good:Marker_One"}  # what was hashed is what was compiled
+    write(rules, "good.yar", GOOD)  # the save completes with the same content
+    after = RuleSet.load_or_keep([("local", rules)], state)
+    assert after.origin is Origin.CACHED and after.fingerprint == during.fingerprint
+    assert matches(after, b"marker-one") == {"local/good:Marker_One"}
+
+
+def test_rule_file_that_is_not_utf8_is_reported_not_guessed(tmp_path):
+    write(tmp_path / "rules", "good.yar", GOOD)
+    (tmp_path / "rules" / "latin1.yar").write_bytes(b'rule Cafe { strings: $a = "caf\xe9" condition: $a }\n')
+    loaded = RuleSet.load_or_keep([("local", tmp_path / "rules")], tmp_path / "state")
+    assert [f.namespace for f in loaded.broken] == ["local/latin1"] and "UTF-8" in loaded.broken[0].errors[0]
+
+
+def test_string_past_libyaras_match_limit_leaves_the_object_unchecked(tmp_path):
+    # libyara stops recording a string's matches at 1,000,000 (a warning only): #a reads 1,000,000 here.
+    write(tmp_path / "rules", "count.yar", 'rule Few_A { strings: $a = "A" condition: #a < 1050000 }\n')
+    loaded = RuleSet.load_or_keep([("local", tmp_path / "rules")], tmp_path / "state")
+    obj = ContentObject("many.txt", b"A" * 1_100_000, names=("many.txt",))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # as in the milter: a Python warning stops nothing
+        evidence = YaraDetector(loaded, HashList.load([])).inspect(
+            ParsedMessage(headers=(), objects=(obj,)), Envelope()
+        )
+    [unchecked] = evidence.of(Category.UNCHECKED)
+    assert (unchecked.name, unchecked.location) == ("yara-too-many-matches", "many.txt")
+    assert "local/count:Few_A $a" in unchecked.detail

@@ -283,8 +283,9 @@ class ClamavSettings:
     scan: str = "objects"  # objects: every decoded object; message: the raw message once
     timeout: float = 10.0  # seconds one clamd call may take (connect, stream, answer)
     stream_max_length: int = 25 * MiB  # clamd.conf StreamMaxLength: larger objects are unchecked
+    max_file_size: int = 25 * MiB  # clamd.conf MaxFileSize: clamd skips larger files unreported; unchecked
     connections: int = 4  # clamd calls in flight per scanning process
-    retry_after: float = 5.0  # after clamd failed, answer unavailable this long without calling
+    retry_after: float = 5.0  # once clamd is down (refused, or 3 messages unanswered): unavailable, not called
 
 
 @dataclass(frozen=True)
@@ -794,6 +795,8 @@ def _check_clamav(clamav: ClamavSettings, source: str) -> None:
         raise ConfigError(source, "clamav.scan", "must be objects or message")
     if clamav.stream_max_length < 1:
         raise ConfigError(source, "clamav.stream_max_length", "must be positive")
+    if clamav.max_file_size < 1:
+        raise ConfigError(source, "clamav.max_file_size", "must be positive")
     if not 1 <= clamav.connections <= 64:
         raise ConfigError(source, "clamav.connections", "must be between 1 and 64")
 

@@ -257,14 +257,14 @@ def _rules_on_disk_now(seen: _RulesOnDisk) -> _RulesOnDisk:
     return _RulesOnDisk(seen.directories, marker(list(seen.directories)))
 
 
-def _scanning_inputs(settings: Settings) -> tuple[Settings, Marker, Marker]:
+def _scanning_inputs(settings: Settings, rules: _RulesOnDisk) -> tuple[Settings, Marker, Marker]:
     """What the scanning workers are built from: the settings and the (path, mtime, size) of
     their rule and hash list files. Equal inputs build equal workers, so a reload keeps them.
     (A newly promoted model needs no reload: the workers' model loader polls for it.)"""
     lists = [
         Source("", Path(name)) for name in (*settings.signatures.hash_lists, *settings.signatures.hash_allow_lists)
     ]
-    return settings, _rules_on_disk(settings).marker, stamp(lists)
+    return settings, rules.marker, stamp(lists)
 
 
 class Daemon:
@@ -283,6 +283,10 @@ class Daemon:
         # Workers scan: their first generation is the load check, and this process builds no scanner.
         # They load (forkserver imports, rules, model) while this process opens its stores.
         self.pool = pool
+        # Taken before this process waits for the workers' load: an edit made while they load is
+        # noticed by the poll. (They started loading just before this, in _start.)
+        self.rules_seen = _rules_on_disk(settings)
+        self.scanning_inputs = _scanning_inputs(settings, self.rules_seen)
         self.metrics = Metrics()  # kept across reloads: counters never reset while running
         over_tcp = parse_milter_socket(settings.milter.socket)[0] != "unix"
         self.milter_class = TcpMailwardMilter if over_tcp else MailwardMilter
@@ -295,8 +299,6 @@ class Daemon:
                 self.pool.close()
             raise
         _observe(self.metrics, settings, self.live.current)
-        self.rules_seen = _rules_on_disk(settings)
-        self.scanning_inputs = _scanning_inputs(settings)
         self.next_reload = 0.0  # monotonic time before which a requested reload waits
         self.stop_requested = threading.Event()
         self.reload_requested = threading.Event()
@@ -353,7 +355,10 @@ class Daemon:
             if getattr(getattr(settings, section), name) != getattr(getattr(self.settings, section), name):
                 log.warning("%s changed; it takes effect only after a restart", key)
         runtime = None
-        inputs = _scanning_inputs(settings)
+        # The marker of the rules before they load: a file edited while the workers load differs
+        # from it, so the next poll reloads again (taken afterwards, that edit was never loaded).
+        rules_seen = _rules_on_disk(settings)
+        inputs = _scanning_inputs(settings, rules_seen)
         try:
             configure_logging(settings.logging)  # first: a log file it cannot open refuses the reload, as at start
             runtime = build_runtime(settings, workers=self.pool, metrics=self.metrics)
@@ -370,7 +375,7 @@ class Daemon:
                 runtime.close()
             _refused(exc)
             return
-        self.rules_seen = _rules_on_disk(settings)
+        self.rules_seen = rules_seen
         self.scanning_inputs = inputs
         self.live.swap(runtime)
         _observe(self.metrics, settings, runtime)

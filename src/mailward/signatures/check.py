@@ -184,7 +184,7 @@ def measure(
     good = {f.namespace: f.path for f, _ in compiled if f.ok}
     if good:
         try:
-            bundle = yara.compile(filepaths=good, externals=EXTERNALS)
+            bundle = yara.compile(filepaths=good, externals=EXTERNALS, includes=False)
         except (yara.SyntaxError, yara.Error) as exc:
             out["bundle_error"] = str(exc)
         else:

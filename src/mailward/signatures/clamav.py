@@ -5,8 +5,18 @@ NUL-terminated replies; INSTREAM sends 4-byte big-endian chunk lengths and a
 zero-length terminator), which keeps a stale third-party client out of the mail
 path. Every failure (refused connection, timeout, an ``ERROR`` reply) is
 ``unchecked: clamav-unavailable``, never clean: a dead antivirus must not look
-like a clean message. After a failure clamd is left alone for ``retry_after``
-seconds so an outage costs each message nothing but the finding.
+like a clean message. When clamd is down (it refuses the connection, or
+``DOWN_AFTER`` messages in a row got no answer from it) it is left alone for
+``retry_after`` seconds, so an outage costs each message nothing but the
+finding. One object clamd is slow on is unchecked for its own message only: it
+says nothing about clamd, and must not make everyone's mail unchecked.
+
+clamd skips a file above its own ``MaxFileSize`` (inside a stream too) and
+answers ``OK``; with ``AlertExceedsMax`` it answers
+``Heuristics.Limits.Exceeded.* FOUND`` instead. Neither is a verdict on the
+content: an object larger than ``max_file_size`` is ``unchecked:
+clamav-too-large`` before clamd is asked, and a limit clamd reports is
+``unchecked: clamav-limit``, never malware and never clean.
 
 Calls run on a small thread pool owned by the detector, started before the
 other detectors run (:meth:`ClamavDetector.begin`), so clamd works in parallel
@@ -35,10 +45,17 @@ CHUNK = 64 * 1024
 _REPLY_MAX = 4096
 _SIGNATURE = re.compile(r"[^A-Za-z0-9._:/+\-]")  # names go to logs and headers: keep them plain
 UNAVAILABLE = "clamav-unavailable"
+LIMIT = "clamav-limit"
+DOWN_AFTER = 3  # messages in a row with no answer from a clamd that accepts connections: it is hung
+_LIMIT_PREFIX = "Heuristics.Limits.Exceeded."  # AlertExceedsMax: clamd stopped at a limit, not a hit
 
 
 class ClamdError(Exception):
     """clamd could not be reached, was too slow, or answered with an error."""
+
+
+class ClamdUnreachable(ClamdError):
+    """clamd did not accept the connection: it is down, whatever the object."""
 
 
 class ClamdTimeout(ClamdError):
@@ -47,6 +64,10 @@ class ClamdTimeout(ClamdError):
 
 class StreamTooLong(ClamdError):
     """clamd refused the stream as longer than its StreamMaxLength: unchecked, but clamd is fine."""
+
+
+class LimitExceeded(ClamdError):
+    """clamd stopped at one of its limits (MaxScanSize, MaxFiles...): unchecked, but clamd is fine."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +88,7 @@ class Clamd:
         return self._command(b"zVERSION\0")
 
     def instream(self, data: bytes, timeout: float | None = None) -> str | None:
-        """The signature name clamd found in ``data``, or None when clean."""
+        """The signature name clamd found in ``data``, or None when clean; a limit clamd hit raises."""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         with self._connect(deadline) as conn:
             unsent: OSError | None = None
@@ -94,6 +115,8 @@ class Clamd:
             raise StreamTooLong(reply[:200])
         if reply.endswith(" FOUND"):
             name = reply.removeprefix("stream: ").removesuffix(" FOUND").strip()
+            if name.startswith(_LIMIT_PREFIX):
+                raise LimitExceeded(_SIGNATURE.sub("_", name)[:200])
             return _SIGNATURE.sub("_", name)[:200] or "unnamed"
         if reply == "stream: OK":
             return None
@@ -118,7 +141,7 @@ class Clamd:
             conn.connect(self.address)
         except OSError as exc:
             conn.close()
-            raise ClamdError(f"connecting to clamd: {exc}") from None
+            raise ClamdUnreachable(f"connecting to clamd: {exc}") from None
         return conn
 
 
@@ -170,6 +193,7 @@ class ClamavDetector:
         self._lock = threading.Lock()
         self._down_until = 0.0
         self._down_reason = ""
+        self._unanswered = 0  # messages in a row whose calls all failed
         self._pool: ThreadPoolExecutor | None = None
 
     def inspect(self, message: ParsedMessage, envelope: Envelope) -> Evidence:
@@ -193,21 +217,29 @@ class ClamavDetector:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _targets(self, message: ParsedMessage) -> tuple[list[Finding], list[_Target]]:
-        limit = self.settings.stream_max_length
+        """What to stream, and a finding for each object clamd would not scan (too long to send, or
+        above MaxFileSize, which clamd also applies to what it unpacks from the raw message)."""
+        stream_max, file_max = self.settings.stream_max_length, self.settings.max_file_size
+        exempt = self.allow.exempt(message.objects)
+        objects = [o for o in message.objects if o.has_content and o.data and o.path not in exempt]
+        findings, targets = [], []
         if self.settings.scan == "message":
+            for obj in objects:
+                if len(obj.data) > file_max:
+                    findings.append(self._too_large(obj.path, f"{len(obj.data)} bytes > clamd MaxFileSize {file_max}"))
             candidates = [("message", message.raw)]
         else:
-            exempt = self.allow.exempt(message.objects)
             seen: set[str] = set()
             candidates = []
-            for obj in message.objects:
-                if obj.has_content and obj.data and obj.path not in exempt and obj.sha256 not in seen:
+            for obj in objects:
+                if obj.sha256 not in seen:
                     seen.add(obj.sha256)
                     candidates.append((obj.path, obj.data))
-        findings, targets = [], []
         for location, data in candidates:
-            if len(data) > limit:
-                findings.append(self._too_large(location, f"{len(data)} bytes > clamd StreamMaxLength {limit}"))
+            if len(data) > stream_max:
+                findings.append(self._too_large(location, f"{len(data)} bytes > clamd StreamMaxLength {stream_max}"))
+            elif len(data) > file_max:
+                findings.append(self._too_large(location, f"{len(data)} bytes > clamd MaxFileSize {file_max}"))
             else:
                 targets.append(_Target(location, data))
         return findings, targets
@@ -217,6 +249,7 @@ class ClamavDetector:
         done, late = wait_all([f for _, f in calls], timeout=left)
         findings: list[Finding] = []
         failure: tuple[str, str] | None = None
+        answered, unreachable = False, False
         for target, future in calls:
             if future in late:
                 future.cancel()
@@ -224,8 +257,19 @@ class ClamavDetector:
                 continue
             try:
                 signature = future.result()
+            except ClamdUnreachable as exc:
+                unreachable = True
+                failure = failure or (target.location, str(exc))
+                continue
             except StreamTooLong as exc:
+                answered = True
                 findings.append(self._too_large(target.location, f"{len(target.data)} bytes: {exc}"))
+                continue
+            except LimitExceeded as exc:
+                answered = True
+                findings.append(
+                    Finding(Category.UNCHECKED, LIMIT, Severity.HIGH, self.name, target.location, f"clamd: {exc}")
+                )
                 continue
             except ClamdTimeout as exc:
                 # A call given the message deadline as its timeout ran out of the deadline, not of clamd's
@@ -236,6 +280,7 @@ class ClamavDetector:
             except ClamdError as exc:
                 failure = failure or (target.location, str(exc))
                 continue
+            answered = True
             if signature is not None:
                 findings.append(
                     Finding(
@@ -249,8 +294,8 @@ class ClamavDetector:
                 )
         if failure is not None:
             location, reason = failure
-            self._mark_down(reason)
             findings.append(self._unavailable(location, reason))
+        self._record(answered, unreachable, failure[1] if failure else "")
         return findings
 
     def _too_large(self, location: str, detail: str) -> Finding:
@@ -269,10 +314,17 @@ class ClamavDetector:
                 return f"{self._down_reason} (not retried for {self.settings.retry_after:g}s)"
             return ""
 
-    def _mark_down(self, reason: str) -> None:
+    def _record(self, answered: bool, unreachable: bool, reason: str) -> None:
+        """Open the circuit only on evidence that clamd is down: a refused connection, or
+        ``DOWN_AFTER`` messages in a row without one answer (any answer means clamd works)."""
         with self._lock:
-            self._down_until = self._clock() + self.settings.retry_after
-            self._down_reason = reason
+            if answered:
+                self._unanswered = 0
+            elif reason:
+                self._unanswered += 1
+            if (unreachable and not answered) or self._unanswered >= DOWN_AFTER:
+                self._down_until = self._clock() + self.settings.retry_after
+                self._down_reason = reason
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._lock:

@@ -3,9 +3,13 @@
 Accepted lines (blank lines and ``#`` comments ignored):
 
 * ``hash;description`` (abuse.ch style), ``hash,description``, ``hash  description``
-  (sha256sum style) or a bare ``hash``;
+  (sha256sum style) or a bare ``hash``, each also as ``sha256:hash`` (``md5:``, ``sha1:``);
 * ClamAV ``.hdb``/``.hsb`` (also ``.hdu``/``.hsu``): ``hash:size:name[:flevel]``,
   size ``*`` meaning any.
+
+A UTF-8 byte order mark is skipped. A file with lines but not one usable entry (a
+feed in another format, UTF-16) is refused like a missing one: it would protect
+nothing while looking configured.
 
 Digests are kept in one sorted byte string per algorithm, not a dict of
 objects: a feed of a million SHA-256 hashes costs ~44 MB instead of ~150 MB.
@@ -30,7 +34,9 @@ log = logging.getLogger(__name__)
 
 _ALGORITHMS = {16: "md5", 20: "sha1", 32: "sha256"}
 _CLAMAV_SUFFIXES = (".hdb", ".hsb", ".hdu", ".hsu")
-_GENERIC = re.compile(r"^([0-9a-fA-F]{32}|[0-9a-fA-F]{40}|[0-9a-fA-F]{64})(?:\s*[;,\s]\s*(.*))?$")
+_GENERIC = re.compile(
+    r"^(?:(md5|sha1|sha256):)?([0-9a-fA-F]{32}|[0-9a-fA-F]{40}|[0-9a-fA-F]{64})(?:\s*[;,\s]\s*(.*))?$", re.IGNORECASE
+)
 ANY_SIZE = -1
 _MAX_SIZE = 2**63 - 1  # sizes are kept as signed 64-bit integers (array "q")
 
@@ -92,11 +98,11 @@ class HashList:
             if path.exists():
                 owners.require(path)
             try:
-                text = path.read_text("utf-8", errors="replace")
+                text = path.read_text("utf-8-sig", errors="replace")
             except OSError as exc:
                 raise ArtifactError(f"hash list {path}: {exc.strerror}") from None
             clamav = path.suffix.lower() in _CLAMAV_SUFFIXES
-            bad = 0
+            bad = good = 0
             for line in text.splitlines():
                 line = line.strip()
                 if not line or line.startswith("#"):
@@ -105,12 +111,18 @@ class HashList:
                 if entry is None:
                     bad += 1
                     continue
+                good += 1
                 digest, size, description = entry
                 description = description or path.name
                 if description not in index:
                     index[description] = len(descriptions)
                     descriptions.append(description)
                 rows[len(digest)].append((digest, index[description], size))
+            if bad and not good:
+                raise ArtifactError(
+                    f"hash list {path}: no usable entry in its {bad} line(s)"
+                    " (UTF-8 text: hash;description, sha256sum lines, ClamAV .hdb/.hsb)"
+                )
             if bad:
                 log.warning("hash list %s: %d line(s) not understood, ignored", path, bad)
         return cls({_ALGORITHMS[w]: _Table(w, r) for w, r in rows.items() if r}, descriptions)
@@ -138,11 +150,14 @@ def _parse_generic(line: str) -> tuple[bytes, int, str] | None:
     m = _GENERIC.match(line)
     if m is None:
         return None
-    return bytes.fromhex(m.group(1)), ANY_SIZE, (m.group(2) or "").strip()
+    named, digest = m.group(1), bytes.fromhex(m.group(2))
+    if named is not None and named.lower() != _ALGORITHMS[len(digest)]:  # "md5:" before 64 digits
+        return None
+    return digest, ANY_SIZE, (m.group(3) or "").strip()
 
 
 def _parse_clamav(line: str) -> tuple[bytes, int, str] | None:
-    fields = line.split(":")
+    fields = [f.strip() for f in line.split(":")]  # feeds put tabs or spaces around the colons
     if len(fields) < 3 or len(fields[0]) not in (32, 40, 64):
         return None
     try:

@@ -1,7 +1,10 @@
 """YARA rule sources compiled file by file, bundled, cached per libyara version, kept on a bad edit.
 
 Every rule file is compiled alone first, so one broken file is reported and
-skipped instead of taking every rule down. The good files are compiled into
+skipped instead of taking every rule down. ``include`` is refused (a file that
+uses it does not compile): every rule file under the directories is loaded
+already, and an included file would decide the rules without being part of
+the fingerprint they are cached under or of the marker that notices edits. The good files are compiled into
 one bundle (one namespace per file) and saved in Mailward's own state
 directory, keyed by libyara version and a digest of the sources: workers load
 that in milliseconds instead of compiling. Compiled rules are code for
@@ -98,15 +101,27 @@ def discover(directories: list[tuple[str, Path]]) -> list[Source]:
     return found
 
 
-def compile_file(source: Source, digest: str = "") -> tuple[RuleFile, yara.Rules | None]:
-    """Compile one file alone: its errors, warnings and rule count."""
+def compile_file(source: Source, data: bytes | None = None) -> tuple[RuleFile, yara.Rules | None]:
+    """Compile one file alone: its errors, warnings and rule count. ``data``: the file's bytes
+    as already read and hashed (a file is compiled from what was hashed, never read again)."""
+    data = source.path.read_bytes() if data is None else data
+    digest = _digest(data)
     try:
-        rules = yara.compile(filepath=str(source.path), externals=EXTERNALS)
+        rules = yara.compile(source=_text(data), externals=EXTERNALS, includes=False)
+    except UnicodeDecodeError as exc:
+        error = f"not UTF-8 at byte {exc.start} (rule files are compiled as UTF-8 text)"
     except (yara.SyntaxError, yara.Error) as exc:
-        return RuleFile(source.namespace, str(source.path), digest, errors=(str(exc),)), None
-    return RuleFile(
-        source.namespace, str(source.path), digest, warnings=tuple(rules.warnings), rules=sum(1 for _ in rules)
-    ), rules
+        error = str(exc)
+    else:
+        return RuleFile(
+            source.namespace, str(source.path), digest, warnings=tuple(rules.warnings), rules=sum(1 for _ in rules)
+        ), rules
+    return RuleFile(source.namespace, str(source.path), digest, errors=(error,)), None
+
+
+def _text(data: bytes) -> str:
+    """yara-python takes sources as str and hands libyara their UTF-8: only UTF-8 comes back as the same bytes."""
+    return data.decode("utf-8")
 
 
 Marker = tuple[tuple[str, int, int], ...]
@@ -136,7 +151,7 @@ def marker(directories: list[tuple[str, Path]]) -> Marker:
 def fingerprint(directories: list[tuple[str, Path]]) -> str:
     """The digest of the rules on disk that names their compiled bundle (contents, namespaces,
     libyara version, externals): the one answer to "which rules are these"; reads every file."""
-    return _fingerprint({s.namespace: _digest(s.path) for s in discover(directories)})
+    return _fingerprint({s.namespace: _digest(s.path.read_bytes()) for s in discover(directories)})
 
 
 @dataclass(frozen=True)
@@ -172,8 +187,9 @@ class RuleSet:
         """
         sources = discover(directories)
         marker = stamp(sources)
-        digests = {s.namespace: _digest(s.path) for s in sources}
-        fingerprint = _fingerprint(digests)
+        # Read once: the bytes hashed into the fingerprint are the bytes compiled and cached under it.
+        texts = {s.namespace: s.path.read_bytes() for s in sources}
+        fingerprint = _fingerprint({namespace: _digest(data) for namespace, data in texts.items()})
         common: dict[str, Any] = dict(fingerprint=fingerprint, directories=tuple(directories), sources_stamp=marker)
         if not sources:
             return cls(None, (), Origin.EMPTY, **common)
@@ -183,7 +199,7 @@ class RuleSet:
             if hit is not None:
                 rules, files, kept = hit
                 return cls(rules, files, Origin.KEPT if kept else Origin.CACHED, **common)
-            compiled = [compile_file(s, digests[s.namespace]) for s in sources]
+            compiled = [compile_file(s, texts[s.namespace]) for s in sources]
             files = tuple(f for f, _ in compiled)
             for f in files:
                 if not f.ok:
@@ -201,13 +217,13 @@ class RuleSet:
                     log.error("YARA sources regressed (%s): keeping the last good rules", ", ".join(regressed))
                     cache.remember_kept(fingerprint, last["bundle"] if last else "", files)
                     return cls(good_rules, files, Origin.KEPT, **common)
-            good = {f.namespace: f.path for f in files if f.ok}
+            good = {f.namespace: _text(texts[f.namespace]) for f in files if f.ok}
             if not good:
                 raise ArtifactError(
                     "no YARA rule file compiles: " + "; ".join(f"{f.path}: {f.errors[0]}" for f in files)
                 )
             try:
-                rules = yara.compile(filepaths=good, externals=EXTERNALS)
+                rules = yara.compile(sources=good, externals=EXTERNALS, includes=False)
             except (yara.SyntaxError, yara.Error) as exc:
                 fallback = cache.load_bundle(last["bundle"]) if last else None
                 if fallback is None:
@@ -218,8 +234,8 @@ class RuleSet:
             return cls(rules, files, Origin.COMPILED, **common)
 
 
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _fingerprint(digests: dict[str, str]) -> str:

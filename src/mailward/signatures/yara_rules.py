@@ -4,6 +4,9 @@ Rule meta decides the finding: ``category`` (malware, phishing, filetype,
 macro, spam; default malware) and ``severity`` (info..critical; default high).
 A scan that times out is unchecked, never clean: libyara can also come back
 empty at the time limit instead of raising, so the elapsed time is checked too.
+libyara also stops recording a string's matches at its limit (1,000,000) with
+no more than a warning; conditions on that string (``#x``, ``@x[i]``, ``not``
+a later match) are then decided on part of the data, so the object is unchecked.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import yara
 
@@ -86,9 +90,13 @@ class YaraDetector:
                 )
                 break
             t0 = time.monotonic()
+            crowded = _Crowded()
             try:
                 matches = rules.match(
-                    data=obj.data, externals=externals_for(obj, envelope.direction.value), timeout=self.timeout
+                    data=obj.data,
+                    externals=externals_for(obj, envelope.direction.value),
+                    timeout=self.timeout,
+                    warnings_callback=crowded,
                 )
             except yara.TimeoutError:
                 matches = None
@@ -109,5 +117,28 @@ class YaraDetector:
                     )
                 )
                 continue
+            if crowded.strings:
+                findings.append(
+                    Finding(
+                        Category.UNCHECKED,
+                        "yara-too-many-matches",
+                        Severity.HIGH,
+                        self.name,
+                        obj.path,
+                        f"libyara stopped counting matches of {', '.join(crowded.strings[:3])}"[:200],
+                    )
+                )
             findings.extend(finding_for(m, self.name, obj.path) for m in matches)
         return Evidence(findings=tuple(findings))
+
+
+class _Crowded:
+    """libyara's warnings for one scan: the strings whose matches it stopped recording."""
+
+    def __init__(self) -> None:
+        self.strings: list[str] = []
+
+    def __call__(self, kind: int, detail: Any) -> int:
+        if kind == yara.CALLBACK_TOO_MANY_MATCHES:
+            self.strings.append(f"{detail.namespace}:{detail.rule} {detail.string}")
+        return int(yara.CALLBACK_CONTINUE)
