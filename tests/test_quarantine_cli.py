@@ -86,6 +86,14 @@ def test_list_table_and_json_with_filters(cli, put):
     assert [json.loads(x)["id"] for x in cli("list", "--json", "--sender", "BILLING")[1].splitlines()] == [mal]
     assert cli("list", "--json", "--since", "2999-01-01")[1] == ""
     assert len(cli("list", "--json", "--since", "1h", "--verdict", "quarantine")[1].splitlines()) == 2
+    assert len(cli("list", "--json", "--limit", "1")[1].splitlines()) == 1
+
+
+def test_a_negative_row_limit_is_a_usage_error(cli, capsys):
+    """It reached PostgreSQL ("LIMIT must not be negative") as a traceback."""
+    with pytest.raises(SystemExit) as exit_:
+        cli("list", "--limit", "-1")
+    assert exit_.value.code == 2 and "not a number of rows: '-1'" in capsys.readouterr().err
 
 
 def test_show_renders_hostile_content_inertly(cli, put):

@@ -1,4 +1,4 @@
-"""What the analysts' block and allow list commands share: their exit codes and the incident store.
+"""What the analysts' commands share: exit codes, the incident store, a row limit.
 
 The store is opened as the analyst (recorded in the audit trail) and closed
 when the command is done with it, alerts sent; a value the analyst typed that
@@ -8,6 +8,7 @@ one-line error and exit status 1 (``cli.main``), never a traceback.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -33,3 +34,14 @@ def incident_store(settings: Settings, analyst: str, command: str) -> Iterator[I
         raise BadValue(f"{command}: {neutralise(str(exc))}") from exc
     finally:
         incidents.close()
+
+
+def row_limit(text: str) -> int:
+    """``--limit``: a count of rows to show (a negative one is an error, not PostgreSQL's crash)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"not a number of rows: {text!r}")
+    return value

@@ -20,7 +20,7 @@ from ..incidents import Block, SubjectKind, normalise
 from ..policy import Listed
 from ..textsafe import json_line, neutralise
 from .allow import add_entry, remove_entry
-from .analyst import FAILED, OK, REFUSED, incident_store
+from .analyst import FAILED, OK, REFUSED, incident_store, row_limit
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -61,7 +61,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p = sub.add_parser("history", help="the audit trail of the block list")
     p.add_argument("kind", nargs="?", choices=_KINDS)
     p.add_argument("value", nargs="?")
-    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--limit", type=row_limit, default=100)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_history)
 

@@ -33,6 +33,7 @@ from ..quarantine.render import render_history, render_list, render_show, when
 from ..review.service import QuarantineService
 from ..textsafe import json_line, neutralise
 from ..verdict import Action
+from .analyst import row_limit
 
 OK, FAILED, REFUSED = 0, 1, 3
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
@@ -54,7 +55,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--since", help="received at or after: 2024-05-01[T10:00] (UTC) or an age like 12h, 7d")
     p.add_argument("--until", help="received before: same forms as --since")
     p.add_argument("--status", choices=[s.value for s in Status])
-    p.add_argument("--limit", type=int, default=200)
+    p.add_argument("--limit", type=row_limit, default=200)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(handler=_list)
 
