@@ -105,19 +105,24 @@ def test_log_file_is_private_and_reopened_after_rotation(tmp_path, monkeypatch):
         configure_logging(LoggingSettings())
 
 
+def _notified_milter(tmp_path: Path, workers: int) -> tuple[socket.socket, Path, Path]:
+    """A systemd notify socket at ``tmp_path/notify``, and a milter configuration: listener, socket, config."""
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(180)
+    sock, config = tmp_path / "sock" / "milter.sock", tmp_path / "m.toml"
+    config.write_text(
+        f'state_dir = "{tmp_path / "state"}"\n[milter]\nsocket = "unix:{sock}"\nworkers = {workers}\n'
+        f'[reputation]\nenabled = false\n[logging]\nfile = "{tmp_path / "milter.log"}"\n'
+    )
+    return notify, sock, config
+
+
 def test_ready_waits_for_listen_not_for_the_socket_file(tmp_path):
     """The socket file appears at bind(2), before listen(2); an MTA connecting in between is refused
     and tempfails the mail. With listen held back 1.5 s, READY=1 still comes only once it listens,
     so Postfix ordered after the unit is never refused."""
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(str(tmp_path / "notify"))
-    notify.settimeout(120)
-    sock = tmp_path / "sock" / "milter.sock"
-    config = tmp_path / "m.toml"
-    config.write_text(
-        f'state_dir = "{tmp_path / "state"}"\n[milter]\nsocket = "unix:{sock}"\nworkers = 0\n'
-        f'[reputation]\nenabled = false\n[logging]\nfile = "{tmp_path / "milter.log"}"\n'
-    )
+    notify, sock, config = _notified_milter(tmp_path, workers=0)
     held_back = (
         "strace",
         "-f",
@@ -149,17 +154,8 @@ def test_ready_waits_for_listen_not_for_the_socket_file(tmp_path):
 
 
 def test_milter_notifies_systemd_of_ready_reloading_and_stopping(tmp_path):
-    notify_path = tmp_path / "notify"
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    listener.bind(str(notify_path))
-    listener.settimeout(180)
-    sock = tmp_path / "sock" / "milter.sock"
-    config = tmp_path / "m.toml"
-    config.write_text(
-        f'state_dir = "{tmp_path / "state"}"\n[milter]\nsocket = "unix:{sock}"\nworkers = 1\n'
-        f'[reputation]\nenabled = false\n[logging]\nfile = "{tmp_path / "milter.log"}"\n'
-    )
-    os.environ["NOTIFY_SOCKET"] = str(notify_path)
+    listener, sock, config = _notified_milter(tmp_path, workers=1)
+    os.environ["NOTIFY_SOCKET"] = str(tmp_path / "notify")
     proc = MilterProcess(config, sock, tmp_path / "milter.log")
     try:
         proc.start()
