@@ -13,7 +13,7 @@ from mailward.evidence import Category
 from mailward.message import ContentObject, ParsedMessage
 from mailward.signatures.check import rules_check_main
 from mailward.signatures.hashes import HashList
-from mailward.signatures.ruleset import UNREADABLE, Origin, RuleSet, fingerprint, marker
+from mailward.signatures.ruleset import UNREADABLE, Origin, RuleSet, Source, compile_file, fingerprint, marker
 from mailward.signatures.yara_rules import YaraDetector
 from real_parts import require
 from support.mail import EICAR
@@ -291,11 +291,21 @@ def test_file_rewritten_while_loading_never_caches_other_content_under_its_finge
     assert matches(after, b"marker-one") == {"local/good:Marker_One"}
 
 
-def test_rule_file_that_is_not_utf8_is_reported_not_guessed(tmp_path):
+def test_a_latin1_rule_file_compiles_to_its_own_bytes(tmp_path):
+    """libyara reads rule files as bytes: "caf\\xe9" matches the Latin-1 byte, never UTF-8's two."""
     write(tmp_path / "rules", "good.yar", GOOD)
     (tmp_path / "rules" / "latin1.yar").write_bytes(b'rule Cafe { strings: $a = "caf\xe9" condition: $a }\n')
     loaded = RuleSet.load_or_keep([("local", tmp_path / "rules")], tmp_path / "state")
-    assert [f.namespace for f in loaded.broken] == ["local/latin1"] and "UTF-8" in loaded.broken[0].errors[0]
+    assert loaded.broken == () and loaded.rules is not None
+    assert [m.rule for m in loaded.rules.match(data=b"a caf\xe9 b")] == ["Cafe"]
+    assert loaded.rules.match(data="a café b".encode()) == []
+
+
+def test_a_syntax_error_names_the_rule_file_not_its_private_copy(tmp_path):
+    write(tmp_path / "rules", "bad.yar", "rule Bad { condition: nonsense_word }\n")
+    bad, rules = compile_file(Source("local/bad", tmp_path / "rules" / "bad.yar"))
+    assert rules is None and str(tmp_path / "rules" / "bad.yar") in bad.errors[0]
+    assert "mailward-rules-" not in bad.errors[0]
 
 
 def test_string_past_libyaras_match_limit_leaves_the_object_unchecked(tmp_path):

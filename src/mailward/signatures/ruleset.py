@@ -106,22 +106,31 @@ def compile_file(source: Source, data: bytes | None = None) -> tuple[RuleFile, y
     as already read and hashed (a file is compiled from what was hashed, never read again)."""
     data = source.path.read_bytes() if data is None else data
     digest = _digest(data)
-    try:
-        rules = yara.compile(source=_text(data), externals=EXTERNALS, includes=False)
-    except UnicodeDecodeError as exc:
-        error = f"not UTF-8 at byte {exc.start} (rule files are compiled as UTF-8 text)"
-    except (yara.SyntaxError, yara.Error) as exc:
-        error = str(exc)
-    else:
-        return RuleFile(
-            source.namespace, str(source.path), digest, warnings=tuple(rules.warnings), rules=sum(1 for _ in rules)
-        ), rules
-    return RuleFile(source.namespace, str(source.path), digest, errors=(error,)), None
+    with _as_read({source.namespace: data}) as copies:
+        try:
+            rules = yara.compile(filepath=copies[source.namespace], externals=EXTERNALS, includes=False)
+        except (yara.SyntaxError, yara.Error) as exc:
+            error = str(exc).replace(copies[source.namespace], str(source.path))
+            return RuleFile(source.namespace, str(source.path), digest, errors=(error,)), None
+    return RuleFile(
+        source.namespace, str(source.path), digest, warnings=tuple(rules.warnings), rules=sum(1 for _ in rules)
+    ), rules
 
 
-def _text(data: bytes) -> str:
-    """yara-python takes sources as str and hands libyara their UTF-8: only UTF-8 comes back as the same bytes."""
-    return data.decode("utf-8")
+@contextmanager
+def _as_read(texts: dict[str, bytes]) -> Iterator[dict[str, str]]:
+    """Private copies of the rule files' bytes as read and hashed, by namespace, for libyara to compile.
+
+    A file rewritten meanwhile cannot change what is compiled. Copies, not yara-python's text
+    sources: those are str, handed on as UTF-8, so a Latin-1 rule file would change its bytes.
+    """
+    with tempfile.TemporaryDirectory(prefix="mailward-rules-") as directory:
+        copies = {}
+        for index, (namespace, data) in enumerate(texts.items()):
+            copy = Path(directory) / f"{index}.yar"
+            copy.write_bytes(data)
+            copies[namespace] = str(copy)
+        yield copies
 
 
 Marker = tuple[tuple[str, int, int], ...]
@@ -217,13 +226,14 @@ class RuleSet:
                     log.error("YARA sources regressed (%s): keeping the last good rules", ", ".join(regressed))
                     cache.remember_kept(fingerprint, last["bundle"] if last else "", files)
                     return cls(good_rules, files, Origin.KEPT, **common)
-            good = {f.namespace: _text(texts[f.namespace]) for f in files if f.ok}
+            good = {f.namespace: texts[f.namespace] for f in files if f.ok}
             if not good:
                 raise ArtifactError(
                     "no YARA rule file compiles: " + "; ".join(f"{f.path}: {f.errors[0]}" for f in files)
                 )
             try:
-                rules = yara.compile(sources=good, externals=EXTERNALS, includes=False)
+                with _as_read(good) as copies:
+                    rules = yara.compile(filepaths=copies, externals=EXTERNALS, includes=False)
             except (yara.SyntaxError, yara.Error) as exc:
                 fallback = cache.load_bundle(last["bundle"]) if last else None
                 if fallback is None:
