@@ -94,6 +94,7 @@ def test_check_is_a_dry_run_that_changes_no_directory_and_creates_no_log(tmp_pat
     result = check(_socket_in(tmp_path, shared))
     assert result.returncode == 0, result.stderr
     assert stat.S_IMODE(shared.stat().st_mode) == 0o1777 and not (tmp_path / "milter.log").exists()
+    assert not (tmp_path / "state").exists() and "created at start" in result.stdout  # checked in a stand-in
 
 
 def test_a_start_leaves_a_socket_directory_that_is_not_its_own_as_it_is(tmp_path):

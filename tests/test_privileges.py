@@ -152,3 +152,33 @@ def test_the_milter_keeps_its_service_users_groups_and_none_of_roots(log_reader,
     os.waitpid(child, 0)
     assert (uid, gid) == (account.pw_uid, account.pw_gid)
     assert grp.getgrnam(group).gr_gid in groups and 0 not in groups
+
+
+def test_check_before_the_first_start_as_root_reports_no_false_store_problem(service_user):
+    """The state directory does not exist yet, under a root-owned parent: a start creates it for the
+    service user. The check ran as that user and failed ("cannot prepare private directory")."""
+    import sys
+
+    base = Path(tempfile.mkdtemp(prefix="mailward-firstcheck-", dir="/tmp"))  # a service user can walk to it
+    try:
+        os.chmod(base, 0o755)
+        (base / "lib").mkdir(mode=0o755)
+        state, config = base / "lib" / "mailward", base / "m.toml"
+        config.write_text(
+            f'state_dir = "{state}"\n[milter]\nsocket = "unix:{base / "sock" / "milter.sock"}"\nworkers = 0\n'
+            f'user = "{service_user.pw_name}"\n[reputation]\nenabled = false\n'
+        )
+        stand_ins = set(Path(tempfile.gettempdir()).glob("mailward-check-*"))
+        checked = subprocess.run(
+            [*interpreter_reachable(base), sys.executable, "-m", "mailward.milter.daemon", "--config", str(config)]
+            + ["--check"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert checked.returncode == 0, checked.stderr
+        assert f"state_dir {state}, created at start" in checked.stdout
+        assert not state.exists()  # a dry run: the stores were checked in a stand-in, now gone
+        assert set(Path(tempfile.gettempdir()).glob("mailward-check-*")) == stand_ins
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -13,8 +13,10 @@ import grp
 import logging
 import os
 import pwd
+import shutil
 import stat
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -162,17 +164,48 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check(settings: Settings) -> int:
-    """``--check``, a dry run: it changes no directory and creates no log file (lines go to stderr)."""
+    """``--check``, a dry run: it changes no directory and creates no log file (lines go to stderr).
+
+    A state directory a start would create (the first check, before the first start) is stood in
+    for by a private temporary one, owned as the start would own it: the stores, key and rules
+    cache are checked there, then removed.
+    """
     configure_cli_logging(dataclasses.replace(settings.logging, file=""))
     problems = [p for p in (_state_dir_problem(settings), _log_file_problem(settings)) if p]
+    stand_in = None
     try:
+        if not Path(settings.state_dir).exists():
+            problems += [p for p in (_creatable(Path(settings.state_dir)),) if p]
+            stand_in = _stand_in_state(settings)
         _drop_privileges(settings)
         from .service import report_check
 
-        return report_check(settings, problems)
-    except (MailwardError, OSError, KeyError) as exc:
+        return report_check(settings, problems, str(stand_in or ""))
+    except (MailwardError, OSError, KeyError, ImportError) as exc:
         print(f"mailward-milter: cannot check: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if stand_in is not None:
+            shutil.rmtree(stand_in, ignore_errors=True)
+
+
+def _creatable(state: Path) -> str:
+    """What would stop a start from creating ``state`` ("" if nothing): root creates it and hands it over."""
+    if os.geteuid() == 0:
+        return ""
+    parent = next(p for p in state.absolute().parents if p.exists())
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"state_dir {state} does not exist and {parent} is not writable by this user"
+    return ""
+
+
+def _stand_in_state(settings: Settings) -> Path:
+    """A private, empty state directory owned as a start would own the real one."""
+    stand_in = Path(tempfile.mkdtemp(prefix="mailward-check-"))
+    if settings.milter.user and os.geteuid() == 0:
+        service = pwd.getpwnam(settings.milter.user)
+        os.chown(stand_in, service.pw_uid, service.pw_gid)
+    return stand_in
 
 
 def _start(args: argparse.Namespace, settings: Settings) -> Daemon:

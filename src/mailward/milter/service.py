@@ -461,10 +461,12 @@ def _refused(exc: Exception) -> None:
         log.exception("reload refused, keeping the running configuration")
 
 
-def report_check(settings: Settings, found: list[str] | None = None) -> int:
+def report_check(settings: Settings, found: list[str] | None = None, state_dir: str = "") -> int:
     """``--check``: print each problem a start would meet (``found``: those seen before the drop of
-    privileges); the exit status."""
-    problems = (found or []) + _check_start(settings)
+    privileges); the exit status. ``state_dir``: the directory the stores are checked in, when a
+    stand-in for a ``settings.state_dir`` that a start would create."""
+    checked = dataclasses.replace(settings, state_dir=state_dir) if state_dir else settings
+    problems = (found or []) + _check_start(checked)
     for problem in problems:
         print(f"mailward-milter: {problem}", file=sys.stderr)
     if problems:
@@ -472,6 +474,7 @@ def report_check(settings: Settings, found: list[str] | None = None) -> int:
         return 1
     print(
         f"mailward-milter: configuration {settings.source} is valid; rules compile, model and stores load "
-        f"(state_dir {settings.state_dir}, socket {settings.milter.socket})"
+        f"(state_dir {settings.state_dir}{', created at start' if state_dir else ''}, "
+        f"socket {settings.milter.socket})"
     )
     return 0
