@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from dataclasses import replace
 
 import pytest
 
@@ -45,6 +46,33 @@ def test_put_keeps_exact_bytes_and_every_field(store, clock):
     assert rec.received_at == clock.now
     assert rec.status is Status.HELD and rec.label is None
     assert [e.action for e in store.history(qid)] == ["quarantine"]
+
+
+def test_text_filters_ignore_case_beyond_ascii(store, clock):
+    """SQL lowers ASCII only: "ärger" found nothing of "Ärger über Rechnung", on both backends."""
+    verdict, evidence = spam_case()
+    ids = []
+    for subject, sender in (
+        ("Ärger über Rechnung", "Jürgen@Bäcker.test"),
+        ("Ärgern", "a@b.test"),
+        ("Xrger", "x@y.test"),
+    ):
+        clock.now += 1
+        facts = MessageFacts(subject=subject, header_from=sender)
+        v = replace(verdict, incident_id=new_incident_id())
+        ids.append(
+            store.put(
+                MessageSource.of(message(subject)),
+                envelope(sender=sender),
+                v,
+                Evidence(evidence.findings, evidence.spam, message=facts),
+            )
+        )
+    found = lambda **kw: sorted(r.id for r in store.list(ListFilter(**kw)))  # noqa: E731
+    assert found(subject="ärger über") == [ids[0]]
+    assert found(subject="ÄRGER") == sorted(ids[:2])  # not "Xrger": the wildcard SQL needed is checked again
+    assert found(sender="jürgen@bäcker") == [ids[0]]
+    assert found(subject="ärger", limit=1) == [ids[1]]  # newest first, the limit after the check
 
 
 def test_the_listing_takes_subject_and_from_from_the_scanning_worker(store):

@@ -208,9 +208,23 @@ def header_summary(head: bytes) -> tuple[str, str]:
 
 
 def like_pattern(text: str) -> str:
-    """A lower-case ``LIKE`` pattern matching ``text`` anywhere (``\\`` escapes wildcards)."""
+    """A lower-case ``LIKE`` pattern matching ``text`` anywhere (``\\`` escapes wildcards).
+
+    SQL lowers ASCII only (SQLite's ``LOWER``, PostgreSQL's under the C locale), so a non-ASCII
+    character is any one character here, and :func:`_found_in` decides on the rows that match.
+    """
     escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
+    return "%" + "".join(c if c.isascii() else "_" for c in escaped) + "%"
+
+
+def _found_in(record: QuarantineRecord, texts: builtins.list[tuple[str, str]]) -> bool:
+    """Whether every (field, lower-case text) is in ``record``, compared in full Unicode case."""
+    fields = {
+        "sender": (record.envelope.mail_from,),
+        "recipient": record.envelope.recipients,
+        "subject": (record.subject,),
+    }
+    return all(any(text in value.lower() for value in fields[name]) for name, text in texts)
 
 
 class _Writers:
@@ -602,14 +616,17 @@ class QuarantineStore(ABC):
         if filters.status is not None:
             where.append("status = ?")
             params.append(filters.status.value)
-        for column, text in (
-            ("mail_from", filters.sender),
-            ("recipients", filters.recipient),
-            ("subject", filters.subject),
+        unicode_texts: builtins.list[tuple[str, str]] = []  # what SQL cannot compare without case
+        for name, column, text in (
+            ("sender", "mail_from", filters.sender),
+            ("recipient", "recipients", filters.recipient),
+            ("subject", "subject", filters.subject),
         ):
             if text:
                 where.append(f"LOWER({column}) LIKE ? ESCAPE '\\'")
                 params.append(like_pattern(text))
+                if not text.isascii():
+                    unicode_texts.append((name, text.lower()))
         if filters.reason:
             where.append("LOWER(reasons) LIKE ? ESCAPE '\\'")
             params.append(like_pattern(json.dumps(filters.reason.lower())))
@@ -619,14 +636,21 @@ class QuarantineStore(ABC):
         if filters.until is not None:
             where.append("received_at < ?")
             params.append(filters.until)
-        params.append(filters.limit)
-        with self._tx() as conn:
-            rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM quarantine WHERE {' AND '.join(where)} "
-                "ORDER BY received_at DESC, id DESC LIMIT ?",
-                tuple(params),
-            ).fetchall()
-        return [_record(r) for r in rows]
+        statement = (
+            f"SELECT {_COLUMNS} FROM quarantine WHERE {' AND '.join(where)} "
+            "ORDER BY received_at DESC, id DESC LIMIT ? OFFSET ?"
+        )
+        found: builtins.list[QuarantineRecord] = []
+        page = filters.limit if not unicode_texts else max(filters.limit, 200)
+        offset = 0
+        while len(found) < filters.limit:
+            with self._tx() as conn:
+                rows = conn.execute(statement, (*params, page, offset)).fetchall()
+            found += [r for r in map(_record, rows) if _found_in(r, unicode_texts)]
+            if len(rows) < page:
+                break
+            offset += page
+        return found[: filters.limit]
 
     def history(self, quarantine_id: str) -> builtins.list[AuditEvent]:
         """Every recorded action on ``quarantine_id``, oldest first; survives delete and purge."""
