@@ -64,7 +64,8 @@ def milter(postfix, tmp_path, request):
     started: list[MilterProcess] = []
     request.node.stash[FAILURE_LOGS] = [tmp_path / "milter.log"]
 
-    def start(extra_toml: str = "", workers: int = 1) -> MilterProcess:
+    def start(extra_toml: str = "", workers: int = 1, milter_toml: str = "") -> MilterProcess:
+        """``extra_toml`` goes before the [milter] table the harness writes; ``milter_toml`` into it."""
         state = tmp_path / "state"
         log_path = tmp_path / "milter.log"
         config = tmp_path / "mailward.toml"
@@ -76,6 +77,7 @@ state_dir = "{state}"
 socket = "unix:{postfix.milter_socket}"
 workers = {workers}
 message_deadline = 20.0
+{milter_toml}
 
 [logging]
 file = "{log_path}"

@@ -157,6 +157,31 @@ def test_internal_failure_tempfails_with_generic_reply(postfix, milter, tmp_path
     assert postfix.delivered(mid, timeout=0) is None
 
 
+def test_forged_fields_are_removed_from_an_on_error_accept_copy_too(postfix, milter, tmp_path):
+    """A header callback that fails (the spool unwritable once the fields outgrow its threshold),
+    answered with on_error = "accept": the fields forged in our name were delivered beside ours."""
+    milter(
+        '[policy.inbound]\non_error = "accept"\n[reputation]\nauthserv_id = "mx.mailward.test"\n',
+        milter_toml="spool_threshold = 4096",
+    )
+    spool = tmp_path / "state" / "spool"
+    spool.rmdir()
+    spool.write_text("not a directory")
+    forged = (
+        "X-Mailward-Verdict: accept\r\nX-Mailward-Incident: MW-FORGED\r\nX-Spam-Flag: NO\r\n"
+        "Authentication-Results: mx.mailward.test; dmarc=pass header.from=bank.example\r\n"
+        + "".join(f"X-Pad-{i}: {'p' * 200}\r\n" for i in range(30))
+    )
+    mid, raw = message()
+    raw = raw.replace(b"Subject:", forged.encode() + b"Subject:", 1)
+    assert postfix.send(raw)[0] == 250
+    delivered = postfix.delivered(mid)
+    assert delivered is not None, postfix.log()[-3000:]
+    assert delivered.get_all("X-Mailward-Verdict") == ["accept"] and delivered["X-Mailward-Reasons"] == "error"
+    assert "MW-FORGED" not in str(delivered.get_all("X-Mailward-Incident"))
+    assert delivered["X-Spam-Flag"] is None and delivered["Authentication-Results"] is None
+
+
 def test_failed_quarantine_write_tempfails(postfix, milter, tmp_path):
     milter('[policy.inbound]\nmalware_action = "quarantine"\n')
     qdir = tmp_path / "state" / "quarantine"

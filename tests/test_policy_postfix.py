@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import smtplib
 from email import message_from_bytes
 
 import pytest
@@ -84,3 +85,39 @@ def test_recipients_with_different_policies_get_their_own_outcome(postfix, milte
     assert message_from_bytes(delivered["b@remote.test"])["X-Mailward-Verdict"] == "accept"
     [record] = [r for r in quarantined(cfg, capsys) if r["id"] == event["mailward"]["quarantine_id"]]
     assert record["envelope"]["recipients"] == ["a@example.test"] and record["reasons"] == ["blocked"]
+
+
+def test_a_held_recipient_written_with_a_source_route_gets_no_copy(postfix, milter):
+    """Postfix strips a source route and delivers to what is left; the delrcpt named the route too,
+    matched nothing, and the held recipient got the message as well as a quarantine record."""
+    m = milter(POLICY)
+    mid, raw = gtube_message()
+    with smtplib.SMTP("127.0.0.1", postfix.smtp_port, timeout=60) as smtp:
+        smtp.ehlo("client.example.org")
+        assert smtp.mail("sender@example.org")[0] == 250
+        assert smtp.docmd("RCPT TO:<@hop.example:ceo@example.test>")[0] == 250
+        assert smtp.rcpt("b@remote.test")[0] == 250
+        assert smtp.data(raw)[0] == 250
+    event = m.event_where(lambda e: e.get("email", {}).get("message_id") == mid)
+    assert event is not None and wait_for(lambda: settled(postfix, event)), postfix.log()[-3000:]
+    assert event["mailward"]["held_recipients"] == ["ceo@example.test"]
+    assert list(copies(postfix, mid)) == ["b@remote.test"], postfix.log()[-3000:]
+
+
+HELD_AT_REMOTE = '[[policy.recipient]]\nmatch = "remote.test"\nspam_action = "quarantine"\n'
+
+
+def test_a_recipient_that_is_not_utf8_fails_the_message_closed(postfix, milter):
+    """pymilter hands a recipient back as UTF-8 text: one written in other bytes could never be removed
+    from a split (and a release would name another address). The message gets on_error (tempfail)."""
+    milter('[policy.inbound]\nspam_action = "tag"\n' + HELD_AT_REMOTE)
+    mid, raw = gtube_message()
+    with smtplib.SMTP("127.0.0.1", postfix.smtp_port, timeout=60) as smtp:
+        smtp.command_encoding = "latin-1"  # the raw byte 0xE9, as an 8-bit client sends it
+        smtp.ehlo("client.example.org")
+        assert smtp.mail("sender@example.org")[0] == 250
+        assert smtp.rcpt("a@example.test")[0] == 250
+        assert smtp.docmd("RCPT TO:<c\xe9@remote.test>")[0] == 250  # smtputf8_enable = no takes it
+        code, text = smtp.data(raw)
+    assert code == 451 and b"incident MW-" in text
+    assert copies(postfix, mid) == {}

@@ -288,7 +288,13 @@ class MailwardMilter(Milter.Base):
 
     @_noreply_quietly
     def envrcpt(self, to: str, *params: str) -> int:
-        self._ongoing().recipients.append(_addr(to))
+        """The recipient as the MTA keeps it (``{rcpt_addr}``: Postfix strips a source route), the spelling
+        a delrcpt must match, or a held recipient would still get the message. Bytes that are not UTF-8
+        cannot be handed back exactly (pymilter takes text): the message fails, and on_error answers."""
+        message = self._ongoing()
+        if valid_text(to) != to:
+            message.failure = message.failure or "recipient address is not UTF-8"
+        message.recipients.append(_addr(self._macro("{rcpt_addr}") or to))
         return Milter.CONTINUE
 
     @Milter.decode("bytes")
@@ -327,18 +333,19 @@ class MailwardMilter(Milter.Base):
         A failure here is the header callback's: answered with on_error at end of message.
         """
         fields, message.fields, message.field_bytes = message.fields, [], 0
+        # Noted first, failure or not: an on_error "accept" copy loses the forged fields like any other.
+        watched = message.watched_headers
+        for name, value in fields:
+            lower = name.lower()
+            if lower == "subject":
+                if message.subject is None:
+                    message.subject = value
+            elif lower.startswith(OUR_HEADER_PREFIX) or lower in (AUTH_RESULTS, SPAM_FLAG):
+                watched.setdefault(lower, []).append(value.decode("utf-8", "replace"))
         if self._connection.failure or message.failure:
             return  # answered with on_error at end of message; nothing to keep
         try:
             message.opened_buffer().add_headers(fields)  # names as text, values as bytes (Milter.decode)
-            watched = message.watched_headers
-            for name, value in fields:
-                lower = name.lower()
-                if lower == "subject":
-                    if message.subject is None:
-                        message.subject = value
-                elif lower.startswith(OUR_HEADER_PREFIX) or lower in (AUTH_RESULTS, SPAM_FLAG):
-                    watched.setdefault(lower, []).append(value.decode("utf-8", "replace"))
         except Exception:
             self._fail("header")
 
