@@ -9,7 +9,7 @@ from mailward.config import DirectionPolicy, PolicySettings, PolicyTable
 from mailward.envelope import Direction, DirectionRules, Envelope
 from mailward.evidence import Category, Evidence, Finding, Severity, SpamAssessment
 from mailward.policy import Inputs, Listed, Mark, Share, decide, decide_failure, split
-from mailward.verdict import Action, new_incident_id
+from mailward.verdict import Action, Verdict, new_incident_id
 
 POLICY = DirectionPolicy()
 
@@ -206,3 +206,13 @@ def test_policy_keys_and_subjects_read_addresses_canonically():
         "org",
     )
     assert policy_subject('"ceo"@example.org.') == "ceo@example.org" and policy_subject("@example.org") == "example.org"
+
+
+def test_a_recipient_read_with_replacement_characters_is_never_split_off():
+    """It came in bytes that are not UTF-8: no delrcpt could name it, so nobody's copy is split."""
+    tag = Verdict(Action.TAG, ("spam",), "MW-1")
+    hold = Verdict(Action.QUARANTINE, ("spam",), "MW-1")
+    assert split([Share(("a@example.test",), tag), Share(("b@remote.test",), hold)]).held is not None
+    whole = split([Share(("a@example.test",), tag), Share(("c\ufffd@remote.test",), hold)])
+    assert whole.held is None and whole.delivered.verdict.action is Action.QUARANTINE
+    assert whole.delivered.recipients == ("a@example.test", "c\ufffd@remote.test")

@@ -157,7 +157,10 @@ def split(shares: Sequence[Share]) -> Split:
     delivers carries one set of headers. So: any reject or tempfail refuses
     it for everyone (the strictest of those wins); otherwise the quarantining
     recipients are removed and kept in the quarantine, and the others get the
-    message with the strictest of their verdicts (tag over accept).
+    message with the strictest of their verdicts (tag over accept). A
+    recipient that arrived in bytes that are not UTF-8 (read with U+FFFD)
+    cannot be named back to the MTA to be removed: then the strictest verdict
+    holds for everyone.
     """
 
     def strongest(group: Sequence[Share]) -> Share:
@@ -169,6 +172,6 @@ def split(shares: Sequence[Share]) -> Split:
         return Split(Share(tuple(r for s in shares for r in s.recipients), strongest(refused).verdict))
     held = [s for s in shares if s.verdict.action is Action.QUARANTINE]
     passed = [s for s in shares if s.verdict.action is not Action.QUARANTINE]
-    if not held or not passed:
+    if not held or not passed or any("\ufffd" in r for s in held for r in s.recipients):
         return Split(strongest(shares))
     return Split(strongest(passed), strongest(held))

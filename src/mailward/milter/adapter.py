@@ -289,12 +289,9 @@ class MailwardMilter(Milter.Base):
     @_noreply_quietly
     def envrcpt(self, to: str, *params: str) -> int:
         """The recipient as the MTA keeps it (``{rcpt_addr}``: Postfix strips a source route), the spelling
-        a delrcpt must match, or a held recipient would still get the message. Bytes that are not UTF-8
-        cannot be handed back exactly (pymilter takes text): the message fails, and on_error answers."""
-        message = self._ongoing()
-        if valid_text(to) != to:
-            message.failure = message.failure or "recipient address is not UTF-8"
-        message.recipients.append(_addr(self._macro("{rcpt_addr}") or to))
+        a delrcpt must match, or a held recipient would still get the message (:func:`~mailward.policy.split`
+        keeps one that is not UTF-8, which pymilter cannot hand back, from being split off)."""
+        self._ongoing().recipients.append(_addr(self._macro("{rcpt_addr}") or to))
         return Milter.CONTINUE
 
     @Milter.decode("bytes")
