@@ -145,6 +145,16 @@ def _addr(value: str) -> str:
     return valid_text(value.strip().removeprefix("<").removesuffix(">"))
 
 
+def _recipient(rcpt: str) -> str:
+    """A RCPT argument as Postfix's smtpd keeps it for the recipient a delrcpt is matched against:
+    a source route (``@hop.example:``) dropped, the rest as written. Not ``{rcpt_addr}``, which is
+    the address resolved later (domain lower-cased, a trailing dot gone) and matches no delrcpt."""
+    address = _addr(rcpt)
+    if address.startswith("@") and ":" in address:
+        address = address.partition(":")[2]
+    return address
+
+
 def _is_local_submission(hostaddr: object) -> bool:
     """Postfix's non_smtpd_milters announce the sendmail command as a loopback "client" on port 0
     (no TCP connection exists); a real client always has a port. No address at all counts too."""
@@ -288,10 +298,10 @@ class MailwardMilter(Milter.Base):
 
     @_noreply_quietly
     def envrcpt(self, to: str, *params: str) -> int:
-        """The recipient as the MTA keeps it (``{rcpt_addr}``: Postfix strips a source route), the spelling
-        a delrcpt must match, or a held recipient would still get the message (:func:`~mailward.policy.split`
-        keeps one that is not UTF-8, which pymilter cannot hand back, from being split off)."""
-        self._ongoing().recipients.append(_addr(self._macro("{rcpt_addr}") or to))
+        """The recipient as Postfix records it, the spelling a delrcpt must match or a held recipient still
+        gets the message: as written, less a source route (:func:`_recipient`). :func:`~mailward.policy.split`
+        keeps one that is not UTF-8, which pymilter cannot hand back, from being split off."""
+        self._ongoing().recipients.append(_recipient(to))
         return Milter.CONTINUE
 
     @Milter.decode("bytes")
