@@ -40,11 +40,16 @@ class Counter(str, Enum):
 
 # The counters a block starts afresh (events before it never count again, lifted or expired): otherwise
 # the burst that caused it would trigger it again.
+# An IPv6 guesser's failed logins are counted and blocked as its /64 (a NETWORK subject).
 COUNTERS_OF = {
     SubjectKind.ACCOUNT: (Counter.ACCOUNT,),
     SubjectKind.ADDRESS: (Counter.OUTBOUND_HOST, Counter.INBOUND_HOST, Counter.FAILED_LOGINS),
+    SubjectKind.NETWORK: (Counter.FAILED_LOGINS,),
 }
-BLOCKED_AS = {counter: kind for kind, counters in COUNTERS_OF.items() for counter in counters}
+BLOCKED_AS = {
+    counter: tuple(kind for kind, counters in COUNTERS_OF.items() if counter in counters)
+    for counter in {c for counters in COUNTERS_OF.values() for c in counters}
+}
 
 
 class Metric(str, Enum):

@@ -225,14 +225,15 @@ class IncidentStore:
                 for start in range(0, len(subjects), _SUMS_AT_ONCE):  # one round trip per chunk, not per subject
                     chunk = subjects[start : start + _SUMS_AT_ONCE]
                     among = ", ".join("?" * len(chunk))
+                    blocked = ", ".join("?" * len(BLOCKED_AS[kind]))
                     rows = self._exec(
                         conn,
                         f"SELECT c.subject, {_SUMS} FROM incident_counts c LEFT JOIN "
                         "(SELECT value, MAX(created_at) AS started FROM incident_blocks "
-                        f"WHERE kind = ? AND value IN ({among}) GROUP BY value) b ON b.value = c.subject "
+                        f"WHERE kind IN ({blocked}) AND value IN ({among}) GROUP BY value) b ON b.value = c.subject "
                         f"WHERE c.kind = ? AND c.bucket > ? AND c.subject IN ({among}) "
                         "AND (b.started IS NULL OR c.bucket > b.started) GROUP BY c.subject",
-                        (BLOCKED_AS[kind].value, *chunk, kind.value, since[kind], *chunk),
+                        (*(k.value for k in BLOCKED_AS[kind]), *chunk, kind.value, since[kind], *chunk),
                     ).fetchall()
                     found = {row[0]: Totals(*(int(v) for v in row[1:])) for row in rows}
                     for subject in chunk:
