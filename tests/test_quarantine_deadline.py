@@ -276,6 +276,47 @@ def test_a_put_whose_commit_answer_is_lost_keeps_nothing(fresh_pg_dsn, retry_win
         proxy.close()
 
 
+def test_a_put_whose_backend_stalls_mid_commit_keeps_nothing(fresh_pg_dsn, monkeypatch):
+    """The put's own server process stops with its COMMIT unread (a slow disk, a synchronous standby):
+    the put is cut and tempfailed, and the withdrawal found no row yet and stopped there; when the
+    backend went on, its COMMIT landed and the record stayed. The withdrawal now waits for it."""
+    import contextlib
+    import os
+    import signal
+
+    import psycopg
+
+    from mailward.quarantine.postgres import PostgresStore
+
+    stopped: list[int] = []
+    commit = psycopg.Connection.commit
+
+    def stalling_commit(self):
+        if not stopped and self.execute("SELECT count(*) FROM quarantine_chunks").fetchone()[0]:
+            stopped.append(self.info.backend_pid)
+            os.kill(stopped[0], signal.SIGSTOP)  # the COMMIT waits in the server's socket
+        return commit(self)
+
+    store = PostgresStore(fresh_pg_dsn, write_timeout=2.0, retry_window=0.0)
+    monkeypatch.setattr(psycopg.Connection, "commit", stalling_commit)  # once the schema is made
+    try:
+        with pytest.raises(StoreError):
+            _put(store, "stalled commit")
+        assert stopped
+        settled_while_stalled = store.settle(3)  # it ended there, before the COMMIT could land
+        os.kill(stopped[0], signal.SIGCONT)
+        assert store.settle(30)
+        with psycopg.connect(fresh_pg_dsn) as conn:
+            assert conn.execute("SELECT count(*) FROM quarantine").fetchone()[0] == 0
+            actions = [a for (a,) in conn.execute("SELECT action FROM quarantine_audit ORDER BY seq")]
+        assert actions == ["quarantine", "withdraw"] and not settled_while_stalled
+    finally:
+        if stopped:
+            with contextlib.suppress(ProcessLookupError):  # gone once its COMMIT was done
+                os.kill(stopped[0], signal.SIGCONT)
+        store.close()
+
+
 def test_postgresql_sessions_commit_durably_with_a_statement_timeout(pg_cluster):
     from mailward.quarantine.postgres import PostgresStore
     from pg_server import create_database

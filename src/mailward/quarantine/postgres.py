@@ -80,6 +80,9 @@ _CHUNKS_TABLE = """CREATE TABLE IF NOT EXISTS quarantine_chunks (
 MIGRATIONS = (Migration(1, (*SCHEMA, _BYTES_TABLE, _CHUNKS_TABLE)), Migration(2, RETRY_SCHEMA))
 
 
+_ID_LOCK = 0x4D57_5149  # "MWQI": advisory locks on quarantine IDs (classid of the two-key form)
+
+
 class PostgresStore(QuarantineStore):
     def __init__(
         self,
@@ -105,6 +108,7 @@ class PostgresStore(QuarantineStore):
         try:
             written = measure(raw.chunks())  # first pass: size, digest and header for the record
             with self._tx(write=True, deadline=put.deadline) as conn:
+                self._claim_id(conn, quarantine_id)
                 stored = self._insert_record(conn, put, written)
                 if stored != quarantine_id:  # a retry: the earlier delivery's record holds the bytes
                     return stored
@@ -118,6 +122,11 @@ class PostgresStore(QuarantineStore):
         except Exception as exc:
             raise StoreError(f"cannot quarantine message {quarantine_id}: {exc}") from exc
         return quarantine_id
+
+    def _claim_id(self, conn: Transaction, quarantine_id: str) -> None:
+        """A transaction-scoped advisory lock on the ID: a withdrawal of a put whose COMMIT answer was
+        lost waits here until that put's transaction has ended, committed or not, then sees its row."""
+        conn.execute("SELECT pg_advisory_xact_lock(CAST(? AS integer), hashtext(?))", (_ID_LOCK, quarantine_id))
 
     def read(self, quarantine_id: str) -> bytes:
         check_id(quarantine_id)

@@ -305,6 +305,10 @@ class QuarantineStore(ABC):
     def read(self, quarantine_id: str) -> bytes:
         """The exact bytes as received; StoreError if there is no such message."""
 
+    def _claim_id(self, conn: Transaction, quarantine_id: str) -> None:  # noqa: B027  (an optional hook)
+        """Hold ``quarantine_id`` until ``conn``'s transaction ends: a put takes it first, and a withdrawal
+        so waits for a put whose COMMIT may still land (SQLite: one writer at a time already)."""
+
     @abstractmethod
     def _drop_bytes(self, conn: Transaction, quarantine_id: str) -> None:
         """Remove the bytes inside the delete transaction (database) ..."""
@@ -458,6 +462,7 @@ class QuarantineStore(ABC):
         detail = f"{why}; the sender was told to retry" if why != KILLED else f"{why}; the milter answered instead"
         try:
             with self._tx(write=True, deadline=Deadline(self.write_timeout)) as conn:  # not a writer slot for long
+                self._claim_id(conn, quarantine_id)  # a put still committing (its answer lost) ends first
                 gone = conn.execute(
                     "DELETE FROM quarantine WHERE id = ? AND retries = 0 AND status IN ('held', 'rejected')",
                     (quarantine_id,),
