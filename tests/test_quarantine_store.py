@@ -75,6 +75,33 @@ def test_text_filters_ignore_case_beyond_ascii(store, clock):
     assert found(subject="ärger", limit=1) == [ids[1]]  # newest first, the limit after the check
 
 
+def test_a_unicode_search_reads_page_after_page_once(store, clock, monkeypatch):
+    """Searches SQL cannot decide read the rows a page at a time, after the last row seen: OFFSET
+    paging returned a record twice when one arrived between pages, and rescanned every page."""
+    import mailward.quarantine.store as store_module
+
+    monkeypatch.setattr(store_module, "_SCAN_PAGE", 2)
+    verdict, evidence = spam_case()
+    subjects = ["İstanbul trip", "other", "Kelvin \u212a scale", "İSTANBUL again", "x", "y", "istanbul last"]
+    ids = []
+    for subject in subjects:
+        clock.now += 1
+        v = replace(verdict, incident_id=new_incident_id())
+        facts = MessageFacts(subject=subject, header_from="a@example.org")
+        ids.append(
+            store.put(
+                MessageSource.of(message(subject)),
+                envelope(),
+                v,
+                Evidence(evidence.findings, evidence.spam, message=facts),
+            )
+        )
+    found = lambda **kw: [r.id for r in store.list(ListFilter(**kw))]  # noqa: E731
+    assert found(subject="İstanbul") == [ids[3], ids[0]]  # the exact spelling too; newest first
+    assert found(subject="\u212a") == [ids[2]]  # the Kelvin sign, whose lower case is ASCII
+    assert found(subject="İstanbul", limit=1) == [ids[3]]
+
+
 def test_the_listing_takes_subject_and_from_from_the_scanning_worker(store):
     """The milter process never parses the message: what the worker read is what the listing shows."""
     verdict, evidence = spam_case()

@@ -211,20 +211,20 @@ def like_pattern(text: str) -> str:
     """A lower-case ``LIKE`` pattern matching ``text`` anywhere (``\\`` escapes wildcards).
 
     SQL lowers ASCII only (SQLite's ``LOWER``, PostgreSQL's under the C locale), so a non-ASCII
-    character is any one character here, and :func:`_found_in` decides on the rows that match.
+    character is any run here (its lower case may be longer, or ASCII: "İ", the Kelvin sign), and
+    :func:`_found_in` decides on the rows that match. (An ASCII letter still misses the few
+    non-ASCII ones whose lower case it is: "i" does not find "İ".)
     """
-    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return "%" + "".join(c if c.isascii() else "_" for c in escaped) + "%"
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return "%" + "".join(c.lower() if c.isascii() else "%" for c in escaped) + "%"
 
 
-def _found_in(record: QuarantineRecord, texts: builtins.list[tuple[str, str]]) -> bool:
-    """Whether every (field, lower-case text) is in ``record``, compared in full Unicode case."""
-    fields = {
-        "sender": (record.envelope.mail_from,),
-        "recipient": record.envelope.recipients,
-        "subject": (record.subject,),
-    }
+def _found_in(fields: dict[str, tuple[str, ...]], texts: builtins.list[tuple[str, str]]) -> bool:
+    """Whether every (field, lower-case text) is in ``fields``, compared in full Unicode case."""
     return all(any(text in value.lower() for value in fields[name]) for name, text in texts)
+
+
+_SCAN_PAGE = 1000  # rows a search SQL cannot decide reads at a time (keyset paging: none twice, none skipped)
 
 
 class _Writers:
@@ -641,21 +641,53 @@ class QuarantineStore(ABC):
         if filters.until is not None:
             where.append("received_at < ?")
             params.append(filters.until)
-        statement = (
-            f"SELECT {_COLUMNS} FROM quarantine WHERE {' AND '.join(where)} "
-            "ORDER BY received_at DESC, id DESC LIMIT ? OFFSET ?"
-        )
-        found: builtins.list[QuarantineRecord] = []
-        page = filters.limit if not unicode_texts else max(filters.limit, 200)
-        offset = 0
-        while len(found) < filters.limit:
-            with self._tx() as conn:
-                rows = conn.execute(statement, (*params, page, offset)).fetchall()
-            found += [r for r in map(_record, rows) if _found_in(r, unicode_texts)]
-            if len(rows) < page:
+        with self._tx() as conn:
+            if not unicode_texts:
+                rows = conn.execute(
+                    f"SELECT {_COLUMNS} FROM quarantine WHERE {' AND '.join(where)} "
+                    "ORDER BY received_at DESC, id DESC LIMIT ?",
+                    (*params, filters.limit),
+                ).fetchall()
+                return [_record(r) for r in rows]
+            ids = self._matching_ids(conn, " AND ".join(where), params, unicode_texts, filters.limit)
+            rows = [
+                row
+                for start in range(0, len(ids), 500)
+                for row in conn.execute(
+                    f"SELECT {_COLUMNS} FROM quarantine WHERE id IN ({', '.join('?' * len(ids[start : start + 500]))})",
+                    tuple(ids[start : start + 500]),
+                ).fetchall()
+            ]
+        order = {quarantine_id: n for n, quarantine_id in enumerate(ids)}
+        return sorted((_record(r) for r in rows), key=lambda record: order[record.id])
+
+    @staticmethod
+    def _matching_ids(
+        conn: Transaction, where: str, params: builtins.list[object], texts: builtins.list[tuple[str, str]], limit: int
+    ) -> builtins.list[str]:
+        """Newest first, the IDs of rows SQL selected whose text matches ``texts`` in full Unicode case;
+        read a page at a time after the last row seen, so the scan holds one page and reads none twice."""
+        found: builtins.list[str] = []
+        after: tuple[object, ...] = ()
+        while len(found) < limit:
+            rows = conn.execute(
+                f"SELECT id, received_at, mail_from, recipients, subject FROM quarantine WHERE {where}"
+                + (" AND (received_at < ? OR (received_at = ? AND id < ?))" if after else "")
+                + " ORDER BY received_at DESC, id DESC LIMIT ?",
+                (*params, *after, _SCAN_PAGE),
+            ).fetchall()
+            for quarantine_id, _at, mail_from, recipients, subject in rows:
+                fields = {
+                    "sender": (mail_from or "",),
+                    "recipient": tuple(json.loads(recipients or "[]")),
+                    "subject": (subject or "",),
+                }
+                if _found_in(fields, texts):
+                    found.append(quarantine_id)
+            if len(rows) < _SCAN_PAGE:
                 break
-            offset += page
-        return found[: filters.limit]
+            after = (rows[-1][1], rows[-1][1], rows[-1][0])
+        return found[:limit]
 
     def history(self, quarantine_id: str) -> builtins.list[AuditEvent]:
         """Every recorded action on ``quarantine_id``, oldest first; survives delete and purge."""
