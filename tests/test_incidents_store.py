@@ -139,3 +139,12 @@ def test_events_before_a_block_never_count_again(incident_store):
     assert store.record(Counter.ACCOUNT, "bob", Totals(messages=1), since=hour).messages == 1  # others unaffected
     sums = store.add_counts([], {Counter.OUTBOUND_HOST: hour}, read=[(Counter.OUTBOUND_HOST, "alice")])
     assert sums == {(Counter.OUTBOUND_HOST, "alice"): Totals()}  # an account's block is no address's
+
+
+def test_a_subject_stored_with_a_replacement_character_is_summed_as_passed(incident_store):
+    """Text is stored NUL-free (U+FFFD) on both backends; its sums were looked up by the spelling
+    passed, not the one stored, and stayed at zero: such a subject could never be suspended."""
+    store, clock = incident_store(), incident_store.clock
+    for subject in ("bad\x00name", "bad\udcffname"):
+        store.record(Counter.ACCOUNT, subject, Totals(messages=1), since=None)
+        assert store.record(Counter.ACCOUNT, subject, Totals(messages=1), since=clock.now - 100).messages >= 2

@@ -301,11 +301,15 @@ def test_a_latin1_rule_file_compiles_to_its_own_bytes(tmp_path):
     assert loaded.rules.match(data="a café b".encode()) == []
 
 
-def test_a_syntax_error_names_the_rule_file_not_its_private_copy(tmp_path):
+def test_errors_and_warnings_name_the_rule_file_not_its_private_copy(tmp_path):
     write(tmp_path / "rules", "bad.yar", "rule Bad { condition: nonsense_word }\n")
     bad, rules = compile_file(Source("local/bad", tmp_path / "rules" / "bad.yar"))
     assert rules is None and str(tmp_path / "rules" / "bad.yar") in bad.errors[0]
     assert "mailward-rules-" not in bad.errors[0]
+    write(tmp_path / "rules", "slow.yar", "rule Slow { strings: $a = { 00 ?? ?? ?? ?? 00 } condition: $a }\n")
+    slow, rules = compile_file(Source("local/slow", tmp_path / "rules" / "slow.yar"))
+    assert rules is not None and slow.warnings and "mailward-rules-" not in slow.warnings[0]
+    assert str(tmp_path / "rules" / "slow.yar") in slow.warnings[0]
 
 
 def test_string_past_libyaras_match_limit_leaves_the_object_unchecked(tmp_path):

@@ -25,7 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..db import Database, Migration, PostgresDsn, SqliteFile, Transaction
+from ..db import Database, Migration, PostgresDsn, SqliteFile, Transaction, storable
 from ..errors import MailwardError
 from ..policy import Listed
 from .records import BLOCKED_AS, COUNTERS_OF, AuditEntry, Block, Counter, Origin, SenderEntry, SubjectKind, Totals
@@ -236,8 +236,8 @@ class IncidentStore:
                         (*(k.value for k in BLOCKED_AS[kind]), *chunk, kind.value, since[kind], *chunk),
                     ).fetchall()
                     found = {row[0]: Totals(*(int(v) for v in row[1:])) for row in rows}
-                    for subject in chunk:
-                        sums[(kind, subject)] = found.get(subject, Totals())
+                    for subject in chunk:  # rows name a subject as stored (storable): NUL written as U+FFFD
+                        sums[(kind, subject)] = found.get(str(storable(subject)), Totals())
         return sums
 
     def prune(self, before: float) -> int:

@@ -107,14 +107,13 @@ def compile_file(source: Source, data: bytes | None = None) -> tuple[RuleFile, y
     data = source.path.read_bytes() if data is None else data
     digest = _digest(data)
     with _as_read({source.namespace: data}) as copies:
+        copy, real = copies[source.namespace], str(source.path)
         try:
-            rules = yara.compile(filepath=copies[source.namespace], externals=EXTERNALS, includes=False)
+            rules = yara.compile(filepath=copy, externals=EXTERNALS, includes=False)
         except (yara.SyntaxError, yara.Error) as exc:
-            error = str(exc).replace(copies[source.namespace], str(source.path))
-            return RuleFile(source.namespace, str(source.path), digest, errors=(error,)), None
-    return RuleFile(
-        source.namespace, str(source.path), digest, warnings=tuple(rules.warnings), rules=sum(1 for _ in rules)
-    ), rules
+            return RuleFile(source.namespace, real, digest, errors=(str(exc).replace(copy, real),)), None
+    warnings = tuple(str(w).replace(copy, real) for w in rules.warnings)  # they name the file too
+    return RuleFile(source.namespace, real, digest, warnings=warnings, rules=sum(1 for _ in rules)), rules
 
 
 @contextmanager
