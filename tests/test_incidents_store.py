@@ -6,7 +6,9 @@ import threading
 
 import pytest
 
-from mailward.incidents import Origin, SubjectKind, Totals, normalise
+from mailward.actor import Actor
+from mailward.config import load_settings
+from mailward.incidents import Origin, SubjectKind, Totals, normalise, open_incidents
 from mailward.incidents.records import Counter
 
 
@@ -148,3 +150,18 @@ def test_a_subject_stored_with_a_replacement_character_is_summed_as_passed(incid
     for subject in ("bad\x00name", "bad\udcffname"):
         store.record(Counter.ACCOUNT, subject, Totals(messages=1), since=None)
         assert store.record(Counter.ACCOUNT, subject, Totals(messages=1), since=clock.now - 100).messages >= 2
+
+
+def test_a_sender_block_stored_in_an_older_spelling_still_holds_and_lifts(tmp_path):
+    """Blocks stored before addresses had one spelling ("ceo"@example.org.) matched no sender any
+    more, not even as written, and `block remove` could not name them."""
+    incidents = open_incidents(load_settings(None, {"state_dir": str(tmp_path / "state")}))
+    for stored in ('"ceo"@example.org.', "boss@example.org."):
+        incidents.store.add_block(SubjectKind.SENDER, stored, Origin.ANALYST, "r", "MW-1", "a", "h", "cli", None)
+    incidents.store.add_block(SubjectKind.DOMAIN, "Evil.Example.", Origin.ANALYST, "r", "MW-2", "a", "h", "cli", None)
+    incidents._refresh()
+    for sender in ('"ceo"@example.org.', "ceo@example.org", "boss@example.org", "x@mail.evil.example"):
+        assert incidents.sender_block("", sender) is not None, sender
+    assert incidents.lift(SubjectKind.SENDER, "boss@example.org", Actor("analyst", "mx1")) is not None
+    assert incidents.sender_block("", "boss@example.org") is None
+    incidents.close()
