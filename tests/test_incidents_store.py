@@ -154,12 +154,21 @@ def test_a_subject_stored_with_a_replacement_character_is_summed_as_passed(incid
 
 def test_a_sender_block_stored_in_an_older_spelling_still_holds_and_lifts(tmp_path):
     """Blocks stored before addresses had one spelling ("ceo"@example.org.) matched no sender any
-    more, not even as written, and `block remove` could not name them."""
-    incidents = open_incidents(load_settings(None, {"state_dir": str(tmp_path / "state")}))
-    for stored in ('"ceo"@example.org.', "boss@example.org."):
+    more, not even as written, and `block remove` could not name them: the upgrade rewrites them."""
+    import sqlite3
+
+    settings = load_settings(None, {"state_dir": str(tmp_path / "state")})
+    incidents = open_incidents(settings)
+    for stored in ('"ceo"@example.org.', "boss@example.org.", '"boss"@example.org'):
         incidents.store.add_block(SubjectKind.SENDER, stored, Origin.ANALYST, "r", "MW-1", "a", "h", "cli", None)
     incidents.store.add_block(SubjectKind.DOMAIN, "Evil.Example.", Origin.ANALYST, "r", "MW-2", "a", "h", "cli", None)
-    incidents._refresh()
+    incidents.close()
+    with sqlite3.connect(tmp_path / "state" / "incidents.sqlite3") as db:  # as schema step 2 left it
+        db.execute("DROP INDEX incident_blocks_subject")
+        db.execute("UPDATE schema_versions SET version = 2 WHERE store = 'incidents'")
+    incidents = open_incidents(settings)
+    active = sorted(b.value for b in incidents.store.active_blocks())
+    assert active == ["boss@example.org", "ceo@example.org", "evil.example"]  # one "boss" block stays active
     for sender in ('"ceo"@example.org.', "ceo@example.org", "boss@example.org", "x@mail.evil.example"):
         assert incidents.sender_block("", sender) is not None, sender
     assert incidents.lift(SubjectKind.SENDER, "boss@example.org", Actor("analyst", "mx1")) is not None

@@ -470,6 +470,7 @@ class Migration:
 
     version: int
     statements: tuple[str, ...]
+    rewrite: Callable[[Transaction], None] | None = None  # then rows SQL cannot (a value's canonical form)
 
 
 class _Pool:
@@ -727,6 +728,8 @@ class Database:
                 if migration.version > current:
                     for statement in migration.statements:
                         tx.execute(statement.format(serial=self.backend.serial, real=self.backend.real))
+                    if migration.rewrite is not None:
+                        migration.rewrite(tx)
             if current < latest:
                 tx.execute(
                     "INSERT INTO schema_versions (store, version) VALUES (?, ?) "

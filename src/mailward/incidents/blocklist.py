@@ -35,8 +35,6 @@ class Snapshot:
         for block in blocks:
             if block.kind is SubjectKind.NETWORK:
                 networks.append((ipaddress.ip_network(block.value, strict=False), block))
-            elif block.kind in (SubjectKind.SENDER, SubjectKind.DOMAIN):  # stored before one spelling, too
-                exact[(block.kind, canonical_address(block.value))] = block
             else:
                 exact[(block.kind, block.value)] = block
         return cls(exact, tuple(networks), now)

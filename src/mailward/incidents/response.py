@@ -333,15 +333,7 @@ class IncidentResponse:
         return block, created
 
     def lift(self, kind: SubjectKind, value: str, actor: Actor, detail: str = "") -> Block | None:
-        value = normalise(kind, value)
-        block = self.store.lift(kind, value, actor.name, actor.host, actor.origin, detail)
-        if block is None and kind in (SubjectKind.SENDER, SubjectKind.DOMAIN):
-            # A block stored before addresses had one spelling ("x"@example.org.) is found by it.
-            stored = [
-                b.value for b in self.store.active_blocks() if b.kind is kind and _spelled(kind, b.value) == value
-            ]
-            if stored:
-                block = self.store.lift(kind, stored[0], actor.name, actor.host, actor.origin, detail)
+        block = self.store.lift(kind, normalise(kind, value), actor.name, actor.host, actor.origin, detail)
         self._refresh()
         return block
 
@@ -582,11 +574,3 @@ def _block_event(block: Block) -> dict[str, object]:
     elif block.kind is SubjectKind.ADDRESS:
         doc["source"] = {"ip": block.value}
     return doc
-
-
-def _spelled(kind: SubjectKind, value: str) -> str:
-    """``value`` in its canonical spelling, or "" for one that has none."""
-    try:
-        return normalise(kind, value)
-    except ValueError:
-        return ""

@@ -25,6 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..addresses import canonical_address
 from ..db import Database, Migration, PostgresDsn, SqliteFile, Transaction, storable
 from ..errors import MailwardError
 from ..policy import Listed
@@ -123,7 +124,37 @@ COUNTS = (
 # Migration 3: a window's sums start after the subject's last block (IncidentStore.add_counts), looked up per flush.
 BLOCKS_BY_SUBJECT = ("CREATE INDEX incident_blocks_subject ON incident_blocks (kind, value, created_at)",)
 
-MIGRATIONS = (Migration(1, SCHEMA), Migration(2, COUNTS), Migration(3, BLOCKS_BY_SUBJECT))
+
+def _canonical_subjects(tx: Transaction) -> None:
+    """Sender and domain blocks in the one spelling lookups and lifts use (before it, a value was kept
+    as typed, ``"ceo"@example.org.``); a second active block of one subject so made is lifted."""
+    rows = tx.execute(
+        "SELECT id, kind, value, lifted_at FROM incident_blocks WHERE kind IN (?, ?) ORDER BY id",
+        (SubjectKind.SENDER.value, SubjectKind.DOMAIN.value),
+    ).fetchall()
+    for block_id, kind, value, lifted_at in rows:
+        spelled = canonical_address(value.lstrip("@") if kind == SubjectKind.DOMAIN.value else value)
+        if not spelled or spelled == value:
+            continue
+        taken = (
+            lifted_at is None
+            and tx.execute(
+                "SELECT 1 FROM incident_blocks WHERE kind = ? AND value = ? AND lifted_at IS NULL", (kind, spelled)
+            ).fetchone()
+        )
+        if taken:
+            tx.execute(
+                "UPDATE incident_blocks SET lifted_at = created_at, lifted_by = ? WHERE id = ?",
+                ("upgrade: same subject", block_id),
+            )
+        tx.execute("UPDATE incident_blocks SET value = ? WHERE id = ?", (spelled, block_id))
+
+
+MIGRATIONS = (
+    Migration(1, SCHEMA),
+    Migration(2, COUNTS),
+    Migration(3, BLOCKS_BY_SUBJECT, _canonical_subjects),
+)
 _SCHEMA_LOCK = 0x4D57_4900  # "MWI\0": the key earlier versions serialised schema creation with
 
 _BLOCK_COLUMNS = (
