@@ -24,9 +24,7 @@ def canonical_address(text: str) -> str:
     """``text`` (an envelope address, or a domain) lower-cased, without angle brackets, a source route
     (``@relay.example:``), a trailing dot of the domain, quotes round a local part that needs none, or
     brackets round a domain name that is no address literal (``[192.0.2.1]`` keeps them)."""
-    text = text.strip().removeprefix("<").removesuffix(">").strip()
-    if text.startswith("@") and ":" in text:  # RFC 5321 A-d-l: relays are no part of the address
-        text = text.partition(":")[2]
+    text = without_route(text.strip().removeprefix("<").removesuffix(">").strip())
     local, at, domain = text.rpartition("@")
     domain = domain.lower().rstrip(".")
     if domain.startswith("[") and domain.endswith("]") and not _address_literal(domain[1:-1]):
@@ -38,6 +36,14 @@ def canonical_address(text: str) -> str:
         if _DOT_ATOM.fullmatch(unquoted):  # the same address as written without quotes
             local = unquoted
     return f"{local.lower()}@{domain}"
+
+
+def without_route(address: str) -> str:
+    """``address`` less an RFC 5321 source route (``@relay.example:``): relays are no part of it,
+    and Postfix's smtpd drops them from the recipient it records."""
+    if address.startswith("@") and ":" in address:
+        return address.partition(":")[2]
+    return address
 
 
 def _address_literal(text: str) -> bool:

@@ -24,6 +24,7 @@ from typing import Concatenate, ParamSpec, TypeVarTuple
 
 import Milter
 
+from ..addresses import without_route
 from ..envelope import Envelope
 from ..errors import MailwardError
 from ..evidence import NOTHING_KNOWN, Evidence, Finding
@@ -149,10 +150,7 @@ def _recipient(rcpt: str) -> str:
     """A RCPT argument as Postfix's smtpd keeps it for the recipient a delrcpt is matched against:
     a source route (``@hop.example:``) dropped, the rest as written. Not ``{rcpt_addr}``, which is
     the address resolved later (domain lower-cased, a trailing dot gone) and matches no delrcpt."""
-    address = _addr(rcpt)
-    if address.startswith("@") and ":" in address:
-        address = address.partition(":")[2]
-    return address
+    return without_route(_addr(rcpt))
 
 
 def _is_local_submission(hostaddr: object) -> bool:
