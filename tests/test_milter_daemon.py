@@ -252,6 +252,26 @@ def test_a_reload_to_a_log_file_that_cannot_be_opened_keeps_the_milter_serving(t
         assert proc.stop() == 0
 
 
+def test_a_refused_reload_keeps_the_running_log_file(tmp_path):
+    """The log file is opened first, but used only once the reload goes through: one refused later
+    (here, an unusable quarantine directory) left the milter logging to the new file it never took."""
+    proc = started(tmp_path, workers=0)
+    try:
+        (tmp_path / "qfile").write_text("not a directory")
+        text = proc.config.read_text()
+        moved = text.replace(str(tmp_path / "milter.log"), str(tmp_path / "new.log"))
+        proc.config.write_text(moved + f'[quarantine]\ndirectory = "{tmp_path / "qfile"}"\n')
+        proc.signal(signal.SIGHUP)
+        wait_for_log(proc, "reload refused")  # in the running log file
+        assert "qfile" in proc.log_path.read_text()
+        assert not (tmp_path / "new.log").exists() or (tmp_path / "new.log").read_text() == ""
+        proc.config.write_text(text)
+        proc.signal(signal.SIGHUP)
+        wait_for_log(proc, "reloaded from")
+    finally:
+        assert proc.stop() == 0
+
+
 def test_reloads_faster_than_they_complete_are_coalesced(tmp_path):
     proc, rule = started_with_rules(tmp_path)
     try:
@@ -445,7 +465,7 @@ def test_a_rule_edit_made_while_a_reload_loads_is_noticed_by_the_next_poll(tmp_p
         return runtime
 
     monkeypatch.setattr(service, "build_runtime", build_while_the_admin_saves)
-    monkeypatch.setattr(service, "configure_logging", lambda _: None)  # keep pytest's log capture
+    monkeypatch.setattr(service, "install_log_handler", lambda *_: None)  # keep pytest's log capture
     try:
         rule.write_text("rule version2 { condition: false }\n")
         daemon.reload()

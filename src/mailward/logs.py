@@ -157,8 +157,18 @@ class PrivateLogFile(logging.handlers.WatchedFileHandler):
 
 def configure_logging(settings: LoggingSettings) -> None:
     """Send every log line as one JSON object to the configured file or stderr."""
+    install_log_handler(log_handler(settings), settings)
+
+
+def log_handler(settings: LoggingSettings) -> logging.Handler:
+    """The handler :func:`configure_logging` installs, opened (:class:`LogFileError` if the file cannot
+    be): a reload opens it before anything else and installs it only once the rest has loaded."""
     handler = _file_handler(settings.file) if settings.file else logging.StreamHandler(sys.stderr)
     handler.setFormatter(EcsJsonFormatter())
+    return handler
+
+
+def install_log_handler(handler: logging.Handler, settings: LoggingSettings) -> None:
     _install(handler, logging.getLevelName(settings.level.upper()))
 
 

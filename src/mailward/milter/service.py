@@ -33,7 +33,7 @@ from ..envelope import Envelope
 from ..errors import MailwardError, ScanFailed
 from ..evidence import Evidence
 from ..incidents.authlog import LogFollower, watch
-from ..logs import configure_logging
+from ..logs import install_log_handler, log_handler
 from ..metrics import Metrics
 from ..reputation.resolver import DnsClient
 from ..runtime import InProcessScanner, LiveRuntime, Runtime, build_runtime
@@ -354,13 +354,13 @@ class Daemon:
             section, name = key.split(".")
             if getattr(getattr(settings, section), name) != getattr(getattr(self.settings, section), name):
                 log.warning("%s changed; it takes effect only after a restart", key)
-        runtime = None
+        runtime = handler = None
         # The marker of the rules before they load: a file edited while the workers load differs
         # from it, so the next poll reloads again (taken afterwards, that edit was never loaded).
         rules_seen = _rules_on_disk(settings)
         inputs = _scanning_inputs(settings, rules_seen)
         try:
-            configure_logging(settings.logging)  # first: a log file it cannot open refuses the reload, as at start
+            handler = log_handler(settings.logging)  # first: a log file it cannot open refuses the reload
             runtime = build_runtime(settings, workers=self.pool, metrics=self.metrics)
             if self.pool is not None and inputs != self.scanning_inputs:
                 started = time.monotonic()
@@ -373,8 +373,11 @@ class Daemon:
         except Exception as exc:
             if runtime is not None:
                 runtime.close()
+            if handler is not None:
+                handler.close()  # refused: the running configuration keeps its log too
             _refused(exc)
             return
+        install_log_handler(handler, settings.logging)
         self.rules_seen = rules_seen
         self.scanning_inputs = inputs
         self.live.swap(runtime)
