@@ -182,3 +182,33 @@ def test_check_before_the_first_start_as_root_reports_no_false_store_problem(ser
         assert set(Path(tempfile.gettempdir()).glob("mailward-check-*")) == stand_ins
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_check_as_the_service_user_names_what_it_could_not_create(service_user):
+    """Not root: a missing state directory under a directory it cannot write, and a log file in one,
+    are each a problem line (a start would fail on them), and nothing is created."""
+    import sys
+
+    base = Path(tempfile.mkdtemp(prefix="mailward-usercheck-", dir="/tmp"))  # a service user can walk to it
+    try:
+        os.chmod(base, 0o755)
+        (base / "root-only").mkdir(mode=0o755)  # root's: the service user may not write here
+        state, log_file, config = base / "root-only" / "state", base / "root-only" / "m.log", base / "m.toml"
+        config.write_text(
+            f'state_dir = "{state}"\n[milter]\nsocket = "unix:{base / "sock" / "milter.sock"}"\nworkers = 0\n'
+            f'[reputation]\nenabled = false\n[logging]\nfile = "{log_file}"\n'
+        )
+        as_user = ("setpriv", f"--reuid={service_user.pw_uid}", f"--regid={service_user.pw_gid}", "--clear-groups")
+        checked = subprocess.run(
+            [*interpreter_reachable(base), *as_user, sys.executable, "-m", "mailward.milter.daemon"]
+            + ["--config", str(config), "--check"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert checked.returncode == 1, checked.stderr
+        assert f"logging.file {log_file}: {base / 'root-only'} is not writable by this user" in checked.stderr
+        assert f"state_dir {state} does not exist and {base / 'root-only'} is not writable" in checked.stderr
+        assert not state.exists() and not log_file.exists()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

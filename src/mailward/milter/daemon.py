@@ -109,13 +109,27 @@ def _state_dir_problem(settings: Settings) -> str:
 
 def _log_file_problem(settings: Settings) -> str:
     """What would stop a start from opening the log file ("" if nothing), found without creating it."""
-    if not settings.logging.file or os.geteuid() == 0:  # root creates the file and hands it over
-        return ""
     path = Path(settings.logging.file)
-    target = path if path.exists() else next(p for p in path.absolute().parents if p.exists())
-    if not os.access(target, os.W_OK):
+    if settings.logging.file and (target := _unwritable(path)) is not None:
         return f"logging.file {path}: {target} is not writable by this user"
     return ""
+
+
+def _state_dir_missing_problem(settings: Settings) -> str:
+    """What would stop a start from creating the missing state directory ("" if nothing)."""
+    state = Path(settings.state_dir)
+    if (parent := _unwritable(state)) is not None:
+        return f"state_dir {state} does not exist and {parent} is not writable by this user"
+    return ""
+
+
+def _unwritable(path: Path) -> Path | None:
+    """``path``, or the nearest directory above it that exists, when this user cannot write it; None
+    when it can, or is root (a start as root creates what it needs and hands it over)."""
+    if os.geteuid() == 0:
+        return None
+    target = path if path.exists() else next(p for p in path.absolute().parents if p.exists())
+    return None if os.access(target, os.W_OK | (os.X_OK if target.is_dir() else 0)) else target
 
 
 def _hand_log_file(path: Path, service: pwd.struct_passwd) -> None:
@@ -175,7 +189,7 @@ def _check(settings: Settings) -> int:
     stand_in = None
     try:
         if not Path(settings.state_dir).exists():
-            problems += [p for p in (_creatable(Path(settings.state_dir)),) if p]
+            problems += [p for p in (_state_dir_missing_problem(settings),) if p]
             stand_in = _stand_in_state(settings)
         _drop_privileges(settings)
         from .service import report_check
@@ -187,16 +201,6 @@ def _check(settings: Settings) -> int:
     finally:
         if stand_in is not None:
             shutil.rmtree(stand_in, ignore_errors=True)
-
-
-def _creatable(state: Path) -> str:
-    """What would stop a start from creating ``state`` ("" if nothing): root creates it and hands it over."""
-    if os.geteuid() == 0:
-        return ""
-    parent = next(p for p in state.absolute().parents if p.exists())
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return f"state_dir {state} does not exist and {parent} is not writable by this user"
-    return ""
 
 
 def _stand_in_state(settings: Settings) -> Path:
